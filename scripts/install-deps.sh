@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs the Debian/Ubuntu packages svdiff needs to build and test (only the missing ones).
+# Usage: scripts/install-deps.sh [--reference]   (--reference adds PyTorch for tests/reference/)
+set -euo pipefail
+pkgs=(build-essential cmake pkg-config libopenblas-dev libopenblas0-openmp liblapacke-dev
+      libcjson-dev libcmocka-dev)
+if [ "${1:-}" = "--reference" ]; then pkgs+=(python3-torch python3-numpy); fi
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+echo "installing: ${missing[*]}" >&2
+sudo=""
+if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

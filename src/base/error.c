@@ -1,0 +1,37 @@
+/* Thread-local error messages and checked allocation (see error.h). */
+#include "base/error.h"
+
+#include <stdarg.h>
+#include <string.h>
+
+static _Thread_local char g_message[1024];
+
+int sd_error(int code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g_message, sizeof g_message, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+const char *sd_last_error(void) { return g_message; }
+
+void sd_clear_error(void) { g_message[0] = '\0'; }
+
+void *sd_xmalloc_at(size_t n, const char *file, int line) {
+    void *p = malloc(n ? n : 1);
+    if (!p) {
+        fprintf(stderr, "%s:%d: out of memory allocating %zu bytes\n", file, line, n);
+        abort();
+    }
+    return p;
+}
+
+void *sd_xcalloc_at(size_t n, size_t size, const char *file, int line) {
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p) {
+        fprintf(stderr, "%s:%d: out of memory allocating %zu x %zu bytes\n", file, line, n, size);
+        abort();
+    }
+    return p;
+}

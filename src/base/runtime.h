@@ -1,0 +1,18 @@
+/* Process-wide set-up shared by every svdiff program (CLI, benchmarks, tests). */
+#ifndef SVDIFF_BASE_RUNTIME_H
+#define SVDIFF_BASE_RUNTIME_H
+
+/* OpenBLAS 0.3.21 (Debian 12) does not recognise recent Xeons (e.g. family 6 model 207)
+ * and falls back to its generic "Prescott" kernels, which run sgemm about 5x slower
+ * (measured here: 58 vs 281 GFLOP/s at 2048^3). OpenBLAS picks its kernels when the
+ * library loads, before main, so the only fix is to set OPENBLAS_CORETYPE and re-execute
+ * the program. Call this first thing in main(): when OpenBLAS chose a generic core on a
+ * CPU with AVX-512 or AVX2, it sets OPENBLAS_CORETYPE (Cooperlake/SkylakeX/Haswell) and
+ * execv()s /proc/self/exe with the same argv; otherwise (or if the user already set
+ * OPENBLAS_CORETYPE, or re-exec fails) it returns and nothing changes. */
+void sd_runtime_init(int argc, char **argv);
+
+/* Sets the thread count of OpenMP and OpenBLAS together (n <= 0: leave the default). */
+void sd_set_threads(int n);
+
+#endif

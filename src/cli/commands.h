@@ -1,0 +1,11 @@
+/* The subcommands of the svdiff CLI: each takes the argv that follows `svdiff` (argv[0] is
+ * the command's name) and returns the process exit code. */
+#ifndef SVDIFF_CLI_COMMANDS_H
+#define SVDIFF_CLI_COMMANDS_H
+
+#include <stdio.h>
+
+int cmd_selfcheck(int argc, char **argv);
+void print_version(FILE *f);
+
+#endif

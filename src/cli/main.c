@@ -1,0 +1,53 @@
+/* svdiff command-line entry point: global flags and the table of subcommands.
+ * Each subcommand lives in its own file (selfcheck.c, ...) and returns an exit code. */
+#include <stdio.h>
+#include <string.h>
+
+#include "base/runtime.h"
+#include "cli/commands.h"
+
+typedef struct {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *summary;
+} command_t;
+
+static const command_t COMMANDS[] = {
+    {"selfcheck", cmd_selfcheck,
+     "train spectral shifts of a tiny random network end to end and verify every step"},
+};
+
+static void print_usage(FILE *f) {
+    fprintf(f,
+            "svdiff %s: personalise text-to-image diffusion models by training spectral shifts\n"
+            "(offsets to the singular values of the weights, SVDiff, ICCV 2023).\n\n"
+            "usage: svdiff [--help] [--version] <command> [options]\n\n"
+            "commands:\n",
+            SVDIFF_VERSION);
+    for (size_t i = 0; i < sizeof COMMANDS / sizeof *COMMANDS; i++)
+        fprintf(f, "  %-12s %s\n", COMMANDS[i].name, COMMANDS[i].summary);
+    fprintf(f,
+            "\noptions:\n"
+            "  -h, --help     show this help (or `svdiff <command> --help` for a command's flags)\n"
+            "  -V, --version  print the version and the linked BLAS/LAPACK\n");
+}
+
+int main(int argc, char **argv) {
+    sd_runtime_init(argc, argv);
+    if (argc < 2) {
+        print_usage(stderr);
+        return 2;
+    }
+    if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
+        print_usage(stdout);
+        return 0;
+    }
+    if (!strcmp(argv[1], "-V") || !strcmp(argv[1], "--version")) {
+        print_version(stdout);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof COMMANDS / sizeof *COMMANDS; i++)
+        if (!strcmp(argv[1], COMMANDS[i].name)) return COMMANDS[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "svdiff: unknown command '%s' (see svdiff --help)\n", argv[1]);
+    return 2;
+}

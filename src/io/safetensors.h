@@ -1,0 +1,91 @@
+/* safetensors files: a memory-mapped, validated reader (single files and sharded
+ * `*.safetensors.index.json` sets) and an atomic writer (temp file, fsync, rename).
+ * Format: u64 little-endian header length N, N bytes of JSON
+ *   {"name": {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}, ...,
+ *    "__metadata__": {"key": "value", ...}}
+ * then the data; offsets are relative to the end of the header. */
+#ifndef SVDIFF_IO_SAFETENSORS_H
+#define SVDIFF_IO_SAFETENSORS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define ST_MAX_DIMS 8
+#define ST_MAX_HEADER_BYTES (100u * 1000u * 1000u) /* the reference implementation's cap */
+
+typedef enum {
+    ST_BOOL, ST_U8, ST_I8, ST_I16, ST_U16, ST_F16, ST_BF16, ST_I32, ST_U32, ST_F32,
+    ST_F64, ST_I64, ST_U64, ST_F8_E4M3, ST_F8_E5M2, ST_DTYPE_COUNT
+} st_dtype_t;
+
+const char *st_dtype_name(st_dtype_t dt);     /* "F32", ... */
+size_t st_dtype_size(st_dtype_t dt);          /* bytes per element */
+int st_dtype_parse(const char *name, st_dtype_t *out); /* 0 or SD_ERR_FORMAT */
+
+typedef struct {
+    char *name;
+    st_dtype_t dtype;
+    int ndim;
+    int64_t shape[ST_MAX_DIMS];
+    int64_t numel;
+    size_t nbytes;
+    const void *data;   /* points into the mapping (read-only) */
+} st_tensor_t;
+
+typedef struct {
+    char *path;
+    void *map;          /* whole file, mmap'ed read-only */
+    size_t map_size;
+    int n_tensors;
+    st_tensor_t *tensors;   /* in data-offset order */
+    int n_meta;
+    char **meta_keys;
+    char **meta_values;
+} st_file_t;
+
+/* Opens and validates `path`. On error returns SD_ERR_IO/SD_ERR_FORMAT with a message that
+ * names the file and, where one is at fault, the tensor; *f is then left closed. */
+int st_open(st_file_t *f, const char *path);
+void st_close(st_file_t *f);
+const st_tensor_t *st_find(const st_file_t *f, const char *name);   /* NULL if absent */
+const char *st_meta(const st_file_t *f, const char *key);            /* NULL if absent */
+
+/* Converts an F32/F16/BF16 tensor to float (dst holds t->numel floats). Other dtypes:
+ * SD_ERR_FORMAT naming the tensor. */
+int st_read_f32(float *dst, const st_tensor_t *t);
+/* Copies an I64/I32 tensor to int64 (dst holds t->numel values). */
+int st_read_i64(int64_t *dst, const st_tensor_t *t);
+
+/* A set of files: one .safetensors, or a sharded model named by its *.index.json
+ * ({"metadata": {...}, "weight_map": {"tensor": "shard file", ...}}), shards resolved
+ * relative to the index's folder. Every tensor of the weight map must exist in its shard. */
+typedef struct {
+    int n_files;
+    st_file_t *files;
+    int n_tensors;
+    const st_tensor_t **tensors;   /* sorted by name, for st_set_find */
+} st_set_t;
+
+int st_set_open(st_set_t *s, const char *path);  /* path: a .safetensors or an .index.json */
+void st_set_close(st_set_t *s);
+const st_tensor_t *st_set_find(const st_set_t *s, const char *name);
+
+/* Writer. Tensors are referenced, not copied: data must stay valid until st_writer_save.
+ * Names must be unique (st_writer_add fails otherwise). Data is laid out in insertion order,
+ * each tensor's offset aligned to 8 bytes (the header is padded with spaces to a multiple
+ * of 8 too). Save is atomic: "<path>.tmp.<pid>", fsync, rename, fsync of the folder. */
+typedef struct st_writer st_writer_t;
+st_writer_t *st_writer_new(void);
+void st_writer_free(st_writer_t *w);
+int st_writer_add(st_writer_t *w, const char *name, st_dtype_t dtype, int ndim,
+                  const int64_t *shape, const void *data);
+int st_writer_meta(st_writer_t *w, const char *key, const char *value);
+int st_writer_save(st_writer_t *w, const char *path);
+
+/* fp16 / bf16 conversions (round to nearest even on the way down). */
+float st_f16_to_f32(uint16_t h);
+uint16_t st_f32_to_f16(float f);
+float st_bf16_to_f32(uint16_t h);
+uint16_t st_f32_to_bf16(float f);
+
+#endif

@@ -1,0 +1,128 @@
+/* 2-D convolution (NCHW), forward and backward, through im2col + GEMM per image.
+ * A 1x1 kernel with stride 1 and no padding skips im2col: the image already is the column
+ * matrix. Columns are built once per image in scratch memory. */
+#include <cblas.h>
+#include <string.h>
+
+#include "base/scratch.h"
+#include "ops/ops.h"
+
+int conv2d_out_h(const conv2d_shape_t *s) { return (s->H + s->pad[0] + s->pad[1] - s->KH) / s->stride + 1; }
+int conv2d_out_w(const conv2d_shape_t *s) { return (s->W + s->pad[2] + s->pad[3] - s->KW) / s->stride + 1; }
+
+static int is_pointwise(const conv2d_shape_t *s) {
+    return s->KH == 1 && s->KW == 1 && s->stride == 1 &&
+           s->pad[0] == 0 && s->pad[1] == 0 && s->pad[2] == 0 && s->pad[3] == 0;
+}
+
+/* col[(c*KH + ky)*KW + kx, oy*OW + ox] = img[c, oy*stride + ky - top, ox*stride + kx - left] or 0. */
+void im2col(float *col, const float *img, const conv2d_shape_t *s) {
+    const int OH = conv2d_out_h(s), OW = conv2d_out_w(s), K = s->IC * s->KH * s->KW;
+#pragma omp parallel for schedule(static) if ((long)K * OH * OW > 65536)
+    for (int r = 0; r < K; r++) {
+        const int c = r / (s->KH * s->KW), ky = (r / s->KW) % s->KH, kx = r % s->KW;
+        const float *plane = img + (size_t)c * s->H * s->W;
+        float *dst = col + (size_t)r * OH * OW;
+        for (int oy = 0; oy < OH; oy++) {
+            const int iy = oy * s->stride + ky - s->pad[0];
+            float *row = dst + (size_t)oy * OW;
+            if (iy < 0 || iy >= s->H) {
+                memset(row, 0, sizeof(float) * OW);
+                continue;
+            }
+            const float *src = plane + (size_t)iy * s->W;
+            if (s->stride == 1) {
+                /* contiguous run: ox in [lo, hi) maps inside the image */
+                const int off = kx - s->pad[2];
+                int lo = off < 0 ? -off : 0, hi = s->W - off < OW ? s->W - off : OW;
+                if (hi < lo) hi = lo;
+                for (int ox = 0; ox < lo; ox++) row[ox] = 0.0f;
+                if (hi > lo) memcpy(row + lo, src + lo + off, sizeof(float) * (hi - lo));
+                for (int ox = hi; ox < OW; ox++) row[ox] = 0.0f;
+            } else {
+                for (int ox = 0; ox < OW; ox++) {
+                    const int ix = ox * s->stride + kx - s->pad[2];
+                    row[ox] = (ix >= 0 && ix < s->W) ? src[ix] : 0.0f;
+                }
+            }
+        }
+    }
+}
+
+/* Adjoint of im2col. Parallel over input channels: each channel's KH*KW column rows only
+ * touch that channel's plane, so there are no write races and the sum order is fixed. */
+void col2im_add(float *dimg, const float *col, const conv2d_shape_t *s) {
+    const int OH = conv2d_out_h(s), OW = conv2d_out_w(s);
+#pragma omp parallel for schedule(static) if ((long)s->IC * s->KH * s->KW * OH * OW > 65536)
+    for (int c = 0; c < s->IC; c++) {
+        float *plane = dimg + (size_t)c * s->H * s->W;
+        for (int ky = 0; ky < s->KH; ky++)
+            for (int kx = 0; kx < s->KW; kx++) {
+                const float *src = col + ((size_t)(c * s->KH + ky) * s->KW + kx) * OH * OW;
+                for (int oy = 0; oy < OH; oy++) {
+                    const int iy = oy * s->stride + ky - s->pad[0];
+                    if (iy < 0 || iy >= s->H) continue;
+                    float *row = plane + (size_t)iy * s->W;
+                    const float *srow = src + (size_t)oy * OW;
+                    for (int ox = 0; ox < OW; ox++) {
+                        const int ix = ox * s->stride + kx - s->pad[2];
+                        if (ix >= 0 && ix < s->W) row[ix] += srow[ox];
+                    }
+                }
+            }
+    }
+}
+
+void conv2d_forward(float *out, const float *inp, const float *weight, const float *bias,
+                    const conv2d_shape_t *s) {
+    const int OH = conv2d_out_h(s), OW = conv2d_out_w(s), P = OH * OW;
+    const int K = s->IC * s->KH * s->KW;
+    const int pointwise = is_pointwise(s);
+    scratch_mark_t mark = scratch_mark();
+    float *col = pointwise ? NULL : scratch_floats((size_t)K * P);
+    for (int b = 0; b < s->B; b++) {
+        const float *x = inp + (size_t)b * s->IC * s->H * s->W;
+        float *y = out + (size_t)b * s->OC * P;
+        if (!pointwise) im2col(col, x, s);
+        if (bias)
+            for (int o = 0; o < s->OC; o++)
+                for (int p = 0; p < P; p++) y[(size_t)o * P + p] = bias[o];
+        /* y[OC, P] (+)= weight[OC, K] @ col[K, P] */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s->OC, P, K, 1.0f, weight, K,
+                    pointwise ? x : col, P, bias ? 1.0f : 0.0f, y, P);
+    }
+    scratch_release(mark);
+}
+
+void conv2d_backward(float *dinp, float *dweight, float *dbias,
+                     const float *dout, const float *inp, const float *weight,
+                     const conv2d_shape_t *s) {
+    const int OH = conv2d_out_h(s), OW = conv2d_out_w(s), P = OH * OW;
+    const int K = s->IC * s->KH * s->KW;
+    const int pointwise = is_pointwise(s);
+    scratch_mark_t mark = scratch_mark();
+    float *col = (!pointwise && dweight) ? scratch_floats((size_t)K * P) : NULL;
+    float *dcol = (!pointwise && dinp) ? scratch_floats((size_t)K * P) : NULL;
+    for (int b = 0; b < s->B; b++) {
+        const float *x = inp + (size_t)b * s->IC * s->H * s->W;
+        const float *dy = dout + (size_t)b * s->OC * P;
+        if (dweight) { /* dweight[OC, K] += dy[OC, P] @ col^T */
+            if (!pointwise) im2col(col, x, s);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s->OC, K, P, 1.0f, dy, P,
+                        pointwise ? x : col, P, 1.0f, dweight, K);
+        }
+        if (dinp) { /* dcol[K, P] = weight^T @ dy, scattered back into the image */
+            float *dx = dinp + (size_t)b * s->IC * s->H * s->W;
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, P, s->OC, 1.0f, weight, K,
+                        dy, P, pointwise ? 1.0f : 0.0f, pointwise ? dx : dcol, P);
+            if (!pointwise) col2im_add(dx, dcol, s);
+        }
+        if (dbias)
+            for (int o = 0; o < s->OC; o++) {
+                float acc = 0.0f;
+                for (int p = 0; p < P; p++) acc += dy[(size_t)o * P + p];
+                dbias[o] += acc;
+            }
+    }
+    scratch_release(mark);
+}

@@ -1,0 +1,278 @@
+/* Spectral-shift weights: SVD set-up, coefficients, baking, and the spectral linear / conv
+ * forward and backward in factored or baked form (see spectral.h for the maths). */
+#include "weights/spectral.h"
+
+#include <cblas.h>
+#include <lapacke.h>
+#include <math.h>
+#include <string.h>
+
+#include "base/error.h"
+#include "base/scratch.h"
+
+int spectral_init(spectral_t *sp, const float *W, int rows, int cols) {
+    memset(sp, 0, sizeof *sp);
+    const int r = rows < cols ? rows : cols;
+    float *A = sd_xmalloc((size_t)rows * cols * sizeof(float));  /* LAPACK overwrites A */
+    sp->U = sd_xmalloc((size_t)rows * r * sizeof(float));
+    sp->S = sd_xmalloc((size_t)r * sizeof(float));
+    sp->Vt = sd_xmalloc((size_t)r * cols * sizeof(float));
+    sp->delta = sd_xcalloc((size_t)r, sizeof(float));
+    sp->rows = rows, sp->cols = cols, sp->rank = r, sp->scale = 1.0f;
+    memcpy(A, W, (size_t)rows * cols * sizeof(float));
+    lapack_int info = LAPACKE_sgesdd(LAPACK_ROW_MAJOR, 'S', rows, cols, A, cols, sp->S,
+                                     sp->U, r, sp->Vt, cols);
+    if (info > 0) {
+        /* Divide and conquer did not converge: the QR-iteration SVD is slower but sturdier. */
+        float *superb = sd_xmalloc((size_t)(r > 1 ? r - 1 : 1) * sizeof(float));
+        memcpy(A, W, (size_t)rows * cols * sizeof(float));
+        info = LAPACKE_sgesvd(LAPACK_ROW_MAJOR, 'S', 'S', rows, cols, A, cols, sp->S,
+                              sp->U, r, sp->Vt, cols, superb);
+        free(superb);
+    }
+    free(A);
+    if (info != 0) {
+        spectral_free(sp);
+        return sd_error(SD_ERR_NUMERIC, "SVD of a %d x %d matrix failed (LAPACK info %d)",
+                        rows, cols, (int)info);
+    }
+    return SD_OK;
+}
+
+void spectral_init_factors(spectral_t *sp, const float *U, const float *S, const float *Vt,
+                           int rows, int cols, int rank) {
+    SD_CHECK(rank > 0 && rank <= rows && rank <= cols, "rank %d for a %d x %d matrix", rank, rows, cols);
+    sp->rows = rows, sp->cols = cols, sp->rank = rank, sp->scale = 1.0f;
+    sp->U = sd_xmalloc((size_t)rows * rank * sizeof(float));
+    sp->S = sd_xmalloc((size_t)rank * sizeof(float));
+    sp->Vt = sd_xmalloc((size_t)rank * cols * sizeof(float));
+    sp->delta = sd_xcalloc((size_t)rank, sizeof(float));
+    memcpy(sp->U, U, (size_t)rows * rank * sizeof(float));
+    memcpy(sp->S, S, (size_t)rank * sizeof(float));
+    memcpy(sp->Vt, Vt, (size_t)rank * cols * sizeof(float));
+}
+
+void spectral_free(spectral_t *sp) {
+    free(sp->U);
+    free(sp->S);
+    free(sp->Vt);
+    free(sp->delta);
+    memset(sp, 0, sizeof *sp);
+}
+
+void spectral_coeffs(float *c, const spectral_t *sp, int with_residual) {
+    for (int i = 0; i < sp->rank; i++) {
+        float shifted = sp->S[i] + sp->scale * sp->delta[i];
+        c[i] = (shifted > 0.0f ? shifted : 0.0f) - (with_residual ? sp->S[i] : 0.0f);
+    }
+}
+
+void spectral_bake(float *Weff, const float *W, const spectral_t *sp) {
+    const int rows = sp->rows, cols = sp->cols, r = sp->rank;
+    scratch_mark_t mark = scratch_mark();
+    float *c = scratch_floats(r);
+    float *Uc = scratch_floats((size_t)rows * r);
+    spectral_coeffs(c, sp, W != NULL);
+    for (int i = 0; i < rows; i++)
+        for (int k = 0; k < r; k++) Uc[(size_t)i * r + k] = sp->U[(size_t)i * r + k] * c[k];
+    if (W) memcpy(Weff, W, (size_t)rows * cols * sizeof(float));
+    /* Weff[rows, cols] (+)= (U diag(c))[rows, r] @ Vt[r, cols] */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, cols, r, 1.0f, Uc, r, sp->Vt,
+                cols, W ? 1.0f : 0.0f, Weff, cols);
+    scratch_release(mark);
+}
+
+int spectral_prefer_baked(const spectral_t *sp, long N, int has_W) {
+    const double rows = sp->rows, cols = sp->cols, r = sp->rank;
+    double factored = (double)N * r * (rows + cols) + (has_W ? (double)N * rows * cols : 0.0);
+    double baked = rows * r * cols + (double)N * rows * cols;
+    return baked < factored;
+}
+
+/* ddelta_i += s * [sigma_i + s delta_i > 0] * sum_t z[t, i] g[t, i], with z, g [N, r] when
+ * tokens_major, else [r, N]. Summed per i in a fixed order (deterministic). */
+static void accumulate_ddelta(float *ddelta, const float *z, const float *g, const spectral_t *sp,
+                              long N, int tokens_major) {
+    const int r = sp->rank;
+#pragma omp parallel for schedule(static) if ((long)r * N > 65536)
+    for (int i = 0; i < r; i++) {
+        if (!(sp->S[i] + sp->scale * sp->delta[i] > 0.0f)) continue;
+        double acc = 0.0;
+        if (tokens_major)
+            for (long t = 0; t < N; t++) acc += (double)z[t * r + i] * g[t * r + i];
+        else
+            for (long t = 0; t < N; t++) acc += (double)z[i * N + t] * g[i * N + t];
+        ddelta[i] += (float)(sp->scale * acc);
+    }
+}
+
+void spectral_linear_forward(float *out, const float *inp, const float *W, const spectral_t *sp,
+                             const float *Weff, const float *bias, int N) {
+    const int rows = sp->rows, cols = sp->cols, r = sp->rank;
+    if (Weff) {
+        linear_forward(out, inp, Weff, bias, N, cols, rows);
+        return;
+    }
+    scratch_mark_t mark = scratch_mark();
+    float *c = scratch_floats(r);
+    float *z = scratch_floats((size_t)N * r);
+    spectral_coeffs(c, sp, W != NULL);
+    /* z[N, r] = inp[N, cols] @ Vt^T, scaled per singular value */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, r, cols, 1.0f, inp, cols, sp->Vt, cols,
+                0.0f, z, r);
+    for (long t = 0; t < N; t++)
+        for (int i = 0; i < r; i++) z[t * r + i] *= c[i];
+    if (W)
+        linear_forward(out, inp, W, bias, N, cols, rows);
+    else if (bias)
+        for (long t = 0; t < N; t++) memcpy(out + t * rows, bias, sizeof(float) * rows);
+    /* out[N, rows] += z @ U^T */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, rows, r, 1.0f, z, r, sp->U, r,
+                (W || bias) ? 1.0f : 0.0f, out, rows);
+    scratch_release(mark);
+}
+
+void spectral_linear_backward(float *dinp, float *ddelta, float *dbias, const float *dout,
+                              const float *inp, const float *W, const spectral_t *sp,
+                              const float *Weff, int N) {
+    const int rows = sp->rows, cols = sp->cols, r = sp->rank;
+    if (dbias) linear_backward(NULL, NULL, dbias, dout, NULL, NULL, N, cols, rows);
+    if (!ddelta && !dinp) return;
+    scratch_mark_t mark = scratch_mark();
+    /* g[N, r] = dout[N, rows] @ U: the output gradient in the singular basis */
+    float *g = scratch_floats((size_t)N * r);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, r, rows, 1.0f, dout, rows, sp->U, r,
+                0.0f, g, r);
+    if (ddelta) {
+        float *z = scratch_floats((size_t)N * r);  /* recomputed rather than kept from forward */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, r, cols, 1.0f, inp, cols, sp->Vt,
+                    cols, 0.0f, z, r);
+        accumulate_ddelta(ddelta, z, g, sp, N, 1);
+    }
+    if (dinp) {
+        if (Weff) {
+            linear_backward(dinp, NULL, NULL, dout, NULL, Weff, N, cols, rows);
+        } else {
+            float *c = scratch_floats(r);
+            spectral_coeffs(c, sp, W != NULL);
+            if (W) linear_backward(dinp, NULL, NULL, dout, NULL, W, N, cols, rows);
+            for (long t = 0; t < N; t++)
+                for (int i = 0; i < r; i++) g[t * r + i] *= c[i];
+            /* dinp[N, cols] += (c * g)[N, r] @ Vt */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, cols, r, 1.0f, g, r, sp->Vt,
+                        cols, 1.0f, dinp, cols);
+        }
+    }
+    scratch_release(mark);
+}
+
+static int is_pointwise(const conv2d_shape_t *s) {
+    return s->KH == 1 && s->KW == 1 && s->stride == 1 &&
+           s->pad[0] == 0 && s->pad[1] == 0 && s->pad[2] == 0 && s->pad[3] == 0;
+}
+
+void spectral_conv2d_forward(float *out, const float *inp, const float *W, const spectral_t *sp,
+                             const float *Weff, const float *bias, const conv2d_shape_t *s) {
+    SD_CHECK(sp->rows == s->OC && sp->cols == s->IC * s->KH * s->KW,
+             "spectral %dx%d vs conv %dx%dx%dx%d", sp->rows, sp->cols, s->OC, s->IC, s->KH, s->KW);
+    if (Weff) {
+        conv2d_forward(out, inp, Weff, bias, s);
+        return;
+    }
+    const int P = conv2d_out_h(s) * conv2d_out_w(s), K = sp->cols, r = sp->rank, OC = sp->rows;
+    const int pointwise = is_pointwise(s);
+    if (W) conv2d_forward(out, inp, W, bias, s);
+    scratch_mark_t mark = scratch_mark();
+    float *c = scratch_floats(r);
+    float *col = pointwise ? NULL : scratch_floats((size_t)K * P);
+    float *z = scratch_floats((size_t)r * P);
+    spectral_coeffs(c, sp, W != NULL);
+    for (int b = 0; b < s->B; b++) {
+        const float *x = inp + (size_t)b * s->IC * s->H * s->W;
+        float *y = out + (size_t)b * OC * P;
+        if (!pointwise) im2col(col, x, s);
+        /* z[r, P] = Vt[r, K] @ col[K, P]: a conv with the rank right-singular kernels */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r, P, K, 1.0f, sp->Vt, K,
+                    pointwise ? x : col, P, 0.0f, z, P);
+        for (int i = 0; i < r; i++)
+            for (int p = 0; p < P; p++) z[(size_t)i * P + p] *= c[i];
+        if (!W && bias)
+            for (int o = 0; o < OC; o++)
+                for (int p = 0; p < P; p++) y[(size_t)o * P + p] = bias[o];
+        /* y[OC, P] += U[OC, r] @ z: the 1x1 conv with the left singular vectors */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, OC, P, r, 1.0f, sp->U, r, z, P,
+                    (W || bias) ? 1.0f : 0.0f, y, P);
+    }
+    scratch_release(mark);
+}
+
+void spectral_conv2d_backward(float *dinp, float *ddelta, float *dbias, const float *dout,
+                              const float *inp, const float *W, const spectral_t *sp,
+                              const float *Weff, const conv2d_shape_t *s) {
+    SD_CHECK(sp->rows == s->OC && sp->cols == s->IC * s->KH * s->KW,
+             "spectral %dx%d vs conv %dx%dx%dx%d", sp->rows, sp->cols, s->OC, s->IC, s->KH, s->KW);
+    const int P = conv2d_out_h(s) * conv2d_out_w(s), K = sp->cols, r = sp->rank, OC = sp->rows;
+    const int pointwise = is_pointwise(s);
+    if (dbias) conv2d_backward(NULL, NULL, dbias, dout, inp, NULL, s);
+    if (dinp && (Weff || W)) conv2d_backward(dinp, NULL, NULL, dout, inp, Weff ? Weff : W, s);
+    const int factored_dinp = dinp && !Weff;
+    if (!ddelta && !factored_dinp) return;
+    scratch_mark_t mark = scratch_mark();
+    float *c = scratch_floats(r);
+    float *g = scratch_floats((size_t)r * P);
+    float *z = ddelta ? scratch_floats((size_t)r * P) : NULL;
+    float *col = (!pointwise && (ddelta || factored_dinp)) ? scratch_floats((size_t)K * P) : NULL;
+    spectral_coeffs(c, sp, W != NULL);
+    for (int b = 0; b < s->B; b++) {
+        const float *x = inp + (size_t)b * s->IC * s->H * s->W;
+        const float *dy = dout + (size_t)b * OC * P;
+        /* g[r, P] = U^T @ dy */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, P, OC, 1.0f, sp->U, r, dy, P,
+                    0.0f, g, P);
+        if (ddelta) {
+            if (!pointwise) im2col(col, x, s);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r, P, K, 1.0f, sp->Vt, K,
+                        pointwise ? x : col, P, 0.0f, z, P);
+            accumulate_ddelta(ddelta, z, g, sp, P, 0);
+        }
+        if (factored_dinp) {
+            float *dx = dinp + (size_t)b * s->IC * s->H * s->W;
+            for (int i = 0; i < r; i++)
+                for (int p = 0; p < P; p++) g[(size_t)i * P + p] *= c[i];
+            /* dcol[K, P] = Vt^T @ (c * g), scattered back into the image */
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, P, r, 1.0f, sp->Vt, K, g, P,
+                        pointwise ? 1.0f : 0.0f, pointwise ? dx : col, P);
+            if (!pointwise) col2im_add(dx, col, s);
+        }
+    }
+    scratch_release(mark);
+}
+
+void normshift_gain(float *gain, const float *gamma, const float *delta, float s, int C,
+                    normshift_mode_t mode) {
+    if (mode == NORMSHIFT_ELEMENT) {
+        for (int c = 0; c < C; c++) gain[c] = gamma[c] + s * delta[c];
+        return;
+    }
+    double sq = 0.0;
+    for (int c = 0; c < C; c++) sq += (double)gamma[c] * gamma[c];
+    const float sigma = (float)sqrt(sq);
+    const float shifted = sigma + s * delta[0];
+    const float ratio = sigma > 0.0f ? (shifted > 0.0f ? shifted : 0.0f) / sigma : 1.0f;
+    for (int c = 0; c < C; c++) gain[c] = gamma[c] * ratio;
+}
+
+void normshift_backward(float *ddelta, const float *dgain, const float *gamma, const float *delta,
+                        float s, int C, normshift_mode_t mode) {
+    if (mode == NORMSHIFT_ELEMENT) {
+        for (int c = 0; c < C; c++) ddelta[c] += s * dgain[c];
+        return;
+    }
+    double sq = 0.0, dot = 0.0;
+    for (int c = 0; c < C; c++) {
+        sq += (double)gamma[c] * gamma[c];
+        dot += (double)dgain[c] * gamma[c];
+    }
+    const double sigma = sqrt(sq);
+    if (sigma > 0.0 && sigma + s * delta[0] > 0.0) ddelta[0] += (float)(s * dot / sigma);
+}

@@ -1,0 +1,229 @@
+/* Spectral-shift weights: SVD set-up, exactness at delta = 0, factored vs baked forms, and
+ * finite-difference checks of d(delta) and d(input) for linear and conv layers, with some
+ * singular values clipped by the ReLU; and the 1-D norm-gain shifts. */
+#include "testutil.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/scratch.h"
+#include "weights/spectral.h"
+
+static void test_svd_reconstructs(void **state) {
+    (void)state;
+    trng_t r;
+    trng_seed(&r, 11);
+    const int shapes[][2] = {{7, 5}, {5, 7}, {16, 16}, {1, 9}};
+    for (int k = 0; k < 4; k++) {
+        int rows = shapes[k][0], cols = shapes[k][1];
+        float *W = alloc_normal(&r, (size_t)rows * cols, 1), *Wb = alloc_zeros((size_t)rows * cols);
+        spectral_t sp;
+        assert_int_equal(spectral_init(&sp, W, rows, cols), 0);
+        assert_int_equal(sp.rank, rows < cols ? rows : cols);
+        for (int i = 1; i < sp.rank; i++) assert_true(sp.S[i] <= sp.S[i - 1]);
+        /* factored-only bake = U diag(S) Vt ~ W */
+        spectral_bake(Wb, NULL, &sp);
+        assert_close("svd reconstruction", Wb, W, (size_t)rows * cols, 1e-5);
+        /* with W and delta = 0, the bake is W bit for bit */
+        spectral_bake(Wb, W, &sp);
+        assert_memory_equal(Wb, W, sizeof(float) * rows * cols);
+        /* U has orthonormal columns */
+        for (int a = 0; a < sp.rank; a++)
+            for (int b = 0; b < sp.rank; b++) {
+                double d = 0;
+                for (int i = 0; i < rows; i++) d += (double)sp.U[i * sp.rank + a] * sp.U[i * sp.rank + b];
+                assert_true(fabs(d - (a == b)) < 1e-5);
+            }
+        spectral_free(&sp);
+        free(W), free(Wb);
+    }
+}
+
+/* delta with some shifted values pushed below zero (clipped), all away from the kink. */
+static void set_delta(spectral_t *sp, trng_t *r) {
+    for (int i = 0; i < sp->rank; i++) {
+        float d = 0.4f * sp->S[i] * trng_normal(r);
+        if (i % 3 == 2) d = -1.5f * sp->S[i] / sp->scale;   /* clipped by the ReLU */
+        if (fabsf(sp->S[i] + sp->scale * d) < 0.05f) d += 0.2f;
+        sp->delta[i] = d;
+    }
+}
+
+typedef struct {
+    spectral_t sp;
+    const float *W;  /* NULL: factored-only weight */
+    int N;
+    conv2d_shape_t cs;
+    int is_conv;
+    float *inp, *bias, *out, *probe;
+    size_t nout;
+} spec_case_t;
+
+static double spec_loss(void *ctx) {
+    spec_case_t *c = ctx;
+    if (c->is_conv)
+        spectral_conv2d_forward(c->out, c->inp, c->W, &c->sp, NULL, c->bias, &c->cs);
+    else
+        spectral_linear_forward(c->out, c->inp, c->W, &c->sp, NULL, c->bias, c->N);
+    return dot_loss(c->out, c->probe, c->nout);
+}
+
+static void run_spectral_case(spec_case_t *c, size_t nin, trng_t *r) {
+    const int rows = c->sp.rows, cols = c->sp.cols;
+    float *Weff = alloc_zeros((size_t)rows * cols), *out_baked = alloc_zeros(c->nout);
+    /* delta = 0 with W: identical to the dense layer */
+    if (c->W) {
+        float *dense = alloc_zeros(c->nout);
+        if (c->is_conv) {
+            conv2d_forward(dense, c->inp, c->W, c->bias, &c->cs);
+            spectral_conv2d_forward(c->out, c->inp, c->W, &c->sp, NULL, c->bias, &c->cs);
+        } else {
+            linear_forward(dense, c->inp, c->W, c->bias, c->N, cols, rows);
+            spectral_linear_forward(c->out, c->inp, c->W, &c->sp, NULL, c->bias, c->N);
+        }
+        assert_close("delta=0 factored vs dense", c->out, dense, c->nout, 1e-6);
+        free(dense);
+    }
+    set_delta(&c->sp, r);
+    /* factored and baked agree */
+    spectral_bake(Weff, c->W, &c->sp);
+    spec_loss(c);
+    if (c->is_conv)
+        spectral_conv2d_forward(out_baked, c->inp, c->W, &c->sp, Weff, c->bias, &c->cs);
+    else
+        spectral_linear_forward(out_baked, c->inp, c->W, &c->sp, Weff, c->bias, c->N);
+    assert_close("factored vs baked forward", c->out, out_baked, c->nout, 1e-5);
+    /* gradients, both ways, against finite differences */
+    float *ddelta = alloc_zeros(c->sp.rank), *dinp = alloc_zeros(nin), *dbias = alloc_zeros(rows);
+    float *ddelta_b = alloc_zeros(c->sp.rank), *dinp_b = alloc_zeros(nin);
+    if (c->is_conv) {
+        spectral_conv2d_backward(dinp, ddelta, c->bias ? dbias : NULL, c->probe, c->inp, c->W, &c->sp, NULL, &c->cs);
+        spectral_conv2d_backward(dinp_b, ddelta_b, NULL, c->probe, c->inp, c->W, &c->sp, Weff, &c->cs);
+    } else {
+        spectral_linear_backward(dinp, ddelta, c->bias ? dbias : NULL, c->probe, c->inp, c->W, &c->sp, NULL, c->N);
+        spectral_linear_backward(dinp_b, ddelta_b, NULL, c->probe, c->inp, c->W, &c->sp, Weff, c->N);
+    }
+    assert_close("ddelta factored vs baked", ddelta_b, ddelta, c->sp.rank, 1e-6);
+    assert_close("dinp factored vs baked", dinp_b, dinp, nin, 1e-5);
+    for (int i = 0; i < c->sp.rank; i++)  /* clipped singular values get no gradient */
+        if (c->sp.S[i] + c->sp.scale * c->sp.delta[i] <= 0) assert_true(ddelta[i] == 0.0f);
+    fd_check("ddelta", c->sp.delta, ddelta, c->sp.rank, 64, spec_loss, c, 1e-2f, 2e-3);
+    fd_check("dinp", c->inp, dinp, nin, 64, spec_loss, c, 1e-2f, 2e-3);
+    if (c->bias) fd_check("dbias", c->bias, dbias, rows, 64, spec_loss, c, 1e-2f, 2e-3);
+    free(Weff), free(out_baked), free(ddelta), free(dinp), free(dbias), free(ddelta_b), free(dinp_b);
+}
+
+static void linear_case(int rows, int cols, int N, int keep_W, float scale, uint64_t seed) {
+    trng_t r;
+    trng_seed(&r, seed);
+    spec_case_t c = {.N = N, .nout = (size_t)N * rows};
+    float *W = alloc_normal(&r, (size_t)rows * cols, 0.5f);
+    assert_int_equal(spectral_init(&c.sp, W, rows, cols), 0);
+    c.sp.scale = scale;
+    c.W = keep_W ? W : NULL;
+    c.inp = alloc_normal(&r, (size_t)N * cols, 1);
+    c.bias = alloc_normal(&r, rows, 1);
+    c.out = alloc_zeros(c.nout);
+    c.probe = alloc_normal(&r, c.nout, 1);
+    run_spectral_case(&c, (size_t)N * cols, &r);
+    spectral_free(&c.sp);
+    free(W), free(c.inp), free(c.bias), free(c.out), free(c.probe);
+}
+
+static void conv_case(conv2d_shape_t cs, int keep_W, float scale, uint64_t seed) {
+    trng_t r;
+    trng_seed(&r, seed);
+    const int rows = cs.OC, cols = cs.IC * cs.KH * cs.KW;
+    spec_case_t c = {.is_conv = 1, .cs = cs};
+    c.nout = (size_t)cs.B * cs.OC * conv2d_out_h(&cs) * conv2d_out_w(&cs);
+    size_t nin = (size_t)cs.B * cs.IC * cs.H * cs.W;
+    float *W = alloc_normal(&r, (size_t)rows * cols, 0.3f);
+    assert_int_equal(spectral_init(&c.sp, W, rows, cols), 0);
+    c.sp.scale = scale;
+    c.W = keep_W ? W : NULL;
+    c.inp = alloc_normal(&r, nin, 1);
+    c.bias = alloc_normal(&r, rows, 1);
+    c.out = alloc_zeros(c.nout);
+    c.probe = alloc_normal(&r, c.nout, 1);
+    run_spectral_case(&c, nin, &r);
+    spectral_free(&c.sp);
+    free(W), free(c.inp), free(c.bias), free(c.out), free(c.probe);
+}
+
+static void test_spectral_linear(void **state) {
+    (void)state;
+    linear_case(6, 9, 5, 1, 1.0f, 21);   /* wide, exact form */
+    linear_case(9, 6, 4, 0, 0.7f, 22);   /* tall, factored-only, scale != 1 */
+    linear_case(8, 8, 3, 1, -0.5f, 23);  /* negative scale */
+}
+
+static void test_spectral_conv(void **state) {
+    (void)state;
+    conv_case((conv2d_shape_t){.B = 2, .IC = 3, .H = 5, .W = 6, .OC = 4, .KH = 3, .KW = 3, .stride = 1, .pad = {1, 1, 1, 1}}, 1, 1.0f, 31);
+    conv_case((conv2d_shape_t){.B = 2, .IC = 2, .H = 6, .W = 6, .OC = 5, .KH = 3, .KW = 3, .stride = 2, .pad = {1, 1, 1, 1}}, 0, 0.8f, 32);
+    conv_case((conv2d_shape_t){.B = 1, .IC = 3, .H = 6, .W = 6, .OC = 4, .KH = 3, .KW = 3, .stride = 2, .pad = {0, 1, 0, 1}}, 1, 1.0f, 33);
+    conv_case((conv2d_shape_t){.B = 2, .IC = 6, .H = 3, .W = 4, .OC = 5, .KH = 1, .KW = 1, .stride = 1, .pad = {0, 0, 0, 0}}, 1, 1.0f, 34);
+}
+
+static void test_prefer_baked(void **state) {
+    (void)state;
+    spectral_t sp = {.rows = 320, .cols = 2880, .rank = 320};
+    /* 64x64 pixels: rebuilding (295 M MACs) beats the factored extra (4 G MACs) */
+    assert_true(spectral_prefer_baked(&sp, 4096, 1));
+    /* a cross-attention key projection over 77 tokens: factored is cheaper */
+    spectral_t kv = {.rows = 320, .cols = 768, .rank = 320};
+    assert_false(spectral_prefer_baked(&kv, 77, 0));
+}
+
+typedef struct {
+    const float *gamma;
+    float *delta, *gain, *probe;
+    float s;
+    int C;
+    normshift_mode_t mode;
+} ns_case_t;
+
+static double ns_loss(void *ctx) {
+    ns_case_t *c = ctx;
+    normshift_gain(c->gain, c->gamma, c->delta, c->s, c->C, c->mode);
+    return dot_loss(c->gain, c->probe, c->C);
+}
+
+static void test_normshift(void **state) {
+    (void)state;
+    trng_t r;
+    trng_seed(&r, 41);
+    const int C = 12;
+    float *gamma = alloc_normal(&r, C, 1), *gain = alloc_zeros(C), *probe = alloc_normal(&r, C, 1);
+    for (int mode = 0; mode < 2; mode++) {
+        int nd = mode == NORMSHIFT_ELEMENT ? C : 1;
+        float *delta = alloc_zeros(nd), *ddelta = alloc_zeros(nd);
+        ns_case_t c = {gamma, delta, gain, probe, 0.9f, C, (normshift_mode_t)mode};
+        normshift_gain(gain, gamma, delta, c.s, C, c.mode);   /* delta = 0: gain = gamma */
+        for (int i = 0; i < C; i++) assert_true(fabsf(gain[i] - gamma[i]) <= 1e-6f * (1 + fabsf(gamma[i])));
+        fill_normal(&r, delta, nd, 0.5f);
+        normshift_backward(ddelta, probe, gamma, delta, c.s, C, c.mode);
+        fd_check(mode ? "normshift scalar" : "normshift element", delta, ddelta, nd, nd, ns_loss, &c, 1e-2f, 1e-3);
+        free(delta), free(ddelta);
+    }
+    free(gamma), free(gain), free(probe);
+}
+
+static int teardown(void **state) {
+    (void)state;
+    scratch_free_all();
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc > 1) cmocka_set_test_filter(argv[1]);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_svd_reconstructs),
+        cmocka_unit_test(test_spectral_linear),
+        cmocka_unit_test(test_spectral_conv),
+        cmocka_unit_test(test_prefer_baked),
+        cmocka_unit_test(test_normshift),
+    };
+    return cmocka_run_group_tests_name("spectral", tests, NULL, teardown);
+}

@@ -1,0 +1,52 @@
+/* Shared helpers for the cmocka tests: deterministic random data, error measures, a
+ * finite-difference gradient checker and access to the golden fixtures. */
+#ifndef SVDIFF_TESTUTIL_H
+#define SVDIFF_TESTUTIL_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "io/safetensors.h"
+
+/* splitmix64-seeded xorshift; same numbers on every machine. */
+typedef struct { uint64_t s; } trng_t;
+void trng_seed(trng_t *r, uint64_t seed);
+float trng_uniform(trng_t *r);                 /* [0, 1) */
+float trng_normal(trng_t *r);                  /* N(0, 1) */
+void fill_normal(trng_t *r, float *x, size_t n, float stddev);
+void fill_uniform(trng_t *r, float *x, size_t n, float lo, float hi);
+float *alloc_normal(trng_t *r, size_t n, float stddev);   /* malloc'ed */
+float *alloc_zeros(size_t n);                             /* calloc'ed */
+
+/* max |a - b| / max(max |b|, 1e-12): the relative error used by every comparison. */
+double rel_error(const float *a, const float *b, size_t n);
+/* Asserts rel_error <= tol, printing name and the error on failure. */
+void assert_close(const char *name, const float *got, const float *want, size_t n, double tol);
+
+/* Finite-difference gradient check. `loss(ctx)` must recompute the scalar loss (in double)
+ * from the current contents of x. The checker perturbs up to `max_probe` entries of x
+ * (spread over the array) with the 4-point stencil
+ *   g ~ (-L(x+2h) + 8 L(x+h) - 8 L(x-h) + L(x-2h)) / (12 h)
+ * and compares with grad[i]: |g - grad| <= tol * max(scale, |grad|), scale = max |grad|.
+ * Returns the worst relative deviation seen; fails the test if it exceeds tol. */
+double fd_check(const char *name, float *x, const float *grad, size_t n, size_t max_probe,
+                double (*loss)(void *ctx), void *ctx, float h, double tol);
+
+/* sum_i out[i] * w[i] in double: the usual probe loss (its d/d out is w). */
+double dot_loss(const float *out, const float *w, size_t n);
+
+/* Path of a file under the source tree (SVDIFF_SOURCE_DIR, else "."); static buffer. */
+const char *source_path(const char *rel);
+
+/* Golden fixtures written by tests/reference/ (PyTorch scripts): opens tests/fixtures/<name> (fails the
+ * test with the regeneration command if missing) and reads tensors as float. */
+void golden_open(st_file_t *f, const char *fixture);
+/* malloc'ed float copy of tensor `name`; checks the element count if expect_numel >= 0. */
+float *golden_get(const st_file_t *f, const char *name, int64_t expect_numel);
+/* Like golden_get but returns NULL when absent. */
+float *golden_get_opt(const st_file_t *f, const char *name);
+
+#endif
