@@ -71,9 +71,11 @@ void st_set_close(st_set_t *s);
 const st_tensor_t *st_set_find(const st_set_t *s, const char *name);
 
 /* Writer. Tensors are referenced, not copied: data must stay valid until st_writer_save.
- * Names must be unique (st_writer_add fails otherwise). Data is laid out in insertion order,
- * each tensor's offset aligned to 8 bytes (the header is padded with spaces to a multiple
- * of 8 too). Save is atomic: "<path>.tmp.<pid>", fsync, rename, fsync of the folder. */
+ * Names must be unique (st_writer_add fails otherwise). Data is laid out back to back in
+ * insertion order (the reference reader rejects gaps between tensors); the header is padded
+ * with spaces so the data region starts 8-byte aligned. Readers must not assume aligned
+ * tensors (st_read_* copy through memcpy). Save is atomic: "<path>.tmp.<pid>", fsync,
+ * rename, fsync of the folder. */
 typedef struct st_writer st_writer_t;
 st_writer_t *st_writer_new(void);
 void st_writer_free(st_writer_t *w);

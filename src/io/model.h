@@ -1,0 +1,68 @@
+/* Model files: a diffusers model folder or a single-file SD checkpoint (CompVis/LDM layout,
+ * SD 1.x with CLIP-L or SD 2.x with OpenCLIP-H), opened into components whose tensors are
+ * named with the diffusers names the whole code base uses. Tensors are views into the
+ * mmap'ed files in their stored dtype (never converted here). Renaming is one table
+ * (names.c); reshapes (LDM VAE attention [C,C,1,1] -> [C,C]) and the slicing of OpenCLIP's
+ * fused in_proj into q/k/v are zero-copy views. Configs are diffusers-style JSON objects:
+ * read from config.json, or derived from tensor shapes for single files. */
+#ifndef SVDIFF_IO_MODEL_H
+#define SVDIFF_IO_MODEL_H
+
+#include <cJSON.h>
+
+#include "io/safetensors.h"
+
+typedef enum {
+    MODEL_LAYOUT_DIFFUSERS = 0,   /* folder with model_index.json */
+    MODEL_LAYOUT_LDM_SD1 = 1,     /* single file, cond_stage_model.transformer.* (CLIP-L) */
+    MODEL_LAYOUT_LDM_SD2 = 2,     /* single file, cond_stage_model.model.* (OpenCLIP) */
+} model_layout_t;
+
+typedef struct {
+    char *name;            /* "unet", "vae", "text_encoder" */
+    cJSON *config;         /* diffusers-style config (owned) */
+    int n_tensors;
+    st_tensor_t *tensors;  /* views, diffusers names (owned strings), sorted by name */
+} model_component_t;
+
+typedef struct {
+    char *path;
+    model_layout_t layout;
+    int n_sets;
+    st_set_t *sets;              /* the opened files (owned) */
+    model_component_t unet, vae, text_encoder;   /* n_tensors == 0 when absent */
+    cJSON *scheduler_config;     /* scheduler/scheduler_config.json or derived defaults */
+    char *tokenizer_dir;         /* folder with vocab.json + merges.txt, or NULL */
+} model_t;
+
+typedef struct {
+    const char *tokenizer_dir;   /* --tokenizer DIR (single files carry none); NULL: default */
+} model_open_options_t;
+
+/* Opens `path` (a folder or a .safetensors file). Errors (SD_ERR_IO / SD_ERR_FORMAT /
+ * SD_ERR_SHAPE) name the file and the offending tensor or config key. */
+int model_open(model_t *m, const char *path, const model_open_options_t *opt);
+void model_close(model_t *m);
+
+/* Lookup by diffusers name; NULL when absent. */
+const st_tensor_t *component_find(const model_component_t *c, const char *name);
+/* Lookup that must succeed with the given shape (ndim dims; a dim of -1 matches anything);
+ * on failure returns SD_ERR_FORMAT/SD_ERR_SHAPE with a message naming component, tensor and
+ * the shapes. */
+int component_require(const model_component_t *c, const char *name, int ndim,
+                      const int64_t *shape, const st_tensor_t **out);
+
+/* Config access with errors naming the component and key. */
+int config_int(const model_component_t *c, const char *key, int *out);
+int config_float(const model_component_t *c, const char *key, float *out);
+int config_bool(const model_component_t *c, const char *key, int *out);
+int config_string(const model_component_t *c, const char *key, const char **out);
+/* An integer array config (e.g. block_out_channels); *n set to its length (<= max). A
+ * single integer where an array is allowed (attention_head_dim) reads as an array of one. */
+int config_int_array(const model_component_t *c, const char *key, int *out, int max, int *n);
+/* Optional keys: returns the default when absent (errors still for a wrong JSON type). */
+int config_int_or(const model_component_t *c, const char *key, int dflt, int *out);
+int config_float_or(const model_component_t *c, const char *key, float dflt, float *out);
+int config_string_or(const model_component_t *c, const char *key, const char *dflt, const char **out);
+
+#endif
