@@ -3,7 +3,7 @@
 # Usage: scripts/install-deps.sh [--reference]   (--reference adds PyTorch for tests/reference/)
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config libopenblas-dev libopenblas0-openmp liblapacke-dev
-      libcjson-dev libcmocka-dev)
+      libcjson-dev libcmocka-dev libpng-dev libstb-dev)
 if [ "${1:-}" = "--reference" ]; then pkgs+=(python3-torch python3-numpy); fi
 missing=()
 for p in "${pkgs[@]}"; do

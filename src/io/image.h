@@ -1,0 +1,30 @@
+/* 8-bit RGB images: reading (PNG, JPEG, ... through stb_image), writing PNG atomically with
+ * text chunks (libpng), grids for sample sheets, and resize + crop for training inputs. */
+#ifndef SVDIFF_IO_IMAGE_H
+#define SVDIFF_IO_IMAGE_H
+
+#include <stdint.h>
+
+typedef struct {
+    int w, h;
+    uint8_t *rgb;   /* [h, w, 3], row-major */
+} image_t;
+
+/* Any format stb_image reads; alpha is composited on white (emoji, logos). Errors name the
+ * file and stb's reason. */
+int image_load(image_t *img, const char *path);
+/* PNG, written to "<path>.tmp.<pid>", fsync'ed and renamed. text: n key/value pairs stored
+ * as tEXt chunks (e.g. "parameters" with the generation settings). */
+int image_save_png(const image_t *img, const char *path, const char *const *keys,
+                   const char *const *values, int n_text);
+void image_free(image_t *img);
+int image_alloc(image_t *img, int w, int h);   /* zeroed (black) */
+
+/* Sample grid: n images of equal size, `cols` per row (<= 0: about square), pad pixels of
+ * white between and around them. */
+int image_grid(image_t *out, const image_t *imgs, int n, int cols, int pad);
+/* Resize so the shorter side is `size` (area-averaging down, bilinear up), then crop size x
+ * size (centre, or at (ox, oy) in [0,1] of the slack when not centred). */
+int image_resize_crop(image_t *out, const image_t *in, int size, int center, float ox, float oy);
+
+#endif
