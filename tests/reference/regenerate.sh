@@ -8,3 +8,4 @@ root=$(cd "$here/../.." && pwd)
 py=${SVDIFF_TORCH_PYTHON:-/usr/bin/python3}
 mkdir -p "$root/tests/fixtures"
 "$py" "$here/gen_ops_golden.py" --out "$root/tests/fixtures/ops_golden.safetensors"
+"$py" "$here/gen_clip_golden.py" --out "$root/tests/fixtures/clip"

@@ -1,0 +1,563 @@
+/* CLIP text encoder (see clip.h): config parsing, building from named tensors, spectral
+ * conversion, the activation buffer, and the forward / backward passes. Each block's forward
+ * and backward are written in the same order of steps so they can be read side by side. */
+#include "models/clip.h"
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "base/error.h"
+#include "base/scratch.h"
+#include "ops/ops.h"
+
+/* ---------------------------------------------------------------------------------------
+ * config */
+
+static int json_int(const cJSON *j, const char *key, int dflt, int *out, const char *what) {
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(j, key);
+    if (!it || cJSON_IsNull(it)) {
+        *out = dflt;
+        return SD_OK;
+    }
+    if (!cJSON_IsNumber(it) || it->valuedouble != (double)(int)it->valuedouble || it->valuedouble < 1)
+        return sd_error(SD_ERR_FORMAT, "%s: \"%s\" must be a positive integer", what, key);
+    *out = (int)it->valuedouble;
+    return SD_OK;
+}
+
+int clip_config_from_json(clip_config_t *cfg, const cJSON *json, const char *what) {
+    if (!what) what = "text encoder config";
+    if (!cJSON_IsObject(json)) return sd_error(SD_ERR_FORMAT, "%s: not a JSON object", what);
+    memset(cfg, 0, sizeof *cfg);
+    int rc;
+    /* defaults: transformers' CLIPTextConfig */
+    if ((rc = json_int(json, "hidden_size", 512, &cfg->hidden_size, what)) ||
+        (rc = json_int(json, "intermediate_size", 2048, &cfg->intermediate_size, what)) ||
+        (rc = json_int(json, "num_hidden_layers", 12, &cfg->num_layers, what)) ||
+        (rc = json_int(json, "num_attention_heads", 8, &cfg->num_heads, what)) ||
+        (rc = json_int(json, "max_position_embeddings", 77, &cfg->max_positions, what)) ||
+        (rc = json_int(json, "vocab_size", 49408, &cfg->vocab_size, what)))
+        return rc;
+    const cJSON *act = cJSON_GetObjectItemCaseSensitive(json, "hidden_act");
+    const char *name = act ? cJSON_GetStringValue(act) : "quick_gelu";
+    if (!name) return sd_error(SD_ERR_FORMAT, "%s: \"hidden_act\" must be a string", what);
+    if (strcmp(name, "quick_gelu") == 0) cfg->act = CLIP_ACT_QUICK_GELU;
+    else if (strcmp(name, "gelu") == 0) cfg->act = CLIP_ACT_GELU;
+    else
+        return sd_error(SD_ERR_FORMAT, "%s: hidden_act \"%s\" is not supported (quick_gelu, gelu)", what, name);
+    const cJSON *eps = cJSON_GetObjectItemCaseSensitive(json, "layer_norm_eps");
+    cfg->layer_norm_eps = 1e-5f;
+    if (eps && !cJSON_IsNull(eps)) {
+        if (!cJSON_IsNumber(eps) || !(eps->valuedouble > 0))
+            return sd_error(SD_ERR_FORMAT, "%s: \"layer_norm_eps\" must be a positive number", what);
+        cfg->layer_norm_eps = (float)eps->valuedouble;
+    }
+    if (cfg->hidden_size % cfg->num_heads)
+        return sd_error(SD_ERR_FORMAT, "%s: hidden_size %d is not a multiple of num_attention_heads %d", what,
+                        cfg->hidden_size, cfg->num_heads);
+    return SD_OK;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * The parameters in one fixed order, so that building, spectral conversion, gradient
+ * allocation and shift visiting are each one loop.
+ * Weights: 0 token embedding, 1 position embedding, then q, k, v, out, fc1, fc2 per layer.
+ * LayerNorms: layer_norm1, layer_norm2 per layer, then the final one. */
+
+#define N_LINEAR 6
+static const struct {
+    size_t off, goff;   /* offset of the clip_linear_t in clip_layer_t / of its grads */
+    const char *name;
+} LINEARS[N_LINEAR] = {
+    {offsetof(clip_layer_t, q), offsetof(clip_layer_grads_t, q), "self_attn.q_proj"},
+    {offsetof(clip_layer_t, k), offsetof(clip_layer_grads_t, k), "self_attn.k_proj"},
+    {offsetof(clip_layer_t, v), offsetof(clip_layer_grads_t, v), "self_attn.v_proj"},
+    {offsetof(clip_layer_t, o), offsetof(clip_layer_grads_t, o), "self_attn.out_proj"},
+    {offsetof(clip_layer_t, fc1), offsetof(clip_layer_grads_t, fc1), "mlp.fc1"},
+    {offsetof(clip_layer_t, fc2), offsetof(clip_layer_grads_t, fc2), "mlp.fc2"},
+};
+
+static int n_weights(const clip_t *m) { return 2 + N_LINEAR * m->cfg.num_layers; }
+static int n_norms(const clip_t *m) { return 2 * m->cfg.num_layers + 1; }
+
+/* Weight i: its weight_t, its bias slot (NULL for the embeddings), key prefix into name. */
+static weight_t *weight_ref(clip_t *m, int i, float ***bias, char *name, size_t cap) {
+    if (i < 2) {
+        if (bias) *bias = NULL;
+        if (name) snprintf(name, cap, "text_model.embeddings.%s", i == 0 ? "token_embedding" : "position_embedding");
+        return i == 0 ? &m->token_embedding : &m->position_embedding;
+    }
+    const int l = (i - 2) / N_LINEAR, j = (i - 2) % N_LINEAR;
+    clip_linear_t *lin = (clip_linear_t *)((char *)&m->layers[l] + LINEARS[j].off);
+    if (bias) *bias = &lin->bias;
+    if (name) snprintf(name, cap, "text_model.encoder.layers.%d.%s", l, LINEARS[j].name);
+    return &lin->w;
+}
+
+/* Expected [rows, cols] of weight i. */
+static void weight_shape(const clip_config_t *c, int i, int *rows, int *cols) {
+    const int C = c->hidden_size, I = c->intermediate_size;
+    if (i < 2) {
+        *rows = i == 0 ? c->vocab_size : c->max_positions, *cols = C;
+        return;
+    }
+    const int j = (i - 2) % N_LINEAR;
+    *rows = j == 4 ? I : C;   /* fc1 [I, C] */
+    *cols = j == 5 ? I : C;   /* fc2 [C, I] */
+}
+
+static clip_linear_grads_t *linear_grads_ref(clip_grads_t *g, int i) {
+    const int l = (i - 2) / N_LINEAR, j = (i - 2) % N_LINEAR;
+    return (clip_linear_grads_t *)((char *)&g->layers[l] + LINEARS[j].goff);
+}
+
+/* The dw slot of weight i in g. */
+static float **dw_ref(clip_grads_t *g, int i) {
+    if (i < 2) return i == 0 ? &g->dtoken : &g->dposition;
+    return &linear_grads_ref(g, i)->dw;
+}
+
+static clip_ln_t *ln_ref(clip_t *m, int i, char *name, size_t cap) {
+    if (i == 2 * m->cfg.num_layers) {
+        if (name) snprintf(name, cap, "text_model.final_layer_norm");
+        return &m->final_ln;
+    }
+    if (name) snprintf(name, cap, "text_model.encoder.layers.%d.layer_norm%d", i / 2, i % 2 + 1);
+    return i % 2 ? &m->layers[i / 2].ln2 : &m->layers[i / 2].ln1;
+}
+
+static clip_ln_grads_t *ln_grads_ref(clip_grads_t *g, int i, int L) {
+    if (i == 2 * L) return &g->final_ln;
+    return i % 2 ? &g->layers[i / 2].ln2 : &g->layers[i / 2].ln1;
+}
+
+static int shift_count(const clip_t *m) { return m->norm_shift_mode == NORMSHIFT_SCALAR ? 1 : m->cfg.hidden_size; }
+
+/* ---------------------------------------------------------------------------------------
+ * build / free */
+
+/* The tensor `name` with dtype F32/F16/BF16 and shape [d0] (d1 < 0) or [d0, d1]. */
+static int require(clip_get_fn get, void *ctx, const char *name, int d0, int d1, const st_tensor_t **out) {
+    const st_tensor_t *t = get(ctx, name);
+    if (!t) return sd_error(SD_ERR_FORMAT, "text encoder: tensor %s is missing", name);
+    if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16)
+        return sd_error(SD_ERR_FORMAT, "text encoder: tensor %s has dtype %s (F32, F16 or BF16 expected)", name,
+                        st_dtype_name(t->dtype));
+    const int ndim = d1 < 0 ? 1 : 2;
+    if (t->ndim != ndim || t->shape[0] != d0 || (ndim == 2 && t->shape[1] != d1)) {
+        char got[128] = "", want[48];
+        for (int k = 0, n = 0; k < t->ndim && n < (int)sizeof got - 24; k++)
+            n += snprintf(got + n, sizeof got - n, "%s%lld", k ? ", " : "", (long long)t->shape[k]);
+        if (ndim == 1) snprintf(want, sizeof want, "%d", d0);
+        else snprintf(want, sizeof want, "%d, %d", d0, d1);
+        return sd_error(SD_ERR_SHAPE, "text encoder: tensor %s has shape [%s], expected [%s] from the config", name,
+                        got, want);
+    }
+    *out = t;
+    return SD_OK;
+}
+
+/* dst[n] = tensor `name` [n] as fp32. */
+static int load_vec(float *dst, clip_get_fn get, void *ctx, const char *name, int n) {
+    const st_tensor_t *t;
+    int rc = require(get, ctx, name, n, -1, &t);
+    return rc ? rc : st_read_f32(dst, t);
+}
+
+int build_clip(clip_t *m, const clip_config_t *cfg, clip_get_fn get, void *ctx) {
+    memset(m, 0, sizeof *m);
+    m->cfg = *cfg;
+    m->norm_shift_scale = 1.0f;
+    const int C = cfg->hidden_size, I = cfg->intermediate_size, L = cfg->num_layers;
+    SD_CHECK(C > 0 && I > 0 && L > 0 && cfg->num_heads > 0 && C % cfg->num_heads == 0 && cfg->vocab_size > 0 &&
+                 cfg->max_positions > 0, "bad CLIP config");
+    m->layers = sd_xcalloc(L, sizeof *m->layers);
+    /* every bias, gamma and beta in one fp32 block: per layer 2 LNs (4C), 5 C-biases, fc1's I */
+    const size_t n_small = (size_t)L * (9 * C + I) + 2 * C;
+    m->small = sd_xmalloc(sizeof(float) * n_small);
+    float *cur = m->small;
+    char name[160], key[192];
+    int rc = SD_OK;
+    for (int i = 0; i < n_weights(m) && !rc; i++) {
+        float **bias;
+        weight_t *w = weight_ref(m, i, &bias, name, sizeof name);
+        int rows, cols;
+        weight_shape(cfg, i, &rows, &cols);
+        const st_tensor_t *t;
+        snprintf(key, sizeof key, "%s.weight", name);
+        if ((rc = require(get, ctx, key, rows, cols, &t))) break;
+        *w = weight_dense(t->data, t->dtype, rows, cols);
+        if (bias) {
+            *bias = cur, cur += rows;
+            snprintf(key, sizeof key, "%s.bias", name);
+            rc = load_vec(*bias, get, ctx, key, rows);
+        }
+    }
+    for (int i = 0; i < n_norms(m) && !rc; i++) {
+        clip_ln_t *ln = ln_ref(m, i, name, sizeof name);
+        ln->gamma = cur, cur += C;
+        ln->beta = cur, cur += C;
+        snprintf(key, sizeof key, "%s.weight", name);
+        if ((rc = load_vec(ln->gamma, get, ctx, key, C))) break;
+        snprintf(key, sizeof key, "%s.bias", name);
+        rc = load_vec(ln->beta, get, ctx, key, C);
+    }
+    if (rc) free_clip(m);
+    else SD_CHECK((size_t)(cur - m->small) == n_small, "small-parameter block miscounted");
+    return rc;
+}
+
+void free_clip(clip_t *m) {
+    if (m->layers) {
+        for (int i = 0; i < n_weights(m); i++) weight_free(weight_ref(m, i, NULL, NULL, 0));
+        for (int i = 0; i < n_norms(m); i++) free(ln_ref(m, i, NULL, 0)->shift);
+    }
+    free(m->layers);
+    free(m->small);
+    memset(m, 0, sizeof *m);
+}
+
+int clip_make_spectral(clip_t *m, unsigned which, int keep_base) {
+    char name[160];
+    for (int i = 0; i < n_weights(m); i++) {
+        weight_t *w = weight_ref(m, i, NULL, name, sizeof name);
+        const unsigned bit = i < 2 ? CLIP_SPECTRAL_EMBEDDINGS : CLIP_SPECTRAL_LINEARS;
+        if (!(which & bit) || w->kind != WEIGHT_DENSE) continue;
+        int rc = weight_make_spectral(w, keep_base);
+        if (rc) {
+            char msg[256];
+            snprintf(msg, sizeof msg, "%s", sd_last_error());
+            return sd_error(rc, "text encoder: %s.weight: %s", name, msg);
+        }
+    }
+    return SD_OK;
+}
+
+void clip_add_norm_shifts(clip_t *m, normshift_mode_t mode) {
+    m->norm_shift_mode = mode;
+    for (int i = 0; i < n_norms(m); i++) {
+        clip_ln_t *ln = ln_ref(m, i, NULL, 0);
+        free(ln->shift);
+        ln->shift = sd_xcalloc(shift_count(m), sizeof(float));
+    }
+}
+
+void clip_set_shift_scale(clip_t *m, float s) {
+    for (int i = 0; i < n_weights(m); i++) {
+        weight_t *w = weight_ref(m, i, NULL, NULL, 0);
+        if (w->kind == WEIGHT_SPECTRAL) w->sp->scale = s;
+        free(w->baked);   /* a baked matrix would be stale */
+        w->baked = NULL;
+    }
+    m->norm_shift_scale = s;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * activations: one buffer, carved by this table (llm.c style) */
+
+#define N_ACTS 20
+static void acts_layout(float **ptrs[N_ACTS], size_t sizes[N_ACTS], clip_acts_t *a, const clip_config_t *c) {
+    const size_t L = c->num_layers, C = c->hidden_size, I = c->intermediate_size, H = c->num_heads;
+    const size_t BT = (size_t)a->B * a->T;
+    float **p[N_ACTS] = {&a->encoded, &a->ln1, &a->ln1_mean, &a->ln1_rstd, &a->q, &a->k, &a->v,
+                         &a->atty, &a->att_lse, &a->residual2, &a->ln2, &a->ln2_mean, &a->ln2_rstd,
+                         &a->fch, &a->fch_act, &a->residual3, &a->lnf, &a->lnf_mean, &a->lnf_rstd, NULL};
+    const size_t s[N_ACTS] = {BT * C, L * BT * C, L * BT, L * BT, L * BT * C, L * BT * C, L * BT * C,
+                              L * BT * C, L * BT * H, L * BT * C, L * BT * C, L * BT, L * BT,
+                              L * BT * I, L * BT * I, L * BT * C, BT * C, BT, BT, 0};
+    for (int i = 0; i < N_ACTS; i++) ptrs[i] = p[i], sizes[i] = s[i];
+}
+
+int clip_acts_build(clip_acts_t *a, const clip_config_t *cfg, int B, int T) {
+    memset(a, 0, sizeof *a);
+    if (B < 1 || T < 1 || T > cfg->max_positions)
+        return sd_error(SD_ERR_ARG, "text encoder: batch %d x %d tokens (1..%d tokens allowed)", B, T,
+                        cfg->max_positions);
+    a->B = B, a->T = T;
+    float **ptrs[N_ACTS];
+    size_t sizes[N_ACTS];
+    acts_layout(ptrs, sizes, a, cfg);
+    for (int i = 0; i < N_ACTS; i++) a->n_floats += sizes[i];
+    a->memory = malloc(a->n_floats * sizeof(float));
+    a->ids = malloc(sizeof(int) * ((size_t)B * T + T));
+    if (!a->memory || !a->ids) {
+        size_t n = a->n_floats;
+        clip_acts_free(a);
+        return sd_error(SD_ERR_NOMEM, "text encoder: cannot allocate %zu MB of activations", n * 4 >> 20);
+    }
+    float *cur = a->memory;
+    for (int i = 0; i < N_ACTS; i++)
+        if (ptrs[i]) *ptrs[i] = cur, cur += sizes[i];
+    a->pos = a->ids + (size_t)B * T;
+    for (int t = 0; t < T; t++) a->pos[t] = t;
+    return SD_OK;
+}
+
+void clip_acts_free(clip_acts_t *a) {
+    free(a->memory);
+    free(a->ids);
+    memset(a, 0, sizeof *a);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * small pieces shared by forward and backward */
+
+static void act_forward(clip_act_t act, float *out, const float *inp, size_t n) {
+    if (act == CLIP_ACT_GELU) gelu_forward(out, inp, n);
+    else quick_gelu_forward(out, inp, n);
+}
+
+static void act_backward(clip_act_t act, float *dinp, const float *dout, const float *inp, size_t n) {
+    if (act == CLIP_ACT_GELU) gelu_backward(dinp, dout, inp, n);
+    else quick_gelu_backward(dinp, dout, inp, n);
+}
+
+/* y += x over n values (the residual connections). */
+static void residual_add(float *y, const float *x, size_t n) {
+#pragma omp parallel for schedule(static) if (n >= (1u << 16))
+    for (size_t i = 0; i < n; i++) y[i] += x[i];
+}
+
+/* The LayerNorm's gain: gamma, or gamma moved by its shift (computed into scratch). */
+static const float *ln_gain(const clip_t *m, const clip_ln_t *ln) {
+    if (!ln->shift) return ln->gamma;
+    float *gain = scratch_floats(m->cfg.hidden_size);
+    normshift_gain(gain, ln->gamma, ln->shift, m->norm_shift_scale, m->cfg.hidden_size, m->norm_shift_mode);
+    return gain;
+}
+
+static void ln_forward(const clip_t *m, const clip_ln_t *ln, float *out, float *mean, float *rstd,
+                       const float *inp, int N) {
+    scratch_mark_t mark = scratch_mark();
+    layernorm_forward(out, mean, rstd, inp, ln_gain(m, ln), ln->beta, N, m->cfg.hidden_size, m->cfg.layer_norm_eps);
+    scratch_release(mark);
+}
+
+/* dinp += LayerNorm backward; gamma / beta / shift gradients into lg (may be NULL). With a
+ * shift, gamma is frozen (as the base of a spectral weight): dgamma must not be asked for. */
+static void ln_backward(const clip_t *m, const clip_ln_t *ln, const clip_ln_grads_t *lg, float *dinp,
+                        const float *dout, const float *inp, const float *mean, const float *rstd, int N) {
+    const int C = m->cfg.hidden_size;
+    scratch_mark_t mark = scratch_mark();
+    const float *gain = ln_gain(m, ln);
+    float *dgain = NULL, *dbeta = lg ? lg->dbeta : NULL;
+    if (ln->shift) {
+        SD_CHECK(!lg || !lg->dgamma, "dgamma of a shifted LayerNorm is not defined (gamma is frozen)");
+        if (lg && lg->dshift) {
+            dgain = scratch_floats(C);
+            memset(dgain, 0, sizeof(float) * C);
+        }
+    } else if (lg) {
+        dgain = lg->dgamma;
+    }
+    layernorm_backward(dinp, dgain, dbeta, dout, inp, gain, mean, rstd, N, C);
+    if (ln->shift && dgain)
+        normshift_backward(lg->dshift, dgain, ln->gamma, ln->shift, m->norm_shift_scale, C, m->norm_shift_mode);
+    scratch_release(mark);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * forward */
+
+const float *clip_forward(clip_t *m, clip_acts_t *a, const int *ids, int B, int T) {
+    const clip_config_t *c = &m->cfg;
+    SD_CHECK(B >= 1 && B <= a->B && T >= 1 && T <= a->T, "clip_forward: %d x %d tokens exceed the activations' %d x %d",
+             B, T, a->B, a->T);
+    SD_CHECK(m->clip_skip >= 0 && m->clip_skip < c->num_layers, "clip_skip %d with %d layers", m->clip_skip,
+             c->num_layers);
+    const int C = c->hidden_size, I = c->intermediate_size, H = c->num_heads, D = C / H, N = B * T;
+    const float scale = 1.0f / sqrtf((float)D);
+    /* per-layer slab strides (capacity, so that a smaller batch fits the same layout) */
+    const size_t sC = (size_t)a->B * a->T * C, sI = (size_t)a->B * a->T * I, sN = (size_t)a->B * a->T;
+    const size_t sH = (size_t)a->B * a->T * H;
+    a->cur_B = B, a->cur_T = T, a->n_run = c->num_layers - m->clip_skip;
+    memcpy(a->ids, ids, sizeof(int) * N);
+
+    /* embeddings: x0[b, t] = token_embedding[ids[b, t]] + position_embedding[t] */
+    scratch_mark_t mark = scratch_mark();
+    weight_embedding_forward(a->encoded, a->ids, &m->token_embedding, N);
+    float *pos = scratch_floats((size_t)T * C);
+    weight_embedding_forward(pos, a->pos, &m->position_embedding, T);
+    for (int b = 0; b < B; b++) residual_add(a->encoded + (size_t)b * T * C, pos, (size_t)T * C);
+    scratch_release(mark);
+
+    for (int l = 0; l < a->n_run; l++) {
+        const clip_layer_t *ly = &m->layers[l];
+        const float *x = l == 0 ? a->encoded : a->residual3 + (l - 1) * sC;
+        float *ln1 = a->ln1 + l * sC, *ln1_mean = a->ln1_mean + l * sN, *ln1_rstd = a->ln1_rstd + l * sN;
+        float *q = a->q + l * sC, *k = a->k + l * sC, *v = a->v + l * sC;
+        float *atty = a->atty + l * sC, *lse = a->att_lse + l * sH, *res2 = a->residual2 + l * sC;
+        float *ln2 = a->ln2 + l * sC, *ln2_mean = a->ln2_mean + l * sN, *ln2_rstd = a->ln2_rstd + l * sN;
+        float *fch = a->fch + l * sI, *fch_act = a->fch_act + l * sI, *res3 = a->residual3 + l * sC;
+
+        /* attention block: res2 = x + out_proj(attention(q, k, v of LN1(x)), causal) */
+        ln_forward(m, &ly->ln1, ln1, ln1_mean, ln1_rstd, x, N);
+        weight_linear_forward(q, ln1, &ly->q.w, ly->q.bias, N);
+        weight_linear_forward(k, ln1, &ly->k.w, ly->k.bias, N);
+        weight_linear_forward(v, ln1, &ly->v.w, ly->v.bias, N);
+        attention_forward(atty, lse, q, k, v, B, T, T, H, D, scale, 1);
+        weight_linear_forward(res2, atty, &ly->o.w, ly->o.bias, N);
+        residual_add(res2, x, (size_t)N * C);
+
+        /* MLP block: res3 = res2 + fc2(act(fc1(LN2(res2)))) */
+        ln_forward(m, &ly->ln2, ln2, ln2_mean, ln2_rstd, res2, N);
+        weight_linear_forward(fch, ln2, &ly->fc1.w, ly->fc1.bias, N);
+        act_forward(c->act, fch_act, fch, (size_t)N * I);
+        weight_linear_forward(res3, fch_act, &ly->fc2.w, ly->fc2.bias, N);
+        residual_add(res3, res2, (size_t)N * C);
+    }
+
+    /* final LayerNorm on the last layer run (clip_skip stops early) */
+    const float *xl = a->n_run == 0 ? a->encoded : a->residual3 + (a->n_run - 1) * sC;
+    ln_forward(m, &m->final_ln, a->lnf, a->lnf_mean, a->lnf_rstd, xl, N);
+    return a->lnf;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * backward */
+
+void clip_backward(clip_t *m, clip_acts_t *a, const float *dhidden, clip_grads_t *g, float *dembed) {
+    const clip_config_t *c = &m->cfg;
+    const int B = a->cur_B, T = a->cur_T;
+    SD_CHECK(B > 0 && T > 0, "clip_backward before any forward");
+    const int C = c->hidden_size, I = c->intermediate_size, H = c->num_heads, D = C / H, N = B * T;
+    const float scale = 1.0f / sqrtf((float)D);
+    const size_t sC = (size_t)a->B * a->T * C, sI = (size_t)a->B * a->T * I, sN = (size_t)a->B * a->T;
+    const size_t sH = (size_t)a->B * a->T * H, NC = (size_t)N * C, NI = (size_t)N * I;
+    const clip_layer_grads_t none = {0};
+
+    scratch_mark_t mark = scratch_mark();
+    /* gradients of activations, reused by every layer: dx is dL/d(residual stream) */
+    float *dx = scratch_floats(NC), *dres = scratch_floats(NC), *dln = scratch_floats(NC);
+    float *datty = scratch_floats(NC), *dq = scratch_floats(NC), *dk = scratch_floats(NC);
+    float *dv = scratch_floats(NC), *dfch_act = scratch_floats(NI), *dfch = scratch_floats(NI);
+
+    /* final LayerNorm */
+    const float *xl = a->n_run == 0 ? a->encoded : a->residual3 + (a->n_run - 1) * sC;
+    memset(dx, 0, sizeof(float) * NC);
+    ln_backward(m, &m->final_ln, g ? &g->final_ln : NULL, dx, dhidden, xl, a->lnf_mean, a->lnf_rstd, N);
+
+    for (int l = a->n_run - 1; l >= 0; l--) {
+        const clip_layer_t *ly = &m->layers[l];
+        const clip_layer_grads_t *lg = g ? &g->layers[l] : &none;
+        const float *x = l == 0 ? a->encoded : a->residual3 + (l - 1) * sC;
+        const float *ln1 = a->ln1 + l * sC, *ln1_mean = a->ln1_mean + l * sN, *ln1_rstd = a->ln1_rstd + l * sN;
+        const float *q = a->q + l * sC, *k = a->k + l * sC, *v = a->v + l * sC;
+        const float *atty = a->atty + l * sC, *lse = a->att_lse + l * sH, *res2 = a->residual2 + l * sC;
+        const float *ln2 = a->ln2 + l * sC, *ln2_mean = a->ln2_mean + l * sN, *ln2_rstd = a->ln2_rstd + l * sN;
+        const float *fch = a->fch + l * sI, *fch_act = a->fch_act + l * sI;
+
+        /* MLP block: dx = dL/d res3; the residual passes it to res2 (dres), the branch adds */
+        memcpy(dres, dx, sizeof(float) * NC);
+        memset(dfch_act, 0, sizeof(float) * NI);
+        weight_linear_backward(dfch_act, lg->fc2.dw, lg->fc2.dbias, dx, fch_act, &ly->fc2.w, N);
+        memset(dfch, 0, sizeof(float) * NI);
+        act_backward(c->act, dfch, dfch_act, fch, NI);
+        memset(dln, 0, sizeof(float) * NC);
+        weight_linear_backward(dln, lg->fc1.dw, lg->fc1.dbias, dfch, ln2, &ly->fc1.w, N);
+        ln_backward(m, &ly->ln2, g ? &lg->ln2 : NULL, dres, dln, res2, ln2_mean, ln2_rstd, N);
+
+        /* attention block: dres = dL/d res2; the residual passes it to x (dx), the branch adds */
+        memcpy(dx, dres, sizeof(float) * NC);
+        memset(datty, 0, sizeof(float) * NC);
+        weight_linear_backward(datty, lg->o.dw, lg->o.dbias, dres, atty, &ly->o.w, N);
+        memset(dq, 0, sizeof(float) * NC);
+        memset(dk, 0, sizeof(float) * NC);
+        memset(dv, 0, sizeof(float) * NC);
+        attention_backward(dq, dk, dv, datty, q, k, v, atty, lse, B, T, T, H, D, scale, 1);
+        memset(dln, 0, sizeof(float) * NC);
+        weight_linear_backward(dln, lg->q.dw, lg->q.dbias, dq, ln1, &ly->q.w, N);
+        weight_linear_backward(dln, lg->k.dw, lg->k.dbias, dk, ln1, &ly->k.w, N);
+        weight_linear_backward(dln, lg->v.dw, lg->v.dbias, dv, ln1, &ly->v.w, N);
+        ln_backward(m, &ly->ln1, g ? &lg->ln1 : NULL, dx, dln, x, ln1_mean, ln1_rstd, N);
+    }
+
+    /* embeddings: dx = dL/d x0, the token rows get it, each position the sum over the batch */
+    if (dembed) residual_add(dembed, dx, NC);
+    if (g && g->dtoken) weight_embedding_backward(g->dtoken, dx, a->ids, &m->token_embedding, N);
+    if (g && g->dposition) {
+        float *dpos = dres;   /* free now: [T, C] sum over the batch */
+        memcpy(dpos, dx, sizeof(float) * T * C);
+        for (int b = 1; b < B; b++) residual_add(dpos, dx + (size_t)b * T * C, (size_t)T * C);
+        weight_embedding_backward(g->dposition, dpos, a->pos, &m->position_embedding, T);
+    }
+    scratch_release(mark);
+}
+
+/* ---------------------------------------------------------------------------------------
+ * gradients */
+
+/* Carves n floats from a cursor; with no base yet (the counting pass) it only counts. */
+typedef struct { float *base; size_t used; } carve_t;
+static float *carve(carve_t *cv, size_t n) {
+    float *p = cv->base ? cv->base + cv->used : NULL;
+    cv->used += n;
+    return p;
+}
+
+static void grads_assign(clip_grads_t *g, clip_t *m, unsigned what, carve_t *cv) {
+    const int C = m->cfg.hidden_size;
+    for (int i = 0; i < n_weights(m); i++) {
+        float **bias;
+        const weight_t *w = weight_ref(m, i, &bias, NULL, 0);
+        float **dw = dw_ref(g, i);
+        if (w->kind == WEIGHT_SPECTRAL && (what & CLIP_GRAD_SHIFTS)) *dw = carve(cv, w->sp->rank);
+        if (w->kind == WEIGHT_DENSE && (what & CLIP_GRAD_DENSE)) *dw = carve(cv, (size_t)w->rows * w->cols);
+        if (bias && (what & CLIP_GRAD_DENSE)) linear_grads_ref(g, i)->dbias = carve(cv, w->rows);
+    }
+    for (int i = 0; i < n_norms(m); i++) {
+        const clip_ln_t *ln = ln_ref(m, i, NULL, 0);
+        clip_ln_grads_t *lg = ln_grads_ref(g, i, m->cfg.num_layers);
+        if (ln->shift && (what & CLIP_GRAD_SHIFTS)) lg->dshift = carve(cv, shift_count(m));
+        if (!ln->shift && (what & CLIP_GRAD_DENSE)) lg->dgamma = carve(cv, C);
+        if (what & CLIP_GRAD_DENSE) lg->dbeta = carve(cv, C);
+    }
+}
+
+int clip_grads_alloc(clip_grads_t *g, const clip_t *m, unsigned what) {
+    memset(g, 0, sizeof *g);
+    clip_t *mm = (clip_t *)m;   /* the walkers take non-const; nothing is modified */
+    g->layers = calloc(m->cfg.num_layers, sizeof *g->layers);
+    if (!g->layers) return sd_error(SD_ERR_NOMEM, "text encoder: cannot allocate gradients");
+    carve_t cv = {0};
+    grads_assign(g, mm, what, &cv);
+    g->n_floats = cv.used;
+    g->memory = calloc(cv.used ? cv.used : 1, sizeof(float));
+    if (!g->memory) {
+        clip_grads_free(g);
+        return sd_error(SD_ERR_NOMEM, "text encoder: cannot allocate %zu MB of gradients", cv.used * 4 >> 20);
+    }
+    cv = (carve_t){.base = g->memory};
+    grads_assign(g, mm, what, &cv);
+    return SD_OK;
+}
+
+void clip_grads_zero(clip_grads_t *g) {
+    if (g->memory) memset(g->memory, 0, sizeof(float) * g->n_floats);
+}
+
+void clip_grads_free(clip_grads_t *g) {
+    free(g->layers);
+    free(g->memory);
+    memset(g, 0, sizeof *g);
+}
+
+void clip_visit_shifts(clip_t *m, clip_grads_t *g, clip_shift_visit_fn fn, void *ctx) {
+    char name[160], key[192];
+    for (int i = 0; i < n_weights(m); i++) {
+        weight_t *w = weight_ref(m, i, NULL, name, sizeof name);
+        if (w->kind != WEIGHT_SPECTRAL) continue;
+        snprintf(key, sizeof key, "%s.weight", name);
+        fn(ctx, key, w->sp->delta, g && g->layers ? *dw_ref(g, i) : NULL, w->sp->rank);
+    }
+    for (int i = 0; i < n_norms(m); i++) {
+        clip_ln_t *ln = ln_ref(m, i, name, sizeof name);
+        if (!ln->shift) continue;
+        snprintf(key, sizeof key, "%s.weight", name);
+        fn(ctx, key, ln->shift, g && g->layers ? ln_grads_ref(g, i, m->cfg.num_layers)->dshift : NULL,
+           shift_count(m));
+    }
+}

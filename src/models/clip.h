@@ -1,0 +1,177 @@
+/* CLIP text encoder (transformers CLIPTextModel, as Stable Diffusion uses it), forward and
+ * backward, llm.c style: parameters in clip_t, every activation the backward needs in one
+ * buffer (clip_acts_t), gradients in clip_grads_t. SD 1.x: last_hidden_state after the final
+ * LayerNorm; SD 2.x: the diffusers copy simply has 23 layers; clip_skip = k stops after layer
+ * L-k and then applies the final LayerNorm (diffusers' clip_skip). */
+#ifndef SVDIFF_MODELS_CLIP_H
+#define SVDIFF_MODELS_CLIP_H
+
+#include <cJSON.h>
+#include <stddef.h>
+
+#include "io/model.h"
+#include "io/safetensors.h"
+#include "weights/weight.h"
+
+typedef enum { CLIP_ACT_QUICK_GELU = 0, CLIP_ACT_GELU = 1 } clip_act_t;
+
+typedef struct {
+    int hidden_size;          /* C */
+    int intermediate_size;    /* I (MLP) */
+    int num_layers;           /* L: num_hidden_layers */
+    int num_heads;            /* H: num_attention_heads; head dim D = C / H */
+    int max_positions;        /* max_position_embeddings */
+    int vocab_size;           /* V */
+    clip_act_t act;           /* hidden_act: "quick_gelu" or "gelu" (exact erf) */
+    float layer_norm_eps;
+} clip_config_t;
+
+/* Reads a transformers CLIPTextConfig JSON object; absent keys take transformers' defaults
+ * (512, 2048, 12, 8, 77, 49408, quick_gelu, 1e-5). `what` names the source in errors
+ * (e.g. "text_encoder/config.json"). Returns 0 or SD_ERR_FORMAT naming the key. */
+int clip_config_from_json(clip_config_t *cfg, const cJSON *json, const char *what);
+
+/* A LayerNorm: fp32 gamma/beta [C] (copied from the file: they are tiny) and an optional
+ * trained shift of the gain (spectral.h normshift_*): NULL, or [C] / [1] by mode. */
+typedef struct {
+    float *gamma, *beta;
+    float *shift;
+} clip_ln_t;
+
+/* A linear layer: weight [out, in] (dense view or spectral) and fp32 bias [out]. */
+typedef struct {
+    weight_t w;
+    float *bias;
+} clip_linear_t;
+
+typedef struct {
+    clip_ln_t ln1;
+    clip_linear_t q, k, v, o;     /* self_attn.{q,k,v,out}_proj */
+    clip_ln_t ln2;
+    clip_linear_t fc1, fc2;       /* mlp.fc1 [I, C], mlp.fc2 [C, I] */
+} clip_layer_t;
+
+typedef struct {
+    clip_config_t cfg;
+    weight_t token_embedding;     /* [V, C] */
+    weight_t position_embedding;  /* [max_positions, C] */
+    clip_layer_t *layers;         /* [L] */
+    clip_ln_t final_ln;
+    int clip_skip;                /* layers not run at the end (0: all); set before forward */
+    normshift_mode_t norm_shift_mode;
+    float norm_shift_scale;       /* s of the norm shifts (spectral weights keep theirs in sp) */
+    float *small;                 /* one block holding every bias / gamma / beta (fp32) */
+} clip_t;
+
+/* Tensor lookup by transformers name (e.g. "text_model.final_layer_norm.weight"); NULL when
+ * absent. Dense weights stay views of the returned data: it must outlive the model. */
+typedef const st_tensor_t *(*clip_get_fn)(void *ctx, const char *name);
+
+/* Builds the model from `cfg` and the tensors `get` returns. Weights (F32/F16/BF16) are
+ * dense views; biases and LayerNorm parameters are converted to fp32 copies. Extra tensors
+ * (e.g. text_model.embeddings.position_ids) are ignored. Returns 0, or SD_ERR_FORMAT (missing
+ * tensor, wrong dtype) / SD_ERR_SHAPE naming the tensor; *m is then empty. */
+int build_clip(clip_t *m, const clip_config_t *cfg, clip_get_fn get, void *ctx);
+void free_clip(clip_t *m);
+
+/* Turns weights spectral (SVD of each; keep_base keeps the base matrix for the exact
+ * residual form W + U diag(relu(S + s delta) - S) V^T). */
+enum {
+    CLIP_SPECTRAL_LINEARS = 1,      /* q, k, v, out_proj, fc1, fc2 of every layer */
+    CLIP_SPECTRAL_EMBEDDINGS = 2,   /* token and position embeddings */
+};
+int clip_make_spectral(clip_t *m, unsigned which, int keep_base);
+/* Adds a zero shift to the gain of every LayerNorm (ln1, ln2, final) in `mode`. */
+void clip_add_norm_shifts(clip_t *m, normshift_mode_t mode);
+/* Sets the scale s of every spectral weight and of the norm shifts (inference strength);
+ * drops baked matrices (weight_bake), which that makes stale. */
+void clip_set_shift_scale(clip_t *m, float s);
+
+/* Activations of one forward, kept for the backward: one allocation, laid out by a table
+ * (clip.c acts_layout). Per-layer arrays are [L, ...] with slabs sized for the capacity
+ * (B, T) given at build; a forward may use any B' <= B, T' <= T. */
+typedef struct {
+    int B, T;              /* capacity */
+    int cur_B, cur_T;      /* shape of the last forward */
+    int n_run;             /* layers the last forward ran (L - clip_skip) */
+    int *ids;              /* [B, T] token ids of the last forward */
+    int *pos;              /* [T] 0..T-1, the position ids */
+    float *encoded;        /* [B, T, C] token + position embedding = input of layer 0 */
+    float *ln1;            /* [L, B, T, C] */
+    float *ln1_mean, *ln1_rstd;  /* [L, B, T] */
+    float *q, *k, *v;      /* [L, B, T, C] projections, heads interleaved */
+    float *atty;           /* [L, B, T, C] attention output (input of out_proj) */
+    float *att_lse;        /* [L, B, H, T] softmax log-sum-exp per query row */
+    float *residual2;      /* [L, B, T, C] x + attn */
+    float *ln2;            /* [L, B, T, C] */
+    float *ln2_mean, *ln2_rstd;  /* [L, B, T] */
+    float *fch;            /* [L, B, T, I] fc1 output (pre-activation) */
+    float *fch_act;        /* [L, B, T, I] activation (input of fc2) */
+    float *residual3;      /* [L, B, T, C] layer output (input of the next layer) */
+    float *lnf;            /* [B, T, C] final LayerNorm output = last_hidden_state */
+    float *lnf_mean, *lnf_rstd;  /* [B, T] */
+    float *memory;         /* the single allocation */
+    size_t n_floats;
+} clip_acts_t;
+
+/* Returns 0, SD_ERR_ARG (T > max_positions, B or T < 1) or SD_ERR_NOMEM. */
+int clip_acts_build(clip_acts_t *a, const clip_config_t *cfg, int B, int T);
+void clip_acts_free(clip_acts_t *a);
+
+/* hidden[B, T, C] (= a->lnf) for ids[B, T] (each in [0, V)). */
+const float *clip_forward(clip_t *m, clip_acts_t *a, const int *ids, int B, int T);
+
+/* Gradients. For a weight, dw is d(delta) [rank] when it is spectral and dW [rows, cols]
+ * (fp32) when it is dense. Every pointer may be NULL (= not wanted); backward accumulates. */
+typedef struct { float *dw, *dbias; } clip_linear_grads_t;
+typedef struct { float *dgamma, *dbeta, *dshift; } clip_ln_grads_t;
+typedef struct {
+    clip_ln_grads_t ln1;
+    clip_linear_grads_t q, k, v, o;
+    clip_ln_grads_t ln2;
+    clip_linear_grads_t fc1, fc2;
+} clip_layer_grads_t;
+typedef struct {
+    float *dtoken, *dposition;    /* the embeddings' dw */
+    clip_layer_grads_t *layers;   /* [L] */
+    clip_ln_grads_t final_ln;
+    float *memory;                /* one block behind every pointer above */
+    size_t n_floats;
+} clip_grads_t;
+
+enum {
+    CLIP_GRAD_SHIFTS = 1,   /* d(delta) of every spectral weight, d(shift) of every norm shift */
+    CLIP_GRAD_DENSE = 2,    /* dW of every dense weight, every bias, gamma and beta */
+};
+/* Allocates (zeroed) the gradients selected by `what` for the model's current weight kinds.
+ * Returns 0 or SD_ERR_NOMEM. */
+int clip_grads_alloc(clip_grads_t *g, const clip_t *m, unsigned what);
+void clip_grads_zero(clip_grads_t *g);
+void clip_grads_free(clip_grads_t *g);
+
+/* Backward of the last forward: dhidden [B, T, C] = dL/d hidden. Accumulates into every
+ * non-NULL gradient of g (g may be NULL) and into dembed [B, T, C] = dL/d(token + position
+ * embedding), the input of the first block (NULL = not wanted). */
+void clip_backward(clip_t *m, clip_acts_t *a, const float *dhidden, clip_grads_t *g, float *dembed);
+
+/* Visits every trained shift: spectral deltas (name = the weight's key, e.g.
+ * "text_model.encoder.layers.0.self_attn.q_proj.weight") and norm shifts (the gain's key,
+ * "...layer_norm1.weight"), with its gradient from g (NULL if g is NULL or has none). */
+typedef void (*clip_shift_visit_fn)(void *ctx, const char *name, float *shift, float *grad, int n);
+void clip_visit_shifts(clip_t *m, clip_grads_t *g, clip_shift_visit_fn fn, void *ctx);
+
+/* ---- glue to io/model.h (inline so that this header's users link without model.c until
+ * they call these) ---- */
+static inline const st_tensor_t *clip_component_get_(void *ctx, const char *name) {
+    return component_find((const model_component_t *)ctx, name);
+}
+static inline int clip_config_from_component(clip_config_t *cfg, const model_component_t *c) {
+    return clip_config_from_json(cfg, c->config, c->name);
+}
+static inline int build_clip_from_component(clip_t *m, const model_component_t *c) {
+    clip_config_t cfg;
+    int rc = clip_config_from_component(&cfg, c);
+    return rc ? rc : build_clip(m, &cfg, clip_component_get_, (void *)c);
+}
+
+#endif
