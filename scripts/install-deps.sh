@@ -4,7 +4,7 @@
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config libopenblas-dev libopenblas0-openmp liblapacke-dev
       libcjson-dev libcmocka-dev libpng-dev libstb-dev)
-if [ "${1:-}" = "--reference" ]; then pkgs+=(python3-torch python3-numpy); fi
+if [ "${1:-}" = "--reference" ]; then pkgs+=(python3-torch python3-numpy python3-regex); fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
