@@ -5,7 +5,9 @@
 
 #include <stdio.h>
 
+int cmd_info(int argc, char **argv);
 int cmd_selfcheck(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
 void print_version(FILE *f);
 
 #endif

@@ -13,8 +13,10 @@ typedef struct {
 } command_t;
 
 static const command_t COMMANDS[] = {
+    {"info", cmd_info, "describe a model folder or single-file checkpoint without reading its weights"},
     {"selfcheck", cmd_selfcheck,
      "train spectral shifts of a tiny random network end to end and verify every step"},
+    {"tokenize", cmd_tokenize, "print the CLIP token ids of a prompt (--tokens shows the strings)"},
 };
 
 static void print_usage(FILE *f) {

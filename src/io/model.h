@@ -65,4 +65,14 @@ int config_int_or(const model_component_t *c, const char *key, int dflt, int *ou
 int config_float_or(const model_component_t *c, const char *key, float dflt, float *out);
 int config_string_or(const model_component_t *c, const char *key, const char *dflt, const char **out);
 
+/* Every tensor a component's config implies (diffusers names and shapes, module order); the
+ * component's name ("unet", "vae", "text_encoder") says which model (UNet2DConditionModel,
+ * AutoencoderKL, CLIPTextModel). Only c->config is read. fn returning non-zero stops the walk
+ * and that value is returned; config errors (missing key, unsupported value) SD_ERR_FORMAT. */
+typedef int (*model_tensor_fn)(void *ctx, const char *name, int ndim, const int64_t *shape);
+int component_expected_tensors(const model_component_t *c, model_tensor_fn fn, void *ctx);
+/* Checks that the component holds exactly those tensors, with those shapes, in a float dtype
+ * (model_open does this for every component it opens). */
+int component_validate(const model_component_t *c);
+
 #endif

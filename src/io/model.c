@@ -1,0 +1,494 @@
+/* model_open: a diffusers folder (model_index.json, per-component config.json and safetensors,
+ * sharded or not, fp16 variants accepted) or an LDM single file (SD 1.x / 2.x), into components
+ * of zero-copy views named the diffusers way, every component validated against its config.
+ * Only headers are read: the tensor data stays untouched in the mmap until a model uses it. */
+#include "io/model.h"
+
+#include <errno.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "base/error.h"
+#include "io/model_config.h"
+#include "io/names.h"
+
+/* ---------------------------------------------------------------------------------------- */
+/* Small helpers                                                                            */
+
+static char *join(const char *a, const char *b) {
+    size_t na = strlen(a), nb = strlen(b);
+    int slash = na > 0 && a[na - 1] != '/';
+    char *s = sd_xmalloc(na + nb + 2);
+    memcpy(s, a, na);
+    if (slash) s[na] = '/';
+    memcpy(s + na + slash, b, nb + 1);
+    return s;
+}
+
+static char *dup_str(const char *s) {
+    size_t n = strlen(s);
+    char *d = sd_xmalloc(n + 1);
+    memcpy(d, s, n + 1);
+    return d;
+}
+
+static int is_file(const char *path) {
+    struct stat sb;
+    return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
+}
+
+static int is_dir(const char *path) {
+    struct stat sb;
+    return stat(path, &sb) == 0 && S_ISDIR(sb.st_mode);
+}
+
+/* Reads and parses a JSON object file; errors name the file. */
+static int read_json(const char *path, cJSON **out) {
+    *out = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f) return sd_error(SD_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    size_t cap = 4096, n = 0;
+    char *buf = sd_xmalloc(cap);
+    for (;;) {
+        if (n + 1 >= cap) {
+            cap *= 2;
+            char *nb = realloc(buf, cap);
+            SD_CHECK(nb, "out of memory reading %s", path);
+            buf = nb;
+        }
+        size_t r = fread(buf + n, 1, cap - 1 - n, f);
+        n += r;
+        if (r == 0) break;
+    }
+    int err = ferror(f);
+    fclose(f);
+    if (err) {
+        free(buf);
+        return sd_error(SD_ERR_IO, "%s: read error", path);
+    }
+    buf[n] = '\0';
+    const char *end = NULL;
+    cJSON *j = cJSON_ParseWithLengthOpts(buf, n, &end, 0);
+    if (!j) {
+        int rc = sd_error(SD_ERR_FORMAT, "%s: not valid JSON (near byte %td)", path,
+                          end ? end - buf : (ptrdiff_t)-1);
+        free(buf);
+        return rc;
+    }
+    free(buf);
+    if (!cJSON_IsObject(j)) {
+        cJSON_Delete(j);
+        return sd_error(SD_ERR_FORMAT, "%s: not a JSON object", path);
+    }
+    *out = j;
+    return 0;
+}
+
+/* Prefixes the current error message with `what: ` (keeps the code). */
+static int wrap(int rc, const char *what) {
+    char msg[2048];
+    snprintf(msg, sizeof msg, "%s", sd_last_error());
+    return sd_error(rc, "%s: %s", what, msg);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Component building                                                                       */
+
+typedef struct {
+    st_tensor_t t;        /* view; t.name owned */
+    const char *src;      /* the name in the file (for duplicate messages) */
+} entry_t;
+
+typedef struct {
+    entry_t *e;
+    int n, cap;
+} builder_t;
+
+static void builder_add(builder_t *b, const st_tensor_t *t, const char *name, const char *src) {
+    if (b->n == b->cap) {
+        b->cap = b->cap ? 2 * b->cap : 256;
+        entry_t *ne = realloc(b->e, (size_t)b->cap * sizeof *ne);
+        SD_CHECK(ne, "out of memory");
+        b->e = ne;
+    }
+    entry_t *e = &b->e[b->n++];
+    e->t = *t;
+    e->t.name = dup_str(name);
+    e->src = src;
+}
+
+static void builder_free(builder_t *b) {
+    for (int i = 0; i < b->n; i++) free(b->e[i].t.name);
+    free(b->e);
+    memset(b, 0, sizeof *b);
+}
+
+static int cmp_entry(const void *a, const void *b) {
+    return strcmp(((const entry_t *)a)->t.name, ((const entry_t *)b)->t.name);
+}
+
+/* Sorts, rejects two file tensors landing on one name, and moves the views into c. */
+static int builder_finish(builder_t *b, model_component_t *c, const char *path) {
+    if (b->n > 1) qsort(b->e, (size_t)b->n, sizeof *b->e, cmp_entry);
+    for (int i = 1; i < b->n; i++)
+        if (!strcmp(b->e[i - 1].t.name, b->e[i].t.name)) {
+            int rc = sd_error(SD_ERR_FORMAT, "%s: duplicate mapping: tensors '%s' and '%s' both become %s "
+                              "tensor '%s'", path, b->e[i - 1].src, b->e[i].src, c->name, b->e[i].t.name);
+            builder_free(b);
+            return rc;
+        }
+    c->n_tensors = b->n;
+    c->tensors = sd_xmalloc((size_t)b->n * sizeof(st_tensor_t) + 1);
+    for (int i = 0; i < b->n; i++) c->tensors[i] = b->e[i].t;   /* names move over */
+    free(b->e);
+    memset(b, 0, sizeof *b);
+    return 0;
+}
+
+static void component_free(model_component_t *c) {
+    for (int i = 0; i < c->n_tensors; i++) free(c->tensors[i].name);
+    free(c->tensors);
+    free(c->name);
+    cJSON_Delete(c->config);
+    memset(c, 0, sizeof *c);
+}
+
+void model_close(model_t *m) {
+    if (!m) return;
+    component_free(&m->unet);
+    component_free(&m->vae);
+    component_free(&m->text_encoder);
+    for (int i = 0; i < m->n_sets; i++) st_set_close(&m->sets[i]);
+    free(m->sets);
+    cJSON_Delete(m->scheduler_config);
+    free(m->tokenizer_dir);
+    free(m->path);
+    memset(m, 0, sizeof *m);
+}
+
+static st_set_t *new_set(model_t *m) {
+    st_set_t *ns = realloc(m->sets, (size_t)(m->n_sets + 1) * sizeof *ns);
+    SD_CHECK(ns, "out of memory");
+    m->sets = ns;
+    memset(&m->sets[m->n_sets], 0, sizeof *ns);
+    return &m->sets[m->n_sets];
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Lookup                                                                                   */
+
+const st_tensor_t *component_find(const model_component_t *c, const char *name) {
+    int lo = 0, hi = c->n_tensors;
+    while (lo < hi) {
+        int mid = lo + (hi - lo) / 2;
+        int r = strcmp(c->tensors[mid].name, name);
+        if (r == 0) return &c->tensors[mid];
+        if (r < 0) lo = mid + 1;
+        else hi = mid;
+    }
+    return NULL;
+}
+
+/* "[320, 4, 3, 3]"; a negative size (any) prints as '*'. */
+static void shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
+    size_t k = (size_t)snprintf(buf, cap, "[");
+    for (int i = 0; i < ndim && k < cap; i++) {
+        if (shape[i] < 0) k += (size_t)snprintf(buf + k, cap - k, i ? ", *" : "*");
+        else k += (size_t)snprintf(buf + k, cap - k, i ? ", %lld" : "%lld", (long long)shape[i]);
+    }
+    if (k < cap) snprintf(buf + k, cap - k, "]");
+}
+
+int component_require(const model_component_t *c, const char *name, int ndim, const int64_t *shape,
+                      const st_tensor_t **out) {
+    const st_tensor_t *t = component_find(c, name);
+    if (out) *out = t;
+    if (!t) return sd_error(SD_ERR_FORMAT, "%s: missing tensor '%s'", c->name ? c->name : "?", name);
+    int ok = t->ndim == ndim;
+    for (int i = 0; ok && i < ndim; i++) ok = shape[i] < 0 || shape[i] == t->shape[i];
+    if (!ok) {
+        char want[160], got[160];
+        shape_str(want, sizeof want, ndim, shape);
+        shape_str(got, sizeof got, t->ndim, t->shape);
+        return sd_error(SD_ERR_SHAPE, "%s: tensor '%s' has shape %s, expected %s", c->name, name, got, want);
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* diffusers folders                                                                        */
+
+typedef struct {
+    const char *name, *cls, *library, *weights;   /* weights: base name, e.g. "model" */
+} folder_part_t;
+
+static const folder_part_t PARTS[3] = {
+    {"unet", "UNet2DConditionModel", "diffusers", "diffusion_pytorch_model"},
+    {"vae", "AutoencoderKL", "diffusers", "diffusion_pytorch_model"},
+    {"text_encoder", "CLIPTextModel", "transformers", "model"},
+};
+
+/* First existing weights file: plain names before the fp16 variant, one file before an index. */
+static char *find_weights(const char *dir, const char *base) {
+    static const char *const pattern[4] = {"%s.safetensors", "%s.safetensors.index.json",
+                                           "%s.fp16.safetensors", "%s.safetensors.index.fp16.json"};
+    char name[256];
+    for (int i = 0; i < 4; i++) {
+        snprintf(name, sizeof name, pattern[i], base);
+        char *p = join(dir, name);
+        if (is_file(p)) return p;
+        free(p);
+    }
+    return NULL;
+}
+
+/* model_index.json entry of a component: 1 if listed (["library", "Class"]), 0 if absent or
+ * [null, null]; errors for anything else or an unsupported class. */
+static int index_entry(const cJSON *index, const char *ipath, const char *name, const char *want_cls) {
+    const cJSON *e = cJSON_GetObjectItemCaseSensitive(index, name);
+    if (!e || cJSON_IsNull(e)) return 0;
+    const cJSON *lib = cJSON_GetArrayItem(e, 0), *cls = cJSON_GetArrayItem(e, 1);
+    if (!cJSON_IsArray(e) || cJSON_GetArraySize(e) != 2 || !(cJSON_IsString(cls) || cJSON_IsNull(cls)))
+        return sd_error(SD_ERR_FORMAT, "%s: entry '%s' is not a [library, class] pair", ipath, name);
+    if (cJSON_IsNull(lib) && cJSON_IsNull(cls)) return 0;
+    if (want_cls && cJSON_IsString(cls) && strcmp(cls->valuestring, want_cls) != 0)
+        return sd_error(SD_ERR_FORMAT, "%s: %s is a %s; only %s is supported", ipath, name, cls->valuestring,
+                        want_cls);
+    return 1;
+}
+
+static int open_folder_part(model_t *m, model_component_t *c, const folder_part_t *part) {
+    char *dir = join(m->path, part->name);
+    char *cfg_path = join(dir, "config.json");
+    char *weights = NULL;
+    int rc = 0;
+    c->name = dup_str(part->name);
+    if (!is_dir(dir)) {
+        rc = sd_error(SD_ERR_IO, "%s: missing folder (model_index.json lists %s)", dir, part->name);
+        goto done;
+    }
+    if ((rc = read_json(cfg_path, &c->config))) goto done;
+    const cJSON *cls = cJSON_GetObjectItemCaseSensitive(c->config, "_class_name");
+    if (cJSON_IsString(cls) && strcmp(cls->valuestring, part->cls) != 0) {
+        rc = sd_error(SD_ERR_FORMAT, "%s: _class_name is %s; only %s is supported", cfg_path,
+                      cls->valuestring, part->cls);
+        goto done;
+    }
+    weights = find_weights(dir, part->weights);
+    if (!weights) {
+        rc = sd_error(SD_ERR_IO, "%s: no weights: expected %s.safetensors, %s.safetensors.index.json or "
+                      "their .fp16 variants", dir, part->weights, part->weights);
+        goto done;
+    }
+    st_set_t *s = new_set(m);
+    if ((rc = st_set_open(s, weights))) goto done;
+    m->n_sets++;
+    builder_t b = {0};
+    for (int i = 0; i < s->n_tensors; i++) {
+        const char *name = s->tensors[i]->name;
+        size_t n = strlen(name);
+        if (n >= 12 && !strcmp(name + n - 12, "position_ids")) continue;   /* transformers' buffer */
+        builder_add(&b, s->tensors[i], name, name);
+    }
+    rc = builder_finish(&b, c, weights);
+done:
+    free(dir);
+    free(cfg_path);
+    free(weights);
+    return rc;
+}
+
+static int open_folder(model_t *m) {
+    char *ipath = join(m->path, "model_index.json");
+    cJSON *index = NULL;
+    int rc = read_json(ipath, &index);
+    if (rc) {
+        if (rc == SD_ERR_IO && !is_file(ipath))
+            rc = sd_error(SD_ERR_IO, "%s: not a diffusers model folder: missing model_index.json", m->path);
+        free(ipath);
+        return rc;
+    }
+    model_component_t *comps[3] = {&m->unet, &m->vae, &m->text_encoder};
+    for (int i = 0; i < 3 && rc == 0; i++) {
+        int listed = index_entry(index, ipath, PARTS[i].name, PARTS[i].cls);
+        if (listed < 0) rc = listed;
+        else if (listed) rc = open_folder_part(m, comps[i], &PARTS[i]);
+        else if (i == 0) rc = sd_error(SD_ERR_FORMAT, "%s: lists no unet", ipath);
+    }
+    if (rc == 0) {
+        int listed = index_entry(index, ipath, "scheduler", NULL);
+        if (listed < 0) {
+            rc = listed;
+        } else if (listed) {
+            char *sp = join(m->path, "scheduler/scheduler_config.json");
+            rc = read_json(sp, &m->scheduler_config);
+            free(sp);
+        } else {
+            m->scheduler_config = model_default_scheduler_config();
+        }
+    }
+    if (rc == 0) {
+        int listed = index_entry(index, ipath, "tokenizer", NULL);
+        char *tdir = join(m->path, "tokenizer");
+        if (listed > 0 || is_dir(tdir)) m->tokenizer_dir = tdir;
+        else free(tdir);
+        if (listed < 0) rc = listed;
+    }
+    cJSON_Delete(index);
+    free(ipath);
+    return rc;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* LDM single files                                                                         */
+
+static int open_ldm(model_t *m) {
+    st_set_t *s = new_set(m);
+    int rc = st_set_open(s, m->path);
+    if (rc) return rc;
+    m->n_sets++;
+
+    int has_unet = 0, clip = 0, openclip = 0;
+    for (int i = 0; i < s->n_tensors; i++) {
+        const char *name = s->tensors[i]->name;
+        has_unet |= !strncmp(name, "model.diffusion_model.", 22);
+        clip |= !strncmp(name, "cond_stage_model.transformer.", 29);
+        openclip |= !strncmp(name, "cond_stage_model.model.", 23);
+    }
+    if (clip && openclip)
+        return sd_error(SD_ERR_FORMAT, "%s: unknown checkpoint layout: both CLIP "
+                        "(cond_stage_model.transformer.*) and OpenCLIP (cond_stage_model.model.*) text "
+                        "encoder tensors", m->path);
+    m->layout = openclip ? MODEL_LAYOUT_LDM_SD2 : MODEL_LAYOUT_LDM_SD1;
+
+    names_geom_t g;
+    names_ldm_geometry(&g, s);
+    builder_t b[3] = {{0}, {0}, {0}};
+    int n_unknown = 0;
+    char unknown[512] = "";
+    size_t ul = 0;
+    for (int i = 0; i < s->n_tensors; i++) {
+        const st_tensor_t *t = s->tensors[i];
+        names_map_t map;
+        names_ldm_to_diffusers(&map, t->name, &g);
+        if (map.target == NAMES_IGNORE) continue;
+        if (map.target == NAMES_UNKNOWN) {
+            if (n_unknown++ < 4 && ul < sizeof unknown)
+                ul += (size_t)snprintf(unknown + ul, sizeof unknown - ul, "%s'%s'", n_unknown > 1 ? ", " : "",
+                                       t->name);
+            continue;
+        }
+        builder_t *bb = &b[map.target == NAMES_UNET ? 0 : map.target == NAMES_VAE ? 1 : 2];
+        st_tensor_t v = *t;
+        if (map.xform == NAMES_SQUEEZE) {
+            /* 1x1 conv kernel [O, I, 1, 1] read as the linear [O, I] it is (same bytes) */
+            if (!(t->ndim == 2 || (t->ndim == 4 && t->shape[2] == 1 && t->shape[3] == 1))) {
+                rc = sd_error(SD_ERR_SHAPE, "%s: tensor '%s' should be a 1x1 convolution kernel, has %d dims",
+                              m->path, t->name, t->ndim);
+                goto fail;
+            }
+            v.ndim = 2;
+            v.shape[2] = v.shape[3] = 0;
+            builder_add(bb, &v, map.name[0], t->name);
+        } else if (map.xform == NAMES_SPLIT_QKV) {
+            /* fused [3C, ...]: rows [0, C) are q, [C, 2C) k, [2C, 3C) v; views at row offsets */
+            if (t->ndim < 1 || t->shape[0] % 3) {
+                rc = sd_error(SD_ERR_SHAPE, "%s: tensor '%s': first dimension is not a multiple of 3",
+                              m->path, t->name);
+                goto fail;
+            }
+            v.shape[0] = t->shape[0] / 3;
+            v.numel = t->numel / 3;
+            v.nbytes = t->nbytes / 3;
+            for (int q = 0; q < 3; q++) {
+                v.data = (const unsigned char *)t->data + (size_t)q * v.nbytes;
+                builder_add(bb, &v, map.name[q], t->name);
+            }
+        } else {
+            builder_add(bb, &v, map.name[0], t->name);
+        }
+    }
+    if (n_unknown) {
+        rc = sd_error(SD_ERR_FORMAT, "%s: unknown checkpoint layout (not Stable Diffusion 1.x/2.x in "
+                      "CompVis/LDM names): %d unexpected tensor%s, e.g. %s", m->path, n_unknown,
+                      n_unknown == 1 ? "" : "s", unknown);
+        goto fail;
+    }
+    if (!has_unet || !(clip || openclip)) {
+        rc = sd_error(SD_ERR_FORMAT, "%s: unknown checkpoint layout: no %s tensors", m->path,
+                      !has_unet ? "UNet (model.diffusion_model.*)"
+                                : "text encoder (cond_stage_model.transformer.* or cond_stage_model.model.*)");
+        goto fail;
+    }
+    model_component_t *comps[3] = {&m->unet, &m->vae, &m->text_encoder};
+    static const char *const names[3] = {"unet", "vae", "text_encoder"};
+    for (int k = 0; k < 3; k++) {
+        comps[k]->name = dup_str(names[k]);
+        if ((rc = builder_finish(&b[k], comps[k], m->path))) goto fail;
+    }
+    if ((rc = model_derive_unet_config(&m->unet, m->layout)) ||
+        (m->vae.n_tensors && (rc = model_derive_vae_config(&m->vae, m->layout))) ||
+        (rc = model_derive_text_config(&m->text_encoder, m->layout))) {
+        rc = wrap(rc, m->path);
+        goto fail;
+    }
+    m->scheduler_config = model_default_scheduler_config();
+    return 0;
+fail:
+    for (int k = 0; k < 3; k++) builder_free(&b[k]);
+    return rc;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+
+static int check_tokenizer(const char *dir) {
+    static const char *const files[2] = {"vocab.json", "merges.txt"};
+    for (int i = 0; i < 2; i++) {
+        char *p = join(dir, files[i]);
+        int ok = is_file(p);
+        free(p);
+        if (!ok) return sd_error(SD_ERR_IO, "%s: tokenizer folder has no %s", dir, files[i]);
+    }
+    return 0;
+}
+
+int model_open(model_t *m, const char *path, const model_open_options_t *opt) {
+    memset(m, 0, sizeof *m);
+    struct stat sb;
+    if (stat(path, &sb) != 0) return sd_error(SD_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    m->path = dup_str(path);
+    int rc;
+    if (S_ISDIR(sb.st_mode)) {
+        m->layout = MODEL_LAYOUT_DIFFUSERS;
+        rc = open_folder(m);
+    } else {
+        size_t n = strlen(path);
+        if (n < 12 || strcmp(path + n - 12, ".safetensors") != 0)
+            rc = sd_error(SD_ERR_FORMAT, "%s: not a .safetensors file or a diffusers folder (pickled .ckpt "
+                          "files are not read: convert them to safetensors)", path);
+        else
+            rc = open_ldm(m);
+    }
+    model_component_t *comps[3] = {&m->unet, &m->vae, &m->text_encoder};
+    for (int k = 0; k < 3 && rc == 0; k++)
+        if (comps[k]->name && (comps[k]->n_tensors || m->layout == MODEL_LAYOUT_DIFFUSERS)) {
+            rc = component_validate(comps[k]);
+            if (rc) rc = wrap(rc, path);
+        }
+    if (rc == 0 && opt && opt->tokenizer_dir) {
+        free(m->tokenizer_dir);
+        m->tokenizer_dir = dup_str(opt->tokenizer_dir);
+    }
+    if (rc == 0 && m->tokenizer_dir) rc = check_tokenizer(m->tokenizer_dir);
+    if (rc) {
+        model_close(m);
+        return rc;
+    }
+    static const char *const names[3] = {"unet", "vae", "text_encoder"};
+    for (int k = 0; k < 3; k++)   /* absent components keep their name (n_tensors 0, no config) */
+        if (!comps[k]->name) comps[k]->name = dup_str(names[k]);
+    return 0;
+}

@@ -1,0 +1,19 @@
+/* Internal to src/io/model*.c: diffusers-style configs derived from tensor shapes for single-file
+ * checkpoints (whose files carry no config), and the default scheduler config. The public
+ * config accessors and the expected-tensor walk are declared in io/model.h. */
+#ifndef SVDIFF_IO_MODEL_CONFIG_H
+#define SVDIFF_IO_MODEL_CONFIG_H
+
+#include "io/model.h"
+
+/* Each sets c->config (replacing any) from c's tensors (diffusers names, already mapped).
+ * Errors name the tensor the derivation needed. */
+int model_derive_unet_config(model_component_t *c, model_layout_t layout);
+int model_derive_vae_config(model_component_t *c, model_layout_t layout);
+int model_derive_text_config(model_component_t *c, model_layout_t layout);
+/* PNDMScheduler with SD's training schedule (scaled_linear 0.00085..0.012, 1000 steps),
+ * prediction_type epsilon: SD 2.x 768-v checkpoints are v-prediction, which the weights cannot
+ * tell; their users must say so. */
+cJSON *model_default_scheduler_config(void);
+
+#endif
