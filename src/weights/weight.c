@@ -54,6 +54,18 @@ int weight_make_spectral(weight_t *w, int keep_base) {
     return SD_OK;
 }
 
+void weight_make_spectral_from(weight_t *w, const float *U, const float *S, const float *Vt, int rank,
+                               int keep_base) {
+    SD_CHECK(w->kind == WEIGHT_DENSE, "weight_make_spectral_from needs a dense weight");
+    spectral_t *sp = sd_xcalloc(1, sizeof *sp);
+    spectral_init_factors(sp, U, S, Vt, w->rows, w->cols, rank);
+    w->kind = WEIGHT_SPECTRAL;
+    w->sp = sp;
+    if (!keep_base) w->data = NULL;
+    free(w->baked);
+    w->baked = NULL;
+}
+
 void weight_free(weight_t *w) {
     if (w->sp) spectral_free(w->sp), free(w->sp);
     free(w->baked);

@@ -28,6 +28,9 @@ weight_t weight_dense(const void *data, st_dtype_t dtype, int rows, int cols);
 /* Turns a dense weight spectral: SVD of its matrix (keep_base: keep the base for the exact
  * residual form). Returns 0 or an SD_ERR_* with a message. */
 int weight_make_spectral(weight_t *w, int keep_base);
+/* Same from known factors (an SVD cache): U [rows, rank], S [rank], Vt [rank, cols], copied. */
+void weight_make_spectral_from(weight_t *w, const float *U, const float *S, const float *Vt, int rank,
+                               int keep_base);
 void weight_free(weight_t *w);    /* frees owned parts (sp, baked), not `data` */
 
 /* fp32 view of the base matrix: `data` itself when F32, else converted into scratch memory
