@@ -1,0 +1,1109 @@
+/* UNet2DConditionModel (unet.h): config.json parsing, construction of the parameter registry
+ * and of the stage program (with its skip list) from the config, tensor loading, spectral
+ * set-up, activation layouts, and the forward / backward drivers over the stages.
+ * Architecture facts follow diffusers: unets/unet_2d_condition.py (construction, forward),
+ * unets/unet_2d_blocks.py (CrossAttnDownBlock2D, DownBlock2D, UNetMidBlock2DCrossAttn,
+ * UpBlock2D, CrossAttnUpBlock2D), resnet.py, embeddings.py (timesteps). */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/error.h"
+#include "base/scratch.h"
+#include "models/unet.h"
+#include "ops/ops.h"
+
+/* Elementwise loops below this size stay single-threaded. */
+#define PAR_MIN 32768
+/* Transformer2DModel's GroupNorm and BasicTransformerBlock's LayerNorms: fixed in diffusers. */
+#define UNET_TRANSFORMER_GN_EPS 1e-6f
+#define UNET_LN_EPS 1e-5f
+
+/* ---------------------------------------------------------------------------------------------
+ * config.json
+ * ------------------------------------------------------------------------------------------- */
+
+static const cJSON *jget(const cJSON *j, const char *key) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, key);
+    return (v && !cJSON_IsNull(v)) ? v : NULL;
+}
+
+static int jint(const cJSON *j, const char *key, int dflt, int *out, const char *what) {
+    const cJSON *v = jget(j, key);
+    if (!v) return *out = dflt, SD_OK;
+    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || fabs(v->valuedouble) > 1e9)
+        return sd_error(SD_ERR_FORMAT, "%s: \"%s\" must be an integer", what, key);
+    *out = (int)v->valuedouble;
+    return SD_OK;
+}
+
+static int jfloat(const cJSON *j, const char *key, float dflt, float *out, const char *what) {
+    const cJSON *v = jget(j, key);
+    if (!v) return *out = dflt, SD_OK;
+    if (!cJSON_IsNumber(v)) return sd_error(SD_ERR_FORMAT, "%s: \"%s\" must be a number", what, key);
+    *out = (float)v->valuedouble;
+    return SD_OK;
+}
+
+static int jbool(const cJSON *j, const char *key, int dflt, int *out, const char *what) {
+    const cJSON *v = jget(j, key);
+    if (!v) return *out = dflt, SD_OK;
+    if (!cJSON_IsBool(v)) return sd_error(SD_ERR_FORMAT, "%s: \"%s\" must be true or false", what, key);
+    *out = cJSON_IsTrue(v);
+    return SD_OK;
+}
+
+/* A string key; absent or null gives dflt (which may be NULL). */
+static int jstr(const cJSON *j, const char *key, const char *dflt, const char **out, const char *what) {
+    const cJSON *v = jget(j, key);
+    if (!v) return *out = dflt, SD_OK;
+    if (!cJSON_IsString(v)) return sd_error(SD_ERR_FORMAT, "%s: \"%s\" must be a string", what, key);
+    *out = v->valuestring;
+    return SD_OK;
+}
+
+/* An int or a list of n ints (an int applies to all n). Absent: dflt everywhere. */
+static int jint_list(const cJSON *j, const char *key, int dflt, int *out, int n, const char *what) {
+    const cJSON *v = jget(j, key);
+    if (!v || cJSON_IsNumber(v)) {
+        int x = dflt;
+        int rc = jint(j, key, dflt, &x, what);
+        if (rc) return rc;
+        for (int i = 0; i < n; i++) out[i] = x;
+        return SD_OK;
+    }
+    if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) != n)
+        return sd_error(SD_ERR_FORMAT, "%s: \"%s\" must be an integer or a list of %d integers", what, key, n);
+    for (int i = 0; i < n; i++) {
+        const cJSON *e = cJSON_GetArrayItem(v, i);
+        if (!cJSON_IsNumber(e) || e->valuedouble != floor(e->valuedouble))
+            return sd_error(SD_ERR_FORMAT, "%s: \"%s\"[%d] must be an integer", what, key, i);
+        out[i] = (int)e->valuedouble;
+    }
+    return SD_OK;
+}
+
+/* A key that must be absent / null / one accepted value for the SD family. */
+static int jrefuse_set(const cJSON *j, const char *key, const char *what) {
+    if (jget(j, key)) return sd_error(SD_ERR_FORMAT, "%s: \"%s\" is not supported (must be null)", what, key);
+    return SD_OK;
+}
+
+static int jrequire_str(const cJSON *j, const char *key, const char *want, const char *what) {
+    const char *s = want;
+    int rc = jstr(j, key, want, &s, what);
+    if (rc) return rc;
+    if (strcmp(s, want) != 0)
+        return sd_error(SD_ERR_FORMAT, "%s: \"%s\" = \"%s\" is not supported (only \"%s\")", what, key, s, want);
+    return SD_OK;
+}
+
+/* false, or a list of false. */
+static int jrequire_false(const cJSON *j, const char *key, const char *what) {
+    const cJSON *v = jget(j, key);
+    if (!v || cJSON_IsFalse(v)) return SD_OK;
+    if (cJSON_IsArray(v)) {
+        const cJSON *e;
+        int ok = 1;
+        cJSON_ArrayForEach(e, v) ok &= cJSON_IsFalse(e);
+        if (ok) return SD_OK;
+    }
+    return sd_error(SD_ERR_FORMAT, "%s: \"%s\" must be false (not supported)", what, key);
+}
+
+/* Block types; diffusers' get_down_block / get_up_block drop a leading "UNetRes". */
+static int block_type(const char *s, const char *plain, const char *attn) {
+    if (strncmp(s, "UNetRes", 7) == 0) s += 7;
+    if (strcmp(s, plain) == 0) return 0;
+    if (strcmp(s, attn) == 0) return 1;
+    return -1;
+}
+
+static int jblock_types(const cJSON *j, const char *key, const char *plain, const char *attn, int *out,
+                        int *n, const char *what) {
+    const cJSON *v = jget(j, key);
+    if (!v) { /* diffusers' default: 3 cross-attention blocks and a plain one (down), mirrored (up) */
+        *n = 4;
+        for (int i = 0; i < 4; i++) out[i] = (strcmp(plain, "DownBlock2D") == 0) ? (i < 3) : (i > 0);
+        return SD_OK;
+    }
+    if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) < 1 || cJSON_GetArraySize(v) > UNET_MAX_LEVELS)
+        return sd_error(SD_ERR_FORMAT, "%s: \"%s\" must be a list of 1 to %d block types", what, key,
+                        UNET_MAX_LEVELS);
+    *n = cJSON_GetArraySize(v);
+    for (int i = 0; i < *n; i++) {
+        const cJSON *e = cJSON_GetArrayItem(v, i);
+        int t = cJSON_IsString(e) ? block_type(e->valuestring, plain, attn) : -1;
+        if (t < 0)
+            return sd_error(SD_ERR_FORMAT, "%s: \"%s\"[%d] must be \"%s\" or \"%s\"", what, key, i, plain, attn);
+        out[i] = t;
+    }
+    return SD_OK;
+}
+
+int unet_config_from_json(unet_config_t *cfg, const cJSON *json, const char *what) {
+    memset(cfg, 0, sizeof *cfg);
+    if (!what) what = "unet config";
+    if (!cJSON_IsObject(json)) return sd_error(SD_ERR_FORMAT, "%s: not a JSON object", what);
+    const cJSON *j = json;
+    int rc, n_down, n_up;
+#define TRY(x) do { if ((rc = (x)) != 0) return rc; } while (0)
+    TRY(jint(j, "in_channels", 4, &cfg->in_channels, what));
+    TRY(jint(j, "out_channels", 4, &cfg->out_channels, what));
+    TRY(jbool(j, "center_input_sample", 0, &cfg->center_input_sample, what));
+    TRY(jbool(j, "flip_sin_to_cos", 1, &cfg->flip_sin_to_cos, what));
+    TRY(jfloat(j, "freq_shift", 0.0f, &cfg->freq_shift, what));
+    TRY(jblock_types(j, "down_block_types", "DownBlock2D", "CrossAttnDownBlock2D", cfg->down_attn, &n_down, what));
+    TRY(jblock_types(j, "up_block_types", "UpBlock2D", "CrossAttnUpBlock2D", cfg->up_attn, &n_up, what));
+    const cJSON *boc = jget(j, "block_out_channels");
+    if (!boc) {
+        const int d[4] = {320, 640, 1280, 1280};
+        cfg->n_levels = 4;
+        memcpy(cfg->block_out_channels, d, sizeof d);
+    } else {
+        if (!cJSON_IsArray(boc) || cJSON_GetArraySize(boc) < 1 || cJSON_GetArraySize(boc) > UNET_MAX_LEVELS)
+            return sd_error(SD_ERR_FORMAT, "%s: \"block_out_channels\" must be a list of 1 to %d integers", what,
+                            UNET_MAX_LEVELS);
+        cfg->n_levels = cJSON_GetArraySize(boc);
+        TRY(jint_list(j, "block_out_channels", 0, cfg->block_out_channels, cfg->n_levels, what));
+    }
+    const int n = cfg->n_levels;
+    if (n_down != n || n_up != n)
+        return sd_error(SD_ERR_FORMAT, "%s: %d down_block_types and %d up_block_types for %d block_out_channels",
+                        what, n_down, n_up, n);
+    for (int i = 0; i < n; i++)
+        if (cfg->block_out_channels[i] < 1)
+            return sd_error(SD_ERR_FORMAT, "%s: \"block_out_channels\"[%d] must be positive", what, i);
+    const char *mid = NULL;
+    TRY(jstr(j, "mid_block_type", "UNetMidBlock2DCrossAttn", &mid, what));
+    /* an explicit null means no mid block */
+    const cJSON *midv = cJSON_GetObjectItemCaseSensitive(j, "mid_block_type");
+    if (midv && cJSON_IsNull(midv)) mid = NULL;
+    if (mid && strcmp(mid, "UNetMidBlock2DCrossAttn") != 0)
+        return sd_error(SD_ERR_FORMAT, "%s: \"mid_block_type\" = \"%s\" is not supported", what, mid);
+    cfg->mid_block = mid != NULL;
+    TRY(jint_list(j, "layers_per_block", 2, cfg->layers_per_block, n, what));
+    TRY(jint(j, "downsample_padding", 1, &cfg->downsample_padding, what));
+    TRY(jfloat(j, "mid_block_scale_factor", 1.0f, &cfg->mid_block_scale_factor, what));
+    TRY(jrequire_str(j, "act_fn", "silu", what));
+    if (!jget(j, "norm_num_groups") && cJSON_GetObjectItemCaseSensitive(j, "norm_num_groups"))
+        return sd_error(SD_ERR_FORMAT, "%s: \"norm_num_groups\" null is not supported", what);
+    TRY(jint(j, "norm_num_groups", 32, &cfg->norm_num_groups, what));
+    TRY(jfloat(j, "norm_eps", 1e-5f, &cfg->norm_eps, what));
+    int cad[UNET_MAX_LEVELS];
+    TRY(jint_list(j, "cross_attention_dim", 1280, cad, n, what));
+    for (int i = 1; i < n; i++)
+        if (cad[i] != cad[0])
+            return sd_error(SD_ERR_FORMAT, "%s: per-block \"cross_attention_dim\" values must be equal", what);
+    cfg->cross_attention_dim = cad[0];
+    TRY(jint_list(j, "transformer_layers_per_block", 1, cfg->transformer_layers, n, what));
+    TRY(jrefuse_set(j, "reverse_transformer_layers_per_block", what));
+    /* heads: num_attention_heads or (diffusers' historical naming) attention_head_dim */
+    if (jget(j, "num_attention_heads"))
+        TRY(jint_list(j, "num_attention_heads", 8, cfg->num_heads, n, what));
+    else
+        TRY(jint_list(j, "attention_head_dim", 8, cfg->num_heads, n, what));
+    TRY(jrequire_false(j, "dual_cross_attention", what));
+    TRY(jrequire_false(j, "only_cross_attention", what));
+    TRY(jrequire_false(j, "mid_block_only_cross_attention", what));
+    TRY(jbool(j, "use_linear_projection", 0, &cfg->use_linear_projection, what));
+    TRY(jrefuse_set(j, "class_embed_type", what));
+    TRY(jrefuse_set(j, "addition_embed_type", what));
+    TRY(jrefuse_set(j, "num_class_embeds", what));
+    TRY(jrefuse_set(j, "encoder_hid_dim", what));
+    TRY(jrefuse_set(j, "encoder_hid_dim_type", what));
+    TRY(jrefuse_set(j, "time_cond_proj_dim", what));
+    TRY(jrefuse_set(j, "time_embedding_act_fn", what));
+    TRY(jrefuse_set(j, "timestep_post_act", what));
+    TRY(jrefuse_set(j, "cross_attention_norm", what));
+    TRY(jrequire_false(j, "class_embeddings_concat", what));
+    TRY(jrequire_false(j, "resnet_skip_time_act", what));
+    TRY(jrequire_str(j, "resnet_time_scale_shift", "default", what));
+    TRY(jrequire_str(j, "time_embedding_type", "positional", what));
+    TRY(jrequire_str(j, "attention_type", "default", what));
+    TRY(jint(j, "time_embedding_dim", 4 * cfg->block_out_channels[0], &cfg->time_embed_dim, what));
+    TRY(jint(j, "conv_in_kernel", 3, &cfg->conv_in_kernel, what));
+    TRY(jint(j, "conv_out_kernel", 3, &cfg->conv_out_kernel, what));
+    const cJSON *ss = jget(j, "sample_size");
+    if (ss && cJSON_IsArray(ss)) ss = cJSON_GetArrayItem(ss, 0);
+    cfg->sample_size = (ss && cJSON_IsNumber(ss)) ? (int)ss->valuedouble : 0;
+#undef TRY
+    /* consistency */
+    if (cfg->in_channels < 1 || cfg->out_channels < 1 || cfg->cross_attention_dim < 1 || cfg->time_embed_dim < 1)
+        return sd_error(SD_ERR_FORMAT, "%s: channel counts must be positive", what);
+    if (cfg->conv_in_kernel < 1 || cfg->conv_in_kernel % 2 == 0 || cfg->conv_out_kernel < 1 || cfg->conv_out_kernel % 2 == 0)
+        return sd_error(SD_ERR_FORMAT, "%s: conv_in_kernel / conv_out_kernel must be odd", what);
+    if (cfg->downsample_padding != 0 && cfg->downsample_padding != 1)
+        return sd_error(SD_ERR_FORMAT, "%s: \"downsample_padding\" must be 0 or 1", what);
+    if (cfg->block_out_channels[0] % 2)
+        return sd_error(SD_ERR_FORMAT, "%s: block_out_channels[0] must be even (timestep features)", what);
+    const int G = cfg->norm_num_groups;
+    for (int i = 0; i < n; i++) {
+        const int C = cfg->block_out_channels[i];
+        if (G < 1 || C % G)
+            return sd_error(SD_ERR_FORMAT, "%s: norm_num_groups %d does not divide block_out_channels[%d] = %d", what,
+                            G, i, C);
+        if (cfg->layers_per_block[i] < 1)
+            return sd_error(SD_ERR_FORMAT, "%s: \"layers_per_block\"[%d] must be positive", what, i);
+        const int attn_here = cfg->down_attn[i] || cfg->up_attn[n - 1 - i] || (i == n - 1 && cfg->mid_block);
+        if (attn_here) {
+            if (cfg->num_heads[i] < 1 || C % cfg->num_heads[i])
+                return sd_error(SD_ERR_FORMAT, "%s: %d attention heads do not divide %d channels (level %d)", what,
+                                cfg->num_heads[i], C, i);
+            if (cfg->transformer_layers[i] < 1 || cfg->transformer_layers[i] > UNET_MAX_TBLOCKS)
+                return sd_error(SD_ERR_FORMAT, "%s: \"transformer_layers_per_block\"[%d] must be in 1..%d", what, i,
+                                UNET_MAX_TBLOCKS);
+        }
+    }
+    return SD_OK;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Construction: modules, registry (names), stages
+ * ------------------------------------------------------------------------------------------- */
+
+static char *xstrdup_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *xstrdup_printf(const char *fmt, ...) {
+    char buf[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    size_t n = strlen(buf) + 1;
+    char *s = sd_xmalloc(n);
+    memcpy(s, buf, n);
+    return s;
+}
+
+static void reg_layer(unet_t *m, unet_layer_t *l, char *name, int in, int out, int k, int conv, int stride,
+                      int pad, int has_bias) {
+    memset(l, 0, sizeof *l);
+    l->name = name;
+    l->in = in, l->out = out, l->k = k, l->conv = conv, l->stride = stride, l->pad = pad;
+    l->bias = has_bias ? (float *)l : NULL; /* marker until the fp32 block is assigned */
+    l->w.rows = out, l->w.cols = in * k * k;
+    l->id = m->n_layers;
+    m->layers = realloc(m->layers, sizeof *m->layers * (m->n_layers + 1));
+    SD_CHECK(m->layers, "out of memory");
+    m->layers[m->n_layers++] = l;
+}
+
+static void reg_norm(unet_t *m, unet_norm_t *nm, char *name, int C, int groups, float eps) {
+    memset(nm, 0, sizeof *nm);
+    nm->name = name;
+    nm->C = C, nm->groups = groups, nm->eps = eps;
+    nm->mode = NORMSHIFT_ELEMENT, nm->scale = 1.0f;
+    nm->id = m->n_norms;
+    m->norms = realloc(m->norms, sizeof *m->norms * (m->n_norms + 1));
+    SD_CHECK(m->norms, "out of memory");
+    m->norms[m->n_norms++] = nm;
+}
+
+static void setup_resnet(unet_t *m, unet_resnet_t *r, const char *p, int in, int out, float scale) {
+    const unet_config_t *c = &m->cfg;
+    r->in = in, r->out = out, r->output_scale = scale;
+    reg_norm(m, &r->norm1, xstrdup_printf("%s.norm1", p), in, c->norm_num_groups, c->norm_eps);
+    reg_layer(m, &r->conv1, xstrdup_printf("%s.conv1", p), in, out, 3, 1, 1, 1, 1);
+    reg_layer(m, &r->time_emb_proj, xstrdup_printf("%s.time_emb_proj", p), c->time_embed_dim, out, 1, 0, 1, 0, 1);
+    reg_norm(m, &r->norm2, xstrdup_printf("%s.norm2", p), out, c->norm_num_groups, c->norm_eps);
+    reg_layer(m, &r->conv2, xstrdup_printf("%s.conv2", p), out, out, 3, 1, 1, 1, 1);
+    r->has_shortcut = in != out;
+    if (r->has_shortcut)
+        reg_layer(m, &r->conv_shortcut, xstrdup_printf("%s.conv_shortcut", p), in, out, 1, 1, 1, 0, 1);
+}
+
+static void setup_transformer(unet_t *m, unet_transformer_t *t, const char *p, int C, int heads, int n_blocks) {
+    const unet_config_t *c = &m->cfg;
+    t->C = C, t->D = C, t->heads = heads, t->head_dim = C / heads;
+    t->ctx_dim = c->cross_attention_dim, t->n_blocks = n_blocks;
+    const int D = t->D, Cc = t->ctx_dim;
+    reg_norm(m, &t->norm, xstrdup_printf("%s.norm", p), C, c->norm_num_groups, UNET_TRANSFORMER_GN_EPS);
+    reg_layer(m, &t->proj_in, xstrdup_printf("%s.proj_in", p), C, D, 1, -1, 1, 0, 1);
+    t->blocks = sd_xcalloc((size_t)n_blocks, sizeof *t->blocks);
+    for (int l = 0; l < n_blocks; l++) {
+        unet_tblock_t *b = &t->blocks[l];
+        char q[160];
+        snprintf(q, sizeof q, "%s.transformer_blocks.%d", p, l);
+        reg_norm(m, &b->norm1, xstrdup_printf("%s.norm1", q), D, 0, UNET_LN_EPS);
+        reg_layer(m, &b->q1, xstrdup_printf("%s.attn1.to_q", q), D, D, 1, 0, 1, 0, 0);
+        reg_layer(m, &b->k1, xstrdup_printf("%s.attn1.to_k", q), D, D, 1, 0, 1, 0, 0);
+        reg_layer(m, &b->v1, xstrdup_printf("%s.attn1.to_v", q), D, D, 1, 0, 1, 0, 0);
+        reg_layer(m, &b->o1, xstrdup_printf("%s.attn1.to_out.0", q), D, D, 1, 0, 1, 0, 1);
+        reg_norm(m, &b->norm2, xstrdup_printf("%s.norm2", q), D, 0, UNET_LN_EPS);
+        reg_layer(m, &b->q2, xstrdup_printf("%s.attn2.to_q", q), D, D, 1, 0, 1, 0, 0);
+        reg_layer(m, &b->k2, xstrdup_printf("%s.attn2.to_k", q), Cc, D, 1, 0, 1, 0, 0);
+        reg_layer(m, &b->v2, xstrdup_printf("%s.attn2.to_v", q), Cc, D, 1, 0, 1, 0, 0);
+        reg_layer(m, &b->o2, xstrdup_printf("%s.attn2.to_out.0", q), D, D, 1, 0, 1, 0, 1);
+        reg_norm(m, &b->norm3, xstrdup_printf("%s.norm3", q), D, 0, UNET_LN_EPS);
+        reg_layer(m, &b->ff1, xstrdup_printf("%s.ff.net.0.proj", q), D, 8 * D, 1, 0, 1, 0, 1);
+        reg_layer(m, &b->ff2, xstrdup_printf("%s.ff.net.2", q), 4 * D, D, 1, 0, 1, 0, 1);
+    }
+    reg_layer(m, &t->proj_out, xstrdup_printf("%s.proj_out", p), D, C, 1, -1, 1, 0, 1);
+}
+
+static void add_stage(unet_t *m, unet_stage_kind_t kind, int index, int level, int out_level, int c_in,
+                      int c_out, int pop, int push) {
+    unet_stage_t *s = &m->stages[m->n_stages++];
+    s->kind = kind, s->index = index, s->level = level, s->out_level = out_level;
+    s->c_in = c_in, s->c_out = c_out, s->pop = pop, s->push = push;
+}
+
+static int push_skip(unet_t *m, int channels, int level) {
+    m->skip_channels[m->n_skips] = channels;
+    m->skip_level[m->n_skips] = level;
+    return m->n_skips++;
+}
+
+/* Builds modules, names and stages from m->cfg, in diffusers' construction order (which is
+ * also the forward order). Returns 0 or SD_ERR_FORMAT (skips that do not line up). */
+static int setup(unet_t *m) {
+    const unet_config_t *c = &m->cfg;
+    const int n = c->n_levels;
+    const int *C = c->block_out_channels;
+    /* counts */
+    int n_res = 0, n_tr = 0, n_skips = 1;
+    for (int i = 0; i < n; i++) {
+        const int L = n - 1 - i; /* level of up block i */
+        n_res += c->layers_per_block[i] + c->layers_per_block[L] + 1;
+        n_tr += c->down_attn[i] * c->layers_per_block[i] + c->up_attn[i] * (c->layers_per_block[L] + 1);
+        n_skips += c->layers_per_block[i] + (i < n - 1);
+    }
+    if (c->mid_block) n_res += 2, n_tr += 1;
+    const int n_samp = 2 * (n - 1);
+    m->resnets = sd_xcalloc((size_t)n_res, sizeof *m->resnets);
+    m->transformers = sd_xcalloc((size_t)(n_tr ? n_tr : 1), sizeof *m->transformers);
+    m->samplers = sd_xcalloc((size_t)(n_samp ? n_samp : 1), sizeof *m->samplers);
+    m->stages = sd_xcalloc((size_t)(2 + n_res + n_tr + n_samp), sizeof *m->stages);
+    m->skip_channels = sd_xcalloc((size_t)n_skips, sizeof(int));
+    m->skip_level = sd_xcalloc((size_t)n_skips, sizeof(int));
+    int stack[64 + UNET_MAX_LEVELS * 64], top = 0;
+
+    /* input and time embedding */
+    reg_layer(m, &m->conv_in, xstrdup_printf("conv_in"), c->in_channels, C[0], c->conv_in_kernel, 1, 1,
+              c->conv_in_kernel / 2, 1);
+    reg_layer(m, &m->time_linear_1, xstrdup_printf("time_embedding.linear_1"), C[0], c->time_embed_dim, 1, 0, 1, 0, 1);
+    reg_layer(m, &m->time_linear_2, xstrdup_printf("time_embedding.linear_2"), c->time_embed_dim, c->time_embed_dim,
+              1, 0, 1, 0, 1);
+    stack[top++] = push_skip(m, C[0], 0);
+    add_stage(m, UNET_STAGE_CONV_IN, 0, 0, 0, c->in_channels, C[0], -1, stack[top - 1]);
+
+    /* down blocks: every resnet (or resnet + transformer) output and every downsampler output
+     * is pushed (CrossAttnDownBlock2D / DownBlock2D output_states) */
+    int ch = C[0];
+    for (int i = 0; i < n; i++) {
+        for (int j = 0; j < c->layers_per_block[i]; j++) {
+            char p[96];
+            snprintf(p, sizeof p, "down_blocks.%d.resnets.%d", i, j);
+            unet_resnet_t *r = &m->resnets[m->n_resnets];
+            setup_resnet(m, r, p, ch, C[i], 1.0f);
+            int push = c->down_attn[i] ? -1 : (stack[top++] = push_skip(m, C[i], i));
+            add_stage(m, UNET_STAGE_RESNET, m->n_resnets++, i, i, ch, C[i], -1, push);
+            ch = C[i];
+            if (c->down_attn[i]) {
+                snprintf(p, sizeof p, "down_blocks.%d.attentions.%d", i, j);
+                setup_transformer(m, &m->transformers[m->n_transformers], p, ch, c->num_heads[i],
+                                  c->transformer_layers[i]);
+                stack[top++] = push_skip(m, ch, i);
+                add_stage(m, UNET_STAGE_TRANSFORMER, m->n_transformers++, i, i, ch, ch, -1, stack[top - 1]);
+            }
+        }
+        if (i < n - 1) {
+            unet_layer_t *d = &m->samplers[m->n_samplers];
+            reg_layer(m, d, xstrdup_printf("down_blocks.%d.downsamplers.0.conv", i), ch, ch, 3, 1, 2,
+                      c->downsample_padding ? 1 : -1, 1);
+            stack[top++] = push_skip(m, ch, i + 1);
+            add_stage(m, UNET_STAGE_DOWNSAMPLE, m->n_samplers++, i, i + 1, ch, ch, -1, stack[top - 1]);
+        }
+    }
+
+    /* mid block: resnet, (transformer, resnet) */
+    if (c->mid_block) {
+        const int L = n - 1;
+        setup_resnet(m, &m->resnets[m->n_resnets], "mid_block.resnets.0", ch, ch, c->mid_block_scale_factor);
+        add_stage(m, UNET_STAGE_RESNET, m->n_resnets++, L, L, ch, ch, -1, -1);
+        setup_transformer(m, &m->transformers[m->n_transformers], "mid_block.attentions.0", ch, c->num_heads[L],
+                          c->transformer_layers[L]);
+        add_stage(m, UNET_STAGE_TRANSFORMER, m->n_transformers++, L, L, ch, ch, -1, -1);
+        setup_resnet(m, &m->resnets[m->n_resnets], "mid_block.resnets.1", ch, ch, c->mid_block_scale_factor);
+        add_stage(m, UNET_STAGE_RESNET, m->n_resnets++, L, L, ch, ch, -1, -1);
+    }
+
+    /* up blocks: resnet j of up block i reads cat(hidden, last pushed skip); diffusers' channel
+     * bookkeeping (prev_output_channel, res_skip_channels) is checked against the skip list */
+    for (int i = 0; i < n; i++) {
+        const int L = n - 1 - i;
+        const int out_ch = C[L], in_ch = C[L > 0 ? L - 1 : 0];
+        const int nl = c->layers_per_block[L] + 1;
+        for (int j = 0; j < nl; j++) {
+            const int skip_ch = (j == nl - 1) ? in_ch : out_ch;
+            if (top == 0) return sd_error(SD_ERR_FORMAT, "unet config: up_blocks.%d runs out of skip tensors", i);
+            const int k = stack[--top];
+            if (m->skip_channels[k] != skip_ch || m->skip_level[k] != L)
+                return sd_error(SD_ERR_FORMAT,
+                                "unet config: up_blocks.%d.resnets.%d expects a %d-channel skip at level %d, the "
+                                "down path gives %d channels at level %d",
+                                i, j, skip_ch, L, m->skip_channels[k], m->skip_level[k]);
+            char p[96];
+            snprintf(p, sizeof p, "up_blocks.%d.resnets.%d", i, j);
+            setup_resnet(m, &m->resnets[m->n_resnets], p, ch + skip_ch, out_ch, 1.0f);
+            add_stage(m, UNET_STAGE_RESNET, m->n_resnets++, L, L, ch + skip_ch, out_ch, k, -1);
+            ch = out_ch;
+            if (c->up_attn[i]) {
+                snprintf(p, sizeof p, "up_blocks.%d.attentions.%d", i, j);
+                setup_transformer(m, &m->transformers[m->n_transformers], p, ch, c->num_heads[L],
+                                  c->transformer_layers[L]);
+                add_stage(m, UNET_STAGE_TRANSFORMER, m->n_transformers++, L, L, ch, ch, -1, -1);
+            }
+        }
+        if (i < n - 1) {
+            unet_layer_t *u = &m->samplers[m->n_samplers];
+            reg_layer(m, u, xstrdup_printf("up_blocks.%d.upsamplers.0.conv", i), ch, ch, 3, 1, 1, 1, 1);
+            add_stage(m, UNET_STAGE_UPSAMPLE, m->n_samplers++, L, L - 1, ch, ch, -1, -1);
+        }
+    }
+    if (top != 0) return sd_error(SD_ERR_FORMAT, "unet config: %d skip tensors left unused", top);
+
+    /* output */
+    reg_norm(m, &m->conv_norm_out, xstrdup_printf("conv_norm_out"), C[0], c->norm_num_groups, c->norm_eps);
+    reg_layer(m, &m->conv_out, xstrdup_printf("conv_out"), C[0], c->out_channels, c->conv_out_kernel, 1, 1,
+              c->conv_out_kernel / 2, 1);
+    add_stage(m, UNET_STAGE_OUT, 0, 0, 0, C[0], c->out_channels, -1, -1);
+    return SD_OK;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Loading
+ * ------------------------------------------------------------------------------------------- */
+
+static int shape_is(const st_tensor_t *t, int ndim, const int64_t *shape) {
+    if (t->ndim != ndim) return 0;
+    for (int i = 0; i < ndim; i++)
+        if (t->shape[i] != shape[i]) return 0;
+    return 1;
+}
+
+static void shape_str(char *buf, size_t n, const st_tensor_t *t) {
+    size_t o = (size_t)snprintf(buf, n, "[");
+    for (int i = 0; i < t->ndim && o < n; i++) o += (size_t)snprintf(buf + o, n - o, i ? ", %lld" : "%lld", (long long)t->shape[i]);
+    if (o < n) snprintf(buf + o, n - o, "]");
+}
+
+static int is_float(st_dtype_t d) { return d == ST_F32 || d == ST_F16 || d == ST_BF16; }
+
+static int need(const st_tensor_t **out, unet_get_fn get, void *ctx, const char *name) {
+    *out = get(ctx, name);
+    if (!*out) return sd_error(SD_ERR_FORMAT, "unet: missing tensor %s", name);
+    if (!is_float((*out)->dtype))
+        return sd_error(SD_ERR_FORMAT, "unet: tensor %s has dtype %s (F32, F16 or BF16 expected)", name,
+                        st_dtype_name((*out)->dtype));
+    return SD_OK;
+}
+
+static int load_vector(float *dst, int n, unet_get_fn get, void *ctx, const char *path, const char *suffix) {
+    char key[256];
+    snprintf(key, sizeof key, "%s.%s", path, suffix);
+    const st_tensor_t *t;
+    int rc = need(&t, get, ctx, key);
+    if (rc) return rc;
+    if (t->ndim != 1 || t->shape[0] != n) {
+        char s[96];
+        shape_str(s, sizeof s, t);
+        return sd_error(SD_ERR_SHAPE, "unet: %s has shape %s, expected [%d]", key, s, n);
+    }
+    return st_read_f32(dst, t);
+}
+
+static int load_layer(unet_layer_t *l, unet_get_fn get, void *ctx) {
+    char key[256];
+    snprintf(key, sizeof key, "%s.weight", l->name);
+    const st_tensor_t *t;
+    int rc = need(&t, get, ctx, key);
+    if (rc) return rc;
+    const int64_t s4[4] = {l->out, l->in, l->k, l->k}, s2[2] = {l->out, l->in};
+    const int ok = (l->conv != 0 && shape_is(t, 4, s4)) || (l->conv != 1 && shape_is(t, 2, s2));
+    if (!ok) {
+        char s[96];
+        shape_str(s, sizeof s, t);
+        if (l->conv == 1)
+            return sd_error(SD_ERR_SHAPE, "unet: %s has shape %s, expected [%d, %d, %d, %d]", key, s, l->out, l->in,
+                            l->k, l->k);
+        return sd_error(SD_ERR_SHAPE, "unet: %s has shape %s, expected [%d, %d]%s", key, s, l->out, l->in,
+                        l->conv < 0 ? " or [out, in, 1, 1]" : "");
+    }
+    l->w = weight_dense(t->data, t->dtype, l->out, l->in * l->k * l->k);
+    if (l->bias) return load_vector(l->bias, l->out, get, ctx, l->name, "bias");
+    return SD_OK;
+}
+
+void free_unet(unet_t *m) {
+    for (int i = 0; i < m->n_layers; i++) {
+        weight_free(&m->layers[i]->w);
+        free(m->layers[i]->name);
+    }
+    for (int i = 0; i < m->n_norms; i++) {
+        free(m->norms[i]->shift);
+        free(m->norms[i]->name);
+    }
+    for (int i = 0; i < m->n_transformers; i++) free(m->transformers[i].blocks);
+    free(m->layers), free(m->norms);
+    free(m->resnets), free(m->transformers), free(m->samplers), free(m->stages);
+    free(m->skip_channels), free(m->skip_level);
+    free(m->small);
+    memset(m, 0, sizeof *m);
+}
+
+int unet_build_structure(unet_t *m, const unet_config_t *cfg) {
+    memset(m, 0, sizeof *m);
+    m->cfg = *cfg;
+    int rc = setup(m);
+    if (rc) {
+        free_unet(m);
+        return rc;
+    }
+    /* one fp32 block for every bias, gamma and beta */
+    size_t n_small = 0;
+    for (int i = 0; i < m->n_layers; i++) n_small += m->layers[i]->bias ? (size_t)m->layers[i]->out : 0;
+    for (int i = 0; i < m->n_norms; i++) n_small += 2 * (size_t)m->norms[i]->C;
+    m->small = sd_xmalloc(sizeof(float) * (n_small ? n_small : 1));
+    float *p = m->small;
+    for (int i = 0; i < m->n_layers; i++)
+        if (m->layers[i]->bias) m->layers[i]->bias = p, p += m->layers[i]->out;
+    memset(m->small, 0, sizeof(float) * n_small);
+    for (int i = 0; i < m->n_norms; i++) {
+        unet_norm_t *nm = m->norms[i];
+        nm->gamma = p, p += nm->C;
+        nm->beta = p, p += nm->C;
+        for (int c = 0; c < nm->C; c++) nm->gamma[c] = 1.0f;
+    }
+    return SD_OK;
+}
+
+int build_unet(unet_t *m, const unet_config_t *cfg, unet_get_fn get, void *ctx) {
+    int rc = unet_build_structure(m, cfg);
+    if (rc) return rc;
+    for (int i = 0; i < m->n_layers && !rc; i++) rc = load_layer(m->layers[i], get, ctx);
+    for (int i = 0; i < m->n_norms && !rc; i++) {
+        rc = load_vector(m->norms[i]->gamma, m->norms[i]->C, get, ctx, m->norms[i]->name, "weight");
+        if (!rc) rc = load_vector(m->norms[i]->beta, m->norms[i]->C, get, ctx, m->norms[i]->name, "bias");
+    }
+    if (rc) free_unet(m);
+    return rc;
+}
+
+unet_layer_t *unet_find_layer(const unet_t *m, const char *path) {
+    for (int i = 0; i < m->n_layers; i++)
+        if (strcmp(m->layers[i]->name, path) == 0) return m->layers[i];
+    return NULL;
+}
+
+unet_norm_t *unet_find_norm(const unet_t *m, const char *path) {
+    for (int i = 0; i < m->n_norms; i++)
+        if (strcmp(m->norms[i]->name, path) == 0) return m->norms[i];
+    return NULL;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Spectral shifts
+ * ------------------------------------------------------------------------------------------- */
+
+int unet_make_spectral(unet_t *m, int keep_base, int (*want)(void *ctx, const char *path), void *ctx) {
+    for (int i = 0; i < m->n_layers; i++) {
+        unet_layer_t *l = m->layers[i];
+        if (l->w.kind != WEIGHT_DENSE || (want && !want(ctx, l->name))) continue;
+        int rc = weight_make_spectral(&l->w, keep_base);
+        if (rc) return sd_error(rc, "unet: SVD of %s failed: %s", l->name, sd_last_error());
+    }
+    return SD_OK;
+}
+
+static int shift_len(const unet_norm_t *n) { return n->mode == NORMSHIFT_ELEMENT ? n->C : 1; }
+
+void unet_add_norm_shifts(unet_t *m, normshift_mode_t mode) {
+    for (int i = 0; i < m->n_norms; i++) {
+        unet_norm_t *n = m->norms[i];
+        free(n->shift);
+        n->mode = mode;
+        n->shift = sd_xcalloc((size_t)shift_len(n), sizeof(float));
+    }
+}
+
+void unet_set_shift_scale(unet_t *m, float s) {
+    for (int i = 0; i < m->n_layers; i++)
+        if (m->layers[i]->w.kind == WEIGHT_SPECTRAL) m->layers[i]->w.sp->scale = s;
+    for (int i = 0; i < m->n_norms; i++) m->norms[i]->scale = s;
+}
+
+void unet_bake(unet_t *m) {
+    for (int i = 0; i < m->n_layers; i++)
+        if (m->layers[i]->w.kind == WEIGHT_SPECTRAL) weight_bake(&m->layers[i]->w);
+}
+
+void unet_unbake(unet_t *m) {
+    for (int i = 0; i < m->n_layers; i++) {
+        free(m->layers[i]->w.baked);
+        m->layers[i]->w.baked = NULL;
+    }
+}
+
+void unet_visit_shifts(unet_t *m, unet_grads_t *g, unet_shift_visit_fn fn, void *ctx) {
+    for (int i = 0; i < m->n_layers; i++) {
+        unet_layer_t *l = m->layers[i];
+        if (l->w.kind != WEIGHT_SPECTRAL) continue;
+        fn(ctx, l->name, l->w.sp->delta, g ? g->layers[l->id].dw : NULL, l->w.sp->rank);
+    }
+    for (int i = 0; i < m->n_norms; i++) {
+        unet_norm_t *n = m->norms[i];
+        if (!n->shift) continue;
+        fn(ctx, n->name, n->shift, g ? g->norms[n->id].dshift : NULL, shift_len(n));
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Gradients
+ * ------------------------------------------------------------------------------------------- */
+
+int unet_grads_alloc(unet_grads_t *g, const unet_t *m, unsigned what) {
+    memset(g, 0, sizeof *g);
+    const int shifts = (what & UNET_GRAD_SHIFTS) != 0, dense = (what & UNET_GRAD_DENSE) != 0;
+    size_t n = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        float *p = g->memory;
+        for (int i = 0; i < m->n_layers; i++) {
+            const unet_layer_t *l = m->layers[i];
+            size_t nw = 0, nb = 0;
+            if (l->w.kind == WEIGHT_SPECTRAL && shifts) nw = (size_t)l->w.sp->rank;
+            if (l->w.kind == WEIGHT_DENSE && dense) nw = (size_t)l->w.rows * l->w.cols;
+            if (l->bias && dense) nb = (size_t)l->out;
+            if (pass) {
+                g->layers[i].dw = nw ? p : NULL, p += nw;
+                g->layers[i].dbias = nb ? p : NULL, p += nb;
+            } else {
+                n += nw + nb;
+            }
+        }
+        for (int i = 0; i < m->n_norms; i++) {
+            const unet_norm_t *nm = m->norms[i];
+            size_t ng = dense ? (size_t)nm->C : 0, ns = (nm->shift && shifts) ? (size_t)shift_len(nm) : 0;
+            if (pass) {
+                g->norms[i].dgamma = ng ? p : NULL, p += ng;
+                g->norms[i].dbeta = ng ? p : NULL, p += ng;
+                g->norms[i].dshift = ns ? p : NULL, p += ns;
+            } else {
+                n += 2 * ng + ns;
+            }
+        }
+        if (!pass) {
+            g->n_layers = m->n_layers, g->n_norms = m->n_norms;
+            g->n_floats = n;
+            g->memory = calloc(n ? n : 1, sizeof(float));
+            g->layers = calloc((size_t)m->n_layers, sizeof *g->layers);
+            g->norms = calloc((size_t)m->n_norms, sizeof *g->norms);
+            if (!g->memory || !g->layers || !g->norms) {
+                unet_grads_free(g);
+                return sd_error(SD_ERR_NOMEM, "unet: cannot allocate %zu gradient floats", n);
+            }
+        }
+    }
+    return SD_OK;
+}
+
+void unet_grads_zero(unet_grads_t *g) {
+    if (g->memory) memset(g->memory, 0, g->n_floats * sizeof(float));
+}
+
+void unet_grads_free(unet_grads_t *g) {
+    free(g->memory), free(g->layers), free(g->norms);
+    memset(g, 0, sizeof *g);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Activations
+ * ------------------------------------------------------------------------------------------- */
+
+typedef struct {
+    float *base;
+    size_t off;
+} bump_t;
+
+static float *take(bump_t *b, size_t n) {
+    float *p = b->base ? b->base + b->off : NULL;
+    b->off += (n + 15) & ~(size_t)15;
+    return p;
+}
+
+static size_t stage_out_floats(const unet_stage_t *s, int B, int H, int W) {
+    return (size_t)B * s->c_out * (size_t)(H >> s->out_level) * (size_t)(W >> s->out_level);
+}
+
+static int stage_keeps(const unet_stage_t *s, unet_ckpt_t ckpt) {
+    if (s->kind == UNET_STAGE_RESNET) return ckpt != UNET_CKPT_ALL;
+    if (s->kind == UNET_STAGE_TRANSFORMER) return ckpt == UNET_CKPT_NONE;
+    return s->kind == UNET_STAGE_OUT;
+}
+
+/* Lays out `a` (metadata arrays allocated) over base; base NULL only counts. */
+static size_t acts_layout(unet_acts_t *a, float *base, const unet_t *m) {
+    const unet_config_t *c = &m->cfg;
+    const int B = a->B, H = a->H, W = a->W, T = a->T;
+    const size_t S = (size_t)H * W;
+    bump_t b = {base, 0};
+    size_t stage_max = 0;
+    for (int s = 0; s < m->n_stages; s++) {
+        size_t n = stage_out_floats(&m->stages[s], B, H, W);
+        if (m->stages[s].kind != UNET_STAGE_OUT && n > stage_max) stage_max = n;
+    }
+    a->stage_max = stage_max;
+    a->t_sin = take(&b, (size_t)B * c->block_out_channels[0]);
+    a->t_h = take(&b, (size_t)B * c->time_embed_dim);
+    a->t_a = take(&b, (size_t)B * c->time_embed_dim);
+    a->t_e = take(&b, (size_t)B * c->time_embed_dim);
+    a->temb = take(&b, (size_t)B * c->time_embed_dim);
+    if (!a->training) {
+        /* skip tensors (alive from their push to their pop) and two buffers for the rest */
+        for (int s = 0; s < m->n_stages; s++) {
+            const unet_stage_t *st = &m->stages[s];
+            a->out[s] = NULL;
+            a->keep[s] = 0;
+            if (st->push >= 0) a->skip[st->push] = a->out[s] = take(&b, stage_out_floats(st, B, H, W));
+        }
+        a->ping[0] = take(&b, stage_max);
+        a->ping[1] = take(&b, stage_max);
+        return b.off;
+    }
+    a->sample = take(&b, (size_t)B * c->in_channels * S);
+    a->timesteps = take(&b, (size_t)B);
+    a->ctx = take(&b, (size_t)B * T * c->cross_attention_dim);
+    for (int s = 0; s < m->n_stages; s++) {
+        const unet_stage_t *st = &m->stages[s];
+        const size_t Sl = (size_t)(H >> st->level) * (W >> st->level);
+        a->keep[s] = stage_keeps(st, a->ckpt);
+        a->out[s] = st->kind == UNET_STAGE_OUT ? NULL : take(&b, stage_out_floats(st, B, H, W));
+        if (st->push >= 0) a->skip[st->push] = a->out[s];
+        if (!a->keep[s]) continue;
+        bump_t sub = {b.base ? b.base + b.off : NULL, 0};
+        if (st->kind == UNET_STAGE_RESNET) {
+            sub.off = unet_resnet_acts_layout(&a->res[s], sub.base, &m->resnets[st->index], B, (int)Sl);
+        } else if (st->kind == UNET_STAGE_TRANSFORMER) {
+            sub.off = unet_transformer_acts_layout(&a->tr[s], sub.base, &m->transformers[st->index], B, (int)Sl, T);
+        } else { /* OUT: conv_norm_out output and stats */
+            a->res[s].h1 = take(&sub, (size_t)B * st->c_in * Sl);
+            a->res[s].mean1 = take(&sub, (size_t)B * c->norm_num_groups);
+            a->res[s].rstd1 = take(&sub, (size_t)B * c->norm_num_groups);
+        }
+        take(&b, sub.off);
+    }
+    /* backward: gradient of the current hidden state (ping-pong) and of every skip tensor */
+    a->dh[0] = take(&b, stage_max);
+    a->dh[1] = take(&b, stage_max);
+    size_t nskip = 0;
+    for (int s = 0; s < m->n_stages; s++)
+        if (m->stages[s].push >= 0) nskip += (stage_out_floats(&m->stages[s], B, H, W) + 15) & ~(size_t)15;
+    a->dskip = take(&b, nskip);
+    size_t off = 0;
+    for (int s = 0; s < m->n_stages; s++) {
+        const unet_stage_t *st = &m->stages[s];
+        if (st->push < 0) continue;
+        a->dskip_at[st->push] = a->dskip ? a->dskip + off : NULL;
+        off += (stage_out_floats(st, B, H, W) + 15) & ~(size_t)15;
+    }
+    a->dtemb = take(&b, (size_t)B * c->time_embed_dim);
+    return b.off;
+}
+
+static int check_hw(const unet_t *m, int H, int W) {
+    const int f = 1 << (m->cfg.n_levels - 1);
+    if (H % f || W % f)
+        return sd_error(SD_ERR_ARG, "unet: sample size %dx%d is not a multiple of %d", H, W, f);
+    return SD_OK;
+}
+
+static void acts_meta_free(unet_acts_t *a) {
+    free(a->out), free(a->skip), free(a->keep), free(a->res), free(a->tr), free(a->dskip_at);
+}
+
+static int acts_meta_alloc(unet_acts_t *a, const unet_t *m) {
+    a->out = calloc((size_t)m->n_stages, sizeof *a->out);
+    a->skip = calloc((size_t)m->n_skips, sizeof *a->skip);
+    a->keep = calloc((size_t)m->n_stages, sizeof *a->keep);
+    a->res = calloc((size_t)m->n_stages, sizeof *a->res);
+    a->tr = calloc((size_t)m->n_stages, sizeof *a->tr);
+    a->dskip_at = calloc((size_t)m->n_skips, sizeof *a->dskip_at);
+    if (a->out && a->skip && a->keep && a->res && a->tr && a->dskip_at) return SD_OK;
+    acts_meta_free(a);
+    return sd_error(SD_ERR_NOMEM, "unet: out of memory for activation tables");
+}
+
+size_t unet_acts_floats(const unet_t *m, int B, int H, int W, int T, int training, unet_ckpt_t ckpt) {
+    unet_acts_t a = {.B = B, .H = H, .W = W, .T = T, .training = training, .ckpt = ckpt};
+    if (acts_meta_alloc(&a, m)) return 0;
+    size_t n = acts_layout(&a, NULL, m);
+    acts_meta_free(&a);
+    return n;
+}
+
+int unet_acts_build(unet_acts_t *a, const unet_t *m, int B, int H, int W, int T, int training, unet_ckpt_t ckpt) {
+    memset(a, 0, sizeof *a);
+    if (B < 1 || H < 1 || W < 1 || T < 1)
+        return sd_error(SD_ERR_ARG, "unet: activation sizes B=%d H=%d W=%d T=%d must be positive", B, H, W, T);
+    int rc = check_hw(m, H, W);
+    if (rc) return rc;
+    a->B = B, a->H = H, a->W = W, a->T = T, a->training = training, a->ckpt = ckpt;
+    if ((rc = acts_meta_alloc(a, m))) return rc;
+    a->n_floats = acts_layout(a, NULL, m);
+    a->memory = malloc(a->n_floats * sizeof(float));
+    if (!a->memory) {
+        acts_meta_free(a);
+        size_t nf = a->n_floats;
+        memset(a, 0, sizeof *a);
+        return sd_error(SD_ERR_NOMEM, "unet: cannot allocate %zu activation floats (%.1f MB)", nf, nf * 4e-6);
+    }
+    acts_layout(a, a->memory, m);
+    return SD_OK;
+}
+
+void unet_acts_free(unet_acts_t *a) {
+    acts_meta_free(a);
+    free(a->memory);
+    memset(a, 0, sizeof *a);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Forward
+ * ------------------------------------------------------------------------------------------- */
+
+/* Timestep path (diffusers Timesteps + TimestepEmbedding): sinusoid, linear_1, SiLU, linear_2;
+ * then SiLU once for all time_emb_proj (ResnetBlock2D applies its nonlinearity to temb). */
+static void time_forward(const unet_t *m, unet_acts_t *a, const float *timesteps, int B) {
+    const unet_config_t *c = &m->cfg;
+    const size_t nt = (size_t)B * c->time_embed_dim;
+    timestep_embedding_forward(a->t_sin, timesteps, B, c->block_out_channels[0], c->flip_sin_to_cos, c->freq_shift,
+                               10000.0f);
+    unet_linear_forward(a->t_h, a->t_sin, &m->time_linear_1, B);
+    silu_forward(a->t_a, a->t_h, nt);
+    unet_linear_forward(a->t_e, a->t_a, &m->time_linear_2, B);
+    silu_forward(a->temb, a->t_e, nt);
+}
+
+/* The input of stage s: the previous output (or the sample), with skip `pop` appended on
+ * channels in scratch memory. */
+static const float *stage_input(const unet_t *m, const unet_acts_t *a, int s, const float *prev, int B, int H, int W) {
+    const unet_stage_t *st = &m->stages[s];
+    if (st->pop < 0) return prev;
+    const int Sl = (H >> st->level) * (W >> st->level), cs = m->skip_channels[st->pop];
+    float *cat = scratch_floats((size_t)B * st->c_in * Sl);
+    concat_channels_forward(cat, prev, a->skip[st->pop], B, st->c_in - cs, cs, Sl);
+    return cat;
+}
+
+/* Runs stage s: out from x; keep: store its inside in the training layout (a->res / a->tr). */
+static void stage_forward(float *out, const unet_t *m, const unet_acts_t *a, int s, const float *x, const float *ctx,
+                          int keep, int B, int H, int W, int T) {
+    const unet_stage_t *st = &m->stages[s];
+    const int Hl = H >> st->level, Wl = W >> st->level;
+    scratch_mark_t mark = scratch_mark();
+    switch (st->kind) {
+    case UNET_STAGE_CONV_IN:
+        unet_conv_forward(out, x, &m->conv_in, B, Hl, Wl);
+        break;
+    case UNET_STAGE_RESNET:
+        unet_resnet_forward(out, keep ? &a->res[s] : NULL, x, a->temb, &m->resnets[st->index], B, Hl, Wl);
+        break;
+    case UNET_STAGE_TRANSFORMER:
+        unet_transformer_forward(out, keep ? &a->tr[s] : NULL, x, ctx, &m->transformers[st->index], B, Hl * Wl, T);
+        break;
+    case UNET_STAGE_DOWNSAMPLE:
+        unet_conv_forward(out, x, &m->samplers[st->index], B, Hl, Wl);
+        break;
+    case UNET_STAGE_UPSAMPLE: { /* Upsample2D: nearest 2x, then conv3x3 */
+        float *up = scratch_floats((size_t)B * st->c_in * 4 * Hl * Wl);
+        upsample_nearest2x_forward(up, x, B, st->c_in, Hl, Wl);
+        unet_conv_forward(out, up, &m->samplers[st->index], B, 2 * Hl, 2 * Wl);
+        break;
+    }
+    case UNET_STAGE_OUT: { /* conv_norm_out, SiLU, conv_out */
+        const size_t n = (size_t)B * st->c_in * Hl * Wl;
+        float *h = keep ? a->res[s].h1 : scratch_floats(n);
+        unet_norm_forward(h, keep ? a->res[s].mean1 : NULL, keep ? a->res[s].rstd1 : NULL, x, &m->conv_norm_out, B,
+                          Hl * Wl);
+        float *act = keep ? scratch_floats(n) : h;
+        silu_forward(act, h, n);
+        unet_conv_forward(out, act, &m->conv_out, B, Hl, Wl);
+        break;
+    }
+    }
+    scratch_release(mark);
+}
+
+int unet_forward(float *out, const unet_t *m, unet_acts_t *a, const float *sample, const float *timesteps,
+                 const float *ctx, int B, int H, int W, int T) {
+    const unet_config_t *c = &m->cfg;
+    if (B < 1 || B > a->B || H < 1 || H > a->H || W < 1 || W > a->W || T < 1 || T > a->T)
+        return sd_error(SD_ERR_ARG, "unet: forward B=%d H=%d W=%d T=%d exceeds the activations' %d, %d, %d, %d", B, H,
+                        W, T, a->B, a->H, a->W, a->T);
+    int rc = check_hw(m, H, W);
+    if (rc) return rc;
+    a->cur_B = B, a->cur_H = H, a->cur_W = W, a->cur_T = T;
+    scratch_mark_t mark = scratch_mark();
+    const size_t nsample = (size_t)B * c->in_channels * H * W;
+    const float *x0 = sample;
+    if (a->training) { /* inputs are copied: backward must not depend on the caller's buffers */
+        memcpy(a->sample, sample, nsample * sizeof(float));
+        memcpy(a->timesteps, timesteps, (size_t)B * sizeof(float));
+        memcpy(a->ctx, ctx, (size_t)B * T * c->cross_attention_dim * sizeof(float));
+        x0 = a->sample, timesteps = a->timesteps, ctx = a->ctx;
+    }
+    if (c->center_input_sample) {
+        float *t = a->training ? a->sample : scratch_floats(nsample);
+        for (size_t i = 0; i < nsample; i++) t[i] = 2.0f * sample[i] - 1.0f;
+        x0 = t;
+    }
+    time_forward(m, a, timesteps, B);
+    const float *prev = x0;
+    for (int s = 0; s < m->n_stages; s++) {
+        const unet_stage_t *st = &m->stages[s];
+        float *dst;
+        if (st->kind == UNET_STAGE_OUT) dst = out;
+        else if (a->training || st->push >= 0) dst = a->out[s];
+        else dst = (prev == a->ping[0]) ? a->ping[1] : a->ping[0];
+        if (!a->training) a->out[s] = dst;
+        scratch_mark_t sm = scratch_mark();
+        const float *x = stage_input(m, a, s, prev, B, H, W);
+        stage_forward(dst, m, a, s, x, ctx, a->training && a->keep[s], B, H, W, T);
+        scratch_release(sm);
+        prev = dst;
+    }
+    scratch_release(mark);
+    return SD_OK;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Backward
+ * ------------------------------------------------------------------------------------------- */
+
+static void add_into(float *y, const float *x, size_t n) {
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+    for (size_t i = 0; i < n; i++) y[i] += x[i];
+}
+
+static float *zeros(size_t n) {
+    float *p = scratch_floats(n);
+    memset(p, 0, n * sizeof(float));
+    return p;
+}
+
+/* dx (+=) and parameter gradients of stage s, given dy = dL/d(its output) and its input x. A
+ * stage whose inside was not kept recomputes its forward into scratch first. */
+static void stage_backward(float *dx, float *dctx, unet_grads_t *g, const float *dy, const unet_t *m, unet_acts_t *a,
+                           int s, const float *x, int B, int H, int W, int T) {
+    const unet_stage_t *st = &m->stages[s];
+    const int Hl = H >> st->level, Wl = W >> st->level, Sl = Hl * Wl;
+    scratch_mark_t mark = scratch_mark();
+    switch (st->kind) {
+    case UNET_STAGE_CONV_IN:
+        unet_conv_backward(dx, g, dy, x, &m->conv_in, B, Hl, Wl);
+        break;
+    case UNET_STAGE_RESNET: {
+        const unet_resnet_t *r = &m->resnets[st->index];
+        unet_resnet_acts_t *ra = &a->res[s], re;
+        if (!a->keep[s]) { /* checkpointed: recompute the inside */
+            float *base = scratch_floats(unet_resnet_acts_layout(NULL, NULL, r, B, Sl));
+            unet_resnet_acts_layout(&re, base, r, B, Sl);
+            unet_resnet_forward(scratch_floats((size_t)B * r->out * Sl), &re, x, a->temb, r, B, Hl, Wl);
+            ra = &re;
+        }
+        unet_resnet_backward(dx, a->dtemb, g, dy, x, a->temb, ra, r, B, Hl, Wl);
+        break;
+    }
+    case UNET_STAGE_TRANSFORMER: {
+        const unet_transformer_t *t = &m->transformers[st->index];
+        unet_transformer_acts_t *ta = &a->tr[s], re;
+        if (!a->keep[s]) {
+            float *base = scratch_floats(unet_transformer_acts_layout(NULL, NULL, t, B, Sl, T));
+            unet_transformer_acts_layout(&re, base, t, B, Sl, T);
+            unet_transformer_forward(scratch_floats((size_t)B * t->C * Sl), &re, x, a->ctx, t, B, Sl, T);
+            ta = &re;
+        }
+        unet_transformer_backward(dx, dctx, g, dy, x, a->ctx, ta, t, B, Sl, T);
+        break;
+    }
+    case UNET_STAGE_DOWNSAMPLE:
+        unet_conv_backward(dx, g, dy, x, &m->samplers[st->index], B, Hl, Wl);
+        break;
+    case UNET_STAGE_UPSAMPLE: {
+        const size_t nu = (size_t)B * st->c_in * 4 * Sl;
+        float *up = scratch_floats(nu), *dup = zeros(nu);
+        upsample_nearest2x_forward(up, x, B, st->c_in, Hl, Wl);
+        unet_conv_backward(dup, g, dy, up, &m->samplers[st->index], B, 2 * Hl, 2 * Wl);
+        upsample_nearest2x_backward(dx, dup, B, st->c_in, Hl, Wl);
+        break;
+    }
+    case UNET_STAGE_OUT: {
+        const unet_resnet_acts_t *oa = &a->res[s];
+        const size_t n = (size_t)B * st->c_in * Sl;
+        float *act = scratch_floats(n), *dact = zeros(n), *dh = zeros(n);
+        silu_forward(act, oa->h1, n);
+        unet_conv_backward(dact, g, dy, act, &m->conv_out, B, Hl, Wl);
+        silu_backward(dh, dact, oa->h1, n);
+        unet_norm_backward(dx, g, dh, x, oa->mean1, oa->rstd1, &m->conv_norm_out, B, Sl);
+        break;
+    }
+    }
+    scratch_release(mark);
+}
+
+void unet_backward(float *dsample, float *dctx, unet_grads_t *g, const float *dout, const unet_t *m, unet_acts_t *a) {
+    SD_CHECK(a->training, "unet_backward needs activations built for training");
+    SD_CHECK(a->cur_B > 0, "unet_backward before any forward");
+    const unet_config_t *c = &m->cfg;
+    const int B = a->cur_B, H = a->cur_H, W = a->cur_W, T = a->cur_T;
+    scratch_mark_t mark = scratch_mark();
+    for (int s = 0; s < m->n_stages; s++) {
+        const unet_stage_t *st = &m->stages[s];
+        if (st->push >= 0) memset(a->dskip_at[st->push], 0, stage_out_floats(st, B, H, W) * sizeof(float));
+    }
+    memset(a->dtemb, 0, (size_t)B * c->time_embed_dim * sizeof(float));
+
+    const float *dy = dout;   /* dL/d(output of the stage being processed) */
+    int cur = -1;             /* which of a->dh holds dy (-1: the caller's dout) */
+    for (int s = m->n_stages - 1; s >= 0; s--) {
+        const unet_stage_t *st = &m->stages[s];
+        scratch_mark_t sm = scratch_mark();
+        if (st->push >= 0) { /* the output also fed the up path as a skip */
+            SD_CHECK(cur >= 0, "stage %d pushes a skip but is the last stage", s);
+            add_into(a->dh[cur], a->dskip_at[st->push], stage_out_floats(st, B, H, W));
+        }
+        const int Sl = (H >> st->level) * (W >> st->level);
+        const float *prev = s ? a->out[s - 1] : a->sample;
+        const float *x = stage_input(m, a, s, prev, B, H, W);
+        float *dprev = NULL;   /* dL/d(previous output), or d(sample) for conv_in */
+        const int c_prev = st->pop >= 0 ? st->c_in - m->skip_channels[st->pop] : st->c_in;
+        const size_t n_prev = (size_t)B * c_prev * Sl;
+        int nxt = cur == 0 ? 1 : 0;
+        if (s > 0) {
+            dprev = a->dh[nxt];
+            memset(dprev, 0, n_prev * sizeof(float));
+        } else if (dsample) {
+            dprev = c->center_input_sample ? zeros(n_prev) : dsample;
+        }
+        float *dx = dprev;
+        if (st->pop >= 0) dx = zeros((size_t)B * st->c_in * Sl);
+        stage_backward(dx, dctx, g, dy, m, a, s, x, B, H, W, T);
+        if (st->pop >= 0) /* split d(cat) into the hidden state's and the skip's gradients */
+            concat_channels_backward(dprev, a->dskip_at[st->pop], dx, B, c_prev, m->skip_channels[st->pop], Sl);
+        if (s == 0 && dsample && c->center_input_sample)
+            for (size_t i = 0; i < n_prev; i++) dsample[i] += 2.0f * dprev[i];
+        scratch_release(sm);
+        dy = dprev, cur = nxt;
+    }
+
+    /* time embedding: dtemb = dL/d SiLU(emb), back through linear_2, SiLU, linear_1 */
+    const size_t nt = (size_t)B * c->time_embed_dim;
+    float *de = zeros(nt), *da = zeros(nt), *dh = zeros(nt);
+    silu_backward(de, a->dtemb, a->t_e, nt);
+    unet_linear_backward(da, g, de, a->t_a, &m->time_linear_2, B);
+    silu_backward(dh, da, a->t_h, nt);
+    unet_linear_backward(NULL, g, dh, a->t_sin, &m->time_linear_1, B);
+    scratch_release(mark);
+}

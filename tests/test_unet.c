@@ -1,0 +1,686 @@
+/* UNet2DConditionModel (src/models/unet.h): golden comparisons with the PyTorch
+ * re-implementation (tests/reference/gen_unet_golden.py) for SD1-like, SD2-like and pixel-space
+ * tiny configs (output, d(sample), d(ctx), d(delta) of spectral layers, d(shift) of norm
+ * gains), finite-difference checks through the whole network, inference vs training and
+ * checkpointing on vs off equality, config parsing, and the SD 1.5 / 2.1 structure (skip count,
+ * parameter and shift counts, activation memory). */
+#include "testutil.h"
+
+#include <cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/error.h"
+#include "base/scratch.h"
+#include "models/unet.h"
+
+static int verbose(void) { return getenv("SVDIFF_GOLDEN_VERBOSE") != NULL; }
+
+static char *read_text(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        print_error("cannot open %s\nregenerate with: tests/reference/regenerate.sh\n", path);
+        fail();
+    }
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *s = malloc((size_t)n + 1);
+    assert_int_equal(fread(s, 1, (size_t)n, f), (size_t)n);
+    s[n] = 0;
+    fclose(f);
+    return s;
+}
+
+static const st_tensor_t *get_st(void *ctx, const char *name) { return st_find(ctx, name); }
+
+static void parse_config(unet_config_t *cfg, const char *json_text) {
+    cJSON *j = cJSON_Parse(json_text);
+    assert_non_null(j);
+    int rc = unet_config_from_json(cfg, j, "test config");
+    if (rc) print_error("%s\n", sd_last_error());
+    assert_int_equal(rc, 0);
+    cJSON_Delete(j);
+}
+
+/* ---- a fixture: tests/fixtures/unet/<name>/{unet/, golden.safetensors} ---- */
+
+typedef struct {
+    char name[32];
+    st_file_t weights, golden;
+    unet_config_t cfg;
+    unet_t m;
+    int B, H, W, T;
+    float *sample, *timesteps, *ctx, *dout;
+    size_t n_sample, n_ctx, n_out;
+} fx_t;
+
+static int meta_int(const st_file_t *f, const char *key) {
+    const char *v = st_meta(f, key);
+    assert_non_null(v);
+    return atoi(v);
+}
+
+/* Spectral factors of the golden file on layer `path` (residual form: the base stays). */
+static void set_spectral(fx_t *f, const char *path, float s) {
+    unet_layer_t *l = unet_find_layer(&f->m, path);
+    if (!l) print_error("no layer %s\n", path);
+    assert_non_null(l);
+    char key[256];
+    const int rows = l->w.rows, cols = l->w.cols, rank = rows < cols ? rows : cols;
+    snprintf(key, sizeof key, "%s.U", path);
+    float *U = golden_get(&f->golden, key, (int64_t)rows * rank);
+    snprintf(key, sizeof key, "%s.S", path);
+    float *S = golden_get(&f->golden, key, rank);
+    snprintf(key, sizeof key, "%s.Vh", path);
+    float *Vh = golden_get(&f->golden, key, (int64_t)rank * cols);
+    snprintf(key, sizeof key, "%s.delta", path);
+    float *delta = golden_get(&f->golden, key, rank);
+    spectral_t *sp = calloc(1, sizeof *sp);
+    spectral_init_factors(sp, U, S, Vh, rows, cols, rank);
+    memcpy(sp->delta, delta, sizeof(float) * rank);
+    sp->scale = s;
+    weight_free(&l->w);
+    l->w.kind = WEIGHT_SPECTRAL;
+    l->w.sp = sp;
+    free(U), free(S), free(Vh), free(delta);
+}
+
+static void set_norm_shift(fx_t *f, const char *path, const char *mode, float s) {
+    unet_norm_t *n = unet_find_norm(&f->m, path);
+    if (!n) print_error("no norm %s\n", path);
+    assert_non_null(n);
+    char key[256];
+    snprintf(key, sizeof key, "%s.shift", path);
+    n->mode = strcmp(mode, "scalar") == 0 ? NORMSHIFT_SCALAR : NORMSHIFT_ELEMENT;
+    n->shift = golden_get(&f->golden, key, n->mode == NORMSHIFT_SCALAR ? 1 : n->C);
+    n->scale = s;
+}
+
+/* Applies every spectral layer and norm shift the golden file lists. */
+static void fx_shifts(fx_t *f) {
+    float *sc = golden_get(&f->golden, "scale", 1);
+    char list[2048];
+    snprintf(list, sizeof list, "%s", st_meta(&f->golden, "spectral"));
+    for (char *p = strtok(list, ","); p; p = strtok(NULL, ",")) set_spectral(f, p, sc[0]);
+    snprintf(list, sizeof list, "%s", st_meta(&f->golden, "norm_shifts"));
+    for (char *p = strtok(list, ","); p; p = strtok(NULL, ",")) {
+        char *colon = strchr(p, ':');
+        assert_non_null(colon);
+        *colon = 0;
+        set_norm_shift(f, p, colon + 1, sc[0]);
+    }
+    free(sc);
+}
+
+static void fx_open(fx_t *f, const char *name, int with_shifts) {
+    memset(f, 0, sizeof *f);
+    snprintf(f->name, sizeof f->name, "%s", name);
+    char rel[256];
+    snprintf(rel, sizeof rel, "tests/fixtures/unet/%s/unet/config.json", name);
+    char *text = read_text(source_path(rel));
+    parse_config(&f->cfg, text);
+    free(text);
+    snprintf(rel, sizeof rel, "tests/fixtures/unet/%s/unet/diffusion_pytorch_model.safetensors", name);
+    if (st_open(&f->weights, source_path(rel)) != 0) {
+        print_error("%s\nregenerate with: tests/reference/regenerate.sh\n", sd_last_error());
+        fail();
+    }
+    int rc = build_unet(&f->m, &f->cfg, get_st, &f->weights);
+    if (rc) print_error("%s\n", sd_last_error());
+    assert_int_equal(rc, 0);
+    snprintf(rel, sizeof rel, "unet/%s/golden.safetensors", name);
+    golden_open(&f->golden, rel);
+    f->B = meta_int(&f->golden, "B"), f->H = meta_int(&f->golden, "H");
+    f->W = meta_int(&f->golden, "W"), f->T = meta_int(&f->golden, "T");
+    assert_int_equal(f->m.n_skips, meta_int(&f->golden, "n_skips"));
+    f->n_sample = (size_t)f->B * f->cfg.in_channels * f->H * f->W;
+    f->n_ctx = (size_t)f->B * f->T * f->cfg.cross_attention_dim;
+    f->n_out = (size_t)f->B * f->cfg.out_channels * f->H * f->W;
+    f->sample = golden_get(&f->golden, "sample", (int64_t)f->n_sample);
+    f->timesteps = golden_get(&f->golden, "timesteps", f->B);
+    f->ctx = golden_get(&f->golden, "ctx", (int64_t)f->n_ctx);
+    f->dout = golden_get(&f->golden, "dout", (int64_t)f->n_out);
+    if (with_shifts) fx_shifts(f);
+}
+
+static void fx_close(fx_t *f) {
+    free_unet(&f->m);
+    st_close(&f->weights);
+    st_close(&f->golden);
+    free(f->sample), free(f->timesteps), free(f->ctx), free(f->dout);
+}
+
+static void forward_ok(fx_t *f, unet_acts_t *a, float *out) {
+    int rc = unet_forward(out, &f->m, a, f->sample, f->timesteps, f->ctx, f->B, f->H, f->W, f->T);
+    if (rc) print_error("%s\n", sd_last_error());
+    assert_int_equal(rc, 0);
+}
+
+static void acts_ok(fx_t *f, unet_acts_t *a, int training, unet_ckpt_t ckpt) {
+    int rc = unet_acts_build(a, &f->m, f->B, f->H, f->W, f->T, training, ckpt);
+    if (rc) print_error("%s\n", sd_last_error());
+    assert_int_equal(rc, 0);
+}
+
+static void compare(const fx_t *f, const char *what, const float *got, const char *key, size_t n, double tol) {
+    float *want = golden_get(&f->golden, key, (int64_t)n);
+    if (verbose()) printf("  %s %-70s rel %.3g\n", f->name, what, rel_error(got, want, n));
+    assert_close(what, got, want, n, tol);
+    free(want);
+}
+
+/* One training forward + backward with every shift gradient and the input gradients. */
+typedef struct {
+    float *out, *dsample, *dctx;
+    unet_grads_t g;
+} run_t;
+
+static void run_train(fx_t *f, run_t *r, unet_ckpt_t ckpt, unsigned what) {
+    unet_acts_t a;
+    acts_ok(f, &a, 1, ckpt);
+    r->out = alloc_zeros(f->n_out);
+    r->dsample = alloc_zeros(f->n_sample);
+    r->dctx = alloc_zeros(f->n_ctx);
+    forward_ok(f, &a, r->out);
+    assert_int_equal(unet_grads_alloc(&r->g, &f->m, what), 0);
+    unet_backward(r->dsample, r->dctx, &r->g, f->dout, &f->m, &a);
+    unet_acts_free(&a);
+}
+
+static void run_free(run_t *r) {
+    free(r->out), free(r->dsample), free(r->dctx);
+    unet_grads_free(&r->g);
+}
+
+/* ---- golden ---- */
+
+static void check_golden(const char *name) {
+    fx_t f;
+    fx_open(&f, name, 1);
+    run_t r;
+    run_train(&f, &r, UNET_CKPT_NONE, UNET_GRAD_SHIFTS);
+    compare(&f, "out", r.out, "out", f.n_out, 1e-4);
+    compare(&f, "dsample", r.dsample, "dsample", f.n_sample, 1e-4);
+    compare(&f, "dctx", r.dctx, "dctx", f.n_ctx, 1e-4);
+    int n_checked = 0;
+    for (int i = 0; i < f.m.n_layers; i++) {
+        const unet_layer_t *l = f.m.layers[i];
+        if (l->w.kind != WEIGHT_SPECTRAL) continue;
+        char key[256];
+        snprintf(key, sizeof key, "%s.ddelta", l->name);
+        assert_non_null(r.g.layers[l->id].dw);
+        compare(&f, key, r.g.layers[l->id].dw, key, (size_t)l->w.sp->rank, 1e-4);
+        n_checked++;
+    }
+    assert_int_equal(n_checked, 5);
+    for (int i = 0; i < f.m.n_norms; i++) {
+        const unet_norm_t *n = f.m.norms[i];
+        if (!n->shift) continue;
+        char key[256];
+        snprintf(key, sizeof key, "%s.dshift", n->name);
+        assert_non_null(r.g.norms[n->id].dshift);
+        compare(&f, key, r.g.norms[n->id].dshift, key, n->mode == NORMSHIFT_SCALAR ? 1 : (size_t)n->C, 1e-4);
+    }
+    /* inference mode, factored and baked spectral weights */
+    unet_acts_t ai;
+    acts_ok(&f, &ai, 0, UNET_CKPT_NONE);
+    float *out = alloc_zeros(f.n_out);
+    forward_ok(&f, &ai, out);
+    compare(&f, "out (inference)", out, "out", f.n_out, 1e-4);
+    unet_bake(&f.m);
+    forward_ok(&f, &ai, out);
+    compare(&f, "out (inference, baked)", out, "out", f.n_out, 1e-4);
+    unet_unbake(&f.m);
+    free(out);
+    unet_acts_free(&ai);
+    run_free(&r);
+    fx_close(&f);
+}
+
+static void test_golden_sd1(void **state) { (void)state; check_golden("sd1"); }
+static void test_golden_sd2(void **state) { (void)state; check_golden("sd2"); }
+static void test_golden_pixel(void **state) { (void)state; check_golden("pixel"); }
+
+/* A forward with B' < B (capacity) gives the golden output of those samples. */
+static void test_partial_batch(void **state) {
+    (void)state;
+    fx_t f;
+    fx_open(&f, "sd1", 1);
+    assert_true(f.B == 2);
+    unet_acts_t a;
+    acts_ok(&f, &a, 1, UNET_CKPT_NONE);
+    float *out = alloc_zeros(f.n_out), *ctx1 = malloc(sizeof(float) * f.n_ctx / 2);
+    memcpy(ctx1, f.ctx + f.n_ctx / 2, sizeof(float) * f.n_ctx / 2);
+    /* the second sample alone */
+    assert_int_equal(unet_forward(out, &f.m, &a, f.sample + f.n_sample / 2, f.timesteps + 1, ctx1, 1, f.H, f.W, f.T), 0);
+    float *want = golden_get(&f.golden, "out", (int64_t)f.n_out);
+    assert_close("out[1] alone", out, want + f.n_out / 2, f.n_out / 2, 1e-4);
+    /* over capacity / bad size */
+    assert_int_equal(unet_forward(out, &f.m, &a, f.sample, f.timesteps, f.ctx, 3, f.H, f.W, f.T), SD_ERR_ARG);
+    assert_int_equal(unet_forward(out, &f.m, &a, f.sample, f.timesteps, f.ctx, 1, f.H - 1, f.W, f.T), SD_ERR_ARG);
+    unet_acts_t bad;
+    assert_int_equal(unet_acts_build(&bad, &f.m, 1, 7, 8, 4, 1, UNET_CKPT_NONE), SD_ERR_ARG);
+    assert_int_equal(unet_acts_build(&bad, &f.m, 0, 8, 8, 4, 1, UNET_CKPT_NONE), SD_ERR_ARG);
+    free(out), free(ctx1), free(want);
+    unet_acts_free(&a);
+    fx_close(&f);
+}
+
+/* ---- equality of modes ---- */
+
+/* The inference path (nothing kept, buffers reused, residuals in place) computes the same
+ * numbers as the training path. */
+static void test_inference_equals_training(void **state) {
+    (void)state;
+    const char *names[] = {"sd1", "sd2", "pixel"};
+    for (int k = 0; k < 3; k++) {
+        fx_t f;
+        fx_open(&f, names[k], 1);
+        unet_acts_t at, ai;
+        acts_ok(&f, &at, 1, UNET_CKPT_NONE);
+        acts_ok(&f, &ai, 0, UNET_CKPT_NONE);
+        assert_true(ai.n_floats < at.n_floats / 4);
+        float *o1 = alloc_zeros(f.n_out), *o2 = alloc_zeros(f.n_out);
+        forward_ok(&f, &at, o1);
+        forward_ok(&f, &ai, o2);
+        forward_ok(&f, &ai, o2);   /* reused activations */
+        assert_memory_equal(o1, o2, sizeof(float) * f.n_out);
+        free(o1), free(o2);
+        unet_acts_free(&at);
+        unet_acts_free(&ai);
+        fx_close(&f);
+    }
+}
+
+static void grads_equal(const run_t *a, const run_t *b, const fx_t *f) {
+    assert_memory_equal(a->out, b->out, sizeof(float) * f->n_out);
+    assert_memory_equal(a->dsample, b->dsample, sizeof(float) * f->n_sample);
+    assert_memory_equal(a->dctx, b->dctx, sizeof(float) * f->n_ctx);
+    assert_int_equal(a->g.n_floats, b->g.n_floats);
+    assert_memory_equal(a->g.memory, b->g.memory, sizeof(float) * a->g.n_floats);
+}
+
+/* Checkpointing (recompute in backward) gives the same gradients, bit for bit, as keeping
+ * everything: shift gradients and every dense gradient. */
+static void test_checkpointing_equal(void **state) {
+    (void)state;
+    const char *names[] = {"sd1", "sd2", "pixel"};
+    for (int k = 0; k < 3; k++) {
+        fx_t f;
+        fx_open(&f, names[k], 1);
+        run_t r0, r1, r2;
+        const unsigned what = UNET_GRAD_SHIFTS | UNET_GRAD_DENSE;
+        run_train(&f, &r0, UNET_CKPT_NONE, what);
+        run_train(&f, &r1, UNET_CKPT_TRANSFORMERS, what);
+        run_train(&f, &r2, UNET_CKPT_ALL, what);
+        grads_equal(&r0, &r1, &f);
+        grads_equal(&r0, &r2, &f);
+        /* and the memory it saves */
+        const size_t n0 = unet_acts_floats(&f.m, f.B, f.H, f.W, f.T, 1, UNET_CKPT_NONE);
+        const size_t n1 = unet_acts_floats(&f.m, f.B, f.H, f.W, f.T, 1, UNET_CKPT_TRANSFORMERS);
+        const size_t n2 = unet_acts_floats(&f.m, f.B, f.H, f.W, f.T, 1, UNET_CKPT_ALL);
+        assert_true(n2 < n1 && n1 < n0);
+        run_free(&r0), run_free(&r1), run_free(&r2);
+        fx_close(&f);
+    }
+}
+
+/* ---- finite differences through the whole network ---- */
+
+/* Weights copied into writable memory so that the test can perturb a dense weight. */
+typedef struct {
+    const st_file_t *f;
+    int n;
+    st_tensor_t *t;
+    void **data;
+} copies_t;
+
+static const st_tensor_t *get_copy(void *ctx, const char *name) {
+    copies_t *c = ctx;
+    const st_tensor_t *s = st_find(c->f, name);
+    if (!s) return NULL;
+    for (int i = 0; i < c->n; i++)
+        if (strcmp(c->t[i].name, name) == 0) return &c->t[i];
+    c->t = realloc(c->t, sizeof *c->t * (c->n + 1));
+    c->data = realloc(c->data, sizeof *c->data * (c->n + 1));
+    c->data[c->n] = malloc(s->nbytes);
+    memcpy(c->data[c->n], s->data, s->nbytes);
+    c->t[c->n] = *s;
+    c->t[c->n].data = c->data[c->n];
+    return &c->t[c->n++];
+}
+
+typedef struct {
+    fx_t *f;
+    unet_acts_t *a;
+    float *out;
+} fd_ctx_t;
+
+static double fd_loss(void *p) {
+    fd_ctx_t *c = p;
+    fx_t *f = c->f;
+    assert_int_equal(unet_forward(c->out, &f->m, c->a, f->sample, f->timesteps, f->ctx, f->B, f->H, f->W, f->T), 0);
+    return dot_loss(c->out, f->dout, f->n_out);
+}
+
+static void fd_report(const char *name, double worst) {
+    if (verbose()) printf("  fd %-70s worst %.3g\n", name, worst);
+}
+
+static void test_fd_whole_unet(void **state) {
+    (void)state;
+    fx_t f;
+    fx_open(&f, "sd1", 0);
+    /* rebuild over writable copies of the weights */
+    free_unet(&f.m);
+    copies_t cp = {.f = &f.weights};
+    assert_int_equal(build_unet(&f.m, &f.cfg, get_copy, &cp), 0);
+    fx_shifts(&f);
+    unet_layer_t *conv = unet_find_layer(&f.m, "up_blocks.0.resnets.0.conv1");
+    unet_layer_t *o1 = unet_find_layer(&f.m, "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0");
+    unet_layer_t *sp_in = unet_find_layer(&f.m, "conv_in");
+    unet_layer_t *sp_k = unet_find_layer(&f.m, "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k");
+    unet_norm_t *gn = unet_find_norm(&f.m, "down_blocks.1.resnets.0.norm2");
+    unet_norm_t *ln = unet_find_norm(&f.m, "mid_block.attentions.0.transformer_blocks.0.norm3");
+    assert_true(conv && o1 && sp_in && sp_k && gn && ln);
+    assert_int_equal(conv->w.kind, WEIGHT_DENSE);
+    assert_int_equal(sp_k->w.kind, WEIGHT_SPECTRAL);
+    assert_non_null(gn->shift);
+
+    run_t r;
+    run_train(&f, &r, UNET_CKPT_NONE, UNET_GRAD_SHIFTS | UNET_GRAD_DENSE);
+    unet_acts_t ai;
+    acts_ok(&f, &ai, 0, UNET_CKPT_NONE);
+    fd_ctx_t c = {&f, &ai, alloc_zeros(f.n_out)};
+    const double tol = 1e-2;
+    fd_report("d sample", fd_check("d sample", f.sample, r.dsample, f.n_sample, 12, fd_loss, &c, 1e-2f, tol));
+    fd_report("d ctx", fd_check("d ctx", f.ctx, r.dctx, f.n_ctx, 10, fd_loss, &c, 1e-2f, tol));
+    fd_report("conv_in d delta", fd_check("conv_in d delta", sp_in->w.sp->delta, r.g.layers[sp_in->id].dw,
+                                          (size_t)sp_in->w.sp->rank, 8, fd_loss, &c, 1e-3f, tol));
+    fd_report("attn2.to_k d delta", fd_check("attn2.to_k d delta", sp_k->w.sp->delta, r.g.layers[sp_k->id].dw,
+                                             (size_t)sp_k->w.sp->rank, 8, fd_loss, &c, 1e-3f, tol));
+    fd_report("GroupNorm d shift", fd_check("GroupNorm d shift", gn->shift, r.g.norms[gn->id].dshift, (size_t)gn->C, 6,
+                                            fd_loss, &c, 1e-2f, tol));
+    fd_report("GroupNorm d gain", fd_check("GroupNorm d gain", gn->gamma, r.g.norms[gn->id].dgamma, (size_t)gn->C, 4,
+                                           fd_loss, &c, 1e-2f, tol));
+    fd_report("LayerNorm d gamma", fd_check("LayerNorm d gamma", ln->gamma, r.g.norms[ln->id].dgamma, (size_t)ln->C,
+                                            6, fd_loss, &c, 1e-2f, tol));
+    fd_report("LayerNorm d beta", fd_check("LayerNorm d beta", ln->beta, r.g.norms[ln->id].dbeta, (size_t)ln->C, 6,
+                                           fd_loss, &c, 1e-2f, tol));
+    fd_report("dense conv dW", fd_check("dense conv dW", (float *)conv->w.data, r.g.layers[conv->id].dw,
+                                        (size_t)conv->w.rows * conv->w.cols, 10, fd_loss, &c, 1e-2f, tol));
+    fd_report("to_out.0 d bias", fd_check("to_out.0 d bias", o1->bias, r.g.layers[o1->id].dbias, (size_t)o1->out, 6,
+                                          fd_loss, &c, 1e-2f, tol));
+    /* the time embedding MLP only gets gradients through every resnet's time_emb_proj */
+    unet_layer_t *t2 = unet_find_layer(&f.m, "time_embedding.linear_2");
+    fd_report("time linear_2 d bias", fd_check("time linear_2 d bias", t2->bias, r.g.layers[t2->id].dbias,
+                                               (size_t)t2->out, 6, fd_loss, &c, 1e-2f, tol));
+    free(c.out);
+    unet_acts_free(&ai);
+    run_free(&r);
+    fx_close(&f);
+    for (int i = 0; i < cp.n; i++) free(cp.data[i]);
+    free(cp.t), free(cp.data);
+}
+
+/* ---- spectral set-up and the shift registry ---- */
+
+typedef struct {
+    int n_layers, n_norms;
+    long total;
+    int saw_to_k;
+} visit_t;
+
+static void visit(void *ctx, const char *path, float *shift, float *grad, int n) {
+    visit_t *v = ctx;
+    assert_non_null(shift);
+    assert_non_null(grad);
+    assert_true(strstr(path, ".weight") == NULL);
+    if (strstr(path, "norm")) v->n_norms++;
+    else v->n_layers++;
+    if (strcmp(path, "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k") == 0) v->saw_to_k = n == 8;
+    v->total += n;
+}
+
+static void test_make_spectral(void **state) {
+    (void)state;
+    fx_t f;
+    fx_open(&f, "sd1", 0);
+    unet_acts_t a;
+    acts_ok(&f, &a, 0, UNET_CKPT_NONE);
+    float *ref = alloc_zeros(f.n_out), *out = alloc_zeros(f.n_out);
+    forward_ok(&f, &a, ref);
+    /* delta = 0: exact with the base kept, SVD-exact without it */
+    assert_int_equal(unet_make_spectral(&f.m, 1, NULL, NULL), 0);
+    forward_ok(&f, &a, out);
+    assert_close("spectral (keep base), delta 0", out, ref, f.n_out, 1e-5);
+    unet_add_norm_shifts(&f.m, NORMSHIFT_ELEMENT);
+    forward_ok(&f, &a, out);
+    assert_close("+ zero norm shifts", out, ref, f.n_out, 1e-5);
+    unet_grads_t g;
+    assert_int_equal(unet_grads_alloc(&g, &f.m, UNET_GRAD_SHIFTS), 0);
+    visit_t v = {0};
+    unet_visit_shifts(&f.m, &g, visit, &v);
+    assert_int_equal(v.n_layers, f.m.n_layers);
+    assert_int_equal(v.n_norms, f.m.n_norms);
+    assert_true(v.saw_to_k);
+    assert_int_equal((size_t)v.total, g.n_floats);
+    /* a non-zero shift changes the output; scale 0 undoes it */
+    unet_layer_t *l = unet_find_layer(&f.m, "mid_block.resnets.0.conv2");
+    for (int i = 0; i < l->w.sp->rank; i++) l->w.sp->delta[i] = 0.1f * l->w.sp->S[i];
+    forward_ok(&f, &a, out);
+    assert_true(rel_error(out, ref, f.n_out) > 1e-3);
+    unet_set_shift_scale(&f.m, 0.0f);
+    forward_ok(&f, &a, out);
+    assert_close("scale 0", out, ref, f.n_out, 1e-5);
+    unet_grads_free(&g);
+    unet_acts_free(&a);
+    fx_close(&f);
+    /* factored-only weights */
+    fx_open(&f, "sd1", 0);
+    assert_int_equal(unet_make_spectral(&f.m, 0, NULL, NULL), 0);
+    for (int i = 0; i < f.m.n_layers; i++) assert_null(f.m.layers[i]->w.data);
+    acts_ok(&f, &a, 0, UNET_CKPT_NONE);
+    forward_ok(&f, &a, out);
+    assert_close("spectral (factored only), delta 0", out, ref, f.n_out, 1e-4);
+    unet_acts_free(&a);
+    fx_close(&f);
+    free(ref), free(out);
+}
+
+/* ---- loading errors ---- */
+
+typedef struct {
+    const st_file_t *f;
+    const char *hide, *swap_from, *swap_to;
+} hide_t;
+
+static const st_tensor_t *get_hiding(void *ctx, const char *name) {
+    hide_t *h = ctx;
+    if (h->hide && strcmp(name, h->hide) == 0) return NULL;
+    if (h->swap_from && strcmp(name, h->swap_from) == 0) return st_find(h->f, h->swap_to);
+    return st_find(h->f, name);
+}
+
+static void test_build_errors(void **state) {
+    (void)state;
+    fx_t f;
+    fx_open(&f, "sd1", 0);
+    unet_t m;
+    hide_t h = {&f.weights, "up_blocks.1.attentions.1.transformer_blocks.0.attn2.to_v.weight", NULL, NULL};
+    assert_int_equal(build_unet(&m, &f.cfg, get_hiding, &h), SD_ERR_FORMAT);
+    assert_non_null(strstr(sd_last_error(), "attn2.to_v.weight"));
+    hide_t h2 = {&f.weights, NULL, "conv_in.weight", "conv_out.weight"};
+    assert_int_equal(build_unet(&m, &f.cfg, get_hiding, &h2), SD_ERR_SHAPE);
+    assert_non_null(strstr(sd_last_error(), "conv_in.weight"));
+    hide_t h3 = {&f.weights, NULL, "mid_block.resnets.1.norm2.bias", "mid_block.resnets.1.norm2.weight"};
+    assert_int_equal(build_unet(&m, &f.cfg, get_hiding, &h3), 0);   /* same shape: fine */
+    free_unet(&m);
+    /* a config whose channels do not match the weights */
+    unet_config_t bad = f.cfg;
+    bad.block_out_channels[1] = 12;
+    assert_int_equal(build_unet(&m, &bad, get_st, &f.weights), SD_ERR_SHAPE);
+    fx_close(&f);
+}
+
+/* ---- config.json ---- */
+
+static const char *SD15 =
+    "{\"_class_name\": \"UNet2DConditionModel\", \"_diffusers_version\": \"0.6.0\", \"act_fn\": \"silu\","
+    " \"attention_head_dim\": 8, \"block_out_channels\": [320, 640, 1280, 1280], \"center_input_sample\": false,"
+    " \"cross_attention_dim\": 768, \"down_block_types\": [\"CrossAttnDownBlock2D\", \"CrossAttnDownBlock2D\","
+    " \"CrossAttnDownBlock2D\", \"DownBlock2D\"], \"downsample_padding\": 1, \"flip_sin_to_cos\": true,"
+    " \"freq_shift\": 0, \"in_channels\": 4, \"layers_per_block\": 2, \"mid_block_scale_factor\": 1,"
+    " \"norm_eps\": 1e-05, \"norm_num_groups\": 32, \"out_channels\": 4, \"sample_size\": 64,"
+    " \"up_block_types\": [\"UpBlock2D\", \"CrossAttnUpBlock2D\", \"CrossAttnUpBlock2D\", \"CrossAttnUpBlock2D\"]}";
+
+static const char *SD21 =
+    "{\"_class_name\": \"UNet2DConditionModel\", \"_diffusers_version\": \"0.10.0.dev0\", \"act_fn\": \"silu\","
+    " \"attention_head_dim\": [5, 10, 20, 20], \"block_out_channels\": [320, 640, 1280, 1280],"
+    " \"center_input_sample\": false, \"cross_attention_dim\": 1024, \"down_block_types\": [\"CrossAttnDownBlock2D\","
+    " \"CrossAttnDownBlock2D\", \"CrossAttnDownBlock2D\", \"DownBlock2D\"], \"downsample_padding\": 1,"
+    " \"dual_cross_attention\": false, \"flip_sin_to_cos\": true, \"freq_shift\": 0, \"in_channels\": 4,"
+    " \"layers_per_block\": 2, \"mid_block_scale_factor\": 1, \"norm_eps\": 1e-05, \"norm_num_groups\": 32,"
+    " \"num_class_embeds\": null, \"only_cross_attention\": false, \"out_channels\": 4, \"sample_size\": 96,"
+    " \"up_block_types\": [\"UpBlock2D\", \"CrossAttnUpBlock2D\", \"CrossAttnUpBlock2D\", \"CrossAttnUpBlock2D\"],"
+    " \"upcast_attention\": true, \"use_linear_projection\": true}";
+
+static void test_config(void **state) {
+    (void)state;
+    unet_config_t c;
+    parse_config(&c, SD15);
+    assert_int_equal(c.n_levels, 4);
+    assert_int_equal(c.time_embed_dim, 1280);
+    assert_int_equal(c.cross_attention_dim, 768);
+    for (int i = 0; i < 4; i++) assert_int_equal(c.num_heads[i], 8);
+    assert_int_equal(c.down_attn[3], 0);
+    assert_int_equal(c.up_attn[0], 0);
+    assert_int_equal(c.up_attn[3], 1);
+    assert_int_equal(c.mid_block, 1);
+    parse_config(&c, SD21);
+    const int heads[4] = {5, 10, 20, 20};
+    for (int i = 0; i < 4; i++) assert_int_equal(c.num_heads[i], heads[i]);
+    assert_int_equal(c.use_linear_projection, 1);
+    /* num_attention_heads overrides attention_head_dim; an empty object takes the defaults */
+    parse_config(&c, "{\"block_out_channels\": [32, 64], \"down_block_types\": [\"CrossAttnDownBlock2D\","
+                     " \"DownBlock2D\"], \"up_block_types\": [\"UpBlock2D\", \"CrossAttnUpBlock2D\"],"
+                     " \"attention_head_dim\": 99, \"num_attention_heads\": [2, 4], \"norm_num_groups\": 8}");
+    assert_int_equal(c.num_heads[0], 2);
+    assert_int_equal(c.num_heads[1], 4);
+    parse_config(&c, "{}");
+    assert_int_equal(c.n_levels, 4);
+    assert_int_equal(c.cross_attention_dim, 1280);
+    assert_int_equal(c.layers_per_block[2], 2);
+    /* refused */
+    const char *bad[] = {
+        "{\"class_embed_type\": \"timestep\"}",
+        "{\"only_cross_attention\": true}",
+        "{\"act_fn\": \"gelu\"}",
+        "{\"resnet_time_scale_shift\": \"scale_shift\"}",
+        "{\"addition_embed_type\": \"text_time\"}",
+        "{\"attention_head_dim\": 7}",
+        "{\"block_out_channels\": [320, 640]}",
+        "{\"layers_per_block\": [2, 2]}",
+        "{\"cross_attention_dim\": [768, 768, 1024, 1024]}",
+        "{\"down_block_types\": [\"AttnDownBlock2D\", \"DownBlock2D\", \"DownBlock2D\", \"DownBlock2D\"]}",
+        "{\"mid_block_type\": \"UNetMidBlock2DSimpleCrossAttn\"}",
+        "{\"norm_num_groups\": 48}",
+        "{\"in_channels\": 4.5}",
+        "[1, 2]",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        cJSON *j = cJSON_Parse(bad[i]);
+        assert_non_null(j);
+        int rc = unet_config_from_json(&c, j, "bad config");
+        if (rc != SD_ERR_FORMAT) print_error("accepted: %s\n", bad[i]);
+        assert_int_equal(rc, SD_ERR_FORMAT);
+        assert_non_null(strstr(sd_last_error(), "bad config"));
+        cJSON_Delete(j);
+    }
+}
+
+/* ---- SD 1.5 / 2.1 structure from the config alone ---- */
+
+typedef struct {
+    long long params, shifts, norm_elems;
+} counts_t;
+
+static counts_t count(const unet_t *m) {
+    counts_t c = {0, 0, 0};
+    for (int i = 0; i < m->n_layers; i++) {
+        const unet_layer_t *l = m->layers[i];
+        c.params += (long long)l->w.rows * l->w.cols + (l->bias ? l->out : 0);
+        c.shifts += l->w.rows < l->w.cols ? l->w.rows : l->w.cols;
+    }
+    for (int i = 0; i < m->n_norms; i++) {
+        c.params += 2LL * m->norms[i]->C;
+        c.norm_elems += m->norms[i]->C;
+    }
+    return c;
+}
+
+static void test_sd_structure(void **state) {
+    (void)state;
+    unet_config_t cfg;
+    unet_t m;
+    parse_config(&cfg, SD15);
+    assert_int_equal(unet_build_structure(&m, &cfg), 0);
+    assert_int_equal(m.n_skips, 12);
+    counts_t c = count(&m);
+    /* figures of docs/stable-diffusion.md and method.md section 2 */
+    assert_int_equal(c.params, 859520964LL);
+    assert_int_equal(c.shifts, 222696LL);
+    assert_int_equal(c.norm_elems, 100160LL);
+    assert_int_equal(m.n_transformers, 16);
+    assert_int_equal(m.n_resnets, 22);
+    for (int i = 0; i < m.n_transformers; i++) assert_int_equal(m.transformers[i].heads, 8);
+    assert_non_null(unet_find_layer(&m, "up_blocks.3.attentions.2.transformer_blocks.0.ff.net.2"));
+    assert_non_null(unet_find_layer(&m, "up_blocks.2.upsamplers.0.conv"));
+    assert_null(unet_find_layer(&m, "up_blocks.3.upsamplers.0.conv"));
+    assert_non_null(unet_find_layer(&m, "down_blocks.1.resnets.0.conv_shortcut"));
+    assert_non_null(unet_find_norm(&m, "mid_block.attentions.0.norm"));
+    /* activation memory at 512 px (64x64 latents), 77 context tokens */
+    const double MB = 1e6 / 4;   /* floats per MB */
+    const double inf2 = unet_acts_floats(&m, 2, 64, 64, 77, 0, UNET_CKPT_NONE) / MB;
+    const double tr1 = unet_acts_floats(&m, 1, 64, 64, 77, 1, UNET_CKPT_NONE) / MB;
+    const double tr1t = unet_acts_floats(&m, 1, 64, 64, 77, 1, UNET_CKPT_TRANSFORMERS) / MB;
+    const double tr1a = unet_acts_floats(&m, 1, 64, 64, 77, 1, UNET_CKPT_ALL) / MB;
+    if (verbose())
+        printf("  SD 1.5 64x64: inference B=2 %.1f MB; training B=1 %.1f MB, ckpt transformers %.1f MB, ckpt all %.1f MB\n",
+               inf2, tr1, tr1t, tr1a);
+    assert_true(inf2 < 100.0);
+    assert_true(tr1a < tr1t && tr1t < tr1);
+    free_unet(&m);
+
+    parse_config(&cfg, SD21);
+    assert_int_equal(unet_build_structure(&m, &cfg), 0);
+    assert_int_equal(m.n_skips, 12);
+    for (int i = 0; i < m.n_transformers; i++) assert_int_equal(m.transformers[i].head_dim, 64);
+    c = count(&m);
+    if (verbose()) printf("  SD 2.1 parameters %lld, shifts %lld\n", c.params, c.shifts);
+    assert_int_equal(c.params, 865910724LL);
+    free_unet(&m);
+}
+
+int main(int argc, char **argv) {
+    if (argc > 1) cmocka_set_test_filter(argv[1]);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_golden_sd1),
+        cmocka_unit_test(test_golden_sd2),
+        cmocka_unit_test(test_golden_pixel),
+        cmocka_unit_test(test_partial_batch),
+        cmocka_unit_test(test_inference_equals_training),
+        cmocka_unit_test(test_checkpointing_equal),
+        cmocka_unit_test(test_fd_whole_unet),
+        cmocka_unit_test(test_make_spectral),
+        cmocka_unit_test(test_build_errors),
+        cmocka_unit_test(test_config),
+        cmocka_unit_test(test_sd_structure),
+    };
+    int rc = cmocka_run_group_tests_name("unet", tests, NULL, NULL);
+    scratch_free_all();
+    return rc;
+}
