@@ -13,10 +13,12 @@ typedef struct {
 } command_t;
 
 static const command_t COMMANDS[] = {
+    {"generate", cmd_generate, "generate images from a text prompt"},
     {"info", cmd_info, "describe a model folder or single-file checkpoint without reading its weights"},
     {"selfcheck", cmd_selfcheck,
      "train spectral shifts of a tiny random network end to end and verify every step"},
     {"tokenize", cmd_tokenize, "print the CLIP token ids of a prompt (--tokens shows the strings)"},
+    {"train", cmd_train, "train spectral shifts on images of a subject (DreamBooth-style, prior preservation)"},
 };
 
 static void print_usage(FILE *f) {

@@ -8,4 +8,12 @@ root=$(cd "$here/../.." && pwd)
 py=${SVDIFF_TORCH_PYTHON:-/usr/bin/python3}
 mkdir -p "$root/tests/fixtures"
 "$py" "$here/gen_ops_golden.py" --out "$root/tests/fixtures/ops_golden.safetensors"
+"$py" "$here/gen_unicode_tables.py" "$root/src/models/utf8class_tables.c" && "$py" "$here/gen_tokenizer_golden.py" --out "$root/tests/fixtures/tokenizer"  # needs python3-regex
 "$py" "$here/gen_clip_golden.py" --out "$root/tests/fixtures/clip"
+"$py" "$here/gen_tiny_models.py" --out "$root/tests/fixtures/tiny-sd"
+"$py" "$here/gen_vae_golden.py" --out "$root/tests/fixtures/vae"
+"$py" "$here/gen_sampler_golden.py" --out "$root/tests/fixtures/sampler/golden.safetensors"
+"$py" "$here/gen_unet_golden.py" --out "$root/tests/fixtures/unet"
+"$py" "$here/gen_shift_fixtures.py" --out "$root/tests/fixtures/shifts"
+"$py" "$here/gen_pipeline_golden.py" --out "$root/tests/fixtures/pipeline"  # after tiny-sd and unet (reads them)
+"$py" "$here/gen_train_golden.py" --model "$root/tests/fixtures/tiny-sd/diffusers" --out "$root/tests/fixtures/train"

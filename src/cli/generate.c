@@ -1,0 +1,306 @@
+/* `svdiff generate`: text to image with a model folder or single-file checkpoint. Parses the
+ * flags, runs the shared pipeline (pipeline.h) in batches with a progress bar, and writes
+ * PNGs carrying their generation parameters, a grid for several images, and optionally the
+ * final latents. */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "base/error.h"
+#include "base/progress.h"
+#include "base/runtime.h"
+#include "cli/commands.h"
+#include "io/image.h"
+#include "io/safetensors.h"
+#include "pipeline/pipeline.h"
+#include "shifts/shifts.h"
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: svdiff generate --model PATH --prompt TEXT [options] -o OUT.png\n\n"
+            "Generates images from a text prompt.\n\n"
+            "  --model PATH            diffusers model folder or single-file .safetensors checkpoint\n"
+            "  --tokenizer DIR         CLIP tokenizer folder (vocab.json, merges.txt); needed for single files\n"
+            "  --prompt TEXT           what to draw\n"
+            "  --negative-prompt TEXT  what to steer away from (the unconditional branch of guidance)\n"
+            "  --steps N               denoising steps (default 20)\n"
+            "  --cfg G                 classifier-free guidance scale (default 7.5; <= 1 turns guidance off)\n"
+            "  --sampler NAME          ddim, euler, euler_a or dpmpp_2m (default ddim)\n"
+            "  --eta E                 DDIM noise (0 = deterministic; default 0)\n"
+            "  --seed S                seed (default 42); image k uses seed + k for its initial noise\n"
+            "  --width W, --height H   size in pixels (default: the model's sample_size x its VAE factor)\n"
+            "  --num-images N          images to make (default 1)\n"
+            "  --batch-size B          images denoised together (default 1; uses more memory)\n"
+            "  --init-latents FILE     start from these latents (safetensors, tensor 'latents' [N or 1, C, h, w],\n"
+            "                          unscaled unit noise as a diffusers pipeline's latents=) instead of seeded noise\n"
+            "  --save-latents FILE     write the final latents before decoding (safetensors, tensor 'latents')\n"
+            "  --shifts PATH[:SCALE]   apply spectral shifts: a shift file, or a training output folder\n"
+            "                          (spectral_shifts.safetensors [+ spectral_shifts_te.safetensors]), times\n"
+            "                          SCALE (default 1); repeat to combine several. Baked into the weights once,\n"
+            "                          so sampling costs what the base model costs\n"
+            "  --force                 apply shift files made for another base model (their base_model_hash differs)\n"
+            "  --svd-cache DIR         cache of the base model's SVD factors (default: $SVDIFF_CACHE_DIR, else\n"
+            "                          $XDG_CACHE_HOME/svdiff or ~/.cache/svdiff)\n"
+            "  --threads N             CPU threads (default: all cores)\n"
+            "  -o, --output OUT.png    output; with several images OUT-1.png ... OUT-N.png and the grid OUT.png\n"
+            "  -h, --help              this help\n\n"
+            "Each PNG stores its prompt, negative prompt, steps, sampler, guidance, seed, size, model and shift\n"
+            "files with their scales in a "
+            "'parameters' text chunk. Progress goes to stderr.\n");
+}
+
+static int parse_int(const char *s, const char *flag, int lo, int hi, int *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || end == s || v < lo || v > hi) {
+        fprintf(stderr, "svdiff generate: %s needs an integer in [%d, %d], got '%s'\n", flag, lo, hi, s);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+static int parse_float(const char *s, const char *flag, float *out) {
+    char *end;
+    errno = 0;
+    float v = strtof(s, &end);
+    if (errno || *end || end == s || v != v) {
+        fprintf(stderr, "svdiff generate: %s needs a number, got '%s'\n", flag, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+typedef struct {
+    progress_t bar;
+    int step_base;
+} gen_progress_t;
+
+static void on_step(void *vctx, int step, int num_steps, float t, const float *latents) {
+    (void)num_steps, (void)t, (void)latents;
+    gen_progress_t *g = vctx;
+    progress_update(&g->bar, g->step_base + step, NULL);
+}
+
+/* "out.png" -> "out-3.png" */
+static void numbered_path(char *dst, size_t n, const char *path, int k) {
+    const char *dot = strrchr(path, '.');
+    const char *slash = strrchr(path, '/');
+    if (!dot || (slash && dot < slash)) dot = path + strlen(path);
+    snprintf(dst, n, "%.*s-%d%s", (int)(dot - path), path, k, dot);
+}
+
+static int load_init_latents(const char *path, float *dst, int n, int C, int h, int w) {
+    st_file_t f;
+    int rc = st_open(&f, path);
+    if (rc) return rc;
+    const st_tensor_t *t = st_find(&f, "latents");
+    if (!t && f.n_tensors == 1) t = &f.tensors[0];
+    if (!t) {
+        st_close(&f);
+        return sd_error(SD_ERR_FORMAT, "%s: no tensor named 'latents'", path);
+    }
+    const size_t per = (size_t)C * h * w;
+    const int64_t rows = t->ndim == 4 ? t->shape[0] : 0;
+    if (t->ndim != 4 || (rows != 1 && rows != n) || t->shape[1] != C || t->shape[2] != h || t->shape[3] != w) {
+        rc = sd_error(SD_ERR_SHAPE, "%s: tensor '%s' must be [%d or 1, %d, %d, %d] for this model and size", path,
+                      t->name, n, C, h, w);
+        st_close(&f);
+        return rc;
+    }
+    float *tmp = sd_xmalloc(sizeof(float) * (size_t)rows * per);
+    rc = st_read_f32(tmp, t);
+    for (int k = 0; !rc && k < n; k++) memcpy(dst + k * per, tmp + (rows == 1 ? 0 : k * per), sizeof(float) * per);
+    free(tmp);
+    st_close(&f);
+    return rc;
+}
+
+int cmd_generate(int argc, char **argv) {
+    const char *model = NULL, *tokenizer = NULL, *prompt = NULL, *negative = NULL, *out = NULL;
+    const char *init_path = NULL, *save_path = NULL, *sampler_name = "ddim";
+    int steps = 20, width = 0, height = 0, num_images = 1, batch = 1, threads = 0;
+    float cfg = 7.5f, eta = 0.0f;
+    unsigned long long seed = 42;
+    int n_shifts = 0, force = 0;
+    const char *svd_cache_dir = NULL;
+    enum { MAX_SHIFTS = 32 };
+    pipeline_shift_t shifts[MAX_SHIFTS];
+    static char shift_paths[MAX_SHIFTS][4096];
+    static const struct option opts[] = {
+        {"model", required_argument, 0, 'm'},       {"tokenizer", required_argument, 0, 'T'},
+        {"prompt", required_argument, 0, 'p'},      {"negative-prompt", required_argument, 0, 'n'},
+        {"steps", required_argument, 0, 's'},       {"cfg", required_argument, 0, 'g'},
+        {"sampler", required_argument, 0, 'S'},     {"eta", required_argument, 0, 'e'},
+        {"seed", required_argument, 0, 'r'},        {"width", required_argument, 0, 'W'},
+        {"height", required_argument, 0, 'H'},      {"num-images", required_argument, 0, 'N'},
+        {"batch-size", required_argument, 0, 'b'},  {"init-latents", required_argument, 0, 'i'},
+        {"save-latents", required_argument, 0, 'l'}, {"threads", required_argument, 0, 't'},
+        {"output", required_argument, 0, 'o'},      {"help", no_argument, 0, 'h'},
+        {"shifts", required_argument, 0, 'x'},      {"force", no_argument, 0, 'F'},
+        {"svd-cache", required_argument, 0, 'C'},
+        {0, 0, 0, 0}};
+    optind = 1;
+    for (int c; (c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1;) {
+        int bad = 0;
+        switch (c) {
+        case 'm': model = optarg; break;
+        case 'T': tokenizer = optarg; break;
+        case 'p': prompt = optarg; break;
+        case 'n': negative = optarg; break;
+        case 's': bad = parse_int(optarg, "--steps", 1, 1000, &steps); break;
+        case 'g': bad = parse_float(optarg, "--cfg", &cfg); break;
+        case 'S': sampler_name = optarg; break;
+        case 'e': bad = parse_float(optarg, "--eta", &eta); break;
+        case 'r': {
+            char *end;
+            errno = 0;
+            seed = strtoull(optarg, &end, 10);
+            if (errno || *end || end == optarg || optarg[0] == '-') {
+                fprintf(stderr, "svdiff generate: --seed needs a non-negative integer, got '%s'\n", optarg);
+                bad = 1;
+            }
+            break;
+        }
+        case 'W': bad = parse_int(optarg, "--width", 8, 8192, &width); break;
+        case 'H': bad = parse_int(optarg, "--height", 8, 8192, &height); break;
+        case 'N': bad = parse_int(optarg, "--num-images", 1, 10000, &num_images); break;
+        case 'b': bad = parse_int(optarg, "--batch-size", 1, 64, &batch); break;
+        case 'i': init_path = optarg; break;
+        case 'l': save_path = optarg; break;
+        case 't': bad = parse_int(optarg, "--threads", 1, 1024, &threads); break;
+        case 'o': out = optarg; break;
+        case 'x':
+            if (n_shifts == MAX_SHIFTS) {
+                fprintf(stderr, "svdiff generate: at most %d --shifts\n", MAX_SHIFTS);
+                bad = 1;
+            } else if (shift_spec_parse(optarg, shift_paths[n_shifts], sizeof shift_paths[0], &shifts[n_shifts].scale)) {
+                fprintf(stderr, "svdiff generate: %s\n", sd_last_error());
+                bad = 1;
+            } else {
+                shifts[n_shifts].path = shift_paths[n_shifts];
+                n_shifts++;
+            }
+            break;
+        case 'F': force = 1; break;
+        case 'C': svd_cache_dir = optarg; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+        if (bad) return 2;
+    }
+    if (optind < argc) { fprintf(stderr, "svdiff generate: unexpected argument '%s'\n", argv[optind]); return 2; }
+    if (!model || !prompt || !out) {
+        fprintf(stderr, "svdiff generate: --model, --prompt and -o are required (see --help)\n");
+        return 2;
+    }
+    sampler_kind_t sampler;
+    if (sampler_kind_parse(sampler_name, &sampler) || sampler == SAMPLER_DDIM_INVERSE) {
+        fprintf(stderr, "svdiff generate: unknown --sampler '%s' (ddim, euler, euler_a, dpmpp_2m)\n", sampler_name);
+        return 2;
+    }
+    if (eta < 0 || eta > 1) { fprintf(stderr, "svdiff generate: --eta must be in [0, 1]\n"); return 2; }
+    if (batch > num_images) batch = num_images;
+    sd_set_threads(threads);
+
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    pipeline_t p;
+    if (pipeline_open(&p, model, tokenizer)) {
+        fprintf(stderr, "svdiff generate: %s\n", sd_last_error());
+        return 1;
+    }
+    char cache_dir[4096];
+    if (!svd_cache_dir) svd_cache_default_dir(cache_dir, sizeof cache_dir);
+    else snprintf(cache_dir, sizeof cache_dir, "%s", svd_cache_dir);
+    /* the shift list for the PNG text: "a.safetensors (1), dir (0.5)" */
+    char shift_text[2048] = "";
+    for (int i = 0, k = 0; i < n_shifts && k < (int)sizeof shift_text; i++)
+        k += snprintf(shift_text + k, sizeof shift_text - k, "%s%s (%g)", i ? ", " : "", shifts[i].path,
+                      shifts[i].scale);
+    if (n_shifts && pipeline_apply_shifts(&p, shifts, n_shifts, force, cache_dir)) {
+        fprintf(stderr, "svdiff generate: %s\n", sd_last_error());
+        pipeline_close(&p);
+        return 1;
+    }
+    if (!width) width = p.unet.cfg.sample_size * p.scale_factor;
+    if (!height) height = p.unet.cfg.sample_size * p.scale_factor;
+    int C, h, w;
+    pipeline_latent_shape(&p, width, height, &C, &h, &w);
+    const size_t per = (size_t)C * h * w;
+    float *latents = sd_xmalloc(sizeof(float) * per * num_images);
+    float *init = NULL;
+    int rc = 0;
+    if (init_path) {
+        init = sd_xmalloc(sizeof(float) * per * num_images);
+        rc = load_init_latents(init_path, init, num_images, C, h, w);
+    }
+    gen_progress_t prog = {0};
+    progress_start(&prog.bar, "generate", (long)steps * ((num_images + batch - 1) / batch), "step");
+    for (int k0 = 0; !rc && k0 < num_images; k0 += batch) {
+        const int bn = num_images - k0 < batch ? num_images - k0 : batch;
+        txt2img_opts_t o = {.prompt = prompt, .negative_prompt = negative, .width = width, .height = height,
+                            .steps = steps, .cfg = cfg, .eta = eta, .sampler = sampler,
+                            .seed = (uint64_t)seed + (uint64_t)k0, .batch = bn, .progress = on_step,
+                            .progress_ctx = &prog};
+        prog.step_base = (k0 / batch) * steps;
+        rc = pipeline_txt2img(&p, &o, init ? init + k0 * per : NULL, latents + k0 * per);
+    }
+    if (!rc) progress_finish(&prog.bar);
+    if (!rc && save_path) {
+        st_writer_t *sw = st_writer_new();
+        int64_t shape[4] = {num_images, C, h, w};
+        char seedbuf[32];
+        snprintf(seedbuf, sizeof seedbuf, "%llu", seed);
+        st_writer_add(sw, "latents", ST_F32, 4, shape, latents);
+        st_writer_meta(sw, "prompt", prompt);
+        st_writer_meta(sw, "seed", seedbuf);
+        st_writer_meta(sw, "sampler", sampler_kind_name(sampler));
+        st_writer_meta(sw, "svdiff_version", SVDIFF_VERSION);
+        rc = st_writer_save(sw, save_path);
+        st_writer_free(sw);
+    }
+    uint8_t **rgb = NULL;
+    if (!rc) {
+        rgb = calloc((size_t)num_images, sizeof *rgb);
+        rc = pipeline_decode(&p, latents, num_images, h, w, rgb);
+    }
+    image_t *imgs = calloc((size_t)num_images, sizeof *imgs);
+    for (int k = 0; !rc && k < num_images; k++) {
+        char params[4096], path[PATH_MAX];
+        snprintf(params, sizeof params,
+                 "%s\nNegative prompt: %s\nSteps: %d, Sampler: %s, CFG scale: %g, Eta: %g, Seed: %llu, Size: %dx%d, "
+                 "Model: %s%s%s, Version: svdiff %s",
+                 prompt, negative ? negative : "", steps, sampler_kind_name(sampler), cfg, eta,
+                 seed + (unsigned long long)k, width, height, model, n_shifts ? ", Shifts: " : "", shift_text,
+                 SVDIFF_VERSION);
+        const char *keys[2] = {"parameters", "Software"}, *vals[2] = {params, "svdiff " SVDIFF_VERSION};
+        imgs[k].w = width, imgs[k].h = height, imgs[k].rgb = rgb[k];
+        if (num_images == 1) snprintf(path, sizeof path, "%s", out);
+        else numbered_path(path, sizeof path, out, k + 1);
+        rc = image_save_png(&imgs[k], path, keys, vals, 2);
+        if (!rc) fprintf(stderr, "wrote %s\n", path);
+    }
+    if (!rc && num_images > 1) {
+        image_t grid;
+        rc = image_grid(&grid, imgs, num_images, 0, 2);
+        const char *keys[1] = {"Software"}, *vals[1] = {"svdiff " SVDIFF_VERSION};
+        if (!rc) rc = image_save_png(&grid, out, keys, vals, 1);
+        if (!rc) fprintf(stderr, "wrote %s (grid of %d)\n", out, num_images);
+        image_free(&grid);
+    }
+    struct timespec t1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    if (!rc) fprintf(stderr, "done in %.2f s\n", (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec));
+    else fprintf(stderr, "svdiff generate: %s\n", sd_last_error());
+    for (int k = 0; k < num_images; k++) free(rgb ? rgb[k] : NULL);
+    free(rgb), free(imgs), free(latents), free(init);
+    pipeline_close(&p);
+    return rc ? 1 : 0;
+}

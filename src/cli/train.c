@@ -1,0 +1,288 @@
+/* `svdiff train`: DreamBooth-style personalisation by spectral shifts. Parses the flags (named
+ * after the diffusers training scripts; their underscore spellings are accepted with dashes),
+ * checks them, and hands over to the trainer (src/train/trainer.h). */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/error.h"
+#include "base/runtime.h"
+#include "cli/commands.h"
+#include "train/trainer.h"
+
+#define MAX_SAMPLE_PROMPTS 64
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: svdiff train --model PATH --instance-dir DIR --instance-prompt TEXT -o OUT_DIR [options]\n\n"
+            "Trains spectral shifts (offsets of the singular values of every UNet conv / linear weight, SVDiff)\n"
+            "on a few images of a subject; writes OUT_DIR/spectral_shifts.safetensors (+ _te with\n"
+            "--train-text-encoder), OUT_DIR/loss.csv and, with --sample-every, OUT_DIR/samples/step-N.png.\n\n"
+            "data:\n"
+            "  --model PATH               diffusers folder or single-file .safetensors checkpoint\n"
+            "  --tokenizer DIR            CLIP tokenizer folder (needed for single files)\n"
+            "  --instance-dir DIR         images of the subject (PNG, JPEG, any size); img.txt next to img.png\n"
+            "                             replaces the instance prompt for that image\n"
+            "  --instance-prompt TEXT     e.g. \"a photo of sks dog\" (at most 77 CLIP tokens)\n"
+            "  --class-dir DIR            prior preservation: class images (kept and reused)\n"
+            "  --class-prompt TEXT        e.g. \"a photo of a dog\"\n"
+            "  --num-class-images N       generate class images with the base model up to N (default 100)\n"
+            "  --class-steps N            DDIM steps for them (default 50); --class-cfg G guidance (7.5)\n"
+            "  --prior-loss-weight W      weight of the class loss (default 1)\n"
+            "  --resolution N             training size in pixels (default 512)\n"
+            "  --center-crop              centre crop (default: a random crop per image, from the seed)\n"
+            "  --flip                     random horizontal flips\n"
+            "optimisation:\n"
+            "  --batch-size N             instance images per step (default 1; as many class images)\n"
+            "  --grad-accum N             micro-batches per optimizer step (default 1)\n"
+            "  --steps N                  optimizer steps (default 500)\n"
+            "  --lr LR                    spectral shifts (default 1e-3)\n"
+            "  --lr-1d LR                 norm-gain shifts (default 1e-6)\n"
+            "  --lr-schedule S            constant, linear or cosine (default constant); --warmup N steps (0)\n"
+            "  --adam-beta1 B, --adam-beta2 B, --adam-epsilon E, --adam-weight-decay D\n"
+            "                             AdamW (defaults 0.9, 0.999, 1e-8, 1e-2)\n"
+            "  --max-grad-norm N          gradient clipping over all shifts (default 1; 0 = off)\n"
+            "  --train-text-encoder       also train the text encoder's linear and embedding shifts\n"
+            "  --norm-shift MODE          element (a shift per gain entry, default) or scalar (svdiff-pytorch)\n"
+            "  --svd-dtype fp32|bf16      precision of U and V; bf16 rounds the fp32 factors to bf16 values\n"
+            "                             (the engine has no bf16 kernels: memory is not reduced)\n"
+            "  --svd-cache DIR|none       SVD cache folder (default $SVDIFF_CACHE_DIR or ~/.cache/svdiff)\n"
+            "  --gradient-checkpointing   recompute the transformer blocks in backward (less memory, ~30%% slower)\n"
+            "  --seed S                   seed of every random draw (default 42)\n"
+            "  --threads N                CPU threads (default: all cores); results are reproducible per count\n"
+            "output:\n"
+            "  -o, --output-dir DIR       output folder\n"
+            "  --save-dtype fp32|fp16     dtype of the shift files (default fp32)\n"
+            "  --checkpoint-every N       write OUT_DIR/checkpoint.safetensors every N steps\n"
+            "  --resume                   continue from OUT_DIR/checkpoint.safetensors (bit-identical to an\n"
+            "                             uninterrupted run with the same threads)\n"
+            "  --sample-every N           every N steps, a grid of --sample-prompt P (repeatable) images\n"
+            "  --sample-steps N, --sample-cfg G   their DDIM steps (25) and guidance (7.5)\n"
+            "  --force                    overwrite existing shift files; resume with changed settings\n"
+            "  --quiet                    no progress bar\n"
+            "  -h, --help                 this help\n\n"
+            "The loss log has columns step, loss, instance_loss, prior_loss, lr, grad_norm, seconds.\n"
+            "Test-only: SVDIFF_TEST_ABORT_AT_STEP=k in the environment ends the process (exit 137, as after\n"
+            "kill -9) right after step k; the tests use it to check --resume.\n");
+}
+
+static int parse_int(const char *s, const char *flag, int lo, int hi, int *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || end == s || v < lo || v > hi) {
+        fprintf(stderr, "svdiff train: %s needs an integer in [%d, %d], got '%s'\n", flag, lo, hi, s);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+static int parse_float(const char *s, const char *flag, float lo, float hi, float *out) {
+    char *end;
+    errno = 0;
+    float v = strtof(s, &end);
+    if (errno || *end || end == s || !(v >= lo && v <= hi)) {
+        fprintf(stderr, "svdiff train: %s needs a number in [%g, %g], got '%s'\n", flag, lo, hi, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+enum {
+    O_MODEL = 1000, O_TOKENIZER, O_INST_DIR, O_INST_PROMPT, O_CLASS_DIR, O_CLASS_PROMPT, O_NUM_CLASS,
+    O_CLASS_STEPS, O_CLASS_CFG, O_PRIOR_W, O_RES, O_CENTER, O_FLIP, O_BATCH, O_ACCUM, O_STEPS, O_LR, O_LR1D,
+    O_SCHED, O_WARMUP, O_B1, O_B2, O_EPS, O_WD, O_CLIP, O_TE, O_NORM, O_SVD_DTYPE, O_SVD_CACHE, O_GCKPT, O_SEED,
+    O_THREADS, O_SAVE_DTYPE, O_CKPT, O_RESUME, O_SAMPLE_EVERY, O_SAMPLE_PROMPT, O_SAMPLE_STEPS, O_SAMPLE_CFG,
+    O_FORCE, O_QUIET
+};
+
+int cmd_train(int argc, char **argv) {
+    train_config_t c;
+    train_config_default(&c);
+    const char *samples[MAX_SAMPLE_PROMPTS];
+    int n_samples = 0;
+    static const struct option opts[] = {
+        {"model", required_argument, 0, O_MODEL},
+        {"pretrained-model-name-or-path", required_argument, 0, O_MODEL},
+        {"tokenizer", required_argument, 0, O_TOKENIZER},
+        {"instance-dir", required_argument, 0, O_INST_DIR},
+        {"instance-data-dir", required_argument, 0, O_INST_DIR},
+        {"instance-prompt", required_argument, 0, O_INST_PROMPT},
+        {"class-dir", required_argument, 0, O_CLASS_DIR},
+        {"class-data-dir", required_argument, 0, O_CLASS_DIR},
+        {"class-prompt", required_argument, 0, O_CLASS_PROMPT},
+        {"num-class-images", required_argument, 0, O_NUM_CLASS},
+        {"class-steps", required_argument, 0, O_CLASS_STEPS},
+        {"class-cfg", required_argument, 0, O_CLASS_CFG},
+        {"prior-loss-weight", required_argument, 0, O_PRIOR_W},
+        {"resolution", required_argument, 0, O_RES},
+        {"center-crop", no_argument, 0, O_CENTER},
+        {"flip", no_argument, 0, O_FLIP},
+        {"random-flip", no_argument, 0, O_FLIP},
+        {"batch-size", required_argument, 0, O_BATCH},
+        {"train-batch-size", required_argument, 0, O_BATCH},
+        {"grad-accum", required_argument, 0, O_ACCUM},
+        {"gradient-accumulation-steps", required_argument, 0, O_ACCUM},
+        {"steps", required_argument, 0, O_STEPS},
+        {"max-train-steps", required_argument, 0, O_STEPS},
+        {"lr", required_argument, 0, O_LR},
+        {"learning-rate", required_argument, 0, O_LR},
+        {"lr-1d", required_argument, 0, O_LR1D},
+        {"learning-rate-1d", required_argument, 0, O_LR1D},
+        {"lr-schedule", required_argument, 0, O_SCHED},
+        {"lr-scheduler", required_argument, 0, O_SCHED},
+        {"warmup", required_argument, 0, O_WARMUP},
+        {"lr-warmup-steps", required_argument, 0, O_WARMUP},
+        {"adam-beta1", required_argument, 0, O_B1},
+        {"adam-beta2", required_argument, 0, O_B2},
+        {"adam-epsilon", required_argument, 0, O_EPS},
+        {"adam-weight-decay", required_argument, 0, O_WD},
+        {"max-grad-norm", required_argument, 0, O_CLIP},
+        {"train-text-encoder", no_argument, 0, O_TE},
+        {"norm-shift", required_argument, 0, O_NORM},
+        {"svd-dtype", required_argument, 0, O_SVD_DTYPE},
+        {"svd-cache", required_argument, 0, O_SVD_CACHE},
+        {"gradient-checkpointing", no_argument, 0, O_GCKPT},
+        {"seed", required_argument, 0, O_SEED},
+        {"threads", required_argument, 0, O_THREADS},
+        {"output-dir", required_argument, 0, 'o'},
+        {"save-dtype", required_argument, 0, O_SAVE_DTYPE},
+        {"checkpoint-every", required_argument, 0, O_CKPT},
+        {"checkpointing-steps", required_argument, 0, O_CKPT},
+        {"resume", no_argument, 0, O_RESUME},
+        {"sample-every", required_argument, 0, O_SAMPLE_EVERY},
+        {"validation-steps", required_argument, 0, O_SAMPLE_EVERY},
+        {"sample-prompt", required_argument, 0, O_SAMPLE_PROMPT},
+        {"validation-prompt", required_argument, 0, O_SAMPLE_PROMPT},
+        {"sample-steps", required_argument, 0, O_SAMPLE_STEPS},
+        {"sample-cfg", required_argument, 0, O_SAMPLE_CFG},
+        {"force", no_argument, 0, O_FORCE},
+        {"quiet", no_argument, 0, O_QUIET},
+        {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
+    optind = 1;
+    for (int o; (o = getopt_long(argc, argv, "o:h", opts, NULL)) != -1;) {
+        int bad = 0;
+        switch (o) {
+        case O_MODEL: c.model = optarg; break;
+        case O_TOKENIZER: c.tokenizer = optarg; break;
+        case O_INST_DIR: c.instance_dir = optarg; break;
+        case O_INST_PROMPT: c.instance_prompt = optarg; break;
+        case O_CLASS_DIR: c.class_dir = optarg; break;
+        case O_CLASS_PROMPT: c.class_prompt = optarg; break;
+        case O_NUM_CLASS: bad = parse_int(optarg, "--num-class-images", 0, 1000000, &c.num_class_images); break;
+        case O_CLASS_STEPS: bad = parse_int(optarg, "--class-steps", 1, 1000, &c.class_steps); break;
+        case O_CLASS_CFG: bad = parse_float(optarg, "--class-cfg", 0, 100, &c.class_cfg); break;
+        case O_PRIOR_W: bad = parse_float(optarg, "--prior-loss-weight", 0, 1e6f, &c.prior_loss_weight); break;
+        case O_RES: bad = parse_int(optarg, "--resolution", 8, 8192, &c.resolution); break;
+        case O_CENTER: c.center_crop = 1; break;
+        case O_FLIP: c.flip = 1; break;
+        case O_BATCH: bad = parse_int(optarg, "--batch-size", 1, 64, &c.batch_size); break;
+        case O_ACCUM: bad = parse_int(optarg, "--grad-accum", 1, 100000, &c.grad_accum); break;
+        case O_STEPS: bad = parse_int(optarg, "--steps", 1, 100000000, &c.steps); break;
+        case O_LR: bad = parse_float(optarg, "--lr", 0, 1e3f, &c.lr); break;
+        case O_LR1D: bad = parse_float(optarg, "--lr-1d", 0, 1e3f, &c.lr_1d); break;
+        case O_SCHED:
+            if (!strcmp(optarg, "constant") || !strcmp(optarg, "constant_with_warmup")) c.lr_schedule = LR_CONSTANT;
+            else if (!strcmp(optarg, "linear")) c.lr_schedule = LR_LINEAR;
+            else if (!strcmp(optarg, "cosine")) c.lr_schedule = LR_COSINE;
+            else {
+                fprintf(stderr, "svdiff train: --lr-schedule must be constant, linear or cosine, got '%s'\n", optarg);
+                bad = 1;
+            }
+            break;
+        case O_WARMUP: bad = parse_int(optarg, "--warmup", 0, 100000000, &c.warmup); break;
+        case O_B1: bad = parse_float(optarg, "--adam-beta1", 0, 0.999999f, &c.beta1); break;
+        case O_B2: bad = parse_float(optarg, "--adam-beta2", 0, 0.999999f, &c.beta2); break;
+        case O_EPS: bad = parse_float(optarg, "--adam-epsilon", 0, 1, &c.adam_eps); break;
+        case O_WD: bad = parse_float(optarg, "--adam-weight-decay", 0, 1e3f, &c.weight_decay); break;
+        case O_CLIP: bad = parse_float(optarg, "--max-grad-norm", 0, 1e30f, &c.max_grad_norm); break;
+        case O_TE: c.train_text_encoder = 1; break;
+        case O_NORM:
+            if (!strcmp(optarg, "element")) c.norm_shift = NORMSHIFT_ELEMENT;
+            else if (!strcmp(optarg, "scalar")) c.norm_shift = NORMSHIFT_SCALAR;
+            else {
+                fprintf(stderr, "svdiff train: --norm-shift must be element or scalar, got '%s'\n", optarg);
+                bad = 1;
+            }
+            break;
+        case O_SVD_DTYPE:
+            if (!strcmp(optarg, "fp32") || !strcmp(optarg, "bf16")) c.svd_bf16 = optarg[0] == 'b';
+            else {
+                fprintf(stderr, "svdiff train: --svd-dtype must be fp32 or bf16, got '%s'\n", optarg);
+                bad = 1;
+            }
+            break;
+        case O_SVD_CACHE: c.svd_cache_dir = strcmp(optarg, "none") ? optarg : ""; break;
+        case O_GCKPT: c.grad_checkpointing = 1; break;
+        case O_SEED: {
+            char *end;
+            errno = 0;
+            unsigned long long v = strtoull(optarg, &end, 10);
+            if (errno || *end || end == optarg || optarg[0] == '-') {
+                fprintf(stderr, "svdiff train: --seed needs a non-negative integer, got '%s'\n", optarg);
+                bad = 1;
+            }
+            c.seed = v;
+            break;
+        }
+        case O_THREADS: bad = parse_int(optarg, "--threads", 1, 1024, &c.threads); break;
+        case 'o': c.out_dir = optarg; break;
+        case O_SAVE_DTYPE:
+            if (!strcmp(optarg, "fp32") || !strcmp(optarg, "fp16")) c.save_fp16 = !strcmp(optarg, "fp16");
+            else {
+                fprintf(stderr, "svdiff train: --save-dtype must be fp32 or fp16, got '%s'\n", optarg);
+                bad = 1;
+            }
+            break;
+        case O_CKPT: bad = parse_int(optarg, "--checkpoint-every", 0, 100000000, &c.checkpoint_every); break;
+        case O_RESUME: c.resume = 1; break;
+        case O_SAMPLE_EVERY: bad = parse_int(optarg, "--sample-every", 0, 100000000, &c.sample_every); break;
+        case O_SAMPLE_PROMPT:
+            if (n_samples == MAX_SAMPLE_PROMPTS) {
+                fprintf(stderr, "svdiff train: at most %d --sample-prompt\n", MAX_SAMPLE_PROMPTS);
+                bad = 1;
+            } else {
+                samples[n_samples++] = optarg;
+            }
+            break;
+        case O_SAMPLE_STEPS: bad = parse_int(optarg, "--sample-steps", 1, 1000, &c.sample_steps); break;
+        case O_SAMPLE_CFG: bad = parse_float(optarg, "--sample-cfg", 0, 100, &c.sample_cfg); break;
+        case O_FORCE: c.force = 1; break;
+        case O_QUIET: c.quiet = 1; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+        if (bad) return 2;
+    }
+    if (optind < argc) {
+        fprintf(stderr, "svdiff train: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (!c.model || !c.instance_dir || !c.out_dir) {
+        fprintf(stderr, "svdiff train: --model, --instance-dir and -o are required (see --help)\n");
+        return 2;
+    }
+    if (c.sample_every > 0 && !n_samples) {
+        fprintf(stderr, "svdiff train: --sample-every needs at least one --sample-prompt\n");
+        return 2;
+    }
+    if (c.warmup > c.steps) {
+        fprintf(stderr, "svdiff train: --warmup %d is longer than --steps %d\n", c.warmup, c.steps);
+        return 2;
+    }
+    c.sample_prompts = samples;
+    c.n_sample_prompts = n_samples;
+    sd_set_threads(c.threads);
+
+    trainer_t t;
+    int rc = trainer_open(&t, &c);
+    if (!rc) rc = trainer_run(&t);
+    if (rc) fprintf(stderr, "svdiff train: %s\n", sd_last_error());
+    trainer_close(&t);
+    return rc ? 1 : 0;
+}

@@ -1,0 +1,239 @@
+/* Text-to-image pipeline steps shared by the CLI verbs (see pipeline.h). */
+#include "pipeline/pipeline.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/error.h"
+#include "shifts/shifts.h"
+
+int pipeline_open(pipeline_t *p, const char *model_path, const char *tokenizer_dir) {
+    memset(p, 0, sizeof *p);
+    model_open_options_t opt = {.tokenizer_dir = tokenizer_dir};
+    int rc = model_open(&p->model, model_path, &opt);
+    if (rc) return rc;
+    model_t *m = &p->model;
+    if (!m->unet.n_tensors) rc = sd_error(SD_ERR_FORMAT, "%s: the model has no UNet", model_path);
+    else if (!m->text_encoder.n_tensors) rc = sd_error(SD_ERR_FORMAT, "%s: the model has no text encoder", model_path);
+    else if (!m->tokenizer_dir)
+        rc = sd_error(SD_ERR_ARG, "%s: the model carries no tokenizer (single-file checkpoint?): pass --tokenizer DIR",
+                      model_path);
+    if (!rc) rc = tokenizer_load(&p->tok, m->tokenizer_dir);
+    if (!rc) rc = build_clip_from_component(&p->clip, &m->text_encoder);
+    if (!rc) rc = build_unet_from_component(&p->unet, &m->unet);
+    if (!rc && m->vae.n_tensors) {
+        rc = build_vae_from_component(&p->vae, &m->vae);
+        p->has_vae = rc == 0;
+    }
+    if (!rc) {
+        sched_config_t sc;
+        rc = sched_config_from_json(&sc, m->scheduler_config);
+        if (!rc) rc = noise_schedule_init(&p->sched, &sc);
+    }
+    if (rc) {
+        pipeline_close(p);
+        return rc;
+    }
+    p->latent_channels = p->unet.cfg.in_channels;
+    p->scale_factor = p->has_vae ? vae_scale_factor(&p->vae.cfg) : 1;
+    p->ctx_dim = p->clip.cfg.hidden_size;
+    if (p->ctx_dim != p->unet.cfg.cross_attention_dim) {
+        rc = sd_error(SD_ERR_SHAPE, "%s: text encoder hidden size %d != UNet cross_attention_dim %d", model_path,
+                      p->ctx_dim, p->unet.cfg.cross_attention_dim);
+        pipeline_close(p);
+        return rc;
+    }
+    if (p->has_vae && p->vae.cfg.latent_channels != p->latent_channels) {
+        rc = sd_error(SD_ERR_SHAPE, "%s: VAE latent_channels %d != UNet in_channels %d", model_path,
+                      p->vae.cfg.latent_channels, p->latent_channels);
+        pipeline_close(p);
+        return rc;
+    }
+    return SD_OK;
+}
+
+void pipeline_close(pipeline_t *p) {
+    if (p->tok) tokenizer_free(p->tok);
+    free_clip(&p->clip);
+    free_unet(&p->unet);
+    if (p->has_vae) free_vae(&p->vae);
+    noise_schedule_free(&p->sched);
+    model_close(&p->model);
+    memset(p, 0, sizeof *p);
+}
+
+/* Applies one loaded file: its UNet and text-encoder entries go to their models. */
+static int apply_shift_set(pipeline_t *p, const shift_set_t *s, float scale, svd_cache_t *cache) {
+    shift_set_t parts[2];   /* 0: UNet, 1: text encoder */
+    shiftset_init(&parts[0]), shiftset_init(&parts[1]);
+    for (int i = 0; i < s->n; i++) {
+        const shift_entry_t *e = &s->entries[i];
+        shiftset_put(&parts[strncmp(e->path, "text_model.", 11) == 0], e->path, e->values, e->n);
+    }
+    int rc = shiftset_apply_unet(&p->unet, &parts[0], scale, cache);
+    if (!rc) rc = shiftset_apply_clip(&p->clip, &parts[1], scale, cache);
+    shiftset_free(&parts[0]), shiftset_free(&parts[1]);
+    return rc;
+}
+
+int pipeline_apply_shifts(pipeline_t *p, const pipeline_shift_t *shifts, int n, int force,
+                          const char *svd_cache_dir) {
+    char hash[17];
+    int rc = model_weights_hash(&p->model, hash);
+    svd_cache_t *cache = NULL;
+    if (!rc && svd_cache_dir && svd_cache_open(&cache, svd_cache_dir, hash)) {
+        fprintf(stderr, "warning: %s; going on without an SVD cache\n", sd_last_error());
+        cache = NULL;
+    }
+    for (int i = 0; i < n && !rc; i++) {
+        char files[2][4096];
+        rc = shift_files_resolve(shifts[i].path, files[0], files[1], sizeof files[0]);
+        for (int f = 0; f < 2 && !rc; f++) {
+            if (!files[f][0]) continue;
+            shift_set_t s;
+            if ((rc = shiftset_load(&s, files[f]))) break;
+            const char *base = shiftset_meta(&s, "base_model_hash");
+            if (!base) {
+                fprintf(stderr, "warning: %s has no base_model_hash (an svdiff-pytorch file?): cannot check that it "
+                        "was trained on this model (%s)\n", files[f], hash);
+            } else if (strcmp(base, hash) != 0) {
+                if (!force)
+                    rc = sd_error(SD_ERR_ARG, "%s was trained on base model %s, but this model hashes to %s (--force "
+                                  "applies it anyway)", files[f], base, hash);
+                else
+                    fprintf(stderr, "warning: %s was trained on base model %s, not this one (%s): applied anyway "
+                            "(--force)\n", files[f], base, hash);
+            }
+            if (!rc && (rc = apply_shift_set(p, &s, shifts[i].scale, cache))) {
+                char msg[512];
+                snprintf(msg, sizeof msg, "%s", sd_last_error());
+                rc = sd_error(rc, "%s: %s", files[f], msg);
+            }
+            shiftset_free(&s);
+        }
+    }
+    if (!rc && cache && svd_cache_save(cache))
+        fprintf(stderr, "warning: %s (the SVD factors will be recomputed next time)\n", sd_last_error());
+    svd_cache_close(cache);
+    if (!rc) {
+        unet_bake(&p->unet);
+        clip_bake_spectral(&p->clip);
+    }
+    return rc;
+}
+
+int pipeline_encode_prompts(pipeline_t *p, const char *const *prompts, int n, float *ctx) {
+    const int T = TOKENIZER_MAX_LENGTH, C = p->ctx_dim;
+    int *ids = sd_xmalloc(sizeof(int) * (size_t)n * T);
+    for (int i = 0; i < n; i++) {
+        int before = 0;
+        int got = tokenizer_encode(p->tok, prompts[i] ? prompts[i] : "", ids + (size_t)i * T, T, 1, &before);
+        if (got < 0) {
+            free(ids);
+            return got;
+        }
+        if (before > T)
+            fprintf(stderr, "warning: prompt truncated to %d tokens (%d dropped): \"%.60s...\"\n", T, before - T,
+                    prompts[i]);
+    }
+    clip_acts_t acts;
+    int rc = clip_acts_build(&acts, &p->clip.cfg, n, T);
+    if (rc) {
+        free(ids);
+        return rc;
+    }
+    const float *hidden = clip_forward(&p->clip, &acts, ids, n, T);
+    memcpy(ctx, hidden, sizeof(float) * (size_t)n * T * C);
+    clip_acts_free(&acts);
+    free(ids);
+    return SD_OK;
+}
+
+void pipeline_latent_shape(const pipeline_t *p, int width, int height, int *c, int *h, int *w) {
+    *c = p->latent_channels;
+    *h = height / p->scale_factor;
+    *w = width / p->scale_factor;
+}
+
+typedef struct {
+    pipeline_t *p;
+    unet_acts_t acts;
+    const float *ctx;     /* [2B or B, 77, C]: uncond rows then cond rows */
+    int B, guided, h, w;
+    float *timesteps;
+} denoise_ctx_t;
+
+static int unet_model_fn(void *vctx, float *out, const float *in, float t, int batch) {
+    denoise_ctx_t *d = vctx;
+    for (int i = 0; i < batch; i++) d->timesteps[i] = t;
+    /* unguided calls get only the conditional rows */
+    const float *ctx = d->ctx + (batch == d->B && d->guided ? (size_t)d->B * TOKENIZER_MAX_LENGTH * d->p->ctx_dim : 0);
+    return unet_forward(out, &d->p->unet, &d->acts, in, d->timesteps, ctx, batch, d->h, d->w, TOKENIZER_MAX_LENGTH);
+}
+
+int pipeline_txt2img(pipeline_t *p, const txt2img_opts_t *o, const float *init, float *latents) {
+    int C, h, w;
+    pipeline_latent_shape(p, o->width, o->height, &C, &h, &w);
+    const int levels_div = 1 << (p->unet.cfg.n_levels - 1);
+    if (o->width <= 0 || o->height <= 0 || o->width % (p->scale_factor * levels_div) ||
+        o->height % (p->scale_factor * levels_div))
+        return sd_error(SD_ERR_ARG, "width and height must be positive multiples of %d for this model (got %dx%d)",
+                        p->scale_factor * levels_div, o->width, o->height);
+    const int B = o->batch, guided = o->cfg > 1.0f, rows = guided ? 2 * B : B;
+    const size_t per_image = (size_t)C * h * w, ctx_floats = (size_t)TOKENIZER_MAX_LENGTH * p->ctx_dim;
+    denoise_ctx_t d = {.p = p, .B = B, .guided = guided, .h = h, .w = w};
+    float *ctx = sd_xmalloc(sizeof(float) * (size_t)(guided ? 2 * B : B) * ctx_floats);
+    const char *pair[2] = {o->negative_prompt ? o->negative_prompt : "", o->prompt};
+    float *two = sd_xmalloc(sizeof(float) * 2 * ctx_floats);
+    int rc = pipeline_encode_prompts(p, pair, 2, two);
+    if (!rc) {
+        /* [uncond x B; cond x B], or [cond x B] without guidance */
+        for (int i = 0; i < B; i++) {
+            if (guided) memcpy(ctx + (size_t)i * ctx_floats, two, sizeof(float) * ctx_floats);
+            memcpy(ctx + (size_t)((guided ? B : 0) + i) * ctx_floats, two + ctx_floats, sizeof(float) * ctx_floats);
+        }
+        d.ctx = ctx;
+        d.timesteps = sd_xmalloc(sizeof(float) * rows);
+        rc = unet_acts_build(&d.acts, &p->unet, rows, h, w, TOKENIZER_MAX_LENGTH, 0, UNET_CKPT_NONE);
+    }
+    float *noise = NULL;
+    if (!rc) {
+        noise = sd_xmalloc(sizeof(float) * B * per_image);
+        if (init) {
+            memcpy(noise, init, sizeof(float) * B * per_image);
+        } else {
+            for (int k = 0; k < B; k++) {
+                rng_t r;
+                rng_init(&r, o->seed + (uint64_t)k);
+                rng_fill_normal(&r, noise + k * per_image, per_image);
+            }
+        }
+        rng_t step_rng;   /* a stream of its own, so it never repeats image 0's initial noise */
+        rng_init(&step_rng, o->seed ^ PIPELINE_STEP_NOISE_SALT);
+        sample_opts_t so = {.kind = o->sampler, .num_steps = o->steps, .eta = o->eta, .guidance_scale = o->cfg,
+                            .rng = &step_rng, .model = unet_model_fn, .model_ctx = &d, .progress = o->progress,
+                            .progress_ctx = o->progress_ctx};
+        rc = diffusion_sample(latents, noise, B, C, h, w, &p->sched, &so);
+        unet_acts_free(&d.acts);
+    }
+    free(noise), free(ctx), free(two), free(d.timesteps);
+    return rc;
+}
+
+int pipeline_decode(pipeline_t *p, const float *latents, int n, int h, int w, uint8_t **rgb) {
+    const int H = h * p->scale_factor, W = w * p->scale_factor;
+    float *img = sd_xmalloc(sizeof(float) * 3 * H * W);
+    int rc = SD_OK;
+    for (int i = 0; i < n && !rc; i++) {
+        const float *z = latents + (size_t)i * p->latent_channels * h * w;
+        if (p->has_vae) rc = vae_decode(&p->vae, img, z, 1, h, w);
+        else if (p->latent_channels == 3) memcpy(img, z, sizeof(float) * 3 * H * W);
+        else rc = sd_error(SD_ERR_FORMAT, "a model without a VAE must produce 3 channels, not %d", p->latent_channels);
+        if (rc) break;
+        rgb[i] = sd_xmalloc((size_t)H * W * 3);
+        vae_tensor_to_image(rgb[i], img, H, W, 3);
+    }
+    free(img);
+    return rc;
+}

@@ -1,0 +1,81 @@
+/* A loaded text-to-image model and the steps every verb shares: prompt -> text-encoder
+ * context, seeded latents -> denoising loop (classifier-free guidance batched in one UNet
+ * call), latents -> pixels (VAE decode, or the latents themselves for a pixel-space model).
+ * generate, and later train (class images) and edit, sit on top of this. */
+#ifndef SVDIFF_PIPELINE_H
+#define SVDIFF_PIPELINE_H
+
+#include <stdint.h>
+
+#include "diffusion/diffusion.h"
+#include "io/model.h"
+#include "models/clip.h"
+#include "models/tokenizer.h"
+#include "models/unet.h"
+#include "models/vae.h"
+
+typedef struct {
+    model_t model;
+    clip_tokenizer_t *tok;
+    clip_t clip;
+    unet_t unet;
+    vae_t vae;
+    int has_vae;             /* 0: pixel-space model, the UNet works on images directly */
+    noise_schedule_t sched;
+    int latent_channels;     /* UNet in_channels */
+    int scale_factor;        /* image pixels per latent pixel (8 for SD, 1 without a VAE) */
+    int ctx_dim;             /* text-encoder hidden size = UNet cross_attention_dim */
+} pipeline_t;
+
+/* Opens a model folder or single file and builds tokenizer, text encoder, UNet, VAE and
+ * noise schedule. Returns 0 or an SD_ERR_* with a message naming what is wrong. */
+int pipeline_open(pipeline_t *p, const char *model_path, const char *tokenizer_dir);
+void pipeline_close(pipeline_t *p);
+
+/* Spectral shifts for generation (`--shifts FILE_OR_DIR[:SCALE]`, shifts.h): a shift file, or a
+ * training output folder (spectral_shifts.safetensors and/or spectral_shifts_te.safetensors). */
+typedef struct {
+    const char *path;
+    float scale;
+} pipeline_shift_t;
+
+/* Adds scale * shifts of every file to the model (entries under "text_model." go to the text
+ * encoder, the rest to the UNet; several files add up), then bakes the effective weights, so
+ * sampling costs what the base model costs. A file whose base_model_hash differs from the
+ * model's is refused (SD_ERR_ARG naming both hashes) unless `force`; a file without one
+ * (svdiff-pytorch) is accepted with a warning. Matrices get their SVD from the cache in
+ * `svd_cache_dir` (NULL: no cache), which is updated with what had to be computed. */
+int pipeline_apply_shifts(pipeline_t *p, const pipeline_shift_t *shifts, int n, int force,
+                          const char *svd_cache_dir);
+
+/* ctx[n, 77, ctx_dim] = text encoder(prompts[i]); warns on stderr when a prompt is truncated. */
+int pipeline_encode_prompts(pipeline_t *p, const char *const *prompts, int n, float *ctx);
+
+typedef struct {
+    const char *prompt, *negative_prompt;   /* negative NULL: the empty prompt */
+    int width, height;                      /* pixels (multiples of scale_factor * 2^(levels-1)) */
+    int steps;
+    float cfg;                              /* guidance scale; <= 1 disables guidance */
+    float eta;                              /* DDIM only */
+    sampler_kind_t sampler;
+    uint64_t seed;
+    int batch;                              /* images denoised together */
+    progress_fn_t progress;                 /* per step, may be NULL */
+    void *progress_ctx;
+} txt2img_opts_t;
+
+/* Latent shape for a pixel size: [latent_channels, height/scale, width/scale]. */
+void pipeline_latent_shape(const pipeline_t *p, int width, int height, int *c, int *h, int *w);
+
+/* Denoises `batch` images. Initial noise: image k of the batch draws its [C, h, w] normals
+ * from a Philox stream seeded with seed + k (so an image depends only on its own seed, not
+ * on the batch size), unless init (latents [batch, C, h, w], unscaled noise) is given; the
+ * per-step noise of ancestral samplers / eta > 0 comes from the stream seeded with
+ * seed ^ PIPELINE_STEP_NOISE_SALT. latents receives the final latents [batch, C, h, w]. */
+#define PIPELINE_STEP_NOISE_SALT 0xD1B54A32D192ED03ull
+int pipeline_txt2img(pipeline_t *p, const txt2img_opts_t *o, const float *init, float *latents);
+
+/* latents[n, C, h, w] -> RGB images [n][H, W, 3] (uint8, caller frees with free()). */
+int pipeline_decode(pipeline_t *p, const float *latents, int n, int h, int w, uint8_t **rgb);
+
+#endif

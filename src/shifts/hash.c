@@ -1,0 +1,189 @@
+/* Base-model hash (shifts.h model_weights_hash): identifies the weights a shift file or an SVD
+ * cache belongs to. It hashes the weights as the model computes with them (fp32 values), so an
+ * fp16 checkpoint and its fp32 copy, in any file layout, share shift files and SVD factors.
+ * Must be fast (it runs on every `generate --shifts` and `train` start over GBs of mapped
+ * weights): word-wide multiply-rotate lanes over chunks hashed in parallel. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+#include "base/error.h"
+#include "shifts/shifts.h"
+
+#define CHUNK_ELEMS ((size_t)1 << 18)   /* 1 MiB of fp32 values */
+#define BLOCK_ELEMS 2048                /* fp16 / bf16 are widened in blocks of this many */
+#define K1 0x9E3779B97F4A7C15ull
+#define K2 0xC2B2AE3D27D4EB4Full
+#define K3 0x165667B19E3779F9ull
+
+static inline uint64_t rotl(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+static inline uint64_t lane(uint64_t h, uint64_t w) { return rotl(h ^ (w * K1), 29) * K2; }
+
+/* splitmix64's finalizer: every input bit reaches every output bit */
+static inline uint64_t fmix(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static inline uint64_t fold(uint64_t h, uint64_t v) { return fmix(h ^ v) + K3; }
+
+static inline uint64_t load64(const uint8_t *p) {
+    uint64_t w;
+    memcpy(&w, p, 8);   /* unaligned-safe; little-endian hosts (x86-64, aarch64) */
+    return w;
+}
+
+/* Four independent lanes, so the multiply latency chains overlap. */
+typedef struct {
+    uint64_t a, b, c, d, n;
+} hstate_t;
+
+static void h_init(hstate_t *s, uint64_t seed) { *s = (hstate_t){seed ^ K1, seed ^ K2, seed + K3, ~seed, 0}; }
+
+/* n: a multiple of 32 except in the last call before h_final */
+static void h_absorb(hstate_t *s, const uint8_t *p, size_t n) {
+    uint64_t a = s->a, b = s->b, c = s->c, d = s->d;
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a = lane(a, load64(p + i));
+        b = lane(b, load64(p + i + 8));
+        c = lane(c, load64(p + i + 16));
+        d = lane(d, load64(p + i + 24));
+    }
+    for (; i + 8 <= n; i += 8) a = lane(a, load64(p + i));
+    if (i < n) {
+        uint8_t tail[8] = {0};
+        memcpy(tail, p + i, n - i);
+        b = lane(b, load64(tail));
+    }
+    s->a = a, s->b = b, s->c = c, s->d = d, s->n += n;
+}
+
+static uint64_t h_final(hstate_t *s) {
+    const uint64_t c = lane(s->c, s->n);   /* a zero-padded tail must differ from real zero bytes */
+    return fold(fold(fold(fmix(s->a), s->b), c), s->d);
+}
+
+static uint64_t hash_bytes(const void *p, size_t n, uint64_t seed) {
+    hstate_t s;
+    h_init(&s, seed);
+    h_absorb(&s, p, n);
+    return h_final(&s);
+}
+
+/* dst[n] = fp16 / bf16 src[n] as fp32 (exact: both widen without rounding). */
+static void widen(float *dst, const uint16_t *src, size_t n, st_dtype_t dt) {
+    size_t i = 0;
+    if (dt == ST_BF16) {
+        for (; i < n; i++) {
+            const uint32_t bits = (uint32_t)src[i] << 16;
+            memcpy(&dst[i], &bits, 4);
+        }
+        return;
+    }
+#if defined(__F16C__)
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+#endif
+    for (; i < n; i++) dst[i] = st_f16_to_f32(src[i]);
+}
+
+static int is_float(st_dtype_t dt) { return dt == ST_F32 || dt == ST_F16 || dt == ST_BF16 || dt == ST_F64; }
+
+/* Hash of elements [e0, e0 + n) of t, as fp32 bytes for F32 / F16 / BF16 (raw for F64). */
+static uint64_t hash_chunk(const st_tensor_t *t, size_t e0, size_t n, uint64_t seed) {
+    if (t->dtype == ST_F32 || t->dtype == ST_F64) {
+        const size_t es = st_dtype_size(t->dtype);
+        return hash_bytes((const uint8_t *)t->data + e0 * es, n * es, seed);
+    }
+    hstate_t s;
+    h_init(&s, seed);
+    float buf[BLOCK_ELEMS];
+    uint16_t half[BLOCK_ELEMS];
+    for (size_t i = 0; i < n; i += BLOCK_ELEMS) {
+        const size_t m = n - i < BLOCK_ELEMS ? n - i : BLOCK_ELEMS;
+        memcpy(half, (const uint16_t *)t->data + e0 + i, m * 2);   /* the mapping may be unaligned */
+        widen(buf, half, m, t->dtype);
+        h_absorb(&s, (const uint8_t *)buf, m * sizeof(float));
+    }
+    return h_final(&s);
+}
+
+typedef struct {
+    const st_tensor_t *t;
+    const char *component;
+    size_t first_job, n_chunks;
+} htensor_t;
+
+typedef struct {
+    int n, cap;
+    htensor_t *t;
+} hlist_t;
+
+static void add_component(hlist_t *l, const model_component_t *c, const char *name) {
+    for (int i = 0; i < c->n_tensors; i++) {
+        if (!is_float(c->tensors[i].dtype)) continue;
+        if (l->n == l->cap) {
+            l->cap = l->cap ? 2 * l->cap : 256;
+            l->t = realloc(l->t, sizeof *l->t * (size_t)l->cap);
+            SD_CHECK(l->t, "out of memory");
+        }
+        l->t[l->n++] = (htensor_t){.t = &c->tensors[i], .component = name};
+    }
+}
+
+/* Identity of a tensor apart from its values: "<component>/<name>" and its element count (not
+ * the dtype, nor the shape: layouts store a 1x1 conv as [o, i, 1, 1] or [o, i]). F64 is tagged:
+ * it is hashed raw. */
+static uint64_t header_hash(const htensor_t *h) {
+    char buf[512];
+    const int k = snprintf(buf, sizeof buf, "%s/%s|%lld%s", h->component, h->t->name, (long long)h->t->numel,
+                           h->t->dtype == ST_F64 ? "|F64" : "");
+    return hash_bytes(buf, (size_t)(k < (int)sizeof buf ? k : (int)sizeof buf - 1), 0);
+}
+
+int model_weights_hash(const model_t *m, char out[17]) {
+    hlist_t l = {0};
+    /* component tensors are sorted by diffusers name (model.h) */
+    add_component(&l, &m->unet, "unet");
+    add_component(&l, &m->text_encoder, "text_encoder");
+    if (!l.n) {
+        free(l.t);
+        return sd_error(SD_ERR_ARG, "%s: no UNet or text-encoder weights to hash", m->path ? m->path : "model");
+    }
+    size_t n_jobs = 0;
+    for (int i = 0; i < l.n; i++) {
+        const size_t ne = (size_t)l.t[i].t->numel;
+        l.t[i].first_job = n_jobs;
+        l.t[i].n_chunks = ne ? (ne + CHUNK_ELEMS - 1) / CHUNK_ELEMS : 1;
+        n_jobs += l.t[i].n_chunks;
+    }
+    /* jobs: (tensor, chunk) pairs, so one big tensor (the token embedding) still spreads */
+    uint64_t *chunk = sd_xmalloc(sizeof(uint64_t) * n_jobs);
+    int *owner = sd_xmalloc(sizeof(int) * n_jobs);
+    for (int i = 0; i < l.n; i++)
+        for (size_t j = 0; j < l.t[i].n_chunks; j++) owner[l.t[i].first_job + j] = i;
+    size_t total_bytes = 0;
+    for (int i = 0; i < l.n; i++) total_bytes += l.t[i].t->nbytes;
+    /* threads only pay off beyond a few MB (waking them costs ms on a busy machine) */
+#pragma omp parallel for schedule(dynamic, 2) if (total_bytes > ((size_t)16 << 20))
+    for (long job = 0; job < (long)n_jobs; job++) {
+        const htensor_t *h = &l.t[owner[job]];
+        const size_t j = (size_t)job - h->first_job, e0 = j * CHUNK_ELEMS, ne = (size_t)h->t->numel;
+        chunk[job] = hash_chunk(h->t, e0, ne - e0 < CHUNK_ELEMS ? ne - e0 : CHUNK_ELEMS, (uint64_t)j);
+    }
+    uint64_t total = K2;
+    for (int i = 0; i < l.n; i++) {
+        uint64_t th = header_hash(&l.t[i]);
+        for (size_t j = 0; j < l.t[i].n_chunks; j++) th = fold(th, chunk[l.t[i].first_job + j]);
+        total = fold(total, th);
+    }
+    snprintf(out, 17, "%016llx", (unsigned long long)total);
+    free(chunk), free(owner), free(l.t);
+    return SD_OK;
+}

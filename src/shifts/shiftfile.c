@@ -1,0 +1,480 @@
+/* Shift sets (shifts.h): the in-memory set, safetensors load / save (ours and svdiff-pytorch's
+ * files), collecting shifts from a trained UNet / text encoder, and applying sets to a model.
+ * Also the text encoder's module walk by diffusers path (clip.h names weights by tensor key). */
+#include "shifts/shifts.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "base/error.h"
+#include "base/progress.h"
+
+#define DELTA_SUFFIX ".delta"
+
+/* ---------------------------------------------------------------------------------------
+ * the set */
+
+void shiftset_init(shift_set_t *s) { memset(s, 0, sizeof *s); }
+
+void shiftset_free(shift_set_t *s) {
+    for (int i = 0; i < s->n; i++) free(s->entries[i].path), free(s->entries[i].values);
+    for (int i = 0; i < s->n_meta; i++) free(s->meta_keys[i]), free(s->meta_values[i]);
+    free(s->entries), free(s->meta_keys), free(s->meta_values);
+    memset(s, 0, sizeof *s);
+}
+
+static char *xstrdup(const char *str) {
+    size_t n = strlen(str) + 1;
+    char *d = sd_xmalloc(n);
+    memcpy(d, str, n);
+    return d;
+}
+
+/* Index of `path` in the sorted entries, or -(insertion point) - 1. */
+static int find_index(const shift_set_t *s, const char *path) {
+    int lo = 0, hi = s->n - 1;
+    while (lo <= hi) {
+        const int mid = (lo + hi) / 2, c = strcmp(s->entries[mid].path, path);
+        if (c == 0) return mid;
+        if (c < 0) lo = mid + 1;
+        else hi = mid - 1;
+    }
+    return -lo - 1;
+}
+
+void shiftset_put(shift_set_t *s, const char *path, const float *values, int n) {
+    SD_CHECK(n > 0, "shift %s: %d values", path, n);
+    float *v = sd_xmalloc(sizeof(float) * n);
+    memcpy(v, values, sizeof(float) * n);
+    int i = find_index(s, path);
+    if (i >= 0) {
+        free(s->entries[i].values);
+        s->entries[i].values = v, s->entries[i].n = n;
+        return;
+    }
+    i = -i - 1;
+    shift_entry_t *e = realloc(s->entries, sizeof *e * (size_t)(s->n + 1));
+    SD_CHECK(e, "out of memory");
+    s->entries = e;
+    memmove(e + i + 1, e + i, sizeof *e * (size_t)(s->n - i));
+    e[i] = (shift_entry_t){.path = xstrdup(path), .n = n, .values = v};
+    s->n++;
+}
+
+const shift_entry_t *shiftset_find(const shift_set_t *s, const char *path) {
+    const int i = find_index(s, path);
+    return i >= 0 ? &s->entries[i] : NULL;
+}
+
+void shiftset_set_meta(shift_set_t *s, const char *key, const char *value) {
+    for (int i = 0; i < s->n_meta; i++)
+        if (strcmp(s->meta_keys[i], key) == 0) {
+            free(s->meta_values[i]);
+            s->meta_values[i] = xstrdup(value);
+            return;
+        }
+    s->meta_keys = realloc(s->meta_keys, sizeof(char *) * (size_t)(s->n_meta + 1));
+    s->meta_values = realloc(s->meta_values, sizeof(char *) * (size_t)(s->n_meta + 1));
+    SD_CHECK(s->meta_keys && s->meta_values, "out of memory");
+    s->meta_keys[s->n_meta] = xstrdup(key);
+    s->meta_values[s->n_meta] = xstrdup(value);
+    s->n_meta++;
+}
+
+const char *shiftset_meta(const shift_set_t *s, const char *key) {
+    for (int i = 0; i < s->n_meta; i++)
+        if (strcmp(s->meta_keys[i], key) == 0) return s->meta_values[i];
+    return NULL;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * files */
+
+static int ends_with(const char *s, const char *suffix) {
+    const size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
+int shiftset_load(shift_set_t *s, const char *file) {
+    shiftset_init(s);
+    st_file_t f;
+    int rc = st_open(&f, file);
+    if (rc) return rc;
+    for (int i = 0; i < f.n_tensors && !rc; i++) {
+        const st_tensor_t *t = &f.tensors[i];
+        const size_t len = strlen(t->name), k = strlen(DELTA_SUFFIX);
+        if (!ends_with(t->name, DELTA_SUFFIX) || len == k) {
+            rc = sd_error(SD_ERR_FORMAT, "%s: tensor '%s' is not a shift (a shift file holds only '<module path>.delta' tensors)",
+                          file, t->name);
+            break;
+        }
+        if (t->ndim != 1 || t->numel < 1) {
+            rc = sd_error(SD_ERR_FORMAT, "%s: tensor '%s' has %d dimensions and %lld values; a shift is 1-D and not empty",
+                          file, t->name, t->ndim, (long long)t->numel);
+            break;
+        }
+        if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16) {
+            rc = sd_error(SD_ERR_FORMAT, "%s: tensor '%s' has dtype %s (F32, F16 or BF16 expected)", file, t->name,
+                          st_dtype_name(t->dtype));
+            break;
+        }
+        if (t->numel > (1 << 24)) {
+            rc = sd_error(SD_ERR_FORMAT, "%s: tensor '%s' has %lld values, too many for a shift", file, t->name,
+                          (long long)t->numel);
+            break;
+        }
+        const int n = (int)t->numel;
+        float *v = sd_xmalloc(sizeof(float) * n);
+        rc = st_read_f32(v, t);
+        for (int j = 0; !rc && j < n; j++)
+            if (!isfinite(v[j]))
+                rc = sd_error(SD_ERR_FORMAT, "%s: tensor '%s' holds a non-finite value at [%d]", file, t->name, j);
+        if (!rc) {
+            char *path = sd_xmalloc(len - k + 1);
+            memcpy(path, t->name, len - k);
+            path[len - k] = '\0';
+            shiftset_put(s, path, v, n);
+            free(path);
+        }
+        free(v);
+    }
+    for (int i = 0; i < f.n_meta && !rc; i++) shiftset_set_meta(s, f.meta_keys[i], f.meta_values[i]);
+    st_close(&f);
+    if (rc) shiftset_free(s);
+    return rc;
+}
+
+int shiftset_save(const shift_set_t *s, const char *file, st_dtype_t dtype) {
+    if (dtype != ST_F32 && dtype != ST_F16)
+        return sd_error(SD_ERR_ARG, "%s: shift files are saved as F32 or F16, not %s", file, st_dtype_name(dtype));
+    st_writer_t *w = st_writer_new();
+    /* F16 copies live until the save (the writer references its data) */
+    uint16_t **half = sd_xcalloc((size_t)s->n + 1, sizeof *half);
+    char **names = sd_xcalloc((size_t)s->n + 1, sizeof *names);
+    int rc = SD_OK;
+    for (int i = 0; i < s->n && !rc; i++) {
+        const shift_entry_t *e = &s->entries[i];
+        names[i] = sd_xmalloc(strlen(e->path) + sizeof DELTA_SUFFIX);
+        sprintf(names[i], "%s" DELTA_SUFFIX, e->path);
+        const int64_t shape[1] = {e->n};
+        const void *data = e->values;
+        if (dtype == ST_F16) {
+            half[i] = sd_xmalloc(sizeof(uint16_t) * e->n);
+            for (int j = 0; j < e->n; j++) half[i][j] = st_f32_to_f16(e->values[j]);
+            data = half[i];
+        }
+        rc = st_writer_add(w, names[i], dtype, 1, shape, data);
+    }
+    for (int i = 0; i < s->n_meta && !rc; i++) rc = st_writer_meta(w, s->meta_keys[i], s->meta_values[i]);
+    if (!rc) rc = st_writer_save(w, file);
+    st_writer_free(w);
+    for (int i = 0; i < s->n; i++) free(half[i]), free(names[i]);
+    free(half), free(names);
+    return rc;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * collecting a model's shifts */
+
+static void put_visit(void *ctx, const char *path, float *shift, float *grad, int n) {
+    (void)grad;
+    shiftset_put(ctx, path, shift, n);
+}
+
+void shiftset_from_unet(shift_set_t *s, unet_t *m) {
+    unet_visit_shifts(m, NULL, put_visit, s);
+    for (int i = 0; i < m->n_norms; i++)
+        if (m->norms[i]->shift) {
+            shiftset_set_meta(s, "norm_shift", m->norms[i]->mode == NORMSHIFT_SCALAR ? "scalar" : "element");
+            break;
+        }
+}
+
+/* clip_visit_shifts names a shift by its tensor key ("...q_proj.weight"); files use the module. */
+static void put_visit_strip(void *ctx, const char *key, float *shift, float *grad, int n) {
+    (void)grad;
+    char path[256];
+    snprintf(path, sizeof path, "%s", key);
+    if (ends_with(path, ".weight")) path[strlen(path) - strlen(".weight")] = '\0';
+    shiftset_put(ctx, path, shift, n);
+}
+
+void shiftset_from_clip(shift_set_t *s, clip_t *m) {
+    int has_norm_shift = m->final_ln.shift != NULL;
+    for (int l = 0; l < m->cfg.num_layers; l++) has_norm_shift |= m->layers[l].ln1.shift || m->layers[l].ln2.shift;
+    clip_visit_shifts(m, NULL, put_visit_strip, s);
+    if (has_norm_shift) shiftset_set_meta(s, "norm_shift", m->norm_shift_mode == NORMSHIFT_SCALAR ? "scalar" : "element");
+}
+
+/* ---------------------------------------------------------------------------------------
+ * the text encoder by module path */
+
+int clip_visit_modules(clip_t *m, clip_module_fn fn, void *ctx) {
+    static const char *const linears[6] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                           "self_attn.out_proj", "mlp.fc1", "mlp.fc2"};
+    char path[160];
+    int rc;
+    if ((rc = fn(ctx, "text_model.embeddings.token_embedding", &m->token_embedding, NULL))) return rc;
+    if ((rc = fn(ctx, "text_model.embeddings.position_embedding", &m->position_embedding, NULL))) return rc;
+    for (int l = 0; l < m->cfg.num_layers; l++) {
+        clip_layer_t *ly = &m->layers[l];
+        clip_linear_t *lin[6] = {&ly->q, &ly->k, &ly->v, &ly->o, &ly->fc1, &ly->fc2};
+        for (int j = 0; j < 6; j++) {
+            snprintf(path, sizeof path, "text_model.encoder.layers.%d.%s", l, linears[j]);
+            if ((rc = fn(ctx, path, &lin[j]->w, NULL))) return rc;
+        }
+    }
+    for (int l = 0; l < m->cfg.num_layers; l++) {
+        snprintf(path, sizeof path, "text_model.encoder.layers.%d.layer_norm1", l);
+        if ((rc = fn(ctx, path, NULL, &m->layers[l].ln1))) return rc;
+        snprintf(path, sizeof path, "text_model.encoder.layers.%d.layer_norm2", l);
+        if ((rc = fn(ctx, path, NULL, &m->layers[l].ln2))) return rc;
+    }
+    return fn(ctx, "text_model.final_layer_norm", NULL, &m->final_ln);
+}
+
+static int bake_visit(void *ctx, const char *path, weight_t *w, clip_ln_t *ln) {
+    (void)ctx, (void)path, (void)ln;
+    if (w && w->kind == WEIGHT_SPECTRAL) weight_bake(w);
+    return 0;
+}
+
+void clip_bake_spectral(clip_t *m) { clip_visit_modules(m, bake_visit, NULL); }
+
+typedef struct {
+    const char *path;
+    weight_t *w;
+    clip_ln_t *ln;
+} clip_find_t;
+
+static int find_visit(void *ctx, const char *path, weight_t *w, clip_ln_t *ln) {
+    clip_find_t *f = ctx;
+    if (strcmp(path, f->path)) return 0;
+    f->w = w, f->ln = ln;
+    return 1;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * applying */
+
+static int rank_of(const weight_t *w) { return w->rows < w->cols ? w->rows : w->cols; }
+
+static int bad_length(const shift_entry_t *e, const char *what, const char *want) {
+    return sd_error(SD_ERR_FORMAT, "shift '%s" DELTA_SUFFIX "' has %d values, but %s '%s' needs %s", e->path, e->n,
+                    what, e->path, want);
+}
+
+static int unknown_module(const shift_entry_t *e, const char *model) {
+    return sd_error(SD_ERR_FORMAT, "shift '%s" DELTA_SUFFIX "' names no shiftable module of this %s", e->path, model);
+}
+
+/* Norm entry length -> mode: [C] per element, [1] scalar; `have` is the mode of a shift the
+ * module already carries (-1: none), which breaks the tie when C == 1. -1 if neither fits. */
+static int norm_mode_for(int n, int C, int have) {
+    if (n == C && n == 1) return have >= 0 ? have : NORMSHIFT_ELEMENT;
+    if (n == C) return NORMSHIFT_ELEMENT;
+    if (n == 1) return NORMSHIFT_SCALAR;
+    return -1;
+}
+
+static const char *mode_name(int mode) { return mode == NORMSHIFT_SCALAR ? "scalar [1]" : "per-element [C]"; }
+
+static void add_scaled(float *dst, const float *src, float scale, int n) {
+    for (int i = 0; i < n; i++) dst[i] += scale * src[i];
+}
+
+/* Factoring a model's matrices takes minutes at SD 1.5 scale: show it. */
+typedef struct {
+    progress_t bar;
+    long todo, done;
+} factor_progress_t;
+
+static void factor_progress_start(factor_progress_t *fp, const char *label, long todo) {
+    fp->todo = todo, fp->done = 0;
+    if (todo) progress_start(&fp->bar, label, todo, "layer");
+}
+
+static void factor_progress_finish(factor_progress_t *fp) {
+    if (fp->todo) progress_finish(&fp->bar);
+}
+
+/* Makes `w` spectral if it is not (keeping the base: exact form) and adds the shift. */
+static int apply_matrix(weight_t *w, const char *cache_path, const shift_entry_t *e, float scale,
+                        svd_cache_t *cache, factor_progress_t *fp) {
+    if (w->kind == WEIGHT_DENSE) {
+        int rc = svd_cache_make_spectral(cache, cache_path, w, 1);
+        if (rc) return rc;
+        progress_update(&fp->bar, ++fp->done, NULL);
+    }
+    add_scaled(w->sp->delta, e->values, scale, e->n);
+    free(w->baked);   /* stale now; unet_bake / clip_bake_spectral rebuild it */
+    w->baked = NULL;
+    return SD_OK;
+}
+
+int shiftset_apply_unet(unet_t *m, const shift_set_t *s, float scale, svd_cache_t *cache) {
+    /* check every entry first, so a bad file leaves the model as it was */
+    char want[64];
+    for (int i = 0; i < s->n; i++) {
+        const shift_entry_t *e = &s->entries[i];
+        const unet_layer_t *l = unet_find_layer(m, e->path);
+        if (l) {
+            if (e->n != rank_of(&l->w)) {
+                snprintf(want, sizeof want, "%d (the rank of its [%d, %d] matrix)", rank_of(&l->w), l->w.rows, l->w.cols);
+                return bad_length(e, "layer", want);
+            }
+            continue;
+        }
+        const unet_norm_t *nm = unet_find_norm(m, e->path);
+        if (!nm) return unknown_module(e, "UNet");
+        const int have = nm->shift ? (int)nm->mode : -1, mode = norm_mode_for(e->n, nm->C, have);
+        if (mode < 0) {
+            snprintf(want, sizeof want, "%d (per element) or 1 (scalar)", nm->C);
+            return bad_length(e, "norm", want);
+        }
+        if (have >= 0 && have != mode)
+            return sd_error(SD_ERR_FORMAT, "shift '%s" DELTA_SUFFIX "' is a %s norm shift, but the model already has a %s one there",
+                            e->path, mode_name(mode), mode_name(have));
+    }
+    long todo = 0;
+    for (int i = 0; i < s->n; i++) {
+        const unet_layer_t *l = unet_find_layer(m, s->entries[i].path);
+        todo += l && l->w.kind == WEIGHT_DENSE;
+    }
+    factor_progress_t fp;
+    factor_progress_start(&fp, "unet svd", todo);
+    for (int i = 0; i < s->n; i++) {
+        const shift_entry_t *e = &s->entries[i];
+        unet_layer_t *l = unet_find_layer(m, e->path);
+        if (l) {
+            int rc = apply_matrix(&l->w, e->path, e, scale, cache, &fp);
+            if (rc) return rc;
+            continue;
+        }
+        unet_norm_t *nm = unet_find_norm(m, e->path);
+        if (!nm->shift) {
+            nm->mode = (normshift_mode_t)norm_mode_for(e->n, nm->C, -1);
+            nm->shift = sd_xcalloc((size_t)e->n, sizeof(float));
+        }
+        add_scaled(nm->shift, e->values, scale, e->n);
+    }
+    factor_progress_finish(&fp);
+    return SD_OK;
+}
+
+int shiftset_apply_clip(clip_t *m, const shift_set_t *s, float scale, svd_cache_t *cache) {
+    const int C = m->cfg.hidden_size;
+    /* the text encoder has one norm-shift mode for all its LayerNorms */
+    int have = m->final_ln.shift ? (int)m->norm_shift_mode : -1;
+    for (int l = 0; l < m->cfg.num_layers; l++)
+        if (m->layers[l].ln1.shift || m->layers[l].ln2.shift) have = (int)m->norm_shift_mode;
+    int mode = have;
+    char want[64];
+    for (int i = 0; i < s->n; i++) {
+        const shift_entry_t *e = &s->entries[i];
+        clip_find_t f = {.path = e->path};
+        if (!clip_visit_modules(m, find_visit, &f)) return unknown_module(e, "text encoder");
+        if (f.w) {
+            if (e->n != rank_of(f.w)) {
+                snprintf(want, sizeof want, "%d (the rank of its [%d, %d] matrix)", rank_of(f.w), f.w->rows, f.w->cols);
+                return bad_length(e, "layer", want);
+            }
+            continue;
+        }
+        const int mi = norm_mode_for(e->n, C, mode);
+        if (mi < 0) {
+            snprintf(want, sizeof want, "%d (per element) or 1 (scalar)", C);
+            return bad_length(e, "norm", want);
+        }
+        if (mode >= 0 && mi != mode)
+            return sd_error(SD_ERR_FORMAT,
+                            "shift '%s" DELTA_SUFFIX "' is a %s norm shift, but the text encoder's norm shifts are %s",
+                            e->path, mode_name(mi), mode_name(mode));
+        mode = mi;
+    }
+    long todo = 0;
+    for (int i = 0; i < s->n; i++) {
+        clip_find_t f = {.path = s->entries[i].path};
+        clip_visit_modules(m, find_visit, &f);
+        todo += f.w && f.w->kind == WEIGHT_DENSE;
+    }
+    factor_progress_t fp;
+    factor_progress_start(&fp, "text encoder svd", todo);
+    char key[200];
+    for (int i = 0; i < s->n; i++) {
+        const shift_entry_t *e = &s->entries[i];
+        clip_find_t f = {.path = e->path};
+        clip_visit_modules(m, find_visit, &f);
+        if (f.w) {
+            snprintf(key, sizeof key, SVD_CACHE_TE_PREFIX "%s", e->path);
+            int rc = apply_matrix(f.w, key, e, scale, cache, &fp);
+            if (rc) return rc;
+            continue;
+        }
+        if (!f.ln->shift) {
+            m->norm_shift_mode = (normshift_mode_t)mode;
+            f.ln->shift = sd_xcalloc((size_t)e->n, sizeof(float));
+        }
+        add_scaled(f.ln->shift, e->values, scale, e->n);
+    }
+    factor_progress_finish(&fp);
+    return SD_OK;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * command-line arguments */
+
+int shift_spec_parse(const char *arg, char *path, size_t cap, float *scale) {
+    const size_t len = strlen(arg);
+    if (!len) return sd_error(SD_ERR_ARG, "--shifts needs a file or folder");
+    *scale = 1.0f;
+    size_t plen = len;
+    const char *colon = strrchr(arg, ':');
+    if (colon && colon[1]) {
+        char *end;
+        errno = 0;
+        const float v = strtof(colon + 1, &end);
+        if (!errno && *end == '\0' && isfinite(v)) {
+            /* a path that really ends in ":<number>" still wins over a scale */
+            struct stat st;
+            char prefix[4096];
+            snprintf(prefix, sizeof prefix, "%.*s", (int)(colon - arg), arg);
+            if (!(stat(arg, &st) == 0 && stat(prefix, &st) != 0)) {
+                plen = (size_t)(colon - arg);
+                *scale = v;
+            }
+        }
+    }
+    if (!plen) return sd_error(SD_ERR_ARG, "--shifts '%s': no file or folder before the scale", arg);
+    if (plen >= cap) return sd_error(SD_ERR_ARG, "--shifts '%s': path too long", arg);
+    memcpy(path, arg, plen);
+    path[plen] = '\0';
+    return SD_OK;
+}
+
+int shift_files_resolve(const char *file_or_dir, char *unet_file, char *te_file, size_t cap) {
+    struct stat st;
+    unet_file[0] = te_file[0] = '\0';
+    if (stat(file_or_dir, &st) != 0)
+        return sd_error(SD_ERR_IO, "shift file or folder %s: %s", file_or_dir, strerror(errno));
+    if (!S_ISDIR(st.st_mode)) {
+        if ((size_t)snprintf(unet_file, cap, "%s", file_or_dir) >= cap)
+            return sd_error(SD_ERR_ARG, "%s: path too long", file_or_dir);
+        return SD_OK;
+    }
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s/spectral_shifts.safetensors", file_or_dir);
+    if (stat(buf, &st) == 0 && (size_t)snprintf(unet_file, cap, "%s", buf) >= cap)
+        return sd_error(SD_ERR_ARG, "%s: path too long", buf);
+    snprintf(buf, sizeof buf, "%s/spectral_shifts_te.safetensors", file_or_dir);
+    if (stat(buf, &st) == 0 && (size_t)snprintf(te_file, cap, "%s", buf) >= cap)
+        return sd_error(SD_ERR_ARG, "%s: path too long", buf);
+    if (!unet_file[0] && !te_file[0])
+        return sd_error(SD_ERR_IO, "%s: folder holds neither spectral_shifts.safetensors nor spectral_shifts_te.safetensors",
+                        file_or_dir);
+    return SD_OK;
+}

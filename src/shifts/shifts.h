@@ -1,0 +1,142 @@
+/* Shift files and the SVD cache.
+ *
+ * A shift set is what training produces: one 1-D float array per shifted module, keyed by its
+ * diffusers module path (the file key is "<path>.delta", method.md section 7):
+ *   spectral deltas   [rank]            e.g. "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"
+ *   norm-gain shifts  [C] (per element) or [1] (svdiff-pytorch's scalar form), e.g. "...norm1"
+ * UNet shifts live in spectral_shifts.safetensors, text-encoder shifts in
+ * spectral_shifts_te.safetensors (paths like "text_model.encoder.layers.0.self_attn.q_proj").
+ * Metadata (string -> string) carries base_model_hash, prompts, steps, resolution, svdiff
+ * version, norm_shift mode.
+ *
+ * The SVD cache stores, per base model (keyed by its hash), the thin SVD factors U, S, Vt of
+ * every matrix that gets shifts, so a model is factored once ("<path>.U", ".S", ".Vt"). */
+#ifndef SVDIFF_SHIFTS_H
+#define SVDIFF_SHIFTS_H
+
+#include <stdint.h>
+
+#include "io/model.h"
+#include "io/safetensors.h"
+#include "models/clip.h"
+#include "models/unet.h"
+
+typedef struct {
+    char *path;      /* diffusers module path, without ".delta" */
+    int n;
+    float *values;   /* [n], owned */
+} shift_entry_t;
+
+typedef struct {
+    int n;
+    shift_entry_t *entries;   /* sorted by path */
+    int n_meta;
+    char **meta_keys, **meta_values;
+} shift_set_t;
+
+void shiftset_init(shift_set_t *s);
+void shiftset_free(shift_set_t *s);
+/* Adds (copies) an entry; replaces an existing one with the same path. */
+void shiftset_put(shift_set_t *s, const char *path, const float *values, int n);
+const shift_entry_t *shiftset_find(const shift_set_t *s, const char *path);
+void shiftset_set_meta(shift_set_t *s, const char *key, const char *value);
+const char *shiftset_meta(const shift_set_t *s, const char *key);
+
+/* Reads a shift file (ours or svdiff-pytorch's: every tensor named "*.delta", 1-D, F32/F16/
+ * BF16; other tensors are an error naming them). */
+int shiftset_load(shift_set_t *s, const char *file);
+/* Writes atomically with keys "<path>.delta" in dtype ST_F32 or ST_F16 and the metadata. */
+int shiftset_save(const shift_set_t *s, const char *file, st_dtype_t dtype);
+
+/* Collects the current shifts of a model (after training). */
+void shiftset_from_unet(shift_set_t *s, unet_t *m);
+void shiftset_from_clip(shift_set_t *s, clip_t *m);
+
+/* Applies a shift set to a model: every entry must name a shiftable module of that model and
+ * have the right length (rank for a matrix, C or 1 for a norm), else SD_ERR_FORMAT naming it.
+ * Modules that are not yet spectral are made spectral (factors from `cache` if given and
+ * holding them, else a fresh SVD), keeping the base (exact form). Entries ADD to the model's
+ * current shifts multiplied by `scale` (so several files combine: task arithmetic). Factors
+ * computed here are recorded in `cache` (svd_cache_put): the caller saves it. Then bake
+ * (unet_bake / clip_bake_spectral) for inference. */
+typedef struct svd_cache svd_cache_t;
+int shiftset_apply_unet(unet_t *m, const shift_set_t *s, float scale, svd_cache_t *cache);
+int shiftset_apply_clip(clip_t *m, const shift_set_t *s, float scale, svd_cache_t *cache);
+
+/* Base-model hash: a 64-bit hash of the UNet and text-encoder weights as the model computes
+ * with them (fp32 values), printed as 16 hex digits. Identical weights hash alike in any layout
+ * (diffusers folder, single file, sharded) and in any float dtype that holds them exactly (an
+ * fp16 checkpoint and its fp32 copy share shift files and SVD factors, which are computed
+ * from the fp32 values anyway).
+ * Algorithm (hash.c; changing it orphans every SVD cache and shift-file hash):
+ *  - tensors: component "unet" then "text_encoder", each in diffusers-name order; only float
+ *    tensors count (integer buffers such as position_ids are not weights);
+ *  - values widened to fp32 (F16 / BF16 exactly; F64 is hashed raw and tagged), cut into chunks
+ *    of 2^18 values from the tensor's first element; a chunk is read as 8-byte little-endian
+ *    words fed round-robin into 4 lanes, lane = rotl(lane ^ (word * K1), 29) * K2, a
+ *    zero-padded last word plus the byte count close it, lanes folded with fmix (the
+ *    splitmix64 finalizer): fold(h, v) = fmix(h ^ v) + K3;
+ *  - tensor hash = fold of hash("<component>/<name>|<element count>") and its chunk hashes in
+ *    order; model hash = fold of the tensor hashes in order.
+ * Chunks are hashed in parallel (OpenMP), so the speed is that of reading the mapped files. */
+int model_weights_hash(const model_t *m, char out[17]);
+
+/* SVD cache: a safetensors file per base model, "<dir>/<hash>.svd.safetensors", holding F32
+ * "<path>.U" [rows, rank], "<path>.S" [rank], "<path>.Vt" [rank, cols] per matrix. UNet entries
+ * use the module path as is; text-encoder entries carry the prefix SVD_CACHE_TE_PREFIX
+ * ("te:text_model.encoder.layers.0.self_attn.q_proj.U"), so one file serves a whole model.
+ * A cache file that cannot be read, belongs to another hash, or holds a bad entry (wrong
+ * shape or dtype, non-finite values) is reported on stderr and recomputed, never fatal. */
+#define SVD_CACHE_TE_PREFIX "te:"
+int svd_cache_open(svd_cache_t **c, const char *dir, const char *model_hash);  /* creates dir */
+void svd_cache_close(svd_cache_t *c);
+/* Makes `w` spectral from cached factors of `path` if present (returns 1), else 0. */
+int svd_cache_lookup(svd_cache_t *c, const char *path, weight_t *w, int keep_base);
+/* Records the factors of a spectral weight for the next save. The factors are referenced,
+ * not copied (a whole model's U and V are GBs): `sp` must stay alive and unchanged until
+ * svd_cache_save or svd_cache_close. */
+void svd_cache_put(svd_cache_t *c, const char *path, const spectral_t *sp);
+/* Writes the cache file atomically (when anything was added: old entries + puts), then serves
+ * lookups from the new file and holds no reference to any `sp` any more. */
+int svd_cache_save(svd_cache_t *c);
+/* Makes a dense `w` spectral: factors of `path` from the cache when it holds them, else an SVD
+ * whose factors are then recorded (svd_cache_put). cache may be NULL. Returns 0 or SD_ERR_*. */
+int svd_cache_make_spectral(svd_cache_t *c, const char *path, weight_t *w, int keep_base);
+/* Counters since open: factor sets served by lookups, and recorded by puts (= SVDs computed). */
+long svd_cache_loaded(const svd_cache_t *c);
+long svd_cache_computed(const svd_cache_t *c);
+const char *svd_cache_file(const svd_cache_t *c);
+/* Default cache folder: $SVDIFF_CACHE_DIR, else $XDG_CACHE_HOME/svdiff, else
+ * $HOME/.cache/svdiff, else ".svdiff-cache". */
+void svd_cache_default_dir(char *buf, size_t cap);
+
+/* Makes every dense conv / linear of the UNet spectral (method.md section 2), factors from
+ * the cache when it has them, else by SVD (then recorded and the cache saved at the end).
+ * Progress bar over layers on stderr and the total time. cache may be NULL (plain SVDs). */
+int unet_make_spectral_cached(unet_t *m, svd_cache_t *cache, int keep_base);
+/* The text-encoder twin; which: CLIP_SPECTRAL_LINEARS | CLIP_SPECTRAL_EMBEDDINGS. */
+int clip_make_spectral_cached(clip_t *m, svd_cache_t *cache, unsigned which, int keep_base);
+
+/* The text encoder's shiftable modules by diffusers module path, in clip.c's order: weights
+ * ("text_model.embeddings.token_embedding", "...position_embedding", then per layer
+ * "text_model.encoder.layers.<i>.self_attn.{q,k,v,out}_proj", "...mlp.fc1", "...mlp.fc2"; ln NULL)
+ * and LayerNorms ("...layers.<i>.layer_norm1", "...layer_norm2", "text_model.final_layer_norm";
+ * w NULL). fn returning non-zero stops the walk and that value is returned. */
+typedef int (*clip_module_fn)(void *ctx, const char *path, weight_t *w, clip_ln_t *ln);
+int clip_visit_modules(clip_t *m, clip_module_fn fn, void *ctx);
+/* Bakes every spectral weight of the text encoder (weight_bake; clip.h has no clip_bake).
+ * Re-run after changing deltas; clip_set_shift_scale drops the baked matrices. */
+void clip_bake_spectral(clip_t *m);
+
+/* "--shifts FILE_OR_DIR[:SCALE]": the part after the last ':' is a scale only when all of it
+ * parses as a number (so paths holding ':' still work), and not when the whole argument names
+ * an existing file while the part before the ':' does not; scale 1 otherwise. Returns 0 or
+ * SD_ERR_ARG (path too long, empty). */
+int shift_spec_parse(const char *arg, char *path, size_t cap, float *scale);
+/* A shift argument to files: a folder means "<dir>/spectral_shifts.safetensors" (UNet) and
+ * "<dir>/spectral_shifts_te.safetensors" (text encoder), either "" when absent but not both;
+ * a file comes back as unet_file (te_file ""): entries are routed by prefix when applied.
+ * Returns 0 or SD_ERR_IO naming what is missing. */
+int shift_files_resolve(const char *file_or_dir, char *unet_file, char *te_file, size_t cap);
+
+#endif

@@ -1,0 +1,348 @@
+/* The SVD cache (shifts.h): thin SVD factors of a base model's matrices, one safetensors file
+ * per model hash, so a model is factored once (minutes at SD 1.5 scale) and then mapped and
+ * copied in seconds. Also the "make a whole UNet / text encoder spectral through the cache"
+ * helpers that train and generate use. Bad cache contents are warnings, never errors. */
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "base/error.h"
+#include "base/progress.h"
+#include "shifts/shifts.h"
+
+typedef struct {
+    char *path;
+    const spectral_t *sp;   /* referenced (svd_cache_put) */
+} cache_put_t;
+
+struct svd_cache {
+    char *dir, *hash, *file;
+    st_file_t f;            /* the cache file as found on disk (or as last saved) */
+    int has_file;
+    int n_put, cap_put;
+    cache_put_t *put;       /* factors computed since the last save */
+    long loaded, computed;
+};
+
+static char *xstrdup(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *d = sd_xmalloc(n);
+    memcpy(d, s, n);
+    return d;
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+}
+
+/* mkdir -p */
+static int make_dirs(const char *dir) {
+    char buf[4096];
+    if (snprintf(buf, sizeof buf, "%s", dir) >= (int)sizeof buf) return sd_error(SD_ERR_ARG, "%s: path too long", dir);
+    for (char *p = buf + 1;; p++) {
+        const int end = *p == '\0';
+        if (*p == '/' || end) {
+            *p = '\0';
+            if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+                return sd_error(SD_ERR_IO, "cannot create SVD cache folder %s: %s", buf, strerror(errno));
+            if (end) break;
+            *p = '/';
+        }
+    }
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
+        return sd_error(SD_ERR_IO, "SVD cache folder %s is not a folder", dir);
+    return SD_OK;
+}
+
+/* (Re)opens the cache file; an unusable one is a warning and leaves the cache empty. */
+static void open_file(svd_cache_t *c) {
+    if (c->has_file) st_close(&c->f), c->has_file = 0;
+    struct stat st;
+    if (stat(c->file, &st) != 0) return;
+    if (st_open(&c->f, c->file) != 0) {
+        fprintf(stderr, "warning: SVD cache %s is unreadable (%s); its factors will be recomputed\n", c->file,
+                sd_last_error());
+        sd_clear_error();
+        return;
+    }
+    const char *h = st_meta(&c->f, "model_hash");
+    if (h && strcmp(h, c->hash) != 0) {
+        fprintf(stderr, "warning: SVD cache %s belongs to model %s, not %s; its factors will be recomputed\n",
+                c->file, h, c->hash);
+        st_close(&c->f);
+        return;
+    }
+    c->has_file = 1;
+}
+
+int svd_cache_open(svd_cache_t **out, const char *dir, const char *model_hash) {
+    *out = NULL;
+    if (!model_hash || !model_hash[0] || strchr(model_hash, '/'))
+        return sd_error(SD_ERR_ARG, "SVD cache: bad model hash '%s'", model_hash ? model_hash : "");
+    int rc = make_dirs(dir);
+    if (rc) return rc;
+    svd_cache_t *c = sd_xcalloc(1, sizeof *c);
+    c->dir = xstrdup(dir);
+    c->hash = xstrdup(model_hash);
+    c->file = sd_xmalloc(strlen(dir) + strlen(model_hash) + 32);
+    sprintf(c->file, "%s/%s.svd.safetensors", dir, model_hash);
+    open_file(c);
+    *out = c;
+    return SD_OK;
+}
+
+static void drop_puts(svd_cache_t *c) {
+    for (int i = 0; i < c->n_put; i++) free(c->put[i].path);
+    c->n_put = 0;
+}
+
+void svd_cache_close(svd_cache_t *c) {
+    if (!c) return;
+    if (c->has_file) st_close(&c->f);
+    drop_puts(c);
+    free(c->put), free(c->dir), free(c->hash), free(c->file);
+    free(c);
+}
+
+long svd_cache_loaded(const svd_cache_t *c) { return c ? c->loaded : 0; }
+long svd_cache_computed(const svd_cache_t *c) { return c ? c->computed : 0; }
+const char *svd_cache_file(const svd_cache_t *c) { return c ? c->file : NULL; }
+
+void svd_cache_default_dir(char *buf, size_t cap) {
+    const char *e;
+    if ((e = getenv("SVDIFF_CACHE_DIR")) && e[0]) snprintf(buf, cap, "%s", e);
+    else if ((e = getenv("XDG_CACHE_HOME")) && e[0]) snprintf(buf, cap, "%s/svdiff", e);
+    else if ((e = getenv("HOME")) && e[0]) snprintf(buf, cap, "%s/.cache/svdiff", e);
+    else snprintf(buf, cap, ".svdiff-cache");
+}
+
+static cache_put_t *find_put(svd_cache_t *c, const char *path) {
+    for (int i = 0; i < c->n_put; i++)
+        if (strcmp(c->put[i].path, path) == 0) return &c->put[i];
+    return NULL;
+}
+
+static const st_tensor_t *find_part(const svd_cache_t *c, const char *path, const char *suffix) {
+    char name[512];
+    if (snprintf(name, sizeof name, "%s.%s", path, suffix) >= (int)sizeof name) return NULL;
+    return st_find(&c->f, name);
+}
+
+/* Is t an F32 [d0] or [d0, d1] tensor with finite values (>= 0 when nonneg)? */
+static int part_ok(const st_tensor_t *t, int d0, int d1, int nonneg) {
+    if (!t || t->dtype != ST_F32) return 0;
+    if (d1 < 0 ? (t->ndim != 1 || t->shape[0] != d0) : (t->ndim != 2 || t->shape[0] != d0 || t->shape[1] != d1))
+        return 0;
+    const float *p = t->data;
+    int ok = 1;
+#pragma omp parallel for reduction(&& : ok) if (t->numel > (1 << 18))
+    for (long i = 0; i < (long)t->numel; i++) {
+        float v;
+        memcpy(&v, p + i, sizeof v);
+        ok = ok && isfinite(v) && (!nonneg || v >= 0.0f);
+    }
+    return ok;
+}
+
+/* Float data of a tensor: in place when aligned, else a malloc'ed copy (*tmp set). */
+static const float *aligned_f32(const st_tensor_t *t, float **tmp) {
+    *tmp = NULL;
+    if (((uintptr_t)t->data & (sizeof(float) - 1)) == 0) return t->data;
+    *tmp = sd_xmalloc(t->nbytes);
+    memcpy(*tmp, t->data, t->nbytes);
+    return *tmp;
+}
+
+int svd_cache_lookup(svd_cache_t *c, const char *path, weight_t *w, int keep_base) {
+    if (!c || w->kind != WEIGHT_DENSE) return 0;
+    const int rows = w->rows, cols = w->cols, rank = rows < cols ? rows : cols;
+    const cache_put_t *p = find_put(c, path);
+    if (p && p->sp->rows == rows && p->sp->cols == cols && p->sp->rank == rank) {
+        weight_make_spectral_from(w, p->sp->U, p->sp->S, p->sp->Vt, rank, keep_base);
+        c->loaded++;
+        return 1;
+    }
+    if (!c->has_file) return 0;
+    const st_tensor_t *U = find_part(c, path, "U"), *S = find_part(c, path, "S"), *Vt = find_part(c, path, "Vt");
+    if (!U && !S && !Vt) return 0;
+    if (!part_ok(U, rows, rank, 0) || !part_ok(S, rank, -1, 1) || !part_ok(Vt, rank, cols, 0)) {
+        fprintf(stderr, "warning: SVD cache %s: entry %s is damaged or does not fit a [%d, %d] matrix; recomputing it\n",
+                c->file, path, rows, cols);
+        return 0;
+    }
+    float *tu, *ts, *tv;
+    const float *u = aligned_f32(U, &tu), *s = aligned_f32(S, &ts), *v = aligned_f32(Vt, &tv);
+    weight_make_spectral_from(w, u, s, v, rank, keep_base);
+    free(tu), free(ts), free(tv);
+    c->loaded++;
+    return 1;
+}
+
+void svd_cache_put(svd_cache_t *c, const char *path, const spectral_t *sp) {
+    if (!c) return;
+    cache_put_t *p = find_put(c, path);
+    if (!p) {
+        if (c->n_put == c->cap_put) {
+            c->cap_put = c->cap_put ? 2 * c->cap_put : 64;
+            c->put = realloc(c->put, sizeof *c->put * (size_t)c->cap_put);
+            SD_CHECK(c->put, "out of memory");
+        }
+        p = &c->put[c->n_put++];
+        p->path = xstrdup(path);
+    }
+    p->sp = sp;
+    c->computed++;
+}
+
+/* Stem of a cache tensor name ("x.U" -> "x") into buf; 0 if it is not a factor name. */
+static int stem_of(const char *name, char *buf, size_t cap) {
+    const char *dot = strrchr(name, '.');
+    if (!dot || (strcmp(dot, ".U") && strcmp(dot, ".S") && strcmp(dot, ".Vt"))) return 0;
+    snprintf(buf, cap, "%.*s", (int)(dot - name), name);
+    return 1;
+}
+
+int svd_cache_save(svd_cache_t *c) {
+    if (!c || !c->n_put) return SD_OK;
+    st_writer_t *w = st_writer_new();
+    int rc = SD_OK;
+    char stem[512];
+    /* what the file had, except entries recomputed since */
+    for (int i = 0; c->has_file && i < c->f.n_tensors && !rc; i++) {
+        const st_tensor_t *t = &c->f.tensors[i];
+        if (stem_of(t->name, stem, sizeof stem) && find_put(c, stem)) continue;
+        rc = st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, t->data);
+    }
+    char **names = sd_xcalloc((size_t)c->n_put * 3, sizeof *names);
+    for (int i = 0; i < c->n_put && !rc; i++) {
+        const spectral_t *sp = c->put[i].sp;
+        const int64_t su[2] = {sp->rows, sp->rank}, ss[1] = {sp->rank}, sv[2] = {sp->rank, sp->cols};
+        const char *suffix[3] = {"U", "S", "Vt"};
+        const float *data[3] = {sp->U, sp->S, sp->Vt};
+        const int64_t *shape[3] = {su, ss, sv};
+        for (int k = 0; k < 3 && !rc; k++) {
+            names[3 * i + k] = sd_xmalloc(strlen(c->put[i].path) + 4);
+            sprintf(names[3 * i + k], "%s.%s", c->put[i].path, suffix[k]);
+            rc = st_writer_add(w, names[3 * i + k], ST_F32, k == 1 ? 1 : 2, shape[k], data[k]);
+        }
+    }
+    if (!rc) rc = st_writer_meta(w, "model_hash", c->hash);
+    if (!rc) rc = st_writer_meta(w, "format", "svdiff svd cache 1");
+    if (!rc) rc = st_writer_meta(w, "svdiff_version", SVDIFF_VERSION);
+    if (!rc) rc = st_writer_save(w, c->file);
+    st_writer_free(w);
+    for (int i = 0; i < c->n_put * 3; i++) free(names[i]);
+    free(names);
+    if (rc) return sd_error(rc, "SVD cache: %s", sd_last_error());
+    /* from now on serve everything from the new file: no references into models remain */
+    drop_puts(c);
+    open_file(c);
+    return SD_OK;
+}
+
+int svd_cache_make_spectral(svd_cache_t *c, const char *path, weight_t *w, int keep_base) {
+    if (svd_cache_lookup(c, path, w, keep_base)) return SD_OK;
+    int rc = weight_make_spectral(w, keep_base);
+    if (rc) return sd_error(rc, "SVD of %s failed: %s", path, sd_last_error());
+    svd_cache_put(c, path, w->sp);
+    return SD_OK;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * whole models */
+
+typedef struct {
+    const char *what;
+    progress_t bar;
+    long total, done;
+    long loaded0, computed0;
+    double t0;
+} svd_run_t;
+
+static void run_start(svd_run_t *r, svd_cache_t *c, const char *what, long total) {
+    memset(r, 0, sizeof *r);
+    r->what = what, r->total = total;
+    r->loaded0 = svd_cache_loaded(c), r->computed0 = svd_cache_computed(c);
+    r->t0 = now_s();
+    progress_start(&r->bar, what, total, "layer");
+}
+
+static int run_finish(svd_run_t *r, svd_cache_t *c, int rc) {
+    if (rc) return rc;
+    progress_finish(&r->bar);
+    const long loaded = svd_cache_loaded(c) - r->loaded0, computed = svd_cache_computed(c) - r->computed0;
+    if (c) {
+        fprintf(stderr, "%s: %ld matrices, %ld from the SVD cache, %ld computed, %.2f s (%s)\n", r->what, r->total,
+                loaded, computed, now_s() - r->t0, svd_cache_file(c));
+        if (computed) {
+            const double t = now_s();
+            rc = svd_cache_save(c);
+            if (!rc) fprintf(stderr, "%s: SVD cache saved in %.2f s\n", r->what, now_s() - t);
+        }
+    } else {
+        fprintf(stderr, "%s: %ld matrices factored in %.2f s\n", r->what, r->total, now_s() - r->t0);
+    }
+    return rc;
+}
+
+int unet_make_spectral_cached(unet_t *m, svd_cache_t *cache, int keep_base) {
+    long total = 0;
+    for (int i = 0; i < m->n_layers; i++) total += m->layers[i]->w.kind == WEIGHT_DENSE;
+    if (!total) return SD_OK;
+    svd_run_t r;
+    run_start(&r, cache, "unet svd", total);
+    int rc = SD_OK;
+    for (int i = 0; i < m->n_layers && !rc; i++) {
+        unet_layer_t *l = m->layers[i];
+        if (l->w.kind != WEIGHT_DENSE) continue;
+        rc = svd_cache_make_spectral(cache, l->name, &l->w, keep_base);
+        progress_update(&r.bar, ++r.done, NULL);
+    }
+    if (rc) rc = sd_error(rc, "unet: %s", sd_last_error());
+    return run_finish(&r, cache, rc);
+}
+
+typedef struct {
+    svd_cache_t *cache;
+    unsigned which;
+    int keep_base, count_only, rc;
+    svd_run_t *run;
+} clip_svd_t;
+
+static int clip_svd_visit(void *ctx, const char *path, weight_t *w, clip_ln_t *ln) {
+    (void)ln;
+    clip_svd_t *s = ctx;
+    if (!w || w->kind != WEIGHT_DENSE) return 0;
+    const unsigned bit = strncmp(path, "text_model.embeddings.", 22) == 0 ? CLIP_SPECTRAL_EMBEDDINGS : CLIP_SPECTRAL_LINEARS;
+    if (!(s->which & bit)) return 0;
+    if (s->count_only) {
+        s->run->total++;
+        return 0;
+    }
+    char key[256];
+    snprintf(key, sizeof key, SVD_CACHE_TE_PREFIX "%s", path);
+    s->rc = svd_cache_make_spectral(s->cache, key, w, s->keep_base);
+    if (s->rc) s->rc = sd_error(s->rc, "text encoder: %s", sd_last_error());
+    progress_update(&s->run->bar, ++s->run->done, NULL);
+    return s->rc;
+}
+
+int clip_make_spectral_cached(clip_t *m, svd_cache_t *cache, unsigned which, int keep_base) {
+    svd_run_t r = {0};
+    clip_svd_t s = {.cache = cache, .which = which, .keep_base = keep_base, .count_only = 1, .run = &r};
+    clip_visit_modules(m, clip_svd_visit, &s);
+    const long total = r.total;
+    if (!total) return SD_OK;
+    run_start(&r, cache, "text encoder svd", total);
+    s.count_only = 0;
+    clip_visit_modules(m, clip_svd_visit, &s);
+    return run_finish(&r, cache, s.rc);
+}

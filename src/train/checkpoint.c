@@ -1,0 +1,238 @@
+/* Training checkpoints (see checkpoint.h): save, check against the current settings, restore. */
+#include "train/checkpoint.h"
+
+#include <cJSON.h>
+#include <inttypes.h>
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/error.h"
+#include "io/safetensors.h"
+
+char *train_config_json(const trainer_t *t) {
+    const train_config_t *c = &t->cfg;
+    static const char *sched[] = {"constant", "linear", "cosine"};
+    char seed[32];
+    snprintf(seed, sizeof seed, "%" PRIu64, c->seed);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "base_model_hash", t->model_hash);
+    cJSON_AddStringToObject(o, "instance_prompt", c->instance_prompt ? c->instance_prompt : "");
+    cJSON_AddNumberToObject(o, "instance_images", t->inst.n);
+    cJSON_AddStringToObject(o, "class_prompt", c->class_prompt ? c->class_prompt : "");
+    cJSON_AddNumberToObject(o, "class_images", t->cls.n);
+    cJSON_AddNumberToObject(o, "prior_loss_weight", c->prior_loss_weight);
+    cJSON_AddNumberToObject(o, "resolution", c->resolution);
+    cJSON_AddBoolToObject(o, "center_crop", c->center_crop);
+    cJSON_AddBoolToObject(o, "flip", c->flip);
+    cJSON_AddNumberToObject(o, "batch_size", c->batch_size);
+    cJSON_AddNumberToObject(o, "grad_accum", c->grad_accum);
+    cJSON_AddNumberToObject(o, "steps", c->steps);
+    cJSON_AddNumberToObject(o, "lr", c->lr);
+    cJSON_AddNumberToObject(o, "lr_1d", c->lr_1d);
+    cJSON_AddStringToObject(o, "lr_schedule", sched[c->lr_schedule]);
+    cJSON_AddNumberToObject(o, "warmup", c->warmup);
+    cJSON_AddNumberToObject(o, "adam_beta1", c->beta1);
+    cJSON_AddNumberToObject(o, "adam_beta2", c->beta2);
+    cJSON_AddNumberToObject(o, "adam_eps", c->adam_eps);
+    cJSON_AddNumberToObject(o, "weight_decay", c->weight_decay);
+    cJSON_AddNumberToObject(o, "max_grad_norm", c->max_grad_norm);
+    cJSON_AddBoolToObject(o, "train_text_encoder", c->train_text_encoder);
+    cJSON_AddStringToObject(o, "norm_shift", c->norm_shift == NORMSHIFT_SCALAR ? "scalar" : "element");
+    cJSON_AddStringToObject(o, "svd_dtype", c->svd_bf16 ? "bf16" : "fp32");
+    cJSON_AddStringToObject(o, "seed", seed);
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    SD_CHECK(s, "out of memory");
+    return s;
+}
+
+static int actual_threads(const trainer_t *t) { return t->cfg.threads > 0 ? t->cfg.threads : omp_get_max_threads(); }
+
+int checkpoint_save(const trainer_t *t, const char *path) {
+    st_writer_t *w = st_writer_new();
+    char name[512], buf[64];
+    int rc = SD_OK;
+    for (int i = 0; i < t->n_params && !rc; i++) {
+        const train_param_t *p = &t->params[i];
+        const int64_t shape[1] = {p->n};
+        snprintf(name, sizeof name, "param/%s", p->name);
+        rc = st_writer_add(w, name, ST_F32, 1, shape, p->value);
+        snprintf(name, sizeof name, "adam_m/%s", p->name);
+        if (!rc) rc = st_writer_add(w, name, ST_F32, 1, shape, p->m);
+        snprintf(name, sizeof name, "adam_v/%s", p->name);
+        if (!rc) rc = st_writer_add(w, name, ST_F32, 1, shape, p->v);
+    }
+    const int64_t pshape[1] = {t->order.n};
+    if (!rc) rc = st_writer_add(w, "order/perm", ST_I32, 1, pshape, t->order.perm);
+    char *config = train_config_json(t);
+    st_writer_meta(w, "format", CHECKPOINT_FORMAT);
+    st_writer_meta(w, "config", config);
+    free(config);
+#define META(key, fmt, val) snprintf(buf, sizeof buf, fmt, val), st_writer_meta(w, key, buf)
+    META("step", "%d", t->step);
+    META("rng_counter", "%" PRIu64, t->rng.counter);
+    META("order_counter", "%" PRIu64, t->order.rng.counter);
+    META("order_pos", "%d", t->order.pos);
+    META("order_epoch", "%d", t->order.epoch);
+    META("loss_ema", "%a", t->loss_ema);
+    META("elapsed", "%a", t->elapsed);
+    META("threads", "%d", actual_threads(t));
+#undef META
+    st_writer_meta(w, "svdiff_version", SVDIFF_VERSION);
+    if (!rc) rc = st_writer_save(w, path);
+    st_writer_free(w);
+    return rc;
+}
+
+/* Names the first setting whose value differs (or "" if none). */
+static void first_difference(char *out, size_t cap, const char *saved, const char *now) {
+    out[0] = 0;
+    cJSON *a = cJSON_Parse(saved), *b = cJSON_Parse(now);
+    if (!a || !b) {
+        snprintf(out, cap, "the settings (unreadable in the checkpoint)");
+    } else {
+        for (cJSON *it = b->child; it && !out[0]; it = it->next) {
+            cJSON *old = cJSON_GetObjectItemCaseSensitive(a, it->string);
+            char *vb = cJSON_PrintUnformatted(it), *va = old ? cJSON_PrintUnformatted(old) : NULL;
+            if (!va || strcmp(va, vb)) snprintf(out, cap, "%s (checkpoint: %s, now: %s)", it->string, va ? va : "absent", vb);
+            free(va), free(vb);
+        }
+    }
+    cJSON_Delete(a), cJSON_Delete(b);
+}
+
+/* Prefixes the current message with "--resume: " (copied first: sd_error's buffer is the source). */
+static int resume_error(int rc) {
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", sd_last_error());
+    if (!strncmp(msg, "--resume", 8)) return rc;
+    return sd_error(rc, "--resume: %s", msg);
+}
+
+int checkpoint_check(const char *path, const trainer_t *t) {
+    st_file_t f;
+    int rc = st_open(&f, path);
+    if (rc) return resume_error(rc);
+    const char *format = st_meta(&f, "format"), *config = st_meta(&f, "config"), *threads = st_meta(&f, "threads");
+    if (!format || strcmp(format, CHECKPOINT_FORMAT) || !config) {
+        st_close(&f);
+        return sd_error(SD_ERR_FORMAT, "--resume: %s is not an svdiff training checkpoint", path);
+    }
+    char *now = train_config_json(t), diff[1024];
+    first_difference(diff, sizeof diff, config, now);
+    free(now);
+    if (diff[0] && !t->cfg.force) rc = sd_error(SD_ERR_ARG, "--resume: %s was started with other settings: %s; "
+                                                "use --force to resume anyway", path, diff);
+    else if (diff[0]) fprintf(stderr, "warning: resuming with other settings (--force): %s\n", diff);
+    if (!rc && threads && atoi(threads) != actual_threads(t))
+        fprintf(stderr, "warning: the checkpoint was written with %s threads, this run uses %d: the result will not "
+                "be bit-identical to an uninterrupted run\n", threads, actual_threads(t));
+    st_close(&f);
+    return rc;
+}
+
+static int meta_u64(const st_file_t *f, const char *key, uint64_t *out) {
+    const char *s = st_meta(f, key);
+    char *end;
+    if (!s || !*s) return sd_error(SD_ERR_FORMAT, "%s: checkpoint metadata '%s' is missing", f->path, key);
+    *out = strtoull(s, &end, 10);
+    if (*end || s[0] == '-') return sd_error(SD_ERR_FORMAT, "%s: checkpoint metadata '%s' = '%s' is not a count", f->path, key, s);
+    return SD_OK;
+}
+
+static int meta_double(const st_file_t *f, const char *key, double *out) {
+    const char *s = st_meta(f, key);
+    char *end;
+    if (!s || !*s) return sd_error(SD_ERR_FORMAT, "%s: checkpoint metadata '%s' is missing", f->path, key);
+    *out = strtod(s, &end);
+    if (*end) return sd_error(SD_ERR_FORMAT, "%s: checkpoint metadata '%s' = '%s' is not a number", f->path, key, s);
+    return SD_OK;
+}
+
+static int want_f32(const st_file_t *f, const char *name, int n, const st_tensor_t **out) {
+    const st_tensor_t *x = st_find(f, name);
+    if (!x) return sd_error(SD_ERR_FORMAT, "%s: tensor '%s' is missing (a checkpoint of another model or settings?)", f->path, name);
+    if (x->dtype != ST_F32 || x->ndim != 1 || x->shape[0] != n)
+        return sd_error(SD_ERR_FORMAT, "%s: tensor '%s' must be F32 [%d]", f->path, name, n);
+    *out = x;
+    return SD_OK;
+}
+
+int checkpoint_load(trainer_t *t, const char *path) {
+    st_file_t f;
+    int rc = st_open(&f, path);
+    if (rc) return resume_error(rc);
+    const int np = t->n_params;
+    const st_tensor_t **src = calloc((size_t)3 * (np ? np : 1), sizeof *src);
+    char name[512];
+    /* 1. check everything */
+    for (int i = 0; i < np && !rc; i++) {
+        const train_param_t *p = &t->params[i];
+        snprintf(name, sizeof name, "param/%s", p->name);
+        rc = want_f32(&f, name, p->n, &src[3 * i]);
+        snprintf(name, sizeof name, "adam_m/%s", p->name);
+        if (!rc) rc = want_f32(&f, name, p->n, &src[3 * i + 1]);
+        snprintf(name, sizeof name, "adam_v/%s", p->name);
+        if (!rc) rc = want_f32(&f, name, p->n, &src[3 * i + 2]);
+    }
+    const int expected = 3 * np + 1;
+    if (!rc && f.n_tensors != expected)
+        rc = sd_error(SD_ERR_FORMAT, "%s: %d tensors, expected %d (a checkpoint of other settings?)", path, f.n_tensors,
+                      expected);
+    const st_tensor_t *perm = rc ? NULL : st_find(&f, "order/perm");
+    if (!rc && (!perm || (perm->dtype != ST_I32 && perm->dtype != ST_I64) || perm->ndim != 1 ||
+                perm->shape[0] != t->order.n))
+        rc = sd_error(SD_ERR_FORMAT, "%s: tensor 'order/perm' must be I32 [%d]", path, t->order.n);
+    int64_t *pv = sd_xcalloc((size_t)t->order.n + 1, sizeof *pv);
+    if (!rc) rc = st_read_i64(pv, perm);
+    if (!rc) { /* a permutation of 0..n-1 */
+        char *seen = sd_xcalloc((size_t)t->order.n + 1, 1);
+        for (int i = 0; i < t->order.n && !rc; i++) {
+            if (pv[i] < 0 || pv[i] >= t->order.n || seen[pv[i]])
+                rc = sd_error(SD_ERR_FORMAT, "%s: 'order/perm' is not a permutation", path);
+            else seen[pv[i]] = 1;
+        }
+        free(seen);
+    }
+    uint64_t step = 0, rc_counter = 0, oc = 0, pos = 0, epoch = 0;
+    double ema = 0, elapsed = 0;
+    if (!rc) rc = meta_u64(&f, "step", &step);
+    if (!rc) rc = meta_u64(&f, "rng_counter", &rc_counter);
+    if (!rc) rc = meta_u64(&f, "order_counter", &oc);
+    if (!rc) rc = meta_u64(&f, "order_pos", &pos);
+    if (!rc) rc = meta_u64(&f, "order_epoch", &epoch);
+    if (!rc) rc = meta_double(&f, "loss_ema", &ema);
+    if (!rc) rc = meta_double(&f, "elapsed", &elapsed);
+    if (!rc && (step > (uint64_t)t->cfg.steps || pos > (uint64_t)t->order.n || epoch > INT32_MAX))
+        rc = sd_error(SD_ERR_FORMAT, "%s: step %" PRIu64 " / epoch position %" PRIu64 " out of range for --steps %d",
+                      path, step, pos, t->cfg.steps);
+    /* values must be finite: a NaN would poison the rest of the run */
+    for (int i = 0; i < 3 * np && !rc; i++) {
+        float *tmp = sd_xmalloc(sizeof(float) * (size_t)(src[i]->numel ? src[i]->numel : 1));
+        rc = st_read_f32(tmp, src[i]);
+        for (int64_t k = 0; k < src[i]->numel && !rc; k++)
+            if (!isfinite(tmp[k])) rc = sd_error(SD_ERR_FORMAT, "%s: tensor '%s' holds non-finite values", path, src[i]->name);
+        free(tmp);
+    }
+    /* 2. restore */
+    if (!rc) {
+        for (int i = 0; i < np; i++) {
+            train_param_t *p = &t->params[i];
+            st_read_f32(p->value, src[3 * i]);
+            st_read_f32(p->m, src[3 * i + 1]);
+            st_read_f32(p->v, src[3 * i + 2]);
+        }
+        for (int i = 0; i < t->order.n; i++) t->order.perm[i] = (int)pv[i];
+        t->order.pos = (int)pos, t->order.epoch = (int)epoch, t->order.rng.counter = oc;
+        t->rng.counter = rc_counter;
+        t->step = (int)step, t->loss_ema = ema, t->elapsed = elapsed;
+    } else {
+        rc = resume_error(rc);
+    }
+    free(pv), free(src);
+    st_close(&f);
+    return rc;
+}

@@ -1,0 +1,315 @@
+/* Training data (see dataset.h): folder scans with caption files, the prompt table, class-image
+ * generation, the lazy VAE-posterior cache and the seeded epoch order. */
+#include "train/dataset.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "base/error.h"
+#include "base/progress.h"
+#include "io/image.h"
+
+/* Streams of their own, so that adding a draw in one place never shifts another's numbers. */
+#define CROP_SALT 0x6a09e667f3bcc909ull
+
+static char *xstrdup(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *d = sd_xmalloc(n);
+    memcpy(d, s, n);
+    return d;
+}
+
+/* ---- prompts ---- */
+
+void prompt_table_free(prompt_table_t *pt) {
+    for (int i = 0; i < pt->n; i++) free(pt->text[i]);
+    free(pt->text), free(pt->ids);
+    memset(pt, 0, sizeof *pt);
+}
+
+int prompt_table_add(prompt_table_t *pt, const clip_tokenizer_t *tok, const char *text, const char *where) {
+    for (int i = 0; i < pt->n; i++)
+        if (!strcmp(pt->text[i], text)) return i;
+    const int T = TOKENIZER_MAX_LENGTH;
+    int ids[TOKENIZER_MAX_LENGTH], before = 0;
+    int got = tokenizer_encode(tok, text, ids, T, 1, &before);
+    if (got < 0) return got;
+    if (before > T)
+        return sd_error(SD_ERR_ARG, "%s: the prompt has %d tokens, more than CLIP's %d (with start and end): "
+                        "shorten it (training does not truncate): \"%.60s...\"", where, before, T, text);
+    pt->text = realloc(pt->text, sizeof *pt->text * (pt->n + 1));
+    pt->ids = realloc(pt->ids, sizeof *pt->ids * (size_t)(pt->n + 1) * T);
+    SD_CHECK(pt->text && pt->ids, "out of memory");
+    pt->text[pt->n] = xstrdup(text);
+    memcpy(pt->ids + (size_t)pt->n * T, ids, sizeof ids);
+    return pt->n++;
+}
+
+/* ---- folders ---- */
+
+static int ends_with(const char *s, const char *suffix) {
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && !strcasecmp(s + a - b, suffix);
+}
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* The caption next to `image` ("x.png" -> "x.txt"), trimmed, or NULL (malloc'ed). Reading errors
+ * of an existing caption are errors (*rc). */
+static char *read_caption(const char *image, int *rc) {
+    char path[PATH_MAX];
+    const char *dot = strrchr(image, '.'), *slash = strrchr(image, '/');
+    if (!dot || (slash && dot < slash)) dot = image + strlen(image);
+    snprintf(path, sizeof path, "%.*s.txt", (int)(dot - image), image);
+    FILE *f = fopen(path, "rb");
+    *rc = 0;
+    if (!f) return NULL;
+    char *buf = NULL;
+    size_t n = 0, cap = 0;
+    for (int c; (c = fgetc(f)) != EOF;) {
+        if (n + 2 > cap) buf = realloc(buf, cap = cap ? 2 * cap : 256);
+        SD_CHECK(buf, "out of memory");
+        buf[n++] = (char)(c == '\n' || c == '\r' || c == '\t' ? ' ' : c);
+    }
+    if (ferror(f)) *rc = sd_error(SD_ERR_IO, "%s: cannot read caption: %s", path, strerror(errno));
+    fclose(f);
+    if (*rc) {
+        free(buf);
+        return NULL;
+    }
+    while (n && buf[n - 1] == ' ') n--;
+    size_t start = 0;
+    while (start < n && buf[start] == ' ') start++;
+    if (start == n) { /* an empty caption: the folder's prompt */
+        free(buf);
+        return NULL;
+    }
+    char *out = sd_xmalloc(n - start + 1);
+    memcpy(out, buf + start, n - start);
+    out[n - start] = 0;
+    free(buf);
+    return out;
+}
+
+void image_set_free(image_set_t *s) {
+    for (int i = 0; i < s->n; i++) {
+        free(s->img[i].path);
+        free(s->img[i].dist[0]), free(s->img[i].dist[1]);
+    }
+    free(s->img), free(s->dir);
+    memset(s, 0, sizeof *s);
+}
+
+int image_set_scan(image_set_t *s, const char *dir, const char *what, int allow_missing, int allow_empty,
+                   const char *default_prompt, prompt_table_t *pt, const clip_tokenizer_t *tok) {
+    memset(s, 0, sizeof *s);
+    s->dir = xstrdup(dir);
+    DIR *d = opendir(dir);
+    if (!d) {
+        if (errno == ENOENT && allow_missing) return SD_OK;
+        int rc = sd_error(SD_ERR_IO, "%s %s: cannot open the folder: %s", what, dir, strerror(errno));
+        image_set_free(s);
+        return rc;
+    }
+    char **names = NULL;
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        if (e->d_name[0] == '.' || ends_with(e->d_name, ".txt")) continue;
+        char path[PATH_MAX];
+        struct stat st;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        if (stat(path, &st) || !S_ISREG(st.st_mode)) continue;   /* sub-folders are not data */
+        names = realloc(names, sizeof *names * (n + 1));
+        SD_CHECK(names, "out of memory");
+        names[n++] = xstrdup(e->d_name);
+    }
+    closedir(d);
+    if (n) qsort(names, (size_t)n, sizeof *names, cmp_str);   /* file order must not depend on the file system */
+    int rc = SD_OK;
+    s->img = calloc((size_t)(n ? n : 1), sizeof *s->img);
+    for (int i = 0; i < n && !rc; i++) {
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        image_t img;
+        rc = image_load(&img, path);   /* "<path>: cannot read image (reason)" */
+        if (rc) break;
+        image_free(&img);
+        char *caption = read_caption(path, &rc);
+        if (rc) break;
+        char where[PATH_MAX + 32];   /* the folder's prompt was checked by its flag already */
+        snprintf(where, sizeof where, "caption file of %s", path);
+        const char *text = caption ? caption : default_prompt;
+        if (!text) rc = sd_error(SD_ERR_ARG, "%s: %s has no caption file and no prompt was given", what, path);
+        int idx = rc ? 0 : prompt_table_add(pt, tok, text, where);
+        free(caption);
+        if (idx < 0) rc = idx;
+        if (rc) break;
+        train_image_t *im = &s->img[s->n++];
+        im->path = xstrdup(path);
+        im->prompt = idx;
+        im->crop_x = im->crop_y = 0.5f;
+    }
+    for (int i = 0; i < n; i++) free(names[i]);
+    free(names);
+    if (!rc && !s->n && !allow_empty)
+        rc = sd_error(SD_ERR_ARG, "%s %s: the folder holds no images (PNG or JPEG)", what, dir);
+    if (rc) image_set_free(s);
+    return rc;
+}
+
+void image_set_draw_crops(image_set_t *s, uint64_t seed) {
+    rng_t r;
+    rng_init(&r, seed ^ CROP_SALT);
+    for (int i = 0; i < s->n; i++) {
+        s->img[i].crop_x = (float)rng_uniform(&r);
+        s->img[i].crop_y = (float)rng_uniform(&r);
+    }
+}
+
+/* ---- latents ---- */
+
+size_t train_latent_floats(const pipeline_t *p, int res) {
+    const size_t hw = (size_t)(res / p->scale_factor);
+    return (size_t)p->latent_channels * hw * hw;
+}
+
+int train_image_dist(pipeline_t *p, train_image_t *im, int flip, int res, int center, const float **dist) {
+    flip = flip ? 1 : 0;
+    if (im->dist[flip]) {
+        *dist = im->dist[flip];
+        return SD_OK;
+    }
+    image_t src, img;
+    int rc = image_load(&src, im->path);
+    if (rc) return rc;
+    rc = image_resize_crop(&img, &src, res, center, im->crop_x, im->crop_y);
+    image_free(&src);
+    if (rc) return rc;
+    if (flip)
+        for (int y = 0; y < res; y++) {
+            uint8_t *row = img.rgb + (size_t)y * res * 3;
+            for (int x = 0; x < res / 2; x++)
+                for (int k = 0; k < 3; k++) {
+                    uint8_t t = row[3 * x + k];
+                    row[3 * x + k] = row[3 * (res - 1 - x) + k];
+                    row[3 * (res - 1 - x) + k] = t;
+                }
+        }
+    const size_t n = train_latent_floats(p, res);
+    float *out = sd_xmalloc(sizeof(float) * 2 * n);
+    if (p->has_vae) {
+        float *x = sd_xmalloc(sizeof(float) * 3 * res * res);
+        vae_image_to_tensor(x, img.rgb, res, res, 3);
+        rc = vae_encode(&p->vae, out, out + n, x, 1, res, res);
+        free(x);
+    } else if (p->latent_channels == 3) {
+        vae_image_to_tensor(out, img.rgb, res, res, 3);
+        memset(out + n, 0, sizeof(float) * n);
+    } else {
+        rc = sd_error(SD_ERR_FORMAT, "a model without a VAE must work on 3 channels, not %d", p->latent_channels);
+    }
+    image_free(&img);
+    if (rc) {
+        free(out);
+        return rc;
+    }
+    im->dist[flip] = out;
+    *dist = out;
+    return SD_OK;
+}
+
+void train_sample_latent(const pipeline_t *p, float *x0, const float *dist, const float *noise, size_t n) {
+    if (p->has_vae) vae_sample_latents(x0, dist, dist + n, noise, n, &p->vae.cfg);
+    else memcpy(x0, dist, sizeof(float) * n);
+}
+
+/* ---- class images ---- */
+
+typedef struct {
+    progress_t *bar;
+    long base;
+} class_progress_t;
+
+static void on_class_step(void *vctx, int step, int num_steps, float t, const float *latents) {
+    (void)num_steps, (void)t, (void)latents;
+    class_progress_t *c = vctx;
+    progress_update(c->bar, c->base + step, NULL);
+}
+
+int class_images_generate(pipeline_t *p, const char *dir, const char *prompt, int have, int want, int res,
+                          int steps, float cfg, uint64_t seed) {
+    if (have >= want) return SD_OK;
+    if (mkdir(dir, 0777) && errno != EEXIST)
+        return sd_error(SD_ERR_IO, "--class-dir %s: cannot create the folder: %s", dir, strerror(errno));
+    const int missing = want - have;
+    fprintf(stderr, "generating %d class image%s in %s with \"%s\"\n", missing, missing == 1 ? "" : "s", dir, prompt);
+    int C, h, w;
+    pipeline_latent_shape(p, res, res, &C, &h, &w);
+    float *lat = sd_xmalloc(sizeof(float) * (size_t)C * h * w);
+    progress_t bar;
+    class_progress_t cp = {&bar, 0};
+    progress_start(&bar, "class images", (long)missing * steps, "step");
+    int rc = SD_OK, made = 0;
+    for (int k = 0; made < missing && !rc; k++) {
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s/class-%05d.png", dir, k);
+        struct stat st;
+        if (!stat(path, &st)) continue;   /* kept from an earlier run: reused */
+        txt2img_opts_t o = {.prompt = prompt, .width = res, .height = res, .steps = steps, .cfg = cfg,
+                            .sampler = SAMPLER_DDIM, .seed = seed + (uint64_t)k, .batch = 1,
+                            .progress = on_class_step, .progress_ctx = &cp};
+        cp.base = (long)made * steps;
+        rc = pipeline_txt2img(p, &o, NULL, lat);
+        uint8_t *rgb = NULL;
+        if (!rc) rc = pipeline_decode(p, lat, 1, h, w, &rgb);
+        if (!rc) {
+            char params[2048];
+            snprintf(params, sizeof params, "%s\nSteps: %d, Sampler: ddim, CFG scale: %g, Seed: %llu, Size: %dx%d, "
+                     "Version: svdiff %s (class image)", prompt, steps, cfg, (unsigned long long)(seed + k), res, res,
+                     SVDIFF_VERSION);
+            const char *keys[1] = {"parameters"}, *vals[1] = {params};
+            image_t img = {.w = res, .h = res, .rgb = rgb};
+            rc = image_save_png(&img, path, keys, vals, 1);
+        }
+        free(rgb);
+        made++;
+    }
+    if (!rc) progress_finish(&bar);
+    free(lat);
+    return rc;
+}
+
+/* ---- epoch order ---- */
+
+#define ORDER_SALT 0xbb67ae8584caa73bull
+
+void data_order_init(data_order_t *o, int n, uint64_t seed) {
+    memset(o, 0, sizeof *o);
+    o->n = n;
+    o->perm = sd_xmalloc(sizeof(int) * (size_t)(n ? n : 1));
+    o->pos = n;   /* the first call begins epoch 0 */
+    rng_init(&o->rng, seed ^ ORDER_SALT);
+}
+
+void data_order_free(data_order_t *o) {
+    free(o->perm);
+    memset(o, 0, sizeof *o);
+}
+
+int data_order_next(data_order_t *o) {
+    if (o->pos >= o->n) {
+        for (int i = 0; i < o->n; i++) o->perm[i] = i;
+        for (int i = o->n - 1; i > 0; i--) {
+            int j = rng_randint(&o->rng, i + 1), t = o->perm[i];
+            o->perm[i] = o->perm[j], o->perm[j] = t;
+        }
+        o->pos = 0;
+        o->epoch++;
+    }
+    return o->perm[o->pos++];
+}

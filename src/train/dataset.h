@@ -1,0 +1,83 @@
+/* Training data of `svdiff train`: image folders (instance and class images, per-image caption
+ * files), the prompt table (token ids, checked against CLIP's 77-token window), generation of
+ * missing class images with the base model, a lazy cache of VAE posteriors (each image is encoded
+ * once per flip state, the first time a batch needs it: the VAE is frozen), and the seeded
+ * epoch order. Everything random here is drawn from counter-based Philox streams, so a run is a
+ * function of (seed, data) only. */
+#ifndef SVDIFF_TRAIN_DATASET_H
+#define SVDIFF_TRAIN_DATASET_H
+
+#include <stdint.h>
+
+#include "diffusion/diffusion.h"
+#include "models/tokenizer.h"
+#include "pipeline/pipeline.h"
+
+/* Distinct training prompts: text and token ids [77] (bos, tokens, eos, padding). A prompt longer
+ * than 77 tokens is an error in training (it would be silently cut). */
+typedef struct {
+    int n;
+    char **text;
+    int *ids;    /* [n, TOKENIZER_MAX_LENGTH] */
+} prompt_table_t;
+
+void prompt_table_free(prompt_table_t *pt);
+/* Index of `text` in the table (added if new), or SD_ERR_ARG when it does not fit in 77 tokens
+ * (the message names `where`: the flag or caption file it came from). */
+int prompt_table_add(prompt_table_t *pt, const clip_tokenizer_t *tok, const char *text, const char *where);
+
+typedef struct {
+    char *path;        /* the image file */
+    int prompt;        /* index into the prompt table: the caption file's text, else the folder's prompt */
+    float crop_x, crop_y;   /* random-crop position in [0, 1] of the slack (drawn once per image) */
+    float *dist[2];    /* VAE posterior [mean | logvar] (2 x latent floats), unflipped / mirrored; NULL
+                          until first used. Without a VAE: the image tensor itself (logvar unused). */
+} train_image_t;
+
+typedef struct {
+    char *dir;
+    int n;
+    train_image_t *img;   /* sorted by file name */
+} image_set_t;
+
+/* Reads folder `dir`: every regular file that does not start with '.' and does not end in .txt
+ * must be an image stb_image reads (PNG, JPEG, ...): each is decoded once here so that a bad file
+ * is reported before anything is written. "name.txt" next to "name.png" is that image's caption.
+ * A missing folder is an error unless allow_missing (a class folder still to be generated). An
+ * empty folder is an error unless allow_empty. `what` names the flag in messages. */
+int image_set_scan(image_set_t *s, const char *dir, const char *what, int allow_missing, int allow_empty,
+                   const char *default_prompt, prompt_table_t *pt, const clip_tokenizer_t *tok);
+void image_set_free(image_set_t *s);
+/* Draws the random-crop position of every image from the Philox stream `seed` (two uniforms per
+ * image, in file order). */
+void image_set_draw_crops(image_set_t *s, uint64_t seed);
+
+/* Floats of one latent [C, res/f, res/f] (f = the VAE factor, 1 without a VAE). */
+size_t train_latent_floats(const pipeline_t *p, int res);
+/* The cached posterior of image `im` (flip: mirrored left-right), encoding it on first use:
+ * load, resize the shorter side to `res` and crop res x res (centred, or at the image's crop
+ * position), mirror, map to [-1, 1], VAE-encode. */
+int train_image_dist(pipeline_t *p, train_image_t *im, int flip, int res, int center, const float **dist);
+/* x0[latent floats] from a posterior and N(0,1) noise (diffusers' latent_dist.sample() * scaling). */
+void train_sample_latent(const pipeline_t *p, float *x0, const float *dist, const float *noise, size_t n);
+
+/* Makes sure `dir` holds at least `want` images, generating the missing ones with the base model
+ * (txt2img of `prompt`, `steps` DDIM steps, guidance `cfg`, res x res) as "class-NNNNN.png", image
+ * k seeded with seed + k. `have` is the number already there. Creates `dir` if needed. */
+int class_images_generate(pipeline_t *p, const char *dir, const char *prompt, int have, int want, int res,
+                          int steps, float cfg, uint64_t seed);
+
+/* Epoch order over n items: a Fisher-Yates shuffle (rng_randint) at the start of every epoch. */
+typedef struct {
+    int n;
+    int *perm;
+    int pos;       /* next index into perm; n: the epoch is used up */
+    int epoch;     /* epochs begun */
+    rng_t rng;
+} data_order_t;
+
+void data_order_init(data_order_t *o, int n, uint64_t seed);
+void data_order_free(data_order_t *o);
+int data_order_next(data_order_t *o);
+
+#endif

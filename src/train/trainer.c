@@ -1,0 +1,628 @@
+/* Spectral-shift training (see trainer.h): set-up, the micro-batch step, AdamW with the LR
+ * schedule, and the run loop with its outputs. Checkpoint files live in checkpoint.c. */
+#include "train/trainer.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "base/error.h"
+#include "base/progress.h"
+#include "io/image.h"
+#include "shifts/shifts.h"
+#include "train/checkpoint.h"
+
+#define STEP_SALT 0x3c6ef372fe94f82bull     /* the per-step stream */
+#define CLASS_SALT 0xa54ff53a5f1d36f1ull    /* class-image seeds */
+#define EMA_BETA 0.98
+
+void train_config_default(train_config_t *c) {
+    memset(c, 0, sizeof *c);
+    c->num_class_images = 100;
+    c->class_steps = 50;
+    c->class_cfg = 7.5f;
+    c->prior_loss_weight = 1.0f;
+    c->resolution = 512;
+    c->batch_size = 1, c->grad_accum = 1, c->steps = 500;
+    c->lr = 1e-3f, c->lr_1d = 1e-6f;
+    c->lr_schedule = LR_CONSTANT;
+    c->beta1 = 0.9f, c->beta2 = 0.999f, c->adam_eps = 1e-8f, c->weight_decay = 1e-2f;
+    c->max_grad_norm = 1.0f;
+    c->norm_shift = NORMSHIFT_ELEMENT;
+    c->seed = 42;
+    c->sample_steps = 25;
+    c->sample_cfg = 7.5f;
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+long trainer_peak_rss(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return 0;
+    char line[256];
+    long kb = 0;
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmHWM:", 6)) kb = strtol(line + 6, NULL, 10);
+    fclose(f);
+    return kb * 1024;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Model
+ * ------------------------------------------------------------------------------------------- */
+
+int trainer_load_model(trainer_t *t, const train_config_t *cfg) {
+    memset(t, 0, sizeof *t);
+    t->cfg = *cfg;
+    t->T = TOKENIZER_MAX_LENGTH;
+    int rc = pipeline_open(&t->p, cfg->model, cfg->tokenizer);
+    if (rc) return rc;
+    t->opened = 1;
+    const int f = t->p.scale_factor * (1 << (t->p.unet.cfg.n_levels - 1));
+    if (cfg->resolution < f || cfg->resolution % f)
+        return sd_error(SD_ERR_ARG, "--resolution %d: this model needs a positive multiple of %d", cfg->resolution, f);
+    t->h = t->w = cfg->resolution / t->p.scale_factor;
+    t->latent_n = train_latent_floats(&t->p, cfg->resolution);
+    return SD_OK;
+}
+
+/* Rounds to the nearest bf16 value (kept as float: the engine has no bf16 factor path). */
+static void round_bf16(float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) x[i] = st_bf16_to_f32(st_f32_to_bf16(x[i]));
+}
+
+static void round_factors(weight_t *w) {
+    if (w->kind != WEIGHT_SPECTRAL) return;
+    round_bf16(w->sp->U, (size_t)w->sp->rows * w->sp->rank);
+    round_bf16(w->sp->Vt, (size_t)w->sp->rank * w->sp->cols);
+}
+
+static int round_clip_module(void *ctx, const char *path, weight_t *w, clip_ln_t *ln) {
+    (void)ctx, (void)path, (void)ln;
+    if (w) round_factors(w);
+    return 0;
+}
+
+/* Every UNet conv / linear (and the text encoder's, when trained) in the factored training form
+ * without the base; factors from the SVD cache when there is one. */
+static int make_spectral(trainer_t *t) {
+    const train_config_t *c = &t->cfg;
+    svd_cache_t *cache = NULL;
+    char dir[PATH_MAX];
+    if (!c->svd_cache_dir) svd_cache_default_dir(dir, sizeof dir);
+    else snprintf(dir, sizeof dir, "%s", c->svd_cache_dir);
+    if (dir[0] && t->model_hash[0] && svd_cache_open(&cache, dir, t->model_hash)) {
+        fprintf(stderr, "warning: SVD cache in %s unusable (%s): computing the SVD without it\n", dir, sd_last_error());
+        cache = NULL;
+    }
+    int rc = unet_make_spectral_cached(&t->p.unet, cache, 0);
+    if (!rc && c->train_text_encoder)
+        rc = clip_make_spectral_cached(&t->p.clip, cache, CLIP_SPECTRAL_LINEARS | CLIP_SPECTRAL_EMBEDDINGS, 0);
+    if (cache) svd_cache_close(cache);
+    if (rc || !c->svd_bf16) return rc;
+    for (int i = 0; i < t->p.unet.n_layers; i++) round_factors(&t->p.unet.layers[i]->w);
+    if (c->train_text_encoder) clip_visit_modules(&t->p.clip, round_clip_module, NULL);
+    return SD_OK;
+}
+
+typedef struct {
+    trainer_t *t;
+    const char *prefix;
+    int count_only;
+    const unet_t *unet;   /* to tell norm shifts (group 1) from deltas */
+} collect_ctx_t;
+
+static void collect(collect_ctx_t *cc, const char *name, float *shift, float *grad, int n, int group) {
+    trainer_t *t = cc->t;
+    if (!cc->count_only) {
+        train_param_t *p = &t->params[t->n_params];
+        size_t len = strlen(cc->prefix) + strlen(name) + 1;
+        p->name = sd_xmalloc(len);
+        snprintf(p->name, len, "%s%s", cc->prefix, name);
+        p->value = shift, p->grad = grad, p->n = n, p->group = group;
+        SD_CHECK(grad, "no gradient for %s", name);
+    }
+    t->n_params++;
+    t->n_values += (size_t)n;
+}
+
+static void collect_unet(void *ctx, const char *path, float *shift, float *grad, int n) {
+    collect_ctx_t *cc = ctx;
+    collect(cc, path, shift, grad, n, unet_find_norm(cc->unet, path) ? 1 : 0);
+}
+
+static void collect_clip(void *ctx, const char *name, float *shift, float *grad, int n) {
+    collect(ctx, name, shift, grad, n, 0);   /* linears and embeddings only: no norm shifts */
+}
+
+static void visit_all(trainer_t *t, int count_only) {
+    collect_ctx_t cc = {t, "unet/", count_only, &t->p.unet};
+    unet_visit_shifts(&t->p.unet, &t->ug, collect_unet, &cc);
+    if (t->cfg.train_text_encoder) {
+        cc.prefix = "te/";
+        clip_visit_shifts(&t->p.clip, &t->cg, collect_clip, &cc);
+    }
+}
+
+int trainer_prepare(trainer_t *t, int prior) {
+    const train_config_t *c = &t->cfg;
+    t->prior = prior;
+    t->rows = c->batch_size * (prior ? 2 : 1);
+    int rc = make_spectral(t);
+    if (rc) return rc;
+    unet_add_norm_shifts(&t->p.unet, c->norm_shift);
+    t->prepared = 1;   /* from here trainer_close frees gradients and activations (zeroed: safe) */
+    rc = unet_grads_alloc(&t->ug, &t->p.unet, UNET_GRAD_SHIFTS);   /* never dW of a frozen weight */
+    if (!rc) rc = unet_acts_build(&t->ua, &t->p.unet, t->rows, t->h, t->w, t->T, 1,
+                                  c->grad_checkpointing ? UNET_CKPT_TRANSFORMERS : UNET_CKPT_NONE);
+    if (!rc && c->train_text_encoder) rc = clip_acts_build(&t->ca, &t->p.clip.cfg, t->rows, t->T);
+    if (!rc && c->train_text_encoder) rc = clip_grads_alloc(&t->cg, &t->p.clip, CLIP_GRAD_SHIFTS);
+    if (rc) return rc;
+
+    visit_all(t, 1);
+    const int n = t->n_params;
+    t->params = calloc((size_t)(n ? n : 1), sizeof *t->params);
+    t->adam_memory = calloc(2 * t->n_values + 1, sizeof(float));
+    if (!t->params || !t->adam_memory) return sd_error(SD_ERR_NOMEM, "out of memory for the optimizer state");
+    t->n_params = 0, t->n_values = 0;
+    visit_all(t, 0);
+    float *mem = t->adam_memory;
+    for (int i = 0; i < t->n_params; i++) {
+        t->params[i].m = mem, mem += t->params[i].n;
+        t->params[i].v = mem, mem += t->params[i].n;
+    }
+
+    const size_t R = (size_t)t->rows, L = t->latent_n, CT = (size_t)t->T * t->p.ctx_dim;
+    t->x0 = sd_xcalloc(R * L, sizeof(float));
+    t->eps = sd_xcalloc(R * L, sizeof(float));
+    t->xt = sd_xcalloc(R * L, sizeof(float));
+    t->target = sd_xcalloc(R * L, sizeof(float));
+    t->pred = sd_xcalloc(R * L, sizeof(float));
+    t->dpred = sd_xcalloc(R * L, sizeof(float));
+    t->lat_noise = sd_xcalloc(L, sizeof(float));
+    t->tf = sd_xcalloc(R, sizeof(float));
+    t->ts = sd_xcalloc(R, sizeof(int));
+    t->ids = sd_xcalloc(R * (size_t)t->T, sizeof(int));
+    t->ctx = sd_xcalloc(R * CT, sizeof(float));
+    t->dctx = sd_xcalloc(R * CT, sizeof(float));
+    rng_init(&t->rng, c->seed ^ STEP_SALT);
+    return SD_OK;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * One step
+ * ------------------------------------------------------------------------------------------- */
+
+int trainer_micro_step(trainer_t *t, const float *x0, const float *eps, const int *ts, const int *ids,
+                       const float *ctx, int n_inst, int n_class, float grad_scale, train_losses_t *out) {
+    const int rows = n_inst + n_class;
+    SD_CHECK(t->prepared && rows <= t->rows && n_inst >= 1, "micro step of %d + %d rows", n_inst, n_class);
+    const size_t L = t->latent_n, CT = (size_t)t->T * t->p.ctx_dim;
+    const noise_schedule_t *s = &t->p.sched;
+    const int te = t->cfg.train_text_encoder;
+    for (int r = 0; r < rows; r++) {
+        if (ts[r] < 0 || ts[r] >= s->T) return sd_error(SD_ERR_ARG, "timestep %d outside [0, %d)", ts[r], s->T);
+        t->tf[r] = (float)ts[r];
+    }
+    ddpm_add_noise(t->xt, x0, eps, ts, rows, L, s);
+    ddpm_target(t->target, x0, eps, ts, rows, L, s);
+    int rc = SD_OK;
+    if (!ctx && !t->ca.memory) rc = clip_acts_build(&t->ca, &t->p.clip.cfg, t->rows, t->T);   /* frozen encoder, no ctx */
+    if (rc) return rc;
+    if (te || !ctx) ctx = clip_forward(&t->p.clip, &t->ca, ids, rows, t->T);
+    rc = unet_forward(t->pred, &t->p.unet, &t->ua, t->xt, t->tf, ctx, rows, t->h, t->w, t->T);
+    if (rc) return rc;
+    const size_t ni = (size_t)n_inst * L, nc = (size_t)n_class * L;
+    const float w = t->cfg.prior_loss_weight;
+    const double li = mse_forward(t->pred, t->target, ni);
+    const double lc = n_class ? mse_forward(t->pred + ni, t->target + ni, nc) : 0.0;
+    memset(t->dpred, 0, sizeof(float) * (ni + nc));
+    mse_backward(t->dpred, t->pred, t->target, ni, grad_scale);
+    if (n_class) mse_backward(t->dpred + ni, t->pred + ni, t->target + ni, nc, grad_scale * w);
+    if (te) memset(t->dctx, 0, sizeof(float) * rows * CT);
+    unet_backward(NULL, te ? t->dctx : NULL, &t->ug, t->dpred, &t->p.unet, &t->ua);
+    if (te) clip_backward(&t->p.clip, &t->ca, t->dctx, &t->cg, NULL);
+    if (out) out->instance = li, out->prior = lc, out->loss = li + (double)w * lc;
+    return SD_OK;
+}
+
+double trainer_lr_factor(const train_config_t *c, int step) {
+    const int W = c->warmup, N = c->steps;
+    if (step < W) return (double)step / (double)(W > 1 ? W : 1);
+    switch (c->lr_schedule) {
+    case LR_LINEAR: {
+        double f = (double)(N - step) / (double)(N - W > 1 ? N - W : 1);
+        return f > 0 ? f : 0;
+    }
+    case LR_COSINE: {
+        double progress = (double)(step - W) / (double)(N - W > 1 ? N - W : 1);
+        double f = 0.5 * (1.0 + cos(M_PI * progress));
+        return f > 0 ? f : 0;
+    }
+    default: return 1.0;
+    }
+}
+
+double trainer_optimizer_step(trainer_t *t, double *lr_out) {
+    const train_config_t *c = &t->cfg;
+    float **grads = sd_xmalloc(sizeof(float *) * (t->n_params + 1));
+    size_t *sizes = sd_xmalloc(sizeof(size_t) * (t->n_params + 1));
+    for (int i = 0; i < t->n_params; i++) grads[i] = t->params[i].grad, sizes[i] = (size_t)t->params[i].n;
+    const double norm = clip_grad_norm(grads, sizes, t->n_params, c->max_grad_norm > 0 ? c->max_grad_norm : INFINITY);
+    free(grads), free(sizes);
+    const double f = trainer_lr_factor(c, t->step);
+    adamw_config_t a = {0, c->beta1, c->beta2, c->adam_eps, c->weight_decay};
+    for (int i = 0; i < t->n_params; i++) {
+        train_param_t *p = &t->params[i];
+        a.lr = (float)((p->group ? c->lr_1d : c->lr) * f);
+        adamw_step(p->value, p->grad, p->m, p->v, (size_t)p->n, t->step + 1, &a);
+    }
+    t->step++;
+    unet_grads_zero(&t->ug);
+    if (c->train_text_encoder) clip_grads_zero(&t->cg);
+    if (lr_out) *lr_out = c->lr * f;
+    return norm;
+}
+
+/* Draws one micro-batch (see trainer.h for the order of draws) into the work buffers. */
+static int next_batch(trainer_t *t) {
+    const train_config_t *c = &t->cfg;
+    const int B = c->batch_size, rows = t->rows;
+    const size_t L = t->latent_n, CT = (size_t)t->T * t->p.ctx_dim;
+    train_image_t *img[2 * 64];
+    SD_CHECK(rows <= 128, "batch too large");
+    for (int b = 0; b < B; b++) {
+        const int k = data_order_next(&t->order);
+        img[b] = &t->inst.img[k % t->inst.n];
+        if (t->prior) img[B + b] = &t->cls.img[k % t->cls.n];
+    }
+    int flip[128] = {0};
+    if (c->flip)
+        for (int r = 0; r < rows; r++) flip[r] = rng_uniform(&t->rng) < 0.5;
+    for (int r = 0; r < rows; r++) {
+        const float *dist;
+        int rc = train_image_dist(&t->p, img[r], flip[r], c->resolution, c->center_crop, &dist);
+        if (rc) return rc;
+        rng_fill_normal(&t->rng, t->lat_noise, L);
+        train_sample_latent(&t->p, t->x0 + r * L, dist, t->lat_noise, L);
+    }
+    for (int r = 0; r < rows; r++) t->ts[r] = rng_randint(&t->rng, t->p.sched.T);
+    rng_fill_normal(&t->rng, t->eps, (size_t)rows * L);
+    for (int r = 0; r < rows; r++) {
+        const int pi = img[r]->prompt;
+        memcpy(t->ids + (size_t)r * t->T, t->prompts.ids + (size_t)pi * t->T, sizeof(int) * t->T);
+        if (t->prompt_ctx) memcpy(t->ctx + r * CT, t->prompt_ctx + pi * CT, sizeof(float) * CT);
+    }
+    return SD_OK;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Outputs
+ * ------------------------------------------------------------------------------------------- */
+
+static void put_meta_common(shift_set_t *s, const trainer_t *t) {
+    const train_config_t *c = &t->cfg;
+    char buf[64];
+    shiftset_set_meta(s, "base_model_hash", t->model_hash);
+    shiftset_set_meta(s, "instance_prompt", c->instance_prompt ? c->instance_prompt : "");
+    if (t->prior) shiftset_set_meta(s, "class_prompt", c->class_prompt);
+    snprintf(buf, sizeof buf, "%d", t->step);
+    shiftset_set_meta(s, "steps", buf);
+    snprintf(buf, sizeof buf, "%d", c->resolution);
+    shiftset_set_meta(s, "resolution", buf);
+    snprintf(buf, sizeof buf, "%g", c->lr);
+    shiftset_set_meta(s, "lr", buf);
+    snprintf(buf, sizeof buf, "%g", c->lr_1d);
+    shiftset_set_meta(s, "lr_1d", buf);
+    snprintf(buf, sizeof buf, "%llu", (unsigned long long)c->seed);
+    shiftset_set_meta(s, "seed", buf);
+    snprintf(buf, sizeof buf, "%d", c->batch_size * c->grad_accum);
+    shiftset_set_meta(s, "batch_size", buf);
+    shiftset_set_meta(s, "norm_shift", c->norm_shift == NORMSHIFT_SCALAR ? "scalar" : "element");
+    shiftset_set_meta(s, "train_text_encoder", c->train_text_encoder ? "true" : "false");
+    shiftset_set_meta(s, "svd_dtype", c->svd_bf16 ? "bf16" : "fp32");
+    shiftset_set_meta(s, "svdiff_version", SVDIFF_VERSION);
+}
+
+static long file_size(const char *path) {
+    struct stat st;
+    return stat(path, &st) ? -1 : (long)st.st_size;
+}
+
+int trainer_save_shifts(trainer_t *t, long *unet_bytes, long *te_bytes) {
+    char path[PATH_MAX];
+    const st_dtype_t dt = t->cfg.save_fp16 ? ST_F16 : ST_F32;
+    shift_set_t s;
+    shiftset_init(&s);
+    shiftset_from_unet(&s, &t->p.unet);
+    put_meta_common(&s, t);
+    snprintf(path, sizeof path, "%s/spectral_shifts.safetensors", t->cfg.out_dir);
+    int rc = shiftset_save(&s, path, dt);
+    shiftset_free(&s);
+    if (unet_bytes) *unet_bytes = rc ? -1 : file_size(path);
+    if (te_bytes) *te_bytes = -1;
+    if (rc || !t->cfg.train_text_encoder) return rc;
+    shiftset_init(&s);
+    shiftset_from_clip(&s, &t->p.clip);
+    put_meta_common(&s, t);
+    snprintf(path, sizeof path, "%s/spectral_shifts_te.safetensors", t->cfg.out_dir);
+    rc = shiftset_save(&s, path, dt);
+    shiftset_free(&s);
+    if (te_bytes) *te_bytes = rc ? -1 : file_size(path);
+    return rc;
+}
+
+/* A grid of one sample per --sample-prompt with the current shifts (the factored weights are used
+ * as they are: no baked copy, so sampling costs no extra memory), seeded with --seed each time so
+ * grids of different steps compare. */
+static int write_samples(trainer_t *t) {
+    const train_config_t *c = &t->cfg;
+    const int n = c->n_sample_prompts, res = c->resolution;
+    char dir[PATH_MAX], path[PATH_MAX + 32];
+    snprintf(dir, sizeof dir, "%s/samples", c->out_dir);
+    if (mkdir(dir, 0777) && errno != EEXIST)
+        return sd_error(SD_ERR_IO, "%s: cannot create the folder: %s", dir, strerror(errno));
+    int C, h, w;
+    pipeline_latent_shape(&t->p, res, res, &C, &h, &w);
+    float *lat = sd_xmalloc(sizeof(float) * (size_t)n * C * h * w);
+    int rc = SD_OK;
+    for (int k = 0; k < n && !rc; k++) {
+        txt2img_opts_t o = {.prompt = c->sample_prompts[k], .width = res, .height = res, .steps = c->sample_steps,
+                            .cfg = c->sample_cfg, .sampler = SAMPLER_DDIM, .seed = c->seed, .batch = 1};
+        rc = pipeline_txt2img(&t->p, &o, NULL, lat + (size_t)k * C * h * w);
+    }
+    uint8_t **rgb = calloc((size_t)n, sizeof *rgb);
+    if (!rc) rc = pipeline_decode(&t->p, lat, n, h, w, rgb);
+    image_t *imgs = calloc((size_t)n, sizeof *imgs);
+    for (int k = 0; k < n; k++) imgs[k].w = imgs[k].h = res, imgs[k].rgb = rgb[k];
+    image_t grid = {0};
+    if (!rc) rc = image_grid(&grid, imgs, n, 0, 2);
+    if (!rc) {
+        char params[4096];
+        int len = snprintf(params, sizeof params, "step %d, %d DDIM steps, CFG scale %g, seed %llu; prompts:", t->step,
+                           c->sample_steps, c->sample_cfg, (unsigned long long)c->seed);
+        for (int k = 0; k < n && len < (int)sizeof params; k++)
+            len += snprintf(params + len, sizeof params - len, "\n%s", c->sample_prompts[k]);
+        const char *keys[2] = {"parameters", "Software"}, *vals[2] = {params, "svdiff " SVDIFF_VERSION};
+        snprintf(path, sizeof path, "%s/step-%06d.png", dir, t->step);
+        rc = image_save_png(&grid, path, keys, vals, 2);
+    }
+    image_free(&grid);
+    for (int k = 0; k < n; k++) free(rgb[k]);
+    free(rgb), free(imgs), free(lat);
+    return rc;
+}
+
+/* loss.csv: kept to the rows of steps <= keep_step (a resumed run rewrites what came after its
+ * checkpoint), a header when new. */
+static int open_csv(trainer_t *t, int keep_step) {
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/loss.csv", t->cfg.out_dir);
+    char *kept = NULL;
+    size_t nk = 0;
+    if (keep_step > 0) {
+        FILE *old = fopen(path, "r");
+        char line[512];
+        while (old && fgets(line, sizeof line, old)) {
+            size_t len = strlen(line);
+            if (!len || line[len - 1] != '\n') break;   /* a torn last line */
+            char *end;
+            long s = strtol(line, &end, 10);
+            if (end != line && *end == ',' && s > keep_step) break;
+            kept = realloc(kept, nk + len);
+            SD_CHECK(kept, "out of memory");
+            memcpy(kept + nk, line, len), nk += len;
+        }
+        if (old) fclose(old);
+    }
+    t->csv = fopen(path, "w");
+    if (!t->csv) {
+        free(kept);
+        return sd_error(SD_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
+    }
+    if (nk) fwrite(kept, 1, nk, t->csv);
+    else fprintf(t->csv, "step,loss,instance_loss,prior_loss,lr,grad_norm,seconds\n");
+    free(kept);
+    fflush(t->csv);
+    return SD_OK;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Set-up and run
+ * ------------------------------------------------------------------------------------------- */
+
+static int check_out_dir(const train_config_t *c) {
+    char path[PATH_MAX];
+    struct stat st;
+    if (!stat(c->out_dir, &st) && !S_ISDIR(st.st_mode))
+        return sd_error(SD_ERR_ARG, "-o %s: exists and is not a folder", c->out_dir);
+    snprintf(path, sizeof path, "%s/checkpoint.safetensors", c->out_dir);
+    if (c->resume && stat(path, &st))
+        return sd_error(SD_ERR_ARG, "--resume: %s does not exist", path);
+    snprintf(path, sizeof path, "%s/spectral_shifts.safetensors", c->out_dir);
+    if (!c->resume && !c->force && !stat(path, &st))
+        return sd_error(SD_ERR_ARG, "-o %s: already holds spectral_shifts.safetensors (use --force to overwrite, "
+                        "--resume to continue)", c->out_dir);
+    return SD_OK;
+}
+
+int trainer_open(trainer_t *t, const train_config_t *cfg) {
+    int rc = check_out_dir(cfg);
+    if (rc) {
+        memset(t, 0, sizeof *t);
+        return rc;
+    }
+    rc = trainer_load_model(t, cfg);
+    if (rc) return rc;
+    const train_config_t *c = &t->cfg;
+    const int prior = c->class_dir != NULL;
+    if (!c->instance_dir) return sd_error(SD_ERR_ARG, "--instance-dir is required");
+    if ((c->class_dir != NULL) != (c->class_prompt != NULL))
+        return sd_error(SD_ERR_ARG, "prior preservation needs both --class-dir and --class-prompt");
+    /* prompts first: a prompt over 77 tokens is an error in training, never a silent cut */
+    if (c->instance_prompt && (rc = prompt_table_add(&t->prompts, t->p.tok, c->instance_prompt, "--instance-prompt")) < 0)
+        return rc;
+    if (prior && (rc = prompt_table_add(&t->prompts, t->p.tok, c->class_prompt, "--class-prompt")) < 0) return rc;
+    rc = image_set_scan(&t->inst, c->instance_dir, "--instance-dir", 0, 0, c->instance_prompt, &t->prompts, t->p.tok);
+    if (!rc && prior)
+        rc = image_set_scan(&t->cls, c->class_dir, "--class-dir", 1, 1, c->class_prompt, &t->prompts, t->p.tok);
+    if (rc) return rc;
+    if (prior && t->cls.n == 0 && c->num_class_images < 1)
+        return sd_error(SD_ERR_ARG, "--class-dir %s holds no images and --num-class-images is 0", c->class_dir);
+    rc = model_weights_hash(&t->p.model, t->model_hash);
+    if (rc) return rc;
+    if (c->resume) {   /* before anything is written: a bad checkpoint leaves the folder as it was */
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s/checkpoint.safetensors", c->out_dir);
+        rc = checkpoint_check(path, t);
+        if (rc) return rc;
+    }
+    if (mkdir(c->out_dir, 0777) && errno != EEXIST)
+        return sd_error(SD_ERR_IO, "-o %s: cannot create the folder: %s", c->out_dir, strerror(errno));
+
+    /* missing class images, generated by the base model (before it becomes the training form) */
+    if (prior && t->cls.n < c->num_class_images) {
+        rc = class_images_generate(&t->p, c->class_dir, c->class_prompt, t->cls.n, c->num_class_images, c->resolution,
+                                   c->class_steps, c->class_cfg, c->seed ^ CLASS_SALT);
+        image_set_free(&t->cls);
+        if (!rc)
+            rc = image_set_scan(&t->cls, c->class_dir, "--class-dir", 0, 0, c->class_prompt, &t->prompts, t->p.tok);
+        if (rc) return rc;
+    }
+    if (!c->center_crop) {
+        image_set_draw_crops(&t->inst, c->seed);
+        image_set_draw_crops(&t->cls, c->seed + 1);
+    }
+    data_order_init(&t->order, prior && t->cls.n > t->inst.n ? t->cls.n : t->inst.n, c->seed);
+
+    /* a frozen text encoder: every prompt encoded once, with the base weights */
+    if (!c->train_text_encoder) {
+        const size_t CT = (size_t)t->T * t->p.ctx_dim;
+        t->prompt_ctx = sd_xmalloc(sizeof(float) * CT * t->prompts.n);
+        for (int i = 0; i < t->prompts.n && !rc; i += 8) { /* in chunks: the encoder's activations grow per row */
+            const int n = t->prompts.n - i < 8 ? t->prompts.n - i : 8;
+            rc = pipeline_encode_prompts(&t->p, (const char *const *)t->prompts.text + i, n, t->prompt_ctx + i * CT);
+        }
+        if (rc) return rc;
+    }
+    rc = trainer_prepare(t, prior);
+    if (rc) return rc;
+    if (c->resume) {
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s/checkpoint.safetensors", c->out_dir);
+        rc = checkpoint_load(t, path);
+        if (rc) return rc;
+        fprintf(stderr, "resuming at step %d of %d\n", t->step, c->steps);
+    }
+    return open_csv(t, t->step);
+}
+
+static void print_summary(trainer_t *t, int steps_run, double seconds, long ub, long tb) {
+    const train_config_t *c = &t->cfg;
+    const double rss = (double)trainer_peak_rss() / (1024.0 * 1024.0);
+    fprintf(stderr, "\nsummary:\n");
+    fprintf(stderr, "  steps          %d (%d this run), batch %d x %d accumulation, %d images + %d class images\n",
+            t->step, steps_run, c->batch_size, c->grad_accum, t->inst.n, t->cls.n);
+    fprintf(stderr, "  trained values %zu in %d arrays, %d threads\n", t->n_values, t->n_params,
+            c->threads > 0 ? c->threads : omp_get_max_threads());
+    fprintf(stderr, "  time           %.2f s this run (%.3f s/step), %.2f s in all\n", seconds,
+            steps_run ? seconds / steps_run : 0.0, t->elapsed);
+    fprintf(stderr, "  peak RSS       %.1f MiB\n", rss);
+    fprintf(stderr, "  output         %s/spectral_shifts.safetensors (%ld bytes)\n", c->out_dir, ub);
+    if (tb >= 0) fprintf(stderr, "                 %s/spectral_shifts_te.safetensors (%ld bytes)\n", c->out_dir, tb);
+    fprintf(stderr, "                 %s/loss.csv\n", c->out_dir);
+}
+
+int trainer_run(trainer_t *t) {
+    const train_config_t *c = &t->cfg;
+    /* Test-only hook: SVDIFF_TEST_ABORT_AT_STEP=k ends the process with _exit(137) right after
+     * step k (its checkpoint and CSV row written), as a kill -9 would; tests/test_train.c uses it
+     * to check that --resume reproduces an uninterrupted run byte for byte. */
+    const char *abort_env = getenv("SVDIFF_TEST_ABORT_AT_STEP");
+    const int abort_at = abort_env ? atoi(abort_env) : -1;
+    progress_t bar;
+    const int first = t->step;
+    if (!c->quiet) progress_start(&bar, "train", c->steps, "step");
+    if (!c->quiet && first) progress_update(&bar, first, NULL);
+    const double t0 = now_s(), elapsed0 = t->elapsed;
+    int rc = SD_OK;
+    const float gs = 1.0f / (float)c->grad_accum;
+    while (t->step < c->steps && !rc) {
+        train_losses_t sum = {0, 0, 0};
+        for (int a = 0; a < c->grad_accum && !rc; a++) {
+            train_losses_t l;
+            rc = next_batch(t);
+            if (!rc)
+                rc = trainer_micro_step(t, t->x0, t->eps, t->ts, t->ids, t->prompt_ctx ? t->ctx : NULL,
+                                        c->batch_size, t->prior ? c->batch_size : 0, gs, &l);
+            if (rc) break;
+            sum.loss += l.loss / c->grad_accum, sum.instance += l.instance / c->grad_accum;
+            sum.prior += l.prior / c->grad_accum;
+        }
+        if (rc) break;
+        double lr;
+        const double gnorm = trainer_optimizer_step(t, &lr);
+        if (!isfinite(sum.loss) || !isfinite(gnorm)) {
+            rc = sd_error(SD_ERR_NUMERIC, "step %d: the loss or gradient is not finite (loss %g, grad norm %g): "
+                          "lower --lr", t->step, sum.loss, gnorm);
+            break;
+        }
+        t->loss_ema = EMA_BETA * t->loss_ema + (1.0 - EMA_BETA) * sum.loss;
+        t->elapsed = elapsed0 + (now_s() - t0);
+        fprintf(t->csv, "%d,%.9g,%.9g,%.9g,%.9g,%.9g,%.3f\n", t->step, sum.loss, sum.instance, sum.prior, lr, gnorm,
+                t->elapsed);
+        fflush(t->csv);
+        if (!c->quiet) {
+            char extra[96];
+            snprintf(extra, sizeof extra, "loss %.4f lr %.2g", t->loss_ema / (1.0 - pow(EMA_BETA, t->step)), lr);
+            progress_update(&bar, t->step, extra);
+        }
+        if (c->n_sample_prompts > 0 && ((c->sample_every > 0 && t->step % c->sample_every == 0) || t->step == c->steps))
+            rc = write_samples(t);
+        if (!rc && c->checkpoint_every > 0 && t->step % c->checkpoint_every == 0 && t->step < c->steps) {
+            char path[PATH_MAX];
+            snprintf(path, sizeof path, "%s/checkpoint.safetensors", c->out_dir);
+            rc = checkpoint_save(t, path);
+        }
+        if (t->step == abort_at) _exit(137);
+    }
+    if (rc) return rc;
+    if (!c->quiet) progress_finish(&bar);
+    long ub = -1, tb = -1;
+    rc = trainer_save_shifts(t, &ub, &tb);
+    t->elapsed = elapsed0 + (now_s() - t0);
+    if (!rc) print_summary(t, t->step - first, now_s() - t0, ub, tb);
+    return rc;
+}
+
+void trainer_close(trainer_t *t) {
+    if (t->csv) fclose(t->csv);
+    for (int i = 0; i < t->n_params; i++) free(t->params[i].name);
+    free(t->params), free(t->adam_memory);
+    if (t->prepared) {
+        unet_acts_free(&t->ua);
+        unet_grads_free(&t->ug);
+        clip_acts_free(&t->ca);
+        if (t->cfg.train_text_encoder) clip_grads_free(&t->cg);
+    }
+    free(t->x0), free(t->eps), free(t->xt), free(t->target), free(t->pred), free(t->dpred);
+    free(t->lat_noise), free(t->tf), free(t->ts), free(t->ids), free(t->ctx), free(t->dctx);
+    free(t->prompt_ctx);
+    prompt_table_free(&t->prompts);
+    image_set_free(&t->inst);
+    image_set_free(&t->cls);
+    data_order_free(&t->order);
+    if (t->opened) pipeline_close(&t->p);
+    memset(t, 0, sizeof *t);
+}

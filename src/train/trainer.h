@@ -1,0 +1,149 @@
+/* DreamBooth-style spectral-shift training (`svdiff train`, method.md section 3): the model in its
+ * training form (every UNet conv / linear factored as U diag(ReLU(sigma + delta)) V^T without the
+ * dense base, per-element or scalar norm-gain shifts, optionally the text encoder's linear and
+ * embedding shifts), the loss with prior preservation, AdamW with two parameter groups, the LR
+ * schedule, gradient clipping and accumulation, and the run loop with its outputs (shift files,
+ * loss CSV, sample grids, checkpoints, summary).
+ *
+ * One micro-batch, in the order the RNG is consumed (one Philox stream, `rng`):
+ *   items   : batch_size indices from the epoch order (its own stream); instance k % n_inst and,
+ *             with prior preservation, class k % n_class
+ *   flips   : with --flip, one uniform per row (< 0.5: mirrored), instance rows then class rows
+ *   latents : per row, latent-size normals for the posterior sample (diffusers' latent_dist.sample())
+ *   t       : per row, rng_randint(num_train_timesteps)
+ *   eps     : rows x latent-size normals
+ * then x_t = ddpm_add_noise, target = ddpm_target (by prediction_type), UNet on [instance rows;
+ * class rows], loss = MSE(instance) + prior_loss_weight * MSE(class), backward into the shifts
+ * (and through the text encoder when it is trained). The same seed and thread count give the same
+ * bytes; a resumed run continues the same streams (checkpoint.h). */
+#ifndef SVDIFF_TRAIN_TRAINER_H
+#define SVDIFF_TRAIN_TRAINER_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "pipeline/pipeline.h"
+#include "train/dataset.h"
+#include "train/optim.h"
+
+typedef enum { LR_CONSTANT = 0, LR_LINEAR = 1, LR_COSINE = 2 } lr_schedule_t;
+
+typedef struct {
+    const char *model, *tokenizer;
+    const char *instance_dir, *instance_prompt;
+    const char *class_dir, *class_prompt;     /* both or neither: prior preservation */
+    int num_class_images;                     /* generate class images up to this count */
+    int class_steps;                          /* their DDIM steps (50) */
+    float class_cfg;                          /* their guidance (7.5) */
+    float prior_loss_weight;                  /* 1 */
+    int resolution;                           /* 512 */
+    int center_crop, flip;
+    int batch_size, grad_accum, steps;        /* 1, 1, 500 */
+    float lr, lr_1d;                          /* 1e-3 (spectral deltas), 1e-6 (norm-gain shifts) */
+    lr_schedule_t lr_schedule;
+    int warmup;                               /* optimizer steps */
+    float beta1, beta2, adam_eps, weight_decay;   /* 0.9, 0.999, 1e-8, 1e-2 */
+    float max_grad_norm;                      /* 1; <= 0: no clipping */
+    int train_text_encoder;
+    normshift_mode_t norm_shift;              /* element */
+    int svd_bf16;                             /* round U, V to bf16 precision */
+    int grad_checkpointing;                   /* recompute transformer insides in backward */
+    uint64_t seed;
+    int threads;                              /* 0: default */
+    const char *out_dir;
+    int save_fp16;
+    int checkpoint_every, resume, force;
+    int sample_every, n_sample_prompts, sample_steps;   /* sample_steps 25 */
+    float sample_cfg;                         /* 7.5 */
+    const char *const *sample_prompts;
+    const char *svd_cache_dir;                /* NULL: the default folder; "" : no cache */
+    int quiet;                                /* no progress bar (tests) */
+} train_config_t;
+
+void train_config_default(train_config_t *c);
+
+/* One trained array: a view of the model's shift and of its gradient, and the AdamW moments. */
+typedef struct {
+    char *name;     /* "unet/<module path>" or "te/<tensor name>" */
+    float *value, *grad;
+    float *m, *v;
+    int n;
+    int group;      /* 0: spectral deltas (lr), 1: norm-gain shifts (lr_1d) */
+} train_param_t;
+
+typedef struct {
+    double loss, instance, prior;
+} train_losses_t;
+
+typedef struct {
+    train_config_t cfg;
+    pipeline_t p;
+    int opened;               /* p is open */
+    int prepared;             /* trainer_prepare ran */
+    int prior;                /* prior preservation on */
+    int h, w;                 /* latent size */
+    size_t latent_n;          /* floats per latent */
+    int rows;                 /* UNet rows of a micro-batch */
+    int T;                    /* context tokens (77) */
+    char model_hash[17];
+
+    unet_acts_t ua;
+    unet_grads_t ug;
+    clip_acts_t ca;
+    clip_grads_t cg;
+    int n_params;
+    train_param_t *params;
+    float *adam_memory;
+    size_t n_values;          /* trained floats */
+
+    prompt_table_t prompts;
+    float *prompt_ctx;        /* [n_prompts, T, ctx_dim]: frozen text encoder's outputs */
+    image_set_t inst, cls;
+    data_order_t order;
+    rng_t rng;
+    int step;                 /* optimizer steps done */
+    double loss_ema;          /* exponential average of the loss (0.98), bias-corrected when shown */
+    double elapsed;           /* seconds of training, over resumes */
+
+    /* work buffers of one micro-batch [rows, ...] */
+    float *x0, *eps, *xt, *target, *pred, *dpred, *tf, *ctx, *dctx, *lat_noise;
+    int *ts, *ids;
+    FILE *csv;
+} trainer_t;
+
+/* The whole set-up of `svdiff train`: checks every input (model, folders, images, prompts, output
+ * folder, checkpoint) before writing anything, generates missing class images, builds the
+ * training model, and with cfg->resume restores the checkpoint. Returns 0 or SD_ERR_* (message
+ * set); the trainer must be closed either way. */
+int trainer_open(trainer_t *t, const train_config_t *cfg);
+/* Trains from t->step to cfg.steps, then writes the shift files and prints the summary. */
+int trainer_run(trainer_t *t);
+void trainer_close(trainer_t *t);
+
+/* ---- the pieces, exposed for tests ---- */
+
+/* Opens the model (pipeline) and derives the latent shape from cfg->resolution. */
+int trainer_load_model(trainer_t *t, const train_config_t *cfg);
+/* Training form of the model: spectral UNet without the base (from the SVD cache when there is
+ * one; layers already spectral are kept, so a test may install its own factors first), norm
+ * shifts, text-encoder shifts when trained, gradients, activations, the parameter list and
+ * AdamW state, work buffers for `prior` (rows = batch_size * (1 + prior)). */
+int trainer_prepare(trainer_t *t, int prior);
+/* One micro-batch on given inputs (rows = n_inst + n_class): x0 [rows, latent], eps [rows,
+ * latent], ts [rows] integer timesteps, ids [rows, T] token ids; ctx [rows, T, ctx_dim] the
+ * frozen text encoder's output, or NULL to run the text encoder on ids (always done when it is
+ * trained). Gradients are ACCUMULATED, scaled by grad_scale (1 / grad_accum). */
+int trainer_micro_step(trainer_t *t, const float *x0, const float *eps, const int *ts, const int *ids,
+                       const float *ctx, int n_inst, int n_class, float grad_scale, train_losses_t *out);
+/* Clips the gradient norm, updates every shift with AdamW at the scheduled LR, zeroes the
+ * gradients and counts the step. Returns the gradient norm before clipping; *lr (may be NULL)
+ * gets the LR of group 0. */
+double trainer_optimizer_step(trainer_t *t, double *lr);
+/* diffusers' get_scheduler multiplier at optimizer step `step` (0-based). */
+double trainer_lr_factor(const train_config_t *c, int step);
+/* Writes OUT_DIR/spectral_shifts.safetensors (+ _te) with the run's metadata; sizes in bytes. */
+int trainer_save_shifts(trainer_t *t, long *unet_bytes, long *te_bytes);
+/* Peak resident memory of the process (VmHWM) in bytes, 0 if unknown. */
+long trainer_peak_rss(void);
+
+#endif

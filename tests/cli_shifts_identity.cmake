@@ -1,0 +1,68 @@
+# ctest script (CMakeLists.txt, cli.shifts_*): `svdiff generate` on the tiny model without and
+# with all-zero shifts must give the same image. Compares the final latents byte for byte, and
+# the PNGs from their first IDAT chunk on (the pixels; the tEXt chunks before it differ since
+# the shifted run lists its shift files), and checks that the PNG text names the shifts.
+#   cmake -DSVDIFF=<svdiff> -DSRC=<source dir> -DWORK=<scratch dir> -DSHIFTS="a|b:0.5" -P this
+cmake_minimum_required(VERSION 3.18)
+foreach(v SVDIFF SRC WORK SHIFTS)
+  if(NOT DEFINED ${v})
+    message(FATAL_ERROR "define ${v}")
+  endif()
+endforeach()
+file(REMOVE_RECURSE ${WORK})
+file(MAKE_DIRECTORY ${WORK})
+set(common generate --model ${SRC}/tests/fixtures/tiny-sd/diffusers --prompt "a photo of a cat"
+    --negative-prompt "blurry" --steps 3 --seed 7 --width 16 --height 16 --svd-cache ${WORK}/cache)
+string(REPLACE "|" ";" shift_list "${SHIFTS}")
+set(shift_args "")
+foreach(s ${shift_list})
+  list(APPEND shift_args --shifts ${SRC}/${s})
+endforeach()
+
+execute_process(COMMAND ${SVDIFF} ${common} -o ${WORK}/base.png --save-latents ${WORK}/base.st
+                RESULT_VARIABLE rc)
+if(rc)
+  message(FATAL_ERROR "generate without shifts failed (${rc})")
+endif()
+execute_process(COMMAND ${SVDIFF} ${common} ${shift_args} -o ${WORK}/shifted.png --save-latents ${WORK}/shifted.st
+                RESULT_VARIABLE rc)
+if(rc)
+  message(FATAL_ERROR "generate with ${shift_args} failed (${rc})")
+endif()
+
+execute_process(COMMAND ${CMAKE_COMMAND} -E compare_files ${WORK}/base.st ${WORK}/shifted.st RESULT_VARIABLE rc)
+if(rc)
+  message(FATAL_ERROR "latents differ with zero shifts")
+endif()
+
+# PNG from the first IDAT chunk type ("IDAT" = 49444154, at a byte boundary) to the end
+function(png_image_data file out)
+  file(READ ${file} hex HEX)
+  set(rest "${hex}")
+  set(base 0)
+  while(TRUE)
+    string(FIND "${rest}" "49444154" pos)
+    if(pos LESS 0)
+      message(FATAL_ERROR "${file}: no IDAT chunk")
+    endif()
+    math(EXPR odd "(${base} + ${pos}) % 2")
+    if(NOT odd)
+      break()
+    endif()
+    math(EXPR skip "${pos} + 1")
+    string(SUBSTRING "${rest}" ${skip} -1 rest)
+    math(EXPR base "${base} + ${skip}")
+  endwhile()
+  string(SUBSTRING "${rest}" ${pos} -1 data)
+  set(${out} "${data}" PARENT_SCOPE)
+endfunction()
+png_image_data(${WORK}/base.png a)
+png_image_data(${WORK}/shifted.png b)
+if(NOT a STREQUAL b)
+  message(FATAL_ERROR "PNG image data differ with zero shifts")
+endif()
+file(STRINGS ${WORK}/shifted.png text REGEX "Shifts: ")
+if(NOT text)
+  message(FATAL_ERROR "the PNG parameters do not list the shift files")
+endif()
+message(STATUS "zero shifts: identical latents and pixels; ${text}")

@@ -1,0 +1,299 @@
+/* The text-to-image pipeline (pipeline/pipeline.h) end to end against float64 PyTorch
+ * (tests/fixtures/pipeline/, written by tests/reference/gen_pipeline_golden.py): prompt ->
+ * text-encoder context, 4-step DDIM / DPM-Solver++ 2M / Euler runs with classifier-free
+ * guidance (cfg 5, a negative prompt) from stored or seeded noise, every step's latents (via the
+ * progress callback), the final latents and the VAE-decoded image, on the tiny model
+ * tests/fixtures/tiny-sd/diffusers; and a pixel-space model (no VAE) assembled at test time. */
+#include "testutil.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "base/error.h"
+#include "pipeline/pipeline.h"
+
+/* Per-step relative errors measured (C float32 vs PyTorch float64, max |a - b| / max |b|; the
+ * test prints them), Release build (-O3 -march=native) / Debug+ASan build:
+ *   ddim (B 2)   6.7e-7 6.7e-7 7.3e-7 7.3e-7, image 1.2e-6  /  1.4e-6 1.2e-6 1.3e-6 1.3e-6
+ *   dpmpp_2m     8.8e-7 8.5e-7 6.9e-7 7.5e-7, image 7.4e-7  /  1.2e-6 1.2e-6 1.1e-6 1.2e-6
+ *   euler        9.7e-7 9.8e-7 9.5e-7 9.5e-7, image 6.6e-7  /  9.9e-7 8.6e-7 7.8e-7 7.8e-7
+ *   pixel_ddim   1.7e-7 4.8e-7 6.8e-7 7.2e-7, image 7.2e-7  /  1.9e-7 6.5e-7 1.1e-6 1.2e-6
+ * No visible compounding over 4 steps: the first step already carries the float32 error of
+ * the text encoder + UNet (~1e-6 of the guided output, after cfg 5 amplifies cond - uncond),
+ * and each later step adds a similar amount while |latents| grows. So 1e-4 has ~100x margin;
+ * it still catches real mistakes: a guidance scale off by 1e-3 relative already fails
+ * (step 1: 3.8e-4), anything coarser (swapped uncond/cond rows, a wrong timestep or schedule
+ * value, a skipped step) by far more. */
+#define TOL 1e-4
+#define GOLDEN "pipeline/golden.safetensors"
+#define TINY "tests/fixtures/tiny-sd/diffusers"
+#define PROMPT "a photo of a cat sitting on a red chair, highly detailed"
+#define NEGATIVE "blurry, dark"
+
+/* The runs of gen_pipeline_golden.py's RUNS table. */
+typedef struct {
+    const char *name;
+    int pixel;   /* 0: the tiny latent model, 1: the pixel-space model */
+    sampler_kind_t sampler;
+    int batch;
+    uint64_t seed;
+    int steps;
+    float cfg;
+    int width, height;
+} run_t;
+
+static const run_t RUNS[] = {
+    {"ddim", 0, SAMPLER_DDIM, 2, 1234, 4, 5.0f, 16, 16},
+    {"dpmpp_2m", 0, SAMPLER_DPMPP_2M, 1, 99, 4, 5.0f, 16, 16},
+    {"euler", 0, SAMPLER_EULER, 1, 5, 4, 5.0f, 16, 16},
+    {"pixel_ddim", 1, SAMPLER_DDIM, 1, 77, 4, 5.0f, 8, 8},
+};
+
+static void open_or_fail(pipeline_t *p, const char *path) {
+    int rc = pipeline_open(p, path, NULL);
+    if (rc) print_error("pipeline_open(%s): %s\n", path, sd_last_error());
+    assert_int_equal(rc, 0);
+}
+
+/* ---- the pixel-space model: a temporary folder of links to the fixtures' parts ---- */
+
+typedef struct {
+    char dir[256];
+    char links[5][320];
+} pixel_model_t;
+
+static void pixel_model_make(pixel_model_t *m) {
+    const char *tmp = getenv("TMPDIR");
+    snprintf(m->dir, sizeof m->dir, "%s/svdiff-pixel-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    assert_non_null(mkdtemp(m->dir));
+    static const char *parts[5][2] = {
+        {"model_index.json", "tests/fixtures/pipeline/pixel/model_index.json"},
+        {"scheduler", "tests/fixtures/pipeline/pixel/scheduler"},
+        {"text_encoder", "tests/fixtures/pipeline/pixel/text_encoder"},
+        {"unet", "tests/fixtures/unet/pixel/unet"},
+        {"tokenizer", TINY "/tokenizer"},
+    };
+    for (int i = 0; i < 5; i++) {
+        char target[4096], cwd[2048] = "";
+        const char *src = source_path(parts[i][1]);
+        if (src[0] != '/') assert_non_null(getcwd(cwd, sizeof cwd));   /* links need absolute targets */
+        snprintf(target, sizeof target, "%s%s%s", cwd, cwd[0] ? "/" : "", src);
+        snprintf(m->links[i], sizeof m->links[i], "%s/%s", m->dir, parts[i][0]);
+        assert_int_equal(symlink(target, m->links[i]), 0);
+    }
+}
+
+static void pixel_model_remove(pixel_model_t *m) {
+    for (int i = 0; i < 5; i++) unlink(m->links[i]);
+    rmdir(m->dir);
+}
+
+/* ---- recording the progress callback ---- */
+
+typedef struct {
+    float *traj;      /* [steps, n] */
+    float *t;         /* [steps] */
+    size_t n;
+    int calls, bad;
+} recorder_t;
+
+static void record(void *vctx, int step, int num_steps, float t, const float *latents) {
+    recorder_t *r = vctx;
+    if (step != r->calls + 1 || step > num_steps) r->bad = 1;
+    else {
+        memcpy(r->traj + (size_t)(step - 1) * r->n, latents, sizeof(float) * r->n);
+        r->t[step - 1] = t;
+    }
+    r->calls++;
+}
+
+/* Runs one golden run (from the stored noise, or from the seed when init is NULL) and checks
+ * every step, the final latents, the decoded image and the uint8 image. */
+static void check_run(pipeline_t *p, const st_file_t *g, const run_t *run, int from_seed) {
+    int C, h, w;
+    pipeline_latent_shape(p, run->width, run->height, &C, &h, &w);
+    const int B = run->batch, S = run->steps;
+    const size_t n = (size_t)B * C * h * w;
+    const int H = h * p->scale_factor, W = w * p->scale_factor;
+    char key[128];
+#define GET(field, numel) (snprintf(key, sizeof key, "%s.%s", run->name, field), golden_get(g, key, numel))
+    float *init = GET("init", (int64_t)n), *t_want = GET("t", S), *traj_want = GET("traj", (int64_t)S * n);
+    float *lat_want = GET("latents", (int64_t)n), *img_want = GET("image", (int64_t)B * 3 * H * W);
+    float *u8_want = GET("u8", (int64_t)B * H * W * 3);
+#undef GET
+    recorder_t rec = {.traj = malloc(sizeof(float) * S * n), .t = malloc(sizeof(float) * S), .n = n};
+    txt2img_opts_t o = {.prompt = PROMPT, .negative_prompt = NEGATIVE, .width = run->width, .height = run->height,
+                        .steps = S, .cfg = run->cfg, .sampler = run->sampler, .seed = run->seed, .batch = B,
+                        .progress = record, .progress_ctx = &rec};
+    float *latents = malloc(sizeof(float) * n);
+    int rc = pipeline_txt2img(p, &o, from_seed ? NULL : init, latents);
+    if (rc) print_error("%s: %s\n", run->name, sd_last_error());
+    assert_int_equal(rc, 0);
+    assert_int_equal(rec.calls, S);
+    assert_false(rec.bad);
+    for (int i = 0; i < S; i++) assert_true(rec.t[i] == t_want[i]);
+
+    char line[512];
+    int k = snprintf(line, sizeof line, "%-10s %s, per-step rel errors:", run->name, from_seed ? "seeded" : "init  ");
+    for (int i = 0; i < S; i++) {
+        const double e = rel_error(rec.traj + (size_t)i * n, traj_want + (size_t)i * n, n);
+        k += snprintf(line + k, sizeof line - k, " %.2e", e);
+        snprintf(key, sizeof key, "%s step %d", run->name, i + 1);
+        assert_close(key, rec.traj + (size_t)i * n, traj_want + (size_t)i * n, n, TOL);
+    }
+    assert_close("final latents", latents, lat_want, n, TOL);
+    /* the callback saw the final latents as the last step */
+    assert_memory_equal(latents, rec.traj + (size_t)(S - 1) * n, sizeof(float) * n);
+
+    /* decode: the float image (VAE, or the latents of a pixel model) and the uint8 PNG pixels */
+    float *img = malloc(sizeof(float) * (size_t)B * 3 * H * W);
+    if (p->has_vae) assert_int_equal(vae_decode(&p->vae, img, latents, B, h, w), 0);
+    else memcpy(img, latents, sizeof(float) * n);
+    const double eimg = rel_error(img, img_want, (size_t)B * 3 * H * W);
+    snprintf(line + k, sizeof line - k, "; image %.2e", eimg);
+    print_message("%s\n", line);
+    assert_close("decoded image", img, img_want, (size_t)B * 3 * H * W, TOL);
+    uint8_t **rgb = calloc((size_t)B, sizeof *rgb);
+    assert_int_equal(pipeline_decode(p, latents, B, h, w, rgb), 0);
+    int off_by_one = 0;
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < H * W * 3; i++) {
+            const int d = abs((int)rgb[b][i] - (int)u8_want[(size_t)b * H * W * 3 + i]);
+            assert_true(d <= 1);   /* a float32 rounding can only move a value across one .5 boundary */
+            off_by_one += d;
+        }
+    assert_true(off_by_one <= B * H * W * 3 / 100);
+    for (int b = 0; b < B; b++) free(rgb[b]);
+    free(rgb), free(img), free(latents), free(rec.traj), free(rec.t);
+    free(init), free(t_want), free(traj_want), free(lat_want), free(img_want), free(u8_want);
+}
+
+/* ---- tests ---- */
+
+static void test_pipeline_prompt_context(void **state) {
+    (void)state;
+    st_file_t g;
+    golden_open(&g, GOLDEN);
+    pipeline_t p;
+    open_or_fail(&p, source_path(TINY));
+    const int T = TOKENIZER_MAX_LENGTH, C = p.ctx_dim;
+    float *ids_want = golden_get(&g, "ctx.ids", 2 * T), *hid_want = golden_get(&g, "ctx.hidden", 2 * T * C);
+    const char *pair[2] = {NEGATIVE, PROMPT};
+    for (int r = 0; r < 2; r++) {
+        int ids[TOKENIZER_MAX_LENGTH];
+        assert_int_equal(tokenizer_encode(p.tok, pair[r], ids, T, 1, NULL), T);
+        for (int i = 0; i < T; i++) assert_int_equal(ids[i], (int)ids_want[r * T + i]);
+    }
+    float *ctx = malloc(sizeof(float) * 2 * T * C);
+    assert_int_equal(pipeline_encode_prompts(&p, pair, 2, ctx), 0);
+    assert_close("context [negative, prompt]", ctx, hid_want, (size_t)2 * T * C, TOL);
+    free(ctx), free(ids_want), free(hid_want);
+    pipeline_close(&p);
+    st_close(&g);
+}
+
+static void run_tiny(const char *name, int from_seed) {
+    st_file_t g;
+    golden_open(&g, GOLDEN);
+    pipeline_t p;
+    open_or_fail(&p, source_path(TINY));
+    assert_true(p.has_vae);
+    for (size_t i = 0; i < sizeof RUNS / sizeof RUNS[0]; i++)
+        if (!strcmp(RUNS[i].name, name)) check_run(&p, &g, &RUNS[i], from_seed);
+    pipeline_close(&p);
+    st_close(&g);
+}
+
+static void test_pipeline_ddim(void **state) { (void)state; run_tiny("ddim", 0); }
+static void test_pipeline_dpmpp_2m(void **state) { (void)state; run_tiny("dpmpp_2m", 0); }
+static void test_pipeline_euler(void **state) { (void)state; run_tiny("euler", 0); }
+
+/* Without init the noise of image k comes from the Philox stream seeded with seed + k: the
+ * stored noise is exactly that (the Python side draws it with its own Philox), so the run from
+ * the seed is the same run. DDIM has a batch of 2 (two seeds); Euler scales the noise by
+ * init_noise_sigma. */
+static void test_pipeline_seeded_noise(void **state) {
+    (void)state;
+    run_tiny("ddim", 1);
+    run_tiny("euler", 1);
+}
+
+/* A batch is images denoised side by side: image 1 of the DDIM batch of 2 (seed 1235) alone
+ * must give the same latents (batched CFG rows [uncond x B; cond x B] must not mix images). */
+static void test_pipeline_batch_independence(void **state) {
+    (void)state;
+    st_file_t g;
+    golden_open(&g, GOLDEN);
+    pipeline_t p;
+    open_or_fail(&p, source_path(TINY));
+    const run_t *run = &RUNS[0];
+    int C, h, w;
+    pipeline_latent_shape(&p, run->width, run->height, &C, &h, &w);
+    const size_t per = (size_t)C * h * w;
+    float *want = golden_get(&g, "ddim.latents", 2 * (int64_t)per);
+    float *got = malloc(sizeof(float) * per);
+    txt2img_opts_t o = {.prompt = PROMPT, .negative_prompt = NEGATIVE, .width = run->width, .height = run->height,
+                        .steps = run->steps, .cfg = run->cfg, .sampler = run->sampler, .seed = run->seed + 1,
+                        .batch = 1};
+    assert_int_equal(pipeline_txt2img(&p, &o, NULL, got), 0);
+    assert_close("image 1 of the batch, alone", got, want + per, per, TOL);
+    free(got), free(want);
+    pipeline_close(&p);
+    st_close(&g);
+}
+
+static void test_pipeline_pixel(void **state) {
+    (void)state;
+    st_file_t g;
+    golden_open(&g, GOLDEN);
+    pixel_model_t m;
+    pixel_model_make(&m);
+    pipeline_t p;
+    int rc = pipeline_open(&p, m.dir, NULL);
+    if (rc) print_error("pipeline_open(pixel): %s\n", sd_last_error());
+    if (!rc) {
+        assert_false(p.has_vae);
+        assert_int_equal(p.scale_factor, 1);
+        check_run(&p, &g, &RUNS[3], 0);
+        pipeline_close(&p);
+    }
+    pixel_model_remove(&m);
+    st_close(&g);
+    assert_int_equal(rc, 0);
+}
+
+/* Sizes the model cannot take (the tiny model: VAE factor 2 times UNet factor 2) are refused
+ * with a message, not computed. */
+static void test_pipeline_bad_size(void **state) {
+    (void)state;
+    pipeline_t p;
+    open_or_fail(&p, source_path(TINY));
+    float *lat = malloc(sizeof(float) * 4 * 9 * 8);
+    txt2img_opts_t o = {.prompt = PROMPT, .width = 18, .height = 16, .steps = 1, .cfg = 5.0f,
+                        .sampler = SAMPLER_DDIM, .batch = 1};
+    assert_int_equal(pipeline_txt2img(&p, &o, NULL, lat), SD_ERR_ARG);
+    if (!strstr(sd_last_error(), "multiples of 4")) print_error("message: %s\n", sd_last_error());
+    assert_non_null(strstr(sd_last_error(), "multiples of 4"));
+    o.width = 0;
+    assert_int_equal(pipeline_txt2img(&p, &o, NULL, lat), SD_ERR_ARG);
+    free(lat);
+    pipeline_close(&p);
+}
+
+int main(int argc, char **argv) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_pipeline_prompt_context),
+        cmocka_unit_test(test_pipeline_ddim),
+        cmocka_unit_test(test_pipeline_dpmpp_2m),
+        cmocka_unit_test(test_pipeline_euler),
+        cmocka_unit_test(test_pipeline_seeded_noise),
+        cmocka_unit_test(test_pipeline_batch_independence),
+        cmocka_unit_test(test_pipeline_pixel),
+        cmocka_unit_test(test_pipeline_bad_size),
+    };
+    if (argc > 1) cmocka_set_test_filter(argv[1]);
+    return cmocka_run_group_tests_name("pipeline", tests, NULL, NULL);
+}
