@@ -67,7 +67,8 @@ typedef struct {
 /* Latent shape for a pixel size: [latent_channels, height/scale, width/scale]. */
 void pipeline_latent_shape(const pipeline_t *p, int width, int height, int *c, int *h, int *w);
 
-/* Denoises `batch` images. Initial noise: image k of the batch draws its [C, h, w] normals
+/* Denoises `batch` images (or, with sampler SAMPLER_DDIM_INVERSE, cfg 1 and init = clean
+ * latents, runs DDIM inversion: latents receives the noised latents at the last timestep). Initial noise: image k of the batch draws its [C, h, w] normals
  * from a Philox stream seeded with seed + k (so an image depends only on its own seed, not
  * on the batch size), unless init (latents [batch, C, h, w], unscaled noise) is given; the
  * per-step noise of ancestral samplers / eta > 0 comes from the stream seeded with
