@@ -3,7 +3,11 @@
 #include "weights/weight.h"
 
 #include <cblas.h>
+#include <stdint.h>
 #include <string.h>
+#ifdef __F16C__
+#include <immintrin.h>
+#endif
 
 #include "base/error.h"
 #include "base/scratch.h"
@@ -15,15 +19,35 @@ weight_t weight_dense(const void *data, st_dtype_t dtype, int rows, int cols) {
     return w;
 }
 
-/* Converts n values of a half-precision buffer to float. */
+/* Converts n values of a half-precision buffer to float. Every forward converts every fp16
+ * weight (the model stays fp16 in memory), so this is on the hot path: a per-value call of
+ * st_f16_to_f32 (another translation unit, not inlined) took 20% of an SD 1.5 UNet forward.
+ * F16C's vcvtph2ps converts 8 values per instruction, exactly (subnormals included; only a
+ * signalling NaN comes back quieted); bf16 is a shift, inlined so the loop vectorises. */
+static void f16_run(float *dst, const uint16_t *h, size_t n) {
+    size_t i = 0;
+#ifdef __F16C__
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
+#endif
+    for (; i < n; i++) dst[i] = st_f16_to_f32(h[i]);
+}
+
 static void to_f32(float *dst, const void *src, st_dtype_t dtype, size_t n) {
     const uint16_t *h = src;
     if (dtype == ST_F16) {
+        const size_t chunk = 16384, nchunks = (n + chunk - 1) / chunk;
 #pragma omp parallel for schedule(static) if (n > 65536)
-        for (size_t i = 0; i < n; i++) dst[i] = st_f16_to_f32(h[i]);
+        for (size_t c = 0; c < nchunks; c++) {
+            const size_t i0 = c * chunk, len = n - i0 < chunk ? n - i0 : chunk;
+            f16_run(dst + i0, h + i0, len);
+        }
     } else {
 #pragma omp parallel for schedule(static) if (n > 65536)
-        for (size_t i = 0; i < n; i++) dst[i] = st_bf16_to_f32(h[i]);
+        for (size_t i = 0; i < n; i++) {
+            const uint32_t u = (uint32_t)h[i] << 16;
+            memcpy(dst + i, &u, sizeof u);
+        }
     }
 }
 
