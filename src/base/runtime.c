@@ -20,20 +20,30 @@ static const char *wanted_coretype(void) {
 
 void sd_runtime_init(int argc, char **argv) {
     (void)argc;
-    if (getenv("OPENBLAS_CORETYPE") || getenv("SVDIFF_NO_REEXEC")) return;
+    if (getenv("SVDIFF_NO_REEXEC")) return;
+    int reexec = 0;
+    /* 1. OpenBLAS kernels: only when it fell back to a generic core on a CPU it did not know */
     const char *core = openblas_get_corename();
-    if (!core || (strcmp(core, "Prescott") != 0 && strcmp(core, "Core2") != 0 &&
-                  strcmp(core, "Katmai") != 0 && strcmp(core, "Nehalem") != 0 &&
-                  strcmp(core, "Sandybridge") != 0))
-        return;
     const char *want = wanted_coretype();
-    if (!want || !strcmp(want, core)) return;
-    setenv("OPENBLAS_CORETYPE", want, 1);
-    setenv("SVDIFF_NO_REEXEC", "1", 1);  /* never loop, whatever OpenBLAS does with it */
+    if (!getenv("OPENBLAS_CORETYPE") && core && want && strcmp(want, core) != 0 &&
+        (!strcmp(core, "Prescott") || !strcmp(core, "Core2") || !strcmp(core, "Katmai") ||
+         !strcmp(core, "Nehalem") || !strcmp(core, "Sandybridge"))) {
+        setenv("OPENBLAS_CORETYPE", want, 1);
+        reexec = 1;
+    }
+    /* 2. OpenMP waiting: libgomp's default spin-wait costs little alone but, when another
+     * process shares the cores, spinning threads steal them: a 32x32 SD 1.5 UNet forward took
+     * 12.7-13.9 s beside another 2-thread job with spinning and 4.4-4.7 s with passive
+     * waiting (alone: 2.4-2.9 s either way). Passive unless the user chose. */
+    if (!getenv("OMP_WAIT_POLICY")) {
+        setenv("OMP_WAIT_POLICY", "passive", 1);
+        reexec = 1;
+    }
+    if (!reexec) return;
+    setenv("SVDIFF_NO_REEXEC", "1", 1);  /* never loop */
     fflush(NULL);
     execv("/proc/self/exe", argv);
-    /* execv failed (no /proc?): carry on with the slow kernels. */
-    unsetenv("OPENBLAS_CORETYPE");
+    /* execv failed (no /proc?): carry on as we are. */
 }
 
 void sd_set_threads(int n) {

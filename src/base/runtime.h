@@ -8,8 +8,10 @@
  * library loads, before main, so the only fix is to set OPENBLAS_CORETYPE and re-execute
  * the program. Call this first thing in main(): when OpenBLAS chose a generic core on a
  * CPU with AVX-512 or AVX2, it sets OPENBLAS_CORETYPE (Cooperlake/SkylakeX/Haswell) and
- * execv()s /proc/self/exe with the same argv; otherwise (or if the user already set
- * OPENBLAS_CORETYPE, or re-exec fails) it returns and nothing changes. */
+ * execv()s /proc/self/exe with the same argv. The same re-exec sets OMP_WAIT_POLICY=passive
+ * when the user has not chosen one (libgomp also reads it only at load time; see runtime.c
+ * for the measurements). A variable the user set is never overridden; if re-exec fails the
+ * program carries on unchanged. */
 void sd_runtime_init(int argc, char **argv);
 
 /* Sets the thread count of OpenMP and OpenBLAS together (n <= 0: leave the default). */

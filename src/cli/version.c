@@ -1,6 +1,7 @@
 /* `svdiff --version`: our version plus the numerical libraries actually linked. */
 #include <cblas.h>
 #include <omp.h>
+#include <stdlib.h>
 
 #include "cli/commands.h"
 
@@ -8,5 +9,6 @@ void print_version(FILE *f) {
     fprintf(f, "svdiff %s\n", SVDIFF_VERSION);
     fprintf(f, "BLAS: %s, kernel %s (%d threads, %s)\n", openblas_get_config(), openblas_get_corename(), openblas_get_num_threads(),
             openblas_get_parallel() == 2 ? "OpenMP" : openblas_get_parallel() == 1 ? "pthreads" : "serial");
-    fprintf(f, "OpenMP: %d threads max\n", omp_get_max_threads());
+    const char *wait = getenv("OMP_WAIT_POLICY");
+    fprintf(f, "OpenMP: %d threads max, wait policy %s\n", omp_get_max_threads(), wait ? wait : "default");
 }
