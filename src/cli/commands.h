@@ -8,6 +8,7 @@
 int cmd_generate(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_selfcheck(int argc, char **argv);
+int cmd_shifts(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 void print_version(FILE *f);

@@ -17,6 +17,7 @@ static const command_t COMMANDS[] = {
     {"info", cmd_info, "describe a model folder or single-file checkpoint without reading its weights"},
     {"selfcheck", cmd_selfcheck,
      "train spectral shifts of a tiny random network end to end and verify every step"},
+    {"shifts", cmd_shifts, "work on shift files: info, combine, scale, limit-rank, mix, convert"},
     {"tokenize", cmd_tokenize, "print the CLIP token ids of a prompt (--tokens shows the strings)"},
     {"train", cmd_train, "train spectral shifts on images of a subject (DreamBooth-style, prior preservation)"},
 };

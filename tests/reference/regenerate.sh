@@ -17,3 +17,4 @@ mkdir -p "$root/tests/fixtures"
 "$py" "$here/gen_shift_fixtures.py" --out "$root/tests/fixtures/shifts"
 "$py" "$here/gen_pipeline_golden.py" --out "$root/tests/fixtures/pipeline"  # after tiny-sd and unet (reads them)
 "$py" "$here/gen_train_golden.py" --model "$root/tests/fixtures/tiny-sd/diffusers" --out "$root/tests/fixtures/train"
+"$py" "$here/gen_toolbox_golden.py" --model "$root/tests/fixtures/tiny-sd/diffusers" --out "$root/tests/fixtures/toolbox"

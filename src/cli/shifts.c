@@ -1,0 +1,618 @@
+/* `svdiff shifts <verb>`: the shift toolbox on files (info, combine, scale, limit-rank, mix,
+ * convert). A training output folder (spectral_shifts.safetensors + spectral_shifts_te.safetensors)
+ * is handled as a pair: every verb applies to both files and -o names a folder. The set
+ * arithmetic lives in src/shifts/toolbox.c; this file does files, flags and printing. */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "base/error.h"
+#include "cli/commands.h"
+#include "io/model.h"
+#include "io/safetensors.h"
+#include "shifts/shifts.h"
+#include "shifts/toolbox.h"
+
+#define PATHMAX 4096
+enum { UNET = 0, TE = 1 };
+static const char *const PART_FILE[2] = {"spectral_shifts.safetensors", "spectral_shifts_te.safetensors"};
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: svdiff shifts <verb> [options]\n\n"
+            "Works on shift files after training (method.md section 6). IN is a shift file or a training\n"
+            "output folder; with a folder its UNet and text-encoder files are processed together and -o\n"
+            "names a folder. Outputs are written atomically, keep the metadata of their (first) input and\n"
+            "add a 'history' entry.\n\n"
+            "verbs:\n"
+            "  info IN [--json] [--svd-cache FILE|DIR] [--model M] [--top K]\n"
+            "      base-model hash, shift and value counts, size on disk, L2 norm of the shifts per block\n"
+            "      (down_blocks.i / mid_block / up_blocks.i / text-encoder layers / other), the K largest\n"
+            "      shifts (default 10): relative |delta_i|/sigma_i when singular values are known (an SVD cache\n"
+            "      file, or --model M whose hash names the file in the cache folder), else |delta_i|; metadata\n"
+            "  combine A B ... [--weights a,b,...] [--force] -o OUT\n"
+            "      task arithmetic: sum_k w_k delta_k (weights default to 1: the sum); the inputs must share\n"
+            "      the base model (--force ignores base_model_hash) and the layer set. Weight 0 skips a file,\n"
+            "      weight 1 copies exactly, so --weights 1,0 gives A bit for bit\n"
+            "  scale IN S -o OUT\n"
+            "      delta * S for every shift (S = 1 copies bit for bit)\n"
+            "  limit-rank IN R -o OUT\n"
+            "      keeps the shifts of the R largest singular values of every matrix and zeroes the rest\n"
+            "      (norm shifts untouched, lengths kept so the file loads as before); prints the size a\n"
+            "      truncated layout would have. R >= rank copies\n"
+            "  mix --from A --layers SEL [SEL...] --rest B [--levels N] [--latent N] [--force] -o OUT\n"
+            "      shifts selected by any SEL come from A, all others from B. SEL is\n"
+            "        geometry  the SD 1.x preset 'down_blocks.2.attentions.1 .. mid_block.attentions.0' taken in\n"
+            "                  forward order: down_blocks.2.attentions.1, down_blocks.2.downsamplers.0,\n"
+            "                  down_blocks.3 (its resnets), mid_block.resnets.0, mid_block.attentions.0\n"
+            "                  (mid_block.resnets.1 comes after the attention and is not included); the\n"
+            "                  text encoder is never selected by it\n"
+            "        res:HxW   modules at that latent resolution: for N levels (default 4) and a latent side\n"
+            "                  L (default 64, a 512 px SD 1.x model) down_blocks.i at L>>i, up_blocks.i at\n"
+            "                  L>>(N-1-i), mid_block at L>>(N-1), conv_in/conv_norm_out/conv_out at L (a\n"
+            "                  block's down/upsampler counts with its block); e.g. res:16x16 = down_blocks.2 +\n"
+            "                  up_blocks.1\n"
+            "        GLOB      fnmatch pattern on the module path; it also selects submodules, so\n"
+            "                  'up_blocks.1' = 'up_blocks.1' and 'up_blocks.1.*'; '*attn2*' all cross-attention\n"
+            "      --layers may repeat, and further words after it are selectors too. A selector that\n"
+            "      selects nothing is an error\n"
+            "  convert IN --dtype fp16|fp32 [--format native|svdiff-pytorch] [--model M] [--force] -o OUT\n"
+            "      stores the values as F16 or F32, norm shifts in the form they have. --format svdiff-pytorch writes norm shifts in its scalar\n"
+            "      form [1] (gain = gamma*ReLU(|gamma|+delta)/|gamma|): one number cannot hold a per-element [C]\n"
+            "      shift, so this is a least-squares fit and refused unless --force (the largest gain error is\n"
+            "      printed); --format native turns scalar norm shifts into the exact per-element form. Both\n"
+            "      need --model M for the norm gains gamma\n");
+}
+
+static int parse_float_arg(const char *s, const char *what, float *out) {
+    char *end;
+    errno = 0;
+    float v = strtof(s, &end);
+    if (errno || *end || end == s || !isfinite(v)) {
+        fprintf(stderr, "svdiff shifts: %s needs a finite number, got '%s'\n", what, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * inputs and outputs: a file, or a folder with the two parts */
+
+typedef struct {
+    int is_dir;
+    char file[2][PATHMAX];   /* "" when the part is absent */
+    shift_set_t set[2];
+    st_dtype_t dtype[2];     /* F16 when every tensor of the file is F16, else F32 */
+} target_t;
+
+static int file_dtype(const char *file, st_dtype_t *dt) {
+    st_file_t f;
+    int rc = st_open(&f, file);
+    if (rc) return rc;
+    int all16 = f.n_tensors > 0;
+    for (int i = 0; i < f.n_tensors; i++) all16 &= f.tensors[i].dtype == ST_F16;
+    *dt = all16 ? ST_F16 : ST_F32;
+    st_close(&f);
+    return SD_OK;
+}
+
+static void target_free(target_t *t) {
+    for (int p = 0; p < 2; p++) shiftset_free(&t->set[p]);
+}
+
+static int target_load(target_t *t, const char *arg) {
+    memset(t, 0, sizeof *t);
+    struct stat st;
+    t->is_dir = stat(arg, &st) == 0 && S_ISDIR(st.st_mode);
+    int rc = shift_files_resolve(arg, t->file[UNET], t->file[TE], PATHMAX);
+    for (int p = 0; p < 2 && !rc; p++) {
+        shiftset_init(&t->set[p]);
+        if (!t->file[p][0]) continue;
+        rc = shiftset_load(&t->set[p], t->file[p]);
+        if (!rc) rc = file_dtype(t->file[p], &t->dtype[p]);
+    }
+    if (rc) target_free(t);
+    return rc;
+}
+
+static int nparts(const target_t *t) { return t->is_dir ? 2 : 1; }
+
+/* the inputs must be all files or all folders holding the same parts */
+static int targets_alike(const target_t *a, const char *na, const target_t *b, const char *nb) {
+    if (a->is_dir != b->is_dir)
+        return sd_error(SD_ERR_ARG, "%s is a %s but %s a %s: give files or training folders, not both", na,
+                        a->is_dir ? "folder" : "file", nb, b->is_dir ? "folder" : "file");
+    for (int p = 0; p < 2; p++)
+        if (!a->file[p][0] != !b->file[p][0])
+            return sd_error(SD_ERR_ARG, "%s has %s but %s does not", a->file[p][0] ? na : nb, PART_FILE[p],
+                            a->file[p][0] ? nb : na);
+    return SD_OK;
+}
+
+static int write_outputs(const char *out, int is_dir, shift_set_t *sets, const int *present,
+                         const st_dtype_t *dtype) {
+    char buf[PATHMAX];
+    if (is_dir && mkdir(out, 0777) != 0 && errno != EEXIST)
+        return sd_error(SD_ERR_IO, "%s: cannot create the output folder: %s", out, strerror(errno));
+    for (int p = 0; p < (is_dir ? 2 : 1); p++) {
+        if (!present[p]) continue;
+        if (is_dir) snprintf(buf, sizeof buf, "%s/%s", out, PART_FILE[p]);
+        else snprintf(buf, sizeof buf, "%s", out);
+        int rc = shiftset_save(&sets[p], buf, dtype[p]);
+        if (rc) return rc;
+        printf("wrote %s (%d shifts, %s)\n", buf, sets[p].n, st_dtype_name(dtype[p]));
+    }
+    return SD_OK;
+}
+
+static int fail(int rc) {
+    fprintf(stderr, "svdiff shifts: %s\n", sd_last_error());
+    return rc == SD_ERR_ARG ? 2 : 1;
+}
+
+/* common option parsing: -o plus verb flags; returns the getopt code or -1 at the end */
+enum { O_JSON = 256, O_WEIGHTS, O_FORCE, O_FROM, O_LAYERS, O_REST, O_LEVELS, O_LATENT, O_DTYPE, O_FORMAT,
+       O_MODEL, O_CACHE, O_TOP };
+static const struct option OPTS[] = {
+    {"output", required_argument, 0, 'o'}, {"help", no_argument, 0, 'h'},
+    {"json", no_argument, 0, O_JSON},      {"weights", required_argument, 0, O_WEIGHTS},
+    {"force", no_argument, 0, O_FORCE},    {"from", required_argument, 0, O_FROM},
+    {"layers", required_argument, 0, O_LAYERS}, {"rest", required_argument, 0, O_REST},
+    {"levels", required_argument, 0, O_LEVELS}, {"latent", required_argument, 0, O_LATENT},
+    {"dtype", required_argument, 0, O_DTYPE}, {"format", required_argument, 0, O_FORMAT},
+    {"model", required_argument, 0, O_MODEL}, {"svd-cache", required_argument, 0, O_CACHE},
+    {"top", required_argument, 0, O_TOP},  {0, 0, 0, 0}};
+
+/* ---------------------------------------------------------------------------------------
+ * info */
+
+typedef struct {
+    const char *path;
+    int idx, part;
+    double value, delta, sigma;
+} top_t;
+
+static int top_cmp(const void *a, const void *b) {
+    const double x = ((const top_t *)a)->value, y = ((const top_t *)b)->value;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+static long file_size(const char *f) {
+    struct stat st;
+    return stat(f, &st) == 0 ? (long)st.st_size : -1;
+}
+
+/* singular values: an SVD cache file given directly, or the one --model's hash names */
+static int open_sigma(st_file_t *f, const char *cache, const char *model) {
+    char file[PATHMAX + 64];
+    struct stat st;
+    if (cache && stat(cache, &st) == 0 && !S_ISDIR(st.st_mode)) return st_open(f, cache);
+    if (!model)
+        return sd_error(SD_ERR_ARG, "--svd-cache %s is %s: give an SVD cache file, or --model M too (its hash names the file)",
+                        cache, stat(cache, &st) == 0 ? "a folder" : "not there");
+    model_t m;
+    int rc = model_open(&m, model, NULL);
+    if (rc) return rc;
+    char hash[17];
+    rc = model_weights_hash(&m, hash);
+    model_close(&m);
+    if (rc) return rc;
+    char dir[PATHMAX];
+    if (cache) snprintf(dir, sizeof dir, "%s", cache);
+    else svd_cache_default_dir(dir, sizeof dir);
+    snprintf(file, sizeof file, "%s/%s.svd.safetensors", dir, hash);
+    if (stat(file, &st) != 0)
+        return sd_error(SD_ERR_IO, "%s: no SVD cache for model %s (hash %s); run generate or train with it once", file,
+                        model, hash);
+    return st_open(f, file);
+}
+
+static int shifts_info(const char *arg, int json, const char *cache, const char *model, int top_k) {
+    target_t t;
+    int rc = target_load(&t, arg);
+    if (rc) return fail(rc);
+    st_file_t sig;
+    int have_sig = 0;
+    if (cache || model) {
+        rc = open_sigma(&sig, cache, model);
+        if (rc) {
+            target_free(&t);
+            return fail(rc);
+        }
+        have_sig = 1;
+    }
+    cJSON *root = cJSON_CreateObject(), *files = cJSON_AddArrayToObject(root, "files");
+    for (int p = 0; p < 2; p++) {
+        if (!t.file[p][0]) continue;
+        const shift_set_t *s = &t.set[p];
+        long values = 0;
+        int matrices = 0, norms = 0;
+        for (int i = 0; i < s->n; i++) {
+            values += s->entries[i].n;
+            toolbox_is_norm_path(s->entries[i].path) ? norms++ : matrices++;
+        }
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddItemToArray(files, o);
+        cJSON_AddStringToObject(o, "file", t.file[p]);
+        const char *h = shiftset_meta(s, "base_model_hash");
+        cJSON_AddStringToObject(o, "base_model_hash", h ? h : "");
+        cJSON_AddNumberToObject(o, "size_bytes", (double)file_size(t.file[p]));
+        cJSON_AddStringToObject(o, "dtype", st_dtype_name(t.dtype[p]));
+        cJSON_AddNumberToObject(o, "layers", s->n);
+        cJSON_AddNumberToObject(o, "matrices", matrices);
+        cJSON_AddNumberToObject(o, "norms", norms);
+        cJSON_AddNumberToObject(o, "shifts", (double)values);
+        /* per-block L2 norms, blocks in order of first appearance in the sorted paths */
+        cJSON *blocks = cJSON_AddObjectToObject(o, "block_l2");
+        double *sq = sd_xcalloc((size_t)s->n + 1, sizeof(double));
+        char **names = sd_xcalloc((size_t)s->n + 1, sizeof(char *));
+        int nb = 0;
+        for (int i = 0; i < s->n; i++) {
+            char b[128];
+            toolbox_block_of(s->entries[i].path, b, sizeof b);
+            int k = 0;
+            while (k < nb && strcmp(names[k], b)) k++;
+            if (k == nb) names[nb++] = strdup(b);
+            const double l = toolbox_l2(&s->entries[i]);
+            sq[k] += l * l;
+        }
+        for (int k = 0; k < nb; k++) cJSON_AddNumberToObject(blocks, names[k], sqrt(sq[k])), free(names[k]);
+        free(sq), free(names);
+        /* the largest shifts */
+        top_t *all = sd_xmalloc(sizeof(top_t) * (size_t)(values + 1));
+        long na = 0;
+        for (int i = 0; i < s->n; i++) {
+            const shift_entry_t *e = &s->entries[i];
+            float *S = NULL;
+            if (have_sig && !toolbox_is_norm_path(e->path)) {
+                char key[1024];
+                snprintf(key, sizeof key, "%s%s.S", p == TE || !strncmp(e->path, "text_model.", 11) ? SVD_CACHE_TE_PREFIX : "",
+                         e->path);
+                const st_tensor_t *ts = st_find(&sig, key);
+                if (ts && ts->numel == e->n) {
+                    S = sd_xmalloc(sizeof(float) * e->n);
+                    if (st_read_f32(S, ts)) free(S), S = NULL;
+                }
+            }
+            for (int j = 0; j < e->n; j++) {
+                if (e->values[j] == 0) continue;   /* an untouched value is not a shift worth listing */
+                top_t *x = &all[na++];
+                x->path = e->path, x->idx = j, x->part = p, x->delta = e->values[j];
+                x->sigma = S ? S[j] : NAN;
+                x->value = S ? (S[j] > 0 ? fabs(e->values[j]) / S[j] : INFINITY * (e->values[j] != 0)) : fabs(e->values[j]);
+                if (have_sig && !S) x->value = -1;   /* no sigma: ranked after every relative shift */
+            }
+            free(S);
+        }
+        qsort(all, (size_t)na, sizeof *all, top_cmp);
+        cJSON *top = cJSON_AddArrayToObject(o, have_sig ? "largest_relative_shifts" : "largest_shifts");
+        for (long k = 0; k < na && k < top_k; k++) {
+            if (all[k].value < 0) break;
+            cJSON *x = cJSON_CreateObject();
+            cJSON_AddStringToObject(x, "path", all[k].path);
+            cJSON_AddNumberToObject(x, "index", all[k].idx);
+            cJSON_AddNumberToObject(x, "delta", all[k].delta);
+            if (have_sig) cJSON_AddNumberToObject(x, "sigma", all[k].sigma), cJSON_AddNumberToObject(x, "relative", all[k].value);
+            cJSON_AddItemToArray(top, x);
+        }
+        free(all);
+        cJSON *meta = cJSON_AddObjectToObject(o, "metadata");
+        for (int i = 0; i < s->n_meta; i++) cJSON_AddStringToObject(meta, s->meta_keys[i], s->meta_values[i]);
+    }
+    if (json) {
+        char *txt = cJSON_Print(root);
+        printf("%s\n", txt);
+        free(txt);
+    } else {
+        cJSON *o;
+        cJSON_ArrayForEach(o, files) {
+            printf("%s\n", cJSON_GetObjectItem(o, "file")->valuestring);
+            const char *h = cJSON_GetObjectItem(o, "base_model_hash")->valuestring;
+            printf("  base model hash  %s\n", *h ? h : "(none)");
+            printf("  size on disk     %.0f bytes (%s)\n", cJSON_GetObjectItem(o, "size_bytes")->valuedouble,
+                   cJSON_GetObjectItem(o, "dtype")->valuestring);
+            printf("  layers           %d (%d matrices, %d norms), %.0f shifts\n", cJSON_GetObjectItem(o, "layers")->valueint,
+                   cJSON_GetObjectItem(o, "matrices")->valueint, cJSON_GetObjectItem(o, "norms")->valueint,
+                   cJSON_GetObjectItem(o, "shifts")->valuedouble);
+            printf("  L2 norm of the shifts per block:\n");
+            cJSON *b;
+            cJSON_ArrayForEach(b, cJSON_GetObjectItem(o, "block_l2")) printf("    %-32s %.6g\n", b->string, b->valuedouble);
+            cJSON *top = cJSON_GetObjectItem(o, "largest_relative_shifts");
+            printf("  largest %s:\n", top ? "relative shifts |delta_i|/sigma_i" : "shifts |delta_i| (no singular values given)");
+            if (!top) top = cJSON_GetObjectItem(o, "largest_shifts");
+            cJSON_ArrayForEach(b, top) {
+                printf("    %s[%d]  delta %.6g", cJSON_GetObjectItem(b, "path")->valuestring, cJSON_GetObjectItem(b, "index")->valueint,
+                       cJSON_GetObjectItem(b, "delta")->valuedouble);
+                if (cJSON_GetObjectItem(b, "sigma"))
+                    printf("  sigma %.6g  ratio %.6g", cJSON_GetObjectItem(b, "sigma")->valuedouble,
+                           cJSON_GetObjectItem(b, "relative")->valuedouble);
+                printf("\n");
+            }
+            printf("  metadata:\n");
+            cJSON_ArrayForEach(b, cJSON_GetObjectItem(o, "metadata")) printf("    %s = %s\n", b->string, b->valuestring);
+        }
+    }
+    cJSON_Delete(root);
+    if (have_sig) st_close(&sig);
+    target_free(&t);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * the writing verbs */
+
+static int parse_weights(const char *s, float *w, int max) {
+    int n = 0;
+    char *copy = strdup(s), *save = NULL;
+    for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        if (n == max || parse_float_arg(tok, "--weights", &w[n])) {
+            free(copy);
+            if (n == max) fprintf(stderr, "svdiff shifts: --weights has more than %d values\n", max);
+            return -1;
+        }
+        n++;
+    }
+    free(copy);
+    return n;
+}
+
+/* gamma of a norm from the base model, for convert */
+typedef struct {
+    model_t m;
+    float *buf;
+} gamma_ctx_t;
+
+static const float *get_gamma(void *vctx, const char *path, int *C) {
+    gamma_ctx_t *g = vctx;
+    const model_component_t *c = strncmp(path, "text_model.", 11) ? &g->m.unet : &g->m.text_encoder;
+    char key[1024];
+    snprintf(key, sizeof key, "%s.weight", path);
+    const st_tensor_t *t = component_find(c, key);
+    if (!t || t->ndim != 1) return NULL;
+    free(g->buf);
+    g->buf = sd_xmalloc(sizeof(float) * t->numel);
+    if (st_read_f32(g->buf, t)) return NULL;
+    *C = (int)t->numel;
+    return g->buf;
+}
+
+int cmd_shifts(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
+        usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    const char *verb = argv[1];
+    const char *out = NULL, *weights = NULL, *from = NULL, *rest = NULL, *dtype_s = NULL, *format = NULL;
+    const char *model = NULL, *cache = NULL;
+    const char *layers[64];
+    int n_layers = 0, json = 0, force = 0, levels = 4, latent = 64, top_k = 10;
+    argc--, argv++;   /* argv[0] = the verb, as getopt wants a program name there */
+    optind = 1;
+    for (int c; (c = getopt_long(argc, argv, "o:h", OPTS, NULL)) != -1;) {
+        switch (c) {
+        case 'o': out = optarg; break;
+        case 'h': usage(stdout); return 0;
+        case O_JSON: json = 1; break;
+        case O_WEIGHTS: weights = optarg; break;
+        case O_FORCE: force = 1; break;
+        case O_FROM: from = optarg; break;
+        case O_REST: rest = optarg; break;
+        case O_LAYERS:
+            if (n_layers == 64) return fprintf(stderr, "svdiff shifts: too many --layers\n"), 2;
+            layers[n_layers++] = optarg;
+            break;
+        case O_LEVELS:
+        case O_LATENT:
+        case O_TOP: {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (*end || end == optarg || v < 1 || v > 100000) {
+                fprintf(stderr, "svdiff shifts: %s needs a positive integer, got '%s'\n",
+                        c == O_LEVELS ? "--levels" : c == O_LATENT ? "--latent" : "--top", optarg);
+                return 2;
+            }
+            *(c == O_LEVELS ? &levels : c == O_LATENT ? &latent : &top_k) = (int)v;
+            break;
+        }
+        case O_DTYPE: dtype_s = optarg; break;
+        case O_FORMAT: format = optarg; break;
+        case O_MODEL: model = optarg; break;
+        case O_CACHE: cache = optarg; break;
+        default: fprintf(stderr, "svdiff shifts: see svdiff shifts --help\n"); return 2;
+        }
+    }
+    char **pos = argv + optind;
+    const int npos = argc - optind;
+
+    if (!strcmp(verb, "info")) {
+        if (npos != 1) return fprintf(stderr, "svdiff shifts info: give one shift file or folder\n"), 2;
+        return shifts_info(pos[0], json, cache, model, top_k);
+    }
+    if (strcmp(verb, "combine") && strcmp(verb, "scale") && strcmp(verb, "limit-rank") && strcmp(verb, "mix") &&
+        strcmp(verb, "convert")) {
+        fprintf(stderr, "svdiff shifts: unknown verb '%s' (info, combine, scale, limit-rank, mix, convert)\n", verb);
+        return 2;
+    }
+    if (!out) return fprintf(stderr, "svdiff shifts %s: -o OUT is required\n", verb), 2;
+
+    enum { MAXIN = 32 };
+    target_t in[MAXIN];
+    int n_in = 0, rc = SD_OK, ret = 0;
+    shift_set_t res[2];
+    int present[2] = {0, 0};
+    st_dtype_t dtype[2] = {ST_F32, ST_F32};
+    char hist[512];
+    for (int p = 0; p < 2; p++) shiftset_init(&res[p]);
+
+#define LOAD(arg)                                                       \
+    do {                                                                \
+        if ((rc = target_load(&in[n_in], (arg))) != 0) goto done;       \
+        n_in++;                                                         \
+    } while (0)
+
+    if (!strcmp(verb, "combine")) {
+        if (npos < 1 || npos > MAXIN) return fprintf(stderr, "svdiff shifts combine: give 1 to %d inputs\n", MAXIN), 2;
+        float w[MAXIN];
+        if (weights) {
+            const int nw = parse_weights(weights, w, MAXIN);
+            if (nw < 0) return 2;
+            if (nw != npos)
+                return fprintf(stderr, "svdiff shifts combine: %d weights for %d inputs\n", nw, npos), 2;
+        }
+        for (int k = 0; k < npos; k++) LOAD(pos[k]);
+        for (int k = 1; k < n_in; k++)
+            if ((rc = targets_alike(&in[0], pos[0], &in[k], pos[k]))) goto done;
+        snprintf(hist, sizeof hist, "combine of %d files, weights %s", npos, weights ? weights : "all 1");
+        for (int p = 0; p < nparts(&in[0]); p++) {
+            if (!in[0].file[p][0]) continue;
+            const shift_set_t *sets[MAXIN];
+            for (int k = 0; k < n_in; k++) sets[k] = &in[k].set[p];
+            /* checked here first so that the message names the files */
+            for (int k = 1; k < n_in; k++)
+                if ((rc = toolbox_check_compatible(sets[0], in[0].file[p], sets[k], in[k].file[p], force))) goto done;
+            shiftset_free(&res[p]);
+            if ((rc = toolbox_combine(&res[p], sets, weights ? w : NULL, n_in, force))) goto done;
+            present[p] = 1, dtype[p] = in[0].dtype[p];
+        }
+    } else if (!strcmp(verb, "scale") || !strcmp(verb, "limit-rank")) {
+        if (npos != 2) return fprintf(stderr, "svdiff shifts %s: give IN and %s\n", verb, verb[0] == 's' ? "S" : "R"), 2;
+        float s = 1;
+        long R = 0;
+        if (verb[0] == 's') {
+            if (parse_float_arg(pos[1], "the scale", &s)) return 2;
+        } else {
+            char *end;
+            R = strtol(pos[1], &end, 10);
+            if (*end || end == pos[1] || R < 0 || R > 1 << 24)
+                return fprintf(stderr, "svdiff shifts limit-rank: R must be an integer >= 0, got '%s'\n", pos[1]), 2;
+        }
+        LOAD(pos[0]);
+        if (verb[0] == 's') snprintf(hist, sizeof hist, "scale %.9g", s);
+        else snprintf(hist, sizeof hist, "limit-rank %ld", R);
+        for (int p = 0; p < nparts(&in[0]); p++) {
+            if (!in[0].file[p][0]) continue;
+            shiftset_free(&res[p]);
+            if (verb[0] == 's') {
+                toolbox_scale(&res[p], &in[0].set[p], s);
+            } else {
+                const long kept = toolbox_limit_rank(&res[p], &in[0].set[p], (int)R);
+                long all = 0;
+                for (int i = 0; i < in[0].set[p].n; i++) all += in[0].set[p].entries[i].n;
+                const size_t b = st_dtype_size(in[0].dtype[p]);
+                printf("%s: %ld of %ld shift values kept; a truncated layout (R values per matrix) stores %ld bytes of "
+                       "data instead of %ld\n",
+                       in[0].file[p], kept, all, kept * (long)b, all * (long)b);
+            }
+            present[p] = 1, dtype[p] = in[0].dtype[p];
+        }
+    } else if (!strcmp(verb, "mix")) {
+        for (int k = 0; k < npos && n_layers < 64; k++) layers[n_layers++] = pos[k];
+        if (!from || !rest || !n_layers)
+            return fprintf(stderr, "svdiff shifts mix: --from A, --rest B and --layers SEL are required\n"), 2;
+        LOAD(from);
+        LOAD(rest);
+        if ((rc = targets_alike(&in[0], from, &in[1], rest))) goto done;
+        int n_from = 0;
+        char sel[400] = "";
+        for (int k = 0; k < n_layers; k++) {
+            const size_t u = strlen(sel);
+            snprintf(sel + u, sizeof sel - u, "%s%s", k ? " " : "", layers[k]);
+        }
+        snprintf(hist, sizeof hist, "mix: %s from %s, rest from %s", sel, from, rest);
+        /* selectors must select something in the whole pair, not necessarily in each part */
+        for (int k = 0; k < n_layers; k++) {
+            int hit = 0;
+            for (int p = 0; p < 2 && !hit; p++)
+                for (int j = 0; j < 2 && !hit; j++)
+                    for (int i = 0; i < in[j].set[p].n && !hit; i++)
+                        hit = toolbox_selector_matches(layers[k], in[j].set[p].entries[i].path, levels, latent);
+            if (!hit) {
+                rc = sd_error(SD_ERR_ARG, "layer selector '%s' selects no shift of either input", layers[k]);
+                goto done;
+            }
+        }
+        for (int p = 0; p < nparts(&in[0]); p++) {
+            if (!in[0].file[p][0]) continue;
+            /* per part, only the selectors that select something there (checked above overall) */
+            const char *sel_p[64];
+            int ns = 0;
+            for (int k = 0; k < n_layers; k++) {
+                int hit = 0;
+                for (int j = 0; j < 2 && !hit; j++)
+                    for (int i = 0; i < in[j].set[p].n && !hit; i++)
+                        hit = toolbox_selector_matches(layers[k], in[j].set[p].entries[i].path, levels, latent);
+                if (hit) sel_p[ns++] = layers[k];
+            }
+            int nf = 0;
+            shiftset_free(&res[p]);
+            if ((rc = toolbox_mix(&res[p], &in[0].set[p], &in[1].set[p], sel_p, ns, levels, latent, force, &nf))) goto done;
+            n_from += nf;
+            printf("%s: %d of %d shifts from %s, the rest from %s\n", PART_FILE[p], nf, res[p].n, from, rest);
+            present[p] = 1, dtype[p] = in[1].dtype[p];
+        }
+        (void)n_from;
+    } else {   /* convert */
+        if (npos != 1) return fprintf(stderr, "svdiff shifts convert: give one IN\n"), 2;
+        if (!dtype_s) return fprintf(stderr, "svdiff shifts convert: --dtype fp16|fp32 is required\n"), 2;
+        st_dtype_t dt;
+        if (!strcmp(dtype_s, "fp16") || !strcmp(dtype_s, "F16")) dt = ST_F16;
+        else if (!strcmp(dtype_s, "fp32") || !strcmp(dtype_s, "F32")) dt = ST_F32;
+        else return fprintf(stderr, "svdiff shifts convert: --dtype must be fp16 or fp32, got '%s'\n", dtype_s), 2;
+        const int to_scalar = format && !strcmp(format, "svdiff-pytorch");
+        if (format && !to_scalar && strcmp(format, "native"))
+            return fprintf(stderr, "svdiff shifts convert: --format must be native or svdiff-pytorch, got '%s'\n", format), 2;
+        LOAD(pos[0]);
+        snprintf(hist, sizeof hist, "convert to %s%s%s", dtype_s, format ? ", format " : "", format ? format : "");
+        /* does any norm change form? */
+        int need = 0, lossy = 0;
+        for (int p = 0; p < 2; p++)
+            for (int i = 0; i < in[0].set[p].n; i++) {
+                const shift_entry_t *e = &in[0].set[p].entries[i];
+                if (format && toolbox_is_norm_path(e->path) && (e->n == 1) != to_scalar) {
+                    need = 1;
+                    if (to_scalar) lossy = 1;
+                }
+            }
+        if (lossy && !force) {
+            rc = sd_error(SD_ERR_ARG,
+                          "%s holds per-element [C] norm shifts; svdiff-pytorch stores one scalar per norm "
+                          "(gain = gamma*ReLU(|gamma|+delta)/|gamma|), which can only scale the whole gain: the conversion "
+                          "is a least-squares fit that loses the per-channel detail. Add --force (and --model) to do it anyway",
+                          pos[0]);
+            goto done;
+        }
+        if (need && !model) {
+            rc = sd_error(SD_ERR_ARG, "%s: changing the form of norm shifts needs the base model's norm gains: add --model M",
+                          pos[0]);
+            goto done;
+        }
+        gamma_ctx_t g = {.buf = NULL};
+        if (need && (rc = model_open(&g.m, model, NULL))) goto done;
+        for (int p = 0; p < nparts(&in[0]) && !rc; p++) {
+            if (!in[0].file[p][0]) continue;
+            double err = 0;
+            shiftset_free(&res[p]);
+            if (format) rc = toolbox_convert_norms(&res[p], &in[0].set[p], to_scalar, get_gamma, &g, &err);
+            else toolbox_scale(&res[p], &in[0].set[p], 1.0f);   /* an exact copy */
+            if (!rc && to_scalar && need) printf("%s: largest norm-gain error of the scalar fit: %.3g\n", in[0].file[p], err);
+            present[p] = !rc, dtype[p] = dt;
+        }
+        if (need) model_close(&g.m);
+        free(g.buf);
+        if (rc) goto done;
+    }
+    for (int p = 0; p < 2; p++)
+        if (present[p]) toolbox_add_history(&res[p], hist);
+    rc = write_outputs(out, in[0].is_dir, res, present, dtype);
+done:
+    if (rc) ret = fail(rc);
+    for (int k = 0; k < n_in; k++) target_free(&in[k]);
+    for (int p = 0; p < 2; p++) shiftset_free(&res[p]);
+    return ret;
+}
