@@ -7,7 +7,7 @@ scripts/install-deps.sh || exit 1
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:halt_on_error=1"
 export LSAN_OPTIONS="suppressions=$PWD/tests/lsan.supp:print_suppressions=0"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
-passed=0; failed=0
+passed=0; failed=0; skipped=0
 for kind in release asan; do
   dir=build; [ "$kind" = asan ] && dir=build-asan
   echo "== $kind build =="
@@ -17,10 +17,11 @@ for kind in release asan; do
   printf '%s\n' "$out"
   total=$(printf '%s\n' "$out" | sed -n 's/.*tests failed out of \([0-9]*\).*/\1/p' | tail -1)
   nfail=$(printf '%s\n' "$out" | sed -n 's/.*, \([0-9]*\) tests failed out of.*/\1/p' | tail -1)
+  nskip=$(printf '%s\n' "$out" | grep -c '(Skipped)' || true)
   total=${total:-0}; nfail=${nfail:-0}
   if [ "$rc" != 0 ] && [ "$nfail" = 0 ]; then nfail=1; fi
   [ "$total" = 0 ] && nfail=$((nfail + 1))
-  passed=$((passed + total - nfail)); failed=$((failed + nfail))
+  passed=$((passed + total - nfail - nskip)); failed=$((failed + nfail)); skipped=$((skipped + nskip))
 done
-echo "tests: $passed passed, $failed failed"
+echo "tests: $passed passed, $failed failed, $skipped skipped"
 [ "$failed" = 0 ]
