@@ -7,10 +7,15 @@
 
 int cmd_generate(int argc, char **argv);
 int cmd_info(int argc, char **argv);
+int cmd_init(int argc, char **argv);
 int cmd_selfcheck(int argc, char **argv);
 int cmd_shifts(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
+int cmd_tokenizer_train(int argc, char **argv);
 int cmd_train(int argc, char **argv);
+int cmd_pretrain(int argc, char **argv);
+/* The flag parser and run of `svdiff train` (pretrain 0) and `svdiff pretrain` (1): train.c. */
+int train_cli(int argc, char **argv, int pretrain);
 void print_version(FILE *f);
 
 #endif

@@ -15,10 +15,13 @@ typedef struct {
 static const command_t COMMANDS[] = {
     {"generate", cmd_generate, "generate images from a text prompt"},
     {"info", cmd_info, "describe a model folder or single-file checkpoint without reading its weights"},
+    {"init", cmd_init, "write a randomly initialised model folder from component configs (for pretraining)"},
+    {"pretrain", cmd_pretrain, "train every weight of a model on a captioned data set (the embedded default model)"},
     {"selfcheck", cmd_selfcheck,
      "train spectral shifts of a tiny random network end to end and verify every step"},
     {"shifts", cmd_shifts, "work on shift files: info, combine, scale, limit-rank, mix, convert"},
     {"tokenize", cmd_tokenize, "print the CLIP token ids of a prompt (--tokens shows the strings)"},
+    {"tokenizer-train", cmd_tokenizer_train, "learn a CLIP-format BPE tokenizer from a captions file"},
     {"train", cmd_train, "train spectral shifts on images of a subject (DreamBooth-style, prior preservation)"},
 };
 

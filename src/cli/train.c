@@ -1,6 +1,7 @@
-/* `svdiff train`: DreamBooth-style personalisation by spectral shifts. Parses the flags (named
- * after the diffusers training scripts; their underscore spellings are accepted with dashes),
- * checks them, and hands over to the trainer (src/train/trainer.h). */
+/* `svdiff train` (DreamBooth-style personalisation by spectral shifts, or with --mode full by
+ * every weight) and `svdiff pretrain` (full-weight training on a captioned data set, pretrain.c):
+ * parses the flags (named after the diffusers training scripts; their underscore spellings are
+ * accepted with dashes), checks them, and hands over to the trainer (src/train/trainer.h). */
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
@@ -13,6 +14,37 @@
 #include "train/trainer.h"
 
 #define MAX_SAMPLE_PROMPTS 64
+
+static const char *verb = "train";   /* "pretrain" in pretrain mode: the name in messages */
+
+static void usage_pretrain(FILE *f) {
+    fprintf(f,
+            "usage: svdiff pretrain --model INIT_DIR --data CAPTIONS.tsv [--image-root DIR] -o OUT_DIR [options]\n\n"
+            "Trains every weight of a model (e.g. one made by `svdiff init`) on a captioned data set; OUT_DIR\n"
+            "becomes a diffusers model folder (the EMA weights with --ema-decay), with OUT_DIR/loss.csv,\n"
+            "OUT_DIR/checkpoint.safetensors (--checkpoint-every) and OUT_DIR/samples/step-N.png (--sample-every).\n\n"
+            "data:\n"
+            "  --data FILE                TSV, one image a line: path<TAB>caption[<TAB>split]; rows whose split\n"
+            "                             is given and is not 'train' are skipped; a 'path' header line is allowed\n"
+            "  --image-root DIR           folder of relative paths (default: the TSV's folder)\n"
+            "  --resolution N             training size (default 32); images are resized and centre-cropped, never\n"
+            "                             flipped; without a VAE they go to the UNet as [-1, 1] pixels\n"
+            "order of the data: a Fisher-Yates permutation of the rows per epoch (Philox stream of --seed),\n"
+            "consumed --batch-size rows per micro-batch; noise and timesteps come from a second stream.\n"
+            "optimisation:\n"
+            "  --steps N (default 1000), --batch-size N (8), --grad-accum N (1)\n"
+            "  --lr LR (default 1e-4), --lr-schedule constant|linear|cosine (cosine), --warmup N (0)\n"
+            "  --adam-beta1 B, --adam-beta2 B, --adam-epsilon E, --adam-weight-decay D (0.9, 0.999, 1e-8, 1e-2)\n"
+            "  --max-grad-norm N (1; 0 = off)\n"
+            "  --ema-decay D              keep an EMA of the weights (e.g. 0.999) and save it as the model\n"
+            "  --freeze-text-encoder      train the UNet only (default: the text encoder too)\n"
+            "  --gradient-checkpointing, --seed S (42), --threads N\n"
+            "output:\n"
+            "  -o DIR, --save-dtype fp32|fp16 (fp32), --save-delta (weight_delta.safetensors = W - W_init)\n"
+            "  --checkpoint-every N, --resume (bit-identical with the same threads), --force\n"
+            "  --sample-every N, --sample-prompt P (repeatable), --sample-steps N (25), --sample-cfg G (7.5)\n"
+            "  --quiet, -h/--help\n");
+}
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -45,6 +77,10 @@ static void usage(FILE *f) {
             "                             AdamW (defaults 0.9, 0.999, 1e-8, 1e-2)\n"
             "  --max-grad-norm N          gradient clipping over all shifts (default 1; 0 = off)\n"
             "  --train-text-encoder       also train the text encoder's linear and embedding shifts\n"
+            "  --mode shifts|full         full: train every weight instead (the DreamBooth baseline; default\n"
+            "                             --lr 5e-6); OUT_DIR becomes a diffusers model folder (--save-dtype)\n"
+            "  --save-delta               full mode: also OUT_DIR/weight_delta(_te).safetensors = W - W_base\n"
+            "  --ema-decay D              full mode: save an EMA of the weights (e.g. 0.999)\n"
             "  --norm-shift MODE          element (a shift per gain entry, default) or scalar (svdiff-pytorch)\n"
             "  --svd-dtype fp32|bf16      precision of U and V; bf16 rounds the fp32 factors to bf16 values\n"
             "                             (the engine has no bf16 kernels: memory is not reduced)\n"
@@ -73,7 +109,7 @@ static int parse_int(const char *s, const char *flag, int lo, int hi, int *out) 
     errno = 0;
     long v = strtol(s, &end, 10);
     if (errno || *end || end == s || v < lo || v > hi) {
-        fprintf(stderr, "svdiff train: %s needs an integer in [%d, %d], got '%s'\n", flag, lo, hi, s);
+        fprintf(stderr, "svdiff %s: %s needs an integer in [%d, %d], got '%s'\n", verb, flag, lo, hi, s);
         return -1;
     }
     *out = (int)v;
@@ -85,7 +121,7 @@ static int parse_float(const char *s, const char *flag, float lo, float hi, floa
     errno = 0;
     float v = strtof(s, &end);
     if (errno || *end || end == s || !(v >= lo && v <= hi)) {
-        fprintf(stderr, "svdiff train: %s needs a number in [%g, %g], got '%s'\n", flag, lo, hi, s);
+        fprintf(stderr, "svdiff %s: %s needs a number in [%g, %g], got '%s'\n", verb, flag, lo, hi, s);
         return -1;
     }
     *out = v;
@@ -97,12 +133,26 @@ enum {
     O_CLASS_STEPS, O_CLASS_CFG, O_PRIOR_W, O_RES, O_CENTER, O_FLIP, O_BATCH, O_ACCUM, O_STEPS, O_LR, O_LR1D,
     O_SCHED, O_WARMUP, O_B1, O_B2, O_EPS, O_WD, O_CLIP, O_TE, O_NORM, O_SVD_DTYPE, O_SVD_CACHE, O_GCKPT, O_SEED,
     O_THREADS, O_SAVE_DTYPE, O_CKPT, O_RESUME, O_SAMPLE_EVERY, O_SAMPLE_PROMPT, O_SAMPLE_STEPS, O_SAMPLE_CFG,
-    O_FORCE, O_QUIET
+    O_FORCE, O_QUIET, O_MODE, O_SAVE_DELTA, O_EMA, O_DATA, O_IMAGE_ROOT, O_FREEZE_TE
 };
 
-int cmd_train(int argc, char **argv) {
+int cmd_train(int argc, char **argv) { return train_cli(argc, argv, 0); }
+
+int train_cli(int argc, char **argv, int pretrain) {
+    verb = pretrain ? "pretrain" : "train";
     train_config_t c;
     train_config_default(&c);
+    int lr_given = 0;
+    if (pretrain) {
+        c.mode = TRAIN_MODE_FULL;
+        c.train_text_encoder = 1;
+        c.resolution = 32;
+        c.center_crop = 1;
+        c.batch_size = 8;
+        c.steps = 1000;
+        c.lr = 1e-4f;
+        c.lr_schedule = LR_COSINE;
+    }
     const char *samples[MAX_SAMPLE_PROMPTS];
     int n_samples = 0;
     static const struct option opts[] = {
@@ -162,6 +212,12 @@ int cmd_train(int argc, char **argv) {
         {"sample-cfg", required_argument, 0, O_SAMPLE_CFG},
         {"force", no_argument, 0, O_FORCE},
         {"quiet", no_argument, 0, O_QUIET},
+        {"mode", required_argument, 0, O_MODE},
+        {"save-delta", no_argument, 0, O_SAVE_DELTA},
+        {"ema-decay", required_argument, 0, O_EMA},
+        {"data", required_argument, 0, O_DATA},
+        {"image-root", required_argument, 0, O_IMAGE_ROOT},
+        {"freeze-text-encoder", no_argument, 0, O_FREEZE_TE},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     optind = 1;
@@ -184,7 +240,7 @@ int cmd_train(int argc, char **argv) {
         case O_BATCH: bad = parse_int(optarg, "--batch-size", 1, 64, &c.batch_size); break;
         case O_ACCUM: bad = parse_int(optarg, "--grad-accum", 1, 100000, &c.grad_accum); break;
         case O_STEPS: bad = parse_int(optarg, "--steps", 1, 100000000, &c.steps); break;
-        case O_LR: bad = parse_float(optarg, "--lr", 0, 1e3f, &c.lr); break;
+        case O_LR: bad = parse_float(optarg, "--lr", 0, 1e3f, &c.lr), lr_given = 1; break;
         case O_LR1D: bad = parse_float(optarg, "--lr-1d", 0, 1e3f, &c.lr_1d); break;
         case O_SCHED:
             if (!strcmp(optarg, "constant") || !strcmp(optarg, "constant_with_warmup")) c.lr_schedule = LR_CONSTANT;
@@ -254,25 +310,55 @@ int cmd_train(int argc, char **argv) {
         case O_SAMPLE_CFG: bad = parse_float(optarg, "--sample-cfg", 0, 100, &c.sample_cfg); break;
         case O_FORCE: c.force = 1; break;
         case O_QUIET: c.quiet = 1; break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        case O_MODE:
+            if (!pretrain && (!strcmp(optarg, "shifts") || !strcmp(optarg, "full")))
+                c.mode = !strcmp(optarg, "full") ? TRAIN_MODE_FULL : TRAIN_MODE_SHIFTS;
+            else {
+                fprintf(stderr, "svdiff %s: --mode must be shifts or full, got '%s'\n", verb, optarg);
+                bad = 1;
+            }
+            break;
+        case O_SAVE_DELTA: c.save_delta = 1; break;
+        case O_EMA: bad = parse_float(optarg, "--ema-decay", 0, 0.99999994f, &c.ema_decay); break;
+        case O_DATA: c.data_tsv = optarg; break;
+        case O_IMAGE_ROOT: c.image_root = optarg; break;
+        case O_FREEZE_TE: c.train_text_encoder = 0; break;
+        case 'h': pretrain ? usage_pretrain(stdout) : usage(stdout); return 0;
+        default: pretrain ? usage_pretrain(stderr) : usage(stderr); return 2;
         }
         if (bad) return 2;
     }
     if (optind < argc) {
-        fprintf(stderr, "svdiff train: unexpected argument '%s'\n", argv[optind]);
+        fprintf(stderr, "svdiff %s: unexpected argument '%s'\n", verb, argv[optind]);
         return 2;
     }
-    if (!c.model || !c.instance_dir || !c.out_dir) {
+    if (pretrain && (!c.model || !c.data_tsv || !c.out_dir)) {
+        fprintf(stderr, "svdiff pretrain: --model, --data and -o are required (see --help)\n");
+        return 2;
+    }
+    if (pretrain && (c.instance_dir || c.class_dir || c.flip)) {
+        fprintf(stderr, "svdiff pretrain: --instance-dir, --class-dir and --flip belong to `svdiff train`\n");
+        return 2;
+    }
+    if (!pretrain && (c.data_tsv || c.image_root)) {
+        fprintf(stderr, "svdiff train: --data and --image-root belong to `svdiff pretrain`\n");
+        return 2;
+    }
+    if (!pretrain && (!c.model || !c.instance_dir || !c.out_dir)) {
         fprintf(stderr, "svdiff train: --model, --instance-dir and -o are required (see --help)\n");
         return 2;
     }
+    if (c.mode != TRAIN_MODE_FULL && (c.save_delta || c.ema_decay > 0)) {
+        fprintf(stderr, "svdiff train: --save-delta and --ema-decay need --mode full\n");
+        return 2;
+    }
+    if (!pretrain && c.mode == TRAIN_MODE_FULL && !lr_given) c.lr = 5e-6f;   /* diffusers' DreamBooth default */
     if (c.sample_every > 0 && !n_samples) {
-        fprintf(stderr, "svdiff train: --sample-every needs at least one --sample-prompt\n");
+        fprintf(stderr, "svdiff %s: --sample-every needs at least one --sample-prompt\n", verb);
         return 2;
     }
     if (c.warmup > c.steps) {
-        fprintf(stderr, "svdiff train: --warmup %d is longer than --steps %d\n", c.warmup, c.steps);
+        fprintf(stderr, "svdiff %s: --warmup %d is longer than --steps %d\n", verb, c.warmup, c.steps);
         return 2;
     }
     c.sample_prompts = samples;
@@ -282,7 +368,7 @@ int cmd_train(int argc, char **argv) {
     trainer_t t;
     int rc = trainer_open(&t, &c);
     if (!rc) rc = trainer_run(&t);
-    if (rc) fprintf(stderr, "svdiff train: %s\n", sd_last_error());
+    if (rc) fprintf(stderr, "svdiff %s: %s\n", verb, sd_last_error());
     trainer_close(&t);
     return rc ? 1 : 0;
 }

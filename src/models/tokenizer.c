@@ -523,10 +523,11 @@ static size_t match_lit(const uint32_t *s, size_t n, const char *lit) {
     return k;
 }
 
-int tokenizer_encode(const clip_tokenizer_t *t, const char *text, int *ids, int max_len, int pad,
-                     int *n_tokens_before_truncation) {
-    if (!t || !text || !ids) return sd_error(SD_ERR_ARG, "tokenizer_encode: NULL argument");
-    if (max_len < 2) return sd_error(SD_ERR_ARG, "tokenizer_encode: max_len %d < 2 (no room for bos and eos)", max_len);
+/* CLIP's text cleaning and split (see tokenizer.h): calls fn once per piece with its UTF-8
+ * bytes; shared by tokenizer_encode and tokenizer_split so they can never disagree. */
+typedef int (*piece_cb)(void *ctx, const char *piece, size_t n, int special);
+
+static int split_text(const char *text, piece_cb fn, void *ctx) {
     size_t nb = strlen(text);
     /* text buffers: a and b hold up to 2 nb code points (lower() may double U+0130) */
     uint32_t *a = sd_xmalloc((2 * nb + 1) * sizeof *a), *b = sd_xmalloc((2 * nb + 1) * sizeof *b);
@@ -550,14 +551,13 @@ int tokenizer_encode(const clip_tokenizer_t *t, const char *text, int *ids, int 
     while (hi > lo && uc_isspace(b[hi - 1])) hi--;
     n = uc_lower(a, b + lo, hi - lo);
 
-    bpe_work_t w = {0};
-    w.out = ids + 1;
-    w.cap = max_len - 2;
-
-    for (size_t p = 0; p < n;) {
+    char *bytes = NULL;
+    size_t room = 0;
+    int rc = 0;
+    for (size_t p = 0; p < n && !rc;) {
         /* the alternatives of the split pattern, in order */
         size_t len = 0;
-        int special = -1;
+        int special = 0;
         if (a[p] == '<') {
             static const char *const LIT[2] = {"<|startoftext|>", "<|endoftext|>"};
             for (int k = 0; k < 2 && !len; k++) {
@@ -566,7 +566,7 @@ int tokenizer_encode(const clip_tokenizer_t *t, const char *text, int *ids, int 
                  * a variant with U+017F for 's' is an ordinary piece */
                 int exact = len > 0;
                 for (size_t i = 0; i < len; i++) exact &= a[p + i] == (uint32_t)LIT[k][i];
-                if (exact) special = k ? t->eot : t->sot;
+                if (exact) special = k + 1;
             }
         }
         if (!len && a[p] == '\'') {
@@ -583,21 +583,58 @@ int tokenizer_encode(const clip_tokenizer_t *t, const char *text, int *ids, int 
             if (c != UC_NUMBER)
                 while (p + len < n && uc_split_class(a[p + len]) == c) len++;
         }
-        if (special >= 0) {
-            emit(&w, special);
-        } else {
-            work_reserve(&w, 4 * len);
-            char *bytes = w.bytes;
-            size_t nbytes = 0;
-            for (size_t i = 0; i < len; i++) nbytes += (size_t)utf8_encode(bytes + nbytes, a[p + i]);
-            for (size_t i = 0; i + 1 < nbytes; i++) w.sym[i] = t->byte_id[(unsigned char)bytes[i]];
-            w.sym[nbytes - 1] = t->byte_end_id[(unsigned char)bytes[nbytes - 1]];
-            if (nbytes == 1) emit(&w, w.sym[0]);
-            else bpe_piece(t, &w, (int)nbytes);
+        if (4 * len > room) {
+            room = 4 * len < 256 ? 256 : 8 * len;
+            free(bytes);
+            bytes = sd_xmalloc(room);
         }
+        size_t nbytes = 0;
+        for (size_t i = 0; i < len; i++) nbytes += (size_t)utf8_encode(bytes + nbytes, a[p + i]);
+        rc = fn(ctx, bytes, nbytes, special);
         p += len;
     }
-    free(w.bytes), free(w.sym), free(w.heap), free(w.pending), free(a), free(b);
+    free(bytes), free(a), free(b);
+    return rc;
+}
+
+int tokenizer_split(const char *text, tokenizer_piece_fn fn, void *ctx) {
+    if (!text || !fn) return sd_error(SD_ERR_ARG, "tokenizer_split: NULL argument");
+    return split_text(text, fn, ctx);
+}
+
+uint32_t tokenizer_byte_to_unicode(int b) { return byte_to_unicode(b & 255); }
+
+typedef struct {
+    const clip_tokenizer_t *t;
+    bpe_work_t w;
+} encode_ctx_t;
+
+static int encode_piece(void *ctx, const char *bytes, size_t nbytes, int special) {
+    encode_ctx_t *e = ctx;
+    const clip_tokenizer_t *t = e->t;
+    bpe_work_t *w = &e->w;
+    if (special) {
+        emit(w, special == 1 ? t->sot : t->eot);
+        return 0;
+    }
+    work_reserve(w, nbytes);
+    for (size_t i = 0; i + 1 < nbytes; i++) w->sym[i] = t->byte_id[(unsigned char)bytes[i]];
+    w->sym[nbytes - 1] = t->byte_end_id[(unsigned char)bytes[nbytes - 1]];
+    if (nbytes == 1) emit(w, w->sym[0]);
+    else bpe_piece(t, w, (int)nbytes);
+    return 0;
+}
+
+int tokenizer_encode(const clip_tokenizer_t *t, const char *text, int *ids, int max_len, int pad,
+                     int *n_tokens_before_truncation) {
+    if (!t || !text || !ids) return sd_error(SD_ERR_ARG, "tokenizer_encode: NULL argument");
+    if (max_len < 2) return sd_error(SD_ERR_ARG, "tokenizer_encode: max_len %d < 2 (no room for bos and eos)", max_len);
+    encode_ctx_t e = {.t = t};
+    e.w.out = ids + 1;
+    e.w.cap = max_len - 2;
+    split_text(text, encode_piece, &e);
+    bpe_work_t w = e.w;
+    free(w.bytes), free(w.sym), free(w.heap), free(w.pending);
 
     int kept = w.count < w.cap ? w.count : w.cap;
     ids[0] = t->bos;

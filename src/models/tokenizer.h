@@ -32,6 +32,9 @@
 #ifndef SVDIFF_MODELS_TOKENIZER_H
 #define SVDIFF_MODELS_TOKENIZER_H
 
+#include <stddef.h>
+#include <stdint.h>
+
 typedef struct clip_tokenizer clip_tokenizer_t;
 
 #define TOKENIZER_MAX_LENGTH 77  /* CLIP's context length */
@@ -64,5 +67,16 @@ int tokenizer_vocab_size(const clip_tokenizer_t *tok);
 int tokenizer_n_merges(const clip_tokenizer_t *tok);
 /* The vocab.json string of `id` (byte-level form, e.g. "photo</w>"), or NULL if unused. */
 const char *tokenizer_token(const clip_tokenizer_t *tok, int id);
+
+/* The pre-tokenization tokenizer_encode applies (no vocabulary needed): cleans `text` as
+ * above (html unescape twice, whitespace, lower()) and splits it with CLIP's pattern, calling
+ * fn(ctx, piece, n, special) for each piece in order with its n UTF-8 bytes (not
+ * NUL-terminated); special is 1 for a literal <|startoftext|>, 2 for <|endoftext|>, else 0.
+ * Returns 0, or the first non-zero value fn returned (which stops the split). For BPE
+ * learning (bpe_learn.h). */
+typedef int (*tokenizer_piece_fn)(void *ctx, const char *piece, size_t n, int special);
+int tokenizer_split(const char *text, tokenizer_piece_fn fn, void *ctx);
+/* GPT-2's bytes_to_unicode: the code point that stands for byte b in vocab.json. */
+uint32_t tokenizer_byte_to_unicode(int b);
 
 #endif

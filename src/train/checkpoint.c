@@ -43,6 +43,11 @@ char *train_config_json(const trainer_t *t) {
     cJSON_AddStringToObject(o, "norm_shift", c->norm_shift == NORMSHIFT_SCALAR ? "scalar" : "element");
     cJSON_AddStringToObject(o, "svd_dtype", c->svd_bf16 ? "bf16" : "fp32");
     cJSON_AddStringToObject(o, "seed", seed);
+    if (c->mode == TRAIN_MODE_FULL) {   /* only in full mode: shift-mode checkpoints stay as they were */
+        cJSON_AddStringToObject(o, "mode", "full");
+        cJSON_AddNumberToObject(o, "ema_decay", c->ema_decay);
+        cJSON_AddNumberToObject(o, "prompts", t->prompts.n);
+    }
     char *s = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     SD_CHECK(s, "out of memory");
@@ -64,6 +69,8 @@ int checkpoint_save(const trainer_t *t, const char *path) {
         if (!rc) rc = st_writer_add(w, name, ST_F32, 1, shape, p->m);
         snprintf(name, sizeof name, "adam_v/%s", p->name);
         if (!rc) rc = st_writer_add(w, name, ST_F32, 1, shape, p->v);
+        snprintf(name, sizeof name, "ema/%s", p->name);
+        if (!rc && p->ema) rc = st_writer_add(w, name, ST_F32, 1, shape, p->ema);
     }
     const int64_t pshape[1] = {t->order.n};
     if (!rc) rc = st_writer_add(w, "order/perm", ST_I32, 1, pshape, t->order.perm);
@@ -166,19 +173,22 @@ int checkpoint_load(trainer_t *t, const char *path) {
     int rc = st_open(&f, path);
     if (rc) return resume_error(rc);
     const int np = t->n_params;
-    const st_tensor_t **src = calloc((size_t)3 * (np ? np : 1), sizeof *src);
+    const int K = t->ema_memory ? 4 : 3;   /* param, adam_m, adam_v [, ema] */
+    const st_tensor_t **src = calloc((size_t)K * (np ? np : 1), sizeof *src);
     char name[512];
     /* 1. check everything */
     for (int i = 0; i < np && !rc; i++) {
         const train_param_t *p = &t->params[i];
         snprintf(name, sizeof name, "param/%s", p->name);
-        rc = want_f32(&f, name, p->n, &src[3 * i]);
+        rc = want_f32(&f, name, p->n, &src[K * i]);
         snprintf(name, sizeof name, "adam_m/%s", p->name);
-        if (!rc) rc = want_f32(&f, name, p->n, &src[3 * i + 1]);
+        if (!rc) rc = want_f32(&f, name, p->n, &src[K * i + 1]);
         snprintf(name, sizeof name, "adam_v/%s", p->name);
-        if (!rc) rc = want_f32(&f, name, p->n, &src[3 * i + 2]);
+        if (!rc) rc = want_f32(&f, name, p->n, &src[K * i + 2]);
+        snprintf(name, sizeof name, "ema/%s", p->name);
+        if (!rc && K == 4) rc = want_f32(&f, name, p->n, &src[K * i + 3]);
     }
-    const int expected = 3 * np + 1;
+    const int expected = K * np + 1;
     if (!rc && f.n_tensors != expected)
         rc = sd_error(SD_ERR_FORMAT, "%s: %d tensors, expected %d (a checkpoint of other settings?)", path, f.n_tensors,
                       expected);
@@ -210,7 +220,7 @@ int checkpoint_load(trainer_t *t, const char *path) {
         rc = sd_error(SD_ERR_FORMAT, "%s: step %" PRIu64 " / epoch position %" PRIu64 " out of range for --steps %d",
                       path, step, pos, t->cfg.steps);
     /* values must be finite: a NaN would poison the rest of the run */
-    for (int i = 0; i < 3 * np && !rc; i++) {
+    for (int i = 0; i < K * np && !rc; i++) {
         float *tmp = sd_xmalloc(sizeof(float) * (size_t)(src[i]->numel ? src[i]->numel : 1));
         rc = st_read_f32(tmp, src[i]);
         for (int64_t k = 0; k < src[i]->numel && !rc; k++)
@@ -221,9 +231,10 @@ int checkpoint_load(trainer_t *t, const char *path) {
     if (!rc) {
         for (int i = 0; i < np; i++) {
             train_param_t *p = &t->params[i];
-            st_read_f32(p->value, src[3 * i]);
-            st_read_f32(p->m, src[3 * i + 1]);
-            st_read_f32(p->v, src[3 * i + 2]);
+            st_read_f32(p->value, src[K * i]);
+            st_read_f32(p->m, src[K * i + 1]);
+            st_read_f32(p->v, src[K * i + 2]);
+            if (K == 4) st_read_f32(p->ema, src[K * i + 3]);
         }
         for (int i = 0; i < t->order.n; i++) t->order.perm[i] = (int)pv[i];
         t->order.pos = (int)pos, t->order.epoch = (int)epoch, t->order.rng.counter = oc;

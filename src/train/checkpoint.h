@@ -2,6 +2,7 @@
  * OUT_DIR/checkpoint.safetensors, written atomically, holding everything the rest of the run
  * depends on, so that a resumed run ends with the same bytes as an uninterrupted one:
  *   tensors   param/<name>, adam_m/<name>, adam_v/<name> (F32, every trained array),
+ *             ema/<name> (full mode with --ema-decay: the EMA; param/ holds the raw weights),
  *             order/perm (I32, the current epoch's order)
  *   metadata  format, step, the Philox counters of the step and epoch-order streams, the
  *             epoch position, the loss average and the elapsed time (doubles as hex floats, so

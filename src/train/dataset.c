@@ -162,6 +162,82 @@ int image_set_scan(image_set_t *s, const char *dir, const char *what, int allow_
     return rc;
 }
 
+/* Splits `line` (newline removed) at tabs into at most `max` fields; returns the count. */
+static int split_tabs(char *line, char **f, int max) {
+    int n = 0;
+    f[n++] = line;
+    for (char *c = line; *c && n < max; c++)
+        if (*c == '\t') *c = 0, f[n++] = c + 1;
+    return n;
+}
+
+int image_set_from_tsv(image_set_t *s, const char *tsv, const char *image_root, prompt_table_t *pt,
+                       const clip_tokenizer_t *tok) {
+    memset(s, 0, sizeof *s);
+    s->dir = xstrdup(tsv);
+    FILE *f = fopen(tsv, "r");
+    if (!f) {
+        int rc = sd_error(SD_ERR_IO, "--data %s: cannot open: %s", tsv, strerror(errno));
+        image_set_free(s);
+        return rc;
+    }
+    char root[PATH_MAX];
+    if (image_root) snprintf(root, sizeof root, "%s", image_root);
+    else { /* the TSV's folder */
+        snprintf(root, sizeof root, "%s", tsv);
+        char *slash = strrchr(root, '/');
+        if (slash) *slash = 0;
+        else snprintf(root, sizeof root, ".");
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    int rc = SD_OK, lineno = 0, cap_img = 0;
+    while (!rc && (len = getline(&line, &cap, f)) >= 0) {
+        lineno++;
+        while (len && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = 0;
+        if (!len || line[0] == '#') continue;
+        char *fld[4];
+        const int nf = split_tabs(line, fld, 4);
+        if (lineno == 1 && (!strcmp(fld[0], "path") || !strcmp(fld[0], "file") || !strcmp(fld[0], "image")))
+            continue;   /* a header */
+        if (nf < 2 || nf > 3 || !fld[0][0] || !fld[1][0]) {
+            rc = sd_error(SD_ERR_FORMAT, "--data %s:%d: expected 'path<TAB>caption[<TAB>split]'", tsv, lineno);
+            break;
+        }
+        if (nf == 3 && fld[2][0] && strcmp(fld[2], "train")) continue;   /* held out */
+        char path[2 * PATH_MAX];
+        if (fld[0][0] == '/') snprintf(path, sizeof path, "%s", fld[0]);
+        else snprintf(path, sizeof path, "%s/%s", root, fld[0]);
+        image_t img;
+        rc = image_load(&img, path);   /* decoded once: a bad file is reported before anything is written */
+        if (rc) break;
+        image_free(&img);
+        char where[PATH_MAX + 32];
+        snprintf(where, sizeof where, "%.*s:%d", PATH_MAX, tsv, lineno);
+        const int idx = prompt_table_add(pt, tok, fld[1], where);
+        if (idx < 0) {
+            rc = idx;
+            break;
+        }
+        if (s->n == cap_img) {
+            cap_img = cap_img ? 2 * cap_img : 256;
+            s->img = realloc(s->img, sizeof *s->img * (size_t)cap_img);
+            SD_CHECK(s->img, "out of memory");
+        }
+        train_image_t *im = &s->img[s->n++];
+        memset(im, 0, sizeof *im);
+        im->path = xstrdup(path);
+        im->prompt = idx;
+        im->crop_x = im->crop_y = 0.5f;
+    }
+    free(line);
+    fclose(f);
+    if (!rc && !s->n) rc = sd_error(SD_ERR_ARG, "--data %s: no training rows (split 'train' or none)", tsv);
+    if (rc) image_set_free(s);
+    return rc;
+}
+
 void image_set_draw_crops(image_set_t *s, uint64_t seed) {
     rng_t r;
     rng_init(&r, seed ^ CROP_SALT);

@@ -48,6 +48,13 @@ typedef struct {
 int image_set_scan(image_set_t *s, const char *dir, const char *what, int allow_missing, int allow_empty,
                    const char *default_prompt, prompt_table_t *pt, const clip_tokenizer_t *tok);
 void image_set_free(image_set_t *s);
+/* A captioned data set (`svdiff pretrain --data`): a TSV file, one image a line,
+ * "path<TAB>caption[<TAB>split]"; an optional header line (first field "path", "file" or "image"),
+ * empty lines and lines starting with '#' are skipped, and so are rows whose split is given and
+ * is not "train". Relative paths resolve against image_root (NULL: the TSV's folder). Images keep
+ * the file's order; each is decoded once here. */
+int image_set_from_tsv(image_set_t *s, const char *tsv, const char *image_root, prompt_table_t *pt,
+                       const clip_tokenizer_t *tok);
 /* Draws the random-crop position of every image from the Philox stream `seed` (two uniforms per
  * image, in file order). */
 void image_set_draw_crops(image_set_t *s, uint64_t seed);

@@ -147,6 +147,10 @@ static void collect_clip(void *ctx, const char *name, float *shift, float *grad,
 }
 
 static void visit_all(trainer_t *t, int count_only) {
+    if (t->cfg.mode == TRAIN_MODE_FULL) {
+        trainer_full_visit(t, count_only);
+        return;
+    }
     collect_ctx_t cc = {t, "unet/", count_only, &t->p.unet};
     unet_visit_shifts(&t->p.unet, &t->ug, collect_unet, &cc);
     if (t->cfg.train_text_encoder) {
@@ -159,15 +163,17 @@ int trainer_prepare(trainer_t *t, int prior) {
     const train_config_t *c = &t->cfg;
     t->prior = prior;
     t->rows = c->batch_size * (prior ? 2 : 1);
-    int rc = make_spectral(t);
+    const int full = c->mode == TRAIN_MODE_FULL;
+    int rc = full ? trainer_full_masters(t) : make_spectral(t);
     if (rc) return rc;
-    unet_add_norm_shifts(&t->p.unet, c->norm_shift);
+    if (!full) unet_add_norm_shifts(&t->p.unet, c->norm_shift);
     t->prepared = 1;   /* from here trainer_close frees gradients and activations (zeroed: safe) */
-    rc = unet_grads_alloc(&t->ug, &t->p.unet, UNET_GRAD_SHIFTS);   /* never dW of a frozen weight */
+    /* shift mode: never dW of a frozen weight; full mode: every dW, bias, gain */
+    rc = unet_grads_alloc(&t->ug, &t->p.unet, full ? UNET_GRAD_DENSE : UNET_GRAD_SHIFTS);
     if (!rc) rc = unet_acts_build(&t->ua, &t->p.unet, t->rows, t->h, t->w, t->T, 1,
                                   c->grad_checkpointing ? UNET_CKPT_TRANSFORMERS : UNET_CKPT_NONE);
     if (!rc && c->train_text_encoder) rc = clip_acts_build(&t->ca, &t->p.clip.cfg, t->rows, t->T);
-    if (!rc && c->train_text_encoder) rc = clip_grads_alloc(&t->cg, &t->p.clip, CLIP_GRAD_SHIFTS);
+    if (!rc && c->train_text_encoder) rc = clip_grads_alloc(&t->cg, &t->p.clip, full ? CLIP_GRAD_DENSE : CLIP_GRAD_SHIFTS);
     if (rc) return rc;
 
     visit_all(t, 1);
@@ -181,6 +187,15 @@ int trainer_prepare(trainer_t *t, int prior) {
     for (int i = 0; i < t->n_params; i++) {
         t->params[i].m = mem, mem += t->params[i].n;
         t->params[i].v = mem, mem += t->params[i].n;
+    }
+    if (full && c->ema_decay > 0) {   /* the EMA starts at the initial weights */
+        t->ema_memory = malloc(sizeof(float) * (t->n_values + 1));
+        if (!t->ema_memory) return sd_error(SD_ERR_NOMEM, "out of memory for the EMA weights");
+        mem = t->ema_memory;
+        for (int i = 0; i < t->n_params; i++) {
+            t->params[i].ema = mem, mem += t->params[i].n;
+            memcpy(t->params[i].ema, t->params[i].value, sizeof(float) * (size_t)t->params[i].n);
+        }
     }
 
     const size_t R = (size_t)t->rows, L = t->latent_n, CT = (size_t)t->T * t->p.ctx_dim;
@@ -404,6 +419,18 @@ static int write_samples(trainer_t *t) {
     return rc;
 }
 
+/* Exchanges the raw and the EMA weights (exact, and its own inverse). */
+static void swap_ema(trainer_t *t) {
+    if (!t->ema_memory) return;
+    for (int i = 0; i < t->n_params; i++) {
+        float *a = t->params[i].value, *b = t->params[i].ema;
+        for (int k = 0; k < t->params[i].n; k++) {
+            const float x = a[k];
+            a[k] = b[k], b[k] = x;
+        }
+    }
+}
+
 /* loss.csv: kept to the rows of steps <= keep_step (a resumed run rewrites what came after its
  * checkpoint), a header when new. */
 static int open_csv(trainer_t *t, int keep_step) {
@@ -450,10 +477,17 @@ static int check_out_dir(const train_config_t *c) {
     snprintf(path, sizeof path, "%s/checkpoint.safetensors", c->out_dir);
     if (c->resume && stat(path, &st))
         return sd_error(SD_ERR_ARG, "--resume: %s does not exist", path);
-    snprintf(path, sizeof path, "%s/spectral_shifts.safetensors", c->out_dir);
+    const char *result = c->mode == TRAIN_MODE_FULL ? "model_index.json" : "spectral_shifts.safetensors";
+    snprintf(path, sizeof path, "%s/%s", c->out_dir, result);
     if (!c->resume && !c->force && !stat(path, &st))
-        return sd_error(SD_ERR_ARG, "-o %s: already holds spectral_shifts.safetensors (use --force to overwrite, "
-                        "--resume to continue)", c->out_dir);
+        return sd_error(SD_ERR_ARG, "-o %s: already holds %s (use --force to overwrite, --resume to continue)",
+                        c->out_dir, result);
+    /* full mode (long pretraining runs): rerunning the command without --resume must not
+     * silently start over and overwrite the checkpoint of an interrupted run */
+    snprintf(path, sizeof path, "%s/checkpoint.safetensors", c->out_dir);
+    if (c->mode == TRAIN_MODE_FULL && !c->resume && !c->force && !stat(path, &st))
+        return sd_error(SD_ERR_ARG, "-o %s: holds checkpoint.safetensors of an interrupted run (use --resume to "
+                        "continue it, --force to start over)", c->out_dir);
     return SD_OK;
 }
 
@@ -467,14 +501,17 @@ int trainer_open(trainer_t *t, const train_config_t *cfg) {
     if (rc) return rc;
     const train_config_t *c = &t->cfg;
     const int prior = c->class_dir != NULL;
-    if (!c->instance_dir) return sd_error(SD_ERR_ARG, "--instance-dir is required");
+    if (!c->instance_dir && !c->data_tsv) return sd_error(SD_ERR_ARG, "--instance-dir is required");
+    if (c->mode != TRAIN_MODE_FULL && c->ema_decay > 0) return sd_error(SD_ERR_ARG, "--ema-decay needs --mode full");
+    if (c->ema_decay < 0 || c->ema_decay >= 1) return sd_error(SD_ERR_ARG, "--ema-decay %g: must be in [0, 1)", c->ema_decay);
     if ((c->class_dir != NULL) != (c->class_prompt != NULL))
         return sd_error(SD_ERR_ARG, "prior preservation needs both --class-dir and --class-prompt");
     /* prompts first: a prompt over 77 tokens is an error in training, never a silent cut */
     if (c->instance_prompt && (rc = prompt_table_add(&t->prompts, t->p.tok, c->instance_prompt, "--instance-prompt")) < 0)
         return rc;
     if (prior && (rc = prompt_table_add(&t->prompts, t->p.tok, c->class_prompt, "--class-prompt")) < 0) return rc;
-    rc = image_set_scan(&t->inst, c->instance_dir, "--instance-dir", 0, 0, c->instance_prompt, &t->prompts, t->p.tok);
+    if (c->data_tsv) rc = image_set_from_tsv(&t->inst, c->data_tsv, c->image_root, &t->prompts, t->p.tok);
+    else rc = image_set_scan(&t->inst, c->instance_dir, "--instance-dir", 0, 0, c->instance_prompt, &t->prompts, t->p.tok);
     if (!rc && prior)
         rc = image_set_scan(&t->cls, c->class_dir, "--class-dir", 1, 1, c->class_prompt, &t->prompts, t->p.tok);
     if (rc) return rc;
@@ -539,6 +576,15 @@ static void print_summary(trainer_t *t, int steps_run, double seconds, long ub, 
     fprintf(stderr, "  time           %.2f s this run (%.3f s/step), %.2f s in all\n", seconds,
             steps_run ? seconds / steps_run : 0.0, t->elapsed);
     fprintf(stderr, "  peak RSS       %.1f MiB\n", rss);
+    if (t->step) fprintf(stderr, "  final loss     %.6f (average of the last steps)\n", t->loss_ema / (1.0 - pow(EMA_BETA, t->step)));
+    if (c->mode == TRAIN_MODE_FULL) {
+        fprintf(stderr, "  output         %s (diffusers model folder, %s weights%s)\n", c->out_dir,
+                c->save_fp16 ? "fp16" : "fp32", t->ema_memory ? ", the EMA" : "");
+        if (c->save_delta) fprintf(stderr, "                 %s/weight_delta%s.safetensors\n", c->out_dir,
+                                   c->train_text_encoder ? "(_te)" : "");
+        fprintf(stderr, "                 %s/loss.csv\n", c->out_dir);
+        return;
+    }
     fprintf(stderr, "  output         %s/spectral_shifts.safetensors (%ld bytes)\n", c->out_dir, ub);
     if (tb >= 0) fprintf(stderr, "                 %s/spectral_shifts_te.safetensors (%ld bytes)\n", c->out_dir, tb);
     fprintf(stderr, "                 %s/loss.csv\n", c->out_dir);
@@ -573,6 +619,7 @@ int trainer_run(trainer_t *t) {
         if (rc) break;
         double lr;
         const double gnorm = trainer_optimizer_step(t, &lr);
+        if (t->ema_memory) trainer_ema_update(t);
         if (!isfinite(sum.loss) || !isfinite(gnorm)) {
             rc = sd_error(SD_ERR_NUMERIC, "step %d: the loss or gradient is not finite (loss %g, grad norm %g): "
                           "lower --lr", t->step, sum.loss, gnorm);
@@ -588,8 +635,11 @@ int trainer_run(trainer_t *t) {
             snprintf(extra, sizeof extra, "loss %.4f lr %.2g", t->loss_ema / (1.0 - pow(EMA_BETA, t->step)), lr);
             progress_update(&bar, t->step, extra);
         }
-        if (c->n_sample_prompts > 0 && ((c->sample_every > 0 && t->step % c->sample_every == 0) || t->step == c->steps))
+        if (c->n_sample_prompts > 0 && ((c->sample_every > 0 && t->step % c->sample_every == 0) || t->step == c->steps)) {
+            swap_ema(t);   /* the grid shows the weights that will be saved */
             rc = write_samples(t);
+            swap_ema(t);
+        }
         if (!rc && c->checkpoint_every > 0 && t->step % c->checkpoint_every == 0 && t->step < c->steps) {
             char path[PATH_MAX];
             snprintf(path, sizeof path, "%s/checkpoint.safetensors", c->out_dir);
@@ -600,7 +650,10 @@ int trainer_run(trainer_t *t) {
     if (rc) return rc;
     if (!c->quiet) progress_finish(&bar);
     long ub = -1, tb = -1;
-    rc = trainer_save_shifts(t, &ub, &tb);
+    if (c->mode == TRAIN_MODE_FULL)
+        rc = trainer_save_model(t, c->out_dir, c->save_fp16 ? ST_F16 : ST_F32, 1, c->save_delta ? c->out_dir : NULL);
+    else
+        rc = trainer_save_shifts(t, &ub, &tb);
     t->elapsed = elapsed0 + (now_s() - t0);
     if (!rc) print_summary(t, t->step - first, now_s() - t0, ub, tb);
     return rc;
@@ -609,7 +662,7 @@ int trainer_run(trainer_t *t) {
 void trainer_close(trainer_t *t) {
     if (t->csv) fclose(t->csv);
     for (int i = 0; i < t->n_params; i++) free(t->params[i].name);
-    free(t->params), free(t->adam_memory);
+    free(t->params), free(t->adam_memory), free(t->master), free(t->ema_memory);
     if (t->prepared) {
         unet_acts_free(&t->ua);
         unet_grads_free(&t->ug);

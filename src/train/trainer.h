@@ -15,7 +15,15 @@
  * then x_t = ddpm_add_noise, target = ddpm_target (by prediction_type), UNet on [instance rows;
  * class rows], loss = MSE(instance) + prior_loss_weight * MSE(class), backward into the shifts
  * (and through the text encoder when it is trained). The same seed and thread count give the same
- * bytes; a resumed run continues the same streams (checkpoint.h). */
+ * bytes; a resumed run continues the same streams (checkpoint.h).
+ *
+ * Full mode (cfg.mode = TRAIN_MODE_FULL; `svdiff train --mode full`, `svdiff pretrain`, full.c):
+ * the same loop over every weight instead of the shifts: fp32 master copies owned by the trainer
+ * behind dense weight views, UNET_GRAD_DENSE / CLIP_GRAD_DENSE gradients, one AdamW group at lr,
+ * optionally an EMA of the weights (updated after every optimizer step, used for the sample grids
+ * and saved as the model). The data are an instance folder or (cfg.data_tsv) a captioned TSV data
+ * set: its training rows, in file order, are the items of the epoch order, batch_size rows per
+ * micro-batch, each with its own caption. The output is OUT_DIR as a diffusers model folder. */
 #ifndef SVDIFF_TRAIN_TRAINER_H
 #define SVDIFF_TRAIN_TRAINER_H
 
@@ -27,6 +35,10 @@
 #include "train/optim.h"
 
 typedef enum { LR_CONSTANT = 0, LR_LINEAR = 1, LR_COSINE = 2 } lr_schedule_t;
+
+/* What is trained: spectral shifts (SVDiff), or every weight (DreamBooth baseline, pretraining:
+ * fp32 master copies owned by the trainer, dense gradients, a full model folder as output). */
+typedef enum { TRAIN_MODE_SHIFTS = 0, TRAIN_MODE_FULL = 1 } train_mode_t;
 
 typedef struct {
     const char *model, *tokenizer;
@@ -58,6 +70,11 @@ typedef struct {
     const char *const *sample_prompts;
     const char *svd_cache_dir;                /* NULL: the default folder; "" : no cache */
     int quiet;                                /* no progress bar (tests) */
+    /* full-weight training (mode TRAIN_MODE_FULL) */
+    train_mode_t mode;
+    float ema_decay;                          /* > 0: EMA of the weights, saved as the output model */
+    int save_delta;                           /* also write weight_delta(_te).safetensors = W - W_base */
+    const char *data_tsv, *image_root;        /* pretraining: captioned data set instead of instance_dir */
 } train_config_t;
 
 void train_config_default(train_config_t *c);
@@ -69,6 +86,8 @@ typedef struct {
     float *m, *v;
     int n;
     int group;      /* 0: spectral deltas (lr), 1: norm-gain shifts (lr_1d) */
+    float *ema;     /* full mode with ema_decay > 0: the EMA of value, else NULL */
+    int component;  /* full mode: 0 UNet, 1 text encoder; name = "unet/" or "te/" + diffusers tensor name */
 } train_param_t;
 
 typedef struct {
@@ -95,6 +114,8 @@ typedef struct {
     train_param_t *params;
     float *adam_memory;
     size_t n_values;          /* trained floats */
+    float *master;            /* full mode: owned fp32 copies of every weight matrix (the model's dense views) */
+    float *ema_memory;        /* full mode with EMA: one block behind every params[i].ema */
 
     prompt_table_t prompts;
     float *prompt_ctx;        /* [n_prompts, T, ctx_dim]: frozen text encoder's outputs */
@@ -143,6 +164,22 @@ double trainer_optimizer_step(trainer_t *t, double *lr);
 double trainer_lr_factor(const train_config_t *c, int step);
 /* Writes OUT_DIR/spectral_shifts.safetensors (+ _te) with the run's metadata; sizes in bytes. */
 int trainer_save_shifts(trainer_t *t, long *unet_bytes, long *te_bytes);
+/* Full mode: writes a diffusers model folder at `dir` (model_index.json, unet/, text_encoder/,
+ * vae/, scheduler/, tokenizer/) with the trained weights (the EMA when use_ema and there is one)
+ * in `dtype` (ST_F32 / ST_F16 / ST_BF16); untrained tensors are copied from the base model.
+ * With delta_dir, also delta_dir/weight_delta.safetensors (UNet) and weight_delta_te.safetensors
+ * (text encoder, when trained): F32 W_saved - W_base of every trained tensor, keyed by its
+ * diffusers name in its original shape. */
+int trainer_save_model(trainer_t *t, const char *dir, st_dtype_t dtype, int use_ema, const char *delta_dir);
+/* EMA update of every trained array: ema = decay * ema + (1 - decay) * value (decay 0: the raw
+ * weights). A constant decay from the initial weights, one update per optimizer step. */
+void trainer_ema_update(trainer_t *t);
+void ema_update(float *ema, const float *x, size_t n, float decay);
+/* Full mode, inside trainer_prepare: replaces every trained dense weight's view by an owned fp32
+ * copy (t->master), and lists the parameters (weights, biases, norm gains and offsets, under
+ * their diffusers names) with their dense gradients. */
+int trainer_full_masters(trainer_t *t);
+void trainer_full_visit(trainer_t *t, int count_only);
 /* Peak resident memory of the process (VmHWM) in bytes, 0 if unknown. */
 long trainer_peak_rss(void);
 

@@ -1,0 +1,527 @@
+/* Random initialisation of model folders (see init.h): the tensor list from the loader's own
+ * component_expected_tensors walk, per-kind initial values from per-tensor Philox streams,
+ * the size/FLOP statistics of a config, and the writing of the diffusers folder. */
+#include "models/init.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "base/error.h"
+#include "diffusion/diffusion.h"
+#include "io/model.h"
+#include "io/safetensors.h"
+#include "models/tokenizer.h"
+
+#define TEXT_TOKENS 77   /* the context length the statistics assume (CLIP's) */
+
+/* ---------------------------------------------------------------- the tensor list */
+
+typedef struct {
+    char *name;
+    int ndim;
+    int64_t shape[4];
+    int64_t numel;
+    int fan_in;    /* of a linear/conv bias: its weight's fan_in; else 0 */
+} tspec_t;
+
+typedef struct {
+    tspec_t *t;
+    int n, cap;
+} tlist_t;
+
+static int collect(void *ctx, const char *name, int ndim, const int64_t *shape) {
+    tlist_t *l = ctx;
+    if (l->n == l->cap) {
+        l->cap = l->cap ? 2 * l->cap : 256;
+        tspec_t *nt = realloc(l->t, (size_t)l->cap * sizeof *nt);
+        SD_CHECK(nt, "out of memory");
+        l->t = nt;
+    }
+    tspec_t *t = &l->t[l->n++];
+    memset(t, 0, sizeof *t);
+    size_t n = strlen(name);
+    t->name = sd_xmalloc(n + 1);
+    memcpy(t->name, name, n + 1);
+    t->ndim = ndim;
+    t->numel = 1;
+    for (int i = 0; i < ndim; i++) t->shape[i] = shape[i], t->numel *= shape[i];
+    /* the walk emits a module's weight right before its bias: a bias after a >= 2-d weight of
+     * the same module belongs to a linear/conv (PyTorch's bias bound uses that fan_in) */
+    if (n > 5 && !strcmp(name + n - 5, ".bias") && l->n >= 2) {
+        const tspec_t *w = &l->t[l->n - 2];
+        size_t p = n - 5;
+        if (w->ndim >= 2 && !strncmp(w->name, name, p) && !strcmp(w->name + p, ".weight"))
+            t->fan_in = (int)(w->numel / w->shape[0]);
+    }
+    return 0;
+}
+
+static void tlist_free(tlist_t *l) {
+    for (int i = 0; i < l->n; i++) free(l->t[i].name);
+    free(l->t);
+    memset(l, 0, sizeof *l);
+}
+
+static int list_tensors(const char *comp, cJSON *cfg, tlist_t *l) {
+    model_component_t c = {.name = (char *)comp, .config = cfg};
+    int rc = component_expected_tensors(&c, collect, l);
+    if (rc) tlist_free(l);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- initial values */
+
+static uint64_t fnv1a(const char *s) {
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+static uint64_t mix64(uint64_t z) {   /* splitmix64's finaliser */
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static int ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && !strcmp(s + n - k, suffix);
+}
+
+static int cfg_num(const cJSON *cfg, const char *key, double dflt, double *out) {
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(cfg, key);
+    if (!it || cJSON_IsNull(it)) {
+        if (isnan(dflt)) return sd_error(SD_ERR_FORMAT, "text_encoder config: missing key '%s'", key);
+        *out = dflt;
+        return 0;
+    }
+    if (!cJSON_IsNumber(it)) return sd_error(SD_ERR_FORMAT, "text_encoder config: key '%s' is not a number", key);
+    *out = it->valuedouble;
+    return 0;
+}
+
+int model_init_tensor(float *dst, const char *component, const cJSON *config, const char *name, int ndim,
+                      const int64_t *shape, int prev_fan_in, uint64_t seed) {
+    int64_t numel = 1;
+    for (int i = 0; i < ndim; i++) numel *= shape[i];
+    char key[512];
+    snprintf(key, sizeof key, "%s/%s", component, name);
+    rng_t r;
+    rng_init(&r, mix64(seed ^ mix64(fnv1a(key))));
+    int is_bias = ends_with(name, ".bias");
+    if (!strcmp(component, "text_encoder")) {
+        double f = 1, d = 0, L = 0, std = -1;
+        int rc;
+        if ((rc = cfg_num(config, "initializer_factor", 1.0, &f)) || (rc = cfg_num(config, "hidden_size", NAN, &d)) ||
+            (rc = cfg_num(config, "num_hidden_layers", NAN, &L)))
+            return rc;
+        if (ndim == 1) {   /* every linear bias and LayerNorm beta 0, LayerNorm gamma 1 */
+            for (int64_t i = 0; i < numel; i++) dst[i] = is_bias ? 0.0f : 1.0f;
+            return 0;
+        }
+        double in_std = pow(d, -0.5) * pow(2 * L, -0.5) * f;
+        if (strstr(name, "embeddings.")) std = 0.02 * f;
+        else if (strstr(name, ".q_proj.") || strstr(name, ".k_proj.") || strstr(name, ".v_proj.")) std = in_std;
+        else if (strstr(name, ".out_proj.")) std = pow(d, -0.5) * f;
+        else if (strstr(name, ".fc1.")) std = pow(2 * d, -0.5) * f;
+        else if (strstr(name, ".fc2.")) std = in_std;
+        if (std < 0) return sd_error(SD_ERR_ARG, "text_encoder: no initialisation rule for tensor '%s'", name);
+        rng_fill_normal(&r, dst, (size_t)numel);
+        for (int64_t i = 0; i < numel; i++) dst[i] = (float)(dst[i] * std);
+        return 0;
+    }
+    /* diffusers models: PyTorch's defaults */
+    if (ndim == 1 && !(is_bias && prev_fan_in > 0)) {
+        for (int64_t i = 0; i < numel; i++) dst[i] = is_bias ? 0.0f : 1.0f;
+        return 0;
+    }
+    int64_t fan_in = ndim == 1 ? prev_fan_in : numel / shape[0];
+    double bound = 1.0 / sqrt((double)fan_in);
+    for (int64_t i = 0; i < numel; i++) dst[i] = (float)((2.0 * rng_uniform(&r) - 1.0) * bound);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- statistics */
+
+typedef struct {
+    int levels, size;
+    double flops;
+    int64_t params;
+    int n;
+} flops_ctx_t;
+
+/* Resolution (side) at which a UNet tensor's module runs; 1 for the time-embedding path. */
+static int unet_side(const flops_ctx_t *f, const char *name) {
+    int i;
+    if (strstr(name, "time_emb")) return 1;
+    if (sscanf(name, "down_blocks.%d.", &i) == 1)
+        return f->size >> (i + (strstr(name, ".downsamplers.") != NULL));   /* stride 2: output side */
+    if (sscanf(name, "up_blocks.%d.", &i) == 1)
+        return f->size >> (f->levels - 1 - i - (strstr(name, ".upsamplers.") != NULL));
+    if (!strncmp(name, "mid_block.", 10)) return f->size >> (f->levels - 1);
+    return f->size;   /* conv_in, conv_out, conv_norm_out */
+}
+
+static int unet_flops(void *ctx, const char *name, int ndim, const int64_t *shape) {
+    flops_ctx_t *f = ctx;
+    int64_t numel = 1;
+    for (int i = 0; i < ndim; i++) numel *= shape[i];
+    f->params += numel;
+    f->n++;
+    if (ndim < 2) return 0;
+    double side = unet_side(f, name), hw = side * side;
+    double tokens = hw;
+    if (strstr(name, ".attn2.to_k.") || strstr(name, ".attn2.to_v.")) tokens = TEXT_TOKENS;
+    f->flops += 2.0 * (double)numel * tokens;
+    if (ends_with(name, ".attn1.to_q.weight")) f->flops += 4.0 * hw * hw * (double)shape[0];
+    if (ends_with(name, ".attn2.to_q.weight")) f->flops += 4.0 * hw * TEXT_TOKENS * (double)shape[0];
+    return 0;
+}
+
+static int text_flops(void *ctx, const char *name, int ndim, const int64_t *shape) {
+    flops_ctx_t *f = ctx;
+    int64_t numel = 1;
+    for (int i = 0; i < ndim; i++) numel *= shape[i];
+    f->params += numel;
+    f->n++;
+    if (ndim == 2 && !strstr(name, "embeddings.")) f->flops += 2.0 * (double)numel * TEXT_TOKENS;
+    if (ends_with(name, ".q_proj.weight")) f->flops += 4.0 * TEXT_TOKENS * TEXT_TOKENS * (double)shape[0];
+    return 0;
+}
+
+static int count_only(void *ctx, const char *name, int ndim, const int64_t *shape) {
+    flops_ctx_t *f = ctx;
+    int64_t numel = 1;
+    for (int i = 0; i < ndim; i++) numel *= shape[i];
+    f->params += numel;
+    f->n++;
+    return 0;
+}
+
+static cJSON *component_config(const cJSON *config, const char *comp) {
+    cJSON *c = cJSON_GetObjectItemCaseSensitive(config, comp);
+    return cJSON_IsObject(c) ? c : NULL;
+}
+
+/* The text encoder config with vocab_size filled in when absent (a copy; caller frees). */
+static int text_config(const cJSON *config, int vocab_size, cJSON **out) {
+    cJSON *t = component_config(config, "text_encoder");
+    if (!t) return sd_error(SD_ERR_FORMAT, "model config: no \"text_encoder\" object");
+    cJSON *c = cJSON_Duplicate(t, 1);
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(c, "vocab_size");
+    if (!v || cJSON_IsNull(v)) {
+        if (vocab_size < 1) {
+            cJSON_Delete(c);
+            return sd_error(SD_ERR_FORMAT, "text_encoder config: no vocab_size (set it, or pass a tokenizer to take "
+                            "it from)");
+        }
+        cJSON_DeleteItemFromObjectCaseSensitive(c, "vocab_size");
+        cJSON_AddNumberToObject(c, "vocab_size", vocab_size);
+    }
+    *out = c;
+    return 0;
+}
+
+int model_init_stats(const cJSON *config, int vocab_size, int fp16, model_init_stats_t *st) {
+    memset(st, 0, sizeof *st);
+    cJSON *unet = component_config(config, "unet");
+    if (!unet) return sd_error(SD_ERR_FORMAT, "model config: no \"unet\" object");
+    model_component_t uc = {.name = "unet", .config = unet};
+    int ch[16], n = 0, rc;
+    if ((rc = config_int_array(&uc, "block_out_channels", ch, 16, &n)) ||
+        (rc = config_int_or(&uc, "sample_size", 32, &st->sample_size)))
+        return rc;
+    flops_ctx_t f = {.levels = n, .size = st->sample_size};
+    if ((rc = component_expected_tensors(&uc, unet_flops, &f))) return rc;
+    st->n_tensors[0] = f.n, st->params[0] = f.params, st->flops[0] = f.flops;
+    cJSON *tc;
+    if ((rc = text_config(config, vocab_size, &tc))) return rc;
+    model_component_t t = {.name = "text_encoder", .config = tc};
+    f = (flops_ctx_t){0};
+    rc = component_expected_tensors(&t, text_flops, &f);
+    cJSON_Delete(tc);
+    if (rc) return rc;
+    st->n_tensors[1] = f.n, st->params[1] = f.params, st->flops[1] = f.flops;
+    cJSON *vae = component_config(config, "vae");
+    if (vae) {
+        model_component_t vc = {.name = "vae", .config = vae};
+        f = (flops_ctx_t){0};
+        if ((rc = component_expected_tensors(&vc, count_only, &f))) return rc;
+        st->n_tensors[2] = f.n, st->params[2] = f.params;
+    }
+    st->bytes = (st->params[0] + st->params[1] + st->params[2]) * (fp16 ? 2 : 4);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- files */
+
+static char *join(const char *a, const char *b) {
+    size_t n = strlen(a) + strlen(b) + 2;
+    char *s = sd_xmalloc(n);
+    snprintf(s, n, "%s/%s", a, b);
+    return s;
+}
+
+static int make_dir(const char *path) {
+    if (mkdir(path, 0777) != 0 && errno != EEXIST)
+        return sd_error(SD_ERR_IO, "%s: cannot create the folder: %s", path, strerror(errno));
+    return 0;
+}
+
+static int write_bytes(const char *path, const void *data, size_t n) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return sd_error(SD_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
+    int bad = fwrite(data, 1, n, f) != n;
+    bad |= fclose(f) != 0;
+    return bad ? sd_error(SD_ERR_IO, "%s: write error", path) : 0;
+}
+
+static int write_json_file(const char *dir, const char *name, const cJSON *j) {
+    char *s = cJSON_Print(j);
+    SD_CHECK(s, "out of memory");
+    size_t n = strlen(s);
+    char *t = sd_xmalloc(n + 2);
+    memcpy(t, s, n);
+    t[n] = '\n';
+    char *path = join(dir, name);
+    int rc = write_bytes(path, t, n + 1);
+    free(path);
+    free(t);
+    free(s);
+    return rc;
+}
+
+static int copy_file(const char *src, const char *dst, int optional) {
+    FILE *f = fopen(src, "rb");
+    if (!f) {
+        if (optional && errno == ENOENT) return 0;
+        return sd_error(SD_ERR_IO, "%s: cannot open: %s", src, strerror(errno));
+    }
+    size_t cap = 1 << 16, n = 0, got;
+    char *buf = sd_xmalloc(cap);
+    while ((got = fread(buf + n, 1, cap - n, f)) > 0) {
+        n += got;
+        if (n == cap) {
+            cap *= 2;
+            char *nb = realloc(buf, cap);
+            SD_CHECK(nb, "out of memory");
+            buf = nb;
+        }
+    }
+    int err = ferror(f);
+    fclose(f);
+    int rc = err ? sd_error(SD_ERR_IO, "%s: read error", src) : write_bytes(dst, buf, n);
+    free(buf);
+    return rc;
+}
+
+static void set_string(cJSON *o, const char *key, const char *value, int overwrite) {
+    if (cJSON_GetObjectItemCaseSensitive(o, key)) {
+        if (!overwrite) return;
+        cJSON_DeleteItemFromObjectCaseSensitive(o, key);
+    }
+    cJSON_AddStringToObject(o, key, value);
+}
+
+/* Initialises every tensor of one component and writes its safetensors file. */
+static int write_weights(const char *comp, cJSON *cfg, const char *path, const model_init_options_t *opt) {
+    tlist_t l = {0};
+    int rc = list_tensors(comp, cfg, &l);
+    if (rc) return rc;
+    st_writer_t *w = st_writer_new();
+    void **bufs = sd_xcalloc((size_t)l.n + 1, sizeof *bufs);
+    for (int i = 0; i < l.n && !rc; i++) {
+        const tspec_t *t = &l.t[i];
+        float *v = sd_xmalloc((size_t)t->numel * sizeof *v + 1);
+        rc = model_init_tensor(v, comp, cfg, t->name, t->ndim, t->shape, t->fan_in, opt->seed);
+        if (!rc && opt->fp16) {
+            uint16_t *h = sd_xmalloc((size_t)t->numel * sizeof *h + 1);
+            for (int64_t k = 0; k < t->numel; k++) h[k] = st_f32_to_f16(v[k]);
+            free(v);
+            bufs[i] = h;
+        } else {
+            bufs[i] = v;
+        }
+        if (!rc) rc = st_writer_add(w, t->name, opt->fp16 ? ST_F16 : ST_F32, t->ndim, t->shape, bufs[i]);
+    }
+    if (!rc) rc = st_writer_meta(w, "format", "pt");
+    if (!rc) rc = st_writer_save(w, path);
+    st_writer_free(w);
+    for (int i = 0; i < l.n; i++) free(bufs[i]);
+    free(bufs);
+    tlist_free(&l);
+    return rc;
+}
+
+static int dir_nonempty(const char *path) {
+    DIR *d = opendir(path);
+    if (!d) return 0;
+    int any = 0;
+    struct dirent *e;
+    while (!any && (e = readdir(d)))
+        any = strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
+    closedir(d);
+    return any;
+}
+
+static int write_component(const char *out_dir, const char *comp, cJSON *cfg, const char *cls, const char *cfg_name,
+                           const char *weights, const model_init_options_t *opt) {
+    char *dir = join(out_dir, comp);
+    int rc = make_dir(dir);
+    if (!rc && cls) {
+        if (!strcmp(comp, "text_encoder")) {
+            if (!cJSON_GetObjectItemCaseSensitive(cfg, "architectures")) {
+                const char *arch = cls;
+                cJSON_AddItemToObject(cfg, "architectures", cJSON_CreateStringArray(&arch, 1));
+            }
+            set_string(cfg, "model_type", "clip_text_model", 0);
+            set_string(cfg, "torch_dtype", opt->fp16 ? "float16" : "float32", 1);
+        } else {
+            set_string(cfg, "_class_name", cls, 0);
+        }
+    }
+    if (!rc) rc = write_json_file(dir, cfg_name, cfg);
+    if (!rc && weights) {
+        char *p = join(dir, weights);
+        rc = write_weights(comp, cfg, p, opt);
+        free(p);
+    }
+    free(dir);
+    return rc;
+}
+
+int model_init(const cJSON *config, const char *out_dir, const model_init_options_t *opt,
+               model_init_stats_t *stats) {
+    model_init_options_t o = opt ? *opt : (model_init_options_t){0};
+    if (!cJSON_IsObject(config)) return sd_error(SD_ERR_FORMAT, "model config: not a JSON object");
+    for (const cJSON *e = config->child; e; e = e->next)
+        if (strcmp(e->string, "unet") && strcmp(e->string, "text_encoder") && strcmp(e->string, "scheduler") &&
+            strcmp(e->string, "vae") && e->string[0] != '_')
+            return sd_error(SD_ERR_FORMAT, "model config: unknown component \"%s\" (unet, text_encoder, scheduler, "
+                            "vae)", e->string);
+    const cJSON *sched = component_config(config, "scheduler");
+    if (!sched) return sd_error(SD_ERR_FORMAT, "model config: no \"scheduler\" object");
+    int vocab = 0, rc = 0, special[3] = {0, 0, 0};
+    clip_tokenizer_t *tok = NULL;
+    if (o.tokenizer_dir) {
+        if ((rc = tokenizer_load(&tok, o.tokenizer_dir))) return rc;
+        vocab = tokenizer_vocab_size(tok);
+        special[0] = tokenizer_bos_id(tok), special[1] = tokenizer_eos_id(tok), special[2] = tokenizer_pad_id(tok);
+        tokenizer_free(tok);
+    }
+    model_init_stats_t st;
+    if ((rc = model_init_stats(config, vocab, o.fp16, &st))) return rc;
+    cJSON *tc = NULL, *uc = cJSON_Duplicate(component_config(config, "unet"), 1), *sc = cJSON_Duplicate(sched, 1);
+    cJSON *vae = component_config(config, "vae"), *vc = vae ? cJSON_Duplicate(vae, 1) : NULL;
+    if ((rc = text_config(config, vocab, &tc))) goto done;
+    const cJSON *tv = cJSON_GetObjectItemCaseSensitive(tc, "vocab_size");
+    if (vocab > 0 && cJSON_IsNumber(tv) && tv->valuedouble < vocab) {
+        rc = sd_error(SD_ERR_FORMAT, "text_encoder config: vocab_size %d is smaller than the tokenizer's %d ids (%s)",
+                      (int)tv->valuedouble, vocab, o.tokenizer_dir);
+        goto done;
+    }
+    if (vocab > 0) {   /* transformers pools at eos_token_id (2 means CLIP's argmax): make them the tokenizer's */
+        static const char *const keys[3] = {"bos_token_id", "eos_token_id", "pad_token_id"};
+        for (int i = 0; i < 3; i++) {
+            cJSON_DeleteItemFromObjectCaseSensitive(tc, keys[i]);
+            cJSON_AddNumberToObject(tc, keys[i], special[i]);
+        }
+    }
+    if (!o.force && dir_nonempty(out_dir)) {
+        rc = sd_error(SD_ERR_ARG, "%s: the folder exists and is not empty (--force writes into it)", out_dir);
+        goto done;
+    }
+    if ((rc = make_dir(out_dir))) goto done;
+    if ((rc = write_component(out_dir, "unet", uc, "UNet2DConditionModel", "config.json",
+                              "diffusion_pytorch_model.safetensors", &o)) ||
+        (rc = write_component(out_dir, "text_encoder", tc, "CLIPTextModel", "config.json", "model.safetensors", &o)) ||
+        (vc && (rc = write_component(out_dir, "vae", vc, "AutoencoderKL", "config.json",
+                                     "diffusion_pytorch_model.safetensors", &o))))
+        goto done;
+    set_string(sc, "_class_name", "DDIMScheduler", 0);
+    if ((rc = write_component(out_dir, "scheduler", sc, NULL, "scheduler_config.json", NULL, &o))) goto done;
+    if (o.tokenizer_dir) {
+        char *dir = join(out_dir, "tokenizer");
+        static const char *const files[4] = {"vocab.json", "merges.txt", "special_tokens_map.json",
+                                             "tokenizer_config.json"};
+        rc = make_dir(dir);
+        for (int i = 0; i < 4 && !rc; i++) {
+            char *s = join(o.tokenizer_dir, files[i]), *d = join(dir, files[i]);
+            rc = copy_file(s, d, i >= 2);
+            free(s);
+            free(d);
+        }
+        free(dir);
+        if (rc) goto done;
+    }
+    cJSON *index = cJSON_CreateObject();
+    cJSON_AddStringToObject(index, "_class_name", "StableDiffusionPipeline");
+    cJSON_AddStringToObject(index, "_diffusers_version", "0.21.0");
+    const char *pair[2];
+    const cJSON *cls = cJSON_GetObjectItemCaseSensitive(sc, "_class_name");
+    pair[0] = "diffusers", pair[1] = cJSON_IsString(cls) ? cls->valuestring : "DDIMScheduler";
+    cJSON_AddItemToObject(index, "scheduler", cJSON_CreateStringArray(pair, 2));
+    pair[0] = "transformers", pair[1] = "CLIPTextModel";
+    cJSON_AddItemToObject(index, "text_encoder", cJSON_CreateStringArray(pair, 2));
+    if (o.tokenizer_dir) {
+        pair[1] = "CLIPTokenizer";
+        cJSON_AddItemToObject(index, "tokenizer", cJSON_CreateStringArray(pair, 2));
+    }
+    pair[0] = "diffusers", pair[1] = "UNet2DConditionModel";
+    cJSON_AddItemToObject(index, "unet", cJSON_CreateStringArray(pair, 2));
+    if (vc) {
+        pair[1] = "AutoencoderKL";
+        cJSON_AddItemToObject(index, "vae", cJSON_CreateStringArray(pair, 2));
+    } else {   /* pixel space: the UNet works on RGB images directly */
+        cJSON *nul = cJSON_CreateArray();
+        cJSON_AddItemToArray(nul, cJSON_CreateNull());
+        cJSON_AddItemToArray(nul, cJSON_CreateNull());
+        cJSON_AddItemToObject(index, "vae", nul);
+    }
+    rc = write_json_file(out_dir, "model_index.json", index);
+    cJSON_Delete(index);
+    if (!rc) {   /* what was written must load: the loader validates every tensor and shape */
+        model_t m;
+        rc = model_open(&m, out_dir, NULL);
+        if (!rc) model_close(&m);
+    }
+    if (!rc && stats) *stats = st;
+done:
+    cJSON_Delete(tc);
+    cJSON_Delete(uc);
+    cJSON_Delete(sc);
+    cJSON_Delete(vc);
+    return rc;
+}
+
+int model_init_read_config(const char *path, cJSON **out) {
+    *out = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f) return sd_error(SD_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    size_t cap = 1 << 14, n = 0, got;
+    char *buf = sd_xmalloc(cap + 1);
+    while ((got = fread(buf + n, 1, cap - n, f)) > 0) {
+        n += got;
+        if (n == cap) {
+            cap *= 2;
+            char *nb = realloc(buf, cap + 1);
+            SD_CHECK(nb, "out of memory");
+            buf = nb;
+        }
+    }
+    fclose(f);
+    buf[n] = '\0';
+    cJSON *j = cJSON_ParseWithLength(buf, n);
+    free(buf);
+    if (!cJSON_IsObject(j)) {
+        cJSON_Delete(j);
+        return sd_error(SD_ERR_FORMAT, "%s: not a JSON object", path);
+    }
+    *out = j;
+    return 0;
+}
