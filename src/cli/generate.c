@@ -3,6 +3,7 @@
  * PNGs carrying their generation parameters, a grid for several images, and optionally the
  * final latents. */
 #include <errno.h>
+#include <float.h>
 #include <getopt.h>
 #include <limits.h>
 #include <stdio.h>
@@ -13,6 +14,7 @@
 #include "base/error.h"
 #include "base/progress.h"
 #include "base/runtime.h"
+#include "cli/args.h"
 #include "cli/commands.h"
 #include "io/image.h"
 #include "io/safetensors.h"
@@ -51,30 +53,6 @@ static void usage(FILE *f) {
             "Each PNG stores its prompt, negative prompt, steps, sampler, guidance, seed, size, model and shift\n"
             "files with their scales in a "
             "'parameters' text chunk. Progress goes to stderr.\n");
-}
-
-static int parse_int(const char *s, const char *flag, int lo, int hi, int *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || *end || end == s || v < lo || v > hi) {
-        fprintf(stderr, "svdiff generate: %s needs an integer in [%d, %d], got '%s'\n", flag, lo, hi, s);
-        return -1;
-    }
-    *out = (int)v;
-    return 0;
-}
-
-static int parse_float(const char *s, const char *flag, float *out) {
-    char *end;
-    errno = 0;
-    float v = strtof(s, &end);
-    if (errno || *end || end == s || v != v) {
-        fprintf(stderr, "svdiff generate: %s needs a number, got '%s'\n", flag, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
 }
 
 typedef struct {
@@ -154,10 +132,10 @@ int cmd_generate(int argc, char **argv) {
         case 'T': tokenizer = optarg; break;
         case 'p': prompt = optarg; break;
         case 'n': negative = optarg; break;
-        case 's': bad = parse_int(optarg, "--steps", 1, 1000, &steps); break;
-        case 'g': bad = parse_float(optarg, "--cfg", &cfg); break;
+        case 's': bad = cli_parse_int("generate", "--steps", optarg, 1, 1000, &steps); break;
+        case 'g': bad = cli_parse_float("generate", "--cfg", optarg, -FLT_MAX, FLT_MAX, &cfg); break;
         case 'S': sampler_name = optarg; break;
-        case 'e': bad = parse_float(optarg, "--eta", &eta); break;
+        case 'e': bad = cli_parse_float("generate", "--eta", optarg, -FLT_MAX, FLT_MAX, &eta); break;
         case 'r': {
             char *end;
             errno = 0;
@@ -168,13 +146,13 @@ int cmd_generate(int argc, char **argv) {
             }
             break;
         }
-        case 'W': bad = parse_int(optarg, "--width", 8, 8192, &width); break;
-        case 'H': bad = parse_int(optarg, "--height", 8, 8192, &height); break;
-        case 'N': bad = parse_int(optarg, "--num-images", 1, 10000, &num_images); break;
-        case 'b': bad = parse_int(optarg, "--batch-size", 1, 64, &batch); break;
+        case 'W': bad = cli_parse_int("generate", "--width", optarg, 8, 8192, &width); break;
+        case 'H': bad = cli_parse_int("generate", "--height", optarg, 8, 8192, &height); break;
+        case 'N': bad = cli_parse_int("generate", "--num-images", optarg, 1, 10000, &num_images); break;
+        case 'b': bad = cli_parse_int("generate", "--batch-size", optarg, 1, 64, &batch); break;
         case 'i': init_path = optarg; break;
         case 'l': save_path = optarg; break;
-        case 't': bad = parse_int(optarg, "--threads", 1, 1024, &threads); break;
+        case 't': bad = cli_parse_int("generate", "--threads", optarg, 1, 1024, &threads); break;
         case 'o': out = optarg; break;
         case 'x':
             if (n_shifts == MAX_SHIFTS) {

@@ -4,6 +4,7 @@
  * arithmetic lives in src/shifts/toolbox.c; this file does files, flags and printing. */
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <float.h>
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
@@ -12,6 +13,7 @@
 #include <sys/stat.h>
 
 #include "base/error.h"
+#include "cli/args.h"
 #include "cli/commands.h"
 #include "io/model.h"
 #include "io/safetensors.h"
@@ -67,18 +69,6 @@ static void usage(FILE *f) {
             "      shift, so this is a least-squares fit and refused unless --force (the largest gain error is\n"
             "      printed); --format native turns scalar norm shifts into the exact per-element form. Both\n"
             "      need --model M for the norm gains gamma\n");
-}
-
-static int parse_float_arg(const char *s, const char *what, float *out) {
-    char *end;
-    errno = 0;
-    float v = strtof(s, &end);
-    if (errno || *end || end == s || !isfinite(v)) {
-        fprintf(stderr, "svdiff shifts: %s needs a finite number, got '%s'\n", what, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -351,7 +341,7 @@ static int parse_weights(const char *s, float *w, int max) {
     int n = 0;
     char *copy = strdup(s), *save = NULL;
     for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        if (n == max || parse_float_arg(tok, "--weights", &w[n])) {
+        if (n == max || cli_parse_float("shifts", "--weights", tok, -FLT_MAX, FLT_MAX, &w[n])) {
             free(copy);
             if (n == max) fprintf(stderr, "svdiff shifts: --weights has more than %d values\n", max);
             return -1;
@@ -485,7 +475,7 @@ int cmd_shifts(int argc, char **argv) {
         float s = 1;
         long R = 0;
         if (verb[0] == 's') {
-            if (parse_float_arg(pos[1], "the scale", &s)) return 2;
+            if (cli_parse_float("shifts", "the scale", pos[1], -FLT_MAX, FLT_MAX, &s)) return 2;
         } else {
             char *end;
             R = strtol(pos[1], &end, 10);

@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "base/error.h"
+#include "cli/args.h"
 #include "cli/commands.h"
 #include "models/bpe_learn.h"
 #include "models/tokenizer.h"
@@ -32,18 +33,6 @@ static void usage(FILE *f) {
             "  -h, --help          show this help\n");
 }
 
-static int parse_int(const char *flag, const char *s, int lo, int *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || *end || !*s || v < lo || v > 1 << 24) {
-        fprintf(stderr, "svdiff tokenizer-train: %s '%s' is not an integer >= %d\n", flag, s, lo);
-        return 2;
-    }
-    *out = (int)v;
-    return 0;
-}
-
 int cmd_tokenizer_train(int argc, char **argv) {
     const char *captions = NULL, *out = NULL;
     int column = 0;
@@ -61,9 +50,9 @@ int cmd_tokenizer_train(int argc, char **argv) {
         switch (c) {
         case 'c': captions = optarg; break;
         case 'o': out = optarg; break;
-        case 'k': if (parse_int("--column", optarg, 1, &column)) return 2; break;
-        case 'v': if (parse_int("--vocab-size", optarg, 514, &opt.vocab_size)) return 2; break;
-        case 'm': if (parse_int("--min-frequency", optarg, 1, &opt.min_frequency)) return 2; break;
+        case 'k': if (cli_parse_int("tokenizer-train", "--column", optarg, 1, 1 << 24, &column)) return 2; break;
+        case 'v': if (cli_parse_int("tokenizer-train", "--vocab-size", optarg, 514, 1 << 24, &opt.vocab_size)) return 2; break;
+        case 'm': if (cli_parse_int("tokenizer-train", "--min-frequency", optarg, 1, 1 << 24, &opt.min_frequency)) return 2; break;
         case 'r': opt.reserved = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;

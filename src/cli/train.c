@@ -10,6 +10,7 @@
 
 #include "base/error.h"
 #include "base/runtime.h"
+#include "cli/args.h"
 #include "cli/commands.h"
 #include "train/trainer.h"
 
@@ -102,30 +103,6 @@ static void usage(FILE *f) {
             "The loss log has columns step, loss, instance_loss, prior_loss, lr, grad_norm, seconds.\n"
             "Test-only: SVDIFF_TEST_ABORT_AT_STEP=k in the environment ends the process (exit 137, as after\n"
             "kill -9) right after step k; the tests use it to check --resume.\n");
-}
-
-static int parse_int(const char *s, const char *flag, int lo, int hi, int *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || *end || end == s || v < lo || v > hi) {
-        fprintf(stderr, "svdiff %s: %s needs an integer in [%d, %d], got '%s'\n", verb, flag, lo, hi, s);
-        return -1;
-    }
-    *out = (int)v;
-    return 0;
-}
-
-static int parse_float(const char *s, const char *flag, float lo, float hi, float *out) {
-    char *end;
-    errno = 0;
-    float v = strtof(s, &end);
-    if (errno || *end || end == s || !(v >= lo && v <= hi)) {
-        fprintf(stderr, "svdiff %s: %s needs a number in [%g, %g], got '%s'\n", verb, flag, lo, hi, s);
-        return -1;
-    }
-    *out = v;
-    return 0;
 }
 
 enum {
@@ -230,18 +207,18 @@ int train_cli(int argc, char **argv, int pretrain) {
         case O_INST_PROMPT: c.instance_prompt = optarg; break;
         case O_CLASS_DIR: c.class_dir = optarg; break;
         case O_CLASS_PROMPT: c.class_prompt = optarg; break;
-        case O_NUM_CLASS: bad = parse_int(optarg, "--num-class-images", 0, 1000000, &c.num_class_images); break;
-        case O_CLASS_STEPS: bad = parse_int(optarg, "--class-steps", 1, 1000, &c.class_steps); break;
-        case O_CLASS_CFG: bad = parse_float(optarg, "--class-cfg", 0, 100, &c.class_cfg); break;
-        case O_PRIOR_W: bad = parse_float(optarg, "--prior-loss-weight", 0, 1e6f, &c.prior_loss_weight); break;
-        case O_RES: bad = parse_int(optarg, "--resolution", 8, 8192, &c.resolution); break;
+        case O_NUM_CLASS: bad = cli_parse_int(verb, "--num-class-images", optarg, 0, 1000000, &c.num_class_images); break;
+        case O_CLASS_STEPS: bad = cli_parse_int(verb, "--class-steps", optarg, 1, 1000, &c.class_steps); break;
+        case O_CLASS_CFG: bad = cli_parse_float(verb, "--class-cfg", optarg, 0, 100, &c.class_cfg); break;
+        case O_PRIOR_W: bad = cli_parse_float(verb, "--prior-loss-weight", optarg, 0, 1e6f, &c.prior_loss_weight); break;
+        case O_RES: bad = cli_parse_int(verb, "--resolution", optarg, 8, 8192, &c.resolution); break;
         case O_CENTER: c.center_crop = 1; break;
         case O_FLIP: c.flip = 1; break;
-        case O_BATCH: bad = parse_int(optarg, "--batch-size", 1, 64, &c.batch_size); break;
-        case O_ACCUM: bad = parse_int(optarg, "--grad-accum", 1, 100000, &c.grad_accum); break;
-        case O_STEPS: bad = parse_int(optarg, "--steps", 1, 100000000, &c.steps); break;
-        case O_LR: bad = parse_float(optarg, "--lr", 0, 1e3f, &c.lr), lr_given = 1; break;
-        case O_LR1D: bad = parse_float(optarg, "--lr-1d", 0, 1e3f, &c.lr_1d); break;
+        case O_BATCH: bad = cli_parse_int(verb, "--batch-size", optarg, 1, 64, &c.batch_size); break;
+        case O_ACCUM: bad = cli_parse_int(verb, "--grad-accum", optarg, 1, 100000, &c.grad_accum); break;
+        case O_STEPS: bad = cli_parse_int(verb, "--steps", optarg, 1, 100000000, &c.steps); break;
+        case O_LR: bad = cli_parse_float(verb, "--lr", optarg, 0, 1e3f, &c.lr), lr_given = 1; break;
+        case O_LR1D: bad = cli_parse_float(verb, "--lr-1d", optarg, 0, 1e3f, &c.lr_1d); break;
         case O_SCHED:
             if (!strcmp(optarg, "constant") || !strcmp(optarg, "constant_with_warmup")) c.lr_schedule = LR_CONSTANT;
             else if (!strcmp(optarg, "linear")) c.lr_schedule = LR_LINEAR;
@@ -251,12 +228,12 @@ int train_cli(int argc, char **argv, int pretrain) {
                 bad = 1;
             }
             break;
-        case O_WARMUP: bad = parse_int(optarg, "--warmup", 0, 100000000, &c.warmup); break;
-        case O_B1: bad = parse_float(optarg, "--adam-beta1", 0, 0.999999f, &c.beta1); break;
-        case O_B2: bad = parse_float(optarg, "--adam-beta2", 0, 0.999999f, &c.beta2); break;
-        case O_EPS: bad = parse_float(optarg, "--adam-epsilon", 0, 1, &c.adam_eps); break;
-        case O_WD: bad = parse_float(optarg, "--adam-weight-decay", 0, 1e3f, &c.weight_decay); break;
-        case O_CLIP: bad = parse_float(optarg, "--max-grad-norm", 0, 1e30f, &c.max_grad_norm); break;
+        case O_WARMUP: bad = cli_parse_int(verb, "--warmup", optarg, 0, 100000000, &c.warmup); break;
+        case O_B1: bad = cli_parse_float(verb, "--adam-beta1", optarg, 0, 0.999999f, &c.beta1); break;
+        case O_B2: bad = cli_parse_float(verb, "--adam-beta2", optarg, 0, 0.999999f, &c.beta2); break;
+        case O_EPS: bad = cli_parse_float(verb, "--adam-epsilon", optarg, 0, 1, &c.adam_eps); break;
+        case O_WD: bad = cli_parse_float(verb, "--adam-weight-decay", optarg, 0, 1e3f, &c.weight_decay); break;
+        case O_CLIP: bad = cli_parse_float(verb, "--max-grad-norm", optarg, 0, 1e30f, &c.max_grad_norm); break;
         case O_TE: c.train_text_encoder = 1; break;
         case O_NORM:
             if (!strcmp(optarg, "element")) c.norm_shift = NORMSHIFT_ELEMENT;
@@ -286,7 +263,7 @@ int train_cli(int argc, char **argv, int pretrain) {
             c.seed = v;
             break;
         }
-        case O_THREADS: bad = parse_int(optarg, "--threads", 1, 1024, &c.threads); break;
+        case O_THREADS: bad = cli_parse_int(verb, "--threads", optarg, 1, 1024, &c.threads); break;
         case 'o': c.out_dir = optarg; break;
         case O_SAVE_DTYPE:
             if (!strcmp(optarg, "fp32") || !strcmp(optarg, "fp16")) c.save_fp16 = !strcmp(optarg, "fp16");
@@ -295,9 +272,9 @@ int train_cli(int argc, char **argv, int pretrain) {
                 bad = 1;
             }
             break;
-        case O_CKPT: bad = parse_int(optarg, "--checkpoint-every", 0, 100000000, &c.checkpoint_every); break;
+        case O_CKPT: bad = cli_parse_int(verb, "--checkpoint-every", optarg, 0, 100000000, &c.checkpoint_every); break;
         case O_RESUME: c.resume = 1; break;
-        case O_SAMPLE_EVERY: bad = parse_int(optarg, "--sample-every", 0, 100000000, &c.sample_every); break;
+        case O_SAMPLE_EVERY: bad = cli_parse_int(verb, "--sample-every", optarg, 0, 100000000, &c.sample_every); break;
         case O_SAMPLE_PROMPT:
             if (n_samples == MAX_SAMPLE_PROMPTS) {
                 fprintf(stderr, "svdiff train: at most %d --sample-prompt\n", MAX_SAMPLE_PROMPTS);
@@ -306,8 +283,8 @@ int train_cli(int argc, char **argv, int pretrain) {
                 samples[n_samples++] = optarg;
             }
             break;
-        case O_SAMPLE_STEPS: bad = parse_int(optarg, "--sample-steps", 1, 1000, &c.sample_steps); break;
-        case O_SAMPLE_CFG: bad = parse_float(optarg, "--sample-cfg", 0, 100, &c.sample_cfg); break;
+        case O_SAMPLE_STEPS: bad = cli_parse_int(verb, "--sample-steps", optarg, 1, 1000, &c.sample_steps); break;
+        case O_SAMPLE_CFG: bad = cli_parse_float(verb, "--sample-cfg", optarg, 0, 100, &c.sample_cfg); break;
         case O_FORCE: c.force = 1; break;
         case O_QUIET: c.quiet = 1; break;
         case O_MODE:
@@ -319,7 +296,7 @@ int train_cli(int argc, char **argv, int pretrain) {
             }
             break;
         case O_SAVE_DELTA: c.save_delta = 1; break;
-        case O_EMA: bad = parse_float(optarg, "--ema-decay", 0, 0.99999994f, &c.ema_decay); break;
+        case O_EMA: bad = cli_parse_float(verb, "--ema-decay", optarg, 0, 0.99999994f, &c.ema_decay); break;
         case O_DATA: c.data_tsv = optarg; break;
         case O_IMAGE_ROOT: c.image_root = optarg; break;
         case O_FREEZE_TE: c.train_text_encoder = 0; break;

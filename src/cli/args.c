@@ -1,0 +1,34 @@
+/* CLI number parsing (see args.h). */
+#include "cli/args.h"
+
+#include <errno.h>
+#include <float.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+int cli_parse_int(const char *verb, const char *flag, const char *s, int lo, int hi, int *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || end == s || v < lo || v > hi) {
+        fprintf(stderr, "svdiff %s: %s needs an integer in [%d, %d], got '%s'\n", verb, flag, lo, hi, s);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+int cli_parse_float(const char *verb, const char *flag, const char *s, float lo, float hi, float *out) {
+    char *end;
+    errno = 0;
+    float v = strtof(s, &end);
+    if (errno || *end || end == s || !(v >= lo && v <= hi)) {
+        if (lo <= -FLT_MAX && hi >= FLT_MAX)
+            fprintf(stderr, "svdiff %s: %s needs a finite number, got '%s'\n", verb, flag, s);
+        else
+            fprintf(stderr, "svdiff %s: %s needs a number in [%g, %g], got '%s'\n", verb, flag, lo, hi, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}

@@ -1,0 +1,10 @@
+/* Number parsing for CLI flags, shared by the verbs: the whole string must be a number in
+ * [lo, hi] (NaN refused); otherwise one line "svdiff <verb>: <flag> needs ..." on stderr and
+ * -1 (the caller exits with 2, a usage error). */
+#ifndef SVDIFF_CLI_ARGS_H
+#define SVDIFF_CLI_ARGS_H
+
+int cli_parse_int(const char *verb, const char *flag, const char *s, int lo, int hi, int *out);
+int cli_parse_float(const char *verb, const char *flag, const char *s, float lo, float hi, float *out);
+
+#endif
