@@ -33,7 +33,7 @@ static void print_usage(FILE *f) {
             "commands:\n",
             SVDIFF_VERSION);
     for (size_t i = 0; i < sizeof COMMANDS / sizeof *COMMANDS; i++)
-        fprintf(f, "  %-12s %s\n", COMMANDS[i].name, COMMANDS[i].summary);
+        fprintf(f, "  %-16s %s\n", COMMANDS[i].name, COMMANDS[i].summary);
     fprintf(f,
             "\noptions:\n"
             "  -h, --help     show this help (or `svdiff <command> --help` for a command's flags)\n"
