@@ -1010,3 +1010,11 @@ out:
     free(hdr);
     return rc;
 }
+
+void st_release_pages(const st_tensor_t *t, size_t offset, size_t n) {
+    if (offset >= t->nbytes) return;
+    if (n > t->nbytes - offset) n = t->nbytes - offset;
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), p = (uintptr_t)t->data + offset;
+    const uintptr_t a = (p + page - 1) & ~(page - 1), b = (p + n) & ~(page - 1);
+    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+}

@@ -50,6 +50,12 @@ void st_close(st_file_t *f);
 const st_tensor_t *st_find(const st_file_t *f, const char *name);   /* NULL if absent */
 const char *st_meta(const st_file_t *f, const char *key);            /* NULL if absent */
 
+/* Drops the whole pages of bytes [offset, offset + n) of a tensor's data from the process's
+ * resident set (madvise DONTNEED on the read-only mapping). The page cache keeps them, so a
+ * later read faults them back in cheaply. For data read once and copied (hashing, SVD cache
+ * loading) so that it is not counted twice in RSS. */
+void st_release_pages(const st_tensor_t *t, size_t offset, size_t n);
+
 /* Converts an F32/F16/BF16 tensor to float (dst holds t->numel floats). Other dtypes:
  * SD_ERR_FORMAT naming the tensor. */
 int st_read_f32(float *dst, const st_tensor_t *t);

@@ -149,16 +149,6 @@ static uint64_t header_hash(const htensor_t *h) {
     return hash_bytes(buf, (size_t)(k < (int)sizeof buf ? k : (int)sizeof buf - 1), 0);
 }
 
-/* Drops the whole pages of [p, p+n) from this process's resident set. The weights are
- * read-only file mappings, so the pages stay in the page cache and fault back in cheaply
- * if used later; without this, hashing a 2 GB model would leave 2 GB counted in RSS while
- * training allocates its factors next to it. */
-static void release_pages(const void *p, size_t n) {
-    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-    uintptr_t a = ((uintptr_t)p + page - 1) & ~(page - 1), b = ((uintptr_t)p + n) & ~(page - 1);
-    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
-}
-
 int model_weights_hash(const model_t *m, char out[17]) {
     hlist_t l = {0};
     /* component tensors are sorted by diffusers name (model.h) */
@@ -189,8 +179,9 @@ int model_weights_hash(const model_t *m, char out[17]) {
         const size_t j = (size_t)job - h->first_job, e0 = j * CHUNK_ELEMS, ne = (size_t)h->t->numel;
         const size_t n = ne - e0 < CHUNK_ELEMS ? ne - e0 : CHUNK_ELEMS;
         chunk[job] = hash_chunk(h->t, e0, n, (uint64_t)j);
+        /* read once: do not leave the model counted in RSS next to what training allocates */
         const size_t esize = h->t->numel ? h->t->nbytes / (size_t)h->t->numel : 0;
-        release_pages((const uint8_t *)h->t->data + e0 * esize, n * esize);
+        st_release_pages(h->t, e0 * esize, n * esize);
     }
     uint64_t total = K2;
     for (int i = 0; i < l.n; i++) {

@@ -182,6 +182,9 @@ int svd_cache_lookup(svd_cache_t *c, const char *path, weight_t *w, int keep_bas
     const float *u = aligned_f32(U, &tu), *s = aligned_f32(S, &ts), *v = aligned_f32(Vt, &tv);
     weight_make_spectral_from(w, u, s, v, rank, keep_base);
     free(tu), free(ts), free(tv);
+    /* copied: without this the 4 GB cache file of an SD 1.5 UNet stays resident next to
+     * the 4 GB of factors (measured: 8.3 GB set-up peak) */
+    st_release_pages(U, 0, U->nbytes), st_release_pages(S, 0, S->nbytes), st_release_pages(Vt, 0, Vt->nbytes);
     c->loaded++;
     return 1;
 }
