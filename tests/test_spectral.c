@@ -14,8 +14,8 @@ static void test_svd_reconstructs(void **state) {
     (void)state;
     trng_t r;
     trng_seed(&r, 11);
-    const int shapes[][2] = {{7, 5}, {5, 7}, {16, 16}, {1, 9}};
-    for (int k = 0; k < 4; k++) {
+    const int shapes[][2] = {{7, 5}, {5, 7}, {16, 16}, {1, 9}, {12, 108}};
+    for (int k = 0; k < 5; k++) {
         int rows = shapes[k][0], cols = shapes[k][1];
         float *W = alloc_normal(&r, (size_t)rows * cols, 1), *Wb = alloc_zeros((size_t)rows * cols);
         spectral_t sp;
@@ -33,6 +33,13 @@ static void test_svd_reconstructs(void **state) {
             for (int b = 0; b < sp.rank; b++) {
                 double d = 0;
                 for (int i = 0; i < rows; i++) d += (double)sp.U[i * sp.rank + a] * sp.U[i * sp.rank + b];
+                assert_true(fabs(d - (a == b)) < 1e-5);
+            }
+        /* and V^T orthonormal rows (wide matrices take LAPACK's transposed path) */
+        for (int a = 0; a < sp.rank; a++)
+            for (int b = 0; b < sp.rank; b++) {
+                double d = 0;
+                for (int j = 0; j < cols; j++) d += (double)sp.Vt[a * cols + j] * sp.Vt[b * cols + j];
                 assert_true(fabs(d - (a == b)) < 1e-5);
             }
         spectral_free(&sp);
