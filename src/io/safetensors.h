@@ -51,8 +51,9 @@ const st_tensor_t *st_find(const st_file_t *f, const char *name);   /* NULL if a
 const char *st_meta(const st_file_t *f, const char *key);            /* NULL if absent */
 
 /* Drops the whole pages of bytes [offset, offset + n) of a tensor's data from the process's
- * resident set (madvise DONTNEED on the read-only mapping). The page cache keeps them, so a
- * later read faults them back in cheaply. For data read once and copied (hashing, SVD cache
+ * resident set (madvise DONTNEED on the read-only mapping). Only for tensors of an opened
+ * file (st_open): on anonymous memory DONTNEED would zero the data. The page cache keeps the
+ * pages, so a later read faults them back in cheaply. For data read once and copied (hashing, SVD cache
  * loading) so that it is not counted twice in RSS. */
 void st_release_pages(const st_tensor_t *t, size_t offset, size_t n);
 

@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -253,8 +255,21 @@ int svd_cache_save(svd_cache_t *c) {
 
 int svd_cache_make_spectral(svd_cache_t *c, const char *path, weight_t *w, int keep_base) {
     if (svd_cache_lookup(c, path, w, keep_base)) return SD_OK;
+    const void *base = w->data;
+    const size_t base_bytes = (size_t)w->rows * w->cols * st_dtype_size(w->dtype);
     int rc = weight_make_spectral(w, keep_base);
     if (rc) return sd_error(rc, "SVD of %s failed: %s", path, sd_last_error());
+    if (!keep_base && base) {
+        /* The base matrix was read once for the SVD and is not needed any more (training):
+         * ask the kernel to reclaim its pages (measured: 1.6 GB of an SD 1.5 UNet's mapped
+         * file otherwise stays in RSS). MADV_PAGEOUT, not DONTNEED: the data may be the
+         * caller's own memory, whose contents PAGEOUT keeps and DONTNEED would zero. */
+        const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), p0 = (uintptr_t)base;
+        const uintptr_t a = (p0 + page - 1) & ~(page - 1), b = (p0 + base_bytes) & ~(page - 1);
+#ifdef MADV_PAGEOUT
+        if (b > a) madvise((void *)a, b - a, MADV_PAGEOUT);
+#endif
+    }
     svd_cache_put(c, path, w->sp);
     return SD_OK;
 }
