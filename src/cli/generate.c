@@ -87,8 +87,10 @@ static int load_init_latents(const char *path, float *dst, int n, int C, int h, 
     const size_t per = (size_t)C * h * w;
     const int64_t rows = t->ndim == 4 ? t->shape[0] : 0;
     if (t->ndim != 4 || (rows != 1 && rows != n) || t->shape[1] != C || t->shape[2] != h || t->shape[3] != w) {
-        rc = sd_error(SD_ERR_SHAPE, "%s: tensor '%s' must be [%d or 1, %d, %d, %d] for this model and size", path,
-                      t->name, n, C, h, w);
+        char rows_ok[32];
+        snprintf(rows_ok, sizeof rows_ok, n == 1 ? "1" : "%d or 1", n);
+        rc = sd_error(SD_ERR_SHAPE, "%s: tensor '%s' must be [%s, %d, %d, %d] for this model and size", path,
+                      t->name, rows_ok, C, h, w);
         st_close(&f);
         return rc;
     }
