@@ -21,6 +21,10 @@ static const char *wanted_coretype(void) {
 void sd_runtime_init(int argc, char **argv) {
     (void)argc;
     if (getenv("SVDIFF_NO_REEXEC")) return;
+    /* Under valgrind /proc/self/exe is valgrind's own tool binary: never re-exec there (set
+     * OPENBLAS_CORETYPE / OMP_WAIT_POLICY by hand if the kernels or waiting matter). */
+    const char *preload = getenv("LD_PRELOAD");
+    if (preload && (strstr(preload, "vgpreload") || strstr(preload, "valgrind"))) return;
     int reexec = 0;
     /* 1. OpenBLAS kernels: only when it fell back to a generic core on a CPU it did not know */
     const char *core = openblas_get_corename();
