@@ -677,6 +677,37 @@ static void test_end_to_end(void **state) {
     rm_tree(p.tmp);
 }
 
+/* --rank R: only the shifts of the R largest singular values move; the rest stay exactly 0
+ * (norm-gain shifts are not ranked), and the file records the rank. */
+static void test_rank_limited(void **state) {
+    (void)state;
+    paths_t p;
+    make_tmp(p.tmp, sizeof p.tmp);
+    make_data(p.tmp);
+    train_config_t c;
+    small_config(&c, &p, "rank");
+    c.rank = 2;
+    assert_int_equal(train_once(&c), 0);
+    char path[256];
+    snprintf(path, sizeof path, "%s/spectral_shifts.safetensors", p.out);
+    shift_set_t s;
+    assert_int_equal(shiftset_load(&s, path), 0);
+    int matrices = 0, moved = 0;
+    for (int i = 0; i < s.n; i++) {
+        const shift_entry_t *e = &s.entries[i];
+        const char *last = strrchr(e->path, '.');
+        if (strstr(last ? last : e->path, "norm")) continue;   /* norm-gain shift */
+        matrices++;
+        for (int j = 2; j < e->n; j++) assert_true(e->values[j] == 0.0f);
+        for (int j = 0; j < 2 && j < e->n; j++) moved += e->values[j] != 0.0f;
+    }
+    assert_true(matrices > 0 && moved > matrices);   /* the top-2 shifts did train */
+    assert_non_null(shiftset_meta(&s, "rank"));
+    assert_string_equal(shiftset_meta(&s, "rank"), "2");
+    shiftset_free(&s);
+    rm_tree(p.tmp);
+}
+
 int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_golden_step),
@@ -687,6 +718,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_resume_after_kill),
         cmocka_unit_test(test_bad_inputs),
         cmocka_unit_test(test_end_to_end),
+        cmocka_unit_test(test_rank_limited),
     };
     if (argc > 1) cmocka_set_test_filter(argv[1]);
     int rc = cmocka_run_group_tests(tests, NULL, NULL);

@@ -83,6 +83,8 @@ static void usage(FILE *f) {
             "  --save-delta               full mode: also OUT_DIR/weight_delta(_te).safetensors = W - W_base\n"
             "  --ema-decay D              full mode: save an EMA of the weights (e.g. 0.999)\n"
             "  --norm-shift MODE          element (a shift per gain entry, default) or scalar (svdiff-pytorch)\n"
+            "  --rank R                   train only the shifts of the R largest singular values of every\n"
+            "                             matrix (the rest stay 0; norm-gain shifts unaffected)\n"
             "  --svd-dtype fp32|bf16      precision of U and V; bf16 rounds the fp32 factors to bf16 values\n"
             "                             (the engine has no bf16 kernels: memory is not reduced)\n"
             "  --svd-cache DIR|none       SVD cache folder (default $SVDIFF_CACHE_DIR or ~/.cache/svdiff)\n"
@@ -110,7 +112,7 @@ enum {
     O_CLASS_STEPS, O_CLASS_CFG, O_PRIOR_W, O_RES, O_CENTER, O_FLIP, O_BATCH, O_ACCUM, O_STEPS, O_LR, O_LR1D,
     O_SCHED, O_WARMUP, O_B1, O_B2, O_EPS, O_WD, O_CLIP, O_TE, O_NORM, O_SVD_DTYPE, O_SVD_CACHE, O_GCKPT, O_SEED,
     O_THREADS, O_SAVE_DTYPE, O_CKPT, O_RESUME, O_SAMPLE_EVERY, O_SAMPLE_PROMPT, O_SAMPLE_STEPS, O_SAMPLE_CFG,
-    O_FORCE, O_QUIET, O_MODE, O_SAVE_DELTA, O_EMA, O_DATA, O_IMAGE_ROOT, O_FREEZE_TE
+    O_FORCE, O_QUIET, O_MODE, O_SAVE_DELTA, O_EMA, O_DATA, O_IMAGE_ROOT, O_FREEZE_TE, O_RANK
 };
 
 int cmd_train(int argc, char **argv) { return train_cli(argc, argv, 0); }
@@ -171,6 +173,7 @@ int train_cli(int argc, char **argv, int pretrain) {
         {"max-grad-norm", required_argument, 0, O_CLIP},
         {"train-text-encoder", no_argument, 0, O_TE},
         {"norm-shift", required_argument, 0, O_NORM},
+        {"rank", required_argument, 0, O_RANK},
         {"svd-dtype", required_argument, 0, O_SVD_DTYPE},
         {"svd-cache", required_argument, 0, O_SVD_CACHE},
         {"gradient-checkpointing", no_argument, 0, O_GCKPT},
@@ -235,6 +238,7 @@ int train_cli(int argc, char **argv, int pretrain) {
         case O_WD: bad = cli_parse_float(verb, "--adam-weight-decay", optarg, 0, 1e3f, &c.weight_decay); break;
         case O_CLIP: bad = cli_parse_float(verb, "--max-grad-norm", optarg, 0, 1e30f, &c.max_grad_norm); break;
         case O_TE: c.train_text_encoder = 1; break;
+        case O_RANK: bad = cli_parse_int(verb, "--rank", optarg, 1, 1 << 20, &c.rank); break;
         case O_NORM:
             if (!strcmp(optarg, "element")) c.norm_shift = NORMSHIFT_ELEMENT;
             else if (!strcmp(optarg, "scalar")) c.norm_shift = NORMSHIFT_SCALAR;
@@ -327,6 +331,10 @@ int train_cli(int argc, char **argv, int pretrain) {
     }
     if (c.mode != TRAIN_MODE_FULL && (c.save_delta || c.ema_decay > 0)) {
         fprintf(stderr, "svdiff train: --save-delta and --ema-decay need --mode full\n");
+        return 2;
+    }
+    if (c.rank > 0 && c.mode == TRAIN_MODE_FULL) {
+        fprintf(stderr, "svdiff %s: --rank limits spectral shifts; it does not apply to full-weight training\n", verb);
         return 2;
     }
     if (!pretrain && c.mode == TRAIN_MODE_FULL && !lr_given) c.lr = 5e-6f;   /* diffusers' DreamBooth default */

@@ -42,6 +42,7 @@ char *train_config_json(const trainer_t *t) {
     cJSON_AddBoolToObject(o, "train_text_encoder", c->train_text_encoder);
     cJSON_AddStringToObject(o, "norm_shift", c->norm_shift == NORMSHIFT_SCALAR ? "scalar" : "element");
     cJSON_AddStringToObject(o, "svd_dtype", c->svd_bf16 ? "bf16" : "fp32");
+    if (c->rank > 0) cJSON_AddNumberToObject(o, "rank", c->rank);   /* absent when 0: older checkpoints stay valid */
     cJSON_AddStringToObject(o, "seed", seed);
     if (c->mode == TRAIN_MODE_FULL) {   /* only in full mode: shift-mode checkpoints stay as they were */
         cJSON_AddStringToObject(o, "mode", "full");

@@ -274,6 +274,13 @@ double trainer_optimizer_step(trainer_t *t, double *lr_out) {
     float **grads = sd_xmalloc(sizeof(float *) * (t->n_params + 1));
     size_t *sizes = sd_xmalloc(sizeof(size_t) * (t->n_params + 1));
     for (int i = 0; i < t->n_params; i++) grads[i] = t->params[i].grad, sizes[i] = (size_t)t->params[i].n;
+    if (c->rank > 0 && c->mode == TRAIN_MODE_SHIFTS)
+        /* --rank R: shifts of singular values beyond the R largest (entries R.. of a delta,
+         * which follows the descending singular values) get no gradient; their delta, m and v
+         * stay 0, so AdamW leaves them at 0. Norm-gain shifts (group 1) are not ranked. */
+        for (int i = 0; i < t->n_params; i++)
+            if (t->params[i].group == 0 && t->params[i].n > c->rank)
+                memset(t->params[i].grad + c->rank, 0, sizeof(float) * (size_t)(t->params[i].n - c->rank));
     const double norm = clip_grad_norm(grads, sizes, t->n_params, c->max_grad_norm > 0 ? c->max_grad_norm : INFINITY);
     free(grads), free(sizes);
     const double f = trainer_lr_factor(c, t->step);
@@ -345,6 +352,11 @@ static void put_meta_common(shift_set_t *s, const trainer_t *t) {
     snprintf(buf, sizeof buf, "%d", c->batch_size * c->grad_accum);
     shiftset_set_meta(s, "batch_size", buf);
     shiftset_set_meta(s, "norm_shift", c->norm_shift == NORMSHIFT_SCALAR ? "scalar" : "element");
+    if (c->rank > 0) {
+        char r[32];
+        snprintf(r, sizeof r, "%d", c->rank);
+        shiftset_set_meta(s, "rank", r);
+    }
     shiftset_set_meta(s, "train_text_encoder", c->train_text_encoder ? "true" : "false");
     shiftset_set_meta(s, "svd_dtype", c->svd_bf16 ? "bf16" : "fp32");
     shiftset_set_meta(s, "svdiff_version", SVDIFF_VERSION);

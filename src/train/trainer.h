@@ -58,6 +58,8 @@ typedef struct {
     float max_grad_norm;                      /* 1; <= 0: no clipping */
     int train_text_encoder;
     normshift_mode_t norm_shift;              /* element */
+    int rank;                                 /* > 0: train only the shifts of the top-`rank`
+                                                 singular values of every matrix (0: all) */
     int svd_bf16;                             /* round U, V to bf16 precision */
     int grad_checkpointing;                   /* recompute transformer insides in backward */
     uint64_t seed;
