@@ -9,15 +9,8 @@ scripts/install-deps.sh
 scripts/build.sh release >/dev/null
 build/bench_micro "$@"
 echo
-if /usr/bin/python3 -c "import torch" 2>/dev/null; then
-  # Give PyTorch's OpenBLAS the same kernels svdiff picks (src/base/runtime.h); Debian's
-  # OpenBLAS otherwise falls back to generic kernels on recent Xeons.
-  if [ -z "${OPENBLAS_CORETYPE:-}" ]; then
-    if grep -qw avx512_bf16 /proc/cpuinfo; then export OPENBLAS_CORETYPE=Cooperlake
-    elif grep -qw avx512f /proc/cpuinfo; then export OPENBLAS_CORETYPE=SkylakeX
-    elif grep -qw avx2 /proc/cpuinfo; then export OPENBLAS_CORETYPE=Haswell; fi
-  fi
+. bench/common.sh
+if bench_torch_available; then
+  bench_openblas_coretype
   /usr/bin/python3 bench/micro_torch.py "$@"
-else
-  echo "(PyTorch side skipped: install python3-torch with scripts/install-deps.sh --reference)"
 fi

@@ -35,30 +35,10 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-cache="${SVDIFF_BENCH_CACHE:-bench/out}"
-model="$cache/sd15-random"
-mkdir -p "$cache"
-if [ ! -f "$model/model_index.json" ] || [ ! -f "$model/unet/diffusion_pytorch_model.safetensors" ]; then
-  echo "making the random SD 1.5 model in $model (about a minute)..." >&2
-  /usr/bin/python3 bench/make_random_sd15.py --out "$model" >&2
-fi
-if [ -n "${SVDIFF_BUILD_DIR:-}" ]; then
-  build="$SVDIFF_BUILD_DIR"
-else
-  scripts/install-deps.sh
-  scripts/build.sh release >/dev/null
-  build=build
-fi
-if [ "$torch" = 1 ] && ! /usr/bin/python3 -c "import torch" 2>/dev/null; then
-  echo "(PyTorch side skipped: install python3-torch with scripts/install-deps.sh --reference)" >&2
-  torch=0
-fi
-# PyTorch's OpenBLAS gets the kernels svdiff picks (src/base/runtime.h), as bench/run_micro.sh.
-if [ -z "${OPENBLAS_CORETYPE:-}" ]; then
-  if grep -qw avx512_bf16 /proc/cpuinfo; then export OPENBLAS_CORETYPE=Cooperlake
-  elif grep -qw avx512f /proc/cpuinfo; then export OPENBLAS_CORETYPE=SkylakeX
-  elif grep -qw avx2 /proc/cpuinfo; then export OPENBLAS_CORETYPE=Haswell; fi
-fi
+. bench/common.sh
+bench_prepare_sd15
+if [ "$torch" = 1 ] && ! bench_torch_available; then torch=0; fi
+bench_openblas_coretype
 
 run="$cache/train-step-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$run"
