@@ -32,26 +32,6 @@ static const char *model_dir(void) {
 
 /* ---- files ---- */
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-    (void)st, (void)flag, (void)ftw;
-    return remove(path);
-}
-
-static void rm_tree(const char *dir) { nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
-
-static char *read_file(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)len + 1);
-    *n = fread(buf, 1, (size_t)len, f);
-    buf[*n] = 0;
-    fclose(f);
-    return buf;
-}
-
 static void write_text(const char *path, const char *text) {
     FILE *f = fopen(path, "w");
     assert_non_null(f);
@@ -62,16 +42,6 @@ static void write_text(const char *path, const char *text) {
 static int exists(const char *path) {
     struct stat st;
     return stat(path, &st) == 0;
-}
-
-static void assert_same_file(const char *a, const char *b) {
-    size_t na, nb;
-    char *x = read_file(a, &na), *y = read_file(b, &nb);
-    if (!x || !y || na != nb || memcmp(x, y, na)) {
-        print_error("files differ: %s (%zu bytes) and %s (%zu bytes)\n", a, x ? na : 0, b, y ? nb : 0);
-        fail();
-    }
-    free(x), free(y);
 }
 
 /* loss.csv without its seconds column. */

@@ -28,13 +28,6 @@ static double now_s(void) {
     return ts.tv_sec + 1e-9 * ts.tv_nsec;
 }
 
-static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb, (void)flag, (void)ftw;
-    return remove(path);
-}
-
-static void rm_tree(const char *dir) { nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS); }
-
 static char *temp_dir(void) {
     char tmpl[] = "/tmp/svdiff-test-init-XXXXXX";
     char *d = mkdtemp(tmpl);
@@ -42,24 +35,10 @@ static char *temp_dir(void) {
     return strdup(d);
 }
 
-static char *read_all(const char *path, size_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)len + 1);
-    size_t got = fread(buf, 1, (size_t)len, f);
-    fclose(f);
-    buf[got] = '\0';
-    *n = got;
-    return buf;
-}
-
 /* 1 when the two files exist and hold the same bytes. */
 static int same_file(const char *a, const char *b) {
     size_t na = 0, nb = 0;
-    char *x = read_all(a, &na), *y = read_all(b, &nb);
+    char *x = read_file(a, &na), *y = read_file(b, &nb);
     int same = x && y && na == nb && !memcmp(x, y, na);
     free(x);
     free(y);
@@ -356,7 +335,7 @@ static void test_bpe_ties(void **state) {
     assert_int_equal(bpe_learn(caps, 3, &opt, dir, NULL), 0);
     char *p = path2(dir, "merges.txt");
     size_t len;
-    char *text = read_all(p, &len);
+    char *text = read_file(p, &len);
     assert_string_equal(text, "#version: 0.2\na b</w>\nc d</w>\n");
     free(text);
     free(p);

@@ -19,11 +19,6 @@
 
 static char g_dir[256];   /* per-test temp dir */
 
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb, (void)flag, (void)ftw;
-    return remove(p);
-}
-
 static int setup(void **state) {
     (void)state;
     snprintf(g_dir, sizeof g_dir, "/tmp/svdiff_model_XXXXXX");
@@ -32,7 +27,7 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
     (void)state;
-    return nftw(g_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    return rm_tree(g_dir);
 }
 
 static const char *tpath(const char *rel) {
@@ -561,7 +556,7 @@ static void test_folder_variants(void **state) {
     write_json_file(p, idx);
     cJSON_Delete(idx);
     snprintf(q, sizeof q, "%s/vae", dir);
-    assert_int_equal(nftw(q, rm_entry, 16, FTW_DEPTH | FTW_PHYS), 0);
+    assert_int_equal(rm_tree(q), 0);
     open_ok(&m, dir, NULL);
     assert_int_equal(m.vae.n_tensors, 0);
     assert_null(m.vae.config);
@@ -618,7 +613,7 @@ static void test_missing_config_key(void **state) {
         write_json_file(p, j);
         cJSON_Delete(j);
         open_fails(dir, NULL, cases[k][0], cases[k][1]);
-        assert_int_equal(nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS), 0);
+        assert_int_equal(rm_tree(dir), 0);
     }
 }
 
@@ -651,7 +646,7 @@ static void test_missing_files(void **state) {
     snprintf(p, sizeof p, "%s/vae/config.json", dir);
     assert_int_equal(unlink(p), 0);
     open_fails(dir, NULL, "vae/config.json", NULL);
-    assert_int_equal(nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS), 0);
+    assert_int_equal(rm_tree(dir), 0);
     dir = copy_folder();
     snprintf(p, sizeof p, "%s/text_encoder/model.safetensors.index.json", dir);
     snprintf(q, sizeof q, "%s/text_encoder/index.json.bak", dir);
@@ -661,13 +656,13 @@ static void test_missing_files(void **state) {
     snprintf(p, sizeof p, "%s/text_encoder/model-00002-of-00002.safetensors", dir);
     assert_int_equal(unlink(p), 0);
     open_fails(dir, NULL, "model-00002-of-00002.safetensors", NULL);
-    assert_int_equal(nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS), 0);
+    assert_int_equal(rm_tree(dir), 0);
     dir = copy_folder();
     snprintf(p, sizeof p, "%s/scheduler/scheduler_config.json", dir);   /* listed but gone */
     assert_int_equal(unlink(p), 0);
     open_fails(dir, NULL, "scheduler_config.json", NULL);
     snprintf(p, sizeof p, "%s/vae", dir);
-    assert_int_equal(nftw(p, rm_entry, 16, FTW_DEPTH | FTW_PHYS), 0);
+    assert_int_equal(rm_tree(p), 0);
     open_fails(dir, NULL, "vae", "missing");
 }
 

@@ -20,11 +20,6 @@
 
 static char g_dir[256]; /* per-run temp dir under /tmp */
 
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb; (void)flag; (void)ftw;
-    return remove(p);
-}
-
 static int setup(void **state) {
     (void)state;
     snprintf(g_dir, sizeof g_dir, "/tmp/svdiff_st_XXXXXX");
@@ -33,7 +28,7 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
     (void)state;
-    return nftw(g_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    return rm_tree(g_dir);
 }
 
 /* g_dir/name in a rotating set of buffers (tests hold a few paths at once). */

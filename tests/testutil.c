@@ -1,5 +1,9 @@
 /* Shared test helpers (see testutil.h). */
+#define _GNU_SOURCE   /* nftw */
 #include "testutil.h"
+
+#include <ftw.h>
+#include <sys/stat.h>
 
 #include <math.h>
 #include <stdio.h>
@@ -160,4 +164,35 @@ __attribute__((constructor)) static void testutil_runtime_init(void) {
     for (size_t i = 0; i < n && argc < 63; i += strlen(buf + i) + 1) argv[argc++] = buf + i;
     argv[argc] = NULL;
     if (argc > 0) sd_runtime_init(argc, argv);
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+int rm_tree(const char *dir) { return nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
+
+char *read_file(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)(len > 0 ? len : 0) + 1);
+    *n = fread(buf, 1, (size_t)(len > 0 ? len : 0), f);
+    buf[*n] = 0;
+    fclose(f);
+    return buf;
+}
+
+void assert_same_file(const char *a, const char *b) {
+    size_t na = 0, nb = 0;
+    char *x = read_file(a, &na), *y = read_file(b, &nb);
+    if (!x || !y || na != nb || memcmp(x, y, na)) {
+        print_error("files differ: %s (%zu bytes) and %s (%zu bytes)\n", a, x ? na : 0, b, y ? nb : 0);
+        free(x), free(y);
+        fail();
+    }
+    free(x), free(y);
 }

@@ -38,6 +38,13 @@ double fd_check(const char *name, float *x, const float *grad, size_t n, size_t 
 /* sum_i out[i] * w[i] in double: the usual probe loss (its d/d out is w). */
 double dot_loss(const float *out, const float *w, size_t n);
 
+/* Files: removes a folder tree (returns nftw's result, 0 on success); reads a whole file
+ * (malloc'ed, NUL-terminated, *n bytes; NULL if unreadable); fails the test unless two files
+ * have the same bytes. */
+int rm_tree(const char *dir);
+char *read_file(const char *path, size_t *n);
+void assert_same_file(const char *a, const char *b);
+
 /* Path of a file under the source tree (SVDIFF_SOURCE_DIR, else "."); static buffer. */
 const char *source_path(const char *rel);
 
