@@ -16,14 +16,14 @@ float expression), re-implemented below bit for bit; head/tail values are stored
 can prove that both sides generated the same numbers.
 """
 import argparse
-import json
 import math
-import os
 import struct
 import sys
 
 import torch
 import torch.nn.functional as F
+
+import st_io  # noqa: E402  (tests/reference/st_io.py)
 
 torch.set_default_dtype(torch.float64)
 torch.set_num_threads(1)  # reductions in a fixed order: same bytes on every run
@@ -398,26 +398,12 @@ def gen_normshift():
 
 
 def write_safetensors(path, tensors, metadata):
-    """Minimal safetensors writer: JSON header (insertion order, padded with spaces to a
-    multiple of 8), then contiguous little-endian F32 data in the same order."""
-    header, blobs, off = {}, [], 0
+    """F32 fixture file (st_io.write_raw): tensors name -> tensor, metadata last."""
+    entries = []
     for name, t in tensors.items():
         a = t.detach().to(torch.float32).contiguous().reshape(-1)
-        data = struct.pack("<%df" % a.numel(), *a.tolist())
-        header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [off, off + len(data)]}
-        blobs.append(data)
-        off += len(data)
-    header["__metadata__"] = metadata
-    hb = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    hb += b" " * ((8 - len(hb) % 8) % 8)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(hb)))
-        f.write(hb)
-        for b in blobs:
-            f.write(b)
-    os.replace(tmp, path)
-    return 8 + len(hb) + off
+        entries.append((name, "F32", list(t.shape), struct.pack("<%df" % a.numel(), *a.tolist())))
+    return st_io.write_raw(path, entries, metadata, keep_empty_metadata=True)
 
 
 def main():

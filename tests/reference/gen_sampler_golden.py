@@ -25,7 +25,6 @@ numpy's arange(T, 0, -T/N), which for some N (61, 103, ...) has N+1 values (diff
 then take an extra step at timestep -1).
 """
 import argparse
-import json
 import math
 import os
 import struct
@@ -33,6 +32,8 @@ import sys
 
 import numpy as np
 import torch
+
+import st_io  # noqa: E402  (tests/reference/st_io.py)
 
 torch.set_num_threads(1)  # same bytes on every run
 F32 = torch.float32
@@ -466,26 +467,12 @@ def gen_runs():
 
 
 def write_safetensors(path, tensors, metadata):
-    """Minimal safetensors writer: JSON header (insertion order, padded with spaces to a
-    multiple of 8), then contiguous little-endian F32 data in the same order."""
-    header, blobs, off = {}, [], 0
+    """F32 fixture file (st_io.write_raw): tensors name -> tensor, metadata last."""
+    entries = []
     for name, t in tensors.items():
         a = t.detach().to(torch.float32).contiguous().reshape(-1)
-        data = struct.pack("<%df" % a.numel(), *a.tolist())
-        header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [off, off + len(data)]}
-        blobs.append(data)
-        off += len(data)
-    header["__metadata__"] = metadata
-    hb = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    hb += b" " * ((8 - len(hb) % 8) % 8)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(hb)))
-        f.write(hb)
-        for b in blobs:
-            f.write(b)
-    os.replace(tmp, path)
-    return 8 + len(hb) + off
+        entries.append((name, "F32", list(t.shape), struct.pack("<%df" % a.numel(), *a.tolist())))
+    return st_io.write_raw(path, entries, metadata, keep_empty_metadata=True)
 
 
 def main():

@@ -16,6 +16,8 @@ import json
 import os
 import struct
 
+import st_io  # noqa: E402  (tests/reference/st_io.py)
+
 
 def read_header(path):
     with open(path, "rb") as f:
@@ -26,17 +28,9 @@ def read_header(path):
 
 
 def write_safetensors(path, tensors, metadata=None):
-    """tensors: [(name, n)] of F32 zeros, in that order."""
-    header, off = {}, 0
-    if metadata:
-        header["__metadata__"] = metadata
-    for name, n in tensors:
-        header[name] = {"dtype": "F32", "shape": [n], "data_offsets": [off, off + 4 * n]}
-        off += 4 * n
-    hb = json.dumps(header, separators=(",", ":")).encode()
-    hb += b" " * (-len(hb) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(hb)) + hb + b"\0" * off)
+    """tensors: [(name, n)] of F32 zeros, in that order (st_io.write_raw; metadata first)."""
+    return st_io.write_raw(path, [(name, "F32", [n], b"\0" * (4 * n)) for name, n in tensors], metadata,
+                           metadata_first=True)
 
 
 def shifts_of(headers, scalar_norms):

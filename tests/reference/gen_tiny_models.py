@@ -29,9 +29,10 @@ import argparse
 import json
 import os
 import shutil
-import struct
 
 import torch
+
+import st_io  # noqa: E402  (tests/reference/st_io.py)
 
 # ---- configs (diffusers / transformers keys) ---------------------------------------------------
 
@@ -408,26 +409,10 @@ DT = {"F32": (torch.float32, 4), "F16": (torch.float16, 2), "I64": (torch.int64,
 
 
 def write_safetensors(path, tensors, metadata=None):
-    """tensors: {name: (dtype name, tensor)}; header in insertion order, padded to 8 bytes."""
-    header, off = {}, 0
-    if metadata:
-        header["__metadata__"] = metadata
-    blobs = []
-    for name, (dt, t) in tensors.items():
-        data = t.detach().to(DT[dt][0]).contiguous().numpy().tobytes()
-        header[name] = {"dtype": dt, "shape": list(t.shape), "data_offsets": [off, off + len(data)]}
-        blobs.append(data)
-        off += len(data)
-    hb = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    hb += b" " * ((8 - len(hb) % 8) % 8)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(hb)))
-        f.write(hb)
-        for b in blobs:
-            f.write(b)
-    os.replace(tmp, path)
-    return 8 + len(hb) + off
+    """tensors: {name: (dtype name, tensor)} (st_io.write_raw; metadata first)."""
+    entries = [(name, dt, list(t.shape), t.detach().to(DT[dt][0]).contiguous().numpy().tobytes())
+               for name, (dt, t) in tensors.items()]
+    return st_io.write_raw(path, entries, metadata, metadata_first=True)
 
 
 def write_json(path, obj):

@@ -36,6 +36,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import st_io  # noqa: E402  (tests/reference/st_io.py)
+
 torch.set_default_dtype(torch.float64)
 torch.set_num_threads(1)  # reductions in a fixed order: same bytes on every run
 
@@ -523,25 +525,9 @@ def tensor_bytes(t, dtype):
 
 
 def write_safetensors(path, tensors, metadata, dtype="F32"):
-    """Minimal safetensors writer: JSON header (insertion order, padded with spaces to a
-    multiple of 8), then contiguous little-endian data in the same order (one dtype)."""
-    header, blobs, off = {}, [], 0
-    for name, t in tensors.items():
-        data = tensor_bytes(t, dtype)
-        header[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [off, off + len(data)]}
-        blobs.append(data)
-        off += len(data)
-    header["__metadata__"] = metadata
-    hb = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    hb += b" " * ((8 - len(hb) % 8) % 8)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(hb)))
-        f.write(hb)
-        for b in blobs:
-            f.write(b)
-    os.replace(tmp, path)
-    return 8 + len(hb) + off
+    """One-dtype fixture file (st_io.write_raw), metadata last."""
+    entries = [(name, dtype, list(t.shape), tensor_bytes(t, dtype)) for name, t in tensors.items()]
+    return st_io.write_raw(path, entries, metadata, keep_empty_metadata=True)
 
 
 def generate(name, spec, outdir, seed):

@@ -37,6 +37,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import st_io  # noqa: E402  (tests/reference/st_io.py)
+
 torch.set_default_dtype(torch.float64)
 torch.set_num_threads(1)  # fixed reduction order: byte-identical output on every run
 
@@ -292,29 +294,15 @@ def half_cases():
 # ---- files ----
 
 def write_safetensors(path, tensors, metadata=None):
-    """Minimal safetensors writer; tensors: name -> (dtype, tensor) with dtype F32 / F16 / I64.
-    Header in insertion order, padded with spaces to a multiple of 8."""
+    """tensors: name -> (dtype, tensor) with dtype F32 / F16 / I64 (st_io.write_raw; metadata
+    last, left out when empty)."""
     fmt = {"F32": ("<%df", torch.float32), "F16": ("<%de", torch.float16), "I64": ("<%dq", torch.int64)}
-    header, blobs, off = {}, [], 0
+    entries = []
     for name, (dt, t) in tensors.items():
         code, tdt = fmt[dt]
         a = t.detach().to(tdt).contiguous().reshape(-1)
-        data = struct.pack(code % a.numel(), *a.tolist())
-        header[name] = {"dtype": dt, "shape": list(t.shape), "data_offsets": [off, off + len(data)]}
-        blobs.append(data)
-        off += len(data)
-    if metadata:
-        header["__metadata__"] = metadata
-    hb = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    hb += b" " * ((8 - len(hb) % 8) % 8)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(hb)))
-        f.write(hb)
-        for b in blobs:
-            f.write(b)
-    os.replace(tmp, path)
-    return 8 + len(hb) + off
+        entries.append((name, dt, list(t.shape), struct.pack(code % a.numel(), *a.tolist())))
+    return st_io.write_raw(path, entries, metadata)
 
 
 def write_vae_folder(folder, cfg, params, dtype):
