@@ -538,6 +538,54 @@ static void test_dreambooth_full(void **state) {
     rm_tree(d.tmp);
 }
 
+/* --caption-dropout 1 trains on the empty prompt only, so the captions cannot matter; with 0 they
+ * do. A second TSV gives the same images other captions. */
+static int same_bytes(const char *a, const char *b) {
+    size_t na, nb;
+    char *x = read_file(a, &na), *y = read_file(b, &nb);
+    int same = x && y && na == nb && !memcmp(x, y, na);
+    free(x), free(y);
+    return same;
+}
+
+static void test_caption_dropout(void **state) {
+    (void)state;
+    data_t d;
+    make_data(&d);
+    char other[256], tsv[1024];
+    snprintf(other, sizeof other, "%s/other.tsv", d.tmp);
+    int len = snprintf(tsv, sizeof tsv, "path\tcaption\tsplit\n");
+    for (int i = 0; i < 5; i++)
+        len += snprintf(tsv + len, sizeof tsv - len, "img/e%d.png\ta drawing number %d\t%s\n", i, i, i == 3 ? "test" : "train");
+    write_text(other, tsv);
+    char out[4][256], fa[512], fb[512];
+    const char *names[4] = {"drop-a", "drop-b", "keep-a", "keep-b"};
+    for (int k = 0; k < 4; k++) {
+        train_config_t c;
+        pre_config(&c, &d, out[k], sizeof out[k], names[k]);
+        if (k & 1) c.data_tsv = other;
+        c.caption_dropout = k < 2 ? 1.0f : 0.0f;
+        c.steps = 2;
+        assert_int_equal(train_once(&c), 0);
+    }
+    static const char *const unet = "unet/diffusion_pytorch_model.safetensors";
+    snprintf(fa, sizeof fa, "%s/%s", out[0], unet);
+    snprintf(fb, sizeof fb, "%s/%s", out[1], unet);
+    assert_true(same_bytes(fa, fb));
+    snprintf(fa, sizeof fa, "%s/%s", out[2], unet);
+    snprintf(fb, sizeof fb, "%s/%s", out[3], unet);
+    assert_false(same_bytes(fa, fb));
+    train_config_t c;
+    char bad[256];
+    pre_config(&c, &d, bad, sizeof bad, "bad");
+    c.caption_dropout = 1.5f;
+    trainer_t t;
+    assert_int_not_equal(trainer_open(&t, &c), 0);
+    assert_non_null(strstr(sd_last_error(), "--caption-dropout"));
+    trainer_close(&t);
+    rm_tree(d.tmp);
+}
+
 int main(void) {
     sd_set_threads(1);   /* the kill test forks: libgomp cannot run a team in a forked child */
     const struct CMUnitTest tests[] = {
@@ -548,6 +596,7 @@ int main(void) {
         cmocka_unit_test(test_determinism_and_dtype),
         cmocka_unit_test(test_resume_after_kill),
         cmocka_unit_test(test_dreambooth_full),
+        cmocka_unit_test(test_caption_dropout),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -30,6 +30,8 @@ static void usage_pretrain(FILE *f) {
             "  --image-root DIR           folder of relative paths (default: the TSV's folder)\n"
             "  --resolution N             training size (default 32); images are resized and centre-cropped, never\n"
             "                             flipped; without a VAE they go to the UNet as [-1, 1] pixels\n"
+            "  --caption-dropout P        share of rows trained with the empty prompt, the unconditional branch\n"
+            "                             that classifier-free guidance needs (default 0.1)\n"
             "order of the data: a Fisher-Yates permutation of the rows per epoch (Philox stream of --seed),\n"
             "consumed --batch-size rows per micro-batch; noise and timesteps come from a second stream.\n"
             "optimisation:\n"
@@ -67,6 +69,7 @@ static void usage(FILE *f) {
             "  --resolution N             training size in pixels (default 512)\n"
             "  --center-crop              centre crop (default: a random crop per image, from the seed)\n"
             "  --flip                     random horizontal flips\n"
+            "  --caption-dropout P        share of rows trained with the empty prompt (default 0)\n"
             "optimisation:\n"
             "  --batch-size N             instance images per step (default 1; as many class images)\n"
             "  --grad-accum N             micro-batches per optimizer step (default 1)\n"
@@ -109,7 +112,7 @@ static void usage(FILE *f) {
 
 enum {
     O_MODEL = 1000, O_TOKENIZER, O_INST_DIR, O_INST_PROMPT, O_CLASS_DIR, O_CLASS_PROMPT, O_NUM_CLASS,
-    O_CLASS_STEPS, O_CLASS_CFG, O_PRIOR_W, O_RES, O_CENTER, O_FLIP, O_BATCH, O_ACCUM, O_STEPS, O_LR, O_LR1D,
+    O_CLASS_STEPS, O_CLASS_CFG, O_PRIOR_W, O_RES, O_CENTER, O_FLIP, O_CAPDROP, O_BATCH, O_ACCUM, O_STEPS, O_LR, O_LR1D,
     O_SCHED, O_WARMUP, O_B1, O_B2, O_EPS, O_WD, O_CLIP, O_TE, O_NORM, O_SVD_DTYPE, O_SVD_CACHE, O_GCKPT, O_SEED,
     O_THREADS, O_SAVE_DTYPE, O_CKPT, O_RESUME, O_SAMPLE_EVERY, O_SAMPLE_PROMPT, O_SAMPLE_STEPS, O_SAMPLE_CFG,
     O_FORCE, O_QUIET, O_MODE, O_SAVE_DELTA, O_EMA, O_DATA, O_IMAGE_ROOT, O_FREEZE_TE, O_RANK
@@ -131,6 +134,7 @@ int train_cli(int argc, char **argv, int pretrain) {
         c.steps = 1000;
         c.lr = 1e-4f;
         c.lr_schedule = LR_COSINE;
+        c.caption_dropout = 0.1f;
     }
     const char *samples[MAX_SAMPLE_PROMPTS];
     int n_samples = 0;
@@ -152,6 +156,7 @@ int train_cli(int argc, char **argv, int pretrain) {
         {"center-crop", no_argument, 0, O_CENTER},
         {"flip", no_argument, 0, O_FLIP},
         {"random-flip", no_argument, 0, O_FLIP},
+        {"caption-dropout", required_argument, 0, O_CAPDROP},
         {"batch-size", required_argument, 0, O_BATCH},
         {"train-batch-size", required_argument, 0, O_BATCH},
         {"grad-accum", required_argument, 0, O_ACCUM},
@@ -217,6 +222,7 @@ int train_cli(int argc, char **argv, int pretrain) {
         case O_RES: bad = cli_parse_int(verb, "--resolution", optarg, 8, 8192, &c.resolution); break;
         case O_CENTER: c.center_crop = 1; break;
         case O_FLIP: c.flip = 1; break;
+        case O_CAPDROP: bad = cli_parse_float(verb, "--caption-dropout", optarg, 0, 1, &c.caption_dropout); break;
         case O_BATCH: bad = cli_parse_int(verb, "--batch-size", optarg, 1, 64, &c.batch_size); break;
         case O_ACCUM: bad = cli_parse_int(verb, "--grad-accum", optarg, 1, 100000, &c.grad_accum); break;
         case O_STEPS: bad = cli_parse_int(verb, "--steps", optarg, 1, 100000000, &c.steps); break;

@@ -322,7 +322,9 @@ static int next_batch(trainer_t *t) {
     for (int r = 0; r < rows; r++) t->ts[r] = rng_randint(&t->rng, t->p.sched.T);
     rng_fill_normal(&t->rng, t->eps, (size_t)rows * L);
     for (int r = 0; r < rows; r++) {
-        const int pi = img[r]->prompt;
+        int pi = img[r]->prompt;
+        /* drawn only when on, so runs without it keep their streams (and their bytes) */
+        if (c->caption_dropout > 0 && rng_uniform(&t->rng) < c->caption_dropout) pi = t->empty_prompt;
         memcpy(t->ids + (size_t)r * t->T, t->prompts.ids + (size_t)pi * t->T, sizeof(int) * t->T);
         if (t->prompt_ctx) memcpy(t->ctx + r * CT, t->prompt_ctx + pi * CT, sizeof(float) * CT);
     }
@@ -522,6 +524,11 @@ int trainer_open(trainer_t *t, const train_config_t *cfg) {
     if (c->instance_prompt && (rc = prompt_table_add(&t->prompts, t->p.tok, c->instance_prompt, "--instance-prompt")) < 0)
         return rc;
     if (prior && (rc = prompt_table_add(&t->prompts, t->p.tok, c->class_prompt, "--class-prompt")) < 0) return rc;
+    if (c->caption_dropout < 0 || c->caption_dropout > 1)
+        return sd_error(SD_ERR_ARG, "--caption-dropout %g: must be in [0, 1]", c->caption_dropout);
+    t->empty_prompt = -1;
+    if (c->caption_dropout > 0 && (rc = t->empty_prompt = prompt_table_add(&t->prompts, t->p.tok, "", "--caption-dropout")) < 0)
+        return rc;
     if (c->data_tsv) rc = image_set_from_tsv(&t->inst, c->data_tsv, c->image_root, &t->prompts, t->p.tok);
     else rc = image_set_scan(&t->inst, c->instance_dir, "--instance-dir", 0, 0, c->instance_prompt, &t->prompts, t->p.tok);
     if (!rc && prior)

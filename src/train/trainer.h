@@ -50,6 +50,8 @@ typedef struct {
     float prior_loss_weight;                  /* 1 */
     int resolution;                           /* 512 */
     int center_crop, flip;
+    float caption_dropout;                    /* share of rows trained on the empty prompt (the
+                                                 unconditional branch that CFG samples need) */
     int batch_size, grad_accum, steps;        /* 1, 1, 500 */
     float lr, lr_1d;                          /* 1e-3 (spectral deltas), 1e-6 (norm-gain shifts) */
     lr_schedule_t lr_schedule;
@@ -120,6 +122,7 @@ typedef struct {
     float *ema_memory;        /* full mode with EMA: one block behind every params[i].ema */
 
     prompt_table_t prompts;
+    int empty_prompt;         /* index of "" in prompts (--caption-dropout), else -1 */
     float *prompt_ctx;        /* [n_prompts, T, ctx_dim]: frozen text encoder's outputs */
     image_set_t inst, cls;
     data_order_t order;
