@@ -13,6 +13,7 @@ typedef struct {
 } command_t;
 
 static const command_t COMMANDS[] = {
+    {"eval", cmd_eval, "denoising loss of images under a prompt at fixed timesteps and noise (compare models)"},
     {"generate", cmd_generate, "generate images from a text prompt"},
     {"info", cmd_info, "describe a model folder or single-file checkpoint without reading its weights"},
     {"init", cmd_init, "write a randomly initialised model folder from component configs (for pretraining)"},

@@ -1,0 +1,53 @@
+# ctest script (CMakeLists.txt, cli.eval): `svdiff eval` on the tiny model and the demo cats at
+# 16 px. The same options give the same loss (the noise does not depend on the model); shifts at
+# scale 0 give the base model's loss, at scale 1 another one; a new seed changes it; bad
+# arguments exit non-zero with a message.
+#   cmake -DSVDIFF=<svdiff> -DSRC=<source dir> -DWORK=<scratch dir> -P this
+cmake_minimum_required(VERSION 3.18)
+foreach(v SVDIFF SRC WORK)
+  if(NOT DEFINED ${v})
+    message(FATAL_ERROR "define ${v}")
+  endif()
+endforeach()
+file(REMOVE_RECURSE ${WORK})
+file(MAKE_DIRECTORY ${WORK})
+set(common eval --model ${SRC}/tests/fixtures/tiny-sd/diffusers --images ${SRC}/models/demo-subjects/cat/google
+    --prompt "a cat" --resolution 16 --noise-draws 2 --num-timesteps 3 --json --svd-cache ${WORK}/cache)
+set(shifts ${SRC}/tests/fixtures/toolbox/a.safetensors)
+
+# loss(<var> <want exit> <args...>): stdout of svdiff in var; fails on another exit code.
+function(loss var want)
+  execute_process(COMMAND ${SVDIFF} ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT rc STREQUAL want)
+    message(FATAL_ERROR "svdiff ${ARGN}\nexited with ${rc}, expected ${want}\n${out}${err}")
+  endif()
+  set(${var} "${out}" PARENT_SCOPE)
+  set(run_err "${err}" PARENT_SCOPE)
+endfunction()
+
+loss(base 0 ${common})
+if(NOT base MATCHES "^\\{\"loss\": [0-9.]+, \"images\": 4, \"noise_draws\": 2")
+  message(FATAL_ERROR "unexpected output: ${base}")
+endif()
+loss(again 0 ${common})
+loss(zero 0 ${common} --force --shifts ${shifts}:0)
+loss(one 0 ${common} --force --shifts ${shifts}:1)
+loss(seed1 0 ${common} --seed 1)
+if(NOT again STREQUAL base OR NOT zero STREQUAL base)
+  message(FATAL_ERROR "same inputs, different losses:\n${base}${again}${zero}")
+endif()
+if(one STREQUAL base OR seed1 STREQUAL base)
+  message(FATAL_ERROR "shifts at scale 1 or another seed left the loss unchanged:\n${base}${one}${seed1}")
+endif()
+loss(x 1 ${common} --shifts ${shifts})
+if(NOT run_err MATCHES "base model")
+  message(FATAL_ERROR "shifts of another model: ${run_err}")
+endif()
+loss(x 1 ${common} --timesteps 5,x)
+if(NOT run_err MATCHES "--timesteps")
+  message(FATAL_ERROR "bad --timesteps: ${run_err}")
+endif()
+loss(x 1 ${common} --timesteps 5000)
+loss(x 1 ${common} --images ${WORK}/missing)
+loss(x 2 eval --model ${SRC}/tests/fixtures/tiny-sd/diffusers --prompt cat)
+loss(x 2 ${common} --noise-draws 0)
