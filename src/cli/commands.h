@@ -6,7 +6,9 @@
 #include <stdio.h>
 
 int cmd_eval(int argc, char **argv);
+int cmd_edit(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
+int cmd_grid(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_init(int argc, char **argv);
 int cmd_selfcheck(int argc, char **argv);

@@ -14,7 +14,9 @@ typedef struct {
 
 static const command_t COMMANDS[] = {
     {"eval", cmd_eval, "denoising loss of images under a prompt at fixed timesteps and noise (compare models)"},
+    {"edit", cmd_edit, "edit one image by changing its prompt (fine-tuned shifts + DDIM inversion, CoSINE)"},
     {"generate", cmd_generate, "generate images from a text prompt"},
+    {"grid", cmd_grid, "lay images of one size out in a grid PNG (optionally scaled up)"},
     {"info", cmd_info, "describe a model folder or single-file checkpoint without reading its weights"},
     {"init", cmd_init, "write a randomly initialised model folder from component configs (for pretraining)"},
     {"pretrain", cmd_pretrain, "train every weight of a model on a captioned data set (the embedded default model)"},

@@ -1,0 +1,45 @@
+# ctest script (CMakeLists.txt, cli.grid): `svdiff grid` lays 32 px images out: 3 images in 2
+# columns with pad 2 make a 70 x 70 sheet, --scale 3 a 210 x 210 one (read from the PNG header);
+# images of different sizes, a missing file and missing arguments exit non-zero.
+#   cmake -DSVDIFF=<svdiff> -DSRC=<source dir> -DWORK=<scratch dir> -P this
+cmake_minimum_required(VERSION 3.18)
+foreach(v SVDIFF SRC WORK)
+  if(NOT DEFINED ${v})
+    message(FATAL_ERROR "define ${v}")
+  endif()
+endforeach()
+file(REMOVE_RECURSE ${WORK})
+file(MAKE_DIRECTORY ${WORK})
+set(cats ${SRC}/models/demo-subjects/cat/google)
+
+function(run want)
+  execute_process(COMMAND ${SVDIFF} grid ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT rc STREQUAL want)
+    message(FATAL_ERROR "svdiff grid ${ARGN}\nexited with ${rc}, expected ${want}\n${out}${err}")
+  endif()
+endfunction()
+
+# png_size(<file> <want w> <want h>): the IHDR width and height
+function(png_size file w h)
+  file(READ ${file} hex OFFSET 16 LIMIT 8 HEX)
+  string(SUBSTRING ${hex} 0 8 hw)
+  string(SUBSTRING ${hex} 8 8 hh)
+  math(EXPR gw "0x${hw}")
+  math(EXPR gh "0x${hh}")
+  if(NOT gw EQUAL w OR NOT gh EQUAL h)
+    message(FATAL_ERROR "${file} is ${gw}x${gh}, expected ${w}x${h}")
+  endif()
+endfunction()
+
+run(0 -o ${WORK}/a.png --cols 2 ${cats}/1F431.png ${cats}/1F638.png ${cats}/1F63A.png)
+png_size(${WORK}/a.png 70 70)
+run(0 -o ${WORK}/b.png --cols 2 --scale 3 ${cats}/1F431.png ${cats}/1F638.png ${cats}/1F63A.png)
+png_size(${WORK}/b.png 210 210)
+run(1 -o ${WORK}/c.png ${cats}/1F431.png ${WORK}/a.png)
+run(1 -o ${WORK}/c.png ${cats}/1F431.png ${WORK}/missing.png)
+if(EXISTS ${WORK}/c.png)
+  message(FATAL_ERROR "a failed grid left ${WORK}/c.png behind")
+endif()
+run(2 ${cats}/1F431.png)
+run(2 -o ${WORK}/d.png)
+run(2 -o ${WORK}/d.png --scale 0 ${cats}/1F431.png)
