@@ -1,4 +1,5 @@
-# ctest script (CMakeLists.txt, cli.grid): `svdiff grid` lays 32 px images out: 3 images in 2
+# ctest script (CMakeLists.txt, cli.grid): `svdiff compare` gives MSE 0 / PSNR inf for a file
+# and itself, the MSE of two different cats, errors for odd counts and sizes. `svdiff grid` lays 32 px images out: 3 images in 2
 # columns with pad 2 make a 70 x 70 sheet, --scale 3 a 210 x 210 one (read from the PNG header);
 # images of different sizes, a missing file and missing arguments exit non-zero.
 #   cmake -DSVDIFF=<svdiff> -DSRC=<source dir> -DWORK=<scratch dir> -P this
@@ -43,3 +44,18 @@ endif()
 run(2 ${cats}/1F431.png)
 run(2 -o ${WORK}/d.png)
 run(2 -o ${WORK}/d.png --scale 0 ${cats}/1F431.png)
+
+# compare
+function(compare var want)
+  execute_process(COMMAND ${SVDIFF} compare ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT rc STREQUAL want)
+    message(FATAL_ERROR "svdiff compare ${ARGN}\nexited with ${rc}, expected ${want}\n${out}${err}")
+  endif()
+  set(${var} "${out}" PARENT_SCOPE)
+endfunction()
+compare(out 0 --json ${cats}/1F431.png ${cats}/1F431.png ${cats}/1F431.png ${cats}/1F638.png)
+if(NOT out MATCHES "^\\{\"pairs\": \\[\\{\"mse\": 0, \"psnr\": null\\}, \\{\"mse\": 0\\.0158[0-9]*, \"psnr\": 17\\.99")
+  message(FATAL_ERROR "compare: ${out}")
+endif()
+compare(out 1 ${cats}/1F431.png ${WORK}/a.png)
+compare(out 2 ${cats}/1F431.png)

@@ -5,6 +5,8 @@
 
 #include <stdio.h>
 
+int cmd_attention_leakage(int argc, char **argv);
+int cmd_compare(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_edit(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
