@@ -18,6 +18,7 @@
 #include "cli/commands.h"
 #include "io/image.h"
 #include "io/safetensors.h"
+#include "pipeline/adapters.h"
 #include "pipeline/pipeline.h"
 #include "shifts/shifts.h"
 
@@ -44,7 +45,14 @@ static void usage(FILE *f) {
             "                          (spectral_shifts.safetensors [+ spectral_shifts_te.safetensors]), times\n"
             "                          SCALE (default 1); repeat to combine several. Baked into the weights once,\n"
             "                          so sampling costs what the base model costs\n"
-            "  --force                 apply shift files made for another base model (their base_model_hash differs)\n"
+            "  --delta PATH[:SCALE]    add a weight delta dW = W_finetuned - W_base (weight_delta(_te).safetensors of\n"
+            "                          `svdiff train --mode full --save-delta`, or its output folder) times SCALE\n"
+            "                          (default 1), on top of the shifts: W = (shifted W) + SCALE * dW; repeatable\n"
+            "  --lora PATH[:SCALE]     merge a LoRA (pytorch_lora_weights.safetensors of `svdiff train --mode lora`\n"
+            "                          or its folder; diffusers or kohya key naming): W += SCALE * alpha/r * B A;\n"
+            "                          repeatable, combines with --shifts and --delta\n"
+            "  --force                 apply shift, delta or LoRA files made for another base model (their\n"
+            "                          base_model_hash differs)\n"
             "  --svd-cache DIR         cache of the base model's SVD factors (default: $SVDIFF_CACHE_DIR, else\n"
             "                          $XDG_CACHE_HOME/svdiff or ~/.cache/svdiff)\n"
             "  --threads N             CPU threads (default: all cores)\n"
@@ -113,6 +121,9 @@ int cmd_generate(int argc, char **argv) {
     enum { MAX_SHIFTS = 32 };
     pipeline_shift_t shifts[MAX_SHIFTS];
     static char shift_paths[MAX_SHIFTS][4096];
+    int n_deltas = 0, n_loras = 0;
+    pipeline_shift_t deltas[MAX_SHIFTS], loras[MAX_SHIFTS];
+    static char delta_paths[MAX_SHIFTS][4096], lora_paths[MAX_SHIFTS][4096];
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},       {"tokenizer", required_argument, 0, 'T'},
         {"prompt", required_argument, 0, 'p'},      {"negative-prompt", required_argument, 0, 'n'},
@@ -125,6 +136,7 @@ int cmd_generate(int argc, char **argv) {
         {"output", required_argument, 0, 'o'},      {"help", no_argument, 0, 'h'},
         {"shifts", required_argument, 0, 'x'},      {"force", no_argument, 0, 'F'},
         {"svd-cache", required_argument, 0, 'C'},
+        {"delta", required_argument, 0, 'D'},       {"lora", required_argument, 0, 'L'},
         {0, 0, 0, 0}};
     optind = 1;
     for (int c; (c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1;) {
@@ -168,6 +180,24 @@ int cmd_generate(int argc, char **argv) {
                 n_shifts++;
             }
             break;
+        case 'D':
+        case 'L': {   /* --delta / --lora PATH[:SCALE] */
+            const int is_delta = c == 'D';
+            int *cnt = is_delta ? &n_deltas : &n_loras;
+            pipeline_shift_t *list = is_delta ? deltas : loras;
+            char *buf = is_delta ? delta_paths[*cnt < MAX_SHIFTS ? *cnt : 0] : lora_paths[*cnt < MAX_SHIFTS ? *cnt : 0];
+            if (*cnt == MAX_SHIFTS) {
+                fprintf(stderr, "svdiff generate: at most %d %s\n", MAX_SHIFTS, is_delta ? "--delta" : "--lora");
+                bad = 1;
+            } else if (shift_spec_parse(optarg, buf, 4096, &list[*cnt].scale)) {
+                fprintf(stderr, "svdiff generate: %s %s\n", is_delta ? "--delta" : "--lora", sd_last_error());
+                bad = 1;
+            } else {
+                list[*cnt].path = buf;
+                (*cnt)++;
+            }
+            break;
+        }
         case 'F': force = 1; break;
         case 'C': svd_cache_dir = optarg; break;
         case 'h': usage(stdout); return 0;
@@ -208,6 +238,17 @@ int cmd_generate(int argc, char **argv) {
         fprintf(stderr, "svdiff generate: %s\n", sd_last_error());
         pipeline_close(&p);
         return 1;
+    }
+    /* weight deltas and LoRAs go on top of the (baked) shifted weights */
+    if (pipeline_apply_deltas(&p, deltas, n_deltas, force) || pipeline_apply_loras(&p, loras, n_loras, force)) {
+        fprintf(stderr, "svdiff generate: %s\n", sd_last_error());
+        pipeline_close(&p);
+        return 1;
+    }
+    for (int i = 0, k = (int)strlen(shift_text); i < n_deltas + n_loras && k < (int)sizeof shift_text; i++) {
+        const pipeline_shift_t *a = i < n_deltas ? &deltas[i] : &loras[i - n_deltas];
+        k += snprintf(shift_text + k, sizeof shift_text - k, "%s%s %s (%g)", k ? ", " : "",
+                      i < n_deltas ? "delta" : "lora", a->path, a->scale);
     }
     if (!width) width = p.unet.cfg.sample_size * p.scale_factor;
     if (!height) height = p.unet.cfg.sample_size * p.scale_factor;
@@ -258,7 +299,7 @@ int cmd_generate(int argc, char **argv) {
                  "%s\nNegative prompt: %s\nSteps: %d, Sampler: %s, CFG scale: %g, Eta: %g, Seed: %llu, Size: %dx%d, "
                  "Model: %s%s%s, Version: svdiff %s",
                  prompt, negative ? negative : "", steps, sampler_kind_name(sampler), cfg, eta,
-                 seed + (unsigned long long)k, width, height, model, n_shifts ? ", Shifts: " : "", shift_text,
+                 seed + (unsigned long long)k, width, height, model, shift_text[0] ? ", Shifts: " : "", shift_text,
                  SVDIFF_VERSION);
         const char *keys[2] = {"parameters", "Software"}, *vals[2] = {params, "svdiff " SVDIFF_VERSION};
         imgs[k].w = width, imgs[k].h = height, imgs[k].rgb = rgb[k];

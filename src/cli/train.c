@@ -12,6 +12,7 @@
 #include "base/runtime.h"
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "train/cutmix.h"
 #include "train/trainer.h"
 
 #define MAX_SAMPLE_PROMPTS 64
@@ -70,6 +71,24 @@ static void usage(FILE *f) {
             "  --center-crop              centre crop (default: a random crop per image, from the seed)\n"
             "  --flip                     random horizontal flips\n"
             "  --caption-dropout P        share of rows trained with the empty prompt (default 0)\n"
+            "several subjects (Cut-Mix-Unmix; instead of --instance-dir / --class-dir):\n"
+            "  --subject \"PHRASE=DIR\"     a subject: its identifier phrase and image folder, repeatable,\n"
+            "                             e.g. --subject \"sks cat=cats/\" --subject \"hta monkey=monkeys/\"\n"
+            "  --subject-class \"PHRASE=DIR\"  prior preservation: class phrase and folder of the subject\n"
+            "                             given in the same position (e.g. \"a cat=cat-class/\"); one for\n"
+            "                             every --subject or none; missing images are generated\n"
+            "  --prompt-template T        prompts are T with {} replaced by the phrase (default \"a photo of {}\")\n"
+            "  --cutmix-prob P            share of samples that are composites of two different subjects, one\n"
+            "                             per half, prompt \"... A on the left and B on the right\" or, half of\n"
+            "                             the time, \"... A and B\" (default 0.6 with >= 2 subjects, else 0)\n"
+            "  --cutmix-vertical          top / bottom halves (\"A at the top and B at the bottom\")\n"
+            "  --cutmix-crop              scale each image to cover its half and crop (default: fit it inside\n"
+            "                             the half on its border colour, which keeps a centred subject whole)\n"
+            "  --unmix-weight W           Unmix: weight of the mean squared cross-attention probability of each\n"
+            "                             subject's phrase tokens over the other subject's half (default 1;\n"
+            "                             0 = off); composite instance rows only\n"
+            "  --unmix-layers L           cross-attention layers it acts on: all (default), latent resolutions\n"
+            "                             (\"16,8\") or module path patterns (\"up_blocks.*\", \"mid_block\")\n"
             "optimisation:\n"
             "  --batch-size N             instance images per step (default 1; as many class images)\n"
             "  --grad-accum N             micro-batches per optimizer step (default 1)\n"
@@ -81,8 +100,13 @@ static void usage(FILE *f) {
             "                             AdamW (defaults 0.9, 0.999, 1e-8, 1e-2)\n"
             "  --max-grad-norm N          gradient clipping over all shifts (default 1; 0 = off)\n"
             "  --train-text-encoder       also train the text encoder's linear and embedding shifts\n"
-            "  --mode shifts|full         full: train every weight instead (the DreamBooth baseline; default\n"
-            "                             --lr 5e-6); OUT_DIR becomes a diffusers model folder (--save-dtype)\n"
+            "  --mode shifts|full|lora    full: train every weight instead (the DreamBooth baseline; default\n"
+            "                             --lr 5e-6); OUT_DIR becomes a diffusers model folder (--save-dtype).\n"
+            "                             lora: low-rank adapters W + (alpha/r) B A on the layers the shifts\n"
+            "                             train (default --lr 1e-4), saved as OUT_DIR/pytorch_lora_weights.safetensors\n"
+            "                             (diffusers naming; `svdiff generate --lora OUT_DIR`)\n"
+            "  --lora-rank R              lora mode: adapter rank r >= 1 (default 4)\n"
+            "  --lora-alpha A             lora mode: alpha, the adapter is scaled by alpha/r (default: alpha = r)\n"
             "  --save-delta               full mode: also OUT_DIR/weight_delta(_te).safetensors = W - W_base\n"
             "  --ema-decay D              full mode: save an EMA of the weights (e.g. 0.999)\n"
             "  --norm-shift MODE          element (a shift per gain entry, default) or scalar (svdiff-pytorch)\n"
@@ -115,7 +139,9 @@ enum {
     O_CLASS_STEPS, O_CLASS_CFG, O_PRIOR_W, O_RES, O_CENTER, O_FLIP, O_CAPDROP, O_BATCH, O_ACCUM, O_STEPS, O_LR, O_LR1D,
     O_SCHED, O_WARMUP, O_B1, O_B2, O_EPS, O_WD, O_CLIP, O_TE, O_NORM, O_SVD_DTYPE, O_SVD_CACHE, O_GCKPT, O_SEED,
     O_THREADS, O_SAVE_DTYPE, O_CKPT, O_RESUME, O_SAMPLE_EVERY, O_SAMPLE_PROMPT, O_SAMPLE_STEPS, O_SAMPLE_CFG,
-    O_FORCE, O_QUIET, O_MODE, O_SAVE_DELTA, O_EMA, O_DATA, O_IMAGE_ROOT, O_FREEZE_TE, O_RANK
+    O_FORCE, O_QUIET, O_MODE, O_SAVE_DELTA, O_EMA, O_DATA, O_IMAGE_ROOT, O_FREEZE_TE, O_RANK,
+    O_LORA_RANK, O_LORA_ALPHA,
+    O_SUBJECT, O_SUBJECT_CLASS, O_TEMPLATE, O_CUTMIX_PROB, O_CUTMIX_VERT, O_CUTMIX_CROP, O_UNMIX_W, O_UNMIX_LAYERS
 };
 
 int cmd_train(int argc, char **argv) { return train_cli(argc, argv, 0); }
@@ -124,7 +150,7 @@ int train_cli(int argc, char **argv, int pretrain) {
     verb = pretrain ? "pretrain" : "train";
     train_config_t c;
     train_config_default(&c);
-    int lr_given = 0;
+    int lr_given = 0, lora_flag = 0;
     if (pretrain) {
         c.mode = TRAIN_MODE_FULL;
         c.train_text_encoder = 1;
@@ -138,6 +164,8 @@ int train_cli(int argc, char **argv, int pretrain) {
     }
     const char *samples[MAX_SAMPLE_PROMPTS];
     int n_samples = 0;
+    const char *subjects[CUTMIX_MAX_SUBJECTS], *subject_classes[CUTMIX_MAX_SUBJECTS];   /* --subject (cutmix.h) */
+    int n_subjects = 0, n_subject_classes = 0;
     static const struct option opts[] = {
         {"model", required_argument, 0, O_MODEL},
         {"pretrained-model-name-or-path", required_argument, 0, O_MODEL},
@@ -179,6 +207,8 @@ int train_cli(int argc, char **argv, int pretrain) {
         {"train-text-encoder", no_argument, 0, O_TE},
         {"norm-shift", required_argument, 0, O_NORM},
         {"rank", required_argument, 0, O_RANK},
+        {"lora-rank", required_argument, 0, O_LORA_RANK},
+        {"lora-alpha", required_argument, 0, O_LORA_ALPHA},
         {"svd-dtype", required_argument, 0, O_SVD_DTYPE},
         {"svd-cache", required_argument, 0, O_SVD_CACHE},
         {"gradient-checkpointing", no_argument, 0, O_GCKPT},
@@ -203,6 +233,14 @@ int train_cli(int argc, char **argv, int pretrain) {
         {"data", required_argument, 0, O_DATA},
         {"image-root", required_argument, 0, O_IMAGE_ROOT},
         {"freeze-text-encoder", no_argument, 0, O_FREEZE_TE},
+        {"subject", required_argument, 0, O_SUBJECT},
+        {"subject-class", required_argument, 0, O_SUBJECT_CLASS},
+        {"prompt-template", required_argument, 0, O_TEMPLATE},
+        {"cutmix-prob", required_argument, 0, O_CUTMIX_PROB},
+        {"cutmix-vertical", no_argument, 0, O_CUTMIX_VERT},
+        {"cutmix-crop", no_argument, 0, O_CUTMIX_CROP},
+        {"unmix-weight", required_argument, 0, O_UNMIX_W},
+        {"unmix-layers", required_argument, 0, O_UNMIX_LAYERS},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     optind = 1;
@@ -223,6 +261,22 @@ int train_cli(int argc, char **argv, int pretrain) {
         case O_CENTER: c.center_crop = 1; break;
         case O_FLIP: c.flip = 1; break;
         case O_CAPDROP: bad = cli_parse_float(verb, "--caption-dropout", optarg, 0, 1, &c.caption_dropout); break;
+        case O_SUBJECT:
+        case O_SUBJECT_CLASS: {
+            int *n = o == O_SUBJECT ? &n_subjects : &n_subject_classes;
+            if (*n == CUTMIX_MAX_SUBJECTS) {
+                fprintf(stderr, "svdiff %s: at most %d --subject / --subject-class\n", verb, CUTMIX_MAX_SUBJECTS);
+                return 2;
+            }
+            (o == O_SUBJECT ? subjects : subject_classes)[(*n)++] = optarg;
+            break;
+        }
+        case O_TEMPLATE: c.prompt_template = optarg; break;
+        case O_CUTMIX_PROB: bad = cli_parse_float(verb, "--cutmix-prob", optarg, 0, 1, &c.cutmix_prob); break;
+        case O_CUTMIX_VERT: c.cutmix_vertical = 1; break;
+        case O_CUTMIX_CROP: c.cutmix_fit = 0; break;
+        case O_UNMIX_W: bad = cli_parse_float(verb, "--unmix-weight", optarg, 0, 1e6f, &c.unmix_weight); break;
+        case O_UNMIX_LAYERS: c.unmix_layers = optarg; break;
         case O_BATCH: bad = cli_parse_int(verb, "--batch-size", optarg, 1, 64, &c.batch_size); break;
         case O_ACCUM: bad = cli_parse_int(verb, "--grad-accum", optarg, 1, 100000, &c.grad_accum); break;
         case O_STEPS: bad = cli_parse_int(verb, "--steps", optarg, 1, 100000000, &c.steps); break;
@@ -298,14 +352,16 @@ int train_cli(int argc, char **argv, int pretrain) {
         case O_FORCE: c.force = 1; break;
         case O_QUIET: c.quiet = 1; break;
         case O_MODE:
-            if (!pretrain && (!strcmp(optarg, "shifts") || !strcmp(optarg, "full")))
-                c.mode = !strcmp(optarg, "full") ? TRAIN_MODE_FULL : TRAIN_MODE_SHIFTS;
+            if (!pretrain && (!strcmp(optarg, "shifts") || !strcmp(optarg, "full") || !strcmp(optarg, "lora")))
+                c.mode = !strcmp(optarg, "full") ? TRAIN_MODE_FULL : !strcmp(optarg, "lora") ? TRAIN_MODE_LORA : TRAIN_MODE_SHIFTS;
             else {
-                fprintf(stderr, "svdiff %s: --mode must be shifts or full, got '%s'\n", verb, optarg);
+                fprintf(stderr, "svdiff %s: --mode must be shifts, full or lora, got '%s'\n", verb, optarg);
                 bad = 1;
             }
             break;
         case O_SAVE_DELTA: c.save_delta = 1; break;
+        case O_LORA_RANK: bad = cli_parse_int(verb, "--lora-rank", optarg, 1, 1 << 16, &c.lora_rank), lora_flag = 1; break;
+        case O_LORA_ALPHA: bad = cli_parse_float(verb, "--lora-alpha", optarg, 1e-30f, 1e30f, &c.lora_alpha), lora_flag = 1; break;
         case O_EMA: bad = cli_parse_float(verb, "--ema-decay", optarg, 0, 0.99999994f, &c.ema_decay); break;
         case O_DATA: c.data_tsv = optarg; break;
         case O_IMAGE_ROOT: c.image_root = optarg; break;
@@ -331,10 +387,25 @@ int train_cli(int argc, char **argv, int pretrain) {
         fprintf(stderr, "svdiff train: --data and --image-root belong to `svdiff pretrain`\n");
         return 2;
     }
-    if (!pretrain && (!c.model || !c.instance_dir || !c.out_dir)) {
-        fprintf(stderr, "svdiff train: --model, --instance-dir and -o are required (see --help)\n");
+    if (!pretrain && (!c.model || (!c.instance_dir && !n_subjects) || !c.out_dir)) {
+        fprintf(stderr, "svdiff train: --model, --instance-dir (or --subject) and -o are required (see --help)\n");
         return 2;
     }
+    if (n_subject_classes && n_subject_classes != n_subjects) {
+        fprintf(stderr, "svdiff %s: %d --subject-class for %d --subject: give one per subject, in the same order, or none\n",
+                verb, n_subject_classes, n_subjects);
+        return 2;
+    }
+    if (pretrain && n_subjects) {
+        fprintf(stderr, "svdiff pretrain: --subject belongs to `svdiff train`\n");
+        return 2;
+    }
+    if (!n_subjects && (c.cutmix_prob >= 0 || c.cutmix_vertical || !c.cutmix_fit || c.prompt_template || c.unmix_layers)) {
+        fprintf(stderr, "svdiff %s: --prompt-template, --cutmix-* and --unmix-layers need --subject\n", verb);
+        return 2;
+    }
+    c.n_subjects = n_subjects, c.subjects = subjects;
+    c.subject_classes = n_subject_classes ? subject_classes : NULL;
     if (c.mode != TRAIN_MODE_FULL && (c.save_delta || c.ema_decay > 0)) {
         fprintf(stderr, "svdiff train: --save-delta and --ema-decay need --mode full\n");
         return 2;
@@ -344,6 +415,15 @@ int train_cli(int argc, char **argv, int pretrain) {
         return 2;
     }
     if (!pretrain && c.mode == TRAIN_MODE_FULL && !lr_given) c.lr = 5e-6f;   /* diffusers' DreamBooth default */
+    if (lora_flag && c.mode != TRAIN_MODE_LORA) {
+        fprintf(stderr, "svdiff %s: --lora-rank and --lora-alpha need --mode lora\n", verb);
+        return 2;
+    }
+    if (c.mode == TRAIN_MODE_LORA && c.rank > 0) {
+        fprintf(stderr, "svdiff %s: --rank limits spectral shifts; with --mode lora use --lora-rank\n", verb);
+        return 2;
+    }
+    if (c.mode == TRAIN_MODE_LORA && !lr_given) c.lr = 1e-4f;   /* peft / diffusers LoRA DreamBooth */
     if (c.sample_every > 0 && !n_samples) {
         fprintf(stderr, "svdiff %s: --sample-every needs at least one --sample-prompt\n", verb);
         return 2;

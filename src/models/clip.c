@@ -504,7 +504,7 @@ static void grads_assign(clip_grads_t *g, clip_t *m, unsigned what, carve_t *cv)
         float **bias;
         const weight_t *w = weight_ref(m, i, &bias, NULL, 0);
         float **dw = dw_ref(g, i);
-        if (w->kind == WEIGHT_SPECTRAL && (what & CLIP_GRAD_SHIFTS)) *dw = carve(cv, w->sp->rank);
+        if (w->kind != WEIGHT_DENSE && (what & CLIP_GRAD_SHIFTS)) *dw = carve(cv, weight_shift_count(w));   /* delta or LoRA [A; B] */
         if (w->kind == WEIGHT_DENSE && (what & CLIP_GRAD_DENSE)) *dw = carve(cv, (size_t)w->rows * w->cols);
         if (bias && (what & CLIP_GRAD_DENSE)) linear_grads_ref(g, i)->dbias = carve(cv, w->rows);
     }

@@ -673,7 +673,7 @@ int unet_grads_alloc(unet_grads_t *g, const unet_t *m, unsigned what) {
         for (int i = 0; i < m->n_layers; i++) {
             const unet_layer_t *l = m->layers[i];
             size_t nw = 0, nb = 0;
-            if (l->w.kind == WEIGHT_SPECTRAL && shifts) nw = (size_t)l->w.sp->rank;
+            if (l->w.kind != WEIGHT_DENSE && shifts) nw = (size_t)weight_shift_count(&l->w);   /* delta or LoRA [A; B] */
             if (l->w.kind == WEIGHT_DENSE && dense) nw = (size_t)l->w.rows * l->w.cols;
             if (l->bias && dense) nb = (size_t)l->out;
             if (pass) {

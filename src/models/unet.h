@@ -96,6 +96,7 @@ typedef struct {
     unet_layer_t q1, k1, v1, o1;   /* attn1.to_q / to_k / to_v / to_out.0 */
     unet_layer_t q2, k2, v2, o2;   /* attn2.*: to_k / to_v read the context */
     unet_layer_t ff1, ff2;         /* ff.net.0.proj [8D, D] (GEGLU), ff.net.2 [D, 4D] */
+    struct unmix_site *unmix;      /* Cut-Mix-Unmix hook on attn2 (models/unmix.h); NULL: none */
 } unet_tblock_t;
 
 /* Transformer2DModel (transformers/transformer_2d.py), continuous input: GroupNorm (eps 1e-6),

@@ -7,6 +7,7 @@
 #include "base/error.h"
 #include "base/scratch.h"
 #include "models/unet.h"
+#include "models/unmix.h"
 #include "ops/ops.h"
 
 /* Below this many elements the OpenMP fork/join costs more than the work. */
@@ -338,6 +339,7 @@ static void tblock_forward(unet_tblock_acts_t *ba, const float *xin, const float
     unet_linear_forward(ba->k2, ctx, &tb->k2, B * T);
     unet_linear_forward(ba->v2, ctx, &tb->v2, B * T);
     attention_forward(ba->ao2, ba->lse2, ba->q2, ba->k2, ba->v2, B, S, T, H, hd, scale, 0);
+    if (tb->unmix) unmix_site_forward(tb->unmix, ba->q2, ba->k2, ba->lse2, B, S, T, H, hd, scale);
     unet_linear_forward(tmp, ba->ao2, &tb->o2, N);
     add3(ba->x2, ba->x1, tmp, nd);
     /* x3 = x2 + ff(LN3 x2), ff = Linear(4D -> D) . GEGLU . Linear(D -> 8D), by row chunks */
@@ -379,6 +381,7 @@ static void tblock_backward(float *dX, float *dctx, unet_grads_t *g, const float
     dln = zeros(nd);
     unet_linear_backward(dao, g, dX, ba->ao2, &tb->o2, N);
     attention_backward(dq, dk, dv, dao, ba->q2, ba->k2, ba->v2, ba->ao2, ba->lse2, B, S, T, H, hd, scale, 0);
+    if (tb->unmix) unmix_site_backward(dq, dk, tb->unmix, ba->q2, ba->k2, ba->lse2, B, S, T, H, hd, scale);
     unet_linear_backward(dln, g, dq, ba->ln2, &tb->q2, N);
     unet_linear_backward(dctx, g, dk, ctx, &tb->k2, B * T);
     unet_linear_backward(dctx, g, dv, ctx, &tb->v2, B * T);

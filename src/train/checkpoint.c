@@ -49,6 +49,11 @@ char *train_config_json(const trainer_t *t) {
         cJSON_AddNumberToObject(o, "ema_decay", c->ema_decay);
         cJSON_AddNumberToObject(o, "prompts", t->prompts.n);
     }
+    if (c->mode == TRAIN_MODE_LORA) {
+        cJSON_AddStringToObject(o, "mode", "lora");
+        cJSON_AddNumberToObject(o, "lora_rank", c->lora_rank);
+        cJSON_AddNumberToObject(o, "lora_alpha", c->lora_alpha > 0 ? c->lora_alpha : c->lora_rank);
+    }
     char *s = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     SD_CHECK(s, "out of memory");

@@ -18,6 +18,8 @@
 #include "io/image.h"
 #include "shifts/shifts.h"
 #include "train/checkpoint.h"
+#include "train/cutmix.h"
+#include "train/lora_train.h"
 
 #define STEP_SALT 0x3c6ef372fe94f82bull     /* the per-step stream */
 #define CLASS_SALT 0xa54ff53a5f1d36f1ull    /* class-image seeds */
@@ -39,6 +41,10 @@ void train_config_default(train_config_t *c) {
     c->seed = 42;
     c->sample_steps = 25;
     c->sample_cfg = 7.5f;
+    c->cutmix_prob = -1.0f;   /* 0.6 with >= 2 subjects */
+    c->cutmix_fit = 1;
+    c->unmix_weight = 1.0f;   /* method.md fixes none: measure (svdiff attention-leakage) */
+    c->lora_rank = 4;
 }
 
 static double now_s(void) {
@@ -147,6 +153,10 @@ static void collect_clip(void *ctx, const char *name, float *shift, float *grad,
 }
 
 static void visit_all(trainer_t *t, int count_only) {
+    if (t->cfg.mode == TRAIN_MODE_LORA) {
+        lora_train_visit(t, count_only);
+        return;
+    }
     if (t->cfg.mode == TRAIN_MODE_FULL) {
         trainer_full_visit(t, count_only);
         return;
@@ -164,9 +174,10 @@ int trainer_prepare(trainer_t *t, int prior) {
     t->prior = prior;
     t->rows = c->batch_size * (prior ? 2 : 1);
     const int full = c->mode == TRAIN_MODE_FULL;
-    int rc = full ? trainer_full_masters(t) : make_spectral(t);
+    const int lora = c->mode == TRAIN_MODE_LORA;   /* lora_train.c; gradients as for shifts: [dA; dB] */
+    int rc = full ? trainer_full_masters(t) : lora ? lora_train_attach(t) : make_spectral(t);
     if (rc) return rc;
-    if (!full) unet_add_norm_shifts(&t->p.unet, c->norm_shift);
+    if (!full && !lora) unet_add_norm_shifts(&t->p.unet, c->norm_shift);
     t->prepared = 1;   /* from here trainer_close frees gradients and activations (zeroed: safe) */
     /* shift mode: never dW of a frozen weight; full mode: every dW, bias, gain */
     rc = unet_grads_alloc(&t->ug, &t->p.unet, full ? UNET_GRAD_DENSE : UNET_GRAD_SHIFTS);
@@ -236,8 +247,11 @@ int trainer_micro_step(trainer_t *t, const float *x0, const float *eps, const in
     if (!ctx && !t->ca.memory) rc = clip_acts_build(&t->ca, &t->p.clip.cfg, t->rows, t->T);   /* frozen encoder, no ctx */
     if (rc) return rc;
     if (te || !ctx) ctx = clip_forward(&t->p.clip, &t->ca, ids, rows, t->T);
+    unmix_t *um = t->ms && t->ms->unmix_on ? &t->ms->unmix : NULL;   /* Cut-Mix-Unmix (cutmix.h) */
+    if (um) um->gscale = grad_scale;
     rc = unet_forward(t->pred, &t->p.unet, &t->ua, t->xt, t->tf, ctx, rows, t->h, t->w, t->T);
     if (rc) return rc;
+    const double lu = unmix_loss(um);
     const size_t ni = (size_t)n_inst * L, nc = (size_t)n_class * L;
     const float w = t->cfg.prior_loss_weight;
     const double li = mse_forward(t->pred, t->target, ni);
@@ -248,7 +262,7 @@ int trainer_micro_step(trainer_t *t, const float *x0, const float *eps, const in
     if (te) memset(t->dctx, 0, sizeof(float) * rows * CT);
     unet_backward(NULL, te ? t->dctx : NULL, &t->ug, t->dpred, &t->p.unet, &t->ua);
     if (te) clip_backward(&t->p.clip, &t->ca, t->dctx, &t->cg, NULL);
-    if (out) out->instance = li, out->prior = lc, out->loss = li + (double)w * lc;
+    if (out) out->instance = li, out->prior = lc, out->unmix = lu, out->loss = li + (double)w * lc + lu;
     return SD_OK;
 }
 
@@ -340,7 +354,8 @@ static void put_meta_common(shift_set_t *s, const trainer_t *t) {
     char buf[64];
     shiftset_set_meta(s, "base_model_hash", t->model_hash);
     shiftset_set_meta(s, "instance_prompt", c->instance_prompt ? c->instance_prompt : "");
-    if (t->prior) shiftset_set_meta(s, "class_prompt", c->class_prompt);
+    if (t->prior && c->class_prompt) shiftset_set_meta(s, "class_prompt", c->class_prompt);
+    if (t->ms) multi_put_meta(t, s);   /* subjects, Cut-Mix-Unmix settings */
     snprintf(buf, sizeof buf, "%d", t->step);
     shiftset_set_meta(s, "steps", buf);
     snprintf(buf, sizeof buf, "%d", c->resolution);
@@ -491,7 +506,9 @@ static int check_out_dir(const train_config_t *c) {
     snprintf(path, sizeof path, "%s/checkpoint.safetensors", c->out_dir);
     if (c->resume && stat(path, &st))
         return sd_error(SD_ERR_ARG, "--resume: %s does not exist", path);
-    const char *result = c->mode == TRAIN_MODE_FULL ? "model_index.json" : "spectral_shifts.safetensors";
+    const char *result = c->mode == TRAIN_MODE_FULL   ? "model_index.json"
+                         : c->mode == TRAIN_MODE_LORA ? LORA_FILE_NAME
+                                                      : "spectral_shifts.safetensors";
     snprintf(path, sizeof path, "%s/%s", c->out_dir, result);
     if (!c->resume && !c->force && !stat(path, &st))
         return sd_error(SD_ERR_ARG, "-o %s: already holds %s (use --force to overwrite, --resume to continue)",
@@ -514,9 +531,11 @@ int trainer_open(trainer_t *t, const train_config_t *cfg) {
     rc = trainer_load_model(t, cfg);
     if (rc) return rc;
     const train_config_t *c = &t->cfg;
-    const int prior = c->class_dir != NULL;
-    if (!c->instance_dir && !c->data_tsv) return sd_error(SD_ERR_ARG, "--instance-dir is required");
+    int prior = c->class_dir != NULL;
+    if (!c->instance_dir && !c->data_tsv && !c->n_subjects) return sd_error(SD_ERR_ARG, "--instance-dir is required");
     if (c->mode != TRAIN_MODE_FULL && c->ema_decay > 0) return sd_error(SD_ERR_ARG, "--ema-decay needs --mode full");
+    if (c->mode == TRAIN_MODE_LORA && c->lora_rank < 1)
+        return sd_error(SD_ERR_ARG, "--lora-rank %d: must be at least 1", c->lora_rank);
     if (c->ema_decay < 0 || c->ema_decay >= 1) return sd_error(SD_ERR_ARG, "--ema-decay %g: must be in [0, 1)", c->ema_decay);
     if ((c->class_dir != NULL) != (c->class_prompt != NULL))
         return sd_error(SD_ERR_ARG, "prior preservation needs both --class-dir and --class-prompt");
@@ -529,12 +548,13 @@ int trainer_open(trainer_t *t, const train_config_t *cfg) {
     t->empty_prompt = -1;
     if (c->caption_dropout > 0 && (rc = t->empty_prompt = prompt_table_add(&t->prompts, t->p.tok, "", "--caption-dropout")) < 0)
         return rc;
-    if (c->data_tsv) rc = image_set_from_tsv(&t->inst, c->data_tsv, c->image_root, &t->prompts, t->p.tok);
+    if (c->n_subjects) rc = multi_scan(t, &prior);   /* several subjects: cutmix.c */
+    else if (c->data_tsv) rc = image_set_from_tsv(&t->inst, c->data_tsv, c->image_root, &t->prompts, t->p.tok);
     else rc = image_set_scan(&t->inst, c->instance_dir, "--instance-dir", 0, 0, c->instance_prompt, &t->prompts, t->p.tok);
-    if (!rc && prior)
+    if (!rc && prior && !t->ms)
         rc = image_set_scan(&t->cls, c->class_dir, "--class-dir", 1, 1, c->class_prompt, &t->prompts, t->p.tok);
     if (rc) return rc;
-    if (prior && t->cls.n == 0 && c->num_class_images < 1)
+    if (prior && !t->ms && t->cls.n == 0 && c->num_class_images < 1)
         return sd_error(SD_ERR_ARG, "--class-dir %s holds no images and --num-class-images is 0", c->class_dir);
     rc = model_weights_hash(&t->p.model, t->model_hash);
     if (rc) return rc;
@@ -548,7 +568,8 @@ int trainer_open(trainer_t *t, const train_config_t *cfg) {
         return sd_error(SD_ERR_IO, "-o %s: cannot create the folder: %s", c->out_dir, strerror(errno));
 
     /* missing class images, generated by the base model (before it becomes the training form) */
-    if (prior && t->cls.n < c->num_class_images) {
+    if (t->ms && (rc = multi_classes(t))) return rc;   /* per subject (cutmix.c) */
+    if (prior && !t->ms && t->cls.n < c->num_class_images) {
         rc = class_images_generate(&t->p, c->class_dir, c->class_prompt, t->cls.n, c->num_class_images, c->resolution,
                                    c->class_steps, c->class_cfg, c->seed ^ CLASS_SALT);
         image_set_free(&t->cls);
@@ -573,6 +594,7 @@ int trainer_open(trainer_t *t, const train_config_t *cfg) {
         if (rc) return rc;
     }
     rc = trainer_prepare(t, prior);
+    if (!rc && t->ms) rc = multi_prepare(t);
     if (rc) return rc;
     if (c->resume) {
         char path[PATH_MAX];
@@ -582,6 +604,12 @@ int trainer_open(trainer_t *t, const train_config_t *cfg) {
         fprintf(stderr, "resuming at step %d of %d\n", t->step, c->steps);
     }
     return open_csv(t, t->step);
+}
+
+static int save_lora(trainer_t *t, long *bytes) {
+    char path[PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/%s", t->cfg.out_dir, LORA_FILE_NAME);
+    return lora_train_save(t, path, bytes);
 }
 
 static void print_summary(trainer_t *t, int steps_run, double seconds, long ub, long tb) {
@@ -604,7 +632,10 @@ static void print_summary(trainer_t *t, int steps_run, double seconds, long ub, 
         fprintf(stderr, "                 %s/loss.csv\n", c->out_dir);
         return;
     }
-    fprintf(stderr, "  output         %s/spectral_shifts.safetensors (%ld bytes)\n", c->out_dir, ub);
+    if (c->mode == TRAIN_MODE_LORA)
+        fprintf(stderr, "  output         %s/%s (%ld bytes, rank %d)\n", c->out_dir, LORA_FILE_NAME, ub, c->lora_rank);
+    else
+        fprintf(stderr, "  output         %s/spectral_shifts.safetensors (%ld bytes)\n", c->out_dir, ub);
     if (tb >= 0) fprintf(stderr, "                 %s/spectral_shifts_te.safetensors (%ld bytes)\n", c->out_dir, tb);
     fprintf(stderr, "                 %s/loss.csv\n", c->out_dir);
 }
@@ -624,10 +655,10 @@ int trainer_run(trainer_t *t) {
     int rc = SD_OK;
     const float gs = 1.0f / (float)c->grad_accum;
     while (t->step < c->steps && !rc) {
-        train_losses_t sum = {0, 0, 0};
+        train_losses_t sum = {0, 0, 0, 0};
         for (int a = 0; a < c->grad_accum && !rc; a++) {
             train_losses_t l;
-            rc = next_batch(t);
+            rc = t->ms ? multi_next_batch(t) : next_batch(t);
             if (!rc)
                 rc = trainer_micro_step(t, t->x0, t->eps, t->ts, t->ids, t->prompt_ctx ? t->ctx : NULL,
                                         c->batch_size, t->prior ? c->batch_size : 0, gs, &l);
@@ -672,7 +703,7 @@ int trainer_run(trainer_t *t) {
     if (c->mode == TRAIN_MODE_FULL)
         rc = trainer_save_model(t, c->out_dir, c->save_fp16 ? ST_F16 : ST_F32, 1, c->save_delta ? c->out_dir : NULL);
     else
-        rc = trainer_save_shifts(t, &ub, &tb);
+        rc = c->mode == TRAIN_MODE_LORA ? save_lora(t, &ub) : trainer_save_shifts(t, &ub, &tb);
     t->elapsed = elapsed0 + (now_s() - t0);
     if (!rc) print_summary(t, t->step - first, now_s() - t0, ub, tb);
     return rc;
@@ -695,6 +726,7 @@ void trainer_close(trainer_t *t) {
     image_set_free(&t->inst);
     image_set_free(&t->cls);
     data_order_free(&t->order);
+    multi_free(t);   /* before the model: it unhooks the Unmix sites */
     if (t->opened) pipeline_close(&t->p);
     memset(t, 0, sizeof *t);
 }

@@ -38,7 +38,8 @@ typedef enum { LR_CONSTANT = 0, LR_LINEAR = 1, LR_COSINE = 2 } lr_schedule_t;
 
 /* What is trained: spectral shifts (SVDiff), or every weight (DreamBooth baseline, pretraining:
  * fp32 master copies owned by the trainer, dense gradients, a full model folder as output). */
-typedef enum { TRAIN_MODE_SHIFTS = 0, TRAIN_MODE_FULL = 1 } train_mode_t;
+/* TRAIN_MODE_LORA: the LoRA baseline (lora_train.h): low-rank adapters on the layers the shifts train. */
+typedef enum { TRAIN_MODE_SHIFTS = 0, TRAIN_MODE_FULL = 1, TRAIN_MODE_LORA = 2 } train_mode_t;
 
 typedef struct {
     const char *model, *tokenizer;
@@ -79,6 +80,17 @@ typedef struct {
     float ema_decay;                          /* > 0: EMA of the weights, saved as the output model */
     int save_delta;                           /* also write weight_delta(_te).safetensors = W - W_base */
     const char *data_tsv, *image_root;        /* pretraining: captioned data set instead of instance_dir */
+    int lora_rank;                            /* mode TRAIN_MODE_LORA: adapter rank r (4) */
+    float lora_alpha;                         /* its alpha (scale alpha / r); <= 0: alpha = r */
+    /* several subjects with Cut-Mix-Unmix (train/cutmix.h) instead of instance_dir / class_dir */
+    int n_subjects;
+    const char *const *subjects;              /* [n_subjects] "PHRASE=DIR" */
+    const char *const *subject_classes;       /* NULL, or [n_subjects] "CLASS PHRASE=DIR" */
+    const char *prompt_template;              /* NULL: "a photo of {}" */
+    float cutmix_prob;                        /* < 0: 0.6 with >= 2 subjects */
+    int cutmix_vertical, cutmix_fit;          /* top / bottom halves; fit (1) or crop (0) into halves */
+    float unmix_weight;                       /* Unmix loss weight (0: off) */
+    const char *unmix_layers;                 /* NULL / "all", resolutions "16,8", module path patterns */
 } train_config_t;
 
 void train_config_default(train_config_t *c);
@@ -96,6 +108,7 @@ typedef struct {
 
 typedef struct {
     double loss, instance, prior;
+    double unmix;   /* the Unmix term (included in loss) */
 } train_losses_t;
 
 typedef struct {
@@ -135,6 +148,7 @@ typedef struct {
     float *x0, *eps, *xt, *target, *pred, *dpred, *tf, *ctx, *dctx, *lat_noise;
     int *ts, *ids;
     FILE *csv;
+    struct multisubject *ms;  /* several subjects (cfg.n_subjects > 0), train/cutmix.h */
 } trainer_t;
 
 /* The whole set-up of `svdiff train`: checks every input (model, folders, images, prompts, output

@@ -92,17 +92,28 @@ void weight_make_spectral_from(weight_t *w, const float *U, const float *S, cons
 
 void weight_free(weight_t *w) {
     if (w->sp) spectral_free(w->sp), free(w->sp);
+    if (w->lora) lora_free(w->lora), free(w->lora);
+    w->lora = NULL;
     free(w->baked);
     w->sp = NULL, w->baked = NULL;
 }
 
-int weight_shift_count(const weight_t *w) { return w->kind == WEIGHT_SPECTRAL ? w->sp->rank : 0; }
+int weight_shift_count(const weight_t *w) {
+    if (w->kind == WEIGHT_LORA) return (int)lora_numel(w->lora);
+    return w->kind == WEIGHT_SPECTRAL ? w->sp->rank : 0;
+}
 
 /* Effective matrix into `dst` [rows, cols]. */
 static void effective_into(float *dst, const weight_t *w) {
     if (w->kind == WEIGHT_DENSE) {
         if (w->dtype == ST_F32) memcpy(dst, w->data, sizeof(float) * w->rows * w->cols);
         else to_f32(dst, w->data, w->dtype, (size_t)w->rows * w->cols);
+        return;
+    }
+    if (w->kind == WEIGHT_LORA) {   /* W + s B A */
+        if (w->dtype == ST_F32) memcpy(dst, w->data, sizeof(float) * w->rows * w->cols);
+        else to_f32(dst, w->data, w->dtype, (size_t)w->rows * w->cols);
+        lora_merge(dst, w->lora, 1.0f);
         return;
     }
     scratch_mark_t mark = scratch_mark();
@@ -118,7 +129,7 @@ void weight_bake(weight_t *w) {
 const float *weight_effective_f32(const weight_t *w, long N) {
     if (w->baked) return w->baked;
     if (w->kind == WEIGHT_DENSE) return weight_base_f32(w);
-    if (!spectral_prefer_baked(w->sp, N, w->data != NULL)) return NULL;
+    if (w->kind == WEIGHT_SPECTRAL && !spectral_prefer_baked(w->sp, N, w->data != NULL)) return NULL;
     float *f = scratch_floats((size_t)w->rows * w->cols);
     effective_into(f, w);
     return f;
@@ -126,6 +137,11 @@ const float *weight_effective_f32(const weight_t *w, long N) {
 
 void weight_linear_forward(float *out, const float *inp, const weight_t *w, const float *bias, int N) {
     scratch_mark_t mark = scratch_mark();
+    if (w->kind == WEIGHT_LORA && !w->baked) {   /* through the factors (training form) */
+        lora_linear_forward(out, inp, weight_base_f32(w), w->lora, bias, N);
+        scratch_release(mark);
+        return;
+    }
     const float *Weff = weight_effective_f32(w, N);
     if (Weff)
         linear_forward(out, inp, Weff, bias, N, w->cols, w->rows);
@@ -137,7 +153,9 @@ void weight_linear_forward(float *out, const float *inp, const weight_t *w, cons
 void weight_linear_backward(float *dinp, float *dparam, float *dbias, const float *dout,
                             const float *inp, const weight_t *w, int N) {
     scratch_mark_t mark = scratch_mark();
-    if (w->kind == WEIGHT_DENSE) {
+    if (w->kind == WEIGHT_LORA) {   /* dparam = [dA; dB] */
+        lora_linear_backward(dinp, dparam, dbias, dout, inp, dinp ? weight_base_f32(w) : NULL, w->lora, N);
+    } else if (w->kind == WEIGHT_DENSE) {
         linear_backward(dinp, dparam, dbias, dout, inp, dinp ? weight_base_f32(w) : NULL, N, w->cols, w->rows);
     } else {
         /* dinp through the baked matrix when that is cheaper; d(delta) always factored. */
@@ -153,6 +171,11 @@ void weight_conv2d_forward(float *out, const float *inp, const weight_t *w, cons
              w->rows, w->cols, s->OC, s->IC, s->KH, s->KW);
     scratch_mark_t mark = scratch_mark();
     const long N = (long)s->B * conv2d_out_h(s) * conv2d_out_w(s);
+    if (w->kind == WEIGHT_LORA && !w->baked) {
+        lora_conv2d_forward(out, inp, weight_base_f32(w), w->lora, bias, s);
+        scratch_release(mark);
+        return;
+    }
     const float *Weff = weight_effective_f32(w, N);
     if (Weff)
         conv2d_forward(out, inp, Weff, bias, s);
@@ -164,7 +187,9 @@ void weight_conv2d_forward(float *out, const float *inp, const weight_t *w, cons
 void weight_conv2d_backward(float *dinp, float *dparam, float *dbias, const float *dout,
                             const float *inp, const weight_t *w, const conv2d_shape_t *s) {
     scratch_mark_t mark = scratch_mark();
-    if (w->kind == WEIGHT_DENSE) {
+    if (w->kind == WEIGHT_LORA) {
+        lora_conv2d_backward(dinp, dparam, dbias, dout, inp, dinp ? weight_base_f32(w) : NULL, w->lora, s);
+    } else if (w->kind == WEIGHT_DENSE) {
         conv2d_backward(dinp, dparam, dbias, dout, inp, dinp ? weight_base_f32(w) : NULL, s);
     } else {
         const long N = (long)s->B * conv2d_out_h(s) * conv2d_out_w(s);
@@ -184,6 +209,7 @@ static void base_row(float *dst, const weight_t *w, int row) {
 void weight_embedding_forward(float *out, const int *ids, const weight_t *w, int N) {
     for (int n = 0; n < N; n++)
         SD_CHECK(ids[n] >= 0 && ids[n] < w->rows, "embedding id %d outside [0, %d)", ids[n], w->rows);
+    SD_CHECK(w->kind != WEIGHT_LORA || w->baked, "an embedding has no LoRA training form (bake it first)");
     if (w->baked || w->kind == WEIGHT_DENSE) {
         for (int n = 0; n < N; n++) {
             if (w->baked) memcpy(out + (size_t)n * w->cols, w->baked + (size_t)ids[n] * w->cols, sizeof(float) * w->cols);

@@ -10,9 +10,11 @@
 #define SVDIFF_WEIGHTS_WEIGHT_H
 
 #include "io/safetensors.h"
+#include "weights/lora.h"
 #include "weights/spectral.h"
 
-typedef enum { WEIGHT_DENSE = 0, WEIGHT_SPECTRAL = 1 } weight_kind_t;
+/* WEIGHT_LORA: the dense base (frozen, stored dtype) plus a LoRA adapter (lora.h, training form). */
+typedef enum { WEIGHT_DENSE = 0, WEIGHT_SPECTRAL = 1, WEIGHT_LORA = 2 } weight_kind_t;
 
 typedef struct {
     weight_kind_t kind;
@@ -21,6 +23,7 @@ typedef struct {
     const void *data;     /* base matrix [rows, cols], or NULL (spectral factored-only) */
     spectral_t *sp;       /* owned by the weight when kind == WEIGHT_SPECTRAL */
     float *baked;         /* owned cache of the effective matrix, or NULL */
+    lora_t *lora;         /* owned by the weight when kind == WEIGHT_LORA */
 } weight_t;
 
 /* A dense weight over existing data (not copied; must outlive the weight). */
@@ -42,7 +45,7 @@ const float *weight_base_f32(const weight_t *w);
 const float *weight_effective_f32(const weight_t *w, long N);
 /* Bakes the effective matrix into w->baked (allocated once) for inference. */
 void weight_bake(weight_t *w);
-/* Number of trainable shift values (rank for spectral, 0 for dense). */
+/* Number of trainable shift values (rank for spectral, rank*(rows+cols) for LoRA, 0 for dense). */
 int weight_shift_count(const weight_t *w);
 
 /* Linear through a weight: out[N, rows] = inp[N, cols] @ W_eff^T + bias.

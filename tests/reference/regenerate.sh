@@ -16,5 +16,8 @@ mkdir -p "$root/tests/fixtures"
 "$py" "$here/gen_unet_golden.py" --out "$root/tests/fixtures/unet"
 "$py" "$here/gen_shift_fixtures.py" --out "$root/tests/fixtures/shifts"
 "$py" "$here/gen_pipeline_golden.py" --out "$root/tests/fixtures/pipeline"  # after tiny-sd and unet (reads them)
+"$py" "$here/gen_edit_golden.py" --out "$root/tests/fixtures/edit"  # after pipeline (reads its pixel parts)
 "$py" "$here/gen_train_golden.py" --model "$root/tests/fixtures/tiny-sd/diffusers" --out "$root/tests/fixtures/train"
+"$py" "$here/gen_unmix_golden.py" --model "$root/tests/fixtures/tiny-sd/diffusers" --train-golden "$root/tests/fixtures/train/golden.safetensors" --out "$root/tests/fixtures/unmix"  # after train
 "$py" "$here/gen_toolbox_golden.py" --model "$root/tests/fixtures/tiny-sd/diffusers" --out "$root/tests/fixtures/toolbox"
+mkdir -p "$root/tests/fixtures/lora" && "$py" "$here/gen_lora_golden.py" --out "$root/tests/fixtures/lora/golden.safetensors"

@@ -1,0 +1,475 @@
+/* `svdiff edit`: single-image editing (CoSINE, method.md section 5). Fine-tunes spectral shifts on
+ * one image and its plain prompt (the trainer of `svdiff train`, no prior preservation) or takes
+ * them from --shifts, DDIM-inverts the image, samples every edit prompt from the inverted latent,
+ * and writes the edits, the reconstruction, a grid and the shifts; the library pieces are in
+ * src/pipeline/edit.h. */
+#include <errno.h>
+#include <float.h>
+#include <getopt.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "base/error.h"
+#include "base/progress.h"
+#include "base/runtime.h"
+#include "cli/args.h"
+#include "cli/commands.h"
+#include "io/image.h"
+#include "pipeline/edit.h"
+#include "pipeline/pipeline.h"
+#include "shifts/shifts.h"
+#include "train/trainer.h"
+
+#define MAX_EDITS 64
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: svdiff edit --model PATH --image IMG --prompt SOURCE --edit TARGET [--edit ...] -o OUT_DIR\n\n"
+            "Edits one image by changing its prompt (CoSINE): spectral shifts are fine-tuned on the image and\n"
+            "its plain prompt (no identifier, no prior preservation), the image is DDIM-inverted, and every\n"
+            "edit prompt is sampled from the inverted latent. Writes OUT_DIR/edit-K.png (one per --edit),\n"
+            "OUT_DIR/reconstruction.png (the source prompt sampled back from the inversion with eta 0 and\n"
+            "guidance 1: it should look like the input), OUT_DIR/grid.png (input, reconstruction, edits from\n"
+            "left to right) and the shifts (OUT_DIR/spectral_shifts.safetensors [+ _te], as `svdiff train`).\n\n"
+            "input:\n"
+            "  --model PATH               diffusers model folder or single-file .safetensors checkpoint\n"
+            "  --tokenizer DIR            CLIP tokenizer folder (needed for single files)\n"
+            "  --image IMG                the image to edit (PNG, JPEG, ...); resized so its shorter side is\n"
+            "                             --resolution, then centre-cropped to a square\n"
+            "  --prompt TEXT              what the image shows, plainly (\"photo of a pink chair with black legs\")\n"
+            "  --edit TEXT                the edited prompt (\"photo of a blue chair with black legs\"); repeat\n"
+            "                             for several edits (at most %d)\n"
+            "  --resolution N             working size in pixels (default: the model's sample_size x its VAE factor)\n"
+            "fine-tuning (skipped with --shifts):\n"
+            "  --shifts PATH              reuse shifts trained before (a shift file or a training output folder)\n"
+            "                             instead of fine-tuning; they are copied to OUT_DIR\n"
+            "  --steps N                  optimizer steps on the single image (default 500)\n"
+            "  --lr LR                    learning rate of the spectral shifts (default 1e-3)\n"
+            "  --lr-1d LR                 learning rate of the norm-gain shifts (default 1e-6)\n"
+            "  --freeze-text-encoder      do not train the text encoder's shifts (default: trained)\n"
+            "  --svd-cache DIR|none       SVD cache folder (default $SVDIFF_CACHE_DIR or ~/.cache/svdiff)\n"
+            "inversion and sampling:\n"
+            "  --invert-prompt WHICH      the prompt the DDIM inversion is conditioned on (guidance 1): target\n"
+            "                             (default, as the method: each edit is inverted with its own prompt) or\n"
+            "                             source (one inversion with --prompt, shared by every edit)\n"
+            "  --no-inversion             start every edit from seeded noise instead of the inverted image\n"
+            "  --sample-steps N           DDIM steps of inversion and of sampling (default 50; the two must walk\n"
+            "                             the same timesteps); also spelled --inversion-steps, --steps-sample\n"
+            "  --cfg G                    guidance scale of the edits against the empty prompt (default 3)\n"
+            "  --eta E                    DDIM noise of the edits, in [0, 1] (default 0.1)\n"
+            "  --slerp A                  mix the inverted latent with fresh noise by spherical interpolation,\n"
+            "                             A in [0, 1]: 0 keeps the inverted latent (default), larger A allows\n"
+            "                             larger structural changes\n"
+            "  --seed S                   seed of training, of the fresh noise (--no-inversion, --slerp: the\n"
+            "                             same noise for every edit) and of the DDIM noise (default 42)\n"
+            "output:\n"
+            "  -o, --output-dir DIR       output folder (created)\n"
+            "  --report                   also sample the source prompt from seeded noise and print (stdout) the\n"
+            "                             PSNR of that and of the reconstruction against the input, the VAE round\n"
+            "                             trip's PSNR (the ceiling of a latent model), the reconstruction's against\n"
+            "                             that round trip, and each edit's PSNR against the input\n"
+            "  --force                    overwrite the outputs of an earlier run in OUT_DIR; apply --shifts made\n"
+            "                             for another base model\n"
+            "  --threads N                CPU threads (default: all cores)\n"
+            "  --quiet                    no progress bars\n"
+            "  -h, --help                 this help\n\n"
+            "The reconstruction's PSNR against the input (at --resolution) is always printed.\n",
+            MAX_EDITS);
+}
+
+enum {
+    O_MODEL = 1000, O_TOKENIZER, O_IMAGE, O_PROMPT, O_EDIT, O_RES, O_SHIFTS, O_STEPS, O_LR, O_LR1D, O_FREEZE_TE,
+    O_SVD_CACHE, O_INVERT_PROMPT, O_NO_INV, O_SAMPLE_STEPS, O_CFG, O_ETA, O_SLERP, O_SEED, O_REPORT, O_FORCE,
+    O_THREADS, O_QUIET
+};
+
+typedef struct {
+    progress_t bar;
+    int on;
+    long base;   /* steps done by the earlier runs */
+} edit_progress_t;
+
+static void on_step(void *vctx, int step, int num_steps, float t, const float *latents) {
+    (void)num_steps, (void)t, (void)latents;
+    edit_progress_t *e = vctx;
+    if (e->on) progress_update(&e->bar, e->base + step, NULL);
+}
+
+/* Copies a file byte for byte through "<dst>.tmp.<pid>" and a rename. */
+static int copy_file(const char *src, const char *dst) {
+    char tmp[PATH_MAX + 128];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", dst, (long)getpid());
+    FILE *in = fopen(src, "rb");
+    if (!in) return sd_error(SD_ERR_IO, "%s: cannot open: %s", src, strerror(errno));
+    FILE *out = fopen(tmp, "wb");
+    if (!out) {
+        fclose(in);
+        return sd_error(SD_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
+    }
+    char buf[1 << 16];
+    size_t n;
+    int rc = SD_OK;
+    while ((n = fread(buf, 1, sizeof buf, in)) > 0)
+        if (fwrite(buf, 1, n, out) != n) {
+            rc = sd_error(SD_ERR_IO, "%s: write failed: %s", tmp, strerror(errno));
+            break;
+        }
+    if (!rc && ferror(in)) rc = sd_error(SD_ERR_IO, "%s: read failed", src);
+    if (fclose(out) && !rc) rc = sd_error(SD_ERR_IO, "%s: write failed: %s", tmp, strerror(errno));
+    fclose(in);
+    if (!rc && rename(tmp, dst)) rc = sd_error(SD_ERR_IO, "%s: cannot rename to %s: %s", tmp, dst, strerror(errno));
+    if (rc) unlink(tmp);
+    return rc;
+}
+
+/* --shifts: the files are copied into OUT_DIR under the names `svdiff train` writes (a single
+ * file, which may hold both parts, becomes spectral_shifts.safetensors). */
+static int copy_shifts(const char *spec, const char *out_dir) {
+    char files[2][PATH_MAX];
+    int rc = shift_files_resolve(spec, files[0], files[1], sizeof files[0]);
+    static const char *names[2] = {"spectral_shifts.safetensors", "spectral_shifts_te.safetensors"};
+    for (int i = 0; i < 2 && !rc; i++) {
+        if (!files[i][0]) continue;
+        char dst[PATH_MAX + 64], a[PATH_MAX], b[PATH_MAX];
+        snprintf(dst, sizeof dst, "%s/%s", out_dir, names[i]);
+        if (realpath(files[i], a) && realpath(dst, b) && !strcmp(a, b)) continue;   /* already there */
+        rc = copy_file(files[i], dst);
+    }
+    return rc;
+}
+
+static int save_png(const image_t *img, const char *path, const char *params) {
+    const char *keys[2] = {"parameters", "Software"}, *vals[2] = {params, "svdiff " SVDIFF_VERSION};
+    int rc = image_save_png(img, path, keys, vals, 2);
+    if (!rc) fprintf(stderr, "wrote %s\n", path);
+    return rc;
+}
+
+static int has_tab_or_newline(const char *s) { return strpbrk(s, "\t\r\n") != NULL; }
+
+int cmd_edit(int argc, char **argv) {
+    const char *model = NULL, *tokenizer = NULL, *image_path = NULL, *prompt = NULL, *out = NULL;
+    const char *shifts_path = NULL, *svd_cache = NULL;
+    const char *edits[MAX_EDITS];
+    int n_edits = 0, res = 0, steps = 500, sample_steps = 50, train_te = 1, invert_target = 1, no_inversion = 0;
+    int report = 0, force = 0, threads = 0, quiet = 0;
+    float lr = 1e-3f, lr_1d = 1e-6f, cfg = 3.0f, eta = 0.1f, slerp = 0.0f;
+    unsigned long long seed = 42;
+    static const struct option opts[] = {
+        {"model", required_argument, 0, O_MODEL},
+        {"tokenizer", required_argument, 0, O_TOKENIZER},
+        {"image", required_argument, 0, O_IMAGE},
+        {"prompt", required_argument, 0, O_PROMPT},
+        {"edit", required_argument, 0, O_EDIT},
+        {"resolution", required_argument, 0, O_RES},
+        {"shifts", required_argument, 0, O_SHIFTS},
+        {"steps", required_argument, 0, O_STEPS},
+        {"lr", required_argument, 0, O_LR},
+        {"lr-1d", required_argument, 0, O_LR1D},
+        {"freeze-text-encoder", no_argument, 0, O_FREEZE_TE},
+        {"svd-cache", required_argument, 0, O_SVD_CACHE},
+        {"invert-prompt", required_argument, 0, O_INVERT_PROMPT},
+        {"no-inversion", no_argument, 0, O_NO_INV},
+        {"sample-steps", required_argument, 0, O_SAMPLE_STEPS},
+        {"inversion-steps", required_argument, 0, O_SAMPLE_STEPS},
+        {"steps-sample", required_argument, 0, O_SAMPLE_STEPS},
+        {"cfg", required_argument, 0, O_CFG},
+        {"eta", required_argument, 0, O_ETA},
+        {"slerp", required_argument, 0, O_SLERP},
+        {"seed", required_argument, 0, O_SEED},
+        {"report", no_argument, 0, O_REPORT},
+        {"force", no_argument, 0, O_FORCE},
+        {"threads", required_argument, 0, O_THREADS},
+        {"quiet", no_argument, 0, O_QUIET},
+        {"output-dir", required_argument, 0, 'o'},
+        {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
+    optind = 1;
+    for (int o; (o = getopt_long(argc, argv, "o:h", opts, NULL)) != -1;) {
+        int bad = 0;
+        switch (o) {
+        case O_MODEL: model = optarg; break;
+        case O_TOKENIZER: tokenizer = optarg; break;
+        case O_IMAGE: image_path = optarg; break;
+        case O_PROMPT: prompt = optarg; break;
+        case O_EDIT:
+            if (n_edits == MAX_EDITS) {
+                fprintf(stderr, "svdiff edit: at most %d --edit\n", MAX_EDITS);
+                bad = 1;
+            } else {
+                edits[n_edits++] = optarg;
+            }
+            break;
+        case O_RES: bad = cli_parse_int("edit", "--resolution", optarg, 8, 8192, &res); break;
+        case O_SHIFTS: shifts_path = optarg; break;
+        case O_STEPS: bad = cli_parse_int("edit", "--steps", optarg, 1, 100000000, &steps); break;
+        case O_LR: bad = cli_parse_float("edit", "--lr", optarg, 0, 1e3f, &lr); break;
+        case O_LR1D: bad = cli_parse_float("edit", "--lr-1d", optarg, 0, 1e3f, &lr_1d); break;
+        case O_FREEZE_TE: train_te = 0; break;
+        case O_SVD_CACHE: svd_cache = optarg; break;
+        case O_INVERT_PROMPT:
+            if (!strcmp(optarg, "source") || !strcmp(optarg, "target")) invert_target = optarg[0] == 't';
+            else {
+                fprintf(stderr, "svdiff edit: --invert-prompt must be source or target, got '%s'\n", optarg);
+                bad = 1;
+            }
+            break;
+        case O_NO_INV: no_inversion = 1; break;
+        case O_SAMPLE_STEPS: bad = cli_parse_int("edit", "--sample-steps", optarg, 1, 1000, &sample_steps); break;
+        case O_CFG: bad = cli_parse_float("edit", "--cfg", optarg, 0, 100, &cfg); break;
+        case O_ETA: bad = cli_parse_float("edit", "--eta", optarg, 0, 1, &eta); break;
+        case O_SLERP: bad = cli_parse_float("edit", "--slerp", optarg, 0, 1, &slerp); break;
+        case O_SEED: {
+            char *end;
+            errno = 0;
+            seed = strtoull(optarg, &end, 10);
+            if (errno || *end || end == optarg || optarg[0] == '-') {
+                fprintf(stderr, "svdiff edit: --seed needs a non-negative integer, got '%s'\n", optarg);
+                bad = 1;
+            }
+            break;
+        }
+        case O_REPORT: report = 1; break;
+        case O_FORCE: force = 1; break;
+        case O_THREADS: bad = cli_parse_int("edit", "--threads", optarg, 1, 1024, &threads); break;
+        case O_QUIET: quiet = 1; break;
+        case 'o': out = optarg; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+        if (bad) return 2;
+    }
+    if (optind < argc) {
+        fprintf(stderr, "svdiff edit: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (!model || !image_path || !prompt || !out) {
+        fprintf(stderr, "svdiff edit: --model, --image, --prompt and -o are required (see --help)\n");
+        return 2;
+    }
+    if (!n_edits) {
+        fprintf(stderr, "svdiff edit: give at least one --edit PROMPT (the edited description of the image)\n");
+        return 2;
+    }
+    if (no_inversion && slerp > 0) {
+        fprintf(stderr, "svdiff edit: --slerp mixes the inverted latent with noise; it has no effect with --no-inversion\n");
+        return 2;
+    }
+    if (!shifts_path && has_tab_or_newline(prompt)) {
+        fprintf(stderr, "svdiff edit: --prompt must not contain tabs or line breaks\n");
+        return 2;
+    }
+    sd_set_threads(threads);
+
+    /* everything that can be checked is checked before the (long) fine-tuning */
+    image_t input;
+    if (image_load(&input, image_path)) {
+        fprintf(stderr, "svdiff edit: --image: %s\n", sd_last_error());
+        return 1;
+    }
+    struct stat st;
+    if (!stat(out, &st) && !S_ISDIR(st.st_mode)) {
+        fprintf(stderr, "svdiff edit: -o %s: exists and is not a folder\n", out);
+        image_free(&input);
+        return 1;
+    }
+    char path[PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/grid.png", out);
+    if (!force && !stat(path, &st)) {
+        fprintf(stderr, "svdiff edit: -o %s: already holds the results of an edit (use --force to overwrite)\n", out);
+        image_free(&input);
+        return 1;
+    }
+    char cache_dir[PATH_MAX];
+    if (!svd_cache) svd_cache_default_dir(cache_dir, sizeof cache_dir);
+    else snprintf(cache_dir, sizeof cache_dir, "%s", strcmp(svd_cache, "none") ? svd_cache : "");
+
+    pipeline_t p;
+    int rc = pipeline_open(&p, model, tokenizer);
+    if (rc) {
+        fprintf(stderr, "svdiff edit: %s\n", sd_last_error());
+        image_free(&input);
+        return 1;
+    }
+    const int multiple = p.scale_factor * (1 << (p.unet.cfg.n_levels - 1));
+    if (!res) res = p.unet.cfg.sample_size * p.scale_factor;
+    if (res % multiple) {
+        fprintf(stderr, "svdiff edit: --resolution %d: must be a multiple of %d for this model\n", res, multiple);
+        pipeline_close(&p);
+        image_free(&input);
+        return 2;
+    }
+
+    /* 1. the shifts: fine-tuned on the one image-prompt pair, or given */
+    if (!shifts_path) {
+        pipeline_close(&p);   /* the trainer opens the model in its training form */
+        char abs_image[PATH_MAX];
+        if (!realpath(image_path, abs_image)) {
+            fprintf(stderr, "svdiff edit: --image %s: %s\n", image_path, strerror(errno));
+            image_free(&input);
+            return 1;
+        }
+        if (strpbrk(abs_image, "\t\r\n")) {
+            fprintf(stderr, "svdiff edit: --image %s: the path must not contain tabs or line breaks\n", image_path);
+            image_free(&input);
+            return 1;
+        }
+        /* the training data: a one-row captioned data set (kept: it records what was trained) */
+        snprintf(path, sizeof path, "%s/edit-train.tsv", out);
+        FILE *f = mkdir(out, 0777) && errno != EEXIST ? NULL : fopen(path, "w");
+        if (!f || fprintf(f, "%s\t%s\n", abs_image, prompt) < 0 || fclose(f)) {
+            fprintf(stderr, "svdiff edit: %s: cannot write: %s\n", path, strerror(errno));
+            image_free(&input);
+            return 1;
+        }
+        static char tsv_path[PATH_MAX + 64];
+        snprintf(tsv_path, sizeof tsv_path, "%s", path);
+        train_config_t c;
+        train_config_default(&c);
+        c.model = model, c.tokenizer = tokenizer;
+        c.data_tsv = tsv_path;
+        c.resolution = res;
+        c.center_crop = 1, c.flip = 0;
+        c.steps = steps, c.lr = lr, c.lr_1d = lr_1d;
+        c.train_text_encoder = train_te;
+        c.seed = seed, c.threads = threads;
+        c.out_dir = out;
+        c.svd_cache_dir = cache_dir;
+        c.force = force;
+        c.quiet = quiet;
+        fprintf(stderr, "fine-tuning spectral shifts on %s (\"%s\"), %d steps at %d px\n", image_path, prompt, steps, res);
+        trainer_t t;
+        rc = trainer_open(&t, &c);
+        if (!rc) rc = trainer_run(&t);
+        if (rc) fprintf(stderr, "svdiff edit: %s\n", sd_last_error());
+        trainer_close(&t);
+        if (rc) {
+            image_free(&input);
+            return 1;
+        }
+        rc = pipeline_open(&p, model, tokenizer);
+        pipeline_shift_t sh = {.path = out, .scale = 1.0f};
+        if (!rc && (rc = pipeline_apply_shifts(&p, &sh, 1, 0, cache_dir[0] ? cache_dir : NULL))) pipeline_close(&p);
+    } else {
+        pipeline_shift_t sh = {.path = shifts_path, .scale = 1.0f};
+        rc = pipeline_apply_shifts(&p, &sh, 1, force, cache_dir[0] ? cache_dir : NULL);
+        if (!rc && mkdir(out, 0777) && errno != EEXIST)
+            rc = sd_error(SD_ERR_IO, "-o %s: cannot create the folder: %s", out, strerror(errno));
+        if (!rc) rc = copy_shifts(shifts_path, out);
+        if (rc) pipeline_close(&p);
+    }
+    if (rc) {
+        fprintf(stderr, "svdiff edit: %s\n", sd_last_error());
+        image_free(&input);
+        return 1;
+    }
+
+    /* 2. the image's latents, inversion and sampling */
+    int C, h, w;
+    pipeline_latent_shape(&p, res, res, &C, &h, &w);
+    const size_t n = (size_t)C * h * w, npix = (size_t)res * res * 3;
+    float *x0 = sd_xmalloc(sizeof(float) * n), *zsrc = sd_xmalloc(sizeof(float) * n);
+    float *noise = sd_xmalloc(sizeof(float) * n), *z = sd_xmalloc(sizeof(float) * n);
+    float *lat = sd_xmalloc(sizeof(float) * n);
+    image_t *imgs = calloc((size_t)n_edits + 2, sizeof *imgs);   /* input, reconstruction, edits */
+    rc = edit_image_latents(&p, &input, res, x0, &imgs[0]);
+    image_free(&input);
+    rng_t r;
+    rng_init(&r, (uint64_t)seed);
+    rng_fill_normal(&r, noise, n);   /* the fresh noise: --no-inversion, --slerp, --report */
+
+    const int inv_runs = no_inversion ? 0 : 1 + (invert_target ? n_edits : 0);
+    edit_progress_t prog = {.on = !quiet};
+    if (!rc && prog.on)
+        progress_start(&prog.bar, "edit", (long)sample_steps * (inv_runs + 1 + n_edits + report), "step");
+#define RUN(call) (rc = rc ? rc : (call), prog.base += sample_steps)
+    /* the reconstruction: the source prompt back from its own inversion, eta 0, guidance 1 */
+    if (no_inversion) memcpy(zsrc, noise, sizeof(float) * n);
+    else RUN(edit_invert(&p, x0, prompt, res, sample_steps, zsrc, NULL, on_step, &prog));
+    RUN(edit_sample(&p, zsrc, prompt, res, sample_steps, 1.0f, 0.0f, seed, lat, on_step, &prog));
+    uint8_t *rgb = NULL;
+    if (!rc && !(rc = pipeline_decode(&p, lat, 1, h, w, &rgb))) imgs[1].w = imgs[1].h = res, imgs[1].rgb = rgb;
+    double psnr_noise = NAN;
+    if (report) {
+        RUN(edit_sample(&p, noise, prompt, res, sample_steps, 1.0f, 0.0f, seed, lat, on_step, &prog));
+        uint8_t *rn = NULL;
+        if (!rc && !(rc = pipeline_decode(&p, lat, 1, h, w, &rn))) psnr_noise = edit_psnr(rn, imgs[0].rgb, npix);
+        free(rn);
+    }
+    /* the edits */
+    for (int k = 0; k < n_edits && !rc; k++) {
+        if (no_inversion) memcpy(z, noise, sizeof(float) * n);
+        else if (invert_target) RUN(edit_invert(&p, x0, edits[k], res, sample_steps, z, NULL, on_step, &prog));
+        else memcpy(z, zsrc, sizeof(float) * n);
+        if (!rc && slerp > 0) edit_slerp(z, z, noise, n, slerp);
+        RUN(edit_sample(&p, z, edits[k], res, sample_steps, cfg, eta, seed, lat, on_step, &prog));
+        rgb = NULL;
+        if (!rc && !(rc = pipeline_decode(&p, lat, 1, h, w, &rgb))) imgs[2 + k].w = imgs[2 + k].h = res, imgs[2 + k].rgb = rgb;
+    }
+#undef RUN
+    if (!rc && prog.on) progress_finish(&prog.bar);
+
+    /* 3. outputs */
+    char params[8192];
+    const char *inv_text = no_inversion ? "none (seeded noise)" : invert_target ? "target prompt" : "source prompt";
+    if (!rc) {
+        snprintf(path, sizeof path, "%s/reconstruction.png", out);
+        snprintf(params, sizeof params,
+                 "%s\nReconstruction of %s: inversion %s, Steps: %d, Sampler: ddim, CFG scale: 1, Eta: 0, Seed: %llu, "
+                 "Size: %dx%d, Model: %s, Version: svdiff %s",
+                 prompt, image_path, no_inversion ? "none (seeded noise)" : "source prompt", sample_steps, seed, res,
+                 res, model, SVDIFF_VERSION);
+        rc = save_png(&imgs[1], path, params);
+    }
+    for (int k = 0; k < n_edits && !rc; k++) {
+        snprintf(path, sizeof path, "%s/edit-%d.png", out, k + 1);
+        snprintf(params, sizeof params,
+                 "%s\nEdit of %s (\"%s\"): inversion %s, Slerp: %g, Steps: %d, Sampler: ddim, CFG scale: %g, Eta: %g, "
+                 "Seed: %llu, Size: %dx%d, Model: %s, Version: svdiff %s",
+                 edits[k], image_path, prompt, inv_text, slerp, sample_steps, cfg, eta, seed, res, res, model,
+                 SVDIFF_VERSION);
+        rc = save_png(&imgs[2 + k], path, params);
+    }
+    if (!rc) {
+        /* the image library has no text rendering: the order of the columns is in the PNG text */
+        image_t grid;
+        rc = image_grid(&grid, imgs, n_edits + 2, n_edits + 2, 2);
+        int k = snprintf(params, sizeof params, "input | reconstruction");
+        for (int e = 0; e < n_edits && k < (int)sizeof params; e++)
+            k += snprintf(params + k, sizeof params - k, " | %s", edits[e]);
+        snprintf(path, sizeof path, "%s/grid.png", out);
+        if (!rc) rc = save_png(&grid, path, params);
+        if (!rc) fprintf(stderr, "grid columns: %s\n", params);
+        image_free(&grid);
+    }
+    if (!rc) {
+        const double psnr = edit_psnr(imgs[1].rgb, imgs[0].rgb, npix);
+        fprintf(stderr, "reconstruction PSNR %.2f dB against the input at %d px (%s)\n", psnr, res,
+                no_inversion ? "from seeded noise" : "from the DDIM inversion");
+        if (report) {
+            /* a latent model cannot beat its VAE: decode(encode(input)) is the ceiling */
+            double vae_psnr = INFINITY, vs_vae = psnr;
+            uint8_t *rt = NULL;
+            if (p.has_vae && !pipeline_decode(&p, x0, 1, h, w, &rt)) {
+                vae_psnr = edit_psnr(rt, imgs[0].rgb, npix);
+                vs_vae = edit_psnr(imgs[1].rgb, rt, npix);
+            }
+            free(rt);
+            printf("reconstruction_psnr_db %.4f\n", psnr);
+            printf("vae_roundtrip_psnr_db %.4f\n", vae_psnr);
+            printf("reconstruction_vs_vae_roundtrip_psnr_db %.4f\n", vs_vae);
+            printf("noise_reconstruction_psnr_db %.4f\n", psnr_noise);
+            for (int e = 0; e < n_edits; e++) printf("edit_%d_psnr_db %.4f\n", e + 1, edit_psnr(imgs[2 + e].rgb, imgs[0].rgb, npix));
+        }
+    }
+    if (rc) fprintf(stderr, "svdiff edit: %s\n", sd_last_error());
+    for (int k = 0; k < n_edits + 2; k++) image_free(&imgs[k]);
+    free(imgs), free(x0), free(zsrc), free(noise), free(z), free(lat);
+    pipeline_close(&p);
+    return rc ? 1 : 0;
+}

@@ -1,0 +1,341 @@
+/* Weight deltas and LoRA files merged into a loaded model (adapters.h): name resolution against
+ * the UNet registry and the text encoder's modules, shape checks, base-model checks, merging. */
+#include "pipeline/adapters.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "base/error.h"
+#include "shifts/shifts.h"
+
+/* ---- name resolution ---- */
+
+static const char *const CLIP_LINEARS[6] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                            "self_attn.out_proj", "mlp.fc1", "mlp.fc2"};
+
+static clip_linear_t *clip_linear_at(clip_layer_t *L, int j) {
+    clip_linear_t *v[6] = {&L->q, &L->k, &L->v, &L->o, &L->fc1, &L->fc2};
+    return v[j];
+}
+
+/* What a tensor name points at: a weight matrix, or an fp32 vector (bias, gain, offset) of n. */
+typedef struct {
+    weight_t *w;
+    float *vec;
+    int n;
+} target_t;
+
+/* module + ".weight" / ".bias" in the text encoder */
+static int clip_resolve(clip_t *c, const char *module, int is_bias, target_t *t) {
+    const int C = c->cfg.hidden_size;
+    if (!is_bias && !strcmp(module, "text_model.embeddings.token_embedding")) return t->w = &c->token_embedding, 1;
+    if (!is_bias && !strcmp(module, "text_model.embeddings.position_embedding")) return t->w = &c->position_embedding, 1;
+    if (!strcmp(module, "text_model.final_layer_norm")) {
+        t->vec = is_bias ? c->final_ln.beta : c->final_ln.gamma, t->n = C;
+        return 1;
+    }
+    int l = -1, at = 0;
+    if (sscanf(module, "text_model.encoder.layers.%d.%n", &l, &at) != 1 || at == 0 || l < 0 || l >= c->cfg.num_layers)
+        return 0;
+    const char *rest = module + at;
+    clip_layer_t *L = &c->layers[l];
+    if (!strcmp(rest, "layer_norm1") || !strcmp(rest, "layer_norm2")) {
+        clip_ln_t *ln = rest[10] == '1' ? &L->ln1 : &L->ln2;
+        t->vec = is_bias ? ln->beta : ln->gamma, t->n = C;
+        return 1;
+    }
+    for (int j = 0; j < 6; j++)
+        if (!strcmp(rest, CLIP_LINEARS[j])) {
+            clip_linear_t *lin = clip_linear_at(L, j);
+            if (is_bias) t->vec = lin->bias, t->n = lin->w.rows;
+            else t->w = &lin->w;
+            return 1;
+        }
+    return 0;
+}
+
+static int unet_resolve(unet_t *u, const char *module, int is_bias, target_t *t) {
+    unet_layer_t *l = unet_find_layer(u, module);
+    if (l) {
+        if (is_bias && !l->bias) return 0;
+        if (is_bias) t->vec = l->bias, t->n = l->out;
+        else t->w = &l->w;
+        return 1;
+    }
+    unet_norm_t *nm = unet_find_norm(u, module);
+    if (!nm) return 0;
+    t->vec = is_bias ? nm->beta : nm->gamma, t->n = nm->C;
+    return 1;
+}
+
+/* A parameter tensor name ("<module>.weight" / ".bias") to its target; 0 if none. */
+static int resolve_param(pipeline_t *p, int te, const char *name, target_t *t) {
+    memset(t, 0, sizeof *t);
+    const char *dot = strrchr(name, '.');
+    if (!dot || (strcmp(dot, ".weight") && strcmp(dot, ".bias"))) return 0;
+    char module[512];
+    snprintf(module, sizeof module, "%.*s", (int)(dot - name), name);
+    const int is_bias = !strcmp(dot, ".bias");
+    return te ? clip_resolve(&p->clip, module, is_bias, t) : unet_resolve(&p->unet, module, is_bias, t);
+}
+
+weight_t *pipeline_find_weight(pipeline_t *p, int te, const char *module) {
+    target_t t = {0};
+    int ok = te ? clip_resolve(&p->clip, module, 0, &t) : unet_resolve(&p->unet, module, 0, &t);
+    return ok ? t.w : NULL;
+}
+
+/* The effective fp32 matrix of a weight, created (baked) on first use. */
+static float *effective(weight_t *w) {
+    if (!w->baked) weight_bake(w);
+    return w->baked;
+}
+
+static void shape_str(char *buf, size_t cap, const int64_t *shape, int ndim) {
+    int k = snprintf(buf, cap, "[");
+    for (int i = 0; i < ndim && k < (int)cap; i++) k += snprintf(buf + k, cap - k, "%s%lld", i ? ", " : "", (long long)shape[i]);
+    if (k < (int)cap) snprintf(buf + k, cap - k, "]");
+}
+
+/* base_model_hash of a file against the model's. */
+static int check_base(const st_file_t *f, const char *path, const char *hash, int force, const char *what) {
+    const char *base = st_meta(f, "base_model_hash");
+    if (!base) {
+        fprintf(stderr, "warning: %s has no base_model_hash: cannot check that it was made for this model (%s)\n", path,
+                hash);
+        return SD_OK;
+    }
+    if (!strcmp(base, hash)) return SD_OK;
+    if (!force)
+        return sd_error(SD_ERR_ARG, "%s: this %s was made for base model %s, but this model hashes to %s (--force "
+                        "applies it anyway)", path, what, base, hash);
+    fprintf(stderr, "warning: %s was made for base model %s, not this one (%s): applied anyway (--force)\n", path, base,
+            hash);
+    return SD_OK;
+}
+
+static int is_dir(const char *path) {
+    struct stat st;
+    return !stat(path, &st) && S_ISDIR(st.st_mode);
+}
+
+static int exists(const char *path) {
+    struct stat st;
+    return !stat(path, &st);
+}
+
+/* ---- weight deltas ---- */
+
+static int apply_delta_file(pipeline_t *p, const char *path, float scale, int force, const char *hash) {
+    st_file_t f;
+    int rc = st_open(&f, path);
+    if (rc) return rc;
+    rc = check_base(&f, path, hash, force, "weight delta");
+    for (int i = 0; i < f.n_tensors && !rc; i++) {
+        const st_tensor_t *x = &f.tensors[i];
+        const int te = !strncmp(x->name, "text_model.", 11);
+        const model_component_t *comp = te ? &p->model.text_encoder : &p->model.unet;
+        const st_tensor_t *ref = component_find(comp, x->name);
+        target_t t;
+        if (!ref || !resolve_param(p, te, x->name, &t)) {
+            rc = sd_error(SD_ERR_ARG, "%s: tensor '%s' is not a parameter of this model's %s (a delta of another model?)",
+                          path, x->name, te ? "text encoder" : "UNet");
+            break;
+        }
+        if (ref->ndim != x->ndim || memcmp(ref->shape, x->shape, sizeof(int64_t) * (size_t)x->ndim)) {
+            char a[96], b[96];
+            shape_str(a, sizeof a, x->shape, x->ndim), shape_str(b, sizeof b, ref->shape, ref->ndim);
+            rc = sd_error(SD_ERR_SHAPE, "%s: tensor '%s' is %s but the model's is %s (a delta of another model?)", path,
+                          x->name, a, b);
+            break;
+        }
+        const size_t n = (size_t)x->numel;
+        float *d = sd_xmalloc(sizeof(float) * (n ? n : 1));
+        rc = st_read_f32(d, x);
+        if (!rc) {
+            float *dst = t.w ? effective(t.w) : t.vec;
+            SD_CHECK(t.w ? (size_t)t.w->rows * t.w->cols == n : (size_t)t.n == n, "%s: size", x->name);
+            for (size_t k = 0; k < n; k++) dst[k] += scale * d[k];
+        }
+        free(d);
+    }
+    st_close(&f);
+    return rc;
+}
+
+int pipeline_apply_deltas(pipeline_t *p, const pipeline_shift_t *deltas, int n, int force) {
+    char hash[17];
+    int rc = n ? model_weights_hash(&p->model, hash) : SD_OK;
+    for (int i = 0; i < n && !rc; i++) {
+        const char *path = deltas[i].path;
+        if (!is_dir(path)) {
+            if (!exists(path)) return sd_error(SD_ERR_IO, "--delta %s: no such file or folder", path);
+            rc = apply_delta_file(p, path, deltas[i].scale, force, hash);
+            continue;
+        }
+        static const char *const files[2] = {"weight_delta.safetensors", "weight_delta_te.safetensors"};
+        int found = 0;
+        for (int k = 0; k < 2 && !rc; k++) {
+            char file[4200];
+            snprintf(file, sizeof file, "%s/%s", path, files[k]);
+            if (!exists(file)) continue;
+            found++;
+            rc = apply_delta_file(p, file, deltas[i].scale, force, hash);
+        }
+        if (!rc && !found)
+            rc = sd_error(SD_ERR_IO, "--delta %s: the folder holds neither weight_delta.safetensors nor "
+                          "weight_delta_te.safetensors (train with --mode full --save-delta)", path);
+    }
+    return rc;
+}
+
+/* ---- LoRA files ---- */
+
+typedef struct {
+    int te;
+    char key[320];     /* module as written in the file (kohya: with '_') */
+    const st_tensor_t *A, *B, *alpha;
+} lora_group_t;
+
+static int ends_with(const char *s, const char *suffix, size_t *stem) {
+    size_t n = strlen(s), k = strlen(suffix);
+    if (n <= k || strcmp(s + n - k, suffix)) return 0;
+    *stem = n - k;
+    return 1;
+}
+
+/* "down_blocks.0.attn1" -> "down_blocks_0_attn1" */
+static void underscored(char *dst, size_t cap, const char *s) {
+    snprintf(dst, cap, "%s", s);
+    for (char *c = dst; *c; c++)
+        if (*c == '.') *c = '_';
+}
+
+/* A kohya module key back to the model's module path, or 0. */
+static int kohya_module(pipeline_t *p, int te, const char *key, char *module, size_t cap) {
+    char u[512];
+    if (!te) {
+        for (int i = 0; i < p->unet.n_layers; i++) {
+            underscored(u, sizeof u, p->unet.layers[i]->name);
+            if (!strcmp(u, key)) return snprintf(module, cap, "%s", p->unet.layers[i]->name), 1;
+        }
+        return 0;
+    }
+    for (int l = 0; l < p->clip.cfg.num_layers; l++)
+        for (int j = 0; j < 6; j++) {
+            char m[256];
+            snprintf(m, sizeof m, "text_model.encoder.layers.%d.%s", l, CLIP_LINEARS[j]);
+            underscored(u, sizeof u, m);
+            if (!strcmp(u, key)) return snprintf(module, cap, "%s", m), 1;
+        }
+    return 0;
+}
+
+static int group_lora_tensors(const st_file_t *f, const char *path, lora_group_t **out, int *n_out) {
+    lora_group_t *g = calloc((size_t)f->n_tensors + 1, sizeof *g);
+    SD_CHECK(g, "out of memory");
+    int n = 0;
+    for (int i = 0; i < f->n_tensors; i++) {
+        const st_tensor_t *x = &f->tensors[i];
+        const char *name = x->name, *body = NULL;
+        int te = 0, role = -1;   /* 0 A, 1 B, 2 alpha */
+        size_t stem = 0;
+        if (!strncmp(name, "unet.", 5)) body = name + 5;
+        else if (!strncmp(name, "text_encoder.", 13)) body = name + 13, te = 1;
+        else if (!strncmp(name, "lora_unet_", 10)) body = name + 10;
+        else if (!strncmp(name, "lora_te_", 8)) body = name + 8, te = 1;
+        else if (!strncmp(name, "lora_te1_", 9)) body = name + 9, te = 1;
+        if (body) {
+            if (ends_with(body, ".lora_A.weight", &stem) || ends_with(body, ".lora_down.weight", &stem) ||
+                ends_with(body, ".lora.down.weight", &stem))
+                role = 0;
+            else if (ends_with(body, ".lora_B.weight", &stem) || ends_with(body, ".lora_up.weight", &stem) ||
+                     ends_with(body, ".lora.up.weight", &stem))
+                role = 1;
+            else if (ends_with(body, ".alpha", &stem))
+                role = 2;
+        }
+        if (role < 0 || stem >= sizeof g[0].key) {
+            free(g);
+            return sd_error(SD_ERR_FORMAT, "%s: tensor '%s' is not a LoRA tensor (expected unet.<module>.lora_A.weight / "
+                            "lora_B.weight, text_encoder.<module>..., or kohya lora_unet_<module>.lora_down.weight / "
+                            "lora_up.weight / alpha)", path, name);
+        }
+        int k = 0;
+        while (k < n && !(g[k].te == te && strlen(g[k].key) == stem && !strncmp(g[k].key, body, stem))) k++;
+        if (k == n) g[n].te = te, snprintf(g[n].key, sizeof g[n].key, "%.*s", (int)stem, body), n++;
+        if (role == 0) g[k].A = x;
+        else if (role == 1) g[k].B = x;
+        else g[k].alpha = x;
+    }
+    *out = g, *n_out = n;
+    return SD_OK;
+}
+
+static int apply_lora_group(pipeline_t *p, const st_file_t *f, const char *path, const lora_group_t *g, float scale) {
+    char module[512];
+    const int kohya = strchr(g->key, '.') == NULL && (g->A ? !strncmp(g->A->name, "lora_", 5) : 1);
+    if (kohya) {
+        if (!kohya_module(p, g->te, g->key, module, sizeof module))
+            return sd_error(SD_ERR_ARG, "%s: LoRA module '%s' is not a layer of this model's %s (a LoRA of another "
+                            "model?)", path, g->key, g->te ? "text encoder" : "UNet");
+    } else {
+        snprintf(module, sizeof module, "%s", g->key);
+    }
+    weight_t *w = pipeline_find_weight(p, g->te, module);
+    if (!w) return sd_error(SD_ERR_ARG, "%s: LoRA module '%s' is not a layer of this model's %s (a LoRA of another "
+                            "model?)", path, module, g->te ? "text encoder" : "UNet");
+    if (!g->A || !g->B)
+        return sd_error(SD_ERR_FORMAT, "%s: LoRA module '%s' has no %s", path, g->key, g->A ? "up (B) matrix" : "down (A) matrix");
+    const st_tensor_t *A = g->A, *B = g->B;
+    const int64_t R = A->ndim >= 2 ? A->shape[0] : 0;
+    const int ok = R > 0 && (A->ndim == 2 || A->ndim == 4) && A->numel == R * w->cols && (B->ndim == 2 || B->ndim == 4) &&
+                   B->shape[0] == w->rows && B->shape[1] == R && B->numel == (int64_t)w->rows * R;
+    if (!ok) {
+        char a[96], b[96];
+        shape_str(a, sizeof a, A->shape, A->ndim), shape_str(b, sizeof b, B->shape, B->ndim);
+        return sd_error(SD_ERR_SHAPE, "%s: LoRA of '%s' has A %s and B %s, which do not fit its %d x %d weight "
+                        "(a LoRA of another model?)", path, module, a, b, w->rows, w->cols);
+    }
+    float alpha = (float)R;   /* diffusers: no alpha means a scale of 1 */
+    if (g->alpha) {
+        float a1[1];
+        if (g->alpha->numel != 1 || st_read_f32(a1, g->alpha))
+            return sd_error(SD_ERR_FORMAT, "%s: '%s' must be one number", path, g->alpha->name);
+        alpha = a1[0];
+    } else {
+        const char *m = st_meta(f, "lora_alpha");
+        if (m) alpha = strtof(m, NULL);
+    }
+    lora_t l = {.rows = w->rows, .cols = w->cols, .rank = (int)R, .scale = alpha / (float)R};
+    l.AB = sd_xmalloc(sizeof(float) * lora_numel(&l));
+    l.A = l.AB, l.B = l.AB + (size_t)R * w->cols;
+    int rc = st_read_f32(l.A, A);
+    if (!rc) rc = st_read_f32(l.B, B);
+    if (!rc) lora_merge(effective(w), &l, scale);
+    free(l.AB);
+    return rc;
+}
+
+int pipeline_apply_loras(pipeline_t *p, const pipeline_shift_t *loras, int n, int force) {
+    char hash[17];
+    int rc = n ? model_weights_hash(&p->model, hash) : SD_OK;
+    for (int i = 0; i < n && !rc; i++) {
+        char file[4200];
+        if (is_dir(loras[i].path)) snprintf(file, sizeof file, "%s/pytorch_lora_weights.safetensors", loras[i].path);
+        else snprintf(file, sizeof file, "%s", loras[i].path);
+        st_file_t f;
+        if ((rc = st_open(&f, file))) break;
+        rc = check_base(&f, file, hash, force, "LoRA");
+        lora_group_t *g = NULL;
+        int ng = 0;
+        if (!rc) rc = group_lora_tensors(&f, file, &g, &ng);
+        if (!rc && ng == 0) rc = sd_error(SD_ERR_FORMAT, "%s: holds no LoRA tensors", file);
+        for (int k = 0; k < ng && !rc; k++) rc = apply_lora_group(p, &f, file, &g[k], loras[i].scale);
+        free(g);
+        st_close(&f);
+    }
+    return rc;
+}

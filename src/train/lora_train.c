@@ -1,0 +1,164 @@
+/* LoRA training (lora_train.h): attaching the adapters to the training model, listing them as
+ * trainer parameters, and writing the diffusers-style LoRA file. */
+#include "train/lora_train.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "base/error.h"
+
+#define LORA_SALT 0x4C6F524164617074ull   /* the init streams: never one of the step streams */
+
+static const char *const TE_LINEARS[6] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                          "self_attn.out_proj", "mlp.fc1", "mlp.fc2"};
+
+static weight_t *te_weight(clip_t *c, int l, int j) {
+    clip_layer_t *L = &c->layers[l];
+    weight_t *v[6] = {&L->q.w, &L->k.w, &L->v.w, &L->o.w, &L->fc1.w, &L->fc2.w};
+    return v[j];
+}
+
+static float **te_grad(clip_grads_t *g, int l, int j) {
+    clip_layer_grads_t *G = &g->layers[l];
+    float **v[6] = {&G->q.dw, &G->k.dw, &G->v.dw, &G->o.dw, &G->fc1.dw, &G->fc2.dw};
+    return v[j];
+}
+
+static float alpha_of(const train_config_t *c) { return c->lora_alpha > 0 ? c->lora_alpha : (float)c->lora_rank; }
+
+static int attach(weight_t *w, const train_config_t *c, uint64_t index, const char *name) {
+    if (w->kind != WEIGHT_DENSE || !w->data)
+        return sd_error(SD_ERR_ARG, "--mode lora: %s is not a dense weight", name);
+    lora_t *l = sd_xcalloc(1, sizeof *l);
+    lora_alloc(l, w->rows, w->cols, c->lora_rank, alpha_of(c));
+    lora_init_peft(l, (c->seed ^ LORA_SALT) * 0x9E3779B97F4A7C15ull + index);
+    free(w->baked);
+    w->baked = NULL;
+    w->lora = l;
+    w->kind = WEIGHT_LORA;
+    return SD_OK;
+}
+
+int lora_train_attach(trainer_t *t) {
+    const train_config_t *c = &t->cfg;
+    if (c->lora_rank < 1) return sd_error(SD_ERR_ARG, "--lora-rank %d: must be at least 1", c->lora_rank);
+    if (c->lora_alpha < 0) return sd_error(SD_ERR_ARG, "--lora-alpha %g: must be positive", c->lora_alpha);
+    unet_t *u = &t->p.unet;
+    int rc = SD_OK;
+    for (int i = 0; i < u->n_layers && !rc; i++) rc = attach(&u->layers[i]->w, c, (uint64_t)i, u->layers[i]->name);
+    if (rc || !c->train_text_encoder) return rc;
+    for (int l = 0; l < t->p.clip.cfg.num_layers && !rc; l++)
+        for (int j = 0; j < 6 && !rc; j++)
+            rc = attach(te_weight(&t->p.clip, l, j), c, (uint64_t)(1u << 20) + 6u * l + j, TE_LINEARS[j]);
+    return rc;
+}
+
+static void add(trainer_t *t, int count_only, int component, const char *module, weight_t *w, float *grad) {
+    const int n = (int)lora_numel(w->lora);
+    if (!count_only) {
+        train_param_t *p = &t->params[t->n_params];
+        const char *prefix = component ? "te/" : "unet/";
+        size_t len = strlen(prefix) + strlen(module) + 1;
+        p->name = sd_xmalloc(len);
+        snprintf(p->name, len, "%s%s", prefix, module);
+        SD_CHECK(grad, "no gradient for %s", p->name);
+        p->value = w->lora->AB, p->grad = grad, p->n = n, p->group = 0, p->component = component;
+    }
+    t->n_params++;
+    t->n_values += (size_t)n;
+}
+
+void lora_train_visit(trainer_t *t, int count_only) {
+    unet_t *u = &t->p.unet;
+    for (int i = 0; i < u->n_layers; i++) {
+        unet_layer_t *l = u->layers[i];
+        if (l->w.kind == WEIGHT_LORA) add(t, count_only, 0, l->name, &l->w, t->ug.layers[l->id].dw);
+    }
+    if (!t->cfg.train_text_encoder) return;
+    char name[160];
+    for (int l = 0; l < t->p.clip.cfg.num_layers; l++)
+        for (int j = 0; j < 6; j++) {
+            weight_t *w = te_weight(&t->p.clip, l, j);
+            if (w->kind != WEIGHT_LORA) continue;
+            snprintf(name, sizeof name, "text_model.encoder.layers.%d.%s", l, TE_LINEARS[j]);
+            add(t, count_only, 1, name, w, *te_grad(&t->cg, l, j));
+        }
+}
+
+/* ---- the file ---- */
+
+typedef struct {
+    st_writer_t *w;
+    void **bufs;
+    int nb, cap;
+    int fp16;
+} writer_ctx_t;
+
+static int put(writer_ctx_t *x, const char *name, const float *v, int ndim, const int64_t *shape, size_t n) {
+    const void *data = v;
+    if (x->fp16) {
+        uint16_t *h = sd_xmalloc(2 * (n ? n : 1));
+        for (size_t i = 0; i < n; i++) h[i] = st_f32_to_f16(v[i]);
+        if (x->nb == x->cap) {
+            x->cap = x->cap ? 2 * x->cap : 64;
+            x->bufs = realloc(x->bufs, sizeof *x->bufs * (size_t)x->cap);
+            SD_CHECK(x->bufs, "out of memory");
+        }
+        x->bufs[x->nb++] = h;
+        data = h;
+    }
+    return st_writer_add(x->w, name, x->fp16 ? ST_F16 : ST_F32, ndim, shape, data);
+}
+
+/* Both factors of one adapter; conv kernels (4-D base tensors) as 4-D factors. */
+static int put_adapter(writer_ctx_t *x, const char *prefix, const char *module, const weight_t *w,
+                       const model_component_t *comp) {
+    char key[512], base[512];
+    snprintf(base, sizeof base, "%s.weight", module);
+    const st_tensor_t *b = component_find(comp, base);
+    const lora_t *l = w->lora;
+    const int conv = b && b->ndim == 4;
+    int64_t sa[4] = {l->rank, conv ? b->shape[1] : l->cols, conv ? b->shape[2] : 1, conv ? b->shape[3] : 1};
+    int64_t sb[4] = {l->rows, l->rank, 1, 1};
+    snprintf(key, sizeof key, "%s.%s.lora_A.weight", prefix, module);
+    int rc = put(x, key, l->A, conv ? 4 : 2, sa, (size_t)l->rank * l->cols);
+    snprintf(key, sizeof key, "%s.%s.lora_B.weight", prefix, module);
+    if (!rc) rc = put(x, key, l->B, conv ? 4 : 2, sb, (size_t)l->rows * l->rank);
+    return rc;
+}
+
+int lora_train_save(trainer_t *t, const char *path, long *bytes) {
+    const train_config_t *c = &t->cfg;
+    writer_ctx_t x = {.w = st_writer_new(), .fp16 = c->save_fp16};
+    unet_t *u = &t->p.unet;
+    int rc = SD_OK;
+    for (int i = 0; i < u->n_layers && !rc; i++)
+        if (u->layers[i]->w.kind == WEIGHT_LORA)
+            rc = put_adapter(&x, "unet", u->layers[i]->name, &u->layers[i]->w, &t->p.model.unet);
+    char name[160];
+    for (int l = 0; c->train_text_encoder && l < t->p.clip.cfg.num_layers && !rc; l++)
+        for (int j = 0; j < 6 && !rc; j++) {
+            weight_t *w = te_weight(&t->p.clip, l, j);
+            if (w->kind != WEIGHT_LORA) continue;
+            snprintf(name, sizeof name, "text_model.encoder.layers.%d.%s", l, TE_LINEARS[j]);
+            rc = put_adapter(&x, "text_encoder", name, w, &t->p.model.text_encoder);
+        }
+    char num[32];
+    st_writer_meta(x.w, "format", "pt");
+    snprintf(num, sizeof num, "%d", c->lora_rank);
+    st_writer_meta(x.w, "lora_rank", num);
+    snprintf(num, sizeof num, "%.9g", alpha_of(c));
+    st_writer_meta(x.w, "lora_alpha", num);
+    st_writer_meta(x.w, "base_model_hash", t->model_hash);
+    st_writer_meta(x.w, "training_mode", "lora");
+    st_writer_meta(x.w, "svdiff_version", SVDIFF_VERSION);
+    if (!rc) rc = st_writer_save(x.w, path);
+    st_writer_free(x.w);
+    for (int i = 0; i < x.nb; i++) free(x.bufs[i]);
+    free(x.bufs);
+    struct stat st;
+    if (bytes) *bytes = !rc && !stat(path, &st) ? (long)st.st_size : -1;
+    return rc;
+}
