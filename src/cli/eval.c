@@ -10,6 +10,7 @@
 #include "base/runtime.h"
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "pipeline/adapters.h"
 #include "pipeline/pipeline.h"
 #include "shifts/shifts.h"
 #include "train/eval_loss.h"
@@ -26,7 +27,9 @@ static void usage(FILE *f) {
             "  --images DIR            images (PNG, JPEG, ...); NAME.txt next to NAME.png replaces --prompt for it\n"
             "  --prompt TEXT           the prompt the images are conditioned on\n"
             "  --shifts PATH[:SCALE]   apply spectral shifts (file or training folder; repeatable, they add up)\n"
-            "  --force                 accept shifts made for another base model\n"
+            "  --delta PATH[:SCALE]    add a weight delta (`train --mode full --save-delta`; repeatable)\n"
+            "  --lora PATH[:SCALE]     merge a LoRA (`train --mode lora`; repeatable)\n"
+            "  --force                 accept shift, delta or LoRA files made for another base model\n"
             "  --svd-cache DIR         cache of the base model's SVD factors (default as `svdiff generate`)\n"
             "  --timesteps LIST        comma-separated timesteps (default: --num-timesteps evenly spread)\n"
             "  --num-timesteps N       timesteps (j + 0.5) T / N for j < N (default 10)\n"
@@ -44,12 +47,14 @@ int cmd_eval(int argc, char **argv) {
     const char *model = NULL, *tokenizer = NULL, *dir = NULL, *prompt = NULL, *ts_list = NULL, *svd_cache = NULL;
     int n_t = 10, draws = 4, res = 0, threads = 0, json = 0, force = 0, n_shifts = 0;
     unsigned long long seed = 0;
-    pipeline_shift_t shifts[MAX_SHIFTS];
-    static char shift_paths[MAX_SHIFTS][4096];
+    pipeline_shift_t shifts[MAX_SHIFTS], deltas[MAX_SHIFTS], loras[MAX_SHIFTS];
+    static char shift_paths[MAX_SHIFTS][4096], delta_paths[MAX_SHIFTS][4096], lora_paths[MAX_SHIFTS][4096];
+    int n_deltas = 0, n_loras = 0;
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},     {"tokenizer", required_argument, 0, 'T'},
         {"images", required_argument, 0, 'i'},    {"prompt", required_argument, 0, 'p'},
         {"shifts", required_argument, 0, 'x'},    {"force", no_argument, 0, 'F'},
+        {"delta", required_argument, 0, 'D'},     {"lora", required_argument, 0, 'L'},
         {"svd-cache", required_argument, 0, 'C'}, {"timesteps", required_argument, 0, 't'},
         {"num-timesteps", required_argument, 0, 'n'}, {"noise-draws", required_argument, 0, 'k'},
         {"seed", required_argument, 0, 's'},      {"resolution", required_argument, 0, 'r'},
@@ -75,6 +80,23 @@ int cmd_eval(int argc, char **argv) {
             }
             shifts[n_shifts].path = shift_paths[n_shifts], n_shifts++;
             break;
+        case 'D':
+        case 'L': {   /* --delta / --lora PATH[:SCALE] */
+            const char *flag = o == 'D' ? "--delta" : "--lora";
+            int *cnt = o == 'D' ? &n_deltas : &n_loras;
+            pipeline_shift_t *list = o == 'D' ? deltas : loras;
+            char *buf = o == 'D' ? delta_paths[*cnt % MAX_SHIFTS] : lora_paths[*cnt % MAX_SHIFTS];
+            if (*cnt == MAX_SHIFTS) {
+                fprintf(stderr, "svdiff eval: at most %d %s\n", MAX_SHIFTS, flag);
+                return 2;
+            }
+            if (shift_spec_parse(optarg, buf, 4096, &list[*cnt].scale)) {
+                fprintf(stderr, "svdiff eval: %s %s: %s\n", flag, optarg, sd_last_error());
+                return 2;
+            }
+            list[*cnt].path = buf, (*cnt)++;
+            break;
+        }
         case 'F': force = 1; break;
         case 'C': svd_cache = optarg; break;
         case 't': ts_list = optarg; break;
@@ -126,6 +148,8 @@ int cmd_eval(int argc, char **argv) {
     if (svd_cache) snprintf(cache_dir, sizeof cache_dir, "%s", svd_cache);
     else svd_cache_default_dir(cache_dir, sizeof cache_dir);
     if (!rc && n_shifts) rc = pipeline_apply_shifts(&p, shifts, n_shifts, force, cache_dir);
+    if (!rc) rc = pipeline_apply_deltas(&p, deltas, n_deltas, force);
+    if (!rc) rc = pipeline_apply_loras(&p, loras, n_loras, force);
     prompt_table_t pt = {0};
     image_set_t set = {0};
     if (!rc) rc = image_set_scan(&set, dir, "--images", 0, 0, prompt, &pt, p.tok);
