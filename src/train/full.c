@@ -140,9 +140,15 @@ void ema_update(float *ema, const float *x, size_t n, float decay) {
     for (size_t i = 0; i < n; i++) ema[i] = decay * ema[i] + a * x[i];
 }
 
+float ema_decay_at(float decay, int update) {
+    const float warm = (1.0f + update) / (10.0f + update);
+    return warm < decay ? warm : decay;
+}
+
 void trainer_ema_update(trainer_t *t) {
+    const float decay = ema_decay_at(t->cfg.ema_decay, t->step - 1);   /* t->step: updates done, this one included */
     for (int i = 0; i < t->n_params; i++)
-        if (t->params[i].ema) ema_update(t->params[i].ema, t->params[i].value, (size_t)t->params[i].n, t->cfg.ema_decay);
+        if (t->params[i].ema) ema_update(t->params[i].ema, t->params[i].value, (size_t)t->params[i].n, decay);
 }
 
 /* ---------------------------------------------------------------------------------------------

@@ -190,9 +190,12 @@ int trainer_save_shifts(trainer_t *t, long *unet_bytes, long *te_bytes);
  * (text encoder, when trained): F32 W_saved - W_base of every trained tensor, keyed by its
  * diffusers name in its original shape. */
 int trainer_save_model(trainer_t *t, const char *dir, st_dtype_t dtype, int use_ema, const char *delta_dir);
-/* EMA update of every trained array: ema = decay * ema + (1 - decay) * value (decay 0: the raw
- * weights). A constant decay from the initial weights, one update per optimizer step. */
+/* EMA update of every trained array after an optimizer step: ema = d * ema + (1 - d) * value with
+ * d = ema_decay_at(cfg.ema_decay, k) for the k-th update (k from 0). The warm-up cap (1 + k) / (10 + k)
+ * (diffusers' EMAModel) keeps the random initial weights out of the average: with a constant 0.999
+ * from step 0, 13% of the EMA would still be the initialisation after 2000 steps. */
 void trainer_ema_update(trainer_t *t);
+float ema_decay_at(float decay, int update);
 void ema_update(float *ema, const float *x, size_t n, float decay);
 /* Full mode, inside trainer_prepare: replaces every trained dense weight's view by an owned fp32
  * copy (t->master), and lists the parameters (weights, biases, norm gains and offsets, under
