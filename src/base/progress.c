@@ -31,7 +31,7 @@ void progress_start(progress_t *p, const char *label, long total, const char *un
 
 static void draw(progress_t *p, int final) {
     const double now = seconds_now(), elapsed = now - p->t_start;
-    const double rate = elapsed > 0 ? p->done / elapsed : 0;
+    const double rate = elapsed > 0 ? (p->done - p->base) / elapsed : 0;
     char el[32], eta[32], ratebuf[48];
     format_duration(el, sizeof el, elapsed);
     format_duration(eta, sizeof eta, rate > 0 ? (p->total - p->done) / rate : 0);
@@ -70,6 +70,11 @@ void progress_update(progress_t *p, long done, const char *extra) {
     }
 }
 
+void progress_resume(progress_t *p, long done) {
+    p->base = done;
+    progress_update(p, done, NULL);
+}
+
 void progress_finish(progress_t *p) {
     if (p->tty) {
         draw(p, 1);
@@ -79,5 +84,5 @@ void progress_finish(progress_t *p) {
     char el[32];
     format_duration(el, sizeof el, elapsed);
     fprintf(stderr, "%s done: %ld %s in %s (%.2f %s/s)%s%s\n", p->label, p->done, p->unit, el,
-            elapsed > 0 ? p->done / elapsed : 0.0, p->unit, p->extra[0] ? ", " : "", p->extra);
+            elapsed > 0 ? (p->done - p->base) / elapsed : 0.0, p->unit, p->extra[0] ? ", " : "", p->extra);
 }

@@ -650,7 +650,7 @@ int trainer_run(trainer_t *t) {
     progress_t bar;
     const int first = t->step;
     if (!c->quiet) progress_start(&bar, "train", c->steps, "step");
-    if (!c->quiet && first) progress_update(&bar, first, NULL);
+    if (!c->quiet && first) progress_resume(&bar, first);
     const double t0 = now_s(), elapsed0 = t->elapsed;
     int rc = SD_OK;
     const float gs = 1.0f / (float)c->grad_accum;
