@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Configures and builds svdiff. Usage: scripts/build.sh [release|asan]  (default release)
+# Configures and builds svdiff. Usage: scripts/build.sh [release|asan] [TARGET...]  (default release,
+# every target; e.g. `scripts/build.sh release svdiff` builds only the command-line tool)
 # release -> build/ (-O3 -march=native); asan -> build-asan/ (ASan + UBSan, -O1 -g).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 kind="${1:-release}"
+shift || true
 case "$kind" in
   release) dir=build; flags=(-DCMAKE_BUILD_TYPE=Release) ;;
   asan) dir=build-asan; flags=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O1 -g" -DSVDIFF_SANITIZE=ON) ;;
   *) echo "usage: $0 [release|asan]" >&2; exit 2 ;;
 esac
 cmake -S . -B "$dir" "${flags[@]}" >/dev/null
-cmake --build "$dir" -j"$(nproc)"
+targets=()
+for t in "$@"; do targets+=(--target "$t"); done
+cmake --build "$dir" -j"$(nproc)" "${targets[@]}"

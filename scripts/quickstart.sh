@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# First run on a fresh machine: install what is missing, build, and run svdiff's main job.
-# Until the embedded default model exists, that job is `svdiff selfcheck`: it trains the
-# spectral shifts of a tiny random network end to end and prints every step it verifies.
+# First run on a fresh machine: installs what is missing, builds the command-line tool, and
+# personalises the embedded default model (models/emoji-32) on four held-out cat emoji with
+# spectral shifts, drawing new prompts with and without them (scripts/personalise-demo.sh).
+#   scripts/quickstart.sh [OUT_DIR]        (default out/quickstart)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-scripts/build.sh release >/dev/null
-exec build/svdiff selfcheck "$@"
+echo "building build/svdiff..."
+scripts/build.sh release svdiff >/dev/null
+exec scripts/personalise-demo.sh "$@"
