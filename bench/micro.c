@@ -1,7 +1,10 @@
 /* Micro-benchmark of the core operators: GFLOP/s of conv3x3, linear, attention and the
  * spectral conv (factored and baked) next to the OpenBLAS sgemm rate measured in the same
  * run, plus the extra memory attention needs. Medians of repeated runs (this machine is
- * noisy). Not part of the tests. Usage: bench_micro [--reps N] [--threads N] */
+ * noisy). The operators run in the compute dtype of SVDIFF_COMPUTE (fp32 / bf16); the bf16 GEMM's
+ * 2048^3 rate is printed next to sgemm's when the CPU has a bf16 kernel. --gemm-only: just the
+ * two 2048^3 rates, as RESULT lines (bench/run_all.sh). Not part of the tests.
+ * Usage: bench_micro [--reps N] [--threads N] [--gemm-only] */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +16,7 @@
 #include "base/error.h"
 #include "base/runtime.h"
 #include "base/scratch.h"
+#include "ops/gemm.h"
 #include "ops/ops.h"
 #include "weights/spectral.h"
 
@@ -74,6 +78,10 @@ typedef struct { int n; float *a, *b, *c; } gemm_ctx;
 static void run_sgemm(void *p) {
     gemm_ctx *g = p;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g->n, g->n, g->n, 1.0f, g->a, g->n, g->b, g->n, 0.0f, g->c, g->n);
+}
+static void run_gemm_bf16(void *p) {
+    gemm_ctx *g = p;
+    gemm_bf16(CblasNoTrans, CblasNoTrans, g->n, g->n, g->n, 1.0f, g->a, g->n, g->b, g->n, 0.0f, g->c, g->n);
 }
 
 /* ---- conv ---- */
@@ -141,14 +149,17 @@ static void bench_conv(int hw) {
 
 int main(int argc, char **argv) {
     sd_runtime_init(argc, argv);
+    int gemm_only = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--reps") && i + 1 < argc) g_reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc) sd_set_threads(atoi(argv[++i]));
-        else { fprintf(stderr, "usage: %s [--reps N] [--threads N]\n", argv[0]); return 2; }
+        else if (!strcmp(argv[i], "--gemm-only")) gemm_only = 1;
+        else { fprintf(stderr, "usage: %s [--reps N] [--threads N] [--gemm-only]\n", argv[0]); return 2; }
     }
     if (g_reps < 1 || g_reps > 64) g_reps = 5;
-    printf("svdiff micro-benchmark: OpenBLAS kernel %s, %d threads, median of %d runs\n\n",
-           openblas_get_corename(), openblas_get_num_threads(), g_reps);
+    printf("svdiff micro-benchmark: OpenBLAS kernel %s, %d threads, median of %d runs, compute %s (bf16 kernel %s)\n\n",
+           openblas_get_corename(), openblas_get_num_threads(), g_reps, sd_compute_dtype_name(sd_compute_dtype()),
+           sd_bf16_kernel());
     printf("| %-44s | %9s | %8s | %6s |\n", "operation", "ms", "GFLOP/s", "sgemm");
     printf("|%s|%s|%s|%s|\n", "----------------------------------------------", "-----------", "----------", "--------");
 
@@ -157,7 +168,15 @@ int main(int argc, char **argv) {
     double t = median_time(run_sgemm, &g);
     g_sgemm_rate = 2.0 * 2048 * 2048 * 2048 / t / 1e9;
     row("sgemm 2048^3 (the ceiling)", 2.0 * 2048 * 2048 * 2048, t);
+    const int have_bf16 = strcmp(sd_bf16_kernel(), "none") != 0;
+    const double tb = have_bf16 ? median_time(run_gemm_bf16, &g) : 0.0;
+    if (have_bf16) row("bf16 GEMM 2048^3 (fp32 accumulation)", 2.0 * 2048 * 2048 * 2048, tb);
     free(g.a), free(g.b), free(g.c);
+    if (gemm_only) {
+        printf("RESULT side=svdiff case=gemm2048 sgemm_gflops=%.1f bf16_gflops=%.1f bf16_kernel=%s\n", g_sgemm_rate,
+               have_bf16 ? 2.0 * 2048 * 2048 * 2048 / tb / 1e9 : 0.0, sd_bf16_kernel());
+        return 0;
+    }
 
     bench_conv(32);
     bench_conv(64);

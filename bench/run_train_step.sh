@@ -9,15 +9,21 @@
 #   bench/run_train_step.sh [--reps N (32x32, default 2)] [--reps64 N (default 1)] [--threads N]
 #       [--no-torch] [--no-64] [--torch-random-factors] [--torch-drop-dense] [--force-torch]
 #       [--perf (perf record of one svdiff 32x32 step after its set-up, top symbols printed)]
+#       [--compute-dtype fp32|bf16 (svdiff side: SVDIFF_COMPUTE; RESULT lines get compute=)]
+#       [--ckpt64 "none transformers" (default; the 64x64 checkpointing modes run)]
+#       [--torch-full (also PyTorch's plain full fine-tune forward + backward, 32x32 and 64x64)]
+#       [--no-svdiff (PyTorch side only)]
 #
 # Environment: SVDIFF_BENCH_CACHE (default bench/out, git-ignored) holds the model, the SVD cache
 # (the first svdiff run computes it: minutes, about 5 GB on disk) and the logs;
 # SVDIFF_BUILD_DIR uses an existing build there instead of scripts/build.sh release (build/).
 # The PyTorch side is skipped when MemAvailable is under 15 GB (--force-torch runs it anyway).
+# SVDIFF_BENCH_RESULTS=FILE also appends the RESULT lines there (bench/run_all.sh collects them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-reps=2 reps64=1 threads=$(nproc) torch=1 do64=1 torch_args=() force=0 perf=0
+reps=2 reps64=1 threads=$(nproc) torch=1 do64=1 torch_args=() force=0 perf=0 compute=fp32
+ckpt64="none transformers" torch_full=0 svdiff=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --reps) reps=$2; shift ;;
@@ -29,7 +35,11 @@ while [ $# -gt 0 ]; do
     --torch-drop-dense) torch_args+=(--drop-dense) ;;
     --force-torch) force=1 ;;
     --perf) perf=1 ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --compute-dtype) compute=$2; shift ;;
+    --ckpt64) ckpt64=$2; shift ;;
+    --torch-full) torch_full=1 ;;
+    --no-svdiff) svdiff=0 ;;
+    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run_train_step.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -54,7 +64,8 @@ side() {   # side NAME LOG cmd...: runs one benchmark process, keeps its RESULT 
   shift 2
   echo "[$(date +%H:%M:%S) load $(load)] $name: $*" >&2
   if "$@" >"$log" 2>&1; then
-    grep '^RESULT' "$log" | sed "s/\$/ load=$(load | cut -d' ' -f1)/" >>"$results"
+    grep '^RESULT' "$log" | sed "s/\$/ load=$(load | cut -d' ' -f1)/; s/side=svdiff /side=svdiff compute=$compute /" |
+      tee -a "${SVDIFF_BENCH_RESULTS:-/dev/null}" >>"$results"
     grep -E '^(opened|before the step|SVD |random factors)' "$log" | sed 's/^/  /' >&2 || true
   else
     echo "  failed (see $log):" >&2
@@ -63,8 +74,10 @@ side() {   # side NAME LOG cmd...: runs one benchmark process, keeps its RESULT 
 }
 
 svd="$cache/svd-cache"
-side "svdiff train32" "$run/svdiff-train32.log" "$build/bench_train_step" --model "$model" --hw 32 --reps "$reps" \
-  --threads "$threads" --svd-cache "$svd"
+if [ "$svdiff" = 1 ]; then
+  side "svdiff train32 ($compute)" "$run/svdiff-train32.log" env SVDIFF_COMPUTE="$compute" "$build/bench_train_step" \
+    --model "$model" --hw 32 --reps "$reps" --threads "$threads" --svd-cache "$svd"
+fi
 if [ "$torch" = 1 ]; then
   if [ "$force" = 0 ] && awk -v a="$(avail_gb)" 'BEGIN {exit !(a < 15)}'; then
     echo "PyTorch side skipped: MemAvailable $(avail_gb) GB < 15 GB, and its 32x32 step needs ~13-14 GB" \
@@ -74,18 +87,24 @@ if [ "$torch" = 1 ]; then
       --hw 32 --reps "$reps" --threads "$threads" "${torch_args[@]}"
   fi
 fi
-if [ "$do64" = 1 ]; then
-  for ck in none transformers; do
-    side "svdiff train64 ckpt $ck" "$run/svdiff-train64-$ck.log" "$build/bench_train_step" --model "$model" --hw 64 \
-      --reps "$reps64" --ckpt "$ck" --threads "$threads" --svd-cache "$svd"
+if [ "$do64" = 1 ] && [ "$svdiff" = 1 ]; then
+  for ck in $ckpt64; do
+    side "svdiff train64 ckpt $ck ($compute)" "$run/svdiff-train64-$ck.log" env SVDIFF_COMPUTE="$compute" \
+      "$build/bench_train_step" --model "$model" --hw 64 --reps "$reps64" --ckpt "$ck" --threads "$threads" --svd-cache "$svd"
+  done
+fi
+if [ "$torch" = 1 ] && [ "$torch_full" = 1 ]; then   # plain full fine-tune, forward + backward, for scale
+  for hw in 32 $([ "$do64" = 1 ] && echo 64); do
+    side "torch full fine-tune $hw" "$run/torch-full$hw.log" /usr/bin/python3 bench/train_step_torch.py --model "$model" \
+      --full --hw "$hw" --reps "$([ "$hw" = 32 ] && echo "$reps" || echo "$reps64")" --warmup 1 --threads "$threads"
   done
 fi
 if [ "$perf" = 1 ]; then
   if command -v perf >/dev/null; then
     # perf attaches once the set-up (cache load) is over, so the profile is the step alone.
     echo "[$(date +%H:%M:%S) load $(load)] perf record: svdiff train32, 1 step" >&2
-    "$build/bench_train_step" --model "$model" --hw 32 --reps 1 --threads "$threads" --svd-cache "$svd" \
-      >"$run/perf-run.log" 2>&1 &
+    SVDIFF_COMPUTE="$compute" "$build/bench_train_step" --model "$model" --hw 32 --reps 1 --threads "$threads" \
+      --svd-cache "$svd" >"$run/perf-run.log" 2>&1 &
     pid=$!
     while kill -0 "$pid" 2>/dev/null && ! grep -qs '^before the step' "$run/perf-run.log"; do sleep 0.5; done
     perf record -F 499 -p "$pid" -o "$run/perf.data" >/dev/null 2>&1 || true

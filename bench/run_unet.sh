@@ -8,14 +8,17 @@
 #   bench/run_unet.sh [--reps N (32x32, default 3)] [--reps64 N (default 1)] [--rounds R (default 1)]
 #                     [--threads N] [--no-torch] [--train] [--generate] [--gen-steps N (default 20)]
 #                     [--passive (OMP_WAIT_POLICY=passive for both sides)]
+#                     [--cases "fwd32 fwd64" (default; "none": only --train / --generate)]
+#                     [--compute-dtype fp32|bf16 (svdiff side: SVDIFF_COMPUTE; RESULT lines get compute=)]
 #
 # Environment: SVDIFF_BENCH_CACHE (default bench/out, git-ignored) holds the model and the logs;
 # SVDIFF_BUILD_DIR uses an existing build there instead of scripts/build.sh release (build/).
 # --gen-steps below 20 extrapolates a 20-step run from the measured per-step and fixed times.
+# SVDIFF_BENCH_RESULTS=FILE also appends the RESULT lines there (bench/run_all.sh collects them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-reps=3 reps64=1 rounds=1 threads=$(nproc) torch=1 train=0 gen=0 gen_steps=20
+reps=3 reps64=1 rounds=1 threads=$(nproc) torch=1 train=0 gen=0 gen_steps=20 cases="fwd32 fwd64" compute=fp32
 while [ $# -gt 0 ]; do
   case "$1" in
     --reps) reps=$2; shift ;;
@@ -27,7 +30,9 @@ while [ $# -gt 0 ]; do
     --generate) gen=1 ;;
     --gen-steps) gen_steps=$2; shift ;;
     --passive) export OMP_WAIT_POLICY=passive ;;   # libgomp threads sleep instead of spinning
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --cases) cases=$2; [ "$cases" = none ] && cases=""; shift ;;
+    --compute-dtype) compute=$2; shift ;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run_unet.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -51,18 +56,20 @@ side() {   # side NAME LOG cmd...: runs one benchmark process, keeps its RESULT 
   shift 2
   echo "[$(date +%H:%M:%S) load $(load)] $name: $*" >&2
   if "$@" >"$log" 2>&1; then
-    grep '^RESULT' "$log" | sed "s/\$/ load=$(load | cut -d' ' -f1)/" >>"$results"
+    grep '^RESULT' "$log" | sed "s/\$/ load=$(load | cut -d' ' -f1)/; s/side=svdiff /side=svdiff compute=$compute /" |
+      tee -a "${SVDIFF_BENCH_RESULTS:-/dev/null}" >>"$results"
   else
     echo "  failed (see $log):" >&2
     tail -5 "$log" >&2
   fi
 }
 
-for case in fwd32 fwd64; do
+for case in $cases; do
   for r in $(seq "$rounds"); do
     save=() check=()
     if [ "$case" = fwd32 ]; then save=(--save "$run/fwd32-io.safetensors"); check=(--check "$run/fwd32-io.safetensors"); fi
-    side "svdiff $case round $r" "$run/svdiff-$case-$r.log" "$build/bench_unet" --model "$model" --case "$case" \
+    side "svdiff $case round $r ($compute)" "$run/svdiff-$case-$r.log" env SVDIFF_COMPUTE="$compute" \
+      "$build/bench_unet" --model "$model" --case "$case" \
       --reps "$reps" --reps64 "$reps64" --threads "$threads" "${save[@]}"
     if [ "$torch" = 1 ]; then
       side "torch $case round $r" "$run/torch-$case-$r.log" /usr/bin/python3 bench/unet_torch.py --model "$model" \
@@ -72,7 +79,8 @@ for case in fwd32 fwd64; do
 done
 
 if [ "$train" = 1 ]; then   # svdiff only: SVD of every layer (minutes), then forward + backward
-  side "svdiff train32" "$run/svdiff-train32.log" "$build/bench_unet" --model "$model" --case train32 --threads "$threads"
+  side "svdiff train32" "$run/svdiff-train32.log" env SVDIFF_COMPUTE="$compute" "$build/bench_unet" --model "$model" \
+    --case train32 --threads "$threads"
 fi
 
 if [ "$gen" = 1 ]; then
@@ -83,13 +91,14 @@ if [ "$gen" = 1 ]; then
   set +e
   /usr/bin/time -v -o "$run/generate-time.txt" "$build/svdiff" generate --model "$model" \
     --prompt "a photograph of an astronaut riding a horse" --steps "$gen_steps" --sampler ddim --cfg 7.5 \
-    --width 512 --height 512 --seed 1 --threads "$threads" -o "$run/generate.png" 2>&1 >/dev/null |
+    --width 512 --height 512 --seed 1 --threads "$threads" --compute-dtype "$compute" -o "$run/generate.png" 2>&1 >/dev/null |
     while IFS= read -r line; do printf '%s %s\n' "$EPOCHREALTIME" "$line"; done >"$run/generate.log"
   set -e
   /usr/bin/python3 - "$t0" "$run/generate.log" "$run/generate-time.txt" "$gen_steps" "$(load | cut -d' ' -f1)" \
-    >>"$results" <<'EOF'
+    "$compute" <<'EOF' | tee -a "${SVDIFF_BENCH_RESULTS:-/dev/null}" >>"$results"
 import re, sys
 t0, log, timef, steps, load = float(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+compute = sys.argv[6]
 step_t, wrote, done = {}, None, None
 for line in open(log):
     ts, _, text = line.rstrip("\n").partition(" ")
@@ -109,7 +118,7 @@ before = step_t[k0] - t0 - k0 * per_step    # process start, load, tokenizer, te
 after = wrote - step_t[steps]               # VAE decode, PNG write
 total = wrote - t0
 est20 = before + 20 * per_step + after
-print(f"RESULT side=svdiff case=generate512 steps={steps} total_s={total:.1f} per_step_s={per_step:.2f} "
+print(f"RESULT side=svdiff compute={compute} case=generate512 steps={steps} total_s={total:.1f} per_step_s={per_step:.2f} "
       f"before_s={before:.1f} decode_s={after:.1f} est20_s={est20:.1f} peak_rss_mb={int(rss.group(1)) / 1024:.0f} "
       f"load={load}")
 EOF

@@ -12,6 +12,8 @@ clipped to norm 1; torch.optim.AdamW (1e-3 deltas, 1e-6 norm shifts, decay 1e-2)
 
     /usr/bin/python3 bench/train_step_torch.py --model DIR [--hw 32] [--reps N] [--threads N]
         [--random-factors (random orthonormal U, Vh instead of the SVD: timing only)] [--drop-dense]
+        [--full (plain full fine-tune for scale: no factors, gradients of every weight, no optimizer;
+                 RESULT case=full32 / full64)]
 
 Peak RSS: VmHWM of /proc/self/status, reset (clear_refs) just before the first step like the C
 side, so "step peak" excludes the set-up; the set-up peak and getrusage's whole-life peak are
@@ -70,6 +72,8 @@ def main():
     ap.add_argument("--random-factors", action="store_true",
                     help="random orthonormal U, Vh and random S instead of the SVD (same shapes and cost per step)")
     ap.add_argument("--drop-dense", action="store_true", help="free the dense weights (svdiff-pytorch keeps them)")
+    ap.add_argument("--full", action="store_true",
+                    help="plain full fine-tune forward + backward (dense weights, every gradient, no optimizer step)")
     args = ap.parse_args()
     reps = args.reps or (2 if args.hw == 32 else 1)
     warmup = args.warmup if args.warmup >= 0 else (1 if args.hw == 32 else 0)
@@ -87,8 +91,11 @@ def main():
           flush=True)
 
     # ---- one-time factorisation ----
-    g.SpectralMixin.effective_weight = svdiff_pytorch_weight   # Linear and Conv2d inherit it
+    if not args.full:
+        g.SpectralMixin.effective_weight = svdiff_pytorch_weight   # Linear and Conv2d inherit it
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (g.Linear, g.Conv2d))]
+    if args.full:   # no factors: the plain fine-tune trains the dense weights themselves
+        layers = []
     norms = [(n, m) for n, m in model.named_modules() if isinstance(m, (g.GroupNorm, g.LayerNorm))]
     deltas, shifts = [], []
     t0 = time.perf_counter()
@@ -114,17 +121,23 @@ def main():
                       flush=True)
     t_svd = time.perf_counter() - t0
     for name, m in norms:
+        if args.full:
+            break
         d = torch.nn.Parameter(torch.zeros(m.weight.shape[0]))
         m.shift = (d, 1.0, "element")
         shifts.append(d)
+    if args.full:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        deltas = list(model.parameters())
     n_delta = sum(d.numel() for d in deltas)
     factors_mb = sum(m.svd_U.numel() + m.svd_S.numel() + m.svd_Vh.numel() for _, m in layers) * 4 / 1048576
     print(f"{'random factors' if args.random_factors else 'SVD'} of {len(layers)} layers in {t_svd:.1f} s; "
           f"factors {factors_mb:.0f} MB; {n_delta} deltas, {len(norms)} norm shifts; dense weights "
           f"{'dropped' if args.drop_dense else 'kept (as svdiff-pytorch)'}", flush=True)
 
-    opt = torch.optim.AdamW([{"params": deltas, "lr": 1e-3}, {"params": shifts, "lr": 1e-6}],
-                            lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2)
+    opt = None if args.full else torch.optim.AdamW([{"params": deltas, "lr": 1e-3}, {"params": shifts, "lr": 1e-6}],
+                                                   lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2)
     with open(os.path.join(args.model, "scheduler", "scheduler_config.json")) as f:
         sc = json.load(f)
     Tn = sc.get("num_train_timesteps", 1000)
@@ -153,9 +166,13 @@ def main():
         a1 = time.perf_counter()
         loss.backward()
         a2 = time.perf_counter()
-        gnorm = torch.nn.utils.clip_grad_norm_(deltas + shifts, 1.0).item()
-        opt.step()
-        opt.zero_grad()
+        if opt:
+            gnorm = torch.nn.utils.clip_grad_norm_(deltas + shifts, 1.0).item()
+            opt.step()
+            opt.zero_grad()
+        else:   # full fine-tune: forward + backward only (the gradients are dropped)
+            for p in deltas:
+                p.grad = None
         a3 = time.perf_counter()
         loss_v = loss.item()
         del out, loss
@@ -167,7 +184,7 @@ def main():
               f"loss {loss_v:.5g}, grad norm {gnorm:.4g}", file=sys.stderr, flush=True)
     dmax = max(d.abs().max().item() for d in deltas)
     med = statistics.median
-    print(f"RESULT side=torch case=train{hw} B=1 H={hw} T={T} reps={reps} warmup={warmup} first_s={first:.3f} "
+    print(f"RESULT side=torch case={'full' if args.full else 'train'}{hw} B=1 H={hw} T={T} reps={reps} warmup={warmup} first_s={first:.3f} "
           f"median_s={med(tt):.3f} "
           f"times={','.join(f'{x:.3f}' for x in tt)} fwd_s={med(tf):.3f} bwd_s={med(tb):.3f} opt_s={med(to):.4f} "
           f"peak_rss_mb={status_mb('VmHWM'):.0f} setup_peak_mb={setup_peak:.0f} rss_before_mb={rss_before:.0f} "

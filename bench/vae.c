@@ -1,7 +1,11 @@
 /* VAE benchmark: time and peak memory of decoding (and optionally encoding) one image with
  * an SD-size AutoencoderKL (128, 256, 512, 512 channels, 2 layers per block, 83.65 M
- * parameters) whose random weights this program makes (F32 or F16). Not part of the tests.
- * Usage: bench_vae [--latent N (64 = 512 px)] [--f16] [--encode] [--threads N] [--band FLOATS] */
+ * parameters) whose random weights this program makes (F32 or F16), or the VAE of a model folder
+ * (--model DIR: the random SD 1.5 of bench/run_all.sh, the weights bench/vae_torch.py decodes
+ * with). Decode time is the median of --reps runs (no warm-up: one decode is seconds); a RESULT
+ * line for bench/run_all.sh. Not part of the tests.
+ * Usage: bench_vae [--latent N (64 = 512 px)] [--f16] [--encode] [--threads N] [--band FLOATS]
+ *                  [--model DIR] [--reps N] */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,7 +15,9 @@
 #include "base/error.h"
 #include "base/runtime.h"
 #include "base/scratch.h"
+#include "io/model.h"
 #include "models/vae.h"
+#include "ops/gemm.h"
 
 static double now(void) {
     struct timespec ts;
@@ -56,7 +62,8 @@ static const st_tensor_t *get_table(void *ctx, const char *name) {
 
 int main(int argc, char **argv) {
     sd_runtime_init(argc, argv);
-    int latent = 64, f16 = 0, encode = 0, threads = 0;
+    int latent = 64, f16 = 0, encode = 0, threads = 0, reps = 1;
+    const char *model_dir = NULL;
     size_t band = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--latent") && i + 1 < argc) latent = atoi(argv[++i]);
@@ -64,8 +71,11 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--encode")) encode = 1;
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--band") && i + 1 < argc) band = (size_t)atoll(argv[++i]);
+        else if (!strcmp(argv[i], "--model") && i + 1 < argc) model_dir = argv[++i];
+        else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else {
-            fprintf(stderr, "usage: %s [--latent N] [--f16] [--encode] [--threads N] [--band FLOATS]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--latent N] [--f16] [--encode] [--threads N] [--band FLOATS] [--model DIR] "
+                    "[--reps N]\n", argv[0]);
             return 2;
         }
     }
@@ -80,7 +90,7 @@ int main(int argc, char **argv) {
     vae_param_specs(&cfg, specs, n);
     table_t tb = {.n = n, .t = sd_xcalloc((size_t)n, sizeof(st_tensor_t))};
     size_t params = 0;
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < n && !model_dir; i++) {   /* with --model the folder's weights are used */
         st_tensor_t *t = &tb.t[i];
         t->name = specs[i].name;
         t->ndim = specs[i].ndim;
@@ -101,14 +111,28 @@ int main(int argc, char **argv) {
         params += (size_t)t->numel;
     }
     vae_t m;
-    if (build_vae(&m, &cfg, get_table, &tb)) {
+    model_t mf;
+    if (model_dir) {   /* the folder's VAE instead of the random one made above */
+        if (model_open(&mf, model_dir, NULL)) {
+            fprintf(stderr, "%s: %s\n", model_dir, sd_last_error());
+            return 1;
+        }
+        if (!mf.vae.n_tensors || vae_config_from_component(&cfg, &mf.vae) || build_vae_from_component(&m, &mf.vae)) {
+            fprintf(stderr, "%s: %s\n", model_dir, mf.vae.n_tensors ? sd_last_error() : "no vae/ component");
+            return 1;
+        }
+    } else if (build_vae(&m, &cfg, get_table, &tb)) {
         fprintf(stderr, "build_vae: %s\n", sd_last_error());
         return 1;
     }
     m.band_floats = band;
     const int f = vae_scale_factor(&cfg), H = latent * f;
-    printf("SD-size VAE, %zu parameters stored as %s (%.0f MB); latents 4x%dx%d -> image 3x%dx%d\n", params,
-           f16 ? "F16" : "F32", params * (f16 ? 2.0 : 4.0) / 1048576.0, latent, latent, H, H);
+    if (model_dir)
+        printf("VAE of %s; latents 4x%dx%d -> image 3x%dx%d; compute %s\n", model_dir, latent, latent, H, H,
+               sd_compute_dtype_name(sd_compute_dtype()));
+    else
+        printf("SD-size VAE, %zu parameters stored as %s (%.0f MB); latents 4x%dx%d -> image 3x%dx%d\n", params,
+               f16 ? "F16" : "F32", params * (f16 ? 2.0 : 4.0) / 1048576.0, latent, latent, H, H);
 
     const size_t nl = (size_t)4 * latent * latent, ni = (size_t)3 * H * H;
     float *lat = sd_xmalloc(sizeof(float) * nl), *img = sd_xmalloc(sizeof(float) * ni);
@@ -119,18 +143,31 @@ int main(int argc, char **argv) {
     reset_hwm();
     vae_reset_peak();
     scratch_reset_peak();
-    double t0 = now();
-    if (vae_decode(&m, img, lat, 1, latent, latent)) {
-        fprintf(stderr, "vae_decode: %s\n", sd_last_error());
-        return 1;
+    double t0 = now(), times[16];
+    if (reps < 1) reps = 1;
+    if (reps > 16) reps = 16;
+    for (int r = 0; r < reps; r++) {
+        const double t1 = now();
+        if (vae_decode(&m, img, lat, 1, latent, latent)) {
+            fprintf(stderr, "vae_decode: %s\n", sd_last_error());
+            return 1;
+        }
+        times[r] = now() - t1;
     }
-    const double dt = now() - t0;
+    for (int a = 0; a < reps; a++)   /* sort for the median */
+        for (int b = a + 1; b < reps; b++)
+            if (times[b] < times[a]) t0 = times[a], times[a] = times[b], times[b] = t0;
+    const double dt = times[reps / 2];
     double lo = img[0], hi = img[0];
     for (size_t i = 0; i < ni; i++) lo = img[i] < lo ? img[i] : lo, hi = img[i] > hi ? img[i] : hi;
     printf("decode: %.2f s; peak RSS %.0f MB (baseline with weights, latents and output %.0f MB, +%.0f MB); "
            "activations peak %.0f MB; operator scratch peak %.0f MB; output range [%.2f, %.2f]\n",
            dt, proc_mb("VmHWM:"), rss0, proc_mb("VmHWM:") - rss0, vae_peak_activation_bytes() / 1048576.0,
            scratch_peak_bytes() / 1048576.0, lo, hi);
+    printf("RESULT side=svdiff case=vae%d compute=%s reps=%d median_s=%.3f times=", H, sd_compute_dtype_name(sd_compute_dtype()),
+           reps, dt);
+    for (int r = 0; r < reps; r++) printf("%s%.3f", r ? "," : "", times[r]);
+    printf(" peak_rss_mb=%.0f\n", proc_mb("VmHWM:"));
 
     if (encode) {
         float *mean = sd_xmalloc(sizeof(float) * nl), *logvar = sd_xmalloc(sizeof(float) * nl);
@@ -151,6 +188,7 @@ int main(int argc, char **argv) {
         free(mean), free(logvar);
     }
     free_vae(&m);
+    if (model_dir) model_close(&mf);
     for (int i = 0; i < n; i++) free((void *)tb.t[i].data);
     free(tb.t), free(specs), free(lat), free(img);
     scratch_free_all();

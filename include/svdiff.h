@@ -10,6 +10,7 @@
 #include "base/runtime.h"
 #include "base/scratch.h"
 #include "io/safetensors.h"
+#include "ops/gemm.h"
 #include "ops/ops.h"
 #include "train/optim.h"
 #include "weights/spectral.h"

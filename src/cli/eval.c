@@ -10,6 +10,7 @@
 #include "base/runtime.h"
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "ops/gemm.h"
 #include "pipeline/adapters.h"
 #include "pipeline/pipeline.h"
 #include "shifts/shifts.h"
@@ -37,6 +38,8 @@ static void usage(FILE *f) {
             "  --seed S                seed of the noise (default 0)\n"
             "  --resolution N          pixels; images are resized and centre-cropped (default: the model's size)\n"
             "  --threads N             threads (default: all cores)\n"
+            "  --compute-dtype fp32|bf16  matrix products in fp32 (default, exact) or bf16 with fp32 accumulation\n"
+            "                          (AMX / avx512_bf16 CPUs; else fp32); default from env SVDIFF_COMPUTE\n"
             "  --json                  print {\"loss\": mean, \"per_timestep\": {...}} instead of text\n"
             "  -h, --help              this text\n");
 }
@@ -46,6 +49,8 @@ enum { MAX_T = 1000, MAX_SHIFTS = 32 };
 int cmd_eval(int argc, char **argv) {
     const char *model = NULL, *tokenizer = NULL, *dir = NULL, *prompt = NULL, *ts_list = NULL, *svd_cache = NULL;
     int n_t = 10, draws = 4, res = 0, threads = 0, json = 0, force = 0, n_shifts = 0;
+    sd_compute_t compute = SD_COMPUTE_FP32;
+    int compute_set = 0;
     unsigned long long seed = 0;
     pipeline_shift_t shifts[MAX_SHIFTS], deltas[MAX_SHIFTS], loras[MAX_SHIFTS];
     static char shift_paths[MAX_SHIFTS][4096], delta_paths[MAX_SHIFTS][4096], lora_paths[MAX_SHIFTS][4096];
@@ -59,6 +64,7 @@ int cmd_eval(int argc, char **argv) {
         {"num-timesteps", required_argument, 0, 'n'}, {"noise-draws", required_argument, 0, 'k'},
         {"seed", required_argument, 0, 's'},      {"resolution", required_argument, 0, 'r'},
         {"threads", required_argument, 0, 'j'},   {"json", no_argument, 0, 'J'},
+        {"compute-dtype", required_argument, 0, 'Y'},
         {"help", no_argument, 0, 'h'},            {0, 0, 0, 0}};
     optind = 1;
     int o;
@@ -111,6 +117,13 @@ int cmd_eval(int argc, char **argv) {
         case 'r': bad = cli_parse_int("eval", "--resolution", optarg, 8, 8192, &res); break;
         case 'j': bad = cli_parse_int("eval", "--threads", optarg, 1, 1024, &threads); break;
         case 'J': json = 1; break;
+        case 'Y':
+            if (sd_parse_compute_dtype(optarg, &compute)) {
+                fprintf(stderr, "svdiff eval: --compute-dtype must be fp32 or bf16, got '%s'\n", optarg);
+                bad = 1;
+            }
+            compute_set = 1;
+            break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -125,6 +138,7 @@ int cmd_eval(int argc, char **argv) {
         return 2;
     }
     sd_set_threads(threads);
+    if (compute_set) sd_set_compute_dtype(compute);
     pipeline_t p;
     if (pipeline_open(&p, model, tokenizer)) {
         fprintf(stderr, "svdiff eval: %s\n", sd_last_error());

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 
 #include "cli/commands.h"
+#include "ops/gemm.h"
 
 void print_version(FILE *f) {
     fprintf(f, "svdiff %s\n", SVDIFF_VERSION);
@@ -11,4 +12,6 @@ void print_version(FILE *f) {
             openblas_get_parallel() == 2 ? "OpenMP" : openblas_get_parallel() == 1 ? "pthreads" : "serial");
     const char *wait = getenv("OMP_WAIT_POLICY");
     fprintf(f, "OpenMP: %d threads max, wait policy %s\n", omp_get_max_threads(), wait ? wait : "default");
+    fprintf(f, "bf16 kernel: %s (--compute-dtype bf16); compute dtype now %s\n", sd_bf16_kernel(),
+            sd_compute_dtype_name(sd_compute_dtype()));
 }

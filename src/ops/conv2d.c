@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "base/scratch.h"
+#include "ops/gemm.h"
 #include "ops/ops.h"
 
 int conv2d_out_h(const conv2d_shape_t *s) { return (s->H + s->pad[0] + s->pad[1] - s->KH) / s->stride + 1; }
@@ -78,17 +79,22 @@ void conv2d_forward(float *out, const float *inp, const float *weight, const flo
     const int OH = conv2d_out_h(s), OW = conv2d_out_w(s), P = OH * OW;
     const int K = s->IC * s->KH * s->KW;
     const int pointwise = is_pointwise(s);
+    /* bf16 compute packs the columns straight from the image (no fp32 column matrix) */
+    const int fused = !pointwise && sd_gemm_uses_bf16(s->OC, P, K);
     scratch_mark_t mark = scratch_mark();
-    float *col = pointwise ? NULL : scratch_floats((size_t)K * P);
+    float *col = (pointwise || fused) ? NULL : scratch_floats((size_t)K * P);
     for (int b = 0; b < s->B; b++) {
         const float *x = inp + (size_t)b * s->IC * s->H * s->W;
         float *y = out + (size_t)b * s->OC * P;
-        if (!pointwise) im2col(col, x, s);
+        if (!pointwise && !fused) im2col(col, x, s);
         if (bias)
             for (int o = 0; o < s->OC; o++)
                 for (int p = 0; p < P; p++) y[(size_t)o * P + p] = bias[o];
         /* y[OC, P] (+)= weight[OC, K] @ col[K, P] */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s->OC, P, K, 1.0f, weight, K,
+        if (fused)
+            gemm_bf16_im2col(s->OC, 1.0f, weight, K, x, s, bias ? 1.0f : 0.0f, y);
+        else
+            sd_gemm(CblasNoTrans, CblasNoTrans, s->OC, P, K, 1.0f, weight, K,
                     pointwise ? x : col, P, bias ? 1.0f : 0.0f, y, P);
     }
     scratch_release(mark);
@@ -108,13 +114,13 @@ void conv2d_backward(float *dinp, float *dweight, float *dbias,
         const float *dy = dout + (size_t)b * s->OC * P;
         if (dweight) { /* dweight[OC, K] += dy[OC, P] @ col^T */
             if (!pointwise) im2col(col, x, s);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s->OC, K, P, 1.0f, dy, P,
-                        pointwise ? x : col, P, 1.0f, dweight, K);
+            sd_gemm(CblasNoTrans, CblasTrans, s->OC, K, P, 1.0f, dy, P,
+                    pointwise ? x : col, P, 1.0f, dweight, K);
         }
         if (dinp) { /* dcol[K, P] = weight^T @ dy, scattered back into the image */
             float *dx = dinp + (size_t)b * s->IC * s->H * s->W;
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, P, s->OC, 1.0f, weight, K,
-                        dy, P, pointwise ? 1.0f : 0.0f, pointwise ? dx : dcol, P);
+            sd_gemm(CblasTrans, CblasNoTrans, K, P, s->OC, 1.0f, weight, K,
+                    dy, P, pointwise ? 1.0f : 0.0f, pointwise ? dx : dcol, P);
             if (!pointwise) col2im_add(dx, dcol, s);
         }
         if (dbias)

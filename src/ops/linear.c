@@ -2,6 +2,7 @@
  * Shapes: inp [N, IC], weight [OC, IC] (PyTorch layout), bias [OC], out [N, OC]. */
 #include <cblas.h>
 
+#include "ops/gemm.h"
 #include "ops/ops.h"
 
 void linear_forward(float *out, const float *inp, const float *weight, const float *bias,
@@ -11,19 +12,19 @@ void linear_forward(float *out, const float *inp, const float *weight, const flo
             for (int o = 0; o < OC; o++) out[(size_t)n * OC + o] = bias[o];
     }
     /* out[N, OC] (+)= inp[N, IC] @ weight^T */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, OC, IC, 1.0f, inp, IC, weight, IC,
-                bias ? 1.0f : 0.0f, out, OC);
+    sd_gemm(CblasNoTrans, CblasTrans, N, OC, IC, 1.0f, inp, IC, weight, IC,
+            bias ? 1.0f : 0.0f, out, OC);
 }
 
 void linear_backward(float *dinp, float *dweight, float *dbias,
                      const float *dout, const float *inp, const float *weight,
                      int N, int IC, int OC) {
     if (dinp) /* dinp[N, IC] += dout[N, OC] @ weight[OC, IC] */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, IC, OC, 1.0f, dout, OC,
-                    weight, IC, 1.0f, dinp, IC);
+        sd_gemm(CblasNoTrans, CblasNoTrans, N, IC, OC, 1.0f, dout, OC,
+                weight, IC, 1.0f, dinp, IC);
     if (dweight) /* dweight[OC, IC] += dout^T @ inp */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, OC, IC, N, 1.0f, dout, OC,
-                    inp, IC, 1.0f, dweight, IC);
+        sd_gemm(CblasTrans, CblasNoTrans, OC, IC, N, 1.0f, dout, OC,
+                inp, IC, 1.0f, dweight, IC);
     if (dbias) {
         /* Sum over rows in a fixed order per output, so results do not depend on threads. */
 #pragma omp parallel for schedule(static) if ((long)N * OC > 32768)

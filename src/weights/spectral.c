@@ -9,6 +9,7 @@
 
 #include "base/error.h"
 #include "base/scratch.h"
+#include "ops/gemm.h"
 
 int spectral_init(spectral_t *sp, const float *W, int rows, int cols) {
     memset(sp, 0, sizeof *sp);
@@ -126,8 +127,8 @@ void spectral_linear_forward(float *out, const float *inp, const float *W, const
     float *z = scratch_floats((size_t)N * r);
     spectral_coeffs(c, sp, W != NULL);
     /* z[N, r] = inp[N, cols] @ Vt^T, scaled per singular value */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, r, cols, 1.0f, inp, cols, sp->Vt, cols,
-                0.0f, z, r);
+    sd_gemm(CblasNoTrans, CblasTrans, N, r, cols, 1.0f, inp, cols, sp->Vt, cols,
+            0.0f, z, r);
     for (long t = 0; t < N; t++)
         for (int i = 0; i < r; i++) z[t * r + i] *= c[i];
     if (W)
@@ -135,8 +136,8 @@ void spectral_linear_forward(float *out, const float *inp, const float *W, const
     else if (bias)
         for (long t = 0; t < N; t++) memcpy(out + t * rows, bias, sizeof(float) * rows);
     /* out[N, rows] += z @ U^T */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, rows, r, 1.0f, z, r, sp->U, r,
-                (W || bias) ? 1.0f : 0.0f, out, rows);
+    sd_gemm(CblasNoTrans, CblasTrans, N, rows, r, 1.0f, z, r, sp->U, r,
+            (W || bias) ? 1.0f : 0.0f, out, rows);
     scratch_release(mark);
 }
 
@@ -149,12 +150,12 @@ void spectral_linear_backward(float *dinp, float *ddelta, float *dbias, const fl
     scratch_mark_t mark = scratch_mark();
     /* g[N, r] = dout[N, rows] @ U: the output gradient in the singular basis */
     float *g = scratch_floats((size_t)N * r);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, r, rows, 1.0f, dout, rows, sp->U, r,
-                0.0f, g, r);
+    sd_gemm(CblasNoTrans, CblasNoTrans, N, r, rows, 1.0f, dout, rows, sp->U, r,
+            0.0f, g, r);
     if (ddelta) {
         float *z = scratch_floats((size_t)N * r);  /* recomputed rather than kept from forward */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, r, cols, 1.0f, inp, cols, sp->Vt,
-                    cols, 0.0f, z, r);
+        sd_gemm(CblasNoTrans, CblasTrans, N, r, cols, 1.0f, inp, cols, sp->Vt,
+                cols, 0.0f, z, r);
         accumulate_ddelta(ddelta, z, g, sp, N, 1);
     }
     if (dinp) {
@@ -167,8 +168,8 @@ void spectral_linear_backward(float *dinp, float *ddelta, float *dbias, const fl
             for (long t = 0; t < N; t++)
                 for (int i = 0; i < r; i++) g[t * r + i] *= c[i];
             /* dinp[N, cols] += (c * g)[N, r] @ Vt */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, cols, r, 1.0f, g, r, sp->Vt,
-                        cols, 1.0f, dinp, cols);
+            sd_gemm(CblasNoTrans, CblasNoTrans, N, cols, r, 1.0f, g, r, sp->Vt,
+                    cols, 1.0f, dinp, cols);
         }
     }
     scratch_release(mark);
@@ -192,15 +193,19 @@ void spectral_conv2d_forward(float *out, const float *inp, const float *W, const
     if (W) conv2d_forward(out, inp, W, bias, s);
     scratch_mark_t mark = scratch_mark();
     float *c = scratch_floats(r);
-    float *col = pointwise ? NULL : scratch_floats((size_t)K * P);
+    const int fused = !pointwise && sd_gemm_uses_bf16(r, P, K);  /* bf16: columns packed from the image */
+    float *col = (pointwise || fused) ? NULL : scratch_floats((size_t)K * P);
     float *z = scratch_floats((size_t)r * P);
     spectral_coeffs(c, sp, W != NULL);
     for (int b = 0; b < s->B; b++) {
         const float *x = inp + (size_t)b * s->IC * s->H * s->W;
         float *y = out + (size_t)b * OC * P;
-        if (!pointwise) im2col(col, x, s);
+        if (!pointwise && !fused) im2col(col, x, s);
         /* z[r, P] = Vt[r, K] @ col[K, P]: a conv with the rank right-singular kernels */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r, P, K, 1.0f, sp->Vt, K,
+        if (fused)
+            gemm_bf16_im2col(r, 1.0f, sp->Vt, K, x, s, 0.0f, z);
+        else
+            sd_gemm(CblasNoTrans, CblasNoTrans, r, P, K, 1.0f, sp->Vt, K,
                     pointwise ? x : col, P, 0.0f, z, P);
         for (int i = 0; i < r; i++)
             for (int p = 0; p < P; p++) z[(size_t)i * P + p] *= c[i];
@@ -208,8 +213,8 @@ void spectral_conv2d_forward(float *out, const float *inp, const float *W, const
             for (int o = 0; o < OC; o++)
                 for (int p = 0; p < P; p++) y[(size_t)o * P + p] = bias[o];
         /* y[OC, P] += U[OC, r] @ z: the 1x1 conv with the left singular vectors */
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, OC, P, r, 1.0f, sp->U, r, z, P,
-                    (W || bias) ? 1.0f : 0.0f, y, P);
+        sd_gemm(CblasNoTrans, CblasNoTrans, OC, P, r, 1.0f, sp->U, r, z, P,
+                (W || bias) ? 1.0f : 0.0f, y, P);
     }
     scratch_release(mark);
 }
@@ -235,12 +240,16 @@ void spectral_conv2d_backward(float *dinp, float *ddelta, float *dbias, const fl
         const float *x = inp + (size_t)b * s->IC * s->H * s->W;
         const float *dy = dout + (size_t)b * OC * P;
         /* g[r, P] = U^T @ dy */
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, r, P, OC, 1.0f, sp->U, r, dy, P,
-                    0.0f, g, P);
+        sd_gemm(CblasTrans, CblasNoTrans, r, P, OC, 1.0f, sp->U, r, dy, P,
+                0.0f, g, P);
         if (ddelta) {
-            if (!pointwise) im2col(col, x, s);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r, P, K, 1.0f, sp->Vt, K,
+            if (!pointwise && sd_gemm_uses_bf16(r, P, K)) {   /* bf16: columns packed from the image */
+                gemm_bf16_im2col(r, 1.0f, sp->Vt, K, x, s, 0.0f, z);
+            } else {
+                if (!pointwise) im2col(col, x, s);
+                sd_gemm(CblasNoTrans, CblasNoTrans, r, P, K, 1.0f, sp->Vt, K,
                         pointwise ? x : col, P, 0.0f, z, P);
+            }
             accumulate_ddelta(ddelta, z, g, sp, P, 0);
         }
         if (factored_dinp) {
@@ -248,8 +257,8 @@ void spectral_conv2d_backward(float *dinp, float *ddelta, float *dbias, const fl
             for (int i = 0; i < r; i++)
                 for (int p = 0; p < P; p++) g[(size_t)i * P + p] *= c[i];
             /* dcol[K, P] = Vt^T @ (c * g), scattered back into the image */
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, P, r, 1.0f, sp->Vt, K, g, P,
-                        pointwise ? 1.0f : 0.0f, pointwise ? dx : col, P);
+            sd_gemm(CblasTrans, CblasNoTrans, K, P, r, 1.0f, sp->Vt, K, g, P,
+                    pointwise ? 1.0f : 0.0f, pointwise ? dx : col, P);
             if (!pointwise) col2im_add(dx, col, s);
         }
     }

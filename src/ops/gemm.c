@@ -1,0 +1,474 @@
+/* sd_gemm and the bf16 GEMM (see gemm.h): the compute-dtype switch, CPU detection, packing of
+ * fp32 operands into bf16 tiles, and two micro-kernels over the same packed layout, AMX tiles
+ * (TDPBF16PS) and AVX512-BF16 (VDPBF16PS), both accumulating in fp32. */
+#include "ops/gemm.h"
+
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/error.h"
+#include "base/scratch.h"
+
+#if defined(__x86_64__) && defined(__GNUC__) && (__GNUC__ >= 11 || defined(__clang__))
+#define SD_HAVE_X86_BF16 1
+#include <cpuid.h>
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+/* ---- compute dtype and CPU detection ---- */
+
+enum { KERNEL_UNKNOWN = -1, KERNEL_NONE = 0, KERNEL_AVX512 = 1, KERNEL_AMX = 2 };
+static int g_kernel = KERNEL_UNKNOWN;
+static int g_compute = -1;  /* -1: not decided yet (environment read on first use) */
+
+#ifdef SD_HAVE_X86_BF16
+static unsigned long long xgetbv0(void) {
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return ((unsigned long long)hi << 32) | lo;
+}
+#endif
+
+/* avx512_bf16 needs CPUID.(7,1):EAX[5] plus OS-enabled zmm state (XCR0 bits 1,2,5,6,7); AMX
+ * needs CPUID.(7,0):EDX[22] (amx-bf16) and [24] (amx-tile) plus Linux's permission for the
+ * tile data state (arch_prctl ARCH_REQ_XCOMP_PERM, kernels >= 5.16). */
+static int detect_kernel(void) {
+#ifdef SD_HAVE_X86_BF16
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(1, 0, &a, &b, &c, &d) || !(c & (1u << 27))) return KERNEL_NONE; /* OSXSAVE */
+    if ((xgetbv0() & 0xe6) != 0xe6) return KERNEL_NONE;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(b & (1u << 16))) return KERNEL_NONE; /* avx512f */
+    const int amx = (d & (1u << 22)) && (d & (1u << 24));
+    if (!__get_cpuid_count(7, 1, &a, &b, &c, &d) || !(a & (1u << 5))) return KERNEL_NONE; /* avx512_bf16 */
+    if (amx && !getenv("SVDIFF_NO_AMX") && syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18) == 0)
+        return KERNEL_AMX;
+    return KERNEL_AVX512;
+#else
+    return KERNEL_NONE;
+#endif
+}
+
+static int kernel(void) {
+    int k = __atomic_load_n(&g_kernel, __ATOMIC_ACQUIRE);
+    if (k == KERNEL_UNKNOWN) {
+        k = detect_kernel();
+        __atomic_store_n(&g_kernel, k, __ATOMIC_RELEASE);
+    }
+    return k;
+}
+
+const char *sd_bf16_kernel(void) {
+    const int k = kernel();
+    return k == KERNEL_AMX ? "amx" : k == KERNEL_AVX512 ? "avx512_bf16" : "none";
+}
+
+int sd_parse_compute_dtype(const char *s, sd_compute_t *out) {
+    if (s && !strcmp(s, "fp32")) return *out = SD_COMPUTE_FP32, 0;
+    if (s && !strcmp(s, "bf16")) return *out = SD_COMPUTE_BF16, 0;
+    return -1;
+}
+
+const char *sd_compute_dtype_name(sd_compute_t dt) { return dt == SD_COMPUTE_BF16 ? "bf16" : "fp32"; }
+
+sd_compute_t sd_set_compute_dtype(sd_compute_t dt) {
+    if (dt == SD_COMPUTE_BF16 && kernel() == KERNEL_NONE) {
+        fprintf(stderr, "svdiff: this CPU has no avx512_bf16; computing in fp32\n");
+        dt = SD_COMPUTE_FP32;
+    }
+    __atomic_store_n(&g_compute, (int)dt, __ATOMIC_RELEASE);
+    return dt;
+}
+
+sd_compute_t sd_compute_dtype(void) {
+    int c = __atomic_load_n(&g_compute, __ATOMIC_ACQUIRE);
+    if (c < 0) {
+        const char *env = getenv("SVDIFF_COMPUTE");
+        sd_compute_t dt = SD_COMPUTE_FP32;
+        if (env && *env && sd_parse_compute_dtype(env, &dt))
+            fprintf(stderr, "svdiff: SVDIFF_COMPUTE=%s is neither fp32 nor bf16; computing in fp32\n", env);
+        c = (int)sd_set_compute_dtype(dt);
+    }
+    return (sd_compute_t)c;
+}
+
+/* ---- packed layout ----
+ * K is cut into blocks of 32 (zero-padded); M and N into tiles of 16 rows / columns, padded to
+ * an even number of tiles (the micro-kernels work on 32 x 32 blocks of C).
+ *   A: tile (mt, kb) = 16 rows x 32 k, row-major, 1 KB:  Ap[((mt*KB + kb)*16 + r)*32 + kk]
+ *   B: tile (nt, kb) = 16 k-pairs x 16 columns x 2 (the VNNI layout of TDPBF16PS/VDPBF16PS):
+ *      Bp[((nt*KB + kb)*16 + kp)*32 + n*2 + j] = op(B)[kb*32 + 2kp + j][nt*16 + n] */
+#define TILE_BYTES 1024
+#define TILE_ELEMS 512
+
+#ifdef SD_HAVE_X86_BF16
+static int round_up(int x, int m) { return (x + m - 1) / m * m; }
+
+#define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+#define AMX_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,amx-tile,amx-bf16")))
+
+
+/* In-register transpose of a 16 x 16 matrix of 32-bit words (r[i] = row i): unpacks within
+ * 128-bit lanes, then a 4 x 4 transpose of the lanes. Transposed packing (bf16 pairs are
+ * 32-bit words) goes through it instead of 16 scattered stores per vector. */
+BF16_TARGET static inline void transpose16_epi32(__m512i r[16]) {
+    __m512i t[16], u[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    for (int g = 0; g < 4; g++) { /* u[4g + c], lane L = rows 4g..4g+3 of column 4L + c */
+        u[4 * g + 0] = _mm512_unpacklo_epi64(t[4 * g], t[4 * g + 2]);
+        u[4 * g + 1] = _mm512_unpackhi_epi64(t[4 * g], t[4 * g + 2]);
+        u[4 * g + 2] = _mm512_unpacklo_epi64(t[4 * g + 1], t[4 * g + 3]);
+        u[4 * g + 3] = _mm512_unpackhi_epi64(t[4 * g + 1], t[4 * g + 3]);
+    }
+    for (int c = 0; c < 4; c++) {
+        const __m512i v0 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x44), v1 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xee);
+        const __m512i v2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x44), v3 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xee);
+        r[c] = _mm512_shuffle_i32x4(v0, v2, 0x88);
+        r[4 + c] = _mm512_shuffle_i32x4(v0, v2, 0xdd);
+        r[8 + c] = _mm512_shuffle_i32x4(v1, v3, 0x88);
+        r[12 + c] = _mm512_shuffle_i32x4(v1, v3, 0xdd);
+    }
+}
+
+/* bf16 of two 16-float rows interleaved into 16 pair words: [a0 b0 a1 b1 ...]. */
+BF16_TARGET static inline __m512i pair_rows(const float *a, const float *b) {
+    const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                         23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(b), _mm512_loadu_ps(a));
+    return _mm512_permutexvar_epi16(idx, both);
+}
+
+/* op(A) element (m, k) sits at A[m*lda + k] (no transpose) or A[k*lda + m]. */
+BF16_TARGET static void pack_a_tile(uint16_t *dst, const float *A, int lda, int trans, int M, int K,
+                                    int m0, int k0) {
+    const int full = m0 + 16 <= M && k0 + 32 <= K;
+    if (full && !trans) {
+        for (int r = 0; r < 16; r++) {
+            const float *src = A + (size_t)(m0 + r) * lda + k0;
+            __m512i v = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + 16), _mm512_loadu_ps(src));
+            _mm512_storeu_si512(dst + r * 32, v);
+        }
+        return;
+    }
+    if (full && trans) {
+        /* k rows 2j, 2j+1 (16 contiguous m each) -> pair words v[j] indexed by m; transposed,
+         * row r holds the 16 pairs of output row m0 + r */
+        __m512i v[16];
+        for (int j = 0; j < 16; j++) {
+            const float *src = A + (size_t)(k0 + 2 * j) * lda + m0;
+            v[j] = pair_rows(src, src + lda);
+        }
+        transpose16_epi32(v);
+        for (int r = 0; r < 16; r++) _mm512_storeu_si512(dst + r * 32, v[r]);
+        return;
+    }
+    for (int r = 0; r < 16; r++)
+        for (int kk = 0; kk < 32; kk++) {
+            const int m = m0 + r, k = k0 + kk;
+            dst[r * 32 + kk] = (m < M && k < K) ? sd_f32_to_bf16(trans ? A[(size_t)k * lda + m] : A[(size_t)m * lda + k]) : 0;
+        }
+}
+
+/* op(B) element (k, n) sits at B[k*ldb + n] (no transpose) or B[n*ldb + k]. */
+BF16_TARGET static void pack_b_tile(uint16_t *dst, const float *B, int ldb, int trans, int K, int N,
+                                    int k0, int n0) {
+    const int full = n0 + 16 <= N && k0 + 32 <= K;
+    if (full && !trans) {
+        /* rows k, k+1 (16 columns each) interleaved into 16 pairs */
+        for (int kp = 0; kp < 16; kp++) {
+            const float *r0 = B + (size_t)(k0 + 2 * kp) * ldb + n0;
+            _mm512_storeu_si512(dst + kp * 32, pair_rows(r0, r0 + ldb));
+        }
+        return;
+    }
+    if (full && trans) {
+        /* 32 contiguous k per column n = 16 pair words; transposed, row kp holds columns 0..15 */
+        __m512i v[16];
+        for (int n = 0; n < 16; n++) {
+            const float *src = B + (size_t)(n0 + n) * ldb + k0;
+            v[n] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + 16), _mm512_loadu_ps(src));
+        }
+        transpose16_epi32(v);
+        for (int kp = 0; kp < 16; kp++) _mm512_storeu_si512(dst + kp * 32, v[kp]);
+        return;
+    }
+    for (int kp = 0; kp < 16; kp++)
+        for (int n = 0; n < 16; n++)
+            for (int j = 0; j < 2; j++) {
+                const int k = k0 + 2 * kp + j, nn = n0 + n;
+                dst[kp * 32 + n * 2 + j] =
+                    (k < K && nn < N) ? sd_f32_to_bf16(trans ? B[(size_t)nn * ldb + k] : B[(size_t)k * ldb + nn]) : 0;
+            }
+}
+
+/* The B operand of a convolution, im2col(img)[K = IC*KH*KW, P = OH*OW], packed straight from
+ * the image: col(k, p) = img[c, oy*stride + ky - top, ox*stride + kx - left] (0 outside), with
+ * k = (c*KH + ky)*KW + kx and p = oy*OW + ox, as im2col() in conv2d.c lays it out. */
+BF16_TARGET static void pack_b_tile_im2col(uint16_t *dst, const float *img, const conv2d_shape_t *s, int K, int N,
+                                           int k0, int n0) {
+    const int OW = conv2d_out_w(s), oy = n0 / OW, ox0 = n0 % OW;
+    if (s->stride == 1 && k0 + 32 <= K && n0 + 16 <= N && ox0 + 16 <= OW) {
+        /* one output row: per k, 16 consecutive input pixels, the out-of-image ones zero */
+        __m512 row[2];
+        int c = k0 / (s->KH * s->KW), ky = (k0 / s->KW) % s->KH, kx = k0 % s->KW;   /* of k, stepped below */
+        for (int kp = 0; kp < 16; kp++) {
+            for (int j = 0; j < 2; j++) {
+                const int iy = oy + ky - s->pad[0], ix0 = ox0 + kx - s->pad[2];
+                const float *plane = img + (size_t)c * s->H * s->W;
+                if (++kx == s->KW) {
+                    kx = 0;
+                    if (++ky == s->KH) ky = 0, c++;
+                }
+                if (iy < 0 || iy >= s->H) {
+                    row[j] = _mm512_setzero_ps();
+                    continue;
+                }
+                const int lo = ix0 < 0 ? -ix0 : 0, hi = s->W - ix0 < 16 ? s->W - ix0 : 16;  /* lanes in the image */
+                const float *src = plane + (size_t)iy * s->W + ix0 + lo;
+                if (lo == 0 && hi == 16)
+                    row[j] = _mm512_loadu_ps(src);
+                else if (hi <= lo)
+                    row[j] = _mm512_setzero_ps();
+                else   /* expand-load reads exactly hi - lo floats from src into lanes [lo, hi) */
+                    row[j] = _mm512_maskz_expandloadu_ps((__mmask16)(((1u << (hi - lo)) - 1u) << lo), src);
+            }
+            const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                                 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+            _mm512_storeu_si512(dst + kp * 32,
+                                _mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh(row[1], row[0])));
+        }
+        return;
+    }
+    for (int kp = 0; kp < 16; kp++)
+        for (int j = 0; j < 2; j++) {
+            const int k = k0 + 2 * kp + j;
+            const int c = k / (s->KH * s->KW), ky = (k / s->KW) % s->KH, kx = k % s->KW;
+            for (int n = 0; n < 16; n++) {
+                const int p = n0 + n;
+                float v = 0.0f;
+                if (k < K && p < N) {
+                    const int iy = (p / OW) * s->stride + ky - s->pad[0], ix = (p % OW) * s->stride + kx - s->pad[2];
+                    if (iy >= 0 && iy < s->H && ix >= 0 && ix < s->W) v = img[((size_t)c * s->H + iy) * s->W + ix];
+                }
+                dst[kp * 32 + n * 2 + j] = sd_f32_to_bf16(v);
+            }
+        }
+}
+
+/* Where the B operand comes from: a matrix (op(B) as in cblas), or the columns of a convolution. */
+typedef struct {
+    const float *B;
+    int ldb, trans;
+    const float *img;            /* non-NULL: im2col of this image with shape *cs */
+    const conv2d_shape_t *cs;
+} bsrc_t;
+
+BF16_TARGET static void pack_b_any(uint16_t *dst, const bsrc_t *b, int K, int N, int k0, int n0) {
+    if (b->img) pack_b_tile_im2col(dst, b->img, b->cs, K, N, k0, n0);
+    else pack_b_tile(dst, b->B, b->ldb, b->trans, K, N, k0, n0);
+}
+
+/* Block sizes: a thread computes an MC x NC block of C, K in chunks of KC, so that the A and B
+ * slices of a chunk (64 KB per 32 rows / columns) stay in L2 while they are reused. */
+#define MC 128
+#define NC 128
+#define KCB 32 /* k blocks of 32 per chunk: KC = 1024 */
+
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} amx_cfg_t;
+
+AMX_TARGET static void amx_config(void) {
+    amx_cfg_t cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) cfg.rows[t] = 16, cfg.colsb[t] = 64;
+    _tile_loadconfig(&cfg);
+}
+
+AMX_TARGET static void amx_release(void) { _tile_release(); }
+
+/* acc[32 x 32] (row stride ldc floats) (+)= A panel (tiles mt, mt+1) x B panel (tiles nt, nt+1)
+ * over k blocks [kb0, kb1). first: start from zero instead of acc. */
+AMX_TARGET static void amx_block(float *acc, int ldc, const uint16_t *Ap, const uint16_t *Bp, int KB,
+                                 int mt, int nt, int kb0, int kb1, int first) {
+    const size_t stride = (size_t)ldc * sizeof(float);
+    if (first) {
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+    } else {
+        _tile_loadd(0, acc, stride);
+        _tile_loadd(1, acc + 16, stride);
+        _tile_loadd(2, acc + (size_t)16 * ldc, stride);
+        _tile_loadd(3, acc + (size_t)16 * ldc + 16, stride);
+    }
+    const uint16_t *a0 = Ap + ((size_t)mt * KB) * TILE_ELEMS, *a1 = a0 + (size_t)KB * TILE_ELEMS;
+    const uint16_t *b0 = Bp + ((size_t)nt * KB) * TILE_ELEMS, *b1 = b0 + (size_t)KB * TILE_ELEMS;
+    for (int kb = kb0; kb < kb1; kb++) {
+        const size_t o = (size_t)kb * TILE_ELEMS;
+        _tile_loadd(4, a0 + o, 64);
+        _tile_loadd(5, a1 + o, 64);
+        _tile_loadd(6, b0 + o, 64);
+        _tile_loadd(7, b1 + o, 64);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        _tile_dpbf16ps(2, 5, 6);
+        _tile_dpbf16ps(3, 5, 7);
+    }
+    _tile_stored(0, acc, stride);
+    _tile_stored(1, acc + 16, stride);
+    _tile_stored(2, acc + (size_t)16 * ldc, stride);
+    _tile_stored(3, acc + (size_t)16 * ldc + 16, stride);
+}
+
+/* Same contract with VDPBF16PS: one 16 x 16 tile at a time, 16 zmm accumulators (one per row),
+ * the A pair of row r broadcast against the 16 B pairs of a k-pair row. */
+BF16_TARGET static void avx512_block(float *acc, int ldc, const uint16_t *Ap, const uint16_t *Bp, int KB,
+                                     int mt, int nt, int kb0, int kb1, int first) {
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 2; j++) {
+            float *c = acc + (size_t)16 * i * ldc + 16 * j;
+            const uint16_t *a = Ap + ((size_t)(mt + i) * KB) * TILE_ELEMS;
+            const uint16_t *b = Bp + ((size_t)(nt + j) * KB) * TILE_ELEMS;
+            __m512 r[16];
+            for (int t = 0; t < 16; t++) r[t] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(c + (size_t)t * ldc);
+            for (int kb = kb0; kb < kb1; kb++) {
+                const uint32_t *at = (const uint32_t *)(a + (size_t)kb * TILE_ELEMS);
+                const uint16_t *bt = b + (size_t)kb * TILE_ELEMS;
+                for (int kp = 0; kp < 16; kp++) {
+                    const __m512bh bv = (__m512bh)_mm512_loadu_si512(bt + kp * 32);
+                    for (int t = 0; t < 16; t++)
+                        r[t] = _mm512_dpbf16_ps(r[t], (__m512bh)_mm512_set1_epi32((int)at[t * 16 + kp]), bv);
+                }
+            }
+            for (int t = 0; t < 16; t++) _mm512_storeu_ps(c + (size_t)t * ldc, r[t]);
+        }
+}
+
+/* Columns (or rows) of C per panel: the larger operand is packed one panel at a time, so the
+ * packed copy stays small (an im2col matrix of a 512 px VAE layer is 1.2 GB in fp32) and hot in
+ * cache while the blocks of the panel use it. */
+#define PANEL 1024
+
+static void gemm_bf16_x86(CBLAS_TRANSPOSE ta, int M, int N, int K, float alpha, const float *A, int lda,
+                          const bsrc_t *bs, float beta, float *C, int ldc, int use_amx) {
+    const int KB = (K + 31) / 32, Mp = round_up(M, 32), Np = round_up(N, 32);
+    const int transA = ta != CblasNoTrans;
+    const int nested = omp_in_parallel();
+    const int stream_b = N >= M;   /* B is packed per panel of columns, A once (else the reverse) */
+    const int total = stream_b ? Np : Mp, pw_max = total < PANEL ? total : PANEL;
+    const int MTf = stream_b ? Mp / 16 : pw_max / 16, NTf = stream_b ? pw_max / 16 : Np / 16;
+    scratch_mark_t mark = scratch_mark();
+    /* bf16 buffers in float units (two bf16 per float) */
+    uint16_t *Ap = (uint16_t *)scratch_floats((size_t)MTf * KB * TILE_ELEMS / 2);
+    uint16_t *Bp = (uint16_t *)scratch_floats((size_t)NTf * KB * TILE_ELEMS / 2);
+    for (int p0 = 0; p0 < total; p0 += PANEL) {
+        const int pw = total - p0 < PANEL ? total - p0 : PANEL;
+        /* tiles of this panel: A rows [m_lo, m_hi), B columns [n_lo, n_hi); the non-streamed
+         * operand is packed on the first panel only */
+        const int m_lo = stream_b ? 0 : p0, m_hi = stream_b ? Mp : p0 + pw;
+        const int n_lo = stream_b ? p0 : 0, n_hi = stream_b ? p0 + pw : Np;
+        const long ta_tiles = (stream_b && p0 > 0) ? 0 : (long)(m_hi - m_lo) / 16 * KB;
+        const long tb_tiles = (!stream_b && p0 > 0) ? 0 : (long)(n_hi - n_lo) / 16 * KB;
+#pragma omp parallel for schedule(static) if (!nested && ta_tiles + tb_tiles >= 16)
+        for (long t = 0; t < ta_tiles + tb_tiles; t++) {
+            if (t < ta_tiles) {
+                const int mt = (int)(t / KB), kb = (int)(t % KB);
+                pack_a_tile(Ap + t * TILE_ELEMS, A, lda, transA, M, K, m_lo + mt * 16, kb * 32);
+            } else {
+                const long u = t - ta_tiles;
+                const int nt = (int)(u / KB), kb = (int)(u % KB);
+                pack_b_any(Bp + u * TILE_ELEMS, bs, K, N, kb * 32, n_lo + nt * 16);
+            }
+        }
+        const int mblocks = (m_hi - m_lo + MC - 1) / MC, nblocks = (n_hi - n_lo + NC - 1) / NC;
+        const int nblk = mblocks * nblocks;
+#pragma omp parallel if (!nested && nblk > 1)
+        {
+            scratch_mark_t tmark = scratch_mark();
+            float *acc = scratch_floats((size_t)MC * NC);
+            if (use_amx) amx_config();
+#pragma omp for schedule(static)
+            for (int blk = 0; blk < nblk; blk++) {
+                const int m0 = m_lo + (blk / nblocks) * MC, n0 = n_lo + (blk % nblocks) * NC;
+                const int mc = m_hi - m0 < MC ? m_hi - m0 : MC, nc = n_hi - n0 < NC ? n_hi - n0 : NC;
+                for (int kb0 = 0; kb0 < KB; kb0 += KCB) {
+                    const int kb1 = KB - kb0 < KCB ? KB : kb0 + KCB;
+                    for (int i = 0; i < mc; i += 32)
+                        for (int j = 0; j < nc; j += 32) {
+                            float *c = acc + (size_t)i * NC + j;
+                            const int mt = (m0 + i - m_lo) / 16, nt = (n0 + j - n_lo) / 16;  /* buffer tiles */
+                            if (use_amx)
+                                amx_block(c, NC, Ap, Bp, KB, mt, nt, kb0, kb1, kb0 == 0);
+                            else
+                                avx512_block(c, NC, Ap, Bp, KB, mt, nt, kb0, kb1, kb0 == 0);
+                        }
+                }
+                /* C = alpha acc + beta C over the valid part (beta 0: C is not read, may be garbage) */
+                const int mv = M - m0 < mc ? M - m0 : mc, nv = N - n0 < nc ? N - n0 : nc;
+                for (int i = 0; i < mv; i++) {
+                    float *crow = C + (size_t)(m0 + i) * ldc + n0;
+                    const float *arow = acc + (size_t)i * NC;
+                    if (beta == 0.0f)
+                        for (int j = 0; j < nv; j++) crow[j] = alpha * arow[j];
+                    else
+                        for (int j = 0; j < nv; j++) crow[j] = alpha * arow[j] + beta * crow[j];
+                }
+            }
+            if (use_amx) amx_release();
+            scratch_release(tmark);
+        }
+    }
+    scratch_release(mark);
+}
+#endif /* SD_HAVE_X86_BF16 */
+
+void gemm_bf16(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha,
+               const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+    if (M <= 0 || N <= 0) return;
+    const int k = kernel();
+#ifdef SD_HAVE_X86_BF16
+    if (k != KERNEL_NONE && K > 0) {
+        const bsrc_t bs = {.B = B, .ldb = ldb, .trans = tb != CblasNoTrans};
+        gemm_bf16_x86(ta, M, N, K, alpha, A, lda, &bs, beta, C, ldc, k == KERNEL_AMX);
+        return;
+    }
+#endif
+    (void)k;
+    cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+int sd_gemm_uses_bf16(int M, int N, int K) {
+    return sd_compute_dtype() == SD_COMPUTE_BF16 && M >= 16 && N >= 16 && K > 0 && (double)M * N * K >= (double)(1 << 18);
+}
+
+void gemm_bf16_im2col(int M, float alpha, const float *A, int lda, const float *img, const conv2d_shape_t *s,
+                      float beta, float *C) {
+#ifdef SD_HAVE_X86_BF16
+    const int K = s->IC * s->KH * s->KW, N = conv2d_out_h(s) * conv2d_out_w(s);
+    if (kernel() != KERNEL_NONE) {
+        const bsrc_t bs = {.img = img, .cs = s};
+        gemm_bf16_x86(CblasNoTrans, M, N, K, alpha, A, lda, &bs, beta, C, N, kernel() == KERNEL_AMX);
+        return;
+    }
+#endif
+    SD_CHECK(0, "gemm_bf16_im2col needs a bf16 kernel (check sd_gemm_uses_bf16 first)");
+}
+
+void sd_gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha,
+             const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+    if (sd_gemm_uses_bf16(M, N, K))
+        gemm_bf16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    else
+        cblas_sgemm(CblasRowMajor, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
