@@ -6,6 +6,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "base/error.h"
+#include "shifts/shifts.h"
+
 int cli_parse_int(const char *verb, const char *flag, const char *s, int lo, int hi, int *out) {
     char *end;
     errno = 0;
@@ -30,5 +33,20 @@ int cli_parse_float(const char *verb, const char *flag, const char *s, float lo,
         return -1;
     }
     *out = v;
+    return 0;
+}
+
+int cli_add_file_spec(const char *verb, const char *flag, const char *arg, pipeline_shift_t *list,
+                      char (*paths)[4096], int max, int *n) {
+    if (*n == max) {
+        fprintf(stderr, "svdiff %s: at most %d %s\n", verb, max, flag);
+        return -1;
+    }
+    if (shift_spec_parse(arg, paths[*n], sizeof paths[0], &list[*n].scale)) {
+        fprintf(stderr, "svdiff %s: %s %s: %s\n", verb, flag, arg, sd_last_error());
+        return -1;
+    }
+    list[*n].path = paths[*n];
+    (*n)++;
     return 0;
 }

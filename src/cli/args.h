@@ -7,4 +7,11 @@
 int cli_parse_int(const char *verb, const char *flag, const char *s, int lo, int hi, int *out);
 int cli_parse_float(const char *verb, const char *flag, const char *s, float lo, float hi, float *out);
 
+/* `--shifts / --delta / --lora PATH[:SCALE]`, repeatable: appends the parsed spec to list[*n]
+ * (its path stored in paths[*n]); -1 with one line on stderr when the list is full (max) or the
+ * spec is bad. */
+#include "pipeline/pipeline.h"
+int cli_add_file_spec(const char *verb, const char *flag, const char *arg, pipeline_shift_t *list,
+                      char (*paths)[4096], int max, int *n);
+
 #endif

@@ -75,34 +75,9 @@ int cmd_eval(int argc, char **argv) {
         case 'T': tokenizer = optarg; break;
         case 'i': dir = optarg; break;
         case 'p': prompt = optarg; break;
-        case 'x':
-            if (n_shifts == MAX_SHIFTS) {
-                fprintf(stderr, "svdiff eval: at most %d --shifts\n", MAX_SHIFTS);
-                return 2;
-            }
-            if (shift_spec_parse(optarg, shift_paths[n_shifts], sizeof shift_paths[0], &shifts[n_shifts].scale)) {
-                fprintf(stderr, "svdiff eval: --shifts %s: %s\n", optarg, sd_last_error());
-                return 2;
-            }
-            shifts[n_shifts].path = shift_paths[n_shifts], n_shifts++;
-            break;
-        case 'D':
-        case 'L': {   /* --delta / --lora PATH[:SCALE] */
-            const char *flag = o == 'D' ? "--delta" : "--lora";
-            int *cnt = o == 'D' ? &n_deltas : &n_loras;
-            pipeline_shift_t *list = o == 'D' ? deltas : loras;
-            char *buf = o == 'D' ? delta_paths[*cnt % MAX_SHIFTS] : lora_paths[*cnt % MAX_SHIFTS];
-            if (*cnt == MAX_SHIFTS) {
-                fprintf(stderr, "svdiff eval: at most %d %s\n", MAX_SHIFTS, flag);
-                return 2;
-            }
-            if (shift_spec_parse(optarg, buf, 4096, &list[*cnt].scale)) {
-                fprintf(stderr, "svdiff eval: %s %s: %s\n", flag, optarg, sd_last_error());
-                return 2;
-            }
-            list[*cnt].path = buf, (*cnt)++;
-            break;
-        }
+        case 'x': bad = cli_add_file_spec("eval", "--shifts", optarg, shifts, shift_paths, MAX_SHIFTS, &n_shifts); break;
+        case 'D': bad = cli_add_file_spec("eval", "--delta", optarg, deltas, delta_paths, MAX_SHIFTS, &n_deltas); break;
+        case 'L': bad = cli_add_file_spec("eval", "--lora", optarg, loras, lora_paths, MAX_SHIFTS, &n_loras); break;
         case 'F': force = 1; break;
         case 'C': svd_cache = optarg; break;
         case 't': ts_list = optarg; break;

@@ -182,36 +182,9 @@ int cmd_generate(int argc, char **argv) {
             compute_set = 1;
             break;
         case 'o': out = optarg; break;
-        case 'x':
-            if (n_shifts == MAX_SHIFTS) {
-                fprintf(stderr, "svdiff generate: at most %d --shifts\n", MAX_SHIFTS);
-                bad = 1;
-            } else if (shift_spec_parse(optarg, shift_paths[n_shifts], sizeof shift_paths[0], &shifts[n_shifts].scale)) {
-                fprintf(stderr, "svdiff generate: %s\n", sd_last_error());
-                bad = 1;
-            } else {
-                shifts[n_shifts].path = shift_paths[n_shifts];
-                n_shifts++;
-            }
-            break;
-        case 'D':
-        case 'L': {   /* --delta / --lora PATH[:SCALE] */
-            const int is_delta = c == 'D';
-            int *cnt = is_delta ? &n_deltas : &n_loras;
-            pipeline_shift_t *list = is_delta ? deltas : loras;
-            char *buf = is_delta ? delta_paths[*cnt < MAX_SHIFTS ? *cnt : 0] : lora_paths[*cnt < MAX_SHIFTS ? *cnt : 0];
-            if (*cnt == MAX_SHIFTS) {
-                fprintf(stderr, "svdiff generate: at most %d %s\n", MAX_SHIFTS, is_delta ? "--delta" : "--lora");
-                bad = 1;
-            } else if (shift_spec_parse(optarg, buf, 4096, &list[*cnt].scale)) {
-                fprintf(stderr, "svdiff generate: %s %s\n", is_delta ? "--delta" : "--lora", sd_last_error());
-                bad = 1;
-            } else {
-                list[*cnt].path = buf;
-                (*cnt)++;
-            }
-            break;
-        }
+        case 'x': bad = cli_add_file_spec("generate", "--shifts", optarg, shifts, shift_paths, MAX_SHIFTS, &n_shifts); break;
+        case 'D': bad = cli_add_file_spec("generate", "--delta", optarg, deltas, delta_paths, MAX_SHIFTS, &n_deltas); break;
+        case 'L': bad = cli_add_file_spec("generate", "--lora", optarg, loras, lora_paths, MAX_SHIFTS, &n_loras); break;
         case 'F': force = 1; break;
         case 'C': svd_cache_dir = optarg; break;
         case 'h': usage(stdout); return 0;
