@@ -108,15 +108,24 @@ static void golden_teardown(golden_t *g) {
     trainer_close(&g->t);
 }
 
-static void check_golden(int ckpt) {
+/* mode UNMIX_MSE: the golden's losses / site_loss / grad_unmix; UNMIX_SHARE: loss_share /
+ * site_loss_share / grad_share (weight unmix_weight_share) */
+static void check_golden(int ckpt, unmix_mode_t mode) {
     golden_t g;
     golden_setup(&g, ckpt);
     trainer_t *t = &g.t;
     unmix_t *u = &t->ms->unmix;
-    u->weight = g.weight;
+    const int share = mode == UNMIX_SHARE;
+    u->mode = mode;
+    u->weight = share ? strtof(st_meta(&g.f, "unmix_weight_share"), NULL) : g.weight;
     train_losses_t l;
     assert_int_equal(trainer_micro_step(t, g.x0, g.eps, g.ts, g.ids, g.ctx, 2, 0, 1.0f, &l), 0);
-    float *losses = golden_get(&g.f, "losses", 2), *sites = golden_get(&g.f, "site_loss", u->n_sites);
+    float *losses = golden_get(&g.f, "losses", 2), *sites = golden_get(&g.f, share ? "site_loss_share" : "site_loss", u->n_sites);
+    if (share) {
+        float *ls = golden_get(&g.f, "loss_share", 1);
+        losses[1] = ls[0];
+        free(ls);
+    }
     float got_sites[16];
     for (int i = 0; i < u->n_sites; i++) got_sites[i] = (float)u->sites[i].loss;
     const float got[2] = {(float)l.instance, (float)l.unmix};
@@ -142,7 +151,7 @@ static void check_golden(int ckpt) {
         float *want = golden_get(&g.f, key, p->n);
         assert_close(key, p->grad, want, (size_t)p->n, 1e-3);
         free(want);
-        snprintf(key, sizeof key, "%s.grad_unmix", p->name);
+        snprintf(key, sizeof key, "%s.%s", p->name, share ? "grad_share" : "grad_unmix");
         want = golden_get(&g.f, key, p->n);
         memcpy(w_u + o, want, sizeof(float) * p->n);
         for (int k = 0; k < p->n; k++) g_u[o + k] = g_all[o + k] - p->grad[k];
@@ -165,16 +174,18 @@ static void check_golden(int ckpt) {
     }
     assert_true(n_unmix_arrays > 10);
     assert_true(gmax > 1e-2);   /* the Unmix part is far above the tolerance: the test can fail */
-    print_message("unmix golden%s: %d sites, loss %.6f (PyTorch %.6f), %d arrays with an Unmix gradient, worst %.2e\n",
-                  ckpt ? " (gradient checkpointing)" : "", u->n_sites, got[1], losses[1], n_unmix_arrays, worst);
+    print_message("unmix golden (%s)%s: %d sites, loss %.6f (PyTorch %.6f), %d arrays with an Unmix gradient, worst %.2e\n",
+                  share ? "share" : "mse", ckpt ? " (gradient checkpointing)" : "", u->n_sites, got[1], losses[1], n_unmix_arrays, worst);
     free(g_all), free(g_u), free(w_u), free(losses), free(sites);
     golden_teardown(&g);
 }
 
 static void test_unmix_golden(void **state) {
     (void)state;
-    check_golden(0);
-    check_golden(1);
+    check_golden(0, UNMIX_MSE);
+    check_golden(1, UNMIX_MSE);
+    check_golden(0, UNMIX_SHARE);
+    check_golden(1, UNMIX_SHARE);
 }
 
 /* ---- finite differences of the hook itself (q, k -> lse -> P -> loss) ---- */
@@ -194,7 +205,7 @@ static double site_loss(void *vctx) {
     return unmix_loss(&c->u);
 }
 
-static void check_site(int level) {
+static void check_site(int level, unmix_mode_t mode) {
     site_fd_t c;
     memset(&c, 0, sizeof c);
     c.B = 2, c.T = 9, c.H = 2, c.D = 4;
@@ -205,7 +216,7 @@ static void check_site(int level) {
     const size_t nq = (size_t)c.B * c.S * c.H * c.D, nk = (size_t)c.B * c.T * c.H * c.D;
     c.q = alloc_normal(&r, nq, 1.0f), c.k = alloc_normal(&r, nk, 1.0f), c.v = alloc_normal(&r, nk, 1.0f);
     c.out = alloc_zeros(nq), c.lse = alloc_zeros((size_t)c.B * c.H * c.S);
-    c.u.rows = c.B, c.u.T = c.T, c.u.H = c.u.W = side, c.u.weight = 1.7f, c.u.gscale = 0.5f;
+    c.u.rows = c.B, c.u.T = c.T, c.u.H = c.u.W = side, c.u.weight = 1.7f, c.u.gscale = 0.5f, c.u.mode = mode;
     c.u.tokw = alloc_zeros((size_t)c.B * 2 * c.T);
     c.u.region = alloc_zeros((size_t)c.B * 2 * side * side);
     /* row 0: halves and a few tokens; row 1: arbitrary shares (pooling of fractional masks) */
@@ -236,8 +247,10 @@ static void check_site(int level) {
 
 static void test_unmix_site_fd(void **state) {
     (void)state;
-    check_site(0);
-    check_site(1);   /* the region average-pooled 2x2 */
+    check_site(0, UNMIX_MSE);
+    check_site(1, UNMIX_MSE);   /* the region average-pooled 2x2 */
+    check_site(0, UNMIX_SHARE);
+    check_site(1, UNMIX_SHARE);
     scratch_free_all();
 }
 

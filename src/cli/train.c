@@ -89,6 +89,10 @@ static void usage(FILE *f) {
             "  --unmix-weight W           Unmix: weight of the mean squared cross-attention probability of each\n"
             "                             subject's phrase tokens over the other subject's half (default 1;\n"
             "                             0 = off); composite instance rows only\n"
+            "  --unmix-loss mse|share     mse (default, the method's): the squared probabilities themselves, which\n"
+            "                             training can also lower by weakening the phrase everywhere; share: the\n"
+            "                             squared share of each phrase's attention mass (per head) in the other\n"
+            "                             half, which only moving the attention lowers (weights of 1-100)\n"
             "  --unmix-layers L           cross-attention layers it acts on: all (default), latent resolutions\n"
             "                             (\"16,8\") or module path patterns (\"up_blocks.*\", \"mid_block\")\n"
             "optimisation:\n"
@@ -148,7 +152,7 @@ enum {
     O_THREADS, O_SAVE_DTYPE, O_CKPT, O_RESUME, O_SAMPLE_EVERY, O_SAMPLE_PROMPT, O_SAMPLE_STEPS, O_SAMPLE_CFG,
     O_FORCE, O_QUIET, O_MODE, O_SAVE_DELTA, O_EMA, O_DATA, O_IMAGE_ROOT, O_FREEZE_TE, O_RANK,
     O_LORA_RANK, O_LORA_ALPHA,
-    O_SUBJECT, O_SUBJECT_CLASS, O_TEMPLATE, O_CUTMIX_PROB, O_CUTMIX_VERT, O_CUTMIX_CROP, O_UNMIX_W, O_UNMIX_LAYERS,
+    O_SUBJECT, O_SUBJECT_CLASS, O_TEMPLATE, O_CUTMIX_PROB, O_CUTMIX_VERT, O_CUTMIX_CROP, O_UNMIX_W, O_UNMIX_LAYERS, O_UNMIX_LOSS,
     O_COMPUTE
 };
 
@@ -175,7 +179,7 @@ int train_cli(int argc, char **argv, int pretrain) {
     const char *samples[MAX_SAMPLE_PROMPTS];
     int n_samples = 0;
     const char *subjects[CUTMIX_MAX_SUBJECTS], *subject_classes[CUTMIX_MAX_SUBJECTS];   /* --subject (cutmix.h) */
-    int n_subjects = 0, n_subject_classes = 0;
+    int n_subjects = 0, n_subject_classes = 0, unmix_loss_given = 0;
     static const struct option opts[] = {
         {"model", required_argument, 0, O_MODEL},
         {"pretrained-model-name-or-path", required_argument, 0, O_MODEL},
@@ -252,6 +256,7 @@ int train_cli(int argc, char **argv, int pretrain) {
         {"cutmix-crop", no_argument, 0, O_CUTMIX_CROP},
         {"unmix-weight", required_argument, 0, O_UNMIX_W},
         {"unmix-layers", required_argument, 0, O_UNMIX_LAYERS},
+        {"unmix-loss", required_argument, 0, O_UNMIX_LOSS},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0}};
     optind = 1;
@@ -288,6 +293,15 @@ int train_cli(int argc, char **argv, int pretrain) {
         case O_CUTMIX_CROP: c.cutmix_fit = 0; break;
         case O_UNMIX_W: bad = cli_parse_float(verb, "--unmix-weight", optarg, 0, 1e6f, &c.unmix_weight); break;
         case O_UNMIX_LAYERS: c.unmix_layers = optarg; break;
+        case O_UNMIX_LOSS:
+            if (!strcmp(optarg, "mse") || !strcmp(optarg, "share")) {
+                c.unmix_share = !strcmp(optarg, "share");
+                unmix_loss_given = 1;
+            } else {
+                fprintf(stderr, "svdiff %s: --unmix-loss must be mse or share, got '%s'\n", verb, optarg);
+                bad = 1;
+            }
+            break;
         case O_BATCH: bad = cli_parse_int(verb, "--batch-size", optarg, 1, 64, &c.batch_size); break;
         case O_ACCUM: bad = cli_parse_int(verb, "--grad-accum", optarg, 1, 100000, &c.grad_accum); break;
         case O_STEPS: bad = cli_parse_int(verb, "--steps", optarg, 1, 100000000, &c.steps); break;
@@ -418,8 +432,9 @@ int train_cli(int argc, char **argv, int pretrain) {
         fprintf(stderr, "svdiff pretrain: --subject belongs to `svdiff train`\n");
         return 2;
     }
-    if (!n_subjects && (c.cutmix_prob >= 0 || c.cutmix_vertical || !c.cutmix_fit || c.prompt_template || c.unmix_layers)) {
-        fprintf(stderr, "svdiff %s: --prompt-template, --cutmix-* and --unmix-layers need --subject\n", verb);
+    if (!n_subjects && (c.cutmix_prob >= 0 || c.cutmix_vertical || !c.cutmix_fit || c.prompt_template || c.unmix_layers ||
+                        unmix_loss_given)) {
+        fprintf(stderr, "svdiff %s: --prompt-template, --cutmix-* and --unmix-layers and --unmix-loss need --subject\n", verb);
         return 2;
     }
     c.n_subjects = n_subjects, c.subjects = subjects;

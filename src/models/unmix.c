@@ -188,8 +188,14 @@ static double sum(const float *x, size_t n) {
     return a;
 }
 
-/* N_site's share of row b (0: the row adds nothing). */
-static double row_norm(const float *mo, const float *tw, int S, int T, int heads) {
+/* N_site's share of row b (0: the row adds nothing): MSE, heads x positions x tokens weighted by
+ * the region shares; share, the number of (head, subject) ratios the row contributes. */
+static double row_norm(const float *mo, const float *tw, int S, int T, int heads, unmix_mode_t mode) {
+    if (mode == UNMIX_SHARE) {
+        int n = 0;
+        for (int s = 0; s < 2; s++) n += sum(mo + (size_t)s * S, S) > 0 && sum(tw + (size_t)s * T, T) > 0;
+        return (double)heads * n;
+    }
     return (double)heads * (sum(mo, S) * sum(tw, T) + sum(mo + S, S) * sum(tw + T, T));
 }
 
@@ -203,7 +209,7 @@ void unmix_site_forward(unmix_site_t *st, const float *q, const float *k, const 
     float *mo_all = scratch_floats((size_t)(rows ? rows : 1) * 2 * S);
     for (int b = 0; b < rows; b++) {
         other_regions(mo_all + (size_t)b * 2 * S, u, b, st->level, S);
-        norm += row_norm(mo_all + (size_t)b * 2 * S, u->tokw + (size_t)b * 2 * T, S, T, heads);
+        norm += row_norm(mo_all + (size_t)b * 2 * S, u->tokw + (size_t)b * 2 * T, S, T, heads, u->mode);
     }
     st->norm = norm;
     if (norm == 0) {   /* no row names a subject (no composite in this batch): nothing to compute */
@@ -221,6 +227,7 @@ void unmix_site_forward(unmix_site_t *st, const float *q, const float *k, const 
             const int b = bh / heads, h = bh % heads;
             const float *tw = u->tokw + (size_t)b * 2 * T, *mo = mo_all + (size_t)b * 2 * S;
             if (sum(tw, 2 * (size_t)T) == 0) continue;
+            double inside[2] = {0, 0}, all[2] = {0, 0};   /* this (row, head)'s token mass: other region, all */
             for (int p0 = 0; p0 < S; p0 += QBLK) {
                 const int nq = S - p0 < QBLK ? S - p0 : QBLK;
                 attention_probs(P, q, k, lse, b, h, p0, nq, S, T, heads, D, scale, 0);
@@ -231,9 +238,16 @@ void unmix_site_forward(unmix_site_t *st, const float *q, const float *k, const 
                         const float *w = tw + (size_t)s * T;
                         double a1 = 0, a2 = 0;
                         for (int j = 0; j < T; j++) a1 += (double)w[j] * pr[j], a2 += (double)w[j] * pr[j] * pr[j];
-                        loss += m * a2;
-                        mass[s][0] += m * a1, mass[s][1] += a1;
+                        if (u->mode == UNMIX_MSE) loss += m * a2;
+                        inside[s] += m * a1, all[s] += a1;
                     }
+                }
+            }
+            for (int s = 0; s < 2; s++) {
+                mass[s][0] += inside[s], mass[s][1] += all[s];
+                if (u->mode == UNMIX_SHARE && all[s] > 0 && sum(mo + (size_t)s * S, S) > 0) {
+                    const double ratio = inside[s] / all[s];
+                    loss += ratio * ratio;
                 }
             }
         }
@@ -252,8 +266,10 @@ void unmix_site_backward(float *dq, float *dk, const unmix_site_t *st, const flo
                          const float *lse, int B, int S, int T, int heads, int D, float scale) {
     const unmix_t *u = st->u;
     if (st->norm <= 0 || u->weight == 0 || !u->n_sites) return;
-    const int rows = B < u->rows ? B : u->rows, HD = heads * D;
-    /* d L / d P = c * 2 G P, c = gscale * weight / (n_sites * N_site) */
+    const int rows = B < u->rows ? B : u->rows, HD = heads * D, share = u->mode == UNMIX_SHARE;
+    /* MSE: d L / d P = c * 2 G P; share: d L / d P[p, j] = c * sum_s 2 r_s W[s, j] (Mo[s, p] - r_s) / z_s
+     * with r_s = a_s / z_s the (row, head)'s share (a_s its token mass in the other region, z_s all of
+     * it; a first pass over the positions); c = gscale * weight / (n_sites * N_site) */
     const float c = (float)((double)u->gscale * u->weight / ((double)u->n_sites * st->norm));
     scratch_mark_t mark0 = scratch_mark();
     float *mo_all = scratch_floats((size_t)rows * 2 * S);
@@ -269,10 +285,27 @@ void unmix_site_backward(float *dq, float *dk, const unmix_site_t *st, const flo
             const float *tw = u->tokw + (size_t)b * 2 * T, *mo = mo_all + (size_t)b * 2 * S;
             if (sum(tw, 2 * (size_t)T) == 0) continue;
             const size_t koff = (size_t)b * T * HD + (size_t)h * D;
+            float gs[2] = {0, 0}, rs[2] = {0, 0};   /* share: 2 r_s / z_s and r_s */
+            if (share) {
+                double inside[2] = {0, 0}, all[2] = {0, 0};
+                for (int p0 = 0; p0 < S; p0 += QBLK) {
+                    const int nq = S - p0 < QBLK ? S - p0 : QBLK;
+                    attention_probs(P, q, k, lse, b, h, p0, nq, S, T, heads, D, scale, 0);
+                    for (int r = 0; r < nq; r++)
+                        for (int s = 0; s < 2; s++) {
+                            double a1 = 0;
+                            for (int j = 0; j < T; j++) a1 += (double)tw[(size_t)s * T + j] * P[(size_t)r * T + j];
+                            inside[s] += mo[(size_t)s * S + p0 + r] * a1, all[s] += a1;
+                        }
+                }
+                for (int s = 0; s < 2; s++)
+                    if (all[s] > 0 && sum(mo + (size_t)s * S, S) > 0)
+                        rs[s] = (float)(inside[s] / all[s]), gs[s] = (float)(2.0 * rs[s] / all[s]);
+            }
             for (int p0 = 0; p0 < S; p0 += QBLK) {
                 const int nq = S - p0 < QBLK ? S - p0 : QBLK;
-                /* skip blocks that lie wholly inside both subjects' own regions */
-                int any = 0;
+                /* MSE: skip blocks that lie wholly inside both subjects' own regions */
+                int any = share;
                 for (int r = 0; r < nq && !any; r++) any = mo[p0 + r] != 0 || mo[(size_t)S + p0 + r] != 0;
                 if (!any) continue;
                 attention_probs(P, q, k, lse, b, h, p0, nq, S, T, heads, D, scale, 0);
@@ -282,7 +315,8 @@ void unmix_site_backward(float *dq, float *dk, const unmix_site_t *st, const flo
                     const float m0 = mo[p0 + r], m1 = mo[(size_t)S + p0 + r];
                     double dot = 0;
                     for (int j = 0; j < T; j++) {   /* dP, then dS = P (dP - sum_j P dP) */
-                        ds[j] = c * 2.0f * (m0 * tw[j] + m1 * tw[T + j]) * pr[j];
+                        ds[j] = share ? c * (gs[0] * (m0 - rs[0]) * tw[j] + gs[1] * (m1 - rs[1]) * tw[T + j])
+                                      : c * 2.0f * (m0 * tw[j] + m1 * tw[T + j]) * pr[j];
                         dot += (double)ds[j] * pr[j];
                     }
                     for (int j = 0; j < T; j++) ds[j] = pr[j] * (ds[j] - (float)dot);

@@ -24,6 +24,14 @@
 
 typedef struct unmix unmix_t;
 
+/* The form of the loss (--unmix-loss). MSE is method.md's: it can be met by lowering a phrase's
+ * attention everywhere. SHARE, per row, head and subject, is the squared share of the phrase's
+ * attention mass that lies in the other subject's region, r = a / z with
+ *   a = sum_{p,j} Mo[s, p] W[s, j] P[p, j],  z = sum_{p,j} W[s, j] P[p, j],
+ * averaged over the (row, head, subject) terms: scale-free, so it can only be met by moving the
+ * attention into the subject's own region (the leakage measure below, per head). */
+typedef enum { UNMIX_MSE = 0, UNMIX_SHARE = 1 } unmix_mode_t;
+
 /* One hooked cross-attention (unet_tblock_t.unmix points here). */
 typedef struct unmix_site {
     unmix_t *u;
@@ -42,6 +50,7 @@ struct unmix {
     float *tokw;        /* [rows, 2, T] W above */
     float *region;      /* [rows, 2, H, W] subject s's region at latent resolution (0 / 1, or shares) */
     float weight;       /* the loss weight (--unmix-weight) */
+    unmix_mode_t mode;  /* --unmix-loss (MSE unless set after unmix_attach) */
     float gscale;       /* backward multiplies the gradient by this (the trainer's grad_scale) */
     int measure;        /* 1: forwards add to the sites' leakage sums */
     int n_sites;

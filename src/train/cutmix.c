@@ -278,6 +278,7 @@ int multi_prepare(trainer_t *t) {
     int rc = unmix_attach(&ms->unmix, &t->p.unet, t->cfg.unmix_layers, t->rows, H, W, t->T);
     if (rc) return rc;
     ms->unmix.weight = t->cfg.unmix_weight;
+    ms->unmix.mode = t->cfg.unmix_share ? UNMIX_SHARE : UNMIX_MSE;
     ms->unmix_on = 1;
     return SD_OK;
 }
@@ -304,6 +305,7 @@ void multi_put_meta(const trainer_t *t, shift_set_t *s) {
     snprintf(buf, sizeof buf, "%g", ms->unmix_on ? t->cfg.unmix_weight : 0.0f);
     shiftset_set_meta(s, "unmix_weight", buf);
     shiftset_set_meta(s, "unmix_layers", t->cfg.unmix_layers ? t->cfg.unmix_layers : "all");
+    shiftset_set_meta(s, "unmix_loss", t->cfg.unmix_share ? "share" : "mse");
 }
 
 /* ---- the micro-batch ---- */

@@ -91,6 +91,7 @@ typedef struct {
     int cutmix_vertical, cutmix_fit;          /* top / bottom halves; fit (1) or crop (0) into halves */
     float unmix_weight;                       /* Unmix loss weight (0: off) */
     const char *unmix_layers;                 /* NULL / "all", resolutions "16,8", module path patterns */
+    int unmix_share;                          /* --unmix-loss share (1) instead of mse (0): models/unmix.h */
 } train_config_t;
 
 void train_config_default(train_config_t *c);

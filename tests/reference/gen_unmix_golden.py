@@ -18,6 +18,8 @@ Writes tests/fixtures/unmix/golden.safetensors (F32 unless noted):
   x0, eps [2, 4, 8, 8]; timesteps [2] (I64); ctx [2, 77, 16]; tokw [2, 2, 77]; region [2, 2, 8, 8]
   site_loss [n_sites] (forward order); losses [2] = (MSE, L_unmix)
   unet/<path>.grad_mse   d MSE / d shift;   unet/<path>.grad_unmix   d L_unmix / d shift
+  the --unmix-loss share form (unmix_sites_share): site_loss_share [n_sites], loss_share [1] (weight
+  unmix_weight_share), unet/<path>.grad_share
 metadata: unmix_weight, n_sites, seed.
 """
 import argparse
@@ -38,6 +40,7 @@ torch.set_num_threads(1)
 SEED = 8088
 WEIGHT = 2000.0      # P is about 1/77 on a random model: a large weight makes the Unmix gradient
                      # of the order of the denoising one
+WEIGHT_SHARE = 20.0  # the share is about 1/2 (not 1/77^2): a weight of tens gives the same scale
 TIMESTEPS = [120, 640]
 TOKENS = [([2, 3], [6, 7, 8]), ([1], [4, 5])]   # per row: subject 0's and subject 1's token positions
 
@@ -59,6 +62,23 @@ def attn_forward(self, x, ctx=None):
         PROBS.append(p)
     o = (p @ v).transpose(1, 2).reshape(B, Tq, -1)
     return self.to_out[0](o)
+
+
+def unmix_sites_share(tokw, region):
+    """--unmix-loss share: per (row, head, subject) the squared share of the phrase's attention mass
+    in the other subject's region, averaged over the terms whose region and phrase are not empty."""
+    losses = []
+    H = region.shape[-1]
+    for p in PROBS:
+        B, heads, S, T = p.shape
+        f = H // int(round(S ** 0.5))
+        mo = F.avg_pool2d(region.flip(1), f).reshape(B, 2, S)
+        m = torch.einsum("bhpj,bsj->bhsp", p, tokw)               # phrase mass per position
+        a = (m * mo[:, None]).sum(-1)                               # [B, heads, 2] in the other region
+        z = m.sum(-1)
+        valid = ((mo.sum(-1) > 0) & (tokw.sum(-1) > 0)).to(p.dtype)[:, None, :].expand(B, heads, 2)
+        losses.append((valid * (a / z) ** 2).sum() / valid.sum())
+    return losses
 
 
 def unmix_sites(tokw, region):
@@ -131,20 +151,28 @@ def main():
     mse = F.mse_loss(pred, eps)
     sites = unmix_sites(tokw, region)
     lu = WEIGHT * torch.stack(sites).mean()
+    sites_share = unmix_sites_share(tokw, region)
+    lu_share = WEIGHT_SHARE * torch.stack(sites_share).mean()
     params = [d for _, d in deltas]
     g_mse = torch.autograd.grad(mse, params, retain_graph=True)
-    g_unmix = torch.autograd.grad(lu, params, allow_unused=True)   # layers after the last attn2: none
+    g_unmix = torch.autograd.grad(lu, params, allow_unused=True, retain_graph=True)   # layers after the last attn2: none
     g_unmix = [torch.zeros_like(d) if g is None else g for d, g in zip(params, g_unmix)]
+    g_share = torch.autograd.grad(lu_share, params, allow_unused=True)
+    g_share = [torch.zeros_like(d) if g is None else g for d, g in zip(params, g_share)]
     golden = {"x0": ("F32", x0), "eps": ("F32", eps), "timesteps": ("I64", ts), "ctx": ("F32", ctx),
               "tokw": ("F32", tokw), "region": ("F32", region),
               "site_loss": ("F32", torch.stack(sites).detach()),
-              "losses": ("F32", torch.tensor([mse.item(), lu.item()]))}
-    for (name, d), gm, gu in zip(deltas, g_mse, g_unmix):
+              "losses": ("F32", torch.tensor([mse.item(), lu.item()])),
+              "site_loss_share": ("F32", torch.stack(sites_share).detach()),
+              "loss_share": ("F32", torch.tensor([lu_share.item()]))}
+    for (name, d), gm, gu, gs in zip(deltas, g_mse, g_unmix, g_share):
         golden[name + ".value"] = ("F32", d.detach())
         golden[name + ".grad_mse"] = ("F32", gm)
         golden[name + ".grad_unmix"] = ("F32", gu)
+        golden[name + ".grad_share"] = ("F32", gs)
     os.makedirs(args.out, exist_ok=True)
     meta = {"generator": "tests/reference/gen_unmix_golden.py", "unmix_weight": repr(WEIGHT),
+            "unmix_weight_share": repr(WEIGHT_SHARE),
             "n_sites": str(len(sites)), "seed": str(SEED)}
     size = clipref.write_safetensors(os.path.join(args.out, "golden.safetensors"), golden, meta)
     gn_m = torch.sqrt(sum((g * g).sum() for g in g_mse)).item()
