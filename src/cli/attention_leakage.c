@@ -42,13 +42,45 @@ static void usage(FILE *f) {
             "  --svd-cache DIR|none   SVD cache for --shifts; --force applies shifts of another base model\n"
             "  --threads N            CPU threads\n"
             "  --json                 print one JSON object instead of text\n"
+            "known layouts instead of samples (teacher forcing; --steps, --cfg, --sampler, --seeds unused):\n"
+            "  --images-a DIR         images of subject A; with --images-b, every pair is composed as Cut-Mix\n"
+            "  --images-b DIR         does (A in the left / top half), noised to each --timesteps value with\n"
+            "                         fixed noise (--seed) and denoised once with --prompt: the halves are where\n"
+            "                         the subjects really are, so the share measures localisation alone\n"
+            "  --timesteps LIST       comma-separated (default 100,300,500,700,900)\n"
+            "  --resolution N         composite size in pixels (default: the model's sample size)\n"
+            "  --cutmix-crop          scale each image to cover its half and crop (default: fit, as train)\n"
             "  -h, --help             this help\n");
+}
+
+/* Loads every image of dir_a and dir_b and runs attention_leakage_images on all their pairs. */
+static int leakage_on_images(pipeline_t *p, const char *prompt, const char *ta, const char *tb, const char *dir_a,
+                             const char *dir_b, int res, int vertical, int fit, const char *layers, const int *ts,
+                             int n_ts, unsigned long long seed, double share[2], int ntok[2], double mass[2]) {
+    prompt_table_t pt = {0};
+    image_set_t sa = {0}, sb = {0};
+    int rc = image_set_scan(&sa, dir_a, "--images-a", 0, 0, prompt, &pt, p->tok);
+    if (!rc) rc = image_set_scan(&sb, dir_b, "--images-b", 0, 0, prompt, &pt, p->tok);
+    image_t *ia = calloc((size_t)sa.n + 1, sizeof *ia), *ib = calloc((size_t)sb.n + 1, sizeof *ib);
+    for (int i = 0; i < sa.n && !rc; i++) rc = image_load(&ia[i], sa.img[i].path);
+    for (int i = 0; i < sb.n && !rc; i++) rc = image_load(&ib[i], sb.img[i].path);
+    if (!rc)
+        rc = attention_leakage_images(p, prompt, ta, tb, ia, sa.n, ib, sb.n, res, vertical, fit, layers, ts, n_ts,
+                                      (uint64_t)seed, share, ntok, mass);
+    for (int i = 0; i < sa.n; i++) image_free(&ia[i]);
+    for (int i = 0; i < sb.n; i++) image_free(&ib[i]);
+    free(ia), free(ib);
+    image_set_free(&sa), image_set_free(&sb);
+    prompt_table_free(&pt);
+    return rc;
 }
 
 int cmd_attention_leakage(int argc, char **argv) {
     const char *model = NULL, *tokenizer = NULL, *prompt = NULL, *negative = NULL, *ta = NULL, *tb = NULL;
     const char *layers = NULL, *sampler_name = "ddim", *svd_cache_dir = NULL;
     int vertical = 0, seeds = 4, steps = 20, width = 0, height = 0, threads = 0, force = 0, json = 0;
+    const char *dir_a = NULL, *dir_b = NULL, *timesteps_arg = "100,300,500,700,900";
+    int resolution = 0, fit = 1;
     float cfg = 7.5f;
     unsigned long long seed = 42;
     enum { MAX_SHIFTS = 16 };
@@ -66,6 +98,9 @@ int cmd_attention_leakage(int argc, char **argv) {
         {"height", required_argument, 0, 'H'},   {"shifts", required_argument, 0, 'x'},
         {"svd-cache", required_argument, 0, 'C'}, {"force", no_argument, 0, 'F'},
         {"threads", required_argument, 0, 't'},  {"json", no_argument, 0, 'j'},
+        {"images-a", required_argument, 0, 'A'}, {"images-b", required_argument, 0, 'B'},
+        {"timesteps", required_argument, 0, 'P'}, {"resolution", required_argument, 0, 'R'},
+        {"cutmix-crop", no_argument, 0, 'c'},
         {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
     const char *verb = "attention-leakage";
     optind = 1;
@@ -110,6 +145,11 @@ int cmd_attention_leakage(int argc, char **argv) {
         case 'F': force = 1; break;
         case 't': bad = cli_parse_int(verb, "--threads", optarg, 1, 1024, &threads); break;
         case 'j': json = 1; break;
+        case 'A': dir_a = optarg; break;
+        case 'B': dir_b = optarg; break;
+        case 'P': timesteps_arg = optarg; break;
+        case 'R': bad = cli_parse_int(verb, "--resolution", optarg, 8, 8192, &resolution); break;
+        case 'c': fit = 0; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -122,6 +162,23 @@ int cmd_attention_leakage(int argc, char **argv) {
     if (!model || !prompt || !ta || !tb) {
         fprintf(stderr, "svdiff %s: --model, --prompt, --token-a and --token-b are required (see --help)\n", verb);
         return 2;
+    }
+    if (!dir_a != !dir_b) {
+        fprintf(stderr, "svdiff %s: --images-a and --images-b go together\n", verb);
+        return 2;
+    }
+    int ts[64], n_ts = 0;
+    for (const char *c = timesteps_arg; *c;) {
+        char *end;
+        errno = 0;
+        const long v = strtol(c, &end, 10);
+        if (errno || end == c || v < 0 || v > 100000 || (*end && *end != ',') || n_ts == 64) {
+            fprintf(stderr, "svdiff %s: --timesteps needs up to 64 comma-separated non-negative integers, got '%s'\n",
+                    verb, timesteps_arg);
+            return 2;
+        }
+        ts[n_ts++] = (int)v;
+        c = *end ? end + 1 : end;
     }
     sampler_kind_t sampler;
     if (sampler_kind_parse(sampler_name, &sampler) || sampler == SAMPLER_DDIM_INVERSE) {
@@ -148,25 +205,38 @@ int cmd_attention_leakage(int argc, char **argv) {
     double share[2] = {-1, -1};
     int ntok[2] = {0, 0};
     double mass[2] = {-1, -1};
-    if (!rc) rc = attention_leakage(&p, &o, ta, tb, vertical, layers, seeds, share, ntok, mass);
+    if (!rc && dir_a) {
+        rc = leakage_on_images(&p, prompt, ta, tb, dir_a, dir_b, resolution ? resolution : def, vertical, fit, layers,
+                               ts, n_ts, seed, share, ntok, mass);
+    } else if (!rc) {
+        rc = attention_leakage(&p, &o, ta, tb, vertical, layers, seeds, share, ntok, mass);
+    }
     if (rc) {
         fprintf(stderr, "svdiff %s: %s\n", verb, sd_last_error());
         pipeline_close(&p);
         return 1;
     }
-    if (json)
-        printf("{\"seeds\": %d, \"steps\": %d, \"cfg\": %g, \"leakage_a\": %.6f, \"leakage_b\": %.6f, "
+    if (json && dir_a)
+        printf("{\"mode\": \"images\", \"timesteps\": %d, \"leakage_a\": %.6f, \"leakage_b\": %.6f, "
+               "\"leakage_mean\": %.6f, \"token_mass_a\": %.6f, \"token_mass_b\": %.6f}\n", n_ts, share[0], share[1],
+               0.5 * (share[0] + share[1]), mass[0], mass[1]);
+    else if (json)
+        printf("{\"mode\": \"samples\", \"seeds\": %d, \"steps\": %d, \"cfg\": %g, \"leakage_a\": %.6f, \"leakage_b\": %.6f, "
                "\"leakage_mean\": %.6f, \"token_mass_a\": %.6f, \"token_mass_b\": %.6f}\n", seeds, steps, cfg, share[0], share[1],
                0.5 * (share[0] + share[1]), mass[0], mass[1]);
-    else
+    else {
+        char averaged[160];
+        if (dir_a) snprintf(averaged, sizeof averaged, "the composites of --images-a x --images-b x %d timesteps (teacher forcing)", n_ts);
+        else snprintf(averaged, sizeof averaged, "%d seeds x %d steps (cfg %g)", seeds, steps, cfg);
         printf("prompt          %s\n"
-               "averaged over   %d seeds x %d steps (cfg %g), layers %s, halves %s\n"
+               "averaged over   %s, layers %s, halves %s\n"
                "leakage A       %.4f  (\"%s\", %d tokens: share of its attention in B's half)\n"
                "leakage B       %.4f  (\"%s\", %d tokens: share of its attention in A's half)\n"
                "leakage mean    %.4f\n"
                "token mass      A %.4f, B %.4f  (mean attention probability per position and head on the phrase)\n",
-               prompt, seeds, steps, cfg, layers ? layers : "all", vertical ? "top / bottom" : "left / right", share[0],
+               prompt, averaged, layers ? layers : "all", vertical ? "top / bottom" : "left / right", share[0],
                ta, ntok[0], share[1], tb, ntok[1], 0.5 * (share[0] + share[1]), mass[0], mass[1]);
+    }
     pipeline_close(&p);
     return 0;
 }

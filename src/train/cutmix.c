@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "base/error.h"
+#include "diffusion/diffusion.h"
 #include "models/vae.h"
 
 #define DEFAULT_TEMPLATE "a photo of {}"
@@ -310,6 +311,25 @@ void multi_put_meta(const trainer_t *t, shift_set_t *s) {
 
 /* ---- the micro-batch ---- */
 
+/* out[2 * n] = the posterior [mean | logvar] of a res x res image (without a VAE: the image as a
+ * [-1, 1] tensor, logvar 0), n = train_latent_floats(p, res). */
+static int composite_posterior(pipeline_t *p, const image_t *img, int res, float *out) {
+    const size_t n = train_latent_floats(p, res);
+    int rc = SD_OK;
+    if (p->has_vae) {
+        float *x = sd_xmalloc(sizeof(float) * 3 * res * res);
+        vae_image_to_tensor(x, img->rgb, res, res, 3);
+        rc = vae_encode(&p->vae, out, out + n, x, 1, res, res);
+        free(x);
+    } else if (p->latent_channels == 3) {
+        vae_image_to_tensor(out, img->rgb, res, res, 3);
+        memset(out + n, 0, sizeof(float) * n);
+    } else {
+        rc = sd_error(SD_ERR_FORMAT, "a model without a VAE must work on 3 channels, not %d", p->latent_channels);
+    }
+    return rc;
+}
+
 /* The posterior of a composite: both images loaded, composed at res, encoded (not cached: there are
  * n_a x n_b of them). */
 static int composite_dist(trainer_t *t, const train_image_t *a, const train_image_t *b, const float **dist) {
@@ -319,23 +339,9 @@ static int composite_dist(trainer_t *t, const train_image_t *a, const train_imag
     if (!rc) rc = image_load(&ib, b->path);
     if (!rc) rc = cutmix_compose(&img, &ia, &ib, res, t->cfg.cutmix_vertical, t->cfg.cutmix_fit);
     image_free(&ia), image_free(&ib);
-    if (rc) return rc;
-    pipeline_t *p = &t->p;
-    const size_t n = t->latent_n;
-    float *out = t->ms->dist;
-    if (p->has_vae) {
-        float *x = sd_xmalloc(sizeof(float) * 3 * res * res);
-        vae_image_to_tensor(x, img.rgb, res, res, 3);
-        rc = vae_encode(&p->vae, out, out + n, x, 1, res, res);
-        free(x);
-    } else if (p->latent_channels == 3) {
-        vae_image_to_tensor(out, img.rgb, res, res, 3);
-        memset(out + n, 0, sizeof(float) * n);
-    } else {
-        rc = sd_error(SD_ERR_FORMAT, "a model without a VAE must work on 3 channels, not %d", p->latent_channels);
-    }
+    if (!rc) rc = composite_posterior(&t->p, &img, res, t->ms->dist);
     image_free(&img);
-    *dist = out;
+    *dist = t->ms->dist;
     return rc;
 }
 
@@ -453,5 +459,67 @@ int attention_leakage(pipeline_t *p, const txt2img_opts_t *o, const char *phrase
     if (!rc)
         for (int s = 0; s < 2; s++) share[s] = unmix_leakage(&u, s), token_mass[s] = unmix_token_mass(&u, s);
     unmix_detach(&u);
+    return rc;
+}
+
+int attention_leakage_images(pipeline_t *p, const char *prompt, const char *phrase_a, const char *phrase_b,
+                             const image_t *imgs_a, int na, const image_t *imgs_b, int nb, int res, int vertical,
+                             int fit, const char *layers, const int *timesteps, int n_t, uint64_t seed,
+                             double share[2], int n_tokens[2], double token_mass[2]) {
+    if (na < 1 || nb < 1 || n_t < 1) return sd_error(SD_ERR_ARG, "leakage: needs images of both subjects and a timestep");
+    for (int j = 0; j < n_t; j++)
+        if (timesteps[j] < 0 || timesteps[j] >= p->sched.T)
+            return sd_error(SD_ERR_ARG, "leakage: timestep %d is outside [0, %d)", timesteps[j], p->sched.T);
+    int C, h, w;
+    pipeline_latent_shape(p, res, res, &C, &h, &w);
+    const int div = 1 << (p->unet.cfg.n_levels - 1);
+    if (h % div || w % div)
+        return sd_error(SD_ERR_ARG, "leakage: --resolution %d is not a multiple of %d for this model", res,
+                        p->scale_factor * div);
+    const int T = TOKENIZER_MAX_LENGTH;
+    unmix_t u;
+    int rc = unmix_attach(&u, &p->unet, layers, 1, h, w, T);
+    if (rc) return rc;
+    int ids[TOKENIZER_MAX_LENGTH];
+    rc = tokenizer_encode(p->tok, prompt, ids, T, 1, NULL);
+    if (rc >= 0) rc = n_tokens[0] = mark_text(&u, 0, 0, p->tok, ids, phrase_a);
+    if (rc >= 0) rc = n_tokens[1] = mark_text(&u, 0, 1, p->tok, ids, phrase_b);
+    if (rc < 0) {
+        unmix_detach(&u);
+        return rc;
+    }
+    unmix_set_halves(&u, 0, vertical);
+    u.measure = 1;
+    const size_t L = train_latent_floats(p, res);
+    float *ctx = sd_xmalloc(sizeof(float) * T * p->ctx_dim), *dist = sd_xmalloc(sizeof(float) * 2 * L);
+    float *x0 = sd_xmalloc(sizeof(float) * L), *eps = sd_xmalloc(sizeof(float) * L), *xt = sd_xmalloc(sizeof(float) * L);
+    float *pred = sd_xmalloc(sizeof(float) * L), *zero = calloc(L, sizeof(float));
+    unet_acts_t acts;
+    rc = pipeline_encode_prompts(p, &prompt, 1, ctx);
+    if (!rc) rc = unet_acts_build(&acts, &p->unet, 1, h, w, T, 0, UNET_CKPT_NONE);
+    else memset(&acts, 0, sizeof acts);
+    for (int i = 0; i < na && !rc; i++)
+        for (int k = 0; k < nb && !rc; k++) {
+            image_t img = {0};
+            rc = cutmix_compose(&img, &imgs_a[i], &imgs_b[k], res, vertical, fit);
+            if (!rc) rc = composite_posterior(p, &img, res, dist);
+            image_free(&img);
+            if (rc) break;
+            train_sample_latent(p, x0, dist, zero, L);   /* the posterior mean (scaled) */
+            for (int j = 0; j < n_t && !rc; j++) {
+                rng_t r;   /* one stream per (pair, timestep), independent of the model */
+                rng_init(&r, seed ^ (((uint64_t)(i * nb + k) << 20) | (uint64_t)j));
+                rng_fill_normal(&r, eps, L);
+                const int t = timesteps[j];
+                const float tf = (float)t;
+                ddpm_add_noise(xt, x0, eps, &t, 1, L, &p->sched);
+                rc = unet_forward(pred, &p->unet, &acts, xt, &tf, ctx, 1, h, w, T);
+            }
+        }
+    if (!rc)
+        for (int s = 0; s < 2; s++) share[s] = unmix_leakage(&u, s), token_mass[s] = unmix_token_mass(&u, s);
+    unet_acts_free(&acts);
+    unmix_detach(&u);
+    free(ctx), free(dist), free(x0), free(eps), free(xt), free(pred), free(zero);
     return rc;
 }

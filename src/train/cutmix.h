@@ -85,4 +85,15 @@ int attention_leakage(pipeline_t *p, const txt2img_opts_t *o, const char *phrase
                       int vertical, const char *layers, int n_seeds, double share[2], int n_tokens[2],
                       double token_mass[2]);
 
+/* The same sums on known layouts (teacher forcing): every pair (imgs_a[i], imgs_b[k]) composed as
+ * Cut-Mix does (a in the left / top half, cutmix_compose's fit), encoded, noised to each of
+ * timesteps[n_t] with fixed noise (Philox stream of seed, pair and timestep: the same for every
+ * model), and one conditional UNet forward with `prompt`. Here the halves are where the subjects
+ * really are, so the share measures the attention's localisation and not where a sample happened
+ * to put each subject. */
+int attention_leakage_images(pipeline_t *p, const char *prompt, const char *phrase_a, const char *phrase_b,
+                             const image_t *imgs_a, int na, const image_t *imgs_b, int nb, int res, int vertical,
+                             int fit, const char *layers, const int *timesteps, int n_t, uint64_t seed,
+                             double share[2], int n_tokens[2], double token_mass[2]);
+
 #endif
