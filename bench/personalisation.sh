@@ -7,14 +7,17 @@
 # personalised samples of the same seeds, on 10 captions of other emoji (should stay small) and on
 # the 5 subject prompts of the quick start (where change is wanted).
 #   bench/personalisation.sh [OUT_DIR]     (default bench/out/personalisation-DATE)
-# Environment: MODEL (models/emoji-32), METHODS ("shifts full"), STEPS (300), LR_SHIFTS (5e-3),
-# LR_FULL (5e-5), LORA_RANK (4), LR_LORA (1e-3), THREADS (all cores).
+# Methods: shifts (spectral shifts, UNet + text encoder), prior (the same with prior preservation:
+# the base model's own samples of 48 other captions, bench/prior-captions.txt, trained alongside
+# with their captions so the rest of the model's repertoire is held in place), lora, full.
+# Environment: MODEL (models/emoji-32), METHODS ("shifts prior full"), STEPS (300), LR_SHIFTS (5e-3),
+# LR_FULL (5e-5), LORA_RANK (4), LR_LORA (1e-3), PRIOR_WEIGHT (1), THREADS (all cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SVDIFF=${SVDIFF:-build/svdiff}
 MODEL=${MODEL:-models/emoji-32}
 OUT=${1:-bench/out/personalisation-$(date +%Y%m%d-%H%M%S)}
-METHODS=${METHODS:-shifts full}
+METHODS=${METHODS:-shifts prior full}
 STEPS=${STEPS:-300}
 N=4
 SEED=100
@@ -80,6 +83,25 @@ for m in $METHODS; do
     timed $m "$SVDIFF" train --model "$MODEL" --instance-dir $TRAIN_DIR --instance-prompt "$SUBJECT" --resolution 32 \
       --center-crop --batch-size 4 --steps "$STEPS" --lr "${LR_SHIFTS:-5e-3}" --lr-1d 1e-4 --train-text-encoder --seed 1 \
       --svd-cache "$cache" --force --quiet "${threads[@]}" -o "$OUT/train-$m"
+    args=(--shifts "$OUT/train-$m" --svd-cache "$cache")
+    size=$(du -cb "$OUT/train-$m"/spectral_shifts*.safetensors | tail -1 | cut -f1)
+    ;;
+  prior)
+    # the prior set: one base-model sample per caption, the caption beside it (name.txt)
+    mkdir -p "$OUT/prior-class"
+    k=0
+    while IFS= read -r cap; do
+      case "$cap" in ''|'#'*) continue ;; esac
+      k=$((k + 1))
+      f=$(printf '%s/prior-class/p%03d' "$OUT" "$k")
+      [ -f "$f.png" ] || "$SVDIFF" generate --model "$MODEL" --prompt "$cap" --steps 25 --cfg 3 --seed $((1000 + k)) \
+        "${threads[@]}" -o "$f.png" >/dev/null 2>&1
+      printf '%s\n' "$cap" > "$f.txt"
+    done < bench/prior-captions.txt
+    timed $m "$SVDIFF" train --model "$MODEL" --instance-dir $TRAIN_DIR --instance-prompt "$SUBJECT" --resolution 32 \
+      --center-crop --batch-size 4 --steps "$STEPS" --lr "${LR_SHIFTS:-5e-3}" --lr-1d 1e-4 --train-text-encoder --seed 1 \
+      --class-dir "$OUT/prior-class" --class-prompt "an emoji, google style" --num-class-images 0 \
+      --prior-loss-weight "${PRIOR_WEIGHT:-1}" --svd-cache "$cache" --force --quiet "${threads[@]}" -o "$OUT/train-$m"
     args=(--shifts "$OUT/train-$m" --svd-cache "$cache")
     size=$(du -cb "$OUT/train-$m"/spectral_shifts*.safetensors | tail -1 | cut -f1)
     ;;

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Multi-subject demo (issue 8): trains two subjects at once on the default model (models/emoji-32),
 # "sks cat" (models/demo-subjects/cat/google) and "hta monkey" (models/demo-subjects/monkey/google),
-# three ways: Cut-Mix-Unmix (composites + Unmix loss), Cut-Mix without Unmix, and plain
-# multi-subject (no composites); draws the same composite prompts with the same seeds from the base
-# model and each variant into one sheet, and measures attention leakage before and after training.
+# four ways: Cut-Mix-Unmix with the method's MSE Unmix loss, Cut-Mix-Unmix with the share form
+# (--unmix-loss share), Cut-Mix without Unmix, and plain multi-subject (no composites); draws the
+# same composite prompts with the same seeds from the base model and each variant into one sheet,
+# and measures attention leakage before and after training two ways: on known layouts (composites
+# of held-out cat images and the monkeys, noised and denoised once: where the subjects really are)
+# and while sampling composite prompts (where the model chose to put them).
 #   scripts/demo-multisubject.sh [OUT_DIR]        (default out/multisubject)
 # Environment: MODEL (models/emoji-32), STEPS (300 per variant), LR (5e-3), CUTMIX_PROB (0.6),
-# UNMIX_WEIGHT (1), SEEDS (leakage seeds, 4), NEG (negative prompt of the samples, default none;
+# UNMIX_WEIGHT (1, the MSE form), SHARE_WEIGHT (10, the share form), SEEDS (leakage seeds, 4), NEG (negative prompt of the samples, default none;
 # e.g. "seam, split image"), SAMPLE_STEPS (25 DDIM steps per sample and leakage image), THREADS (all cores), SVDIFF (build/svdiff).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +20,7 @@ STEPS=${STEPS:-300}
 LR=${LR:-5e-3}
 CUTMIX_PROB=${CUTMIX_PROB:-0.6}
 UNMIX_WEIGHT=${UNMIX_WEIGHT:-1}
+SHARE_WEIGHT=${SHARE_WEIGHT:-10}
 SEEDS=${SEEDS:-4}
 NEG=${NEG:-}
 SAMPLE_STEPS=${SAMPLE_STEPS:-25}
@@ -26,6 +30,7 @@ A="sks cat"
 B="hta monkey"
 A_DIR=models/demo-subjects/cat/google
 B_DIR=models/demo-subjects/monkey/google
+A_HELD=models/demo-subjects/cat-heldout/google   # no monkey is left over: the 4 training monkeys
 TEMPLATE="an emoji of {}, google style"
 # The first two are the forms Cut-Mix trains on; the rest are held out.
 PROMPTS=(
@@ -42,10 +47,17 @@ LEAK=(
   "cat next to monkey (held out)|an emoji of $A next to $B, google style|$A|$B"
   "monkey left, cat right (held out)|an emoji of $B on the left and $A on the right, google style|$B|$A"
 )
-VARIANTS=(cmu cutmix plain)
-declare -A TITLE=([base]="base model (before training)" [cmu]="Cut-Mix-Unmix" [cutmix]="Cut-Mix, no Unmix"
-                  [plain]="plain multi-subject (no composites)")
+# Known-layout leakage: "label|prompt|left images|phrase there|right images|phrase there".
+LEAK_TF=(
+  "cat left, monkey right (trained form)|an emoji of $A on the left and $B on the right, google style|$A_HELD|$A|$B_DIR|$B"
+  "cat next to monkey (held out)|an emoji of $A next to $B, google style|$A_HELD|$A|$B_DIR|$B"
+  "monkey left, cat right (held out)|an emoji of $B on the left and $A on the right, google style|$B_DIR|$B|$A_HELD|$A"
+)
+VARIANTS=(cmu share cutmix plain)
+declare -A TITLE=([base]="base model (before training)" [cmu]="Cut-Mix-Unmix (MSE)" [share]="Cut-Mix-Unmix (share)"
+                  [cutmix]="Cut-Mix, no Unmix" [plain]="plain multi-subject (no composites)")
 declare -A ARGS=([cmu]="--cutmix-prob $CUTMIX_PROB --unmix-weight $UNMIX_WEIGHT"
+                 [share]="--cutmix-prob $CUTMIX_PROB --unmix-loss share --unmix-weight $SHARE_WEIGHT"
                  [cutmix]="--cutmix-prob $CUTMIX_PROB --unmix-weight 0"
                  [plain]="--cutmix-prob 0 --unmix-weight 0")
 threads=()
@@ -65,7 +77,7 @@ set_margs() {
 # json_field <name>: the value of a numeric field of the one-line JSON on stdin
 json_field() { sed -n "s/.*\"$1\": *\([^,}]*\).*/\1/p"; }
 
-echo "== 1/4 training $A + $B on $MODEL, $STEPS steps per variant: ${VARIANTS[*]}"
+echo "== 1/5 training $A + $B on $MODEL, $STEPS steps per variant: ${VARIANTS[*]}"
 declare -A SECS
 for v in "${VARIANTS[@]}"; do
   t0=$(date +%s)
@@ -78,7 +90,19 @@ for v in "${VARIANTS[@]}"; do
   echo "   ${TITLE[$v]}: ${SECS[$v]} s, final loss $(sed -n 's/.*final loss *\([^ ]*\).*/\1/p' "$OUT/train-$v.log")"
 done
 
-echo "== 2/4 attention leakage, ${#LEAK[@]} composite prompts x $SEEDS seeds, base model and each variant"
+echo "== 2/5 attention leakage on known layouts, ${#LEAK_TF[@]} composite prompts x held-out cats x monkeys x 5 timesteps"
+tf_rows=()
+for v in base "${VARIANTS[@]}"; do
+  for l in "${LEAK_TF[@]}"; do
+    IFS='|' read -r label prompt left_dir left right_dir right <<< "$l"
+    set_margs "$v"
+    j=$("$SVDIFF" attention-leakage --model "$MODEL" "${margs[@]}" --prompt "$prompt" --token-a "$left" --token-b "$right" \
+      --images-a "$left_dir" --images-b "$right_dir" --seed $SEED "${threads[@]}" --json 2>/dev/null)
+    tf_rows+=("| ${TITLE[$v]} | $label | $left: $(json_field leakage_a <<< "$j") | $right: $(json_field leakage_b <<< "$j") | $(json_field leakage_mean <<< "$j") | $(json_field token_mass_a <<< "$j") / $(json_field token_mass_b <<< "$j") |")
+  done
+done
+
+echo "== 3/5 attention leakage while sampling, ${#LEAK[@]} composite prompts x $SEEDS seeds, base model and each variant"
 rows=()
 for v in base "${VARIANTS[@]}"; do
   for l in "${LEAK[@]}"; do
@@ -90,7 +114,7 @@ for v in base "${VARIANTS[@]}"; do
   done
 done
 
-echo "== 3/4 sampling ${#PROMPTS[@]} prompts x $N seeds, base model and each variant"
+echo "== 4/5 sampling ${#PROMPTS[@]} prompts x $N seeds, base model and each variant"
 neg=()
 [ -n "$NEG" ] && neg=(--negative-prompt "$NEG")
 sheet=()
@@ -103,14 +127,24 @@ for i in "${!PROMPTS[@]}"; do
   done
 done
 
-echo "== 4/4 sheets and table"
-"$SVDIFF" grid --cols $((4 * N)) --scale 4 -o "$OUT/compositions.png" "${sheet[@]}"
+echo "== 5/5 sheets and table"
+"$SVDIFF" grid --cols $(((${#VARIANTS[@]} + 1) * N)) --scale 4 -o "$OUT/compositions.png" "${sheet[@]}"
 "$SVDIFF" grid --cols 4 --scale 4 -o "$OUT/training-images.png" "$A_DIR"/*.png "$B_DIR"/*.png
 {
   echo "Attention leakage: share of each phrase's cross-attention mass in the OTHER subject's half (0.5 = no"
-  echo "spatial preference, lower = less leakage), all cross-attention layers, $SEEDS seeds x $SAMPLE_STEPS DDIM steps, cfg 3;"
-  echo "token mass = mean attention probability per position and head on each phrase (left / right)."
-  echo "$STEPS steps per variant, lr $LR, batch 4, cutmix prob $CUTMIX_PROB, unmix weight $UNMIX_WEIGHT; model $MODEL."
+  echo "spatial preference, lower = less leakage), all cross-attention layers; token mass = mean attention"
+  echo "probability per position and head on each phrase (left / right)."
+  echo "$STEPS steps per variant, lr $LR, batch 4, cutmix prob $CUTMIX_PROB, unmix weight $UNMIX_WEIGHT (MSE) / $SHARE_WEIGHT (share); model $MODEL."
+  echo
+  echo "On known layouts (\`svdiff attention-leakage --images-a/--images-b\`): every pair of the 6 held-out google"
+  echo "cats ($A_HELD) and the 4 monkeys composed as Cut-Mix does, noised to t = 100, 300, 500, 700, 900 with"
+  echo "fixed noise and denoised once with the prompt:"
+  echo
+  echo "| model | prompt | leakage, left phrase | leakage, right phrase | mean | token mass left / right |"
+  echo "|---|---|---|---|---|---|"
+  printf '%s\n' "${tf_rows[@]}"
+  echo
+  echo "While sampling ($SEEDS seeds x $SAMPLE_STEPS DDIM steps, cfg 3; the halves are where the prompt puts the subjects):"
   echo
   for l in "${LEAK[@]}"; do IFS='|' read -r label prompt _ <<< "$l"; echo "- $label: \"$prompt\""; done
   echo

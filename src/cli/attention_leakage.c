@@ -131,16 +131,7 @@ int cmd_attention_leakage(int argc, char **argv) {
         case 'S': sampler_name = optarg; break;
         case 'W': bad = cli_parse_int(verb, "--width", optarg, 8, 8192, &width); break;
         case 'H': bad = cli_parse_int(verb, "--height", optarg, 8, 8192, &height); break;
-        case 'x':
-            if (n_shifts == MAX_SHIFTS || shift_spec_parse(optarg, shift_paths[n_shifts], sizeof shift_paths[0],
-                                                           &shifts[n_shifts].scale)) {
-                fprintf(stderr, "svdiff %s: --shifts %s\n", verb, n_shifts == MAX_SHIFTS ? "given too often" : sd_last_error());
-                bad = 1;
-            } else {
-                shifts[n_shifts].path = shift_paths[n_shifts];
-                n_shifts++;
-            }
-            break;
+        case 'x': bad = cli_add_file_spec(verb, "--shifts", optarg, shifts, shift_paths, MAX_SHIFTS, &n_shifts); break;
         case 'C': svd_cache_dir = optarg; break;
         case 'F': force = 1; break;
         case 't': bad = cli_parse_int(verb, "--threads", optarg, 1, 1024, &threads); break;
