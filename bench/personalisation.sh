@@ -7,7 +7,7 @@
 # personalised samples of the same seeds, on 10 captions of other emoji (should stay small) and on
 # the 5 subject prompts of the quick start (where change is wanted).
 #   bench/personalisation.sh [OUT_DIR]     (default bench/out/personalisation-DATE)
-# Methods: shifts (spectral shifts, UNet + text encoder), prior (the same with prior preservation:
+# Methods: shifts (spectral shifts, UNet + text encoder), unet (spectral shifts of the UNet only), prior (the same with prior preservation:
 # the base model's own samples of 48 other captions, bench/prior-captions.txt, trained alongside
 # with their captions so the rest of the model's repertoire is held in place), lora, full.
 # Environment: MODEL (models/emoji-32), METHODS ("shifts prior full"), STEPS (300), LR_SHIFTS (5e-3),
@@ -86,6 +86,13 @@ for m in $METHODS; do
     args=(--shifts "$OUT/train-$m" --svd-cache "$cache")
     size=$(du -cb "$OUT/train-$m"/spectral_shifts*.safetensors | tail -1 | cut -f1)
     ;;
+  unet)   # spectral shifts of the UNet only: the text encoder (and so every prompt's encoding) untouched
+    timed $m "$SVDIFF" train --model "$MODEL" --instance-dir $TRAIN_DIR --instance-prompt "$SUBJECT" --resolution 32 \
+      --center-crop --batch-size 4 --steps "$STEPS" --lr "${LR_SHIFTS:-5e-3}" --lr-1d 1e-4 --seed 1 \
+      --svd-cache "$cache" --force --quiet "${threads[@]}" -o "$OUT/train-$m"
+    args=(--shifts "$OUT/train-$m" --svd-cache "$cache")
+    size=$(du -cb "$OUT/train-$m"/spectral_shifts*.safetensors | tail -1 | cut -f1)
+    ;;
   prior)
     # the prior set: one base-model sample per caption, the caption beside it (name.txt)
     mkdir -p "$OUT/prior-class"
@@ -128,9 +135,23 @@ for m in $METHODS; do
   else samples $m "${args[@]}"; fi
   row[$m]="| $m | $size | $secs | $((rss / 1024)) | $(loss $HELD_DIR "${model_args[@]}") | $(loss $TRAIN_DIR "${model_args[@]}") | $(drift $m o ${#OTHER[@]}) | $(drift $m s ${#SUBJ[@]}) |"
 done
+# scales for the drift column: how far apart the base model's own samples are with another seed
+# (same prompt: seed k vs k+1) and with another prompt (same seed: other caption i vs i+1)
+ref_pairs() {
+  local files=()
+  if [ "$1" = seed ]; then
+    for ((i = 0; i < ${#OTHER[@]}; i++)); do for ((k = 1; k < N; k++)); do files+=("$OUT/base/o$i-$k.png" "$OUT/base/o$i-$((k + 1)).png"); done; done
+  else
+    for ((i = 0; i + 1 < ${#OTHER[@]}; i++)); do for k in $(seq 1 $N); do files+=("$OUT/base/o$i-$k.png" "$OUT/base/o$((i + 1))-$k.png"); done; done
+  fi
+  "$SVDIFF" compare --json "${files[@]}" | sed 's/.*"mean_mse": \([^}]*\)}/\1/'
+}
 {
   echo "| method | output bytes | train s | peak RSS MB | held-out cat loss | training-image loss | drift, other emoji (MSE) | change, sks prompts (MSE) |"
   echo "|---|---|---|---|---|---|---|---|"
   echo "${row[base]}"
   for m in $METHODS; do echo "${row[$m]}"; done
+  echo
+  echo "Scale of the drift column, base model alone: another seed, same caption: MSE $(ref_pairs seed);"
+  echo "another caption, same seed: MSE $(ref_pairs prompt)."
 } | tee "$OUT/table.md"

@@ -6,15 +6,16 @@
 # epsilon-prediction model's first sampling step divides its noise error by sqrt(alphas_cumprod),
 # 34x at t=981 with the capped cosine schedule, and its samples came out as clipped blotches),
 # bf16 matrix products with fp32 accumulation and fp32 master weights (1.4 s/step against 1.7 s
-# for fp32 on 2 cores), EMA of the weights saved as the model.
-# Resumes from its last checkpoint when run again after a kill. About 1 h 40 min on 2 idle cores.
+# for fp32 on 2 idle cores; 1.9-2.1 s/step were seen on this shared machine), EMA of the weights
+# saved as the model. 3,000 steps of batch 32 (96,000 images, 12.8 epochs).
+# Resumes from its last checkpoint when run again after a kill. 70-105 min on 2 cores.
 #   scripts/pretrain-default-model.sh [WORK_DIR]     (default out/pretrain)
-# Environment: STEPS (4000), LR (5e-4), DTYPE (bf16), THREADS (all cores). The result is copied to
+# Environment: STEPS (3000), LR (5e-4), DTYPE (bf16), THREADS (all cores). The result is copied to
 # models/emoji-32 only with INSTALL=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-out/pretrain}
-STEPS=${STEPS:-4000}
+STEPS=${STEPS:-3000}
 LR=${LR:-5e-4}
 DTYPE=${DTYPE:-bf16}
 SVDIFF=build/svdiff
