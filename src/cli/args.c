@@ -7,6 +7,7 @@
 #include <stdlib.h>
 
 #include "base/error.h"
+#include "ops/gemm.h"
 #include "shifts/shifts.h"
 
 int cli_parse_int(const char *verb, const char *flag, const char *s, int lo, int hi, int *out) {
@@ -48,5 +49,15 @@ int cli_add_file_spec(const char *verb, const char *flag, const char *arg, pipel
     }
     list[*n].path = paths[*n];
     (*n)++;
+    return 0;
+}
+
+int cli_set_compute_dtype(const char *verb, const char *arg) {
+    sd_compute_t dt;
+    if (sd_parse_compute_dtype(arg, &dt)) {
+        fprintf(stderr, "svdiff %s: --compute-dtype must be fp32 or bf16, got '%s'\n", verb, arg);
+        return -1;
+    }
+    sd_set_compute_dtype(dt);
     return 0;
 }

@@ -10,7 +10,6 @@
 #include "base/runtime.h"
 #include "cli/args.h"
 #include "cli/commands.h"
-#include "ops/gemm.h"
 #include "pipeline/adapters.h"
 #include "pipeline/pipeline.h"
 #include "shifts/shifts.h"
@@ -49,8 +48,6 @@ enum { MAX_T = 1000, MAX_SHIFTS = 32 };
 int cmd_eval(int argc, char **argv) {
     const char *model = NULL, *tokenizer = NULL, *dir = NULL, *prompt = NULL, *ts_list = NULL, *svd_cache = NULL;
     int n_t = 10, draws = 4, res = 0, threads = 0, json = 0, force = 0, n_shifts = 0;
-    sd_compute_t compute = SD_COMPUTE_FP32;
-    int compute_set = 0;
     unsigned long long seed = 0;
     pipeline_shift_t shifts[MAX_SHIFTS], deltas[MAX_SHIFTS], loras[MAX_SHIFTS];
     static char shift_paths[MAX_SHIFTS][4096], delta_paths[MAX_SHIFTS][4096], lora_paths[MAX_SHIFTS][4096];
@@ -92,13 +89,7 @@ int cmd_eval(int argc, char **argv) {
         case 'r': bad = cli_parse_int("eval", "--resolution", optarg, 8, 8192, &res); break;
         case 'j': bad = cli_parse_int("eval", "--threads", optarg, 1, 1024, &threads); break;
         case 'J': json = 1; break;
-        case 'Y':
-            if (sd_parse_compute_dtype(optarg, &compute)) {
-                fprintf(stderr, "svdiff eval: --compute-dtype must be fp32 or bf16, got '%s'\n", optarg);
-                bad = 1;
-            }
-            compute_set = 1;
-            break;
+        case 'Y': bad = cli_set_compute_dtype("eval", optarg); break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -113,7 +104,6 @@ int cmd_eval(int argc, char **argv) {
         return 2;
     }
     sd_set_threads(threads);
-    if (compute_set) sd_set_compute_dtype(compute);
     pipeline_t p;
     if (pipeline_open(&p, model, tokenizer)) {
         fprintf(stderr, "svdiff eval: %s\n", sd_last_error());

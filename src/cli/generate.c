@@ -18,7 +18,6 @@
 #include "cli/commands.h"
 #include "io/image.h"
 #include "io/safetensors.h"
-#include "ops/gemm.h"
 #include "pipeline/adapters.h"
 #include "pipeline/pipeline.h"
 #include "shifts/shifts.h"
@@ -118,8 +117,6 @@ int cmd_generate(int argc, char **argv) {
     const char *model = NULL, *tokenizer = NULL, *prompt = NULL, *negative = NULL, *out = NULL;
     const char *init_path = NULL, *save_path = NULL, *sampler_name = "ddim";
     int steps = 20, width = 0, height = 0, num_images = 1, batch = 1, threads = 0;
-    sd_compute_t compute = SD_COMPUTE_FP32;
-    int compute_set = 0;
     float cfg = 7.5f, eta = 0.0f;
     unsigned long long seed = 42;
     int n_shifts = 0, force = 0;
@@ -174,13 +171,7 @@ int cmd_generate(int argc, char **argv) {
         case 'i': init_path = optarg; break;
         case 'l': save_path = optarg; break;
         case 't': bad = cli_parse_int("generate", "--threads", optarg, 1, 1024, &threads); break;
-        case 'Y':
-            if (sd_parse_compute_dtype(optarg, &compute)) {
-                fprintf(stderr, "svdiff generate: --compute-dtype must be fp32 or bf16, got '%s'\n", optarg);
-                bad = 1;
-            }
-            compute_set = 1;
-            break;
+        case 'Y': bad = cli_set_compute_dtype("generate", optarg); break;
         case 'o': out = optarg; break;
         case 'x': bad = cli_add_file_spec("generate", "--shifts", optarg, shifts, shift_paths, MAX_SHIFTS, &n_shifts); break;
         case 'D': bad = cli_add_file_spec("generate", "--delta", optarg, deltas, delta_paths, MAX_SHIFTS, &n_deltas); break;
@@ -205,7 +196,6 @@ int cmd_generate(int argc, char **argv) {
     if (eta < 0 || eta > 1) { fprintf(stderr, "svdiff generate: --eta must be in [0, 1]\n"); return 2; }
     if (batch > num_images) batch = num_images;
     sd_set_threads(threads);
-    if (compute_set) sd_set_compute_dtype(compute);
 
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);

@@ -12,7 +12,6 @@
 #include "base/runtime.h"
 #include "cli/args.h"
 #include "cli/commands.h"
-#include "ops/gemm.h"
 #include "train/cutmix.h"
 #include "train/trainer.h"
 
@@ -165,8 +164,6 @@ int train_cli(int argc, char **argv, int pretrain) {
     train_config_t c;
     train_config_default(&c);
     int lr_given = 0, lora_flag = 0;
-    sd_compute_t compute = SD_COMPUTE_FP32;
-    int compute_set = 0;
     if (pretrain) {
         c.mode = TRAIN_MODE_FULL;
         c.train_text_encoder = 1;
@@ -355,13 +352,7 @@ int train_cli(int argc, char **argv, int pretrain) {
             break;
         }
         case O_THREADS: bad = cli_parse_int(verb, "--threads", optarg, 1, 1024, &c.threads); break;
-        case O_COMPUTE:
-            if (sd_parse_compute_dtype(optarg, &compute)) {
-                fprintf(stderr, "svdiff %s: --compute-dtype must be fp32 or bf16, got '%s'\n", verb, optarg);
-                bad = 1;
-            }
-            compute_set = 1;
-            break;
+        case O_COMPUTE: bad = cli_set_compute_dtype(verb, optarg); break;
         case 'o': c.out_dir = optarg; break;
         case O_SAVE_DTYPE:
             if (!strcmp(optarg, "fp32") || !strcmp(optarg, "fp16")) c.save_fp16 = !strcmp(optarg, "fp16");
@@ -470,7 +461,6 @@ int train_cli(int argc, char **argv, int pretrain) {
     c.sample_prompts = samples;
     c.n_sample_prompts = n_samples;
     sd_set_threads(c.threads);
-    if (compute_set) sd_set_compute_dtype(compute);
 
     trainer_t t;
     int rc = trainer_open(&t, &c);

@@ -11,7 +11,7 @@
 int conv2d_out_h(const conv2d_shape_t *s) { return (s->H + s->pad[0] + s->pad[1] - s->KH) / s->stride + 1; }
 int conv2d_out_w(const conv2d_shape_t *s) { return (s->W + s->pad[2] + s->pad[3] - s->KW) / s->stride + 1; }
 
-static int is_pointwise(const conv2d_shape_t *s) {
+int conv2d_is_pointwise(const conv2d_shape_t *s) {
     return s->KH == 1 && s->KW == 1 && s->stride == 1 &&
            s->pad[0] == 0 && s->pad[1] == 0 && s->pad[2] == 0 && s->pad[3] == 0;
 }
@@ -74,30 +74,32 @@ void col2im_add(float *dimg, const float *col, const conv2d_shape_t *s) {
     }
 }
 
+void conv2d_image_gemm(float *out, int M, const float *A, const float *img, const conv2d_shape_t *s, float beta) {
+    const int P = conv2d_out_h(s) * conv2d_out_w(s), K = s->IC * s->KH * s->KW;
+    if (conv2d_is_pointwise(s)) {
+        sd_gemm(CblasNoTrans, CblasNoTrans, M, P, K, 1.0f, A, K, img, P, beta, out, P);
+    } else if (sd_gemm_uses_bf16(M, P, K)) {   /* no fp32 column matrix */
+        gemm_bf16_im2col(M, 1.0f, A, K, img, s, beta, out);
+    } else {
+        scratch_mark_t mark = scratch_mark();
+        float *col = scratch_floats((size_t)K * P);
+        im2col(col, img, s);
+        sd_gemm(CblasNoTrans, CblasNoTrans, M, P, K, 1.0f, A, K, col, P, beta, out, P);
+        scratch_release(mark);
+    }
+}
+
 void conv2d_forward(float *out, const float *inp, const float *weight, const float *bias,
                     const conv2d_shape_t *s) {
-    const int OH = conv2d_out_h(s), OW = conv2d_out_w(s), P = OH * OW;
-    const int K = s->IC * s->KH * s->KW;
-    const int pointwise = is_pointwise(s);
-    /* bf16 compute packs the columns straight from the image (no fp32 column matrix) */
-    const int fused = !pointwise && sd_gemm_uses_bf16(s->OC, P, K);
-    scratch_mark_t mark = scratch_mark();
-    float *col = (pointwise || fused) ? NULL : scratch_floats((size_t)K * P);
+    const int P = conv2d_out_h(s) * conv2d_out_w(s);
     for (int b = 0; b < s->B; b++) {
-        const float *x = inp + (size_t)b * s->IC * s->H * s->W;
         float *y = out + (size_t)b * s->OC * P;
-        if (!pointwise && !fused) im2col(col, x, s);
         if (bias)
             for (int o = 0; o < s->OC; o++)
                 for (int p = 0; p < P; p++) y[(size_t)o * P + p] = bias[o];
         /* y[OC, P] (+)= weight[OC, K] @ col[K, P] */
-        if (fused)
-            gemm_bf16_im2col(s->OC, 1.0f, weight, K, x, s, bias ? 1.0f : 0.0f, y);
-        else
-            sd_gemm(CblasNoTrans, CblasNoTrans, s->OC, P, K, 1.0f, weight, K,
-                    pointwise ? x : col, P, bias ? 1.0f : 0.0f, y, P);
+        conv2d_image_gemm(y, s->OC, weight, inp + (size_t)b * s->IC * s->H * s->W, s, bias ? 1.0f : 0.0f);
     }
-    scratch_release(mark);
 }
 
 void conv2d_backward(float *dinp, float *dweight, float *dbias,
@@ -105,7 +107,7 @@ void conv2d_backward(float *dinp, float *dweight, float *dbias,
                      const conv2d_shape_t *s) {
     const int OH = conv2d_out_h(s), OW = conv2d_out_w(s), P = OH * OW;
     const int K = s->IC * s->KH * s->KW;
-    const int pointwise = is_pointwise(s);
+    const int pointwise = conv2d_is_pointwise(s);
     scratch_mark_t mark = scratch_mark();
     float *col = (!pointwise && dweight) ? scratch_floats((size_t)K * P) : NULL;
     float *dcol = (!pointwise && dinp) ? scratch_floats((size_t)K * P) : NULL;

@@ -43,6 +43,13 @@ void conv2d_backward(float *dinp, float *dweight, float *dbias,
  * col[IC*KH*KW, OH*OW] for one image; col2im accumulates into dimg[IC, H, W]. */
 void im2col(float *col, const float *img, const conv2d_shape_t *s);
 void col2im_add(float *dimg, const float *col, const conv2d_shape_t *s);
+/* 1x1 kernel, stride 1, no padding: the image [IC, H*W] already is its column matrix. */
+int conv2d_is_pointwise(const conv2d_shape_t *s);
+/* out[M, P] = A[M, K] @ col + beta * out for one image, col = im2col(img) (K = IC*KH*KW,
+ * P = OH*OW, row strides K and P): the product behind every conv forward (A = the kernel, or a
+ * spectral conv's Vt). A pointwise conv multiplies the image itself, bf16 compute packs the
+ * columns straight from the image (gemm_bf16_im2col), else im2col into scratch memory. */
+void conv2d_image_gemm(float *out, int M, const float *A, const float *img, const conv2d_shape_t *s, float beta);
 
 /* ---- normalisation (norm.c) ----
  * GroupNorm: inp/out [B, C, S] (S = H*W), G groups of C/G channels, per-channel affine.

@@ -175,11 +175,6 @@ void spectral_linear_backward(float *dinp, float *ddelta, float *dbias, const fl
     scratch_release(mark);
 }
 
-static int is_pointwise(const conv2d_shape_t *s) {
-    return s->KH == 1 && s->KW == 1 && s->stride == 1 &&
-           s->pad[0] == 0 && s->pad[1] == 0 && s->pad[2] == 0 && s->pad[3] == 0;
-}
-
 void spectral_conv2d_forward(float *out, const float *inp, const float *W, const spectral_t *sp,
                              const float *Weff, const float *bias, const conv2d_shape_t *s) {
     SD_CHECK(sp->rows == s->OC && sp->cols == s->IC * s->KH * s->KW,
@@ -188,25 +183,17 @@ void spectral_conv2d_forward(float *out, const float *inp, const float *W, const
         conv2d_forward(out, inp, Weff, bias, s);
         return;
     }
-    const int P = conv2d_out_h(s) * conv2d_out_w(s), K = sp->cols, r = sp->rank, OC = sp->rows;
-    const int pointwise = is_pointwise(s);
+    const int P = conv2d_out_h(s) * conv2d_out_w(s), r = sp->rank, OC = sp->rows;
     if (W) conv2d_forward(out, inp, W, bias, s);
     scratch_mark_t mark = scratch_mark();
     float *c = scratch_floats(r);
-    const int fused = !pointwise && sd_gemm_uses_bf16(r, P, K);  /* bf16: columns packed from the image */
-    float *col = (pointwise || fused) ? NULL : scratch_floats((size_t)K * P);
     float *z = scratch_floats((size_t)r * P);
     spectral_coeffs(c, sp, W != NULL);
     for (int b = 0; b < s->B; b++) {
         const float *x = inp + (size_t)b * s->IC * s->H * s->W;
         float *y = out + (size_t)b * OC * P;
-        if (!pointwise && !fused) im2col(col, x, s);
         /* z[r, P] = Vt[r, K] @ col[K, P]: a conv with the rank right-singular kernels */
-        if (fused)
-            gemm_bf16_im2col(r, 1.0f, sp->Vt, K, x, s, 0.0f, z);
-        else
-            sd_gemm(CblasNoTrans, CblasNoTrans, r, P, K, 1.0f, sp->Vt, K,
-                    pointwise ? x : col, P, 0.0f, z, P);
+        conv2d_image_gemm(z, r, sp->Vt, x, s, 0.0f);
         for (int i = 0; i < r; i++)
             for (int p = 0; p < P; p++) z[(size_t)i * P + p] *= c[i];
         if (!W && bias)
@@ -225,7 +212,7 @@ void spectral_conv2d_backward(float *dinp, float *ddelta, float *dbias, const fl
     SD_CHECK(sp->rows == s->OC && sp->cols == s->IC * s->KH * s->KW,
              "spectral %dx%d vs conv %dx%dx%dx%d", sp->rows, sp->cols, s->OC, s->IC, s->KH, s->KW);
     const int P = conv2d_out_h(s) * conv2d_out_w(s), K = sp->cols, r = sp->rank, OC = sp->rows;
-    const int pointwise = is_pointwise(s);
+    const int pointwise = conv2d_is_pointwise(s);
     if (dbias) conv2d_backward(NULL, NULL, dbias, dout, inp, NULL, s);
     if (dinp && (Weff || W)) conv2d_backward(dinp, NULL, NULL, dout, inp, Weff ? Weff : W, s);
     const int factored_dinp = dinp && !Weff;
@@ -234,7 +221,7 @@ void spectral_conv2d_backward(float *dinp, float *ddelta, float *dbias, const fl
     float *c = scratch_floats(r);
     float *g = scratch_floats((size_t)r * P);
     float *z = ddelta ? scratch_floats((size_t)r * P) : NULL;
-    float *col = (!pointwise && (ddelta || factored_dinp)) ? scratch_floats((size_t)K * P) : NULL;
+    float *col = (!pointwise && factored_dinp) ? scratch_floats((size_t)K * P) : NULL;   /* dcol */
     spectral_coeffs(c, sp, W != NULL);
     for (int b = 0; b < s->B; b++) {
         const float *x = inp + (size_t)b * s->IC * s->H * s->W;
@@ -242,14 +229,8 @@ void spectral_conv2d_backward(float *dinp, float *ddelta, float *dbias, const fl
         /* g[r, P] = U^T @ dy */
         sd_gemm(CblasTrans, CblasNoTrans, r, P, OC, 1.0f, sp->U, r, dy, P,
                 0.0f, g, P);
-        if (ddelta) {
-            if (!pointwise && sd_gemm_uses_bf16(r, P, K)) {   /* bf16: columns packed from the image */
-                gemm_bf16_im2col(r, 1.0f, sp->Vt, K, x, s, 0.0f, z);
-            } else {
-                if (!pointwise) im2col(col, x, s);
-                sd_gemm(CblasNoTrans, CblasNoTrans, r, P, K, 1.0f, sp->Vt, K,
-                        pointwise ? x : col, P, 0.0f, z, P);
-            }
+        if (ddelta) {   /* z = Vt @ col, recomputed rather than kept from forward */
+            conv2d_image_gemm(z, r, sp->Vt, x, s, 0.0f);
             accumulate_ddelta(ddelta, z, g, sp, P, 0);
         }
         if (factored_dinp) {
