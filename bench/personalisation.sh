@@ -7,11 +7,13 @@
 # personalised samples of the same seeds, on 10 captions of other emoji (should stay small) and on
 # the 5 subject prompts of the quick start (where change is wanted).
 #   bench/personalisation.sh [OUT_DIR]     (default bench/out/personalisation-DATE)
-# Methods: shifts (spectral shifts, UNet + text encoder), unet (spectral shifts of the UNet only), prior (the same with prior preservation:
+# Methods: shifts (spectral shifts, UNet + text encoder), unet (spectral shifts of the UNet only), kv
+# (shifts of the UNet's cross-attention keys and values only, --shift-layers), prior (the same with prior preservation:
 # the base model's own samples of 48 other captions, bench/prior-captions.txt, trained alongside
 # with their captions so the rest of the model's repertoire is held in place), lora, full.
 # Environment: MODEL (models/emoji-32), METHODS ("shifts prior full"), STEPS (300), LR_SHIFTS (5e-3),
-# LR_FULL (5e-5), LORA_RANK (4), LR_LORA (1e-3), PRIOR_WEIGHT (1), THREADS (all cores).
+# LR_FULL (5e-5), LORA_RANK (4), LR_LORA (1e-3), PRIOR_WEIGHT (1), LR_KV (LR_SHIFTS), SHIFT_LAYERS
+# (attn2.to_k,attn2.to_v: the kv method's layers), THREADS (all cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SVDIFF=${SVDIFF:-build/svdiff}
@@ -90,6 +92,14 @@ for m in $METHODS; do
     timed $m "$SVDIFF" train --model "$MODEL" --instance-dir $TRAIN_DIR --instance-prompt "$SUBJECT" --resolution 32 \
       --center-crop --batch-size 4 --steps "$STEPS" --lr "${LR_SHIFTS:-5e-3}" --lr-1d 1e-4 --seed 1 \
       --svd-cache "$cache" --force --quiet "${threads[@]}" -o "$OUT/train-$m"
+    args=(--shifts "$OUT/train-$m" --svd-cache "$cache")
+    size=$(du -cb "$OUT/train-$m"/spectral_shifts*.safetensors | tail -1 | cut -f1)
+    ;;
+  kv)     # spectral shifts of the UNet's cross-attention keys and values only (--shift-layers, as
+          # Custom Diffusion): another prompt's tokens meet the changed projections, nothing else does
+    timed $m "$SVDIFF" train --model "$MODEL" --instance-dir $TRAIN_DIR --instance-prompt "$SUBJECT" --resolution 32 \
+      --center-crop --batch-size 4 --steps "$STEPS" --lr "${LR_KV:-${LR_SHIFTS:-5e-3}}" --lr-1d 1e-4 --seed 1 \
+      --shift-layers "${SHIFT_LAYERS:-attn2.to_k,attn2.to_v}" --svd-cache "$cache" --force --quiet "${threads[@]}" -o "$OUT/train-$m"
     args=(--shifts "$OUT/train-$m" --svd-cache "$cache")
     size=$(du -cb "$OUT/train-$m"/spectral_shifts*.safetensors | tail -1 | cut -f1)
     ;;

@@ -21,6 +21,7 @@
 #include "models/tokenizer.h"
 #include "models/utf8class.h"
 #include "pipeline/pipeline.h"
+#include "train/dataset.h"
 
 static double now_s(void) {
     struct timespec ts;
@@ -534,6 +535,62 @@ static void test_init_folder(void **state) {
     }
 }
 
+/* A text encoder with fewer positions than CLIP's 77 (the default model's short captions): init
+ * writes a tokenizer that pads to that length, the statistics count that many tokens, the pipeline
+ * encodes and samples with it, and training refuses a prompt that does not fit. */
+static void test_init_short_context(void **state) {
+    (void)state;
+    int n;
+    char **caps = fixture_captions(&n);
+    char *tokdir = temp_dir(), *d = temp_dir();
+    bpe_learn_options_t bo = {.vocab_size = 600, .min_frequency = 2};
+    assert_int_equal(bpe_learn((const char *const *)caps, n, &bo, tokdir, NULL), 0);
+    bpe_free_captions(caps, n);
+    char *text = strdup(TINY_CONFIG), *at = strstr(text, "\"max_position_embeddings\": 77");
+    assert_non_null(at);
+    memcpy(at + strlen("\"max_position_embeddings\": "), "16", 2);
+    cJSON *cfg = parse(text), *cfg77 = parse(TINY_CONFIG);
+    model_init_stats_t st, st77;
+    assert_int_equal(model_init(cfg, d, &(model_init_options_t){.seed = 1, .tokenizer_dir = tokdir}, &st), 0);
+    assert_int_equal(model_init_stats(cfg77, 600, 0, &st77), 0);
+    assert_int_equal(st.tokens, 16);
+    assert_int_equal(st77.tokens, 77);
+    assert_true(st.flops[1] < st77.flops[1] * 16.0 / 77.0 * 1.1);   /* linear in tokens, plus attention */
+    assert_true(st.flops[0] < st77.flops[0]);                        /* cross-attention k/v and products */
+
+    char *tc_path = path2(d, "tokenizer/tokenizer_config.json");
+    cJSON *tc = NULL;
+    assert_int_equal(model_init_read_config(tc_path, &tc), 0);
+    assert_int_equal(cJSON_GetObjectItem(tc, "model_max_length")->valueint, 16);
+    cJSON_Delete(tc);
+
+    pipeline_t p;
+    assert_int_equal(pipeline_open(&p, d, NULL), 0);
+    assert_int_equal(p.n_ctx, 16);
+    float lat[3 * 8 * 8];
+    txt2img_opts_t o = {.prompt = "an emoji of a dog", .width = 8, .height = 8, .steps = 2, .cfg = 2, .seed = 5,
+                        .batch = 1};
+    assert_int_equal(pipeline_txt2img(&p, &o, NULL, lat), 0);
+    for (int i = 0; i < 3 * 8 * 8; i++) assert_true(isfinite(lat[i]));
+    /* the training prompt table pads to the model's length and refuses what would be cut */
+    prompt_table_t pt = {.T = p.n_ctx};
+    assert_int_equal(prompt_table_add(&pt, p.tok, "an emoji of a dog", "test"), 0);
+    assert_int_equal(pt.ids[0], tokenizer_bos_id(p.tok));
+    assert_int_equal(prompt_table_add(&pt, p.tok,
+                                      "a dog a dog a dog a dog a dog a dog a dog a dog a dog a dog", "test"),
+                     SD_ERR_ARG);
+    assert_non_null(strstr(sd_last_error(), "more than the text encoder's 16"));
+    prompt_table_free(&pt);
+    pipeline_close(&p);
+
+    cJSON_Delete(cfg);
+    cJSON_Delete(cfg77);
+    free(text);
+    free(tc_path);
+    rm_tree(tokdir), rm_tree(d);
+    free(tokdir), free(d);
+}
+
 int main(int argc, char **argv) {
     if (argc > 1) cmocka_set_test_filter(argv[1]);
     const struct CMUnitTest tests[] = {
@@ -547,6 +604,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_bpe_read_tsv),
         cmocka_unit_test(test_bpe_speed),
         cmocka_unit_test(test_init_folder),
+        cmocka_unit_test(test_init_short_context),
     };
     return cmocka_run_group_tests_name("init", tests, NULL, NULL);
 }

@@ -678,6 +678,51 @@ static void test_rank_limited(void **state) {
     rm_tree(p.tmp);
 }
 
+/* --shift-layers: only the arrays whose name contains one of the substrings move (here the UNet's
+ * cross-attention keys and every text-encoder array); the rest stay exactly 0, the file records
+ * the list, and a list that matches nothing is refused before anything is written. */
+static void test_shift_layers(void **state) {
+    (void)state;
+    assert_true(shift_layer_selected(NULL, "unet/conv_in"));
+    assert_true(shift_layer_selected("", "unet/conv_in"));
+    assert_true(shift_layer_selected("x,,conv_in", "unet/conv_in"));
+    assert_false(shift_layer_selected("attn2,te/", "unet/conv_in"));
+    assert_true(shift_layer_selected("attn2,te/", "te/text_model.encoder.layers.0.self_attn.q_proj.weight"));
+    paths_t p;
+    make_tmp(p.tmp, sizeof p.tmp);
+    make_data(p.tmp);
+    train_config_t c;
+    small_config(&c, &p, "layers");
+    c.shift_layers = "attn2.to_k,te/";
+    assert_int_equal(train_once(&c), 0);
+    char path[256];
+    snprintf(path, sizeof path, "%s/spectral_shifts.safetensors", p.out);
+    shift_set_t s;
+    assert_int_equal(shiftset_load(&s, path), 0);
+    int selected = 0, moved = 0, others = 0;
+    for (int i = 0; i < s.n; i++) {
+        const shift_entry_t *e = &s.entries[i];
+        int nonzero = 0;
+        for (int j = 0; j < e->n; j++) nonzero += e->values[j] != 0.0f;
+        if (strstr(e->path, "attn2.to_k")) selected++, moved += nonzero > 0;
+        else others++, assert_int_equal(nonzero, 0);
+    }
+    assert_true(selected > 0 && moved == selected && others > 0);
+    assert_string_equal(shiftset_meta(&s, "shift_layers"), "attn2.to_k,te/");
+    shiftset_free(&s);
+    snprintf(path, sizeof path, "%s/spectral_shifts_te.safetensors", p.out);
+    assert_int_equal(shiftset_load(&s, path), 0);
+    moved = 0;
+    for (int i = 0; i < s.n; i++)
+        for (int j = 0; j < s.entries[i].n; j++) moved += s.entries[i].values[j] != 0.0f;
+    assert_true(moved > 0);
+    shiftset_free(&s);
+    small_config(&c, &p, "layers-none");
+    c.shift_layers = "no_such_module";
+    expect_error(&c, "matches no weight of the model");
+    rm_tree(p.tmp);
+}
+
 int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_golden_step),
@@ -689,6 +734,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_bad_inputs),
         cmocka_unit_test(test_end_to_end),
         cmocka_unit_test(test_rank_limited),
+        cmocka_unit_test(test_shift_layers),
     };
     if (argc > 1) cmocka_set_test_filter(argv[1]);
     int rc = cmocka_run_group_tests(tests, NULL, NULL);

@@ -57,7 +57,7 @@ static void usage(FILE *f) {
 static int leakage_on_images(pipeline_t *p, const char *prompt, const char *ta, const char *tb, const char *dir_a,
                              const char *dir_b, int res, int vertical, int fit, const char *layers, const int *ts,
                              int n_ts, unsigned long long seed, double share[2], int ntok[2], double mass[2]) {
-    prompt_table_t pt = {0};
+    prompt_table_t pt = {.T = p->n_ctx};
     image_set_t sa = {0}, sb = {0};
     int rc = image_set_scan(&sa, dir_a, "--images-a", 0, 0, prompt, &pt, p->tok);
     if (!rc) rc = image_set_scan(&sb, dir_b, "--images-b", 0, 0, prompt, &pt, p->tok);

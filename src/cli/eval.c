@@ -129,7 +129,7 @@ int cmd_eval(int argc, char **argv) {
     if (!rc && n_shifts) rc = pipeline_apply_shifts(&p, shifts, n_shifts, force, cache_dir);
     if (!rc) rc = pipeline_apply_deltas(&p, deltas, n_deltas, force);
     if (!rc) rc = pipeline_apply_loras(&p, loras, n_loras, force);
-    prompt_table_t pt = {0};
+    prompt_table_t pt = {.T = p.n_ctx};
     image_set_t set = {0};
     if (!rc) rc = image_set_scan(&set, dir, "--images", 0, 0, prompt, &pt, p.tok);
     if (!rc && !res) res = p.unet.cfg.sample_size * p.scale_factor;

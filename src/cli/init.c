@@ -52,8 +52,8 @@ static void print_stats(const model_init_stats_t *st, int fp16) {
     }
     printf("%-13s %8s %12lld %10.2f %14.3f\n", "total", "", (long long)total, (double)st->bytes / 1e6,
            (st->flops[0] + st->flops[1]) / 1e9);
-    printf("(UNet FLOPs for one %dx%d sample with a 77-token context; text encoder on 77 tokens)\n",
-           st->sample_size, st->sample_size);
+    printf("(UNet FLOPs for one %dx%d sample with a %d-token context; text encoder on %d tokens)\n",
+           st->sample_size, st->sample_size, st->tokens, st->tokens);
 }
 
 int cmd_init(int argc, char **argv) {

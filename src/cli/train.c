@@ -119,6 +119,10 @@ static void usage(FILE *f) {
             "  --norm-shift MODE          element (a shift per gain entry, default) or scalar (svdiff-pytorch)\n"
             "  --rank R                   train only the shifts of the R largest singular values of every\n"
             "                             matrix (the rest stay 0; norm-gain shifts unaffected)\n"
+            "  --shift-layers LIST        train only the shifts whose name contains one of these\n"
+            "                             comma-separated substrings (the rest stay 0), e.g. attn2 (the\n"
+            "                             cross-attention, as Custom Diffusion), attn2.to_k,attn2.to_v,te/;\n"
+            "                             names: unet/<module path>, te/<tensor name> (svdiff shifts info)\n"
             "  --svd-dtype fp32|bf16      precision of U and V; bf16 rounds the fp32 factors to bf16 values\n"
             "                             (memory is not reduced; --compute-dtype bf16 is what runs the\n"
             "                             products on bf16 U and V)\n"
@@ -151,7 +155,7 @@ enum {
     O_CLASS_STEPS, O_CLASS_CFG, O_PRIOR_W, O_RES, O_CENTER, O_FLIP, O_CAPDROP, O_BATCH, O_ACCUM, O_STEPS, O_LR, O_LR1D,
     O_SCHED, O_WARMUP, O_B1, O_B2, O_EPS, O_WD, O_CLIP, O_TE, O_NORM, O_SVD_DTYPE, O_SVD_CACHE, O_GCKPT, O_SEED,
     O_THREADS, O_SAVE_DTYPE, O_CKPT, O_RESUME, O_SAMPLE_EVERY, O_SAMPLE_PROMPT, O_SAMPLE_STEPS, O_SAMPLE_CFG,
-    O_FORCE, O_QUIET, O_MODE, O_SAVE_DELTA, O_EMA, O_DATA, O_IMAGE_ROOT, O_FREEZE_TE, O_RANK,
+    O_FORCE, O_QUIET, O_MODE, O_SAVE_DELTA, O_EMA, O_DATA, O_IMAGE_ROOT, O_FREEZE_TE, O_RANK, O_SHIFT_LAYERS,
     O_LORA_RANK, O_LORA_ALPHA,
     O_SUBJECT, O_SUBJECT_CLASS, O_TEMPLATE, O_CUTMIX_PROB, O_CUTMIX_VERT, O_CUTMIX_CROP, O_UNMIX_W, O_UNMIX_LAYERS, O_UNMIX_LOSS,
     O_COMPUTE
@@ -220,6 +224,7 @@ int train_cli(int argc, char **argv, int pretrain) {
         {"train-text-encoder", no_argument, 0, O_TE},
         {"norm-shift", required_argument, 0, O_NORM},
         {"rank", required_argument, 0, O_RANK},
+        {"shift-layers", required_argument, 0, O_SHIFT_LAYERS},
         {"lora-rank", required_argument, 0, O_LORA_RANK},
         {"lora-alpha", required_argument, 0, O_LORA_ALPHA},
         {"svd-dtype", required_argument, 0, O_SVD_DTYPE},
@@ -323,6 +328,7 @@ int train_cli(int argc, char **argv, int pretrain) {
         case O_CLIP: bad = cli_parse_float(verb, "--max-grad-norm", optarg, 0, 1e30f, &c.max_grad_norm); break;
         case O_TE: c.train_text_encoder = 1; break;
         case O_RANK: bad = cli_parse_int(verb, "--rank", optarg, 1, 1 << 20, &c.rank); break;
+        case O_SHIFT_LAYERS: c.shift_layers = optarg; break;
         case O_NORM:
             if (!strcmp(optarg, "element")) c.norm_shift = NORMSHIFT_ELEMENT;
             else if (!strcmp(optarg, "scalar")) c.norm_shift = NORMSHIFT_SCALAR;
@@ -434,6 +440,10 @@ int train_cli(int argc, char **argv, int pretrain) {
     c.subject_classes = n_subject_classes ? subject_classes : NULL;
     if (c.mode != TRAIN_MODE_FULL && (c.save_delta || c.ema_decay > 0)) {
         fprintf(stderr, "svdiff train: --save-delta and --ema-decay need --mode full\n");
+        return 2;
+    }
+    if (c.shift_layers && c.mode != TRAIN_MODE_SHIFTS) {
+        fprintf(stderr, "svdiff %s: --shift-layers selects spectral shifts; it needs --mode shifts\n", verb);
         return 2;
     }
     if (c.rank > 0 && c.mode == TRAIN_MODE_FULL) {

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "base/error.h"
 #include "diffusion/diffusion.h"
@@ -17,7 +18,6 @@
 #include "io/safetensors.h"
 #include "models/tokenizer.h"
 
-#define TEXT_TOKENS 77   /* the context length the statistics assume (CLIP's) */
 
 /* ---------------------------------------------------------------- the tensor list */
 
@@ -150,6 +150,7 @@ int model_init_tensor(float *dst, const char *component, const cJSON *config, co
 
 typedef struct {
     int levels, size;
+    int tokens;   /* text context: the text encoder's max_position_embeddings, at most 77 */
     double flops;
     int64_t params;
     int n;
@@ -176,10 +177,10 @@ static int unet_flops(void *ctx, const char *name, int ndim, const int64_t *shap
     if (ndim < 2) return 0;
     double side = unet_side(f, name), hw = side * side;
     double tokens = hw;
-    if (strstr(name, ".attn2.to_k.") || strstr(name, ".attn2.to_v.")) tokens = TEXT_TOKENS;
+    if (strstr(name, ".attn2.to_k.") || strstr(name, ".attn2.to_v.")) tokens = f->tokens;
     f->flops += 2.0 * (double)numel * tokens;
     if (ends_with(name, ".attn1.to_q.weight")) f->flops += 4.0 * hw * hw * (double)shape[0];
-    if (ends_with(name, ".attn2.to_q.weight")) f->flops += 4.0 * hw * TEXT_TOKENS * (double)shape[0];
+    if (ends_with(name, ".attn2.to_q.weight")) f->flops += 4.0 * hw * f->tokens * (double)shape[0];
     return 0;
 }
 
@@ -189,8 +190,8 @@ static int text_flops(void *ctx, const char *name, int ndim, const int64_t *shap
     for (int i = 0; i < ndim; i++) numel *= shape[i];
     f->params += numel;
     f->n++;
-    if (ndim == 2 && !strstr(name, "embeddings.")) f->flops += 2.0 * (double)numel * TEXT_TOKENS;
-    if (ends_with(name, ".q_proj.weight")) f->flops += 4.0 * TEXT_TOKENS * TEXT_TOKENS * (double)shape[0];
+    if (ndim == 2 && !strstr(name, "embeddings.")) f->flops += 2.0 * (double)numel * f->tokens;
+    if (ends_with(name, ".q_proj.weight")) f->flops += 4.0 * f->tokens * f->tokens * (double)shape[0];
     return 0;
 }
 
@@ -236,13 +237,23 @@ int model_init_stats(const cJSON *config, int vocab_size, int fp16, model_init_s
     if ((rc = config_int_array(&uc, "block_out_channels", ch, 16, &n)) ||
         (rc = config_int_or(&uc, "sample_size", 32, &st->sample_size)))
         return rc;
-    flops_ctx_t f = {.levels = n, .size = st->sample_size};
-    if ((rc = component_expected_tensors(&uc, unet_flops, &f))) return rc;
-    st->n_tensors[0] = f.n, st->params[0] = f.params, st->flops[0] = f.flops;
     cJSON *tc;
     if ((rc = text_config(config, vocab_size, &tc))) return rc;
     model_component_t t = {.name = "text_encoder", .config = tc};
-    f = (flops_ctx_t){0};
+    int tokens = 77;
+    if ((rc = config_int_or(&t, "max_position_embeddings", 77, &tokens))) {
+        cJSON_Delete(tc);
+        return rc;
+    }
+    if (tokens > 77) tokens = 77;
+    st->tokens = tokens;
+    flops_ctx_t f = {.levels = n, .size = st->sample_size, .tokens = tokens};
+    if ((rc = component_expected_tensors(&uc, unet_flops, &f))) {
+        cJSON_Delete(tc);
+        return rc;
+    }
+    st->n_tensors[0] = f.n, st->params[0] = f.params, st->flops[0] = f.flops;
+    f = (flops_ctx_t){.tokens = tokens};
     rc = component_expected_tensors(&t, text_flops, &f);
     cJSON_Delete(tc);
     if (rc) return rc;
@@ -317,6 +328,21 @@ static int copy_file(const char *src, const char *dst, int optional) {
     fclose(f);
     int rc = err ? sd_error(SD_ERR_IO, "%s: read error", src) : write_bytes(dst, buf, n);
     free(buf);
+    return rc;
+}
+
+/* Sets model_max_length in DIR/tokenizer_config.json (written fresh when the tokenizer had none). */
+static int set_model_max_length(const char *dir, int n) {
+    char *path = join(dir, "tokenizer_config.json");
+    cJSON *c = NULL;
+    int rc = access(path, F_OK) == 0 ? model_init_read_config(path, &c) : 0;
+    free(path);
+    if (rc) return rc;
+    if (!c) c = cJSON_CreateObject();
+    cJSON_DeleteItemFromObjectCaseSensitive(c, "model_max_length");
+    cJSON_AddNumberToObject(c, "model_max_length", n);
+    rc = write_json_file(dir, "tokenizer_config.json", c);
+    cJSON_Delete(c);
     return rc;
 }
 
@@ -456,6 +482,10 @@ int model_init(const cJSON *config, const char *out_dir, const model_init_option
             free(s);
             free(d);
         }
+        /* a context shorter than CLIP's 77: the tokenizer must pad to it too (transformers reads
+         * model_max_length), so the copied config says the model's length */
+        const cJSON *mp = cJSON_GetObjectItemCaseSensitive(tc, "max_position_embeddings");
+        if (!rc && cJSON_IsNumber(mp) && mp->valueint < TOKENIZER_MAX_LENGTH) rc = set_model_max_length(dir, mp->valueint);
         free(dir);
         if (rc) goto done;
     }

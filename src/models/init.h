@@ -38,8 +38,8 @@ typedef struct {
 } model_init_options_t;
 
 /* Sizes of a config: tensors, parameters, bytes at the chosen dtype, and multiply-add FLOPs
- * (x2) of one forward: the UNet on one sample_size x sample_size input with a 77-token
- * context, the text encoder on 77 tokens (convolutions, linears and attention products;
+ * (x2) of one forward: the UNet on one sample_size x sample_size input with a `tokens`-token
+ * context, the text encoder on `tokens` tokens (convolutions, linears and attention products;
  * norms and activations, a few percent, are left out). Index 0 unet, 1 text_encoder, 2 vae. */
 typedef struct {
     int n_tensors[3];
@@ -47,6 +47,7 @@ typedef struct {
     double flops[3];      /* VAE: not computed (0) */
     int64_t bytes;        /* all weights at the chosen dtype */
     int sample_size;
+    int tokens;           /* text context: max_position_embeddings, at most 77 */
 } model_init_stats_t;
 
 /* Fills `stats` from a config {"unet": {...}, "text_encoder": {...}, "scheduler": {...},

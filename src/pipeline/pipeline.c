@@ -38,6 +38,7 @@ int pipeline_open(pipeline_t *p, const char *model_path, const char *tokenizer_d
     p->latent_channels = p->unet.cfg.in_channels;
     p->scale_factor = p->has_vae ? vae_scale_factor(&p->vae.cfg) : 1;
     p->ctx_dim = p->clip.cfg.hidden_size;
+    p->n_ctx = p->clip.cfg.max_positions < TOKENIZER_MAX_LENGTH ? p->clip.cfg.max_positions : TOKENIZER_MAX_LENGTH;
     if (p->ctx_dim != p->unet.cfg.cross_attention_dim) {
         rc = sd_error(SD_ERR_SHAPE, "%s: text encoder hidden size %d != UNet cross_attention_dim %d", model_path,
                       p->ctx_dim, p->unet.cfg.cross_attention_dim);
@@ -124,7 +125,7 @@ int pipeline_apply_shifts(pipeline_t *p, const pipeline_shift_t *shifts, int n, 
 }
 
 int pipeline_encode_prompts(pipeline_t *p, const char *const *prompts, int n, float *ctx) {
-    const int T = TOKENIZER_MAX_LENGTH, C = p->ctx_dim;
+    const int T = p->n_ctx, C = p->ctx_dim;
     int *ids = sd_xmalloc(sizeof(int) * (size_t)n * T);
     for (int i = 0; i < n; i++) {
         int before = 0;
@@ -159,7 +160,7 @@ void pipeline_latent_shape(const pipeline_t *p, int width, int height, int *c, i
 typedef struct {
     pipeline_t *p;
     unet_acts_t acts;
-    const float *ctx;     /* [2B or B, 77, C]: uncond rows then cond rows */
+    const float *ctx;     /* [2B or B, n_ctx, C]: uncond rows then cond rows */
     int B, guided, h, w;
     float *timesteps;
 } denoise_ctx_t;
@@ -168,8 +169,8 @@ static int unet_model_fn(void *vctx, float *out, const float *in, float t, int b
     denoise_ctx_t *d = vctx;
     for (int i = 0; i < batch; i++) d->timesteps[i] = t;
     /* unguided calls get only the conditional rows */
-    const float *ctx = d->ctx + (batch == d->B && d->guided ? (size_t)d->B * TOKENIZER_MAX_LENGTH * d->p->ctx_dim : 0);
-    return unet_forward(out, &d->p->unet, &d->acts, in, d->timesteps, ctx, batch, d->h, d->w, TOKENIZER_MAX_LENGTH);
+    const float *ctx = d->ctx + (batch == d->B && d->guided ? (size_t)d->B * d->p->n_ctx * d->p->ctx_dim : 0);
+    return unet_forward(out, &d->p->unet, &d->acts, in, d->timesteps, ctx, batch, d->h, d->w, d->p->n_ctx);
 }
 
 int pipeline_txt2img(pipeline_t *p, const txt2img_opts_t *o, const float *init, float *latents) {
@@ -181,7 +182,7 @@ int pipeline_txt2img(pipeline_t *p, const txt2img_opts_t *o, const float *init, 
         return sd_error(SD_ERR_ARG, "width and height must be positive multiples of %d for this model (got %dx%d)",
                         p->scale_factor * levels_div, o->width, o->height);
     const int B = o->batch, guided = o->cfg > 1.0f, rows = guided ? 2 * B : B;
-    const size_t per_image = (size_t)C * h * w, ctx_floats = (size_t)TOKENIZER_MAX_LENGTH * p->ctx_dim;
+    const size_t per_image = (size_t)C * h * w, ctx_floats = (size_t)p->n_ctx * p->ctx_dim;
     denoise_ctx_t d = {.p = p, .B = B, .guided = guided, .h = h, .w = w};
     float *ctx = sd_xmalloc(sizeof(float) * (size_t)(guided ? 2 * B : B) * ctx_floats);
     const char *pair[2] = {o->negative_prompt ? o->negative_prompt : "", o->prompt};
@@ -195,7 +196,7 @@ int pipeline_txt2img(pipeline_t *p, const txt2img_opts_t *o, const float *init, 
         }
         d.ctx = ctx;
         d.timesteps = sd_xmalloc(sizeof(float) * rows);
-        rc = unet_acts_build(&d.acts, &p->unet, rows, h, w, TOKENIZER_MAX_LENGTH, 0, UNET_CKPT_NONE);
+        rc = unet_acts_build(&d.acts, &p->unet, rows, h, w, p->n_ctx, 0, UNET_CKPT_NONE);
     }
     float *noise = NULL;
     if (!rc) {

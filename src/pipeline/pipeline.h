@@ -25,6 +25,9 @@ typedef struct {
     int latent_channels;     /* UNet in_channels */
     int scale_factor;        /* image pixels per latent pixel (8 for SD, 1 without a VAE) */
     int ctx_dim;             /* text-encoder hidden size = UNet cross_attention_dim */
+    int n_ctx;               /* context tokens: the text encoder's max_position_embeddings, at most 77
+                              * (SD: 77; a small model for short captions may use fewer and
+                              * save the text encoder and cross-attention that work) */
 } pipeline_t;
 
 /* Opens a model folder or single file and builds tokenizer, text encoder, UNet, VAE and
@@ -48,7 +51,7 @@ typedef struct {
 int pipeline_apply_shifts(pipeline_t *p, const pipeline_shift_t *shifts, int n, int force,
                           const char *svd_cache_dir);
 
-/* ctx[n, 77, ctx_dim] = text encoder(prompts[i]); warns on stderr when a prompt is truncated. */
+/* ctx[n, n_ctx, ctx_dim] = text encoder(prompts[i]); warns on stderr when a prompt is truncated. */
 int pipeline_encode_prompts(pipeline_t *p, const char *const *prompts, int n, float *ctx);
 
 typedef struct {

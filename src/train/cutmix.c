@@ -435,10 +435,10 @@ int attention_leakage(pipeline_t *p, const txt2img_opts_t *o, const char *phrase
     pipeline_latent_shape(p, o->width, o->height, &C, &h, &w);
     const int guided = o->cfg > 1.0f, rows = guided ? 2 : 1;
     unmix_t u;
-    int rc = unmix_attach(&u, &p->unet, layers, rows, h, w, TOKENIZER_MAX_LENGTH);
+    int rc = unmix_attach(&u, &p->unet, layers, rows, h, w, p->n_ctx);
     if (rc) return rc;
     int ids[TOKENIZER_MAX_LENGTH];
-    rc = tokenizer_encode(p->tok, o->prompt, ids, TOKENIZER_MAX_LENGTH, 1, NULL);
+    rc = tokenizer_encode(p->tok, o->prompt, ids, p->n_ctx, 1, NULL);
     const int r = rows - 1;   /* the conditional row: [uncond; cond] with guidance */
     if (rc >= 0) rc = n_tokens[0] = mark_text(&u, r, 0, p->tok, ids, phrase_a);
     if (rc >= 0) rc = n_tokens[1] = mark_text(&u, r, 1, p->tok, ids, phrase_b);
@@ -476,7 +476,7 @@ int attention_leakage_images(pipeline_t *p, const char *prompt, const char *phra
     if (h % div || w % div)
         return sd_error(SD_ERR_ARG, "leakage: --resolution %d is not a multiple of %d for this model", res,
                         p->scale_factor * div);
-    const int T = TOKENIZER_MAX_LENGTH;
+    const int T = p->n_ctx;
     unmix_t u;
     int rc = unmix_attach(&u, &p->unet, layers, 1, h, w, T);
     if (rc) return rc;

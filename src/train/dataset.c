@@ -35,18 +35,19 @@ void prompt_table_free(prompt_table_t *pt) {
 int prompt_table_add(prompt_table_t *pt, const clip_tokenizer_t *tok, const char *text, const char *where) {
     for (int i = 0; i < pt->n; i++)
         if (!strcmp(pt->text[i], text)) return i;
-    const int T = TOKENIZER_MAX_LENGTH;
+    if (!pt->T) pt->T = TOKENIZER_MAX_LENGTH;
+    const int T = pt->T;
     int ids[TOKENIZER_MAX_LENGTH], before = 0;
     int got = tokenizer_encode(tok, text, ids, T, 1, &before);
     if (got < 0) return got;
     if (before > T)
-        return sd_error(SD_ERR_ARG, "%s: the prompt has %d tokens, more than CLIP's %d (with start and end): "
+        return sd_error(SD_ERR_ARG, "%s: the prompt has %d tokens, more than the text encoder's %d (with start and end): "
                         "shorten it (training does not truncate): \"%.60s...\"", where, before, T, text);
     pt->text = realloc(pt->text, sizeof *pt->text * (pt->n + 1));
     pt->ids = realloc(pt->ids, sizeof *pt->ids * (size_t)(pt->n + 1) * T);
     SD_CHECK(pt->text && pt->ids, "out of memory");
     pt->text[pt->n] = xstrdup(text);
-    memcpy(pt->ids + (size_t)pt->n * T, ids, sizeof ids);
+    memcpy(pt->ids + (size_t)pt->n * T, ids, sizeof(int) * T);
     return pt->n++;
 }
 

@@ -13,16 +13,17 @@
 #include "models/tokenizer.h"
 #include "pipeline/pipeline.h"
 
-/* Distinct training prompts: text and token ids [77] (bos, tokens, eos, padding). A prompt longer
- * than 77 tokens is an error in training (it would be silently cut). */
+/* Distinct training prompts: text and token ids [T] (bos, tokens, eos, padding). A prompt longer
+ * than T tokens is an error in training (it would be silently cut). */
 typedef struct {
     int n;
     char **text;
-    int *ids;    /* [n, TOKENIZER_MAX_LENGTH] */
+    int *ids;    /* [n, T] */
+    int T;       /* context tokens of the model (pipeline_t.n_ctx); 0 = CLIP's 77 */
 } prompt_table_t;
 
 void prompt_table_free(prompt_table_t *pt);
-/* Index of `text` in the table (added if new), or SD_ERR_ARG when it does not fit in 77 tokens
+/* Index of `text` in the table (added if new), or SD_ERR_ARG when it does not fit in T tokens
  * (the message names `where`: the flag or caption file it came from). */
 int prompt_table_add(prompt_table_t *pt, const clip_tokenizer_t *tok, const char *text, const char *where);
 

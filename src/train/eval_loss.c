@@ -21,7 +21,7 @@ int eval_denoising_loss(pipeline_t *p, image_set_t *images, const prompt_table_t
     if (h % levels_div || w % levels_div)
         return sd_error(SD_ERR_ARG, "eval: --resolution %d is not a multiple of %d for this model", o->resolution,
                         p->scale_factor * levels_div);
-    const int B = o->n_noise, T = TOKENIZER_MAX_LENGTH;
+    const int B = o->n_noise, T = p->n_ctx;
     const size_t L = train_latent_floats(p, o->resolution), CT = (size_t)T * p->ctx_dim;
     float *ctx = sd_xmalloc(sizeof(float) * CT * B), *x0 = sd_xmalloc(sizeof(float) * L * B);
     float *eps = sd_xmalloc(sizeof(float) * L * B), *xt = sd_xmalloc(sizeof(float) * L * B);

@@ -71,10 +71,10 @@ long trainer_peak_rss(void) {
 int trainer_load_model(trainer_t *t, const train_config_t *cfg) {
     memset(t, 0, sizeof *t);
     t->cfg = *cfg;
-    t->T = TOKENIZER_MAX_LENGTH;
     int rc = pipeline_open(&t->p, cfg->model, cfg->tokenizer);
     if (rc) return rc;
     t->opened = 1;
+    t->T = t->prompts.T = t->p.n_ctx;
     const int f = t->p.scale_factor * (1 << (t->p.unet.cfg.n_levels - 1));
     if (cfg->resolution < f || cfg->resolution % f)
         return sd_error(SD_ERR_ARG, "--resolution %d: this model needs a positive multiple of %d", cfg->resolution, f);
@@ -129,6 +129,24 @@ typedef struct {
     const unet_t *unet;   /* to tell norm shifts (group 1) from deltas */
 } collect_ctx_t;
 
+/* Whether `name` contains one of the comma-separated substrings of `list` (NULL or "": all). */
+int shift_layer_selected(const char *list, const char *name) {
+    if (!list || !*list) return 1;
+    for (const char *s = list; *s;) {
+        const char *e = strchr(s, ',');
+        size_t len = e ? (size_t)(e - s) : strlen(s);
+        if (len) {
+            char pat[256];
+            if (len >= sizeof pat) len = sizeof pat - 1;
+            memcpy(pat, s, len), pat[len] = '\0';
+            if (strstr(name, pat)) return 1;
+        }
+        if (!e) break;
+        s = e + 1;
+    }
+    return 0;
+}
+
 static void collect(collect_ctx_t *cc, const char *name, float *shift, float *grad, int n, int group) {
     trainer_t *t = cc->t;
     if (!cc->count_only) {
@@ -137,6 +155,7 @@ static void collect(collect_ctx_t *cc, const char *name, float *shift, float *gr
         p->name = sd_xmalloc(len);
         snprintf(p->name, len, "%s%s", cc->prefix, name);
         p->value = shift, p->grad = grad, p->n = n, p->group = group;
+        p->frozen = t->cfg.mode == TRAIN_MODE_SHIFTS && !shift_layer_selected(t->cfg.shift_layers, p->name);
         SD_CHECK(grad, "no gradient for %s", name);
     }
     t->n_params++;
@@ -194,6 +213,12 @@ int trainer_prepare(trainer_t *t, int prior) {
     if (!t->params || !t->adam_memory) return sd_error(SD_ERR_NOMEM, "out of memory for the optimizer state");
     t->n_params = 0, t->n_values = 0;
     visit_all(t, 0);
+    int n_trained = 0;
+    for (int i = 0; i < t->n_params; i++) n_trained += !t->params[i].frozen;
+    if (t->n_params && !n_trained)
+        return sd_error(SD_ERR_ARG, "--shift-layers '%s' matches none of the %d shift arrays (names look like "
+                        "unet/down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k, te/...q_proj.weight)",
+                        c->shift_layers, t->n_params);
     float *mem = t->adam_memory;
     for (int i = 0; i < t->n_params; i++) {
         t->params[i].m = mem, mem += t->params[i].n;
@@ -295,6 +320,8 @@ double trainer_optimizer_step(trainer_t *t, double *lr_out) {
         for (int i = 0; i < t->n_params; i++)
             if (t->params[i].group == 0 && t->params[i].n > c->rank)
                 memset(t->params[i].grad + c->rank, 0, sizeof(float) * (size_t)(t->params[i].n - c->rank));
+    for (int i = 0; i < t->n_params; i++)   /* --shift-layers: the left-out arrays stay at 0 (as --rank) */
+        if (t->params[i].frozen) memset(t->params[i].grad, 0, sizeof(float) * (size_t)t->params[i].n);
     const double norm = clip_grad_norm(grads, sizes, t->n_params, c->max_grad_norm > 0 ? c->max_grad_norm : INFINITY);
     free(grads), free(sizes);
     const double f = trainer_lr_factor(c, t->step);
@@ -374,6 +401,7 @@ static void put_meta_common(shift_set_t *s, const trainer_t *t) {
         snprintf(r, sizeof r, "%d", c->rank);
         shiftset_set_meta(s, "rank", r);
     }
+    if (c->shift_layers) shiftset_set_meta(s, "shift_layers", c->shift_layers);
     shiftset_set_meta(s, "train_text_encoder", c->train_text_encoder ? "true" : "false");
     shiftset_set_meta(s, "svd_dtype", c->svd_bf16 ? "bf16" : "fp32");
     shiftset_set_meta(s, "svdiff_version", SVDIFF_VERSION);
@@ -522,6 +550,20 @@ static int check_out_dir(const train_config_t *c) {
     return SD_OK;
 }
 
+/* Before anything is written: does --shift-layers name any weight ("unet/" or "te/" + tensor name)?
+ * (trainer_prepare checks the exact shift arrays again.) */
+static int shift_layers_match_model(const trainer_t *t) {
+    const model_component_t *comp[2] = {&t->p.model.unet, &t->p.model.text_encoder};
+    const char *prefix[2] = {"unet/", "te/"};
+    for (int k = 0; k < (t->cfg.train_text_encoder ? 2 : 1); k++)
+        for (int i = 0; i < comp[k]->n_tensors; i++) {
+            char name[512];
+            snprintf(name, sizeof name, "%s%s", prefix[k], comp[k]->tensors[i].name);
+            if (shift_layer_selected(t->cfg.shift_layers, name)) return 1;
+        }
+    return 0;
+}
+
 int trainer_open(trainer_t *t, const train_config_t *cfg) {
     int rc = check_out_dir(cfg);
     if (rc) {
@@ -539,7 +581,7 @@ int trainer_open(trainer_t *t, const train_config_t *cfg) {
     if (c->ema_decay < 0 || c->ema_decay >= 1) return sd_error(SD_ERR_ARG, "--ema-decay %g: must be in [0, 1)", c->ema_decay);
     if ((c->class_dir != NULL) != (c->class_prompt != NULL))
         return sd_error(SD_ERR_ARG, "prior preservation needs both --class-dir and --class-prompt");
-    /* prompts first: a prompt over 77 tokens is an error in training, never a silent cut */
+    /* prompts first: a prompt over T tokens is an error in training, never a silent cut */
     if (c->instance_prompt && (rc = prompt_table_add(&t->prompts, t->p.tok, c->instance_prompt, "--instance-prompt")) < 0)
         return rc;
     if (prior && (rc = prompt_table_add(&t->prompts, t->p.tok, c->class_prompt, "--class-prompt")) < 0) return rc;
@@ -564,6 +606,10 @@ int trainer_open(trainer_t *t, const train_config_t *cfg) {
         rc = checkpoint_check(path, t);
         if (rc) return rc;
     }
+    if (c->shift_layers && c->mode == TRAIN_MODE_SHIFTS && !shift_layers_match_model(t))
+        return sd_error(SD_ERR_ARG, "--shift-layers '%s' matches no weight of the model (names look like "
+                        "unet/down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k, te/...q_proj.weight)",
+                        c->shift_layers);
     if (mkdir(c->out_dir, 0777) && errno != EEXIST)
         return sd_error(SD_ERR_IO, "-o %s: cannot create the folder: %s", c->out_dir, strerror(errno));
 

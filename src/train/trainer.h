@@ -63,6 +63,9 @@ typedef struct {
     normshift_mode_t norm_shift;              /* element */
     int rank;                                 /* > 0: train only the shifts of the top-`rank`
                                                  singular values of every matrix (0: all) */
+    const char *shift_layers;                 /* comma-separated substrings of module paths: only
+                                                 shifts whose name contains one are trained (the
+                                                 rest stay 0); NULL: all */
     int svd_bf16;                             /* round U, V to bf16 precision */
     int grad_checkpointing;                   /* recompute transformer insides in backward */
     uint64_t seed;
@@ -96,6 +99,10 @@ typedef struct {
 
 void train_config_default(train_config_t *c);
 
+/* Whether a trained array's name ("unet/<module path>", "te/<tensor name>") contains one of the
+ * comma-separated substrings of `list` (--shift-layers; NULL or "": every array). */
+int shift_layer_selected(const char *list, const char *name);
+
 /* One trained array: a view of the model's shift and of its gradient, and the AdamW moments. */
 typedef struct {
     char *name;     /* "unet/<module path>" or "te/<tensor name>" */
@@ -105,6 +112,7 @@ typedef struct {
     int group;      /* 0: spectral deltas (lr), 1: norm-gain shifts (lr_1d) */
     float *ema;     /* full mode with ema_decay > 0: the EMA of value, else NULL */
     int component;  /* full mode: 0 UNet, 1 text encoder; name = "unet/" or "te/" + diffusers tensor name */
+    int frozen;     /* --shift-layers left it out: no gradient reaches it, it stays 0 */
 } train_param_t;
 
 typedef struct {
@@ -121,7 +129,7 @@ typedef struct {
     int h, w;                 /* latent size */
     size_t latent_n;          /* floats per latent */
     int rows;                 /* UNet rows of a micro-batch */
-    int T;                    /* context tokens (77) */
+    int T;                    /* context tokens (pipeline_t.n_ctx: 77 for SD) */
     char model_hash[17];
 
     unet_acts_t ua;
