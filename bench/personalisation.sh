@@ -13,7 +13,7 @@
 # with their captions so the rest of the model's repertoire is held in place), lora, full.
 # Environment: MODEL (models/emoji-32), METHODS ("shifts prior full"), STEPS (300), LR_SHIFTS (5e-3),
 # LR_FULL (5e-5), LORA_RANK (4), LR_LORA (1e-3), PRIOR_WEIGHT (1), LR_KV (LR_SHIFTS), SHIFT_LAYERS
-# (attn2.to_k,attn2.to_v: the kv method's layers), THREADS (all cores).
+# (attn2.to_k,attn2.to_v: the kv method's layers), CFG (3: guidance of the drift samples), THREADS (all cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SVDIFF=${SVDIFF:-build/svdiff}
@@ -21,6 +21,7 @@ MODEL=${MODEL:-models/emoji-32}
 OUT=${1:-bench/out/personalisation-$(date +%Y%m%d-%H%M%S)}
 METHODS=${METHODS:-shifts prior full}
 STEPS=${STEPS:-300}
+CFG=${CFG:-3}   # guidance scale of every sample
 N=4
 SEED=100
 SUBJECT="an emoji of sks cat, google style"
@@ -49,11 +50,11 @@ samples() {
   mkdir -p "$OUT/$tag"
   for i in "${!OTHER[@]}"; do
     "$SVDIFF" generate --model "$MODEL" "$@" --prompt "${OTHER[$i]}" --num-images $N --batch-size $N --steps 25 \
-      --cfg 3 --seed $SEED "${threads[@]}" -o "$OUT/$tag/o$i.png" >/dev/null 2>&1
+      --cfg "$CFG" --seed $SEED "${threads[@]}" -o "$OUT/$tag/o$i.png" >/dev/null 2>&1
   done
   for i in "${!SUBJ[@]}"; do
     "$SVDIFF" generate --model "$MODEL" "$@" --prompt "${SUBJ[$i]}" --num-images $N --batch-size $N --steps 25 \
-      --cfg 3 --seed $SEED "${threads[@]}" -o "$OUT/$tag/s$i.png" >/dev/null 2>&1
+      --cfg "$CFG" --seed $SEED "${threads[@]}" -o "$OUT/$tag/s$i.png" >/dev/null 2>&1
   done
 }
 # drift <tag> <o|s> <count>: mean MSE of base vs tag samples
@@ -74,7 +75,7 @@ timed() {
   /usr/bin/time -f "%e %M" -o "$OUT/$log.time" "$@" > "$OUT/$log.log" 2>&1
 }
 
-echo "base model: $MODEL; $STEPS steps per method; output in $OUT" >&2
+echo "base model: $MODEL; $STEPS steps per method; samples at CFG $CFG; output in $OUT" >&2
 samples base
 declare -A row
 row[base]="| base model | - | - | - | $(loss $HELD_DIR --model "$MODEL") | $(loss $TRAIN_DIR --model "$MODEL") | 0 | 0 |"
@@ -111,7 +112,7 @@ for m in $METHODS; do
       case "$cap" in ''|'#'*) continue ;; esac
       k=$((k + 1))
       f=$(printf '%s/prior-class/p%03d' "$OUT" "$k")
-      [ -f "$f.png" ] || "$SVDIFF" generate --model "$MODEL" --prompt "$cap" --steps 25 --cfg 3 --seed $((1000 + k)) \
+      [ -f "$f.png" ] || "$SVDIFF" generate --model "$MODEL" --prompt "$cap" --steps 25 --cfg "$CFG" --seed $((1000 + k)) \
         "${threads[@]}" -o "$f.png" >/dev/null 2>&1
       printf '%s\n' "$cap" > "$f.txt"
     done < bench/prior-captions.txt

@@ -3,7 +3,8 @@
 # four held-out cat emoji with spectral shifts, then draws new prompts with the base model and
 # with the shifts, same seeds, into one sheet. Needs build/svdiff (scripts/build.sh release).
 #   scripts/personalise-demo.sh [OUT_DIR]        (default out/quickstart)
-# Environment: MODEL (default models/emoji-32), STEPS (300), LR (see below), THREADS (all cores).
+# Environment: MODEL (default models/emoji-32), STEPS (300), LR (see below), CFG (3: guidance scale
+# of the samples), THREADS (all cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SVDIFF=build/svdiff
@@ -11,6 +12,7 @@ MODEL=${MODEL:-models/emoji-32}
 OUT=${1:-out/quickstart}
 STEPS=${STEPS:-300}
 LR=${LR:-5e-3}
+CFG=${CFG:-3}
 SEED=100
 N=4   # images per prompt and model
 PROMPTS=(
@@ -38,7 +40,7 @@ for i in "${!PROMPTS[@]}"; do
     extra=()
     [ "$which" = sks ] && extra=(--shifts "$OUT/sks-cat" --svd-cache "$OUT/svd-cache")
     "$SVDIFF" generate --model "$MODEL" --prompt "${PROMPTS[$i]}" --num-images $N --batch-size $N \
-      --steps 25 --cfg 3 --seed $SEED "${extra[@]}" "${threads[@]}" -o "$OUT/$which-$i.png" 2>/dev/null
+      --steps 25 --cfg "$CFG" --seed $SEED "${extra[@]}" "${threads[@]}" -o "$OUT/$which-$i.png" 2>/dev/null
     for k in $(seq 1 $N); do sheet+=("$OUT/$which-$i-$k.png"); done
   done
 done
