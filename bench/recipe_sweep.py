@@ -975,28 +975,11 @@ def cmd_run(args):
 
 
 def read_safetensors(path):
-    import numpy as np
+    """{name: torch tensor} of a safetensors file (tests/reference/st_io.py reads it)."""
     import torch
-    out = {}
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-        base = 8 + n
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            b, e = info["data_offsets"]
-            f.seek(base + b)
-            raw = f.read(e - b)
-            dt = info["dtype"]
-            if dt == "BF16":
-                a = (np.frombuffer(raw, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
-            elif dt in ("I64", "I32"):
-                a = np.frombuffer(raw, dtype=np.int64 if dt == "I64" else np.int32)
-            else:
-                a = np.frombuffer(raw, dtype={"F16": np.float16, "F32": np.float32}[dt]).astype(np.float32)
-            out[name] = torch.from_numpy(a.reshape(info["shape"]).copy())
-    return out
+    sys.path.insert(0, REF)
+    import st_io
+    return {k: torch.from_numpy(v) for k, v in st_io.read_arrays(path).items()}
 
 
 def load_model_dir(m, model_dir):

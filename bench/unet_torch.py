@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "reference"))
 import gen_unet_golden as g  # noqa: E402
+import st_io  # noqa: E402
 
 # gen_unet_golden works in float64 on one thread (deterministic fixtures); a benchmark wants
 # float32 and the machine's threads.
@@ -34,28 +35,10 @@ torch.set_default_dtype(torch.float32)
 _features = g.timestep_features
 g.timestep_features = lambda *a, **k: _features(*a, **k).to(torch.float32)  # it returns float64
 
-DTYPES = {"F16": np.float16, "BF16": None, "F32": np.float32}
-
 
 def read_safetensors(path, want=None):
     """{name: float32 tensor} from a safetensors file, read one tensor at a time."""
-    out = {}
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-        base = 8 + n
-        for name, info in header.items():
-            if name == "__metadata__" or (want is not None and name not in want):
-                continue
-            b, e = info["data_offsets"]
-            f.seek(base + b)
-            raw = f.read(e - b)
-            if info["dtype"] == "BF16":  # bf16 = the top half of a float32
-                a = (np.frombuffer(raw, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
-            else:
-                a = np.frombuffer(raw, dtype=DTYPES[info["dtype"]]).astype(np.float32)
-            out[name] = torch.from_numpy(a.reshape(info["shape"]))
-    return out
+    return {k: torch.from_numpy(v) for k, v in st_io.read_arrays(path, want).items()}
 
 
 def load_unet(model_dir):
