@@ -285,6 +285,27 @@ static void test_conv_bf16(void **state) {
     compare_modes("spectral conv ddelta", sconv_ddelta, &c, (size_t)c.sp.rank);
     spectral_free(&c.sp);
     free(c.inp), free(c.w), free(c.b), free(c.dout);
+
+    /* bf16 mode computes a stride-1 input gradient as a convolution with the flipped,
+     * transposed kernel and padding K-1-pad: a non-square kernel with uneven padding checks
+     * that arithmetic (output 12x10 again), and accumulation into a non-zero dinp */
+    conv_t u = {.s = {.B = 2, .IC = 16, .H = 12, .W = 10, .OC = 24, .KH = 3, .KW = 2, .stride = 1, .pad = {2, 0, 1, 0}}};
+    assert_int_equal(conv2d_out_h(&u.s), 12);
+    assert_int_equal(conv2d_out_w(&u.s), 10);
+    const size_t uin = (size_t)2 * 16 * 12 * 10, uout = (size_t)2 * 24 * 12 * 10, uw = (size_t)24 * 16 * 6;
+    u.inp = alloc_normal(&r, uin, 1), u.w = alloc_normal(&r, uw, 0.1f), u.b = alloc_normal(&r, 24, 1);
+    u.dout = alloc_normal(&r, uout, 1);
+    compare_modes("conv3x2 uneven pad dinp", conv_dinp, &u, uin);
+    float *once = alloc_zeros(uin), *twice = alloc_zeros(uin);
+    sd_set_compute_dtype(SD_COMPUTE_BF16);
+    conv_dinp(once, &u);
+    conv_dinp(twice, &u);
+    conv_dinp(twice, &u);
+    sd_set_compute_dtype(SD_COMPUTE_FP32);
+    for (size_t i = 0; i < uin; i++) once[i] *= 2.0f;
+    assert_close("conv3x2 dinp accumulates", twice, once, uin, 1e-6);
+    free(once), free(twice);
+    free(u.inp), free(u.w), free(u.b), free(u.dout);
     scratch_free_all();
 }
 

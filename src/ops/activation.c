@@ -1,9 +1,11 @@
-/* Elementwise activations (SiLU, exact-erf GELU, QuickGELU) and diffusers' GEGLU, forward
- * and backward (see ops.h). Every output element depends on its own inputs only, so the
- * OpenMP split cannot change any result. */
+/* Elementwise activations (SiLU, erf GELU, QuickGELU) and diffusers' GEGLU, forward and
+ * backward (see ops.h); exp and erf come from ops/fastmath.h so that the loops vectorise.
+ * Every output element depends on its own inputs only, so the OpenMP split cannot change
+ * any result. */
 #include <math.h>
 #include <stddef.h>
 
+#include "ops/fastmath.h"
 #include "ops/ops.h"
 
 /* Below this many elements the OpenMP fork/join costs more than the work. */
@@ -13,14 +15,14 @@
 #define INV_SQRT_2PI 0.39894228040143267794f
 #define QUICK_GELU_K 1.702f
 
-static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+static inline float sigmoidf(float x) { return sigmoid_approx(x); }
 
-static inline float gelu1(float x) { return 0.5f * x * (1.0f + erff(x * INV_SQRT2)); }
+static inline float gelu1(float x) { return 0.5f * x * (1.0f + erf_approx(x * INV_SQRT2)); }
 
 /* d/dx [x Phi(x)] = Phi(x) + x phi(x). */
 static inline float gelu_grad1(float x) {
-    const float cdf = 0.5f * (1.0f + erff(x * INV_SQRT2));
-    const float pdf = INV_SQRT_2PI * expf(-0.5f * x * x);
+    const float cdf = 0.5f * (1.0f + erf_approx(x * INV_SQRT2));
+    const float pdf = INV_SQRT_2PI * exp_approx(-0.5f * x * x);
     return cdf + x * pdf;
 }
 

@@ -10,6 +10,7 @@
 
 #include "base/error.h"
 #include "base/scratch.h"
+#include "ops/fastmath.h"
 #include "ops/ops.h"
 
 /* Query rows per block. A block holds [blk, Tk] scores (backward: two such buffers), so the
@@ -20,33 +21,6 @@ static int query_block(int Tk) {
     if (blk > 128) blk = 128;
     if (blk < 16) blk = 16;
     return blk;
-}
-
-/* exp(x) to about 1.5 ulp, written so that the compiler vectorises the loops calling it
- * (glibc's expf is a scalar call without -ffast-math, and the exponentials of the
- * [Tq, Tk] scores otherwise cost as much as all the GEMMs). Cody-Waite reduction
- * x = n ln2 + r, |r| <= ln2/2, then a degree-7 Taylor polynomial (truncation error
- * < 6e-9) and 2^n built in the exponent bits. Arguments are clamped to [-87, 88], where
- * 2^n stays a normal float; below -87 the result (~1e-38) is as good as 0 next to the
- * row maximum's exp(0) = 1. */
-static inline float exp_approx(float x) {
-    x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-    const float t = x * 1.44269504088896341f + 12582912.0f;  /* + 1.5 * 2^23 rounds to integer */
-    const float n = t - 12582912.0f;
-    float r = x - n * 0.693359375f;  /* ln2 split in a short high part and the rest */
-    r = r - n * -2.12194440e-4f;
-    float p = 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    const int32_t bits = ((int32_t)n + 127) << 23;
-    float pow2n;
-    memcpy(&pow2n, &bits, sizeof pow2n);
-    return p * pow2n;
 }
 
 /* Keys visible to query row i: with the causal mask only j <= i. */

@@ -65,6 +65,14 @@ void col2im_add(float *dimg, const float *col, const conv2d_shape_t *s) {
                     if (iy < 0 || iy >= s->H) continue;
                     float *row = plane + (size_t)iy * s->W;
                     const float *srow = src + (size_t)oy * OW;
+                    if (s->stride == 1) {
+                        /* contiguous run, as in im2col: ox in [lo, hi) lands inside the row;
+                         * a branch-free loop the compiler vectorises (same sums, same order) */
+                        const int off = kx - s->pad[2];
+                        const int lo = off < 0 ? -off : 0, hi = s->W - off < OW ? s->W - off : OW;
+                        for (int ox = lo; ox < hi; ox++) row[ox + off] += srow[ox];
+                        continue;
+                    }
                     for (int ox = 0; ox < OW; ox++) {
                         const int ix = ox * s->stride + kx - s->pad[2];
                         if (ix >= 0 && ix < s->W) row[ix] += srow[ox];
@@ -102,15 +110,47 @@ void conv2d_forward(float *out, const float *inp, const float *weight, const flo
     }
 }
 
+/* The input gradient of a stride-1 convolution is itself a stride-1 convolution: dout
+ * [OC, OH, OW] correlated with the kernel flipped in space and transposed in channels
+ * (wt[IC, OC, KH, KW]), padded by K-1-pad on each side so that the output is [IC, H, W]
+ * again. Taken in bf16 mode only, where the convolution packs its columns straight from
+ * the image (gemm_bf16_im2col) and so skips the fp32 column-gradient matrix and col2im's
+ * scatter; fp32 mode keeps the GEMM + col2im path and its exact sums. */
+static int input_grad_as_conv(const conv2d_shape_t *s, conv2d_shape_t *t) {
+    if (s->stride != 1 || s->pad[0] > s->KH - 1 || s->pad[1] > s->KH - 1 ||
+        s->pad[2] > s->KW - 1 || s->pad[3] > s->KW - 1)
+        return 0;
+    *t = (conv2d_shape_t){.B = 1, .IC = s->OC, .H = conv2d_out_h(s), .W = conv2d_out_w(s),
+                          .OC = s->IC, .KH = s->KH, .KW = s->KW, .stride = 1,
+                          .pad = {s->KH - 1 - s->pad[0], s->KH - 1 - s->pad[1],
+                                  s->KW - 1 - s->pad[2], s->KW - 1 - s->pad[3]}};
+    return sd_gemm_uses_bf16(t->OC, t->H * t->W, t->IC * t->KH * t->KW);
+}
+
+/* wt[c, o, ky, kx] = w[o, c, KH-1-ky, KW-1-kx] */
+static void flip_transpose_kernel(float *wt, const float *w, const conv2d_shape_t *s) {
+    const int KK = s->KH * s->KW;
+    for (int c = 0; c < s->IC; c++)
+        for (int o = 0; o < s->OC; o++) {
+            const float *src = w + ((size_t)o * s->IC + c) * KK;
+            float *dst = wt + ((size_t)c * s->OC + o) * KK;
+            for (int k = 0; k < KK; k++) dst[k] = src[KK - 1 - k];
+        }
+}
+
 void conv2d_backward(float *dinp, float *dweight, float *dbias,
                      const float *dout, const float *inp, const float *weight,
                      const conv2d_shape_t *s) {
     const int OH = conv2d_out_h(s), OW = conv2d_out_w(s), P = OH * OW;
     const int K = s->IC * s->KH * s->KW;
     const int pointwise = conv2d_is_pointwise(s);
+    conv2d_shape_t t;
+    const int as_conv = !pointwise && dinp && input_grad_as_conv(s, &t);
     scratch_mark_t mark = scratch_mark();
     float *col = (!pointwise && dweight) ? scratch_floats((size_t)K * P) : NULL;
-    float *dcol = (!pointwise && dinp) ? scratch_floats((size_t)K * P) : NULL;
+    float *dcol = (!pointwise && dinp && !as_conv) ? scratch_floats((size_t)K * P) : NULL;
+    float *wt = as_conv ? scratch_floats((size_t)s->OC * K) : NULL;
+    if (as_conv) flip_transpose_kernel(wt, weight, s);
     for (int b = 0; b < s->B; b++) {
         const float *x = inp + (size_t)b * s->IC * s->H * s->W;
         const float *dy = dout + (size_t)b * s->OC * P;
@@ -119,7 +159,10 @@ void conv2d_backward(float *dinp, float *dweight, float *dbias,
             sd_gemm(CblasNoTrans, CblasTrans, s->OC, K, P, 1.0f, dy, P,
                     pointwise ? x : col, P, 1.0f, dweight, K);
         }
-        if (dinp) { /* dcol[K, P] = weight^T @ dy, scattered back into the image */
+        if (as_conv) { /* dx[IC, H, W] += conv(dy, wt) */
+            gemm_bf16_im2col(s->IC, 1.0f, wt, s->OC * s->KH * s->KW, dy, &t, 1.0f,
+                             dinp + (size_t)b * s->IC * s->H * s->W);
+        } else if (dinp) { /* dcol[K, P] = weight^T @ dy, scattered back into the image */
             float *dx = dinp + (size_t)b * s->IC * s->H * s->W;
             sd_gemm(CblasTrans, CblasNoTrans, K, P, s->OC, 1.0f, weight, K,
                     dy, P, pointwise ? 1.0f : 0.0f, pointwise ? dx : dcol, P);

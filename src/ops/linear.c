@@ -26,12 +26,20 @@ void linear_backward(float *dinp, float *dweight, float *dbias,
         sd_gemm(CblasTrans, CblasNoTrans, OC, IC, N, 1.0f, dout, OC,
                 inp, IC, 1.0f, dweight, IC);
     if (dbias) {
-        /* Sum over rows in a fixed order per output, so results do not depend on threads. */
+        /* Sum over rows in a fixed order per output (n = 0, 1, ...), so results do not depend
+         * on threads. Each thread owns a block of columns and walks the rows, reading
+         * contiguous runs of dout (a column walk strides OC floats per element). */
+        enum { BIAS_COLS = 64 };
+        const int nblk = (OC + BIAS_COLS - 1) / BIAS_COLS;
 #pragma omp parallel for schedule(static) if ((long)N * OC > 32768)
-        for (int o = 0; o < OC; o++) {
-            float s = 0.0f;
-            for (int n = 0; n < N; n++) s += dout[(size_t)n * OC + o];
-            dbias[o] += s;
+        for (int blk = 0; blk < nblk; blk++) {
+            const int o0 = blk * BIAS_COLS, w = OC - o0 < BIAS_COLS ? OC - o0 : BIAS_COLS;
+            float acc[BIAS_COLS] = {0};
+            for (int n = 0; n < N; n++) {
+                const float *row = dout + (size_t)n * OC + o0;
+                for (int j = 0; j < w; j++) acc[j] += row[j];
+            }
+            for (int j = 0; j < w; j++) dbias[o0 + j] += acc[j];
         }
     }
 }
