@@ -13,7 +13,7 @@
 # with their captions so the rest of the model's repertoire is held in place), lora, full.
 # Environment: MODEL (models/emoji-32), METHODS ("shifts prior full"), STEPS (300), LR_SHIFTS (5e-3),
 # LR_FULL (5e-5), LORA_RANK (4), LR_LORA (1e-3), PRIOR_WEIGHT (1), LR_KV (LR_SHIFTS), SHIFT_LAYERS
-# (attn2.to_k,attn2.to_v: the kv method's layers), CFG (3: guidance of the drift samples), THREADS (all cores).
+# (attn2.to_k,attn2.to_v: the kv method's layers), CFG (1.5: guidance of the drift samples), THREADS (all cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SVDIFF=${SVDIFF:-build/svdiff}
@@ -21,7 +21,7 @@ MODEL=${MODEL:-models/emoji-32}
 OUT=${1:-bench/out/personalisation-$(date +%Y%m%d-%H%M%S)}
 METHODS=${METHODS:-shifts prior full}
 STEPS=${STEPS:-300}
-CFG=${CFG:-3}   # guidance scale of every sample
+CFG=${CFG:-1.5}   # guidance scale of every sample
 N=4
 SEED=100
 SUBJECT="an emoji of sks cat, google style"

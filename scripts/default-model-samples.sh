@@ -3,14 +3,14 @@
 # combinations of names, colours and styles never seen as a caption), 2 seeds each, next to the
 # training image where there is one.
 #   scripts/default-model-samples.sh [OUT_DIR]      (default out/default-model-samples)
-# Environment: MODEL (models/emoji-32), STEPS (25), CFG (3).
+# Environment: MODEL (models/emoji-32), STEPS (25), CFG (1.5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SVDIFF=build/svdiff
 MODEL=${MODEL:-models/emoji-32}
 OUT=${1:-out/default-model-samples}
 STEPS=${STEPS:-25}
-CFG=${CFG:-3}
+CFG=${CFG:-1.5}
 mkdir -p "$OUT"
 TRAIN=(
   "red apple, food-fruit, google style" "blue heart, heart, twitter style" "crown, clothing, google style"

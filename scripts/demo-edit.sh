@@ -4,7 +4,8 @@
 # (PSNR of the source prompt sampled back from the DDIM inversion vs from seeded noise,
 # --no-inversion). Needs data/emoji (scripts/build-emoji-dataset.sh) and build/svdiff.
 #   scripts/demo-edit.sh [OUT_DIR]        (default out/edit)
-# Environment: MODEL (models/emoji-32), STEPS (300 fine-tuning steps per image), LR (5e-3),
+# Environment: MODEL (models/emoji-32), STEPS (300 fine-tuning steps per image), LR (5e-3), CFG (1.5,
+# guidance of the edits),
 # SAMPLE_STEPS (50 DDIM steps of inversion and sampling), SLERP (0.3, the extra edit of each demo
 # row), THREADS (all cores), SVDIFF (build/svdiff).
 set -euo pipefail
@@ -15,6 +16,7 @@ OUT=${1:-out/edit}
 STEPS=${STEPS:-300}
 LR=${LR:-5e-3}
 SAMPLE_STEPS=${SAMPLE_STEPS:-50}
+CFG=${CFG:-1.5}
 SLERP=${SLERP:-0.3}
 DATA=data/emoji
 # Demo rows: "unified code|edit prompt|edit prompt"; the source prompt is the image's caption.
@@ -46,7 +48,7 @@ report() { sed -n "s/^$2 \(.*\)$/\1/p" "$1"; }
 # edit <out dir> <image> <source prompt> <flags and --edit ...>: one `svdiff edit --report` run, stdout kept
 edit() {
   local dir=$1 img=$2 src=$3; shift 3
-  "$SVDIFF" edit --model "$MODEL" --image "$img" --prompt "$src" "$@" --sample-steps "$SAMPLE_STEPS" --seed 1 \
+  "$SVDIFF" edit --model "$MODEL" --image "$img" --prompt "$src" "$@" --sample-steps "$SAMPLE_STEPS" --cfg "$CFG" --seed 1 \
     --svd-cache "$cache" --report --force --quiet "${threads[@]}" -o "$dir" > "$dir.report" 2> "$dir.log" \
     || { tail -20 "$dir.log" >&2; exit 1; }
 }
@@ -87,7 +89,7 @@ echo "== 3/3 sheet and table"
 "$SVDIFF" grid --cols 5 --scale 4 -o "$OUT/edits.png" "${sheet[@]}"
 {
   echo "Model $MODEL; shifts fine-tuned on each image for $STEPS steps (lr $LR, text encoder on), $SAMPLE_STEPS DDIM"
-  echo "steps of inversion (guidance 1, conditioned on each edit prompt) and sampling (cfg 3, eta 0.1); PSNR in dB"
+  echo "steps of inversion (guidance 1, conditioned on each edit prompt) and sampling (cfg $CFG, eta 0.1); PSNR in dB"
   echo "against the input at 32 px; reconstruction = the source prompt sampled back with eta 0 and guidance 1."
   echo
   echo "| source prompt | reconstruction PSNR | edit prompt | edit PSNR | edit PSNR, slerp $SLERP |"

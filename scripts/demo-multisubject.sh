@@ -8,7 +8,7 @@
 # of held-out cat images and the monkeys, noised and denoised once: where the subjects really are)
 # and while sampling composite prompts (where the model chose to put them).
 #   scripts/demo-multisubject.sh [OUT_DIR]        (default out/multisubject)
-# Environment: MODEL (models/emoji-32), STEPS (300 per variant), LR (5e-3), CUTMIX_PROB (0.6),
+# Environment: MODEL (models/emoji-32), STEPS (300 per variant), LR (5e-3), CFG (1.5, guidance of the samples), CUTMIX_PROB (0.6),
 # UNMIX_WEIGHT (1, the MSE form), SHARE_WEIGHT (10, the share form), SEEDS (leakage seeds, 4), NEG (negative prompt of the samples, default none;
 # e.g. "seam, split image"), SAMPLE_STEPS (25 DDIM steps per sample and leakage image), THREADS (all cores), SVDIFF (build/svdiff).
 set -euo pipefail
@@ -24,6 +24,7 @@ SHARE_WEIGHT=${SHARE_WEIGHT:-10}
 SEEDS=${SEEDS:-4}
 NEG=${NEG:-}
 SAMPLE_STEPS=${SAMPLE_STEPS:-25}
+CFG=${CFG:-1.5}
 SEED=100
 N=4   # images per prompt and model
 A="sks cat"
@@ -109,7 +110,7 @@ for v in base "${VARIANTS[@]}"; do
     IFS='|' read -r label prompt left right <<< "$l"
     set_margs "$v"
     j=$("$SVDIFF" attention-leakage --model "$MODEL" "${margs[@]}" --prompt "$prompt" --token-a "$left" \
-      --token-b "$right" --seeds "$SEEDS" --seed $SEED --steps "$SAMPLE_STEPS" --cfg 3 "${threads[@]}" --json 2>/dev/null)
+      --token-b "$right" --seeds "$SEEDS" --seed $SEED --steps "$SAMPLE_STEPS" --cfg "$CFG" "${threads[@]}" --json 2>/dev/null)
     rows+=("| ${TITLE[$v]} | $label | $left: $(json_field leakage_a <<< "$j") | $right: $(json_field leakage_b <<< "$j") | $(json_field leakage_mean <<< "$j") | $(json_field token_mass_a <<< "$j") / $(json_field token_mass_b <<< "$j") |")
   done
 done
@@ -122,7 +123,7 @@ for i in "${!PROMPTS[@]}"; do
   for v in base "${VARIANTS[@]}"; do
     set_margs "$v"
     "$SVDIFF" generate --model "$MODEL" "${margs[@]}" --prompt "${PROMPTS[$i]}" "${neg[@]}" --num-images $N \
-      --batch-size $N --steps "$SAMPLE_STEPS" --cfg 3 --seed $SEED "${threads[@]}" -o "$OUT/$v-$i.png" 2>/dev/null
+      --batch-size $N --steps "$SAMPLE_STEPS" --cfg "$CFG" --seed $SEED "${threads[@]}" -o "$OUT/$v-$i.png" 2>/dev/null
     for k in $(seq 1 $N); do sheet+=("$OUT/$v-$i-$k.png"); done
   done
 done
@@ -144,7 +145,7 @@ echo "== 5/5 sheets and table"
   echo "|---|---|---|---|---|---|"
   printf '%s\n' "${tf_rows[@]}"
   echo
-  echo "While sampling ($SEEDS seeds x $SAMPLE_STEPS DDIM steps, cfg 3; the halves are where the prompt puts the subjects):"
+  echo "While sampling ($SEEDS seeds x $SAMPLE_STEPS DDIM steps, cfg $CFG; the halves are where the prompt puts the subjects):"
   echo
   for l in "${LEAK[@]}"; do IFS='|' read -r label prompt _ <<< "$l"; echo "- $label: \"$prompt\""; done
   echo

@@ -4,7 +4,7 @@
 # style mix by latent resolution, and the table of spectral shifts vs LoRA vs full fine-tuning
 # (bench/personalisation.sh, which also trains the cat shifts this demo then reuses).
 #   scripts/demo-toolbox.sh [OUT_DIR]        (default out/toolbox)
-# Environment: MODEL (models/emoji-32), STEPS (300), LR (5e-3), CAT_SHIFTS / MONKEY_SHIFTS (reuse
+# Environment: MODEL (models/emoji-32), STEPS (300), LR (5e-3), CFG (1.5, guidance of every sample), CAT_SHIFTS / MONKEY_SHIFTS (reuse
 # these shift folders or files instead of training), COMPARE (1; 0 skips the comparison table),
 # COMPARE_DIR (reuse the output folder of an earlier bench/personalisation.sh run instead),
 # COMPARE_METHODS ("shifts lora full"), MIX_LAYERS (the selector of `shifts mix`, default the
@@ -21,6 +21,7 @@ LR=${LR:-5e-3}
 COMPARE=${COMPARE:-1}
 COMPARE_METHODS=${COMPARE_METHODS:-shifts lora full}
 SAMPLE_STEPS=${SAMPLE_STEPS:-25}
+CFG=${CFG:-1.5}
 EVAL_TIMESTEPS=${EVAL_TIMESTEPS:-10}
 EVAL_DRAWS=${EVAL_DRAWS:-8}
 SEED=100
@@ -42,7 +43,7 @@ start=$(date +%s)
 # gen <out.png> <prompt> <shift flags...>: N samples, seeds SEED.., as the quick start draws them
 gen() {
   local out=$1 prompt=$2; shift 2
-  "$SVDIFF" generate --model "$MODEL" "$@" --prompt "$prompt" --num-images $N --batch-size $N --steps "$SAMPLE_STEPS" --cfg 3 \
+  "$SVDIFF" generate --model "$MODEL" "$@" --prompt "$prompt" --num-images $N --batch-size $N --steps "$SAMPLE_STEPS" --cfg "$CFG" \
     --seed $SEED --svd-cache "$cache" "${threads[@]}" -o "$out" 2>/dev/null
 }
 # files <out.png>: the N sample files of a gen call
@@ -195,7 +196,7 @@ done
 
 {
   echo "Model $MODEL; subject shifts: $STEPS steps, lr $LR, batch 4, text encoder on; samples: $N seeds from $SEED,"
-  echo "$SAMPLE_STEPS DDIM steps, cfg 3; MSE = mean pixel MSE (RGB in [0, 1]) between samples of the same seeds; held-out"
+  echo "$SAMPLE_STEPS DDIM steps, cfg $CFG; MSE = mean pixel MSE (RGB in [0, 1]) between samples of the same seeds; held-out"
   echo "loss = denoising loss of the 6 held-out cat faces ($HELD_DIR) under \"$CAT\"."
   echo
   echo "### Combine (\`shifts combine cat monkey\`, the sum)"

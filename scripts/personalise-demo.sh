@@ -3,7 +3,7 @@
 # four held-out cat emoji with spectral shifts, then draws new prompts with the base model and
 # with the shifts, same seeds, into one sheet. Needs build/svdiff (scripts/build.sh release).
 #   scripts/personalise-demo.sh [OUT_DIR]        (default out/quickstart)
-# Environment: MODEL (default models/emoji-32), STEPS (300), LR (see below), CFG (3: guidance scale
+# Environment: MODEL (default models/emoji-32), STEPS (300), LR (see below), CFG (1.5: guidance scale
 # of the samples), THREADS (all cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +12,7 @@ MODEL=${MODEL:-models/emoji-32}
 OUT=${1:-out/quickstart}
 STEPS=${STEPS:-300}
 LR=${LR:-5e-3}
-CFG=${CFG:-3}
+CFG=${CFG:-1.5}
 SEED=100
 N=4   # images per prompt and model
 PROMPTS=(
