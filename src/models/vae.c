@@ -25,6 +25,7 @@
 
 #include "base/error.h"
 #include "base/scratch.h"
+#include "ops/fastmath.h"
 #include "ops/ops.h"
 
 /* Floats of temporaries per band (64 MB). Smaller bands save little memory next to the
@@ -552,7 +553,7 @@ static void fill_band(float *in, const src_t *src, int r0, int r1) {
             if (src->norm)
                 for (int x = 0; x < IW; x++) {
                     const float v = (drow[x] - m) * a + b;
-                    drow[x] = v / (1.0f + expf(-v));   /* SiLU */
+                    drow[x] = v * sigmoid_approx(v);   /* SiLU, vectorised as in ops/activation.c */
                 }
         }
     }

@@ -16,6 +16,14 @@ int conv2d_is_pointwise(const conv2d_shape_t *s) {
            s->pad[0] == 0 && s->pad[1] == 0 && s->pad[2] == 0 && s->pad[3] == 0;
 }
 
+/* For stride 1, output columns ox in [*lo, *hi) read input column ox + off, off = kx - left pad,
+ * inside the image row of width W; the rest fall into the padding. */
+static void stride1_run(int off, int W, int OW, int *lo, int *hi) {
+    *lo = off < 0 ? -off : 0;
+    *hi = W - off < OW ? W - off : OW;
+    if (*hi < *lo) *hi = *lo;
+}
+
 /* col[(c*KH + ky)*KW + kx, oy*OW + ox] = img[c, oy*stride + ky - top, ox*stride + kx - left] or 0. */
 void im2col(float *col, const float *img, const conv2d_shape_t *s) {
     const int OH = conv2d_out_h(s), OW = conv2d_out_w(s), K = s->IC * s->KH * s->KW;
@@ -35,8 +43,8 @@ void im2col(float *col, const float *img, const conv2d_shape_t *s) {
             if (s->stride == 1) {
                 /* contiguous run: ox in [lo, hi) maps inside the image */
                 const int off = kx - s->pad[2];
-                int lo = off < 0 ? -off : 0, hi = s->W - off < OW ? s->W - off : OW;
-                if (hi < lo) hi = lo;
+                int lo, hi;
+                stride1_run(off, s->W, OW, &lo, &hi);
                 for (int ox = 0; ox < lo; ox++) row[ox] = 0.0f;
                 if (hi > lo) memcpy(row + lo, src + lo + off, sizeof(float) * (hi - lo));
                 for (int ox = hi; ox < OW; ox++) row[ox] = 0.0f;
@@ -66,10 +74,11 @@ void col2im_add(float *dimg, const float *col, const conv2d_shape_t *s) {
                     float *row = plane + (size_t)iy * s->W;
                     const float *srow = src + (size_t)oy * OW;
                     if (s->stride == 1) {
-                        /* contiguous run, as in im2col: ox in [lo, hi) lands inside the row;
-                         * a branch-free loop the compiler vectorises (same sums, same order) */
+                        /* the contiguous run of im2col: a branch-free loop the compiler
+                         * vectorises (same sums, same order) */
                         const int off = kx - s->pad[2];
-                        const int lo = off < 0 ? -off : 0, hi = s->W - off < OW ? s->W - off : OW;
+                        int lo, hi;
+                        stride1_run(off, s->W, OW, &lo, &hi);
                         for (int ox = lo; ox < hi; ox++) row[ox + off] += srow[ox];
                         continue;
                     }

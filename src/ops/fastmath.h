@@ -37,7 +37,7 @@ static inline float exp_approx(float x) {
 static inline float sigmoid_approx(float x) { return 1.0f / (1.0f + exp_approx(-x)); }
 
 /* erf(x) with absolute error below 3e-7 (measured against erf in double over [-10, 10] by
- * tests/test_ops.c). The Chebyshev-fitted form of erfc from Numerical Recipes (2nd ed.,
+ * tests/test_ops_misc.c: 2.2e-7). The Chebyshev-fitted form of erfc from Numerical Recipes (2nd ed.,
  * section 6.2: erfc(z) = t exp(-z^2 + P(t)), t = 1 / (1 + z/2), fractional error < 1.2e-7
  * for z >= 0), mirrored for negative x; one division and one exp, no branches. */
 static inline float erf_approx(float x) {
