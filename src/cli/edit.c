@@ -39,7 +39,7 @@ static void usage(FILE *f) {
             "input:\n"
             "  --model PATH               diffusers model folder or single-file .safetensors checkpoint\n"
             "  --tokenizer DIR            CLIP tokenizer folder (needed for single files)\n"
-            "  --image IMG                the image to edit (PNG, JPEG, ...); resized so its shorter side is\n"
+            "  --image IMG                the image to edit (PNG or JPEG); resized so its shorter side is\n"
             "                             --resolution, then centre-cropped to a square\n"
             "  --prompt TEXT              what the image shows, plainly (\"photo of a pink chair with black legs\")\n"
             "  --edit TEXT                the edited prompt (\"photo of a blue chair with black legs\"); repeat\n"

@@ -24,7 +24,7 @@ static void usage(FILE *f) {
             "same model with shifts trained on other images of the subject.\n\n"
             "  --model PATH            diffusers model folder or single-file checkpoint\n"
             "  --tokenizer DIR         CLIP tokenizer folder (for single files)\n"
-            "  --images DIR            images (PNG, JPEG, ...); NAME.txt next to NAME.png replaces --prompt for it\n"
+            "  --images DIR            images (PNG or JPEG); NAME.txt next to NAME.png replaces --prompt for it\n"
             "  --prompt TEXT           the prompt the images are conditioned on\n"
             "  --shifts PATH[:SCALE]   apply spectral shifts (file or training folder; repeatable, they add up)\n"
             "  --delta PATH[:SCALE]    add a weight delta (`train --mode full --save-delta`; repeatable)\n"

@@ -14,7 +14,7 @@
 static void usage(FILE *f) {
     fprintf(f,
             "usage: svdiff grid [options] -o OUT.png IMAGE...\n\n"
-            "Writes the images (all of one size; PNG, JPEG, ...) as one grid PNG, row by row.\n\n"
+            "Writes the images (all of one size; PNG or JPEG) as one grid PNG, row by row.\n\n"
             "  -o, --output FILE   the grid (written atomically)\n"
             "  --cols N            images per row (default: about square)\n"
             "  --pad P             white pixels between and around the images, before scaling (default 2)\n"

@@ -1,4 +1,5 @@
-/* Image files (see image.h): stb_image for decoding, libpng for PNG with text chunks. */
+/* Image files (see image.h): libpng for writing PNG with text chunks, grids, resizing;
+ * decoding is in image_decode.c. */
 #include "io/image.h"
 
 #include <errno.h>
@@ -9,8 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-#include <stb/stb_image.h>
 
 #include "base/error.h"
 
@@ -26,25 +25,6 @@ int image_alloc(image_t *img, int w, int h) {
 void image_free(image_t *img) {
     free(img->rgb);
     img->rgb = NULL, img->w = img->h = 0;
-}
-
-int image_load(image_t *img, const char *path) {
-    int w, h, c;
-    memset(img, 0, sizeof *img);
-    unsigned char *px = stbi_load(path, &w, &h, &c, 4);
-    if (!px) return sd_error(SD_ERR_FORMAT, "%s: cannot read image (%s)", path, stbi_failure_reason());
-    int rc = image_alloc(img, w, h);
-    if (rc) {
-        stbi_image_free(px);
-        return rc;
-    }
-    for (size_t i = 0; i < (size_t)w * h; i++) {
-        const unsigned a = px[4 * i + 3];
-        for (int k = 0; k < 3; k++)  /* composite on white: c*a + 255*(1-a), rounded */
-            img->rgb[3 * i + k] = (uint8_t)((px[4 * i + k] * a + 255u * (255u - a) + 127u) / 255u);
-    }
-    stbi_image_free(px);
-    return SD_OK;
 }
 
 static int write_png_stream(FILE *f, const image_t *img, const char *const *keys,

@@ -1,8 +1,9 @@
-/* 8-bit RGB images: reading (PNG, JPEG, ... through stb_image), writing PNG atomically with
+/* 8-bit RGB images: reading PNG (libpng) and JPEG (libjpeg-turbo), writing PNG atomically with
  * text chunks (libpng), grids for sample sheets, and resize + crop for training inputs. */
 #ifndef SVDIFF_IO_IMAGE_H
 #define SVDIFF_IO_IMAGE_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct {
@@ -10,8 +11,13 @@ typedef struct {
     uint8_t *rgb;   /* [h, w, 3], row-major */
 } image_t;
 
-/* Any format stb_image reads; alpha is composited on white (emoji, logos). Errors name the
- * file and stb's reason. */
+/* PNG (any colour type, bit depth, interlacing, tRNS) or JPEG (grey, RGB, CMYK), found by the
+ * file's signature, as 8-bit RGB; alpha is composited on white (emoji, logos), 16-bit samples keep
+ * their high byte. Strict: a bad CRC, a palette index past the palette, a truncated or corrupt
+ * file is refused, and so is any other format (GIF, BMP, ...). Errors are one line,
+ * "<path>: cannot read image (<reason>)". image_decode: the same for n bytes in memory, `name`
+ * standing for the path in messages. */
+int image_decode(image_t *img, const uint8_t *data, size_t n, const char *name);
 int image_load(image_t *img, const char *path);
 /* PNG, written to "<path>.tmp.<pid>", fsync'ed and renamed. text: n key/value pairs stored
  * as tEXt chunks (e.g. "parameters" with the generation settings). */

@@ -42,7 +42,7 @@ typedef struct {
 } image_set_t;
 
 /* Reads folder `dir`: every regular file that does not start with '.' and does not end in .txt
- * must be an image stb_image reads (PNG, JPEG, ...): each is decoded once here so that a bad file
+ * must be a PNG or JPEG image (image_load): each is decoded once here so that a bad file
  * is reported before anything is written. "name.txt" next to "name.png" is that image's caption.
  * A missing folder is an error unless allow_missing (a class folder still to be generated). An
  * empty folder is an error unless allow_empty. `what` names the flag in messages. */
