@@ -111,7 +111,8 @@ const char *svd_cache_file(const svd_cache_t *c);
 void svd_cache_default_dir(char *buf, size_t cap);
 
 /* Makes every dense conv / linear of the UNet spectral (method.md section 2), factors from
- * the cache when it has them, else by SVD (then recorded and the cache saved at the end).
+ * the cache when it has them, else by SVD (then recorded and the cache saved at the end; a
+ * cache that cannot be written is a warning on stderr, not an error).
  * Progress bar over layers on stderr and the total time. cache may be NULL (plain SVDs). */
 int unet_make_spectral_cached(unet_t *m, svd_cache_t *cache, int keep_base);
 /* The text-encoder twin; which: CLIP_SPECTRAL_LINEARS | CLIP_SPECTRAL_EMBEDDINGS. */

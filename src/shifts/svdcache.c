@@ -1,7 +1,8 @@
 /* The SVD cache (shifts.h): thin SVD factors of a base model's matrices, one safetensors file
  * per model hash, so a model is factored once (minutes at SD 1.5 scale) and then mapped and
  * copied in seconds. Also the "make a whole UNet / text encoder spectral through the cache"
- * helpers that train and generate use. Bad cache contents are warnings, never errors. */
+ * helpers that train and generate use. Bad cache contents, and a cache that cannot be written,
+ * are warnings, never errors. */
 #include <errno.h>
 #include <math.h>
 #include <stdint.h>
@@ -29,6 +30,7 @@ struct svd_cache {
     int n_put, cap_put;
     cache_put_t *put;       /* factors computed since the last save */
     long loaded, computed;
+    int save_failed;        /* a save by run_finish failed: warned once, not retried */
 };
 
 static char *xstrdup(const char *s) {
@@ -300,10 +302,18 @@ static int run_finish(svd_run_t *r, svd_cache_t *c, int rc) {
     if (c) {
         fprintf(stderr, "%s: %ld matrices, %ld from the SVD cache, %ld computed, %.2f s (%s)\n", r->what, r->total,
                 loaded, computed, now_s() - r->t0, svd_cache_file(c));
-        if (computed) {
+        if (computed && !c->save_failed) {
+            /* the cache only saves time: a cache that cannot be written (read-only, disk full,
+             * a folder in the way) must not stop the run whose factors are all computed */
             const double t = now_s();
-            rc = svd_cache_save(c);
-            if (!rc) fprintf(stderr, "%s: SVD cache saved in %.2f s\n", r->what, now_s() - t);
+            if (svd_cache_save(c) == SD_OK) {
+                fprintf(stderr, "%s: SVD cache saved in %.2f s\n", r->what, now_s() - t);
+            } else {
+                fprintf(stderr, "warning: %s; going on without saving the SVD cache (its factors will be "
+                        "recomputed next time)\n", sd_last_error());
+                sd_clear_error();
+                c->save_failed = 1;   /* said once: the text encoder's run would fail the same way */
+            }
         }
     } else {
         fprintf(stderr, "%s: %ld matrices factored in %.2f s\n", r->what, r->total, now_s() - r->t0);
