@@ -3,6 +3,7 @@
  * leave outputs bit-identical, scales add up), the base-model hash across file layouts, the
  * SVD cache (reuse, corrupt files), --shifts parsing and the pipeline's hash check. */
 #include <dirent.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -895,6 +896,115 @@ static void test_svd_cache_corrupt(void **state) {
     free(dir);
 }
 
+/* Runs spectral_through_cache with stderr going to a file; returns what was printed (malloc'ed). */
+static char *spectral_through_cache_stderr(tiny_t *t, const char *dir, const char *hash, long *loaded,
+                                           long *computed) {
+    char log[700];
+    snprintf(log, sizeof log, "%s/stderr.txt", dir);
+    fflush(stderr);
+    const int saved = dup(2), fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    assert_true(saved >= 0 && fd >= 0);
+    dup2(fd, 2);
+    close(fd);
+    spectral_through_cache(t, dir, hash, loaded, computed);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    size_t n;
+    char *text = read_file(log, &n);
+    assert_non_null(text);
+    fputs(text, stderr);
+    return text;
+}
+
+/* Item 9 of issue 17: finite, well-shaped but changed factors (one layer's singular values x3)
+ * were served from the cache, and the loss moved. Each tensor now has a checksum. */
+static void test_svd_cache_checksum(void **state) {
+    (void)state;
+    char *dir = make_tmpdir(), file[600];
+    const char *hash = "0123456789abcdef", *layer = "down_blocks.0.resnets.0.conv1";
+    snprintf(file, sizeof file, "%s/%s.svd.safetensors", dir, hash);
+    tiny_t t;
+    long loaded, computed;
+    tiny_open(&t);
+    const long n_all = t.unet.n_layers + clip_weight_count(&t);
+    spectral_through_cache(&t, dir, hash, &loaded, &computed);
+    assert_int_equal(computed, n_all);
+    factors_t *good = calloc(1, sizeof *good), *got = calloc(1, sizeof *got);
+    grab_model(good, &t);
+    tiny_close(&t);
+    /* every tensor has its checksum, and the format says so */
+    st_file_t f;
+    assert_int_equal(st_open(&f, file), 0);
+    assert_string_equal(st_meta(&f, "format"), "svdiff svd cache 2");
+    for (int i = 0; i < f.n_tensors; i++) {
+        char key[600];
+        snprintf(key, sizeof key, "sum:%s", f.tensors[i].name);
+        assert_non_null(st_meta(&f, key));
+    }
+    /* the layer's singular values times 3, in place: the file stays well-formed */
+    char sname[300];
+    snprintf(sname, sizeof sname, "%s.S", layer);
+    const st_tensor_t *S = st_find(&f, sname);
+    assert_non_null(S);
+    const off_t at = (off_t)((const char *)S->data - (const char *)f.map);
+    float *tripled = malloc(S->nbytes);
+    memcpy(tripled, S->data, S->nbytes);
+    for (int64_t i = 0; i < S->numel; i++) tripled[i] *= 3.0f;
+    const size_t nbytes = S->nbytes;
+    st_close(&f);
+    int fd = open(file, O_WRONLY);
+    assert_true(fd >= 0);
+    assert_int_equal(pwrite(fd, tripled, nbytes, at), (ssize_t)nbytes);
+    close(fd);
+    free(tripled);
+    /* that layer alone is recomputed, with a warning naming it; the factors are a fresh run's */
+    tiny_open(&t);
+    char *err = spectral_through_cache_stderr(&t, dir, hash, &loaded, &computed);
+    assert_int_equal(computed, 1);
+    assert_int_equal(loaded, n_all - 1);
+    char want[400];
+    snprintf(want, sizeof want, "entry %s fails its checksum", layer);
+    assert_non_null(strstr(err, want));
+    free(err);
+    grab_model(got, &t);
+    assert_factors_equal(good, got);
+    free_factors(got);
+    tiny_close(&t);
+    /* the rewritten file is whole again */
+    tiny_open(&t);
+    spectral_through_cache(&t, dir, hash, &loaded, &computed);
+    assert_int_equal(computed, 0);
+    assert_int_equal(loaded, n_all);
+    tiny_close(&t);
+    /* a file of format 1 (no checksums): untrusted, everything recomputed after one warning */
+    assert_int_equal(st_open(&f, file), 0);
+    char tmp[700];
+    snprintf(tmp, sizeof tmp, "%s/old.safetensors", dir);
+    st_writer_t *w = st_writer_new();
+    for (int i = 0; i < f.n_tensors; i++) {
+        const st_tensor_t *x = &f.tensors[i];
+        assert_int_equal(st_writer_add(w, x->name, x->dtype, x->ndim, x->shape, x->data), 0);
+    }
+    st_writer_meta(w, "model_hash", hash);
+    st_writer_meta(w, "format", "svdiff svd cache 1");
+    assert_int_equal(st_writer_save(w, tmp), 0);
+    st_writer_free(w);
+    st_close(&f);
+    assert_int_equal(rename(tmp, file), 0);
+    tiny_open(&t);
+    err = spectral_through_cache_stderr(&t, dir, hash, &loaded, &computed);
+    assert_int_equal(computed, n_all);
+    assert_int_equal(loaded, 0);
+    assert_non_null(strstr(err, "has no checksums (format 'svdiff svd cache 1', not 'svdiff svd cache 2')"));
+    free(err);
+    tiny_close(&t);
+    free_factors(good);
+    free(good), free(got);
+    remove_tree(dir);
+    free(dir);
+}
+
 /* ---------------------------------------------------------------------------------------
  * --shifts arguments and the pipeline */
 
@@ -1022,6 +1132,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_hash_layouts),
         cmocka_unit_test(test_svd_cache_reuse),
         cmocka_unit_test(test_svd_cache_corrupt),
+        cmocka_unit_test(test_svd_cache_checksum),
         cmocka_unit_test(test_spec_parse),
         cmocka_unit_test(test_pipeline_hash_check),
     };

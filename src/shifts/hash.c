@@ -79,6 +79,8 @@ static uint64_t hash_bytes(const void *p, size_t n, uint64_t seed) {
     return h_final(&s);
 }
 
+uint64_t bytes_hash64(const void *p, size_t n, uint64_t seed) { return hash_bytes(p, n, seed); }
+
 /* dst[n] = fp16 / bf16 src[n] as fp32 (exact: both widen without rounding). */
 static void widen(float *dst, const uint16_t *src, size_t n, st_dtype_t dt) {
     size_t i = 0;

@@ -80,13 +80,19 @@ int shiftset_apply_clip(clip_t *m, const shift_set_t *s, float scale, svd_cache_
  *    order; model hash = fold of the tensor hashes in order.
  * Chunks are hashed in parallel (OpenMP), so the speed is that of reading the mapped files. */
 int model_weights_hash(const model_t *m, char out[17]);
+/* The same fast 64-bit hash over n raw bytes (one lane set, no chunking): checksums of SVD cache
+ * tensors. */
+uint64_t bytes_hash64(const void *p, size_t n, uint64_t seed);
 
 /* SVD cache: a safetensors file per base model, "<dir>/<hash>.svd.safetensors", holding F32
  * "<path>.U" [rows, rank], "<path>.S" [rank], "<path>.Vt" [rank, cols] per matrix. UNet entries
  * use the module path as is; text-encoder entries carry the prefix SVD_CACHE_TE_PREFIX
  * ("te:text_model.encoder.layers.0.self_attn.q_proj.U"), so one file serves a whole model.
- * A cache file that cannot be read, belongs to another hash, or holds a bad entry (wrong
- * shape or dtype, non-finite values) is reported on stderr and recomputed, never fatal. */
+ * Every tensor's bytes have a checksum in the metadata ("sum:<tensor name>", 16 hex digits of
+ * bytes_hash64), checked on lookup. A cache file that cannot be read, belongs to another hash,
+ * was written without checksums (an svdiff before format 2), or holds a bad entry (wrong shape
+ * or dtype, non-finite values, a checksum mismatch) is reported on stderr and recomputed, never
+ * fatal. */
 #define SVD_CACHE_TE_PREFIX "te:"
 int svd_cache_open(svd_cache_t **c, const char *dir, const char *model_hash);  /* creates dir */
 void svd_cache_close(svd_cache_t *c);

@@ -18,6 +18,9 @@
 #include "base/progress.h"
 #include "shifts/shifts.h"
 
+/* Format 2 adds a checksum per tensor, "sum:<tensor name>" in the metadata (shifts.h). */
+#define CACHE_FORMAT "svdiff svd cache 2"
+
 typedef struct {
     char *path;
     const spectral_t *sp;   /* referenced (svd_cache_put) */
@@ -81,6 +84,14 @@ static void open_file(svd_cache_t *c) {
     if (h && strcmp(h, c->hash) != 0) {
         fprintf(stderr, "warning: SVD cache %s belongs to model %s, not %s; its factors will be recomputed\n",
                 c->file, h, c->hash);
+        st_close(&c->f);
+        return;
+    }
+    const char *format = st_meta(&c->f, "format");
+    if (!format || strcmp(format, CACHE_FORMAT) != 0) {
+        /* without checksums a damaged factor cannot be told from a good one */
+        fprintf(stderr, "warning: SVD cache %s has no checksums (format '%s', not '%s'); its factors will be "
+                "recomputed\n", c->file, format ? format : "none", CACHE_FORMAT);
         st_close(&c->f);
         return;
     }
@@ -165,6 +176,24 @@ static const float *aligned_f32(const st_tensor_t *t, float **tmp) {
     return *tmp;
 }
 
+/* Checksum of a tensor's bytes as stored: 16 hex digits. */
+static void checksum_hex(const void *data, size_t nbytes, char out[17]) {
+    snprintf(out, 17, "%016llx", (unsigned long long)bytes_hash64(data, nbytes, 0));
+}
+
+/* Metadata key of a tensor's checksum into buf. */
+static void checksum_key(const char *tensor, char *buf, size_t cap) { snprintf(buf, cap, "sum:%s", tensor); }
+
+/* Does t's stored checksum exist and match its bytes? */
+static int checksum_ok(const svd_cache_t *c, const st_tensor_t *t) {
+    char key[600], sum[17];
+    checksum_key(t->name, key, sizeof key);
+    const char *want = st_meta(&c->f, key);
+    if (!want) return 0;
+    checksum_hex(t->data, t->nbytes, sum);
+    return strcmp(want, sum) == 0;
+}
+
 int svd_cache_lookup(svd_cache_t *c, const char *path, weight_t *w, int keep_base) {
     if (!c || w->kind != WEIGHT_DENSE) return 0;
     const int rows = w->rows, cols = w->cols, rank = rows < cols ? rows : cols;
@@ -180,6 +209,11 @@ int svd_cache_lookup(svd_cache_t *c, const char *path, weight_t *w, int keep_bas
     if (!part_ok(U, rows, rank, 0) || !part_ok(S, rank, -1, 1) || !part_ok(Vt, rank, cols, 0)) {
         fprintf(stderr, "warning: SVD cache %s: entry %s is damaged or does not fit a [%d, %d] matrix; recomputing it\n",
                 c->file, path, rows, cols);
+        return 0;
+    }
+    if (!checksum_ok(c, U) || !checksum_ok(c, S) || !checksum_ok(c, Vt)) {
+        fprintf(stderr, "warning: SVD cache %s: entry %s fails its checksum (the file was changed or damaged); "
+                "recomputing it\n", c->file, path);
         return 0;
     }
     float *tu, *ts, *tv;
@@ -221,12 +255,17 @@ int svd_cache_save(svd_cache_t *c) {
     if (!c || !c->n_put) return SD_OK;
     st_writer_t *w = st_writer_new();
     int rc = SD_OK;
-    char stem[512];
-    /* what the file had, except entries recomputed since */
+    char stem[512], key[600], sum[17];
+    /* what the file had, except entries recomputed since, with the checksums it had (not
+     * recomputed: a damaged entry stays detectable); an entry without one is dropped */
     for (int i = 0; c->has_file && i < c->f.n_tensors && !rc; i++) {
         const st_tensor_t *t = &c->f.tensors[i];
         if (stem_of(t->name, stem, sizeof stem) && find_put(c, stem)) continue;
+        checksum_key(t->name, key, sizeof key);
+        const char *old_sum = st_meta(&c->f, key);
+        if (!old_sum) continue;
         rc = st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, t->data);
+        if (!rc) rc = st_writer_meta(w, key, old_sum);
     }
     char **names = sd_xcalloc((size_t)c->n_put * 3, sizeof *names);
     for (int i = 0; i < c->n_put && !rc; i++) {
@@ -239,10 +278,14 @@ int svd_cache_save(svd_cache_t *c) {
             names[3 * i + k] = sd_xmalloc(strlen(c->put[i].path) + 4);
             sprintf(names[3 * i + k], "%s.%s", c->put[i].path, suffix[k]);
             rc = st_writer_add(w, names[3 * i + k], ST_F32, k == 1 ? 1 : 2, shape[k], data[k]);
+            const int64_t numel = shape[k][0] * (k == 1 ? 1 : shape[k][1]);
+            checksum_key(names[3 * i + k], key, sizeof key);
+            checksum_hex(data[k], sizeof(float) * (size_t)numel, sum);
+            if (!rc) rc = st_writer_meta(w, key, sum);
         }
     }
     if (!rc) rc = st_writer_meta(w, "model_hash", c->hash);
-    if (!rc) rc = st_writer_meta(w, "format", "svdiff svd cache 1");
+    if (!rc) rc = st_writer_meta(w, "format", CACHE_FORMAT);
     if (!rc) rc = st_writer_meta(w, "svdiff_version", SVDIFF_VERSION);
     if (!rc) rc = st_writer_save(w, c->file);
     st_writer_free(w);
