@@ -230,7 +230,6 @@ static void write_png_kind(const char *path, int color, int depth, int interlace
     if (depth == 16) png_set_swap(png);   /* rows hold host-order 16-bit samples */
     png_set_packing(png);                 /* and one byte per sub-byte sample */
     const size_t bps = depth == 16 ? 2 : 1;
-    uint8_t *rowbuf = malloc((size_t)w * ch * bps);
     png_bytep *rows = malloc(sizeof *rows * h);
     uint8_t *img = malloc((size_t)w * ch * bps * h);
     for (int y = 0; y < h; y++) {
@@ -266,7 +265,7 @@ static void write_png_kind(const char *path, int color, int depth, int interlace
         }
         for (int k = 0; k < 3; k++) want[3 * p + k] = (uint8_t)on_white(rgb[k], a);
     }
-    free(smp), free(rowbuf), free(rows), free(img);
+    free(smp), free(rows), free(img);
 }
 
 static void test_png_kinds(void **state) {
