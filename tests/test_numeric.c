@@ -123,33 +123,35 @@ static void copy_tiny(const char *dir, const char *name, char *model, size_t cap
     assert_int_equal(system(cmd), 0);
 }
 
-/* Rewrites the safetensors file `path` with every tensor as F32, element `at` of tensor
- * `victim` (NULL: none) set to `value`, and one metadata pair added (key NULL: none). */
+/* Rewrites the safetensors file src into dst (which may be src): element `at` of tensor
+ * `victim` (NULL: none) set to `value` (that tensor becomes F32; the others keep their dtype and
+ * bytes), and metadata `key` (NULL: none) set to `val`. */
 static void rewrite_st(const char *src, const char *dst, const char *victim, int64_t at, float value,
                        const char *key, const char *val) {
     st_file_t f;
     assert_int_equal(st_open(&f, src), 0);
-    float **data = calloc((size_t)f.n_tensors + 1, sizeof *data);
+    float *data = NULL;
     st_writer_t *w = st_writer_new();
     int hit = victim == NULL;
     for (int i = 0; i < f.n_tensors; i++) {
         const st_tensor_t *t = &f.tensors[i];
-        data[i] = malloc(sizeof(float) * (size_t)(t->numel ? t->numel : 1));
-        assert_int_equal(st_read_f32(data[i], t), 0);
         if (victim && !strcmp(t->name, victim)) {
             assert_true(at < t->numel);
-            data[i][at] = value, hit = 1;
+            data = malloc(sizeof(float) * (size_t)t->numel);
+            assert_int_equal(st_read_f32(data, t), 0);
+            data[at] = value, hit = 1;
+            assert_int_equal(st_writer_add(w, t->name, ST_F32, t->ndim, t->shape, data), 0);
+        } else {
+            assert_int_equal(st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, t->data), 0);
         }
-        assert_int_equal(st_writer_add(w, t->name, ST_F32, t->ndim, t->shape, data[i]), 0);
     }
     assert_true(hit);
     for (int i = 0; i < f.n_meta; i++) assert_int_equal(st_writer_meta(w, f.meta_keys[i], f.meta_values[i]), 0);
     if (key) assert_int_equal(st_writer_meta(w, key, val), 0);
     char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.new", dst);   /* src and dst may be one file */
+    snprintf(tmp, sizeof tmp, "%s.new", dst);   /* the data of src stays mapped until the save */
     assert_int_equal(st_writer_save(w, tmp), 0);
     st_writer_free(w);
-    for (int i = 0; i < f.n_tensors; i++) free(data[i]);
     free(data);
     st_close(&f);
     assert_int_equal(rename(tmp, dst), 0);
@@ -455,6 +457,42 @@ static void test_cli_tokenizer_train_empty(void **state) {
     free(dir);
 }
 
+/* --resume from a checkpoint whose metadata holds "nan", "1e999" or a non-number where a number
+ * belongs: refused naming the file and key (before: the run resumed, exit 0, "nan" in its
+ * loss). The checkpoint is left by a run ended after step 2 (SVDIFF_TEST_ABORT_AT_STEP). */
+static void test_cli_checkpoint_metadata(void **state) {
+    (void)state;
+    char *dir = make_tmpdir(), o[1024], ck[1200], keep[1200], args[4096], out[16384];
+    snprintf(o, sizeof o, "%s/run", dir);
+    snprintf(ck, sizeof ck, "%s/checkpoint.safetensors", o);
+    snprintf(keep, sizeof keep, "%s/checkpoint.keep", dir);
+    char images[1024];
+    snprintf(images, sizeof images, "%s", source_path("tests/fixtures/train/images"));   /* a static buffer */
+    snprintf(args, sizeof args, "train --model %s --instance-dir %s --instance-prompt 'a photo of sks dog' "
+             "--resolution 16 --steps 4 --checkpoint-every 1 --svd-cache none --threads 1 --quiet -o %s",
+             source_path(TINY), images, o);
+    setenv("SVDIFF_TEST_ABORT_AT_STEP", "2", 1);
+    int rc = run_cli(out, sizeof out, "%s", args);
+    unsetenv("SVDIFF_TEST_ABORT_AT_STEP");
+    expect(rc, 137, out, NULL);
+    assert_true(exists(ck));
+    rewrite_st(ck, keep, NULL, 0, 0.0f, NULL, NULL);
+    static const char *const cases[][3] = {
+        {"loss_ema", "nan", "checkpoint metadata 'loss_ema' = 'nan' is not a number"},
+        {"elapsed", "1e999", "checkpoint metadata 'elapsed' = '1e999' is not a number"},
+        {"threads", "two", "checkpoint metadata 'threads' = 'two' is not a thread count"},
+    };
+    for (int k = 0; k < 3; k++) {
+        rewrite_st(keep, ck, NULL, 0, 0.0f, cases[k][0], cases[k][1]);
+        expect(run_cli(out, sizeof out, "%s --resume", args), 1, out, cases[k][2]);
+        assert_non_null(strstr(out, ck));
+    }
+    rewrite_st(keep, ck, NULL, 0, 0.0f, NULL, NULL);   /* the untouched checkpoint resumes */
+    expect(run_cli(out, sizeof out, "%s --resume", args), 0, out, NULL);
+    rm_tree(dir);
+    free(dir);
+}
+
 int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fastmath_special_values),
@@ -469,6 +507,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_cli_sample_size),
         cmocka_unit_test(test_cli_symlink_loop),
         cmocka_unit_test(test_cli_tokenizer_train_empty),
+        cmocka_unit_test(test_cli_checkpoint_metadata),
     };
     if (argc > 1) cmocka_set_test_filter(argv[1]);
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -475,8 +475,8 @@ static int check_tokenizer(const char *dir) {
 }
 
 /* Every float tensor of a component must be finite: a NaN or Inf weight would turn every image
- * black, so it is named here. The stored bits are scanned unconverted (ops/finite.c); on the
- * default model (17 MB) this costs about a millisecond. */
+ * black, so it is named here. The stored bits are scanned unconverted (ops/finite.c): 0.4 ms for
+ * the 17 MB of the default model with the file in the page cache (model_open 1.9 ms in all). */
 static int component_check_finite(const model_component_t *c) {
     for (int i = 0; i < c->n_tensors; i++) {
         const st_tensor_t *t = &c->tensors[i];
@@ -488,6 +488,7 @@ static int component_check_finite(const model_component_t *c) {
         const size_t n = (size_t)t->numel, k = first_nonfinite_raw(t->data, st_dtype_size(t->dtype), mask, n);
         if (k < n) return sd_error(SD_ERR_FORMAT, "%s: tensor '%s' holds a non-finite value (NaN or Inf) at flat index %zu",
                                    c->name, t->name, k);
+        st_release_pages(t, 0, t->nbytes);   /* read once here: not counted in RSS until used (training's peak) */
     }
     return SD_OK;
 }
