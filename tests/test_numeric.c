@@ -277,6 +277,25 @@ static void test_svd_cache_error_wrapped_once(void **state) {
     free(dir);
 }
 
+/* A --shifts/--lora/--delta strength that is NaN, Inf, overflows a float or is absurd is an
+ * error naming it (before: "nan" and "1e39" became part of the path, and 1e30 was applied). */
+static void test_spec_scale_refused(void **state) {
+    (void)state;
+    char p[256];
+    float s = 0.0f;
+    const char *bad[] = {"out:nan", "out:inf", "out:-inf", "out:1e39", "out:1e30", "out:-2e4"};
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        assert_int_equal(shift_spec_parse(bad[k], p, sizeof p, &s), SD_ERR_ARG);
+        assert_non_null(strstr(sd_last_error(), "is not a finite number in [-10000, 10000]"));
+        assert_non_null(strstr(sd_last_error(), strchr(bad[k], ':') + 1));
+    }
+    assert_int_equal(shift_spec_parse("out:-1e4", p, sizeof p, &s), 0);
+    assert_string_equal(p, "out");
+    assert_true(s == -1e4f);
+    assert_int_equal(shift_spec_parse("out:1e-50", p, sizeof p, &s), 0);   /* underflow to 0 is a scale of 0 */
+    assert_true(s == 0.0f);
+}
+
 /* ---------------------------------------------------------------------------------------
  * the command line */
 
@@ -499,6 +518,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_first_nonfinite),
         cmocka_unit_test(test_error_wrap),
         cmocka_unit_test(test_svd_cache_error_wrapped_once),
+        cmocka_unit_test(test_spec_scale_refused),
         cmocka_unit_test(test_cli_nonfinite_weights),
         cmocka_unit_test(test_cli_lora_alpha),
         cmocka_unit_test(test_cli_init_latents_nan),
