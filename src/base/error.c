@@ -14,6 +14,18 @@ int sd_error(int code, const char *fmt, ...) {
     return code;
 }
 
+int sd_error_wrap(int code, const char *fmt, ...) {
+    char inner[sizeof g_message];
+    memcpy(inner, g_message, sizeof inner);   /* the prefix is written over the source */
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vsnprintf(g_message, sizeof g_message, fmt, ap);
+    va_end(ap);
+    if (k < 0) k = 0;
+    if ((size_t)k < sizeof g_message) snprintf(g_message + k, sizeof g_message - (size_t)k, ": %s", inner);
+    return code;
+}
+
 const char *sd_last_error(void) { return g_message; }
 
 void sd_clear_error(void) { g_message[0] = '\0'; }

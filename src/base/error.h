@@ -20,6 +20,10 @@ enum {
 /* Sets the thread's error message (printf-style) and returns `code`, so that
  * `return sd_error(SD_ERR_FORMAT, "%s: ...", path);` reads naturally. */
 int sd_error(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Wraps the current message in context: it becomes "<prefix>: <current message>", where the
+ * prefix is printf-style; returns `code`. Use it instead of sd_error(rc, "...: %s",
+ * sd_last_error()), which would format the message buffer into itself. */
+int sd_error_wrap(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* The last message set on this thread ("" if none). */
 const char *sd_last_error(void);
 void sd_clear_error(void);

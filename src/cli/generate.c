@@ -18,6 +18,7 @@
 #include "cli/commands.h"
 #include "io/image.h"
 #include "io/safetensors.h"
+#include "ops/ops.h"
 #include "pipeline/adapters.h"
 #include "pipeline/pipeline.h"
 #include "shifts/shifts.h"
@@ -107,6 +108,10 @@ static int load_init_latents(const char *path, float *dst, int n, int C, int h, 
     }
     float *tmp = sd_xmalloc(sizeof(float) * (size_t)rows * per);
     rc = st_read_f32(tmp, t);
+    const size_t bad = rc ? 0 : first_nonfinite(tmp, (size_t)rows * per);
+    if (!rc && bad < (size_t)rows * per)
+        rc = sd_error(SD_ERR_FORMAT, "%s: tensor '%s' holds a non-finite value (NaN or Inf) at flat index %zu", path,
+                      t->name, bad);
     for (int k = 0; !rc && k < n; k++) memcpy(dst + k * per, tmp + (rows == 1 ? 0 : k * per), sizeof(float) * per);
     free(tmp);
     st_close(&f);

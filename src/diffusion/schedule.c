@@ -49,7 +49,8 @@ static int get_int(const cJSON *j, const char *key, int *out) {
 static int get_double(const cJSON *j, const char *key, double *out) {
     const cJSON *v = item(j, key);
     if (!v) return 0;
-    if (!cJSON_IsNumber(v)) return sd_error(SD_ERR_FORMAT, "scheduler config: \"%s\" must be a number", key);
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble))
+        return sd_error(SD_ERR_FORMAT, "scheduler config: \"%s\" must be a finite number", key);
     *out = v->valuedouble;
     return 0;
 }

@@ -14,6 +14,7 @@
 #include "base/error.h"
 #include "io/model_config.h"
 #include "io/names.h"
+#include "ops/ops.h"
 
 /* ---------------------------------------------------------------------------------------- */
 /* Small helpers                                                                            */
@@ -88,11 +89,7 @@ static int read_json(const char *path, cJSON **out) {
 }
 
 /* Prefixes the current error message with `what: ` (keeps the code). */
-static int wrap(int rc, const char *what) {
-    char msg[2048];
-    snprintf(msg, sizeof msg, "%s", sd_last_error());
-    return sd_error(rc, "%s: %s", what, msg);
-}
+static int wrap(int rc, const char *what) { return sd_error_wrap(rc, "%s", what); }
 
 /* ---------------------------------------------------------------------------------------- */
 /* Component building                                                                       */
@@ -231,18 +228,34 @@ static const folder_part_t PARTS[3] = {
     {"text_encoder", "CLIPTextModel", "transformers", "model"},
 };
 
-/* First existing weights file: plain names before the fp16 variant, one file before an index. */
-static char *find_weights(const char *dir, const char *base) {
+/* First existing weights file: plain names before the fp16 variant, one file before an index
+ * (*out NULL when there is none). A candidate that exists but cannot be used (a symlink loop, no
+ * permission, a folder) is an error naming it with the OS's reason, not "no weights". */
+static int find_weights(const char *dir, const char *base, char **out) {
     static const char *const pattern[4] = {"%s.safetensors", "%s.safetensors.index.json",
                                            "%s.fp16.safetensors", "%s.safetensors.index.fp16.json"};
     char name[256];
+    *out = NULL;
     for (int i = 0; i < 4; i++) {
         snprintf(name, sizeof name, pattern[i], base);
         char *p = join(dir, name);
-        if (is_file(p)) return p;
+        struct stat sb;
+        int rc = SD_OK;
+        if (stat(p, &sb) == 0) {
+            if (S_ISREG(sb.st_mode)) {
+                *out = p;
+                return SD_OK;
+            }
+            rc = sd_error(SD_ERR_IO, "%s: not a regular file", p);
+        } else if (errno != ENOENT) {
+            rc = sd_error(SD_ERR_IO, "%s: cannot open: %s", p, strerror(errno));
+        } else if (lstat(p, &sb) == 0) {
+            rc = sd_error(SD_ERR_IO, "%s: cannot open: a dangling symbolic link", p);
+        }
         free(p);
+        if (rc) return rc;
     }
-    return NULL;
+    return SD_OK;
 }
 
 /* model_index.json entry of a component: 1 if listed (["library", "Class"]), 0 if absent or
@@ -266,6 +279,11 @@ static int open_folder_part(model_t *m, model_component_t *c, const folder_part_
     char *weights = NULL;
     int rc = 0;
     c->name = dup_str(part->name);
+    struct stat sb;
+    if (stat(dir, &sb) != 0 && errno != ENOENT) {
+        rc = sd_error(SD_ERR_IO, "%s: cannot open: %s", dir, strerror(errno));   /* a symlink loop, ... */
+        goto done;
+    }
     if (!is_dir(dir)) {
         rc = sd_error(SD_ERR_IO, "%s: missing folder (model_index.json lists %s)", dir, part->name);
         goto done;
@@ -277,7 +295,7 @@ static int open_folder_part(model_t *m, model_component_t *c, const folder_part_
                       cls->valuestring, part->cls);
         goto done;
     }
-    weights = find_weights(dir, part->weights);
+    if ((rc = find_weights(dir, part->weights, &weights))) goto done;
     if (!weights) {
         rc = sd_error(SD_ERR_IO, "%s: no weights: expected %s.safetensors, %s.safetensors.index.json or "
                       "their .fp16 variants", dir, part->weights, part->weights);
@@ -455,6 +473,26 @@ static int check_tokenizer(const char *dir) {
     return 0;
 }
 
+/* Every float tensor of a component must be finite: a NaN or Inf weight would turn every image
+ * black, so it is named here. The stored bits are scanned unconverted (ops/finite.c). On the
+ * default model (17 MB, in the page cache) model_open takes 2.9 ms with the scan, 0.5 ms without;
+ * its pages are released after it, so they count in RSS only once the model uses them. */
+static int component_check_finite(const model_component_t *c) {
+    for (int i = 0; i < c->n_tensors; i++) {
+        const st_tensor_t *t = &c->tensors[i];
+        uint32_t mask = 0;
+        if (t->dtype == ST_F32) mask = 0x7F800000u;
+        else if (t->dtype == ST_F16) mask = 0x7C00u;
+        else if (t->dtype == ST_BF16) mask = 0x7F80u;
+        if (!mask || !t->numel) continue;
+        const size_t n = (size_t)t->numel, k = first_nonfinite_raw(t->data, st_dtype_size(t->dtype), mask, n);
+        if (k < n) return sd_error(SD_ERR_FORMAT, "%s: tensor '%s' holds a non-finite value (NaN or Inf) at flat index %zu",
+                                   c->name, t->name, k);
+        st_release_pages(t, 0, t->nbytes);   /* training pages each base matrix out after its SVD */
+    }
+    return SD_OK;
+}
+
 int model_open(model_t *m, const char *path, const model_open_options_t *opt) {
     memset(m, 0, sizeof *m);
     struct stat sb;
@@ -476,6 +514,7 @@ int model_open(model_t *m, const char *path, const model_open_options_t *opt) {
     for (int k = 0; k < 3 && rc == 0; k++)
         if (comps[k]->name && (comps[k]->n_tensors || m->layout == MODEL_LAYOUT_DIFFUSERS)) {
             rc = component_validate(comps[k]);
+            if (!rc) rc = component_check_finite(comps[k]);
             if (rc) rc = wrap(rc, path);
         }
     if (rc == 0 && opt && opt->tokenizer_dir) {

@@ -4,6 +4,7 @@
  * tensor shapes for single-file checkpoints. */
 #include "io/model_config.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -53,8 +54,8 @@ int config_int_or(const model_component_t *c, const char *key, int dflt, int *ou
 int config_float(const model_component_t *c, const char *key, float *out) {
     const cJSON *it = item(c, key);
     if (!it) return missing(c, key);
-    if (!cJSON_IsNumber(it))
-        return sd_error(SD_ERR_FORMAT, "%s config: key '%s' is not a number", c->name, key);
+    if (!cJSON_IsNumber(it) || !(fabs(it->valuedouble) <= FLT_MAX))
+        return sd_error(SD_ERR_FORMAT, "%s config: key '%s' is not a finite number", c->name, key);
     *out = (float)it->valuedouble;
     return 0;
 }

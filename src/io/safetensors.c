@@ -678,9 +678,7 @@ static int set_open_index(st_set_t *s, const char *path) {
         full = NULL;
         if (rc) {
             /* keep st_open's message (it names the shard file), add the index */
-            char msg[1024];
-            snprintf(msg, sizeof msg, "%s", sd_last_error());
-            rc = sd_error(rc, "%s: shard '%s': %s", path, shards[i], msg);
+            rc = sd_error_wrap(rc, "%s: shard '%s'", path, shards[i]);
             goto done;
         }
         s->n_files++;

@@ -404,6 +404,7 @@ int bpe_learn(const char *const *captions, int n, const bpe_learn_options_t *opt
               bpe_learn_stats_t *stats) {
     bpe_learn_options_t o = opt ? *opt : (bpe_learn_options_t){0};
     if (o.min_frequency < 1) o.min_frequency = 1;
+    if (n == 0) return sd_error(SD_ERR_ARG, "no captions to learn a vocabulary from");
     if (!captions || n < 0 || !out_dir) return sd_error(SD_ERR_ARG, "bpe_learn: NULL argument");
     learner_t L = {0};
     strmap_init(&L.tok_ids, 4096);
@@ -546,6 +547,10 @@ int bpe_read_captions(const char *path, int column, char ***out, int *n) {
     if (!rc && ferror(f)) rc = sd_error(SD_ERR_IO, "%s: read error", path);
     free(line);
     fclose(f);
+    if (!rc && count == 0 && column >= 1)
+        rc = sd_error(SD_ERR_FORMAT, "%s: no captions: column %d is empty on every line", path, column);
+    else if (!rc && count == 0)
+        rc = sd_error(SD_ERR_FORMAT, "%s: no captions: the file is empty or holds only empty lines", path);
     if (rc) {
         bpe_free_captions(caps, count);
         return rc;

@@ -35,8 +35,8 @@ int bpe_learn(const char *const *captions, int n, const bpe_learn_options_t *opt
 
 /* Reads captions from a text file: one per line, or with column >= 1 the column-th
  * tab-separated field of each line (a line without it is an error naming the line). Empty
- * lines are skipped, a trailing '\r' removed. *out is an array of *n malloc'ed strings;
- * free with bpe_free_captions. */
+ * lines are skipped, a trailing '\r' removed; a file without any caption is an error. *out is
+ * an array of *n malloc'ed strings; free with bpe_free_captions. */
 int bpe_read_captions(const char *path, int column, char ***out, int *n);
 void bpe_free_captions(char **captions, int n);
 

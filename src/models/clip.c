@@ -22,7 +22,7 @@ static int json_int(const cJSON *j, const char *key, int dflt, int *out, const c
         *out = dflt;
         return SD_OK;
     }
-    if (!cJSON_IsNumber(it) || it->valuedouble != (double)(int)it->valuedouble || it->valuedouble < 1)
+    if (!cJSON_IsNumber(it) || !(it->valuedouble >= 1 && it->valuedouble <= 1e9) || it->valuedouble != floor(it->valuedouble))
         return sd_error(SD_ERR_FORMAT, "%s: \"%s\" must be a positive integer", what, key);
     *out = (int)it->valuedouble;
     return SD_OK;
@@ -51,7 +51,7 @@ int clip_config_from_json(clip_config_t *cfg, const cJSON *json, const char *wha
     const cJSON *eps = cJSON_GetObjectItemCaseSensitive(json, "layer_norm_eps");
     cfg->layer_norm_eps = 1e-5f;
     if (eps && !cJSON_IsNull(eps)) {
-        if (!cJSON_IsNumber(eps) || !(eps->valuedouble > 0))
+        if (!cJSON_IsNumber(eps) || !(eps->valuedouble > 0 && eps->valuedouble < 1))
             return sd_error(SD_ERR_FORMAT, "%s: \"layer_norm_eps\" must be a positive number", what);
         cfg->layer_norm_eps = (float)eps->valuedouble;
     }
@@ -227,11 +227,7 @@ int clip_make_spectral(clip_t *m, unsigned which, int keep_base) {
         const unsigned bit = i < 2 ? CLIP_SPECTRAL_EMBEDDINGS : CLIP_SPECTRAL_LINEARS;
         if (!(which & bit) || w->kind != WEIGHT_DENSE) continue;
         int rc = weight_make_spectral(w, keep_base);
-        if (rc) {
-            char msg[256];
-            snprintf(msg, sizeof msg, "%s", sd_last_error());
-            return sd_error(rc, "text encoder: %s.weight: %s", name, msg);
-        }
+        if (rc) return sd_error_wrap(rc, "text encoder: %s.weight", name);
     }
     return SD_OK;
 }

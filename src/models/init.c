@@ -100,7 +100,8 @@ static int cfg_num(const cJSON *cfg, const char *key, double dflt, double *out) 
         *out = dflt;
         return 0;
     }
-    if (!cJSON_IsNumber(it)) return sd_error(SD_ERR_FORMAT, "text_encoder config: key '%s' is not a number", key);
+    if (!cJSON_IsNumber(it) || !isfinite(it->valuedouble))
+        return sd_error(SD_ERR_FORMAT, "text_encoder config: key '%s' is not a finite number", key);
     *out = it->valuedouble;
     return 0;
 }
@@ -448,7 +449,7 @@ int model_init(const cJSON *config, const char *out_dir, const model_init_option
     const cJSON *tv = cJSON_GetObjectItemCaseSensitive(tc, "vocab_size");
     if (vocab > 0 && cJSON_IsNumber(tv) && tv->valuedouble < vocab) {
         rc = sd_error(SD_ERR_FORMAT, "text_encoder config: vocab_size %d is smaller than the tokenizer's %d ids (%s)",
-                      (int)tv->valuedouble, vocab, o.tokenizer_dir);
+                      (int)floor(tv->valuedouble > -1e9 ? tv->valuedouble : -1e9), vocab, o.tokenizer_dir);
         goto done;
     }
     if (vocab > 0) {   /* transformers pools at eos_token_id (2 means CLIP's argmax): make them the tokenizer's */

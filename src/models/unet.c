@@ -4,6 +4,7 @@
  * Architecture facts follow diffusers: unets/unet_2d_condition.py (construction, forward),
  * unets/unet_2d_blocks.py (CrossAttnDownBlock2D, DownBlock2D, UNetMidBlock2DCrossAttn,
  * UpBlock2D, CrossAttnUpBlock2D), resnet.py, embeddings.py (timesteps). */
+#include <float.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -30,6 +31,8 @@ static const cJSON *jget(const cJSON *j, const char *key) {
     return (v && !cJSON_IsNull(v)) ? v : NULL;
 }
 
+#define UNET_MAX_SAMPLE_SIZE 65536   /* latent pixels; anything larger is a broken config */
+
 static int jint(const cJSON *j, const char *key, int dflt, int *out, const char *what) {
     const cJSON *v = jget(j, key);
     if (!v) return *out = dflt, SD_OK;
@@ -42,7 +45,8 @@ static int jint(const cJSON *j, const char *key, int dflt, int *out, const char 
 static int jfloat(const cJSON *j, const char *key, float dflt, float *out, const char *what) {
     const cJSON *v = jget(j, key);
     if (!v) return *out = dflt, SD_OK;
-    if (!cJSON_IsNumber(v)) return sd_error(SD_ERR_FORMAT, "%s: \"%s\" must be a number", what, key);
+    if (!cJSON_IsNumber(v) || !(fabs(v->valuedouble) <= FLT_MAX))   /* JSON's 1e39 parses as Inf */
+        return sd_error(SD_ERR_FORMAT, "%s: \"%s\" must be a finite number", what, key);
     *out = (float)v->valuedouble;
     return SD_OK;
 }
@@ -78,7 +82,7 @@ static int jint_list(const cJSON *j, const char *key, int dflt, int *out, int n,
         return sd_error(SD_ERR_FORMAT, "%s: \"%s\" must be an integer or a list of %d integers", what, key, n);
     for (int i = 0; i < n; i++) {
         const cJSON *e = cJSON_GetArrayItem(v, i);
-        if (!cJSON_IsNumber(e) || e->valuedouble != floor(e->valuedouble))
+        if (!cJSON_IsNumber(e) || e->valuedouble != floor(e->valuedouble) || fabs(e->valuedouble) > 1e9)
             return sd_error(SD_ERR_FORMAT, "%s: \"%s\"[%d] must be an integer", what, key, i);
         out[i] = (int)e->valuedouble;
     }
@@ -228,7 +232,14 @@ int unet_config_from_json(unet_config_t *cfg, const cJSON *json, const char *wha
     TRY(jint(j, "conv_out_kernel", 3, &cfg->conv_out_kernel, what));
     const cJSON *ss = jget(j, "sample_size");
     if (ss && cJSON_IsArray(ss)) ss = cJSON_GetArrayItem(ss, 0);
-    cfg->sample_size = (ss && cJSON_IsNumber(ss)) ? (int)ss->valuedouble : 0;
+    cfg->sample_size = 0;
+    if (ss && cJSON_IsNumber(ss)) {   /* range-checked as a double: (int)1e12 is undefined */
+        const double v = ss->valuedouble;
+        if (!(v >= 1 && v <= UNET_MAX_SAMPLE_SIZE && v == floor(v)))
+            return sd_error(SD_ERR_FORMAT, "%s: \"sample_size\" is %.15g; it must be an integer from 1 to %d", what, v,
+                            UNET_MAX_SAMPLE_SIZE);
+        cfg->sample_size = (int)v;
+    }
 #undef TRY
     /* consistency */
     if (cfg->in_channels < 1 || cfg->out_channels < 1 || cfg->cross_attention_dim < 1 || cfg->time_embed_dim < 1)
@@ -613,7 +624,7 @@ int unet_make_spectral(unet_t *m, int keep_base, int (*want)(void *ctx, const ch
         unet_layer_t *l = m->layers[i];
         if (l->w.kind != WEIGHT_DENSE || (want && !want(ctx, l->name))) continue;
         int rc = weight_make_spectral(&l->w, keep_base);
-        if (rc) return sd_error(rc, "unet: SVD of %s failed: %s", l->name, sd_last_error());
+        if (rc) return sd_error_wrap(rc, "unet: SVD of %s failed", l->name);
     }
     return SD_OK;
 }

@@ -18,6 +18,7 @@
  * which never forms the [T, T] score matrix. */
 #include "models/vae.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,7 +47,8 @@ static int json_int(const cJSON *j, const char *key, int dflt, int *out, const c
         *out = dflt;
         return SD_OK;
     }
-    if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int)v->valuedouble)
+    /* range first: (int) of a double past INT_MAX is undefined */
+    if (!cJSON_IsNumber(v) || !(fabs(v->valuedouble) <= 1e9) || v->valuedouble != floor(v->valuedouble))
         return sd_error(SD_ERR_FORMAT, "%s: \"%s\" must be an integer", what, key);
     *out = (int)v->valuedouble;
     return SD_OK;
@@ -58,7 +60,8 @@ static int json_float(const cJSON *j, const char *key, float dflt, float *out, c
         *out = dflt;
         return SD_OK;
     }
-    if (!cJSON_IsNumber(v)) return sd_error(SD_ERR_FORMAT, "%s: \"%s\" must be a number", what, key);
+    if (!cJSON_IsNumber(v) || !(fabs(v->valuedouble) <= FLT_MAX))   /* JSON's 1e39 parses as Inf */
+        return sd_error(SD_ERR_FORMAT, "%s: \"%s\" must be a finite number", what, key);
     *out = (float)v->valuedouble;
     return SD_OK;
 }
@@ -117,18 +120,20 @@ int vae_config_from_json(vae_config_t *cfg, const cJSON *json, const char *what)
                             what, VAE_MAX_BLOCKS);
         const cJSON *e;
         cJSON_ArrayForEach(e, boc) {
-            if (!cJSON_IsNumber(e) || e->valuedouble != (double)(int)e->valuedouble || e->valuedouble < 1)
+            if (!cJSON_IsNumber(e) || !(e->valuedouble >= 1 && e->valuedouble <= 1e9) || e->valuedouble != floor(e->valuedouble))
                 return sd_error(SD_ERR_FORMAT, "%s: \"block_out_channels\" entries must be positive integers", what);
             cfg->block_out_channels[cfg->n_blocks++] = (int)e->valuedouble;
         }
     }
 
     const cJSON *ss = cJSON_GetObjectItemCaseSensitive(json, "sample_size");
+    if (cJSON_IsArray(ss) && cJSON_GetArraySize(ss) > 0) ss = cJSON_GetArrayItem(ss, 0);
     if (!ss || cJSON_IsNull(ss)) cfg->sample_size = 32;
-    else if (cJSON_IsNumber(ss)) cfg->sample_size = (int)ss->valuedouble;
-    else if (cJSON_IsArray(ss) && cJSON_GetArraySize(ss) > 0 && cJSON_IsNumber(cJSON_GetArrayItem(ss, 0)))
-        cfg->sample_size = (int)cJSON_GetArrayItem(ss, 0)->valuedouble;
-    else return sd_error(SD_ERR_FORMAT, "%s: \"sample_size\" must be an integer or a list of integers", what);
+    else if (!cJSON_IsNumber(ss)) return sd_error(SD_ERR_FORMAT, "%s: \"sample_size\" must be an integer or a list of integers", what);
+    else if (!(ss->valuedouble >= 1 && ss->valuedouble <= 65536 && ss->valuedouble == floor(ss->valuedouble)))
+        return sd_error(SD_ERR_FORMAT, "%s: \"sample_size\" is %.15g; it must be an integer from 1 to %d", what,
+                        ss->valuedouble, 65536);   /* checked as a double: (int)1e12 is undefined */
+    else cfg->sample_size = (int)ss->valuedouble;
 
     const cJSON *act = cJSON_GetObjectItemCaseSensitive(json, "act_fn");
     if (act && !cJSON_IsNull(act) && !(cJSON_IsString(act) && strcmp(act->valuestring, "silu") == 0))

@@ -13,6 +13,14 @@
 #define SVDIFF_OPS_H
 
 #include <stddef.h>
+#include <stdint.h>
+
+/* ---- finite checks (finite.c) ----
+ * Index of the first NaN or Inf in x[n], n if none. _raw reads n elements of elem_bytes (4 or
+ * 2) at any alignment, non-finite when (bits & exp_mask) == exp_mask: 0x7F800000 for F32,
+ * 0x7C00 for F16, 0x7F80 for BF16 (the stored tensors of a model, unconverted). */
+size_t first_nonfinite(const float *x, size_t n);
+size_t first_nonfinite_raw(const void *data, size_t elem_bytes, uint32_t exp_mask, size_t n);
 
 /* ---- linear (linear.c) ----
  * out[N, OC] = inp[N, IC] @ weight[OC, IC]^T + bias[OC]   (bias may be NULL) */

@@ -2,12 +2,14 @@
  * the UNet registry and the text encoder's modules, shape checks, base-model checks, merging. */
 #include "pipeline/adapters.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
 #include "base/error.h"
+#include "ops/ops.h"
 #include "shifts/shifts.h"
 
 /* ---- name resolution ---- */
@@ -99,6 +101,17 @@ static void shape_str(char *buf, size_t cap, const int64_t *shape, int ndim) {
     if (k < (int)cap) snprintf(buf + k, cap - k, "]");
 }
 
+/* A LoRA's alpha beyond this is a broken file, not a strength (alpha / rank scales B A). */
+#define LORA_MAX_ALPHA 65536.0
+
+/* The values of a tensor read from an adapter file must be finite. */
+static int check_finite(const float *x, size_t n, const char *path, const char *name) {
+    const size_t k = first_nonfinite(x, n);
+    if (k < n) return sd_error(SD_ERR_FORMAT, "%s: tensor '%s' holds a non-finite value (NaN or Inf) at flat index %zu",
+                               path, name, k);
+    return SD_OK;
+}
+
 /* base_model_hash of a file against the model's. */
 static int check_base(const st_file_t *f, const char *path, const char *hash, int force, const char *what) {
     const char *base = st_meta(f, "base_model_hash");
@@ -154,6 +167,7 @@ static int apply_delta_file(pipeline_t *p, const char *path, float scale, int fo
         const size_t n = (size_t)x->numel;
         float *d = sd_xmalloc(sizeof(float) * (n ? n : 1));
         rc = st_read_f32(d, x);
+        if (!rc) rc = check_finite(d, n, path, x->name);
         if (!rc) {
             float *dst = t.w ? effective(t.w) : t.vec;
             SD_CHECK(t.w ? (size_t)t.w->rows * t.w->cols == n : (size_t)t.n == n, "%s: size", x->name);
@@ -304,16 +318,28 @@ static int apply_lora_group(pipeline_t *p, const st_file_t *f, const char *path,
         float a1[1];
         if (g->alpha->numel != 1 || st_read_f32(a1, g->alpha))
             return sd_error(SD_ERR_FORMAT, "%s: '%s' must be one number", path, g->alpha->name);
+        if (!(fabsf(a1[0]) <= LORA_MAX_ALPHA))
+            return sd_error(SD_ERR_FORMAT, "%s: '%s' = %g is not a finite number in [-%g, %g]", path, g->alpha->name,
+                            (double)a1[0], LORA_MAX_ALPHA, LORA_MAX_ALPHA);
         alpha = a1[0];
     } else {
         const char *m = st_meta(f, "lora_alpha");
-        if (m) alpha = strtof(m, NULL);
+        if (m) {
+            char *end;
+            const float v = strtof(m, &end);   /* "1e39" overflows to Inf, "nan" is NaN: both refused */
+            if (end == m || *end || !(fabsf(v) <= LORA_MAX_ALPHA))
+                return sd_error(SD_ERR_FORMAT, "%s: metadata 'lora_alpha' = '%s' is not a finite number in [-%g, %g]",
+                                path, m, LORA_MAX_ALPHA, LORA_MAX_ALPHA);
+            alpha = v;
+        }
     }
     lora_t l = {.rows = w->rows, .cols = w->cols, .rank = (int)R, .scale = alpha / (float)R};
     l.AB = sd_xmalloc(sizeof(float) * lora_numel(&l));
     l.A = l.AB, l.B = l.AB + (size_t)R * w->cols;
     int rc = st_read_f32(l.A, A);
     if (!rc) rc = st_read_f32(l.B, B);
+    if (!rc) rc = check_finite(l.A, (size_t)A->numel, path, A->name);
+    if (!rc) rc = check_finite(l.B, (size_t)B->numel, path, B->name);
     if (!rc) lora_merge(effective(w), &l, scale);
     free(l.AB);
     return rc;

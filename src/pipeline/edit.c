@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "base/error.h"
+#include "ops/ops.h"
 
 int edit_image_latents(pipeline_t *p, const image_t *img, int res, float *x0, image_t *shown) {
     const int f = p->scale_factor;
@@ -23,6 +24,7 @@ int edit_image_latents(pipeline_t *p, const image_t *img, int res, float *x0, im
         rc = vae_encode(&p->vae, dist, dist + n, x, 1, res, res);
         /* the posterior's mode: an edit of one image should not depend on a posterior sample */
         if (!rc) vae_sample_latents(x0, dist, dist + n, NULL, n, &p->vae.cfg);
+        if (!rc && first_nonfinite(x0, n) < n) rc = sd_error(SD_ERR_NUMERIC, "the VAE encode of the image is not finite");
         free(dist);
     } else if (p->latent_channels == 3) {
         memcpy(x0, x, sizeof(float) * 3 * res * res);

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "base/error.h"
+#include "ops/ops.h"
 #include "shifts/shifts.h"
 
 int pipeline_open(pipeline_t *p, const char *model_path, const char *tokenizer_dir) {
@@ -106,11 +107,7 @@ int pipeline_apply_shifts(pipeline_t *p, const pipeline_shift_t *shifts, int n, 
                     fprintf(stderr, "warning: %s was trained on base model %s, not this one (%s): applied anyway "
                             "(--force)\n", files[f], base, hash);
             }
-            if (!rc && (rc = apply_shift_set(p, &s, shifts[i].scale, cache))) {
-                char msg[512];
-                snprintf(msg, sizeof msg, "%s", sd_last_error());
-                rc = sd_error(rc, "%s: %s", files[f], msg);
-            }
+            if (!rc && (rc = apply_shift_set(p, &s, shifts[i].scale, cache))) rc = sd_error_wrap(rc, "%s", files[f]);
             shiftset_free(&s);
         }
     }
@@ -148,6 +145,8 @@ int pipeline_encode_prompts(pipeline_t *p, const char *const *prompts, int n, fl
     memcpy(ctx, hidden, sizeof(float) * (size_t)n * T * C);
     clip_acts_free(&acts);
     free(ids);
+    const size_t len = (size_t)n * T * C;
+    if (first_nonfinite(ctx, len) < len) return sd_error(SD_ERR_NUMERIC, "the text encoder output is not finite");
     return SD_OK;
 }
 
@@ -162,6 +161,7 @@ typedef struct {
     unet_acts_t acts;
     const float *ctx;     /* [2B or B, n_ctx, C]: uncond rows then cond rows */
     int B, guided, h, w;
+    int calls;            /* model calls so far = the step being taken (one call per step) */
     float *timesteps;
 } denoise_ctx_t;
 
@@ -170,7 +170,12 @@ static int unet_model_fn(void *vctx, float *out, const float *in, float t, int b
     for (int i = 0; i < batch; i++) d->timesteps[i] = t;
     /* unguided calls get only the conditional rows */
     const float *ctx = d->ctx + (batch == d->B && d->guided ? (size_t)d->B * d->p->n_ctx * d->p->ctx_dim : 0);
-    return unet_forward(out, &d->p->unet, &d->acts, in, d->timesteps, ctx, batch, d->h, d->w, d->p->n_ctx);
+    int rc = unet_forward(out, &d->p->unet, &d->acts, in, d->timesteps, ctx, batch, d->h, d->w, d->p->n_ctx);
+    d->calls++;
+    const size_t n = (size_t)batch * d->p->latent_channels * d->h * d->w;
+    if (!rc && first_nonfinite(out, n) < n)
+        rc = sd_error(SD_ERR_NUMERIC, "the UNet output at step %d (timestep %g) is not finite", d->calls, (double)t);
+    return rc;
 }
 
 int pipeline_txt2img(pipeline_t *p, const txt2img_opts_t *o, const float *init, float *latents) {
@@ -216,6 +221,8 @@ int pipeline_txt2img(pipeline_t *p, const txt2img_opts_t *o, const float *init, 
                             .rng = &step_rng, .model = unet_model_fn, .model_ctx = &d, .progress = o->progress,
                             .progress_ctx = o->progress_ctx};
         rc = diffusion_sample(latents, noise, B, C, h, w, &p->sched, &so);
+        if (!rc && first_nonfinite(latents, B * per_image) < B * per_image)
+            rc = sd_error(SD_ERR_NUMERIC, "the sampler's final latents are not finite");
         unet_acts_free(&d.acts);
     }
     free(noise), free(ctx), free(two), free(d.timesteps);
@@ -232,6 +239,11 @@ int pipeline_decode(pipeline_t *p, const float *latents, int n, int h, int w, ui
         else if (p->latent_channels == 3) memcpy(img, z, sizeof(float) * 3 * H * W);
         else rc = sd_error(SD_ERR_FORMAT, "a model without a VAE must produce 3 channels, not %d", p->latent_channels);
         if (rc) break;
+        if (first_nonfinite(img, (size_t)3 * H * W) < (size_t)3 * H * W) {
+            rc = sd_error(SD_ERR_NUMERIC, p->has_vae ? "the VAE decode of image %d is not finite"
+                                                     : "the latents of image %d are not finite", i + 1);
+            break;
+        }
         rgb[i] = sd_xmalloc((size_t)H * W * 3);
         vae_tensor_to_image(rgb[i], img, H, W, 3);
     }

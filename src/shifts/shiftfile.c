@@ -12,6 +12,7 @@
 
 #include "base/error.h"
 #include "base/progress.h"
+#include "ops/ops.h"
 
 #define DELTA_SUFFIX ".delta"
 
@@ -148,9 +149,27 @@ int shiftset_load(shift_set_t *s, const char *file) {
     return rc;
 }
 
+/* Refuses values a reader would refuse (shiftset_load): NaN, Inf, and for F16 a finite value
+ * past its range, which the conversion would turn into Inf. Names the entry. */
+static int check_savable(const shift_set_t *s, const char *file, st_dtype_t dtype) {
+    for (int i = 0; i < s->n; i++) {
+        const shift_entry_t *e = &s->entries[i];
+        const size_t k = first_nonfinite(e->values, (size_t)e->n);
+        if (k < (size_t)e->n)
+            return sd_error(SD_ERR_NUMERIC, "%s: not written: shift '%s' is not finite at [%zu] (%g)", file, e->path, k,
+                            (double)e->values[k]);
+        for (int j = 0; dtype == ST_F16 && j < e->n; j++)
+            if (fabsf(e->values[j]) > 65504.0f)
+                return sd_error(SD_ERR_NUMERIC, "%s: not written: shift '%s' = %g at [%d] is out of the F16 range", file,
+                                e->path, (double)e->values[j], j);
+    }
+    return SD_OK;
+}
+
 int shiftset_save(const shift_set_t *s, const char *file, st_dtype_t dtype) {
     if (dtype != ST_F32 && dtype != ST_F16)
         return sd_error(SD_ERR_ARG, "%s: shift files are saved as F32 or F16, not %s", file, st_dtype_name(dtype));
+    if (check_savable(s, file, dtype)) return SD_ERR_NUMERIC;
     st_writer_t *w = st_writer_new();
     /* F16 copies live until the save (the writer references its data) */
     uint16_t **half = sd_xcalloc((size_t)s->n + 1, sizeof *half);
@@ -428,6 +447,8 @@ int shiftset_apply_clip(clip_t *m, const shift_set_t *s, float scale, svd_cache_
 /* ---------------------------------------------------------------------------------------
  * command-line arguments */
 
+#define SHIFT_MAX_SCALE 1e4
+
 int shift_spec_parse(const char *arg, char *path, size_t cap, float *scale) {
     const size_t len = strlen(arg);
     if (!len) return sd_error(SD_ERR_ARG, "--shifts needs a file or folder");
@@ -436,14 +457,17 @@ int shift_spec_parse(const char *arg, char *path, size_t cap, float *scale) {
     const char *colon = strrchr(arg, ':');
     if (colon && colon[1]) {
         char *end;
-        errno = 0;
         const float v = strtof(colon + 1, &end);
-        if (!errno && *end == '\0' && isfinite(v)) {
+        if (end != colon + 1 && *end == '\0') {
             /* a path that really ends in ":<number>" still wins over a scale */
             struct stat st;
             char prefix[4096];
             snprintf(prefix, sizeof prefix, "%.*s", (int)(colon - arg), arg);
             if (!(stat(arg, &st) == 0 && stat(prefix, &st) != 0)) {
+                /* "nan", "inf", "1e39" (overflows) and absurd strengths are refused, not taken as part of the path */
+                if (!(fabsf(v) <= SHIFT_MAX_SCALE))
+                    return sd_error(SD_ERR_ARG, "the scale '%s' is not a finite number in [-%g, %g]", colon + 1,
+                                    SHIFT_MAX_SCALE, SHIFT_MAX_SCALE);
                 plen = (size_t)(colon - arg);
                 *scale = v;
             }

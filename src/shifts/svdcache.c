@@ -291,7 +291,7 @@ int svd_cache_save(svd_cache_t *c) {
     st_writer_free(w);
     for (int i = 0; i < c->n_put * 3; i++) free(names[i]);
     free(names);
-    if (rc) return sd_error(rc, "SVD cache: %s", sd_last_error());
+    if (rc) return sd_error_wrap(rc, "SVD cache");
     /* from now on serve everything from the new file: no references into models remain */
     drop_puts(c);
     open_file(c);
@@ -303,7 +303,7 @@ int svd_cache_make_spectral(svd_cache_t *c, const char *path, weight_t *w, int k
     const void *base = w->data;
     const size_t base_bytes = (size_t)w->rows * w->cols * st_dtype_size(w->dtype);
     int rc = weight_make_spectral(w, keep_base);
-    if (rc) return sd_error(rc, "SVD of %s failed: %s", path, sd_last_error());
+    if (rc) return sd_error_wrap(rc, "SVD of %s failed", path);
     if (!keep_base && base) {
         /* The base matrix was read once for the SVD and is not needed any more (training):
          * ask the kernel to reclaim its pages (measured: 1.6 GB of an SD 1.5 UNet's mapped
@@ -377,7 +377,7 @@ int unet_make_spectral_cached(unet_t *m, svd_cache_t *cache, int keep_base) {
         rc = svd_cache_make_spectral(cache, l->name, &l->w, keep_base);
         progress_update(&r.bar, ++r.done, NULL);
     }
-    if (rc) rc = sd_error(rc, "unet: %s", sd_last_error());
+    if (rc) rc = sd_error_wrap(rc, "unet");
     return run_finish(&r, cache, rc);
 }
 
@@ -401,7 +401,7 @@ static int clip_svd_visit(void *ctx, const char *path, weight_t *w, clip_ln_t *l
     char key[256];
     snprintf(key, sizeof key, SVD_CACHE_TE_PREFIX "%s", path);
     s->rc = svd_cache_make_spectral(s->cache, key, w, s->keep_base);
-    if (s->rc) s->rc = sd_error(s->rc, "text encoder: %s", sd_last_error());
+    if (s->rc) s->rc = sd_error_wrap(s->rc, "text encoder");
     progress_update(&s->run->bar, ++s->run->done, NULL);
     return s->rc;
 }

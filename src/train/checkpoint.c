@@ -2,6 +2,7 @@
 #include "train/checkpoint.h"
 
 #include <cJSON.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <math.h>
 #include <omp.h>
@@ -117,12 +118,10 @@ static void first_difference(char *out, size_t cap, const char *saved, const cha
     cJSON_Delete(a), cJSON_Delete(b);
 }
 
-/* Prefixes the current message with "--resume: " (copied first: sd_error's buffer is the source). */
+/* Prefixes the current message with "--resume: " (once). */
 static int resume_error(int rc) {
-    char msg[1024];
-    snprintf(msg, sizeof msg, "%s", sd_last_error());
-    if (!strncmp(msg, "--resume", 8)) return rc;
-    return sd_error(rc, "--resume: %s", msg);
+    if (!strncmp(sd_last_error(), "--resume", 8)) return rc;
+    return sd_error_wrap(rc, "--resume");
 }
 
 int checkpoint_check(const char *path, const trainer_t *t) {
@@ -140,7 +139,12 @@ int checkpoint_check(const char *path, const trainer_t *t) {
     if (diff[0] && !t->cfg.force) rc = sd_error(SD_ERR_ARG, "--resume: %s was started with other settings: %s; "
                                                 "use --force to resume anyway", path, diff);
     else if (diff[0]) fprintf(stderr, "warning: resuming with other settings (--force): %s\n", diff);
-    if (!rc && threads && atoi(threads) != actual_threads(t))
+    char *tend = NULL;
+    const long nthreads = threads ? strtol(threads, &tend, 10) : 0;
+    if (!rc && threads && (tend == threads || *tend || nthreads < 1 || nthreads > 1 << 16))
+        rc = sd_error(SD_ERR_FORMAT, "--resume: %s: checkpoint metadata 'threads' = '%s' is not a thread count", path,
+                      threads);
+    if (!rc && threads && nthreads != actual_threads(t))
         fprintf(stderr, "warning: the checkpoint was written with %s threads, this run uses %d: the result will not "
                 "be bit-identical to an uninterrupted run\n", threads, actual_threads(t));
     st_close(&f);
@@ -151,17 +155,21 @@ static int meta_u64(const st_file_t *f, const char *key, uint64_t *out) {
     const char *s = st_meta(f, key);
     char *end;
     if (!s || !*s) return sd_error(SD_ERR_FORMAT, "%s: checkpoint metadata '%s' is missing", f->path, key);
+    errno = 0;
     *out = strtoull(s, &end, 10);
-    if (*end || s[0] == '-') return sd_error(SD_ERR_FORMAT, "%s: checkpoint metadata '%s' = '%s' is not a count", f->path, key, s);
+    if (*end || s[0] == '-' || errno == ERANGE) return sd_error(SD_ERR_FORMAT, "%s: checkpoint metadata '%s' = '%s' is not a count", f->path, key, s);
     return SD_OK;
 }
 
-static int meta_double(const st_file_t *f, const char *key, double *out) {
+/* A number in [lo, hi] (so finite: "nan", "inf" and "1e999" are refused). */
+static int meta_double(const st_file_t *f, const char *key, double lo, double hi, double *out) {
     const char *s = st_meta(f, key);
     char *end;
     if (!s || !*s) return sd_error(SD_ERR_FORMAT, "%s: checkpoint metadata '%s' is missing", f->path, key);
     *out = strtod(s, &end);
-    if (*end) return sd_error(SD_ERR_FORMAT, "%s: checkpoint metadata '%s' = '%s' is not a number", f->path, key, s);
+    if (*end || !(*out >= lo && *out <= hi))
+        return sd_error(SD_ERR_FORMAT, "%s: checkpoint metadata '%s' = '%s' is not a number in [%g, %g]", f->path, key,
+                        s, lo, hi);
     return SD_OK;
 }
 
@@ -220,8 +228,8 @@ int checkpoint_load(trainer_t *t, const char *path) {
     if (!rc) rc = meta_u64(&f, "order_counter", &oc);
     if (!rc) rc = meta_u64(&f, "order_pos", &pos);
     if (!rc) rc = meta_u64(&f, "order_epoch", &epoch);
-    if (!rc) rc = meta_double(&f, "loss_ema", &ema);
-    if (!rc) rc = meta_double(&f, "elapsed", &elapsed);
+    if (!rc) rc = meta_double(&f, "loss_ema", 0.0, 1e30, &ema);
+    if (!rc) rc = meta_double(&f, "elapsed", 0.0, 1e10, &elapsed);   /* seconds: 300 years */
     if (!rc && (step > (uint64_t)t->cfg.steps || pos > (uint64_t)t->order.n || epoch > INT32_MAX))
         rc = sd_error(SD_ERR_FORMAT, "%s: step %" PRIu64 " / epoch position %" PRIu64 " out of range for --steps %d",
                       path, step, pos, t->cfg.steps);

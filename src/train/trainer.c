@@ -16,6 +16,7 @@
 #include "base/error.h"
 #include "base/progress.h"
 #include "io/image.h"
+#include "ops/ops.h"
 #include "shifts/shifts.h"
 #include "train/checkpoint.h"
 #include "train/cutmix.h"
@@ -686,6 +687,19 @@ static void print_summary(trainer_t *t, int steps_run, double seconds, long ub, 
     fprintf(stderr, "                 %s/loss.csv\n", c->out_dir);
 }
 
+/* The trained values (and their EMA) must be finite before anything is written: the loss check
+ * of each step sees the parameters before the last update. */
+static int check_params_finite(const trainer_t *t) {
+    for (int i = 0; i < t->n_params; i++) {
+        const train_param_t *p = &t->params[i];
+        const size_t n = (size_t)p->n;
+        if (first_nonfinite(p->value, n) < n || (p->ema && first_nonfinite(p->ema, n) < n))
+            return sd_error(SD_ERR_NUMERIC, "after step %d the trained parameter '%s' is not finite: nothing written "
+                            "(lower --lr)", t->step, p->name);
+    }
+    return SD_OK;
+}
+
 int trainer_run(trainer_t *t) {
     const train_config_t *c = &t->cfg;
     /* Test-only hook: SVDIFF_TEST_ABORT_AT_STEP=k ends the process with _exit(137) right after
@@ -745,6 +759,7 @@ int trainer_run(trainer_t *t) {
     }
     if (rc) return rc;
     if (!c->quiet) progress_finish(&bar);
+    if ((rc = check_params_finite(t))) return rc;
     long ub = -1, tb = -1;
     if (c->mode == TRAIN_MODE_FULL)
         rc = trainer_save_model(t, c->out_dir, c->save_fp16 ? ST_F16 : ST_F32, 1, c->save_delta ? c->out_dir : NULL);
