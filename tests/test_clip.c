@@ -686,7 +686,6 @@ static void test_fd_dense(void **state) {
 }
 
 int main(int argc, char **argv) {
-    if (argc > 1) cmocka_set_test_filter(argv[1]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_config),
         cmocka_unit_test(test_build_errors),
@@ -700,5 +699,5 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_fd_shifts_sd2),
         cmocka_unit_test(test_fd_dense),
     };
-    return cmocka_run_group_tests_name("clip", tests, NULL, NULL);
+    return RUN_TESTS(argc, argv, "clip", tests, NULL, NULL);
 }

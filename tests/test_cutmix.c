@@ -622,8 +622,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_multi_batch),
         cmocka_unit_test(test_multi_errors),
     };
-    if (argc > 1) cmocka_set_test_filter(argv[1]);
-    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    int rc = RUN_TESTS(argc, argv, "cutmix", tests, NULL, NULL);
     scratch_free_all();
     return rc;
 }

@@ -742,7 +742,6 @@ static void test_errors(void **state) {
 }
 
 int main(int argc, char **argv) {
-    if (argc > 1) cmocka_set_test_filter(argv[1]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_philox_known_answers),
         cmocka_unit_test(test_rng_stream),
@@ -758,5 +757,5 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_cfg_combine),
         cmocka_unit_test(test_errors),
     };
-    return cmocka_run_group_tests_name("diffusion", tests, NULL, NULL);
+    return RUN_TESTS(argc, argv, "diffusion", tests, NULL, NULL);
 }

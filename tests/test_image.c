@@ -183,7 +183,6 @@ static void test_alpha_on_white(void **state) {
 }
 
 int main(int argc, char **argv) {
-    if (argc > 1) cmocka_set_test_filter(argv[1]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_png_round_trip),
         cmocka_unit_test(test_unwritable_target),
@@ -192,5 +191,5 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_resize_crop),
         cmocka_unit_test(test_alpha_on_white),
     };
-    return cmocka_run_group_tests_name("image", tests, setup, teardown);
+    return RUN_TESTS(argc, argv, "image", tests, setup, teardown);
 }

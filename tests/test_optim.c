@@ -56,11 +56,10 @@ static void test_clip_grad_norm(void **state) {
 }
 
 int main(int argc, char **argv) {
-    if (argc > 1) cmocka_set_test_filter(argv[1]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_adamw_matches_reference),
         cmocka_unit_test(test_adamw_first_step_is_sign),
         cmocka_unit_test(test_clip_grad_norm),
     };
-    return cmocka_run_group_tests_name("optim", tests, NULL, NULL);
+    return RUN_TESTS(argc, argv, "optim", tests, NULL, NULL);
 }

@@ -881,7 +881,6 @@ static void test_fuzz(void **state) {
 }
 
 int main(int argc, char **argv) {
-    if (argc > 1) cmocka_set_test_filter(argv[1]);   /* ctest runs one unit test per entry */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_f16_known_values),
         cmocka_unit_test(test_f16_exhaustive),
@@ -895,5 +894,5 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_fuzz),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return RUN_TESTS(argc, argv, "safetensors", tests, setup, teardown);
 }

@@ -429,13 +429,17 @@ static void test_golden_combined_and_rank(void **state) {
 }
 
 int main(int argc, char **argv) {
-    if (argc > 1) cmocka_set_test_filter(argv[1]);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_combine_roundtrip), cmocka_unit_test(test_combine_refusals),
-        cmocka_unit_test(test_scale_and_fp16),    cmocka_unit_test(test_limit_rank),
-        cmocka_unit_test(test_norm_paths_and_blocks), cmocka_unit_test(test_selectors),
-        cmocka_unit_test(test_mix),               cmocka_unit_test(test_convert_norms),
-        cmocka_unit_test(test_history),           cmocka_unit_test(test_golden_combined_and_rank),
+        cmocka_unit_test(test_combine_roundtrip),
+        cmocka_unit_test(test_combine_refusals),
+        cmocka_unit_test(test_scale_and_fp16),
+        cmocka_unit_test(test_limit_rank),
+        cmocka_unit_test(test_norm_paths_and_blocks),
+        cmocka_unit_test(test_selectors),
+        cmocka_unit_test(test_mix),
+        cmocka_unit_test(test_convert_norms),
+        cmocka_unit_test(test_history),
+        cmocka_unit_test(test_golden_combined_and_rank),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return RUN_TESTS(argc, argv, "toolbox", tests, NULL, NULL);
 }

@@ -666,7 +666,6 @@ static void test_sd_structure(void **state) {
 }
 
 int main(int argc, char **argv) {
-    if (argc > 1) cmocka_set_test_filter(argv[1]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_golden_sd1),
         cmocka_unit_test(test_golden_sd2),
@@ -680,7 +679,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_config),
         cmocka_unit_test(test_sd_structure),
     };
-    int rc = cmocka_run_group_tests_name("unet", tests, NULL, NULL);
+    int rc = RUN_TESTS(argc, argv, "unet", tests, NULL, NULL);
     scratch_free_all();
     return rc;
 }
