@@ -241,8 +241,13 @@ static void check_site(int level, unmix_mode_t mode) {
     unmix_site_backward(dq2, NULL, &c.site, c.q, c.k, c.lse, c.B, c.S, c.T, c.H, c.D, c.scale);
     unmix_site_backward(dq2, NULL, &c.site, c.q, c.k, c.lse, c.B, c.S, c.T, c.H, c.D, c.scale);
     assert_close("accumulated dq", dq2, dq, nq, 1e-5);
+    /* dk too: into known values p, the backward adds its gradient (dk holds 2 x that) */
+    float *dk2 = alloc_zeros(nk), *want = alloc_zeros(nk);
+    for (size_t i = 0; i < nk; i++) dk2[i] = 1.0f + (float)(i % 5), want[i] = dk2[i] + 0.5f * dk[i];
+    unmix_site_backward(NULL, dk2, &c.site, c.q, c.k, c.lse, c.B, c.S, c.T, c.H, c.D, c.scale);
+    assert_close("accumulated dk", dk2, want, nk, 1e-5);
     free(c.q), free(c.k), free(c.v), free(c.out), free(c.lse), free(c.u.tokw), free(c.u.region);
-    free(dq), free(dk), free(dq2);
+    free(dq), free(dk), free(dq2), free(dk2), free(want);
 }
 
 static void test_unmix_site_fd(void **state) {

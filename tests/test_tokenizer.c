@@ -684,43 +684,6 @@ static void test_long_word(void **state) {
     tokenizer_free(tok);
 }
 
-/* Load time and encode throughput with the real vocabulary: printed for information only
- * (timing belongs in benchmarks; an assertion here failed under a loaded parallel ctest). */
-static void test_clip_speed(void **state) {
-    (void)state;
-    char *dir = clip_dir_or_skip();
-    if (!dir) skip();
-    double best = 1e9;
-    clip_tokenizer_t *tok = NULL;
-    for (int k = 0; k < 3; k++) {
-        tokenizer_free(tok);
-        double t0 = now_s();
-        tok = load_or_fail(dir);
-        double dt = now_s() - t0;
-        if (dt < best) best = dt;
-    }
-    free(dir);
-    int n;
-    golden_case_t *c = read_golden("tests/fixtures/tokenizer/golden_clip.txt", &n);
-    int ids[77];
-    long tokens = 0, bytes = 0, prompts = 0;
-    double t0 = now_s(), dt;
-    do {
-        for (int i = 0; i < n; i++) {
-            int before;
-            tokenizer_encode(tok, (const char *)c[i].text, ids, 77, 1, &before);
-            tokens += before;
-            bytes += (long)strlen((const char *)c[i].text);
-            prompts++;
-        }
-        dt = now_s() - t0;
-    } while (dt < 0.3);
-    print_message("CLIP tokenizer: load %.1f ms (best of 3); encode %.0f prompts/s, %.2f M tokens/s, %.1f MB/s\n",
-                  1e3 * best, prompts / dt, tokens / dt * 1e-6, bytes / dt * 1e-6);
-    free_golden(c, n);
-    tokenizer_free(tok);
-}
-
 int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_golden_tiny),
@@ -736,7 +699,6 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_malformed_dirs),
         cmocka_unit_test(test_fuzz_random_bytes),
         cmocka_unit_test(test_long_word),
-        cmocka_unit_test(test_clip_speed),
     };
     return RUN_TESTS(argc, argv, "tokenizer", tests, NULL, NULL);
 }
