@@ -440,7 +440,7 @@ static int teardown_scratch(void **state) {
     return 0;
 }
 
-int main(void) {
+int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_forward_self),
         cmocka_unit_test(test_forward_cross),
@@ -455,5 +455,5 @@ int main(void) {
         cmocka_unit_test(test_deterministic),
         cmocka_unit_test(test_memory_4096),
     };
-    return cmocka_run_group_tests(tests, NULL, teardown_scratch);
+    return RUN_TESTS(argc, argv, "attention", tests, NULL, teardown_scratch);
 }

@@ -385,6 +385,5 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_spectral_linear_bf16),
         cmocka_unit_test(test_attention_stays_fp32),
     };
-    if (argc > 1) cmocka_set_test_filter(argv[1]);
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return RUN_TESTS(argc, argv, "bf16", tests, NULL, NULL);
 }

@@ -685,8 +685,63 @@ static void test_fd_dense(void **state) {
     scratch_free_all();
 }
 
+/* clip_backward accumulates into every gradient it is given and into dembed (clip.h): with every
+ * gradient pre-filled with known values p, a backward leaves p + the gradient of a zeroed run.
+ * Dense weights (dW, biases, gamma, beta) and spectral weights with norm shifts (d delta, d shift). */
+static void test_backward_accumulates(void **state) {
+    (void)state;
+    for (int spectral = 0; spectral < 2; spectral++) {
+        te_t te;
+        te_open(&te, "sd2_text_encoder");
+        tcopy_t cp;
+        tcopy_make(&cp, &te.f);
+        clip_t m;
+        build_ok(&m, &te.cfg, get_copy, &cp);
+        if (spectral) {
+            assert_int_equal(clip_make_spectral(&m, CLIP_SPECTRAL_LINEARS | CLIP_SPECTRAL_EMBEDDINGS, 1), 0);
+            clip_add_norm_shifts(&m, NORMSHIFT_ELEMENT);
+        }
+        const int B = 2, T = 6, C = m.cfg.hidden_size, V = m.cfg.vocab_size;
+        trng_t r;
+        trng_seed(&r, 72);
+        int ids[12];
+        for (int i = 0; i < B * T; i++) ids[i] = (int)(trng_uniform(&r) * V);
+        clip_acts_t a;
+        assert_int_equal(clip_acts_build(&a, &m.cfg, B, T), 0);
+        const size_t ne = (size_t)B * T * C;
+        float *probe = alloc_normal(&r, ne, 1), *fresh_e = alloc_zeros(ne), *dembed = alloc_zeros(ne);
+        clip_grads_t g;
+        assert_int_equal(clip_grads_alloc(&g, &m, spectral ? CLIP_GRAD_SHIFTS | CLIP_GRAD_DENSE : CLIP_GRAD_DENSE), 0);
+        clip_forward(&m, &a, ids, B, T);
+        clip_backward(&m, &a, probe, &g, fresh_e);
+        float *fresh = malloc(g.n_floats * sizeof(float)), *pre = alloc_normal(&r, g.n_floats, 1), *pe = alloc_normal(&r, ne, 1);
+        memcpy(fresh, g.memory, g.n_floats * sizeof(float));
+        memcpy(g.memory, pre, g.n_floats * sizeof(float));
+        memcpy(dembed, pe, ne * sizeof(float));
+        clip_forward(&m, &a, ids, B, T);
+        clip_backward(&m, &a, probe, &g, dembed);
+        double scale = 0;
+        for (size_t i = 0; i < g.n_floats; i++) scale = fmax(scale, fabs(fresh[i]));
+        for (size_t i = 0; i < g.n_floats; i++) {
+            if (fabs(g.memory[i] - ((double)pre[i] + fresh[i])) > 1e-5 * (1 + fabs(pre[i]) + scale)) {
+                print_error("%s gradients: float %zu of %zu does not accumulate: %g, want %g + %g\n",
+                            spectral ? "spectral" : "dense", i, g.n_floats, g.memory[i], pre[i], fresh[i]);
+                fail();
+            }
+        }
+        for (size_t i = 0; i < ne; i++) pe[i] += fresh_e[i];
+        assert_close("dembed accumulated", dembed, pe, ne, 1e-5);
+        free(probe), free(fresh_e), free(dembed), free(fresh), free(pre), free(pe);
+        clip_grads_free(&g);
+        clip_acts_free(&a);
+        free_clip(&m);
+        tcopy_free(&cp);
+        st_close(&te.f);
+        scratch_free_all();
+    }
+}
+
 int main(int argc, char **argv) {
-    if (argc > 1) cmocka_set_test_filter(argv[1]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_config),
         cmocka_unit_test(test_build_errors),
@@ -699,6 +754,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_fd_shifts_sd1),
         cmocka_unit_test(test_fd_shifts_sd2),
         cmocka_unit_test(test_fd_dense),
+        cmocka_unit_test(test_backward_accumulates),
     };
-    return cmocka_run_group_tests_name("clip", tests, NULL, NULL);
+    return RUN_TESTS(argc, argv, "clip", tests, NULL, NULL);
 }

@@ -241,8 +241,68 @@ static void check_site(int level, unmix_mode_t mode) {
     unmix_site_backward(dq2, NULL, &c.site, c.q, c.k, c.lse, c.B, c.S, c.T, c.H, c.D, c.scale);
     unmix_site_backward(dq2, NULL, &c.site, c.q, c.k, c.lse, c.B, c.S, c.T, c.H, c.D, c.scale);
     assert_close("accumulated dq", dq2, dq, nq, 1e-5);
+    /* dk too: into known values p, the backward adds its gradient (dk holds 2 x that) */
+    float *dk2 = alloc_zeros(nk), *want = alloc_zeros(nk);
+    for (size_t i = 0; i < nk; i++) dk2[i] = 1.0f + (float)(i % 5), want[i] = dk2[i] + 0.5f * dk[i];
+    unmix_site_backward(NULL, dk2, &c.site, c.q, c.k, c.lse, c.B, c.S, c.T, c.H, c.D, c.scale);
+    assert_close("accumulated dk", dk2, want, nk, 1e-5);
     free(c.q), free(c.k), free(c.v), free(c.out), free(c.lse), free(c.u.tokw), free(c.u.region);
-    free(dq), free(dk), free(dq2);
+    free(dq), free(dk), free(dq2), free(dk2), free(want);
+}
+
+/* The normalisation of the Unmix gradient, a second check beside the finite differences of one
+ * site (other shape: B 1, T 5, 3 heads of 2, a 4x4 latent, top / bottom halves). loss_site is a
+ * weighted mean, so scaling every token weight W by 3 leaves the loss and both gradients as
+ * they are (N_site scales with W); the regulariser is the mean over sites, so with two identical
+ * sites the loss is the same and each site's gradient is half that of the site alone. */
+static void test_unmix_normalisation(void **state) {
+    (void)state;
+    for (int mode = UNMIX_MSE; mode <= UNMIX_SHARE; mode++) {
+        site_fd_t c;
+        memset(&c, 0, sizeof c);
+        c.B = 1, c.T = 5, c.H = 3, c.D = 2, c.S = 16, c.scale = 0.7f;
+        const int side = 4;
+        trng_t r;
+        trng_seed(&r, 31);
+        const size_t nq = (size_t)c.B * c.S * c.H * c.D, nk = (size_t)c.B * c.T * c.H * c.D, nt = (size_t)c.B * 2 * c.T;
+        c.q = alloc_normal(&r, nq, 1.0f), c.k = alloc_normal(&r, nk, 1.0f), c.v = alloc_normal(&r, nk, 1.0f);
+        c.out = alloc_zeros(nq), c.lse = alloc_zeros((size_t)c.B * c.H * c.S);
+        c.u.rows = c.B, c.u.T = c.T, c.u.H = c.u.W = side, c.u.weight = 1.3f, c.u.gscale = 1.0f, c.u.mode = (unmix_mode_t)mode;
+        c.u.tokw = alloc_zeros(nt), c.u.region = alloc_zeros((size_t)c.B * 2 * side * side);
+        c.u.tokw[1] = 1, c.u.tokw[c.T + 3] = c.u.tokw[c.T + 4] = 1;   /* subject 0: token 1; subject 1: tokens 3, 4 */
+        unmix_set_halves(&c.u, 0, 1);
+        unmix_site_t sites[2];
+        memset(sites, 0, sizeof sites);
+        sites[0].u = sites[1].u = &c.u;
+        c.u.n_sites = 1, c.u.sites = &c.site;
+        c.site.u = &c.u;
+        float *dq[3], *dk[3];
+        double loss[3];
+        for (int run = 0; run < 3; run++) {   /* 0: as set; 1: W x 3; 2: two identical sites */
+            if (run == 1)
+                for (size_t i = 0; i < nt; i++) c.u.tokw[i] *= 3.0f;
+            if (run == 2) {
+                for (size_t i = 0; i < nt; i++) c.u.tokw[i] /= 3.0f;
+                c.u.n_sites = 2, c.u.sites = sites;
+            }
+            attention_forward(c.out, c.lse, c.q, c.k, c.v, c.B, c.S, c.T, c.H, c.D, c.scale, 0);
+            for (int k = 0; k < c.u.n_sites; k++)
+                unmix_site_forward(&c.u.sites[k], c.q, c.k, c.lse, c.B, c.S, c.T, c.H, c.D, c.scale);
+            loss[run] = unmix_loss(&c.u);
+            dq[run] = alloc_zeros(nq), dk[run] = alloc_zeros(nk);
+            unmix_site_backward(dq[run], dk[run], &c.u.sites[0], c.q, c.k, c.lse, c.B, c.S, c.T, c.H, c.D, c.scale);
+        }
+        assert_true(loss[0] > 0);
+        assert_true(fabs(loss[1] - loss[0]) <= 1e-6 * loss[0] && fabs(loss[2] - loss[0]) <= 1e-6 * loss[0]);
+        assert_close("dq, W x 3", dq[1], dq[0], nq, 1e-5);
+        assert_close("dk, W x 3", dk[1], dk[0], nk, 1e-5);
+        for (size_t i = 0; i < nq; i++) dq[2][i] *= 2.0f;
+        for (size_t i = 0; i < nk; i++) dk[2][i] *= 2.0f;
+        assert_close("dq of one of two sites x 2", dq[2], dq[0], nq, 1e-6);
+        assert_close("dk of one of two sites x 2", dk[2], dk[0], nk, 1e-6);
+        for (int run = 0; run < 3; run++) free(dq[run]), free(dk[run]);
+        free(c.q), free(c.k), free(c.v), free(c.out), free(c.lse), free(c.u.tokw), free(c.u.region);
+    }
 }
 
 static void test_unmix_site_fd(void **state) {
@@ -615,6 +675,7 @@ int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_unmix_golden),
         cmocka_unit_test(test_unmix_site_fd),
+        cmocka_unit_test(test_unmix_normalisation),
         cmocka_unit_test(test_leakage_sums),
         cmocka_unit_test(test_unmix_layers),
         cmocka_unit_test(test_compose_halves),
@@ -622,8 +683,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_multi_batch),
         cmocka_unit_test(test_multi_errors),
     };
-    if (argc > 1) cmocka_set_test_filter(argv[1]);
-    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    int rc = RUN_TESTS(argc, argv, "cutmix", tests, NULL, NULL);
     scratch_free_all();
     return rc;
 }

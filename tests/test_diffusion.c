@@ -679,6 +679,108 @@ static void test_exact_denoiser(void **state) {
 }
 
 /* ------------------------------------------------------------------------------------------
+ * Noisy steps against the forward marginal: a second check of DDIM with eta > 0 and of Euler
+ * ancestral, beside the golden trajectories. With an exact denoiser, a sample on the marginal
+ * x_t = sqrt(a_t) x* + sqrt(1 - a_t) e must land on the marginal of the next level:
+ * x_prev = sqrt(a_prev) x* + c_e e + c_z z with c_e^2 + c_z^2 = 1 - a_prev, where c_z, the
+ * coefficient of the step's noise z, is eta times the square root of the posterior variance
+ * (1 - a_prev) / (1 - a_t) (1 - a_t / a_prev) (eta 0: the noise is ignored: deterministic DDIM).
+ * Euler ancestral works in sigma space, x = x* + s e: c_e^2 + c_z^2 = s_next^2, c_z > 0 but
+ * on the last step (s_next = 0, where the step lands on x*). The coefficients are measured from
+ * two steps that differ only in z. */
+
+#define MN 64
+
+/* c with y = c * u (least squares), failing if y is not a multiple of u. */
+static double coef(const char *what, const float *y, const float *u) {
+    double num = 0, den = 0, scale = 0;
+    for (int j = 0; j < MN; j++) num += (double)y[j] * u[j], den += (double)u[j] * u[j], scale = fmax(scale, fabs(y[j]));
+    const double c = num / den;
+    for (int j = 0; j < MN; j++) {
+        if (fabs(y[j] - c * u[j]) > 1e-5 * scale + 1e-7) {
+            print_error("%s: not a multiple of its direction at %d (%g vs %g x %g)\n", what, j, y[j], c, u[j]);
+            fail();
+        }
+    }
+    return c;
+}
+
+static void check_near(const char *what, int step, double got, double want, double tol) {
+    if (!(fabs(got - want) <= tol)) {
+        print_error("%s, step %d: %.9g, want %.9g\n", what, step, got, want);
+        fail();
+    }
+}
+
+static void test_noise_steps_marginal(void **state) {
+    (void)state;
+    trng_t tr;
+    trng_seed(&tr, 23);
+    float xs[MN], e[MN], z[MN], zero[MN] = {0}, x[MN], xz[MN], mo[MN], y[MN];
+    fill_normal(&tr, xs, MN, 0.8f);
+    fill_normal(&tr, e, MN, 1.0f);
+    fill_normal(&tr, z, MN, 1.0f);
+    const float etas[3] = {0.0f, 0.3f, 1.0f};
+    for (int p = 0; p < 2; p++) {
+        sched_config_t c;
+        sd_config(&c, p ? PRED_V : PRED_EPSILON);
+        noise_schedule_t s;
+        assert_int_equal(noise_schedule_init(&s, &c), 0);
+        for (int k = 0; k < 3; k++) {
+            sampler_t sm;
+            assert_int_equal(sampler_init(&sm, SAMPLER_DDIM, &s, 10, MN, etas[k]), 0);
+            assert_int_equal(sampler_needs_noise(&sm), etas[k] > 0);
+            for (int i = 0; i < 10; i++) {
+                const int t = (int)sm.timesteps[i], prev = t - sm.step_ratio;
+                const double a = s.alphas_cumprod[t], ap = prev >= 0 ? s.alphas_cumprod[prev] : s.alphas_cumprod[0];
+                for (int j = 0; j < MN; j++) {
+                    x[j] = (float)(sqrt(a) * xs[j] + sqrt(1 - a) * e[j]);
+                    mo[j] = p ? (float)(sqrt(a) * e[j] - sqrt(1 - a) * xs[j]) : e[j];
+                }
+                memcpy(xz, x, sizeof x);
+                sm.next_step = i;
+                assert_int_equal(sampler_step(&sm, i, xz, mo, z, NULL), 0);
+                sm.next_step = i;
+                assert_int_equal(sampler_step(&sm, i, x, mo, zero, NULL), 0);
+                for (int j = 0; j < MN; j++) y[j] = xz[j] - x[j];
+                const double cz = etas[k] > 0 ? coef("DDIM noise term", y, z) : 0;
+                if (etas[k] == 0) assert_memory_equal(xz, x, sizeof x);
+                for (int j = 0; j < MN; j++) y[j] = (float)(x[j] - sqrt(ap) * xs[j]);
+                const double ce = coef("DDIM eps term", y, e);
+                const double sigma = etas[k] * sqrt((1 - ap) / (1 - a) * (1 - a / ap));
+                check_near("DDIM noise coefficient", i, cz, sigma, 1e-4 * sqrt(1 - ap));
+                check_near("DDIM c_e^2 + c_z^2 (the marginal's 1 - a_prev)", i, ce * ce + cz * cz, 1 - ap, 1e-3 * (1 - ap));
+            }
+            sampler_free(&sm);
+        }
+        if (p == 0) {   /* Euler ancestral (eps prediction) */
+            sampler_t sm;
+            assert_int_equal(sampler_init(&sm, SAMPLER_EULER_ANCESTRAL, &s, 10, MN, 0.0f), 0);
+            assert_true(sampler_needs_noise(&sm));
+            for (int i = 0; i < 10; i++) {
+                const double sg = sm.sigmas[i], sn = sm.sigmas[i + 1];
+                for (int j = 0; j < MN; j++) x[j] = (float)(xs[j] + sg * e[j]);
+                memcpy(xz, x, sizeof x);
+                sm.next_step = i;
+                assert_int_equal(sampler_step(&sm, i, xz, e, z, NULL), 0);
+                sm.next_step = i;
+                assert_int_equal(sampler_step(&sm, i, x, e, zero, NULL), 0);
+                for (int j = 0; j < MN; j++) y[j] = xz[j] - x[j];
+                const double cz = sn > 0 ? coef("Euler a noise term", y, z) : 0;
+                if (sn == 0) assert_memory_equal(xz, x, sizeof x);
+                for (int j = 0; j < MN; j++) y[j] = x[j] - xs[j];
+                const double ce = coef("Euler a eps term", y, e);
+                if (sn > 0) assert_true(cz > 0.01 * sn);
+                check_near("Euler a c_e^2 + c_z^2 (the marginal's s_next^2)", i, ce * ce + cz * cz, sn * sn,
+                           1e-3 * sn * sn + 1e-6 * sg * sg);
+            }
+            sampler_free(&sm);
+        }
+        noise_schedule_free(&s);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------
  * Guidance and errors */
 
 static void test_cfg_combine(void **state) {
@@ -742,7 +844,6 @@ static void test_errors(void **state) {
 }
 
 int main(int argc, char **argv) {
-    if (argc > 1) cmocka_set_test_filter(argv[1]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_philox_known_answers),
         cmocka_unit_test(test_rng_stream),
@@ -755,8 +856,9 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_trajectories),
         cmocka_unit_test(test_inversion_reconstructs),
         cmocka_unit_test(test_exact_denoiser),
+        cmocka_unit_test(test_noise_steps_marginal),
         cmocka_unit_test(test_cfg_combine),
         cmocka_unit_test(test_errors),
     };
-    return cmocka_run_group_tests_name("diffusion", tests, NULL, NULL);
+    return RUN_TESTS(argc, argv, "diffusion", tests, NULL, NULL);
 }

@@ -316,6 +316,5 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_edit_psnr),
         cmocka_unit_test(test_edit_bad_resolution),
     };
-    if (argc > 1) cmocka_set_test_filter(argv[1]);
-    return cmocka_run_group_tests_name("edit", tests, NULL, NULL);
+    return RUN_TESTS(argc, argv, "edit", tests, NULL, NULL);
 }

@@ -593,7 +593,7 @@ static void test_caption_dropout(void **state) {
     rm_tree(d.tmp);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
     sd_set_threads(1);   /* the kill test forks: libgomp cannot run a team in a forked child */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ema),
@@ -605,5 +605,5 @@ int main(void) {
         cmocka_unit_test(test_dreambooth_full),
         cmocka_unit_test(test_caption_dropout),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return RUN_TESTS(argc, argv, "fulltrain", tests, NULL, NULL);
 }

@@ -468,7 +468,6 @@ GOLDEN_TEST(normshift_scalar, normshift)
 GOLDEN_TEST(normshift_scalar_clip, normshift)
 
 int main(int argc, char **argv) {
-    if (argc > 1) cmocka_set_test_filter(argv[1]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_linear_bias),
         cmocka_unit_test(test_linear_nobias),
@@ -499,5 +498,5 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_normshift_scalar),
         cmocka_unit_test(test_normshift_scalar_clip),
     };
-    return cmocka_run_group_tests_name("golden_ops", tests, NULL, NULL);
+    return RUN_TESTS(argc, argv, "golden_ops", tests, NULL, NULL);
 }

@@ -515,7 +515,6 @@ static void test_other_formats(void **state) {
 }
 
 int main(int argc, char **argv) {
-    if (argc > 1) cmocka_set_test_filter(argv[1]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_png_round_trip),
         cmocka_unit_test(test_unwritable_target),
@@ -529,5 +528,5 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_jpeg),
         cmocka_unit_test(test_other_formats),
     };
-    return cmocka_run_group_tests_name("image", tests, setup, teardown);
+    return RUN_TESTS(argc, argv, "image", tests, setup, teardown);
 }

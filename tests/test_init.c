@@ -592,7 +592,6 @@ static void test_init_short_context(void **state) {
 }
 
 int main(int argc, char **argv) {
-    if (argc > 1) cmocka_set_test_filter(argv[1]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_init_distributions),
         cmocka_unit_test(test_init_stats_sd15),
@@ -606,5 +605,5 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_init_folder),
         cmocka_unit_test(test_init_short_context),
     };
-    return cmocka_run_group_tests_name("init", tests, NULL, NULL);
+    return RUN_TESTS(argc, argv, "init", tests, NULL, NULL);
 }

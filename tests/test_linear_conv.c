@@ -142,7 +142,6 @@ static int teardown(void **state) {
 }
 
 int main(int argc, char **argv) {
-    if (argc > 1) cmocka_set_test_filter(argv[1]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_linear),
         cmocka_unit_test(test_conv3x3_stride1),
@@ -150,5 +149,5 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_conv_vae_padding),
         cmocka_unit_test(test_conv1x1),
     };
-    return cmocka_run_group_tests_name("linear_conv", tests, NULL, teardown);
+    return RUN_TESTS(argc, argv, "linear_conv", tests, NULL, teardown);
 }

@@ -513,8 +513,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_lora_resume),
         cmocka_unit_test(test_lora_bad_rank),
     };
-    if (argc > 1) cmocka_set_test_filter(argv[1]);
-    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    int rc = RUN_TESTS(argc, argv, "lora", tests, NULL, NULL);
     scratch_free_all();
     return rc;
 }

@@ -721,7 +721,6 @@ static void test_duplicate_mapping(void **state) {
 }
 
 int main(int argc, char **argv) {
-    if (argc > 1) cmocka_set_test_filter(argv[1]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_open_diffusers),
         cmocka_unit_test(test_sd1_matches_folder),
@@ -741,5 +740,5 @@ int main(int argc, char **argv) {
         cmocka_unit_test_setup_teardown(test_unknown_layout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_duplicate_mapping, setup, teardown),
     };
-    return cmocka_run_group_tests_name("model", tests, NULL, NULL);
+    return RUN_TESTS(argc, argv, "model", tests, NULL, NULL);
 }

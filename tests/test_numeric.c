@@ -529,6 +529,5 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_cli_tokenizer_train_empty),
         cmocka_unit_test(test_cli_checkpoint_metadata),
     };
-    if (argc > 1) cmocka_set_test_filter(argv[1]);
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return RUN_TESTS(argc, argv, "numeric", tests, NULL, NULL);
 }

@@ -794,7 +794,6 @@ static int teardown(void **state) {
 }
 
 int main(int argc, char **argv) {
-    if (argc > 1) cmocka_set_test_filter(argv[1]);   /* ctest runs one unit test per entry */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_groupnorm_forward),
         cmocka_unit_test(test_groupnorm_backward),
@@ -813,5 +812,5 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_mse),
         cmocka_unit_test(test_determinism),
     };
-    return cmocka_run_group_tests_name("ops_misc", tests, NULL, teardown);
+    return RUN_TESTS(argc, argv, "ops_misc", tests, NULL, teardown);
 }

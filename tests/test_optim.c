@@ -43,6 +43,29 @@ static void test_adamw_first_step_is_sign(void **state) {
     assert_true(fabsf(p[2] - (1 - 1e-3f)) < 1e-5f);
 }
 
+/* Decoupled weight decay in closed form (a second check beside the reference transcription):
+ * with a zero gradient the moments stay 0 and each step only decays, so after k steps
+ * p = p0 (1 - lr wd)^k, whatever p0's sign and size. L2 regularisation folded into the gradient
+ * (Adam, not AdamW) would instead move every p by about lr per step. */
+static void test_adamw_decay_closed_form(void **state) {
+    (void)state;
+    adamw_config_t cfg = adamw_defaults();
+    cfg.lr = 0.05f, cfg.weight_decay = 0.3f;
+    float p[4] = {2.0f, -0.5f, 1e-3f, 40.0f}, g[4] = {0}, m[4] = {0}, v[4] = {0};
+    const float p0[4] = {2.0f, -0.5f, 1e-3f, 40.0f};
+    for (int t = 1; t <= 5; t++) {
+        adamw_step(p, g, m, v, 4, t, &cfg);
+        const double f = pow(1.0 - (double)cfg.lr * cfg.weight_decay, t);
+        for (int i = 0; i < 4; i++) {
+            if (!(fabs(p[i] - p0[i] * f) <= 1e-6 * fabs(p0[i]))) {
+                print_error("step %d: p[%d] = %.9g, want %.9g * (1 - lr wd)^%d = %.9g\n", t, i, p[i], p0[i], t, p0[i] * f);
+                fail();
+            }
+            assert_true(m[i] == 0 && v[i] == 0);
+        }
+    }
+}
+
 static void test_clip_grad_norm(void **state) {
     (void)state;
     float a[2] = {3, 0}, b[1] = {4};
@@ -56,11 +79,11 @@ static void test_clip_grad_norm(void **state) {
 }
 
 int main(int argc, char **argv) {
-    if (argc > 1) cmocka_set_test_filter(argv[1]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_adamw_matches_reference),
         cmocka_unit_test(test_adamw_first_step_is_sign),
+        cmocka_unit_test(test_adamw_decay_closed_form),
         cmocka_unit_test(test_clip_grad_norm),
     };
-    return cmocka_run_group_tests_name("optim", tests, NULL, NULL);
+    return RUN_TESTS(argc, argv, "optim", tests, NULL, NULL);
 }

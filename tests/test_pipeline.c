@@ -333,6 +333,5 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_pipeline_bad_size),
         cmocka_unit_test(test_pipeline_inversion_roundtrip),
     };
-    if (argc > 1) cmocka_set_test_filter(argv[1]);
-    return cmocka_run_group_tests_name("pipeline", tests, NULL, NULL);
+    return RUN_TESTS(argc, argv, "pipeline", tests, NULL, NULL);
 }

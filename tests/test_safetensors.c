@@ -815,6 +815,23 @@ static void test_malformed(void **state) {
 
 /* Flip bits, overwrite bytes and truncate a valid file at 300 deterministic places: every
  * open succeeds (and then reads every tensor) or fails with a message; nothing crashes. */
+/* Overlapping data in other layouts than test_malformed's (a second check of the tiling):
+ * two tensors aliasing the same bytes (the data would otherwise tile the file exactly), one
+ * inside another, and an overlap between the second and third of three tensors. The error
+ * names the later tensor and says "overlap". */
+static void test_overlap_layouts(void **state) {
+    (void)state;
+    expect_open_fail(make_st("alias.safetensors", "{" T("a.w", "F32", "[2]", 0, 8) "," T("b.w", "F32", "[2]", 0, 8) "}", 8),
+                     SD_ERR_FORMAT, "'b.w'", "overlap");
+    expect_open_fail(make_st("inside.safetensors",
+                             "{" T("a.w", "F32", "[4]", 0, 16) "," T("b.w", "F32", "[1]", 4, 8) "}", 16),
+                     SD_ERR_FORMAT, "'b.w'", "overlap");
+    expect_open_fail(make_st("third.safetensors",
+                             "{" T("a.w", "F32", "[1]", 0, 4) "," T("b.w", "F32", "[2]", 4, 12) ","
+                             T("c.w", "F32", "[2]", 8, 16) "}", 16),
+                     SD_ERR_FORMAT, "'c.w'", "overlap");
+}
+
 static void test_fuzz(void **state) {
     (void)state;
     st_writer_t *w = st_writer_new();
@@ -881,7 +898,6 @@ static void test_fuzz(void **state) {
 }
 
 int main(int argc, char **argv) {
-    if (argc > 1) cmocka_set_test_filter(argv[1]);   /* ctest runs one unit test per entry */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_f16_known_values),
         cmocka_unit_test(test_f16_exhaustive),
@@ -893,7 +909,8 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_sharded),
         cmocka_unit_test(test_atomic_write),
         cmocka_unit_test(test_malformed),
+        cmocka_unit_test(test_overlap_layouts),
         cmocka_unit_test(test_fuzz),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return RUN_TESTS(argc, argv, "safetensors", tests, setup, teardown);
 }

@@ -1136,6 +1136,5 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_spec_parse),
         cmocka_unit_test(test_pipeline_hash_check),
     };
-    if (argc > 1) cmocka_set_test_filter(argv[1]);
-    return cmocka_run_group_tests_name("shifts", tests, NULL, teardown);
+    return RUN_TESTS(argc, argv, "shifts", tests, NULL, teardown);
 }

@@ -224,7 +224,6 @@ static int teardown(void **state) {
 }
 
 int main(int argc, char **argv) {
-    if (argc > 1) cmocka_set_test_filter(argv[1]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_svd_reconstructs),
         cmocka_unit_test(test_spectral_linear),
@@ -232,5 +231,5 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_prefer_baked),
         cmocka_unit_test(test_normshift),
     };
-    return cmocka_run_group_tests_name("spectral", tests, NULL, teardown);
+    return RUN_TESTS(argc, argv, "spectral", tests, NULL, teardown);
 }

@@ -67,6 +67,40 @@ static void test_combine_roundtrip(void **state) {
     shiftset_free(&a), shiftset_free(&b);
 }
 
+/* Weight order on distinguishable inputs (a second check beside the round trips): three sets
+ * that are constant 1, 10 and 100 with asymmetric weights (0.5, 2, -1) give 0.5 + 20 - 100 =
+ * -79.5 everywhere; any other pairing of weights and inputs gives something else (reversed:
+ * 69; each weight on the next input: 42), and an input weighted 0 leaves the others' sum. */
+static void test_combine_weight_order(void **state) {
+    (void)state;
+    shift_set_t a, b, c, out;
+    load_random(&a, UNET_FIX, 1);
+    load_random(&b, UNET_FIX, 2);
+    load_random(&c, UNET_FIX, 3);
+    shift_set_t *sets[3] = {&a, &b, &c};
+    const float level[3] = {1.0f, 10.0f, 100.0f};
+    for (int k = 0; k < 3; k++)
+        for (int i = 0; i < sets[k]->n; i++)
+            for (int j = 0; j < sets[k]->entries[i].n; j++) sets[k]->entries[i].values[j] = level[k];
+    const shift_set_t *in[3] = {&a, &b, &c};
+    const float w[3] = {0.5f, 2.0f, -1.0f}, w0[3] = {0.0f, -3.0f, 0.25f};
+    const float want[2] = {0.5f * 1 + 2.0f * 10 - 100, -3.0f * 10 + 0.25f * 100};
+    for (int r = 0; r < 2; r++) {
+        assert_int_equal(toolbox_combine(&out, in, r ? w0 : w, 3, 0), 0);
+        assert_int_equal(out.n, a.n);
+        for (int i = 0; i < out.n; i++)
+            for (int j = 0; j < out.entries[i].n; j++) {
+                if (out.entries[i].values[j] != want[r]) {
+                    print_error("weights %s: %s[%d] = %g, want %g\n", r ? "(0, -3, 0.25)" : "(0.5, 2, -1)",
+                                out.entries[i].path, j, out.entries[i].values[j], want[r]);
+                    fail();
+                }
+            }
+        shiftset_free(&out);
+    }
+    shiftset_free(&a), shiftset_free(&b), shiftset_free(&c);
+}
+
 static void test_combine_refusals(void **state) {
     (void)state;
     shift_set_t a, b, out;
@@ -429,13 +463,18 @@ static void test_golden_combined_and_rank(void **state) {
 }
 
 int main(int argc, char **argv) {
-    if (argc > 1) cmocka_set_test_filter(argv[1]);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_combine_roundtrip), cmocka_unit_test(test_combine_refusals),
-        cmocka_unit_test(test_scale_and_fp16),    cmocka_unit_test(test_limit_rank),
-        cmocka_unit_test(test_norm_paths_and_blocks), cmocka_unit_test(test_selectors),
-        cmocka_unit_test(test_mix),               cmocka_unit_test(test_convert_norms),
-        cmocka_unit_test(test_history),           cmocka_unit_test(test_golden_combined_and_rank),
+        cmocka_unit_test(test_combine_roundtrip),
+        cmocka_unit_test(test_combine_weight_order),
+        cmocka_unit_test(test_combine_refusals),
+        cmocka_unit_test(test_scale_and_fp16),
+        cmocka_unit_test(test_limit_rank),
+        cmocka_unit_test(test_norm_paths_and_blocks),
+        cmocka_unit_test(test_selectors),
+        cmocka_unit_test(test_mix),
+        cmocka_unit_test(test_convert_norms),
+        cmocka_unit_test(test_history),
+        cmocka_unit_test(test_golden_combined_and_rank),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return RUN_TESTS(argc, argv, "toolbox", tests, NULL, NULL);
 }

@@ -736,8 +736,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_rank_limited),
         cmocka_unit_test(test_shift_layers),
     };
-    if (argc > 1) cmocka_set_test_filter(argv[1]);
-    int rc = cmocka_run_group_tests(tests, NULL, NULL);
+    int rc = RUN_TESTS(argc, argv, "train", tests, NULL, NULL);
     scratch_free_all();
     return rc;
 }

@@ -426,6 +426,52 @@ static void test_fd_whole_unet(void **state) {
     free(cp.t), free(cp.data);
 }
 
+/* unet_backward accumulates into every gradient of g and into dsample / dctx (unet.h): with all of
+ * them pre-filled with known values p, a backward leaves p + the gradient of a zeroed run. Spectral
+ * layers, norm shifts and dense weights together, without and with checkpointing. */
+static void test_backward_accumulates(void **state) {
+    (void)state;
+    for (int ckpt = UNET_CKPT_NONE; ckpt <= UNET_CKPT_ALL; ckpt += UNET_CKPT_ALL) {
+        fx_t f;
+        fx_open(&f, "sd1", 1);
+        unet_acts_t a;
+        acts_ok(&f, &a, 1, (unet_ckpt_t)ckpt);
+        float *out = alloc_zeros(f.n_out);
+        float *fs = alloc_zeros(f.n_sample), *fc = alloc_zeros(f.n_ctx);
+        unet_grads_t g;
+        assert_int_equal(unet_grads_alloc(&g, &f.m, UNET_GRAD_SHIFTS | UNET_GRAD_DENSE), 0);
+        forward_ok(&f, &a, out);
+        unet_backward(fs, fc, &g, f.dout, &f.m, &a);
+        trng_t r;
+        trng_seed(&r, 5);
+        float *fresh = malloc(g.n_floats * sizeof(float)), *pre = alloc_normal(&r, g.n_floats, 1);
+        float *ps = alloc_normal(&r, f.n_sample, 1), *pc = alloc_normal(&r, f.n_ctx, 1);
+        float *ds = malloc(f.n_sample * sizeof(float)), *dc = malloc(f.n_ctx * sizeof(float));
+        memcpy(fresh, g.memory, g.n_floats * sizeof(float));
+        memcpy(g.memory, pre, g.n_floats * sizeof(float));
+        memcpy(ds, ps, f.n_sample * sizeof(float)), memcpy(dc, pc, f.n_ctx * sizeof(float));
+        forward_ok(&f, &a, out);
+        unet_backward(ds, dc, &g, f.dout, &f.m, &a);
+        double scale = 0;
+        for (size_t i = 0; i < g.n_floats; i++) scale = fmax(scale, fabs(fresh[i]));
+        for (size_t i = 0; i < g.n_floats; i++) {
+            if (fabs(g.memory[i] - ((double)pre[i] + fresh[i])) > 1e-5 * (1 + fabs(pre[i]) + scale)) {
+                print_error("checkpointing %d: gradient float %zu of %zu does not accumulate: %g, want %g + %g\n", ckpt, i,
+                            g.n_floats, g.memory[i], pre[i], fresh[i]);
+                fail();
+            }
+        }
+        for (size_t i = 0; i < f.n_sample; i++) ps[i] += fs[i];
+        for (size_t i = 0; i < f.n_ctx; i++) pc[i] += fc[i];
+        assert_close("dsample accumulated", ds, ps, f.n_sample, 1e-5);
+        assert_close("dctx accumulated", dc, pc, f.n_ctx, 1e-5);
+        free(out), free(fs), free(fc), free(fresh), free(pre), free(ps), free(pc), free(ds), free(dc);
+        unet_grads_free(&g);
+        unet_acts_free(&a);
+        fx_close(&f);
+    }
+}
+
 /* ---- spectral set-up and the shift registry ---- */
 
 typedef struct {
@@ -666,7 +712,6 @@ static void test_sd_structure(void **state) {
 }
 
 int main(int argc, char **argv) {
-    if (argc > 1) cmocka_set_test_filter(argv[1]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_golden_sd1),
         cmocka_unit_test(test_golden_sd2),
@@ -675,12 +720,13 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_inference_equals_training),
         cmocka_unit_test(test_checkpointing_equal),
         cmocka_unit_test(test_fd_whole_unet),
+        cmocka_unit_test(test_backward_accumulates),
         cmocka_unit_test(test_make_spectral),
         cmocka_unit_test(test_build_errors),
         cmocka_unit_test(test_config),
         cmocka_unit_test(test_sd_structure),
     };
-    int rc = cmocka_run_group_tests_name("unet", tests, NULL, NULL);
+    int rc = RUN_TESTS(argc, argv, "unet", tests, NULL, NULL);
     scratch_free_all();
     return rc;
 }

@@ -511,6 +511,5 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_vae_build_errors),
         cmocka_unit_test(test_vae_sample_latents),
     };
-    if (argc > 1) cmocka_set_test_filter(argv[1]);
-    return cmocka_run_group_tests_name("vae", tests, NULL, NULL);
+    return RUN_TESTS(argc, argv, "vae", tests, NULL, NULL);
 }

@@ -160,12 +160,11 @@ static int teardown(void **state) {
 }
 
 int main(int argc, char **argv) {
-    if (argc > 1) cmocka_set_test_filter(argv[1]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dense_half_precision),
         cmocka_unit_test(test_spectral_dispatch),
         cmocka_unit_test(test_embedding),
         cmocka_unit_test(test_conv_dispatch),
     };
-    return cmocka_run_group_tests_name("weight", tests, NULL, teardown);
+    return RUN_TESTS(argc, argv, "weight", tests, NULL, teardown);
 }

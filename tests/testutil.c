@@ -2,6 +2,7 @@
 #define _GNU_SOURCE   /* nftw */
 #include "testutil.h"
 
+#include <fnmatch.h>
 #include <ftw.h>
 #include <sys/stat.h>
 
@@ -195,4 +196,60 @@ void assert_same_file(const char *a, const char *b) {
         fail();
     }
     free(x), free(y);
+}
+
+/* ---------------------------------------------------------------- test_main */
+
+static int n_skipped;
+
+void test_skip(const char *file, int line) {
+    n_skipped++;
+    _skip(file, line);
+}
+
+static int in_list(const char *name, char **names, int n) {
+    for (int i = 0; i < n; i++)
+        if (!strcmp(name, names[i])) return 1;
+    return 0;
+}
+
+int test_main(int argc, char **argv, const char *group, const struct CMUnitTest *tests, size_t n,
+              CMFixtureFunction setup, CMFixtureFunction teardown) {
+    if (argc > 1 && !strcmp(argv[1], "--list")) {
+        for (size_t i = 0; i < n; i++) printf("%s\n", tests[i].name);
+        return 0;
+    }
+    if (argc > 1 && !strcmp(argv[1], "--check-registered")) {
+        /* CMake registers the units it finds in the source text; a unit it missed never runs. */
+        int bad = 0;
+        for (size_t i = 0; i < n; i++)
+            if (!in_list(tests[i].name, argv + 2, argc - 2)) {
+                fprintf(stderr, "%s: unit %s is in the group but has no ctest entry\n", group, tests[i].name);
+                bad++;
+            }
+        for (int k = 2; k < argc; k++) {
+            size_t i = 0;
+            while (i < n && strcmp(tests[i].name, argv[k])) i++;
+            if (i == n) {
+                fprintf(stderr, "%s: ctest entry %s names no unit of the group\n", group, argv[k]);
+                bad++;
+            }
+        }
+        printf("%s: %zu units, %d registration errors\n", group, n, bad);
+        return bad != 0;
+    }
+    size_t ran = n;
+    if (argc > 1) {
+        ran = 0;
+        for (size_t i = 0; i < n; i++) ran += fnmatch(argv[1], tests[i].name, 0) == 0;
+        if (ran == 0) {
+            fprintf(stderr, "%s: no unit matches '%s'\n", group, argv[1]);
+            return 1;
+        }
+        cmocka_set_test_filter(argv[1]);
+    }
+    n_skipped = 0;
+    int failed = _cmocka_run_group_tests(group, tests, n, setup, teardown);
+    if (failed == 0 && n_skipped > 0 && (size_t)n_skipped == ran) return TEST_SKIP_CODE;
+    return failed;
 }

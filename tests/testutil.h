@@ -56,4 +56,24 @@ float *golden_get(const st_file_t *f, const char *name, int64_t expect_numel);
 /* Like golden_get but returns NULL when absent. */
 float *golden_get_opt(const st_file_t *f, const char *name);
 
+/* The main of every test binary (CMakeLists.txt registers one ctest entry per unit):
+ *   prog              runs every unit of the group
+ *   prog PATTERN      runs the units whose names match (cmocka's filter: * and ?)
+ *   prog --list       prints the unit names, one a line
+ *   prog --check-registered NAME...
+ *                     fails, naming them, on units of the group that are not among the NAMEs
+ *                     (the units CMake found in the source) and on NAMEs the group lacks
+ * Returns the number of failed units (1 if PATTERN matches none), or TEST_SKIP_CODE when every
+ * unit that ran called skip(): ctest's SKIP_RETURN_CODE, so a skip is not counted as a pass. */
+#define TEST_SKIP_CODE 77
+int test_main(int argc, char **argv, const char *group, const struct CMUnitTest *tests, size_t n,
+              CMFixtureFunction setup, CMFixtureFunction teardown);
+#define RUN_TESTS(argc, argv, group, tests, setup, teardown) \
+    test_main(argc, argv, group, tests, sizeof(tests) / sizeof((tests)[0]), setup, teardown)
+
+/* cmocka's skip(), counted for test_main. */
+void test_skip(const char *file, int line);
+#undef skip
+#define skip() test_skip(__FILE__, __LINE__)
+
 #endif
