@@ -5,6 +5,7 @@
 #ifndef SVDIFF_PIPELINE_H
 #define SVDIFF_PIPELINE_H
 
+#include <signal.h>
 #include <stdint.h>
 
 #include "diffusion/diffusion.h"
@@ -65,6 +66,9 @@ typedef struct {
     int batch;                              /* images denoised together */
     progress_fn_t progress;                 /* per step, may be NULL */
     void *progress_ctx;
+    const volatile sig_atomic_t *stop;      /* may be NULL; once non-zero (a signal handler sets it),
+                                               sampling ends before its next UNet call with
+                                               SD_ERR_INTERRUPTED */
 } txt2img_opts_t;
 
 /* Latent shape for a pixel size: [latent_channels, height/scale, width/scale]. */
