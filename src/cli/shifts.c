@@ -130,6 +130,9 @@ static int targets_alike(const target_t *a, const char *na, const target_t *b, c
 static int write_outputs(const char *out, int is_dir, shift_set_t *sets, const int *present,
                          const st_dtype_t *dtype) {
     char file[2][PATHMAX];
+    struct stat st;
+    if (is_dir && !stat(out, &st) && !S_ISDIR(st.st_mode))
+        return sd_error(SD_ERR_IO, "%s: exists and is not a folder (the inputs are folders)", out);
     if (is_dir && mkdir(out, 0777) != 0 && errno != EEXIST)
         return sd_error(SD_ERR_IO, "%s: cannot create the output folder: %s", out, strerror(errno));
     for (int p = 0; p < 2; p++)
