@@ -76,7 +76,7 @@ static void usage(FILE *f) {
             "                             trip's PSNR (the ceiling of a latent model), the reconstruction's against\n"
             "                             that round trip, and each edit's PSNR against the input\n"
             "  --force                    overwrite the outputs of an earlier run in OUT_DIR; apply --shifts made\n"
-            "                             for another base model\n"
+            "                             for another base model or whose two files were not written together\n"
             "  --threads N                CPU threads (default: all cores)\n"
             "  --quiet                    no progress bars\n"
             "  -h, --help                 this help\n\n"
