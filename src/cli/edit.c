@@ -102,11 +102,6 @@ static void on_step(void *vctx, int step, int num_steps, float t, const float *l
     if (e->on) progress_update(&e->bar, e->base + step, NULL);
 }
 
-static void remove_stale_temps(const char *dir) {
-    if (outputs_remove_stale_temps(dir) < 0)
-        fprintf(stderr, "warning: %s: cannot look for stale temp files: %s\n", dir, strerror(errno));
-}
-
 /* Copies a file byte for byte through "<dst>.tmp.<pid>" and a rename. */
 static int copy_file(const char *src, const char *dst) {
     int rc = outputs_check(dst);
@@ -337,7 +332,7 @@ int cmd_edit(int argc, char **argv) {
         }
         /* the folder is this run's until it ends (the trainer takes the lock again) */
         rc = run_lock_take(&lock, out);
-        if (!rc) remove_stale_temps(out);
+        if (!rc) outputs_remove_stale_temps(out);
         if (rc || outputs_check(path)) {
             fprintf(stderr, "svdiff edit: %s\n", sd_last_error());
             run_lock_release(&lock);
@@ -385,7 +380,7 @@ int cmd_edit(int argc, char **argv) {
         rc = pipeline_apply_shifts(&p, &sh, 1, force, cache_dir[0] ? cache_dir : NULL);
         if (!rc && mkdir(out, 0777) && errno != EEXIST)
             rc = sd_error(SD_ERR_IO, "-o %s: cannot create the folder: %s", out, strerror(errno));
-        if (!rc && !(rc = run_lock_take(&lock, out))) remove_stale_temps(out);
+        if (!rc && !(rc = run_lock_take(&lock, out))) outputs_remove_stale_temps(out);
         if (!rc) rc = copy_shifts(shifts_path, out);
         if (rc) pipeline_close(&p);
     }

@@ -114,7 +114,11 @@ static long temp_pid(const char *name) {
 
 int outputs_remove_stale_temps(const char *dir) {
     DIR *d = opendir(dir);
-    if (!d) return errno == ENOENT ? 0 : -1;
+    if (!d && errno == ENOENT) return 0;
+    if (!d) {
+        fprintf(stderr, "warning: %s: cannot look for stale temp files: %s\n", dir, strerror(errno));
+        return -1;
+    }
     int removed = 0;
     for (struct dirent *e; (e = readdir(d));) {
         const long pid = temp_pid(e->d_name);

@@ -33,8 +33,8 @@ int outputs_check(const char *path);
 
 /* Removes from folder `dir` the files "<name>.tmp.<pid>" (pid: decimal digits) whose pid is no
  * live process (kill(pid, 0) fails with ESRCH); other files, subfolders and the temp files of
- * live processes are left alone. Returns how many were removed (a warning names each), or -1
- * when the folder cannot be read (a missing folder has nothing to clean: 0). */
+ * live processes are left alone. Returns how many were removed (a line on stderr names each), or
+ * -1 with a warning when the folder cannot be read (a missing folder has nothing to clean: 0). */
 int outputs_remove_stale_temps(const char *dir);
 
 #endif

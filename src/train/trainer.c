@@ -579,8 +579,7 @@ static void remove_stale_temps(const char *out_dir) {
     for (size_t i = 0; i < sizeof sub / sizeof *sub; i++) {
         char dir[PATH_MAX];
         snprintf(dir, sizeof dir, "%s%s", out_dir, sub[i]);
-        if (outputs_remove_stale_temps(dir) < 0)
-            fprintf(stderr, "warning: %s: cannot look for stale temp files: %s\n", dir, strerror(errno));
+        outputs_remove_stale_temps(dir);
     }
 }
 
