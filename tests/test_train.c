@@ -22,6 +22,7 @@
 #include "base/runtime.h"
 #include "base/scratch.h"
 #include "io/image.h"
+#include "io/runlock.h"
 #include "shifts/shifts.h"
 #include "train/checkpoint.h"
 #include "train/trainer.h"
@@ -490,6 +491,67 @@ static void test_resume_after_kill(void **state) {
     rm_tree(p.tmp);
 }
 
+/* In a forked child: 0 when run_lock_take(dir) succeeds, else 1, or 2 when it fails with a
+ * message other than one naming `dir` and `holder`'s PID. */
+static int child_lock_result(const char *dir, pid_t holder) {
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        run_lock_t l = {0};
+        int rc = run_lock_take(&l, dir);
+        char want[600];
+        snprintf(want, sizeof want, "%s: another svdiff run (PID %ld) is writing into this folder", dir, (long)holder);
+        _exit(rc == 0 ? 0 : strstr(sd_last_error(), want) ? 1 : 2);
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    return WEXITSTATUS(status);
+}
+
+/* The output-folder lock (runlock.h): re-entrant in one process, refused to another (a forked
+ * child does not inherit the right to it) with the folder and the holder's PID; released by the
+ * last release, and by the end of its process, while the lock file stays. A trainer into a held
+ * folder fails in trainer_open, before anything is written. */
+static void test_output_lock(void **state) {
+    (void)state;
+    paths_t p;
+    make_tmp(p.tmp, sizeof p.tmp);
+    make_data(p.tmp);
+    run_lock_t a = {0}, b = {0};
+    assert_int_equal(run_lock_take(&a, p.tmp), 0);
+    assert_int_equal(run_lock_take(&b, p.tmp), 0);   /* re-entrant: `edit` and its trainer */
+    assert_int_equal(child_lock_result(p.tmp, getpid()), 1);
+    run_lock_release(&a);
+    assert_int_equal(child_lock_result(p.tmp, getpid()), 1);   /* b still holds it */
+    /* a trainer in another process: refused at trainer_open */
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        train_config_t c;
+        small_config(&c, &p, "");
+        c.out_dir = p.tmp;
+        trainer_t t;
+        int rc = trainer_open(&t, &c);
+        const int ok = rc == SD_ERR_IO && strstr(sd_last_error(), "another svdiff run (PID ");
+        trainer_close(&t);
+        _exit(ok ? 0 : 1);
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    run_lock_release(&b);
+    assert_int_equal(child_lock_result(p.tmp, getpid()), 0);   /* free; the child's ended with it */
+    char lf[300];
+    snprintf(lf, sizeof lf, "%s/" RUN_LOCK_FILE, p.tmp);
+    assert_true(exists(lf));
+    assert_int_equal(run_lock_take(&a, p.tmp), 0);   /* the stale file of the ended child is no obstacle */
+    run_lock_release(&a);
+    rm_tree(p.tmp);
+}
+
 /* A run that cannot write loss.csv (here the file size limit, as a full disk would) stops at that
  * step with an error naming the file and the step, before the step's checkpoint; the checkpoint it
  * had stays resumable, and --resume ends with the bytes of an uninterrupted run. (Before: the
@@ -816,6 +878,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_data_order),
         cmocka_unit_test(test_determinism),
         cmocka_unit_test(test_resume_after_kill),
+        cmocka_unit_test(test_output_lock),
         cmocka_unit_test(test_log_write_error),
         cmocka_unit_test(test_bad_inputs),
         cmocka_unit_test(test_end_to_end),
