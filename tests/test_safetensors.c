@@ -602,14 +602,15 @@ static void test_atomic_write(void **state) {
     assert_contains(sd_last_error(), "no_such_dir/x.safetensors");
     assert_true(access(nodir, F_OK) != 0);
 
-    /* 2. the target is a non-empty directory: the rename fails after the data is written */
+    /* 2. the target is a directory: refused before anything is written (it was a failed rename
+     * after the whole temp file; an empty folder was even replaced) */
     const char *dirt = tpath("isdir.safetensors");
     assert_int_equal(mkdir(dirt, 0755), 0);
     char inner[600];
     snprintf(inner, sizeof inner, "%s/f", dirt);
     write_bytes(inner, "x", 1);
     assert_int_equal(st_writer_save(w, dirt), SD_ERR_IO);
-    assert_contains(sd_last_error(), "rename");
+    assert_contains(sd_last_error(), "isdir.safetensors: exists and is a folder");
     struct stat sb;
     assert_int_equal(stat(dirt, &sb), 0);
     assert_true(S_ISDIR(sb.st_mode));
@@ -669,6 +670,77 @@ static void test_atomic_write(void **state) {
     st_writer_free(w);
     free(big);
     free(orig);
+}
+
+/* Files written together carry one pair id: a hash of both, so the same content gives the same
+ * id (and bytes), other content another one; st_pair_check refuses files of two saves unless
+ * force, and accepts files without ids (older versions). */
+static void test_pair_id(void **state) {
+    (void)state;
+    float x[4] = {1, 2, 3, 4}, y[2] = {5, 6};
+    char a1[600], b1[600], a2[600], b2[600];
+    snprintf(a1, sizeof a1, "%s", tpath("p1_a.safetensors"));
+    snprintf(b1, sizeof b1, "%s", tpath("p1_b.safetensors"));
+    snprintf(a2, sizeof a2, "%s", tpath("p2_a.safetensors"));
+    snprintf(b2, sizeof b2, "%s", tpath("p2_b.safetensors"));
+    for (int k = 0; k < 2; k++) {   /* twice the same content */
+        st_writer_t *wa = small_writer(x, 4), *wb = small_writer(y, 2);
+        assert_int_equal(st_writer_meta(wa, ST_PAIR_ID_KEY, "stale id of an input"), 0);
+        assert_int_equal(st_writer_save_pair(wa, k ? a2 : a1, wb, k ? b2 : b1), 0);
+        st_writer_free(wa), st_writer_free(wb);
+    }
+    size_t n1, n2;
+    unsigned char *c1 = read_bytes(a1, &n1), *c2 = read_bytes(a2, &n2);
+    assert_int_equal(n1, n2);
+    assert_memory_equal(c1, c2, n1);
+    free(c1), free(c2);
+    st_file_t fa, fb;
+    assert_int_equal(st_open(&fa, a1), 0);
+    assert_int_equal(st_open(&fb, b1), 0);
+    const char *ia = st_meta(&fa, ST_PAIR_ID_KEY), *ib = st_meta(&fb, ST_PAIR_ID_KEY);
+    assert_non_null(ia);
+    assert_non_null(ib);
+    assert_int_equal(strlen(ia), 16);
+    assert_string_equal(ia, ib);
+    assert_int_equal(st_pair_check(a1, b1, 0), 0);
+    /* another content of the second file: another id for both */
+    y[1] = 7;
+    st_writer_t *wa = small_writer(x, 4), *wb = small_writer(y, 2);
+    assert_int_equal(st_writer_save_pair(wa, a2, wb, b2), 0);
+    st_writer_free(wa), st_writer_free(wb);
+    st_file_t f2;
+    assert_int_equal(st_open(&f2, a2), 0);
+    assert_string_not_equal(st_meta(&f2, ST_PAIR_ID_KEY), ia);
+    st_close(&f2);
+    st_close(&fa), st_close(&fb);
+    /* a1 with b2: refused (naming both), or a warning with force */
+    assert_int_equal(st_pair_check(a1, b2, 0), SD_ERR_FORMAT);
+    assert_contains(sd_last_error(), "p1_a.safetensors and ");
+    assert_contains(sd_last_error(), "p2_b.safetensors were not written together");
+    assert_int_equal(st_pair_check(a1, b2, 1), 0);
+    /* files without ids pass; one id without the other does not; a single file passes */
+    char c[600], d[600];
+    snprintf(c, sizeof c, "%s", tpath("old_a.safetensors"));
+    snprintf(d, sizeof d, "%s", tpath("old_b.safetensors"));
+    wa = small_writer(x, 4), wb = small_writer(y, 2);
+    assert_int_equal(st_writer_save(wa, c), 0);
+    assert_int_equal(st_writer_save(wb, d), 0);
+    st_writer_free(wa), st_writer_free(wb);
+    assert_int_equal(st_pair_check(c, d, 0), 0);
+    assert_int_equal(st_pair_check(a1, d, 0), SD_ERR_FORMAT);
+    assert_int_equal(st_pair_check(a1, "", 0), 0);
+    /* a bad second target: refused before the first file is replaced */
+    char dir[600];
+    snprintf(dir, sizeof dir, "%s", tpath("pair_dir"));
+    assert_int_equal(mkdir(dir, 0755), 0);
+    c1 = read_bytes(a1, &n1);
+    wa = small_writer(y, 2), wb = small_writer(y, 2);
+    assert_int_equal(st_writer_save_pair(wa, a1, wb, dir), SD_ERR_IO);
+    st_writer_free(wa), st_writer_free(wb);
+    c2 = read_bytes(a1, &n2);
+    assert_true(n1 == n2 && !memcmp(c1, c2, n1));
+    free(c1), free(c2);
+    assert_int_equal(count_tmp_files(), 0);
 }
 
 /* ---------------------------------------------------------------------------------- */
@@ -908,6 +980,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_many_tensors),
         cmocka_unit_test(test_sharded),
         cmocka_unit_test(test_atomic_write),
+        cmocka_unit_test(test_pair_id),
         cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_overlap_layouts),
         cmocka_unit_test(test_fuzz),

@@ -9,9 +9,11 @@
 
 #include <ftw.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -20,6 +22,7 @@
 #include "base/runtime.h"
 #include "base/scratch.h"
 #include "io/image.h"
+#include "io/runlock.h"
 #include "shifts/shifts.h"
 #include "train/checkpoint.h"
 #include "train/trainer.h"
@@ -488,6 +491,150 @@ static void test_resume_after_kill(void **state) {
     rm_tree(p.tmp);
 }
 
+/* In a forked child: 0 when run_lock_take(dir) succeeds, else 1, or 2 when it fails with a
+ * message other than one naming `dir` and `holder`'s PID. */
+static int child_lock_result(const char *dir, pid_t holder) {
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        run_lock_t l = {0};
+        int rc = run_lock_take(&l, dir);
+        char want[600];
+        snprintf(want, sizeof want, "%s: another svdiff run (PID %ld) is writing into this folder", dir, (long)holder);
+        _exit(rc == 0 ? 0 : strstr(sd_last_error(), want) ? 1 : 2);
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    return WEXITSTATUS(status);
+}
+
+/* The output-folder lock (runlock.h): re-entrant in one process, refused to another (a forked
+ * child does not inherit the right to it) with the folder and the holder's PID; released by the
+ * last release, and by the end of its process, while the lock file stays. A trainer into a held
+ * folder fails in trainer_open, before anything is written. */
+static void test_output_lock(void **state) {
+    (void)state;
+    paths_t p;
+    make_tmp(p.tmp, sizeof p.tmp);
+    make_data(p.tmp);
+    run_lock_t a = {0}, b = {0};
+    assert_int_equal(run_lock_take(&a, p.tmp), 0);
+    assert_int_equal(run_lock_take(&b, p.tmp), 0);   /* re-entrant: `edit` and its trainer */
+    assert_int_equal(child_lock_result(p.tmp, getpid()), 1);
+    run_lock_release(&a);
+    assert_int_equal(child_lock_result(p.tmp, getpid()), 1);   /* b still holds it */
+    /* a trainer in another process: refused at trainer_open */
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        train_config_t c;
+        small_config(&c, &p, "");
+        c.out_dir = p.tmp;
+        trainer_t t;
+        int rc = trainer_open(&t, &c);
+        const int ok = rc == SD_ERR_IO && strstr(sd_last_error(), "another svdiff run (PID ");
+        trainer_close(&t);
+        _exit(ok ? 0 : 1);
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    run_lock_release(&b);
+    assert_int_equal(child_lock_result(p.tmp, getpid()), 0);   /* free; the child's ended with it */
+    char lf[300];
+    snprintf(lf, sizeof lf, "%s/" RUN_LOCK_FILE, p.tmp);
+    assert_true(exists(lf));
+    assert_int_equal(run_lock_take(&a, p.tmp), 0);   /* the stale file of the ended child is no obstacle */
+    run_lock_release(&a);
+    rm_tree(p.tmp);
+}
+
+/* A run that cannot write loss.csv (here the file size limit, as a full disk would) stops at that
+ * step with an error naming the file and the step, before the step's checkpoint; the checkpoint it
+ * had stays resumable, and --resume ends with the bytes of an uninterrupted run. (Before: the
+ * failed row was ignored, the run went on and failed only at the final shift file.) */
+static void test_log_write_error(void **state) {
+    (void)state;
+    paths_t p;
+    make_tmp(p.tmp, sizeof p.tmp);
+    make_data(p.tmp);
+    sd_set_threads(1);   /* the runs below fork (see test_resume_after_kill) */
+    paths_t pa = p, pb = p;
+    train_config_t ca, cb;
+    small_config(&ca, &pa, "straight");
+    small_config(&cb, &pb, "logfail");
+    ca.steps = cb.steps = 4;
+    ca.threads = cb.threads = 1;
+    cb.checkpoint_every = 2;
+    assert_int_equal(train_once(&ca), 0);
+
+    /* 1. a run killed right after step 2 and its checkpoint */
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        setenv("SVDIFF_TEST_ABORT_AT_STEP", "2", 1);
+        train_once(&cb);
+        _exit(1);
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 137);
+    char csv[256], ck[256], fa[256], fb[256];
+    snprintf(csv, sizeof csv, "%s/loss.csv", pb.out);
+    snprintf(ck, sizeof ck, "%s/checkpoint.safetensors", pb.out);
+    struct stat st;
+    assert_int_equal(stat(csv, &st), 0);
+
+    /* 2. resumed where loss.csv cannot grow past its 2 rows: step 3's row fails */
+    fflush(NULL);
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        struct rlimit lim;
+        getrlimit(RLIMIT_FSIZE, &lim);
+        lim.rlim_cur = (rlim_t)st.st_size + 16;
+        signal(SIGXFSZ, SIG_IGN);   /* a write past the limit then fails with EFBIG */
+        setrlimit(RLIMIT_FSIZE, &lim);
+        cb.resume = 1;
+        trainer_t t;
+        int rc = trainer_open(&t, &cb);
+        if (!rc) rc = trainer_run(&t);
+        printf("resumed with a full loss.csv: rc %d, step %d: %s\n", rc, t.step, sd_last_error());
+        const int ok = rc == SD_ERR_IO && t.step == 3 && strstr(sd_last_error(), "/loss.csv: cannot log step 3") &&
+                       !strchr(sd_last_error(), '\n');
+        trainer_close(&t);
+        fflush(NULL);
+        _exit(ok ? 0 : 1);
+    }
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    snprintf(fb, sizeof fb, "%s/spectral_shifts.safetensors", pb.out);
+    assert_false(exists(fb));
+    st_file_t f;
+    assert_int_equal(st_open(&f, ck), 0);
+    assert_string_equal(st_meta(&f, "step"), "2");   /* step 3 wrote no checkpoint */
+    st_close(&f);
+
+    /* 3. --resume finishes it, byte for byte the uninterrupted run (the torn row is dropped) */
+    cb.resume = 1;
+    assert_int_equal(train_once(&cb), 0);
+    snprintf(fa, sizeof fa, "%s/spectral_shifts.safetensors", pa.out);
+    assert_same_file(fa, fb);
+    snprintf(fa, sizeof fa, "%s/spectral_shifts_te.safetensors", pa.out);
+    snprintf(fb, sizeof fb, "%s/spectral_shifts_te.safetensors", pb.out);
+    assert_same_file(fa, fb);
+    snprintf(fa, sizeof fa, "%s/loss.csv", pa.out);
+    char *x = csv_without_seconds(fa), *y = csv_without_seconds(csv);
+    assert_string_equal(x, y);
+    free(x), free(y);
+    rm_tree(p.tmp);
+}
+
 /* Each case: trainer_open fails with a message holding `expect`, and the output folder is not
  * created. */
 static void expect_error(train_config_t *c, const char *expect) {
@@ -731,6 +878,8 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_data_order),
         cmocka_unit_test(test_determinism),
         cmocka_unit_test(test_resume_after_kill),
+        cmocka_unit_test(test_output_lock),
+        cmocka_unit_test(test_log_write_error),
         cmocka_unit_test(test_bad_inputs),
         cmocka_unit_test(test_end_to_end),
         cmocka_unit_test(test_rank_limited),

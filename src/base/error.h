@@ -15,6 +15,7 @@ enum {
     SD_ERR_NOMEM = -4,    /* allocation failed */
     SD_ERR_ARG = -5,      /* bad argument (flag value, missing tensor name, ...) */
     SD_ERR_NUMERIC = -6,  /* a numerical routine (SVD, ...) failed */
+    SD_ERR_INTERRUPTED = -7, /* stopped on request (a signal), see txt2img_opts_t.stop */
 };
 
 /* Sets the thread's error message (printf-style) and returns `code`, so that

@@ -20,6 +20,8 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "io/image.h"
+#include "io/outputs.h"
+#include "io/runlock.h"
 #include "pipeline/edit.h"
 #include "pipeline/pipeline.h"
 #include "shifts/shifts.h"
@@ -74,7 +76,7 @@ static void usage(FILE *f) {
             "                             trip's PSNR (the ceiling of a latent model), the reconstruction's against\n"
             "                             that round trip, and each edit's PSNR against the input\n"
             "  --force                    overwrite the outputs of an earlier run in OUT_DIR; apply --shifts made\n"
-            "                             for another base model\n"
+            "                             for another base model or whose two files were not written together\n"
             "  --threads N                CPU threads (default: all cores)\n"
             "  --quiet                    no progress bars\n"
             "  -h, --help                 this help\n\n"
@@ -102,6 +104,8 @@ static void on_step(void *vctx, int step, int num_steps, float t, const float *l
 
 /* Copies a file byte for byte through "<dst>.tmp.<pid>" and a rename. */
 static int copy_file(const char *src, const char *dst) {
+    int rc = outputs_check(dst);
+    if (rc) return rc;
     char tmp[PATH_MAX + 128];
     snprintf(tmp, sizeof tmp, "%s.tmp.%ld", dst, (long)getpid());
     FILE *in = fopen(src, "rb");
@@ -113,7 +117,6 @@ static int copy_file(const char *src, const char *dst) {
     }
     char buf[1 << 16];
     size_t n;
-    int rc = SD_OK;
     while ((n = fread(buf, 1, sizeof buf, in)) > 0)
         if (fwrite(buf, 1, n, out) != n) {
             rc = sd_error(SD_ERR_IO, "%s: write failed: %s", tmp, strerror(errno));
@@ -306,6 +309,7 @@ int cmd_edit(int argc, char **argv) {
     }
 
     /* 1. the shifts: fine-tuned on the one image-prompt pair, or given */
+    run_lock_t lock = {0};   /* of the output folder, from its creation to the end (runlock.h) */
     if (!shifts_path) {
         pipeline_close(&p);   /* the trainer opens the model in its training form */
         char abs_image[PATH_MAX];
@@ -321,9 +325,24 @@ int cmd_edit(int argc, char **argv) {
         }
         /* the training data: a one-row captioned data set (kept: it records what was trained) */
         snprintf(path, sizeof path, "%s/edit-train.tsv", out);
-        FILE *f = mkdir(out, 0777) && errno != EEXIST ? NULL : fopen(path, "w");
+        if (mkdir(out, 0777) && errno != EEXIST) {
+            fprintf(stderr, "svdiff edit: -o %s: cannot create the folder: %s\n", out, strerror(errno));
+            image_free(&input);
+            return 1;
+        }
+        /* the folder is this run's until it ends (the trainer takes the lock again) */
+        rc = run_lock_take(&lock, out);
+        if (!rc) outputs_remove_stale_temps(out);
+        if (rc || outputs_check(path)) {
+            fprintf(stderr, "svdiff edit: %s\n", sd_last_error());
+            run_lock_release(&lock);
+            image_free(&input);
+            return 1;
+        }
+        FILE *f = fopen(path, "w");
         if (!f || fprintf(f, "%s\t%s\n", abs_image, prompt) < 0 || fclose(f)) {
             fprintf(stderr, "svdiff edit: %s: cannot write: %s\n", path, strerror(errno));
+            run_lock_release(&lock);
             image_free(&input);
             return 1;
         }
@@ -349,6 +368,7 @@ int cmd_edit(int argc, char **argv) {
         if (rc) fprintf(stderr, "svdiff edit: %s\n", sd_last_error());
         trainer_close(&t);
         if (rc) {
+            run_lock_release(&lock);
             image_free(&input);
             return 1;
         }
@@ -360,11 +380,13 @@ int cmd_edit(int argc, char **argv) {
         rc = pipeline_apply_shifts(&p, &sh, 1, force, cache_dir[0] ? cache_dir : NULL);
         if (!rc && mkdir(out, 0777) && errno != EEXIST)
             rc = sd_error(SD_ERR_IO, "-o %s: cannot create the folder: %s", out, strerror(errno));
+        if (!rc && !(rc = run_lock_take(&lock, out))) outputs_remove_stale_temps(out);
         if (!rc) rc = copy_shifts(shifts_path, out);
         if (rc) pipeline_close(&p);
     }
     if (rc) {
         fprintf(stderr, "svdiff edit: %s\n", sd_last_error());
+        run_lock_release(&lock);
         image_free(&input);
         return 1;
     }
@@ -471,5 +493,6 @@ int cmd_edit(int argc, char **argv) {
     for (int k = 0; k < n_edits + 2; k++) image_free(&imgs[k]);
     free(imgs), free(x0), free(zsrc), free(noise), free(z), free(lat);
     pipeline_close(&p);
+    run_lock_release(&lock);
     return rc ? 1 : 0;
 }

@@ -6,6 +6,7 @@
 #include <float.h>
 #include <getopt.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,7 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "io/image.h"
+#include "io/outputs.h"
 #include "io/safetensors.h"
 #include "ops/ops.h"
 #include "pipeline/adapters.h"
@@ -53,14 +55,18 @@ static void usage(FILE *f) {
             "                          or its folder; diffusers or kohya key naming): W += SCALE * alpha/r * B A;\n"
             "                          repeatable, combines with --shifts and --delta\n"
             "  --force                 apply shift, delta or LoRA files made for another base model (their\n"
-            "                          base_model_hash differs)\n"
+            "                          base_model_hash differs), and a folder's two shift or delta files that\n"
+            "                          were not written together (their pair_id differs)\n"
             "  --svd-cache DIR         cache of the base model's SVD factors (default: $SVDIFF_CACHE_DIR, else\n"
             "                          $XDG_CACHE_HOME/svdiff or ~/.cache/svdiff)\n"
             "  --threads N             CPU threads (default: all cores)\n"
             "  --compute-dtype fp32|bf16  precision of the large matrix products: fp32 (default, exact) or bf16\n"
             "                          (bfloat16 inputs, fp32 accumulation, on AMX / avx512_bf16 CPUs: faster, about\n"
             "                          1e-2 relative error per product; other CPUs stay fp32). Env SVDIFF_COMPUTE\n"
-            "  -o, --output OUT.png    output; with several images OUT-1.png ... OUT-N.png and the grid OUT.png\n"
+            "  -o, --output OUT.png    output; with several images OUT-1.png ... OUT-N.png (each written as soon\n"
+            "                          as it is made; Ctrl-C keeps those) and the grid OUT.png. A target that is\n"
+            "                          not a regular file (a device, a fifo, a folder) or is one of the run's\n"
+            "                          inputs is refused\n"
             "  -h, --help              this help\n\n"
             "Each PNG stores its prompt, negative prompt, steps, sampler, guidance, seed, size, model and shift\n"
             "files with their scales in a "
@@ -77,6 +83,11 @@ static void on_step(void *vctx, int step, int num_steps, float t, const float *l
     gen_progress_t *g = vctx;
     progress_update(&g->bar, g->step_base + step, NULL);
 }
+
+/* The signal that asked generate to stop (SIGINT, SIGTERM), 0 while none came. */
+static volatile sig_atomic_t g_stop;
+
+static void on_stop_signal(int sig) { g_stop = sig; }
 
 /* "out.png" -> "out-3.png" */
 static void numbered_path(char *dst, size_t n, const char *path, int k) {
@@ -245,16 +256,55 @@ int cmd_generate(int argc, char **argv) {
         init = sd_xmalloc(sizeof(float) * per * num_images);
         rc = load_init_latents(init_path, init, num_images, C, h, w);
     }
+    /* every target is checked before the (long) sampling: a device, a folder or one of the run's
+     * inputs (the model's weights, a shift file) is refused now, not after minutes of work */
+    char path[PATH_MAX];
+    for (int k = 0; !rc && k <= (num_images > 1 ? num_images : 0); k++) {
+        if (k == 0) snprintf(path, sizeof path, "%s", out);
+        else numbered_path(path, sizeof path, out, k);
+        rc = outputs_check(path);
+    }
+    if (!rc && save_path) rc = outputs_check(save_path);
+    /* Ctrl-C / SIGTERM: the images written so far stay; the batch being sampled is dropped, and the
+     * run ends at once with a message (a second signal kills as usual: SA_RESETHAND) */
+    struct sigaction sa = {0}, old_int, old_term;
+    sa.sa_handler = on_stop_signal;
+    sa.sa_flags = SA_RESETHAND;
+    sigemptyset(&sa.sa_mask);
+    g_stop = 0;
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
     gen_progress_t prog = {0};
-    progress_start(&prog.bar, "generate", (long)steps * ((num_images + batch - 1) / batch), "step");
+    if (!rc) progress_start(&prog.bar, "generate", (long)steps * ((num_images + batch - 1) / batch), "step");
+    uint8_t **rgb = calloc((size_t)num_images, sizeof *rgb);
+    image_t *imgs = calloc((size_t)num_images, sizeof *imgs);
+    int written = 0;
+    /* each batch is decoded and its PNGs written as soon as it is sampled */
     for (int k0 = 0; !rc && k0 < num_images; k0 += batch) {
         const int bn = num_images - k0 < batch ? num_images - k0 : batch;
         txt2img_opts_t o = {.prompt = prompt, .negative_prompt = negative, .width = width, .height = height,
                             .steps = steps, .cfg = cfg, .eta = eta, .sampler = sampler,
                             .seed = (uint64_t)seed + (uint64_t)k0, .batch = bn, .progress = on_step,
-                            .progress_ctx = &prog};
+                            .progress_ctx = &prog, .stop = &g_stop};
         prog.step_base = (k0 / batch) * steps;
         rc = pipeline_txt2img(&p, &o, init ? init + k0 * per : NULL, latents + k0 * per);
+        if (!rc) rc = pipeline_decode(&p, latents + k0 * per, bn, h, w, rgb + k0);
+        for (int k = k0; !rc && k < k0 + bn; k++) {
+            char params[4096];
+            snprintf(params, sizeof params,
+                     "%s\nNegative prompt: %s\nSteps: %d, Sampler: %s, CFG scale: %g, Eta: %g, Seed: %llu, Size: %dx%d, "
+                     "Model: %s%s%s, Version: svdiff %s",
+                     prompt, negative ? negative : "", steps, sampler_kind_name(sampler), cfg, eta,
+                     seed + (unsigned long long)k, width, height, model, shift_text[0] ? ", Shifts: " : "", shift_text,
+                     SVDIFF_VERSION);
+            const char *keys[2] = {"parameters", "Software"}, *vals[2] = {params, "svdiff " SVDIFF_VERSION};
+            imgs[k].w = width, imgs[k].h = height, imgs[k].rgb = rgb[k];
+            if (num_images == 1) snprintf(path, sizeof path, "%s", out);
+            else numbered_path(path, sizeof path, out, k + 1);
+            rc = image_save_png(&imgs[k], path, keys, vals, 2);
+            if (!rc) fprintf(stderr, "%swrote %s\n", prog.bar.tty ? "\r\033[K" : "", path), written++;
+        }
+        if (!rc && g_stop) rc = sd_error(SD_ERR_INTERRUPTED, "interrupted");
     }
     if (!rc) progress_finish(&prog.bar);
     if (!rc && save_path) {
@@ -270,27 +320,6 @@ int cmd_generate(int argc, char **argv) {
         rc = st_writer_save(sw, save_path);
         st_writer_free(sw);
     }
-    uint8_t **rgb = NULL;
-    if (!rc) {
-        rgb = calloc((size_t)num_images, sizeof *rgb);
-        rc = pipeline_decode(&p, latents, num_images, h, w, rgb);
-    }
-    image_t *imgs = calloc((size_t)num_images, sizeof *imgs);
-    for (int k = 0; !rc && k < num_images; k++) {
-        char params[4096], path[PATH_MAX];
-        snprintf(params, sizeof params,
-                 "%s\nNegative prompt: %s\nSteps: %d, Sampler: %s, CFG scale: %g, Eta: %g, Seed: %llu, Size: %dx%d, "
-                 "Model: %s%s%s, Version: svdiff %s",
-                 prompt, negative ? negative : "", steps, sampler_kind_name(sampler), cfg, eta,
-                 seed + (unsigned long long)k, width, height, model, shift_text[0] ? ", Shifts: " : "", shift_text,
-                 SVDIFF_VERSION);
-        const char *keys[2] = {"parameters", "Software"}, *vals[2] = {params, "svdiff " SVDIFF_VERSION};
-        imgs[k].w = width, imgs[k].h = height, imgs[k].rgb = rgb[k];
-        if (num_images == 1) snprintf(path, sizeof path, "%s", out);
-        else numbered_path(path, sizeof path, out, k + 1);
-        rc = image_save_png(&imgs[k], path, keys, vals, 2);
-        if (!rc) fprintf(stderr, "wrote %s\n", path);
-    }
     if (!rc && num_images > 1) {
         image_t grid;
         rc = image_grid(&grid, imgs, num_images, 0, 2);
@@ -299,12 +328,19 @@ int cmd_generate(int argc, char **argv) {
         if (!rc) fprintf(stderr, "wrote %s (grid of %d)\n", out, num_images);
         image_free(&grid);
     }
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
     struct timespec t1;
     clock_gettime(CLOCK_MONOTONIC, &t1);
+    const int stopped = rc == SD_ERR_INTERRUPTED ? (int)g_stop : 0;
     if (!rc) fprintf(stderr, "done in %.2f s\n", (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec));
+    else if (stopped)
+        fprintf(stderr, "%ssvdiff generate: interrupted by %s: %d of %d images written%s\n",
+                prog.bar.tty ? "\n" : "", stopped == SIGINT ? "SIGINT" : "SIGTERM", written, num_images,
+                num_images > 1 || save_path ? " (no grid or latents file)" : "");
     else fprintf(stderr, "svdiff generate: %s\n", sd_last_error());
-    for (int k = 0; k < num_images; k++) free(rgb ? rgb[k] : NULL);
+    for (int k = 0; k < num_images; k++) free(rgb[k]);
     free(rgb), free(imgs), free(latents), free(init);
     pipeline_close(&p);
-    return rc ? 1 : 0;
+    return stopped ? 128 + stopped : rc ? 1 : 0;
 }

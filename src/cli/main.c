@@ -1,9 +1,11 @@
 /* svdiff command-line entry point: global flags and the table of subcommands.
  * Each subcommand lives in its own file (selfcheck.c, ...) and returns an exit code. */
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "base/runtime.h"
+#include "io/outputs.h"
 #include "cli/commands.h"
 
 typedef struct {
@@ -48,6 +50,7 @@ static void print_usage(FILE *f) {
 
 int main(int argc, char **argv) {
     sd_runtime_init(argc, argv);
+    outputs_track_inputs(1);   /* one process, one run: no output may replace what it read */
     if (argc < 2) {
         print_usage(stderr);
         return 2;
@@ -61,7 +64,15 @@ int main(int argc, char **argv) {
         return 0;
     }
     for (size_t i = 0; i < sizeof COMMANDS / sizeof *COMMANDS; i++)
-        if (!strcmp(argv[1], COMMANDS[i].name)) return COMMANDS[i].run(argc - 1, argv + 1);
+        if (!strcmp(argv[1], COMMANDS[i].name)) {
+            int rc = COMMANDS[i].run(argc - 1, argv + 1);
+            /* what went to stdout (reports, --json) was written: a full disk or closed pipe is an error */
+            if (fflush(stdout) != 0 || ferror(stdout)) {
+                fprintf(stderr, "svdiff %s: cannot write the standard output: %s\n", argv[1], strerror(errno));
+                if (!rc) rc = 1;
+            }
+            return rc;
+        }
     fprintf(stderr, "svdiff: unknown command '%s' (see svdiff --help)\n", argv[1]);
     return 2;
 }

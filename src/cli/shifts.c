@@ -30,7 +30,9 @@ static void usage(FILE *f) {
             "Works on shift files after training (method.md section 6). IN is a shift file or a training\n"
             "output folder; with a folder its UNet and text-encoder files are processed together and -o\n"
             "names a folder. Outputs are written atomically, keep the metadata of their (first) input and\n"
-            "add a 'history' entry.\n\n"
+            "add a 'history' entry; a folder's two files share a new pair_id. A folder whose two files were\n"
+            "not written together (their pair_id differs: an interrupted save, or two runs' files) is refused\n"
+            "unless --force.\n\n"
             "verbs:\n"
             "  info IN [--json] [--svd-cache FILE|DIR] [--model M] [--top K]\n"
             "      base-model hash, shift and value counts, size on disk, L2 norm of the shifts per block\n"
@@ -96,11 +98,13 @@ static void target_free(target_t *t) {
     for (int p = 0; p < 2; p++) shiftset_free(&t->set[p]);
 }
 
-static int target_load(target_t *t, const char *arg) {
+/* force: use a folder's two files even when they were not written together (st_pair_check) */
+static int target_load(target_t *t, const char *arg, int force) {
     memset(t, 0, sizeof *t);
     struct stat st;
     t->is_dir = stat(arg, &st) == 0 && S_ISDIR(st.st_mode);
     int rc = shift_files_resolve(arg, t->file[UNET], t->file[TE], PATHMAX);
+    if (!rc) rc = st_pair_check(t->file[UNET], t->file[TE], force);
     for (int p = 0; p < 2 && !rc; p++) {
         shiftset_init(&t->set[p]);
         if (!t->file[p][0]) continue;
@@ -127,17 +131,24 @@ static int targets_alike(const target_t *a, const char *na, const target_t *b, c
 
 static int write_outputs(const char *out, int is_dir, shift_set_t *sets, const int *present,
                          const st_dtype_t *dtype) {
-    char buf[PATHMAX];
+    char file[2][PATHMAX];
+    struct stat st;
+    if (is_dir && !stat(out, &st) && !S_ISDIR(st.st_mode))
+        return sd_error(SD_ERR_IO, "%s: exists and is not a folder (the inputs are folders)", out);
     if (is_dir && mkdir(out, 0777) != 0 && errno != EEXIST)
         return sd_error(SD_ERR_IO, "%s: cannot create the output folder: %s", out, strerror(errno));
-    for (int p = 0; p < (is_dir ? 2 : 1); p++) {
-        if (!present[p]) continue;
-        if (is_dir) snprintf(buf, sizeof buf, "%s/%s", out, PART_FILE[p]);
-        else snprintf(buf, sizeof buf, "%s", out);
-        int rc = shiftset_save(&sets[p], buf, dtype[p]);
-        if (rc) return rc;
-        printf("wrote %s (%d shifts, %s)\n", buf, sets[p].n, st_dtype_name(dtype[p]));
-    }
+    for (int p = 0; p < 2; p++)
+        if (is_dir) snprintf(file[p], sizeof file[p], "%.*s/%s", PATHMAX - 40, out, PART_FILE[p]);
+        else snprintf(file[p], sizeof file[p], "%s", out);
+    int rc = SD_OK;
+    if (is_dir && present[UNET] && present[TE])   /* both parts of a folder: one pair id */
+        rc = shiftset_save_pair(&sets[UNET], file[UNET], dtype[UNET], &sets[TE], file[TE], dtype[TE]);
+    else
+        for (int p = 0; p < (is_dir ? 2 : 1) && !rc; p++)
+            if (present[p]) rc = shiftset_save(&sets[p], file[p], dtype[p]);
+    if (rc) return rc;
+    for (int p = 0; p < (is_dir ? 2 : 1); p++)
+        if (present[p]) printf("wrote %s (%d shifts, %s)\n", file[p], sets[p].n, st_dtype_name(dtype[p]));
     return SD_OK;
 }
 
@@ -203,9 +214,9 @@ static int open_sigma(st_file_t *f, const char *cache, const char *model) {
     return st_open(f, file);
 }
 
-static int shifts_info(const char *arg, int json, const char *cache, const char *model, int top_k) {
+static int shifts_info(const char *arg, int json, const char *cache, const char *model, int top_k, int force) {
     target_t t;
-    int rc = target_load(&t, arg);
+    int rc = target_load(&t, arg, force);
     if (rc) return fail(rc);
     st_file_t sig;
     int have_sig = 0;
@@ -422,7 +433,7 @@ int cmd_shifts(int argc, char **argv) {
 
     if (!strcmp(verb, "info")) {
         if (npos != 1) return fprintf(stderr, "svdiff shifts info: give one shift file or folder\n"), 2;
-        return shifts_info(pos[0], json, cache, model, top_k);
+        return shifts_info(pos[0], json, cache, model, top_k, force);
     }
     if (strcmp(verb, "combine") && strcmp(verb, "scale") && strcmp(verb, "limit-rank") && strcmp(verb, "mix") &&
         strcmp(verb, "convert")) {
@@ -442,7 +453,7 @@ int cmd_shifts(int argc, char **argv) {
 
 #define LOAD(arg)                                                       \
     do {                                                                \
-        if ((rc = target_load(&in[n_in], (arg))) != 0) goto done;       \
+        if ((rc = target_load(&in[n_in], (arg), force)) != 0) goto done;       \
         n_in++;                                                         \
     } while (0)
 

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "base/error.h"
+#include "io/outputs.h"
 
 int image_alloc(image_t *img, int w, int h) {
     if (w <= 0 || h <= 0 || (long)w * h > (1L << 28))
@@ -70,6 +71,8 @@ int image_save_png(const image_t *img, const char *path, const char *const *keys
     char tmp[4096];
     if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp)
         return sd_error(SD_ERR_ARG, "%s: path too long", path);
+    int rc = outputs_check(path);   /* a device, a folder or one of our inputs: leave it alone */
+    if (rc) return rc;
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (fd < 0) return sd_error(SD_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
     FILE *f = fdopen(fd, "wb");

@@ -19,6 +19,7 @@
 #include <jerror.h>
 
 #include "base/error.h"
+#include "io/outputs.h"
 
 #define MAX_FILE_BYTES ((size_t)1 << 30)   /* no training image comes near; refuses /dev/zero and the like */
 #define MAX_PIXELS ((size_t)1 << 28)       /* image_alloc's limit, checked before decoding */
@@ -295,6 +296,7 @@ int image_load(image_t *img, const char *path) {
         rc = sd_error(SD_ERR_FORMAT, "%s: cannot read image (%s)", path, err ? strerror(err) : "the file shrank while read");
     else
         rc = image_decode(img, buf, n, path);
+    if (!rc) outputs_note_input(path);   /* no output of this run may replace it */
     free(buf);
     return rc;
 }

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 
 #include "base/error.h"
+#include "io/outputs.h"
 #include "io/model_config.h"
 #include "io/names.h"
 #include "ops/ops.h"
@@ -51,6 +52,7 @@ static int read_json(const char *path, cJSON **out) {
     *out = NULL;
     FILE *f = fopen(path, "rb");
     if (!f) return sd_error(SD_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    outputs_note_input_fd(fileno(f), path);
     size_t cap = 4096, n = 0;
     char *buf = sd_xmalloc(cap);
     for (;;) {

@@ -16,6 +16,8 @@
 #include <cJSON.h>
 
 #include "base/error.h"
+#include "base/hash64.h"
+#include "io/outputs.h"
 
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "safetensors data is little-endian");
 
@@ -465,6 +467,7 @@ int st_open(st_file_t *f, const char *path) {
         st_close(f);
         return sd_error(SD_ERR_IO, "%s: not a regular file", path);
     }
+    outputs_note_input_fd(fd, path);   /* no output of this run may replace it */
     uint64_t size = (uint64_t)sb.st_size;
     if (size < 8) {
         close(fd);
@@ -592,6 +595,7 @@ static bool ends_with(const char *s, const char *suffix) {
 static int read_text(const char *path, char **out, size_t *len) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return sd_error(SD_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    outputs_note_input_fd(fd, path);
     size_t cap = 1 << 16, n = 0;
     char *buf = sd_xmalloc(cap);
     for (;;) {
@@ -951,13 +955,15 @@ static char *build_header(const st_writer_t *w, size_t *len_out) {
 }
 
 int st_writer_save(st_writer_t *w, const char *path) {
+    int rc = outputs_check(path);   /* a device, a folder or one of our inputs: leave it alone */
+    if (rc) return rc;
     size_t hlen;
     char *hdr = build_header(w, &hlen);
     size_t plen = strlen(path);
     char *tmp = sd_xmalloc(plen + 32);
     snprintf(tmp, plen + 32, "%s.tmp.%ld", path, (long)getpid());
 
-    int rc = 0, err;
+    int err;
     const char *what = NULL;
     int fd = open(tmp, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0644);
     if (fd < 0) {
@@ -1006,6 +1012,70 @@ fail:
 out:
     free(tmp);
     free(hdr);
+    return rc;
+}
+
+static void writer_drop_meta(st_writer_t *w, const char *key) {
+    for (int i = 0; i < w->n_meta; i++)
+        if (strcmp(w->meta_keys[i], key) == 0) {
+            free(w->meta_keys[i]);
+            free(w->meta_values[i]);
+            memmove(w->meta_keys + i, w->meta_keys + i + 1, sizeof(char *) * (size_t)(w->n_meta - i - 1));
+            memmove(w->meta_values + i, w->meta_values + i + 1, sizeof(char *) * (size_t)(w->n_meta - i - 1));
+            w->n_meta--;
+            return;
+        }
+}
+
+/* Every piece (each file's header, then its tensors' data) hashed alone, folded in order. */
+static uint64_t writer_content_hash(st_writer_t *w, uint64_t h) {
+    size_t hlen;
+    char *hdr = build_header(w, &hlen);
+    h = fold(h, hash_bytes(hdr, hlen, 1));
+    free(hdr);
+    for (int i = 0; i < w->n; i++) h = fold(h, hash_bytes(w->e[i].data, w->e[i].nbytes, 2 + (uint64_t)i));
+    return h;
+}
+
+int st_writer_save_pair(st_writer_t *a, const char *path_a, st_writer_t *b, const char *path_b) {
+    /* refuse a bad second target before the first file replaces anything */
+    int rc = outputs_check(path_a);
+    if (!rc) rc = outputs_check(path_b);
+    if (rc) return rc;
+    writer_drop_meta(a, ST_PAIR_ID_KEY);
+    writer_drop_meta(b, ST_PAIR_ID_KEY);
+    const uint64_t h = writer_content_hash(b, writer_content_hash(a, K1));
+    char id[17];
+    snprintf(id, sizeof id, "%016llx", (unsigned long long)h);
+    st_writer_meta(a, ST_PAIR_ID_KEY, id);
+    st_writer_meta(b, ST_PAIR_ID_KEY, id);
+    rc = st_writer_save(a, path_a);
+    if (!rc) rc = st_writer_save(b, path_b);
+    return rc;
+}
+
+int st_pair_check(const char *path_a, const char *path_b, int force) {
+    if (!path_a || !path_b || !path_a[0] || !path_b[0]) return SD_OK;
+    st_file_t fa, fb;
+    int rc = st_open(&fa, path_a);
+    if (rc) return rc;
+    if ((rc = st_open(&fb, path_b))) {
+        st_close(&fa);
+        return rc;
+    }
+    const char *ia = st_meta(&fa, ST_PAIR_ID_KEY), *ib = st_meta(&fb, ST_PAIR_ID_KEY);
+    if ((ia || ib) && !(ia && ib && strcmp(ia, ib) == 0)) {
+        char what[160];
+        snprintf(what, sizeof what, "%s %s %s %s", ST_PAIR_ID_KEY, ia ? ia : "(none)", "vs", ib ? ib : "(none)");
+        if (!force)
+            rc = sd_error(SD_ERR_FORMAT, "%s and %s were not written together (%s: an interrupted save, or files of "
+                          "two runs?); --force uses them anyway", path_a, path_b, what);
+        else
+            fprintf(stderr, "warning: %s and %s were not written together (%s): used anyway (--force)\n", path_a,
+                    path_b, what);
+    }
+    st_close(&fb);
+    st_close(&fa);
     return rc;
 }
 

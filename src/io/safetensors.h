@@ -91,6 +91,18 @@ int st_writer_add(st_writer_t *w, const char *name, st_dtype_t dtype, int ndim,
 int st_writer_meta(st_writer_t *w, const char *key, const char *value);
 int st_writer_save(st_writer_t *w, const char *path);
 
+/* Files written together (spectral_shifts + spectral_shifts_te, weight_delta + weight_delta_te)
+ * carry the same metadata ST_PAIR_ID_KEY: 16 hex digits hashing both files' headers (without the
+ * id) and tensor data, so the same settings and seed still give the same bytes. The files are
+ * saved one after the other (a, then b), each atomically; a process killed between the two
+ * renames leaves a pair whose ids differ, which st_pair_check tells. */
+#define ST_PAIR_ID_KEY "pair_id"
+int st_writer_save_pair(st_writer_t *a, const char *path_a, st_writer_t *b, const char *path_b);
+/* Whether two files that are used together were written together: 0 when both carry the same
+ * pair id, or neither carries one (files of older versions), or a path is NULL / "". Otherwise
+ * SD_ERR_FORMAT naming both files, or with `force` a warning on stderr and 0. */
+int st_pair_check(const char *path_a, const char *path_b, int force);
+
 /* fp16 / bf16 conversions (round to nearest even on the way down). */
 float st_f16_to_f32(uint16_t h);
 uint16_t st_f32_to_f16(float f);

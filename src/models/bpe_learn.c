@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 
 #include "base/error.h"
+#include "io/outputs.h"
 #include "models/tokenizer.h"
 #include "models/utf8class.h"
 
@@ -316,10 +317,10 @@ static int write_text(const char *dir, const char *name, const char *text) {
     size_t n = strlen(dir) + strlen(name) + 2;
     char *path = sd_xmalloc(n);
     snprintf(path, n, "%s/%s", dir, name);
-    FILE *f = fopen(path, "wb");
-    int rc = 0;
-    if (!f) rc = sd_error(SD_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
-    else {
+    int rc = outputs_check(path);   /* not a device, folder or input */
+    FILE *f = rc ? NULL : fopen(path, "wb");
+    if (!rc && !f) rc = sd_error(SD_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
+    if (f) {
         size_t len = strlen(text);
         int bad = fwrite(text, 1, len, f) != len;
         bad |= fclose(f) != 0;

@@ -15,6 +15,7 @@
 #include "base/error.h"
 #include "diffusion/diffusion.h"
 #include "io/model.h"
+#include "io/outputs.h"
 #include "io/safetensors.h"
 #include "models/tokenizer.h"
 
@@ -286,6 +287,8 @@ static int make_dir(const char *path) {
 }
 
 static int write_bytes(const char *path, const void *data, size_t n) {
+    int rc = outputs_check(path);   /* not a device, folder or input */
+    if (rc) return rc;
     FILE *f = fopen(path, "wb");
     if (!f) return sd_error(SD_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
     int bad = fwrite(data, 1, n, f) != n;

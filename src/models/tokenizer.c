@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "base/error.h"
+#include "io/outputs.h"
 #include "models/utf8class.h"
 
 #define MAX_MERGES (49152 - 256 - 2)  /* transformers/CLIP read at most this many merges */
@@ -120,6 +121,7 @@ static char *path_join(const char *dir, const char *name) {
 static char *read_file(const char *path, size_t *len) {
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;
+    outputs_note_input_fd(fileno(f), path);
     char *buf = NULL;
     size_t cap = 0, n = 0;
     for (;;) {

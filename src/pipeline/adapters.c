@@ -190,6 +190,12 @@ int pipeline_apply_deltas(pipeline_t *p, const pipeline_shift_t *deltas, int n, 
             continue;
         }
         static const char *const files[2] = {"weight_delta.safetensors", "weight_delta_te.safetensors"};
+        char pair[2][4200];
+        for (int k = 0; k < 2; k++) {
+            snprintf(pair[k], sizeof pair[k], "%s/%s", path, files[k]);
+            if (!exists(pair[k])) pair[k][0] = '\0';
+        }
+        if ((rc = st_pair_check(pair[0], pair[1], force))) break;   /* both from one run? */
         int found = 0;
         for (int k = 0; k < 2 && !rc; k++) {
             char file[4200];

@@ -91,6 +91,7 @@ int pipeline_apply_shifts(pipeline_t *p, const pipeline_shift_t *shifts, int n, 
     for (int i = 0; i < n && !rc; i++) {
         char files[2][4096];
         rc = shift_files_resolve(shifts[i].path, files[0], files[1], sizeof files[0]);
+        if (!rc) rc = st_pair_check(files[0], files[1], force);   /* a folder's two files: one result? */
         for (int f = 0; f < 2 && !rc; f++) {
             if (!files[f][0]) continue;
             shift_set_t s;
@@ -163,10 +164,12 @@ typedef struct {
     int B, guided, h, w;
     int calls;            /* model calls so far = the step being taken (one call per step) */
     float *timesteps;
+    const volatile sig_atomic_t *stop;
 } denoise_ctx_t;
 
 static int unet_model_fn(void *vctx, float *out, const float *in, float t, int batch) {
     denoise_ctx_t *d = vctx;
+    if (d->stop && *d->stop) return sd_error(SD_ERR_INTERRUPTED, "interrupted");
     for (int i = 0; i < batch; i++) d->timesteps[i] = t;
     /* unguided calls get only the conditional rows */
     const float *ctx = d->ctx + (batch == d->B && d->guided ? (size_t)d->B * d->p->n_ctx * d->p->ctx_dim : 0);
@@ -188,7 +191,7 @@ int pipeline_txt2img(pipeline_t *p, const txt2img_opts_t *o, const float *init, 
                         p->scale_factor * levels_div, o->width, o->height);
     const int B = o->batch, guided = o->cfg > 1.0f, rows = guided ? 2 * B : B;
     const size_t per_image = (size_t)C * h * w, ctx_floats = (size_t)p->n_ctx * p->ctx_dim;
-    denoise_ctx_t d = {.p = p, .B = B, .guided = guided, .h = h, .w = w};
+    denoise_ctx_t d = {.p = p, .B = B, .guided = guided, .h = h, .w = w, .stop = o->stop};
     float *ctx = sd_xmalloc(sizeof(float) * (size_t)(guided ? 2 * B : B) * ctx_floats);
     const char *pair[2] = {o->negative_prompt ? o->negative_prompt : "", o->prompt};
     float *two = sd_xmalloc(sizeof(float) * 2 * ctx_floats);

@@ -5,6 +5,7 @@
 #ifndef SVDIFF_PIPELINE_H
 #define SVDIFF_PIPELINE_H
 
+#include <signal.h>
 #include <stdint.h>
 
 #include "diffusion/diffusion.h"
@@ -46,7 +47,8 @@ typedef struct {
  * encoder, the rest to the UNet; several files add up), then bakes the effective weights, so
  * sampling costs what the base model costs. A file whose base_model_hash differs from the
  * model's is refused (SD_ERR_ARG naming both hashes) unless `force`; a file without one
- * (svdiff-pytorch) is accepted with a warning. Matrices get their SVD from the cache in
+ * (svdiff-pytorch) is accepted with a warning. A folder's two files must carry the same pair_id
+ * (st_pair_check) unless `force`. Matrices get their SVD from the cache in
  * `svd_cache_dir` (NULL: no cache), which is updated with what had to be computed. */
 int pipeline_apply_shifts(pipeline_t *p, const pipeline_shift_t *shifts, int n, int force,
                           const char *svd_cache_dir);
@@ -65,6 +67,9 @@ typedef struct {
     int batch;                              /* images denoised together */
     progress_fn_t progress;                 /* per step, may be NULL */
     void *progress_ctx;
+    const volatile sig_atomic_t *stop;      /* may be NULL; once non-zero (a signal handler sets it),
+                                               sampling ends before its next UNet call with
+                                               SD_ERR_INTERRUPTED */
 } txt2img_opts_t;
 
 /* Latent shape for a pixel size: [latent_channels, height/scale, width/scale]. */

@@ -166,33 +166,68 @@ static int check_savable(const shift_set_t *s, const char *file, st_dtype_t dtyp
     return SD_OK;
 }
 
-int shiftset_save(const shift_set_t *s, const char *file, st_dtype_t dtype) {
+/* A writer over a set: keys "<path>.delta"; F16 copies and names live in the struct until the
+ * save (the writer references its data). A pair id copied from an input is dropped: only
+ * shiftset_save_pair sets one, for the two files it writes. */
+typedef struct {
+    st_writer_t *w;
+    uint16_t **half;
+    char **names;
+    int n;
+} set_writer_t;
+
+static int set_writer_build(set_writer_t *sw, const shift_set_t *s, const char *file, st_dtype_t dtype) {
+    memset(sw, 0, sizeof *sw);
     if (dtype != ST_F32 && dtype != ST_F16)
         return sd_error(SD_ERR_ARG, "%s: shift files are saved as F32 or F16, not %s", file, st_dtype_name(dtype));
     if (check_savable(s, file, dtype)) return SD_ERR_NUMERIC;
-    st_writer_t *w = st_writer_new();
-    /* F16 copies live until the save (the writer references its data) */
-    uint16_t **half = sd_xcalloc((size_t)s->n + 1, sizeof *half);
-    char **names = sd_xcalloc((size_t)s->n + 1, sizeof *names);
+    sw->w = st_writer_new();
+    sw->n = s->n;
+    sw->half = sd_xcalloc((size_t)s->n + 1, sizeof *sw->half);
+    sw->names = sd_xcalloc((size_t)s->n + 1, sizeof *sw->names);
     int rc = SD_OK;
     for (int i = 0; i < s->n && !rc; i++) {
         const shift_entry_t *e = &s->entries[i];
-        names[i] = sd_xmalloc(strlen(e->path) + sizeof DELTA_SUFFIX);
-        sprintf(names[i], "%s" DELTA_SUFFIX, e->path);
+        sw->names[i] = sd_xmalloc(strlen(e->path) + sizeof DELTA_SUFFIX);
+        sprintf(sw->names[i], "%s" DELTA_SUFFIX, e->path);
         const int64_t shape[1] = {e->n};
         const void *data = e->values;
         if (dtype == ST_F16) {
-            half[i] = sd_xmalloc(sizeof(uint16_t) * e->n);
-            for (int j = 0; j < e->n; j++) half[i][j] = st_f32_to_f16(e->values[j]);
-            data = half[i];
+            sw->half[i] = sd_xmalloc(sizeof(uint16_t) * e->n);
+            for (int j = 0; j < e->n; j++) sw->half[i][j] = st_f32_to_f16(e->values[j]);
+            data = sw->half[i];
         }
-        rc = st_writer_add(w, names[i], dtype, 1, shape, data);
+        rc = st_writer_add(sw->w, sw->names[i], dtype, 1, shape, data);
     }
-    for (int i = 0; i < s->n_meta && !rc; i++) rc = st_writer_meta(w, s->meta_keys[i], s->meta_values[i]);
-    if (!rc) rc = st_writer_save(w, file);
-    st_writer_free(w);
-    for (int i = 0; i < s->n; i++) free(half[i]), free(names[i]);
-    free(half), free(names);
+    for (int i = 0; i < s->n_meta && !rc; i++)
+        if (strcmp(s->meta_keys[i], ST_PAIR_ID_KEY)) rc = st_writer_meta(sw->w, s->meta_keys[i], s->meta_values[i]);
+    return rc;
+}
+
+static void set_writer_free(set_writer_t *sw) {
+    st_writer_free(sw->w);
+    for (int i = 0; i < sw->n; i++) free(sw->half[i]), free(sw->names[i]);
+    free(sw->half), free(sw->names);
+    memset(sw, 0, sizeof *sw);
+}
+
+int shiftset_save(const shift_set_t *s, const char *file, st_dtype_t dtype) {
+    set_writer_t sw;
+    int rc = set_writer_build(&sw, s, file, dtype);
+    if (!rc) rc = st_writer_save(sw.w, file);
+    set_writer_free(&sw);
+    return rc;
+}
+
+int shiftset_save_pair(const shift_set_t *unet, const char *unet_file, st_dtype_t unet_dtype, const shift_set_t *te,
+                       const char *te_file, st_dtype_t te_dtype) {
+    set_writer_t a, b;
+    int rc = set_writer_build(&a, unet, unet_file, unet_dtype);
+    int rc2 = set_writer_build(&b, te, te_file, te_dtype);
+    if (!rc) rc = rc2;
+    if (!rc) rc = st_writer_save_pair(a.w, unet_file, b.w, te_file);
+    set_writer_free(&a);
+    set_writer_free(&b);
     return rc;
 }
 

@@ -45,8 +45,13 @@ const char *shiftset_meta(const shift_set_t *s, const char *key);
 /* Reads a shift file (ours or svdiff-pytorch's: every tensor named "*.delta", 1-D, F32/F16/
  * BF16; other tensors are an error naming them). */
 int shiftset_load(shift_set_t *s, const char *file);
-/* Writes atomically with keys "<path>.delta" in dtype ST_F32 or ST_F16 and the metadata. */
+/* Writes atomically with keys "<path>.delta" in dtype ST_F32 or ST_F16 and the metadata (less
+ * any ST_PAIR_ID_KEY: a single file is no pair). */
 int shiftset_save(const shift_set_t *s, const char *file, st_dtype_t dtype);
+/* The UNet and text-encoder files of one result, written together: both carry the same pair id
+ * (st_writer_save_pair), so that a reader can tell a pair from two runs' files. */
+int shiftset_save_pair(const shift_set_t *unet, const char *unet_file, st_dtype_t unet_dtype, const shift_set_t *te,
+                       const char *te_file, st_dtype_t te_dtype);
 
 /* Collects the current shifts of a model (after training). */
 void shiftset_from_unet(shift_set_t *s, unet_t *m);

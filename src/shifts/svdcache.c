@@ -16,6 +16,7 @@
 
 #include "base/error.h"
 #include "base/progress.h"
+#include "io/outputs.h"
 #include "shifts/shifts.h"
 
 /* Format 2 adds a checksum per tensor, "sum:<tensor name>" in the metadata (shifts.h). */
@@ -287,6 +288,7 @@ int svd_cache_save(svd_cache_t *c) {
     if (!rc) rc = st_writer_meta(w, "model_hash", c->hash);
     if (!rc) rc = st_writer_meta(w, "format", CACHE_FORMAT);
     if (!rc) rc = st_writer_meta(w, "svdiff_version", SVDIFF_VERSION);
+    outputs_forget_input(c->file);   /* read by this run, and replaced on purpose */
     if (!rc) rc = st_writer_save(w, c->file);
     st_writer_free(w);
     for (int i = 0; i < c->n_put * 3; i++) free(names[i]);

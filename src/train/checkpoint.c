@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "base/error.h"
+#include "io/outputs.h"
 #include "io/safetensors.h"
 
 char *train_config_json(const trainer_t *t) {
@@ -259,5 +260,6 @@ int checkpoint_load(trainer_t *t, const char *path) {
     }
     free(pv), free(src);
     st_close(&f);
+    outputs_forget_input(path);   /* read: the run's next checkpoint replaces it */
     return rc;
 }

@@ -13,6 +13,7 @@
 #include "base/error.h"
 #include "base/progress.h"
 #include "io/image.h"
+#include "io/outputs.h"
 
 /* Streams of their own, so that adding a draw in one place never shifts another's numbers. */
 #define CROP_SALT 0x6a09e667f3bcc909ull
@@ -182,6 +183,7 @@ int image_set_from_tsv(image_set_t *s, const char *tsv, const char *image_root, 
         image_set_free(s);
         return rc;
     }
+    outputs_note_input_fd(fileno(f), tsv);
     char root[PATH_MAX];
     if (image_root) snprintf(root, sizeof root, "%s", image_root);
     else { /* the TSV's folder */

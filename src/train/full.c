@@ -10,6 +10,9 @@
 #include <sys/stat.h>
 
 #include "base/error.h"
+#include "base/hash64.h"
+#include "io/outputs.h"
+#include "train/checkpoint.h"
 #include "train/trainer.h"
 
 #define CLIP_LINEAR_COUNT 6
@@ -173,10 +176,11 @@ static int make_dir(const char *path) {
 }
 
 static int write_json(const char *path, const cJSON *j) {
+    int rc = outputs_check(path);   /* not a device, folder or input (a model folder as -o) */
+    if (rc) return rc;
     char *s = cJSON_Print(j);
     SD_CHECK(s, "out of memory");
     FILE *f = fopen(path, "w");
-    int rc = SD_OK;
     if (!f || fputs(s, f) < 0 || fputc('\n', f) < 0) rc = sd_error(SD_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
     if (f && fclose(f) && !rc) rc = sd_error(SD_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
     free(s);
@@ -184,6 +188,8 @@ static int write_json(const char *path, const cJSON *j) {
 }
 
 static int copy_file(const char *from, const char *to) {
+    int rc = outputs_check(to);
+    if (rc) return rc;
     FILE *in = fopen(from, "rb");
     if (!in) return sd_error(SD_ERR_IO, "%s: cannot read: %s", from, strerror(errno));
     FILE *out = fopen(to, "wb");
@@ -193,7 +199,6 @@ static int copy_file(const char *from, const char *to) {
     }
     char buf[65536];
     size_t n;
-    int rc = SD_OK;
     while ((n = fread(buf, 1, sizeof buf, in)) > 0)
         if (fwrite(buf, 1, n, out) != n) rc = sd_error(SD_ERR_IO, "%s: cannot write: %s", to, strerror(errno));
     fclose(in);
@@ -210,9 +215,11 @@ static void store(void *dst, const float *src, size_t n, st_dtype_t dtype) {
 }
 
 /* One component: config.json and its weights (trained arrays from the parameters, the rest
- * converted from the base model), and its delta file when delta_path is set. */
+ * converted from the base model), and its delta file when delta_path is set (carrying pair_id
+ * when not NULL). */
 static int save_component(trainer_t *t, train_param_t **sorted, const model_component_t *c, const char *dir,
-                          const char *file, const char *prefix, st_dtype_t dtype, int use_ema, const char *delta_path) {
+                          const char *file, const char *prefix, st_dtype_t dtype, int use_ema, const char *delta_path,
+                          const char *pair_id) {
     char path[PATH_MAX + 64];
     int rc = make_dir(dir);
     snprintf(path, sizeof path, "%s/config.json", dir);
@@ -260,6 +267,7 @@ static int save_component(trainer_t *t, train_param_t **sorted, const model_comp
     if (!rc) rc = st_writer_save(w, path);
     if (!rc && dw) {
         st_writer_meta(dw, "base_model_hash", t->model_hash);
+        if (pair_id) st_writer_meta(dw, ST_PAIR_ID_KEY, pair_id);
         st_writer_meta(dw, "svdiff_version", SVDIFF_VERSION);
         rc = st_writer_save(dw, delta_path);
     }
@@ -276,6 +284,22 @@ static cJSON *pair(const char *lib, const char *cls) {
     cJSON_AddItemToArray(a, lib ? cJSON_CreateString(lib) : cJSON_CreateNull());
     cJSON_AddItemToArray(a, cls ? cJSON_CreateString(cls) : cJSON_CreateNull());
     return a;
+}
+
+/* The pair id of weight_delta.safetensors and weight_delta_te.safetensors (st_writer_save_pair's
+ * role; the two files are written by two component saves): a hash of what decides both files'
+ * contents, the settings (base model included), the step and every saved value, so a rerun
+ * gives the same bytes and files of two runs or steps differ. */
+static void delta_pair_id(const trainer_t *t, int use_ema, char id[17]) {
+    char *config = train_config_json(t);
+    uint64_t h = fold(hash_bytes(config, strlen(config), 1), (uint64_t)t->step);
+    free(config);
+    for (int i = 0; i < t->n_params; i++) {
+        const train_param_t *p = &t->params[i];
+        h = fold(h, hash_bytes(p->name, strlen(p->name), 2));
+        h = fold(h, hash_bytes(use_ema && p->ema ? p->ema : p->value, sizeof(float) * (size_t)p->n, 3));
+    }
+    snprintf(id, 17, "%016llx", (unsigned long long)h);
 }
 
 int trainer_save_model(trainer_t *t, const char *dir, st_dtype_t dtype, int use_ema, const char *delta_dir) {
@@ -324,19 +348,22 @@ int trainer_save_model(trainer_t *t, const char *dir, st_dtype_t dtype, int use_
     }
 
     /* the components */
+    char pair_id[17];
+    const int pair = delta_dir && t->cfg.train_text_encoder;   /* two delta files: one pair id */
+    if (pair) delta_pair_id(t, use_ema, pair_id);
     snprintf(sub, sizeof sub, "%.*s/unet", PATH_MAX - 32, dir);
     snprintf(dpath, sizeof dpath, "%s/weight_delta.safetensors", delta_dir ? delta_dir : "");
     if (!rc)
         rc = save_component(t, sorted, &m->unet, sub, "diffusion_pytorch_model.safetensors", "unet/", dtype, use_ema,
-                            delta_dir ? dpath : NULL);
+                            delta_dir ? dpath : NULL, pair ? pair_id : NULL);
     snprintf(sub, sizeof sub, "%.*s/text_encoder", PATH_MAX - 32, dir);
     snprintf(dpath, sizeof dpath, "%s/weight_delta_te.safetensors", delta_dir ? delta_dir : "");
     if (!rc)
         rc = save_component(t, sorted, &m->text_encoder, sub, "model.safetensors", "te/", dtype, use_ema,
-                            delta_dir && t->cfg.train_text_encoder ? dpath : NULL);
+                            pair ? dpath : NULL, pair ? pair_id : NULL);
     snprintf(sub, sizeof sub, "%.*s/vae", PATH_MAX - 32, dir);
     if (!rc && m->vae.n_tensors)
-        rc = save_component(t, sorted, &m->vae, sub, "diffusion_pytorch_model.safetensors", "vae/", dtype, 0, NULL);
+        rc = save_component(t, sorted, &m->vae, sub, "diffusion_pytorch_model.safetensors", "vae/", dtype, 0, NULL, NULL);
     free(sorted);
     return rc;
 }

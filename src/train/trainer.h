@@ -30,6 +30,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "io/runlock.h"
 #include "pipeline/pipeline.h"
 #include "train/dataset.h"
 #include "train/optim.h"
@@ -157,12 +158,14 @@ typedef struct {
     float *x0, *eps, *xt, *target, *pred, *dpred, *tf, *ctx, *dctx, *lat_noise;
     int *ts, *ids;
     FILE *csv;
+    run_lock_t lock;          /* of cfg.out_dir, held from trainer_open to trainer_close (runlock.h) */
     struct multisubject *ms;  /* several subjects (cfg.n_subjects > 0), train/cutmix.h */
 } trainer_t;
 
 /* The whole set-up of `svdiff train`: checks every input (model, folders, images, prompts, output
- * folder, checkpoint) before writing anything, generates missing class images, builds the
- * training model, and with cfg->resume restores the checkpoint. Returns 0 or SD_ERR_* (message
+ * folder, checkpoint) before writing anything, locks the output folder (a second run into it fails
+ * at once) and removes the temp files that killed runs left there, generates missing class
+ * images, builds the training model, and with cfg->resume restores the checkpoint. Returns 0 or SD_ERR_* (message
  * set); the trainer must be closed either way. */
 int trainer_open(trainer_t *t, const train_config_t *cfg);
 /* Trains from t->step to cfg.steps, then writes the shift files and prints the summary. */
