@@ -160,6 +160,8 @@ typedef struct {
     FILE *csv;
     run_lock_t lock;          /* of cfg.out_dir, held from trainer_open to trainer_close (runlock.h) */
     struct multisubject *ms;  /* several subjects (cfg.n_subjects > 0), train/cutmix.h */
+    int draw_only;            /* next batch: consume the draws of a micro-batch another MPI rank
+                                 trains, without loading, encoding or composing its images */
 } trainer_t;
 
 /* The whole set-up of `svdiff train`: checks every input (model, folders, images, prompts, output
