@@ -12,6 +12,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "base/dist.h"
 #include "base/error.h"
 #include "base/progress.h"
 #include "base/runtime.h"
@@ -274,19 +275,24 @@ int cmd_generate(int argc, char **argv) {
     g_stop = 0;
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
+    /* Over MPI ranks (mpirun -np N), batch j of images goes to rank j % N: the batches, their seeds
+     * and so every file are those of one process; each rank writes its own images, rank 0 the grid
+     * and the latents file once the others' images reached it. */
+    const int me = dist_rank(), nranks = dist_size(), n_batches = (num_images + batch - 1) / batch;
+    const int my_batches = n_batches / nranks + (me < n_batches % nranks);
     gen_progress_t prog = {0};
-    if (!rc) progress_start(&prog.bar, "generate", (long)steps * ((num_images + batch - 1) / batch), "step");
+    if (!rc && me == 0) progress_start(&prog.bar, "generate", (long)steps * my_batches, "step");
     uint8_t **rgb = calloc((size_t)num_images, sizeof *rgb);
     image_t *imgs = calloc((size_t)num_images, sizeof *imgs);
-    int written = 0;
+    int written = 0, done_batches = 0;
     /* each batch is decoded and its PNGs written as soon as it is sampled */
-    for (int k0 = 0; !rc && k0 < num_images; k0 += batch) {
+    for (int k0 = me * batch; !rc && k0 < num_images; k0 += batch * nranks) {
         const int bn = num_images - k0 < batch ? num_images - k0 : batch;
         txt2img_opts_t o = {.prompt = prompt, .negative_prompt = negative, .width = width, .height = height,
                             .steps = steps, .cfg = cfg, .eta = eta, .sampler = sampler,
-                            .seed = (uint64_t)seed + (uint64_t)k0, .batch = bn, .progress = on_step,
+                            .seed = (uint64_t)seed + (uint64_t)k0, .batch = bn, .progress = me == 0 ? on_step : NULL,
                             .progress_ctx = &prog, .stop = &g_stop};
-        prog.step_base = (k0 / batch) * steps;
+        prog.step_base = done_batches++ * steps;
         rc = pipeline_txt2img(&p, &o, init ? init + k0 * per : NULL, latents + k0 * per);
         if (!rc) rc = pipeline_decode(&p, latents + k0 * per, bn, h, w, rgb + k0);
         for (int k = k0; !rc && k < k0 + bn; k++) {
@@ -306,8 +312,21 @@ int cmd_generate(int argc, char **argv) {
         }
         if (!rc && g_stop) rc = sd_error(SD_ERR_INTERRUPTED, "interrupted");
     }
-    if (!rc) progress_finish(&prog.bar);
-    if (!rc && save_path) {
+    if (!rc && me == 0) progress_finish(&prog.bar);
+    rc = dist_agree(rc);   /* a rank that failed stops them all here, with its message */
+    const int all_sampled = !rc;   /* the same on every rank */
+    if (!rc && nranks > 1 && (save_path || num_images > 1))   /* the grid / latents need every image */
+        for (int k0 = 0, j = 0; !rc && k0 < num_images; k0 += batch, j++) {
+            const int bn = num_images - k0 < batch ? num_images - k0 : batch;
+            const size_t bytes = (size_t)width * height * 3;
+            for (int k = k0; k < k0 + bn; k++) {
+                if (!rgb[k]) rgb[k] = sd_xmalloc(bytes);
+                imgs[k].w = width, imgs[k].h = height, imgs[k].rgb = rgb[k];
+                if (!rc) rc = dist_bcast(rgb[k], bytes, j % nranks);
+            }
+            if (!rc && save_path) rc = dist_bcast(latents + k0 * per, sizeof(float) * per * bn, j % nranks);
+        }
+    if (!rc && save_path && me == 0) {   /* rank 0 writes the files of all the images */
         st_writer_t *sw = st_writer_new();
         int64_t shape[4] = {num_images, C, h, w};
         char seedbuf[32];
@@ -320,7 +339,7 @@ int cmd_generate(int argc, char **argv) {
         rc = st_writer_save(sw, save_path);
         st_writer_free(sw);
     }
-    if (!rc && num_images > 1) {
+    if (!rc && num_images > 1 && me == 0) {
         image_t grid;
         rc = image_grid(&grid, imgs, num_images, 0, 2);
         const char *keys[1] = {"Software"}, *vals[1] = {"svdiff " SVDIFF_VERSION};
@@ -333,8 +352,10 @@ int cmd_generate(int argc, char **argv) {
     struct timespec t1;
     clock_gettime(CLOCK_MONOTONIC, &t1);
     const int stopped = rc == SD_ERR_INTERRUPTED ? (int)g_stop : 0;
-    if (!rc) fprintf(stderr, "done in %.2f s\n", (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec));
-    else if (stopped)
+    if (all_sampled) rc = dist_agree(rc);   /* rank 0's grid or latents file failed: every rank fails */
+    if (!rc) {
+        if (me == 0) fprintf(stderr, "done in %.2f s\n", (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec));
+    } else if (stopped)
         fprintf(stderr, "%ssvdiff generate: interrupted by %s: %d of %d images written%s\n",
                 prog.bar.tty ? "\n" : "", stopped == SIGINT ? "SIGINT" : "SIGTERM", written, num_images,
                 num_images > 1 || save_path ? " (no grid or latents file)" : "");
