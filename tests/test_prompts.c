@@ -142,7 +142,7 @@ static void test_bad_numbers(void **state) {
     refused("{\"prompt\": \"x\", \"seed\": \" 3\"}\n", "\"seed\" as a string must be decimal digits");
     refused("{\"prompt\": \"x\", \"seed\": \"-3\"}\n", "\"seed\" as a string must be decimal digits");
     /* 101 lines of 10000 images each: more than the run's limit */
-    char *many = malloc(101 * 48 + 1);   /* 101 lines of 38 characters */
+    char *many = malloc(101 * 48 + 1);   /* 101 lines of 37 characters */
     many[0] = '\0';
     for (int i = 0; i < 101; i++) strcat(many, "{\"prompt\": \"x\", \"num_images\": 10000}\n");
     refused(many, "p.txt:101: more than 1000000 images in the file");
