@@ -5,7 +5,7 @@
 #   files    a file of comments, blank lines, plain prompts and JSON lines with overrides writes
 #            exactly OUT-<line>-<k>.png (or DIR/<line>-<k>.png), each byte-identical to the single
 #            `svdiff generate --prompt` run with that line's settings and seed (--seed + the image
-#            index where the line gives none), the same bytes on a second run
+#            index where the line gives none), the same bytes on a second run; --help explains it
 #   errors   bad lines (bad JSON, unknown key, non-integer, too large, empty prompt), an empty and a
 #            missing file exit before the model loads (a missing model is not reached) with
 #            FILE:LINE: and the reason; a size the model cannot take and a refused target exit 1
@@ -103,6 +103,10 @@ if(CASE STREQUAL "files")
                   RESULT_VARIABLE rc)
   if(NOT rc)
     message(FATAL_ERROR "lines 3 and 8 gave the same file")
+  endif()
+  execute_process(COMMAND ${SVDIFF} generate --help OUTPUT_VARIABLE help)
+  if(NOT help MATCHES "--prompts FILE" OR NOT help MATCHES "OUT-<line>-<k>.png")
+    message(FATAL_ERROR "generate --help does not explain --prompts")
   endif()
   file(READ ${WORK}/run/out-0005-2.png png HEX)
   string(HEX "a dog\nNegative prompt: blurry\nSteps: 3, Sampler: ddim, CFG scale: 3.5, Eta: 0, Seed: 8, Size: 16x16" text)

@@ -84,12 +84,13 @@ static void usage(FILE *f) {
             "    a photo of sks dog on the beach\n"
             "    {\"prompt\": \"a painting of sks dog\", \"negative_prompt\": \"blurry\", \"seed\": 7, \"steps\": 30}\n"
             "The whole file is checked before the model loads; an error names FILE:LINE. Seeds: a line with a\n"
-            "\"seed\" makes its images with seed, seed + 1, ...; the others take --seed + the index (from 0) of\n"
-            "the image in the run, so each image is the one `svdiff generate --prompt ... --seed S` makes with\n"
-            "that line's settings. Outputs: -o OUT.png writes OUT-<line>-<k>.png (<line>: the file's line\n"
-            "number, 4 digits at least; <k>: 1 to the line's num_images), -o DIR/ writes DIR/<line>-<k>.png\n"
-            "(DIR is made if missing); each as soon as it is made, and no grid. --init-latents and\n"
-            "--save-latents are for one prompt.\n");
+            "\"seed\" (a number up to 2^53, or a string of digits for any 64-bit seed) makes its images with\n"
+            "seed, seed + 1, ...; the others take --seed + the index (from 0) of the image in the run. So each\n"
+            "image is the one `svdiff generate --prompt ... --seed S` makes with that line's settings\n"
+            "(--batch-size groups the images of one line, as it does in a single run). Outputs: -o OUT.png\n"
+            "writes OUT-<line>-<k>.png (<line>: the file's line number, 4 digits at least; <k>: 1 to the\n"
+            "line's num_images), -o DIR/ writes DIR/<line>-<k>.png (DIR is made if missing); each as soon as\n"
+            "it is made, and no grid. --init-latents and --save-latents are for one prompt.\n");
 }
 
 typedef struct {
