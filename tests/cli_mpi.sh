@@ -5,7 +5,8 @@
 #            but for its seconds column; also 2 ranks x accumulation 2 == 1 process x 4 (LoRA)
 #   resume   a 2-rank run killed after its step-2 checkpoint resumes in 1 process (accumulation
 #            2), a 1-process run resumes with 2 ranks: both end as the uninterrupted run
-#   generate mpirun -np 2 / -np 3 generate --num-images 5 writes the files of one process
+#   generate mpirun -np 2 / -np 3 generate --num-images 5 (grid, --save-latents) and --prompts FILE
+#            write the files of one process
 #   dead     kill -9 of rank 1 mid-run: mpirun ends the job within seconds with an error, rank 0
 #            is gone, the checkpoint loads (--resume)
 #   baddata  rank 1 cannot read its data: every rank stops, rank 1's message names the file
@@ -85,6 +86,17 @@ generate)
   [ "$(ls g1 | wc -l)" = 7 ] || fail "1 process wrote: $(ls g1)"
   for f in g1/*; do same "$f" "g2/${f#g1/}"; same "$f" "g3/${f#g1/}"; done
   [ "$(grep -c 'done in' g3.log)" = 1 ] || fail "'done in' not printed once: $(cat g3.log)"
+  # a prompts file (several prompts, sizes, seeds, batches within a line): the same files too
+  printf '%s\n' 'a cat' '{"prompt": "a dog", "seed": 7, "num_images": 3}' '{"prompt": "a tree", "width": 24}' \
+    'a house' > p.txt
+  pgen=(generate --model "$MODEL" --steps 2 --width 16 --height 16 --svd-cache none --batch-size 2 --prompts p.txt)
+  "$SVDIFF" "${pgen[@]}" -o p1/ > p1.log 2>&1 || { cat p1.log; fail "prompts, 1 process"; }
+  for n in 2 3; do
+    "${MPIRUN[@]}" $n "$SVDIFF" "${pgen[@]}" -o p$n/ > p$n.log 2>&1 || { cat p$n.log; fail "prompts, $n ranks"; }
+  done
+  [ "$(ls p1 | wc -l)" = 6 ] || fail "prompts run wrote: $(ls p1)"
+  for f in p1/*; do same "$f" "p2/${f#p1/}"; same "$f" "p3/${f#p1/}"; done
+  [ "$(ls p1)" = "$(ls p3)" ] || fail "3 ranks wrote other files: $(ls p3)"
   ;;
 dead)
   # many steps, a checkpoint after each: kill rank 1 once the first checkpoint is there

@@ -72,6 +72,10 @@ typedef struct {
                                                SD_ERR_INTERRUPTED */
 } txt2img_opts_t;
 
+/* 0 when the UNet takes images of this size (positive multiples of the VAE factor times the
+ * UNet's downsampling), else SD_ERR_ARG naming the multiple. */
+int pipeline_check_size(const pipeline_t *p, int width, int height);
+
 /* Latent shape for a pixel size: [latent_channels, height/scale, width/scale]. */
 void pipeline_latent_shape(const pipeline_t *p, int width, int height, int *c, int *h, int *w);
 
