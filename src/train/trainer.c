@@ -587,9 +587,9 @@ static void remove_stale_temps(const char *out_dir) {
     }
 }
 
-/* trainer_open in three parts, each ending where the MPI ranks agree (dist_agree) that they all
- * got there: a rank that fails in one never leaves the others waiting in the next. Rank 0 alone
- * takes the folder lock and creates, cleans and writes the output folder; the others only read. */
+/* trainer_open in parts, each ending where the MPI ranks agree (dist_agree) that they all got
+ * there: a rank that fails in one never leaves the others waiting in the next. Rank 0 alone takes
+ * the folder lock and creates, cleans and writes the output folder; the others only read. */
 static int open_inputs(trainer_t *t, const train_config_t *cfg, int *prior);
 static int open_classes(trainer_t *t, int prior);
 static int open_training(trainer_t *t, int prior);
@@ -598,8 +598,14 @@ int trainer_open(trainer_t *t, const train_config_t *cfg) {
     int prior = 0;
     int rc = dist_agree(open_inputs(t, cfg, &prior));
     if (!rc) rc = open_classes(t, prior);   /* collective: agrees inside */
-    if (!rc) rc = dist_agree(open_training(t, prior));
-    return rc;
+    if (rc) return rc;
+    /* rank 0 first: it computes the SVD and writes the cache that the other ranks then load (one
+     * SVD per job instead of one per rank, where the ranks share the cache folder) */
+    const int lead = dist_rank() == 0;
+    if (lead) rc = open_training(t, prior);
+    if ((rc = dist_agree(rc))) return rc;
+    if (!lead) rc = open_training(t, prior);
+    return dist_agree(rc);
 }
 
 static int open_inputs(trainer_t *t, const train_config_t *cfg, int *prior_out) {
