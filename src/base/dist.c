@@ -9,14 +9,16 @@
 
 #include "base/error.h"
 
+/* Set by Open MPI's mpirun, by MPICH's hydra and srun --mpi=pmi2, and by PMIx launchers (srun). */
+static int launched_by_mpi(void) {
+    return getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE") || getenv("PMIX_RANK");
+}
+
 #ifdef SVDIFF_HAVE_MPI
 #include <mpi.h>
 
 static int g_rank = 0, g_size = 1, g_on = 0;
 
-static int launched_by_mpi(void) {
-    return getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE") || getenv("PMIX_RANK");
-}
 
 void dist_init(int *argc, char ***argv) {
     if (g_on || !launched_by_mpi()) return;
@@ -105,7 +107,12 @@ int dist_bcast(void *buf, size_t bytes, int root) {
 
 #else   /* no MPI: one rank */
 
-void dist_init(int *argc, char ***argv) { (void)argc, (void)argv; }
+void dist_init(int *argc, char ***argv) {
+    (void)argc, (void)argv;
+    if (launched_by_mpi())
+        fprintf(stderr, "svdiff: started by an MPI launcher, but built without MPI (cmake -DSVDIFF_MPI=ON): every "
+                "process runs alone, as rank 0 of 1\n");
+}
 void dist_finalize(void) {}
 int dist_rank(void) { return 0; }
 int dist_size(void) { return 1; }
