@@ -40,10 +40,13 @@ for m in emoji-32 tiny; do
     done > "$work/times"
     t=$(median < "$work/times")
     label=$([ $layout = 1x2 ] && echo "1 rank x 2 threads" || echo "2 ranks x 1 thread")
-    echo "| $m | $label | 2 | $t | $(echo "scale=2; 2 / $t" | bc) |"
+    printf '| %s | %s | 2 | %.4f | %.1f |\n' "$m" "$label" "$t" "$(echo "scale=4; 2 / $t" | bc)"
   done
 done
 echo
 for n in 322856 17310; do
   OMP_NUM_THREADS=1 "${mpi[@]}" 2 "$build/bench_dist_reduce" $n 1 200
 done
+# the ordered sum of 64 gradients (one process: the allgather is a copy), the figure behind
+# bench/mpi_scaling.py's --sum-ms
+OMP_NUM_THREADS=1 "$build/bench_dist_reduce" 322856 64 30

@@ -2,7 +2,8 @@
 # Data parallelism over MPI (issue 21), on the tiny model: tests/cli_mpi.sh SVDIFF WORK CASE
 #   equal    2 ranks x (batch 2, accumulation 1) == 1 process x (batch 2, accumulation 2): the
 #            shift files and the class images (generated over the ranks) byte for byte, loss.csv
-#            but for its seconds column; also 2 ranks x accumulation 2 == 1 process x 4 (LoRA)
+#            but for its seconds column; also 2 ranks x accumulation 2 == 1 process x 4 (LoRA),
+#            and pretrain (full weights with an EMA) with 2 ranks == accumulation 2
 #   resume   a 2-rank run killed after its step-2 checkpoint resumes in 1 process (accumulation
 #            2), a 1-process run resumes with 2 ranks: both end as the uninterrupted run
 #   generate mpirun -np 2 / -np 3 generate --num-images 5 (grid, --save-latents) and --prompts FILE
@@ -52,6 +53,13 @@ equal)
   "$SVDIFF" "${largs[@]}" --grad-accum 4 -o lora1 > lora1.log 2>&1 || { cat lora1.log; fail "LoRA, 1 process"; }
   "${MPIRUN[@]}" 2 "$SVDIFF" "${largs[@]}" --grad-accum 2 -o lora2 > lora2.log 2>&1 || { cat lora2.log; fail "LoRA, 2 ranks"; }
   same lora1/pytorch_lora_weights.safetensors lora2/pytorch_lora_weights.safetensors
+  # pretrain (every weight, an EMA, a captioned data set): 2 ranks == accumulation 2
+  printf 'path\tcaption\n%s\tan emoji of a dog\n%s\tan emoji of a dog face\n' "$IMAGES/dog1.png" "$IMAGES/dog2.png" > c.tsv
+  pargs=(pretrain --model "$MODEL" --data c.tsv --resolution 16 --steps 3 --batch-size 2 --ema-decay 0.9 --threads 1 --quiet)
+  "$SVDIFF" "${pargs[@]}" --grad-accum 2 -o pre1 > pre1.log 2>&1 || { cat pre1.log; fail "pretrain, 1 process"; }
+  "${MPIRUN[@]}" 2 "$SVDIFF" "${pargs[@]}" -o pre2 > pre2.log 2>&1 || { cat pre2.log; fail "pretrain, 2 ranks"; }
+  for f in unet/diffusion_pytorch_model.safetensors text_encoder/model.safetensors; do same pre1/$f pre2/$f; done
+  same_csv pre1/loss.csv pre2/loss.csv
   ;;
 resume)
   args=("${TRAIN[@]}" --instance-dir "$IMAGES" --steps 4 --checkpoint-every 1)
