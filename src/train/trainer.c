@@ -789,7 +789,7 @@ typedef struct {
 } dp_state_t;
 
 static void dp_free(dp_state_t *d) {
-    if (d->all != d->mine) free(d->all);
+    if (d->all != d->mine) free(d->all);   /* one process: one buffer */
     free(d->mine), free(d->losses), free(d->all_losses);
     memset(d, 0, sizeof *d);
 }
@@ -803,9 +803,11 @@ static void dp_init(dp_state_t *d, const trainer_t *t) {
     d->exact = M > 1 && (size_t)M * t->n_values * sizeof(float) <= DP_EXACT_MAX_BYTES;
     d->active = N > 1 || d->exact;
     if (!d->active) return;
-    if (d->exact) {
+    if (d->exact && N == 1)   /* one process: a running sum, the same additions in the same order */
+        d->mine = d->all = sd_xmalloc(sizeof(float) * (t->n_values + 1));
+    else if (d->exact) {
         d->mine = sd_xmalloc(sizeof(float) * ((size_t)A * t->n_values + 1));
-        d->all = N > 1 ? sd_xmalloc(sizeof(float) * ((size_t)M * t->n_values + 1)) : d->mine;
+        d->all = sd_xmalloc(sizeof(float) * ((size_t)M * t->n_values + 1));
     }
     d->losses = sd_xcalloc((size_t)A * 3, sizeof(double));
     d->all_losses = sd_xcalloc((size_t)M * 3, sizeof(double));
@@ -830,10 +832,12 @@ static int dp_micro_batches(trainer_t *t, dp_state_t *d, float gs, train_losses_
         if (rc) continue;
         d->losses[3 * a] = l.loss, d->losses[3 * a + 1] = l.instance, d->losses[3 * a + 2] = l.prior;
         if (!d->exact) continue;   /* accumulated in place, summed over the ranks below */
-        float *g = d->mine + (size_t)a * nv;
+        float *g = d->mine + (N > 1 ? (size_t)a * nv : 0);
         for (int i = 0; i < t->n_params; i++) {
             const train_param_t *p = &t->params[i];
-            memcpy(g, p->grad, sizeof(float) * (size_t)p->n);
+            if (N > 1) memcpy(g, p->grad, sizeof(float) * (size_t)p->n);
+            else if (a == 0) for (int k = 0; k < p->n; k++) g[k] = 0.0f + p->grad[k];
+            else for (int k = 0; k < p->n; k++) g[k] += p->grad[k];
             memset(p->grad, 0, sizeof(float) * (size_t)p->n);
             g += p->n;
         }
@@ -844,7 +848,13 @@ static int dp_micro_batches(trainer_t *t, dp_state_t *d, float gs, train_losses_
         sum->loss += d->all_losses[3 * m] / M, sum->instance += d->all_losses[3 * m + 1] / M;
         sum->prior += d->all_losses[3 * m + 2] / M;
     }
-    if (!rc && d->exact) {
+    if (!rc && d->exact && N == 1) {
+        const float *x = d->mine;
+        for (int i = 0; i < t->n_params; i++) {
+            memcpy(t->params[i].grad, x, sizeof(float) * (size_t)t->params[i].n);
+            x += t->params[i].n;
+        }
+    } else if (!rc && d->exact) {
         rc = dist_allgather_f32(d->mine, (size_t)A * nv, d->all);
         size_t off = 0;
         for (int i = 0; i < t->n_params && !rc; i++) {
