@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Data parallelism over MPI (issue 21), on the tiny model: tests/cli_mpi.sh SVDIFF WORK CASE
 #   equal    2 ranks x (batch 2, accumulation 1) == 1 process x (batch 2, accumulation 2): the
-#            shift files and the class images (generated over the ranks) byte for byte, loss.csv
-#            but for its seconds column; also 2 ranks x accumulation 2 == 1 process x 4 (LoRA),
+#            shift files, the sample grids (rank 0's) and the class images (generated over the
+#            ranks) byte for byte, loss.csv but for its seconds column; also 2 ranks x accumulation 2 == 1 process x 4 (LoRA),
 #            and pretrain (full weights with an EMA) with 2 ranks == accumulation 2
 #   resume   a 2-rank run killed after its step-2 checkpoint resumes in 1 process (accumulation
 #            2), a 1-process run resumes with 2 ranks: both end as the uninterrupted run
@@ -38,7 +38,7 @@ same_csv() { diff <(cut -d, -f1-6 "$1") <(cut -d, -f1-6 "$2") || fail "$1 and $2
 case "$CASE" in
 equal)
   args=("${TRAIN[@]}" --instance-dir "$IMAGES" --class-prompt "a dog" --num-class-images 3 --class-steps 2
-        --batch-size 2 --steps 3 --train-text-encoder)
+        --batch-size 2 --steps 3 --train-text-encoder --sample-every 2 --sample-prompt "a dog" --sample-steps 2)
   "$SVDIFF" "${args[@]}" --class-dir cls1 --grad-accum 2 -o one > one.log 2>&1 || { cat one.log; fail "1 process"; }
   "${MPIRUN[@]}" 2 "$SVDIFF" "${args[@]}" --class-dir cls2 -o two > two.log 2>&1 || { cat two.log; fail "2 ranks"; }
   grep -q "MPI ranks      2 (4 samples per step)" two.log || { cat two.log; fail "no MPI summary line"; }
@@ -46,7 +46,8 @@ equal)
   same_csv one/loss.csv two/loss.csv
   [ "$(ls cls1 | wc -l)" = 3 ] || fail "class images: $(ls cls1)"
   for f in cls1/*; do same "$f" "cls2/${f#cls1/}"; done
-  [ "$(ls two)" = "$(printf 'loss.csv\nspectral_shifts.safetensors\nspectral_shifts_te.safetensors')" ] ||
+  for f in samples/step-000002.png samples/step-000003.png; do same one/$f two/$f; done   # rank 0 samples
+  [ "$(ls two)" = "$(printf 'loss.csv\nsamples\nspectral_shifts.safetensors\nspectral_shifts_te.safetensors')" ] ||
     fail "2-rank output folder holds: $(ls two)"
   # LoRA, 2 accumulation steps per rank against 4 in one process
   largs=("${TRAIN[@]}" --instance-dir "$IMAGES" --mode lora --steps 2)
