@@ -11,7 +11,8 @@
 #   dead     kill -9 of rank 1 mid-run: mpirun ends the job within seconds with an error, rank 0
 #            is gone, the checkpoint loads (--resume)
 #   baddata  rank 1 cannot read its data: every rank stops, rank 1's message names the file
-#   refuse   a command that does not split its work (info) refuses mpirun -np 2, once
+#   refuse   a command that does not split its work (info) refuses mpirun -np 2, once; a training
+#            output folder that another run holds stops both ranks with rank 0's lock message
 # Exit 77 (ctest: skipped) with a message where MPI is not built in or mpirun is missing.
 set -u
 SVDIFF=$1 WORK=$2 CASE=$3
@@ -156,6 +157,15 @@ refuse)
   grep -q "svdiff info: does not run over MPI (2 ranks)" info.log || { cat info.log; fail "no message"; }
   [ "$(grep -c 'does not run over MPI' info.log)" = 1 ] || fail "printed by every rank"
   "$SVDIFF" info --model "$MODEL" > info1.log 2>&1 || { cat info1.log; fail "svdiff info without mpirun"; }
+  # an output folder that another run holds: rank 0 cannot lock it, both ranks stop at once
+  "$SVDIFF" "${TRAIN[@]}" --instance-dir "$IMAGES" --steps 1000000 -o busy > busy1.log 2>&1 &
+  other=$!
+  for _ in $(seq 300); do [ -f busy/.svdiff.lock ] && break; sleep 0.1; done
+  "${MPIRUN[@]}" 2 "$SVDIFF" "${TRAIN[@]}" --instance-dir "$IMAGES" --steps 2 -o busy > busy2.log 2>&1; rc=$?
+  kill $other; wait $other 2>/dev/null
+  [ $rc != 0 ] || fail "2 ranks wrote into a folder another run holds"
+  grep -q "rank 0 of 2: busy: another svdiff run (PID $other)" busy2.log || { cat busy2.log; fail "no lock message from rank 0"; }
+  grep -q "stopped: rank 0 of 2 failed" busy2.log || { cat busy2.log; fail "rank 1 did not say why it stopped"; }
   ;;
 *) fail "unknown case $CASE" ;;
 esac
