@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 
 #include "base/error.h"
 #include "io/model_config.h"
@@ -240,8 +241,16 @@ int model_decide_prediction(model_t *m, const model_open_options_t *opt) {
         return SD_OK;
     }
     if (m->layout == MODEL_LAYOUT_DIFFUSERS) {
-        snprintf(m->prediction_why, sizeof m->prediction_why, "%s", cJSON_IsString(pt) ? "the model's scheduler config"
-                 : "diffusers' default: the scheduler config names none");
+        char sp[4096];
+        snprintf(sp, sizeof sp, "%s/scheduler/scheduler_config.json", m->path);
+        struct stat sb;
+        if (stat(sp, &sb) != 0)
+            snprintf(m->prediction_why, sizeof m->prediction_why, "the folder has no scheduler: SD's default");
+        else if (cJSON_IsString(pt))
+            snprintf(m->prediction_why, sizeof m->prediction_why, "the folder's scheduler/scheduler_config.json");
+        else
+            snprintf(m->prediction_why, sizeof m->prediction_why,
+                     "diffusers' default: the folder's scheduler/scheduler_config.json names none");
         return SD_OK;
     }
     /* a single file: its config beside it, its metadata, a guess */
