@@ -161,7 +161,8 @@ static void test_yaml_beside(void **state) {
     /* no parameterization: LDM's default eps; the key at other paths does not count */
     write_text(tpath("v768.yaml"), "parameterization: v\nmodel:\n  parameterization: v\n  params:\n"
                                    "    unet_config:\n      params:\n        parameterization: v\n"
-                                   "    notes: |\n      parameterization: v\n  other:\n    parameterization: v\n");
+                                   "    notes: |\n      parameterization: v\n      \tparameterization: v\n\n    items:\n    - a: 1\n"
+                                   "      parameterization: v\n  other:\n    parameterization: v\n");
     expect(p, &o, "epsilon", "names no model.params.parameterization", 0);
     /* the yaml decides over the weights' guess and over metadata */
     const char *meta = rewrite_sd2("meta.safetensors", "modelspec.prediction_type", "epsilon", 0);

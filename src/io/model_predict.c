@@ -74,23 +74,31 @@ static int yaml_parameterization(const char *path, char *value, size_t cap) {
         if (len && line[len - 1] == '\r') line[--len] = '\0';
         int col = 0;
         while (line[col] == ' ') col++;
-        if (line[col] == '\t') {
+        char *s = line + col;
+        if (block_indent >= 0) {
+            if (!*s || col > block_indent) continue;   /* a line of the block scalar: any text */
+            block_indent = -1;
+        }
+        if (*s == '\t') {
             rc = sd_error(SD_ERR_FORMAT, "%s:%d: a tab in the indentation (YAML indents with spaces)", path, lineno);
             break;
         }
-        char *s = line + col;
         if (!*s || *s == '#') continue;
-        if (block_indent >= 0) {
-            if (col > block_indent) continue;   /* a line of the block scalar */
-            block_indent = -1;
-        }
         while (depth > 0 && indent[depth - 1] >= col) depth--;
-        if (*s == '-' || *s == '[' || *s == '{' || *s == '"' || *s == '\'' || *s == '?' || *s == '&' || *s == '*' ||
-            *s == '!' || *s == '%' || *s == '|' || *s == '>')
-            continue;   /* list items, flow and other non-key lines: not on the path */
+        if (depth == YAML_MAX_DEPTH) {
+            rc = sd_error(SD_ERR_FORMAT, "%s:%d: nested deeper than %d keys", path, lineno, YAML_MAX_DEPTH);
+            break;
+        }
         char *colon = s;
         while (*colon && *colon != ':') colon++;
-        if (*colon != ':' || (colon[1] && colon[1] != ' ')) continue;   /* a continuation line, not a key */
+        if (*s == '-' || *s == '[' || *s == '{' || *s == '"' || *s == '\'' || *s == '?' || *s == '&' || *s == '*' ||
+            *s == '!' || *s == '%' || *s == '|' || *s == '>' || *colon != ':' || (colon[1] && colon[1] != ' ')) {
+            /* a list item, a flow collection, a continuation line...: off the path, and so is
+             * whatever is indented under it (the keys of a list item's mapping) */
+            indent[depth] = col, matched[depth] = 0;
+            depth++;
+            continue;
+        }
         *colon = '\0';
         char *key = s, *val = colon + 1;
         size_t kl = strlen(key);
@@ -101,10 +109,6 @@ static int yaml_parameterization(const char *path, char *value, size_t cap) {
         if (hash) *hash = '\0';
         size_t vl = strlen(val);
         while (vl && val[vl - 1] == ' ') val[--vl] = '\0';
-        if (depth == YAML_MAX_DEPTH) {
-            rc = sd_error(SD_ERR_FORMAT, "%s:%d: nested deeper than %d keys", path, lineno, YAML_MAX_DEPTH);
-            break;
-        }
         const int on_path = depth < 3 && (depth == 0 || matched[depth - 1]) && !strcmp(key, want[depth]);
         if (on_path && depth == 2) {
             /* the value: one word, plain or quoted */
