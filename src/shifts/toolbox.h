@@ -70,7 +70,7 @@ int toolbox_mix(shift_set_t *out, const shift_set_t *from, const shift_set_t *re
  * (get_gamma(ctx, path, &C) returns gamma and its length C, or NULL when the model lacks it):
  *  to_scalar = 1: per-element [C] -> svdiff-pytorch scalar [1], the least-squares fit of the
  *    gain gamma + d by gamma * (sigma + delta) / sigma, sigma = |gamma|_2: delta = <gamma, d> /
- *    sigma. Lossy unless d is parallel to gamma (that is why the CLI wants --force).
+ *    sigma. Lossy unless d is parallel to gamma (the CLI wants --force when more than 1e-4 of the shifts is lost).
  *  to_scalar = 0: scalar [1] -> per-element [C], exact: d = gamma * ReLU(sigma + delta)/sigma - gamma.
  * Entries already in the target form are copied; matrix entries are copied. Sets metadata
  * norm_shift. Returns 0 or SD_ERR_ARG naming a norm the model lacks or a length mismatch.
