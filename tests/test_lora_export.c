@@ -334,10 +334,20 @@ static void test_full_rank_matches_shifts(void **state) {
     assert_true(e0 > 1e-2);   /* the shifts do change the sample: the comparison can fail */
     free(a), free(b), free(z);
 
-    /* a lower energy is not exact: its error shows in the weights */
+    /* the export's own check agrees: 0 at full rank in fp32; at energy 0.5 the error is what the
+     * dropped singular values hold (the norms are exact) */
+    o.check = 1;
+    assert_int_equal(export_to(s, &o, file, st), 0);
+    for (int c = 0; c < 2; c++) assert_true(sqrt(st[c].err2 / st[c].ref2) < 1e-6);
     const char *low = tmp_path("low.safetensors");
     o = opts(0.5, 0);
+    o.check = 1;
     assert_int_equal(export_to(s, &o, low, st), 0);
+    for (int c = 0; c < 2; c++) {
+        const double dropped = st[c].energy_total - st[c].energy_kept;
+        assert_true(dropped > 0);
+        assert_true(fabs(st[c].err2 - dropped) <= 1e-4 * st[c].energy_total);
+    }
     pipeline_t pl2;
     open_tiny(&pl2);
     pipeline_shift_t lo2 = {.path = low, .scale = 1.0f};

@@ -3,6 +3,7 @@
  * every shifted matrix gives its top-|ds| factors and every shifted norm its gain difference. */
 #include "pipeline/lora_export.h"
 
+#include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -65,10 +66,12 @@ typedef struct {
     int64_t shape[4];  /* of the model's weight tensor */
     float *up;         /* [rows, rank]: U_r diag(ds_r); norms: the gain difference [C] */
     float *down;       /* [rank, cols]: V_r^T */
+    const spectral_t *sp;   /* matrices: the model's factors (for check) */
+    float *ds;              /* matrices: ReLU(S + s delta) - S [sp->rank]; norms: the exact difference [C] */
 } item_t;
 
 static void item_free(item_t *it) {
-    free(it->path), free(it->up), free(it->down);
+    free(it->path), free(it->up), free(it->down), free(it->ds);
 }
 
 static int is_embedding(const char *path) { return !strncmp(path, "text_model.embeddings.", 22); }
@@ -106,7 +109,7 @@ static int matrix_item(const pipeline_t *p, item_t *it, const weight_t *w, const
     int rc = tensor_layout(p, it);
     if (rc) return rc;
     const int n = sp->rank;
-    float *ds = sd_xmalloc(sizeof(float) * n);
+    float *ds = it->ds = sd_xmalloc(sizeof(float) * n);
     int *order = sd_xmalloc(sizeof(int) * n);
     spectral_coeffs(ds, sp, 1);
     double kept = 0, total = 0;
@@ -123,7 +126,8 @@ static int matrix_item(const pipeline_t *p, item_t *it, const weight_t *w, const
             memcpy(it->down + (size_t)k * sp->cols, sp->Vt + (size_t)j * sp->cols, sizeof(float) * sp->cols);
         }
     }
-    free(ds), free(order);
+    it->sp = sp;
+    free(order);
     return SD_OK;
 }
 
@@ -133,6 +137,45 @@ static void norm_item(item_t *it, const float *gamma, const float *shift, float 
     it->up = sd_xmalloc(sizeof(float) * C);
     normshift_gain(it->up, gamma, shift, s, C, mode);
     for (int c = 0; c < C; c++) it->up[c] -= gamma[c];
+    it->ds = sd_xmalloc(sizeof(float) * C);
+    memcpy(it->ds, it->up, sizeof(float) * C);
+}
+
+/* ---- the check: the written values against the exact differences ---- */
+
+static void round_to(float *x, size_t n, st_dtype_t dt) {
+    if (dt == ST_F16)
+        for (size_t i = 0; i < n; i++) x[i] = st_f16_to_f32(st_f32_to_f16(x[i]));
+    else if (dt == ST_BF16)
+        for (size_t i = 0; i < n; i++) x[i] = st_bf16_to_f32(st_f32_to_bf16(x[i]));
+}
+
+/* err2 = ||U diag(ds) V^T - up down||_F^2 formed densely as one product [U diag(ds) | -up] [V^T; down]
+ * (no cancellation between large sums), ref2 = ||U diag(ds) V^T||_F^2 = sum ds^2. */
+static void check_item(const item_t *it, double *err2, double *ref2) {
+    if (it->is_norm) {
+        for (int c = 0; c < it->rows; c++) {
+            *err2 += pow((double)it->up[c] - it->ds[c], 2);
+            *ref2 += (double)it->ds[c] * it->ds[c];
+        }
+        return;
+    }
+    const spectral_t *sp = it->sp;
+    const int n = sp->rank, r = it->rank, K = n + r, rows = sp->rows, cols = sp->cols;
+    float *M = sd_xmalloc(sizeof(float) * (size_t)rows * K), *N = sd_xmalloc(sizeof(float) * (size_t)K * cols);
+    float *D = sd_xmalloc(sizeof(float) * (size_t)rows * cols);
+    for (int i = 0; i < rows; i++) {
+        for (int j = 0; j < n; j++) M[(size_t)i * K + j] = sp->U[(size_t)i * n + j] * it->ds[j];
+        for (int k = 0; k < r; k++) M[(size_t)i * K + n + k] = -it->up[(size_t)i * r + k];
+    }
+    memcpy(N, sp->Vt, sizeof(float) * (size_t)n * cols);
+    if (r) memcpy(N + (size_t)n * cols, it->down, sizeof(float) * (size_t)r * cols);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, cols, K, 1.0f, M, K, N, cols, 0.0f, D, cols);
+    double e = 0, f = 0;
+    for (size_t i = 0; i < (size_t)rows * cols; i++) e += (double)D[i] * D[i];
+    for (int j = 0; j < n; j++) f += (double)it->ds[j] * it->ds[j];
+    *err2 += e, *ref2 += f;
+    free(M), free(N), free(D);
 }
 
 /* ---- writing ---- */
@@ -355,6 +398,15 @@ int lora_export(pipeline_t *p, const shift_set_t *const *sets, int n_sets, const
         rc = sd_error(SD_ERR_ARG, "nothing to export: every shift is zero or left out");
         goto free_items;
     }
+
+    if (o->check)   /* what the file will hold: the factors rounded to its dtype */
+        for (int k = 0; k < n_it; k++) {
+            item_t *it = &items[k];
+            if (it->rank == 0) continue;
+            round_to(it->up, (size_t)it->rows * (it->is_norm ? 1 : it->rank), o->dtype);
+            if (!it->is_norm) round_to(it->down, (size_t)it->rank * it->cols, o->dtype);
+            check_item(it, &stats[it->te].err2, &stats[it->te].ref2);
+        }
 
     out_t w = {.w = st_writer_new(), .dtype = o->dtype};
     char key[700], val[256];

@@ -38,6 +38,7 @@ typedef struct {
     int force;               /* shifts of another base model */
     const char *svd_cache_dir;   /* NULL or "": no cache (fresh SVDs) */
     const char *source;      /* the shifts argument, for the metadata */
+    int check;               /* measure the error of the written factors (stats err2 / ref2) */
 } lora_export_opts_t;
 
 /* What went into the file, per component (0 UNet, 1 text encoder). */
@@ -50,6 +51,10 @@ typedef struct {
     double energy_total;     /* sum over layers of ||dW||_F^2 */
     double energy_kept;      /* of it, what the kept ranks hold */
     long bytes;              /* tensor bytes of this component in the file */
+    /* with opts.check: sum over the exported modules of ||W_lora - W_shifted||_F^2 (the written
+     * factors, rounded to the file's dtype, against the exact shifted weights) and of
+     * ||W_shifted - W_base||_F^2; their ratio's root is the relative error of the merged weights */
+    double err2, ref2;
 } lora_export_stats_t;
 
 /* Rank of one layer: order[0..n) receives the indices of ds by |ds| descending (ties by index);
