@@ -460,8 +460,9 @@ int lora_export(pipeline_t *p, const shift_set_t *const *sets, int n_sets, const
                 "svdiff --lora applies them, ComfyUI and A1111 apply LoRA to the encoder layers only and skip them "
                 "(--no-embeddings leaves them out)\n", emb_written);
     if (!rc && o->format == LORA_FORMAT_KOHYA && te_norms)
-        fprintf(stderr, "note: %d text-encoder LayerNorm shifts are written as lora_te_*.diff: A1111 reads them, ComfyUI "
-                "maps only the encoder layers' linears under lora_te_ and skips them\n", te_norms);
+        fprintf(stderr, "note: %d text-encoder LayerNorm shifts are written as lora_te_*.diff: svdiff --lora applies them, "
+                "ComfyUI's lora_te_ names cover the encoder layers' linears only and skip them (--no-norms leaves them "
+                "out)\n", te_norms);
 free_items:
     for (int k = 0; k < n_it; k++) item_free(&items[k]);
     free(items);
