@@ -459,6 +459,10 @@ static void test_refusals(void **state) {
     assert_int_equal(access(file, F_OK), -1);   /* nothing written */
     o.force = 1;
     assert_int_equal(export_to(s, &o, file, st), 0);
+    /* the writer refuses a device or a folder as the output (outputs_check) */
+    assert_true(export_to(s, &o, "/dev/null", st) != 0);
+    assert_non_null(strstr(sd_last_error(), "/dev/null"));
+    assert_true(export_to(s, &o, g_dir, st) != 0);
     o = opts(0.0, 0);
     assert_int_equal(export_to(s, &o, file, st), SD_ERR_ARG);
     o = opts(1.5, 0);
