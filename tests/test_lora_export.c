@@ -237,6 +237,8 @@ static void test_kohya_keys(void **state) {
     assert_int_equal(st[1].layers + st[1].norms, s[1].n);
     assert_string_equal(st_meta(&f, "base_model_hash"), shiftset_meta(&s[0], "base_model_hash"));
     assert_string_equal(st_meta(&f, "svdiff_instance_prompt"), "a photo of sks dog");
+    assert_string_equal(st_meta(&f, "ss_network_dim"), "Dynamic");   /* per-layer ranks, as kohya's resize writes */
+    assert_string_equal(st_meta(&f, "svdiff_energy"), "0.90000000000000002");
     st_close(&f);
     free(rank), free(seen), free(table);
     model_close(&m);
