@@ -35,6 +35,7 @@ static void usage(FILE *f) {
             "Generates images from a text prompt, or from many prompts with the model loaded once.\n\n"
             "  --model PATH            diffusers model folder or single-file .safetensors checkpoint\n"
             "  --tokenizer DIR         CLIP tokenizer folder (vocab.json, merges.txt); needed for single files\n"
+            CLI_MODEL_HELP
             "  --prompt TEXT           what to draw\n"
             "  --prompts FILE          many prompts, one a line (see 'Prompts files' below); the other flags\n"
             "                          are the defaults of every line\n"
@@ -64,7 +65,7 @@ static void usage(FILE *f) {
             "                          base_model_hash differs), and a folder's two shift or delta files that\n"
             "                          were not written together (their pair_id differs)\n"
             "  --svd-cache DIR         cache of the base model's SVD factors (default: $SVDIFF_CACHE_DIR, else\n"
-            "                          $XDG_CACHE_HOME/svdiff or ~/.cache/svdiff)\n"
+            "                          $XDG_CACHE_HOME/svdiff or ~/.cache/svdiff; none: no cache)\n"
             "  --threads N             CPU threads (default: all cores)\n"
             "  --compute-dtype fp32|bf16  precision of the large matrix products: fp32 (default, exact) or bf16\n"
             "                          (bfloat16 inputs, fp32 accumulation, on AMX / avx512_bf16 CPUs: faster, about\n"
@@ -193,6 +194,7 @@ int cmd_generate(int argc, char **argv) {
     int n_deltas = 0, n_loras = 0;
     pipeline_shift_t deltas[MAX_SHIFTS], loras[MAX_SHIFTS];
     static char delta_paths[MAX_SHIFTS][4096], lora_paths[MAX_SHIFTS][4096];
+    model_open_options_t mo = {0};
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},       {"tokenizer", required_argument, 0, 'T'},
         {"prompt", required_argument, 0, 'p'},      {"negative-prompt", required_argument, 0, 'n'},
@@ -207,7 +209,7 @@ int cmd_generate(int argc, char **argv) {
         {"svd-cache", required_argument, 0, 'C'},
         {"delta", required_argument, 0, 'D'},       {"lora", required_argument, 0, 'L'},
         {"compute-dtype", required_argument, 0, 'Y'}, {"prompts", required_argument, 0, 'P'},
-        {0, 0, 0, 0}};
+        CLI_MODEL_OPTIONS, {0, 0, 0, 0}};
     optind = 1;
     for (int c; (c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1;) {
         int bad = 0;
@@ -246,6 +248,10 @@ int cmd_generate(int argc, char **argv) {
         case 'F': force = 1; break;
         case 'C': svd_cache_dir = optarg; break;
         case 'h': usage(stdout); return 0;
+        case CLI_O_PREDICTION_TYPE:
+        case CLI_O_SCHEDULER_CONFIG:
+            if (cli_model_option("generate", c, optarg, &mo) < 0) return 2;
+            break;
         default: usage(stderr); return 2;
         }
         if (bad) return 2;
@@ -284,14 +290,14 @@ int cmd_generate(int argc, char **argv) {
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     pipeline_t p;
-    if (pipeline_open(&p, model, tokenizer)) {
+    mo.tokenizer_dir = tokenizer;
+    if (pipeline_open_model(&p, model, &mo)) {
         fprintf(stderr, "svdiff generate: %s\n", sd_last_error());
         prompt_plan_free(&plan);
         return 1;
     }
-    char cache_dir[4096];
-    if (!svd_cache_dir) svd_cache_default_dir(cache_dir, sizeof cache_dir);
-    else snprintf(cache_dir, sizeof cache_dir, "%s", svd_cache_dir);
+    char cache_buf[4096];
+    const char *cache_dir = cli_svd_cache_dir(svd_cache_dir, cache_buf, sizeof cache_buf);
     /* the shift list for the PNG text: "a.safetensors (1), dir (0.5)" */
     char shift_text[2048] = "";
     for (int i = 0, k = 0; i < n_shifts && k < (int)sizeof shift_text; i++)

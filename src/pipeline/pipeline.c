@@ -10,9 +10,13 @@
 #include "shifts/shifts.h"
 
 int pipeline_open(pipeline_t *p, const char *model_path, const char *tokenizer_dir) {
-    memset(p, 0, sizeof *p);
     model_open_options_t opt = {.tokenizer_dir = tokenizer_dir};
-    int rc = model_open(&p->model, model_path, &opt);
+    return pipeline_open_model(p, model_path, &opt);
+}
+
+int pipeline_open_model(pipeline_t *p, const char *model_path, const model_open_options_t *opt) {
+    memset(p, 0, sizeof *p);
+    int rc = model_open(&p->model, model_path, opt);
     if (rc) return rc;
     model_t *m = &p->model;
     if (!m->unet.n_tensors) rc = sd_error(SD_ERR_FORMAT, "%s: the model has no UNet", model_path);
