@@ -8,8 +8,9 @@
 #            2), a 1-process run resumes with 2 ranks: both end as the uninterrupted run
 #   generate mpirun -np 2 / -np 3 generate --num-images 5 (grid, --save-latents) and --prompts FILE
 #            write the files of one process
-#   dead     kill -9 of rank 1 mid-run: mpirun ends the job within seconds with an error, rank 0
-#            is gone, the checkpoint loads (--resume)
+#   dead     kill -9 of rank 1, then (resumed) of rank 0, mid-run: each time mpirun ends the job
+#            within seconds with an error naming the rank, the other rank is gone, and the last
+#            checkpoint resumes
 #   baddata  rank 1 cannot read its data: every rank stops, rank 1's message names the file
 #   refuse   a command that does not split its work (info) refuses mpirun -np 2, once; a training
 #            output folder that another run holds stops both ranks with rank 0's lock message
@@ -109,37 +110,49 @@ generate)
   [ "$(ls p1)" = "$(ls p3)" ] || fail "3 ranks wrote other files: $(ls p3)"
   ;;
 dead)
-  # many steps, a checkpoint after each: kill rank 1 once the first checkpoint is there
+  # many steps, a checkpoint after each. Run 1: kill -9 rank 1 once a checkpoint is there; run 2
+  # (--resume): kill -9 rank 0, the writer, a few steps later; run 3 resumes and finishes.
   args=("${TRAIN[@]}" --instance-dir "$IMAGES" --steps 1000000 --checkpoint-every 1)
-  "${MPIRUN[@]}" 2 "$SVDIFF" "${args[@]}" -o d > d.log 2>&1 &
-  mpid=$!
-  for _ in $(seq 300); do [ -f d/checkpoint.safetensors ] && break; sleep 0.1; done
-  [ -f d/checkpoint.safetensors ] || { kill $mpid; fail "no checkpoint after 30 s"; }
-  r0= r1=
-  for p in $(ps -o pid= --ppid $mpid); do
-    case "$(tr '\0' '\n' < /proc/$p/environ 2>/dev/null | grep '^OMPI_COMM_WORLD_RANK=')" in
-      *=0) r0=$p ;; *=1) r1=$p ;;
-    esac
-  done
-  [ -n "$r0" ] && [ -n "$r1" ] || { kill $mpid; fail "ranks not found among the children of mpirun $mpid"; }
-  t0=$(date +%s.%N)
-  kill -9 "$r1"
-  for _ in $(seq 200); do kill -0 $mpid 2>/dev/null || break; sleep 0.05; done
-  if kill -0 $mpid 2>/dev/null; then kill $mpid; fail "mpirun still running 10 s after rank 1 died"; fi
-  wait $mpid; rc=$?
-  secs=$(echo "$(date +%s.%N) - $t0" | bc)
-  echo "mpirun ended ${secs} s after kill -9 of rank 1, exit status $rc"
-  [ $rc != 0 ] || fail "mpirun exited 0"
-  grep -q "signal 9" d.log || { cat d.log; fail "no message naming the killed rank"; }
-  for _ in $(seq 100); do kill -0 "$r0" 2>/dev/null || break; sleep 0.05; done
-  if kill -0 "$r0" 2>/dev/null; then
-    ps -o pid,stat,etime,args -p "$r0"; kill -9 "$r0"; fail "rank 0 (pid $r0) still runs 5 s after mpirun ended"
-  fi
-  # the checkpoint is whole: it resumes (--force: fewer steps than the killed run) and finishes
+  kill_rank() {   # kill_rank RANK LOG MIN_STEP [--resume]
+    local victim=$1 log=$2 min_step=$3 mpid pids=() p t0 secs rc
+    "${MPIRUN[@]}" 2 "$SVDIFF" "${args[@]}" ${4:-} -o d > "$log" 2>&1 &
+    mpid=$!
+    for _ in $(seq 300); do
+      [ -f d/checkpoint.safetensors ] && [ "$(tail -1 d/loss.csv 2>/dev/null | cut -d, -f1)" -gt "$min_step" ] 2>/dev/null && break
+      sleep 0.1
+    done
+    [ -f d/checkpoint.safetensors ] || { kill $mpid; fail "no checkpoint after 30 s"; }
+    for p in $(ps -o pid= --ppid $mpid); do
+      case "$(tr '\0' '\n' < /proc/$p/environ 2>/dev/null | grep '^OMPI_COMM_WORLD_RANK=')" in
+        *=0) pids[0]=$p ;; *=1) pids[1]=$p ;;
+      esac
+    done
+    [ -n "${pids[0]:-}" ] && [ -n "${pids[1]:-}" ] || { kill $mpid; fail "ranks not found among the children of mpirun $mpid"; }
+    t0=$(date +%s.%N)
+    kill -9 "${pids[$victim]}"
+    for _ in $(seq 200); do kill -0 $mpid 2>/dev/null || break; sleep 0.05; done
+    if kill -0 $mpid 2>/dev/null; then kill $mpid; fail "mpirun still running 10 s after rank $victim died"; fi
+    wait $mpid; rc=$?
+    secs=$(echo "$(date +%s.%N) - $t0" | bc)
+    echo "mpirun ended ${secs} s after kill -9 of rank $victim, exit status $rc"
+    [ $rc != 0 ] || fail "mpirun exited 0"
+    grep -q "process rank $victim .*exited on signal 9" "$log" || { cat "$log"; fail "no message naming the killed rank"; }
+    local other=${pids[$((1 - victim))]}
+    for _ in $(seq 100); do kill -0 "$other" 2>/dev/null || break; sleep 0.05; done
+    if kill -0 "$other" 2>/dev/null; then
+      ps -o pid,stat,etime,args -p "$other"; kill -9 "$other"; fail "the other rank (pid $other) still runs 5 s after mpirun ended"
+    fi
+  }
+  kill_rank 1 d1.log 0
+  step1=$(tail -1 d/loss.csv | cut -d, -f1)
+  kill_rank 0 d2.log $((step1 + 3)) --resume
+  grep -q "resuming at step" d2.log || { cat d2.log; fail "run 2 did not resume"; }
+  # the last checkpoint is whole: it resumes (--force: fewer steps than the killed runs) and finishes
   step=$(tail -1 d/loss.csv | cut -d, -f1)
+  [ "$step" -gt $((step1 + 3)) ] || fail "run 2 did not train past step $((step1 + 3)) (at $step)"
   "${MPIRUN[@]}" 2 "$SVDIFF" "${TRAIN[@]}" --instance-dir "$IMAGES" --steps $((step + 2)) --checkpoint-every 1 \
-    --resume --force -o d > d2.log 2>&1 || { cat d2.log; fail "resume after the dead rank"; }
-  grep -q "resuming at step" d2.log && [ -s d/spectral_shifts.safetensors ] || { cat d2.log; fail "no resumed result"; }
+    --resume --force -o d > d3.log 2>&1 || { cat d3.log; fail "resume after the dead ranks"; }
+  grep -q "resuming at step" d3.log && [ -s d/spectral_shifts.safetensors ] || { cat d3.log; fail "no resumed result"; }
   ;;
 baddata)
   # a node without the data: rank 1 (MPMD: its own arguments) reads a folder holding a broken image
