@@ -35,7 +35,7 @@ int dist_allgather_f32(const float *send, size_t n, float *recv);
 /* The same for doubles. */
 int dist_allgather_f64(const double *send, size_t n, double *recv);
 /* x[n] = the element-wise sum over the ranks (MPI_Allreduce; the order of the additions is
- * MPI's: exact for 2 ranks, which commute, rounding-dependent beyond). */
+ * MPI's, the result the same on every rank). */
 int dist_allreduce_sum_f32(float *x, size_t n);
 /* bytes of buf from rank `root` to every rank. */
 int dist_bcast(void *buf, size_t bytes, int root);

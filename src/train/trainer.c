@@ -778,7 +778,8 @@ static int check_params_finite(const trainer_t *t) {
  * which is how one process accumulates them; so AdamW sees the same bits on every rank and in a
  * 1-process run with accumulation M. Larger gradients (full fine-tuning: 3.4 GB per micro-batch)
  * take the allreduce path instead: each rank accumulates its own micro-batches in place and
- * MPI_Allreduce sums the ranks (exact with 2 ranks, rounding-level differences beyond).
+ * MPI_Allreduce sums the ranks: the same on every rank, equal to one process only up to rounding
+ * (that process accumulates every micro-batch in place).
  * ------------------------------------------------------------------------------------------- */
 
 #define DP_EXACT_MAX_BYTES ((size_t)1 << 30)   /* the gathered gradients of one step, per rank */
