@@ -5,7 +5,7 @@
 #ifndef SVDIFF_FUZZ_UTIL_H
 #define SVDIFF_FUZZ_UTIL_H
 
-#define _GNU_SOURCE
+#define _GNU_SOURCE   /* memmem, mkdtemp, nftw: include this header first */
 #include <ftw.h>
 #include <stdint.h>
 #include <stdio.h>

@@ -1,14 +1,17 @@
 /* Replays inputs through a harness without libFuzzer (the normal gcc builds link each fuzz_*.c
  * with this main): every file named on the command line, or found in a folder named there
  * (sorted, hidden files skipped), is passed to LLVMFuzzerTestOneInput once. A folder that does
- * not exist counts as empty. A crash or sanitizer report fails the test; otherwise prints the
- * count and exits 0 (1 when nothing was found: a wrong path). */
+ * not exist counts as empty. A crash or sanitizer report fails the test, and so does an input
+ * that runs longer than SVDIFF_FUZZ_TIMEOUT seconds (default 10, scripts/fuzz.sh's -timeout:
+ * SIGALRM ends the process); otherwise prints the count and exits 0 (1 when nothing was found:
+ * a wrong path). */
 #include <dirent.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -29,7 +32,10 @@ static int run_file(const char *path) {
     memcpy(in, buf, n);
     free(buf);
     fprintf(stderr, "replay: %s (%zu bytes)\n", path, n);
+    const char *limit = getenv("SVDIFF_FUZZ_TIMEOUT");
+    alarm(limit && *limit ? (unsigned)atoi(limit) : 10u);
     LLVMFuzzerTestOneInput(in, n);
+    alarm(0);
     free(in);
     return 0;
 }

@@ -31,6 +31,9 @@ void image_free(image_t *img) {
 int image_load(image_t *img, const char *path) {
     int w, h, c;
     memset(img, 0, sizeof *img);
+    if (stbi_info(path, &w, &h, &c) && (long)w * h > IMAGE_MAX_PIXELS)
+        return sd_error(SD_ERR_FORMAT, "%s: image is %d x %d pixels, more than the %ld this program reads", path, w,
+                        h, IMAGE_MAX_PIXELS);
     unsigned char *px = stbi_load(path, &w, &h, &c, 4);
     if (!px) return sd_error(SD_ERR_FORMAT, "%s: cannot read image (%s)", path, stbi_failure_reason());
     int rc = image_alloc(img, w, h);

@@ -10,8 +10,13 @@ typedef struct {
     uint8_t *rgb;   /* [h, w, 3], row-major */
 } image_t;
 
+/* Largest image image_load decodes: 2^26 pixels (8192 x 8192). Decoding costs about 7 bytes a
+ * pixel, and a header of a few hundred bytes can claim 16383 x 16383 (4 GB and 15 s to decode
+ * nothing: fuzz/regressions/image/), so the size is checked before any pixel is decoded. */
+#define IMAGE_MAX_PIXELS (1L << 26)
+
 /* Any format stb_image reads; alpha is composited on white (emoji, logos). Errors name the
- * file and stb's reason. */
+ * file and stb's reason, or the size when it is over IMAGE_MAX_PIXELS. */
 int image_load(image_t *img, const char *path);
 /* PNG, written to "<path>.tmp.<pid>", fsync'ed and renamed. text: n key/value pairs stored
  * as tEXt chunks (e.g. "parameters" with the generation settings). */
