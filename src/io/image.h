@@ -1,4 +1,4 @@
-/* 8-bit RGB images: reading (PNG, JPEG, ... through stb_image), writing PNG atomically with
+/* 8-bit RGB images: reading (PNG and JPEG through stb_image), writing PNG atomically with
  * text chunks (libpng), grids for sample sheets, and resize + crop for training inputs. */
 #ifndef SVDIFF_IO_IMAGE_H
 #define SVDIFF_IO_IMAGE_H
@@ -15,7 +15,7 @@ typedef struct {
  * nothing: fuzz/regressions/image/), so the size is checked before any pixel is decoded. */
 #define IMAGE_MAX_PIXELS (1L << 26)
 
-/* Any format stb_image reads; alpha is composited on white (emoji, logos). Errors name the
+/* PNG or JPEG (by signature); alpha is composited on white (emoji, logos). Errors name the
  * file and stb's reason, or the size when it is over IMAGE_MAX_PIXELS. */
 int image_load(image_t *img, const char *path);
 /* PNG, written to "<path>.tmp.<pid>", fsync'ed and renamed. text: n key/value pairs stored
