@@ -29,11 +29,14 @@ static inline void fuzz_cleanup_(void) {
     if (fuzz_dir_[0]) nftw(fuzz_dir_, fuzz_rm_, 16, FTW_DEPTH | FTW_PHYS);
 }
 
-/* The private temp folder of this process (created on first use, removed at exit). */
+/* The private temp folder of this process (created on first use, removed at exit), under
+ * $SVDIFF_FUZZ_TMPDIR (scripts/fuzz.sh: one folder per run, removed after it, so a crashed
+ * harness leaves nothing behind), else /dev/shm, else $TMPDIR. */
 static inline const char *fuzz_tmpdir(void) {
     if (fuzz_dir_[0]) return fuzz_dir_;
     struct stat sb;
-    const char *base = stat("/dev/shm", &sb) == 0 && S_ISDIR(sb.st_mode) ? "/dev/shm" : getenv("TMPDIR");
+    const char *base = getenv("SVDIFF_FUZZ_TMPDIR");
+    if (!base || !*base) base = stat("/dev/shm", &sb) == 0 && S_ISDIR(sb.st_mode) ? "/dev/shm" : getenv("TMPDIR");
     snprintf(fuzz_dir_, sizeof fuzz_dir_, "%s/svdiff-fuzz-XXXXXX", base ? base : "/tmp");
     if (!mkdtemp(fuzz_dir_)) {
         perror("fuzz: mkdtemp");

@@ -24,6 +24,11 @@ export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:halt_on_error=1:allocator_m
 export LSAN_OPTIONS="suppressions=$PWD/tests/lsan.supp:print_suppressions=0"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 export SVDIFF_SOURCE_DIR="$PWD" OMP_NUM_THREADS=1
+# the harnesses' temp files (inputs written for path-taking parsers): in memory, removed at the end
+tmpbase=/dev/shm; [ -d "$tmpbase" ] || tmpbase="${TMPDIR:-/tmp}"
+export SVDIFF_FUZZ_TMPDIR="$tmpbase/svdiff-fuzz-run-$$"
+mkdir -p "$SVDIFF_FUZZ_TMPDIR"
+trap 'rm -rf "$SVDIFF_FUZZ_TMPDIR"' EXIT
 failed=0
 for name in "${names[@]}"; do
   bin=build-fuzz/fuzz/fuzz_$name
