@@ -40,7 +40,7 @@ int image_load(image_t *img, const char *path) {
     int w, h, c;
     memset(img, 0, sizeof *img);
     FILE *f = fopen(path, "rb");
-    if (!f) return sd_error(SD_ERR_IO, "%s: cannot read image (%s)", path, strerror(errno));
+    if (!f) return sd_error(SD_ERR_FORMAT, "%s: cannot read image (%s)", path, strerror(errno));
     unsigned char sig[8] = {0};
     const size_t n = fread(sig, 1, sizeof sig, f);
     fclose(f);
