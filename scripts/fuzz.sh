@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer harnesses (fuzz/fuzz_*.c; scripts/build.sh fuzz -> build-fuzz/) and runs
 # each for SECONDS (default 20) on one core, starting from its committed seed corpus
-# fuzz/corpus/<name> (new inputs go to build-fuzz/corpus/<name>, never into the source tree) with
+# fuzz/corpus/<name> and regression inputs fuzz/regressions/<name> (new inputs go to build-fuzz/corpus/<name>, never into the source tree) with
 # its dictionary fuzz/dict/<name>.dict when there is one. Prints per harness the executions,
 # coverage (libFuzzer's final "cov:" edges and "ft:" features), corpus size and findings; a
 # finding's input is kept in build-fuzz/findings/<name>/ (turn it into fuzz/regressions/<name>/
@@ -37,7 +37,8 @@ for name in "${names[@]}"; do
   log=build-fuzz/fuzz-$name.log
   rm -rf "$found"; mkdir -p "$work" "$found"
   dict=(); [ -f "fuzz/dict/$name.dict" ] && dict=(-dict="fuzz/dict/$name.dict")
-  seeds=(); [ -d "fuzz/corpus/$name" ] && seeds=("fuzz/corpus/$name")
+  seeds=()   # the committed seeds and regression inputs (the latter must stay clean under libFuzzer's limits too)
+  for d in "fuzz/corpus/$name" "fuzz/regressions/$name"; do [ -d "$d" ] && seeds+=("$d"); done
   start=$(date +%s)
   "$bin" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 -close_fd_mask=3 \
     -artifact_prefix="$found/" "${dict[@]}" "$work" "${seeds[@]}" > "$log" 2>&1

@@ -36,6 +36,23 @@ static int png_or_jpeg(const unsigned char *sig, size_t n) {
     return (n == 8 && !memcmp(sig, "\x89PNG\r\n\x1a\n", 8)) || (n >= 3 && sig[0] == 0xff && sig[1] == 0xd8 && sig[2] == 0xff);
 }
 
+/* 0 if a chunk of the PNG file f claims more bytes than the file has left (a truncated or
+ * corrupt file): stb_image grows its IDAT buffer to the length a chunk claims, so a 300-byte
+ * file made it allocate 2 GB before finding out (fuzz/regressions/image/). Stops at IEND. */
+static int png_chunks_fit(FILE *f) {
+    if (fseek(f, 0, SEEK_END)) return 0;
+    const long size = ftell(f);
+    unsigned char h[8];
+    for (long at = 8; at + 8 <= size;) {
+        if (fseek(f, at, SEEK_SET) || fread(h, 1, 8, f) != 8) return 0;
+        const long len = (long)((uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3]);
+        if (at + 12 + len > size) return 0;   /* length, type, data, CRC */
+        if (!memcmp(h + 4, "IEND", 4)) break;
+        at += 12 + len;
+    }
+    return 1;
+}
+
 int image_load(image_t *img, const char *path) {
     int w, h, c;
     memset(img, 0, sizeof *img);
@@ -43,8 +60,10 @@ int image_load(image_t *img, const char *path) {
     if (!f) return sd_error(SD_ERR_FORMAT, "%s: cannot read image (%s)", path, strerror(errno));
     unsigned char sig[8] = {0};
     const size_t n = fread(sig, 1, sizeof sig, f);
+    const int ok = png_or_jpeg(sig, n), fits = !ok || sig[0] != 0x89 || png_chunks_fit(f);
     fclose(f);
-    if (!png_or_jpeg(sig, n)) return sd_error(SD_ERR_FORMAT, "%s: cannot read image (not a PNG or JPEG file)", path);
+    if (!ok) return sd_error(SD_ERR_FORMAT, "%s: cannot read image (not a PNG or JPEG file)", path);
+    if (!fits) return sd_error(SD_ERR_FORMAT, "%s: cannot read image (truncated PNG: a chunk runs past the end of the file)", path);
     if (stbi_info(path, &w, &h, &c) && (long)w * h > IMAGE_MAX_PIXELS)
         return sd_error(SD_ERR_FORMAT, "%s: image is %d x %d pixels, more than the %ld this program reads", path, w,
                         h, IMAGE_MAX_PIXELS);
