@@ -67,10 +67,28 @@ static void png_read_mem(png_structp png, png_bytep out, size_t n) {
     d->pos += n;
 }
 
+/* Every chunk's declared length must fit in the file before libpng sees it: libpng allocates an
+ * ancillary chunk's declared length before reading it, so a 254-byte file claiming a 1.2 GB chunk
+ * made it ask for 2 GB (fuzz/regressions/image/). Returns 0, or -1 with d->why set. */
+static int png_chunks_fit(decode_t *d) {
+    size_t pos = 8;   /* after the signature */
+    while (pos < d->n) {
+        if (d->n - pos < 12) break;   /* a partial chunk header: libpng reports the truncation */
+        const uint8_t *c = d->data + pos;
+        const uint32_t len = (uint32_t)c[0] << 24 | (uint32_t)c[1] << 16 | (uint32_t)c[2] << 8 | c[3];
+        if (len > 0x7fffffffu || len > d->n - pos - 12)
+            return snprintf(d->why, sizeof d->why, "truncated PNG: a chunk runs past the end of the file"), -1;
+        if (!memcmp(c + 4, "IEND", 4)) break;
+        pos += 12 + (size_t)len;
+    }
+    return 0;
+}
+
 /* Decodes into d->px as 8-bit RGB (ch 3) or RGBA (ch 4), the same values stb_image gave
  * before (16-bit samples keep their high byte, low bit depths are scaled to 0..255, tRNS
  * becomes alpha, no gamma). Returns 0, or -1 with d->why set. */
 static int png_decode(decode_t *d) {
+    if (png_chunks_fit(d)) return -1;
     png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, d, png_on_error, png_on_warning);
     if (!png) return snprintf(d->why, sizeof d->why, "PNG: out of memory"), -1;
     png_infop info = png_create_info_struct(png);
@@ -84,6 +102,10 @@ static int png_decode(decode_t *d) {
         return -1;
     }
     png_set_read_fn(png, d, png_read_mem);
+    /* ancillary chunks (text, ICC profiles, ...) and what they decompress to stay small: a zTXt of
+     * a few bytes can inflate to gigabytes */
+    png_set_chunk_malloc_max(png, 8u << 20);
+    png_set_chunk_cache_max(png, 1000);
     /* a bad CRC in any chunk, critical or ancillary, is damage: refuse the file */
     png_set_crc_action(png, PNG_CRC_ERROR_QUIT, PNG_CRC_ERROR_QUIT);
     png_read_info(png, info);
