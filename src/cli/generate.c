@@ -29,7 +29,7 @@ static void usage(FILE *f) {
     fprintf(f,
             "usage: svdiff generate --model PATH --prompt TEXT [options] -o OUT.png\n\n"
             "Generates images from a text prompt.\n\n"
-            "  --model PATH            diffusers model folder or single-file .safetensors checkpoint\n"
+            "  --model PATH            diffusers model folder or single-file .safetensors or .ckpt checkpoint\n"
             "  --tokenizer DIR         CLIP tokenizer folder (vocab.json, merges.txt); needed for single files\n"
             "  --prompt TEXT           what to draw\n"
             "  --negative-prompt TEXT  what to steer away from (the unconditional branch of guidance)\n"

@@ -18,6 +18,7 @@ static const command_t COMMANDS[] = {
     {"attention-leakage", cmd_attention_leakage,
      "share of each identifier's cross-attention in the other subject's half (multi-subject prompts)"},
     {"compare", cmd_compare, "pixel MSE and PSNR of image pairs (drift of samples, reconstructions)"},
+    {"convert-model", cmd_convert_model, "write a PyTorch .ckpt checkpoint's weights as safetensors (no code is run)"},
     {"eval", cmd_eval, "denoising loss of images under a prompt at fixed timesteps and noise (compare models)"},
     {"edit", cmd_edit, "edit one image by changing its prompt (fine-tuned shifts + DDIM inversion, CoSINE)"},
     {"generate", cmd_generate, "generate images from a text prompt"},

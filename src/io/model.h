@@ -39,7 +39,8 @@ typedef struct {
     const char *tokenizer_dir;   /* --tokenizer DIR (single files carry none); NULL: default */
 } model_open_options_t;
 
-/* Opens `path` (a folder or a .safetensors file). Errors (SD_ERR_IO / SD_ERR_FORMAT /
+/* Opens `path` (a folder, a .safetensors file, or a PyTorch .ckpt / .pt / .pth checkpoint).
+ * Errors (SD_ERR_IO / SD_ERR_FORMAT /
  * SD_ERR_SHAPE) name the file and the offending tensor or config key. */
 int model_open(model_t *m, const char *path, const model_open_options_t *opt);
 void model_close(model_t *m);
