@@ -515,7 +515,8 @@ int model_open(model_t *m, const char *path, const model_open_options_t *opt) {
     } else {
         size_t n = strlen(path);
         if ((n < 12 || strcmp(path + n - 12, ".safetensors") != 0) && !ckpt_is_path(path))
-            rc = sd_error(SD_ERR_FORMAT, "%s: not a .safetensors or .ckpt file or a diffusers folder", path);
+            rc = sd_error(SD_ERR_FORMAT, "%s: not a .safetensors file, a PyTorch .ckpt / .pt / .pth checkpoint or a "
+                          "diffusers folder", path);
         else
             rc = open_ldm(m);
     }

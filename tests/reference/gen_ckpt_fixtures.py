@@ -14,6 +14,7 @@ checked by tests/test_ckpt.c and the cli.ckpt_* tests:
   bad/*.ckpt              hostile or broken files, each refused with its own message (table below)
   ../tiny-sd/sd1.ckpt     the tiny SD 1.x single file (tiny-sd/sd1.safetensors) nested under
                           "state_dict" with training state beside it, for `svdiff generate`
+  fuzz/corpus/pickle/     seeds of fuzz/fuzz_pickle.c (--corpus): data.pkl files and archives
 
 The hostile pickles that would run a command run `touch "$SVDIFF_PWNED"`; this script checks
 that Python's own unpickler does run them (the file appears), so the tests' check that svdiff
@@ -251,10 +252,28 @@ def gen_tiny_sd(src, dst):
                 "optimizer_states": [{"state": {0: {"exp_avg": torch.zeros(4)}}, "param_groups": [{"lr": 1e-4}]}]}, dst)
 
 
+def gen_corpus(fixtures, corpus):
+    """Seeds of fuzz/fuzz_pickle.c: the data.pkl of each torch.save fixture, two whole archives
+    and a few hostile pickles."""
+    os.makedirs(corpus, exist_ok=True)
+    for name in ("fp32", "fp16", "nested", "views", "proto4"):
+        with zipfile.ZipFile(os.path.join(fixtures, name + ".ckpt")) as z:
+            with open(os.path.join(corpus, f"{name}.pkl"), "wb") as f:
+                f.write(z.read(f"{name}/data.pkl"))
+    for name in ("views", "little"):
+        with open(os.path.join(fixtures, name + ".ckpt"), "rb") as src, open(os.path.join(corpus, name + ".ckpt"), "wb") as f:
+            f.write(src.read())
+    for name in ("os_system", "opaque_nested", "stack_global_exec", "offset_past_storage"):
+        with zipfile.ZipFile(os.path.join(fixtures, "bad", name + ".ckpt")) as z:
+            with open(os.path.join(corpus, f"bad_{name}.pkl"), "wb") as f:
+                f.write(z.read("archive/data.pkl"))
+
+
 def main():
     ap = argparse.ArgumentParser()
     here = os.path.dirname(os.path.abspath(__file__))
     ap.add_argument("--out", default=os.path.join(here, "..", "fixtures", "ckpt"))
+    ap.add_argument("--corpus", default=os.path.join(here, "..", "..", "fuzz", "corpus", "pickle"))
     a = ap.parse_args()
     torch.manual_seed(0)
     os.makedirs(os.path.join(a.out, "bad"), exist_ok=True)
@@ -264,6 +283,7 @@ def main():
     gen_bad(os.path.join(a.out, "bad"))
     tiny = os.path.join(a.out, "..", "tiny-sd")
     gen_tiny_sd(os.path.join(tiny, "sd1.safetensors"), os.path.join(tiny, "sd1.ckpt"))
+    gen_corpus(a.out, a.corpus)
 
 
 if __name__ == "__main__":
