@@ -165,6 +165,7 @@ static int find_prefix(zip_t *za, const char *path, char **prefix) {
             *prefix = NULL;
             return sd_error(SD_ERR_FORMAT, "%s: the archive holds several top folders with a data.pkl", path);
         }
+        if (slash - name > 1024) return sd_error(SD_ERR_FORMAT, "%s: a top folder name of %td bytes", path, slash - name);
         *prefix = strndup(name, (size_t)(slash - name));
         SD_CHECK(*prefix, "out of memory");
     }
@@ -289,6 +290,10 @@ int ckpt_open(st_file_t *f, const char *path) {
                 goto done;
             }
             continue;
+        }
+        if (strlen(s->u.storage.key) > 1024) {   /* entry names are built in a fixed buffer */
+            rc = sd_error(SD_ERR_FORMAT, "%s: a storage key of %zu bytes", what, strlen(s->u.storage.key));
+            goto done;
         }
         slot_t *sl = &slots[n_slot++];
         sl->s = s;
