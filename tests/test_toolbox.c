@@ -370,7 +370,7 @@ static void test_convert_norms(void **state) {
     shiftset_put(&s, "n.to_q", m, 3);
     double err = -1;
     /* scalar -> element is exact: gamma + d == gamma * (sigma + delta) / sigma */
-    assert_int_equal(toolbox_convert_norms(&el, &s, 0, fake_gamma, NULL, &err), 0);
+    assert_int_equal(toolbox_convert_norms(&el, &s, 0, fake_gamma, NULL, &err, NULL), 0);
     assert_true(err == 0);
     const shift_entry_t *e = shiftset_find(&el, "n.norm1");
     assert_int_equal(e->n, 5);
@@ -381,7 +381,9 @@ static void test_convert_norms(void **state) {
     assert_memory_equal(shiftset_find(&el, "n.to_q")->values, m, sizeof m);
     assert_string_equal(shiftset_meta(&el, "norm_shift"), "element");
     /* and back: a d parallel to gamma fits exactly */
-    assert_int_equal(toolbox_convert_norms(&sc, &el, 1, fake_gamma, NULL, &err), 0);
+    toolbox_fit_t pfit = {0};
+    assert_int_equal(toolbox_convert_norms(&sc, &el, 1, fake_gamma, NULL, &err, &pfit), 0);
+    assert_true(pfit.n_fitted == 1 && toolbox_fit_lost(&pfit) < 1e-5);
     assert_int_equal(shiftset_find(&sc, "n.norm1")->n, 1);
     assert_float_equal(shiftset_find(&sc, "n.norm1")->values[0], delta, 1e-6);
     assert_true(err < 1e-6);
@@ -390,12 +392,21 @@ static void test_convert_norms(void **state) {
     /* a d not parallel to gamma: lossy, the error is reported */
     const float d[5] = {0.3f, 0, 0, 0, 0};
     shiftset_put(&el, "n.norm1", d, 5);
-    assert_int_equal(toolbox_convert_norms(&sc, &el, 1, fake_gamma, NULL, &err), 0);
+    toolbox_fit_t fit = {0};
+    assert_int_equal(toolbox_convert_norms(&sc, &el, 1, fake_gamma, NULL, &err, &fit), 0);
     assert_true(err > 0.1);
+    /* the share of d lost, from the fit's definition: t = (sigma + <gamma, d>/sigma) / sigma */
+    double t = (sig + GAMMA[0] * 0.3 / sig) / sig, e2 = 0;
+    for (int c = 0; c < 5; c++) e2 += pow(GAMMA[c] * t - GAMMA[c] - d[c], 2);
+    assert_int_equal(fit.n_fitted, 1);
+    assert_string_equal(fit.worst_path, "n.norm1");
+    assert_float_equal(fit.worst_lost, sqrt(e2) / 0.3, 1e-5);
+    assert_float_equal(toolbox_fit_lost(&fit), sqrt(e2) / 0.3, 1e-5);
+    assert_true(fit.worst_lost > 0.5 && fit.worst_lost < 1);
     shiftset_free(&sc);
     /* a norm the model lacks */
     shiftset_put(&el, "x.norm2", d, 5);
-    assert_int_equal(toolbox_convert_norms(&sc, &el, 1, fake_gamma, NULL, &err), SD_ERR_ARG);
+    assert_int_equal(toolbox_convert_norms(&sc, &el, 1, fake_gamma, NULL, &err, NULL), SD_ERR_ARG);
     assert_non_null(strstr(sd_last_error(), "x.norm2"));
     shiftset_free(&sc);
     shiftset_free(&el), shiftset_free(&s);

@@ -17,4 +17,24 @@ int cli_set_compute_dtype(const char *verb, const char *arg);
 int cli_add_file_spec(const char *verb, const char *flag, const char *arg, pipeline_shift_t *list,
                       char (*paths)[4096], int max, int *n);
 
+/* `--prediction-type epsilon|v_prediction` and `--scheduler-config FILE`, spelled the same in
+ * every verb that opens a model to sample or train: CLI_MODEL_OPTIONS goes into the verb's
+ * getopt_long table, CLI_MODEL_HELP into its usage, and cli_model_option handles the two codes.
+ * The model applies them (io/model.h: model_open_options_t). */
+#include <getopt.h>
+#include "io/model.h"
+enum { CLI_O_PREDICTION_TYPE = 0x7100, CLI_O_SCHEDULER_CONFIG };
+#define CLI_MODEL_OPTIONS                                                     \
+    {"prediction-type", required_argument, 0, CLI_O_PREDICTION_TYPE},        \
+    {"scheduler-config", required_argument, 0, CLI_O_SCHEDULER_CONFIG}
+#define CLI_MODEL_HELP                                                                                      \
+    "  --prediction-type T        epsilon or v_prediction: what the UNet predicts, over what the model\n"  \
+    "                             says (single files: NAME.yaml beside it, metadata, else a guess that\n"  \
+    "                             `svdiff info` explains; SD 2.x 768 models are v_prediction)\n"          \
+    "  --scheduler-config FILE    a diffusers scheduler_config.json replacing the model's (its\n"         \
+    "                             prediction_type counts unless --prediction-type is given)\n"
+/* 1 when c is one of the two codes (arg stored in *o), 0 when not, -1 (one line on stderr) for a
+ * bad --prediction-type value. */
+int cli_model_option(const char *verb, int c, const char *arg, model_open_options_t *o);
+
 #endif

@@ -26,6 +26,7 @@ static void usage(FILE *f) {
             "Also prints each phrase's token mass (its mean attention probability per position and head): a\n"
             "regulariser that merely lowers it everywhere leaves the leakage share where it was.\n\n"
             "  --model PATH           diffusers folder or single-file checkpoint (--tokenizer DIR for single files)\n"
+            CLI_MODEL_HELP
             "  --shifts PATH[:SCALE]  spectral shifts to apply (repeatable), as in `svdiff generate`\n"
             "  --prompt TEXT          e.g. \"a photo of sks cat on the left and hta monkey on the right\"\n"
             "  --negative-prompt TEXT the unconditional branch's prompt (default empty)\n"
@@ -87,6 +88,7 @@ int cmd_attention_leakage(int argc, char **argv) {
     pipeline_shift_t shifts[MAX_SHIFTS];
     static char shift_paths[MAX_SHIFTS][4096];
     int n_shifts = 0;
+    model_open_options_t mo = {0};
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},    {"tokenizer", required_argument, 0, 'T'},
         {"prompt", required_argument, 0, 'p'},   {"negative-prompt", required_argument, 0, 'n'},
@@ -101,7 +103,7 @@ int cmd_attention_leakage(int argc, char **argv) {
         {"images-a", required_argument, 0, 'A'}, {"images-b", required_argument, 0, 'B'},
         {"timesteps", required_argument, 0, 'P'}, {"resolution", required_argument, 0, 'R'},
         {"cutmix-crop", no_argument, 0, 'c'},
-        {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
+        {"help", no_argument, 0, 'h'},           CLI_MODEL_OPTIONS, {0, 0, 0, 0}};
     const char *verb = "attention-leakage";
     optind = 1;
     for (int c; (c = getopt_long(argc, argv, "h", opts, NULL)) != -1;) {
@@ -142,6 +144,10 @@ int cmd_attention_leakage(int argc, char **argv) {
         case 'R': bad = cli_parse_int(verb, "--resolution", optarg, 8, 8192, &resolution); break;
         case 'c': fit = 0; break;
         case 'h': usage(stdout); return 0;
+        case CLI_O_PREDICTION_TYPE:
+        case CLI_O_SCHEDULER_CONFIG:
+            if (cli_model_option("attention-leakage", c, optarg, &mo) < 0) return 2;
+            break;
         default: usage(stderr); return 2;
         }
         if (bad) return 2;
@@ -178,7 +184,8 @@ int cmd_attention_leakage(int argc, char **argv) {
     }
     sd_set_threads(threads);
     pipeline_t p;
-    if (pipeline_open(&p, model, tokenizer)) {
+    mo.tokenizer_dir = tokenizer;
+    if (pipeline_open_model(&p, model, &mo)) {
         fprintf(stderr, "svdiff %s: %s\n", verb, sd_last_error());
         return 1;
     }

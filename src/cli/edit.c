@@ -41,6 +41,7 @@ static void usage(FILE *f) {
             "input:\n"
             "  --model PATH               diffusers model folder or single-file .safetensors checkpoint\n"
             "  --tokenizer DIR            CLIP tokenizer folder (needed for single files)\n"
+            CLI_MODEL_HELP
             "  --image IMG                the image to edit (PNG or JPEG); resized so its shorter side is\n"
             "                             --resolution, then centre-cropped to a square\n"
             "  --prompt TEXT              what the image shows, plainly (\"photo of a pink chair with black legs\")\n"
@@ -163,6 +164,7 @@ int cmd_edit(int argc, char **argv) {
     int report = 0, force = 0, threads = 0, quiet = 0;
     float lr = 1e-3f, lr_1d = 1e-6f, cfg = 3.0f, eta = 0.1f, slerp = 0.0f;
     unsigned long long seed = 42;
+    model_open_options_t mo = {0};
     static const struct option opts[] = {
         {"model", required_argument, 0, O_MODEL},
         {"tokenizer", required_argument, 0, O_TOKENIZER},
@@ -191,7 +193,7 @@ int cmd_edit(int argc, char **argv) {
         {"quiet", no_argument, 0, O_QUIET},
         {"output-dir", required_argument, 0, 'o'},
         {"help", no_argument, 0, 'h'},
-        {0, 0, 0, 0}};
+        CLI_MODEL_OPTIONS, {0, 0, 0, 0}};
     optind = 1;
     for (int o; (o = getopt_long(argc, argv, "o:h", opts, NULL)) != -1;) {
         int bad = 0;
@@ -243,6 +245,10 @@ int cmd_edit(int argc, char **argv) {
         case O_QUIET: quiet = 1; break;
         case 'o': out = optarg; break;
         case 'h': usage(stdout); return 0;
+        case CLI_O_PREDICTION_TYPE:
+        case CLI_O_SCHEDULER_CONFIG:
+            if (cli_model_option("edit", o, optarg, &mo) < 0) return 2;
+            break;
         default: usage(stderr); return 2;
         }
         if (bad) return 2;
@@ -293,7 +299,8 @@ int cmd_edit(int argc, char **argv) {
     else snprintf(cache_dir, sizeof cache_dir, "%s", strcmp(svd_cache, "none") ? svd_cache : "");
 
     pipeline_t p;
-    int rc = pipeline_open(&p, model, tokenizer);
+    mo.tokenizer_dir = tokenizer;
+    int rc = pipeline_open_model(&p, model, &mo);
     if (rc) {
         fprintf(stderr, "svdiff edit: %s\n", sd_last_error());
         image_free(&input);
@@ -351,6 +358,7 @@ int cmd_edit(int argc, char **argv) {
         train_config_t c;
         train_config_default(&c);
         c.model = model, c.tokenizer = tokenizer;
+        c.prediction_type = mo.prediction_type, c.scheduler_config = mo.scheduler_config;
         c.data_tsv = tsv_path;
         c.resolution = res;
         c.center_crop = 1, c.flip = 0;
@@ -372,7 +380,7 @@ int cmd_edit(int argc, char **argv) {
             image_free(&input);
             return 1;
         }
-        rc = pipeline_open(&p, model, tokenizer);
+        rc = pipeline_open_model(&p, model, &mo);
         pipeline_shift_t sh = {.path = out, .scale = 1.0f};
         if (!rc && (rc = pipeline_apply_shifts(&p, &sh, 1, 0, cache_dir[0] ? cache_dir : NULL))) pipeline_close(&p);
     } else {

@@ -24,6 +24,7 @@ static void usage(FILE *f) {
             "same model with shifts trained on other images of the subject.\n\n"
             "  --model PATH            diffusers model folder or single-file checkpoint\n"
             "  --tokenizer DIR         CLIP tokenizer folder (for single files)\n"
+            CLI_MODEL_HELP
             "  --images DIR            images (PNG or JPEG); NAME.txt next to NAME.png replaces --prompt for it\n"
             "  --prompt TEXT           the prompt the images are conditioned on\n"
             "  --shifts PATH[:SCALE]   apply spectral shifts (file or training folder; repeatable, they add up)\n"
@@ -53,6 +54,7 @@ int cmd_eval(int argc, char **argv) {
     pipeline_shift_t shifts[MAX_SHIFTS], deltas[MAX_SHIFTS], loras[MAX_SHIFTS];
     static char shift_paths[MAX_SHIFTS][4096], delta_paths[MAX_SHIFTS][4096], lora_paths[MAX_SHIFTS][4096];
     int n_deltas = 0, n_loras = 0;
+    model_open_options_t mo = {0};
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},     {"tokenizer", required_argument, 0, 'T'},
         {"images", required_argument, 0, 'i'},    {"prompt", required_argument, 0, 'p'},
@@ -63,7 +65,7 @@ int cmd_eval(int argc, char **argv) {
         {"seed", required_argument, 0, 's'},      {"resolution", required_argument, 0, 'r'},
         {"threads", required_argument, 0, 'j'},   {"json", no_argument, 0, 'J'},
         {"compute-dtype", required_argument, 0, 'Y'},
-        {"help", no_argument, 0, 'h'},            {0, 0, 0, 0}};
+        {"help", no_argument, 0, 'h'},            CLI_MODEL_OPTIONS, {0, 0, 0, 0}};
     optind = 1;
     int o;
     while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -92,6 +94,10 @@ int cmd_eval(int argc, char **argv) {
         case 'J': json = 1; break;
         case 'Y': bad = cli_set_compute_dtype("eval", optarg); break;
         case 'h': usage(stdout); return 0;
+        case CLI_O_PREDICTION_TYPE:
+        case CLI_O_SCHEDULER_CONFIG:
+            if (cli_model_option("eval", o, optarg, &mo) < 0) return 2;
+            break;
         default: usage(stderr); return 2;
         }
         if (bad) return 2;
@@ -106,7 +112,8 @@ int cmd_eval(int argc, char **argv) {
     }
     sd_set_threads(threads);
     pipeline_t p;
-    if (pipeline_open(&p, model, tokenizer)) {
+    mo.tokenizer_dir = tokenizer;
+    if (pipeline_open_model(&p, model, &mo)) {
         fprintf(stderr, "svdiff eval: %s\n", sd_last_error());
         return 1;
     }

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "base/error.h"
@@ -23,15 +24,20 @@
 #include "ops/ops.h"
 #include "pipeline/adapters.h"
 #include "pipeline/pipeline.h"
+#include "pipeline/prompts.h"
 #include "shifts/shifts.h"
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: svdiff generate --model PATH --prompt TEXT [options] -o OUT.png\n\n"
-            "Generates images from a text prompt.\n\n"
+            "usage: svdiff generate --model PATH --prompt TEXT [options] -o OUT.png\n"
+            "       svdiff generate --model PATH --prompts FILE [options] -o OUT.png\n\n"
+            "Generates images from a text prompt, or from many prompts with the model loaded once.\n\n"
             "  --model PATH            diffusers model folder or single-file .safetensors or .ckpt checkpoint\n"
             "  --tokenizer DIR         CLIP tokenizer folder (vocab.json, merges.txt); needed for single files\n"
+            CLI_MODEL_HELP
             "  --prompt TEXT           what to draw\n"
+            "  --prompts FILE          many prompts, one a line (see 'Prompts files' below); the other flags\n"
+            "                          are the defaults of every line\n"
             "  --negative-prompt TEXT  what to steer away from (the unconditional branch of guidance)\n"
             "  --steps N               denoising steps (default 20)\n"
             "  --cfg G                 classifier-free guidance scale (default 7.5; <= 1 turns guidance off)\n"
@@ -70,7 +76,22 @@ static void usage(FILE *f) {
             "  -h, --help              this help\n\n"
             "Each PNG stores its prompt, negative prompt, steps, sampler, guidance, seed, size, model and shift\n"
             "files with their scales in a "
-            "'parameters' text chunk. Progress goes to stderr.\n");
+            "'parameters' text chunk. Progress goes to stderr.\n\n"
+            "Prompts files (--prompts FILE): blank lines and lines starting with '#' are skipped; a line\n"
+            "starting with '{' is a JSON object with \"prompt\" and any of \"negative_prompt\", \"seed\", \"steps\",\n"
+            "\"cfg\", \"eta\", \"width\", \"height\", \"sampler\", \"num_images\" (what it leaves out comes from\n"
+            "the flags); any other line is a plain prompt. For example:\n"
+            "    # two subjects\n"
+            "    a photo of sks dog on the beach\n"
+            "    {\"prompt\": \"a painting of sks dog\", \"negative_prompt\": \"blurry\", \"seed\": 7, \"steps\": 30}\n"
+            "The whole file is checked before the model loads; an error names FILE:LINE. Seeds: a line with a\n"
+            "\"seed\" (a number up to 2^53, or a string of digits for any 64-bit seed) makes its images with\n"
+            "seed, seed + 1, ...; the others take --seed + the index (from 0) of the image in the run. So each\n"
+            "image is the one `svdiff generate --prompt ... --seed S` makes with that line's settings\n"
+            "(--batch-size groups the images of one line, as it does in a single run). Outputs: -o OUT.png\n"
+            "writes OUT-<line>-<k>.png (<line>: the file's line number, 4 digits at least; <k>: 1 to the\n"
+            "line's num_images), -o DIR/ writes DIR/<line>-<k>.png (DIR is made if missing); each as soon as\n"
+            "it is made, and no grid. --init-latents and --save-latents are for one prompt.\n");
 }
 
 typedef struct {
@@ -89,12 +110,41 @@ static volatile sig_atomic_t g_stop;
 
 static void on_stop_signal(int sig) { g_stop = sig; }
 
-/* "out.png" -> "out-3.png" */
-static void numbered_path(char *dst, size_t n, const char *path, int k) {
+/* "out.png" -> "out-3.png"; with line > 0 (a prompts file): "out.png" -> "out-0012-3.png", and
+ * a folder "dir/" -> "dir/0012-3.png" */
+static void numbered_path(char *dst, size_t n, const char *path, int line, int k) {
+    const size_t len = strlen(path);
+    if (line > 0 && len && path[len - 1] == '/') {
+        snprintf(dst, n, "%s%04d-%d.png", path, line, k);
+        return;
+    }
     const char *dot = strrchr(path, '.');
     const char *slash = strrchr(path, '/');
-    if (!dot || (slash && dot < slash)) dot = path + strlen(path);
-    snprintf(dst, n, "%.*s-%d%s", (int)(dot - path), path, k, dot);
+    if (!dot || (slash && dot < slash)) dot = path + len;
+    if (line > 0) snprintf(dst, n, "%.*s-%04d-%d%s", (int)(dot - path), path, line, k, dot);
+    else snprintf(dst, n, "%.*s-%d%s", (int)(dot - path), path, k, dot);
+}
+
+/* The PNG 'parameters' text of one image (the format A1111 writes, which other tools read). */
+static void image_params(char *dst, size_t n, const prompt_job_t *job, uint64_t seed, const char *model,
+                         const char *shift_text) {
+    snprintf(dst, n,
+             "%s\nNegative prompt: %s\nSteps: %d, Sampler: %s, CFG scale: %g, Eta: %g, Seed: %llu, Size: %dx%d, "
+             "Model: %s%s%s, Version: svdiff %s",
+             job->prompt, job->negative_prompt ? job->negative_prompt : "", job->steps, sampler_kind_name(job->sampler),
+             job->cfg, job->eta, (unsigned long long)seed, job->width, job->height, model,
+             shift_text[0] ? ", Shifts: " : "", shift_text, SVDIFF_VERSION);
+}
+
+/* How many images from plan->images[i] are denoised together: images of one job with
+ * consecutive seeds, at most `batch` (a job's images go in batches from its first, as a single
+ * run's do, so the batches and thus the bytes are those of a single run). */
+static int batch_len(const prompt_plan_t *plan, int i, int batch) {
+    int n = 1;
+    while (n < batch && i + n < plan->n_images && plan->images[i + n].job == plan->images[i].job &&
+           plan->images[i + n].seed == plan->images[i].seed + (uint64_t)n)
+        n++;
+    return n;
 }
 
 static int load_init_latents(const char *path, float *dst, int n, int C, int h, int w) {
@@ -131,7 +181,7 @@ static int load_init_latents(const char *path, float *dst, int n, int C, int h, 
 
 int cmd_generate(int argc, char **argv) {
     const char *model = NULL, *tokenizer = NULL, *prompt = NULL, *negative = NULL, *out = NULL;
-    const char *init_path = NULL, *save_path = NULL, *sampler_name = "ddim";
+    const char *init_path = NULL, *save_path = NULL, *sampler_name = "ddim", *prompts_path = NULL;
     int steps = 20, width = 0, height = 0, num_images = 1, batch = 1, threads = 0;
     float cfg = 7.5f, eta = 0.0f;
     unsigned long long seed = 42;
@@ -143,6 +193,7 @@ int cmd_generate(int argc, char **argv) {
     int n_deltas = 0, n_loras = 0;
     pipeline_shift_t deltas[MAX_SHIFTS], loras[MAX_SHIFTS];
     static char delta_paths[MAX_SHIFTS][4096], lora_paths[MAX_SHIFTS][4096];
+    model_open_options_t mo = {0};
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},       {"tokenizer", required_argument, 0, 'T'},
         {"prompt", required_argument, 0, 'p'},      {"negative-prompt", required_argument, 0, 'n'},
@@ -156,8 +207,8 @@ int cmd_generate(int argc, char **argv) {
         {"shifts", required_argument, 0, 'x'},      {"force", no_argument, 0, 'F'},
         {"svd-cache", required_argument, 0, 'C'},
         {"delta", required_argument, 0, 'D'},       {"lora", required_argument, 0, 'L'},
-        {"compute-dtype", required_argument, 0, 'Y'},
-        {0, 0, 0, 0}};
+        {"compute-dtype", required_argument, 0, 'Y'}, {"prompts", required_argument, 0, 'P'},
+        CLI_MODEL_OPTIONS, {0, 0, 0, 0}};
     optind = 1;
     for (int c; (c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1;) {
         int bad = 0;
@@ -165,6 +216,7 @@ int cmd_generate(int argc, char **argv) {
         case 'm': model = optarg; break;
         case 'T': tokenizer = optarg; break;
         case 'p': prompt = optarg; break;
+        case 'P': prompts_path = optarg; break;
         case 'n': negative = optarg; break;
         case 's': bad = cli_parse_int("generate", "--steps", optarg, 1, 1000, &steps); break;
         case 'g': bad = cli_parse_float("generate", "--cfg", optarg, -FLT_MAX, FLT_MAX, &cfg); break;
@@ -195,13 +247,25 @@ int cmd_generate(int argc, char **argv) {
         case 'F': force = 1; break;
         case 'C': svd_cache_dir = optarg; break;
         case 'h': usage(stdout); return 0;
+        case CLI_O_PREDICTION_TYPE:
+        case CLI_O_SCHEDULER_CONFIG:
+            if (cli_model_option("generate", c, optarg, &mo) < 0) return 2;
+            break;
         default: usage(stderr); return 2;
         }
         if (bad) return 2;
     }
     if (optind < argc) { fprintf(stderr, "svdiff generate: unexpected argument '%s'\n", argv[optind]); return 2; }
-    if (!model || !prompt || !out) {
-        fprintf(stderr, "svdiff generate: --model, --prompt and -o are required (see --help)\n");
+    if (prompt && prompts_path) {
+        fprintf(stderr, "svdiff generate: --prompt and --prompts exclude each other (a prompts file line is a prompt)\n");
+        return 2;
+    }
+    if (!model || !(prompt || prompts_path) || !out) {
+        fprintf(stderr, "svdiff generate: --model, --prompt (or --prompts) and -o are required (see --help)\n");
+        return 2;
+    }
+    if (prompts_path && (init_path || save_path)) {
+        fprintf(stderr, "svdiff generate: --init-latents and --save-latents hold one prompt's images: use --prompt\n");
         return 2;
     }
     sampler_kind_t sampler;
@@ -210,14 +274,25 @@ int cmd_generate(int argc, char **argv) {
         return 2;
     }
     if (eta < 0 || eta > 1) { fprintf(stderr, "svdiff generate: --eta must be in [0, 1]\n"); return 2; }
-    if (batch > num_images) batch = num_images;
+    /* the images to make, each with its settings and seed, all checked before the model loads */
+    const prompt_job_t defaults = {.prompt = (char *)prompt, .negative_prompt = (char *)negative, .width = width,
+                                   .height = height, .steps = steps, .num_images = num_images, .cfg = cfg,
+                                   .eta = eta, .sampler = sampler, .seed = seed};
+    prompt_plan_t plan;
+    int rc = prompts_path ? prompt_plan_read(&plan, prompts_path, &defaults, seed) : prompt_plan_single(&plan, &defaults);
+    if (rc) {
+        fprintf(stderr, "svdiff generate: %s\n", sd_last_error());
+        return rc == SD_ERR_IO ? 1 : 2;
+    }
     sd_set_threads(threads);
 
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     pipeline_t p;
-    if (pipeline_open(&p, model, tokenizer)) {
+    mo.tokenizer_dir = tokenizer;
+    if (pipeline_open_model(&p, model, &mo)) {
         fprintf(stderr, "svdiff generate: %s\n", sd_last_error());
+        prompt_plan_free(&plan);
         return 1;
     }
     char cache_dir[4096];
@@ -231,12 +306,14 @@ int cmd_generate(int argc, char **argv) {
     if (n_shifts && pipeline_apply_shifts(&p, shifts, n_shifts, force, cache_dir)) {
         fprintf(stderr, "svdiff generate: %s\n", sd_last_error());
         pipeline_close(&p);
+        prompt_plan_free(&plan);
         return 1;
     }
     /* weight deltas and LoRAs go on top of the (baked) shifted weights */
     if (pipeline_apply_deltas(&p, deltas, n_deltas, force) || pipeline_apply_loras(&p, loras, n_loras, force)) {
         fprintf(stderr, "svdiff generate: %s\n", sd_last_error());
         pipeline_close(&p);
+        prompt_plan_free(&plan);
         return 1;
     }
     for (int i = 0, k = (int)strlen(shift_text); i < n_deltas + n_loras && k < (int)sizeof shift_text; i++) {
@@ -244,27 +321,42 @@ int cmd_generate(int argc, char **argv) {
         k += snprintf(shift_text + k, sizeof shift_text - k, "%s%s %s (%g)", k ? ", " : "",
                       i < n_deltas ? "delta" : "lora", a->path, a->scale);
     }
-    if (!width) width = p.unet.cfg.sample_size * p.scale_factor;
-    if (!height) height = p.unet.cfg.sample_size * p.scale_factor;
+    /* sizes: the model's default where a job gives none; a size the UNet cannot take fails now */
+    for (int j = 0; !rc && j < plan.n_jobs; j++) {
+        prompt_job_t *job = &plan.jobs[j];
+        if (!job->width) job->width = p.unet.cfg.sample_size * p.scale_factor;
+        if (!job->height) job->height = p.unet.cfg.sample_size * p.scale_factor;
+        rc = pipeline_check_size(&p, job->width, job->height);
+        if (rc && job->line) rc = sd_error_wrap(rc, "%s:%d", prompts_path, job->line);
+    }
+    const int single = !prompts_path, n_img = plan.n_images;
     int C, h, w;
-    pipeline_latent_shape(&p, width, height, &C, &h, &w);
-    const size_t per = (size_t)C * h * w;
-    float *latents = sd_xmalloc(sizeof(float) * per * num_images);
+    pipeline_latent_shape(&p, plan.jobs[0].width, plan.jobs[0].height, &C, &h, &w);
+    const size_t per = (size_t)C * h * w;   /* one size for all images of a single prompt */
+    float *all_latents = save_path ? sd_xmalloc(sizeof(float) * per * n_img) : NULL;
     float *init = NULL;
-    int rc = 0;
-    if (init_path) {
-        init = sd_xmalloc(sizeof(float) * per * num_images);
-        rc = load_init_latents(init_path, init, num_images, C, h, w);
+    if (!rc && init_path) {
+        init = sd_xmalloc(sizeof(float) * per * n_img);
+        rc = load_init_latents(init_path, init, n_img, C, h, w);
     }
     /* every target is checked before the (long) sampling: a device, a folder or one of the run's
-     * inputs (the model's weights, a shift file) is refused now, not after minutes of work */
+     * inputs (the model's weights, a shift file, the prompts file) is refused now, not after
+     * minutes of work */
+    char **paths = sd_xcalloc((size_t)n_img, sizeof *paths);
     char path[PATH_MAX];
-    for (int k = 0; !rc && k <= (num_images > 1 ? num_images : 0); k++) {
-        if (k == 0) snprintf(path, sizeof path, "%s", out);
-        else numbered_path(path, sizeof path, out, k);
-        rc = outputs_check(path);
+    for (int i = 0; i < n_img; i++) {
+        const prompt_image_t *im = &plan.images[i];
+        if (single && n_img == 1) snprintf(path, sizeof path, "%s", out);
+        else numbered_path(path, sizeof path, out, plan.jobs[im->job].line, im->k + 1);
+        paths[i] = strdup(path);
+        SD_CHECK(paths[i], "out of memory");
+        if (!rc) rc = outputs_check(paths[i]);
     }
+    const int grid = single && n_img > 1;
+    if (!rc && grid) rc = outputs_check(out);
     if (!rc && save_path) rc = outputs_check(save_path);
+    if (!rc && !single && out[0] && out[strlen(out) - 1] == '/' && mkdir(out, 0777) && errno != EEXIST)
+        rc = sd_error(SD_ERR_IO, "%s: cannot make the output folder: %s", out, strerror(errno));
     /* Ctrl-C / SIGTERM: the images written so far stay; the batch being sampled is dropped, and the
      * run ends at once with a message (a second signal kills as usual: SA_RESETHAND) */
     struct sigaction sa = {0}, old_int, old_term;
@@ -275,44 +367,52 @@ int cmd_generate(int argc, char **argv) {
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
     gen_progress_t prog = {0};
-    if (!rc) progress_start(&prog.bar, "generate", (long)steps * ((num_images + batch - 1) / batch), "step");
-    uint8_t **rgb = calloc((size_t)num_images, sizeof *rgb);
-    image_t *imgs = calloc((size_t)num_images, sizeof *imgs);
+    long total_steps = 0;
+    for (int i = 0, bn; i < n_img; i += bn) {
+        bn = batch_len(&plan, i, batch);
+        total_steps += plan.jobs[plan.images[i].job].steps;
+    }
+    if (!rc) progress_start(&prog.bar, "generate", total_steps, "step");
+    uint8_t **rgb = sd_xcalloc((size_t)n_img, sizeof *rgb);
+    image_t *imgs = sd_xcalloc((size_t)n_img, sizeof *imgs);
     int written = 0;
     /* each batch is decoded and its PNGs written as soon as it is sampled */
-    for (int k0 = 0; !rc && k0 < num_images; k0 += batch) {
-        const int bn = num_images - k0 < batch ? num_images - k0 : batch;
-        txt2img_opts_t o = {.prompt = prompt, .negative_prompt = negative, .width = width, .height = height,
-                            .steps = steps, .cfg = cfg, .eta = eta, .sampler = sampler,
-                            .seed = (uint64_t)seed + (uint64_t)k0, .batch = bn, .progress = on_step,
+    for (int i = 0, bn; !rc && i < n_img; i += bn) {
+        bn = batch_len(&plan, i, batch);
+        const prompt_image_t *im = &plan.images[i];
+        const prompt_job_t *job = &plan.jobs[im->job];
+        int jc, jh, jw;
+        pipeline_latent_shape(&p, job->width, job->height, &jc, &jh, &jw);
+        const size_t jper = (size_t)jc * jh * jw;
+        float *lat = all_latents ? all_latents + (size_t)i * per : sd_xmalloc(sizeof(float) * jper * bn);
+        txt2img_opts_t o = {.prompt = job->prompt, .negative_prompt = job->negative_prompt, .width = job->width,
+                            .height = job->height, .steps = job->steps, .cfg = job->cfg, .eta = job->eta,
+                            .sampler = job->sampler, .seed = im->seed, .batch = bn, .progress = on_step,
                             .progress_ctx = &prog, .stop = &g_stop};
-        prog.step_base = (k0 / batch) * steps;
-        rc = pipeline_txt2img(&p, &o, init ? init + k0 * per : NULL, latents + k0 * per);
-        if (!rc) rc = pipeline_decode(&p, latents + k0 * per, bn, h, w, rgb + k0);
-        for (int k = k0; !rc && k < k0 + bn; k++) {
+        rc = pipeline_txt2img(&p, &o, init ? init + (size_t)i * per : NULL, lat);
+        prog.step_base += job->steps;
+        if (!rc) rc = pipeline_decode(&p, lat, bn, jh, jw, rgb + i);
+        if (!all_latents) free(lat);
+        for (int k = i; !rc && k < i + bn; k++) {
             char params[4096];
-            snprintf(params, sizeof params,
-                     "%s\nNegative prompt: %s\nSteps: %d, Sampler: %s, CFG scale: %g, Eta: %g, Seed: %llu, Size: %dx%d, "
-                     "Model: %s%s%s, Version: svdiff %s",
-                     prompt, negative ? negative : "", steps, sampler_kind_name(sampler), cfg, eta,
-                     seed + (unsigned long long)k, width, height, model, shift_text[0] ? ", Shifts: " : "", shift_text,
-                     SVDIFF_VERSION);
+            image_params(params, sizeof params, job, plan.images[k].seed, model, shift_text);
             const char *keys[2] = {"parameters", "Software"}, *vals[2] = {params, "svdiff " SVDIFF_VERSION};
-            imgs[k].w = width, imgs[k].h = height, imgs[k].rgb = rgb[k];
-            if (num_images == 1) snprintf(path, sizeof path, "%s", out);
-            else numbered_path(path, sizeof path, out, k + 1);
-            rc = image_save_png(&imgs[k], path, keys, vals, 2);
-            if (!rc) fprintf(stderr, "%swrote %s\n", prog.bar.tty ? "\r\033[K" : "", path), written++;
+            imgs[k].w = job->width, imgs[k].h = job->height, imgs[k].rgb = rgb[k];
+            rc = image_save_png(&imgs[k], paths[k], keys, vals, 2);
+            if (!rc) fprintf(stderr, "%swrote %s\n", prog.bar.tty ? "\r\033[K" : "", paths[k]), written++;
+            if (!grid) free(rgb[k]), rgb[k] = NULL;   /* only the grid needs the pixels again */
         }
+        if (rc && rc != SD_ERR_INTERRUPTED && job->line)
+            rc = sd_error_wrap(rc, "%s:%d (image %d of the run)", prompts_path, job->line, i + 1);
         if (!rc && g_stop) rc = sd_error(SD_ERR_INTERRUPTED, "interrupted");
     }
     if (!rc) progress_finish(&prog.bar);
     if (!rc && save_path) {
         st_writer_t *sw = st_writer_new();
-        int64_t shape[4] = {num_images, C, h, w};
+        int64_t shape[4] = {n_img, C, h, w};
         char seedbuf[32];
         snprintf(seedbuf, sizeof seedbuf, "%llu", seed);
-        st_writer_add(sw, "latents", ST_F32, 4, shape, latents);
+        st_writer_add(sw, "latents", ST_F32, 4, shape, all_latents);
         st_writer_meta(sw, "prompt", prompt);
         st_writer_meta(sw, "seed", seedbuf);
         st_writer_meta(sw, "sampler", sampler_kind_name(sampler));
@@ -320,27 +420,29 @@ int cmd_generate(int argc, char **argv) {
         rc = st_writer_save(sw, save_path);
         st_writer_free(sw);
     }
-    if (!rc && num_images > 1) {
-        image_t grid;
-        rc = image_grid(&grid, imgs, num_images, 0, 2);
+    if (!rc && grid) {
+        image_t g;
+        rc = image_grid(&g, imgs, n_img, 0, 2);
         const char *keys[1] = {"Software"}, *vals[1] = {"svdiff " SVDIFF_VERSION};
-        if (!rc) rc = image_save_png(&grid, out, keys, vals, 1);
-        if (!rc) fprintf(stderr, "wrote %s (grid of %d)\n", out, num_images);
-        image_free(&grid);
+        if (!rc) rc = image_save_png(&g, out, keys, vals, 1);
+        if (!rc) fprintf(stderr, "wrote %s (grid of %d)\n", out, n_img);
+        image_free(&g);
     }
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
     struct timespec t1;
     clock_gettime(CLOCK_MONOTONIC, &t1);
     const int stopped = rc == SD_ERR_INTERRUPTED ? (int)g_stop : 0;
+    if (!rc && !single) fprintf(stderr, "%d images of %d prompts (%s)\n", n_img, plan.n_jobs, prompts_path);
     if (!rc) fprintf(stderr, "done in %.2f s\n", (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec));
     else if (stopped)
         fprintf(stderr, "%ssvdiff generate: interrupted by %s: %d of %d images written%s\n",
-                prog.bar.tty ? "\n" : "", stopped == SIGINT ? "SIGINT" : "SIGTERM", written, num_images,
-                num_images > 1 || save_path ? " (no grid or latents file)" : "");
+                prog.bar.tty ? "\n" : "", stopped == SIGINT ? "SIGINT" : "SIGTERM", written, n_img,
+                grid || save_path ? " (no grid or latents file)" : "");
     else fprintf(stderr, "svdiff generate: %s\n", sd_last_error());
-    for (int k = 0; k < num_images; k++) free(rgb[k]);
-    free(rgb), free(imgs), free(latents), free(init);
+    for (int k = 0; k < n_img; k++) free(rgb[k]), free(paths[k]);
+    free(rgb), free(imgs), free(paths), free(all_latents), free(init);
     pipeline_close(&p);
+    prompt_plan_free(&plan);
     return stopped ? 128 + stopped : rc ? 1 : 0;
 }

@@ -10,12 +10,13 @@
 #include <time.h>
 
 #include "base/error.h"
+#include "cli/args.h"
 #include "cli/commands.h"
 #include "io/model.h"
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: svdiff info --model DIR|FILE [--tokenizer DIR] [--json]\n\n"
+            "usage: svdiff info --model DIR|FILE [--tokenizer DIR] [--prediction-type T] [--scheduler-config FILE] [--json]\n\n"
             "Opens a Stable Diffusion 1.x/2.x model and describes it, without reading the weights\n"
             "(the files are memory-mapped; only their headers are parsed; a .ckpt's storages are read).\n\n"
             "options:\n"
@@ -25,12 +26,16 @@ static void usage(FILE *f) {
             "                    anything; SD 1.x with CLIP-L or SD 2.x with OpenCLIP text)\n"
             "  --tokenizer DIR   folder with vocab.json and merges.txt (single files carry none;\n"
             "                    for folders it replaces the model's tokenizer/)\n"
+            CLI_MODEL_HELP
             "  --json            print one JSON object instead of text\n"
             "  -h, --help        show this help\n\n"
             "Single files carry no configs: they are derived from tensor shapes. Values the weights\n"
             "cannot tell take Stable Diffusion's: attention heads (SD1 8, SD2 width/64),\n"
-            "GroupNorm 32 groups, and an epsilon-prediction scheduler (SD 2.x 768-v checkpoints\n"
-            "are v-prediction).\n");
+            "GroupNorm 32 groups, a PNDM scheduler. The prediction type (epsilon or v) comes from\n"
+            "NAME.yaml beside the file (the LDM config: model.params.parameterization), else the\n"
+            "file's metadata (modelspec.prediction_type, ss_v_parameterization), else a guess (SD 1.x\n"
+            "epsilon; SD 2.x by ComfyUI's weight test, with a warning); the 'prediction:' line says\n"
+            "which decided.\n");
 }
 
 static double now(void) {
@@ -163,6 +168,8 @@ static void print_text(const model_t *m, double open_ms, long rss_kb) {
     }
     printf("%-13s", "scheduler:");
     print_keys(m->scheduler_config, SCHED_KEYS, N_OF(SCHED_KEYS));
+    const cJSON *pt = cJSON_GetObjectItemCaseSensitive(m->scheduler_config, "prediction_type");
+    printf("prediction:   %s (%s)\n", cJSON_IsString(pt) ? pt->valuestring : "epsilon", m->prediction_why);
     printf("tokenizer:    %s\n", m->tokenizer_dir ? m->tokenizer_dir : "none (pass --tokenizer DIR)");
     size_t mapped = 0;
     for (int i = 0; i < m->n_sets; i++)
@@ -205,6 +212,11 @@ static void print_json(const model_t *m, double open_ms, long rss_kb) {
         cJSON_AddItemToObject(j, "config", cJSON_Duplicate(c->config, 1));
     }
     cJSON_AddItemToObject(o, "scheduler", cJSON_Duplicate(m->scheduler_config, 1));
+    cJSON *pj = cJSON_AddObjectToObject(o, "prediction_type");
+    const cJSON *pt = cJSON_GetObjectItemCaseSensitive(m->scheduler_config, "prediction_type");
+    cJSON_AddStringToObject(pj, "value", cJSON_IsString(pt) ? pt->valuestring : "epsilon");
+    cJSON_AddStringToObject(pj, "source", m->prediction_why);
+    cJSON_AddBoolToObject(pj, "guessed", m->prediction_guessed);
     if (m->tokenizer_dir) cJSON_AddStringToObject(o, "tokenizer", m->tokenizer_dir);
     else cJSON_AddNullToObject(o, "tokenizer");
     int nfiles = 0;
@@ -225,10 +237,12 @@ static void print_json(const model_t *m, double open_ms, long rss_kb) {
 
 int cmd_info(int argc, char **argv) {
     const char *model = NULL, *tokenizer = NULL;
+    model_open_options_t opt = {0};
     int json = 0;
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
                                          {"tokenizer", required_argument, 0, 't'},
                                          {"json", no_argument, 0, 'j'},
+                                         CLI_MODEL_OPTIONS,
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     optind = 1;
@@ -237,6 +251,10 @@ int cmd_info(int argc, char **argv) {
         case 'm': model = optarg; break;
         case 't': tokenizer = optarg; break;
         case 'j': json = 1; break;
+        case CLI_O_PREDICTION_TYPE:
+        case CLI_O_SCHEDULER_CONFIG:
+            if (cli_model_option("info", c, optarg, &opt) < 0) return 2;
+            break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -250,7 +268,7 @@ int cmd_info(int argc, char **argv) {
         return 2;
     }
     model_t m;
-    model_open_options_t opt = {.tokenizer_dir = tokenizer};
+    opt.tokenizer_dir = tokenizer;
     double t0 = now();
     int rc = model_open(&m, model, &opt);
     double open_ms = 1e3 * (now() - t0);

@@ -66,11 +66,14 @@ static void usage(FILE *f) {
             "      --layers may repeat, and further words after it are selectors too. A selector that\n"
             "      selects nothing is an error\n"
             "  convert IN --dtype fp16|fp32 [--format native|svdiff-pytorch] [--model M] [--force] -o OUT\n"
-            "      stores the values as F16 or F32, norm shifts in the form they have. --format svdiff-pytorch writes norm shifts in its scalar\n"
-            "      form [1] (gain = gamma*ReLU(|gamma|+delta)/|gamma|): one number cannot hold a per-element [C]\n"
-            "      shift, so this is a least-squares fit and refused unless --force (the largest gain error is\n"
-            "      printed); --format native turns scalar norm shifts into the exact per-element form. Both\n"
-            "      need --model M for the norm gains gamma\n");
+            "      stores the values as F16 or F32, norm shifts in the form they have. --format svdiff-pytorch\n"
+            "      writes a file svdiff-pytorch's loader accepts: norm shifts in its scalar form [1] (gain =\n"
+            "      gamma*ReLU(|gamma|+delta)/|gamma|), every other shift checked against the base model's\n"
+            "      modules (delta [min(out, in*kh*kw)]). One number cannot hold a per-element [C] shift, so that\n"
+            "      is a least-squares fit: the share of each norm shift lost is printed per norm and overall, and\n"
+            "      above 1e-4 overall nothing is written unless --force (train with --norm-shift scalar for an\n"
+            "      exact file). --format native turns scalar norm shifts into the exact per-element form. Both\n"
+            "      need --model M (the norm gains gamma and the module shapes)\n");
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -383,6 +386,40 @@ static const float *get_gamma(void *vctx, const char *path, int *C) {
     return g->buf;
 }
 
+/* Largest overall share of the norm shifts a scalar fit may lose before convert wants --force:
+ * above float rounding, below any real loss (a trained subject's per-element shifts lose 0.5 and more). */
+#define FIT_TOLERANCE 1e-4
+
+static void print_fit(void *ctx, const char *path, double lost, double max_gain_err) {
+    (void)ctx;
+    printf("  %-64s lost %.3g (largest gain error %.3g)\n", path, lost, max_gain_err);
+}
+
+/* svdiff-pytorch loads a file by setting each key as a parameter of its modules (SVDConv2d,
+ * SVDLinear, SVDEmbedding: delta [min(out, in*kh*kw)] over the weight flattened to 2-D;
+ * SVDLayerNorm, SVDGroupNorm: delta [1]), and a key or shape its model lacks stops the load. Every
+ * entry must therefore name a module of the base model with exactly that length. */
+static int check_svdiff_pytorch(const shift_set_t *s, const model_t *m, const char *file) {
+    for (int i = 0; i < s->n; i++) {
+        const shift_entry_t *e = &s->entries[i];
+        const model_component_t *c = strncmp(e->path, "text_model.", 11) ? &m->unet : &m->text_encoder;
+        char key[1024];
+        snprintf(key, sizeof key, "%s.weight", e->path);
+        const st_tensor_t *t = component_find(c, key);
+        if (!t) return sd_error(SD_ERR_ARG, "%s: shift '%s': the base model has no module of that name", file, e->path);
+        int64_t want = 1;
+        if (t->ndim >= 2) {
+            int64_t cols = 1;
+            for (int d = 1; d < t->ndim; d++) cols *= t->shape[d];
+            want = t->shape[0] < cols ? t->shape[0] : cols;
+        }
+        if (e->n != want)
+            return sd_error(SD_ERR_ARG, "%s: shift '%s' holds %d values; svdiff-pytorch's %s there has delta [%lld]", file,
+                            e->path, e->n, t->ndim >= 2 ? "SVD layer" : "SVD norm", (long long)want);
+    }
+    return SD_OK;
+}
+
 int cmd_shifts(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
         usage(argc < 2 ? stderr : stdout);
@@ -580,31 +617,50 @@ int cmd_shifts(int argc, char **argv) {
                     if (to_scalar) lossy = 1;
                 }
             }
-        if (lossy && !force) {
-            rc = sd_error(SD_ERR_ARG,
-                          "%s holds per-element [C] norm shifts; svdiff-pytorch stores one scalar per norm "
-                          "(gain = gamma*ReLU(|gamma|+delta)/|gamma|), which can only scale the whole gain: the conversion "
-                          "is a least-squares fit that loses the per-channel detail. Add --force (and --model) to do it anyway",
-                          pos[0]);
-            goto done;
-        }
         if (need && !model) {
             rc = sd_error(SD_ERR_ARG, "%s: changing the form of norm shifts needs the base model's norm gains: add --model M",
                           pos[0]);
             goto done;
         }
+        if (to_scalar && !model) {
+            rc = sd_error(SD_ERR_ARG, "%s: --format svdiff-pytorch checks every shift against the base model's modules: add --model M",
+                          pos[0]);
+            goto done;
+        }
         gamma_ctx_t g = {.buf = NULL};
-        if (need && (rc = model_open(&g.m, model, NULL))) goto done;
+        if ((need || to_scalar) && (rc = model_open(&g.m, model, NULL))) goto done;
+        toolbox_fit_t fit[2] = {{0}, {0}};
         for (int p = 0; p < nparts(&in[0]) && !rc; p++) {
             if (!in[0].file[p][0]) continue;
             double err = 0;
             shiftset_free(&res[p]);
-            if (format) rc = toolbox_convert_norms(&res[p], &in[0].set[p], to_scalar, get_gamma, &g, &err);
+            fit[p].report = print_fit, fit[p].ctx = NULL;
+            if (to_scalar && need) printf("%s: scalar fit of the per-element norm shifts (share of each shift lost):\n", in[0].file[p]);
+            if (format) rc = toolbox_convert_norms(&res[p], &in[0].set[p], to_scalar, get_gamma, &g, &err, &fit[p]);
             else toolbox_scale(&res[p], &in[0].set[p], 1.0f);   /* an exact copy */
-            if (!rc && to_scalar && need) printf("%s: largest norm-gain error of the scalar fit: %.3g\n", in[0].file[p], err);
+            if (!rc && to_scalar) rc = check_svdiff_pytorch(&res[p], &g.m, in[0].file[p]);
             present[p] = !rc, dtype[p] = dt;
         }
-        if (need) model_close(&g.m);
+        if (!rc && lossy) {
+            toolbox_fit_t all = fit[0];
+            all.err2 += fit[1].err2, all.shift2 += fit[1].shift2, all.n_fitted += fit[1].n_fitted;
+            if (fit[1].worst_lost > all.worst_lost) {
+                all.worst_lost = fit[1].worst_lost;
+                memcpy(all.worst_path, fit[1].worst_path, sizeof all.worst_path);
+            }
+            const double lost = toolbox_fit_lost(&all);
+            printf("overall: %.3g of the norm shifts lost over %d norms (L2); worst %s: %.3g\n", lost, all.n_fitted,
+                   all.worst_path[0] ? all.worst_path : "none", all.worst_lost);
+            /* a fit within float rounding (shifts parallel to the gains, zero shifts) is no loss */
+            if (lost > FIT_TOLERANCE && !force)
+                rc = sd_error(SD_ERR_ARG,
+                              "%s holds per-element [C] norm shifts; svdiff-pytorch stores one scalar per norm "
+                              "(gain = gamma*ReLU(|gamma|+delta)/|gamma|), which can only scale the whole gain: the fit loses "
+                              "%.3g of the norm shifts (more than %g); nothing written. Add --force to write it anyway, or "
+                              "train with --norm-shift scalar for an exact file",
+                              pos[0], lost, FIT_TOLERANCE);
+        }
+        if (need || to_scalar) model_close(&g.m);
         free(g.buf);
         if (rc) goto done;
     }

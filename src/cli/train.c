@@ -29,6 +29,7 @@ static void usage_pretrain(FILE *f) {
             "  --data FILE                TSV, one image a line: path<TAB>caption[<TAB>split]; rows whose split\n"
             "                             is given and is not 'train' are skipped; a 'path' header line is allowed\n"
             "  --image-root DIR           folder of relative paths (default: the TSV's folder)\n"
+            CLI_MODEL_HELP
             "  --resolution N             training size (default 32); images are resized and centre-cropped, never\n"
             "                             flipped; without a VAE they go to the UNet as [-1, 1] pixels\n"
             "  --caption-dropout P        share of rows trained with the empty prompt, the unconditional branch\n"
@@ -60,6 +61,7 @@ static void usage(FILE *f) {
             "data:\n"
             "  --model PATH               diffusers folder or single-file .safetensors or .ckpt checkpoint\n"
             "  --tokenizer DIR            CLIP tokenizer folder (needed for single files)\n"
+            CLI_MODEL_HELP
             "  --instance-dir DIR         images of the subject (PNG, JPEG, any size); img.txt next to img.png\n"
             "                             replaces the instance prompt for that image\n"
             "  --instance-prompt TEXT     e.g. \"a photo of sks dog\" (at most 77 CLIP tokens)\n"
@@ -262,6 +264,7 @@ int train_cli(int argc, char **argv, int pretrain) {
         {"unmix-layers", required_argument, 0, O_UNMIX_LAYERS},
         {"unmix-loss", required_argument, 0, O_UNMIX_LOSS},
         {"help", no_argument, 0, 'h'},
+        CLI_MODEL_OPTIONS,
         {0, 0, 0, 0}};
     optind = 1;
     for (int o; (o = getopt_long(argc, argv, "o:h", opts, NULL)) != -1;) {
@@ -398,6 +401,14 @@ int train_cli(int argc, char **argv, int pretrain) {
         case O_IMAGE_ROOT: c.image_root = optarg; break;
         case O_FREEZE_TE: c.train_text_encoder = 0; break;
         case 'h': pretrain ? usage_pretrain(stdout) : usage(stdout); return 0;
+        case CLI_O_PREDICTION_TYPE:
+        case CLI_O_SCHEDULER_CONFIG: {
+            model_open_options_t mo = {0};
+            if (cli_model_option(verb, o, optarg, &mo) < 0) return 2;
+            if (mo.prediction_type) c.prediction_type = mo.prediction_type;
+            if (mo.scheduler_config) c.scheduler_config = mo.scheduler_config;
+            break;
+        }
         default: pretrain ? usage_pretrain(stderr) : usage(stderr); return 2;
         }
         if (bad) return 2;

@@ -527,6 +527,13 @@ int model_open(model_t *m, const char *path, const model_open_options_t *opt) {
             if (!rc) rc = component_check_finite(comps[k]);
             if (rc) rc = wrap(rc, path);
         }
+    if (rc == 0 && opt && opt->scheduler_config) {
+        cJSON *sc = NULL;
+        rc = read_json(opt->scheduler_config, &sc);
+        if (rc) rc = wrap(rc, "--scheduler-config");
+        else cJSON_Delete(m->scheduler_config), m->scheduler_config = sc;
+    }
+    if (rc == 0 && (rc = model_decide_prediction(m, opt))) rc = wrap(rc, path);
     if (rc == 0 && opt && opt->tokenizer_dir) {
         free(m->tokenizer_dir);
         m->tokenizer_dir = dup_str(opt->tokenizer_dir);

@@ -33,15 +33,29 @@ typedef struct {
     model_component_t unet, vae, text_encoder;   /* n_tensors == 0 when absent */
     cJSON *scheduler_config;     /* scheduler/scheduler_config.json or derived defaults */
     char *tokenizer_dir;         /* folder with vocab.json + merges.txt, or NULL */
+    char prediction_why[512];    /* where scheduler_config's prediction_type came from (svdiff info) */
+    int prediction_guessed;      /* 1 when a heuristic chose it (an SD 2.x single file without config) */
 } model_t;
 
 typedef struct {
-    const char *tokenizer_dir;   /* --tokenizer DIR (single files carry none); NULL: default */
+    const char *tokenizer_dir;     /* --tokenizer DIR (single files carry none); NULL: default */
+    const char *prediction_type;   /* --prediction-type epsilon|v_prediction; NULL: the model's */
+    const char *scheduler_config;  /* --scheduler-config FILE (a diffusers scheduler_config.json)
+                                      replacing the model's; NULL: the model's */
 } model_open_options_t;
 
 /* Opens `path` (a folder, a .safetensors file, or a PyTorch .ckpt / .pt / .pth checkpoint).
- * Errors (SD_ERR_IO / SD_ERR_FORMAT /
- * SD_ERR_SHAPE) name the file and the offending tensor or config key. */
+ * Errors (SD_ERR_IO / SD_ERR_FORMAT / SD_ERR_SHAPE) name the file and the offending tensor or
+ * config key.
+ * The scheduler config's prediction_type is decided, first match wins (m->prediction_why says
+ * which): opt->prediction_type; prediction_type in opt->scheduler_config; for a diffusers folder
+ * its scheduler_config.json; for a single file NAME.safetensors or NAME.ckpt (whose tensors cannot
+ * say whether the model predicts noise or v) the LDM config NAME.yaml beside it (model.params.parameterization,
+ * as A1111 reads it), then the file's metadata (modelspec.prediction_type, kohya's
+ * ss_v_parameterization, modelspec.architecture *-768-v), then a guess: SD 1.x is epsilon; SD 2.x
+ * is what ComfyUI picks (v_prediction when the population std of the last up block's
+ * transformer_blocks.0.norm1.bias exceeds 0.09, LDM's output_blocks.11.1; epsilon for inpainting
+ * models, in_channels != 4), and a warning, once a process, names the flag. */
 int model_open(model_t *m, const char *path, const model_open_options_t *opt);
 void model_close(model_t *m);
 

@@ -12,8 +12,11 @@ int model_derive_unet_config(model_component_t *c, model_layout_t layout);
 int model_derive_vae_config(model_component_t *c, model_layout_t layout);
 int model_derive_text_config(model_component_t *c, model_layout_t layout);
 /* PNDMScheduler with SD's training schedule (scaled_linear 0.00085..0.012, 1000 steps),
- * prediction_type epsilon: SD 2.x 768-v checkpoints are v-prediction, which the weights cannot
- * tell; their users must say so. */
+ * prediction_type epsilon (model_decide_prediction then sets it for single files). */
 cJSON *model_default_scheduler_config(void);
+/* Decides m->scheduler_config's prediction_type for an opened model (rules in model.h, after
+ * opt->scheduler_config has replaced the config) and fills m->prediction_why. Errors: a bad flag
+ * value, an unreadable or malformed NAME.yaml, a metadata value that is no prediction type. */
+int model_decide_prediction(model_t *m, const model_open_options_t *opt);
 
 #endif

@@ -10,9 +10,13 @@
 #include "shifts/shifts.h"
 
 int pipeline_open(pipeline_t *p, const char *model_path, const char *tokenizer_dir) {
-    memset(p, 0, sizeof *p);
     model_open_options_t opt = {.tokenizer_dir = tokenizer_dir};
-    int rc = model_open(&p->model, model_path, &opt);
+    return pipeline_open_model(p, model_path, &opt);
+}
+
+int pipeline_open_model(pipeline_t *p, const char *model_path, const model_open_options_t *opt) {
+    memset(p, 0, sizeof *p);
+    int rc = model_open(&p->model, model_path, opt);
     if (rc) return rc;
     model_t *m = &p->model;
     if (!m->unet.n_tensors) rc = sd_error(SD_ERR_FORMAT, "%s: the model has no UNet", model_path);
@@ -181,21 +185,26 @@ static int unet_model_fn(void *vctx, float *out, const float *in, float t, int b
     return rc;
 }
 
+int pipeline_check_size(const pipeline_t *p, int width, int height) {
+    const int levels_div = 1 << (p->unet.cfg.n_levels - 1);
+    if (width <= 0 || height <= 0 || width % (p->scale_factor * levels_div) || height % (p->scale_factor * levels_div))
+        return sd_error(SD_ERR_ARG, "width and height must be positive multiples of %d for this model (got %dx%d)",
+                        p->scale_factor * levels_div, width, height);
+    return 0;
+}
+
 int pipeline_txt2img(pipeline_t *p, const txt2img_opts_t *o, const float *init, float *latents) {
     int C, h, w;
     pipeline_latent_shape(p, o->width, o->height, &C, &h, &w);
-    const int levels_div = 1 << (p->unet.cfg.n_levels - 1);
-    if (o->width <= 0 || o->height <= 0 || o->width % (p->scale_factor * levels_div) ||
-        o->height % (p->scale_factor * levels_div))
-        return sd_error(SD_ERR_ARG, "width and height must be positive multiples of %d for this model (got %dx%d)",
-                        p->scale_factor * levels_div, o->width, o->height);
+    int rc = pipeline_check_size(p, o->width, o->height);
+    if (rc) return rc;
     const int B = o->batch, guided = o->cfg > 1.0f, rows = guided ? 2 * B : B;
     const size_t per_image = (size_t)C * h * w, ctx_floats = (size_t)p->n_ctx * p->ctx_dim;
     denoise_ctx_t d = {.p = p, .B = B, .guided = guided, .h = h, .w = w, .stop = o->stop};
     float *ctx = sd_xmalloc(sizeof(float) * (size_t)(guided ? 2 * B : B) * ctx_floats);
     const char *pair[2] = {o->negative_prompt ? o->negative_prompt : "", o->prompt};
     float *two = sd_xmalloc(sizeof(float) * 2 * ctx_floats);
-    int rc = pipeline_encode_prompts(p, pair, 2, two);
+    rc = pipeline_encode_prompts(p, pair, 2, two);
     if (!rc) {
         /* [uncond x B; cond x B], or [cond x B] without guidance */
         for (int i = 0; i < B; i++) {

@@ -34,6 +34,9 @@ typedef struct {
 /* Opens a model folder or single file and builds tokenizer, text encoder, UNet, VAE and
  * noise schedule. Returns 0 or an SD_ERR_* with a message naming what is wrong. */
 int pipeline_open(pipeline_t *p, const char *model_path, const char *tokenizer_dir);
+/* The same with every model_open option (tokenizer, prediction type, scheduler config); opt may
+ * be NULL. */
+int pipeline_open_model(pipeline_t *p, const char *model_path, const model_open_options_t *opt);
 void pipeline_close(pipeline_t *p);
 
 /* Spectral shifts for generation (`--shifts FILE_OR_DIR[:SCALE]`, shifts.h): a shift file, or a
@@ -71,6 +74,10 @@ typedef struct {
                                                sampling ends before its next UNet call with
                                                SD_ERR_INTERRUPTED */
 } txt2img_opts_t;
+
+/* 0 when the UNet takes images of this size (positive multiples of the VAE factor times the
+ * UNet's downsampling), else SD_ERR_ARG naming the multiple. */
+int pipeline_check_size(const pipeline_t *p, int width, int height);
 
 /* Latent shape for a pixel size: [latent_channels, height/scale, width/scale]. */
 void pipeline_latent_shape(const pipeline_t *p, int width, int height, int *c, int *h, int *w);

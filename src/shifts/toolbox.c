@@ -233,10 +233,13 @@ int toolbox_mix(shift_set_t *out, const shift_set_t *from, const shift_set_t *re
     return SD_OK;
 }
 
+double toolbox_fit_lost(const toolbox_fit_t *f) { return f->err2 > 0 ? sqrt(f->err2 / f->shift2) : 0; }
+
 int toolbox_convert_norms(shift_set_t *out, const shift_set_t *in, int to_scalar,
-                          toolbox_gamma_fn get_gamma, void *ctx, double *max_err) {
+                          toolbox_gamma_fn get_gamma, void *ctx, double *max_err, toolbox_fit_t *fit) {
     shiftset_init(out);
     double worst = 0;
+    if (fit) *fit = (toolbox_fit_t){.report = fit->report, .ctx = fit->ctx};   /* keeps the callback */
     for (int i = 0; i < in->n; i++) {
         const shift_entry_t *e = &in->entries[i];
         if (!toolbox_is_norm_path(e->path) || (e->n == 1) == (to_scalar != 0)) {
@@ -263,9 +266,22 @@ int toolbox_convert_norms(shift_set_t *out, const shift_set_t *in, int to_scalar
             for (int c = 0; c < C; c++) dot += (double)g[c] * e->values[c];
             const float delta = (float)(dot / sigma);
             const double t = fmax(sigma + delta, 0.0) / sigma;
+            double e2 = 0, d2 = 0, lw = 0;
             for (int c = 0; c < C; c++) {
                 const double err = fabs(g[c] * t - (g[c] + (double)e->values[c]));
-                if (err > worst) worst = err;
+                if (err > lw) lw = err;
+                e2 += err * err, d2 += (double)e->values[c] * e->values[c];
+            }
+            if (lw > worst) worst = lw;
+            if (fit) {
+                /* the share of the shift the scalar cannot hold: 0 exact, 1 all of it lost */
+                const double lost = e2 > 0 ? sqrt(e2 / d2) : 0;
+                if (fit->report) fit->report(fit->ctx, e->path, lost, lw);
+                fit->err2 += e2, fit->shift2 += d2, fit->n_fitted++;
+                if (lost > fit->worst_lost) {
+                    fit->worst_lost = lost;
+                    snprintf(fit->worst_path, sizeof fit->worst_path, "%s", e->path);
+                }
             }
             shiftset_put(out, e->path, &delta, 1);
         } else {

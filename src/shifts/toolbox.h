@@ -70,14 +70,29 @@ int toolbox_mix(shift_set_t *out, const shift_set_t *from, const shift_set_t *re
  * (get_gamma(ctx, path, &C) returns gamma and its length C, or NULL when the model lacks it):
  *  to_scalar = 1: per-element [C] -> svdiff-pytorch scalar [1], the least-squares fit of the
  *    gain gamma + d by gamma * (sigma + delta) / sigma, sigma = |gamma|_2: delta = <gamma, d> /
- *    sigma. Lossy unless d is parallel to gamma (that is why the CLI wants --force).
+ *    sigma. Lossy unless d is parallel to gamma (the CLI wants --force when more than 1e-4 of the shifts is lost).
  *  to_scalar = 0: scalar [1] -> per-element [C], exact: d = gamma * ReLU(sigma + delta)/sigma - gamma.
  * Entries already in the target form are copied; matrix entries are copied. Sets metadata
  * norm_shift. Returns 0 or SD_ERR_ARG naming a norm the model lacks or a length mismatch.
  * *max_err: the largest |gain error| of the lossy direction (0 otherwise). */
 typedef const float *(*toolbox_gamma_fn)(void *ctx, const char *path, int *C);
+/* The fit of the lossy direction, per norm and overall (NULL: not wanted). For a norm with
+ * per-element shift d and fitted gain gamma*t, lost = |gamma*t - (gamma + d)|_2 / |d|_2: the share
+ * of the shift one scalar cannot hold (0 exact, 1 all of it; 0 when d = 0). report, when set, is
+ * called once per fitted norm with lost and the largest |gain error|; the caller sets report and
+ * ctx, the conversion resets the rest. */
+typedef struct {
+    void (*report)(void *ctx, const char *path, double lost, double max_gain_err);
+    void *ctx;
+    int n_fitted;
+    double err2, shift2;     /* sums of |error|^2 and |d|^2 over the fitted norms */
+    double worst_lost;       /* the largest per-norm lost, at worst_path */
+    char worst_path[256];
+} toolbox_fit_t;
+/* Overall share lost: sqrt(err2 / shift2), 0 when nothing was lost. */
+double toolbox_fit_lost(const toolbox_fit_t *f);
 int toolbox_convert_norms(shift_set_t *out, const shift_set_t *in, int to_scalar,
-                          toolbox_gamma_fn get_gamma, void *ctx, double *max_err);
+                          toolbox_gamma_fn get_gamma, void *ctx, double *max_err, toolbox_fit_t *fit);
 
 /* Appends an operation to the "history" metadata (entries separated by "; "). */
 void toolbox_add_history(shift_set_t *s, const char *entry);

@@ -73,7 +73,9 @@ long trainer_peak_rss(void) {
 int trainer_load_model(trainer_t *t, const train_config_t *cfg) {
     memset(t, 0, sizeof *t);
     t->cfg = *cfg;
-    int rc = pipeline_open(&t->p, cfg->model, cfg->tokenizer);
+    const model_open_options_t mo = {.tokenizer_dir = cfg->tokenizer, .prediction_type = cfg->prediction_type,
+                                     .scheduler_config = cfg->scheduler_config};
+    int rc = pipeline_open_model(&t->p, cfg->model, &mo);
     if (rc) return rc;
     t->opened = 1;
     t->T = t->prompts.T = t->p.n_ctx;

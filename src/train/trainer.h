@@ -44,6 +44,7 @@ typedef enum { TRAIN_MODE_SHIFTS = 0, TRAIN_MODE_FULL = 1, TRAIN_MODE_LORA = 2 }
 
 typedef struct {
     const char *model, *tokenizer;
+    const char *prediction_type, *scheduler_config;   /* model_open_options_t: NULL, the model's */
     const char *instance_dir, *instance_prompt;
     const char *class_dir, *class_prompt;     /* both or neither: prior preservation */
     int num_class_images;                     /* generate class images up to this count */
