@@ -76,3 +76,10 @@ int cli_model_option(const char *verb, int c, const char *arg, model_open_option
     o->prediction_type = arg;
     return 1;
 }
+
+const char *cli_svd_cache_dir(const char *flag, char *buf, size_t cap) {
+    if (flag && !strcmp(flag, "none")) return NULL;
+    if (!flag) svd_cache_default_dir(buf, cap);
+    else snprintf(buf, cap, "%s", flag);
+    return buf;
+}

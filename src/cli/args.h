@@ -37,4 +37,9 @@ enum { CLI_O_PREDICTION_TYPE = 0x7100, CLI_O_SCHEDULER_CONFIG };
  * bad --prediction-type value. */
 int cli_model_option(const char *verb, int c, const char *arg, model_open_options_t *o);
 
+/* The folder of the SVD cache from a verb's `--svd-cache` value: NULL (flag absent) gives the default
+ * folder ($SVDIFF_CACHE_DIR, else ~/.cache/svdiff), "none" gives NULL (no cache; never a folder named
+ * "none"), anything else that folder. The result is buf or NULL. */
+const char *cli_svd_cache_dir(const char *flag, char *buf, size_t cap);
+
 #endif

@@ -191,10 +191,8 @@ int cmd_attention_leakage(int argc, char **argv) {
     }
     int rc = SD_OK;
     if (n_shifts) {
-        char cache_dir[4096];
-        if (!svd_cache_dir) svd_cache_default_dir(cache_dir, sizeof cache_dir);
-        else snprintf(cache_dir, sizeof cache_dir, "%s", !strcmp(svd_cache_dir, "none") ? "" : svd_cache_dir);
-        rc = pipeline_apply_shifts(&p, shifts, n_shifts, force, cache_dir[0] ? cache_dir : NULL);
+        char cache_buf[4096];
+        rc = pipeline_apply_shifts(&p, shifts, n_shifts, force, cli_svd_cache_dir(svd_cache_dir, cache_buf, sizeof cache_buf));
     }
     const int def = p.unet.cfg.sample_size * p.scale_factor;
     txt2img_opts_t o = {.prompt = prompt, .negative_prompt = negative, .width = width ? width : def,

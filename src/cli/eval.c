@@ -131,9 +131,8 @@ int cmd_eval(int argc, char **argv) {
     } else {
         for (int j = 0; j < n_t; j++) timesteps[j] = (int)((j + 0.5) * p.sched.T / n_t);
     }
-    char cache_dir[4096];
-    if (svd_cache) snprintf(cache_dir, sizeof cache_dir, "%s", svd_cache);
-    else svd_cache_default_dir(cache_dir, sizeof cache_dir);
+    char cache_buf[4096];
+    const char *cache_dir = cli_svd_cache_dir(svd_cache, cache_buf, sizeof cache_buf);
     if (!rc && n_shifts) rc = pipeline_apply_shifts(&p, shifts, n_shifts, force, cache_dir);
     if (!rc) rc = pipeline_apply_deltas(&p, deltas, n_deltas, force);
     if (!rc) rc = pipeline_apply_loras(&p, loras, n_loras, force);

@@ -64,7 +64,7 @@ static void usage(FILE *f) {
             "                          base_model_hash differs), and a folder's two shift or delta files that\n"
             "                          were not written together (their pair_id differs)\n"
             "  --svd-cache DIR         cache of the base model's SVD factors (default: $SVDIFF_CACHE_DIR, else\n"
-            "                          $XDG_CACHE_HOME/svdiff or ~/.cache/svdiff)\n"
+            "                          $XDG_CACHE_HOME/svdiff or ~/.cache/svdiff; none: no cache)\n"
             "  --threads N             CPU threads (default: all cores)\n"
             "  --compute-dtype fp32|bf16  precision of the large matrix products: fp32 (default, exact) or bf16\n"
             "                          (bfloat16 inputs, fp32 accumulation, on AMX / avx512_bf16 CPUs: faster, about\n"
@@ -295,9 +295,8 @@ int cmd_generate(int argc, char **argv) {
         prompt_plan_free(&plan);
         return 1;
     }
-    char cache_dir[4096];
-    if (!svd_cache_dir) svd_cache_default_dir(cache_dir, sizeof cache_dir);
-    else snprintf(cache_dir, sizeof cache_dir, "%s", svd_cache_dir);
+    char cache_buf[4096];
+    const char *cache_dir = cli_svd_cache_dir(svd_cache_dir, cache_buf, sizeof cache_buf);
     /* the shift list for the PNG text: "a.safetensors (1), dir (0.5)" */
     char shift_text[2048] = "";
     for (int i = 0, k = 0; i < n_shifts && k < (int)sizeof shift_text; i++)

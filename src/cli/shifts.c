@@ -1,5 +1,5 @@
 /* `svdiff shifts <verb>`: the shift toolbox on files (info, combine, scale, limit-rank, mix,
- * convert). A training output folder (spectral_shifts.safetensors + spectral_shifts_te.safetensors)
+ * convert, to-lora). A training output folder (spectral_shifts.safetensors + spectral_shifts_te.safetensors)
  * is handled as a pair: every verb applies to both files and -o names a folder. The set
  * arithmetic lives in src/shifts/toolbox.c; this file does files, flags and printing. */
 #include <cjson/cJSON.h>
@@ -17,6 +17,7 @@
 #include "cli/commands.h"
 #include "io/model.h"
 #include "io/safetensors.h"
+#include "pipeline/lora_export.h"
 #include "shifts/shifts.h"
 #include "shifts/toolbox.h"
 
@@ -73,7 +74,31 @@ static void usage(FILE *f) {
             "      is a least-squares fit: the share of each norm shift lost is printed per norm and overall, and\n"
             "      above 1e-4 overall nothing is written unless --force (train with --norm-shift scalar for an\n"
             "      exact file). --format native turns scalar norm shifts into the exact per-element form. Both\n"
-            "      need --model M (the norm gains gamma and the module shapes)\n");
+            "      need --model M (the norm gains gamma and the module shapes)\n"
+            "  to-lora IN --model M [--rank R] [--energy E] [--format kohya|diffusers] [--dtype fp32|fp16|bf16]\n"
+            "          [--no-norms] [--no-embeddings] [--svd-cache DIR|none] [--check] [--force] -o OUT.safetensors\n"
+            "      exports the shifts as one LoRA file (UNet and text encoder together) for ComfyUI, A1111/Forge\n"
+            "      or diffusers. A shifted matrix differs from the base by dW = U diag(ds) V^T, ds = ReLU(S+delta)-S;\n"
+            "      the LoRA keeps the entries of largest |ds|: up = U_r diag(ds_r), down = V_r^T, alpha = r, so a\n"
+            "      strength of 1 adds the kept part of dW exactly (convs: down [r, in, kh, kw], up [out, r, 1, 1]).\n"
+            "      U, S, V are the base model's SVD (--model M, the model the shifts were trained on; factors from\n"
+            "      the SVD cache, default $SVDIFF_CACHE_DIR or ~/.cache/svdiff, none: always recomputed).\n"
+            "      --energy E   per layer, the smallest rank keeping the fraction E of ||dW||^2 = sum ds^2\n"
+            "                   (0 < E <= 1; default 0.99, or 1 when --rank is given alone)\n"
+            "      --rank R     at most R per layer (with --energy: the smaller of the two ranks)\n"
+            "      --format     kohya (default): lora_unet_<module with _>.lora_down.weight / .lora_up.weight /\n"
+            "                   .alpha and lora_te_... (what ComfyUI and A1111 load); diffusers: unet.<module>.\n"
+            "                   lora_A.weight / lora_B.weight, text_encoder.<module>... (diffusers' load_lora_weights;\n"
+            "                   one alpha per component there, so layers are padded with zeros to the largest rank)\n"
+            "      --dtype      of the factors (default fp16; alpha is always fp32)\n"
+            "      norm-gain shifts are not matrices: kohya writes their full gain difference as lora_unet_<norm>.diff\n"
+            "      (read by ComfyUI and by A1111's LyCORIS-aware Lora extension); --no-norms leaves them out with a\n"
+            "      warning (needed for --format diffusers). --no-embeddings leaves out text-encoder embedding shifts\n"
+            "      (ComfyUI and A1111 do not apply LoRA to embeddings). Shifts of another base model are refused\n"
+            "      unless --force. Prints per component the kept energy, the rank range, the layer count and size;\n"
+            "      --check also measures the written values (in their dtype) against the exact shifted weights:\n"
+            "      ||W_lora - W_shifted||_F / ||W_shifted - W_base||_F over the component's shifted modules (one\n"
+            "      dense product per layer: seconds on SD 1.5 scale models)\n");
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -162,7 +187,7 @@ static int fail(int rc) {
 
 /* common option parsing: -o plus verb flags; returns the getopt code or -1 at the end */
 enum { O_JSON = 256, O_WEIGHTS, O_FORCE, O_FROM, O_LAYERS, O_REST, O_LEVELS, O_LATENT, O_DTYPE, O_FORMAT,
-       O_MODEL, O_CACHE, O_TOP };
+       O_MODEL, O_CACHE, O_TOP, O_RANK, O_ENERGY, O_NO_NORMS, O_NO_EMB, O_CHECK };
 static const struct option OPTS[] = {
     {"output", required_argument, 0, 'o'}, {"help", no_argument, 0, 'h'},
     {"json", no_argument, 0, O_JSON},      {"weights", required_argument, 0, O_WEIGHTS},
@@ -171,7 +196,9 @@ static const struct option OPTS[] = {
     {"levels", required_argument, 0, O_LEVELS}, {"latent", required_argument, 0, O_LATENT},
     {"dtype", required_argument, 0, O_DTYPE}, {"format", required_argument, 0, O_FORMAT},
     {"model", required_argument, 0, O_MODEL}, {"svd-cache", required_argument, 0, O_CACHE},
-    {"top", required_argument, 0, O_TOP},  {0, 0, 0, 0}};
+    {"top", required_argument, 0, O_TOP},  {"rank", required_argument, 0, O_RANK},
+    {"energy", required_argument, 0, O_ENERGY}, {"no-norms", no_argument, 0, O_NO_NORMS},
+    {"no-embeddings", no_argument, 0, O_NO_EMB}, {"check", no_argument, 0, O_CHECK}, {0, 0, 0, 0}};
 
 /* ---------------------------------------------------------------------------------------
  * info */
@@ -420,6 +447,70 @@ static int check_svdiff_pytorch(const shift_set_t *s, const model_t *m, const ch
     return SD_OK;
 }
 
+/* ---------------------------------------------------------------------------------------
+ * to-lora */
+
+typedef struct {
+    const char *model, *cache, *format, *dtype, *out;
+    int rank, have_rank, have_energy, no_norms, no_emb, force, check;
+    float energy;
+} to_lora_args_t;
+
+static int shifts_to_lora(const char *arg, const to_lora_args_t *a) {
+    lora_export_opts_t o = {.format = LORA_FORMAT_KOHYA, .dtype = ST_F16, .no_norms = a->no_norms,
+                            .no_embeddings = a->no_emb, .force = a->force, .source = arg, .check = a->check};
+    if (!a->model) return fprintf(stderr, "svdiff shifts to-lora: --model M is required (the base model of the shifts)\n"), 2;
+    if (!a->out) return fprintf(stderr, "svdiff shifts to-lora: -o OUT.safetensors is required\n"), 2;
+    if (a->format && !strcmp(a->format, "diffusers")) o.format = LORA_FORMAT_DIFFUSERS;
+    else if (a->format && strcmp(a->format, "kohya"))
+        return fprintf(stderr, "svdiff shifts to-lora: --format must be kohya or diffusers, got '%s'\n", a->format), 2;
+    if (a->dtype) {
+        if (!strcmp(a->dtype, "fp32") || !strcmp(a->dtype, "F32")) o.dtype = ST_F32;
+        else if (!strcmp(a->dtype, "fp16") || !strcmp(a->dtype, "F16")) o.dtype = ST_F16;
+        else if (!strcmp(a->dtype, "bf16") || !strcmp(a->dtype, "BF16")) o.dtype = ST_BF16;
+        else return fprintf(stderr, "svdiff shifts to-lora: --dtype must be fp32, fp16 or bf16, got '%s'\n", a->dtype), 2;
+    }
+    o.max_rank = a->have_rank ? a->rank : 0;
+    o.energy = a->have_energy ? a->energy : a->have_rank ? 1.0 : 0.99;
+    char cache_dir[PATHMAX];
+    if (!a->cache) svd_cache_default_dir(cache_dir, sizeof cache_dir);
+    else snprintf(cache_dir, sizeof cache_dir, "%s", strcmp(a->cache, "none") ? a->cache : "");
+    o.svd_cache_dir = cache_dir;
+
+    target_t t;
+    int rc = target_load(&t, arg, a->force);
+    if (rc) return fail(rc);
+    const shift_set_t *sets[2];
+    int n = 0;
+    for (int p = 0; p < 2; p++)
+        if (t.file[p][0]) sets[n++] = &t.set[p];
+    pipeline_t pl;
+    rc = pipeline_open(&pl, a->model, NULL);
+    lora_export_stats_t st[2];
+    if (!rc) {
+        rc = lora_export(&pl, sets, n, &o, a->out, st);
+        pipeline_close(&pl);
+    }
+    target_free(&t);
+    if (rc) return fail(rc);
+    static const char *const NAME[2] = {"unet", "text encoder"};
+    for (int p = 0; p < 2; p++) {
+        if (!st[p].layers && !st[p].norms && !st[p].zero_layers && !st[p].dropped) continue;
+        printf("%-12s  %d layers, rank %d-%d, kept energy %.6f of ||dW||^2, %d norm diffs, %.1f KiB",
+               NAME[p], st[p].layers, st[p].rank_min, st[p].rank_max,
+               st[p].energy_total > 0 ? st[p].energy_kept / st[p].energy_total : 1.0, st[p].norms, st[p].bytes / 1024.0);
+        if (st[p].zero_layers) printf(", %d unchanged modules skipped", st[p].zero_layers);
+        if (st[p].dropped) printf(", %d shifts left out", st[p].dropped);
+        printf("\n");
+        if (a->check)
+            printf("%-12s  merged-weight error ||W_lora - W_shifted||_F / ||W_shifted - W_base||_F = %.3g\n", "",
+                   st[p].ref2 > 0 ? sqrt(st[p].err2 / st[p].ref2) : 0.0);
+    }
+    printf("wrote %s (%s, %s, %ld bytes)\n", a->out, o.format == LORA_FORMAT_KOHYA ? "kohya" : "diffusers",
+           st_dtype_name(o.dtype), file_size(a->out));
+    return 0;
+}
+
 int cmd_shifts(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
         usage(argc < 2 ? stderr : stdout);
@@ -430,6 +521,7 @@ int cmd_shifts(int argc, char **argv) {
     const char *model = NULL, *cache = NULL;
     const char *layers[64];
     int n_layers = 0, json = 0, force = 0, levels = 4, latent = 64, top_k = 10;
+    to_lora_args_t tl = {0};
     argc--, argv++;   /* argv[0] = the verb, as getopt wants a program name there */
     optind = 1;
     for (int c; (c = getopt_long(argc, argv, "o:h", OPTS, NULL)) != -1;) {
@@ -462,6 +554,29 @@ int cmd_shifts(int argc, char **argv) {
         case O_FORMAT: format = optarg; break;
         case O_MODEL: model = optarg; break;
         case O_CACHE: cache = optarg; break;
+        case O_RANK: {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (*end || end == optarg || v < 1 || v > (1 << 24)) {
+                fprintf(stderr, "svdiff shifts: --rank needs a positive integer, got '%s'\n", optarg);
+                return 2;
+            }
+            tl.rank = (int)v, tl.have_rank = 1;
+            break;
+        }
+        case O_ENERGY: {
+            char *end;
+            const double v = strtod(optarg, &end);
+            if (*end || end == optarg || !(v > 0 && v <= 1)) {
+                fprintf(stderr, "svdiff shifts: --energy needs a fraction in (0, 1], got '%s'\n", optarg);
+                return 2;
+            }
+            tl.energy = (float)v, tl.have_energy = 1;
+            break;
+        }
+        case O_NO_NORMS: tl.no_norms = 1; break;
+        case O_NO_EMB: tl.no_emb = 1; break;
+        case O_CHECK: tl.check = 1; break;
         default: fprintf(stderr, "svdiff shifts: see svdiff shifts --help\n"); return 2;
         }
     }
@@ -472,9 +587,14 @@ int cmd_shifts(int argc, char **argv) {
         if (npos != 1) return fprintf(stderr, "svdiff shifts info: give one shift file or folder\n"), 2;
         return shifts_info(pos[0], json, cache, model, top_k, force);
     }
+    if (!strcmp(verb, "to-lora")) {
+        if (npos != 1) return fprintf(stderr, "svdiff shifts to-lora: give one shift file or training folder\n"), 2;
+        tl.model = model, tl.cache = cache, tl.format = format, tl.dtype = dtype_s, tl.out = out, tl.force = force;
+        return shifts_to_lora(pos[0], &tl);
+    }
     if (strcmp(verb, "combine") && strcmp(verb, "scale") && strcmp(verb, "limit-rank") && strcmp(verb, "mix") &&
         strcmp(verb, "convert")) {
-        fprintf(stderr, "svdiff shifts: unknown verb '%s' (info, combine, scale, limit-rank, mix, convert)\n", verb);
+        fprintf(stderr, "svdiff shifts: unknown verb '%s' (info, combine, scale, limit-rank, mix, convert, to-lora)\n", verb);
         return 2;
     }
     if (!out) return fprintf(stderr, "svdiff shifts %s: -o OUT is required\n", verb), 2;

@@ -217,6 +217,7 @@ typedef struct {
     int te;
     char key[320];     /* module as written in the file (kohya: with '_') */
     const st_tensor_t *A, *B, *alpha;
+    const st_tensor_t *diff, *diff_b;   /* full differences of the weight / bias (LyCORIS "diff") */
 } lora_group_t;
 
 static int ends_with(const char *s, const char *suffix, size_t *stem) {
@@ -233,7 +234,24 @@ static void underscored(char *dst, size_t cap, const char *s) {
         if (*c == '.') *c = '_';
 }
 
-/* A kohya module key back to the model's module path, or 0. */
+typedef struct {
+    const char *key;
+    char *module;
+    size_t cap;
+} kohya_find_t;
+
+static int kohya_visit(void *ctx, const char *path, weight_t *w, clip_ln_t *ln) {
+    (void)w, (void)ln;
+    kohya_find_t *f = ctx;
+    char u[512];
+    underscored(u, sizeof u, path);
+    if (strcmp(u, f->key)) return 0;
+    snprintf(f->module, f->cap, "%s", path);
+    return 1;
+}
+
+/* A kohya module key back to the model's module path (a layer or a norm of the UNet; a linear,
+ * embedding or LayerNorm of the text encoder), or 0. */
 static int kohya_module(pipeline_t *p, int te, const char *key, char *module, size_t cap) {
     char u[512];
     if (!te) {
@@ -241,16 +259,14 @@ static int kohya_module(pipeline_t *p, int te, const char *key, char *module, si
             underscored(u, sizeof u, p->unet.layers[i]->name);
             if (!strcmp(u, key)) return snprintf(module, cap, "%s", p->unet.layers[i]->name), 1;
         }
+        for (int i = 0; i < p->unet.n_norms; i++) {
+            underscored(u, sizeof u, p->unet.norms[i]->name);
+            if (!strcmp(u, key)) return snprintf(module, cap, "%s", p->unet.norms[i]->name), 1;
+        }
         return 0;
     }
-    for (int l = 0; l < p->clip.cfg.num_layers; l++)
-        for (int j = 0; j < 6; j++) {
-            char m[256];
-            snprintf(m, sizeof m, "text_model.encoder.layers.%d.%s", l, CLIP_LINEARS[j]);
-            underscored(u, sizeof u, m);
-            if (!strcmp(u, key)) return snprintf(module, cap, "%s", m), 1;
-        }
-    return 0;
+    kohya_find_t f = {.key = key, .module = module, .cap = cap};
+    return clip_visit_modules(&p->clip, kohya_visit, &f);
 }
 
 static int group_lora_tensors(const st_file_t *f, const char *path, lora_group_t **out, int *n_out) {
@@ -260,7 +276,7 @@ static int group_lora_tensors(const st_file_t *f, const char *path, lora_group_t
     for (int i = 0; i < f->n_tensors; i++) {
         const st_tensor_t *x = &f->tensors[i];
         const char *name = x->name, *body = NULL;
-        int te = 0, role = -1;   /* 0 A, 1 B, 2 alpha */
+        int te = 0, role = -1;   /* 0 A, 1 B, 2 alpha, 3 diff, 4 diff_b */
         size_t stem = 0;
         if (!strncmp(name, "unet.", 5)) body = name + 5;
         else if (!strncmp(name, "text_encoder.", 13)) body = name + 13, te = 1;
@@ -276,33 +292,75 @@ static int group_lora_tensors(const st_file_t *f, const char *path, lora_group_t
                 role = 1;
             else if (ends_with(body, ".alpha", &stem))
                 role = 2;
+            else if (ends_with(body, ".diff", &stem))
+                role = 3;
+            else if (ends_with(body, ".diff_b", &stem))
+                role = 4;
         }
         if (role < 0 || stem >= sizeof g[0].key) {
             free(g);
             return sd_error(SD_ERR_FORMAT, "%s: tensor '%s' is not a LoRA tensor (expected unet.<module>.lora_A.weight / "
                             "lora_B.weight, text_encoder.<module>..., or kohya lora_unet_<module>.lora_down.weight / "
-                            "lora_up.weight / alpha)", path, name);
+                            "lora_up.weight / alpha / diff / diff_b)", path, name);
         }
         int k = 0;
         while (k < n && !(g[k].te == te && strlen(g[k].key) == stem && !strncmp(g[k].key, body, stem))) k++;
         if (k == n) g[n].te = te, snprintf(g[n].key, sizeof g[n].key, "%.*s", (int)stem, body), n++;
         if (role == 0) g[k].A = x;
         else if (role == 1) g[k].B = x;
-        else g[k].alpha = x;
+        else if (role == 2) g[k].alpha = x;
+        else if (role == 3) g[k].diff = x;
+        else g[k].diff_b = x;
     }
     *out = g, *n_out = n;
     return SD_OK;
 }
 
+/* A full difference ("<module>.diff" of the weight, ".diff_b" of the bias) added at `scale`. */
+static int apply_diff(pipeline_t *p, const char *path, int te, const char *module, const st_tensor_t *x, int is_bias,
+                      float scale) {
+    char name[600];
+    snprintf(name, sizeof name, "%s.%s", module, is_bias ? "bias" : "weight");
+    target_t t;
+    if (!resolve_param(p, te, name, &t) || (!t.w && !t.vec))
+        return sd_error(SD_ERR_ARG, "%s: '%s' has no %s in this model's %s to add to", path, x->name,
+                        is_bias ? "bias" : "weight", te ? "text encoder" : "UNet");
+    const size_t n = t.w ? (size_t)t.w->rows * t.w->cols : (size_t)t.n;
+    if ((size_t)x->numel != n || (t.vec && x->ndim != 1)) {
+        char a[96];
+        shape_str(a, sizeof a, x->shape, x->ndim);
+        return sd_error(SD_ERR_SHAPE, "%s: '%s' is %s but %s has %zu values (a LoRA of another model?)", path, x->name,
+                        a, name, n);
+    }
+    float *d = sd_xmalloc(sizeof(float) * (n ? n : 1));
+    int rc = st_read_f32(d, x);
+    if (!rc) rc = check_finite(d, n, path, x->name);
+    if (!rc) {
+        float *dst = t.w ? effective(t.w) : t.vec;
+        for (size_t k = 0; k < n; k++) dst[k] += scale * d[k];
+    }
+    free(d);
+    return rc;
+}
+
 static int apply_lora_group(pipeline_t *p, const st_file_t *f, const char *path, const lora_group_t *g, float scale) {
     char module[512];
-    const int kohya = strchr(g->key, '.') == NULL && (g->A ? !strncmp(g->A->name, "lora_", 5) : 1);
+    const st_tensor_t *any = g->A ? g->A : g->B ? g->B : g->diff ? g->diff : g->diff_b ? g->diff_b : g->alpha;
+    const int kohya = strchr(g->key, '.') == NULL && !strncmp(any->name, "lora_", 5);
     if (kohya) {
         if (!kohya_module(p, g->te, g->key, module, sizeof module))
             return sd_error(SD_ERR_ARG, "%s: LoRA module '%s' is not a layer of this model's %s (a LoRA of another "
                             "model?)", path, g->key, g->te ? "text encoder" : "UNet");
     } else {
         snprintf(module, sizeof module, "%s", g->key);
+    }
+    if (g->diff || g->diff_b) {
+        if (g->A || g->B)
+            return sd_error(SD_ERR_FORMAT, "%s: LoRA module '%s' has both low-rank factors and a full difference", path,
+                            g->key);
+        int rc = g->diff ? apply_diff(p, path, g->te, module, g->diff, 0, scale) : SD_OK;
+        if (!rc && g->diff_b) rc = apply_diff(p, path, g->te, module, g->diff_b, 1, scale);
+        return rc;
     }
     weight_t *w = pipeline_find_weight(p, g->te, module);
     if (!w) return sd_error(SD_ERR_ARG, "%s: LoRA module '%s' is not a layer of this model's %s (a LoRA of another "

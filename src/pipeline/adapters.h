@@ -20,7 +20,10 @@ int pipeline_apply_deltas(pipeline_t *p, const pipeline_shift_t *deltas, int n, 
  * diffusers naming ("unet.<module>.lora_A.weight" [r, in(, kh, kw)], "...lora_B.weight"
  * [out, r(, 1, 1)], "text_encoder.<module>..."; alpha from the "lora_alpha" metadata, else alpha =
  * r) or kohya naming ("lora_unet_<module with _>.lora_down.weight", ".lora_up.weight", ".alpha";
- * "lora_te_..."). Merged as W += scale * alpha / r * B A. Same checks as the deltas. */
+ * "lora_te_..."; kohya names map back to any UNet layer or norm and any text-encoder linear, embedding
+ * or LayerNorm). Merged as W += scale * alpha / r * B A. A module may instead carry a full difference,
+ * "<module>.diff" (weight, e.g. a norm gain from `svdiff shifts to-lora`) and/or ".diff_b" (bias), the
+ * LyCORIS keys, added as W += scale * diff. Same checks as the deltas. */
 int pipeline_apply_loras(pipeline_t *p, const pipeline_shift_t *loras, int n, int force);
 
 /* The weight of a module ("down_blocks.0.resnets.0.conv1", "text_model.encoder.layers.0.mlp.fc1";
