@@ -422,6 +422,106 @@ static void test_state_dict_rules(void **state) {
     free(b.p);
 }
 
+/* Writes a zip of (name, bytes) entries, stored, through libzip. */
+static void write_zip(const char *path, int n, const char *const *names, const buf_t *data) {
+    int err = 0;
+    zip_t *za = zip_open(path, ZIP_CREATE | ZIP_TRUNCATE, &err);
+    assert_non_null(za);
+    for (int i = 0; i < n; i++) {
+        zip_source_t *src = zip_source_buffer(za, data[i].p, data[i].n, 0);
+        assert_non_null(src);
+        zip_int64_t idx = zip_file_add(za, names[i], src, ZIP_FL_OVERWRITE);
+        assert_true(idx >= 0);
+        zip_set_file_compression(za, (zip_uint64_t)idx, ZIP_CM_STORE, 0);
+    }
+    assert_int_equal(zip_close(za), 0);
+}
+
+/* ckpt_open must fail on `path` with `want` in its message. */
+static void open_fails(const char *path, const char *want) {
+    st_file_t f;
+    if (ckpt_open(&f, path) == 0) fail_msg("%s accepted, expected \"%s\"", path, want);
+    assert_contains(sd_last_error(), want);
+    assert_null(f.map);
+}
+
+/* archive rules: a storage key too long for an entry name, two top folders, a storage declared
+ * with two sizes, a byteorder that is neither little nor big; then the same archive made right */
+static void test_archive_rules(void **state) {
+    (void)state;
+    char path[64];
+    snprintf(path, sizeof path, "/tmp/svdiff_ckpt_%ld.ckpt", (long)getpid());
+    buf_t pkl = {0}, w = {0}, order = {0};
+    const float four[4] = {1, 2, 3, 4};
+    put(&w, four, sizeof four);
+    char key[1100];
+    memset(key, 'k', sizeof key - 1);
+    key[sizeof key - 1] = '\0';
+    PUTL(&pkl, "\x80\x02}(");
+    put_str(&pkl, "w");
+    PUTL(&pkl, "ctorch._utils\n_rebuild_tensor_v2\n((");
+    put_str(&pkl, "storage");
+    PUTL(&pkl, "ctorch\nFloatStorage\n");
+    put_str(&pkl, key);
+    put_str(&pkl, "cpu");
+    PUTL(&pkl, "K\x04tQK\x00K\x04\x85K\x01\x85\x89}tRu.");
+    const char *names[3] = {"a/data.pkl", "a/data/0", "a/byteorder"};
+    buf_t parts[3] = {pkl, w, order};
+    write_zip(path, 2, names, parts);
+    open_fails(path, "a storage key of 1099 bytes");
+
+    pkl.n = 0;   /* {"w": storage '0' as 4 floats, "v": storage '0' as 3 floats} */
+    PUTL(&pkl, "\x80\x02}(");
+    for (int i = 0; i < 2; i++) {
+        put_str(&pkl, i ? "v" : "w");
+        PUTL(&pkl, "ctorch._utils\n_rebuild_tensor_v2\n((");
+        put_str(&pkl, "storage");
+        PUTL(&pkl, "ctorch\nFloatStorage\n");
+        put_str(&pkl, "0");
+        put_str(&pkl, "cpu");
+        PUTL(&pkl, "K");
+        const unsigned char numel = i ? 3 : 4;
+        put(&pkl, &numel, 1);
+        PUTL(&pkl, "tQK\x00K\x03\x85K\x01\x85\x89}tR");
+    }
+    PUTL(&pkl, "u.");
+    parts[0] = pkl;
+    write_zip(path, 2, names, parts);
+    open_fails(path, "storage '0' is declared twice, as ");   /* 3 and 4 floats, in qsort's order */
+
+    const char *two[3] = {"a/data.pkl", "b/data.pkl", "a/data/0"};
+    buf_t two_parts[3] = {pkl, pkl, w};
+    write_zip(path, 3, two, two_parts);
+    open_fails(path, "several top folders with a data.pkl");
+
+    pkl.n = 0;   /* {"w": storage '0' as 4 floats, viewed as its first 3} */
+    PUTL(&pkl, "\x80\x02}(");
+    put_str(&pkl, "w");
+    PUTL(&pkl, "ctorch._utils\n_rebuild_tensor_v2\n((");
+    put_str(&pkl, "storage");
+    PUTL(&pkl, "ctorch\nFloatStorage\n");
+    put_str(&pkl, "0");
+    put_str(&pkl, "cpu");
+    PUTL(&pkl, "K\x04tQK\x00K\x03\x85K\x01\x85\x89}tRu.");
+    parts[0] = pkl;
+    PUTL(&order, "middle");
+    parts[2] = order;
+    write_zip(path, 3, names, parts);
+    open_fails(path, "a/byteorder: is not \"little\" or \"big\"");
+    order.n = 0;
+    PUTL(&order, "little");
+    parts[2] = order;
+    write_zip(path, 3, names, parts);
+    st_file_t f;
+    if (ckpt_open(&f, path)) fail_msg("%s", sd_last_error());
+    assert_int_equal(f.n_tensors, 1);
+    assert_int_equal(f.tensors[0].numel, 3);
+    assert_memory_equal(f.tensors[0].data, four, 3 * sizeof(float));
+    st_close(&f);
+    unlink(path);
+    free(pkl.p), free(w.p), free(order.p);
+}
+
 /* ---------------------------------------------------------------------------------------- */
 
 /* The tiny SD 1.x checkpoint as .ckpt (nested, with training state) opens into the same model as
@@ -467,6 +567,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_pickle_values),
         cmocka_unit_test(test_every_truncation_fails),
         cmocka_unit_test(test_state_dict_rules),
+        cmocka_unit_test(test_archive_rules),
         cmocka_unit_test(test_model_open_ckpt),
     };
     return RUN_TESTS(argc, argv, "ckpt", tests, NULL, NULL);
