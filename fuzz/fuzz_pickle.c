@@ -29,7 +29,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         char path[512];
         fuzz_write(fuzz_path(path, sizeof path, "in.ckpt"), data, size);
         st_file_t f;
-        if (fuzz_rc(ckpt_open(&f, path), "ckpt_open") == 0) {
+        if (fuzz_rc(ckpt_open(&f, path, NULL), "ckpt_open") == 0) {
             unsigned sum = 0;
             const unsigned char *lo = f.map, *hi = lo + f.map_size;
             for (int i = 0; i < f.n_tensors; i++) {

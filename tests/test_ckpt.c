@@ -59,7 +59,7 @@ static void check_against_golden(const st_file_t *g, const char *fixture) {
     char path[64];
     snprintf(path, sizeof path, "%s.ckpt", fixture);
     st_file_t f;
-    if (ckpt_open(&f, ck(path))) fail_msg("ckpt_open(%s): %s", path, sd_last_error());
+    if (ckpt_open(&f, ck(path), NULL)) fail_msg("ckpt_open(%s): %s", path, sd_last_error());
     size_t pl = strlen(fixture);
     int n = 0;
     for (int i = 0; i < g->n_tensors; i++) {
@@ -95,7 +95,7 @@ static void test_golden_fixtures(void **state) {
 static void test_views_share_storage(void **state) {
     (void)state;
     st_file_t f, g;
-    assert_int_equal(ckpt_open(&f, ck("views.ckpt")), 0);
+    assert_int_equal(ckpt_open(&f, ck("views.ckpt"), NULL), 0);
     const st_tensor_t *base = st_find(&f, "base"), *rows = st_find(&f, "rows"), *half = st_find(&f, "half"),
                       *tail = st_find(&f, "half_tail"), *tr = st_find(&f, "transposed");
     assert_non_null(base), assert_non_null(rows), assert_non_null(half), assert_non_null(tail), assert_non_null(tr);
@@ -121,7 +121,7 @@ static void test_views_share_storage(void **state) {
 static void test_nested_state_dict(void **state) {
     (void)state;
     st_file_t f;
-    assert_int_equal(ckpt_open(&f, ck("nested.ckpt")), 0);
+    assert_int_equal(ckpt_open(&f, ck("nested.ckpt"), NULL), 0);
     assert_int_equal(f.n_tensors, 2);
     assert_non_null(st_find(&f, "weight"));
     assert_non_null(st_find(&f, "bias"));
@@ -170,7 +170,7 @@ static void test_hostile_files_refused(void **state) {
         const char *path = ck(BAD[i].file);
         st_file_t f;
         sd_clear_error();
-        int rc = ckpt_open(&f, path);
+        int rc = ckpt_open(&f, path, NULL);
         if (rc == 0) fail_msg("%s was accepted", BAD[i].file);
         assert_int_equal(rc, SD_ERR_FORMAT);
         const char *msg = sd_last_error();
@@ -188,7 +188,7 @@ static void test_hostile_files_refused(void **state) {
 static void test_opaque_global_not_run(void **state) {
     (void)state;
     st_file_t f;
-    assert_int_equal(ckpt_open(&f, ck("bad/opaque_nested.ckpt")), 0);
+    assert_int_equal(ckpt_open(&f, ck("bad/opaque_nested.ckpt"), NULL), 0);
     assert_int_equal(f.n_tensors, 1);
     const st_tensor_t *w = st_find(&f, "w");
     assert_non_null(w);
@@ -440,7 +440,7 @@ static void write_zip(const char *path, int n, const char *const *names, const b
 /* ckpt_open must fail on `path` with `want` in its message. */
 static void open_fails(const char *path, const char *want) {
     st_file_t f;
-    if (ckpt_open(&f, path) == 0) fail_msg("%s accepted, expected \"%s\"", path, want);
+    if (ckpt_open(&f, path, NULL) == 0) fail_msg("%s accepted, expected \"%s\"", path, want);
     assert_contains(sd_last_error(), want);
     assert_null(f.map);
 }
@@ -513,7 +513,7 @@ static void test_archive_rules(void **state) {
     parts[2] = order;
     write_zip(path, 3, names, parts);
     st_file_t f;
-    if (ckpt_open(&f, path)) fail_msg("%s", sd_last_error());
+    if (ckpt_open(&f, path, NULL)) fail_msg("%s", sd_last_error());
     assert_int_equal(f.n_tensors, 1);
     assert_int_equal(f.tensors[0].numel, 3);
     assert_memory_equal(f.tensors[0].data, four, 3 * sizeof(float));
@@ -555,6 +555,77 @@ static void test_model_open_ckpt(void **state) {
     model_close(&b);
 }
 
+static int skip_w(const char *name) { return strcmp(name, "w") != 0; }
+static int skip_bias(const char *name) { return strcmp(name, "layer.bias") != 0; }
+
+/* `keep` leaves tensors out, and their storages are never read: a file whose only tensor names a
+ * missing storage opens when that tensor is left out */
+static void test_keep_skips_storages(void **state) {
+    (void)state;
+    st_file_t f;
+    assert_int_equal(ckpt_open(&f, ck("fp32.ckpt"), skip_bias), 0);
+    assert_int_equal(f.n_tensors, 4);
+    assert_null(st_find(&f, "layer.bias"));
+    assert_non_null(st_find(&f, "layer.weight"));
+    st_close(&f);
+    open_fails(ck("bad/storage_missing.ckpt"), "the archive has no entry archive/data/7");
+    assert_int_equal(ckpt_open(&f, ck("bad/storage_missing.ckpt"), skip_w), 0);
+    assert_int_equal(f.n_tensors, 0);
+    st_close(&f);
+}
+
+/* model_open reads no storage of the EMA copy (model_ema.*): with those entries deleted from
+ * the archive the model still opens, while reading every tensor names the missing entry */
+static void test_model_skips_ema(void **state) {
+    (void)state;
+    char src[512], path[64];
+    snprintf(src, sizeof src, "%s", source_path("tests/fixtures/tiny-sd/sd1.ckpt"));
+    snprintf(path, sizeof path, "/tmp/svdiff_ckpt_ema_%ld.ckpt", (long)getpid());
+    size_t n;
+    char *bytes = read_file(src, &n);
+    assert_non_null(bytes);
+    FILE *o = fopen(path, "wb");
+    assert_non_null(o);
+    assert_int_equal(fwrite(bytes, 1, n, o), n);
+    fclose(o);
+    free(bytes);
+    /* the storage keys of the model_ema.* tensors, from the pickle */
+    int err = 0;
+    zip_t *za = zip_open(path, 0, &err);
+    assert_non_null(za);
+    zip_stat_t st;
+    assert_int_equal(zip_stat(za, "sd1/data.pkl", 0, &st), 0);
+    unsigned char *pkl = malloc(st.size);
+    zip_file_t *zf = zip_fopen(za, "sd1/data.pkl", 0);
+    assert_int_equal(zip_fread(zf, pkl, st.size), (zip_int64_t)st.size);
+    zip_fclose(zf);
+    pk_t *pk;
+    ckpt_entry_t *e;
+    int ne, deleted = 0;
+    assert_int_equal(pk_load(&pk, pkl, st.size, "sd1"), 0);
+    assert_int_equal(ckpt_state_dict(pk, "sd1", &e, &ne), 0);
+    for (int i = 0; i < ne; i++)
+        if (!strncmp(e[i].name, "model_ema.", 10)) {
+            char name[128];
+            snprintf(name, sizeof name, "sd1/data/%s", e[i].t->u.tensor.storage->u.storage.key);
+            zip_int64_t idx = zip_name_locate(za, name, 0);
+            assert_true(idx >= 0);
+            assert_int_equal(zip_delete(za, (zip_uint64_t)idx), 0);
+            deleted++;
+        }
+    assert_int_equal(deleted, 3);
+    free(e);
+    pk_free(pk);
+    free(pkl);
+    assert_int_equal(zip_close(za), 0);
+    model_t m;
+    if (model_open(&m, path, NULL)) fail_msg("%s", sd_last_error());
+    assert_int_equal(m.layout, MODEL_LAYOUT_LDM_SD1);
+    model_close(&m);
+    open_fails(path, "the archive has no entry sd1/data/");
+    unlink(path);
+}
+
 int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_golden_fixtures),
@@ -568,6 +639,8 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_every_truncation_fails),
         cmocka_unit_test(test_state_dict_rules),
         cmocka_unit_test(test_archive_rules),
+        cmocka_unit_test(test_keep_skips_storages),
+        cmocka_unit_test(test_model_skips_ema),
         cmocka_unit_test(test_model_open_ckpt),
     };
     return RUN_TESTS(argc, argv, "ckpt", tests, NULL, NULL);

@@ -48,7 +48,7 @@ int cmd_convert_model(int argc, char **argv) {
         return 2;
     }
     st_file_t f;
-    int rc = ckpt_open(&f, in);
+    int rc = ckpt_open(&f, in, NULL);
     if (rc) {
         fprintf(stderr, "svdiff convert-model: %s\n", sd_last_error());
         return 1;

@@ -222,7 +222,7 @@ static void gather(unsigned char *dst, const unsigned char *src, const pk_value_
 
 static size_t align_up(size_t x) { return (x + ALIGN - 1) & ~(size_t)(ALIGN - 1); }
 
-int ckpt_open(st_file_t *f, const char *path) {
+int ckpt_open(st_file_t *f, const char *path, ckpt_keep_fn keep) {
     memset(f, 0, sizeof *f);
     struct stat sb;
     if (stat(path, &sb) != 0) return sd_error(SD_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
@@ -273,6 +273,12 @@ int ckpt_open(st_file_t *f, const char *path) {
     what = sd_xmalloc(wl);
     snprintf(what, wl, "%s: %s", path, name);
     if ((rc = pk_load(&pk, pkl, (size_t)st.size, what)) || (rc = ckpt_state_dict(pk, what, &ents, &n_ent))) goto done;
+    if (keep) {
+        int k = 0;
+        for (int i = 0; i < n_ent; i++)
+            if (keep(ents[i].name)) ents[k++] = ents[i];
+        n_ent = k;
+    }
 
     /* the storages the tensors use, each once */
     uniq = sd_xmalloc((size_t)n_ent * sizeof *uniq + 1);

@@ -21,10 +21,13 @@
 int ckpt_is_path(const char *path);
 
 /* Opens the checkpoint into *f as st_open would a safetensors file: tensors in the archive's
- * dtypes, names as in the state dict, data read-only (a sealed in-memory file mapped by f->map:
- * st_release_pages is safe on it). Errors (SD_ERR_IO / SD_ERR_FORMAT) name the file and, where
- * one is at fault, the archive entry, the pickle byte or the tensor; *f is then left closed. */
-int ckpt_open(st_file_t *f, const char *path);
+ * dtypes, names as in the state dict, data read-only (an in-memory file mapped by f->map:
+ * st_release_pages is safe on it). `keep` (NULL: every tensor) chooses the tensors by name; the
+ * storages of the others are not read (the model loader leaves out the EMA copy of the UNet, half
+ * of a full SD 1.x checkpoint). Errors (SD_ERR_IO / SD_ERR_FORMAT) name the file and, where one
+ * is at fault, the archive entry, the pickle byte or the tensor; *f is then left closed. */
+typedef int (*ckpt_keep_fn)(const char *name);
+int ckpt_open(st_file_t *f, const char *path, ckpt_keep_fn keep);
 
 /* One tensor of the state dict, as the pickle describes it (the first half of ckpt_open, exposed
  * for the fuzz harness and the tests). */

@@ -367,12 +367,22 @@ static int open_folder(model_t *m) {
 /* ---------------------------------------------------------------------------------------- */
 /* LDM single files                                                                         */
 
+/* The tensors of a .ckpt worth reading: all but those the name table ignores (EMA copies,
+ * buffers; none of those rules needs the geometry, which is read from the kept names later). */
+static int ldm_keep(const char *name) {
+    names_geom_t g;
+    memset(&g, 0, sizeof g);
+    names_map_t map;
+    names_ldm_to_diffusers(&map, name, &g);
+    return map.target != NAMES_IGNORE;
+}
+
 static int open_ldm(model_t *m) {
     st_set_t *s = new_set(m);
     int rc;
     if (ckpt_is_path(m->path)) {   /* a PyTorch zip checkpoint: its state dict, same names */
         st_file_t f;
-        if ((rc = ckpt_open(&f, m->path))) return rc;
+        if ((rc = ckpt_open(&f, m->path, ldm_keep))) return rc;
         st_set_adopt(s, &f);
     } else if ((rc = st_set_open(s, m->path))) {
         return rc;

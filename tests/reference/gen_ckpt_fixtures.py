@@ -13,7 +13,8 @@ checked by tests/test_ckpt.c and the cli.ckpt_* tests:
   expected.safetensors    golden values: "<fixture>/<name>" -> the tensor, contiguous, same dtype
   bad/*.ckpt              hostile or broken files, each refused with its own message (table below)
   ../tiny-sd/sd1.ckpt     the tiny SD 1.x single file (tiny-sd/sd1.safetensors) nested under
-                          "state_dict" with training state beside it, for `svdiff generate`
+                          "state_dict" with training state beside it, plus an EMA copy of one
+                          weight (model_ema.*), for `svdiff generate`
   fuzz/corpus/pickle/     seeds of fuzz/fuzz_pickle.c (--corpus): data.pkl files and archives
 
 The hostile pickles that would run a command run `touch "$SVDIFF_PWNED"`; this script checks
@@ -23,9 +24,8 @@ leaves no such file means something. Output is byte-for-byte deterministic (zip 
 """
 import argparse
 import collections
-import io
+import json
 import os
-import pickle
 import struct
 import subprocess
 import sys
@@ -237,7 +237,6 @@ def gen_bad(out):
 def gen_tiny_sd(src, dst):
     """tiny-sd/sd1.safetensors as a Lightning-style .ckpt (weights under "state_dict")."""
     kinds = {"F16": torch.float16, "F32": torch.float32, "I64": torch.int64}
-    import json
     with open(src, "rb") as f:
         n = struct.unpack("<Q", f.read(8))[0]
         header = json.loads(f.read(n))
@@ -248,6 +247,11 @@ def gen_tiny_sd(src, dst):
             continue
         b, e = info["data_offsets"]
         sd[name] = torch.frombuffer(bytearray(data[b:e]), dtype=kinds[info["dtype"]]).reshape(info["shape"]).clone()
+    # an EMA copy of one UNet weight and the EMA's counters, as full SD 1.x checkpoints carry
+    # (model_ema.*, names flattened): the model loader ignores them and never reads their storages
+    sd["model_ema.decay"] = torch.tensor(0.9999)
+    sd["model_ema.num_updates"] = torch.tensor(3, dtype=torch.int32)
+    sd["model_ema.diffusion_modelout2weight"] = sd["model.diffusion_model.out.2.weight"].clone()
     torch.save({"epoch": 0, "global_step": 3, "state_dict": sd,
                 "optimizer_states": [{"state": {0: {"exp_avg": torch.zeros(4)}}, "param_groups": [{"lr": 1e-4}]}]}, dst)
 
