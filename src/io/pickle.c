@@ -327,8 +327,8 @@ static int memo_put(pk_t *k, size_t at, int64_t idx) {
 
 static int memo_get(pk_t *k, size_t at, int64_t idx) {
     if (idx < 0 || idx >= k->memo_cap || !k->memo[idx])
-        return fail(k, at, "memo reference %lld was never stored (the memo holds %lld values)", (long long)idx,
-                    (long long)k->memo_count);
+        return fail(k, at, "memo reference %lld was never stored (the memo holds %lld value%s)", (long long)idx,
+                    (long long)k->memo_count, k->memo_count == 1 ? "" : "s");
     return push(k, at, k->memo[idx]);
 }
 
