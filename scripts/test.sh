@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds the release and the sanitizer (ASan+UBSan) configurations,
-# and runs the whole test suite under both. Closes with "N passed, N failed".
+# and runs the whole test suite under both, then every fuzz harness for a short budget
+# (scripts/fuzz.sh; SVDIFF_FUZZ_SECONDS per harness, default 20, 0 skips fuzzing: each harness
+# counts as one test, failed on any finding). Closes with "N passed, N failed, N skipped".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh || exit 1
@@ -23,5 +25,19 @@ for kind in release asan; do
   [ "$total" = 0 ] && nfail=$((nfail + 1))
   passed=$((passed + total - nfail - nskip)); failed=$((failed + nfail)); skipped=$((skipped + nskip))
 done
+fuzz_secs="${SVDIFF_FUZZ_SECONDS:-20}"
+if [ "$fuzz_secs" -gt 0 ]; then
+  echo "== fuzzing ($fuzz_secs s per harness) =="
+  out=$(scripts/fuzz.sh "$fuzz_secs" 2>&1)
+  printf '%s\n' "$out"
+  nok=$(printf '%s\n' "$out" | grep -c '^fuzz\.[a-z_]*: ok' || true)
+  nbad=$(printf '%s\n' "$out" | grep -c '^fuzz\.[a-z_]*: FAILED' || true)
+  [ "$nok" = 0 ] && [ "$nbad" = 0 ] && nbad=1   # the fuzz build failed
+  passed=$((passed + nok)); failed=$((failed + nbad))
+else
+  nf=$(ls fuzz/fuzz_*.c | wc -l)
+  echo "== fuzzing skipped (SVDIFF_FUZZ_SECONDS=0) =="
+  skipped=$((skipped + nf))
+fi
 echo "tests: $passed passed, $failed failed, $skipped skipped"
 [ "$failed" = 0 ]

@@ -6,6 +6,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/dist.h"
+
 static double seconds_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -27,9 +29,11 @@ void progress_start(progress_t *p, const char *label, long total, const char *un
     p->t_start = p->t_last_print = seconds_now();
     p->tty = isatty(STDERR_FILENO);
     p->last_decile = -1;
+    p->silent = dist_rank() > 0;
 }
 
 static void draw(progress_t *p, int final) {
+    if (p->silent) return;
     const double now = seconds_now(), elapsed = now - p->t_start;
     const double rate = elapsed > 0 ? (p->done - p->base) / elapsed : 0;
     char el[32], eta[32], ratebuf[48];
@@ -76,6 +80,7 @@ void progress_resume(progress_t *p, long done) {
 }
 
 void progress_finish(progress_t *p) {
+    if (p->silent) return;
     if (p->tty) {
         draw(p, 1);
         return;

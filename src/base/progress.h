@@ -11,6 +11,7 @@ typedef struct {
     long base;            /* count already done at start (a resumed run): not part of the rate */
     double t_start, t_last_print;
     int tty, last_decile;
+    int silent;           /* an MPI rank other than 0 (base/dist.h): rank 0 alone reports */
     char extra[96];       /* e.g. "loss 0.0123", shown after the rate */
 } progress_t;
 

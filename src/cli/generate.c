@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "base/dist.h"
 #include "base/error.h"
 #include "base/progress.h"
 #include "base/runtime.h"
@@ -365,19 +366,24 @@ int cmd_generate(int argc, char **argv) {
     g_stop = 0;
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
+    /* Over MPI ranks (mpirun -np N), batch j of the run goes to rank j % N: the batches, their
+     * seeds and so every file are those of one process; each rank writes its own images, rank 0
+     * the grid and the latents file once the others' images have reached it. */
+    const int me = dist_rank(), nranks = dist_size();
     gen_progress_t prog = {0};
     long total_steps = 0;
-    for (int i = 0, bn; i < n_img; i += bn) {
+    for (int i = 0, bn, j = 0; i < n_img; i += bn, j++) {
         bn = batch_len(&plan, i, batch);
-        total_steps += plan.jobs[plan.images[i].job].steps;
+        if (j % nranks == me) total_steps += plan.jobs[plan.images[i].job].steps;
     }
     if (!rc) progress_start(&prog.bar, "generate", total_steps, "step");
     uint8_t **rgb = sd_xcalloc((size_t)n_img, sizeof *rgb);
     image_t *imgs = sd_xcalloc((size_t)n_img, sizeof *imgs);
     int written = 0;
     /* each batch is decoded and its PNGs written as soon as it is sampled */
-    for (int i = 0, bn; !rc && i < n_img; i += bn) {
+    for (int i = 0, bn, j = 0; !rc && i < n_img; i += bn, j++) {
         bn = batch_len(&plan, i, batch);
+        if (j % nranks != me) continue;   /* another rank's batch */
         const prompt_image_t *im = &plan.images[i];
         const prompt_job_t *job = &plan.jobs[im->job];
         int jc, jh, jw;
@@ -406,7 +412,20 @@ int cmd_generate(int argc, char **argv) {
         if (!rc && g_stop) rc = sd_error(SD_ERR_INTERRUPTED, "interrupted");
     }
     if (!rc) progress_finish(&prog.bar);
-    if (!rc && save_path) {
+    rc = dist_agree(rc);   /* a rank that failed stops them all here, with its message */
+    const int all_sampled = !rc;   /* the same on every rank */
+    for (int i = 0, bn, j = 0; !rc && nranks > 1 && (grid || save_path) && i < n_img; i += bn, j++) {
+        bn = batch_len(&plan, i, batch);   /* one prompt: one size */
+        const prompt_job_t *job = &plan.jobs[plan.images[i].job];
+        const size_t bytes = (size_t)job->width * job->height * 3;
+        for (int k = i; k < i + bn && !rc; k++) {
+            if (!rgb[k]) rgb[k] = sd_xmalloc(bytes);
+            imgs[k].w = job->width, imgs[k].h = job->height, imgs[k].rgb = rgb[k];
+            rc = dist_bcast(rgb[k], bytes, j % nranks);
+        }
+        if (!rc && save_path) rc = dist_bcast(all_latents + (size_t)i * per, sizeof(float) * per * bn, j % nranks);
+    }
+    if (!rc && save_path && me == 0) {   /* rank 0 writes the files of all the images */
         st_writer_t *sw = st_writer_new();
         int64_t shape[4] = {n_img, C, h, w};
         char seedbuf[32];
@@ -419,7 +438,7 @@ int cmd_generate(int argc, char **argv) {
         rc = st_writer_save(sw, save_path);
         st_writer_free(sw);
     }
-    if (!rc && grid) {
+    if (!rc && grid && me == 0) {
         image_t g;
         rc = image_grid(&g, imgs, n_img, 0, 2);
         const char *keys[1] = {"Software"}, *vals[1] = {"svdiff " SVDIFF_VERSION};
@@ -432,9 +451,11 @@ int cmd_generate(int argc, char **argv) {
     struct timespec t1;
     clock_gettime(CLOCK_MONOTONIC, &t1);
     const int stopped = rc == SD_ERR_INTERRUPTED ? (int)g_stop : 0;
-    if (!rc && !single) fprintf(stderr, "%d images of %d prompts (%s)\n", n_img, plan.n_jobs, prompts_path);
-    if (!rc) fprintf(stderr, "done in %.2f s\n", (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec));
-    else if (stopped)
+    if (all_sampled) rc = dist_agree(rc);   /* rank 0's grid or latents file failed: every rank fails */
+    if (!rc && !single && me == 0) fprintf(stderr, "%d images of %d prompts (%s)\n", n_img, plan.n_jobs, prompts_path);
+    if (!rc) {
+        if (me == 0) fprintf(stderr, "done in %.2f s\n", (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec));
+    } else if (stopped)
         fprintf(stderr, "%ssvdiff generate: interrupted by %s: %d of %d images written%s\n",
                 prog.bar.tty ? "\n" : "", stopped == SIGINT ? "SIGINT" : "SIGTERM", written, n_img,
                 grid || save_path ? " (no grid or latents file)" : "");

@@ -11,6 +11,11 @@ typedef struct {
     uint8_t *rgb;   /* [h, w, 3], row-major */
 } image_t;
 
+/* Largest image image_load decodes: 2^26 pixels (8192 x 8192). Decoding costs about 7 bytes a
+ * pixel, and a header of a few hundred bytes can claim 16383 x 16383 (4 GB and 15 s to decode
+ * nothing: fuzz/regressions/image/), so the size is checked before any pixel is decoded. */
+#define IMAGE_MAX_PIXELS (1L << 26)
+
 /* PNG (any colour type, bit depth, interlacing, tRNS) or JPEG (grey, RGB, CMYK), found by the
  * file's signature, as 8-bit RGB; alpha is composited on white (emoji, logos), 16-bit samples keep
  * their high byte. Strict: a bad CRC, a palette index past the palette, a truncated or corrupt

@@ -22,7 +22,7 @@
 #include "io/outputs.h"
 
 #define MAX_FILE_BYTES ((size_t)1 << 30)   /* no training image comes near; refuses /dev/zero and the like */
-#define MAX_PIXELS ((size_t)1 << 28)       /* image_alloc's limit, checked before decoding */
+#define MAX_PIXELS ((size_t)IMAGE_MAX_PIXELS)   /* image.h: checked before decoding */
 
 typedef struct {
     jmp_buf jmp;
@@ -41,7 +41,8 @@ static void decode_free(decode_t *d) {
 
 static int size_ok(decode_t *d, size_t w, size_t h) {
     if (w == 0 || h == 0 || w * h > MAX_PIXELS) {
-        snprintf(d->why, sizeof d->why, "image size %zu x %zu is out of range", w, h);
+        snprintf(d->why, sizeof d->why, "image is %zu x %zu pixels; this program reads 1 to %zu pixels", w, h,
+                 MAX_PIXELS);
         return 0;
     }
     return 1;

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/dist.h"
 #include "base/error.h"
 #include "io/outputs.h"
 #include "io/safetensors.h"
@@ -30,7 +31,9 @@ char *train_config_json(const trainer_t *t) {
     cJSON_AddBoolToObject(o, "center_crop", c->center_crop);
     cJSON_AddBoolToObject(o, "flip", c->flip);
     cJSON_AddNumberToObject(o, "batch_size", c->batch_size);
-    cJSON_AddNumberToObject(o, "grad_accum", c->grad_accum);
+    /* micro-batches per step: N MPI ranks with A each are the steps of one process with N x A,
+     * so a checkpoint resumes with any N that keeps the product (trainer.c, data parallelism) */
+    cJSON_AddNumberToObject(o, "grad_accum", c->grad_accum * dist_size());
     cJSON_AddNumberToObject(o, "steps", c->steps);
     cJSON_AddNumberToObject(o, "lr", c->lr);
     cJSON_AddNumberToObject(o, "lr_1d", c->lr_1d);

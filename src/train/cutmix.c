@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/dist.h"
 #include "base/error.h"
 #include "diffusion/diffusion.h"
 #include "models/vae.h"
@@ -259,6 +260,7 @@ int multi_classes(trainer_t *t) {
                                        c->resolution, c->class_steps, c->class_cfg, c->seed ^ (0xa54ff53a5f1d36f1ull + i));
         image_set_t s = {0};
         if (!rc) rc = image_set_scan(&s, ms->class_dir[i], "--subject-class", 0, 0, prompt, &t->prompts, t->p.tok);
+        rc = dist_agree(rc);   /* the MPI ranks stop together (class_images_generate is collective) */
         if (rc) {
             image_set_free(&s);
             return rc;
@@ -387,7 +389,7 @@ int multi_next_batch(trainer_t *t) {
             ms->n_singles++;
         }
     }
-    for (int r = 0; r < rows; r++) {
+    for (int r = 0; r < rows && !t->draw_only; r++) {   /* draw_only: another rank's rows (trainer.h) */
         image_set_t *set = r < B ? &t->inst : &t->cls;
         const float *dist;
         int rc = composite[r] ? composite_dist(t, &set->img[pic[r][0]], &set->img[pic[r][1]], &dist)
@@ -396,6 +398,7 @@ int multi_next_batch(trainer_t *t) {
         rng_fill_normal(&t->rng, t->lat_noise, L);
         train_sample_latent(&t->p, t->x0 + r * L, dist, t->lat_noise, L);
     }
+    for (int r = 0; r < rows && t->draw_only; r++) rng_fill_normal(&t->rng, t->lat_noise, L);
     for (int r = 0; r < rows; r++) t->ts[r] = rng_randint(&t->rng, t->p.sched.T);
     rng_fill_normal(&t->rng, t->eps, (size_t)rows * L);
     if (ms->unmix_on) unmix_clear(&ms->unmix);

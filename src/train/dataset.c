@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "base/dist.h"
 #include "base/error.h"
 #include "base/progress.h"
 #include "io/image.h"
@@ -323,25 +324,43 @@ static void on_class_step(void *vctx, int step, int num_steps, float t, const fl
 int class_images_generate(pipeline_t *p, const char *dir, const char *prompt, int have, int want, int res,
                           int steps, float cfg, uint64_t seed) {
     if (have >= want) return SD_OK;
+    const int missing = want - have, me = dist_rank(), N = dist_size();
+    int rc = SD_OK;
     if (mkdir(dir, 0777) && errno != EEXIST)
-        return sd_error(SD_ERR_IO, "--class-dir %s: cannot create the folder: %s", dir, strerror(errno));
-    const int missing = want - have;
-    fprintf(stderr, "generating %d class image%s in %s with \"%s\"\n", missing, missing == 1 ? "" : "s", dir, prompt);
+        rc = sd_error(SD_ERR_IO, "--class-dir %s: cannot create the folder: %s", dir, strerror(errno));
+    /* The numbers to fill: the first `missing` free class-NNNNN.png (kept files from an earlier
+     * run are reused), listed by every rank before any rank writes. Image k always has seed + k,
+     * so the files do not depend on the number of ranks; rank r makes the j-th of them for
+     * j % N == r. */
+    int *todo = sd_xmalloc(sizeof(int) * (size_t)missing);
+    for (int k = 0, n = 0; n < missing && !rc; k++) {
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s/class-%05d.png", dir, k);
+        struct stat st;
+        if (stat(path, &st)) todo[n++] = k;
+    }
+    if ((rc = dist_agree(rc))) {
+        free(todo);
+        return rc;
+    }
+    const int mine = missing / N + (me < missing % N);
+    if (me == 0)
+        fprintf(stderr, "generating %d class image%s in %s with \"%s\"%s\n", missing, missing == 1 ? "" : "s", dir, prompt,
+                N > 1 ? " (split over the MPI ranks)" : "");
     int C, h, w;
     pipeline_latent_shape(p, res, res, &C, &h, &w);
     float *lat = sd_xmalloc(sizeof(float) * (size_t)C * h * w);
     progress_t bar;
     class_progress_t cp = {&bar, 0};
-    progress_start(&bar, "class images", (long)missing * steps, "step");
-    int rc = SD_OK, made = 0;
-    for (int k = 0; made < missing && !rc; k++) {
+    if (me == 0) progress_start(&bar, "class images", (long)mine * steps, "step");
+    int made = 0;
+    for (int j = me; j < missing && !rc; j += N) {
+        const int k = todo[j];
         char path[PATH_MAX];
         snprintf(path, sizeof path, "%s/class-%05d.png", dir, k);
-        struct stat st;
-        if (!stat(path, &st)) continue;   /* kept from an earlier run: reused */
         txt2img_opts_t o = {.prompt = prompt, .width = res, .height = res, .steps = steps, .cfg = cfg,
                             .sampler = SAMPLER_DDIM, .seed = seed + (uint64_t)k, .batch = 1,
-                            .progress = on_class_step, .progress_ctx = &cp};
+                            .progress = me == 0 ? on_class_step : NULL, .progress_ctx = &cp};
         cp.base = (long)made * steps;
         rc = pipeline_txt2img(p, &o, NULL, lat);
         uint8_t *rgb = NULL;
@@ -358,9 +377,9 @@ int class_images_generate(pipeline_t *p, const char *dir, const char *prompt, in
         free(rgb);
         made++;
     }
-    if (!rc) progress_finish(&bar);
-    free(lat);
-    return rc;
+    if (!rc && me == 0) progress_finish(&bar);
+    free(lat), free(todo);
+    return dist_agree(rc);   /* every file is there before any rank scans the folder */
 }
 
 /* ---- epoch order ---- */

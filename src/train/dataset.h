@@ -71,7 +71,9 @@ void train_sample_latent(const pipeline_t *p, float *x0, const float *dist, cons
 
 /* Makes sure `dir` holds at least `want` images, generating the missing ones with the base model
  * (txt2img of `prompt`, `steps` DDIM steps, guidance `cfg`, res x res) as "class-NNNNN.png", image
- * k seeded with seed + k. `have` is the number already there. Creates `dir` if needed. */
+ * k seeded with seed + k. `have` is the number already there. Creates `dir` if needed. Collective
+ * over MPI ranks (base/dist.h): every rank calls it, each makes its share, and it returns when all
+ * the files are written (the same files whatever the number of ranks). */
 int class_images_generate(pipeline_t *p, const char *dir, const char *prompt, int have, int want, int res,
                           int steps, float cfg, uint64_t seed);
 

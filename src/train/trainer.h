@@ -23,7 +23,15 @@
  * optionally an EMA of the weights (updated after every optimizer step, used for the sample grids
  * and saved as the model). The data are an instance folder or (cfg.data_tsv) a captioned TSV data
  * set: its training rows, in file order, are the items of the epoch order, batch_size rows per
- * micro-batch, each with its own caption. The output is OUT_DIR as a diffusers model folder. */
+ * micro-batch, each with its own caption. The output is OUT_DIR as a diffusers model folder.
+ *
+ * Over MPI (`mpirun -np N svdiff train|pretrain`, base/dist.h): N ranks with --batch-size B and
+ * --gradient-accumulation-steps A run the steps of one process with batch B and accumulation
+ * N x A, bit for bit where the step's gradients fit the exact path (trainer.c, "Data
+ * parallelism"): every rank draws all N x A micro-batches of a step from the shared streams and
+ * trains its A; the micro-batch gradients are added in order on every rank; AdamW runs on every
+ * rank. Rank 0 alone locks and writes the output folder (loss.csv, samples, checkpoints,
+ * results); checkpoints record N x A, so they resume with any N that keeps the product. */
 #ifndef SVDIFF_TRAIN_TRAINER_H
 #define SVDIFF_TRAIN_TRAINER_H
 
@@ -161,6 +169,8 @@ typedef struct {
     FILE *csv;
     run_lock_t lock;          /* of cfg.out_dir, held from trainer_open to trainer_close (runlock.h) */
     struct multisubject *ms;  /* several subjects (cfg.n_subjects > 0), train/cutmix.h */
+    int draw_only;            /* next batch: consume the draws of a micro-batch another MPI rank
+                                 trains, without loading, encoding or composing its images */
 } trainer_t;
 
 /* The whole set-up of `svdiff train`: checks every input (model, folders, images, prompts, output
