@@ -3,7 +3,7 @@
 # Usage: scripts/install-deps.sh [--reference]   (--reference adds PyTorch for tests/reference/)
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config libopenblas-dev libopenblas0-openmp liblapacke-dev
-      libcjson-dev libcmocka-dev libpng-dev libjpeg-dev openmpi-bin libopenmpi-dev
+      libcjson-dev libcmocka-dev libpng-dev libjpeg-dev libzip-dev openmpi-bin libopenmpi-dev
       clang libfuzzer-14-dev libomp-14-dev)   # the libFuzzer harnesses (scripts/fuzz.sh)
 if [ "${1:-}" = "--reference" ]; then pkgs+=(python3-torch python3-numpy python3-regex); fi
 missing=()

@@ -7,6 +7,7 @@
 
 int cmd_attention_leakage(int argc, char **argv);
 int cmd_compare(int argc, char **argv);
+int cmd_convert_model(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_edit(int argc, char **argv);
 int cmd_generate(int argc, char **argv);

@@ -33,7 +33,7 @@ static void usage(FILE *f) {
             "usage: svdiff generate --model PATH --prompt TEXT [options] -o OUT.png\n"
             "       svdiff generate --model PATH --prompts FILE [options] -o OUT.png\n\n"
             "Generates images from a text prompt, or from many prompts with the model loaded once.\n\n"
-            "  --model PATH            diffusers model folder or single-file .safetensors checkpoint\n"
+            "  --model PATH            diffusers model folder or single-file .safetensors or .ckpt checkpoint\n"
             "  --tokenizer DIR         CLIP tokenizer folder (vocab.json, merges.txt); needed for single files\n"
             CLI_MODEL_HELP
             "  --prompt TEXT           what to draw\n"

@@ -18,11 +18,12 @@ static void usage(FILE *f) {
     fprintf(f,
             "usage: svdiff info --model DIR|FILE [--tokenizer DIR] [--prediction-type T] [--scheduler-config FILE] [--json]\n\n"
             "Opens a Stable Diffusion 1.x/2.x model and describes it, without reading the weights\n"
-            "(the files are memory-mapped; only their headers are parsed).\n\n"
+            "(the files are memory-mapped; only their headers are parsed; a .ckpt's storages are read).\n\n"
             "options:\n"
             "  --model PATH      a diffusers folder (model_index.json, unet/, vae/, text_encoder/,\n"
             "                    scheduler/, tokenizer/) or a single-file CompVis/LDM checkpoint\n"
-            "                    (.safetensors; SD 1.x with CLIP-L or SD 2.x with OpenCLIP text)\n"
+            "                    (.safetensors, or a PyTorch .ckpt whose pickle is read without running\n"
+            "                    anything; SD 1.x with CLIP-L or SD 2.x with OpenCLIP text)\n"
             "  --tokenizer DIR   folder with vocab.json and merges.txt (single files carry none;\n"
             "                    for folders it replaces the model's tokenizer/)\n"
             CLI_MODEL_HELP

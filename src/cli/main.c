@@ -20,6 +20,7 @@ static const command_t COMMANDS[] = {
     {"attention-leakage", cmd_attention_leakage,
      "share of each identifier's cross-attention in the other subject's half (multi-subject prompts)", 0},
     {"compare", cmd_compare, "pixel MSE and PSNR of image pairs (drift of samples, reconstructions)", 0},
+    {"convert-model", cmd_convert_model, "write a PyTorch .ckpt checkpoint's weights as safetensors (no code is run)", 0},
     {"eval", cmd_eval, "denoising loss of images under a prompt at fixed timesteps and noise (compare models)", 0},
     {"edit", cmd_edit, "edit one image by changing its prompt (fine-tuned shifts + DDIM inversion, CoSINE)", 0},
     {"generate", cmd_generate, "generate images from a text prompt", 1},

@@ -59,7 +59,7 @@ static void usage(FILE *f) {
             "on a few images of a subject; writes OUT_DIR/spectral_shifts.safetensors (+ _te with\n"
             "--train-text-encoder), OUT_DIR/loss.csv and, with --sample-every, OUT_DIR/samples/step-N.png.\n\n"
             "data:\n"
-            "  --model PATH               diffusers folder or single-file .safetensors checkpoint\n"
+            "  --model PATH               diffusers folder or single-file .safetensors or .ckpt checkpoint\n"
             "  --tokenizer DIR            CLIP tokenizer folder (needed for single files)\n"
             CLI_MODEL_HELP
             "  --instance-dir DIR         images of the subject (PNG, JPEG, any size); img.txt next to img.png\n"

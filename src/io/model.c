@@ -1,7 +1,8 @@
 /* model_open: a diffusers folder (model_index.json, per-component config.json and safetensors,
- * sharded or not, fp16 variants accepted) or an LDM single file (SD 1.x / 2.x), into components
- * of zero-copy views named the diffusers way, every component validated against its config.
- * Only headers are read: the tensor data stays untouched in the mmap until a model uses it. */
+ * sharded or not, fp16 variants accepted) or an LDM single file (SD 1.x / 2.x; .safetensors, or a
+ * PyTorch .ckpt whose storages io/ckpt.c copies into memory), into components of zero-copy views
+ * named the diffusers way, every component validated against its config. Of safetensors only the
+ * headers are read: the tensor data stays untouched in the mmap until a model uses it. */
 #include "io/model.h"
 
 #include <errno.h>
@@ -12,6 +13,7 @@
 #include <sys/stat.h>
 
 #include "base/error.h"
+#include "io/ckpt.h"
 #include "io/outputs.h"
 #include "io/model_config.h"
 #include "io/names.h"
@@ -365,10 +367,26 @@ static int open_folder(model_t *m) {
 /* ---------------------------------------------------------------------------------------- */
 /* LDM single files                                                                         */
 
+/* The tensors of a .ckpt worth reading: all but those the name table ignores (EMA copies,
+ * buffers; none of those rules needs the geometry, which is read from the kept names later). */
+static int ldm_keep(const char *name) {
+    names_geom_t g;
+    memset(&g, 0, sizeof g);
+    names_map_t map;
+    names_ldm_to_diffusers(&map, name, &g);
+    return map.target != NAMES_IGNORE;
+}
+
 static int open_ldm(model_t *m) {
     st_set_t *s = new_set(m);
-    int rc = st_set_open(s, m->path);
-    if (rc) return rc;
+    int rc;
+    if (ckpt_is_path(m->path)) {   /* a PyTorch zip checkpoint: its state dict, same names */
+        st_file_t f;
+        if ((rc = ckpt_open(&f, m->path, ldm_keep))) return rc;
+        st_set_adopt(s, &f);
+    } else if ((rc = st_set_open(s, m->path))) {
+        return rc;
+    }
     m->n_sets++;
 
     int has_unet = 0, clip = 0, openclip = 0;
@@ -506,9 +524,9 @@ int model_open(model_t *m, const char *path, const model_open_options_t *opt) {
         rc = open_folder(m);
     } else {
         size_t n = strlen(path);
-        if (n < 12 || strcmp(path + n - 12, ".safetensors") != 0)
-            rc = sd_error(SD_ERR_FORMAT, "%s: not a .safetensors file or a diffusers folder (pickled .ckpt "
-                          "files are not read: convert them to safetensors)", path);
+        if ((n < 12 || strcmp(path + n - 12, ".safetensors") != 0) && !ckpt_is_path(path))
+            rc = sd_error(SD_ERR_FORMAT, "%s: not a .safetensors file, a PyTorch .ckpt / .pt / .pth checkpoint or a "
+                          "diffusers folder", path);
         else
             rc = open_ldm(m);
     }

@@ -44,12 +44,13 @@ typedef struct {
                                       replacing the model's; NULL: the model's */
 } model_open_options_t;
 
-/* Opens `path` (a folder or a .safetensors file). Errors (SD_ERR_IO / SD_ERR_FORMAT /
- * SD_ERR_SHAPE) name the file and the offending tensor or config key.
+/* Opens `path` (a folder, a .safetensors file, or a PyTorch .ckpt / .pt / .pth checkpoint).
+ * Errors (SD_ERR_IO / SD_ERR_FORMAT / SD_ERR_SHAPE) name the file and the offending tensor or
+ * config key.
  * The scheduler config's prediction_type is decided, first match wins (m->prediction_why says
  * which): opt->prediction_type; prediction_type in opt->scheduler_config; for a diffusers folder
- * its scheduler_config.json; for a single file NAME.safetensors (whose tensors cannot say whether
- * the model predicts noise or v) the LDM config NAME.yaml beside it (model.params.parameterization,
+ * its scheduler_config.json; for a single file NAME.safetensors or NAME.ckpt (whose tensors cannot
+ * say whether the model predicts noise or v) the LDM config NAME.yaml beside it (model.params.parameterization,
  * as A1111 reads it), then the file's metadata (modelspec.prediction_type, kohya's
  * ss_v_parameterization, modelspec.architecture *-768-v), then a guess: SD 1.x is epsilon; SD 2.x
  * is what ComfyUI picks (v_prediction when the population std of the last up block's

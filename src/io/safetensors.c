@@ -425,23 +425,34 @@ static int parse_header(st_file_t *f, const unsigned char *hdr, uint64_t n, uint
         for (int i = 0; i < nt; i++) f->tensors[i].data = data + spans[i].begin;
     }
     free(spans);
-    if (rc == 0) {
-        int *idx = name_index(f);
-        st_named_t *byname = sd_xmalloc((size_t)nt * sizeof(st_named_t) + 1);
-        for (int i = 0; i < nt; i++) { byname[i].name = f->tensors[i].name; byname[i].i = i; }
-        qsort(byname, (size_t)nt, sizeof(st_named_t), cmp_names);
-        for (int i = 0; i < nt; i++) idx[i] = byname[i].i;
-        free(byname);
-        for (int i = 1; i < nt; i++)
-            if (strcmp(f->tensors[idx[i - 1]].name, f->tensors[idx[i]].name) == 0) {
-                rc = sd_error(SD_ERR_FORMAT, "%s: duplicate tensor name '%s'", path,
-                              f->tensors[idx[i]].name);
-                break;
-            }
-    }
+    if (rc == 0) rc = st_file_index(f);
 done:
     cJSON_Delete(root);
     free(buf);
+    return rc;
+}
+
+void st_file_alloc(st_file_t *f, int n) {
+    f->tensors = sd_xcalloc(1, (size_t)n * (sizeof(st_tensor_t) + sizeof(int)) + 1);
+    f->n_tensors = n;
+}
+
+int st_file_index(st_file_t *f) {
+    const int nt = f->n_tensors;
+    int *idx = name_index(f), rc = 0;
+    st_named_t *byname = sd_xmalloc((size_t)nt * sizeof(st_named_t) + 1);
+    for (int i = 0; i < nt; i++) { byname[i].name = f->tensors[i].name; byname[i].i = i; }
+    qsort(byname, (size_t)nt, sizeof(st_named_t), cmp_names);
+    for (int i = 0; i < nt; i++) idx[i] = byname[i].i;
+    free(byname);
+    for (int i = 0; i < nt && rc == 0; i++) {
+        const char *name = f->tensors[idx[i]].name;
+        const size_t len = strlen(name);
+        if (i > 0 && strcmp(f->tensors[idx[i - 1]].name, name) == 0)
+            rc = sd_error(SD_ERR_FORMAT, "%s: duplicate tensor name '%s'", f->path, name);
+        else if (utf8_check((const unsigned char *)name, len) != len)   /* a header of another format */
+            rc = sd_error(SD_ERR_FORMAT, "%s: tensor name '%s' is not valid UTF-8", f->path, name);
+    }
     return rc;
 }
 
@@ -715,22 +726,26 @@ done:
     return rc;
 }
 
+void st_set_adopt(st_set_t *s, st_file_t *f) {
+    memset(s, 0, sizeof *s);
+    s->files = sd_xcalloc(1, sizeof(st_file_t));
+    s->files[0] = *f;
+    memset(f, 0, sizeof *f);
+    s->n_files = 1;
+    const st_file_t *g = &s->files[0];
+    s->n_tensors = g->n_tensors;
+    s->tensors = sd_xmalloc((size_t)g->n_tensors * sizeof(st_tensor_t *) + 1);
+    const int *idx = name_index(g);
+    for (int i = 0; i < g->n_tensors; i++) s->tensors[i] = &g->tensors[idx[i]];
+}
+
 int st_set_open(st_set_t *s, const char *path) {
     memset(s, 0, sizeof *s);
     if (ends_with(path, ".json")) return set_open_index(s, path);
-    s->files = sd_xcalloc(1, sizeof(st_file_t));
-    int rc = st_open(&s->files[0], path);
-    if (rc) {
-        free(s->files);
-        s->files = NULL;
-        return rc;
-    }
-    s->n_files = 1;
-    const st_file_t *f = &s->files[0];
-    s->n_tensors = f->n_tensors;
-    s->tensors = sd_xmalloc((size_t)f->n_tensors * sizeof(st_tensor_t *) + 1);
-    const int *idx = name_index(f);
-    for (int i = 0; i < f->n_tensors; i++) s->tensors[i] = &f->tensors[idx[i]];
+    st_file_t f;
+    int rc = st_open(&f, path);
+    if (rc) return rc;
+    st_set_adopt(s, &f);
     return 0;
 }
 

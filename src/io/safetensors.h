@@ -50,6 +50,13 @@ void st_close(st_file_t *f);
 const st_tensor_t *st_find(const st_file_t *f, const char *name);   /* NULL if absent */
 const char *st_meta(const st_file_t *f, const char *key);            /* NULL if absent */
 
+/* For readers of other formats that fill an st_file_t (io/ckpt.c): st_file_alloc makes room for
+ * n zeroed tensors in the layout st_find expects (f->n_tensors = n); once names and views are
+ * set, st_file_index sorts the name index, refusing a repeated name or one that is not UTF-8.
+ * st_close frees the names and unmaps f->map. */
+void st_file_alloc(st_file_t *f, int n);
+int st_file_index(st_file_t *f);
+
 /* Drops the whole pages of bytes [offset, offset + n) of a tensor's data from the process's
  * resident set (madvise DONTNEED on the read-only mapping). Only for tensors of an opened
  * file (st_open): on anonymous memory DONTNEED would zero the data. The page cache keeps the
@@ -74,6 +81,8 @@ typedef struct {
 } st_set_t;
 
 int st_set_open(st_set_t *s, const char *path);  /* path: a .safetensors or an .index.json */
+/* A set of the one opened file *f, which the set now owns (*f is left empty). */
+void st_set_adopt(st_set_t *s, st_file_t *f);
 void st_set_close(st_set_t *s);
 const st_tensor_t *st_set_find(const st_set_t *s, const char *name);
 

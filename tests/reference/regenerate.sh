@@ -22,3 +22,4 @@ mkdir -p "$root/tests/fixtures"
 "$py" "$here/gen_toolbox_golden.py" --model "$root/tests/fixtures/tiny-sd/diffusers" --out "$root/tests/fixtures/toolbox"
 mkdir -p "$root/tests/fixtures/lora" && "$py" "$here/gen_lora_golden.py" --out "$root/tests/fixtures/lora/golden.safetensors"
 "$py" "$here/gen_svdiff_pytorch_table.py" --model "$root/tests/fixtures/tiny-sd/diffusers" --out "$root/tests/fixtures/svdiff_pytorch"  # after tiny-sd (reads its configs); needs no torch
+"$py" "$here/gen_ckpt_fixtures.py" --out "$root/tests/fixtures/ckpt" --corpus "$root/fuzz/corpus/pickle"  # after tiny-sd (converts sd1.safetensors to sd1.ckpt)

@@ -1,0 +1,75 @@
+# ctest script (CMakeLists.txt, cli.ckpt_hostile): hostile and broken .ckpt files
+# (tests/fixtures/ckpt/bad, tests/reference/gen_ckpt_fixtures.py) given to `svdiff info`,
+# `svdiff generate` and `svdiff convert-model`: each run must exit 1 with one "svdiff <verb>: ..."
+# line that names the file and the reason, write no output, and leave no trace of its payload
+# (the payloads run `touch "$SVDIFF_PWNED"` under Python's unpickler). A file whose only hostile
+# part is an unrecognised global beside the state dict converts, and runs nothing either.
+#   cmake -DSVDIFF=<svdiff> -DSRC=<source dir> -DWORK=<scratch dir> -P this
+cmake_minimum_required(VERSION 3.18)
+foreach(v SVDIFF SRC WORK)
+  if(NOT DEFINED ${v})
+    message(FATAL_ERROR "define ${v}")
+  endif()
+endforeach()
+set(bad ${SRC}/tests/fixtures/ckpt/bad)
+set(tok ${SRC}/tests/fixtures/tiny-sd/diffusers/tokenizer)
+file(REMOVE_RECURSE ${WORK})
+file(MAKE_DIRECTORY ${WORK})
+set(ENV{SVDIFF_PWNED} ${WORK}/pwned)
+
+function(check_clean what)
+  if(EXISTS ${WORK}/pwned)
+    message(FATAL_ERROR "${what}: the payload ran (${WORK}/pwned exists)")
+  endif()
+  if(EXISTS ${WORK}/out.safetensors OR EXISTS ${WORK}/out.png)
+    message(FATAL_ERROR "${what}: an output was written")
+  endif()
+endfunction()
+
+# expect_fail(<file> <substring>): every verb refuses tests/fixtures/ckpt/bad/<file>
+function(expect_fail file want)
+  foreach(verb info generate convert-model)
+    if(verb STREQUAL "info")
+      set(args info --model ${bad}/${file})
+    elseif(verb STREQUAL "generate")
+      set(args generate --model ${bad}/${file} --tokenizer ${tok} --prompt cat --steps 1 --width 16 --height 16 -o ${WORK}/out.png)
+    else()
+      set(args convert-model ${bad}/${file} -o ${WORK}/out.safetensors)
+    endif()
+    execute_process(COMMAND ${SVDIFF} ${args} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+    string(STRIP "${err}" err)
+    string(FIND "${err}" "\n" nl)
+    if(NOT rc EQUAL 1 OR NOT nl EQUAL -1)
+      message(FATAL_ERROR "svdiff ${args}: want exit 1 and one error line, got ${rc}:\n${err}")
+    endif()
+    foreach(part "svdiff ${verb}: " "${bad}/${file}" "${want}")
+      string(FIND "${err}" "${part}" at)
+      if(at EQUAL -1)
+        message(FATAL_ERROR "svdiff ${args}: message does not mention '${part}':\n${err}")
+      endif()
+    endforeach()
+    check_clean("svdiff ${args}")
+    message("${file} (${verb}): ${err}")
+  endforeach()
+endfunction()
+
+expect_fail(os_system.ckpt "refusing global os.system: it can run code and no checkpoint names it (nothing was run)")
+expect_fail(builtins_eval.ckpt "refusing global builtins.eval")
+expect_fail(stack_global_exec.ckpt "refusing global builtins.exec")
+expect_fail(inst_opcode.ckpt "opcode INST (0x69) is not supported in a checkpoint")
+expect_fail(opaque_top.ckpt "is a call to numpy.testing._private.utils.runstring (not run), not a dict of tensors")
+expect_fail(unknown_opcode.ckpt "unknown opcode 0xff")
+expect_fail(truncated.ckpt "truncated")
+expect_fail(offset_past_storage.ckpt "reaches element 103 of storage '0', which holds 4 elements")
+expect_fail(bomb_storage.ckpt "declares 2147483648 bytes but holds 20 compressed bytes (a zip bomb?)")
+expect_fail(no_data_pkl.ckpt "the archive has no <folder>/data.pkl")
+
+# an unrecognised global beside the state dict: kept opaque, never called; the weights convert
+execute_process(COMMAND ${SVDIFF} convert-model ${bad}/opaque_nested.ckpt -o ${WORK}/opaque.safetensors
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(NOT rc EQUAL 0 OR NOT out MATCHES "wrote .*opaque.safetensors: 1 tensors")
+  message(FATAL_ERROR "convert-model opaque_nested.ckpt: exit ${rc}:\n${out}${err}")
+endif()
+check_clean("convert-model opaque_nested.ckpt")
+file(REMOVE_RECURSE ${WORK})
+message("every hostile checkpoint refused; no payload ran")
