@@ -676,7 +676,7 @@ static void test_sd_structure(void **state) {
     assert_int_equal(unet_build_structure(&m, &cfg), 0);
     assert_int_equal(m.n_skips, 12);
     counts_t c = count(&m);
-    /* figures of docs/stable-diffusion.md and method.md section 2 */
+    /* the shifted parameters of docs/method.md section 2 */
     assert_int_equal(c.params, 859520964LL);
     assert_int_equal(c.shifts, 222696LL);
     assert_int_equal(c.norm_elems, 100160LL);

@@ -1,4 +1,4 @@
-/* `svdiff edit`: single-image editing (CoSINE, method.md section 5). Fine-tunes spectral shifts on
+/* `svdiff edit`: single-image editing (CoSINE, docs/method.md section 5). Fine-tunes spectral shifts on
  * one image and its plain prompt (the trainer of `svdiff train`, no prior preservation) or takes
  * them from --shifts, DDIM-inverts the image, samples every edit prompt from the inverted latent,
  * and writes the edits, the reconstruction, a grid and the shifts; the library pieces are in

@@ -28,7 +28,7 @@ static const char *const PART_FILE[2] = {"spectral_shifts.safetensors", "spectra
 static void usage(FILE *f) {
     fprintf(f,
             "usage: svdiff shifts <verb> [options]\n\n"
-            "Works on shift files after training (method.md section 6). IN is a shift file or a training\n"
+            "Works on shift files after training (docs/method.md section 6). IN is a shift file or a training\n"
             "output folder; with a folder its UNet and text-encoder files are processed together and -o\n"
             "names a folder. Outputs are written atomically, keep the metadata of their (first) input and\n"
             "add a 'history' entry; a folder's two files share a new pair_id. A folder whose two files were\n"

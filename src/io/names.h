@@ -2,7 +2,7 @@
  * names the code base uses: UNet (model.diffusion_model.*), VAE (first_stage_model.*), CLIP-L
  * text (cond_stage_model.transformer.*, HF names inside) and OpenCLIP text
  * (cond_stage_model.model.*). The block arithmetic needs a little geometry read from the keys
- * first (names_ldm_geometry). Facts: docs/stable-diffusion.md and diffusers' single-file
+ * first (names_ldm_geometry). Facts: diffusers' single-file
  * conversion (loaders/single_file_utils.py). */
 #ifndef SVDIFF_IO_NAMES_H
 #define SVDIFF_IO_NAMES_H

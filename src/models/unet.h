@@ -140,7 +140,7 @@ typedef struct {
     unet_stage_t *stages;
     int n_skips;                     /* 12 for SD 1.5 */
     int *skip_channels, *skip_level; /* [n_skips] */
-    /* Registry, in forward order: every conv / linear (what method.md section 2 shifts) and
+    /* Registry, in forward order: every conv / linear (what docs/method.md section 2 shifts) and
      * every GroupNorm / LayerNorm, each with its diffusers module path in ->name. */
     int n_layers, n_norms;
     unet_layer_t **layers;
@@ -171,7 +171,7 @@ unet_norm_t *unet_find_norm(const unet_t *m, const char *path);
 /* ---- spectral shifts ---- */
 /* Turns weights spectral (SVD of each; keep_base keeps the base for the exact residual form
  * W + U diag(relu(S + s delta) - S) V^T). want(ctx, path) picks layers; NULL: every conv and
- * linear (method.md section 2). Returns 0 or the first SD_ERR_* (message names the layer). */
+ * linear (docs/method.md section 2). Returns 0 or the first SD_ERR_* (message names the layer). */
 int unet_make_spectral(unet_t *m, int keep_base, int (*want)(void *ctx, const char *path), void *ctx);
 /* Adds a zero shift to every GroupNorm / LayerNorm gain (NORMSHIFT_ELEMENT: [C], SCALAR: [1]). */
 void unet_add_norm_shifts(unet_t *m, normshift_mode_t mode);

@@ -1,4 +1,4 @@
-/* Cut-Mix-Unmix regularisation (method.md section 4) and the cross-attention leakage measure:
+/* Cut-Mix-Unmix regularisation (docs/method.md section 4) and the cross-attention leakage measure:
  * owns the per-layer hooks ("sites") that the UNet's cross-attention (attn2) calls after its
  * forward and backward, the row specification (which tokens name which subject, which latent
  * pixels belong to which subject) and the loss, its gradient and the leakage sums.
@@ -24,7 +24,7 @@
 
 typedef struct unmix unmix_t;
 
-/* The form of the loss (--unmix-loss). MSE is method.md's: it can be met by lowering a phrase's
+/* The form of the loss (--unmix-loss). MSE is docs/method.md's: it can be met by lowering a phrase's
  * attention everywhere. SHARE, per row, head and subject, is the squared share of the phrase's
  * attention mass that lies in the other subject's region, r = a / z with
  *   a = sum_{p,j} Mo[s, p] W[s, j] P[p, j],  z = sum_{p,j} W[s, j] P[p, j],

@@ -1,4 +1,4 @@
-/* Single-image editing (CoSINE, method.md section 5; `svdiff edit`): an image -> the model's clean
+/* Single-image editing (CoSINE, docs/method.md section 5; `svdiff edit`): an image -> the model's clean
  * latents (VAE posterior mode, or [-1, 1] pixels for a pixel-space model), DDIM inversion of them
  * (guidance 1, conditioned on one prompt) to the noise level of the first sampling step, spherical
  * mixing of the inverted latent with fresh noise, sampling an edit prompt from it, and PSNR. */
@@ -30,7 +30,7 @@ int edit_invert(pipeline_t *p, const float *x0, const char *prompt, int res, int
 int edit_sample(pipeline_t *p, const float *z, const char *prompt, int res, int steps, float cfg, float eta,
                 uint64_t seed, float *out, progress_fn_t progress, void *progress_ctx);
 
-/* Spherical interpolation (method.md section 5) of the inverted latent a with noise b:
+/* Spherical interpolation (docs/method.md section 5) of the inverted latent a with noise b:
  * out = sin((1-alpha) phi)/sin(phi) a + sin(alpha phi)/sin(phi) b, phi the angle between them;
  * alpha 0 gives a, 1 gives b; nearly parallel vectors fall back to linear interpolation. out may
  * alias a or b. */

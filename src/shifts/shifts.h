@@ -1,7 +1,7 @@
 /* Shift files and the SVD cache.
  *
  * A shift set is what training produces: one 1-D float array per shifted module, keyed by its
- * diffusers module path (the file key is "<path>.delta", method.md section 7):
+ * diffusers module path (the file key is "<path>.delta", docs/method.md section 7):
  *   spectral deltas   [rank]            e.g. "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"
  *   norm-gain shifts  [C] (per element) or [1] (svdiff-pytorch's scalar form), e.g. "...norm1"
  * UNet shifts live in spectral_shifts.safetensors, text-encoder shifts in
@@ -121,7 +121,7 @@ const char *svd_cache_file(const svd_cache_t *c);
  * $HOME/.cache/svdiff, else ".svdiff-cache". */
 void svd_cache_default_dir(char *buf, size_t cap);
 
-/* Makes every dense conv / linear of the UNet spectral (method.md section 2), factors from
+/* Makes every dense conv / linear of the UNet spectral (docs/method.md section 2), factors from
  * the cache when it has them, else by SVD (then recorded and the cache saved at the end; a
  * cache that cannot be written is a warning on stderr, not an error).
  * Progress bar over layers on stderr and the total time. cache may be NULL (plain SVDs). */

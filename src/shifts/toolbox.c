@@ -156,7 +156,7 @@ int toolbox_latent_res(const char *path, int levels, int latent) {
     return 0;
 }
 
-/* the preset of method.md section 6 (see toolbox.h for why these modules) */
+/* the preset of docs/method.md section 6 (see toolbox.h for why these modules) */
 static const char *const GEOMETRY[] = {"down_blocks.2.attentions.1", "down_blocks.2.downsamplers.0",
                                        "down_blocks.3", "mid_block.resnets.0", "mid_block.attentions.0"};
 

@@ -1,4 +1,4 @@
-/* The shift toolbox (method.md section 6): operations on whole shift sets after training --
+/* The shift toolbox (docs/method.md section 6): operations on whole shift sets after training --
  * task arithmetic (combine), scale, rank limit, style mixing by layer selection, norm-shift
  * form conversion -- plus the path classification they share. The CLI is src/cli/shifts.c. */
 #ifndef SVDIFF_SHIFTS_TOOLBOX_H
@@ -42,7 +42,7 @@ void toolbox_scale(shift_set_t *out, const shift_set_t *in, float s);
 long toolbox_limit_rank(shift_set_t *out, const shift_set_t *in, int R);
 
 /* Layer selectors for style mixing. A selector is one of
- *   "geometry"     the SD 1.x preset of method.md section 6: down_blocks.2.attentions.1 through
+ *   "geometry"     the SD 1.x preset of docs/method.md section 6: down_blocks.2.attentions.1 through
  *                  mid_block.attentions.0 in forward order, that is down_blocks.2.attentions.1,
  *                  down_blocks.2.downsamplers.0, down_blocks.3 (all), mid_block.resnets.0,
  *                  mid_block.attentions.0 (mid_block.resnets.1 follows the attention: excluded);

@@ -1,4 +1,4 @@
-/* Multi-subject training with Cut-Mix-Unmix (method.md section 4; `svdiff train --subject ...`):
+/* Multi-subject training with Cut-Mix-Unmix (docs/method.md section 4; `svdiff train --subject ...`):
  * owns the --subject / --subject-class syntax, the prompt template, the Cut-Mix compositor (two
  * images in the two halves of one), the composite prompts, the multi-subject micro-batch (drawn
  * from the trainer's step stream, so --resume continues it), the Unmix specification of each row,

@@ -46,7 +46,7 @@ void train_config_default(train_config_t *c) {
     c->sample_cfg = 7.5f;
     c->cutmix_prob = -1.0f;   /* 0.6 with >= 2 subjects */
     c->cutmix_fit = 1;
-    c->unmix_weight = 1.0f;   /* method.md fixes none: measure (svdiff attention-leakage) */
+    c->unmix_weight = 1.0f;   /* docs/method.md fixes none: measure (svdiff attention-leakage) */
     c->lora_rank = 4;
 }
 

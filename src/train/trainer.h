@@ -1,4 +1,4 @@
-/* DreamBooth-style spectral-shift training (`svdiff train`, method.md section 3): the model in its
+/* DreamBooth-style spectral-shift training (`svdiff train`, docs/method.md section 3): the model in its
  * training form (every UNet conv / linear factored as U diag(ReLU(sigma + delta)) V^T without the
  * dense base, per-element or scalar norm-gain shifts, optionally the text encoder's linear and
  * embedding shifts), the loss with prior preservation, AdamW with two parameter groups, the LR
