@@ -23,29 +23,13 @@ set(image ${SRC}/tests/fixtures/train/images/dog1.png)
 set(common edit --model ${tiny} --image ${image} --prompt "a photo of a dog" --steps 3 --sample-steps 4
     --svd-cache none --threads 1 --quiet)
 
-# run(<expected exit code> <args...>): runs svdiff, fails unless it exits with that code;
-# stdout in run_out, stderr in run_err.
-function(run want)
-  execute_process(COMMAND ${SVDIFF} ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
-  if(NOT rc STREQUAL want)
-    message(FATAL_ERROR "svdiff ${ARGN}\nexited with ${rc}, expected ${want}\n${out}${err}")
-  endif()
-  set(run_out "${out}" PARENT_SCOPE)
-  set(run_err "${err}" PARENT_SCOPE)
-endfunction()
+include(${CMAKE_CURRENT_LIST_DIR}/cli_common.cmake)
 
 # fails(<exit code> <regex> <args...>): exits with that code and stderr matches the regex
 function(fails want regex)
   run(${want} ${ARGN})
   if(NOT run_err MATCHES "${regex}")
     message(FATAL_ERROR "svdiff ${ARGN}\nstderr does not match '${regex}':\n${run_err}")
-  endif()
-endfunction()
-
-function(same a b)
-  execute_process(COMMAND ${CMAKE_COMMAND} -E compare_files ${a} ${b} RESULT_VARIABLE rc)
-  if(rc)
-    message(FATAL_ERROR "${a} and ${b} differ")
   endif()
 endfunction()
 

@@ -22,22 +22,7 @@ set(prompt "a photo of a cat")
 set(common generate --model ${SRC}/tests/fixtures/tiny-sd/diffusers --prompt ${prompt} --negative-prompt blurry
     --steps 3 --cfg 5 --sampler dpmpp_2m)
 
-# run(<expected exit code> <args...>): runs svdiff, fails unless it exits with that code;
-# stderr in run_err.
-function(run want)
-  execute_process(COMMAND ${SVDIFF} ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
-  if(NOT rc STREQUAL want)
-    message(FATAL_ERROR "svdiff ${ARGN}\nexited with ${rc}, expected ${want}\n${out}${err}")
-  endif()
-  set(run_err "${err}" PARENT_SCOPE)
-endfunction()
-
-function(same a b)
-  execute_process(COMMAND ${CMAKE_COMMAND} -E compare_files ${a} ${b} RESULT_VARIABLE rc)
-  if(rc)
-    message(FATAL_ERROR "${a} and ${b} differ")
-  endif()
-endfunction()
+include(${CMAKE_CURRENT_LIST_DIR}/cli_common.cmake)
 
 # has_text(<file> <string>): the file contains these bytes
 function(has_text file text)

@@ -26,15 +26,7 @@ set(gen generate --model ${tiny} --prompt "a photo of a cat" --steps 2 --width 1
 set(train train --model ${tiny} --instance-dir ${SRC}/tests/fixtures/train/images --instance-prompt "a photo of sks dog"
     --resolution 16 --svd-cache none --threads 1 --quiet)
 
-# run(<expected exit code> <args...>): runs svdiff, fails unless it exits with that code;
-# stderr in run_err.
-function(run want)
-  execute_process(COMMAND ${SVDIFF} ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
-  if(NOT rc STREQUAL want)
-    message(FATAL_ERROR "svdiff ${ARGN}\nexited with ${rc}, expected ${want}\n${out}${err}")
-  endif()
-  set(run_err "${err}" PARENT_SCOPE)
-endfunction()
+include(${CMAKE_CURRENT_LIST_DIR}/cli_common.cmake)
 
 # fails(<exit code> <regex> <args...>): exits with that code and says what matches the regex
 function(fails want regex)
@@ -49,13 +41,6 @@ function(sh script)
   set(sh_rc "${rc}" PARENT_SCOPE)
   set(sh_out "${out}" PARENT_SCOPE)
   set(sh_err "${err}" PARENT_SCOPE)
-endfunction()
-
-function(same a b)
-  execute_process(COMMAND ${CMAKE_COMMAND} -E compare_files ${a} ${b} RESULT_VARIABLE rc)
-  if(rc)
-    message(FATAL_ERROR "${a} and ${b} differ")
-  endif()
 endfunction()
 
 # still_special(<path> <test flag>): the node is still what it was (sh test -c / -p)

@@ -24,28 +24,13 @@ set(tiny ${SRC}/tests/fixtures/tiny-sd/diffusers)
 # the run's defaults; every single run below starts from the same flags
 set(gen generate --model ${tiny} --steps 2 --cfg 5 --negative-prompt lowres --svd-cache none)
 
-# run(<expected exit code> <args...>): runs svdiff, fails unless it exits with that code;
-# stderr in run_err.
-function(run want)
-  execute_process(COMMAND ${SVDIFF} ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
-  if(NOT rc STREQUAL want)
-    message(FATAL_ERROR "svdiff ${ARGN}\nexited with ${rc}, expected ${want}\n${out}${err}")
-  endif()
-  set(run_err "${err}" PARENT_SCOPE)
-endfunction()
+include(${CMAKE_CURRENT_LIST_DIR}/cli_common.cmake)
 
 # fails(<exit code> <regex> <args...>): exits with that code and says what matches the regex
 function(fails want regex)
   run(${want} ${ARGN})
   if(NOT run_err MATCHES "${regex}")
     message(FATAL_ERROR "svdiff ${ARGN}\nsaid:\n${run_err}\nexpected a message matching: ${regex}")
-  endif()
-endfunction()
-
-function(same a b)
-  execute_process(COMMAND ${CMAKE_COMMAND} -E compare_files ${a} ${b} RESULT_VARIABLE rc)
-  if(rc)
-    message(FATAL_ERROR "${a} and ${b} differ")
   endif()
 endfunction()
 

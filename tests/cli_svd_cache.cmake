@@ -17,22 +17,7 @@ file(MAKE_DIRECTORY ${WORK})
 set(train train --model ${SRC}/tests/fixtures/tiny-sd/diffusers --instance-dir ${SRC}/tests/fixtures/train/images
     --instance-prompt "a photo of sks dog" --resolution 16 --steps 3 --threads 1 --quiet)
 
-# run(<expected exit code> <args...>): runs svdiff, fails unless it exits with that code;
-# stderr in run_err.
-function(run want)
-  execute_process(COMMAND ${SVDIFF} ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
-  if(NOT rc STREQUAL want)
-    message(FATAL_ERROR "svdiff ${ARGN}\nexited with ${rc}, expected ${want}\n${out}${err}")
-  endif()
-  set(run_err "${err}" PARENT_SCOPE)
-endfunction()
-
-function(same a b)
-  execute_process(COMMAND ${CMAKE_COMMAND} -E compare_files ${a} ${b} RESULT_VARIABLE rc)
-  if(rc)
-    message(FATAL_ERROR "${a} and ${b} differ")
-  endif()
-endfunction()
+include(${CMAKE_CURRENT_LIST_DIR}/cli_common.cmake)
 
 # expect(<regex> <text>): the text (stderr of a run) matches
 function(expect re text)

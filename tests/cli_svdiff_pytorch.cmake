@@ -15,14 +15,7 @@ file(MAKE_DIRECTORY ${WORK})
 set(tiny ${SRC}/tests/fixtures/tiny-sd/diffusers)
 set(table ${SRC}/tests/fixtures/svdiff_pytorch)
 
-function(run want)
-  execute_process(COMMAND ${SVDIFF} ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
-  if(NOT rc STREQUAL want)
-    message(FATAL_ERROR "svdiff ${ARGN}\nexited with ${rc}, expected ${want}\n${out}${err}")
-  endif()
-  set(run_out "${out}" PARENT_SCOPE)
-  set(run_err "${err}" PARENT_SCOPE)
-endfunction()
+include(${CMAKE_CURRENT_LIST_DIR}/cli_common.cmake)
 
 # st_shapes(<file> <out var>): "key=d0xd1..." for every tensor of a safetensors file, sorted.
 function(st_shapes file outvar)
