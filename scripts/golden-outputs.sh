@@ -11,8 +11,8 @@ SVDIFF=$(readlink -f "$1")
 FINAL=$(readlink -f "$2")
 cd "$(dirname "$0")/.."
 # Outputs record their paths (PNG parameters, shift-file history): every run works in the same
-# folder, moved to OUT_DIR at the end.
-OUT=/tmp/svdiff-golden-outputs
+# folder relative to the checkout (any worktree gives the same bytes), moved to OUT_DIR at the end.
+OUT=out/golden-run
 M=models/emoji-32
 CAT=models/demo-subjects/cat/google
 MONKEY=models/demo-subjects/monkey/google
