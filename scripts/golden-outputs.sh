@@ -103,5 +103,6 @@ PY
   rm "$f"
 done
 sed -i -E "/^(open time|peak RSS):/d" "$OUT/info.txt"
+sed -i "s#$PWD/##" "$OUT/edit/edit-train.tsv"   # edit records absolute image paths
 rm -rf "$FINAL"; mv "$OUT" "$FINAL"
 echo "golden outputs in $FINAL ($(find "$FINAL" -type f | wc -l) files)"
