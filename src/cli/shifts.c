@@ -303,9 +303,8 @@ static int shifts_info(const char *arg, int json, const char *cache, const char 
             float *S = NULL;
             if (have_sig && !toolbox_is_norm_path(e->path)) {
                 char key[1024];
-                snprintf(key, sizeof key, "%s%s.S", p == TE || !strncmp(e->path, "text_model.", 11) ? SVD_CACHE_TE_PREFIX : "",
-                         e->path);
-                const st_tensor_t *ts = st_find(&sig, key);
+                const shift_name_t nm = {shift_component_of_path(e->path), SHIFT_SPECTRAL, e->path};
+                const st_tensor_t *ts = shift_key(key, sizeof key, &nm, SHIFT_KEY_CACHE_S) ? NULL : st_find(&sig, key);
                 if (ts && ts->numel == e->n) {
                     S = sd_xmalloc(sizeof(float) * e->n);
                     if (st_read_f32(S, ts)) free(S), S = NULL;
