@@ -125,7 +125,7 @@ static int apply_delta_file(pipeline_t *p, const char *path, float scale, int fo
     rc = check_base(&f, path, hash, force, "weight delta");
     for (int i = 0; i < f.n_tensors && !rc; i++) {
         const st_tensor_t *x = &f.tensors[i];
-        const int te = !strncmp(x->name, "text_model.", 11);
+        const int te = shift_component_of_path(x->name) == SHIFT_TE;
         const model_component_t *comp = te ? &p->model.text_encoder : &p->model.unet;
         const st_tensor_t *ref = component_find(comp, x->name);
         target_t t;

@@ -79,7 +79,8 @@ static int is_embedding(const char *path) { return !strncmp(path, "text_model.em
 /* The weight tensor of a module in the model file, for its layout (conv or linear) and shape. */
 static int tensor_layout(const pipeline_t *p, item_t *it) {
     char key[600];
-    snprintf(key, sizeof key, "%s.weight", it->path);
+    const shift_name_t n = {it->te ? SHIFT_TE : SHIFT_UNET, SHIFT_KIND_UNKNOWN, it->path};
+    if (shift_key(key, sizeof key, &n, SHIFT_KEY_WEIGHT)) return SD_ERR_FORMAT;   /* the message names the path */
     const st_tensor_t *t = component_find(it->te ? &p->model.text_encoder : &p->model.unet, key);
     if (!t || t->ndim < 1 || t->ndim > 4)
         return sd_error(SD_ERR_FORMAT, "%s: the model has no tensor '%s' to export against", it->path, key);
