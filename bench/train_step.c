@@ -70,21 +70,20 @@ typedef struct {
 } param_t;
 
 typedef struct {
-    const unet_t *unet;
     param_t *p;
     int n, cap;
     size_t values;
 } params_t;
 
-static void collect(void *ctx, const char *path, float *shift, float *grad, int n) {
+static void collect(void *ctx, const shift_name_t *name, float *shift, float *grad, int n) {
     params_t *ps = ctx;
     if (ps->n == ps->cap) {
         ps->cap = ps->cap ? 2 * ps->cap : 256;
         ps->p = realloc(ps->p, sizeof *ps->p * ps->cap);
         SD_CHECK(ps->p, "out of memory");
     }
-    SD_CHECK(grad, "no gradient for %s", path);
-    ps->p[ps->n++] = (param_t){shift, grad, NULL, NULL, n, unet_find_norm(ps->unet, path) != NULL};
+    SD_CHECK(grad, "no gradient for %s", name->path);
+    ps->p[ps->n++] = (param_t){shift, grad, NULL, NULL, n, name->kind == SHIFT_NORM};
     ps->values += (size_t)n;
 }
 
@@ -184,7 +183,7 @@ int main(int argc, char **argv) {
     if (unet_acts_build(&acts, &m, B, hw, hw, T, 1, ckpt)) die("training activations");
     unet_grads_t g;
     if (unet_grads_alloc(&g, &m, UNET_GRAD_SHIFTS)) die("gradients");
-    params_t ps = {.unet = &m};
+    params_t ps = {0};
     unet_visit_shifts(&m, &g, collect, &ps);
     float *adam = sd_xcalloc(2 * ps.values, sizeof(float));
     for (int i = 0, off = 0; i < ps.n; off += 2 * ps.p[i].n, i++) ps.p[i].m = adam + off, ps.p[i].v = adam + off + ps.p[i].n;

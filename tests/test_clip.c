@@ -430,12 +430,16 @@ static void test_clip_skip(void **state) {
 
 /* ---- spectral conversion ---- */
 
-typedef struct { int count, total; int names_ok; } visit_t;
-static void count_shift(void *ctx, const char *name, float *shift, float *grad, int n) {
+typedef struct { int count, total; int names_ok; int n_norm; } visit_t;
+static void count_shift(void *ctx, const shift_name_t *name, float *shift, float *grad, int n) {
     visit_t *v = ctx;
     v->count++;
     v->total += n;
-    if (strncmp(name, "text_model.", 11) != 0 || !strstr(name, ".weight") || !shift || !grad) v->names_ok = 0;
+    v->n_norm += name->kind == SHIFT_NORM;
+    /* module paths (the trainer's name, "te/<path>.weight", is derived from them) */
+    if (strncmp(name->path, "text_model.", 11) != 0 || strstr(name->path, ".weight") || name->component != SHIFT_TE ||
+        (name->kind == SHIFT_NORM) != (strstr(name->path, "layer_norm") != NULL) || !shift || !grad)
+        v->names_ok = 0;
 }
 
 static void test_make_spectral(void **state) {
@@ -471,9 +475,10 @@ static void test_make_spectral(void **state) {
     clip_grads_t g;
     assert_int_equal(clip_grads_alloc(&g, &m, CLIP_GRAD_SHIFTS), 0);
     assert_int_equal(g.n_floats, 14 * 32 + 5 * 32);
-    visit_t v = {0, 0, 1};
+    visit_t v = {0, 0, 1, 0};
     clip_visit_shifts(&m, &g, count_shift, &v);
     assert_int_equal(v.count, 19);
+    assert_int_equal(v.n_norm, 5);
     assert_int_equal(v.total, 19 * 32);
     assert_true(v.names_ok);
     /* a scale of 0 is the base model whatever the shifts */

@@ -261,7 +261,7 @@ static void test_svd_cache_error_wrapped_once(void **state) {
     float W[6] = {1, 2, 3, 4, 5, 7};
     spectral_t sp;
     assert_int_equal(spectral_init(&sp, W, 2, 3), 0);
-    svd_cache_put(c, "layer", &sp);
+    svd_cache_put(c, &(shift_name_t){SHIFT_UNET, SHIFT_SPECTRAL, "layer"}, &sp);
     assert_int_equal(rm_tree(cache_dir), 0);
     int rc = svd_cache_save(c);
     const char *msg = sd_last_error();

@@ -192,14 +192,13 @@ typedef struct {
     trng_t r;
 } clip_set_ctx_t;
 
-static int clip_set_visit(void *vctx, const char *path, weight_t *w, clip_ln_t *ln) {
+static int clip_set_visit(void *vctx, const clip_module_t *mod) {
     clip_set_ctx_t *c = vctx;
-    const int n = w ? rank_of(w) : (c->scalar_norms ? 1 : c->C);
+    const int n = mod->w ? rank_of(mod->w) : (c->scalar_norms ? 1 : c->C);
     float *v = alloc_zeros((size_t)n);
     if (c->stddev > 0) fill_normal(&c->r, v, (size_t)n, c->stddev);
-    shiftset_put(c->s, path, v, n);
+    shiftset_put(c->s, mod->path, v, n);
     free(v);
-    (void)ln;
     return 0;
 }
 
@@ -207,7 +206,7 @@ static void clip_full_set(shift_set_t *s, clip_t *m, float stddev, int scalar_no
     shiftset_init(s);
     clip_set_ctx_t c = {.s = s, .stddev = stddev, .scalar_norms = scalar_norms, .C = m->cfg.hidden_size};
     trng_seed(&c.r, seed);
-    clip_visit_modules(m, clip_set_visit, &c);
+    clip_visit_modules(m, NULL, clip_set_visit, &c);
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -719,16 +718,15 @@ typedef struct {
     factors_t *f;
 } clip_grab_t;
 
-static int clip_grab_visit(void *ctx, const char *path, weight_t *w, clip_ln_t *ln) {
-    (void)path, (void)ln;
-    if (w && w->kind == WEIGHT_SPECTRAL) grab(ctx, w);
+static int clip_grab_visit(void *ctx, const clip_module_t *mod) {
+    if (mod->w && mod->w->kind == WEIGHT_SPECTRAL) grab(ctx, mod->w);
     return 0;
 }
 
 static void grab_model(factors_t *f, tiny_t *t) {
     f->n = 0;
     for (int i = 0; i < t->unet.n_layers; i++) grab(f, &t->unet.layers[i]->w);
-    clip_visit_modules(&t->clip, clip_grab_visit, f);
+    clip_visit_modules(&t->clip, NULL, clip_grab_visit, f);
 }
 
 static void free_factors(factors_t *f) {
@@ -783,7 +781,7 @@ static void test_svd_cache_reuse(void **state) {
     assert_non_null(st_find(&f, "conv_in.U"));
     assert_non_null(st_find(&f, "conv_in.S"));
     assert_non_null(st_find(&f, "conv_in.Vt"));
-    assert_non_null(st_find(&f, SVD_CACHE_TE_PREFIX "text_model.encoder.layers.0.self_attn.q_proj.Vt"));
+    assert_non_null(st_find(&f, "te:text_model.encoder.layers.0.self_attn.q_proj.Vt"));
     assert_string_equal(st_meta(&f, "model_hash"), hash);
     st_close(&f);
     /* second run: every factor from the cache, bit-identical, no SVD */
@@ -800,8 +798,8 @@ static void test_svd_cache_reuse(void **state) {
     assert_int_equal(svd_cache_open(&c, cdir, hash), 0);
     float m[6] = {1, 2, 3, 4, 5, 6};
     weight_t w = weight_dense(m, ST_F32, 2, 3);
-    assert_int_equal(svd_cache_lookup(c, "nothing.here", &w, 1), 0);
-    assert_int_equal(svd_cache_lookup(c, "conv_in", &w, 1), 0);   /* conv_in is [4, 36] */
+    assert_int_equal(svd_cache_lookup(c, &(shift_name_t){SHIFT_UNET, SHIFT_SPECTRAL, "nothing.here"}, &w, 1), 0);
+    assert_int_equal(svd_cache_lookup(c, &(shift_name_t){SHIFT_UNET, SHIFT_SPECTRAL, "conv_in"}, &w, 1), 0);   /* conv_in is [4, 36] */
     assert_int_equal(w.kind, WEIGHT_DENSE);
     svd_cache_close(c);
     /* another model hash: another file, nothing reused */

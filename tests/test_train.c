@@ -151,12 +151,11 @@ static void install(install_ctx_t *ic, const char *name, weight_t *w) {
     free(u), free(s), free(vt);
 }
 
-static int install_te(void *ctx, const char *path, weight_t *w, clip_ln_t *ln) {
-    (void)ln;
-    if (!w) return 0;
+static int install_te(void *ctx, const clip_module_t *mod) {
+    if (!mod->w) return 0;
     char name[300];
-    snprintf(name, sizeof name, "te/%s", path);
-    install(ctx, name, w);
+    snprintf(name, sizeof name, "te/%s", mod->path);
+    install(ctx, name, mod->w);
     return 0;
 }
 
@@ -195,7 +194,7 @@ static void golden_setup(golden_t *g) {
         snprintf(name, sizeof name, "unet/%s", g->t.p.unet.layers[i]->name);
         install(&ic, name, &g->t.p.unet.layers[i]->w);
     }
-    clip_visit_modules(&g->t.p.clip, install_te, &ic);
+    clip_visit_modules(&g->t.p.clip, NULL, install_te, &ic);
     assert_int_equal(ic.missing, 0);
     assert_int_equal(trainer_prepare(&g->t, 1), 0);
     assert_int_equal(g->t.n_params, atoi(st_meta(&g->f, "n_params")));

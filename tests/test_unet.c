@@ -480,11 +480,14 @@ typedef struct {
     int saw_to_k;
 } visit_t;
 
-static void visit(void *ctx, const char *path, float *shift, float *grad, int n) {
+static void visit(void *ctx, const shift_name_t *name, float *shift, float *grad, int n) {
     visit_t *v = ctx;
+    const char *path = name->path;
     assert_non_null(shift);
     assert_non_null(grad);
     assert_true(strstr(path, ".weight") == NULL);
+    assert_int_equal(name->component, SHIFT_UNET);
+    assert_int_equal(name->kind, strstr(path, "norm") ? SHIFT_NORM : SHIFT_SPECTRAL);
     if (strstr(path, "norm")) v->n_norms++;
     else v->n_layers++;
     if (strcmp(path, "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k") == 0) v->saw_to_k = n == 8;

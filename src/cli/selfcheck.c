@@ -19,6 +19,7 @@
 #include "io/safetensors.h"
 #include "ops/ops.h"
 #include "train/optim.h"
+#include "weights/shift_name.h"
 #include "weights/spectral.h"
 
 enum { B = 2, CIN = 3, C = 32, HW = 16, T = HW * HW, G = 8, HEADS = 4, COUT = 3 };
@@ -356,7 +357,12 @@ int cmd_selfcheck(int argc, char **argv) {
     st_writer_t *w = st_writer_new();
     char names[N_SPECTRAL + 1][64];
     for (int i = 0; i <= N_SPECTRAL; i++) {
-        snprintf(names[i], sizeof names[i], "%s.delta", i < N_SPECTRAL ? SPECTRAL_NAMES[i] : "norm");
+        const shift_name_t n = {SHIFT_UNET, i < N_SPECTRAL ? SHIFT_SPECTRAL : SHIFT_NORM,
+                                i < N_SPECTRAL ? SPECTRAL_NAMES[i] : "norm"};
+        if (shift_key(names[i], sizeof names[i], &n, SHIFT_KEY_FILE)) {
+            fprintf(stderr, "svdiff selfcheck: %s\n", sd_last_error());
+            return 1;
+        }
         int64_t shape[1] = {(int64_t)sizes[i]};
         st_writer_add(w, names[i], ST_F32, 1, shape, params[i]);
     }

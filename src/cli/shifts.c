@@ -303,9 +303,8 @@ static int shifts_info(const char *arg, int json, const char *cache, const char 
             float *S = NULL;
             if (have_sig && !toolbox_is_norm_path(e->path)) {
                 char key[1024];
-                snprintf(key, sizeof key, "%s%s.S", p == TE || !strncmp(e->path, "text_model.", 11) ? SVD_CACHE_TE_PREFIX : "",
-                         e->path);
-                const st_tensor_t *ts = st_find(&sig, key);
+                const shift_name_t nm = {shift_component_of_path(e->path), SHIFT_SPECTRAL, e->path};
+                const st_tensor_t *ts = shift_key(key, sizeof key, &nm, SHIFT_KEY_CACHE_S) ? NULL : st_find(&sig, key);
                 if (ts && ts->numel == e->n) {
                     S = sd_xmalloc(sizeof(float) * e->n);
                     if (st_read_f32(S, ts)) free(S), S = NULL;
@@ -399,12 +398,17 @@ typedef struct {
     float *buf;
 } gamma_ctx_t;
 
+/* The base model's tensor that the shift of module `path` moves (SHIFT_KEY_WEIGHT), or NULL. */
+static const st_tensor_t *shifted_tensor(const model_t *m, const char *path) {
+    const shift_name_t n = {shift_component_of_path(path), SHIFT_KIND_UNKNOWN, path};
+    char key[1024];
+    if (shift_key(key, sizeof key, &n, SHIFT_KEY_WEIGHT)) return NULL;
+    return component_find(n.component == SHIFT_TE ? &m->text_encoder : &m->unet, key);
+}
+
 static const float *get_gamma(void *vctx, const char *path, int *C) {
     gamma_ctx_t *g = vctx;
-    const model_component_t *c = strncmp(path, "text_model.", 11) ? &g->m.unet : &g->m.text_encoder;
-    char key[1024];
-    snprintf(key, sizeof key, "%s.weight", path);
-    const st_tensor_t *t = component_find(c, key);
+    const st_tensor_t *t = shifted_tensor(&g->m, path);
     if (!t || t->ndim != 1) return NULL;
     free(g->buf);
     g->buf = sd_xmalloc(sizeof(float) * t->numel);
@@ -429,10 +433,7 @@ static void print_fit(void *ctx, const char *path, double lost, double max_gain_
 static int check_svdiff_pytorch(const shift_set_t *s, const model_t *m, const char *file) {
     for (int i = 0; i < s->n; i++) {
         const shift_entry_t *e = &s->entries[i];
-        const model_component_t *c = strncmp(e->path, "text_model.", 11) ? &m->unet : &m->text_encoder;
-        char key[1024];
-        snprintf(key, sizeof key, "%s.weight", e->path);
-        const st_tensor_t *t = component_find(c, key);
+        const st_tensor_t *t = shifted_tensor(m, e->path);
         if (!t) return sd_error(SD_ERR_ARG, "%s: shift '%s': the base model has no module of that name", file, e->path);
         int64_t want = 1;
         if (t->ndim >= 2) {

@@ -62,26 +62,40 @@ int clip_config_from_json(clip_config_t *cfg, const cJSON *json, const char *wha
 }
 
 /* ---------------------------------------------------------------------------------------
- * The parameters in one fixed order, so that building, spectral conversion, gradient
- * allocation and shift visiting are each one loop.
+ * The modules in one table and the parameters in one fixed order, so that building, spectral
+ * conversion, gradient allocation, shift visiting and the walk by module path
+ * (clip_visit_modules: every other file) are each one loop over the same facts.
  * Weights: 0 token embedding, 1 position embedding, then q, k, v, out, fc1, fc2 per layer.
  * LayerNorms: layer_norm1, layer_norm2 per layer, then the final one. */
 
+/* The modules of one encoder layer (transformers' CLIPEncoderLayer), in the order the module walk
+ * visits them: the LayerNorms around the six linears. */
+#define N_LAYER_MODULES 8
+#define FIRST_LINEAR 1   /* LAYER_MODULES[FIRST_LINEAR + j], j < N_LINEAR: the linears in weight order */
 #define N_LINEAR 6
 static const struct {
-    size_t off, goff;   /* offset of the clip_linear_t in clip_layer_t / of its grads */
-    const char *name;
-} LINEARS[N_LINEAR] = {
-    {offsetof(clip_layer_t, q), offsetof(clip_layer_grads_t, q), "self_attn.q_proj"},
-    {offsetof(clip_layer_t, k), offsetof(clip_layer_grads_t, k), "self_attn.k_proj"},
-    {offsetof(clip_layer_t, v), offsetof(clip_layer_grads_t, v), "self_attn.v_proj"},
-    {offsetof(clip_layer_t, o), offsetof(clip_layer_grads_t, o), "self_attn.out_proj"},
-    {offsetof(clip_layer_t, fc1), offsetof(clip_layer_grads_t, fc1), "mlp.fc1"},
-    {offsetof(clip_layer_t, fc2), offsetof(clip_layer_grads_t, fc2), "mlp.fc2"},
+    clip_module_kind_t kind;
+    size_t off, goff;   /* offset of the clip_linear_t / clip_ln_t in clip_layer_t, of its grads */
+    const char *name;   /* module path inside the layer */
+} LAYER_MODULES[N_LAYER_MODULES] = {
+    {CLIP_MODULE_NORM, offsetof(clip_layer_t, ln1), offsetof(clip_layer_grads_t, ln1), "layer_norm1"},
+    {CLIP_MODULE_LINEAR, offsetof(clip_layer_t, q), offsetof(clip_layer_grads_t, q), "self_attn.q_proj"},
+    {CLIP_MODULE_LINEAR, offsetof(clip_layer_t, k), offsetof(clip_layer_grads_t, k), "self_attn.k_proj"},
+    {CLIP_MODULE_LINEAR, offsetof(clip_layer_t, v), offsetof(clip_layer_grads_t, v), "self_attn.v_proj"},
+    {CLIP_MODULE_LINEAR, offsetof(clip_layer_t, o), offsetof(clip_layer_grads_t, o), "self_attn.out_proj"},
+    {CLIP_MODULE_LINEAR, offsetof(clip_layer_t, fc1), offsetof(clip_layer_grads_t, fc1), "mlp.fc1"},
+    {CLIP_MODULE_LINEAR, offsetof(clip_layer_t, fc2), offsetof(clip_layer_grads_t, fc2), "mlp.fc2"},
+    {CLIP_MODULE_NORM, offsetof(clip_layer_t, ln2), offsetof(clip_layer_grads_t, ln2), "layer_norm2"},
 };
+#define LN_MODULE(second) ((second) ? N_LAYER_MODULES - 1 : 0)
 
 static int n_weights(const clip_t *m) { return 2 + N_LINEAR * m->cfg.num_layers; }
 static int n_norms(const clip_t *m) { return 2 * m->cfg.num_layers + 1; }
+
+/* Module path of table entry j of layer l. */
+static void layer_module_path(char *name, size_t cap, int l, int j) {
+    snprintf(name, cap, "text_model.encoder.layers.%d.%s", l, LAYER_MODULES[j].name);
+}
 
 /* Weight i: its weight_t, its bias slot (NULL for the embeddings), key prefix into name. */
 static weight_t *weight_ref(clip_t *m, int i, float ***bias, char *name, size_t cap) {
@@ -90,10 +104,10 @@ static weight_t *weight_ref(clip_t *m, int i, float ***bias, char *name, size_t 
         if (name) snprintf(name, cap, "text_model.embeddings.%s", i == 0 ? "token_embedding" : "position_embedding");
         return i == 0 ? &m->token_embedding : &m->position_embedding;
     }
-    const int l = (i - 2) / N_LINEAR, j = (i - 2) % N_LINEAR;
-    clip_linear_t *lin = (clip_linear_t *)((char *)&m->layers[l] + LINEARS[j].off);
+    const int l = (i - 2) / N_LINEAR, j = FIRST_LINEAR + (i - 2) % N_LINEAR;
+    clip_linear_t *lin = (clip_linear_t *)((char *)&m->layers[l] + LAYER_MODULES[j].off);
     if (bias) *bias = &lin->bias;
-    if (name) snprintf(name, cap, "text_model.encoder.layers.%d.%s", l, LINEARS[j].name);
+    if (name) layer_module_path(name, cap, l, j);
     return &lin->w;
 }
 
@@ -110,8 +124,8 @@ static void weight_shape(const clip_config_t *c, int i, int *rows, int *cols) {
 }
 
 static clip_linear_grads_t *linear_grads_ref(clip_grads_t *g, int i) {
-    const int l = (i - 2) / N_LINEAR, j = (i - 2) % N_LINEAR;
-    return (clip_linear_grads_t *)((char *)&g->layers[l] + LINEARS[j].goff);
+    const int l = (i - 2) / N_LINEAR, j = FIRST_LINEAR + (i - 2) % N_LINEAR;
+    return (clip_linear_grads_t *)((char *)&g->layers[l] + LAYER_MODULES[j].goff);
 }
 
 /* The dw slot of weight i in g. */
@@ -125,13 +139,14 @@ static clip_ln_t *ln_ref(clip_t *m, int i, char *name, size_t cap) {
         if (name) snprintf(name, cap, "text_model.final_layer_norm");
         return &m->final_ln;
     }
-    if (name) snprintf(name, cap, "text_model.encoder.layers.%d.layer_norm%d", i / 2, i % 2 + 1);
-    return i % 2 ? &m->layers[i / 2].ln2 : &m->layers[i / 2].ln1;
+    const int j = LN_MODULE(i % 2);
+    if (name) layer_module_path(name, cap, i / 2, j);
+    return (clip_ln_t *)((char *)&m->layers[i / 2] + LAYER_MODULES[j].off);
 }
 
 static clip_ln_grads_t *ln_grads_ref(clip_grads_t *g, int i, int L) {
     if (i == 2 * L) return &g->final_ln;
-    return i % 2 ? &g->layers[i / 2].ln2 : &g->layers[i / 2].ln1;
+    return (clip_ln_grads_t *)((char *)&g->layers[i / 2] + LAYER_MODULES[LN_MODULE(i % 2)].goff);
 }
 
 static int shift_count(const clip_t *m) { return m->norm_shift_mode == NORMSHIFT_SCALAR ? 1 : m->cfg.hidden_size; }
@@ -542,18 +557,80 @@ void clip_grads_free(clip_grads_t *g) {
 }
 
 void clip_visit_shifts(clip_t *m, clip_grads_t *g, clip_shift_visit_fn fn, void *ctx) {
-    char name[160], key[192];
+    char path[160];
+    shift_name_t name = {SHIFT_TE, SHIFT_SPECTRAL, path};
     for (int i = 0; i < n_weights(m); i++) {
-        weight_t *w = weight_ref(m, i, NULL, name, sizeof name);
+        weight_t *w = weight_ref(m, i, NULL, path, sizeof path);
         if (w->kind != WEIGHT_SPECTRAL) continue;
-        snprintf(key, sizeof key, "%s.weight", name);
-        fn(ctx, key, w->sp->delta, g && g->layers ? *dw_ref(g, i) : NULL, w->sp->rank);
+        fn(ctx, &name, w->sp->delta, g && g->layers ? *dw_ref(g, i) : NULL, w->sp->rank);
     }
+    name.kind = SHIFT_NORM;
     for (int i = 0; i < n_norms(m); i++) {
-        clip_ln_t *ln = ln_ref(m, i, name, sizeof name);
+        clip_ln_t *ln = ln_ref(m, i, path, sizeof path);
         if (!ln->shift) continue;
-        snprintf(key, sizeof key, "%s.weight", name);
-        fn(ctx, key, ln->shift, g && g->layers ? ln_grads_ref(g, i, m->cfg.num_layers)->dshift : NULL,
+        fn(ctx, &name, ln->shift, g && g->layers ? ln_grads_ref(g, i, m->cfg.num_layers)->dshift : NULL,
            shift_count(m));
     }
 }
+
+/* ---------------------------------------------------------------------------------------
+ * the encoder by module path */
+
+int clip_visit_modules(clip_t *m, clip_grads_t *g, clip_module_fn fn, void *ctx) {
+    char path[160];
+    clip_module_t mod;
+    const int has_g = g && g->layers;
+    int rc;
+    for (int i = 0; i < 2; i++) {
+        mod = (clip_module_t){.path = path, .kind = CLIP_MODULE_EMBEDDING, .layer = -1};
+        mod.w = weight_ref(m, i, NULL, path, sizeof path);
+        if (has_g) mod.dw = *dw_ref(g, i);
+        if ((rc = fn(ctx, &mod))) return rc;
+    }
+    for (int l = 0; l < m->cfg.num_layers; l++)
+        for (int j = 0; j < N_LAYER_MODULES; j++) {
+            mod = (clip_module_t){.path = path, .kind = LAYER_MODULES[j].kind, .layer = l};
+            layer_module_path(path, sizeof path, l, j);
+            char *at = (char *)&m->layers[l] + LAYER_MODULES[j].off;
+            char *gat = has_g ? (char *)&g->layers[l] + LAYER_MODULES[j].goff : NULL;
+            if (mod.kind == CLIP_MODULE_NORM) {
+                mod.ln = (clip_ln_t *)at, mod.dln = (clip_ln_grads_t *)gat;
+            } else {
+                clip_linear_t *lin = (clip_linear_t *)at;
+                mod.w = &lin->w, mod.bias = lin->bias;
+                if (gat) mod.dw = ((clip_linear_grads_t *)gat)->dw, mod.dbias = ((clip_linear_grads_t *)gat)->dbias;
+            }
+            if ((rc = fn(ctx, &mod))) return rc;
+        }
+    mod = (clip_module_t){.path = path, .kind = CLIP_MODULE_NORM, .layer = -1};
+    mod.ln = ln_ref(m, n_norms(m) - 1, path, sizeof path);
+    if (has_g) mod.dln = &g->final_ln;
+    return fn(ctx, &mod);
+}
+
+typedef struct {
+    const char *path;
+    clip_module_t *out;
+} find_ctx_t;
+
+static int find_visit(void *ctx, const clip_module_t *mod) {
+    find_ctx_t *f = ctx;
+    if (strcmp(mod->path, f->path)) return 0;
+    *f->out = *mod;
+    f->out->path = f->path;   /* the walk's buffer is gone after it */
+    return 1;
+}
+
+int clip_find_module(clip_t *m, const char *path, clip_module_t *out) {
+    find_ctx_t f = {path, out};
+    memset(out, 0, sizeof *out);
+    return clip_visit_modules(m, NULL, find_visit, &f);
+}
+
+static int bake_visit(void *ctx, const clip_module_t *mod) {
+    (void)ctx;
+    if (mod->w && mod->w->kind == WEIGHT_SPECTRAL) weight_bake(mod->w);
+    return 0;
+}
+
+void clip_bake_spectral(clip_t *m) { clip_visit_modules(m, NULL, bake_visit, NULL); }

@@ -11,6 +11,7 @@
 
 #include "io/model.h"
 #include "io/safetensors.h"
+#include "weights/shift_name.h"
 #include "weights/weight.h"
 
 typedef enum { CLIP_ACT_QUICK_GELU = 0, CLIP_ACT_GELU = 1 } clip_act_t;
@@ -154,11 +155,37 @@ void clip_grads_free(clip_grads_t *g);
  * embedding), the input of the first block (NULL = not wanted). */
 void clip_backward(clip_t *m, clip_acts_t *a, const float *dhidden, clip_grads_t *g, float *dembed);
 
-/* Visits every trained shift: spectral deltas (name = the weight's key, e.g.
- * "text_model.encoder.layers.0.self_attn.q_proj.weight") and norm shifts (the gain's key,
- * "...layer_norm1.weight"), with its gradient from g (NULL if g is NULL or has none). */
-typedef void (*clip_shift_visit_fn)(void *ctx, const char *name, float *shift, float *grad, int n);
+/* Visits every trained shift: spectral deltas (name: SHIFT_TE, SHIFT_SPECTRAL, the module path,
+ * e.g. "text_model.encoder.layers.0.self_attn.q_proj"), then norm shifts (SHIFT_NORM,
+ * "...layer_norm1"), with its gradient from g (NULL if g is NULL or has none). The name and its
+ * path are valid during the call only. */
+typedef void (*clip_shift_visit_fn)(void *ctx, const shift_name_t *name, float *shift, float *grad, int n);
 void clip_visit_shifts(clip_t *m, clip_grads_t *g, clip_shift_visit_fn fn, void *ctx);
+
+/* ---- the encoder by diffusers module path (clip.c holds the one table of a layer's modules) ---- */
+typedef enum { CLIP_MODULE_EMBEDDING, CLIP_MODULE_LINEAR, CLIP_MODULE_NORM } clip_module_kind_t;
+typedef struct {
+    const char *path;          /* "text_model.embeddings.token_embedding", "...encoder.layers.<i>.mlp.fc1" */
+    clip_module_kind_t kind;
+    int layer;                 /* encoder layer; -1: the embeddings and the final LayerNorm */
+    weight_t *w;               /* embeddings and linears, else NULL */
+    float *bias;               /* linears: [w->rows] fp32, else NULL */
+    clip_ln_t *ln;             /* LayerNorms, else NULL */
+    float *dw, *dbias;         /* their slots in the visit's gradients (NULL: no gradients or none there) */
+    clip_ln_grads_t *dln;      /* LayerNorms: their gradients (NULL without gradients) */
+} clip_module_t;
+/* Visits every module: the two embeddings ("text_model.embeddings.{token,position}_embedding"),
+ * then per layer "text_model.encoder.layers.<i>." + layer_norm1, self_attn.{q,k,v,out}_proj,
+ * mlp.fc1, mlp.fc2, layer_norm2, then "text_model.final_layer_norm". g may be NULL. mod and its
+ * path are valid during the call only. fn returning non-zero stops the walk and that value is
+ * returned. */
+typedef int (*clip_module_fn)(void *ctx, const clip_module_t *mod);
+int clip_visit_modules(clip_t *m, clip_grads_t *g, clip_module_fn fn, void *ctx);
+/* The module at `path` into *out (out->path = path, no gradients); 1 if found, else 0. */
+int clip_find_module(clip_t *m, const char *path, clip_module_t *out);
+/* Bakes every spectral weight (weight_bake). Re-run after changing deltas; clip_set_shift_scale
+ * drops the baked matrices. */
+void clip_bake_spectral(clip_t *m);
 
 /* ---- glue to io/model.h (inline so that this header's users link without model.c until
  * they call these) ---- */

@@ -662,12 +662,14 @@ void unet_visit_shifts(unet_t *m, unet_grads_t *g, unet_shift_visit_fn fn, void 
     for (int i = 0; i < m->n_layers; i++) {
         unet_layer_t *l = m->layers[i];
         if (l->w.kind != WEIGHT_SPECTRAL) continue;
-        fn(ctx, l->name, l->w.sp->delta, g ? g->layers[l->id].dw : NULL, l->w.sp->rank);
+        const shift_name_t name = {SHIFT_UNET, SHIFT_SPECTRAL, l->name};
+        fn(ctx, &name, l->w.sp->delta, g ? g->layers[l->id].dw : NULL, l->w.sp->rank);
     }
     for (int i = 0; i < m->n_norms; i++) {
         unet_norm_t *n = m->norms[i];
         if (!n->shift) continue;
-        fn(ctx, n->name, n->shift, g ? g->norms[n->id].dshift : NULL, shift_len(n));
+        const shift_name_t name = {SHIFT_UNET, SHIFT_NORM, n->name};
+        fn(ctx, &name, n->shift, g ? g->norms[n->id].dshift : NULL, shift_len(n));
     }
 }
 

@@ -10,6 +10,7 @@
 
 #include "io/model.h"
 #include "io/safetensors.h"
+#include "weights/shift_name.h"
 #include "weights/weight.h"
 
 #define UNET_MAX_LEVELS 8    /* len(block_out_channels) */
@@ -183,11 +184,11 @@ void unet_bake(unet_t *m);
 /* Drops the baked caches (training reads the factors). */
 void unet_unbake(unet_t *m);
 
-/* Visits every trained shift: spectral deltas (path = module path, e.g.
- * "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"; a trainer saves
- * "<path>.delta") and norm shifts ("...norm1"), with the gradient from g (NULL if none). */
+/* Visits every trained shift: spectral deltas (name: SHIFT_UNET, SHIFT_SPECTRAL, the module path,
+ * e.g. "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"; shift_name.h derives its
+ * keys), then norm shifts (SHIFT_NORM, "...norm1"), with the gradient from g (NULL if none). */
 typedef struct unet_grads unet_grads_t;
-typedef void (*unet_shift_visit_fn)(void *ctx, const char *path, float *shift, float *grad, int n);
+typedef void (*unet_shift_visit_fn)(void *ctx, const shift_name_t *name, float *shift, float *grad, int n);
 void unet_visit_shifts(unet_t *m, unet_grads_t *g, unet_shift_visit_fn fn, void *ctx);
 
 /* ---- activations ---- */

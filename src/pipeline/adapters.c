@@ -14,14 +14,6 @@
 
 /* ---- name resolution ---- */
 
-static const char *const CLIP_LINEARS[6] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                                            "self_attn.out_proj", "mlp.fc1", "mlp.fc2"};
-
-static clip_linear_t *clip_linear_at(clip_layer_t *L, int j) {
-    clip_linear_t *v[6] = {&L->q, &L->k, &L->v, &L->o, &L->fc1, &L->fc2};
-    return v[j];
-}
-
 /* What a tensor name points at: a weight matrix, or an fp32 vector (bias, gain, offset) of n. */
 typedef struct {
     weight_t *w;
@@ -29,33 +21,18 @@ typedef struct {
     int n;
 } target_t;
 
-/* module + ".weight" / ".bias" in the text encoder */
+/* module + ".weight" / ".bias" in the text encoder (the embeddings have no bias) */
 static int clip_resolve(clip_t *c, const char *module, int is_bias, target_t *t) {
-    const int C = c->cfg.hidden_size;
-    if (!is_bias && !strcmp(module, "text_model.embeddings.token_embedding")) return t->w = &c->token_embedding, 1;
-    if (!is_bias && !strcmp(module, "text_model.embeddings.position_embedding")) return t->w = &c->position_embedding, 1;
-    if (!strcmp(module, "text_model.final_layer_norm")) {
-        t->vec = is_bias ? c->final_ln.beta : c->final_ln.gamma, t->n = C;
+    clip_module_t mod;
+    if (!clip_find_module(c, module, &mod)) return 0;
+    if (mod.ln) {
+        t->vec = is_bias ? mod.ln->beta : mod.ln->gamma, t->n = c->cfg.hidden_size;
         return 1;
     }
-    int l = -1, at = 0;
-    if (sscanf(module, "text_model.encoder.layers.%d.%n", &l, &at) != 1 || at == 0 || l < 0 || l >= c->cfg.num_layers)
-        return 0;
-    const char *rest = module + at;
-    clip_layer_t *L = &c->layers[l];
-    if (!strcmp(rest, "layer_norm1") || !strcmp(rest, "layer_norm2")) {
-        clip_ln_t *ln = rest[10] == '1' ? &L->ln1 : &L->ln2;
-        t->vec = is_bias ? ln->beta : ln->gamma, t->n = C;
-        return 1;
-    }
-    for (int j = 0; j < 6; j++)
-        if (!strcmp(rest, CLIP_LINEARS[j])) {
-            clip_linear_t *lin = clip_linear_at(L, j);
-            if (is_bias) t->vec = lin->bias, t->n = lin->w.rows;
-            else t->w = &lin->w;
-            return 1;
-        }
-    return 0;
+    if (!is_bias) return t->w = mod.w, 1;
+    if (!mod.bias) return 0;
+    t->vec = mod.bias, t->n = mod.w->rows;
+    return 1;
 }
 
 static int unet_resolve(unet_t *u, const char *module, int is_bias, target_t *t) {
@@ -148,7 +125,7 @@ static int apply_delta_file(pipeline_t *p, const char *path, float scale, int fo
     rc = check_base(&f, path, hash, force, "weight delta");
     for (int i = 0; i < f.n_tensors && !rc; i++) {
         const st_tensor_t *x = &f.tensors[i];
-        const int te = !strncmp(x->name, "text_model.", 11);
+        const int te = shift_component_of_path(x->name) == SHIFT_TE;
         const model_component_t *comp = te ? &p->model.text_encoder : &p->model.unet;
         const st_tensor_t *ref = component_find(comp, x->name);
         target_t t;
@@ -240,13 +217,12 @@ typedef struct {
     size_t cap;
 } kohya_find_t;
 
-static int kohya_visit(void *ctx, const char *path, weight_t *w, clip_ln_t *ln) {
-    (void)w, (void)ln;
+static int kohya_visit(void *ctx, const clip_module_t *mod) {
     kohya_find_t *f = ctx;
     char u[512];
-    underscored(u, sizeof u, path);
+    underscored(u, sizeof u, mod->path);
     if (strcmp(u, f->key)) return 0;
-    snprintf(f->module, f->cap, "%s", path);
+    snprintf(f->module, f->cap, "%s", mod->path);
     return 1;
 }
 
@@ -266,7 +242,7 @@ static int kohya_module(pipeline_t *p, int te, const char *key, char *module, si
         return 0;
     }
     kohya_find_t f = {.key = key, .module = module, .cap = cap};
-    return clip_visit_modules(&p->clip, kohya_visit, &f);
+    return clip_visit_modules(&p->clip, NULL, kohya_visit, &f);
 }
 
 static int group_lora_tensors(const st_file_t *f, const char *path, lora_group_t **out, int *n_out) {

@@ -76,23 +76,11 @@ static void item_free(item_t *it) {
 
 static int is_embedding(const char *path) { return !strncmp(path, "text_model.embeddings.", 22); }
 
-typedef struct {
-    const char *path;
-    weight_t *w;
-    clip_ln_t *ln;
-} find_t;
-
-static int find_visit(void *ctx, const char *path, weight_t *w, clip_ln_t *ln) {
-    find_t *f = ctx;
-    if (strcmp(path, f->path)) return 0;
-    f->w = w, f->ln = ln;
-    return 1;
-}
-
 /* The weight tensor of a module in the model file, for its layout (conv or linear) and shape. */
 static int tensor_layout(const pipeline_t *p, item_t *it) {
     char key[600];
-    snprintf(key, sizeof key, "%s.weight", it->path);
+    const shift_name_t n = {it->te ? SHIFT_TE : SHIFT_UNET, SHIFT_KIND_UNKNOWN, it->path};
+    if (shift_key(key, sizeof key, &n, SHIFT_KEY_WEIGHT)) return SD_ERR_FORMAT;   /* the message names the path */
     const st_tensor_t *t = component_find(it->te ? &p->model.text_encoder : &p->model.unet, key);
     if (!t || t->ndim < 1 || t->ndim > 4)
         return sd_error(SD_ERR_FORMAT, "%s: the model has no tensor '%s' to export against", it->path, key);
@@ -300,7 +288,7 @@ int lora_export(pipeline_t *p, const shift_set_t *const *sets, int n_sets, const
     for (int k = 0; k < n_sets; k++)
         for (int i = 0; i < sets[k]->n; i++) {
             const shift_entry_t *e = &sets[k]->entries[i];
-            const int te = !strncmp(e->path, "text_model.", 11);
+            const int te = shift_component_of_path(e->path) == SHIFT_TE;
             const int norm = toolbox_is_norm_path(e->path);
             if ((norm && o->no_norms) || (is_embedding(e->path) && o->no_embeddings)) {
                 stats[te].dropped++;
@@ -363,8 +351,8 @@ int lora_export(pipeline_t *p, const shift_set_t *const *sets, int n_sets, const
                     norm_item(it, nm->gamma, nm->shift, nm->scale, nm->C, nm->mode);
                 }
             } else {
-                find_t f = {.path = e->path};
-                clip_visit_modules(&p->clip, find_visit, &f);
+                clip_module_t f;
+                clip_find_module(&p->clip, e->path, &f);
                 if (f.w) rc = matrix_item(p, it, f.w, o, &stats[1]);
                 else norm_item(it, f.ln->gamma, f.ln->shift, p->clip.norm_shift_scale, p->clip.cfg.hidden_size,
                                p->clip.norm_shift_mode);

@@ -75,7 +75,7 @@ static int apply_shift_set(pipeline_t *p, const shift_set_t *s, float scale, svd
     shiftset_init(&parts[0]), shiftset_init(&parts[1]);
     for (int i = 0; i < s->n; i++) {
         const shift_entry_t *e = &s->entries[i];
-        shiftset_put(&parts[strncmp(e->path, "text_model.", 11) == 0], e->path, e->values, e->n);
+        shiftset_put(&parts[shift_component_of_path(e->path) == SHIFT_TE], e->path, e->values, e->n);
     }
     int rc = shiftset_apply_unet(&p->unet, &parts[0], scale, cache);
     if (!rc) rc = shiftset_apply_clip(&p->clip, &parts[1], scale, cache);

@@ -1,6 +1,6 @@
 /* Shift sets (shifts.h): the in-memory set, safetensors load / save (ours and svdiff-pytorch's
  * files), collecting shifts from a trained UNet / text encoder, and applying sets to a model.
- * Also the text encoder's module walk by diffusers path (clip.h names weights by tensor key). */
+ * File keys come from weights/shift_name.h (SHIFT_KEY_FILE). */
 #include "shifts/shifts.h"
 
 #include <errno.h>
@@ -13,8 +13,6 @@
 #include "base/error.h"
 #include "base/progress.h"
 #include "ops/ops.h"
-
-#define DELTA_SUFFIX ".delta"
 
 /* ---------------------------------------------------------------------------------------
  * the set */
@@ -95,9 +93,11 @@ const char *shiftset_meta(const shift_set_t *s, const char *key) {
 /* ---------------------------------------------------------------------------------------
  * files */
 
-static int ends_with(const char *s, const char *suffix) {
-    const size_t n = strlen(s), k = strlen(suffix);
-    return n >= k && strcmp(s + n - k, suffix) == 0;
+/* The file key of an entry ("<path>.delta") into buf, for messages and the writer. */
+static const char *file_key(char *buf, size_t cap, const char *path) {
+    const shift_name_t n = {shift_component_of_path(path), SHIFT_KIND_UNKNOWN, path};
+    if (shift_key(buf, cap, &n, SHIFT_KEY_FILE)) snprintf(buf, cap, "%s", path);
+    return buf;
 }
 
 int shiftset_load(shift_set_t *s, const char *file) {
@@ -107,8 +107,11 @@ int shiftset_load(shift_set_t *s, const char *file) {
     if (rc) return rc;
     for (int i = 0; i < f.n_tensors && !rc; i++) {
         const st_tensor_t *t = &f.tensors[i];
-        const size_t len = strlen(t->name), k = strlen(DELTA_SUFFIX);
-        if (!ends_with(t->name, DELTA_SUFFIX) || len == k) {
+        const size_t len = strlen(t->name);
+        char *path = sd_xmalloc(len + 1);
+        shift_name_t name;
+        if (shift_key_parse(&name, path, len + 1, t->name, SHIFT_KEY_FILE)) {
+            free(path);
             rc = sd_error(SD_ERR_FORMAT, "%s: tensor '%s' is not a shift (a shift file holds only '<module path>.delta' tensors)",
                           file, t->name);
             break;
@@ -116,16 +119,19 @@ int shiftset_load(shift_set_t *s, const char *file) {
         if (t->ndim != 1 || t->numel < 1) {
             rc = sd_error(SD_ERR_FORMAT, "%s: tensor '%s' has %d dimensions and %lld values; a shift is 1-D and not empty",
                           file, t->name, t->ndim, (long long)t->numel);
+            free(path);
             break;
         }
         if (t->dtype != ST_F32 && t->dtype != ST_F16 && t->dtype != ST_BF16) {
             rc = sd_error(SD_ERR_FORMAT, "%s: tensor '%s' has dtype %s (F32, F16 or BF16 expected)", file, t->name,
                           st_dtype_name(t->dtype));
+            free(path);
             break;
         }
         if (t->numel > (1 << 24)) {
             rc = sd_error(SD_ERR_FORMAT, "%s: tensor '%s' has %lld values, too many for a shift", file, t->name,
                           (long long)t->numel);
+            free(path);
             break;
         }
         const int n = (int)t->numel;
@@ -134,14 +140,9 @@ int shiftset_load(shift_set_t *s, const char *file) {
         for (int j = 0; !rc && j < n; j++)
             if (!isfinite(v[j]))
                 rc = sd_error(SD_ERR_FORMAT, "%s: tensor '%s' holds a non-finite value at [%d]", file, t->name, j);
-        if (!rc) {
-            char *path = sd_xmalloc(len - k + 1);
-            memcpy(path, t->name, len - k);
-            path[len - k] = '\0';
-            shiftset_put(s, path, v, n);
-            free(path);
-        }
+        if (!rc) shiftset_put(s, name.path, v, n);
         free(v);
+        free(path);
     }
     for (int i = 0; i < f.n_meta && !rc; i++) shiftset_set_meta(s, f.meta_keys[i], f.meta_values[i]);
     st_close(&f);
@@ -166,7 +167,7 @@ static int check_savable(const shift_set_t *s, const char *file, st_dtype_t dtyp
     return SD_OK;
 }
 
-/* A writer over a set: keys "<path>.delta"; F16 copies and names live in the struct until the
+/* A writer over a set: keys "<path>.delta" (SHIFT_KEY_FILE); F16 copies and names live in the struct until the
  * save (the writer references its data). A pair id copied from an input is dropped: only
  * shiftset_save_pair sets one, for the two files it writes. */
 typedef struct {
@@ -188,8 +189,10 @@ static int set_writer_build(set_writer_t *sw, const shift_set_t *s, const char *
     int rc = SD_OK;
     for (int i = 0; i < s->n && !rc; i++) {
         const shift_entry_t *e = &s->entries[i];
-        sw->names[i] = sd_xmalloc(strlen(e->path) + sizeof DELTA_SUFFIX);
-        sprintf(sw->names[i], "%s" DELTA_SUFFIX, e->path);
+        const size_t cap = strlen(e->path) + 16;
+        sw->names[i] = sd_xmalloc(cap);
+        const shift_name_t n = {shift_component_of_path(e->path), SHIFT_KIND_UNKNOWN, e->path};
+        if ((rc = shift_key(sw->names[i], cap, &n, SHIFT_KEY_FILE))) break;
         const int64_t shape[1] = {e->n};
         const void *data = e->values;
         if (dtype == ST_F16) {
@@ -234,9 +237,10 @@ int shiftset_save_pair(const shift_set_t *unet, const char *unet_file, st_dtype_
 /* ---------------------------------------------------------------------------------------
  * collecting a model's shifts */
 
-static void put_visit(void *ctx, const char *path, float *shift, float *grad, int n) {
+/* The visits name a shift by (component, path, kind); the set keys it by path. */
+static void put_visit(void *ctx, const shift_name_t *name, float *shift, float *grad, int n) {
     (void)grad;
-    shiftset_put(ctx, path, shift, n);
+    shiftset_put(ctx, name->path, shift, n);
 }
 
 void shiftset_from_unet(shift_set_t *s, unet_t *m) {
@@ -248,68 +252,11 @@ void shiftset_from_unet(shift_set_t *s, unet_t *m) {
         }
 }
 
-/* clip_visit_shifts names a shift by its tensor key ("...q_proj.weight"); files use the module. */
-static void put_visit_strip(void *ctx, const char *key, float *shift, float *grad, int n) {
-    (void)grad;
-    char path[256];
-    snprintf(path, sizeof path, "%s", key);
-    if (ends_with(path, ".weight")) path[strlen(path) - strlen(".weight")] = '\0';
-    shiftset_put(ctx, path, shift, n);
-}
-
 void shiftset_from_clip(shift_set_t *s, clip_t *m) {
     int has_norm_shift = m->final_ln.shift != NULL;
     for (int l = 0; l < m->cfg.num_layers; l++) has_norm_shift |= m->layers[l].ln1.shift || m->layers[l].ln2.shift;
-    clip_visit_shifts(m, NULL, put_visit_strip, s);
+    clip_visit_shifts(m, NULL, put_visit, s);
     if (has_norm_shift) shiftset_set_meta(s, "norm_shift", m->norm_shift_mode == NORMSHIFT_SCALAR ? "scalar" : "element");
-}
-
-/* ---------------------------------------------------------------------------------------
- * the text encoder by module path */
-
-int clip_visit_modules(clip_t *m, clip_module_fn fn, void *ctx) {
-    static const char *const linears[6] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                                           "self_attn.out_proj", "mlp.fc1", "mlp.fc2"};
-    char path[160];
-    int rc;
-    if ((rc = fn(ctx, "text_model.embeddings.token_embedding", &m->token_embedding, NULL))) return rc;
-    if ((rc = fn(ctx, "text_model.embeddings.position_embedding", &m->position_embedding, NULL))) return rc;
-    for (int l = 0; l < m->cfg.num_layers; l++) {
-        clip_layer_t *ly = &m->layers[l];
-        clip_linear_t *lin[6] = {&ly->q, &ly->k, &ly->v, &ly->o, &ly->fc1, &ly->fc2};
-        for (int j = 0; j < 6; j++) {
-            snprintf(path, sizeof path, "text_model.encoder.layers.%d.%s", l, linears[j]);
-            if ((rc = fn(ctx, path, &lin[j]->w, NULL))) return rc;
-        }
-    }
-    for (int l = 0; l < m->cfg.num_layers; l++) {
-        snprintf(path, sizeof path, "text_model.encoder.layers.%d.layer_norm1", l);
-        if ((rc = fn(ctx, path, NULL, &m->layers[l].ln1))) return rc;
-        snprintf(path, sizeof path, "text_model.encoder.layers.%d.layer_norm2", l);
-        if ((rc = fn(ctx, path, NULL, &m->layers[l].ln2))) return rc;
-    }
-    return fn(ctx, "text_model.final_layer_norm", NULL, &m->final_ln);
-}
-
-static int bake_visit(void *ctx, const char *path, weight_t *w, clip_ln_t *ln) {
-    (void)ctx, (void)path, (void)ln;
-    if (w && w->kind == WEIGHT_SPECTRAL) weight_bake(w);
-    return 0;
-}
-
-void clip_bake_spectral(clip_t *m) { clip_visit_modules(m, bake_visit, NULL); }
-
-typedef struct {
-    const char *path;
-    weight_t *w;
-    clip_ln_t *ln;
-} clip_find_t;
-
-static int find_visit(void *ctx, const char *path, weight_t *w, clip_ln_t *ln) {
-    clip_find_t *f = ctx;
-    if (strcmp(path, f->path)) return 0;
-    f->w = w, f->ln = ln;
-    return 1;
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -318,12 +265,15 @@ static int find_visit(void *ctx, const char *path, weight_t *w, clip_ln_t *ln) {
 static int rank_of(const weight_t *w) { return w->rows < w->cols ? w->rows : w->cols; }
 
 static int bad_length(const shift_entry_t *e, const char *what, const char *want) {
-    return sd_error(SD_ERR_FORMAT, "shift '%s" DELTA_SUFFIX "' has %d values, but %s '%s' needs %s", e->path, e->n,
-                    what, e->path, want);
+    char key[512];
+    return sd_error(SD_ERR_FORMAT, "shift '%s' has %d values, but %s '%s' needs %s", file_key(key, sizeof key, e->path),
+                    e->n, what, e->path, want);
 }
 
 static int unknown_module(const shift_entry_t *e, const char *model) {
-    return sd_error(SD_ERR_FORMAT, "shift '%s" DELTA_SUFFIX "' names no shiftable module of this %s", e->path, model);
+    char key[512];
+    return sd_error(SD_ERR_FORMAT, "shift '%s' names no shiftable module of this %s", file_key(key, sizeof key, e->path),
+                    model);
 }
 
 /* Norm entry length -> mode: [C] per element, [1] scalar; `have` is the mode of a shift the
@@ -357,10 +307,11 @@ static void factor_progress_finish(factor_progress_t *fp) {
 }
 
 /* Makes `w` spectral if it is not (keeping the base: exact form) and adds the shift. */
-static int apply_matrix(weight_t *w, const char *cache_path, const shift_entry_t *e, float scale,
+static int apply_matrix(weight_t *w, shift_component_t component, const shift_entry_t *e, float scale,
                         svd_cache_t *cache, factor_progress_t *fp) {
     if (w->kind == WEIGHT_DENSE) {
-        int rc = svd_cache_make_spectral(cache, cache_path, w, 1);
+        const shift_name_t n = {component, SHIFT_SPECTRAL, e->path};
+        int rc = svd_cache_make_spectral(cache, &n, w, 1);
         if (rc) return rc;
         progress_update(&fp->bar, ++fp->done, NULL);
     }
@@ -390,9 +341,10 @@ int shiftset_apply_unet(unet_t *m, const shift_set_t *s, float scale, svd_cache_
             snprintf(want, sizeof want, "%d (per element) or 1 (scalar)", nm->C);
             return bad_length(e, "norm", want);
         }
+        char key[512];
         if (have >= 0 && have != mode)
-            return sd_error(SD_ERR_FORMAT, "shift '%s" DELTA_SUFFIX "' is a %s norm shift, but the model already has a %s one there",
-                            e->path, mode_name(mode), mode_name(have));
+            return sd_error(SD_ERR_FORMAT, "shift '%s' is a %s norm shift, but the model already has a %s one there",
+                            file_key(key, sizeof key, e->path), mode_name(mode), mode_name(have));
     }
     long todo = 0;
     for (int i = 0; i < s->n; i++) {
@@ -405,7 +357,7 @@ int shiftset_apply_unet(unet_t *m, const shift_set_t *s, float scale, svd_cache_
         const shift_entry_t *e = &s->entries[i];
         unet_layer_t *l = unet_find_layer(m, e->path);
         if (l) {
-            int rc = apply_matrix(&l->w, e->path, e, scale, cache, &fp);
+            int rc = apply_matrix(&l->w, SHIFT_UNET, e, scale, cache, &fp);
             if (rc) return rc;
             continue;
         }
@@ -430,8 +382,8 @@ int shiftset_apply_clip(clip_t *m, const shift_set_t *s, float scale, svd_cache_
     char want[64];
     for (int i = 0; i < s->n; i++) {
         const shift_entry_t *e = &s->entries[i];
-        clip_find_t f = {.path = e->path};
-        if (!clip_visit_modules(m, find_visit, &f)) return unknown_module(e, "text encoder");
+        clip_module_t f;
+        if (!clip_find_module(m, e->path, &f)) return unknown_module(e, "text encoder");
         if (f.w) {
             if (e->n != rank_of(f.w)) {
                 snprintf(want, sizeof want, "%d (the rank of its [%d, %d] matrix)", rank_of(f.w), f.w->rows, f.w->cols);
@@ -444,28 +396,26 @@ int shiftset_apply_clip(clip_t *m, const shift_set_t *s, float scale, svd_cache_
             snprintf(want, sizeof want, "%d (per element) or 1 (scalar)", C);
             return bad_length(e, "norm", want);
         }
+        char key[512];
         if (mode >= 0 && mi != mode)
-            return sd_error(SD_ERR_FORMAT,
-                            "shift '%s" DELTA_SUFFIX "' is a %s norm shift, but the text encoder's norm shifts are %s",
-                            e->path, mode_name(mi), mode_name(mode));
+            return sd_error(SD_ERR_FORMAT, "shift '%s' is a %s norm shift, but the text encoder's norm shifts are %s",
+                            file_key(key, sizeof key, e->path), mode_name(mi), mode_name(mode));
         mode = mi;
     }
     long todo = 0;
     for (int i = 0; i < s->n; i++) {
-        clip_find_t f = {.path = s->entries[i].path};
-        clip_visit_modules(m, find_visit, &f);
+        clip_module_t f;
+        clip_find_module(m, s->entries[i].path, &f);
         todo += f.w && f.w->kind == WEIGHT_DENSE;
     }
     factor_progress_t fp;
     factor_progress_start(&fp, "text encoder svd", todo);
-    char key[200];
     for (int i = 0; i < s->n; i++) {
         const shift_entry_t *e = &s->entries[i];
-        clip_find_t f = {.path = e->path};
-        clip_visit_modules(m, find_visit, &f);
+        clip_module_t f;
+        clip_find_module(m, e->path, &f);
         if (f.w) {
-            snprintf(key, sizeof key, SVD_CACHE_TE_PREFIX "%s", e->path);
-            int rc = apply_matrix(f.w, key, e, scale, cache, &fp);
+            int rc = apply_matrix(f.w, SHIFT_TE, e, scale, cache, &fp);
             if (rc) return rc;
             continue;
         }

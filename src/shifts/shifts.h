@@ -1,7 +1,8 @@
 /* Shift files and the SVD cache.
  *
  * A shift set is what training produces: one 1-D float array per shifted module, keyed by its
- * diffusers module path (the file key is "<path>.delta", docs/method.md section 7):
+ * diffusers module path (the file key is "<path>.delta", docs/method.md section 7; every key of a
+ * shift comes from weights/shift_name.h):
  *   spectral deltas   [rank]            e.g. "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"
  *   norm-gain shifts  [C] (per element) or [1] (svdiff-pytorch's scalar form), e.g. "...norm1"
  * UNet shifts live in spectral_shifts.safetensors, text-encoder shifts in
@@ -91,28 +92,28 @@ uint64_t bytes_hash64(const void *p, size_t n, uint64_t seed);
 
 /* SVD cache: a safetensors file per base model, "<dir>/<hash>.svd.safetensors", holding F32
  * "<path>.U" [rows, rank], "<path>.S" [rank], "<path>.Vt" [rank, cols] per matrix. UNet entries
- * use the module path as is; text-encoder entries carry the prefix SVD_CACHE_TE_PREFIX
- * ("te:text_model.encoder.layers.0.self_attn.q_proj.U"), so one file serves a whole model.
+ * use the module path as is; text-encoder entries carry the prefix "te:"
+ * ("te:text_model.encoder.layers.0.self_attn.q_proj.U"), so one file serves a whole model
+ * (shift_key SHIFT_KEY_CACHE_U / _S / _VT). Entries are named by the shift they serve.
  * Every tensor's bytes have a checksum in the metadata ("sum:<tensor name>", 16 hex digits of
  * bytes_hash64), checked on lookup. A cache file that cannot be read, belongs to another hash,
  * was written without checksums (an svdiff before format 2), or holds a bad entry (wrong shape
  * or dtype, non-finite values, a checksum mismatch) is reported on stderr and recomputed, never
  * fatal. */
-#define SVD_CACHE_TE_PREFIX "te:"
 int svd_cache_open(svd_cache_t **c, const char *dir, const char *model_hash);  /* creates dir */
 void svd_cache_close(svd_cache_t *c);
-/* Makes `w` spectral from cached factors of `path` if present (returns 1), else 0. */
-int svd_cache_lookup(svd_cache_t *c, const char *path, weight_t *w, int keep_base);
+/* Makes `w` spectral from cached factors of `n` if present (returns 1), else 0. */
+int svd_cache_lookup(svd_cache_t *c, const shift_name_t *n, weight_t *w, int keep_base);
 /* Records the factors of a spectral weight for the next save. The factors are referenced,
  * not copied (a whole model's U and V are GBs): `sp` must stay alive and unchanged until
  * svd_cache_save or svd_cache_close. */
-void svd_cache_put(svd_cache_t *c, const char *path, const spectral_t *sp);
+void svd_cache_put(svd_cache_t *c, const shift_name_t *n, const spectral_t *sp);
 /* Writes the cache file atomically (when anything was added: old entries + puts), then serves
  * lookups from the new file and holds no reference to any `sp` any more. */
 int svd_cache_save(svd_cache_t *c);
-/* Makes a dense `w` spectral: factors of `path` from the cache when it holds them, else an SVD
+/* Makes a dense `w` spectral: factors of `n` from the cache when it holds them, else an SVD
  * whose factors are then recorded (svd_cache_put). cache may be NULL. Returns 0 or SD_ERR_*. */
-int svd_cache_make_spectral(svd_cache_t *c, const char *path, weight_t *w, int keep_base);
+int svd_cache_make_spectral(svd_cache_t *c, const shift_name_t *n, weight_t *w, int keep_base);
 /* Counters since open: factor sets served by lookups, and recorded by puts (= SVDs computed). */
 long svd_cache_loaded(const svd_cache_t *c);
 long svd_cache_computed(const svd_cache_t *c);
@@ -128,17 +129,6 @@ void svd_cache_default_dir(char *buf, size_t cap);
 int unet_make_spectral_cached(unet_t *m, svd_cache_t *cache, int keep_base);
 /* The text-encoder twin; which: CLIP_SPECTRAL_LINEARS | CLIP_SPECTRAL_EMBEDDINGS. */
 int clip_make_spectral_cached(clip_t *m, svd_cache_t *cache, unsigned which, int keep_base);
-
-/* The text encoder's shiftable modules by diffusers module path, in clip.c's order: weights
- * ("text_model.embeddings.token_embedding", "...position_embedding", then per layer
- * "text_model.encoder.layers.<i>.self_attn.{q,k,v,out}_proj", "...mlp.fc1", "...mlp.fc2"; ln NULL)
- * and LayerNorms ("...layers.<i>.layer_norm1", "...layer_norm2", "text_model.final_layer_norm";
- * w NULL). fn returning non-zero stops the walk and that value is returned. */
-typedef int (*clip_module_fn)(void *ctx, const char *path, weight_t *w, clip_ln_t *ln);
-int clip_visit_modules(clip_t *m, clip_module_fn fn, void *ctx);
-/* Bakes every spectral weight of the text encoder (weight_bake; clip.h has no clip_bake).
- * Re-run after changing deltas; clip_set_shift_scale drops the baked matrices. */
-void clip_bake_spectral(clip_t *m);
 
 /* "--shifts FILE_OR_DIR[:SCALE]": the part after the last ':' is a scale only when all of it
  * parses as a number (so paths holding ':' still work), and not when the whole argument names

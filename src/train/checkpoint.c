@@ -14,6 +14,7 @@
 #include "base/error.h"
 #include "io/outputs.h"
 #include "io/safetensors.h"
+#include "weights/shift_name.h"
 
 char *train_config_json(const trainer_t *t) {
     const train_config_t *c = &t->cfg;
@@ -74,13 +75,13 @@ int checkpoint_save(const trainer_t *t, const char *path) {
     for (int i = 0; i < t->n_params && !rc; i++) {
         const train_param_t *p = &t->params[i];
         const int64_t shape[1] = {p->n};
-        snprintf(name, sizeof name, "param/%s", p->name);
-        rc = st_writer_add(w, name, ST_F32, 1, shape, p->value);
-        snprintf(name, sizeof name, "adam_m/%s", p->name);
+        rc = ckpt_param_key(name, sizeof name, CKPT_PARAM, p->name);
+        if (!rc) rc = st_writer_add(w, name, ST_F32, 1, shape, p->value);
+        if (!rc) rc = ckpt_param_key(name, sizeof name, CKPT_ADAM_M, p->name);
         if (!rc) rc = st_writer_add(w, name, ST_F32, 1, shape, p->m);
-        snprintf(name, sizeof name, "adam_v/%s", p->name);
+        if (!rc) rc = ckpt_param_key(name, sizeof name, CKPT_ADAM_V, p->name);
         if (!rc) rc = st_writer_add(w, name, ST_F32, 1, shape, p->v);
-        snprintf(name, sizeof name, "ema/%s", p->name);
+        if (!rc) rc = ckpt_param_key(name, sizeof name, CKPT_EMA, p->name);
         if (!rc && p->ema) rc = st_writer_add(w, name, ST_F32, 1, shape, p->ema);
     }
     const int64_t pshape[1] = {t->order.n};
@@ -197,13 +198,13 @@ int checkpoint_load(trainer_t *t, const char *path) {
     /* 1. check everything */
     for (int i = 0; i < np && !rc; i++) {
         const train_param_t *p = &t->params[i];
-        snprintf(name, sizeof name, "param/%s", p->name);
-        rc = want_f32(&f, name, p->n, &src[K * i]);
-        snprintf(name, sizeof name, "adam_m/%s", p->name);
+        rc = ckpt_param_key(name, sizeof name, CKPT_PARAM, p->name);
+        if (!rc) rc = want_f32(&f, name, p->n, &src[K * i]);
+        if (!rc) rc = ckpt_param_key(name, sizeof name, CKPT_ADAM_M, p->name);
         if (!rc) rc = want_f32(&f, name, p->n, &src[K * i + 1]);
-        snprintf(name, sizeof name, "adam_v/%s", p->name);
+        if (!rc) rc = ckpt_param_key(name, sizeof name, CKPT_ADAM_V, p->name);
         if (!rc) rc = want_f32(&f, name, p->n, &src[K * i + 2]);
-        snprintf(name, sizeof name, "ema/%s", p->name);
+        if (!rc) rc = ckpt_param_key(name, sizeof name, CKPT_EMA, p->name);
         if (!rc && K == 4) rc = want_f32(&f, name, p->n, &src[K * i + 3]);
     }
     const int expected = K * np + 1;

@@ -15,8 +15,6 @@
 #include "train/checkpoint.h"
 #include "train/trainer.h"
 
-#define CLIP_LINEAR_COUNT 6
-
 /* fp32 values of `n` elements stored in `dtype`. */
 static void to_f32(float *dst, const void *src, st_dtype_t dtype, size_t n) {
     if (dtype == ST_F32) memcpy(dst, src, n * sizeof(float));
@@ -41,29 +39,25 @@ static int own_weight(weight_t *w, float **cursor, size_t *total, int count_only
     return SD_OK;
 }
 
-static clip_linear_t *clip_linear(clip_layer_t *L, int j) {
-    clip_linear_t *v[CLIP_LINEAR_COUNT] = {&L->q, &L->k, &L->v, &L->o, &L->fc1, &L->fc2};
-    return v[j];
+typedef struct {
+    float **cursor;
+    size_t *total;
+    int count_only;
+} masters_t;
+
+/* The text encoder's matrices: the embeddings and the linears (clip_visit_modules). */
+static int own_clip_weight(void *ctx, const clip_module_t *mod) {
+    masters_t *ms = ctx;
+    return mod->w ? own_weight(mod->w, ms->cursor, ms->total, ms->count_only, mod->path) : SD_OK;
 }
-static clip_linear_grads_t *clip_linear_grad(clip_layer_grads_t *G, int j) {
-    clip_linear_grads_t *v[CLIP_LINEAR_COUNT] = {&G->q, &G->k, &G->v, &G->o, &G->fc1, &G->fc2};
-    return v[j];
-}
-static const char *const CLIP_LINEAR_NAMES[CLIP_LINEAR_COUNT] = {
-    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1", "mlp.fc2"};
 
 static int masters_pass(trainer_t *t, float **cursor, size_t *total, int count_only) {
     unet_t *u = &t->p.unet;
     int rc = SD_OK;
     for (int i = 0; i < u->n_layers && !rc; i++) rc = own_weight(&u->layers[i]->w, cursor, total, count_only, u->layers[i]->name);
     if (rc || !t->cfg.train_text_encoder) return rc;
-    clip_t *c = &t->p.clip;
-    rc = own_weight(&c->token_embedding, cursor, total, count_only, "token_embedding");
-    if (!rc) rc = own_weight(&c->position_embedding, cursor, total, count_only, "position_embedding");
-    for (int l = 0; l < c->cfg.num_layers && !rc; l++)
-        for (int j = 0; j < CLIP_LINEAR_COUNT && !rc; j++)
-            rc = own_weight(&clip_linear(&c->layers[l], j)->w, cursor, total, count_only, CLIP_LINEAR_NAMES[j]);
-    return rc;
+    masters_t ms = {cursor, total, count_only};
+    return clip_visit_modules(&t->p.clip, NULL, own_clip_weight, &ms);
 }
 
 int trainer_full_masters(trainer_t *t) {
@@ -82,15 +76,35 @@ static void add_param(trainer_t *t, int count_only, int component, const char *n
                       float *grad, int n) {
     if (!count_only) {
         train_param_t *p = &t->params[t->n_params];
-        const char *prefix = component ? "te/" : "unet/";
-        size_t len = strlen(prefix) + strlen(name) + strlen(suffix) + 1;
+        char stem[512];
+        snprintf(stem, sizeof stem, "%s%s", name, suffix);
+        const size_t len = strlen(stem) + 8;
         p->name = sd_xmalloc(len);
-        snprintf(p->name, len, "%s%s%s", prefix, name, suffix);
+        SD_CHECK(train_param_name(p->name, len, component ? SHIFT_TE : SHIFT_UNET, stem) == SD_OK, "%s", stem);
         SD_CHECK(value && grad, "no value or gradient for %s", p->name);
         p->value = value, p->grad = grad, p->n = n, p->group = 0, p->component = component;
     }
     t->n_params++;
     t->n_values += (size_t)n;
+}
+
+typedef struct {
+    trainer_t *t;
+    int count_only;
+} full_visit_t;
+
+/* A text-encoder module's parameters: its matrix, then its bias; a LayerNorm's gain, then its offset. */
+static int add_clip_module(void *ctx, const clip_module_t *mod) {
+    full_visit_t *v = ctx;
+    if (mod->kind == CLIP_MODULE_NORM) {
+        const int C = v->t->p.clip.cfg.hidden_size;
+        add_param(v->t, v->count_only, 1, mod->path, ".weight", mod->ln->gamma, mod->dln->dgamma, C);
+        add_param(v->t, v->count_only, 1, mod->path, ".bias", mod->ln->beta, mod->dln->dbeta, C);
+        return 0;
+    }
+    add_param(v->t, v->count_only, 1, mod->path, ".weight", (float *)mod->w->data, mod->dw, (int)wsize(mod->w));
+    if (mod->kind == CLIP_MODULE_LINEAR) add_param(v->t, v->count_only, 1, mod->path, ".bias", mod->bias, mod->dbias, mod->w->rows);
+    return 0;
 }
 
 void trainer_full_visit(trainer_t *t, int count_only) {
@@ -108,33 +122,8 @@ void trainer_full_visit(trainer_t *t, int count_only) {
         add_param(t, count_only, 0, n->name, ".bias", n->beta, g->dbeta, n->C);
     }
     if (!t->cfg.train_text_encoder) return;
-    clip_t *c = &t->p.clip;
-    clip_grads_t *cg = &t->cg;
-    const int C = c->cfg.hidden_size;
-    add_param(t, count_only, 1, "text_model.embeddings.token_embedding", ".weight", (float *)c->token_embedding.data,
-              cg->dtoken, (int)wsize(&c->token_embedding));
-    add_param(t, count_only, 1, "text_model.embeddings.position_embedding", ".weight",
-              (float *)c->position_embedding.data, cg->dposition, (int)wsize(&c->position_embedding));
-    char name[256];
-    for (int l = 0; l < c->cfg.num_layers; l++) {
-        clip_layer_t *L = &c->layers[l];
-        clip_layer_grads_t *G = &cg->layers[l];
-        snprintf(name, sizeof name, "text_model.encoder.layers.%d.layer_norm1", l);
-        add_param(t, count_only, 1, name, ".weight", L->ln1.gamma, G->ln1.dgamma, C);
-        add_param(t, count_only, 1, name, ".bias", L->ln1.beta, G->ln1.dbeta, C);
-        for (int j = 0; j < CLIP_LINEAR_COUNT; j++) {
-            clip_linear_t *lin = clip_linear(L, j);
-            clip_linear_grads_t *lg = clip_linear_grad(G, j);
-            snprintf(name, sizeof name, "text_model.encoder.layers.%d.%s", l, CLIP_LINEAR_NAMES[j]);
-            add_param(t, count_only, 1, name, ".weight", (float *)lin->w.data, lg->dw, (int)wsize(&lin->w));
-            add_param(t, count_only, 1, name, ".bias", lin->bias, lg->dbias, lin->w.rows);
-        }
-        snprintf(name, sizeof name, "text_model.encoder.layers.%d.layer_norm2", l);
-        add_param(t, count_only, 1, name, ".weight", L->ln2.gamma, G->ln2.dgamma, C);
-        add_param(t, count_only, 1, name, ".bias", L->ln2.beta, G->ln2.dbeta, C);
-    }
-    add_param(t, count_only, 1, "text_model.final_layer_norm", ".weight", c->final_ln.gamma, cg->final_ln.dgamma, C);
-    add_param(t, count_only, 1, "text_model.final_layer_norm", ".bias", c->final_ln.beta, cg->final_ln.dbeta, C);
+    full_visit_t v = {t, count_only};
+    clip_visit_modules(&t->p.clip, &t->cg, add_clip_module, &v);
 }
 
 void ema_update(float *ema, const float *x, size_t n, float decay) {

@@ -11,21 +11,6 @@
 
 #define LORA_SALT 0x4C6F524164617074ull   /* the init streams: never one of the step streams */
 
-static const char *const TE_LINEARS[6] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                                          "self_attn.out_proj", "mlp.fc1", "mlp.fc2"};
-
-static weight_t *te_weight(clip_t *c, int l, int j) {
-    clip_layer_t *L = &c->layers[l];
-    weight_t *v[6] = {&L->q.w, &L->k.w, &L->v.w, &L->o.w, &L->fc1.w, &L->fc2.w};
-    return v[j];
-}
-
-static float **te_grad(clip_grads_t *g, int l, int j) {
-    clip_layer_grads_t *G = &g->layers[l];
-    float **v[6] = {&G->q.dw, &G->k.dw, &G->v.dw, &G->o.dw, &G->fc1.dw, &G->fc2.dw};
-    return v[j];
-}
-
 static float alpha_of(const train_config_t *c) { return c->lora_alpha > 0 ? c->lora_alpha : (float)c->lora_rank; }
 
 static int attach(weight_t *w, const train_config_t *c, uint64_t index, const char *name) {
@@ -41,6 +26,17 @@ static int attach(weight_t *w, const train_config_t *c, uint64_t index, const ch
     return SD_OK;
 }
 
+/* The text encoder's adapters sit on its linears (clip_visit_modules), numbered from 2^20 on. */
+typedef struct {
+    const train_config_t *c;
+    uint64_t index;
+} te_attach_t;
+
+static int te_attach(void *ctx, const clip_module_t *mod) {
+    te_attach_t *a = ctx;
+    return mod->kind == CLIP_MODULE_LINEAR ? attach(mod->w, a->c, a->index++, mod->path) : SD_OK;
+}
+
 int lora_train_attach(trainer_t *t) {
     const train_config_t *c = &t->cfg;
     if (c->lora_rank < 1) return sd_error(SD_ERR_ARG, "--lora-rank %d: must be at least 1", c->lora_rank);
@@ -49,25 +45,33 @@ int lora_train_attach(trainer_t *t) {
     int rc = SD_OK;
     for (int i = 0; i < u->n_layers && !rc; i++) rc = attach(&u->layers[i]->w, c, (uint64_t)i, u->layers[i]->name);
     if (rc || !c->train_text_encoder) return rc;
-    for (int l = 0; l < t->p.clip.cfg.num_layers && !rc; l++)
-        for (int j = 0; j < 6 && !rc; j++)
-            rc = attach(te_weight(&t->p.clip, l, j), c, (uint64_t)(1u << 20) + 6u * l + j, TE_LINEARS[j]);
-    return rc;
+    te_attach_t a = {c, (uint64_t)(1u << 20)};
+    return clip_visit_modules(&t->p.clip, NULL, te_attach, &a);
 }
 
 static void add(trainer_t *t, int count_only, int component, const char *module, weight_t *w, float *grad) {
     const int n = (int)lora_numel(w->lora);
     if (!count_only) {
         train_param_t *p = &t->params[t->n_params];
-        const char *prefix = component ? "te/" : "unet/";
-        size_t len = strlen(prefix) + strlen(module) + 1;
+        const size_t len = strlen(module) + 8;
         p->name = sd_xmalloc(len);
-        snprintf(p->name, len, "%s%s", prefix, module);
+        SD_CHECK(train_param_name(p->name, len, component ? SHIFT_TE : SHIFT_UNET, module) == SD_OK, "%s", module);
         SD_CHECK(grad, "no gradient for %s", p->name);
         p->value = w->lora->AB, p->grad = grad, p->n = n, p->group = 0, p->component = component;
     }
     t->n_params++;
     t->n_values += (size_t)n;
+}
+
+typedef struct {
+    trainer_t *t;
+    int count_only;
+} te_visit_t;
+
+static int te_add(void *ctx, const clip_module_t *mod) {
+    te_visit_t *v = ctx;
+    if (mod->kind == CLIP_MODULE_LINEAR && mod->w->kind == WEIGHT_LORA) add(v->t, v->count_only, 1, mod->path, mod->w, mod->dw);
+    return 0;
 }
 
 void lora_train_visit(trainer_t *t, int count_only) {
@@ -77,14 +81,8 @@ void lora_train_visit(trainer_t *t, int count_only) {
         if (l->w.kind == WEIGHT_LORA) add(t, count_only, 0, l->name, &l->w, t->ug.layers[l->id].dw);
     }
     if (!t->cfg.train_text_encoder) return;
-    char name[160];
-    for (int l = 0; l < t->p.clip.cfg.num_layers; l++)
-        for (int j = 0; j < 6; j++) {
-            weight_t *w = te_weight(&t->p.clip, l, j);
-            if (w->kind != WEIGHT_LORA) continue;
-            snprintf(name, sizeof name, "text_model.encoder.layers.%d.%s", l, TE_LINEARS[j]);
-            add(t, count_only, 1, name, w, *te_grad(&t->cg, l, j));
-        }
+    te_visit_t v = {t, count_only};
+    clip_visit_modules(&t->p.clip, &t->cg, te_add, &v);
 }
 
 /* ---- the file ---- */
@@ -129,6 +127,17 @@ static int put_adapter(writer_ctx_t *x, const char *prefix, const char *module, 
     return rc;
 }
 
+typedef struct {
+    writer_ctx_t *x;
+    const model_component_t *comp;
+} te_save_t;
+
+static int te_save(void *ctx, const clip_module_t *mod) {
+    te_save_t *s = ctx;
+    if (mod->kind != CLIP_MODULE_LINEAR || mod->w->kind != WEIGHT_LORA) return SD_OK;
+    return put_adapter(s->x, "text_encoder", mod->path, mod->w, s->comp);
+}
+
 int lora_train_save(trainer_t *t, const char *path, long *bytes) {
     const train_config_t *c = &t->cfg;
     writer_ctx_t x = {.w = st_writer_new(), .fp16 = c->save_fp16};
@@ -137,14 +146,8 @@ int lora_train_save(trainer_t *t, const char *path, long *bytes) {
     for (int i = 0; i < u->n_layers && !rc; i++)
         if (u->layers[i]->w.kind == WEIGHT_LORA)
             rc = put_adapter(&x, "unet", u->layers[i]->name, &u->layers[i]->w, &t->p.model.unet);
-    char name[160];
-    for (int l = 0; c->train_text_encoder && l < t->p.clip.cfg.num_layers && !rc; l++)
-        for (int j = 0; j < 6 && !rc; j++) {
-            weight_t *w = te_weight(&t->p.clip, l, j);
-            if (w->kind != WEIGHT_LORA) continue;
-            snprintf(name, sizeof name, "text_model.encoder.layers.%d.%s", l, TE_LINEARS[j]);
-            rc = put_adapter(&x, "text_encoder", name, w, &t->p.model.text_encoder);
-        }
+    te_save_t ts = {&x, &t->p.model.text_encoder};
+    if (!rc && c->train_text_encoder) rc = clip_visit_modules(&t->p.clip, NULL, te_save, &ts);
     char num[32];
     st_writer_meta(x.w, "format", "pt");
     snprintf(num, sizeof num, "%d", c->lora_rank);

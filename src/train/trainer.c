@@ -99,9 +99,9 @@ static void round_factors(weight_t *w) {
     round_bf16(w->sp->Vt, (size_t)w->sp->rank * w->sp->cols);
 }
 
-static int round_clip_module(void *ctx, const char *path, weight_t *w, clip_ln_t *ln) {
-    (void)ctx, (void)path, (void)ln;
-    if (w) round_factors(w);
+static int round_clip_module(void *ctx, const clip_module_t *mod) {
+    (void)ctx;
+    if (mod->w) round_factors(mod->w);
     return 0;
 }
 
@@ -123,15 +123,13 @@ static int make_spectral(trainer_t *t) {
     if (cache) svd_cache_close(cache);
     if (rc || !c->svd_bf16) return rc;
     for (int i = 0; i < t->p.unet.n_layers; i++) round_factors(&t->p.unet.layers[i]->w);
-    if (c->train_text_encoder) clip_visit_modules(&t->p.clip, round_clip_module, NULL);
+    if (c->train_text_encoder) clip_visit_modules(&t->p.clip, NULL, round_clip_module, NULL);
     return SD_OK;
 }
 
 typedef struct {
     trainer_t *t;
-    const char *prefix;
     int count_only;
-    const unet_t *unet;   /* to tell norm shifts (group 1) from deltas */
 } collect_ctx_t;
 
 /* Whether `name` contains one of the comma-separated substrings of `list` (NULL or "": all). */
@@ -152,28 +150,21 @@ int shift_layer_selected(const char *list, const char *name) {
     return 0;
 }
 
-static void collect(collect_ctx_t *cc, const char *name, float *shift, float *grad, int n, int group) {
+/* One shift as a trainer parameter: named by shift_key (SHIFT_KEY_TRAINER), grouped by its kind. */
+static void collect(void *ctx, const shift_name_t *name, float *shift, float *grad, int n) {
+    collect_ctx_t *cc = ctx;
     trainer_t *t = cc->t;
     if (!cc->count_only) {
         train_param_t *p = &t->params[t->n_params];
-        size_t len = strlen(cc->prefix) + strlen(name) + 1;
+        const size_t len = strlen(name->path) + 16;
         p->name = sd_xmalloc(len);
-        snprintf(p->name, len, "%s%s", cc->prefix, name);
-        p->value = shift, p->grad = grad, p->n = n, p->group = group;
+        SD_CHECK(shift_key(p->name, len, name, SHIFT_KEY_TRAINER) == SD_OK, "%s", sd_last_error());
+        p->value = shift, p->grad = grad, p->n = n, p->group = name->kind == SHIFT_NORM ? 1 : 0;
         p->frozen = t->cfg.mode == TRAIN_MODE_SHIFTS && !shift_layer_selected(t->cfg.shift_layers, p->name);
-        SD_CHECK(grad, "no gradient for %s", name);
+        SD_CHECK(grad, "no gradient for %s", p->name);
     }
     t->n_params++;
     t->n_values += (size_t)n;
-}
-
-static void collect_unet(void *ctx, const char *path, float *shift, float *grad, int n) {
-    collect_ctx_t *cc = ctx;
-    collect(cc, path, shift, grad, n, unet_find_norm(cc->unet, path) ? 1 : 0);
-}
-
-static void collect_clip(void *ctx, const char *name, float *shift, float *grad, int n) {
-    collect(ctx, name, shift, grad, n, 0);   /* linears and embeddings only: no norm shifts */
 }
 
 static void visit_all(trainer_t *t, int count_only) {
@@ -185,12 +176,9 @@ static void visit_all(trainer_t *t, int count_only) {
         trainer_full_visit(t, count_only);
         return;
     }
-    collect_ctx_t cc = {t, "unet/", count_only, &t->p.unet};
-    unet_visit_shifts(&t->p.unet, &t->ug, collect_unet, &cc);
-    if (t->cfg.train_text_encoder) {
-        cc.prefix = "te/";
-        clip_visit_shifts(&t->p.clip, &t->cg, collect_clip, &cc);
-    }
+    collect_ctx_t cc = {t, count_only};
+    unet_visit_shifts(&t->p.unet, &t->ug, collect, &cc);
+    if (t->cfg.train_text_encoder) clip_visit_shifts(&t->p.clip, &t->cg, collect, &cc);
 }
 
 int trainer_prepare(trainer_t *t, int prior) {
@@ -568,11 +556,11 @@ static int check_out_dir(const train_config_t *c) {
  * (trainer_prepare checks the exact shift arrays again.) */
 static int shift_layers_match_model(const trainer_t *t) {
     const model_component_t *comp[2] = {&t->p.model.unet, &t->p.model.text_encoder};
-    const char *prefix[2] = {"unet/", "te/"};
+    const shift_component_t which[2] = {SHIFT_UNET, SHIFT_TE};
     for (int k = 0; k < (t->cfg.train_text_encoder ? 2 : 1); k++)
         for (int i = 0; i < comp[k]->n_tensors; i++) {
             char name[512];
-            snprintf(name, sizeof name, "%s%s", prefix[k], comp[k]->tensors[i].name);
+            if (train_param_name(name, sizeof name, which[k], comp[k]->tensors[i].name)) continue;
             if (shift_layer_selected(t->cfg.shift_layers, name)) return 1;
         }
     return 0;
