@@ -22,7 +22,7 @@
 #include "shifts/shifts.h"
 #include "train/checkpoint.h"
 #include "train/cutmix.h"
-#include "train/lora_train.h"
+#include "train/train_mode.h"
 
 #define STEP_SALT 0x3c6ef372fe94f82bull     /* the per-step stream */
 #define CLASS_SALT 0xa54ff53a5f1d36f1ull    /* class-image seeds */
@@ -85,53 +85,22 @@ int trainer_load_model(trainer_t *t, const train_config_t *cfg) {
         return sd_error(SD_ERR_ARG, "--resolution %d: this model needs a positive multiple of %d", cfg->resolution, f);
     t->h = t->w = cfg->resolution / t->p.scale_factor;
     t->latent_n = train_latent_floats(&t->p, cfg->resolution);
+    t->mode = train_mode_ops(cfg->mode);
     return SD_OK;
 }
 
-/* Rounds to the nearest bf16 value (kept as float: the engine has no bf16 factor path). */
-static void round_bf16(float *x, size_t n) {
-    for (size_t i = 0; i < n; i++) x[i] = st_bf16_to_f32(st_f32_to_bf16(x[i]));
+const train_mode_ops_t *train_mode_ops(train_mode_t mode) {
+    return mode == TRAIN_MODE_FULL ? &TRAIN_MODE_FULL_OPS : mode == TRAIN_MODE_LORA ? &TRAIN_MODE_LORA_OPS : &TRAIN_MODE_SHIFTS_OPS;
 }
 
-static void round_factors(weight_t *w) {
-    if (w->kind != WEIGHT_SPECTRAL) return;
-    round_bf16(w->sp->U, (size_t)w->sp->rows * w->sp->rank);
-    round_bf16(w->sp->Vt, (size_t)w->sp->rank * w->sp->cols);
-}
-
-static int round_clip_module(void *ctx, const char *path, weight_t *w, clip_ln_t *ln) {
-    (void)ctx, (void)path, (void)ln;
-    if (w) round_factors(w);
-    return 0;
-}
-
-/* Every UNet conv / linear (and the text encoder's, when trained) in the factored training form
- * without the base; factors from the SVD cache when there is one. */
-static int make_spectral(trainer_t *t) {
-    const train_config_t *c = &t->cfg;
-    svd_cache_t *cache = NULL;
-    char dir[PATH_MAX];
-    if (!c->svd_cache_dir) svd_cache_default_dir(dir, sizeof dir);
-    else snprintf(dir, sizeof dir, "%s", c->svd_cache_dir);
-    if (dir[0] && t->model_hash[0] && svd_cache_open(&cache, dir, t->model_hash)) {
-        fprintf(stderr, "warning: SVD cache in %s unusable (%s): computing the SVD without it\n", dir, sd_last_error());
-        cache = NULL;
-    }
-    int rc = unet_make_spectral_cached(&t->p.unet, cache, 0);
-    if (!rc && c->train_text_encoder)
-        rc = clip_make_spectral_cached(&t->p.clip, cache, CLIP_SPECTRAL_LINEARS | CLIP_SPECTRAL_EMBEDDINGS, 0);
-    if (cache) svd_cache_close(cache);
-    if (rc || !c->svd_bf16) return rc;
-    for (int i = 0; i < t->p.unet.n_layers; i++) round_factors(&t->p.unet.layers[i]->w);
-    if (c->train_text_encoder) clip_visit_modules(&t->p.clip, round_clip_module, NULL);
-    return SD_OK;
+/* What a mode may see of the trainer (train_mode.h). */
+static train_model_t mode_view(trainer_t *t) {
+    return (train_model_t){&t->cfg, &t->p, &t->ug, &t->cg, t->model_hash, &t->mode_state};
 }
 
 typedef struct {
     trainer_t *t;
-    const char *prefix;
     int count_only;
-    const unet_t *unet;   /* to tell norm shifts (group 1) from deltas */
 } collect_ctx_t;
 
 /* Whether `name` contains one of the comma-separated substrings of `list` (NULL or "": all). */
@@ -152,63 +121,43 @@ int shift_layer_selected(const char *list, const char *name) {
     return 0;
 }
 
-static void collect(collect_ctx_t *cc, const char *name, float *shift, float *grad, int n, int group) {
+/* The mode's arrays into t->params: "unet/" or "te/" + name + suffix (train_mode.h). */
+static void collect(void *ctx, const train_param_spec_t *s) {
+    collect_ctx_t *cc = ctx;
     trainer_t *t = cc->t;
     if (!cc->count_only) {
         train_param_t *p = &t->params[t->n_params];
-        size_t len = strlen(cc->prefix) + strlen(name) + 1;
+        const char *prefix = s->component ? "te/" : "unet/";
+        size_t len = strlen(prefix) + strlen(s->name) + strlen(s->suffix) + 1;
         p->name = sd_xmalloc(len);
-        snprintf(p->name, len, "%s%s", cc->prefix, name);
-        p->value = shift, p->grad = grad, p->n = n, p->group = group;
-        p->frozen = t->cfg.mode == TRAIN_MODE_SHIFTS && !shift_layer_selected(t->cfg.shift_layers, p->name);
-        SD_CHECK(grad, "no gradient for %s", name);
+        snprintf(p->name, len, "%s%s%s", prefix, s->name, s->suffix);
+        p->value = s->value, p->grad = s->grad, p->n = s->n, p->group = s->group, p->component = s->component;
+        p->frozen = t->mode->spectral_options && !shift_layer_selected(t->cfg.shift_layers, p->name);
+        SD_CHECK(s->grad, "no gradient for %s", s->name);
     }
     t->n_params++;
-    t->n_values += (size_t)n;
-}
-
-static void collect_unet(void *ctx, const char *path, float *shift, float *grad, int n) {
-    collect_ctx_t *cc = ctx;
-    collect(cc, path, shift, grad, n, unet_find_norm(cc->unet, path) ? 1 : 0);
-}
-
-static void collect_clip(void *ctx, const char *name, float *shift, float *grad, int n) {
-    collect(ctx, name, shift, grad, n, 0);   /* linears and embeddings only: no norm shifts */
+    t->n_values += (size_t)s->n;
 }
 
 static void visit_all(trainer_t *t, int count_only) {
-    if (t->cfg.mode == TRAIN_MODE_LORA) {
-        lora_train_visit(t, count_only);
-        return;
-    }
-    if (t->cfg.mode == TRAIN_MODE_FULL) {
-        trainer_full_visit(t, count_only);
-        return;
-    }
-    collect_ctx_t cc = {t, "unet/", count_only, &t->p.unet};
-    unet_visit_shifts(&t->p.unet, &t->ug, collect_unet, &cc);
-    if (t->cfg.train_text_encoder) {
-        cc.prefix = "te/";
-        clip_visit_shifts(&t->p.clip, &t->cg, collect_clip, &cc);
-    }
+    collect_ctx_t cc = {t, count_only};
+    const train_model_t m = mode_view(t);
+    t->mode->visit(&m, collect, &cc);
 }
 
 int trainer_prepare(trainer_t *t, int prior) {
     const train_config_t *c = &t->cfg;
     t->prior = prior;
     t->rows = c->batch_size * (prior ? 2 : 1);
-    const int full = c->mode == TRAIN_MODE_FULL;
-    const int lora = c->mode == TRAIN_MODE_LORA;   /* lora_train.c; gradients as for shifts: [dA; dB] */
-    int rc = full ? trainer_full_masters(t) : lora ? lora_train_attach(t) : make_spectral(t);
+    const train_model_t m = mode_view(t);
+    int rc = t->mode->prepare(&m);   /* the training form of the model (train_mode.h) */
     if (rc) return rc;
-    if (!full && !lora) unet_add_norm_shifts(&t->p.unet, c->norm_shift);
     t->prepared = 1;   /* from here trainer_close frees gradients and activations (zeroed: safe) */
-    /* shift mode: never dW of a frozen weight; full mode: every dW, bias, gain */
-    rc = unet_grads_alloc(&t->ug, &t->p.unet, full ? UNET_GRAD_DENSE : UNET_GRAD_SHIFTS);
+    rc = unet_grads_alloc(&t->ug, &t->p.unet, t->mode->unet_grads);
     if (!rc) rc = unet_acts_build(&t->ua, &t->p.unet, t->rows, t->h, t->w, t->T, 1,
                                   c->grad_checkpointing ? UNET_CKPT_TRANSFORMERS : UNET_CKPT_NONE);
     if (!rc && c->train_text_encoder) rc = clip_acts_build(&t->ca, &t->p.clip.cfg, t->rows, t->T);
-    if (!rc && c->train_text_encoder) rc = clip_grads_alloc(&t->cg, &t->p.clip, full ? CLIP_GRAD_DENSE : CLIP_GRAD_SHIFTS);
+    if (!rc && c->train_text_encoder) rc = clip_grads_alloc(&t->cg, &t->p.clip, t->mode->clip_grads);
     if (rc) return rc;
 
     visit_all(t, 1);
@@ -229,7 +178,7 @@ int trainer_prepare(trainer_t *t, int prior) {
         t->params[i].m = mem, mem += t->params[i].n;
         t->params[i].v = mem, mem += t->params[i].n;
     }
-    if (full && c->ema_decay > 0) {   /* the EMA starts at the initial weights */
+    if (t->mode->ema && c->ema_decay > 0) {   /* the EMA starts at the initial weights */
         t->ema_memory = malloc(sizeof(float) * (t->n_values + 1));
         if (!t->ema_memory) return sd_error(SD_ERR_NOMEM, "out of memory for the EMA weights");
         mem = t->ema_memory;
@@ -318,7 +267,7 @@ double trainer_optimizer_step(trainer_t *t, double *lr_out) {
     float **grads = sd_xmalloc(sizeof(float *) * (t->n_params + 1));
     size_t *sizes = sd_xmalloc(sizeof(size_t) * (t->n_params + 1));
     for (int i = 0; i < t->n_params; i++) grads[i] = t->params[i].grad, sizes[i] = (size_t)t->params[i].n;
-    if (c->rank > 0 && c->mode == TRAIN_MODE_SHIFTS)
+    if (c->rank > 0 && t->mode->spectral_options)
         /* --rank R: shifts of singular values beyond the R largest (entries R.. of a delta,
          * which follows the descending singular values) get no gradient; their delta, m and v
          * stay 0, so AdamW leaves them at 0. Norm-gain shifts (group 1) are not ranked. */
@@ -383,7 +332,9 @@ static int next_batch(trainer_t *t) {
  * Outputs
  * ------------------------------------------------------------------------------------------- */
 
-static void put_meta_common(shift_set_t *s, const trainer_t *t) {
+/* The run's metadata of a shift file (train_save_t.put_meta). */
+static void put_meta_common(void *ctx, shift_set_t *s) {
+    const trainer_t *t = ctx;
     const train_config_t *c = &t->cfg;
     char buf[64];
     shiftset_set_meta(s, "base_model_hash", t->model_hash);
@@ -414,33 +365,15 @@ static void put_meta_common(shift_set_t *s, const trainer_t *t) {
     shiftset_set_meta(s, "svdiff_version", SVDIFF_VERSION);
 }
 
-static long file_size(const char *path) {
-    struct stat st;
-    return stat(path, &st) ? -1 : (long)st.st_size;
-}
-
-int trainer_save_shifts(trainer_t *t, long *unet_bytes, long *te_bytes) {
-    char path[PATH_MAX], te_path[PATH_MAX];
-    const st_dtype_t dt = t->cfg.save_fp16 ? ST_F16 : ST_F32;
-    shift_set_t s, te;
-    shiftset_init(&s);
-    shiftset_from_unet(&s, &t->p.unet);
-    put_meta_common(&s, t);
-    snprintf(path, sizeof path, "%s/spectral_shifts.safetensors", t->cfg.out_dir);
-    snprintf(te_path, sizeof te_path, "%s/spectral_shifts_te.safetensors", t->cfg.out_dir);
-    int rc;
-    if (t->cfg.train_text_encoder) {   /* the two files carry one pair id (shiftset_save_pair) */
-        shiftset_init(&te);
-        shiftset_from_clip(&te, &t->p.clip);
-        put_meta_common(&te, t);
-        rc = shiftset_save_pair(&s, path, dt, &te, te_path, dt);
-        shiftset_free(&te);
-    } else {
-        rc = shiftset_save(&s, path, dt);
-    }
-    shiftset_free(&s);
-    if (unet_bytes) *unet_bytes = rc ? -1 : file_size(path);
-    if (te_bytes) *te_bytes = rc || !t->cfg.train_text_encoder ? -1 : file_size(te_path);
+/* The mode's output files in OUT_DIR (train_mode.h), from the trained arrays (their EMA where there is one). */
+static int trainer_save(trainer_t *t, train_save_t *o) {
+    char *config = train_config_json(t);
+    *o = (train_save_t){.dir = t->cfg.out_dir, .step = t->step, .params = t->params, .n_params = t->n_params,
+                        .config_json = config, .put_meta = put_meta_common, .meta_ctx = t, .bytes = {-1, -1}};
+    const train_model_t m = mode_view(t);
+    const int rc = t->mode->save(&m, o);
+    free(config);
+    o->config_json = NULL;
     return rc;
 }
 
@@ -548,9 +481,8 @@ static int check_out_dir(const train_config_t *c) {
     snprintf(path, sizeof path, "%s/checkpoint.safetensors", c->out_dir);
     if (c->resume && stat(path, &st))
         return sd_error(SD_ERR_ARG, "--resume: %s does not exist", path);
-    const char *result = c->mode == TRAIN_MODE_FULL   ? "model_index.json"
-                         : c->mode == TRAIN_MODE_LORA ? LORA_FILE_NAME
-                                                      : "spectral_shifts.safetensors";
+    const train_mode_ops_t *mode = train_mode_ops(c->mode);
+    const char *result = mode->result_file;
     snprintf(path, sizeof path, "%s/%s", c->out_dir, result);
     if (!c->resume && !c->force && !stat(path, &st))
         return sd_error(SD_ERR_ARG, "-o %s: already holds %s (use --force to overwrite, --resume to continue)",
@@ -558,7 +490,7 @@ static int check_out_dir(const train_config_t *c) {
     /* full mode (long pretraining runs): rerunning the command without --resume must not
      * silently start over and overwrite the checkpoint of an interrupted run */
     snprintf(path, sizeof path, "%s/checkpoint.safetensors", c->out_dir);
-    if (c->mode == TRAIN_MODE_FULL && !c->resume && !c->force && !stat(path, &st))
+    if (mode->refuse_restart && !c->resume && !c->force && !stat(path, &st))
         return sd_error(SD_ERR_ARG, "-o %s: holds checkpoint.safetensors of an interrupted run (use --resume to "
                         "continue it, --force to start over)", c->out_dir);
     return SD_OK;
@@ -627,7 +559,7 @@ static int open_inputs(trainer_t *t, const train_config_t *cfg, int *prior_out) 
     const train_config_t *c = &t->cfg;
     int prior = c->class_dir != NULL;
     if (!c->instance_dir && !c->data_tsv && !c->n_subjects) return sd_error(SD_ERR_ARG, "--instance-dir is required");
-    if (c->mode != TRAIN_MODE_FULL && c->ema_decay > 0) return sd_error(SD_ERR_ARG, "--ema-decay needs --mode full");
+    if (!t->mode->ema && c->ema_decay > 0) return sd_error(SD_ERR_ARG, "--ema-decay needs --mode full");
     if (c->mode == TRAIN_MODE_LORA && c->lora_rank < 1)
         return sd_error(SD_ERR_ARG, "--lora-rank %d: must be at least 1", c->lora_rank);
     if (c->ema_decay < 0 || c->ema_decay >= 1) return sd_error(SD_ERR_ARG, "--ema-decay %g: must be in [0, 1)", c->ema_decay);
@@ -658,7 +590,7 @@ static int open_inputs(trainer_t *t, const train_config_t *cfg, int *prior_out) 
         rc = checkpoint_check(path, t);
         if (rc) return rc;
     }
-    if (c->shift_layers && c->mode == TRAIN_MODE_SHIFTS && !shift_layers_match_model(t))
+    if (c->shift_layers && t->mode->spectral_options && !shift_layers_match_model(t))
         return sd_error(SD_ERR_ARG, "--shift-layers '%s' matches no weight of the model (names look like "
                         "unet/down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k, te/...q_proj.weight)",
                         c->shift_layers);
@@ -716,13 +648,7 @@ static int open_training(trainer_t *t, int prior) {
     return dist_rank() == 0 ? open_csv(t, t->step) : SD_OK;
 }
 
-static int save_lora(trainer_t *t, long *bytes) {
-    char path[PATH_MAX + 64];
-    snprintf(path, sizeof path, "%s/%s", t->cfg.out_dir, LORA_FILE_NAME);
-    return lora_train_save(t, path, bytes);
-}
-
-static void print_summary(trainer_t *t, int steps_run, double seconds, long ub, long tb) {
+static void print_summary(trainer_t *t, int steps_run, double seconds, const train_save_t *saved) {
     const train_config_t *c = &t->cfg;
     const double rss = (double)trainer_peak_rss() / (1024.0 * 1024.0);
     fprintf(stderr, "\nsummary:\n");
@@ -736,20 +662,8 @@ static void print_summary(trainer_t *t, int steps_run, double seconds, long ub, 
             steps_run ? seconds / steps_run : 0.0, t->elapsed);
     fprintf(stderr, "  peak RSS       %.1f MiB\n", rss);
     if (t->step) fprintf(stderr, "  final loss     %.6f (average of the last steps)\n", t->loss_ema / (1.0 - pow(EMA_BETA, t->step)));
-    if (c->mode == TRAIN_MODE_FULL) {
-        fprintf(stderr, "  output         %s (diffusers model folder, %s weights%s)\n", c->out_dir,
-                c->save_fp16 ? "fp16" : "fp32", t->ema_memory ? ", the EMA" : "");
-        if (c->save_delta) fprintf(stderr, "                 %s/weight_delta%s.safetensors\n", c->out_dir,
-                                   c->train_text_encoder ? "(_te)" : "");
-        fprintf(stderr, "                 %s/loss.csv\n", c->out_dir);
-        return;
-    }
-    if (c->mode == TRAIN_MODE_LORA)
-        fprintf(stderr, "  output         %s/%s (%ld bytes, rank %d)\n", c->out_dir, LORA_FILE_NAME, ub, c->lora_rank);
-    else
-        fprintf(stderr, "  output         %s/spectral_shifts.safetensors (%ld bytes)\n", c->out_dir, ub);
-    if (tb >= 0) fprintf(stderr, "                 %s/spectral_shifts_te.safetensors (%ld bytes)\n", c->out_dir, tb);
-    fprintf(stderr, "                 %s/loss.csv\n", c->out_dir);
+    const train_model_t m = mode_view(t);
+    t->mode->summary(&m, saved);
 }
 
 /* The trained values (and their EMA) must be finite before anything is written: the loss check
@@ -909,7 +823,10 @@ int trainer_run(trainer_t *t) {
         if (rc) break;
         double lr;
         const double gnorm = trainer_optimizer_step(t, &lr);
-        if (t->ema_memory) trainer_ema_update(t);
+        if (t->mode->after_step) {   /* full mode: the EMA of the weights */
+            const train_model_t m = mode_view(t);
+            t->mode->after_step(&m, t->params, t->n_params, t->step);
+        }
         if (!isfinite(sum.loss) || !isfinite(gnorm)) {
             rc = sd_error(SD_ERR_NUMERIC, "step %d: the loss or gradient is not finite (loss %g, grad norm %g): "
                           "lower --lr", t->step, sum.loss, gnorm);
@@ -953,13 +870,10 @@ int trainer_run(trainer_t *t) {
     t->csv = NULL;
     if (csv && fclose(csv) != 0)
         return dist_agree(sd_error(SD_ERR_IO, "%s/loss.csv: cannot write: %s", c->out_dir, strerror(errno)));
-    long ub = -1, tb = -1;
-    if (c->mode == TRAIN_MODE_FULL)
-        rc = trainer_save_model(t, c->out_dir, c->save_fp16 ? ST_F16 : ST_F32, 1, c->save_delta ? c->out_dir : NULL);
-    else
-        rc = c->mode == TRAIN_MODE_LORA ? save_lora(t, &ub) : trainer_save_shifts(t, &ub, &tb);
+    train_save_t saved;
+    rc = trainer_save(t, &saved);
     t->elapsed = elapsed0 + (now_s() - t0);
-    if (!rc) print_summary(t, t->step - first, now_s() - t0, ub, tb);
+    if (!rc) print_summary(t, t->step - first, now_s() - t0, &saved);
     return dist_agree(rc);
 }
 
@@ -967,7 +881,8 @@ void trainer_close(trainer_t *t) {
     if (t->csv) fclose(t->csv);   /* every row was flushed and checked when written */
     run_lock_release(&t->lock);
     for (int i = 0; i < t->n_params; i++) free(t->params[i].name);
-    free(t->params), free(t->adam_memory), free(t->master), free(t->ema_memory);
+    free(t->params), free(t->adam_memory), free(t->ema_memory);
+    if (t->mode && t->mode->close) t->mode->close(t->mode_state);
     if (t->prepared) {
         unet_acts_free(&t->ua);
         unet_grads_free(&t->ug);

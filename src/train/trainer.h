@@ -121,7 +121,7 @@ typedef struct {
     int n;
     int group;      /* 0: spectral deltas (lr), 1: norm-gain shifts (lr_1d) */
     float *ema;     /* full mode with ema_decay > 0: the EMA of value, else NULL */
-    int component;  /* full mode: 0 UNet, 1 text encoder; name = "unet/" or "te/" + diffusers tensor name */
+    int component;  /* 0 UNet ("unet/" + name), 1 text encoder ("te/" + name) */
     int frozen;     /* --shift-layers left it out: no gradient reaches it, it stays 0 */
 } train_param_t;
 
@@ -146,11 +146,13 @@ typedef struct {
     unet_grads_t ug;
     clip_acts_t ca;
     clip_grads_t cg;
+    const struct train_mode_ops *mode;   /* of cfg.mode (train_mode.h): set by trainer_load_model */
+    void *mode_state;         /* the mode's own memory (full mode: the fp32 master copies of every
+                                 weight matrix behind the model's dense views); freed by its close */
     int n_params;
     train_param_t *params;
     float *adam_memory;
     size_t n_values;          /* trained floats */
-    float *master;            /* full mode: owned fp32 copies of every weight matrix (the model's dense views) */
     float *ema_memory;        /* full mode with EMA: one block behind every params[i].ema */
 
     prompt_table_t prompts;
@@ -204,27 +206,12 @@ int trainer_micro_step(trainer_t *t, const float *x0, const float *eps, const in
 double trainer_optimizer_step(trainer_t *t, double *lr);
 /* diffusers' get_scheduler multiplier at optimizer step `step` (0-based). */
 double trainer_lr_factor(const train_config_t *c, int step);
-/* Writes OUT_DIR/spectral_shifts.safetensors (+ _te) with the run's metadata; sizes in bytes. */
-int trainer_save_shifts(trainer_t *t, long *unet_bytes, long *te_bytes);
-/* Full mode: writes a diffusers model folder at `dir` (model_index.json, unet/, text_encoder/,
- * vae/, scheduler/, tokenizer/) with the trained weights (the EMA when use_ema and there is one)
- * in `dtype` (ST_F32 / ST_F16 / ST_BF16); untrained tensors are copied from the base model.
- * With delta_dir, also delta_dir/weight_delta.safetensors (UNet) and weight_delta_te.safetensors
- * (text encoder, when trained): F32 W_saved - W_base of every trained tensor, keyed by its
- * diffusers name in its original shape. */
-int trainer_save_model(trainer_t *t, const char *dir, st_dtype_t dtype, int use_ema, const char *delta_dir);
-/* EMA update of every trained array after an optimizer step: ema = d * ema + (1 - d) * value with
- * d = ema_decay_at(cfg.ema_decay, k) for the k-th update (k from 0). The warm-up cap (1 + k) / (10 + k)
- * (diffusers' EMAModel) keeps the random initial weights out of the average: with a constant 0.999
- * from step 0, 13% of the EMA would still be the initialisation after 2000 steps. */
-void trainer_ema_update(trainer_t *t);
+/* Full mode's EMA (its after_step, full.c): after the k-th optimizer step (k from 0) every trained
+ * array gets ema = d * ema + (1 - d) * value with d = ema_decay_at(cfg.ema_decay, k). The warm-up cap
+ * (1 + k) / (10 + k) (diffusers' EMAModel) keeps the random initial weights out of the average:
+ * with a constant 0.999 from step 0, 13% of the EMA would still be the initialisation after 2000 steps. */
 float ema_decay_at(float decay, int update);
 void ema_update(float *ema, const float *x, size_t n, float decay);
-/* Full mode, inside trainer_prepare: replaces every trained dense weight's view by an owned fp32
- * copy (t->master), and lists the parameters (weights, biases, norm gains and offsets, under
- * their diffusers names) with their dense gradients. */
-int trainer_full_masters(trainer_t *t);
-void trainer_full_visit(trainer_t *t, int count_only);
 /* Peak resident memory of the process (VmHWM) in bytes, 0 if unknown. */
 long trainer_peak_rss(void);
 
