@@ -17,6 +17,7 @@
 #include "base/runtime.h"
 #include "base/scratch.h"
 #include "io/image.h"
+#include "io/image_compose.h"
 #include "models/unmix.h"
 #include "ops/ops.h"
 #include "train/cutmix.h"
@@ -393,7 +394,7 @@ static void test_compose_halves(void **state) {
     solid(&b, 33, 18, 0, 0, 240);
     for (int fit = 0; fit < 2; fit++)
         for (int vert = 0; vert < 2; vert++) {
-            assert_int_equal(cutmix_compose(&out, &a, &b, 16, vert, fit), 0);
+            assert_int_equal(image_compose_halves(&out, &a, &b, 16, vert, fit), 0);
             assert_int_equal(out.w, 16);
             assert_int_equal(out.h, 16);
             for (int y = 0; y < 16; y++)
@@ -416,18 +417,18 @@ static void test_compose_halves(void **state) {
         for (int k = 0; k < 3; k++) a.rgb[(0 * 16 + i) * 3 + k] = a.rgb[(15 * 16 + i) * 3 + k] = 0,
                                     a.rgb[(i * 16 + 0) * 3 + k] = a.rgb[(i * 16 + 15) * 3 + k] = 0;
     solid(&b, 4, 4, 0, 255, 0);
-    assert_int_equal(cutmix_compose(&out, &a, &b, 16, 0, 1), 0);
+    assert_int_equal(image_compose_halves(&out, &a, &b, 16, 0, 1), 0);
     assert_true(px(&out, 4, 0)[0] < 40);        /* fill: mean border colour = the black frame */
     assert_true(px(&out, 4, 8)[0] > 200);       /* the image's white inside, centred */
     assert_true(px(&out, 0, 8)[0] < 140);       /* its left frame line, shrunk 2x: a dark column */
     assert_int_equal(px(&out, 12, 8)[1], 255);  /* the other half */
     image_free(&out);
-    assert_int_equal(cutmix_compose(&out, &a, &b, 16, 0, 0), 0);
+    assert_int_equal(image_compose_halves(&out, &a, &b, 16, 0, 0), 0);
     assert_true(px(&out, 0, 8)[0] > 200);       /* crop: the side frame lines are cut away */
     assert_true(px(&out, 4, 0)[0] < 40);        /* the top frame line stays */
     image_free(&out);
     /* an odd size: the second half gets the extra column */
-    assert_int_equal(cutmix_compose(&out, &b, &a, 9, 0, 1), 0);
+    assert_int_equal(image_compose_halves(&out, &b, &a, 9, 0, 1), 0);
     assert_int_equal(px(&out, 3, 4)[1], 255);
     assert_int_equal(px(&out, 3, 4)[0], 0);
     image_free(&out);

@@ -1,5 +1,5 @@
-/* Multi-subject training with Cut-Mix-Unmix (see cutmix.h): subject specs, prompts, the Cut-Mix
- * compositor, the multi-subject micro-batch with its Unmix specification, and the leakage measure. */
+/* Multi-subject training with Cut-Mix-Unmix (see cutmix.h): subject specs, prompts, and the
+ * multi-subject micro-batch with its Unmix specification. */
 #include "train/cutmix.h"
 
 #include <math.h>
@@ -9,6 +9,7 @@
 
 #include "base/dist.h"
 #include "base/error.h"
+#include "io/image_compose.h"
 #include "diffusion/diffusion.h"
 #include "models/vae.h"
 
@@ -59,88 +60,6 @@ void cutmix_phrase(char *out, size_t cap, const char *a, const char *b, int posi
     if (!positions) snprintf(out, cap, "%s and %s", a, b);
     else if (vertical) snprintf(out, cap, "%s at the top and %s at the bottom", a, b);
     else snprintf(out, cap, "%s on the left and %s on the right", a, b);
-}
-
-/* ---- the compositor ---- */
-
-static void border_mean(float rgb[3], const image_t *im) {
-    double acc[3] = {0, 0, 0};
-    long n = 0;
-    for (int y = 0; y < im->h; y++)
-        for (int x = 0; x < im->w; x++) {
-            if (y && y != im->h - 1 && x && x != im->w - 1) continue;
-            const uint8_t *p = im->rgb + ((size_t)y * im->w + x) * 3;
-            for (int k = 0; k < 3; k++) acc[k] += p[k];
-            n++;
-        }
-    for (int k = 0; k < 3; k++) rgb[k] = (float)(acc[k] / (n ? n : 1));
-}
-
-/* Bilinear sample of im at continuous pixel coordinates (centres at +0.5), clamped at the edges. */
-static void sample(float out[3], const image_t *im, float fx, float fy) {
-    fx -= 0.5f, fy -= 0.5f;
-    if (fx < 0) fx = 0;
-    if (fy < 0) fy = 0;
-    if (fx > im->w - 1) fx = (float)(im->w - 1);
-    if (fy > im->h - 1) fy = (float)(im->h - 1);
-    const int x0 = (int)fx, y0 = (int)fy;
-    const int x1 = x0 + 1 < im->w ? x0 + 1 : x0, y1 = y0 + 1 < im->h ? y0 + 1 : y0;
-    const float ax = fx - x0, ay = fy - y0;
-    for (int k = 0; k < 3; k++) {
-        const float p00 = im->rgb[((size_t)y0 * im->w + x0) * 3 + k], p01 = im->rgb[((size_t)y0 * im->w + x1) * 3 + k];
-        const float p10 = im->rgb[((size_t)y1 * im->w + x0) * 3 + k], p11 = im->rgb[((size_t)y1 * im->w + x1) * 3 + k];
-        out[k] = (1 - ay) * ((1 - ax) * p00 + ax * p01) + ay * ((1 - ax) * p10 + ax * p11);
-    }
-}
-
-/* Draws `im` into the rectangle (x0, y0, w, h) of out. */
-static void place(image_t *out, const image_t *im, int x0, int y0, int w, int h, int fit) {
-    const float sx = (float)w / im->w, sy = (float)h / im->h;
-    const float s = fit ? fminf(sx, sy) : fmaxf(sx, sy);   /* output pixels per input pixel */
-    const float dw = im->w * s, dh = im->h * s;              /* the drawn size */
-    const float ox = (w - dw) * 0.5f, oy = (h - dh) * 0.5f;  /* its offset in the rectangle */
-    float bg[3];
-    border_mean(bg, im);
-    /* area-average when shrinking: average a k x k grid of bilinear samples per output pixel */
-    const int ss = s < 1.0f ? (int)ceilf(1.0f / s) : 1;
-    for (int y = 0; y < h; y++)
-        for (int x = 0; x < w; x++) {
-            float acc[3] = {0, 0, 0};
-            int inside = 0;
-            for (int a = 0; a < ss; a++)
-                for (int b = 0; b < ss; b++) {
-                    const float px = x + (b + 0.5f) / ss, py = y + (a + 0.5f) / ss;
-                    const float ix = (px - ox) / s, iy = (py - oy) / s;
-                    float v[3];
-                    if (ix < 0 || iy < 0 || ix > im->w || iy > im->h) {
-                        v[0] = bg[0], v[1] = bg[1], v[2] = bg[2];
-                    } else {
-                        sample(v, im, ix, iy);
-                        inside++;
-                    }
-                    for (int k = 0; k < 3; k++) acc[k] += v[k];
-                }
-            (void)inside;
-            uint8_t *o = out->rgb + ((size_t)(y0 + y) * out->w + x0 + x) * 3;
-            for (int k = 0; k < 3; k++) {
-                const float v = acc[k] / (ss * ss) + 0.5f;
-                o[k] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
-            }
-        }
-}
-
-int cutmix_compose(image_t *out, const image_t *a, const image_t *b, int res, int vertical, int fit) {
-    int rc = image_alloc(out, res, res);
-    if (rc) return rc;
-    const int h1 = res / 2, h2 = res - res / 2;
-    if (vertical) {
-        place(out, a, 0, 0, res, h1, fit);
-        place(out, b, 0, h1, res, h2, fit);
-    } else {
-        place(out, a, 0, 0, h1, res, fit);
-        place(out, b, h1, 0, h2, res, fit);
-    }
-    return SD_OK;
 }
 
 /* ---- set-up ---- */
@@ -313,25 +232,6 @@ void multi_put_meta(const trainer_t *t, shift_set_t *s) {
 
 /* ---- the micro-batch ---- */
 
-/* out[2 * n] = the posterior [mean | logvar] of a res x res image (without a VAE: the image as a
- * [-1, 1] tensor, logvar 0), n = train_latent_floats(p, res). */
-static int composite_posterior(pipeline_t *p, const image_t *img, int res, float *out) {
-    const size_t n = train_latent_floats(p, res);
-    int rc = SD_OK;
-    if (p->has_vae) {
-        float *x = sd_xmalloc(sizeof(float) * 3 * res * res);
-        vae_image_to_tensor(x, img->rgb, res, res, 3);
-        rc = vae_encode(&p->vae, out, out + n, x, 1, res, res);
-        free(x);
-    } else if (p->latent_channels == 3) {
-        vae_image_to_tensor(out, img->rgb, res, res, 3);
-        memset(out + n, 0, sizeof(float) * n);
-    } else {
-        rc = sd_error(SD_ERR_FORMAT, "a model without a VAE must work on 3 channels, not %d", p->latent_channels);
-    }
-    return rc;
-}
-
 /* The posterior of a composite: both images loaded, composed at res, encoded (not cached: there are
  * n_a x n_b of them). */
 static int composite_dist(trainer_t *t, const train_image_t *a, const train_image_t *b, const float **dist) {
@@ -339,9 +239,9 @@ static int composite_dist(trainer_t *t, const train_image_t *a, const train_imag
     image_t ia = {0}, ib = {0}, img = {0};
     int rc = image_load(&ia, a->path);
     if (!rc) rc = image_load(&ib, b->path);
-    if (!rc) rc = cutmix_compose(&img, &ia, &ib, res, t->cfg.cutmix_vertical, t->cfg.cutmix_fit);
+    if (!rc) rc = image_compose_halves(&img, &ia, &ib, res, t->cfg.cutmix_vertical, t->cfg.cutmix_fit);
     image_free(&ia), image_free(&ib);
-    if (!rc) rc = composite_posterior(&t->p, &img, res, t->ms->dist);
+    if (!rc) rc = train_image_posterior(&t->p, &img, res, t->ms->dist);
     image_free(&img);
     *dist = t->ms->dist;
     return rc;
@@ -418,111 +318,4 @@ int multi_next_batch(trainer_t *t) {
         }
     }
     return SD_OK;
-}
-
-/* ---- the leakage measure ---- */
-
-static int mark_text(unmix_t *u, int r, int s, const clip_tokenizer_t *tok, const int *ids, const char *phrase) {
-    int ph[TOKENIZER_MAX_LENGTH];
-    int n = tokenizer_encode(tok, phrase, ph, TOKENIZER_MAX_LENGTH, 0, NULL);
-    if (n < 0) return n;
-    const int got = n > 2 ? unmix_mark_phrase(u, r, s, ids, ph + 1, n - 2) : 0;
-    if (!got) return sd_error(SD_ERR_ARG, "\"%s\" does not occur in the prompt's tokens", phrase);
-    return got;
-}
-
-int attention_leakage(pipeline_t *p, const txt2img_opts_t *o, const char *phrase_a, const char *phrase_b,
-                      int vertical, const char *layers, int n_seeds, double share[2], int n_tokens[2],
-                      double token_mass[2]) {
-    int C, h, w;
-    pipeline_latent_shape(p, o->width, o->height, &C, &h, &w);
-    const int guided = o->cfg > 1.0f, rows = guided ? 2 : 1;
-    unmix_t u;
-    int rc = unmix_attach(&u, &p->unet, layers, rows, h, w, p->n_ctx);
-    if (rc) return rc;
-    int ids[TOKENIZER_MAX_LENGTH];
-    rc = tokenizer_encode(p->tok, o->prompt, ids, p->n_ctx, 1, NULL);
-    const int r = rows - 1;   /* the conditional row: [uncond; cond] with guidance */
-    if (rc >= 0) rc = n_tokens[0] = mark_text(&u, r, 0, p->tok, ids, phrase_a);
-    if (rc >= 0) rc = n_tokens[1] = mark_text(&u, r, 1, p->tok, ids, phrase_b);
-    if (rc < 0) {
-        unmix_detach(&u);
-        return rc;
-    }
-    unmix_set_halves(&u, r, vertical);
-    u.measure = 1;
-    float *lat = sd_xmalloc(sizeof(float) * (size_t)C * h * w);
-    rc = SD_OK;
-    for (int k = 0; k < n_seeds && !rc; k++) {
-        txt2img_opts_t ok = *o;
-        ok.seed = o->seed + (uint64_t)k, ok.batch = 1;
-        rc = pipeline_txt2img(p, &ok, NULL, lat);
-    }
-    free(lat);
-    if (!rc)
-        for (int s = 0; s < 2; s++) share[s] = unmix_leakage(&u, s), token_mass[s] = unmix_token_mass(&u, s);
-    unmix_detach(&u);
-    return rc;
-}
-
-int attention_leakage_images(pipeline_t *p, const char *prompt, const char *phrase_a, const char *phrase_b,
-                             const image_t *imgs_a, int na, const image_t *imgs_b, int nb, int res, int vertical,
-                             int fit, const char *layers, const int *timesteps, int n_t, uint64_t seed,
-                             double share[2], int n_tokens[2], double token_mass[2]) {
-    if (na < 1 || nb < 1 || n_t < 1) return sd_error(SD_ERR_ARG, "leakage: needs images of both subjects and a timestep");
-    for (int j = 0; j < n_t; j++)
-        if (timesteps[j] < 0 || timesteps[j] >= p->sched.T)
-            return sd_error(SD_ERR_ARG, "leakage: timestep %d is outside [0, %d)", timesteps[j], p->sched.T);
-    int C, h, w;
-    pipeline_latent_shape(p, res, res, &C, &h, &w);
-    const int div = 1 << (p->unet.cfg.n_levels - 1);
-    if (h % div || w % div)
-        return sd_error(SD_ERR_ARG, "leakage: --resolution %d is not a multiple of %d for this model", res,
-                        p->scale_factor * div);
-    const int T = p->n_ctx;
-    unmix_t u;
-    int rc = unmix_attach(&u, &p->unet, layers, 1, h, w, T);
-    if (rc) return rc;
-    int ids[TOKENIZER_MAX_LENGTH];
-    rc = tokenizer_encode(p->tok, prompt, ids, T, 1, NULL);
-    if (rc >= 0) rc = n_tokens[0] = mark_text(&u, 0, 0, p->tok, ids, phrase_a);
-    if (rc >= 0) rc = n_tokens[1] = mark_text(&u, 0, 1, p->tok, ids, phrase_b);
-    if (rc < 0) {
-        unmix_detach(&u);
-        return rc;
-    }
-    unmix_set_halves(&u, 0, vertical);
-    u.measure = 1;
-    const size_t L = train_latent_floats(p, res);
-    float *ctx = sd_xmalloc(sizeof(float) * T * p->ctx_dim), *dist = sd_xmalloc(sizeof(float) * 2 * L);
-    float *x0 = sd_xmalloc(sizeof(float) * L), *eps = sd_xmalloc(sizeof(float) * L), *xt = sd_xmalloc(sizeof(float) * L);
-    float *pred = sd_xmalloc(sizeof(float) * L), *zero = calloc(L, sizeof(float));
-    unet_acts_t acts;
-    rc = pipeline_encode_prompts(p, &prompt, 1, ctx);
-    if (!rc) rc = unet_acts_build(&acts, &p->unet, 1, h, w, T, 0, UNET_CKPT_NONE);
-    else memset(&acts, 0, sizeof acts);
-    for (int i = 0; i < na && !rc; i++)
-        for (int k = 0; k < nb && !rc; k++) {
-            image_t img = {0};
-            rc = cutmix_compose(&img, &imgs_a[i], &imgs_b[k], res, vertical, fit);
-            if (!rc) rc = composite_posterior(p, &img, res, dist);
-            image_free(&img);
-            if (rc) break;
-            train_sample_latent(p, x0, dist, zero, L);   /* the posterior mean (scaled) */
-            for (int j = 0; j < n_t && !rc; j++) {
-                rng_t r;   /* one stream per (pair, timestep), independent of the model */
-                rng_init(&r, seed ^ (((uint64_t)(i * nb + k) << 20) | (uint64_t)j));
-                rng_fill_normal(&r, eps, L);
-                const int t = timesteps[j];
-                const float tf = (float)t;
-                ddpm_add_noise(xt, x0, eps, &t, 1, L, &p->sched);
-                rc = unet_forward(pred, &p->unet, &acts, xt, &tf, ctx, 1, h, w, T);
-            }
-        }
-    if (!rc)
-        for (int s = 0; s < 2; s++) share[s] = unmix_leakage(&u, s), token_mass[s] = unmix_token_mass(&u, s);
-    unet_acts_free(&acts);
-    unmix_detach(&u);
-    free(ctx), free(dist), free(x0), free(eps), free(xt), free(pred), free(zero);
-    return rc;
 }

@@ -1,8 +1,8 @@
 /* Multi-subject training with Cut-Mix-Unmix (docs/method.md section 4; `svdiff train --subject ...`):
- * owns the --subject / --subject-class syntax, the prompt template, the Cut-Mix compositor (two
- * images in the two halves of one), the composite prompts, the multi-subject micro-batch (drawn
- * from the trainer's step stream, so --resume continues it), the Unmix specification of each row,
- * and the cross-attention leakage measure of `svdiff attention-leakage`.
+ * owns the --subject / --subject-class syntax, the prompt template, the composite prompts, the
+ * multi-subject micro-batch (drawn from the trainer's step stream, so --resume continues it; its
+ * composites from io/image_compose.h) and the Unmix specification of each row. The leakage measure
+ * of `svdiff attention-leakage` is in eval_leakage.h.
  *
  * One micro-batch, per row b of batch_size, in the order the RNG (trainer_t.rng) is consumed:
  *   u        : uniform; the row is a composite when there are >= 2 subjects and u < cutmix_prob
@@ -32,12 +32,6 @@ void prompt_fill(char *out, size_t cap, const char *tmpl, const char *fill);
 /* The composite phrase of a (first half) and b (second half): with positions "a on the left and b on
  * the right" (vertical: "a at the top and b at the bottom"), else "a and b". */
 void cutmix_phrase(char *out, size_t cap, const char *a, const char *b, int positions, int vertical);
-
-/* out (res x res) = image a fitted into the left (vertical: top) half, b into the other half
- * (res / 2 and res - res / 2 pixels). fit 0: each image is scaled to cover its half and centre-cropped;
- * fit 1: scaled to fit inside its half, centred, the rest filled with the mean colour of the image's
- * border (emoji and product shots on a plain background). Bilinear sampling. Returns 0 or SD_ERR_NOMEM. */
-int cutmix_compose(image_t *out, const image_t *a, const image_t *b, int res, int vertical, int fit);
 
 /* The multi-subject state of a trainer (trainer_t.ms). */
 typedef struct multisubject {
@@ -72,28 +66,5 @@ int multi_next_batch(trainer_t *t);
 void multi_free(trainer_t *t);
 /* Shift-file metadata: subjects (phrases joined by "; "), cutmix_prob, unmix_weight, unmix_layers. */
 void multi_put_meta(const trainer_t *t, shift_set_t *s);
-
-/* The leakage measure: generates `n_seeds` images (seeds seed .. seed + n_seeds - 1) of `prompt`
- * (o: size, steps, guidance, sampler, negative prompt) and, at every denoising step, sums the
- * cross-attention probability mass of phrase_a's and phrase_b's tokens (conditional branch, layers
- * chosen as --unmix-layers does) over all positions and over the other phrase's half (a: left / top).
- * share[s] = mass in the other half / all mass, over every layer, head, step and seed (0.5 means
- * no preference; lower is less leakage). n_tokens[s] gets the phrase's token count. Returns 0 or
- * SD_ERR_ARG when a phrase does not occur in the prompt. token_mass[s]: the mean probability per query
- * (position, head) on the phrase's tokens (unmix_token_mass). */
-int attention_leakage(pipeline_t *p, const txt2img_opts_t *o, const char *phrase_a, const char *phrase_b,
-                      int vertical, const char *layers, int n_seeds, double share[2], int n_tokens[2],
-                      double token_mass[2]);
-
-/* The same sums on known layouts (teacher forcing): every pair (imgs_a[i], imgs_b[k]) composed as
- * Cut-Mix does (a in the left / top half, cutmix_compose's fit), encoded, noised to each of
- * timesteps[n_t] with fixed noise (Philox stream of seed, pair and timestep: the same for every
- * model), and one conditional UNet forward with `prompt`. Here the halves are where the subjects
- * really are, so the share measures the attention's localisation and not where a sample happened
- * to put each subject. */
-int attention_leakage_images(pipeline_t *p, const char *prompt, const char *phrase_a, const char *phrase_b,
-                             const image_t *imgs_a, int na, const image_t *imgs_b, int nb, int res, int vertical,
-                             int fit, const char *layers, const int *timesteps, int n_t, uint64_t seed,
-                             double share[2], int n_tokens[2], double token_mass[2]);
 
 #endif
