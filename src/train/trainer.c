@@ -430,6 +430,41 @@ static void swap_ema(trainer_t *t) {
     }
 }
 
+/* The trainer's pieces that a checkpoint holds (checkpoint.h); config: train_config_json(t). */
+static checkpoint_state_t checkpoint_state(trainer_t *t, const char *config) {
+    return (checkpoint_state_t){.params = t->params, .n_params = t->n_params, .has_ema = t->ema_memory != NULL,
+                                .order = &t->order, .step = t->step, .rng_counter = t->rng.counter,
+                                .loss_ema = t->loss_ema, .elapsed = t->elapsed, .config = config,
+                                .threads = t->cfg.threads > 0 ? t->cfg.threads : omp_get_max_threads(),
+                                .max_step = t->cfg.steps, .force = t->cfg.force};
+}
+
+int trainer_checkpoint_save(trainer_t *t, const char *path) {
+    char *config = train_config_json(t);
+    const checkpoint_state_t cs = checkpoint_state(t, config);
+    const int rc = checkpoint_save(&cs, path);
+    free(config);
+    return rc;
+}
+
+int trainer_checkpoint_check(trainer_t *t, const char *path) {
+    char *config = train_config_json(t);
+    const checkpoint_state_t cs = checkpoint_state(t, config);
+    const int rc = checkpoint_check(path, &cs);
+    free(config);
+    return rc;
+}
+
+int trainer_checkpoint_load(trainer_t *t, const char *path) {
+    char *config = train_config_json(t);
+    checkpoint_state_t cs = checkpoint_state(t, config);
+    const int rc = checkpoint_load(&cs, path);
+    free(config);
+    if (rc) return rc;
+    t->step = cs.step, t->rng.counter = cs.rng_counter, t->loss_ema = cs.loss_ema, t->elapsed = cs.elapsed;
+    return SD_OK;
+}
+
 /* loss.csv: kept to the rows of steps <= keep_step (a resumed run rewrites what came after its
  * checkpoint), a header when new. */
 static int open_csv(trainer_t *t, int keep_step) {
@@ -587,7 +622,7 @@ static int open_inputs(trainer_t *t, const train_config_t *cfg, int *prior_out) 
     if (c->resume) {   /* before anything is written: a bad checkpoint leaves the folder as it was */
         char path[PATH_MAX];
         snprintf(path, sizeof path, "%s/checkpoint.safetensors", c->out_dir);
-        rc = checkpoint_check(path, t);
+        rc = trainer_checkpoint_check(t, path);
         if (rc) return rc;
     }
     if (c->shift_layers && t->mode->spectral_options && !shift_layers_match_model(t))
@@ -641,7 +676,7 @@ static int open_training(trainer_t *t, int prior) {
     if (c->resume) {
         char path[PATH_MAX];
         snprintf(path, sizeof path, "%s/checkpoint.safetensors", c->out_dir);
-        rc = checkpoint_load(t, path);
+        rc = trainer_checkpoint_load(t, path);
         if (rc) return rc;
         if (dist_rank() == 0) fprintf(stderr, "resuming at step %d of %d\n", t->step, c->steps);
     }
@@ -856,7 +891,7 @@ int trainer_run(trainer_t *t) {
         if (!rc && lead && c->checkpoint_every > 0 && t->step % c->checkpoint_every == 0 && t->step < c->steps) {
             char path[PATH_MAX];
             snprintf(path, sizeof path, "%s/checkpoint.safetensors", c->out_dir);
-            rc = checkpoint_save(t, path);
+            rc = trainer_checkpoint_save(t, path);
         }
         rc = dist_agree(rc);   /* rank 0's outputs failed: every rank stops at this step */
         if (!rc && t->step == abort_at) _exit(137);

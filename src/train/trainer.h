@@ -212,6 +212,11 @@ double trainer_lr_factor(const train_config_t *c, int step);
  * with a constant 0.999 from step 0, 13% of the EMA would still be the initialisation after 2000 steps. */
 float ema_decay_at(float decay, int update);
 void ema_update(float *ema, const float *x, size_t n, float decay);
+/* The run's checkpoint (checkpoint.h): written after a step, checked against the settings before
+ * anything is written, restored into a prepared trainer (the arrays, the streams, the step). */
+int trainer_checkpoint_save(trainer_t *t, const char *path);
+int trainer_checkpoint_check(trainer_t *t, const char *path);
+int trainer_checkpoint_load(trainer_t *t, const char *path);
 /* Peak resident memory of the process (VmHWM) in bytes, 0 if unknown. */
 long trainer_peak_rss(void);
 
