@@ -516,7 +516,7 @@ static double draw(trainer_t *t, int steps, int *composites, int *with_positions
     *composites = *with_positions = 0;
     const size_t L = t->latent_n;
     for (int s = 0; s < steps; s++) {
-        assert_int_equal(multi_next_batch(t), 0);
+        assert_int_equal(trainer_next_batch(t), 0);
         for (int r = 0; r < t->rows; r++) {
             for (size_t i = 0; i < L; i++) sum += (r + 1) * t->x0[r * L + i];
             for (int j = 0; j < t->T; j++) sum += 1e-3 * (j + 1) * t->ids[r * t->T + j];
@@ -611,7 +611,7 @@ static void test_multi_batch(void **state) {
     c.cutmix_prob = 1, c.steps = 2, c.batch_size = 1, c.unmix_weight = 1000;
     assert_int_equal(trainer_open(&t, &c), 0);
     train_losses_t l;
-    assert_int_equal(multi_next_batch(&t), 0);
+    assert_int_equal(trainer_next_batch(&t), 0);
     assert_int_equal(trainer_micro_step(&t, t.x0, t.eps, t.ts, t.ids, t.ctx, 1, 1, 1.0f, &l), 0);
     assert_true(l.unmix > 0 && fabs(l.loss - (l.instance + l.prior + l.unmix)) < 1e-9 * fabs(l.loss));
     assert_int_equal(trainer_run(&t), 0);

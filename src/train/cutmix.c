@@ -87,20 +87,20 @@ static void append_set(image_set_t *all, image_set_t *s, int *first, int *count)
     memset(s, 0, sizeof *s);
 }
 
-static int add_prompt(trainer_t *t, const char *fill, const char *where) {
+static int add_prompt(const multi_data_t *d, const char *fill, const char *where) {
     char text[1024];
-    prompt_fill(text, sizeof text, t->cfg.prompt_template, fill);
-    return prompt_table_add(&t->prompts, t->p.tok, text, where);
+    prompt_fill(text, sizeof text, d->cfg->prompt_template, fill);
+    return prompt_table_add(d->prompts, d->p->tok, text, where);
 }
 
-int multi_scan(trainer_t *t, int *prior) {
-    const train_config_t *c = &t->cfg;
+int multi_scan(multisubject_t **out, const multi_data_t *d, int *prior) {
+    const train_config_t *c = d->cfg;
     if (c->n_subjects > CUTMIX_MAX_SUBJECTS)
         return sd_error(SD_ERR_ARG, "--subject: at most %d subjects", CUTMIX_MAX_SUBJECTS);
     if (c->instance_dir || c->class_dir || c->data_tsv)
         return sd_error(SD_ERR_ARG, "--subject replaces --instance-dir / --class-dir / --data: give one or the other");
     if (c->mode != TRAIN_MODE_SHIFTS) return sd_error(SD_ERR_ARG, "--subject needs --mode shifts");
-    multisubject_t *ms = t->ms = sd_xcalloc(1, sizeof *ms);
+    multisubject_t *ms = *out = sd_xcalloc(1, sizeof *ms);
     ms->n = c->n_subjects;
     ms->cutmix_prob = c->cutmix_prob < 0 ? (ms->n >= 2 ? DEFAULT_CUTMIX_PROB : 0.0f) : c->cutmix_prob;
     if (ms->cutmix_prob > 1) return sd_error(SD_ERR_ARG, "--cutmix-prob %g: must be in [0, 1]", ms->cutmix_prob);
@@ -118,30 +118,30 @@ int multi_scan(trainer_t *t, int *prior) {
         ms->phrase[i] = dupstr(phrase);
         for (int j = 0; j < i; j++)
             if (!strcmp(ms->phrase[j], phrase)) return sd_error(SD_ERR_ARG, "--subject \"%s\": given twice", phrase);
-        if ((rc = phrase_tokens(ms, i, t->p.tok))) return rc;
-        if ((rc = ms->single_prompt[i] = add_prompt(t, phrase, "--subject")) < 0) return rc;
+        if ((rc = phrase_tokens(ms, i, d->p->tok))) return rc;
+        if ((rc = ms->single_prompt[i] = add_prompt(d, phrase, "--subject")) < 0) return rc;
         image_set_t s = {0};
-        rc = image_set_scan(&s, dir, "--subject", 0, 0, t->prompts.text[ms->single_prompt[i]], &t->prompts, t->p.tok);
+        rc = image_set_scan(&s, dir, "--subject", 0, 0, d->prompts->text[ms->single_prompt[i]], d->prompts, d->p->tok);
         if (rc) {
             image_set_free(&s);
             return rc;
         }
-        append_set(&t->inst, &s, &ms->first[i], &ms->count[i]);
+        append_set(d->inst, &s, &ms->first[i], &ms->count[i]);
         if (!ms->prior) continue;
         if (!c->subject_classes[i])
             return sd_error(SD_ERR_ARG, "--subject-class: give one for every --subject (in the same order) or none");
         if ((rc = subject_spec_parse(c->subject_classes[i], "--subject-class", phrase, sizeof phrase, dir, sizeof dir)))
             return rc;
         ms->class_phrase[i] = dupstr(phrase), ms->class_dir[i] = dupstr(dir);
-        if ((rc = ms->class_prompt[i] = add_prompt(t, phrase, "--subject-class")) < 0) return rc;
-        rc = image_set_scan(&s, dir, "--subject-class", 1, 1, t->prompts.text[ms->class_prompt[i]], &t->prompts, t->p.tok);
+        if ((rc = ms->class_prompt[i] = add_prompt(d, phrase, "--subject-class")) < 0) return rc;
+        rc = image_set_scan(&s, dir, "--subject-class", 1, 1, d->prompts->text[ms->class_prompt[i]], d->prompts, d->p->tok);
         if (rc) {
             image_set_free(&s);
             return rc;
         }
         if (s.n == 0 && c->num_class_images < 1)
             return sd_error(SD_ERR_ARG, "--subject-class %s holds no images and --num-class-images is 0", dir);
-        append_set(&t->cls, &s, &ms->cfirst[i], &ms->ccount[i]);
+        append_set(d->cls, &s, &ms->cfirst[i], &ms->ccount[i]);
     }
     /* every composite prompt, so that a frozen text encoder encodes them once */
     for (int i = 0; i < ms->n && ms->cutmix_prob > 0; i++)
@@ -150,11 +150,11 @@ int multi_scan(trainer_t *t, int *prior) {
             for (int pos = 0; pos < 2; pos++) {
                 char fill[1100];
                 cutmix_phrase(fill, sizeof fill, ms->phrase[i], ms->phrase[j], pos, c->cutmix_vertical);
-                int rc = ms->pair_prompt[i][j][pos] = add_prompt(t, fill, "--subject (composite prompt)");
+                int rc = ms->pair_prompt[i][j][pos] = add_prompt(d, fill, "--subject (composite prompt)");
                 if (rc < 0) return rc;
                 if (!ms->prior) continue;
                 cutmix_phrase(fill, sizeof fill, ms->class_phrase[i], ms->class_phrase[j], pos, c->cutmix_vertical);
-                rc = ms->pair_class_prompt[i][j][pos] = add_prompt(t, fill, "--subject-class (composite prompt)");
+                rc = ms->pair_class_prompt[i][j][pos] = add_prompt(d, fill, "--subject-class (composite prompt)");
                 if (rc < 0) return rc;
             }
         }
@@ -162,160 +162,132 @@ int multi_scan(trainer_t *t, int *prior) {
     return SD_OK;
 }
 
-int multi_classes(trainer_t *t) {
-    multisubject_t *ms = t->ms;
-    const train_config_t *c = &t->cfg;
+int multi_classes(multisubject_t *ms, const multi_data_t *d) {
+    const train_config_t *c = d->cfg;
     if (!ms->prior) return SD_OK;
     int need = 0;
     for (int i = 0; i < ms->n; i++) need |= ms->ccount[i] < c->num_class_images;
     if (!need) return SD_OK;
-    image_set_free(&t->cls);
-    memset(&t->cls, 0, sizeof t->cls);
+    image_set_free(d->cls);
+    memset(d->cls, 0, sizeof *d->cls);
     for (int i = 0; i < ms->n; i++) {
-        const char *prompt = t->prompts.text[ms->class_prompt[i]];
+        const char *prompt = d->prompts->text[ms->class_prompt[i]];
         int rc = SD_OK;
         if (ms->ccount[i] < c->num_class_images)
-            rc = class_images_generate(&t->p, ms->class_dir[i], prompt, ms->ccount[i], c->num_class_images,
+            rc = class_images_generate(d->p, ms->class_dir[i], prompt, ms->ccount[i], c->num_class_images,
                                        c->resolution, c->class_steps, c->class_cfg, c->seed ^ (0xa54ff53a5f1d36f1ull + i));
         image_set_t s = {0};
-        if (!rc) rc = image_set_scan(&s, ms->class_dir[i], "--subject-class", 0, 0, prompt, &t->prompts, t->p.tok);
+        if (!rc) rc = image_set_scan(&s, ms->class_dir[i], "--subject-class", 0, 0, prompt, d->prompts, d->p->tok);
         rc = dist_agree(rc);   /* the MPI ranks stop together (class_images_generate is collective) */
         if (rc) {
             image_set_free(&s);
             return rc;
         }
-        append_set(&t->cls, &s, &ms->cfirst[i], &ms->ccount[i]);
+        append_set(d->cls, &s, &ms->cfirst[i], &ms->ccount[i]);
     }
     return SD_OK;   /* trainer_open draws the crop positions next */
 }
 
-int multi_prepare(trainer_t *t) {
-    multisubject_t *ms = t->ms;
-    ms->dist = sd_xcalloc(2 * t->latent_n, sizeof(float));
-    /* the epoch order is not used here (draws come from the step stream), but checkpoints store it:
-     * keep it a valid permutation */
-    for (int i = 0; i < t->order.n; i++) t->order.perm[i] = i;
-    if (t->cfg.unmix_weight <= 0 || ms->cutmix_prob <= 0) return SD_OK;
-    const int H = t->h, W = t->w;   /* the UNet's input size */
-    int rc = unmix_attach(&ms->unmix, &t->p.unet, t->cfg.unmix_layers, t->rows, H, W, t->T);
+int multi_prepare(multisubject_t *ms, const train_config_t *c, unet_t *unet, int rows, int H, int W, int T,
+                  size_t latent_n) {
+    ms->dist = sd_xcalloc(2 * latent_n, sizeof(float));
+    if (c->unmix_weight <= 0 || ms->cutmix_prob <= 0) return SD_OK;
+    int rc = unmix_attach(&ms->unmix, unet, c->unmix_layers, rows, H, W, T);
     if (rc) return rc;
-    ms->unmix.weight = t->cfg.unmix_weight;
-    ms->unmix.mode = t->cfg.unmix_share ? UNMIX_SHARE : UNMIX_MSE;
+    ms->unmix.weight = c->unmix_weight;
+    ms->unmix.mode = c->unmix_share ? UNMIX_SHARE : UNMIX_MSE;
     ms->unmix_on = 1;
     return SD_OK;
 }
 
-void multi_free(trainer_t *t) {
-    multisubject_t *ms = t->ms;
+void multi_free(multisubject_t *ms) {
     if (!ms) return;
     unmix_detach(&ms->unmix);
     for (int i = 0; i < CUTMIX_MAX_SUBJECTS; i++)
         free(ms->phrase[i]), free(ms->class_phrase[i]), free(ms->class_dir[i]), free(ms->phrase_ids[i]);
     free(ms->dist);
     free(ms);
-    t->ms = NULL;
 }
 
-void multi_put_meta(const trainer_t *t, shift_set_t *s) {
-    const multisubject_t *ms = t->ms;
+void multi_put_meta(const multisubject_t *ms, const train_config_t *c, shift_set_t *s) {
     char buf[2048] = "";
     for (int i = 0, k = 0; i < ms->n && k < (int)sizeof buf; i++)
         k += snprintf(buf + k, sizeof buf - k, "%s%s", i ? "; " : "", ms->phrase[i]);
     shiftset_set_meta(s, "subjects", buf);
     snprintf(buf, sizeof buf, "%g", ms->cutmix_prob);
     shiftset_set_meta(s, "cutmix_prob", buf);
-    snprintf(buf, sizeof buf, "%g", ms->unmix_on ? t->cfg.unmix_weight : 0.0f);
+    snprintf(buf, sizeof buf, "%g", ms->unmix_on ? c->unmix_weight : 0.0f);
     shiftset_set_meta(s, "unmix_weight", buf);
-    shiftset_set_meta(s, "unmix_layers", t->cfg.unmix_layers ? t->cfg.unmix_layers : "all");
-    shiftset_set_meta(s, "unmix_loss", t->cfg.unmix_share ? "share" : "mse");
+    shiftset_set_meta(s, "unmix_layers", c->unmix_layers ? c->unmix_layers : "all");
+    shiftset_set_meta(s, "unmix_loss", c->unmix_share ? "share" : "mse");
 }
 
 /* ---- the micro-batch ---- */
 
-/* The posterior of a composite: both images loaded, composed at res, encoded (not cached: there are
- * n_a x n_b of them). */
-static int composite_dist(trainer_t *t, const train_image_t *a, const train_image_t *b, const float **dist) {
-    const int res = t->cfg.resolution;
+int multi_composite_dist(multisubject_t *ms, pipeline_t *p, const train_image_t *a, const train_image_t *b, int res,
+                         int vertical, int fit, const float **dist) {
     image_t ia = {0}, ib = {0}, img = {0};
     int rc = image_load(&ia, a->path);
     if (!rc) rc = image_load(&ib, b->path);
-    if (!rc) rc = image_compose_halves(&img, &ia, &ib, res, t->cfg.cutmix_vertical, t->cfg.cutmix_fit);
+    if (!rc) rc = image_compose_halves(&img, &ia, &ib, res, vertical, fit);
     image_free(&ia), image_free(&ib);
-    if (!rc) rc = train_image_posterior(&t->p, &img, res, t->ms->dist);
+    if (!rc) rc = train_image_posterior(p, &img, res, ms->dist);
     image_free(&img);
-    *dist = t->ms->dist;
+    *dist = ms->dist;
     return rc;
 }
 
-int multi_next_batch(trainer_t *t) {
-    const train_config_t *c = &t->cfg;
-    multisubject_t *ms = t->ms;
-    const int B = c->batch_size, rows = t->rows, n = ms->n;
-    const size_t L = t->latent_n, CT = (size_t)t->T * t->p.ctx_dim;
-    SD_CHECK(rows <= 128, "batch too large");
-    int subj[128][2], pic[128][2], composite[128], pos[128], flip[128], prompt[128];
-    memset(flip, 0, sizeof flip);
+void multi_draw_rows(multisubject_t *ms, rng_t *rng, image_set_t *inst, image_set_t *cls, int B, int prior, int flip,
+                     train_row_t *row) {
+    const int n = ms->n;
     for (int b = 0; b < B; b++) {
-        composite[b] = n >= 2 && rng_uniform(&t->rng) < ms->cutmix_prob;
-        const int i = rng_randint(&t->rng, n);
-        subj[b][0] = i;
-        pic[b][0] = ms->first[i] + rng_randint(&t->rng, ms->count[i]);
-        if (composite[b]) {
-            int j = rng_randint(&t->rng, n - 1);
+        train_row_t *x = &row[b], *y = &row[B + b];
+        int *subj = ms->row_subject[b];
+        *x = (train_row_t){0};
+        if (prior) *y = (train_row_t){0};
+        const int composite = n >= 2 && rng_uniform(rng) < ms->cutmix_prob;
+        const int i = rng_randint(rng, n);
+        subj[0] = i;
+        x->img = &inst->img[ms->first[i] + rng_randint(rng, ms->count[i])];
+        if (composite) {
+            int j = rng_randint(rng, n - 1);
             j += j >= i;
-            subj[b][1] = j;
-            pic[b][1] = ms->first[j] + rng_randint(&t->rng, ms->count[j]);
-            pos[b] = rng_uniform(&t->rng) < 0.5;
-            prompt[b] = ms->pair_prompt[i][j][pos[b]];
-            if (t->prior) {
-                subj[B + b][0] = i, subj[B + b][1] = j, composite[B + b] = 1, pos[B + b] = pos[b];
-                pic[B + b][0] = ms->cfirst[i] + rng_randint(&t->rng, ms->ccount[i]);
-                pic[B + b][1] = ms->cfirst[j] + rng_randint(&t->rng, ms->ccount[j]);
-                prompt[B + b] = ms->pair_class_prompt[i][j][pos[b]];
+            subj[1] = j;
+            x->img2 = &inst->img[ms->first[j] + rng_randint(rng, ms->count[j])];
+            const int pos = rng_uniform(rng) < 0.5;
+            x->prompt = ms->pair_prompt[i][j][pos];
+            if (prior) {
+                y->img = &cls->img[ms->cfirst[i] + rng_randint(rng, ms->ccount[i])];
+                y->img2 = &cls->img[ms->cfirst[j] + rng_randint(rng, ms->ccount[j])];
+                y->prompt = ms->pair_class_prompt[i][j][pos];
             }
             ms->n_composites++;
         } else {
-            subj[b][1] = -1;
-            prompt[b] = t->inst.img[pic[b][0]].prompt;   /* its caption file, else the subject prompt */
-            if (t->prior) {
-                subj[B + b][0] = i, subj[B + b][1] = -1, composite[B + b] = 0;
-                pic[B + b][0] = ms->cfirst[i] + rng_randint(&t->rng, ms->ccount[i]);
-                prompt[B + b] = t->cls.img[pic[B + b][0]].prompt;
+            subj[1] = -1;
+            x->prompt = x->img->prompt;   /* its caption file, else the subject prompt */
+            if (prior) {
+                y->img = &cls->img[ms->cfirst[i] + rng_randint(rng, ms->ccount[i])];
+                y->prompt = y->img->prompt;
             }
-            if (c->flip) {
-                flip[b] = rng_uniform(&t->rng) < 0.5;
-                if (t->prior) flip[B + b] = rng_uniform(&t->rng) < 0.5;
+            if (flip) {
+                x->flip = rng_uniform(rng) < 0.5;
+                if (prior) y->flip = rng_uniform(rng) < 0.5;
             }
             ms->n_singles++;
         }
     }
-    for (int r = 0; r < rows && !t->draw_only; r++) {   /* draw_only: another rank's rows (trainer.h) */
-        image_set_t *set = r < B ? &t->inst : &t->cls;
-        const float *dist;
-        int rc = composite[r] ? composite_dist(t, &set->img[pic[r][0]], &set->img[pic[r][1]], &dist)
-                              : train_image_dist(&t->p, &set->img[pic[r][0]], flip[r], c->resolution, c->center_crop, &dist);
-        if (rc) return rc;
-        rng_fill_normal(&t->rng, t->lat_noise, L);
-        train_sample_latent(&t->p, t->x0 + r * L, dist, t->lat_noise, L);
-    }
-    for (int r = 0; r < rows && t->draw_only; r++) rng_fill_normal(&t->rng, t->lat_noise, L);
-    for (int r = 0; r < rows; r++) t->ts[r] = rng_randint(&t->rng, t->p.sched.T);
-    rng_fill_normal(&t->rng, t->eps, (size_t)rows * L);
-    if (ms->unmix_on) unmix_clear(&ms->unmix);
-    for (int r = 0; r < rows; r++) {
-        int pi = prompt[r];
-        if (c->caption_dropout > 0 && rng_uniform(&t->rng) < c->caption_dropout) pi = t->empty_prompt;
-        const int *ids = t->prompts.ids + (size_t)pi * t->T;
-        memcpy(t->ids + (size_t)r * t->T, ids, sizeof(int) * t->T);
-        if (t->prompt_ctx) memcpy(t->ctx + r * CT, t->prompt_ctx + pi * CT, sizeof(float) * CT);
-        /* Unmix on the composite instance rows (class rows keep the base model's behaviour) */
-        if (ms->unmix_on && r < B && composite[r]) {
-            unmix_set_halves(&ms->unmix, r, c->cutmix_vertical);
-            for (int s = 0; s < 2; s++) {
-                const int k = subj[r][s];
-                unmix_mark_phrase(&ms->unmix, r, s, ids, ms->phrase_ids[k], ms->n_phrase_ids[k]);
-            }
+}
+
+void multi_mark_rows(multisubject_t *ms, const int *ids, int T, int B, int vertical) {
+    if (!ms->unmix_on) return;
+    unmix_clear(&ms->unmix);
+    /* Unmix on the composite instance rows (class rows keep the base model's behaviour) */
+    for (int r = 0; r < B; r++) {
+        if (ms->row_subject[r][1] < 0) continue;
+        unmix_set_halves(&ms->unmix, r, vertical);
+        for (int s = 0; s < 2; s++) {
+            const int k = ms->row_subject[r][s];
+            unmix_mark_phrase(&ms->unmix, r, s, ids + (size_t)r * T, ms->phrase_ids[k], ms->n_phrase_ids[k]);
         }
     }
-    return SD_OK;
 }

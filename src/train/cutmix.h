@@ -4,13 +4,14 @@
  * composites from io/image_compose.h) and the Unmix specification of each row. The leakage measure
  * of `svdiff attention-leakage` is in eval_leakage.h.
  *
- * One micro-batch, per row b of batch_size, in the order the RNG (trainer_t.rng) is consumed:
+ * One micro-batch, per row b of batch_size, in the order the RNG (the trainer's step stream) is consumed:
  *   u        : uniform; the row is a composite when there are >= 2 subjects and u < cutmix_prob
  *   composite: i = randint(n), j = randint(n - 1) (skipping i), image of i, image of j,
  *              positions = uniform < 0.5, then with prior preservation class images of i and j
  *   single   : i = randint(n), image of i, with prior preservation a class image of i, and with
  *              --flip one uniform (< 0.5: mirrored; composites are never mirrored)
- * then as the single-subject trainer: per row latent normals, timesteps, eps (and caption dropout).
+ * (multi_draw_rows), then as the single-subject trainer: per row latent normals, timesteps, eps (and
+ * caption dropout); then the Unmix specification of the rows (multi_mark_rows).
  * Subject i of a composite is in the left (top with --cutmix-vertical) half, j in the other. The
  * prompt is the template filled with "A on the left and B on the right" ("A at the top and B at
  * the bottom"), or "A and B" without positions; class rows use the class phrases the same way. */
@@ -23,6 +24,7 @@
 #include "train/trainer.h"
 
 #define CUTMIX_MAX_SUBJECTS 16
+#define CUTMIX_MAX_ROWS 128   /* instance rows of a micro-batch (trainer.c's limit) */
 
 /* "PHRASE=DIR" (the phrase is everything before the first '='): copies into phrase / dir.
  * `flag` names the option in the message. Returns 0 or SD_ERR_ARG. */
@@ -38,8 +40,8 @@ typedef struct multisubject {
     int n;
     char *phrase[CUTMIX_MAX_SUBJECTS], *class_phrase[CUTMIX_MAX_SUBJECTS];
     char *class_dir[CUTMIX_MAX_SUBJECTS];
-    int first[CUTMIX_MAX_SUBJECTS], count[CUTMIX_MAX_SUBJECTS];           /* images in trainer_t.inst */
-    int cfirst[CUTMIX_MAX_SUBJECTS], ccount[CUTMIX_MAX_SUBJECTS];         /* class images in trainer_t.cls */
+    int first[CUTMIX_MAX_SUBJECTS], count[CUTMIX_MAX_SUBJECTS];           /* images in multi_data_t.inst */
+    int cfirst[CUTMIX_MAX_SUBJECTS], ccount[CUTMIX_MAX_SUBJECTS];         /* class images in multi_data_t.cls */
     int single_prompt[CUTMIX_MAX_SUBJECTS], class_prompt[CUTMIX_MAX_SUBJECTS];
     /* [i][j][positions]: the prompt index of i in the first half, j in the second */
     int pair_prompt[CUTMIX_MAX_SUBJECTS][CUTMIX_MAX_SUBJECTS][2];
@@ -51,20 +53,40 @@ typedef struct multisubject {
     int unmix_on;
     float *dist;         /* [2 * latent] the posterior of a composite (encoded per use) */
     long n_composites, n_singles;   /* rows drawn (this run) */
+    int row_subject[CUTMIX_MAX_ROWS][2];   /* the last batch: subjects of each instance row (second -1: single) */
 } multisubject_t;
 
-/* The pieces trainer.c calls (trainer_open / trainer_prepare / trainer_run / trainer_close): */
-/* Parses cfg->subjects / subject_classes, scans every folder into t->inst / t->cls (subject by
- * subject), adds every single and composite prompt to t->prompts; *prior = prior preservation. */
-int multi_scan(trainer_t *t, int *prior);
+/* What the set-up reads and fills: pieces of the trainer (trainer.c builds it). */
+typedef struct {
+    const train_config_t *cfg;
+    pipeline_t *p;             /* the base model (tokenizer; class images) */
+    prompt_table_t *prompts;   /* every single and composite prompt is added here */
+    image_set_t *inst, *cls;   /* the subjects' (class) images are appended, subject by subject */
+} multi_data_t;
+
+/* The pieces trainer.c calls (trainer_open / trainer_prepare / the micro-batch / trainer_close): */
+/* Parses cfg->subjects / subject_classes, scans every folder into d->inst / d->cls (subject by
+ * subject), adds every single and composite prompt to d->prompts; *prior = prior preservation.
+ * *ms is set first: multi_free it on error too. */
+int multi_scan(multisubject_t **ms, const multi_data_t *d, int *prior);
 /* Generates missing class images per subject (after the output folder exists) and rescans. */
-int multi_classes(trainer_t *t);
-/* After trainer_prepare: attaches the Unmix hooks (when cfg.unmix_weight > 0). */
-int multi_prepare(trainer_t *t);
-/* Draws one micro-batch (order above) into the trainer's work buffers and the Unmix specification. */
-int multi_next_batch(trainer_t *t);
-void multi_free(trainer_t *t);
+int multi_classes(multisubject_t *ms, const multi_data_t *d);
+/* After trainer_prepare: the composite buffer, and the Unmix hooks on `unet` (when cfg->unmix_weight
+ * > 0) for `rows` rows of an H x W latent with T context tokens. */
+int multi_prepare(multisubject_t *ms, const train_config_t *c, unet_t *unet, int rows, int H, int W, int T,
+                  size_t latent_n);
+/* Chooses the rows of one micro-batch (draws above, from `rng`): instance rows 0..B-1 from inst,
+ * with prior preservation class rows B..2B-1 from cls; flip: --flip. */
+void multi_draw_rows(multisubject_t *ms, rng_t *rng, image_set_t *inst, image_set_t *cls, int B, int prior, int flip,
+                     train_row_t *row);
+/* The posterior of a composite row: both images loaded, composed at res (io/image_compose.h),
+ * encoded into the state's buffer (not cached: there are n_a x n_b of them). */
+int multi_composite_dist(multisubject_t *ms, pipeline_t *p, const train_image_t *a, const train_image_t *b, int res,
+                         int vertical, int fit, const float **dist);
+/* The Unmix specification of the drawn rows, ids [rows, T] their token ids (after caption dropout). */
+void multi_mark_rows(multisubject_t *ms, const int *ids, int T, int B, int vertical);
+void multi_free(multisubject_t *ms);
 /* Shift-file metadata: subjects (phrases joined by "; "), cutmix_prob, unmix_weight, unmix_layers. */
-void multi_put_meta(const trainer_t *t, shift_set_t *s);
+void multi_put_meta(const multisubject_t *ms, const train_config_t *c, shift_set_t *s);
 
 #endif

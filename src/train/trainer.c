@@ -292,25 +292,37 @@ double trainer_optimizer_step(trainer_t *t, double *lr_out) {
     return norm;
 }
 
-/* Draws one micro-batch (see trainer.h for the order of draws) into the work buffers. */
-static int next_batch(trainer_t *t) {
+/* The rows of one single-subject micro-batch: items from the epoch order (instance k % n_inst,
+ * class k % n_class), then with --flip one uniform per row. */
+static void draw_rows(trainer_t *t, train_row_t *row) {
+    const int B = t->cfg.batch_size;
+    for (int b = 0; b < B; b++) {
+        const int k = data_order_next(&t->order);
+        row[b] = (train_row_t){.img = &t->inst.img[k % t->inst.n]};
+        if (t->prior) row[B + b] = (train_row_t){.img = &t->cls.img[k % t->cls.n]};
+    }
+    for (int r = 0; r < t->rows; r++) row[r].prompt = row[r].img->prompt;
+    if (t->cfg.flip)
+        for (int r = 0; r < t->rows; r++) row[r].flip = rng_uniform(&t->rng) < 0.5;
+}
+
+/* Draws one micro-batch (see trainer.h and cutmix.h for the order of draws) into the work buffers:
+ * the rows from their source, then per row the latent sample, the timesteps, the noise, the
+ * prompts with caption dropout. */
+int trainer_next_batch(trainer_t *t) {
     const train_config_t *c = &t->cfg;
     const int B = c->batch_size, rows = t->rows;
     const size_t L = t->latent_n, CT = (size_t)t->T * t->p.ctx_dim;
-    train_image_t *img[2 * 64];
-    SD_CHECK(rows <= 128, "batch too large");
-    for (int b = 0; b < B; b++) {
-        const int k = data_order_next(&t->order);
-        img[b] = &t->inst.img[k % t->inst.n];
-        if (t->prior) img[B + b] = &t->cls.img[k % t->cls.n];
-    }
-    int flip[128] = {0};
-    if (c->flip)
-        for (int r = 0; r < rows; r++) flip[r] = rng_uniform(&t->rng) < 0.5;
-    for (int r = 0; r < rows; r++) {
+    train_row_t row[CUTMIX_MAX_ROWS];
+    SD_CHECK(rows <= CUTMIX_MAX_ROWS, "batch too large");
+    if (t->ms) multi_draw_rows(t->ms, &t->rng, &t->inst, &t->cls, B, t->prior, c->flip, row);   /* cutmix.c */
+    else draw_rows(t, row);
+    for (int r = 0; r < rows; r++) {   /* draw_only: another rank's rows (trainer.h) */
         const float *dist = NULL;
         if (!t->draw_only) {
-            int rc = train_image_dist(&t->p, img[r], flip[r], c->resolution, c->center_crop, &dist);
+            int rc = row[r].img2 ? multi_composite_dist(t->ms, &t->p, row[r].img, row[r].img2, c->resolution,
+                                                        c->cutmix_vertical, c->cutmix_fit, &dist)
+                                 : train_image_dist(&t->p, row[r].img, row[r].flip, c->resolution, c->center_crop, &dist);
             if (rc) return rc;
         }
         rng_fill_normal(&t->rng, t->lat_noise, L);
@@ -319,12 +331,13 @@ static int next_batch(trainer_t *t) {
     for (int r = 0; r < rows; r++) t->ts[r] = rng_randint(&t->rng, t->p.sched.T);
     rng_fill_normal(&t->rng, t->eps, (size_t)rows * L);
     for (int r = 0; r < rows; r++) {
-        int pi = img[r]->prompt;
+        int pi = row[r].prompt;
         /* drawn only when on, so runs without it keep their streams (and their bytes) */
         if (c->caption_dropout > 0 && rng_uniform(&t->rng) < c->caption_dropout) pi = t->empty_prompt;
         memcpy(t->ids + (size_t)r * t->T, t->prompts.ids + (size_t)pi * t->T, sizeof(int) * t->T);
         if (t->prompt_ctx) memcpy(t->ctx + r * CT, t->prompt_ctx + pi * CT, sizeof(float) * CT);
     }
+    if (t->ms) multi_mark_rows(t->ms, t->ids, t->T, B, c->cutmix_vertical);
     return SD_OK;
 }
 
@@ -340,7 +353,7 @@ static void put_meta_common(void *ctx, shift_set_t *s) {
     shiftset_set_meta(s, "base_model_hash", t->model_hash);
     shiftset_set_meta(s, "instance_prompt", c->instance_prompt ? c->instance_prompt : "");
     if (t->prior && c->class_prompt) shiftset_set_meta(s, "class_prompt", c->class_prompt);
-    if (t->ms) multi_put_meta(t, s);   /* subjects, Cut-Mix-Unmix settings */
+    if (t->ms) multi_put_meta(t->ms, c, s);   /* subjects, Cut-Mix-Unmix settings */
     snprintf(buf, sizeof buf, "%d", t->step);
     shiftset_set_meta(s, "steps", buf);
     snprintf(buf, sizeof buf, "%d", c->resolution);
@@ -609,7 +622,8 @@ static int open_inputs(trainer_t *t, const train_config_t *cfg, int *prior_out) 
     t->empty_prompt = -1;
     if (c->caption_dropout > 0 && (rc = t->empty_prompt = prompt_table_add(&t->prompts, t->p.tok, "", "--caption-dropout")) < 0)
         return rc;
-    if (c->n_subjects) rc = multi_scan(t, &prior);   /* several subjects: cutmix.c */
+    const multi_data_t md = {c, &t->p, &t->prompts, &t->inst, &t->cls};
+    if (c->n_subjects) rc = multi_scan(&t->ms, &md, &prior);   /* several subjects: cutmix.c */
     else if (c->data_tsv) rc = image_set_from_tsv(&t->inst, c->data_tsv, c->image_root, &t->prompts, t->p.tok);
     else rc = image_set_scan(&t->inst, c->instance_dir, "--instance-dir", 0, 0, c->instance_prompt, &t->prompts, t->p.tok);
     if (!rc && prior && !t->ms)
@@ -642,7 +656,8 @@ static int open_inputs(trainer_t *t, const train_config_t *cfg, int *prior_out) 
  * over the ranks (class_images_generate). */
 static int open_classes(trainer_t *t, int prior) {
     const train_config_t *c = &t->cfg;
-    if (t->ms) return multi_classes(t);   /* per subject (cutmix.c) */
+    const multi_data_t md = {c, &t->p, &t->prompts, &t->inst, &t->cls};
+    if (t->ms) return multi_classes(t->ms, &md);   /* per subject (cutmix.c) */
     if (!prior || t->cls.n >= c->num_class_images) return SD_OK;
     int rc = class_images_generate(&t->p, c->class_dir, c->class_prompt, t->cls.n, c->num_class_images, c->resolution,
                                    c->class_steps, c->class_cfg, c->seed ^ CLASS_SALT);
@@ -671,7 +686,12 @@ static int open_training(trainer_t *t, int prior) {
         if (rc) return rc;
     }
     rc = trainer_prepare(t, prior);
-    if (!rc && t->ms) rc = multi_prepare(t);
+    if (!rc && t->ms) {
+        /* the epoch order is not used (draws come from the step stream), but checkpoints store it:
+         * keep it a valid permutation */
+        for (int i = 0; i < t->order.n; i++) t->order.perm[i] = i;
+        rc = multi_prepare(t->ms, c, &t->p.unet, t->rows, t->h, t->w, t->T, t->latent_n);
+    }
     if (rc) return rc;
     if (c->resume) {
         char path[PATH_MAX];
@@ -775,7 +795,7 @@ static int dp_micro_batches(trainer_t *t, dp_state_t *d, float gs, train_losses_
     for (int m = 0; m < M; m++) {
         const int mine = m / A == me, a = m - me * A;
         t->draw_only = !mine;
-        if (!rc) rc = t->ms ? multi_next_batch(t) : next_batch(t);
+        if (!rc) rc = trainer_next_batch(t);
         t->draw_only = 0;
         if (rc || !mine) continue;
         train_losses_t l;
@@ -847,7 +867,7 @@ int trainer_run(trainer_t *t) {
         if (dp.active && (rc = dp_micro_batches(t, &dp, gs, &sum))) break;
         for (int a = 0; a < c->grad_accum && !rc && !dp.active; a++) {
             train_losses_t l;
-            rc = t->ms ? multi_next_batch(t) : next_batch(t);
+            rc = trainer_next_batch(t);
             if (!rc)
                 rc = trainer_micro_step(t, t->x0, t->eps, t->ts, t->ids, t->prompt_ctx ? t->ctx : NULL,
                                         c->batch_size, t->prior ? c->batch_size : 0, gs, &l);
@@ -931,7 +951,7 @@ void trainer_close(trainer_t *t) {
     image_set_free(&t->inst);
     image_set_free(&t->cls);
     data_order_free(&t->order);
-    multi_free(t);   /* before the model: it unhooks the Unmix sites */
+    multi_free(t->ms);   /* before the model: it unhooks the Unmix sites */
     if (t->opened) pipeline_close(&t->p);
     memset(t, 0, sizeof *t);
 }

@@ -194,6 +194,9 @@ int trainer_load_model(trainer_t *t, const train_config_t *cfg);
  * shifts, text-encoder shifts when trained, gradients, activations, the parameter list and
  * AdamW state, work buffers for `prior` (rows = batch_size * (1 + prior)). */
 int trainer_prepare(trainer_t *t, int prior);
+/* Draws the next micro-batch (the order above; several subjects: cutmix.h) into the work buffers
+ * x0, eps, ts, ids (and ctx with a frozen text encoder). */
+int trainer_next_batch(trainer_t *t);
 /* One micro-batch on given inputs (rows = n_inst + n_class): x0 [rows, latent], eps [rows,
  * latent], ts [rows] integer timesteps, ids [rows, T] token ids; ctx [rows, T, ctx_dim] the
  * frozen text encoder's output, or NULL to run the text encoder on ids (always done when it is
