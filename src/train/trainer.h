@@ -25,6 +25,9 @@
  * set: its training rows, in file order, are the items of the epoch order, batch_size rows per
  * micro-batch, each with its own caption. The output is OUT_DIR as a diffusers model folder.
  *
+ * The modes (shifts, full, LoRA) are tables of train_mode.h (prepare, visit, after_step, save)
+ * that the loop calls: mode_shifts.c, full.c, lora_train.c.
+ *
  * Over MPI (`mpirun -np N svdiff train|pretrain`, base/dist.h): N ranks with --batch-size B and
  * --gradient-accumulation-steps A run the steps of one process with batch B and accumulation
  * N x A, bit for bit where the step's gradients fit the exact path (trainer.c, "Data
@@ -132,47 +135,58 @@ typedef struct {
 
 typedef struct {
     train_config_t cfg;
+
+    /* the model */
     pipeline_t p;
     int opened;               /* p is open */
-    int prepared;             /* trainer_prepare ran */
-    int prior;                /* prior preservation on */
+    char model_hash[17];      /* model_weights_hash of the base model */
     int h, w;                 /* latent size */
     size_t latent_n;          /* floats per latent */
-    int rows;                 /* UNet rows of a micro-batch */
     int T;                    /* context tokens (pipeline_t.n_ctx: 77 for SD) */
-    char model_hash[17];
 
+    /* its training form (trainer_prepare): the mode, gradients and activations */
+    const struct train_mode_ops *mode;   /* of cfg.mode (train_mode.h): set by trainer_load_model */
+    void *mode_state;         /* the mode's own memory (full mode: the fp32 master copies of every
+                                 weight matrix behind the model's dense views); freed by its close */
+    int prepared;             /* trainer_prepare ran */
     unet_acts_t ua;
     unet_grads_t ug;
     clip_acts_t ca;
     clip_grads_t cg;
-    const struct train_mode_ops *mode;   /* of cfg.mode (train_mode.h): set by trainer_load_model */
-    void *mode_state;         /* the mode's own memory (full mode: the fp32 master copies of every
-                                 weight matrix behind the model's dense views); freed by its close */
+
+    /* the optimizer state: the arrays the mode's visit listed, AdamW's moments, the EMA */
     int n_params;
     train_param_t *params;
     float *adam_memory;
     size_t n_values;          /* trained floats */
     float *ema_memory;        /* full mode with EMA: one block behind every params[i].ema */
 
+    /* the data */
     prompt_table_t prompts;
     int empty_prompt;         /* index of "" in prompts (--caption-dropout), else -1 */
     float *prompt_ctx;        /* [n_prompts, T, ctx_dim]: frozen text encoder's outputs */
     image_set_t inst, cls;
+    int prior;                /* prior preservation on */
     data_order_t order;
-    rng_t rng;
+    struct multisubject *ms;  /* several subjects (cfg.n_subjects > 0), train/cutmix.h */
+
+    /* one micro-batch [rows, ...]: its inputs (trainer_next_batch) and the step's work buffers */
+    int rows;                 /* UNet rows of a micro-batch */
+    float *x0, *eps, *ctx, *lat_noise;
+    int *ts, *ids;
+    float *xt, *target, *pred, *dpred, *tf, *dctx;
+    int draw_only;            /* next batch: consume the draws of a micro-batch another MPI rank
+                                 trains, without loading, encoding or composing its images */
+
+    /* where the run is (what a checkpoint restores besides the arrays) */
+    rng_t rng;                /* the step stream */
     int step;                 /* optimizer steps done */
     double loss_ema;          /* exponential average of the loss (0.98), bias-corrected when shown */
     double elapsed;           /* seconds of training, over resumes */
 
-    /* work buffers of one micro-batch [rows, ...] */
-    float *x0, *eps, *xt, *target, *pred, *dpred, *tf, *ctx, *dctx, *lat_noise;
-    int *ts, *ids;
-    FILE *csv;
+    /* the run's outputs */
+    FILE *csv;                /* OUT_DIR/loss.csv */
     run_lock_t lock;          /* of cfg.out_dir, held from trainer_open to trainer_close (runlock.h) */
-    struct multisubject *ms;  /* several subjects (cfg.n_subjects > 0), train/cutmix.h */
-    int draw_only;            /* next batch: consume the draws of a micro-batch another MPI rank
-                                 trains, without loading, encoding or composing its images */
 } trainer_t;
 
 /* The whole set-up of `svdiff train`: checks every input (model, folders, images, prompts, output
