@@ -1,7 +1,7 @@
 /* Cut-Mix-Unmix (src/models/unmix.c, src/train/cutmix.c): the Unmix loss and the gradient of every
  * UNet shift on the tiny SD model against PyTorch (tests/reference/gen_unmix_golden.py), a finite-
  * difference check of the Unmix hook's q / k gradient, layer selection, the Cut-Mix compositor
- * (halves, fit / crop), prompts, subject syntax, the multi-subject batch (composites, Unmix
+ * (src/io/image_compose.c: halves, fit / crop), prompts, subject syntax, the multi-subject batch (composites, Unmix
  * specification, determinism) and set-up errors. */
 #define _GNU_SOURCE   /* mkdtemp */
 #include "testutil.h"

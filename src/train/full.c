@@ -142,7 +142,7 @@ float ema_decay_at(float decay, int update) {
     return warm < decay ? warm : decay;
 }
 
-/* The EMA update after an optimizer step (trainer.h, trainer_ema_update). */
+/* The EMA update after an optimizer step (trainer.h, ema_decay_at). */
 static void full_after_step(const train_model_t *m, train_param_t *params, int n_params, int step) {
     const float decay = ema_decay_at(m->cfg->ema_decay, step - 1);   /* step: updates done, this one included */
     for (int i = 0; i < n_params; i++)
