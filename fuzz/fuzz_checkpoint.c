@@ -1,6 +1,7 @@
 /* libFuzzer harness: a training checkpoint (`--resume`) through checkpoint_check (format,
  * settings JSON, threads) and checkpoint_load (tensor names, dtypes and sizes, the order
- * permutation, the step / RNG counters and hex-float metadata) against a trainer prepared once:
+ * permutation, the step / RNG counters and hex-float metadata), as trainer_checkpoint_check /
+ * _load call them, against a trainer prepared once:
  * the tiny fixture model on the fixture images, 16 px, 4 steps (the settings of the seed). */
 #include "fuzz_util.h"
 
@@ -28,7 +29,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     char path[512];
     fuzz_write(fuzz_path(path, sizeof path, "checkpoint.safetensors"), data, size);
-    fuzz_rc(checkpoint_check(path, &t), "checkpoint_check");
-    fuzz_rc(checkpoint_load(&t, path), "checkpoint_load");   /* also after a failed check: the loader must stand on its own */
+    fuzz_rc(trainer_checkpoint_check(&t, path), "checkpoint_check");
+    fuzz_rc(trainer_checkpoint_load(&t, path), "checkpoint_load");   /* also after a failed check: the loader must stand on its own */
     return 0;
 }

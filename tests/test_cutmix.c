@@ -1,7 +1,7 @@
 /* Cut-Mix-Unmix (src/models/unmix.c, src/train/cutmix.c): the Unmix loss and the gradient of every
  * UNet shift on the tiny SD model against PyTorch (tests/reference/gen_unmix_golden.py), a finite-
  * difference check of the Unmix hook's q / k gradient, layer selection, the Cut-Mix compositor
- * (halves, fit / crop), prompts, subject syntax, the multi-subject batch (composites, Unmix
+ * (src/io/image_compose.c: halves, fit / crop), prompts, subject syntax, the multi-subject batch (composites, Unmix
  * specification, determinism) and set-up errors. */
 #define _GNU_SOURCE   /* mkdtemp */
 #include "testutil.h"
@@ -17,6 +17,7 @@
 #include "base/runtime.h"
 #include "base/scratch.h"
 #include "io/image.h"
+#include "io/image_compose.h"
 #include "models/unmix.h"
 #include "ops/ops.h"
 #include "train/cutmix.h"
@@ -393,7 +394,7 @@ static void test_compose_halves(void **state) {
     solid(&b, 33, 18, 0, 0, 240);
     for (int fit = 0; fit < 2; fit++)
         for (int vert = 0; vert < 2; vert++) {
-            assert_int_equal(cutmix_compose(&out, &a, &b, 16, vert, fit), 0);
+            assert_int_equal(image_compose_halves(&out, &a, &b, 16, vert, fit), 0);
             assert_int_equal(out.w, 16);
             assert_int_equal(out.h, 16);
             for (int y = 0; y < 16; y++)
@@ -416,18 +417,18 @@ static void test_compose_halves(void **state) {
         for (int k = 0; k < 3; k++) a.rgb[(0 * 16 + i) * 3 + k] = a.rgb[(15 * 16 + i) * 3 + k] = 0,
                                     a.rgb[(i * 16 + 0) * 3 + k] = a.rgb[(i * 16 + 15) * 3 + k] = 0;
     solid(&b, 4, 4, 0, 255, 0);
-    assert_int_equal(cutmix_compose(&out, &a, &b, 16, 0, 1), 0);
+    assert_int_equal(image_compose_halves(&out, &a, &b, 16, 0, 1), 0);
     assert_true(px(&out, 4, 0)[0] < 40);        /* fill: mean border colour = the black frame */
     assert_true(px(&out, 4, 8)[0] > 200);       /* the image's white inside, centred */
     assert_true(px(&out, 0, 8)[0] < 140);       /* its left frame line, shrunk 2x: a dark column */
     assert_int_equal(px(&out, 12, 8)[1], 255);  /* the other half */
     image_free(&out);
-    assert_int_equal(cutmix_compose(&out, &a, &b, 16, 0, 0), 0);
+    assert_int_equal(image_compose_halves(&out, &a, &b, 16, 0, 0), 0);
     assert_true(px(&out, 0, 8)[0] > 200);       /* crop: the side frame lines are cut away */
     assert_true(px(&out, 4, 0)[0] < 40);        /* the top frame line stays */
     image_free(&out);
     /* an odd size: the second half gets the extra column */
-    assert_int_equal(cutmix_compose(&out, &b, &a, 9, 0, 1), 0);
+    assert_int_equal(image_compose_halves(&out, &b, &a, 9, 0, 1), 0);
     assert_int_equal(px(&out, 3, 4)[1], 255);
     assert_int_equal(px(&out, 3, 4)[0], 0);
     image_free(&out);
@@ -515,7 +516,7 @@ static double draw(trainer_t *t, int steps, int *composites, int *with_positions
     *composites = *with_positions = 0;
     const size_t L = t->latent_n;
     for (int s = 0; s < steps; s++) {
-        assert_int_equal(multi_next_batch(t), 0);
+        assert_int_equal(trainer_next_batch(t), 0);
         for (int r = 0; r < t->rows; r++) {
             for (size_t i = 0; i < L; i++) sum += (r + 1) * t->x0[r * L + i];
             for (int j = 0; j < t->T; j++) sum += 1e-3 * (j + 1) * t->ids[r * t->T + j];
@@ -610,7 +611,7 @@ static void test_multi_batch(void **state) {
     c.cutmix_prob = 1, c.steps = 2, c.batch_size = 1, c.unmix_weight = 1000;
     assert_int_equal(trainer_open(&t, &c), 0);
     train_losses_t l;
-    assert_int_equal(multi_next_batch(&t), 0);
+    assert_int_equal(trainer_next_batch(&t), 0);
     assert_int_equal(trainer_micro_step(&t, t.x0, t.eps, t.ts, t.ids, t.ctx, 1, 1, 1.0f, &l), 0);
     assert_true(l.unmix > 0 && fabs(l.loss - (l.instance + l.prior + l.unmix)) < 1e-9 * fabs(l.loss));
     assert_int_equal(trainer_run(&t), 0);

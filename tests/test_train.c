@@ -25,6 +25,7 @@
 #include "io/runlock.h"
 #include "shifts/shifts.h"
 #include "train/checkpoint.h"
+#include "train/train_mode.h"
 #include "train/trainer.h"
 
 static char g_model[4096];
@@ -869,6 +870,88 @@ static void test_shift_layers(void **state) {
     rm_tree(p.tmp);
 }
 
+/* The mode table (train/train_mode.h): each of the three tables is complete, trainer_load_model
+ * picks cfg.mode's, prepare + visit list arrays named "unet/" / "te/" by component, each with a
+ * value and a gradient, and one micro-batch and optimizer step moves every mode's arrays (full
+ * mode with --ema-decay: its after_step keeps the EMA between the initial and the new values). */
+static void test_mode_interface(void **state) {
+    (void)state;
+    sd_set_threads(1);
+    const train_mode_t modes[3] = {TRAIN_MODE_SHIFTS, TRAIN_MODE_FULL, TRAIN_MODE_LORA};
+    const char *const names[3] = {"shifts", "full", "lora"};
+    for (int k = 0; k < 3; k++) {
+        const train_mode_ops_t *ops = train_mode_ops(modes[k]);
+        assert_string_equal(ops->name, names[k]);
+        assert_non_null(ops->result_file);
+        assert_true(ops->prepare && ops->visit && ops->save && ops->summary);
+        assert_int_equal(ops->spectral_options, k == 0);
+        assert_int_equal(ops->ema, k == 1);
+        assert_int_equal(ops->after_step != NULL, k == 1);
+        train_config_t c;
+        train_config_default(&c);
+        c.model = model_dir();
+        c.mode = modes[k], c.resolution = 16, c.train_text_encoder = 1, c.lr = 1e-2f, c.lr_1d = 1e-2f;
+        c.ema_decay = k == 1 ? 0.5f : 0.0f;
+        c.svd_cache_dir = "", c.quiet = 1;
+        trainer_t t;
+        assert_int_equal(trainer_load_model(&t, &c), 0);
+        assert_ptr_equal(t.mode, ops);
+        assert_int_equal(trainer_prepare(&t, 0), 0);
+        int n_unet = 0, n_te = 0;
+        size_t n_values = 0;
+        for (int i = 0; i < t.n_params; i++) {
+            const train_param_t *p = &t.params[i];
+            assert_non_null(p->value);
+            assert_non_null(p->grad);
+            assert_true(p->n > 0);
+            assert_true(p->component == 0 || p->component == 1);
+            assert_int_equal(strncmp(p->name, p->component ? "te/" : "unet/", p->component ? 3 : 5), 0);
+            assert_int_equal(p->ema != NULL, k == 1);
+            n_unet += !p->component, n_te += p->component;
+            n_values += (size_t)p->n;
+        }
+        assert_true(n_unet > 0 && n_te > 0);
+        assert_int_equal(n_values, t.n_values);
+        /* one step on random inputs */
+        const size_t L = t.latent_n;
+        float *x0 = malloc(sizeof(float) * L), *eps = malloc(sizeof(float) * L);
+        float *before = malloc(sizeof(float) * t.n_values);
+        trng_t r;
+        trng_seed(&r, 5 + k);
+        for (size_t i = 0; i < L; i++) x0[i] = trng_uniform(&r) - 0.5f, eps[i] = trng_uniform(&r) - 0.5f;
+        int ids[77], ts = 500;
+        for (int i = 0; i < t.T; i++) ids[i] = (7 * i + 1) % 800;   /* the tiny vocabulary has 814 tokens */
+        for (int i = 0, o = 0; i < t.n_params; o += t.params[i].n, i++)
+            memcpy(before + o, t.params[i].value, sizeof(float) * (size_t)t.params[i].n);
+        train_losses_t l;
+        assert_int_equal(trainer_micro_step(&t, x0, eps, &ts, ids, NULL, 1, 0, 1.0f, &l), 0);
+        assert_true(isfinite(l.loss) && l.loss > 0);
+        trainer_optimizer_step(&t, NULL);
+        assert_int_equal(t.step, 1);
+        if (ops->after_step) ops->after_step(&(train_model_t){&t.cfg, &t.p, &t.ug, &t.cg, t.model_hash, &t.mode_state},
+                                             t.params, t.n_params, t.step);
+        int moved = 0;
+        for (int i = 0, o = 0; i < t.n_params; o += t.params[i].n, i++) {
+            const train_param_t *p = &t.params[i];
+            int m = 0;
+            for (int j = 0; j < p->n; j++) {
+                m |= p->value[j] != before[o + j];
+                assert_true(p->grad[j] == 0.0f);   /* zeroed for the next step */
+                if (p->ema) {   /* d = min(0.5, 1/10): between the old and the new value */
+                    const float lo = fminf(before[o + j], p->value[j]), hi = fmaxf(before[o + j], p->value[j]);
+                    assert_true(p->ema[j] >= lo - 1e-6f && p->ema[j] <= hi + 1e-6f);
+                }
+            }
+            moved += m;
+        }
+        print_message("mode %s: %d arrays (%d unet, %d te), %zu values, %d moved\n", ops->name, t.n_params, n_unet,
+                      n_te, t.n_values, moved);
+        assert_true(moved > t.n_params / 2);
+        free(x0), free(eps), free(before);
+        trainer_close(&t);
+    }
+}
+
 int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_golden_step),
@@ -883,6 +966,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_end_to_end),
         cmocka_unit_test(test_rank_limited),
         cmocka_unit_test(test_shift_layers),
+        cmocka_unit_test(test_mode_interface),
     };
     int rc = RUN_TESTS(argc, argv, "train", tests, NULL, NULL);
     scratch_free_all();

@@ -1,5 +1,5 @@
 /* `svdiff attention-leakage`: how much of each identifier phrase's cross-attention mass falls in
- * the other subject's half while a composite prompt is generated (train/cutmix.h
+ * the other subject's half while a composite prompt is generated (train/eval_leakage.h
  * attention_leakage), for before / after comparisons of multi-subject training (Cut-Mix-Unmix). */
 #include <errno.h>
 #include <float.h>
@@ -14,7 +14,8 @@
 #include "cli/commands.h"
 #include "pipeline/pipeline.h"
 #include "shifts/shifts.h"
-#include "train/cutmix.h"
+#include "train/dataset.h"
+#include "train/eval_leakage.h"
 
 static void usage(FILE *f) {
     fprintf(f,

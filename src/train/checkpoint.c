@@ -5,7 +5,6 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
-#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,14 +65,12 @@ char *train_config_json(const trainer_t *t) {
     return s;
 }
 
-static int actual_threads(const trainer_t *t) { return t->cfg.threads > 0 ? t->cfg.threads : omp_get_max_threads(); }
-
-int checkpoint_save(const trainer_t *t, const char *path) {
+int checkpoint_save(const checkpoint_state_t *cs, const char *path) {
     st_writer_t *w = st_writer_new();
     char name[512], buf[64];
     int rc = SD_OK;
-    for (int i = 0; i < t->n_params && !rc; i++) {
-        const train_param_t *p = &t->params[i];
+    for (int i = 0; i < cs->n_params && !rc; i++) {
+        const train_param_t *p = &cs->params[i];
         const int64_t shape[1] = {p->n};
         rc = ckpt_param_key(name, sizeof name, CKPT_PARAM, p->name);
         if (!rc) rc = st_writer_add(w, name, ST_F32, 1, shape, p->value);
@@ -84,21 +81,19 @@ int checkpoint_save(const trainer_t *t, const char *path) {
         if (!rc) rc = ckpt_param_key(name, sizeof name, CKPT_EMA, p->name);
         if (!rc && p->ema) rc = st_writer_add(w, name, ST_F32, 1, shape, p->ema);
     }
-    const int64_t pshape[1] = {t->order.n};
-    if (!rc) rc = st_writer_add(w, "order/perm", ST_I32, 1, pshape, t->order.perm);
-    char *config = train_config_json(t);
+    const int64_t pshape[1] = {cs->order->n};
+    if (!rc) rc = st_writer_add(w, "order/perm", ST_I32, 1, pshape, cs->order->perm);
     st_writer_meta(w, "format", CHECKPOINT_FORMAT);
-    st_writer_meta(w, "config", config);
-    free(config);
+    st_writer_meta(w, "config", cs->config);
 #define META(key, fmt, val) snprintf(buf, sizeof buf, fmt, val), st_writer_meta(w, key, buf)
-    META("step", "%d", t->step);
-    META("rng_counter", "%" PRIu64, t->rng.counter);
-    META("order_counter", "%" PRIu64, t->order.rng.counter);
-    META("order_pos", "%d", t->order.pos);
-    META("order_epoch", "%d", t->order.epoch);
-    META("loss_ema", "%a", t->loss_ema);
-    META("elapsed", "%a", t->elapsed);
-    META("threads", "%d", actual_threads(t));
+    META("step", "%d", cs->step);
+    META("rng_counter", "%" PRIu64, cs->rng_counter);
+    META("order_counter", "%" PRIu64, cs->order->rng.counter);
+    META("order_pos", "%d", cs->order->pos);
+    META("order_epoch", "%d", cs->order->epoch);
+    META("loss_ema", "%a", cs->loss_ema);
+    META("elapsed", "%a", cs->elapsed);
+    META("threads", "%d", cs->threads);
 #undef META
     st_writer_meta(w, "svdiff_version", SVDIFF_VERSION);
     if (!rc) rc = st_writer_save(w, path);
@@ -129,7 +124,7 @@ static int resume_error(int rc) {
     return sd_error_wrap(rc, "--resume");
 }
 
-int checkpoint_check(const char *path, const trainer_t *t) {
+int checkpoint_check(const char *path, const checkpoint_state_t *cs) {
     st_file_t f;
     int rc = st_open(&f, path);
     if (rc) return resume_error(rc);
@@ -138,10 +133,9 @@ int checkpoint_check(const char *path, const trainer_t *t) {
         st_close(&f);
         return sd_error(SD_ERR_FORMAT, "--resume: %s is not an svdiff training checkpoint", path);
     }
-    char *now = train_config_json(t), diff[1024];
-    first_difference(diff, sizeof diff, config, now);
-    free(now);
-    if (diff[0] && !t->cfg.force) rc = sd_error(SD_ERR_ARG, "--resume: %s was started with other settings: %s; "
+    char diff[1024];
+    first_difference(diff, sizeof diff, config, cs->config);
+    if (diff[0] && !cs->force) rc = sd_error(SD_ERR_ARG, "--resume: %s was started with other settings: %s; "
                                                 "use --force to resume anyway", path, diff);
     else if (diff[0]) fprintf(stderr, "warning: resuming with other settings (--force): %s\n", diff);
     char *tend = NULL;
@@ -149,9 +143,9 @@ int checkpoint_check(const char *path, const trainer_t *t) {
     if (!rc && threads && (tend == threads || *tend || nthreads < 1 || nthreads > 1 << 16))
         rc = sd_error(SD_ERR_FORMAT, "--resume: %s: checkpoint metadata 'threads' = '%s' is not a thread count", path,
                       threads);
-    if (!rc && threads && nthreads != actual_threads(t))
+    if (!rc && threads && nthreads != cs->threads)
         fprintf(stderr, "warning: the checkpoint was written with %s threads, this run uses %d: the result will not "
-                "be bit-identical to an uninterrupted run\n", threads, actual_threads(t));
+                "be bit-identical to an uninterrupted run\n", threads, cs->threads);
     st_close(&f);
     return rc;
 }
@@ -187,17 +181,17 @@ static int want_f32(const st_file_t *f, const char *name, int n, const st_tensor
     return SD_OK;
 }
 
-int checkpoint_load(trainer_t *t, const char *path) {
+int checkpoint_load(checkpoint_state_t *cs, const char *path) {
     st_file_t f;
     int rc = st_open(&f, path);
     if (rc) return resume_error(rc);
-    const int np = t->n_params;
-    const int K = t->ema_memory ? 4 : 3;   /* param, adam_m, adam_v [, ema] */
+    const int np = cs->n_params;
+    const int K = cs->has_ema ? 4 : 3;   /* param, adam_m, adam_v [, ema] */
     const st_tensor_t **src = calloc((size_t)K * (np ? np : 1), sizeof *src);
     char name[512];
     /* 1. check everything */
     for (int i = 0; i < np && !rc; i++) {
-        const train_param_t *p = &t->params[i];
+        const train_param_t *p = &cs->params[i];
         rc = ckpt_param_key(name, sizeof name, CKPT_PARAM, p->name);
         if (!rc) rc = want_f32(&f, name, p->n, &src[K * i]);
         if (!rc) rc = ckpt_param_key(name, sizeof name, CKPT_ADAM_M, p->name);
@@ -213,14 +207,14 @@ int checkpoint_load(trainer_t *t, const char *path) {
                       expected);
     const st_tensor_t *perm = rc ? NULL : st_find(&f, "order/perm");
     if (!rc && (!perm || (perm->dtype != ST_I32 && perm->dtype != ST_I64) || perm->ndim != 1 ||
-                perm->shape[0] != t->order.n))
-        rc = sd_error(SD_ERR_FORMAT, "%s: tensor 'order/perm' must be I32 [%d]", path, t->order.n);
-    int64_t *pv = sd_xcalloc((size_t)t->order.n + 1, sizeof *pv);
+                perm->shape[0] != cs->order->n))
+        rc = sd_error(SD_ERR_FORMAT, "%s: tensor 'order/perm' must be I32 [%d]", path, cs->order->n);
+    int64_t *pv = sd_xcalloc((size_t)cs->order->n + 1, sizeof *pv);
     if (!rc) rc = st_read_i64(pv, perm);
     if (!rc) { /* a permutation of 0..n-1 */
-        char *seen = sd_xcalloc((size_t)t->order.n + 1, 1);
-        for (int i = 0; i < t->order.n && !rc; i++) {
-            if (pv[i] < 0 || pv[i] >= t->order.n || seen[pv[i]])
+        char *seen = sd_xcalloc((size_t)cs->order->n + 1, 1);
+        for (int i = 0; i < cs->order->n && !rc; i++) {
+            if (pv[i] < 0 || pv[i] >= cs->order->n || seen[pv[i]])
                 rc = sd_error(SD_ERR_FORMAT, "%s: 'order/perm' is not a permutation", path);
             else seen[pv[i]] = 1;
         }
@@ -235,9 +229,9 @@ int checkpoint_load(trainer_t *t, const char *path) {
     if (!rc) rc = meta_u64(&f, "order_epoch", &epoch);
     if (!rc) rc = meta_double(&f, "loss_ema", 0.0, 1e30, &ema);
     if (!rc) rc = meta_double(&f, "elapsed", 0.0, 1e10, &elapsed);   /* seconds: 300 years */
-    if (!rc && (step > (uint64_t)t->cfg.steps || pos > (uint64_t)t->order.n || epoch > INT32_MAX))
+    if (!rc && (step > (uint64_t)cs->max_step || pos > (uint64_t)cs->order->n || epoch > INT32_MAX))
         rc = sd_error(SD_ERR_FORMAT, "%s: step %" PRIu64 " / epoch position %" PRIu64 " out of range for --steps %d",
-                      path, step, pos, t->cfg.steps);
+                      path, step, pos, cs->max_step);
     /* values must be finite: a NaN would poison the rest of the run */
     for (int i = 0; i < K * np && !rc; i++) {
         float *tmp = sd_xmalloc(sizeof(float) * (size_t)(src[i]->numel ? src[i]->numel : 1));
@@ -249,16 +243,16 @@ int checkpoint_load(trainer_t *t, const char *path) {
     /* 2. restore */
     if (!rc) {
         for (int i = 0; i < np; i++) {
-            train_param_t *p = &t->params[i];
+            train_param_t *p = &cs->params[i];
             st_read_f32(p->value, src[K * i]);
             st_read_f32(p->m, src[K * i + 1]);
             st_read_f32(p->v, src[K * i + 2]);
             if (K == 4) st_read_f32(p->ema, src[K * i + 3]);
         }
-        for (int i = 0; i < t->order.n; i++) t->order.perm[i] = (int)pv[i];
-        t->order.pos = (int)pos, t->order.epoch = (int)epoch, t->order.rng.counter = oc;
-        t->rng.counter = rc_counter;
-        t->step = (int)step, t->loss_ema = ema, t->elapsed = elapsed;
+        for (int i = 0; i < cs->order->n; i++) cs->order->perm[i] = (int)pv[i];
+        cs->order->pos = (int)pos, cs->order->epoch = (int)epoch, cs->order->rng.counter = oc;
+        cs->rng_counter = rc_counter;
+        cs->step = (int)step, cs->loss_ema = ema, cs->elapsed = elapsed;
     } else {
         rc = resume_error(rc);
     }

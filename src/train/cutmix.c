@@ -1,5 +1,5 @@
-/* Multi-subject training with Cut-Mix-Unmix (see cutmix.h): subject specs, prompts, the Cut-Mix
- * compositor, the multi-subject micro-batch with its Unmix specification, and the leakage measure. */
+/* Multi-subject training with Cut-Mix-Unmix (see cutmix.h): subject specs, prompts, and the
+ * multi-subject micro-batch with its Unmix specification. */
 #include "train/cutmix.h"
 
 #include <math.h>
@@ -9,6 +9,7 @@
 
 #include "base/dist.h"
 #include "base/error.h"
+#include "io/image_compose.h"
 #include "diffusion/diffusion.h"
 #include "models/vae.h"
 
@@ -61,88 +62,6 @@ void cutmix_phrase(char *out, size_t cap, const char *a, const char *b, int posi
     else snprintf(out, cap, "%s on the left and %s on the right", a, b);
 }
 
-/* ---- the compositor ---- */
-
-static void border_mean(float rgb[3], const image_t *im) {
-    double acc[3] = {0, 0, 0};
-    long n = 0;
-    for (int y = 0; y < im->h; y++)
-        for (int x = 0; x < im->w; x++) {
-            if (y && y != im->h - 1 && x && x != im->w - 1) continue;
-            const uint8_t *p = im->rgb + ((size_t)y * im->w + x) * 3;
-            for (int k = 0; k < 3; k++) acc[k] += p[k];
-            n++;
-        }
-    for (int k = 0; k < 3; k++) rgb[k] = (float)(acc[k] / (n ? n : 1));
-}
-
-/* Bilinear sample of im at continuous pixel coordinates (centres at +0.5), clamped at the edges. */
-static void sample(float out[3], const image_t *im, float fx, float fy) {
-    fx -= 0.5f, fy -= 0.5f;
-    if (fx < 0) fx = 0;
-    if (fy < 0) fy = 0;
-    if (fx > im->w - 1) fx = (float)(im->w - 1);
-    if (fy > im->h - 1) fy = (float)(im->h - 1);
-    const int x0 = (int)fx, y0 = (int)fy;
-    const int x1 = x0 + 1 < im->w ? x0 + 1 : x0, y1 = y0 + 1 < im->h ? y0 + 1 : y0;
-    const float ax = fx - x0, ay = fy - y0;
-    for (int k = 0; k < 3; k++) {
-        const float p00 = im->rgb[((size_t)y0 * im->w + x0) * 3 + k], p01 = im->rgb[((size_t)y0 * im->w + x1) * 3 + k];
-        const float p10 = im->rgb[((size_t)y1 * im->w + x0) * 3 + k], p11 = im->rgb[((size_t)y1 * im->w + x1) * 3 + k];
-        out[k] = (1 - ay) * ((1 - ax) * p00 + ax * p01) + ay * ((1 - ax) * p10 + ax * p11);
-    }
-}
-
-/* Draws `im` into the rectangle (x0, y0, w, h) of out. */
-static void place(image_t *out, const image_t *im, int x0, int y0, int w, int h, int fit) {
-    const float sx = (float)w / im->w, sy = (float)h / im->h;
-    const float s = fit ? fminf(sx, sy) : fmaxf(sx, sy);   /* output pixels per input pixel */
-    const float dw = im->w * s, dh = im->h * s;              /* the drawn size */
-    const float ox = (w - dw) * 0.5f, oy = (h - dh) * 0.5f;  /* its offset in the rectangle */
-    float bg[3];
-    border_mean(bg, im);
-    /* area-average when shrinking: average a k x k grid of bilinear samples per output pixel */
-    const int ss = s < 1.0f ? (int)ceilf(1.0f / s) : 1;
-    for (int y = 0; y < h; y++)
-        for (int x = 0; x < w; x++) {
-            float acc[3] = {0, 0, 0};
-            int inside = 0;
-            for (int a = 0; a < ss; a++)
-                for (int b = 0; b < ss; b++) {
-                    const float px = x + (b + 0.5f) / ss, py = y + (a + 0.5f) / ss;
-                    const float ix = (px - ox) / s, iy = (py - oy) / s;
-                    float v[3];
-                    if (ix < 0 || iy < 0 || ix > im->w || iy > im->h) {
-                        v[0] = bg[0], v[1] = bg[1], v[2] = bg[2];
-                    } else {
-                        sample(v, im, ix, iy);
-                        inside++;
-                    }
-                    for (int k = 0; k < 3; k++) acc[k] += v[k];
-                }
-            (void)inside;
-            uint8_t *o = out->rgb + ((size_t)(y0 + y) * out->w + x0 + x) * 3;
-            for (int k = 0; k < 3; k++) {
-                const float v = acc[k] / (ss * ss) + 0.5f;
-                o[k] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
-            }
-        }
-}
-
-int cutmix_compose(image_t *out, const image_t *a, const image_t *b, int res, int vertical, int fit) {
-    int rc = image_alloc(out, res, res);
-    if (rc) return rc;
-    const int h1 = res / 2, h2 = res - res / 2;
-    if (vertical) {
-        place(out, a, 0, 0, res, h1, fit);
-        place(out, b, 0, h1, res, h2, fit);
-    } else {
-        place(out, a, 0, 0, h1, res, fit);
-        place(out, b, h1, 0, h2, res, fit);
-    }
-    return SD_OK;
-}
-
 /* ---- set-up ---- */
 
 /* The identifier phrase's token ids without bos / eos. */
@@ -168,20 +87,20 @@ static void append_set(image_set_t *all, image_set_t *s, int *first, int *count)
     memset(s, 0, sizeof *s);
 }
 
-static int add_prompt(trainer_t *t, const char *fill, const char *where) {
+static int add_prompt(const multi_data_t *d, const char *fill, const char *where) {
     char text[1024];
-    prompt_fill(text, sizeof text, t->cfg.prompt_template, fill);
-    return prompt_table_add(&t->prompts, t->p.tok, text, where);
+    prompt_fill(text, sizeof text, d->cfg->prompt_template, fill);
+    return prompt_table_add(d->prompts, d->p->tok, text, where);
 }
 
-int multi_scan(trainer_t *t, int *prior) {
-    const train_config_t *c = &t->cfg;
+int multi_scan(multisubject_t **out, const multi_data_t *d, int *prior) {
+    const train_config_t *c = d->cfg;
     if (c->n_subjects > CUTMIX_MAX_SUBJECTS)
         return sd_error(SD_ERR_ARG, "--subject: at most %d subjects", CUTMIX_MAX_SUBJECTS);
     if (c->instance_dir || c->class_dir || c->data_tsv)
         return sd_error(SD_ERR_ARG, "--subject replaces --instance-dir / --class-dir / --data: give one or the other");
     if (c->mode != TRAIN_MODE_SHIFTS) return sd_error(SD_ERR_ARG, "--subject needs --mode shifts");
-    multisubject_t *ms = t->ms = sd_xcalloc(1, sizeof *ms);
+    multisubject_t *ms = *out = sd_xcalloc(1, sizeof *ms);
     ms->n = c->n_subjects;
     ms->cutmix_prob = c->cutmix_prob < 0 ? (ms->n >= 2 ? DEFAULT_CUTMIX_PROB : 0.0f) : c->cutmix_prob;
     if (ms->cutmix_prob > 1) return sd_error(SD_ERR_ARG, "--cutmix-prob %g: must be in [0, 1]", ms->cutmix_prob);
@@ -199,30 +118,30 @@ int multi_scan(trainer_t *t, int *prior) {
         ms->phrase[i] = dupstr(phrase);
         for (int j = 0; j < i; j++)
             if (!strcmp(ms->phrase[j], phrase)) return sd_error(SD_ERR_ARG, "--subject \"%s\": given twice", phrase);
-        if ((rc = phrase_tokens(ms, i, t->p.tok))) return rc;
-        if ((rc = ms->single_prompt[i] = add_prompt(t, phrase, "--subject")) < 0) return rc;
+        if ((rc = phrase_tokens(ms, i, d->p->tok))) return rc;
+        if ((rc = ms->single_prompt[i] = add_prompt(d, phrase, "--subject")) < 0) return rc;
         image_set_t s = {0};
-        rc = image_set_scan(&s, dir, "--subject", 0, 0, t->prompts.text[ms->single_prompt[i]], &t->prompts, t->p.tok);
+        rc = image_set_scan(&s, dir, "--subject", 0, 0, d->prompts->text[ms->single_prompt[i]], d->prompts, d->p->tok);
         if (rc) {
             image_set_free(&s);
             return rc;
         }
-        append_set(&t->inst, &s, &ms->first[i], &ms->count[i]);
+        append_set(d->inst, &s, &ms->first[i], &ms->count[i]);
         if (!ms->prior) continue;
         if (!c->subject_classes[i])
             return sd_error(SD_ERR_ARG, "--subject-class: give one for every --subject (in the same order) or none");
         if ((rc = subject_spec_parse(c->subject_classes[i], "--subject-class", phrase, sizeof phrase, dir, sizeof dir)))
             return rc;
         ms->class_phrase[i] = dupstr(phrase), ms->class_dir[i] = dupstr(dir);
-        if ((rc = ms->class_prompt[i] = add_prompt(t, phrase, "--subject-class")) < 0) return rc;
-        rc = image_set_scan(&s, dir, "--subject-class", 1, 1, t->prompts.text[ms->class_prompt[i]], &t->prompts, t->p.tok);
+        if ((rc = ms->class_prompt[i] = add_prompt(d, phrase, "--subject-class")) < 0) return rc;
+        rc = image_set_scan(&s, dir, "--subject-class", 1, 1, d->prompts->text[ms->class_prompt[i]], d->prompts, d->p->tok);
         if (rc) {
             image_set_free(&s);
             return rc;
         }
         if (s.n == 0 && c->num_class_images < 1)
             return sd_error(SD_ERR_ARG, "--subject-class %s holds no images and --num-class-images is 0", dir);
-        append_set(&t->cls, &s, &ms->cfirst[i], &ms->ccount[i]);
+        append_set(d->cls, &s, &ms->cfirst[i], &ms->ccount[i]);
     }
     /* every composite prompt, so that a frozen text encoder encodes them once */
     for (int i = 0; i < ms->n && ms->cutmix_prob > 0; i++)
@@ -231,11 +150,11 @@ int multi_scan(trainer_t *t, int *prior) {
             for (int pos = 0; pos < 2; pos++) {
                 char fill[1100];
                 cutmix_phrase(fill, sizeof fill, ms->phrase[i], ms->phrase[j], pos, c->cutmix_vertical);
-                int rc = ms->pair_prompt[i][j][pos] = add_prompt(t, fill, "--subject (composite prompt)");
+                int rc = ms->pair_prompt[i][j][pos] = add_prompt(d, fill, "--subject (composite prompt)");
                 if (rc < 0) return rc;
                 if (!ms->prior) continue;
                 cutmix_phrase(fill, sizeof fill, ms->class_phrase[i], ms->class_phrase[j], pos, c->cutmix_vertical);
-                rc = ms->pair_class_prompt[i][j][pos] = add_prompt(t, fill, "--subject-class (composite prompt)");
+                rc = ms->pair_class_prompt[i][j][pos] = add_prompt(d, fill, "--subject-class (composite prompt)");
                 if (rc < 0) return rc;
             }
         }
@@ -243,286 +162,132 @@ int multi_scan(trainer_t *t, int *prior) {
     return SD_OK;
 }
 
-int multi_classes(trainer_t *t) {
-    multisubject_t *ms = t->ms;
-    const train_config_t *c = &t->cfg;
+int multi_classes(multisubject_t *ms, const multi_data_t *d) {
+    const train_config_t *c = d->cfg;
     if (!ms->prior) return SD_OK;
     int need = 0;
     for (int i = 0; i < ms->n; i++) need |= ms->ccount[i] < c->num_class_images;
     if (!need) return SD_OK;
-    image_set_free(&t->cls);
-    memset(&t->cls, 0, sizeof t->cls);
+    image_set_free(d->cls);
+    memset(d->cls, 0, sizeof *d->cls);
     for (int i = 0; i < ms->n; i++) {
-        const char *prompt = t->prompts.text[ms->class_prompt[i]];
+        const char *prompt = d->prompts->text[ms->class_prompt[i]];
         int rc = SD_OK;
         if (ms->ccount[i] < c->num_class_images)
-            rc = class_images_generate(&t->p, ms->class_dir[i], prompt, ms->ccount[i], c->num_class_images,
+            rc = class_images_generate(d->p, ms->class_dir[i], prompt, ms->ccount[i], c->num_class_images,
                                        c->resolution, c->class_steps, c->class_cfg, c->seed ^ (0xa54ff53a5f1d36f1ull + i));
         image_set_t s = {0};
-        if (!rc) rc = image_set_scan(&s, ms->class_dir[i], "--subject-class", 0, 0, prompt, &t->prompts, t->p.tok);
+        if (!rc) rc = image_set_scan(&s, ms->class_dir[i], "--subject-class", 0, 0, prompt, d->prompts, d->p->tok);
         rc = dist_agree(rc);   /* the MPI ranks stop together (class_images_generate is collective) */
         if (rc) {
             image_set_free(&s);
             return rc;
         }
-        append_set(&t->cls, &s, &ms->cfirst[i], &ms->ccount[i]);
+        append_set(d->cls, &s, &ms->cfirst[i], &ms->ccount[i]);
     }
     return SD_OK;   /* trainer_open draws the crop positions next */
 }
 
-int multi_prepare(trainer_t *t) {
-    multisubject_t *ms = t->ms;
-    ms->dist = sd_xcalloc(2 * t->latent_n, sizeof(float));
-    /* the epoch order is not used here (draws come from the step stream), but checkpoints store it:
-     * keep it a valid permutation */
-    for (int i = 0; i < t->order.n; i++) t->order.perm[i] = i;
-    if (t->cfg.unmix_weight <= 0 || ms->cutmix_prob <= 0) return SD_OK;
-    const int H = t->h, W = t->w;   /* the UNet's input size */
-    int rc = unmix_attach(&ms->unmix, &t->p.unet, t->cfg.unmix_layers, t->rows, H, W, t->T);
+int multi_prepare(multisubject_t *ms, const train_config_t *c, unet_t *unet, int rows, int H, int W, int T,
+                  size_t latent_n) {
+    ms->dist = sd_xcalloc(2 * latent_n, sizeof(float));
+    if (c->unmix_weight <= 0 || ms->cutmix_prob <= 0) return SD_OK;
+    int rc = unmix_attach(&ms->unmix, unet, c->unmix_layers, rows, H, W, T);
     if (rc) return rc;
-    ms->unmix.weight = t->cfg.unmix_weight;
-    ms->unmix.mode = t->cfg.unmix_share ? UNMIX_SHARE : UNMIX_MSE;
+    ms->unmix.weight = c->unmix_weight;
+    ms->unmix.mode = c->unmix_share ? UNMIX_SHARE : UNMIX_MSE;
     ms->unmix_on = 1;
     return SD_OK;
 }
 
-void multi_free(trainer_t *t) {
-    multisubject_t *ms = t->ms;
+void multi_free(multisubject_t *ms) {
     if (!ms) return;
     unmix_detach(&ms->unmix);
     for (int i = 0; i < CUTMIX_MAX_SUBJECTS; i++)
         free(ms->phrase[i]), free(ms->class_phrase[i]), free(ms->class_dir[i]), free(ms->phrase_ids[i]);
     free(ms->dist);
     free(ms);
-    t->ms = NULL;
 }
 
-void multi_put_meta(const trainer_t *t, shift_set_t *s) {
-    const multisubject_t *ms = t->ms;
+void multi_put_meta(const multisubject_t *ms, const train_config_t *c, shift_set_t *s) {
     char buf[2048] = "";
     for (int i = 0, k = 0; i < ms->n && k < (int)sizeof buf; i++)
         k += snprintf(buf + k, sizeof buf - k, "%s%s", i ? "; " : "", ms->phrase[i]);
     shiftset_set_meta(s, "subjects", buf);
     snprintf(buf, sizeof buf, "%g", ms->cutmix_prob);
     shiftset_set_meta(s, "cutmix_prob", buf);
-    snprintf(buf, sizeof buf, "%g", ms->unmix_on ? t->cfg.unmix_weight : 0.0f);
+    snprintf(buf, sizeof buf, "%g", ms->unmix_on ? c->unmix_weight : 0.0f);
     shiftset_set_meta(s, "unmix_weight", buf);
-    shiftset_set_meta(s, "unmix_layers", t->cfg.unmix_layers ? t->cfg.unmix_layers : "all");
-    shiftset_set_meta(s, "unmix_loss", t->cfg.unmix_share ? "share" : "mse");
+    shiftset_set_meta(s, "unmix_layers", c->unmix_layers ? c->unmix_layers : "all");
+    shiftset_set_meta(s, "unmix_loss", c->unmix_share ? "share" : "mse");
 }
 
 /* ---- the micro-batch ---- */
 
-/* out[2 * n] = the posterior [mean | logvar] of a res x res image (without a VAE: the image as a
- * [-1, 1] tensor, logvar 0), n = train_latent_floats(p, res). */
-static int composite_posterior(pipeline_t *p, const image_t *img, int res, float *out) {
-    const size_t n = train_latent_floats(p, res);
-    int rc = SD_OK;
-    if (p->has_vae) {
-        float *x = sd_xmalloc(sizeof(float) * 3 * res * res);
-        vae_image_to_tensor(x, img->rgb, res, res, 3);
-        rc = vae_encode(&p->vae, out, out + n, x, 1, res, res);
-        free(x);
-    } else if (p->latent_channels == 3) {
-        vae_image_to_tensor(out, img->rgb, res, res, 3);
-        memset(out + n, 0, sizeof(float) * n);
-    } else {
-        rc = sd_error(SD_ERR_FORMAT, "a model without a VAE must work on 3 channels, not %d", p->latent_channels);
-    }
-    return rc;
-}
-
-/* The posterior of a composite: both images loaded, composed at res, encoded (not cached: there are
- * n_a x n_b of them). */
-static int composite_dist(trainer_t *t, const train_image_t *a, const train_image_t *b, const float **dist) {
-    const int res = t->cfg.resolution;
+int multi_composite_dist(multisubject_t *ms, pipeline_t *p, const train_image_t *a, const train_image_t *b, int res,
+                         int vertical, int fit, const float **dist) {
     image_t ia = {0}, ib = {0}, img = {0};
     int rc = image_load(&ia, a->path);
     if (!rc) rc = image_load(&ib, b->path);
-    if (!rc) rc = cutmix_compose(&img, &ia, &ib, res, t->cfg.cutmix_vertical, t->cfg.cutmix_fit);
+    if (!rc) rc = image_compose_halves(&img, &ia, &ib, res, vertical, fit);
     image_free(&ia), image_free(&ib);
-    if (!rc) rc = composite_posterior(&t->p, &img, res, t->ms->dist);
+    if (!rc) rc = train_image_posterior(p, &img, res, ms->dist);
     image_free(&img);
-    *dist = t->ms->dist;
+    *dist = ms->dist;
     return rc;
 }
 
-int multi_next_batch(trainer_t *t) {
-    const train_config_t *c = &t->cfg;
-    multisubject_t *ms = t->ms;
-    const int B = c->batch_size, rows = t->rows, n = ms->n;
-    const size_t L = t->latent_n, CT = (size_t)t->T * t->p.ctx_dim;
-    SD_CHECK(rows <= 128, "batch too large");
-    int subj[128][2], pic[128][2], composite[128], pos[128], flip[128], prompt[128];
-    memset(flip, 0, sizeof flip);
+void multi_draw_rows(multisubject_t *ms, rng_t *rng, image_set_t *inst, image_set_t *cls, int B, int prior, int flip,
+                     train_row_t *row) {
+    const int n = ms->n;
     for (int b = 0; b < B; b++) {
-        composite[b] = n >= 2 && rng_uniform(&t->rng) < ms->cutmix_prob;
-        const int i = rng_randint(&t->rng, n);
-        subj[b][0] = i;
-        pic[b][0] = ms->first[i] + rng_randint(&t->rng, ms->count[i]);
-        if (composite[b]) {
-            int j = rng_randint(&t->rng, n - 1);
+        train_row_t *x = &row[b], *y = &row[B + b];
+        int *subj = ms->row_subject[b];
+        *x = (train_row_t){0};
+        if (prior) *y = (train_row_t){0};
+        const int composite = n >= 2 && rng_uniform(rng) < ms->cutmix_prob;
+        const int i = rng_randint(rng, n);
+        subj[0] = i;
+        x->img = &inst->img[ms->first[i] + rng_randint(rng, ms->count[i])];
+        if (composite) {
+            int j = rng_randint(rng, n - 1);
             j += j >= i;
-            subj[b][1] = j;
-            pic[b][1] = ms->first[j] + rng_randint(&t->rng, ms->count[j]);
-            pos[b] = rng_uniform(&t->rng) < 0.5;
-            prompt[b] = ms->pair_prompt[i][j][pos[b]];
-            if (t->prior) {
-                subj[B + b][0] = i, subj[B + b][1] = j, composite[B + b] = 1, pos[B + b] = pos[b];
-                pic[B + b][0] = ms->cfirst[i] + rng_randint(&t->rng, ms->ccount[i]);
-                pic[B + b][1] = ms->cfirst[j] + rng_randint(&t->rng, ms->ccount[j]);
-                prompt[B + b] = ms->pair_class_prompt[i][j][pos[b]];
+            subj[1] = j;
+            x->img2 = &inst->img[ms->first[j] + rng_randint(rng, ms->count[j])];
+            const int pos = rng_uniform(rng) < 0.5;
+            x->prompt = ms->pair_prompt[i][j][pos];
+            if (prior) {
+                y->img = &cls->img[ms->cfirst[i] + rng_randint(rng, ms->ccount[i])];
+                y->img2 = &cls->img[ms->cfirst[j] + rng_randint(rng, ms->ccount[j])];
+                y->prompt = ms->pair_class_prompt[i][j][pos];
             }
             ms->n_composites++;
         } else {
-            subj[b][1] = -1;
-            prompt[b] = t->inst.img[pic[b][0]].prompt;   /* its caption file, else the subject prompt */
-            if (t->prior) {
-                subj[B + b][0] = i, subj[B + b][1] = -1, composite[B + b] = 0;
-                pic[B + b][0] = ms->cfirst[i] + rng_randint(&t->rng, ms->ccount[i]);
-                prompt[B + b] = t->cls.img[pic[B + b][0]].prompt;
+            subj[1] = -1;
+            x->prompt = x->img->prompt;   /* its caption file, else the subject prompt */
+            if (prior) {
+                y->img = &cls->img[ms->cfirst[i] + rng_randint(rng, ms->ccount[i])];
+                y->prompt = y->img->prompt;
             }
-            if (c->flip) {
-                flip[b] = rng_uniform(&t->rng) < 0.5;
-                if (t->prior) flip[B + b] = rng_uniform(&t->rng) < 0.5;
+            if (flip) {
+                x->flip = rng_uniform(rng) < 0.5;
+                if (prior) y->flip = rng_uniform(rng) < 0.5;
             }
             ms->n_singles++;
         }
     }
-    for (int r = 0; r < rows && !t->draw_only; r++) {   /* draw_only: another rank's rows (trainer.h) */
-        image_set_t *set = r < B ? &t->inst : &t->cls;
-        const float *dist;
-        int rc = composite[r] ? composite_dist(t, &set->img[pic[r][0]], &set->img[pic[r][1]], &dist)
-                              : train_image_dist(&t->p, &set->img[pic[r][0]], flip[r], c->resolution, c->center_crop, &dist);
-        if (rc) return rc;
-        rng_fill_normal(&t->rng, t->lat_noise, L);
-        train_sample_latent(&t->p, t->x0 + r * L, dist, t->lat_noise, L);
-    }
-    for (int r = 0; r < rows && t->draw_only; r++) rng_fill_normal(&t->rng, t->lat_noise, L);
-    for (int r = 0; r < rows; r++) t->ts[r] = rng_randint(&t->rng, t->p.sched.T);
-    rng_fill_normal(&t->rng, t->eps, (size_t)rows * L);
-    if (ms->unmix_on) unmix_clear(&ms->unmix);
-    for (int r = 0; r < rows; r++) {
-        int pi = prompt[r];
-        if (c->caption_dropout > 0 && rng_uniform(&t->rng) < c->caption_dropout) pi = t->empty_prompt;
-        const int *ids = t->prompts.ids + (size_t)pi * t->T;
-        memcpy(t->ids + (size_t)r * t->T, ids, sizeof(int) * t->T);
-        if (t->prompt_ctx) memcpy(t->ctx + r * CT, t->prompt_ctx + pi * CT, sizeof(float) * CT);
-        /* Unmix on the composite instance rows (class rows keep the base model's behaviour) */
-        if (ms->unmix_on && r < B && composite[r]) {
-            unmix_set_halves(&ms->unmix, r, c->cutmix_vertical);
-            for (int s = 0; s < 2; s++) {
-                const int k = subj[r][s];
-                unmix_mark_phrase(&ms->unmix, r, s, ids, ms->phrase_ids[k], ms->n_phrase_ids[k]);
-            }
+}
+
+void multi_mark_rows(multisubject_t *ms, const int *ids, int T, int B, int vertical) {
+    if (!ms->unmix_on) return;
+    unmix_clear(&ms->unmix);
+    /* Unmix on the composite instance rows (class rows keep the base model's behaviour) */
+    for (int r = 0; r < B; r++) {
+        if (ms->row_subject[r][1] < 0) continue;
+        unmix_set_halves(&ms->unmix, r, vertical);
+        for (int s = 0; s < 2; s++) {
+            const int k = ms->row_subject[r][s];
+            unmix_mark_phrase(&ms->unmix, r, s, ids + (size_t)r * T, ms->phrase_ids[k], ms->n_phrase_ids[k]);
         }
     }
-    return SD_OK;
-}
-
-/* ---- the leakage measure ---- */
-
-static int mark_text(unmix_t *u, int r, int s, const clip_tokenizer_t *tok, const int *ids, const char *phrase) {
-    int ph[TOKENIZER_MAX_LENGTH];
-    int n = tokenizer_encode(tok, phrase, ph, TOKENIZER_MAX_LENGTH, 0, NULL);
-    if (n < 0) return n;
-    const int got = n > 2 ? unmix_mark_phrase(u, r, s, ids, ph + 1, n - 2) : 0;
-    if (!got) return sd_error(SD_ERR_ARG, "\"%s\" does not occur in the prompt's tokens", phrase);
-    return got;
-}
-
-int attention_leakage(pipeline_t *p, const txt2img_opts_t *o, const char *phrase_a, const char *phrase_b,
-                      int vertical, const char *layers, int n_seeds, double share[2], int n_tokens[2],
-                      double token_mass[2]) {
-    int C, h, w;
-    pipeline_latent_shape(p, o->width, o->height, &C, &h, &w);
-    const int guided = o->cfg > 1.0f, rows = guided ? 2 : 1;
-    unmix_t u;
-    int rc = unmix_attach(&u, &p->unet, layers, rows, h, w, p->n_ctx);
-    if (rc) return rc;
-    int ids[TOKENIZER_MAX_LENGTH];
-    rc = tokenizer_encode(p->tok, o->prompt, ids, p->n_ctx, 1, NULL);
-    const int r = rows - 1;   /* the conditional row: [uncond; cond] with guidance */
-    if (rc >= 0) rc = n_tokens[0] = mark_text(&u, r, 0, p->tok, ids, phrase_a);
-    if (rc >= 0) rc = n_tokens[1] = mark_text(&u, r, 1, p->tok, ids, phrase_b);
-    if (rc < 0) {
-        unmix_detach(&u);
-        return rc;
-    }
-    unmix_set_halves(&u, r, vertical);
-    u.measure = 1;
-    float *lat = sd_xmalloc(sizeof(float) * (size_t)C * h * w);
-    rc = SD_OK;
-    for (int k = 0; k < n_seeds && !rc; k++) {
-        txt2img_opts_t ok = *o;
-        ok.seed = o->seed + (uint64_t)k, ok.batch = 1;
-        rc = pipeline_txt2img(p, &ok, NULL, lat);
-    }
-    free(lat);
-    if (!rc)
-        for (int s = 0; s < 2; s++) share[s] = unmix_leakage(&u, s), token_mass[s] = unmix_token_mass(&u, s);
-    unmix_detach(&u);
-    return rc;
-}
-
-int attention_leakage_images(pipeline_t *p, const char *prompt, const char *phrase_a, const char *phrase_b,
-                             const image_t *imgs_a, int na, const image_t *imgs_b, int nb, int res, int vertical,
-                             int fit, const char *layers, const int *timesteps, int n_t, uint64_t seed,
-                             double share[2], int n_tokens[2], double token_mass[2]) {
-    if (na < 1 || nb < 1 || n_t < 1) return sd_error(SD_ERR_ARG, "leakage: needs images of both subjects and a timestep");
-    for (int j = 0; j < n_t; j++)
-        if (timesteps[j] < 0 || timesteps[j] >= p->sched.T)
-            return sd_error(SD_ERR_ARG, "leakage: timestep %d is outside [0, %d)", timesteps[j], p->sched.T);
-    int C, h, w;
-    pipeline_latent_shape(p, res, res, &C, &h, &w);
-    const int div = 1 << (p->unet.cfg.n_levels - 1);
-    if (h % div || w % div)
-        return sd_error(SD_ERR_ARG, "leakage: --resolution %d is not a multiple of %d for this model", res,
-                        p->scale_factor * div);
-    const int T = p->n_ctx;
-    unmix_t u;
-    int rc = unmix_attach(&u, &p->unet, layers, 1, h, w, T);
-    if (rc) return rc;
-    int ids[TOKENIZER_MAX_LENGTH];
-    rc = tokenizer_encode(p->tok, prompt, ids, T, 1, NULL);
-    if (rc >= 0) rc = n_tokens[0] = mark_text(&u, 0, 0, p->tok, ids, phrase_a);
-    if (rc >= 0) rc = n_tokens[1] = mark_text(&u, 0, 1, p->tok, ids, phrase_b);
-    if (rc < 0) {
-        unmix_detach(&u);
-        return rc;
-    }
-    unmix_set_halves(&u, 0, vertical);
-    u.measure = 1;
-    const size_t L = train_latent_floats(p, res);
-    float *ctx = sd_xmalloc(sizeof(float) * T * p->ctx_dim), *dist = sd_xmalloc(sizeof(float) * 2 * L);
-    float *x0 = sd_xmalloc(sizeof(float) * L), *eps = sd_xmalloc(sizeof(float) * L), *xt = sd_xmalloc(sizeof(float) * L);
-    float *pred = sd_xmalloc(sizeof(float) * L), *zero = calloc(L, sizeof(float));
-    unet_acts_t acts;
-    rc = pipeline_encode_prompts(p, &prompt, 1, ctx);
-    if (!rc) rc = unet_acts_build(&acts, &p->unet, 1, h, w, T, 0, UNET_CKPT_NONE);
-    else memset(&acts, 0, sizeof acts);
-    for (int i = 0; i < na && !rc; i++)
-        for (int k = 0; k < nb && !rc; k++) {
-            image_t img = {0};
-            rc = cutmix_compose(&img, &imgs_a[i], &imgs_b[k], res, vertical, fit);
-            if (!rc) rc = composite_posterior(p, &img, res, dist);
-            image_free(&img);
-            if (rc) break;
-            train_sample_latent(p, x0, dist, zero, L);   /* the posterior mean (scaled) */
-            for (int j = 0; j < n_t && !rc; j++) {
-                rng_t r;   /* one stream per (pair, timestep), independent of the model */
-                rng_init(&r, seed ^ (((uint64_t)(i * nb + k) << 20) | (uint64_t)j));
-                rng_fill_normal(&r, eps, L);
-                const int t = timesteps[j];
-                const float tf = (float)t;
-                ddpm_add_noise(xt, x0, eps, &t, 1, L, &p->sched);
-                rc = unet_forward(pred, &p->unet, &acts, xt, &tf, ctx, 1, h, w, T);
-            }
-        }
-    if (!rc)
-        for (int s = 0; s < 2; s++) share[s] = unmix_leakage(&u, s), token_mass[s] = unmix_token_mass(&u, s);
-    unet_acts_free(&acts);
-    unmix_detach(&u);
-    free(ctx), free(dist), free(x0), free(eps), free(xt), free(pred), free(zero);
-    return rc;
 }

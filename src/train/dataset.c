@@ -258,6 +258,23 @@ size_t train_latent_floats(const pipeline_t *p, int res) {
     return (size_t)p->latent_channels * hw * hw;
 }
 
+int train_image_posterior(pipeline_t *p, const image_t *img, int res, float *out) {
+    const size_t n = train_latent_floats(p, res);
+    int rc = SD_OK;
+    if (p->has_vae) {
+        float *x = sd_xmalloc(sizeof(float) * 3 * res * res);
+        vae_image_to_tensor(x, img->rgb, res, res, 3);
+        rc = vae_encode(&p->vae, out, out + n, x, 1, res, res);
+        free(x);
+    } else if (p->latent_channels == 3) {
+        vae_image_to_tensor(out, img->rgb, res, res, 3);
+        memset(out + n, 0, sizeof(float) * n);
+    } else {
+        rc = sd_error(SD_ERR_FORMAT, "a model without a VAE must work on 3 channels, not %d", p->latent_channels);
+    }
+    return rc;
+}
+
 int train_image_dist(pipeline_t *p, train_image_t *im, int flip, int res, int center, const float **dist) {
     flip = flip ? 1 : 0;
     if (im->dist[flip]) {
@@ -280,19 +297,8 @@ int train_image_dist(pipeline_t *p, train_image_t *im, int flip, int res, int ce
                     row[3 * (res - 1 - x) + k] = t;
                 }
         }
-    const size_t n = train_latent_floats(p, res);
-    float *out = sd_xmalloc(sizeof(float) * 2 * n);
-    if (p->has_vae) {
-        float *x = sd_xmalloc(sizeof(float) * 3 * res * res);
-        vae_image_to_tensor(x, img.rgb, res, res, 3);
-        rc = vae_encode(&p->vae, out, out + n, x, 1, res, res);
-        free(x);
-    } else if (p->latent_channels == 3) {
-        vae_image_to_tensor(out, img.rgb, res, res, 3);
-        memset(out + n, 0, sizeof(float) * n);
-    } else {
-        rc = sd_error(SD_ERR_FORMAT, "a model without a VAE must work on 3 channels, not %d", p->latent_channels);
-    }
+    float *out = sd_xmalloc(sizeof(float) * 2 * train_latent_floats(p, res));
+    rc = train_image_posterior(p, &img, res, out);
     image_free(&img);
     if (rc) {
         free(out);

@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "diffusion/diffusion.h"
+#include "io/image.h"
 #include "models/tokenizer.h"
 #include "pipeline/pipeline.h"
 
@@ -60,8 +61,20 @@ int image_set_from_tsv(image_set_t *s, const char *tsv, const char *image_root, 
  * image, in file order). */
 void image_set_draw_crops(image_set_t *s, uint64_t seed);
 
+/* One row of a micro-batch as its source chose it (the trainer draws the rest: latent sample,
+ * timestep, noise, caption dropout). */
+typedef struct {
+    train_image_t *img;    /* the image */
+    train_image_t *img2;   /* NULL, or a Cut-Mix composite: img in the first half, img2 in the other */
+    int flip;              /* mirrored left-right (never a composite) */
+    int prompt;            /* index into the prompt table, before caption dropout */
+} train_row_t;
+
 /* Floats of one latent [C, res/f, res/f] (f = the VAE factor, 1 without a VAE). */
 size_t train_latent_floats(const pipeline_t *p, int res);
+/* out[2 * n] = the posterior [mean | logvar] of a res x res image (without a VAE: the image as a
+ * [-1, 1] tensor, logvar 0), n = train_latent_floats(p, res). */
+int train_image_posterior(pipeline_t *p, const image_t *img, int res, float *out);
 /* The cached posterior of image `im` (flip: mirrored left-right), encoding it on first use:
  * load, resize the shorter side to `res` and crop res x res (centred, or at the image's crop
  * position), mirror, map to [-1, 1], VAE-encode. */

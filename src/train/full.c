@@ -1,4 +1,4 @@
-/* Full-weight training (trainer.h, TRAIN_MODE_FULL: `svdiff train --mode full`, `svdiff pretrain`):
+/* The full-weight mode (train_mode.h, TRAIN_MODE_FULL: `svdiff train --mode full`, `svdiff pretrain`):
  * owned fp32 master copies of every UNet (and text encoder) weight matrix behind dense weight_t
  * views, the parameter list over them with their dense gradients, the EMA of the weights, and the
  * outputs: a diffusers model folder and the weight delta W - W_base. */
@@ -12,8 +12,7 @@
 #include "base/error.h"
 #include "base/hash64.h"
 #include "io/outputs.h"
-#include "train/checkpoint.h"
-#include "train/trainer.h"
+#include "train/train_mode.h"
 
 /* fp32 values of `n` elements stored in `dtype`. */
 static void to_f32(float *dst, const void *src, st_dtype_t dtype, size_t n) {
@@ -51,79 +50,73 @@ static int own_clip_weight(void *ctx, const clip_module_t *mod) {
     return mod->w ? own_weight(mod->w, ms->cursor, ms->total, ms->count_only, mod->path) : SD_OK;
 }
 
-static int masters_pass(trainer_t *t, float **cursor, size_t *total, int count_only) {
-    unet_t *u = &t->p.unet;
+static int masters_pass(const train_model_t *m, float **cursor, size_t *total, int count_only) {
+    unet_t *u = &m->p->unet;
     int rc = SD_OK;
     for (int i = 0; i < u->n_layers && !rc; i++) rc = own_weight(&u->layers[i]->w, cursor, total, count_only, u->layers[i]->name);
-    if (rc || !t->cfg.train_text_encoder) return rc;
+    if (rc || !m->cfg->train_text_encoder) return rc;
     masters_t ms = {cursor, total, count_only};
-    return clip_visit_modules(&t->p.clip, NULL, own_clip_weight, &ms);
+    return clip_visit_modules(&m->p->clip, NULL, own_clip_weight, &ms);
 }
 
-int trainer_full_masters(trainer_t *t) {
+/* Replaces every trained dense weight's view by an owned fp32 copy (the mode's state: one block). */
+static int full_prepare(const train_model_t *m) {
     size_t total = 0;
     float *cursor = NULL;
-    int rc = masters_pass(t, &cursor, &total, 1);
+    int rc = masters_pass(m, &cursor, &total, 1);
     if (rc) return rc;
-    t->master = malloc(sizeof(float) * (total ? total : 1));
-    if (!t->master) return sd_error(SD_ERR_NOMEM, "out of memory for %zu fp32 master weights", total);
-    cursor = t->master;
+    float *master = malloc(sizeof(float) * (total ? total : 1));
+    if (!master) return sd_error(SD_ERR_NOMEM, "out of memory for %zu fp32 master weights", total);
+    *m->state = master;
+    cursor = master;
     total = 0;
-    return masters_pass(t, &cursor, &total, 0);
+    return masters_pass(m, &cursor, &total, 0);
 }
 
-static void add_param(trainer_t *t, int count_only, int component, const char *name, const char *suffix, float *value,
+static void add_param(train_param_fn fn, void *ctx, int component, const char *name, const char *suffix, float *value,
                       float *grad, int n) {
-    if (!count_only) {
-        train_param_t *p = &t->params[t->n_params];
-        char stem[512];
-        snprintf(stem, sizeof stem, "%s%s", name, suffix);
-        const size_t len = strlen(stem) + 8;
-        p->name = sd_xmalloc(len);
-        SD_CHECK(train_param_name(p->name, len, component ? SHIFT_TE : SHIFT_UNET, stem) == SD_OK, "%s", stem);
-        SD_CHECK(value && grad, "no value or gradient for %s", p->name);
-        p->value = value, p->grad = grad, p->n = n, p->group = 0, p->component = component;
-    }
-    t->n_params++;
-    t->n_values += (size_t)n;
+    SD_CHECK(value && grad, "no value or gradient for %s%s", name, suffix);
+    const train_param_spec_t s = {component, name, suffix, value, grad, n, 0, NULL};
+    fn(ctx, &s);
 }
 
 typedef struct {
-    trainer_t *t;
-    int count_only;
+    train_param_fn fn;
+    void *ctx;
+    int C;   /* hidden size: a LayerNorm's width */
 } full_visit_t;
 
 /* A text-encoder module's parameters: its matrix, then its bias; a LayerNorm's gain, then its offset. */
 static int add_clip_module(void *ctx, const clip_module_t *mod) {
     full_visit_t *v = ctx;
     if (mod->kind == CLIP_MODULE_NORM) {
-        const int C = v->t->p.clip.cfg.hidden_size;
-        add_param(v->t, v->count_only, 1, mod->path, ".weight", mod->ln->gamma, mod->dln->dgamma, C);
-        add_param(v->t, v->count_only, 1, mod->path, ".bias", mod->ln->beta, mod->dln->dbeta, C);
+        add_param(v->fn, v->ctx, 1, mod->path, ".weight", mod->ln->gamma, mod->dln->dgamma, v->C);
+        add_param(v->fn, v->ctx, 1, mod->path, ".bias", mod->ln->beta, mod->dln->dbeta, v->C);
         return 0;
     }
-    add_param(v->t, v->count_only, 1, mod->path, ".weight", (float *)mod->w->data, mod->dw, (int)wsize(mod->w));
-    if (mod->kind == CLIP_MODULE_LINEAR) add_param(v->t, v->count_only, 1, mod->path, ".bias", mod->bias, mod->dbias, mod->w->rows);
+    add_param(v->fn, v->ctx, 1, mod->path, ".weight", (float *)mod->w->data, mod->dw, (int)wsize(mod->w));
+    if (mod->kind == CLIP_MODULE_LINEAR) add_param(v->fn, v->ctx, 1, mod->path, ".bias", mod->bias, mod->dbias, mod->w->rows);
     return 0;
 }
 
-void trainer_full_visit(trainer_t *t, int count_only) {
-    unet_t *u = &t->p.unet;
+/* Weights, biases, norm gains and offsets under their diffusers names, with their dense gradients. */
+static void full_visit(const train_model_t *m, train_param_fn fn, void *ctx) {
+    unet_t *u = &m->p->unet;
     for (int i = 0; i < u->n_layers; i++) {
         unet_layer_t *l = u->layers[i];
-        const unet_layer_grads_t *g = &t->ug.layers[l->id];
-        add_param(t, count_only, 0, l->name, ".weight", (float *)l->w.data, g->dw, (int)wsize(&l->w));
-        if (l->bias) add_param(t, count_only, 0, l->name, ".bias", l->bias, g->dbias, l->out);
+        const unet_layer_grads_t *g = &m->ug->layers[l->id];
+        add_param(fn, ctx, 0, l->name, ".weight", (float *)l->w.data, g->dw, (int)wsize(&l->w));
+        if (l->bias) add_param(fn, ctx, 0, l->name, ".bias", l->bias, g->dbias, l->out);
     }
     for (int i = 0; i < u->n_norms; i++) {
         unet_norm_t *n = u->norms[i];
-        const unet_norm_grads_t *g = &t->ug.norms[n->id];
-        add_param(t, count_only, 0, n->name, ".weight", n->gamma, g->dgamma, n->C);
-        add_param(t, count_only, 0, n->name, ".bias", n->beta, g->dbeta, n->C);
+        const unet_norm_grads_t *g = &m->ug->norms[n->id];
+        add_param(fn, ctx, 0, n->name, ".weight", n->gamma, g->dgamma, n->C);
+        add_param(fn, ctx, 0, n->name, ".bias", n->beta, g->dbeta, n->C);
     }
-    if (!t->cfg.train_text_encoder) return;
-    full_visit_t v = {t, count_only};
-    clip_visit_modules(&t->p.clip, &t->cg, add_clip_module, &v);
+    if (!m->cfg->train_text_encoder) return;
+    full_visit_t v = {fn, ctx, m->p->clip.cfg.hidden_size};
+    clip_visit_modules(&m->p->clip, m->cg, add_clip_module, &v);
 }
 
 void ema_update(float *ema, const float *x, size_t n, float decay) {
@@ -137,10 +130,11 @@ float ema_decay_at(float decay, int update) {
     return warm < decay ? warm : decay;
 }
 
-void trainer_ema_update(trainer_t *t) {
-    const float decay = ema_decay_at(t->cfg.ema_decay, t->step - 1);   /* t->step: updates done, this one included */
-    for (int i = 0; i < t->n_params; i++)
-        if (t->params[i].ema) ema_update(t->params[i].ema, t->params[i].value, (size_t)t->params[i].n, decay);
+/* The EMA update after an optimizer step (trainer.h, ema_decay_at). */
+static void full_after_step(const train_model_t *m, train_param_t *params, int n_params, int step) {
+    const float decay = ema_decay_at(m->cfg->ema_decay, step - 1);   /* step: updates done, this one included */
+    for (int i = 0; i < n_params; i++)
+        if (params[i].ema) ema_update(params[i].ema, params[i].value, (size_t)params[i].n, decay);
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -206,7 +200,7 @@ static void store(void *dst, const float *src, size_t n, st_dtype_t dtype) {
 /* One component: config.json and its weights (trained arrays from the parameters, the rest
  * converted from the base model), and its delta file when delta_path is set (carrying pair_id
  * when not NULL). */
-static int save_component(trainer_t *t, train_param_t **sorted, const model_component_t *c, const char *dir,
+static int save_component(const train_model_t *m, const train_save_t *o, train_param_t **sorted, const model_component_t *c, const char *dir,
                           const char *file, const char *prefix, st_dtype_t dtype, int use_ema, const char *delta_path,
                           const char *pair_id) {
     char path[PATH_MAX + 64];
@@ -222,7 +216,7 @@ static int save_component(trainer_t *t, train_param_t **sorted, const model_comp
     for (int i = 0; i < c->n_tensors && !rc; i++) {
         const st_tensor_t *x = &c->tensors[i];
         const size_t n = (size_t)x->numel;
-        const train_param_t *p = find_param(sorted, t->n_params, prefix, x->name);
+        const train_param_t *p = find_param(sorted, o->n_params, prefix, x->name);
         float *f32 = sd_xmalloc(sizeof(float) * (n ? n : 1));
         if (p) {
             if ((size_t)p->n != n) {
@@ -255,7 +249,7 @@ static int save_component(trainer_t *t, train_param_t **sorted, const model_comp
     snprintf(path, sizeof path, "%s/%s", dir, file);
     if (!rc) rc = st_writer_save(w, path);
     if (!rc && dw) {
-        st_writer_meta(dw, "base_model_hash", t->model_hash);
+        st_writer_meta(dw, "base_model_hash", m->model_hash);
         if (pair_id) st_writer_meta(dw, ST_PAIR_ID_KEY, pair_id);
         st_writer_meta(dw, "svdiff_version", SVDIFF_VERSION);
         rc = st_writer_save(dw, delta_path);
@@ -279,26 +273,26 @@ static cJSON *pair(const char *lib, const char *cls) {
  * role; the two files are written by two component saves): a hash of what decides both files'
  * contents, the settings (base model included), the step and every saved value, so a rerun
  * gives the same bytes and files of two runs or steps differ. */
-static void delta_pair_id(const trainer_t *t, int use_ema, char id[17]) {
-    char *config = train_config_json(t);
-    uint64_t h = fold(hash_bytes(config, strlen(config), 1), (uint64_t)t->step);
-    free(config);
-    for (int i = 0; i < t->n_params; i++) {
-        const train_param_t *p = &t->params[i];
+static void delta_pair_id(const train_save_t *o, int use_ema, char id[17]) {
+    const char *config = o->config_json;
+    uint64_t h = fold(hash_bytes(config, strlen(config), 1), (uint64_t)o->step);
+    for (int i = 0; i < o->n_params; i++) {
+        const train_param_t *p = &o->params[i];
         h = fold(h, hash_bytes(p->name, strlen(p->name), 2));
         h = fold(h, hash_bytes(use_ema && p->ema ? p->ema : p->value, sizeof(float) * (size_t)p->n, 3));
     }
     snprintf(id, 17, "%016llx", (unsigned long long)h);
 }
 
-int trainer_save_model(trainer_t *t, const char *dir, st_dtype_t dtype, int use_ema, const char *delta_dir) {
-    model_t *m = &t->p.model;
+int full_save_model(const train_model_t *tm, const train_save_t *o, const char *dir, st_dtype_t dtype, int use_ema,
+                    const char *delta_dir) {
+    model_t *m = &tm->p->model;
     char path[PATH_MAX + 64], sub[PATH_MAX], dpath[PATH_MAX + 64];
     int rc = make_dir(dir);
     if (rc) return rc;
-    train_param_t **sorted = sd_xmalloc(sizeof *sorted * (size_t)(t->n_params + 1));
-    for (int i = 0; i < t->n_params; i++) sorted[i] = &t->params[i];
-    qsort(sorted, (size_t)t->n_params, sizeof *sorted, cmp_param_name);
+    train_param_t **sorted = sd_xmalloc(sizeof *sorted * (size_t)(o->n_params + 1));
+    for (int i = 0; i < o->n_params; i++) sorted[i] = (train_param_t *)&o->params[i];
+    qsort(sorted, (size_t)o->n_params, sizeof *sorted, cmp_param_name);
 
     /* model_index.json */
     const cJSON *scls = cJSON_GetObjectItemCaseSensitive(m->scheduler_config, "_class_name");
@@ -322,7 +316,7 @@ int trainer_save_model(trainer_t *t, const char *dir, st_dtype_t dtype, int use_
     if (!rc) rc = make_dir(sub);
     snprintf(path, sizeof path, "%s/scheduler_config.json", sub);
     if (!rc) rc = write_json(path, m->scheduler_config);
-    const char *tdir = t->cfg.tokenizer ? t->cfg.tokenizer : m->tokenizer_dir;
+    const char *tdir = tm->cfg->tokenizer ? tm->cfg->tokenizer : m->tokenizer_dir;
     if (!rc && tdir) {
         static const char *const files[] = {"vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json"};
         snprintf(sub, sizeof sub, "%.*s/tokenizer", PATH_MAX - 32, dir);
@@ -338,21 +332,49 @@ int trainer_save_model(trainer_t *t, const char *dir, st_dtype_t dtype, int use_
 
     /* the components */
     char pair_id[17];
-    const int pair = delta_dir && t->cfg.train_text_encoder;   /* two delta files: one pair id */
-    if (pair) delta_pair_id(t, use_ema, pair_id);
+    const int pair = delta_dir && tm->cfg->train_text_encoder;   /* two delta files: one pair id */
+    if (pair) delta_pair_id(o, use_ema, pair_id);
     snprintf(sub, sizeof sub, "%.*s/unet", PATH_MAX - 32, dir);
     snprintf(dpath, sizeof dpath, "%s/weight_delta.safetensors", delta_dir ? delta_dir : "");
     if (!rc)
-        rc = save_component(t, sorted, &m->unet, sub, "diffusion_pytorch_model.safetensors", "unet/", dtype, use_ema,
+        rc = save_component(tm, o, sorted, &m->unet, sub, "diffusion_pytorch_model.safetensors", "unet/", dtype, use_ema,
                             delta_dir ? dpath : NULL, pair ? pair_id : NULL);
     snprintf(sub, sizeof sub, "%.*s/text_encoder", PATH_MAX - 32, dir);
     snprintf(dpath, sizeof dpath, "%s/weight_delta_te.safetensors", delta_dir ? delta_dir : "");
     if (!rc)
-        rc = save_component(t, sorted, &m->text_encoder, sub, "model.safetensors", "te/", dtype, use_ema,
+        rc = save_component(tm, o, sorted, &m->text_encoder, sub, "model.safetensors", "te/", dtype, use_ema,
                             pair ? dpath : NULL, pair ? pair_id : NULL);
     snprintf(sub, sizeof sub, "%.*s/vae", PATH_MAX - 32, dir);
     if (!rc && m->vae.n_tensors)
-        rc = save_component(t, sorted, &m->vae, sub, "diffusion_pytorch_model.safetensors", "vae/", dtype, 0, NULL, NULL);
+        rc = save_component(tm, o, sorted, &m->vae, sub, "diffusion_pytorch_model.safetensors", "vae/", dtype, 0, NULL, NULL);
     free(sorted);
     return rc;
 }
+
+static int full_save(const train_model_t *m, train_save_t *o) {
+    const train_config_t *c = m->cfg;
+    return full_save_model(m, o, o->dir, c->save_fp16 ? ST_F16 : ST_F32, 1, c->save_delta ? o->dir : NULL);
+}
+
+static void full_summary(const train_model_t *m, const train_save_t *o) {
+    const train_config_t *c = m->cfg;
+    fprintf(stderr, "  output         %s (diffusers model folder, %s weights%s)\n", o->dir, c->save_fp16 ? "fp16" : "fp32",
+            c->ema_decay > 0 ? ", the EMA" : "");
+    if (c->save_delta) fprintf(stderr, "                 %s/weight_delta%s.safetensors\n", o->dir, c->train_text_encoder ? "(_te)" : "");
+    fprintf(stderr, "                 %s/loss.csv\n", o->dir);
+}
+
+const train_mode_ops_t TRAIN_MODE_FULL_OPS = {
+    .name = "full",
+    .result_file = "model_index.json",
+    .ema = 1,
+    .refuse_restart = 1,
+    .unet_grads = UNET_GRAD_DENSE,   /* every dW, bias, gain */
+    .clip_grads = CLIP_GRAD_DENSE,
+    .prepare = full_prepare,
+    .visit = full_visit,
+    .after_step = full_after_step,
+    .save = full_save,
+    .summary = full_summary,
+    .close = free,
+};

@@ -1,13 +1,15 @@
-/* LoRA training (lora_train.h): attaching the adapters to the training model, listing them as
- * trainer parameters, and writing the diffusers-style LoRA file. */
+/* The LoRA mode (lora_train.h, train_mode.h): attaching the adapters to the training model, listing
+ * them as trained arrays, and writing the diffusers-style LoRA file. */
 #include "train/lora_train.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
 #include "base/error.h"
+#include "train/train_mode.h"
 
 #define LORA_SALT 0x4C6F524164617074ull   /* the init streams: never one of the step streams */
 
@@ -37,52 +39,45 @@ static int te_attach(void *ctx, const clip_module_t *mod) {
     return mod->kind == CLIP_MODULE_LINEAR ? attach(mod->w, a->c, a->index++, mod->path) : SD_OK;
 }
 
-int lora_train_attach(trainer_t *t) {
-    const train_config_t *c = &t->cfg;
+static int lora_prepare(const train_model_t *m) {
+    const train_config_t *c = m->cfg;
     if (c->lora_rank < 1) return sd_error(SD_ERR_ARG, "--lora-rank %d: must be at least 1", c->lora_rank);
     if (c->lora_alpha < 0) return sd_error(SD_ERR_ARG, "--lora-alpha %g: must be positive", c->lora_alpha);
-    unet_t *u = &t->p.unet;
+    unet_t *u = &m->p->unet;
     int rc = SD_OK;
     for (int i = 0; i < u->n_layers && !rc; i++) rc = attach(&u->layers[i]->w, c, (uint64_t)i, u->layers[i]->name);
     if (rc || !c->train_text_encoder) return rc;
     te_attach_t a = {c, (uint64_t)(1u << 20)};
-    return clip_visit_modules(&t->p.clip, NULL, te_attach, &a);
+    return clip_visit_modules(&m->p->clip, NULL, te_attach, &a);
 }
 
-static void add(trainer_t *t, int count_only, int component, const char *module, weight_t *w, float *grad) {
-    const int n = (int)lora_numel(w->lora);
-    if (!count_only) {
-        train_param_t *p = &t->params[t->n_params];
-        const size_t len = strlen(module) + 8;
-        p->name = sd_xmalloc(len);
-        SD_CHECK(train_param_name(p->name, len, component ? SHIFT_TE : SHIFT_UNET, module) == SD_OK, "%s", module);
-        SD_CHECK(grad, "no gradient for %s", p->name);
-        p->value = w->lora->AB, p->grad = grad, p->n = n, p->group = 0, p->component = component;
-    }
-    t->n_params++;
-    t->n_values += (size_t)n;
+static void add(train_param_fn fn, void *ctx, int component, const char *module, weight_t *w, float *grad) {
+    SD_CHECK(grad, "no gradient for %s%s", component ? "te/" : "unet/", module);
+    const train_param_spec_t s = {component, module, "", w->lora->AB, grad, (int)lora_numel(w->lora), 0, NULL};
+    fn(ctx, &s);
 }
 
 typedef struct {
-    trainer_t *t;
-    int count_only;
+    train_param_fn fn;
+    void *ctx;
 } te_visit_t;
 
 static int te_add(void *ctx, const clip_module_t *mod) {
     te_visit_t *v = ctx;
-    if (mod->kind == CLIP_MODULE_LINEAR && mod->w->kind == WEIGHT_LORA) add(v->t, v->count_only, 1, mod->path, mod->w, mod->dw);
+    if (mod->kind == CLIP_MODULE_LINEAR && mod->w->kind == WEIGHT_LORA) add(v->fn, v->ctx, 1, mod->path, mod->w, mod->dw);
     return 0;
 }
 
-void lora_train_visit(trainer_t *t, int count_only) {
-    unet_t *u = &t->p.unet;
+/* One array [A; B] per adapter, "unet/<module>" / "te/<module>", group 0. */
+static void lora_visit(const train_model_t *m, train_param_fn fn, void *ctx) {
+    unet_t *u = &m->p->unet;
     for (int i = 0; i < u->n_layers; i++) {
         unet_layer_t *l = u->layers[i];
-        if (l->w.kind == WEIGHT_LORA) add(t, count_only, 0, l->name, &l->w, t->ug.layers[l->id].dw);
+        if (l->w.kind == WEIGHT_LORA) add(fn, ctx, 0, l->name, &l->w, m->ug->layers[l->id].dw);
     }
-    if (!t->cfg.train_text_encoder) return;
-    te_visit_t v = {t, count_only};
-    clip_visit_modules(&t->p.clip, &t->cg, te_add, &v);
+    if (!m->cfg->train_text_encoder) return;
+    te_visit_t v = {fn, ctx};
+    clip_visit_modules(&m->p->clip, m->cg, te_add, &v);
 }
 
 /* ---- the file ---- */
@@ -138,23 +133,23 @@ static int te_save(void *ctx, const clip_module_t *mod) {
     return put_adapter(s->x, "text_encoder", mod->path, mod->w, s->comp);
 }
 
-int lora_train_save(trainer_t *t, const char *path, long *bytes) {
-    const train_config_t *c = &t->cfg;
+int lora_train_save(const train_model_t *m, const char *path, long *bytes) {
+    const train_config_t *c = m->cfg;
     writer_ctx_t x = {.w = st_writer_new(), .fp16 = c->save_fp16};
-    unet_t *u = &t->p.unet;
+    unet_t *u = &m->p->unet;
     int rc = SD_OK;
     for (int i = 0; i < u->n_layers && !rc; i++)
         if (u->layers[i]->w.kind == WEIGHT_LORA)
-            rc = put_adapter(&x, "unet", u->layers[i]->name, &u->layers[i]->w, &t->p.model.unet);
-    te_save_t ts = {&x, &t->p.model.text_encoder};
-    if (!rc && c->train_text_encoder) rc = clip_visit_modules(&t->p.clip, NULL, te_save, &ts);
+            rc = put_adapter(&x, "unet", u->layers[i]->name, &u->layers[i]->w, &m->p->model.unet);
+    te_save_t ts = {&x, &m->p->model.text_encoder};
+    if (!rc && c->train_text_encoder) rc = clip_visit_modules(&m->p->clip, NULL, te_save, &ts);
     char num[32];
     st_writer_meta(x.w, "format", "pt");
     snprintf(num, sizeof num, "%d", c->lora_rank);
     st_writer_meta(x.w, "lora_rank", num);
     snprintf(num, sizeof num, "%.9g", alpha_of(c));
     st_writer_meta(x.w, "lora_alpha", num);
-    st_writer_meta(x.w, "base_model_hash", t->model_hash);
+    st_writer_meta(x.w, "base_model_hash", m->model_hash);
     st_writer_meta(x.w, "training_mode", "lora");
     st_writer_meta(x.w, "svdiff_version", SVDIFF_VERSION);
     if (!rc) rc = st_writer_save(x.w, path);
@@ -165,3 +160,26 @@ int lora_train_save(trainer_t *t, const char *path, long *bytes) {
     if (bytes) *bytes = !rc && !stat(path, &st) ? (long)st.st_size : -1;
     return rc;
 }
+
+static int lora_save(const train_model_t *m, train_save_t *o) {
+    char path[PATH_MAX + 64];
+    snprintf(path, sizeof path, "%s/%s", o->dir, LORA_FILE_NAME);
+    o->bytes[1] = -1;
+    return lora_train_save(m, path, &o->bytes[0]);
+}
+
+static void lora_summary(const train_model_t *m, const train_save_t *o) {
+    fprintf(stderr, "  output         %s/%s (%ld bytes, rank %d)\n", o->dir, LORA_FILE_NAME, o->bytes[0], m->cfg->lora_rank);
+    fprintf(stderr, "                 %s/loss.csv\n", o->dir);
+}
+
+const train_mode_ops_t TRAIN_MODE_LORA_OPS = {
+    .name = "lora",
+    .result_file = LORA_FILE_NAME,
+    .unet_grads = UNET_GRAD_SHIFTS,   /* as for shifts: [dA; dB] */
+    .clip_grads = CLIP_GRAD_SHIFTS,
+    .prepare = lora_prepare,
+    .visit = lora_visit,
+    .save = lora_save,
+    .summary = lora_summary,
+};

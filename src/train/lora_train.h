@@ -6,18 +6,17 @@
 #ifndef SVDIFF_TRAIN_LORA_TRAIN_H
 #define SVDIFF_TRAIN_LORA_TRAIN_H
 
-#include "train/trainer.h"
+#include "train/train_mode.h"
 
 #define LORA_FILE_NAME "pytorch_lora_weights.safetensors"
 
-/* Inside trainer_prepare: turns the trained layers into WEIGHT_LORA (A kaiming-uniform from a
- * stream keyed by cfg.seed and the layer's index, B = 0). SD_ERR_ARG when cfg.lora_rank < 1. */
-int lora_train_attach(trainer_t *t);
-/* The parameter list: one array [A; B] per adapter, "unet/<module>" / "te/<module>", group 0. */
-void lora_train_visit(trainer_t *t, int count_only);
+/* The mode (TRAIN_MODE_LORA_OPS): prepare turns the trained layers into WEIGHT_LORA (A
+ * kaiming-uniform from a stream keyed by cfg.seed and the layer's index, B = 0; SD_ERR_ARG when
+ * cfg.lora_rank < 1); visit lists one array [A; B] per adapter, "unet/<module>" / "te/<module>",
+ * group 0; save writes OUT_DIR/LORA_FILE_NAME with lora_train_save. */
 /* Writes `path`: "unet.<module>.lora_A.weight" [r, in] (conv: [r, c_in, kh, kw]), ".lora_B.weight"
  * [out, r] (conv: [out, r, 1, 1]), "text_encoder.<module>..." likewise; F32 (F16 with
  * cfg.save_fp16); metadata lora_rank, lora_alpha, base_model_hash. *bytes: the file's size. */
-int lora_train_save(trainer_t *t, const char *path, long *bytes);
+int lora_train_save(const train_model_t *m, const char *path, long *bytes);
 
 #endif

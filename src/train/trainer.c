@@ -22,7 +22,7 @@
 #include "shifts/shifts.h"
 #include "train/checkpoint.h"
 #include "train/cutmix.h"
-#include "train/lora_train.h"
+#include "train/train_mode.h"
 
 #define STEP_SALT 0x3c6ef372fe94f82bull     /* the per-step stream */
 #define CLASS_SALT 0xa54ff53a5f1d36f1ull    /* class-image seeds */
@@ -85,46 +85,17 @@ int trainer_load_model(trainer_t *t, const train_config_t *cfg) {
         return sd_error(SD_ERR_ARG, "--resolution %d: this model needs a positive multiple of %d", cfg->resolution, f);
     t->h = t->w = cfg->resolution / t->p.scale_factor;
     t->latent_n = train_latent_floats(&t->p, cfg->resolution);
+    t->mode = train_mode_ops(cfg->mode);
     return SD_OK;
 }
 
-/* Rounds to the nearest bf16 value (kept as float: the engine has no bf16 factor path). */
-static void round_bf16(float *x, size_t n) {
-    for (size_t i = 0; i < n; i++) x[i] = st_bf16_to_f32(st_f32_to_bf16(x[i]));
+const train_mode_ops_t *train_mode_ops(train_mode_t mode) {
+    return mode == TRAIN_MODE_FULL ? &TRAIN_MODE_FULL_OPS : mode == TRAIN_MODE_LORA ? &TRAIN_MODE_LORA_OPS : &TRAIN_MODE_SHIFTS_OPS;
 }
 
-static void round_factors(weight_t *w) {
-    if (w->kind != WEIGHT_SPECTRAL) return;
-    round_bf16(w->sp->U, (size_t)w->sp->rows * w->sp->rank);
-    round_bf16(w->sp->Vt, (size_t)w->sp->rank * w->sp->cols);
-}
-
-static int round_clip_module(void *ctx, const clip_module_t *mod) {
-    (void)ctx;
-    if (mod->w) round_factors(mod->w);
-    return 0;
-}
-
-/* Every UNet conv / linear (and the text encoder's, when trained) in the factored training form
- * without the base; factors from the SVD cache when there is one. */
-static int make_spectral(trainer_t *t) {
-    const train_config_t *c = &t->cfg;
-    svd_cache_t *cache = NULL;
-    char dir[PATH_MAX];
-    if (!c->svd_cache_dir) svd_cache_default_dir(dir, sizeof dir);
-    else snprintf(dir, sizeof dir, "%s", c->svd_cache_dir);
-    if (dir[0] && t->model_hash[0] && svd_cache_open(&cache, dir, t->model_hash)) {
-        fprintf(stderr, "warning: SVD cache in %s unusable (%s): computing the SVD without it\n", dir, sd_last_error());
-        cache = NULL;
-    }
-    int rc = unet_make_spectral_cached(&t->p.unet, cache, 0);
-    if (!rc && c->train_text_encoder)
-        rc = clip_make_spectral_cached(&t->p.clip, cache, CLIP_SPECTRAL_LINEARS | CLIP_SPECTRAL_EMBEDDINGS, 0);
-    if (cache) svd_cache_close(cache);
-    if (rc || !c->svd_bf16) return rc;
-    for (int i = 0; i < t->p.unet.n_layers; i++) round_factors(&t->p.unet.layers[i]->w);
-    if (c->train_text_encoder) clip_visit_modules(&t->p.clip, NULL, round_clip_module, NULL);
-    return SD_OK;
+/* What a mode may see of the trainer (train_mode.h). */
+static train_model_t mode_view(trainer_t *t) {
+    return (train_model_t){&t->cfg, &t->p, &t->ug, &t->cg, t->model_hash, &t->mode_state};
 }
 
 typedef struct {
@@ -150,53 +121,53 @@ int shift_layer_selected(const char *list, const char *name) {
     return 0;
 }
 
-/* One shift as a trainer parameter: named by shift_key (SHIFT_KEY_TRAINER), grouped by its kind. */
-static void collect(void *ctx, const shift_name_t *name, float *shift, float *grad, int n) {
+/* The mode's arrays into t->params, named by the one rule of weights/shift_name.h: a shift by
+ * shift_key (SHIFT_KEY_TRAINER, its group from its kind), any other array "unet/" or "te/" + name
+ * + suffix (train_param_name). */
+static void collect(void *ctx, const train_param_spec_t *s) {
     collect_ctx_t *cc = ctx;
     trainer_t *t = cc->t;
     if (!cc->count_only) {
         train_param_t *p = &t->params[t->n_params];
-        const size_t len = strlen(name->path) + 16;
-        p->name = sd_xmalloc(len);
-        SD_CHECK(shift_key(p->name, len, name, SHIFT_KEY_TRAINER) == SD_OK, "%s", sd_last_error());
-        p->value = shift, p->grad = grad, p->n = n, p->group = name->kind == SHIFT_NORM ? 1 : 0;
-        p->frozen = t->cfg.mode == TRAIN_MODE_SHIFTS && !shift_layer_selected(t->cfg.shift_layers, p->name);
-        SD_CHECK(grad, "no gradient for %s", p->name);
+        if (s->shift) {
+            const size_t len = strlen(s->shift->path) + 16;
+            p->name = sd_xmalloc(len);
+            SD_CHECK(shift_key(p->name, len, s->shift, SHIFT_KEY_TRAINER) == SD_OK, "%s", sd_last_error());
+        } else {
+            char stem[512];
+            snprintf(stem, sizeof stem, "%s%s", s->name, s->suffix);
+            const size_t len = strlen(stem) + 8;
+            p->name = sd_xmalloc(len);
+            SD_CHECK(train_param_name(p->name, len, s->component ? SHIFT_TE : SHIFT_UNET, stem) == SD_OK, "%s", stem);
+        }
+        p->value = s->value, p->grad = s->grad, p->n = s->n, p->component = s->component;
+        p->group = s->shift ? (s->shift->kind == SHIFT_NORM) : s->group;
+        p->frozen = t->mode->spectral_options && !shift_layer_selected(t->cfg.shift_layers, p->name);
+        SD_CHECK(s->grad, "no gradient for %s", p->name);
     }
     t->n_params++;
-    t->n_values += (size_t)n;
+    t->n_values += (size_t)s->n;
 }
 
 static void visit_all(trainer_t *t, int count_only) {
-    if (t->cfg.mode == TRAIN_MODE_LORA) {
-        lora_train_visit(t, count_only);
-        return;
-    }
-    if (t->cfg.mode == TRAIN_MODE_FULL) {
-        trainer_full_visit(t, count_only);
-        return;
-    }
     collect_ctx_t cc = {t, count_only};
-    unet_visit_shifts(&t->p.unet, &t->ug, collect, &cc);
-    if (t->cfg.train_text_encoder) clip_visit_shifts(&t->p.clip, &t->cg, collect, &cc);
+    const train_model_t m = mode_view(t);
+    t->mode->visit(&m, collect, &cc);
 }
 
 int trainer_prepare(trainer_t *t, int prior) {
     const train_config_t *c = &t->cfg;
     t->prior = prior;
     t->rows = c->batch_size * (prior ? 2 : 1);
-    const int full = c->mode == TRAIN_MODE_FULL;
-    const int lora = c->mode == TRAIN_MODE_LORA;   /* lora_train.c; gradients as for shifts: [dA; dB] */
-    int rc = full ? trainer_full_masters(t) : lora ? lora_train_attach(t) : make_spectral(t);
+    const train_model_t m = mode_view(t);
+    int rc = t->mode->prepare(&m);   /* the training form of the model (train_mode.h) */
     if (rc) return rc;
-    if (!full && !lora) unet_add_norm_shifts(&t->p.unet, c->norm_shift);
     t->prepared = 1;   /* from here trainer_close frees gradients and activations (zeroed: safe) */
-    /* shift mode: never dW of a frozen weight; full mode: every dW, bias, gain */
-    rc = unet_grads_alloc(&t->ug, &t->p.unet, full ? UNET_GRAD_DENSE : UNET_GRAD_SHIFTS);
+    rc = unet_grads_alloc(&t->ug, &t->p.unet, t->mode->unet_grads);
     if (!rc) rc = unet_acts_build(&t->ua, &t->p.unet, t->rows, t->h, t->w, t->T, 1,
                                   c->grad_checkpointing ? UNET_CKPT_TRANSFORMERS : UNET_CKPT_NONE);
     if (!rc && c->train_text_encoder) rc = clip_acts_build(&t->ca, &t->p.clip.cfg, t->rows, t->T);
-    if (!rc && c->train_text_encoder) rc = clip_grads_alloc(&t->cg, &t->p.clip, full ? CLIP_GRAD_DENSE : CLIP_GRAD_SHIFTS);
+    if (!rc && c->train_text_encoder) rc = clip_grads_alloc(&t->cg, &t->p.clip, t->mode->clip_grads);
     if (rc) return rc;
 
     visit_all(t, 1);
@@ -217,7 +188,7 @@ int trainer_prepare(trainer_t *t, int prior) {
         t->params[i].m = mem, mem += t->params[i].n;
         t->params[i].v = mem, mem += t->params[i].n;
     }
-    if (full && c->ema_decay > 0) {   /* the EMA starts at the initial weights */
+    if (t->mode->ema && c->ema_decay > 0) {   /* the EMA starts at the initial weights */
         t->ema_memory = malloc(sizeof(float) * (t->n_values + 1));
         if (!t->ema_memory) return sd_error(SD_ERR_NOMEM, "out of memory for the EMA weights");
         mem = t->ema_memory;
@@ -306,7 +277,7 @@ double trainer_optimizer_step(trainer_t *t, double *lr_out) {
     float **grads = sd_xmalloc(sizeof(float *) * (t->n_params + 1));
     size_t *sizes = sd_xmalloc(sizeof(size_t) * (t->n_params + 1));
     for (int i = 0; i < t->n_params; i++) grads[i] = t->params[i].grad, sizes[i] = (size_t)t->params[i].n;
-    if (c->rank > 0 && c->mode == TRAIN_MODE_SHIFTS)
+    if (c->rank > 0 && t->mode->spectral_options)
         /* --rank R: shifts of singular values beyond the R largest (entries R.. of a delta,
          * which follows the descending singular values) get no gradient; their delta, m and v
          * stay 0, so AdamW leaves them at 0. Norm-gain shifts (group 1) are not ranked. */
@@ -331,25 +302,37 @@ double trainer_optimizer_step(trainer_t *t, double *lr_out) {
     return norm;
 }
 
-/* Draws one micro-batch (see trainer.h for the order of draws) into the work buffers. */
-static int next_batch(trainer_t *t) {
+/* The rows of one single-subject micro-batch: items from the epoch order (instance k % n_inst,
+ * class k % n_class), then with --flip one uniform per row. */
+static void draw_rows(trainer_t *t, train_row_t *row) {
+    const int B = t->cfg.batch_size;
+    for (int b = 0; b < B; b++) {
+        const int k = data_order_next(&t->order);
+        row[b] = (train_row_t){.img = &t->inst.img[k % t->inst.n]};
+        if (t->prior) row[B + b] = (train_row_t){.img = &t->cls.img[k % t->cls.n]};
+    }
+    for (int r = 0; r < t->rows; r++) row[r].prompt = row[r].img->prompt;
+    if (t->cfg.flip)
+        for (int r = 0; r < t->rows; r++) row[r].flip = rng_uniform(&t->rng) < 0.5;
+}
+
+/* Draws one micro-batch (see trainer.h and cutmix.h for the order of draws) into the work buffers:
+ * the rows from their source, then per row the latent sample, the timesteps, the noise, the
+ * prompts with caption dropout. */
+int trainer_next_batch(trainer_t *t) {
     const train_config_t *c = &t->cfg;
     const int B = c->batch_size, rows = t->rows;
     const size_t L = t->latent_n, CT = (size_t)t->T * t->p.ctx_dim;
-    train_image_t *img[2 * 64];
-    SD_CHECK(rows <= 128, "batch too large");
-    for (int b = 0; b < B; b++) {
-        const int k = data_order_next(&t->order);
-        img[b] = &t->inst.img[k % t->inst.n];
-        if (t->prior) img[B + b] = &t->cls.img[k % t->cls.n];
-    }
-    int flip[128] = {0};
-    if (c->flip)
-        for (int r = 0; r < rows; r++) flip[r] = rng_uniform(&t->rng) < 0.5;
-    for (int r = 0; r < rows; r++) {
+    train_row_t row[CUTMIX_MAX_ROWS];
+    SD_CHECK(rows <= CUTMIX_MAX_ROWS, "batch too large");
+    if (t->ms) multi_draw_rows(t->ms, &t->rng, &t->inst, &t->cls, B, t->prior, c->flip, row);   /* cutmix.c */
+    else draw_rows(t, row);
+    for (int r = 0; r < rows; r++) {   /* draw_only: another rank's rows (trainer.h) */
         const float *dist = NULL;
         if (!t->draw_only) {
-            int rc = train_image_dist(&t->p, img[r], flip[r], c->resolution, c->center_crop, &dist);
+            int rc = row[r].img2 ? multi_composite_dist(t->ms, &t->p, row[r].img, row[r].img2, c->resolution,
+                                                        c->cutmix_vertical, c->cutmix_fit, &dist)
+                                 : train_image_dist(&t->p, row[r].img, row[r].flip, c->resolution, c->center_crop, &dist);
             if (rc) return rc;
         }
         rng_fill_normal(&t->rng, t->lat_noise, L);
@@ -358,12 +341,13 @@ static int next_batch(trainer_t *t) {
     for (int r = 0; r < rows; r++) t->ts[r] = rng_randint(&t->rng, t->p.sched.T);
     rng_fill_normal(&t->rng, t->eps, (size_t)rows * L);
     for (int r = 0; r < rows; r++) {
-        int pi = img[r]->prompt;
+        int pi = row[r].prompt;
         /* drawn only when on, so runs without it keep their streams (and their bytes) */
         if (c->caption_dropout > 0 && rng_uniform(&t->rng) < c->caption_dropout) pi = t->empty_prompt;
         memcpy(t->ids + (size_t)r * t->T, t->prompts.ids + (size_t)pi * t->T, sizeof(int) * t->T);
         if (t->prompt_ctx) memcpy(t->ctx + r * CT, t->prompt_ctx + pi * CT, sizeof(float) * CT);
     }
+    if (t->ms) multi_mark_rows(t->ms, t->ids, t->T, B, c->cutmix_vertical);
     return SD_OK;
 }
 
@@ -371,13 +355,15 @@ static int next_batch(trainer_t *t) {
  * Outputs
  * ------------------------------------------------------------------------------------------- */
 
-static void put_meta_common(shift_set_t *s, const trainer_t *t) {
+/* The run's metadata of a shift file (train_save_t.put_meta). */
+static void put_meta_common(void *ctx, shift_set_t *s) {
+    const trainer_t *t = ctx;
     const train_config_t *c = &t->cfg;
     char buf[64];
     shiftset_set_meta(s, "base_model_hash", t->model_hash);
     shiftset_set_meta(s, "instance_prompt", c->instance_prompt ? c->instance_prompt : "");
     if (t->prior && c->class_prompt) shiftset_set_meta(s, "class_prompt", c->class_prompt);
-    if (t->ms) multi_put_meta(t, s);   /* subjects, Cut-Mix-Unmix settings */
+    if (t->ms) multi_put_meta(t->ms, c, s);   /* subjects, Cut-Mix-Unmix settings */
     snprintf(buf, sizeof buf, "%d", t->step);
     shiftset_set_meta(s, "steps", buf);
     snprintf(buf, sizeof buf, "%d", c->resolution);
@@ -402,33 +388,15 @@ static void put_meta_common(shift_set_t *s, const trainer_t *t) {
     shiftset_set_meta(s, "svdiff_version", SVDIFF_VERSION);
 }
 
-static long file_size(const char *path) {
-    struct stat st;
-    return stat(path, &st) ? -1 : (long)st.st_size;
-}
-
-int trainer_save_shifts(trainer_t *t, long *unet_bytes, long *te_bytes) {
-    char path[PATH_MAX], te_path[PATH_MAX];
-    const st_dtype_t dt = t->cfg.save_fp16 ? ST_F16 : ST_F32;
-    shift_set_t s, te;
-    shiftset_init(&s);
-    shiftset_from_unet(&s, &t->p.unet);
-    put_meta_common(&s, t);
-    snprintf(path, sizeof path, "%s/spectral_shifts.safetensors", t->cfg.out_dir);
-    snprintf(te_path, sizeof te_path, "%s/spectral_shifts_te.safetensors", t->cfg.out_dir);
-    int rc;
-    if (t->cfg.train_text_encoder) {   /* the two files carry one pair id (shiftset_save_pair) */
-        shiftset_init(&te);
-        shiftset_from_clip(&te, &t->p.clip);
-        put_meta_common(&te, t);
-        rc = shiftset_save_pair(&s, path, dt, &te, te_path, dt);
-        shiftset_free(&te);
-    } else {
-        rc = shiftset_save(&s, path, dt);
-    }
-    shiftset_free(&s);
-    if (unet_bytes) *unet_bytes = rc ? -1 : file_size(path);
-    if (te_bytes) *te_bytes = rc || !t->cfg.train_text_encoder ? -1 : file_size(te_path);
+/* The mode's output files in OUT_DIR (train_mode.h), from the trained arrays (their EMA where there is one). */
+static int trainer_save(trainer_t *t, train_save_t *o) {
+    char *config = train_config_json(t);
+    *o = (train_save_t){.dir = t->cfg.out_dir, .step = t->step, .params = t->params, .n_params = t->n_params,
+                        .config_json = config, .put_meta = put_meta_common, .meta_ctx = t, .bytes = {-1, -1}};
+    const train_model_t m = mode_view(t);
+    const int rc = t->mode->save(&m, o);
+    free(config);
+    o->config_json = NULL;
     return rc;
 }
 
@@ -485,6 +453,41 @@ static void swap_ema(trainer_t *t) {
     }
 }
 
+/* The trainer's pieces that a checkpoint holds (checkpoint.h); config: train_config_json(t). */
+static checkpoint_state_t checkpoint_state(trainer_t *t, const char *config) {
+    return (checkpoint_state_t){.params = t->params, .n_params = t->n_params, .has_ema = t->ema_memory != NULL,
+                                .order = &t->order, .step = t->step, .rng_counter = t->rng.counter,
+                                .loss_ema = t->loss_ema, .elapsed = t->elapsed, .config = config,
+                                .threads = t->cfg.threads > 0 ? t->cfg.threads : omp_get_max_threads(),
+                                .max_step = t->cfg.steps, .force = t->cfg.force};
+}
+
+int trainer_checkpoint_save(trainer_t *t, const char *path) {
+    char *config = train_config_json(t);
+    const checkpoint_state_t cs = checkpoint_state(t, config);
+    const int rc = checkpoint_save(&cs, path);
+    free(config);
+    return rc;
+}
+
+int trainer_checkpoint_check(trainer_t *t, const char *path) {
+    char *config = train_config_json(t);
+    const checkpoint_state_t cs = checkpoint_state(t, config);
+    const int rc = checkpoint_check(path, &cs);
+    free(config);
+    return rc;
+}
+
+int trainer_checkpoint_load(trainer_t *t, const char *path) {
+    char *config = train_config_json(t);
+    checkpoint_state_t cs = checkpoint_state(t, config);
+    const int rc = checkpoint_load(&cs, path);
+    free(config);
+    if (rc) return rc;
+    t->step = cs.step, t->rng.counter = cs.rng_counter, t->loss_ema = cs.loss_ema, t->elapsed = cs.elapsed;
+    return SD_OK;
+}
+
 /* loss.csv: kept to the rows of steps <= keep_step (a resumed run rewrites what came after its
  * checkpoint), a header when new. */
 static int open_csv(trainer_t *t, int keep_step) {
@@ -536,9 +539,8 @@ static int check_out_dir(const train_config_t *c) {
     snprintf(path, sizeof path, "%s/checkpoint.safetensors", c->out_dir);
     if (c->resume && stat(path, &st))
         return sd_error(SD_ERR_ARG, "--resume: %s does not exist", path);
-    const char *result = c->mode == TRAIN_MODE_FULL   ? "model_index.json"
-                         : c->mode == TRAIN_MODE_LORA ? LORA_FILE_NAME
-                                                      : "spectral_shifts.safetensors";
+    const train_mode_ops_t *mode = train_mode_ops(c->mode);
+    const char *result = mode->result_file;
     snprintf(path, sizeof path, "%s/%s", c->out_dir, result);
     if (!c->resume && !c->force && !stat(path, &st))
         return sd_error(SD_ERR_ARG, "-o %s: already holds %s (use --force to overwrite, --resume to continue)",
@@ -546,7 +548,7 @@ static int check_out_dir(const train_config_t *c) {
     /* full mode (long pretraining runs): rerunning the command without --resume must not
      * silently start over and overwrite the checkpoint of an interrupted run */
     snprintf(path, sizeof path, "%s/checkpoint.safetensors", c->out_dir);
-    if (c->mode == TRAIN_MODE_FULL && !c->resume && !c->force && !stat(path, &st))
+    if (mode->refuse_restart && !c->resume && !c->force && !stat(path, &st))
         return sd_error(SD_ERR_ARG, "-o %s: holds checkpoint.safetensors of an interrupted run (use --resume to "
                         "continue it, --force to start over)", c->out_dir);
     return SD_OK;
@@ -615,7 +617,7 @@ static int open_inputs(trainer_t *t, const train_config_t *cfg, int *prior_out) 
     const train_config_t *c = &t->cfg;
     int prior = c->class_dir != NULL;
     if (!c->instance_dir && !c->data_tsv && !c->n_subjects) return sd_error(SD_ERR_ARG, "--instance-dir is required");
-    if (c->mode != TRAIN_MODE_FULL && c->ema_decay > 0) return sd_error(SD_ERR_ARG, "--ema-decay needs --mode full");
+    if (!t->mode->ema && c->ema_decay > 0) return sd_error(SD_ERR_ARG, "--ema-decay needs --mode full");
     if (c->mode == TRAIN_MODE_LORA && c->lora_rank < 1)
         return sd_error(SD_ERR_ARG, "--lora-rank %d: must be at least 1", c->lora_rank);
     if (c->ema_decay < 0 || c->ema_decay >= 1) return sd_error(SD_ERR_ARG, "--ema-decay %g: must be in [0, 1)", c->ema_decay);
@@ -630,7 +632,8 @@ static int open_inputs(trainer_t *t, const train_config_t *cfg, int *prior_out) 
     t->empty_prompt = -1;
     if (c->caption_dropout > 0 && (rc = t->empty_prompt = prompt_table_add(&t->prompts, t->p.tok, "", "--caption-dropout")) < 0)
         return rc;
-    if (c->n_subjects) rc = multi_scan(t, &prior);   /* several subjects: cutmix.c */
+    const multi_data_t md = {c, &t->p, &t->prompts, &t->inst, &t->cls};
+    if (c->n_subjects) rc = multi_scan(&t->ms, &md, &prior);   /* several subjects: cutmix.c */
     else if (c->data_tsv) rc = image_set_from_tsv(&t->inst, c->data_tsv, c->image_root, &t->prompts, t->p.tok);
     else rc = image_set_scan(&t->inst, c->instance_dir, "--instance-dir", 0, 0, c->instance_prompt, &t->prompts, t->p.tok);
     if (!rc && prior && !t->ms)
@@ -643,10 +646,10 @@ static int open_inputs(trainer_t *t, const train_config_t *cfg, int *prior_out) 
     if (c->resume) {   /* before anything is written: a bad checkpoint leaves the folder as it was */
         char path[PATH_MAX];
         snprintf(path, sizeof path, "%s/checkpoint.safetensors", c->out_dir);
-        rc = checkpoint_check(path, t);
+        rc = trainer_checkpoint_check(t, path);
         if (rc) return rc;
     }
-    if (c->shift_layers && c->mode == TRAIN_MODE_SHIFTS && !shift_layers_match_model(t))
+    if (c->shift_layers && t->mode->spectral_options && !shift_layers_match_model(t))
         return sd_error(SD_ERR_ARG, "--shift-layers '%s' matches no weight of the model (names look like "
                         "unet/down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k, te/...q_proj.weight)",
                         c->shift_layers);
@@ -663,7 +666,8 @@ static int open_inputs(trainer_t *t, const train_config_t *cfg, int *prior_out) 
  * over the ranks (class_images_generate). */
 static int open_classes(trainer_t *t, int prior) {
     const train_config_t *c = &t->cfg;
-    if (t->ms) return multi_classes(t);   /* per subject (cutmix.c) */
+    const multi_data_t md = {c, &t->p, &t->prompts, &t->inst, &t->cls};
+    if (t->ms) return multi_classes(t->ms, &md);   /* per subject (cutmix.c) */
     if (!prior || t->cls.n >= c->num_class_images) return SD_OK;
     int rc = class_images_generate(&t->p, c->class_dir, c->class_prompt, t->cls.n, c->num_class_images, c->resolution,
                                    c->class_steps, c->class_cfg, c->seed ^ CLASS_SALT);
@@ -692,25 +696,24 @@ static int open_training(trainer_t *t, int prior) {
         if (rc) return rc;
     }
     rc = trainer_prepare(t, prior);
-    if (!rc && t->ms) rc = multi_prepare(t);
+    if (!rc && t->ms) {
+        /* the epoch order is not used (draws come from the step stream), but checkpoints store it:
+         * keep it a valid permutation */
+        for (int i = 0; i < t->order.n; i++) t->order.perm[i] = i;
+        rc = multi_prepare(t->ms, c, &t->p.unet, t->rows, t->h, t->w, t->T, t->latent_n);
+    }
     if (rc) return rc;
     if (c->resume) {
         char path[PATH_MAX];
         snprintf(path, sizeof path, "%s/checkpoint.safetensors", c->out_dir);
-        rc = checkpoint_load(t, path);
+        rc = trainer_checkpoint_load(t, path);
         if (rc) return rc;
         if (dist_rank() == 0) fprintf(stderr, "resuming at step %d of %d\n", t->step, c->steps);
     }
     return dist_rank() == 0 ? open_csv(t, t->step) : SD_OK;
 }
 
-static int save_lora(trainer_t *t, long *bytes) {
-    char path[PATH_MAX + 64];
-    snprintf(path, sizeof path, "%s/%s", t->cfg.out_dir, LORA_FILE_NAME);
-    return lora_train_save(t, path, bytes);
-}
-
-static void print_summary(trainer_t *t, int steps_run, double seconds, long ub, long tb) {
+static void print_summary(trainer_t *t, int steps_run, double seconds, const train_save_t *saved) {
     const train_config_t *c = &t->cfg;
     const double rss = (double)trainer_peak_rss() / (1024.0 * 1024.0);
     fprintf(stderr, "\nsummary:\n");
@@ -724,20 +727,8 @@ static void print_summary(trainer_t *t, int steps_run, double seconds, long ub, 
             steps_run ? seconds / steps_run : 0.0, t->elapsed);
     fprintf(stderr, "  peak RSS       %.1f MiB\n", rss);
     if (t->step) fprintf(stderr, "  final loss     %.6f (average of the last steps)\n", t->loss_ema / (1.0 - pow(EMA_BETA, t->step)));
-    if (c->mode == TRAIN_MODE_FULL) {
-        fprintf(stderr, "  output         %s (diffusers model folder, %s weights%s)\n", c->out_dir,
-                c->save_fp16 ? "fp16" : "fp32", t->ema_memory ? ", the EMA" : "");
-        if (c->save_delta) fprintf(stderr, "                 %s/weight_delta%s.safetensors\n", c->out_dir,
-                                   c->train_text_encoder ? "(_te)" : "");
-        fprintf(stderr, "                 %s/loss.csv\n", c->out_dir);
-        return;
-    }
-    if (c->mode == TRAIN_MODE_LORA)
-        fprintf(stderr, "  output         %s/%s (%ld bytes, rank %d)\n", c->out_dir, LORA_FILE_NAME, ub, c->lora_rank);
-    else
-        fprintf(stderr, "  output         %s/spectral_shifts.safetensors (%ld bytes)\n", c->out_dir, ub);
-    if (tb >= 0) fprintf(stderr, "                 %s/spectral_shifts_te.safetensors (%ld bytes)\n", c->out_dir, tb);
-    fprintf(stderr, "                 %s/loss.csv\n", c->out_dir);
+    const train_model_t m = mode_view(t);
+    t->mode->summary(&m, saved);
 }
 
 /* The trained values (and their EMA) must be finite before anything is written: the loss check
@@ -814,7 +805,7 @@ static int dp_micro_batches(trainer_t *t, dp_state_t *d, float gs, train_losses_
     for (int m = 0; m < M; m++) {
         const int mine = m / A == me, a = m - me * A;
         t->draw_only = !mine;
-        if (!rc) rc = t->ms ? multi_next_batch(t) : next_batch(t);
+        if (!rc) rc = trainer_next_batch(t);
         t->draw_only = 0;
         if (rc || !mine) continue;
         train_losses_t l;
@@ -886,7 +877,7 @@ int trainer_run(trainer_t *t) {
         if (dp.active && (rc = dp_micro_batches(t, &dp, gs, &sum))) break;
         for (int a = 0; a < c->grad_accum && !rc && !dp.active; a++) {
             train_losses_t l;
-            rc = t->ms ? multi_next_batch(t) : next_batch(t);
+            rc = trainer_next_batch(t);
             if (!rc)
                 rc = trainer_micro_step(t, t->x0, t->eps, t->ts, t->ids, t->prompt_ctx ? t->ctx : NULL,
                                         c->batch_size, t->prior ? c->batch_size : 0, gs, &l);
@@ -897,7 +888,10 @@ int trainer_run(trainer_t *t) {
         if (rc) break;
         double lr;
         const double gnorm = trainer_optimizer_step(t, &lr);
-        if (t->ema_memory) trainer_ema_update(t);
+        if (t->mode->after_step) {   /* full mode: the EMA of the weights */
+            const train_model_t m = mode_view(t);
+            t->mode->after_step(&m, t->params, t->n_params, t->step);
+        }
         if (!isfinite(sum.loss) || !isfinite(gnorm)) {
             rc = sd_error(SD_ERR_NUMERIC, "step %d: the loss or gradient is not finite (loss %g, grad norm %g): "
                           "lower --lr", t->step, sum.loss, gnorm);
@@ -927,7 +921,7 @@ int trainer_run(trainer_t *t) {
         if (!rc && lead && c->checkpoint_every > 0 && t->step % c->checkpoint_every == 0 && t->step < c->steps) {
             char path[PATH_MAX];
             snprintf(path, sizeof path, "%s/checkpoint.safetensors", c->out_dir);
-            rc = checkpoint_save(t, path);
+            rc = trainer_checkpoint_save(t, path);
         }
         rc = dist_agree(rc);   /* rank 0's outputs failed: every rank stops at this step */
         if (!rc && t->step == abort_at) _exit(137);
@@ -941,13 +935,10 @@ int trainer_run(trainer_t *t) {
     t->csv = NULL;
     if (csv && fclose(csv) != 0)
         return dist_agree(sd_error(SD_ERR_IO, "%s/loss.csv: cannot write: %s", c->out_dir, strerror(errno)));
-    long ub = -1, tb = -1;
-    if (c->mode == TRAIN_MODE_FULL)
-        rc = trainer_save_model(t, c->out_dir, c->save_fp16 ? ST_F16 : ST_F32, 1, c->save_delta ? c->out_dir : NULL);
-    else
-        rc = c->mode == TRAIN_MODE_LORA ? save_lora(t, &ub) : trainer_save_shifts(t, &ub, &tb);
+    train_save_t saved;
+    rc = trainer_save(t, &saved);
     t->elapsed = elapsed0 + (now_s() - t0);
-    if (!rc) print_summary(t, t->step - first, now_s() - t0, ub, tb);
+    if (!rc) print_summary(t, t->step - first, now_s() - t0, &saved);
     return dist_agree(rc);
 }
 
@@ -955,7 +946,8 @@ void trainer_close(trainer_t *t) {
     if (t->csv) fclose(t->csv);   /* every row was flushed and checked when written */
     run_lock_release(&t->lock);
     for (int i = 0; i < t->n_params; i++) free(t->params[i].name);
-    free(t->params), free(t->adam_memory), free(t->master), free(t->ema_memory);
+    free(t->params), free(t->adam_memory), free(t->ema_memory);
+    if (t->mode && t->mode->close) t->mode->close(t->mode_state);
     if (t->prepared) {
         unet_acts_free(&t->ua);
         unet_grads_free(&t->ug);
@@ -969,7 +961,7 @@ void trainer_close(trainer_t *t) {
     image_set_free(&t->inst);
     image_set_free(&t->cls);
     data_order_free(&t->order);
-    multi_free(t);   /* before the model: it unhooks the Unmix sites */
+    multi_free(t->ms);   /* before the model: it unhooks the Unmix sites */
     if (t->opened) pipeline_close(&t->p);
     memset(t, 0, sizeof *t);
 }

@@ -25,6 +25,9 @@
  * set: its training rows, in file order, are the items of the epoch order, batch_size rows per
  * micro-batch, each with its own caption. The output is OUT_DIR as a diffusers model folder.
  *
+ * The modes (shifts, full, LoRA) are tables of train_mode.h (prepare, visit, after_step, save)
+ * that the loop calls: mode_shifts.c, full.c, lora_train.c.
+ *
  * Over MPI (`mpirun -np N svdiff train|pretrain`, base/dist.h): N ranks with --batch-size B and
  * --gradient-accumulation-steps A run the steps of one process with batch B and accumulation
  * N x A, bit for bit where the step's gradients fit the exact path (trainer.c, "Data
@@ -121,7 +124,7 @@ typedef struct {
     int n;
     int group;      /* 0: spectral deltas (lr), 1: norm-gain shifts (lr_1d) */
     float *ema;     /* full mode with ema_decay > 0: the EMA of value, else NULL */
-    int component;  /* full mode: 0 UNet, 1 text encoder; name = "unet/" or "te/" + diffusers tensor name */
+    int component;  /* 0 UNet ("unet/" + name), 1 text encoder ("te/" + name) */
     int frozen;     /* --shift-layers left it out: no gradient reaches it, it stays 0 */
 } train_param_t;
 
@@ -132,45 +135,58 @@ typedef struct {
 
 typedef struct {
     train_config_t cfg;
+
+    /* the model */
     pipeline_t p;
     int opened;               /* p is open */
-    int prepared;             /* trainer_prepare ran */
-    int prior;                /* prior preservation on */
+    char model_hash[17];      /* model_weights_hash of the base model */
     int h, w;                 /* latent size */
     size_t latent_n;          /* floats per latent */
-    int rows;                 /* UNet rows of a micro-batch */
     int T;                    /* context tokens (pipeline_t.n_ctx: 77 for SD) */
-    char model_hash[17];
 
+    /* its training form (trainer_prepare): the mode, gradients and activations */
+    const struct train_mode_ops *mode;   /* of cfg.mode (train_mode.h): set by trainer_load_model */
+    void *mode_state;         /* the mode's own memory (full mode: the fp32 master copies of every
+                                 weight matrix behind the model's dense views); freed by its close */
+    int prepared;             /* trainer_prepare ran */
     unet_acts_t ua;
     unet_grads_t ug;
     clip_acts_t ca;
     clip_grads_t cg;
+
+    /* the optimizer state: the arrays the mode's visit listed, AdamW's moments, the EMA */
     int n_params;
     train_param_t *params;
     float *adam_memory;
     size_t n_values;          /* trained floats */
-    float *master;            /* full mode: owned fp32 copies of every weight matrix (the model's dense views) */
     float *ema_memory;        /* full mode with EMA: one block behind every params[i].ema */
 
+    /* the data */
     prompt_table_t prompts;
     int empty_prompt;         /* index of "" in prompts (--caption-dropout), else -1 */
     float *prompt_ctx;        /* [n_prompts, T, ctx_dim]: frozen text encoder's outputs */
     image_set_t inst, cls;
+    int prior;                /* prior preservation on */
     data_order_t order;
-    rng_t rng;
+    struct multisubject *ms;  /* several subjects (cfg.n_subjects > 0), train/cutmix.h */
+
+    /* one micro-batch [rows, ...]: its inputs (trainer_next_batch) and the step's work buffers */
+    int rows;                 /* UNet rows of a micro-batch */
+    float *x0, *eps, *ctx, *lat_noise;
+    int *ts, *ids;
+    float *xt, *target, *pred, *dpred, *tf, *dctx;
+    int draw_only;            /* next batch: consume the draws of a micro-batch another MPI rank
+                                 trains, without loading, encoding or composing its images */
+
+    /* where the run is (what a checkpoint restores besides the arrays) */
+    rng_t rng;                /* the step stream */
     int step;                 /* optimizer steps done */
     double loss_ema;          /* exponential average of the loss (0.98), bias-corrected when shown */
     double elapsed;           /* seconds of training, over resumes */
 
-    /* work buffers of one micro-batch [rows, ...] */
-    float *x0, *eps, *xt, *target, *pred, *dpred, *tf, *ctx, *dctx, *lat_noise;
-    int *ts, *ids;
-    FILE *csv;
+    /* the run's outputs */
+    FILE *csv;                /* OUT_DIR/loss.csv */
     run_lock_t lock;          /* of cfg.out_dir, held from trainer_open to trainer_close (runlock.h) */
-    struct multisubject *ms;  /* several subjects (cfg.n_subjects > 0), train/cutmix.h */
-    int draw_only;            /* next batch: consume the draws of a micro-batch another MPI rank
-                                 trains, without loading, encoding or composing its images */
 } trainer_t;
 
 /* The whole set-up of `svdiff train`: checks every input (model, folders, images, prompts, output
@@ -192,6 +208,9 @@ int trainer_load_model(trainer_t *t, const train_config_t *cfg);
  * shifts, text-encoder shifts when trained, gradients, activations, the parameter list and
  * AdamW state, work buffers for `prior` (rows = batch_size * (1 + prior)). */
 int trainer_prepare(trainer_t *t, int prior);
+/* Draws the next micro-batch (the order above; several subjects: cutmix.h) into the work buffers
+ * x0, eps, ts, ids (and ctx with a frozen text encoder). */
+int trainer_next_batch(trainer_t *t);
 /* One micro-batch on given inputs (rows = n_inst + n_class): x0 [rows, latent], eps [rows,
  * latent], ts [rows] integer timesteps, ids [rows, T] token ids; ctx [rows, T, ctx_dim] the
  * frozen text encoder's output, or NULL to run the text encoder on ids (always done when it is
@@ -204,27 +223,17 @@ int trainer_micro_step(trainer_t *t, const float *x0, const float *eps, const in
 double trainer_optimizer_step(trainer_t *t, double *lr);
 /* diffusers' get_scheduler multiplier at optimizer step `step` (0-based). */
 double trainer_lr_factor(const train_config_t *c, int step);
-/* Writes OUT_DIR/spectral_shifts.safetensors (+ _te) with the run's metadata; sizes in bytes. */
-int trainer_save_shifts(trainer_t *t, long *unet_bytes, long *te_bytes);
-/* Full mode: writes a diffusers model folder at `dir` (model_index.json, unet/, text_encoder/,
- * vae/, scheduler/, tokenizer/) with the trained weights (the EMA when use_ema and there is one)
- * in `dtype` (ST_F32 / ST_F16 / ST_BF16); untrained tensors are copied from the base model.
- * With delta_dir, also delta_dir/weight_delta.safetensors (UNet) and weight_delta_te.safetensors
- * (text encoder, when trained): F32 W_saved - W_base of every trained tensor, keyed by its
- * diffusers name in its original shape. */
-int trainer_save_model(trainer_t *t, const char *dir, st_dtype_t dtype, int use_ema, const char *delta_dir);
-/* EMA update of every trained array after an optimizer step: ema = d * ema + (1 - d) * value with
- * d = ema_decay_at(cfg.ema_decay, k) for the k-th update (k from 0). The warm-up cap (1 + k) / (10 + k)
- * (diffusers' EMAModel) keeps the random initial weights out of the average: with a constant 0.999
- * from step 0, 13% of the EMA would still be the initialisation after 2000 steps. */
-void trainer_ema_update(trainer_t *t);
+/* Full mode's EMA (its after_step, full.c): after the k-th optimizer step (k from 0) every trained
+ * array gets ema = d * ema + (1 - d) * value with d = ema_decay_at(cfg.ema_decay, k). The warm-up cap
+ * (1 + k) / (10 + k) (diffusers' EMAModel) keeps the random initial weights out of the average:
+ * with a constant 0.999 from step 0, 13% of the EMA would still be the initialisation after 2000 steps. */
 float ema_decay_at(float decay, int update);
 void ema_update(float *ema, const float *x, size_t n, float decay);
-/* Full mode, inside trainer_prepare: replaces every trained dense weight's view by an owned fp32
- * copy (t->master), and lists the parameters (weights, biases, norm gains and offsets, under
- * their diffusers names) with their dense gradients. */
-int trainer_full_masters(trainer_t *t);
-void trainer_full_visit(trainer_t *t, int count_only);
+/* The run's checkpoint (checkpoint.h): written after a step, checked against the settings before
+ * anything is written, restored into a prepared trainer (the arrays, the streams, the step). */
+int trainer_checkpoint_save(trainer_t *t, const char *path);
+int trainer_checkpoint_check(trainer_t *t, const char *path);
+int trainer_checkpoint_load(trainer_t *t, const char *path);
 /* Peak resident memory of the process (VmHWM) in bytes, 0 if unknown. */
 long trainer_peak_rss(void);
 
