@@ -261,8 +261,9 @@ int unet_config_from_json(unet_config_t *cfg, const cJSON *json, const char *wha
         const int attn_here = cfg->down_attn[i] || cfg->up_attn[n - 1 - i] || (i == n - 1 && cfg->mid_block);
         if (attn_here) {
             if (cfg->num_heads[i] < 1 || C % cfg->num_heads[i])
-                return sd_error(SD_ERR_FORMAT, "%s: %d attention heads do not divide %d channels (level %d)", what,
-                                cfg->num_heads[i], C, i);
+                return sd_error(SD_ERR_FORMAT, "%s: %d attention heads (%s) do not divide %d channels (level %d)",
+                                what, cfg->num_heads[i],
+                                jget(j, "num_attention_heads") ? "num_attention_heads" : "attention_head_dim", C, i);
             if (cfg->transformer_layers[i] < 1 || cfg->transformer_layers[i] > UNET_MAX_TBLOCKS)
                 return sd_error(SD_ERR_FORMAT, "%s: \"transformer_layers_per_block\"[%d] must be in 1..%d", what, i,
                                 UNET_MAX_TBLOCKS);
@@ -296,6 +297,9 @@ static void reg_layer(unet_t *m, unet_layer_t *l, char *name, int in, int out, i
     l->bias = has_bias ? (float *)l : NULL; /* marker until the fp32 block is assigned */
     l->w.rows = out, l->w.cols = in * k * k;
     l->id = m->n_layers;
+    /* proj_in / proj_out load either way; a file holds the form use_linear_projection says */
+    const int as_conv = conv < 0 ? !m->cfg.use_linear_projection : conv;
+    layer_registry_add(&m->reg, as_conv ? LAYER_CONV : LAYER_LINEAR, out, in, k, has_bias, "%s", name);
     m->layers = realloc(m->layers, sizeof *m->layers * (m->n_layers + 1));
     SD_CHECK(m->layers, "out of memory");
     m->layers[m->n_layers++] = l;
@@ -307,6 +311,7 @@ static void reg_norm(unet_t *m, unet_norm_t *nm, char *name, int C, int groups, 
     nm->C = C, nm->groups = groups, nm->eps = eps;
     nm->mode = NORMSHIFT_ELEMENT, nm->scale = 1.0f;
     nm->id = m->n_norms;
+    layer_registry_add(&m->reg, LAYER_NORM, C, C, 1, 1, "%s", name);
     m->norms = realloc(m->norms, sizeof *m->norms * (m->n_norms + 1));
     SD_CHECK(m->norms, "out of memory");
     m->norms[m->n_norms++] = nm;
@@ -559,6 +564,7 @@ void free_unet(unet_t *m) {
     }
     for (int i = 0; i < m->n_transformers; i++) free(m->transformers[i].blocks);
     free(m->layers), free(m->norms);
+    layer_registry_free(&m->reg);
     free(m->resnets), free(m->transformers), free(m->samplers), free(m->stages);
     free(m->skip_channels), free(m->skip_level);
     free(m->small);
@@ -588,6 +594,15 @@ int unet_build_structure(unet_t *m, const unet_config_t *cfg) {
         nm->beta = p, p += nm->C;
         for (int c = 0; c < nm->C; c++) nm->gamma[c] = 1.0f;
     }
+    return SD_OK;
+}
+
+int unet_registry(const unet_config_t *cfg, layer_registry_t *r) {
+    unet_t m;
+    int rc = unet_build_structure(&m, cfg);
+    if (rc) return rc;
+    for (int i = 0; i < m.reg.n; i++) layer_registry_append(r, &m.reg.v[i]);
+    free_unet(&m);
     return SD_OK;
 }
 
