@@ -15,6 +15,7 @@
 
 #include "base/error.h"
 #include "io/model.h"
+#include "models/init.h"
 #include "testutil.h"
 
 static char g_dir[256];   /* per-test temp dir */
@@ -691,6 +692,63 @@ static void test_dropped_and_reshaped_tensor(void **state) {
     open_fails(tpath("qkv.safetensors"), NULL, "self_attn.q_proj.bias", NULL);
 }
 
+/* What the builders support, a file reaches: a model using transformer_layers_per_block [1, 2],
+ * time_embedding_dim, 1x1 conv_in / conv_out and a VAE without quant_conv (refused by the old
+ * separate tensor walk) is written by model_init, opens and validates; its files hold exactly the
+ * layers of the registry; a dropped or reshaped tensor of those layers is still named. */
+static void test_builder_variants(void **state) {
+    (void)state;
+    cJSON *cfg;
+    assert_int_equal(model_init_read_config(source_path("tests/fixtures/init/variant-config.json"), &cfg), 0);
+    const char *dir = tpath("variant");
+    model_init_options_t opt = {.seed = 5, .tokenizer_dir = source_path("tests/fixtures/tokenizer/tiny")};
+    if (model_init(cfg, dir, &opt, NULL)) fail_msg("%s", sd_last_error());
+    cJSON_Delete(cfg);
+    model_t m;
+    open_ok(&m, dir, NULL);
+    /* the registry's layers, with the shapes the config asks for */
+    layer_registry_t r = {0};
+    assert_int_equal(component_registry(&m.unet, &r), 0);
+    const layer_spec_t *s = layer_registry_find(&r, "conv_in");
+    assert_non_null(s);
+    assert_int_equal(s->kind, LAYER_CONV);
+    assert_int_equal(s->k, 1);
+    s = layer_registry_find(&r, "mid_block.attentions.0.transformer_blocks.1.attn2.to_k");
+    assert_non_null(s);
+    assert_int_equal(s->kind, LAYER_LINEAR);
+    assert_int_equal(s->bias, 0);
+    assert_null(layer_registry_find(&r, "down_blocks.0.attentions.0.transformer_blocks.1.norm1"));
+    layer_registry_free(&r);
+    static const struct { const char *name; int ndim; int64_t shape[4]; } want[] = {
+        {"conv_in.weight", 4, {8, 4, 1, 1}},
+        {"conv_out.weight", 4, {4, 8, 1, 1}},
+        {"time_embedding.linear_1.weight", 2, {24, 8}},
+        {"time_embedding.linear_2.weight", 2, {24, 24}},
+        {"down_blocks.0.resnets.0.time_emb_proj.weight", 2, {8, 24}},
+        {"down_blocks.1.attentions.0.transformer_blocks.1.ff.net.2.weight", 2, {16, 64}},
+        {"up_blocks.0.attentions.1.transformer_blocks.1.norm3.bias", 1, {16}},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof *want; i++) {
+        const st_tensor_t *t;
+        if (component_require(&m.unet, want[i].name, want[i].ndim, want[i].shape, &t)) fail_msg("%s", sd_last_error());
+    }
+    assert_null(component_find(&m.unet, "up_blocks.1.attentions.0.transformer_blocks.1.norm1.weight"));
+    assert_null(component_find(&m.vae, "quant_conv.weight"));
+    assert_non_null(component_find(&m.vae, "post_quant_conv.weight"));
+    model_close(&m);
+    /* a missing tensor and a wrong shape are named */
+    char p[1024], q[1024];
+    snprintf(p, sizeof p, "%s/unet/diffusion_pytorch_model.safetensors", dir);
+    snprintf(q, sizeof q, "%s/unet.orig", g_dir);
+    copy_file(p, q);
+    rewrite(q, p, &(edit_t){.drop = "mid_block.attentions.0.transformer_blocks.1.attn1.to_q.weight"});
+    open_fails(dir, NULL, "missing", "mid_block.attentions.0.transformer_blocks.1.attn1.to_q.weight");
+    rewrite(q, p, &(edit_t){.reshape = "time_embedding.linear_1.weight", .new_ndim = 2, .new_shape = {8, 24}});
+    open_fails(dir, NULL, "time_embedding.linear_1.weight", "[24, 8]");
+    rewrite(q, p, &(edit_t){.reshape = "conv_in.weight", .new_ndim = 2, .new_shape = {8, 4}});
+    open_fails(dir, NULL, "conv_in.weight", "[8, 4, 1, 1]");
+}
+
 static void test_unknown_layout(void **state) {
     (void)state;
     /* SDXL-style text encoder names */
@@ -737,6 +795,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test_setup_teardown(test_config_mismatch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_missing_files, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dropped_and_reshaped_tensor, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_builder_variants, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unknown_layout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_duplicate_mapping, setup, teardown),
     };
