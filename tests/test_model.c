@@ -6,6 +6,7 @@
  * configs alone, and one clear error per malformed variant (built in a temp dir). */
 #define _GNU_SOURCE
 #include <dirent.h>
+#include <math.h>
 #include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,7 @@
 #include "base/error.h"
 #include "io/model.h"
 #include "models/init.h"
+#include "models/unet.h"
 #include "testutil.h"
 
 static char g_dir[256];   /* per-test temp dir */
@@ -703,8 +705,39 @@ static void test_builder_variants(void **state) {
     const char *dir = tpath("variant");
     model_init_options_t opt = {.seed = 5, .tokenizer_dir = source_path("tests/fixtures/tokenizer/tiny")};
     if (model_init(cfg, dir, &opt, NULL)) fail_msg("%s", sd_last_error());
+    /* and one without a mid block, with per-level layers_per_block, and a VAE mid block without
+     * attention; its UNet runs a forward */
+    cJSON *u = cJSON_GetObjectItem(cfg, "unet");
+    cJSON_AddItemToObject(u, "mid_block_type", cJSON_CreateNull());
+    cJSON_ReplaceItemInObject(u, "layers_per_block", cJSON_Parse("[1, 2]"));
+    cJSON_AddBoolToObject(cJSON_GetObjectItem(cfg, "vae"), "mid_block_add_attention", 0);
+    const char *dir2 = tpath("variant2");
+    if (model_init(cfg, dir2, &opt, NULL)) fail_msg("%s", sd_last_error());
     cJSON_Delete(cfg);
     model_t m;
+    open_ok(&m, dir2, NULL);
+    assert_null(component_find(&m.unet, "mid_block.resnets.0.conv1.weight"));
+    assert_non_null(component_find(&m.unet, "down_blocks.1.resnets.1.conv1.weight"));
+    assert_non_null(component_find(&m.unet, "up_blocks.0.resnets.2.conv1.weight"));
+    assert_null(component_find(&m.unet, "up_blocks.1.resnets.2.conv1.weight"));
+    assert_null(component_find(&m.vae, "decoder.mid_block.attentions.0.to_q.weight"));
+    unet_t net;
+    if (build_unet_from_component(&net, &m.unet)) fail_msg("%s", sd_last_error());
+    unet_acts_t acts;
+    assert_int_equal(unet_acts_build(&acts, &net, 1, 4, 4, 3, 0, UNET_CKPT_NONE), 0);
+    float x[4 * 16], y[4 * 16], ctx[3 * 16], ts = 500.0f;
+    for (int i = 0; i < 64; i++) x[i] = (float)((i * 37) % 17) / 8.0f - 1.0f;
+    for (int i = 0; i < 48; i++) ctx[i] = (float)((i * 11) % 13) / 6.0f - 1.0f;
+    assert_int_equal(unet_forward(y, &net, &acts, x, &ts, ctx, 1, 4, 4, 3), 0);
+    double sum = 0;
+    for (int i = 0; i < 64; i++) {
+        assert_true(isfinite(y[i]));
+        sum += fabs(y[i]);
+    }
+    assert_true(sum > 0);
+    unet_acts_free(&acts);
+    free_unet(&net);
+    model_close(&m);
     open_ok(&m, dir, NULL);
     /* the registry's layers, with the shapes the config asks for */
     layer_registry_t r = {0};
