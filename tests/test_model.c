@@ -782,6 +782,51 @@ static void test_builder_variants(void **state) {
     open_fails(dir, NULL, "conv_in.weight", "[8, 4, 1, 1]");
 }
 
+/* A config alone builds the layer registry (validation, init): sizes past any model are refused
+ * with a message naming the key, before anything is allocated for them. */
+static void test_config_limits(void **state) {
+    (void)state;
+    static const char *const unet_base = "\"in_channels\": 4, \"out_channels\": 4, \"cross_attention_dim\": 8, "
+        "\"attention_head_dim\": 2, \"norm_num_groups\": 4, \"down_block_types\": [\"DownBlock2D\"], "
+        "\"up_block_types\": [\"UpBlock2D\"]";
+    static const struct { const char *comp, *json, *want; } cases[] = {
+        {"unet", "\"block_out_channels\": [8], \"layers_per_block\": 100000", "layers_per_block"},
+        {"unet", "\"block_out_channels\": [8], \"layers_per_block\": 1, \"conv_in_kernel\": 1001", "conv_in_kernel"},
+        {"unet", "\"block_out_channels\": [100000000], \"layers_per_block\": 1", "block_out_channels"},
+        {"vae", "\"block_out_channels\": [8], \"in_channels\": 3, \"out_channels\": 3, \"latent_channels\": 4, "
+                "\"norm_num_groups\": 4, \"layers_per_block\": 100000000", "layers_per_block"},
+        {"text_encoder", "\"hidden_size\": 8, \"intermediate_size\": 16, \"num_attention_heads\": 2, "
+                         "\"vocab_size\": 10, \"max_position_embeddings\": 8, \"num_hidden_layers\": 100000000",
+         "num_hidden_layers"},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+        char json[1024];
+        snprintf(json, sizeof json, "{%s%s%s}", cases[k].json, strcmp(cases[k].comp, "unet") ? "" : ", ",
+                 strcmp(cases[k].comp, "unet") ? "" : unet_base);
+        model_component_t c = {.name = (char *)cases[k].comp, .config = cJSON_Parse(json)};
+        assert_non_null(c.config);
+        layer_registry_t r = {0};
+        assert_int_equal(component_registry(&c, &r), SD_ERR_FORMAT);
+        if (!strstr(sd_last_error(), cases[k].want))
+            fail_msg("case %zu: error '%s' does not mention '%s'", k, sd_last_error(), cases[k].want);
+        assert_int_equal(r.n, 0);
+        layer_registry_free(&r);
+        cJSON_Delete(c.config);
+    }
+    /* the same configs within the limits give their registries */
+    model_component_t c = {.name = "unet", .config = cJSON_Parse(
+        "{\"block_out_channels\": [8], \"layers_per_block\": 64, \"conv_in_kernel\": 15, \"in_channels\": 4, "
+        "\"out_channels\": 4, \"cross_attention_dim\": 8, \"attention_head_dim\": 2, \"norm_num_groups\": 4, "
+        "\"down_block_types\": [\"DownBlock2D\"], \"up_block_types\": [\"UpBlock2D\"]}")};
+    layer_registry_t r = {0};
+    if (component_registry(&c, &r)) fail_msg("%s", sd_last_error());
+    assert_non_null(layer_registry_find(&r, "down_blocks.0.resnets.63.conv2"));
+    assert_non_null(layer_registry_find(&r, "up_blocks.0.resnets.64.conv2"));
+    assert_int_equal(layer_registry_find(&r, "conv_in")->k, 15);
+    layer_registry_free(&r);
+    cJSON_Delete(c.config);
+}
+
 static void test_unknown_layout(void **state) {
     (void)state;
     /* SDXL-style text encoder names */
@@ -829,6 +874,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test_setup_teardown(test_missing_files, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dropped_and_reshaped_tensor, setup, teardown),
         cmocka_unit_test_setup_teardown(test_builder_variants, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_config_limits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unknown_layout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_duplicate_mapping, setup, teardown),
     };

@@ -62,6 +62,9 @@ int clip_config_from_json(clip_config_t *cfg, const cJSON *json, const char *wha
             return sd_error(SD_ERR_FORMAT, "%s: \"layer_norm_eps\" must be a positive number", what);
         cfg->layer_norm_eps = (float)eps->valuedouble;
     }
+    if (cfg->num_layers > CLIP_MAX_LAYERS)   /* a config alone builds the layer registry: bounded */
+        return sd_error(SD_ERR_FORMAT, "%s: \"num_hidden_layers\" is %d, more than the %d supported", what,
+                        cfg->num_layers, CLIP_MAX_LAYERS);
     if (cfg->hidden_size % cfg->num_heads)
         return sd_error(SD_ERR_FORMAT, "%s: hidden_size %d is not a multiple of num_attention_heads %d", what,
                         cfg->hidden_size, cfg->num_heads);

@@ -14,6 +14,8 @@
 #include "weights/layer.h"
 #include "weights/weight.h"
 
+#define CLIP_MAX_LAYERS 1024   /* num_hidden_layers */
+
 typedef enum { CLIP_ACT_QUICK_GELU = 0, CLIP_ACT_GELU = 1 } clip_act_t;
 
 typedef struct {

@@ -32,6 +32,8 @@ static const cJSON *jget(const cJSON *j, const char *key) {
 }
 
 #define UNET_MAX_SAMPLE_SIZE 65536   /* latent pixels; anything larger is a broken config */
+#define UNET_MAX_CHANNELS 65536      /* widest layer */
+#define UNET_MAX_KERNEL 15           /* conv_in / conv_out */
 
 static int jint(const cJSON *j, const char *key, int dflt, int *out, const char *what) {
     const cJSON *v = jget(j, key);
@@ -244,8 +246,20 @@ int unet_config_from_json(unet_config_t *cfg, const cJSON *json, const char *wha
     /* consistency */
     if (cfg->in_channels < 1 || cfg->out_channels < 1 || cfg->cross_attention_dim < 1 || cfg->time_embed_dim < 1)
         return sd_error(SD_ERR_FORMAT, "%s: channel counts must be positive", what);
+    /* sizes beyond any UNet: a config alone builds the layer registry (validation), so a broken
+     * one must not overflow a size or allocate without bound */
+    int widest = cfg->in_channels > cfg->out_channels ? cfg->in_channels : cfg->out_channels;
+    if (cfg->cross_attention_dim > widest) widest = cfg->cross_attention_dim;
+    if (cfg->time_embed_dim > widest) widest = cfg->time_embed_dim;
+    for (int i = 0; i < n; i++)
+        if (cfg->block_out_channels[i] > widest) widest = cfg->block_out_channels[i];
+    if (widest > UNET_MAX_CHANNELS)
+        return sd_error(SD_ERR_FORMAT, "%s: %d channels (block_out_channels, in/out_channels, cross_attention_dim or "
+                        "time_embedding_dim) is more than the %d supported", what, widest, UNET_MAX_CHANNELS);
     if (cfg->conv_in_kernel < 1 || cfg->conv_in_kernel % 2 == 0 || cfg->conv_out_kernel < 1 || cfg->conv_out_kernel % 2 == 0)
         return sd_error(SD_ERR_FORMAT, "%s: conv_in_kernel / conv_out_kernel must be odd", what);
+    if (cfg->conv_in_kernel > UNET_MAX_KERNEL || cfg->conv_out_kernel > UNET_MAX_KERNEL)
+        return sd_error(SD_ERR_FORMAT, "%s: conv_in_kernel / conv_out_kernel must be at most %d", what, UNET_MAX_KERNEL);
     if (cfg->downsample_padding != 0 && cfg->downsample_padding != 1)
         return sd_error(SD_ERR_FORMAT, "%s: \"downsample_padding\" must be 0 or 1", what);
     if (cfg->block_out_channels[0] % 2)
@@ -258,6 +272,9 @@ int unet_config_from_json(unet_config_t *cfg, const cJSON *json, const char *wha
                             G, i, C);
         if (cfg->layers_per_block[i] < 1)
             return sd_error(SD_ERR_FORMAT, "%s: \"layers_per_block\"[%d] must be positive", what, i);
+        if (cfg->layers_per_block[i] > UNET_MAX_LAYERS_PER_BLOCK)
+            return sd_error(SD_ERR_FORMAT, "%s: \"layers_per_block\"[%d] is %d, more than the %d supported", what, i,
+                            cfg->layers_per_block[i], UNET_MAX_LAYERS_PER_BLOCK);
         const int attn_here = cfg->down_attn[i] || cfg->up_attn[n - 1 - i] || (i == n - 1 && cfg->mid_block);
         if (attn_here) {
             if (cfg->num_heads[i] < 1 || C % cfg->num_heads[i])
@@ -394,7 +411,7 @@ static int setup(unet_t *m) {
     m->stages = sd_xcalloc((size_t)(2 + n_res + n_tr + n_samp), sizeof *m->stages);
     m->skip_channels = sd_xcalloc((size_t)n_skips, sizeof(int));
     m->skip_level = sd_xcalloc((size_t)n_skips, sizeof(int));
-    int stack[64 + UNET_MAX_LEVELS * 64], top = 0;
+    int stack[1 + UNET_MAX_LEVELS * (UNET_MAX_LAYERS_PER_BLOCK + 1)], top = 0;   /* n_skips at most */
 
     /* input and time embedding */
     reg_layer(m, &m->conv_in, xstrdup_printf("conv_in"), c->in_channels, C[0], c->conv_in_kernel, 1, 1,
@@ -599,11 +616,12 @@ int unet_build_structure(unet_t *m, const unet_config_t *cfg) {
 
 int unet_registry(const unet_config_t *cfg, layer_registry_t *r) {
     unet_t m;
-    int rc = unet_build_structure(&m, cfg);
-    if (rc) return rc;
-    for (int i = 0; i < m.reg.n; i++) layer_registry_append(r, &m.reg.v[i]);
+    memset(&m, 0, sizeof m);
+    m.cfg = *cfg;
+    int rc = setup(&m);   /* modules and names only: no parameter block */
+    for (int i = 0; i < m.reg.n && !rc; i++) layer_registry_append(r, &m.reg.v[i]);
     free_unet(&m);
-    return SD_OK;
+    return rc;
 }
 
 int build_unet(unet_t *m, const unet_config_t *cfg, unet_get_fn get, void *ctx) {

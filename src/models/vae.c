@@ -148,9 +148,9 @@ int vae_config_from_json(vae_config_t *cfg, const cJSON *json, const char *what)
 
     if (cfg->in_channels < 1 || cfg->out_channels < 1 || cfg->latent_channels < 1)
         return sd_error(SD_ERR_FORMAT, "%s: in_channels, out_channels and latent_channels must be positive", what);
-    if (cfg->layers_per_block < 1)
-        return sd_error(SD_ERR_FORMAT, "%s: \"layers_per_block\" must be at least 1 (got %d)", what,
-                        cfg->layers_per_block);
+    if (cfg->layers_per_block < 1 || cfg->layers_per_block > VAE_MAX_LAYERS_PER_BLOCK)
+        return sd_error(SD_ERR_FORMAT, "%s: \"layers_per_block\" must be from 1 to %d (got %d)", what,
+                        VAE_MAX_LAYERS_PER_BLOCK, cfg->layers_per_block);
     if (cfg->norm_num_groups < 1)
         return sd_error(SD_ERR_FORMAT, "%s: \"norm_num_groups\" must be positive", what);
     for (int i = 0; i < cfg->n_blocks; i++)
