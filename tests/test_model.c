@@ -815,14 +815,26 @@ static void test_config_limits(void **state) {
     }
     /* the same configs within the limits give their registries */
     model_component_t c = {.name = "unet", .config = cJSON_Parse(
-        "{\"block_out_channels\": [8], \"layers_per_block\": 64, \"conv_in_kernel\": 15, \"in_channels\": 4, "
+        "{\"block_out_channels\": [8], \"layers_per_block\": 1024, \"conv_in_kernel\": 15, \"in_channels\": 4, "
         "\"out_channels\": 4, \"cross_attention_dim\": 8, \"attention_head_dim\": 2, \"norm_num_groups\": 4, "
         "\"down_block_types\": [\"DownBlock2D\"], \"up_block_types\": [\"UpBlock2D\"]}")};
     layer_registry_t r = {0};
     if (component_registry(&c, &r)) fail_msg("%s", sd_last_error());
-    assert_non_null(layer_registry_find(&r, "down_blocks.0.resnets.63.conv2"));
-    assert_non_null(layer_registry_find(&r, "up_blocks.0.resnets.64.conv2"));
+    assert_non_null(layer_registry_find(&r, "down_blocks.0.resnets.1023.conv2"));
+    assert_non_null(layer_registry_find(&r, "up_blocks.0.resnets.1024.conv2"));
     assert_int_equal(layer_registry_find(&r, "conv_in")->k, 15);
+    layer_registry_free(&r);
+    cJSON_Delete(c.config);
+    /* 8 levels of 80 resnets: 647 skip tensors, past the fixed skip stack of 576 that setup() once
+     * had (a segfault of `svdiff generate` on such a model; ASan names the overflow) */
+    c.config = cJSON_Parse("{\"block_out_channels\": [8, 8, 8, 8, 8, 8, 8, 8], \"layers_per_block\": 80, "
+        "\"in_channels\": 4, \"out_channels\": 4, \"cross_attention_dim\": 8, \"attention_head_dim\": 2, "
+        "\"norm_num_groups\": 4, \"down_block_types\": [\"DownBlock2D\", \"DownBlock2D\", \"DownBlock2D\", "
+        "\"DownBlock2D\", \"DownBlock2D\", \"DownBlock2D\", \"DownBlock2D\", \"DownBlock2D\"], "
+        "\"up_block_types\": [\"UpBlock2D\", \"UpBlock2D\", \"UpBlock2D\", \"UpBlock2D\", \"UpBlock2D\", "
+        "\"UpBlock2D\", \"UpBlock2D\", \"UpBlock2D\"]}");
+    if (component_registry(&c, &r)) fail_msg("%s", sd_last_error());
+    assert_non_null(layer_registry_find(&r, "up_blocks.7.resnets.80.conv2"));
     layer_registry_free(&r);
     cJSON_Delete(c.config);
 }

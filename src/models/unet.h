@@ -15,7 +15,7 @@
 
 #define UNET_MAX_LEVELS 8    /* len(block_out_channels) */
 #define UNET_MAX_TBLOCKS 16  /* BasicTransformerBlocks per Transformer2DModel */
-#define UNET_MAX_LAYERS_PER_BLOCK 64   /* resnets per down block */
+#define UNET_MAX_LAYERS_PER_BLOCK 1024   /* resnets per down block (a bound on what a config can ask) */
 
 /* ---- configuration (config.json keys) ----
  * Levels are indexed like down_blocks (0 = full resolution); up block i works at level

@@ -17,7 +17,7 @@
 #include "weights/weight.h"
 
 #define VAE_MAX_BLOCKS 8
-#define VAE_MAX_LAYERS_PER_BLOCK 64   /* a config alone builds the layer registry: bounded */
+#define VAE_MAX_LAYERS_PER_BLOCK 1024   /* a config alone builds the layer registry: bounded */
 #define VAE_NORM_EPS 1e-6f   /* every GroupNorm of the diffusers VAE (not a config key) */
 
 typedef struct {
