@@ -72,16 +72,37 @@ static cJSON *parse(const char *s) {
     return j;
 }
 
+/* A registry entry built by hand (the layers of the UNet / VAE tests below). */
+static layer_spec_t spec_of(layer_kind_t kind, int out, int in, int k) {
+    layer_spec_t s = {.kind = kind, .out = out, .in = in, .k = k, .bias = 1};
+    snprintf(s.name, sizeof s.name, "layer");
+    return s;
+}
+
+/* The registry entry of a module of the text encoder `te` (its init_std comes from there). */
+static layer_spec_t clip_spec(const cJSON *te, const char *module) {
+    model_component_t c = {.name = "text_encoder", .config = (cJSON *)te};
+    layer_registry_t r = {0};
+    if (component_registry(&c, &r)) fail_msg("%s", sd_last_error());
+    const layer_spec_t *s = layer_registry_find(&r, module);
+    if (!s) fail_msg("no layer %s in the text encoder's registry", module);
+    layer_spec_t out = *s;
+    layer_registry_free(&r);
+    return out;
+}
+
 static void test_init_distributions(void **state) {
     (void)state;
-    cJSON *te = parse("{\"hidden_size\": 64, \"num_hidden_layers\": 3, \"initializer_factor\": 1.0}");
-    cJSON *un = parse("{}");
+    cJSON *te = parse("{\"hidden_size\": 64, \"num_hidden_layers\": 3, \"initializer_factor\": 1.0, "
+                      "\"intermediate_size\": 128, \"num_attention_heads\": 4, \"vocab_size\": 256, "
+                      "\"max_position_embeddings\": 77}");
     double mean, std, mx;
     /* conv 64x64x3x3: U(-1/sqrt(576), 1/sqrt(576)) -> std bound/sqrt(3) */
     int64_t cs[4] = {64, 64, 3, 3};
     int64_t n = 64 * 64 * 9;
     float *x = malloc((size_t)n * sizeof *x);
-    assert_int_equal(model_init_tensor(x, "unet", un, "down_blocks.0.resnets.0.conv1.weight", 4, cs, 0, 7), 0);
+    const layer_spec_t conv = spec_of(LAYER_CONV, 64, 64, 3), gn = spec_of(LAYER_NORM, 4096, 4096, 1);
+    assert_int_equal(model_init_tensor(x, "unet", &conv, 0, "down_blocks.0.resnets.0.conv1.weight", 4, cs, 7), 0);
     stats_of(x, n, &mean, &std, &mx);
     double b = 1.0 / sqrt(576.0);
     assert_true(mx <= b && mx > 0.99 * b);
@@ -89,57 +110,63 @@ static void test_init_distributions(void **state) {
     assert_true(fabs(mean) < 0.02 * b);
     /* the same bias: U(+-1/sqrt(fan_in of its weight)) */
     int64_t bs[1] = {4096};
-    assert_int_equal(model_init_tensor(x, "unet", un, "down_blocks.0.resnets.0.conv1.bias", 1, bs, 576, 7), 0);
+    assert_int_equal(model_init_tensor(x, "unet", &conv, 1, "down_blocks.0.resnets.0.conv1.bias", 1, bs, 7), 0);
     stats_of(x, 4096, &mean, &std, &mx);
     assert_true(mx <= b && mx > 0.99 * b);
     /* GroupNorm: 1 / 0 */
-    assert_int_equal(model_init_tensor(x, "unet", un, "down_blocks.0.resnets.0.norm1.weight", 1, bs, 0, 7), 0);
+    assert_int_equal(model_init_tensor(x, "unet", &gn, 0, "down_blocks.0.resnets.0.norm1.weight", 1, bs, 7), 0);
     for (int i = 0; i < 4096; i++) assert_true(x[i] == 1.0f);
-    assert_int_equal(model_init_tensor(x, "unet", un, "down_blocks.0.resnets.0.norm1.bias", 1, bs, 0, 7), 0);
+    assert_int_equal(model_init_tensor(x, "unet", &gn, 1, "down_blocks.0.resnets.0.norm1.bias", 1, bs, 7), 0);
     for (int i = 0; i < 4096; i++) assert_true(x[i] == 0.0f);
     /* linear 256 x 128: bound 1/sqrt(128) */
     int64_t ls[2] = {256, 128};
-    assert_int_equal(model_init_tensor(x, "unet", un, "time_embedding.linear_1.weight", 2, ls, 0, 7), 0);
+    const layer_spec_t lin = spec_of(LAYER_LINEAR, 256, 128, 1);
+    assert_int_equal(model_init_tensor(x, "unet", &lin, 0, "time_embedding.linear_1.weight", 2, ls, 7), 0);
     stats_of(x, 256 * 128, &mean, &std, &mx);
     assert_true(mx <= 1 / sqrt(128.0) && mx > 0.99 / sqrt(128.0));
 
-    /* text encoder (transformers' CLIP init): d = 64, L = 3 */
+    /* text encoder (transformers' CLIP init): d = 64, L = 3; the std is the registry's */
     struct { const char *name; double std; } rules[] = {
-        {"text_model.embeddings.token_embedding.weight", 0.02},
-        {"text_model.embeddings.position_embedding.weight", 0.02},
-        {"text_model.encoder.layers.1.self_attn.q_proj.weight", pow(64, -0.5) * pow(6, -0.5)},
-        {"text_model.encoder.layers.1.self_attn.k_proj.weight", pow(64, -0.5) * pow(6, -0.5)},
-        {"text_model.encoder.layers.1.self_attn.v_proj.weight", pow(64, -0.5) * pow(6, -0.5)},
-        {"text_model.encoder.layers.1.self_attn.out_proj.weight", pow(64, -0.5)},
-        {"text_model.encoder.layers.1.mlp.fc1.weight", pow(128, -0.5)},
-        {"text_model.encoder.layers.1.mlp.fc2.weight", pow(64, -0.5) * pow(6, -0.5)},
+        {"text_model.embeddings.token_embedding", 0.02},
+        {"text_model.embeddings.position_embedding", 0.02},
+        {"text_model.encoder.layers.1.self_attn.q_proj", pow(64, -0.5) * pow(6, -0.5)},
+        {"text_model.encoder.layers.1.self_attn.k_proj", pow(64, -0.5) * pow(6, -0.5)},
+        {"text_model.encoder.layers.1.self_attn.v_proj", pow(64, -0.5) * pow(6, -0.5)},
+        {"text_model.encoder.layers.1.self_attn.out_proj", pow(64, -0.5)},
+        {"text_model.encoder.layers.1.mlp.fc1", pow(128, -0.5)},
+        {"text_model.encoder.layers.1.mlp.fc2", pow(64, -0.5) * pow(6, -0.5)},
     };
     int64_t ts[2] = {256, 64};
     for (size_t r = 0; r < sizeof rules / sizeof *rules; r++) {
-        assert_int_equal(model_init_tensor(x, "text_encoder", te, rules[r].name, 2, ts, 0, 7), 0);
+        const layer_spec_t sp = clip_spec(te, rules[r].name);
+        char key[256];
+        snprintf(key, sizeof key, "%s.weight", rules[r].name);
+        assert_int_equal(model_init_tensor(x, "text_encoder", &sp, 0, key, 2, ts, 7), 0);
         stats_of(x, 256 * 64, &mean, &std, &mx);
         if (fabs(std - rules[r].std) > 0.03 * rules[r].std || fabs(mean) > 0.05 * rules[r].std)
             fail_msg("%s: std %g (want %g), mean %g", rules[r].name, std, rules[r].std, mean);
     }
-    assert_int_equal(model_init_tensor(x, "text_encoder", te, "text_model.encoder.layers.0.mlp.fc1.bias", 1, bs, 64, 7), 0);
+    const layer_spec_t fc1 = clip_spec(te, "text_model.encoder.layers.0.mlp.fc1");
+    assert_int_equal(model_init_tensor(x, "text_encoder", &fc1, 1, "text_model.encoder.layers.0.mlp.fc1.bias", 1, bs, 7), 0);
     for (int i = 0; i < 4096; i++) assert_true(x[i] == 0.0f);   /* transformers zeroes linear biases */
-    assert_int_equal(model_init_tensor(x, "text_encoder", te, "text_model.final_layer_norm.weight", 1, bs, 0, 7), 0);
+    const layer_spec_t lnf = clip_spec(te, "text_model.final_layer_norm");
+    assert_int_equal(model_init_tensor(x, "text_encoder", &lnf, 0, "text_model.final_layer_norm.weight", 1, bs, 7), 0);
     for (int i = 0; i < 4096; i++) assert_true(x[i] == 1.0f);
     /* streams: another seed or another name gives other values, the same gives the same */
     float *y = malloc((size_t)n * sizeof *y);
-    assert_int_equal(model_init_tensor(x, "unet", un, "conv_in.weight", 4, cs, 0, 7), 0);
-    assert_int_equal(model_init_tensor(y, "unet", un, "conv_in.weight", 4, cs, 0, 7), 0);
+    assert_int_equal(model_init_tensor(x, "unet", &conv, 0, "conv_in.weight", 4, cs, 7), 0);
+    assert_int_equal(model_init_tensor(y, "unet", &conv, 0, "conv_in.weight", 4, cs, 7), 0);
     assert_memory_equal(x, y, (size_t)n * sizeof *x);
-    assert_int_equal(model_init_tensor(y, "unet", un, "conv_in.weight", 4, cs, 0, 8), 0);
+    assert_int_equal(model_init_tensor(y, "unet", &conv, 0, "conv_in.weight", 4, cs, 8), 0);
     assert_true(memcmp(x, y, (size_t)n * sizeof *x) != 0);
-    assert_int_equal(model_init_tensor(y, "unet", un, "conv_out.weight", 4, cs, 0, 7), 0);
+    assert_int_equal(model_init_tensor(y, "unet", &conv, 0, "conv_out.weight", 4, cs, 7), 0);
     assert_true(memcmp(x, y, (size_t)n * sizeof *x) != 0);
-    /* a text-encoder tensor with no rule is an error, not a silent default */
-    assert_int_equal(model_init_tensor(x, "text_encoder", te, "text_model.something.weight", 2, ts, 0, 7), SD_ERR_ARG);
+    /* a layer with no rule (an embedding without the registry's std) is an error, not a silent default */
+    const layer_spec_t emb = spec_of(LAYER_EMBEDDING, 256, 64, 1);
+    assert_int_equal(model_init_tensor(x, "text_encoder", &emb, 0, "text_model.something.weight", 2, ts, 7), SD_ERR_ARG);
     free(x);
     free(y);
     cJSON_Delete(te);
-    cJSON_Delete(un);
 }
 
 /* ------------------------------------------------------------------ init: statistics */
@@ -475,8 +502,14 @@ static void test_init_folder(void **state) {
     assert_int_equal(t->dtype, ST_F16);
     /* the stored values are model_init_tensor's, rounded to fp16 */
     float *want = malloc((size_t)t->numel * sizeof *want), *got = malloc((size_t)t->numel * sizeof *got);
-    cJSON *uc = cJSON_GetObjectItem(cfg, "unet");
-    assert_int_equal(model_init_tensor(want, "unet", uc, t->name, t->ndim, t->shape, 0, 42), 0);
+    model_component_t uc = {.name = "unet", .config = cJSON_GetObjectItem(cfg, "unet")};
+    layer_registry_t reg = {0};
+    assert_int_equal(component_registry(&uc, &reg), 0);
+    const layer_spec_t *sp = layer_registry_find(&reg, "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k");
+    assert_non_null(sp);
+    assert_int_equal(sp->kind, LAYER_LINEAR);
+    assert_int_equal(model_init_tensor(want, "unet", sp, 0, t->name, t->ndim, t->shape, 42), 0);
+    layer_registry_free(&reg);
     assert_int_equal(st_read_f32(got, t), 0);
     for (int64_t i = 0; i < t->numel; i++) assert_true(got[i] == st_f16_to_f32(st_f32_to_f16(want[i])));
     free(want);

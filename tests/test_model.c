@@ -6,6 +6,7 @@
  * configs alone, and one clear error per malformed variant (built in a temp dir). */
 #define _GNU_SOURCE
 #include <dirent.h>
+#include <math.h>
 #include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +16,8 @@
 
 #include "base/error.h"
 #include "io/model.h"
+#include "models/init.h"
+#include "models/unet.h"
 #include "testutil.h"
 
 static char g_dir[256];   /* per-test temp dir */
@@ -691,6 +694,151 @@ static void test_dropped_and_reshaped_tensor(void **state) {
     open_fails(tpath("qkv.safetensors"), NULL, "self_attn.q_proj.bias", NULL);
 }
 
+/* What the builders support, a file reaches: a model using transformer_layers_per_block [1, 2],
+ * time_embedding_dim, 1x1 conv_in / conv_out and a VAE without quant_conv (refused by the old
+ * separate tensor walk) is written by model_init, opens and validates; its files hold exactly the
+ * layers of the registry; a dropped or reshaped tensor of those layers is still named. */
+static void test_builder_variants(void **state) {
+    (void)state;
+    cJSON *cfg;
+    assert_int_equal(model_init_read_config(source_path("tests/fixtures/init/variant-config.json"), &cfg), 0);
+    const char *dir = tpath("variant");
+    model_init_options_t opt = {.seed = 5, .tokenizer_dir = source_path("tests/fixtures/tokenizer/tiny")};
+    if (model_init(cfg, dir, &opt, NULL)) fail_msg("%s", sd_last_error());
+    /* and one without a mid block, with per-level layers_per_block, and a VAE mid block without
+     * attention; its UNet runs a forward */
+    cJSON *u = cJSON_GetObjectItem(cfg, "unet");
+    cJSON_AddItemToObject(u, "mid_block_type", cJSON_CreateNull());
+    cJSON_ReplaceItemInObject(u, "layers_per_block", cJSON_Parse("[1, 2]"));
+    cJSON_AddBoolToObject(cJSON_GetObjectItem(cfg, "vae"), "mid_block_add_attention", 0);
+    const char *dir2 = tpath("variant2");
+    if (model_init(cfg, dir2, &opt, NULL)) fail_msg("%s", sd_last_error());
+    cJSON_Delete(cfg);
+    model_t m;
+    open_ok(&m, dir2, NULL);
+    assert_null(component_find(&m.unet, "mid_block.resnets.0.conv1.weight"));
+    assert_non_null(component_find(&m.unet, "down_blocks.1.resnets.1.conv1.weight"));
+    assert_non_null(component_find(&m.unet, "up_blocks.0.resnets.2.conv1.weight"));
+    assert_null(component_find(&m.unet, "up_blocks.1.resnets.2.conv1.weight"));
+    assert_null(component_find(&m.vae, "decoder.mid_block.attentions.0.to_q.weight"));
+    unet_t net;
+    if (build_unet_from_component(&net, &m.unet)) fail_msg("%s", sd_last_error());
+    unet_acts_t acts;
+    assert_int_equal(unet_acts_build(&acts, &net, 1, 4, 4, 3, 0, UNET_CKPT_NONE), 0);
+    float x[4 * 16], y[4 * 16], ctx[3 * 16], ts = 500.0f;
+    for (int i = 0; i < 64; i++) x[i] = (float)((i * 37) % 17) / 8.0f - 1.0f;
+    for (int i = 0; i < 48; i++) ctx[i] = (float)((i * 11) % 13) / 6.0f - 1.0f;
+    assert_int_equal(unet_forward(y, &net, &acts, x, &ts, ctx, 1, 4, 4, 3), 0);
+    double sum = 0;
+    for (int i = 0; i < 64; i++) {
+        assert_true(isfinite(y[i]));
+        sum += fabs(y[i]);
+    }
+    assert_true(sum > 0);
+    unet_acts_free(&acts);
+    free_unet(&net);
+    model_close(&m);
+    open_ok(&m, dir, NULL);
+    /* the registry's layers, with the shapes the config asks for */
+    layer_registry_t r = {0};
+    assert_int_equal(component_registry(&m.unet, &r), 0);
+    const layer_spec_t *s = layer_registry_find(&r, "conv_in");
+    assert_non_null(s);
+    assert_int_equal(s->kind, LAYER_CONV);
+    assert_int_equal(s->k, 1);
+    s = layer_registry_find(&r, "mid_block.attentions.0.transformer_blocks.1.attn2.to_k");
+    assert_non_null(s);
+    assert_int_equal(s->kind, LAYER_LINEAR);
+    assert_int_equal(s->bias, 0);
+    assert_null(layer_registry_find(&r, "down_blocks.0.attentions.0.transformer_blocks.1.norm1"));
+    layer_registry_free(&r);
+    static const struct { const char *name; int ndim; int64_t shape[4]; } want[] = {
+        {"conv_in.weight", 4, {8, 4, 1, 1}},
+        {"conv_out.weight", 4, {4, 8, 1, 1}},
+        {"time_embedding.linear_1.weight", 2, {24, 8}},
+        {"time_embedding.linear_2.weight", 2, {24, 24}},
+        {"down_blocks.0.resnets.0.time_emb_proj.weight", 2, {8, 24}},
+        {"down_blocks.1.attentions.0.transformer_blocks.1.ff.net.2.weight", 2, {16, 64}},
+        {"up_blocks.0.attentions.1.transformer_blocks.1.norm3.bias", 1, {16}},
+    };
+    for (size_t i = 0; i < sizeof want / sizeof *want; i++) {
+        const st_tensor_t *t;
+        if (component_require(&m.unet, want[i].name, want[i].ndim, want[i].shape, &t)) fail_msg("%s", sd_last_error());
+    }
+    assert_null(component_find(&m.unet, "up_blocks.1.attentions.0.transformer_blocks.1.norm1.weight"));
+    assert_null(component_find(&m.vae, "quant_conv.weight"));
+    assert_non_null(component_find(&m.vae, "post_quant_conv.weight"));
+    model_close(&m);
+    /* a missing tensor and a wrong shape are named */
+    char p[1024], q[1024];
+    snprintf(p, sizeof p, "%s/unet/diffusion_pytorch_model.safetensors", dir);
+    snprintf(q, sizeof q, "%s/unet.orig", g_dir);
+    copy_file(p, q);
+    rewrite(q, p, &(edit_t){.drop = "mid_block.attentions.0.transformer_blocks.1.attn1.to_q.weight"});
+    open_fails(dir, NULL, "missing", "mid_block.attentions.0.transformer_blocks.1.attn1.to_q.weight");
+    rewrite(q, p, &(edit_t){.reshape = "time_embedding.linear_1.weight", .new_ndim = 2, .new_shape = {8, 24}});
+    open_fails(dir, NULL, "time_embedding.linear_1.weight", "[24, 8]");
+    rewrite(q, p, &(edit_t){.reshape = "conv_in.weight", .new_ndim = 2, .new_shape = {8, 4}});
+    open_fails(dir, NULL, "conv_in.weight", "[8, 4, 1, 1]");
+}
+
+/* A config alone builds the layer registry (validation, init): sizes past any model are refused
+ * with a message naming the key, before anything is allocated for them. */
+static void test_config_limits(void **state) {
+    (void)state;
+    static const char *const unet_base = "\"in_channels\": 4, \"out_channels\": 4, \"cross_attention_dim\": 8, "
+        "\"attention_head_dim\": 2, \"norm_num_groups\": 4, \"down_block_types\": [\"DownBlock2D\"], "
+        "\"up_block_types\": [\"UpBlock2D\"]";
+    static const struct { const char *comp, *json, *want; } cases[] = {
+        {"unet", "\"block_out_channels\": [8], \"layers_per_block\": 100000", "layers_per_block"},
+        {"unet", "\"block_out_channels\": [8], \"layers_per_block\": 1, \"conv_in_kernel\": 1001", "conv_in_kernel"},
+        {"unet", "\"block_out_channels\": [100000000], \"layers_per_block\": 1", "block_out_channels"},
+        {"vae", "\"block_out_channels\": [8], \"in_channels\": 3, \"out_channels\": 3, \"latent_channels\": 4, "
+                "\"norm_num_groups\": 4, \"layers_per_block\": 100000000", "layers_per_block"},
+        {"text_encoder", "\"hidden_size\": 8, \"intermediate_size\": 16, \"num_attention_heads\": 2, "
+                         "\"vocab_size\": 10, \"max_position_embeddings\": 8, \"num_hidden_layers\": 100000000",
+         "num_hidden_layers"},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+        char json[1024];
+        snprintf(json, sizeof json, "{%s%s%s}", cases[k].json, strcmp(cases[k].comp, "unet") ? "" : ", ",
+                 strcmp(cases[k].comp, "unet") ? "" : unet_base);
+        model_component_t c = {.name = (char *)cases[k].comp, .config = cJSON_Parse(json)};
+        assert_non_null(c.config);
+        layer_registry_t r = {0};
+        assert_int_equal(component_registry(&c, &r), SD_ERR_FORMAT);
+        if (!strstr(sd_last_error(), cases[k].want))
+            fail_msg("case %zu: error '%s' does not mention '%s'", k, sd_last_error(), cases[k].want);
+        assert_int_equal(r.n, 0);
+        layer_registry_free(&r);
+        cJSON_Delete(c.config);
+    }
+    /* the same configs within the limits give their registries */
+    model_component_t c = {.name = "unet", .config = cJSON_Parse(
+        "{\"block_out_channels\": [8], \"layers_per_block\": 1024, \"conv_in_kernel\": 15, \"in_channels\": 4, "
+        "\"out_channels\": 4, \"cross_attention_dim\": 8, \"attention_head_dim\": 2, \"norm_num_groups\": 4, "
+        "\"down_block_types\": [\"DownBlock2D\"], \"up_block_types\": [\"UpBlock2D\"]}")};
+    layer_registry_t r = {0};
+    if (component_registry(&c, &r)) fail_msg("%s", sd_last_error());
+    assert_non_null(layer_registry_find(&r, "down_blocks.0.resnets.1023.conv2"));
+    assert_non_null(layer_registry_find(&r, "up_blocks.0.resnets.1024.conv2"));
+    assert_int_equal(layer_registry_find(&r, "conv_in")->k, 15);
+    layer_registry_free(&r);
+    cJSON_Delete(c.config);
+    /* 8 levels of 80 resnets: 647 skip tensors, past the fixed skip stack of 576 that setup() once
+     * had (a segfault of `svdiff generate` on such a model; ASan names the overflow) */
+    c.config = cJSON_Parse("{\"block_out_channels\": [8, 8, 8, 8, 8, 8, 8, 8], \"layers_per_block\": 80, "
+        "\"in_channels\": 4, \"out_channels\": 4, \"cross_attention_dim\": 8, \"attention_head_dim\": 2, "
+        "\"norm_num_groups\": 4, \"down_block_types\": [\"DownBlock2D\", \"DownBlock2D\", \"DownBlock2D\", "
+        "\"DownBlock2D\", \"DownBlock2D\", \"DownBlock2D\", \"DownBlock2D\", \"DownBlock2D\"], "
+        "\"up_block_types\": [\"UpBlock2D\", \"UpBlock2D\", \"UpBlock2D\", \"UpBlock2D\", \"UpBlock2D\", "
+        "\"UpBlock2D\", \"UpBlock2D\", \"UpBlock2D\"]}");
+    if (component_registry(&c, &r)) fail_msg("%s", sd_last_error());
+    assert_non_null(layer_registry_find(&r, "up_blocks.7.resnets.80.conv2"));
+    layer_registry_free(&r);
+    cJSON_Delete(c.config);
+}
+
 static void test_unknown_layout(void **state) {
     (void)state;
     /* SDXL-style text encoder names */
@@ -737,6 +885,8 @@ int main(int argc, char **argv) {
         cmocka_unit_test_setup_teardown(test_config_mismatch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_missing_files, setup, teardown),
         cmocka_unit_test_setup_teardown(test_dropped_and_reshaped_tensor, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_builder_variants, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_config_limits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unknown_layout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_duplicate_mapping, setup, teardown),
     };

@@ -11,6 +11,7 @@
 #include <cJSON.h>
 
 #include "io/safetensors.h"
+#include "weights/layer.h"
 
 typedef enum {
     MODEL_LAYOUT_DIFFUSERS = 0,   /* folder with model_index.json */
@@ -80,9 +81,14 @@ int config_int_or(const model_component_t *c, const char *key, int dflt, int *ou
 int config_float_or(const model_component_t *c, const char *key, float dflt, float *out);
 int config_string_or(const model_component_t *c, const char *key, const char *dflt, const char **out);
 
-/* Every tensor a component's config implies (diffusers names and shapes, module order); the
- * component's name ("unet", "vae", "text_encoder") says which model (UNet2DConditionModel,
- * AutoencoderKL, CLIPTextModel). Only c->config is read. fn returning non-zero stops the walk
+/* The layers of a component (weights/layer.h registry, appended to r) as its model's builder
+ * describes them from c->config: build_unet, build_vae, build_clip by the component's name
+ * ("unet", "vae", "text_encoder"). The config must state the keys that size the model (else
+ * SD_ERR_FORMAT naming the key); config errors are the builders' (SD_ERR_FORMAT). */
+int component_registry(const model_component_t *c, layer_registry_t *r);
+
+/* Every tensor a component's config implies: those of component_registry's layers (diffusers
+ * names and shapes, module order). Only c->config is read. fn returning non-zero stops the walk
  * and that value is returned; config errors (missing key, unsupported value) SD_ERR_FORMAT. */
 typedef int (*model_tensor_fn)(void *ctx, const char *name, int ndim, const int64_t *shape);
 int component_expected_tensors(const model_component_t *c, model_tensor_fn fn, void *ctx);

@@ -1,7 +1,7 @@
-/* Component configs: typed access with errors naming component and key, the walk over every
- * tensor a config implies (UNet2DConditionModel, AutoencoderKL, CLIPTextModel, as diffusers and
- * transformers build them) with the validation built on it, and the derivation of configs from
- * tensor shapes for single-file checkpoints. */
+/* Component configs: typed access with errors naming component and key, the tensors a config
+ * implies (the registry of layers that the model's own builder describes: UNet2DConditionModel,
+ * AutoencoderKL, CLIPTextModel) with the validation built on it, and the derivation of configs
+ * from tensor shapes for single-file checkpoints. */
 #include "io/model_config.h"
 
 #include <float.h>
@@ -13,6 +13,9 @@
 
 #include "base/error.h"
 #include "io/names.h"
+#include "models/clip.h"
+#include "models/unet.h"
+#include "models/vae.h"
 
 #define MAX_LEVELS 8
 
@@ -77,14 +80,6 @@ int config_bool(const model_component_t *c, const char *key, int *out) {
     return 0;
 }
 
-static int config_bool_or(const model_component_t *c, const char *key, int dflt, int *out) {
-    if (!item(c, key)) {
-        *out = dflt;
-        return 0;
-    }
-    return config_bool(c, key, out);
-}
-
 int config_string(const model_component_t *c, const char *key, const char **out) {
     const cJSON *it = item(c, key);
     if (!it) return missing(c, key);
@@ -125,334 +120,71 @@ int config_int_array(const model_component_t *c, const char *key, int *out, int 
     return 0;
 }
 
-/* A string array (block types); entries point into the config. */
-static int config_string_array(const model_component_t *c, const char *key, const char **out, int max, int *n) {
-    const cJSON *it = item(c, key);
-    if (!it) return missing(c, key);
-    int k = cJSON_IsArray(it) ? cJSON_GetArraySize(it) : -1;
-    if (k < 0 || k > max)
-        return sd_error(SD_ERR_FORMAT, "%s config: key '%s' is not an array of at most %d strings",
-                        c->name, key, max);
-    int i = 0;
-    for (const cJSON *e = it->child; e; e = e->next, i++) {
-        if (!cJSON_IsString(e))
-            return sd_error(SD_ERR_FORMAT, "%s config: key '%s' entry %d is not a string", c->name, key, i);
-        out[i] = e->valuestring;
-    }
-    *n = k;
-    return 0;
-}
-
-/* Keys that would add modules this code base does not build: they must be absent or null. */
-static int require_absent(const model_component_t *c, const char *const *keys, int n) {
-    for (int i = 0; i < n; i++) {
-        const cJSON *it = item(c, keys[i]);
-        if (it && !(cJSON_IsFalse(it)))
-            return sd_error(SD_ERR_FORMAT, "%s config: key '%s' is set; this model variant is not supported",
-                            c->name, keys[i]);
-    }
-    return 0;
-}
-
-static int require_string(const model_component_t *c, const char *key, const char *dflt, const char *want) {
-    const char *s = dflt;
-    int rc = config_string_or(c, key, dflt, &s);
-    if (rc) return rc;
-    if (strcmp(s, want) != 0)
-        return sd_error(SD_ERR_FORMAT, "%s config: %s '%s' is not supported (only '%s')", c->name, key, s, want);
-    return 0;
-}
-
 /* ---------------------------------------------------------------------------------------- */
-/* The tensors a config implies                                                             */
+/* The tensors a config implies: the model builders' registries                             */
+
+/* Keys a component's config file must state: without them the model is a guess (the builders'
+ * readers would take diffusers' / transformers' defaults, which describe SD 1.5 sized models). */
+static int require_keys(const model_component_t *c, const char *const *keys, int n) {
+    for (int i = 0; i < n; i++)
+        if (!item(c, keys[i])) return missing(c, keys[i]);
+    return 0;
+}
+
+int component_registry(const model_component_t *c, layer_registry_t *r) {
+    static const char *const unet_keys[] = {"block_out_channels", "in_channels", "out_channels", "layers_per_block",
+                                            "cross_attention_dim", "down_block_types", "up_block_types"};
+    static const char *const vae_keys[] = {"block_out_channels", "in_channels", "out_channels", "latent_channels",
+                                           "layers_per_block"};
+    static const char *const text_keys[] = {"hidden_size", "intermediate_size", "num_hidden_layers",
+                                            "num_attention_heads", "vocab_size", "max_position_embeddings"};
+#define N_KEYS(a) ((int)(sizeof a / sizeof *a))
+    int rc;
+    if (!c->name) return sd_error(SD_ERR_ARG, "component without a name");
+    if (!strcmp(c->name, "unet")) {
+        unet_config_t cfg;
+        if ((rc = require_keys(c, unet_keys, N_KEYS(unet_keys)))) return rc;
+        if (!item(c, "attention_head_dim") && !item(c, "num_attention_heads")) return missing(c, "attention_head_dim");
+        if ((rc = unet_config_from_component(&cfg, c))) return rc;
+        return unet_registry(&cfg, r);
+    }
+    if (!strcmp(c->name, "vae")) {
+        vae_config_t cfg;
+        if ((rc = require_keys(c, vae_keys, N_KEYS(vae_keys))) || (rc = vae_config_from_component(&cfg, c)))
+            return rc;
+        vae_registry(&cfg, r);
+        return 0;
+    }
+    if (!strcmp(c->name, "text_encoder")) {
+        clip_config_t cfg;
+        if ((rc = require_keys(c, text_keys, N_KEYS(text_keys))) || (rc = clip_config_from_component(&cfg, c)))
+            return rc;
+        clip_registry(&cfg, r);
+        return 0;
+    }
+#undef N_KEYS
+    return sd_error(SD_ERR_ARG, "no layer registry for a component named '%s'", c->name);
+}
 
 typedef struct {
     model_tensor_fn fn;
     void *ctx;
-    int rc;
-} walk_t;
+} tensor_fwd_t;
 
-static void one(walk_t *w, const char *prefix, const char *leaf, int ndim, int64_t d0, int64_t d1,
-                int64_t d2, int64_t d3) {
-    if (w->rc) return;
-    char name[NAMES_MAX];
-    snprintf(name, sizeof name, "%s.%s", prefix, leaf);
-    const int64_t shape[4] = {d0, d1, d2, d3};
-    w->rc = w->fn(w->ctx, name, ndim, shape);
-}
-
-static void norm(walk_t *w, const char *p, int ch) {
-    one(w, p, "weight", 1, ch, 0, 0, 0);
-    one(w, p, "bias", 1, ch, 0, 0, 0);
-}
-
-static void lin(walk_t *w, const char *p, int out, int in, int bias) {
-    one(w, p, "weight", 2, out, in, 0, 0);
-    if (bias) one(w, p, "bias", 1, out, 0, 0, 0);
-}
-
-static void conv(walk_t *w, const char *p, int out, int in, int k) {
-    one(w, p, "weight", 4, out, in, k, k);
-    one(w, p, "bias", 1, out, 0, 0, 0);
-}
-
-static const char *cat(char *buf, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static const char *cat(char *buf, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, NAMES_MAX, fmt, ap);
-    va_end(ap);
-    return buf;
-}
-
-/* diffusers ResnetBlock2D; temb 0: the VAE's, without time_emb_proj. */
-static void resnet(walk_t *w, const char *p, int cin, int cout, int temb) {
-    char b[NAMES_MAX];
-    norm(w, cat(b, "%s.norm1", p), cin);
-    conv(w, cat(b, "%s.conv1", p), cout, cin, 3);
-    if (temb) lin(w, cat(b, "%s.time_emb_proj", p), cout, temb, 1);
-    norm(w, cat(b, "%s.norm2", p), cout);
-    conv(w, cat(b, "%s.conv2", p), cout, cout, 3);
-    if (cin != cout) conv(w, cat(b, "%s.conv_shortcut", p), cout, cin, 1);
-}
-
-/* Transformer2DModel with one BasicTransformerBlock: self-attention, cross-attention, GEGLU. */
-static void transformer(walk_t *w, const char *p, int ch, int cross, int linear) {
-    char b[NAMES_MAX];
-    norm(w, cat(b, "%s.norm", p), ch);
-    if (linear) lin(w, cat(b, "%s.proj_in", p), ch, ch, 1);
-    else conv(w, cat(b, "%s.proj_in", p), ch, ch, 1);
-    const char *q[3] = {"to_q", "to_k", "to_v"};
-    norm(w, cat(b, "%s.transformer_blocks.0.norm1", p), ch);
-    for (int i = 0; i < 3; i++) lin(w, cat(b, "%s.transformer_blocks.0.attn1.%s", p, q[i]), ch, ch, 0);
-    lin(w, cat(b, "%s.transformer_blocks.0.attn1.to_out.0", p), ch, ch, 1);
-    norm(w, cat(b, "%s.transformer_blocks.0.norm2", p), ch);
-    for (int i = 0; i < 3; i++)
-        lin(w, cat(b, "%s.transformer_blocks.0.attn2.%s", p, q[i]), ch, i == 0 ? ch : cross, 0);
-    lin(w, cat(b, "%s.transformer_blocks.0.attn2.to_out.0", p), ch, ch, 1);
-    norm(w, cat(b, "%s.transformer_blocks.0.norm3", p), ch);
-    lin(w, cat(b, "%s.transformer_blocks.0.ff.net.0.proj", p), 8 * ch, ch, 1);
-    lin(w, cat(b, "%s.transformer_blocks.0.ff.net.2", p), ch, 4 * ch, 1);
-    if (linear) lin(w, cat(b, "%s.proj_out", p), ch, ch, 1);
-    else conv(w, cat(b, "%s.proj_out", p), ch, ch, 1);
-}
-
-static int check_positive(const model_component_t *c, const char *key, const int *v, int n) {
-    for (int i = 0; i < n; i++)
-        if (v[i] < 1) return sd_error(SD_ERR_FORMAT, "%s config: %s must be positive", c->name, key);
-    return 0;
-}
-
-/* norm_num_groups must divide every block width (concatenated skip inputs are sums of them). */
-static int check_groups(const model_component_t *c, int groups, const int *ch, int n) {
-    if (groups < 1) return sd_error(SD_ERR_FORMAT, "%s config: norm_num_groups must be positive", c->name);
-    for (int i = 0; i < n; i++)
-        if (ch[i] % groups)
-            return sd_error(SD_ERR_FORMAT, "%s config: norm_num_groups %d does not divide block_out_channels "
-                            "entry %d", c->name, groups, ch[i]);
-    return 0;
-}
-
-static int unet_walk(const model_component_t *c, walk_t *w) {
-    static const char *const unsupported[] = {
-        "class_embed_type", "addition_embed_type", "time_cond_proj_dim", "encoder_hid_dim",
-        "num_class_embeds", "time_embedding_dim", "only_cross_attention", "dual_cross_attention",
-        "projection_class_embeddings_input_dim"};
-    int ch[MAX_LEVELS], heads[MAX_LEVELS], n = 0, nh = 0, nd = 0, nu = 0, in = 0, out = 0, lpb = 0;
-    int cross = 0, linear = 0, groups = 0, tl = 0, k = 0;
-    const char *down[MAX_LEVELS], *up[MAX_LEVELS];
-    int rc;
-    if ((rc = config_int_array(c, "block_out_channels", ch, MAX_LEVELS, &n)) ||
-        (rc = check_positive(c, "block_out_channels", ch, n)) ||
-        (rc = config_int(c, "in_channels", &in)) || (rc = config_int(c, "out_channels", &out)) ||
-        (rc = config_int(c, "layers_per_block", &lpb)) ||
-        (rc = config_int(c, "cross_attention_dim", &cross)) ||
-        (rc = config_int_array(c, "attention_head_dim", heads, MAX_LEVELS, &nh)) ||
-        (rc = config_string_array(c, "down_block_types", down, MAX_LEVELS, &nd)) ||
-        (rc = config_string_array(c, "up_block_types", up, MAX_LEVELS, &nu)) ||
-        (rc = config_bool_or(c, "use_linear_projection", 0, &linear)) ||
-        (rc = config_int_or(c, "norm_num_groups", 32, &groups)) ||
-        (rc = config_int_or(c, "transformer_layers_per_block", 1, &tl)) ||
-        (rc = require_absent(c, unsupported, (int)(sizeof unsupported / sizeof *unsupported))) ||
-        (rc = require_string(c, "mid_block_type", "UNetMidBlock2DCrossAttn", "UNetMidBlock2DCrossAttn")) ||
-        (rc = require_string(c, "resnet_time_scale_shift", "default", "default")) ||
-        (rc = require_string(c, "time_embedding_type", "positional", "positional")) ||
-        (rc = config_int_or(c, "conv_in_kernel", 3, &k)) || (k != 3 && (rc = sd_error(SD_ERR_FORMAT,
-            "%s config: conv_in_kernel %d is not supported (only 3)", c->name, k))) ||
-        (rc = config_int_or(c, "conv_out_kernel", 3, &k)) || (k != 3 && (rc = sd_error(SD_ERR_FORMAT,
-            "%s config: conv_out_kernel %d is not supported (only 3)", c->name, k))) ||
-        (rc = check_groups(c, groups, ch, n)))
-        return rc;
-    if (n < 1 || nd != n || nu != n)
-        return sd_error(SD_ERR_FORMAT, "%s config: %d block_out_channels but %d down_block_types and %d "
-                        "up_block_types", c->name, n, nd, nu);
-    if (nh != 1 && nh != n)
-        return sd_error(SD_ERR_FORMAT, "%s config: attention_head_dim has %d entries for %d blocks",
-                        c->name, nh, n);
-    if (in < 1 || out < 1 || lpb < 1 || cross < 1 || tl != 1)
-        return sd_error(SD_ERR_FORMAT, "%s config: in_channels, out_channels, layers_per_block and "
-                        "cross_attention_dim must be positive, transformer_layers_per_block 1", c->name);
-    int attn_down[MAX_LEVELS], attn_up[MAX_LEVELS];
-    for (int i = 0; i < n; i++) {
-        attn_down[i] = !strcmp(down[i], "CrossAttnDownBlock2D");
-        attn_up[i] = !strcmp(up[i], "CrossAttnUpBlock2D");
-        if (!attn_down[i] && strcmp(down[i], "DownBlock2D"))
-            return sd_error(SD_ERR_FORMAT, "%s config: down block type '%s' is not supported", c->name, down[i]);
-        if (!attn_up[i] && strcmp(up[i], "UpBlock2D"))
-            return sd_error(SD_ERR_FORMAT, "%s config: up block type '%s' is not supported", c->name, up[i]);
-        /* diffusers: num_attention_heads = attention_head_dim, head size = channels / heads;
-         * the up path uses the list reversed, so level by level the check is the same */
-        int h = heads[nh == 1 ? 0 : i];
-        if (h < 1 || ch[i] % h)
-            return sd_error(SD_ERR_FORMAT, "%s config: attention_head_dim %d does not divide %d channels",
-                            c->name, h, ch[i]);
-    }
-
-    int temb = 4 * ch[0];
-    char p[NAMES_MAX];
-    conv(w, "conv_in", ch[0], in, 3);
-    lin(w, "time_embedding.linear_1", temb, ch[0], 1);
-    lin(w, "time_embedding.linear_2", temb, temb, 1);
-    int cout = ch[0];
-    for (int i = 0; i < n; i++) {
-        int cin = cout;
-        cout = ch[i];
-        for (int j = 0; j < lpb; j++) {
-            resnet(w, cat(p, "down_blocks.%d.resnets.%d", i, j), j == 0 ? cin : cout, cout, temb);
-            if (attn_down[i]) transformer(w, cat(p, "down_blocks.%d.attentions.%d", i, j), cout, cross, linear);
-        }
-        if (i < n - 1) conv(w, cat(p, "down_blocks.%d.downsamplers.0.conv", i), cout, cout, 3);
-    }
-    int last = ch[n - 1];
-    resnet(w, "mid_block.resnets.0", last, last, temb);
-    transformer(w, "mid_block.attentions.0", last, cross, linear);
-    resnet(w, "mid_block.resnets.1", last, last, temb);
-    cout = last;
-    for (int i = 0; i < n; i++) {
-        int prev = cout;
-        cout = ch[n - 1 - i];
-        int cin = ch[n - 1 - (i + 1 < n ? i + 1 : n - 1)];
-        for (int j = 0; j <= lpb; j++) {   /* one more resnet than down: it takes the level's input skip */
-            int skip = j == lpb ? cin : cout;
-            resnet(w, cat(p, "up_blocks.%d.resnets.%d", i, j), (j == 0 ? prev : cout) + skip, cout, temb);
-            if (attn_up[i]) transformer(w, cat(p, "up_blocks.%d.attentions.%d", i, j), cout, cross, linear);
-        }
-        if (i < n - 1) conv(w, cat(p, "up_blocks.%d.upsamplers.0.conv", i), cout, cout, 3);
-    }
-    norm(w, "conv_norm_out", ch[0]);
-    conv(w, "conv_out", out, ch[0], 3);
-    return w->rc;
-}
-
-/* UNetMidBlock2D of the autoencoder: resnet, single-head attention with biases, resnet. */
-static void vae_mid(walk_t *w, const char *side, int ch) {
-    char p[NAMES_MAX];
-    resnet(w, cat(p, "%s.mid_block.resnets.0", side), ch, ch, 0);
-    norm(w, cat(p, "%s.mid_block.attentions.0.group_norm", side), ch);
-    const char *q[4] = {"to_q", "to_k", "to_v", "to_out.0"};
-    for (int i = 0; i < 4; i++) lin(w, cat(p, "%s.mid_block.attentions.0.%s", side, q[i]), ch, ch, 1);
-    resnet(w, cat(p, "%s.mid_block.resnets.1", side), ch, ch, 0);
-}
-
-static int vae_walk(const model_component_t *c, walk_t *w) {
-    int ch[MAX_LEVELS], n = 0, in = 0, out = 0, lat = 0, lpb = 0, groups = 0, b = 0;
-    const char *types[MAX_LEVELS];
-    int nt = 0, rc;
-    if ((rc = config_int_array(c, "block_out_channels", ch, MAX_LEVELS, &n)) ||
-        (rc = check_positive(c, "block_out_channels", ch, n)) ||
-        (rc = config_int(c, "in_channels", &in)) || (rc = config_int(c, "out_channels", &out)) ||
-        (rc = config_int(c, "latent_channels", &lat)) ||
-        (rc = config_int(c, "layers_per_block", &lpb)) ||
-        (rc = config_int_or(c, "norm_num_groups", 32, &groups)) ||
-        (rc = check_groups(c, groups, ch, n)))
-        return rc;
-    if (n < 1 || in < 1 || out < 1 || lat < 1 || lpb < 1)
-        return sd_error(SD_ERR_FORMAT, "%s config: channels and layers_per_block must be positive", c->name);
-    static const char *const keys[2] = {"down_block_types", "up_block_types"};
-    static const char *const want[2] = {"DownEncoderBlock2D", "UpDecoderBlock2D"};
-    for (int k = 0; k < 2; k++) {
-        if (!item(c, keys[k])) continue;
-        if ((rc = config_string_array(c, keys[k], types, MAX_LEVELS, &nt))) return rc;
-        if (nt != n)
-            return sd_error(SD_ERR_FORMAT, "%s config: %d %s for %d block_out_channels", c->name, nt, keys[k], n);
-        for (int i = 0; i < n; i++)
-            if (strcmp(types[i], want[k]))
-                return sd_error(SD_ERR_FORMAT, "%s config: block type '%s' is not supported (only %s)",
-                                c->name, types[i], want[k]);
-    }
-    static const char *const flags[3] = {"mid_block_add_attention", "use_quant_conv", "use_post_quant_conv"};
-    for (int k = 0; k < 3; k++) {
-        if ((rc = config_bool_or(c, flags[k], 1, &b))) return rc;
-        if (!b) return sd_error(SD_ERR_FORMAT, "%s config: %s false is not supported", c->name, flags[k]);
-    }
-
-    char p[NAMES_MAX];
-    conv(w, "encoder.conv_in", ch[0], in, 3);
-    int cout = ch[0];
-    for (int i = 0; i < n; i++) {
-        int cin = cout;
-        cout = ch[i];
-        for (int j = 0; j < lpb; j++)
-            resnet(w, cat(p, "encoder.down_blocks.%d.resnets.%d", i, j), j == 0 ? cin : cout, cout, 0);
-        if (i < n - 1) conv(w, cat(p, "encoder.down_blocks.%d.downsamplers.0.conv", i), cout, cout, 3);
-    }
-    vae_mid(w, "encoder", ch[n - 1]);
-    norm(w, "encoder.conv_norm_out", ch[n - 1]);
-    conv(w, "encoder.conv_out", 2 * lat, ch[n - 1], 3);   /* mean and log-variance */
-    conv(w, "quant_conv", 2 * lat, 2 * lat, 1);
-    conv(w, "post_quant_conv", lat, lat, 1);
-    conv(w, "decoder.conv_in", ch[n - 1], lat, 3);
-    vae_mid(w, "decoder", ch[n - 1]);
-    cout = ch[n - 1];
-    for (int i = 0; i < n; i++) {
-        int prev = cout;
-        cout = ch[n - 1 - i];
-        for (int j = 0; j <= lpb; j++)
-            resnet(w, cat(p, "decoder.up_blocks.%d.resnets.%d", i, j), j == 0 ? prev : cout, cout, 0);
-        if (i < n - 1) conv(w, cat(p, "decoder.up_blocks.%d.upsamplers.0.conv", i), cout, cout, 3);
-    }
-    norm(w, "decoder.conv_norm_out", ch[0]);
-    conv(w, "decoder.conv_out", out, ch[0], 3);
-    return w->rc;
-}
-
-static int text_walk(const model_component_t *c, walk_t *w) {
-    int hid = 0, inter = 0, layers = 0, heads = 0, vocab = 0, pos = 0, rc;
-    const char *act = NULL;
-    if ((rc = config_int(c, "hidden_size", &hid)) || (rc = config_int(c, "intermediate_size", &inter)) ||
-        (rc = config_int(c, "num_hidden_layers", &layers)) ||
-        (rc = config_int(c, "num_attention_heads", &heads)) || (rc = config_int(c, "vocab_size", &vocab)) ||
-        (rc = config_int(c, "max_position_embeddings", &pos)) ||
-        (rc = config_string_or(c, "hidden_act", "quick_gelu", &act)))
-        return rc;
-    if (hid < 1 || inter < 1 || layers < 1 || heads < 1 || vocab < 1 || pos < 1 || hid % heads)
-        return sd_error(SD_ERR_FORMAT, "%s config: sizes must be positive and num_attention_heads (%d) must "
-                        "divide hidden_size (%d)", c->name, heads, hid);
-    if (strcmp(act, "quick_gelu") && strcmp(act, "gelu"))
-        return sd_error(SD_ERR_FORMAT, "%s config: hidden_act '%s' is not supported (quick_gelu, gelu)",
-                        c->name, act);
-    char p[NAMES_MAX];
-    one(w, "text_model.embeddings.token_embedding", "weight", 2, vocab, hid, 0, 0);
-    one(w, "text_model.embeddings.position_embedding", "weight", 2, pos, hid, 0, 0);
-    const char *q[4] = {"q_proj", "k_proj", "v_proj", "out_proj"};
-    for (int i = 0; i < layers; i++) {
-        norm(w, cat(p, "text_model.encoder.layers.%d.layer_norm1", i), hid);
-        for (int k = 0; k < 4; k++) lin(w, cat(p, "text_model.encoder.layers.%d.self_attn.%s", i, q[k]), hid, hid, 1);
-        norm(w, cat(p, "text_model.encoder.layers.%d.layer_norm2", i), hid);
-        lin(w, cat(p, "text_model.encoder.layers.%d.mlp.fc1", i), inter, hid, 1);
-        lin(w, cat(p, "text_model.encoder.layers.%d.mlp.fc2", i), hid, inter, 1);
-    }
-    norm(w, "text_model.final_layer_norm", hid);
-    return w->rc;
+static int forward_tensor(void *ctx, const layer_spec_t *spec, int part, const char *name, int ndim,
+                          const int64_t *shape) {
+    const tensor_fwd_t *f = ctx;
+    (void)spec, (void)part;
+    return f->fn(f->ctx, name, ndim, shape);
 }
 
 int component_expected_tensors(const model_component_t *c, model_tensor_fn fn, void *ctx) {
-    walk_t w = {fn, ctx, 0};
-    if (!c->name) return sd_error(SD_ERR_ARG, "component without a name");
-    if (!strcmp(c->name, "unet")) return unet_walk(c, &w);
-    if (!strcmp(c->name, "vae")) return vae_walk(c, &w);
-    if (!strcmp(c->name, "text_encoder")) return text_walk(c, &w);
-    return sd_error(SD_ERR_ARG, "no tensor list for a component named '%s'", c->name);
+    layer_registry_t r = {0};
+    int rc = component_registry(c, &r);
+    tensor_fwd_t f = {fn, ctx};
+    if (!rc) rc = layer_registry_tensors(&r, forward_tensor, &f);
+    layer_registry_free(&r);
+    return rc;
 }
 
 typedef struct {
@@ -489,6 +221,15 @@ int component_validate(const model_component_t *c) {
     }
     free(v.used);
     return rc;
+}
+
+static const char *cat(char *buf, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static const char *cat(char *buf, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, NAMES_MAX, fmt, ap);
+    va_end(ap);
+    return buf;
 }
 
 /* ---------------------------------------------------------------------------------------- */

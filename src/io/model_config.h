@@ -1,6 +1,6 @@
 /* Internal to src/io/model*.c: diffusers-style configs derived from tensor shapes for single-file
  * checkpoints (whose files carry no config), and the default scheduler config. The public
- * config accessors and the expected-tensor walk are declared in io/model.h. */
+ * config accessors and the expected tensors (component_registry) are declared in io/model.h. */
 #ifndef SVDIFF_IO_MODEL_CONFIG_H
 #define SVDIFF_IO_MODEL_CONFIG_H
 

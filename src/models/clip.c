@@ -48,6 +48,13 @@ int clip_config_from_json(clip_config_t *cfg, const cJSON *json, const char *wha
     else if (strcmp(name, "gelu") == 0) cfg->act = CLIP_ACT_GELU;
     else
         return sd_error(SD_ERR_FORMAT, "%s: hidden_act \"%s\" is not supported (quick_gelu, gelu)", what, name);
+    const cJSON *f = cJSON_GetObjectItemCaseSensitive(json, "initializer_factor");
+    cfg->initializer_factor = 1.0;
+    if (f && !cJSON_IsNull(f)) {
+        if (!cJSON_IsNumber(f) || !isfinite(f->valuedouble))
+            return sd_error(SD_ERR_FORMAT, "%s: \"initializer_factor\" must be a finite number", what);
+        cfg->initializer_factor = f->valuedouble;
+    }
     const cJSON *eps = cJSON_GetObjectItemCaseSensitive(json, "layer_norm_eps");
     cfg->layer_norm_eps = 1e-5f;
     if (eps && !cJSON_IsNull(eps)) {
@@ -55,6 +62,9 @@ int clip_config_from_json(clip_config_t *cfg, const cJSON *json, const char *wha
             return sd_error(SD_ERR_FORMAT, "%s: \"layer_norm_eps\" must be a positive number", what);
         cfg->layer_norm_eps = (float)eps->valuedouble;
     }
+    if (cfg->num_layers > CLIP_MAX_LAYERS)   /* a config alone builds the layer registry: bounded */
+        return sd_error(SD_ERR_FORMAT, "%s: \"num_hidden_layers\" is %d, more than the %d supported", what,
+                        cfg->num_layers, CLIP_MAX_LAYERS);
     if (cfg->hidden_size % cfg->num_heads)
         return sd_error(SD_ERR_FORMAT, "%s: hidden_size %d is not a multiple of num_attention_heads %d", what,
                         cfg->hidden_size, cfg->num_heads);
@@ -149,6 +159,31 @@ static clip_ln_grads_t *ln_grads_ref(clip_grads_t *g, int i, int L) {
     return (clip_ln_grads_t *)((char *)&g->layers[i / 2] + LAYER_MODULES[LN_MODULE(i % 2)].goff);
 }
 
+void clip_registry(const clip_config_t *c, layer_registry_t *r) {
+    /* transformers' CLIPPreTrainedModel._init_weights: f = initializer_factor, d = hidden_size,
+     * L = num_hidden_layers (fc2 uses d, not the intermediate size) */
+    const double f = c->initializer_factor, d = c->hidden_size, L = c->num_layers;
+    const double in_std = pow(d, -0.5) * pow(2 * L, -0.5) * f;
+    const double stds[N_LINEAR] = {in_std, in_std, in_std, pow(d, -0.5) * f, pow(2 * d, -0.5) * f, in_std};
+    const int C = c->hidden_size;
+    layer_registry_add(r, LAYER_EMBEDDING, c->vocab_size, C, 1, 0, "text_model.embeddings.token_embedding")
+        ->init_std = 0.02 * f;
+    layer_registry_add(r, LAYER_EMBEDDING, c->max_positions, C, 1, 0, "text_model.embeddings.position_embedding")
+        ->init_std = 0.02 * f;
+    for (int l = 0; l < c->num_layers; l++) {
+        for (int j = 0; j < N_LINEAR; j++) {
+            if (j == 0 || j == 4)   /* layer_norm1 before the attention, layer_norm2 before the MLP */
+                layer_registry_add(r, LAYER_NORM, C, C, 1, 1, "text_model.encoder.layers.%d.layer_norm%d", l,
+                                   j == 0 ? 1 : 2);
+            int rows, cols;
+            weight_shape(c, 2 + j, &rows, &cols);
+            layer_registry_add(r, LAYER_LINEAR, rows, cols, 1, 1, "text_model.encoder.layers.%d.%s", l,
+                               LAYER_MODULES[FIRST_LINEAR + j].name)->init_std = stds[j];
+        }
+    }
+    layer_registry_add(r, LAYER_NORM, C, C, 1, 1, "text_model.final_layer_norm");
+}
+
 static int shift_count(const clip_t *m) { return m->norm_shift_mode == NORMSHIFT_SCALAR ? 1 : m->cfg.hidden_size; }
 
 /* ---------------------------------------------------------------------------------------
@@ -205,6 +240,10 @@ int build_clip(clip_t *m, const clip_config_t *cfg, clip_get_fn get, void *ctx) 
         snprintf(key, sizeof key, "%s.weight", name);
         if ((rc = require(get, ctx, key, rows, cols, &t))) break;
         *w = weight_dense(t->data, t->dtype, rows, cols);
+        if (i >= 2) {   /* the linears' layer fields (the embeddings are bare weights) */
+            clip_linear_t *lin = (clip_linear_t *)((char *)w - offsetof(clip_linear_t, w));
+            lin->in = cols, lin->out = rows, lin->k = 1, lin->id = i;
+        }
         if (bias) {
             *bias = cur, cur += rows;
             snprintf(key, sizeof key, "%s.bias", name);
@@ -213,6 +252,7 @@ int build_clip(clip_t *m, const clip_config_t *cfg, clip_get_fn get, void *ctx) 
     }
     for (int i = 0; i < n_norms(m) && !rc; i++) {
         clip_ln_t *ln = ln_ref(m, i, name, sizeof name);
+        ln->C = C, ln->eps = cfg->layer_norm_eps, ln->id = i, ln->scale = 1.0f;
         ln->gamma = cur, cur += C;
         ln->beta = cur, cur += C;
         snprintf(key, sizeof key, "%s.weight", name);

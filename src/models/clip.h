@@ -11,8 +11,11 @@
 
 #include "io/model.h"
 #include "io/safetensors.h"
+#include "weights/layer.h"
 #include "weights/shift_name.h"
 #include "weights/weight.h"
+
+#define CLIP_MAX_LAYERS 1024   /* num_hidden_layers */
 
 typedef enum { CLIP_ACT_QUICK_GELU = 0, CLIP_ACT_GELU = 1 } clip_act_t;
 
@@ -25,6 +28,7 @@ typedef struct {
     int vocab_size;           /* V */
     clip_act_t act;           /* hidden_act: "quick_gelu" or "gelu" (exact erf) */
     float layer_norm_eps;
+    double initializer_factor;   /* transformers' init scale (random init only; default 1) */
 } clip_config_t;
 
 /* Reads a transformers CLIPTextConfig JSON object; absent keys take transformers' defaults
@@ -32,18 +36,11 @@ typedef struct {
  * (e.g. "text_encoder/config.json"). Returns 0 or SD_ERR_FORMAT naming the key. */
 int clip_config_from_json(clip_config_t *cfg, const cJSON *json, const char *what);
 
-/* A LayerNorm: fp32 gamma/beta [C] (copied from the file: they are tiny) and an optional
- * trained shift of the gain (spectral.h normshift_*): NULL, or [C] / [1] by mode. */
-typedef struct {
-    float *gamma, *beta;
-    float *shift;
-} clip_ln_t;
-
-/* A linear layer: weight [out, in] (dense view or spectral) and fp32 bias [out]. */
-typedef struct {
-    weight_t w;
-    float *bias;
-} clip_linear_t;
+/* Layers of the shared types (weights/layer.h): a LayerNorm (fp32 gamma/beta [C] copied from
+ * the file, and an optional trained shift of the gain, NULL or [C] / [1] by the model's
+ * norm_shift_mode) and a linear (weight [out, in], dense view or spectral; fp32 bias [out]). */
+typedef norm_layer_t clip_ln_t;
+typedef layer_t clip_linear_t;
 
 typedef struct {
     clip_ln_t ln1;
@@ -67,6 +64,10 @@ typedef struct {
 /* Tensor lookup by transformers name (e.g. "text_model.final_layer_norm.weight"); NULL when
  * absent. Dense weights stay views of the returned data: it must outlive the model. */
 typedef const st_tensor_t *(*clip_get_fn)(void *ctx, const char *name);
+
+/* The layers build_clip builds for `cfg` (weights/layer.h registry; appended to r), in
+ * transformers' state dict order, each with the std of transformers' CLIP init. */
+void clip_registry(const clip_config_t *cfg, layer_registry_t *r);
 
 /* Builds the model from `cfg` and the tensors `get` returns. Weights (F32/F16/BF16) are
  * dense views; biases and LayerNorm parameters are converted to fp32 copies. Extra tensors

@@ -1,5 +1,5 @@
-/* Random initialisation of model folders (see init.h): the tensor list from the loader's own
- * component_expected_tensors walk, per-kind initial values from per-tensor Philox streams,
+/* Random initialisation of model folders (see init.h): the tensor list from the models' own
+ * layer registries (component_registry), per-kind initial values from per-tensor Philox streams,
  * the size/FLOP statistics of a config, and the writing of the diffusers folder. */
 #include "models/init.h"
 
@@ -27,7 +27,8 @@ typedef struct {
     int ndim;
     int64_t shape[4];
     int64_t numel;
-    int fan_in;    /* of a linear/conv bias: its weight's fan_in; else 0 */
+    layer_spec_t spec;   /* the layer the tensor belongs to */
+    int part;            /* 0 weight / gain, 1 bias / offset */
 } tspec_t;
 
 typedef struct {
@@ -35,7 +36,7 @@ typedef struct {
     int n, cap;
 } tlist_t;
 
-static int collect(void *ctx, const char *name, int ndim, const int64_t *shape) {
+static int collect(void *ctx, const layer_spec_t *spec, int part, const char *name, int ndim, const int64_t *shape) {
     tlist_t *l = ctx;
     if (l->n == l->cap) {
         l->cap = l->cap ? 2 * l->cap : 256;
@@ -51,14 +52,8 @@ static int collect(void *ctx, const char *name, int ndim, const int64_t *shape) 
     t->ndim = ndim;
     t->numel = 1;
     for (int i = 0; i < ndim; i++) t->shape[i] = shape[i], t->numel *= shape[i];
-    /* the walk emits a module's weight right before its bias: a bias after a >= 2-d weight of
-     * the same module belongs to a linear/conv (PyTorch's bias bound uses that fan_in) */
-    if (n > 5 && !strcmp(name + n - 5, ".bias") && l->n >= 2) {
-        const tspec_t *w = &l->t[l->n - 2];
-        size_t p = n - 5;
-        if (w->ndim >= 2 && !strncmp(w->name, name, p) && !strcmp(w->name + p, ".weight"))
-            t->fan_in = (int)(w->numel / w->shape[0]);
-    }
+    t->spec = *spec;
+    t->part = part;
     return 0;
 }
 
@@ -68,9 +63,13 @@ static void tlist_free(tlist_t *l) {
     memset(l, 0, sizeof *l);
 }
 
+/* The tensors of the component's layers, as its model's builder describes them. */
 static int list_tensors(const char *comp, cJSON *cfg, tlist_t *l) {
     model_component_t c = {.name = (char *)comp, .config = cfg};
-    int rc = component_expected_tensors(&c, collect, l);
+    layer_registry_t r = {0};
+    int rc = component_registry(&c, &r);
+    if (!rc) rc = layer_registry_tensors(&r, collect, l);
+    layer_registry_free(&r);
     if (rc) tlist_free(l);
     return rc;
 }
@@ -94,55 +93,29 @@ static int ends_with(const char *s, const char *suffix) {
     return n >= k && !strcmp(s + n - k, suffix);
 }
 
-static int cfg_num(const cJSON *cfg, const char *key, double dflt, double *out) {
-    const cJSON *it = cJSON_GetObjectItemCaseSensitive(cfg, key);
-    if (!it || cJSON_IsNull(it)) {
-        if (isnan(dflt)) return sd_error(SD_ERR_FORMAT, "text_encoder config: missing key '%s'", key);
-        *out = dflt;
-        return 0;
-    }
-    if (!cJSON_IsNumber(it) || !isfinite(it->valuedouble))
-        return sd_error(SD_ERR_FORMAT, "text_encoder config: key '%s' is not a finite number", key);
-    *out = it->valuedouble;
-    return 0;
-}
-
-int model_init_tensor(float *dst, const char *component, const cJSON *config, const char *name, int ndim,
-                      const int64_t *shape, int prev_fan_in, uint64_t seed) {
+int model_init_tensor(float *dst, const char *component, const layer_spec_t *spec, int part, const char *name,
+                      int ndim, const int64_t *shape, uint64_t seed) {
     int64_t numel = 1;
     for (int i = 0; i < ndim; i++) numel *= shape[i];
     char key[512];
     snprintf(key, sizeof key, "%s/%s", component, name);
     rng_t r;
     rng_init(&r, mix64(seed ^ mix64(fnv1a(key))));
-    int is_bias = ends_with(name, ".bias");
-    if (!strcmp(component, "text_encoder")) {
-        double f = 1, d = 0, L = 0, std = -1;
-        int rc;
-        if ((rc = cfg_num(config, "initializer_factor", 1.0, &f)) || (rc = cfg_num(config, "hidden_size", NAN, &d)) ||
-            (rc = cfg_num(config, "num_hidden_layers", NAN, &L)))
-            return rc;
-        if (ndim == 1) {   /* every linear bias and LayerNorm beta 0, LayerNorm gamma 1 */
-            for (int64_t i = 0; i < numel; i++) dst[i] = is_bias ? 0.0f : 1.0f;
-            return 0;
-        }
-        double in_std = pow(d, -0.5) * pow(2 * L, -0.5) * f;
-        if (strstr(name, "embeddings.")) std = 0.02 * f;
-        else if (strstr(name, ".q_proj.") || strstr(name, ".k_proj.") || strstr(name, ".v_proj.")) std = in_std;
-        else if (strstr(name, ".out_proj.")) std = pow(d, -0.5) * f;
-        else if (strstr(name, ".fc1.")) std = pow(2 * d, -0.5) * f;
-        else if (strstr(name, ".fc2.")) std = in_std;
-        if (std < 0) return sd_error(SD_ERR_ARG, "text_encoder: no initialisation rule for tensor '%s'", name);
+    if (spec->kind == LAYER_NORM || (part == 1 && spec->init_std > 0)) {
+        /* GroupNorm / LayerNorm gain 1 and offset 0; transformers zeroes its linears' biases */
+        for (int64_t i = 0; i < numel; i++) dst[i] = part ? 0.0f : 1.0f;
+        return 0;
+    }
+    if (spec->init_std > 0) {   /* transformers' CLIP init, the std from the model's registry */
+        const double std = spec->init_std;
         rng_fill_normal(&r, dst, (size_t)numel);
         for (int64_t i = 0; i < numel; i++) dst[i] = (float)(dst[i] * std);
         return 0;
     }
-    /* diffusers models: PyTorch's defaults */
-    if (ndim == 1 && !(is_bias && prev_fan_in > 0)) {
-        for (int64_t i = 0; i < numel; i++) dst[i] = is_bias ? 0.0f : 1.0f;
-        return 0;
-    }
-    int64_t fan_in = ndim == 1 ? prev_fan_in : numel / shape[0];
+    if (spec->kind == LAYER_EMBEDDING)   /* PyTorch's N(0, 1): no model here starts that way */
+        return sd_error(SD_ERR_ARG, "%s: no initialisation rule for the embedding '%s'", component, spec->name);
+    /* diffusers models: PyTorch's defaults, weight and bias U(-1/sqrt(fan_in), +1/sqrt(fan_in)) */
+    const int64_t fan_in = layer_spec_fan_in(spec);
     double bound = 1.0 / sqrt((double)fan_in);
     for (int64_t i = 0; i < numel; i++) dst[i] = (float)((2.0 * rng_uniform(&r) - 1.0) * bound);
     return 0;
@@ -368,7 +341,7 @@ static int write_weights(const char *comp, cJSON *cfg, const char *path, const m
     for (int i = 0; i < l.n && !rc; i++) {
         const tspec_t *t = &l.t[i];
         float *v = sd_xmalloc((size_t)t->numel * sizeof *v + 1);
-        rc = model_init_tensor(v, comp, cfg, t->name, t->ndim, t->shape, t->fan_in, opt->seed);
+        rc = model_init_tensor(v, comp, &t->spec, t->part, t->name, t->ndim, t->shape, opt->seed);
         if (!rc && opt->fp16) {
             uint16_t *h = sd_xmalloc((size_t)t->numel * sizeof *h + 1);
             for (int64_t k = 0; k < t->numel; k++) h[k] = st_f32_to_f16(v[k]);

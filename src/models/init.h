@@ -1,6 +1,7 @@
 /* Random initialisation of a model folder (`svdiff init`): from diffusers-style component
  * configs to a diffusers folder whose tensors are exactly those the loader expects (the list
- * comes from component_expected_tensors, so init and model_open cannot disagree), initialised
+ * comes from the models' layer registries, component_registry, which model_open validates
+ * against, so init and model_open cannot disagree), initialised
  * as PyTorch / diffusers / transformers do by default, from the project's Philox RNG.
  *
  * Initialisation per tensor kind:
@@ -28,6 +29,8 @@
 
 #include <cJSON.h>
 #include <stdint.h>
+
+#include "weights/layer.h"
 
 typedef struct {
     uint64_t seed;
@@ -63,11 +66,12 @@ int model_init(const cJSON *config, const char *out_dir, const model_init_option
                model_init_stats_t *stats);
 
 /* The initial values of one tensor (dst holds its numel floats), as model_init writes them
- * before any dtype conversion. `component` is "unet", "text_encoder" or "vae"; `config` that
- * component's config; prev_fan_in: for a ".bias" of a linear/conv, the fan_in of its weight,
- * else 0 (a norm's bias). For tests. */
-int model_init_tensor(float *dst, const char *component, const cJSON *config, const char *name, int ndim,
-                      const int64_t *shape, int prev_fan_in, uint64_t seed);
+ * before any dtype conversion: tensor `name` (its random stream) of layer `spec` (its kind, fan_in
+ * and init_std; weights/layer.h), part 0 its weight / gain, 1 its bias / offset; `component` is
+ * "unet", "text_encoder" or "vae". Returns 0, or SD_ERR_ARG for a layer no rule covers (an
+ * embedding without init_std). For tests. */
+int model_init_tensor(float *dst, const char *component, const layer_spec_t *spec, int part, const char *name,
+                      int ndim, const int64_t *shape, uint64_t seed);
 
 /* Reads a JSON file (for the CLI). */
 int model_init_read_config(const char *path, cJSON **out);

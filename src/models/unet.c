@@ -32,6 +32,8 @@ static const cJSON *jget(const cJSON *j, const char *key) {
 }
 
 #define UNET_MAX_SAMPLE_SIZE 65536   /* latent pixels; anything larger is a broken config */
+#define UNET_MAX_CHANNELS 65536      /* widest layer */
+#define UNET_MAX_KERNEL 15           /* conv_in / conv_out */
 
 static int jint(const cJSON *j, const char *key, int dflt, int *out, const char *what) {
     const cJSON *v = jget(j, key);
@@ -244,8 +246,20 @@ int unet_config_from_json(unet_config_t *cfg, const cJSON *json, const char *wha
     /* consistency */
     if (cfg->in_channels < 1 || cfg->out_channels < 1 || cfg->cross_attention_dim < 1 || cfg->time_embed_dim < 1)
         return sd_error(SD_ERR_FORMAT, "%s: channel counts must be positive", what);
+    /* sizes beyond any UNet: a config alone builds the layer registry (validation), so a broken
+     * one must not overflow a size or allocate without bound */
+    int widest = cfg->in_channels > cfg->out_channels ? cfg->in_channels : cfg->out_channels;
+    if (cfg->cross_attention_dim > widest) widest = cfg->cross_attention_dim;
+    if (cfg->time_embed_dim > widest) widest = cfg->time_embed_dim;
+    for (int i = 0; i < n; i++)
+        if (cfg->block_out_channels[i] > widest) widest = cfg->block_out_channels[i];
+    if (widest > UNET_MAX_CHANNELS)
+        return sd_error(SD_ERR_FORMAT, "%s: %d channels (block_out_channels, in/out_channels, cross_attention_dim or "
+                        "time_embedding_dim) is more than the %d supported", what, widest, UNET_MAX_CHANNELS);
     if (cfg->conv_in_kernel < 1 || cfg->conv_in_kernel % 2 == 0 || cfg->conv_out_kernel < 1 || cfg->conv_out_kernel % 2 == 0)
         return sd_error(SD_ERR_FORMAT, "%s: conv_in_kernel / conv_out_kernel must be odd", what);
+    if (cfg->conv_in_kernel > UNET_MAX_KERNEL || cfg->conv_out_kernel > UNET_MAX_KERNEL)
+        return sd_error(SD_ERR_FORMAT, "%s: conv_in_kernel / conv_out_kernel must be at most %d", what, UNET_MAX_KERNEL);
     if (cfg->downsample_padding != 0 && cfg->downsample_padding != 1)
         return sd_error(SD_ERR_FORMAT, "%s: \"downsample_padding\" must be 0 or 1", what);
     if (cfg->block_out_channels[0] % 2)
@@ -258,11 +272,15 @@ int unet_config_from_json(unet_config_t *cfg, const cJSON *json, const char *wha
                             G, i, C);
         if (cfg->layers_per_block[i] < 1)
             return sd_error(SD_ERR_FORMAT, "%s: \"layers_per_block\"[%d] must be positive", what, i);
+        if (cfg->layers_per_block[i] > UNET_MAX_LAYERS_PER_BLOCK)
+            return sd_error(SD_ERR_FORMAT, "%s: \"layers_per_block\"[%d] is %d, more than the %d supported", what, i,
+                            cfg->layers_per_block[i], UNET_MAX_LAYERS_PER_BLOCK);
         const int attn_here = cfg->down_attn[i] || cfg->up_attn[n - 1 - i] || (i == n - 1 && cfg->mid_block);
         if (attn_here) {
             if (cfg->num_heads[i] < 1 || C % cfg->num_heads[i])
-                return sd_error(SD_ERR_FORMAT, "%s: %d attention heads do not divide %d channels (level %d)", what,
-                                cfg->num_heads[i], C, i);
+                return sd_error(SD_ERR_FORMAT, "%s: %d attention heads (%s) do not divide %d channels (level %d)",
+                                what, cfg->num_heads[i],
+                                jget(j, "num_attention_heads") ? "num_attention_heads" : "attention_head_dim", C, i);
             if (cfg->transformer_layers[i] < 1 || cfg->transformer_layers[i] > UNET_MAX_TBLOCKS)
                 return sd_error(SD_ERR_FORMAT, "%s: \"transformer_layers_per_block\"[%d] must be in 1..%d", what, i,
                                 UNET_MAX_TBLOCKS);
@@ -296,6 +314,9 @@ static void reg_layer(unet_t *m, unet_layer_t *l, char *name, int in, int out, i
     l->bias = has_bias ? (float *)l : NULL; /* marker until the fp32 block is assigned */
     l->w.rows = out, l->w.cols = in * k * k;
     l->id = m->n_layers;
+    /* proj_in / proj_out load either way; a file holds the form use_linear_projection says */
+    const int as_conv = conv < 0 ? !m->cfg.use_linear_projection : conv;
+    layer_registry_add(&m->reg, as_conv ? LAYER_CONV : LAYER_LINEAR, out, in, k, has_bias, "%s", name);
     m->layers = realloc(m->layers, sizeof *m->layers * (m->n_layers + 1));
     SD_CHECK(m->layers, "out of memory");
     m->layers[m->n_layers++] = l;
@@ -307,6 +328,7 @@ static void reg_norm(unet_t *m, unet_norm_t *nm, char *name, int C, int groups, 
     nm->C = C, nm->groups = groups, nm->eps = eps;
     nm->mode = NORMSHIFT_ELEMENT, nm->scale = 1.0f;
     nm->id = m->n_norms;
+    layer_registry_add(&m->reg, LAYER_NORM, C, C, 1, 1, "%s", name);
     m->norms = realloc(m->norms, sizeof *m->norms * (m->n_norms + 1));
     SD_CHECK(m->norms, "out of memory");
     m->norms[m->n_norms++] = nm;
@@ -389,7 +411,7 @@ static int setup(unet_t *m) {
     m->stages = sd_xcalloc((size_t)(2 + n_res + n_tr + n_samp), sizeof *m->stages);
     m->skip_channels = sd_xcalloc((size_t)n_skips, sizeof(int));
     m->skip_level = sd_xcalloc((size_t)n_skips, sizeof(int));
-    int stack[64 + UNET_MAX_LEVELS * 64], top = 0;
+    int stack[1 + UNET_MAX_LEVELS * (UNET_MAX_LAYERS_PER_BLOCK + 1)], top = 0;   /* n_skips at most */
 
     /* input and time embedding */
     reg_layer(m, &m->conv_in, xstrdup_printf("conv_in"), c->in_channels, C[0], c->conv_in_kernel, 1, 1,
@@ -559,6 +581,7 @@ void free_unet(unet_t *m) {
     }
     for (int i = 0; i < m->n_transformers; i++) free(m->transformers[i].blocks);
     free(m->layers), free(m->norms);
+    layer_registry_free(&m->reg);
     free(m->resnets), free(m->transformers), free(m->samplers), free(m->stages);
     free(m->skip_channels), free(m->skip_level);
     free(m->small);
@@ -589,6 +612,16 @@ int unet_build_structure(unet_t *m, const unet_config_t *cfg) {
         for (int c = 0; c < nm->C; c++) nm->gamma[c] = 1.0f;
     }
     return SD_OK;
+}
+
+int unet_registry(const unet_config_t *cfg, layer_registry_t *r) {
+    unet_t m;
+    memset(&m, 0, sizeof m);
+    m.cfg = *cfg;
+    int rc = setup(&m);   /* modules and names only: no parameter block */
+    for (int i = 0; i < m.reg.n && !rc; i++) layer_registry_append(r, &m.reg.v[i]);
+    free_unet(&m);
+    return rc;
 }
 
 int build_unet(unet_t *m, const unet_config_t *cfg, unet_get_fn get, void *ctx) {

@@ -10,11 +10,13 @@
 
 #include "io/model.h"
 #include "io/safetensors.h"
+#include "weights/layer.h"
 #include "weights/shift_name.h"
 #include "weights/weight.h"
 
 #define UNET_MAX_LEVELS 8    /* len(block_out_channels) */
 #define UNET_MAX_TBLOCKS 16  /* BasicTransformerBlocks per Transformer2DModel */
+#define UNET_MAX_LAYERS_PER_BLOCK 1024   /* resnets per down block (a bound on what a config can ask) */
 
 /* ---- configuration (config.json keys) ----
  * Levels are indexed like down_blocks (0 = full resolution); up block i works at level
@@ -57,29 +59,10 @@ int unet_config_from_json(unet_config_t *cfg, const cJSON *json, const char *wha
 
 /* ---- parameters ---- */
 
-/* A conv (k x k) or linear (k = 1) layer: weight [out, in*k*k] and optional fp32 bias [out]. */
-typedef struct {
-    weight_t w;
-    float *bias;       /* NULL for to_q / to_k / to_v */
-    int in, out, k;
-    int conv;          /* 1: kernel stored [out, in, k, k]; 0: linear [out, in]; -1: either */
-    int stride, pad;   /* convs: stride 1 or 2, symmetric padding; pad < 0: (0,1,0,1) */
-    int id;            /* index in unet_t.layers */
-    char *name;        /* diffusers module path, e.g. "down_blocks.0.resnets.0.conv1" */
-} unet_layer_t;
-
-/* A GroupNorm (groups > 0) or LayerNorm (groups == 0): fp32 gamma/beta [C], and an optional
- * trained shift of the gain (spectral.h normshift_*: [C] element mode, [1] scalar mode). */
-typedef struct {
-    int C, groups;
-    float eps;
-    float *gamma, *beta;
-    float *shift;              /* NULL: plain gain */
-    normshift_mode_t mode;
-    float scale;               /* s of the shift */
-    int id;                    /* index in unet_t.norms */
-    char *name;                /* e.g. "down_blocks.0.resnets.0.norm1" */
-} unet_norm_t;
+/* Layers and norms are the shared types of weights/layer.h; these names stay until the
+ * block code is renamed. */
+typedef layer_t unet_layer_t;
+typedef norm_layer_t unet_norm_t;
 
 /* ResnetBlock2D (diffusers resnet.py): GN, SiLU, conv1, + time_emb_proj(SiLU(temb)), GN, SiLU,
  * conv2, + shortcut (1x1 conv_shortcut when channels change), / output_scale. */
@@ -146,6 +129,9 @@ typedef struct {
     int n_layers, n_norms;
     unet_layer_t **layers;
     unet_norm_t **norms;
+    /* The same layers as a config-only description (weights/layer.h), in construction order
+     * (diffusers' state dict order): the tensors a file must hold, and what init writes. */
+    layer_registry_t reg;
     float *small;                    /* one block: every bias / gamma / beta (fp32) */
 } unet_t;
 
@@ -164,6 +150,9 @@ int build_unet(unet_t *m, const unet_config_t *cfg, unet_get_fn get, void *ctx);
  * for unet_acts_floats; not for a forward. Returns 0 or SD_ERR_FORMAT. */
 int unet_build_structure(unet_t *m, const unet_config_t *cfg);
 void free_unet(unet_t *m);
+/* The registry of the layers build_unet builds for `cfg` (weights/layer.h; appended to r), from
+ * unet_build_structure. Returns 0 or SD_ERR_FORMAT. */
+int unet_registry(const unet_config_t *cfg, layer_registry_t *r);
 
 /* Lookups by module path ("mid_block.attentions.0.proj_in", "conv_norm_out"); NULL if absent. */
 unet_layer_t *unet_find_layer(const unet_t *m, const char *path);

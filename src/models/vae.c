@@ -148,9 +148,9 @@ int vae_config_from_json(vae_config_t *cfg, const cJSON *json, const char *what)
 
     if (cfg->in_channels < 1 || cfg->out_channels < 1 || cfg->latent_channels < 1)
         return sd_error(SD_ERR_FORMAT, "%s: in_channels, out_channels and latent_channels must be positive", what);
-    if (cfg->layers_per_block < 1)
-        return sd_error(SD_ERR_FORMAT, "%s: \"layers_per_block\" must be at least 1 (got %d)", what,
-                        cfg->layers_per_block);
+    if (cfg->layers_per_block < 1 || cfg->layers_per_block > VAE_MAX_LAYERS_PER_BLOCK)
+        return sd_error(SD_ERR_FORMAT, "%s: \"layers_per_block\" must be from 1 to %d (got %d)", what,
+                        VAE_MAX_LAYERS_PER_BLOCK, cfg->layers_per_block);
     if (cfg->norm_num_groups < 1)
         return sd_error(SD_ERR_FORMAT, "%s: \"norm_num_groups\" must be positive", what);
     for (int i = 0; i < cfg->n_blocks; i++)
@@ -172,23 +172,13 @@ int vae_scale_factor(const vae_config_t *cfg) { return 1 << (cfg->n_blocks - 1);
 typedef struct {
     vae_get_fn get;                 /* NULL: do not load */
     void *ctx;
-    vae_param_spec_t *specs;        /* listing: up to max_specs */
-    int max_specs, n_specs;
+    layer_registry_t *reg;          /* listing: every layer appended here */
     float *small;                   /* loading: the block the small parameters go to */
     size_t n_small;                 /* floats of small parameters so far */
     int free_weights;               /* freeing: weight_free on every weight, nothing else */
+    int groups;                     /* GroupNorm groups (the config's) */
     int rc;
 } walker_t;
-
-static void wk_spec(walker_t *wk, const char *name, int ndim, int64_t a, int64_t b, int64_t c, int64_t d) {
-    if (wk->specs && wk->n_specs < wk->max_specs) {
-        vae_param_spec_t *s = &wk->specs[wk->n_specs];
-        snprintf(s->name, sizeof s->name, "%s", name);
-        s->ndim = ndim;
-        s->shape[0] = a, s->shape[1] = b, s->shape[2] = c, s->shape[3] = d;
-    }
-    wk->n_specs++;
-}
 
 static void shape_str(char *buf, size_t n, int ndim, const int64_t *shape) {
     size_t at = (size_t)snprintf(buf, n, "[");
@@ -229,7 +219,6 @@ static void wk_weight(walker_t *wk, weight_t *w, const char *name, const char *a
         weight_free(w);
         return;
     }
-    wk_spec(wk, name, ndim, want[0], want[1], ndim > 2 ? want[2] : 0, ndim > 3 ? want[3] : 0);
     if (!wk->get || wk->rc) return;
     const st_tensor_t *t = wk_find(wk, name, alt);
     if (!t) return;
@@ -249,7 +238,6 @@ static void wk_weight(walker_t *wk, weight_t *w, const char *name, const char *a
 /* A small fp32 parameter [n] (bias, GroupNorm gain / offset). */
 static void wk_vec(walker_t *wk, float **dst, const char *name, const char *alt, int n) {
     if (wk->free_weights) return;
-    wk_spec(wk, name, 1, n, 0, 0, 0);
     const size_t off = wk->n_small;
     wk->n_small += (size_t)n;
     if (!wk->small) return;
@@ -268,7 +256,8 @@ static void wk_vec(walker_t *wk, float **dst, const char *name, const char *alt,
 
 static void wk_conv(walker_t *wk, vae_conv_t *cv, const char *prefix, int ic, int oc, int k) {
     char name[VAE_NAME_MAX];
-    cv->ic = ic, cv->oc = oc, cv->k = k;
+    cv->in = ic, cv->out = oc, cv->k = k, cv->conv = 1;
+    if (wk->reg) layer_registry_add(wk->reg, LAYER_CONV, oc, ic, k, 1, "%s", prefix);
     const int64_t want[4] = {oc, ic, k, k};
     snprintf(name, sizeof name, "%s.weight", prefix);
     wk_weight(wk, &cv->w, name, NULL, 4, want, 0);
@@ -278,7 +267,8 @@ static void wk_conv(walker_t *wk, vae_conv_t *cv, const char *prefix, int ic, in
 
 static void wk_norm(walker_t *wk, vae_norm_t *nm, const char *prefix, int c) {
     char name[VAE_NAME_MAX];
-    nm->c = c;
+    nm->C = c, nm->groups = wk->groups, nm->eps = VAE_NORM_EPS;
+    if (wk->reg) layer_registry_add(wk->reg, LAYER_NORM, c, c, 1, 1, "%s", prefix);
     snprintf(name, sizeof name, "%s.weight", prefix);
     wk_vec(wk, &nm->gamma, name, NULL, c);
     snprintf(name, sizeof name, "%s.bias", prefix);
@@ -289,6 +279,8 @@ static void wk_norm(walker_t *wk, vae_norm_t *nm, const char *prefix, int c) {
 static void wk_attn_linear(walker_t *wk, vae_linear_t *l, const char *attn, const char *name, const char *old, int c) {
     char n1[VAE_NAME_MAX], n2[VAE_NAME_MAX];
     const int64_t want[2] = {c, c};
+    l->in = c, l->out = c, l->k = 1, l->conv = 0;
+    if (wk->reg) layer_registry_add(wk->reg, LAYER_LINEAR, c, c, 1, 1, "%s.%s", attn, name);
     snprintf(n1, sizeof n1, "%s.%s.weight", attn, name);
     snprintf(n2, sizeof n2, "%s.%s.weight", attn, old);
     wk_weight(wk, &l->w, n1, n2, 2, want, 1);
@@ -333,9 +325,11 @@ static void wk_mid(walker_t *wk, vae_mid_t *mid, const char *side, int c, int ad
     wk_resnet(wk, &mid->resnets[1], p, c, c);
 }
 
-/* The whole model, in diffusers' state_dict order. */
+/* The whole model: encoder, quant_conv, post_quant_conv, decoder (the order svdiff init
+ * writes; diffusers' state_dict has the quant convs last). */
 static void wk_model(walker_t *wk, vae_t *m) {
     const vae_config_t *cfg = &m->cfg;
+    wk->groups = cfg->norm_num_groups;
     const int n = cfg->n_blocks, *ch = cfg->block_out_channels, lat = cfg->latent_channels;
     char p[64];
 
@@ -357,7 +351,9 @@ static void wk_model(walker_t *wk, vae_t *m) {
     }
     wk_mid(wk, &e->mid, "encoder", ch[n - 1], cfg->mid_block_add_attention);
     wk_norm(wk, &e->norm_out, "encoder.conv_norm_out", ch[n - 1]);
-    wk_conv(wk, &e->conv_out, "encoder.conv_out", ch[n - 1], 2 * lat, 3);
+    wk_conv(wk, &e->conv_out, "encoder.conv_out", ch[n - 1], 2 * lat, 3);   /* mean and log-variance */
+    if (cfg->use_quant_conv) wk_conv(wk, &m->quant_conv, "quant_conv", 2 * lat, 2 * lat, 1);
+    if (cfg->use_post_quant_conv) wk_conv(wk, &m->post_quant_conv, "post_quant_conv", lat, lat, 1);
 
     vae_coder_t *d = &m->decoder;
     wk_conv(wk, &d->conv_in, "decoder.conv_in", lat, ch[n - 1], 3);
@@ -379,9 +375,6 @@ static void wk_model(walker_t *wk, vae_t *m) {
     }
     wk_norm(wk, &d->norm_out, "decoder.conv_norm_out", ch[0]);
     wk_conv(wk, &d->conv_out, "decoder.conv_out", ch[0], cfg->out_channels, 3);
-
-    if (cfg->use_quant_conv) wk_conv(wk, &m->quant_conv, "quant_conv", 2 * lat, 2 * lat, 1);
-    if (cfg->use_post_quant_conv) wk_conv(wk, &m->post_quant_conv, "post_quant_conv", lat, lat, 1);
 }
 
 static void alloc_structure(vae_t *m, const vae_config_t *cfg) {
@@ -409,13 +402,39 @@ static void free_structure(vae_t *m) {
     memset(m, 0, sizeof *m);
 }
 
-int vae_param_specs(const vae_config_t *cfg, vae_param_spec_t *out, int max) {
+void vae_registry(const vae_config_t *cfg, layer_registry_t *r) {
     vae_t m;
     alloc_structure(&m, cfg);
-    walker_t wk = {.specs = out, .max_specs = out ? max : 0};
+    walker_t wk = {.reg = r};
     wk_model(&wk, &m);
     free_structure(&m);
-    return wk.n_specs;
+}
+
+typedef struct {
+    vae_param_spec_t *out;
+    int max, n;
+} spec_list_t;
+
+static int add_spec(void *ctx, const layer_spec_t *spec, int part, const char *name, int ndim, const int64_t *shape) {
+    spec_list_t *l = ctx;
+    (void)spec, (void)part;
+    if (l->out && l->n < l->max) {
+        vae_param_spec_t *s = &l->out[l->n];
+        snprintf(s->name, sizeof s->name, "%s", name);
+        s->ndim = ndim;
+        for (int i = 0; i < 4; i++) s->shape[i] = i < ndim ? shape[i] : 0;
+    }
+    l->n++;
+    return 0;
+}
+
+int vae_param_specs(const vae_config_t *cfg, vae_param_spec_t *out, int max) {
+    layer_registry_t r = {0};
+    vae_registry(cfg, &r);
+    spec_list_t l = {out, out ? max : 0, 0};
+    layer_registry_tensors(&r, add_spec, &l);
+    layer_registry_free(&r);
+    return l.n;
 }
 
 int build_vae(vae_t *m, const vae_config_t *cfg, vae_get_fn get, void *ctx) {
@@ -570,13 +589,13 @@ static void fill_band(float *in, const src_t *src, int r0, int r1) {
  * (with room for OC channels): band k writes only rows of band k, after reading them. */
 static void conv_bands(float *out, const src_t *src, const vae_conv_t *cv, int stride, const int pad[4],
                        const float *res, int res_C, const vae_conv_t *res_conv, size_t budget) {
-    SD_CHECK(cv->ic == src->C, "vae conv: %d input channels, weight expects %d", src->C, cv->ic);
+    SD_CHECK(cv->in == src->C, "vae conv: %d input channels, weight expects %d", src->C, cv->in);
     const int IH = src->up ? 2 * src->H : src->H, IW = src->up ? 2 * src->W : src->W;
-    const conv2d_shape_t s = {.B = 1, .IC = src->C, .H = IH, .W = IW, .OC = cv->oc, .KH = cv->k, .KW = cv->k,
+    const conv2d_shape_t s = {.B = 1, .IC = src->C, .H = IH, .W = IW, .OC = cv->out, .KH = cv->k, .KW = cv->k,
                               .stride = stride, .pad = {pad[0], pad[1], pad[2], pad[3]}};
-    const int OH = conv2d_out_h(&s), OW = conv2d_out_w(&s), OC = cv->oc;
+    const int OH = conv2d_out_h(&s), OW = conv2d_out_w(&s), OC = cv->out;
     const size_t K = (size_t)src->C * cv->k * cv->k;
-    SD_CHECK(!res || (res_conv ? res_conv->ic == res_C && res_conv->oc == OC : res_C == OC),
+    SD_CHECK(!res || (res_conv ? res_conv->in == res_C && res_conv->out == OC : res_C == OC),
              "vae conv: residual of %d channels for %d outputs", res_C, OC);
     /* per output row: im2col columns, the conv output, residual rows, input rows */
     const size_t row_cost = (size_t)OW * (K + OC + (res ? (size_t)res_C + OC : 0)) + (size_t)src->C * IW * stride;
@@ -642,9 +661,9 @@ static int stage_conv(act_t *x, const vae_t *m, const vae_conv_t *cv, int stride
     }
     const int IH = up ? 2 * x->H : x->H, IW = up ? 2 * x->W : x->W;
     const int OH = (IH + pad[0] + pad[1] - cv->k) / stride + 1, OW = (IW + pad[2] + pad[3] - cv->k) / stride + 1;
-    act_t y = {.d = dst, .C = cv->oc, .H = OH, .W = OW};
+    act_t y = {.d = dst, .C = cv->out, .H = OH, .W = OW};
     if (!dst) {
-        int rc = act_alloc(&y, cv->oc, OH, OW);
+        int rc = act_alloc(&y, cv->out, OH, OW);
         if (rc) {
             scratch_release(mark);
             return rc;

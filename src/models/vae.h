@@ -13,9 +13,11 @@
 
 #include "io/model.h"
 #include "io/safetensors.h"
+#include "weights/layer.h"
 #include "weights/weight.h"
 
 #define VAE_MAX_BLOCKS 8
+#define VAE_MAX_LAYERS_PER_BLOCK 1024   /* a config alone builds the layer registry: bounded */
 #define VAE_NORM_EPS 1e-6f   /* every GroupNorm of the diffusers VAE (not a config key) */
 
 typedef struct {
@@ -41,22 +43,12 @@ int vae_config_from_json(vae_config_t *cfg, const cJSON *json, const char *what)
 /* Spatial factor between image and latents: 2^(n_blocks - 1) (8 for SD). */
 int vae_scale_factor(const vae_config_t *cfg);
 
-/* A convolution: weight [oc, ic*k*k] (dense view in its stored dtype) and fp32 bias [oc]. */
-typedef struct {
-    weight_t w;
-    float *bias;
-    int ic, oc, k;
-} vae_conv_t;
-
-typedef struct {
-    weight_t w;   /* [out, in] */
-    float *bias;
-} vae_linear_t;
-
-typedef struct {
-    float *gamma, *beta;   /* fp32 [c] */
-    int c;
-} vae_norm_t;
+/* Layers of the shared types (weights/layer.h): a conv (weight [out, in*k*k], dense view in its
+ * stored dtype, fp32 bias [out]), an attention linear ([out, in]) and a GroupNorm (fp32 gamma /
+ * beta [C]). */
+typedef layer_t vae_conv_t;
+typedef layer_t vae_linear_t;
+typedef norm_layer_t vae_norm_t;
 
 /* ResnetBlock2D without time embedding: GN, SiLU, conv1, GN, SiLU, conv2, + shortcut. */
 typedef struct {
@@ -109,7 +101,11 @@ typedef struct {
  * when absent. Dense weights stay views of the returned data: it must outlive the model. */
 typedef const st_tensor_t *(*vae_get_fn)(void *ctx, const char *name);
 
-/* Every tensor build_vae reads for `cfg`, in a fixed order (conv weights [oc, ic, k, k],
+/* The layers build_vae builds for `cfg` (weights/layer.h registry; appended to r): encoder,
+ * quant_conv, post_quant_conv, decoder. */
+void vae_registry(const vae_config_t *cfg, layer_registry_t *r);
+
+/* Every tensor build_vae reads for `cfg`, in the registry's order (conv weights [oc, ic, k, k],
  * attention linears [C, C], vectors [n]). Writes up to `max` specs (out may be NULL) and
  * returns the total count. */
 #define VAE_NAME_MAX 128
