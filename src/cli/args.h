@@ -42,4 +42,56 @@ int cli_model_option(const char *verb, int c, const char *arg, model_open_option
  * "none"), anything else that folder. The result is buf or NULL. */
 const char *cli_svd_cache_dir(const char *flag, char *buf, size_t cap);
 
+/* ---- The options every verb shares, parsed here and spelled the same everywhere ----
+ *   --model PATH (also --pretrained-model-name-or-path), --tokenizer DIR, the model options above,
+ *   --seed S, --threads N, --quiet, --force, -o/--output PATH (also --output-dir),
+ *   --compute-dtype fp32|bf16 (applied at once).
+ * A verb names the ones it takes (CLI_* bits), lists only its own in its getopt table, and loops on
+ * cli_getopt, which handles the shared ones (and a settings table, base/setting.h) itself. */
+#include <stdint.h>
+#include "base/setting.h"
+
+typedef struct {
+    const char *model, *tokenizer, *output;
+    uint64_t seed;                 /* the verb's default before cli_parser_init */
+    int threads, quiet, force;     /* threads 0: all cores */
+    const char *compute_dtype;     /* as given (already applied), NULL: the default */
+    model_open_options_t mo;       /* --prediction-type, --scheduler-config; tokenizer_dir = tokenizer */
+    unsigned given;                /* CLI_* bits of the options given */
+} cli_common_t;
+
+enum {
+    CLI_MODEL = 1 << 0, CLI_TOKENIZER = 1 << 1, CLI_MODEL_OPTS = 1 << 2, CLI_SEED = 1 << 3, CLI_THREADS = 1 << 4,
+    CLI_QUIET = 1 << 5, CLI_FORCE = 1 << 6, CLI_OUTPUT = 1 << 7, CLI_COMPUTE = 1 << 8,
+};
+#define CLI_ALL_COMMON 0x1ff
+enum { CLI_BAD = -2 };   /* cli_getopt: a bad value (one line printed); the verb exits 2 */
+
+#define CLI_MAX_OPTIONS 224
+typedef struct {
+    const char *verb;
+    unsigned common;
+    cli_common_t *cm;
+    const setting_t *tab;   /* a settings table (entries `stride` bytes apart) into tab_base, or NULL */
+    size_t stride;
+    int n_tab;
+    void *tab_base;
+    unsigned char *given;   /* [n_tab]: 1 once the entry's flag was seen (may be NULL) */
+    char shortopts[8];
+    struct option opts[CLI_MAX_OPTIONS];
+} cli_parser_t;
+
+/* verb_opts: the verb's own options ({0} terminated; codes below 0x7000). Resets getopt. */
+void cli_parser_init(cli_parser_t *ps, const char *verb, const struct option *verb_opts, unsigned common,
+                     cli_common_t *cm);
+/* Adds the flags of a settings table (parsed into base). */
+void cli_parser_settings(cli_parser_t *ps, const setting_t *tab, size_t stride, int n, void *base,
+                         unsigned char *given);
+/* The next of the verb's own options (getopt_long's code, optarg set), 'h' for -h/--help, '?' for
+ * an unknown option or a missing value (getopt said which), CLI_BAD for a bad value, -1 at the end
+ * (an argument left over is an error here: CLI_BAD). */
+int cli_getopt(cli_parser_t *ps, int argc, char **argv);
+/* The help lines of the shared options in `common` (seed_default: the verb's, shown as the default). */
+void cli_common_help(FILE *f, unsigned common, const char *seed_default);
+
 #endif

@@ -307,7 +307,7 @@ int cmd_edit(int argc, char **argv) {
         return 1;
     }
     const int multiple = p.scale_factor * (1 << (p.unet.cfg.n_levels - 1));
-    if (!res) res = p.unet.cfg.sample_size * p.scale_factor;
+    if (!res) res = pipeline_native_size(&p);
     if (res % multiple) {
         fprintf(stderr, "svdiff edit: --resolution %d: must be a multiple of %d for this model\n", res, multiple);
         pipeline_close(&p);

@@ -324,8 +324,8 @@ int cmd_generate(int argc, char **argv) {
     /* sizes: the model's default where a job gives none; a size the UNet cannot take fails now */
     for (int j = 0; !rc && j < plan.n_jobs; j++) {
         prompt_job_t *job = &plan.jobs[j];
-        if (!job->width) job->width = p.unet.cfg.sample_size * p.scale_factor;
-        if (!job->height) job->height = p.unet.cfg.sample_size * p.scale_factor;
+        if (!job->width) job->width = pipeline_native_size(&p);
+        if (!job->height) job->height = pipeline_native_size(&p);
         rc = pipeline_check_size(&p, job->width, job->height);
         if (rc && job->line) rc = sd_error_wrap(rc, "%s:%d", prompts_path, job->line);
     }
