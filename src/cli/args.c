@@ -64,20 +64,6 @@ int cli_set_compute_dtype(const char *verb, const char *arg) {
     return 0;
 }
 
-int cli_model_option(const char *verb, int c, const char *arg, model_open_options_t *o) {
-    if (c == CLI_O_SCHEDULER_CONFIG) {
-        o->scheduler_config = arg;
-        return 1;
-    }
-    if (c != CLI_O_PREDICTION_TYPE) return 0;
-    if (strcmp(arg, "epsilon") && strcmp(arg, "v_prediction")) {
-        fprintf(stderr, "svdiff %s: --prediction-type must be epsilon or v_prediction, got '%s'\n", verb, arg);
-        return -1;
-    }
-    o->prediction_type = arg;
-    return 1;
-}
-
 const char *cli_svd_cache_dir(const char *flag, char *buf, size_t cap) {
     if (flag && !strcmp(flag, "none")) return NULL;
     if (!flag) svd_cache_default_dir(buf, cap);

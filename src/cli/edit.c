@@ -38,15 +38,16 @@ static void usage(FILE *f) {
             "OUT_DIR/reconstruction.png (the source prompt sampled back from the inversion with eta 0 and\n"
             "guidance 1: it should look like the input), OUT_DIR/grid.png (input, reconstruction, edits from\n"
             "left to right) and the shifts (OUT_DIR/spectral_shifts.safetensors [+ _te], as `svdiff train`).\n\n"
-            "input:\n"
-            "  --model PATH               diffusers model folder or single-file .safetensors checkpoint\n"
-            "  --tokenizer DIR            CLIP tokenizer folder (needed for single files)\n"
-            CLI_MODEL_HELP
+            "input:\n");
+    cli_common_help(f, CLI_MODEL | CLI_TOKENIZER | CLI_MODEL_OPTS, NULL);
+    fprintf(f,
             "  --image IMG                the image to edit (PNG or JPEG); resized so its shorter side is\n"
             "                             --resolution, then centre-cropped to a square\n"
             "  --prompt TEXT              what the image shows, plainly (\"photo of a pink chair with black legs\")\n"
             "  --edit TEXT                the edited prompt (\"photo of a blue chair with black legs\"); repeat\n"
-            "                             for several edits (at most %d)\n"
+            "                             for several edits (at most %d)\n",
+            MAX_EDITS);
+    fprintf(f,
             "  --resolution N             working size in pixels (default: the model's sample_size x its VAE factor)\n"
             "fine-tuning (skipped with --shifts):\n"
             "  --shifts PATH              reuse shifts trained before (a shift file or a training output folder)\n"
@@ -71,24 +72,23 @@ static void usage(FILE *f) {
             "  --seed S                   seed of training, of the fresh noise (--no-inversion, --slerp: the\n"
             "                             same noise for every edit) and of the DDIM noise (default 42)\n"
             "output:\n"
-            "  -o, --output-dir DIR       output folder (created)\n"
+            "  -o, --output DIR           output folder (created; also --output-dir)\n"
             "  --report                   also sample the source prompt from seeded noise and print (stdout) the\n"
             "                             PSNR of that and of the reconstruction against the input, the VAE round\n"
             "                             trip's PSNR (the ceiling of a latent model), the reconstruction's against\n"
             "                             that round trip, and each edit's PSNR against the input\n"
             "  --force                    overwrite the outputs of an earlier run in OUT_DIR; apply --shifts made\n"
             "                             for another base model or whose two files were not written together\n"
-            "  --threads N                CPU threads (default: all cores)\n"
-            "  --quiet                    no progress bars\n"
+            "  --quiet                    no progress bars\n");
+    cli_common_help(f, CLI_THREADS | CLI_COMPUTE, NULL);
+    fprintf(f,
             "  -h, --help                 this help\n\n"
-            "The reconstruction's PSNR against the input (at --resolution) is always printed.\n",
-            MAX_EDITS);
+            "The reconstruction's PSNR against the input (at --resolution) is always printed.\n");
 }
 
 enum {
-    O_MODEL = 1000, O_TOKENIZER, O_IMAGE, O_PROMPT, O_EDIT, O_RES, O_SHIFTS, O_STEPS, O_LR, O_LR1D, O_FREEZE_TE,
-    O_SVD_CACHE, O_INVERT_PROMPT, O_NO_INV, O_SAMPLE_STEPS, O_CFG, O_ETA, O_SLERP, O_SEED, O_REPORT, O_FORCE,
-    O_THREADS, O_QUIET
+    O_IMAGE = 1000, O_PROMPT, O_EDIT, O_RES, O_SHIFTS, O_STEPS, O_LR, O_LR1D, O_FREEZE_TE,
+    O_SVD_CACHE, O_INVERT_PROMPT, O_NO_INV, O_SAMPLE_STEPS, O_CFG, O_ETA, O_SLERP, O_REPORT
 };
 
 typedef struct {
@@ -157,17 +157,13 @@ static int save_png(const image_t *img, const char *path, const char *params) {
 static int has_tab_or_newline(const char *s) { return strpbrk(s, "\t\r\n") != NULL; }
 
 int cmd_edit(int argc, char **argv) {
-    const char *model = NULL, *tokenizer = NULL, *image_path = NULL, *prompt = NULL, *out = NULL;
+    const char *image_path = NULL, *prompt = NULL;
     const char *shifts_path = NULL, *svd_cache = NULL;
     const char *edits[MAX_EDITS];
     int n_edits = 0, res = 0, steps = 500, sample_steps = 50, train_te = 1, invert_target = 1, no_inversion = 0;
-    int report = 0, force = 0, threads = 0, quiet = 0;
+    int report = 0;
     float lr = 1e-3f, lr_1d = 1e-6f, cfg = 3.0f, eta = 0.1f, slerp = 0.0f;
-    unsigned long long seed = 42;
-    model_open_options_t mo = {0};
     static const struct option opts[] = {
-        {"model", required_argument, 0, O_MODEL},
-        {"tokenizer", required_argument, 0, O_TOKENIZER},
         {"image", required_argument, 0, O_IMAGE},
         {"prompt", required_argument, 0, O_PROMPT},
         {"edit", required_argument, 0, O_EDIT},
@@ -186,20 +182,14 @@ int cmd_edit(int argc, char **argv) {
         {"cfg", required_argument, 0, O_CFG},
         {"eta", required_argument, 0, O_ETA},
         {"slerp", required_argument, 0, O_SLERP},
-        {"seed", required_argument, 0, O_SEED},
         {"report", no_argument, 0, O_REPORT},
-        {"force", no_argument, 0, O_FORCE},
-        {"threads", required_argument, 0, O_THREADS},
-        {"quiet", no_argument, 0, O_QUIET},
-        {"output-dir", required_argument, 0, 'o'},
-        {"help", no_argument, 0, 'h'},
-        CLI_MODEL_OPTIONS, {0, 0, 0, 0}};
-    optind = 1;
-    for (int o; (o = getopt_long(argc, argv, "o:h", opts, NULL)) != -1;) {
+        {0, 0, 0, 0}};
+    cli_common_t cm = {.seed = 42};
+    static cli_parser_t ps;
+    cli_parser_init(&ps, "edit", opts, CLI_ALL_COMMON, &cm);
+    for (int o; (o = cli_getopt(&ps, argc, argv)) != -1;) {
         int bad = 0;
         switch (o) {
-        case O_MODEL: model = optarg; break;
-        case O_TOKENIZER: tokenizer = optarg; break;
         case O_IMAGE: image_path = optarg; break;
         case O_PROMPT: prompt = optarg; break;
         case O_EDIT:
@@ -229,34 +219,17 @@ int cmd_edit(int argc, char **argv) {
         case O_CFG: bad = cli_parse_float("edit", "--cfg", optarg, 0, 100, &cfg); break;
         case O_ETA: bad = cli_parse_float("edit", "--eta", optarg, 0, 1, &eta); break;
         case O_SLERP: bad = cli_parse_float("edit", "--slerp", optarg, 0, 1, &slerp); break;
-        case O_SEED: {
-            char *end;
-            errno = 0;
-            seed = strtoull(optarg, &end, 10);
-            if (errno || *end || end == optarg || optarg[0] == '-') {
-                fprintf(stderr, "svdiff edit: --seed needs a non-negative integer, got '%s'\n", optarg);
-                bad = 1;
-            }
-            break;
-        }
         case O_REPORT: report = 1; break;
-        case O_FORCE: force = 1; break;
-        case O_THREADS: bad = cli_parse_int("edit", "--threads", optarg, 1, 1024, &threads); break;
-        case O_QUIET: quiet = 1; break;
-        case 'o': out = optarg; break;
         case 'h': usage(stdout); return 0;
-        case CLI_O_PREDICTION_TYPE:
-        case CLI_O_SCHEDULER_CONFIG:
-            if (cli_model_option("edit", o, optarg, &mo) < 0) return 2;
-            break;
+        case CLI_BAD: return 2;
         default: usage(stderr); return 2;
         }
         if (bad) return 2;
     }
-    if (optind < argc) {
-        fprintf(stderr, "svdiff edit: unexpected argument '%s'\n", argv[optind]);
-        return 2;
-    }
+    const char *model = cm.model, *tokenizer = cm.tokenizer, *out = cm.output;
+    const int force = cm.force, threads = cm.threads, quiet = cm.quiet;
+    const unsigned long long seed = cm.seed;
+    model_open_options_t mo = cm.mo;
     if (!model || !image_path || !prompt || !out) {
         fprintf(stderr, "svdiff edit: --model, --image, --prompt and -o are required (see --help)\n");
         return 2;
