@@ -157,11 +157,11 @@ static void list_options(const cli_parser_t *ps) {
 }
 
 void cli_parser_settings(cli_parser_t *ps, const setting_t *tab, size_t stride, int n, void *base,
-                         unsigned char *given) {
+                         const unsigned char *use, unsigned char *given) {
     ps->tab = tab, ps->stride = stride, ps->n_tab = n, ps->tab_base = base, ps->given = given;
     int k = count_opts(ps);
     for (int i = 0; i < n; i++)
-        add_setting(ps, &k, (const setting_t *)((const char *)tab + (size_t)i * stride), CODE_TABLE + 2 * i);
+        if (!use || use[i]) add_setting(ps, &k, (const setting_t *)((const char *)tab + (size_t)i * stride), CODE_TABLE + 2 * i);
 }
 
 static int common_option(cli_parser_t *ps, int i, const char *arg) {

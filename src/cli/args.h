@@ -68,9 +68,9 @@ typedef struct {
 /* verb_opts: the verb's own options ({0} terminated; codes below 0x7000). Resets getopt. */
 void cli_parser_init(cli_parser_t *ps, const char *verb, const struct option *verb_opts, unsigned common,
                      cli_common_t *cm);
-/* Adds the flags of a settings table (parsed into base). */
+/* Adds the flags of a settings table (parsed into base): the entries i with use[i] (use NULL: all). */
 void cli_parser_settings(cli_parser_t *ps, const setting_t *tab, size_t stride, int n, void *base,
-                         unsigned char *given);
+                         const unsigned char *use, unsigned char *given);
 /* The next of the verb's own options (getopt_long's code, optarg set), 'h' for -h/--help, '?' for
  * an unknown option or a missing value (getopt said which), CLI_BAD for a bad value, -1 at the end
  * (an argument left over is an error here: CLI_BAD). */

@@ -92,18 +92,19 @@ int train_cli(int argc, char **argv, int pretrain) {
     int n_samples = 0;
     const char *subjects[CUTMIX_MAX_SUBJECTS], *subject_classes[CUTMIX_MAX_SUBJECTS];   /* --subject (cutmix.h) */
     int n_subjects = 0, n_subject_classes = 0;
-    static const struct option opts[] = {
+    static const struct option opts[] = {   /* pretrain: from the third on */
         {"subject", required_argument, 0, O_SUBJECT},
         {"subject-class", required_argument, 0, O_SUBJECT_CLASS},
         {"sample-prompt", required_argument, 0, O_SAMPLE_PROMPT},
         {"validation-prompt", required_argument, 0, O_SAMPLE_PROMPT},
         {0, 0, 0, 0}};
     cli_common_t cm = {0};
-    unsigned char set[256] = {0};   /* given flags of the settings table */
+    unsigned char set[256] = {0}, use[256];   /* flags given; entries of this verb */
     SD_CHECK(n_train_settings <= (int)sizeof set, "settings table longer than %zu", sizeof set);
+    for (int i = 0; i < n_train_settings; i++) use[i] = !!(train_settings[i].verbs & (pretrain ? TS_PRETRAIN : TS_TRAIN));
     static cli_parser_t ps;
-    cli_parser_init(&ps, verb, opts, common, &cm);
-    cli_parser_settings(&ps, &train_settings[0].s, sizeof train_settings[0], n_train_settings, &c, set);
+    cli_parser_init(&ps, verb, pretrain ? opts + 2 : opts, common, &cm);
+    cli_parser_settings(&ps, &train_settings[0].s, sizeof train_settings[0], n_train_settings, &c, use, set);
     for (int o; (o = cli_getopt(&ps, argc, argv)) != -1;) {
         switch (o) {
         case O_SUBJECT:
@@ -133,20 +134,8 @@ int train_cli(int argc, char **argv, int pretrain) {
     c.threads = cm.threads, c.quiet = cm.quiet, c.force = cm.force;
     const int lr_given = given(set, "lr"), lora_flag = given(set, "lora_rank") || given(set, "lora_alpha");
     const int unmix_loss_given = given(set, "unmix_share");
-    if (pretrain && given(set, "mode")) {
-        fprintf(stderr, "svdiff pretrain: --mode belongs to `svdiff train` (pretrain trains every weight)\n");
-        return 2;
-    }
     if (pretrain && (!c.model || !c.data_tsv || !c.out_dir)) {
         fprintf(stderr, "svdiff pretrain: --model, --data and -o are required (see --help)\n");
-        return 2;
-    }
-    if (pretrain && (c.instance_dir || c.class_dir || c.flip)) {
-        fprintf(stderr, "svdiff pretrain: --instance-dir, --class-dir and --flip belong to `svdiff train`\n");
-        return 2;
-    }
-    if (!pretrain && (c.data_tsv || c.image_root)) {
-        fprintf(stderr, "svdiff train: --data and --image-root belong to `svdiff pretrain`\n");
         return 2;
     }
     if (!pretrain && (!c.model || (!c.instance_dir && !n_subjects) || !c.out_dir)) {
@@ -156,10 +145,6 @@ int train_cli(int argc, char **argv, int pretrain) {
     if (n_subject_classes && n_subject_classes != n_subjects) {
         fprintf(stderr, "svdiff %s: %d --subject-class for %d --subject: give one per subject, in the same order, or none\n",
                 verb, n_subject_classes, n_subjects);
-        return 2;
-    }
-    if (pretrain && n_subjects) {
-        fprintf(stderr, "svdiff pretrain: --subject belongs to `svdiff train`\n");
         return 2;
     }
     if (!n_subjects && (c.cutmix_prob >= 0 || c.cutmix_vertical || !c.cutmix_fit || c.prompt_template || c.unmix_layers ||

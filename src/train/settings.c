@@ -158,7 +158,7 @@ const train_setting_t train_settings[] = {
            .help = "centre crop (default: a random crop per image, from the seed; pretrain:\n"
                    "always centred)"},
      .section = TS_DATA,
-     .verbs = TS_TRAIN,
+     .verbs = BOTH,
      .def_pretrain = "1",
      .ck = CK_ALWAYS},
     {.s = {.name = "flip",
