@@ -25,6 +25,7 @@
 #include "pipeline/edit.h"
 #include "pipeline/pipeline.h"
 #include "shifts/shifts.h"
+#include "train/settings.h"
 #include "train/trainer.h"
 
 #define MAX_EDITS 64
@@ -47,16 +48,13 @@ static void usage(FILE *f) {
             "  --edit TEXT                the edited prompt (\"photo of a blue chair with black legs\"); repeat\n"
             "                             for several edits (at most %d)\n",
             MAX_EDITS);
+    train_settings_help(f, TS_DATA, TS_EDIT);   /* --resolution */
     fprintf(f,
-            "  --resolution N             working size in pixels (default: the model's sample_size x its VAE factor)\n"
-            "fine-tuning (skipped with --shifts):\n"
+            "fine-tuning (skipped with --shifts; the training settings `svdiff train` has too):\n"
             "  --shifts PATH              reuse shifts trained before (a shift file or a training output folder)\n"
-            "                             instead of fine-tuning; they are copied to OUT_DIR\n"
-            "  --steps N                  optimizer steps on the single image (default 500)\n"
-            "  --lr LR                    learning rate of the spectral shifts (default 1e-3)\n"
-            "  --lr-1d LR                 learning rate of the norm-gain shifts (default 1e-6)\n"
-            "  --freeze-text-encoder      do not train the text encoder's shifts (default: trained)\n"
-            "  --svd-cache DIR|none       SVD cache folder (default $SVDIFF_CACHE_DIR or ~/.cache/svdiff)\n"
+            "                             instead of fine-tuning; they are copied to OUT_DIR\n");
+    train_settings_help(f, TS_OPTIM, TS_EDIT);
+    fprintf(f,
             "inversion and sampling:\n"
             "  --invert-prompt WHICH      the prompt the DDIM inversion is conditioned on (guidance 1): target\n"
             "                             (default, as the method: each edit is inverted with its own prompt) or\n"
@@ -87,8 +85,8 @@ static void usage(FILE *f) {
 }
 
 enum {
-    O_IMAGE = 1000, O_PROMPT, O_EDIT, O_RES, O_SHIFTS, O_STEPS, O_LR, O_LR1D, O_FREEZE_TE,
-    O_SVD_CACHE, O_INVERT_PROMPT, O_NO_INV, O_SAMPLE_STEPS, O_CFG, O_ETA, O_SLERP, O_REPORT
+    O_IMAGE = 1000, O_PROMPT, O_EDIT, O_SHIFTS, O_INVERT_PROMPT, O_NO_INV, O_SAMPLE_STEPS, O_CFG, O_ETA, O_SLERP,
+    O_REPORT
 };
 
 typedef struct {
@@ -158,22 +156,23 @@ static int has_tab_or_newline(const char *s) { return strpbrk(s, "\t\r\n") != NU
 
 int cmd_edit(int argc, char **argv) {
     const char *image_path = NULL, *prompt = NULL;
-    const char *shifts_path = NULL, *svd_cache = NULL;
+    const char *shifts_path = NULL;
     const char *edits[MAX_EDITS];
-    int n_edits = 0, res = 0, steps = 500, sample_steps = 50, train_te = 1, invert_target = 1, no_inversion = 0;
+    int n_edits = 0, sample_steps = 50, invert_target = 1, no_inversion = 0;
     int report = 0;
-    float lr = 1e-3f, lr_1d = 1e-6f, cfg = 3.0f, eta = 0.1f, slerp = 0.0f;
+    float cfg = 3.0f, eta = 0.1f, slerp = 0.0f;
+    /* the fine-tuning's settings: train's table entries marked TS_EDIT (train/settings.h) */
+    train_config_t tc;
+    train_config_default(&tc);
+    tc.train_text_encoder = 1;   /* edit trains the text encoder's shifts too (--freeze-text-encoder) */
+    unsigned char use[256];
+    SD_CHECK(n_train_settings <= (int)sizeof use, "settings table longer than %zu", sizeof use);
+    for (int i = 0; i < n_train_settings; i++) use[i] = !!(train_settings[i].verbs & TS_EDIT);
     static const struct option opts[] = {
         {"image", required_argument, 0, O_IMAGE},
         {"prompt", required_argument, 0, O_PROMPT},
         {"edit", required_argument, 0, O_EDIT},
-        {"resolution", required_argument, 0, O_RES},
         {"shifts", required_argument, 0, O_SHIFTS},
-        {"steps", required_argument, 0, O_STEPS},
-        {"lr", required_argument, 0, O_LR},
-        {"lr-1d", required_argument, 0, O_LR1D},
-        {"freeze-text-encoder", no_argument, 0, O_FREEZE_TE},
-        {"svd-cache", required_argument, 0, O_SVD_CACHE},
         {"invert-prompt", required_argument, 0, O_INVERT_PROMPT},
         {"no-inversion", no_argument, 0, O_NO_INV},
         {"sample-steps", required_argument, 0, O_SAMPLE_STEPS},
@@ -187,6 +186,7 @@ int cmd_edit(int argc, char **argv) {
     cli_common_t cm = {.seed = 42};
     static cli_parser_t ps;
     cli_parser_init(&ps, "edit", opts, CLI_ALL_COMMON, &cm);
+    cli_parser_settings(&ps, &train_settings[0].s, sizeof train_settings[0], n_train_settings, &tc, use, NULL);
     for (int o; (o = cli_getopt(&ps, argc, argv)) != -1;) {
         int bad = 0;
         switch (o) {
@@ -200,13 +200,7 @@ int cmd_edit(int argc, char **argv) {
                 edits[n_edits++] = optarg;
             }
             break;
-        case O_RES: bad = cli_parse_int("edit", "--resolution", optarg, 8, 8192, &res); break;
         case O_SHIFTS: shifts_path = optarg; break;
-        case O_STEPS: bad = cli_parse_int("edit", "--steps", optarg, 1, 100000000, &steps); break;
-        case O_LR: bad = cli_parse_float("edit", "--lr", optarg, 0, 1e3f, &lr); break;
-        case O_LR1D: bad = cli_parse_float("edit", "--lr-1d", optarg, 0, 1e3f, &lr_1d); break;
-        case O_FREEZE_TE: train_te = 0; break;
-        case O_SVD_CACHE: svd_cache = optarg; break;
         case O_INVERT_PROMPT:
             if (!strcmp(optarg, "source") || !strcmp(optarg, "target")) invert_target = optarg[0] == 't';
             else {
@@ -230,6 +224,7 @@ int cmd_edit(int argc, char **argv) {
     const int force = cm.force, threads = cm.threads, quiet = cm.quiet;
     const unsigned long long seed = cm.seed;
     model_open_options_t mo = cm.mo;
+    int res = tc.resolution;   /* 0: the model's native size, once it is open */
     if (!model || !image_path || !prompt || !out) {
         fprintf(stderr, "svdiff edit: --model, --image, --prompt and -o are required (see --help)\n");
         return 2;
@@ -268,8 +263,8 @@ int cmd_edit(int argc, char **argv) {
         return 1;
     }
     char cache_dir[PATH_MAX];
-    if (!svd_cache) svd_cache_default_dir(cache_dir, sizeof cache_dir);
-    else snprintf(cache_dir, sizeof cache_dir, "%s", strcmp(svd_cache, "none") ? svd_cache : "");
+    if (!tc.svd_cache_dir) svd_cache_default_dir(cache_dir, sizeof cache_dir);
+    else snprintf(cache_dir, sizeof cache_dir, "%s", tc.svd_cache_dir);   /* "": --svd-cache none */
 
     pipeline_t p;
     mo.tokenizer_dir = tokenizer;
@@ -328,21 +323,18 @@ int cmd_edit(int argc, char **argv) {
         }
         static char tsv_path[PATH_MAX + 64];
         snprintf(tsv_path, sizeof tsv_path, "%s", path);
-        train_config_t c;
-        train_config_default(&c);
+        train_config_t c = tc;
         c.model = model, c.tokenizer = tokenizer;
         c.prediction_type = mo.prediction_type, c.scheduler_config = mo.scheduler_config;
         c.data_tsv = tsv_path;
         c.resolution = res;
         c.center_crop = 1, c.flip = 0;
-        c.steps = steps, c.lr = lr, c.lr_1d = lr_1d;
-        c.train_text_encoder = train_te;
         c.seed = seed, c.threads = threads;
         c.out_dir = out;
         c.svd_cache_dir = cache_dir;
         c.force = force;
         c.quiet = quiet;
-        fprintf(stderr, "fine-tuning spectral shifts on %s (\"%s\"), %d steps at %d px\n", image_path, prompt, steps, res);
+        fprintf(stderr, "fine-tuning spectral shifts on %s (\"%s\"), %d steps at %d px\n", image_path, prompt, c.steps, res);
         trainer_t t;
         rc = trainer_open(&t, &c);
         if (!rc) rc = trainer_run(&t);

@@ -1,7 +1,8 @@
 /* The training settings of `svdiff train` and `svdiff pretrain`, one table entry each (base/setting.h:
  * name, type, field of train_config_t, default, flag(s), help) plus what this file adds: the --help
  * section, the verbs that document it, pretrain's default, and when the checkpoint's config records it.
- * The one entry drives train_config_default, the CLI's parsing and --help (cli/train.c), and the
+ * The one entry drives train_config_default, the CLI's parsing and --help (cli/train.c; cli/edit.c
+ * for the entries edit's fine-tuning shares), and the
  * checkpoint's "config" JSON (train_settings_json; checkpoint.c compares it on --resume and names
  * the first setting that differs). Adding a setting = adding its field to train_config_t and one entry.
  *
@@ -16,7 +17,7 @@
 #include "train/trainer.h"
 
 enum { TS_DATA, TS_SUBJECTS, TS_OPTIM, TS_OUTPUT, TS_N_SECTIONS };   /* --help sections */
-enum { TS_TRAIN = 1, TS_PRETRAIN = 2 };                                /* verbs that document it */
+enum { TS_TRAIN = 1, TS_PRETRAIN = 2, TS_EDIT = 4 };                   /* verbs that take it */
 typedef enum {
     CK_NO,        /* not recorded */
     CK_ALWAYS,
@@ -45,7 +46,7 @@ extern const int n_train_settings;
 
 /* The defaults of `svdiff train` (train_config_default, trainer.h) and of `svdiff pretrain`. */
 void pretrain_config_default(train_config_t *c);
-/* The --help lines of one section for a verb (TS_TRAIN / TS_PRETRAIN). */
+/* The --help lines of one section for a verb (TS_TRAIN / TS_PRETRAIN / TS_EDIT). */
 void train_settings_help(FILE *f, int section, int verb);
 /* The checkpoint's "config": every recorded entry in table order (unformatted JSON, malloc'ed). */
 char *train_settings_json(const train_config_t *c, const train_facts_t *facts);
