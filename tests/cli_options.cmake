@@ -2,7 +2,7 @@
 # training settings table (src/train/settings.c) seen from the command line.
 #   cmake -DSVDIFF=<svdiff> -DSRC=<source dir> -DWORK=<scratch dir> -DCASE=<case> -P this
 # Cases:
-#   help        for every verb that parses through cli_getopt: each long option it accepts (listed by
+#   help        for every verb with options (all parse through cli_getopt): each long option it accepts (listed by
 #               the test hook SVDIFF_TEST_LIST_OPTIONS=1) is named in its --help; the verbs that open
 #               a model all take the same model options, and the shared ones are spelled alike
 #   quiet       generate --quiet prints no progress lines and writes the same PNG bytes
@@ -45,6 +45,14 @@ function(names text flag what)
 endfunction()
 
 if(CASE STREQUAL "help")
+  foreach(verb init convert-model grid tokenizer-train tokenize selfcheck "shifts;info")
+    options("${verb}" opts)
+    list(GET verb 0 v)
+    run(0 ${v} --help)
+    foreach(o ${opts})
+      names("${run_out}" ${o} "svdiff ${v} --help")
+    endforeach()
+  endforeach()
   set(model_verbs generate train pretrain edit eval attention-leakage info)
   foreach(verb ${model_verbs})
     options(${verb} opts)

@@ -190,7 +190,7 @@ int cli_getopt(cli_parser_t *ps, int argc, char **argv) {
     for (;;) {
         const int c = getopt_long(argc, argv, ps->shortopts, ps->opts, NULL);
         if (c == -1) {
-            if (optind < argc) {
+            if (optind < argc && !ps->operands) {
                 fprintf(stderr, "svdiff %s: unexpected argument '%s'\n", ps->verb, argv[optind]);
                 return CLI_BAD;
             }

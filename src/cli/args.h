@@ -61,6 +61,7 @@ typedef struct {
     int n_tab;
     void *tab_base;
     unsigned char *given;   /* [n_tab]: 1 once the entry's flag was seen (may be NULL) */
+    int operands;           /* the verb takes arguments after the options (set after init) */
     char shortopts[8];
     struct option opts[CLI_MAX_OPTIONS];
 } cli_parser_t;
@@ -73,7 +74,7 @@ void cli_parser_settings(cli_parser_t *ps, const setting_t *tab, size_t stride, 
                          const unsigned char *use, unsigned char *given);
 /* The next of the verb's own options (getopt_long's code, optarg set), 'h' for -h/--help, '?' for
  * an unknown option or a missing value (getopt said which), CLI_BAD for a bad value, -1 at the end
- * (an argument left over is an error here: CLI_BAD). */
+ * (an argument left over is an error here, CLI_BAD, unless ps->operands: then argv[optind...]). */
 int cli_getopt(cli_parser_t *ps, int argc, char **argv);
 /* The help lines of the shared options in `common` (seed_default: the verb's, shown as the default). */
 void cli_common_help(FILE *f, unsigned common, const char *seed_default);
