@@ -27,31 +27,31 @@ static void usage(FILE *f) {
             "regulariser that merely lowers it everywhere leaves the leakage share where it was.\n\n");
     cli_common_help(f, CLI_MODEL | CLI_TOKENIZER | CLI_MODEL_OPTS, NULL);
     fprintf(f,
-            "  --shifts PATH[:SCALE]  spectral shifts to apply (repeatable), as in `svdiff generate`\n"
-            "  --prompt TEXT          e.g. \"a photo of sks cat on the left and hta monkey on the right\"\n"
-            "  --negative-prompt TEXT the unconditional branch's prompt (default empty)\n"
-            "  --token-a PHRASE       the first subject's identifier phrase, as it appears in the prompt\n"
-            "  --token-b PHRASE       the second subject's\n"
-            "  --vertical             A owns the top half, B the bottom\n"
-            "  --layers L             cross-attention layers: all (default), latent resolutions (\"16,8\") or\n"
-            "                         module path patterns (\"up_blocks.*\"), as train --unmix-layers\n"
-            "  --seeds N              images to average over, seeds SEED .. SEED+N-1 (default 4)\n"
-            "  --seed S               first seed (default 42)\n"
-            "  --steps N              sampler steps (default 20); --cfg G guidance (default 7.5)\n"
-            "  --sampler NAME         ddim (default), euler, euler_a, dpmpp_2m\n"
-            "  --width W, --height H  pixels (default: the model's sample size)\n"
-            "  --svd-cache DIR|none   SVD cache for --shifts; --force applies shifts of another base model\n"
-            "  --json                 print one JSON object instead of text\n"
+            "  --shifts PATH[:SCALE]      spectral shifts to apply (repeatable), as in `svdiff generate`\n"
+            "  --prompt TEXT              e.g. \"a photo of sks cat on the left and hta monkey on the right\"\n"
+            "  --negative-prompt TEXT     the unconditional branch's prompt (default empty)\n"
+            "  --token-a PHRASE           the first subject's identifier phrase, as it appears in the prompt\n"
+            "  --token-b PHRASE           the second subject's\n"
+            "  --vertical                 A owns the top half, B the bottom\n"
+            "  --layers L                 cross-attention layers: all (default), latent resolutions (\"16,8\") or\n"
+            "                             module path patterns (\"up_blocks.*\"), as train --unmix-layers\n"
+            "  --seeds N                  images to average over, seeds SEED .. SEED+N-1 (default 4)\n"
+            "  --seed S                   first seed (default 42)\n"
+            "  --steps N                  sampler steps (default 20); --cfg G guidance (default 7.5)\n"
+            "  --sampler NAME             ddim (default), euler, euler_a, dpmpp_2m\n"
+            "  --width W, --height H      pixels (default: the model's sample size)\n"
+            "  --svd-cache DIR|none       SVD cache for --shifts; --force applies shifts of another base model\n"
+            "  --json                     print one JSON object instead of text\n"
             "known layouts instead of samples (teacher forcing; --steps, --cfg, --sampler, --seeds unused):\n"
-            "  --images-a DIR         images of subject A; with --images-b, every pair is composed as Cut-Mix\n"
-            "  --images-b DIR         does (A in the left / top half), noised to each --timesteps value with\n"
-            "                         fixed noise (--seed) and denoised once with --prompt: the halves are where\n"
-            "                         the subjects really are, so the share measures localisation alone\n"
-            "  --timesteps LIST       comma-separated (default 100,300,500,700,900)\n"
-            "  --resolution N         composite size in pixels (default: the model's sample size)\n"
-            "  --cutmix-crop          scale each image to cover its half and crop (default: fit, as train)\n"
-            "  -h, --help             this help\n");
+            "  --images-a DIR             images of subject A; with --images-b, every pair is composed as Cut-Mix\n"
+            "  --images-b DIR             does (A in the left / top half), noised to each --timesteps value with\n"
+            "                             fixed noise (--seed) and denoised once with --prompt: the halves are where\n"
+            "                             the subjects really are, so the share measures localisation alone\n"
+            "  --timesteps LIST           comma-separated (default 100,300,500,700,900)\n"
+            "  --resolution N             composite size in pixels (default: the model's sample size)\n"
+            "  --cutmix-crop              scale each image to cover its half and crop (default: fit, as train)\n");
     cli_common_help(f, CLI_THREADS | CLI_COMPUTE, NULL);
+    fprintf(f, "  -h, --help                 this help\n");
 }
 
 /* Loads every image of dir_a and dir_b and runs attention_leakage_images on all their pairs. */

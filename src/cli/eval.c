@@ -24,22 +24,22 @@ static void usage(FILE *f) {
             "same model with shifts trained on other images of the subject.\n\n");
     cli_common_help(f, CLI_MODEL | CLI_TOKENIZER | CLI_MODEL_OPTS, NULL);
     fprintf(f,
-            "  --images DIR            images (PNG or JPEG); NAME.txt next to NAME.png replaces --prompt for it\n"
-            "  --prompt TEXT           the prompt the images are conditioned on\n"
-            "  --shifts PATH[:SCALE]   apply spectral shifts (file or training folder; repeatable, they add up)\n"
-            "  --delta PATH[:SCALE]    add a weight delta (`train --mode full --save-delta`; repeatable)\n"
-            "  --lora PATH[:SCALE]     merge a LoRA (`train --mode lora`; repeatable)\n"
-            "  --force                 accept shift, delta or LoRA files made for another base model, and a\n"
-            "                          folder's two shift or delta files that were not written together\n"
-            "  --svd-cache DIR         cache of the base model's SVD factors (default as `svdiff generate`)\n"
-            "  --timesteps LIST        comma-separated timesteps (default: --num-timesteps evenly spread)\n"
-            "  --num-timesteps N       timesteps (j + 0.5) T / N for j < N (default 10)\n"
-            "  --noise-draws K         noise draws per image and timestep (default 4)\n"
-            "  --seed S                seed of the noise (default 0)\n"
-            "  --resolution N          pixels; images are resized and centre-cropped (default: the model's size)\n"
-            "  --json                  print {\"loss\": mean, \"per_timestep\": {...}} instead of text\n"
-            "  -h, --help              this text\n");
+            "  --images DIR               images (PNG or JPEG); NAME.txt next to NAME.png replaces --prompt for it\n"
+            "  --prompt TEXT              the prompt the images are conditioned on\n"
+            "  --shifts PATH[:SCALE]      apply spectral shifts (file or training folder; repeatable, they add up)\n"
+            "  --delta PATH[:SCALE]       add a weight delta (`train --mode full --save-delta`; repeatable)\n"
+            "  --lora PATH[:SCALE]        merge a LoRA (`train --mode lora`; repeatable)\n"
+            "  --force                    accept shift, delta or LoRA files made for another base model, and a\n"
+            "                             folder's two shift or delta files that were not written together\n"
+            "  --svd-cache DIR            cache of the base model's SVD factors (default as `svdiff generate`)\n"
+            "  --timesteps LIST           comma-separated timesteps (default: --num-timesteps evenly spread)\n"
+            "  --num-timesteps N          timesteps (j + 0.5) T / N for j < N (default 10)\n"
+            "  --noise-draws K            noise draws per image and timestep (default 4)\n"
+            "  --seed S                   seed of the noise (default 0)\n"
+            "  --resolution N             pixels; images are resized and centre-cropped (default: the model's size)\n"
+            "  --json                     print {\"loss\": mean, \"per_timestep\": {...}} instead of text\n");
     cli_common_help(f, CLI_THREADS | CLI_COMPUTE, NULL);
+    fprintf(f, "  -h, --help                 this text\n");
 }
 
 enum { MAX_T = 1000, MAX_SHIFTS = 32 };
