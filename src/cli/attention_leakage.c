@@ -25,34 +25,34 @@ static void usage(FILE *f) {
             "seed) that falls in the OTHER subject's half: PHRASE A belongs to the left (top) half, B to the\n"
             "right (bottom). 0.5 is no spatial preference; lower means less leakage between the subjects.\n"
             "Also prints each phrase's token mass (its mean attention probability per position and head): a\n"
-            "regulariser that merely lowers it everywhere leaves the leakage share where it was.\n\n"
-            "  --model PATH           diffusers folder or single-file checkpoint (--tokenizer DIR for single files)\n"
-            CLI_MODEL_HELP
-            "  --shifts PATH[:SCALE]  spectral shifts to apply (repeatable), as in `svdiff generate`\n"
-            "  --prompt TEXT          e.g. \"a photo of sks cat on the left and hta monkey on the right\"\n"
-            "  --negative-prompt TEXT the unconditional branch's prompt (default empty)\n"
-            "  --token-a PHRASE       the first subject's identifier phrase, as it appears in the prompt\n"
-            "  --token-b PHRASE       the second subject's\n"
-            "  --vertical             A owns the top half, B the bottom\n"
-            "  --layers L             cross-attention layers: all (default), latent resolutions (\"16,8\") or\n"
-            "                         module path patterns (\"up_blocks.*\"), as train --unmix-layers\n"
-            "  --seeds N              images to average over, seeds SEED .. SEED+N-1 (default 4)\n"
-            "  --seed S               first seed (default 42)\n"
-            "  --steps N              sampler steps (default 20); --cfg G guidance (default 7.5)\n"
-            "  --sampler NAME         ddim (default), euler, euler_a, dpmpp_2m\n"
-            "  --width W, --height H  pixels (default: the model's sample size)\n"
-            "  --svd-cache DIR|none   SVD cache for --shifts; --force applies shifts of another base model\n"
-            "  --threads N            CPU threads\n"
-            "  --json                 print one JSON object instead of text\n"
+            "regulariser that merely lowers it everywhere leaves the leakage share where it was.\n\n");
+    cli_common_help(f, CLI_MODEL | CLI_TOKENIZER | CLI_MODEL_OPTS, NULL);
+    fprintf(f,
+            "  --shifts PATH[:SCALE]      spectral shifts to apply (repeatable), as in `svdiff generate`\n"
+            "  --prompt TEXT              e.g. \"a photo of sks cat on the left and hta monkey on the right\"\n"
+            "  --negative-prompt TEXT     the unconditional branch's prompt (default empty)\n"
+            "  --token-a PHRASE           the first subject's identifier phrase, as it appears in the prompt\n"
+            "  --token-b PHRASE           the second subject's\n"
+            "  --vertical                 A owns the top half, B the bottom\n"
+            "  --layers L                 cross-attention layers: all (default), latent resolutions (\"16,8\") or\n"
+            "                             module path patterns (\"up_blocks.*\"), as train --unmix-layers\n"
+            "  --seeds N                  images to average over, seeds SEED .. SEED+N-1 (default 4)\n"
+            "  --seed S                   first seed (default 42)\n"
+            "  --steps N                  sampler steps (default 20); --cfg G guidance (default 7.5)\n"
+            "  --sampler NAME             ddim (default), euler, euler_a, dpmpp_2m\n"
+            "  --width W, --height H      pixels (default: the model's sample size)\n"
+            "  --svd-cache DIR|none       SVD cache for --shifts; --force applies shifts of another base model\n"
+            "  --json                     print one JSON object instead of text\n"
             "known layouts instead of samples (teacher forcing; --steps, --cfg, --sampler, --seeds unused):\n"
-            "  --images-a DIR         images of subject A; with --images-b, every pair is composed as Cut-Mix\n"
-            "  --images-b DIR         does (A in the left / top half), noised to each --timesteps value with\n"
-            "                         fixed noise (--seed) and denoised once with --prompt: the halves are where\n"
-            "                         the subjects really are, so the share measures localisation alone\n"
-            "  --timesteps LIST       comma-separated (default 100,300,500,700,900)\n"
-            "  --resolution N         composite size in pixels (default: the model's sample size)\n"
-            "  --cutmix-crop          scale each image to cover its half and crop (default: fit, as train)\n"
-            "  -h, --help             this help\n");
+            "  --images-a DIR             images of subject A; with --images-b, every pair is composed as Cut-Mix\n"
+            "  --images-b DIR             does (A in the left / top half), noised to each --timesteps value with\n"
+            "                             fixed noise (--seed) and denoised once with --prompt: the halves are where\n"
+            "                             the subjects really are, so the share measures localisation alone\n"
+            "  --timesteps LIST           comma-separated (default 100,300,500,700,900)\n"
+            "  --resolution N             composite size in pixels (default: the model's sample size)\n"
+            "  --cutmix-crop              scale each image to cover its half and crop (default: fit, as train)\n");
+    cli_common_help(f, CLI_THREADS | CLI_COMPUTE, NULL);
+    fprintf(f, "  -h, --help                 this help\n");
 }
 
 /* Loads every image of dir_a and dir_b and runs attention_leakage_images on all their pairs. */
@@ -78,40 +78,38 @@ static int leakage_on_images(pipeline_t *p, const char *prompt, const char *ta, 
 }
 
 int cmd_attention_leakage(int argc, char **argv) {
-    const char *model = NULL, *tokenizer = NULL, *prompt = NULL, *negative = NULL, *ta = NULL, *tb = NULL;
+    const char *prompt = NULL, *negative = NULL, *ta = NULL, *tb = NULL;
     const char *layers = NULL, *sampler_name = "ddim", *svd_cache_dir = NULL;
-    int vertical = 0, seeds = 4, steps = 20, width = 0, height = 0, threads = 0, force = 0, json = 0;
+    int vertical = 0, seeds = 4, steps = 20, width = 0, height = 0, json = 0;
     const char *dir_a = NULL, *dir_b = NULL, *timesteps_arg = "100,300,500,700,900";
     int resolution = 0, fit = 1;
     float cfg = 7.5f;
-    unsigned long long seed = 42;
     enum { MAX_SHIFTS = 16 };
     pipeline_shift_t shifts[MAX_SHIFTS];
     static char shift_paths[MAX_SHIFTS][4096];
     int n_shifts = 0;
-    model_open_options_t mo = {0};
     static const struct option opts[] = {
-        {"model", required_argument, 0, 'm'},    {"tokenizer", required_argument, 0, 'T'},
         {"prompt", required_argument, 0, 'p'},   {"negative-prompt", required_argument, 0, 'n'},
         {"token-a", required_argument, 0, 'a'},  {"token-b", required_argument, 0, 'b'},
         {"vertical", no_argument, 0, 'v'},       {"layers", required_argument, 0, 'L'},
-        {"seeds", required_argument, 0, 'N'},    {"seed", required_argument, 0, 'r'},
+        {"seeds", required_argument, 0, 'N'},
         {"steps", required_argument, 0, 's'},    {"cfg", required_argument, 0, 'g'},
         {"sampler", required_argument, 0, 'S'},  {"width", required_argument, 0, 'W'},
         {"height", required_argument, 0, 'H'},   {"shifts", required_argument, 0, 'x'},
-        {"svd-cache", required_argument, 0, 'C'}, {"force", no_argument, 0, 'F'},
-        {"threads", required_argument, 0, 't'},  {"json", no_argument, 0, 'j'},
+        {"svd-cache", required_argument, 0, 'C'},
+        {"json", no_argument, 0, 'j'},
         {"images-a", required_argument, 0, 'A'}, {"images-b", required_argument, 0, 'B'},
         {"timesteps", required_argument, 0, 'P'}, {"resolution", required_argument, 0, 'R'},
         {"cutmix-crop", no_argument, 0, 'c'},
-        {"help", no_argument, 0, 'h'},           CLI_MODEL_OPTIONS, {0, 0, 0, 0}};
+        {0, 0, 0, 0}};
     const char *verb = "attention-leakage";
-    optind = 1;
-    for (int c; (c = getopt_long(argc, argv, "h", opts, NULL)) != -1;) {
+    cli_common_t cm = {.seed = 42};
+    static cli_parser_t ps;
+    cli_parser_init(&ps, verb, opts, CLI_MODEL | CLI_TOKENIZER | CLI_MODEL_OPTS | CLI_SEED | CLI_THREADS | CLI_FORCE |
+                    CLI_COMPUTE, &cm);
+    for (int c; (c = cli_getopt(&ps, argc, argv)) != -1;) {
         int bad = 0;
         switch (c) {
-        case 'm': model = optarg; break;
-        case 'T': tokenizer = optarg; break;
         case 'p': prompt = optarg; break;
         case 'n': negative = optarg; break;
         case 'a': ta = optarg; break;
@@ -119,16 +117,6 @@ int cmd_attention_leakage(int argc, char **argv) {
         case 'v': vertical = 1; break;
         case 'L': layers = optarg; break;
         case 'N': bad = cli_parse_int(verb, "--seeds", optarg, 1, 10000, &seeds); break;
-        case 'r': {
-            char *end;
-            errno = 0;
-            seed = strtoull(optarg, &end, 10);
-            if (errno || *end || end == optarg || optarg[0] == '-') {
-                fprintf(stderr, "svdiff %s: --seed needs a non-negative integer, got '%s'\n", verb, optarg);
-                bad = 1;
-            }
-            break;
-        }
         case 's': bad = cli_parse_int(verb, "--steps", optarg, 1, 1000, &steps); break;
         case 'g': bad = cli_parse_float(verb, "--cfg", optarg, -FLT_MAX, FLT_MAX, &cfg); break;
         case 'S': sampler_name = optarg; break;
@@ -136,8 +124,6 @@ int cmd_attention_leakage(int argc, char **argv) {
         case 'H': bad = cli_parse_int(verb, "--height", optarg, 8, 8192, &height); break;
         case 'x': bad = cli_add_file_spec(verb, "--shifts", optarg, shifts, shift_paths, MAX_SHIFTS, &n_shifts); break;
         case 'C': svd_cache_dir = optarg; break;
-        case 'F': force = 1; break;
-        case 't': bad = cli_parse_int(verb, "--threads", optarg, 1, 1024, &threads); break;
         case 'j': json = 1; break;
         case 'A': dir_a = optarg; break;
         case 'B': dir_b = optarg; break;
@@ -145,18 +131,15 @@ int cmd_attention_leakage(int argc, char **argv) {
         case 'R': bad = cli_parse_int(verb, "--resolution", optarg, 8, 8192, &resolution); break;
         case 'c': fit = 0; break;
         case 'h': usage(stdout); return 0;
-        case CLI_O_PREDICTION_TYPE:
-        case CLI_O_SCHEDULER_CONFIG:
-            if (cli_model_option("attention-leakage", c, optarg, &mo) < 0) return 2;
-            break;
+        case CLI_BAD: return 2;
         default: usage(stderr); return 2;
         }
         if (bad) return 2;
     }
-    if (optind < argc) {
-        fprintf(stderr, "svdiff %s: unexpected argument '%s'\n", verb, argv[optind]);
-        return 2;
-    }
+    const char *model = cm.model;
+    const int threads = cm.threads, force = cm.force;
+    const unsigned long long seed = cm.seed;
+    model_open_options_t mo = cm.mo;
     if (!model || !prompt || !ta || !tb) {
         fprintf(stderr, "svdiff %s: --model, --prompt, --token-a and --token-b are required (see --help)\n", verb);
         return 2;
@@ -185,7 +168,6 @@ int cmd_attention_leakage(int argc, char **argv) {
     }
     sd_set_threads(threads);
     pipeline_t p;
-    mo.tokenizer_dir = tokenizer;
     if (pipeline_open_model(&p, model, &mo)) {
         fprintf(stderr, "svdiff %s: %s\n", verb, sd_last_error());
         return 1;

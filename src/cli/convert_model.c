@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "base/error.h"
+#include "cli/args.h"
 #include "cli/commands.h"
 #include "io/ckpt.h"
 #include "io/safetensors.h"
@@ -19,20 +20,22 @@ static void usage(FILE *f) {
             "out). The pickle is read by a restricted reader that never runs code: a file that names code\n"
             "to run (os.system, eval, ...) is refused. The output is written atomically.\n\n"
             "options:\n"
-            "  -o, --output FILE   the safetensors file to write (must end in .safetensors)\n"
+            "  -o, --output FILE   the safetensors file to write (must end in .safetensors;\n"
+            "                      also --output-dir)\n"
             "  -h, --help          show this help\n");
 }
 
 int cmd_convert_model(int argc, char **argv) {
-    static const struct option opts[] = {
-        {"output", required_argument, 0, 'o'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
-    const char *out = NULL;
-    optind = 1;
-    for (int c; (c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1;) {
-        if (c == 'o') out = optarg;
-        else if (c == 'h') return usage(stdout), 0;
-        else return usage(stderr), 2;
+    cli_common_t cm = {0};
+    static cli_parser_t ps;
+    cli_parser_init(&ps, "convert-model", NULL, CLI_OUTPUT, &cm);
+    ps.operands = 1;
+    for (int c; (c = cli_getopt(&ps, argc, argv)) != -1;) {
+        if (c == 'h') return usage(stdout), 0;
+        if (c != CLI_BAD) usage(stderr);
+        return 2;
     }
+    const char *out = cm.output;
     if (argc - optind != 1 || !out) {
         fprintf(stderr, "svdiff convert-model: give one IN checkpoint and -o OUT.safetensors (see --help)\n");
         return 2;

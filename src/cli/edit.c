@@ -25,6 +25,7 @@
 #include "pipeline/edit.h"
 #include "pipeline/pipeline.h"
 #include "shifts/shifts.h"
+#include "train/settings.h"
 #include "train/trainer.h"
 
 #define MAX_EDITS 64
@@ -38,24 +39,22 @@ static void usage(FILE *f) {
             "OUT_DIR/reconstruction.png (the source prompt sampled back from the inversion with eta 0 and\n"
             "guidance 1: it should look like the input), OUT_DIR/grid.png (input, reconstruction, edits from\n"
             "left to right) and the shifts (OUT_DIR/spectral_shifts.safetensors [+ _te], as `svdiff train`).\n\n"
-            "input:\n"
-            "  --model PATH               diffusers model folder or single-file .safetensors checkpoint\n"
-            "  --tokenizer DIR            CLIP tokenizer folder (needed for single files)\n"
-            CLI_MODEL_HELP
+            "input:\n");
+    cli_common_help(f, CLI_MODEL | CLI_TOKENIZER | CLI_MODEL_OPTS, NULL);
+    fprintf(f,
             "  --image IMG                the image to edit (PNG or JPEG); resized so its shorter side is\n"
             "                             --resolution, then centre-cropped to a square\n"
             "  --prompt TEXT              what the image shows, plainly (\"photo of a pink chair with black legs\")\n"
             "  --edit TEXT                the edited prompt (\"photo of a blue chair with black legs\"); repeat\n"
-            "                             for several edits (at most %d)\n"
-            "  --resolution N             working size in pixels (default: the model's sample_size x its VAE factor)\n"
-            "fine-tuning (skipped with --shifts):\n"
+            "                             for several edits (at most %d)\n",
+            MAX_EDITS);
+    train_settings_help(f, TS_DATA, TS_EDIT);   /* --resolution */
+    fprintf(f,
+            "fine-tuning (skipped with --shifts; the training settings `svdiff train` has too):\n"
             "  --shifts PATH              reuse shifts trained before (a shift file or a training output folder)\n"
-            "                             instead of fine-tuning; they are copied to OUT_DIR\n"
-            "  --steps N                  optimizer steps on the single image (default 500)\n"
-            "  --lr LR                    learning rate of the spectral shifts (default 1e-3)\n"
-            "  --lr-1d LR                 learning rate of the norm-gain shifts (default 1e-6)\n"
-            "  --freeze-text-encoder      do not train the text encoder's shifts (default: trained)\n"
-            "  --svd-cache DIR|none       SVD cache folder (default $SVDIFF_CACHE_DIR or ~/.cache/svdiff)\n"
+            "                             instead of fine-tuning; they are copied to OUT_DIR\n");
+    train_settings_help(f, TS_OPTIM, TS_EDIT);
+    fprintf(f,
             "inversion and sampling:\n"
             "  --invert-prompt WHICH      the prompt the DDIM inversion is conditioned on (guidance 1): target\n"
             "                             (default, as the method: each edit is inverted with its own prompt) or\n"
@@ -71,24 +70,23 @@ static void usage(FILE *f) {
             "  --seed S                   seed of training, of the fresh noise (--no-inversion, --slerp: the\n"
             "                             same noise for every edit) and of the DDIM noise (default 42)\n"
             "output:\n"
-            "  -o, --output-dir DIR       output folder (created)\n"
+            "  -o, --output DIR           output folder (created; also --output-dir)\n"
             "  --report                   also sample the source prompt from seeded noise and print (stdout) the\n"
             "                             PSNR of that and of the reconstruction against the input, the VAE round\n"
             "                             trip's PSNR (the ceiling of a latent model), the reconstruction's against\n"
             "                             that round trip, and each edit's PSNR against the input\n"
             "  --force                    overwrite the outputs of an earlier run in OUT_DIR; apply --shifts made\n"
             "                             for another base model or whose two files were not written together\n"
-            "  --threads N                CPU threads (default: all cores)\n"
-            "  --quiet                    no progress bars\n"
+            "  --quiet                    no progress bars\n");
+    cli_common_help(f, CLI_THREADS | CLI_COMPUTE, NULL);
+    fprintf(f,
             "  -h, --help                 this help\n\n"
-            "The reconstruction's PSNR against the input (at --resolution) is always printed.\n",
-            MAX_EDITS);
+            "The reconstruction's PSNR against the input (at --resolution) is always printed.\n");
 }
 
 enum {
-    O_MODEL = 1000, O_TOKENIZER, O_IMAGE, O_PROMPT, O_EDIT, O_RES, O_SHIFTS, O_STEPS, O_LR, O_LR1D, O_FREEZE_TE,
-    O_SVD_CACHE, O_INVERT_PROMPT, O_NO_INV, O_SAMPLE_STEPS, O_CFG, O_ETA, O_SLERP, O_SEED, O_REPORT, O_FORCE,
-    O_THREADS, O_QUIET
+    O_IMAGE = 1000, O_PROMPT, O_EDIT, O_SHIFTS, O_INVERT_PROMPT, O_NO_INV, O_SAMPLE_STEPS, O_CFG, O_ETA, O_SLERP,
+    O_REPORT
 };
 
 typedef struct {
@@ -157,27 +155,24 @@ static int save_png(const image_t *img, const char *path, const char *params) {
 static int has_tab_or_newline(const char *s) { return strpbrk(s, "\t\r\n") != NULL; }
 
 int cmd_edit(int argc, char **argv) {
-    const char *model = NULL, *tokenizer = NULL, *image_path = NULL, *prompt = NULL, *out = NULL;
-    const char *shifts_path = NULL, *svd_cache = NULL;
+    const char *image_path = NULL, *prompt = NULL;
+    const char *shifts_path = NULL;
     const char *edits[MAX_EDITS];
-    int n_edits = 0, res = 0, steps = 500, sample_steps = 50, train_te = 1, invert_target = 1, no_inversion = 0;
-    int report = 0, force = 0, threads = 0, quiet = 0;
-    float lr = 1e-3f, lr_1d = 1e-6f, cfg = 3.0f, eta = 0.1f, slerp = 0.0f;
-    unsigned long long seed = 42;
-    model_open_options_t mo = {0};
+    int n_edits = 0, sample_steps = 50, invert_target = 1, no_inversion = 0;
+    int report = 0;
+    float cfg = 3.0f, eta = 0.1f, slerp = 0.0f;
+    /* the fine-tuning's settings: train's table entries marked TS_EDIT (train/settings.h) */
+    train_config_t tc;
+    train_config_default(&tc);
+    tc.train_text_encoder = 1;   /* edit trains the text encoder's shifts too (--freeze-text-encoder) */
+    unsigned char use[256];
+    SD_CHECK(n_train_settings <= (int)sizeof use, "settings table longer than %zu", sizeof use);
+    for (int i = 0; i < n_train_settings; i++) use[i] = !!(train_settings[i].verbs & TS_EDIT);
     static const struct option opts[] = {
-        {"model", required_argument, 0, O_MODEL},
-        {"tokenizer", required_argument, 0, O_TOKENIZER},
         {"image", required_argument, 0, O_IMAGE},
         {"prompt", required_argument, 0, O_PROMPT},
         {"edit", required_argument, 0, O_EDIT},
-        {"resolution", required_argument, 0, O_RES},
         {"shifts", required_argument, 0, O_SHIFTS},
-        {"steps", required_argument, 0, O_STEPS},
-        {"lr", required_argument, 0, O_LR},
-        {"lr-1d", required_argument, 0, O_LR1D},
-        {"freeze-text-encoder", no_argument, 0, O_FREEZE_TE},
-        {"svd-cache", required_argument, 0, O_SVD_CACHE},
         {"invert-prompt", required_argument, 0, O_INVERT_PROMPT},
         {"no-inversion", no_argument, 0, O_NO_INV},
         {"sample-steps", required_argument, 0, O_SAMPLE_STEPS},
@@ -186,20 +181,15 @@ int cmd_edit(int argc, char **argv) {
         {"cfg", required_argument, 0, O_CFG},
         {"eta", required_argument, 0, O_ETA},
         {"slerp", required_argument, 0, O_SLERP},
-        {"seed", required_argument, 0, O_SEED},
         {"report", no_argument, 0, O_REPORT},
-        {"force", no_argument, 0, O_FORCE},
-        {"threads", required_argument, 0, O_THREADS},
-        {"quiet", no_argument, 0, O_QUIET},
-        {"output-dir", required_argument, 0, 'o'},
-        {"help", no_argument, 0, 'h'},
-        CLI_MODEL_OPTIONS, {0, 0, 0, 0}};
-    optind = 1;
-    for (int o; (o = getopt_long(argc, argv, "o:h", opts, NULL)) != -1;) {
+        {0, 0, 0, 0}};
+    cli_common_t cm = {.seed = 42};
+    static cli_parser_t ps;
+    cli_parser_init(&ps, "edit", opts, CLI_ALL_COMMON, &cm);
+    cli_parser_settings(&ps, &train_settings[0].s, sizeof train_settings[0], n_train_settings, &tc, use, NULL);
+    for (int o; (o = cli_getopt(&ps, argc, argv)) != -1;) {
         int bad = 0;
         switch (o) {
-        case O_MODEL: model = optarg; break;
-        case O_TOKENIZER: tokenizer = optarg; break;
         case O_IMAGE: image_path = optarg; break;
         case O_PROMPT: prompt = optarg; break;
         case O_EDIT:
@@ -210,13 +200,7 @@ int cmd_edit(int argc, char **argv) {
                 edits[n_edits++] = optarg;
             }
             break;
-        case O_RES: bad = cli_parse_int("edit", "--resolution", optarg, 8, 8192, &res); break;
         case O_SHIFTS: shifts_path = optarg; break;
-        case O_STEPS: bad = cli_parse_int("edit", "--steps", optarg, 1, 100000000, &steps); break;
-        case O_LR: bad = cli_parse_float("edit", "--lr", optarg, 0, 1e3f, &lr); break;
-        case O_LR1D: bad = cli_parse_float("edit", "--lr-1d", optarg, 0, 1e3f, &lr_1d); break;
-        case O_FREEZE_TE: train_te = 0; break;
-        case O_SVD_CACHE: svd_cache = optarg; break;
         case O_INVERT_PROMPT:
             if (!strcmp(optarg, "source") || !strcmp(optarg, "target")) invert_target = optarg[0] == 't';
             else {
@@ -229,34 +213,18 @@ int cmd_edit(int argc, char **argv) {
         case O_CFG: bad = cli_parse_float("edit", "--cfg", optarg, 0, 100, &cfg); break;
         case O_ETA: bad = cli_parse_float("edit", "--eta", optarg, 0, 1, &eta); break;
         case O_SLERP: bad = cli_parse_float("edit", "--slerp", optarg, 0, 1, &slerp); break;
-        case O_SEED: {
-            char *end;
-            errno = 0;
-            seed = strtoull(optarg, &end, 10);
-            if (errno || *end || end == optarg || optarg[0] == '-') {
-                fprintf(stderr, "svdiff edit: --seed needs a non-negative integer, got '%s'\n", optarg);
-                bad = 1;
-            }
-            break;
-        }
         case O_REPORT: report = 1; break;
-        case O_FORCE: force = 1; break;
-        case O_THREADS: bad = cli_parse_int("edit", "--threads", optarg, 1, 1024, &threads); break;
-        case O_QUIET: quiet = 1; break;
-        case 'o': out = optarg; break;
         case 'h': usage(stdout); return 0;
-        case CLI_O_PREDICTION_TYPE:
-        case CLI_O_SCHEDULER_CONFIG:
-            if (cli_model_option("edit", o, optarg, &mo) < 0) return 2;
-            break;
+        case CLI_BAD: return 2;
         default: usage(stderr); return 2;
         }
         if (bad) return 2;
     }
-    if (optind < argc) {
-        fprintf(stderr, "svdiff edit: unexpected argument '%s'\n", argv[optind]);
-        return 2;
-    }
+    const char *model = cm.model, *tokenizer = cm.tokenizer, *out = cm.output;
+    const int force = cm.force, threads = cm.threads, quiet = cm.quiet;
+    const unsigned long long seed = cm.seed;
+    model_open_options_t mo = cm.mo;
+    int res = tc.resolution;   /* 0: the model's native size, once it is open */
     if (!model || !image_path || !prompt || !out) {
         fprintf(stderr, "svdiff edit: --model, --image, --prompt and -o are required (see --help)\n");
         return 2;
@@ -295,8 +263,8 @@ int cmd_edit(int argc, char **argv) {
         return 1;
     }
     char cache_dir[PATH_MAX];
-    if (!svd_cache) svd_cache_default_dir(cache_dir, sizeof cache_dir);
-    else snprintf(cache_dir, sizeof cache_dir, "%s", strcmp(svd_cache, "none") ? svd_cache : "");
+    if (!tc.svd_cache_dir) svd_cache_default_dir(cache_dir, sizeof cache_dir);
+    else snprintf(cache_dir, sizeof cache_dir, "%s", tc.svd_cache_dir);   /* "": --svd-cache none */
 
     pipeline_t p;
     mo.tokenizer_dir = tokenizer;
@@ -307,7 +275,7 @@ int cmd_edit(int argc, char **argv) {
         return 1;
     }
     const int multiple = p.scale_factor * (1 << (p.unet.cfg.n_levels - 1));
-    if (!res) res = p.unet.cfg.sample_size * p.scale_factor;
+    if (!res) res = pipeline_native_size(&p);
     if (res % multiple) {
         fprintf(stderr, "svdiff edit: --resolution %d: must be a multiple of %d for this model\n", res, multiple);
         pipeline_close(&p);
@@ -355,21 +323,18 @@ int cmd_edit(int argc, char **argv) {
         }
         static char tsv_path[PATH_MAX + 64];
         snprintf(tsv_path, sizeof tsv_path, "%s", path);
-        train_config_t c;
-        train_config_default(&c);
+        train_config_t c = tc;
         c.model = model, c.tokenizer = tokenizer;
         c.prediction_type = mo.prediction_type, c.scheduler_config = mo.scheduler_config;
         c.data_tsv = tsv_path;
         c.resolution = res;
         c.center_crop = 1, c.flip = 0;
-        c.steps = steps, c.lr = lr, c.lr_1d = lr_1d;
-        c.train_text_encoder = train_te;
         c.seed = seed, c.threads = threads;
         c.out_dir = out;
         c.svd_cache_dir = cache_dir;
         c.force = force;
         c.quiet = quiet;
-        fprintf(stderr, "fine-tuning spectral shifts on %s (\"%s\"), %d steps at %d px\n", image_path, prompt, steps, res);
+        fprintf(stderr, "fine-tuning spectral shifts on %s (\"%s\"), %d steps at %d px\n", image_path, prompt, c.steps, res);
         trainer_t t;
         rc = trainer_open(&t, &c);
         if (!rc) rc = trainer_run(&t);

@@ -21,98 +21,79 @@ static void usage(FILE *f) {
             "Prints the mean denoising loss (MSE of the model's prediction against the scheduler's target)\n"
             "of the images in DIR, each noised at fixed timesteps with fixed noise: the same options give\n"
             "the same noisy inputs for any model, so two runs compare models, e.g. a base model and the\n"
-            "same model with shifts trained on other images of the subject.\n\n"
-            "  --model PATH            diffusers model folder or single-file checkpoint\n"
-            "  --tokenizer DIR         CLIP tokenizer folder (for single files)\n"
-            CLI_MODEL_HELP
-            "  --images DIR            images (PNG or JPEG); NAME.txt next to NAME.png replaces --prompt for it\n"
-            "  --prompt TEXT           the prompt the images are conditioned on\n"
-            "  --shifts PATH[:SCALE]   apply spectral shifts (file or training folder; repeatable, they add up)\n"
-            "  --delta PATH[:SCALE]    add a weight delta (`train --mode full --save-delta`; repeatable)\n"
-            "  --lora PATH[:SCALE]     merge a LoRA (`train --mode lora`; repeatable)\n"
-            "  --force                 accept shift, delta or LoRA files made for another base model, and a\n"
-            "                          folder's two shift or delta files that were not written together\n"
-            "  --svd-cache DIR         cache of the base model's SVD factors (default as `svdiff generate`)\n"
-            "  --timesteps LIST        comma-separated timesteps (default: --num-timesteps evenly spread)\n"
-            "  --num-timesteps N       timesteps (j + 0.5) T / N for j < N (default 10)\n"
-            "  --noise-draws K         noise draws per image and timestep (default 4)\n"
-            "  --seed S                seed of the noise (default 0)\n"
-            "  --resolution N          pixels; images are resized and centre-cropped (default: the model's size)\n"
-            "  --threads N             threads (default: all cores)\n"
-            "  --compute-dtype fp32|bf16  matrix products in fp32 (default, exact) or bf16 with fp32 accumulation\n"
-            "                          (AMX / avx512_bf16 CPUs; else fp32); default from env SVDIFF_COMPUTE\n"
-            "  --json                  print {\"loss\": mean, \"per_timestep\": {...}} instead of text\n"
-            "  -h, --help              this text\n");
+            "same model with shifts trained on other images of the subject.\n\n");
+    cli_common_help(f, CLI_MODEL | CLI_TOKENIZER | CLI_MODEL_OPTS, NULL);
+    fprintf(f,
+            "  --images DIR               images (PNG or JPEG); NAME.txt next to NAME.png replaces --prompt for it\n"
+            "  --prompt TEXT              the prompt the images are conditioned on\n"
+            "  --shifts PATH[:SCALE]      apply spectral shifts (file or training folder; repeatable, they add up)\n"
+            "  --delta PATH[:SCALE]       add a weight delta (`train --mode full --save-delta`; repeatable)\n"
+            "  --lora PATH[:SCALE]        merge a LoRA (`train --mode lora`; repeatable)\n"
+            "  --force                    accept shift, delta or LoRA files made for another base model, and a\n"
+            "                             folder's two shift or delta files that were not written together\n"
+            "  --svd-cache DIR            cache of the base model's SVD factors (default as `svdiff generate`)\n"
+            "  --timesteps LIST           comma-separated timesteps (default: --num-timesteps evenly spread)\n"
+            "  --num-timesteps N          timesteps (j + 0.5) T / N for j < N (default 10)\n"
+            "  --noise-draws K            noise draws per image and timestep (default 4)\n"
+            "  --seed S                   seed of the noise (default 0)\n"
+            "  --resolution N             pixels; images are resized and centre-cropped (default: the model's size)\n"
+            "  --json                     print {\"loss\": mean, \"per_timestep\": {...}} instead of text\n");
+    cli_common_help(f, CLI_THREADS | CLI_COMPUTE, NULL);
+    fprintf(f, "  -h, --help                 this text\n");
 }
 
 enum { MAX_T = 1000, MAX_SHIFTS = 32 };
 
 int cmd_eval(int argc, char **argv) {
-    const char *model = NULL, *tokenizer = NULL, *dir = NULL, *prompt = NULL, *ts_list = NULL, *svd_cache = NULL;
-    int n_t = 10, draws = 4, res = 0, threads = 0, json = 0, force = 0, n_shifts = 0;
-    unsigned long long seed = 0;
+    const char *dir = NULL, *prompt = NULL, *ts_list = NULL, *svd_cache = NULL;
+    int n_t = 10, draws = 4, res = 0, json = 0, n_shifts = 0;
     pipeline_shift_t shifts[MAX_SHIFTS], deltas[MAX_SHIFTS], loras[MAX_SHIFTS];
     static char shift_paths[MAX_SHIFTS][4096], delta_paths[MAX_SHIFTS][4096], lora_paths[MAX_SHIFTS][4096];
     int n_deltas = 0, n_loras = 0;
-    model_open_options_t mo = {0};
     static const struct option opts[] = {
-        {"model", required_argument, 0, 'm'},     {"tokenizer", required_argument, 0, 'T'},
         {"images", required_argument, 0, 'i'},    {"prompt", required_argument, 0, 'p'},
-        {"shifts", required_argument, 0, 'x'},    {"force", no_argument, 0, 'F'},
+        {"shifts", required_argument, 0, 'x'},
         {"delta", required_argument, 0, 'D'},     {"lora", required_argument, 0, 'L'},
         {"svd-cache", required_argument, 0, 'C'}, {"timesteps", required_argument, 0, 't'},
         {"num-timesteps", required_argument, 0, 'n'}, {"noise-draws", required_argument, 0, 'k'},
-        {"seed", required_argument, 0, 's'},      {"resolution", required_argument, 0, 'r'},
-        {"threads", required_argument, 0, 'j'},   {"json", no_argument, 0, 'J'},
-        {"compute-dtype", required_argument, 0, 'Y'},
-        {"help", no_argument, 0, 'h'},            CLI_MODEL_OPTIONS, {0, 0, 0, 0}};
-    optind = 1;
+        {"resolution", required_argument, 0, 'r'},
+        {"json", no_argument, 0, 'J'},
+        {0, 0, 0, 0}};
+    cli_common_t cm = {.seed = 0};
+    static cli_parser_t ps;
+    cli_parser_init(&ps, "eval", opts, CLI_MODEL | CLI_TOKENIZER | CLI_MODEL_OPTS | CLI_SEED | CLI_THREADS | CLI_FORCE |
+                    CLI_COMPUTE, &cm);
     int o;
-    while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    while ((o = cli_getopt(&ps, argc, argv)) != -1) {
         int bad = 0;
         switch (o) {
-        case 'm': model = optarg; break;
-        case 'T': tokenizer = optarg; break;
         case 'i': dir = optarg; break;
         case 'p': prompt = optarg; break;
         case 'x': bad = cli_add_file_spec("eval", "--shifts", optarg, shifts, shift_paths, MAX_SHIFTS, &n_shifts); break;
         case 'D': bad = cli_add_file_spec("eval", "--delta", optarg, deltas, delta_paths, MAX_SHIFTS, &n_deltas); break;
         case 'L': bad = cli_add_file_spec("eval", "--lora", optarg, loras, lora_paths, MAX_SHIFTS, &n_loras); break;
-        case 'F': force = 1; break;
         case 'C': svd_cache = optarg; break;
         case 't': ts_list = optarg; break;
         case 'n': bad = cli_parse_int("eval", "--num-timesteps", optarg, 1, MAX_T, &n_t); break;
         case 'k': bad = cli_parse_int("eval", "--noise-draws", optarg, 1, 64, &draws); break;
-        case 's': {
-            char *end;
-            seed = strtoull(optarg, &end, 10);
-            if (!*optarg || *end) fprintf(stderr, "svdiff eval: --seed needs a non-negative integer\n"), bad = 1;
-            break;
-        }
         case 'r': bad = cli_parse_int("eval", "--resolution", optarg, 8, 8192, &res); break;
-        case 'j': bad = cli_parse_int("eval", "--threads", optarg, 1, 1024, &threads); break;
         case 'J': json = 1; break;
-        case 'Y': bad = cli_set_compute_dtype("eval", optarg); break;
         case 'h': usage(stdout); return 0;
-        case CLI_O_PREDICTION_TYPE:
-        case CLI_O_SCHEDULER_CONFIG:
-            if (cli_model_option("eval", o, optarg, &mo) < 0) return 2;
-            break;
+        case CLI_BAD: return 2;
         default: usage(stderr); return 2;
         }
         if (bad) return 2;
     }
-    if (optind < argc) {
-        fprintf(stderr, "svdiff eval: unexpected argument '%s'\n", argv[optind]);
-        return 2;
-    }
+    const char *model = cm.model;
+    const int threads = cm.threads, force = cm.force;
+    const unsigned long long seed = cm.seed;
+    model_open_options_t mo = cm.mo;
     if (!model || !dir || !prompt) {
         fprintf(stderr, "svdiff eval: --model, --images and --prompt are required (see --help)\n");
         return 2;
     }
     sd_set_threads(threads);
     pipeline_t p;
-    mo.tokenizer_dir = tokenizer;
     if (pipeline_open_model(&p, model, &mo)) {
         fprintf(stderr, "svdiff eval: %s\n", sd_last_error());
         return 1;

@@ -28,53 +28,52 @@
 #include "pipeline/prompts.h"
 #include "shifts/shifts.h"
 
+static const unsigned common = CLI_ALL_COMMON;   /* cli/args.h */
+
 static void usage(FILE *f) {
     fprintf(f,
             "usage: svdiff generate --model PATH --prompt TEXT [options] -o OUT.png\n"
             "       svdiff generate --model PATH --prompts FILE [options] -o OUT.png\n\n"
-            "Generates images from a text prompt, or from many prompts with the model loaded once.\n\n"
-            "  --model PATH            diffusers model folder or single-file .safetensors or .ckpt checkpoint\n"
-            "  --tokenizer DIR         CLIP tokenizer folder (vocab.json, merges.txt); needed for single files\n"
-            CLI_MODEL_HELP
-            "  --prompt TEXT           what to draw\n"
-            "  --prompts FILE          many prompts, one a line (see 'Prompts files' below); the other flags\n"
-            "                          are the defaults of every line\n"
-            "  --negative-prompt TEXT  what to steer away from (the unconditional branch of guidance)\n"
-            "  --steps N               denoising steps (default 20)\n"
-            "  --cfg G                 classifier-free guidance scale (default 7.5; <= 1 turns guidance off)\n"
-            "  --sampler NAME          ddim, euler, euler_a or dpmpp_2m (default ddim)\n"
-            "  --eta E                 DDIM noise (0 = deterministic; default 0)\n"
-            "  --seed S                seed (default 42); image k uses seed + k for its initial noise\n"
-            "  --width W, --height H   size in pixels (default: the model's sample_size x its VAE factor)\n"
-            "  --num-images N          images to make (default 1)\n"
-            "  --batch-size B          images denoised together (default 1; uses more memory)\n"
-            "  --init-latents FILE     start from these latents (safetensors, tensor 'latents' [N or 1, C, h, w],\n"
-            "                          unscaled unit noise as a diffusers pipeline's latents=) instead of seeded noise\n"
-            "  --save-latents FILE     write the final latents before decoding (safetensors, tensor 'latents')\n"
-            "  --shifts PATH[:SCALE]   apply spectral shifts: a shift file, or a training output folder\n"
-            "                          (spectral_shifts.safetensors [+ spectral_shifts_te.safetensors]), times\n"
-            "                          SCALE (default 1); repeat to combine several. Baked into the weights once,\n"
-            "                          so sampling costs what the base model costs\n"
-            "  --delta PATH[:SCALE]    add a weight delta dW = W_finetuned - W_base (weight_delta(_te).safetensors of\n"
-            "                          `svdiff train --mode full --save-delta`, or its output folder) times SCALE\n"
-            "                          (default 1), on top of the shifts: W = (shifted W) + SCALE * dW; repeatable\n"
-            "  --lora PATH[:SCALE]     merge a LoRA (pytorch_lora_weights.safetensors of `svdiff train --mode lora`\n"
-            "                          or its folder; diffusers or kohya key naming): W += SCALE * alpha/r * B A;\n"
-            "                          repeatable, combines with --shifts and --delta\n"
-            "  --force                 apply shift, delta or LoRA files made for another base model (their\n"
-            "                          base_model_hash differs), and a folder's two shift or delta files that\n"
-            "                          were not written together (their pair_id differs)\n"
-            "  --svd-cache DIR         cache of the base model's SVD factors (default: $SVDIFF_CACHE_DIR, else\n"
-            "                          $XDG_CACHE_HOME/svdiff or ~/.cache/svdiff; none: no cache)\n"
-            "  --threads N             CPU threads (default: all cores)\n"
-            "  --compute-dtype fp32|bf16  precision of the large matrix products: fp32 (default, exact) or bf16\n"
-            "                          (bfloat16 inputs, fp32 accumulation, on AMX / avx512_bf16 CPUs: faster, about\n"
-            "                          1e-2 relative error per product; other CPUs stay fp32). Env SVDIFF_COMPUTE\n"
-            "  -o, --output OUT.png    output; with several images OUT-1.png ... OUT-N.png (each written as soon\n"
-            "                          as it is made; Ctrl-C keeps those) and the grid OUT.png. A target that is\n"
-            "                          not a regular file (a device, a fifo, a folder) or is one of the run's\n"
-            "                          inputs is refused\n"
-            "  -h, --help              this help\n\n"
+            "Generates images from a text prompt, or from many prompts with the model loaded once.\n\n");
+    cli_common_help(f, CLI_MODEL | CLI_TOKENIZER | CLI_MODEL_OPTS, NULL);
+    fprintf(f,
+            "  --prompt TEXT              what to draw\n"
+            "  --prompts FILE             many prompts, one a line (see 'Prompts files' below); the other flags\n"
+            "                             are the defaults of every line\n"
+            "  --negative-prompt TEXT     what to steer away from (the unconditional branch of guidance)\n"
+            "  --steps N                  denoising steps (default 20)\n"
+            "  --cfg G                    classifier-free guidance scale (default 7.5; <= 1 turns guidance off)\n"
+            "  --sampler NAME             ddim, euler, euler_a or dpmpp_2m (default ddim)\n"
+            "  --eta E                    DDIM noise (0 = deterministic; default 0)\n"
+            "  --seed S                   seed (default 42); image k uses seed + k for its initial noise\n"
+            "  --width W, --height H      size in pixels (default: the model's sample_size x its VAE factor)\n"
+            "  --num-images N             images to make (default 1)\n"
+            "  --batch-size B             images denoised together (default 1; uses more memory)\n"
+            "  --init-latents FILE        start from these latents (safetensors, tensor 'latents' [N or 1, C, h, w],\n"
+            "                             unscaled unit noise as a diffusers pipeline's latents=) instead of seeded noise\n"
+            "  --save-latents FILE        write the final latents before decoding (safetensors, tensor 'latents')\n"
+            "  --shifts PATH[:SCALE]      apply spectral shifts: a shift file, or a training output folder\n"
+            "                             (spectral_shifts.safetensors [+ spectral_shifts_te.safetensors]), times\n"
+            "                             SCALE (default 1); repeat to combine several. Baked into the weights once,\n"
+            "                             so sampling costs what the base model costs\n"
+            "  --delta PATH[:SCALE]       add a weight delta dW = W_finetuned - W_base (weight_delta(_te).safetensors of\n"
+            "                             `svdiff train --mode full --save-delta`, or its output folder) times SCALE\n"
+            "                             (default 1), on top of the shifts: W = (shifted W) + SCALE * dW; repeatable\n"
+            "  --lora PATH[:SCALE]        merge a LoRA (pytorch_lora_weights.safetensors of `svdiff train --mode lora`\n"
+            "                             or its folder; diffusers or kohya key naming): W += SCALE * alpha/r * B A;\n"
+            "                             repeatable, combines with --shifts and --delta\n"
+            "  --force                    apply shift, delta or LoRA files made for another base model (their\n"
+            "                             base_model_hash differs), and a folder's two shift or delta files that\n"
+            "                             were not written together (their pair_id differs)\n"
+            "  --svd-cache DIR            cache of the base model's SVD factors (default: $SVDIFF_CACHE_DIR, else\n"
+            "                             $XDG_CACHE_HOME/svdiff or ~/.cache/svdiff; none: no cache)\n"
+            "  -o, --output OUT.png       output (also --output-dir); with several images OUT-1.png ... OUT-N.png\n"
+            "                             (each written as soon as it is made; Ctrl-C keeps those) and the grid\n"
+            "                             OUT.png. A target that is not a regular file (a device, a fifo, a folder)\n"
+            "                             or is one of the run's inputs is refused\n");
+    cli_common_help(f, CLI_THREADS | CLI_COMPUTE | CLI_QUIET, NULL);
+    fprintf(f,
+            "  -h, --help                 this help\n\n"
             "Each PNG stores its prompt, negative prompt, steps, sampler, guidance, seed, size, model and shift\n"
             "files with their scales in a "
             "'parameters' text chunk. Progress goes to stderr.\n\n"
@@ -181,12 +180,11 @@ static int load_init_latents(const char *path, float *dst, int n, int C, int h, 
 }
 
 int cmd_generate(int argc, char **argv) {
-    const char *model = NULL, *tokenizer = NULL, *prompt = NULL, *negative = NULL, *out = NULL;
+    const char *prompt = NULL, *negative = NULL;
     const char *init_path = NULL, *save_path = NULL, *sampler_name = "ddim", *prompts_path = NULL;
-    int steps = 20, width = 0, height = 0, num_images = 1, batch = 1, threads = 0;
+    int steps = 20, width = 0, height = 0, num_images = 1, batch = 1;
     float cfg = 7.5f, eta = 0.0f;
-    unsigned long long seed = 42;
-    int n_shifts = 0, force = 0;
+    int n_shifts = 0;
     const char *svd_cache_dir = NULL;
     enum { MAX_SHIFTS = 32 };
     pipeline_shift_t shifts[MAX_SHIFTS];
@@ -194,28 +192,25 @@ int cmd_generate(int argc, char **argv) {
     int n_deltas = 0, n_loras = 0;
     pipeline_shift_t deltas[MAX_SHIFTS], loras[MAX_SHIFTS];
     static char delta_paths[MAX_SHIFTS][4096], lora_paths[MAX_SHIFTS][4096];
-    model_open_options_t mo = {0};
     static const struct option opts[] = {
-        {"model", required_argument, 0, 'm'},       {"tokenizer", required_argument, 0, 'T'},
         {"prompt", required_argument, 0, 'p'},      {"negative-prompt", required_argument, 0, 'n'},
         {"steps", required_argument, 0, 's'},       {"cfg", required_argument, 0, 'g'},
         {"sampler", required_argument, 0, 'S'},     {"eta", required_argument, 0, 'e'},
-        {"seed", required_argument, 0, 'r'},        {"width", required_argument, 0, 'W'},
+        {"width", required_argument, 0, 'W'},
         {"height", required_argument, 0, 'H'},      {"num-images", required_argument, 0, 'N'},
         {"batch-size", required_argument, 0, 'b'},  {"init-latents", required_argument, 0, 'i'},
-        {"save-latents", required_argument, 0, 'l'}, {"threads", required_argument, 0, 't'},
-        {"output", required_argument, 0, 'o'},      {"help", no_argument, 0, 'h'},
-        {"shifts", required_argument, 0, 'x'},      {"force", no_argument, 0, 'F'},
+        {"save-latents", required_argument, 0, 'l'},
+        {"shifts", required_argument, 0, 'x'},
         {"svd-cache", required_argument, 0, 'C'},
         {"delta", required_argument, 0, 'D'},       {"lora", required_argument, 0, 'L'},
-        {"compute-dtype", required_argument, 0, 'Y'}, {"prompts", required_argument, 0, 'P'},
-        CLI_MODEL_OPTIONS, {0, 0, 0, 0}};
-    optind = 1;
-    for (int c; (c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1;) {
+        {"prompts", required_argument, 0, 'P'},
+        {0, 0, 0, 0}};
+    cli_common_t cm = {.seed = 42};
+    static cli_parser_t ps;
+    cli_parser_init(&ps, "generate", opts, common, &cm);
+    for (int c; (c = cli_getopt(&ps, argc, argv)) != -1;) {
         int bad = 0;
         switch (c) {
-        case 'm': model = optarg; break;
-        case 'T': tokenizer = optarg; break;
         case 'p': prompt = optarg; break;
         case 'P': prompts_path = optarg; break;
         case 'n': negative = optarg; break;
@@ -223,40 +218,26 @@ int cmd_generate(int argc, char **argv) {
         case 'g': bad = cli_parse_float("generate", "--cfg", optarg, -FLT_MAX, FLT_MAX, &cfg); break;
         case 'S': sampler_name = optarg; break;
         case 'e': bad = cli_parse_float("generate", "--eta", optarg, -FLT_MAX, FLT_MAX, &eta); break;
-        case 'r': {
-            char *end;
-            errno = 0;
-            seed = strtoull(optarg, &end, 10);
-            if (errno || *end || end == optarg || optarg[0] == '-') {
-                fprintf(stderr, "svdiff generate: --seed needs a non-negative integer, got '%s'\n", optarg);
-                bad = 1;
-            }
-            break;
-        }
         case 'W': bad = cli_parse_int("generate", "--width", optarg, 8, 8192, &width); break;
         case 'H': bad = cli_parse_int("generate", "--height", optarg, 8, 8192, &height); break;
         case 'N': bad = cli_parse_int("generate", "--num-images", optarg, 1, 10000, &num_images); break;
         case 'b': bad = cli_parse_int("generate", "--batch-size", optarg, 1, 64, &batch); break;
         case 'i': init_path = optarg; break;
         case 'l': save_path = optarg; break;
-        case 't': bad = cli_parse_int("generate", "--threads", optarg, 1, 1024, &threads); break;
-        case 'Y': bad = cli_set_compute_dtype("generate", optarg); break;
-        case 'o': out = optarg; break;
         case 'x': bad = cli_add_file_spec("generate", "--shifts", optarg, shifts, shift_paths, MAX_SHIFTS, &n_shifts); break;
         case 'D': bad = cli_add_file_spec("generate", "--delta", optarg, deltas, delta_paths, MAX_SHIFTS, &n_deltas); break;
         case 'L': bad = cli_add_file_spec("generate", "--lora", optarg, loras, lora_paths, MAX_SHIFTS, &n_loras); break;
-        case 'F': force = 1; break;
         case 'C': svd_cache_dir = optarg; break;
         case 'h': usage(stdout); return 0;
-        case CLI_O_PREDICTION_TYPE:
-        case CLI_O_SCHEDULER_CONFIG:
-            if (cli_model_option("generate", c, optarg, &mo) < 0) return 2;
-            break;
+        case CLI_BAD: return 2;
         default: usage(stderr); return 2;
         }
         if (bad) return 2;
     }
-    if (optind < argc) { fprintf(stderr, "svdiff generate: unexpected argument '%s'\n", argv[optind]); return 2; }
+    const char *model = cm.model, *out = cm.output;
+    const int threads = cm.threads, force = cm.force;
+    const unsigned long long seed = cm.seed;
+    model_open_options_t mo = cm.mo;
     if (prompt && prompts_path) {
         fprintf(stderr, "svdiff generate: --prompt and --prompts exclude each other (a prompts file line is a prompt)\n");
         return 2;
@@ -290,7 +271,6 @@ int cmd_generate(int argc, char **argv) {
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     pipeline_t p;
-    mo.tokenizer_dir = tokenizer;
     if (pipeline_open_model(&p, model, &mo)) {
         fprintf(stderr, "svdiff generate: %s\n", sd_last_error());
         prompt_plan_free(&plan);
@@ -324,8 +304,8 @@ int cmd_generate(int argc, char **argv) {
     /* sizes: the model's default where a job gives none; a size the UNet cannot take fails now */
     for (int j = 0; !rc && j < plan.n_jobs; j++) {
         prompt_job_t *job = &plan.jobs[j];
-        if (!job->width) job->width = p.unet.cfg.sample_size * p.scale_factor;
-        if (!job->height) job->height = p.unet.cfg.sample_size * p.scale_factor;
+        if (!job->width) job->width = pipeline_native_size(&p);
+        if (!job->height) job->height = pipeline_native_size(&p);
         rc = pipeline_check_size(&p, job->width, job->height);
         if (rc && job->line) rc = sd_error_wrap(rc, "%s:%d", prompts_path, job->line);
     }
@@ -377,6 +357,7 @@ int cmd_generate(int argc, char **argv) {
         if (j % nranks == me) total_steps += plan.jobs[plan.images[i].job].steps;
     }
     if (!rc) progress_start(&prog.bar, "generate", total_steps, "step");
+    prog.bar.silent |= cm.quiet;   /* --quiet: no progress bar */
     uint8_t **rgb = sd_xcalloc((size_t)n_img, sizeof *rgb);
     image_t *imgs = sd_xcalloc((size_t)n_img, sizeof *imgs);
     int written = 0;

@@ -15,7 +15,7 @@ static void usage(FILE *f) {
     fprintf(f,
             "usage: svdiff grid [options] -o OUT.png IMAGE...\n\n"
             "Writes the images (all of one size; PNG or JPEG) as one grid PNG, row by row.\n\n"
-            "  -o, --output FILE   the grid (written atomically)\n"
+            "  -o, --output FILE   the grid (written atomically; also --output-dir)\n"
             "  --cols N            images per row (default: about square)\n"
             "  --pad P             white pixels between and around the images, before scaling (default 2)\n"
             "  --scale K           enlarge every pixel to K x K (nearest neighbour; default 1)\n"
@@ -34,23 +34,27 @@ static int image_scale_nearest(image_t *out, const image_t *in, int k) {
 int cmd_grid(int argc, char **argv) {
     const char *out = NULL;
     int cols = 0, pad = 2, scale = 1;
-    static const struct option opts[] = {{"output", required_argument, 0, 'o'}, {"cols", required_argument, 0, 'c'},
+    static const struct option opts[] = {{"cols", required_argument, 0, 'c'},
                                          {"pad", required_argument, 0, 'p'},    {"scale", required_argument, 0, 's'},
-                                         {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
-    optind = 1;
+                                         {0, 0, 0, 0}};
+    cli_common_t cm = {0};
+    static cli_parser_t ps;
+    cli_parser_init(&ps, "grid", opts, CLI_OUTPUT, &cm);
+    ps.operands = 1;
     int o;
-    while ((o = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
+    while ((o = cli_getopt(&ps, argc, argv)) != -1) {
         int bad = 0;
         switch (o) {
-        case 'o': out = optarg; break;
         case 'c': bad = cli_parse_int("grid", "--cols", optarg, 1, 10000, &cols); break;
         case 'p': bad = cli_parse_int("grid", "--pad", optarg, 0, 1000, &pad); break;
         case 's': bad = cli_parse_int("grid", "--scale", optarg, 1, 64, &scale); break;
         case 'h': usage(stdout); return 0;
+        case CLI_BAD: return 2;
         default: usage(stderr); return 2;
         }
         if (bad) return 2;
     }
+    out = cm.output;
     const int n = argc - optind;
     if (!out || n < 1) {
         fprintf(stderr, "svdiff grid: -o OUT.png and at least one image are needed (see --help)\n");

@@ -26,7 +26,9 @@ static void usage(FILE *f) {
             "                    anything; SD 1.x with CLIP-L or SD 2.x with OpenCLIP text)\n"
             "  --tokenizer DIR   folder with vocab.json and merges.txt (single files carry none;\n"
             "                    for folders it replaces the model's tokenizer/)\n"
-            CLI_MODEL_HELP
+            "                    (also --pretrained-model-name-or-path for --model)\n");
+    cli_common_help(f, CLI_MODEL_OPTS, NULL);
+    fprintf(f,
             "  --json            print one JSON object instead of text\n"
             "  -h, --help        show this help\n\n"
             "Single files carry no configs: they are derived from tensor shapes. Values the weights\n"
@@ -236,39 +238,26 @@ static void print_json(const model_t *m, double open_ms, long rss_kb) {
 }
 
 int cmd_info(int argc, char **argv) {
-    const char *model = NULL, *tokenizer = NULL;
-    model_open_options_t opt = {0};
     int json = 0;
-    static const struct option opts[] = {{"model", required_argument, 0, 'm'},
-                                         {"tokenizer", required_argument, 0, 't'},
-                                         {"json", no_argument, 0, 'j'},
-                                         CLI_MODEL_OPTIONS,
-                                         {"help", no_argument, 0, 'h'},
-                                         {0, 0, 0, 0}};
-    optind = 1;
-    for (int c; (c = getopt_long(argc, argv, "h", opts, NULL)) != -1;) {
+    static const struct option opts[] = {{"json", no_argument, 0, 'j'}, {0, 0, 0, 0}};
+    cli_common_t cm = {0};
+    static cli_parser_t ps;
+    cli_parser_init(&ps, "info", opts, CLI_MODEL | CLI_TOKENIZER | CLI_MODEL_OPTS, &cm);
+    for (int c; (c = cli_getopt(&ps, argc, argv)) != -1;) {
         switch (c) {
-        case 'm': model = optarg; break;
-        case 't': tokenizer = optarg; break;
         case 'j': json = 1; break;
-        case CLI_O_PREDICTION_TYPE:
-        case CLI_O_SCHEDULER_CONFIG:
-            if (cli_model_option("info", c, optarg, &opt) < 0) return 2;
-            break;
         case 'h': usage(stdout); return 0;
+        case CLI_BAD: return 2;
         default: usage(stderr); return 2;
         }
     }
-    if (optind < argc) {
-        fprintf(stderr, "svdiff info: unexpected argument '%s'\n", argv[optind]);
-        return 2;
-    }
+    const char *model = cm.model;
+    model_open_options_t opt = cm.mo;
     if (!model) {
         fprintf(stderr, "svdiff info: --model DIR|FILE is required (see svdiff info --help)\n");
         return 2;
     }
     model_t m;
-    opt.tokenizer_dir = tokenizer;
     double t0 = now();
     int rc = model_open(&m, model, &opt);
     double open_ms = 1e3 * (now() - t0);

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "base/error.h"
+#include "cli/args.h"
 #include "cli/commands.h"
 #include "models/init.h"
 #include "models/tokenizer.h"
@@ -26,6 +27,7 @@ static void usage(FILE *f) {
             "options:\n"
             "  --config FILE     the component configs (JSON)\n"
             "  -o, --output DIR  the model folder to write (created; must be empty unless --force)\n"
+            "                    (also --output-dir)\n"
             "  --tokenizer DIR   a tokenizer folder (vocab.json, merges.txt, e.g. from\n"
             "                    `svdiff tokenizer-train`) to copy into the model; its vocabulary\n"
             "                    size fills text_encoder.vocab_size when the config leaves it out\n"
@@ -61,31 +63,15 @@ int cmd_init(int argc, char **argv) {
     model_init_options_t opt = {.fp16 = 1};
     int dry = 0;
     static const struct option opts[] = {{"config", required_argument, 0, 'c'},
-                                         {"output", required_argument, 0, 'o'},
-                                         {"tokenizer", required_argument, 0, 't'},
-                                         {"seed", required_argument, 0, 's'},
                                          {"dtype", required_argument, 0, 'd'},
                                          {"dry-run", no_argument, 0, 'n'},
-                                         {"force", no_argument, 0, 'f'},
-                                         {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
-    optind = 1;
-    for (int c; (c = getopt_long(argc, argv, "ho:", opts, NULL)) != -1;) {
+    cli_common_t cm = {.seed = 0};
+    static cli_parser_t ps;
+    cli_parser_init(&ps, "init", opts, CLI_TOKENIZER | CLI_SEED | CLI_FORCE | CLI_OUTPUT, &cm);
+    for (int c; (c = cli_getopt(&ps, argc, argv)) != -1;) {
         switch (c) {
         case 'c': config_path = optarg; break;
-        case 'o': out = optarg; break;
-        case 't': opt.tokenizer_dir = optarg; break;
-        case 's': {
-            char *end;
-            errno = 0;
-            unsigned long long v = strtoull(optarg, &end, 10);
-            if (errno || *end || !*optarg || optarg[0] == '-') {
-                fprintf(stderr, "svdiff init: --seed '%s' is not a non-negative integer\n", optarg);
-                return 2;
-            }
-            opt.seed = v;
-            break;
-        }
         case 'd':
             if (!strcmp(optarg, "fp16")) opt.fp16 = 1;
             else if (!strcmp(optarg, "fp32")) opt.fp16 = 0;
@@ -95,15 +81,13 @@ int cmd_init(int argc, char **argv) {
             }
             break;
         case 'n': dry = 1; break;
-        case 'f': opt.force = 1; break;
         case 'h': usage(stdout); return 0;
+        case CLI_BAD: return 2;
         default: usage(stderr); return 2;
         }
     }
-    if (optind < argc) {
-        fprintf(stderr, "svdiff init: unexpected argument '%s'\n", argv[optind]);
-        return 2;
-    }
+    out = cm.output;
+    opt.tokenizer_dir = cm.tokenizer, opt.seed = cm.seed, opt.force = cm.force;
     if (!config_path || (!out && !dry)) {
         fprintf(stderr, "svdiff init: --config and -o are required (see svdiff init --help)\n");
         return 2;

@@ -15,6 +15,7 @@
 #include "base/error.h"
 #include "base/runtime.h"
 #include "base/scratch.h"
+#include "cli/args.h"
 #include "cli/commands.h"
 #include "io/safetensors.h"
 #include "ops/ops.h"
@@ -195,29 +196,24 @@ int cmd_selfcheck(int argc, char **argv) {
     int steps = 300;
     const char *keep = NULL;
     static const struct option opts[] = {{"steps", required_argument, 0, 's'},
-                                         {"threads", required_argument, 0, 't'},
                                          {"keep", required_argument, 0, 'k'},
-                                         {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
-    optind = 1;
-    for (int c; (c = getopt_long(argc, argv, "h", opts, NULL)) != -1;) {
+    cli_common_t cm = {0};
+    static cli_parser_t ps;
+    cli_parser_init(&ps, "selfcheck", opts, CLI_THREADS, &cm);
+    for (int c; (c = cli_getopt(&ps, argc, argv)) != -1;) {
         char *end;
         switch (c) {
         case 's': steps = (int)strtol(optarg, &end, 10);
             if (*end || steps < 1) { fprintf(stderr, "svdiff selfcheck: --steps needs a positive integer\n"); return 2; }
             break;
-        case 't': {
-            long t = strtol(optarg, &end, 10);
-            if (*end || t < 1) { fprintf(stderr, "svdiff selfcheck: --threads needs a positive integer\n"); return 2; }
-            sd_set_threads((int)t);
-            break;
-        }
         case 'k': keep = optarg; break;
         case 'h': usage(stdout); return 0;
+        case CLI_BAD: return 2;
         default: usage(stderr); return 2;
         }
     }
-    if (optind < argc) { fprintf(stderr, "svdiff selfcheck: unexpected argument '%s'\n", argv[optind]); return 2; }
+    if (cm.given & CLI_THREADS) sd_set_threads(cm.threads);
 
     printf("svdiff selfcheck: tiny network, batch %d, %dx%d images, %d channels, %d attention heads\n",
            B, HW, HW, C, HEADS);

@@ -98,7 +98,9 @@ static void usage(FILE *f) {
             "      unless --force. Prints per component the kept energy, the rank range, the layer count and size;\n"
             "      --check also measures the written values (in their dtype) against the exact shifted weights:\n"
             "      ||W_lora - W_shifted||_F / ||W_shifted - W_base||_F over the component's shifted modules (one\n"
-            "      dense product per layer: seconds on SD 1.5 scale models)\n");
+            "      dense product per layer: seconds on SD 1.5 scale models)\n"
+            "Spellings shared with the other verbs: -o, --output OUT (also --output-dir), --model M (also\n"
+            "--pretrained-model-name-or-path), --force; -h, --help: this help.\n");
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -186,16 +188,15 @@ static int fail(int rc) {
 }
 
 /* common option parsing: -o plus verb flags; returns the getopt code or -1 at the end */
-enum { O_JSON = 256, O_WEIGHTS, O_FORCE, O_FROM, O_LAYERS, O_REST, O_LEVELS, O_LATENT, O_DTYPE, O_FORMAT,
-       O_MODEL, O_CACHE, O_TOP, O_RANK, O_ENERGY, O_NO_NORMS, O_NO_EMB, O_CHECK };
-static const struct option OPTS[] = {
-    {"output", required_argument, 0, 'o'}, {"help", no_argument, 0, 'h'},
+enum { O_JSON = 256, O_WEIGHTS, O_FROM, O_LAYERS, O_REST, O_LEVELS, O_LATENT, O_DTYPE, O_FORMAT,
+       O_CACHE, O_TOP, O_RANK, O_ENERGY, O_NO_NORMS, O_NO_EMB, O_CHECK };
+static const struct option OPTS[] = {   /* and the shared -o, --force, --model (cli/args.h) */
     {"json", no_argument, 0, O_JSON},      {"weights", required_argument, 0, O_WEIGHTS},
-    {"force", no_argument, 0, O_FORCE},    {"from", required_argument, 0, O_FROM},
+    {"from", required_argument, 0, O_FROM},
     {"layers", required_argument, 0, O_LAYERS}, {"rest", required_argument, 0, O_REST},
     {"levels", required_argument, 0, O_LEVELS}, {"latent", required_argument, 0, O_LATENT},
     {"dtype", required_argument, 0, O_DTYPE}, {"format", required_argument, 0, O_FORMAT},
-    {"model", required_argument, 0, O_MODEL}, {"svd-cache", required_argument, 0, O_CACHE},
+    {"svd-cache", required_argument, 0, O_CACHE},
     {"top", required_argument, 0, O_TOP},  {"rank", required_argument, 0, O_RANK},
     {"energy", required_argument, 0, O_ENERGY}, {"no-norms", no_argument, 0, O_NO_NORMS},
     {"no-embeddings", no_argument, 0, O_NO_EMB}, {"check", no_argument, 0, O_CHECK}, {0, 0, 0, 0}};
@@ -518,20 +519,22 @@ int cmd_shifts(int argc, char **argv) {
         return argc < 2 ? 2 : 0;
     }
     const char *verb = argv[1];
-    const char *out = NULL, *weights = NULL, *from = NULL, *rest = NULL, *dtype_s = NULL, *format = NULL;
-    const char *model = NULL, *cache = NULL;
+    const char *weights = NULL, *from = NULL, *rest = NULL, *dtype_s = NULL, *format = NULL;
+    const char *cache = NULL;
     const char *layers[64];
-    int n_layers = 0, json = 0, force = 0, levels = 4, latent = 64, top_k = 10;
+    int n_layers = 0, json = 0, levels = 4, latent = 64, top_k = 10;
     to_lora_args_t tl = {0};
     argc--, argv++;   /* argv[0] = the verb, as getopt wants a program name there */
-    optind = 1;
-    for (int c; (c = getopt_long(argc, argv, "o:h", OPTS, NULL)) != -1;) {
+    cli_common_t cm = {0};
+    static cli_parser_t ps;
+    cli_parser_init(&ps, "shifts", OPTS, CLI_MODEL | CLI_FORCE | CLI_OUTPUT, &cm);
+    ps.operands = 1;
+    for (int c; (c = cli_getopt(&ps, argc, argv)) != -1;) {
         switch (c) {
-        case 'o': out = optarg; break;
         case 'h': usage(stdout); return 0;
+        case CLI_BAD: return 2;
         case O_JSON: json = 1; break;
         case O_WEIGHTS: weights = optarg; break;
-        case O_FORCE: force = 1; break;
         case O_FROM: from = optarg; break;
         case O_REST: rest = optarg; break;
         case O_LAYERS:
@@ -553,7 +556,6 @@ int cmd_shifts(int argc, char **argv) {
         }
         case O_DTYPE: dtype_s = optarg; break;
         case O_FORMAT: format = optarg; break;
-        case O_MODEL: model = optarg; break;
         case O_CACHE: cache = optarg; break;
         case O_RANK: {
             char *end;
@@ -581,6 +583,8 @@ int cmd_shifts(int argc, char **argv) {
         default: fprintf(stderr, "svdiff shifts: see svdiff shifts --help\n"); return 2;
         }
     }
+    const char *out = cm.output, *model = cm.model;
+    const int force = cm.force;
     char **pos = argv + optind;
     const int npos = argc - optind;
 

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "base/error.h"
+#include "cli/args.h"
 #include "cli/commands.h"
 #include "models/tokenizer.h"
 
@@ -18,6 +19,7 @@ static void usage(FILE *f) {
             "start token, the prompt's tokens, end token, padded to the context length.\n\n"
             "options:\n"
             "  --model DIR       a diffusers model folder; its tokenizer/ subfolder is used\n"
+            "                    (also --pretrained-model-name-or-path)\n"
             "  --tokenizer DIR   a folder with vocab.json and merges.txt (and optionally\n"
             "                    special_tokens_map.json / tokenizer_config.json, which set the\n"
             "                    padding token: SD 1.x pads with <|endoftext|>, SD 2.x with \"!\")\n"
@@ -63,18 +65,16 @@ static char *read_stdin(void) {
 int cmd_tokenize(int argc, char **argv) {
     const char *model = NULL, *tokdir = NULL;
     int max_len = TOKENIZER_MAX_LENGTH, pad = 1, show_tokens = 0;
-    static const struct option opts[] = {{"model", required_argument, 0, 'm'},
-                                         {"tokenizer", required_argument, 0, 't'},
-                                         {"max-length", required_argument, 0, 'L'},
+    static const struct option opts[] = {{"max-length", required_argument, 0, 'L'},
                                          {"no-pad", no_argument, 0, 'P'},
                                          {"tokens", no_argument, 0, 'T'},
-                                         {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
-    optind = 1;
-    for (int c; (c = getopt_long(argc, argv, "h", opts, NULL)) != -1;) {
+    cli_common_t cm = {0};
+    static cli_parser_t ps;
+    cli_parser_init(&ps, "tokenize", opts, CLI_MODEL | CLI_TOKENIZER, &cm);
+    ps.operands = 1;
+    for (int c; (c = cli_getopt(&ps, argc, argv)) != -1;) {
         switch (c) {
-        case 'm': model = optarg; break;
-        case 't': tokdir = optarg; break;
         case 'L': {
             char *end;
             errno = 0;
@@ -89,9 +89,11 @@ int cmd_tokenize(int argc, char **argv) {
         case 'P': pad = 0; break;
         case 'T': show_tokens = 1; break;
         case 'h': usage(stdout); return 0;
+        case CLI_BAD: return 2;
         default: usage(stderr); return 2;
         }
     }
+    model = cm.model, tokdir = cm.tokenizer;
     if (optind + 1 != argc) {
         fprintf(stderr, "svdiff tokenize: expected exactly one prompt argument (quote it), got %d\n", argc - optind);
         return 2;

@@ -26,7 +26,7 @@ static void usage(FILE *f) {
             "  --captions FILE     the captions\n"
             "  --column N          use the N-th tab-separated field of each line (1-based; default:\n"
             "                      the whole line)\n"
-            "  -o, --output DIR    the tokenizer folder to write (created if missing)\n"
+            "  -o, --output DIR    the tokenizer folder to write (created if missing; also --output-dir)\n"
             "  --vocab-size N      ids in all: 512 bytes + merges + 2 special tokens (default 4096)\n"
             "  --min-frequency F   never merge a pair seen fewer than F times (default 2)\n"
             "  --reserve WORD      the rare identifier to keep as one token (default sks; \"\" for none)\n"
@@ -39,25 +39,27 @@ int cmd_tokenizer_train(int argc, char **argv) {
     bpe_learn_options_t opt = {.vocab_size = 4096, .min_frequency = 2, .reserved = "sks"};
     static const struct option opts[] = {{"captions", required_argument, 0, 'c'},
                                          {"column", required_argument, 0, 'k'},
-                                         {"output", required_argument, 0, 'o'},
                                          {"vocab-size", required_argument, 0, 'v'},
                                          {"min-frequency", required_argument, 0, 'm'},
                                          {"reserve", required_argument, 0, 'r'},
-                                         {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
-    optind = 1;
-    for (int c; (c = getopt_long(argc, argv, "ho:", opts, NULL)) != -1;) {
+    cli_common_t cm = {0};
+    static cli_parser_t ps;
+    cli_parser_init(&ps, "tokenizer-train", opts, CLI_OUTPUT, &cm);
+    ps.operands = 1;   /* refused below with its own message */
+    for (int c; (c = cli_getopt(&ps, argc, argv)) != -1;) {
         switch (c) {
         case 'c': captions = optarg; break;
-        case 'o': out = optarg; break;
         case 'k': if (cli_parse_int("tokenizer-train", "--column", optarg, 1, 1 << 24, &column)) return 2; break;
         case 'v': if (cli_parse_int("tokenizer-train", "--vocab-size", optarg, 514, 1 << 24, &opt.vocab_size)) return 2; break;
         case 'm': if (cli_parse_int("tokenizer-train", "--min-frequency", optarg, 1, 1 << 24, &opt.min_frequency)) return 2; break;
         case 'r': opt.reserved = optarg; break;
         case 'h': usage(stdout); return 0;
+        case CLI_BAD: return 2;
         default: usage(stderr); return 2;
         }
     }
+    out = cm.output;
     if (optind < argc) {
         fprintf(stderr, "svdiff tokenizer-train: unexpected argument '%s'\n", argv[optind]);
         return 2;

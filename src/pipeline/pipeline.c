@@ -14,6 +14,8 @@ int pipeline_open(pipeline_t *p, const char *model_path, const char *tokenizer_d
     return pipeline_open_model(p, model_path, &opt);
 }
 
+int pipeline_native_size(const pipeline_t *p) { return p->unet.cfg.sample_size * p->scale_factor; }
+
 int pipeline_open_model(pipeline_t *p, const char *model_path, const model_open_options_t *opt) {
     memset(p, 0, sizeof *p);
     int rc = model_open(&p->model, model_path, opt);

@@ -38,6 +38,9 @@ int pipeline_open(pipeline_t *p, const char *model_path, const char *tokenizer_d
  * be NULL. */
 int pipeline_open_model(pipeline_t *p, const char *model_path, const model_open_options_t *opt);
 void pipeline_close(pipeline_t *p);
+/* The model's native image size in pixels: the UNet's sample_size times the VAE factor (1 without
+ * a VAE): the default of generate's --width / --height and of edit's and train's --resolution. */
+int pipeline_native_size(const pipeline_t *p);
 
 /* Spectral shifts for generation (`--shifts FILE_OR_DIR[:SCALE]`, shifts.h): a shift file, or a
  * training output folder (spectral_shifts.safetensors and/or spectral_shifts_te.safetensors). */

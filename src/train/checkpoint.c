@@ -13,56 +13,13 @@
 #include "base/error.h"
 #include "io/outputs.h"
 #include "io/safetensors.h"
+#include "train/settings.h"
 #include "weights/shift_name.h"
 
+/* The settings and facts of the run as the table records them (train/settings.h). */
 char *train_config_json(const trainer_t *t) {
-    const train_config_t *c = &t->cfg;
-    static const char *sched[] = {"constant", "linear", "cosine"};
-    char seed[32];
-    snprintf(seed, sizeof seed, "%" PRIu64, c->seed);
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "base_model_hash", t->model_hash);
-    cJSON_AddStringToObject(o, "instance_prompt", c->instance_prompt ? c->instance_prompt : "");
-    cJSON_AddNumberToObject(o, "instance_images", t->inst.n);
-    cJSON_AddStringToObject(o, "class_prompt", c->class_prompt ? c->class_prompt : "");
-    cJSON_AddNumberToObject(o, "class_images", t->cls.n);
-    cJSON_AddNumberToObject(o, "prior_loss_weight", c->prior_loss_weight);
-    cJSON_AddNumberToObject(o, "resolution", c->resolution);
-    cJSON_AddBoolToObject(o, "center_crop", c->center_crop);
-    cJSON_AddBoolToObject(o, "flip", c->flip);
-    cJSON_AddNumberToObject(o, "batch_size", c->batch_size);
-    /* micro-batches per step: N MPI ranks with A each are the steps of one process with N x A,
-     * so a checkpoint resumes with any N that keeps the product (trainer.c, data parallelism) */
-    cJSON_AddNumberToObject(o, "grad_accum", c->grad_accum * dist_size());
-    cJSON_AddNumberToObject(o, "steps", c->steps);
-    cJSON_AddNumberToObject(o, "lr", c->lr);
-    cJSON_AddNumberToObject(o, "lr_1d", c->lr_1d);
-    cJSON_AddStringToObject(o, "lr_schedule", sched[c->lr_schedule]);
-    cJSON_AddNumberToObject(o, "warmup", c->warmup);
-    cJSON_AddNumberToObject(o, "adam_beta1", c->beta1);
-    cJSON_AddNumberToObject(o, "adam_beta2", c->beta2);
-    cJSON_AddNumberToObject(o, "adam_eps", c->adam_eps);
-    cJSON_AddNumberToObject(o, "weight_decay", c->weight_decay);
-    cJSON_AddNumberToObject(o, "max_grad_norm", c->max_grad_norm);
-    cJSON_AddBoolToObject(o, "train_text_encoder", c->train_text_encoder);
-    cJSON_AddStringToObject(o, "norm_shift", c->norm_shift == NORMSHIFT_SCALAR ? "scalar" : "element");
-    cJSON_AddStringToObject(o, "svd_dtype", c->svd_bf16 ? "bf16" : "fp32");
-    if (c->rank > 0) cJSON_AddNumberToObject(o, "rank", c->rank);   /* absent when 0: older checkpoints stay valid */
-    cJSON_AddStringToObject(o, "seed", seed);
-    if (c->mode == TRAIN_MODE_FULL) {   /* only in full mode: shift-mode checkpoints stay as they were */
-        cJSON_AddStringToObject(o, "mode", "full");
-        cJSON_AddNumberToObject(o, "ema_decay", c->ema_decay);
-        cJSON_AddNumberToObject(o, "prompts", t->prompts.n);
-    }
-    if (c->mode == TRAIN_MODE_LORA) {
-        cJSON_AddStringToObject(o, "mode", "lora");
-        cJSON_AddNumberToObject(o, "lora_rank", c->lora_rank);
-        cJSON_AddNumberToObject(o, "lora_alpha", c->lora_alpha > 0 ? c->lora_alpha : c->lora_rank);
-    }
-    char *s = cJSON_PrintUnformatted(o);
-    cJSON_Delete(o);
-    SD_CHECK(s, "out of memory");
-    return s;
+    const train_facts_t facts = {t->model_hash, t->inst.n, t->cls.n, t->prompts.n};
+    return train_settings_json(&t->cfg, &facts);
 }
 
 int checkpoint_save(const checkpoint_state_t *cs, const char *path) {

@@ -28,28 +28,6 @@
 #define CLASS_SALT 0xa54ff53a5f1d36f1ull    /* class-image seeds */
 #define EMA_BETA 0.98
 
-void train_config_default(train_config_t *c) {
-    memset(c, 0, sizeof *c);
-    c->num_class_images = 100;
-    c->class_steps = 50;
-    c->class_cfg = 7.5f;
-    c->prior_loss_weight = 1.0f;
-    c->resolution = 512;
-    c->batch_size = 1, c->grad_accum = 1, c->steps = 500;
-    c->lr = 1e-3f, c->lr_1d = 1e-6f;
-    c->lr_schedule = LR_CONSTANT;
-    c->beta1 = 0.9f, c->beta2 = 0.999f, c->adam_eps = 1e-8f, c->weight_decay = 1e-2f;
-    c->max_grad_norm = 1.0f;
-    c->norm_shift = NORMSHIFT_ELEMENT;
-    c->seed = 42;
-    c->sample_steps = 25;
-    c->sample_cfg = 7.5f;
-    c->cutmix_prob = -1.0f;   /* 0.6 with >= 2 subjects */
-    c->cutmix_fit = 1;
-    c->unmix_weight = 1.0f;   /* docs/method.md fixes none: measure (svdiff attention-leakage) */
-    c->lora_rank = 4;
-}
-
 static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -80,12 +58,13 @@ int trainer_load_model(trainer_t *t, const train_config_t *cfg) {
     if (rc) return rc;
     t->opened = 1;
     t->T = t->prompts.T = t->p.n_ctx;
-    const int f = t->p.scale_factor * (1 << (t->p.unet.cfg.n_levels - 1));
-    if (cfg->resolution < f || cfg->resolution % f)
-        return sd_error(SD_ERR_ARG, "--resolution %d: this model needs a positive multiple of %d", cfg->resolution, f);
-    t->h = t->w = cfg->resolution / t->p.scale_factor;
-    t->latent_n = train_latent_floats(&t->p, cfg->resolution);
-    t->mode = train_mode_ops(cfg->mode);
+    if (!t->cfg.resolution) t->cfg.resolution = pipeline_native_size(&t->p);   /* 0: the model's own */
+    const int f = t->p.scale_factor * (1 << (t->p.unet.cfg.n_levels - 1)), res = t->cfg.resolution;
+    if (res < f || res % f)
+        return sd_error(SD_ERR_ARG, "--resolution %d: this model needs a positive multiple of %d", res, f);
+    t->h = t->w = res / t->p.scale_factor;
+    t->latent_n = train_latent_floats(&t->p, res);
+    t->mode = train_mode_ops(t->cfg.mode);
     return SD_OK;
 }
 

@@ -62,7 +62,7 @@ typedef struct {
     int class_steps;                          /* their DDIM steps (50) */
     float class_cfg;                          /* their guidance (7.5) */
     float prior_loss_weight;                  /* 1 */
-    int resolution;                           /* 512 */
+    int resolution;                           /* 0: the model's native size (trainer_load_model) */
     int center_crop, flip;
     float caption_dropout;                    /* share of rows trained on the empty prompt (the
                                                  unconditional branch that CFG samples need) */
@@ -110,6 +110,7 @@ typedef struct {
     int unmix_share;                          /* --unmix-loss share (1) instead of mse (0): models/unmix.h */
 } train_config_t;
 
+/* The defaults of every setting: the table of train/settings.c. */
 void train_config_default(train_config_t *c);
 
 /* Whether a trained array's name ("unet/<module path>", "te/<tensor name>") contains one of the
