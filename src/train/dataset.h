@@ -9,7 +9,7 @@
 
 #include <stdint.h>
 
-#include "diffusion/diffusion.h"
+#include "base/rng.h"
 #include "models/tokenizer.h"
 #include "pipeline/pipeline.h"
 
