@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "base/bump.h"
 #include "base/error.h"
 #include "base/scratch.h"
 #include "ops/ops.h"
@@ -486,30 +487,22 @@ void clip_backward(clip_t *m, clip_acts_t *a, const float *dhidden, clip_grads_t
 /* ---------------------------------------------------------------------------------------
  * gradients */
 
-/* Carves n floats from a cursor; with no base yet (the counting pass) it only counts. */
-typedef struct { float *base; size_t used; } carve_t;
-static float *carve(carve_t *cv, size_t n) {
-    float *p = cv->base ? cv->base + cv->used : NULL;
-    cv->used += n;
-    return p;
-}
-
-static void grads_assign(clip_grads_t *g, clip_t *m, unsigned what, carve_t *cv) {
+static void grads_assign(clip_grads_t *g, clip_t *m, unsigned what, bump_t *cv) {
     const int C = m->cfg.hidden_size;
     for (int i = 0; i < n_weights(m); i++) {
         float **bias;
         const weight_t *w = weight_ref(m, i, &bias, NULL, 0);
         float **dw = dw_ref(g, i);
-        if (w->kind != WEIGHT_DENSE && (what & CLIP_GRAD_SHIFTS)) *dw = carve(cv, weight_shift_count(w));   /* delta or LoRA [A; B] */
-        if (w->kind == WEIGHT_DENSE && (what & CLIP_GRAD_DENSE)) *dw = carve(cv, (size_t)w->rows * w->cols);
-        if (bias && (what & CLIP_GRAD_DENSE)) linear_grads_ref(g, i)->dbias = carve(cv, w->rows);
+        if (w->kind != WEIGHT_DENSE && (what & CLIP_GRAD_SHIFTS)) *dw = bump_take(cv, weight_shift_count(w));   /* delta or LoRA [A; B] */
+        if (w->kind == WEIGHT_DENSE && (what & CLIP_GRAD_DENSE)) *dw = bump_take(cv, (size_t)w->rows * w->cols);
+        if (bias && (what & CLIP_GRAD_DENSE)) linear_grads_ref(g, i)->dbias = bump_take(cv, w->rows);
     }
     for (int i = 0; i < n_norms(m); i++) {
         const clip_ln_t *ln = ln_ref(m, i, NULL, 0);
         clip_ln_grads_t *lg = ln_grads_ref(g, i, m->cfg.num_layers);
-        if (ln->shift && (what & CLIP_GRAD_SHIFTS)) lg->dshift = carve(cv, shift_count(m));
-        if (!ln->shift && (what & CLIP_GRAD_DENSE)) lg->dgamma = carve(cv, C);
-        if (what & CLIP_GRAD_DENSE) lg->dbeta = carve(cv, C);
+        if (ln->shift && (what & CLIP_GRAD_SHIFTS)) lg->dshift = bump_take(cv, shift_count(m));
+        if (!ln->shift && (what & CLIP_GRAD_DENSE)) lg->dgamma = bump_take(cv, C);
+        if (what & CLIP_GRAD_DENSE) lg->dbeta = bump_take(cv, C);
     }
 }
 
@@ -518,15 +511,15 @@ int clip_grads_alloc(clip_grads_t *g, const clip_t *m, unsigned what) {
     clip_t *mm = (clip_t *)m;   /* the walkers take non-const; nothing is modified */
     g->layers = calloc(m->cfg.num_layers, sizeof *g->layers);
     if (!g->layers) return sd_error(SD_ERR_NOMEM, "text encoder: cannot allocate gradients");
-    carve_t cv = {0};
+    bump_t cv = {0};
     grads_assign(g, mm, what, &cv);
-    g->n_floats = cv.used;
-    g->memory = calloc(cv.used ? cv.used : 1, sizeof(float));
+    g->n_floats = cv.off;
+    g->memory = calloc(cv.off ? cv.off : 1, sizeof(float));
     if (!g->memory) {
         clip_grads_free(g);
-        return sd_error(SD_ERR_NOMEM, "text encoder: cannot allocate %zu MB of gradients", cv.used * 4 >> 20);
+        return sd_error(SD_ERR_NOMEM, "text encoder: cannot allocate %zu MB of gradients", cv.off * 4 >> 20);
     }
-    cv = (carve_t){.base = g->memory};
+    cv = (bump_t){.base = g->memory};
     grads_assign(g, mm, what, &cv);
     return SD_OK;
 }

@@ -13,7 +13,8 @@
 #include <unistd.h>
 
 #include "base/error.h"
-#include "diffusion/diffusion.h"
+#include "base/str.h"
+#include "base/rng.h"
 #include "io/model.h"
 #include "io/outputs.h"
 #include "io/safetensors.h"
@@ -89,11 +90,6 @@ static uint64_t mix64(uint64_t z) {   /* splitmix64's finaliser */
     return z ^ (z >> 31);
 }
 
-static int ends_with(const char *s, const char *suffix) {
-    size_t n = strlen(s), k = strlen(suffix);
-    return n >= k && !strcmp(s + n - k, suffix);
-}
-
 static int cfg_num(const cJSON *cfg, const char *key, double dflt, double *out) {
     const cJSON *it = cJSON_GetObjectItemCaseSensitive(cfg, key);
     if (!it || cJSON_IsNull(it)) {
@@ -115,7 +111,7 @@ int model_init_tensor(float *dst, const char *component, const cJSON *config, co
     snprintf(key, sizeof key, "%s/%s", component, name);
     rng_t r;
     rng_init(&r, mix64(seed ^ mix64(fnv1a(key))));
-    int is_bias = ends_with(name, ".bias");
+    int is_bias = str_ends_with(name, ".bias");
     if (!strcmp(component, "text_encoder")) {
         double f = 1, d = 0, L = 0, std = -1;
         int rc;
@@ -181,8 +177,8 @@ static int unet_flops(void *ctx, const char *name, int ndim, const int64_t *shap
     double tokens = hw;
     if (strstr(name, ".attn2.to_k.") || strstr(name, ".attn2.to_v.")) tokens = f->tokens;
     f->flops += 2.0 * (double)numel * tokens;
-    if (ends_with(name, ".attn1.to_q.weight")) f->flops += 4.0 * hw * hw * (double)shape[0];
-    if (ends_with(name, ".attn2.to_q.weight")) f->flops += 4.0 * hw * f->tokens * (double)shape[0];
+    if (str_ends_with(name, ".attn1.to_q.weight")) f->flops += 4.0 * hw * hw * (double)shape[0];
+    if (str_ends_with(name, ".attn2.to_q.weight")) f->flops += 4.0 * hw * f->tokens * (double)shape[0];
     return 0;
 }
 
@@ -193,7 +189,7 @@ static int text_flops(void *ctx, const char *name, int ndim, const int64_t *shap
     f->params += numel;
     f->n++;
     if (ndim == 2 && !strstr(name, "embeddings.")) f->flops += 2.0 * (double)numel * f->tokens;
-    if (ends_with(name, ".q_proj.weight")) f->flops += 4.0 * f->tokens * f->tokens * (double)shape[0];
+    if (str_ends_with(name, ".q_proj.weight")) f->flops += 4.0 * f->tokens * f->tokens * (double)shape[0];
     return 0;
 }
 

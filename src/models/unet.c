@@ -11,7 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/bump.h"
 #include "base/error.h"
+#include "base/str.h"
 #include "base/scratch.h"
 #include "models/unet.h"
 #include "ops/ops.h"
@@ -495,12 +497,6 @@ static int shape_is(const st_tensor_t *t, int ndim, const int64_t *shape) {
     return 1;
 }
 
-static void shape_str(char *buf, size_t n, const st_tensor_t *t) {
-    size_t o = (size_t)snprintf(buf, n, "[");
-    for (int i = 0; i < t->ndim && o < n; i++) o += (size_t)snprintf(buf + o, n - o, i ? ", %lld" : "%lld", (long long)t->shape[i]);
-    if (o < n) snprintf(buf + o, n - o, "]");
-}
-
 static int is_float(st_dtype_t d) { return d == ST_F32 || d == ST_F16 || d == ST_BF16; }
 
 static int need(const st_tensor_t **out, unet_get_fn get, void *ctx, const char *name) {
@@ -520,7 +516,7 @@ static int load_vector(float *dst, int n, unet_get_fn get, void *ctx, const char
     if (rc) return rc;
     if (t->ndim != 1 || t->shape[0] != n) {
         char s[96];
-        shape_str(s, sizeof s, t);
+        shape_str(s, sizeof s, t->ndim, t->shape);
         return sd_error(SD_ERR_SHAPE, "unet: %s has shape %s, expected [%d]", key, s, n);
     }
     return st_read_f32(dst, t);
@@ -536,7 +532,7 @@ static int load_layer(unet_layer_t *l, unet_get_fn get, void *ctx) {
     const int ok = (l->conv != 0 && shape_is(t, 4, s4)) || (l->conv != 1 && shape_is(t, 2, s2));
     if (!ok) {
         char s[96];
-        shape_str(s, sizeof s, t);
+        shape_str(s, sizeof s, t->ndim, t->shape);
         if (l->conv == 1)
             return sd_error(SD_ERR_SHAPE, "unet: %s has shape %s, expected [%d, %d, %d, %d]", key, s, l->out, l->in,
                             l->k, l->k);
@@ -733,17 +729,6 @@ void unet_grads_free(unet_grads_t *g) {
  * Activations
  * ------------------------------------------------------------------------------------------- */
 
-typedef struct {
-    float *base;
-    size_t off;
-} bump_t;
-
-static float *take(bump_t *b, size_t n) {
-    float *p = b->base ? b->base + b->off : NULL;
-    b->off += (n + 15) & ~(size_t)15;
-    return p;
-}
-
 static size_t stage_out_floats(const unet_stage_t *s, int B, int H, int W) {
     return (size_t)B * s->c_out * (size_t)(H >> s->out_level) * (size_t)(W >> s->out_level);
 }
@@ -766,31 +751,31 @@ static size_t acts_layout(unet_acts_t *a, float *base, const unet_t *m) {
         if (m->stages[s].kind != UNET_STAGE_OUT && n > stage_max) stage_max = n;
     }
     a->stage_max = stage_max;
-    a->t_sin = take(&b, (size_t)B * c->block_out_channels[0]);
-    a->t_h = take(&b, (size_t)B * c->time_embed_dim);
-    a->t_a = take(&b, (size_t)B * c->time_embed_dim);
-    a->t_e = take(&b, (size_t)B * c->time_embed_dim);
-    a->temb = take(&b, (size_t)B * c->time_embed_dim);
+    a->t_sin = bump_take(&b, (size_t)B * c->block_out_channels[0]);
+    a->t_h = bump_take(&b, (size_t)B * c->time_embed_dim);
+    a->t_a = bump_take(&b, (size_t)B * c->time_embed_dim);
+    a->t_e = bump_take(&b, (size_t)B * c->time_embed_dim);
+    a->temb = bump_take(&b, (size_t)B * c->time_embed_dim);
     if (!a->training) {
         /* skip tensors (alive from their push to their pop) and two buffers for the rest */
         for (int s = 0; s < m->n_stages; s++) {
             const unet_stage_t *st = &m->stages[s];
             a->out[s] = NULL;
             a->keep[s] = 0;
-            if (st->push >= 0) a->skip[st->push] = a->out[s] = take(&b, stage_out_floats(st, B, H, W));
+            if (st->push >= 0) a->skip[st->push] = a->out[s] = bump_take(&b, stage_out_floats(st, B, H, W));
         }
-        a->ping[0] = take(&b, stage_max);
-        a->ping[1] = take(&b, stage_max);
+        a->ping[0] = bump_take(&b, stage_max);
+        a->ping[1] = bump_take(&b, stage_max);
         return b.off;
     }
-    a->sample = take(&b, (size_t)B * c->in_channels * S);
-    a->timesteps = take(&b, (size_t)B);
-    a->ctx = take(&b, (size_t)B * T * c->cross_attention_dim);
+    a->sample = bump_take(&b, (size_t)B * c->in_channels * S);
+    a->timesteps = bump_take(&b, (size_t)B);
+    a->ctx = bump_take(&b, (size_t)B * T * c->cross_attention_dim);
     for (int s = 0; s < m->n_stages; s++) {
         const unet_stage_t *st = &m->stages[s];
         const size_t Sl = (size_t)(H >> st->level) * (W >> st->level);
         a->keep[s] = stage_keeps(st, a->ckpt);
-        a->out[s] = st->kind == UNET_STAGE_OUT ? NULL : take(&b, stage_out_floats(st, B, H, W));
+        a->out[s] = st->kind == UNET_STAGE_OUT ? NULL : bump_take(&b, stage_out_floats(st, B, H, W));
         if (st->push >= 0) a->skip[st->push] = a->out[s];
         if (!a->keep[s]) continue;
         bump_t sub = {b.base ? b.base + b.off : NULL, 0};
@@ -799,19 +784,19 @@ static size_t acts_layout(unet_acts_t *a, float *base, const unet_t *m) {
         } else if (st->kind == UNET_STAGE_TRANSFORMER) {
             sub.off = unet_transformer_acts_layout(&a->tr[s], sub.base, &m->transformers[st->index], B, (int)Sl, T);
         } else { /* OUT: conv_norm_out output and stats */
-            a->res[s].h1 = take(&sub, (size_t)B * st->c_in * Sl);
-            a->res[s].mean1 = take(&sub, (size_t)B * c->norm_num_groups);
-            a->res[s].rstd1 = take(&sub, (size_t)B * c->norm_num_groups);
+            a->res[s].h1 = bump_take(&sub, (size_t)B * st->c_in * Sl);
+            a->res[s].mean1 = bump_take(&sub, (size_t)B * c->norm_num_groups);
+            a->res[s].rstd1 = bump_take(&sub, (size_t)B * c->norm_num_groups);
         }
-        take(&b, sub.off);
+        bump_take(&b, sub.off);
     }
     /* backward: gradient of the current hidden state (ping-pong) and of every skip tensor */
-    a->dh[0] = take(&b, stage_max);
-    a->dh[1] = take(&b, stage_max);
+    a->dh[0] = bump_take(&b, stage_max);
+    a->dh[1] = bump_take(&b, stage_max);
     size_t nskip = 0;
     for (int s = 0; s < m->n_stages; s++)
         if (m->stages[s].push >= 0) nskip += (stage_out_floats(&m->stages[s], B, H, W) + 15) & ~(size_t)15;
-    a->dskip = take(&b, nskip);
+    a->dskip = bump_take(&b, nskip);
     size_t off = 0;
     for (int s = 0; s < m->n_stages; s++) {
         const unet_stage_t *st = &m->stages[s];
@@ -819,7 +804,7 @@ static size_t acts_layout(unet_acts_t *a, float *base, const unet_t *m) {
         a->dskip_at[st->push] = a->dskip ? a->dskip + off : NULL;
         off += (stage_out_floats(st, B, H, W) + 15) & ~(size_t)15;
     }
-    a->dtemb = take(&b, (size_t)B * c->time_embed_dim);
+    a->dtemb = bump_take(&b, (size_t)B * c->time_embed_dim);
     return b.off;
 }
 

@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "base/error.h"
+#include "base/str.h"
 #include "base/scratch.h"
 #include "ops/fastmath.h"
 #include "ops/ops.h"
@@ -188,13 +189,6 @@ static void wk_spec(walker_t *wk, const char *name, int ndim, int64_t a, int64_t
         s->shape[0] = a, s->shape[1] = b, s->shape[2] = c, s->shape[3] = d;
     }
     wk->n_specs++;
-}
-
-static void shape_str(char *buf, size_t n, int ndim, const int64_t *shape) {
-    size_t at = (size_t)snprintf(buf, n, "[");
-    for (int i = 0; i < ndim && at < n; i++)
-        at += (size_t)snprintf(buf + at, n - at, "%s%lld", i ? ", " : "", (long long)shape[i]);
-    if (at < n) snprintf(buf + at, n - at, "]");
 }
 
 /* The tensor `name` (or, if absent, `alt`), checked to be a float type; NULL with wk->rc set

@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 
 #include "base/error.h"
+#include "base/str.h"
 #include "base/progress.h"
 #include "ops/ops.h"
 
@@ -95,11 +96,6 @@ const char *shiftset_meta(const shift_set_t *s, const char *key) {
 /* ---------------------------------------------------------------------------------------
  * files */
 
-static int ends_with(const char *s, const char *suffix) {
-    const size_t n = strlen(s), k = strlen(suffix);
-    return n >= k && strcmp(s + n - k, suffix) == 0;
-}
-
 int shiftset_load(shift_set_t *s, const char *file) {
     shiftset_init(s);
     st_file_t f;
@@ -108,7 +104,7 @@ int shiftset_load(shift_set_t *s, const char *file) {
     for (int i = 0; i < f.n_tensors && !rc; i++) {
         const st_tensor_t *t = &f.tensors[i];
         const size_t len = strlen(t->name), k = strlen(DELTA_SUFFIX);
-        if (!ends_with(t->name, DELTA_SUFFIX) || len == k) {
+        if (!str_ends_with(t->name, DELTA_SUFFIX) || len == k) {
             rc = sd_error(SD_ERR_FORMAT, "%s: tensor '%s' is not a shift (a shift file holds only '<module path>.delta' tensors)",
                           file, t->name);
             break;
@@ -253,7 +249,7 @@ static void put_visit_strip(void *ctx, const char *key, float *shift, float *gra
     (void)grad;
     char path[256];
     snprintf(path, sizeof path, "%s", key);
-    if (ends_with(path, ".weight")) path[strlen(path) - strlen(".weight")] = '\0';
+    if (str_ends_with(path, ".weight")) path[strlen(path) - strlen(".weight")] = '\0';
     shiftset_put(ctx, path, shift, n);
 }
 

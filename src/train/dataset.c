@@ -12,6 +12,7 @@
 
 #include "base/dist.h"
 #include "base/error.h"
+#include "base/str.h"
 #include "base/progress.h"
 #include "io/image.h"
 #include "io/outputs.h"
@@ -54,11 +55,6 @@ int prompt_table_add(prompt_table_t *pt, const clip_tokenizer_t *tok, const char
 }
 
 /* ---- folders ---- */
-
-static int ends_with(const char *s, const char *suffix) {
-    size_t a = strlen(s), b = strlen(suffix);
-    return a >= b && !strcasecmp(s + a - b, suffix);
-}
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
@@ -122,7 +118,7 @@ int image_set_scan(image_set_t *s, const char *dir, const char *what, int allow_
     char **names = NULL;
     int n = 0;
     for (struct dirent *e; (e = readdir(d));) {
-        if (e->d_name[0] == '.' || ends_with(e->d_name, ".txt")) continue;
+        if (e->d_name[0] == '.' || str_ends_with_nocase(e->d_name, ".txt")) continue;
         char path[PATH_MAX];
         struct stat st;
         snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
