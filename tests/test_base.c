@@ -1,6 +1,6 @@
 /* Tests of src/base: the RNG stream (Random123 known answers, a fixed stream checked against the
  * Python implementation of tests/reference/gen_sampler_golden.py, thread-count independence),
- * the string helpers (suffixes, shape printing) and the bump allocator. */
+ * the string helpers (suffixes, shape printing), the bump allocator and the JSON config getters. */
 #include <math.h>
 #include <omp.h>
 #include <stdio.h>
@@ -11,6 +11,7 @@
 
 #include "base/bump.h"
 #include "base/error.h"
+#include "base/json.h"
 #include "base/rng.h"
 #include "base/str.h"
 
@@ -183,6 +184,118 @@ static void test_bump(void **state) {
     free(base);
 }
 
+/* ------------------------------------------------------------------------------------------
+ * JSON config getters (json.h) */
+
+/* Asserts rc is SD_ERR_FORMAT and the message holds both parts (what and key). */
+static void refused(int rc, const char *part1, const char *part2) {
+    assert_int_equal(rc, SD_ERR_FORMAT);
+    if (!strstr(sd_last_error(), part1) || !strstr(sd_last_error(), part2)) {
+        print_error("message \"%s\" lacks \"%s\" or \"%s\"\n", sd_last_error(), part1, part2);
+        fail();
+    }
+}
+
+static void test_json_getters(void **state) {
+    (void)state;
+    cJSON *j = cJSON_Parse("{\"i\": 7, \"neg\": -3, \"half\": 2.5, \"huge\": 1e12, \"edge\": 1000000000,"
+                           " \"f\": 0.25, \"inf\": 1e39, \"b\": true, \"s\": \"silu\", \"nul\": null,"
+                           " \"list\": [1, 2, 3], \"strs\": [\"a\", \"b\"], \"mixed\": [\"a\", 1],"
+                           " \"falses\": [false, false], \"t\": true, \"no\": false}");
+    assert_non_null(j);
+    const char *W = "te/config.json";
+    int i = -1;
+    float f = -1;
+    double d = -1;
+    const char *str = NULL;
+    assert_int_equal(json_int(j, "i", 0, &i, W), 0);
+    assert_int_equal(i, 7);
+    assert_int_equal(json_int(j, "edge", 0, &i, W), 0);   /* JSON_INT_MAX itself */
+    assert_int_equal(i, JSON_INT_MAX);
+    assert_int_equal(json_int(j, "absent", 5, &i, W), 0);
+    assert_int_equal(i, 5);
+    assert_int_equal(json_int(j, "nul", 6, &i, W), 0);    /* null is absent */
+    assert_int_equal(i, 6);
+    refused(json_int(j, "half", 0, &i, W), W, "\"half\" must be an integer");
+    refused(json_int(j, "huge", 0, &i, W), W, "huge");
+    refused(json_int(j, "s", 0, &i, W), W, "\"s\"");
+    refused(json_int_req(j, "absent", &i, W), W, "missing key \"absent\"");
+    refused(json_int_req(j, "nul", &i, W), W, "missing key \"nul\"");
+    refused(json_int_range(j, "neg", 1, 1, 10, &i, W), W, "\"neg\" must be an integer in [1, 10]");
+    assert_int_equal(json_int_range(j, "i", 1, 1, 10, &i, W), 0);
+    assert_int_equal(i, 7);
+    assert_int_equal(json_float(j, "f", 0, &f, W), 0);
+    assert_true(f == 0.25f);
+    assert_int_equal(json_float(j, "i", 0, &f, W), 0);   /* an integer is a number */
+    assert_true(f == 7.0f);
+    refused(json_float(j, "inf", 0, &f, W), W, "\"inf\" must be a finite number");
+    refused(json_float_req(j, "absent", &f, W), W, "missing key");
+    assert_int_equal(json_double(j, "absent", 0.5, &d, W), 0);
+    assert_true(d == 0.5);
+    refused(json_double_req(j, "b", &d, W), W, "\"b\"");
+    int b = -1;
+    assert_int_equal(json_bool(j, "b", 0, &b, W), 0);
+    assert_int_equal(b, 1);
+    refused(json_bool(j, "i", 0, &b, W), W, "\"i\" must be true or false");
+    refused(json_bool_req(j, "absent", &b, W), W, "missing key");
+    assert_int_equal(json_str(j, "s", "x", &str, W), 0);
+    assert_string_equal(str, "silu");
+    assert_int_equal(json_str(j, "absent", NULL, &str, W), 0);
+    assert_null(str);
+    refused(json_str(j, "i", NULL, &str, W), W, "\"i\" must be a string");
+    refused(json_str_req(j, "nul", &str, W), W, "missing key");
+    cJSON_Delete(j);
+}
+
+static void test_json_lists(void **state) {
+    (void)state;
+    cJSON *j = cJSON_Parse("{\"one\": 2, \"list\": [1, 2, 3], \"bad\": [1, 2.5, 3], \"strs\": [\"a\", \"b\"],"
+                           " \"mixed\": [\"a\", 1], \"falses\": [false, false], \"somefalse\": [false, true],"
+                           " \"t\": true, \"no\": false, \"s\": \"silu\", \"nul\": null, \"obj\": {}}");
+    assert_non_null(j);
+    const char *W = "unet config";
+    int v[4] = {0}, n = -1;
+    assert_int_equal(json_int_list(j, "one", 9, v, 3, W), 0);   /* an integer applies to all */
+    assert_true(v[0] == 2 && v[1] == 2 && v[2] == 2);
+    assert_int_equal(json_int_list(j, "absent", 9, v, 3, W), 0);
+    assert_true(v[0] == 9 && v[2] == 9);
+    assert_int_equal(json_int_list(j, "list", 0, v, 3, W), 0);
+    assert_true(v[0] == 1 && v[1] == 2 && v[2] == 3);
+    refused(json_int_list(j, "list", 0, v, 4, W), W, "a list of 4 integers");
+    refused(json_int_list(j, "bad", 0, v, 3, W), W, "\"bad\"[1] must be an integer");
+    assert_int_equal(json_int_array(j, "list", v, 4, &n, W), 0);
+    assert_int_equal(n, 3);
+    assert_int_equal(json_int_array(j, "one", v, 4, &n, W), 0);   /* a single int: a list of one */
+    assert_int_equal(n, 1);
+    assert_int_equal(v[0], 2);
+    refused(json_int_array(j, "list", v, 2, &n, W), W, "more than the 2 supported");
+    refused(json_int_array(j, "absent", v, 2, &n, W), W, "missing key");
+    refused(json_int_array(j, "s", v, 2, &n, W), W, "\"s\" must be a list of integers");
+    const char *s[4];
+    assert_int_equal(json_str_array(j, "strs", s, 4, &n, W), 0);
+    assert_int_equal(n, 2);
+    assert_string_equal(s[1], "b");
+    refused(json_str_array(j, "mixed", s, 4, &n, W), W, "\"mixed\"[1] must be a string");
+    refused(json_str_array(j, "strs", s, 1, &n, W), W, "at most 1 strings");
+    /* variant keys */
+    assert_int_equal(json_require_unset(j, "absent", W), 0);
+    assert_int_equal(json_require_unset(j, "nul", W), 0);
+    assert_int_equal(json_require_unset(j, "no", W), 0);
+    refused(json_require_unset(j, "t", W), W, "\"t\" is set");
+    refused(json_require_unset(j, "obj", W), W, "not supported");
+    assert_int_equal(json_require_false(j, "falses", W), 0);
+    assert_int_equal(json_require_false(j, "no", W), 0);
+    refused(json_require_false(j, "somefalse", W), W, "\"somefalse\" must be false");
+    assert_int_equal(json_require_str(j, "s", "silu", W), 0);
+    assert_int_equal(json_require_str(j, "absent", "silu", W), 0);
+    refused(json_require_str(j, "s", "gelu", W), W, "\"s\" = \"silu\" is not supported (only \"gelu\")");
+    refused(json_require_str(j, "t", "gelu", W), W, "(not a string)");
+    assert_null(json_item(NULL, "x"));   /* no config at all: every key absent */
+    assert_int_equal(json_int(NULL, "x", 3, v, W), 0);
+    assert_int_equal(v[0], 3);
+    cJSON_Delete(j);
+}
+
 int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_philox_known_answers),
@@ -191,6 +304,8 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_str_suffix),
         cmocka_unit_test(test_shape_str),
         cmocka_unit_test(test_bump),
+        cmocka_unit_test(test_json_getters),
+        cmocka_unit_test(test_json_lists),
     };
     return RUN_TESTS(argc, argv, "base", tests, NULL, NULL);
 }

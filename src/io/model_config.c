@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "base/error.h"
+#include "base/json.h"
 #include "io/names.h"
 
 #define MAX_LEVELS 8
@@ -19,148 +20,72 @@
 /* ---------------------------------------------------------------------------------------- */
 /* Typed config access                                                                      */
 
-/* NULL when absent; JSON null counts as absent (diffusers writes None for "use the default"). */
-static const cJSON *item(const model_component_t *c, const char *key) {
-    const cJSON *it = c->config ? cJSON_GetObjectItemCaseSensitive(c->config, key) : NULL;
-    return cJSON_IsNull(it) ? NULL : it;
-}
-
-static int missing(const model_component_t *c, const char *key) {
-    return sd_error(SD_ERR_FORMAT, "%s config: missing key '%s'", c->name, key);
-}
-
-static int as_int(const model_component_t *c, const char *key, const cJSON *it, int *out) {
-    double v = cJSON_IsNumber(it) ? it->valuedouble : NAN;
-    if (!(v == floor(v) && fabs(v) < 2147483647.0))
-        return sd_error(SD_ERR_FORMAT, "%s config: key '%s' is not an integer", c->name, key);
-    *out = (int)v;
-    return 0;
-}
+/* The config getters of model.h: io/json.h's on c->config, errors naming "<component> config". */
+#define WHAT(c) char what[96]; snprintf(what, sizeof what, "%s config", (c)->name ? (c)->name : "?")
 
 int config_int(const model_component_t *c, const char *key, int *out) {
-    const cJSON *it = item(c, key);
-    return it ? as_int(c, key, it, out) : missing(c, key);
+    WHAT(c);
+    return json_int_req(c->config, key, out, what);
 }
 
 int config_int_or(const model_component_t *c, const char *key, int dflt, int *out) {
-    const cJSON *it = item(c, key);
-    if (!it) {
-        *out = dflt;
-        return 0;
-    }
-    return as_int(c, key, it, out);
+    WHAT(c);
+    return json_int(c->config, key, dflt, out, what);
 }
 
 int config_float(const model_component_t *c, const char *key, float *out) {
-    const cJSON *it = item(c, key);
-    if (!it) return missing(c, key);
-    if (!cJSON_IsNumber(it) || !(fabs(it->valuedouble) <= FLT_MAX))
-        return sd_error(SD_ERR_FORMAT, "%s config: key '%s' is not a finite number", c->name, key);
-    *out = (float)it->valuedouble;
-    return 0;
+    WHAT(c);
+    return json_float_req(c->config, key, out, what);
 }
 
 int config_float_or(const model_component_t *c, const char *key, float dflt, float *out) {
-    if (!item(c, key)) {
-        *out = dflt;
-        return 0;
-    }
-    return config_float(c, key, out);
+    WHAT(c);
+    return json_float(c->config, key, dflt, out, what);
 }
 
 int config_bool(const model_component_t *c, const char *key, int *out) {
-    const cJSON *it = item(c, key);
-    if (!it) return missing(c, key);
-    if (!cJSON_IsBool(it))
-        return sd_error(SD_ERR_FORMAT, "%s config: key '%s' is not true/false", c->name, key);
-    *out = cJSON_IsTrue(it);
-    return 0;
+    WHAT(c);
+    return json_bool_req(c->config, key, out, what);
 }
 
 static int config_bool_or(const model_component_t *c, const char *key, int dflt, int *out) {
-    if (!item(c, key)) {
-        *out = dflt;
-        return 0;
-    }
-    return config_bool(c, key, out);
+    WHAT(c);
+    return json_bool(c->config, key, dflt, out, what);
 }
 
 int config_string(const model_component_t *c, const char *key, const char **out) {
-    const cJSON *it = item(c, key);
-    if (!it) return missing(c, key);
-    if (!cJSON_IsString(it))
-        return sd_error(SD_ERR_FORMAT, "%s config: key '%s' is not a string", c->name, key);
-    *out = it->valuestring;
-    return 0;
+    WHAT(c);
+    return json_str_req(c->config, key, out, what);
 }
 
 int config_string_or(const model_component_t *c, const char *key, const char *dflt, const char **out) {
-    if (!item(c, key)) {
-        *out = dflt;
-        return 0;
-    }
-    return config_string(c, key, out);
+    WHAT(c);
+    return json_str(c->config, key, dflt, out, what);
 }
 
 int config_int_array(const model_component_t *c, const char *key, int *out, int max, int *n) {
-    const cJSON *it = item(c, key);
-    if (!it) return missing(c, key);
-    if (cJSON_IsNumber(it)) {
-        *n = 1;
-        return max >= 1 ? as_int(c, key, it, out)
-                        : sd_error(SD_ERR_FORMAT, "%s config: key '%s' allows no entries", c->name, key);
-    }
-    if (!cJSON_IsArray(it))
-        return sd_error(SD_ERR_FORMAT, "%s config: key '%s' is not an integer array", c->name, key);
-    int k = cJSON_GetArraySize(it);
-    if (k > max)
-        return sd_error(SD_ERR_FORMAT, "%s config: key '%s' has %d entries, more than the %d supported",
-                        c->name, key, k, max);
-    int i = 0;
-    for (const cJSON *e = it->child; e; e = e->next, i++) {
-        int rc = as_int(c, key, e, &out[i]);
-        if (rc) return rc;
-    }
-    *n = k;
-    return 0;
+    WHAT(c);
+    return json_int_array(c->config, key, out, max, n, what);
 }
 
 /* A string array (block types); entries point into the config. */
 static int config_string_array(const model_component_t *c, const char *key, const char **out, int max, int *n) {
-    const cJSON *it = item(c, key);
-    if (!it) return missing(c, key);
-    int k = cJSON_IsArray(it) ? cJSON_GetArraySize(it) : -1;
-    if (k < 0 || k > max)
-        return sd_error(SD_ERR_FORMAT, "%s config: key '%s' is not an array of at most %d strings",
-                        c->name, key, max);
-    int i = 0;
-    for (const cJSON *e = it->child; e; e = e->next, i++) {
-        if (!cJSON_IsString(e))
-            return sd_error(SD_ERR_FORMAT, "%s config: key '%s' entry %d is not a string", c->name, key, i);
-        out[i] = e->valuestring;
-    }
-    *n = k;
-    return 0;
+    WHAT(c);
+    return json_str_array(c->config, key, out, max, n, what);
 }
 
 /* Keys that would add modules this code base does not build: they must be absent or null. */
 static int require_absent(const model_component_t *c, const char *const *keys, int n) {
-    for (int i = 0; i < n; i++) {
-        const cJSON *it = item(c, keys[i]);
-        if (it && !(cJSON_IsFalse(it)))
-            return sd_error(SD_ERR_FORMAT, "%s config: key '%s' is set; this model variant is not supported",
-                            c->name, keys[i]);
-    }
-    return 0;
+    WHAT(c);
+    int rc = SD_OK;
+    for (int i = 0; i < n && !rc; i++) rc = json_require_unset(c->config, keys[i], what);
+    return rc;
 }
 
 static int require_string(const model_component_t *c, const char *key, const char *dflt, const char *want) {
-    const char *s = dflt;
-    int rc = config_string_or(c, key, dflt, &s);
-    if (rc) return rc;
-    if (strcmp(s, want) != 0)
-        return sd_error(SD_ERR_FORMAT, "%s config: %s '%s' is not supported (only '%s')", c->name, key, s, want);
-    return 0;
+    WHAT(c);
+    (void)dflt;   /* every caller's default is `want` */
+    return json_require_str(c->config, key, want, what);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -371,7 +296,7 @@ static int vae_walk(const model_component_t *c, walk_t *w) {
     static const char *const keys[2] = {"down_block_types", "up_block_types"};
     static const char *const want[2] = {"DownEncoderBlock2D", "UpDecoderBlock2D"};
     for (int k = 0; k < 2; k++) {
-        if (!item(c, keys[k])) continue;
+        if (!json_item(c->config, keys[k])) continue;
         if ((rc = config_string_array(c, keys[k], types, MAX_LEVELS, &nt))) return rc;
         if (nt != n)
             return sd_error(SD_ERR_FORMAT, "%s config: %d %s for %d block_out_channels", c->name, nt, keys[k], n);

@@ -11,23 +11,12 @@
 
 #include "base/bump.h"
 #include "base/error.h"
+#include "base/json.h"
 #include "base/scratch.h"
 #include "ops/ops.h"
 
 /* ---------------------------------------------------------------------------------------
  * config */
-
-static int json_int(const cJSON *j, const char *key, int dflt, int *out, const char *what) {
-    const cJSON *it = cJSON_GetObjectItemCaseSensitive(j, key);
-    if (!it || cJSON_IsNull(it)) {
-        *out = dflt;
-        return SD_OK;
-    }
-    if (!cJSON_IsNumber(it) || !(it->valuedouble >= 1 && it->valuedouble <= 1e9) || it->valuedouble != floor(it->valuedouble))
-        return sd_error(SD_ERR_FORMAT, "%s: \"%s\" must be a positive integer", what, key);
-    *out = (int)it->valuedouble;
-    return SD_OK;
-}
 
 int clip_config_from_json(clip_config_t *cfg, const cJSON *json, const char *what) {
     if (!what) what = "text encoder config";
@@ -35,27 +24,24 @@ int clip_config_from_json(clip_config_t *cfg, const cJSON *json, const char *wha
     memset(cfg, 0, sizeof *cfg);
     int rc;
     /* defaults: transformers' CLIPTextConfig */
-    if ((rc = json_int(json, "hidden_size", 512, &cfg->hidden_size, what)) ||
-        (rc = json_int(json, "intermediate_size", 2048, &cfg->intermediate_size, what)) ||
-        (rc = json_int(json, "num_hidden_layers", 12, &cfg->num_layers, what)) ||
-        (rc = json_int(json, "num_attention_heads", 8, &cfg->num_heads, what)) ||
-        (rc = json_int(json, "max_position_embeddings", 77, &cfg->max_positions, what)) ||
-        (rc = json_int(json, "vocab_size", 49408, &cfg->vocab_size, what)))
+    const char *name = NULL;
+    if ((rc = json_int_range(json, "hidden_size", 512, 1, JSON_INT_MAX, &cfg->hidden_size, what)) ||
+        (rc = json_int_range(json, "intermediate_size", 2048, 1, JSON_INT_MAX, &cfg->intermediate_size, what)) ||
+        (rc = json_int_range(json, "num_hidden_layers", 12, 1, JSON_INT_MAX, &cfg->num_layers, what)) ||
+        (rc = json_int_range(json, "num_attention_heads", 8, 1, JSON_INT_MAX, &cfg->num_heads, what)) ||
+        (rc = json_int_range(json, "max_position_embeddings", 77, 1, JSON_INT_MAX, &cfg->max_positions, what)) ||
+        (rc = json_int_range(json, "vocab_size", 49408, 1, JSON_INT_MAX, &cfg->vocab_size, what)) ||
+        (rc = json_str(json, "hidden_act", "quick_gelu", &name, what)))
         return rc;
-    const cJSON *act = cJSON_GetObjectItemCaseSensitive(json, "hidden_act");
-    const char *name = act ? cJSON_GetStringValue(act) : "quick_gelu";
-    if (!name) return sd_error(SD_ERR_FORMAT, "%s: \"hidden_act\" must be a string", what);
     if (strcmp(name, "quick_gelu") == 0) cfg->act = CLIP_ACT_QUICK_GELU;
     else if (strcmp(name, "gelu") == 0) cfg->act = CLIP_ACT_GELU;
     else
         return sd_error(SD_ERR_FORMAT, "%s: hidden_act \"%s\" is not supported (quick_gelu, gelu)", what, name);
-    const cJSON *eps = cJSON_GetObjectItemCaseSensitive(json, "layer_norm_eps");
-    cfg->layer_norm_eps = 1e-5f;
-    if (eps && !cJSON_IsNull(eps)) {
-        if (!cJSON_IsNumber(eps) || !(eps->valuedouble > 0 && eps->valuedouble < 1))
-            return sd_error(SD_ERR_FORMAT, "%s: \"layer_norm_eps\" must be a positive number", what);
-        cfg->layer_norm_eps = (float)eps->valuedouble;
-    }
+    double eps = 1e-5;
+    if ((rc = json_double(json, "layer_norm_eps", 1e-5, &eps, what))) return rc;
+    if (!(eps > 0 && eps < 1))
+        return sd_error(SD_ERR_FORMAT, "%s: \"layer_norm_eps\" must be a positive number below 1", what);
+    cfg->layer_norm_eps = (float)eps;
     if (cfg->hidden_size % cfg->num_heads)
         return sd_error(SD_ERR_FORMAT, "%s: hidden_size %d is not a multiple of num_attention_heads %d", what,
                         cfg->hidden_size, cfg->num_heads);

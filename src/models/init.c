@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "base/error.h"
+#include "base/json.h"
 #include "base/str.h"
 #include "base/rng.h"
 #include "io/model.h"
@@ -90,19 +91,6 @@ static uint64_t mix64(uint64_t z) {   /* splitmix64's finaliser */
     return z ^ (z >> 31);
 }
 
-static int cfg_num(const cJSON *cfg, const char *key, double dflt, double *out) {
-    const cJSON *it = cJSON_GetObjectItemCaseSensitive(cfg, key);
-    if (!it || cJSON_IsNull(it)) {
-        if (isnan(dflt)) return sd_error(SD_ERR_FORMAT, "text_encoder config: missing key '%s'", key);
-        *out = dflt;
-        return 0;
-    }
-    if (!cJSON_IsNumber(it) || !isfinite(it->valuedouble))
-        return sd_error(SD_ERR_FORMAT, "text_encoder config: key '%s' is not a finite number", key);
-    *out = it->valuedouble;
-    return 0;
-}
-
 int model_init_tensor(float *dst, const char *component, const cJSON *config, const char *name, int ndim,
                       const int64_t *shape, int prev_fan_in, uint64_t seed) {
     int64_t numel = 1;
@@ -115,8 +103,9 @@ int model_init_tensor(float *dst, const char *component, const cJSON *config, co
     if (!strcmp(component, "text_encoder")) {
         double f = 1, d = 0, L = 0, std = -1;
         int rc;
-        if ((rc = cfg_num(config, "initializer_factor", 1.0, &f)) || (rc = cfg_num(config, "hidden_size", NAN, &d)) ||
-            (rc = cfg_num(config, "num_hidden_layers", NAN, &L)))
+        if ((rc = json_double(config, "initializer_factor", 1.0, &f, "text_encoder config")) ||
+            (rc = json_double_req(config, "hidden_size", &d, "text_encoder config")) ||
+            (rc = json_double_req(config, "num_hidden_layers", &L, "text_encoder config")))
             return rc;
         if (ndim == 1) {   /* every linear bias and LayerNorm beta 0, LayerNorm gamma 1 */
             for (int64_t i = 0; i < numel; i++) dst[i] = is_bias ? 0.0f : 1.0f;
