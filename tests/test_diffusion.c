@@ -355,6 +355,33 @@ static void capture(void *ctx, int step, int num_steps, float t, const float *la
     m->captured++;
 }
 
+/* Latents of an impossible size (2^54 floats, 64 PiB: beyond any address space, so no
+ * overcommit setting lets it succeed): the sampler's input-sized allocations are returned
+ * errors (SD_ERR_NOMEM naming what), not aborts. They used to abort in sd_xcalloc /
+ * sd_xmalloc ("sampler.c:151: out of memory allocating ... x 4 bytes"). */
+static void test_sampler_out_of_memory(void **state) {
+    (void)state;
+    sched_config_t c;
+    sd_config(&c, PRED_EPSILON);
+    noise_schedule_t s;
+    assert_int_equal(noise_schedule_init(&s, &c), 0);
+    const size_t huge = (size_t)1 << 54;
+    sampler_t sm;
+    sd_clear_error();
+    assert_int_equal(sampler_init(&sm, SAMPLER_DPMPP_2M, &s, 20, huge, 0.0f), SD_ERR_NOMEM);
+    assert_non_null(strstr(sd_last_error(), "dpmpp_2m: previous x0: out of memory"));
+    assert_null(sm.timesteps);   /* freed on the way out */
+    /* step noise drawn from the generator: n floats at every step */
+    assert_int_equal(sampler_init(&sm, SAMPLER_EULER_ANCESTRAL, &s, 20, huge, 0.0f), 0);
+    rng_t r;
+    rng_init(&r, 1);
+    assert_int_equal(sampler_step(&sm, 0, NULL, NULL, NULL, &r), SD_ERR_NOMEM);
+    assert_non_null(strstr(sd_last_error(), "sampler step noise: out of memory"));
+    assert_int_equal(r.counter, 0);   /* nothing drawn */
+    sampler_free(&sm);
+    noise_schedule_free(&s);
+}
+
 typedef struct {
     const char *name;
     sampler_kind_t kind;
@@ -739,6 +766,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_schedule_tables),
         cmocka_unit_test(test_timesteps_golden),
         cmocka_unit_test(test_timesteps_sd15_known),
+        cmocka_unit_test(test_sampler_out_of_memory),
         cmocka_unit_test(test_config_json),
         cmocka_unit_test(test_ddpm_noising),
         cmocka_unit_test(test_trajectories),

@@ -347,8 +347,11 @@ static void ln_backward(const clip_t *m, const clip_ln_t *ln, const clip_ln_grad
 
 const float *clip_forward(clip_t *m, clip_acts_t *a, const int *ids, int B, int T) {
     const clip_config_t *c = &m->cfg;
-    SD_CHECK(B >= 1 && B <= a->B && T >= 1 && T <= a->T, "clip_forward: %d x %d tokens exceed the activations' %d x %d",
-             B, T, a->B, a->T);
+    if (B < 1 || B > a->B || T < 1 || T > a->T) {
+        sd_error(SD_ERR_ARG, "text encoder: forward of %d x %d tokens does not fit the activations' %d x %d", B, T,
+                 a->B, a->T);
+        return NULL;
+    }
     SD_CHECK(m->clip_skip >= 0 && m->clip_skip < c->num_layers, "clip_skip %d with %d layers", m->clip_skip,
              c->num_layers);
     const int C = c->hidden_size, I = c->intermediate_size, H = c->num_heads, D = C / H, N = B * T;

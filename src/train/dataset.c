@@ -277,11 +277,13 @@ int train_image_dist(pipeline_t *p, train_image_t *im, int flip, int res, int ce
                 }
         }
     const size_t n = train_latent_floats(p, res);
-    float *out = sd_xmalloc(sizeof(float) * 2 * n);
-    if (p->has_vae) {
-        float *x = sd_xmalloc(sizeof(float) * 3 * res * res);
-        vae_image_to_tensor(x, img.rgb, res, res, 3);
-        rc = vae_encode(&p->vae, out, out + n, x, 1, res, res);
+    float *out = malloc(sizeof(float) * 2 * n);
+    if (!out) {
+        rc = sd_nomem("training image latents", sizeof(float) * 2 * n);
+    } else if (p->has_vae) {
+        float *x = malloc(sizeof(float) * 3 * res * res);
+        if (x) vae_image_to_tensor(x, img.rgb, res, res, 3);
+        rc = x ? vae_encode(&p->vae, out, out + n, x, 1, res, res) : sd_nomem("training image", sizeof(float) * 3 * res * res);
         free(x);
     } else if (p->latent_channels == 3) {
         vae_image_to_tensor(out, img.rgb, res, res, 3);
@@ -345,7 +347,8 @@ int class_images_generate(pipeline_t *p, const char *dir, const char *prompt, in
                 N > 1 ? " (split over the MPI ranks)" : "");
     int C, h, w;
     pipeline_latent_shape(p, res, res, &C, &h, &w);
-    float *lat = sd_xmalloc(sizeof(float) * (size_t)C * h * w);
+    float *lat = malloc(sizeof(float) * (size_t)C * h * w);
+    if (!lat) rc = sd_nomem("class image latents", sizeof(float) * (size_t)C * h * w);   /* agreed on below */
     progress_t bar;
     class_progress_t cp = {&bar, 0};
     if (me == 0) progress_start(&bar, "class images", (long)mine * steps, "step");
