@@ -271,6 +271,33 @@ static void test_golden_sd1(void **state) {
     scratch_free_all();
 }
 
+/* A forward larger than its activations (more sequences or tokens than they were built for)
+ * is an error the caller can report, not an abort: B and T come from the input (prompts,
+ * batch size). It used to abort in an SD_CHECK ("check failed: B >= 1 && B <= a->B ..."). */
+static void test_forward_over_capacity(void **state) {
+    (void)state;
+    te_t te;
+    te_open(&te, "sd1_text_encoder");
+    clip_t m;
+    build_ok(&m, &te.cfg, get_st, &te.f);
+    clip_acts_t a;
+    assert_int_equal(clip_acts_build(&a, &te.cfg, 1, 8), 0);
+    int ids[3 * 9] = {0};
+    for (int i = 0; i < 3 * 9; i++) ids[i] = (i * 7) % te.cfg.vocab_size;
+    const int bad[4][2] = {{1, 9}, {2, 8}, {0, 8}, {1, 0}};
+    for (int k = 0; k < 4; k++) {
+        sd_clear_error();
+        assert_null(clip_forward(&m, &a, ids, bad[k][0], bad[k][1]));
+        assert_non_null(strstr(sd_last_error(), "text encoder: forward of"));
+        assert_non_null(strstr(sd_last_error(), "activations' 1 x 8"));
+    }
+    assert_non_null(clip_forward(&m, &a, ids, 1, 8));   /* the activations are still usable */
+    clip_acts_free(&a);
+    free_clip(&m);
+    st_close(&te.f);
+    scratch_free_all();
+}
+
 static void test_golden_sd1_f16(void **state) {
     (void)state;
     te_t te;
@@ -751,6 +778,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_config),
         cmocka_unit_test(test_build_errors),
         cmocka_unit_test(test_golden_sd1),
+        cmocka_unit_test(test_forward_over_capacity),
         cmocka_unit_test(test_golden_sd1_f16),
         cmocka_unit_test(test_golden_sd1_spectral),
         cmocka_unit_test(test_golden_sd2),

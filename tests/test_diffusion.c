@@ -1,12 +1,10 @@
-/* Tests of src/diffusion: the RNG stream (Random123 known answers, a fixed stream, thread-count
- * independence), the schedule tables, timesteps and sigmas against diffusers (bit for bit, from
- * tests/fixtures/sampler/golden.safetensors written by tests/reference/gen_sampler_golden.py,
+/* Tests of src/diffusion (the RNG's are in test_base.c): the schedule tables, timesteps and
+ * sigmas against diffusers (bit for bit, from tests/fixtures/sampler/golden.safetensors written by tests/reference/gen_sampler_golden.py,
  * and hard-coded SD 1.5 lists), the scheduler-config glue, DDPM noising, whole sampling
  * trajectories of every sampler (each step to 1e-4 relative), DDIM inversion + reconstruction,
  * exact-denoiser convergence, classifier-free guidance and argument errors.
  * SVDIFF_GOLDEN_VERBOSE=1 prints every trajectory error measured. */
 #include <math.h>
-#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,113 +42,6 @@ static void assert_bits(const char *what, const float *got, const float *want, s
             fail();
         }
     }
-}
-
-/* ------------------------------------------------------------------------------------------
- * RNG */
-
-static void test_philox_known_answers(void **state) {
-    (void)state;
-    /* Random123 kat_vectors, "philox4x32 10". */
-    static const uint32_t ctr[3][4] = {{0, 0, 0, 0},
-                                       {0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu},
-                                       {0x243f6a88u, 0x85a308d3u, 0x13198a2eu, 0x03707344u}};
-    static const uint32_t key[3][2] = {{0, 0}, {0xffffffffu, 0xffffffffu}, {0xa4093822u, 0x299f31d0u}};
-    static const uint32_t want[3][4] = {{0x6627e8d5u, 0xe169c58du, 0xbc57ac4cu, 0x9b00dbd8u},
-                                        {0x408f276du, 0x41c83b0eu, 0xa20bc7c6u, 0x6d5451fdu},
-                                        {0xd16cfe09u, 0x94fdccebu, 0x5001e420u, 0x24126ea1u}};
-    for (int k = 0; k < 3; k++) {
-        uint32_t out[4];
-        philox4x32_10(out, ctr[k], key[k]);
-        for (int j = 0; j < 4; j++) assert_int_equal(out[j], want[k][j]);
-    }
-}
-
-static void test_rng_stream(void **state) {
-    (void)state;
-    /* Regression: the first normals of seed 0 and seed 1234 (the Python implementation in
-     * gen_sampler_golden.py gives the same; a change here changes every seeded image). */
-    static const float seed0[8] = {-0.3976675271987915f, 1.3868443965911865f, -0.20578628778457642f,
-                                   -1.1881760358810425f, 0.7415423393249512f, -1.6472609043121338f,
-                                   0.6388142704963684f, -2.4022295475006104f};
-    static const float seed1234[8] = {0.16063375771045685f, 1.8322490453720093f, -0.1724560260772705f,
-                                      1.6632604598999023f, 0.4085356593132019f, -1.5378426313400269f,
-                                      -0.34276530146598816f, -1.2792901992797852f};
-    rng_t r;
-    float got[64];
-    rng_init(&r, 0);
-    rng_fill_normal(&r, got, 8);
-    assert_bits("seed 0", got, seed0, 8);
-    rng_init(&r, 1234);
-    rng_fill_normal(&r, got, 8);
-    assert_bits("seed 1234", got, seed1234, 8);
-
-    /* The independent Python implementation: 64 values of seed 0, and 16 values of a 64-bit
-     * seed across the counter's carry into its high word. */
-    st_file_t f;
-    golden_open(&f, FIXTURE);
-    float *want = golden_get(&f, "rng.seed0", 64);
-    rng_init(&r, 0);
-    rng_fill_normal(&r, got, 40);        /* two fills continue one stream */
-    rng_fill_normal(&r, got + 40, 24);
-    assert_bits("rng.seed0", got, want, 64);
-    assert_true(r.counter == 64);
-    free(want);
-    want = golden_get(&f, "rng.seed_big", 16);
-    rng_init(&r, 0x123456789ABCDEF0ull);
-    r.counter = (1ull << 32) - 5;
-    rng_fill_normal(&r, got, 16);
-    assert_bits("rng.seed_big", got, want, 16);
-    for (int i = 0; i < 16; i++)
-        assert_true(rng_normal_at(0x123456789ABCDEF0ull, (1ull << 32) - 5 + i) == got[i]);
-    free(want);
-    st_close(&f);
-}
-
-static void test_rng_threads_and_stats(void **state) {
-    (void)state;
-    /* Large enough for the parallel path: 1 thread and 2 threads give the same bits. */
-    size_t n = 1 << 17;
-    float *a = sd_xmalloc(n * sizeof(float)), *b = sd_xmalloc(n * sizeof(float));
-    rng_t r;
-    int saved = omp_get_max_threads();
-    omp_set_num_threads(1);
-    rng_init(&r, 77);
-    rng_fill_normal(&r, a, n);
-    omp_set_num_threads(2);
-    rng_init(&r, 77);
-    rng_fill_normal(&r, b, n);
-    omp_set_num_threads(saved);
-    assert_memory_equal(a, b, n * sizeof(float));
-    double m = 0, v = 0;
-    for (size_t i = 0; i < n; i++) m += a[i];
-    m /= n;
-    for (size_t i = 0; i < n; i++) v += (a[i] - m) * (a[i] - m);
-    v /= n;
-    /* N(0,1): standard error of the mean 1/sqrt(n) = 0.0028, of the variance ~0.004. */
-    assert_true(fabs(m) < 0.012);
-    assert_true(fabs(v - 1) < 0.02);
-    /* Different seeds differ. */
-    rng_init(&r, 78);
-    rng_fill_normal(&r, b, 16);
-    assert_true(memcmp(a, b, 16 * sizeof(float)) != 0);
-    /* randint: in range, every value hit, reproducible. */
-    int hist[7] = {0};
-    rng_init(&r, 5);
-    for (int i = 0; i < 7000; i++) {
-        int k = rng_randint(&r, 7);
-        assert_true(k >= 0 && k < 7);
-        hist[k]++;
-    }
-    for (int k = 0; k < 7; k++) assert_true(hist[k] > 850 && hist[k] < 1150);
-    rng_t r1, r2;
-    rng_init(&r1, 9);
-    rng_init(&r2, 9);
-    for (int i = 0; i < 10; i++) assert_int_equal(rng_randint(&r1, 1000), rng_randint(&r2, 1000));
-    double u = rng_uniform(&r1);
-    assert_true(u >= 0 && u < 1);
-    free(a);
-    free(b);
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -462,6 +353,33 @@ static void capture(void *ctx, int step, int num_steps, float t, const float *la
     assert_int_equal(step, m->captured + 1);
     memcpy(m->traj + (size_t)m->captured * TN, latents, TN * sizeof(float));
     m->captured++;
+}
+
+/* Latents of an impossible size (2^54 floats, 64 PiB: beyond any address space, so no
+ * overcommit setting lets it succeed): the sampler's input-sized allocations are returned
+ * errors (SD_ERR_NOMEM naming what), not aborts. They used to abort in sd_xcalloc /
+ * sd_xmalloc ("sampler.c:151: out of memory allocating ... x 4 bytes"). */
+static void test_sampler_out_of_memory(void **state) {
+    (void)state;
+    sched_config_t c;
+    sd_config(&c, PRED_EPSILON);
+    noise_schedule_t s;
+    assert_int_equal(noise_schedule_init(&s, &c), 0);
+    const size_t huge = (size_t)1 << 54;
+    sampler_t sm;
+    sd_clear_error();
+    assert_int_equal(sampler_init(&sm, SAMPLER_DPMPP_2M, &s, 20, huge, 0.0f), SD_ERR_NOMEM);
+    assert_non_null(strstr(sd_last_error(), "dpmpp_2m: previous x0: out of memory"));
+    assert_null(sm.timesteps);   /* freed on the way out */
+    /* step noise drawn from the generator: n floats at every step */
+    assert_int_equal(sampler_init(&sm, SAMPLER_EULER_ANCESTRAL, &s, 20, huge, 0.0f), 0);
+    rng_t r;
+    rng_init(&r, 1);
+    assert_int_equal(sampler_step(&sm, 0, NULL, NULL, NULL, &r), SD_ERR_NOMEM);
+    assert_non_null(strstr(sd_last_error(), "sampler step noise: out of memory"));
+    assert_int_equal(r.counter, 0);   /* nothing drawn */
+    sampler_free(&sm);
+    noise_schedule_free(&s);
 }
 
 typedef struct {
@@ -845,12 +763,10 @@ static void test_errors(void **state) {
 
 int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_philox_known_answers),
-        cmocka_unit_test(test_rng_stream),
-        cmocka_unit_test(test_rng_threads_and_stats),
         cmocka_unit_test(test_schedule_tables),
         cmocka_unit_test(test_timesteps_golden),
         cmocka_unit_test(test_timesteps_sd15_known),
+        cmocka_unit_test(test_sampler_out_of_memory),
         cmocka_unit_test(test_config_json),
         cmocka_unit_test(test_ddpm_noising),
         cmocka_unit_test(test_trajectories),

@@ -283,6 +283,22 @@ static void test_pipeline_bad_size(void **state) {
     pipeline_close(&p);
 }
 
+/* A decode whose image cannot be allocated (latents of 2^22 x 2^22: 844 TB of pixels, beyond
+ * any address space) is SD_ERR_NOMEM with a message, as base/error.h's policy asks for
+ * allocations the input sizes; it used to abort in sd_xmalloc ("pipeline.c:246: out of memory
+ * allocating ... bytes"). Nothing is read from the latents before the allocation. */
+static void test_pipeline_decode_out_of_memory(void **state) {
+    (void)state;
+    pipeline_t p;
+    open_or_fail(&p, source_path(TINY));
+    uint8_t *rgb[1] = {NULL};
+    sd_clear_error();
+    assert_int_equal(pipeline_decode(&p, NULL, 1, 1 << 22, 1 << 22, rgb), SD_ERR_NOMEM);
+    assert_non_null(strstr(sd_last_error(), "decoded image: out of memory"));
+    assert_null(rgb[0]);
+    pipeline_close(&p);
+}
+
 /* DDIM inversion (guidance 1, the same prompt) followed by DDIM sampling returns to the start.
  * The start is a realistic latent: the tiny model's own 30-step sample. The error falls with
  * the step count (the inversion assumes eps(x_t) ~ eps(x_{t-1})); measured here with the tiny
@@ -331,6 +347,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_pipeline_batch_independence),
         cmocka_unit_test(test_pipeline_pixel),
         cmocka_unit_test(test_pipeline_bad_size),
+        cmocka_unit_test(test_pipeline_decode_out_of_memory),
         cmocka_unit_test(test_pipeline_inversion_roundtrip),
     };
     return RUN_TESTS(argc, argv, "pipeline", tests, NULL, NULL);

@@ -458,6 +458,50 @@ static void test_read_f32_large(void **state) {
     free(h);
 }
 
+/* st_to_f32, the one fp16 / bf16 widening (weights on the hot path, st_read_f32, the model hash,
+ * full fine-tuning's fp32 masters): every one of the 65536 bit patterns, from an odd address,
+ * gives the bits of the scalar conversion, signalling NaNs included (F16C's vcvtph2ps would
+ * quiet them), in runs of every length around the 8-value vector step and past the parallel
+ * threshold. */
+static void test_to_f32_all_patterns(void **state) {
+    (void)state;
+    enum { N = 65536, BIG = 3 * 65536 + 5 };
+    unsigned char *raw = malloc(2 * BIG + 1);
+    uint16_t *h = malloc(sizeof(uint16_t) * BIG);
+    float *out = malloc(sizeof(float) * BIG);
+    for (int i = 0; i < BIG; i++) h[i] = (uint16_t)(i < N ? (unsigned)i : (unsigned)i * 40503u);
+    memcpy(raw + 1, h, 2 * (size_t)BIG);   /* odd address */
+    const st_dtype_t dts[2] = {ST_F16, ST_BF16};
+    for (int d = 0; d < 2; d++) {
+        st_to_f32(out, raw + 1, dts[d], BIG);
+        for (int i = 0; i < BIG; i++) {
+            const float want = dts[d] == ST_F16 ? st_f16_to_f32(h[i]) : st_bf16_to_f32(h[i]);
+            if (fbits(out[i]) != fbits(want)) {
+                print_error("%s %04x at %d: %08x vs %08x\n", st_dtype_name(dts[d]), h[i], i, fbits(out[i]),
+                            fbits(want));
+                fail();
+            }
+        }
+    }
+    /* short runs: a signalling NaN (0x7c01) at each place of a run of n, the rest normal values */
+    for (int n = 1; n <= 24; n++)
+        for (int at = 0; at < n; at++) {
+            uint16_t v[24];
+            float f[24];
+            for (int i = 0; i < n; i++) v[i] = (uint16_t)(0x3c00 + i);
+            v[at] = 0x7c01;
+            st_to_f32(f, v, ST_F16, (size_t)n);
+            for (int i = 0; i < n; i++) assert_int_equal(fbits(f[i]), fbits(st_f16_to_f32(v[i])));
+        }
+    const float x[3] = {1.5f, -0.0f, 3e38f};
+    float y[3];
+    st_to_f32(y, x, ST_F32, 3);
+    assert_memory_equal(x, y, sizeof x);
+    free(raw);
+    free(h);
+    free(out);
+}
+
 /* 2000 tensors (a model's worth): open stays fast and every name is found. */
 static void test_many_tensors(void **state) {
     (void)state;
@@ -977,6 +1021,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_roundtrip_all_dtypes),
         cmocka_unit_test(test_writer_rejects),
         cmocka_unit_test(test_read_f32_large),
+        cmocka_unit_test(test_to_f32_all_patterns),
         cmocka_unit_test(test_many_tensors),
         cmocka_unit_test(test_sharded),
         cmocka_unit_test(test_atomic_write),

@@ -26,6 +26,10 @@ int sd_error_wrap(int code, const char *fmt, ...) {
     return code;
 }
 
+int sd_nomem(const char *what, size_t bytes) {
+    return sd_error(SD_ERR_NOMEM, "%s: out of memory (%zu bytes, %zu MB)", what, bytes, bytes >> 20);
+}
+
 const char *sd_last_error(void) { return g_message; }
 
 void sd_clear_error(void) { g_message[0] = '\0'; }

@@ -148,7 +148,10 @@ int sampler_init(sampler_t *s, sampler_kind_t kind, const noise_schedule_t *sche
                                   ? sqrtf((float)((double)m * m) + 1.0f)
                                   : m;
     }
-    if (kind == SAMPLER_DPMPP_2M) s->prev_x0 = sd_xcalloc(n, sizeof(float));
+    if (kind == SAMPLER_DPMPP_2M && !(s->prev_x0 = calloc(n ? n : 1, sizeof(float)))) {
+        sampler_free(s);
+        return sd_nomem("dpmpp_2m: previous x0", n * sizeof(float));
+    }
     return 0;
 }
 
@@ -176,7 +179,7 @@ int sampler_step(sampler_t *s, int i, float *x, const float *model_out, const fl
     float *drawn = NULL;
     if (sampler_needs_noise(s) && !noise) {
         if (!rng) return sd_error(SD_ERR_ARG, "%s: step noise needs a generator", sampler_kind_name(s->kind));
-        drawn = sd_xmalloc(s->n * sizeof(float));
+        if (!(drawn = malloc(s->n * sizeof(float)))) return sd_nomem("sampler step noise", s->n * sizeof(float));
         rng_fill_normal(rng, drawn, s->n);
         noise = drawn;
     }
@@ -216,9 +219,11 @@ int diffusion_sample(float *latents, const float *init, int B, int C, int H, int
     }
     int cfg = o->guidance_scale > 1.0f;
     size_t rows = cfg ? 2 * (size_t)B : (size_t)B;
-    float *model_in = sd_xmalloc(rows * n1 * sizeof(float));
-    float *model_out = sd_xmalloc(rows * n1 * sizeof(float));
-    float *noise = sampler_needs_noise(&s) ? sd_xmalloc(n * sizeof(float)) : NULL;
+    float *model_in = malloc(rows * n1 * sizeof(float));
+    float *model_out = malloc(rows * n1 * sizeof(float));
+    float *noise = sampler_needs_noise(&s) ? malloc(n * sizeof(float)) : NULL;
+    if (!model_in || !model_out || (sampler_needs_noise(&s) && !noise))
+        rc = sd_nomem("sample: model inputs and outputs", (2 * rows * n1 + n) * sizeof(float));
     for (int i = 0; i < s.num_steps && rc == 0; i++) {
         float scale = sampler_input_scale(&s, i);
         for (size_t j = 0; j < n; j++) model_in[j] = latents[j] * scale;

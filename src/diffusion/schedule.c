@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "base/error.h"
+#include "base/json.h"
 
 void sched_config_default(sched_config_t *c) {
     c->num_train_timesteps = 1000;
@@ -32,65 +33,20 @@ const char *timestep_spacing_name(timestep_spacing_t s) { return SPACING_NAMES[s
 
 /* ---- cJSON glue ---- */
 
-static const cJSON *item(const cJSON *j, const char *key) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, key);
-    return (v && !cJSON_IsNull(v)) ? v : NULL;
-}
-
-static int get_int(const cJSON *j, const char *key, int *out) {
-    const cJSON *v = item(j, key);
-    if (!v) return 0;
-    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || fabs(v->valuedouble) > 1e9)
-        return sd_error(SD_ERR_FORMAT, "scheduler config: \"%s\" must be an integer", key);
-    *out = (int)v->valuedouble;
-    return 0;
-}
-
-static int get_double(const cJSON *j, const char *key, double *out) {
-    const cJSON *v = item(j, key);
-    if (!v) return 0;
-    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble))
-        return sd_error(SD_ERR_FORMAT, "scheduler config: \"%s\" must be a finite number", key);
-    *out = v->valuedouble;
-    return 0;
-}
-
-static int get_bool(const cJSON *j, const char *key, int *out) {
-    const cJSON *v = item(j, key);
-    if (!v) return 0;
-    if (!cJSON_IsBool(v)) return sd_error(SD_ERR_FORMAT, "scheduler config: \"%s\" must be true or false", key);
-    *out = cJSON_IsTrue(v) ? 1 : 0;
-    return 0;
-}
+#define WHAT "scheduler config"
 
 /* Enum from a string among names[first..count): index, or the old value when absent. */
 static int get_enum(const cJSON *j, const char *key, const char *const *names, int first, int count,
                     int *out) {
-    const cJSON *v = item(j, key);
-    if (!v) return 0;
-    if (!cJSON_IsString(v)) return sd_error(SD_ERR_FORMAT, "scheduler config: \"%s\" must be a string", key);
+    const char *v = NULL;
+    int rc = json_str(j, key, NULL, &v, WHAT);
+    if (rc || !v) return rc;
     for (int i = first; i < count; i++)
-        if (strcmp(v->valuestring, names[i]) == 0) {
+        if (strcmp(v, names[i]) == 0) {
             *out = i;
             return 0;
         }
-    return sd_error(SD_ERR_FORMAT, "scheduler config: unsupported %s \"%s\"", key, v->valuestring);
-}
-
-/* A key whose non-default value would change the numbers in a way not implemented here. */
-static int refuse_true(const cJSON *j, const char *key) {
-    const cJSON *v = item(j, key);
-    if (v && !cJSON_IsFalse(v))
-        return sd_error(SD_ERR_FORMAT, "scheduler config: \"%s\" is not supported", key);
-    return 0;
-}
-
-static int refuse_unless_string(const cJSON *j, const char *key, const char *allowed) {
-    const cJSON *v = item(j, key);
-    if (v && !(cJSON_IsString(v) && strcmp(v->valuestring, allowed) == 0))
-        return sd_error(SD_ERR_FORMAT, "scheduler config: \"%s\" other than \"%s\" is not supported",
-                        key, allowed);
-    return 0;
+    return sd_error(SD_ERR_FORMAT, "scheduler config: unsupported %s \"%s\"", key, v);
 }
 
 int sched_config_from_json(sched_config_t *c, const cJSON *j) {
@@ -98,30 +54,30 @@ int sched_config_from_json(sched_config_t *c, const cJSON *j) {
     if (!j) return 0;
     if (!cJSON_IsObject(j)) return sd_error(SD_ERR_FORMAT, "scheduler config: not a JSON object");
     int rc, e;
-    if ((rc = get_int(j, "num_train_timesteps", &c->num_train_timesteps))) return rc;
-    if ((rc = get_double(j, "beta_start", &c->beta_start))) return rc;
-    if ((rc = get_double(j, "beta_end", &c->beta_end))) return rc;
+    if ((rc = json_int(j, "num_train_timesteps", c->num_train_timesteps, &c->num_train_timesteps, WHAT))) return rc;
+    if ((rc = json_double(j, "beta_start", c->beta_start, &c->beta_start, WHAT))) return rc;
+    if ((rc = json_double(j, "beta_end", c->beta_end, &c->beta_end, WHAT))) return rc;
     e = c->beta_schedule;
     if ((rc = get_enum(j, "beta_schedule", BETA_NAMES, 0, 3, &e))) return rc;
     c->beta_schedule = (beta_schedule_t)e;
     e = c->prediction_type;
     if ((rc = get_enum(j, "prediction_type", PRED_NAMES, 0, 3, &e))) return rc;
     c->prediction_type = (prediction_type_t)e;
-    if ((rc = get_int(j, "steps_offset", &c->steps_offset))) return rc;
+    if ((rc = json_int(j, "steps_offset", c->steps_offset, &c->steps_offset, WHAT))) return rc;
     e = c->timestep_spacing;
     if ((rc = get_enum(j, "timestep_spacing", SPACING_NAMES, 1, 4, &e))) return rc;
     c->timestep_spacing = (timestep_spacing_t)e;
-    if ((rc = get_bool(j, "set_alpha_to_one", &c->set_alpha_to_one))) return rc;
-    if ((rc = get_bool(j, "clip_sample", &c->clip_sample))) return rc;
-    if ((rc = get_double(j, "clip_sample_range", &c->clip_sample_range))) return rc;
-    if ((rc = get_bool(j, "lower_order_final", &c->lower_order_final))) return rc;
+    if ((rc = json_bool(j, "set_alpha_to_one", c->set_alpha_to_one, &c->set_alpha_to_one, WHAT))) return rc;
+    if ((rc = json_bool(j, "clip_sample", c->clip_sample, &c->clip_sample, WHAT))) return rc;
+    if ((rc = json_double(j, "clip_sample_range", c->clip_sample_range, &c->clip_sample_range, WHAT))) return rc;
+    if ((rc = json_bool(j, "lower_order_final", c->lower_order_final, &c->lower_order_final, WHAT))) return rc;
     static const char *const refused[] = {"trained_betas", "rescale_betas_zero_snr", "thresholding",
                                           "use_karras_sigmas", "use_exponential_sigmas",
                                           "use_beta_sigmas"};
     for (size_t k = 0; k < sizeof refused / sizeof *refused; k++)
-        if ((rc = refuse_true(j, refused[k]))) return rc;
-    if ((rc = refuse_unless_string(j, "interpolation_type", "linear"))) return rc;
-    if ((rc = refuse_unless_string(j, "timestep_type", "discrete"))) return rc;
+        if ((rc = json_require_unset(j, refused[k], WHAT))) return rc;
+    if ((rc = json_require_str(j, "interpolation_type", "linear", WHAT))) return rc;
+    if ((rc = json_require_str(j, "timestep_type", "discrete", WHAT))) return rc;
     return 0;
 }
 

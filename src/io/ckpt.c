@@ -267,7 +267,10 @@ int ckpt_open(st_file_t *f, const char *path, ckpt_keep_fn keep) {
                       (unsigned long long)st.size, CKPT_MAX_PICKLE_BYTES);
         goto done;
     }
-    pkl = sd_xmalloc((size_t)st.size + 1);
+    if (!(pkl = malloc((size_t)st.size + 1))) {
+        rc = sd_nomem(path, (size_t)st.size + 1);
+        goto done;
+    }
     if ((rc = entry_read(za, path, name, idx, st.size, pkl, -1, 0))) goto done;
     size_t wl = strlen(path) + strlen(name) + 3;
     what = sd_xmalloc(wl);
@@ -391,7 +394,10 @@ int ckpt_open(st_file_t *f, const char *path, ckpt_keep_fn keep) {
             o->data = src + (o->numel ? (size_t)t->u.tensor.offset * es : 0);
             continue;
         }
-        tmp = sd_xmalloc(o->nbytes);
+        if (!(tmp = malloc(o->nbytes ? o->nbytes : 1))) {
+            rc = sd_nomem(o->name, o->nbytes);
+            goto done;
+        }
         gather(tmp, src, t, es);
         ssize_t w = pwrite(fd, tmp, o->nbytes, (off_t)tensor_off[i]);
         free(tmp);

@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 
 #include "base/error.h"
+#include "base/str.h"
 #include "io/ckpt.h"
 #include "io/outputs.h"
 #include "io/model_config.h"
@@ -194,15 +195,6 @@ const st_tensor_t *component_find(const model_component_t *c, const char *name) 
 }
 
 /* "[320, 4, 3, 3]"; a negative size (any) prints as '*'. */
-static void shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
-    size_t k = (size_t)snprintf(buf, cap, "[");
-    for (int i = 0; i < ndim && k < cap; i++) {
-        if (shape[i] < 0) k += (size_t)snprintf(buf + k, cap - k, i ? ", *" : "*");
-        else k += (size_t)snprintf(buf + k, cap - k, i ? ", %lld" : "%lld", (long long)shape[i]);
-    }
-    if (k < cap) snprintf(buf + k, cap - k, "]");
-}
-
 int component_require(const model_component_t *c, const char *name, int ndim, const int64_t *shape,
                       const st_tensor_t **out) {
     const st_tensor_t *t = component_find(c, name);

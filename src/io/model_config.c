@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "base/error.h"
+#include "base/json.h"
 #include "io/names.h"
 #include "models/clip.h"
 #include "models/unet.h"
@@ -22,102 +23,47 @@
 /* ---------------------------------------------------------------------------------------- */
 /* Typed config access                                                                      */
 
-/* NULL when absent; JSON null counts as absent (diffusers writes None for "use the default"). */
-static const cJSON *item(const model_component_t *c, const char *key) {
-    const cJSON *it = c->config ? cJSON_GetObjectItemCaseSensitive(c->config, key) : NULL;
-    return cJSON_IsNull(it) ? NULL : it;
-}
-
-static int missing(const model_component_t *c, const char *key) {
-    return sd_error(SD_ERR_FORMAT, "%s config: missing key '%s'", c->name, key);
-}
-
-static int as_int(const model_component_t *c, const char *key, const cJSON *it, int *out) {
-    double v = cJSON_IsNumber(it) ? it->valuedouble : NAN;
-    if (!(v == floor(v) && fabs(v) < 2147483647.0))
-        return sd_error(SD_ERR_FORMAT, "%s config: key '%s' is not an integer", c->name, key);
-    *out = (int)v;
-    return 0;
-}
+/* The config getters of model.h: io/json.h's on c->config, errors naming "<component> config". */
+#define WHAT(c) char what[96]; snprintf(what, sizeof what, "%s config", (c)->name ? (c)->name : "?")
 
 int config_int(const model_component_t *c, const char *key, int *out) {
-    const cJSON *it = item(c, key);
-    return it ? as_int(c, key, it, out) : missing(c, key);
+    WHAT(c);
+    return json_int_req(c->config, key, out, what);
 }
 
 int config_int_or(const model_component_t *c, const char *key, int dflt, int *out) {
-    const cJSON *it = item(c, key);
-    if (!it) {
-        *out = dflt;
-        return 0;
-    }
-    return as_int(c, key, it, out);
+    WHAT(c);
+    return json_int(c->config, key, dflt, out, what);
 }
 
 int config_float(const model_component_t *c, const char *key, float *out) {
-    const cJSON *it = item(c, key);
-    if (!it) return missing(c, key);
-    if (!cJSON_IsNumber(it) || !(fabs(it->valuedouble) <= FLT_MAX))
-        return sd_error(SD_ERR_FORMAT, "%s config: key '%s' is not a finite number", c->name, key);
-    *out = (float)it->valuedouble;
-    return 0;
+    WHAT(c);
+    return json_float_req(c->config, key, out, what);
 }
 
 int config_float_or(const model_component_t *c, const char *key, float dflt, float *out) {
-    if (!item(c, key)) {
-        *out = dflt;
-        return 0;
-    }
-    return config_float(c, key, out);
+    WHAT(c);
+    return json_float(c->config, key, dflt, out, what);
 }
 
 int config_bool(const model_component_t *c, const char *key, int *out) {
-    const cJSON *it = item(c, key);
-    if (!it) return missing(c, key);
-    if (!cJSON_IsBool(it))
-        return sd_error(SD_ERR_FORMAT, "%s config: key '%s' is not true/false", c->name, key);
-    *out = cJSON_IsTrue(it);
-    return 0;
+    WHAT(c);
+    return json_bool_req(c->config, key, out, what);
 }
 
 int config_string(const model_component_t *c, const char *key, const char **out) {
-    const cJSON *it = item(c, key);
-    if (!it) return missing(c, key);
-    if (!cJSON_IsString(it))
-        return sd_error(SD_ERR_FORMAT, "%s config: key '%s' is not a string", c->name, key);
-    *out = it->valuestring;
-    return 0;
+    WHAT(c);
+    return json_str_req(c->config, key, out, what);
 }
 
 int config_string_or(const model_component_t *c, const char *key, const char *dflt, const char **out) {
-    if (!item(c, key)) {
-        *out = dflt;
-        return 0;
-    }
-    return config_string(c, key, out);
+    WHAT(c);
+    return json_str(c->config, key, dflt, out, what);
 }
 
 int config_int_array(const model_component_t *c, const char *key, int *out, int max, int *n) {
-    const cJSON *it = item(c, key);
-    if (!it) return missing(c, key);
-    if (cJSON_IsNumber(it)) {
-        *n = 1;
-        return max >= 1 ? as_int(c, key, it, out)
-                        : sd_error(SD_ERR_FORMAT, "%s config: key '%s' allows no entries", c->name, key);
-    }
-    if (!cJSON_IsArray(it))
-        return sd_error(SD_ERR_FORMAT, "%s config: key '%s' is not an integer array", c->name, key);
-    int k = cJSON_GetArraySize(it);
-    if (k > max)
-        return sd_error(SD_ERR_FORMAT, "%s config: key '%s' has %d entries, more than the %d supported",
-                        c->name, key, k, max);
-    int i = 0;
-    for (const cJSON *e = it->child; e; e = e->next, i++) {
-        int rc = as_int(c, key, e, &out[i]);
-        if (rc) return rc;
-    }
-    *n = k;
-    return 0;
+    WHAT(c);
+    return json_int_array(c->config, key, out, max, n, what);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -126,8 +72,9 @@ int config_int_array(const model_component_t *c, const char *key, int *out, int 
 /* Keys a component's config file must state: without them the model is a guess (the builders'
  * readers would take diffusers' / transformers' defaults, which describe SD 1.5 sized models). */
 static int require_keys(const model_component_t *c, const char *const *keys, int n) {
+    WHAT(c);
     for (int i = 0; i < n; i++)
-        if (!item(c, keys[i])) return missing(c, keys[i]);
+        if (!json_item(c->config, keys[i])) return sd_error(SD_ERR_FORMAT, "%s: missing key \"%s\"", what, keys[i]);
     return 0;
 }
 
@@ -144,7 +91,8 @@ int component_registry(const model_component_t *c, layer_registry_t *r) {
     if (!strcmp(c->name, "unet")) {
         unet_config_t cfg;
         if ((rc = require_keys(c, unet_keys, N_KEYS(unet_keys)))) return rc;
-        if (!item(c, "attention_head_dim") && !item(c, "num_attention_heads")) return missing(c, "attention_head_dim");
+        if (!json_item(c->config, "attention_head_dim") && !json_item(c->config, "num_attention_heads"))
+            return require_keys(c, (const char *const[]){"attention_head_dim"}, 1);
         if ((rc = unet_config_from_component(&cfg, c))) return rc;
         return unet_registry(&cfg, r);
     }

@@ -213,7 +213,8 @@ static int guess_sd2(const model_t *m, const char **out, char *why, size_t cap) 
         snprintf(why, cap, "no %s to test: v_prediction, as diffusers reads SD 2.x files", name);
         return 0;
     }
-    float *b = sd_xmalloc(sizeof(float) * (size_t)t->numel);
+    float *b = malloc(sizeof(float) * (size_t)t->numel);
+    if (!b) return sd_nomem(name, sizeof(float) * (size_t)t->numel);
     if ((rc = st_read_f32(b, t))) {
         free(b);
         return rc;

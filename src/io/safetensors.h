@@ -117,5 +117,10 @@ float st_f16_to_f32(uint16_t h);
 uint16_t st_f32_to_f16(float f);
 float st_bf16_to_f32(uint16_t h);
 uint16_t st_f32_to_bf16(float f);
+/* dst[n] = the n values at src, stored in `dtype` (F32, F16 or BF16), as fp32: exact, the same
+ * bits as st_f16_to_f32 / st_bf16_to_f32 value by value (F16C's vcvtph2ps where the CPU has it,
+ * 8 values an instruction). src may be unaligned. Parallel (OpenMP) above 65536 values, one thread below, so
+ * that callers already in a parallel region can convert small blocks. */
+void st_to_f32(float *dst, const void *src, st_dtype_t dtype, size_t n);
 
 #endif

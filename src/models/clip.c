@@ -9,24 +9,14 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "base/bump.h"
 #include "base/error.h"
+#include "base/json.h"
 #include "base/scratch.h"
 #include "ops/ops.h"
 
 /* ---------------------------------------------------------------------------------------
  * config */
-
-static int json_int(const cJSON *j, const char *key, int dflt, int *out, const char *what) {
-    const cJSON *it = cJSON_GetObjectItemCaseSensitive(j, key);
-    if (!it || cJSON_IsNull(it)) {
-        *out = dflt;
-        return SD_OK;
-    }
-    if (!cJSON_IsNumber(it) || !(it->valuedouble >= 1 && it->valuedouble <= 1e9) || it->valuedouble != floor(it->valuedouble))
-        return sd_error(SD_ERR_FORMAT, "%s: \"%s\" must be a positive integer", what, key);
-    *out = (int)it->valuedouble;
-    return SD_OK;
-}
 
 int clip_config_from_json(clip_config_t *cfg, const cJSON *json, const char *what) {
     if (!what) what = "text encoder config";
@@ -34,34 +24,28 @@ int clip_config_from_json(clip_config_t *cfg, const cJSON *json, const char *wha
     memset(cfg, 0, sizeof *cfg);
     int rc;
     /* defaults: transformers' CLIPTextConfig */
-    if ((rc = json_int(json, "hidden_size", 512, &cfg->hidden_size, what)) ||
-        (rc = json_int(json, "intermediate_size", 2048, &cfg->intermediate_size, what)) ||
-        (rc = json_int(json, "num_hidden_layers", 12, &cfg->num_layers, what)) ||
-        (rc = json_int(json, "num_attention_heads", 8, &cfg->num_heads, what)) ||
-        (rc = json_int(json, "max_position_embeddings", 77, &cfg->max_positions, what)) ||
-        (rc = json_int(json, "vocab_size", 49408, &cfg->vocab_size, what)))
+    const char *name = NULL;
+    if ((rc = json_int_range(json, "hidden_size", 512, 1, JSON_INT_MAX, &cfg->hidden_size, what)) ||
+        (rc = json_int_range(json, "intermediate_size", 2048, 1, JSON_INT_MAX, &cfg->intermediate_size, what)) ||
+        (rc = json_int_range(json, "num_hidden_layers", 12, 1, JSON_INT_MAX, &cfg->num_layers, what)) ||
+        (rc = json_int_range(json, "num_attention_heads", 8, 1, JSON_INT_MAX, &cfg->num_heads, what)) ||
+        (rc = json_int_range(json, "max_position_embeddings", 77, 1, JSON_INT_MAX, &cfg->max_positions, what)) ||
+        (rc = json_int_range(json, "vocab_size", 49408, 1, JSON_INT_MAX, &cfg->vocab_size, what)) ||
+        (rc = json_str(json, "hidden_act", "quick_gelu", &name, what)))
         return rc;
-    const cJSON *act = cJSON_GetObjectItemCaseSensitive(json, "hidden_act");
-    const char *name = act ? cJSON_GetStringValue(act) : "quick_gelu";
-    if (!name) return sd_error(SD_ERR_FORMAT, "%s: \"hidden_act\" must be a string", what);
     if (strcmp(name, "quick_gelu") == 0) cfg->act = CLIP_ACT_QUICK_GELU;
     else if (strcmp(name, "gelu") == 0) cfg->act = CLIP_ACT_GELU;
     else
         return sd_error(SD_ERR_FORMAT, "%s: hidden_act \"%s\" is not supported (quick_gelu, gelu)", what, name);
-    const cJSON *f = cJSON_GetObjectItemCaseSensitive(json, "initializer_factor");
-    cfg->initializer_factor = 1.0;
-    if (f && !cJSON_IsNull(f)) {
-        if (!cJSON_IsNumber(f) || !isfinite(f->valuedouble))
-            return sd_error(SD_ERR_FORMAT, "%s: \"initializer_factor\" must be a finite number", what);
-        cfg->initializer_factor = f->valuedouble;
-    }
-    const cJSON *eps = cJSON_GetObjectItemCaseSensitive(json, "layer_norm_eps");
-    cfg->layer_norm_eps = 1e-5f;
-    if (eps && !cJSON_IsNull(eps)) {
-        if (!cJSON_IsNumber(eps) || !(eps->valuedouble > 0 && eps->valuedouble < 1))
-            return sd_error(SD_ERR_FORMAT, "%s: \"layer_norm_eps\" must be a positive number", what);
-        cfg->layer_norm_eps = (float)eps->valuedouble;
-    }
+    double f = 1.0;
+    if ((rc = json_double(json, "initializer_factor", 1.0, &f, what))) return rc;
+    if (!isfinite(f)) return sd_error(SD_ERR_FORMAT, "%s: \"initializer_factor\" must be a finite number", what);
+    cfg->initializer_factor = f;
+    double eps = 1e-5;
+    if ((rc = json_double(json, "layer_norm_eps", 1e-5, &eps, what))) return rc;
+    if (!(eps > 0 && eps < 1))
+        return sd_error(SD_ERR_FORMAT, "%s: \"layer_norm_eps\" must be a positive number below 1", what);
+    cfg->layer_norm_eps = (float)eps;
     if (cfg->num_layers > CLIP_MAX_LAYERS)   /* a config alone builds the layer registry: bounded */
         return sd_error(SD_ERR_FORMAT, "%s: \"num_hidden_layers\" is %d, more than the %d supported", what,
                         cfg->num_layers, CLIP_MAX_LAYERS);
@@ -415,8 +399,11 @@ static void ln_backward(const clip_t *m, const clip_ln_t *ln, const clip_ln_grad
 
 const float *clip_forward(clip_t *m, clip_acts_t *a, const int *ids, int B, int T) {
     const clip_config_t *c = &m->cfg;
-    SD_CHECK(B >= 1 && B <= a->B && T >= 1 && T <= a->T, "clip_forward: %d x %d tokens exceed the activations' %d x %d",
-             B, T, a->B, a->T);
+    if (B < 1 || B > a->B || T < 1 || T > a->T) {
+        sd_error(SD_ERR_ARG, "text encoder: forward of %d x %d tokens does not fit the activations' %d x %d", B, T,
+                 a->B, a->T);
+        return NULL;
+    }
     SD_CHECK(m->clip_skip >= 0 && m->clip_skip < c->num_layers, "clip_skip %d with %d layers", m->clip_skip,
              c->num_layers);
     const int C = c->hidden_size, I = c->intermediate_size, H = c->num_heads, D = C / H, N = B * T;
@@ -541,30 +528,22 @@ void clip_backward(clip_t *m, clip_acts_t *a, const float *dhidden, clip_grads_t
 /* ---------------------------------------------------------------------------------------
  * gradients */
 
-/* Carves n floats from a cursor; with no base yet (the counting pass) it only counts. */
-typedef struct { float *base; size_t used; } carve_t;
-static float *carve(carve_t *cv, size_t n) {
-    float *p = cv->base ? cv->base + cv->used : NULL;
-    cv->used += n;
-    return p;
-}
-
-static void grads_assign(clip_grads_t *g, clip_t *m, unsigned what, carve_t *cv) {
+static void grads_assign(clip_grads_t *g, clip_t *m, unsigned what, bump_t *cv) {
     const int C = m->cfg.hidden_size;
     for (int i = 0; i < n_weights(m); i++) {
         float **bias;
         const weight_t *w = weight_ref(m, i, &bias, NULL, 0);
         float **dw = dw_ref(g, i);
-        if (w->kind != WEIGHT_DENSE && (what & CLIP_GRAD_SHIFTS)) *dw = carve(cv, weight_shift_count(w));   /* delta or LoRA [A; B] */
-        if (w->kind == WEIGHT_DENSE && (what & CLIP_GRAD_DENSE)) *dw = carve(cv, (size_t)w->rows * w->cols);
-        if (bias && (what & CLIP_GRAD_DENSE)) linear_grads_ref(g, i)->dbias = carve(cv, w->rows);
+        if (w->kind != WEIGHT_DENSE && (what & CLIP_GRAD_SHIFTS)) *dw = bump_take(cv, weight_shift_count(w));   /* delta or LoRA [A; B] */
+        if (w->kind == WEIGHT_DENSE && (what & CLIP_GRAD_DENSE)) *dw = bump_take(cv, (size_t)w->rows * w->cols);
+        if (bias && (what & CLIP_GRAD_DENSE)) linear_grads_ref(g, i)->dbias = bump_take(cv, w->rows);
     }
     for (int i = 0; i < n_norms(m); i++) {
         const clip_ln_t *ln = ln_ref(m, i, NULL, 0);
         clip_ln_grads_t *lg = ln_grads_ref(g, i, m->cfg.num_layers);
-        if (ln->shift && (what & CLIP_GRAD_SHIFTS)) lg->dshift = carve(cv, shift_count(m));
-        if (!ln->shift && (what & CLIP_GRAD_DENSE)) lg->dgamma = carve(cv, C);
-        if (what & CLIP_GRAD_DENSE) lg->dbeta = carve(cv, C);
+        if (ln->shift && (what & CLIP_GRAD_SHIFTS)) lg->dshift = bump_take(cv, shift_count(m));
+        if (!ln->shift && (what & CLIP_GRAD_DENSE)) lg->dgamma = bump_take(cv, C);
+        if (what & CLIP_GRAD_DENSE) lg->dbeta = bump_take(cv, C);
     }
 }
 
@@ -573,15 +552,15 @@ int clip_grads_alloc(clip_grads_t *g, const clip_t *m, unsigned what) {
     clip_t *mm = (clip_t *)m;   /* the walkers take non-const; nothing is modified */
     g->layers = calloc(m->cfg.num_layers, sizeof *g->layers);
     if (!g->layers) return sd_error(SD_ERR_NOMEM, "text encoder: cannot allocate gradients");
-    carve_t cv = {0};
+    bump_t cv = {0};
     grads_assign(g, mm, what, &cv);
-    g->n_floats = cv.used;
-    g->memory = calloc(cv.used ? cv.used : 1, sizeof(float));
+    g->n_floats = cv.off;
+    g->memory = calloc(cv.off ? cv.off : 1, sizeof(float));
     if (!g->memory) {
         clip_grads_free(g);
-        return sd_error(SD_ERR_NOMEM, "text encoder: cannot allocate %zu MB of gradients", cv.used * 4 >> 20);
+        return sd_error(SD_ERR_NOMEM, "text encoder: cannot allocate %zu MB of gradients", cv.off * 4 >> 20);
     }
-    cv = (carve_t){.base = g->memory};
+    cv = (bump_t){.base = g->memory};
     grads_assign(g, mm, what, &cv);
     return SD_OK;
 }

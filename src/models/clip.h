@@ -120,7 +120,8 @@ typedef struct {
 int clip_acts_build(clip_acts_t *a, const clip_config_t *cfg, int B, int T);
 void clip_acts_free(clip_acts_t *a);
 
-/* hidden[B, T, C] (= a->lnf) for ids[B, T] (each in [0, V)). */
+/* hidden[B, T, C] (= a->lnf) for ids[B, T] (each in [0, V)); NULL with SD_ERR_ARG's message
+ * when B x T exceeds what the activations were built for (or is below 1 x 1). */
 const float *clip_forward(clip_t *m, clip_acts_t *a, const int *ids, int B, int T);
 
 /* Gradients. For a weight, dw is d(delta) [rank] when it is spectral and dW [rows, cols]

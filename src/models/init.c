@@ -13,7 +13,9 @@
 #include <unistd.h>
 
 #include "base/error.h"
-#include "diffusion/diffusion.h"
+#include "base/json.h"
+#include "base/str.h"
+#include "base/rng.h"
 #include "io/model.h"
 #include "io/outputs.h"
 #include "io/safetensors.h"
@@ -88,11 +90,6 @@ static uint64_t mix64(uint64_t z) {   /* splitmix64's finaliser */
     return z ^ (z >> 31);
 }
 
-static int ends_with(const char *s, const char *suffix) {
-    size_t n = strlen(s), k = strlen(suffix);
-    return n >= k && !strcmp(s + n - k, suffix);
-}
-
 int model_init_tensor(float *dst, const char *component, const layer_spec_t *spec, int part, const char *name,
                       int ndim, const int64_t *shape, uint64_t seed) {
     int64_t numel = 1;
@@ -154,8 +151,8 @@ static int unet_flops(void *ctx, const char *name, int ndim, const int64_t *shap
     double tokens = hw;
     if (strstr(name, ".attn2.to_k.") || strstr(name, ".attn2.to_v.")) tokens = f->tokens;
     f->flops += 2.0 * (double)numel * tokens;
-    if (ends_with(name, ".attn1.to_q.weight")) f->flops += 4.0 * hw * hw * (double)shape[0];
-    if (ends_with(name, ".attn2.to_q.weight")) f->flops += 4.0 * hw * f->tokens * (double)shape[0];
+    if (str_ends_with(name, ".attn1.to_q.weight")) f->flops += 4.0 * hw * hw * (double)shape[0];
+    if (str_ends_with(name, ".attn2.to_q.weight")) f->flops += 4.0 * hw * f->tokens * (double)shape[0];
     return 0;
 }
 
@@ -166,7 +163,7 @@ static int text_flops(void *ctx, const char *name, int ndim, const int64_t *shap
     f->params += numel;
     f->n++;
     if (ndim == 2 && !strstr(name, "embeddings.")) f->flops += 2.0 * (double)numel * f->tokens;
-    if (ends_with(name, ".q_proj.weight")) f->flops += 4.0 * f->tokens * f->tokens * (double)shape[0];
+    if (str_ends_with(name, ".q_proj.weight")) f->flops += 4.0 * f->tokens * f->tokens * (double)shape[0];
     return 0;
 }
 

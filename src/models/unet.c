@@ -11,8 +11,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/bump.h"
 #include "base/error.h"
+#include "base/json.h"
 #include "base/scratch.h"
+#include "base/str.h"
 #include "models/unet.h"
 #include "ops/ops.h"
 
@@ -26,98 +29,9 @@
  * config.json
  * ------------------------------------------------------------------------------------------- */
 
-static const cJSON *jget(const cJSON *j, const char *key) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, key);
-    return (v && !cJSON_IsNull(v)) ? v : NULL;
-}
-
 #define UNET_MAX_SAMPLE_SIZE 65536   /* latent pixels; anything larger is a broken config */
 #define UNET_MAX_CHANNELS 65536      /* widest layer */
 #define UNET_MAX_KERNEL 15           /* conv_in / conv_out */
-
-static int jint(const cJSON *j, const char *key, int dflt, int *out, const char *what) {
-    const cJSON *v = jget(j, key);
-    if (!v) return *out = dflt, SD_OK;
-    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) || fabs(v->valuedouble) > 1e9)
-        return sd_error(SD_ERR_FORMAT, "%s: \"%s\" must be an integer", what, key);
-    *out = (int)v->valuedouble;
-    return SD_OK;
-}
-
-static int jfloat(const cJSON *j, const char *key, float dflt, float *out, const char *what) {
-    const cJSON *v = jget(j, key);
-    if (!v) return *out = dflt, SD_OK;
-    if (!cJSON_IsNumber(v) || !(fabs(v->valuedouble) <= FLT_MAX))   /* JSON's 1e39 parses as Inf */
-        return sd_error(SD_ERR_FORMAT, "%s: \"%s\" must be a finite number", what, key);
-    *out = (float)v->valuedouble;
-    return SD_OK;
-}
-
-static int jbool(const cJSON *j, const char *key, int dflt, int *out, const char *what) {
-    const cJSON *v = jget(j, key);
-    if (!v) return *out = dflt, SD_OK;
-    if (!cJSON_IsBool(v)) return sd_error(SD_ERR_FORMAT, "%s: \"%s\" must be true or false", what, key);
-    *out = cJSON_IsTrue(v);
-    return SD_OK;
-}
-
-/* A string key; absent or null gives dflt (which may be NULL). */
-static int jstr(const cJSON *j, const char *key, const char *dflt, const char **out, const char *what) {
-    const cJSON *v = jget(j, key);
-    if (!v) return *out = dflt, SD_OK;
-    if (!cJSON_IsString(v)) return sd_error(SD_ERR_FORMAT, "%s: \"%s\" must be a string", what, key);
-    *out = v->valuestring;
-    return SD_OK;
-}
-
-/* An int or a list of n ints (an int applies to all n). Absent: dflt everywhere. */
-static int jint_list(const cJSON *j, const char *key, int dflt, int *out, int n, const char *what) {
-    const cJSON *v = jget(j, key);
-    if (!v || cJSON_IsNumber(v)) {
-        int x = dflt;
-        int rc = jint(j, key, dflt, &x, what);
-        if (rc) return rc;
-        for (int i = 0; i < n; i++) out[i] = x;
-        return SD_OK;
-    }
-    if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) != n)
-        return sd_error(SD_ERR_FORMAT, "%s: \"%s\" must be an integer or a list of %d integers", what, key, n);
-    for (int i = 0; i < n; i++) {
-        const cJSON *e = cJSON_GetArrayItem(v, i);
-        if (!cJSON_IsNumber(e) || e->valuedouble != floor(e->valuedouble) || fabs(e->valuedouble) > 1e9)
-            return sd_error(SD_ERR_FORMAT, "%s: \"%s\"[%d] must be an integer", what, key, i);
-        out[i] = (int)e->valuedouble;
-    }
-    return SD_OK;
-}
-
-/* A key that must be absent / null / one accepted value for the SD family. */
-static int jrefuse_set(const cJSON *j, const char *key, const char *what) {
-    if (jget(j, key)) return sd_error(SD_ERR_FORMAT, "%s: \"%s\" is not supported (must be null)", what, key);
-    return SD_OK;
-}
-
-static int jrequire_str(const cJSON *j, const char *key, const char *want, const char *what) {
-    const char *s = want;
-    int rc = jstr(j, key, want, &s, what);
-    if (rc) return rc;
-    if (strcmp(s, want) != 0)
-        return sd_error(SD_ERR_FORMAT, "%s: \"%s\" = \"%s\" is not supported (only \"%s\")", what, key, s, want);
-    return SD_OK;
-}
-
-/* false, or a list of false. */
-static int jrequire_false(const cJSON *j, const char *key, const char *what) {
-    const cJSON *v = jget(j, key);
-    if (!v || cJSON_IsFalse(v)) return SD_OK;
-    if (cJSON_IsArray(v)) {
-        const cJSON *e;
-        int ok = 1;
-        cJSON_ArrayForEach(e, v) ok &= cJSON_IsFalse(e);
-        if (ok) return SD_OK;
-    }
-    return sd_error(SD_ERR_FORMAT, "%s: \"%s\" must be false (not supported)", what, key);
-}
 
 /* Block types; diffusers' get_down_block / get_up_block drop a leading "UNetRes". */
 static int block_type(const char *s, const char *plain, const char *attn) {
@@ -129,7 +43,7 @@ static int block_type(const char *s, const char *plain, const char *attn) {
 
 static int jblock_types(const cJSON *j, const char *key, const char *plain, const char *attn, int *out,
                         int *n, const char *what) {
-    const cJSON *v = jget(j, key);
+    const cJSON *v = json_item(j, key);
     if (!v) { /* diffusers' default: 3 cross-attention blocks and a plain one (down), mirrored (up) */
         *n = 4;
         for (int i = 0; i < 4; i++) out[i] = (strcmp(plain, "DownBlock2D") == 0) ? (i < 3) : (i > 0);
@@ -156,14 +70,14 @@ int unet_config_from_json(unet_config_t *cfg, const cJSON *json, const char *wha
     const cJSON *j = json;
     int rc, n_down, n_up;
 #define TRY(x) do { if ((rc = (x)) != 0) return rc; } while (0)
-    TRY(jint(j, "in_channels", 4, &cfg->in_channels, what));
-    TRY(jint(j, "out_channels", 4, &cfg->out_channels, what));
-    TRY(jbool(j, "center_input_sample", 0, &cfg->center_input_sample, what));
-    TRY(jbool(j, "flip_sin_to_cos", 1, &cfg->flip_sin_to_cos, what));
-    TRY(jfloat(j, "freq_shift", 0.0f, &cfg->freq_shift, what));
+    TRY(json_int(j, "in_channels", 4, &cfg->in_channels, what));
+    TRY(json_int(j, "out_channels", 4, &cfg->out_channels, what));
+    TRY(json_bool(j, "center_input_sample", 0, &cfg->center_input_sample, what));
+    TRY(json_bool(j, "flip_sin_to_cos", 1, &cfg->flip_sin_to_cos, what));
+    TRY(json_float(j, "freq_shift", 0.0f, &cfg->freq_shift, what));
     TRY(jblock_types(j, "down_block_types", "DownBlock2D", "CrossAttnDownBlock2D", cfg->down_attn, &n_down, what));
     TRY(jblock_types(j, "up_block_types", "UpBlock2D", "CrossAttnUpBlock2D", cfg->up_attn, &n_up, what));
-    const cJSON *boc = jget(j, "block_out_channels");
+    const cJSON *boc = json_item(j, "block_out_channels");
     if (!boc) {
         const int d[4] = {320, 640, 1280, 1280};
         cfg->n_levels = 4;
@@ -173,7 +87,7 @@ int unet_config_from_json(unet_config_t *cfg, const cJSON *json, const char *wha
             return sd_error(SD_ERR_FORMAT, "%s: \"block_out_channels\" must be a list of 1 to %d integers", what,
                             UNET_MAX_LEVELS);
         cfg->n_levels = cJSON_GetArraySize(boc);
-        TRY(jint_list(j, "block_out_channels", 0, cfg->block_out_channels, cfg->n_levels, what));
+        TRY(json_int_list(j, "block_out_channels", 0, cfg->block_out_channels, cfg->n_levels, what));
     }
     const int n = cfg->n_levels;
     if (n_down != n || n_up != n)
@@ -183,56 +97,56 @@ int unet_config_from_json(unet_config_t *cfg, const cJSON *json, const char *wha
         if (cfg->block_out_channels[i] < 1)
             return sd_error(SD_ERR_FORMAT, "%s: \"block_out_channels\"[%d] must be positive", what, i);
     const char *mid = NULL;
-    TRY(jstr(j, "mid_block_type", "UNetMidBlock2DCrossAttn", &mid, what));
+    TRY(json_str(j, "mid_block_type", "UNetMidBlock2DCrossAttn", &mid, what));
     /* an explicit null means no mid block */
     const cJSON *midv = cJSON_GetObjectItemCaseSensitive(j, "mid_block_type");
     if (midv && cJSON_IsNull(midv)) mid = NULL;
     if (mid && strcmp(mid, "UNetMidBlock2DCrossAttn") != 0)
         return sd_error(SD_ERR_FORMAT, "%s: \"mid_block_type\" = \"%s\" is not supported", what, mid);
     cfg->mid_block = mid != NULL;
-    TRY(jint_list(j, "layers_per_block", 2, cfg->layers_per_block, n, what));
-    TRY(jint(j, "downsample_padding", 1, &cfg->downsample_padding, what));
-    TRY(jfloat(j, "mid_block_scale_factor", 1.0f, &cfg->mid_block_scale_factor, what));
-    TRY(jrequire_str(j, "act_fn", "silu", what));
-    if (!jget(j, "norm_num_groups") && cJSON_GetObjectItemCaseSensitive(j, "norm_num_groups"))
+    TRY(json_int_list(j, "layers_per_block", 2, cfg->layers_per_block, n, what));
+    TRY(json_int(j, "downsample_padding", 1, &cfg->downsample_padding, what));
+    TRY(json_float(j, "mid_block_scale_factor", 1.0f, &cfg->mid_block_scale_factor, what));
+    TRY(json_require_str(j, "act_fn", "silu", what));
+    if (!json_item(j, "norm_num_groups") && cJSON_GetObjectItemCaseSensitive(j, "norm_num_groups"))
         return sd_error(SD_ERR_FORMAT, "%s: \"norm_num_groups\" null is not supported", what);
-    TRY(jint(j, "norm_num_groups", 32, &cfg->norm_num_groups, what));
-    TRY(jfloat(j, "norm_eps", 1e-5f, &cfg->norm_eps, what));
+    TRY(json_int(j, "norm_num_groups", 32, &cfg->norm_num_groups, what));
+    TRY(json_float(j, "norm_eps", 1e-5f, &cfg->norm_eps, what));
     int cad[UNET_MAX_LEVELS];
-    TRY(jint_list(j, "cross_attention_dim", 1280, cad, n, what));
+    TRY(json_int_list(j, "cross_attention_dim", 1280, cad, n, what));
     for (int i = 1; i < n; i++)
         if (cad[i] != cad[0])
             return sd_error(SD_ERR_FORMAT, "%s: per-block \"cross_attention_dim\" values must be equal", what);
     cfg->cross_attention_dim = cad[0];
-    TRY(jint_list(j, "transformer_layers_per_block", 1, cfg->transformer_layers, n, what));
-    TRY(jrefuse_set(j, "reverse_transformer_layers_per_block", what));
+    TRY(json_int_list(j, "transformer_layers_per_block", 1, cfg->transformer_layers, n, what));
+    TRY(json_require_unset(j, "reverse_transformer_layers_per_block", what));
     /* heads: num_attention_heads or (diffusers' historical naming) attention_head_dim */
-    if (jget(j, "num_attention_heads"))
-        TRY(jint_list(j, "num_attention_heads", 8, cfg->num_heads, n, what));
+    if (json_item(j, "num_attention_heads"))
+        TRY(json_int_list(j, "num_attention_heads", 8, cfg->num_heads, n, what));
     else
-        TRY(jint_list(j, "attention_head_dim", 8, cfg->num_heads, n, what));
-    TRY(jrequire_false(j, "dual_cross_attention", what));
-    TRY(jrequire_false(j, "only_cross_attention", what));
-    TRY(jrequire_false(j, "mid_block_only_cross_attention", what));
-    TRY(jbool(j, "use_linear_projection", 0, &cfg->use_linear_projection, what));
-    TRY(jrefuse_set(j, "class_embed_type", what));
-    TRY(jrefuse_set(j, "addition_embed_type", what));
-    TRY(jrefuse_set(j, "num_class_embeds", what));
-    TRY(jrefuse_set(j, "encoder_hid_dim", what));
-    TRY(jrefuse_set(j, "encoder_hid_dim_type", what));
-    TRY(jrefuse_set(j, "time_cond_proj_dim", what));
-    TRY(jrefuse_set(j, "time_embedding_act_fn", what));
-    TRY(jrefuse_set(j, "timestep_post_act", what));
-    TRY(jrefuse_set(j, "cross_attention_norm", what));
-    TRY(jrequire_false(j, "class_embeddings_concat", what));
-    TRY(jrequire_false(j, "resnet_skip_time_act", what));
-    TRY(jrequire_str(j, "resnet_time_scale_shift", "default", what));
-    TRY(jrequire_str(j, "time_embedding_type", "positional", what));
-    TRY(jrequire_str(j, "attention_type", "default", what));
-    TRY(jint(j, "time_embedding_dim", 4 * cfg->block_out_channels[0], &cfg->time_embed_dim, what));
-    TRY(jint(j, "conv_in_kernel", 3, &cfg->conv_in_kernel, what));
-    TRY(jint(j, "conv_out_kernel", 3, &cfg->conv_out_kernel, what));
-    const cJSON *ss = jget(j, "sample_size");
+        TRY(json_int_list(j, "attention_head_dim", 8, cfg->num_heads, n, what));
+    TRY(json_require_false(j, "dual_cross_attention", what));
+    TRY(json_require_false(j, "only_cross_attention", what));
+    TRY(json_require_false(j, "mid_block_only_cross_attention", what));
+    TRY(json_bool(j, "use_linear_projection", 0, &cfg->use_linear_projection, what));
+    TRY(json_require_unset(j, "class_embed_type", what));
+    TRY(json_require_unset(j, "addition_embed_type", what));
+    TRY(json_require_unset(j, "num_class_embeds", what));
+    TRY(json_require_unset(j, "encoder_hid_dim", what));
+    TRY(json_require_unset(j, "encoder_hid_dim_type", what));
+    TRY(json_require_unset(j, "time_cond_proj_dim", what));
+    TRY(json_require_unset(j, "time_embedding_act_fn", what));
+    TRY(json_require_unset(j, "timestep_post_act", what));
+    TRY(json_require_unset(j, "cross_attention_norm", what));
+    TRY(json_require_false(j, "class_embeddings_concat", what));
+    TRY(json_require_false(j, "resnet_skip_time_act", what));
+    TRY(json_require_str(j, "resnet_time_scale_shift", "default", what));
+    TRY(json_require_str(j, "time_embedding_type", "positional", what));
+    TRY(json_require_str(j, "attention_type", "default", what));
+    TRY(json_int(j, "time_embedding_dim", 4 * cfg->block_out_channels[0], &cfg->time_embed_dim, what));
+    TRY(json_int(j, "conv_in_kernel", 3, &cfg->conv_in_kernel, what));
+    TRY(json_int(j, "conv_out_kernel", 3, &cfg->conv_out_kernel, what));
+    const cJSON *ss = json_item(j, "sample_size");
     if (ss && cJSON_IsArray(ss)) ss = cJSON_GetArrayItem(ss, 0);
     cfg->sample_size = 0;
     if (ss && cJSON_IsNumber(ss)) {   /* range-checked as a double: (int)1e12 is undefined */
@@ -280,7 +194,7 @@ int unet_config_from_json(unet_config_t *cfg, const cJSON *json, const char *wha
             if (cfg->num_heads[i] < 1 || C % cfg->num_heads[i])
                 return sd_error(SD_ERR_FORMAT, "%s: %d attention heads (%s) do not divide %d channels (level %d)",
                                 what, cfg->num_heads[i],
-                                jget(j, "num_attention_heads") ? "num_attention_heads" : "attention_head_dim", C, i);
+                                json_item(j, "num_attention_heads") ? "num_attention_heads" : "attention_head_dim", C, i);
             if (cfg->transformer_layers[i] < 1 || cfg->transformer_layers[i] > UNET_MAX_TBLOCKS)
                 return sd_error(SD_ERR_FORMAT, "%s: \"transformer_layers_per_block\"[%d] must be in 1..%d", what, i,
                                 UNET_MAX_TBLOCKS);
@@ -517,12 +431,6 @@ static int shape_is(const st_tensor_t *t, int ndim, const int64_t *shape) {
     return 1;
 }
 
-static void shape_str(char *buf, size_t n, const st_tensor_t *t) {
-    size_t o = (size_t)snprintf(buf, n, "[");
-    for (int i = 0; i < t->ndim && o < n; i++) o += (size_t)snprintf(buf + o, n - o, i ? ", %lld" : "%lld", (long long)t->shape[i]);
-    if (o < n) snprintf(buf + o, n - o, "]");
-}
-
 static int is_float(st_dtype_t d) { return d == ST_F32 || d == ST_F16 || d == ST_BF16; }
 
 static int need(const st_tensor_t **out, unet_get_fn get, void *ctx, const char *name) {
@@ -542,7 +450,7 @@ static int load_vector(float *dst, int n, unet_get_fn get, void *ctx, const char
     if (rc) return rc;
     if (t->ndim != 1 || t->shape[0] != n) {
         char s[96];
-        shape_str(s, sizeof s, t);
+        shape_str(s, sizeof s, t->ndim, t->shape);
         return sd_error(SD_ERR_SHAPE, "unet: %s has shape %s, expected [%d]", key, s, n);
     }
     return st_read_f32(dst, t);
@@ -558,7 +466,7 @@ static int load_layer(unet_layer_t *l, unet_get_fn get, void *ctx) {
     const int ok = (l->conv != 0 && shape_is(t, 4, s4)) || (l->conv != 1 && shape_is(t, 2, s2));
     if (!ok) {
         char s[96];
-        shape_str(s, sizeof s, t);
+        shape_str(s, sizeof s, t->ndim, t->shape);
         if (l->conv == 1)
             return sd_error(SD_ERR_SHAPE, "unet: %s has shape %s, expected [%d, %d, %d, %d]", key, s, l->out, l->in,
                             l->k, l->k);
@@ -768,17 +676,6 @@ void unet_grads_free(unet_grads_t *g) {
  * Activations
  * ------------------------------------------------------------------------------------------- */
 
-typedef struct {
-    float *base;
-    size_t off;
-} bump_t;
-
-static float *take(bump_t *b, size_t n) {
-    float *p = b->base ? b->base + b->off : NULL;
-    b->off += (n + 15) & ~(size_t)15;
-    return p;
-}
-
 static size_t stage_out_floats(const unet_stage_t *s, int B, int H, int W) {
     return (size_t)B * s->c_out * (size_t)(H >> s->out_level) * (size_t)(W >> s->out_level);
 }
@@ -801,31 +698,31 @@ static size_t acts_layout(unet_acts_t *a, float *base, const unet_t *m) {
         if (m->stages[s].kind != UNET_STAGE_OUT && n > stage_max) stage_max = n;
     }
     a->stage_max = stage_max;
-    a->t_sin = take(&b, (size_t)B * c->block_out_channels[0]);
-    a->t_h = take(&b, (size_t)B * c->time_embed_dim);
-    a->t_a = take(&b, (size_t)B * c->time_embed_dim);
-    a->t_e = take(&b, (size_t)B * c->time_embed_dim);
-    a->temb = take(&b, (size_t)B * c->time_embed_dim);
+    a->t_sin = bump_take(&b, (size_t)B * c->block_out_channels[0]);
+    a->t_h = bump_take(&b, (size_t)B * c->time_embed_dim);
+    a->t_a = bump_take(&b, (size_t)B * c->time_embed_dim);
+    a->t_e = bump_take(&b, (size_t)B * c->time_embed_dim);
+    a->temb = bump_take(&b, (size_t)B * c->time_embed_dim);
     if (!a->training) {
         /* skip tensors (alive from their push to their pop) and two buffers for the rest */
         for (int s = 0; s < m->n_stages; s++) {
             const unet_stage_t *st = &m->stages[s];
             a->out[s] = NULL;
             a->keep[s] = 0;
-            if (st->push >= 0) a->skip[st->push] = a->out[s] = take(&b, stage_out_floats(st, B, H, W));
+            if (st->push >= 0) a->skip[st->push] = a->out[s] = bump_take(&b, stage_out_floats(st, B, H, W));
         }
-        a->ping[0] = take(&b, stage_max);
-        a->ping[1] = take(&b, stage_max);
+        a->ping[0] = bump_take(&b, stage_max);
+        a->ping[1] = bump_take(&b, stage_max);
         return b.off;
     }
-    a->sample = take(&b, (size_t)B * c->in_channels * S);
-    a->timesteps = take(&b, (size_t)B);
-    a->ctx = take(&b, (size_t)B * T * c->cross_attention_dim);
+    a->sample = bump_take(&b, (size_t)B * c->in_channels * S);
+    a->timesteps = bump_take(&b, (size_t)B);
+    a->ctx = bump_take(&b, (size_t)B * T * c->cross_attention_dim);
     for (int s = 0; s < m->n_stages; s++) {
         const unet_stage_t *st = &m->stages[s];
         const size_t Sl = (size_t)(H >> st->level) * (W >> st->level);
         a->keep[s] = stage_keeps(st, a->ckpt);
-        a->out[s] = st->kind == UNET_STAGE_OUT ? NULL : take(&b, stage_out_floats(st, B, H, W));
+        a->out[s] = st->kind == UNET_STAGE_OUT ? NULL : bump_take(&b, stage_out_floats(st, B, H, W));
         if (st->push >= 0) a->skip[st->push] = a->out[s];
         if (!a->keep[s]) continue;
         bump_t sub = {b.base ? b.base + b.off : NULL, 0};
@@ -834,19 +731,19 @@ static size_t acts_layout(unet_acts_t *a, float *base, const unet_t *m) {
         } else if (st->kind == UNET_STAGE_TRANSFORMER) {
             sub.off = unet_transformer_acts_layout(&a->tr[s], sub.base, &m->transformers[st->index], B, (int)Sl, T);
         } else { /* OUT: conv_norm_out output and stats */
-            a->res[s].h1 = take(&sub, (size_t)B * st->c_in * Sl);
-            a->res[s].mean1 = take(&sub, (size_t)B * c->norm_num_groups);
-            a->res[s].rstd1 = take(&sub, (size_t)B * c->norm_num_groups);
+            a->res[s].h1 = bump_take(&sub, (size_t)B * st->c_in * Sl);
+            a->res[s].mean1 = bump_take(&sub, (size_t)B * c->norm_num_groups);
+            a->res[s].rstd1 = bump_take(&sub, (size_t)B * c->norm_num_groups);
         }
-        take(&b, sub.off);
+        bump_take(&b, sub.off);
     }
     /* backward: gradient of the current hidden state (ping-pong) and of every skip tensor */
-    a->dh[0] = take(&b, stage_max);
-    a->dh[1] = take(&b, stage_max);
+    a->dh[0] = bump_take(&b, stage_max);
+    a->dh[1] = bump_take(&b, stage_max);
     size_t nskip = 0;
     for (int s = 0; s < m->n_stages; s++)
         if (m->stages[s].push >= 0) nskip += (stage_out_floats(&m->stages[s], B, H, W) + 15) & ~(size_t)15;
-    a->dskip = take(&b, nskip);
+    a->dskip = bump_take(&b, nskip);
     size_t off = 0;
     for (int s = 0; s < m->n_stages; s++) {
         const unet_stage_t *st = &m->stages[s];
@@ -854,7 +751,7 @@ static size_t acts_layout(unet_acts_t *a, float *base, const unet_t *m) {
         a->dskip_at[st->push] = a->dskip ? a->dskip + off : NULL;
         off += (stage_out_floats(st, B, H, W) + 15) & ~(size_t)15;
     }
-    a->dtemb = take(&b, (size_t)B * c->time_embed_dim);
+    a->dtemb = bump_take(&b, (size_t)B * c->time_embed_dim);
     return b.off;
 }
 

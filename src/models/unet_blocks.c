@@ -4,6 +4,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "base/bump.h"
 #include "base/error.h"
 #include "base/scratch.h"
 #include "models/unet.h"
@@ -66,19 +67,6 @@ static void from_tokens(float *img, const float *tok, const float *res, int B, i
             for (int s = s0; s < s1; s++)
                 y[(size_t)c * S + s] = x[(size_t)s * C + c] + (r ? r[(size_t)c * S + s] : 0.0f);
     }
-}
-
-/* Bump allocator over a float region; base NULL only counts. Every piece starts 64-byte
- * aligned (16 floats) like scratch memory. */
-typedef struct {
-    float *base;
-    size_t off;
-} bump_t;
-
-static float *take(bump_t *b, size_t n) {
-    float *p = b->base ? b->base + b->off : NULL;
-    b->off += (n + 15) & ~(size_t)15;
-    return p;
 }
 
 /* ---- layers and norms ---- */
@@ -171,13 +159,13 @@ size_t unet_resnet_acts_layout(unet_resnet_acts_t *a, float *base, const unet_re
     const size_t ni = (size_t)B * r->in * S, no = (size_t)B * r->out * S;
     const size_t s1 = (size_t)B * r->norm1.groups, s2 = (size_t)B * r->norm2.groups;
     unet_resnet_acts_t t;
-    t.h1 = take(&b, ni);
-    t.mean1 = take(&b, s1);
-    t.rstd1 = take(&b, s1);
-    t.h2 = take(&b, no);
-    t.mean2 = take(&b, s2);
-    t.rstd2 = take(&b, s2);
-    t.h3 = take(&b, no);
+    t.h1 = bump_take(&b, ni);
+    t.mean1 = bump_take(&b, s1);
+    t.rstd1 = bump_take(&b, s1);
+    t.h2 = bump_take(&b, no);
+    t.mean2 = bump_take(&b, s2);
+    t.rstd2 = bump_take(&b, s2);
+    t.h3 = bump_take(&b, no);
     if (a && base) *a = t;
     return b.off;
 }
@@ -275,29 +263,29 @@ void unet_resnet_backward(float *dx, float *dtemb, unet_grads_t *g, const float 
 
 static void tblock_layout(unet_tblock_acts_t *t, bump_t *b, const unet_transformer_t *tr, int B, int S, int T) {
     const size_t N = (size_t)B * S, D = tr->D, nd = N * D, lse = (size_t)B * tr->heads * S;
-    t->ln1 = take(b, nd);
-    t->ln1_mean = take(b, N);
-    t->ln1_rstd = take(b, N);
-    t->q1 = take(b, nd);
-    t->k1 = take(b, nd);
-    t->v1 = take(b, nd);
-    t->ao1 = take(b, nd);
-    t->lse1 = take(b, lse);
-    t->x1 = take(b, nd);
-    t->ln2 = take(b, nd);
-    t->ln2_mean = take(b, N);
-    t->ln2_rstd = take(b, N);
-    t->q2 = take(b, nd);
-    t->k2 = take(b, (size_t)B * T * D);
-    t->v2 = take(b, (size_t)B * T * D);
-    t->ao2 = take(b, nd);
-    t->lse2 = take(b, lse);
-    t->x2 = take(b, nd);
-    t->ln3 = take(b, nd);
-    t->ln3_mean = take(b, N);
-    t->ln3_rstd = take(b, N);
-    t->gg = take(b, N * 8 * D);
-    t->x3 = take(b, nd);
+    t->ln1 = bump_take(b, nd);
+    t->ln1_mean = bump_take(b, N);
+    t->ln1_rstd = bump_take(b, N);
+    t->q1 = bump_take(b, nd);
+    t->k1 = bump_take(b, nd);
+    t->v1 = bump_take(b, nd);
+    t->ao1 = bump_take(b, nd);
+    t->lse1 = bump_take(b, lse);
+    t->x1 = bump_take(b, nd);
+    t->ln2 = bump_take(b, nd);
+    t->ln2_mean = bump_take(b, N);
+    t->ln2_rstd = bump_take(b, N);
+    t->q2 = bump_take(b, nd);
+    t->k2 = bump_take(b, (size_t)B * T * D);
+    t->v2 = bump_take(b, (size_t)B * T * D);
+    t->ao2 = bump_take(b, nd);
+    t->lse2 = bump_take(b, lse);
+    t->x2 = bump_take(b, nd);
+    t->ln3 = bump_take(b, nd);
+    t->ln3_mean = bump_take(b, N);
+    t->ln3_rstd = bump_take(b, N);
+    t->gg = bump_take(b, N * 8 * D);
+    t->x3 = bump_take(b, nd);
     t->ff_rows = (int)N;
 }
 
@@ -308,10 +296,10 @@ size_t unet_transformer_acts_layout(unet_transformer_acts_t *a, float *base, con
     unet_transformer_acts_t tmp;
     unet_transformer_acts_t *p = (a && base) ? a : &tmp;
     const size_t N = (size_t)B * S;
-    p->gn_mean = take(&b, (size_t)B * t->norm.groups);
-    p->gn_rstd = take(&b, (size_t)B * t->norm.groups);
-    p->tok = take(&b, N * t->C);
-    p->x0 = take(&b, N * t->D);
+    p->gn_mean = bump_take(&b, (size_t)B * t->norm.groups);
+    p->gn_rstd = bump_take(&b, (size_t)B * t->norm.groups);
+    p->tok = bump_take(&b, N * t->C);
+    p->x0 = bump_take(&b, N * t->D);
     for (int l = 0; l < t->n_blocks; l++) tblock_layout(&p->blocks[l], &b, t, B, S, T);
     return b.off;
 }

@@ -91,8 +91,12 @@ int unmix_attach(unmix_t *u, unet_t *m, const char *layers, int rows, int H, int
             tr->blocks[l].unmix = s;
         }
     }
-    u->tokw = sd_xcalloc((size_t)rows * 2 * T, sizeof(float));
-    u->region = sd_xcalloc((size_t)rows * 2 * H * W, sizeof(float));
+    u->tokw = calloc((size_t)rows * 2 * T, sizeof(float));
+    u->region = calloc((size_t)rows * 2 * H * W, sizeof(float));
+    if (!u->tokw || !u->region) {
+        unmix_detach(u);
+        return sd_nomem("--unmix: attention maps", sizeof(float) * (size_t)rows * 2 * ((size_t)T + (size_t)H * W));
+    }
     u->gscale = 1.0f;
     return SD_OK;
 }

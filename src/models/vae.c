@@ -25,7 +25,9 @@
 #include <string.h>
 
 #include "base/error.h"
+#include "base/json.h"
 #include "base/scratch.h"
+#include "base/str.h"
 #include "ops/fastmath.h"
 #include "ops/ops.h"
 
@@ -41,46 +43,10 @@ static const int PAD_DOWN[4] = {0, 1, 0, 1};   /* Downsample2D with padding=0: F
 
 /* ---------------------------------------------------------------- config ---- */
 
-static int json_int(const cJSON *j, const char *key, int dflt, int *out, const char *what) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, key);
-    if (!v || cJSON_IsNull(v)) {
-        *out = dflt;
-        return SD_OK;
-    }
-    /* range first: (int) of a double past INT_MAX is undefined */
-    if (!cJSON_IsNumber(v) || !(fabs(v->valuedouble) <= 1e9) || v->valuedouble != floor(v->valuedouble))
-        return sd_error(SD_ERR_FORMAT, "%s: \"%s\" must be an integer", what, key);
-    *out = (int)v->valuedouble;
-    return SD_OK;
-}
-
-static int json_float(const cJSON *j, const char *key, float dflt, float *out, const char *what) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, key);
-    if (!v || cJSON_IsNull(v)) {
-        *out = dflt;
-        return SD_OK;
-    }
-    if (!cJSON_IsNumber(v) || !(fabs(v->valuedouble) <= FLT_MAX))   /* JSON's 1e39 parses as Inf */
-        return sd_error(SD_ERR_FORMAT, "%s: \"%s\" must be a finite number", what, key);
-    *out = (float)v->valuedouble;
-    return SD_OK;
-}
-
-static int json_bool(const cJSON *j, const char *key, int dflt, int *out, const char *what) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, key);
-    if (!v || cJSON_IsNull(v)) {
-        *out = dflt;
-        return SD_OK;
-    }
-    if (!cJSON_IsBool(v)) return sd_error(SD_ERR_FORMAT, "%s: \"%s\" must be true or false", what, key);
-    *out = cJSON_IsTrue(v) ? 1 : 0;
-    return SD_OK;
-}
-
 /* Block types, when present: one entry per block, all of the one supported kind. */
 static int json_block_types(const cJSON *j, const char *key, const char *kind, int n, const char *what) {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, key);
-    if (!v || cJSON_IsNull(v)) return SD_OK;
+    const cJSON *v = json_item(j, key);
+    if (!v) return SD_OK;
     if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) != n)
         return sd_error(SD_ERR_FORMAT, "%s: \"%s\" must list %d block types (one per block_out_channels entry)",
                         what, key, n);
@@ -135,14 +101,8 @@ int vae_config_from_json(vae_config_t *cfg, const cJSON *json, const char *what)
                         ss->valuedouble, 65536);   /* checked as a double: (int)1e12 is undefined */
     else cfg->sample_size = (int)ss->valuedouble;
 
-    const cJSON *act = cJSON_GetObjectItemCaseSensitive(json, "act_fn");
-    if (act && !cJSON_IsNull(act) && !(cJSON_IsString(act) && strcmp(act->valuestring, "silu") == 0))
-        return sd_error(SD_ERR_FORMAT, "%s: \"act_fn\" %s is not supported (only \"silu\")", what,
-                        cJSON_IsString(act) ? act->valuestring : "(not a string)");
-    const cJSON *nt = cJSON_GetObjectItemCaseSensitive(json, "norm_type");
-    if (nt && !cJSON_IsNull(nt) && !(cJSON_IsString(nt) && strcmp(nt->valuestring, "group") == 0))
-        return sd_error(SD_ERR_FORMAT, "%s: \"norm_type\" is not supported (only \"group\")", what);
-    if ((rc = json_block_types(json, "down_block_types", "DownEncoderBlock2D", cfg->n_blocks, what)) ||
+    if ((rc = json_require_str(json, "act_fn", "silu", what)) || (rc = json_require_str(json, "norm_type", "group", what)) ||
+        (rc = json_block_types(json, "down_block_types", "DownEncoderBlock2D", cfg->n_blocks, what)) ||
         (rc = json_block_types(json, "up_block_types", "UpDecoderBlock2D", cfg->n_blocks, what)))
         return rc;
 
@@ -179,13 +139,6 @@ typedef struct {
     int groups;                     /* GroupNorm groups (the config's) */
     int rc;
 } walker_t;
-
-static void shape_str(char *buf, size_t n, int ndim, const int64_t *shape) {
-    size_t at = (size_t)snprintf(buf, n, "[");
-    for (int i = 0; i < ndim && at < n; i++)
-        at += (size_t)snprintf(buf + at, n - at, "%s%lld", i ? ", " : "", (long long)shape[i]);
-    if (at < n) snprintf(buf + at, n - at, "]");
-}
 
 /* The tensor `name` (or, if absent, `alt`), checked to be a float type; NULL with wk->rc set
  * when missing. */

@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 
 #include "base/error.h"
+#include "base/str.h"
 #include "ops/ops.h"
 #include "shifts/shifts.h"
 
@@ -72,12 +73,6 @@ static float *effective(weight_t *w) {
     return w->baked;
 }
 
-static void shape_str(char *buf, size_t cap, const int64_t *shape, int ndim) {
-    int k = snprintf(buf, cap, "[");
-    for (int i = 0; i < ndim && k < (int)cap; i++) k += snprintf(buf + k, cap - k, "%s%lld", i ? ", " : "", (long long)shape[i]);
-    if (k < (int)cap) snprintf(buf + k, cap - k, "]");
-}
-
 /* A LoRA's alpha beyond this is a broken file, not a strength (alpha / rank scales B A). */
 #define LORA_MAX_ALPHA 65536.0
 
@@ -136,7 +131,7 @@ static int apply_delta_file(pipeline_t *p, const char *path, float scale, int fo
         }
         if (ref->ndim != x->ndim || memcmp(ref->shape, x->shape, sizeof(int64_t) * (size_t)x->ndim)) {
             char a[96], b[96];
-            shape_str(a, sizeof a, x->shape, x->ndim), shape_str(b, sizeof b, ref->shape, ref->ndim);
+            shape_str(a, sizeof a, x->ndim, x->shape), shape_str(b, sizeof b, ref->ndim, ref->shape);
             rc = sd_error(SD_ERR_SHAPE, "%s: tensor '%s' is %s but the model's is %s (a delta of another model?)", path,
                           x->name, a, b);
             break;
@@ -197,13 +192,6 @@ typedef struct {
     const st_tensor_t *diff, *diff_b;   /* full differences of the weight / bias (LyCORIS "diff") */
 } lora_group_t;
 
-static int ends_with(const char *s, const char *suffix, size_t *stem) {
-    size_t n = strlen(s), k = strlen(suffix);
-    if (n <= k || strcmp(s + n - k, suffix)) return 0;
-    *stem = n - k;
-    return 1;
-}
-
 /* "down_blocks.0.attn1" -> "down_blocks_0_attn1" */
 static void underscored(char *dst, size_t cap, const char *s) {
     snprintf(dst, cap, "%s", s);
@@ -260,17 +248,17 @@ static int group_lora_tensors(const st_file_t *f, const char *path, lora_group_t
         else if (!strncmp(name, "lora_te_", 8)) body = name + 8, te = 1;
         else if (!strncmp(name, "lora_te1_", 9)) body = name + 9, te = 1;
         if (body) {
-            if (ends_with(body, ".lora_A.weight", &stem) || ends_with(body, ".lora_down.weight", &stem) ||
-                ends_with(body, ".lora.down.weight", &stem))
+            if (str_cut_suffix(body, ".lora_A.weight", &stem) || str_cut_suffix(body, ".lora_down.weight", &stem) ||
+                str_cut_suffix(body, ".lora.down.weight", &stem))
                 role = 0;
-            else if (ends_with(body, ".lora_B.weight", &stem) || ends_with(body, ".lora_up.weight", &stem) ||
-                     ends_with(body, ".lora.up.weight", &stem))
+            else if (str_cut_suffix(body, ".lora_B.weight", &stem) || str_cut_suffix(body, ".lora_up.weight", &stem) ||
+                     str_cut_suffix(body, ".lora.up.weight", &stem))
                 role = 1;
-            else if (ends_with(body, ".alpha", &stem))
+            else if (str_cut_suffix(body, ".alpha", &stem))
                 role = 2;
-            else if (ends_with(body, ".diff", &stem))
+            else if (str_cut_suffix(body, ".diff", &stem))
                 role = 3;
-            else if (ends_with(body, ".diff_b", &stem))
+            else if (str_cut_suffix(body, ".diff_b", &stem))
                 role = 4;
         }
         if (role < 0 || stem >= sizeof g[0].key) {
@@ -304,7 +292,7 @@ static int apply_diff(pipeline_t *p, const char *path, int te, const char *modul
     const size_t n = t.w ? (size_t)t.w->rows * t.w->cols : (size_t)t.n;
     if ((size_t)x->numel != n || (t.vec && x->ndim != 1)) {
         char a[96];
-        shape_str(a, sizeof a, x->shape, x->ndim);
+        shape_str(a, sizeof a, x->ndim, x->shape);
         return sd_error(SD_ERR_SHAPE, "%s: '%s' is %s but %s has %zu values (a LoRA of another model?)", path, x->name,
                         a, name, n);
     }
@@ -349,7 +337,7 @@ static int apply_lora_group(pipeline_t *p, const st_file_t *f, const char *path,
                    B->shape[0] == w->rows && B->shape[1] == R && B->numel == (int64_t)w->rows * R;
     if (!ok) {
         char a[96], b[96];
-        shape_str(a, sizeof a, A->shape, A->ndim), shape_str(b, sizeof b, B->shape, B->ndim);
+        shape_str(a, sizeof a, A->ndim, A->shape), shape_str(b, sizeof b, B->ndim, B->shape);
         return sd_error(SD_ERR_SHAPE, "%s: LoRA of '%s' has A %s and B %s, which do not fit its %d x %d weight "
                         "(a LoRA of another model?)", path, module, a, b, w->rows, w->cols);
     }

@@ -16,12 +16,16 @@ int edit_image_latents(pipeline_t *p, const image_t *img, int res, float *x0, im
     image_t crop;
     int rc = image_resize_crop(&crop, img, res, 1, 0.5f, 0.5f);
     if (rc) return rc;
-    float *x = sd_xmalloc(sizeof(float) * 3 * res * res);
+    float *x = malloc(sizeof(float) * 3 * res * res);
+    if (!x) {
+        image_free(&crop);
+        return sd_nomem("edit: image tensor", sizeof(float) * 3 * res * res);
+    }
     vae_image_to_tensor(x, crop.rgb, res, res, 3);
     if (p->has_vae) {
         const size_t n = (size_t)p->latent_channels * (res / f) * (res / f);
-        float *dist = sd_xmalloc(sizeof(float) * 2 * n);
-        rc = vae_encode(&p->vae, dist, dist + n, x, 1, res, res);
+        float *dist = malloc(sizeof(float) * 2 * n);
+        rc = dist ? vae_encode(&p->vae, dist, dist + n, x, 1, res, res) : sd_nomem("edit: latent distribution", sizeof(float) * 2 * n);
         /* the posterior's mode: an edit of one image should not depend on a posterior sample */
         if (!rc) vae_sample_latents(x0, dist, dist + n, NULL, n, &p->vae.cfg);
         if (!rc && first_nonfinite(x0, n) < n) rc = sd_error(SD_ERR_NUMERIC, "the VAE encode of the image is not finite");

@@ -130,7 +130,8 @@ int pipeline_apply_shifts(pipeline_t *p, const pipeline_shift_t *shifts, int n, 
 
 int pipeline_encode_prompts(pipeline_t *p, const char *const *prompts, int n, float *ctx) {
     const int T = p->n_ctx, C = p->ctx_dim;
-    int *ids = sd_xmalloc(sizeof(int) * (size_t)n * T);
+    int *ids = malloc(sizeof(int) * (size_t)n * T);
+    if (!ids) return sd_nomem("prompt token ids", sizeof(int) * (size_t)n * T);
     for (int i = 0; i < n; i++) {
         int before = 0;
         int got = tokenizer_encode(p->tok, prompts[i] ? prompts[i] : "", ids + (size_t)i * T, T, 1, &before);
@@ -149,9 +150,10 @@ int pipeline_encode_prompts(pipeline_t *p, const char *const *prompts, int n, fl
         return rc;
     }
     const float *hidden = clip_forward(&p->clip, &acts, ids, n, T);
-    memcpy(ctx, hidden, sizeof(float) * (size_t)n * T * C);
+    if (hidden) memcpy(ctx, hidden, sizeof(float) * (size_t)n * T * C);
     clip_acts_free(&acts);
     free(ids);
+    if (!hidden) return SD_ERR_ARG;
     const size_t len = (size_t)n * T * C;
     if (first_nonfinite(ctx, len) < len) return sd_error(SD_ERR_NUMERIC, "the text encoder output is not finite");
     return SD_OK;
@@ -203,10 +205,11 @@ int pipeline_txt2img(pipeline_t *p, const txt2img_opts_t *o, const float *init, 
     const int B = o->batch, guided = o->cfg > 1.0f, rows = guided ? 2 * B : B;
     const size_t per_image = (size_t)C * h * w, ctx_floats = (size_t)p->n_ctx * p->ctx_dim;
     denoise_ctx_t d = {.p = p, .B = B, .guided = guided, .h = h, .w = w, .stop = o->stop};
-    float *ctx = sd_xmalloc(sizeof(float) * (size_t)(guided ? 2 * B : B) * ctx_floats);
+    float *ctx = malloc(sizeof(float) * (size_t)(guided ? 2 * B : B) * ctx_floats);
     const char *pair[2] = {o->negative_prompt ? o->negative_prompt : "", o->prompt};
-    float *two = sd_xmalloc(sizeof(float) * 2 * ctx_floats);
-    rc = pipeline_encode_prompts(p, pair, 2, two);
+    float *two = malloc(sizeof(float) * 2 * ctx_floats);
+    rc = ctx && two ? pipeline_encode_prompts(p, pair, 2, two)
+                    : sd_nomem("prompt embeddings", sizeof(float) * (size_t)(guided ? 2 * B + 2 : B + 2) * ctx_floats);
     if (!rc) {
         /* [uncond x B; cond x B], or [cond x B] without guidance */
         for (int i = 0; i < B; i++) {
@@ -214,12 +217,16 @@ int pipeline_txt2img(pipeline_t *p, const txt2img_opts_t *o, const float *init, 
             memcpy(ctx + (size_t)((guided ? B : 0) + i) * ctx_floats, two + ctx_floats, sizeof(float) * ctx_floats);
         }
         d.ctx = ctx;
-        d.timesteps = sd_xmalloc(sizeof(float) * rows);
-        rc = unet_acts_build(&d.acts, &p->unet, rows, h, w, p->n_ctx, 0, UNET_CKPT_NONE);
+        d.timesteps = malloc(sizeof(float) * rows);
+        rc = d.timesteps ? unet_acts_build(&d.acts, &p->unet, rows, h, w, p->n_ctx, 0, UNET_CKPT_NONE)
+                         : sd_nomem("timesteps", sizeof(float) * rows);
     }
     float *noise = NULL;
+    if (!rc && !(noise = malloc(sizeof(float) * B * per_image))) {
+        unet_acts_free(&d.acts);
+        rc = sd_nomem("initial noise", sizeof(float) * B * per_image);
+    }
     if (!rc) {
-        noise = sd_xmalloc(sizeof(float) * B * per_image);
         if (init) {
             memcpy(noise, init, sizeof(float) * B * per_image);
         } else {
@@ -245,7 +252,8 @@ int pipeline_txt2img(pipeline_t *p, const txt2img_opts_t *o, const float *init, 
 
 int pipeline_decode(pipeline_t *p, const float *latents, int n, int h, int w, uint8_t **rgb) {
     const int H = h * p->scale_factor, W = w * p->scale_factor;
-    float *img = sd_xmalloc(sizeof(float) * 3 * H * W);
+    float *img = malloc(sizeof(float) * 3 * H * W);
+    if (!img) return sd_nomem("decoded image", sizeof(float) * 3 * H * W);
     int rc = SD_OK;
     for (int i = 0; i < n && !rc; i++) {
         const float *z = latents + (size_t)i * p->latent_channels * h * w;
@@ -258,7 +266,10 @@ int pipeline_decode(pipeline_t *p, const float *latents, int n, int h, int w, ui
                                                      : "the latents of image %d are not finite", i + 1);
             break;
         }
-        rgb[i] = sd_xmalloc((size_t)H * W * 3);
+        if (!(rgb[i] = malloc((size_t)H * W * 3))) {
+            rc = sd_nomem("image pixels", (size_t)H * W * 3);
+            break;
+        }
         vae_tensor_to_image(rgb[i], img, H, W, 3);
     }
     free(img);

@@ -10,10 +10,6 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#if defined(__F16C__)
-#include <immintrin.h>
-#endif
-
 #include "base/error.h"
 #include "base/hash64.h"
 #include "shifts/shifts.h"
@@ -22,22 +18,6 @@
 #define BLOCK_ELEMS 2048                /* fp16 / bf16 are widened in blocks of this many */
 
 uint64_t bytes_hash64(const void *p, size_t n, uint64_t seed) { return hash_bytes(p, n, seed); }
-
-/* dst[n] = fp16 / bf16 src[n] as fp32 (exact: both widen without rounding). */
-static void widen(float *dst, const uint16_t *src, size_t n, st_dtype_t dt) {
-    size_t i = 0;
-    if (dt == ST_BF16) {
-        for (; i < n; i++) {
-            const uint32_t bits = (uint32_t)src[i] << 16;
-            memcpy(&dst[i], &bits, 4);
-        }
-        return;
-    }
-#if defined(__F16C__)
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
-#endif
-    for (; i < n; i++) dst[i] = st_f16_to_f32(src[i]);
-}
 
 static int is_float(st_dtype_t dt) { return dt == ST_F32 || dt == ST_F16 || dt == ST_BF16 || dt == ST_F64; }
 
@@ -54,7 +34,7 @@ static uint64_t hash_chunk(const st_tensor_t *t, size_t e0, size_t n, uint64_t s
     for (size_t i = 0; i < n; i += BLOCK_ELEMS) {
         const size_t m = n - i < BLOCK_ELEMS ? n - i : BLOCK_ELEMS;
         memcpy(half, (const uint16_t *)t->data + e0 + i, m * 2);   /* the mapping may be unaligned */
-        widen(buf, half, m, t->dtype);
+        st_to_f32(buf, half, t->dtype, m);
         h_absorb(&s, (const uint8_t *)buf, m * sizeof(float));
     }
     return h_final(&s);

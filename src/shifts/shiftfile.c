@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 
 #include "base/error.h"
+#include "base/str.h"
 #include "base/progress.h"
 #include "ops/ops.h"
 

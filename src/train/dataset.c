@@ -12,6 +12,7 @@
 
 #include "base/dist.h"
 #include "base/error.h"
+#include "base/str.h"
 #include "base/progress.h"
 #include "io/image.h"
 #include "io/outputs.h"
@@ -54,11 +55,6 @@ int prompt_table_add(prompt_table_t *pt, const clip_tokenizer_t *tok, const char
 }
 
 /* ---- folders ---- */
-
-static int ends_with(const char *s, const char *suffix) {
-    size_t a = strlen(s), b = strlen(suffix);
-    return a >= b && !strcasecmp(s + a - b, suffix);
-}
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
@@ -122,7 +118,7 @@ int image_set_scan(image_set_t *s, const char *dir, const char *what, int allow_
     char **names = NULL;
     int n = 0;
     for (struct dirent *e; (e = readdir(d));) {
-        if (e->d_name[0] == '.' || ends_with(e->d_name, ".txt")) continue;
+        if (e->d_name[0] == '.' || str_ends_with_nocase(e->d_name, ".txt")) continue;
         char path[PATH_MAX];
         struct stat st;
         snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
@@ -262,9 +258,9 @@ int train_image_posterior(pipeline_t *p, const image_t *img, int res, float *out
     const size_t n = train_latent_floats(p, res);
     int rc = SD_OK;
     if (p->has_vae) {
-        float *x = sd_xmalloc(sizeof(float) * 3 * res * res);
-        vae_image_to_tensor(x, img->rgb, res, res, 3);
-        rc = vae_encode(&p->vae, out, out + n, x, 1, res, res);
+        float *x = malloc(sizeof(float) * 3 * res * res);
+        if (x) vae_image_to_tensor(x, img->rgb, res, res, 3);
+        rc = x ? vae_encode(&p->vae, out, out + n, x, 1, res, res) : sd_nomem("training image", sizeof(float) * 3 * res * res);
         free(x);
     } else if (p->latent_channels == 3) {
         vae_image_to_tensor(out, img->rgb, res, res, 3);
@@ -297,8 +293,9 @@ int train_image_dist(pipeline_t *p, train_image_t *im, int flip, int res, int ce
                     row[3 * (res - 1 - x) + k] = t;
                 }
         }
-    float *out = sd_xmalloc(sizeof(float) * 2 * train_latent_floats(p, res));
-    rc = train_image_posterior(p, &img, res, out);
+    const size_t n = train_latent_floats(p, res);
+    float *out = malloc(sizeof(float) * 2 * n);
+    rc = out ? train_image_posterior(p, &img, res, out) : sd_nomem("training image latents", sizeof(float) * 2 * n);
     image_free(&img);
     if (rc) {
         free(out);
@@ -355,7 +352,8 @@ int class_images_generate(pipeline_t *p, const char *dir, const char *prompt, in
                 N > 1 ? " (split over the MPI ranks)" : "");
     int C, h, w;
     pipeline_latent_shape(p, res, res, &C, &h, &w);
-    float *lat = sd_xmalloc(sizeof(float) * (size_t)C * h * w);
+    float *lat = malloc(sizeof(float) * (size_t)C * h * w);
+    if (!lat) rc = sd_nomem("class image latents", sizeof(float) * (size_t)C * h * w);   /* agreed on below */
     progress_t bar;
     class_progress_t cp = {&bar, 0};
     if (me == 0) progress_start(&bar, "class images", (long)mine * steps, "step");

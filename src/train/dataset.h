@@ -9,6 +9,7 @@
 
 #include <stdint.h>
 
+#include "base/rng.h"
 #include "diffusion/diffusion.h"
 #include "io/image.h"
 #include "models/tokenizer.h"

@@ -23,13 +23,15 @@ int eval_denoising_loss(pipeline_t *p, image_set_t *images, const prompt_table_t
                         p->scale_factor * levels_div);
     const int B = o->n_noise, T = p->n_ctx;
     const size_t L = train_latent_floats(p, o->resolution), CT = (size_t)T * p->ctx_dim;
-    float *ctx = sd_xmalloc(sizeof(float) * CT * B), *x0 = sd_xmalloc(sizeof(float) * L * B);
-    float *eps = sd_xmalloc(sizeof(float) * L * B), *xt = sd_xmalloc(sizeof(float) * L * B);
-    float *target = sd_xmalloc(sizeof(float) * L * B), *pred = sd_xmalloc(sizeof(float) * L * B);
-    float *zero = calloc(L, sizeof(float)), *tf = sd_xmalloc(sizeof(float) * B);
-    int *ts = sd_xmalloc(sizeof(int) * B);
-    unet_acts_t acts;
-    int rc = unet_acts_build(&acts, &p->unet, B, h, w, T, 0, UNET_CKPT_NONE);
+    float *ctx = malloc(sizeof(float) * CT * B), *x0 = malloc(sizeof(float) * L * B);
+    float *eps = malloc(sizeof(float) * L * B), *xt = malloc(sizeof(float) * L * B);
+    float *target = malloc(sizeof(float) * L * B), *pred = malloc(sizeof(float) * L * B);
+    float *zero = calloc(L, sizeof(float)), *tf = malloc(sizeof(float) * B);
+    int *ts = malloc(sizeof(int) * B);
+    unet_acts_t acts = {0};
+    int rc = ctx && x0 && eps && xt && target && pred && zero && tf && ts
+                 ? unet_acts_build(&acts, &p->unet, B, h, w, T, 0, UNET_CKPT_NONE)
+                 : sd_nomem("eval: batch buffers", sizeof(float) * (CT * B + 5 * L * B + L + 2 * (size_t)B));
     for (int j = 0; j < o->n_timesteps; j++) per_t[j] = 0;
     for (int i = 0; i < images->n && !rc; i++) {
         train_image_t *im = &images->img[i];

@@ -14,15 +14,6 @@
 #include "io/outputs.h"
 #include "train/train_mode.h"
 
-/* fp32 values of `n` elements stored in `dtype`. */
-static void to_f32(float *dst, const void *src, st_dtype_t dtype, size_t n) {
-    if (dtype == ST_F32) memcpy(dst, src, n * sizeof(float));
-    else if (dtype == ST_F16)
-        for (size_t i = 0; i < n; i++) dst[i] = st_f16_to_f32(((const uint16_t *)src)[i]);
-    else
-        for (size_t i = 0; i < n; i++) dst[i] = st_bf16_to_f32(((const uint16_t *)src)[i]);
-}
-
 static size_t wsize(const weight_t *w) { return (size_t)w->rows * (size_t)w->cols; }
 
 /* Points a dense weight at its fp32 master copy at *cursor (count_only: only counts). */
@@ -32,7 +23,7 @@ static int own_weight(weight_t *w, float **cursor, size_t *total, int count_only
     const size_t n = wsize(w);
     *total += n;
     if (count_only) return SD_OK;
-    to_f32(*cursor, w->data, w->dtype, n);
+    st_to_f32(*cursor, w->data, w->dtype, n);
     *w = weight_dense(*cursor, ST_F32, w->rows, w->cols);
     *cursor += n;
     return SD_OK;

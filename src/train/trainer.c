@@ -178,18 +178,21 @@ int trainer_prepare(trainer_t *t, int prior) {
     }
 
     const size_t R = (size_t)t->rows, L = t->latent_n, CT = (size_t)t->T * t->p.ctx_dim;
-    t->x0 = sd_xcalloc(R * L, sizeof(float));
-    t->eps = sd_xcalloc(R * L, sizeof(float));
-    t->xt = sd_xcalloc(R * L, sizeof(float));
-    t->target = sd_xcalloc(R * L, sizeof(float));
-    t->pred = sd_xcalloc(R * L, sizeof(float));
-    t->dpred = sd_xcalloc(R * L, sizeof(float));
-    t->lat_noise = sd_xcalloc(L, sizeof(float));
-    t->tf = sd_xcalloc(R, sizeof(float));
-    t->ts = sd_xcalloc(R, sizeof(int));
-    t->ids = sd_xcalloc(R * (size_t)t->T, sizeof(int));
-    t->ctx = sd_xcalloc(R * CT, sizeof(float));
-    t->dctx = sd_xcalloc(R * CT, sizeof(float));
+    t->x0 = calloc(R * L, sizeof(float));
+    t->eps = calloc(R * L, sizeof(float));
+    t->xt = calloc(R * L, sizeof(float));
+    t->target = calloc(R * L, sizeof(float));
+    t->pred = calloc(R * L, sizeof(float));
+    t->dpred = calloc(R * L, sizeof(float));
+    t->lat_noise = calloc(L, sizeof(float));
+    t->tf = calloc(R, sizeof(float));
+    t->ts = calloc(R, sizeof(int));
+    t->ids = calloc(R * (size_t)t->T, sizeof(int));
+    t->ctx = calloc(R * CT, sizeof(float));
+    t->dctx = calloc(R * CT, sizeof(float));
+    if (!t->x0 || !t->eps || !t->xt || !t->target || !t->pred || !t->dpred || !t->lat_noise || !t->tf || !t->ts ||
+        !t->ids || !t->ctx || !t->dctx)   /* trainer_close frees what was allocated */
+        return sd_nomem("training batch buffers", (6 * R * L + L + 2 * R + R * t->T + 2 * R * CT) * sizeof(float));
     rng_init(&t->rng, c->seed ^ STEP_SALT);
     return SD_OK;
 }
@@ -214,7 +217,7 @@ int trainer_micro_step(trainer_t *t, const float *x0, const float *eps, const in
     int rc = SD_OK;
     if (!ctx && !t->ca.memory) rc = clip_acts_build(&t->ca, &t->p.clip.cfg, t->rows, t->T);   /* frozen encoder, no ctx */
     if (rc) return rc;
-    if (te || !ctx) ctx = clip_forward(&t->p.clip, &t->ca, ids, rows, t->T);
+    if ((te || !ctx) && !(ctx = clip_forward(&t->p.clip, &t->ca, ids, rows, t->T))) return SD_ERR_ARG;
     unmix_t *um = t->ms && t->ms->unmix_on ? &t->ms->unmix : NULL;   /* Cut-Mix-Unmix (cutmix.h) */
     if (um) um->gscale = grad_scale;
     rc = unet_forward(t->pred, &t->p.unet, &t->ua, t->xt, t->tf, ctx, rows, t->h, t->w, t->T);

@@ -8,8 +8,8 @@
 #include <string.h>
 
 #include "base/error.h"
+#include "base/rng.h"
 #include "base/scratch.h"
-#include "diffusion/diffusion.h"
 
 size_t lora_numel(const lora_t *l) { return (size_t)l->rank * ((size_t)l->rows + (size_t)l->cols); }
 

@@ -5,9 +5,6 @@
 #include <cblas.h>
 #include <stdint.h>
 #include <string.h>
-#ifdef __F16C__
-#include <immintrin.h>
-#endif
 
 #include "base/error.h"
 #include "base/scratch.h"
@@ -19,43 +16,11 @@ weight_t weight_dense(const void *data, st_dtype_t dtype, int rows, int cols) {
     return w;
 }
 
-/* Converts n values of a half-precision buffer to float. Every forward converts every fp16
- * weight (the model stays fp16 in memory), so this is on the hot path: a per-value call of
- * st_f16_to_f32 (another translation unit, not inlined) took 20% of an SD 1.5 UNet forward.
- * F16C's vcvtph2ps converts 8 values per instruction, exactly (subnormals included; only a
- * signalling NaN comes back quieted); bf16 is a shift, inlined so the loop vectorises. */
-static void f16_run(float *dst, const uint16_t *h, size_t n) {
-    size_t i = 0;
-#ifdef __F16C__
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
-#endif
-    for (; i < n; i++) dst[i] = st_f16_to_f32(h[i]);
-}
-
-static void to_f32(float *dst, const void *src, st_dtype_t dtype, size_t n) {
-    const uint16_t *h = src;
-    if (dtype == ST_F16) {
-        const size_t chunk = 16384, nchunks = (n + chunk - 1) / chunk;
-#pragma omp parallel for schedule(static) if (n > 65536)
-        for (size_t c = 0; c < nchunks; c++) {
-            const size_t i0 = c * chunk, len = n - i0 < chunk ? n - i0 : chunk;
-            f16_run(dst + i0, h + i0, len);
-        }
-    } else {
-#pragma omp parallel for schedule(static) if (n > 65536)
-        for (size_t i = 0; i < n; i++) {
-            const uint32_t u = (uint32_t)h[i] << 16;
-            memcpy(dst + i, &u, sizeof u);
-        }
-    }
-}
-
 const float *weight_base_f32(const weight_t *w) {
     if (!w->data) return NULL;
     if (w->dtype == ST_F32) return w->data;
     float *f = scratch_floats((size_t)w->rows * w->cols);
-    to_f32(f, w->data, w->dtype, (size_t)w->rows * w->cols);
+    st_to_f32(f, w->data, w->dtype, (size_t)w->rows * w->cols);
     return f;
 }
 
@@ -107,12 +72,12 @@ int weight_shift_count(const weight_t *w) {
 static void effective_into(float *dst, const weight_t *w) {
     if (w->kind == WEIGHT_DENSE) {
         if (w->dtype == ST_F32) memcpy(dst, w->data, sizeof(float) * w->rows * w->cols);
-        else to_f32(dst, w->data, w->dtype, (size_t)w->rows * w->cols);
+        else st_to_f32(dst, w->data, w->dtype, (size_t)w->rows * w->cols);
         return;
     }
     if (w->kind == WEIGHT_LORA) {   /* W + s B A */
         if (w->dtype == ST_F32) memcpy(dst, w->data, sizeof(float) * w->rows * w->cols);
-        else to_f32(dst, w->data, w->dtype, (size_t)w->rows * w->cols);
+        else st_to_f32(dst, w->data, w->dtype, (size_t)w->rows * w->cols);
         lora_merge(dst, w->lora, 1.0f);
         return;
     }
@@ -203,7 +168,7 @@ void weight_conv2d_backward(float *dinp, float *dparam, float *dbias, const floa
 static void base_row(float *dst, const weight_t *w, int row) {
     const size_t off = (size_t)row * w->cols;
     if (w->dtype == ST_F32) memcpy(dst, (const float *)w->data + off, sizeof(float) * w->cols);
-    else to_f32(dst, (const uint16_t *)w->data + off, w->dtype, (size_t)w->cols);
+    else st_to_f32(dst, (const uint16_t *)w->data + off, w->dtype, (size_t)w->cols);
 }
 
 void weight_embedding_forward(float *out, const int *ids, const weight_t *w, int N) {

@@ -1,7 +1,7 @@
 /* The seeded generator of svdiff's sampling and training noise: Philox4x32-10 in counter mode
- * with Box-Muller normals (the exact stream is specified in diffusion.h). Counter-based so
+ * with Box-Muller normals (the exact stream is specified in rng.h). Counter-based so
  * that a tensor fill is parallel and still independent of the thread count. */
-#include "diffusion/diffusion.h"
+#include "base/rng.h"
 
 #include <math.h>
 
