@@ -1,6 +1,8 @@
 /* UNet2DConditionModel (unet.h): config.json parsing, construction of the parameter registry
  * and of the stage program (with its skip list) from the config, tensor loading, spectral
- * set-up, activation layouts, and the forward / backward drivers over the stages.
+ * set-up, activation layouts, the pass over the stages (one step per module, binding it to its
+ * buffers), and unet_forward / unet_backward: time embedding, conv_in, the down / mid / up
+ * blocks (unet_2d_blocks.c), conv_norm_out / SiLU / conv_out.
  * Architecture facts follow diffusers: unets/unet_2d_condition.py (construction, forward),
  * unets/unet_2d_blocks.py (CrossAttnDownBlock2D, DownBlock2D, UNetMidBlock2DCrossAttn,
  * UpBlock2D, CrossAttnUpBlock2D), resnet.py, embeddings.py (timesteps). */

@@ -1,7 +1,16 @@
 /* UNet2DConditionModel (diffusers unets/unet_2d_condition.py, Stable Diffusion 1.x / 2.x),
  * forward and backward, llm.c style: parameters in unet_t (every conv / linear a weight_t named
  * by its diffusers module path), the network as an explicit program of stages with an explicit
- * skip list, activations in one unet_acts_t buffer (training) or only what is live (inference). */
+ * skip list, activations in one unet_acts_t buffer (training) or only what is live (inference).
+ * The modules, each a forward / backward pair, by file:
+ *   unet.c            config, construction, loading, activations, UNet2DConditionModel.forward
+ *                     (unet_forward / unet_backward: time embedding, conv_in, blocks, conv_out)
+ *   unet_2d_blocks.c  DownBlock2D, CrossAttnDownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D,
+ *                     CrossAttnUpBlock2D (unet_cross_attn_down_block_forward, ...)
+ *   unet_blocks.c     linear / conv / norm layers, ResnetBlock2D
+ *   unet_attention.c  Attention (attn1 and attn2), BasicTransformerBlock, Transformer2DModel
+ *   unet_resample.c   Downsample2D, Upsample2D
+ *   unet_embeddings.c Timesteps, TimestepEmbedding */
 #ifndef SVDIFF_MODELS_UNET_H
 #define SVDIFF_MODELS_UNET_H
 
@@ -118,7 +127,8 @@ typedef struct {
 /* The forward as a program. A stage reads the previous stage's output (conv_in reads the
  * sample) concatenated on channels with skip `pop` when pop >= 0, and its output becomes skip
  * `push` when push >= 0: down path pushes (conv_in, every down resnet / transformer output,
- * every downsampler), up-block resnets pop in reverse order. */
+ * every downsampler), up-block resnets pop in reverse order. unet_t.down_blocks / mid_block /
+ * up_blocks group the stages as diffusers groups the modules (unet_2d_blocks.c runs them). */
 typedef enum {
     UNET_STAGE_CONV_IN, UNET_STAGE_RESNET, UNET_STAGE_TRANSFORMER,
     UNET_STAGE_DOWNSAMPLE, UNET_STAGE_UPSAMPLE, UNET_STAGE_OUT
@@ -333,7 +343,7 @@ void unet_grads_free(unet_grads_t *g);
 void unet_backward(float *dsample, float *dctx, unet_grads_t *g, const float *dout,
                    const unet_t *m, unet_acts_t *a);
 
-/* ---- building blocks (unet_blocks.c), exposed for tests and other models ----
+/* ---- modules (unet_blocks.c and the files below), exposed for tests and other models ----
  * Layers: a conv reads inp [B, in, H, W] (output H/stride, W/stride); a linear inp [N, in].
  * Norms: GroupNorm over [B, C, S]; LayerNorm over the rows of [B*S, C]; the gain is gamma or
  * the shifted gain. mean / rstd may be NULL in a forward that no backward follows. */

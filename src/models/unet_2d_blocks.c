@@ -5,6 +5,7 @@
  * buffers: a block says which module runs when, and which outputs are skips.
  * Shapes: a block at level L works on [B, C, H >> L, W >> L]; C = block_out_channels[L]. */
 #include <stdio.h>
+#include <string.h>
 
 #include "base/error.h"
 #include "models/unet.h"
@@ -115,44 +116,46 @@ void unet_block_backward(unet_pass_t *p, const unet_block_t *b) {
 
 /* ---- grouping the stage program into blocks ---- */
 
-/* Takes the stages of one block starting at *s: n_res resnets, each followed by a transformer
- * when attn (mid block: a transformer before each resnet but the first), then a sampler of
- * kind `sampler` (or none: -1). */
+/* The module index of stage *s if it has kind k (and *s advances); -1 if not. */
+static int next_stage(const unet_t *m, int *s, unet_stage_kind_t k) {
+    if (*s >= m->n_stages || m->stages[*s].kind != k) return -1;
+    return m->stages[(*s)++].index;
+}
+
+/* Appends resnet / transformer k (-1: none) to the block's view: the modules of a block are
+ * consecutive in unet_t's arrays. Returns 0 if k does not fit. */
+static int add_resnet(unet_t *m, unet_block_t *b, int k) {
+    if (k < 0 || (b->n_resnets && &m->resnets[k] != b->resnets + b->n_resnets)) return 0;
+    if (!b->n_resnets++) b->resnets = &m->resnets[k];
+    return 1;
+}
+
+static int add_attention(unet_t *m, unet_block_t *b, int k) {
+    if (k < 0 || (b->n_attentions && &m->transformers[k] != b->attentions + b->n_attentions)) return 0;
+    if (!b->n_attentions++) b->attentions = &m->transformers[k];
+    return 1;
+}
+
+/* Takes the stages of one block from *s on: n_res resnets, each followed by a transformer when
+ * attn (in the mid block, each resnet but the first preceded by one), then a sampler stage of
+ * kind `sampler` (-1: none). */
 static int group(unet_t *m, unet_block_t *b, unet_block_kind_t kind, int *s, int n_res, int attn, int sampler,
                  const char *what) {
-    const unet_stage_t *st = m->stages;
     const int mid = kind == UNET_MID_BLOCK_2D_CROSS_ATTN;
-    b->kind = kind;
-    b->first_stage = *s;
-    b->n_resnets = n_res;
-    b->n_attentions = attn ? (mid ? n_res - 1 : n_res) : 0;
-    b->resnets = NULL, b->attentions = NULL, b->sampler = NULL;
-    int r = 0, a = 0;
-    for (int j = 0; j < n_res; j++) {
-        if (mid && j > 0) {
-            if (*s >= m->n_stages || st[*s].kind != UNET_STAGE_TRANSFORMER) break;
-            if (!a++) b->attentions = &m->transformers[st[*s].index];
-            ++*s;
-        }
-        if (*s >= m->n_stages || st[*s].kind != UNET_STAGE_RESNET ||
-            (r && &m->resnets[st[*s].index] != b->resnets + r))
-            break;
-        if (!r++) b->resnets = &m->resnets[st[*s].index];
-        ++*s;
-        if (attn && !mid) {
-            if (*s >= m->n_stages || st[*s].kind != UNET_STAGE_TRANSFORMER ||
-                (a && &m->transformers[st[*s].index] != b->attentions + a))
-                break;
-            if (!a++) b->attentions = &m->transformers[st[*s].index];
-            ++*s;
-        }
+    memset(b, 0, sizeof *b);
+    b->kind = kind, b->first_stage = *s;
+    int ok = 1;
+    for (int j = 0; j < n_res && ok; j++) {
+        if (attn && mid && j > 0) ok = add_attention(m, b, next_stage(m, s, UNET_STAGE_TRANSFORMER));
+        ok = ok && add_resnet(m, b, next_stage(m, s, UNET_STAGE_RESNET));
+        if (attn && !mid) ok = ok && add_attention(m, b, next_stage(m, s, UNET_STAGE_TRANSFORMER));
     }
-    if (r == n_res && a == b->n_attentions && sampler >= 0) {
-        if (*s < m->n_stages && st[*s].kind == (unet_stage_kind_t)sampler) b->sampler = &m->samplers[st[(*s)++].index];
-        else r = -1;
+    if (ok && sampler >= 0) {
+        const int k = next_stage(m, s, (unet_stage_kind_t)sampler);
+        if (k >= 0) b->sampler = &m->samplers[k];
+        ok = k >= 0;
     }
-    if (r != n_res || a != b->n_attentions)
-        return sd_error(SD_ERR_FORMAT, "unet: the stage program does not have the modules of %s", what);
+    if (!ok) return sd_error(SD_ERR_FORMAT, "unet: the stage program does not have the modules of %s", what);
     b->n_stages = *s - b->first_stage;
     return SD_OK;
 }
