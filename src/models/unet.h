@@ -7,6 +7,7 @@
  *                     (unet_forward / unet_backward: time embedding, conv_in, blocks, conv_out)
  *   unet_2d_blocks.c  DownBlock2D, CrossAttnDownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D,
  *                     CrossAttnUpBlock2D (unet_cross_attn_down_block_forward, ...)
+ *   unet_pass.c       the step of one stage: a module bound to its buffers, skips, checkpoints
  *   unet_blocks.c     linear / conv / norm layers, ResnetBlock2D
  *   unet_attention.c  Attention (attn1 and attn2), BasicTransformerBlock, Transformer2DModel
  *   unet_resample.c   Downsample2D, Upsample2D

@@ -1,5 +1,5 @@
-/* Private to the UNet's source files (unet.c, unet_blocks.c, unet_attention.c,
- * unet_embeddings.c, unet_resample.c, unet_2d_blocks.c), hence the short names: small helpers,
+/* Private to the UNet's source files (unet.c, unet_pass.c, unet_2d_blocks.c, unet_blocks.c,
+ * unet_attention.c, unet_resample.c, unet_embeddings.c), hence the short names: small helpers,
  * and the pass over the stage program through which unet_2d_blocks.c runs its modules. */
 #ifndef SVDIFF_MODELS_UNET_INTERNAL_H
 #define SVDIFF_MODELS_UNET_INTERNAL_H
@@ -39,7 +39,7 @@ static inline float *take(bump_t *b, size_t n) {
     return p;
 }
 
-/* ---- one pass over the stage program (unet.c) ----
+/* ---- one pass over the stage program (unet_pass.c) ----
  * unet_forward / unet_backward walk the stages of unet_t in order / in reverse; the block
  * functions below advance the pass one stage per module they run. Each step binds the module to
  * the buffers the activation plan gives its stage: the input (the previous output, with the skip
@@ -63,6 +63,17 @@ typedef struct {
     int cur;             /* which of a->dh holds dy (-1: the caller's dout) */
 } unet_pass_t;
 
+/* Floats of stage s's output at sample size H x W. */
+static inline size_t stage_out_floats(const unet_stage_t *s, int B, int H, int W) {
+    return (size_t)B * s->c_out * (size_t)(H >> s->out_level) * (size_t)(W >> s->out_level);
+}
+
+/* The steps (unet_pass.c). conv_in: [B, in_channels, H, W] -> [B, C0, H, W]; out:
+ * conv_norm_out, SiLU, conv_out into the caller's output [B, out_channels, H, W]. */
+void unet_pass_conv_in_forward(unet_pass_t *p);
+void unet_pass_conv_in_backward(unet_pass_t *p);
+void unet_pass_out_forward(unet_pass_t *p);
+void unet_pass_out_backward(unet_pass_t *p);
 void unet_pass_resnet_forward(unet_pass_t *p, const unet_resnet_t *r);
 void unet_pass_resnet_backward(unet_pass_t *p, const unet_resnet_t *r);
 void unet_pass_transformer_forward(unet_pass_t *p, const unet_transformer_t *t);
