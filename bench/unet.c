@@ -93,9 +93,10 @@ static void count_flops(flops_t *f, const unet_t *m, int B, int H, int W, int T)
             f->linear += layer_flops(&t->proj_in, N) + layer_flops(&t->proj_out, N);
             for (int i = 0; i < t->n_blocks; i++) {
                 const unet_tblock_t *b = &t->blocks[i];
-                f->linear += layer_flops(&b->q1, N) + layer_flops(&b->k1, N) + layer_flops(&b->v1, N) +
-                             layer_flops(&b->o1, N) + layer_flops(&b->q2, N) + layer_flops(&b->k2, (double)B * T) +
-                             layer_flops(&b->v2, (double)B * T) + layer_flops(&b->o2, N) +
+                f->linear += layer_flops(&b->attn1.to_q, N) + layer_flops(&b->attn1.to_k, N) +
+                             layer_flops(&b->attn1.to_v, N) + layer_flops(&b->attn1.to_out, N) +
+                             layer_flops(&b->attn2.to_q, N) + layer_flops(&b->attn2.to_k, (double)B * T) +
+                             layer_flops(&b->attn2.to_v, (double)B * T) + layer_flops(&b->attn2.to_out, N) +
                              layer_flops(&b->ff1, N) + layer_flops(&b->ff2, N);
                 /* QK^T and PV, heads together span D channels */
                 f->attn += 4.0 * B * S * S * t->D + 4.0 * B * S * (double)T * t->D;

@@ -2,8 +2,9 @@
  * re-implementation (tests/reference/gen_unet_golden.py) for SD1-like, SD2-like and pixel-space
  * tiny configs (output, d(sample), d(ctx), d(delta) of spectral layers, d(shift) of norm
  * gains), finite-difference checks through the whole network, inference vs training and
- * checkpointing on vs off equality, config parsing, and the SD 1.5 / 2.1 structure (skip count,
- * parameter and shift counts, activation memory). */
+ * checkpointing on vs off equality, config parsing, the SD 1.5 / 2.1 structure (skip count,
+ * parameter and shift counts, activation memory in exact floats), the grouping into diffusers'
+ * blocks, and the Attention pair against a direct evaluation and finite differences. */
 #include "testutil.h"
 
 #include <cJSON.h>
@@ -714,6 +715,291 @@ static void test_sd_structure(void **state) {
     free_unet(&m);
 }
 
+/* ---- activation memory (unet_acts_floats: the memory model training and generate plan with) ----
+ * Exact float counts, so that a change of the activation plan is seen: SD 1.5 / 2.1 at 64x64
+ * latents with 77 context tokens (inference batch 2; training batch 1 without and with each
+ * checkpointing mode), a non-square size, and the pixel fixture. */
+static void test_acts_floats_pinned(void **state) {
+    (void)state;
+    unet_config_t cfg;
+    unet_t m;
+    parse_config(&cfg, SD15);
+    assert_int_equal(unet_build_structure(&m, &cfg), 0);
+    assert_int_equal(unet_acts_floats(&m, 2, 64, 64, 77, 0, UNET_CKPT_NONE), 23767680);
+    assert_int_equal(unet_acts_floats(&m, 1, 64, 64, 77, 1, UNET_CKPT_NONE), 343879568);
+    assert_int_equal(unet_acts_floats(&m, 1, 64, 64, 77, 1, UNET_CKPT_TRANSFORMERS), 87248016);
+    assert_int_equal(unet_acts_floats(&m, 1, 64, 64, 77, 1, UNET_CKPT_ALL), 43008400);
+    assert_int_equal(unet_acts_floats(&m, 2, 64, 64, 77, 1, UNET_CKPT_NONE), 687759120);
+    assert_int_equal(unet_acts_floats(&m, 1, 32, 48, 7, 0, UNET_CKPT_NONE), 4459840);
+    assert_int_equal(unet_acts_floats(&m, 1, 32, 48, 7, 1, UNET_CKPT_NONE), 128398736);
+    free_unet(&m);
+    parse_config(&cfg, SD21);
+    assert_int_equal(unet_build_structure(&m, &cfg), 0);
+    assert_int_equal(unet_acts_floats(&m, 2, 64, 64, 77, 0, UNET_CKPT_NONE), 23767680);
+    assert_int_equal(unet_acts_floats(&m, 1, 64, 64, 77, 1, UNET_CKPT_NONE), 343829136);
+    assert_int_equal(unet_acts_floats(&m, 1, 64, 64, 77, 1, UNET_CKPT_TRANSFORMERS), 87267728);
+    assert_int_equal(unet_acts_floats(&m, 1, 64, 64, 77, 1, UNET_CKPT_ALL), 43028112);
+    free_unet(&m);
+    char *text = read_text(source_path("tests/fixtures/unet/pixel/unet/config.json"));
+    parse_config(&cfg, text);
+    free(text);
+    assert_int_equal(unet_build_structure(&m, &cfg), 0);
+    assert_int_equal(unet_acts_floats(&m, 3, 16, 16, 5, 0, UNET_CKPT_NONE), 25552);
+    assert_int_equal(unet_acts_floats(&m, 3, 16, 16, 5, 1, UNET_CKPT_NONE), 386992);
+    assert_int_equal(unet_acts_floats(&m, 3, 16, 16, 5, 1, UNET_CKPT_TRANSFORMERS), 170992);
+    assert_int_equal(unet_acts_floats(&m, 3, 16, 16, 5, 1, UNET_CKPT_ALL), 76528);
+    free_unet(&m);
+}
+
+/* ---- the blocks of unet_2d_blocks.py (unet_t.down_blocks / mid_block / up_blocks) ---- */
+
+static void assert_name(const char *got, const char *fmt, int i, int j) {
+    char want[128];
+    snprintf(want, sizeof want, fmt, i, j);
+    if (strcmp(got, want) != 0) print_error("module %s where %s was expected\n", got, want);
+    assert_string_equal(got, want);
+}
+
+/* Every block holds the modules diffusers names under it, and the blocks cover the stage
+ * program between conv_in and the output stage, in order, each stage once. */
+static void check_blocks(const unet_t *m) {
+    const unet_config_t *c = &m->cfg;
+    const int n = c->n_levels;
+    int s = 1;
+    for (int i = 0; i < n; i++) {
+        const unet_block_t *b = &m->down_blocks[i];
+        assert_int_equal(b->kind, c->down_attn[i] ? UNET_CROSS_ATTN_DOWN_BLOCK_2D : UNET_DOWN_BLOCK_2D);
+        assert_int_equal(b->first_stage, s);
+        assert_int_equal(b->n_resnets, c->layers_per_block[i]);
+        assert_int_equal(b->n_attentions, c->down_attn[i] ? b->n_resnets : 0);
+        for (int j = 0; j < b->n_resnets; j++) assert_name(b->resnets[j].conv1.name, "down_blocks.%d.resnets.%d.conv1", i, j);
+        for (int j = 0; j < b->n_attentions; j++)
+            assert_name(b->attentions[j].proj_in.name, "down_blocks.%d.attentions.%d.proj_in", i, j);
+        if (i < n - 1) assert_name(b->sampler->name, "down_blocks.%d.downsamplers.%d.conv", i, 0);
+        else assert_null(b->sampler);
+        assert_int_equal(b->n_stages, b->n_resnets + b->n_attentions + (b->sampler != NULL));
+        s += b->n_stages;
+    }
+    if (c->mid_block) {
+        const unet_block_t *b = &m->mid_block;
+        assert_int_equal(b->kind, UNET_MID_BLOCK_2D_CROSS_ATTN);
+        assert_int_equal(b->first_stage, s);
+        assert_int_equal(b->n_resnets, 2);
+        assert_int_equal(b->n_attentions, 1);
+        assert_name(b->resnets[0].conv1.name, "mid_block.resnets.%d.conv1", 0, 0);
+        assert_name(b->resnets[1].conv1.name, "mid_block.resnets.%d.conv1", 1, 0);
+        assert_name(b->attentions[0].proj_in.name, "mid_block.attentions.%d.proj_in", 0, 0);
+        assert_null(b->sampler);
+        assert_int_equal(b->n_stages, 3);
+        s += b->n_stages;
+    }
+    for (int i = 0; i < n; i++) {
+        const unet_block_t *b = &m->up_blocks[i];
+        assert_int_equal(b->kind, c->up_attn[i] ? UNET_CROSS_ATTN_UP_BLOCK_2D : UNET_UP_BLOCK_2D);
+        assert_int_equal(b->first_stage, s);
+        assert_int_equal(b->n_resnets, c->layers_per_block[n - 1 - i] + 1);
+        assert_int_equal(b->n_attentions, c->up_attn[i] ? b->n_resnets : 0);
+        for (int j = 0; j < b->n_resnets; j++) {
+            assert_name(b->resnets[j].conv1.name, "up_blocks.%d.resnets.%d.conv1", i, j);
+            assert_true(m->stages[b->first_stage + j * (1 + (b->n_attentions > 0))].pop >= 0);   /* reads a skip */
+        }
+        for (int j = 0; j < b->n_attentions; j++)
+            assert_name(b->attentions[j].proj_in.name, "up_blocks.%d.attentions.%d.proj_in", i, j);
+        if (i < n - 1) assert_name(b->sampler->name, "up_blocks.%d.upsamplers.%d.conv", i, 0);
+        else assert_null(b->sampler);
+        assert_int_equal(b->n_stages, b->n_resnets + b->n_attentions + (b->sampler != NULL));
+        s += b->n_stages;
+    }
+    assert_int_equal(s, m->n_stages - 1);   /* then the output stage */
+}
+
+static void test_blocks(void **state) {
+    (void)state;
+    unet_config_t cfg;
+    unet_t m;
+    parse_config(&cfg, SD15);
+    assert_int_equal(unet_build_structure(&m, &cfg), 0);
+    check_blocks(&m);
+    assert_int_equal(m.down_blocks[0].kind, UNET_CROSS_ATTN_DOWN_BLOCK_2D);
+    assert_int_equal(m.down_blocks[3].kind, UNET_DOWN_BLOCK_2D);
+    assert_int_equal(m.up_blocks[0].kind, UNET_UP_BLOCK_2D);
+    assert_int_equal(m.up_blocks[3].kind, UNET_CROSS_ATTN_UP_BLOCK_2D);
+    assert_string_equal(m.up_blocks[3].attentions[2].blocks[0].attn2.to_k.name,
+                        "up_blocks.3.attentions.2.transformer_blocks.0.attn2.to_k");
+    assert_int_equal(m.up_blocks[3].attentions[2].blocks[0].attn2.to_k.in, 768);
+    free_unet(&m);
+    /* no mid block, mixed block types, per-block layer counts, two transformer layers */
+    parse_config(&cfg, "{\"block_out_channels\": [32, 64, 64], \"down_block_types\": [\"DownBlock2D\","
+                       " \"CrossAttnDownBlock2D\", \"DownBlock2D\"], \"up_block_types\": [\"CrossAttnUpBlock2D\","
+                       " \"UpBlock2D\", \"CrossAttnUpBlock2D\"], \"layers_per_block\": [1, 2, 1],"
+                       " \"mid_block_type\": null, \"transformer_layers_per_block\": 2, \"attention_head_dim\": 4,"
+                       " \"norm_num_groups\": 8, \"cross_attention_dim\": 16}");
+    assert_int_equal(unet_build_structure(&m, &cfg), 0);
+    check_blocks(&m);
+    assert_int_equal(m.up_blocks[0].attentions[1].n_blocks, 2);
+    free_unet(&m);
+    /* and the tiny fixtures that the golden tests run */
+    const char *names[] = {"sd1", "sd2", "pixel"};
+    for (int k = 0; k < 3; k++) {
+        char rel[128];
+        snprintf(rel, sizeof rel, "tests/fixtures/unet/%s/unet/config.json", names[k]);
+        char *text = read_text(source_path(rel));
+        parse_config(&cfg, text);
+        free(text);
+        assert_int_equal(unet_build_structure(&m, &cfg), 0);
+        check_blocks(&m);
+        free_unet(&m);
+    }
+}
+
+/* ---- the Attention pair (attn1 / attn2) against a direct evaluation ---- */
+
+typedef struct {
+    int B, S, Tk, Ckv, heads, hd, self;
+    unet_attention_t at;
+    unet_attention_acts_t a;
+    float *w[4], *bias, *xq, *xkv, *out, *dout;
+} attn_fx_t;
+
+static void attn_layer(unet_layer_t *l, float *w, float *bias, int in, int out, int id) {
+    memset(l, 0, sizeof *l);
+    l->w = weight_dense(w, ST_F32, out, in);
+    l->bias = bias;
+    l->in = in, l->out = out, l->k = 1, l->stride = 1, l->id = id;
+}
+
+static void attn_fx(attn_fx_t *f, int self, trng_t *r) {
+    memset(f, 0, sizeof *f);
+    f->B = 2, f->S = 5, f->heads = 2, f->hd = 4, f->self = self;
+    f->Tk = self ? f->S : 3;
+    const int D = f->heads * f->hd, N = f->B * f->S;
+    f->Ckv = self ? D : 6;
+    const int in[4] = {D, f->Ckv, f->Ckv, D};
+    for (int i = 0; i < 4; i++) f->w[i] = alloc_normal(r, (size_t)D * in[i], 0.4f);
+    f->bias = alloc_normal(r, (size_t)D, 0.1f);
+    attn_layer(&f->at.to_q, f->w[0], NULL, D, D, 0);
+    attn_layer(&f->at.to_k, f->w[1], NULL, f->Ckv, D, 1);
+    attn_layer(&f->at.to_v, f->w[2], NULL, f->Ckv, D, 2);
+    attn_layer(&f->at.to_out, f->w[3], f->bias, D, D, 3);
+    f->xq = alloc_normal(r, (size_t)N * D, 1);
+    f->xkv = self ? f->xq : alloc_normal(r, (size_t)f->B * f->Tk * f->Ckv, 1);
+    f->out = alloc_zeros((size_t)N * D);
+    f->dout = alloc_normal(r, (size_t)N * D, 1);
+    f->a.q = alloc_zeros((size_t)N * D);
+    f->a.ao = alloc_zeros((size_t)N * D);
+    f->a.k = alloc_zeros((size_t)f->B * f->Tk * D);
+    f->a.v = alloc_zeros((size_t)f->B * f->Tk * D);
+    f->a.lse = alloc_zeros((size_t)f->B * f->heads * f->S);
+}
+
+static void attn_fx_free(attn_fx_t *f) {
+    for (int i = 0; i < 4; i++) free(f->w[i]);
+    if (!f->self) free(f->xkv);
+    free(f->bias), free(f->xq), free(f->out), free(f->dout);
+    free(f->a.q), free(f->a.ao), free(f->a.k), free(f->a.v), free(f->a.lse);
+}
+
+static void attn_run(attn_fx_t *f) {
+    unet_attention_forward(f->out, &f->a, f->xq, f->xkv, &f->at, NULL, f->B, f->S, f->Tk, f->heads, f->hd);
+}
+
+/* out = to_out(softmax(q k^T / sqrt(hd)) v) per batch and head, in double. */
+static void attn_direct(double *out, const attn_fx_t *f) {
+    const int D = f->heads * f->hd;
+    for (int b = 0; b < f->B; b++)
+        for (int s = 0; s < f->S; s++) {
+            const float *x = f->xq + ((size_t)b * f->S + s) * D;
+            double q[64], ao[64];
+            for (int d = 0; d < D; d++) {
+                q[d] = 0;
+                for (int c = 0; c < D; c++) q[d] += (double)f->w[0][d * D + c] * x[c];
+            }
+            for (int h = 0; h < f->heads; h++) {
+                double p[16], k[16][8], v[16][8], mx = -1e300, sum = 0;
+                for (int t = 0; t < f->Tk; t++) {
+                    const float *y = f->xkv + ((size_t)b * f->Tk + t) * f->Ckv;
+                    p[t] = 0;
+                    for (int e = 0; e < f->hd; e++) {
+                        const int d = h * f->hd + e;
+                        k[t][e] = v[t][e] = 0;
+                        for (int c = 0; c < f->Ckv; c++) {
+                            k[t][e] += (double)f->w[1][d * f->Ckv + c] * y[c];
+                            v[t][e] += (double)f->w[2][d * f->Ckv + c] * y[c];
+                        }
+                        p[t] += q[d] * k[t][e] / sqrt((double)f->hd);
+                    }
+                    mx = fmax(mx, p[t]);
+                }
+                for (int t = 0; t < f->Tk; t++) sum += p[t] = exp(p[t] - mx);
+                for (int e = 0; e < f->hd; e++) {
+                    ao[h * f->hd + e] = 0;
+                    for (int t = 0; t < f->Tk; t++) ao[h * f->hd + e] += p[t] / sum * v[t][e];
+                }
+            }
+            for (int d = 0; d < D; d++) {
+                double o = f->bias[d];
+                for (int c = 0; c < D; c++) o += (double)f->w[3][d * D + c] * ao[c];
+                out[((size_t)b * f->S + s) * D + d] = o;
+            }
+        }
+}
+
+static double attn_loss(void *p) {
+    attn_fx_t *f = p;
+    attn_run(f);
+    return dot_loss(f->out, f->dout, (size_t)f->B * f->S * f->heads * f->hd);
+}
+
+/* Self-attention (xkv = xq: one input gradient, dxq == dxkv) and cross-attention (3 context
+ * tokens of 6 channels): the output against attn_direct; d(inputs), dW and d(bias) by finite
+ * differences; backward accumulates. */
+static void test_attention_pair(void **state) {
+    (void)state;
+    trng_t r;
+    trng_seed(&r, 18);
+    for (int self = 1; self >= 0; self--) {
+        attn_fx_t f;
+        attn_fx(&f, self, &r);
+        const int D = f.heads * f.hd;
+        const size_t nq = (size_t)f.B * f.S * D, nkv = (size_t)f.B * f.Tk * f.Ckv;
+        attn_run(&f);
+        double *want = calloc(nq, sizeof(double));
+        float *wantf = malloc(nq * sizeof(float));
+        attn_direct(want, &f);
+        for (size_t i = 0; i < nq; i++) wantf[i] = (float)want[i];
+        assert_close(self ? "attn1 out" : "attn2 out", f.out, wantf, nq, 1e-5);
+        /* gradients: parameters through a grads table indexed by layer id */
+        unet_layer_grads_t lg[4];
+        const int in[4] = {D, f.Ckv, f.Ckv, D};
+        for (int i = 0; i < 4; i++) lg[i].dw = alloc_zeros((size_t)D * in[i]), lg[i].dbias = NULL;
+        lg[3].dbias = alloc_zeros((size_t)D);
+        unet_grads_t g = {.n_layers = 4, .layers = lg};
+        float *dxq = alloc_zeros(nq), *dxkv = self ? dxq : alloc_zeros(nkv);
+        unet_attention_backward(dxq, dxkv, &g, f.dout, f.xq, f.xkv, &f.a, &f.at, NULL, f.B, f.S, f.Tk, f.heads, f.hd);
+        const double tol = 1e-2;
+        fd_check("d xq", f.xq, dxq, nq, 12, attn_loss, &f, 1e-2f, tol);
+        if (!self) fd_check("d xkv", f.xkv, dxkv, nkv, 12, attn_loss, &f, 1e-2f, tol);
+        fd_check("to_q dW", f.w[0], lg[0].dw, (size_t)D * D, 8, attn_loss, &f, 1e-2f, tol);
+        fd_check("to_k dW", f.w[1], lg[1].dw, (size_t)D * f.Ckv, 8, attn_loss, &f, 1e-2f, tol);
+        fd_check("to_v dW", f.w[2], lg[2].dw, (size_t)D * f.Ckv, 8, attn_loss, &f, 1e-2f, tol);
+        fd_check("to_out dW", f.w[3], lg[3].dw, (size_t)D * D, 8, attn_loss, &f, 1e-2f, tol);
+        fd_check("to_out d bias", f.bias, lg[3].dbias, (size_t)D, 8, attn_loss, &f, 1e-2f, tol);
+        /* a second backward adds the same again */
+        attn_run(&f);
+        float *once = malloc(nq * sizeof(float)), *twice = malloc(nq * sizeof(float));
+        memcpy(once, dxq, nq * sizeof(float));
+        unet_attention_backward(dxq, dxkv, NULL, f.dout, f.xq, f.xkv, &f.a, &f.at, NULL, f.B, f.S, f.Tk, f.heads,
+                                f.hd);
+        for (size_t i = 0; i < nq; i++) twice[i] = 2 * once[i];
+        assert_close("d xq accumulated", dxq, twice, nq, 1e-6);
+        free(once), free(twice), free(want), free(wantf), free(dxq);
+        if (!self) free(dxkv);
+        for (int i = 0; i < 4; i++) free(lg[i].dw);
+        free(lg[3].dbias);
+        attn_fx_free(&f);
+    }
+}
+
 int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_golden_sd1),
@@ -728,6 +1014,9 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_build_errors),
         cmocka_unit_test(test_config),
         cmocka_unit_test(test_sd_structure),
+        cmocka_unit_test(test_acts_floats_pinned),
+        cmocka_unit_test(test_blocks),
+        cmocka_unit_test(test_attention_pair),
     };
     int rc = RUN_TESTS(argc, argv, "unet", tests, NULL, NULL);
     scratch_free_all();

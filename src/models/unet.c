@@ -1,6 +1,7 @@
 /* UNet2DConditionModel (unet.h): config.json parsing, construction of the parameter registry
  * and of the stage program (with its skip list) from the config, tensor loading, spectral
- * set-up, activation layouts, and the forward / backward drivers over the stages.
+ * set-up, activation layouts, and unet_forward / unet_backward: time embedding, conv_in, the down / mid / up
+ * blocks (unet_2d_blocks.c), conv_norm_out / SiLU / conv_out.
  * Architecture facts follow diffusers: unets/unet_2d_condition.py (construction, forward),
  * unets/unet_2d_blocks.py (CrossAttnDownBlock2D, DownBlock2D, UNetMidBlock2DCrossAttn,
  * UpBlock2D, CrossAttnUpBlock2D), resnet.py, embeddings.py (timesteps). */
@@ -17,10 +18,9 @@
 #include "base/scratch.h"
 #include "base/str.h"
 #include "models/unet.h"
+#include "models/unet_internal.h"
 #include "ops/ops.h"
 
-/* Elementwise loops below this size stay single-threaded. */
-#define PAR_MIN 32768
 /* Transformer2DModel's GroupNorm and BasicTransformerBlock's LayerNorms: fixed in diffusers. */
 #define UNET_TRANSFORMER_GN_EPS 1e-6f
 #define UNET_LN_EPS 1e-5f
@@ -274,15 +274,15 @@ static void setup_transformer(unet_t *m, unet_transformer_t *t, const char *p, i
         char q[160];
         snprintf(q, sizeof q, "%s.transformer_blocks.%d", p, l);
         reg_norm(m, &b->norm1, xstrdup_printf("%s.norm1", q), D, 0, UNET_LN_EPS);
-        reg_layer(m, &b->q1, xstrdup_printf("%s.attn1.to_q", q), D, D, 1, 0, 1, 0, 0);
-        reg_layer(m, &b->k1, xstrdup_printf("%s.attn1.to_k", q), D, D, 1, 0, 1, 0, 0);
-        reg_layer(m, &b->v1, xstrdup_printf("%s.attn1.to_v", q), D, D, 1, 0, 1, 0, 0);
-        reg_layer(m, &b->o1, xstrdup_printf("%s.attn1.to_out.0", q), D, D, 1, 0, 1, 0, 1);
+        reg_layer(m, &b->attn1.to_q, xstrdup_printf("%s.attn1.to_q", q), D, D, 1, 0, 1, 0, 0);
+        reg_layer(m, &b->attn1.to_k, xstrdup_printf("%s.attn1.to_k", q), D, D, 1, 0, 1, 0, 0);
+        reg_layer(m, &b->attn1.to_v, xstrdup_printf("%s.attn1.to_v", q), D, D, 1, 0, 1, 0, 0);
+        reg_layer(m, &b->attn1.to_out, xstrdup_printf("%s.attn1.to_out.0", q), D, D, 1, 0, 1, 0, 1);
         reg_norm(m, &b->norm2, xstrdup_printf("%s.norm2", q), D, 0, UNET_LN_EPS);
-        reg_layer(m, &b->q2, xstrdup_printf("%s.attn2.to_q", q), D, D, 1, 0, 1, 0, 0);
-        reg_layer(m, &b->k2, xstrdup_printf("%s.attn2.to_k", q), Cc, D, 1, 0, 1, 0, 0);
-        reg_layer(m, &b->v2, xstrdup_printf("%s.attn2.to_v", q), Cc, D, 1, 0, 1, 0, 0);
-        reg_layer(m, &b->o2, xstrdup_printf("%s.attn2.to_out.0", q), D, D, 1, 0, 1, 0, 1);
+        reg_layer(m, &b->attn2.to_q, xstrdup_printf("%s.attn2.to_q", q), D, D, 1, 0, 1, 0, 0);
+        reg_layer(m, &b->attn2.to_k, xstrdup_printf("%s.attn2.to_k", q), Cc, D, 1, 0, 1, 0, 0);
+        reg_layer(m, &b->attn2.to_v, xstrdup_printf("%s.attn2.to_v", q), Cc, D, 1, 0, 1, 0, 0);
+        reg_layer(m, &b->attn2.to_out, xstrdup_printf("%s.attn2.to_out.0", q), D, D, 1, 0, 1, 0, 1);
         reg_norm(m, &b->norm3, xstrdup_printf("%s.norm3", q), D, 0, UNET_LN_EPS);
         reg_layer(m, &b->ff1, xstrdup_printf("%s.ff.net.0.proj", q), D, 8 * D, 1, 0, 1, 0, 1);
         reg_layer(m, &b->ff2, xstrdup_printf("%s.ff.net.2", q), 4 * D, D, 1, 0, 1, 0, 1);
@@ -500,6 +500,7 @@ int unet_build_structure(unet_t *m, const unet_config_t *cfg) {
     memset(m, 0, sizeof *m);
     m->cfg = *cfg;
     int rc = setup(m);
+    if (!rc) rc = unet_group_blocks(m);
     if (rc) {
         free_unet(m);
         return rc;
@@ -676,10 +677,6 @@ void unet_grads_free(unet_grads_t *g) {
  * Activations
  * ------------------------------------------------------------------------------------------- */
 
-static size_t stage_out_floats(const unet_stage_t *s, int B, int H, int W) {
-    return (size_t)B * s->c_out * (size_t)(H >> s->out_level) * (size_t)(W >> s->out_level);
-}
-
 static int stage_keeps(const unet_stage_t *s, unet_ckpt_t ckpt) {
     if (s->kind == UNET_STAGE_RESNET) return ckpt != UNET_CKPT_ALL;
     if (s->kind == UNET_STAGE_TRANSFORMER) return ckpt == UNET_CKPT_NONE;
@@ -812,72 +809,11 @@ void unet_acts_free(unet_acts_t *a) {
     memset(a, 0, sizeof *a);
 }
 
+
 /* ---------------------------------------------------------------------------------------------
- * Forward
+ * Forward / backward (UNet2DConditionModel.forward): time embedding, conv_in, down blocks, mid
+ * block, up blocks, conv_norm_out / SiLU / conv_out
  * ------------------------------------------------------------------------------------------- */
-
-/* Timestep path (diffusers Timesteps + TimestepEmbedding): sinusoid, linear_1, SiLU, linear_2;
- * then SiLU once for all time_emb_proj (ResnetBlock2D applies its nonlinearity to temb). */
-static void time_forward(const unet_t *m, unet_acts_t *a, const float *timesteps, int B) {
-    const unet_config_t *c = &m->cfg;
-    const size_t nt = (size_t)B * c->time_embed_dim;
-    timestep_embedding_forward(a->t_sin, timesteps, B, c->block_out_channels[0], c->flip_sin_to_cos, c->freq_shift,
-                               10000.0f);
-    unet_linear_forward(a->t_h, a->t_sin, &m->time_linear_1, B);
-    silu_forward(a->t_a, a->t_h, nt);
-    unet_linear_forward(a->t_e, a->t_a, &m->time_linear_2, B);
-    silu_forward(a->temb, a->t_e, nt);
-}
-
-/* The input of stage s: the previous output (or the sample), with skip `pop` appended on
- * channels in scratch memory. */
-static const float *stage_input(const unet_t *m, const unet_acts_t *a, int s, const float *prev, int B, int H, int W) {
-    const unet_stage_t *st = &m->stages[s];
-    if (st->pop < 0) return prev;
-    const int Sl = (H >> st->level) * (W >> st->level), cs = m->skip_channels[st->pop];
-    float *cat = scratch_floats((size_t)B * st->c_in * Sl);
-    concat_channels_forward(cat, prev, a->skip[st->pop], B, st->c_in - cs, cs, Sl);
-    return cat;
-}
-
-/* Runs stage s: out from x; keep: store its inside in the training layout (a->res / a->tr). */
-static void stage_forward(float *out, const unet_t *m, const unet_acts_t *a, int s, const float *x, const float *ctx,
-                          int keep, int B, int H, int W, int T) {
-    const unet_stage_t *st = &m->stages[s];
-    const int Hl = H >> st->level, Wl = W >> st->level;
-    scratch_mark_t mark = scratch_mark();
-    switch (st->kind) {
-    case UNET_STAGE_CONV_IN:
-        unet_conv_forward(out, x, &m->conv_in, B, Hl, Wl);
-        break;
-    case UNET_STAGE_RESNET:
-        unet_resnet_forward(out, keep ? &a->res[s] : NULL, x, a->temb, &m->resnets[st->index], B, Hl, Wl);
-        break;
-    case UNET_STAGE_TRANSFORMER:
-        unet_transformer_forward(out, keep ? &a->tr[s] : NULL, x, ctx, &m->transformers[st->index], B, Hl * Wl, T);
-        break;
-    case UNET_STAGE_DOWNSAMPLE:
-        unet_conv_forward(out, x, &m->samplers[st->index], B, Hl, Wl);
-        break;
-    case UNET_STAGE_UPSAMPLE: { /* Upsample2D: nearest 2x, then conv3x3 */
-        float *up = scratch_floats((size_t)B * st->c_in * 4 * Hl * Wl);
-        upsample_nearest2x_forward(up, x, B, st->c_in, Hl, Wl);
-        unet_conv_forward(out, up, &m->samplers[st->index], B, 2 * Hl, 2 * Wl);
-        break;
-    }
-    case UNET_STAGE_OUT: { /* conv_norm_out, SiLU, conv_out */
-        const size_t n = (size_t)B * st->c_in * Hl * Wl;
-        float *h = keep ? a->res[s].h1 : scratch_floats(n);
-        unet_norm_forward(h, keep ? a->res[s].mean1 : NULL, keep ? a->res[s].rstd1 : NULL, x, &m->conv_norm_out, B,
-                          Hl * Wl);
-        float *act = keep ? scratch_floats(n) : h;
-        silu_forward(act, h, n);
-        unet_conv_forward(out, act, &m->conv_out, B, Hl, Wl);
-        break;
-    }
-    }
-    scratch_release(mark);
-}
 
 int unet_forward(float *out, const unet_t *m, unet_acts_t *a, const float *sample, const float *timesteps,
                  const float *ctx, int B, int H, int W, int T) {
@@ -902,98 +838,20 @@ int unet_forward(float *out, const unet_t *m, unet_acts_t *a, const float *sampl
         for (size_t i = 0; i < nsample; i++) t[i] = 2.0f * sample[i] - 1.0f;
         x0 = t;
     }
-    time_forward(m, a, timesteps, B);
-    const float *prev = x0;
-    for (int s = 0; s < m->n_stages; s++) {
-        const unet_stage_t *st = &m->stages[s];
-        float *dst;
-        if (st->kind == UNET_STAGE_OUT) dst = out;
-        else if (a->training || st->push >= 0) dst = a->out[s];
-        else dst = (prev == a->ping[0]) ? a->ping[1] : a->ping[0];
-        if (!a->training) a->out[s] = dst;
-        scratch_mark_t sm = scratch_mark();
-        const float *x = stage_input(m, a, s, prev, B, H, W);
-        stage_forward(dst, m, a, s, x, ctx, a->training && a->keep[s], B, H, W, T);
-        scratch_release(sm);
-        prev = dst;
-    }
+    /* time_proj, time_embedding; then SiLU once for every resnet's time_emb_proj (ResnetBlock2D
+     * applies its nonlinearity to temb) */
+    unet_timesteps_forward(a->t_sin, timesteps, c, B);
+    unet_timestep_embedding_forward(a->t_e, a->t_h, a->t_a, a->t_sin, &m->time_linear_1, &m->time_linear_2, B);
+    silu_forward(a->temb, a->t_e, (size_t)B * c->time_embed_dim);
+
+    unet_pass_t p = {.m = m, .a = a, .B = B, .H = H, .W = W, .T = T, .s = 0, .ctx = ctx, .prev = x0, .out = out};
+    unet_pass_conv_in_forward(&p);
+    for (int i = 0; i < c->n_levels; i++) unet_block_forward(&p, &m->down_blocks[i]);
+    if (c->mid_block) unet_block_forward(&p, &m->mid_block);
+    for (int i = 0; i < c->n_levels; i++) unet_block_forward(&p, &m->up_blocks[i]);
+    unet_pass_out_forward(&p);
     scratch_release(mark);
     return SD_OK;
-}
-
-/* ---------------------------------------------------------------------------------------------
- * Backward
- * ------------------------------------------------------------------------------------------- */
-
-static void add_into(float *y, const float *x, size_t n) {
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
-    for (size_t i = 0; i < n; i++) y[i] += x[i];
-}
-
-static float *zeros(size_t n) {
-    float *p = scratch_floats(n);
-    memset(p, 0, n * sizeof(float));
-    return p;
-}
-
-/* dx (+=) and parameter gradients of stage s, given dy = dL/d(its output) and its input x. A
- * stage whose inside was not kept recomputes its forward into scratch first. */
-static void stage_backward(float *dx, float *dctx, unet_grads_t *g, const float *dy, const unet_t *m, unet_acts_t *a,
-                           int s, const float *x, int B, int H, int W, int T) {
-    const unet_stage_t *st = &m->stages[s];
-    const int Hl = H >> st->level, Wl = W >> st->level, Sl = Hl * Wl;
-    scratch_mark_t mark = scratch_mark();
-    switch (st->kind) {
-    case UNET_STAGE_CONV_IN:
-        unet_conv_backward(dx, g, dy, x, &m->conv_in, B, Hl, Wl);
-        break;
-    case UNET_STAGE_RESNET: {
-        const unet_resnet_t *r = &m->resnets[st->index];
-        unet_resnet_acts_t *ra = &a->res[s], re;
-        if (!a->keep[s]) { /* checkpointed: recompute the inside */
-            float *base = scratch_floats(unet_resnet_acts_layout(NULL, NULL, r, B, Sl));
-            unet_resnet_acts_layout(&re, base, r, B, Sl);
-            unet_resnet_forward(scratch_floats((size_t)B * r->out * Sl), &re, x, a->temb, r, B, Hl, Wl);
-            ra = &re;
-        }
-        unet_resnet_backward(dx, a->dtemb, g, dy, x, a->temb, ra, r, B, Hl, Wl);
-        break;
-    }
-    case UNET_STAGE_TRANSFORMER: {
-        const unet_transformer_t *t = &m->transformers[st->index];
-        unet_transformer_acts_t *ta = &a->tr[s], re;
-        if (!a->keep[s]) {
-            float *base = scratch_floats(unet_transformer_acts_layout(NULL, NULL, t, B, Sl, T));
-            unet_transformer_acts_layout(&re, base, t, B, Sl, T);
-            unet_transformer_forward(scratch_floats((size_t)B * t->C * Sl), &re, x, a->ctx, t, B, Sl, T);
-            ta = &re;
-        }
-        unet_transformer_backward(dx, dctx, g, dy, x, a->ctx, ta, t, B, Sl, T);
-        break;
-    }
-    case UNET_STAGE_DOWNSAMPLE:
-        unet_conv_backward(dx, g, dy, x, &m->samplers[st->index], B, Hl, Wl);
-        break;
-    case UNET_STAGE_UPSAMPLE: {
-        const size_t nu = (size_t)B * st->c_in * 4 * Sl;
-        float *up = scratch_floats(nu), *dup = zeros(nu);
-        upsample_nearest2x_forward(up, x, B, st->c_in, Hl, Wl);
-        unet_conv_backward(dup, g, dy, up, &m->samplers[st->index], B, 2 * Hl, 2 * Wl);
-        upsample_nearest2x_backward(dx, dup, B, st->c_in, Hl, Wl);
-        break;
-    }
-    case UNET_STAGE_OUT: {
-        const unet_resnet_acts_t *oa = &a->res[s];
-        const size_t n = (size_t)B * st->c_in * Sl;
-        float *act = scratch_floats(n), *dact = zeros(n), *dh = zeros(n);
-        silu_forward(act, oa->h1, n);
-        unet_conv_backward(dact, g, dy, act, &m->conv_out, B, Hl, Wl);
-        silu_backward(dh, dact, oa->h1, n);
-        unet_norm_backward(dx, g, dh, x, oa->mean1, oa->rstd1, &m->conv_norm_out, B, Sl);
-        break;
-    }
-    }
-    scratch_release(mark);
 }
 
 void unet_backward(float *dsample, float *dctx, unet_grads_t *g, const float *dout, const unet_t *m, unet_acts_t *a) {
@@ -1008,45 +866,18 @@ void unet_backward(float *dsample, float *dctx, unet_grads_t *g, const float *do
     }
     memset(a->dtemb, 0, (size_t)B * c->time_embed_dim * sizeof(float));
 
-    const float *dy = dout;   /* dL/d(output of the stage being processed) */
-    int cur = -1;             /* which of a->dh holds dy (-1: the caller's dout) */
-    for (int s = m->n_stages - 1; s >= 0; s--) {
-        const unet_stage_t *st = &m->stages[s];
-        scratch_mark_t sm = scratch_mark();
-        if (st->push >= 0) { /* the output also fed the up path as a skip */
-            SD_CHECK(cur >= 0, "stage %d pushes a skip but is the last stage", s);
-            add_into(a->dh[cur], a->dskip_at[st->push], stage_out_floats(st, B, H, W));
-        }
-        const int Sl = (H >> st->level) * (W >> st->level);
-        const float *prev = s ? a->out[s - 1] : a->sample;
-        const float *x = stage_input(m, a, s, prev, B, H, W);
-        float *dprev = NULL;   /* dL/d(previous output), or d(sample) for conv_in */
-        const int c_prev = st->pop >= 0 ? st->c_in - m->skip_channels[st->pop] : st->c_in;
-        const size_t n_prev = (size_t)B * c_prev * Sl;
-        int nxt = cur == 0 ? 1 : 0;
-        if (s > 0) {
-            dprev = a->dh[nxt];
-            memset(dprev, 0, n_prev * sizeof(float));
-        } else if (dsample) {
-            dprev = c->center_input_sample ? zeros(n_prev) : dsample;
-        }
-        float *dx = dprev;
-        if (st->pop >= 0) dx = zeros((size_t)B * st->c_in * Sl);
-        stage_backward(dx, dctx, g, dy, m, a, s, x, B, H, W, T);
-        if (st->pop >= 0) /* split d(cat) into the hidden state's and the skip's gradients */
-            concat_channels_backward(dprev, a->dskip_at[st->pop], dx, B, c_prev, m->skip_channels[st->pop], Sl);
-        if (s == 0 && dsample && c->center_input_sample)
-            for (size_t i = 0; i < n_prev; i++) dsample[i] += 2.0f * dprev[i];
-        scratch_release(sm);
-        dy = dprev, cur = nxt;
-    }
+    unet_pass_t p = {.m = m, .a = a, .B = B, .H = H, .W = W, .T = T, .s = m->n_stages - 1, .g = g,
+                     .dsample = dsample, .dctx = dctx, .dy = dout, .cur = -1};
+    unet_pass_out_backward(&p);
+    for (int i = c->n_levels - 1; i >= 0; i--) unet_block_backward(&p, &m->up_blocks[i]);
+    if (c->mid_block) unet_block_backward(&p, &m->mid_block);
+    for (int i = c->n_levels - 1; i >= 0; i--) unet_block_backward(&p, &m->down_blocks[i]);
+    unet_pass_conv_in_backward(&p);
 
-    /* time embedding: dtemb = dL/d SiLU(emb), back through linear_2, SiLU, linear_1 */
+    /* time embedding: dtemb = dL/d SiLU(emb), back through SiLU, then TimestepEmbedding */
     const size_t nt = (size_t)B * c->time_embed_dim;
-    float *de = zeros(nt), *da = zeros(nt), *dh = zeros(nt);
+    float *de = zeros(nt);
     silu_backward(de, a->dtemb, a->t_e, nt);
-    unet_linear_backward(da, g, de, a->t_a, &m->time_linear_2, B);
-    silu_backward(dh, da, a->t_h, nt);
-    unet_linear_backward(NULL, g, dh, a->t_sin, &m->time_linear_1, B);
+    unet_timestep_embedding_backward(NULL, g, de, a->t_sin, a->t_h, a->t_a, &m->time_linear_1, &m->time_linear_2, B);
     scratch_release(mark);
 }

@@ -1,7 +1,17 @@
 /* UNet2DConditionModel (diffusers unets/unet_2d_condition.py, Stable Diffusion 1.x / 2.x),
  * forward and backward, llm.c style: parameters in unet_t (every conv / linear a weight_t named
  * by its diffusers module path), the network as an explicit program of stages with an explicit
- * skip list, activations in one unet_acts_t buffer (training) or only what is live (inference). */
+ * skip list, activations in one unet_acts_t buffer (training) or only what is live (inference).
+ * The modules, each a forward / backward pair, by file:
+ *   unet.c            config, construction, loading, activations, UNet2DConditionModel.forward
+ *                     (unet_forward / unet_backward: time embedding, conv_in, blocks, conv_out)
+ *   unet_2d_blocks.c  DownBlock2D, CrossAttnDownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D,
+ *                     CrossAttnUpBlock2D (unet_cross_attn_down_block_forward, ...)
+ *   unet_pass.c       the step of one stage: a module bound to its buffers, skips, checkpoints
+ *   unet_blocks.c     linear / conv / norm layers, ResnetBlock2D
+ *   unet_attention.c  Attention (attn1 and attn2), BasicTransformerBlock, Transformer2DModel
+ *   unet_resample.c   Downsample2D, Upsample2D
+ *   unet_embeddings.c Timesteps, TimestepEmbedding */
 #ifndef SVDIFF_MODELS_UNET_H
 #define SVDIFF_MODELS_UNET_H
 
@@ -74,11 +84,17 @@ typedef struct {
     float output_scale;
 } unet_resnet_t;
 
+/* Attention (attention_processor.py) without bias on to_q / to_k / to_v: to_q [D, D] reads the
+ * hidden states, to_k / to_v [D, Ckv] the hidden states (self-attention, attn1: Ckv = D) or the
+ * context (cross-attention, attn2: Ckv = cross_attention_dim), to_out.0 [D, D]. */
+typedef struct {
+    unet_layer_t to_q, to_k, to_v, to_out;
+} unet_attention_t;
+
 /* BasicTransformerBlock (attention.py): x += attn1(LN1 x); x += attn2(LN2 x, ctx); x += ff(LN3 x). */
 typedef struct {
     unet_norm_t norm1, norm2, norm3;
-    unet_layer_t q1, k1, v1, o1;   /* attn1.to_q / to_k / to_v / to_out.0 */
-    unet_layer_t q2, k2, v2, o2;   /* attn2.*: to_k / to_v read the context */
+    unet_attention_t attn1, attn2; /* self-attention; cross-attention (to_k / to_v read the context) */
     unet_layer_t ff1, ff2;         /* ff.net.0.proj [8D, D] (GEGLU), ff.net.2 [D, 4D] */
     struct unmix_site *unmix;      /* Cut-Mix-Unmix hook on attn2 (models/unmix.h); NULL: none */
 } unet_tblock_t;
@@ -96,7 +112,8 @@ typedef struct {
 /* The forward as a program. A stage reads the previous stage's output (conv_in reads the
  * sample) concatenated on channels with skip `pop` when pop >= 0, and its output becomes skip
  * `push` when push >= 0: down path pushes (conv_in, every down resnet / transformer output,
- * every downsampler), up-block resnets pop in reverse order. */
+ * every downsampler), up-block resnets pop in reverse order. unet_t.down_blocks / mid_block /
+ * up_blocks group the stages as diffusers groups the modules (unet_2d_blocks.c runs them). */
 typedef enum {
     UNET_STAGE_CONV_IN, UNET_STAGE_RESNET, UNET_STAGE_TRANSFORMER,
     UNET_STAGE_DOWNSAMPLE, UNET_STAGE_UPSAMPLE, UNET_STAGE_OUT
@@ -112,6 +129,26 @@ typedef struct {
     int pop, push;    /* skip indices or -1 */
 } unet_stage_t;
 
+/* The blocks of diffusers' unet_2d_blocks.py (unet_2d_blocks.c runs them): views of the modules
+ * (in unet_t's arrays) and of the stages that run them, stages first_stage .. first_stage +
+ * n_stages - 1 of the program, in forward order. */
+typedef enum {
+    UNET_DOWN_BLOCK_2D,               /* DownBlock2D: resnets, downsampler */
+    UNET_CROSS_ATTN_DOWN_BLOCK_2D,    /* CrossAttnDownBlock2D: (resnet, attention) pairs, downsampler */
+    UNET_MID_BLOCK_2D_CROSS_ATTN,     /* UNetMidBlock2DCrossAttn: resnet, (attention, resnet) */
+    UNET_UP_BLOCK_2D,                 /* UpBlock2D: resnets on cat(hidden, skip), upsampler */
+    UNET_CROSS_ATTN_UP_BLOCK_2D,      /* CrossAttnUpBlock2D: (resnet on cat, attention) pairs, upsampler */
+} unet_block_kind_t;
+
+typedef struct {
+    unet_block_kind_t kind;
+    int n_resnets, n_attentions;
+    unet_resnet_t *resnets;            /* [n_resnets] "<block>.resnets.j" */
+    unet_transformer_t *attentions;    /* [n_attentions] "<block>.attentions.j"; NULL if none */
+    unet_layer_t *sampler;             /* downsamplers.0.conv / upsamplers.0.conv; NULL: none */
+    int first_stage, n_stages;
+} unet_block_t;
+
 typedef struct {
     unet_config_t cfg;
     unet_layer_t conv_in, time_linear_1, time_linear_2, conv_out;
@@ -122,6 +159,8 @@ typedef struct {
     unet_layer_t *samplers;          /* downsamplers.0.conv / upsamplers.0.conv */
     int n_stages;
     unet_stage_t *stages;
+    unet_block_t down_blocks[UNET_MAX_LEVELS], up_blocks[UNET_MAX_LEVELS];   /* [cfg.n_levels] */
+    unet_block_t mid_block;          /* when cfg.mid_block */
     int n_skips;                     /* 12 for SD 1.5 */
     int *skip_channels, *skip_level; /* [n_skips] */
     /* Registry, in forward order: every conv / linear (what docs/method.md section 2 shifts) and
@@ -190,13 +229,20 @@ typedef struct {
     float *h3;                   /* GroupNorm-2 output [B, Cout, S] */
 } unet_resnet_acts_t;
 
+/* One Attention over N = B*S query tokens and B*Tk key tokens (Tk = S for attn1, T for attn2). */
+typedef struct {
+    float *q, *ao;                           /* to_q output, attention output (to_out input) [N, D] */
+    float *k, *v;                            /* [B, Tk, D] */
+    float *lse;                              /* softmax log-sum-exp [B, heads, S] */
+} unet_attention_acts_t;
+
 /* One BasicTransformerBlock over N = B*S tokens of D channels, context T tokens. */
 typedef struct {
     float *ln1, *ln1_mean, *ln1_rstd;        /* [N, D], [N] */
-    float *q1, *k1, *v1, *ao1, *lse1;        /* [N, D] x4, [B, heads, S] */
+    unet_attention_acts_t attn1;
     float *x1;                               /* [N, D] after attn1 */
     float *ln2, *ln2_mean, *ln2_rstd;
-    float *q2, *k2, *v2, *ao2, *lse2;        /* q2, ao2 [N, D]; k2, v2 [B, T, D] */
+    unet_attention_acts_t attn2;
     float *x2;
     float *ln3, *ln3_mean, *ln3_rstd;
     float *gg;                               /* ff.net.0.proj output [ff_rows, 8D] */
@@ -288,7 +334,7 @@ void unet_grads_free(unet_grads_t *g);
 void unet_backward(float *dsample, float *dctx, unet_grads_t *g, const float *dout,
                    const unet_t *m, unet_acts_t *a);
 
-/* ---- building blocks (unet_blocks.c), exposed for tests and other models ----
+/* ---- modules (unet_blocks.c and the files below), exposed for tests and other models ----
  * Layers: a conv reads inp [B, in, H, W] (output H/stride, W/stride); a linear inp [N, in].
  * Norms: GroupNorm over [B, C, S]; LayerNorm over the rows of [B*S, C]; the gain is gamma or
  * the shifted gain. mean / rstd may be NULL in a forward that no backward follows. */
@@ -316,6 +362,41 @@ void unet_transformer_forward(float *out, unet_transformer_acts_t *a, const floa
 void unet_transformer_backward(float *dx, float *dctx, unet_grads_t *g, const float *dout,
                                const float *x, const float *ctx, const unet_transformer_acts_t *a,
                                const unet_transformer_t *t, int B, int S, int T);
+/* Attention (unet_attention.c), the one pair behind attn1 and attn2:
+ * out [B*S, D] = to_out(softmax(q k^T / sqrt(head_dim)) v) over `heads` heads (heads * head_dim
+ * = D, each head a run of head_dim channels), q = to_q(xq) with xq [B*S, D], k = to_k(xkv) and
+ * v = to_v(xkv) with xkv [B*Tk, Ckv]: self-attention passes xkv = xq and Tk = S, cross-attention
+ * the context and Tk = T. a receives q, k, v, the attention output and the log-sum-exp (what
+ * backward reads). unmix: the Cut-Mix-Unmix hook (models/unmix.h; attn2 only), NULL: none.
+ * Backward accumulates into dxq [B*S, D], dxkv [B*Tk, Ckv] (dxq == dxkv for self-attention;
+ * either may be NULL) and g. */
+void unet_attention_forward(float *out, const unet_attention_acts_t *a, const float *xq, const float *xkv,
+                            const unet_attention_t *at, struct unmix_site *unmix, int B, int S, int Tk,
+                            int heads, int head_dim);
+void unet_attention_backward(float *dxq, float *dxkv, unet_grads_t *g, const float *dout, const float *xq,
+                             const float *xkv, const unet_attention_acts_t *a, const unet_attention_t *at,
+                             const struct unmix_site *unmix, int B, int S, int Tk, int heads, int head_dim);
+/* Timesteps (embeddings.py, unet_embeddings.c): t_sin [B, block_out_channels[0]], the sinusoidal
+ * features of timesteps [B] (no backward: timesteps are not trained). */
+void unet_timesteps_forward(float *t_sin, const float *timesteps, const unet_config_t *c, int B);
+/* TimestepEmbedding (time_embedding.linear_1 / linear_2): emb [B, Tdim] = linear_2(act),
+ * act = SiLU(h), h = linear_1(t_sin) [B, Tdim]; h and act are kept for backward, which
+ * accumulates into dt_sin [B, block_out_channels[0]] (may be NULL) and g. */
+void unet_timestep_embedding_forward(float *emb, float *h, float *act, const float *t_sin,
+                                     const unet_layer_t *linear_1, const unet_layer_t *linear_2, int B);
+void unet_timestep_embedding_backward(float *dt_sin, unet_grads_t *g, const float *demb, const float *t_sin,
+                                      const float *h, const float *act, const unet_layer_t *linear_1,
+                                      const unet_layer_t *linear_2, int B);
+/* Downsample2D (unet_resample.c): out [B, C, H/2, W/2] = conv (3x3, stride 2, padding 1, or
+ * (0,1,0,1) when downsample_padding is 0) of x [B, C, H, W], C = conv->in. */
+void unet_downsample2d_forward(float *out, const float *x, const unet_layer_t *conv, int B, int H, int W);
+void unet_downsample2d_backward(float *dx, unet_grads_t *g, const float *dout, const float *x,
+                                const unet_layer_t *conv, int B, int H, int W);
+/* Upsample2D: out [B, C, 2H, 2W] = conv3x3(nearest 2x of x [B, C, H, W]); the upsampled input
+ * lives in scratch only (backward recomputes it). */
+void unet_upsample2d_forward(float *out, const float *x, const unet_layer_t *conv, int B, int H, int W);
+void unet_upsample2d_backward(float *dx, unet_grads_t *g, const float *dout, const float *x,
+                              const unet_layer_t *conv, int B, int H, int W);
 /* Training layouts over a bump allocator; with base NULL only counts (returns floats used). */
 size_t unet_resnet_acts_layout(unet_resnet_acts_t *a, float *base, const unet_resnet_t *r, int B, int S);
 size_t unet_transformer_acts_layout(unet_transformer_acts_t *a, float *base, const unet_transformer_t *t,

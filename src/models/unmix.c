@@ -53,7 +53,7 @@ int unmix_attach(unmix_t *u, unet_t *m, const char *layers, int rows, int H, int
             const unet_transformer_t *tr = &m->transformers[m->stages[i].index];
             for (int l = 0; l < tr->n_blocks; l++) {
                 char path[512];
-                snprintf(path, sizeof path, "%s", tr->blocks[l].q2.name);
+                snprintf(path, sizeof path, "%s", tr->blocks[l].attn2.to_q.name);
                 char *dot = strrchr(path, '.');
                 if (dot) *dot = 0;   /* ".to_q" */
                 hits += item_matches(it, n, path, m->stages[i].level, H);
@@ -72,7 +72,7 @@ int unmix_attach(unmix_t *u, unet_t *m, const char *layers, int rows, int H, int
         unet_transformer_t *tr = &m->transformers[m->stages[i].index];
         for (int l = 0; l < tr->n_blocks; l++) {
             char path[512];
-            snprintf(path, sizeof path, "%s", tr->blocks[l].q2.name);
+            snprintf(path, sizeof path, "%s", tr->blocks[l].attn2.to_q.name);
             char *dot = strrchr(path, '.');
             if (dot) *dot = 0;
             int want = all_layers(layers);
