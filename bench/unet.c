@@ -66,7 +66,7 @@ static float *rand_buf(size_t n) {
 typedef struct { double conv, linear, attn; } flops_t;
 
 /* Multiply-adds x 2 of a layer applied at n output positions (tokens or pixels). */
-static double layer_flops(const unet_layer_t *l, double n) { return 2.0 * n * l->out * (double)l->in * l->k * l->k; }
+static double layer_flops(const layer_t *l, double n) { return 2.0 * n * l->out * (double)l->in * l->k * l->k; }
 
 static void count_flops(flops_t *f, const unet_t *m, int B, int H, int W, int T) {
     memset(f, 0, sizeof *f);

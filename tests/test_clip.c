@@ -545,7 +545,7 @@ static void random_deltas(clip_t *m, trng_t *r) {
         if (i < 2) w = ws[i];
         else {
             clip_layer_t *ly = &m->layers[(i - 2) / 6];
-            clip_linear_t *lins[6] = {&ly->q, &ly->k, &ly->v, &ly->o, &ly->fc1, &ly->fc2};
+            layer_t *lins[6] = {&ly->q, &ly->k, &ly->v, &ly->o, &ly->fc1, &ly->fc2};
             w = &lins[(i - 2) % 6]->w;
         }
         if (w->kind != WEIGHT_SPECTRAL) continue;
@@ -561,7 +561,7 @@ static void random_deltas(clip_t *m, trng_t *r) {
 
 static void random_norm_shifts(clip_t *m, trng_t *r) {
     const int n = m->norm_shift_mode == NORMSHIFT_SCALAR ? 1 : m->cfg.hidden_size;
-    clip_ln_t *lns[16];
+    norm_layer_t *lns[16];
     int k = 0;
     for (int l = 0; l < m->cfg.num_layers; l++) lns[k++] = &m->layers[l].ln1, lns[k++] = &m->layers[l].ln2;
     lns[k++] = &m->final_ln;

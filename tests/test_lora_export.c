@@ -277,7 +277,7 @@ static double weights_error(pipeline_t *ps, pipeline_t *pl, pipeline_t *pb, cons
                 /* the shifted gain as the model computes it, against the gain the diff gives */
                 float ga[4096];
                 if (!c) {
-                    unet_norm_t *x = unet_find_norm(&ps->unet, path), *y = unet_find_norm(&pl->unet, path),
+                    norm_layer_t *x = unet_find_norm(&ps->unet, path), *y = unet_find_norm(&pl->unet, path),
                                 *z = unet_find_norm(&pb->unet, path);
                     normshift_gain(ga, x->gamma, x->shift, x->scale, x->C, x->mode);
                     a = ga, b = y->gamma, base = z->gamma, n = (size_t)x->C;

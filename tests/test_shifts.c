@@ -458,7 +458,7 @@ static void test_svdiff_pytorch_files(void **state) {
 
     /* every norm in scalar mode; its gain is gamma * ReLU(|gamma| + d) / |gamma| */
     for (int i = 0; i < t.unet.n_norms; i++) {
-        const unet_norm_t *n = t.unet.norms[i];
+        const norm_layer_t *n = t.unet.norms[i];
         assert_non_null(n->shift);
         assert_int_equal(n->mode, NORMSHIFT_SCALAR);
         const float d = shiftset_find(&su, n->name)->values[0];
@@ -478,7 +478,7 @@ static void test_svdiff_pytorch_files(void **state) {
      * the SVD residual W - U diag(S) V^T (svdiff-pytorch's form, exact at d = 0) */
     unet_bake(&t.unet);
     for (int i = 0; i < t.unet.n_layers; i++) {
-        const unet_layer_t *l = t.unet.layers[i];
+        const layer_t *l = t.unet.layers[i];
         assert_int_equal(l->w.kind, WEIGHT_SPECTRAL);
         assert_non_null(l->w.data);
         const spectral_t *sp = l->w.sp;

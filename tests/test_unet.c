@@ -66,7 +66,7 @@ static int meta_int(const st_file_t *f, const char *key) {
 
 /* Spectral factors of the golden file on layer `path` (residual form: the base stays). */
 static void set_spectral(fx_t *f, const char *path, float s) {
-    unet_layer_t *l = unet_find_layer(&f->m, path);
+    layer_t *l = unet_find_layer(&f->m, path);
     if (!l) print_error("no layer %s\n", path);
     assert_non_null(l);
     char key[256];
@@ -90,7 +90,7 @@ static void set_spectral(fx_t *f, const char *path, float s) {
 }
 
 static void set_norm_shift(fx_t *f, const char *path, const char *mode, float s) {
-    unet_norm_t *n = unet_find_norm(&f->m, path);
+    norm_layer_t *n = unet_find_norm(&f->m, path);
     if (!n) print_error("no norm %s\n", path);
     assert_non_null(n);
     char key[256];
@@ -208,7 +208,7 @@ static void check_golden(const char *name) {
     compare(&f, "dctx", r.dctx, "dctx", f.n_ctx, 1e-4);
     int n_checked = 0;
     for (int i = 0; i < f.m.n_layers; i++) {
-        const unet_layer_t *l = f.m.layers[i];
+        const layer_t *l = f.m.layers[i];
         if (l->w.kind != WEIGHT_SPECTRAL) continue;
         char key[256];
         snprintf(key, sizeof key, "%s.ddelta", l->name);
@@ -218,7 +218,7 @@ static void check_golden(const char *name) {
     }
     assert_int_equal(n_checked, 5);
     for (int i = 0; i < f.m.n_norms; i++) {
-        const unet_norm_t *n = f.m.norms[i];
+        const norm_layer_t *n = f.m.norms[i];
         if (!n->shift) continue;
         char key[256];
         snprintf(key, sizeof key, "%s.dshift", n->name);
@@ -380,12 +380,12 @@ static void test_fd_whole_unet(void **state) {
     copies_t cp = {.f = &f.weights};
     assert_int_equal(build_unet(&f.m, &f.cfg, get_copy, &cp), 0);
     fx_shifts(&f);
-    unet_layer_t *conv = unet_find_layer(&f.m, "up_blocks.0.resnets.0.conv1");
-    unet_layer_t *o1 = unet_find_layer(&f.m, "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0");
-    unet_layer_t *sp_in = unet_find_layer(&f.m, "conv_in");
-    unet_layer_t *sp_k = unet_find_layer(&f.m, "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k");
-    unet_norm_t *gn = unet_find_norm(&f.m, "down_blocks.1.resnets.0.norm2");
-    unet_norm_t *ln = unet_find_norm(&f.m, "mid_block.attentions.0.transformer_blocks.0.norm3");
+    layer_t *conv = unet_find_layer(&f.m, "up_blocks.0.resnets.0.conv1");
+    layer_t *o1 = unet_find_layer(&f.m, "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0");
+    layer_t *sp_in = unet_find_layer(&f.m, "conv_in");
+    layer_t *sp_k = unet_find_layer(&f.m, "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k");
+    norm_layer_t *gn = unet_find_norm(&f.m, "down_blocks.1.resnets.0.norm2");
+    norm_layer_t *ln = unet_find_norm(&f.m, "mid_block.attentions.0.transformer_blocks.0.norm3");
     assert_true(conv && o1 && sp_in && sp_k && gn && ln);
     assert_int_equal(conv->w.kind, WEIGHT_DENSE);
     assert_int_equal(sp_k->w.kind, WEIGHT_SPECTRAL);
@@ -416,7 +416,7 @@ static void test_fd_whole_unet(void **state) {
     fd_report("to_out.0 d bias", fd_check("to_out.0 d bias", o1->bias, r.g.layers[o1->id].dbias, (size_t)o1->out, 6,
                                           fd_loss, &c, 1e-2f, tol));
     /* the time embedding MLP only gets gradients through every resnet's time_emb_proj */
-    unet_layer_t *t2 = unet_find_layer(&f.m, "time_embedding.linear_2");
+    layer_t *t2 = unet_find_layer(&f.m, "time_embedding.linear_2");
     fd_report("time linear_2 d bias", fd_check("time linear_2 d bias", t2->bias, r.g.layers[t2->id].dbias,
                                                (size_t)t2->out, 6, fd_loss, &c, 1e-2f, tol));
     free(c.out);
@@ -519,7 +519,7 @@ static void test_make_spectral(void **state) {
     assert_true(v.saw_to_k);
     assert_int_equal((size_t)v.total, g.n_floats);
     /* a non-zero shift changes the output; scale 0 undoes it */
-    unet_layer_t *l = unet_find_layer(&f.m, "mid_block.resnets.0.conv2");
+    layer_t *l = unet_find_layer(&f.m, "mid_block.resnets.0.conv2");
     for (int i = 0; i < l->w.sp->rank; i++) l->w.sp->delta[i] = 0.1f * l->w.sp->S[i];
     forward_ok(&f, &a, out);
     assert_true(rel_error(out, ref, f.n_out) > 1e-3);
@@ -661,7 +661,7 @@ typedef struct {
 static counts_t count(const unet_t *m) {
     counts_t c = {0, 0, 0};
     for (int i = 0; i < m->n_layers; i++) {
-        const unet_layer_t *l = m->layers[i];
+        const layer_t *l = m->layers[i];
         c.params += (long long)l->w.rows * l->w.cols + (l->bias ? l->out : 0);
         c.shifts += l->w.rows < l->w.cols ? l->w.rows : l->w.cols;
     }
@@ -861,7 +861,7 @@ typedef struct {
     float *w[4], *bias, *xq, *xkv, *out, *dout;
 } attn_fx_t;
 
-static void attn_layer(unet_layer_t *l, float *w, float *bias, int in, int out, int id) {
+static void attn_layer(layer_t *l, float *w, float *bias, int in, int out, int id) {
     memset(l, 0, sizeof *l);
     l->w = weight_dense(w, ST_F32, out, in);
     l->bias = bias;

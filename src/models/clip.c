@@ -69,7 +69,7 @@ int clip_config_from_json(clip_config_t *cfg, const cJSON *json, const char *wha
 #define N_LINEAR 6
 static const struct {
     clip_module_kind_t kind;
-    size_t off, goff;   /* offset of the clip_linear_t / clip_ln_t in clip_layer_t, of its grads */
+    size_t off, goff;   /* offset of the layer_t / norm_layer_t in clip_layer_t, of its grads */
     const char *name;   /* module path inside the layer */
 } LAYER_MODULES[N_LAYER_MODULES] = {
     {CLIP_MODULE_NORM, offsetof(clip_layer_t, ln1), offsetof(clip_layer_grads_t, ln1), "layer_norm1"},
@@ -99,7 +99,7 @@ static weight_t *weight_ref(clip_t *m, int i, float ***bias, char *name, size_t 
         return i == 0 ? &m->token_embedding : &m->position_embedding;
     }
     const int l = (i - 2) / N_LINEAR, j = FIRST_LINEAR + (i - 2) % N_LINEAR;
-    clip_linear_t *lin = (clip_linear_t *)((char *)&m->layers[l] + LAYER_MODULES[j].off);
+    layer_t *lin = (layer_t *)((char *)&m->layers[l] + LAYER_MODULES[j].off);
     if (bias) *bias = &lin->bias;
     if (name) layer_module_path(name, cap, l, j);
     return &lin->w;
@@ -128,14 +128,14 @@ static float **dw_ref(clip_grads_t *g, int i) {
     return &linear_grads_ref(g, i)->dw;
 }
 
-static clip_ln_t *ln_ref(clip_t *m, int i, char *name, size_t cap) {
+static norm_layer_t *ln_ref(clip_t *m, int i, char *name, size_t cap) {
     if (i == 2 * m->cfg.num_layers) {
         if (name) snprintf(name, cap, "text_model.final_layer_norm");
         return &m->final_ln;
     }
     const int j = LN_MODULE(i % 2);
     if (name) layer_module_path(name, cap, i / 2, j);
-    return (clip_ln_t *)((char *)&m->layers[i / 2] + LAYER_MODULES[j].off);
+    return (norm_layer_t *)((char *)&m->layers[i / 2] + LAYER_MODULES[j].off);
 }
 
 static clip_ln_grads_t *ln_grads_ref(clip_grads_t *g, int i, int L) {
@@ -225,7 +225,7 @@ int build_clip(clip_t *m, const clip_config_t *cfg, clip_get_fn get, void *ctx) 
         if ((rc = require(get, ctx, key, rows, cols, &t))) break;
         *w = weight_dense(t->data, t->dtype, rows, cols);
         if (i >= 2) {   /* the linears' layer fields (the embeddings are bare weights) */
-            clip_linear_t *lin = (clip_linear_t *)((char *)w - offsetof(clip_linear_t, w));
+            layer_t *lin = (layer_t *)((char *)w - offsetof(layer_t, w));
             lin->in = cols, lin->out = rows, lin->k = 1, lin->id = i;
         }
         if (bias) {
@@ -235,7 +235,7 @@ int build_clip(clip_t *m, const clip_config_t *cfg, clip_get_fn get, void *ctx) 
         }
     }
     for (int i = 0; i < n_norms(m) && !rc; i++) {
-        clip_ln_t *ln = ln_ref(m, i, name, sizeof name);
+        norm_layer_t *ln = ln_ref(m, i, name, sizeof name);
         ln->C = C, ln->eps = cfg->layer_norm_eps, ln->id = i, ln->scale = 1.0f;
         ln->gamma = cur, cur += C;
         ln->beta = cur, cur += C;
@@ -274,7 +274,7 @@ int clip_make_spectral(clip_t *m, unsigned which, int keep_base) {
 void clip_add_norm_shifts(clip_t *m, normshift_mode_t mode) {
     m->norm_shift_mode = mode;
     for (int i = 0; i < n_norms(m); i++) {
-        clip_ln_t *ln = ln_ref(m, i, NULL, 0);
+        norm_layer_t *ln = ln_ref(m, i, NULL, 0);
         free(ln->shift);
         ln->shift = sd_xcalloc(shift_count(m), sizeof(float));
     }
@@ -357,14 +357,14 @@ static void residual_add(float *y, const float *x, size_t n) {
 }
 
 /* The LayerNorm's gain: gamma, or gamma moved by its shift (computed into scratch). */
-static const float *ln_gain(const clip_t *m, const clip_ln_t *ln) {
+static const float *ln_gain(const clip_t *m, const norm_layer_t *ln) {
     if (!ln->shift) return ln->gamma;
     float *gain = scratch_floats(m->cfg.hidden_size);
     normshift_gain(gain, ln->gamma, ln->shift, m->norm_shift_scale, m->cfg.hidden_size, m->norm_shift_mode);
     return gain;
 }
 
-static void ln_forward(const clip_t *m, const clip_ln_t *ln, float *out, float *mean, float *rstd,
+static void ln_forward(const clip_t *m, const norm_layer_t *ln, float *out, float *mean, float *rstd,
                        const float *inp, int N) {
     scratch_mark_t mark = scratch_mark();
     layernorm_forward(out, mean, rstd, inp, ln_gain(m, ln), ln->beta, N, m->cfg.hidden_size, m->cfg.layer_norm_eps);
@@ -373,7 +373,7 @@ static void ln_forward(const clip_t *m, const clip_ln_t *ln, float *out, float *
 
 /* dinp += LayerNorm backward; gamma / beta / shift gradients into lg (may be NULL). With a
  * shift, gamma is frozen (as the base of a spectral weight): dgamma must not be asked for. */
-static void ln_backward(const clip_t *m, const clip_ln_t *ln, const clip_ln_grads_t *lg, float *dinp,
+static void ln_backward(const clip_t *m, const norm_layer_t *ln, const clip_ln_grads_t *lg, float *dinp,
                         const float *dout, const float *inp, const float *mean, const float *rstd, int N) {
     const int C = m->cfg.hidden_size;
     scratch_mark_t mark = scratch_mark();
@@ -539,7 +539,7 @@ static void grads_assign(clip_grads_t *g, clip_t *m, unsigned what, bump_t *cv) 
         if (bias && (what & CLIP_GRAD_DENSE)) linear_grads_ref(g, i)->dbias = bump_take(cv, w->rows);
     }
     for (int i = 0; i < n_norms(m); i++) {
-        const clip_ln_t *ln = ln_ref(m, i, NULL, 0);
+        const norm_layer_t *ln = ln_ref(m, i, NULL, 0);
         clip_ln_grads_t *lg = ln_grads_ref(g, i, m->cfg.num_layers);
         if (ln->shift && (what & CLIP_GRAD_SHIFTS)) lg->dshift = bump_take(cv, shift_count(m));
         if (!ln->shift && (what & CLIP_GRAD_DENSE)) lg->dgamma = bump_take(cv, C);
@@ -585,7 +585,7 @@ void clip_visit_shifts(clip_t *m, clip_grads_t *g, clip_shift_visit_fn fn, void 
     }
     name.kind = SHIFT_NORM;
     for (int i = 0; i < n_norms(m); i++) {
-        clip_ln_t *ln = ln_ref(m, i, path, sizeof path);
+        norm_layer_t *ln = ln_ref(m, i, path, sizeof path);
         if (!ln->shift) continue;
         fn(ctx, &name, ln->shift, g && g->layers ? ln_grads_ref(g, i, m->cfg.num_layers)->dshift : NULL,
            shift_count(m));
@@ -613,9 +613,9 @@ int clip_visit_modules(clip_t *m, clip_grads_t *g, clip_module_fn fn, void *ctx)
             char *at = (char *)&m->layers[l] + LAYER_MODULES[j].off;
             char *gat = has_g ? (char *)&g->layers[l] + LAYER_MODULES[j].goff : NULL;
             if (mod.kind == CLIP_MODULE_NORM) {
-                mod.ln = (clip_ln_t *)at, mod.dln = (clip_ln_grads_t *)gat;
+                mod.ln = (norm_layer_t *)at, mod.dln = (clip_ln_grads_t *)gat;
             } else {
-                clip_linear_t *lin = (clip_linear_t *)at;
+                layer_t *lin = (layer_t *)at;
                 mod.w = &lin->w, mod.bias = lin->bias;
                 if (gat) mod.dw = ((clip_linear_grads_t *)gat)->dw, mod.dbias = ((clip_linear_grads_t *)gat)->dbias;
             }

@@ -36,17 +36,16 @@ typedef struct {
  * (e.g. "text_encoder/config.json"). Returns 0 or SD_ERR_FORMAT naming the key. */
 int clip_config_from_json(clip_config_t *cfg, const cJSON *json, const char *what);
 
-/* Layers of the shared types (weights/layer.h): a LayerNorm (fp32 gamma/beta [C] copied from
- * the file, and an optional trained shift of the gain, NULL or [C] / [1] by the model's
- * norm_shift_mode) and a linear (weight [out, in], dense view or spectral; fp32 bias [out]). */
-typedef norm_layer_t clip_ln_t;
-typedef layer_t clip_linear_t;
+/* Layers are the shared types of weights/layer.h: LayerNorms are norm_layer_t (fp32 gamma/beta
+ * [C] copied from the file, and an optional trained shift of the gain, NULL or [C] / [1] by the
+ * model's norm_shift_mode), linears layer_t (weight [out, in], dense view or spectral; fp32 bias
+ * [out]). */
 
 typedef struct {
-    clip_ln_t ln1;
-    clip_linear_t q, k, v, o;     /* self_attn.{q,k,v,out}_proj */
-    clip_ln_t ln2;
-    clip_linear_t fc1, fc2;       /* mlp.fc1 [I, C], mlp.fc2 [C, I] */
+    norm_layer_t ln1;
+    layer_t q, k, v, o;     /* self_attn.{q,k,v,out}_proj */
+    norm_layer_t ln2;
+    layer_t fc1, fc2;       /* mlp.fc1 [I, C], mlp.fc2 [C, I] */
 } clip_layer_t;
 
 typedef struct {
@@ -54,7 +53,7 @@ typedef struct {
     weight_t token_embedding;     /* [V, C] */
     weight_t position_embedding;  /* [max_positions, C] */
     clip_layer_t *layers;         /* [L] */
-    clip_ln_t final_ln;
+    norm_layer_t final_ln;
     int clip_skip;                /* layers not run at the end (0: all); set before forward */
     normshift_mode_t norm_shift_mode;
     float norm_shift_scale;       /* s of the norm shifts (spectral weights keep theirs in sp) */
@@ -172,7 +171,7 @@ typedef struct {
     int layer;                 /* encoder layer; -1: the embeddings and the final LayerNorm */
     weight_t *w;               /* embeddings and linears, else NULL */
     float *bias;               /* linears: [w->rows] fp32, else NULL */
-    clip_ln_t *ln;             /* LayerNorms, else NULL */
+    norm_layer_t *ln;             /* LayerNorms, else NULL */
     float *dw, *dbias;         /* their slots in the visit's gradients (NULL: no gradients or none there) */
     clip_ln_grads_t *dln;      /* LayerNorms: their gradients (NULL without gradients) */
 } clip_module_t;

@@ -220,7 +220,7 @@ static char *xstrdup_printf(const char *fmt, ...) {
     return s;
 }
 
-static void reg_layer(unet_t *m, unet_layer_t *l, char *name, int in, int out, int k, int conv, int stride,
+static void reg_layer(unet_t *m, layer_t *l, char *name, int in, int out, int k, int conv, int stride,
                       int pad, int has_bias) {
     memset(l, 0, sizeof *l);
     l->name = name;
@@ -236,7 +236,7 @@ static void reg_layer(unet_t *m, unet_layer_t *l, char *name, int in, int out, i
     m->layers[m->n_layers++] = l;
 }
 
-static void reg_norm(unet_t *m, unet_norm_t *nm, char *name, int C, int groups, float eps) {
+static void reg_norm(unet_t *m, norm_layer_t *nm, char *name, int C, int groups, float eps) {
     memset(nm, 0, sizeof *nm);
     nm->name = name;
     nm->C = C, nm->groups = groups, nm->eps = eps;
@@ -357,7 +357,7 @@ static int setup(unet_t *m) {
             }
         }
         if (i < n - 1) {
-            unet_layer_t *d = &m->samplers[m->n_samplers];
+            layer_t *d = &m->samplers[m->n_samplers];
             reg_layer(m, d, xstrdup_printf("down_blocks.%d.downsamplers.0.conv", i), ch, ch, 3, 1, 2,
                       c->downsample_padding ? 1 : -1, 1);
             stack[top++] = push_skip(m, ch, i + 1);
@@ -405,7 +405,7 @@ static int setup(unet_t *m) {
             }
         }
         if (i < n - 1) {
-            unet_layer_t *u = &m->samplers[m->n_samplers];
+            layer_t *u = &m->samplers[m->n_samplers];
             reg_layer(m, u, xstrdup_printf("up_blocks.%d.upsamplers.0.conv", i), ch, ch, 3, 1, 1, 1, 1);
             add_stage(m, UNET_STAGE_UPSAMPLE, m->n_samplers++, L, L - 1, ch, ch, -1, -1);
         }
@@ -456,7 +456,7 @@ static int load_vector(float *dst, int n, unet_get_fn get, void *ctx, const char
     return st_read_f32(dst, t);
 }
 
-static int load_layer(unet_layer_t *l, unet_get_fn get, void *ctx) {
+static int load_layer(layer_t *l, unet_get_fn get, void *ctx) {
     char key[256];
     snprintf(key, sizeof key, "%s.weight", l->name);
     const st_tensor_t *t;
@@ -515,7 +515,7 @@ int unet_build_structure(unet_t *m, const unet_config_t *cfg) {
         if (m->layers[i]->bias) m->layers[i]->bias = p, p += m->layers[i]->out;
     memset(m->small, 0, sizeof(float) * n_small);
     for (int i = 0; i < m->n_norms; i++) {
-        unet_norm_t *nm = m->norms[i];
+        norm_layer_t *nm = m->norms[i];
         nm->gamma = p, p += nm->C;
         nm->beta = p, p += nm->C;
         for (int c = 0; c < nm->C; c++) nm->gamma[c] = 1.0f;
@@ -545,13 +545,13 @@ int build_unet(unet_t *m, const unet_config_t *cfg, unet_get_fn get, void *ctx) 
     return rc;
 }
 
-unet_layer_t *unet_find_layer(const unet_t *m, const char *path) {
+layer_t *unet_find_layer(const unet_t *m, const char *path) {
     for (int i = 0; i < m->n_layers; i++)
         if (strcmp(m->layers[i]->name, path) == 0) return m->layers[i];
     return NULL;
 }
 
-unet_norm_t *unet_find_norm(const unet_t *m, const char *path) {
+norm_layer_t *unet_find_norm(const unet_t *m, const char *path) {
     for (int i = 0; i < m->n_norms; i++)
         if (strcmp(m->norms[i]->name, path) == 0) return m->norms[i];
     return NULL;
@@ -563,7 +563,7 @@ unet_norm_t *unet_find_norm(const unet_t *m, const char *path) {
 
 int unet_make_spectral(unet_t *m, int keep_base, int (*want)(void *ctx, const char *path), void *ctx) {
     for (int i = 0; i < m->n_layers; i++) {
-        unet_layer_t *l = m->layers[i];
+        layer_t *l = m->layers[i];
         if (l->w.kind != WEIGHT_DENSE || (want && !want(ctx, l->name))) continue;
         int rc = weight_make_spectral(&l->w, keep_base);
         if (rc) return sd_error_wrap(rc, "unet: SVD of %s failed", l->name);
@@ -571,11 +571,11 @@ int unet_make_spectral(unet_t *m, int keep_base, int (*want)(void *ctx, const ch
     return SD_OK;
 }
 
-static int shift_len(const unet_norm_t *n) { return n->mode == NORMSHIFT_ELEMENT ? n->C : 1; }
+static int shift_len(const norm_layer_t *n) { return n->mode == NORMSHIFT_ELEMENT ? n->C : 1; }
 
 void unet_add_norm_shifts(unet_t *m, normshift_mode_t mode) {
     for (int i = 0; i < m->n_norms; i++) {
-        unet_norm_t *n = m->norms[i];
+        norm_layer_t *n = m->norms[i];
         free(n->shift);
         n->mode = mode;
         n->shift = sd_xcalloc((size_t)shift_len(n), sizeof(float));
@@ -602,13 +602,13 @@ void unet_unbake(unet_t *m) {
 
 void unet_visit_shifts(unet_t *m, unet_grads_t *g, unet_shift_visit_fn fn, void *ctx) {
     for (int i = 0; i < m->n_layers; i++) {
-        unet_layer_t *l = m->layers[i];
+        layer_t *l = m->layers[i];
         if (l->w.kind != WEIGHT_SPECTRAL) continue;
         const shift_name_t name = {SHIFT_UNET, SHIFT_SPECTRAL, l->name};
         fn(ctx, &name, l->w.sp->delta, g ? g->layers[l->id].dw : NULL, l->w.sp->rank);
     }
     for (int i = 0; i < m->n_norms; i++) {
-        unet_norm_t *n = m->norms[i];
+        norm_layer_t *n = m->norms[i];
         if (!n->shift) continue;
         const shift_name_t name = {SHIFT_UNET, SHIFT_NORM, n->name};
         fn(ctx, &name, n->shift, g ? g->norms[n->id].dshift : NULL, shift_len(n));
@@ -626,7 +626,7 @@ int unet_grads_alloc(unet_grads_t *g, const unet_t *m, unsigned what) {
     for (int pass = 0; pass < 2; pass++) {
         float *p = g->memory;
         for (int i = 0; i < m->n_layers; i++) {
-            const unet_layer_t *l = m->layers[i];
+            const layer_t *l = m->layers[i];
             size_t nw = 0, nb = 0;
             if (l->w.kind != WEIGHT_DENSE && shifts) nw = (size_t)weight_shift_count(&l->w);   /* delta or LoRA [A; B] */
             if (l->w.kind == WEIGHT_DENSE && dense) nw = (size_t)l->w.rows * l->w.cols;
@@ -639,7 +639,7 @@ int unet_grads_alloc(unet_grads_t *g, const unet_t *m, unsigned what) {
             }
         }
         for (int i = 0; i < m->n_norms; i++) {
-            const unet_norm_t *nm = m->norms[i];
+            const norm_layer_t *nm = m->norms[i];
             size_t ng = dense ? (size_t)nm->C : 0, ns = (nm->shift && shifts) ? (size_t)shift_len(nm) : 0;
             if (pass) {
                 g->norms[i].dgamma = ng ? p : NULL, p += ng;

@@ -8,7 +8,7 @@
  *   unet_2d_blocks.c  DownBlock2D, CrossAttnDownBlock2D, UNetMidBlock2DCrossAttn, UpBlock2D,
  *                     CrossAttnUpBlock2D (unet_cross_attn_down_block_forward, ...)
  *   unet_pass.c       the step of one stage: a module bound to its buffers, skips, checkpoints
- *   unet_blocks.c     linear / conv / norm layers, ResnetBlock2D
+ *   unet_resnet.c     linear / conv / norm layers, ResnetBlock2D
  *   unet_attention.c  Attention (attn1 and attn2), BasicTransformerBlock, Transformer2DModel
  *   unet_resample.c   Downsample2D, Upsample2D
  *   unet_embeddings.c Timesteps, TimestepEmbedding */
@@ -69,17 +69,14 @@ int unet_config_from_json(unet_config_t *cfg, const cJSON *json, const char *wha
 
 /* ---- parameters ---- */
 
-/* Layers and norms are the shared types of weights/layer.h; these names stay until the
- * block code is renamed. */
-typedef layer_t unet_layer_t;
-typedef norm_layer_t unet_norm_t;
+/* Layers and norms are the shared types of weights/layer.h (layer_t, norm_layer_t). */
 
 /* ResnetBlock2D (diffusers resnet.py): GN, SiLU, conv1, + time_emb_proj(SiLU(temb)), GN, SiLU,
  * conv2, + shortcut (1x1 conv_shortcut when channels change), / output_scale. */
 typedef struct {
     int in, out;
-    unet_norm_t norm1, norm2;
-    unet_layer_t conv1, conv2, time_emb_proj, conv_shortcut;
+    norm_layer_t norm1, norm2;
+    layer_t conv1, conv2, time_emb_proj, conv_shortcut;
     int has_shortcut;
     float output_scale;
 } unet_resnet_t;
@@ -88,14 +85,14 @@ typedef struct {
  * hidden states, to_k / to_v [D, Ckv] the hidden states (self-attention, attn1: Ckv = D) or the
  * context (cross-attention, attn2: Ckv = cross_attention_dim), to_out.0 [D, D]. */
 typedef struct {
-    unet_layer_t to_q, to_k, to_v, to_out;
+    layer_t to_q, to_k, to_v, to_out;
 } unet_attention_t;
 
 /* BasicTransformerBlock (attention.py): x += attn1(LN1 x); x += attn2(LN2 x, ctx); x += ff(LN3 x). */
 typedef struct {
-    unet_norm_t norm1, norm2, norm3;
+    norm_layer_t norm1, norm2, norm3;
     unet_attention_t attn1, attn2; /* self-attention; cross-attention (to_k / to_v read the context) */
-    unet_layer_t ff1, ff2;         /* ff.net.0.proj [8D, D] (GEGLU), ff.net.2 [D, 4D] */
+    layer_t ff1, ff2;         /* ff.net.0.proj [8D, D] (GEGLU), ff.net.2 [D, 4D] */
     struct unmix_site *unmix;      /* Cut-Mix-Unmix hook on attn2 (models/unmix.h); NULL: none */
 } unet_tblock_t;
 
@@ -104,8 +101,8 @@ typedef struct {
  * linears on tokens in both layouts: a 1x1 conv and a linear are the same [D, C] matrix. */
 typedef struct {
     int C, D, heads, head_dim, ctx_dim, n_blocks;
-    unet_norm_t norm;
-    unet_layer_t proj_in, proj_out;
+    norm_layer_t norm;
+    layer_t proj_in, proj_out;
     unet_tblock_t *blocks;   /* [n_blocks] */
 } unet_transformer_t;
 
@@ -145,18 +142,18 @@ typedef struct {
     int n_resnets, n_attentions;
     unet_resnet_t *resnets;            /* [n_resnets] "<block>.resnets.j" */
     unet_transformer_t *attentions;    /* [n_attentions] "<block>.attentions.j"; NULL if none */
-    unet_layer_t *sampler;             /* downsamplers.0.conv / upsamplers.0.conv; NULL: none */
+    layer_t *sampler;             /* downsamplers.0.conv / upsamplers.0.conv; NULL: none */
     int first_stage, n_stages;
 } unet_block_t;
 
 typedef struct {
     unet_config_t cfg;
-    unet_layer_t conv_in, time_linear_1, time_linear_2, conv_out;
-    unet_norm_t conv_norm_out;
+    layer_t conv_in, time_linear_1, time_linear_2, conv_out;
+    norm_layer_t conv_norm_out;
     int n_resnets, n_transformers, n_samplers;
     unet_resnet_t *resnets;
     unet_transformer_t *transformers;
-    unet_layer_t *samplers;          /* downsamplers.0.conv / upsamplers.0.conv */
+    layer_t *samplers;          /* downsamplers.0.conv / upsamplers.0.conv */
     int n_stages;
     unet_stage_t *stages;
     unet_block_t down_blocks[UNET_MAX_LEVELS], up_blocks[UNET_MAX_LEVELS];   /* [cfg.n_levels] */
@@ -166,8 +163,8 @@ typedef struct {
     /* Registry, in forward order: every conv / linear (what docs/method.md section 2 shifts) and
      * every GroupNorm / LayerNorm, each with its diffusers module path in ->name. */
     int n_layers, n_norms;
-    unet_layer_t **layers;
-    unet_norm_t **norms;
+    layer_t **layers;
+    norm_layer_t **norms;
     /* The same layers as a config-only description (weights/layer.h), in construction order
      * (diffusers' state dict order): the tensors a file must hold, and what init writes. */
     layer_registry_t reg;
@@ -194,8 +191,8 @@ void free_unet(unet_t *m);
 int unet_registry(const unet_config_t *cfg, layer_registry_t *r);
 
 /* Lookups by module path ("mid_block.attentions.0.proj_in", "conv_norm_out"); NULL if absent. */
-unet_layer_t *unet_find_layer(const unet_t *m, const char *path);
-unet_norm_t *unet_find_norm(const unet_t *m, const char *path);
+layer_t *unet_find_layer(const unet_t *m, const char *path);
+norm_layer_t *unet_find_norm(const unet_t *m, const char *path);
 
 /* ---- spectral shifts ---- */
 /* Turns weights spectral (SVD of each; keep_base keeps the base for the exact residual form
@@ -313,8 +310,8 @@ typedef struct { float *dw, *dbias; } unet_layer_grads_t;
 typedef struct { float *dgamma, *dbeta, *dshift; } unet_norm_grads_t;
 struct unet_grads {
     int n_layers, n_norms;
-    unet_layer_grads_t *layers;   /* [n_layers], by unet_layer_t.id */
-    unet_norm_grads_t *norms;     /* [n_norms], by unet_norm_t.id */
+    unet_layer_grads_t *layers;   /* [n_layers], by layer_t.id */
+    unet_norm_grads_t *norms;     /* [n_norms], by norm_layer_t.id */
     float *memory;
     size_t n_floats;
 };
@@ -334,20 +331,20 @@ void unet_grads_free(unet_grads_t *g);
 void unet_backward(float *dsample, float *dctx, unet_grads_t *g, const float *dout,
                    const unet_t *m, unet_acts_t *a);
 
-/* ---- modules (unet_blocks.c and the files below), exposed for tests and other models ----
+/* ---- modules (unet_resnet.c and the files below), exposed for tests and other models ----
  * Layers: a conv reads inp [B, in, H, W] (output H/stride, W/stride); a linear inp [N, in].
  * Norms: GroupNorm over [B, C, S]; LayerNorm over the rows of [B*S, C]; the gain is gamma or
  * the shifted gain. mean / rstd may be NULL in a forward that no backward follows. */
-void unet_linear_forward(float *out, const float *inp, const unet_layer_t *l, int N);
+void unet_linear_forward(float *out, const float *inp, const layer_t *l, int N);
 void unet_linear_backward(float *dinp, unet_grads_t *g, const float *dout, const float *inp,
-                          const unet_layer_t *l, int N);
-void unet_conv_forward(float *out, const float *inp, const unet_layer_t *l, int B, int H, int W);
+                          const layer_t *l, int N);
+void unet_conv_forward(float *out, const float *inp, const layer_t *l, int B, int H, int W);
 void unet_conv_backward(float *dinp, unet_grads_t *g, const float *dout, const float *inp,
-                        const unet_layer_t *l, int B, int H, int W);
-void unet_norm_forward(float *out, float *mean, float *rstd, const float *inp, const unet_norm_t *n,
+                        const layer_t *l, int B, int H, int W);
+void unet_norm_forward(float *out, float *mean, float *rstd, const float *inp, const norm_layer_t *n,
                        int B, int S);
 void unet_norm_backward(float *dinp, unet_grads_t *g, const float *dout, const float *inp,
-                        const float *mean, const float *rstd, const unet_norm_t *n, int B, int S);
+                        const float *mean, const float *rstd, const norm_layer_t *n, int B, int S);
 /* Blocks.
  * `a` NULL: inference (inside in scratch, released on return); else the training layout.
  * S = H*W; temb = SiLU(time embedding) [B, Tdim]. Backward accumulates into dx / dtemb /
@@ -383,20 +380,20 @@ void unet_timesteps_forward(float *t_sin, const float *timesteps, const unet_con
  * act = SiLU(h), h = linear_1(t_sin) [B, Tdim]; h and act are kept for backward, which
  * accumulates into dt_sin [B, block_out_channels[0]] (may be NULL) and g. */
 void unet_timestep_embedding_forward(float *emb, float *h, float *act, const float *t_sin,
-                                     const unet_layer_t *linear_1, const unet_layer_t *linear_2, int B);
+                                     const layer_t *linear_1, const layer_t *linear_2, int B);
 void unet_timestep_embedding_backward(float *dt_sin, unet_grads_t *g, const float *demb, const float *t_sin,
-                                      const float *h, const float *act, const unet_layer_t *linear_1,
-                                      const unet_layer_t *linear_2, int B);
+                                      const float *h, const float *act, const layer_t *linear_1,
+                                      const layer_t *linear_2, int B);
 /* Downsample2D (unet_resample.c): out [B, C, H/2, W/2] = conv (3x3, stride 2, padding 1, or
  * (0,1,0,1) when downsample_padding is 0) of x [B, C, H, W], C = conv->in. */
-void unet_downsample2d_forward(float *out, const float *x, const unet_layer_t *conv, int B, int H, int W);
+void unet_downsample2d_forward(float *out, const float *x, const layer_t *conv, int B, int H, int W);
 void unet_downsample2d_backward(float *dx, unet_grads_t *g, const float *dout, const float *x,
-                                const unet_layer_t *conv, int B, int H, int W);
+                                const layer_t *conv, int B, int H, int W);
 /* Upsample2D: out [B, C, 2H, 2W] = conv3x3(nearest 2x of x [B, C, H, W]); the upsampled input
  * lives in scratch only (backward recomputes it). */
-void unet_upsample2d_forward(float *out, const float *x, const unet_layer_t *conv, int B, int H, int W);
+void unet_upsample2d_forward(float *out, const float *x, const layer_t *conv, int B, int H, int W);
 void unet_upsample2d_backward(float *dx, unet_grads_t *g, const float *dout, const float *x,
-                              const unet_layer_t *conv, int B, int H, int W);
+                              const layer_t *conv, int B, int H, int W);
 /* Training layouts over a bump allocator; with base NULL only counts (returns floats used). */
 size_t unet_resnet_acts_layout(unet_resnet_acts_t *a, float *base, const unet_resnet_t *r, int B, int S);
 size_t unet_transformer_acts_layout(unet_transformer_acts_t *a, float *base, const unet_transformer_t *t,

@@ -11,15 +11,15 @@ void unet_timesteps_forward(float *t_sin, const float *timesteps, const unet_con
 }
 
 void unet_timestep_embedding_forward(float *emb, float *h, float *act, const float *t_sin,
-                                     const unet_layer_t *linear_1, const unet_layer_t *linear_2, int B) {
+                                     const layer_t *linear_1, const layer_t *linear_2, int B) {
     unet_linear_forward(h, t_sin, linear_1, B);
     silu_forward(act, h, (size_t)B * linear_1->out);
     unet_linear_forward(emb, act, linear_2, B);
 }
 
 void unet_timestep_embedding_backward(float *dt_sin, unet_grads_t *g, const float *demb, const float *t_sin,
-                                      const float *h, const float *act, const unet_layer_t *linear_1,
-                                      const unet_layer_t *linear_2, int B) {
+                                      const float *h, const float *act, const layer_t *linear_1,
+                                      const layer_t *linear_2, int B) {
     const size_t nh = (size_t)B * linear_1->out;
     scratch_mark_t mark = scratch_mark();
     float *dact = zeros(nh), *dh = zeros(nh);

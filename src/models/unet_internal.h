@@ -1,4 +1,4 @@
-/* Private to the UNet's source files (unet.c, unet_pass.c, unet_2d_blocks.c, unet_blocks.c,
+/* Private to the UNet's source files (unet.c, unet_pass.c, unet_2d_blocks.c, unet_resnet.c,
  * unet_attention.c, unet_resample.c, unet_embeddings.c), hence the short names: small helpers,
  * and the pass over the stage program through which unet_2d_blocks.c runs its modules. */
 #ifndef SVDIFF_MODELS_UNET_INTERNAL_H
@@ -67,10 +67,10 @@ void unet_pass_resnet_forward(unet_pass_t *p, const unet_resnet_t *r);
 void unet_pass_resnet_backward(unet_pass_t *p, const unet_resnet_t *r);
 void unet_pass_transformer_forward(unet_pass_t *p, const unet_transformer_t *t);
 void unet_pass_transformer_backward(unet_pass_t *p, const unet_transformer_t *t);
-void unet_pass_downsample_forward(unet_pass_t *p, const unet_layer_t *conv);
-void unet_pass_downsample_backward(unet_pass_t *p, const unet_layer_t *conv);
-void unet_pass_upsample_forward(unet_pass_t *p, const unet_layer_t *conv);
-void unet_pass_upsample_backward(unet_pass_t *p, const unet_layer_t *conv);
+void unet_pass_downsample_forward(unet_pass_t *p, const layer_t *conv);
+void unet_pass_downsample_backward(unet_pass_t *p, const layer_t *conv);
+void unet_pass_upsample_forward(unet_pass_t *p, const layer_t *conv);
+void unet_pass_upsample_backward(unet_pass_t *p, const layer_t *conv);
 
 /* ---- the blocks of unet_2d_blocks.py (unet_2d_blocks.c) ----
  * Forward: hidden [B, Cin, H, W] (the previous stage's output) -> hidden of the block's last

@@ -202,25 +202,25 @@ void unet_pass_transformer_backward(unet_pass_t *p, const unet_transformer_t *t)
     bwd_end(p, &b);
 }
 
-void unet_pass_downsample_forward(unet_pass_t *p, const unet_layer_t *conv) {
+void unet_pass_downsample_forward(unet_pass_t *p, const layer_t *conv) {
     fwd_step_t f = fwd_begin(p, UNET_STAGE_DOWNSAMPLE, conv - p->m->samplers);
     unet_downsample2d_forward(f.out, f.x, conv, p->B, f.Hl, f.Wl);
     fwd_end(p, &f);
 }
 
-void unet_pass_downsample_backward(unet_pass_t *p, const unet_layer_t *conv) {
+void unet_pass_downsample_backward(unet_pass_t *p, const layer_t *conv) {
     bwd_step_t b = bwd_begin(p, UNET_STAGE_DOWNSAMPLE, conv - p->m->samplers);
     unet_downsample2d_backward(b.dx, p->g, b.dy, b.x, conv, p->B, b.Hl, b.Wl);
     bwd_end(p, &b);
 }
 
-void unet_pass_upsample_forward(unet_pass_t *p, const unet_layer_t *conv) {
+void unet_pass_upsample_forward(unet_pass_t *p, const layer_t *conv) {
     fwd_step_t f = fwd_begin(p, UNET_STAGE_UPSAMPLE, conv - p->m->samplers);
     unet_upsample2d_forward(f.out, f.x, conv, p->B, f.Hl, f.Wl);
     fwd_end(p, &f);
 }
 
-void unet_pass_upsample_backward(unet_pass_t *p, const unet_layer_t *conv) {
+void unet_pass_upsample_backward(unet_pass_t *p, const layer_t *conv) {
     bwd_step_t b = bwd_begin(p, UNET_STAGE_UPSAMPLE, conv - p->m->samplers);
     unet_upsample2d_backward(b.dx, p->g, b.dy, b.x, conv, p->B, b.Hl, b.Wl);
     bwd_end(p, &b);

@@ -6,16 +6,16 @@
 #include "models/unet_internal.h"
 #include "ops/ops.h"
 
-void unet_downsample2d_forward(float *out, const float *x, const unet_layer_t *conv, int B, int H, int W) {
+void unet_downsample2d_forward(float *out, const float *x, const layer_t *conv, int B, int H, int W) {
     unet_conv_forward(out, x, conv, B, H, W);
 }
 
 void unet_downsample2d_backward(float *dx, unet_grads_t *g, const float *dout, const float *x,
-                                const unet_layer_t *conv, int B, int H, int W) {
+                                const layer_t *conv, int B, int H, int W) {
     unet_conv_backward(dx, g, dout, x, conv, B, H, W);
 }
 
-void unet_upsample2d_forward(float *out, const float *x, const unet_layer_t *conv, int B, int H, int W) {
+void unet_upsample2d_forward(float *out, const float *x, const layer_t *conv, int B, int H, int W) {
     const int C = conv->in;
     scratch_mark_t mark = scratch_mark();
     float *up = scratch_floats((size_t)B * C * 4 * H * W);
@@ -25,7 +25,7 @@ void unet_upsample2d_forward(float *out, const float *x, const unet_layer_t *con
 }
 
 void unet_upsample2d_backward(float *dx, unet_grads_t *g, const float *dout, const float *x,
-                              const unet_layer_t *conv, int B, int H, int W) {
+                              const layer_t *conv, int B, int H, int W) {
     const int C = conv->in;
     const size_t nu = (size_t)B * C * 4 * H * W;
     scratch_mark_t mark = scratch_mark();

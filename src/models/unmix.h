@@ -85,7 +85,7 @@ double unmix_leakage(const unmix_t *u, int s);
  * the same forwards (a loss that only lowers it everywhere, rather than moving it, shows here). */
 double unmix_token_mass(const unmix_t *u, int s);
 
-/* The hooks (models/unet_blocks.c), on attn2's q [B, S, heads*D], k [B, T, heads*D] and
+/* The hooks (models/unet_attention.c), on attn2's q [B, S, heads*D], k [B, T, heads*D] and
  * lse [B, heads, S] of the forward; backward ACCUMULATES into dq / dk. */
 void unmix_site_forward(unmix_site_t *s, const float *q, const float *k, const float *lse, int B, int S, int T,
                         int heads, int D, float scale);

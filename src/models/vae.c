@@ -207,7 +207,7 @@ static void wk_vec(walker_t *wk, float **dst, const char *name, const char *alt,
     if (rc) wk->rc = rc;
 }
 
-static void wk_conv(walker_t *wk, vae_conv_t *cv, const char *prefix, int ic, int oc, int k) {
+static void wk_conv(walker_t *wk, layer_t *cv, const char *prefix, int ic, int oc, int k) {
     char name[VAE_NAME_MAX];
     cv->in = ic, cv->out = oc, cv->k = k, cv->conv = 1;
     if (wk->reg) layer_registry_add(wk->reg, LAYER_CONV, oc, ic, k, 1, "%s", prefix);
@@ -218,7 +218,7 @@ static void wk_conv(walker_t *wk, vae_conv_t *cv, const char *prefix, int ic, in
     wk_vec(wk, &cv->bias, name, NULL, oc);
 }
 
-static void wk_norm(walker_t *wk, vae_norm_t *nm, const char *prefix, int c) {
+static void wk_norm(walker_t *wk, norm_layer_t *nm, const char *prefix, int c) {
     char name[VAE_NAME_MAX];
     nm->C = c, nm->groups = wk->groups, nm->eps = VAE_NORM_EPS;
     if (wk->reg) layer_registry_add(wk->reg, LAYER_NORM, c, c, 1, 1, "%s", prefix);
@@ -229,7 +229,7 @@ static void wk_norm(walker_t *wk, vae_norm_t *nm, const char *prefix, int c) {
 }
 
 /* Attention linear `<attn>.<name>` [C, C], or its pre-0.14 name `<attn>.<old>`. */
-static void wk_attn_linear(walker_t *wk, vae_linear_t *l, const char *attn, const char *name, const char *old, int c) {
+static void wk_attn_linear(walker_t *wk, layer_t *l, const char *attn, const char *name, const char *old, int c) {
     char n1[VAE_NAME_MAX], n2[VAE_NAME_MAX];
     const int64_t want[2] = {c, c};
     l->in = c, l->out = c, l->k = 1, l->conv = 0;
@@ -501,7 +501,7 @@ typedef struct {
     const float *x;
     int C, H, W;
     int up;
-    const vae_norm_t *norm;
+    const norm_layer_t *norm;
     const float *mean, *rstd;
     int G;
 } src_t;
@@ -540,8 +540,8 @@ static void fill_band(float *in, const src_t *src, int r0, int r1) {
  * floats of temporaries per band). Optional residual res[res_C, OH, OW] (stride 1), added
  * as is (res_conv NULL, res_C == OC) or through the 1x1 res_conv. out may be res itself
  * (with room for OC channels): band k writes only rows of band k, after reading them. */
-static void conv_bands(float *out, const src_t *src, const vae_conv_t *cv, int stride, const int pad[4],
-                       const float *res, int res_C, const vae_conv_t *res_conv, size_t budget) {
+static void conv_bands(float *out, const src_t *src, const layer_t *cv, int stride, const int pad[4],
+                       const float *res, int res_C, const layer_t *res_conv, size_t budget) {
     SD_CHECK(cv->in == src->C, "vae conv: %d input channels, weight expects %d", src->C, cv->in);
     const int IH = src->up ? 2 * src->H : src->H, IW = src->up ? 2 * src->W : src->W;
     const conv2d_shape_t s = {.B = 1, .IC = src->C, .H = IH, .W = IW, .OC = cv->out, .KH = cv->k, .KW = cv->k,
@@ -602,8 +602,8 @@ static void conv_bands(float *out, const src_t *src, const vae_conv_t *cv, int s
 
 /* x <- conv(x seen through up / norm), into a new activation, or into dst (caller-owned,
  * x then becomes a view of it). The old x is freed. */
-static int stage_conv(act_t *x, const vae_t *m, const vae_conv_t *cv, int stride, const int pad[4], int up,
-                      const vae_norm_t *norm, float *dst) {
+static int stage_conv(act_t *x, const vae_t *m, const layer_t *cv, int stride, const int pad[4], int up,
+                      const norm_layer_t *norm, float *dst) {
     const int G = m->cfg.norm_num_groups;
     scratch_mark_t mark = scratch_mark();
     src_t src = {.x = x->d, .C = x->C, .H = x->H, .W = x->W, .up = up, .norm = norm, .G = G};

@@ -43,26 +43,23 @@ int vae_config_from_json(vae_config_t *cfg, const cJSON *json, const char *what)
 /* Spatial factor between image and latents: 2^(n_blocks - 1) (8 for SD). */
 int vae_scale_factor(const vae_config_t *cfg);
 
-/* Layers of the shared types (weights/layer.h): a conv (weight [out, in*k*k], dense view in its
- * stored dtype, fp32 bias [out]), an attention linear ([out, in]) and a GroupNorm (fp32 gamma /
- * beta [C]). */
-typedef layer_t vae_conv_t;
-typedef layer_t vae_linear_t;
-typedef norm_layer_t vae_norm_t;
+/* Layers are the shared types of weights/layer.h: convs (weight [out, in*k*k], dense view in its
+ * stored dtype, fp32 bias [out]) and the attention's linears ([out, in]) are layer_t, GroupNorms
+ * (fp32 gamma / beta [C]) norm_layer_t. */
 
 /* ResnetBlock2D without time embedding: GN, SiLU, conv1, GN, SiLU, conv2, + shortcut. */
 typedef struct {
     int ic, oc;
-    vae_norm_t norm1, norm2;
-    vae_conv_t conv1, conv2;
-    vae_conv_t conv_shortcut;   /* 1x1, only when ic != oc */
+    norm_layer_t norm1, norm2;
+    layer_t conv1, conv2;
+    layer_t conv_shortcut;   /* 1x1, only when ic != oc */
     int has_shortcut;
 } vae_resnet_t;
 
 /* diffusers Attention of the mid block: GroupNorm, one head over all pixels, residual. */
 typedef struct {
-    vae_norm_t group_norm;
-    vae_linear_t to_q, to_k, to_v, to_out;   /* to_out.0 */
+    norm_layer_t group_norm;
+    layer_t to_q, to_k, to_v, to_out;   /* to_out.0 */
 } vae_attention_t;
 
 typedef struct {
@@ -76,22 +73,22 @@ typedef struct {
 typedef struct {
     int n_resnets;
     vae_resnet_t *resnets;
-    vae_conv_t sampler;
+    layer_t sampler;
     int has_sampler;
 } vae_block_t;
 
 typedef struct {
-    vae_conv_t conv_in;
+    layer_t conv_in;
     vae_block_t *blocks;   /* [n_blocks]: down_blocks (encoder) / up_blocks (decoder) */
     vae_mid_t mid;
-    vae_norm_t norm_out;   /* conv_norm_out */
-    vae_conv_t conv_out;
+    norm_layer_t norm_out;   /* conv_norm_out */
+    layer_t conv_out;
 } vae_coder_t;
 
 typedef struct {
     vae_config_t cfg;
     vae_coder_t encoder, decoder;
-    vae_conv_t quant_conv, post_quant_conv;   /* 1x1; present per use_(post_)quant_conv */
+    layer_t quant_conv, post_quant_conv;   /* 1x1; present per use_(post_)quant_conv */
     size_t band_floats;   /* im2col floats per band of a 3x3 conv (0: default, 16M); tests set it tiny */
     float *small;         /* one block holding every bias / gamma / beta (fp32) */
     size_t n_small;

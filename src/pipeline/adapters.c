@@ -37,14 +37,14 @@ static int clip_resolve(clip_t *c, const char *module, int is_bias, target_t *t)
 }
 
 static int unet_resolve(unet_t *u, const char *module, int is_bias, target_t *t) {
-    unet_layer_t *l = unet_find_layer(u, module);
+    layer_t *l = unet_find_layer(u, module);
     if (l) {
         if (is_bias && !l->bias) return 0;
         if (is_bias) t->vec = l->bias, t->n = l->out;
         else t->w = &l->w;
         return 1;
     }
-    unet_norm_t *nm = unet_find_norm(u, module);
+    norm_layer_t *nm = unet_find_norm(u, module);
     if (!nm) return 0;
     t->vec = is_bias ? nm->beta : nm->gamma, t->n = nm->C;
     return 1;

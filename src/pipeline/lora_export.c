@@ -344,10 +344,10 @@ int lora_export(pipeline_t *p, const shift_set_t *const *sets, int n_sets, const
             item_t *it = &items[n_it++];
             it->path = strdup(e->path), it->te = te;
             if (!te) {
-                unet_layer_t *l = unet_find_layer(&p->unet, e->path);
+                layer_t *l = unet_find_layer(&p->unet, e->path);
                 if (l) rc = matrix_item(p, it, &l->w, o, &stats[0]);
                 else {
-                    unet_norm_t *nm = unet_find_norm(&p->unet, e->path);
+                    norm_layer_t *nm = unet_find_norm(&p->unet, e->path);
                     norm_item(it, nm->gamma, nm->shift, nm->scale, nm->C, nm->mode);
                 }
             } else {

@@ -327,7 +327,7 @@ int shiftset_apply_unet(unet_t *m, const shift_set_t *s, float scale, svd_cache_
     char want[64];
     for (int i = 0; i < s->n; i++) {
         const shift_entry_t *e = &s->entries[i];
-        const unet_layer_t *l = unet_find_layer(m, e->path);
+        const layer_t *l = unet_find_layer(m, e->path);
         if (l) {
             if (e->n != rank_of(&l->w)) {
                 snprintf(want, sizeof want, "%d (the rank of its [%d, %d] matrix)", rank_of(&l->w), l->w.rows, l->w.cols);
@@ -335,7 +335,7 @@ int shiftset_apply_unet(unet_t *m, const shift_set_t *s, float scale, svd_cache_
             }
             continue;
         }
-        const unet_norm_t *nm = unet_find_norm(m, e->path);
+        const norm_layer_t *nm = unet_find_norm(m, e->path);
         if (!nm) return unknown_module(e, "UNet");
         const int have = nm->shift ? (int)nm->mode : -1, mode = norm_mode_for(e->n, nm->C, have);
         if (mode < 0) {
@@ -349,20 +349,20 @@ int shiftset_apply_unet(unet_t *m, const shift_set_t *s, float scale, svd_cache_
     }
     long todo = 0;
     for (int i = 0; i < s->n; i++) {
-        const unet_layer_t *l = unet_find_layer(m, s->entries[i].path);
+        const layer_t *l = unet_find_layer(m, s->entries[i].path);
         todo += l && l->w.kind == WEIGHT_DENSE;
     }
     factor_progress_t fp;
     factor_progress_start(&fp, "unet svd", todo);
     for (int i = 0; i < s->n; i++) {
         const shift_entry_t *e = &s->entries[i];
-        unet_layer_t *l = unet_find_layer(m, e->path);
+        layer_t *l = unet_find_layer(m, e->path);
         if (l) {
             int rc = apply_matrix(&l->w, SHIFT_UNET, e, scale, cache, &fp);
             if (rc) return rc;
             continue;
         }
-        unet_norm_t *nm = unet_find_norm(m, e->path);
+        norm_layer_t *nm = unet_find_norm(m, e->path);
         if (!nm->shift) {
             nm->mode = (normshift_mode_t)norm_mode_for(e->n, nm->C, -1);
             nm->shift = sd_xcalloc((size_t)e->n, sizeof(float));

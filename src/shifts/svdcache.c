@@ -395,7 +395,7 @@ int unet_make_spectral_cached(unet_t *m, svd_cache_t *cache, int keep_base) {
     run_start(&r, cache, "unet svd", total);
     int rc = SD_OK;
     for (int i = 0; i < m->n_layers && !rc; i++) {
-        unet_layer_t *l = m->layers[i];
+        layer_t *l = m->layers[i];
         if (l->w.kind != WEIGHT_DENSE) continue;
         const shift_name_t n = {SHIFT_UNET, SHIFT_SPECTRAL, l->name};
         rc = svd_cache_make_spectral(cache, &n, &l->w, keep_base);

@@ -94,13 +94,13 @@ static int add_clip_module(void *ctx, const clip_module_t *mod) {
 static void full_visit(const train_model_t *m, train_param_fn fn, void *ctx) {
     unet_t *u = &m->p->unet;
     for (int i = 0; i < u->n_layers; i++) {
-        unet_layer_t *l = u->layers[i];
+        layer_t *l = u->layers[i];
         const unet_layer_grads_t *g = &m->ug->layers[l->id];
         add_param(fn, ctx, 0, l->name, ".weight", (float *)l->w.data, g->dw, (int)wsize(&l->w));
         if (l->bias) add_param(fn, ctx, 0, l->name, ".bias", l->bias, g->dbias, l->out);
     }
     for (int i = 0; i < u->n_norms; i++) {
-        unet_norm_t *n = u->norms[i];
+        norm_layer_t *n = u->norms[i];
         const unet_norm_grads_t *g = &m->ug->norms[n->id];
         add_param(fn, ctx, 0, n->name, ".weight", n->gamma, g->dgamma, n->C);
         add_param(fn, ctx, 0, n->name, ".bias", n->beta, g->dbeta, n->C);

@@ -72,7 +72,7 @@ static int te_add(void *ctx, const clip_module_t *mod) {
 static void lora_visit(const train_model_t *m, train_param_fn fn, void *ctx) {
     unet_t *u = &m->p->unet;
     for (int i = 0; i < u->n_layers; i++) {
-        unet_layer_t *l = u->layers[i];
+        layer_t *l = u->layers[i];
         if (l->w.kind == WEIGHT_LORA) add(fn, ctx, 0, l->name, &l->w, m->ug->layers[l->id].dw);
     }
     if (!m->cfg->train_text_encoder) return;

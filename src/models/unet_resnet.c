@@ -1,8 +1,8 @@
-/* Building blocks of the UNet (unet.h): layer and norm wrappers over dense or spectral weights
- * and shifted norm gains, and ResnetBlock2D forward and backward with its training-activation
- * layout. Attention and Transformer2DModel are in unet_attention.c, the samplers in
- * unet_resample.c, the time embedding in unet_embeddings.c, the down / mid / up blocks in
- * unet_2d_blocks.c. */
+/* ResnetBlock2D of the UNet (unet.h; diffusers resnet.py) forward and backward with its
+ * training-activation layout, and the layer and norm wrappers every UNet module calls: linear,
+ * conv and GroupNorm / LayerNorm over dense or spectral weights and shifted norm gains.
+ * Attention and Transformer2DModel are in unet_attention.c, the samplers in unet_resample.c, the
+ * time embedding in unet_embeddings.c, the down / mid / up blocks in unet_2d_blocks.c. */
 #include <math.h>
 #include <string.h>
 
@@ -15,23 +15,23 @@
 
 /* ---- layers and norms ---- */
 
-static unet_layer_grads_t *lgrad(unet_grads_t *g, const unet_layer_t *l) {
+static unet_layer_grads_t *lgrad(unet_grads_t *g, const layer_t *l) {
     return g ? &g->layers[l->id] : NULL;
 }
 
-void unet_linear_forward(float *out, const float *inp, const unet_layer_t *l, int N) {
+void unet_linear_forward(float *out, const float *inp, const layer_t *l, int N) {
     weight_linear_forward(out, inp, &l->w, l->bias, N);
 }
 
 void unet_linear_backward(float *dinp, unet_grads_t *g, const float *dout, const float *inp,
-                          const unet_layer_t *l, int N) {
+                          const layer_t *l, int N) {
     unet_layer_grads_t *lg = lgrad(g, l);
     float *dw = lg ? lg->dw : NULL, *db = lg && l->bias ? lg->dbias : NULL;
     if (!dinp && !dw && !db) return;
     weight_linear_backward(dinp, dw, db, dout, inp, &l->w, N);
 }
 
-static conv2d_shape_t conv_shape(const unet_layer_t *l, int B, int H, int W) {
+static conv2d_shape_t conv_shape(const layer_t *l, int B, int H, int W) {
     conv2d_shape_t s = {.B = B, .IC = l->in, .H = H, .W = W, .OC = l->out, .KH = l->k, .KW = l->k,
                         .stride = l->stride};
     if (l->pad >= 0) {
@@ -42,13 +42,13 @@ static conv2d_shape_t conv_shape(const unet_layer_t *l, int B, int H, int W) {
     return s;
 }
 
-void unet_conv_forward(float *out, const float *inp, const unet_layer_t *l, int B, int H, int W) {
+void unet_conv_forward(float *out, const float *inp, const layer_t *l, int B, int H, int W) {
     const conv2d_shape_t s = conv_shape(l, B, H, W);
     weight_conv2d_forward(out, inp, &l->w, l->bias, &s);
 }
 
 void unet_conv_backward(float *dinp, unet_grads_t *g, const float *dout, const float *inp,
-                        const unet_layer_t *l, int B, int H, int W) {
+                        const layer_t *l, int B, int H, int W) {
     unet_layer_grads_t *lg = lgrad(g, l);
     float *dw = lg ? lg->dw : NULL, *db = lg && l->bias ? lg->dbias : NULL;
     if (!dinp && !dw && !db) return;
@@ -57,14 +57,14 @@ void unet_conv_backward(float *dinp, unet_grads_t *g, const float *dout, const f
 }
 
 /* The gain a norm applies: gamma itself, or the shifted gain in scratch memory. */
-static const float *norm_gain(const unet_norm_t *n) {
+static const float *norm_gain(const norm_layer_t *n) {
     if (!n->shift) return n->gamma;
     float *g = scratch_floats((size_t)n->C);
     normshift_gain(g, n->gamma, n->shift, n->scale, n->C, n->mode);
     return g;
 }
 
-void unet_norm_forward(float *out, float *mean, float *rstd, const float *inp, const unet_norm_t *n,
+void unet_norm_forward(float *out, float *mean, float *rstd, const float *inp, const norm_layer_t *n,
                        int B, int S) {
     scratch_mark_t mark = scratch_mark();
     const float *gain = norm_gain(n);
@@ -76,7 +76,7 @@ void unet_norm_forward(float *out, float *mean, float *rstd, const float *inp, c
 }
 
 void unet_norm_backward(float *dinp, unet_grads_t *g, const float *dout, const float *inp,
-                        const float *mean, const float *rstd, const unet_norm_t *n, int B, int S) {
+                        const float *mean, const float *rstd, const norm_layer_t *n, int B, int S) {
     unet_norm_grads_t *ng = g ? &g->norms[n->id] : NULL;
     float *dgamma = ng ? ng->dgamma : NULL, *dbeta = ng ? ng->dbeta : NULL;
     float *dshift = ng && n->shift ? ng->dshift : NULL;
