@@ -85,10 +85,12 @@ typedef enum {
     SVDIFF_STAGE_EDIT = 4,        /* sampling steps of edit */
 } svdiff_stage_t;
 
-/* Called after each step: `step` of `total` done (1-based), seconds_per_step the mean so far. */
+/* Called after each step: `step` of `total` done (1-based), seconds_per_step the mean so far. For
+ * generate, a step is one denoising step of one batch (total: batches x steps). */
 typedef void (*svdiff_progress_fn)(svdiff_stage_t stage, int step, int total, double seconds_per_step,
                                    void *user_data);
-/* Polled before each UNet call of sampling and before each training step: non-zero stops the
+/* Polled before each batch and after each denoising step of sampling (so before its next UNet
+ * call), and before each training step: non-zero stops the
  * work cleanly and the function returns SVDIFF_ERR_CANCELLED. Sampling drops the batch being
  * denoised (images already delivered stay delivered); training stops within one optimizer step,
  * writes a checkpoint of the last finished step when checkpoints are on (checkpoint_every > 0), and
