@@ -78,9 +78,9 @@ SVDIFF_API void svdiff_set_threads(int n);
 /* callbacks                                                                                   */
 
 typedef enum {
-    SVDIFF_STAGE_SAMPLE = 0,      /* denoising steps of generate (total: steps of all images) */
+    SVDIFF_STAGE_SAMPLE = 0,      /* denoising steps of generate (total: batches x steps) */
     SVDIFF_STAGE_TRAIN = 1,       /* optimizer steps of training */
-    SVDIFF_STAGE_CLASS_IMAGES = 2,/* generating class images before training (total: images) */
+    SVDIFF_STAGE_CLASS_IMAGES = 2,/* reserved: generating class images before training */
     SVDIFF_STAGE_INVERT = 3,      /* DDIM inversion steps of edit */
     SVDIFF_STAGE_EDIT = 4,        /* sampling steps of edit */
 } svdiff_stage_t;
@@ -290,7 +290,8 @@ typedef struct {
     int n_class_images;
     const char *class_prompt;
     int num_class_images;
-    svdiff_train_mode_t mode;
+    svdiff_train_mode_t mode;           /* full and LoRA default to their own lr (5e-6, 1e-4) unless
+                                           lr differs from the shifts default or an "lr" setting is given */
     int resolution;                     /* 0: the model's native size */
     int steps, batch_size, grad_accum;
     float lr, lr_1d;                    /* spectral deltas, norm-gain shifts */
@@ -305,7 +306,8 @@ typedef struct {
     int threads;                        /* > 0: svdiff_set_threads */
     const char *const *settings;        /* n_settings "name=value" for every other setting */
     int n_settings;
-    svdiff_callbacks_t callbacks;       /* progress (SVDIFF_STAGE_CLASS_IMAGES, _TRAIN), cancel */
+    svdiff_callbacks_t callbacks;       /* progress (SVDIFF_STAGE_TRAIN; with it, no progress bar on
+                                           stderr), cancel (before every optimizer step) */
 } svdiff_train_params_t;
 
 /* The defaults of `svdiff train` (from its settings table). */
@@ -355,8 +357,8 @@ SVDIFF_API int svdiff_edit(svdiff_model_t *model, const svdiff_edit_params_t *pa
 /* ------------------------------------------------------------------------------------------ */
 /* shift sets and the toolbox                                                                  */
 
-/* svdiff_shifts_t: spectral shifts in memory, a UNet part and a text-encoder part (either may be
- * empty), as in a training output folder. */
+/* svdiff_shifts_t: spectral shifts in memory: one set (a shift file) or the UNet and text-encoder
+ * parts of a training output folder. */
 
 /* Loads a shift file or a training output folder, as `svdiff shifts` reads its inputs: a file is
  * one set (its "text_model." entries go to the text encoder when applied), a folder holds
