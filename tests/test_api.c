@@ -14,6 +14,7 @@
 
 #include "base/error.h"
 #include "base/runtime.h"
+#include "pipeline/adapters.h"
 #include "pipeline/pipeline.h"
 #include "train/settings.h"
 #include "train/trainer.h"
@@ -213,16 +214,23 @@ static void test_generate_matches_pipeline(void **state) {
     svdiff_model_close(m);
 }
 
-/* The PNG the API writes is the PNG `svdiff generate` writes, byte for byte. */
-static void test_png_matches_cli(void **state) {
-    (void)state;
-    char exe[4096], cli[4200];
+/* The svdiff binary beside this test binary (both in the build folder), or "" when it was not built. */
+static void cli_path(char *cli, size_t cap) {
+    char exe[4096];
     const ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
     assert_true(n > 0);
     exe[n] = 0;
     *strrchr(exe, '/') = 0;
-    snprintf(cli, sizeof cli, "%s/svdiff", exe);
-    if (access(cli, X_OK)) skip();   /* only the test binary was built */
+    snprintf(cli, cap, "%s/svdiff", exe);
+    if (access(cli, X_OK)) cli[0] = 0;
+}
+
+/* The PNG the API writes is the PNG `svdiff generate` writes, byte for byte. */
+static void test_png_matches_cli(void **state) {
+    (void)state;
+    char cli[4200];
+    cli_path(cli, sizeof cli);
+    if (!cli[0]) skip();   /* only the test binary was built */
     char tmp[64], a[128], b[128], cmd[16384];
     make_tmp(tmp, sizeof tmp);
     snprintf(a, sizeof a, "%s/cli.png", tmp);
@@ -510,6 +518,65 @@ static void test_adapters_apply_and_clear(void **state) {
     rm_tree(d.tmp);
 }
 
+/* Full-weight training with --save-delta through the API, its delta applied and removed: the image
+ * of `generate --delta` (the pipeline's), then the base image again. */
+static void test_full_mode_delta(void **state) {
+    (void)state;
+    data_t d;
+    svdiff_image_t *imgs[2];
+    make_data(&d, imgs);
+    char out[256], delta[300];
+    snprintf(out, sizeof out, "%s/full", d.tmp);
+    svdiff_train_params_t p = api_config(&d, out);
+    p.mode = SVDIFF_TRAIN_FULL;
+    p.steps = 2, p.lr = 1e-3f;   /* not the default: used as given */
+    p.class_dir = NULL, p.class_prompt = NULL;
+    const char *more[2] = {"save-delta", "lr-schedule=constant"};
+    p.settings = more, p.n_settings = 2;
+    cb_state_t cs = {0};
+    p.callbacks.user_data = &cs;
+    int rc = svdiff_train(&p);
+    if (rc) print_error("train: %s\n", svdiff_last_error());
+    assert_int_equal(rc, SVDIFF_OK);
+    snprintf(delta, sizeof delta, "%s/weight_delta.safetensors", out);
+    assert_true(exists(delta));
+    p.rank = 4;   /* rank limits spectral shifts only */
+    assert_int_equal(svdiff_train(&p), SVDIFF_ERR_ARG);
+    assert_non_null(strstr(svdiff_last_error(), "rank"));
+
+    svdiff_model_t *m = open_tiny();
+    const svdiff_generate_params_t g = small_gen();
+    size_t n;
+    uint8_t *base = gen_one(m, &g, &n);
+    assert_int_equal(svdiff_model_apply_delta(m, out, 1.0f), SVDIFF_OK);
+    uint8_t *got = gen_one(m, &g, &n);
+    assert_memory_not_equal(got, base, n);
+    pipeline_t pl;
+    assert_int_equal(pipeline_open(&pl, model_dir(), NULL), 0);
+    const pipeline_shift_t ds = {.path = out, .scale = 1.0f};
+    assert_int_equal(pipeline_apply_deltas(&pl, &ds, 1, 0), 0);
+    int C, h, w;
+    pipeline_latent_shape(&pl, 16, 16, &C, &h, &w);
+    float *lat = malloc(sizeof(float) * C * h * w);
+    txt2img_opts_t o = {.prompt = g.prompt, .negative_prompt = g.negative_prompt, .width = 16, .height = 16,
+                        .steps = g.steps, .cfg = g.cfg, .sampler = (sampler_kind_t)g.sampler, .seed = g.seed, .batch = 1};
+    assert_int_equal(pipeline_txt2img(&pl, &o, NULL, lat), 0);
+    uint8_t *want = NULL;
+    assert_int_equal(pipeline_decode(&pl, lat, 1, h, w, &want), 0);
+    assert_memory_equal(got, want, n);
+    char text[512];
+    snprintf(text, sizeof text, "delta %s (1)", out);
+    assert_string_equal(svdiff_model_adapters_text(m), text);
+    assert_int_equal(svdiff_model_clear_adapters(m), SVDIFF_OK);
+    uint8_t *again = gen_one(m, &g, &n);
+    assert_memory_equal(again, base, n);
+    free(again), free(want), free(lat), free(got), free(base);
+    pipeline_close(&pl);
+    svdiff_model_close(m);
+    for (int i = 0; i < 2; i++) svdiff_images_free(imgs[i], 1);
+    rm_tree(d.tmp);
+}
+
 /* ---- the toolbox ---- */
 
 static void test_shifts_toolbox(void **state) {
@@ -608,7 +675,9 @@ static void test_edit(void **state) {
     svdiff_model_t *m = open_tiny();
     svdiff_edit_params_t e = svdiff_edit_default_params();
     const char *edits[2] = {"a photo of a cat", "a photo of a red dog"};
-    e.image_path = source_path("tests/fixtures/train/images/dog1.png");
+    char image[4096];
+    snprintf(image, sizeof image, "%s", source_path("tests/fixtures/train/images/dog1.png"));
+    e.image_path = image;
     e.prompt = "a photo of a dog";
     e.edits = edits, e.n_edits = 2, e.steps = 3;
     cb_state_t cs = {0};
@@ -646,6 +715,50 @@ static void test_edit(void **state) {
     svdiff_model_close(m);
 }
 
+/* `svdiff edit --shifts DIR` and svdiff_apply_shifts + svdiff_edit: the same pixels in every image
+ * of the grid (the CLI's PNGs are read back). */
+static void test_edit_matches_cli(void **state) {
+    (void)state;
+    char cli[4200];
+    cli_path(cli, sizeof cli);
+    if (!cli[0]) skip();
+    data_t d;
+    svdiff_image_t *imgs[2];
+    char shifts[256], out[256], cmd[16384];
+    train_shifts(&d, imgs, shifts, sizeof shifts);
+    snprintf(out, sizeof out, "%s/edit", d.tmp);
+    char image[4096];   /* source_path's buffer is static: model_dir() reuses it */
+    snprintf(image, sizeof image, "%s", source_path("tests/fixtures/train/images/dog1.png"));
+    snprintf(cmd, sizeof cmd,
+             "'%s' edit --model '%s' --image '%s' --prompt 'a photo of a dog' --edit 'a photo of a cat' "
+             "--edit 'a red dog' --shifts '%s' --sample-steps 3 --slerp 0.3 --invert-prompt source --svd-cache none "
+             "--quiet -o '%s' 2>/dev/null",
+             cli, model_dir(), image, shifts, out);
+    assert_int_equal(system(cmd), 0);
+    svdiff_model_t *m = open_tiny();
+    assert_int_equal(svdiff_model_apply_shifts(m, shifts, 1.0f), SVDIFF_OK);
+    svdiff_edit_params_t e = svdiff_edit_default_params();
+    const char *edits[2] = {"a photo of a cat", "a red dog"};
+    e.image_path = image, e.prompt = "a photo of a dog";
+    e.edits = edits, e.n_edits = 2, e.steps = 3, e.slerp = 0.3f, e.invert_source = 1;
+    svdiff_image_t *got = NULL;
+    assert_int_equal(svdiff_edit(m, &e, &got, NULL), SVDIFF_OK);
+    const char *names[3] = {"reconstruction.png", "edit-1.png", "edit-2.png"};
+    for (int k = 0; k < 3; k++) {
+        char path[512];
+        snprintf(path, sizeof path, "%s/%s", out, names[k]);
+        svdiff_image_t *want = NULL;
+        assert_int_equal(svdiff_image_read(path, &want), SVDIFF_OK);
+        assert_int_equal(want->width, got[1 + k].width);
+        assert_memory_equal(want->rgb, got[1 + k].rgb, (size_t)want->width * want->height * 3);
+        svdiff_images_free(want, 1);
+    }
+    svdiff_images_free(got, 4);
+    svdiff_model_close(m);
+    for (int i = 0; i < 2; i++) svdiff_images_free(imgs[i], 1);
+    rm_tree(d.tmp);
+}
+
 int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_version_and_errors),
@@ -656,8 +769,10 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_train_matches_trainer),
         cmocka_unit_test(test_train_cancel_resumes),
         cmocka_unit_test(test_adapters_apply_and_clear),
+        cmocka_unit_test(test_full_mode_delta),
         cmocka_unit_test(test_shifts_toolbox),
         cmocka_unit_test(test_edit),
+        cmocka_unit_test(test_edit_matches_cli),
     };
     return RUN_TESTS(argc, argv, "api", tests, NULL, NULL);
 }
