@@ -16,7 +16,10 @@ set(allowed_generate
   pipeline/prompts.h    # --prompts files: the CLI's input format
 )
 set(allowed_train
-  base/error.h train/cutmix.h train/settings.h train/trainer.h base/runtime.h
+  base/error.h          # SD_CHECK
+  train/cutmix.h        # CUTMIX_MAX_SUBJECTS, the most --subject
+  train/settings.h      # the settings table: the flags, their help and parsing
+  train/trainer.h       # train_config_t (the table's struct); gap: pretrain (data set, its defaults)
 )
 set(allowed_edit
   base/error.h base/progress.h base/runtime.h io/image.h io/outputs.h io/runlock.h pipeline/edit.h
