@@ -20,7 +20,6 @@
 #include "base/progress.h"    /* the progress bar the CLI draws from the progress callback */
 #include "cli/args.h"
 #include "cli/commands.h"
-#include "io/image.h"         /* not in the public API yet: image_grid */
 #include "io/outputs.h"       /* not in the public API yet: outputs_check of every target up front */
 #include "io/safetensors.h"   /* not in the public API yet: --init-latents / --save-latents files */
 #include "ops/ops.h"          /* not in the public API yet: first_nonfinite, the check of --init-latents */
@@ -369,7 +368,7 @@ int cmd_generate(int argc, char **argv) {
     if (!rc) progress_start(&g.bar, "generate", total_steps, "step");
     g.bar.silent |= cm.quiet;   /* --quiet: no progress bar */
     g.rgb = sd_xcalloc((size_t)n_img, sizeof *g.rgb);
-    image_t *imgs = sd_xcalloc((size_t)n_img, sizeof *imgs);
+    svdiff_image_t *imgs = sd_xcalloc((size_t)n_img, sizeof *imgs);
     /* each batch is one svdiff_generate call; its images reach on_image (which writes the PNGs)
      * as soon as they are decoded */
     for (int i = 0, bn, j = 0; !rc && i < n_img; i += bn, j++) {
@@ -390,7 +389,7 @@ int cmd_generate(int argc, char **argv) {
         rc = svdiff_generate(m, &gp, NULL);
         if (g.rc) rc = g.rc;   /* a PNG that could not be written */
         g.step_base += job->steps;
-        for (int k = i; k < i + bn; k++) imgs[k].w = job->width, imgs[k].h = job->height, imgs[k].rgb = g.rgb[k];
+        for (int k = i; k < i + bn; k++) imgs[k].width = job->width, imgs[k].height = job->height, imgs[k].rgb = g.rgb[k];
         if (rc && rc != SVDIFF_ERR_CANCELLED && job->line)
             rc = sd_error_wrap(rc, "%s:%d (image %d of the run)", prompts_path, job->line, i + 1);
         if (!rc && g_stop) rc = SVDIFF_ERR_CANCELLED;
@@ -404,7 +403,7 @@ int cmd_generate(int argc, char **argv) {
         const size_t bytes = (size_t)job->width * job->height * 3;
         for (int k = i; k < i + bn && !rc; k++) {
             if (!g.rgb[k]) g.rgb[k] = sd_xmalloc(bytes);
-            imgs[k].w = job->width, imgs[k].h = job->height, imgs[k].rgb = g.rgb[k];
+            imgs[k].width = job->width, imgs[k].height = job->height, imgs[k].rgb = g.rgb[k];
             rc = dist_bcast(g.rgb[k], bytes, j % nranks);
         }
         if (!rc && save_path) rc = dist_bcast(all_latents + (size_t)i * per, sizeof(float) * per * bn, j % nranks);
@@ -424,12 +423,11 @@ int cmd_generate(int argc, char **argv) {
         st_writer_free(sw);
     }
     if (!rc && grid && me == 0) {
-        /* not in the public API yet: laying images out in a grid */
-        image_t gi;
-        rc = image_grid(&gi, imgs, n_img, 0, 2);
-        if (!rc) rc = svdiff_png_write(out, gi.rgb, gi.w, gi.h, NULL);
+        svdiff_image_t *gi = NULL;
+        rc = svdiff_image_grid(imgs, n_img, 0, 2, &gi);
+        if (!rc) rc = svdiff_png_write(out, gi->rgb, gi->width, gi->height, NULL);
         if (!rc) fprintf(stderr, "wrote %s (grid of %d)\n", out, n_img);
-        image_free(&gi);
+        svdiff_images_free(gi, 1);
     }
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
