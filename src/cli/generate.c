@@ -160,6 +160,7 @@ static int batch_len(const prompt_plan_t *plan, int i, int batch) {
     return n;
 }
 
+/* not in the public API yet: reading a latents file (the API takes the floats, init_latents) */
 static int load_init_latents(const char *path, float *dst, int n, int C, int h, int w) {
     st_file_t f;
     int rc = st_open(&f, path);
@@ -330,7 +331,8 @@ int cmd_generate(int argc, char **argv) {
     }
     /* every target is checked before the (long) sampling: a device, a folder or one of the run's
      * inputs (the model's weights, a shift file, the prompts file) is refused now, not after
-     * minutes of work */
+     * minutes of work (not in the public API yet: svdiff_png_write checks its target only when
+     * it writes) */
     char **paths = sd_xcalloc((size_t)n_img, sizeof *paths);
     char path[PATH_MAX];
     for (int i = 0; i < n_img; i++) {
