@@ -1,7 +1,7 @@
-/* `svdiff generate`: text to image with a model folder or single-file checkpoint. Parses the
- * flags, runs the shared pipeline (pipeline.h) in batches with a progress bar, and writes
- * PNGs carrying their generation parameters, a grid for several images, and optionally the
- * final latents. */
+/* `svdiff generate`: text to image with a model folder or single-file checkpoint, as a client of the
+ * public API (svdiff.h): parses the flags, opens the model and applies its adapters, runs
+ * svdiff_generate batch by batch with a progress bar, and writes each PNG with its generation
+ * parameters from the image callback, a grid for several images, and optionally the final latents. */
 #include <errno.h>
 #include <float.h>
 #include <getopt.h>
@@ -13,20 +13,17 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "base/dist.h"
-#include "base/error.h"
-#include "base/progress.h"
-#include "base/runtime.h"
+#include "svdiff.h"
+
+#include "base/dist.h"        /* MPI ranks: the CLI splits batches over processes */
+#include "base/error.h"       /* messages of the CLI's own checks (sd_error, sd_error_wrap) */
+#include "base/progress.h"    /* the progress bar the CLI draws from the progress callback */
 #include "cli/args.h"
 #include "cli/commands.h"
-#include "io/image.h"
-#include "io/outputs.h"
-#include "io/safetensors.h"
-#include "ops/ops.h"
-#include "pipeline/adapters.h"
-#include "pipeline/pipeline.h"
-#include "pipeline/prompts.h"
-#include "shifts/shifts.h"
+#include "io/outputs.h"       /* not in the public API yet: outputs_check of every target up front */
+#include "io/safetensors.h"   /* not in the public API yet: --init-latents / --save-latents files */
+#include "ops/ops.h"          /* not in the public API yet: first_nonfinite, the check of --init-latents */
+#include "pipeline/prompts.h" /* --prompts files: the CLI's input format */
 
 static const unsigned common = CLI_ALL_COMMON;   /* cli/args.h */
 
@@ -94,21 +91,48 @@ static void usage(FILE *f) {
             "it is made, and no grid. --init-latents and --save-latents are for one prompt.\n");
 }
 
-typedef struct {
-    progress_t bar;
-    int step_base;
-} gen_progress_t;
-
-static void on_step(void *vctx, int step, int num_steps, float t, const float *latents) {
-    (void)num_steps, (void)t, (void)latents;
-    gen_progress_t *g = vctx;
-    progress_update(&g->bar, g->step_base + step, NULL);
-}
-
 /* The signal that asked generate to stop (SIGINT, SIGTERM), 0 while none came. */
 static volatile sig_atomic_t g_stop;
 
 static void on_stop_signal(int sig) { g_stop = sig; }
+
+/* What the callbacks of one svdiff_generate call (one batch) share with the run. */
+typedef struct {
+    svdiff_model_t *model;
+    const char *model_label;                /* --model as given: the PNG text's "Model:" */
+    const svdiff_generate_params_t *params; /* of the batch being made */
+    char **paths;                           /* [n_img] the PNG of each image of the run */
+    int first;                              /* the batch's first image in the run */
+    int keep;                               /* keep the pixels (the grid needs them) */
+    uint8_t **rgb;                          /* [n_img] kept pixels */
+    int written, rc;                        /* PNGs written; the first write error */
+    progress_t bar;
+    int step_base;                          /* steps of the batches before */
+} gen_ctx_t;
+
+static void on_progress(svdiff_stage_t stage, int step, int total, double seconds_per_step, void *vctx) {
+    (void)stage, (void)total, (void)seconds_per_step;
+    gen_ctx_t *g = vctx;
+    progress_update(&g->bar, g->step_base + step, NULL);
+}
+
+static int on_cancel(void *vctx) { return g_stop || ((gen_ctx_t *)vctx)->rc; }
+
+/* Each image as soon as it is decoded: its PNG, with the generation parameters in its text. */
+static void on_image(const uint8_t *rgb, int width, int height, int index, uint64_t seed, void *vctx) {
+    gen_ctx_t *g = vctx;
+    const int k = g->first + index;
+    if (g->rc) return;
+    char *params = svdiff_png_parameters(g->model, g->params, seed, g->model_label);
+    g->rc = params ? svdiff_png_write(g->paths[k], rgb, width, height, params) : SVDIFF_ERR_NOMEM;
+    svdiff_free(params);
+    if (!g->rc) fprintf(stderr, "%swrote %s\n", g->bar.tty ? "\r\033[K" : "", g->paths[k]), g->written++;
+    if (g->keep) {   /* only the grid needs the pixels again */
+        const size_t bytes = (size_t)width * height * 3;
+        g->rgb[k] = sd_xmalloc(bytes);
+        memcpy(g->rgb[k], rgb, bytes);
+    }
+}
 
 /* "out.png" -> "out-3.png"; with line > 0 (a prompts file): "out.png" -> "out-0012-3.png", and
  * a folder "dir/" -> "dir/0012-3.png" */
@@ -125,17 +149,6 @@ static void numbered_path(char *dst, size_t n, const char *path, int line, int k
     else snprintf(dst, n, "%.*s-%d%s", (int)(dot - path), path, k, dot);
 }
 
-/* The PNG 'parameters' text of one image (the format A1111 writes, which other tools read). */
-static void image_params(char *dst, size_t n, const prompt_job_t *job, uint64_t seed, const char *model,
-                         const char *shift_text) {
-    snprintf(dst, n,
-             "%s\nNegative prompt: %s\nSteps: %d, Sampler: %s, CFG scale: %g, Eta: %g, Seed: %llu, Size: %dx%d, "
-             "Model: %s%s%s, Version: svdiff %s",
-             job->prompt, job->negative_prompt ? job->negative_prompt : "", job->steps, sampler_kind_name(job->sampler),
-             job->cfg, job->eta, (unsigned long long)seed, job->width, job->height, model,
-             shift_text[0] ? ", Shifts: " : "", shift_text, SVDIFF_VERSION);
-}
-
 /* How many images from plan->images[i] are denoised together: images of one job with
  * consecutive seeds, at most `batch` (a job's images go in batches from its first, as a single
  * run's do, so the batches and thus the bytes are those of a single run). */
@@ -147,6 +160,7 @@ static int batch_len(const prompt_plan_t *plan, int i, int batch) {
     return n;
 }
 
+/* not in the public API yet: reading a latents file (the API takes the floats, init_latents) */
 static int load_init_latents(const char *path, float *dst, int n, int C, int h, int w) {
     st_file_t f;
     int rc = st_open(&f, path);
@@ -250,8 +264,8 @@ int cmd_generate(int argc, char **argv) {
         fprintf(stderr, "svdiff generate: --init-latents and --save-latents hold one prompt's images: use --prompt\n");
         return 2;
     }
-    sampler_kind_t sampler;
-    if (sampler_kind_parse(sampler_name, &sampler) || sampler == SAMPLER_DDIM_INVERSE) {
+    svdiff_sampler_t sampler;
+    if (svdiff_sampler_parse(sampler_name, &sampler)) {
         fprintf(stderr, "svdiff generate: unknown --sampler '%s' (ddim, euler, euler_a, dpmpp_2m)\n", sampler_name);
         return 2;
     }
@@ -259,59 +273,55 @@ int cmd_generate(int argc, char **argv) {
     /* the images to make, each with its settings and seed, all checked before the model loads */
     const prompt_job_t defaults = {.prompt = (char *)prompt, .negative_prompt = (char *)negative, .width = width,
                                    .height = height, .steps = steps, .num_images = num_images, .cfg = cfg,
-                                   .eta = eta, .sampler = sampler, .seed = seed};
+                                   .eta = eta, .sampler = (sampler_kind_t)sampler, .seed = seed};
     prompt_plan_t plan;
     int rc = prompts_path ? prompt_plan_read(&plan, prompts_path, &defaults, seed) : prompt_plan_single(&plan, &defaults);
     if (rc) {
-        fprintf(stderr, "svdiff generate: %s\n", sd_last_error());
-        return rc == SD_ERR_IO ? 1 : 2;
+        fprintf(stderr, "svdiff generate: %s\n", svdiff_last_error());
+        return rc == SVDIFF_ERR_IO ? 1 : 2;
     }
-    sd_set_threads(threads);
+    svdiff_set_threads(threads);
 
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    pipeline_t p;
-    if (pipeline_open_model(&p, model, &mo)) {
-        fprintf(stderr, "svdiff generate: %s\n", sd_last_error());
-        prompt_plan_free(&plan);
-        return 1;
-    }
     char cache_buf[4096];
     const char *cache_dir = cli_svd_cache_dir(svd_cache_dir, cache_buf, sizeof cache_buf);
-    /* the shift list for the PNG text: "a.safetensors (1), dir (0.5)" */
-    char shift_text[2048] = "";
-    for (int i = 0, k = 0; i < n_shifts && k < (int)sizeof shift_text; i++)
-        k += snprintf(shift_text + k, sizeof shift_text - k, "%s%s (%g)", i ? ", " : "", shifts[i].path,
-                      shifts[i].scale);
-    if (n_shifts && pipeline_apply_shifts(&p, shifts, n_shifts, force, cache_dir)) {
-        fprintf(stderr, "svdiff generate: %s\n", sd_last_error());
-        pipeline_close(&p);
+    svdiff_model_params_t mp = svdiff_model_default_params();
+    mp.tokenizer_dir = mo.tokenizer_dir, mp.prediction_type = mo.prediction_type;
+    mp.scheduler_config = mo.scheduler_config;
+    mp.svd_cache_dir = cache_dir ? cache_dir : "";   /* the API's "" is --svd-cache none */
+    mp.force = force;
+    svdiff_model_t *m = NULL;
+    if (svdiff_model_open(model, &mp, &m)) {
+        fprintf(stderr, "svdiff generate: %s\n", svdiff_last_error());
         prompt_plan_free(&plan);
         return 1;
     }
-    /* weight deltas and LoRAs go on top of the (baked) shifted weights */
-    if (pipeline_apply_deltas(&p, deltas, n_deltas, force) || pipeline_apply_loras(&p, loras, n_loras, force)) {
-        fprintf(stderr, "svdiff generate: %s\n", sd_last_error());
-        pipeline_close(&p);
+    /* shifts, then weight deltas and LoRAs on top of the (baked) shifted weights: the API keeps
+     * that order whatever the order of the calls */
+    for (int i = 0; !rc && i < n_shifts; i++) rc = svdiff_model_apply_shifts(m, shifts[i].path, shifts[i].scale);
+    for (int i = 0; !rc && i < n_deltas; i++) rc = svdiff_model_apply_delta(m, deltas[i].path, deltas[i].scale);
+    for (int i = 0; !rc && i < n_loras; i++) rc = svdiff_model_apply_lora(m, loras[i].path, loras[i].scale);
+    if (rc) {
+        fprintf(stderr, "svdiff generate: %s\n", svdiff_last_error());
+        svdiff_model_close(m);
         prompt_plan_free(&plan);
         return 1;
-    }
-    for (int i = 0, k = (int)strlen(shift_text); i < n_deltas + n_loras && k < (int)sizeof shift_text; i++) {
-        const pipeline_shift_t *a = i < n_deltas ? &deltas[i] : &loras[i - n_deltas];
-        k += snprintf(shift_text + k, sizeof shift_text - k, "%s%s %s (%g)", k ? ", " : "",
-                      i < n_deltas ? "delta" : "lora", a->path, a->scale);
     }
     /* sizes: the model's default where a job gives none; a size the UNet cannot take fails now */
+    svdiff_model_info_t mi;
+    rc = svdiff_model_info(m, &mi);
     for (int j = 0; !rc && j < plan.n_jobs; j++) {
         prompt_job_t *job = &plan.jobs[j];
-        if (!job->width) job->width = pipeline_native_size(&p);
-        if (!job->height) job->height = pipeline_native_size(&p);
-        rc = pipeline_check_size(&p, job->width, job->height);
+        if (!job->width) job->width = mi.native_width;
+        if (!job->height) job->height = mi.native_height;
+        int jc, jh, jw;
+        rc = svdiff_model_latent_shape(m, job->width, job->height, &jc, &jh, &jw);
         if (rc && job->line) rc = sd_error_wrap(rc, "%s:%d", prompts_path, job->line);
     }
     const int single = !prompts_path, n_img = plan.n_images;
-    int C, h, w;
-    pipeline_latent_shape(&p, plan.jobs[0].width, plan.jobs[0].height, &C, &h, &w);
+    int C = 0, h = 0, w = 0;
+    if (!rc) rc = svdiff_model_latent_shape(m, plan.jobs[0].width, plan.jobs[0].height, &C, &h, &w);
     const size_t per = (size_t)C * h * w;   /* one size for all images of a single prompt */
     float *all_latents = save_path ? sd_xmalloc(sizeof(float) * per * n_img) : NULL;
     float *init = NULL;
@@ -321,7 +331,8 @@ int cmd_generate(int argc, char **argv) {
     }
     /* every target is checked before the (long) sampling: a device, a folder or one of the run's
      * inputs (the model's weights, a shift file, the prompts file) is refused now, not after
-     * minutes of work */
+     * minutes of work (not in the public API yet: svdiff_png_write checks its target only when
+     * it writes) */
     char **paths = sd_xcalloc((size_t)n_img, sizeof *paths);
     char path[PATH_MAX];
     for (int i = 0; i < n_img; i++) {
@@ -350,49 +361,42 @@ int cmd_generate(int argc, char **argv) {
      * seeds and so every file are those of one process; each rank writes its own images, rank 0
      * the grid and the latents file once the others' images have reached it. */
     const int me = dist_rank(), nranks = dist_size();
-    gen_progress_t prog = {0};
+    gen_ctx_t g = {.model = m, .model_label = model, .paths = paths, .keep = grid};
     long total_steps = 0;
     for (int i = 0, bn, j = 0; i < n_img; i += bn, j++) {
         bn = batch_len(&plan, i, batch);
         if (j % nranks == me) total_steps += plan.jobs[plan.images[i].job].steps;
     }
-    if (!rc) progress_start(&prog.bar, "generate", total_steps, "step");
-    prog.bar.silent |= cm.quiet;   /* --quiet: no progress bar */
-    uint8_t **rgb = sd_xcalloc((size_t)n_img, sizeof *rgb);
-    image_t *imgs = sd_xcalloc((size_t)n_img, sizeof *imgs);
-    int written = 0;
-    /* each batch is decoded and its PNGs written as soon as it is sampled */
+    if (!rc) progress_start(&g.bar, "generate", total_steps, "step");
+    g.bar.silent |= cm.quiet;   /* --quiet: no progress bar */
+    g.rgb = sd_xcalloc((size_t)n_img, sizeof *g.rgb);
+    svdiff_image_t *imgs = sd_xcalloc((size_t)n_img, sizeof *imgs);
+    /* each batch is one svdiff_generate call; its images reach on_image (which writes the PNGs)
+     * as soon as they are decoded */
     for (int i = 0, bn, j = 0; !rc && i < n_img; i += bn, j++) {
         bn = batch_len(&plan, i, batch);
         if (j % nranks != me) continue;   /* another rank's batch */
         const prompt_image_t *im = &plan.images[i];
         const prompt_job_t *job = &plan.jobs[im->job];
-        int jc, jh, jw;
-        pipeline_latent_shape(&p, job->width, job->height, &jc, &jh, &jw);
-        const size_t jper = (size_t)jc * jh * jw;
-        float *lat = all_latents ? all_latents + (size_t)i * per : sd_xmalloc(sizeof(float) * jper * bn);
-        txt2img_opts_t o = {.prompt = job->prompt, .negative_prompt = job->negative_prompt, .width = job->width,
-                            .height = job->height, .steps = job->steps, .cfg = job->cfg, .eta = job->eta,
-                            .sampler = job->sampler, .seed = im->seed, .batch = bn, .progress = on_step,
-                            .progress_ctx = &prog, .stop = &g_stop};
-        rc = pipeline_txt2img(&p, &o, init ? init + (size_t)i * per : NULL, lat);
-        prog.step_base += job->steps;
-        if (!rc) rc = pipeline_decode(&p, lat, bn, jh, jw, rgb + i);
-        if (!all_latents) free(lat);
-        for (int k = i; !rc && k < i + bn; k++) {
-            char params[4096];
-            image_params(params, sizeof params, job, plan.images[k].seed, model, shift_text);
-            const char *keys[2] = {"parameters", "Software"}, *vals[2] = {params, "svdiff " SVDIFF_VERSION};
-            imgs[k].w = job->width, imgs[k].h = job->height, imgs[k].rgb = rgb[k];
-            rc = image_save_png(&imgs[k], paths[k], keys, vals, 2);
-            if (!rc) fprintf(stderr, "%swrote %s\n", prog.bar.tty ? "\r\033[K" : "", paths[k]), written++;
-            if (!grid) free(rgb[k]), rgb[k] = NULL;   /* only the grid needs the pixels again */
-        }
-        if (rc && rc != SD_ERR_INTERRUPTED && job->line)
+        svdiff_generate_params_t gp = svdiff_generate_default_params();
+        gp.prompt = job->prompt, gp.negative_prompt = job->negative_prompt;
+        gp.width = job->width, gp.height = job->height, gp.steps = job->steps;
+        gp.cfg = job->cfg, gp.eta = job->eta, gp.sampler = (svdiff_sampler_t)job->sampler;
+        gp.seed = im->seed, gp.num_images = bn, gp.batch = bn;
+        gp.init_latents = init ? init + (size_t)i * per : NULL, gp.n_init_latents = bn;
+        gp.out_latents = all_latents ? all_latents + (size_t)i * per : NULL;
+        gp.callbacks = (svdiff_callbacks_t){.progress = on_progress, .cancel = on_cancel, .image = on_image,
+                                            .user_data = &g};
+        g.params = &gp, g.first = i;
+        rc = svdiff_generate(m, &gp, NULL);
+        if (g.rc) rc = g.rc;   /* a PNG that could not be written */
+        g.step_base += job->steps;
+        for (int k = i; k < i + bn; k++) imgs[k].width = job->width, imgs[k].height = job->height, imgs[k].rgb = g.rgb[k];
+        if (rc && rc != SVDIFF_ERR_CANCELLED && job->line)
             rc = sd_error_wrap(rc, "%s:%d (image %d of the run)", prompts_path, job->line, i + 1);
-        if (!rc && g_stop) rc = sd_error(SD_ERR_INTERRUPTED, "interrupted");
+        if (!rc && g_stop) rc = SVDIFF_ERR_CANCELLED;
     }
-    if (!rc) progress_finish(&prog.bar);
+    if (!rc) progress_finish(&g.bar);
     rc = dist_agree(rc);   /* a rank that failed stops them all here, with its message */
     const int all_sampled = !rc;   /* the same on every rank */
     for (int i = 0, bn, j = 0; !rc && nranks > 1 && (grid || save_path) && i < n_img; i += bn, j++) {
@@ -400,13 +404,14 @@ int cmd_generate(int argc, char **argv) {
         const prompt_job_t *job = &plan.jobs[plan.images[i].job];
         const size_t bytes = (size_t)job->width * job->height * 3;
         for (int k = i; k < i + bn && !rc; k++) {
-            if (!rgb[k]) rgb[k] = sd_xmalloc(bytes);
-            imgs[k].w = job->width, imgs[k].h = job->height, imgs[k].rgb = rgb[k];
-            rc = dist_bcast(rgb[k], bytes, j % nranks);
+            if (!g.rgb[k]) g.rgb[k] = sd_xmalloc(bytes);
+            imgs[k].width = job->width, imgs[k].height = job->height, imgs[k].rgb = g.rgb[k];
+            rc = dist_bcast(g.rgb[k], bytes, j % nranks);
         }
         if (!rc && save_path) rc = dist_bcast(all_latents + (size_t)i * per, sizeof(float) * per * bn, j % nranks);
     }
     if (!rc && save_path && me == 0) {   /* rank 0 writes the files of all the images */
+        /* not in the public API yet: writing a latents file (safetensors with metadata) */
         st_writer_t *sw = st_writer_new();
         int64_t shape[4] = {n_img, C, h, w};
         char seedbuf[32];
@@ -414,36 +419,35 @@ int cmd_generate(int argc, char **argv) {
         st_writer_add(sw, "latents", ST_F32, 4, shape, all_latents);
         st_writer_meta(sw, "prompt", prompt);
         st_writer_meta(sw, "seed", seedbuf);
-        st_writer_meta(sw, "sampler", sampler_kind_name(sampler));
+        st_writer_meta(sw, "sampler", svdiff_sampler_name(sampler));
         st_writer_meta(sw, "svdiff_version", SVDIFF_VERSION);
         rc = st_writer_save(sw, save_path);
         st_writer_free(sw);
     }
     if (!rc && grid && me == 0) {
-        image_t g;
-        rc = image_grid(&g, imgs, n_img, 0, 2);
-        const char *keys[1] = {"Software"}, *vals[1] = {"svdiff " SVDIFF_VERSION};
-        if (!rc) rc = image_save_png(&g, out, keys, vals, 1);
+        svdiff_image_t *gi = NULL;
+        rc = svdiff_image_grid(imgs, n_img, 0, 2, &gi);
+        if (!rc) rc = svdiff_png_write(out, gi->rgb, gi->width, gi->height, NULL);
         if (!rc) fprintf(stderr, "wrote %s (grid of %d)\n", out, n_img);
-        image_free(&g);
+        svdiff_images_free(gi, 1);
     }
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
     struct timespec t1;
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    const int stopped = rc == SD_ERR_INTERRUPTED ? (int)g_stop : 0;
+    const int stopped = rc == SVDIFF_ERR_CANCELLED ? (int)g_stop : 0;
     if (all_sampled) rc = dist_agree(rc);   /* rank 0's grid or latents file failed: every rank fails */
     if (!rc && !single && me == 0) fprintf(stderr, "%d images of %d prompts (%s)\n", n_img, plan.n_jobs, prompts_path);
     if (!rc) {
         if (me == 0) fprintf(stderr, "done in %.2f s\n", (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec));
     } else if (stopped)
         fprintf(stderr, "%ssvdiff generate: interrupted by %s: %d of %d images written%s\n",
-                prog.bar.tty ? "\n" : "", stopped == SIGINT ? "SIGINT" : "SIGTERM", written, n_img,
+                g.bar.tty ? "\n" : "", stopped == SIGINT ? "SIGINT" : "SIGTERM", g.written, n_img,
                 grid || save_path ? " (no grid or latents file)" : "");
-    else fprintf(stderr, "svdiff generate: %s\n", sd_last_error());
-    for (int k = 0; k < n_img; k++) free(rgb[k]), free(paths[k]);
-    free(rgb), free(imgs), free(paths), free(all_latents), free(init);
-    pipeline_close(&p);
+    else fprintf(stderr, "svdiff generate: %s\n", svdiff_last_error());
+    for (int k = 0; k < n_img; k++) free(g.rgb[k]), free(paths[k]);
+    free(g.rgb), free(imgs), free(paths), free(all_latents), free(init);
+    svdiff_model_close(m);
     prompt_plan_free(&plan);
     return stopped ? 128 + stopped : rc ? 1 : 0;
 }

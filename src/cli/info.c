@@ -12,7 +12,8 @@
 #include "base/error.h"
 #include "cli/args.h"
 #include "cli/commands.h"
-#include "io/model.h"
+#include "io/model.h"   /* not in the public API yet: describing a model from its headers alone (layout,
+                           component configs, tensor counts, dtypes and bytes, prediction source) */
 
 static void usage(FILE *f) {
     fprintf(f,

@@ -12,6 +12,10 @@
 #include <string.h>
 #include <sys/stat.h>
 
+/* Not in the public API yet, so still the library's own calls: the per-part view `svdiff shifts`
+ * prints (each part's file, entry count and dtype; limit-rank's and mix's counts per part), info's
+ * statistics (norms, blocks, singular values from the SVD cache, metadata listing), convert and
+ * to-lora. */
 #include "base/error.h"
 #include "cli/args.h"
 #include "cli/commands.h"

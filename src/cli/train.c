@@ -9,13 +9,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "base/error.h"
-#include "base/runtime.h"
+#include "svdiff.h"
+
+#include "base/error.h"       /* SD_CHECK */
 #include "cli/args.h"
 #include "cli/commands.h"
-#include "train/cutmix.h"
-#include "train/settings.h"
-#include "train/trainer.h"
+#include "train/cutmix.h"     /* CUTMIX_MAX_SUBJECTS: the most --subject */
+#include "train/settings.h"   /* the settings table: the flags, their help and parsing */
+#include "train/trainer.h"    /* train_config_t, the table's struct; not in the public API yet: pretrain */
 
 #define MAX_SAMPLE_PROMPTS 64
 
@@ -75,6 +76,31 @@ static void usage(FILE *f, int pretrain) {
 enum { O_SUBJECT = 1000, O_SUBJECT_CLASS, O_SAMPLE_PROMPT };
 
 int cmd_train(int argc, char **argv) { return train_cli(argc, argv, 0); }
+
+static void no_progress(svdiff_stage_t stage, int step, int total, double seconds_per_step, void *user_data) {
+    (void)stage, (void)step, (void)total, (void)seconds_per_step, (void)user_data;
+}
+
+/* A setting's value in c as the "name=value" svdiff_train parses back to the same value. */
+static void setting_text(const setting_t *s, const train_config_t *c, char *buf, size_t cap) {
+    const void *f = (const char *)c + s->offset;
+    char choice[64];
+    switch (s->type) {
+    case SETTING_INT: snprintf(buf, cap, "%s=%d", s->name, *(const int *)f); break;
+    case SETTING_FLOAT: snprintf(buf, cap, "%s=%.9g", s->name, (double)*(const float *)f); break;
+    case SETTING_BOOL: snprintf(buf, cap, "%s=%d", s->name, *(const int *)f ? 1 : 0); break;
+    case SETTING_U64: snprintf(buf, cap, "%s=%llu", s->name, (unsigned long long)*(const uint64_t *)f); break;
+    case SETTING_ENUM:
+        setting_choice(s, *(const int *)f, choice, sizeof choice);
+        snprintf(buf, cap, "%s=%s", s->name, choice);
+        break;
+    case SETTING_STR: {
+        const char *v = *(const char *const *)f;
+        snprintf(buf, cap, "%s=%s", s->name, !v ? "" : !v[0] && (s->flags & SETTING_NONE_EMPTY) ? "none" : v);
+        break;
+    }
+    }
+}
 
 /* Whether the flag of the setting `name` was given. */
 static int given(const unsigned char *g, const char *name) {
@@ -184,14 +210,48 @@ int train_cli(int argc, char **argv, int pretrain) {
         fprintf(stderr, "svdiff %s: --warmup %d is longer than --steps %d\n", verb, c.warmup, c.steps);
         return 2;
     }
-    c.sample_prompts = samples;
-    c.n_sample_prompts = n_samples;
-    sd_set_threads(c.threads);
-
-    trainer_t t;
-    int rc = trainer_open(&t, &c);
-    if (!rc) rc = trainer_run(&t);
-    if (rc) fprintf(stderr, "svdiff %s: %s\n", verb, sd_last_error());
-    trainer_close(&t);
+    if (pretrain) {
+        /* not in the public API yet: pretraining (a captioned data set, pretrain's own defaults) */
+        c.sample_prompts = samples;
+        c.n_sample_prompts = n_samples;
+        svdiff_set_threads(c.threads);
+        trainer_t t;
+        int rc = trainer_open(&t, &c);
+        if (!rc) rc = trainer_run(&t);
+        if (rc) fprintf(stderr, "svdiff %s: %s\n", verb, svdiff_last_error());
+        trainer_close(&t);
+        return rc ? 1 : 0;
+    }
+    /* the common settings as fields, every other flag given as a "name=value" setting */
+    svdiff_train_params_t tp = svdiff_train_default_params();
+    tp.model = c.model, tp.tokenizer_dir = c.tokenizer;
+    tp.prediction_type = c.prediction_type, tp.scheduler_config = c.scheduler_config;
+    tp.out_dir = c.out_dir;
+    tp.instance_dir = c.instance_dir, tp.instance_prompt = c.instance_prompt;
+    tp.class_dir = c.class_dir, tp.class_prompt = c.class_prompt, tp.num_class_images = c.num_class_images;
+    tp.mode = (svdiff_train_mode_t)c.mode;
+    tp.resolution = c.resolution, tp.steps = c.steps, tp.batch_size = c.batch_size, tp.grad_accum = c.grad_accum;
+    tp.lr = c.lr, tp.lr_1d = c.lr_1d, tp.seed = c.seed;
+    tp.train_text_encoder = c.train_text_encoder, tp.rank = c.rank;
+    tp.checkpoint_every = c.checkpoint_every, tp.resume = c.resume, tp.force = c.force, tp.save_fp16 = c.save_fp16;
+    tp.svd_cache_dir = c.svd_cache_dir, tp.threads = c.threads;
+    enum { MAX_SETTINGS = 256 + 2 * CUTMIX_MAX_SUBJECTS + MAX_SAMPLE_PROMPTS };
+    static char texts[256][4200];
+    static const char *settings[MAX_SETTINGS];
+    int n = 0;
+    for (int i = 0; i < n_train_settings; i++)
+        if (set[i]) settings[n] = texts[n], setting_text(&train_settings[i].s, &c, texts[n], sizeof texts[0]), n++;
+    static char lists[2 * CUTMIX_MAX_SUBJECTS + MAX_SAMPLE_PROMPTS][4200];
+    int k = 0;
+    for (int i = 0; i < n_subjects; i++, k++) snprintf(lists[k], sizeof lists[k], "subject=%s", subjects[i]), settings[n++] = lists[k];
+    for (int i = 0; i < n_subject_classes; i++, k++)
+        snprintf(lists[k], sizeof lists[k], "subject-class=%s", subject_classes[i]), settings[n++] = lists[k];
+    for (int i = 0; i < n_samples; i++, k++) snprintf(lists[k], sizeof lists[k], "sample-prompt=%s", samples[i]), settings[n++] = lists[k];
+    tp.settings = settings, tp.n_settings = n;
+    /* --quiet: a progress callback that draws nothing (the API then draws no bar of its own); else
+     * the trainer's bar and summary on stderr, as before. Ctrl-C ends the process as before. */
+    if (c.quiet) tp.callbacks.progress = no_progress;
+    const int rc = svdiff_train(&tp);
+    if (rc) fprintf(stderr, "svdiff %s: %s\n", verb, svdiff_last_error());
     return rc ? 1 : 0;
 }
