@@ -53,6 +53,9 @@ for exe in "$WORK/hello" "$WORK/train" "$WORK/cmake-client/hello"; do
   lib=$(ldd "$exe" | sed -n 's/.*libsvdiff\.so\.0 => \([^ ]*\).*/\1/p')
   [ "$lib" -ef "$P/lib/libsvdiff.so.0" ] || fail "$exe loads libsvdiff.so.0 from '$lib', not from the install"
 done
+# the README shows the program these tests build
+awk '/^<!-- examples\/hello.c/ {on = 1; next} on && /^```c$/ {next} on && /^```$/ {exit} on' "$SRC/README.md" \
+  | cmp -s - "$SRC/examples/hello.c" || fail "README.md's listing of examples/hello.c differs from the file"
 echo "installed into $P; hello, train (pkg-config), hello-static (pkg-config --static), cmake-client/hello (svdiff::svdiff) built"
 exit 0
 fi
