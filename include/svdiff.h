@@ -254,6 +254,10 @@ SVDIFF_API int svdiff_png_write(const char *path, const uint8_t *rgb, int width,
                                 const char *parameters);
 /* Reads a PNG or JPEG into a new RGB8 image (free with svdiff_images_free(img, 1)). */
 SVDIFF_API int svdiff_image_read(const char *path, svdiff_image_t **out);
+/* The sample sheet `svdiff generate` writes for several images (cols 0 and pad 2 there): n images
+ * of one size, cols per row (<= 0: about square), pad white pixels between and around them. *out
+ * is a new image (svdiff_images_free(img, 1)); written with svdiff_png_write(..., NULL). */
+SVDIFF_API int svdiff_image_grid(const svdiff_image_t *images, int n, int cols, int pad, svdiff_image_t **out);
 
 /* ------------------------------------------------------------------------------------------ */
 /* training                                                                                    */
@@ -332,14 +336,17 @@ typedef struct {
                                             is inverted with its own prompt */
     int no_inversion;                    /* start from seeded noise instead */
     uint64_t seed;                       /* 42 */
-    svdiff_callbacks_t callbacks;        /* progress (_INVERT, _EDIT), cancel, image (index = edit) */
+    svdiff_callbacks_t callbacks;        /* progress (_INVERT, _EDIT), cancel, image (see svdiff_edit) */
 } svdiff_edit_params_t;
 
 SVDIFF_API svdiff_edit_params_t svdiff_edit_default_params(void);
 
-/* Runs the edits. out_images (may be NULL): a new array of n_edits + 1 images, the edits then the
- * reconstruction (the prompt sampled back from the inversion, eta 0, guidance 1), freed with
- * svdiff_images_free. *psnr (may be NULL): the reconstruction's PSNR in dB against the cropped input. */
+/* Runs the edits. out_images (may be NULL): a new array of n_edits + 2 images of resolution^2 pixels,
+ * freed with svdiff_images_free: [0] the input as edited (resized, centre-cropped), [1] the
+ * reconstruction (the prompt sampled back from the inversion, eta 0, guidance 1), [2 + k] edit k:
+ * the columns of `svdiff edit`'s grid. callbacks.image receives the same images with those indices
+ * once all are done. *psnr (may be NULL): the reconstruction's PSNR in dB against [0]. The cancel
+ * callback is polled before each inversion and each sampling run. */
 SVDIFF_API int svdiff_edit(svdiff_model_t *model, const svdiff_edit_params_t *params, svdiff_image_t **out_images,
                            double *psnr);
 
@@ -349,12 +356,18 @@ SVDIFF_API int svdiff_edit(svdiff_model_t *model, const svdiff_edit_params_t *pa
 /* svdiff_shifts_t: spectral shifts in memory, a UNet part and a text-encoder part (either may be
  * empty), as in a training output folder. */
 
-/* Loads a shift file (its entries under "text_model." form the text-encoder part) or a training
- * output folder (spectral_shifts.safetensors and/or spectral_shifts_te.safetensors). */
+/* Loads a shift file or a training output folder, as `svdiff shifts` reads its inputs: a file is
+ * one set (its "text_model." entries go to the text encoder when applied), a folder holds
+ * spectral_shifts.safetensors and/or spectral_shifts_te.safetensors, which must have been written
+ * together (the same pair_id). The set remembers which form it came from and each file's dtype, and
+ * the toolbox's results keep the form of their (first) input. */
 SVDIFF_API int svdiff_shifts_load(const char *path, svdiff_shifts_t **out);
-/* Saves: with both parts, `path` is a folder (made if missing) that receives the two files as
- * `svdiff train` writes them (one pair); with one part, `path` is a file unless it names a folder.
- * fp16: values stored as float16 (as --save-fp16). */
+/* The same; force: accept a folder's two files even when they were not written together. */
+SVDIFF_API int svdiff_shifts_load_ex(const char *path, int force, svdiff_shifts_t **out);
+/* Saves in the set's form: a folder's set into the folder `path` (made if missing; both parts as one
+ * pair, with the names `svdiff train` writes), a file's set into the file `path`, atomically.
+ * fp16: 1 float16 values, 0 float32, -1 the dtype each part was loaded with (a file whose tensors are
+ * all F16 stays F16; new sets are F32), which is what `svdiff shifts` writes. */
 SVDIFF_API int svdiff_shifts_save(const svdiff_shifts_t *shifts, const char *path, int fp16);
 SVDIFF_API void svdiff_shifts_free(svdiff_shifts_t *shifts);
 
@@ -364,8 +377,17 @@ SVDIFF_API int svdiff_shifts_count(const svdiff_shifts_t *shifts);
  * Pointers stay valid until the set is freed. */
 SVDIFF_API int svdiff_shifts_entry(const svdiff_shifts_t *shifts, int i, const char **name, const float **values,
                                    int *n);
-/* A metadata value of the UNet part (else the text-encoder part), or NULL. */
+/* A metadata value of the UNet part (else the text-encoder part), or NULL. Valid until the set
+ * changes or is freed. */
 SVDIFF_API const char *svdiff_shifts_meta(const svdiff_shifts_t *shifts, const char *key);
+/* Sets a metadata key of every part (copied). */
+SVDIFF_API int svdiff_shifts_set_meta(svdiff_shifts_t *shifts, const char *key, const char *value);
+/* Appends an entry to every part's "history" metadata ("; " between entries). The toolbox
+ * functions below record no history themselves; `svdiff shifts` adds e.g. "scale 0.5". */
+SVDIFF_API int svdiff_shifts_add_history(svdiff_shifts_t *shifts, const char *entry);
+
+/* The toolbox: each result is a new set (*out) the caller frees with svdiff_shifts_free; the
+ * inputs are not changed. Metadata: combine and limit_rank keep the first input's, mix `rest`'s. */
 
 /* Task arithmetic: *out = sum_k weights[k] * in[k] (weights NULL: all 1). Sets must be compatible
  * (same base model unless ignore_hash, same entries and lengths). */
