@@ -36,10 +36,16 @@ grep -q '#include "' "$P/include/svdiff.h" && fail "the installed svdiff.h inclu
 
 # three builds against the installed copy, nothing from the source tree but the examples
 [ "$(pkg-config --modversion svdiff)" = 0.1.0 ] || fail "pkg-config --modversion svdiff: $(pkg-config --modversion svdiff)"
+# a program links the library alone: its dependencies stay private to it
+libs=$(pkg-config --libs svdiff)
+[[ $libs =~ ^-L[^\ ]+\ -lsvdiff\ *$ ]] || fail "pkg-config --libs svdiff gives '$libs', not -L... -lsvdiff alone"
+grep -q INTERFACE_LINK_LIBRARIES "$P/lib/cmake/svdiff/svdiffTargets.cmake" && fail "svdiff::svdiff passes link libraries on to its users"
+# the installed header compiles clean in strict C11
+STRICT=(-std=c11 -Wall -Wextra -pedantic -Werror)
 # shellcheck disable=SC2046
-"$CC" "${CFLAGS[@]}" -o "$WORK/hello" "$SRC/examples/hello.c" $(pkg-config --cflags --libs svdiff) || fail "building hello with pkg-config failed"
+"$CC" "${STRICT[@]}" "${CFLAGS[@]}" -o "$WORK/hello" "$SRC/examples/hello.c" $(pkg-config --cflags --libs svdiff) || fail "building hello with pkg-config failed"
 # shellcheck disable=SC2046
-"$CC" "${CFLAGS[@]}" -o "$WORK/train" "$SRC/examples/train.c" $(pkg-config --cflags --libs svdiff) || fail "building train with pkg-config failed"
+"$CC" "${STRICT[@]}" "${CFLAGS[@]}" -o "$WORK/train" "$SRC/examples/train.c" $(pkg-config --cflags --libs svdiff) || fail "building train with pkg-config failed"
 # static: libsvdiff.a and the libraries of Libs.private
 # shellcheck disable=SC2046
 "$CC" "${CFLAGS[@]}" -o "$WORK/hello-static" "$SRC/examples/hello.c" $(pkg-config --cflags svdiff) \
@@ -52,6 +58,8 @@ if readelf -d "$WORK/hello-static" | grep -q 'libsvdiff\.so'; then fail "hello-s
 for exe in "$WORK/hello" "$WORK/train" "$WORK/cmake-client/hello"; do
   lib=$(ldd "$exe" | sed -n 's/.*libsvdiff\.so\.0 => \([^ ]*\).*/\1/p')
   [ "$lib" -ef "$P/lib/libsvdiff.so.0" ] || fail "$exe loads libsvdiff.so.0 from '$lib', not from the install"
+  needed=$(readelf -d "$exe" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' | grep -Ev '^(libsvdiff\.so\.0|libc\.so\.6|libasan\.so.*|libubsan\.so.*)$' || true)
+  [ -z "$needed" ] || fail "$exe needs more than libsvdiff.so.0 and libc: $needed"
 done
 # the README shows the program these tests build
 awk '/^<!-- examples\/hello.c/ {on = 1; next} on && /^```c$/ {next} on && /^```$/ {exit} on' "$SRC/README.md" \
