@@ -17,6 +17,7 @@
 #include "diffusion/diffusion.h"
 #include "io/model.h"
 #include "models/unet.h"
+#include "ops/gemm.h"
 #include "ops/ops.h"
 #include "shifts/shifts.h"
 #include "train/optim.h"
@@ -158,7 +159,7 @@ int main(int argc, char **argv) {
     svd_cache_t *cache;
     if (svd_cache_open(&cache, cache_dir, hash)) die(cache_dir);
     t0 = now();
-    if (unet_make_spectral_cached(&m, cache, 0)) die("spectral");
+    if (unet_make_spectral_stored(&m, cache, sd_compute_dtype() == SD_COMPUTE_BF16)) die("spectral");
     const double t_spectral = now() - t0;   /* includes saving the cache when it computed */
     const long n_loaded = svd_cache_loaded(cache), n_computed = svd_cache_computed(cache);
     svd_cache_close(cache);
@@ -168,13 +169,13 @@ int main(int argc, char **argv) {
     for (int i = 0; i < m.n_layers; i++) {
         const spectral_t *sp = m.layers[i]->w.sp;
         if (!sp) die("a layer stayed dense");
-        factors += (double)sp->rank * (sp->rows + sp->cols + 2);
+        factors += (double)spectral_factor_bytes(sp) + 2.0 * sp->rank * sizeof(float);   /* U, Vt; S, delta */
         n_delta += sp->rank;
     }
     printf("opened in %.2f s, hash %s in %.2f s; %d layers spectral in %.1f s (%ld from the SVD cache, %ld SVDs "
            "computed%s); factors %.0f MB\n",
            t_open, hash, t_hash, m.n_layers, t_spectral, n_loaded, n_computed, n_computed ? ", cache saved" : "",
-           factors * 4 / 1048576.0);
+           factors / 1048576.0);
     fflush(stdout);
 
     /* ---- training state ---- */
@@ -257,7 +258,7 @@ int main(int argc, char **argv) {
            "file_before_mb=%.0f factors_mb=%.0f acts_mb=%.0f scratch_peak_mb=%.0f svd_s=%.1f svd_computed=%ld "
            "svd_loaded=%ld hash_s=%.2f loss=%.5g grad_norm=%.4g max_delta=%.3g\n",
            hw, ckpt_name, B, hw, T, reps, warmup, first, median(tt, reps), times, median(tf, reps), median(tb, reps), median(to, reps),
-           proc_mb("VmHWM:"), setup_peak, rss_before, anon_before, file_before, factors * 4 / 1048576.0,
+           proc_mb("VmHWM:"), setup_peak, rss_before, anon_before, file_before, factors / 1048576.0,
            acts.n_floats * 4 / 1048576.0, scratch_peak_bytes() / 1048576.0, t_spectral, n_computed, n_loaded, t_hash,
            loss, gnorm, dmax);
     fflush(stdout);

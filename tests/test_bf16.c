@@ -347,6 +347,144 @@ static void test_spectral_linear_bf16(void **state) {
     scratch_free_all();
 }
 
+/* A copy of sp with its factors stored in bf16 (spectral_store_bf16), same S and delta. */
+static void bf16_copy(spectral_t *d, const spectral_t *sp) {
+    spectral_init_factors(d, sp->U, sp->S, sp->Vt, sp->rows, sp->cols, sp->rank);
+    memcpy(d->delta, sp->delta, sizeof(float) * sp->rank);
+    d->scale = sp->scale;
+    spectral_store_bf16(d);
+}
+
+/* fn run three ways on the spectral weight *slot: fp32 mode with fp32 factors, bf16 mode with
+ * fp32 factors (rounded by the GEMM on every call, as before bf16 storage), bf16 mode with the
+ * factors stored in bf16 (on 1 and 2 threads). The stored form must be within BF16_TOL of fp32
+ * and give the same bits as the per-call rounding: each product here is above sd_gemm's bf16
+ * threshold, so both round the same factors to the same bf16 values and run the same kernel. */
+static void compare_stored(const char *name, void (*fn)(float *, void *), void *ctx, spectral_t *slot, size_t n) {
+    float *f32 = alloc_zeros(n), *percall = alloc_zeros(n), *stored = alloc_zeros(n), *one = alloc_zeros(n);
+    fn(f32, ctx);
+    sd_set_compute_dtype(SD_COMPUTE_BF16);
+    fn(percall, ctx);
+    spectral_t fp = *slot, h;
+    bf16_copy(&h, &fp);
+    *slot = h;
+    fn(stored, ctx);
+    const int threads = omp_get_max_threads();
+    omp_set_num_threads(1);
+    fn(one, ctx);
+    omp_set_num_threads(threads);
+    *slot = fp;
+    sd_set_compute_dtype(SD_COMPUTE_FP32);
+    const double err = rel_error(stored, f32, n);
+    print_message("%-34s bf16-stored vs fp32 relative error %.2e, vs per-call bf16: %s\n", name, err,
+                  memcmp(stored, percall, sizeof(float) * n) ? "differs" : "identical bits");
+    assert_close(name, stored, f32, n, BF16_TOL);
+    assert_true(err > 1e-6);
+    assert_memory_equal(stored, percall, sizeof(float) * n);
+    assert_memory_equal(stored, one, sizeof(float) * n);
+    spectral_free(&h);
+    free(f32), free(percall), free(stored), free(one);
+}
+
+static void test_spectral_stored_bf16(void **state) {
+    (void)state;
+    if (!have_bf16()) { skip(); }
+    trng_t r;
+    trng_seed(&r, 14);
+    const int N = 128, rows = 96, cols = 160;
+    slin_t c = {.N = N};
+    float *W = alloc_normal(&r, (size_t)rows * cols, 0.1f);
+    assert_int_equal(spectral_init(&c.sp, W, rows, cols), 0);
+    for (int i = 0; i < c.sp.rank; i++) c.sp.delta[i] = 0.05f * trng_normal(&r);
+    c.inp = alloc_normal(&r, (size_t)N * cols, 1), c.dout = alloc_normal(&r, (size_t)N * rows, 1);
+    c.b = alloc_normal(&r, rows, 1);
+    compare_stored("stored spectral linear forward", slin_fwd, &c, &c.sp, (size_t)N * rows);
+    compare_stored("stored spectral linear dinp", slin_dinp, &c, &c.sp, (size_t)N * cols);
+    compare_stored("stored spectral linear ddelta", slin_ddelta, &c, &c.sp, (size_t)c.sp.rank);
+
+    /* memory: half the bytes, the fp32 arrays gone, the values those of the fp32 factors rounded */
+    spectral_t h;
+    bf16_copy(&h, &c.sp);
+    const size_t nf = (size_t)rows * c.sp.rank + (size_t)c.sp.rank * cols;
+    assert_int_equal(spectral_factor_bytes(&c.sp), nf * 4);
+    assert_int_equal(spectral_factor_bytes(&h), nf * 2);
+    assert_null(h.U);
+    assert_null(h.Vt);
+    float *u = alloc_zeros((size_t)rows * c.sp.rank), *vt = alloc_zeros((size_t)c.sp.rank * cols);
+    spectral_factors_f32(&h, u, vt);
+    for (size_t i = 0; i < (size_t)rows * c.sp.rank; i++) assert_true(u[i] == sd_bf16_to_f32(sd_f32_to_bf16(c.sp.U[i])));
+    for (size_t i = 0; i < (size_t)c.sp.rank * cols; i++) assert_true(vt[i] == sd_bf16_to_f32(sd_f32_to_bf16(c.sp.Vt[i])));
+    /* baking the stored form is the fp32 bake of the rounded values, bit for bit */
+    spectral_t rounded;
+    spectral_init_factors(&rounded, u, c.sp.S, vt, rows, cols, c.sp.rank);
+    memcpy(rounded.delta, c.sp.delta, sizeof(float) * c.sp.rank);
+    float *b1 = alloc_zeros((size_t)rows * cols), *b2 = alloc_zeros((size_t)rows * cols), *b32 = alloc_zeros((size_t)rows * cols);
+    spectral_bake(b1, W, &h);
+    spectral_bake(b2, W, &rounded);
+    spectral_bake(b32, W, &c.sp);
+    assert_memory_equal(b1, b2, sizeof(float) * rows * cols);
+    print_message("%-34s bf16-stored vs fp32 relative error %.2e\n", "stored spectral bake", rel_error(b1, b32, (size_t)rows * cols));
+    assert_close("stored spectral bake", b1, b32, (size_t)rows * cols, BF16_TOL);
+    spectral_free(&h), spectral_free(&rounded), spectral_free(&c.sp);
+    free(u), free(vt), free(b1), free(b2), free(b32);
+    free(W), free(c.inp), free(c.dout), free(c.b);
+
+    /* the conv, 3x3 (columns packed from the image) and 1x1 */
+    for (int k = 0; k < 2; k++) {
+        conv_t v = {.s = k == 0 ? (conv2d_shape_t){.B = 2, .IC = 24, .H = 16, .W = 16, .OC = 40, .KH = 3, .KW = 3,
+                                                   .stride = 1, .pad = {1, 1, 1, 1}}
+                                : (conv2d_shape_t){.B = 2, .IC = 64, .H = 16, .W = 16, .OC = 48, .KH = 1, .KW = 1,
+                                                   .stride = 1}};
+        const int K = v.s.IC * v.s.KH * v.s.KW;
+        const size_t nin = (size_t)2 * v.s.IC * 256, nout = (size_t)2 * v.s.OC * 256;
+        v.inp = alloc_normal(&r, nin, 1), v.w = alloc_normal(&r, (size_t)v.s.OC * K, 0.1f);
+        v.b = alloc_normal(&r, v.s.OC, 1), v.dout = alloc_normal(&r, nout, 1);
+        assert_int_equal(spectral_init(&v.sp, v.w, v.s.OC, K), 0);
+        for (int i = 0; i < v.sp.rank; i++) v.sp.delta[i] = 0.05f * trng_normal(&r);
+        compare_stored(k ? "stored spectral conv1x1 forward" : "stored spectral conv3x3 forward", sconv_fwd, &v, &v.sp, nout);
+        compare_stored(k ? "stored spectral conv1x1 dinp" : "stored spectral conv3x3 dinp", sconv_dinp, &v, &v.sp, nin);
+        compare_stored(k ? "stored spectral conv1x1 ddelta" : "stored spectral conv3x3 ddelta", sconv_ddelta, &v, &v.sp,
+                       (size_t)v.sp.rank);
+        spectral_free(&v.sp);
+        free(v.inp), free(v.w), free(v.b), free(v.dout);
+    }
+    scratch_free_all();
+}
+
+/* gemm_bf16h on bf16 operands gives gemm_bf16's bits on their fp32 values, for every operand
+ * orientation, full and partial tiles (odd sizes), and any thread count. */
+static void test_gemm_bf16h_matches(void **state) {
+    (void)state;
+    if (!have_bf16()) { skip(); }
+    trng_t r;
+    trng_seed(&r, 15);
+    const int M = 45, N = 70, K = 83;
+    float *A = alloc_normal(&r, (size_t)M * K, 1), *B = alloc_normal(&r, (size_t)K * N, 1);
+    uint16_t *Ah = malloc(sizeof(uint16_t) * M * K), *Bh = malloc(sizeof(uint16_t) * K * N);
+    for (int i = 0; i < M * K; i++) Ah[i] = sd_f32_to_bf16(A[i]), A[i] = sd_bf16_to_f32(Ah[i]);
+    for (int i = 0; i < K * N; i++) Bh[i] = sd_f32_to_bf16(B[i]), B[i] = sd_bf16_to_f32(Bh[i]);
+    float *want = alloc_zeros((size_t)M * N), *got = alloc_zeros((size_t)M * N);
+    const int threads = omp_get_max_threads();
+    for (int t = 0; t < 8; t++) {
+        const int ta = t & 1, tb = (t >> 1) & 1, which = t >> 2;   /* which: 0 A bf16, 1 B bf16 (then both) */
+        const CBLAS_TRANSPOSE TA = ta ? CblasTrans : CblasNoTrans, TB = tb ? CblasTrans : CblasNoTrans;
+        const int lda = ta ? M : K, ldb = tb ? K : N;
+        for (int i = 0; i < M * N; i++) want[i] = got[i] = 0.5f * (float)(i % 7);
+        gemm_bf16(TA, TB, M, N, K, 0.75f, A, lda, B, ldb, 0.5f, want, N);
+        omp_set_num_threads(1 + (t & 1));
+        gemm_bf16h(TA, TB, M, N, K, 0.75f, which ? A : NULL, which ? NULL : Ah, lda, NULL, Bh, ldb, 0.5f, got, N);
+        omp_set_num_threads(threads);
+        assert_memory_equal(want, got, sizeof(float) * M * N);
+        if (!which) {
+            for (int i = 0; i < M * N; i++) got[i] = 0.5f * (float)(i % 7);
+            gemm_bf16h(TA, TB, M, N, K, 0.75f, NULL, Ah, lda, B, NULL, ldb, 0.5f, got, N);
+            assert_memory_equal(want, got, sizeof(float) * M * N);
+        }
+    }
+    free(A), free(B), free(Ah), free(Bh), free(want), free(got);
+    scratch_free_all();
+}
+
 /* Attention stays fp32 in bf16 mode (measured: with 40-dim heads its time is the softmax and
  * the narrow products, bf16 did not speed it up, and bf16 scores doubled the output error), so
  * both modes give the same bytes. */
@@ -383,6 +521,8 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_linear_bf16),
         cmocka_unit_test(test_conv_bf16),
         cmocka_unit_test(test_spectral_linear_bf16),
+        cmocka_unit_test(test_spectral_stored_bf16),
+        cmocka_unit_test(test_gemm_bf16h_matches),
         cmocka_unit_test(test_attention_stays_fp32),
     };
     return RUN_TESTS(argc, argv, "bf16", tests, NULL, NULL);

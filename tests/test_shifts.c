@@ -15,6 +15,7 @@
 
 #include "base/error.h"
 #include "base/scratch.h"
+#include "ops/gemm.h"
 #include "pipeline/pipeline.h"
 #include "shifts/shifts.h"
 
@@ -814,6 +815,58 @@ static void test_svd_cache_reuse(void **state) {
     free(dir);
 }
 
+/* bf16 compute (unet_make_spectral_stored with bf16): the UNet's factors end up in bf16 only,
+ * read from the cache into bf16 one matrix at a time or computed (the cache still saved in
+ * fp32), and either way the bf16 rounding of the fp32 factors, bit for bit, at half the bytes. */
+static void test_svd_cache_bf16(void **state) {
+    (void)state;
+    if (!strcmp(sd_bf16_kernel(), "none")) {
+        print_message("no avx512_bf16 on this CPU: bf16 factor storage not testable\n");
+        skip();
+    }
+    char *dir = make_tmpdir(), hash[17];
+    tiny_t t;
+    tiny_open(&t);
+    assert_int_equal(model_weights_hash(&t.model, hash), 0);
+    factors_t *ref = calloc(1, sizeof *ref);
+    for (int pass = 0; pass < 3; pass++) {
+        /* 0: fp32 factors computed, the cache saved; 1: from the cache into bf16; 2: computed
+         * without a cache, then stored in bf16 */
+        if (pass) tiny_open(&t);
+        svd_cache_t *c = NULL;
+        if (pass < 2) assert_int_equal(svd_cache_open(&c, dir, hash), 0);
+        assert_int_equal(unet_make_spectral_stored(&t.unet, c, pass > 0), 0);
+        if (c) {
+            assert_int_equal(svd_cache_loaded(c), pass == 1 ? t.unet.n_layers : 0);
+            assert_int_equal(svd_cache_computed(c), pass == 0 ? t.unet.n_layers : 0);
+            svd_cache_close(c);
+        }
+        for (int i = 0; i < t.unet.n_layers; i++) {
+            const spectral_t *sp = t.unet.layers[i]->w.sp;
+            assert_non_null(sp);
+            if (pass == 0) {
+                assert_null(sp->Uh);
+                grab(ref, &t.unet.layers[i]->w);
+                continue;
+            }
+            const spectral_t *x = &ref->sp[i];
+            const size_t nu = (size_t)x->rows * x->rank, nv = (size_t)x->rank * x->cols;
+            assert_null(sp->U);
+            assert_null(sp->Vt);
+            assert_non_null(sp->Uh);
+            assert_int_equal(spectral_factor_bytes(sp) * 2, spectral_factor_bytes(x));
+            for (size_t k = 0; k < nu; k++) assert_int_equal(sp->Uh[k], sd_f32_to_bf16(x->U[k]));
+            for (size_t k = 0; k < nv; k++) assert_int_equal(sp->Vth[k], sd_f32_to_bf16(x->Vt[k]));
+            assert_memory_equal(sp->S, x->S, sizeof(float) * x->rank);
+        }
+        tiny_close(&t);
+    }
+    free_factors(ref);
+    free(ref);
+    remove_tree(dir);
+    free(dir);
+}
+
 static void test_svd_cache_corrupt(void **state) {
     (void)state;
     char *dir = make_tmpdir(), file[600];
@@ -1129,6 +1182,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_from_model_save_apply),
         cmocka_unit_test(test_hash_layouts),
         cmocka_unit_test(test_svd_cache_reuse),
+        cmocka_unit_test(test_svd_cache_bf16),
         cmocka_unit_test(test_svd_cache_corrupt),
         cmocka_unit_test(test_svd_cache_checksum),
         cmocka_unit_test(test_spec_parse),

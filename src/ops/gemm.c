@@ -207,6 +207,67 @@ BF16_TARGET static void pack_b_tile(uint16_t *dst, const float *B, int ldb, int 
             }
 }
 
+/* The same tiles from operands already stored in bf16 (row-major, leading dimension ld): the
+ * factors of a spectral weight, rounded once when they were made. Packing is then a copy and
+ * an interleave, no conversion; the tiles hold the same bits as packing the fp32 original. */
+BF16_TARGET static inline __m512i pair_rows_h(const uint16_t *a, const uint16_t *b) {
+    const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                         23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)a)),
+                                            _mm256_loadu_si256((const __m256i *)b), 1);
+    return _mm512_permutexvar_epi16(idx, both);
+}
+
+BF16_TARGET static void pack_a_tile_h(uint16_t *dst, const uint16_t *A, int lda, int trans, int M, int K,
+                                      int m0, int k0) {
+    const int full = m0 + 16 <= M && k0 + 32 <= K;
+    if (full && !trans) {
+        for (int r = 0; r < 16; r++)
+            _mm512_storeu_si512(dst + r * 32, _mm512_loadu_si512(A + (size_t)(m0 + r) * lda + k0));
+        return;
+    }
+    if (full && trans) {
+        __m512i v[16];
+        for (int j = 0; j < 16; j++) {
+            const uint16_t *src = A + (size_t)(k0 + 2 * j) * lda + m0;
+            v[j] = pair_rows_h(src, src + lda);
+        }
+        transpose16_epi32(v);
+        for (int r = 0; r < 16; r++) _mm512_storeu_si512(dst + r * 32, v[r]);
+        return;
+    }
+    for (int r = 0; r < 16; r++)
+        for (int kk = 0; kk < 32; kk++) {
+            const int m = m0 + r, k = k0 + kk;
+            dst[r * 32 + kk] = (m < M && k < K) ? (trans ? A[(size_t)k * lda + m] : A[(size_t)m * lda + k]) : 0;
+        }
+}
+
+BF16_TARGET static void pack_b_tile_h(uint16_t *dst, const uint16_t *B, int ldb, int trans, int K, int N,
+                                      int k0, int n0) {
+    const int full = n0 + 16 <= N && k0 + 32 <= K;
+    if (full && !trans) {
+        for (int kp = 0; kp < 16; kp++) {
+            const uint16_t *r0 = B + (size_t)(k0 + 2 * kp) * ldb + n0;
+            _mm512_storeu_si512(dst + kp * 32, pair_rows_h(r0, r0 + ldb));
+        }
+        return;
+    }
+    if (full && trans) {
+        __m512i v[16];
+        for (int n = 0; n < 16; n++) v[n] = _mm512_loadu_si512(B + (size_t)(n0 + n) * ldb + k0);
+        transpose16_epi32(v);
+        for (int kp = 0; kp < 16; kp++) _mm512_storeu_si512(dst + kp * 32, v[kp]);
+        return;
+    }
+    for (int kp = 0; kp < 16; kp++)
+        for (int n = 0; n < 16; n++)
+            for (int j = 0; j < 2; j++) {
+                const int k = k0 + 2 * kp + j, nn = n0 + n;
+                dst[kp * 32 + n * 2 + j] = (k < K && nn < N) ? (trans ? B[(size_t)nn * ldb + k] : B[(size_t)k * ldb + nn]) : 0;
+            }
+}
+
 /* The B operand of a convolution, im2col(img)[K = IC*KH*KW, P = OH*OW], packed straight from
  * the image: col(k, p) = img[c, oy*stride + ky - top, ox*stride + kx - left] (0 outside), with
  * k = (c*KH + ky)*KW + kx and p = oy*OW + ox, as im2col() in conv2d.c lays it out. */
@@ -261,16 +322,31 @@ BF16_TARGET static void pack_b_tile_im2col(uint16_t *dst, const float *img, cons
         }
 }
 
-/* Where the B operand comes from: a matrix (op(B) as in cblas), or the columns of a convolution. */
+/* Where the A operand comes from: an fp32 matrix (op(A) as in cblas) or a bf16 one (Ah). */
+typedef struct {
+    const float *A;
+    const uint16_t *Ah;          /* non-NULL: the operand is stored in bf16 */
+    int lda, trans;
+} asrc_t;
+
+/* Where the B operand comes from: an fp32 or bf16 matrix (op(B) as in cblas), or the columns
+ * of a convolution. */
 typedef struct {
     const float *B;
+    const uint16_t *Bh;          /* non-NULL: the operand is stored in bf16 */
     int ldb, trans;
     const float *img;            /* non-NULL: im2col of this image with shape *cs */
     const conv2d_shape_t *cs;
 } bsrc_t;
 
+BF16_TARGET static void pack_a_any(uint16_t *dst, const asrc_t *a, int M, int K, int m0, int k0) {
+    if (a->Ah) pack_a_tile_h(dst, a->Ah, a->lda, a->trans, M, K, m0, k0);
+    else pack_a_tile(dst, a->A, a->lda, a->trans, M, K, m0, k0);
+}
+
 BF16_TARGET static void pack_b_any(uint16_t *dst, const bsrc_t *b, int K, int N, int k0, int n0) {
     if (b->img) pack_b_tile_im2col(dst, b->img, b->cs, K, N, k0, n0);
+    else if (b->Bh) pack_b_tile_h(dst, b->Bh, b->ldb, b->trans, K, N, k0, n0);
     else pack_b_tile(dst, b->B, b->ldb, b->trans, K, N, k0, n0);
 }
 
@@ -360,10 +436,9 @@ BF16_TARGET static void avx512_block(float *acc, int ldc, const uint16_t *Ap, co
  * cache while the blocks of the panel use it. */
 #define PANEL 1024
 
-static void gemm_bf16_x86(CBLAS_TRANSPOSE ta, int M, int N, int K, float alpha, const float *A, int lda,
-                          const bsrc_t *bs, float beta, float *C, int ldc, int use_amx) {
+static void gemm_bf16_x86(int M, int N, int K, float alpha, const asrc_t *as, const bsrc_t *bs, float beta,
+                          float *C, int ldc, int use_amx) {
     const int KB = (K + 31) / 32, Mp = round_up(M, 32), Np = round_up(N, 32);
-    const int transA = ta != CblasNoTrans;
     const int nested = omp_in_parallel();
     const int stream_b = N >= M;   /* B is packed per panel of columns, A once (else the reverse) */
     const int total = stream_b ? Np : Mp, pw_max = total < PANEL ? total : PANEL;
@@ -384,7 +459,7 @@ static void gemm_bf16_x86(CBLAS_TRANSPOSE ta, int M, int N, int K, float alpha, 
         for (long t = 0; t < ta_tiles + tb_tiles; t++) {
             if (t < ta_tiles) {
                 const int mt = (int)(t / KB), kb = (int)(t % KB);
-                pack_a_tile(Ap + t * TILE_ELEMS, A, lda, transA, M, K, m_lo + mt * 16, kb * 32);
+                pack_a_any(Ap + t * TILE_ELEMS, as, M, K, m_lo + mt * 16, kb * 32);
             } else {
                 const long u = t - ta_tiles;
                 const int nt = (int)(u / KB), kb = (int)(u % KB);
@@ -439,8 +514,9 @@ void gemm_bf16(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, floa
     const int k = kernel();
 #ifdef SD_HAVE_X86_BF16
     if (k != KERNEL_NONE && K > 0) {
+        const asrc_t as = {.A = A, .lda = lda, .trans = ta != CblasNoTrans};
         const bsrc_t bs = {.B = B, .ldb = ldb, .trans = tb != CblasNoTrans};
-        gemm_bf16_x86(ta, M, N, K, alpha, A, lda, &bs, beta, C, ldc, k == KERNEL_AMX);
+        gemm_bf16_x86(M, N, K, alpha, &as, &bs, beta, C, ldc, k == KERNEL_AMX);
         return;
     }
 #endif
@@ -457,12 +533,48 @@ void gemm_bf16_im2col(int M, float alpha, const float *A, int lda, const float *
 #ifdef SD_HAVE_X86_BF16
     const int K = s->IC * s->KH * s->KW, N = conv2d_out_h(s) * conv2d_out_w(s);
     if (kernel() != KERNEL_NONE) {
+        const asrc_t as = {.A = A, .lda = lda};
         const bsrc_t bs = {.img = img, .cs = s};
-        gemm_bf16_x86(CblasNoTrans, M, N, K, alpha, A, lda, &bs, beta, C, N, kernel() == KERNEL_AMX);
+        gemm_bf16_x86(M, N, K, alpha, &as, &bs, beta, C, N, kernel() == KERNEL_AMX);
         return;
     }
 #endif
     SD_CHECK(0, "gemm_bf16_im2col needs a bf16 kernel (check sd_gemm_uses_bf16 first)");
+}
+
+void gemm_bf16h(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha, const float *A,
+                const uint16_t *Ah, int lda, const float *B, const uint16_t *Bh, int ldb, float beta, float *C,
+                int ldc) {
+    SD_CHECK(!A != !Ah && !B != !Bh, "gemm_bf16h takes each operand in exactly one dtype");
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {   /* C = beta C (beta 0: C is only written) */
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[(size_t)i * ldc + j];
+        return;
+    }
+#ifdef SD_HAVE_X86_BF16
+    if (kernel() != KERNEL_NONE) {
+        const asrc_t as = {.A = A, .Ah = Ah, .lda = lda, .trans = ta != CblasNoTrans};
+        const bsrc_t bs = {.B = B, .Bh = Bh, .ldb = ldb, .trans = tb != CblasNoTrans};
+        gemm_bf16_x86(M, N, K, alpha, &as, &bs, beta, C, ldc, kernel() == KERNEL_AMX);
+        return;
+    }
+#endif
+    SD_CHECK(0, "gemm_bf16h needs a bf16 kernel (operands are only stored in bf16 when there is one)");
+}
+
+void gemm_bf16h_im2col(int M, float alpha, const uint16_t *Ah, int lda, const float *img, const conv2d_shape_t *s,
+                       float beta, float *C) {
+#ifdef SD_HAVE_X86_BF16
+    const int K = s->IC * s->KH * s->KW, N = conv2d_out_h(s) * conv2d_out_w(s);
+    if (kernel() != KERNEL_NONE) {
+        const asrc_t as = {.Ah = Ah, .lda = lda};
+        const bsrc_t bs = {.img = img, .cs = s};
+        gemm_bf16_x86(M, N, K, alpha, &as, &bs, beta, C, N, kernel() == KERNEL_AMX);
+        return;
+    }
+#endif
+    SD_CHECK(0, "gemm_bf16h_im2col needs a bf16 kernel");
 }
 
 void sd_gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha,

@@ -44,6 +44,19 @@ void gemm_bf16_im2col(int M, float alpha, const float *A, int lda, const float *
 void gemm_bf16(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha,
                const float *A, int lda, const float *B, int ldb, float beta, float *C, int ldc);
 
+/* gemm_bf16 with operands that may be stored in bf16 already (row-major, leading dimension
+ * lda / ldb): for each of A and B exactly one of the fp32 pointer and the bf16 one (Ah, Bh) is
+ * given. Used for the factors of spectral weights, rounded once when they were made: the packed
+ * tiles hold the same bits as gemm_bf16 packing their fp32 originals, so the result is that of
+ * gemm_bf16 on the rounded operands, bit for bit, and as deterministic. Needs a bf16 kernel
+ * (sd_bf16_kernel() != "none"); any shape (no size threshold). */
+void gemm_bf16h(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha, const float *A,
+                const uint16_t *Ah, int lda, const float *B, const uint16_t *Bh, int ldb, float beta, float *C,
+                int ldc);
+/* gemm_bf16_im2col with a bf16 A[M, K] (row stride lda). Needs a bf16 kernel. */
+void gemm_bf16h_im2col(int M, float alpha, const uint16_t *Ah, int lda, const float *img, const conv2d_shape_t *s,
+                       float beta, float *C);
+
 /* fp32 -> bf16, round to nearest even; subnormals flush to signed zero (as the AVX512-BF16
  * conversion instructions do, so scalar and vector paths agree); NaN stays NaN. */
 static inline uint16_t sd_f32_to_bf16(float f) {

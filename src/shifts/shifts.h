@@ -102,6 +102,10 @@ uint64_t bytes_hash64(const void *p, size_t n, uint64_t seed);
  * fatal. */
 int svd_cache_open(svd_cache_t **c, const char *dir, const char *model_hash);  /* creates dir */
 void svd_cache_close(svd_cache_t *c);
+/* on: every entry svd_cache_lookup reads from the file is then stored in bf16
+ * (spectral_store_bf16) as soon as it is read, so the fp32 factors of the whole model never
+ * exist together. For bf16 compute; c may be NULL. */
+void svd_cache_set_bf16(svd_cache_t *c, int on);
 /* Makes `w` spectral from cached factors of `n` if present (returns 1), else 0. */
 int svd_cache_lookup(svd_cache_t *c, const shift_name_t *n, weight_t *w, int keep_base);
 /* Records the factors of a spectral weight for the next save. The factors are referenced,
@@ -127,6 +131,10 @@ void svd_cache_default_dir(char *buf, size_t cap);
  * cache that cannot be written is a warning on stderr, not an error).
  * Progress bar over layers on stderr and the total time. cache may be NULL (plain SVDs). */
 int unet_make_spectral_cached(unet_t *m, svd_cache_t *cache, int keep_base);
+/* unet_make_spectral_cached without the base, the factors then stored in bf16 when bf16 != 0
+ * (bf16 compute): read from the cache into bf16 one matrix at a time, computed ones converted
+ * after the cache has saved them in fp32. The training form of `svdiff train` and its bench. */
+int unet_make_spectral_stored(unet_t *m, svd_cache_t *cache, int bf16);
 /* The text-encoder twin; which: CLIP_SPECTRAL_LINEARS | CLIP_SPECTRAL_EMBEDDINGS. */
 int clip_make_spectral_cached(clip_t *m, svd_cache_t *cache, unsigned which, int keep_base);
 

@@ -36,7 +36,12 @@ struct svd_cache {
     cache_put_t *put;       /* factors computed since the last save */
     long loaded, computed;
     int save_failed;        /* a save by run_finish failed: warned once, not retried */
+    int store_bf16;         /* factors read from the file are stored in bf16 (svd_cache_set_bf16) */
 };
+
+void svd_cache_set_bf16(svd_cache_t *c, int on) {
+    if (c) c->store_bf16 = on;
+}
 
 static char *xstrdup(const char *s) {
     size_t n = strlen(s) + 1;
@@ -209,7 +214,7 @@ int svd_cache_lookup(svd_cache_t *c, const shift_name_t *n, weight_t *w, int kee
     if (!c || w->kind != WEIGHT_DENSE) return 0;
     const int rows = w->rows, cols = w->cols, rank = rows < cols ? rows : cols;
     const cache_put_t *p = find_put(c, n->component, n->path);
-    if (p && p->sp->rows == rows && p->sp->cols == cols && p->sp->rank == rank) {
+    if (p && p->sp->U && p->sp->rows == rows && p->sp->cols == cols && p->sp->rank == rank) {
         weight_make_spectral_from(w, p->sp->U, p->sp->S, p->sp->Vt, rank, keep_base);
         c->loaded++;
         return 1;
@@ -232,6 +237,7 @@ int svd_cache_lookup(svd_cache_t *c, const shift_name_t *n, weight_t *w, int kee
     float *tu, *ts, *tv;
     const float *u = aligned_f32(U, &tu), *s = aligned_f32(S, &ts), *v = aligned_f32(Vt, &tv);
     weight_make_spectral_from(w, u, s, v, rank, keep_base);
+    if (c->store_bf16) spectral_store_bf16(w->sp);   /* one matrix in fp32 at a time, not the whole set */
     free(tu), free(ts), free(tv);
     /* copied: without this the 4 GB cache file of an SD 1.5 UNet stays resident next to
      * the 4 GB of factors (measured: 8.3 GB set-up peak) */
@@ -403,6 +409,15 @@ int unet_make_spectral_cached(unet_t *m, svd_cache_t *cache, int keep_base) {
     }
     if (rc) rc = sd_error_wrap(rc, "unet");
     return run_finish(&r, cache, rc);
+}
+
+int unet_make_spectral_stored(unet_t *m, svd_cache_t *cache, int bf16) {
+    svd_cache_set_bf16(cache, bf16);
+    int rc = unet_make_spectral_cached(m, cache, 0);
+    svd_cache_set_bf16(cache, 0);
+    for (int i = 0; !rc && bf16 && i < m->n_layers; i++)   /* those computed, now that the cache has them */
+        if (m->layers[i]->w.kind == WEIGHT_SPECTRAL) spectral_store_bf16(m->layers[i]->w.sp);
+    return rc;
 }
 
 typedef struct {

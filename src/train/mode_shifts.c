@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 
 #include "base/error.h"
+#include "ops/gemm.h"
 #include "shifts/shifts.h"
 #include "train/train_mode.h"
 
@@ -16,7 +17,7 @@ static void round_bf16(float *x, size_t n) {
 }
 
 static void round_factors(weight_t *w) {
-    if (w->kind != WEIGHT_SPECTRAL) return;
+    if (w->kind != WEIGHT_SPECTRAL || w->sp->Uh) return;   /* bf16-stored: rounded already */
     round_bf16(w->sp->U, (size_t)w->sp->rows * w->sp->rank);
     round_bf16(w->sp->Vt, (size_t)w->sp->rank * w->sp->cols);
 }
@@ -40,7 +41,11 @@ static int shifts_prepare(const train_model_t *m) {
         fprintf(stderr, "warning: SVD cache in %s unusable (%s): computing the SVD without it\n", dir, sd_last_error());
         cache = NULL;
     }
-    int rc = unet_make_spectral_cached(&p->unet, cache, 0);
+    /* bf16 compute: the UNet's factors are stored in bf16, those read from the cache as they are
+     * read, those computed here after the cache has saved them (half the memory; the bf16 GEMM
+     * packs them without converting). The text encoder keeps fp32 factors (its embeddings read
+     * U rows directly). */
+    int rc = unet_make_spectral_stored(&p->unet, cache, sd_compute_dtype() == SD_COMPUTE_BF16);
     if (!rc && c->train_text_encoder)
         rc = clip_make_spectral_cached(&p->clip, cache, CLIP_SPECTRAL_LINEARS | CLIP_SPECTRAL_EMBEDDINGS, 0);
     if (cache) svd_cache_close(cache);

@@ -51,6 +51,7 @@ int spectral_init(spectral_t *sp, const float *W, int rows, int cols) {
 void spectral_init_factors(spectral_t *sp, const float *U, const float *S, const float *Vt,
                            int rows, int cols, int rank) {
     SD_CHECK(rank > 0 && rank <= rows && rank <= cols, "rank %d for a %d x %d matrix", rank, rows, cols);
+    memset(sp, 0, sizeof *sp);
     sp->rows = rows, sp->cols = cols, sp->rank = rank, sp->scale = 1.0f;
     sp->U = sd_xmalloc((size_t)rows * rank * sizeof(float));
     sp->S = sd_xmalloc((size_t)rank * sizeof(float));
@@ -65,8 +66,64 @@ void spectral_free(spectral_t *sp) {
     free(sp->U);
     free(sp->S);
     free(sp->Vt);
+    free(sp->Uh);
+    free(sp->Vth);
     free(sp->delta);
     memset(sp, 0, sizeof *sp);
+}
+
+static uint16_t *to_bf16(const float *x, size_t n) {
+    uint16_t *h = sd_xmalloc(n * sizeof *h);
+#pragma omp parallel for schedule(static) if (n > (1u << 18))
+    for (size_t i = 0; i < n; i++) h[i] = sd_f32_to_bf16(x[i]);
+    return h;
+}
+
+static void from_bf16(float *x, const uint16_t *h, size_t n) {
+    for (size_t i = 0; i < n; i++) x[i] = sd_bf16_to_f32(h[i]);
+}
+
+void spectral_store_bf16(spectral_t *sp) {
+    if (sp->Uh) return;
+    SD_CHECK(strcmp(sd_bf16_kernel(), "none"), "bf16 factors need a CPU with avx512_bf16");
+    sp->Uh = to_bf16(sp->U, (size_t)sp->rows * sp->rank);
+    sp->Vth = to_bf16(sp->Vt, (size_t)sp->rank * sp->cols);
+    free(sp->U);
+    free(sp->Vt);
+    sp->U = sp->Vt = NULL;
+}
+
+size_t spectral_factor_bytes(const spectral_t *sp) {
+    const size_t n = (size_t)sp->rows * sp->rank + (size_t)sp->rank * sp->cols;
+    return n * (sp->Uh ? sizeof(uint16_t) : sizeof(float));
+}
+
+void spectral_factors_f32(const spectral_t *sp, float *U, float *Vt) {
+    const size_t nu = (size_t)sp->rows * sp->rank, nv = (size_t)sp->rank * sp->cols;
+    if (U) sp->Uh ? from_bf16(U, sp->Uh, nu) : (void)memcpy(U, sp->U, nu * sizeof(float));
+    if (Vt) sp->Vth ? from_bf16(Vt, sp->Vth, nv) : (void)memcpy(Vt, sp->Vt, nv * sizeof(float));
+}
+
+/* C = alpha op(A) op(B) + beta C where A or B may be a factor stored in bf16 (Ah / Bh): those
+ * products take the bf16 kernel straight from the stored bits; the others sd_gemm. */
+static void fgemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, float alpha, const float *A,
+                  const uint16_t *Ah, int lda, const float *B, const uint16_t *Bh, int ldb, float beta, float *C,
+                  int ldc) {
+    if (Ah || Bh) gemm_bf16h(ta, tb, M, N, K, alpha, A, Ah, lda, B, Bh, ldb, beta, C, ldc);
+    else sd_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+/* z[r, P] = Vt[r, K] @ im2col(x)[K, P] for one image: a conv with the rank right-singular kernels. */
+static void vt_image_gemm(float *z, const spectral_t *sp, const float *x, const conv2d_shape_t *s) {
+    if (!sp->Vth) {
+        conv2d_image_gemm(z, sp->rank, sp->Vt, x, s, 0.0f);
+        return;
+    }
+    const int P = conv2d_out_h(s) * conv2d_out_w(s), K = sp->cols;
+    if (conv2d_is_pointwise(s))
+        gemm_bf16h(CblasNoTrans, CblasNoTrans, sp->rank, P, K, 1.0f, NULL, sp->Vth, K, x, NULL, P, 0.0f, z, P);
+    else
+        gemm_bf16h_im2col(sp->rank, 1.0f, sp->Vth, K, x, s, 0.0f, z);
 }
 
 void spectral_coeffs(float *c, const spectral_t *sp, int with_residual) {
@@ -81,12 +138,20 @@ void spectral_bake(float *Weff, const float *W, const spectral_t *sp) {
     scratch_mark_t mark = scratch_mark();
     float *c = scratch_floats(r);
     float *Uc = scratch_floats((size_t)rows * r);
+    const float *Vt = sp->Vt;
+    if (sp->Uh) {   /* bf16 factors: their values widened, the product in fp32 as for fp32 ones */
+        float *v = scratch_floats((size_t)r * cols);
+        spectral_factors_f32(sp, Uc, v);
+        Vt = v;
+    } else {
+        memcpy(Uc, sp->U, (size_t)rows * r * sizeof(float));
+    }
     spectral_coeffs(c, sp, W != NULL);
     for (int i = 0; i < rows; i++)
-        for (int k = 0; k < r; k++) Uc[(size_t)i * r + k] = sp->U[(size_t)i * r + k] * c[k];
+        for (int k = 0; k < r; k++) Uc[(size_t)i * r + k] *= c[k];
     if (W) memcpy(Weff, W, (size_t)rows * cols * sizeof(float));
     /* Weff[rows, cols] (+)= (U diag(c))[rows, r] @ Vt[r, cols] */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, cols, r, 1.0f, Uc, r, sp->Vt,
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, cols, r, 1.0f, Uc, r, Vt,
                 cols, W ? 1.0f : 0.0f, Weff, cols);
     scratch_release(mark);
 }
@@ -127,8 +192,8 @@ void spectral_linear_forward(float *out, const float *inp, const float *W, const
     float *z = scratch_floats((size_t)N * r);
     spectral_coeffs(c, sp, W != NULL);
     /* z[N, r] = inp[N, cols] @ Vt^T, scaled per singular value */
-    sd_gemm(CblasNoTrans, CblasTrans, N, r, cols, 1.0f, inp, cols, sp->Vt, cols,
-            0.0f, z, r);
+    fgemm(CblasNoTrans, CblasTrans, N, r, cols, 1.0f, inp, NULL, cols, sp->Vt, sp->Vth, cols,
+          0.0f, z, r);
     for (long t = 0; t < N; t++)
         for (int i = 0; i < r; i++) z[t * r + i] *= c[i];
     if (W)
@@ -136,8 +201,8 @@ void spectral_linear_forward(float *out, const float *inp, const float *W, const
     else if (bias)
         for (long t = 0; t < N; t++) memcpy(out + t * rows, bias, sizeof(float) * rows);
     /* out[N, rows] += z @ U^T */
-    sd_gemm(CblasNoTrans, CblasTrans, N, rows, r, 1.0f, z, r, sp->U, r,
-            (W || bias) ? 1.0f : 0.0f, out, rows);
+    fgemm(CblasNoTrans, CblasTrans, N, rows, r, 1.0f, z, NULL, r, sp->U, sp->Uh, r,
+          (W || bias) ? 1.0f : 0.0f, out, rows);
     scratch_release(mark);
 }
 
@@ -150,12 +215,12 @@ void spectral_linear_backward(float *dinp, float *ddelta, float *dbias, const fl
     scratch_mark_t mark = scratch_mark();
     /* g[N, r] = dout[N, rows] @ U: the output gradient in the singular basis */
     float *g = scratch_floats((size_t)N * r);
-    sd_gemm(CblasNoTrans, CblasNoTrans, N, r, rows, 1.0f, dout, rows, sp->U, r,
-            0.0f, g, r);
+    fgemm(CblasNoTrans, CblasNoTrans, N, r, rows, 1.0f, dout, NULL, rows, sp->U, sp->Uh, r,
+          0.0f, g, r);
     if (ddelta) {
         float *z = scratch_floats((size_t)N * r);  /* recomputed rather than kept from forward */
-        sd_gemm(CblasNoTrans, CblasTrans, N, r, cols, 1.0f, inp, cols, sp->Vt,
-                cols, 0.0f, z, r);
+        fgemm(CblasNoTrans, CblasTrans, N, r, cols, 1.0f, inp, NULL, cols, sp->Vt, sp->Vth,
+              cols, 0.0f, z, r);
         accumulate_ddelta(ddelta, z, g, sp, N, 1);
     }
     if (dinp) {
@@ -168,8 +233,8 @@ void spectral_linear_backward(float *dinp, float *ddelta, float *dbias, const fl
             for (long t = 0; t < N; t++)
                 for (int i = 0; i < r; i++) g[t * r + i] *= c[i];
             /* dinp[N, cols] += (c * g)[N, r] @ Vt */
-            sd_gemm(CblasNoTrans, CblasNoTrans, N, cols, r, 1.0f, g, r, sp->Vt,
-                    cols, 1.0f, dinp, cols);
+            fgemm(CblasNoTrans, CblasNoTrans, N, cols, r, 1.0f, g, NULL, r, sp->Vt, sp->Vth,
+                  cols, 1.0f, dinp, cols);
         }
     }
     scratch_release(mark);
@@ -193,15 +258,15 @@ void spectral_conv2d_forward(float *out, const float *inp, const float *W, const
         const float *x = inp + (size_t)b * s->IC * s->H * s->W;
         float *y = out + (size_t)b * OC * P;
         /* z[r, P] = Vt[r, K] @ col[K, P]: a conv with the rank right-singular kernels */
-        conv2d_image_gemm(z, r, sp->Vt, x, s, 0.0f);
+        vt_image_gemm(z, sp, x, s);
         for (int i = 0; i < r; i++)
             for (int p = 0; p < P; p++) z[(size_t)i * P + p] *= c[i];
         if (!W && bias)
             for (int o = 0; o < OC; o++)
                 for (int p = 0; p < P; p++) y[(size_t)o * P + p] = bias[o];
         /* y[OC, P] += U[OC, r] @ z: the 1x1 conv with the left singular vectors */
-        sd_gemm(CblasNoTrans, CblasNoTrans, OC, P, r, 1.0f, sp->U, r, z, P,
-                (W || bias) ? 1.0f : 0.0f, y, P);
+        fgemm(CblasNoTrans, CblasNoTrans, OC, P, r, 1.0f, sp->U, sp->Uh, r, z, NULL, P,
+              (W || bias) ? 1.0f : 0.0f, y, P);
     }
     scratch_release(mark);
 }
@@ -227,10 +292,10 @@ void spectral_conv2d_backward(float *dinp, float *ddelta, float *dbias, const fl
         const float *x = inp + (size_t)b * s->IC * s->H * s->W;
         const float *dy = dout + (size_t)b * OC * P;
         /* g[r, P] = U^T @ dy */
-        sd_gemm(CblasTrans, CblasNoTrans, r, P, OC, 1.0f, sp->U, r, dy, P,
-                0.0f, g, P);
+        fgemm(CblasTrans, CblasNoTrans, r, P, OC, 1.0f, sp->U, sp->Uh, r, dy, NULL, P,
+              0.0f, g, P);
         if (ddelta) {   /* z = Vt @ col, recomputed rather than kept from forward */
-            conv2d_image_gemm(z, r, sp->Vt, x, s, 0.0f);
+            vt_image_gemm(z, sp, x, s);
             accumulate_ddelta(ddelta, z, g, sp, P, 0);
         }
         if (factored_dinp) {
@@ -238,8 +303,8 @@ void spectral_conv2d_backward(float *dinp, float *ddelta, float *dbias, const fl
             for (int i = 0; i < r; i++)
                 for (int p = 0; p < P; p++) g[(size_t)i * P + p] *= c[i];
             /* dcol[K, P] = Vt^T @ (c * g), scattered back into the image */
-            sd_gemm(CblasTrans, CblasNoTrans, K, P, r, 1.0f, sp->Vt, K, g, P,
-                    pointwise ? 1.0f : 0.0f, pointwise ? dx : col, P);
+            fgemm(CblasTrans, CblasNoTrans, K, P, r, 1.0f, sp->Vt, sp->Vth, K, g, NULL, P,
+                  pointwise ? 1.0f : 0.0f, pointwise ? dx : col, P);
             if (!pointwise) col2im_add(dx, col, s);
         }
     }

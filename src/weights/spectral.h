@@ -15,11 +15,15 @@
 
 #include "ops/ops.h"
 
+#include <stddef.h>
+#include <stdint.h>
+
 typedef struct {
     int rows, cols, rank;  /* rank = min(rows, cols) */
-    float *U;              /* [rows, rank] */
+    float *U;              /* [rows, rank]; NULL when stored in bf16 (Uh) */
     float *S;              /* [rank], descending, >= 0 */
-    float *Vt;             /* [rank, cols] (V^T) */
+    float *Vt;             /* [rank, cols] (V^T); NULL when stored in bf16 (Vth) */
+    uint16_t *Uh, *Vth;    /* the same factors in bf16 (spectral_store_bf16), else NULL */
     float *delta;          /* [rank], the trained shift, starts at 0 */
     float scale;           /* s: 1 in training, any real at inference */
 } spectral_t;
@@ -31,6 +35,16 @@ int spectral_init(spectral_t *sp, const float *W, int rows, int cols);
 void spectral_init_factors(spectral_t *sp, const float *U, const float *S, const float *Vt,
                            int rows, int cols, int rank);
 void spectral_free(spectral_t *sp);
+/* Stores U and Vt in bf16 (rounded to nearest even, once) and frees the fp32 copies: half the
+ * memory, and the bf16 GEMM packs them without converting (gemm_bf16h). For bf16 compute only:
+ * needs a bf16 kernel (SD_CHECK). Products then always take the bf16 kernel, baking rounds
+ * nothing more (fp32 GEMM on the bf16 values). No-op when already stored in bf16. */
+void spectral_store_bf16(spectral_t *sp);
+/* Bytes held by U and Vt (in whichever dtype they are stored). */
+size_t spectral_factor_bytes(const spectral_t *sp);
+/* U and Vt as fp32 into caller buffers [rows, rank] / [rank, cols] (either may be NULL):
+ * a copy, or the bf16 values widened. */
+void spectral_factors_f32(const spectral_t *sp, float *U, float *Vt);
 
 /* c[rank] = ReLU(sigma + s*delta) - (with_residual ? sigma : 0). */
 void spectral_coeffs(float *c, const spectral_t *sp, int with_residual);
