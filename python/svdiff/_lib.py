@@ -1,0 +1,86 @@
+"""Finds and loads libsvdiff.so (ctypes); the C functions' prototypes are declared in _api.py.
+
+Where the library is looked for, first found wins:
+  1. the SVDIFF_LIB environment variable: the library file itself, or a folder holding it;
+  2. next to this package (a copy placed in svdiff/ beside __init__.py);
+  3. the build trees of a source checkout this package sits in (python/../build*, newest first);
+  4. the system loader (ldconfig's cache, LD_LIBRARY_PATH): libsvdiff.so.0 then libsvdiff.so.
+The library is loaded on first use, so `import svdiff` works without it and says why later.
+"""
+import ctypes
+import ctypes.util
+import glob
+import os
+
+_NAMES = ("libsvdiff.so", "libsvdiff.so.0")
+
+
+class LibraryNotFound(OSError):
+    """libsvdiff.so could not be found or loaded; the message lists the places tried."""
+
+
+def _in_folder(folder):
+    for name in _NAMES:
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def candidates():
+    """The library paths to try, in order, each with where it came from."""
+    out = []
+    env = os.environ.get("SVDIFF_LIB")
+    if env:
+        out.append(("SVDIFF_LIB", _in_folder(env) if os.path.isdir(env) else env))
+    here = os.path.dirname(os.path.abspath(__file__))
+    found = _in_folder(here)
+    if found:
+        out.append(("package folder", found))
+    root = os.path.dirname(os.path.dirname(here))   # python/svdiff -> the checkout
+    if os.path.isfile(os.path.join(root, "CMakeLists.txt")):
+        trees = [_in_folder(d) for d in glob.glob(os.path.join(root, "build*"))]
+        for path in sorted(filter(None, trees), key=os.path.getmtime, reverse=True):
+            out.append(("build tree", path))
+    for name in ("libsvdiff.so.0", "libsvdiff.so"):
+        out.append(("system loader", name))
+    found = ctypes.util.find_library("svdiff")
+    if found:
+        out.append(("system loader", found))
+    return out
+
+
+_lib = None
+_path = None
+
+
+def load():
+    """The loaded library (a ctypes.CDLL), loading it on the first call."""
+    global _lib, _path
+    if _lib is not None:
+        return _lib
+    tried = []
+    env = os.environ.get("SVDIFF_LIB")
+    for origin, path in candidates():
+        if path is None:
+            tried.append("%s=%s (no %s in that folder)" % (origin, env, " or ".join(_NAMES)))
+            continue
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError as e:
+            tried.append("%s: %s" % (origin, e))
+            if origin == "SVDIFF_LIB":   # an explicit choice that fails is not silently replaced
+                break
+            continue
+        from . import _api
+        _api.declare(lib)
+        _lib, _path = lib, path
+        return lib
+    raise LibraryNotFound("libsvdiff.so not found or not loadable; tried: " + "; ".join(tried) +
+                          " (build it with `scripts/build.sh release`, or set SVDIFF_LIB)")
+
+
+def path():
+    """The file the library was loaded from (loads it if needed)."""
+    load()
+    return _path

@@ -1,0 +1,38 @@
+"""What the binding tests share: paths from ctest's environment, a scratch folder per test, and
+running the svdiff CLI (the reference the bindings must match byte for byte)."""
+import os
+import shutil
+import subprocess
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCE = os.environ.get("SVDIFF_SOURCE_DIR") or os.path.dirname(os.path.dirname(HERE))
+MODEL = os.path.join(SOURCE, "models", "emoji-32")            # the default model
+TINY = os.path.join(SOURCE, "tests", "fixtures", "tiny-sd", "diffusers")
+SUBJECT = os.path.join(SOURCE, "models", "demo-subjects", "cat", "google")
+CLI = os.environ.get("SVDIFF_CLI")
+WORK = os.environ.get("SVDIFF_TEST_WORK") or os.path.join("/tmp", "svdiff-python-tests-%d" % os.getpid())
+
+
+def scratch(name):
+    """An empty folder for one test."""
+    path = os.path.join(WORK, name)
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path)
+    return path
+
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def cli(*args):
+    """Runs `svdiff ARGS`; fails the test with its stderr when it exits non-zero."""
+    if not CLI:
+        raise unittest.SkipTest("SVDIFF_CLI (the svdiff binary) is not set")
+    p = subprocess.run([CLI] + [str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    if p.returncode != 0:
+        raise AssertionError("svdiff %s exited %d: %s" % (" ".join(map(str, args)), p.returncode,
+                                                          p.stderr.decode(errors="replace")))
+    return p
