@@ -1,19 +1,390 @@
-/* libsvdiff: the public entry point. For now the library's API is its engine layers, each in
- * its own header (included below): safetensors I/O, operators with forward and backward,
- * weight kinds with spectral shifts, the optimizer. Functions return 0 or a negative
- * SD_ERR_* code and leave a message for sd_last_error(). Link with -lsvdiff plus OpenBLAS,
- * LAPACKE, cJSON and OpenMP (see CMakeLists.txt). */
+/* svdiff: the public C API of libsvdiff.
+ *
+ * A small, stable interface over the library: open a Stable Diffusion model, generate images,
+ * apply and remove spectral shifts / LoRA / weight deltas at a scale, train spectral shifts,
+ * edit an image, and work on shift sets (the toolbox). Nothing here exposes the engine's
+ * internal types; only svdiff_* / SVDIFF_* names appear.
+ *
+ * Conventions, for every function:
+ *  - Functions that can fail return an int: SVDIFF_OK (0) or a negative svdiff_status_t code.
+ *    The calling thread's message (naming the file, value or stage at fault) is then read with
+ *    svdiff_last_error(). Functions returning a pointer return NULL on error with the message set.
+ *  - Ownership: a handle (svdiff_model_t, svdiff_shifts_t) is created by one *_open / *_load /
+ *    combine-like function and released with its own *_close / *_free; passing NULL to those is
+ *    a no-op. Memory the library allocates for the caller (images, strings) is released with
+ *    svdiff_free() / svdiff_images_free(). Strings and buffers passed in are only read during the
+ *    call (nothing is kept), except where a comment says otherwise.
+ *  - Thread safety: a handle is used by one thread at a time (one model per thread); distinct
+ *    handles may be used from distinct threads. The error message is thread-local. The number of
+ *    compute threads (svdiff_model_params_t.threads, svdiff_set_threads) is process-wide.
+ *  - Images cross the API as RGB8: width * height * 3 bytes, row-major, no padding.
+ *  - Parameter structs are filled with their svdiff_*_default_params() first, then edited: new
+ *    fields are only appended in later minor versions, and their defaults keep old behaviour.
+ *
+ * ABI: the shared library's SONAME carries SVDIFF_VERSION_MAJOR; within one major version,
+ * functions are only added and structs only grow at their end (callers always get their struct
+ * from the matching header's *_default_params, so a struct's size is the header's). */
 #ifndef SVDIFF_H
 #define SVDIFF_H
 
-#include "base/error.h"
-#include "base/runtime.h"
-#include "base/scratch.h"
-#include "io/safetensors.h"
-#include "ops/gemm.h"
-#include "ops/ops.h"
-#include "train/optim.h"
-#include "weights/spectral.h"
-#include "weights/weight.h"
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SVDIFF_API __attribute__((visibility("default")))
+
+/* ------------------------------------------------------------------------------------------ */
+/* version                                                                                     */
+
+#define SVDIFF_VERSION_MAJOR 0
+#define SVDIFF_VERSION_MINOR 1
+#define SVDIFF_VERSION_PATCH 0
+
+/* "MAJOR.MINOR.PATCH" of the library that is linked (static string). */
+SVDIFF_API const char *svdiff_version(void);
+
+/* ------------------------------------------------------------------------------------------ */
+/* errors                                                                                      */
+
+typedef enum {
+    SVDIFF_OK = 0,
+    SVDIFF_ERR_IO = -1,          /* a file could not be opened, read, written or renamed */
+    SVDIFF_ERR_FORMAT = -2,      /* a file is malformed (header, JSON, dtype, tensor names) */
+    SVDIFF_ERR_SHAPE = -3,       /* tensor shapes do not fit together (a file for another model) */
+    SVDIFF_ERR_NOMEM = -4,       /* an allocation failed */
+    SVDIFF_ERR_ARG = -5,         /* a bad argument (a parameter value, a NULL where one is needed) */
+    SVDIFF_ERR_NUMERIC = -6,     /* a numerical routine (SVD, ...) failed */
+    SVDIFF_ERR_CANCELLED = -7,   /* the cancel callback asked to stop (or a signal, for the CLI) */
+    SVDIFF_ERR_UNSUPPORTED = -8, /* valid request this build or model cannot do */
+} svdiff_status_t;
+
+/* The calling thread's last error message ("" if none). Valid until the thread's next call into
+ * the library; copy it to keep it. */
+SVDIFF_API const char *svdiff_last_error(void);
+/* The code's name ("SVDIFF_ERR_IO"), or "SVDIFF_ERR_UNKNOWN" (static string). */
+SVDIFF_API const char *svdiff_error_name(int code);
+
+/* Releases memory the library allocated for the caller (strings, single buffers). NULL is a no-op. */
+SVDIFF_API void svdiff_free(void *p);
+
+/* Compute threads of the whole process (OpenMP and BLAS); n <= 0: the default (all cores or
+ * OMP_NUM_THREADS). The same seed and thread count give the same bytes. */
+SVDIFF_API void svdiff_set_threads(int n);
+
+/* ------------------------------------------------------------------------------------------ */
+/* callbacks                                                                                   */
+
+typedef enum {
+    SVDIFF_STAGE_SAMPLE = 0,      /* denoising steps of generate (total: steps of all images) */
+    SVDIFF_STAGE_TRAIN = 1,       /* optimizer steps of training */
+    SVDIFF_STAGE_CLASS_IMAGES = 2,/* generating class images before training (total: images) */
+    SVDIFF_STAGE_INVERT = 3,      /* DDIM inversion steps of edit */
+    SVDIFF_STAGE_EDIT = 4,        /* sampling steps of edit */
+} svdiff_stage_t;
+
+/* Called after each step: `step` of `total` done (1-based), seconds_per_step the mean so far. */
+typedef void (*svdiff_progress_fn)(svdiff_stage_t stage, int step, int total, double seconds_per_step,
+                                   void *user_data);
+/* Polled before each UNet call of sampling and before each training step: non-zero stops the
+ * work cleanly and the function returns SVDIFF_ERR_CANCELLED. Sampling drops the batch being
+ * denoised (images already delivered stay delivered); training stops within one optimizer step,
+ * writes a checkpoint of the last finished step when checkpoints are on (checkpoint_every > 0), and
+ * that checkpoint resumes with resume = 1. */
+typedef int (*svdiff_cancel_fn)(void *user_data);
+/* Each finished image: rgb is width * height * 3 bytes, valid during the call only (copy to keep);
+ * index counts the call's images from 0; seed is the image's own seed. */
+typedef void (*svdiff_image_fn)(const uint8_t *rgb, int width, int height, int index, uint64_t seed,
+                                void *user_data);
+
+typedef struct {
+    svdiff_progress_fn progress;   /* NULL: none */
+    svdiff_cancel_fn cancel;       /* NULL: never cancelled */
+    svdiff_image_fn image;         /* NULL: none */
+    void *user_data;               /* passed to all three */
+} svdiff_callbacks_t;
+
+/* An RGB8 image. Images the library returns own their rgb (svdiff_images_free); images passed
+ * in (training data) are only read. */
+typedef struct {
+    uint8_t *rgb;     /* width * height * 3 */
+    int width, height;
+    uint64_t seed;    /* generated images: the image's seed; inputs: unused */
+} svdiff_image_t;
+
+/* Frees n images returned by the library and the array itself. NULL is a no-op. */
+SVDIFF_API void svdiff_images_free(svdiff_image_t *images, int n);
+
+/* ------------------------------------------------------------------------------------------ */
+/* model                                                                                       */
+
+/* An opened model: tokenizer, text encoder, UNet, VAE (absent for a pixel-space model) and
+ * noise schedule, plus the adapters applied to it. It keeps its base weights, so adapters are
+ * applied and removed without reloading. */
+typedef struct svdiff_model svdiff_model_t;
+/* Spectral shifts in memory (see "shift sets and the toolbox" below). */
+typedef struct svdiff_shifts svdiff_shifts_t;
+
+typedef enum {
+    SVDIFF_COMPUTE_DEFAULT = 0,   /* leave the process's setting (fp32 unless changed) */
+    SVDIFF_COMPUTE_FP32 = 1,
+    SVDIFF_COMPUTE_BF16 = 2,      /* bf16 matrix products (fp32 accumulation); process-wide */
+} svdiff_compute_t;
+
+typedef struct {
+    const char *tokenizer_dir;     /* folder with vocab.json + merges.txt (single files carry none);
+                                      NULL: the model's, else the default */
+    const char *prediction_type;   /* "epsilon" | "v_prediction"; NULL: the model's */
+    const char *scheduler_config;  /* a diffusers scheduler_config.json replacing the model's; NULL */
+    int threads;                   /* > 0: svdiff_set_threads(threads) at open; 0: leave as is */
+    svdiff_compute_t compute;      /* process-wide compute dtype, set at open */
+    const char *svd_cache_dir;     /* SVD cache for applying shifts: NULL the default folder
+                                      (~/.cache/svdiff/svd or $SVDIFF_SVD_CACHE), "" none */
+    int force;                     /* accept adapter files made for another base model (their
+                                      base_model_hash differs) or whose pair was not written together */
+} svdiff_model_params_t;
+
+SVDIFF_API svdiff_model_params_t svdiff_model_default_params(void);
+
+/* Opens a model: a diffusers folder, a .safetensors file, or a PyTorch .ckpt / .pt / .pth
+ * (any layout svdiff reads). params may be NULL (defaults). On success *out is a new handle the
+ * caller closes with svdiff_model_close; on error *out is NULL. */
+SVDIFF_API int svdiff_model_open(const char *path, const svdiff_model_params_t *params, svdiff_model_t **out);
+/* Frees the model and everything it holds. NULL is a no-op. */
+SVDIFF_API void svdiff_model_close(svdiff_model_t *model);
+
+typedef struct {
+    char family[32];             /* "sd1", "sd2", "sdxl-like", "pixel", ... (a short label) */
+    char prediction_type[16];    /* "epsilon", "v_prediction" or "sample" */
+    char weights_hash[17];       /* the base model's weights hash (what shift files record) */
+    int native_width, native_height;   /* default image size in pixels */
+    int latent_channels;         /* UNet input channels */
+    int scale_factor;            /* pixels per latent pixel (8 for SD; 1 without a VAE) */
+    int unet_levels;             /* UNet resolution levels (4 for SD) */
+    int context_dim;             /* text encoder hidden size */
+    int context_tokens;          /* prompt tokens (77 for SD) */
+    int has_vae;
+    int64_t unet_params, text_encoder_params, vae_params;   /* parameter counts (0: absent) */
+    int train_timesteps;         /* noise schedule length (1000) */
+} svdiff_model_info_t;
+
+SVDIFF_API int svdiff_model_info(const svdiff_model_t *model, svdiff_model_info_t *info);
+
+/* Latent shape of an image of width x height: [*channels, *lh, *lw] (for init latents). */
+SVDIFF_API int svdiff_model_latent_shape(const svdiff_model_t *model, int width, int height, int *channels,
+                                         int *lh, int *lw);
+
+/* ---- adapters: applied at a scale on top of the base weights, removable ----
+ * Each call adds one file to the model's adapter list and rebuilds the effective weights from the
+ * base weights: W = base + shifts (all shift files, in order) + deltas + LoRAs, the order
+ * `svdiff generate --shifts/--delta/--lora` uses. Sampling then costs what the base model costs.
+ * A file that fails to apply leaves the model as it was before the call. */
+
+/* A shift file or a training output folder (spectral_shifts.safetensors and/or _te). */
+SVDIFF_API int svdiff_model_apply_shifts(svdiff_model_t *model, const char *path, float scale);
+/* A LoRA file (diffusers or kohya naming) or a folder holding pytorch_lora_weights.safetensors. */
+SVDIFF_API int svdiff_model_apply_lora(svdiff_model_t *model, const char *path, float scale);
+/* A weight-delta file of `svdiff train --mode full --save-delta`, or its output folder. */
+SVDIFF_API int svdiff_model_apply_delta(svdiff_model_t *model, const char *path, float scale);
+/* A shift set in memory (see the toolbox below); the set is copied, the caller keeps it. */
+SVDIFF_API int svdiff_model_apply_shift_set(svdiff_model_t *model, const svdiff_shifts_t *shifts, float scale);
+/* Removes every adapter: the weights are the base weights again, bit for bit. */
+SVDIFF_API int svdiff_model_clear_adapters(svdiff_model_t *model);
+/* The adapters as `svdiff generate` lists them in its PNG text ("a.safetensors (1), lora x (0.5)";
+ * "" with none). Valid until the model's adapters change or it is closed. */
+SVDIFF_API const char *svdiff_model_adapters_text(const svdiff_model_t *model);
+
+/* ------------------------------------------------------------------------------------------ */
+/* generation                                                                                  */
+
+typedef enum {
+    SVDIFF_SAMPLER_DDIM = 0,
+    SVDIFF_SAMPLER_EULER = 1,
+    SVDIFF_SAMPLER_EULER_A = 2,
+    SVDIFF_SAMPLER_DPMPP_2M = 3,
+} svdiff_sampler_t;
+
+/* "ddim", "euler", "euler_a", "dpmpp_2m" (static string; NULL for an unknown value). */
+SVDIFF_API const char *svdiff_sampler_name(svdiff_sampler_t s);
+/* Parses those names (and the CLI's aliases); SVDIFF_ERR_ARG for an unknown one. */
+SVDIFF_API int svdiff_sampler_parse(const char *name, svdiff_sampler_t *out);
+
+typedef struct {
+    const char *prompt;            /* required */
+    const char *negative_prompt;   /* NULL: the empty prompt */
+    int width, height;             /* pixels; 0: the model's native size */
+    int steps;                     /* 20 */
+    float cfg;                     /* guidance scale, 7.5; <= 1 disables guidance */
+    float eta;                     /* DDIM noise in [0, 1], 0 */
+    svdiff_sampler_t sampler;      /* DDIM */
+    uint64_t seed;                 /* 42; image k gets seed + k */
+    int num_images;                /* 1 */
+    int batch;                     /* images denoised together, 1 (does not change the bytes) */
+    const float *init_latents;     /* NULL, or the initial noise [num_images (or 1), C, h, w]
+                                      (svdiff_model_latent_shape), as --init-latents */
+    int n_init_latents;            /* rows of init_latents: 1 (shared) or num_images */
+    float *out_latents;            /* NULL, or receives the final latents [num_images, C, h, w] */
+    uint8_t *out_rgb;              /* NULL, or a caller buffer of num_images * w * h * 3 bytes that
+                                      receives the images one after another */
+    svdiff_callbacks_t callbacks;  /* progress (SVDIFF_STAGE_SAMPLE), cancel, image */
+} svdiff_generate_params_t;
+
+SVDIFF_API svdiff_generate_params_t svdiff_generate_default_params(void);
+
+/* Text to image: the images `svdiff generate` makes with the same settings (same bytes for the
+ * same seed and thread count). Each image goes to callbacks.image as soon as it is decoded, to
+ * out_rgb, and, when out_images is not NULL, into a new array of num_images images the caller
+ * frees with svdiff_images_free (*out_images NULL on error). On cancel: SVDIFF_ERR_CANCELLED,
+ * the images delivered before through the callback stay valid for the caller. */
+SVDIFF_API int svdiff_generate(svdiff_model_t *model, const svdiff_generate_params_t *params,
+                               svdiff_image_t **out_images);
+
+/* The PNG 'parameters' text `svdiff generate --model MODEL_LABEL` writes for the image of seed
+ * `seed` (A1111's format: prompt, negative prompt, steps, sampler, CFG, eta, seed, size, model,
+ * the model's adapters, version). params->width/height 0 mean the model's native size. Returns a
+ * new string the caller frees with svdiff_free, or NULL on error. */
+SVDIFF_API char *svdiff_png_parameters(const svdiff_model_t *model, const svdiff_generate_params_t *params,
+                                       uint64_t seed, const char *model_label);
+/* Writes an RGB8 image as PNG exactly as the CLI does: a 'parameters' text chunk when parameters
+ * is not NULL (svdiff_png_parameters) and 'Software: svdiff VERSION'; written through a temp file
+ * and renamed, so no half file is left. */
+SVDIFF_API int svdiff_png_write(const char *path, const uint8_t *rgb, int width, int height,
+                                const char *parameters);
+/* Reads a PNG or JPEG into a new RGB8 image (free with svdiff_images_free(img, 1)). */
+SVDIFF_API int svdiff_image_read(const char *path, svdiff_image_t **out);
+
+/* ------------------------------------------------------------------------------------------ */
+/* training                                                                                    */
+
+typedef enum {
+    SVDIFF_TRAIN_SHIFTS = 0,   /* spectral shifts (SVDiff): spectral_shifts(_te).safetensors */
+    SVDIFF_TRAIN_FULL = 1,     /* every weight (DreamBooth baseline): a model folder */
+    SVDIFF_TRAIN_LORA = 2,     /* low-rank adapters: pytorch_lora_weights.safetensors */
+} svdiff_train_mode_t;
+
+/* Every setting of `svdiff train`. The named fields are the common ones; every other setting of
+ * the training settings table is reachable through `settings`, "name=value" strings named like the
+ * CLI flags without "--" (e.g. "lr-schedule=cosine", "warmup=10", "prior-loss-weight=0.5",
+ * "flip" for a switch) and parsed as the CLI parses them. Defaults are those of `svdiff train`. */
+typedef struct {
+    const char *model;                  /* model path (required) */
+    const char *tokenizer_dir, *prediction_type, *scheduler_config;   /* as svdiff_model_params_t */
+    const char *out_dir;                /* output folder (required); locked during the run */
+    /* instance images: a folder, or images in memory (n_instance_images > 0) */
+    const char *instance_dir;
+    const svdiff_image_t *instance_images;
+    int n_instance_images;
+    const char *instance_prompt;        /* required ("a photo of sks dog") */
+    /* prior preservation (optional): class images as a folder or in memory, and their prompt;
+     * with a folder, missing class images are generated up to num_class_images */
+    const char *class_dir;
+    const svdiff_image_t *class_images;
+    int n_class_images;
+    const char *class_prompt;
+    int num_class_images;
+    svdiff_train_mode_t mode;
+    int resolution;                     /* 0: the model's native size */
+    int steps, batch_size, grad_accum;
+    float lr, lr_1d;                    /* spectral deltas, norm-gain shifts */
+    uint64_t seed;
+    int train_text_encoder;
+    int rank;                           /* > 0: only the top-rank singular values train */
+    int checkpoint_every;               /* optimizer steps between checkpoints (0: none) */
+    int resume;                         /* continue from out_dir's checkpoint */
+    int force;                          /* overwrite an earlier run's outputs in out_dir */
+    int save_fp16;
+    const char *svd_cache_dir;          /* NULL: the default folder, "": none */
+    int threads;                        /* > 0: svdiff_set_threads */
+    const char *const *settings;        /* n_settings "name=value" for every other setting */
+    int n_settings;
+    svdiff_callbacks_t callbacks;       /* progress (SVDIFF_STAGE_CLASS_IMAGES, _TRAIN), cancel */
+} svdiff_train_params_t;
+
+/* The defaults of `svdiff train` (from its settings table). */
+SVDIFF_API svdiff_train_params_t svdiff_train_default_params(void);
+
+/* Trains and writes out_dir as `svdiff train` does (same files, same bytes for the same settings
+ * and thread count): shift files, loss.csv, checkpoints. Returns SVDIFF_ERR_CANCELLED when the
+ * cancel callback stopped it (the checkpoint of the last finished step stays resumable). */
+SVDIFF_API int svdiff_train(const svdiff_train_params_t *params);
+
+/* ------------------------------------------------------------------------------------------ */
+/* editing                                                                                     */
+
+/* Single-image editing (CoSINE) on an opened model: the image is DDIM-inverted conditioned on a
+ * prompt, optionally mixed with seeded noise (slerp), and each edit prompt is sampled from it.
+ * The fine-tuning of `svdiff edit` is svdiff_train on the one image, then
+ * svdiff_model_apply_shifts of its output. */
+typedef struct {
+    const char *image_path;              /* the image (PNG / JPEG), or: */
+    const svdiff_image_t *image;         /* the image in memory (used when image_path is NULL) */
+    const char *prompt;                  /* what the image shows (required) */
+    const char *const *edits;            /* n_edits edited prompts (required, >= 1) */
+    int n_edits;
+    int resolution;                      /* 0: native; the image is resized and centre-cropped */
+    int steps;                           /* DDIM steps of inversion and sampling, 50 */
+    float cfg;                           /* 3 */
+    float eta;                           /* 0.1 */
+    float slerp;                         /* 0 in [0, 1]: share of fresh noise */
+    int invert_source;                   /* 1: one inversion with `prompt`; 0 (default): each edit
+                                            is inverted with its own prompt */
+    int no_inversion;                    /* start from seeded noise instead */
+    uint64_t seed;                       /* 42 */
+    svdiff_callbacks_t callbacks;        /* progress (_INVERT, _EDIT), cancel, image (index = edit) */
+} svdiff_edit_params_t;
+
+SVDIFF_API svdiff_edit_params_t svdiff_edit_default_params(void);
+
+/* Runs the edits. out_images (may be NULL): a new array of n_edits + 1 images, the edits then the
+ * reconstruction (the prompt sampled back from the inversion, eta 0, guidance 1), freed with
+ * svdiff_images_free. *psnr (may be NULL): the reconstruction's PSNR in dB against the cropped input. */
+SVDIFF_API int svdiff_edit(svdiff_model_t *model, const svdiff_edit_params_t *params, svdiff_image_t **out_images,
+                           double *psnr);
+
+/* ------------------------------------------------------------------------------------------ */
+/* shift sets and the toolbox                                                                  */
+
+/* svdiff_shifts_t: spectral shifts in memory, a UNet part and a text-encoder part (either may be
+ * empty), as in a training output folder. */
+
+/* Loads a shift file (its entries under "text_model." form the text-encoder part) or a training
+ * output folder (spectral_shifts.safetensors and/or spectral_shifts_te.safetensors). */
+SVDIFF_API int svdiff_shifts_load(const char *path, svdiff_shifts_t **out);
+/* Saves: with both parts, `path` is a folder (made if missing) that receives the two files as
+ * `svdiff train` writes them (one pair); with one part, `path` is a file unless it names a folder.
+ * fp16: values stored as float16 (as --save-fp16). */
+SVDIFF_API int svdiff_shifts_save(const svdiff_shifts_t *shifts, const char *path, int fp16);
+SVDIFF_API void svdiff_shifts_free(svdiff_shifts_t *shifts);
+
+/* Entries of both parts, UNet first. */
+SVDIFF_API int svdiff_shifts_count(const svdiff_shifts_t *shifts);
+/* Entry i: its name (module path, "text_model..." for the text encoder), values and length.
+ * Pointers stay valid until the set is freed. */
+SVDIFF_API int svdiff_shifts_entry(const svdiff_shifts_t *shifts, int i, const char **name, const float **values,
+                                   int *n);
+/* A metadata value of the UNet part (else the text-encoder part), or NULL. */
+SVDIFF_API const char *svdiff_shifts_meta(const svdiff_shifts_t *shifts, const char *key);
+
+/* Task arithmetic: *out = sum_k weights[k] * in[k] (weights NULL: all 1). Sets must be compatible
+ * (same base model unless ignore_hash, same entries and lengths). */
+SVDIFF_API int svdiff_shifts_combine(const svdiff_shifts_t *const *in, const float *weights, int n,
+                                     int ignore_hash, svdiff_shifts_t **out);
+/* *out = s * in. */
+SVDIFF_API int svdiff_shifts_scale(const svdiff_shifts_t *in, float s, svdiff_shifts_t **out);
+/* Keeps the shifts of the top-rank singular values of every matrix; *n_kept (may be NULL) the values
+ * a truncated layout would store. */
+SVDIFF_API int svdiff_shifts_limit_rank(const svdiff_shifts_t *in, int rank, svdiff_shifts_t **out, long *n_kept);
+/* Style mix: entries of `from` selected by a selector, the rest from `rest`. Selectors: "geometry",
+ * "res:HxW", or a module-path glob (see `svdiff shifts mix --help`); levels / latent describe the
+ * model (4 and 64 for SD 1.x at 512 px). *n_from (may be NULL): entries taken from `from`. */
+SVDIFF_API int svdiff_shifts_mix(const svdiff_shifts_t *from, const svdiff_shifts_t *rest,
+                                 const char *const *selectors, int n_selectors, int levels, int latent,
+                                 int ignore_hash, svdiff_shifts_t **out, int *n_from);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif
