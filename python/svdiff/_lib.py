@@ -73,7 +73,11 @@ def load():
                 break
             continue
         from . import _api
-        _api.declare(lib)
+        try:
+            _api.declare(lib)
+        except OSError as e:   # an older library, or another libsvdiff
+            tried.append("%s: %s" % (origin, e))
+            continue
         _lib, _path = lib, path
         return lib
     raise LibraryNotFound("libsvdiff.so not found or not loadable; tried: " + "; ".join(tried) +

@@ -1,0 +1,41 @@
+"""svdiff: Python bindings of libsvdiff (spectral-shift personalisation of diffusion models).
+
+ctypes over the shared library (see svdiff._lib for where it is looked for; SVDIFF_LIB names it),
+standard library only; numpy is used when importable (images as (H, W, 3) uint8 arrays).
+
+    import svdiff
+    with svdiff.Model("models/emoji-32", threads=2) as m:
+        images = m.generate("an emoji of a cat", steps=20, cfg=1.5, seed=1, output="cat.png")
+    svdiff.train(model="models/emoji-32", instance_dir="cats/", instance_prompt="an emoji of sks cat",
+                 output_dir="out", steps=100, progress=print)
+    s = svdiff.Shifts.load("out"); (s * 0.5).save("half")
+"""
+from ._api import (ERR_ARG, ERR_CANCELLED, ERR_FORMAT, ERR_IO, ERR_NOMEM, ERR_NUMERIC, ERR_SHAPE,  # noqa: F401
+                   ERR_UNSUPPORTED, OK)
+from ._callbacks import Progress  # noqa: F401
+from ._errors import Cancelled, Error  # noqa: F401
+from ._image import Image, have_numpy  # noqa: F401
+from ._lib import LibraryNotFound  # noqa: F401
+from .model import SAMPLERS, Images, Model, read_image, write_png  # noqa: F401
+from .shifts import Shifts  # noqa: F401
+from .train import train  # noqa: F401
+
+__version__ = "0.1.0"
+
+
+def version():
+    """The version of the loaded libsvdiff ("MAJOR.MINOR.PATCH")."""
+    from . import _lib
+    return _lib.load().svdiff_version().decode()
+
+
+def library_path():
+    """The libsvdiff.so file in use."""
+    from . import _lib
+    return _lib.path()
+
+
+def set_threads(n):
+    """Compute threads of the process (OpenMP and BLAS); n <= 0: the default."""
+    from . import _lib
+    _lib.load().svdiff_set_threads(int(n))
