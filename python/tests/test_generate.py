@@ -1,0 +1,135 @@
+"""Model.generate against `svdiff generate`: the same PNG bytes for the same settings on the
+default model (models/emoji-32), images as (H, W, 3) uint8, callbacks, cancel, adapters."""
+import os
+import unittest
+
+import svdiff
+from common import CLI, MODEL, SOURCE, TINY, cli, read, scratch
+
+SETTINGS = dict(prompt="an emoji of a cat", negative_prompt="blurry", steps=4, cfg=1.5, sampler="dpmpp_2m")
+CLI_ARGS = ["--prompt", SETTINGS["prompt"], "--negative-prompt", "blurry", "--steps", "4", "--cfg", "1.5",
+            "--sampler", "dpmpp_2m", "--threads", "2", "--quiet"]
+
+
+def rgb(image):
+    return bytes(image.tobytes())
+
+
+class Generate(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.model = svdiff.Model(MODEL, threads=2)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.model.close()
+
+    def test_info(self):
+        info = self.model.info()
+        self.assertEqual((info["native_width"], info["native_height"]), (32, 32))
+        self.assertEqual(info["prediction_type"], "v_prediction")
+        self.assertFalse(info["has_vae"])
+        self.assertEqual(len(info["weights_hash"]), 16)
+        self.assertGreater(info["unet_params"], 4_000_000)
+
+    def test_same_png_bytes_as_cli(self):
+        work = scratch("same-bytes")
+        cli("generate", "--model", MODEL, *CLI_ARGS, "--seed", 7, "--num-images", 3, "--batch-size", 2,
+            "-o", os.path.join(work, "cli.png"))
+        images = self.model.generate(seed=7, num_images=3, batch_size=2, **SETTINGS)
+        self.assertEqual(images.seeds, [7, 8, 9])
+        paths = images.save(os.path.join(work, "py.png"))
+        self.assertEqual([os.path.basename(p) for p in paths], ["py-1.png", "py-2.png", "py-3.png"])
+        for k in (1, 2, 3):
+            self.assertEqual(read(os.path.join(work, "py-%d.png" % k)), read(os.path.join(work, "cli-%d.png" % k)),
+                             "image %d differs from the CLI's" % k)
+        # the pixels are those of the CLI's PNG, decoded by the library
+        self.assertEqual(rgb(images[1]), rgb(svdiff.read_image(os.path.join(work, "cli-2.png"))))
+        self.assertIn("Seed: 8,", images.parameters[1])
+        self.assertTrue(images.parameters[0].startswith("an emoji of a cat\nNegative prompt: blurry\nSteps: 4"))
+
+    def test_single_image_save_png_and_output(self):
+        work = scratch("single")
+        cli("generate", "--model", MODEL, *CLI_ARGS, "--seed", 11, "-o", os.path.join(work, "cli.png"))
+        images = self.model.generate(seed=11, output=os.path.join(work, "out.png"), **SETTINGS)
+        self.assertEqual(len(images), 1)
+        want = read(os.path.join(work, "cli.png"))
+        self.assertEqual(read(os.path.join(work, "out.png")), want)
+        self.model.save_png(os.path.join(work, "saved.png"), images[0], seed=11, **SETTINGS)
+        self.assertEqual(read(os.path.join(work, "saved.png")), want)
+        # without the parameters text: another file, the same pixels
+        svdiff.write_png(os.path.join(work, "plain.png"), images[0])
+        self.assertNotEqual(read(os.path.join(work, "plain.png")), want)
+        self.assertEqual(rgb(svdiff.read_image(os.path.join(work, "plain.png"))), rgb(images[0]))
+
+    def test_image_type(self):
+        img = self.model.generate(seed=3, width=32, height=32, **SETTINGS)[0]
+        self.assertEqual(tuple(img.shape), (32, 32, 3))
+        if svdiff.have_numpy():
+            import numpy
+            self.assertIsInstance(img, numpy.ndarray)
+            self.assertEqual(img.dtype, numpy.uint8)
+        else:
+            self.assertIsInstance(img, svdiff.Image)
+            self.assertEqual((img.width, img.height, img.mode, img.size), (32, 32, "RGB", (32, 32)))
+            self.assertEqual(img.pixel(31, 31), tuple(img.tobytes()[-3:]))
+        self.assertEqual(len(rgb(img)), 32 * 32 * 3)
+        # the same seed again: the same pixels; another seed: others
+        self.assertEqual(rgb(self.model.generate(seed=3, **SETTINGS)[0]), rgb(img))
+        self.assertNotEqual(rgb(self.model.generate(seed=4, **SETTINGS)[0]), rgb(img))
+
+    def test_progress_and_image_callbacks(self):
+        seen, got = [], []
+        self.model.generate(seed=1, num_images=2, progress=seen.append,
+                            on_image=lambda im, i, seed: got.append((i, seed, len(rgb(im)))), **SETTINGS)
+        self.assertEqual([(p.stage, p.step, p.total) for p in seen], [("sample", k, 8) for k in range(1, 9)])
+        self.assertTrue(all(p.seconds_per_step >= 0 for p in seen))
+        self.assertEqual(got, [(0, 1, 3072), (1, 2, 3072)])
+
+    def test_cancel(self):
+        steps = []
+        with self.assertRaises(svdiff.Cancelled) as cm:
+            self.model.generate(seed=1, num_images=2, progress=lambda p: steps.append(p.step),
+                                cancel=lambda: len(steps) >= 2, **SETTINGS)
+        self.assertEqual(cm.exception.code, svdiff.ERR_CANCELLED)
+        self.assertLessEqual(len(steps), 3)
+        # an exception in a callback stops the call and comes out of it
+        def boom(p):
+            raise KeyError("stop here")
+        with self.assertRaises(KeyError):
+            self.model.generate(seed=1, progress=boom, **SETTINGS)
+        # and the model still works
+        self.assertEqual(len(self.model.generate(seed=1, **SETTINGS)), 1)
+
+
+@unittest.skipUnless(CLI, "SVDIFF_CLI not set")
+class Adapters(unittest.TestCase):
+    """Shifts, LoRA and delta on the tiny fixture model: the CLI's bytes with --shifts / --lora,
+    and the base model's bytes again after clear_adapters."""
+
+    def test_apply_and_clear(self):
+        work = scratch("adapters")
+        shifts = os.path.join(SOURCE, "tests", "fixtures", "toolbox", "a.safetensors")   # another base: force
+        common = ["generate", "--model", TINY, "--prompt", "cat", "--steps", 2, "--width", 16, "--height", 16,
+                  "--seed", 5, "--threads", 2, "--svd-cache", "none", "--force", "--quiet"]
+        cli(*common, "-o", os.path.join(work, "base.png"))
+        cli(*common, "--shifts", shifts + ":0.5", "-o", os.path.join(work, "shifted.png"))
+        with svdiff.Model(TINY, threads=2, svd_cache_dir="", force=True) as m:
+            kw = dict(prompt="cat", steps=2, width=16, height=16, seed=5)
+            m.apply_shifts(shifts, scale=0.5)
+            self.assertIn("a.safetensors (0.5)", m.adapters)
+            m.generate(output=os.path.join(work, "py-shifted.png"), **kw)
+            self.assertEqual(read(os.path.join(work, "py-shifted.png")), read(os.path.join(work, "shifted.png")))
+            m.clear_adapters()
+            self.assertEqual(m.adapters, "")
+            m.generate(output=os.path.join(work, "py-base.png"), **kw)
+            self.assertEqual(read(os.path.join(work, "py-base.png")), read(os.path.join(work, "base.png")))
+            # a shift set in memory applies as its file does (the PNG text differs: no file name)
+            with svdiff.Shifts.load(shifts) as s:
+                m.apply_shifts(s, 0.5)
+            a = m.generate(**kw)[0]
+            self.assertEqual(rgb(a), rgb(svdiff.read_image(os.path.join(work, "shifted.png"))))
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,63 @@
+"""The package: `pip install ./python` offline (no index) gives an importable svdiff that finds
+the library; the ctypes structs agree with the header (the defaults the library fills in land in
+the fields its header documents)."""
+import os
+import subprocess
+import sys
+import unittest
+
+import svdiff
+from svdiff import _lib
+from common import HERE, MODEL, scratch
+
+
+class Package(unittest.TestCase):
+    def test_pip_install_offline(self):
+        try:
+            import pip  # noqa: F401
+        except ImportError:
+            self.skipTest("no pip for %s (Debian: python3-pip)" % sys.executable)
+        target = scratch("pip-target")
+        p = subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--no-cache-dir",
+                            "--disable-pip-version-check", "--target", target, os.path.dirname(HERE)],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.assertEqual(p.returncode, 0, p.stdout.decode())
+        self.assertTrue(os.path.isfile(os.path.join(target, "svdiff", "__init__.py")))
+        code = "import svdiff, sys; print(svdiff.__file__); print(svdiff.version()); print(svdiff.Model(sys.argv[1]).info()['family'])"
+        env = dict(os.environ, PYTHONPATH=target)
+        p = subprocess.run([sys.executable, "-c", code, MODEL], env=env, cwd=target,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        out = p.stdout.decode()
+        self.assertEqual(p.returncode, 0, out)
+        lines = out.split("\n")
+        self.assertTrue(lines[0].startswith(target), out)
+        self.assertEqual(lines[1], svdiff.version())
+
+    def test_struct_layout(self):
+        lib = _lib.load()
+        g = lib.svdiff_generate_default_params()
+        self.assertEqual((g.steps, g.cfg, g.eta, g.seed, g.num_images, g.batch), (20, 7.5, 0.0, 42, 1, 1))
+        self.assertEqual(lib.svdiff_sampler_name(g.sampler), b"ddim")
+        self.assertFalse(g.callbacks.progress or g.callbacks.cancel or g.callbacks.image)
+        e = lib.svdiff_edit_default_params()
+        self.assertEqual((e.steps, e.seed), (50, 42))
+        self.assertAlmostEqual(e.cfg, 3.0)
+        self.assertAlmostEqual(e.eta, 0.1, places=6)
+        t = lib.svdiff_train_default_params()
+        self.assertGreater(t.steps, 0)
+        self.assertEqual(t.batch_size, 1)
+        self.assertGreater(t.lr, 0)
+        self.assertEqual(t.n_settings, 0)
+        self.assertFalse(t.callbacks.progress or t.callbacks.cancel)
+        m = lib.svdiff_model_default_params()
+        self.assertEqual((m.threads, m.compute, m.force), (0, 0, 0))
+
+    def test_version_and_samplers(self):
+        self.assertRegex(svdiff.version(), r"^\d+\.\d+\.\d+$")
+        lib = _lib.load()
+        for k, name in enumerate(svdiff.SAMPLERS):
+            self.assertEqual(lib.svdiff_sampler_name(k).decode(), name)
+
+
+if __name__ == "__main__":
+    unittest.main()
