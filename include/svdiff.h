@@ -349,12 +349,18 @@ SVDIFF_API int svdiff_edit(svdiff_model_t *model, const svdiff_edit_params_t *pa
 /* svdiff_shifts_t: spectral shifts in memory, a UNet part and a text-encoder part (either may be
  * empty), as in a training output folder. */
 
-/* Loads a shift file (its entries under "text_model." form the text-encoder part) or a training
- * output folder (spectral_shifts.safetensors and/or spectral_shifts_te.safetensors). */
+/* Loads a shift file or a training output folder, as `svdiff shifts` reads its inputs: a file is
+ * one set (its "text_model." entries go to the text encoder when applied), a folder holds
+ * spectral_shifts.safetensors and/or spectral_shifts_te.safetensors, which must have been written
+ * together (the same pair_id). The set remembers which form it came from and each file's dtype, and
+ * the toolbox's results keep the form of their (first) input. */
 SVDIFF_API int svdiff_shifts_load(const char *path, svdiff_shifts_t **out);
-/* Saves: with both parts, `path` is a folder (made if missing) that receives the two files as
- * `svdiff train` writes them (one pair); with one part, `path` is a file unless it names a folder.
- * fp16: values stored as float16 (as --save-fp16). */
+/* The same; force: accept a folder's two files even when they were not written together. */
+SVDIFF_API int svdiff_shifts_load_ex(const char *path, int force, svdiff_shifts_t **out);
+/* Saves in the set's form: a folder's set into the folder `path` (made if missing; both parts as one
+ * pair, with the names `svdiff train` writes), a file's set into the file `path`, atomically.
+ * fp16: 1 float16 values, 0 float32, -1 the dtype each part was loaded with (a file whose tensors are
+ * all F16 stays F16; new sets are F32), which is what `svdiff shifts` writes. */
 SVDIFF_API int svdiff_shifts_save(const svdiff_shifts_t *shifts, const char *path, int fp16);
 SVDIFF_API void svdiff_shifts_free(svdiff_shifts_t *shifts);
 
@@ -364,8 +370,17 @@ SVDIFF_API int svdiff_shifts_count(const svdiff_shifts_t *shifts);
  * Pointers stay valid until the set is freed. */
 SVDIFF_API int svdiff_shifts_entry(const svdiff_shifts_t *shifts, int i, const char **name, const float **values,
                                    int *n);
-/* A metadata value of the UNet part (else the text-encoder part), or NULL. */
+/* A metadata value of the UNet part (else the text-encoder part), or NULL. Valid until the set
+ * changes or is freed. */
 SVDIFF_API const char *svdiff_shifts_meta(const svdiff_shifts_t *shifts, const char *key);
+/* Sets a metadata key of every part (copied). */
+SVDIFF_API int svdiff_shifts_set_meta(svdiff_shifts_t *shifts, const char *key, const char *value);
+/* Appends an entry to every part's "history" metadata ("; " between entries). The toolbox
+ * functions below record no history themselves; `svdiff shifts` adds e.g. "scale 0.5". */
+SVDIFF_API int svdiff_shifts_add_history(svdiff_shifts_t *shifts, const char *entry);
+
+/* The toolbox: each result is a new set (*out) the caller frees with svdiff_shifts_free; the
+ * inputs are not changed. Metadata: combine and limit_rank keep the first input's, mix `rest`'s. */
 
 /* Task arithmetic: *out = sum_k weights[k] * in[k] (weights NULL: all 1). Sets must be compatible
  * (same base model unless ignore_hash, same entries and lengths). */

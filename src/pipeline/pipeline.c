@@ -85,39 +85,37 @@ static int apply_shift_set(pipeline_t *p, const shift_set_t *s, float scale, svd
     return rc;
 }
 
-int pipeline_apply_shifts(pipeline_t *p, const pipeline_shift_t *shifts, int n, int force,
-                          const char *svd_cache_dir) {
-    char hash[17];
-    int rc = model_weights_hash(&p->model, hash);
+/* Applies one loaded set after checking its base_model_hash against the model's `hash` (refused
+ * unless `force`; a set without one is accepted with a warning); `label` names it in messages. */
+static int apply_checked(pipeline_t *p, const shift_set_t *s, const char *label, float scale, int force,
+                         const char *hash, svd_cache_t *cache) {
+    int rc = SD_OK;
+    const char *base = shiftset_meta(s, "base_model_hash");
+    if (!base) {
+        fprintf(stderr, "warning: %s has no base_model_hash (an svdiff-pytorch file?): cannot check that it "
+                "was trained on this model (%s)\n", label, hash);
+    } else if (strcmp(base, hash) != 0) {
+        if (!force)
+            rc = sd_error(SD_ERR_ARG, "%s was trained on base model %s, but this model hashes to %s (--force "
+                          "applies it anyway)", label, base, hash);
+        else
+            fprintf(stderr, "warning: %s was trained on base model %s, not this one (%s): applied anyway "
+                    "(--force)\n", label, base, hash);
+    }
+    if (!rc && (rc = apply_shift_set(p, s, scale, cache))) rc = sd_error_wrap(rc, "%s", label);
+    return rc;
+}
+
+static svd_cache_t *open_cache(const char *svd_cache_dir, const char *hash) {
     svd_cache_t *cache = NULL;
-    if (!rc && svd_cache_dir && svd_cache_open(&cache, svd_cache_dir, hash)) {
+    if (svd_cache_dir && svd_cache_open(&cache, svd_cache_dir, hash)) {
         fprintf(stderr, "warning: %s; going on without an SVD cache\n", sd_last_error());
         cache = NULL;
     }
-    for (int i = 0; i < n && !rc; i++) {
-        char files[2][4096];
-        rc = shift_files_resolve(shifts[i].path, files[0], files[1], sizeof files[0]);
-        if (!rc) rc = st_pair_check(files[0], files[1], force);   /* a folder's two files: one result? */
-        for (int f = 0; f < 2 && !rc; f++) {
-            if (!files[f][0]) continue;
-            shift_set_t s;
-            if ((rc = shiftset_load(&s, files[f]))) break;
-            const char *base = shiftset_meta(&s, "base_model_hash");
-            if (!base) {
-                fprintf(stderr, "warning: %s has no base_model_hash (an svdiff-pytorch file?): cannot check that it "
-                        "was trained on this model (%s)\n", files[f], hash);
-            } else if (strcmp(base, hash) != 0) {
-                if (!force)
-                    rc = sd_error(SD_ERR_ARG, "%s was trained on base model %s, but this model hashes to %s (--force "
-                                  "applies it anyway)", files[f], base, hash);
-                else
-                    fprintf(stderr, "warning: %s was trained on base model %s, not this one (%s): applied anyway "
-                            "(--force)\n", files[f], base, hash);
-            }
-            if (!rc && (rc = apply_shift_set(p, &s, shifts[i].scale, cache))) rc = sd_error_wrap(rc, "%s", files[f]);
-            shiftset_free(&s);
-        }
-    }
+    return cache;
+}
+
+static int close_cache(pipeline_t *p, svd_cache_t *cache, int rc) {
     if (!rc && cache && svd_cache_save(cache))
         fprintf(stderr, "warning: %s (the SVD factors will be recomputed next time)\n", sd_last_error());
     svd_cache_close(cache);
@@ -126,6 +124,35 @@ int pipeline_apply_shifts(pipeline_t *p, const pipeline_shift_t *shifts, int n, 
         clip_bake_spectral(&p->clip);
     }
     return rc;
+}
+
+int pipeline_apply_shifts(pipeline_t *p, const pipeline_shift_t *shifts, int n, int force,
+                          const char *svd_cache_dir) {
+    char hash[17];
+    int rc = model_weights_hash(&p->model, hash);
+    svd_cache_t *cache = rc ? NULL : open_cache(svd_cache_dir, hash);
+    for (int i = 0; i < n && !rc; i++) {
+        char files[2][4096];
+        rc = shift_files_resolve(shifts[i].path, files[0], files[1], sizeof files[0]);
+        if (!rc) rc = st_pair_check(files[0], files[1], force);   /* a folder's two files: one result? */
+        for (int f = 0; f < 2 && !rc; f++) {
+            if (!files[f][0]) continue;
+            shift_set_t s;
+            if ((rc = shiftset_load(&s, files[f]))) break;
+            rc = apply_checked(p, &s, files[f], shifts[i].scale, force, hash, cache);
+            shiftset_free(&s);
+        }
+    }
+    return close_cache(p, cache, rc);
+}
+
+int pipeline_apply_shift_set(pipeline_t *p, const shift_set_t *s, const char *label, float scale, int force,
+                             const char *svd_cache_dir) {
+    char hash[17];
+    int rc = model_weights_hash(&p->model, hash);
+    svd_cache_t *cache = rc ? NULL : open_cache(svd_cache_dir, hash);
+    if (!rc) rc = apply_checked(p, s, label, scale, force, hash, cache);
+    return close_cache(p, cache, rc);
 }
 
 int pipeline_encode_prompts(pipeline_t *p, const char *const *prompts, int n, float *ctx) {

@@ -14,6 +14,7 @@
 #include "models/tokenizer.h"
 #include "models/unet.h"
 #include "models/vae.h"
+#include "shifts/shifts.h"
 
 typedef struct {
     model_t model;
@@ -58,6 +59,11 @@ typedef struct {
  * `svd_cache_dir` (NULL: no cache), which is updated with what had to be computed. */
 int pipeline_apply_shifts(pipeline_t *p, const pipeline_shift_t *shifts, int n, int force,
                           const char *svd_cache_dir);
+
+/* The same for one shift set already in memory (the library API's svdiff_shifts_t), `label` naming
+ * it in messages. */
+int pipeline_apply_shift_set(pipeline_t *p, const shift_set_t *s, const char *label, float scale, int force,
+                             const char *svd_cache_dir);
 
 /* ctx[n, n_ctx, ctx_dim] = text encoder(prompts[i]); warns on stderr when a prompt is truncated. */
 int pipeline_encode_prompts(pipeline_t *p, const char *const *prompts, int n, float *ctx);
