@@ -20,15 +20,18 @@ class Shifts:
         self.n_from = None        # mix: the entries taken from `from_`
 
     @classmethod
-    def load(cls, path):
+    def load(cls, path, force=False):
+        """A shift file, or a training output folder (its two files must have been written
+        together unless force)."""
         h = ctypes.c_void_p()
-        check(_lib.load().svdiff_shifts_load(encode(path), ctypes.byref(h)))
+        check(_lib.load().svdiff_shifts_load_ex(encode(path), 1 if force else 0, ctypes.byref(h)))
         return cls(h)
 
-    def save(self, path, fp16=False):
-        """Both parts: path is a folder receiving spectral_shifts.safetensors and _te (one pair);
-        one part: a file unless path names a folder. fp16 stores float16 values."""
-        check(_lib.load().svdiff_shifts_save(self.handle, encode(path), 1 if fp16 else 0))
+    def save(self, path, fp16=None):
+        """Saves in the form the set was loaded from (a folder's set: the folder path with both
+        files as one pair; a file's: the file path), atomically. fp16: True float16, False
+        float32, None the dtype each part was loaded with (what `svdiff shifts` writes)."""
+        check(_lib.load().svdiff_shifts_save(self.handle, encode(path), -1 if fp16 is None else 1 if fp16 else 0))
         return path
 
     # ---- lifetime ----
@@ -94,6 +97,17 @@ class Shifts:
         """A metadata value (base_model_hash, ...) of the UNet part, else of the text-encoder part; None if absent."""
         v = _lib.load().svdiff_shifts_meta(self.handle, encode(key))
         return None if v is None else v.decode("utf-8", "replace")
+
+    def set_meta(self, key, value):
+        """Sets a metadata key of every part."""
+        check(_lib.load().svdiff_shifts_set_meta(self.handle, encode(key), encode(value)))
+        return self
+
+    def add_history(self, entry):
+        """Appends an entry to the "history" metadata (`svdiff shifts scale 0.5` adds "scale 0.5");
+        the toolbox methods record none themselves."""
+        check(_lib.load().svdiff_shifts_add_history(self.handle, encode(entry)))
+        return self
 
     def __repr__(self):
         return "<svdiff.Shifts %s>" % ("closed" if self._h is None else "%d entries" % len(self))

@@ -36,3 +36,22 @@ def cli(*args):
         raise AssertionError("svdiff %s exited %d: %s" % (" ".join(map(str, args)), p.returncode,
                                                           p.stderr.decode(errors="replace")))
     return p
+
+
+def expect_error(test, fn, code=None, contains=()):
+    """Calls fn(), which must raise svdiff.Error (of `code` when given) whose message contains each
+    of `contains`; returns the error. SVDIFF_ERR_UNSUPPORTED (a function this library lacks) is
+    raised on, so run.py reports the test as skipped rather than passed."""
+    import svdiff
+    try:
+        fn()
+    except svdiff.Error as e:
+        if e.code == svdiff.ERR_UNSUPPORTED and code != svdiff.ERR_UNSUPPORTED:
+            raise
+        if code is not None:
+            test.assertEqual(e.code, code, "%s: %s" % (e.name, e))
+        for text in [contains] if isinstance(contains, str) else contains:
+            test.assertIn(text, str(e))
+        test.assertEqual(str(e), e.message)
+        return e
+    test.fail("no svdiff.Error raised")

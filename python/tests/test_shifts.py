@@ -5,7 +5,7 @@ import os
 import unittest
 
 import svdiff
-from common import CLI, SOURCE, cli, read, scratch
+from common import CLI, SOURCE, cli, expect_error, read, scratch
 
 A = os.path.join(SOURCE, "tests", "fixtures", "toolbox", "a.safetensors")
 B = os.path.join(SOURCE, "tests", "fixtures", "toolbox", "b.safetensors")
@@ -65,6 +65,8 @@ class Shifts(unittest.TestCase):
         with svdiff.Shifts.load(path) as back:
             self.assertEqual([(n, values(v)) for n, v in back], [(n, values(v)) for n, v in self.a])
             self.assertEqual(back.meta("base_model_hash"), "toolbox-fixture")
+        self.a.set_meta("note", "from python")
+        self.assertEqual(self.a.meta("note"), "from python")
         self.a.save(os.path.join(work, "a16.safetensors"), fp16=True)
         self.assertLess(os.path.getsize(os.path.join(work, "a16.safetensors")), os.path.getsize(path))
 
@@ -82,6 +84,14 @@ class Shifts(unittest.TestCase):
             cli("shifts", *args, "-o", out)
             with svdiff.Shifts.load(out) as want, op() as got:
                 self.assertEqual([(n, values(v)) for n, v in got], [(n, values(v)) for n, v in want], args[0])
+        # with the CLI's history entry, the same bytes as `svdiff shifts scale / limit-rank`
+        for args, op, hist in ((("scale", A, "0.25"), lambda: self.a.scale(0.25), "scale 0.25"),
+                               (("limit-rank", A, "2"), lambda: self.a.limit_rank(2), "limit-rank 2")):
+            cli_out, py_out = os.path.join(work, "cli-bytes.safetensors"), os.path.join(work, "py-bytes.safetensors")
+            cli("shifts", *args, "-o", cli_out)
+            with op() as got:
+                got.add_history(hist).save(py_out)
+            self.assertEqual(read(py_out), read(cli_out), args[0])
         r = self.a.limit_rank(2)
         self.assertGreater(r.kept_values, 0)
         self.assertLess(r.kept_values, 672)
@@ -90,17 +100,13 @@ class Shifts(unittest.TestCase):
         self.assertLess(m.n_from, 116)
 
     def test_errors(self):
-        with self.assertRaises(svdiff.Error) as cm:
-            svdiff.Shifts.load(os.path.join(SOURCE, "models", "emoji-32", "model_index.json"))
-        self.assertIn("model_index.json", str(cm.exception))
-        with self.assertRaises(svdiff.Error) as cm:
-            svdiff.Shifts.mix(self.a, self.b, ["down_blocks.9"])
-        self.assertIn("down_blocks.9", str(cm.exception))
-        with svdiff.Shifts.load(ZERO) as z, self.assertRaises(svdiff.Error):
-            svdiff.Shifts.combine([self.a, z])   # other base model and other layers
+        expect_error(self, lambda: svdiff.Shifts.load(os.path.join(SOURCE, "models", "emoji-32", "model_index.json")),
+                     contains="model_index.json")
+        expect_error(self, lambda: svdiff.Shifts.mix(self.a, self.b, ["down_blocks.9"]), contains="down_blocks.9")
+        with svdiff.Shifts.load(ZERO) as z:
+            expect_error(self, lambda: svdiff.Shifts.combine([self.a, z]))   # other base model and other layers
         self.a.close()
-        with self.assertRaises(svdiff.Error):
-            len(self.a)
+        expect_error(self, lambda: len(self.a), svdiff.ERR_ARG, "closed")
 
 
 if __name__ == "__main__":

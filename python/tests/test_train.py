@@ -5,7 +5,7 @@ import os
 import unittest
 
 import svdiff
-from common import MODEL, SUBJECT, cli, read, scratch
+from common import MODEL, SUBJECT, cli, expect_error, read, scratch
 
 PROMPT = "an emoji of sks cat"
 CLI_ARGS = ["--model", MODEL, "--instance-prompt", PROMPT, "--steps", 4, "--threads", 2, "--svd-cache", "none",
@@ -56,12 +56,10 @@ class Train(unittest.TestCase):
         self.assertEqual(read(os.path.join(out, SHIFTS)), self.want)
 
     def test_bad_setting(self):
-        with self.assertRaises(svdiff.Error) as cm:
-            svdiff.train(instance_dir=SUBJECT, output_dir=os.path.join(self.work, "bad"), no_such_setting=3, **KW)
-        self.assertIn("no-such-setting", str(cm.exception))
-        with self.assertRaises(svdiff.Error) as cm:
-            svdiff.train(instance_dir=os.path.join(self.work, "missing"), output_dir=os.path.join(self.work, "bad2"), **KW)
-        self.assertIn("missing", str(cm.exception))
+        expect_error(self, lambda: svdiff.train(instance_dir=SUBJECT, output_dir=os.path.join(self.work, "bad"),
+                                                no_such_setting=3, **KW), svdiff.ERR_ARG, "no-such-setting")
+        expect_error(self, lambda: svdiff.train(instance_dir=os.path.join(self.work, "missing"),
+                                                output_dir=os.path.join(self.work, "bad2"), **KW), contains="missing")
         with self.assertRaises(ValueError):
             svdiff.train(output_dir=os.path.join(self.work, "bad3"), **KW)
 
