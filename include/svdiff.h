@@ -254,6 +254,10 @@ SVDIFF_API int svdiff_png_write(const char *path, const uint8_t *rgb, int width,
                                 const char *parameters);
 /* Reads a PNG or JPEG into a new RGB8 image (free with svdiff_images_free(img, 1)). */
 SVDIFF_API int svdiff_image_read(const char *path, svdiff_image_t **out);
+/* The sample sheet `svdiff generate` writes for several images (cols 0 and pad 2 there): n images
+ * of one size, cols per row (<= 0: about square), pad white pixels between and around them. *out
+ * is a new image (svdiff_images_free(img, 1)); written with svdiff_png_write(..., NULL). */
+SVDIFF_API int svdiff_image_grid(const svdiff_image_t *images, int n, int cols, int pad, svdiff_image_t **out);
 
 /* ------------------------------------------------------------------------------------------ */
 /* training                                                                                    */
@@ -332,14 +336,17 @@ typedef struct {
                                             is inverted with its own prompt */
     int no_inversion;                    /* start from seeded noise instead */
     uint64_t seed;                       /* 42 */
-    svdiff_callbacks_t callbacks;        /* progress (_INVERT, _EDIT), cancel, image (index = edit) */
+    svdiff_callbacks_t callbacks;        /* progress (_INVERT, _EDIT), cancel, image (see svdiff_edit) */
 } svdiff_edit_params_t;
 
 SVDIFF_API svdiff_edit_params_t svdiff_edit_default_params(void);
 
-/* Runs the edits. out_images (may be NULL): a new array of n_edits + 1 images, the edits then the
- * reconstruction (the prompt sampled back from the inversion, eta 0, guidance 1), freed with
- * svdiff_images_free. *psnr (may be NULL): the reconstruction's PSNR in dB against the cropped input. */
+/* Runs the edits. out_images (may be NULL): a new array of n_edits + 2 images of resolution^2 pixels,
+ * freed with svdiff_images_free: [0] the input as edited (resized, centre-cropped), [1] the
+ * reconstruction (the prompt sampled back from the inversion, eta 0, guidance 1), [2 + k] edit k:
+ * the columns of `svdiff edit`'s grid. callbacks.image receives the same images with those indices
+ * once all are done. *psnr (may be NULL): the reconstruction's PSNR in dB against [0]. The cancel
+ * callback is polled before each inversion and each sampling run. */
 SVDIFF_API int svdiff_edit(svdiff_model_t *model, const svdiff_edit_params_t *params, svdiff_image_t **out_images,
                            double *psnr);
 

@@ -837,6 +837,22 @@ static int dp_micro_batches(trainer_t *t, dp_state_t *d, float gs, train_losses_
     return rc;
 }
 
+/* The cancel hook said stop, before step t->step + 1: the checkpoint of the last finished step is
+ * written unless the run has one of it already (checkpoints on, and a step of this run finished that
+ * the periodic checkpoint did not cover), so --resume loses nothing. */
+static int cancel_run(trainer_t *t, int first) {
+    const train_config_t *c = &t->cfg;
+    int rc = SD_OK;
+    if (dist_rank() == 0 && c->checkpoint_every > 0 && t->step > first && t->step % c->checkpoint_every != 0) {
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s/checkpoint.safetensors", c->out_dir);
+        rc = trainer_checkpoint_save(t, path);
+    }
+    if ((rc = dist_agree(rc))) return rc;
+    return sd_error(SD_ERR_INTERRUPTED, "cancelled after step %d of %d%s", t->step, c->steps,
+                    c->checkpoint_every > 0 && t->step > 0 ? " (resume continues from the checkpoint)" : "");
+}
+
 int trainer_run(trainer_t *t) {
     const train_config_t *c = &t->cfg;
     /* Test-only hook: SVDIFF_TEST_ABORT_AT_STEP=k ends the process with _exit(137) right after
@@ -855,6 +871,10 @@ int trainer_run(trainer_t *t) {
     dp_state_t dp;
     dp_init(&dp, t);
     while (t->step < c->steps && !rc) {
+        if (t->cancel && dist_agree(t->cancel(t->hook_ctx) ? SD_ERR_INTERRUPTED : SD_OK)) {
+            rc = cancel_run(t, first);
+            break;
+        }
         train_losses_t sum = {0, 0, 0, 0};
         if (dp.active && (rc = dp_micro_batches(t, &dp, gs, &sum))) break;
         for (int a = 0; a < c->grad_accum && !rc && !dp.active; a++) {
@@ -905,6 +925,8 @@ int trainer_run(trainer_t *t) {
             snprintf(path, sizeof path, "%s/checkpoint.safetensors", c->out_dir);
             rc = trainer_checkpoint_save(t, path);
         }
+        if (!rc && lead && t->on_step)
+            t->on_step(t->hook_ctx, t->step, c->steps, (t->elapsed - elapsed0) / (double)(t->step - first));
         rc = dist_agree(rc);   /* rank 0's outputs failed: every rank stops at this step */
         if (!rc && t->step == abort_at) _exit(137);
     }

@@ -188,6 +188,14 @@ typedef struct {
     /* the run's outputs */
     FILE *csv;                /* OUT_DIR/loss.csv */
     run_lock_t lock;          /* of cfg.out_dir, held from trainer_open to trainer_close (runlock.h) */
+
+    /* a library caller's hooks (the C API's callbacks), set between trainer_open and trainer_run;
+     * NULL: none. cancel is polled before every optimizer step: non-zero stops the run with
+     * SD_ERR_INTERRUPTED, after writing the checkpoint of the last finished step (when checkpoints
+     * are on), so --resume continues from it. on_step follows every optimizer step. */
+    int (*cancel)(void *ctx);
+    void (*on_step)(void *ctx, int step, int total, double seconds_per_step);
+    void *hook_ctx;
 } trainer_t;
 
 /* The whole set-up of `svdiff train`: checks every input (model, folders, images, prompts, output
