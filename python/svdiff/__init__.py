@@ -10,15 +10,19 @@ standard library only; numpy is used when importable (images as (H, W, 3) uint8 
                  output_dir="out", steps=100, progress=print)
     s = svdiff.Shifts.load("out"); (s * 0.5).save("half")
 """
-from ._api import (ERR_ARG, ERR_CANCELLED, ERR_FORMAT, ERR_IO, ERR_NOMEM, ERR_NUMERIC, ERR_SHAPE,  # noqa: F401
+from . import _lib
+
+_lib.preload()   # before numpy (see _lib.preload); sets OMP_WAIT_POLICY=passive unless set
+
+from ._api import (ERR_ARG, ERR_CANCELLED, ERR_FORMAT, ERR_IO, ERR_NOMEM, ERR_NUMERIC, ERR_SHAPE,  # noqa: F401,E402
                    ERR_UNSUPPORTED, OK)
-from ._callbacks import Progress  # noqa: F401
-from ._errors import Cancelled, Error  # noqa: F401
-from ._image import Image, have_numpy  # noqa: F401
-from ._lib import LibraryNotFound  # noqa: F401
-from .model import SAMPLERS, Images, Model, read_image, write_png  # noqa: F401
-from .shifts import Shifts  # noqa: F401
-from .train import train  # noqa: F401
+from ._callbacks import Progress  # noqa: F401,E402
+from ._errors import Cancelled, Error  # noqa: F401,E402
+from ._image import Image, have_numpy  # noqa: F401,E402
+from ._lib import LibraryNotFound  # noqa: F401,E402
+from .model import SAMPLERS, EditResult, Images, Model, grid, read_image, write_png  # noqa: F401,E402
+from .shifts import Shifts  # noqa: F401,E402
+from .train import train  # noqa: F401,E402
 
 __version__ = "0.1.0"
 

@@ -100,6 +100,7 @@ PROTOTYPES = {
     "svdiff_png_parameters": (P, [P, C.POINTER(GenerateParams), C.c_uint64, S]),   # char * to svdiff_free
     "svdiff_png_write": (I, [S, C.POINTER(C.c_uint8), I, I, S]),
     "svdiff_image_read": (I, [S, C.POINTER(C.POINTER(ImageStruct))]),
+    "svdiff_image_grid": (I, [C.POINTER(ImageStruct), I, I, I, C.POINTER(C.POINTER(ImageStruct))]),
     "svdiff_train_default_params": (TrainParams, []),
     "svdiff_train": (I, [C.POINTER(TrainParams)]),
     "svdiff_edit_default_params": (EditParams, []),

@@ -14,6 +14,11 @@ import os
 
 _NAMES = ("libsvdiff.so", "libsvdiff.so.0")
 
+# What the svdiff CLI sets by re-executing itself (src/base/runtime.c), a library must get from its
+# host before libgomp loads: passive OpenMP waiting unless the user chose (spinning threads beside
+# another busy process made a 4-step generate on emoji-32 take 11-21 s instead of 0.2-0.6 s here).
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
 
 class LibraryNotFound(OSError):
     """libsvdiff.so could not be found or loaded; the message lists the places tried."""
@@ -82,6 +87,16 @@ def load():
         return lib
     raise LibraryNotFound("libsvdiff.so not found or not loadable; tried: " + "; ".join(tried) +
                           " (build it with `scripts/build.sh release`, or set SVDIFF_LIB)")
+
+
+def preload():
+    """Loads the library now if it can be found (quietly otherwise): the package does this before
+    importing numpy, so the library's OpenMP build of OpenBLAS is the process's libopenblas.so.0,
+    as in the CLI, rather than the one numpy would bring."""
+    try:
+        load()
+    except LibraryNotFound:
+        pass
 
 
 def path():

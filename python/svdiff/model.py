@@ -1,4 +1,5 @@
 """svdiff.Model: an opened model; generate, adapters (shifts, LoRA, delta), edit, PNG writing."""
+import collections
 import ctypes
 import os
 
@@ -49,22 +50,43 @@ def numbered_path(path, k):
     return "%s-%d%s" % (stem, k, ext)
 
 
+def grid(images, cols=0, pad=2):
+    """The sample sheet of images of one size (as `svdiff generate` draws it for several images:
+    cols 0 = about square, pad 2 white pixels between and around them)."""
+    images = list(images)
+    if not images:
+        raise ValueError("grid: no images")
+    structs, keep = [], []
+    for img in images:
+        st, buf = _image_struct(img)
+        structs.append(st)
+        keep.append(buf)
+    arr = (_api.ImageStruct * len(structs))(*structs)
+    out = ctypes.POINTER(_api.ImageStruct)()
+    check(_lib.load().svdiff_image_grid(arr, len(structs), int(cols), int(pad), ctypes.byref(out)))
+    return _take_images(out, 1)[0]
+
+
 class Images(list):
     """The images of one generate call (a list of (H, W, 3) uint8 arrays / svdiff.Image), with
     .seeds (each image's seed) and .parameters (each image's PNG 'parameters' text, as the CLI
-    writes it). save(path) writes them as `svdiff generate -o path` names its files."""
+    writes it). save(path) writes the files `svdiff generate -o path` writes."""
 
     def __init__(self, images, seeds, parameters):
         super().__init__(images)
         self.seeds, self.parameters = list(seeds), list(parameters)
 
     def save(self, path):
-        """One image: path; several: path-1.png ... path-N.png (the CLI's names; no grid).
-        Returns the paths written."""
-        paths = [path] if len(self) == 1 else [numbered_path(path, k + 1) for k in range(len(self))]
+        """One image: path; several: path-1.png ... path-N.png and their grid as path, as the
+        CLI names them. Returns the paths written (the grid last)."""
+        if len(self) == 1:
+            write_png(path, self[0], self.parameters[0])
+            return [path]
+        paths = [numbered_path(path, k + 1) for k in range(len(self))]
         for p, img, text in zip(paths, self, self.parameters):
             write_png(p, img, text)
-        return paths
+        write_png(path, grid(self))
+        return paths + [path]
 
 
 class Model:
@@ -256,20 +278,23 @@ class Model:
     # ---- editing ----
     def edit(self, image, prompt, edits, resolution=None, steps=None, cfg=None, eta=None, slerp=None,
              invert_source=False, no_inversion=False, seed=None, progress=None, cancel=None):
-        """CoSINE single-image editing: image (a path, an array or an svdiff.Image) inverted with
-        prompt, then sampled with each of edits. Returns (edited images, reconstruction, psnr)."""
+        """CoSINE single-image editing as `svdiff edit` does it on this model: image (a path, an
+        array or an svdiff.Image) DDIM-inverted with prompt, then sampled with each of edits.
+        Defaults: steps 50, cfg 3, eta 0.1, seed 42, the model's native resolution. Returns
+        svdiff.EditResult(edits, reconstruction, input, psnr): the edited images, the prompt
+        sampled back from the inversion, the input as edited (resized, centre-cropped) and the
+        reconstruction's PSNR in dB."""
         lib = _lib.load()
         edits = [edits] if isinstance(edits, str) else list(edits)
         p = lib.svdiff_edit_default_params()
         keep = [encode(prompt)] + [encode(e) for e in edits]
         arr = (ctypes.c_char_p * len(edits))(*keep[1:])
-        img = None
         if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
             keep.append(encode(image))
             p.image_path = keep[-1]
         else:
             img, buf = _image_struct(image)
-            keep.append(buf)
+            keep += [img, buf]
             p.image = ctypes.pointer(img)
         p.prompt, p.edits, p.n_edits = keep[0], arr, len(edits)
         for name, v in (("resolution", resolution), ("steps", steps), ("cfg", cfg), ("eta", eta), ("slerp", slerp),
@@ -284,8 +309,11 @@ class Model:
         rc = lib.svdiff_edit(self.handle, ctypes.byref(p), ctypes.byref(out), ctypes.byref(psnr))
         hooks.reraise()
         check(rc)
-        images = _take_images(out, len(edits) + 1)
-        return images[:-1], images[-1], psnr.value
+        images = _take_images(out, len(edits) + 2)
+        return EditResult(images[2:], images[1], images[0], psnr.value)
+
+
+EditResult = collections.namedtuple("EditResult", "edits reconstruction input psnr")
 
 
 def _floats(values):

@@ -39,10 +39,10 @@ class Generate(unittest.TestCase):
         images = self.model.generate(seed=7, num_images=3, batch_size=2, **SETTINGS)
         self.assertEqual(images.seeds, [7, 8, 9])
         paths = images.save(os.path.join(work, "py.png"))
-        self.assertEqual([os.path.basename(p) for p in paths], ["py-1.png", "py-2.png", "py-3.png"])
-        for k in (1, 2, 3):
-            self.assertEqual(read(os.path.join(work, "py-%d.png" % k)), read(os.path.join(work, "cli-%d.png" % k)),
-                             "image %d differs from the CLI's" % k)
+        self.assertEqual([os.path.basename(p) for p in paths], ["py-1.png", "py-2.png", "py-3.png", "py.png"])
+        for k in ("-1", "-2", "-3", ""):
+            self.assertEqual(read(os.path.join(work, "py%s.png" % k)), read(os.path.join(work, "cli%s.png" % k)),
+                             "py%s.png differs from the CLI's" % k)
         # the pixels are those of the CLI's PNG, decoded by the library
         self.assertEqual(rgb(images[1]), rgb(svdiff.read_image(os.path.join(work, "cli-2.png"))))
         self.assertIn("Seed: 8,", images.parameters[1])
