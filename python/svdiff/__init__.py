@@ -14,15 +14,15 @@ from . import _lib
 
 _lib.preload()   # before numpy (see _lib.preload); sets OMP_WAIT_POLICY=passive unless set
 
-from ._api import (ERR_ARG, ERR_CANCELLED, ERR_FORMAT, ERR_IO, ERR_NOMEM, ERR_NUMERIC, ERR_SHAPE,  # noqa: F401,E402
+from ._api import (ERR_ARG, ERR_CANCELLED, ERR_FORMAT, ERR_IO, ERR_NOMEM, ERR_NUMERIC, ERR_SHAPE,  # noqa: E402
                    ERR_UNSUPPORTED, OK)
-from ._callbacks import Progress  # noqa: F401,E402
-from ._errors import Cancelled, Error  # noqa: F401,E402
-from ._image import Image, have_numpy  # noqa: F401,E402
-from ._lib import LibraryNotFound  # noqa: F401,E402
-from .model import SAMPLERS, EditResult, Images, Model, grid, read_image, write_png  # noqa: F401,E402
-from .shifts import Shifts  # noqa: F401,E402
-from .train import train  # noqa: F401,E402
+from ._callbacks import Progress  # noqa: E402
+from ._errors import Cancelled, Error  # noqa: E402
+from ._image import Image, have_numpy  # noqa: E402
+from ._lib import LibraryNotFound  # noqa: E402
+from .model import SAMPLERS, EditResult, Images, Model, grid, read_image, write_png  # noqa: E402
+from .shifts import Shifts  # noqa: E402
+from .train import train  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -43,3 +43,9 @@ def set_threads(n):
     """Compute threads of the process (OpenMP and BLAS); n <= 0: the default."""
     from . import _lib
     _lib.load().svdiff_set_threads(int(n))
+
+
+__all__ = ["Model", "Images", "EditResult", "Shifts", "train", "Error", "Cancelled", "LibraryNotFound", "Progress",
+           "Image", "have_numpy", "read_image", "write_png", "grid", "SAMPLERS", "version", "library_path",
+           "set_threads", "OK", "ERR_IO", "ERR_FORMAT", "ERR_SHAPE", "ERR_NOMEM", "ERR_ARG", "ERR_NUMERIC",
+           "ERR_CANCELLED", "ERR_UNSUPPORTED"]

@@ -55,3 +55,11 @@ def expect_error(test, fn, code=None, contains=()):
         test.assertEqual(str(e), e.message)
         return e
     test.fail("no svdiff.Error raised")
+
+
+def same_file(test, got, want):
+    """The two files hold the same bytes; else fails naming the sizes and the first differing offset."""
+    a, b = read(got), read(want)
+    if a != b:
+        at = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        test.fail("%s (%d bytes) differs from %s (%d bytes) from byte %d" % (got, len(a), want, len(b), at))

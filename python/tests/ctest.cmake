@@ -15,7 +15,7 @@ if(SVDIFF_SANITIZE)
   execute_process(COMMAND ${CMAKE_C_COMPILER} -print-file-name=libubsan.so OUTPUT_VARIABLE ubsan OUTPUT_STRIP_TRAILING_WHITESPACE)
   list(APPEND SVDIFF_PY_ENV "LD_PRELOAD=${asan}:${ubsan}" "ASAN_OPTIONS=detect_leaks=0")
 endif()
-foreach(case generate train shifts errors package)
+foreach(case generate adapters train shifts errors package)
   add_test(NAME python.${case} COMMAND ${SVDIFF_PYTHON3} ${CMAKE_SOURCE_DIR}/python/tests/run.py test_${case})
   set_tests_properties(python.${case} PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 300
     ENVIRONMENT "${SVDIFF_PY_ENV};SVDIFF_TEST_WORK=${CMAKE_BINARY_DIR}/python-tests/${case}")

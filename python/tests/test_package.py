@@ -13,9 +13,8 @@ from common import HERE, MODEL, scratch
 
 class Package(unittest.TestCase):
     def test_pip_install_offline(self):
-        try:
-            import pip  # noqa: F401
-        except ImportError:
+        import importlib.util
+        if importlib.util.find_spec("pip") is None:
             self.skipTest("no pip for %s (Debian: python3-pip)" % sys.executable)
         target = scratch("pip-target")
         p = subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--no-cache-dir",
