@@ -78,17 +78,19 @@ SVDIFF_API void svdiff_set_threads(int n);
 /* callbacks                                                                                   */
 
 typedef enum {
-    SVDIFF_STAGE_SAMPLE = 0,      /* denoising steps of generate (total: steps of all images) */
+    SVDIFF_STAGE_SAMPLE = 0,      /* denoising steps of generate (total: batches x steps) */
     SVDIFF_STAGE_TRAIN = 1,       /* optimizer steps of training */
-    SVDIFF_STAGE_CLASS_IMAGES = 2,/* generating class images before training (total: images) */
+    SVDIFF_STAGE_CLASS_IMAGES = 2,/* reserved: generating class images before training */
     SVDIFF_STAGE_INVERT = 3,      /* DDIM inversion steps of edit */
     SVDIFF_STAGE_EDIT = 4,        /* sampling steps of edit */
 } svdiff_stage_t;
 
-/* Called after each step: `step` of `total` done (1-based), seconds_per_step the mean so far. */
+/* Called after each step: `step` of `total` done (1-based), seconds_per_step the mean so far. For
+ * generate, a step is one denoising step of one batch (total: batches x steps). */
 typedef void (*svdiff_progress_fn)(svdiff_stage_t stage, int step, int total, double seconds_per_step,
                                    void *user_data);
-/* Polled before each UNet call of sampling and before each training step: non-zero stops the
+/* Polled before each batch and after each denoising step of sampling (so before its next UNet
+ * call), and before each training step: non-zero stops the
  * work cleanly and the function returns SVDIFF_ERR_CANCELLED. Sampling drops the batch being
  * denoised (images already delivered stay delivered); training stops within one optimizer step,
  * writes a checkpoint of the last finished step when checkpoints are on (checkpoint_every > 0), and
@@ -288,7 +290,8 @@ typedef struct {
     int n_class_images;
     const char *class_prompt;
     int num_class_images;
-    svdiff_train_mode_t mode;
+    svdiff_train_mode_t mode;           /* full and LoRA default to their own lr (5e-6, 1e-4) unless
+                                           lr differs from the shifts default or an "lr" setting is given */
     int resolution;                     /* 0: the model's native size */
     int steps, batch_size, grad_accum;
     float lr, lr_1d;                    /* spectral deltas, norm-gain shifts */
@@ -303,7 +306,8 @@ typedef struct {
     int threads;                        /* > 0: svdiff_set_threads */
     const char *const *settings;        /* n_settings "name=value" for every other setting */
     int n_settings;
-    svdiff_callbacks_t callbacks;       /* progress (SVDIFF_STAGE_CLASS_IMAGES, _TRAIN), cancel */
+    svdiff_callbacks_t callbacks;       /* progress (SVDIFF_STAGE_TRAIN; with it, no progress bar on
+                                           stderr), cancel (before every optimizer step) */
 } svdiff_train_params_t;
 
 /* The defaults of `svdiff train` (from its settings table). */
@@ -353,8 +357,8 @@ SVDIFF_API int svdiff_edit(svdiff_model_t *model, const svdiff_edit_params_t *pa
 /* ------------------------------------------------------------------------------------------ */
 /* shift sets and the toolbox                                                                  */
 
-/* svdiff_shifts_t: spectral shifts in memory, a UNet part and a text-encoder part (either may be
- * empty), as in a training output folder. */
+/* svdiff_shifts_t: spectral shifts in memory: one set (a shift file) or the UNet and text-encoder
+ * parts of a training output folder. */
 
 /* Loads a shift file or a training output folder, as `svdiff shifts` reads its inputs: a file is
  * one set (its "text_model." entries go to the text encoder when applied), a folder holds

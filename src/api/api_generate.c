@@ -112,7 +112,7 @@ SVDIFF_API int svdiff_generate(svdiff_model_t *m, const svdiff_generate_params_t
         free(init);
         return sd_nomem("image list", sizeof *imgs * n);
     }
-    gen_ctx_t g = {.cb = &params->callbacks, .stage = SVDIFF_STAGE_SAMPLE, .total = (long)n * params->steps, .t0 = now_s()};
+    gen_ctx_t g = {.cb = &params->callbacks, .stage = SVDIFF_STAGE_SAMPLE, .total = (long)((n + params->batch - 1) / params->batch) * params->steps, .t0 = now_s()};
     for (int i = 0, bn; !rc && i < n; i += bn) {
         bn = n - i < params->batch ? n - i : params->batch;
         if (g.cb->cancel && g.cb->cancel(g.cb->user_data)) g.stop = 1;

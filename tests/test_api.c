@@ -1,0 +1,778 @@
+/* The public C API (include/svdiff.h) on the tiny fixture model: each entry point gives the bytes of
+ * the library layer it wraps (pipeline, trainer, toolbox) or of the CLI, adapters come off exactly,
+ * the cancel callback stops sampling and training cleanly (training resumably), and bad input comes
+ * back as a code with a message. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "svdiff.h"
+#include "testutil.h"
+
+#include "base/error.h"
+#include "base/runtime.h"
+#include "pipeline/adapters.h"
+#include "pipeline/pipeline.h"
+#include "train/settings.h"
+#include "train/trainer.h"
+
+static char g_model[4096];
+
+static const char *model_dir(void) {
+    snprintf(g_model, sizeof g_model, "%s", source_path("tests/fixtures/tiny-sd/diffusers"));
+    return g_model;
+}
+
+static void make_tmp(char *dir, size_t cap) {
+    snprintf(dir, cap, "/tmp/svdiff-api-XXXXXX");
+    assert_non_null(mkdtemp(dir));
+}
+
+static int exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+static svdiff_model_t *open_tiny(void) {
+    svdiff_model_params_t mp = svdiff_model_default_params();
+    mp.svd_cache_dir = "";   /* no cache outside the test's folders */
+    svdiff_model_t *m = NULL;
+    const int rc = svdiff_model_open(model_dir(), &mp, &m);
+    if (rc) print_error("open: %s\n", svdiff_last_error());
+    assert_int_equal(rc, SVDIFF_OK);
+    assert_non_null(m);
+    return m;
+}
+
+static svdiff_generate_params_t small_gen(void) {
+    svdiff_generate_params_t g = svdiff_generate_default_params();
+    g.prompt = "a photo of a cat";
+    g.negative_prompt = "blurry";
+    g.steps = 3, g.cfg = 5.0f, g.sampler = SVDIFF_SAMPLER_DPMPP_2M, g.seed = 31;
+    return g;
+}
+
+/* One image through the API, malloc'ed RGB (w * h * 3 bytes). */
+static uint8_t *gen_one(svdiff_model_t *m, const svdiff_generate_params_t *g, size_t *bytes) {
+    svdiff_image_t *imgs = NULL;
+    const int rc = svdiff_generate(m, g, &imgs);
+    if (rc) print_error("generate: %s\n", svdiff_last_error());
+    assert_int_equal(rc, SVDIFF_OK);
+    *bytes = (size_t)imgs[0].width * imgs[0].height * 3;
+    uint8_t *rgb = malloc(*bytes);
+    memcpy(rgb, imgs[0].rgb, *bytes);
+    svdiff_images_free(imgs, g->num_images);
+    return rgb;
+}
+
+/* The same image through the pipeline directly (shifts applied when `shifts` is not NULL). */
+static uint8_t *pipeline_one(const svdiff_generate_params_t *g, uint64_t seed, const char *shifts) {
+    pipeline_t p;
+    assert_int_equal(pipeline_open(&p, model_dir(), NULL), 0);
+    if (shifts) {
+        const pipeline_shift_t sh = {.path = shifts, .scale = 1.0f};
+        assert_int_equal(pipeline_apply_shifts(&p, &sh, 1, 0, NULL), 0);
+    }
+    const int W = pipeline_native_size(&p);
+    int C, h, w;
+    pipeline_latent_shape(&p, W, W, &C, &h, &w);
+    float *lat = malloc(sizeof(float) * C * h * w);
+    txt2img_opts_t o = {.prompt = g->prompt, .negative_prompt = g->negative_prompt, .width = W, .height = W,
+                        .steps = g->steps, .cfg = g->cfg, .eta = g->eta, .sampler = (sampler_kind_t)g->sampler,
+                        .seed = seed, .batch = 1};
+    assert_int_equal(pipeline_txt2img(&p, &o, NULL, lat), 0);
+    uint8_t *rgb = NULL;
+    assert_int_equal(pipeline_decode(&p, lat, 1, h, w, &rgb), 0);
+    free(lat);
+    pipeline_close(&p);
+    return rgb;
+}
+
+/* ---- version, errors ---- */
+
+static void test_version_and_errors(void **state) {
+    (void)state;
+    char want[32];
+    snprintf(want, sizeof want, "%d.%d.%d", SVDIFF_VERSION_MAJOR, SVDIFF_VERSION_MINOR, SVDIFF_VERSION_PATCH);
+    assert_string_equal(svdiff_version(), want);
+    assert_string_equal(svdiff_error_name(SVDIFF_ERR_CANCELLED), "SVDIFF_ERR_CANCELLED");
+    assert_string_equal(svdiff_error_name(SVDIFF_OK), "SVDIFF_OK");
+    assert_string_equal(svdiff_error_name(-99), "SVDIFF_ERR_UNKNOWN");
+
+    svdiff_model_t *m = (svdiff_model_t *)1;
+    assert_int_equal(svdiff_model_open("/nonexistent/model", NULL, &m), SVDIFF_ERR_IO);
+    assert_null(m);
+    assert_non_null(strstr(svdiff_last_error(), "/nonexistent/model"));
+    assert_int_equal(svdiff_model_open(NULL, NULL, &m), SVDIFF_ERR_ARG);
+    assert_non_null(strstr(svdiff_last_error(), "path is NULL"));
+    svdiff_model_params_t mp = svdiff_model_default_params();
+    mp.compute = (svdiff_compute_t)7;
+    assert_int_equal(svdiff_model_open(model_dir(), &mp, &m), SVDIFF_ERR_ARG);
+    assert_non_null(strstr(svdiff_last_error(), "compute"));
+    svdiff_sampler_t s;
+    assert_int_equal(svdiff_sampler_parse("euler_a", &s), SVDIFF_OK);
+    assert_int_equal(s, SVDIFF_SAMPLER_EULER_A);
+    assert_string_equal(svdiff_sampler_name(s), "euler_a");
+    assert_int_equal(svdiff_sampler_parse("ddim_inverse", &s), SVDIFF_ERR_ARG);
+    assert_non_null(strstr(svdiff_last_error(), "ddim_inverse"));
+    svdiff_model_close(NULL);   /* no-ops */
+    svdiff_shifts_free(NULL);
+    svdiff_images_free(NULL, 3);
+}
+
+static void test_model_info(void **state) {
+    (void)state;
+    svdiff_model_t *m = open_tiny();
+    svdiff_model_info_t info;
+    assert_int_equal(svdiff_model_info(m, &info), SVDIFF_OK);
+    pipeline_t p;
+    assert_int_equal(pipeline_open(&p, model_dir(), NULL), 0);
+    char hash[17];
+    assert_int_equal(model_weights_hash(&p.model, hash), 0);
+    assert_string_equal(info.weights_hash, hash);
+    assert_int_equal(info.native_width, pipeline_native_size(&p));
+    assert_int_equal(info.native_height, pipeline_native_size(&p));
+    assert_int_equal(info.latent_channels, p.latent_channels);
+    assert_int_equal(info.context_dim, p.ctx_dim);
+    assert_int_equal(info.unet_levels, p.unet.cfg.n_levels);
+    assert_int_equal(info.has_vae, 1);
+    assert_string_equal(info.prediction_type, "epsilon");
+    assert_true(info.unet_params > 0 && info.text_encoder_params > 0 && info.vae_params > 0);
+    int c, lh, lw;
+    assert_int_equal(svdiff_model_latent_shape(m, 0, 0, &c, &lh, &lw), SVDIFF_OK);
+    assert_int_equal(c, p.latent_channels);
+    assert_int_equal(lh * p.scale_factor, info.native_height);
+    assert_int_equal(svdiff_model_latent_shape(m, 10, 16, &c, &lh, &lw), SVDIFF_ERR_ARG);
+    assert_non_null(strstr(svdiff_last_error(), "multiples"));
+    pipeline_close(&p);
+    svdiff_model_close(m);
+}
+
+/* ---- generation ---- */
+
+typedef struct {
+    int progress, images, cancel_polls, cancel_at;
+    int last_step, total;
+    uint8_t *rgb[4];
+    uint64_t seeds[4];
+} cb_state_t;
+
+static void on_progress(svdiff_stage_t stage, int step, int total, double sec, void *ud) {
+    cb_state_t *s = ud;
+    (void)stage;
+    assert_true(sec >= 0);
+    s->progress++, s->last_step = step, s->total = total;
+}
+
+static int on_cancel(void *ud) {
+    cb_state_t *s = ud;
+    return ++s->cancel_polls >= s->cancel_at && s->cancel_at > 0;
+}
+
+static void on_image(const uint8_t *rgb, int w, int h, int index, uint64_t seed, void *ud) {
+    cb_state_t *s = ud;
+    assert_true(index >= 0 && index < 4);
+    s->rgb[index] = malloc((size_t)w * h * 3);
+    memcpy(s->rgb[index], rgb, (size_t)w * h * 3);
+    s->seeds[index] = seed;
+    s->images++;
+}
+
+static void test_generate_matches_pipeline(void **state) {
+    (void)state;
+    svdiff_model_t *m = open_tiny();
+    svdiff_generate_params_t g = small_gen();
+    g.num_images = 3, g.batch = 2;   /* a batch of 2 (seeds 31, 32), then one (33) */
+    cb_state_t cs = {0};
+    g.callbacks = (svdiff_callbacks_t){.progress = on_progress, .image = on_image, .user_data = &cs};
+    svdiff_model_info_t info;
+    assert_int_equal(svdiff_model_info(m, &info), 0);
+    const size_t bytes = (size_t)info.native_width * info.native_height * 3;
+    uint8_t *buf = malloc(bytes * 3);
+    g.out_rgb = buf;
+    svdiff_image_t *imgs = NULL;
+    assert_int_equal(svdiff_generate(m, &g, &imgs), SVDIFF_OK);
+    assert_int_equal(cs.images, 3);
+    assert_int_equal(cs.progress, 6);   /* steps of the two batches */
+    assert_int_equal(cs.last_step, 6);
+    assert_int_equal(cs.total, 6);
+    for (int k = 0; k < 3; k++) {
+        uint8_t *want = pipeline_one(&g, 31 + k, NULL);
+        assert_int_equal(imgs[k].width, info.native_width);
+        assert_int_equal(imgs[k].seed, 31 + k);
+        assert_int_equal(cs.seeds[k], 31 + k);
+        assert_memory_equal(imgs[k].rgb, want, bytes);
+        assert_memory_equal(cs.rgb[k], want, bytes);
+        assert_memory_equal(buf + k * bytes, want, bytes);
+        free(want), free(cs.rgb[k]);
+    }
+    svdiff_images_free(imgs, 3);
+    free(buf);
+    svdiff_model_close(m);
+}
+
+/* The svdiff binary beside this test binary (both in the build folder), or "" when it was not built. */
+static void cli_path(char *cli, size_t cap) {
+    char exe[4096];
+    const ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    assert_true(n > 0);
+    exe[n] = 0;
+    *strrchr(exe, '/') = 0;
+    snprintf(cli, cap, "%s/svdiff", exe);
+    if (access(cli, X_OK)) cli[0] = 0;
+}
+
+/* The PNG the API writes is the PNG `svdiff generate` writes, byte for byte. */
+static void test_png_matches_cli(void **state) {
+    (void)state;
+    char cli[4200];
+    cli_path(cli, sizeof cli);
+    if (!cli[0]) skip();   /* only the test binary was built */
+    char tmp[64], a[128], b[128], cmd[16384];
+    make_tmp(tmp, sizeof tmp);
+    snprintf(a, sizeof a, "%s/cli.png", tmp);
+    snprintf(b, sizeof b, "%s/api.png", tmp);
+    snprintf(cmd, sizeof cmd,
+             "'%s' generate --model '%s' --prompt 'a photo of a cat' --negative-prompt blurry --steps 3 --cfg 5 "
+             "--sampler dpmpp_2m --seed 31 --quiet -o '%s' 2>/dev/null",
+             cli, model_dir(), a);
+    assert_int_equal(system(cmd), 0);
+    svdiff_model_t *m = open_tiny();
+    svdiff_generate_params_t g = small_gen();
+    svdiff_image_t *imgs = NULL;
+    assert_int_equal(svdiff_generate(m, &g, &imgs), SVDIFF_OK);
+    char *text = svdiff_png_parameters(m, &g, imgs[0].seed, model_dir());
+    assert_non_null(text);
+    assert_non_null(strstr(text, "Seed: 31, Size: 16x16"));
+    assert_int_equal(svdiff_png_write(b, imgs[0].rgb, imgs[0].width, imgs[0].height, text), SVDIFF_OK);
+    assert_same_file(a, b);
+    assert_int_equal(svdiff_png_write(tmp, imgs[0].rgb, imgs[0].width, imgs[0].height, text), SVDIFF_ERR_IO);
+    svdiff_free(text);
+    svdiff_images_free(imgs, 1);
+    svdiff_model_close(m);
+    rm_tree(tmp);
+}
+
+static void test_generate_cancel(void **state) {
+    (void)state;
+    svdiff_model_t *m = open_tiny();
+    svdiff_generate_params_t g = small_gen();
+    g.num_images = 2, g.steps = 4;
+    cb_state_t cs = {.cancel_at = 3};   /* polled before the batch and after every step: stop after the second */
+    g.callbacks = (svdiff_callbacks_t){.progress = on_progress, .cancel = on_cancel, .image = on_image, .user_data = &cs};
+    svdiff_image_t *imgs = (svdiff_image_t *)1;
+    assert_int_equal(svdiff_generate(m, &g, &imgs), SVDIFF_ERR_CANCELLED);
+    assert_null(imgs);
+    assert_int_equal(cs.progress, 2);   /* no UNet call after the cancel */
+    assert_int_equal(cs.images, 0);
+    assert_non_null(strstr(svdiff_last_error(), "cancelled"));
+    /* bad parameters: a code and a message naming the value */
+    g = small_gen();
+    g.steps = 0;
+    assert_int_equal(svdiff_generate(m, &g, NULL), SVDIFF_ERR_ARG);
+    assert_non_null(strstr(svdiff_last_error(), "steps"));
+    g = small_gen();
+    g.width = 10;
+    assert_int_equal(svdiff_generate(m, &g, NULL), SVDIFF_ERR_ARG);
+    assert_non_null(strstr(svdiff_last_error(), "10x16"));
+    g = small_gen();
+    g.prompt = NULL;
+    assert_int_equal(svdiff_generate(m, &g, NULL), SVDIFF_ERR_ARG);
+    svdiff_model_close(m);
+}
+
+/* ---- training ---- */
+
+typedef struct {
+    char tmp[64], inst[96], cls[96];
+} data_t;
+
+/* tmp/inst: the two fixture dog images without captions; tmp/cls: one of them as a class image */
+static void make_data(data_t *d, svdiff_image_t **imgs) {
+    make_tmp(d->tmp, sizeof d->tmp);
+    snprintf(d->inst, sizeof d->inst, "%s/inst", d->tmp);
+    snprintf(d->cls, sizeof d->cls, "%s/cls", d->tmp);
+    mkdir(d->inst, 0777), mkdir(d->cls, 0777);
+    const char *names[2] = {"dog1.png", "dog2.png"};
+    for (int i = 0; i < 2; i++) {
+        char src[256], dst[256];
+        snprintf(src, sizeof src, "tests/fixtures/train/images/%s", names[i]);
+        assert_int_equal(svdiff_image_read(source_path(src), &imgs[i]), SVDIFF_OK);
+        snprintf(dst, sizeof dst, "%s/%c.png", d->inst, 'a' + i);
+        assert_int_equal(svdiff_png_write(dst, imgs[i]->rgb, imgs[i]->width, imgs[i]->height, NULL), 0);
+    }
+    char dst[256];
+    snprintf(dst, sizeof dst, "%s/x.png", d->cls);
+    assert_int_equal(svdiff_png_write(dst, imgs[1]->rgb, imgs[1]->width, imgs[1]->height, NULL), 0);
+}
+
+static const char *const SETTINGS[] = {"lr-schedule=cosine", "warmup=1", "flip", "caption_dropout=0"};
+
+static svdiff_train_params_t api_config(const data_t *d, const char *out) {
+    svdiff_train_params_t p = svdiff_train_default_params();
+    p.model = model_dir();
+    p.instance_dir = d->inst, p.instance_prompt = "a photo of sks dog";
+    p.class_dir = d->cls, p.class_prompt = "a photo of a dog", p.num_class_images = 1;
+    p.resolution = 16, p.steps = 4, p.batch_size = 1, p.grad_accum = 2, p.lr = 1e-2f;
+    p.train_text_encoder = 1;
+    p.svd_cache_dir = "";
+    p.out_dir = out;
+    p.settings = SETTINGS, p.n_settings = 4;
+    p.callbacks.progress = on_progress;   /* no bar on stderr */
+    return p;
+}
+
+/* The same run written directly against the trainer. */
+static void trainer_config(train_config_t *c, const data_t *d, const char *out) {
+    train_config_default(c);
+    c->model = model_dir();
+    c->instance_dir = d->inst, c->instance_prompt = "a photo of sks dog";
+    c->class_dir = d->cls, c->class_prompt = "a photo of a dog", c->num_class_images = 1;
+    c->resolution = 16, c->steps = 4, c->batch_size = 1, c->grad_accum = 2, c->lr = 1e-2f;
+    c->lr_schedule = LR_COSINE, c->warmup = 1, c->flip = 1;
+    c->train_text_encoder = 1;
+    c->svd_cache_dir = "";
+    c->out_dir = out;
+    c->quiet = 1;
+}
+
+static void same_outputs(const char *a, const char *b) {
+    const char *files[2] = {"spectral_shifts.safetensors", "spectral_shifts_te.safetensors"};
+    for (int i = 0; i < 2; i++) {
+        char fa[512], fb[512];
+        snprintf(fa, sizeof fa, "%s/%s", a, files[i]);
+        snprintf(fb, sizeof fb, "%s/%s", b, files[i]);
+        assert_same_file(fa, fb);
+    }
+}
+
+static void test_train_matches_trainer(void **state) {
+    (void)state;
+    data_t d;
+    svdiff_image_t *imgs[2];
+    make_data(&d, imgs);
+    char direct[160], api[160], mem[160];
+    snprintf(direct, sizeof direct, "%s/direct", d.tmp);
+    snprintf(api, sizeof api, "%s/api", d.tmp);
+    snprintf(mem, sizeof mem, "%s/mem", d.tmp);
+    train_config_t c;
+    trainer_config(&c, &d, direct);
+    trainer_t t;
+    int rc = trainer_open(&t, &c);
+    if (!rc) rc = trainer_run(&t);
+    trainer_close(&t);
+    assert_int_equal(rc, 0);
+
+    cb_state_t cs = {0};
+    svdiff_train_params_t p = api_config(&d, api);
+    p.callbacks.user_data = &cs;
+    rc = svdiff_train(&p);
+    if (rc) print_error("train: %s\n", svdiff_last_error());
+    assert_int_equal(rc, SVDIFF_OK);
+    assert_int_equal(cs.progress, 4);
+    assert_int_equal(cs.total, 4);
+    same_outputs(direct, api);
+
+    /* the same images from memory: the same bytes */
+    const svdiff_image_t inst[2] = {*imgs[0], *imgs[1]}, cls[1] = {*imgs[1]};
+    p = api_config(&d, mem);
+    p.callbacks.user_data = &cs;
+    p.instance_dir = NULL, p.instance_images = inst, p.n_instance_images = 2;
+    p.class_dir = NULL, p.class_images = cls, p.n_class_images = 1;
+    rc = svdiff_train(&p);
+    if (rc) print_error("train: %s\n", svdiff_last_error());
+    assert_int_equal(rc, SVDIFF_OK);
+    same_outputs(direct, mem);
+
+    /* errors: a code and a message */
+    p = api_config(&d, mem);
+    const char *bad[1] = {"no-such-setting=1"};
+    p.settings = bad, p.n_settings = 1;
+    assert_int_equal(svdiff_train(&p), SVDIFF_ERR_ARG);
+    assert_non_null(strstr(svdiff_last_error(), "no-such-setting"));
+    p = api_config(&d, mem);
+    p.steps = -3;
+    assert_int_equal(svdiff_train(&p), SVDIFF_ERR_ARG);
+    assert_non_null(strstr(svdiff_last_error(), "-3"));
+    p = api_config(&d, mem);
+    p.model = NULL;
+    assert_int_equal(svdiff_train(&p), SVDIFF_ERR_ARG);
+    assert_non_null(strstr(svdiff_last_error(), "required"));
+    for (int i = 0; i < 2; i++) svdiff_images_free(imgs[i], 1);
+    rm_tree(d.tmp);
+}
+
+/* Cancelled before step 4 of 6: SVDIFF_ERR_CANCELLED after 3 finished steps, a checkpoint of step 3,
+ * no result; resuming gives the bytes of an uninterrupted run. */
+static void test_train_cancel_resumes(void **state) {
+    (void)state;
+    data_t d;
+    svdiff_image_t *imgs[2];
+    make_data(&d, imgs);
+    char straight[160], cut[160], path[256];
+    snprintf(straight, sizeof straight, "%s/straight", d.tmp);
+    snprintf(cut, sizeof cut, "%s/cut", d.tmp);
+    cb_state_t cs = {0};
+    svdiff_train_params_t p = api_config(&d, straight);
+    p.steps = 6, p.checkpoint_every = 2;
+    p.callbacks.user_data = &cs;
+    assert_int_equal(svdiff_train(&p), SVDIFF_OK);
+
+    cb_state_t cc = {.cancel_at = 4};   /* polled before each step: the 4th poll is before step 4 */
+    p.out_dir = cut;
+    p.callbacks.cancel = on_cancel, p.callbacks.user_data = &cc;
+    assert_int_equal(svdiff_train(&p), SVDIFF_ERR_CANCELLED);
+    assert_non_null(strstr(svdiff_last_error(), "cancelled after step 3 of 6"));
+    assert_int_equal(cc.progress, 3);   /* stopped within one step */
+    snprintf(path, sizeof path, "%s/checkpoint.safetensors", cut);
+    assert_true(exists(path));
+    snprintf(path, sizeof path, "%s/spectral_shifts.safetensors", cut);
+    assert_false(exists(path));
+
+    p.callbacks.cancel = NULL;
+    p.resume = 1;
+    cb_state_t cr = {0};
+    p.callbacks.user_data = &cr;
+    assert_int_equal(svdiff_train(&p), SVDIFF_OK);
+    assert_int_equal(cr.progress, 3);   /* steps 4..6 */
+    same_outputs(straight, cut);
+    for (int i = 0; i < 2; i++) svdiff_images_free(imgs[i], 1);
+    rm_tree(d.tmp);
+}
+
+/* ---- adapters ---- */
+
+/* Trains 3 steps with a large LR into tmp/shifts (both parts) and returns the folder. */
+static void train_shifts(data_t *d, svdiff_image_t **imgs, char *out, size_t cap) {
+    make_data(d, imgs);
+    snprintf(out, cap, "%s/shifts", d->tmp);
+    svdiff_train_params_t p = api_config(d, out);
+    p.steps = 3, p.lr = 5e-2f, p.lr_1d = 1e-2f;
+    p.class_dir = NULL, p.class_prompt = NULL;
+    cb_state_t cs = {0};
+    p.callbacks.user_data = &cs;
+    assert_int_equal(svdiff_train(&p), SVDIFF_OK);
+}
+
+static void test_adapters_apply_and_clear(void **state) {
+    (void)state;
+    data_t d;
+    svdiff_image_t *imgs[2];
+    char shifts[256];
+    train_shifts(&d, imgs, shifts, sizeof shifts);
+    svdiff_model_t *m = open_tiny();
+    const svdiff_generate_params_t g = small_gen();
+    size_t n;
+    uint8_t *base = gen_one(m, &g, &n);
+
+    assert_int_equal(svdiff_model_apply_shifts(m, shifts, 1.0f), SVDIFF_OK);
+    uint8_t *shifted = gen_one(m, &g, &n);
+    uint8_t *want = pipeline_one(&g, g.seed, shifts);
+    assert_memory_equal(shifted, want, n);   /* as generate --shifts */
+    assert_memory_not_equal(shifted, base, n);
+    char text[512];
+    snprintf(text, sizeof text, "%s (1)", shifts);
+    assert_string_equal(svdiff_model_adapters_text(m), text);
+
+    /* a failing apply leaves the model as it was */
+    assert_int_equal(svdiff_model_apply_lora(m, "/nonexistent/lora.safetensors", 1.0f), SVDIFF_ERR_IO);
+    assert_non_null(strstr(svdiff_last_error(), "/nonexistent/lora.safetensors"));
+    assert_string_equal(svdiff_model_adapters_text(m), text);
+    uint8_t *again = gen_one(m, &g, &n);
+    assert_memory_equal(again, shifted, n);
+    free(again);
+
+    /* removal restores the base exactly */
+    assert_int_equal(svdiff_model_clear_adapters(m), SVDIFF_OK);
+    assert_string_equal(svdiff_model_adapters_text(m), "");
+    again = gen_one(m, &g, &n);
+    assert_memory_equal(again, base, n);
+    free(again);
+
+    /* the same shifts from memory */
+    svdiff_shifts_t *s = NULL;
+    assert_int_equal(svdiff_shifts_load(shifts, &s), SVDIFF_OK);
+    assert_int_equal(svdiff_model_apply_shift_set(m, s, 1.0f), SVDIFF_OK);
+    again = gen_one(m, &g, &n);
+    assert_memory_equal(again, shifted, n);
+    free(again);
+    /* scale 0: the base weights' image again after clearing? no: scale 0 of the spectral form
+     * rounds differently; clearing is what restores */
+    assert_int_equal(svdiff_model_clear_adapters(m), SVDIFF_OK);
+    again = gen_one(m, &g, &n);
+    assert_memory_equal(again, base, n);
+    free(again);
+    assert_int_equal(svdiff_model_apply_shifts(m, shifts, NAN), SVDIFF_ERR_ARG);
+    assert_int_equal(svdiff_model_apply_delta(m, shifts, 1.0f), SVDIFF_ERR_IO);   /* a folder without delta files */
+    again = gen_one(m, &g, &n);
+    assert_memory_equal(again, base, n);
+    free(again);
+
+    svdiff_shifts_free(s);
+    free(base), free(shifted), free(want);
+    svdiff_model_close(m);
+    for (int i = 0; i < 2; i++) svdiff_images_free(imgs[i], 1);
+    rm_tree(d.tmp);
+}
+
+/* Full-weight training with --save-delta through the API, its delta applied and removed: the image
+ * of `generate --delta` (the pipeline's), then the base image again. */
+static void test_full_mode_delta(void **state) {
+    (void)state;
+    data_t d;
+    svdiff_image_t *imgs[2];
+    make_data(&d, imgs);
+    char out[256], delta[300];
+    snprintf(out, sizeof out, "%s/full", d.tmp);
+    svdiff_train_params_t p = api_config(&d, out);
+    p.mode = SVDIFF_TRAIN_FULL;
+    p.steps = 2, p.lr = 1e-3f;   /* not the default: used as given */
+    p.class_dir = NULL, p.class_prompt = NULL;
+    const char *more[2] = {"save-delta", "lr-schedule=constant"};
+    p.settings = more, p.n_settings = 2;
+    cb_state_t cs = {0};
+    p.callbacks.user_data = &cs;
+    int rc = svdiff_train(&p);
+    if (rc) print_error("train: %s\n", svdiff_last_error());
+    assert_int_equal(rc, SVDIFF_OK);
+    snprintf(delta, sizeof delta, "%s/weight_delta.safetensors", out);
+    assert_true(exists(delta));
+    p.rank = 4;   /* rank limits spectral shifts only */
+    assert_int_equal(svdiff_train(&p), SVDIFF_ERR_ARG);
+    assert_non_null(strstr(svdiff_last_error(), "rank"));
+
+    svdiff_model_t *m = open_tiny();
+    const svdiff_generate_params_t g = small_gen();
+    size_t n;
+    uint8_t *base = gen_one(m, &g, &n);
+    assert_int_equal(svdiff_model_apply_delta(m, out, 1.0f), SVDIFF_OK);
+    uint8_t *got = gen_one(m, &g, &n);
+    assert_memory_not_equal(got, base, n);
+    pipeline_t pl;
+    assert_int_equal(pipeline_open(&pl, model_dir(), NULL), 0);
+    const pipeline_shift_t ds = {.path = out, .scale = 1.0f};
+    assert_int_equal(pipeline_apply_deltas(&pl, &ds, 1, 0), 0);
+    int C, h, w;
+    pipeline_latent_shape(&pl, 16, 16, &C, &h, &w);
+    float *lat = malloc(sizeof(float) * C * h * w);
+    txt2img_opts_t o = {.prompt = g.prompt, .negative_prompt = g.negative_prompt, .width = 16, .height = 16,
+                        .steps = g.steps, .cfg = g.cfg, .sampler = (sampler_kind_t)g.sampler, .seed = g.seed, .batch = 1};
+    assert_int_equal(pipeline_txt2img(&pl, &o, NULL, lat), 0);
+    uint8_t *want = NULL;
+    assert_int_equal(pipeline_decode(&pl, lat, 1, h, w, &want), 0);
+    assert_memory_equal(got, want, n);
+    char text[512];
+    snprintf(text, sizeof text, "delta %s (1)", out);
+    assert_string_equal(svdiff_model_adapters_text(m), text);
+    assert_int_equal(svdiff_model_clear_adapters(m), SVDIFF_OK);
+    uint8_t *again = gen_one(m, &g, &n);
+    assert_memory_equal(again, base, n);
+    free(again), free(want), free(lat), free(got), free(base);
+    pipeline_close(&pl);
+    svdiff_model_close(m);
+    for (int i = 0; i < 2; i++) svdiff_images_free(imgs[i], 1);
+    rm_tree(d.tmp);
+}
+
+/* ---- the toolbox ---- */
+
+static void test_shifts_toolbox(void **state) {
+    (void)state;
+    data_t d;
+    svdiff_image_t *imgs[2];
+    char shifts[256], out[256], fa[300], fb[300];
+    train_shifts(&d, imgs, shifts, sizeof shifts);
+    svdiff_shifts_t *s = NULL, *r = NULL, *z = NULL;
+    assert_int_equal(svdiff_shifts_load(shifts, &s), SVDIFF_OK);
+    const int count = svdiff_shifts_count(s);
+    assert_true(count > 10);
+    assert_non_null(svdiff_shifts_meta(s, "base_model_hash"));
+    const char *name;
+    const float *v;
+    int len, te = 0;
+    for (int i = 0; i < count; i++) {
+        assert_int_equal(svdiff_shifts_entry(s, i, &name, &v, &len), SVDIFF_OK);
+        te += !strncmp(name, "text_model.", 11);
+    }
+    assert_true(te > 0 && te < count);
+    assert_int_equal(svdiff_shifts_entry(s, count, &name, &v, &len), SVDIFF_ERR_ARG);
+
+    /* saved back unchanged: the trainer's bytes (one pair id, the same dtypes) */
+    snprintf(out, sizeof out, "%s/copy", d.tmp);
+    assert_int_equal(svdiff_shifts_save(s, out, -1), SVDIFF_OK);
+    same_outputs(shifts, out);
+
+    /* scale 1 copies; combine with weights (1, 0) returns the first bit for bit; scale 0 is zero */
+    assert_int_equal(svdiff_shifts_scale(s, 0.0f, &z), SVDIFF_OK);
+    assert_int_equal(svdiff_shifts_entry(z, 0, &name, &v, &len), SVDIFF_OK);
+    for (int j = 0; j < len; j++) assert_true(v[j] == 0.0f);
+    const svdiff_shifts_t *pair[2] = {s, z};
+    const float w[2] = {1.0f, 0.0f};
+    assert_int_equal(svdiff_shifts_combine(pair, w, 2, 0, &r), SVDIFF_OK);
+    snprintf(out, sizeof out, "%s/combined", d.tmp);
+    assert_int_equal(svdiff_shifts_save(r, out, -1), SVDIFF_OK);
+    same_outputs(shifts, out);
+    svdiff_shifts_free(r);
+
+    /* limit_rank 0 zeroes every matrix shift and keeps the norms */
+    long kept = -1;
+    assert_int_equal(svdiff_shifts_limit_rank(s, 0, &r, &kept), SVDIFF_OK);
+    assert_true(kept > 0);   /* the norm shifts */
+    assert_int_equal(svdiff_shifts_count(r), count);
+    svdiff_shifts_free(r);
+
+    /* mix: the mid block from z, the rest from s */
+    const char *sel[1] = {"mid_block"};
+    int n_from = 0;
+    assert_int_equal(svdiff_shifts_mix(z, s, sel, 1, 2, 2, 0, &r, &n_from), SVDIFF_OK);
+    assert_true(n_from > 0);
+    for (int i = 0; i < count; i++) {
+        assert_int_equal(svdiff_shifts_entry(r, i, &name, &v, &len), SVDIFF_OK);
+        if (!strncmp(name, "mid_block", 9))
+            for (int j = 0; j < len; j++) assert_true(v[j] == 0.0f);
+    }
+    svdiff_shifts_free(r);
+    const char *typo[1] = {"mid_blok"};
+    assert_int_equal(svdiff_shifts_mix(z, s, typo, 1, 2, 2, 0, &r, NULL), SVDIFF_ERR_ARG);
+    assert_non_null(strstr(svdiff_last_error(), "mid_blok"));
+    assert_null(r);
+
+    /* history and metadata */
+    assert_int_equal(svdiff_shifts_add_history(z, "scale 0"), SVDIFF_OK);
+    assert_string_equal(svdiff_shifts_meta(z, "history"), "scale 0");
+    assert_int_equal(svdiff_shifts_set_meta(z, "note", "x"), SVDIFF_OK);
+    assert_string_equal(svdiff_shifts_meta(z, "note"), "x");
+
+    /* another base model's file cannot be combined with ours; a missing path is an IO error */
+    svdiff_shifts_t *other = NULL;
+    assert_int_equal(svdiff_shifts_load(source_path("tests/fixtures/shifts/otherbase.safetensors"), &other), SVDIFF_OK);
+    const svdiff_shifts_t *mixed[2] = {s, other};
+    assert_int_equal(svdiff_shifts_combine(mixed, NULL, 2, 0, &r), SVDIFF_ERR_ARG);
+    assert_null(r);
+    assert_int_equal(svdiff_shifts_load("/nonexistent/shifts", &r), SVDIFF_ERR_IO);
+    assert_null(r);
+    snprintf(fa, sizeof fa, "%s/spectral_shifts.safetensors", shifts);
+    snprintf(fb, sizeof fb, "%s/single.safetensors", d.tmp);
+    svdiff_shifts_t *one = NULL;
+    assert_int_equal(svdiff_shifts_load(fa, &one), SVDIFF_OK);
+    assert_int_equal(svdiff_shifts_save(one, fb, -1), SVDIFF_OK);
+    svdiff_shifts_free(one);
+    assert_int_equal(svdiff_shifts_load(fb, &one), SVDIFF_OK);   /* a single file: rewritten without pair id */
+    assert_null(svdiff_shifts_meta(one, "pair_id"));
+    svdiff_shifts_free(one);
+    svdiff_shifts_free(other), svdiff_shifts_free(z), svdiff_shifts_free(s);
+    for (int i = 0; i < 2; i++) svdiff_images_free(imgs[i], 1);
+    rm_tree(d.tmp);
+}
+
+/* ---- edit ---- */
+
+static void test_edit(void **state) {
+    (void)state;
+    svdiff_model_t *m = open_tiny();
+    svdiff_edit_params_t e = svdiff_edit_default_params();
+    const char *edits[2] = {"a photo of a cat", "a photo of a red dog"};
+    char image[4096];
+    snprintf(image, sizeof image, "%s", source_path("tests/fixtures/train/images/dog1.png"));
+    e.image_path = image;
+    e.prompt = "a photo of a dog";
+    e.edits = edits, e.n_edits = 2, e.steps = 3;
+    cb_state_t cs = {0};
+    e.callbacks = (svdiff_callbacks_t){.progress = on_progress, .image = on_image, .user_data = &cs};
+    svdiff_image_t *a = NULL, *b = NULL;
+    double psnr = 0;
+    assert_int_equal(svdiff_edit(m, &e, &a, &psnr), SVDIFF_OK);
+    assert_int_equal(cs.images, 4);   /* input, reconstruction, two edits */
+    assert_int_equal(cs.total, 3 * (3 + 1 + 2));   /* inversions (source + 2 targets), reconstruction, edits */
+    assert_int_equal(cs.last_step, cs.total);
+    assert_true(psnr > 0 && psnr < 200);
+    const size_t n = (size_t)a[0].width * a[0].height * 3;
+    assert_int_equal(a[0].width, 16);
+    for (int k = 0; k < 4; k++) assert_memory_equal(cs.rgb[k], a[k].rgb, n), free(cs.rgb[k]);
+    assert_memory_not_equal(a[2].rgb, a[3].rgb, n);
+    /* the image from memory: the same results */
+    svdiff_image_t *img = NULL;
+    assert_int_equal(svdiff_image_read(e.image_path, &img), SVDIFF_OK);
+    e.image_path = NULL, e.image = img;
+    e.callbacks = (svdiff_callbacks_t){0};
+    assert_int_equal(svdiff_edit(m, &e, &b, NULL), SVDIFF_OK);
+    for (int k = 0; k < 4; k++) assert_memory_equal(a[k].rgb, b[k].rgb, n);
+    svdiff_images_free(b, 4);
+    /* cancel before the first run; bad values */
+    cb_state_t cc = {.cancel_at = 1};
+    e.callbacks = (svdiff_callbacks_t){.cancel = on_cancel, .user_data = &cc};
+    assert_int_equal(svdiff_edit(m, &e, &b, NULL), SVDIFF_ERR_CANCELLED);
+    assert_null(b);
+    e.callbacks = (svdiff_callbacks_t){0};
+    e.slerp = 2;
+    assert_int_equal(svdiff_edit(m, &e, NULL, NULL), SVDIFF_ERR_ARG);
+    assert_non_null(strstr(svdiff_last_error(), "slerp"));
+    svdiff_images_free(img, 1);
+    svdiff_images_free(a, 4);
+    svdiff_model_close(m);
+}
+
+/* `svdiff edit --shifts DIR` and svdiff_apply_shifts + svdiff_edit: the same pixels in every image
+ * of the grid (the CLI's PNGs are read back). */
+static void test_edit_matches_cli(void **state) {
+    (void)state;
+    char cli[4200];
+    cli_path(cli, sizeof cli);
+    if (!cli[0]) skip();
+    data_t d;
+    svdiff_image_t *imgs[2];
+    char shifts[256], out[256], cmd[16384];
+    train_shifts(&d, imgs, shifts, sizeof shifts);
+    snprintf(out, sizeof out, "%s/edit", d.tmp);
+    char image[4096];   /* source_path's buffer is static: model_dir() reuses it */
+    snprintf(image, sizeof image, "%s", source_path("tests/fixtures/train/images/dog1.png"));
+    snprintf(cmd, sizeof cmd,
+             "'%s' edit --model '%s' --image '%s' --prompt 'a photo of a dog' --edit 'a photo of a cat' "
+             "--edit 'a red dog' --shifts '%s' --sample-steps 3 --slerp 0.3 --invert-prompt source --svd-cache none "
+             "--quiet -o '%s' 2>/dev/null",
+             cli, model_dir(), image, shifts, out);
+    assert_int_equal(system(cmd), 0);
+    svdiff_model_t *m = open_tiny();
+    assert_int_equal(svdiff_model_apply_shifts(m, shifts, 1.0f), SVDIFF_OK);
+    svdiff_edit_params_t e = svdiff_edit_default_params();
+    const char *edits[2] = {"a photo of a cat", "a red dog"};
+    e.image_path = image, e.prompt = "a photo of a dog";
+    e.edits = edits, e.n_edits = 2, e.steps = 3, e.slerp = 0.3f, e.invert_source = 1;
+    svdiff_image_t *got = NULL;
+    assert_int_equal(svdiff_edit(m, &e, &got, NULL), SVDIFF_OK);
+    const char *names[3] = {"reconstruction.png", "edit-1.png", "edit-2.png"};
+    for (int k = 0; k < 3; k++) {
+        char path[512];
+        snprintf(path, sizeof path, "%s/%s", out, names[k]);
+        svdiff_image_t *want = NULL;
+        assert_int_equal(svdiff_image_read(path, &want), SVDIFF_OK);
+        assert_int_equal(want->width, got[1 + k].width);
+        assert_memory_equal(want->rgb, got[1 + k].rgb, (size_t)want->width * want->height * 3);
+        svdiff_images_free(want, 1);
+    }
+    svdiff_images_free(got, 4);
+    svdiff_model_close(m);
+    for (int i = 0; i < 2; i++) svdiff_images_free(imgs[i], 1);
+    rm_tree(d.tmp);
+}
+
+int main(int argc, char **argv) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_version_and_errors),
+        cmocka_unit_test(test_model_info),
+        cmocka_unit_test(test_generate_matches_pipeline),
+        cmocka_unit_test(test_png_matches_cli),
+        cmocka_unit_test(test_generate_cancel),
+        cmocka_unit_test(test_train_matches_trainer),
+        cmocka_unit_test(test_train_cancel_resumes),
+        cmocka_unit_test(test_adapters_apply_and_clear),
+        cmocka_unit_test(test_full_mode_delta),
+        cmocka_unit_test(test_shifts_toolbox),
+        cmocka_unit_test(test_edit),
+        cmocka_unit_test(test_edit_matches_cli),
+    };
+    return RUN_TESTS(argc, argv, "api", tests, NULL, NULL);
+}
