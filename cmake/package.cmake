@@ -28,6 +28,7 @@ install(FILES include/svdiff.h DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
 # svdiff.pc locates the prefix from its own folder (${pcfiledir}), so the tree works wherever
 # --prefix put it. Libs.private lists the libraries a static link needs, as found here.
 file(RELATIVE_PATH SVDIFF_PC_TO_PREFIX "/p/${CMAKE_INSTALL_LIBDIR}/pkgconfig" "/p")
+string(REGEX REPLACE "/$" "" SVDIFF_PC_TO_PREFIX "${SVDIFF_PC_TO_PREFIX}")
 set(SVDIFF_PC_LIBS_PRIVATE ${OpenMP_C_FLAGS} ${LAPACKE_LIB} ${OPENBLAS_LIB} ${CJSON_LIB}
     ${PNG_LIBRARIES} ${JPEG_LIBRARIES} ${LIBZIP_LINK_LIBRARIES})
 if(SVDIFF_MPI)
