@@ -32,6 +32,17 @@ def _in_folder(folder):
     return None
 
 
+def _sanitized(tree):
+    """Whether a build tree is a sanitizer build (its library aborts a process that did not preload
+    the sanitizer runtime, so it is never picked by itself; SVDIFF_LIB can still name it)."""
+    try:
+        with open(os.path.join(tree, "CMakeCache.txt"), encoding="utf-8", errors="replace") as f:
+            cache = f.read()
+    except OSError:
+        return False
+    return "SVDIFF_SANITIZE:BOOL=ON" in cache or "SVDIFF_FUZZ:BOOL=ON" in cache
+
+
 def candidates():
     """The library paths to try, in order, each with where it came from."""
     out = []
@@ -44,8 +55,10 @@ def candidates():
         out.append(("package folder", found))
     root = os.path.dirname(os.path.dirname(here))   # python/svdiff -> the checkout
     if os.path.isfile(os.path.join(root, "CMakeLists.txt")):
-        trees = [_in_folder(d) for d in glob.glob(os.path.join(root, "build*"))]
-        for path in sorted(filter(None, trees), key=os.path.getmtime, reverse=True):
+        trees = [d for d in glob.glob(os.path.join(root, "build*")) if not _sanitized(d)]
+        found = [(os.path.basename(d) != "build", -os.path.getmtime(p), p) for d, p in
+                 ((d, _in_folder(d)) for d in trees) if p]
+        for _, _, path in sorted(found):   # build/ (scripts/build.sh release) first, then the newest
             out.append(("build tree", path))
     for name in ("libsvdiff.so.0", "libsvdiff.so"):
         out.append(("system loader", name))

@@ -8,7 +8,7 @@ import unittest
 
 import svdiff
 from svdiff import _lib
-from common import HERE, MODEL, scratch
+from common import HERE, MODEL, SOURCE, scratch
 
 
 class Package(unittest.TestCase):
@@ -50,6 +50,27 @@ class Package(unittest.TestCase):
         self.assertFalse(t.callbacks.progress or t.callbacks.cancel)
         m = lib.svdiff_model_default_params()
         self.assertEqual((m.threads, m.compute, m.force), (0, 0, 0))
+
+    def test_prototypes_match_the_header(self):
+        """Every SVDIFF_API function of include/svdiff.h has a ctypes prototype, and no other."""
+        import re
+        from svdiff import _api
+        header = os.path.join(SOURCE, "include", "svdiff.h")
+        with open(header, encoding="utf-8") as f:
+            names = set(re.findall(r"SVDIFF_API[^;(]*?\b(svdiff_[a-z0-9_]+)\(", f.read()))
+        self.assertGreater(len(names), 30)
+        self.assertEqual(sorted(names - set(_api.PROTOTYPES)), [], "functions of svdiff.h without a prototype")
+        self.assertEqual(sorted(set(_api.PROTOTYPES) - names), [], "prototypes of functions svdiff.h lacks")
+
+    def test_library_from_a_folder(self):
+        """SVDIFF_LIB may name the folder that holds the library."""
+        folder = os.path.dirname(_lib.path())
+        code = "import svdiff; print(svdiff.library_path())"
+        env = dict(os.environ, SVDIFF_LIB=folder)
+        p = subprocess.run([sys.executable, "-c", code], env=env, cwd=os.path.dirname(HERE),
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.assertEqual(p.returncode, 0, p.stdout.decode())
+        self.assertEqual(os.path.dirname(p.stdout.decode().strip()), folder)
 
     def test_version_and_samplers(self):
         self.assertRegex(svdiff.version(), r"^\d+\.\d+\.\d+$")
