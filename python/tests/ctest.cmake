@@ -8,6 +8,9 @@ if(NOT EXISTS ${SVDIFF_PYTHON3})
   message(STATUS "python bindings: no ${SVDIFF_PYTHON3}, tests not registered")
   return()
 endif()
+if(SVDIFF_FUZZ)   # clang's fuzzer runtime cannot be preloaded into python3; the fuzz build runs harnesses only
+  return()
+endif()
 set(SVDIFF_PY_ENV "SVDIFF_LIB=$<TARGET_FILE:svdiff_shared>" "SVDIFF_CLI=$<TARGET_FILE:svdiff>"
     "SVDIFF_SOURCE_DIR=${CMAKE_SOURCE_DIR}" "PYTHONDONTWRITEBYTECODE=1" "OMP_NUM_THREADS=2")
 if(SVDIFF_SANITIZE)
