@@ -20,16 +20,23 @@ _STRINGS = {"tokenizer_dir", "prediction_type", "scheduler_config", "class_dir",
 _BOOLS = {"train_text_encoder", "resume", "force", "save_fp16"}
 
 
+_REPEATED = {"subject", "subject-class", "sample-prompt"}   # the flags given once per value
+
+
 def _setting(name, value):
-    """A keyword setting as the "name=value" string of the C API (the CLI flag without "--")."""
+    """A keyword setting as the "name=value" strings of the C API (the CLI flag without "--"):
+    True a switch, False its negation, a list one entry per value for the repeatable flags
+    (subject, subject_class, sample_prompt) and comma-separated for the others."""
     flag = name.replace("_", "-")
     if value is True:
-        return flag
+        return [flag]
     if value is False:
-        return "%s=0" % flag
+        return ["%s=0" % flag]
     if isinstance(value, (list, tuple)):
+        if flag in _REPEATED:
+            return ["%s=%s" % (flag, v) for v in value]
         value = ",".join(str(v) for v in value)
-    return "%s=%s" % (flag, value)
+    return ["%s=%s" % (flag, value)]
 
 
 def _images(images):
@@ -56,12 +63,15 @@ def train(model, output_dir, instance_prompt, instance_dir=None, instance_images
     class_dir, class_prompt, num_class_images, resolution, steps, batch_size, grad_accum, lr, lr_1d,
     seed, train_text_encoder, rank, checkpoint_every, resume, force, save_fp16, svd_cache_dir,
     threads; any other keyword is a setting of the training table named like its CLI flag
-    (lr_schedule="cosine", warmup=10, prior_loss_weight=0.5, flip=True). Returns output_dir."""
+    (lr_schedule="cosine", warmup=10, prior_loss_weight=0.5, flip=True, sample_prompt=["a", "b"],
+    subject=["sks cat=cats/", "hta dog=dogs/"] instead of instance_dir). Returns output_dir."""
     lib = _lib.load()
     if mode not in _api.TRAIN_MODES:
         raise ValueError("mode must be one of %s, got %r" % (", ".join(_api.TRAIN_MODES), mode))
-    if (instance_dir is None) == (instance_images is None):
-        raise ValueError("train: give instance_dir or instance_images (one of them)")
+    if instance_dir is not None and instance_images is not None:
+        raise ValueError("train: give instance_dir or instance_images, not both")
+    if instance_dir is None and instance_images is None and not settings.get("subject"):
+        raise ValueError("train: give instance_dir, instance_images or subject=[\"PHRASE=DIR\", ...]")
     p = lib.svdiff_train_default_params()
     keep = []
 
@@ -87,7 +97,7 @@ def train(model, output_dir, instance_prompt, instance_dir=None, instance_images
             continue
         field = _FIELDS.get(key)
         if field is None:
-            others.append(_setting(key, value))
+            others += _setting(key, value)
         elif field in _STRINGS:
             setattr(p, field, s(value))
         elif field in _BOOLS:

@@ -54,7 +54,9 @@ class Adapters(unittest.TestCase):
     def test_lora_and_delta(self):
         train = dict(model=TINY, instance_dir=IMAGES, instance_prompt="a photo of sks dog", resolution=16, steps=2,
                      threads=2, svd_cache_dir="")
-        lora = svdiff.train(output_dir=os.path.join(self.work, "lora"), mode="lora", lora_rank=2, **train)
+        lora = svdiff.train(output_dir=os.path.join(self.work, "lora"), mode="lora", lora_rank=2,
+                            sample_prompt=["a dog", "a cat"], sample_every=2, **train)
+        self.assertTrue(os.path.isfile(os.path.join(lora, "samples", "step-000002.png")))
         full = svdiff.train(output_dir=os.path.join(self.work, "full"), mode="full", save_delta=True, lr=1e-3, **train)
         lora_file = os.path.join(lora, "pytorch_lora_weights.safetensors")
         delta_file = os.path.join(full, "weight_delta.safetensors")
