@@ -2,8 +2,14 @@
 
 An exception raised inside a callback cannot cross the C frames: it is kept, the cancel callback
 then asks the library to stop at its next poll, and the exception is raised again once the C
-call has returned (so Ctrl-C in a progress callback stops training cleanly too)."""
+call has returned. Ctrl-C: during the call (from the main thread, with Python's default SIGINT
+handler in place) SIGINT only sets a flag, the next poll stops the work cleanly, and
+KeyboardInterrupt is raised after the call. (Python's own handler would raise inside whichever
+callback runs next, possibly before any of its code could catch it, and the interrupt would be
+lost in ctypes.)"""
 import collections
+import signal
+import threading
 
 from . import _api, _image
 
@@ -38,15 +44,42 @@ class Hooks:
             return None
 
     def _on_progress(self, stage, step, total, seconds, user):
-        self._guard(self._progress, Progress(_api.STAGES.get(stage, str(stage)), step, total, seconds))
+        try:
+            self._guard(self._progress, Progress(_api.STAGES.get(stage, str(stage)), step, total, seconds))
+        except BaseException as e:   # a signal's exception between the guarded lines
+            self.error = self.error or e
 
     def _on_cancel(self, user):
-        if self.error is None and self._cancel is not None and self._guard(self._cancel):
-            self.cancelled = True
+        # Ctrl-C: Python runs its SIGINT handler (KeyboardInterrupt) at the next bytecode it
+        # executes, which is in a callback; this poll is where the library can stop on it.
+        try:
+            if self.error is None and self._cancel is not None and self._guard(self._cancel):
+                self.cancelled = True
+        except BaseException as e:
+            self.error = self.error or e
         return 1 if self.cancelled or self.error is not None else 0
 
     def _on_image_cb(self, rgb, width, height, index, seed, user):
-        self._guard(lambda: self._on_image(_image.from_buffer(rgb, width, height), index, seed))
+        try:
+            self._guard(lambda: self._on_image(_image.from_buffer(rgb, width, height), index, seed))
+        except BaseException as e:
+            self.error = self.error or e
+
+    def __enter__(self):
+        self._old_sigint = None
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self._old_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    def __exit__(self, *exc):
+        if self._old_sigint is not None:
+            signal.signal(signal.SIGINT, self._old_sigint)
+            self._old_sigint = None
+
+    def _on_sigint(self, signum, frame):
+        if self.error is None:
+            self.error = KeyboardInterrupt()
 
     def reraise(self):
         """Raises the exception a callback raised, if any."""

@@ -256,7 +256,8 @@ class Model:
         hooks = Hooks(progress, cancel, on_image)
         p.callbacks = hooks.struct
         out = ctypes.POINTER(_api.ImageStruct)()
-        rc = lib.svdiff_generate(self.handle, ctypes.byref(p), ctypes.byref(out))
+        with hooks:
+            rc = lib.svdiff_generate(self.handle, ctypes.byref(p), ctypes.byref(out))
         hooks.reraise()
         check(rc)
         seeds = [out[k].seed for k in range(p.num_images)]
@@ -306,7 +307,8 @@ class Model:
         p.callbacks = hooks.struct
         out = ctypes.POINTER(_api.ImageStruct)()
         psnr = ctypes.c_double()
-        rc = lib.svdiff_edit(self.handle, ctypes.byref(p), ctypes.byref(out), ctypes.byref(psnr))
+        with hooks:
+            rc = lib.svdiff_edit(self.handle, ctypes.byref(p), ctypes.byref(out), ctypes.byref(psnr))
         hooks.reraise()
         check(rc)
         images = _take_images(out, len(edits) + 2)

@@ -110,7 +110,8 @@ def train(model, output_dir, instance_prompt, instance_dir=None, instance_images
         p.settings, p.n_settings = arr, len(others)
     hooks = Hooks(progress, cancel)
     p.callbacks = hooks.struct
-    rc = lib.svdiff_train(ctypes.byref(p))
+    with hooks:
+        rc = lib.svdiff_train(ctypes.byref(p))
     hooks.reraise()
     check(rc)
     return output_dir

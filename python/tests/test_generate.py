@@ -106,6 +106,19 @@ class Generate(unittest.TestCase):
             raise KeyError("stop here")
         with self.assertRaises(KeyError):
             self.model.generate(seed=1, progress=boom, **SETTINGS)
+        # Ctrl-C (SIGINT) during the C call: it stops at the next poll, then KeyboardInterrupt
+        import signal
+        import threading
+        steps = []
+        timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+        try:
+            with self.assertRaises(KeyboardInterrupt):
+                self.model.generate(seed=1, num_images=1000, progress=lambda p: steps.append(p.step), **SETTINGS)
+        finally:
+            timer.cancel()
+        self.assertLess(len(steps), 4000)
+        self.assertIs(signal.getsignal(signal.SIGINT), signal.default_int_handler)
         # and the model still works
         self.assertEqual(len(self.model.generate(seed=1, **SETTINGS)), 1)
 
