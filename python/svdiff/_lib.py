@@ -113,6 +113,15 @@ def preload():
 
 
 def path():
-    """The file the library was loaded from (loads it if needed)."""
+    """The file the library was loaded from (loads it if needed); for one the system loader
+    found by name, the file it mapped."""
     load()
+    if os.sep not in _path:
+        try:
+            with open("/proc/self/maps") as f:
+                for line in f:
+                    if "/libsvdiff.so" in line:
+                        return line.split(None, 5)[-1].strip()
+        except OSError:
+            pass
     return _path

@@ -22,8 +22,11 @@ class Package(unittest.TestCase):
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self.assertEqual(p.returncode, 0, p.stdout.decode())
         self.assertTrue(os.path.isfile(os.path.join(target, "svdiff", "__init__.py")))
-        code = "import svdiff, sys; print(svdiff.__file__); print(svdiff.version()); print(svdiff.Model(sys.argv[1]).info()['family'])"
-        env = dict(os.environ, PYTHONPATH=target)
+        # installed outside the checkout and without SVDIFF_LIB: the system loader finds the library
+        code = ("import svdiff, sys; print(svdiff.__file__); print(svdiff.version()); print(svdiff.library_path()); "
+                "print(svdiff.Model(sys.argv[1]).info()['family'])")
+        env = dict(os.environ, PYTHONPATH=target, LD_LIBRARY_PATH=os.path.dirname(_lib.path()))
+        env.pop("SVDIFF_LIB", None)
         p = subprocess.run([sys.executable, "-c", code, MODEL], env=env, cwd=target,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         out = p.stdout.decode()
@@ -31,6 +34,7 @@ class Package(unittest.TestCase):
         lines = out.split("\n")
         self.assertTrue(lines[0].startswith(target), out)
         self.assertEqual(lines[1], svdiff.version())
+        self.assertEqual(os.path.realpath(lines[2]), os.path.realpath(_lib.path()))
 
     def test_struct_layout(self):
         lib = _lib.load()
