@@ -5,6 +5,7 @@ set -euo pipefail
 pkgs=(build-essential cmake pkg-config libopenblas-dev libopenblas0-openmp liblapacke-dev
       libcjson-dev libcmocka-dev libpng-dev libjpeg-dev libzip-dev openmpi-bin libopenmpi-dev
       clang libfuzzer-14-dev libomp-14-dev)   # the libFuzzer harnesses (scripts/fuzz.sh)
+pkgs+=(python3 python3-pip python3-numpy)   # the Python bindings' tests (python/; numpy optional)
 if [ "${1:-}" = "--reference" ]; then pkgs+=(python3-torch python3-numpy python3-regex); fi
 missing=()
 for p in "${pkgs[@]}"; do
