@@ -142,8 +142,9 @@ typedef struct {
     const char *scheduler_config;  /* a diffusers scheduler_config.json replacing the model's; NULL */
     int threads;                   /* > 0: svdiff_set_threads(threads) at open; 0: leave as is */
     svdiff_compute_t compute;      /* process-wide compute dtype, set at open */
-    const char *svd_cache_dir;     /* SVD cache for applying shifts: NULL the default folder
-                                      (~/.cache/svdiff/svd or $SVDIFF_SVD_CACHE), "" none */
+    const char *svd_cache_dir;     /* SVD cache folder for applying shifts: NULL the default
+                                      folder ($SVDIFF_CACHE_DIR, else $XDG_CACHE_HOME/svdiff, else
+                                      ~/.cache/svdiff), "" none */
     int force;                     /* accept adapter files made for another base model (their
                                       base_model_hash differs) or whose pair was not written together */
 } svdiff_model_params_t;
@@ -408,6 +409,52 @@ SVDIFF_API int svdiff_shifts_limit_rank(const svdiff_shifts_t *in, int rank, svd
 SVDIFF_API int svdiff_shifts_mix(const svdiff_shifts_t *from, const svdiff_shifts_t *rest,
                                  const char *const *selectors, int n_selectors, int levels, int latent,
                                  int ignore_hash, svdiff_shifts_t **out, int *n_from);
+
+/* ---- per-part view (what `svdiff shifts` prints about each file) ----
+ * A set has two parts: 0 the UNet's (a single file's whole content), 1 the text encoder's (only in
+ * a training folder's set). */
+typedef struct {
+    int present;          /* the part exists (a file's set has part 0 only; a folder may lack part 1) */
+    int folder;           /* the set is a training folder's (saved as a folder) */
+    const char *file;     /* the file the part was loaded from; NULL for a toolbox result */
+    int entries;          /* shift entries (one per module) */
+    long values;          /* shift values over all entries */
+    int matrices, norms;  /* entries that shift a matrix's singular values / a norm's gains */
+    const char *dtype;    /* "F16" or "F32": how the part is stored (svdiff_shifts_save's fp16 = -1) */
+    int dtype_bytes;      /* 2 or 4 */
+    long kept;            /* a svdiff_shifts_limit_rank result: the part's values kept; else -1 */
+    int taken;            /* a svdiff_shifts_mix result: the part's entries taken from `from`; else -1 */
+    int n_meta;           /* metadata entries (svdiff_shifts_meta_at) */
+} svdiff_shifts_part_t;
+
+/* Fills *info for part 0 or 1 (an absent part: present 0, counts 0). Strings stay valid until the
+ * set is freed. */
+SVDIFF_API int svdiff_shifts_part(const svdiff_shifts_t *shifts, int part, svdiff_shifts_part_t *info);
+/* Metadata entry i (0 .. n_meta-1) of a part, in file order: key and value, valid until the set
+ * changes or is freed. */
+SVDIFF_API int svdiff_shifts_meta_at(const svdiff_shifts_t *shifts, int part, int i, const char **key,
+                                     const char **value);
+
+/* ------------------------------------------------------------------------------------------ */
+/* files around generation                                                                     */
+
+/* 0 when `path` may be written by this run; SVDIFF_ERR_IO with a message naming it when it exists
+ * and is not a regular file (a device, a fifo, a folder) or (in the CLI, which tracks its inputs) is
+ * one of the run's inputs. Every writer of the library checks its target this way when it writes;
+ * call it up front to refuse a target before long work. */
+SVDIFF_API int svdiff_output_check(const char *path);
+
+/* Reads a latents file (safetensors: the tensor "latents", or the file's only tensor) for n images
+ * of latent shape [channels, lh, lw] (svdiff_model_latent_shape): the tensor must be
+ * [n or 1, channels, lh, lw] (SVDIFF_ERR_SHAPE otherwise) and finite (SVDIFF_ERR_FORMAT naming the
+ * first NaN / Inf). dst receives n * channels * lh * lw floats, one row repeated when the file holds
+ * one: the init_latents of svdiff_generate (`svdiff generate --init-latents`). */
+SVDIFF_API int svdiff_latents_read(const char *path, int n, int channels, int lh, int lw, float *dst);
+/* Writes latents [n, channels, lh, lw] as the tensor "latents" (F32) with n_meta metadata pairs
+ * meta[2k] = meta[2k + 1] followed by svdiff_version, atomically (`svdiff generate --save-latents`
+ * writes prompt, seed and sampler). */
+SVDIFF_API int svdiff_latents_write(const char *path, const float *latents, int n, int channels, int lh, int lw,
+                                    const char *const *meta, int n_meta);
 
 #ifdef __cplusplus
 }

@@ -9,9 +9,6 @@ set(allowed_generate
   base/dist.h           # MPI ranks: the CLI splits batches over processes
   base/error.h          # messages of the CLI's own checks (sd_error, sd_error_wrap)
   base/progress.h       # the progress bar drawn from the progress callback
-  io/outputs.h          # gap: outputs_check of every target before sampling
-  io/safetensors.h      # gap: --init-latents / --save-latents files
-  ops/ops.h             # gap: first_nonfinite, the check of --init-latents
   pipeline/prompts.h    # --prompts files: the CLI's input format
 )
 set(allowed_train

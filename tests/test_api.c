@@ -16,6 +16,7 @@
 #include "base/runtime.h"
 #include "pipeline/adapters.h"
 #include "pipeline/pipeline.h"
+#include "shifts/toolbox.h"
 #include "train/settings.h"
 #include "train/trainer.h"
 
@@ -668,6 +669,175 @@ static void test_shifts_toolbox(void **state) {
     rm_tree(d.tmp);
 }
 
+/* The per-part view: each part's file, counts and dtype are the internal set's (what `svdiff shifts`
+ * printed from its own loader), limit_rank's and mix's per-part counts add up to their totals and
+ * are toolbox_limit_rank's, the metadata lists every key in order; bad parts and indices are errors. */
+static void test_shifts_parts(void **state) {
+    (void)state;
+    data_t d;
+    svdiff_image_t *imgs[2];
+    char shifts[256], fa[300];
+    train_shifts(&d, imgs, shifts, sizeof shifts);
+    svdiff_shifts_t *s = NULL, *r = NULL, *z = NULL;
+    assert_int_equal(svdiff_shifts_load(shifts, &s), SVDIFF_OK);
+    static const char *const FILES[2] = {"spectral_shifts.safetensors", "spectral_shifts_te.safetensors"};
+    int entries = 0;
+    for (int p = 0; p < 2; p++) {
+        svdiff_shifts_part_t pi;
+        assert_int_equal(svdiff_shifts_part(s, p, &pi), SVDIFF_OK);
+        assert_true(pi.present && pi.folder);
+        snprintf(fa, sizeof fa, "%s/%s", shifts, FILES[p]);
+        assert_string_equal(pi.file, fa);
+        shift_set_t ref;
+        shiftset_init(&ref);
+        assert_int_equal(shiftset_load(&ref, fa), 0);
+        long values = 0;
+        int norms = 0;
+        for (int i = 0; i < ref.n; i++) values += ref.entries[i].n, norms += toolbox_is_norm_path(ref.entries[i].path);
+        assert_int_equal(pi.entries, ref.n);
+        assert_int_equal(pi.values, values);
+        assert_int_equal(pi.norms, norms);
+        assert_int_equal(pi.matrices, ref.n - norms);
+        assert_true(pi.matrices > 0);
+        assert_string_equal(pi.dtype, "F32");
+        assert_int_equal(pi.dtype_bytes, 4);
+        assert_int_equal(pi.kept, -1);
+        assert_int_equal(pi.taken, -1);
+        assert_int_equal(pi.n_meta, ref.n_meta);
+        for (int i = 0; i < pi.n_meta; i++) {   /* the metadata in file order */
+            const char *k, *v;
+            assert_int_equal(svdiff_shifts_meta_at(s, p, i, &k, &v), SVDIFF_OK);
+            assert_string_equal(k, ref.meta_keys[i]);
+            assert_string_equal(v, ref.meta_values[i]);
+        }
+        assert_int_equal(svdiff_shifts_meta_at(s, p, pi.n_meta, NULL, NULL), SVDIFF_ERR_ARG);
+        assert_non_null(strstr(svdiff_last_error(), "out of range"));
+
+        /* limit-rank 1: the part's kept values are toolbox_limit_rank's */
+        shift_set_t lim;
+        shiftset_init(&lim);
+        const long want = toolbox_limit_rank(&lim, &ref, 1);
+        if (!r) {
+            long total = 0;
+            assert_int_equal(svdiff_shifts_limit_rank(s, 1, &r, &total), SVDIFF_OK);
+            svdiff_shifts_part_t a, b;
+            svdiff_shifts_part(r, 0, &a), svdiff_shifts_part(r, 1, &b);
+            assert_int_equal(a.kept + b.kept, total);
+            assert_null(a.file);   /* a result, not a file */
+        }
+        svdiff_shifts_part_t rp;
+        assert_int_equal(svdiff_shifts_part(r, p, &rp), SVDIFF_OK);
+        assert_int_equal(rp.kept, want);
+        assert_true(rp.kept < pi.values);
+        shiftset_free(&lim), shiftset_free(&ref);
+        entries += pi.entries;
+    }
+    assert_int_equal(entries, svdiff_shifts_count(s));
+    svdiff_shifts_free(r);
+
+    /* mix: per-part entries taken from `from` add up to n_from */
+    assert_int_equal(svdiff_shifts_scale(s, 0.0f, &z), SVDIFF_OK);
+    const char *sel[2] = {"mid_block", "*self_attn*"};
+    int n_from = 0;
+    assert_int_equal(svdiff_shifts_mix(z, s, sel, 2, 2, 2, 0, &r, &n_from), SVDIFF_OK);
+    svdiff_shifts_part_t m0, m1;
+    assert_int_equal(svdiff_shifts_part(r, 0, &m0), SVDIFF_OK);
+    assert_int_equal(svdiff_shifts_part(r, 1, &m1), SVDIFF_OK);
+    assert_true(m0.taken > 0 && m1.taken > 0);
+    assert_int_equal(m0.taken + m1.taken, n_from);
+    assert_int_equal(m0.kept, -1);
+    svdiff_shifts_free(r), svdiff_shifts_free(z);
+
+    /* a single file: one part, not a folder; bad arguments */
+    svdiff_shifts_t *one = NULL;
+    snprintf(fa, sizeof fa, "%s/%s", shifts, FILES[1]);
+    assert_int_equal(svdiff_shifts_load(fa, &one), SVDIFF_OK);
+    svdiff_shifts_part_t p0, p1;
+    assert_int_equal(svdiff_shifts_part(one, 0, &p0), SVDIFF_OK);
+    assert_int_equal(svdiff_shifts_part(one, 1, &p1), SVDIFF_OK);
+    assert_true(p0.present && !p0.folder && !p1.present);
+    assert_int_equal(p1.entries, 0);
+    assert_int_equal(svdiff_shifts_part(one, 2, &p0), SVDIFF_ERR_ARG);
+    assert_non_null(strstr(svdiff_last_error(), "part must be 0 or 1"));
+    assert_int_equal(svdiff_shifts_part(NULL, 0, &p0), SVDIFF_ERR_ARG);
+    assert_int_equal(svdiff_shifts_part(one, 0, NULL), SVDIFF_ERR_ARG);
+    assert_int_equal(svdiff_shifts_meta_at(one, 1, 0, NULL, NULL), SVDIFF_ERR_ARG);
+    svdiff_shifts_free(one), svdiff_shifts_free(s);
+    for (int i = 0; i < 2; i++) svdiff_images_free(imgs[i], 1);
+    rm_tree(d.tmp);
+}
+
+/* ---- files around generation ---- */
+
+/* svdiff_latents_write gives the bytes of `svdiff generate --save-latents`; svdiff_latents_read reads
+ * them back (one row repeated for several images) and refuses wrong shapes, NaN and a missing tensor;
+ * svdiff_output_check refuses a folder and a device, accepts a new file. */
+static void test_latents_and_output_check(void **state) {
+    (void)state;
+    char tmp[64], a[128], b[128], c[128], cmd[16384];
+    make_tmp(tmp, sizeof tmp);
+    snprintf(a, sizeof a, "%s/cli.safetensors", tmp);
+    snprintf(b, sizeof b, "%s/api.safetensors", tmp);
+    snprintf(c, sizeof c, "%s/x.png", tmp);
+    svdiff_model_t *m = open_tiny();
+    svdiff_generate_params_t g = small_gen();
+    g.num_images = 2;
+    int C, h, w;
+    assert_int_equal(svdiff_model_latent_shape(m, 16, 16, &C, &h, &w), SVDIFF_OK);
+    const size_t per = (size_t)C * h * w;
+    float *lat = calloc(2 * per, sizeof(float)), *back = calloc(3 * per, sizeof(float));
+    g.out_latents = lat;
+    assert_int_equal(svdiff_generate(m, &g, NULL), SVDIFF_OK);
+    const char *meta[6] = {"prompt", g.prompt, "seed", "31", "sampler", "dpmpp_2m"};
+    assert_int_equal(svdiff_latents_write(b, lat, 2, C, h, w, meta, 3), SVDIFF_OK);
+    char cli[4200];
+    cli_path(cli, sizeof cli);
+    if (cli[0]) {   /* the CLI's file, byte for byte */
+        snprintf(cmd, sizeof cmd,
+                 "'%s' generate --model '%s' --prompt 'a photo of a cat' --negative-prompt blurry --steps 3 --cfg 5 "
+                 "--sampler dpmpp_2m --seed 31 --num-images 2 --quiet -o '%s' --save-latents '%s' 2>/dev/null",
+                 cli, model_dir(), c, a);
+        assert_int_equal(system(cmd), 0);
+        assert_same_file(a, b);
+    }
+    assert_int_equal(svdiff_latents_read(b, 2, C, h, w, back), SVDIFF_OK);
+    assert_memory_equal(back, lat, sizeof(float) * 2 * per);
+    /* one row for three images: repeated */
+    assert_int_equal(svdiff_latents_write(b, lat + per, 1, C, h, w, NULL, 0), SVDIFF_OK);
+    assert_int_equal(svdiff_latents_read(b, 3, C, h, w, back), SVDIFF_OK);
+    for (int k = 0; k < 3; k++) assert_memory_equal(back + k * per, lat + per, sizeof(float) * per);
+    /* wrong shape, wrong count */
+    assert_int_equal(svdiff_latents_read(b, 3, C, h + 1, w, back), SVDIFF_ERR_SHAPE);
+    assert_non_null(strstr(svdiff_last_error(), "must be [3 or 1,"));
+    assert_int_equal(svdiff_latents_write(b, lat, 2, C, h, w, NULL, 0), SVDIFF_OK);
+    assert_int_equal(svdiff_latents_read(b, 3, C, h, w, back), SVDIFF_ERR_SHAPE);
+    /* a NaN: refused with its index */
+    lat[per + 5] = NAN;
+    assert_int_equal(svdiff_latents_write(b, lat, 2, C, h, w, NULL, 0), SVDIFF_OK);
+    assert_int_equal(svdiff_latents_read(b, 2, C, h, w, back), SVDIFF_ERR_FORMAT);
+    char want[64];
+    snprintf(want, sizeof want, "at flat index %zu", per + 5);
+    assert_non_null(strstr(svdiff_last_error(), want));
+    /* not a latents file; bad arguments */
+    const char *weights = source_path("tests/fixtures/tiny-sd/diffusers/unet/diffusion_pytorch_model.safetensors");
+    assert_int_equal(svdiff_latents_read(weights, 1, C, h, w, back), SVDIFF_ERR_FORMAT);
+    assert_non_null(strstr(svdiff_last_error(), "no tensor named 'latents'"));
+    assert_int_equal(svdiff_latents_read("/nonexistent/l.safetensors", 1, C, h, w, back), SVDIFF_ERR_IO);
+    assert_int_equal(svdiff_latents_write(b, lat, 0, C, h, w, NULL, 0), SVDIFF_ERR_ARG);
+    assert_int_equal(svdiff_latents_write(b, lat, 1, C, h, w, NULL, 1), SVDIFF_ERR_ARG);
+    /* output targets */
+    assert_int_equal(svdiff_output_check(c), SVDIFF_OK);
+    snprintf(c, sizeof c, "%s/new.png", tmp);
+    assert_int_equal(svdiff_output_check(c), SVDIFF_OK);
+    assert_int_equal(svdiff_output_check(tmp), SVDIFF_ERR_IO);
+    assert_non_null(strstr(svdiff_last_error(), tmp));
+    assert_int_equal(svdiff_output_check("/dev/null"), SVDIFF_ERR_IO);
+    assert_int_equal(svdiff_output_check(NULL), SVDIFF_ERR_ARG);
+    free(lat), free(back);
+    svdiff_model_close(m);
+    rm_tree(tmp);
+}
+
 /* ---- edit ---- */
 
 static void test_edit(void **state) {
@@ -771,6 +941,8 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_adapters_apply_and_clear),
         cmocka_unit_test(test_full_mode_delta),
         cmocka_unit_test(test_shifts_toolbox),
+        cmocka_unit_test(test_shifts_parts),
+        cmocka_unit_test(test_latents_and_output_check),
         cmocka_unit_test(test_edit),
         cmocka_unit_test(test_edit_matches_cli),
     };

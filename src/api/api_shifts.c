@@ -13,7 +13,7 @@ static const char *const PART_FILE[2] = {"spectral_shifts.safetensors", "spectra
 
 svdiff_shifts_t *api_shifts_new(void) {
     svdiff_shifts_t *s = sd_xcalloc(1, sizeof *s);
-    for (int p = 0; p < 2; p++) shiftset_init(&s->part[p]), s->dtype[p] = ST_F32;
+    for (int p = 0; p < 2; p++) shiftset_init(&s->part[p]), s->dtype[p] = ST_F32, s->kept[p] = -1, s->taken[p] = -1;
     return s;
 }
 
@@ -101,6 +101,40 @@ SVDIFF_API int svdiff_shifts_entry(const svdiff_shifts_t *s, int i, const char *
     if (name) *name = e->path;
     if (values) *values = e->values;
     if (n) *n = e->n;
+    return SD_OK;
+}
+
+SVDIFF_API int svdiff_shifts_part(const svdiff_shifts_t *s, int part, svdiff_shifts_part_t *info) {
+    int rc = API_NEED(s, "svdiff_shifts_part");
+    if (!rc) rc = API_NEED(info, "svdiff_shifts_part");
+    if (rc) return rc;
+    if (part != 0 && part != 1) return sd_error(SD_ERR_ARG, "svdiff_shifts_part: part must be 0 or 1, got %d", part);
+    memset(info, 0, sizeof *info);
+    const shift_set_t *set = &s->part[part];
+    info->present = s->present[part];
+    info->folder = s->is_dir;
+    info->file = s->file[part];
+    info->entries = set->n;
+    for (int i = 0; i < set->n; i++) {
+        info->values += set->entries[i].n;
+        toolbox_is_norm_path(set->entries[i].path) ? info->norms++ : info->matrices++;
+    }
+    info->dtype = st_dtype_name(s->dtype[part]);
+    info->dtype_bytes = (int)st_dtype_size(s->dtype[part]);
+    info->kept = s->kept[part];
+    info->taken = s->taken[part];
+    info->n_meta = set->n_meta;
+    return SD_OK;
+}
+
+SVDIFF_API int svdiff_shifts_meta_at(const svdiff_shifts_t *s, int part, int i, const char **key, const char **value) {
+    int rc = API_NEED(s, "svdiff_shifts_meta_at");
+    if (rc) return rc;
+    if (part != 0 && part != 1) return sd_error(SD_ERR_ARG, "svdiff_shifts_meta_at: part must be 0 or 1, got %d", part);
+    if (i < 0 || i >= s->part[part].n_meta)
+        return sd_error(SD_ERR_ARG, "svdiff_shifts_meta_at: index %d out of range (%d entries)", i, s->part[part].n_meta);
+    if (key) *key = s->part[part].meta_keys[i];
+    if (value) *value = s->part[part].meta_values[i];
     return SD_OK;
 }
 
@@ -211,7 +245,7 @@ SVDIFF_API int svdiff_shifts_limit_rank(const svdiff_shifts_t *in, int rank, svd
     svdiff_shifts_t *r = result_like(in);
     long kept = 0;
     for (int p = 0; p < 2; p++)
-        if (in->present[p]) kept += toolbox_limit_rank(&r->part[p], &in->part[p], rank);
+        if (in->present[p]) kept += r->kept[p] = toolbox_limit_rank(&r->part[p], &in->part[p], rank);
     if (n_kept) *n_kept = kept;
     *out = r;
     return SD_OK;
@@ -253,7 +287,7 @@ SVDIFF_API int svdiff_shifts_mix(const svdiff_shifts_t *from, const svdiff_shift
         for (int k = 0; k < n_selectors; k++)
             if (selects_in(selectors[k], both, p, levels, latent)) sel_p[ns++] = selectors[k];
         rc = toolbox_mix(&r->part[p], &from->part[p], &rest->part[p], sel_p, ns, levels, latent, ignore_hash, &nf);
-        total += nf;
+        total += r->taken[p] = nf;
     }
     if (rc) {
         svdiff_shifts_free(r);

@@ -12,10 +12,11 @@
 #include <string.h>
 #include <sys/stat.h>
 
-/* Not in the public API yet, so still the library's own calls: the per-part view `svdiff shifts`
- * prints (each part's file, entry count and dtype; limit-rank's and mix's counts per part), info's
- * statistics (norms, blocks, singular values from the SVD cache, metadata listing), convert and
- * to-lora. */
+#include "svdiff.h"   /* combine, scale, limit-rank, mix: shift sets, the toolbox, the per-part view */
+
+/* Not in the public API yet, so still the library's own calls: info's statistics (norms, blocks,
+ * singular values from the SVD cache), convert and to-lora. */
+
 #include "base/error.h"
 #include "cli/args.h"
 #include "cli/commands.h"
@@ -150,18 +151,6 @@ static int target_load(target_t *t, const char *arg, int force) {
 }
 
 static int nparts(const target_t *t) { return t->is_dir ? 2 : 1; }
-
-/* the inputs must be all files or all folders holding the same parts */
-static int targets_alike(const target_t *a, const char *na, const target_t *b, const char *nb) {
-    if (a->is_dir != b->is_dir)
-        return sd_error(SD_ERR_ARG, "%s is a %s but %s a %s: give files or training folders, not both", na,
-                        a->is_dir ? "folder" : "file", nb, b->is_dir ? "folder" : "file");
-    for (int p = 0; p < 2; p++)
-        if (!a->file[p][0] != !b->file[p][0])
-            return sd_error(SD_ERR_ARG, "%s has %s but %s does not", a->file[p][0] ? na : nb, PART_FILE[p],
-                            a->file[p][0] ? nb : na);
-    return SD_OK;
-}
 
 static int write_outputs(const char *out, int is_dir, shift_set_t *sets, const int *present,
                          const st_dtype_t *dtype) {
@@ -517,6 +506,134 @@ static int shifts_to_lora(const char *arg, const to_lora_args_t *a) {
     return 0;
 }
 
+/* convert: still the library's own calls (the norm-form fit needs the base model's gains) */
+static int shifts_convert(const char *arg, st_dtype_t dt, const char *dtype_s, const char *format, const char *model,
+                          int force, const char *out) {
+    const int to_scalar = format && !strcmp(format, "svdiff-pytorch");
+    const char *pos[1] = {arg};
+    target_t in[1];
+    int n_in = 0, rc = SD_OK, ret = 0;
+    shift_set_t res[2];
+    int present[2] = {0, 0};
+    st_dtype_t dtype[2] = {ST_F32, ST_F32};
+    char hist[512];
+    for (int p = 0; p < 2; p++) shiftset_init(&res[p]);
+#define LOAD(a)                                                         \
+    do {                                                                \
+        if ((rc = target_load(&in[n_in], (a), force)) != 0) goto done;  \
+        n_in++;                                                         \
+    } while (0)
+    LOAD(pos[0]);
+    snprintf(hist, sizeof hist, "convert to %s%s%s", dtype_s, format ? ", format " : "", format ? format : "");
+    /* does any norm change form? */
+    int need = 0, lossy = 0;
+    for (int p = 0; p < 2; p++)
+        for (int i = 0; i < in[0].set[p].n; i++) {
+            const shift_entry_t *e = &in[0].set[p].entries[i];
+            if (format && toolbox_is_norm_path(e->path) && (e->n == 1) != to_scalar) {
+                need = 1;
+                if (to_scalar) lossy = 1;
+            }
+        }
+    if (need && !model) {
+        rc = sd_error(SD_ERR_ARG, "%s: changing the form of norm shifts needs the base model's norm gains: add --model M",
+                      pos[0]);
+        goto done;
+    }
+    if (to_scalar && !model) {
+        rc = sd_error(SD_ERR_ARG, "%s: --format svdiff-pytorch checks every shift against the base model's modules: add --model M",
+                      pos[0]);
+        goto done;
+    }
+    gamma_ctx_t g = {.buf = NULL};
+    if ((need || to_scalar) && (rc = model_open(&g.m, model, NULL))) goto done;
+    toolbox_fit_t fit[2] = {{0}, {0}};
+    for (int p = 0; p < nparts(&in[0]) && !rc; p++) {
+        if (!in[0].file[p][0]) continue;
+        double err = 0;
+        shiftset_free(&res[p]);
+        fit[p].report = print_fit, fit[p].ctx = NULL;
+        if (to_scalar && need) printf("%s: scalar fit of the per-element norm shifts (share of each shift lost):\n", in[0].file[p]);
+        if (format) rc = toolbox_convert_norms(&res[p], &in[0].set[p], to_scalar, get_gamma, &g, &err, &fit[p]);
+        else toolbox_scale(&res[p], &in[0].set[p], 1.0f);   /* an exact copy */
+        if (!rc && to_scalar) rc = check_svdiff_pytorch(&res[p], &g.m, in[0].file[p]);
+        present[p] = !rc, dtype[p] = dt;
+    }
+    if (!rc && lossy) {
+        toolbox_fit_t all = fit[0];
+        all.err2 += fit[1].err2, all.shift2 += fit[1].shift2, all.n_fitted += fit[1].n_fitted;
+        if (fit[1].worst_lost > all.worst_lost) {
+            all.worst_lost = fit[1].worst_lost;
+            memcpy(all.worst_path, fit[1].worst_path, sizeof all.worst_path);
+        }
+        const double lost = toolbox_fit_lost(&all);
+        printf("overall: %.3g of the norm shifts lost over %d norms (L2); worst %s: %.3g\n", lost, all.n_fitted,
+               all.worst_path[0] ? all.worst_path : "none", all.worst_lost);
+        /* a fit within float rounding (shifts parallel to the gains, zero shifts) is no loss */
+        if (lost > FIT_TOLERANCE && !force)
+            rc = sd_error(SD_ERR_ARG,
+                          "%s holds per-element [C] norm shifts; svdiff-pytorch stores one scalar per norm "
+                          "(gain = gamma*ReLU(|gamma|+delta)/|gamma|), which can only scale the whole gain: the fit loses "
+                          "%.3g of the norm shifts (more than %g); nothing written. Add --force to write it anyway, or "
+                          "train with --norm-shift scalar for an exact file",
+                          pos[0], lost, FIT_TOLERANCE);
+    }
+    if (need || to_scalar) model_close(&g.m);
+    free(g.buf);
+    if (rc) goto done;
+    for (int p = 0; p < 2; p++)
+        if (present[p]) toolbox_add_history(&res[p], hist);
+    rc = write_outputs(out, in[0].is_dir, res, present, dtype);
+done:
+    if (rc) ret = fail(rc);
+    for (int k = 0; k < n_in; k++) target_free(&in[k]);
+    for (int p = 0; p < 2; p++) shiftset_free(&res[p]);
+    return ret;
+}
+#undef LOAD
+
+/* ---------------------------------------------------------------------------------------
+ * the writing verbs over the public API */
+
+#define SHIFTS_USAGE 1   /* a message of the CLI's own was printed; exit 2 */
+
+static int api_fail(int rc) {
+    fprintf(stderr, "svdiff shifts: %s\n", svdiff_last_error());
+    return rc == SVDIFF_ERR_ARG ? 2 : 1;
+}
+
+/* the inputs must be all files or all folders holding the same parts (named by the arguments) */
+static int sets_alike(const svdiff_shifts_t *a, const char *na, const svdiff_shifts_t *b, const char *nb) {
+    svdiff_shifts_part_t pa[2], pb[2];
+    for (int p = 0; p < 2; p++) svdiff_shifts_part(a, p, &pa[p]), svdiff_shifts_part(b, p, &pb[p]);
+    if (pa[0].folder != pb[0].folder) {
+        fprintf(stderr, "svdiff shifts: %s is a %s but %s a %s: give files or training folders, not both\n", na,
+                pa[0].folder ? "folder" : "file", nb, pb[0].folder ? "folder" : "file");
+        return SHIFTS_USAGE;
+    }
+    for (int p = 0; p < 2; p++)
+        if (pa[p].present != pb[p].present) {
+            fprintf(stderr, "svdiff shifts: %s has %s but %s does not\n", pa[p].present ? na : nb, PART_FILE[p],
+                    pa[p].present ? nb : na);
+            return SHIFTS_USAGE;
+        }
+    return SVDIFF_OK;
+}
+
+/* saves a result in its form (file or folder) and names each file written */
+static int save_result(const svdiff_shifts_t *r, const char *out, int fp16) {
+    int rc = svdiff_shifts_save(r, out, fp16);
+    if (rc) return rc;
+    for (int p = 0; p < 2; p++) {
+        svdiff_shifts_part_t b;
+        svdiff_shifts_part(r, p, &b);
+        if (!b.present) continue;
+        if (b.folder) printf("wrote %s/%s (%d shifts, %s)\n", out, PART_FILE[p], b.entries, b.dtype);
+        else printf("wrote %s (%d shifts, %s)\n", out, b.entries, b.dtype);
+    }
+    return SVDIFF_OK;
+}
+
 int cmd_shifts(int argc, char **argv) {
     if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
         usage(argc < 2 ? stderr : stdout);
@@ -609,18 +726,26 @@ int cmd_shifts(int argc, char **argv) {
     if (!out) return fprintf(stderr, "svdiff shifts %s: -o OUT is required\n", verb), 2;
 
     enum { MAXIN = 32 };
-    target_t in[MAXIN];
-    int n_in = 0, rc = SD_OK, ret = 0;
-    shift_set_t res[2];
-    int present[2] = {0, 0};
-    st_dtype_t dtype[2] = {ST_F32, ST_F32};
+    if (!strcmp(verb, "convert")) {
+        if (npos != 1) return fprintf(stderr, "svdiff shifts convert: give one IN\n"), 2;
+        if (!dtype_s) return fprintf(stderr, "svdiff shifts convert: --dtype fp16|fp32 is required\n"), 2;
+        st_dtype_t dt;
+        if (!strcmp(dtype_s, "fp16") || !strcmp(dtype_s, "F16")) dt = ST_F16;
+        else if (!strcmp(dtype_s, "fp32") || !strcmp(dtype_s, "F32")) dt = ST_F32;
+        else return fprintf(stderr, "svdiff shifts convert: --dtype must be fp16 or fp32, got '%s'\n", dtype_s), 2;
+        const int to_scalar = format && !strcmp(format, "svdiff-pytorch");
+        if (format && !to_scalar && strcmp(format, "native"))
+            return fprintf(stderr, "svdiff shifts convert: --format must be native or svdiff-pytorch, got '%s'\n", format), 2;
+        return shifts_convert(pos[0], dt, dtype_s, format, model, force, out);
+    }
+    /* combine, scale, limit-rank, mix: the public API's shift sets and toolbox */
+    svdiff_shifts_t *in[MAXIN] = {0}, *res = NULL;
+    int n_in = 0, rc = SVDIFF_OK, ret = 0, fp16 = -1;   /* -1: each part keeps its input's dtype */
     char hist[512];
-    for (int p = 0; p < 2; p++) shiftset_init(&res[p]);
-
-#define LOAD(arg)                                                       \
-    do {                                                                \
-        if ((rc = target_load(&in[n_in], (arg), force)) != 0) goto done;       \
-        n_in++;                                                         \
+#define LOAD(arg)                                                                    \
+    do {                                                                             \
+        if ((rc = svdiff_shifts_load_ex((arg), force, &in[n_in])) != 0) goto done;   \
+        n_in++;                                                                      \
     } while (0)
 
     if (!strcmp(verb, "combine")) {
@@ -634,19 +759,10 @@ int cmd_shifts(int argc, char **argv) {
         }
         for (int k = 0; k < npos; k++) LOAD(pos[k]);
         for (int k = 1; k < n_in; k++)
-            if ((rc = targets_alike(&in[0], pos[0], &in[k], pos[k]))) goto done;
+            if ((rc = sets_alike(in[0], pos[0], in[k], pos[k]))) goto done;
         snprintf(hist, sizeof hist, "combine of %d files, weights %s", npos, weights ? weights : "all 1");
-        for (int p = 0; p < nparts(&in[0]); p++) {
-            if (!in[0].file[p][0]) continue;
-            const shift_set_t *sets[MAXIN];
-            for (int k = 0; k < n_in; k++) sets[k] = &in[k].set[p];
-            /* checked here first so that the message names the files */
-            for (int k = 1; k < n_in; k++)
-                if ((rc = toolbox_check_compatible(sets[0], in[0].file[p], sets[k], in[k].file[p], force))) goto done;
-            shiftset_free(&res[p]);
-            if ((rc = toolbox_combine(&res[p], sets, weights ? w : NULL, n_in, force))) goto done;
-            present[p] = 1, dtype[p] = in[0].dtype[p];
-        }
+        if ((rc = svdiff_shifts_combine((const svdiff_shifts_t *const *)in, weights ? w : NULL, n_in, force, &res)))
+            goto done;
     } else if (!strcmp(verb, "scale") || !strcmp(verb, "limit-rank")) {
         if (npos != 2) return fprintf(stderr, "svdiff shifts %s: give IN and %s\n", verb, verb[0] == 's' ? "S" : "R"), 2;
         float s = 1;
@@ -660,145 +776,46 @@ int cmd_shifts(int argc, char **argv) {
                 return fprintf(stderr, "svdiff shifts limit-rank: R must be an integer >= 0, got '%s'\n", pos[1]), 2;
         }
         LOAD(pos[0]);
-        if (verb[0] == 's') snprintf(hist, sizeof hist, "scale %.9g", s);
-        else snprintf(hist, sizeof hist, "limit-rank %ld", R);
-        for (int p = 0; p < nparts(&in[0]); p++) {
-            if (!in[0].file[p][0]) continue;
-            shiftset_free(&res[p]);
-            if (verb[0] == 's') {
-                toolbox_scale(&res[p], &in[0].set[p], s);
-            } else {
-                const long kept = toolbox_limit_rank(&res[p], &in[0].set[p], (int)R);
-                long all = 0;
-                for (int i = 0; i < in[0].set[p].n; i++) all += in[0].set[p].entries[i].n;
-                const size_t b = st_dtype_size(in[0].dtype[p]);
+        if (verb[0] == 's') {
+            snprintf(hist, sizeof hist, "scale %.9g", s);
+            if ((rc = svdiff_shifts_scale(in[0], s, &res))) goto done;
+        } else {
+            snprintf(hist, sizeof hist, "limit-rank %ld", R);
+            if ((rc = svdiff_shifts_limit_rank(in[0], (int)R, &res, NULL))) goto done;
+            for (int p = 0; p < 2; p++) {
+                svdiff_shifts_part_t a, b;
+                svdiff_shifts_part(in[0], p, &a), svdiff_shifts_part(res, p, &b);
+                if (!a.present) continue;
                 printf("%s: %ld of %ld shift values kept; a truncated layout (R values per matrix) stores %ld bytes of "
                        "data instead of %ld\n",
-                       in[0].file[p], kept, all, kept * (long)b, all * (long)b);
+                       a.file, b.kept, a.values, b.kept * a.dtype_bytes, a.values * a.dtype_bytes);
             }
-            present[p] = 1, dtype[p] = in[0].dtype[p];
         }
-    } else if (!strcmp(verb, "mix")) {
+    } else {   /* mix */
         for (int k = 0; k < npos && n_layers < 64; k++) layers[n_layers++] = pos[k];
         if (!from || !rest || !n_layers)
             return fprintf(stderr, "svdiff shifts mix: --from A, --rest B and --layers SEL are required\n"), 2;
         LOAD(from);
         LOAD(rest);
-        if ((rc = targets_alike(&in[0], from, &in[1], rest))) goto done;
-        int n_from = 0;
+        if ((rc = sets_alike(in[0], from, in[1], rest))) goto done;
         char sel[400] = "";
         for (int k = 0; k < n_layers; k++) {
             const size_t u = strlen(sel);
             snprintf(sel + u, sizeof sel - u, "%s%s", k ? " " : "", layers[k]);
         }
         snprintf(hist, sizeof hist, "mix: %s from %s, rest from %s", sel, from, rest);
-        /* selectors must select something in the whole pair, not necessarily in each part */
-        for (int k = 0; k < n_layers; k++) {
-            int hit = 0;
-            for (int p = 0; p < 2 && !hit; p++)
-                for (int j = 0; j < 2 && !hit; j++)
-                    for (int i = 0; i < in[j].set[p].n && !hit; i++)
-                        hit = toolbox_selector_matches(layers[k], in[j].set[p].entries[i].path, levels, latent);
-            if (!hit) {
-                rc = sd_error(SD_ERR_ARG, "layer selector '%s' selects no shift of either input", layers[k]);
-                goto done;
-            }
+        if ((rc = svdiff_shifts_mix(in[0], in[1], layers, n_layers, levels, latent, force, &res, NULL))) goto done;
+        for (int p = 0; p < 2; p++) {
+            svdiff_shifts_part_t b;
+            svdiff_shifts_part(res, p, &b);
+            if (b.present) printf("%s: %d of %d shifts from %s, the rest from %s\n", PART_FILE[p], b.taken, b.entries, from, rest);
         }
-        for (int p = 0; p < nparts(&in[0]); p++) {
-            if (!in[0].file[p][0]) continue;
-            /* per part, only the selectors that select something there (checked above overall) */
-            const char *sel_p[64];
-            int ns = 0;
-            for (int k = 0; k < n_layers; k++) {
-                int hit = 0;
-                for (int j = 0; j < 2 && !hit; j++)
-                    for (int i = 0; i < in[j].set[p].n && !hit; i++)
-                        hit = toolbox_selector_matches(layers[k], in[j].set[p].entries[i].path, levels, latent);
-                if (hit) sel_p[ns++] = layers[k];
-            }
-            int nf = 0;
-            shiftset_free(&res[p]);
-            if ((rc = toolbox_mix(&res[p], &in[0].set[p], &in[1].set[p], sel_p, ns, levels, latent, force, &nf))) goto done;
-            n_from += nf;
-            printf("%s: %d of %d shifts from %s, the rest from %s\n", PART_FILE[p], nf, res[p].n, from, rest);
-            present[p] = 1, dtype[p] = in[1].dtype[p];
-        }
-        (void)n_from;
-    } else {   /* convert */
-        if (npos != 1) return fprintf(stderr, "svdiff shifts convert: give one IN\n"), 2;
-        if (!dtype_s) return fprintf(stderr, "svdiff shifts convert: --dtype fp16|fp32 is required\n"), 2;
-        st_dtype_t dt;
-        if (!strcmp(dtype_s, "fp16") || !strcmp(dtype_s, "F16")) dt = ST_F16;
-        else if (!strcmp(dtype_s, "fp32") || !strcmp(dtype_s, "F32")) dt = ST_F32;
-        else return fprintf(stderr, "svdiff shifts convert: --dtype must be fp16 or fp32, got '%s'\n", dtype_s), 2;
-        const int to_scalar = format && !strcmp(format, "svdiff-pytorch");
-        if (format && !to_scalar && strcmp(format, "native"))
-            return fprintf(stderr, "svdiff shifts convert: --format must be native or svdiff-pytorch, got '%s'\n", format), 2;
-        LOAD(pos[0]);
-        snprintf(hist, sizeof hist, "convert to %s%s%s", dtype_s, format ? ", format " : "", format ? format : "");
-        /* does any norm change form? */
-        int need = 0, lossy = 0;
-        for (int p = 0; p < 2; p++)
-            for (int i = 0; i < in[0].set[p].n; i++) {
-                const shift_entry_t *e = &in[0].set[p].entries[i];
-                if (format && toolbox_is_norm_path(e->path) && (e->n == 1) != to_scalar) {
-                    need = 1;
-                    if (to_scalar) lossy = 1;
-                }
-            }
-        if (need && !model) {
-            rc = sd_error(SD_ERR_ARG, "%s: changing the form of norm shifts needs the base model's norm gains: add --model M",
-                          pos[0]);
-            goto done;
-        }
-        if (to_scalar && !model) {
-            rc = sd_error(SD_ERR_ARG, "%s: --format svdiff-pytorch checks every shift against the base model's modules: add --model M",
-                          pos[0]);
-            goto done;
-        }
-        gamma_ctx_t g = {.buf = NULL};
-        if ((need || to_scalar) && (rc = model_open(&g.m, model, NULL))) goto done;
-        toolbox_fit_t fit[2] = {{0}, {0}};
-        for (int p = 0; p < nparts(&in[0]) && !rc; p++) {
-            if (!in[0].file[p][0]) continue;
-            double err = 0;
-            shiftset_free(&res[p]);
-            fit[p].report = print_fit, fit[p].ctx = NULL;
-            if (to_scalar && need) printf("%s: scalar fit of the per-element norm shifts (share of each shift lost):\n", in[0].file[p]);
-            if (format) rc = toolbox_convert_norms(&res[p], &in[0].set[p], to_scalar, get_gamma, &g, &err, &fit[p]);
-            else toolbox_scale(&res[p], &in[0].set[p], 1.0f);   /* an exact copy */
-            if (!rc && to_scalar) rc = check_svdiff_pytorch(&res[p], &g.m, in[0].file[p]);
-            present[p] = !rc, dtype[p] = dt;
-        }
-        if (!rc && lossy) {
-            toolbox_fit_t all = fit[0];
-            all.err2 += fit[1].err2, all.shift2 += fit[1].shift2, all.n_fitted += fit[1].n_fitted;
-            if (fit[1].worst_lost > all.worst_lost) {
-                all.worst_lost = fit[1].worst_lost;
-                memcpy(all.worst_path, fit[1].worst_path, sizeof all.worst_path);
-            }
-            const double lost = toolbox_fit_lost(&all);
-            printf("overall: %.3g of the norm shifts lost over %d norms (L2); worst %s: %.3g\n", lost, all.n_fitted,
-                   all.worst_path[0] ? all.worst_path : "none", all.worst_lost);
-            /* a fit within float rounding (shifts parallel to the gains, zero shifts) is no loss */
-            if (lost > FIT_TOLERANCE && !force)
-                rc = sd_error(SD_ERR_ARG,
-                              "%s holds per-element [C] norm shifts; svdiff-pytorch stores one scalar per norm "
-                              "(gain = gamma*ReLU(|gamma|+delta)/|gamma|), which can only scale the whole gain: the fit loses "
-                              "%.3g of the norm shifts (more than %g); nothing written. Add --force to write it anyway, or "
-                              "train with --norm-shift scalar for an exact file",
-                              pos[0], lost, FIT_TOLERANCE);
-        }
-        if (need || to_scalar) model_close(&g.m);
-        free(g.buf);
-        if (rc) goto done;
     }
-    for (int p = 0; p < 2; p++)
-        if (present[p]) toolbox_add_history(&res[p], hist);
-    rc = write_outputs(out, in[0].is_dir, res, present, dtype);
+#undef LOAD
+    if (!(rc = svdiff_shifts_add_history(res, hist))) rc = save_result(res, out, fp16);
 done:
-    if (rc) ret = fail(rc);
-    for (int k = 0; k < n_in; k++) target_free(&in[k]);
-    for (int p = 0; p < 2; p++) shiftset_free(&res[p]);
+    if (rc) ret = rc == SHIFTS_USAGE ? 2 : api_fail(rc);
+    for (int k = 0; k < n_in; k++) svdiff_shifts_free(in[k]);
+    svdiff_shifts_free(res);
     return ret;
 }
