@@ -435,6 +435,89 @@ SVDIFF_API int svdiff_shifts_part(const svdiff_shifts_t *shifts, int part, svdif
 SVDIFF_API int svdiff_shifts_meta_at(const svdiff_shifts_t *shifts, int part, int i, const char **key,
                                      const char **value);
 
+/* ---- describing, converting and exporting shift files (`svdiff shifts info / convert / to-lora`) ---- */
+
+/* The description `svdiff shifts info --json` prints, as a new JSON string (free with svdiff_free):
+ * {"files": [one object per part file: file, base_model_hash, size_bytes, dtype, layers, matrices,
+ * norms, shifts (values), block_l2 {block: L2 norm of its shifts, blocks in order of appearance},
+ * largest_shifts [{path, index, delta}] (the top_k largest |delta|), or with singular values
+ * largest_relative_shifts [{path, index, delta, sigma, relative}] (|delta|/sigma), metadata {}]}.
+ * path: a shift file or training folder (force: accept a folder's files not written together).
+ * Singular values come from svd_cache when it is an SVD cache file, or from the cache folder
+ * (svd_cache, NULL: the default folder) file that the model at `model` names by its weights hash;
+ * both NULL: none. top_k >= 1. */
+SVDIFF_API int svdiff_shifts_describe(const char *path, int force, const char *svd_cache, const char *model, int top_k,
+                                      char **json);
+
+/* Called for each norm shift fitted to the scalar form (lost: the share of the shift one scalar
+ * cannot hold; max_gain_err the largest |gain error|); path NULL announces that part `part`'s fit
+ * begins. */
+typedef void (*svdiff_fit_fn)(int part, const char *path, double lost, double max_gain_err, void *user_data);
+
+typedef struct {
+    int fp16;              /* the result's storage: 1 F16, 0 F32 (default), -1 each input part's */
+    const char *format;    /* NULL: values only (an exact copy); "native": norm shifts in the exact
+                              per-element form; "svdiff-pytorch": norm shifts in svdiff-pytorch's
+                              scalar form [1] (a least-squares fit) and every entry checked against
+                              the base model's modules */
+    const char *model;     /* the base model (norm gains, module shapes): required for
+                              "svdiff-pytorch" and whenever a norm shift changes form */
+    int force;             /* keep a scalar fit that loses more than 1e-4 of the norm shifts */
+    svdiff_fit_fn fit;     /* NULL, or each fitted norm as it is fitted */
+    void *user_data;
+} svdiff_convert_params_t;
+
+typedef struct {
+    int lossy;             /* per-element norm shifts were fitted to scalars: the fields below hold */
+    double lost;           /* overall share of the norm shifts lost (L2) */
+    int n_fitted;          /* norms fitted */
+    double worst_lost;     /* the largest per-norm share lost, at worst_path ("" when none) */
+    char worst_path[256];
+} svdiff_convert_stats_t;
+
+SVDIFF_API svdiff_convert_params_t svdiff_convert_default_params(void);
+/* `svdiff shifts convert`: *out a new set in the input's form (svdiff_shifts_free). stats (may be
+ * NULL) is filled when every part converted, also when the loss check then refuses the fit
+ * (SVDIFF_ERR_ARG "... nothing written", *out NULL). */
+SVDIFF_API int svdiff_shifts_convert(const svdiff_shifts_t *in, const svdiff_convert_params_t *params,
+                                     svdiff_shifts_t **out, svdiff_convert_stats_t *stats);
+
+typedef enum { SVDIFF_LORA_KOHYA = 0, SVDIFF_LORA_DIFFUSERS = 1 } svdiff_lora_format_t;
+typedef enum { SVDIFF_DTYPE_F32 = 0, SVDIFF_DTYPE_F16 = 1, SVDIFF_DTYPE_BF16 = 2 } svdiff_dtype_t;
+
+typedef struct {
+    svdiff_lora_format_t format;   /* kohya (default): ComfyUI / A1111 keys; diffusers: load_lora_weights */
+    int max_rank;                  /* > 0: at most this rank per layer; 0 no cap */
+    double energy;                 /* (0, 1]: per layer, the smallest rank keeping this share of
+                                      ||dW||^2 (0.99; `to-lora --rank R` alone uses 1) */
+    svdiff_dtype_t dtype;          /* of the factors (F16); alpha is F32 */
+    int no_norms;                  /* leave norm-gain shifts out (warning) instead of .diff keys */
+    int no_embeddings;             /* leave text-encoder embedding shifts out (warning) */
+    int force;                     /* shifts of another base model */
+    int check;                     /* measure the written factors against the exact shifted weights */
+    const char *svd_cache_dir;     /* NULL: the default folder (as svdiff_model_params_t); "": none */
+} svdiff_lora_params_t;
+
+/* What went into the LoRA file, per component (0 UNet, 1 text encoder). */
+typedef struct {
+    int layers;                    /* matrices written as factors */
+    int zero_layers;               /* shifted modules whose difference is exactly 0 (not written) */
+    int norms;                     /* norm gains written as .diff */
+    int dropped;                   /* shifts left out (no_norms / no_embeddings) */
+    int rank_min, rank_max;        /* over the layers written */
+    double energy_total, energy_kept;   /* sum of ||dW||^2, and what the kept ranks hold */
+    long bytes;                    /* tensor bytes of the component in the file */
+    double err2, ref2;             /* with check: sums of ||W_lora - W_shifted||^2 and ||W_shifted - W_base||^2 */
+} svdiff_lora_stats_t;
+
+SVDIFF_API svdiff_lora_params_t svdiff_lora_default_params(void);
+/* `svdiff shifts to-lora`: exports the set as one LoRA file `out` (both parts together, written
+ * atomically) against the base model at `model` (opened for the call; the shifts' base model unless
+ * force). The set's source path is recorded in the file's metadata. stats (may be NULL): two
+ * entries, filled on success. */
+SVDIFF_API int svdiff_shifts_to_lora(const svdiff_shifts_t *in, const char *model, const svdiff_lora_params_t *params,
+                                     const char *out, svdiff_lora_stats_t stats[2]);
+
 /* ------------------------------------------------------------------------------------------ */
 /* files around generation                                                                     */
 

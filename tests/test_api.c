@@ -2,6 +2,7 @@
  * the library layer it wraps (pipeline, trainer, toolbox) or of the CLI, adapters come off exactly,
  * the cancel callback stops sampling and training cleanly (training resumably), and bad input comes
  * back as a code with a message. */
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -767,6 +768,182 @@ static void test_shifts_parts(void **state) {
     rm_tree(d.tmp);
 }
 
+/* svdiff_shifts_describe: the JSON of `svdiff shifts info --json` (the CLI prints it with a newline),
+ * its counts those of the per-part view, the largest shifts sorted and top_k long; errors. */
+static void test_shifts_describe(void **state) {
+    (void)state;
+    data_t d;
+    svdiff_image_t *imgs[2];
+    char shifts[256], a[300], cmd[16384];
+    train_shifts(&d, imgs, shifts, sizeof shifts);
+    char *json = NULL;
+    assert_int_equal(svdiff_shifts_describe(shifts, 0, NULL, NULL, 5, &json), SVDIFF_OK);
+    char cli[4200];
+    cli_path(cli, sizeof cli);
+    if (cli[0]) {   /* what the CLI prints */
+        snprintf(a, sizeof a, "%s/info.json", d.tmp);
+        snprintf(cmd, sizeof cmd, "'%s' shifts info '%s' --json --top 5 > '%s'", cli, shifts, a);
+        assert_int_equal(system(cmd), 0);
+        FILE *f = fopen(a, "rb");
+        assert_non_null(f);
+        char *buf = calloc(1, 1 << 20);
+        const size_t n = fread(buf, 1, (1 << 20) - 1, f);
+        fclose(f);
+        assert_int_equal(n, strlen(json) + 1);
+        assert_memory_equal(buf, json, strlen(json));
+        free(buf);
+    }
+    svdiff_shifts_t *s = NULL;
+    assert_int_equal(svdiff_shifts_load(shifts, &s), SVDIFF_OK);
+    cJSON *root = cJSON_Parse(json), *o;
+    assert_non_null(root);
+    int p = 0;
+    cJSON_ArrayForEach(o, cJSON_GetObjectItem(root, "files")) {
+        svdiff_shifts_part_t pi;
+        assert_int_equal(svdiff_shifts_part(s, p, &pi), SVDIFF_OK);
+        assert_string_equal(cJSON_GetObjectItem(o, "file")->valuestring, pi.file);
+        assert_int_equal(cJSON_GetObjectItem(o, "layers")->valueint, pi.entries);
+        assert_int_equal(cJSON_GetObjectItem(o, "matrices")->valueint, pi.matrices);
+        assert_int_equal(cJSON_GetObjectItem(o, "norms")->valueint, pi.norms);
+        assert_int_equal((long)cJSON_GetObjectItem(o, "shifts")->valuedouble, pi.values);
+        assert_string_equal(cJSON_GetObjectItem(o, "base_model_hash")->valuestring, svdiff_shifts_meta(s, "base_model_hash"));
+        cJSON *top = cJSON_GetObjectItem(o, "largest_shifts"), *x;
+        assert_int_equal(cJSON_GetArraySize(top), 5);
+        double prev = INFINITY;
+        cJSON_ArrayForEach(x, top) {
+            const double v = fabs(cJSON_GetObjectItem(x, "delta")->valuedouble);
+            assert_true(v <= prev && v > 0);
+            prev = v;
+        }
+        assert_true(cJSON_GetArraySize(cJSON_GetObjectItem(o, "block_l2")) > 0);
+        assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(o, "metadata")), pi.n_meta);
+        p++;
+    }
+    assert_int_equal(p, 2);
+    cJSON_Delete(root);
+    svdiff_free(json);
+    /* errors: a cache folder without a model, top_k, a missing path */
+    assert_int_equal(svdiff_shifts_describe(shifts, 0, d.tmp, NULL, 5, &json), SVDIFF_ERR_ARG);
+    assert_null(json);
+    assert_non_null(strstr(svdiff_last_error(), "is a folder"));
+    assert_int_equal(svdiff_shifts_describe(shifts, 0, d.tmp, model_dir(), 5, &json), SVDIFF_ERR_IO);
+    assert_non_null(strstr(svdiff_last_error(), "no SVD cache for model"));
+    assert_int_equal(svdiff_shifts_describe(shifts, 0, NULL, NULL, 0, &json), SVDIFF_ERR_ARG);
+    assert_int_equal(svdiff_shifts_describe("/nonexistent/shifts", 0, NULL, NULL, 5, &json), SVDIFF_ERR_IO);
+    svdiff_shifts_free(s);
+    for (int i = 0; i < 2; i++) svdiff_images_free(imgs[i], 1);
+    rm_tree(d.tmp);
+}
+
+typedef struct {
+    int starts, fits;
+} fit_count_t;
+
+static void count_fit(int part, const char *path, double lost, double max_gain_err, void *user_data) {
+    fit_count_t *c = user_data;
+    assert_true(part == 0 || part == 1);
+    if (!path) c->starts++;
+    else assert_true(lost >= 0 && max_gain_err >= 0), c->fits++;
+}
+
+/* svdiff_shifts_convert: a dtype change copies the values; svdiff-pytorch's scalar form needs the
+ * model, reports each fitted norm, refuses a lossy fit without force (stats filled, nothing
+ * returned) and, forced, gives [1] norms that "native" turns back into per-element ones; to_lora
+ * writes a LoRA file whose stats hold, and refuses bad parameters. */
+static void test_shifts_convert_and_to_lora(void **state) {
+    (void)state;
+    data_t d;
+    svdiff_image_t *imgs[2];
+    char shifts[256], lora[300];
+    train_shifts(&d, imgs, shifts, sizeof shifts);
+    svdiff_shifts_t *s = NULL, *r = NULL, *back = NULL;
+    assert_int_equal(svdiff_shifts_load(shifts, &s), SVDIFF_OK);
+    const int count = svdiff_shifts_count(s);
+    svdiff_convert_params_t cp = svdiff_convert_default_params();
+    assert_int_equal(cp.fp16, 0);
+    assert_null(cp.format);
+    cp.fp16 = 1;
+    svdiff_convert_stats_t st;
+    assert_int_equal(svdiff_shifts_convert(s, &cp, &r, &st), SVDIFF_OK);
+    assert_int_equal(st.lossy, 0);
+    svdiff_shifts_part_t pi;
+    assert_int_equal(svdiff_shifts_part(r, 1, &pi), SVDIFF_OK);
+    assert_string_equal(pi.dtype, "F16");
+    for (int i = 0; i < count; i++) {
+        const char *na, *nb;
+        const float *va, *vb;
+        int la, lb;
+        svdiff_shifts_entry(s, i, &na, &va, &la), svdiff_shifts_entry(r, i, &nb, &vb, &lb);
+        assert_string_equal(na, nb);
+        assert_int_equal(la, lb);
+        assert_memory_equal(va, vb, sizeof(float) * la);
+    }
+    svdiff_shifts_free(r);
+
+    cp.fp16 = 0, cp.format = "svdiff-pytorch";
+    assert_int_equal(svdiff_shifts_convert(s, &cp, &r, &st), SVDIFF_ERR_ARG);
+    assert_non_null(strstr(svdiff_last_error(), "add --model M"));
+    fit_count_t fc = {0};
+    cp.model = model_dir(), cp.fit = count_fit, cp.user_data = &fc;
+    assert_int_equal(svdiff_shifts_convert(s, &cp, &r, &st), SVDIFF_ERR_ARG);   /* lossy, not forced */
+    assert_null(r);
+    assert_non_null(strstr(svdiff_last_error(), "nothing written"));
+    assert_int_equal(st.lossy, 1);
+    assert_true(st.lost > 1e-4 && st.n_fitted > 0 && st.worst_path[0]);
+    assert_int_equal(fc.fits, st.n_fitted);
+    assert_int_equal(fc.starts, 2);   /* both parts */
+    cp.force = 1;
+    assert_int_equal(svdiff_shifts_convert(s, &cp, &r, &st), SVDIFF_OK);
+    int scalars = 0;
+    for (int i = 0; i < count; i++) {
+        const char *n;
+        int len;
+        svdiff_shifts_entry(r, i, &n, NULL, &len);
+        scalars += len == 1;
+    }
+    assert_int_equal(scalars, st.n_fitted);
+    cp.format = "native", cp.force = 0;
+    assert_int_equal(svdiff_shifts_convert(r, &cp, &back, &st), SVDIFF_OK);   /* exact: no fit */
+    assert_int_equal(st.lossy, 0);
+    for (int i = 0; i < count; i++) {
+        int la, lb;
+        const char *n;
+        svdiff_shifts_entry(s, i, &n, NULL, &la), svdiff_shifts_entry(back, i, &n, NULL, &lb);
+        assert_int_equal(la, lb);
+    }
+    svdiff_shifts_free(back), svdiff_shifts_free(r);
+    cp.format = "pytorch";
+    assert_int_equal(svdiff_shifts_convert(s, &cp, &r, &st), SVDIFF_ERR_ARG);
+    assert_non_null(strstr(svdiff_last_error(), "'pytorch'"));
+
+    /* to-lora */
+    svdiff_lora_params_t lp = svdiff_lora_default_params();
+    assert_true(lp.energy == 0.99 && lp.dtype == SVDIFF_DTYPE_F16 && lp.format == SVDIFF_LORA_KOHYA);
+    lp.max_rank = 2, lp.energy = 1.0, lp.check = 1, lp.svd_cache_dir = "";
+    snprintf(lora, sizeof lora, "%s/lora.safetensors", d.tmp);
+    svdiff_lora_stats_t ls[2];
+    assert_int_equal(svdiff_shifts_to_lora(s, model_dir(), &lp, lora, ls), SVDIFF_OK);
+    assert_true(exists(lora));
+    for (int p = 0; p < 2; p++) {
+        assert_true(ls[p].layers > 0);
+        assert_true(ls[p].rank_max <= 2 && ls[p].rank_min >= 1);
+        assert_true(ls[p].energy_kept <= ls[p].energy_total * (1 + 1e-9));
+        assert_true(ls[p].ref2 > 0 && ls[p].bytes > 0);
+    }
+    lp.energy = 0;
+    assert_int_equal(svdiff_shifts_to_lora(s, model_dir(), &lp, lora, NULL), SVDIFF_ERR_ARG);
+    assert_non_null(strstr(svdiff_last_error(), "energy"));
+    lp.energy = 1;
+    assert_int_equal(svdiff_shifts_to_lora(s, NULL, &lp, lora, NULL), SVDIFF_ERR_ARG);
+    svdiff_shifts_t *other = NULL;
+    assert_int_equal(svdiff_shifts_load(source_path("tests/fixtures/shifts/otherbase.safetensors"), &other), SVDIFF_OK);
+    assert_int_equal(svdiff_shifts_to_lora(other, model_dir(), &lp, lora, NULL), SVDIFF_ERR_ARG);
+    assert_non_null(strstr(svdiff_last_error(), "trained on base model 0123456789abcdef"));
+    svdiff_shifts_free(other), svdiff_shifts_free(s);
+    for (int i = 0; i < 2; i++) svdiff_images_free(imgs[i], 1);
+    rm_tree(d.tmp);
+}
+
 /* ---- files around generation ---- */
 
 /* svdiff_latents_write gives the bytes of `svdiff generate --save-latents`; svdiff_latents_read reads
@@ -942,6 +1119,8 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_full_mode_delta),
         cmocka_unit_test(test_shifts_toolbox),
         cmocka_unit_test(test_shifts_parts),
+        cmocka_unit_test(test_shifts_describe),
+        cmocka_unit_test(test_shifts_convert_and_to_lora),
         cmocka_unit_test(test_latents_and_output_check),
         cmocka_unit_test(test_edit),
         cmocka_unit_test(test_edit_matches_cli),

@@ -24,7 +24,7 @@ void api_shiftset_copy(shift_set_t *dst, const shift_set_t *src) {
 SVDIFF_API void svdiff_shifts_free(svdiff_shifts_t *s) {
     if (!s) return;
     for (int p = 0; p < 2; p++) shiftset_free(&s->part[p]), free(s->file[p]);
-    free(s);
+    free(s->path), free(s);
 }
 
 /* F16 when every tensor of the file is F16, else F32 (what a rewrite keeps). */
@@ -47,6 +47,8 @@ SVDIFF_API int svdiff_shifts_load_ex(const char *path, int force, svdiff_shifts_
     svdiff_shifts_t *s = api_shifts_new();
     struct stat st;
     s->is_dir = stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+    s->path = strdup(path);
+    SD_CHECK(s->path, "out of memory");
     char file[2][4096];
     rc = shift_files_resolve(path, file[0], file[1], sizeof file[0]);
     if (!rc) rc = st_pair_check(file[0], file[1], force);
@@ -77,7 +79,7 @@ SVDIFF_API int svdiff_shifts_save(const svdiff_shifts_t *s, const char *path, in
     char file[2][4096];
     struct stat st;
     if (s->is_dir && !stat(path, &st) && !S_ISDIR(st.st_mode))
-        return sd_error(SD_ERR_IO, "%s: exists and is not a folder (the shift set is a training folder's)", path);
+        return sd_error(SD_ERR_IO, "%s: exists and is not a folder (the inputs are folders)", path);
     if (s->is_dir && mkdir(path, 0777) != 0 && errno != EEXIST)
         return sd_error(SD_ERR_IO, "%s: cannot create the output folder: %s", path, strerror(errno));
     for (int p = 0; p < 2; p++)
