@@ -175,6 +175,17 @@ typedef struct {
 
 SVDIFF_API int svdiff_model_info(const svdiff_model_t *model, svdiff_model_info_t *info);
 
+/* Describes the model at `path` without loading it (the files are mapped and only their headers and
+ * configs are read; a .ckpt's pickle is parsed): *json is a new string (svdiff_free), the object
+ * `svdiff info --json` prints less its timing: {"path", "layout" ("diffusers", "LDM SD1", "LDM SD2"),
+ * "components": {"unet", "vae", "text_encoder": {"present", and when present "tensors",
+ * "parameters", "bytes", "dtypes" {"F32": tensors, ...}, "config" {the component's config}}},
+ * "scheduler" {config}, "prediction_type" {"value", "source" (what decided it), "guessed"},
+ * "tokenizer" (folder or null), "files", "mapped_bytes", "total_parameters", "total_bytes"}.
+ * params (may be NULL): tokenizer_dir, prediction_type and scheduler_config apply as at open; the
+ * other fields are not used. */
+SVDIFF_API int svdiff_model_describe(const char *path, const svdiff_model_params_t *params, char **json);
+
 /* Latent shape of an image of width x height: [*channels, *lh, *lw] (for init latents). */
 SVDIFF_API int svdiff_model_latent_shape(const svdiff_model_t *model, int width, int height, int *channels,
                                          int *lh, int *lw);

@@ -29,9 +29,7 @@ set(allowed_edit
   train/trainer.h       # gap: training on one captioned image (edit's fine-tuning)
 )
 set(allowed_shifts)    # none: every verb of `svdiff shifts` is an API client
-set(allowed_info
-  base/error.h io/model.h
-)
+set(allowed_info)      # none: svdiff_model_describe
 
 if(NOT SRC)
   message(FATAL_ERROR "usage: cmake -DSRC=<source dir> -P cli_api_includes.cmake")

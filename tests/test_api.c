@@ -944,6 +944,75 @@ static void test_shifts_convert_and_to_lora(void **state) {
     rm_tree(d.tmp);
 }
 
+/* svdiff_model_describe: the JSON of `svdiff info --json` less its timing, its counts those of
+ * svdiff_model_info, the layouts of a folder and a single file, the prediction type's source;
+ * errors. */
+static void test_model_describe(void **state) {
+    (void)state;
+    char *json = NULL;
+    assert_int_equal(svdiff_model_describe(model_dir(), NULL, &json), SVDIFF_OK);
+    cJSON *d = cJSON_Parse(json);
+    assert_non_null(d);
+    assert_string_equal(cJSON_GetObjectItem(d, "layout")->valuestring, "diffusers");
+    svdiff_model_t *m = open_tiny();
+    svdiff_model_info_t mi;
+    assert_int_equal(svdiff_model_info(m, &mi), SVDIFF_OK);
+    cJSON *cs = cJSON_GetObjectItem(d, "components");
+    assert_int_equal((int64_t)cJSON_GetObjectItem(cJSON_GetObjectItem(cs, "unet"), "parameters")->valuedouble,
+                     mi.unet_params);
+    assert_int_equal((int64_t)cJSON_GetObjectItem(cJSON_GetObjectItem(cs, "text_encoder"), "parameters")->valuedouble,
+                     mi.text_encoder_params);
+    assert_int_equal(cJSON_IsTrue(cJSON_GetObjectItem(cJSON_GetObjectItem(cs, "vae"), "present")), mi.has_vae);
+    assert_string_equal(cJSON_GetObjectItem(cJSON_GetObjectItem(d, "prediction_type"), "value")->valuestring,
+                        mi.prediction_type);
+    svdiff_model_close(m);
+    char cli[4200];
+    cli_path(cli, sizeof cli);
+    if (cli[0]) {   /* the CLI's --json is this object plus open_ms and peak_rss_kb */
+        char tmp[64], out[128], cmd[8500];
+        make_tmp(tmp, sizeof tmp);
+        snprintf(out, sizeof out, "%s/info.json", tmp);
+        snprintf(cmd, sizeof cmd, "'%s' info --model '%s' --json > '%s'", cli, model_dir(), out);
+        assert_int_equal(system(cmd), 0);
+        FILE *f = fopen(out, "rb");
+        assert_non_null(f);
+        char *buf = calloc(1, 1 << 20);
+        assert_true(fread(buf, 1, (1 << 20) - 1, f) > 0);
+        fclose(f);
+        cJSON *c = cJSON_Parse(buf);
+        assert_non_null(c);
+        assert_non_null(cJSON_GetObjectItem(c, "open_ms"));
+        cJSON_DeleteItemFromObject(c, "open_ms");
+        cJSON_DeleteItemFromObject(c, "peak_rss_kb");
+        char *a = cJSON_Print(c);
+        assert_string_equal(a, json);
+        free(a), free(buf);
+        cJSON_Delete(c);
+        rm_tree(tmp);
+    }
+    cJSON_Delete(d);
+    svdiff_free(json);
+    /* a single file; the prediction type given */
+    svdiff_model_params_t mp = svdiff_model_default_params();
+    mp.prediction_type = "v_prediction";
+    assert_int_equal(svdiff_model_describe(source_path("tests/fixtures/tiny-sd/sd1.safetensors"), &mp, &json), SVDIFF_OK);
+    d = cJSON_Parse(json);
+    assert_string_equal(cJSON_GetObjectItem(d, "layout")->valuestring, "LDM SD1");
+    cJSON *pt = cJSON_GetObjectItem(d, "prediction_type");
+    assert_string_equal(cJSON_GetObjectItem(pt, "value")->valuestring, "v_prediction");
+    assert_false(cJSON_IsTrue(cJSON_GetObjectItem(pt, "guessed")));
+    assert_int_equal(cJSON_GetObjectItem(d, "files")->valueint, 1);
+    cJSON_Delete(d);
+    svdiff_free(json);
+    /* errors */
+    assert_int_equal(svdiff_model_describe("/nonexistent/model", NULL, &json), SVDIFF_ERR_IO);
+    assert_null(json);
+    assert_non_null(strstr(svdiff_last_error(), "/nonexistent/model"));
+    mp.prediction_type = "bogus";
+    assert_int_equal(svdiff_model_describe(model_dir(), &mp, &json), SVDIFF_ERR_ARG);
+    assert_int_equal(svdiff_model_describe(model_dir(), NULL, NULL), SVDIFF_ERR_ARG);
+}
+
 /* ---- files around generation ---- */
 
 /* svdiff_latents_write gives the bytes of `svdiff generate --save-latents`; svdiff_latents_read reads
@@ -1110,6 +1179,7 @@ int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_version_and_errors),
         cmocka_unit_test(test_model_info),
+        cmocka_unit_test(test_model_describe),
         cmocka_unit_test(test_generate_matches_pipeline),
         cmocka_unit_test(test_png_matches_cli),
         cmocka_unit_test(test_generate_cancel),
