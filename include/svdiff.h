@@ -330,6 +330,17 @@ SVDIFF_API svdiff_train_params_t svdiff_train_default_params(void);
  * cancel callback stopped it (the checkpoint of the last finished step stays resumable). */
 SVDIFF_API int svdiff_train(const svdiff_train_params_t *params);
 
+/* Pretraining (`svdiff pretrain`): every weight of a model (e.g. one `svdiff init` made) trained on
+ * a captioned data set; out_dir becomes a diffusers model folder. The same params struct, filled
+ * by svdiff_pretrain_default_params (pretrain's defaults: mode full, its lr, no flips, ...); the data
+ * set is the setting "data=CAPTIONS.tsv" (rows "path<TAB>caption[<TAB>split]"), with
+ * "image-root=DIR" for relative paths; every setting of `svdiff pretrain --help` is reachable as
+ * "name=value" (settings of `svdiff train` only, instance and class images are refused). Same
+ * files and bytes as `svdiff pretrain` with the same settings and thread count; callbacks and
+ * cancel as svdiff_train. */
+SVDIFF_API svdiff_train_params_t svdiff_pretrain_default_params(void);
+SVDIFF_API int svdiff_pretrain(const svdiff_train_params_t *params);
+
 /* ------------------------------------------------------------------------------------------ */
 /* editing                                                                                     */
 

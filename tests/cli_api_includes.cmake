@@ -15,7 +15,7 @@ set(allowed_train
   base/error.h          # SD_CHECK
   train/cutmix.h        # CUTMIX_MAX_SUBJECTS, the most --subject
   train/settings.h      # the settings table: the flags, their help and parsing
-  train/trainer.h       # train_config_t (the table's struct); gap: pretrain (data set, its defaults)
+  train/trainer.h       # train_config_t (the table's struct) and its defaults
 )
 set(allowed_edit
   api/api_internal.h    # gap: --report works on the model's pipeline

@@ -407,6 +407,67 @@ static void test_train_matches_trainer(void **state) {
     rm_tree(d.tmp);
 }
 
+/* svdiff_pretrain = the trainer on pretrain's defaults with the data set (same model files), its
+ * progress callback counts the steps, and it refuses what is not pretraining. */
+static void test_pretrain_matches_trainer(void **state) {
+    (void)state;
+    char tmp[64], tsv[128], direct[128], api[128];
+    make_tmp(tmp, sizeof tmp);
+    snprintf(tsv, sizeof tsv, "%s/captions.tsv", tmp);
+    snprintf(direct, sizeof direct, "%s/direct", tmp);
+    snprintf(api, sizeof api, "%s/api", tmp);
+    FILE *f = fopen(tsv, "w");
+    assert_non_null(f);
+    fprintf(f, "path\tcaption\n%s\tan emoji of a dog\n", source_path("tests/fixtures/train/images/dog1.png"));
+    fprintf(f, "%s\tan emoji of a dog face\n", source_path("tests/fixtures/train/images/dog2.png"));
+    fclose(f);
+    train_config_t c;
+    pretrain_config_default(&c);
+    c.model = model_dir(), c.data_tsv = tsv, c.out_dir = direct;
+    c.resolution = 16, c.steps = 3, c.lr = 1e-3f, c.ema_decay = 0.5f, c.quiet = 1;
+    trainer_t t;
+    int rc = trainer_open(&t, &c);
+    if (!rc) rc = trainer_run(&t);
+    trainer_close(&t);
+    assert_int_equal(rc, 0);
+
+    svdiff_train_params_t p = svdiff_pretrain_default_params();
+    assert_int_equal(p.mode, SVDIFF_TRAIN_FULL);
+    p.model = model_dir(), p.out_dir = api, p.resolution = 16, p.steps = 3, p.lr = 1e-3f;
+    const char *settings[2];
+    char data[200];
+    snprintf(data, sizeof data, "data=%s", tsv);
+    settings[0] = data, settings[1] = "ema-decay=0.5";
+    p.settings = settings, p.n_settings = 2;
+    cb_state_t cs = {0};
+    p.callbacks.progress = on_progress, p.callbacks.user_data = &cs;
+    rc = svdiff_pretrain(&p);
+    if (rc) print_error("pretrain: %s\n", svdiff_last_error());
+    assert_int_equal(rc, SVDIFF_OK);
+    assert_int_equal(cs.progress, 3);
+    const char *files[2] = {"unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"};
+    for (int i = 0; i < 2; i++) {
+        char fa[256], fb[256];
+        snprintf(fa, sizeof fa, "%s/%s", direct, files[i]);
+        snprintf(fb, sizeof fb, "%s/%s", api, files[i]);
+        assert_same_file(fa, fb);
+    }
+    /* what is not pretraining */
+    p.n_settings = 1;
+    p.force = 1;
+    settings[1] = "class-prompt=a dog";
+    p.n_settings = 2;
+    assert_int_equal(svdiff_pretrain(&p), SVDIFF_ERR_ARG);
+    assert_non_null(strstr(svdiff_last_error(), "unknown setting 'class-prompt'"));
+    p.n_settings = 0;
+    assert_int_equal(svdiff_pretrain(&p), SVDIFF_ERR_ARG);
+    assert_non_null(strstr(svdiff_last_error(), "data=CAPTIONS.tsv"));
+    p.n_settings = 1, p.instance_dir = tmp;
+    assert_int_equal(svdiff_pretrain(&p), SVDIFF_ERR_ARG);
+    assert_non_null(strstr(svdiff_last_error(), "instance and class images"));
+    rm_tree(tmp);
+}
+
 /* Cancelled before step 4 of 6: SVDIFF_ERR_CANCELLED after 3 finished steps, a checkpoint of step 3,
  * no result; resuming gives the bytes of an uninterrupted run. */
 static void test_train_cancel_resumes(void **state) {
@@ -1184,6 +1245,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_png_matches_cli),
         cmocka_unit_test(test_generate_cancel),
         cmocka_unit_test(test_train_matches_trainer),
+        cmocka_unit_test(test_pretrain_matches_trainer),
         cmocka_unit_test(test_train_cancel_resumes),
         cmocka_unit_test(test_adapters_apply_and_clear),
         cmocka_unit_test(test_full_mode_delta),
