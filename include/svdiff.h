@@ -326,7 +326,9 @@ typedef struct {
 SVDIFF_API svdiff_train_params_t svdiff_train_default_params(void);
 
 /* Trains and writes out_dir as `svdiff train` does (same files, same bytes for the same settings
- * and thread count): shift files, loss.csv, checkpoints. Returns SVDIFF_ERR_CANCELLED when the
+ * and thread count): shift files, loss.csv, checkpoints. Instead of instance images, the setting
+ * "data=CAPTIONS.tsv" trains on captioned images (rows "path<TAB>caption"; with "center-crop",
+ * `svdiff edit`'s fine-tuning on its one image). Returns SVDIFF_ERR_CANCELLED when the
  * cancel callback stopped it (the checkpoint of the last finished step stays resumable). */
 SVDIFF_API int svdiff_train(const svdiff_train_params_t *params);
 
@@ -376,6 +378,24 @@ SVDIFF_API svdiff_edit_params_t svdiff_edit_default_params(void);
  * callback is polled before each inversion and each sampling run. */
 SVDIFF_API int svdiff_edit(svdiff_model_t *model, const svdiff_edit_params_t *params, svdiff_image_t **out_images,
                            double *psnr);
+
+/* What `svdiff edit --report` prints besides the reconstruction's PSNR (dB, against images[0]). */
+typedef struct {
+    double noise_reconstruction_psnr;   /* the prompt sampled from seeded noise (seed, eta 0, guidance 1) */
+    double vae_roundtrip_psnr;          /* decode(encode(input)): a latent model's ceiling; INFINITY
+                                           without a VAE */
+    double reconstruction_vs_vae_psnr;  /* images[1] against that round trip (without a VAE: against
+                                           images[0]) */
+} svdiff_edit_report_t;
+
+/* The extra figures of `svdiff edit --report` for the images svdiff_edit returned with the same
+ * params (images[0] the input as edited, images[1] the reconstruction; only read): one more
+ * sampling run of params->steps (progress SVDIFF_STAGE_EDIT, step of steps; cancel polled before
+ * it) and the VAE round trip of the input. */
+SVDIFF_API int svdiff_edit_report(svdiff_model_t *model, const svdiff_edit_params_t *params,
+                                  const svdiff_image_t *images, svdiff_edit_report_t *report);
+/* PSNR in dB of two RGB8 buffers of n bytes (peak 255; INFINITY when equal; NAN for NULL or n 0). */
+SVDIFF_API double svdiff_psnr(const uint8_t *a, const uint8_t *b, size_t n);
 
 /* ------------------------------------------------------------------------------------------ */
 /* shift sets and the toolbox                                                                  */
@@ -548,6 +568,16 @@ SVDIFF_API int svdiff_shifts_to_lora(const svdiff_shifts_t *in, const char *mode
  * one of the run's inputs. Every writer of the library checks its target this way when it writes;
  * call it up front to refuse a target before long work. */
 SVDIFF_API int svdiff_output_check(const char *path);
+
+/* The lock of a run's output folder (the folder must exist): `svdiff train`, `pretrain` and `edit`
+ * hold it for a whole run, and svdiff_train / svdiff_pretrain take it themselves, so a second run
+ * into the folder fails at once: SVDIFF_ERR_IO "<dir>: another svdiff run (PID n) is writing into
+ * this folder". Re-entrant within a process (a caller holding it may run svdiff_train into the
+ * folder). Taking it also removes the temp files ("<name>.tmp.<pid>") that killed runs left there.
+ * *lock is released with svdiff_folder_unlock (NULL: no-op); the process's end releases it too. */
+typedef struct svdiff_folder_lock svdiff_folder_lock_t;
+SVDIFF_API int svdiff_folder_lock(const char *dir, svdiff_folder_lock_t **lock);
+SVDIFF_API void svdiff_folder_unlock(svdiff_folder_lock_t *lock);
 
 /* Reads a latents file (safetensors: the tensor "latents", or the file's only tensor) for n images
  * of latent shape [channels, lh, lw] (svdiff_model_latent_shape): the tensor must be

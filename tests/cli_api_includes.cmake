@@ -18,15 +18,10 @@ set(allowed_train
   train/trainer.h       # train_config_t (the table's struct) and its defaults
 )
 set(allowed_edit
-  api/api_internal.h    # gap: --report works on the model's pipeline
   base/error.h          # messages of the CLI's own checks (sd_error)
   base/progress.h       # the progress bar drawn from the progress callback
-  io/outputs.h          # gap: outputs_check, stale temp files of the output folder
-  io/runlock.h          # gap: the output folder's lock
-  pipeline/edit.h       # gap: --report (seeded-noise reconstruction, VAE round trip)
-  shifts/shifts.h       # gap: svd_cache_default_dir, shift_files_resolve (--shifts copied into OUT_DIR)
   train/settings.h      # the training settings table: the fine-tuning's flags
-  train/trainer.h       # gap: training on one captioned image (edit's fine-tuning)
+  train/trainer.h       # train_config_t, the struct the table's flags are parsed into
 )
 set(allowed_shifts)    # none: every verb of `svdiff shifts` is an API client
 set(allowed_info)      # none: svdiff_model_describe

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "svdiff.h"
@@ -15,7 +16,10 @@
 
 #include "base/error.h"
 #include "base/runtime.h"
+#include "base/rng.h"
+#include "io/image.h"
 #include "pipeline/adapters.h"
+#include "pipeline/edit.h"
 #include "pipeline/pipeline.h"
 #include "shifts/toolbox.h"
 #include "train/settings.h"
@@ -1192,6 +1196,109 @@ static void test_edit(void **state) {
     svdiff_model_close(m);
 }
 
+/* svdiff_edit_report: the figures `svdiff edit --report` computed on the pipeline before (seeded
+ * noise sampled back, the VAE round trip), one more run of progress; svdiff_psnr; a wrong image. */
+static void test_edit_report(void **state) {
+    (void)state;
+    svdiff_model_t *m = open_tiny();
+    svdiff_edit_params_t e = svdiff_edit_default_params();
+    const char *edits[1] = {"a photo of a cat"};
+    char image[4096];
+    snprintf(image, sizeof image, "%s", source_path("tests/fixtures/train/images/dog1.png"));
+    e.image_path = image, e.prompt = "a photo of a dog", e.edits = edits, e.n_edits = 1, e.steps = 3, e.seed = 5;
+    svdiff_image_t *a = NULL;
+    double psnr = 0;
+    assert_int_equal(svdiff_edit(m, &e, &a, &psnr), SVDIFF_OK);
+    cb_state_t cs = {0};
+    e.callbacks = (svdiff_callbacks_t){.progress = on_progress, .user_data = &cs};
+    svdiff_edit_report_t r;
+    assert_int_equal(svdiff_edit_report(m, &e, a, &r), SVDIFF_OK);
+    assert_int_equal(cs.progress, 3);
+    assert_int_equal(cs.total, 3);
+    /* the same on the pipeline, as the CLI computed it before */
+    pipeline_t p;
+    assert_int_equal(pipeline_open(&p, model_dir(), NULL), 0);
+    const int res = a[0].width;
+    int C, h, w;
+    pipeline_latent_shape(&p, res, res, &C, &h, &w);
+    const size_t n = (size_t)C * h * w, npix = (size_t)res * res * 3;
+    float *x0 = malloc(sizeof(float) * n), *noise = malloc(sizeof(float) * n), *lat = malloc(sizeof(float) * n);
+    image_t in;
+    assert_int_equal(image_load(&in, image), 0);
+    assert_int_equal(edit_image_latents(&p, &in, res, x0, NULL), 0);
+    image_free(&in);
+    rng_t g;
+    rng_init(&g, 5);
+    rng_fill_normal(&g, noise, n);
+    assert_int_equal(edit_sample(&p, noise, e.prompt, res, 3, 1.0f, 0.0f, 5, lat, NULL, NULL), 0);
+    uint8_t *rn = NULL, *rt = NULL;
+    assert_int_equal(pipeline_decode(&p, lat, 1, h, w, &rn), 0);
+    assert_true(r.noise_reconstruction_psnr == edit_psnr(rn, a[0].rgb, npix));
+    assert_true(p.has_vae);
+    assert_int_equal(pipeline_decode(&p, x0, 1, h, w, &rt), 0);
+    assert_true(r.vae_roundtrip_psnr == edit_psnr(rt, a[0].rgb, npix));
+    assert_true(r.reconstruction_vs_vae_psnr == edit_psnr(a[1].rgb, rt, npix));
+    assert_true(svdiff_psnr(a[1].rgb, a[0].rgb, npix) == psnr);
+    assert_true(isinf(svdiff_psnr(a[0].rgb, a[0].rgb, npix)));
+    assert_true(isnan(svdiff_psnr(NULL, a[0].rgb, npix)));
+    free(rn), free(rt), free(x0), free(noise), free(lat);
+    pipeline_close(&p);
+    /* images of another size; cancel */
+    svdiff_image_t bad[2] = {a[0], a[1]};
+    bad[1].width = 8;
+    assert_int_equal(svdiff_edit_report(m, &e, bad, &r), SVDIFF_ERR_ARG);
+    assert_non_null(strstr(svdiff_last_error(), "images[1]"));
+    cb_state_t cc = {.cancel_at = 1};
+    e.callbacks = (svdiff_callbacks_t){.cancel = on_cancel, .user_data = &cc};
+    assert_int_equal(svdiff_edit_report(m, &e, a, &r), SVDIFF_ERR_CANCELLED);
+    svdiff_images_free(a, 3);
+    svdiff_model_close(m);
+}
+
+/* svdiff_folder_lock: a second process cannot take a held folder (the message names the holder),
+ * can once it is released; stale temp files go, live ones stay; a missing folder is an error. */
+static void test_folder_lock(void **state) {
+    (void)state;
+    char tmp[64], stale[128], live[128];
+    make_tmp(tmp, sizeof tmp);
+    snprintf(stale, sizeof stale, "%s/a.png.tmp.999999999", tmp);
+    snprintf(live, sizeof live, "%s/b.png.tmp.%ld", tmp, (long)getpid());
+    FILE *f = fopen(stale, "w");
+    fclose(f);
+    f = fopen(live, "w");
+    fclose(f);
+    svdiff_folder_lock_t *l = NULL;
+    assert_int_equal(svdiff_folder_lock(tmp, &l), SVDIFF_OK);
+    assert_non_null(l);
+    assert_false(exists(stale));
+    assert_true(exists(live));
+    svdiff_folder_lock_t *again = NULL;   /* re-entrant in one process */
+    assert_int_equal(svdiff_folder_lock(tmp, &again), SVDIFF_OK);
+    svdiff_folder_unlock(again);
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {   /* another process: refused while held */
+        svdiff_folder_lock_t *c = NULL;
+        const int rc = svdiff_folder_lock(tmp, &c);
+        _exit(rc == SVDIFF_ERR_IO && strstr(svdiff_last_error(), "another svdiff run") ? 0 : 1);
+    }
+    int st = -1;
+    waitpid(pid, &st, 0);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    svdiff_folder_unlock(l);
+    pid = fork();
+    if (pid == 0) {   /* released: taken */
+        svdiff_folder_lock_t *c = NULL;
+        _exit(svdiff_folder_lock(tmp, &c) == SVDIFF_OK ? 0 : 1);
+    }
+    waitpid(pid, &st, 0);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    assert_int_equal(svdiff_folder_lock("/nonexistent/folder", &l), SVDIFF_ERR_IO);
+    assert_null(l);
+    svdiff_folder_unlock(NULL);
+    rm_tree(tmp);
+}
+
 /* `svdiff edit --shifts DIR` and svdiff_apply_shifts + svdiff_edit: the same pixels in every image
  * of the grid (the CLI's PNGs are read back). */
 static void test_edit_matches_cli(void **state) {
@@ -1255,6 +1362,8 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_shifts_convert_and_to_lora),
         cmocka_unit_test(test_latents_and_output_check),
         cmocka_unit_test(test_edit),
+        cmocka_unit_test(test_edit_report),
+        cmocka_unit_test(test_folder_lock),
         cmocka_unit_test(test_edit_matches_cli),
     };
     return RUN_TESTS(argc, argv, "api", tests, NULL, NULL);

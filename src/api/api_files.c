@@ -1,10 +1,11 @@
-/* svdiff_output_check and the latents files of `svdiff generate` (--init-latents / --save-latents):
+/* svdiff_output_check, svdiff_folder_lock and the latents files of `svdiff generate` (--init-latents / --save-latents):
  * a safetensors file with one F32 tensor "latents" [N, C, h, w] of unscaled unit noise. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "api/api_internal.h"
 #include "io/outputs.h"
+#include "io/runlock.h"
 #include "io/safetensors.h"
 #include "ops/ops.h"
 
@@ -73,4 +74,31 @@ SVDIFF_API int svdiff_latents_write(const char *path, const float *latents, int 
     if (!rc) rc = st_writer_save(sw, path);
     st_writer_free(sw);
     return rc;
+}
+
+/* ---- the lock of a run's output folder (io/runlock.h) ---- */
+
+struct svdiff_folder_lock {
+    run_lock_t lock;
+};
+
+SVDIFF_API int svdiff_folder_lock(const char *dir, svdiff_folder_lock_t **out) {
+    int rc = API_NEED(out, "svdiff_folder_lock");
+    if (rc) return rc;
+    *out = NULL;
+    if ((rc = API_NEED(dir, "svdiff_folder_lock"))) return rc;
+    svdiff_folder_lock_t *l = sd_xcalloc(1, sizeof *l);
+    if ((rc = run_lock_take(&l->lock, dir))) {
+        free(l);
+        return rc;
+    }
+    outputs_remove_stale_temps(dir);
+    *out = l;
+    return SD_OK;
+}
+
+SVDIFF_API void svdiff_folder_unlock(svdiff_folder_lock_t *l) {
+    if (!l) return;
+    run_lock_release(&l->lock);
+    free(l);
 }

@@ -165,9 +165,9 @@ static void hook_step(void *ctx, int step, int total, double sec) {
 static int check_config(train_config_t *c, const extra_t *x, int pretrain) {
     if (pretrain && (!c->model || !c->data_tsv || !c->out_dir))
         return sd_error(SD_ERR_ARG, "svdiff_pretrain: model, a data setting (data=CAPTIONS.tsv) and out_dir are required");
-    if (!pretrain && (!c->model || (!c->instance_dir && !x->n_subjects) || !c->out_dir))
-        return sd_error(SD_ERR_ARG, "svdiff_train: model, instance images (instance_dir, instance_images or subject "
-                        "settings) and out_dir are required");
+    if (!pretrain && (!c->model || (!c->instance_dir && !x->n_subjects && !c->data_tsv) || !c->out_dir))
+        return sd_error(SD_ERR_ARG, "svdiff_train: model, instance images (instance_dir, instance_images, subject "
+                        "settings or a data setting) and out_dir are required");
     if (x->n_subject_classes && x->n_subject_classes != x->n_subjects)
         return sd_error(SD_ERR_ARG, "svdiff_train: %d subject-class for %d subject: give one per subject, in the same "
                         "order, or none", x->n_subject_classes, x->n_subjects);
