@@ -142,8 +142,9 @@ typedef struct {
     const char *scheduler_config;  /* a diffusers scheduler_config.json replacing the model's; NULL */
     int threads;                   /* > 0: svdiff_set_threads(threads) at open; 0: leave as is */
     svdiff_compute_t compute;      /* process-wide compute dtype, set at open */
-    const char *svd_cache_dir;     /* SVD cache for applying shifts: NULL the default folder
-                                      (~/.cache/svdiff/svd or $SVDIFF_SVD_CACHE), "" none */
+    const char *svd_cache_dir;     /* SVD cache folder for applying shifts: NULL the default
+                                      folder ($SVDIFF_CACHE_DIR, else $XDG_CACHE_HOME/svdiff, else
+                                      ~/.cache/svdiff), "" none */
     int force;                     /* accept adapter files made for another base model (their
                                       base_model_hash differs) or whose pair was not written together */
 } svdiff_model_params_t;
@@ -173,6 +174,17 @@ typedef struct {
 } svdiff_model_info_t;
 
 SVDIFF_API int svdiff_model_info(const svdiff_model_t *model, svdiff_model_info_t *info);
+
+/* Describes the model at `path` without loading it (the files are mapped and only their headers and
+ * configs are read; a .ckpt's pickle is parsed): *json is a new string (svdiff_free), the object
+ * `svdiff info --json` prints less its timing: {"path", "layout" ("diffusers", "LDM SD1", "LDM SD2"),
+ * "components": {"unet", "vae", "text_encoder": {"present", and when present "tensors",
+ * "parameters", "bytes", "dtypes" {"F32": tensors, ...}, "config" {the component's config}}},
+ * "scheduler" {config}, "prediction_type" {"value", "source" (what decided it), "guessed"},
+ * "tokenizer" (folder or null), "files", "mapped_bytes", "total_parameters", "total_bytes"}.
+ * params (may be NULL): tokenizer_dir, prediction_type and scheduler_config apply as at open; the
+ * other fields are not used. */
+SVDIFF_API int svdiff_model_describe(const char *path, const svdiff_model_params_t *params, char **json);
 
 /* Latent shape of an image of width x height: [*channels, *lh, *lw] (for init latents). */
 SVDIFF_API int svdiff_model_latent_shape(const svdiff_model_t *model, int width, int height, int *channels,
@@ -314,9 +326,22 @@ typedef struct {
 SVDIFF_API svdiff_train_params_t svdiff_train_default_params(void);
 
 /* Trains and writes out_dir as `svdiff train` does (same files, same bytes for the same settings
- * and thread count): shift files, loss.csv, checkpoints. Returns SVDIFF_ERR_CANCELLED when the
+ * and thread count): shift files, loss.csv, checkpoints. Instead of instance images, the setting
+ * "data=CAPTIONS.tsv" trains on captioned images (rows "path<TAB>caption"; with "center-crop",
+ * `svdiff edit`'s fine-tuning on its one image). Returns SVDIFF_ERR_CANCELLED when the
  * cancel callback stopped it (the checkpoint of the last finished step stays resumable). */
 SVDIFF_API int svdiff_train(const svdiff_train_params_t *params);
+
+/* Pretraining (`svdiff pretrain`): every weight of a model (e.g. one `svdiff init` made) trained on
+ * a captioned data set; out_dir becomes a diffusers model folder. The same params struct, filled
+ * by svdiff_pretrain_default_params (pretrain's defaults: mode full, its lr, no flips, ...); the data
+ * set is the setting "data=CAPTIONS.tsv" (rows "path<TAB>caption[<TAB>split]"), with
+ * "image-root=DIR" for relative paths; every setting of `svdiff pretrain --help` is reachable as
+ * "name=value" (settings of `svdiff train` only, instance and class images are refused). Same
+ * files and bytes as `svdiff pretrain` with the same settings and thread count; callbacks and
+ * cancel as svdiff_train. */
+SVDIFF_API svdiff_train_params_t svdiff_pretrain_default_params(void);
+SVDIFF_API int svdiff_pretrain(const svdiff_train_params_t *params);
 
 /* ------------------------------------------------------------------------------------------ */
 /* editing                                                                                     */
@@ -353,6 +378,24 @@ SVDIFF_API svdiff_edit_params_t svdiff_edit_default_params(void);
  * callback is polled before each inversion and each sampling run. */
 SVDIFF_API int svdiff_edit(svdiff_model_t *model, const svdiff_edit_params_t *params, svdiff_image_t **out_images,
                            double *psnr);
+
+/* What `svdiff edit --report` prints besides the reconstruction's PSNR (dB, against images[0]). */
+typedef struct {
+    double noise_reconstruction_psnr;   /* the prompt sampled from seeded noise (seed, eta 0, guidance 1) */
+    double vae_roundtrip_psnr;          /* decode(encode(input)): a latent model's ceiling; INFINITY
+                                           without a VAE */
+    double reconstruction_vs_vae_psnr;  /* images[1] against that round trip (without a VAE: against
+                                           images[0]) */
+} svdiff_edit_report_t;
+
+/* The extra figures of `svdiff edit --report` for the images svdiff_edit returned with the same
+ * params (images[0] the input as edited, images[1] the reconstruction; only read): one more
+ * sampling run of params->steps (progress SVDIFF_STAGE_EDIT, step of steps; cancel polled before
+ * it) and the VAE round trip of the input. */
+SVDIFF_API int svdiff_edit_report(svdiff_model_t *model, const svdiff_edit_params_t *params,
+                                  const svdiff_image_t *images, svdiff_edit_report_t *report);
+/* PSNR in dB of two RGB8 buffers of n bytes (peak 255; INFINITY when equal; NAN for NULL or n 0). */
+SVDIFF_API double svdiff_psnr(const uint8_t *a, const uint8_t *b, size_t n);
 
 /* ------------------------------------------------------------------------------------------ */
 /* shift sets and the toolbox                                                                  */
@@ -408,6 +451,145 @@ SVDIFF_API int svdiff_shifts_limit_rank(const svdiff_shifts_t *in, int rank, svd
 SVDIFF_API int svdiff_shifts_mix(const svdiff_shifts_t *from, const svdiff_shifts_t *rest,
                                  const char *const *selectors, int n_selectors, int levels, int latent,
                                  int ignore_hash, svdiff_shifts_t **out, int *n_from);
+
+/* ---- per-part view (what `svdiff shifts` prints about each file) ----
+ * A set has two parts: 0 the UNet's (a single file's whole content), 1 the text encoder's (only in
+ * a training folder's set). */
+typedef struct {
+    int present;          /* the part exists (a file's set has part 0 only; a folder may lack part 1) */
+    int folder;           /* the set is a training folder's (saved as a folder) */
+    const char *file;     /* the file the part was loaded from; NULL for a toolbox result */
+    int entries;          /* shift entries (one per module) */
+    long values;          /* shift values over all entries */
+    int matrices, norms;  /* entries that shift a matrix's singular values / a norm's gains */
+    const char *dtype;    /* "F16" or "F32": how the part is stored (svdiff_shifts_save's fp16 = -1) */
+    int dtype_bytes;      /* 2 or 4 */
+    long kept;            /* a svdiff_shifts_limit_rank result: the part's values kept; else -1 */
+    int taken;            /* a svdiff_shifts_mix result: the part's entries taken from `from`; else -1 */
+    int n_meta;           /* metadata entries (svdiff_shifts_meta_at) */
+} svdiff_shifts_part_t;
+
+/* Fills *info for part 0 or 1 (an absent part: present 0, counts 0). Strings stay valid until the
+ * set is freed. */
+SVDIFF_API int svdiff_shifts_part(const svdiff_shifts_t *shifts, int part, svdiff_shifts_part_t *info);
+/* Metadata entry i (0 .. n_meta-1) of a part, in file order: key and value, valid until the set
+ * changes or is freed. */
+SVDIFF_API int svdiff_shifts_meta_at(const svdiff_shifts_t *shifts, int part, int i, const char **key,
+                                     const char **value);
+
+/* ---- describing, converting and exporting shift files (`svdiff shifts info / convert / to-lora`) ---- */
+
+/* The description `svdiff shifts info --json` prints, as a new JSON string (free with svdiff_free):
+ * {"files": [one object per part file: file, base_model_hash, size_bytes, dtype, layers, matrices,
+ * norms, shifts (values), block_l2 {block: L2 norm of its shifts, blocks in order of appearance},
+ * largest_shifts [{path, index, delta}] (the top_k largest |delta|), or with singular values
+ * largest_relative_shifts [{path, index, delta, sigma, relative}] (|delta|/sigma), metadata {}]}.
+ * path: a shift file or training folder (force: accept a folder's files not written together).
+ * Singular values come from svd_cache when it is an SVD cache file, or from the cache folder
+ * (svd_cache, NULL: the default folder) file that the model at `model` names by its weights hash;
+ * both NULL: none. top_k >= 1. */
+SVDIFF_API int svdiff_shifts_describe(const char *path, int force, const char *svd_cache, const char *model, int top_k,
+                                      char **json);
+
+/* Called for each norm shift fitted to the scalar form (lost: the share of the shift one scalar
+ * cannot hold; max_gain_err the largest |gain error|); path NULL announces that part `part`'s fit
+ * begins. */
+typedef void (*svdiff_fit_fn)(int part, const char *path, double lost, double max_gain_err, void *user_data);
+
+typedef struct {
+    int fp16;              /* the result's storage: 1 F16, 0 F32 (default), -1 each input part's */
+    const char *format;    /* NULL: values only (an exact copy); "native": norm shifts in the exact
+                              per-element form; "svdiff-pytorch": norm shifts in svdiff-pytorch's
+                              scalar form [1] (a least-squares fit) and every entry checked against
+                              the base model's modules */
+    const char *model;     /* the base model (norm gains, module shapes): required for
+                              "svdiff-pytorch" and whenever a norm shift changes form */
+    int force;             /* keep a scalar fit that loses more than 1e-4 of the norm shifts */
+    svdiff_fit_fn fit;     /* NULL, or each fitted norm as it is fitted */
+    void *user_data;
+} svdiff_convert_params_t;
+
+typedef struct {
+    int lossy;             /* per-element norm shifts were fitted to scalars: the fields below hold */
+    double lost;           /* overall share of the norm shifts lost (L2) */
+    int n_fitted;          /* norms fitted */
+    double worst_lost;     /* the largest per-norm share lost, at worst_path ("" when none) */
+    char worst_path[256];
+} svdiff_convert_stats_t;
+
+SVDIFF_API svdiff_convert_params_t svdiff_convert_default_params(void);
+/* `svdiff shifts convert`: *out a new set in the input's form (svdiff_shifts_free). stats (may be
+ * NULL) is filled when every part converted, also when the loss check then refuses the fit
+ * (SVDIFF_ERR_ARG "... nothing written", *out NULL). */
+SVDIFF_API int svdiff_shifts_convert(const svdiff_shifts_t *in, const svdiff_convert_params_t *params,
+                                     svdiff_shifts_t **out, svdiff_convert_stats_t *stats);
+
+typedef enum { SVDIFF_LORA_KOHYA = 0, SVDIFF_LORA_DIFFUSERS = 1 } svdiff_lora_format_t;
+typedef enum { SVDIFF_DTYPE_F32 = 0, SVDIFF_DTYPE_F16 = 1, SVDIFF_DTYPE_BF16 = 2 } svdiff_dtype_t;
+
+typedef struct {
+    svdiff_lora_format_t format;   /* kohya (default): ComfyUI / A1111 keys; diffusers: load_lora_weights */
+    int max_rank;                  /* > 0: at most this rank per layer; 0 no cap */
+    double energy;                 /* (0, 1]: per layer, the smallest rank keeping this share of
+                                      ||dW||^2 (0.99; `to-lora --rank R` alone uses 1) */
+    svdiff_dtype_t dtype;          /* of the factors (F16); alpha is F32 */
+    int no_norms;                  /* leave norm-gain shifts out (warning) instead of .diff keys */
+    int no_embeddings;             /* leave text-encoder embedding shifts out (warning) */
+    int force;                     /* shifts of another base model */
+    int check;                     /* measure the written factors against the exact shifted weights */
+    const char *svd_cache_dir;     /* NULL: the default folder (as svdiff_model_params_t); "": none */
+} svdiff_lora_params_t;
+
+/* What went into the LoRA file, per component (0 UNet, 1 text encoder). */
+typedef struct {
+    int layers;                    /* matrices written as factors */
+    int zero_layers;               /* shifted modules whose difference is exactly 0 (not written) */
+    int norms;                     /* norm gains written as .diff */
+    int dropped;                   /* shifts left out (no_norms / no_embeddings) */
+    int rank_min, rank_max;        /* over the layers written */
+    double energy_total, energy_kept;   /* sum of ||dW||^2, and what the kept ranks hold */
+    long bytes;                    /* tensor bytes of the component in the file */
+    double err2, ref2;             /* with check: sums of ||W_lora - W_shifted||^2 and ||W_shifted - W_base||^2 */
+} svdiff_lora_stats_t;
+
+SVDIFF_API svdiff_lora_params_t svdiff_lora_default_params(void);
+/* `svdiff shifts to-lora`: exports the set as one LoRA file `out` (both parts together, written
+ * atomically) against the base model at `model` (opened for the call; the shifts' base model unless
+ * force). The set's source path is recorded in the file's metadata. stats (may be NULL): two
+ * entries, filled on success. */
+SVDIFF_API int svdiff_shifts_to_lora(const svdiff_shifts_t *in, const char *model, const svdiff_lora_params_t *params,
+                                     const char *out, svdiff_lora_stats_t stats[2]);
+
+/* ------------------------------------------------------------------------------------------ */
+/* files around generation                                                                     */
+
+/* 0 when `path` may be written by this run; SVDIFF_ERR_IO with a message naming it when it exists
+ * and is not a regular file (a device, a fifo, a folder) or (in the CLI, which tracks its inputs) is
+ * one of the run's inputs. Every writer of the library checks its target this way when it writes;
+ * call it up front to refuse a target before long work. */
+SVDIFF_API int svdiff_output_check(const char *path);
+
+/* The lock of a run's output folder (the folder must exist): `svdiff train`, `pretrain` and `edit`
+ * hold it for a whole run, and svdiff_train / svdiff_pretrain take it themselves, so a second run
+ * into the folder fails at once: SVDIFF_ERR_IO "<dir>: another svdiff run (PID n) is writing into
+ * this folder". Re-entrant within a process (a caller holding it may run svdiff_train into the
+ * folder). Taking it also removes the temp files ("<name>.tmp.<pid>") that killed runs left there.
+ * *lock is released with svdiff_folder_unlock (NULL: no-op); the process's end releases it too. */
+typedef struct svdiff_folder_lock svdiff_folder_lock_t;
+SVDIFF_API int svdiff_folder_lock(const char *dir, svdiff_folder_lock_t **lock);
+SVDIFF_API void svdiff_folder_unlock(svdiff_folder_lock_t *lock);
+
+/* Reads a latents file (safetensors: the tensor "latents", or the file's only tensor) for n images
+ * of latent shape [channels, lh, lw] (svdiff_model_latent_shape): the tensor must be
+ * [n or 1, channels, lh, lw] (SVDIFF_ERR_SHAPE otherwise) and finite (SVDIFF_ERR_FORMAT naming the
+ * first NaN / Inf). dst receives n * channels * lh * lw floats, one row repeated when the file holds
+ * one: the init_latents of svdiff_generate (`svdiff generate --init-latents`). */
+SVDIFF_API int svdiff_latents_read(const char *path, int n, int channels, int lh, int lw, float *dst);
+/* Writes latents [n, channels, lh, lw] as the tensor "latents" (F32) with n_meta metadata pairs
+ * meta[2k] = meta[2k + 1] followed by svdiff_version, atomically (`svdiff generate --save-latents`
+ * writes prompt, seed and sampler). */
+SVDIFF_API int svdiff_latents_write(const char *path, const float *latents, int n, int channels, int lh, int lw,
+                                    const char *const *meta, int n_meta);
 
 #ifdef __cplusplus
 }

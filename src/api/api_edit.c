@@ -133,3 +133,55 @@ SVDIFF_API int svdiff_edit(svdiff_model_t *m, const svdiff_edit_params_t *e, svd
     free(imgs), free(x0), free(zsrc), free(noise), free(z), free(lat);
     return rc;
 }
+
+SVDIFF_API double svdiff_psnr(const uint8_t *a, const uint8_t *b, size_t n) {
+    return a && b && n ? edit_psnr(a, b, n) : NAN;
+}
+
+SVDIFF_API int svdiff_edit_report(svdiff_model_t *m, const svdiff_edit_params_t *e, const svdiff_image_t *images,
+                                  svdiff_edit_report_t *out) {
+    int rc = API_NEED(m, "svdiff_edit_report");
+    if (!rc) rc = API_NEED(e, "svdiff_edit_report");
+    if (!rc) rc = API_NEED(images, "svdiff_edit_report");
+    if (!rc) rc = API_NEED(out, "svdiff_edit_report");
+    if (!rc) rc = check_params(e);
+    if (rc) return rc;
+    pipeline_t *p = &m->p;
+    const int res = e->resolution ? e->resolution : pipeline_native_size(p);
+    for (int k = 0; k < 2; k++)
+        if (!images[k].rgb || images[k].width != res || images[k].height != res)
+            return sd_error(SD_ERR_ARG, "svdiff_edit_report: images[%d] is not a %dx%d image of svdiff_edit", k, res, res);
+    image_t input;
+    if (e->image_path) {
+        if ((rc = image_load(&input, e->image_path))) return rc;
+    } else {
+        if (!e->image->rgb || e->image->width < 1 || e->image->height < 1)
+            return sd_error(SD_ERR_ARG, "svdiff_edit_report: the image has no pixels or a bad size (%dx%d)",
+                            e->image->width, e->image->height);
+        if ((rc = image_alloc(&input, e->image->width, e->image->height))) return rc;
+        memcpy(input.rgb, e->image->rgb, (size_t)input.w * input.h * 3);
+    }
+    int C, h, w;
+    pipeline_latent_shape(p, res, res, &C, &h, &w);
+    const size_t n = (size_t)C * h * w, npix = (size_t)res * res * 3;
+    float *x0 = sd_xmalloc(sizeof(float) * n), *noise = sd_xmalloc(sizeof(float) * n), *lat = sd_xmalloc(sizeof(float) * n);
+    rc = edit_image_latents(p, &input, res, x0, NULL);
+    image_free(&input);
+    rng_t r;
+    rng_init(&r, e->seed);
+    rng_fill_normal(&r, noise, n);
+    out->noise_reconstruction_psnr = NAN, out->vae_roundtrip_psnr = INFINITY;
+    out->reconstruction_vs_vae_psnr = edit_psnr(images[1].rgb, images[0].rgb, npix);
+    edit_ctx_t pc = {.cb = &e->callbacks, .stage = SVDIFF_STAGE_EDIT, .total = e->steps, .t0 = now_s()};
+    if (!rc) rc = cancelled(&e->callbacks, "the noise reconstruction");
+    if (!rc) rc = edit_sample(p, noise, e->prompt, res, e->steps, 1.0f, 0.0f, e->seed, lat, on_step, &pc);
+    uint8_t *rn = NULL, *rt = NULL;
+    if (!rc && !(rc = pipeline_decode(p, lat, 1, h, w, &rn))) out->noise_reconstruction_psnr = edit_psnr(rn, images[0].rgb, npix);
+    /* a latent model cannot beat its VAE: decode(encode(input)) is the ceiling */
+    if (!rc && p->has_vae && !pipeline_decode(p, x0, 1, h, w, &rt)) {
+        out->vae_roundtrip_psnr = edit_psnr(rt, images[0].rgb, npix);
+        out->reconstruction_vs_vae_psnr = edit_psnr(images[1].rgb, rt, npix);
+    }
+    free(rn), free(rt), free(x0), free(noise), free(lat);
+    return rc;
+}

@@ -17,7 +17,10 @@ struct svdiff_shifts {
     int present[2];          /* the part exists (a folder may lack the text encoder's) */
     shift_set_t part[2];
     st_dtype_t dtype[2];     /* as stored: F16 when every tensor of the file is F16, else F32 */
+    char *path;              /* the path it was loaded from (messages, to-lora's metadata), or NULL */
     char *file[2];           /* the file each part came from (messages), or NULL */
+    long kept[2];            /* limit_rank results: values kept per part; else -1 */
+    int taken[2];            /* mix results: entries taken from `from` per part; else -1 */
 };
 
 typedef enum { API_AD_SHIFTS = 0, API_AD_DELTA = 1, API_AD_LORA = 2 } api_adapter_kind_t;

@@ -13,7 +13,7 @@ static const char *const PART_FILE[2] = {"spectral_shifts.safetensors", "spectra
 
 svdiff_shifts_t *api_shifts_new(void) {
     svdiff_shifts_t *s = sd_xcalloc(1, sizeof *s);
-    for (int p = 0; p < 2; p++) shiftset_init(&s->part[p]), s->dtype[p] = ST_F32;
+    for (int p = 0; p < 2; p++) shiftset_init(&s->part[p]), s->dtype[p] = ST_F32, s->kept[p] = -1, s->taken[p] = -1;
     return s;
 }
 
@@ -24,7 +24,7 @@ void api_shiftset_copy(shift_set_t *dst, const shift_set_t *src) {
 SVDIFF_API void svdiff_shifts_free(svdiff_shifts_t *s) {
     if (!s) return;
     for (int p = 0; p < 2; p++) shiftset_free(&s->part[p]), free(s->file[p]);
-    free(s);
+    free(s->path), free(s);
 }
 
 /* F16 when every tensor of the file is F16, else F32 (what a rewrite keeps). */
@@ -47,6 +47,8 @@ SVDIFF_API int svdiff_shifts_load_ex(const char *path, int force, svdiff_shifts_
     svdiff_shifts_t *s = api_shifts_new();
     struct stat st;
     s->is_dir = stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+    s->path = strdup(path);
+    SD_CHECK(s->path, "out of memory");
     char file[2][4096];
     rc = shift_files_resolve(path, file[0], file[1], sizeof file[0]);
     if (!rc) rc = st_pair_check(file[0], file[1], force);
@@ -77,7 +79,7 @@ SVDIFF_API int svdiff_shifts_save(const svdiff_shifts_t *s, const char *path, in
     char file[2][4096];
     struct stat st;
     if (s->is_dir && !stat(path, &st) && !S_ISDIR(st.st_mode))
-        return sd_error(SD_ERR_IO, "%s: exists and is not a folder (the shift set is a training folder's)", path);
+        return sd_error(SD_ERR_IO, "%s: exists and is not a folder (the inputs are folders)", path);
     if (s->is_dir && mkdir(path, 0777) != 0 && errno != EEXIST)
         return sd_error(SD_ERR_IO, "%s: cannot create the output folder: %s", path, strerror(errno));
     for (int p = 0; p < 2; p++)
@@ -101,6 +103,40 @@ SVDIFF_API int svdiff_shifts_entry(const svdiff_shifts_t *s, int i, const char *
     if (name) *name = e->path;
     if (values) *values = e->values;
     if (n) *n = e->n;
+    return SD_OK;
+}
+
+SVDIFF_API int svdiff_shifts_part(const svdiff_shifts_t *s, int part, svdiff_shifts_part_t *info) {
+    int rc = API_NEED(s, "svdiff_shifts_part");
+    if (!rc) rc = API_NEED(info, "svdiff_shifts_part");
+    if (rc) return rc;
+    if (part != 0 && part != 1) return sd_error(SD_ERR_ARG, "svdiff_shifts_part: part must be 0 or 1, got %d", part);
+    memset(info, 0, sizeof *info);
+    const shift_set_t *set = &s->part[part];
+    info->present = s->present[part];
+    info->folder = s->is_dir;
+    info->file = s->file[part];
+    info->entries = set->n;
+    for (int i = 0; i < set->n; i++) {
+        info->values += set->entries[i].n;
+        toolbox_is_norm_path(set->entries[i].path) ? info->norms++ : info->matrices++;
+    }
+    info->dtype = st_dtype_name(s->dtype[part]);
+    info->dtype_bytes = (int)st_dtype_size(s->dtype[part]);
+    info->kept = s->kept[part];
+    info->taken = s->taken[part];
+    info->n_meta = set->n_meta;
+    return SD_OK;
+}
+
+SVDIFF_API int svdiff_shifts_meta_at(const svdiff_shifts_t *s, int part, int i, const char **key, const char **value) {
+    int rc = API_NEED(s, "svdiff_shifts_meta_at");
+    if (rc) return rc;
+    if (part != 0 && part != 1) return sd_error(SD_ERR_ARG, "svdiff_shifts_meta_at: part must be 0 or 1, got %d", part);
+    if (i < 0 || i >= s->part[part].n_meta)
+        return sd_error(SD_ERR_ARG, "svdiff_shifts_meta_at: index %d out of range (%d entries)", i, s->part[part].n_meta);
+    if (key) *key = s->part[part].meta_keys[i];
+    if (value) *value = s->part[part].meta_values[i];
     return SD_OK;
 }
 
@@ -211,7 +247,7 @@ SVDIFF_API int svdiff_shifts_limit_rank(const svdiff_shifts_t *in, int rank, svd
     svdiff_shifts_t *r = result_like(in);
     long kept = 0;
     for (int p = 0; p < 2; p++)
-        if (in->present[p]) kept += toolbox_limit_rank(&r->part[p], &in->part[p], rank);
+        if (in->present[p]) kept += r->kept[p] = toolbox_limit_rank(&r->part[p], &in->part[p], rank);
     if (n_kept) *n_kept = kept;
     *out = r;
     return SD_OK;
@@ -253,7 +289,7 @@ SVDIFF_API int svdiff_shifts_mix(const svdiff_shifts_t *from, const svdiff_shift
         for (int k = 0; k < n_selectors; k++)
             if (selects_in(selectors[k], both, p, levels, latent)) sel_p[ns++] = selectors[k];
         rc = toolbox_mix(&r->part[p], &from->part[p], &rest->part[p], sel_p, ns, levels, latent, ignore_hash, &nf);
-        total += nf;
+        total += r->taken[p] = nf;
     }
     if (rc) {
         svdiff_shifts_free(r);

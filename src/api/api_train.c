@@ -25,9 +25,9 @@ _Static_assert((int)SVDIFF_TRAIN_SHIFTS == (int)TRAIN_MODE_SHIFTS && (int)SVDIFF
                    (int)SVDIFF_TRAIN_LORA == (int)TRAIN_MODE_LORA,
                "public training modes are the trainer's");
 
-SVDIFF_API svdiff_train_params_t svdiff_train_default_params(void) {
-    train_config_t c;
-    train_config_default(&c);
+/* The named fields from a config of defaults (train's or pretrain's). */
+static svdiff_train_params_t params_of(const train_config_t *cp) {
+    const train_config_t c = *cp;
     svdiff_train_params_t p = {0};
     p.num_class_images = c.num_class_images;
     p.mode = (svdiff_train_mode_t)c.mode;
@@ -41,6 +41,18 @@ SVDIFF_API svdiff_train_params_t svdiff_train_default_params(void) {
     p.save_fp16 = c.save_fp16;
     p.svd_cache_dir = c.svd_cache_dir;
     return p;
+}
+
+SVDIFF_API svdiff_train_params_t svdiff_train_default_params(void) {
+    train_config_t c;
+    train_config_default(&c);
+    return params_of(&c);
+}
+
+SVDIFF_API svdiff_train_params_t svdiff_pretrain_default_params(void) {
+    train_config_t c;
+    pretrain_config_default(&c);
+    return params_of(&c);
 }
 
 /* The table entry named `name` (its checkpoint key "lr_schedule", its flag "lr-schedule" or an alias). */
@@ -69,12 +81,12 @@ typedef struct {
 
 /* One "name=value" (or "name" for a switch) into the config; the verb-only options of `svdiff train`
  * that are no table entry (subject, subject-class, sample-prompt) into x. */
-static int apply_setting(train_config_t *c, extra_t *x, const char *arg) {
+static int apply_setting(train_config_t *c, extra_t *x, const char *arg, int pretrain) {
     const char *eq = strchr(arg, '=');
     const size_t len = eq ? (size_t)(eq - arg) : strlen(arg);
     const char *val = eq ? eq + 1 : NULL;
     const char *lists[3] = {"subject", "subject-class", "sample-prompt"};
-    for (int k = 0; k < 3; k++)
+    for (int k = pretrain ? 2 : 0; k < 3; k++)   /* pretrain: sample-prompt only */
         if (strlen(lists[k]) == len && !strncmp(arg, lists[k], len)) {
             if (!val) return sd_error(SD_ERR_ARG, "svdiff_train: setting '%s' needs a value (%s=...)", arg, lists[k]);
             int *n = k == 0 ? &x->n_subjects : k == 1 ? &x->n_subject_classes : &x->n_samples;
@@ -84,7 +96,9 @@ static int apply_setting(train_config_t *c, extra_t *x, const char *arg) {
             return SD_OK;
         }
     const train_setting_t *e = find_setting(arg, len);
-    if (!e) return sd_error(SD_ERR_ARG, "svdiff_train: unknown setting '%.*s' (the flags of `svdiff train --help`)", (int)len, arg);
+    if (!e || (pretrain && !(e->verbs & TS_PRETRAIN)))
+        return sd_error(SD_ERR_ARG, "%s: unknown setting '%.*s' (the flags of `svdiff %s --help`)",
+                        pretrain ? "svdiff_pretrain" : "svdiff_train", (int)len, arg, pretrain ? "pretrain" : "train");
     if (!strcmp(e->s.name, "lr")) x->lr_given = 1;
     if (e->s.type == SETTING_BOOL) {
         if (!val || !strcmp(val, "1") || !strcmp(val, "true")) return setting_parse(&e->s, c, NULL, 0);
@@ -148,10 +162,12 @@ static void hook_step(void *ctx, int step, int total, double sec) {
 }
 
 /* The combination checks of `svdiff train`, and the mode-dependent learning-rate defaults. */
-static int check_config(train_config_t *c, const extra_t *x) {
-    if (!c->model || (!c->instance_dir && !x->n_subjects) || !c->out_dir)
-        return sd_error(SD_ERR_ARG, "svdiff_train: model, instance images (instance_dir, instance_images or subject "
-                        "settings) and out_dir are required");
+static int check_config(train_config_t *c, const extra_t *x, int pretrain) {
+    if (pretrain && (!c->model || !c->data_tsv || !c->out_dir))
+        return sd_error(SD_ERR_ARG, "svdiff_pretrain: model, a data setting (data=CAPTIONS.tsv) and out_dir are required");
+    if (!pretrain && (!c->model || (!c->instance_dir && !x->n_subjects && !c->data_tsv) || !c->out_dir))
+        return sd_error(SD_ERR_ARG, "svdiff_train: model, instance images (instance_dir, instance_images, subject "
+                        "settings or a data setting) and out_dir are required");
     if (x->n_subject_classes && x->n_subject_classes != x->n_subjects)
         return sd_error(SD_ERR_ARG, "svdiff_train: %d subject-class for %d subject: give one per subject, in the same "
                         "order, or none", x->n_subject_classes, x->n_subjects);
@@ -166,7 +182,7 @@ static int check_config(train_config_t *c, const extra_t *x) {
     if (c->sample_every > 0 && !x->n_samples)
         return sd_error(SD_ERR_ARG, "svdiff_train: sample-every needs at least one sample-prompt setting");
     if (c->warmup > c->steps) return sd_error(SD_ERR_ARG, "svdiff_train: warmup %d is longer than steps %d", c->warmup, c->steps);
-    if (!x->lr_given && c->mode == TRAIN_MODE_FULL) c->lr = 5e-6f;   /* diffusers' DreamBooth default */
+    if (!pretrain && !x->lr_given && c->mode == TRAIN_MODE_FULL) c->lr = 5e-6f;   /* diffusers' DreamBooth default */
     if (!x->lr_given && c->mode == TRAIN_MODE_LORA) c->lr = 1e-4f;   /* peft / diffusers LoRA DreamBooth */
     return SD_OK;
 }
@@ -205,16 +221,22 @@ static int set_named(train_config_t *c, const svdiff_train_params_t *p, extra_t 
     return SD_OK;
 }
 
-SVDIFF_API int svdiff_train(const svdiff_train_params_t *p) {
-    int rc = API_NEED(p, "svdiff_train");
+/* svdiff_train and svdiff_pretrain: the same run over train's or pretrain's defaults and checks */
+static int run_training(const svdiff_train_params_t *p, int pretrain) {
+    const char *fn = pretrain ? "svdiff_pretrain" : "svdiff_train";
+    int rc = API_NEED(p, fn);
     if (rc) return rc;
     train_config_t c;
-    train_config_default(&c);
+    if (pretrain) pretrain_config_default(&c);
+    else train_config_default(&c);
     extra_t x = {0};
     rc = set_named(&c, p, &x);
+    if (!rc && pretrain && (p->instance_dir || p->n_instance_images || p->class_dir || p->n_class_images))
+        rc = sd_error(SD_ERR_ARG, "svdiff_pretrain: the data set is the data setting; instance and class images are "
+                      "svdiff_train's");
     for (int i = 0; i < p->n_settings && !rc; i++)
-        rc = p->settings && p->settings[i] ? apply_setting(&c, &x, p->settings[i])
-                                           : sd_error(SD_ERR_ARG, "svdiff_train: settings[%d] is NULL", i);
+        rc = p->settings && p->settings[i] ? apply_setting(&c, &x, p->settings[i], pretrain)
+                                           : sd_error(SD_ERR_ARG, "%s: settings[%d] is NULL", fn, i);
     if (!rc && p->n_instance_images < 0) rc = sd_error(SD_ERR_ARG, "svdiff_train: n_instance_images < 0");
     if (!rc && p->n_instance_images > 0 && p->instance_dir)
         rc = sd_error(SD_ERR_ARG, "svdiff_train: give instance_dir or instance_images, not both");
@@ -232,7 +254,7 @@ SVDIFF_API int svdiff_train(const svdiff_train_params_t *p) {
         c.class_dir = cls_dir;
         if (c.num_class_images < p->n_class_images) c.num_class_images = p->n_class_images;
     }
-    if (!rc) rc = check_config(&c, &x);
+    if (!rc) rc = check_config(&c, &x, pretrain);
     if (!rc) {
         c.n_subjects = x.n_subjects, c.subjects = x.subjects;
         c.subject_classes = x.n_subject_classes ? x.subject_classes : NULL;
@@ -252,3 +274,7 @@ SVDIFF_API int svdiff_train(const svdiff_train_params_t *p) {
     remove_dir(cls_dir);
     return rc;
 }
+
+SVDIFF_API int svdiff_train(const svdiff_train_params_t *p) { return run_training(p, 0); }
+
+SVDIFF_API int svdiff_pretrain(const svdiff_train_params_t *p) { return run_training(p, 1); }

@@ -1,8 +1,9 @@
 /* `svdiff edit`: single-image editing (CoSINE, docs/method.md section 5). Fine-tunes spectral shifts on
  * one image and its plain prompt (the trainer of `svdiff train`, no prior preservation) or takes
  * them from --shifts, DDIM-inverts the image, samples every edit prompt from the inverted latent,
- * and writes the edits, the reconstruction, a grid and the shifts. The model, its shifts, the
- * inversion and sampling (svdiff_edit), the PNGs and the grid go through the public API (svdiff.h). */
+ * and writes the edits, the reconstruction, a grid and the shifts. A client of the public API
+ * (svdiff.h): the fine-tuning (svdiff_train on a one-row data set), the folder lock, the model and
+ * its shifts, the inversion and sampling (svdiff_edit, svdiff_edit_report), the PNGs and the grid. */
 #include <errno.h>
 #include <float.h>
 #include <getopt.h>
@@ -16,17 +17,12 @@
 
 #include "svdiff.h"
 
-#include "api/api_internal.h"   /* not in the public API yet: --report works on the model's pipeline */
 #include "base/error.h"         /* messages of the CLI's own checks (sd_error) */
 #include "base/progress.h"      /* the progress bar drawn from the progress callback */
 #include "cli/args.h"
 #include "cli/commands.h"
-#include "io/outputs.h"         /* not in the public API yet: outputs_check, stale temp files */
-#include "io/runlock.h"         /* not in the public API yet: the output folder's lock */
-#include "pipeline/edit.h"      /* not in the public API yet: --report (noise reconstruction, VAE round trip) */
-#include "shifts/shifts.h"      /* not in the public API yet: svd_cache_default_dir, shift_files_resolve */
 #include "train/settings.h"     /* the training settings table: the fine-tuning's flags */
-#include "train/trainer.h"      /* not in the public API yet: training on one captioned image */
+#include "train/trainer.h"      /* train_config_t, the struct the table's flags are parsed into */
 
 #define MAX_EDITS 64
 
@@ -98,19 +94,17 @@ typedef struct {
 static void on_progress(svdiff_stage_t stage, int step, int total, double seconds_per_step, void *vctx) {
     (void)stage, (void)total, (void)seconds_per_step;
     edit_progress_t *e = vctx;
-    if (e->on) progress_update(&e->bar, step, NULL);   /* step counts every run of the svdiff_edit call */
+    /* step counts every run of the svdiff_edit call (base 0), then --report's run (base: those) */
+    if (e->on) progress_update(&e->bar, e->base + step, NULL);
 }
 
-/* --report's extra run (after the svdiff_edit call's runs: base) */
-static void on_step(void *vctx, int step, int num_steps, float t, const float *latents) {
-    (void)num_steps, (void)t, (void)latents;
-    edit_progress_t *e = vctx;
-    if (e->on) progress_update(&e->bar, e->base + step, NULL);
+static void no_progress(svdiff_stage_t stage, int step, int total, double seconds_per_step, void *user_data) {
+    (void)stage, (void)step, (void)total, (void)seconds_per_step, (void)user_data;
 }
 
 /* Copies a file byte for byte through "<dst>.tmp.<pid>" and a rename. */
 static int copy_file(const char *src, const char *dst) {
-    int rc = outputs_check(dst);
+    int rc = svdiff_output_check(dst);
     if (rc) return rc;
     char tmp[PATH_MAX + 128];
     snprintf(tmp, sizeof tmp, "%s.tmp.%ld", dst, (long)getpid());
@@ -138,17 +132,20 @@ static int copy_file(const char *src, const char *dst) {
 
 /* --shifts: the files are copied into OUT_DIR under the names `svdiff train` writes (a single
  * file, which may hold both parts, becomes spectral_shifts.safetensors). */
-static int copy_shifts(const char *spec, const char *out_dir) {
-    char files[2][PATH_MAX];
-    int rc = shift_files_resolve(spec, files[0], files[1], sizeof files[0]);
+static int copy_shifts(const char *spec, const char *out_dir, int force) {
+    svdiff_shifts_t *s = NULL;
+    int rc = svdiff_shifts_load_ex(spec, force, &s);   /* which files: the per-part view */
     static const char *names[2] = {"spectral_shifts.safetensors", "spectral_shifts_te.safetensors"};
     for (int i = 0; i < 2 && !rc; i++) {
-        if (!files[i][0]) continue;
+        svdiff_shifts_part_t pi;
+        svdiff_shifts_part(s, i, &pi);
+        if (!pi.present) continue;
         char dst[PATH_MAX + 64], a[PATH_MAX], b[PATH_MAX];
         snprintf(dst, sizeof dst, "%s/%s", out_dir, names[i]);
-        if (realpath(files[i], a) && realpath(dst, b) && !strcmp(a, b)) continue;   /* already there */
-        rc = copy_file(files[i], dst);
+        if (realpath(pi.file, a) && realpath(dst, b) && !strcmp(a, b)) continue;   /* already there */
+        rc = copy_file(pi.file, dst);
     }
+    svdiff_shifts_free(s);
     return rc;
 }
 
@@ -229,7 +226,7 @@ int cmd_edit(int argc, char **argv) {
     const char *model = cm.model, *tokenizer = cm.tokenizer, *out = cm.output;
     const int force = cm.force, threads = cm.threads, quiet = cm.quiet;
     const unsigned long long seed = cm.seed;
-    model_open_options_t mo = cm.mo;
+    const model_open_options_t mo = cm.mo;
     int res = tc.resolution;   /* 0: the model's native size, once it is open */
     if (!model || !image_path || !prompt || !out) {
         fprintf(stderr, "svdiff edit: --model, --image, --prompt and -o are required (see --help)\n");
@@ -268,13 +265,9 @@ int cmd_edit(int argc, char **argv) {
         svdiff_images_free(input, 1);
         return 1;
     }
-    char cache_dir[PATH_MAX];
-    if (!tc.svd_cache_dir) svd_cache_default_dir(cache_dir, sizeof cache_dir);
-    else snprintf(cache_dir, sizeof cache_dir, "%s", tc.svd_cache_dir);   /* "": --svd-cache none */
-
     svdiff_model_params_t mp = svdiff_model_default_params();
     mp.tokenizer_dir = tokenizer, mp.prediction_type = mo.prediction_type, mp.scheduler_config = mo.scheduler_config;
-    mp.svd_cache_dir = cache_dir;   /* "" is no cache for the API too */
+    mp.svd_cache_dir = tc.svd_cache_dir;   /* NULL: the default folder; "": --svd-cache none */
     mp.force = force;
     svdiff_model_t *m = NULL;
     int rc = svdiff_model_open(model, &mp, &m);
@@ -296,7 +289,7 @@ int cmd_edit(int argc, char **argv) {
     }
 
     /* 1. the shifts: fine-tuned on the one image-prompt pair, or given */
-    run_lock_t lock = {0};   /* of the output folder, from its creation to the end (runlock.h) */
+    svdiff_folder_lock_t *lock = NULL;   /* of the output folder, from its creation to the end */
     if (!shifts_path) {
         svdiff_model_close(m);   /* the trainer opens the model in its training form */
         m = NULL;
@@ -319,44 +312,43 @@ int cmd_edit(int argc, char **argv) {
             return 1;
         }
         /* the folder is this run's until it ends (the trainer takes the lock again) */
-        rc = run_lock_take(&lock, out);
-        if (!rc) outputs_remove_stale_temps(out);
-        if (rc || outputs_check(path)) {
+        rc = svdiff_folder_lock(out, &lock);   /* and stale temp files removed */
+        if (rc || svdiff_output_check(path)) {
             fprintf(stderr, "svdiff edit: %s\n", svdiff_last_error());
-            run_lock_release(&lock);
+            svdiff_folder_unlock(lock);
             svdiff_images_free(input, 1);
             return 1;
         }
         FILE *f = fopen(path, "w");
         if (!f || fprintf(f, "%s\t%s\n", abs_image, prompt) < 0 || fclose(f)) {
             fprintf(stderr, "svdiff edit: %s: cannot write: %s\n", path, strerror(errno));
-            run_lock_release(&lock);
+            svdiff_folder_unlock(lock);
             svdiff_images_free(input, 1);
             return 1;
         }
         static char tsv_path[PATH_MAX + 64];
         snprintf(tsv_path, sizeof tsv_path, "%s", path);
-        /* not in the public API yet: training on one captioned image (a data set row: centre crop,
-         * no flip, the text encoder's shifts, edit's settings) */
-        train_config_t c = tc;
-        c.model = model, c.tokenizer = tokenizer;
-        c.prediction_type = mo.prediction_type, c.scheduler_config = mo.scheduler_config;
-        c.data_tsv = tsv_path;
-        c.resolution = res;
-        c.center_crop = 1, c.flip = 0;
-        c.seed = seed, c.threads = threads;
-        c.out_dir = out;
-        c.svd_cache_dir = cache_dir;
-        c.force = force;
-        c.quiet = quiet;
-        fprintf(stderr, "fine-tuning spectral shifts on %s (\"%s\"), %d steps at %d px\n", image_path, prompt, c.steps, res);
-        trainer_t t;
-        rc = trainer_open(&t, &c);
-        if (!rc) rc = trainer_run(&t);
+        /* training on one captioned image: a data set row, centre crop, no flip, the text
+         * encoder's shifts, edit's settings */
+        svdiff_train_params_t tp = svdiff_train_default_params();
+        tp.model = model, tp.tokenizer_dir = tokenizer;
+        tp.prediction_type = mo.prediction_type, tp.scheduler_config = mo.scheduler_config;
+        tp.out_dir = out;
+        tp.resolution = res, tp.steps = tc.steps, tp.lr = tc.lr, tp.lr_1d = tc.lr_1d;
+        tp.train_text_encoder = tc.train_text_encoder;
+        tp.seed = seed, tp.threads = threads;
+        tp.svd_cache_dir = tc.svd_cache_dir;
+        tp.force = force;
+        char data[PATH_MAX + 80];
+        snprintf(data, sizeof data, "data=%s", tsv_path);
+        const char *settings[3] = {data, "center-crop", "flip=0"};
+        tp.settings = settings, tp.n_settings = 3;
+        if (quiet) tp.callbacks.progress = no_progress;   /* else the trainer's bar, as `svdiff train` */
+        fprintf(stderr, "fine-tuning spectral shifts on %s (\"%s\"), %d steps at %d px\n", image_path, prompt, tc.steps, res);
+        rc = svdiff_train(&tp);
         if (rc) fprintf(stderr, "svdiff edit: %s\n", svdiff_last_error());
-        trainer_close(&t);
         if (rc) {
-            run_lock_release(&lock);
+            svdiff_folder_unlock(lock);
             svdiff_images_free(input, 1);
             return 1;
         }
@@ -367,13 +359,13 @@ int cmd_edit(int argc, char **argv) {
         rc = svdiff_model_apply_shifts(m, shifts_path, 1.0f);
         if (!rc && mkdir(out, 0777) && errno != EEXIST)
             rc = sd_error(SD_ERR_IO, "-o %s: cannot create the folder: %s", out, strerror(errno));
-        if (!rc && !(rc = run_lock_take(&lock, out))) outputs_remove_stale_temps(out);
-        if (!rc) rc = copy_shifts(shifts_path, out);
+        if (!rc) rc = svdiff_folder_lock(out, &lock);   /* and stale temp files removed */
+        if (!rc) rc = copy_shifts(shifts_path, out, force);
         if (rc) svdiff_model_close(m), m = NULL;
     }
     if (rc) {
         fprintf(stderr, "svdiff edit: %s\n", svdiff_last_error());
-        run_lock_release(&lock);
+        svdiff_folder_unlock(lock);
         svdiff_images_free(input, 1);
         return 1;
     }
@@ -391,30 +383,11 @@ int cmd_edit(int argc, char **argv) {
     double psnr = NAN;
     rc = svdiff_edit(m, &ep, &imgs, &psnr);
     const size_t npix = (size_t)res * res * 3;
-    double psnr_noise = NAN, vae_psnr = INFINITY, vs_vae = psnr;
+    svdiff_edit_report_t rep = {NAN, INFINITY, psnr};
     if (!rc && report) {
-        /* not in the public API yet: --report's seeded-noise reconstruction and VAE round trip, on
-         * the API model's pipeline */
-        pipeline_t *p = &m->p;
-        int C, h, w;
-        pipeline_latent_shape(p, res, res, &C, &h, &w);
-        const size_t n = (size_t)C * h * w;
-        float *x0 = sd_xmalloc(sizeof(float) * n), *noise = sd_xmalloc(sizeof(float) * n), *lat = sd_xmalloc(sizeof(float) * n);
-        const image_t in = {.w = input->width, .h = input->height, .rgb = input->rgb};
-        rc = edit_image_latents(p, &in, res, x0, NULL);
-        rng_t r;
-        rng_init(&r, (uint64_t)seed);
-        rng_fill_normal(&r, noise, n);
+        /* --report's seeded-noise reconstruction and VAE round trip, after the runs above */
         prog.base = (long)sample_steps * (inv_runs + 1 + n_edits);
-        if (!rc) rc = edit_sample(p, noise, prompt, res, sample_steps, 1.0f, 0.0f, seed, lat, on_step, &prog);
-        uint8_t *rn = NULL, *rt = NULL;
-        if (!rc && !(rc = pipeline_decode(p, lat, 1, h, w, &rn))) psnr_noise = edit_psnr(rn, imgs[0].rgb, npix);
-        /* a latent model cannot beat its VAE: decode(encode(input)) is the ceiling */
-        if (!rc && p->has_vae && !pipeline_decode(p, x0, 1, h, w, &rt)) {
-            vae_psnr = edit_psnr(rt, imgs[0].rgb, npix);
-            vs_vae = edit_psnr(imgs[1].rgb, rt, npix);
-        }
-        free(rn), free(rt), free(x0), free(noise), free(lat);
+        rc = svdiff_edit_report(m, &ep, imgs, &rep);
     }
     svdiff_images_free(input, 1);
     if (!rc && prog.on) progress_finish(&prog.bar);
@@ -457,15 +430,15 @@ int cmd_edit(int argc, char **argv) {
                 no_inversion ? "from seeded noise" : "from the DDIM inversion");
         if (report) {
             printf("reconstruction_psnr_db %.4f\n", psnr);
-            printf("vae_roundtrip_psnr_db %.4f\n", vae_psnr);
-            printf("reconstruction_vs_vae_roundtrip_psnr_db %.4f\n", vs_vae);
-            printf("noise_reconstruction_psnr_db %.4f\n", psnr_noise);
-            for (int e = 0; e < n_edits; e++) printf("edit_%d_psnr_db %.4f\n", e + 1, edit_psnr(imgs[2 + e].rgb, imgs[0].rgb, npix));
+            printf("vae_roundtrip_psnr_db %.4f\n", rep.vae_roundtrip_psnr);
+            printf("reconstruction_vs_vae_roundtrip_psnr_db %.4f\n", rep.reconstruction_vs_vae_psnr);
+            printf("noise_reconstruction_psnr_db %.4f\n", rep.noise_reconstruction_psnr);
+            for (int e = 0; e < n_edits; e++) printf("edit_%d_psnr_db %.4f\n", e + 1, svdiff_psnr(imgs[2 + e].rgb, imgs[0].rgb, npix));
         }
     }
     if (rc) fprintf(stderr, "svdiff edit: %s\n", svdiff_last_error());
     svdiff_images_free(imgs, n_edits + 2);
     svdiff_model_close(m);
-    run_lock_release(&lock);
+    svdiff_folder_unlock(lock);
     return rc ? 1 : 0;
 }

@@ -20,9 +20,6 @@
 #include "base/progress.h"    /* the progress bar the CLI draws from the progress callback */
 #include "cli/args.h"
 #include "cli/commands.h"
-#include "io/outputs.h"       /* not in the public API yet: outputs_check of every target up front */
-#include "io/safetensors.h"   /* not in the public API yet: --init-latents / --save-latents files */
-#include "ops/ops.h"          /* not in the public API yet: first_nonfinite, the check of --init-latents */
 #include "pipeline/prompts.h" /* --prompts files: the CLI's input format */
 
 static const unsigned common = CLI_ALL_COMMON;   /* cli/args.h */
@@ -160,39 +157,6 @@ static int batch_len(const prompt_plan_t *plan, int i, int batch) {
     return n;
 }
 
-/* not in the public API yet: reading a latents file (the API takes the floats, init_latents) */
-static int load_init_latents(const char *path, float *dst, int n, int C, int h, int w) {
-    st_file_t f;
-    int rc = st_open(&f, path);
-    if (rc) return rc;
-    const st_tensor_t *t = st_find(&f, "latents");
-    if (!t && f.n_tensors == 1) t = &f.tensors[0];
-    if (!t) {
-        st_close(&f);
-        return sd_error(SD_ERR_FORMAT, "%s: no tensor named 'latents'", path);
-    }
-    const size_t per = (size_t)C * h * w;
-    const int64_t rows = t->ndim == 4 ? t->shape[0] : 0;
-    if (t->ndim != 4 || (rows != 1 && rows != n) || t->shape[1] != C || t->shape[2] != h || t->shape[3] != w) {
-        char rows_ok[32];
-        snprintf(rows_ok, sizeof rows_ok, n == 1 ? "1" : "%d or 1", n);
-        rc = sd_error(SD_ERR_SHAPE, "%s: tensor '%s' must be [%s, %d, %d, %d] for this model and size", path,
-                      t->name, rows_ok, C, h, w);
-        st_close(&f);
-        return rc;
-    }
-    float *tmp = sd_xmalloc(sizeof(float) * (size_t)rows * per);
-    rc = st_read_f32(tmp, t);
-    const size_t bad = rc ? 0 : first_nonfinite(tmp, (size_t)rows * per);
-    if (!rc && bad < (size_t)rows * per)
-        rc = sd_error(SD_ERR_FORMAT, "%s: tensor '%s' holds a non-finite value (NaN or Inf) at flat index %zu", path,
-                      t->name, bad);
-    for (int k = 0; !rc && k < n; k++) memcpy(dst + k * per, tmp + (rows == 1 ? 0 : k * per), sizeof(float) * per);
-    free(tmp);
-    st_close(&f);
-    return rc;
-}
-
 int cmd_generate(int argc, char **argv) {
     const char *prompt = NULL, *negative = NULL;
     const char *init_path = NULL, *save_path = NULL, *sampler_name = "ddim", *prompts_path = NULL;
@@ -327,12 +291,11 @@ int cmd_generate(int argc, char **argv) {
     float *init = NULL;
     if (!rc && init_path) {
         init = sd_xmalloc(sizeof(float) * per * n_img);
-        rc = load_init_latents(init_path, init, n_img, C, h, w);
+        rc = svdiff_latents_read(init_path, n_img, C, h, w, init);
     }
     /* every target is checked before the (long) sampling: a device, a folder or one of the run's
      * inputs (the model's weights, a shift file, the prompts file) is refused now, not after
-     * minutes of work (not in the public API yet: svdiff_png_write checks its target only when
-     * it writes) */
+     * minutes of work (svdiff_png_write checks its target only when it writes) */
     char **paths = sd_xcalloc((size_t)n_img, sizeof *paths);
     char path[PATH_MAX];
     for (int i = 0; i < n_img; i++) {
@@ -341,11 +304,11 @@ int cmd_generate(int argc, char **argv) {
         else numbered_path(path, sizeof path, out, plan.jobs[im->job].line, im->k + 1);
         paths[i] = strdup(path);
         SD_CHECK(paths[i], "out of memory");
-        if (!rc) rc = outputs_check(paths[i]);
+        if (!rc) rc = svdiff_output_check(paths[i]);
     }
     const int grid = single && n_img > 1;
-    if (!rc && grid) rc = outputs_check(out);
-    if (!rc && save_path) rc = outputs_check(save_path);
+    if (!rc && grid) rc = svdiff_output_check(out);
+    if (!rc && save_path) rc = svdiff_output_check(save_path);
     if (!rc && !single && out[0] && out[strlen(out) - 1] == '/' && mkdir(out, 0777) && errno != EEXIST)
         rc = sd_error(SD_ERR_IO, "%s: cannot make the output folder: %s", out, strerror(errno));
     /* Ctrl-C / SIGTERM: the images written so far stay; the batch being sampled is dropped, and the
@@ -411,18 +374,10 @@ int cmd_generate(int argc, char **argv) {
         if (!rc && save_path) rc = dist_bcast(all_latents + (size_t)i * per, sizeof(float) * per * bn, j % nranks);
     }
     if (!rc && save_path && me == 0) {   /* rank 0 writes the files of all the images */
-        /* not in the public API yet: writing a latents file (safetensors with metadata) */
-        st_writer_t *sw = st_writer_new();
-        int64_t shape[4] = {n_img, C, h, w};
         char seedbuf[32];
         snprintf(seedbuf, sizeof seedbuf, "%llu", seed);
-        st_writer_add(sw, "latents", ST_F32, 4, shape, all_latents);
-        st_writer_meta(sw, "prompt", prompt);
-        st_writer_meta(sw, "seed", seedbuf);
-        st_writer_meta(sw, "sampler", svdiff_sampler_name(sampler));
-        st_writer_meta(sw, "svdiff_version", SVDIFF_VERSION);
-        rc = st_writer_save(sw, save_path);
-        st_writer_free(sw);
+        const char *meta[6] = {"prompt", prompt, "seed", seedbuf, "sampler", svdiff_sampler_name(sampler)};
+        rc = svdiff_latents_write(save_path, all_latents, n_img, C, h, w, meta, 3);
     }
     if (!rc && grid && me == 0) {
         svdiff_image_t *gi = NULL;

@@ -1,7 +1,9 @@
-/* `svdiff info`: opens a model (diffusers folder or SD 1.x/2.x single file) the way every other
- * command does and prints what it found: layout, each component's key config values, tensor
- * and parameter counts, dtypes and bytes, the scheduler and tokenizer, the time model_open took
- * and the process's peak RSS (which stays small: only the safetensors headers are read). */
+/* `svdiff info`: describes a model (diffusers folder or SD 1.x/2.x single file) through the public
+ * API (svdiff_model_describe: the model opened the way every other command opens it, from its
+ * headers alone) and prints it: layout, each component's key config values, tensor and parameter
+ * counts, dtypes and bytes, the scheduler and tokenizer, the time the description took and the
+ * process's peak RSS (which stays small: only the safetensors headers are read). */
+#include <cjson/cJSON.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -9,11 +11,10 @@
 #include <string.h>
 #include <time.h>
 
-#include "base/error.h"
+#include "svdiff.h"
+
 #include "cli/args.h"
 #include "cli/commands.h"
-#include "io/model.h"   /* not in the public API yet: describing a model from its headers alone (layout,
-                           component configs, tensor counts, dtypes and bytes, prediction source) */
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -59,37 +60,10 @@ static long peak_rss_kb(void) {
     return kb;
 }
 
-typedef struct {
-    int64_t params, bytes;
-    int by_dtype[ST_DTYPE_COUNT];
-} stats_t;
-
-static stats_t component_stats(const model_component_t *c) {
-    stats_t s;
-    memset(&s, 0, sizeof s);
-    for (int i = 0; i < c->n_tensors; i++) {
-        s.params += c->tensors[i].numel;
-        s.bytes += (int64_t)c->tensors[i].nbytes;
-        s.by_dtype[c->tensors[i].dtype]++;
-    }
-    return s;
-}
-
-static const char *layout_name(model_layout_t l) {
-    switch (l) {
-    case MODEL_LAYOUT_DIFFUSERS: return "diffusers";
-    case MODEL_LAYOUT_LDM_SD1: return "LDM SD1";
-    case MODEL_LAYOUT_LDM_SD2: return "LDM SD2";
-    }
-    return "?";
-}
-
-static const char *layout_text(model_layout_t l) {
-    switch (l) {
-    case MODEL_LAYOUT_DIFFUSERS: return "diffusers folder";
-    case MODEL_LAYOUT_LDM_SD1: return "LDM single file, SD 1.x (CLIP-L text encoder)";
-    case MODEL_LAYOUT_LDM_SD2: return "LDM single file, SD 2.x (OpenCLIP text encoder)";
-    }
+static const char *layout_text(const char *layout) {
+    if (!strcmp(layout, "diffusers")) return "diffusers folder";
+    if (!strcmp(layout, "LDM SD1")) return "LDM single file, SD 1.x (CLIP-L text encoder)";
+    if (!strcmp(layout, "LDM SD2")) return "LDM single file, SD 2.x (OpenCLIP text encoder)";
     return "?";
 }
 
@@ -141,48 +115,45 @@ static const char *const SCHED_KEYS[] = {"_class_name", "prediction_type", "beta
     "beta_end", "num_train_timesteps", "steps_offset"};
 #define N_OF(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
-static void print_text(const model_t *m, double open_ms, long rss_kb) {
-    const model_component_t *comps[3] = {&m->unet, &m->vae, &m->text_encoder};
+static const cJSON *get(const cJSON *o, const char *key) { return cJSON_GetObjectItemCaseSensitive(o, key); }
+
+/* the description (svdiff_model_describe's JSON) as text */
+static void print_text(const cJSON *d, double open_ms, long rss_kb) {
     const char *const *keys[3] = {UNET_KEYS, VAE_KEYS, TEXT_KEYS};
     const int nkeys[3] = {N_OF(UNET_KEYS), N_OF(VAE_KEYS), N_OF(TEXT_KEYS)};
     char a[64], b[64];
-    int64_t params = 0, bytes = 0;
-    printf("model:        %s\n", m->path);
-    printf("layout:       %s\n", layout_text(m->layout));
-    for (int k = 0; k < 3; k++) {
-        const model_component_t *c = comps[k];
+    printf("model:        %s\n", get(d, "path")->valuestring);
+    printf("layout:       %s\n", layout_text(get(d, "layout")->valuestring));
+    const cJSON *c;
+    int k = 0;
+    cJSON_ArrayForEach(c, get(d, "components")) {   /* unet, vae, text_encoder */
         char label[32];
-        snprintf(label, sizeof label, "%s:", c->name);
+        snprintf(label, sizeof label, "%s:", c->string);
         printf("%-13s", label);
-        if (c->n_tensors == 0) {
+        if (!cJSON_IsTrue(get(c, "present"))) {
             printf(" absent\n");
+            k++;
             continue;
         }
-        print_keys(c->config, keys[k], nkeys[k]);
-        stats_t s = component_stats(c);
-        params += s.params;
-        bytes += s.bytes;
-        grouped(a, sizeof a, s.params);
-        human_bytes(b, sizeof b, (double)s.bytes);
-        printf("              %d tensors, %s parameters, %s,", c->n_tensors, a, b);
-        for (int d = 0; d < ST_DTYPE_COUNT; d++)
-            if (s.by_dtype[d]) printf(" %s x%d", st_dtype_name((st_dtype_t)d), s.by_dtype[d]);
+        print_keys(get(c, "config"), keys[k], nkeys[k]);
+        grouped(a, sizeof a, (int64_t)get(c, "parameters")->valuedouble);
+        human_bytes(b, sizeof b, get(c, "bytes")->valuedouble);
+        printf("              %d tensors, %s parameters, %s,", get(c, "tensors")->valueint, a, b);
+        const cJSON *t;
+        cJSON_ArrayForEach(t, get(c, "dtypes")) printf(" %s x%d", t->string, t->valueint);
         printf("\n");
+        k++;
     }
     printf("%-13s", "scheduler:");
-    print_keys(m->scheduler_config, SCHED_KEYS, N_OF(SCHED_KEYS));
-    const cJSON *pt = cJSON_GetObjectItemCaseSensitive(m->scheduler_config, "prediction_type");
-    printf("prediction:   %s (%s)\n", cJSON_IsString(pt) ? pt->valuestring : "epsilon", m->prediction_why);
-    printf("tokenizer:    %s\n", m->tokenizer_dir ? m->tokenizer_dir : "none (pass --tokenizer DIR)");
-    size_t mapped = 0;
-    for (int i = 0; i < m->n_sets; i++)
-        for (int f = 0; f < m->sets[i].n_files; f++) mapped += m->sets[i].files[f].map_size;
-    int nfiles = 0;
-    for (int i = 0; i < m->n_sets; i++) nfiles += m->sets[i].n_files;
-    grouped(a, sizeof a, params);
-    human_bytes(b, sizeof b, (double)bytes);
+    print_keys(get(d, "scheduler"), SCHED_KEYS, N_OF(SCHED_KEYS));
+    const cJSON *pt = get(d, "prediction_type"), *tok = get(d, "tokenizer");
+    printf("prediction:   %s (%s)\n", get(pt, "value")->valuestring, get(pt, "source")->valuestring);
+    printf("tokenizer:    %s\n", cJSON_IsString(tok) ? tok->valuestring : "none (pass --tokenizer DIR)");
+    const int nfiles = get(d, "files")->valueint;
+    grouped(a, sizeof a, (int64_t)get(d, "total_parameters")->valuedouble);
+    human_bytes(b, sizeof b, get(d, "total_bytes")->valuedouble);
     printf("total:        %s parameters, %s of tensors", a, b);
-    human_bytes(b, sizeof b, (double)mapped);
+    human_bytes(b, sizeof b, get(d, "mapped_bytes")->valuedouble);
     printf(" in %d file%s (%s mapped)\n", nfiles, nfiles == 1 ? "" : "s", b);
     printf("open time:    %.1f ms\n", open_ms);
     if (rss_kb >= 0) {
@@ -191,51 +162,13 @@ static void print_text(const model_t *m, double open_ms, long rss_kb) {
     }
 }
 
-static void print_json(const model_t *m, double open_ms, long rss_kb) {
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "path", m->path);
-    cJSON_AddStringToObject(o, "layout", layout_name(m->layout));
-    cJSON *cs = cJSON_AddObjectToObject(o, "components");
-    const model_component_t *comps[3] = {&m->unet, &m->vae, &m->text_encoder};
-    int64_t params = 0, bytes = 0;
-    for (int k = 0; k < 3; k++) {
-        const model_component_t *c = comps[k];
-        cJSON *j = cJSON_AddObjectToObject(cs, c->name);
-        cJSON_AddBoolToObject(j, "present", c->n_tensors > 0);
-        if (!c->n_tensors) continue;
-        stats_t s = component_stats(c);
-        params += s.params;
-        bytes += s.bytes;
-        cJSON_AddNumberToObject(j, "tensors", c->n_tensors);
-        cJSON_AddNumberToObject(j, "parameters", (double)s.params);
-        cJSON_AddNumberToObject(j, "bytes", (double)s.bytes);
-        cJSON *d = cJSON_AddObjectToObject(j, "dtypes");
-        for (int t = 0; t < ST_DTYPE_COUNT; t++)
-            if (s.by_dtype[t]) cJSON_AddNumberToObject(d, st_dtype_name((st_dtype_t)t), s.by_dtype[t]);
-        cJSON_AddItemToObject(j, "config", cJSON_Duplicate(c->config, 1));
-    }
-    cJSON_AddItemToObject(o, "scheduler", cJSON_Duplicate(m->scheduler_config, 1));
-    cJSON *pj = cJSON_AddObjectToObject(o, "prediction_type");
-    const cJSON *pt = cJSON_GetObjectItemCaseSensitive(m->scheduler_config, "prediction_type");
-    cJSON_AddStringToObject(pj, "value", cJSON_IsString(pt) ? pt->valuestring : "epsilon");
-    cJSON_AddStringToObject(pj, "source", m->prediction_why);
-    cJSON_AddBoolToObject(pj, "guessed", m->prediction_guessed);
-    if (m->tokenizer_dir) cJSON_AddStringToObject(o, "tokenizer", m->tokenizer_dir);
-    else cJSON_AddNullToObject(o, "tokenizer");
-    int nfiles = 0;
-    double mapped = 0;
-    for (int i = 0; i < m->n_sets; i++)
-        for (int f = 0; f < m->sets[i].n_files; f++, nfiles++) mapped += (double)m->sets[i].files[f].map_size;
-    cJSON_AddNumberToObject(o, "files", nfiles);
-    cJSON_AddNumberToObject(o, "mapped_bytes", mapped);
-    cJSON_AddNumberToObject(o, "total_parameters", (double)params);
-    cJSON_AddNumberToObject(o, "total_bytes", (double)bytes);
-    cJSON_AddNumberToObject(o, "open_ms", open_ms);
-    if (rss_kb >= 0) cJSON_AddNumberToObject(o, "peak_rss_kb", (double)rss_kb);
-    char *s = cJSON_Print(o);
+/* the description with the CLI's timing and memory figures */
+static void print_json(cJSON *d, double open_ms, long rss_kb) {
+    cJSON_AddNumberToObject(d, "open_ms", open_ms);
+    if (rss_kb >= 0) cJSON_AddNumberToObject(d, "peak_rss_kb", (double)rss_kb);
+    char *s = cJSON_Print(d);
     printf("%s\n", s);
     free(s);
-    cJSON_Delete(o);
 }
 
 int cmd_info(int argc, char **argv) {
@@ -253,22 +186,27 @@ int cmd_info(int argc, char **argv) {
         }
     }
     const char *model = cm.model;
-    model_open_options_t opt = cm.mo;
     if (!model) {
         fprintf(stderr, "svdiff info: --model DIR|FILE is required (see svdiff info --help)\n");
         return 2;
     }
-    model_t m;
+    svdiff_model_params_t mp = svdiff_model_default_params();
+    mp.tokenizer_dir = cm.mo.tokenizer_dir, mp.prediction_type = cm.mo.prediction_type;
+    mp.scheduler_config = cm.mo.scheduler_config;
+    char *txt = NULL;
     double t0 = now();
-    int rc = model_open(&m, model, &opt);
+    int rc = svdiff_model_describe(model, &mp, &txt);
     double open_ms = 1e3 * (now() - t0);
     if (rc) {
-        fprintf(stderr, "svdiff info: %s\n", sd_last_error());
+        fprintf(stderr, "svdiff info: %s\n", svdiff_last_error());
         return 1;
     }
     long rss = peak_rss_kb();
-    if (json) print_json(&m, open_ms, rss);
-    else print_text(&m, open_ms, rss);
-    model_close(&m);
+    cJSON *d = cJSON_Parse(txt);
+    svdiff_free(txt);
+    if (!d) return fprintf(stderr, "svdiff info: out of memory\n"), 1;
+    if (json) print_json(d, open_ms, rss);
+    else print_text(d, open_ms, rss);
+    cJSON_Delete(d);
     return 0;
 }

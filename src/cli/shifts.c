@@ -1,9 +1,9 @@
 /* `svdiff shifts <verb>`: the shift toolbox on files (info, combine, scale, limit-rank, mix,
  * convert, to-lora). A training output folder (spectral_shifts.safetensors + spectral_shifts_te.safetensors)
- * is handled as a pair: every verb applies to both files and -o names a folder. The set
- * arithmetic lives in src/shifts/toolbox.c; this file does files, flags and printing. */
+ * is handled as a pair: every verb applies to both files and -o names a folder. A client of the
+ * public API: the sets, the toolbox, info's description, convert and to-lora are svdiff_shifts_*
+ * calls; this file does flags and printing. */
 #include <cjson/cJSON.h>
-#include <errno.h>
 #include <float.h>
 #include <getopt.h>
 #include <math.h>
@@ -12,21 +12,11 @@
 #include <string.h>
 #include <sys/stat.h>
 
-/* Not in the public API yet, so still the library's own calls: the per-part view `svdiff shifts`
- * prints (each part's file, entry count and dtype; limit-rank's and mix's counts per part), info's
- * statistics (norms, blocks, singular values from the SVD cache, metadata listing), convert and
- * to-lora. */
-#include "base/error.h"
+#include "svdiff.h"
+
 #include "cli/args.h"
 #include "cli/commands.h"
-#include "io/model.h"
-#include "io/safetensors.h"
-#include "pipeline/lora_export.h"
-#include "shifts/shifts.h"
-#include "shifts/toolbox.h"
 
-#define PATHMAX 4096
-enum { UNET = 0, TE = 1 };
 static const char *const PART_FILE[2] = {"spectral_shifts.safetensors", "spectral_shifts_te.safetensors"};
 
 static void usage(FILE *f) {
@@ -107,90 +97,6 @@ static void usage(FILE *f) {
             "--pretrained-model-name-or-path), --force; -h, --help: this help.\n");
 }
 
-/* ---------------------------------------------------------------------------------------
- * inputs and outputs: a file, or a folder with the two parts */
-
-typedef struct {
-    int is_dir;
-    char file[2][PATHMAX];   /* "" when the part is absent */
-    shift_set_t set[2];
-    st_dtype_t dtype[2];     /* F16 when every tensor of the file is F16, else F32 */
-} target_t;
-
-static int file_dtype(const char *file, st_dtype_t *dt) {
-    st_file_t f;
-    int rc = st_open(&f, file);
-    if (rc) return rc;
-    int all16 = f.n_tensors > 0;
-    for (int i = 0; i < f.n_tensors; i++) all16 &= f.tensors[i].dtype == ST_F16;
-    *dt = all16 ? ST_F16 : ST_F32;
-    st_close(&f);
-    return SD_OK;
-}
-
-static void target_free(target_t *t) {
-    for (int p = 0; p < 2; p++) shiftset_free(&t->set[p]);
-}
-
-/* force: use a folder's two files even when they were not written together (st_pair_check) */
-static int target_load(target_t *t, const char *arg, int force) {
-    memset(t, 0, sizeof *t);
-    struct stat st;
-    t->is_dir = stat(arg, &st) == 0 && S_ISDIR(st.st_mode);
-    int rc = shift_files_resolve(arg, t->file[UNET], t->file[TE], PATHMAX);
-    if (!rc) rc = st_pair_check(t->file[UNET], t->file[TE], force);
-    for (int p = 0; p < 2 && !rc; p++) {
-        shiftset_init(&t->set[p]);
-        if (!t->file[p][0]) continue;
-        rc = shiftset_load(&t->set[p], t->file[p]);
-        if (!rc) rc = file_dtype(t->file[p], &t->dtype[p]);
-    }
-    if (rc) target_free(t);
-    return rc;
-}
-
-static int nparts(const target_t *t) { return t->is_dir ? 2 : 1; }
-
-/* the inputs must be all files or all folders holding the same parts */
-static int targets_alike(const target_t *a, const char *na, const target_t *b, const char *nb) {
-    if (a->is_dir != b->is_dir)
-        return sd_error(SD_ERR_ARG, "%s is a %s but %s a %s: give files or training folders, not both", na,
-                        a->is_dir ? "folder" : "file", nb, b->is_dir ? "folder" : "file");
-    for (int p = 0; p < 2; p++)
-        if (!a->file[p][0] != !b->file[p][0])
-            return sd_error(SD_ERR_ARG, "%s has %s but %s does not", a->file[p][0] ? na : nb, PART_FILE[p],
-                            a->file[p][0] ? nb : na);
-    return SD_OK;
-}
-
-static int write_outputs(const char *out, int is_dir, shift_set_t *sets, const int *present,
-                         const st_dtype_t *dtype) {
-    char file[2][PATHMAX];
-    struct stat st;
-    if (is_dir && !stat(out, &st) && !S_ISDIR(st.st_mode))
-        return sd_error(SD_ERR_IO, "%s: exists and is not a folder (the inputs are folders)", out);
-    if (is_dir && mkdir(out, 0777) != 0 && errno != EEXIST)
-        return sd_error(SD_ERR_IO, "%s: cannot create the output folder: %s", out, strerror(errno));
-    for (int p = 0; p < 2; p++)
-        if (is_dir) snprintf(file[p], sizeof file[p], "%.*s/%s", PATHMAX - 40, out, PART_FILE[p]);
-        else snprintf(file[p], sizeof file[p], "%s", out);
-    int rc = SD_OK;
-    if (is_dir && present[UNET] && present[TE])   /* both parts of a folder: one pair id */
-        rc = shiftset_save_pair(&sets[UNET], file[UNET], dtype[UNET], &sets[TE], file[TE], dtype[TE]);
-    else
-        for (int p = 0; p < (is_dir ? 2 : 1) && !rc; p++)
-            if (present[p]) rc = shiftset_save(&sets[p], file[p], dtype[p]);
-    if (rc) return rc;
-    for (int p = 0; p < (is_dir ? 2 : 1); p++)
-        if (present[p]) printf("wrote %s (%d shifts, %s)\n", file[p], sets[p].n, st_dtype_name(dtype[p]));
-    return SD_OK;
-}
-
-static int fail(int rc) {
-    fprintf(stderr, "svdiff shifts: %s\n", sd_last_error());
-    return rc == SD_ERR_ARG ? 2 : 1;
-}
-
 /* common option parsing: -o plus verb flags; returns the getopt code or -1 at the end */
 enum { O_JSON = 256, O_WEIGHTS, O_FROM, O_LAYERS, O_REST, O_LEVELS, O_LATENT, O_DTYPE, O_FORMAT,
        O_CACHE, O_TOP, O_RANK, O_ENERGY, O_NO_NORMS, O_NO_EMB, O_CHECK };
@@ -204,183 +110,6 @@ static const struct option OPTS[] = {   /* and the shared -o, --force, --model (
     {"top", required_argument, 0, O_TOP},  {"rank", required_argument, 0, O_RANK},
     {"energy", required_argument, 0, O_ENERGY}, {"no-norms", no_argument, 0, O_NO_NORMS},
     {"no-embeddings", no_argument, 0, O_NO_EMB}, {"check", no_argument, 0, O_CHECK}, {0, 0, 0, 0}};
-
-/* ---------------------------------------------------------------------------------------
- * info */
-
-typedef struct {
-    const char *path;
-    int idx, part;
-    double value, delta, sigma;
-} top_t;
-
-static int top_cmp(const void *a, const void *b) {
-    const double x = ((const top_t *)a)->value, y = ((const top_t *)b)->value;
-    return x < y ? 1 : x > y ? -1 : 0;
-}
-
-static long file_size(const char *f) {
-    struct stat st;
-    return stat(f, &st) == 0 ? (long)st.st_size : -1;
-}
-
-/* singular values: an SVD cache file given directly, or the one --model's hash names */
-static int open_sigma(st_file_t *f, const char *cache, const char *model) {
-    char file[PATHMAX + 64];
-    struct stat st;
-    if (cache && stat(cache, &st) == 0 && !S_ISDIR(st.st_mode)) return st_open(f, cache);
-    if (!model)
-        return sd_error(SD_ERR_ARG, "--svd-cache %s is %s: give an SVD cache file, or --model M too (its hash names the file)",
-                        cache, stat(cache, &st) == 0 ? "a folder" : "not there");
-    model_t m;
-    int rc = model_open(&m, model, NULL);
-    if (rc) return rc;
-    char hash[17];
-    rc = model_weights_hash(&m, hash);
-    model_close(&m);
-    if (rc) return rc;
-    char dir[PATHMAX];
-    if (cache) snprintf(dir, sizeof dir, "%s", cache);
-    else svd_cache_default_dir(dir, sizeof dir);
-    snprintf(file, sizeof file, "%s/%s.svd.safetensors", dir, hash);
-    if (stat(file, &st) != 0)
-        return sd_error(SD_ERR_IO, "%s: no SVD cache for model %s (hash %s); run generate or train with it once", file,
-                        model, hash);
-    return st_open(f, file);
-}
-
-static int shifts_info(const char *arg, int json, const char *cache, const char *model, int top_k, int force) {
-    target_t t;
-    int rc = target_load(&t, arg, force);
-    if (rc) return fail(rc);
-    st_file_t sig;
-    int have_sig = 0;
-    if (cache || model) {
-        rc = open_sigma(&sig, cache, model);
-        if (rc) {
-            target_free(&t);
-            return fail(rc);
-        }
-        have_sig = 1;
-    }
-    cJSON *root = cJSON_CreateObject(), *files = cJSON_AddArrayToObject(root, "files");
-    for (int p = 0; p < 2; p++) {
-        if (!t.file[p][0]) continue;
-        const shift_set_t *s = &t.set[p];
-        long values = 0;
-        int matrices = 0, norms = 0;
-        for (int i = 0; i < s->n; i++) {
-            values += s->entries[i].n;
-            toolbox_is_norm_path(s->entries[i].path) ? norms++ : matrices++;
-        }
-        cJSON *o = cJSON_CreateObject();
-        cJSON_AddItemToArray(files, o);
-        cJSON_AddStringToObject(o, "file", t.file[p]);
-        const char *h = shiftset_meta(s, "base_model_hash");
-        cJSON_AddStringToObject(o, "base_model_hash", h ? h : "");
-        cJSON_AddNumberToObject(o, "size_bytes", (double)file_size(t.file[p]));
-        cJSON_AddStringToObject(o, "dtype", st_dtype_name(t.dtype[p]));
-        cJSON_AddNumberToObject(o, "layers", s->n);
-        cJSON_AddNumberToObject(o, "matrices", matrices);
-        cJSON_AddNumberToObject(o, "norms", norms);
-        cJSON_AddNumberToObject(o, "shifts", (double)values);
-        /* per-block L2 norms, blocks in order of first appearance in the sorted paths */
-        cJSON *blocks = cJSON_AddObjectToObject(o, "block_l2");
-        double *sq = sd_xcalloc((size_t)s->n + 1, sizeof(double));
-        char **names = sd_xcalloc((size_t)s->n + 1, sizeof(char *));
-        int nb = 0;
-        for (int i = 0; i < s->n; i++) {
-            char b[128];
-            toolbox_block_of(s->entries[i].path, b, sizeof b);
-            int k = 0;
-            while (k < nb && strcmp(names[k], b)) k++;
-            if (k == nb) names[nb++] = strdup(b);
-            const double l = toolbox_l2(&s->entries[i]);
-            sq[k] += l * l;
-        }
-        for (int k = 0; k < nb; k++) cJSON_AddNumberToObject(blocks, names[k], sqrt(sq[k])), free(names[k]);
-        free(sq), free(names);
-        /* the largest shifts */
-        top_t *all = sd_xmalloc(sizeof(top_t) * (size_t)(values + 1));
-        long na = 0;
-        for (int i = 0; i < s->n; i++) {
-            const shift_entry_t *e = &s->entries[i];
-            float *S = NULL;
-            if (have_sig && !toolbox_is_norm_path(e->path)) {
-                char key[1024];
-                const shift_name_t nm = {shift_component_of_path(e->path), SHIFT_SPECTRAL, e->path};
-                const st_tensor_t *ts = shift_key(key, sizeof key, &nm, SHIFT_KEY_CACHE_S) ? NULL : st_find(&sig, key);
-                if (ts && ts->numel == e->n) {
-                    S = sd_xmalloc(sizeof(float) * e->n);
-                    if (st_read_f32(S, ts)) free(S), S = NULL;
-                }
-            }
-            for (int j = 0; j < e->n; j++) {
-                if (e->values[j] == 0) continue;   /* an untouched value is not a shift worth listing */
-                top_t *x = &all[na++];
-                x->path = e->path, x->idx = j, x->part = p, x->delta = e->values[j];
-                x->sigma = S ? S[j] : NAN;
-                x->value = S ? (S[j] > 0 ? fabs(e->values[j]) / S[j] : INFINITY * (e->values[j] != 0)) : fabs(e->values[j]);
-                if (have_sig && !S) x->value = -1;   /* no sigma: ranked after every relative shift */
-            }
-            free(S);
-        }
-        qsort(all, (size_t)na, sizeof *all, top_cmp);
-        cJSON *top = cJSON_AddArrayToObject(o, have_sig ? "largest_relative_shifts" : "largest_shifts");
-        for (long k = 0; k < na && k < top_k; k++) {
-            if (all[k].value < 0) break;
-            cJSON *x = cJSON_CreateObject();
-            cJSON_AddStringToObject(x, "path", all[k].path);
-            cJSON_AddNumberToObject(x, "index", all[k].idx);
-            cJSON_AddNumberToObject(x, "delta", all[k].delta);
-            if (have_sig) cJSON_AddNumberToObject(x, "sigma", all[k].sigma), cJSON_AddNumberToObject(x, "relative", all[k].value);
-            cJSON_AddItemToArray(top, x);
-        }
-        free(all);
-        cJSON *meta = cJSON_AddObjectToObject(o, "metadata");
-        for (int i = 0; i < s->n_meta; i++) cJSON_AddStringToObject(meta, s->meta_keys[i], s->meta_values[i]);
-    }
-    if (json) {
-        char *txt = cJSON_Print(root);
-        printf("%s\n", txt);
-        free(txt);
-    } else {
-        cJSON *o;
-        cJSON_ArrayForEach(o, files) {
-            printf("%s\n", cJSON_GetObjectItem(o, "file")->valuestring);
-            const char *h = cJSON_GetObjectItem(o, "base_model_hash")->valuestring;
-            printf("  base model hash  %s\n", *h ? h : "(none)");
-            printf("  size on disk     %.0f bytes (%s)\n", cJSON_GetObjectItem(o, "size_bytes")->valuedouble,
-                   cJSON_GetObjectItem(o, "dtype")->valuestring);
-            printf("  layers           %d (%d matrices, %d norms), %.0f shifts\n", cJSON_GetObjectItem(o, "layers")->valueint,
-                   cJSON_GetObjectItem(o, "matrices")->valueint, cJSON_GetObjectItem(o, "norms")->valueint,
-                   cJSON_GetObjectItem(o, "shifts")->valuedouble);
-            printf("  L2 norm of the shifts per block:\n");
-            cJSON *b;
-            cJSON_ArrayForEach(b, cJSON_GetObjectItem(o, "block_l2")) printf("    %-32s %.6g\n", b->string, b->valuedouble);
-            cJSON *top = cJSON_GetObjectItem(o, "largest_relative_shifts");
-            printf("  largest %s:\n", top ? "relative shifts |delta_i|/sigma_i" : "shifts |delta_i| (no singular values given)");
-            if (!top) top = cJSON_GetObjectItem(o, "largest_shifts");
-            cJSON_ArrayForEach(b, top) {
-                printf("    %s[%d]  delta %.6g", cJSON_GetObjectItem(b, "path")->valuestring, cJSON_GetObjectItem(b, "index")->valueint,
-                       cJSON_GetObjectItem(b, "delta")->valuedouble);
-                if (cJSON_GetObjectItem(b, "sigma"))
-                    printf("  sigma %.6g  ratio %.6g", cJSON_GetObjectItem(b, "sigma")->valuedouble,
-                           cJSON_GetObjectItem(b, "relative")->valuedouble);
-                printf("\n");
-            }
-            printf("  metadata:\n");
-            cJSON_ArrayForEach(b, cJSON_GetObjectItem(o, "metadata")) printf("    %s = %s\n", b->string, b->valuestring);
-        }
-    }
-    cJSON_Delete(root);
-    if (have_sig) st_close(&sig);
-    target_free(&t);
-    return 0;
-}
-
-/* ---------------------------------------------------------------------------------------
- * the writing verbs */
 
 static int parse_weights(const char *s, float *w, int max) {
     int n = 0;
@@ -397,60 +126,127 @@ static int parse_weights(const char *s, float *w, int max) {
     return n;
 }
 
-/* gamma of a norm from the base model, for convert */
-typedef struct {
-    model_t m;
-    float *buf;
-} gamma_ctx_t;
+/* ---------------------------------------------------------------------------------------
+ * the writing verbs over the public API */
 
-/* The base model's tensor that the shift of module `path` moves (SHIFT_KEY_WEIGHT), or NULL. */
-static const st_tensor_t *shifted_tensor(const model_t *m, const char *path) {
-    const shift_name_t n = {shift_component_of_path(path), SHIFT_KIND_UNKNOWN, path};
-    char key[1024];
-    if (shift_key(key, sizeof key, &n, SHIFT_KEY_WEIGHT)) return NULL;
-    return component_find(n.component == SHIFT_TE ? &m->text_encoder : &m->unet, key);
+#define SHIFTS_USAGE 1   /* a message of the CLI's own was printed; exit 2 */
+
+static int api_fail(int rc) {
+    fprintf(stderr, "svdiff shifts: %s\n", svdiff_last_error());
+    return rc == SVDIFF_ERR_ARG ? 2 : 1;
 }
 
-static const float *get_gamma(void *vctx, const char *path, int *C) {
-    gamma_ctx_t *g = vctx;
-    const st_tensor_t *t = shifted_tensor(&g->m, path);
-    if (!t || t->ndim != 1) return NULL;
-    free(g->buf);
-    g->buf = sd_xmalloc(sizeof(float) * t->numel);
-    if (st_read_f32(g->buf, t)) return NULL;
-    *C = (int)t->numel;
-    return g->buf;
-}
-
-/* Largest overall share of the norm shifts a scalar fit may lose before convert wants --force:
- * above float rounding, below any real loss (a trained subject's per-element shifts lose 0.5 and more). */
-#define FIT_TOLERANCE 1e-4
-
-static void print_fit(void *ctx, const char *path, double lost, double max_gain_err) {
-    (void)ctx;
-    printf("  %-64s lost %.3g (largest gain error %.3g)\n", path, lost, max_gain_err);
-}
-
-/* svdiff-pytorch loads a file by setting each key as a parameter of its modules (SVDConv2d,
- * SVDLinear, SVDEmbedding: delta [min(out, in*kh*kw)] over the weight flattened to 2-D;
- * SVDLayerNorm, SVDGroupNorm: delta [1]), and a key or shape its model lacks stops the load. Every
- * entry must therefore name a module of the base model with exactly that length. */
-static int check_svdiff_pytorch(const shift_set_t *s, const model_t *m, const char *file) {
-    for (int i = 0; i < s->n; i++) {
-        const shift_entry_t *e = &s->entries[i];
-        const st_tensor_t *t = shifted_tensor(m, e->path);
-        if (!t) return sd_error(SD_ERR_ARG, "%s: shift '%s': the base model has no module of that name", file, e->path);
-        int64_t want = 1;
-        if (t->ndim >= 2) {
-            int64_t cols = 1;
-            for (int d = 1; d < t->ndim; d++) cols *= t->shape[d];
-            want = t->shape[0] < cols ? t->shape[0] : cols;
-        }
-        if (e->n != want)
-            return sd_error(SD_ERR_ARG, "%s: shift '%s' holds %d values; svdiff-pytorch's %s there has delta [%lld]", file,
-                            e->path, e->n, t->ndim >= 2 ? "SVD layer" : "SVD norm", (long long)want);
+/* the inputs must be all files or all folders holding the same parts (named by the arguments) */
+static int sets_alike(const svdiff_shifts_t *a, const char *na, const svdiff_shifts_t *b, const char *nb) {
+    svdiff_shifts_part_t pa[2], pb[2];
+    for (int p = 0; p < 2; p++) svdiff_shifts_part(a, p, &pa[p]), svdiff_shifts_part(b, p, &pb[p]);
+    if (pa[0].folder != pb[0].folder) {
+        fprintf(stderr, "svdiff shifts: %s is a %s but %s a %s: give files or training folders, not both\n", na,
+                pa[0].folder ? "folder" : "file", nb, pb[0].folder ? "folder" : "file");
+        return SHIFTS_USAGE;
     }
-    return SD_OK;
+    for (int p = 0; p < 2; p++)
+        if (pa[p].present != pb[p].present) {
+            fprintf(stderr, "svdiff shifts: %s has %s but %s does not\n", pa[p].present ? na : nb, PART_FILE[p],
+                    pa[p].present ? nb : na);
+            return SHIFTS_USAGE;
+        }
+    return SVDIFF_OK;
+}
+
+/* saves a result in its form (file or folder) and names each file written */
+static int save_result(const svdiff_shifts_t *r, const char *out, int fp16) {
+    int rc = svdiff_shifts_save(r, out, fp16);
+    if (rc) return rc;
+    for (int p = 0; p < 2; p++) {
+        svdiff_shifts_part_t b;
+        svdiff_shifts_part(r, p, &b);
+        if (!b.present) continue;
+        if (b.folder) printf("wrote %s/%s (%d shifts, %s)\n", out, PART_FILE[p], b.entries, b.dtype);
+        else printf("wrote %s (%d shifts, %s)\n", out, b.entries, b.dtype);
+    }
+    return SVDIFF_OK;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * info: the API's description (JSON), printed as it is (--json) or as text */
+
+static int shifts_info(const char *arg, int json, const char *cache, const char *model, int top_k, int force) {
+    char *txt = NULL;
+    const int rc = svdiff_shifts_describe(arg, force, cache, model, top_k, &txt);
+    if (rc) return api_fail(rc);
+    if (json) {
+        printf("%s\n", txt);
+        svdiff_free(txt);
+        return 0;
+    }
+    cJSON *root = cJSON_Parse(txt), *o;
+    svdiff_free(txt);
+    if (!root) return fprintf(stderr, "svdiff shifts: out of memory\n"), 1;
+    cJSON_ArrayForEach(o, cJSON_GetObjectItem(root, "files")) {
+        printf("%s\n", cJSON_GetObjectItem(o, "file")->valuestring);
+        const char *h = cJSON_GetObjectItem(o, "base_model_hash")->valuestring;
+        printf("  base model hash  %s\n", *h ? h : "(none)");
+        printf("  size on disk     %.0f bytes (%s)\n", cJSON_GetObjectItem(o, "size_bytes")->valuedouble,
+               cJSON_GetObjectItem(o, "dtype")->valuestring);
+        printf("  layers           %d (%d matrices, %d norms), %.0f shifts\n", cJSON_GetObjectItem(o, "layers")->valueint,
+               cJSON_GetObjectItem(o, "matrices")->valueint, cJSON_GetObjectItem(o, "norms")->valueint,
+               cJSON_GetObjectItem(o, "shifts")->valuedouble);
+        printf("  L2 norm of the shifts per block:\n");
+        cJSON *b;
+        cJSON_ArrayForEach(b, cJSON_GetObjectItem(o, "block_l2")) printf("    %-32s %.6g\n", b->string, b->valuedouble);
+        cJSON *top = cJSON_GetObjectItem(o, "largest_relative_shifts");
+        printf("  largest %s:\n", top ? "relative shifts |delta_i|/sigma_i" : "shifts |delta_i| (no singular values given)");
+        if (!top) top = cJSON_GetObjectItem(o, "largest_shifts");
+        cJSON_ArrayForEach(b, top) {
+            printf("    %s[%d]  delta %.6g", cJSON_GetObjectItem(b, "path")->valuestring, cJSON_GetObjectItem(b, "index")->valueint,
+                   cJSON_GetObjectItem(b, "delta")->valuedouble);
+            if (cJSON_GetObjectItem(b, "sigma"))
+                printf("  sigma %.6g  ratio %.6g", cJSON_GetObjectItem(b, "sigma")->valuedouble,
+                       cJSON_GetObjectItem(b, "relative")->valuedouble);
+            printf("\n");
+        }
+        printf("  metadata:\n");
+        cJSON_ArrayForEach(b, cJSON_GetObjectItem(o, "metadata")) printf("    %s = %s\n", b->string, b->valuestring);
+    }
+    cJSON_Delete(root);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------
+ * convert */
+
+/* the scalar fit of each norm as the API makes it; path NULL: a part's fit begins */
+static void print_fit(int part, const char *path, double lost, double max_gain_err, void *user_data) {
+    if (!path) {
+        svdiff_shifts_part_t pi;
+        svdiff_shifts_part(user_data, part, &pi);
+        printf("%s: scalar fit of the per-element norm shifts (share of each shift lost):\n", pi.file);
+    } else {
+        printf("  %-64s lost %.3g (largest gain error %.3g)\n", path, lost, max_gain_err);
+    }
+}
+
+static int shifts_convert(const char *arg, int fp16, const char *dtype_s, const char *format, const char *model,
+                          int force, const char *out) {
+    svdiff_shifts_t *in = NULL, *res = NULL;
+    int rc = svdiff_shifts_load_ex(arg, force, &in);
+    if (!rc) {
+        char hist[512];
+        snprintf(hist, sizeof hist, "convert to %s%s%s", dtype_s, format ? ", format " : "", format ? format : "");
+        svdiff_convert_params_t cp = svdiff_convert_default_params();
+        cp.fp16 = fp16, cp.format = format, cp.model = model, cp.force = force;
+        cp.fit = print_fit, cp.user_data = in;
+        svdiff_convert_stats_t st = {0};
+        rc = svdiff_shifts_convert(in, &cp, &res, &st);
+        if (st.lossy)
+            printf("overall: %.3g of the norm shifts lost over %d norms (L2); worst %s: %.3g\n", st.lost, st.n_fitted,
+                   st.worst_path[0] ? st.worst_path : "none", st.worst_lost);
+        if (!rc) rc = svdiff_shifts_add_history(res, hist);
+        if (!rc) rc = save_result(res, out, -1);   /* the result's parts are stored as asked */
+    }
+    svdiff_shifts_free(in), svdiff_shifts_free(res);
+    return rc ? api_fail(rc) : 0;
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -463,42 +259,30 @@ typedef struct {
 } to_lora_args_t;
 
 static int shifts_to_lora(const char *arg, const to_lora_args_t *a) {
-    lora_export_opts_t o = {.format = LORA_FORMAT_KOHYA, .dtype = ST_F16, .no_norms = a->no_norms,
-                            .no_embeddings = a->no_emb, .force = a->force, .source = arg, .check = a->check};
+    static const char *const DTYPE_NAME[3] = {"F32", "F16", "BF16"};
+    svdiff_lora_params_t o = svdiff_lora_default_params();
+    o.no_norms = a->no_norms, o.no_embeddings = a->no_emb, o.force = a->force, o.check = a->check;
     if (!a->model) return fprintf(stderr, "svdiff shifts to-lora: --model M is required (the base model of the shifts)\n"), 2;
     if (!a->out) return fprintf(stderr, "svdiff shifts to-lora: -o OUT.safetensors is required\n"), 2;
-    if (a->format && !strcmp(a->format, "diffusers")) o.format = LORA_FORMAT_DIFFUSERS;
+    if (a->format && !strcmp(a->format, "diffusers")) o.format = SVDIFF_LORA_DIFFUSERS;
     else if (a->format && strcmp(a->format, "kohya"))
         return fprintf(stderr, "svdiff shifts to-lora: --format must be kohya or diffusers, got '%s'\n", a->format), 2;
     if (a->dtype) {
-        if (!strcmp(a->dtype, "fp32") || !strcmp(a->dtype, "F32")) o.dtype = ST_F32;
-        else if (!strcmp(a->dtype, "fp16") || !strcmp(a->dtype, "F16")) o.dtype = ST_F16;
-        else if (!strcmp(a->dtype, "bf16") || !strcmp(a->dtype, "BF16")) o.dtype = ST_BF16;
+        if (!strcmp(a->dtype, "fp32") || !strcmp(a->dtype, "F32")) o.dtype = SVDIFF_DTYPE_F32;
+        else if (!strcmp(a->dtype, "fp16") || !strcmp(a->dtype, "F16")) o.dtype = SVDIFF_DTYPE_F16;
+        else if (!strcmp(a->dtype, "bf16") || !strcmp(a->dtype, "BF16")) o.dtype = SVDIFF_DTYPE_BF16;
         else return fprintf(stderr, "svdiff shifts to-lora: --dtype must be fp32, fp16 or bf16, got '%s'\n", a->dtype), 2;
     }
     o.max_rank = a->have_rank ? a->rank : 0;
     o.energy = a->have_energy ? a->energy : a->have_rank ? 1.0 : 0.99;
-    char cache_dir[PATHMAX];
-    if (!a->cache) svd_cache_default_dir(cache_dir, sizeof cache_dir);
-    else snprintf(cache_dir, sizeof cache_dir, "%s", strcmp(a->cache, "none") ? a->cache : "");
-    o.svd_cache_dir = cache_dir;
+    o.svd_cache_dir = !a->cache ? NULL : strcmp(a->cache, "none") ? a->cache : "";   /* NULL: the default folder */
 
-    target_t t;
-    int rc = target_load(&t, arg, a->force);
-    if (rc) return fail(rc);
-    const shift_set_t *sets[2];
-    int n = 0;
-    for (int p = 0; p < 2; p++)
-        if (t.file[p][0]) sets[n++] = &t.set[p];
-    pipeline_t pl;
-    rc = pipeline_open(&pl, a->model, NULL);
-    lora_export_stats_t st[2];
-    if (!rc) {
-        rc = lora_export(&pl, sets, n, &o, a->out, st);
-        pipeline_close(&pl);
-    }
-    target_free(&t);
-    if (rc) return fail(rc);
+    svdiff_shifts_t *t = NULL;
+    svdiff_lora_stats_t st[2];
+    int rc = svdiff_shifts_load_ex(arg, a->force, &t);
+    if (!rc) rc = svdiff_shifts_to_lora(t, a->model, &o, a->out, st);
+    svdiff_shifts_free(t);
+    if (rc) return api_fail(rc);
     static const char *const NAME[2] = {"unet", "text encoder"};
     for (int p = 0; p < 2; p++) {
         if (!st[p].layers && !st[p].norms && !st[p].zero_layers && !st[p].dropped) continue;
@@ -512,8 +296,9 @@ static int shifts_to_lora(const char *arg, const to_lora_args_t *a) {
             printf("%-12s  merged-weight error ||W_lora - W_shifted||_F / ||W_shifted - W_base||_F = %.3g\n", "",
                    st[p].ref2 > 0 ? sqrt(st[p].err2 / st[p].ref2) : 0.0);
     }
-    printf("wrote %s (%s, %s, %ld bytes)\n", a->out, o.format == LORA_FORMAT_KOHYA ? "kohya" : "diffusers",
-           st_dtype_name(o.dtype), file_size(a->out));
+    struct stat fs;
+    printf("wrote %s (%s, %s, %ld bytes)\n", a->out, o.format == SVDIFF_LORA_KOHYA ? "kohya" : "diffusers",
+           DTYPE_NAME[o.dtype], stat(a->out, &fs) == 0 ? (long)fs.st_size : -1L);
     return 0;
 }
 
@@ -609,18 +394,26 @@ int cmd_shifts(int argc, char **argv) {
     if (!out) return fprintf(stderr, "svdiff shifts %s: -o OUT is required\n", verb), 2;
 
     enum { MAXIN = 32 };
-    target_t in[MAXIN];
-    int n_in = 0, rc = SD_OK, ret = 0;
-    shift_set_t res[2];
-    int present[2] = {0, 0};
-    st_dtype_t dtype[2] = {ST_F32, ST_F32};
+    if (!strcmp(verb, "convert")) {
+        if (npos != 1) return fprintf(stderr, "svdiff shifts convert: give one IN\n"), 2;
+        if (!dtype_s) return fprintf(stderr, "svdiff shifts convert: --dtype fp16|fp32 is required\n"), 2;
+        int fp16;
+        if (!strcmp(dtype_s, "fp16") || !strcmp(dtype_s, "F16")) fp16 = 1;
+        else if (!strcmp(dtype_s, "fp32") || !strcmp(dtype_s, "F32")) fp16 = 0;
+        else return fprintf(stderr, "svdiff shifts convert: --dtype must be fp16 or fp32, got '%s'\n", dtype_s), 2;
+        const int to_scalar = format && !strcmp(format, "svdiff-pytorch");
+        if (format && !to_scalar && strcmp(format, "native"))
+            return fprintf(stderr, "svdiff shifts convert: --format must be native or svdiff-pytorch, got '%s'\n", format), 2;
+        return shifts_convert(pos[0], fp16, dtype_s, format, model, force, out);
+    }
+    /* combine, scale, limit-rank, mix: the public API's shift sets and toolbox */
+    svdiff_shifts_t *in[MAXIN] = {0}, *res = NULL;
+    int n_in = 0, rc = SVDIFF_OK, ret = 0, fp16 = -1;   /* -1: each part keeps its input's dtype */
     char hist[512];
-    for (int p = 0; p < 2; p++) shiftset_init(&res[p]);
-
-#define LOAD(arg)                                                       \
-    do {                                                                \
-        if ((rc = target_load(&in[n_in], (arg), force)) != 0) goto done;       \
-        n_in++;                                                         \
+#define LOAD(arg)                                                                    \
+    do {                                                                             \
+        if ((rc = svdiff_shifts_load_ex((arg), force, &in[n_in])) != 0) goto done;   \
+        n_in++;                                                                      \
     } while (0)
 
     if (!strcmp(verb, "combine")) {
@@ -634,19 +427,10 @@ int cmd_shifts(int argc, char **argv) {
         }
         for (int k = 0; k < npos; k++) LOAD(pos[k]);
         for (int k = 1; k < n_in; k++)
-            if ((rc = targets_alike(&in[0], pos[0], &in[k], pos[k]))) goto done;
+            if ((rc = sets_alike(in[0], pos[0], in[k], pos[k]))) goto done;
         snprintf(hist, sizeof hist, "combine of %d files, weights %s", npos, weights ? weights : "all 1");
-        for (int p = 0; p < nparts(&in[0]); p++) {
-            if (!in[0].file[p][0]) continue;
-            const shift_set_t *sets[MAXIN];
-            for (int k = 0; k < n_in; k++) sets[k] = &in[k].set[p];
-            /* checked here first so that the message names the files */
-            for (int k = 1; k < n_in; k++)
-                if ((rc = toolbox_check_compatible(sets[0], in[0].file[p], sets[k], in[k].file[p], force))) goto done;
-            shiftset_free(&res[p]);
-            if ((rc = toolbox_combine(&res[p], sets, weights ? w : NULL, n_in, force))) goto done;
-            present[p] = 1, dtype[p] = in[0].dtype[p];
-        }
+        if ((rc = svdiff_shifts_combine((const svdiff_shifts_t *const *)in, weights ? w : NULL, n_in, force, &res)))
+            goto done;
     } else if (!strcmp(verb, "scale") || !strcmp(verb, "limit-rank")) {
         if (npos != 2) return fprintf(stderr, "svdiff shifts %s: give IN and %s\n", verb, verb[0] == 's' ? "S" : "R"), 2;
         float s = 1;
@@ -660,145 +444,46 @@ int cmd_shifts(int argc, char **argv) {
                 return fprintf(stderr, "svdiff shifts limit-rank: R must be an integer >= 0, got '%s'\n", pos[1]), 2;
         }
         LOAD(pos[0]);
-        if (verb[0] == 's') snprintf(hist, sizeof hist, "scale %.9g", s);
-        else snprintf(hist, sizeof hist, "limit-rank %ld", R);
-        for (int p = 0; p < nparts(&in[0]); p++) {
-            if (!in[0].file[p][0]) continue;
-            shiftset_free(&res[p]);
-            if (verb[0] == 's') {
-                toolbox_scale(&res[p], &in[0].set[p], s);
-            } else {
-                const long kept = toolbox_limit_rank(&res[p], &in[0].set[p], (int)R);
-                long all = 0;
-                for (int i = 0; i < in[0].set[p].n; i++) all += in[0].set[p].entries[i].n;
-                const size_t b = st_dtype_size(in[0].dtype[p]);
+        if (verb[0] == 's') {
+            snprintf(hist, sizeof hist, "scale %.9g", s);
+            if ((rc = svdiff_shifts_scale(in[0], s, &res))) goto done;
+        } else {
+            snprintf(hist, sizeof hist, "limit-rank %ld", R);
+            if ((rc = svdiff_shifts_limit_rank(in[0], (int)R, &res, NULL))) goto done;
+            for (int p = 0; p < 2; p++) {
+                svdiff_shifts_part_t a, b;
+                svdiff_shifts_part(in[0], p, &a), svdiff_shifts_part(res, p, &b);
+                if (!a.present) continue;
                 printf("%s: %ld of %ld shift values kept; a truncated layout (R values per matrix) stores %ld bytes of "
                        "data instead of %ld\n",
-                       in[0].file[p], kept, all, kept * (long)b, all * (long)b);
+                       a.file, b.kept, a.values, b.kept * a.dtype_bytes, a.values * a.dtype_bytes);
             }
-            present[p] = 1, dtype[p] = in[0].dtype[p];
         }
-    } else if (!strcmp(verb, "mix")) {
+    } else {   /* mix */
         for (int k = 0; k < npos && n_layers < 64; k++) layers[n_layers++] = pos[k];
         if (!from || !rest || !n_layers)
             return fprintf(stderr, "svdiff shifts mix: --from A, --rest B and --layers SEL are required\n"), 2;
         LOAD(from);
         LOAD(rest);
-        if ((rc = targets_alike(&in[0], from, &in[1], rest))) goto done;
-        int n_from = 0;
+        if ((rc = sets_alike(in[0], from, in[1], rest))) goto done;
         char sel[400] = "";
         for (int k = 0; k < n_layers; k++) {
             const size_t u = strlen(sel);
             snprintf(sel + u, sizeof sel - u, "%s%s", k ? " " : "", layers[k]);
         }
         snprintf(hist, sizeof hist, "mix: %s from %s, rest from %s", sel, from, rest);
-        /* selectors must select something in the whole pair, not necessarily in each part */
-        for (int k = 0; k < n_layers; k++) {
-            int hit = 0;
-            for (int p = 0; p < 2 && !hit; p++)
-                for (int j = 0; j < 2 && !hit; j++)
-                    for (int i = 0; i < in[j].set[p].n && !hit; i++)
-                        hit = toolbox_selector_matches(layers[k], in[j].set[p].entries[i].path, levels, latent);
-            if (!hit) {
-                rc = sd_error(SD_ERR_ARG, "layer selector '%s' selects no shift of either input", layers[k]);
-                goto done;
-            }
+        if ((rc = svdiff_shifts_mix(in[0], in[1], layers, n_layers, levels, latent, force, &res, NULL))) goto done;
+        for (int p = 0; p < 2; p++) {
+            svdiff_shifts_part_t b;
+            svdiff_shifts_part(res, p, &b);
+            if (b.present) printf("%s: %d of %d shifts from %s, the rest from %s\n", PART_FILE[p], b.taken, b.entries, from, rest);
         }
-        for (int p = 0; p < nparts(&in[0]); p++) {
-            if (!in[0].file[p][0]) continue;
-            /* per part, only the selectors that select something there (checked above overall) */
-            const char *sel_p[64];
-            int ns = 0;
-            for (int k = 0; k < n_layers; k++) {
-                int hit = 0;
-                for (int j = 0; j < 2 && !hit; j++)
-                    for (int i = 0; i < in[j].set[p].n && !hit; i++)
-                        hit = toolbox_selector_matches(layers[k], in[j].set[p].entries[i].path, levels, latent);
-                if (hit) sel_p[ns++] = layers[k];
-            }
-            int nf = 0;
-            shiftset_free(&res[p]);
-            if ((rc = toolbox_mix(&res[p], &in[0].set[p], &in[1].set[p], sel_p, ns, levels, latent, force, &nf))) goto done;
-            n_from += nf;
-            printf("%s: %d of %d shifts from %s, the rest from %s\n", PART_FILE[p], nf, res[p].n, from, rest);
-            present[p] = 1, dtype[p] = in[1].dtype[p];
-        }
-        (void)n_from;
-    } else {   /* convert */
-        if (npos != 1) return fprintf(stderr, "svdiff shifts convert: give one IN\n"), 2;
-        if (!dtype_s) return fprintf(stderr, "svdiff shifts convert: --dtype fp16|fp32 is required\n"), 2;
-        st_dtype_t dt;
-        if (!strcmp(dtype_s, "fp16") || !strcmp(dtype_s, "F16")) dt = ST_F16;
-        else if (!strcmp(dtype_s, "fp32") || !strcmp(dtype_s, "F32")) dt = ST_F32;
-        else return fprintf(stderr, "svdiff shifts convert: --dtype must be fp16 or fp32, got '%s'\n", dtype_s), 2;
-        const int to_scalar = format && !strcmp(format, "svdiff-pytorch");
-        if (format && !to_scalar && strcmp(format, "native"))
-            return fprintf(stderr, "svdiff shifts convert: --format must be native or svdiff-pytorch, got '%s'\n", format), 2;
-        LOAD(pos[0]);
-        snprintf(hist, sizeof hist, "convert to %s%s%s", dtype_s, format ? ", format " : "", format ? format : "");
-        /* does any norm change form? */
-        int need = 0, lossy = 0;
-        for (int p = 0; p < 2; p++)
-            for (int i = 0; i < in[0].set[p].n; i++) {
-                const shift_entry_t *e = &in[0].set[p].entries[i];
-                if (format && toolbox_is_norm_path(e->path) && (e->n == 1) != to_scalar) {
-                    need = 1;
-                    if (to_scalar) lossy = 1;
-                }
-            }
-        if (need && !model) {
-            rc = sd_error(SD_ERR_ARG, "%s: changing the form of norm shifts needs the base model's norm gains: add --model M",
-                          pos[0]);
-            goto done;
-        }
-        if (to_scalar && !model) {
-            rc = sd_error(SD_ERR_ARG, "%s: --format svdiff-pytorch checks every shift against the base model's modules: add --model M",
-                          pos[0]);
-            goto done;
-        }
-        gamma_ctx_t g = {.buf = NULL};
-        if ((need || to_scalar) && (rc = model_open(&g.m, model, NULL))) goto done;
-        toolbox_fit_t fit[2] = {{0}, {0}};
-        for (int p = 0; p < nparts(&in[0]) && !rc; p++) {
-            if (!in[0].file[p][0]) continue;
-            double err = 0;
-            shiftset_free(&res[p]);
-            fit[p].report = print_fit, fit[p].ctx = NULL;
-            if (to_scalar && need) printf("%s: scalar fit of the per-element norm shifts (share of each shift lost):\n", in[0].file[p]);
-            if (format) rc = toolbox_convert_norms(&res[p], &in[0].set[p], to_scalar, get_gamma, &g, &err, &fit[p]);
-            else toolbox_scale(&res[p], &in[0].set[p], 1.0f);   /* an exact copy */
-            if (!rc && to_scalar) rc = check_svdiff_pytorch(&res[p], &g.m, in[0].file[p]);
-            present[p] = !rc, dtype[p] = dt;
-        }
-        if (!rc && lossy) {
-            toolbox_fit_t all = fit[0];
-            all.err2 += fit[1].err2, all.shift2 += fit[1].shift2, all.n_fitted += fit[1].n_fitted;
-            if (fit[1].worst_lost > all.worst_lost) {
-                all.worst_lost = fit[1].worst_lost;
-                memcpy(all.worst_path, fit[1].worst_path, sizeof all.worst_path);
-            }
-            const double lost = toolbox_fit_lost(&all);
-            printf("overall: %.3g of the norm shifts lost over %d norms (L2); worst %s: %.3g\n", lost, all.n_fitted,
-                   all.worst_path[0] ? all.worst_path : "none", all.worst_lost);
-            /* a fit within float rounding (shifts parallel to the gains, zero shifts) is no loss */
-            if (lost > FIT_TOLERANCE && !force)
-                rc = sd_error(SD_ERR_ARG,
-                              "%s holds per-element [C] norm shifts; svdiff-pytorch stores one scalar per norm "
-                              "(gain = gamma*ReLU(|gamma|+delta)/|gamma|), which can only scale the whole gain: the fit loses "
-                              "%.3g of the norm shifts (more than %g); nothing written. Add --force to write it anyway, or "
-                              "train with --norm-shift scalar for an exact file",
-                              pos[0], lost, FIT_TOLERANCE);
-        }
-        if (need || to_scalar) model_close(&g.m);
-        free(g.buf);
-        if (rc) goto done;
     }
-    for (int p = 0; p < 2; p++)
-        if (present[p]) toolbox_add_history(&res[p], hist);
-    rc = write_outputs(out, in[0].is_dir, res, present, dtype);
+#undef LOAD
+    if (!(rc = svdiff_shifts_add_history(res, hist))) rc = save_result(res, out, fp16);
 done:
-    if (rc) ret = fail(rc);
-    for (int k = 0; k < n_in; k++) target_free(&in[k]);
-    for (int p = 0; p < 2; p++) shiftset_free(&res[p]);
+    if (rc) ret = rc == SHIFTS_USAGE ? 2 : api_fail(rc);
+    for (int k = 0; k < n_in; k++) svdiff_shifts_free(in[k]);
+    svdiff_shifts_free(res);
     return ret;
 }

@@ -1,6 +1,6 @@
 /* `svdiff train` (DreamBooth-style personalisation by spectral shifts, or with --mode full by
  * every weight) and `svdiff pretrain` (full-weight training on a captioned data set, pretrain.c):
- * parses the flags, checks them, and hands over to the trainer (src/train/trainer.h). The training
+ * parses the flags, checks them, and hands them to svdiff_train / svdiff_pretrain. The training
  * settings and their flags (named after the diffusers training scripts, whose spellings are kept as
  * aliases) are the table of train/settings.h; the shared options are cli/args.h's. */
 #include <errno.h>
@@ -16,7 +16,7 @@
 #include "cli/commands.h"
 #include "train/cutmix.h"     /* CUTMIX_MAX_SUBJECTS: the most --subject */
 #include "train/settings.h"   /* the settings table: the flags, their help and parsing */
-#include "train/trainer.h"    /* train_config_t, the table's struct; not in the public API yet: pretrain */
+#include "train/trainer.h"    /* train_config_t, the table's struct, and its defaults */
 
 #define MAX_SAMPLE_PROMPTS 64
 
@@ -210,20 +210,8 @@ int train_cli(int argc, char **argv, int pretrain) {
         fprintf(stderr, "svdiff %s: --warmup %d is longer than --steps %d\n", verb, c.warmup, c.steps);
         return 2;
     }
-    if (pretrain) {
-        /* not in the public API yet: pretraining (a captioned data set, pretrain's own defaults) */
-        c.sample_prompts = samples;
-        c.n_sample_prompts = n_samples;
-        svdiff_set_threads(c.threads);
-        trainer_t t;
-        int rc = trainer_open(&t, &c);
-        if (!rc) rc = trainer_run(&t);
-        if (rc) fprintf(stderr, "svdiff %s: %s\n", verb, svdiff_last_error());
-        trainer_close(&t);
-        return rc ? 1 : 0;
-    }
     /* the common settings as fields, every other flag given as a "name=value" setting */
-    svdiff_train_params_t tp = svdiff_train_default_params();
+    svdiff_train_params_t tp = pretrain ? svdiff_pretrain_default_params() : svdiff_train_default_params();
     tp.model = c.model, tp.tokenizer_dir = c.tokenizer;
     tp.prediction_type = c.prediction_type, tp.scheduler_config = c.scheduler_config;
     tp.out_dir = c.out_dir;
@@ -251,7 +239,7 @@ int train_cli(int argc, char **argv, int pretrain) {
     /* --quiet: a progress callback that draws nothing (the API then draws no bar of its own); else
      * the trainer's bar and summary on stderr, as before. Ctrl-C ends the process as before. */
     if (c.quiet) tp.callbacks.progress = no_progress;
-    const int rc = svdiff_train(&tp);
+    const int rc = pretrain ? svdiff_pretrain(&tp) : svdiff_train(&tp);
     if (rc) fprintf(stderr, "svdiff %s: %s\n", verb, svdiff_last_error());
     return rc ? 1 : 0;
 }
