@@ -70,6 +70,48 @@ class EditParams(C.Structure):
                 ("no_inversion", C.c_int), ("seed", C.c_uint64), ("callbacks", Callbacks)]
 
 
+class EditReport(C.Structure):
+    _fields_ = [("noise_reconstruction_psnr", C.c_double), ("vae_roundtrip_psnr", C.c_double),
+                ("reconstruction_vs_vae_psnr", C.c_double)]
+
+
+class ShiftsPart(C.Structure):
+    _fields_ = [("present", C.c_int), ("folder", C.c_int), ("file", C.c_char_p), ("entries", C.c_int),
+                ("values", C.c_long), ("matrices", C.c_int), ("norms", C.c_int), ("dtype", C.c_char_p),
+                ("dtype_bytes", C.c_int), ("kept", C.c_long), ("taken", C.c_int), ("n_meta", C.c_int)]
+
+
+# svdiff_fit_fn: (part, path or NULL, lost, max_gain_err, user_data)
+FIT_FN = C.CFUNCTYPE(None, C.c_int, C.c_char_p, C.c_double, C.c_double, C.c_void_p)
+
+
+class ConvertParams(C.Structure):
+    _fields_ = [("fp16", C.c_int), ("format", C.c_char_p), ("model", C.c_char_p), ("force", C.c_int),
+                ("fit", FIT_FN), ("user_data", C.c_void_p)]
+
+
+class ConvertStats(C.Structure):
+    _fields_ = [("lossy", C.c_int), ("lost", C.c_double), ("n_fitted", C.c_int), ("worst_lost", C.c_double),
+                ("worst_path", C.c_char * 256)]
+
+
+# svdiff_lora_format_t, svdiff_dtype_t
+LORA_FORMATS = {"kohya": 0, "diffusers": 1}
+DTYPES = {"f32": 0, "fp32": 0, "f16": 1, "fp16": 1, "bf16": 2}
+
+
+class LoraParams(C.Structure):
+    _fields_ = [("format", C.c_int), ("max_rank", C.c_int), ("energy", C.c_double), ("dtype", C.c_int),
+                ("no_norms", C.c_int), ("no_embeddings", C.c_int), ("force", C.c_int), ("check", C.c_int),
+                ("svd_cache_dir", C.c_char_p)]
+
+
+class LoraStats(C.Structure):
+    _fields_ = [("layers", C.c_int), ("zero_layers", C.c_int), ("norms", C.c_int), ("dropped", C.c_int),
+                ("rank_min", C.c_int), ("rank_max", C.c_int), ("energy_total", C.c_double),
+                ("energy_kept", C.c_double), ("bytes", C.c_long), ("err2", C.c_double), ("ref2", C.c_double)]
+
+
 P = C.c_void_p   # opaque handles (svdiff_model_t *, svdiff_shifts_t *)
 I = C.c_int
 S = C.c_char_p
@@ -118,6 +160,23 @@ PROTOTYPES = {
     "svdiff_shifts_scale": (I, [P, C.c_float, C.POINTER(P)]),
     "svdiff_shifts_limit_rank": (I, [P, I, C.POINTER(P), C.POINTER(C.c_long)]),
     "svdiff_shifts_mix": (I, [P, P, C.POINTER(S), I, I, I, I, C.POINTER(P), C.POINTER(I)]),
+    "svdiff_shifts_part": (I, [P, I, C.POINTER(ShiftsPart)]),
+    "svdiff_shifts_meta_at": (I, [P, I, I, C.POINTER(S), C.POINTER(S)]),
+    "svdiff_shifts_describe": (I, [S, I, S, S, I, C.POINTER(P)]),          # *json: char * to svdiff_free
+    "svdiff_convert_default_params": (ConvertParams, []),
+    "svdiff_shifts_convert": (I, [P, C.POINTER(ConvertParams), C.POINTER(P), C.POINTER(ConvertStats)]),
+    "svdiff_lora_default_params": (LoraParams, []),
+    "svdiff_shifts_to_lora": (I, [P, S, C.POINTER(LoraParams), S, C.POINTER(LoraStats)]),   # stats[2]
+    "svdiff_output_check": (I, [S]),
+    "svdiff_folder_lock": (I, [S, C.POINTER(P)]),
+    "svdiff_folder_unlock": (None, [P]),
+    "svdiff_latents_read": (I, [S, I, I, I, I, C.POINTER(C.c_float)]),
+    "svdiff_latents_write": (I, [S, C.POINTER(C.c_float), I, I, I, I, C.POINTER(S), I]),
+    "svdiff_model_describe": (I, [S, C.POINTER(ModelParams), C.POINTER(P)]),   # *json: char * to svdiff_free
+    "svdiff_pretrain_default_params": (TrainParams, []),
+    "svdiff_pretrain": (I, [C.POINTER(TrainParams)]),
+    "svdiff_edit_report": (I, [P, C.POINTER(EditParams), C.POINTER(ImageStruct), C.POINTER(EditReport)]),
+    "svdiff_psnr": (C.c_double, [C.POINTER(C.c_uint8), C.POINTER(C.c_uint8), C.c_size_t]),
 }
 
 

@@ -7,8 +7,10 @@ import sys
 import unittest
 
 import svdiff
-from svdiff import _lib
+from svdiff import _api, _lib
 from common import HERE, MODEL, SOURCE, scratch
+
+SHIFTS_FILE = os.path.join(SOURCE, "tests", "fixtures", "toolbox", "a.safetensors")
 
 
 class Package(unittest.TestCase):
@@ -54,6 +56,39 @@ class Package(unittest.TestCase):
         self.assertFalse(t.callbacks.progress or t.callbacks.cancel)
         m = lib.svdiff_model_default_params()
         self.assertEqual((m.threads, m.compute, m.force), (0, 0, 0))
+        pt = lib.svdiff_pretrain_default_params()
+        self.assertEqual(pt.mode, _api.TRAIN_MODES["full"])
+        self.assertGreater(pt.steps, 0)
+        self.assertGreater(pt.lr, 0)
+        self.assertEqual((pt.n_settings, pt.instance_dir, pt.out_dir), (0, None, None))
+        self.assertFalse(pt.callbacks.progress or pt.callbacks.cancel)
+        c = lib.svdiff_convert_default_params()
+        self.assertEqual((c.fp16, c.format, c.model, c.force, c.user_data), (0, None, None, 0, None))
+        self.assertFalse(c.fit)
+        lo = lib.svdiff_lora_default_params()
+        self.assertEqual((lo.format, lo.max_rank, lo.dtype, lo.no_norms, lo.no_embeddings, lo.force, lo.check),
+                         (_api.LORA_FORMATS["kohya"], 0, _api.DTYPES["f16"], 0, 0, 0, 0))
+        self.assertAlmostEqual(lo.energy, 0.99, places=12)
+        self.assertIsNone(lo.svd_cache_dir)
+
+    def test_shifts_part_layout(self):
+        """svdiff_shifts_part_t's fields (ints, longs and pointers mixed) land where the header puts them:
+        the counts agree with the entries read one by one."""
+        import ctypes
+        lib = _lib.load()
+        s = svdiff.Shifts.load(SHIFTS_FILE)
+        self.addCleanup(s.close)
+        info = _api.ShiftsPart()
+        self.assertEqual(lib.svdiff_shifts_part(s.handle, 0, ctypes.byref(info)), 0)
+        self.assertEqual((info.present, info.folder, info.entries), (1, 0, len(s)))
+        self.assertEqual(os.path.realpath(info.file.decode()), os.path.realpath(SHIFTS_FILE))
+        self.assertEqual(info.values, sum(len(v) for _, v in s))
+        self.assertEqual(info.matrices + info.norms, info.entries)
+        self.assertIn((info.dtype, info.dtype_bytes), [(b"F32", 4), (b"F16", 2)])
+        self.assertEqual((info.kept, info.taken), (-1, -1))
+        self.assertGreater(info.n_meta, 0)
+        self.assertEqual(lib.svdiff_shifts_part(s.handle, 1, ctypes.byref(info)), 0)
+        self.assertEqual((info.present, info.entries, info.values), (0, 0, 0))
 
     def test_prototypes_match_the_header(self):
         """Every SVDIFF_API function of include/svdiff.h has a ctypes prototype, and no other."""
