@@ -1,9 +1,11 @@
 """svdiff.Shifts: spectral shifts in memory (a UNet part and a text-encoder part) and the toolbox
 of `svdiff shifts`: combine, scale, limit_rank, mix; load and save shift files."""
 import ctypes
+import json
+import os
 
-from . import _api, _image, _lib
-from ._errors import Error, check, encode
+from . import _api, _errors, _image, _lib
+from ._errors import Error, check, encode, take_string
 
 
 class Shifts:
@@ -18,6 +20,8 @@ class Shifts:
         self._h = handle
         self.kept_values = None   # limit_rank: the values a truncated layout stores
         self.n_from = None        # mix: the entries taken from `from_`
+        self.path = None          # load: the file or folder it was read from
+        self.convert_stats = None   # convert: what the scalar fit of the norm shifts lost
 
     @classmethod
     def load(cls, path, force=False):
@@ -25,7 +29,9 @@ class Shifts:
         together unless force)."""
         h = ctypes.c_void_p()
         check(_lib.load().svdiff_shifts_load_ex(encode(path), 1 if force else 0, ctypes.byref(h)))
-        return cls(h)
+        r = cls(h)
+        r.path, r._force = os.fspath(path), bool(force)
+        return r
 
     def save(self, path, fp16=None):
         """Saves in the form the set was loaded from (a folder's set: the folder path with both
@@ -108,6 +114,120 @@ class Shifts:
         the toolbox methods record none themselves."""
         check(_lib.load().svdiff_shifts_add_history(self.handle, encode(entry)))
         return self
+
+    # ---- per-part view, description ----
+    def parts(self):
+        """The parts present (0 the UNet's, 1 the text encoder's), as dicts: part, folder, file (None
+        for a toolbox result), entries, values, matrices, norms, dtype ("F16" / "F32"), dtype_bytes,
+        kept (limit_rank's values kept, else None), taken (mix's entries from `from_`, else None),
+        metadata (dict in file order)."""
+        lib, out = _lib.load(), []
+        for part in (0, 1):
+            i = _api.ShiftsPart()
+            check(lib.svdiff_shifts_part(self.handle, part, ctypes.byref(i)))
+            if not i.present:
+                continue
+            meta = {}
+            for k in range(i.n_meta):
+                key, value = ctypes.c_char_p(), ctypes.c_char_p()
+                check(lib.svdiff_shifts_meta_at(self.handle, part, k, ctypes.byref(key), ctypes.byref(value)))
+                meta[key.value.decode("utf-8", "replace")] = value.value.decode("utf-8", "replace")
+            out.append({"part": part, "folder": bool(i.folder), "file": None if i.file is None else i.file.decode(),
+                        "entries": i.entries, "values": i.values, "matrices": i.matrices, "norms": i.norms,
+                        "dtype": i.dtype.decode(), "dtype_bytes": i.dtype_bytes,
+                        "kept": None if i.kept < 0 else i.kept, "taken": None if i.taken < 0 else i.taken,
+                        "metadata": meta})
+        return out
+
+    def describe(self, svd_cache=None, model=None, top=10, force=None):
+        """What `svdiff shifts info --json` prints, as a dict ({"files": [...]}). Called on a set
+        read by Shifts.load (its file or folder), or as Shifts.describe(path). svd_cache (an SVD
+        cache file or folder) or model (whose weights hash names the cache file) give singular
+        values: "largest_relative_shifts" instead of "largest_shifts"; top: how many."""
+        if isinstance(self, Shifts):
+            path = self.path
+            if path is None:
+                raise Error(_api.ERR_ARG, "Shifts.describe: this set was not loaded from a file (save it, then describe the file)")
+            if force is None:
+                force = self._force
+        else:
+            path = os.fspath(self)
+        txt = ctypes.c_void_p()
+        check(_lib.load().svdiff_shifts_describe(encode(path), 1 if force else 0, encode(svd_cache), encode(model),
+                                                 int(top), ctypes.byref(txt)))
+        return json.loads(take_string(txt))
+
+    # ---- convert, export ----
+    def convert(self, dtype="fp32", format=None, model=None, force=False, fit=None):
+        """`svdiff shifts convert`: a new set stored as dtype ("fp32", "fp16", or None: each part's
+        own), format None (values only), "native" (per-element norm shifts) or "svdiff-pytorch"
+        (scalar norm shifts, a least-squares fit; needs model, the base model). A fit losing more
+        than 1e-4 of the norm shifts raises svdiff.Error unless force. fit(part, path, lost,
+        max_gain_err) is called per fitted norm (path None: part's fit begins). The new set's
+        .convert_stats: dict lossy, lost, n_fitted, worst_lost, worst_path (also on the error,
+        as its .convert_stats). `svdiff shifts convert` also records add_history("convert to DTYPE")."""
+        lib = _lib.load()
+        p = lib.svdiff_convert_default_params()
+        fp16 = {None: -1, "fp32": 0, "f32": 0, "fp16": 1, "f16": 1}
+        if dtype not in fp16:
+            raise ValueError("Shifts.convert: dtype must be fp32, fp16 or None, got %r" % (dtype,))
+        keep = [encode(format), encode(model)]
+        p.fp16, p.format, p.model, p.force = fp16[dtype], keep[0], keep[1], 1 if force else 0
+        raised = []
+        if fit is not None:
+            def call(part, path, lost, err, _ud):
+                if raised:
+                    return
+                try:
+                    fit(part, None if path is None else path.decode("utf-8", "replace"), lost, err)
+                except BaseException as e:   # noqa: B902 (raised again after the call)
+                    raised.append(e)
+            cb = _api.FIT_FN(call)
+            keep.append(cb)
+            p.fit = cb
+        out, st = ctypes.c_void_p(), _api.ConvertStats()
+        rc = lib.svdiff_shifts_convert(self.handle, ctypes.byref(p), ctypes.byref(out), ctypes.byref(st))
+        stats = {"lossy": bool(st.lossy), "lost": st.lost, "n_fitted": st.n_fitted, "worst_lost": st.worst_lost,
+                 "worst_path": st.worst_path.decode("utf-8", "replace")}
+        if rc and out:
+            lib.svdiff_shifts_free(out)
+        if raised:
+            if not rc and out:
+                lib.svdiff_shifts_free(out)
+            raise raised[0]
+        try:
+            check(rc)
+        except Error as e:
+            e.convert_stats = stats
+            raise
+        r = Shifts(out)
+        r.convert_stats = stats
+        return r
+
+    def to_lora(self, model, output, format="kohya", rank=None, energy=None, dtype="fp16", no_norms=False,
+                no_embeddings=False, force=False, check=False, svd_cache_dir=None):
+        """`svdiff shifts to-lora`: writes the set as one LoRA file `output` for the base model at
+        `model`. format "kohya" or "diffusers"; rank: at most this per layer; energy: per layer the
+        smallest rank keeping this share of ||dW||^2 (default 0.99, or 1 with rank alone, as the
+        CLI); dtype of the factors "fp16", "fp32" or "bf16"; svd_cache_dir None the default folder,
+        "" none. check: measure the written factors (err2 / ref2). Returns the stats of the
+        two components (UNet, text encoder) as dicts; the file records the set's load path."""
+        lib = _lib.load()
+        p = lib.svdiff_lora_default_params()
+        if format not in _api.LORA_FORMATS:
+            raise ValueError("Shifts.to_lora: format must be kohya or diffusers, got %r" % (format,))
+        if str(dtype).lower() not in _api.DTYPES:
+            raise ValueError("Shifts.to_lora: dtype must be fp32, fp16 or bf16, got %r" % (dtype,))
+        p.format, p.dtype = _api.LORA_FORMATS[format], _api.DTYPES[str(dtype).lower()]
+        p.max_rank = 0 if rank is None else int(rank)
+        p.energy = float(energy) if energy is not None else 1.0 if rank is not None else 0.99
+        p.no_norms, p.no_embeddings = 1 if no_norms else 0, 1 if no_embeddings else 0
+        p.force, p.check = 1 if force else 0, 1 if check else 0
+        cache = encode(svd_cache_dir)
+        p.svd_cache_dir = cache
+        st = (_api.LoraStats * 2)()
+        _errors.check(lib.svdiff_shifts_to_lora(self.handle, encode(os.fspath(model)), ctypes.byref(p), encode(output), st))
+        return [{k: getattr(st[c], k) for k, _ in _api.LoraStats._fields_} for c in (0, 1)]
 
     def __repr__(self):
         return "<svdiff.Shifts %s>" % ("closed" if self._h is None else "%d entries" % len(self))
