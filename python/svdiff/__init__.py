@@ -22,7 +22,8 @@ from ._image import Image, have_numpy  # noqa: E402
 from ._lib import LibraryNotFound  # noqa: E402
 from .model import SAMPLERS, EditResult, Images, Model, grid, read_image, write_png  # noqa: E402
 from .shifts import Shifts  # noqa: E402
-from .train import train  # noqa: E402
+from .tools import FolderLock, check_output, describe_model, psnr, read_latents, write_latents  # noqa: E402
+from .train import pretrain, train  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -45,7 +46,8 @@ def set_threads(n):
     _lib.load().svdiff_set_threads(int(n))
 
 
-__all__ = ["Model", "Images", "EditResult", "Shifts", "train", "Error", "Cancelled", "LibraryNotFound", "Progress",
+__all__ = ["Model", "Images", "EditResult", "Shifts", "train", "pretrain", "describe_model", "read_latents",
+           "write_latents", "psnr", "check_output", "FolderLock", "Error", "Cancelled", "LibraryNotFound", "Progress",
            "Image", "have_numpy", "read_image", "write_png", "grid", "SAMPLERS", "version", "library_path",
            "set_threads", "OK", "ERR_IO", "ERR_FORMAT", "ERR_SHAPE", "ERR_NOMEM", "ERR_ARG", "ERR_NUMERIC",
            "ERR_CANCELLED", "ERR_UNSUPPORTED"]

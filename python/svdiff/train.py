@@ -70,20 +70,44 @@ def train(model, output_dir, instance_prompt, instance_dir=None, instance_images
         raise ValueError("mode must be one of %s, got %r" % (", ".join(_api.TRAIN_MODES), mode))
     if instance_dir is not None and instance_images is not None:
         raise ValueError("train: give instance_dir or instance_images, not both")
-    if instance_dir is None and instance_images is None and not settings.get("subject"):
-        raise ValueError("train: give instance_dir, instance_images or subject=[\"PHRASE=DIR\", ...]")
-    p = lib.svdiff_train_default_params()
+    if instance_dir is None and instance_images is None and not settings.get("subject") and not settings.get("data"):
+        raise ValueError("train: give instance_dir, instance_images, data=\"CAPTIONS.tsv\" or subject=[\"PHRASE=DIR\", ...]")
+    return _run(lib.svdiff_train_default_params(), lib.svdiff_train, model, output_dir, instance_prompt, instance_dir,
+                instance_images, class_images, mode, progress, cancel, settings)
+
+
+def pretrain(model, output_dir, data, mode=None, progress=None, cancel=None, **settings):
+    """Pretraining as `svdiff pretrain` does (same files and bytes for the same settings and
+    threads): every weight of `model` trained on the captioned data set `data` (a TSV, rows
+    "path<TAB>caption[<TAB>split]"); output_dir becomes a diffusers model folder. Settings as
+    svdiff.train (named ones, or any `svdiff pretrain` flag by name: image_root="imgs/",
+    ema_decay=0.9, save_dtype="fp16", sample_every=3, sample_prompt=["a dog"]); mode None keeps
+    pretrain's default (full). Returns output_dir."""
+    lib = _lib.load()
+    p = lib.svdiff_pretrain_default_params()
+    if mode is not None:
+        if mode not in _api.TRAIN_MODES:
+            raise ValueError("mode must be one of %s, got %r" % (", ".join(_api.TRAIN_MODES), mode))
+        p.mode = _api.TRAIN_MODES[mode]
+    settings = dict(settings, data=data)
+    return _run(p, lib.svdiff_pretrain, model, output_dir, None, None, None, None, None, progress, cancel, settings)
+
+
+def _run(p, fn, model, output_dir, instance_prompt, instance_dir, instance_images, class_images, mode, progress,
+         cancel, settings):
+    """Fills the params struct p (from *_default_params) and runs fn (svdiff_train / svdiff_pretrain)."""
     keep = []
 
     def s(v):
         keep.append(encode(v))
         return keep[-1]
 
-    p.model, p.out_dir, p.instance_prompt = s(os.fspath(model)), s(output_dir), s(instance_prompt)
-    p.mode = _api.TRAIN_MODES[mode]
+    p.model, p.out_dir, p.instance_prompt = s(os.fspath(model)), s(os.fspath(output_dir)), s(instance_prompt)
+    if mode is not None:
+        p.mode = _api.TRAIN_MODES[mode]
     if instance_dir is not None:
         p.instance_dir = s(instance_dir)
-    else:
+    elif instance_images is not None:
         arr, bufs = _images(instance_images)
         keep += [arr, bufs]
         p.instance_images, p.n_instance_images = arr, len(bufs)
@@ -111,7 +135,7 @@ def train(model, output_dir, instance_prompt, instance_dir=None, instance_images
     hooks = Hooks(progress, cancel)
     p.callbacks = hooks.struct
     with hooks:
-        rc = lib.svdiff_train(ctypes.byref(p))
+        rc = fn(ctypes.byref(p))
     hooks.reraise()
     check(rc)
     return output_dir
