@@ -278,13 +278,15 @@ class Model:
 
     # ---- editing ----
     def edit(self, image, prompt, edits, resolution=None, steps=None, cfg=None, eta=None, slerp=None,
-             invert_source=False, no_inversion=False, seed=None, progress=None, cancel=None):
+             invert_source=False, no_inversion=False, seed=None, progress=None, cancel=None, report=False):
         """CoSINE single-image editing as `svdiff edit` does it on this model: image (a path, an
         array or an svdiff.Image) DDIM-inverted with prompt, then sampled with each of edits.
         Defaults: steps 50, cfg 3, eta 0.1, seed 42, the model's native resolution. Returns
         svdiff.EditResult(edits, reconstruction, input, psnr): the edited images, the prompt
         sampled back from the inversion, the input as edited (resized, centre-cropped) and the
-        reconstruction's PSNR in dB."""
+        reconstruction's PSNR in dB. report=True adds what `svdiff edit --report` prints (one more
+        sampling run and the VAE round trip) as .report: reconstruction_psnr, vae_roundtrip_psnr (inf
+        without a VAE), reconstruction_vs_vae_psnr, noise_reconstruction_psnr (dB)."""
         lib = _lib.load()
         edits = [edits] if isinstance(edits, str) else list(edits)
         p = lib.svdiff_edit_default_params()
@@ -307,15 +309,23 @@ class Model:
         p.callbacks = hooks.struct
         out = ctypes.POINTER(_api.ImageStruct)()
         psnr = ctypes.c_double()
+        rep = _api.EditReport()
         with hooks:
             rc = lib.svdiff_edit(self.handle, ctypes.byref(p), ctypes.byref(out), ctypes.byref(psnr))
+            if not rc and report and hooks.error is None:   # on the images svdiff_edit returned
+                rc = lib.svdiff_edit_report(self.handle, ctypes.byref(p), out, ctypes.byref(rep))
+        images = _take_images(out, len(edits) + 2) if out else None
         hooks.reraise()
         check(rc)
-        images = _take_images(out, len(edits) + 2)
-        return EditResult(images[2:], images[1], images[0], psnr.value)
+        figures = None
+        if report:
+            figures = {"reconstruction_psnr": psnr.value, "vae_roundtrip_psnr": rep.vae_roundtrip_psnr,
+                       "reconstruction_vs_vae_psnr": rep.reconstruction_vs_vae_psnr,
+                       "noise_reconstruction_psnr": rep.noise_reconstruction_psnr}
+        return EditResult(images[2:], images[1], images[0], psnr.value, figures)
 
 
-EditResult = collections.namedtuple("EditResult", "edits reconstruction input psnr")
+EditResult = collections.namedtuple("EditResult", "edits reconstruction input psnr report", defaults=(None,))
 
 
 def _floats(values):

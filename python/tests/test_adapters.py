@@ -95,6 +95,29 @@ class Adapters(unittest.TestCase):
         r2 = self.model.edit(svdiff.read_image(image), "a dog", "a cat", resolution=16, steps=3)
         self.assertEqual(rgb(r2.input), rgb(r.input))
 
+    def test_edit_report(self):
+        """report=True: the figures `svdiff edit --report` prints, to its 4 decimals."""
+        image = os.path.join(IMAGES, sorted(os.listdir(IMAGES))[0])
+        p = cli("edit", "--model", TINY, "--image", image, "--prompt", "a dog", "--edit", "a cat", "--shifts", ZERO,
+                "--sample-steps", 3, "--resolution", 16, "--threads", 2, "--svd-cache", "none", "--force", "--quiet",
+                "--report", "-o", os.path.join(self.work, "edit-report"))
+        want = dict(line.split() for line in p.stdout.decode().splitlines() if line.endswith(tuple("0123456789")))
+        self.model.clear_adapters()
+        self.model.apply_shifts(ZERO)
+        seen = []
+        r = self.model.edit(image, "a dog", "a cat", resolution=16, steps=3, report=True, progress=seen.append)
+        self.model.clear_adapters()
+        got = {"reconstruction_psnr_db": r.report["reconstruction_psnr"],
+               "vae_roundtrip_psnr_db": r.report["vae_roundtrip_psnr"],
+               "reconstruction_vs_vae_roundtrip_psnr_db": r.report["reconstruction_vs_vae_psnr"],
+               "noise_reconstruction_psnr_db": r.report["noise_reconstruction_psnr"],
+               "edit_1_psnr_db": svdiff.psnr(r.edits[0], r.input)}
+        self.assertEqual({k: "%.4f" % v for k, v in got.items()}, want)
+        self.assertEqual(r.report["reconstruction_psnr"], r.psnr)
+        self.assertEqual(svdiff.psnr(r.reconstruction, r.input), r.psnr)
+        self.assertGreater(len([x for x in seen if x.stage == "edit"]), 3)   # the report's sampling run too
+        self.assertIsNone(self.model.edit(image, "a dog", "a cat", resolution=16, steps=3).report)
+
 
 if __name__ == "__main__":
     unittest.main()
