@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "api/api_internal.h"
+#include "base/runtime.h"
 #include "io/image.h"
 #include "pipeline/edit.h"
 
@@ -14,12 +15,6 @@ SVDIFF_API svdiff_edit_params_t svdiff_edit_default_params(void) {
     svdiff_edit_params_t p = {0};
     p.steps = 50, p.cfg = 3.0f, p.eta = 0.1f, p.slerp = 0.0f, p.seed = 42;
     return p;
-}
-
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
 typedef struct {
@@ -33,7 +28,7 @@ static void on_step(void *vctx, int step, int num_steps, float t, const float *l
     (void)num_steps, (void)t, (void)latents;
     edit_ctx_t *e = vctx;
     const long done = e->base + step;
-    if (e->cb->progress) e->cb->progress(e->stage, (int)done, (int)e->total, (now_s() - e->t0) / (double)done, e->cb->user_data);
+    if (e->cb->progress) e->cb->progress(e->stage, (int)done, (int)e->total, (sd_now_s() - e->t0) / (double)done, e->cb->user_data);
 }
 
 static int check_params(const svdiff_edit_params_t *e) {
@@ -95,7 +90,7 @@ SVDIFF_API int svdiff_edit(svdiff_model_t *m, const svdiff_edit_params_t *e, svd
     }
     const int invert_target = !e->invert_source;
     const int inv_runs = e->no_inversion ? 0 : 1 + (invert_target ? n_edits : 0);
-    edit_ctx_t pc = {.cb = &e->callbacks, .total = (long)steps * (inv_runs + 1 + n_edits), .t0 = now_s()};
+    edit_ctx_t pc = {.cb = &e->callbacks, .total = (long)steps * (inv_runs + 1 + n_edits), .t0 = sd_now_s()};
 #define RUN(stage_, what, call)                                     \
     do {                                                            \
         if (!rc) rc = cancelled(&e->callbacks, what);               \
@@ -172,7 +167,7 @@ SVDIFF_API int svdiff_edit_report(svdiff_model_t *m, const svdiff_edit_params_t 
     rng_fill_normal(&r, noise, n);
     out->noise_reconstruction_psnr = NAN, out->vae_roundtrip_psnr = INFINITY;
     out->reconstruction_vs_vae_psnr = edit_psnr(images[1].rgb, images[0].rgb, npix);
-    edit_ctx_t pc = {.cb = &e->callbacks, .stage = SVDIFF_STAGE_EDIT, .total = e->steps, .t0 = now_s()};
+    edit_ctx_t pc = {.cb = &e->callbacks, .stage = SVDIFF_STAGE_EDIT, .total = e->steps, .t0 = sd_now_s()};
     if (!rc) rc = cancelled(&e->callbacks, "the noise reconstruction");
     if (!rc) rc = edit_sample(p, noise, e->prompt, res, e->steps, 1.0f, 0.0f, e->seed, lat, on_step, &pc);
     uint8_t *rn = NULL, *rt = NULL;

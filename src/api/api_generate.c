@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "api/api_internal.h"
+#include "base/runtime.h"
 #include "io/image.h"
 #include "io/outputs.h"
 #include "ops/ops.h"
@@ -40,12 +41,6 @@ SVDIFF_API svdiff_generate_params_t svdiff_generate_default_params(void) {
     return p;
 }
 
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 typedef struct {
     const svdiff_callbacks_t *cb;
     svdiff_stage_t stage;
@@ -59,7 +54,7 @@ static void on_step(void *vctx, int step, int num_steps, float t, const float *l
     (void)num_steps, (void)t, (void)latents;
     gen_ctx_t *g = vctx;
     const long done = g->base + step;
-    if (g->cb->progress) g->cb->progress(g->stage, (int)done, (int)g->total, (now_s() - g->t0) / (double)done, g->cb->user_data);
+    if (g->cb->progress) g->cb->progress(g->stage, (int)done, (int)g->total, (sd_now_s() - g->t0) / (double)done, g->cb->user_data);
     if (g->cb->cancel && g->cb->cancel(g->cb->user_data)) g->stop = 1;
 }
 
@@ -112,7 +107,7 @@ SVDIFF_API int svdiff_generate(svdiff_model_t *m, const svdiff_generate_params_t
         free(init);
         return sd_nomem("image list", sizeof *imgs * n);
     }
-    gen_ctx_t g = {.cb = &params->callbacks, .stage = SVDIFF_STAGE_SAMPLE, .total = (long)((n + params->batch - 1) / params->batch) * params->steps, .t0 = now_s()};
+    gen_ctx_t g = {.cb = &params->callbacks, .stage = SVDIFF_STAGE_SAMPLE, .total = (long)((n + params->batch - 1) / params->batch) * params->steps, .t0 = sd_now_s()};
     for (int i = 0, bn; !rc && i < n; i += bn) {
         bn = n - i < params->batch ? n - i : params->batch;
         if (g.cb->cancel && g.cb->cancel(g.cb->user_data)) g.stop = 1;

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 static const char *wanted_coretype(void) {
@@ -54,4 +55,10 @@ void sd_set_threads(int n) {
     if (n <= 0) return;
     omp_set_num_threads(n);
     openblas_set_num_threads(n);
+}
+
+double sd_now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }

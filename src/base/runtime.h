@@ -17,4 +17,7 @@ void sd_runtime_init(int argc, char **argv);
 /* Sets the thread count of OpenMP and OpenBLAS together (n <= 0: leave the default). */
 void sd_set_threads(int n);
 
+/* Seconds on the monotonic clock (for rates and elapsed times; not wall-clock dates). */
+double sd_now_s(void);
+
 #endif

@@ -16,6 +16,7 @@
 
 #include "base/error.h"
 #include "base/progress.h"
+#include "base/runtime.h"
 #include "io/outputs.h"
 #include "shifts/shifts.h"
 
@@ -48,12 +49,6 @@ static char *xstrdup(const char *s) {
     char *d = sd_xmalloc(n);
     memcpy(d, s, n);
     return d;
-}
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + 1e-9 * ts.tv_nsec;
 }
 
 /* mkdir -p */
@@ -363,7 +358,7 @@ static void run_start(svd_run_t *r, svd_cache_t *c, const char *what, long total
     memset(r, 0, sizeof *r);
     r->what = what, r->total = total;
     r->loaded0 = svd_cache_loaded(c), r->computed0 = svd_cache_computed(c);
-    r->t0 = now_s();
+    r->t0 = sd_now_s();
     progress_start(&r->bar, what, total, "layer");
 }
 
@@ -373,13 +368,13 @@ static int run_finish(svd_run_t *r, svd_cache_t *c, int rc) {
     const long loaded = svd_cache_loaded(c) - r->loaded0, computed = svd_cache_computed(c) - r->computed0;
     if (c) {
         fprintf(stderr, "%s: %ld matrices, %ld from the SVD cache, %ld computed, %.2f s (%s)\n", r->what, r->total,
-                loaded, computed, now_s() - r->t0, svd_cache_file(c));
+                loaded, computed, sd_now_s() - r->t0, svd_cache_file(c));
         if (computed && !c->save_failed) {
             /* the cache only saves time: a cache that cannot be written (read-only, disk full,
              * a folder in the way) must not stop the run whose factors are all computed */
-            const double t = now_s();
+            const double t = sd_now_s();
             if (svd_cache_save(c) == SD_OK) {
-                fprintf(stderr, "%s: SVD cache saved in %.2f s\n", r->what, now_s() - t);
+                fprintf(stderr, "%s: SVD cache saved in %.2f s\n", r->what, sd_now_s() - t);
             } else {
                 fprintf(stderr, "warning: %s; going on without saving the SVD cache (its factors will be "
                         "recomputed next time)\n", sd_last_error());
@@ -388,7 +383,7 @@ static int run_finish(svd_run_t *r, svd_cache_t *c, int rc) {
             }
         }
     } else {
-        fprintf(stderr, "%s: %ld matrices factored in %.2f s\n", r->what, r->total, now_s() - r->t0);
+        fprintf(stderr, "%s: %ld matrices factored in %.2f s\n", r->what, r->total, sd_now_s() - r->t0);
     }
     return rc;
 }

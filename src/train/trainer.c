@@ -16,6 +16,7 @@
 #include "base/dist.h"
 #include "base/error.h"
 #include "base/progress.h"
+#include "base/runtime.h"
 #include "io/image.h"
 #include "ops/ops.h"
 #include "io/outputs.h"
@@ -27,12 +28,6 @@
 #define STEP_SALT 0x3c6ef372fe94f82bull     /* the per-step stream */
 #define CLASS_SALT 0xa54ff53a5f1d36f1ull    /* class-image seeds */
 #define EMA_BETA 0.98
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 long trainer_peak_rss(void) {
     FILE *f = fopen("/proc/self/status", "r");
@@ -864,7 +859,7 @@ int trainer_run(trainer_t *t) {
     const int first = t->step;
     if (!c->quiet && dist_rank() == 0) progress_start(&bar, "train", c->steps, "step");
     if (!c->quiet && dist_rank() == 0 && first) progress_resume(&bar, first);
-    const double t0 = now_s(), elapsed0 = t->elapsed;
+    const double t0 = sd_now_s(), elapsed0 = t->elapsed;
     int rc = SD_OK;
     const int N = dist_size(), lead = dist_rank() == 0;   /* rank 0 alone writes (trainer.h) */
     const float gs = 1.0f / (float)(c->grad_accum * N);
@@ -900,7 +895,7 @@ int trainer_run(trainer_t *t) {
             break;
         }
         t->loss_ema = EMA_BETA * t->loss_ema + (1.0 - EMA_BETA) * sum.loss;
-        t->elapsed = elapsed0 + (now_s() - t0);
+        t->elapsed = elapsed0 + (sd_now_s() - t0);
         /* a run that cannot log stops here, before this step's checkpoint: the last one stays resumable */
         if (lead && (fprintf(t->csv, "%d,%.9g,%.9g,%.9g,%.9g,%.9g,%.3f\n", t->step, sum.loss, sum.instance, sum.prior,
                              lr, gnorm, t->elapsed) < 0 ||
@@ -941,8 +936,8 @@ int trainer_run(trainer_t *t) {
         return dist_agree(sd_error(SD_ERR_IO, "%s/loss.csv: cannot write: %s", c->out_dir, strerror(errno)));
     train_save_t saved;
     rc = trainer_save(t, &saved);
-    t->elapsed = elapsed0 + (now_s() - t0);
-    if (!rc) print_summary(t, t->step - first, now_s() - t0, &saved);
+    t->elapsed = elapsed0 + (sd_now_s() - t0);
+    if (!rc) print_summary(t, t->step - first, sd_now_s() - t0, &saved);
     return dist_agree(rc);
 }
 
