@@ -25,6 +25,7 @@
 #include "io/runlock.h"
 #include "shifts/shifts.h"
 #include "train/checkpoint.h"
+#include "train/dataset.h"
 #include "train/train_mode.h"
 #include "train/trainer.h"
 
@@ -727,6 +728,70 @@ static void test_bad_inputs(void **state) {
     rm_tree(p.tmp);
 }
 
+/* The byte offset of `needle` in the file, or -1 (PNG tEXt chunks are stored uncompressed). */
+static long file_find(const char *path, const char *needle) {
+    size_t n = 0, m = strlen(needle);
+    char *s = read_file(path, &n);
+    assert_non_null(s);
+    long at = -1;
+    for (size_t i = 0; at < 0 && i + m <= n; i++)
+        if (!memcmp(s + i, needle, m)) at = (long)i;
+    free(s);
+    return at;
+}
+
+/* Class images: batched generation gives image k the same bytes whatever the batch (3 a batch,
+ * 1 a batch, and around a kept file, which splits the run of missing numbers); the sampler and
+ * steps reach the PNG parameters; exactly the missing count is made. */
+static void test_class_images_batched(void **state) {
+    (void)state;
+    char tmp[256], d1[300], d3[300], dk[300], a[400], b[400];
+    make_tmp(tmp, sizeof tmp);
+    snprintf(d1, sizeof d1, "%s/b1", tmp), snprintf(d3, sizeof d3, "%s/b3", tmp), snprintf(dk, sizeof dk, "%s/kept", tmp);
+    sd_set_threads(1);
+    pipeline_t pl;
+    assert_int_equal(pipeline_open(&pl, model_dir(), NULL), 0);
+    class_gen_t g = {.sampler = SAMPLER_DPMPP_2M, .steps = 3, .cfg = 7.5f, .batch = 1};
+    assert_int_equal(class_images_generate(&pl, d1, "a photo of a dog", 0, 3, 16, &g, 11), 0);
+    g.batch = 3;
+    assert_int_equal(class_images_generate(&pl, d3, "a photo of a dog", 0, 3, 16, &g, 11), 0);
+    for (int k = 0; k < 3; k++) {
+        snprintf(a, sizeof a, "%s/class-%05d.png", d1, k), snprintf(b, sizeof b, "%s/class-%05d.png", d3, k);
+        assert_same_file(a, b);
+        assert_true(file_find(b, "Steps: 3, Sampler: dpmpp_2m, CFG scale: 7.5, Seed: ") > 0);
+    }
+    snprintf(b, sizeof b, "%s/class-00003.png", d3);
+    assert_false(exists(b));
+    /* image 1 kept: 0 and 2 are made (two batches), 3 is not */
+    assert_int_equal(mkdir(dk, 0777), 0);
+    snprintf(a, sizeof a, "%s/class-00001.png", d1), snprintf(b, sizeof b, "%s/class-00001.png", dk);
+    size_t n = 0;
+    char *bytes = read_file(a, &n);
+    FILE *f = fopen(b, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(bytes, 1, n, f), n);
+    fclose(f), free(bytes);
+    assert_int_equal(class_images_generate(&pl, dk, "a photo of a dog", 1, 3, 16, &g, 11), 0);
+    for (int k = 0; k < 3; k++) {
+        snprintf(a, sizeof a, "%s/class-%05d.png", d1, k), snprintf(b, sizeof b, "%s/class-%05d.png", dk, k);
+        assert_same_file(a, b);
+    }
+    snprintf(b, sizeof b, "%s/class-00003.png", dk);
+    assert_false(exists(b));
+    /* the sampler is the one asked for: DDIM's images differ and say so */
+    g.sampler = SAMPLER_DDIM, g.batch = 2;
+    snprintf(dk, sizeof dk, "%s/ddim", tmp);
+    assert_int_equal(class_images_generate(&pl, dk, "a photo of a dog", 0, 1, 16, &g, 11), 0);
+    snprintf(a, sizeof a, "%s/class-00000.png", d1), snprintf(b, sizeof b, "%s/class-00000.png", dk);
+    assert_true(file_find(b, "Steps: 3, Sampler: ddim, CFG scale: 7.5, Seed: ") > 0);
+    size_t na = 0, nb = 0;
+    char *x = read_file(a, &na), *y = read_file(b, &nb);
+    assert_true(na != nb || memcmp(x, y, na) != 0);
+    free(x), free(y);
+    pipeline_close(&pl);
+    rm_tree(tmp);
+}
+
 static void test_end_to_end(void **state) {
     (void)state;
     paths_t p;
@@ -963,6 +1028,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_output_lock),
         cmocka_unit_test(test_log_write_error),
         cmocka_unit_test(test_bad_inputs),
+        cmocka_unit_test(test_class_images_batched),
         cmocka_unit_test(test_end_to_end),
         cmocka_unit_test(test_rank_limited),
         cmocka_unit_test(test_shift_layers),

@@ -175,7 +175,9 @@ int multi_classes(multisubject_t *ms, const multi_data_t *d) {
         int rc = SD_OK;
         if (ms->ccount[i] < c->num_class_images)
             rc = class_images_generate(d->p, ms->class_dir[i], prompt, ms->ccount[i], c->num_class_images,
-                                       c->resolution, c->class_steps, c->class_cfg, c->seed ^ (0xa54ff53a5f1d36f1ull + i));
+                                       c->resolution,
+                                       &(class_gen_t){(sampler_kind_t)c->class_sampler, c->class_steps, c->class_cfg, c->class_batch},
+                                       c->seed ^ (0xa54ff53a5f1d36f1ull + i));
         image_set_t s = {0};
         if (!rc) rc = image_set_scan(&s, ms->class_dir[i], "--subject-class", 0, 0, prompt, d->prompts, d->p->tok);
         rc = dist_agree(rc);   /* the MPI ranks stop together (class_images_generate is collective) */

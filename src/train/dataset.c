@@ -325,17 +325,21 @@ static void on_class_step(void *vctx, int step, int num_steps, float t, const fl
 }
 
 int class_images_generate(pipeline_t *p, const char *dir, const char *prompt, int have, int want, int res,
-                          int steps, float cfg, uint64_t seed) {
+                          const class_gen_t *g, uint64_t seed) {
     if (have >= want) return SD_OK;
-    const int missing = want - have, me = dist_rank(), N = dist_size();
+    const int missing = want - have, me = dist_rank(), N = dist_size(), steps = g->steps;
+    /* euler_a draws its per-step noise for the whole batch from the first image's seed: batched,
+     * an image would depend on its neighbours */
+    const int B = g->sampler == SAMPLER_EULER_ANCESTRAL || g->batch < 1 ? 1 : g->batch;
     int rc = SD_OK;
     if (mkdir(dir, 0777) && errno != EEXIST)
         rc = sd_error(SD_ERR_IO, "--class-dir %s: cannot create the folder: %s", dir, strerror(errno));
     /* The numbers to fill: the first `missing` free class-NNNNN.png (kept files from an earlier
      * run are reused), listed by every rank before any rank writes. Image k always has seed + k,
-     * so the files do not depend on the number of ranks; rank r makes the j-th of them for
-     * j % N == r. */
-    int *todo = sd_xmalloc(sizeof(int) * (size_t)missing);
+     * and pipeline_txt2img seeds image i of a batch with its first seed + i, so a batch is a run
+     * of consecutive numbers (at most B long). Batch b goes to rank b % N: the files depend
+     * neither on the number of ranks nor on the batch size. */
+    int *todo = sd_xmalloc(sizeof(int) * (size_t)missing), *first = sd_xmalloc(sizeof(int) * (size_t)(missing + 1));
     for (int k = 0, n = 0; n < missing && !rc; k++) {
         char path[PATH_MAX];
         snprintf(path, sizeof path, "%s/class-%05d.png", dir, k);
@@ -343,46 +347,54 @@ int class_images_generate(pipeline_t *p, const char *dir, const char *prompt, in
         if (stat(path, &st)) todo[n++] = k;
     }
     if ((rc = dist_agree(rc))) {
-        free(todo);
+        free(todo), free(first);
         return rc;
     }
-    const int mine = missing / N + (me < missing % N);
+    int nb = 0;   /* batch b is todo[first[b] .. first[b + 1] - 1] */
+    for (int j = 0; j < missing; nb++) {
+        first[nb] = j++;
+        while (j < missing && j - first[nb] < B && todo[j] == todo[j - 1] + 1) j++;
+    }
+    first[nb] = missing;
+    const int mine = nb / N + (me < nb % N);
     if (me == 0)
-        fprintf(stderr, "generating %d class image%s in %s with \"%s\"%s\n", missing, missing == 1 ? "" : "s", dir, prompt,
+        fprintf(stderr, "generating %d class image%s in %s with \"%s\" (%s, %d steps, %d a batch)%s\n", missing,
+                missing == 1 ? "" : "s", dir, prompt, sampler_kind_name(g->sampler), steps, B,
                 N > 1 ? " (split over the MPI ranks)" : "");
     int C, h, w;
     pipeline_latent_shape(p, res, res, &C, &h, &w);
-    float *lat = malloc(sizeof(float) * (size_t)C * h * w);
-    if (!lat) rc = sd_nomem("class image latents", sizeof(float) * (size_t)C * h * w);   /* agreed on below */
+    const size_t per_image = (size_t)C * h * w;
+    float *lat = malloc(sizeof(float) * B * per_image);
+    uint8_t **rgb = calloc((size_t)B, sizeof *rgb);
+    if (!lat || !rgb) rc = sd_nomem("class image latents", sizeof(float) * B * per_image);   /* agreed on below */
     progress_t bar;
     class_progress_t cp = {&bar, 0};
     if (me == 0) progress_start(&bar, "class images", (long)mine * steps, "step");
     int made = 0;
-    for (int j = me; j < missing && !rc; j += N) {
-        const int k = todo[j];
-        char path[PATH_MAX];
-        snprintf(path, sizeof path, "%s/class-%05d.png", dir, k);
-        txt2img_opts_t o = {.prompt = prompt, .width = res, .height = res, .steps = steps, .cfg = cfg,
-                            .sampler = SAMPLER_DDIM, .seed = seed + (uint64_t)k, .batch = 1,
+    for (int b = me; b < nb && !rc; b += N) {
+        const int k0 = todo[first[b]], n = first[b + 1] - first[b];
+        txt2img_opts_t o = {.prompt = prompt, .width = res, .height = res, .steps = steps, .cfg = g->cfg,
+                            .sampler = g->sampler, .seed = seed + (uint64_t)k0, .batch = n,
                             .progress = me == 0 ? on_class_step : NULL, .progress_ctx = &cp};
         cp.base = (long)made * steps;
         rc = pipeline_txt2img(p, &o, NULL, lat);
-        uint8_t *rgb = NULL;
-        if (!rc) rc = pipeline_decode(p, lat, 1, h, w, &rgb);
-        if (!rc) {
-            char params[2048];
-            snprintf(params, sizeof params, "%s\nSteps: %d, Sampler: ddim, CFG scale: %g, Seed: %llu, Size: %dx%d, "
-                     "Version: svdiff %s (class image)", prompt, steps, cfg, (unsigned long long)(seed + k), res, res,
-                     SVDIFF_VERSION);
+        if (!rc) rc = pipeline_decode(p, lat, n, h, w, rgb);
+        for (int i = 0; i < n && !rc; i++) {
+            const int k = k0 + i;
+            char path[PATH_MAX], params[2048];
+            snprintf(path, sizeof path, "%s/class-%05d.png", dir, k);
+            snprintf(params, sizeof params, "%s\nSteps: %d, Sampler: %s, CFG scale: %g, Seed: %llu, Size: %dx%d, "
+                     "Version: svdiff %s (class image)", prompt, steps, sampler_kind_name(g->sampler), g->cfg,
+                     (unsigned long long)(seed + k), res, res, SVDIFF_VERSION);
             const char *keys[1] = {"parameters"}, *vals[1] = {params};
-            image_t img = {.w = res, .h = res, .rgb = rgb};
+            image_t img = {.w = res, .h = res, .rgb = rgb[i]};
             rc = image_save_png(&img, path, keys, vals, 1);
         }
-        free(rgb);
+        for (int i = 0; i < n; i++) free(rgb[i]), rgb[i] = NULL;
         made++;
     }
     if (!rc && me == 0) progress_finish(&bar);
-    free(lat), free(todo);
+    free(lat), free(rgb), free(todo), free(first);
     return dist_agree(rc);   /* every file is there before any rank scans the folder */
 }
 

@@ -83,13 +83,24 @@ int train_image_dist(pipeline_t *p, train_image_t *im, int flip, int res, int ce
 /* x0[latent floats] from a posterior and N(0,1) noise (diffusers' latent_dist.sample() * scaling). */
 void train_sample_latent(const pipeline_t *p, float *x0, const float *dist, const float *noise, size_t n);
 
+/* How class images are sampled (--class-sampler, --class-steps, --class-cfg, --class-batch). */
+typedef struct {
+    sampler_kind_t sampler;   /* ddim, euler, euler_a or dpmpp_2m */
+    int steps;
+    float cfg;
+    int batch;                /* images denoised together (< 1: 1) */
+} class_gen_t;
+
 /* Makes sure `dir` holds at least `want` images, generating the missing ones with the base model
- * (txt2img of `prompt`, `steps` DDIM steps, guidance `cfg`, res x res) as "class-NNNNN.png", image
- * k seeded with seed + k. `have` is the number already there. Creates `dir` if needed. Collective
- * over MPI ranks (base/dist.h): every rank calls it, each makes its share, and it returns when all
- * the files are written (the same files whatever the number of ranks). */
+ * (txt2img of `prompt` with g's sampler, steps and guidance, res x res) as "class-NNNNN.png",
+ * image k seeded with seed + k. Consecutive missing numbers are denoised g->batch at a time; an
+ * image depends only on its seed, so the files are the same whatever the batch size (euler_a's
+ * per-step noise is drawn for a whole batch, so that sampler runs one image at a time). `have`
+ * is the number already there. Creates `dir` if needed. Collective over MPI ranks (base/dist.h):
+ * every rank calls it, each makes its share of the batches, and it returns when all the files
+ * are written (the same files whatever the number of ranks). */
 int class_images_generate(pipeline_t *p, const char *dir, const char *prompt, int have, int want, int res,
-                          int steps, float cfg, uint64_t seed);
+                          const class_gen_t *g, uint64_t seed);
 
 /* Epoch order over n items: a Fisher-Yates shuffle (rng_randint) at the start of every epoch. */
 typedef struct {

@@ -19,6 +19,8 @@ static const char *const svd_dtype_choices[] = {"fp32", "bf16", NULL};
 static const char *const save_dtype_choices[] = {"fp32", "fp16", NULL};
 static const char *const mode_choices[] = {"shifts", "full", "lora", NULL};
 static const char *const unmix_loss_choices[] = {"mse", "share", NULL};
+/* in sampler_kind_t order */
+static const char *const class_sampler_choices[] = {"ddim", "euler", "euler_a", "dpmpp_2m", NULL};
 
 /* micro-batches per step: N MPI ranks with A each are the steps of one process with N x A, so a
  * checkpoint resumes with any N that keeps the product (trainer.c, data parallelism) */
@@ -88,13 +90,25 @@ const train_setting_t train_settings[] = {
            .hi = 1000000},
      .section = TS_DATA,
      .verbs = TS_TRAIN},
+    /* how class images are made: files in --class-dir made before training, so not recorded in
+     * checkpoints (resuming with other values reuses the files) */
+    {.s = {.name = "class_sampler",
+           .type = SETTING_ENUM,
+           .offset = F(class_sampler),
+           .def = "dpmpp_2m",
+           .flag = "class-sampler",
+           .arg = "NAME",
+           .help = "sampler of the class images: ddim, euler, euler_a or dpmpp_2m",
+           .choices = class_sampler_choices},
+     .section = TS_DATA,
+     .verbs = TS_TRAIN},
     {.s = {.name = "class_steps",
            .type = SETTING_INT,
            .offset = F(class_steps),
-           .def = "50",
+           .def = "25",
            .flag = "class-steps",
            .arg = "N",
-           .help = "DDIM steps of the class images",
+           .help = "sampler steps of the class images",
            .lo = 1,
            .hi = 1000},
      .section = TS_DATA,
@@ -107,6 +121,18 @@ const train_setting_t train_settings[] = {
            .arg = "G",
            .help = "guidance of the class images",
            .hi = 100},
+     .section = TS_DATA,
+     .verbs = TS_TRAIN},
+    {.s = {.name = "class_batch",
+           .type = SETTING_INT,
+           .offset = F(class_batch),
+           .def = "4",
+           .flag = "class-batch",
+           .arg = "B",
+           .help = "class images denoised together (the same images whatever B;\n"
+                   "more memory)",
+           .lo = 1,
+           .hi = 64},
      .section = TS_DATA,
      .verbs = TS_TRAIN},
     {.s = {.name = "data_tsv",

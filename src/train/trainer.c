@@ -647,7 +647,8 @@ static int open_classes(trainer_t *t, int prior) {
     if (t->ms) return multi_classes(t->ms, &md);   /* per subject (cutmix.c) */
     if (!prior || t->cls.n >= c->num_class_images) return SD_OK;
     int rc = class_images_generate(&t->p, c->class_dir, c->class_prompt, t->cls.n, c->num_class_images, c->resolution,
-                                   c->class_steps, c->class_cfg, c->seed ^ CLASS_SALT);
+                                   &(class_gen_t){(sampler_kind_t)c->class_sampler, c->class_steps, c->class_cfg, c->class_batch},
+                                   c->seed ^ CLASS_SALT);
     image_set_free(&t->cls);
     if (!rc) rc = image_set_scan(&t->cls, c->class_dir, "--class-dir", 0, 0, c->class_prompt, &t->prompts, t->p.tok);
     return dist_agree(rc);

@@ -59,8 +59,10 @@ typedef struct {
     const char *instance_dir, *instance_prompt;
     const char *class_dir, *class_prompt;     /* both or neither: prior preservation */
     int num_class_images;                     /* generate class images up to this count */
-    int class_steps;                          /* their DDIM steps (50) */
+    int class_sampler;                        /* their sampler: a sampler_kind_t (dpmpp_2m) */
+    int class_steps;                          /* their sampler steps (25) */
     float class_cfg;                          /* their guidance (7.5) */
+    int class_batch;                          /* images denoised together (4) */
     float prior_loss_weight;                  /* 1 */
     int resolution;                           /* 0: the model's native size (trainer_load_model) */
     int center_crop, flip;
