@@ -1,4 +1,4 @@
-/* UNet2DConditionModel (diffusers unets/unet_2d_condition.py, Stable Diffusion 1.x / 2.x),
+/* UNet2DConditionModel (diffusers unets/unet_2d_condition.py, Stable Diffusion 1.x / 2.x / XL),
  * forward and backward, llm.c style: parameters in unet_t (every conv / linear a weight_t named
  * by its diffusers module path), the network as an explicit program of stages with an explicit
  * skip list, activations in one unet_acts_t buffer (training) or only what is live (inference).
