@@ -186,6 +186,27 @@ int pipeline_encode_prompts(pipeline_t *p, const char *const *prompts, int n, fl
     return SD_OK;
 }
 
+void pipeline_time_ids(float out[6], const int original_size[2], const int crops_coords_top_left[2],
+                       const int target_size[2]) {
+    const int *parts[3] = {original_size, crops_coords_top_left, target_size};
+    for (int i = 0; i < 3; i++) out[2 * i] = (float)parts[i][0], out[2 * i + 1] = (float)parts[i][1];
+}
+
+/* v unless it is {0, 0}, then dflt */
+static const int *or_default(const int v[2], const int dflt[2]) { return v[0] || v[1] ? v : dflt; }
+
+void pipeline_opts_time_ids(float out[6], const txt2img_opts_t *o, int negative) {
+    const int size[2] = {o->height, o->width};
+    const int *orig = or_default(o->original_size, size), *crop = o->crops_coords_top_left;
+    const int *target = or_default(o->target_size, size);
+    if (negative) {   /* each negative value defaults to the positive one */
+        orig = or_default(o->negative_original_size, orig);
+        crop = or_default(o->negative_crops_coords_top_left, crop);
+        target = or_default(o->negative_target_size, target);
+    }
+    pipeline_time_ids(out, orig, crop, target);
+}
+
 void pipeline_latent_shape(const pipeline_t *p, int width, int height, int *c, int *h, int *w) {
     *c = p->latent_channels;
     *h = height / p->scale_factor;
