@@ -169,7 +169,8 @@ typedef struct {
     int context_dim;             /* text encoder hidden size */
     int context_tokens;          /* prompt tokens (77 for SD) */
     int has_vae;
-    int64_t unet_params, text_encoder_params, vae_params;   /* parameter counts (0: absent) */
+    int64_t unet_params, text_encoder_params, vae_params;   /* parameter counts (0: absent; SDXL: the text
+                                                               encoders together) */
     int train_timesteps;         /* noise schedule length (1000) */
 } svdiff_model_info_t;
 
