@@ -215,6 +215,126 @@ static void test_build_errors(void **state) {
     st_close(&te.f);
 }
 
+/* ---- with text_projection (CLIPTextModelWithProjection, SDXL's text_encoder_2) ---- */
+
+#define P_PROJ 12   /* projection_dim != hidden_size (16), so that a transposed matrix fails */
+
+/* The SD2-like tiny encoder (gelu, 3 layers) as writable fp32 copies plus a random
+ * text_projection.weight [P_PROJ, 16]. */
+typedef struct {
+    te_t te;
+    tcopy_t c;
+    st_tensor_t proj;
+    float *proj_data;
+} proj_fx_t;
+
+static const st_tensor_t *get_proj(void *ctx, const char *name) {
+    proj_fx_t *p = ctx;
+    if (strcmp(name, "text_projection.weight") == 0) return p->proj.data ? &p->proj : NULL;
+    return get_copy(&p->c, name);
+}
+
+static void proj_fx_open(proj_fx_t *p) {
+    memset(p, 0, sizeof *p);
+    te_open(&p->te, "sd2_text_encoder");
+    tcopy_make(&p->c, &p->te.f);
+    p->te.cfg.projection_dim = P_PROJ;
+    const int C = p->te.cfg.hidden_size;
+    p->proj_data = malloc(sizeof(float) * P_PROJ * C);
+    trng_t r;
+    trng_seed(&r, 77);
+    fill_uniform(&r, p->proj_data, (size_t)P_PROJ * C, -0.5f, 0.5f);
+    p->proj = (st_tensor_t){.dtype = ST_F32, .ndim = 2, .shape = {P_PROJ, C}, .numel = (int64_t)P_PROJ * C,
+                            .nbytes = sizeof(float) * P_PROJ * C, .data = p->proj_data,
+                            .name = "text_projection.weight"};
+}
+
+static void proj_fx_close(proj_fx_t *p) {
+    tcopy_free(&p->c);
+    free(p->proj_data);
+    st_close(&p->te.f);
+}
+
+/* projection_dim comes from a CLIPTextModelWithProjection config only; the registry lists
+ * text_projection last, without bias; build_clip requires it with its shape. */
+static void test_projection_config(void **state) {
+    (void)state;
+    clip_config_t c;
+    cJSON *j = cJSON_Parse("{\"architectures\": [\"CLIPTextModelWithProjection\"], \"hidden_size\": 1280, "
+                           "\"num_attention_heads\": 20, \"num_hidden_layers\": 32, \"hidden_act\": \"gelu\", "
+                           "\"projection_dim\": 1280}");
+    assert_int_equal(clip_config_from_json(&c, j, "text_encoder_2/config.json"), 0);
+    assert_int_equal(c.projection_dim, 1280);
+    assert_int_equal(c.act, CLIP_ACT_GELU);
+    cJSON_Delete(j);
+    j = cJSON_Parse("{\"architectures\": [\"CLIPTextModelWithProjection\"]}");
+    assert_int_equal(clip_config_from_json(&c, j, "x"), 0);
+    assert_int_equal(c.projection_dim, 512);   /* transformers' default */
+    cJSON_Delete(j);
+    j = cJSON_Parse("{\"architectures\": [\"CLIPTextModel\"], \"projection_dim\": 768}");
+    assert_int_equal(clip_config_from_json(&c, j, "x"), 0);
+    assert_int_equal(c.projection_dim, 0);     /* CLIPTextModel: the key is unused */
+    cJSON_Delete(j);
+    const char *bad[][2] = {
+        {"{\"architectures\": [\"CLIPTextModelWithProjection\"], \"projection_dim\": 0}", "projection_dim"},
+        {"{\"architectures\": \"CLIPTextModelWithProjection\"}", "architectures"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        j = cJSON_Parse(bad[i][0]);
+        assert_int_equal(clip_config_from_json(&c, j, "te2/config.json"), SD_ERR_FORMAT);
+        assert_non_null(strstr(sd_last_error(), bad[i][1]));
+        assert_non_null(strstr(sd_last_error(), "te2/config.json"));
+        cJSON_Delete(j);
+    }
+
+    proj_fx_t p;
+    proj_fx_open(&p);
+    layer_registry_t r = {0}, r0 = {0};
+    clip_registry(&p.te.cfg, &r);
+    clip_config_t c0 = p.te.cfg;
+    c0.projection_dim = 0;
+    clip_registry(&c0, &r0);
+    assert_int_equal(r.n, r0.n + 1);
+    assert_string_equal(r0.v[r0.n - 1].name, "text_model.final_layer_norm");
+    const layer_spec_t *s = &r.v[r.n - 1];
+    assert_string_equal(s->name, "text_projection");
+    assert_int_equal(s->kind, LAYER_LINEAR);
+    assert_int_equal(s->out, P_PROJ);
+    assert_int_equal(s->in, 16);
+    assert_int_equal(s->bias, 0);
+    assert_true(fabs(s->init_std - 0.25) < 1e-12);   /* hidden_size^-0.5 */
+    layer_registry_free(&r);
+    layer_registry_free(&r0);
+
+    clip_t m;
+    build_ok(&m, &p.te.cfg, get_proj, &p);
+    assert_int_equal(m.text_projection.out, P_PROJ);
+    assert_int_equal(m.text_projection.in, 16);
+    assert_null(m.text_projection.bias);
+    assert_ptr_equal(m.text_projection.w.data, p.proj_data);   /* a view */
+    clip_module_t mod;
+    assert_int_equal(clip_find_module(&m, "text_projection", &mod), 1);
+    assert_int_equal(mod.kind, CLIP_MODULE_LINEAR);
+    assert_ptr_equal(mod.w, &m.text_projection.w);
+    assert_null(mod.bias);
+    free_clip(&m);
+    /* a model without projection has no such module */
+    build_ok(&m, &c0, get_proj, &p);
+    assert_int_equal(clip_find_module(&m, "text_projection", &mod), 0);
+    free_clip(&m);
+    /* missing or misshapen */
+    const void *keep = p.proj.data;
+    p.proj.data = NULL;
+    assert_int_equal(build_clip(&m, &p.te.cfg, get_proj, &p), SD_ERR_FORMAT);
+    assert_non_null(strstr(sd_last_error(), "text_projection.weight is missing"));
+    p.proj.data = keep;
+    p.te.cfg.projection_dim = 16;
+    assert_int_equal(build_clip(&m, &p.te.cfg, get_proj, &p), SD_ERR_SHAPE);
+    assert_non_null(strstr(sd_last_error(), "text_projection.weight"));
+    assert_non_null(strstr(sd_last_error(), "[16, 16]"));
+    proj_fx_close(&p);
+}
+
 /* ---- golden ---- */
 
 /* Forward + backward of the golden batch with dout from `seed`: hidden and dembed (malloc'ed). */
@@ -777,6 +897,7 @@ int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_config),
         cmocka_unit_test(test_build_errors),
+        cmocka_unit_test(test_projection_config),
         cmocka_unit_test(test_golden_sd1),
         cmocka_unit_test(test_forward_over_capacity),
         cmocka_unit_test(test_golden_sd1_f16),

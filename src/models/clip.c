@@ -46,6 +46,16 @@ int clip_config_from_json(clip_config_t *cfg, const cJSON *json, const char *wha
     if (!(eps > 0 && eps < 1))
         return sd_error(SD_ERR_FORMAT, "%s: \"layer_norm_eps\" must be a positive number below 1", what);
     cfg->layer_norm_eps = (float)eps;
+    /* transformers' CLIPTextModelWithProjection adds text_projection; the class is named only by
+     * "architectures" (CLIPTextModel configs also hold an unused projection_dim) */
+    const char *arch[16];
+    int n_arch = 0;
+    if (json_item(json, "architectures") && (rc = json_str_array(json, "architectures", arch, 16, &n_arch, what)))
+        return rc;
+    for (int i = 0; i < n_arch; i++)
+        if (strcmp(arch[i], "CLIPTextModelWithProjection") == 0 &&
+            (rc = json_int_range(json, "projection_dim", 512, 1, JSON_INT_MAX, &cfg->projection_dim, what)))
+            return rc;
     if (cfg->num_layers > CLIP_MAX_LAYERS)   /* a config alone builds the layer registry: bounded */
         return sd_error(SD_ERR_FORMAT, "%s: \"num_hidden_layers\" is %d, more than the %d supported", what,
                         cfg->num_layers, CLIP_MAX_LAYERS);
@@ -83,7 +93,9 @@ static const struct {
 };
 #define LN_MODULE(second) ((second) ? N_LAYER_MODULES - 1 : 0)
 
-static int n_weights(const clip_t *m) { return 2 + N_LINEAR * m->cfg.num_layers; }
+/* The weights: 2 embeddings, N_LINEAR per layer, then text_projection when the model has one. */
+static int n_weights(const clip_t *m) { return 2 + N_LINEAR * m->cfg.num_layers + (m->cfg.projection_dim > 0); }
+static int projection_index(const clip_config_t *c) { return 2 + N_LINEAR * c->num_layers; }
 static int n_norms(const clip_t *m) { return 2 * m->cfg.num_layers + 1; }
 
 /* Module path of table entry j of layer l. */
@@ -97,6 +109,11 @@ static weight_t *weight_ref(clip_t *m, int i, float ***bias, char *name, size_t 
         if (bias) *bias = NULL;
         if (name) snprintf(name, cap, "text_model.embeddings.%s", i == 0 ? "token_embedding" : "position_embedding");
         return i == 0 ? &m->token_embedding : &m->position_embedding;
+    }
+    if (i == projection_index(&m->cfg)) {
+        if (bias) *bias = NULL;   /* nn.Linear(bias=False) */
+        if (name) snprintf(name, cap, "text_projection");
+        return &m->text_projection.w;
     }
     const int l = (i - 2) / N_LINEAR, j = FIRST_LINEAR + (i - 2) % N_LINEAR;
     layer_t *lin = (layer_t *)((char *)&m->layers[l] + LAYER_MODULES[j].off);
@@ -112,20 +129,25 @@ static void weight_shape(const clip_config_t *c, int i, int *rows, int *cols) {
         *rows = i == 0 ? c->vocab_size : c->max_positions, *cols = C;
         return;
     }
+    if (i == projection_index(c)) {
+        *rows = c->projection_dim, *cols = C;
+        return;
+    }
     const int j = (i - 2) % N_LINEAR;
     *rows = j == 4 ? I : C;   /* fc1 [I, C] */
     *cols = j == 5 ? I : C;   /* fc2 [C, I] */
 }
 
-static clip_linear_grads_t *linear_grads_ref(clip_grads_t *g, int i) {
+static clip_linear_grads_t *linear_grads_ref(clip_grads_t *g, int i, int L) {
+    if (i == 2 + N_LINEAR * L) return &g->text_projection;
     const int l = (i - 2) / N_LINEAR, j = FIRST_LINEAR + (i - 2) % N_LINEAR;
     return (clip_linear_grads_t *)((char *)&g->layers[l] + LAYER_MODULES[j].goff);
 }
 
 /* The dw slot of weight i in g. */
-static float **dw_ref(clip_grads_t *g, int i) {
+static float **dw_ref(clip_grads_t *g, int i, int L) {
     if (i < 2) return i == 0 ? &g->dtoken : &g->dposition;
-    return &linear_grads_ref(g, i)->dw;
+    return &linear_grads_ref(g, i, L)->dw;
 }
 
 static norm_layer_t *ln_ref(clip_t *m, int i, char *name, size_t cap) {
@@ -166,6 +188,10 @@ void clip_registry(const clip_config_t *c, layer_registry_t *r) {
         }
     }
     layer_registry_add(r, LAYER_NORM, C, C, 1, 1, "text_model.final_layer_norm");
+    /* CLIPTextModelWithProjection: nn.Linear(hidden_size, projection_dim, bias=False), drawn from
+     * N(0, hidden_size^-0.5 * f) */
+    if (c->projection_dim > 0)
+        layer_registry_add(r, LAYER_LINEAR, c->projection_dim, C, 1, 0, "text_projection")->init_std = pow(d, -0.5) * f;
 }
 
 static int shift_count(const clip_t *m) { return m->norm_shift_mode == NORMSHIFT_SCALAR ? 1 : m->cfg.hidden_size; }
@@ -533,10 +559,10 @@ static void grads_assign(clip_grads_t *g, clip_t *m, unsigned what, bump_t *cv) 
     for (int i = 0; i < n_weights(m); i++) {
         float **bias;
         const weight_t *w = weight_ref(m, i, &bias, NULL, 0);
-        float **dw = dw_ref(g, i);
+        float **dw = dw_ref(g, i, m->cfg.num_layers);
         if (w->kind != WEIGHT_DENSE && (what & CLIP_GRAD_SHIFTS)) *dw = bump_take(cv, weight_shift_count(w));   /* delta or LoRA [A; B] */
         if (w->kind == WEIGHT_DENSE && (what & CLIP_GRAD_DENSE)) *dw = bump_take(cv, (size_t)w->rows * w->cols);
-        if (bias && (what & CLIP_GRAD_DENSE)) linear_grads_ref(g, i)->dbias = bump_take(cv, w->rows);
+        if (bias && (what & CLIP_GRAD_DENSE)) linear_grads_ref(g, i, m->cfg.num_layers)->dbias = bump_take(cv, w->rows);
     }
     for (int i = 0; i < n_norms(m); i++) {
         const norm_layer_t *ln = ln_ref(m, i, NULL, 0);
@@ -581,7 +607,7 @@ void clip_visit_shifts(clip_t *m, clip_grads_t *g, clip_shift_visit_fn fn, void 
     for (int i = 0; i < n_weights(m); i++) {
         weight_t *w = weight_ref(m, i, NULL, path, sizeof path);
         if (w->kind != WEIGHT_SPECTRAL) continue;
-        fn(ctx, &name, w->sp->delta, g && g->layers ? *dw_ref(g, i) : NULL, w->sp->rank);
+        fn(ctx, &name, w->sp->delta, g && g->layers ? *dw_ref(g, i, m->cfg.num_layers) : NULL, w->sp->rank);
     }
     name.kind = SHIFT_NORM;
     for (int i = 0; i < n_norms(m); i++) {
@@ -603,7 +629,7 @@ int clip_visit_modules(clip_t *m, clip_grads_t *g, clip_module_fn fn, void *ctx)
     for (int i = 0; i < 2; i++) {
         mod = (clip_module_t){.path = path, .kind = CLIP_MODULE_EMBEDDING, .layer = -1};
         mod.w = weight_ref(m, i, NULL, path, sizeof path);
-        if (has_g) mod.dw = *dw_ref(g, i);
+        if (has_g) mod.dw = *dw_ref(g, i, m->cfg.num_layers);
         if ((rc = fn(ctx, &mod))) return rc;
     }
     for (int l = 0; l < m->cfg.num_layers; l++)
@@ -624,6 +650,11 @@ int clip_visit_modules(clip_t *m, clip_grads_t *g, clip_module_fn fn, void *ctx)
     mod = (clip_module_t){.path = path, .kind = CLIP_MODULE_NORM, .layer = -1};
     mod.ln = ln_ref(m, n_norms(m) - 1, path, sizeof path);
     if (has_g) mod.dln = &g->final_ln;
+    if ((rc = fn(ctx, &mod)) || m->cfg.projection_dim <= 0) return rc;
+    const int ip = projection_index(&m->cfg);
+    mod = (clip_module_t){.path = path, .kind = CLIP_MODULE_LINEAR, .layer = -1};
+    mod.w = weight_ref(m, ip, NULL, path, sizeof path);
+    if (has_g) mod.dw = *dw_ref(g, ip, m->cfg.num_layers);
     return fn(ctx, &mod);
 }
 

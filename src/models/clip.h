@@ -29,10 +29,14 @@ typedef struct {
     clip_act_t act;           /* hidden_act: "quick_gelu" or "gelu" (exact erf) */
     float layer_norm_eps;
     double initializer_factor;   /* transformers' init scale (random init only; default 1) */
+    int projection_dim;       /* P of text_projection [P, C] (no bias): set when "architectures" names
+                               * CLIPTextModelWithProjection (SDXL's text_encoder_2); 0: none */
 } clip_config_t;
 
 /* Reads a transformers CLIPTextConfig JSON object; absent keys take transformers' defaults
- * (512, 2048, 12, 8, 77, 49408, quick_gelu, 1e-5). `what` names the source in errors
+ * (512, 2048, 12, 8, 77, 49408, quick_gelu, 1e-5). When "architectures" lists
+ * "CLIPTextModelWithProjection", projection_dim is read too (default 512), else it is 0 and the
+ * key is ignored (CLIPTextModel configs carry it unused). `what` names the source in errors
  * (e.g. "text_encoder/config.json"). Returns 0 or SD_ERR_FORMAT naming the key. */
 int clip_config_from_json(clip_config_t *cfg, const cJSON *json, const char *what);
 
@@ -54,6 +58,7 @@ typedef struct {
     weight_t position_embedding;  /* [max_positions, C] */
     clip_layer_t *layers;         /* [L] */
     norm_layer_t final_ln;
+    layer_t text_projection;      /* [P, C], no bias; only when cfg.projection_dim > 0 */
     int clip_skip;                /* layers not run at the end (0: all); set before forward */
     normshift_mode_t norm_shift_mode;
     float norm_shift_scale;       /* s of the norm shifts (spectral weights keep theirs in sp) */
@@ -65,7 +70,8 @@ typedef struct {
 typedef const st_tensor_t *(*clip_get_fn)(void *ctx, const char *name);
 
 /* The layers build_clip builds for `cfg` (weights/layer.h registry; appended to r), in
- * transformers' state dict order, each with the std of transformers' CLIP init. */
+ * transformers' state dict order (text_projection last, after the final LayerNorm), each with
+ * the std of transformers' CLIP init. */
 void clip_registry(const clip_config_t *cfg, layer_registry_t *r);
 
 /* Builds the model from `cfg` and the tensors `get` returns. Weights (F32/F16/BF16) are
@@ -78,7 +84,7 @@ void free_clip(clip_t *m);
 /* Turns weights spectral (SVD of each; keep_base keeps the base matrix for the exact
  * residual form W + U diag(relu(S + s delta) - S) V^T). */
 enum {
-    CLIP_SPECTRAL_LINEARS = 1,      /* q, k, v, out_proj, fc1, fc2 of every layer */
+    CLIP_SPECTRAL_LINEARS = 1,      /* q, k, v, out_proj, fc1, fc2 of every layer, text_projection */
     CLIP_SPECTRAL_EMBEDDINGS = 2,   /* token and position embeddings */
 };
 int clip_make_spectral(clip_t *m, unsigned which, int keep_base);
@@ -137,6 +143,7 @@ typedef struct {
     float *dtoken, *dposition;    /* the embeddings' dw */
     clip_layer_grads_t *layers;   /* [L] */
     clip_ln_grads_t final_ln;
+    clip_linear_grads_t text_projection;   /* dw only (no bias); with a projection */
     float *memory;                /* one block behind every pointer above */
     size_t n_floats;
 } clip_grads_t;
@@ -177,7 +184,8 @@ typedef struct {
 } clip_module_t;
 /* Visits every module: the two embeddings ("text_model.embeddings.{token,position}_embedding"),
  * then per layer "text_model.encoder.layers.<i>." + layer_norm1, self_attn.{q,k,v,out}_proj,
- * mlp.fc1, mlp.fc2, layer_norm2, then "text_model.final_layer_norm". g may be NULL. mod and its
+ * mlp.fc1, mlp.fc2, layer_norm2, then "text_model.final_layer_norm", then "text_projection"
+ * (a linear without bias, layer -1) when the model has one. g may be NULL. mod and its
  * path are valid during the call only. fn returning non-zero stops the walk and that value is
  * returned. */
 typedef int (*clip_module_fn)(void *ctx, const clip_module_t *mod);

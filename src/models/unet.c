@@ -130,7 +130,28 @@ int unet_config_from_json(unet_config_t *cfg, const cJSON *json, const char *wha
     TRY(json_require_false(j, "mid_block_only_cross_attention", what));
     TRY(json_bool(j, "use_linear_projection", 0, &cfg->use_linear_projection, what));
     TRY(json_require_unset(j, "class_embed_type", what));
-    TRY(json_require_unset(j, "addition_embed_type", what));
+    /* SDXL's added conditioning; addition_embed_type_num_heads only matters to the "text" kinds */
+    const char *add_type = NULL;
+    TRY(json_str(j, "addition_embed_type", NULL, &add_type, what));
+    if (add_type && strcmp(add_type, "text_time") != 0)
+        return sd_error(SD_ERR_FORMAT, "%s: \"addition_embed_type\" = \"%s\" is not supported (only null or \"text_time\")",
+                        what, add_type);
+    cfg->addition_text_time = add_type != NULL;
+    if (cfg->addition_text_time) {
+        TRY(json_int_req(j, "addition_time_embed_dim", &cfg->addition_time_embed_dim, what));
+        TRY(json_int_req(j, "projection_class_embeddings_input_dim", &cfg->addition_embed_in, what));
+        if (cfg->addition_time_embed_dim < 2 || cfg->addition_time_embed_dim % 2 ||
+            cfg->addition_time_embed_dim > UNET_MAX_CHANNELS)
+            return sd_error(SD_ERR_FORMAT, "%s: \"addition_time_embed_dim\" is %d; it must be even, from 2 to %d", what,
+                            cfg->addition_time_embed_dim, UNET_MAX_CHANNELS);
+        cfg->addition_text_embeds_dim = cfg->addition_embed_in - UNET_N_TIME_IDS * cfg->addition_time_embed_dim;
+        if (cfg->addition_text_embeds_dim < 1 || cfg->addition_embed_in > UNET_MAX_CHANNELS)
+            return sd_error(SD_ERR_FORMAT,
+                            "%s: \"projection_class_embeddings_input_dim\" is %d; with \"addition_time_embed_dim\" %d "
+                            "it must be more than %d (%d time ids) and at most %d",
+                            what, cfg->addition_embed_in, cfg->addition_time_embed_dim,
+                            UNET_N_TIME_IDS * cfg->addition_time_embed_dim, UNET_N_TIME_IDS, UNET_MAX_CHANNELS);
+    }
     TRY(json_require_unset(j, "num_class_embeds", what));
     TRY(json_require_unset(j, "encoder_hid_dim", what));
     TRY(json_require_unset(j, "encoder_hid_dim_type", what));
@@ -333,6 +354,12 @@ static int setup(unet_t *m) {
     reg_layer(m, &m->time_linear_1, xstrdup_printf("time_embedding.linear_1"), C[0], c->time_embed_dim, 1, 0, 1, 0, 1);
     reg_layer(m, &m->time_linear_2, xstrdup_printf("time_embedding.linear_2"), c->time_embed_dim, c->time_embed_dim,
               1, 0, 1, 0, 1);
+    if (c->addition_text_time) {   /* add_embedding: a TimestepEmbedding from the added conditioning */
+        reg_layer(m, &m->add_linear_1, xstrdup_printf("add_embedding.linear_1"), c->addition_embed_in,
+                  c->time_embed_dim, 1, 0, 1, 0, 1);
+        reg_layer(m, &m->add_linear_2, xstrdup_printf("add_embedding.linear_2"), c->time_embed_dim, c->time_embed_dim,
+                  1, 0, 1, 0, 1);
+    }
     stack[top++] = push_skip(m, C[0], 0);
     add_stage(m, UNET_STAGE_CONV_IN, 0, 0, 0, c->in_channels, C[0], -1, stack[top - 1]);
 

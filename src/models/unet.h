@@ -55,13 +55,25 @@ typedef struct {
     int center_input_sample;                   /* sample -> 2 sample - 1 first */
     int conv_in_kernel, conv_out_kernel;
     int sample_size;                           /* informational */
+    /* SDXL's added conditioning (addition_embed_type "text_time"; other values are refused):
+     * the pooled text embedding and the sinusoidal features of 6 time ids pass through
+     * add_embedding and are added to the time embedding. */
+    int addition_text_time;                    /* 1: "text_time", 0: none */
+    int addition_time_embed_dim;               /* addition_time_embed_dim (256 for SDXL) */
+    int addition_embed_in;                     /* projection_class_embeddings_input_dim (2816) */
+    int addition_text_embeds_dim;              /* addition_embed_in - 6 * addition_time_embed_dim (1280) */
 } unet_config_t;
+
+/* The number of time ids of "text_time": original (h, w), crop (top, left), target (h, w). */
+#define UNET_N_TIME_IDS 6
 
 /* Reads a diffusers UNet2DConditionModel config object. Absent keys take the diffusers
  * defaults (those of SD 1.x except cross_attention_dim 1280). Heads are resolved as diffusers
  * does: num_attention_heads if present, else attention_head_dim (which SD configs use for the
- * number of HEADS: 8 for SD1, [5, 10, 20, 20] for SD2); an int applies to every level, and each
- * level's head dim is block_out_channels[i] / heads[i]. Options outside the SD family (class /
+ * number of HEADS: 8 for SD1, [5, 10, 20, 20] for SD2, [5, 10, 20] for SDXL); an int applies to
+ * every level, and each level's head dim is block_out_channels[i] / heads[i].
+ * addition_embed_type "text_time" (SDXL) needs addition_time_embed_dim and
+ * projection_class_embeddings_input_dim. Options outside the SD family (class embeddings, other
  * addition embeddings, dual or only cross attention, scale-shift time norm, other activations
  * or block types, per-block cross_attention_dim lists with differing values) are refused.
  * Returns 0 or SD_ERR_FORMAT naming `what` and the key. */
@@ -149,6 +161,7 @@ typedef struct {
 typedef struct {
     unet_config_t cfg;
     layer_t conv_in, time_linear_1, time_linear_2, conv_out;
+    layer_t add_linear_1, add_linear_2;   /* add_embedding.linear_1 / linear_2 (cfg.addition_text_time) */
     norm_layer_t conv_norm_out;
     int n_resnets, n_transformers, n_samplers;
     unet_resnet_t *resnets;
