@@ -208,7 +208,7 @@ static int unet_model_fn(void *vctx, float *out, const float *in, float t, int b
     for (int i = 0; i < batch; i++) d->timesteps[i] = t;
     /* unguided calls get only the conditional rows */
     const float *ctx = d->ctx + (batch == d->B && d->guided ? (size_t)d->B * d->p->n_ctx * d->p->ctx_dim : 0);
-    int rc = unet_forward(out, &d->p->unet, &d->acts, in, d->timesteps, ctx, batch, d->h, d->w, d->p->n_ctx);
+    int rc = unet_forward(out, &d->p->unet, &d->acts, in, d->timesteps, ctx, NULL, batch, d->h, d->w, d->p->n_ctx);
     d->calls++;
     const size_t n = (size_t)batch * d->p->latent_channels * d->h * d->w;
     if (!rc && first_nonfinite(out, n) < n)
