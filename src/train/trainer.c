@@ -227,7 +227,7 @@ int trainer_micro_step(trainer_t *t, const float *x0, const float *eps, const in
     if (n_class) mse_backward(t->dpred + ni, t->pred + ni, t->target + ni, nc, grad_scale * w);
     if (te) memset(t->dctx, 0, sizeof(float) * rows * CT);
     unet_backward(NULL, te ? t->dctx : NULL, NULL, &t->ug, t->dpred, &t->p.unet, &t->ua);
-    if (te) clip_backward(&t->p.clip, &t->ca, t->dctx, &t->cg, NULL);
+    if (te) clip_backward(&t->p.clip, &t->ca, t->dctx, NULL, &t->cg, NULL);
     if (out) out->instance = li, out->prior = lc, out->unmix = lu, out->loss = li + (double)w * lc + lu;
     return SD_OK;
 }
