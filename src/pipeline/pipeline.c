@@ -260,9 +260,7 @@ static int encode_prompts(pipeline_t *p, const char *const *prompts, int n, floa
         p->clip2.hidden_mode = CLIP_HIDDEN_PENULTIMATE;
         if (!rc) rc = encode_one(&p->clip2, ids, n, T, ctx, C, p->clip.cfg.hidden_size, pooled);
     }
-    p->clip.clip_skip = skip1, p->clip2.clip_skip = skip2; else if (!rc && pooled && p->pooled_dim) {
-        rc = sd_error(SD_ERR_ARG, "a pooled text embedding needs a text_encoder_2");
-    }
+    p->clip.clip_skip = skip1, p->clip2.clip_skip = skip2;
     free(ids);
     if (rc) return rc;
     const size_t len = (size_t)n * T * C;

@@ -198,8 +198,10 @@ PROMPTS = [NEGATIVE, PROMPT]
 N_TOK = 77
 
 # Sampling runs (the C test repeats this table): name, seed, steps, guidance, height, width,
-# negative prompt (None: force_zeros_for_empty_prompt), clip_skip, original_size, crops_coords_top_left,
-# target_size ((0, 0) = diffusers' default: the image size; crop (0, 0)).
+# negative prompt (None: force_zeros_for_empty_prompt), clip_skip (the prompt's only: diffusers
+# encodes the negative prompt with hidden_states[-2] always), original_size, crops_coords_top_left,
+# target_size ((0, 0) = diffusers' default: the image size; crop (0, 0)); the negative rows use the
+# same time ids.
 RUNS = [
     ("euler", 7, 2, 5.0, 16, 24, None, 0, (0, 0), (0, 0), (0, 0)),
     ("euler_cond", 11, 2, 4.0, 16, 24, NEGATIVE, 1, (64, 48), (4, 2), (32, 40)),
@@ -538,10 +540,12 @@ def sample_golden(unet, vae, te1, te2, tok, put):
     with added_cond_kwargs, guidance u + g (c - u), Euler step; decode (latents / scaling_factor)."""
     for name, seed, steps, g, height, width, negative, skip, orig, crop, target in RUNS:
         ids1, ids2 = tok.ids([negative or "", PROMPT])
-        ctx, pooled = encode_prompt(te1, te2, ids1, ids2, skip)
+        ctx, pooled = encode_prompt(te1, te2, ids1[1:], ids2[1:], skip)
         if negative is None:
-            ctx[0].zero_()
-            pooled[0].zero_()
+            ctx, pooled = torch.cat([torch.zeros_like(ctx), ctx]), torch.cat([torch.zeros_like(pooled), pooled])
+        else:   # the negative prompt is encoded without clip_skip (hidden_states[-2] always)
+            nctx, npooled = encode_prompt(te1, te2, ids1[:1], ids2[:1], 0)
+            ctx, pooled = torch.cat([nctx, ctx]), torch.cat([npooled, pooled])
         h, w = height // 2, width // 2
         o = orig if orig[0] else (height, width)
         tg = target if target[0] else (height, width)
