@@ -25,14 +25,18 @@ other generators, imported from this folder, plus what SDXL adds:
                                         (gen_pipeline_golden.sampler_for)
   gen_vae_golden.decode                 AutoencoderKL decode (latents / scaling_factor 0.13025)
 
-The model (tests/fixtures/tiny-sdxl/): UNet block_out_channels [4, 8, 12] with
+The model (tests/fixtures/tiny-sdxl/): UNet block_out_channels [4, 8, 8] with
 [DownBlock2D, CrossAttnDownBlock2D, CrossAttnDownBlock2D] (the first level has no attention),
-layers_per_block 2, transformer_layers_per_block [1, 2, 3] (the mid block runs 3), heads [1, 2, 3]
-(attention_head_dim as head counts, each head 4 wide), linear projection, cross_attention_dim 24 =
-8 (text_encoder: CLIP-L-like, quick_gelu, 3 layers) + 16 (text_encoder_2: OpenCLIP-bigG-like, gelu,
-3 layers, text_projection 16 -> 12), addition_time_embed_dim 8, projection_class_embeddings_input_dim
-12 + 6 * 8 = 60; the tiny-sd VAE shape with scaling_factor 0.13025; EulerDiscreteScheduler. Every
-value is float16-exact, so all copies hold the same floats:
+layers_per_block 2, transformer_layers_per_block [1, 2, 3] (the mid block runs 3), linear
+projection, cross_attention_dim 24 = 8 (text_encoder: CLIP-L-like, quick_gelu, 3 layers) + 16
+(text_encoder_2: OpenCLIP-bigG-like, gelu, 3 layers, text_projection 16 -> 12),
+addition_time_embed_dim 8, projection_class_embeddings_input_dim 12 + 6 * 8 = 60; the tiny-sd VAE
+shape with scaling_factor 0.13025; EulerDiscreteScheduler. A single file stores neither head counts
+nor GroupNorm groups, so the folder's configs state what src/io/model_config.c derives for these
+widths (one head per level and per text encoder: widths that are not multiples of 64; norm_num_groups
+4, the largest divisor up to 32 of every width): both layouts then describe the same model and give
+the same numbers (multi-head attention is covered by the unet and clip goldens). Every value is
+float16-exact, so all copies hold the same floats:
   diffusers/         model_index.json (force_zeros_for_empty_prompt), unet/ (F16), vae/ (F32),
                      text_encoder/ (F32), text_encoder_2/ (F16, two shards + index), tokenizer/ (the
                      tiny-sd tokenizer), tokenizer_2/ (the same vocabulary, pad_token "!"), scheduler/
@@ -107,7 +111,7 @@ UNET_CONFIG = {
     "addition_embed_type": "text_time",
     "addition_embed_type_num_heads": 64,
     "addition_time_embed_dim": 8,
-    "attention_head_dim": [1, 1, 2],
+    "attention_head_dim": [1, 1, 1],
     "block_out_channels": [4, 8, 8],
     "center_input_sample": False,
     "class_embed_type": None,
@@ -129,7 +133,7 @@ UNET_CONFIG = {
     "mid_block_scale_factor": 1,
     "mid_block_type": "UNetMidBlock2DCrossAttn",
     "norm_eps": 1e-05,
-    "norm_num_groups": 2,
+    "norm_num_groups": 4,
     "num_attention_heads": None,
     "num_class_embeds": None,
     "only_cross_attention": False,
@@ -150,14 +154,14 @@ UNET_CONFIG = {
     "use_linear_projection": True,
 }
 
-VAE_CONFIG = dict(tiny.VAE_CONFIG, scaling_factor=0.13025, force_upcast=True, sample_size=16,
+VAE_CONFIG = dict(tiny.VAE_CONFIG, scaling_factor=0.13025, norm_num_groups=4, force_upcast=True, sample_size=16,
                   _diffusers_version="0.20.0.dev0")
 
 TE_BASE = {k: v for k, v in tiny.TEXT_CONFIG.items() if k not in ("vocab_size",)}
-TE1_CONFIG = dict(TE_BASE, hidden_size=8, intermediate_size=16, num_attention_heads=2, num_hidden_layers=3,
+TE1_CONFIG = dict(TE_BASE, hidden_size=8, intermediate_size=16, num_attention_heads=1, num_hidden_layers=3,
                   projection_dim=8, hidden_act="quick_gelu", eos_token_id=2, pad_token_id=1)
 TE2_CONFIG = dict(TE_BASE, architectures=["CLIPTextModelWithProjection"], hidden_size=16, intermediate_size=32,
-                  num_attention_heads=2, num_hidden_layers=3, projection_dim=12, hidden_act="gelu",
+                  num_attention_heads=1, num_hidden_layers=3, projection_dim=12, hidden_act="gelu",
                   eos_token_id=2, pad_token_id=1, torch_dtype="float16")
 
 SCHEDULER_CONFIG = {

@@ -1,0 +1,300 @@
+/* SDXL against float64 PyTorch (tests/fixtures/sdxl/golden.safetensors, written by
+ * tests/reference/gen_sdxl_golden.py) on the tiny SDXL-shaped model tests/fixtures/tiny-sdxl, in
+ * both file layouts (the diffusers folder and the sgm single file hold the same float16-exact
+ * values, so both must give the same numbers): the UNet with the text_time added conditioning
+ * (first level without attention, transformer_layers_per_block [1, 2, 3]), with spectral shifts on
+ * add_embedding and multi-layer transformers and its gradients (sample, context, pooled text
+ * embedding, deltas); both text encoders' penultimate, clip_skip 1 and last hidden states and
+ * text_encoder_2's pooled projection. */
+#include "testutil.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/error.h"
+#include "io/model.h"
+#include "models/clip.h"
+#include "models/unet.h"
+
+/* Relative errors measured (C float32 vs PyTorch float64, max |a - b| / max |b|), Release build;
+ * the test prints them with SVDIFF_GOLDEN_VERBOSE=1: see the report of each check below. */
+#define TOL 1e-4
+#define GOLDEN "sdxl/golden.safetensors"
+#define FOLDER "tests/fixtures/tiny-sdxl/diffusers"
+#define SINGLE "tests/fixtures/tiny-sdxl/sdxl.safetensors"
+/* The shapes of gen_sdxl_golden.py. */
+#define UB 2
+#define UH 8
+#define UW 12
+#define NTOK 77
+#define CTX_DIM 24      /* 8 (text_encoder) + 16 (text_encoder_2) */
+#define POOLED_DIM 12   /* text_encoder_2's projection_dim */
+
+static int verbose(void) {
+    const char *v = getenv("SVDIFF_GOLDEN_VERBOSE");
+    return v && *v && *v != '0';
+}
+
+static void check(const char *label, const float *got, const st_file_t *g, const char *key, size_t n) {
+    float *want = golden_get(g, key, (int64_t)n);
+    if (verbose()) printf("  %-64s rel err %.3g\n", label, rel_error(got, want, n));
+    assert_close(label, got, want, n, TOL);
+    free(want);
+}
+
+static void open_model(model_t *m, const char *rel) {
+    int rc = model_open(m, source_path(rel), NULL);
+    if (rc) print_error("model_open(%s): %s\n", rel, sd_last_error());
+    assert_int_equal(rc, 0);
+    assert_int_equal(model_family(m), MODEL_FAMILY_SDXL);
+    assert_string_equal(model_family_name(model_family(m)), "sdxl");
+    assert_int_equal(m->layout, strstr(rel, ".safetensors") ? MODEL_LAYOUT_LDM_SDXL : MODEL_LAYOUT_DIFFUSERS);
+}
+
+/* ---- the UNet ---- */
+
+typedef struct {
+    float *sample, *timesteps, *ctx, *text_embeds, *time_ids;
+} unet_inputs_t;
+
+static void unet_inputs(unet_inputs_t *in, const st_file_t *g) {
+    in->sample = golden_get(g, "unet.sample", UB * 4 * UH * UW);
+    in->timesteps = golden_get(g, "unet.timesteps", UB);
+    in->ctx = golden_get(g, "unet.ctx", UB * NTOK * CTX_DIM);
+    in->text_embeds = golden_get(g, "unet.text_embeds", UB * POOLED_DIM);
+    in->time_ids = golden_get(g, "unet.time_ids", UB * UNET_N_TIME_IDS);
+}
+
+static void unet_inputs_free(unet_inputs_t *in) {
+    free(in->sample), free(in->timesteps), free(in->ctx), free(in->text_embeds), free(in->time_ids);
+}
+
+static void unet_build_ok(unet_t *u, const model_t *m) {
+    int rc = build_unet_from_component(u, &m->unet);
+    if (rc) print_error("%s\n", sd_last_error());
+    assert_int_equal(rc, 0);
+    /* the tiny config: projection_class_embeddings_input_dim 60 = 12 + 6 * 8 */
+    assert_int_equal(u->cfg.addition_text_time, 1);
+    assert_int_equal(u->cfg.addition_time_embed_dim, 8);
+    assert_int_equal(u->cfg.addition_embed_in, 60);
+    assert_int_equal(u->cfg.addition_text_embeds_dim, POOLED_DIM);
+    assert_int_equal(u->cfg.cross_attention_dim, CTX_DIM);
+}
+
+static void unet_forward_ok(float *out, const unet_t *u, unet_acts_t *a, const unet_inputs_t *in) {
+    const unet_added_cond_t added = {.text_embeds = in->text_embeds, .time_ids = in->time_ids};
+    int rc = unet_forward(out, u, a, in->sample, in->timesteps, in->ctx, &added, UB, UH, UW, NTOK);
+    if (rc) print_error("%s\n", sd_last_error());
+    assert_int_equal(rc, 0);
+}
+
+/* The plain UNet (stored weights) of a layout against unet.out_base. */
+static void check_unet(const char *rel) {
+    st_file_t g;
+    golden_open(&g, GOLDEN);
+    model_t m;
+    open_model(&m, rel);
+    unet_t u;
+    unet_build_ok(&u, &m);
+    unet_inputs_t in;
+    unet_inputs(&in, &g);
+    unet_acts_t a;
+    assert_int_equal(unet_acts_build(&a, &u, UB, UH, UW, NTOK, 0, UNET_CKPT_NONE), 0);
+    const size_t n_out = (size_t)UB * 4 * UH * UW;
+    float *out = alloc_zeros(n_out);
+    unet_forward_ok(out, &u, &a, &in);
+    char label[128];
+    snprintf(label, sizeof label, "unet out (%s)", rel);
+    check(label, out, &g, "unet.out_base", n_out);
+
+    /* the added conditioning is not decoration: other time ids give another output */
+    float *out2 = alloc_zeros(n_out);
+    in.time_ids[0] += 64.0f;
+    unet_forward_ok(out2, &u, &a, &in);
+    assert_true(rel_error(out2, out, n_out / UB) > 1e-3);   /* row 0 moved */
+    assert_true(rel_error(out2 + n_out / UB, out + n_out / UB, n_out / UB) == 0.0);   /* row 1 did not */
+    free(out), free(out2);
+    unet_acts_free(&a);
+    unet_inputs_free(&in);
+    free_unet(&u);
+    model_close(&m);
+    st_close(&g);
+}
+
+static void test_sdxl_unet_folder(void **state) {
+    (void)state;
+    check_unet(FOLDER);
+}
+
+static void test_sdxl_unet_single_file(void **state) {
+    (void)state;
+    check_unet(SINGLE);
+}
+
+/* Makes layer `path` spectral with the golden factors, the stored W kept as the base. */
+static void set_spectral(unet_t *u, const st_file_t *g, const char *path) {
+    layer_t *l = unet_find_layer(u, path);
+    if (!l) print_error("no layer %s\n", path);
+    assert_non_null(l);
+    const int rows = l->w.rows, cols = l->w.cols, rank = rows < cols ? rows : cols;
+    char key[256];
+#define GET(suffix, numel) (snprintf(key, sizeof key, "unet.%s.%s", path, suffix), golden_get(g, key, numel))
+    float *U = GET("U", (int64_t)rows * rank), *S = GET("S", rank), *Vh = GET("Vh", (int64_t)rank * cols);
+    float *delta = GET("delta", rank);
+#undef GET
+    spectral_t *sp = calloc(1, sizeof *sp);
+    spectral_init_factors(sp, U, S, Vh, rows, cols, rank);
+    memcpy(sp->delta, delta, sizeof(float) * rank);
+    sp->scale = 1.0f;
+    weight_free(&l->w);
+    l->w.kind = WEIGHT_SPECTRAL;
+    l->w.sp = sp;
+    free(U), free(S), free(Vh), free(delta);
+}
+
+/* Spectral shifts on add_embedding's two linears and on layers of the 2- and 3-layer
+ * transformers (the golden's "unet_spectral" list): output, d sample, d ctx, d text_embeds (what
+ * lets text_encoder_2's shifts train through the pooled embedding) and every d delta. */
+static void test_sdxl_unet_shifts_backward(void **state) {
+    (void)state;
+    st_file_t g;
+    golden_open(&g, GOLDEN);
+    model_t m;
+    open_model(&m, FOLDER);
+    unet_t u;
+    unet_build_ok(&u, &m);
+    char list[1024];
+    snprintf(list, sizeof list, "%s", st_meta(&g, "unet_spectral"));
+    int n_spectral = 0;
+    for (char *p = strtok(list, ","); p; p = strtok(NULL, ",")) set_spectral(&u, &g, p), n_spectral++;
+    assert_int_equal(n_spectral, 6);
+    unet_inputs_t in;
+    unet_inputs(&in, &g);
+    unet_acts_t a;
+    assert_int_equal(unet_acts_build(&a, &u, UB, UH, UW, NTOK, 1, UNET_CKPT_NONE), 0);
+    const size_t n_out = (size_t)UB * 4 * UH * UW, n_ctx = (size_t)UB * NTOK * CTX_DIM;
+    float *out = alloc_zeros(n_out), *dsample = alloc_zeros(n_out), *dctx = alloc_zeros(n_ctx);
+    float *dtext = alloc_zeros(UB * POOLED_DIM);
+    float *dout = golden_get(&g, "unet.dout", (int64_t)n_out);
+    unet_forward_ok(out, &u, &a, &in);
+    check("unet out with shifts", out, &g, "unet.out", n_out);
+    unet_grads_t gr;
+    assert_int_equal(unet_grads_alloc(&gr, &u, UNET_GRAD_SHIFTS), 0);
+    unet_backward(dsample, dctx, dtext, &gr, dout, &u, &a);
+    check("unet d sample", dsample, &g, "unet.dsample", n_out);
+    check("unet d ctx", dctx, &g, "unet.dctx", n_ctx);
+    check("unet d text_embeds", dtext, &g, "unet.dtext_embeds", UB * POOLED_DIM);
+    int n_checked = 0;
+    for (int i = 0; i < u.n_layers; i++) {
+        const layer_t *l = u.layers[i];
+        if (l->w.kind != WEIGHT_SPECTRAL) continue;
+        char key[256];
+        snprintf(key, sizeof key, "unet.%s.ddelta", l->name);
+        assert_non_null(gr.layers[l->id].dw);
+        check(key, gr.layers[l->id].dw, &g, key, (size_t)l->w.sp->rank);
+        n_checked++;
+    }
+    assert_int_equal(n_checked, 6);
+    unet_grads_free(&gr);
+    free(out), free(dsample), free(dctx), free(dtext), free(dout);
+    unet_acts_free(&a);
+    unet_inputs_free(&in);
+    free_unet(&u);
+    model_close(&m);
+    st_close(&g);
+}
+
+/* ---- the text encoders ---- */
+
+static int *golden_ids(const st_file_t *g, const char *key) {
+    float *f = golden_get(g, key, 2 * NTOK);
+    int *ids = malloc(sizeof(int) * 2 * NTOK);
+    for (int i = 0; i < 2 * NTOK; i++) ids[i] = (int)f[i];
+    free(f);
+    return ids;
+}
+
+/* One encoder ("te" or "te2") of a layout: hidden_states[-2] and [-3] (no final LayerNorm), the
+ * last hidden state (final LayerNorm), and for te2 the pooled projection in every mode. */
+static void check_encoder(const model_component_t *c, const st_file_t *g, const char *tag, const char *layout) {
+    clip_t m;
+    int rc = build_clip_from_component(&m, c);
+    if (rc) print_error("%s: %s\n", tag, sd_last_error());
+    assert_int_equal(rc, 0);
+    const int C = m.cfg.hidden_size, proj = strcmp(tag, "te2") == 0;
+    assert_int_equal(C, proj ? 16 : 8);
+    assert_int_equal(m.cfg.num_layers, 3);
+    assert_int_equal(m.cfg.act, proj ? CLIP_ACT_GELU : CLIP_ACT_QUICK_GELU);
+    assert_int_equal(m.cfg.projection_dim, proj ? POOLED_DIM : 0);
+    clip_acts_t a;
+    assert_int_equal(clip_acts_build(&a, &m.cfg, 2, NTOK), 0);
+    char key[64], label[160];
+    snprintf(key, sizeof key, "%s.ids", tag);
+    int *ids = golden_ids(g, key);
+    const size_t n = (size_t)2 * NTOK * C;
+    float pooled[2 * POOLED_DIM];
+    static const struct {
+        clip_hidden_t mode;
+        int skip;
+        const char *key;
+    } cases[] = {
+        {CLIP_HIDDEN_PENULTIMATE, 0, "penult"},
+        {CLIP_HIDDEN_PENULTIMATE, 1, "skip1"},
+        {CLIP_HIDDEN_FINAL_LN, 0, "last"},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        m.hidden_mode = cases[k].mode;
+        m.clip_skip = cases[k].skip;
+        m.want_pooled = proj;
+        const float *h = clip_forward(&m, &a, ids, 2, NTOK);
+        if (!h) print_error("%s: %s\n", tag, sd_last_error());
+        assert_non_null(h);
+        snprintf(key, sizeof key, "%s.%s", tag, cases[k].key);
+        snprintf(label, sizeof label, "%s %s (%s)", tag, cases[k].key, layout);
+        check(label, h, g, key, n);
+        if (proj) {   /* the pooled embedding is the last layer's, whatever the hidden state */
+            assert_int_equal(clip_pooled(pooled, &m, &a), 0);
+            snprintf(label, sizeof label, "te2 pooled, %s (%s)", cases[k].key, layout);
+            check(label, pooled, g, "te2.pooled", 2 * POOLED_DIM);
+        } else {
+            assert_int_equal(clip_pooled(pooled, &m, &a), SD_ERR_ARG);   /* no projection */
+        }
+    }
+    free(ids);
+    clip_acts_free(&a);
+    free_clip(&m);
+}
+
+static void check_text_encoders(const char *rel) {
+    st_file_t g;
+    golden_open(&g, GOLDEN);
+    model_t m;
+    open_model(&m, rel);
+    assert_true(m.text_encoder.n_tensors > 0 && m.text_encoder_2.n_tensors > 0);
+    check_encoder(&m.text_encoder, &g, "te", rel);
+    check_encoder(&m.text_encoder_2, &g, "te2", rel);
+    model_close(&m);
+    st_close(&g);
+}
+
+static void test_sdxl_text_encoders_folder(void **state) {
+    (void)state;
+    check_text_encoders(FOLDER);
+}
+
+static void test_sdxl_text_encoders_single_file(void **state) {
+    (void)state;
+    check_text_encoders(SINGLE);
+}
+
+int main(int argc, char **argv) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_sdxl_unet_folder),
+        cmocka_unit_test(test_sdxl_unet_single_file),
+        cmocka_unit_test(test_sdxl_unet_shifts_backward),
+        cmocka_unit_test(test_sdxl_text_encoders_folder),
+        cmocka_unit_test(test_sdxl_text_encoders_single_file),
+    };
+    return RUN_TESTS(argc, argv, "sdxl", tests, NULL, NULL);
+}
