@@ -192,7 +192,15 @@ static void test_sdxl_unet_shifts_backward(void **state) {
         char key[256];
         snprintf(key, sizeof key, "unet.%s.ddelta", l->name);
         assert_non_null(gr.layers[l->id].dw);
-        check(key, gr.layers[l->id].dw, &g, key, (size_t)l->w.sp->rank);
+        /* A self-attention query's gradient passes the softmax derivative, whose terms cancel:
+         * its largest entry (0.68) is 8x below d sample's, at the same absolute float32 error
+         * (6e-5): measured 6.7e-5 relative (Release), 9.5e-5 (ASan, -O1), so it gets 2e-4; every
+         * other d delta is within 5e-5 of its own largest entry. */
+        const double tol = strstr(l->name, "attn1.to_q") ? 2e-4 : TOL;
+        float *want = golden_get(&g, key, l->w.sp->rank);
+        if (verbose()) printf("  %-64s rel err %.3g\n", key, rel_error(gr.layers[l->id].dw, want, l->w.sp->rank));
+        assert_close(key, gr.layers[l->id].dw, want, (size_t)l->w.sp->rank, tol);
+        free(want);
         n_checked++;
     }
     assert_int_equal(n_checked, 6);
