@@ -197,9 +197,10 @@ void clip_backward(clip_t *m, clip_acts_t *a, const float *dhidden, const float 
                    float *dembed);
 
 /* Visits every trained shift: spectral deltas (name: SHIFT_TE, SHIFT_SPECTRAL, the module path,
- * e.g. "text_model.encoder.layers.0.self_attn.q_proj"), then norm shifts (SHIFT_NORM,
- * "...layer_norm1"), with its gradient from g (NULL if g is NULL or has none). The name and its
- * path are valid during the call only. */
+ * e.g. "text_model.encoder.layers.0.self_attn.q_proj", and "text_projection" last when the model
+ * has one), then norm shifts (SHIFT_NORM, "...layer_norm1"), with its gradient from g (NULL if g
+ * is NULL or has none). The component is always SHIFT_TE: a caller walking a second encoder
+ * copies the name and sets its own. The name and its path are valid during the call only. */
 typedef void (*clip_shift_visit_fn)(void *ctx, const shift_name_t *name, float *shift, float *grad, int n);
 void clip_visit_shifts(clip_t *m, clip_grads_t *g, clip_shift_visit_fn fn, void *ctx);
 
