@@ -16,6 +16,8 @@
 #include "io/model.h"
 #include "models/clip.h"
 #include "models/unet.h"
+#include "models/vae.h"
+#include "pipeline/pipeline.h"
 
 /* Relative errors measured (C float32 vs PyTorch float64, max |a - b| / max |b|), Release build;
  * the test prints them with SVDIFF_GOLDEN_VERBOSE=1: see the report of each check below. */
@@ -30,6 +32,8 @@
 #define NTOK 77
 #define CTX_DIM 24      /* 8 (text_encoder) + 16 (text_encoder_2) */
 #define POOLED_DIM 12   /* text_encoder_2's projection_dim */
+#define PROMPT "a photo of a cat sitting on a red chair, highly detailed"
+#define NEGATIVE "blurry, dark"
 
 static int verbose(void) {
     const char *v = getenv("SVDIFF_GOLDEN_VERBOSE");
@@ -296,6 +300,173 @@ static void test_sdxl_text_encoders_single_file(void **state) {
     check_text_encoders(SINGLE);
 }
 
+/* ---- the pipeline: prompt encoding and whole sampling runs ---- */
+
+static void pipe_open_ok(pipeline_t *p, const char *rel) {
+    /* a single file carries no tokenizer: the folder's (tokenizer_2 then pads with "!") */
+    const char *tok = strstr(rel, ".safetensors") ? source_path(FOLDER "/tokenizer") : NULL;
+    char tokbuf[4096];
+    if (tok) snprintf(tokbuf, sizeof tokbuf, "%s", tok), tok = tokbuf;
+    int rc = pipeline_open(p, source_path(rel), tok);
+    if (rc) print_error("pipeline_open(%s): %s\n", rel, sd_last_error());
+    assert_int_equal(rc, 0);
+    assert_true(p->has_te2);
+    assert_int_equal(p->ctx_dim, CTX_DIM);
+    assert_int_equal(p->pooled_dim, POOLED_DIM);
+    assert_int_equal(p->n_ctx, NTOK);
+    assert_int_equal(p->force_zeros_empty, 1);
+}
+
+/* Both tokenizers' ids (tokenizer pads with the end token, tokenizer_2 with "!"), the context
+ * cat(TE1, TE2 penultimate) and the pooled embedding of [negative, prompt], also with clip_skip 1
+ * (the pooled embedding stays the last layer's). */
+static void check_prompt_encoding(const char *rel) {
+    st_file_t g;
+    golden_open(&g, GOLDEN);
+    pipeline_t p;
+    pipe_open_ok(&p, rel);
+    const char *pair[2] = {NEGATIVE, PROMPT};
+    int *want1 = golden_ids(&g, "te.ids"), *want2 = golden_ids(&g, "te2.ids");
+    for (int r = 0; r < 2; r++) {
+        int ids[NTOK];
+        assert_int_equal(tokenizer_encode(p.tok, pair[r], ids, NTOK, 1, NULL), NTOK);
+        assert_memory_equal(ids, want1 + r * NTOK, sizeof ids);
+        assert_int_equal(tokenizer_encode(p.tok2, pair[r], ids, NTOK, 1, NULL), NTOK);
+        for (int i = 0; i < NTOK; i++)   /* the tokenizer pads with EOS; the pipeline swaps in "!" */
+            if (ids[i] != want2[r * NTOK + i]) assert_int_equal(want2[r * NTOK + i], p.tok2_pad);
+    }
+    const size_t n_ctx = (size_t)2 * NTOK * CTX_DIM;
+    float *ctx = malloc(sizeof(float) * n_ctx), pooled[2 * POOLED_DIM];
+    int rc = pipeline_encode_prompts_cond(&p, pair, 2, ctx, pooled);
+    if (rc) print_error("%s\n", sd_last_error());
+    assert_int_equal(rc, 0);
+    char label[160];
+    snprintf(label, sizeof label, "prompt ctx (%s)", rel);
+    check(label, ctx, &g, "prompt.ctx", n_ctx);
+    snprintf(label, sizeof label, "prompt pooled (%s)", rel);
+    check(label, pooled, &g, "prompt.pooled", 2 * POOLED_DIM);
+    p.clip.clip_skip = p.clip2.clip_skip = 1;
+    assert_int_equal(pipeline_encode_prompts_cond(&p, pair, 2, ctx, pooled), 0);
+    snprintf(label, sizeof label, "prompt ctx, clip_skip 1 (%s)", rel);
+    check(label, ctx, &g, "prompt.ctx_skip1", n_ctx);
+    snprintf(label, sizeof label, "prompt pooled, clip_skip 1 (%s)", rel);
+    check(label, pooled, &g, "prompt.pooled", 2 * POOLED_DIM);
+    free(ctx), free(want1), free(want2);
+    pipeline_close(&p);
+    st_close(&g);
+}
+
+static void test_sdxl_prompt_encoding_folder(void **state) {
+    (void)state;
+    check_prompt_encoding(FOLDER);
+}
+
+static void test_sdxl_prompt_encoding_single_file(void **state) {
+    (void)state;
+    check_prompt_encoding(SINGLE);
+}
+
+/* The runs of gen_sdxl_golden.py's RUNS table: Euler (the scheduler config: leading spacing,
+ * steps_offset 1), classifier-free guidance, height x width pixels. */
+typedef struct {
+    const char *name;
+    uint64_t seed;
+    int steps;
+    float cfg;
+    int height, width;
+    const char *negative;   /* NULL: force_zeros_for_empty_prompt gives zeros */
+    int clip_skip;
+    int original[2], crop[2], target[2];
+} sdxl_run_t;
+
+static const sdxl_run_t RUNS[] = {
+    {"euler", 7, 2, 5.0f, 16, 24, NULL, 0, {0, 0}, {0, 0}, {0, 0}},
+    {"euler_cond", 11, 2, 4.0f, 16, 24, NEGATIVE, 1, {64, 48}, {4, 2}, {32, 40}},
+};
+
+typedef struct {
+    float *traj, *t;
+    size_t n;
+    int calls;
+} recorder_t;
+
+static void record(void *vctx, int step, int num_steps, float t, const float *latents) {
+    recorder_t *r = vctx;
+    if (step >= 1 && step <= num_steps && step == r->calls + 1) {
+        memcpy(r->traj + (size_t)(step - 1) * r->n, latents, sizeof(float) * r->n);
+        r->t[step - 1] = t;
+    }
+    r->calls++;
+}
+
+/* One run from the stored noise (or the seed): the time ids of both row kinds, every step's
+ * latents, the final latents and the decoded image. */
+static void check_run(pipeline_t *p, const st_file_t *g, const sdxl_run_t *run, int from_seed, const char *layout) {
+    int C, h, w;
+    pipeline_latent_shape(p, run->width, run->height, &C, &h, &w);
+    assert_int_equal(C, 4), assert_int_equal(h, run->height / 2), assert_int_equal(w, run->width / 2);
+    const size_t n = (size_t)C * h * w;
+    const int S = run->steps;
+    char key[128], label[192];
+#define GET(field, numel) (snprintf(key, sizeof key, "%s.%s", run->name, field), golden_get(g, key, numel))
+    float *init = GET("init", (int64_t)n), *t_want = GET("t", S), *traj_want = GET("traj", (int64_t)S * n);
+    float *tids = GET("time_ids", 2 * UNET_N_TIME_IDS), *img_want = GET("image", (int64_t)3 * run->height * run->width);
+#undef GET
+    txt2img_opts_t o = {.prompt = PROMPT, .negative_prompt = run->negative, .width = run->width,
+                        .height = run->height, .steps = S, .cfg = run->cfg, .sampler = SAMPLER_EULER,
+                        .seed = run->seed, .batch = 1, .clip_skip = run->clip_skip};
+    memcpy(o.original_size, run->original, sizeof o.original_size);
+    memcpy(o.crops_coords_top_left, run->crop, sizeof o.crops_coords_top_left);
+    memcpy(o.target_size, run->target, sizeof o.target_size);
+    float row[UNET_N_TIME_IDS];
+    for (int neg = 0; neg < 2; neg++) {   /* golden rows: [negative; prompt] */
+        pipeline_opts_time_ids(row, &o, !neg);
+        assert_memory_equal(row, tids + neg * UNET_N_TIME_IDS, sizeof row);
+    }
+    recorder_t rec = {.traj = malloc(sizeof(float) * S * n), .t = malloc(sizeof(float) * S), .n = n};
+    o.progress = record, o.progress_ctx = &rec;
+    float *latents = malloc(sizeof(float) * n);
+    int rc = pipeline_txt2img(p, &o, from_seed ? NULL : init, latents);
+    if (rc) print_error("%s: %s\n", run->name, sd_last_error());
+    assert_int_equal(rc, 0);
+    assert_int_equal(rec.calls, S);
+    for (int i = 0; i < S; i++) {
+        assert_true(rec.t[i] == t_want[i]);
+        snprintf(label, sizeof label, "%s step %d (%s, %s)", run->name, i + 1, layout, from_seed ? "seeded" : "init");
+        if (verbose()) printf("  %-64s rel err %.3g\n", label, rel_error(rec.traj + i * n, traj_want + i * n, n));
+        assert_close(label, rec.traj + i * n, traj_want + i * n, n, TOL);
+    }
+    snprintf(label, sizeof label, "%s latents (%s)", run->name, layout);
+    check(label, latents, g, (snprintf(key, sizeof key, "%s.latents", run->name), key), n);
+    float *img = malloc(sizeof(float) * 3 * run->height * run->width);
+    assert_int_equal(vae_decode(&p->vae, img, latents, 1, h, w), 0);
+    snprintf(label, sizeof label, "%s image (%s)", run->name, layout);
+    if (verbose()) printf("  %-64s rel err %.3g\n", label, rel_error(img, img_want, (size_t)3 * run->height * run->width));
+    assert_close(label, img, img_want, (size_t)3 * run->height * run->width, TOL);
+    free(img), free(latents), free(rec.traj), free(rec.t);
+    free(init), free(t_want), free(traj_want), free(tids), free(img_want);
+}
+
+static void check_runs(const char *rel, int from_seed) {
+    st_file_t g;
+    golden_open(&g, GOLDEN);
+    pipeline_t p;
+    pipe_open_ok(&p, rel);
+    for (size_t i = 0; i < sizeof RUNS / sizeof RUNS[0]; i++) check_run(&p, &g, &RUNS[i], from_seed, rel);
+    pipeline_close(&p);
+    st_close(&g);
+}
+
+static void test_sdxl_txt2img_folder(void **state) {
+    (void)state;
+    check_runs(FOLDER, 0);
+}
+
+static void test_sdxl_txt2img_single_file(void **state) {
+    (void)state;
+    check_runs(SINGLE, 1);
+}
+
 int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sdxl_unet_folder),
@@ -303,6 +474,10 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_sdxl_unet_shifts_backward),
         cmocka_unit_test(test_sdxl_text_encoders_folder),
         cmocka_unit_test(test_sdxl_text_encoders_single_file),
+        cmocka_unit_test(test_sdxl_prompt_encoding_folder),
+        cmocka_unit_test(test_sdxl_prompt_encoding_single_file),
+        cmocka_unit_test(test_sdxl_txt2img_folder),
+        cmocka_unit_test(test_sdxl_txt2img_single_file),
     };
     return RUN_TESTS(argc, argv, "sdxl", tests, NULL, NULL);
 }
