@@ -159,7 +159,7 @@ SVDIFF_API int svdiff_model_open(const char *path, const svdiff_model_params_t *
 SVDIFF_API void svdiff_model_close(svdiff_model_t *model);
 
 typedef struct {
-    char family[32];             /* "sd1", "sd2", "sdxl-like", "pixel", ... (a short label) */
+    char family[32];             /* "sd1", "sd2", "sdxl", "pixel", "custom" (a short label) */
     char prediction_type[16];    /* "epsilon", "v_prediction" or "sample" */
     char weights_hash[17];       /* the base model's weights hash (what shift files record) */
     int native_width, native_height;   /* default image size in pixels */
@@ -169,7 +169,8 @@ typedef struct {
     int context_dim;             /* text encoder hidden size */
     int context_tokens;          /* prompt tokens (77 for SD) */
     int has_vae;
-    int64_t unet_params, text_encoder_params, vae_params;   /* parameter counts (0: absent) */
+    int64_t unet_params, text_encoder_params, vae_params;   /* parameter counts (0: absent; SDXL: the text
+                                                               encoders together) */
     int train_timesteps;         /* noise schedule length (1000) */
 } svdiff_model_info_t;
 
@@ -225,6 +226,8 @@ SVDIFF_API const char *svdiff_sampler_name(svdiff_sampler_t s);
 /* Parses those names (and the CLI's aliases); SVDIFF_ERR_ARG for an unknown one. */
 SVDIFF_API int svdiff_sampler_parse(const char *name, svdiff_sampler_t *out);
 
+#define SVDIFF_MICRO_COND_MAX 65536   /* largest micro-conditioning value (pixels) */
+
 typedef struct {
     const char *prompt;            /* required */
     const char *negative_prompt;   /* NULL: the empty prompt */
@@ -243,9 +246,29 @@ typedef struct {
     uint8_t *out_rgb;              /* NULL, or a caller buffer of num_images * w * h * 3 bytes that
                                       receives the images one after another */
     svdiff_callbacks_t callbacks;  /* progress (SVDIFF_STAGE_SAMPLE), cancel, image */
+    /* SDXL's micro-conditioning, in pixels, as `svdiff generate --original-size H,W
+     * --crops-coords-top-left TOP,LEFT --target-size H,W`: {height, width} / {top, left}. {0, 0}
+     * is diffusers' default (original and target size: the image's (height, width); crop (0, 0)).
+     * A model without it (SD 1.x / 2.x) refuses non-zero values with SVDIFF_ERR_ARG, as does a
+     * negative value, a value above SVDIFF_MICRO_COND_MAX or a size with one zero. */
+    int original_size[2];
+    int crops_coords_top_left[2];
+    int target_size[2];
+    /* The same for the unconditional (negative) branch of guidance; {0, 0}: the value above. */
+    int negative_original_size[2];
+    int negative_crops_coords_top_left[2];
+    int negative_target_size[2];
+    int clip_skip;                 /* text-encoder layers skipped at the end (diffusers' clip_skip,
+                                      0: none; SDXL: both encoders); the prompt only, as diffusers:
+                                      the negative prompt is encoded without it */
 } svdiff_generate_params_t;
 
 SVDIFF_API svdiff_generate_params_t svdiff_generate_default_params(void);
+/* The defaults for this model: svdiff_generate_default_params(), except on SDXL, where they are
+ * diffusers' StableDiffusionXLPipeline's: guidance 5 and the sampler of the model's scheduler
+ * config (Euler for SDXL base; DDIM when the config names none svdiff has). model NULL: the plain
+ * defaults. What `svdiff generate` uses for the flags it is not given. */
+SVDIFF_API svdiff_generate_params_t svdiff_generate_model_params(const svdiff_model_t *model);
 
 /* Text to image: the images `svdiff generate` makes with the same settings (same bytes for the
  * same seed and thread count). Each image goes to callbacks.image as soon as it is decoded, to

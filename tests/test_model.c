@@ -728,7 +728,7 @@ static void test_builder_variants(void **state) {
     float x[4 * 16], y[4 * 16], ctx[3 * 16], ts = 500.0f;
     for (int i = 0; i < 64; i++) x[i] = (float)((i * 37) % 17) / 8.0f - 1.0f;
     for (int i = 0; i < 48; i++) ctx[i] = (float)((i * 11) % 13) / 6.0f - 1.0f;
-    assert_int_equal(unet_forward(y, &net, &acts, x, &ts, ctx, 1, 4, 4, 3), 0);
+    assert_int_equal(unet_forward(y, &net, &acts, x, &ts, ctx, NULL, 1, 4, 4, 3), 0);
     double sum = 0;
     for (int i = 0; i < 64; i++) {
         assert_true(isfinite(y[i]));
@@ -841,17 +841,21 @@ static void test_config_limits(void **state) {
 
 static void test_unknown_layout(void **state) {
     (void)state;
-    /* SDXL-style text encoder names */
+    /* SDXL names with only the first of its two text encoders */
     rewrite(fixture("sd1.safetensors"), tpath("xl.safetensors"),
             &(edit_t){.from_prefix = "cond_stage_model.transformer.", .to_prefix = "conditioner.embedders.0.transformer."});
-    open_fails(tpath("xl.safetensors"), NULL, "unknown checkpoint layout", "conditioner.embedders.0.transformer.");
+    open_fails(tpath("xl.safetensors"), NULL, "SDXL checkpoint without its second text encoder", "conditioner.embedders.1.model.");
     /* a diffusers component file is not a single-file checkpoint */
     open_fails(fixture("diffusers/unet/diffusion_pytorch_model.safetensors"), NULL, "unknown checkpoint layout",
                "conv_in");
     /* an unexpected name inside a known prefix */
     rewrite(fixture("sd1.safetensors"), tpath("odd.safetensors"),
+            &(edit_t){.dup_from = "model.diffusion_model.out.0.bias", .dup_to = "model.diffusion_model.label_emb.1.0.bias"});
+    open_fails(tpath("odd.safetensors"), NULL, "unknown checkpoint layout", "label_emb.1.0.bias");
+    /* SDXL's label_emb on an SD 1.x UNet without the rest of its text_time embedding */
+    rewrite(fixture("sd1.safetensors"), tpath("odd2.safetensors"),
             &(edit_t){.dup_from = "model.diffusion_model.out.0.bias", .dup_to = "model.diffusion_model.label_emb.0.0.bias"});
-    open_fails(tpath("odd.safetensors"), NULL, "unknown checkpoint layout", "label_emb");
+    open_fails(tpath("odd2.safetensors"), NULL, "unexpected tensor", "add_embedding.linear_1.bias");
     /* no text encoder at all */
     rewrite(fixture("sd1.safetensors"), tpath("notext.safetensors"),
             &(edit_t){.from_prefix = "cond_stage_model.transformer.", .to_prefix = "model_ema.x"});

@@ -142,7 +142,7 @@ static float *unet_run(const unet_t *m) {
     float *out = alloc_zeros(n_out);
     unet_acts_t a;
     assert_int_equal(unet_acts_build(&a, m, UB, UH, UW, UT, 0, UNET_CKPT_NONE), 0);
-    assert_int_equal(unet_forward(out, m, &a, x, t, ctx, UB, UH, UW, UT), 0);
+    assert_int_equal(unet_forward(out, m, &a, x, t, ctx, NULL, UB, UH, UW, UT), 0);
     unet_acts_free(&a);
     free(x), free(ctx);
     return out;

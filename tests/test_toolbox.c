@@ -497,7 +497,7 @@ static float *tiny_unet_with(const shift_set_t *s, const st_file_t *g) {
     float *out = alloc_zeros((size_t)B * u.cfg.out_channels * H * W);
     unet_acts_t a;
     assert_int_equal(unet_acts_build(&a, &u, B, H, W, T, 0, UNET_CKPT_NONE), 0);
-    assert_int_equal(unet_forward(out, &u, &a, x, t, ctx, B, H, W, T), 0);
+    assert_int_equal(unet_forward(out, &u, &a, x, t, ctx, NULL, B, H, W, T), 0);
     unet_acts_free(&a);
     free(x), free(t), free(ctx);
     free_unet(&u);

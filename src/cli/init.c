@@ -21,7 +21,9 @@ static void usage(FILE *f) {
             "config has one (without, the UNet works on RGB pixels), tokenizer/ with --tokenizer.\n"
             "CONFIG holds the component configs in diffusers/transformers form:\n"
             "  {\"unet\": {...}, \"text_encoder\": {...}, \"scheduler\": {...}, \"vae\": {...}}\n"
-            "(configs/default-model.json is the default model's). Weights are initialised as\n"
+            "(configs/default-model.json is the default model's). With \"text_encoder_2\" too the\n"
+            "folder is an SDXL one: text_encoder_2/, and tokenizer_2/ with --tokenizer\n"
+            "(configs/sdxl-base.json: SDXL base 1.0; configs/tiny-sdxl.json). Weights are initialised as\n"
             "PyTorch/diffusers/transformers do by default, from the Philox RNG: the same seed\n"
             "gives the same bytes. The folder is opened with the model loader as a check.\n\n"
             "options:\n"
@@ -39,23 +41,25 @@ static void usage(FILE *f) {
 }
 
 static void print_stats(const model_init_stats_t *st, int fp16) {
-    static const char *const names[3] = {"unet", "text_encoder", "vae"};
-    printf("%-13s %8s %12s %10s %14s\n", "component", "tensors", "parameters", fp16 ? "MB (fp16)" : "MB (fp32)",
+    static const char *const names[MODEL_INIT_COMPONENTS] = {"unet", "text_encoder", "vae", "text_encoder_2"};
+    static const int order[MODEL_INIT_COMPONENTS] = {0, 1, 3, 2};   /* the encoders together */
+    printf("%-15s %8s %14s %10s %14s\n", "component", "tensors", "parameters", fp16 ? "MB (fp16)" : "MB (fp32)",
            "GFLOP/forward");
     int64_t total = 0;
-    for (int i = 0; i < 3; i++) {
+    for (int k = 0; k < MODEL_INIT_COMPONENTS; k++) {
+        const int i = order[k];
         if (!st->n_tensors[i]) continue;
         total += st->params[i];
         char fl[32];
         if (i == 2) snprintf(fl, sizeof fl, "-");
         else snprintf(fl, sizeof fl, "%.3f", st->flops[i] / 1e9);
-        printf("%-13s %8d %12lld %10.2f %14s\n", names[i], st->n_tensors[i], (long long)st->params[i],
+        printf("%-15s %8d %14lld %10.2f %14s\n", names[i], st->n_tensors[i], (long long)st->params[i],
                (double)st->params[i] * (fp16 ? 2 : 4) / 1e6, fl);
     }
-    printf("%-13s %8s %12lld %10.2f %14.3f\n", "total", "", (long long)total, (double)st->bytes / 1e6,
-           (st->flops[0] + st->flops[1]) / 1e9);
-    printf("(UNet FLOPs for one %dx%d sample with a %d-token context; text encoder on %d tokens)\n",
-           st->sample_size, st->sample_size, st->tokens, st->tokens);
+    printf("%-15s %8s %14lld %10.2f %14.3f\n", "total", "", (long long)total, (double)st->bytes / 1e6,
+           (st->flops[0] + st->flops[1] + st->flops[3]) / 1e9);
+    printf("(UNet FLOPs for one %dx%d sample with a %d-token context; text encoder%s on %d tokens)\n",
+           st->sample_size, st->sample_size, st->tokens, st->n_tensors[3] ? "s" : "", st->tokens);
 }
 
 int cmd_init(int argc, char **argv) {

@@ -1,6 +1,7 @@
 /* model_open: a diffusers folder (model_index.json, per-component config.json and safetensors,
- * sharded or not, fp16 variants accepted) or an LDM single file (SD 1.x / 2.x; .safetensors, or a
- * PyTorch .ckpt whose storages io/ckpt.c copies into memory), into components of zero-copy views
+ * sharded or not, fp16 variants accepted; SDXL's text_encoder_2 and tokenizer_2) or an LDM single
+ * file (SD 1.x / 2.x, SDXL in the sgm layout; .safetensors, or a PyTorch .ckpt whose storages
+ * io/ckpt.c copies into memory), into components of zero-copy views
  * named the diffusers way, every component validated against its config. Of safetensors only the
  * headers are read: the tensor data stays untouched in the mmap until a model uses it. */
 #include "io/model.h"
@@ -10,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 
 #include "base/error.h"
@@ -163,12 +165,49 @@ void model_close(model_t *m) {
     component_free(&m->unet);
     component_free(&m->vae);
     component_free(&m->text_encoder);
+    component_free(&m->text_encoder_2);
     for (int i = 0; i < m->n_sets; i++) st_set_close(&m->sets[i]);
     free(m->sets);
+    for (int i = 0; i < m->n_owned; i++) munmap(m->owned[i].p, m->owned[i].n);
+    free(m->owned);
     cJSON_Delete(m->scheduler_config);
     free(m->tokenizer_dir);
+    free(m->tokenizer_2_dir);
     free(m->path);
     memset(m, 0, sizeof *m);
+}
+
+/* A buffer of n bytes the model owns. Shared anonymous memory, not the heap: readers release a
+ * tensor's pages after use (st_release_pages, MADV_DONTNEED), which keeps the contents of a shared
+ * mapping (they come back on the next read) but would zero a private one. */
+static void *model_own(model_t *m, size_t n) {
+    void *p = mmap(NULL, n ? n : 1, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return NULL;
+    struct model_owned *no = realloc(m->owned, (size_t)(m->n_owned + 1) * sizeof *no);
+    SD_CHECK(no, "out of memory");
+    m->owned = no;
+    m->owned[m->n_owned++] = (struct model_owned){p, n ? n : 1};
+    return p;
+}
+
+model_family_t model_family(const model_t *m) {
+    const cJSON *t = cJSON_GetObjectItemCaseSensitive(m->unet.config, "addition_embed_type");
+    if (m->text_encoder_2.n_tensors && cJSON_IsString(t) && !strcmp(t->valuestring, "text_time"))
+        return MODEL_FAMILY_SDXL;
+    if (m->layout == MODEL_LAYOUT_LDM_SD2) return MODEL_FAMILY_SD2;
+    const cJSON *act = cJSON_GetObjectItemCaseSensitive(m->text_encoder.config, "hidden_act");
+    if (m->layout == MODEL_LAYOUT_DIFFUSERS && cJSON_IsString(act) && !strcmp(act->valuestring, "gelu"))
+        return MODEL_FAMILY_SD2;   /* OpenCLIP-H uses the exact GELU, CLIP-L quick_gelu */
+    return MODEL_FAMILY_SD1;
+}
+
+const char *model_family_name(model_family_t f) {
+    switch (f) {
+    case MODEL_FAMILY_SD1: return "sd1";
+    case MODEL_FAMILY_SD2: return "sd2";
+    case MODEL_FAMILY_SDXL: return "sdxl";
+    }
+    return "?";
 }
 
 static st_set_t *new_set(model_t *m) {
@@ -218,11 +257,18 @@ typedef struct {
     const char *name, *cls, *library, *weights;   /* weights: base name, e.g. "model" */
 } folder_part_t;
 
-static const folder_part_t PARTS[3] = {
+#define N_PARTS 4
+static const folder_part_t PARTS[N_PARTS] = {
     {"unet", "UNet2DConditionModel", "diffusers", "diffusion_pytorch_model"},
     {"vae", "AutoencoderKL", "diffusers", "diffusion_pytorch_model"},
     {"text_encoder", "CLIPTextModel", "transformers", "model"},
+    {"text_encoder_2", "CLIPTextModelWithProjection", "transformers", "model"},   /* SDXL */
 };
+
+/* The components in PARTS order. */
+static void components(model_t *m, model_component_t *out[N_PARTS]) {
+    out[0] = &m->unet, out[1] = &m->vae, out[2] = &m->text_encoder, out[3] = &m->text_encoder_2;
+}
 
 /* First existing weights file: plain names before the fp16 variant, one file before an index
  * (*out NULL when there is none). A candidate that exists but cannot be used (a symlink loop, no
@@ -325,8 +371,9 @@ static int open_folder(model_t *m) {
         free(ipath);
         return rc;
     }
-    model_component_t *comps[3] = {&m->unet, &m->vae, &m->text_encoder};
-    for (int i = 0; i < 3 && rc == 0; i++) {
+    model_component_t *comps[N_PARTS];
+    components(m, comps);
+    for (int i = 0; i < N_PARTS && rc == 0; i++) {
         int listed = index_entry(index, ipath, PARTS[i].name, PARTS[i].cls);
         if (listed < 0) rc = listed;
         else if (listed) rc = open_folder_part(m, comps[i], &PARTS[i]);
@@ -341,15 +388,22 @@ static int open_folder(model_t *m) {
             rc = read_json(sp, &m->scheduler_config);
             free(sp);
         } else {
-            m->scheduler_config = model_default_scheduler_config();
+            m->scheduler_config = model_default_scheduler_config(MODEL_LAYOUT_DIFFUSERS);
         }
     }
-    if (rc == 0) {
-        int listed = index_entry(index, ipath, "tokenizer", NULL);
-        char *tdir = join(m->path, "tokenizer");
-        if (listed > 0 || is_dir(tdir)) m->tokenizer_dir = tdir;
+    static const char *const toks[2] = {"tokenizer", "tokenizer_2"};
+    for (int k = 0; k < 2 && rc == 0; k++) {
+        int listed = index_entry(index, ipath, toks[k], NULL);
+        char *tdir = join(m->path, toks[k]);
+        if (listed > 0 || is_dir(tdir)) *(k ? &m->tokenizer_2_dir : &m->tokenizer_dir) = tdir;
         else free(tdir);
         if (listed < 0) rc = listed;
+    }
+    if (rc == 0) {   /* SDXL base says true; a pipeline without the key (SD 1.x/2.x) has no such rule */
+        const cJSON *fz = cJSON_GetObjectItemCaseSensitive(index, "force_zeros_for_empty_prompt");
+        if (fz && !cJSON_IsBool(fz))
+            rc = sd_error(SD_ERR_FORMAT, "%s: force_zeros_for_empty_prompt is not true or false", ipath);
+        m->force_zeros_for_empty_prompt = cJSON_IsTrue(fz);
     }
     cJSON_Delete(index);
     free(ipath);
@@ -381,22 +435,28 @@ static int open_ldm(model_t *m) {
     }
     m->n_sets++;
 
-    int has_unet = 0, clip = 0, openclip = 0;
+    int has_unet = 0, clip = 0, openclip = 0, emb0 = 0, emb1 = 0;
     for (int i = 0; i < s->n_tensors; i++) {
         const char *name = s->tensors[i]->name;
         has_unet |= !strncmp(name, "model.diffusion_model.", 22);
         clip |= !strncmp(name, "cond_stage_model.transformer.", 29);
         openclip |= !strncmp(name, "cond_stage_model.model.", 23);
+        emb0 |= !strncmp(name, "conditioner.embedders.0.", 24);
+        emb1 |= !strncmp(name, "conditioner.embedders.1.", 24);
     }
-    if (clip && openclip)
-        return sd_error(SD_ERR_FORMAT, "%s: unknown checkpoint layout: both CLIP "
-                        "(cond_stage_model.transformer.*) and OpenCLIP (cond_stage_model.model.*) text "
-                        "encoder tensors", m->path);
-    m->layout = openclip ? MODEL_LAYOUT_LDM_SD2 : MODEL_LAYOUT_LDM_SD1;
+    if (clip + openclip + (emb0 || emb1) > 1)
+        return sd_error(SD_ERR_FORMAT, "%s: unknown checkpoint layout: text encoder tensors of more than one "
+                        "layout (%s%s%s)", m->path, clip ? "cond_stage_model.transformer.* " : "",
+                        openclip ? "cond_stage_model.model.* " : "", emb0 || emb1 ? "conditioner.embedders.*" : "");
+    if ((emb0 || emb1) && !(emb0 && emb1))
+        return sd_error(SD_ERR_FORMAT, "%s: SDXL checkpoint without its %s text encoder (no %s tensors)", m->path,
+                        emb0 ? "second" : "first", emb0 ? "conditioner.embedders.1.model.*"
+                                                        : "conditioner.embedders.0.transformer.*");
+    m->layout = emb0 ? MODEL_LAYOUT_LDM_SDXL : openclip ? MODEL_LAYOUT_LDM_SD2 : MODEL_LAYOUT_LDM_SD1;
 
     names_geom_t g;
     names_ldm_geometry(&g, s);
-    builder_t b[3] = {{0}, {0}, {0}};
+    builder_t b[N_PARTS] = {{0}, {0}, {0}, {0}};
     int n_unknown = 0;
     char unknown[512] = "";
     size_t ul = 0;
@@ -411,7 +471,7 @@ static int open_ldm(model_t *m) {
                                        t->name);
             continue;
         }
-        builder_t *bb = &b[map.target == NAMES_UNET ? 0 : map.target == NAMES_VAE ? 1 : 2];
+        builder_t *bb = &b[map.target == NAMES_UNET ? 0 : map.target == NAMES_VAE ? 1 : map.target == NAMES_TEXT ? 2 : 3];
         st_tensor_t v = *t;
         if (map.xform == NAMES_SQUEEZE) {
             /* 1x1 conv kernel [O, I, 1, 1] read as the linear [O, I] it is (same bytes) */
@@ -437,38 +497,61 @@ static int open_ldm(model_t *m) {
                 v.data = (const unsigned char *)t->data + (size_t)q * v.nbytes;
                 builder_add(bb, &v, map.name[q], t->name);
             }
+        } else if (map.xform == NAMES_TRANSPOSE) {
+            /* [in, out] stored for x @ P; the model's linear wants [out, in]: a transposed copy */
+            if (t->ndim != 2) {
+                rc = sd_error(SD_ERR_SHAPE, "%s: tensor '%s' should be a matrix, has %d dims", m->path, t->name,
+                              t->ndim);
+                goto fail;
+            }
+            const size_t es = st_dtype_size(t->dtype), rows = (size_t)t->shape[0], cols = (size_t)t->shape[1];
+            unsigned char *dst = model_own(m, t->nbytes);
+            if (!dst) {
+                rc = sd_error(SD_ERR_NOMEM, "%s: out of memory transposing tensor '%s'", m->path, t->name);
+                goto fail;
+            }
+            const unsigned char *src = t->data;
+            for (size_t r = 0; r < rows; r++)
+                for (size_t c = 0; c < cols; c++) memcpy(dst + (c * rows + r) * es, src + (r * cols + c) * es, es);
+            v.shape[0] = t->shape[1], v.shape[1] = t->shape[0];
+            v.data = dst;
+            builder_add(bb, &v, map.name[0], t->name);
         } else {
             builder_add(bb, &v, map.name[0], t->name);
         }
     }
     if (n_unknown) {
-        rc = sd_error(SD_ERR_FORMAT, "%s: unknown checkpoint layout (not Stable Diffusion 1.x/2.x in "
-                      "CompVis/LDM names): %d unexpected tensor%s, e.g. %s", m->path, n_unknown,
+        rc = sd_error(SD_ERR_FORMAT, "%s: unknown checkpoint layout (not Stable Diffusion 1.x/2.x/XL in "
+                      "CompVis/LDM/sgm names): %d unexpected tensor%s, e.g. %s", m->path, n_unknown,
                       n_unknown == 1 ? "" : "s", unknown);
         goto fail;
     }
-    if (!has_unet || !(clip || openclip)) {
+    if (!has_unet || !(clip || openclip || emb0)) {
         rc = sd_error(SD_ERR_FORMAT, "%s: unknown checkpoint layout: no %s tensors", m->path,
                       !has_unet ? "UNet (model.diffusion_model.*)"
-                                : "text encoder (cond_stage_model.transformer.* or cond_stage_model.model.*)");
+                                : "text encoder (cond_stage_model.transformer.*, cond_stage_model.model.* or "
+                                  "conditioner.embedders.*)");
         goto fail;
     }
-    model_component_t *comps[3] = {&m->unet, &m->vae, &m->text_encoder};
-    static const char *const names[3] = {"unet", "vae", "text_encoder"};
-    for (int k = 0; k < 3; k++) {
-        comps[k]->name = dup_str(names[k]);
+    model_component_t *comps[N_PARTS];
+    components(m, comps);
+    for (int k = 0; k < N_PARTS; k++) {
+        comps[k]->name = dup_str(PARTS[k].name);
         if ((rc = builder_finish(&b[k], comps[k], m->path))) goto fail;
     }
-    if ((rc = model_derive_unet_config(&m->unet, m->layout)) ||
+    const st_tensor_t *proj = component_find(&m->text_encoder_2, "text_projection.weight");
+    if ((m->layout == MODEL_LAYOUT_LDM_SDXL && (rc = model_derive_text_config(&m->text_encoder_2, m->layout))) ||
+        (rc = model_derive_unet_config(&m->unet, m->layout, proj && proj->ndim == 2 ? (int)proj->shape[0] : 0)) ||
         (m->vae.n_tensors && (rc = model_derive_vae_config(&m->vae, m->layout))) ||
         (rc = model_derive_text_config(&m->text_encoder, m->layout))) {
         rc = wrap(rc, m->path);
         goto fail;
     }
-    m->scheduler_config = model_default_scheduler_config();
+    m->scheduler_config = model_default_scheduler_config(m->layout);
+    m->force_zeros_for_empty_prompt = m->layout == MODEL_LAYOUT_LDM_SDXL;   /* SDXL base's model_index.json */
     return 0;
 fail:
-    for (int k = 0; k < 3; k++) builder_free(&b[k]);
+    for (int k = 0; k < N_PARTS; k++) builder_free(&b[k]);
     return rc;
 }
 
@@ -522,8 +605,9 @@ int model_open(model_t *m, const char *path, const model_open_options_t *opt) {
         else
             rc = open_ldm(m);
     }
-    model_component_t *comps[3] = {&m->unet, &m->vae, &m->text_encoder};
-    for (int k = 0; k < 3 && rc == 0; k++)
+    model_component_t *comps[N_PARTS];
+    components(m, comps);
+    for (int k = 0; k < N_PARTS && rc == 0; k++)
         if (comps[k]->name && (comps[k]->n_tensors || m->layout == MODEL_LAYOUT_DIFFUSERS)) {
             rc = component_validate(comps[k]);
             if (!rc) rc = component_check_finite(comps[k]);
@@ -539,14 +623,20 @@ int model_open(model_t *m, const char *path, const model_open_options_t *opt) {
     if (rc == 0 && opt && opt->tokenizer_dir) {
         free(m->tokenizer_dir);
         m->tokenizer_dir = dup_str(opt->tokenizer_dir);
+        /* a single SDXL file carries no tokenizer_2: it is the same vocabulary (the pipeline pads
+         * it with "!"); a folder keeps its own tokenizer_2/ */
+        if (m->layout == MODEL_LAYOUT_LDM_SDXL) {
+            free(m->tokenizer_2_dir);
+            m->tokenizer_2_dir = dup_str(opt->tokenizer_dir);
+        }
     }
     if (rc == 0 && m->tokenizer_dir) rc = check_tokenizer(m->tokenizer_dir);
+    if (rc == 0 && m->tokenizer_2_dir) rc = check_tokenizer(m->tokenizer_2_dir);
     if (rc) {
         model_close(m);
         return rc;
     }
-    static const char *const names[3] = {"unet", "vae", "text_encoder"};
-    for (int k = 0; k < 3; k++)   /* absent components keep their name (n_tensors 0, no config) */
-        if (!comps[k]->name) comps[k]->name = dup_str(names[k]);
+    for (int k = 0; k < N_PARTS; k++)   /* absent components keep their name (n_tensors 0, no config) */
+        if (!comps[k]->name) comps[k]->name = dup_str(PARTS[k].name);
     return 0;
 }

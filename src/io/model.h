@@ -1,5 +1,6 @@
 /* Model files: a diffusers model folder or a single-file SD checkpoint (CompVis/LDM layout,
- * SD 1.x with CLIP-L or SD 2.x with OpenCLIP-H), opened into components whose tensors are
+ * SD 1.x with CLIP-L, SD 2.x with OpenCLIP-H, or SDXL's sgm layout with CLIP-L and OpenCLIP-bigG),
+ * opened into components whose tensors are
  * named with the diffusers names the whole code base uses. Tensors are views into the
  * mmap'ed files in their stored dtype (never converted here). Renaming is one table
  * (names.c); reshapes (LDM VAE attention [C,C,1,1] -> [C,C]) and the slicing of OpenCLIP's
@@ -17,14 +18,30 @@ typedef enum {
     MODEL_LAYOUT_DIFFUSERS = 0,   /* folder with model_index.json */
     MODEL_LAYOUT_LDM_SD1 = 1,     /* single file, cond_stage_model.transformer.* (CLIP-L) */
     MODEL_LAYOUT_LDM_SD2 = 2,     /* single file, cond_stage_model.model.* (OpenCLIP) */
+    MODEL_LAYOUT_LDM_SDXL = 3,    /* single file (sgm), conditioner.embedders.0.transformer.* (CLIP-L)
+                                     and conditioner.embedders.1.model.* (OpenCLIP bigG) */
 } model_layout_t;
 
+/* What a model is, from its components (not its layout): SDXL when it has text_encoder_2 and a
+ * UNet with addition_embed_type "text_time"; SD 2.x when the text encoder uses the exact GELU
+ * (OpenCLIP) or the UNet uses linear projections; SD 1.x otherwise. */
+typedef enum {
+    MODEL_FAMILY_SD1 = 0,
+    MODEL_FAMILY_SD2 = 1,
+    MODEL_FAMILY_SDXL = 2,
+} model_family_t;
+
 typedef struct {
-    char *name;            /* "unet", "vae", "text_encoder" */
+    char *name;            /* "unet", "vae", "text_encoder", "text_encoder_2" */
     cJSON *config;         /* diffusers-style config (owned) */
     int n_tensors;
     st_tensor_t *tensors;  /* views, diffusers names (owned strings), sorted by name */
 } model_component_t;
+
+struct model_owned {
+    void *p;
+    size_t n;
+};
 
 typedef struct {
     char *path;
@@ -32,8 +49,17 @@ typedef struct {
     int n_sets;
     st_set_t *sets;              /* the opened files (owned) */
     model_component_t unet, vae, text_encoder;   /* n_tensors == 0 when absent */
+    model_component_t text_encoder_2;            /* SDXL's second encoder; n_tensors == 0 when absent */
     cJSON *scheduler_config;     /* scheduler/scheduler_config.json or derived defaults */
     char *tokenizer_dir;         /* folder with vocab.json + merges.txt, or NULL */
+    char *tokenizer_2_dir;       /* SDXL: tokenizer_2/ of a folder, or --tokenizer for a single file
+                                    (the same vocabulary; SDXL's tokenizer_2 pads with "!"); NULL */
+    int force_zeros_for_empty_prompt;   /* model_index.json's flag (SDXL base: true): the empty
+                                           negative prompt's context and pooled embedding are zeros;
+                                           1 for SDXL single files, 0 otherwise when absent */
+    int n_owned;
+    struct model_owned *owned;   /* buffers the model owns: tensors that cannot stay views of the
+                                    file (OpenCLIP's text_projection, stored transposed) */
     char prediction_why[512];    /* where scheduler_config's prediction_type came from (svdiff info) */
     int prediction_guessed;      /* 1 when a heuristic chose it (an SD 2.x single file without config) */
 } model_t;
@@ -60,6 +86,10 @@ typedef struct {
 int model_open(model_t *m, const char *path, const model_open_options_t *opt);
 void model_close(model_t *m);
 
+model_family_t model_family(const model_t *m);
+/* "sd1", "sd2", "sdxl" (static string). */
+const char *model_family_name(model_family_t f);
+
 /* Lookup by diffusers name; NULL when absent. */
 const st_tensor_t *component_find(const model_component_t *c, const char *name);
 /* Lookup that must succeed with the given shape (ndim dims; a dim of -1 matches anything);
@@ -83,7 +113,7 @@ int config_string_or(const model_component_t *c, const char *key, const char *df
 
 /* The layers of a component (weights/layer.h registry, appended to r) as its model's builder
  * describes them from c->config: build_unet, build_vae, build_clip by the component's name
- * ("unet", "vae", "text_encoder"). The config must state the keys that size the model (else
+ * ("unet", "vae", "text_encoder" and "text_encoder_2"). The config must state the keys that size the model (else
  * SD_ERR_FORMAT naming the key); config errors are the builders' (SD_ERR_FORMAT). */
 int component_registry(const model_component_t *c, layer_registry_t *r);
 

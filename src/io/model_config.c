@@ -103,7 +103,7 @@ int component_registry(const model_component_t *c, layer_registry_t *r) {
         vae_registry(&cfg, r);
         return 0;
     }
-    if (!strcmp(c->name, "text_encoder")) {
+    if (!strcmp(c->name, "text_encoder") || !strcmp(c->name, "text_encoder_2")) {
         clip_config_t cfg;
         if ((rc = require_keys(c, text_keys, N_KEYS(text_keys))) || (rc = clip_config_from_component(&cfg, c)))
             return rc;
@@ -220,10 +220,10 @@ static void set_config(model_component_t *c, cJSON *cfg) {
     c->config = cfg;
 }
 
-int model_derive_unet_config(model_component_t *c, model_layout_t layout) {
+int model_derive_unet_config(model_component_t *c, model_layout_t layout, int pooled_dim) {
     const st_tensor_t *t;
     char p[NAMES_MAX];
-    int rc, in, out, ch[MAX_LEVELS], heads[MAX_LEVELS], cross, linear;
+    int rc, in, out, ch[MAX_LEVELS], heads[MAX_LEVELS], depth[MAX_LEVELS], cross, linear, add_in = 0, add_time = 0;
     if ((rc = need(c, "conv_in.weight", 4, &t))) return rc;
     in = (int)t->shape[1];
     if ((rc = need(c, "conv_out.weight", 4, &t))) return rc;
@@ -242,6 +242,8 @@ int model_derive_unet_config(model_component_t *c, model_layout_t layout) {
         }
         ch[i] = (int)t->shape[0];
         int a = component_find(c, cat(p, "down_blocks.%d.attentions.0.proj_in.weight", i)) != NULL;
+        /* SDXL stacks several transformer blocks per attention (diffusers: 1 where there is none) */
+        depth[i] = a ? count_index(c, cat(p, "down_blocks.%d.attentions.0.transformer_blocks.", i)) : 1;
         cJSON_AddItemToArray(down, cJSON_CreateString(a ? "CrossAttnDownBlock2D" : "DownBlock2D"));
         a = component_find(c, cat(p, "up_blocks.%d.attentions.0.proj_in.weight", i)) != NULL;
         cJSON_AddItemToArray(up, cJSON_CreateString(a ? "CrossAttnUpBlock2D" : "UpBlock2D"));
@@ -254,6 +256,19 @@ int model_derive_unet_config(model_component_t *c, model_layout_t layout) {
     cross = (int)t->shape[1];
     t = component_find(c, "mid_block.attentions.0.proj_in.weight");
     linear = t && t->ndim == 2;
+    /* SDXL's text_time embedding: its input is the pooled text embedding (the second text
+     * encoder's projection width) and 6 sinusoidal embeddings of addition_time_embed_dim each */
+    if ((t = component_find(c, "add_embedding.linear_1.weight"))) {
+        add_in = t->ndim == 2 ? (int)t->shape[1] : 0;
+        if (pooled_dim > 0 && add_in > pooled_dim && (add_in - pooled_dim) % 6 == 0) add_time = (add_in - pooled_dim) / 6;
+        if (!add_time) {
+            cJSON_Delete(down);
+            cJSON_Delete(up);
+            return sd_error(SD_ERR_SHAPE, "unet: tensor 'add_embedding.linear_1.weight' (label_emb.0.0) has %d inputs: not "
+                            "the pooled text embedding (%d, the second text encoder's projection) plus 6 time "
+                            "embeddings", add_in, pooled_dim);
+        }
+    }
     /* Heads are not stored either. LDM v1 configs say num_heads 8; v2 configs say
      * num_head_channels 64, i.e. heads = width / 64 per level (diffusers' [5, 10, 20, 20], which
      * it calls attention_head_dim). Widths neither rule divides (test models): the largest head
@@ -261,7 +276,11 @@ int model_derive_unet_config(model_component_t *c, model_layout_t layout) {
     cJSON *cfg = cJSON_CreateObject();
     cJSON_AddStringToObject(cfg, "_class_name", "UNet2DConditionModel");
     cJSON_AddStringToObject(cfg, "act_fn", "silu");
-    if (layout == MODEL_LAYOUT_LDM_SD2) {
+    if (add_time) {
+        cJSON_AddStringToObject(cfg, "addition_embed_type", "text_time");
+        cJSON_AddNumberToObject(cfg, "addition_time_embed_dim", add_time);
+    }
+    if (layout == MODEL_LAYOUT_LDM_SD2 || layout == MODEL_LAYOUT_LDM_SDXL) {   /* 64-wide heads */
         for (int i = 0; i < n; i++) heads[i] = ch[i] % 64 == 0 ? ch[i] / 64 : 1;
         cJSON_AddItemToObject(cfg, "attention_head_dim", cJSON_CreateIntArray(heads, n));
     } else {
@@ -285,7 +304,11 @@ int model_derive_unet_config(model_component_t *c, model_layout_t layout) {
     cJSON_AddNumberToObject(cfg, "norm_eps", 1e-5);
     cJSON_AddNumberToObject(cfg, "norm_num_groups", groups_for(ch, n));
     cJSON_AddNumberToObject(cfg, "out_channels", out);
-    cJSON_AddNumberToObject(cfg, "sample_size", 64);   /* 512 px; SD 2.x 768-v models use 96 */
+    if (add_time) cJSON_AddNumberToObject(cfg, "projection_class_embeddings_input_dim", add_in);
+    /* 512 px; SD 2.x 768-v models use 96; SDXL 1024 px */
+    cJSON_AddNumberToObject(cfg, "sample_size", layout == MODEL_LAYOUT_LDM_SDXL ? 128 : 64);
+    if (layout == MODEL_LAYOUT_LDM_SDXL)
+        cJSON_AddItemToObject(cfg, "transformer_layers_per_block", cJSON_CreateIntArray(depth, n));
     cJSON_AddItemToObject(cfg, "up_block_types", up);
     cJSON_AddBoolToObject(cfg, "upcast_attention", 0);
     cJSON_AddBoolToObject(cfg, "use_linear_projection", linear);
@@ -297,7 +320,6 @@ int model_derive_vae_config(model_component_t *c, model_layout_t layout) {
     const st_tensor_t *t;
     char p[NAMES_MAX];
     int rc, in, out, lat, ch[MAX_LEVELS];
-    (void)layout;
     if ((rc = need(c, "encoder.conv_in.weight", 4, &t))) return rc;
     in = (int)t->shape[1];
     if ((rc = need(c, "decoder.conv_out.weight", 4, &t))) return rc;
@@ -324,8 +346,9 @@ int model_derive_vae_config(model_component_t *c, model_layout_t layout) {
     cJSON_AddNumberToObject(cfg, "layers_per_block", lpb);
     cJSON_AddNumberToObject(cfg, "norm_num_groups", groups_for(ch, n));
     cJSON_AddNumberToObject(cfg, "out_channels", out);
-    cJSON_AddNumberToObject(cfg, "sample_size", 512);
-    cJSON_AddNumberToObject(cfg, "scaling_factor", 0.18215);
+    /* SDXL's VAE is SD's architecture retrained, with its own latent scale */
+    cJSON_AddNumberToObject(cfg, "sample_size", layout == MODEL_LAYOUT_LDM_SDXL ? 1024 : 512);
+    cJSON_AddNumberToObject(cfg, "scaling_factor", layout == MODEL_LAYOUT_LDM_SDXL ? 0.13025 : 0.18215);
     cJSON_AddItemToObject(cfg, "up_block_types", cJSON_CreateStringArray(up, n));
     set_config(c, cfg);
     return 0;
@@ -342,9 +365,15 @@ int model_derive_text_config(model_component_t *c, model_layout_t layout) {
     if ((rc = need(c, "text_model.encoder.layers.0.mlp.fc1.weight", 2, &t))) return rc;
     inter = (int)t->shape[0];
     int layers = count_index(c, "text_model.encoder.layers.");
-    int sd2 = layout == MODEL_LAYOUT_LDM_SD2;
+    /* OpenCLIP: SD 2's encoder, SDXL's second (with its projection, [projection_dim, hidden]) */
+    const int te2 = c->name && !strcmp(c->name, "text_encoder_2");
+    int sd2 = layout == MODEL_LAYOUT_LDM_SD2 || te2, proj = sd2 ? 512 : hid;
+    if (te2) {
+        if ((rc = need(c, "text_projection.weight", 2, &t))) return rc;
+        proj = (int)t->shape[0];
+    }
     cJSON *cfg = cJSON_CreateObject();
-    const char *arch = "CLIPTextModel";
+    const char *arch = te2 ? "CLIPTextModelWithProjection" : "CLIPTextModel";
     cJSON_AddItemToObject(cfg, "architectures", cJSON_CreateStringArray(&arch, 1));
     cJSON_AddNumberToObject(cfg, "bos_token_id", 0);
     cJSON_AddNumberToObject(cfg, "eos_token_id", 2);
@@ -359,14 +388,31 @@ int model_derive_text_config(model_component_t *c, model_layout_t layout) {
     cJSON_AddNumberToObject(cfg, "num_attention_heads", hid % 64 == 0 ? hid / 64 : 1);
     cJSON_AddNumberToObject(cfg, "num_hidden_layers", layers);
     cJSON_AddNumberToObject(cfg, "pad_token_id", 1);
-    cJSON_AddNumberToObject(cfg, "projection_dim", sd2 ? 512 : hid);
+    cJSON_AddNumberToObject(cfg, "projection_dim", proj);
     cJSON_AddNumberToObject(cfg, "vocab_size", vocab);
     set_config(c, cfg);
     return 0;
 }
 
-cJSON *model_default_scheduler_config(void) {
+cJSON *model_default_scheduler_config(model_layout_t layout) {
     cJSON *cfg = cJSON_CreateObject();
+    if (layout == MODEL_LAYOUT_LDM_SDXL) {   /* SDXL base 1.0's scheduler/scheduler_config.json */
+        cJSON_AddStringToObject(cfg, "_class_name", "EulerDiscreteScheduler");
+        cJSON_AddNumberToObject(cfg, "beta_end", 0.012);
+        cJSON_AddStringToObject(cfg, "beta_schedule", "scaled_linear");
+        cJSON_AddNumberToObject(cfg, "beta_start", 0.00085);
+        cJSON_AddBoolToObject(cfg, "clip_sample", 0);
+        cJSON_AddStringToObject(cfg, "interpolation_type", "linear");
+        cJSON_AddNumberToObject(cfg, "num_train_timesteps", 1000);
+        cJSON_AddStringToObject(cfg, "prediction_type", "epsilon");
+        cJSON_AddNumberToObject(cfg, "sample_max_value", 1.0);
+        cJSON_AddBoolToObject(cfg, "set_alpha_to_one", 0);
+        cJSON_AddBoolToObject(cfg, "skip_prk_steps", 1);
+        cJSON_AddNumberToObject(cfg, "steps_offset", 1);
+        cJSON_AddStringToObject(cfg, "timestep_spacing", "leading");
+        cJSON_AddBoolToObject(cfg, "use_karras_sigmas", 0);
+        return cfg;
+    }
     cJSON_AddStringToObject(cfg, "_class_name", "PNDMScheduler");
     cJSON_AddNumberToObject(cfg, "beta_end", 0.012);
     cJSON_AddStringToObject(cfg, "beta_schedule", "scaled_linear");

@@ -284,6 +284,10 @@ int model_decide_prediction(model_t *m, const model_open_options_t *opt) {
             value = "epsilon";
             snprintf(why, sizeof why, "SD 1.x single file without %.200s or metadata: epsilon, as every SD 1.x base model",
                      base_name(yaml));
+        } else if (r == 0 && m->layout == MODEL_LAYOUT_LDM_SDXL) {
+            value = "epsilon";
+            snprintf(why, sizeof why, "SDXL single file without %.200s or metadata: epsilon, as SDXL base 1.0",
+                     base_name(yaml));
         } else if (r == 0) {
             int rc = guess_sd2(m, &value, why, sizeof why);
             if (rc) return rc;

@@ -17,6 +17,8 @@ typedef struct {
 static const rename_t UNET_FIXED[] = {
     {"time_embed.0.", "time_embedding.linear_1."},
     {"time_embed.2.", "time_embedding.linear_2."},
+    {"label_emb.0.0.", "add_embedding.linear_1."},   /* SDXL's text_time embedding */
+    {"label_emb.0.2.", "add_embedding.linear_2."},
     {"input_blocks.0.0.", "conv_in."},
     {"out.0.", "conv_norm_out."},
     {"out.2.", "conv_out."},
@@ -231,29 +233,36 @@ static void map_clip(names_map_t *m, const char *s) {
         put(m, NAMES_TEXT, "text_model.%s", s);   /* older transformers without the text_model level */
 }
 
-static void map_openclip(names_map_t *m, const char *s, const names_geom_t *g) {
+/* OpenCLIP text tower -> CLIPTextModel names. sdxl: SDXL's second encoder (target NAMES_TEXT2),
+ * which keeps every layer and its text_projection (CLIPTextModelWithProjection); SD 2 drops both. */
+static void map_openclip(names_map_t *m, const char *s, const names_geom_t *g, int sdxl) {
     const char *leaf, *r;
+    const names_target_t to = sdxl ? NAMES_TEXT2 : NAMES_TEXT;
+    const int layers = sdxl ? g->openclip2_layers : g->openclip_layers;
     int k;
     if (!strcmp(s, "token_embedding.weight")) {
-        put(m, NAMES_TEXT, "text_model.embeddings.token_embedding.weight");
+        put(m, to, "text_model.embeddings.token_embedding.weight");
     } else if (!strcmp(s, "positional_embedding")) {
-        put(m, NAMES_TEXT, "text_model.embeddings.position_embedding.weight");
+        put(m, to, "text_model.embeddings.position_embedding.weight");
     } else if (is_leaf(r = after(s, "ln_final."))) {
-        put(m, NAMES_TEXT, "text_model.final_layer_norm.%s", r);
+        put(m, to, "text_model.final_layer_norm.%s", r);
+    } else if (sdxl && !strcmp(s, "text_projection")) {
+        put(m, to, "text_projection.weight");   /* stored [hidden, projection]: x @ P */
+        m->xform = NAMES_TRANSPOSE;
     } else if (!strcmp(s, "text_projection") || !strcmp(s, "logit_scale") || !strcmp(s, "attn_mask")) {
         m->target = NAMES_IGNORE;   /* CLIP's contrastive head: SD uses the hidden states */
-    } else if ((r = number(after(s, "transformer.resblocks."), &k)) && k < g->openclip_layers) {
-        if (k == g->openclip_layers - 1) {
+    } else if ((r = number(after(s, "transformer.resblocks."), &k)) && k < layers) {
+        if (!sdxl && k == layers - 1) {
             m->target = NAMES_IGNORE;   /* SD 2 conditions on the penultimate layer */
             return;
         }
         const rename_t *t = table_match(OPENCLIP_LAYER, COUNT(OPENCLIP_LAYER), r, &leaf);
         if (t) {
-            put(m, NAMES_TEXT, "text_model.encoder.layers.%d.%s%s", k, t->to, leaf);
+            put(m, to, "text_model.encoder.layers.%d.%s%s", k, t->to, leaf);
         } else if (!strcmp(r, "attn.in_proj_weight") || !strcmp(r, "attn.in_proj_bias")) {
             const char *what = strcmp(r, "attn.in_proj_weight") == 0 ? "weight" : "bias";
             for (int q = 0; q < 3; q++)
-                put(m, NAMES_TEXT, "text_model.encoder.layers.%d.self_attn.%c_proj.%s", k, "qkv"[q], what);
+                put(m, to, "text_model.encoder.layers.%d.self_attn.%c_proj.%s", k, "qkv"[q], what);
             if (m->n == 3) m->xform = NAMES_SPLIT_QKV;
         }
     }
@@ -269,8 +278,13 @@ void names_ldm_to_diffusers(names_map_t *out, const char *ldm, const names_geom_
     else if ((r = after(ldm, "cond_stage_model.transformer.")))
         map_clip(out, r);
     else if ((r = after(ldm, "cond_stage_model.model.")))
-        map_openclip(out, r, g);
-    else if (after(ldm, "model_ema."))
+        map_openclip(out, r, g, 0);
+    else if ((r = after(ldm, "conditioner.embedders.0.transformer.")))
+        map_clip(out, r);
+    else if ((r = after(ldm, "conditioner.embedders.1.model.")))
+        map_openclip(out, r, g, 1);
+    else if (after(ldm, "model_ema.") || after(ldm, "denoiser."))
+        /* EMA copy of the UNet (flattened names); sgm's denoiser buffers (its sigmas) */
         out->target = NAMES_IGNORE;   /* EMA copy of the UNet (flattened names) */
     else
         for (int i = 0; i < COUNT(LDM_BUFFERS); i++)
@@ -280,7 +294,7 @@ void names_ldm_to_diffusers(names_map_t *out, const char *ldm, const names_geom_
 
 void names_ldm_geometry(names_geom_t *g, const st_set_t *s) {
     memset(g, 0, sizeof *g);
-    int first_op = -1, max_input = -1, max_up = -1, max_res = -1, k, part;
+    int first_op = -1, max_input = -1, max_up = -1, max_res = -1, max_res2 = -1, k, part;
     for (int i = 0; i < s->n_tensors; i++) {
         const char *name = s->tensors[i]->name, *r;
         if ((r = number(after(name, "model.diffusion_model.input_blocks."), &k))) {
@@ -291,10 +305,13 @@ void names_ldm_geometry(names_geom_t *g, const st_set_t *s) {
             if (k > max_up) max_up = k;
         } else if (number(after(name, "cond_stage_model.model.transformer.resblocks."), &k)) {
             if (k > max_res) max_res = k;
+        } else if (number(after(name, "conditioner.embedders.1.model.transformer.resblocks."), &k)) {
+            if (k > max_res2) max_res2 = k;
         }
     }
     /* input_blocks: 0 = conv_in, then per level lpb resnets and (but the last level) a downsampler */
     g->unet_layers_per_block = first_op > 0 ? first_op - 1 : max_input > 0 ? max_input : 0;
     g->vae_levels = max_up + 1;
     g->openclip_layers = max_res + 1;
+    g->openclip2_layers = max_res2 + 1;
 }

@@ -1,7 +1,9 @@
 /* The one table from CompVis/LDM single-file checkpoint names to the diffusers / transformers
  * names the code base uses: UNet (model.diffusion_model.*), VAE (first_stage_model.*), CLIP-L
  * text (cond_stage_model.transformer.*, HF names inside) and OpenCLIP text
- * (cond_stage_model.model.*). The block arithmetic needs a little geometry read from the keys
+ * (cond_stage_model.model.*); SDXL's sgm layout adds conditioner.embedders.0.transformer.* (CLIP-L,
+ * HF names: text_encoder) and conditioner.embedders.1.model.* (OpenCLIP bigG: text_encoder_2),
+ * and its UNet's label_emb (add_embedding). The block arithmetic needs a little geometry read from the keys
  * first (names_ldm_geometry). Facts: diffusers' single-file
  * conversion (loaders/single_file_utils.py). */
 #ifndef SVDIFF_IO_NAMES_H
@@ -17,12 +19,14 @@ typedef enum {
     NAMES_UNET,
     NAMES_VAE,
     NAMES_TEXT,
+    NAMES_TEXT2,         /* SDXL's second text encoder (OpenCLIP bigG with its projection) */
 } names_target_t;
 
 typedef enum {
     NAMES_AS_IS = 0,
     NAMES_SQUEEZE,       /* [C, C, 1, 1] conv kernel -> [C, C] linear (LDM VAE mid attention) */
     NAMES_SPLIT_QKV,     /* fused [3C, ...] -> three row blocks q, k, v (OpenCLIP in_proj) */
+    NAMES_TRANSPOSE,     /* [in, out] -> [out, in] (OpenCLIP text_projection, used as x @ P): a copy */
 } names_xform_t;
 
 typedef struct {
@@ -30,6 +34,8 @@ typedef struct {
     int vae_levels;             /* decoder.up.{levels-1-i} <-> decoder.up_blocks.i */
     int openclip_layers;        /* resblocks in the file; the last one is ignored (SD2 runs the
                                    penultimate layer: diffusers' SD2 text encoder has one fewer) */
+    int openclip2_layers;       /* SDXL's conditioner.embedders.1 resblocks, all kept (the pooled
+                                   embedding needs the last layer) */
 } names_geom_t;
 
 typedef struct {

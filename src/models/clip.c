@@ -46,6 +46,16 @@ int clip_config_from_json(clip_config_t *cfg, const cJSON *json, const char *wha
     if (!(eps > 0 && eps < 1))
         return sd_error(SD_ERR_FORMAT, "%s: \"layer_norm_eps\" must be a positive number below 1", what);
     cfg->layer_norm_eps = (float)eps;
+    /* transformers' CLIPTextModelWithProjection adds text_projection; the class is named only by
+     * "architectures" (CLIPTextModel configs also hold an unused projection_dim) */
+    const char *arch[16];
+    int n_arch = 0;
+    if (json_item(json, "architectures") && (rc = json_str_array(json, "architectures", arch, 16, &n_arch, what)))
+        return rc;
+    for (int i = 0; i < n_arch; i++)
+        if (strcmp(arch[i], "CLIPTextModelWithProjection") == 0 &&
+            (rc = json_int_range(json, "projection_dim", 512, 1, JSON_INT_MAX, &cfg->projection_dim, what)))
+            return rc;
     if (cfg->num_layers > CLIP_MAX_LAYERS)   /* a config alone builds the layer registry: bounded */
         return sd_error(SD_ERR_FORMAT, "%s: \"num_hidden_layers\" is %d, more than the %d supported", what,
                         cfg->num_layers, CLIP_MAX_LAYERS);
@@ -83,7 +93,9 @@ static const struct {
 };
 #define LN_MODULE(second) ((second) ? N_LAYER_MODULES - 1 : 0)
 
-static int n_weights(const clip_t *m) { return 2 + N_LINEAR * m->cfg.num_layers; }
+/* The weights: 2 embeddings, N_LINEAR per layer, then text_projection when the model has one. */
+static int n_weights(const clip_t *m) { return 2 + N_LINEAR * m->cfg.num_layers + (m->cfg.projection_dim > 0); }
+static int projection_index(const clip_config_t *c) { return 2 + N_LINEAR * c->num_layers; }
 static int n_norms(const clip_t *m) { return 2 * m->cfg.num_layers + 1; }
 
 /* Module path of table entry j of layer l. */
@@ -97,6 +109,11 @@ static weight_t *weight_ref(clip_t *m, int i, float ***bias, char *name, size_t 
         if (bias) *bias = NULL;
         if (name) snprintf(name, cap, "text_model.embeddings.%s", i == 0 ? "token_embedding" : "position_embedding");
         return i == 0 ? &m->token_embedding : &m->position_embedding;
+    }
+    if (i == projection_index(&m->cfg)) {
+        if (bias) *bias = NULL;   /* nn.Linear(bias=False) */
+        if (name) snprintf(name, cap, "text_projection");
+        return &m->text_projection.w;
     }
     const int l = (i - 2) / N_LINEAR, j = FIRST_LINEAR + (i - 2) % N_LINEAR;
     layer_t *lin = (layer_t *)((char *)&m->layers[l] + LAYER_MODULES[j].off);
@@ -112,20 +129,25 @@ static void weight_shape(const clip_config_t *c, int i, int *rows, int *cols) {
         *rows = i == 0 ? c->vocab_size : c->max_positions, *cols = C;
         return;
     }
+    if (i == projection_index(c)) {
+        *rows = c->projection_dim, *cols = C;
+        return;
+    }
     const int j = (i - 2) % N_LINEAR;
     *rows = j == 4 ? I : C;   /* fc1 [I, C] */
     *cols = j == 5 ? I : C;   /* fc2 [C, I] */
 }
 
-static clip_linear_grads_t *linear_grads_ref(clip_grads_t *g, int i) {
+static clip_linear_grads_t *linear_grads_ref(clip_grads_t *g, int i, int L) {
+    if (i == 2 + N_LINEAR * L) return &g->text_projection;
     const int l = (i - 2) / N_LINEAR, j = FIRST_LINEAR + (i - 2) % N_LINEAR;
     return (clip_linear_grads_t *)((char *)&g->layers[l] + LAYER_MODULES[j].goff);
 }
 
 /* The dw slot of weight i in g. */
-static float **dw_ref(clip_grads_t *g, int i) {
+static float **dw_ref(clip_grads_t *g, int i, int L) {
     if (i < 2) return i == 0 ? &g->dtoken : &g->dposition;
-    return &linear_grads_ref(g, i)->dw;
+    return &linear_grads_ref(g, i, L)->dw;
 }
 
 static norm_layer_t *ln_ref(clip_t *m, int i, char *name, size_t cap) {
@@ -166,6 +188,10 @@ void clip_registry(const clip_config_t *c, layer_registry_t *r) {
         }
     }
     layer_registry_add(r, LAYER_NORM, C, C, 1, 1, "text_model.final_layer_norm");
+    /* CLIPTextModelWithProjection: nn.Linear(hidden_size, projection_dim, bias=False), drawn from
+     * N(0, hidden_size^-0.5 * f) */
+    if (c->projection_dim > 0)
+        layer_registry_add(r, LAYER_LINEAR, c->projection_dim, C, 1, 0, "text_projection")->init_std = pow(d, -0.5) * f;
 }
 
 static int shift_count(const clip_t *m) { return m->norm_shift_mode == NORMSHIFT_SCALAR ? 1 : m->cfg.hidden_size; }
@@ -293,16 +319,18 @@ void clip_set_shift_scale(clip_t *m, float s) {
 /* ---------------------------------------------------------------------------------------
  * activations: one buffer, carved by this table (llm.c style) */
 
-#define N_ACTS 20
+#define N_ACTS 23
 static void acts_layout(float **ptrs[N_ACTS], size_t sizes[N_ACTS], clip_acts_t *a, const clip_config_t *c) {
     const size_t L = c->num_layers, C = c->hidden_size, I = c->intermediate_size, H = c->num_heads;
-    const size_t BT = (size_t)a->B * a->T;
+    const size_t B = a->B, BT = (size_t)a->B * a->T;
     float **p[N_ACTS] = {&a->encoded, &a->ln1, &a->ln1_mean, &a->ln1_rstd, &a->q, &a->k, &a->v,
                          &a->atty, &a->att_lse, &a->residual2, &a->ln2, &a->ln2_mean, &a->ln2_rstd,
-                         &a->fch, &a->fch_act, &a->residual3, &a->lnf, &a->lnf_mean, &a->lnf_rstd, NULL};
+                         &a->fch, &a->fch_act, &a->residual3, &a->lnf, &a->lnf_mean, &a->lnf_rstd,
+                         &a->pool_in, &a->pool_ln, &a->pool_mean, &a->pool_rstd};
     const size_t s[N_ACTS] = {BT * C, L * BT * C, L * BT, L * BT, L * BT * C, L * BT * C, L * BT * C,
                               L * BT * C, L * BT * H, L * BT * C, L * BT * C, L * BT, L * BT,
-                              L * BT * I, L * BT * I, L * BT * C, BT * C, BT, BT, 0};
+                              L * BT * I, L * BT * I, L * BT * C, BT * C, BT, BT,
+                              B * C, B * C, B, B};
     for (int i = 0; i < N_ACTS; i++) ptrs[i] = p[i], sizes[i] = s[i];
 }
 
@@ -317,7 +345,7 @@ int clip_acts_build(clip_acts_t *a, const clip_config_t *cfg, int B, int T) {
     acts_layout(ptrs, sizes, a, cfg);
     for (int i = 0; i < N_ACTS; i++) a->n_floats += sizes[i];
     a->memory = malloc(a->n_floats * sizeof(float));
-    a->ids = malloc(sizeof(int) * ((size_t)B * T + T));
+    a->ids = malloc(sizeof(int) * ((size_t)B * T + T + B));   /* ids, pos, eos */
     if (!a->memory || !a->ids) {
         size_t n = a->n_floats;
         clip_acts_free(a);
@@ -327,6 +355,7 @@ int clip_acts_build(clip_acts_t *a, const clip_config_t *cfg, int B, int T) {
     for (int i = 0; i < N_ACTS; i++)
         if (ptrs[i]) *ptrs[i] = cur, cur += sizes[i];
     a->pos = a->ids + (size_t)B * T;
+    a->eos = a->pos + T;
     for (int t = 0; t < T; t++) a->pos[t] = t;
     return SD_OK;
 }
@@ -394,6 +423,12 @@ static void ln_backward(const clip_t *m, const norm_layer_t *ln, const clip_ln_g
     scratch_release(mark);
 }
 
+/* The output of the first n layers in the last forward's activations ([cur_B, cur_T, C]
+ * contiguous): transformers' hidden_states[n]; n = 0 is the embeddings. */
+static float *layer_output(const clip_acts_t *a, int n, int C) {
+    return n == 0 ? a->encoded : a->residual3 + (size_t)(n - 1) * a->B * a->T * C;
+}
+
 /* ---------------------------------------------------------------------------------------
  * forward */
 
@@ -411,7 +446,11 @@ const float *clip_forward(clip_t *m, clip_acts_t *a, const int *ids, int B, int 
     /* per-layer slab strides (capacity, so that a smaller batch fits the same layout) */
     const size_t sC = (size_t)a->B * a->T * C, sI = (size_t)a->B * a->T * I, sN = (size_t)a->B * a->T;
     const size_t sH = (size_t)a->B * a->T * H;
-    a->cur_B = B, a->cur_T = T, a->n_run = c->num_layers - m->clip_skip;
+    const int penultimate = m->hidden_mode == CLIP_HIDDEN_PENULTIMATE;
+    a->cur_B = B, a->cur_T = T, a->hidden_mode = m->hidden_mode;
+    a->hidden_level = c->num_layers - m->clip_skip - penultimate;   /* >= 0 by the check above */
+    a->has_pooled = m->want_pooled != 0;
+    a->n_run = a->has_pooled ? c->num_layers : a->hidden_level;   /* the pooled path needs every layer */
     memcpy(a->ids, ids, sizeof(int) * N);
 
     /* embeddings: x0[b, t] = token_embedding[ids[b, t]] + position_embedding[t] */
@@ -448,19 +487,76 @@ const float *clip_forward(clip_t *m, clip_acts_t *a, const int *ids, int B, int 
         residual_add(res3, res2, (size_t)N * C);
     }
 
-    /* final LayerNorm on the last layer run (clip_skip stops early) */
-    const float *xl = a->n_run == 0 ? a->encoded : a->residual3 + (a->n_run - 1) * sC;
-    ln_forward(m, &m->final_ln, a->lnf, a->lnf_mean, a->lnf_rstd, xl, N);
+    /* pooled path: the final LayerNorm of the last layer's output at each row's EOS token only
+     * (transformers normalises every token and then gathers: the same rows) */
+    if (a->has_pooled) {
+        const float *xL = layer_output(a, c->num_layers, C);
+        for (int b = 0; b < B; b++) {
+            const int *row = a->ids + (size_t)b * T;
+            int e = 0;
+            for (int t = 1; t < T; t++)
+                if (row[t] > row[e]) e = t;
+            a->eos[b] = e;
+            memcpy(a->pool_in + (size_t)b * C, xL + ((size_t)b * T + e) * C, sizeof(float) * C);
+        }
+        ln_forward(m, &m->final_ln, a->pool_ln, a->pool_mean, a->pool_rstd, a->pool_in, B);
+    }
+
+    const float *xh = layer_output(a, a->hidden_level, C);
+    if (penultimate) return xh;   /* raw: SDXL takes the hidden states before the final LayerNorm */
+    /* final LayerNorm on the chosen layer's output (clip_skip stops early) */
+    ln_forward(m, &m->final_ln, a->lnf, a->lnf_mean, a->lnf_rstd, xh, N);
     return a->lnf;
+}
+
+int clip_pooled(float *pooled, clip_t *m, clip_acts_t *a) {
+    if (m->cfg.projection_dim <= 0)
+        return sd_error(SD_ERR_ARG, "text encoder: no pooled embedding: the model has no text_projection "
+                                    "(not a CLIPTextModelWithProjection)");
+    if (!a->has_pooled || a->cur_B < 1)
+        return sd_error(SD_ERR_ARG, "text encoder: no pooled embedding: the last forward ran without want_pooled");
+    weight_linear_forward(pooled, a->pool_ln, &m->text_projection.w, NULL, a->cur_B);
+    return SD_OK;
 }
 
 /* ---------------------------------------------------------------------------------------
  * backward */
 
-void clip_backward(clip_t *m, clip_acts_t *a, const float *dhidden, clip_grads_t *g, float *dembed) {
+/* dx += dL/d(output of a->hidden_level layers) from dhidden: through the final LayerNorm, or
+ * directly for the raw penultimate states. */
+static void hidden_backward(const clip_t *m, const clip_acts_t *a, const clip_grads_t *g, float *dx,
+                            const float *dhidden, int N) {
+    const size_t NC = (size_t)N * m->cfg.hidden_size;
+    if (a->hidden_mode == CLIP_HIDDEN_PENULTIMATE) {
+        residual_add(dx, dhidden, NC);
+        return;
+    }
+    const float *xh = layer_output(a, a->hidden_level, m->cfg.hidden_size);
+    ln_backward(m, &m->final_ln, g ? &g->final_ln : NULL, dx, dhidden, xh, a->lnf_mean, a->lnf_rstd, N);
+}
+
+/* dx += dL/d(output of the last layer) from dpooled: text_projection, the final LayerNorm of the
+ * EOS rows, scattered back to those rows. */
+static void pooled_backward(const clip_t *m, const clip_acts_t *a, const clip_grads_t *g, float *dx,
+                            const float *dpooled) {
+    const int B = a->cur_B, T = a->cur_T, C = m->cfg.hidden_size;
+    scratch_mark_t mark = scratch_mark();
+    float *dln = scratch_floats((size_t)B * C), *din = scratch_floats((size_t)B * C);
+    memset(dln, 0, sizeof(float) * B * C);
+    memset(din, 0, sizeof(float) * B * C);
+    weight_linear_backward(dln, g ? g->text_projection.dw : NULL, NULL, dpooled, a->pool_ln, &m->text_projection.w, B);
+    ln_backward(m, &m->final_ln, g ? &g->final_ln : NULL, din, dln, a->pool_in, a->pool_mean, a->pool_rstd, B);
+    for (int b = 0; b < B; b++) residual_add(dx + ((size_t)b * T + a->eos[b]) * C, din + (size_t)b * C, C);
+    scratch_release(mark);
+}
+
+void clip_backward(clip_t *m, clip_acts_t *a, const float *dhidden, const float *dpooled, clip_grads_t *g,
+                   float *dembed) {
     const clip_config_t *c = &m->cfg;
     const int B = a->cur_B, T = a->cur_T;
     SD_CHECK(B > 0 && T > 0, "clip_backward before any forward");
+    SD_CHECK(!dpooled || (a->has_pooled && c->projection_dim > 0),
+             "clip_backward with dpooled after a forward without want_pooled or a model without text_projection");
     const int C = c->hidden_size, I = c->intermediate_size, H = c->num_heads, D = C / H, N = B * T;
     const float scale = 1.0f / sqrtf((float)D);
     const size_t sC = (size_t)a->B * a->T * C, sI = (size_t)a->B * a->T * I, sN = (size_t)a->B * a->T;
@@ -473,12 +569,14 @@ void clip_backward(clip_t *m, clip_acts_t *a, const float *dhidden, clip_grads_t
     float *datty = scratch_floats(NC), *dq = scratch_floats(NC), *dk = scratch_floats(NC);
     float *dv = scratch_floats(NC), *dfch_act = scratch_floats(NI), *dfch = scratch_floats(NI);
 
-    /* final LayerNorm */
-    const float *xl = a->n_run == 0 ? a->encoded : a->residual3 + (a->n_run - 1) * sC;
+    /* dx = dL/d(output of the layers run): the pooled path enters at the last layer, the
+     * hidden states at layer hidden_level (at the top of the loop, dx is dL/d(output of l + 1
+     * layers)) */
     memset(dx, 0, sizeof(float) * NC);
-    ln_backward(m, &m->final_ln, g ? &g->final_ln : NULL, dx, dhidden, xl, a->lnf_mean, a->lnf_rstd, N);
+    if (dpooled) pooled_backward(m, a, g, dx, dpooled);
 
     for (int l = a->n_run - 1; l >= 0; l--) {
+        if (dhidden && l + 1 == a->hidden_level) hidden_backward(m, a, g, dx, dhidden, N);
         const clip_layer_t *ly = &m->layers[l];
         const clip_layer_grads_t *lg = g ? &g->layers[l] : &none;
         const float *x = l == 0 ? a->encoded : a->residual3 + (l - 1) * sC;
@@ -513,6 +611,7 @@ void clip_backward(clip_t *m, clip_acts_t *a, const float *dhidden, clip_grads_t
         ln_backward(m, &ly->ln1, g ? &lg->ln1 : NULL, dx, dln, x, ln1_mean, ln1_rstd, N);
     }
 
+    if (dhidden && a->hidden_level == 0) hidden_backward(m, a, g, dx, dhidden, N);
     /* embeddings: dx = dL/d x0, the token rows get it, each position the sum over the batch */
     if (dembed) residual_add(dembed, dx, NC);
     if (g && g->dtoken) weight_embedding_backward(g->dtoken, dx, a->ids, &m->token_embedding, N);
@@ -533,10 +632,10 @@ static void grads_assign(clip_grads_t *g, clip_t *m, unsigned what, bump_t *cv) 
     for (int i = 0; i < n_weights(m); i++) {
         float **bias;
         const weight_t *w = weight_ref(m, i, &bias, NULL, 0);
-        float **dw = dw_ref(g, i);
+        float **dw = dw_ref(g, i, m->cfg.num_layers);
         if (w->kind != WEIGHT_DENSE && (what & CLIP_GRAD_SHIFTS)) *dw = bump_take(cv, weight_shift_count(w));   /* delta or LoRA [A; B] */
         if (w->kind == WEIGHT_DENSE && (what & CLIP_GRAD_DENSE)) *dw = bump_take(cv, (size_t)w->rows * w->cols);
-        if (bias && (what & CLIP_GRAD_DENSE)) linear_grads_ref(g, i)->dbias = bump_take(cv, w->rows);
+        if (bias && (what & CLIP_GRAD_DENSE)) linear_grads_ref(g, i, m->cfg.num_layers)->dbias = bump_take(cv, w->rows);
     }
     for (int i = 0; i < n_norms(m); i++) {
         const norm_layer_t *ln = ln_ref(m, i, NULL, 0);
@@ -581,7 +680,7 @@ void clip_visit_shifts(clip_t *m, clip_grads_t *g, clip_shift_visit_fn fn, void 
     for (int i = 0; i < n_weights(m); i++) {
         weight_t *w = weight_ref(m, i, NULL, path, sizeof path);
         if (w->kind != WEIGHT_SPECTRAL) continue;
-        fn(ctx, &name, w->sp->delta, g && g->layers ? *dw_ref(g, i) : NULL, w->sp->rank);
+        fn(ctx, &name, w->sp->delta, g && g->layers ? *dw_ref(g, i, m->cfg.num_layers) : NULL, w->sp->rank);
     }
     name.kind = SHIFT_NORM;
     for (int i = 0; i < n_norms(m); i++) {
@@ -603,7 +702,7 @@ int clip_visit_modules(clip_t *m, clip_grads_t *g, clip_module_fn fn, void *ctx)
     for (int i = 0; i < 2; i++) {
         mod = (clip_module_t){.path = path, .kind = CLIP_MODULE_EMBEDDING, .layer = -1};
         mod.w = weight_ref(m, i, NULL, path, sizeof path);
-        if (has_g) mod.dw = *dw_ref(g, i);
+        if (has_g) mod.dw = *dw_ref(g, i, m->cfg.num_layers);
         if ((rc = fn(ctx, &mod))) return rc;
     }
     for (int l = 0; l < m->cfg.num_layers; l++)
@@ -624,6 +723,11 @@ int clip_visit_modules(clip_t *m, clip_grads_t *g, clip_module_fn fn, void *ctx)
     mod = (clip_module_t){.path = path, .kind = CLIP_MODULE_NORM, .layer = -1};
     mod.ln = ln_ref(m, n_norms(m) - 1, path, sizeof path);
     if (has_g) mod.dln = &g->final_ln;
+    if ((rc = fn(ctx, &mod)) || m->cfg.projection_dim <= 0) return rc;
+    const int ip = projection_index(&m->cfg);
+    mod = (clip_module_t){.path = path, .kind = CLIP_MODULE_LINEAR, .layer = -1};
+    mod.w = weight_ref(m, ip, NULL, path, sizeof path);
+    if (has_g) mod.dw = *dw_ref(g, ip, m->cfg.num_layers);
     return fn(ctx, &mod);
 }
 

@@ -131,7 +131,7 @@ typedef struct {
 /* Resolution (side) at which a UNet tensor's module runs; 1 for the time-embedding path. */
 static int unet_side(const flops_ctx_t *f, const char *name) {
     int i;
-    if (strstr(name, "time_emb")) return 1;
+    if (strstr(name, "time_emb") || !strncmp(name, "add_embedding.", 14)) return 1;   /* per sample */
     if (sscanf(name, "down_blocks.%d.", &i) == 1)
         return f->size >> (i + (strstr(name, ".downsamplers.") != NULL));   /* stride 2: output side */
     if (sscanf(name, "up_blocks.%d.", &i) == 1)
@@ -181,17 +181,18 @@ static cJSON *component_config(const cJSON *config, const char *comp) {
     return cJSON_IsObject(c) ? c : NULL;
 }
 
-/* The text encoder config with vocab_size filled in when absent (a copy; caller frees). */
-static int text_config(const cJSON *config, int vocab_size, cJSON **out) {
-    cJSON *t = component_config(config, "text_encoder");
-    if (!t) return sd_error(SD_ERR_FORMAT, "model config: no \"text_encoder\" object");
+/* A text encoder config ("text_encoder" or "text_encoder_2") with vocab_size filled in when
+ * absent (a copy; caller frees). */
+static int text_config(const cJSON *config, const char *comp, int vocab_size, cJSON **out) {
+    cJSON *t = component_config(config, comp);
+    if (!t) return sd_error(SD_ERR_FORMAT, "model config: no \"%s\" object", comp);
     cJSON *c = cJSON_Duplicate(t, 1);
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(c, "vocab_size");
     if (!v || cJSON_IsNull(v)) {
         if (vocab_size < 1) {
             cJSON_Delete(c);
-            return sd_error(SD_ERR_FORMAT, "text_encoder config: no vocab_size (set it, or pass a tokenizer to take "
-                            "it from)");
+            return sd_error(SD_ERR_FORMAT, "%s config: no vocab_size (set it, or pass a tokenizer to take "
+                            "it from)", comp);
         }
         cJSON_DeleteItemFromObjectCaseSensitive(c, "vocab_size");
         cJSON_AddNumberToObject(c, "vocab_size", vocab_size);
@@ -210,7 +211,7 @@ int model_init_stats(const cJSON *config, int vocab_size, int fp16, model_init_s
         (rc = config_int_or(&uc, "sample_size", 32, &st->sample_size)))
         return rc;
     cJSON *tc;
-    if ((rc = text_config(config, vocab_size, &tc))) return rc;
+    if ((rc = text_config(config, "text_encoder", vocab_size, &tc))) return rc;
     model_component_t t = {.name = "text_encoder", .config = tc};
     int tokens = 77;
     if ((rc = config_int_or(&t, "max_position_embeddings", 77, &tokens))) {
@@ -230,6 +231,15 @@ int model_init_stats(const cJSON *config, int vocab_size, int fp16, model_init_s
     cJSON_Delete(tc);
     if (rc) return rc;
     st->n_tensors[1] = f.n, st->params[1] = f.params, st->flops[1] = f.flops;
+    if (component_config(config, "text_encoder_2")) {   /* SDXL: the second encoder on the same tokens */
+        if ((rc = text_config(config, "text_encoder_2", vocab_size, &tc))) return rc;
+        model_component_t t2 = {.name = "text_encoder_2", .config = tc};
+        f = (flops_ctx_t){.tokens = tokens};
+        rc = component_expected_tensors(&t2, text_flops, &f);
+        cJSON_Delete(tc);
+        if (rc) return rc;
+        st->n_tensors[3] = f.n, st->params[3] = f.params, st->flops[3] = f.flops;
+    }
     cJSON *vae = component_config(config, "vae");
     if (vae) {
         model_component_t vc = {.name = "vae", .config = vae};
@@ -237,7 +247,7 @@ int model_init_stats(const cJSON *config, int vocab_size, int fp16, model_init_s
         if ((rc = component_expected_tensors(&vc, count_only, &f))) return rc;
         st->n_tensors[2] = f.n, st->params[2] = f.params;
     }
-    st->bytes = (st->params[0] + st->params[1] + st->params[2]) * (fp16 ? 2 : 4);
+    st->bytes = (st->params[0] + st->params[1] + st->params[2] + st->params[3]) * (fp16 ? 2 : 4);
     return 0;
 }
 
@@ -320,6 +330,22 @@ static int set_model_max_length(const char *dir, int n) {
     return rc;
 }
 
+/* Sets pad_token in DIR/special_tokens_map.json (which the tokenizer reads over tokenizer_config.json;
+ * written fresh when the tokenizer had none). */
+static int set_pad_token(const char *dir, const char *pad) {
+    char *path = join(dir, "special_tokens_map.json");
+    cJSON *c = NULL;
+    int rc = access(path, F_OK) == 0 ? model_init_read_config(path, &c) : 0;
+    free(path);
+    if (rc) return rc;
+    if (!c) c = cJSON_CreateObject();
+    cJSON_DeleteItemFromObjectCaseSensitive(c, "pad_token");
+    cJSON_AddStringToObject(c, "pad_token", pad);
+    rc = write_json_file(dir, "special_tokens_map.json", c);
+    cJSON_Delete(c);
+    return rc;
+}
+
 static void set_string(cJSON *o, const char *key, const char *value, int overwrite) {
     if (cJSON_GetObjectItemCaseSensitive(o, key)) {
         if (!overwrite) return;
@@ -374,7 +400,7 @@ static int write_component(const char *out_dir, const char *comp, cJSON *cfg, co
     char *dir = join(out_dir, comp);
     int rc = make_dir(dir);
     if (!rc && cls) {
-        if (!strcmp(comp, "text_encoder")) {
+        if (!strncmp(comp, "text_encoder", 12)) {
             if (!cJSON_GetObjectItemCaseSensitive(cfg, "architectures")) {
                 const char *arch = cls;
                 cJSON_AddItemToObject(cfg, "architectures", cJSON_CreateStringArray(&arch, 1));
@@ -401,9 +427,9 @@ int model_init(const cJSON *config, const char *out_dir, const model_init_option
     if (!cJSON_IsObject(config)) return sd_error(SD_ERR_FORMAT, "model config: not a JSON object");
     for (const cJSON *e = config->child; e; e = e->next)
         if (strcmp(e->string, "unet") && strcmp(e->string, "text_encoder") && strcmp(e->string, "scheduler") &&
-            strcmp(e->string, "vae") && e->string[0] != '_')
-            return sd_error(SD_ERR_FORMAT, "model config: unknown component \"%s\" (unet, text_encoder, scheduler, "
-                            "vae)", e->string);
+            strcmp(e->string, "vae") && strcmp(e->string, "text_encoder_2") && e->string[0] != '_')
+            return sd_error(SD_ERR_FORMAT, "model config: unknown component \"%s\" (unet, text_encoder, "
+                            "text_encoder_2, scheduler, vae)", e->string);
     const cJSON *sched = component_config(config, "scheduler");
     if (!sched) return sd_error(SD_ERR_FORMAT, "model config: no \"scheduler\" object");
     int vocab = 0, rc = 0, special[3] = {0, 0, 0};
@@ -417,19 +443,25 @@ int model_init(const cJSON *config, const char *out_dir, const model_init_option
     model_init_stats_t st;
     if ((rc = model_init_stats(config, vocab, o.fp16, &st))) return rc;
     cJSON *tc = NULL, *uc = cJSON_Duplicate(component_config(config, "unet"), 1), *sc = cJSON_Duplicate(sched, 1);
-    cJSON *vae = component_config(config, "vae"), *vc = vae ? cJSON_Duplicate(vae, 1) : NULL;
-    if ((rc = text_config(config, vocab, &tc))) goto done;
-    const cJSON *tv = cJSON_GetObjectItemCaseSensitive(tc, "vocab_size");
-    if (vocab > 0 && cJSON_IsNumber(tv) && tv->valuedouble < vocab) {
-        rc = sd_error(SD_ERR_FORMAT, "text_encoder config: vocab_size %d is smaller than the tokenizer's %d ids (%s)",
-                      (int)floor(tv->valuedouble > -1e9 ? tv->valuedouble : -1e9), vocab, o.tokenizer_dir);
-        goto done;
-    }
-    if (vocab > 0) {   /* transformers pools at eos_token_id (2 means CLIP's argmax): make them the tokenizer's */
-        static const char *const keys[3] = {"bos_token_id", "eos_token_id", "pad_token_id"};
-        for (int i = 0; i < 3; i++) {
-            cJSON_DeleteItemFromObjectCaseSensitive(tc, keys[i]);
-            cJSON_AddNumberToObject(tc, keys[i], special[i]);
+    cJSON *vae = component_config(config, "vae"), *vc = vae ? cJSON_Duplicate(vae, 1) : NULL, *tc2 = NULL;
+    const int xl = component_config(config, "text_encoder_2") != NULL;
+    if ((rc = text_config(config, "text_encoder", vocab, &tc))) goto done;
+    if (xl && (rc = text_config(config, "text_encoder_2", vocab, &tc2))) goto done;
+    for (int k = 0; k < 1 + xl; k++) {
+        cJSON *t = k ? tc2 : tc;
+        const cJSON *tv = cJSON_GetObjectItemCaseSensitive(t, "vocab_size");
+        if (vocab > 0 && cJSON_IsNumber(tv) && tv->valuedouble < vocab) {
+            rc = sd_error(SD_ERR_FORMAT, "%s config: vocab_size %d is smaller than the tokenizer's %d ids (%s)",
+                          k ? "text_encoder_2" : "text_encoder",
+                          (int)floor(tv->valuedouble > -1e9 ? tv->valuedouble : -1e9), vocab, o.tokenizer_dir);
+            goto done;
+        }
+        if (vocab > 0) {   /* transformers pools at eos_token_id (2 means CLIP's argmax): make them the tokenizer's */
+            static const char *const keys[3] = {"bos_token_id", "eos_token_id", "pad_token_id"};
+            for (int i = 0; i < 3; i++) {
+                cJSON_DeleteItemFromObjectCaseSensitive(t, keys[i]);
+                cJSON_AddNumberToObject(t, keys[i], special[i]);
+            }
         }
     }
     if (!o.force && dir_nonempty(out_dir)) {
@@ -440,13 +472,15 @@ int model_init(const cJSON *config, const char *out_dir, const model_init_option
     if ((rc = write_component(out_dir, "unet", uc, "UNet2DConditionModel", "config.json",
                               "diffusion_pytorch_model.safetensors", &o)) ||
         (rc = write_component(out_dir, "text_encoder", tc, "CLIPTextModel", "config.json", "model.safetensors", &o)) ||
+        (tc2 && (rc = write_component(out_dir, "text_encoder_2", tc2, "CLIPTextModelWithProjection", "config.json",
+                                      "model.safetensors", &o))) ||
         (vc && (rc = write_component(out_dir, "vae", vc, "AutoencoderKL", "config.json",
                                      "diffusion_pytorch_model.safetensors", &o))))
         goto done;
     set_string(sc, "_class_name", "DDIMScheduler", 0);
     if ((rc = write_component(out_dir, "scheduler", sc, NULL, "scheduler_config.json", NULL, &o))) goto done;
-    if (o.tokenizer_dir) {
-        char *dir = join(out_dir, "tokenizer");
+    for (int k = 0; o.tokenizer_dir && k < 1 + xl; k++) {
+        char *dir = join(out_dir, k ? "tokenizer_2" : "tokenizer");
         static const char *const files[4] = {"vocab.json", "merges.txt", "special_tokens_map.json",
                                              "tokenizer_config.json"};
         rc = make_dir(dir);
@@ -460,21 +494,28 @@ int model_init(const cJSON *config, const char *out_dir, const model_init_option
          * model_max_length), so the copied config says the model's length */
         const cJSON *mp = cJSON_GetObjectItemCaseSensitive(tc, "max_position_embeddings");
         if (!rc && cJSON_IsNumber(mp) && mp->valueint < TOKENIZER_MAX_LENGTH) rc = set_model_max_length(dir, mp->valueint);
+        if (!rc && k) rc = set_pad_token(dir, "!");   /* SDXL's tokenizer_2 pads with "!" (id 0) */
         free(dir);
         if (rc) goto done;
     }
     cJSON *index = cJSON_CreateObject();
-    cJSON_AddStringToObject(index, "_class_name", "StableDiffusionPipeline");
+    cJSON_AddStringToObject(index, "_class_name", xl ? "StableDiffusionXLPipeline" : "StableDiffusionPipeline");
     cJSON_AddStringToObject(index, "_diffusers_version", "0.21.0");
+    if (xl) cJSON_AddBoolToObject(index, "force_zeros_for_empty_prompt", 1);
     const char *pair[2];
     const cJSON *cls = cJSON_GetObjectItemCaseSensitive(sc, "_class_name");
     pair[0] = "diffusers", pair[1] = cJSON_IsString(cls) ? cls->valuestring : "DDIMScheduler";
     cJSON_AddItemToObject(index, "scheduler", cJSON_CreateStringArray(pair, 2));
     pair[0] = "transformers", pair[1] = "CLIPTextModel";
     cJSON_AddItemToObject(index, "text_encoder", cJSON_CreateStringArray(pair, 2));
+    if (tc2) {
+        pair[1] = "CLIPTextModelWithProjection";
+        cJSON_AddItemToObject(index, "text_encoder_2", cJSON_CreateStringArray(pair, 2));
+    }
     if (o.tokenizer_dir) {
         pair[1] = "CLIPTokenizer";
         cJSON_AddItemToObject(index, "tokenizer", cJSON_CreateStringArray(pair, 2));
+        if (tc2) cJSON_AddItemToObject(index, "tokenizer_2", cJSON_CreateStringArray(pair, 2));
     }
     pair[0] = "diffusers", pair[1] = "UNet2DConditionModel";
     cJSON_AddItemToObject(index, "unet", cJSON_CreateStringArray(pair, 2));
@@ -497,6 +538,7 @@ int model_init(const cJSON *config, const char *out_dir, const model_init_option
     if (!rc && stats) *stats = st;
 done:
     cJSON_Delete(tc);
+    cJSON_Delete(tc2);
     cJSON_Delete(uc);
     cJSON_Delete(sc);
     cJSON_Delete(vc);

@@ -42,26 +42,32 @@ typedef struct {
 
 /* Sizes of a config: tensors, parameters, bytes at the chosen dtype, and multiply-add FLOPs
  * (x2) of one forward: the UNet on one sample_size x sample_size input with a `tokens`-token
- * context, the text encoder on `tokens` tokens (convolutions, linears and attention products;
- * norms and activations, a few percent, are left out). Index 0 unet, 1 text_encoder, 2 vae. */
+ * context, the text encoders on `tokens` tokens (convolutions, linears and attention products;
+ * norms and activations, a few percent, are left out). Index 0 unet, 1 text_encoder, 2 vae,
+ * 3 text_encoder_2 (SDXL; 0 tensors when the config has none). */
+#define MODEL_INIT_COMPONENTS 4
 typedef struct {
-    int n_tensors[3];
-    int64_t params[3];
-    double flops[3];      /* VAE: not computed (0) */
+    int n_tensors[MODEL_INIT_COMPONENTS];
+    int64_t params[MODEL_INIT_COMPONENTS];
+    double flops[MODEL_INIT_COMPONENTS];      /* VAE: not computed (0) */
     int64_t bytes;        /* all weights at the chosen dtype */
     int sample_size;
     int tokens;           /* text context: max_position_embeddings, at most 77 */
 } model_init_stats_t;
 
 /* Fills `stats` from a config {"unet": {...}, "text_encoder": {...}, "scheduler": {...},
- * "vae": {...} optional}; text_encoder.vocab_size must be present (or vocab_size >= 1 given:
- * it is used when the config has none). Errors SD_ERR_FORMAT name component and key. */
+ * "vae": {...} optional, "text_encoder_2": {...} optional (SDXL)}; text_encoder.vocab_size (and
+ * text_encoder_2's) must be present (or vocab_size >= 1 given: it is used when the config has
+ * none). Errors SD_ERR_FORMAT name component and key. */
 int model_init_stats(const cJSON *config, int vocab_size, int fp16, model_init_stats_t *stats);
 
 /* Writes the folder: model_index.json, unet/{config.json, diffusion_pytorch_model.safetensors},
  * text_encoder/{config.json, model.safetensors}, scheduler/scheduler_config.json,
  * vae/ when the config has one, tokenizer/ when opt->tokenizer_dir is set; then opens the
- * result with model_open as a check. stats may be NULL. */
+ * result with model_open as a check. With "text_encoder_2" the folder is an SDXL one
+ * (StableDiffusionXLPipeline, force_zeros_for_empty_prompt true): text_encoder_2/ too, and
+ * tokenizer_2/ (the same files, padding with "!" as SDXL's) when opt->tokenizer_dir is set.
+ * stats may be NULL. */
 int model_init(const cJSON *config, const char *out_dir, const model_init_options_t *opt,
                model_init_stats_t *stats);
 

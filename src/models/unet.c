@@ -130,7 +130,28 @@ int unet_config_from_json(unet_config_t *cfg, const cJSON *json, const char *wha
     TRY(json_require_false(j, "mid_block_only_cross_attention", what));
     TRY(json_bool(j, "use_linear_projection", 0, &cfg->use_linear_projection, what));
     TRY(json_require_unset(j, "class_embed_type", what));
-    TRY(json_require_unset(j, "addition_embed_type", what));
+    /* SDXL's added conditioning; addition_embed_type_num_heads only matters to the "text" kinds */
+    const char *add_type = NULL;
+    TRY(json_str(j, "addition_embed_type", NULL, &add_type, what));
+    if (add_type && strcmp(add_type, "text_time") != 0)
+        return sd_error(SD_ERR_FORMAT, "%s: \"addition_embed_type\" = \"%s\" is not supported (only null or \"text_time\")",
+                        what, add_type);
+    cfg->addition_text_time = add_type != NULL;
+    if (cfg->addition_text_time) {
+        TRY(json_int_req(j, "addition_time_embed_dim", &cfg->addition_time_embed_dim, what));
+        TRY(json_int_req(j, "projection_class_embeddings_input_dim", &cfg->addition_embed_in, what));
+        if (cfg->addition_time_embed_dim < 2 || cfg->addition_time_embed_dim % 2 ||
+            cfg->addition_time_embed_dim > UNET_MAX_CHANNELS)
+            return sd_error(SD_ERR_FORMAT, "%s: \"addition_time_embed_dim\" is %d; it must be even, from 2 to %d", what,
+                            cfg->addition_time_embed_dim, UNET_MAX_CHANNELS);
+        cfg->addition_text_embeds_dim = cfg->addition_embed_in - UNET_N_TIME_IDS * cfg->addition_time_embed_dim;
+        if (cfg->addition_text_embeds_dim < 1 || cfg->addition_embed_in > UNET_MAX_CHANNELS)
+            return sd_error(SD_ERR_FORMAT,
+                            "%s: \"projection_class_embeddings_input_dim\" is %d; with \"addition_time_embed_dim\" %d "
+                            "it must be more than %d (%d time ids) and at most %d",
+                            what, cfg->addition_embed_in, cfg->addition_time_embed_dim,
+                            UNET_N_TIME_IDS * cfg->addition_time_embed_dim, UNET_N_TIME_IDS, UNET_MAX_CHANNELS);
+    }
     TRY(json_require_unset(j, "num_class_embeds", what));
     TRY(json_require_unset(j, "encoder_hid_dim", what));
     TRY(json_require_unset(j, "encoder_hid_dim_type", what));
@@ -333,6 +354,12 @@ static int setup(unet_t *m) {
     reg_layer(m, &m->time_linear_1, xstrdup_printf("time_embedding.linear_1"), C[0], c->time_embed_dim, 1, 0, 1, 0, 1);
     reg_layer(m, &m->time_linear_2, xstrdup_printf("time_embedding.linear_2"), c->time_embed_dim, c->time_embed_dim,
               1, 0, 1, 0, 1);
+    if (c->addition_text_time) {   /* add_embedding: a TimestepEmbedding from the added conditioning */
+        reg_layer(m, &m->add_linear_1, xstrdup_printf("add_embedding.linear_1"), c->addition_embed_in,
+                  c->time_embed_dim, 1, 0, 1, 0, 1);
+        reg_layer(m, &m->add_linear_2, xstrdup_printf("add_embedding.linear_2"), c->time_embed_dim, c->time_embed_dim,
+                  1, 0, 1, 0, 1);
+    }
     stack[top++] = push_skip(m, C[0], 0);
     add_stage(m, UNET_STAGE_CONV_IN, 0, 0, 0, c->in_channels, C[0], -1, stack[top - 1]);
 
@@ -700,6 +727,12 @@ static size_t acts_layout(unet_acts_t *a, float *base, const unet_t *m) {
     a->t_a = bump_take(&b, (size_t)B * c->time_embed_dim);
     a->t_e = bump_take(&b, (size_t)B * c->time_embed_dim);
     a->temb = bump_take(&b, (size_t)B * c->time_embed_dim);
+    if (c->addition_text_time) {
+        a->add_in = bump_take(&b, (size_t)B * c->addition_embed_in);
+        a->add_h = bump_take(&b, (size_t)B * c->time_embed_dim);
+        a->add_a = bump_take(&b, (size_t)B * c->time_embed_dim);
+        a->add_e = bump_take(&b, (size_t)B * c->time_embed_dim);
+    }
     if (!a->training) {
         /* skip tensors (alive from their push to their pop) and two buffers for the rest */
         for (int s = 0; s < m->n_stages; s++) {
@@ -816,8 +849,14 @@ void unet_acts_free(unet_acts_t *a) {
  * ------------------------------------------------------------------------------------------- */
 
 int unet_forward(float *out, const unet_t *m, unet_acts_t *a, const float *sample, const float *timesteps,
-                 const float *ctx, int B, int H, int W, int T) {
+                 const float *ctx, const unet_added_cond_t *added, int B, int H, int W, int T) {
     const unet_config_t *c = &m->cfg;
+    if (c->addition_text_time && (!added || !added->text_embeds || !added->time_ids))
+        return sd_error(SD_ERR_ARG, "unet: this UNet has addition_embed_type \"text_time\" (SDXL): its forward needs "
+                        "the pooled text embedding and the %d time ids", UNET_N_TIME_IDS);
+    if (!c->addition_text_time && added)
+        return sd_error(SD_ERR_ARG, "unet: added conditioning (text_embeds, time_ids) given to a UNet without "
+                        "addition_embed_type \"text_time\"");
     if (B < 1 || B > a->B || H < 1 || H > a->H || W < 1 || W > a->W || T < 1 || T > a->T)
         return sd_error(SD_ERR_ARG, "unet: forward B=%d H=%d W=%d T=%d exceeds the activations' %d, %d, %d, %d", B, H,
                         W, T, a->B, a->H, a->W, a->T);
@@ -838,10 +877,14 @@ int unet_forward(float *out, const unet_t *m, unet_acts_t *a, const float *sampl
         for (size_t i = 0; i < nsample; i++) t[i] = 2.0f * sample[i] - 1.0f;
         x0 = t;
     }
-    /* time_proj, time_embedding; then SiLU once for every resnet's time_emb_proj (ResnetBlock2D
+    /* time_proj, time_embedding (+ add_embedding); then SiLU once for every resnet's time_emb_proj (ResnetBlock2D
      * applies its nonlinearity to temb) */
     unet_timesteps_forward(a->t_sin, timesteps, c, B);
     unet_timestep_embedding_forward(a->t_e, a->t_h, a->t_a, a->t_sin, &m->time_linear_1, &m->time_linear_2, B);
+    if (c->addition_text_time) {   /* emb = time_embedding(t) + add_embedding(text_embeds, time ids) */
+        unet_add_embedding_forward(a->add_e, a->add_in, a->add_h, a->add_a, added, m, B);
+        add_into(a->t_e, a->add_e, (size_t)B * c->time_embed_dim);
+    }
     silu_forward(a->temb, a->t_e, (size_t)B * c->time_embed_dim);
 
     unet_pass_t p = {.m = m, .a = a, .B = B, .H = H, .W = W, .T = T, .s = 0, .ctx = ctx, .prev = x0, .out = out};
@@ -854,10 +897,12 @@ int unet_forward(float *out, const unet_t *m, unet_acts_t *a, const float *sampl
     return SD_OK;
 }
 
-void unet_backward(float *dsample, float *dctx, unet_grads_t *g, const float *dout, const unet_t *m, unet_acts_t *a) {
+void unet_backward(float *dsample, float *dctx, float *dtext_embeds, unet_grads_t *g, const float *dout,
+                   const unet_t *m, unet_acts_t *a) {
     SD_CHECK(a->training, "unet_backward needs activations built for training");
     SD_CHECK(a->cur_B > 0, "unet_backward before any forward");
     const unet_config_t *c = &m->cfg;
+    SD_CHECK(!dtext_embeds || c->addition_text_time, "unet_backward: dtext_embeds for a UNet without text_time");
     const int B = a->cur_B, H = a->cur_H, W = a->cur_W, T = a->cur_T;
     scratch_mark_t mark = scratch_mark();
     for (int s = 0; s < m->n_stages; s++) {
@@ -879,5 +924,7 @@ void unet_backward(float *dsample, float *dctx, unet_grads_t *g, const float *do
     float *de = zeros(nt);
     silu_backward(de, a->dtemb, a->t_e, nt);
     unet_timestep_embedding_backward(NULL, g, de, a->t_sin, a->t_h, a->t_a, &m->time_linear_1, &m->time_linear_2, B);
+    /* the sum's other term: d add_embedding output = de as well */
+    if (c->addition_text_time) unet_add_embedding_backward(dtext_embeds, g, de, a->add_in, a->add_h, a->add_a, m, B);
     scratch_release(mark);
 }

@@ -105,7 +105,7 @@ int attention_leakage_images(pipeline_t *p, const char *prompt, const char *phra
                 const int t = timesteps[j];
                 const float tf = (float)t;
                 ddpm_add_noise(xt, x0, eps, &t, 1, L, &p->sched);
-                rc = unet_forward(pred, &p->unet, &acts, xt, &tf, ctx, 1, h, w, T);
+                rc = unet_forward(pred, &p->unet, &acts, xt, &tf, ctx, NULL, 1, h, w, T);
             }
         }
     if (!rc)

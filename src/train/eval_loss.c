@@ -51,7 +51,7 @@ int eval_denoising_loss(pipeline_t *p, image_set_t *images, const prompt_table_t
             }
             ddpm_add_noise(xt, x0, eps, ts, B, L, &p->sched);
             ddpm_target(target, x0, eps, ts, B, L, &p->sched);
-            rc = unet_forward(pred, &p->unet, &acts, xt, tf, ctx, B, h, w, T);
+            rc = unet_forward(pred, &p->unet, &acts, xt, tf, ctx, NULL, B, h, w, T);
             double s = 0;
             for (size_t q = 0; q < (size_t)B * L; q++) {
                 const double d = (double)pred[q] - target[q];

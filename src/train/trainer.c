@@ -215,7 +215,7 @@ int trainer_micro_step(trainer_t *t, const float *x0, const float *eps, const in
     if ((te || !ctx) && !(ctx = clip_forward(&t->p.clip, &t->ca, ids, rows, t->T))) return SD_ERR_ARG;
     unmix_t *um = t->ms && t->ms->unmix_on ? &t->ms->unmix : NULL;   /* Cut-Mix-Unmix (cutmix.h) */
     if (um) um->gscale = grad_scale;
-    rc = unet_forward(t->pred, &t->p.unet, &t->ua, t->xt, t->tf, ctx, rows, t->h, t->w, t->T);
+    rc = unet_forward(t->pred, &t->p.unet, &t->ua, t->xt, t->tf, ctx, NULL, rows, t->h, t->w, t->T);
     if (rc) return rc;
     const double lu = unmix_loss(um);
     const size_t ni = (size_t)n_inst * L, nc = (size_t)n_class * L;
@@ -226,8 +226,8 @@ int trainer_micro_step(trainer_t *t, const float *x0, const float *eps, const in
     mse_backward(t->dpred, t->pred, t->target, ni, grad_scale);
     if (n_class) mse_backward(t->dpred + ni, t->pred + ni, t->target + ni, nc, grad_scale * w);
     if (te) memset(t->dctx, 0, sizeof(float) * rows * CT);
-    unet_backward(NULL, te ? t->dctx : NULL, &t->ug, t->dpred, &t->p.unet, &t->ua);
-    if (te) clip_backward(&t->p.clip, &t->ca, t->dctx, &t->cg, NULL);
+    unet_backward(NULL, te ? t->dctx : NULL, NULL, &t->ug, t->dpred, &t->p.unet, &t->ua);
+    if (te) clip_backward(&t->p.clip, &t->ca, t->dctx, NULL, &t->cg, NULL);
     if (out) out->instance = li, out->prior = lc, out->unmix = lu, out->loss = li + (double)w * lc + lu;
     return SD_OK;
 }
