@@ -178,8 +178,7 @@ typedef struct {
 
 /* SDXL's second text encoder of the model (NULL: none) */
 static const model_component_t *te2_of(const model_t *m) {
-    (void)m;
-    return NULL;
+    return m->text_encoder_2.n_tensors ? &m->text_encoder_2 : NULL;
 }
 
 /* The base model's tensor that the shift of module `path` moves (SHIFT_KEY_WEIGHT), or NULL. */

@@ -77,16 +77,13 @@ static void item_free(item_t *it) {
 
 static int is_embedding(const char *path) { return !strncmp(path, "text_model.embeddings.", 22); }
 
-/* SDXL's second text encoder of the pipeline and of its model file (NULL: an SD 1.x / 2.x model) */
-#define LORA_TE2_CLIP(p) ((clip_t *)NULL)
-#define LORA_TE2_COMPONENT(p) ((const model_component_t *)NULL)
 
 /* The weight tensor of a module in the model file, for its layout (conv or linear) and shape. */
 static int tensor_layout(const pipeline_t *p, item_t *it) {
     char key[600];
     const shift_name_t n = {(shift_component_t)it->comp, SHIFT_KIND_UNKNOWN, it->path};
     if (shift_key(key, sizeof key, &n, SHIFT_KEY_WEIGHT)) return SD_ERR_FORMAT;   /* the message names the path */
-    const model_component_t *comp = it->comp == SHIFT_TE2 ? LORA_TE2_COMPONENT(p)
+    const model_component_t *comp = it->comp == SHIFT_TE2 ? &p->model.text_encoder_2
                                     : it->comp == SHIFT_TE ? &p->model.text_encoder : &p->model.unet;
     const st_tensor_t *t = comp ? component_find(comp, key) : NULL;
     if (!t || t->ndim < 1 || t->ndim > 4)
@@ -296,7 +293,7 @@ int lora_export(pipeline_t *p, const shift_set_t *const *sets, int n_sets, const
     /* what to export: per component, the shifted paths less the dropped ones */
     shift_set_t parts[SHIFT_N_COMPONENTS];
     for (int c = 0; c < SHIFT_N_COMPONENTS; c++) shiftset_init(&parts[c]);
-    clip_t *te2 = LORA_TE2_CLIP(p);
+    clip_t *te2 = p->has_te2 ? &p->clip2 : NULL;   /* SDXL */
     const int sdxl = te2 != NULL;
     int dropped_norms = 0, dropped_emb = 0;
     for (int k = 0; k < n_sets; k++)

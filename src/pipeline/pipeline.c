@@ -118,9 +118,10 @@ void pipeline_close(pipeline_t *p) {
     memset(p, 0, sizeof *p);
 }
 
-/* Applies one loaded file: its UNet and text-encoder entries go to their models. */
+/* Applies one loaded file: its UNet and text-encoder entries go to their models ("text_encoder_2."
+ * entries to SDXL's second encoder). */
 static int apply_shift_set(pipeline_t *p, const shift_set_t *s, float scale, svd_cache_t *cache) {
-    return shiftset_apply_models(&p->unet, &p->clip, NULL, s, scale, cache);
+    return shiftset_apply_models(&p->unet, &p->clip, p->has_te2 ? &p->clip2 : NULL, s, scale, cache);
 }
 
 /* Applies one loaded set after checking its base_model_hash against the model's `hash` (refused
@@ -160,6 +161,7 @@ static int close_cache(pipeline_t *p, svd_cache_t *cache, int rc) {
     if (!rc) {
         unet_bake(&p->unet);
         clip_bake_spectral(&p->clip);
+        if (p->has_te2) clip_bake_spectral(&p->clip2);
     }
     return rc;
 }
