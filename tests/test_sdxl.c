@@ -8,16 +8,19 @@
  * text_encoder_2's pooled projection. */
 #include "testutil.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "base/error.h"
+#include "base/runtime.h"
 #include "io/model.h"
 #include "models/clip.h"
 #include "models/unet.h"
 #include "models/vae.h"
 #include "pipeline/pipeline.h"
+#include "train/trainer.h"
 
 /* Relative errors measured (C float32 vs PyTorch float64, max |a - b| / max |b|), Release build;
  * the test prints them with SVDIFF_GOLDEN_VERBOSE=1: see the report of each check below. */
@@ -467,6 +470,89 @@ static void test_sdxl_txt2img_single_file(void **state) {
     check_runs(SINGLE, 1);
 }
 
+/* ---- one training step ---- */
+
+/* The trainer's step on SDXL (trainer_micro_step on the golden's fixed inputs: x0, eps, integer
+ * timesteps, both tokenizers' ids, each row's time ids), every UNet conv / linear (add_embedding
+ * included) and norm gain shifted, both text encoders trained (--train-text-encoder): the loss and
+ * the gradient of every shift array at zero shifts, each to 1e-3 of its own largest entry as
+ * test_train's golden step. Those gradients do not depend on which factors the SVD gave (the sign
+ * of a singular pair cancels), so the trainer makes its own. text_encoder_2's last layer reaches
+ * the loss only through the pooled embedding (the context is its penultimate layer), so its
+ * gradients check the path UNet d text_embeds -> clip_pooled's backward. 11 arrays are zero in exact
+ * arithmetic (metadata train_zero_grads): text_encoder's last layer, which the context skips, and
+ * time_emb_proj of the 4-channel level's resnets, whose per-channel constant a GroupNorm of one
+ * channel per group removes (the single file's derived norm_num_groups is 4); for them the trainer
+ * must give rounding noise only. */
+static void test_sdxl_train_step(void **state) {
+    (void)state;
+    sd_set_threads(1);
+    st_file_t g;
+    golden_open(&g, GOLDEN);
+    const int rows = 2, res = atoi(st_meta(&g, "train_res"));
+    assert_int_equal(res, 16);
+    char model[4096];
+    snprintf(model, sizeof model, "%s", source_path(FOLDER));
+    train_config_t c;
+    train_config_default(&c);
+    c.model = model;
+    c.resolution = res, c.batch_size = rows, c.train_text_encoder = 1;
+    c.svd_cache_dir = "";
+    c.quiet = 1;
+    trainer_t t;
+    assert_int_equal(trainer_load_model(&t, &c), 0);
+    assert_int_equal(trainer_prepare(&t, 0), 0);
+    assert_true(t.xl);
+    const size_t L = t.latent_n;
+    assert_int_equal(L, 4 * (res / 2) * (res / 2));
+    float *x0 = golden_get(&g, "train.x0", rows * (int64_t)L), *eps = golden_get(&g, "train.eps", rows * (int64_t)L);
+    float *tsf = golden_get(&g, "train.timesteps", rows), *tids = golden_get(&g, "train.time_ids", rows * 6);
+    float *loss_want = golden_get(&g, "train.loss", 1);
+    int ts[2], *ids1 = golden_ids(&g, "train.ids1"), *ids2 = golden_ids(&g, "train.ids2");
+    for (int r = 0; r < rows; r++) ts[r] = (int)tsf[r];
+    memcpy(t.ids2, ids2, sizeof(int) * rows * NTOK);
+    memcpy(t.time_ids, tids, sizeof(float) * rows * 6);
+    train_losses_t l;
+    assert_int_equal(trainer_micro_step(&t, x0, eps, ts, ids1, NULL, rows, 0, 1.0f, &l), 0);
+    const float got_loss = (float)l.loss;
+    if (verbose()) printf("  train loss %.7f (PyTorch %.7f)\n", got_loss, loss_want[0]);
+    assert_close("train loss", &got_loss, loss_want, 1, TOL);
+    double worst = 0;
+    int n_comp[3] = {0, 0, 0}, n_add = 0, n_zero = 0;
+    for (int i = 0; i < t.n_params; i++) {
+        const train_param_t *p = &t.params[i];
+        char key[512];
+        snprintf(key, sizeof key, "train.grad.%s", p->name);
+        float *want = golden_get(&g, key, p->n);
+        float wmax = 0, gmax = 0;
+        for (int k = 0; k < p->n; k++) wmax = fmaxf(wmax, fabsf(want[k])), gmax = fmaxf(gmax, fabsf(p->grad[k]));
+        if (wmax <= 1e-12f) {   /* zero in exact arithmetic: float32 rounding noise, measured <= 1.5e-9
+                                 * (Release), 4 decades below the other gradients' scale */
+            if (gmax > 1e-7f) print_error("%s: %g where the gradient is 0\n", key, gmax);
+            assert_true(gmax <= 1e-7f);
+            n_zero++;
+        } else {
+            assert_close(key, p->grad, want, (size_t)p->n, 1e-3);
+            worst = fmax(worst, rel_error(p->grad, want, (size_t)p->n));
+        }
+        assert_true(p->component >= 0 && p->component < 3);
+        n_comp[p->component]++;
+        n_add += strncmp(p->name, "unet/add_embedding.", 19) == 0;
+        free(want);
+    }
+    /* every shift of the golden is trained here: 544 arrays */
+    assert_int_equal(t.n_params, atoi(st_meta(&g, "train_shifts")));
+    assert_int_equal(n_add, 2);
+    assert_int_equal(n_zero, atoi(st_meta(&g, "train_zero_grads")));
+    assert_true(n_comp[0] > 0 && n_comp[1] > 0 && n_comp[2] > 0);
+    print_message("sdxl training step: loss %.7f (PyTorch %.7f), %d shift arrays (unet %d, te %d, te2 %d; %d zero), "
+                  "worst gradient error %.2e\n", got_loss, loss_want[0], t.n_params, n_comp[0], n_comp[1], n_comp[2],
+                  n_zero, worst);
+    free(x0), free(eps), free(tsf), free(tids), free(loss_want), free(ids1), free(ids2);
+    trainer_close(&t);
+    st_close(&g);
+}
+
 int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sdxl_unet_folder),
@@ -478,6 +564,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_sdxl_prompt_encoding_single_file),
         cmocka_unit_test(test_sdxl_txt2img_folder),
         cmocka_unit_test(test_sdxl_txt2img_single_file),
+        cmocka_unit_test(test_sdxl_train_step),
     };
     return RUN_TESTS(argc, argv, "sdxl", tests, NULL, NULL);
 }

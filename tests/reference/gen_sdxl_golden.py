@@ -69,7 +69,10 @@ Golden tensors, tests/fixtures/sdxl/golden.safetensors (F32; ids as integer-valu
   train.*                        one training step (TRAIN_* below): x0, eps, timesteps, ids1, ids2,
                                  time_ids, loss; train.grad.<name> = d loss / d shift at zero shifts
                                  for every trained shift (<name>: "unet/<path>", "te/<path>.weight",
-                                 "te2/<path>.weight", the C trainer's names)
+                                 "te2/<path>.weight", the C trainer's names); metadata train_zero_grads
+                                 counts those that are zero (text_encoder's last layer, which the
+                                 context skips; time_emb_proj of the 4-channel level, whose constant a
+                                 one-channel-per-group GroupNorm removes)
 
 Run with Debian's torch (/usr/bin/python3) via tests/reference/regenerate.sh (after tiny-sd, whose
 tokenizer it copies); output is byte-for-byte deterministic.
@@ -660,13 +663,15 @@ def train_golden(unet, te1, te2, tok, gen, put):
         put("train." + k, v)
     n_zero = 0
     for (name, d), g in zip(shifts, grads):
-        if g is None:   # text_encoder's last layer and final LayerNorm: not on the path
+        if g is None:   # text_encoder's last layer: not on the path (the context is its penultimate)
             g = torch.zeros_like(d)
-        n_zero += int(not g.abs().max().item() > 0)
+        # also zero but for rounding: time_emb_proj of the 4-channel level's resnets (its per-channel
+        # constant feeds a GroupNorm of one channel per group, which removes it)
+        n_zero += int(not g.abs().max().item() > 1e-12)
         put("train.grad." + name, g)
     print(f"train: loss {loss.item():.6f}, time_ids {tids.tolist()}, {len(shifts)} shifts "
           f"({n_zero} with zero gradient)", file=sys.stderr)
-    return len(shifts)
+    return len(shifts), n_zero
 
 
 def main():
@@ -695,13 +700,13 @@ def main():
     unet_golden(unet, gen, put)
     text_golden(te1, te2, tok, put)
     sample_golden(unet, vae, te1, te2, tok, put)
-    n_shifts = train_golden(unet, te1, te2, tok, gen, put)
+    n_shifts, n_zero = train_golden(unet, te1, te2, tok, gen, put)
     os.makedirs(args.out, exist_ok=True)
     meta = {"generator": "tests/reference/gen_sdxl_golden.py", "prompt": PROMPT, "negative_prompt": NEGATIVE,
             "unet_spectral": ",".join(UNET_SPECTRAL),
             "runs": ";".join(",".join(str(x) for x in r) for r in RUNS),
             "train_res": str(TRAIN_RES), "train_images": ";".join(f"{h}x{w}" for h, w in TRAIN_IMAGES),
-            "train_prompt": TRAIN_PROMPT, "train_shifts": str(n_shifts)}
+            "train_prompt": TRAIN_PROMPT, "train_shifts": str(n_shifts), "train_zero_grads": str(n_zero)}
     size = write_st(os.path.join(args.out, "golden.safetensors"), golden, meta)
     total = 0
     for dirpath, _, files in os.walk(args.model_out):
