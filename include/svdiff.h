@@ -439,9 +439,9 @@ SVDIFF_API double svdiff_psnr(const uint8_t *a, const uint8_t *b, size_t n);
  * parts of a training output folder. */
 
 /* Loads a shift file or a training output folder, as `svdiff shifts` reads its inputs: a file is
- * one set (its "text_model." entries go to the text encoder when applied), a folder holds
- * spectral_shifts.safetensors and/or spectral_shifts_te.safetensors, which must have been written
- * together (the same pair_id). The set remembers which form it came from and each file's dtype, and
+ * one set (its "text_model." entries go to the text encoder, its "text_encoder_2." entries to SDXL's
+ * second one when applied), a folder holds spectral_shifts.safetensors, spectral_shifts_te.safetensors
+ * and/or spectral_shifts_te2.safetensors, which must have been written together (the same pair_id). The set remembers which form it came from and each file's dtype, and
  * the toolbox's results keep the form of their (first) input. */
 SVDIFF_API int svdiff_shifts_load(const char *path, svdiff_shifts_t **out);
 /* The same; force: accept a folder's two files even when they were not written together. */
@@ -488,8 +488,10 @@ SVDIFF_API int svdiff_shifts_mix(const svdiff_shifts_t *from, const svdiff_shift
                                  int ignore_hash, svdiff_shifts_t **out, int *n_from);
 
 /* ---- per-part view (what `svdiff shifts` prints about each file) ----
- * A set has two parts: 0 the UNet's (a single file's whole content), 1 the text encoder's (only in
- * a training folder's set). */
+ * A set has up to SVDIFF_SHIFTS_PARTS parts: 0 the UNet's (a single file's whole content), 1 the
+ * text encoder's and 2 SDXL's text_encoder_2's (only in a training folder's set:
+ * spectral_shifts_te.safetensors, spectral_shifts_te2.safetensors). */
+#define SVDIFF_SHIFTS_PARTS 3
 typedef struct {
     int present;          /* the part exists (a file's set has part 0 only; a folder may lack part 1) */
     int folder;           /* the set is a training folder's (saved as a folder) */
@@ -504,7 +506,7 @@ typedef struct {
     int n_meta;           /* metadata entries (svdiff_shifts_meta_at) */
 } svdiff_shifts_part_t;
 
-/* Fills *info for part 0 or 1 (an absent part: present 0, counts 0). Strings stay valid until the
+/* Fills *info for part 0, 1 or 2 (an absent part: present 0, counts 0). Strings stay valid until the
  * set is freed. */
 SVDIFF_API int svdiff_shifts_part(const svdiff_shifts_t *shifts, int part, svdiff_shifts_part_t *info);
 /* Metadata entry i (0 .. n_meta-1) of a part, in file order: key and value, valid until the set
@@ -575,7 +577,7 @@ typedef struct {
     const char *svd_cache_dir;     /* NULL: the default folder (as svdiff_model_params_t); "": none */
 } svdiff_lora_params_t;
 
-/* What went into the LoRA file, per component (0 UNet, 1 text encoder). */
+/* What went into the LoRA file, per component (0 UNet, 1 the text encoders: SDXL's two together). */
 typedef struct {
     int layers;                    /* matrices written as factors */
     int zero_layers;               /* shifted modules whose difference is exactly 0 (not written) */

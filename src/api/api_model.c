@@ -179,7 +179,7 @@ static int rebuild(svdiff_model_t *m) {
         }
         m->modified = 1;
         if (a->set) {
-            for (int part = 0; part < 2 && !rc; part++)
+            for (int part = 0; part < SVDIFF_SHIFTS_PARTS && !rc; part++)
                 if (a->set->part[part].n)
                     rc = pipeline_apply_shift_set(p, &a->set->part[part], "shifts in memory", a->scale, m->force,
                                                   m->svd_cache_dir);
@@ -247,7 +247,7 @@ SVDIFF_API int svdiff_model_apply_shift_set(svdiff_model_t *m, const svdiff_shif
     int rc = API_NEED(shifts, "svdiff_model_apply_shift_set");
     if (rc) return rc;
     svdiff_shifts_t *copy = api_shifts_new();
-    for (int part = 0; part < 2; part++) api_shiftset_copy(&copy->part[part], &shifts->part[part]);
+    for (int part = 0; part < SVDIFF_SHIFTS_PARTS; part++) api_shiftset_copy(&copy->part[part], &shifts->part[part]);
     return add_adapter(m, API_AD_SHIFTS, NULL, copy, scale, "svdiff_model_apply_shift_set");
 }
 

@@ -118,18 +118,10 @@ void pipeline_close(pipeline_t *p) {
     memset(p, 0, sizeof *p);
 }
 
-/* Applies one loaded file: its UNet and text-encoder entries go to their models. */
+/* Applies one loaded file: its UNet and text-encoder entries go to their models ("text_encoder_2."
+ * entries to SDXL's second encoder). */
 static int apply_shift_set(pipeline_t *p, const shift_set_t *s, float scale, svd_cache_t *cache) {
-    shift_set_t parts[2];   /* 0: UNet, 1: text encoder */
-    shiftset_init(&parts[0]), shiftset_init(&parts[1]);
-    for (int i = 0; i < s->n; i++) {
-        const shift_entry_t *e = &s->entries[i];
-        shiftset_put(&parts[shift_component_of_path(e->path) == SHIFT_TE], e->path, e->values, e->n);
-    }
-    int rc = shiftset_apply_unet(&p->unet, &parts[0], scale, cache);
-    if (!rc) rc = shiftset_apply_clip(&p->clip, &parts[1], scale, cache);
-    shiftset_free(&parts[0]), shiftset_free(&parts[1]);
-    return rc;
+    return shiftset_apply_models(&p->unet, &p->clip, p->has_te2 ? &p->clip2 : NULL, s, scale, cache);
 }
 
 /* Applies one loaded set after checking its base_model_hash against the model's `hash` (refused
@@ -169,6 +161,7 @@ static int close_cache(pipeline_t *p, svd_cache_t *cache, int rc) {
     if (!rc) {
         unet_bake(&p->unet);
         clip_bake_spectral(&p->clip);
+        if (p->has_te2) clip_bake_spectral(&p->clip2);
     }
     return rc;
 }
@@ -179,10 +172,10 @@ int pipeline_apply_shifts(pipeline_t *p, const pipeline_shift_t *shifts, int n, 
     int rc = model_weights_hash(&p->model, hash);
     svd_cache_t *cache = rc ? NULL : open_cache(svd_cache_dir, hash);
     for (int i = 0; i < n && !rc; i++) {
-        char files[2][4096];
-        rc = shift_files_resolve(shifts[i].path, files[0], files[1], sizeof files[0]);
-        if (!rc) rc = st_pair_check(files[0], files[1], force);   /* a folder's two files: one result? */
-        for (int f = 0; f < 2 && !rc; f++) {
+        char files[SHIFT_N_COMPONENTS][SHIFT_PATH_CAP];
+        rc = shift_files_resolve(shifts[i].path, files);
+        if (!rc) rc = shift_files_check_group(files, force);   /* a folder's files: one result? */
+        for (int f = 0; f < SHIFT_N_COMPONENTS && !rc; f++) {
             if (!files[f][0]) continue;
             shift_set_t s;
             if ((rc = shiftset_load(&s, files[f]))) break;
