@@ -134,6 +134,15 @@ file(READ ${WORK}/shifted.png b HEX)
 if(a STREQUAL b)
   message(FATAL_ERROR "the shifts did not change the image")
 endif()
+# the exported LoRAs load back: kohya's lora_te1_ / lora_te2_ and diffusers' text_encoder_2. keys
+foreach(l kohya diffusers)
+  run(0 generate --model ${M} --prompt "a photo of sks dog" --width 16 --height 16 --steps 2 --seed 3
+      --svd-cache none --threads 1 --lora ${WORK}/${l}.safetensors -o ${WORK}/lora-${l}.png)
+  file(READ ${WORK}/lora-${l}.png c HEX)
+  if(a STREQUAL c)
+    message(FATAL_ERROR "the ${l} LoRA did not change the image")
+  endif()
+endforeach()
 set(ev eval --model ${M} --images ${IMAGES} --prompt "a photo of sks dog" --resolution 16 --noise-draws 2
     --num-timesteps 3 --json --svd-cache none --threads 1)
 run(0 ${ev})
