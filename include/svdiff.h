@@ -186,6 +186,18 @@ SVDIFF_API int svdiff_model_info(const svdiff_model_t *model, svdiff_model_info_
  * params (may be NULL): tokenizer_dir, prediction_type and scheduler_config apply as at open; the
  * other fields are not used. */
 SVDIFF_API int svdiff_model_describe(const char *path, const svdiff_model_params_t *params, char **json);
+/* The same, with the memory estimate at `resolution` pixels (square; 0: the model's native size,
+ * UNet sample_size x the VAE factor). The object also holds "family" ("sd1", "sd2", "sdxl", or "pixel" without a VAE),
+ * "text_encoder_2" among the components, "tokenizer_2" and "force_zeros_for_empty_prompt" (SDXL
+ * only) and "memory": {"resolution", "generate": {"weights", "unet_activations",
+ * "text_activations", "vae_activations", "total"}, "train": {"weights", "factors_fp32",
+ * "factors_bf16", "optimizer", "unet_activations", "unet_activations_checkpointed",
+ * "text_activations", "vae_activations", "total", "total_bf16_checkpointed"}} in bytes
+ * (what each part holds: the comment of src/api/api_describe.c); "memory" has "error" instead when
+ * the resolution does not fit the model. svdiff_model_describe includes "memory" at the native
+ * size. Errors as svdiff_model_describe, and SVDIFF_ERR_ARG for a resolution outside 0..65536. */
+SVDIFF_API int svdiff_model_describe_at(const char *path, const svdiff_model_params_t *params, int resolution,
+                                        char **json);
 
 /* Latent shape of an image of width x height: [*channels, *lh, *lw] (for init latents). */
 SVDIFF_API int svdiff_model_latent_shape(const svdiff_model_t *model, int width, int height, int *channels,

@@ -211,6 +211,100 @@ static void test_init_default_config_size(void **state) {
     cJSON_Delete(c);
 }
 
+
+/* SDXL base 1.0's published configs (configs/sdxl-base.json): the parameter counts diffusers /
+ * transformers report, text_encoder_2 in slot 3, and bytes over all four components. */
+static void test_init_stats_sdxl(void **state) {
+    (void)state;
+    cJSON *c;
+    assert_int_equal(model_init_read_config(source_path("configs/sdxl-base.json"), &c), 0);
+    model_init_stats_t st;
+    assert_int_equal(model_init_stats(c, 0, 1, &st), 0);
+    assert_int_equal(st.params[0], 2567463684);
+    assert_int_equal(st.params[1], 123060480);
+    assert_int_equal(st.params[2], 83653863);
+    assert_int_equal(st.params[3], 694659840);
+    assert_int_equal(st.n_tensors[3], 517);   /* 2 + 32 x 16 + 2 + text_projection */
+    assert_int_equal(st.bytes, 2 * (2567463684LL + 123060480 + 83653863 + 694659840));
+    assert_int_equal(st.sample_size, 128);
+    /* ~6.8 TFLOP per 128x128 UNet forward (1024 px), 8x SD 1.5's at 512 px */
+    assert_true(st.flops[0] > 6.0e12 && st.flops[0] < 7.5e12);
+    assert_true(st.flops[3] > st.flops[1]);   /* bigG is the larger encoder */
+    cJSON_Delete(c);
+}
+
+/* `svdiff init` of configs/tiny-sdxl.json: an SDXL folder model_open reads as one. */
+static void test_init_sdxl_folder(void **state) {
+    (void)state;
+    cJSON *cfg;
+    assert_int_equal(model_init_read_config(source_path("configs/tiny-sdxl.json"), &cfg), 0);
+    char *d = temp_dir(), *d2 = temp_dir();
+    const char *tok = source_path("tests/fixtures/tokenizer/tiny");
+    model_init_options_t opt = {.seed = 5, .fp16 = 1, .tokenizer_dir = tok};
+    model_init_stats_t st;
+    assert_int_equal(model_init(cfg, d, &opt, &st), 0);
+    print_message("tiny SDXL: unet %lld, text_encoder %lld, text_encoder_2 %lld, vae %lld parameters, %.1f KB fp16\n",
+                  (long long)st.params[0], (long long)st.params[1], (long long)st.params[3], (long long)st.params[2],
+                  st.bytes / 1e3);
+    assert_true(st.bytes < 600000);   /* a few hundred KB */
+    model_t m;
+    assert_int_equal(model_open(&m, d, NULL), 0);
+    assert_int_equal(model_family(&m), MODEL_FAMILY_SDXL);
+    assert_int_equal(m.text_encoder_2.n_tensors, st.n_tensors[3]);
+    assert_int_equal(m.force_zeros_for_empty_prompt, 1);
+    assert_non_null(m.tokenizer_2_dir);
+    int vocab;
+    assert_int_equal(config_int(&m.text_encoder_2, "vocab_size", &vocab), 0);
+    assert_int_equal(vocab, 814);
+    /* text_projection: transformers' N(0, hidden^-0.5), no bias */
+    const st_tensor_t *t = component_find(&m.text_encoder_2, "text_projection.weight");
+    assert_non_null(t);
+    assert_null(component_find(&m.text_encoder_2, "text_projection.bias"));
+    float x[16 * 24];
+    assert_int_equal(t->numel, 16 * 24);
+    assert_int_equal(st_read_f32(x, t), 0);
+    double mean, sd, mx;
+    stats_of(x, t->numel, &mean, &sd, &mx);
+    assert_true(sd > 0.5 / sqrt(24.0) && sd < 1.5 / sqrt(24.0));
+    /* tokenizer_2: the same vocabulary, padding with "!" */
+    clip_tokenizer_t *t1, *t2;
+    assert_int_equal(tokenizer_load(&t1, m.tokenizer_dir), 0);
+    assert_int_equal(tokenizer_load(&t2, m.tokenizer_2_dir), 0);
+    assert_int_equal(tokenizer_vocab_size(t1), tokenizer_vocab_size(t2));
+    assert_string_equal(tokenizer_token(t2, tokenizer_pad_id(t2)), "!");
+    assert_true(tokenizer_pad_id(t1) != tokenizer_pad_id(t2));
+    tokenizer_free(t1);
+    tokenizer_free(t2);
+    model_close(&m);
+    char *ip = path2(d, "model_index.json");
+    cJSON *index;
+    assert_int_equal(model_init_read_config(ip, &index), 0);
+    assert_string_equal(cJSON_GetObjectItem(index, "_class_name")->valuestring, "StableDiffusionXLPipeline");
+    assert_true(cJSON_IsTrue(cJSON_GetObjectItem(index, "force_zeros_for_empty_prompt")));
+    assert_string_equal(cJSON_GetArrayItem(cJSON_GetObjectItem(index, "text_encoder_2"), 1)->valuestring,
+                        "CLIPTextModelWithProjection");
+    assert_non_null(cJSON_GetObjectItem(index, "tokenizer_2"));
+    cJSON_Delete(index);
+    free(ip);
+    /* without a tokenizer: no tokenizer_2/ either; the vocabulary must then be in the config */
+    opt.tokenizer_dir = NULL;
+    assert_int_equal(model_init(cfg, d2, &opt, NULL), SD_ERR_FORMAT);
+    cJSON_AddNumberToObject(cJSON_GetObjectItem(cfg, "text_encoder"), "vocab_size", 100);
+    assert_int_equal(model_init(cfg, d2, &opt, NULL), SD_ERR_FORMAT);
+    assert_non_null(strstr(sd_last_error(), "text_encoder_2 config: no vocab_size"));
+    cJSON_AddNumberToObject(cJSON_GetObjectItem(cfg, "text_encoder_2"), "vocab_size", 100);
+    assert_int_equal(model_init(cfg, d2, &opt, NULL), 0);
+    assert_int_equal(model_open(&m, d2, NULL), 0);
+    assert_null(m.tokenizer_2_dir);
+    assert_int_equal(model_family(&m), MODEL_FAMILY_SDXL);
+    model_close(&m);
+    cJSON_Delete(cfg);
+    rm_tree(d);
+    rm_tree(d2);
+    free(d);
+    free(d2);
+}
+
 /* ------------------------------------------------------------------ BPE learning */
 
 static char **fixture_captions(int *n) {
@@ -629,6 +723,8 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_init_distributions),
         cmocka_unit_test(test_init_stats_sd15),
         cmocka_unit_test(test_init_default_config_size),
+        cmocka_unit_test(test_init_stats_sdxl),
+        cmocka_unit_test(test_init_sdxl_folder),
         cmocka_unit_test(test_bpe_learn_roundtrip_sks),
         cmocka_unit_test(test_bpe_deterministic),
         cmocka_unit_test(test_bpe_ties),

@@ -863,6 +863,326 @@ static void test_unknown_layout(void **state) {
     open_fails(fixture("diffusers/model_index.json"), NULL, "not a .safetensors file", NULL);
 }
 
+
+/* ---- SDXL: the tiny SDXL folder of configs/tiny-sdxl.json and an sgm single file made from it ---- */
+
+/* Writes the tiny SDXL folder (svdiff init, fp16) into the temp dir; returns its path. */
+static const char *tiny_sdxl_folder(void) {
+    const char *dir = tpath("xl");
+    cJSON *cfg;
+    assert_int_equal(model_init_read_config(source_path("configs/tiny-sdxl.json"), &cfg), 0);
+    model_init_options_t o = {.seed = 3, .fp16 = 1, .tokenizer_dir = source_path("tests/fixtures/tokenizer/tiny")};
+    if (model_init(cfg, dir, &o, NULL)) fail_msg("model_init: %s", sd_last_error());
+    cJSON_Delete(cfg);
+    return dir;
+}
+
+static const char *const RESNET_LDM[][2] = {
+    {"norm1.", "in_layers.0."}, {"conv1.", "in_layers.2."}, {"time_emb_proj.", "emb_layers.1."},
+    {"norm2.", "out_layers.0."}, {"conv2.", "out_layers.3."}, {"conv_shortcut.", "skip_connection."},
+};
+
+/* diffusers resnet tail "norm1.weight" -> LDM "in_layers.0.weight" */
+static void resnet_ldm(char *out, size_t cap, const char *prefix, const char *tail) {
+    for (size_t i = 0; i < sizeof RESNET_LDM / sizeof *RESNET_LDM; i++) {
+        size_t n = strlen(RESNET_LDM[i][0]);
+        if (!strncmp(tail, RESNET_LDM[i][0], n)) {
+            snprintf(out, cap, "%s%s%s", prefix, RESNET_LDM[i][1], tail + n);
+            return;
+        }
+    }
+    fail_msg("no LDM name for resnet tensor '%s'", tail);
+}
+
+/* The sgm (Stability generative-models) name of a diffusers UNet tensor, as SDXL checkpoints
+ * store it: written independently of src/io/names.c, from the block arithmetic of the LDM UNet
+ * (input_blocks: conv_in, then per level L resnets (+ attention) and a downsampler; output_blocks:
+ * per level L + 1 resnets (+ attention), the upsampler after the last). */
+static void unet_ldm(char *out, size_t cap, const model_component_t *u, const char *d, int L) {
+    int i, j, n;
+    char tail[256], pre[128];
+    static const char *const fixed[][2] = {
+        {"time_embedding.linear_1.", "time_embed.0."}, {"time_embedding.linear_2.", "time_embed.2."},
+        {"add_embedding.linear_1.", "label_emb.0.0."}, {"add_embedding.linear_2.", "label_emb.0.2."},
+        {"conv_in.", "input_blocks.0.0."}, {"conv_norm_out.", "out.0."}, {"conv_out.", "out.2."}};
+    for (size_t k = 0; k < sizeof fixed / sizeof *fixed; k++)
+        if (!strncmp(d, fixed[k][0], strlen(fixed[k][0]))) {
+            snprintf(out, cap, "model.diffusion_model.%s%s", fixed[k][1], d + strlen(fixed[k][0]));
+            return;
+        }
+    if (sscanf(d, "down_blocks.%d.resnets.%d.%n", &i, &j, &n) == 2) {
+        snprintf(pre, sizeof pre, "model.diffusion_model.input_blocks.%d.0.", 1 + i * (L + 1) + j);
+        resnet_ldm(out, cap, pre, d + n);
+    } else if (sscanf(d, "down_blocks.%d.attentions.%d.%255s", &i, &j, tail) == 3) {
+        snprintf(out, cap, "model.diffusion_model.input_blocks.%d.1.%s", 1 + i * (L + 1) + j, tail);
+    } else if (sscanf(d, "down_blocks.%d.downsamplers.0.conv.%255s", &i, tail) == 2) {
+        snprintf(out, cap, "model.diffusion_model.input_blocks.%d.0.op.%s", (i + 1) * (L + 1), tail);
+    } else if (sscanf(d, "mid_block.resnets.%d.%n", &i, &n) == 1) {
+        snprintf(pre, sizeof pre, "model.diffusion_model.middle_block.%d.", 2 * i);
+        resnet_ldm(out, cap, pre, d + n);
+    } else if (sscanf(d, "mid_block.attentions.0.%255s", tail) == 1) {
+        snprintf(out, cap, "model.diffusion_model.middle_block.1.%s", tail);
+    } else if (sscanf(d, "up_blocks.%d.resnets.%d.%n", &i, &j, &n) == 2) {
+        snprintf(pre, sizeof pre, "model.diffusion_model.output_blocks.%d.0.", i * (L + 1) + j);
+        resnet_ldm(out, cap, pre, d + n);
+    } else if (sscanf(d, "up_blocks.%d.attentions.%d.%255s", &i, &j, tail) == 3) {
+        snprintf(out, cap, "model.diffusion_model.output_blocks.%d.1.%s", i * (L + 1) + j, tail);
+    } else if (sscanf(d, "up_blocks.%d.upsamplers.0.conv.%255s", &i, tail) == 2) {
+        char a[96];
+        snprintf(a, sizeof a, "up_blocks.%d.attentions.0.proj_in.weight", i);
+        snprintf(out, cap, "model.diffusion_model.output_blocks.%d.%d.conv.%s", i * (L + 1) + L,
+                 component_find(u, a) ? 2 : 1, tail);
+    } else {
+        fail_msg("no LDM name for UNet tensor '%s'", d);
+    }
+}
+
+/* OpenCLIP name (conditioner.embedders.1.model.*) of a diffusers text_encoder_2 tensor; NULL for
+ * q/k/v and the projection, which the writer handles. */
+static int openclip_ldm(char *out, size_t cap, const char *d) {
+    static const char *const fixed[][2] = {
+        {"text_model.embeddings.token_embedding.weight", "token_embedding.weight"},
+        {"text_model.embeddings.position_embedding.weight", "positional_embedding"},
+        {"text_model.final_layer_norm.weight", "ln_final.weight"},
+        {"text_model.final_layer_norm.bias", "ln_final.bias"}};
+    static const char *const part[][2] = {{"layer_norm1.", "ln_1."}, {"layer_norm2.", "ln_2."},
+        {"self_attn.out_proj.", "attn.out_proj."}, {"mlp.fc1.", "mlp.c_fc."}, {"mlp.fc2.", "mlp.c_proj."}};
+    for (size_t k = 0; k < sizeof fixed / sizeof *fixed; k++)
+        if (!strcmp(d, fixed[k][0])) return snprintf(out, cap, "conditioner.embedders.1.model.%s", fixed[k][1]), 1;
+    int l, n;
+    if (sscanf(d, "text_model.encoder.layers.%d.%n", &l, &n) == 1)
+        for (size_t k = 0; k < sizeof part / sizeof *part; k++)
+            if (!strncmp(d + n, part[k][0], strlen(part[k][0]))) {
+                snprintf(out, cap, "conditioner.embedders.1.model.transformer.resblocks.%d.%s%s", l, part[k][1],
+                         d + n + strlen(part[k][0]));
+                return 1;
+            }
+    return 0;
+}
+
+typedef struct {
+    int drop_te2_fc2;        /* leave out one TE2 tensor */
+    int projection_3d;       /* store text_projection with 3 dims */
+} sgm_edit_t;
+
+/* An SDXL checkpoint in the sgm layout from the folder's tensors: the UNet under
+ * model.diffusion_model.*, text_encoder under conditioner.embedders.0.transformer.* (HF names,
+ * with transformers' position_ids buffer), text_encoder_2 as OpenCLIP under
+ * conditioner.embedders.1.model.* (q/k/v fused into attn.in_proj_weight / in_proj_bias,
+ * text_projection stored transposed, logit_scale), and the VAE of tests/fixtures/tiny-sd/sd1
+ * (first_stage_model.*, LDM names). */
+static void write_sgm(const model_t *f, const char *path, const sgm_edit_t *e) {
+    st_writer_t *w = st_writer_new();
+    void *bufs[64];
+    int nb = 0;
+    char name[512];
+    int L = 0;
+    assert_int_equal(config_int(&f->unet, "layers_per_block", &L), 0);
+    for (int i = 0; i < f->unet.n_tensors; i++) {
+        const st_tensor_t *t = &f->unet.tensors[i];
+        unet_ldm(name, sizeof name, &f->unet, t->name, L);
+        assert_int_equal(st_writer_add(w, name, t->dtype, t->ndim, t->shape, t->data), 0);
+    }
+    for (int i = 0; i < f->text_encoder.n_tensors; i++) {
+        const st_tensor_t *t = &f->text_encoder.tensors[i];
+        snprintf(name, sizeof name, "conditioner.embedders.0.transformer.%s", t->name);
+        assert_int_equal(st_writer_add(w, name, t->dtype, t->ndim, t->shape, t->data), 0);
+    }
+    static const int64_t pos_shape[2] = {1, 77};
+    static int64_t pos_ids[77];
+    for (int i = 0; i < 77; i++) pos_ids[i] = i;
+    assert_int_equal(st_writer_add(w, "conditioner.embedders.0.transformer.text_model.embeddings.position_ids", ST_I64, 2,
+                                   pos_shape, pos_ids), 0);
+    const model_component_t *t2 = &f->text_encoder_2;
+    int layers = 0;
+    assert_int_equal(config_int(t2, "num_hidden_layers", &layers), 0);
+    for (int i = 0; i < t2->n_tensors; i++) {
+        const st_tensor_t *t = &t2->tensors[i];
+        if (e && e->drop_te2_fc2 && strstr(t->name, "layers.1.mlp.fc2.weight")) continue;
+        if (openclip_ldm(name, sizeof name, t->name))
+            assert_int_equal(st_writer_add(w, name, t->dtype, t->ndim, t->shape, t->data), 0);
+    }
+    for (int l = 0; l < layers; l++)
+        for (int b = 0; b < 2; b++) {   /* fused in_proj: rows q, then k, then v */
+            const st_tensor_t *q[3];
+            for (int k = 0; k < 3; k++) {
+                snprintf(name, sizeof name, "text_model.encoder.layers.%d.self_attn.%c_proj.%s", l, "qkv"[k],
+                         b ? "bias" : "weight");
+                assert_non_null(q[k] = component_find(t2, name));
+            }
+            unsigned char *fused = malloc(3 * q[0]->nbytes);
+            for (int k = 0; k < 3; k++) memcpy(fused + k * q[0]->nbytes, q[k]->data, q[0]->nbytes);
+            int64_t shape[2] = {3 * q[0]->shape[0], q[0]->ndim == 2 ? q[0]->shape[1] : 0};
+            snprintf(name, sizeof name, "conditioner.embedders.1.model.transformer.resblocks.%d.attn.in_proj_%s", l,
+                     b ? "bias" : "weight");
+            assert_int_equal(st_writer_add(w, name, q[0]->dtype, q[0]->ndim, shape, fused), 0);
+            bufs[nb++] = fused;
+        }
+    const st_tensor_t *p = component_find(t2, "text_projection.weight");   /* [proj, hidden] -> [hidden, proj] */
+    assert_non_null(p);
+    const size_t es = st_dtype_size(p->dtype), R = (size_t)p->shape[0], C = (size_t)p->shape[1];
+    unsigned char *pt = malloc(p->nbytes);
+    for (size_t r = 0; r < R; r++)
+        for (size_t c = 0; c < C; c++) memcpy(pt + (c * R + r) * es, (const unsigned char *)p->data + (r * C + c) * es, es);
+    int64_t pshape[3] = {(int64_t)C, (int64_t)R, 1};
+    assert_int_equal(st_writer_add(w, "conditioner.embedders.1.model.text_projection", p->dtype,
+                                   e && e->projection_3d ? 3 : 2, pshape, pt), 0);
+    bufs[nb++] = pt;
+    static const float logit_scale = 4.6052f;
+    assert_int_equal(st_writer_add(w, "conditioner.embedders.1.model.logit_scale", ST_F32, 0, NULL, &logit_scale), 0);
+    st_file_t sd1;
+    assert_int_equal(st_open(&sd1, fixture("sd1.safetensors")), 0);
+    for (int i = 0; i < sd1.n_tensors; i++) {
+        const st_tensor_t *t = &sd1.tensors[i];
+        if (strncmp(t->name, "first_stage_model.", 18)) continue;
+        assert_int_equal(st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, t->data), 0);
+    }
+    if (st_writer_save(w, path)) fail_msg("%s", sd_last_error());
+    st_writer_free(w);
+    st_close(&sd1);
+    for (int i = 0; i < nb; i++) free(bufs[i]);
+}
+
+static void test_sdxl_folder(void **state) {
+    (void)state;
+    const char *dir = tiny_sdxl_folder();
+    model_t m;
+    open_ok(&m, dir, NULL);
+    assert_int_equal(m.layout, MODEL_LAYOUT_DIFFUSERS);
+    assert_int_equal(model_family(&m), MODEL_FAMILY_SDXL);
+    assert_string_equal(model_family_name(model_family(&m)), "sdxl");
+    assert_string_equal(m.text_encoder_2.name, "text_encoder_2");
+    assert_int_equal(m.text_encoder_2.n_tensors, 53);   /* 2 embeddings, 3 x 16 layer tensors, final LN, projection */
+    const int64_t proj[2] = {16, 24};
+    assert_int_equal(component_require(&m.text_encoder_2, "text_projection.weight", 2, proj, NULL), 0);
+    const int64_t add1[2] = {32, 40};   /* [time_embed_dim 4 x 8, pooled 16 + 6 x 4] */
+    assert_int_equal(component_require(&m.unet, "add_embedding.linear_1.weight", 2, add1, NULL), 0);
+    assert_non_null(m.tokenizer_2_dir);
+    assert_non_null(strstr(m.tokenizer_2_dir, "tokenizer_2"));
+    assert_int_equal(m.force_zeros_for_empty_prompt, 1);
+    model_close(&m);
+    /* fp16 variant files and a sharded text_encoder_2 (index + two shards) open the same */
+    char a[1024], b[1024];
+    snprintf(a, sizeof a, "%s/text_encoder_2/model.safetensors", dir);
+    snprintf(b, sizeof b, "%s/text_encoder_2/model.fp16.safetensors", dir);
+    assert_int_equal(rename(a, b), 0);
+    open_ok(&m, dir, NULL);
+    assert_int_equal(m.text_encoder_2.n_tensors, 53);
+    model_close(&m);
+    /* an SD 1.x folder has no text_encoder_2: family sd1, component empty but named */
+    open_ok(&m, fixture("diffusers"), NULL);
+    assert_int_equal(model_family(&m), MODEL_FAMILY_SD1);
+    assert_int_equal(m.text_encoder_2.n_tensors, 0);
+    assert_string_equal(m.text_encoder_2.name, "text_encoder_2");
+    assert_null(m.tokenizer_2_dir);
+    assert_int_equal(m.force_zeros_for_empty_prompt, 0);
+    model_close(&m);
+    open_ok(&m, fixture("sd2.safetensors"), NULL);
+    assert_int_equal(model_family(&m), MODEL_FAMILY_SD2);
+    model_close(&m);
+}
+
+static void test_sdxl_single_file_matches_folder(void **state) {
+    (void)state;
+    model_t f, s, sd;
+    open_ok(&f, tiny_sdxl_folder(), NULL);
+    write_sgm(&f, tpath("xl.safetensors"), NULL);
+    open_ok(&s, tpath("xl.safetensors"), source_path("tests/fixtures/tokenizer/tiny"));
+    assert_int_equal(s.layout, MODEL_LAYOUT_LDM_SDXL);
+    assert_int_equal(model_family(&s), MODEL_FAMILY_SDXL);
+    compare_components(&f.unet, &s.unet, 0);
+    compare_components(&f.text_encoder, &s.text_encoder, 0);
+    compare_components(&f.text_encoder_2, &s.text_encoder_2, 0);   /* q/k/v sliced, projection transposed back */
+    open_ok(&sd, fixture("diffusers"), NULL);
+    compare_components(&sd.vae, &s.vae, 0);
+    model_close(&sd);
+    /* the projection is a copy the model owns (the file holds its transpose); q/k/v stay views */
+    const st_tensor_t *p = component_find(&s.text_encoder_2, "text_projection.weight");
+    const st_file_t *file = &s.sets[0].files[0];
+    assert_true((const char *)p->data < (const char *)file->map ||
+                (const char *)p->data >= (const char *)file->map + file->map_size);
+    const st_tensor_t *q = component_find(&s.text_encoder_2, "text_model.encoder.layers.2.self_attn.k_proj.weight");
+    assert_true((const char *)q->data > (const char *)file->map &&
+                (const char *)q->data < (const char *)file->map + file->map_size);
+    /* configs from the shapes: the folder's on every key the weights determine */
+    static const char *const unet_keys[] = {"in_channels", "out_channels", "block_out_channels", "layers_per_block",
+        "down_block_types", "up_block_types", "cross_attention_dim", "transformer_layers_per_block",
+        "addition_embed_type", "addition_time_embed_dim", "projection_class_embeddings_input_dim",
+        "use_linear_projection", "attention_head_dim"};
+    static const char *const text_keys[] = {"hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size",
+        "max_position_embeddings", "hidden_act", "architectures"};
+    for (size_t i = 0; i < sizeof unet_keys / sizeof *unet_keys; i++) {
+        if (!strcmp(unet_keys[i], "attention_head_dim")) continue;   /* 64-wide heads: [1, 1] at these widths */
+        same_key(&f.unet, &s.unet, unet_keys[i]);
+    }
+    check_json(&s.unet, "attention_head_dim", "[1,1]");
+    check_json(&s.unet, "sample_size", "128");
+    for (size_t i = 0; i < sizeof text_keys / sizeof *text_keys; i++) {
+        same_key(&f.text_encoder, &s.text_encoder, text_keys[i]);
+        same_key(&f.text_encoder_2, &s.text_encoder_2, text_keys[i]);
+    }
+    same_key(&f.text_encoder_2, &s.text_encoder_2, "projection_dim");
+    check_json(&s.vae, "scaling_factor", "0.13025");
+    model_component_t sched = {.name = "scheduler", .config = s.scheduler_config};
+    const char *cls, *spacing;
+    int offset;
+    assert_int_equal(config_string(&sched, "_class_name", &cls), 0);
+    assert_string_equal(cls, "EulerDiscreteScheduler");
+    assert_int_equal(config_string(&sched, "timestep_spacing", &spacing), 0);
+    assert_string_equal(spacing, "leading");
+    assert_int_equal(config_int(&sched, "steps_offset", &offset), 0);
+    assert_int_equal(offset, 1);
+    assert_int_equal(s.force_zeros_for_empty_prompt, 1);
+    assert_non_null(s.tokenizer_2_dir);   /* --tokenizer serves both encoders of a single file */
+    assert_non_null(strstr(s.prediction_why, "SDXL"));
+    model_close(&s);
+    model_close(&f);
+}
+
+/* Truncated or mismatched SDXL files: one line naming the file and the tensor. */
+static void test_sdxl_hostile(void **state) {
+    (void)state;
+    model_t f;
+    open_ok(&f, tiny_sdxl_folder(), NULL);
+    write_sgm(&f, tpath("ok.safetensors"), NULL);
+    write_sgm(&f, tpath("drop.safetensors"), &(sgm_edit_t){.drop_te2_fc2 = 1});
+    write_sgm(&f, tpath("proj3.safetensors"), &(sgm_edit_t){.projection_3d = 1});
+    model_close(&f);
+    open_fails(tpath("drop.safetensors"), NULL, "text_encoder_2: missing tensor", "layers.1.mlp.fc2.weight");
+    open_fails(tpath("proj3.safetensors"), NULL, "conditioner.embedders.1.model.text_projection", "3 dims");
+    /* the file cut short: the header promises more bytes than there are */
+    FILE *in = fopen(tpath("ok.safetensors"), "rb");
+    assert_non_null(in);
+    fseek(in, 0, SEEK_END);
+    long n = ftell(in);
+    fclose(in);
+    assert_int_equal(truncate(tpath("ok.safetensors"), n - 100), 0);
+    open_fails(tpath("ok.safetensors"), NULL, "ok.safetensors", NULL);
+    const char *msg = sd_last_error();
+    assert_null(strchr(msg, '\n'));
+    /* the UNet of SDXL without its text_time input split (label_emb.0.0 narrower than the pooled 16) */
+    rewrite(tpath("drop.safetensors"), tpath("lab.safetensors"),
+            &(edit_t){.reshape = "model.diffusion_model.label_emb.0.0.weight", .new_ndim = 2, .new_shape = {80, 16}});
+    open_fails(tpath("lab.safetensors"), NULL, "add_embedding.linear_1.weight", "label_emb.0.0");
+}
+
+/* The published SDXL base 1.0 configs give the parameter counts diffusers / transformers report. */
+static void test_sdxl_parameter_counts(void **state) {
+    (void)state;
+    cJSON *cfg;
+    assert_int_equal(model_init_read_config(source_path("configs/sdxl-base.json"), &cfg), 0);
+    static const char *const comp[4] = {"unet", "text_encoder", "text_encoder_2", "vae"};
+    static const int64_t want[4] = {2567463684, 123060480, 694659840, 83653863};
+    for (int k = 0; k < 4; k++) {
+        model_component_t c = {.name = (char *)comp[k], .config = cJSON_GetObjectItemCaseSensitive(cfg, comp[k])};
+        count_t n = {0, 0};
+        if (component_expected_tensors(&c, count_one, &n)) fail_msg("%s", sd_last_error());
+        if (n.params != want[k]) fail_msg("%s: %lld parameters, published %lld", comp[k], (long long)n.params,
+                                          (long long)want[k]);
+    }
+    cJSON_Delete(cfg);
+}
+
 static void test_duplicate_mapping(void **state) {
     (void)state;
     /* CLIP names with and without the text_model level land on the same tensor */
@@ -893,6 +1213,10 @@ int main(int argc, char **argv) {
         cmocka_unit_test_setup_teardown(test_config_limits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unknown_layout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_duplicate_mapping, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sdxl_folder, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sdxl_single_file_matches_folder, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sdxl_hostile, setup, teardown),
+        cmocka_unit_test(test_sdxl_parameter_counts),
     };
     return RUN_TESTS(argc, argv, "model", tests, NULL, NULL);
 }

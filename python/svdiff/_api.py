@@ -173,6 +173,7 @@ PROTOTYPES = {
     "svdiff_latents_read": (I, [S, I, I, I, I, C.POINTER(C.c_float)]),
     "svdiff_latents_write": (I, [S, C.POINTER(C.c_float), I, I, I, I, C.POINTER(S), I]),
     "svdiff_model_describe": (I, [S, C.POINTER(ModelParams), C.POINTER(P)]),   # *json: char * to svdiff_free
+    "svdiff_model_describe_at": (I, [S, C.POINTER(ModelParams), C.c_int, C.POINTER(P)]),
     "svdiff_pretrain_default_params": (TrainParams, []),
     "svdiff_pretrain": (I, [C.POINTER(TrainParams)]),
     "svdiff_edit_report": (I, [P, C.POINTER(EditParams), C.POINTER(ImageStruct), C.POINTER(EditReport)]),
