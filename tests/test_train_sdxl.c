@@ -159,7 +159,7 @@ static void test_golden_step(void **state) {
     /* the gradient of every shift array, relative to its own largest entry */
     double worst = 0;
     const char *worst_name = "";
-    int n_te = 0, n_te2 = 0, n_add = 0, n_zero = 0, n_loose = 0;
+    int n_te = 0, n_te2 = 0, n_add = 0, n_zero = 0;
     for (int i = 0; i < t->n_params; i++) {
         const train_param_t *p = &t->params[i];
         char key[512];
@@ -171,11 +171,9 @@ static void test_golden_step(void **state) {
             for (int k = 0; k < p->n; k++) assert_true(p->grad[k] == 0.0f);
             n_zero++;
         } else {
-            /* fp32 against fp64 through the whole UNet and both encoders: a few arrays of small,
-             * cancelling sums (TE1's first-layer q / k) reach 4e-3 of their largest entry */
-            assert_close(key, p->grad, want, (size_t)p->n, 6e-3);
+            /* fp32 against fp64 through the whole UNet and both encoders (measured: 1.5e-4 at worst) */
+            assert_close(key, p->grad, want, (size_t)p->n, 1e-3);
             const double e = rel_error(p->grad, want, (size_t)p->n);
-            n_loose += e > 1e-3;
             if (e > worst) worst = e, worst_name = p->name;
         }
         n_te += !strncmp(p->name, "te/", 3), n_te2 += !strncmp(p->name, "te2/", 4);
@@ -185,9 +183,8 @@ static void test_golden_step(void **state) {
     assert_int_equal(n_add, 2);
     assert_int_equal(n_te2, 2 + 6 * t->p.clip2.cfg.num_layers + 1);   /* embeddings, linears, text_projection */
     assert_true(n_te > 0 && n_zero > 0 && n_zero < n_te);
-    assert_true(n_loose * 20 < t->n_params);   /* and nearly every array within 1e-3 */
     print_message("SDXL golden step: %d shift arrays (%d te, %d te2, %d off the path), loss %.6f, worst gradient "
-                  "error %.2e (%s), %d arrays above 1e-3\n", t->n_params, n_te, n_te2, n_zero, got_loss, worst, worst_name, n_loose);
+                  "error %.2e (%s)\n", t->n_params, n_te, n_te2, n_zero, got_loss, worst, worst_name);
     free(want_loss);
     golden_teardown(&g);
 }
@@ -214,7 +211,6 @@ static void test_step_finite_differences(void **state) {
         for (int k = 0; k < t->params[i].n; k++) t->params[i].value[k] = 0.02f * trng_normal(&r);
     assert_int_equal(trainer_micro_step(t, g.x0, g.eps, g.ts, g.ids, NULL, 2, 0, 1.0f, NULL), 0);
     const char *names[] = {"unet/add_embedding.linear_1", "unet/add_embedding.linear_2",
-                           "unet/mid_block.attentions.0.transformer_blocks.2.attn2.to_k",
                            "te2/text_projection.weight", "te2/text_model.encoder.layers.1.self_attn.q_proj.weight",
                            "te2/text_model.encoder.layers.2.mlp.fc2.weight",
                            "te/text_model.encoder.layers.0.mlp.fc1.weight"};
