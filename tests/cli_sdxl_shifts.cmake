@@ -52,6 +52,28 @@ run(0 train --model ${M} --instance-dir ${IMAGES} --instance-prompt "a photo of 
 expect("${err}" "spectral_shifts_te2.safetensors")
 folder_exists(${WORK}/run)
 
+# memory: a run whose estimate (svdiff info's model, here 68.42 MB with fp32 factors and no
+# checkpointing, 67.91 MB with bf16 factors and checkpointing, 68.11 MB checkpointed alone) exceeds
+# the RAM is refused before anything is written, naming the flags that fit
+set(ENV{SVDIFF_TEST_RAM_BYTES} 68000000)
+set(tr train --model ${M} --instance-dir ${IMAGES} --instance-prompt "a photo of sks dog" --resolution 16 --steps 1
+    --svd-cache none --threads 1 --quiet)
+run(1 ${tr} -o ${WORK}/mem)
+expect("${err}" "training at 16 px needs about 0.1 GB \\(fp32 SVD factors, no gradient checkpointing.*add --compute-dtype bf16 --gradient-checkpointing")
+if(EXISTS ${WORK}/mem)
+  message(FATAL_ERROR "a refused run created ${WORK}/mem")
+endif()
+set(ENV{SVDIFF_TEST_RAM_BYTES} 68150000)
+run(1 ${tr} -o ${WORK}/mem)
+expect("${err}" "add --gradient-checkpointing \\(about")
+run(0 ${tr} --gradient-checkpointing -o ${WORK}/mem)
+set(ENV{SVDIFF_TEST_RAM_BYTES} 68000000)
+run(0 ${tr} --gradient-checkpointing --compute-dtype bf16 -o ${WORK}/mem2)
+set(ENV{SVDIFF_TEST_RAM_BYTES} 1000)
+run(1 ${tr} --gradient-checkpointing --compute-dtype bf16 -o ${WORK}/mem3)
+expect("${err}" "even with --compute-dtype bf16 --gradient-checkpointing")
+unset(ENV{SVDIFF_TEST_RAM_BYTES})
+
 # info: one object per file, the second encoder's blocks named
 run(0 shifts info ${WORK}/run --json)
 expect("${out}" "spectral_shifts_te2.safetensors")
