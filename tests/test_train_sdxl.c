@@ -4,8 +4,8 @@
  * finite-difference check of the step through add_embedding, text_projection and a TE2 layer, the
  * rows' micro-conditioning, a run with prior preservation (class images sampled through the
  * pipeline) that kill + --resume reproduces byte for byte (three shift files with one pair id and
- * the right keys), a Cut-Mix-Unmix run, the held-out loss falling after training, and the modes
- * SDXL refuses. */
+ * the right keys), a Cut-Mix-Unmix run with sample grids, the held-out loss falling after training,
+ * and the modes SDXL refuses. */
 #define _GNU_SOURCE   /* mkdtemp, setenv */
 #include "testutil.h"
 
@@ -415,9 +415,16 @@ static void test_cutmix_and_modes(void **state) {
         assert_memory_equal(t.time_ids + 6 * r, want, sizeof want);
     }
     trainer_close(&t);
+    /* with a sample grid of the current shifts (the SDXL pipeline on the training form) */
+    const char *samples[1] = {"a photo of sks dog and hta cat"};
+    c.sample_prompts = samples, c.n_sample_prompts = 1, c.sample_every = 1, c.sample_steps = 2;
     assert_int_equal(train_once(&c), 0);
     char f[300];
     snprintf(f, sizeof f, "%s/spectral_shifts_te2.safetensors", p.out);
+    assert_true(exists(f));
+    snprintf(f, sizeof f, "%s/samples/step-000001.png", p.out);
+    assert_true(exists(f));
+    snprintf(f, sizeof f, "%s/samples/step-000002.png", p.out);
     assert_true(exists(f));
     /* full and LoRA training are refused on SDXL, before anything is written */
     for (int mode = TRAIN_MODE_FULL; mode <= TRAIN_MODE_LORA; mode++) {
