@@ -17,6 +17,7 @@
 #include "api/api_internal.h"
 #include "base/runtime.h"
 #include "io/image.h"
+#include "io/model.h"
 #include "ops/gemm.h"
 #include "train/cutmix.h"
 #include "train/settings.h"
@@ -234,6 +235,31 @@ static double machine_ram(void) {
     return pages > 0 && page > 0 ? (double)pages * (double)page : 0;
 }
 
+/* With --train-text-encoder the encoders' matrices are factored too (fp32: the embeddings read rows
+ * of U) and their shifts trained: the bytes of U, S, V^T and the AdamW state of every 2-D tensor of
+ * the text encoders, less the stored matrices that the factors replace (the estimate counts them
+ * as weights). svdiff_model_describe's model counts the UNet's only. */
+static double text_encoder_factor_bytes(const train_config_t *c) {
+    model_t m;
+    const model_open_options_t mo = {.tokenizer_dir = c->tokenizer, .prediction_type = c->prediction_type,
+                                     .scheduler_config = c->scheduler_config};
+    if (model_open(&m, c->model, &mo)) {
+        sd_clear_error();
+        return 0;
+    }
+    double b = 0;
+    const model_component_t *comps[2] = {&m.text_encoder, &m.text_encoder_2};
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < comps[k]->n_tensors; i++) {
+            const st_tensor_t *t = &comps[k]->tensors[i];
+            if (t->ndim != 2) continue;
+            const double rows = (double)t->shape[0], cols = (double)t->shape[1], r = rows < cols ? rows : cols;
+            b += 4.0 * (rows * r + r + r * cols) + 16.0 * r - (double)t->nbytes;
+        }
+    model_close(&m);
+    return b;
+}
+
 static double num(const cJSON *o, const char *k) {
     const cJSON *v = cJSON_GetObjectItem(o, k);
     return cJSON_IsNumber(v) ? v->valuedouble : 0;
@@ -241,8 +267,8 @@ static double num(const cJSON *o, const char *k) {
 
 /* The memory model of `svdiff info --resolution` (src/api/api_describe.c: a lower bound) for this
  * run: the weights the training form keeps, the SVD factors in the compute dtype's storage (bf16 U
- * and V^T with --compute-dtype bf16), the optimizer, and per UNet row (batch x (1 + prior)) the
- * activations, checkpointed or not. A run whose estimate exceeds the machine's RAM would swap or
+ * and V^T with --compute-dtype bf16; the text encoders' in fp32 when they train), the optimizer, and
+ * per UNet row (batch x (1 + prior)) the activations, checkpointed or not. A run whose estimate exceeds the machine's RAM would swap or
  * be killed hours in: it is refused before anything is loaded, with the estimate and the flags that
  * bring it within the RAM. Only shift mode has this model; other modes are not checked. */
 static int check_memory(const train_config_t *c) {
@@ -263,7 +289,8 @@ static int check_memory(const train_config_t *c) {
     if (t) {
         const int res = (int)num(mem, "resolution");
         const double rows = (double)c->batch_size * (c->class_dir || c->subject_classes ? 2 : 1);
-        const double fixed = num(t, "weights") + num(t, "optimizer") + num(t, "vae_activations");
+        const double fixed = num(t, "weights") + num(t, "optimizer") + num(t, "vae_activations") +
+                             (c->train_text_encoder ? text_encoder_factor_bytes(c) : 0);
         const double per_row_text = num(t, "text_activations");
         /* [bf16][checkpointed] */
         double est[2][2];
