@@ -78,9 +78,8 @@ static void factor_sizes(const model_component_t *c, factor_sizes_t *f) {
         f->shifts += rank;
     }
     layer_registry_free(&r);
-    const model_component_t *cc = c;
-    for (int i = 0; i < cc->n_tensors; i++)
-        if (cc->tensors[i].ndim >= 2) f->unet_weights += (double)cc->tensors[i].nbytes;
+    for (int i = 0; i < c->n_tensors; i++)
+        if (c->tensors[i].ndim >= 2) f->unet_weights += (double)c->tensors[i].nbytes;
 }
 
 /* The memory of generate and train at `res` pixels (0: the model's native size). */
