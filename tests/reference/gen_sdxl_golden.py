@@ -79,10 +79,8 @@ tokenizer it copies); output is byte-for-byte deterministic.
 """
 import argparse
 import json
-import math
 import os
 import shutil
-import struct
 import sys
 
 import torch
@@ -96,7 +94,6 @@ import gen_tiny_models as tiny          # noqa: E402
 import gen_tokenizer_golden as tokref   # noqa: E402
 import gen_unet_golden as unetref       # noqa: E402  (sets the default dtype to float64)
 import gen_vae_golden as vaeref         # noqa: E402
-import st_io                            # noqa: E402
 
 torch.set_default_dtype(torch.float64)
 torch.set_num_threads(1)  # fixed reduction order: byte-identical output on every run
