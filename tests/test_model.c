@@ -1063,6 +1063,27 @@ static void test_sdxl_folder(void **state) {
     assert_non_null(strstr(m.tokenizer_2_dir, "tokenizer_2"));
     assert_int_equal(m.force_zeros_for_empty_prompt, 1);
     model_close(&m);
+    /* an SDXL index without the key (older diffusers): the SDXL pipeline's default, true; false stays false */
+    char ipath[1024];
+    snprintf(ipath, sizeof ipath, "%s/model_index.json", dir);
+    size_t n_index;
+    char *text = read_file(ipath, &n_index);
+    cJSON *idx = cJSON_Parse(text);
+    free(text);
+    cJSON_DeleteItemFromObject(idx, "force_zeros_for_empty_prompt");
+    write_json_file(ipath, idx);
+    open_ok(&m, dir, NULL);
+    assert_int_equal(m.force_zeros_for_empty_prompt, 1);
+    model_close(&m);
+    cJSON_AddFalseToObject(idx, "force_zeros_for_empty_prompt");
+    write_json_file(ipath, idx);
+    open_ok(&m, dir, NULL);
+    assert_int_equal(m.force_zeros_for_empty_prompt, 0);
+    model_close(&m);
+    cJSON_DeleteItemFromObject(idx, "force_zeros_for_empty_prompt");
+    cJSON_AddTrueToObject(idx, "force_zeros_for_empty_prompt");
+    write_json_file(ipath, idx);
+    cJSON_Delete(idx);
     /* an fp16 variant file, then sharded fp16 variant files (an index naming two shards), open the same */
     char a[1024], b[1024];
     snprintf(a, sizeof a, "%s/text_encoder_2/model.safetensors", dir);

@@ -403,7 +403,9 @@ static int open_folder(model_t *m) {
         const cJSON *fz = cJSON_GetObjectItemCaseSensitive(index, "force_zeros_for_empty_prompt");
         if (fz && !cJSON_IsBool(fz))
             rc = sd_error(SD_ERR_FORMAT, "%s: force_zeros_for_empty_prompt is not true or false", ipath);
-        m->force_zeros_for_empty_prompt = cJSON_IsTrue(fz);
+        /* Absent from an SDXL index (one written by an older diffusers): the SDXL pipeline's own
+         * default, true, is what diffusers applies when it loads that folder. */
+        m->force_zeros_for_empty_prompt = fz ? cJSON_IsTrue(fz) : m->text_encoder_2.n_tensors > 0;
     }
     cJSON_Delete(index);
     free(ipath);
