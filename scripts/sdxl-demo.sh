@@ -3,16 +3,16 @@
 # can be downloaded here, so it makes a small SDXL-shaped model with random weights
 # (configs/demo-sdxl.json: a first level without attention, transformer_layers_per_block [1, 2, 2],
 # the text_time embedding, two text encoders, the second with its projection; v-prediction; no VAE,
-# so samples are 32x32 pixels that compare with the photos directly) as a diffusers folder and as an sgm single file
-# (scripts/sdxl_single_file.py), then, from the single file, as a user with a downloaded checkpoint:
-#   1. `svdiff info` of both layouts, and one image from each (the same bytes);
+# so samples are 32x32 pixels that compare with the photos directly) as a diffusers folder and as
+# an sgm single file (scripts/sdxl_single_file.py), then, from the single file, as a user with a downloaded checkpoint:
+#   1. `svdiff info` of both layouts, and one image from each (the same pixels);
 #   2. samples of the base model: 3 "sks cat" prompts x 4 seeds;
 #   3. `svdiff train` of spectral shifts (UNet and both text encoders) on the 4 google cat emoji of
 #      models/demo-subjects/cat, with sample grids during training; the loss of the first and the last
 #      10% of the steps;
 #   4. `svdiff eval` on the 6 held-out cat faces (models/demo-subjects/cat-heldout), the base model and
 #      with the shifts (the same noisy inputs);
-#   5. the same samples with the shifts (also from the folder: the same bytes), a before/after sheet, and
+#   5. the same samples with the shifts (also from the folder: the same pixels), a before/after sheet, and
 #      how far each sample is from its nearest photo (per-pixel MSE, `svdiff compare`) of the training
 #      cats, the held-out cats and, as a control, the monkeys (models/demo-subjects/monkey).
 # Needs build/svdiff (scripts/build.sh release svdiff) and python3.
@@ -24,7 +24,7 @@ OUT=build/sdxl-demo
 while [ $# -gt 0 ]; do
   case $1 in
   -o|--output) OUT=$2; shift 2 ;;
-  -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
   *) echo "sdxl-demo: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
