@@ -19,18 +19,20 @@
 #   scripts/sdxl-demo.sh [-o OUT_DIR]        (default build/sdxl-demo; rerunning replaces its outputs)
 # Environment: STEPS (300), LR (5e-3), CFG (1.5: guidance of the samples), THREADS (all cores).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-OUT=build/sdxl-demo
+OUT=
 while [ $# -gt 0 ]; do
   case $1 in
-  -o|--output) OUT=$2; shift 2 ;;
+  -o|--output) [ $# -ge 2 ] || { echo "sdxl-demo: $1 needs a folder" >&2; exit 2; }; OUT=$2; shift 2 ;;
   -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
   *) echo "sdxl-demo: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
+[ -n "$OUT" ] && OUT=$(realpath -m "$OUT")   # -o is relative to where the script was started
+cd -P "$(dirname "$0")/.."
+OUT=${OUT:-$(pwd)/build/sdxl-demo}
 SVDIFF=${SVDIFF:-build/svdiff}
 [ -x "$SVDIFF" ] || { echo "sdxl-demo: $SVDIFF not found: run scripts/build.sh release svdiff first" >&2; exit 2; }
-case "$(realpath -m "$OUT")/" in
+case "$OUT/" in
 "$(pwd)"/build/*) ;;
 "$(pwd)"/*) echo "sdxl-demo: -o $OUT is inside the repository (use build/... or a folder outside)" >&2; exit 2 ;;
 esac
@@ -97,7 +99,7 @@ t0=$(date +%s)
   "${cache[@]}" --force --quiet "${threads[@]}" -o "$OUT/sks-cat" > "$OUT/train.log" 2>&1 \
   || { tail -5 "$OUT/train.log" >&2; exit 1; }
 train_s=$(( $(date +%s) - t0 ))
-loss_ends=$(awk -F, -v n="$STEPS" 'NR > 1 { k = int(n / 10); if ($1 <= k) { a += $2; na++ } if ($1 > n - k) { b += $2; nb++ } }
+loss_ends=$(awk -F, -v n="$STEPS" 'NR > 1 { k = int(n / 10); if (k < 1) k = 1; if ($1 <= k) { a += $2; na++ } if ($1 > n - k) { b += $2; nb++ } }
   END { printf "%.4f %.4f", a / na, b / nb }' "$OUT/sks-cat/loss.csv")
 read -r loss_first loss_last <<< "$loss_ends"
 echo "training loss, mean of the first 10% of steps: $loss_first; of the last 10%: $loss_last ($train_s s)"
