@@ -228,12 +228,12 @@ int main(int argc, char **argv) {
         double a0 = now();
         ddpm_add_noise(xt, x0, eps, &ts, B, L, &sched);
         ddpm_target(target, x0, eps, &ts, B, L, &sched);
-        if (unet_forward(pred, &m, &acts, xt, &tsf, ctx, B, hw, hw, T)) die("forward");
+        if (unet_forward(pred, &m, &acts, xt, &tsf, ctx, NULL, B, hw, hw, T)) die("forward");
         loss = mse_forward(pred, target, L);
         double a1 = now();
         memset(dpred, 0, L * sizeof(float));
         mse_backward(dpred, pred, target, L, 1.0f);
-        unet_backward(NULL, NULL, &g, dpred, &m, &acts);
+        unet_backward(NULL, NULL, NULL, &g, dpred, &m, &acts);
         double a2 = now();
         gnorm = clip_grad_norm(grads, sizes, ps.n, 1.0);
         for (int i = 0; i < ps.n; i++) {

@@ -164,7 +164,7 @@ static void bench_forward(const unet_t *m, int B, int HW, int T, int reps, int w
     if (reps > 64) reps = 64;
     for (int r = -warmup; r < reps; r++) {
         double t0 = now();
-        if (unet_forward(out, m, &acts, sample, ts, ctx, B, HW, HW, T)) die("forward");
+        if (unet_forward(out, m, &acts, sample, ts, ctx, NULL, B, HW, HW, T)) die("forward");
         double dt = now() - t0;
         if (r >= 0) times[r] = dt;
         fprintf(stderr, "  fwd%d %s %d: %.2f s\n", HW, r < 0 ? "warm-up" : "rep", r < 0 ? 0 : r + 1, dt);
@@ -232,12 +232,12 @@ static void bench_train(unet_t *m, int HW, int T, int reps, unet_ckpt_t ckpt, do
     for (int r = 0; r < reps; r++) {
         unet_grads_zero(&g);
         double a0 = now();
-        if (unet_forward(out, m, &acts, sample, ts, ctx, B, HW, HW, T)) die("training forward");
+        if (unet_forward(out, m, &acts, sample, ts, ctx, NULL, B, HW, HW, T)) die("training forward");
         loss = mse_forward(out, target, ns);
         double a1 = now();
         memset(dout, 0, ns * sizeof(float));
         mse_backward(dout, out, target, ns, 1.0f);
-        unet_backward(NULL, NULL, &g, dout, m, &acts);
+        unet_backward(NULL, NULL, NULL, &g, dout, m, &acts);
         double a2 = now();
         tf[r] = a1 - a0, tb[r] = a2 - a1, tt[r] = a2 - a0;
         fprintf(stderr, "  train%d rep %d: forward %.2f s, backward %.2f s\n", HW, r + 1, tf[r], tb[r]);

@@ -159,7 +159,7 @@ SVDIFF_API int svdiff_model_open(const char *path, const svdiff_model_params_t *
 SVDIFF_API void svdiff_model_close(svdiff_model_t *model);
 
 typedef struct {
-    char family[32];             /* "sd1", "sd2", "sdxl-like", "pixel", ... (a short label) */
+    char family[32];             /* "sd1", "sd2", "sdxl", "pixel", "custom" (a short label) */
     char prediction_type[16];    /* "epsilon", "v_prediction" or "sample" */
     char weights_hash[17];       /* the base model's weights hash (what shift files record) */
     int native_width, native_height;   /* default image size in pixels */
@@ -169,7 +169,8 @@ typedef struct {
     int context_dim;             /* text encoder hidden size */
     int context_tokens;          /* prompt tokens (77 for SD) */
     int has_vae;
-    int64_t unet_params, text_encoder_params, vae_params;   /* parameter counts (0: absent) */
+    int64_t unet_params, text_encoder_params, vae_params;   /* parameter counts (0: absent; SDXL: the text
+                                                               encoders together) */
     int train_timesteps;         /* noise schedule length (1000) */
 } svdiff_model_info_t;
 
@@ -237,6 +238,8 @@ SVDIFF_API const char *svdiff_sampler_name(svdiff_sampler_t s);
 /* Parses those names (and the CLI's aliases); SVDIFF_ERR_ARG for an unknown one. */
 SVDIFF_API int svdiff_sampler_parse(const char *name, svdiff_sampler_t *out);
 
+#define SVDIFF_MICRO_COND_MAX 65536   /* largest micro-conditioning value (pixels) */
+
 typedef struct {
     const char *prompt;            /* required */
     const char *negative_prompt;   /* NULL: the empty prompt */
@@ -255,9 +258,29 @@ typedef struct {
     uint8_t *out_rgb;              /* NULL, or a caller buffer of num_images * w * h * 3 bytes that
                                       receives the images one after another */
     svdiff_callbacks_t callbacks;  /* progress (SVDIFF_STAGE_SAMPLE), cancel, image */
+    /* SDXL's micro-conditioning, in pixels, as `svdiff generate --original-size H,W
+     * --crops-coords-top-left TOP,LEFT --target-size H,W`: {height, width} / {top, left}. {0, 0}
+     * is diffusers' default (original and target size: the image's (height, width); crop (0, 0)).
+     * A model without it (SD 1.x / 2.x) refuses non-zero values with SVDIFF_ERR_ARG, as does a
+     * negative value, a value above SVDIFF_MICRO_COND_MAX or a size with one zero. */
+    int original_size[2];
+    int crops_coords_top_left[2];
+    int target_size[2];
+    /* The same for the unconditional (negative) branch of guidance; {0, 0}: the value above. */
+    int negative_original_size[2];
+    int negative_crops_coords_top_left[2];
+    int negative_target_size[2];
+    int clip_skip;                 /* text-encoder layers skipped at the end (diffusers' clip_skip,
+                                      0: none; SDXL: both encoders); the prompt only, as diffusers:
+                                      the negative prompt is encoded without it */
 } svdiff_generate_params_t;
 
 SVDIFF_API svdiff_generate_params_t svdiff_generate_default_params(void);
+/* The defaults for this model: svdiff_generate_default_params(), except on SDXL, where they are
+ * diffusers' StableDiffusionXLPipeline's: guidance 5 and the sampler of the model's scheduler
+ * config (Euler for SDXL base; DDIM when the config names none svdiff has). model NULL: the plain
+ * defaults. What `svdiff generate` uses for the flags it is not given. */
+SVDIFF_API svdiff_generate_params_t svdiff_generate_model_params(const svdiff_model_t *model);
 
 /* Text to image: the images `svdiff generate` makes with the same settings (same bytes for the
  * same seed and thread count). Each image goes to callbacks.image as soon as it is decoded, to
@@ -416,9 +439,9 @@ SVDIFF_API double svdiff_psnr(const uint8_t *a, const uint8_t *b, size_t n);
  * parts of a training output folder. */
 
 /* Loads a shift file or a training output folder, as `svdiff shifts` reads its inputs: a file is
- * one set (its "text_model." entries go to the text encoder when applied), a folder holds
- * spectral_shifts.safetensors and/or spectral_shifts_te.safetensors, which must have been written
- * together (the same pair_id). The set remembers which form it came from and each file's dtype, and
+ * one set (its "text_model." entries go to the text encoder, its "text_encoder_2." entries to SDXL's
+ * second one when applied), a folder holds spectral_shifts.safetensors, spectral_shifts_te.safetensors
+ * and/or spectral_shifts_te2.safetensors, which must have been written together (the same pair_id). The set remembers which form it came from and each file's dtype, and
  * the toolbox's results keep the form of their (first) input. */
 SVDIFF_API int svdiff_shifts_load(const char *path, svdiff_shifts_t **out);
 /* The same; force: accept a folder's two files even when they were not written together. */
@@ -465,8 +488,10 @@ SVDIFF_API int svdiff_shifts_mix(const svdiff_shifts_t *from, const svdiff_shift
                                  int ignore_hash, svdiff_shifts_t **out, int *n_from);
 
 /* ---- per-part view (what `svdiff shifts` prints about each file) ----
- * A set has two parts: 0 the UNet's (a single file's whole content), 1 the text encoder's (only in
- * a training folder's set). */
+ * A set has up to SVDIFF_SHIFTS_PARTS parts: 0 the UNet's (a single file's whole content), 1 the
+ * text encoder's and 2 SDXL's text_encoder_2's (only in a training folder's set:
+ * spectral_shifts_te.safetensors, spectral_shifts_te2.safetensors). */
+#define SVDIFF_SHIFTS_PARTS 3
 typedef struct {
     int present;          /* the part exists (a file's set has part 0 only; a folder may lack part 1) */
     int folder;           /* the set is a training folder's (saved as a folder) */
@@ -481,7 +506,7 @@ typedef struct {
     int n_meta;           /* metadata entries (svdiff_shifts_meta_at) */
 } svdiff_shifts_part_t;
 
-/* Fills *info for part 0 or 1 (an absent part: present 0, counts 0). Strings stay valid until the
+/* Fills *info for part 0, 1 or 2 (an absent part: present 0, counts 0). Strings stay valid until the
  * set is freed. */
 SVDIFF_API int svdiff_shifts_part(const svdiff_shifts_t *shifts, int part, svdiff_shifts_part_t *info);
 /* Metadata entry i (0 .. n_meta-1) of a part, in file order: key and value, valid until the set
@@ -552,7 +577,7 @@ typedef struct {
     const char *svd_cache_dir;     /* NULL: the default folder (as svdiff_model_params_t); "": none */
 } svdiff_lora_params_t;
 
-/* What went into the LoRA file, per component (0 UNet, 1 text encoder). */
+/* What went into the LoRA file, per component (0 UNet, 1 the text encoders: SDXL's two together). */
 typedef struct {
     int layers;                    /* matrices written as factors */
     int zero_layers;               /* shifted modules whose difference is exactly 0 (not written) */

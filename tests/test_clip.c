@@ -217,44 +217,6 @@ static void test_build_errors(void **state) {
 
 /* ---- with text_projection (CLIPTextModelWithProjection, SDXL's text_encoder_2) ---- */
 
-#define P_PROJ 12   /* projection_dim != hidden_size (16), so that a transposed matrix fails */
-
-/* The SD2-like tiny encoder (gelu, 3 layers) as writable fp32 copies plus a random
- * text_projection.weight [P_PROJ, 16]. */
-typedef struct {
-    te_t te;
-    tcopy_t c;
-    st_tensor_t proj;
-    float *proj_data;
-} proj_fx_t;
-
-static const st_tensor_t *get_proj(void *ctx, const char *name) {
-    proj_fx_t *p = ctx;
-    if (strcmp(name, "text_projection.weight") == 0) return p->proj.data ? &p->proj : NULL;
-    return get_copy(&p->c, name);
-}
-
-static void proj_fx_open(proj_fx_t *p) {
-    memset(p, 0, sizeof *p);
-    te_open(&p->te, "sd2_text_encoder");
-    tcopy_make(&p->c, &p->te.f);
-    p->te.cfg.projection_dim = P_PROJ;
-    const int C = p->te.cfg.hidden_size;
-    p->proj_data = malloc(sizeof(float) * P_PROJ * C);
-    trng_t r;
-    trng_seed(&r, 77);
-    fill_uniform(&r, p->proj_data, (size_t)P_PROJ * C, -0.5f, 0.5f);
-    p->proj = (st_tensor_t){.dtype = ST_F32, .ndim = 2, .shape = {P_PROJ, C}, .numel = (int64_t)P_PROJ * C,
-                            .nbytes = sizeof(float) * P_PROJ * C, .data = p->proj_data,
-                            .name = "text_projection.weight"};
-}
-
-static void proj_fx_close(proj_fx_t *p) {
-    tcopy_free(&p->c);
-    free(p->proj_data);
-    st_close(&p->te.f);
-}
-
 /* projection_dim comes from a CLIPTextModelWithProjection config only; the registry lists
  * text_projection last, without bias; build_clip requires it with its shape. */
 static void test_projection_config(void **state) {
@@ -287,11 +249,12 @@ static void test_projection_config(void **state) {
         cJSON_Delete(j);
     }
 
-    proj_fx_t p;
-    proj_fx_open(&p);
+    te_t te;
+    te_open(&te, "sdxl2_text_encoder");   /* gen_clip_golden.py: hidden 16, projection_dim 12 */
+    assert_int_equal(te.cfg.projection_dim, 12);
     layer_registry_t r = {0}, r0 = {0};
-    clip_registry(&p.te.cfg, &r);
-    clip_config_t c0 = p.te.cfg;
+    clip_registry(&te.cfg, &r);
+    clip_config_t c0 = te.cfg;
     c0.projection_dim = 0;
     clip_registry(&c0, &r0);
     assert_int_equal(r.n, r0.n + 1);
@@ -299,7 +262,7 @@ static void test_projection_config(void **state) {
     const layer_spec_t *s = &r.v[r.n - 1];
     assert_string_equal(s->name, "text_projection");
     assert_int_equal(s->kind, LAYER_LINEAR);
-    assert_int_equal(s->out, P_PROJ);
+    assert_int_equal(s->out, 12);
     assert_int_equal(s->in, 16);
     assert_int_equal(s->bias, 0);
     assert_true(fabs(s->init_std - 0.25) < 1e-12);   /* hidden_size^-0.5 */
@@ -307,32 +270,29 @@ static void test_projection_config(void **state) {
     layer_registry_free(&r0);
 
     clip_t m;
-    build_ok(&m, &p.te.cfg, get_proj, &p);
-    assert_int_equal(m.text_projection.out, P_PROJ);
+    build_ok(&m, &te.cfg, get_st, &te.f);
+    assert_int_equal(m.text_projection.out, 12);
     assert_int_equal(m.text_projection.in, 16);
     assert_null(m.text_projection.bias);
-    assert_ptr_equal(m.text_projection.w.data, p.proj_data);   /* a view */
+    assert_ptr_equal(m.text_projection.w.data, st_find(&te.f, "text_projection.weight")->data);   /* a view */
     clip_module_t mod;
     assert_int_equal(clip_find_module(&m, "text_projection", &mod), 1);
     assert_int_equal(mod.kind, CLIP_MODULE_LINEAR);
     assert_ptr_equal(mod.w, &m.text_projection.w);
     assert_null(mod.bias);
     free_clip(&m);
-    /* a model without projection has no such module */
-    build_ok(&m, &c0, get_proj, &p);
+    /* a model without projection has no such module (the file's extra tensor is ignored) */
+    build_ok(&m, &c0, get_st, &te.f);
     assert_int_equal(clip_find_module(&m, "text_projection", &mod), 0);
     free_clip(&m);
     /* missing or misshapen */
-    const void *keep = p.proj.data;
-    p.proj.data = NULL;
-    assert_int_equal(build_clip(&m, &p.te.cfg, get_proj, &p), SD_ERR_FORMAT);
+    hide_t h = {&te.f, "text_projection.weight"};
+    assert_int_equal(build_clip(&m, &te.cfg, get_hiding, &h), SD_ERR_FORMAT);
     assert_non_null(strstr(sd_last_error(), "text_projection.weight is missing"));
-    p.proj.data = keep;
-    p.te.cfg.projection_dim = 16;
-    assert_int_equal(build_clip(&m, &p.te.cfg, get_proj, &p), SD_ERR_SHAPE);
-    assert_non_null(strstr(sd_last_error(), "text_projection.weight"));
-    assert_non_null(strstr(sd_last_error(), "[16, 16]"));
-    proj_fx_close(&p);
+    c0.projection_dim = 16;
+    assert_int_equal(build_clip(&m, &c0, get_st, &te.f), SD_ERR_SHAPE);
+    assert_non_null(strstr(sd_last_error(), "text_projection.weight has shape [12, 16], expected [16, 16]"));
+    st_close(&te.f);
 }
 
 /* ---- golden ---- */
@@ -348,7 +308,7 @@ static void run_golden(clip_t *m, const int *ids, uint64_t seed, float **hidden,
     memcpy(*hidden, h, n * sizeof(float));
     float *dout = golden_dout(seed, n);
     if (dembed) *dembed = alloc_zeros(n);
-    clip_backward(m, &a, dout, g, dembed ? *dembed : NULL);
+    clip_backward(m, &a, dout, NULL, g, dembed ? *dembed : NULL);
     free(dout);
     clip_acts_free(&a);
 }
@@ -648,13 +608,22 @@ typedef struct {
     clip_acts_t *a;
     const int *ids;
     int B, T;
-    const float *probe;
+    const float *probe;    /* loss = <hidden, probe> (NULL: no such term) */
+    const float *pprobe;   /* + <pooled, pprobe> (NULL: none; else the model has want_pooled) */
 } fd_t;
 
 static double fd_loss(void *ctx) {
     fd_t *f = ctx;
     const float *h = clip_forward(f->m, f->a, f->ids, f->B, f->T);
-    return dot_loss(h, f->probe, (size_t)f->B * f->T * f->m->cfg.hidden_size);
+    double loss = f->probe ? dot_loss(h, f->probe, (size_t)f->B * f->T * f->m->cfg.hidden_size) : 0;
+    if (f->pprobe) {
+        const size_t np = (size_t)f->B * f->m->cfg.projection_dim;
+        float *pooled = malloc(np * sizeof(float));
+        assert_int_equal(clip_pooled(pooled, f->m, f->a), 0);
+        loss += dot_loss(pooled, f->pprobe, np);
+        free(pooled);
+    }
+    return loss;
 }
 
 /* Deltas away from the ReLU kink, every third one clipped. */
@@ -727,8 +696,8 @@ static void fd_shifts_case(const char *folder, int keep_base, normshift_mode_t m
     clip_grads_t g;
     assert_int_equal(clip_grads_alloc(&g, &m, CLIP_GRAD_SHIFTS), 0);
     clip_forward(&m, &a, ids, B, T);
-    clip_backward(&m, &a, probe, &g, NULL);
-    fd_t f = {&m, &a, ids, B, T, probe};
+    clip_backward(&m, &a, probe, NULL, &g, NULL);
+    fd_t f = {&m, &a, ids, B, T, probe, NULL};
     const int ns = mode == NORMSHIFT_SCALAR ? 1 : C;
     clip_layer_t *l0 = &m.layers[0], *ll = &m.layers[L - 1];
     fd_item_t items[] = {
@@ -787,8 +756,8 @@ static void test_fd_dense(void **state) {
     assert_null(g.final_ln.dshift);
     float *dembed = alloc_zeros((size_t)B * T * C);
     clip_forward(&m, &a, ids, B, T);
-    clip_backward(&m, &a, probe, &g, dembed);
-    fd_t f = {&m, &a, ids, B, T, probe};
+    clip_backward(&m, &a, probe, NULL, &g, dembed);
+    fd_t f = {&m, &a, ids, B, T, probe, NULL};
     /* weights: probe the rows that are used (token rows of ids, positions < T) */
     float *tok = copy_data(&cp, "text_model.embeddings.token_embedding.weight");
     float *dtok_used = alloc_zeros(C), *tok_used = tok + (size_t)5 * C;
@@ -865,13 +834,13 @@ static void test_backward_accumulates(void **state) {
         clip_grads_t g;
         assert_int_equal(clip_grads_alloc(&g, &m, spectral ? CLIP_GRAD_SHIFTS | CLIP_GRAD_DENSE : CLIP_GRAD_DENSE), 0);
         clip_forward(&m, &a, ids, B, T);
-        clip_backward(&m, &a, probe, &g, fresh_e);
+        clip_backward(&m, &a, probe, NULL, &g, fresh_e);
         float *fresh = malloc(g.n_floats * sizeof(float)), *pre = alloc_normal(&r, g.n_floats, 1), *pe = alloc_normal(&r, ne, 1);
         memcpy(fresh, g.memory, g.n_floats * sizeof(float));
         memcpy(g.memory, pre, g.n_floats * sizeof(float));
         memcpy(dembed, pe, ne * sizeof(float));
         clip_forward(&m, &a, ids, B, T);
-        clip_backward(&m, &a, probe, &g, dembed);
+        clip_backward(&m, &a, probe, NULL, &g, dembed);
         double scale = 0;
         for (size_t i = 0; i < g.n_floats; i++) scale = fmax(scale, fabs(fresh[i]));
         for (size_t i = 0; i < g.n_floats; i++) {
@@ -893,6 +862,267 @@ static void test_backward_accumulates(void **state) {
     }
 }
 
+
+/* ---- SDXL's text_encoder_2: penultimate hidden states, pooled embedding ---- */
+
+/* Against float64 PyTorch (gen_clip_golden.py, sdxl2.*): hidden_states[-2] and the pooled
+ * embedding; with clip_skip = 1, hidden_states[-3] and the gradients of
+ * <hidden, dout> + <pooled, dpool> (dembed, text_projection, final LN gain, last layer's fc2). */
+static void test_golden_sdxl2(void **state) {
+    (void)state;
+    te_t te;
+    st_file_t g;
+    te_open(&te, "sdxl2_text_encoder");
+    golden_open(&g, GOLDEN);
+    clip_t m;
+    build_ok(&m, &te.cfg, get_st, &te.f);
+    int *ids = golden_ids(&g, "sdxl2.ids");
+    assert_int_equal(ids[T_GOLD - 1], 0);        /* row 0 padded with 0 */
+    assert_int_equal(ids[2 * T_GOLD - 1], 127);  /* row 1 with the end token */
+    const int C = 16, P = 12;
+    const size_t n = (size_t)B_GOLD * T_GOLD * C, np = (size_t)B_GOLD * P;
+    clip_acts_t a;
+    assert_int_equal(clip_acts_build(&a, &m.cfg, B_GOLD, T_GOLD), 0);
+    float *pooled = malloc(np * sizeof(float));
+    m.hidden_mode = CLIP_HIDDEN_PENULTIMATE;
+    /* without want_pooled only the layers the hidden states need run */
+    const float *h = clip_forward(&m, &a, ids, B_GOLD, T_GOLD);
+    assert_int_equal(a.n_run, 2);
+    check("sdxl2 hidden (no pooled)", h, &g, "sdxl2.hidden", n);
+    m.want_pooled = 1;
+    h = clip_forward(&m, &a, ids, B_GOLD, T_GOLD);
+    assert_int_equal(a.n_run, 3);
+    check("sdxl2 hidden", h, &g, "sdxl2.hidden", n);
+    assert_int_equal(clip_pooled(pooled, &m, &a), 0);
+    check("sdxl2 pooled", pooled, &g, "sdxl2.pooled", np);
+    assert_int_equal(a.eos[1], 31);   /* the first of the end tokens */
+
+    m.clip_skip = 1;
+    clip_grads_t gr;
+    assert_int_equal(clip_grads_alloc(&gr, &m, CLIP_GRAD_DENSE), 0);
+    h = clip_forward(&m, &a, ids, B_GOLD, T_GOLD);
+    check("sdxl2 clip_skip=1 hidden", h, &g, "sdxl2_skip1.hidden", n);
+    assert_int_equal(clip_pooled(pooled, &m, &a), 0);
+    check("sdxl2 clip_skip=1 pooled", pooled, &g, "sdxl2.pooled", np);   /* the last layer's, whatever the skip */
+    float *dout = golden_dout(503, n), *dpool = golden_dout(504, np), *dembed = alloc_zeros(n);
+    clip_backward(&m, &a, dout, dpool, &gr, dembed);
+    check("sdxl2 clip_skip=1 dembed", dembed, &g, "sdxl2_skip1.dembed", n);
+    check("sdxl2 d text_projection", gr.text_projection.dw, &g, "sdxl2_skip1.dproj", (size_t)P * C);
+    check("sdxl2 d final LN gain", gr.final_ln.dgamma, &g, "sdxl2_skip1.dlnf", C);
+    check("sdxl2 d last fc2", gr.layers[2].fc2.dw, &g, "sdxl2_skip1.dfc2_last", (size_t)C * 48);
+    free(dout), free(dpool), free(dembed), free(pooled), free(ids);
+    clip_grads_free(&gr);
+    clip_acts_free(&a);
+    free_clip(&m);
+    st_close(&te.f);
+    st_close(&g);
+    scratch_free_all();
+}
+
+/* clip_pooled refuses a model without text_projection and a forward without want_pooled;
+ * penultimate with clip_skip = L - 1 returns the embeddings, and its backward passes dhidden
+ * straight to dembed. */
+static void test_pooled_errors(void **state) {
+    (void)state;
+    te_t te2, tex;
+    te_open(&te2, "sd2_text_encoder");
+    te_open(&tex, "sdxl2_text_encoder");
+    clip_t m2, mx;
+    build_ok(&m2, &te2.cfg, get_st, &te2.f);
+    build_ok(&mx, &tex.cfg, get_st, &tex.f);
+    const int B = 2, T = 5, C = 16;
+    int ids[10] = {126, 3, 9, 127, 0, 126, 127, 127, 4, 2};
+    clip_acts_t a;
+    assert_int_equal(clip_acts_build(&a, &te2.cfg, B, T), 0);
+    float pooled[2 * 12];
+    m2.want_pooled = 1;
+    assert_non_null(clip_forward(&m2, &a, ids, B, T));
+    assert_int_equal(clip_pooled(pooled, &m2, &a), SD_ERR_ARG);
+    assert_non_null(strstr(sd_last_error(), "no text_projection"));
+    assert_non_null(clip_forward(&mx, &a, ids, B, T));   /* want_pooled not set */
+    assert_int_equal(clip_pooled(pooled, &mx, &a), SD_ERR_ARG);
+    assert_non_null(strstr(sd_last_error(), "without want_pooled"));
+    mx.want_pooled = 1;
+    assert_non_null(clip_forward(&mx, &a, ids, B, T));
+    assert_int_equal(clip_pooled(pooled, &mx, &a), 0);
+    assert_int_equal(a.eos[0], 3);
+    assert_int_equal(a.eos[1], 1);   /* the first of several largest ids */
+    mx.want_pooled = 0;
+    assert_non_null(clip_forward(&mx, &a, ids, B, T));
+    assert_int_equal(clip_pooled(pooled, &mx, &a), SD_ERR_ARG);   /* the flag is per forward */
+
+    mx.hidden_mode = CLIP_HIDDEN_PENULTIMATE;
+    mx.clip_skip = 2;   /* hidden_states[-4] of 3 layers: the embeddings */
+    const size_t n = (size_t)B * T * C;
+    const float *h = clip_forward(&mx, &a, ids, B, T);
+    assert_ptr_equal(h, a.encoded);
+    assert_int_equal(a.n_run, 0);
+    trng_t r;
+    trng_seed(&r, 81);
+    float *probe = alloc_normal(&r, n, 1), *dembed = alloc_zeros(n);
+    clip_backward(&mx, &a, probe, NULL, NULL, dembed);
+    assert_close("dembed = dhidden at level 0", dembed, probe, n, 0);
+    free(probe), free(dembed);
+    clip_acts_free(&a);
+    free_clip(&m2), free_clip(&mx);
+    st_close(&te2.f), st_close(&tex.f);
+    scratch_free_all();
+}
+
+typedef struct { int found; const float *delta; int n; } proj_visit_t;
+static void find_projection(void *ctx, const shift_name_t *name, float *shift, float *grad, int n) {
+    proj_visit_t *v = ctx;
+    if (strcmp(name->path, "text_projection")) return;
+    v->found += name->kind == SHIFT_SPECTRAL && name->component == SHIFT_TE && shift == v->delta && grad;
+    v->n = n;
+}
+
+/* Deltas of text_projection as random_deltas draws the others. */
+static void random_projection_delta(clip_t *m, trng_t *r) {
+    spectral_t *sp = m->text_projection.w.sp;
+    for (int k = 0; k < sp->rank; k++) {
+        float d = 0.3f * sp->S[k] * trng_normal(r);
+        if (k % 3 == 2) d = -1.5f * sp->S[k] / sp->scale;
+        if (fabsf(sp->S[k] + sp->scale * d) < 0.05f) d += 0.2f;
+        sp->delta[k] = d;
+    }
+}
+
+/* Shift gradients of the with-projection model, penultimate hidden states with clip_skip = 1
+ * (layer 0's output) and the pooled embedding (every layer), for loss = <hidden, probe>,
+ * <pooled, pprobe> and their sum: fd-checked where each term reaches, exactly zero where it
+ * does not; the hidden-only gradients do not depend on want_pooled. */
+static void test_fd_sdxl2_shifts(void **state) {
+    (void)state;
+    te_t te;
+    te_open(&te, "sdxl2_text_encoder");
+    clip_t m;
+    build_ok(&m, &te.cfg, get_st, &te.f);
+    assert_int_equal(clip_make_spectral(&m, CLIP_SPECTRAL_LINEARS | CLIP_SPECTRAL_EMBEDDINGS, 1), 0);
+    assert_int_equal(m.text_projection.w.kind, WEIGHT_SPECTRAL);
+    clip_add_norm_shifts(&m, NORMSHIFT_ELEMENT);
+    clip_set_shift_scale(&m, 0.8f);
+    trng_t r;
+    trng_seed(&r, 83);
+    random_deltas(&m, &r);
+    random_projection_delta(&m, &r);
+    random_norm_shifts(&m, &r);
+    m.hidden_mode = CLIP_HIDDEN_PENULTIMATE;
+    m.clip_skip = 1;
+    const int B = 2, T = 7, C = 16, P = 12;
+    int ids[14];
+    for (int i = 0; i < B * T; i++) ids[i] = 1 + (int)(trng_uniform(&r) * 120);
+    ids[4] = 127, ids[T + 2] = 127, ids[T + 5] = 127;   /* EOS at 4 and (first) at 2 */
+    clip_acts_t a;
+    assert_int_equal(clip_acts_build(&a, &m.cfg, B, T + 2), 0);
+    float *probe = alloc_normal(&r, (size_t)B * T * C, 1), *pprobe = alloc_normal(&r, (size_t)B * P, 1);
+    clip_grads_t g;
+    assert_int_equal(clip_grads_alloc(&g, &m, CLIP_GRAD_SHIFTS), 0);
+    /* the visits: 2 embeddings, 18 linears, text_projection, 7 norm shifts */
+    visit_t v = {0, 0, 1, 0};
+    clip_visit_shifts(&m, &g, count_shift, &v);
+    assert_int_equal(v.count, 2 + 18 + 1 + 7);
+    assert_int_equal(v.n_norm, 7);
+    proj_visit_t pv = {0, m.text_projection.w.sp->delta, 0};
+    clip_visit_shifts(&m, &g, find_projection, &pv);
+    assert_int_equal(pv.found, 1);
+    assert_int_equal(pv.n, 12);   /* rank min(12, 16) */
+    clip_layer_t *l0 = &m.layers[0], *l2 = &m.layers[2];
+    spectral_t *spp = m.text_projection.w.sp;
+    for (int term = 0; term < 3; term++) {   /* 0: hidden, 1: pooled, 2: both */
+        const float *pr = term != 1 ? probe : NULL, *pp = term != 0 ? pprobe : NULL;
+        m.want_pooled = 1;
+        clip_grads_zero(&g);
+        clip_forward(&m, &a, ids, B, T);
+        clip_backward(&m, &a, pr, pp, &g, NULL);
+        fd_t f = {&m, &a, ids, B, T, pr, pp};
+        fd_item_t early[] = {
+            {"d delta token_embedding", m.token_embedding.sp->delta, g.dtoken, m.token_embedding.sp->rank},
+            {"d delta layer0 q_proj", l0->q.w.sp->delta, g.layers[0].q.dw, l0->q.w.sp->rank},
+            {"d delta layer0 fc2", l0->fc2.w.sp->delta, g.layers[0].fc2.dw, l0->fc2.w.sp->rank},
+            {"d shift layer0 ln1", l0->ln1.shift, g.layers[0].ln1.dshift, C},
+        };
+        fd_item_t late[] = {
+            {"d delta layer2 fc1", l2->fc1.w.sp->delta, g.layers[2].fc1.dw, l2->fc1.w.sp->rank},
+            {"d delta layer1 v_proj", m.layers[1].v.w.sp->delta, g.layers[1].v.dw, m.layers[1].v.w.sp->rank},
+            {"d delta text_projection", spp->delta, g.text_projection.dw, spp->rank},
+            {"d shift final ln", m.final_ln.shift, g.final_ln.dshift, C},
+            {"d shift layer2 ln2", l2->ln2.shift, g.layers[2].ln2.dshift, C},
+        };
+        run_fd(&f, early, sizeof early / sizeof early[0], 2e-2f, 2e-3);
+        if (term == 0) {
+            /* layers 1, 2, the final LayerNorm and the projection are beyond the hidden states */
+            for (size_t i = 0; i < sizeof late / sizeof late[0]; i++)
+                for (size_t k = 0; k < late[i].n; k++) assert_true(late[i].grad[k] == 0.0f);
+            float *with = malloc(g.n_floats * sizeof(float));
+            memcpy(with, g.memory, g.n_floats * sizeof(float));
+            m.want_pooled = 0;
+            clip_grads_zero(&g);
+            clip_forward(&m, &a, ids, B, T);
+            assert_int_equal(a.n_run, 1);
+            clip_backward(&m, &a, pr, NULL, &g, NULL);
+            assert_close("hidden-only grads without want_pooled", g.memory, with, g.n_floats, 0);
+            free(with);
+        } else {
+            run_fd(&f, late, sizeof late / sizeof late[0], 2e-2f, 2e-3);
+        }
+    }
+    free(probe), free(pprobe);
+    clip_grads_free(&g);
+    clip_acts_free(&a);
+    free_clip(&m);
+    st_close(&te.f);
+    scratch_free_all();
+}
+
+/* Dense gradients of the with-projection model in the SD 1.x mode (final LayerNorm of layer
+ * L - 1 with clip_skip = 1) plus the pooled embedding: the final LayerNorm gets gradients from
+ * both paths. */
+static void test_fd_sdxl2_dense(void **state) {
+    (void)state;
+    te_t te;
+    te_open(&te, "sdxl2_text_encoder");
+    tcopy_t cp;
+    tcopy_make(&cp, &te.f);
+    clip_t m;
+    build_ok(&m, &te.cfg, get_copy, &cp);
+    m.clip_skip = 1;
+    m.want_pooled = 1;
+    const int B = 2, T = 6, C = 16, P = 12, I = 48;
+    trng_t r;
+    trng_seed(&r, 85);
+    int ids[12];
+    for (int i = 0; i < B * T; i++) ids[i] = 1 + (int)(trng_uniform(&r) * 120);
+    ids[3] = 127, ids[T + 5] = 127;
+    clip_acts_t a;
+    assert_int_equal(clip_acts_build(&a, &m.cfg, B, T), 0);
+    float *probe = alloc_normal(&r, (size_t)B * T * C, 1), *pprobe = alloc_normal(&r, (size_t)B * P, 1);
+    clip_grads_t g;
+    assert_int_equal(clip_grads_alloc(&g, &m, CLIP_GRAD_DENSE), 0);
+    assert_null(g.text_projection.dbias);
+    clip_forward(&m, &a, ids, B, T);
+    clip_backward(&m, &a, probe, pprobe, &g, NULL);
+    fd_t f = {&m, &a, ids, B, T, probe, pprobe};
+    fd_item_t items[] = {
+        {"dW text_projection", copy_data(&cp, "text_projection.weight"), g.text_projection.dw, (size_t)P * C},
+        {"d gamma final", m.final_ln.gamma, g.final_ln.dgamma, C},
+        {"d beta final", m.final_ln.beta, g.final_ln.dbeta, C},
+        {"dW layer2 fc2", copy_data(&cp, "text_model.encoder.layers.2.mlp.fc2.weight"), g.layers[2].fc2.dw,
+         (size_t)C * I},
+        {"dW layer0 q_proj", copy_data(&cp, "text_model.encoder.layers.0.self_attn.q_proj.weight"),
+         g.layers[0].q.dw, (size_t)C * C},
+        {"d bias layer1 fc1", m.layers[1].fc1.bias, g.layers[1].fc1.dbias, I},
+    };
+    run_fd(&f, items, sizeof items / sizeof items[0], 1e-2f, 2e-3);
+    free(probe), free(pprobe);
+    clip_grads_free(&g);
+    clip_acts_free(&a);
+    free_clip(&m);
+    tcopy_free(&cp);
+    st_close(&te.f);
+    scratch_free_all();
+}
+
 int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_config),
@@ -909,6 +1139,10 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_fd_shifts_sd2),
         cmocka_unit_test(test_fd_dense),
         cmocka_unit_test(test_backward_accumulates),
+        cmocka_unit_test(test_golden_sdxl2),
+        cmocka_unit_test(test_pooled_errors),
+        cmocka_unit_test(test_fd_sdxl2_shifts),
+        cmocka_unit_test(test_fd_sdxl2_dense),
     };
     return RUN_TESTS(argc, argv, "clip", tests, NULL, NULL);
 }

@@ -728,7 +728,7 @@ static void test_builder_variants(void **state) {
     float x[4 * 16], y[4 * 16], ctx[3 * 16], ts = 500.0f;
     for (int i = 0; i < 64; i++) x[i] = (float)((i * 37) % 17) / 8.0f - 1.0f;
     for (int i = 0; i < 48; i++) ctx[i] = (float)((i * 11) % 13) / 6.0f - 1.0f;
-    assert_int_equal(unet_forward(y, &net, &acts, x, &ts, ctx, 1, 4, 4, 3), 0);
+    assert_int_equal(unet_forward(y, &net, &acts, x, &ts, ctx, NULL, 1, 4, 4, 3), 0);
     double sum = 0;
     for (int i = 0; i < 64; i++) {
         assert_true(isfinite(y[i]));

@@ -337,6 +337,185 @@ static void test_pipeline_inversion_roundtrip(void **state) {
     pipeline_close(&p);
 }
 
+/* ---- SDXL (tests/fixtures/tiny-sdxl, tests/fixtures/sdxl/golden.safetensors written by
+ * tests/reference/gen_sdxl_golden.py: its RUNS table repeated here) ---- */
+
+#define XL_GOLDEN "sdxl/golden.safetensors"
+#define XL_TINY "tests/fixtures/tiny-sdxl/diffusers"
+
+typedef struct {
+    const char *name;
+    uint64_t seed;
+    int steps;
+    float cfg;
+    int height, width;
+    const char *negative;   /* NULL: no negative prompt (force_zeros_for_empty_prompt) */
+    int clip_skip;
+    int original[2], crop[2], target[2];
+} xl_run_t;
+
+static const xl_run_t XL_RUNS[] = {
+    {"euler", 7, 2, 5.0f, 16, 24, NULL, 0, {0, 0}, {0, 0}, {0, 0}},
+    {"euler_cond", 11, 2, 4.0f, 16, 24, NEGATIVE, 1, {64, 48}, {4, 2}, {32, 40}},
+};
+
+/* add_time_ids rows: the defaults follow the image size; each negative value defaults to the positive
+ * one (the conditional rows' ids are the unconditional ones' unless set). */
+static void test_pipeline_sdxl_time_ids(void **state) {
+    (void)state;
+    txt2img_opts_t o = {.width = 24, .height = 16};
+    float ids[6];
+    pipeline_opts_time_ids(ids, &o, 0);
+    const float def[6] = {16, 24, 0, 0, 16, 24};
+    assert_memory_equal(ids, def, sizeof def);
+    pipeline_opts_time_ids(ids, &o, 1);
+    assert_memory_equal(ids, def, sizeof def);
+    o.original_size[0] = 64, o.original_size[1] = 48, o.crops_coords_top_left[0] = 4, o.crops_coords_top_left[1] = 2;
+    o.negative_target_size[0] = 8, o.negative_target_size[1] = 8;
+    pipeline_opts_time_ids(ids, &o, 0);
+    const float pos[6] = {64, 48, 4, 2, 16, 24};
+    assert_memory_equal(ids, pos, sizeof pos);
+    pipeline_opts_time_ids(ids, &o, 1);
+    const float neg[6] = {64, 48, 4, 2, 8, 8};
+    assert_memory_equal(ids, neg, sizeof neg);
+    const int a[2] = {1024, 768}, b[2] = {0, 3}, c[2] = {1024, 1024};
+    pipeline_time_ids(ids, a, b, c);
+    const float abc[6] = {1024, 768, 0, 3, 1024, 1024};
+    assert_memory_equal(ids, abc, sizeof abc);
+}
+
+/* The context is TE1's and TE2's penultimate states side by side, the pooled embedding TE2's
+ * projection, for [negative; prompt]; clip skip 1 moves both encoders one layer down. */
+static void test_pipeline_sdxl_prompt_context(void **state) {
+    (void)state;
+    st_file_t g;
+    golden_open(&g, XL_GOLDEN);
+    pipeline_t p;
+    open_or_fail(&p, source_path(XL_TINY));
+    assert_true(p.has_te2);
+    assert_int_equal(p.pooled_dim, 12);
+    assert_int_equal(p.ctx_dim, 24);
+    assert_true(p.force_zeros_empty);
+    const int T = p.n_ctx, C = p.ctx_dim, P = p.pooled_dim;
+    const char *pair[2] = {NEGATIVE, PROMPT};
+    float *ctx = malloc(sizeof(float) * 2 * T * C), *pooled = malloc(sizeof(float) * 2 * P);
+    float *ctx_want = golden_get(&g, "prompt.ctx", 2 * T * C), *pooled_want = golden_get(&g, "prompt.pooled", 2 * P);
+    float *skip_want = golden_get(&g, "prompt.ctx_skip1", 2 * T * C);
+    assert_int_equal(pipeline_encode_prompts_cond(&p, pair, 2, ctx, pooled), 0);
+    assert_close("SDXL context [negative, prompt]", ctx, ctx_want, (size_t)2 * T * C, TOL);
+    assert_close("SDXL pooled", pooled, pooled_want, (size_t)2 * P, TOL);
+    /* the old entry point: the same context, no pooled embedding */
+    float *ctx2 = malloc(sizeof(float) * 2 * T * C);
+    assert_int_equal(pipeline_encode_prompts(&p, pair, 2, ctx2), 0);
+    assert_memory_equal(ctx, ctx2, sizeof(float) * 2 * T * C);
+    p.clip.clip_skip = 1;
+    assert_int_equal(pipeline_encode_prompts_cond(&p, pair, 2, ctx, pooled), 0);
+    assert_int_equal(p.clip.clip_skip, 1);   /* the caller's setting stays */
+    assert_close("SDXL context, clip skip 1", ctx, skip_want, (size_t)2 * T * C, TOL);
+    assert_close("SDXL pooled, clip skip 1 (unchanged)", pooled, pooled_want, (size_t)2 * P, TOL);
+    free(ctx), free(ctx2), free(pooled), free(ctx_want), free(pooled_want), free(skip_want);
+    pipeline_close(&p);
+    st_close(&g);
+}
+
+/* Whole 2-step Euler runs with guidance (StableDiffusionXLPipeline.__call__): the zero negative
+ * prompt, add_time_ids with their defaults and given values, clip skip on the prompt only, Euler's
+ * leading spacing with steps_offset 1, every step, the final latents and the decoded image. */
+static void test_pipeline_sdxl_runs(void **state) {
+    (void)state;
+    st_file_t g;
+    golden_open(&g, XL_GOLDEN);
+    pipeline_t p;
+    open_or_fail(&p, source_path(XL_TINY));
+    for (size_t r = 0; r < sizeof XL_RUNS / sizeof *XL_RUNS; r++) {
+        const xl_run_t *run = &XL_RUNS[r];
+        int C, h, w;
+        pipeline_latent_shape(&p, run->width, run->height, &C, &h, &w);
+        const size_t n = (size_t)C * h * w;
+        const int S = run->steps, H = run->height, W = run->width;
+        char key[128];
+#define GET(field, numel) (snprintf(key, sizeof key, "%s.%s", run->name, field), golden_get(&g, key, numel))
+        float *init = GET("init", (int64_t)n), *t_want = GET("t", S), *traj_want = GET("traj", (int64_t)S * n);
+        float *lat_want = GET("latents", (int64_t)n), *img_want = GET("image", (int64_t)3 * H * W);
+#undef GET
+        recorder_t rec = {.traj = malloc(sizeof(float) * S * n), .t = malloc(sizeof(float) * S), .n = n};
+        txt2img_opts_t o = {.prompt = PROMPT, .negative_prompt = run->negative, .width = W, .height = H, .steps = S,
+                            .cfg = run->cfg, .sampler = SAMPLER_EULER, .seed = run->seed, .batch = 1,
+                            .progress = record, .progress_ctx = &rec, .clip_skip = run->clip_skip};
+        memcpy(o.original_size, run->original, sizeof run->original);
+        memcpy(o.crops_coords_top_left, run->crop, sizeof run->crop);
+        memcpy(o.target_size, run->target, sizeof run->target);
+        float *latents = malloc(sizeof(float) * n);
+        int rc = pipeline_txt2img(&p, &o, init, latents);
+        if (rc) print_error("%s: %s\n", run->name, sd_last_error());
+        assert_int_equal(rc, 0);
+        assert_int_equal(rec.calls, S);
+        for (int i = 0; i < S; i++) assert_true(rec.t[i] == t_want[i]);
+        for (int i = 0; i < S; i++) {
+            snprintf(key, sizeof key, "%s step %d", run->name, i + 1);
+            assert_close(key, rec.traj + (size_t)i * n, traj_want + (size_t)i * n, n, TOL);
+        }
+        assert_close("SDXL final latents", latents, lat_want, n, TOL);
+        float *img = malloc(sizeof(float) * 3 * H * W);
+        assert_int_equal(vae_decode(&p.vae, img, latents, 1, h, w), 0);
+        print_message("%-10s latents %.2e, image %.2e\n", run->name, rel_error(latents, lat_want, n),
+                      rel_error(img, img_want, (size_t)3 * H * W));
+        assert_close("SDXL decoded image", img, img_want, (size_t)3 * H * W, TOL);
+        free(img), free(latents), free(rec.traj), free(rec.t);
+        free(init), free(t_want), free(traj_want), free(lat_want), free(img_want);
+    }
+    pipeline_close(&p);
+    st_close(&g);
+}
+
+/* force_zeros_for_empty_prompt: without a negative prompt the unconditional rows are zeros (not
+ * the empty prompt's encoding, which an explicit "" gets); with the flag off, no negative prompt
+ * is the empty prompt. */
+static void test_pipeline_sdxl_empty_negative(void **state) {
+    (void)state;
+    pipeline_t p;
+    open_or_fail(&p, source_path(XL_TINY));
+    int C, h, w;
+    pipeline_latent_shape(&p, 16, 16, &C, &h, &w);
+    const size_t n = (size_t)C * h * w;
+    float *none = malloc(sizeof(float) * n), *empty = malloc(sizeof(float) * n), *off = malloc(sizeof(float) * n);
+    txt2img_opts_t o = {.prompt = PROMPT, .width = 16, .height = 16, .steps = 2, .cfg = 5.0f,
+                        .sampler = SAMPLER_EULER, .seed = 5, .batch = 1};
+    assert_int_equal(pipeline_txt2img(&p, &o, NULL, none), 0);
+    o.negative_prompt = "";
+    assert_int_equal(pipeline_txt2img(&p, &o, NULL, empty), 0);
+    assert_true(memcmp(none, empty, sizeof(float) * n) != 0);
+    p.force_zeros_empty = 0;
+    o.negative_prompt = NULL;
+    assert_int_equal(pipeline_txt2img(&p, &o, NULL, off), 0);
+    assert_memory_equal(off, empty, sizeof(float) * n);
+    free(none), free(empty), free(off);
+    pipeline_close(&p);
+}
+
+/* What the model cannot take is refused before any work: micro-conditioning on a UNet without
+ * text_time, a clip skip that leaves no layer. */
+static void test_pipeline_sdxl_refusals(void **state) {
+    (void)state;
+    pipeline_t p;
+    float lat[4 * 8 * 8];
+    open_or_fail(&p, source_path(TINY));
+    txt2img_opts_t o = {.prompt = PROMPT, .width = 16, .height = 16, .steps = 1, .cfg = 5.0f, .batch = 1};
+    o.negative_crops_coords_top_left[1] = 1;
+    assert_int_equal(pipeline_txt2img(&p, &o, NULL, lat), SD_ERR_ARG);
+    assert_non_null(strstr(sd_last_error(), "text_time"));
+    o.negative_crops_coords_top_left[1] = 0;
+    o.clip_skip = p.clip.cfg.num_layers;
+    assert_int_equal(pipeline_txt2img(&p, &o, NULL, lat), SD_ERR_ARG);
+    assert_non_null(strstr(sd_last_error(), "clip skip"));
+    pipeline_close(&p);
+    open_or_fail(&p, source_path(XL_TINY));
+    o.clip_skip = p.clip.cfg.num_layers - 1;   /* penultimate: one layer fewer is possible */
+    assert_int_equal(pipeline_txt2img(&p, &o, NULL, lat), SD_ERR_ARG);
+    assert_non_null(strstr(sd_last_error(), "at most 1"));
+    pipeline_close(&p);
+}
+
 int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_pipeline_prompt_context),
@@ -349,6 +528,11 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_pipeline_bad_size),
         cmocka_unit_test(test_pipeline_decode_out_of_memory),
         cmocka_unit_test(test_pipeline_inversion_roundtrip),
+        cmocka_unit_test(test_pipeline_sdxl_time_ids),
+        cmocka_unit_test(test_pipeline_sdxl_prompt_context),
+        cmocka_unit_test(test_pipeline_sdxl_runs),
+        cmocka_unit_test(test_pipeline_sdxl_empty_negative),
+        cmocka_unit_test(test_pipeline_sdxl_refusals),
     };
     return RUN_TESTS(argc, argv, "pipeline", tests, NULL, NULL);
 }

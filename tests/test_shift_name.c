@@ -90,6 +90,61 @@ static void test_te_norm_keys(void **state) {
     check_key(&n, SHIFT_KEY_CACHE_U, NULL);
 }
 
+/* SDXL's second text encoder: the module paths of the first, its own prefixes; the file key and
+ * the shift set entry carry "text_encoder_2." so that they route without metadata. */
+static void test_te2_keys(void **state) {
+    (void)state;
+    const shift_name_t n = {SHIFT_TE2, SHIFT_SPECTRAL, "text_model.encoder.layers.0.self_attn.q_proj"};
+    check_key(&n, SHIFT_KEY_TRAINER, "te2/text_model.encoder.layers.0.self_attn.q_proj.weight");
+    check_key(&n, SHIFT_KEY_CHECKPOINT, "param/te2/text_model.encoder.layers.0.self_attn.q_proj.weight");
+    check_key(&n, SHIFT_KEY_FILE, "text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj.delta");
+    check_key(&n, SHIFT_KEY_SET, "text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj");
+    check_key(&n, SHIFT_KEY_CACHE_U, "te2:text_model.encoder.layers.0.self_attn.q_proj.U");
+    check_key(&n, SHIFT_KEY_CACHE_S, "te2:text_model.encoder.layers.0.self_attn.q_proj.S");
+    check_key(&n, SHIFT_KEY_CACHE_VT, "te2:text_model.encoder.layers.0.self_attn.q_proj.Vt");
+    /* the model tensor key is that of the first encoder: its component is the one it is looked up in */
+    char key[256], path[256];
+    assert_int_equal(shift_key(key, sizeof key, &n, SHIFT_KEY_WEIGHT), SD_OK);
+    assert_string_equal(key, "text_model.encoder.layers.0.self_attn.q_proj.weight");
+    /* the projection of CLIPTextModelWithProjection */
+    const shift_name_t p = {SHIFT_TE2, SHIFT_SPECTRAL, "text_projection"};
+    check_key(&p, SHIFT_KEY_TRAINER, "te2/text_projection.weight");
+    check_key(&p, SHIFT_KEY_FILE, "text_encoder_2.text_projection.delta");
+    check_key(&p, SHIFT_KEY_CACHE_S, "te2:text_projection.S");
+    const shift_name_t ln = {SHIFT_TE2, SHIFT_NORM, "text_model.final_layer_norm"};
+    check_key(&ln, SHIFT_KEY_FILE, "text_encoder_2.text_model.final_layer_norm.delta");
+    check_key(&ln, SHIFT_KEY_CACHE_U, NULL);
+    char buf[128];
+    assert_int_equal(train_param_name(buf, sizeof buf, SHIFT_TE2, "text_model.encoder.layers.1.mlp.fc2.lora_down"), SD_OK);
+    assert_string_equal(buf, "te2/text_model.encoder.layers.1.mlp.fc2.lora_down");
+    /* routing of set entries */
+    assert_int_equal(shift_component_of_path("text_encoder_2.text_model.final_layer_norm"), SHIFT_TE2);
+    assert_int_equal(shift_component_of_path("text_projection"), SHIFT_TE);
+    const shift_name_t e = shift_name_of_entry("text_encoder_2.text_projection");
+    assert_int_equal(e.component, SHIFT_TE2);
+    assert_string_equal(e.path, "text_projection");
+    const shift_name_t u = shift_name_of_entry("add_embedding.linear_1");
+    assert_int_equal(u.component, SHIFT_UNET);
+    assert_string_equal(u.path, "add_embedding.linear_1");
+    assert_string_equal(shift_component_name(SHIFT_TE2), "text_encoder_2");
+    /* a UNet path under te2, a te2 key with a UNet path, te2 keys without their prefix */
+    const shift_name_t bad = {SHIFT_TE2, SHIFT_SPECTRAL, "add_embedding.linear_1"};
+    assert_int_equal(shift_key(key, sizeof key, &bad, SHIFT_KEY_FILE), SD_ERR_ARG);
+    const shift_name_t bad2 = {SHIFT_UNET, SHIFT_SPECTRAL, "text_encoder_2.text_projection"};
+    assert_int_equal(shift_key(key, sizeof key, &bad2, SHIFT_KEY_FILE), SD_ERR_ARG);
+    shift_name_t back;
+    assert_int_equal(shift_key_parse(&back, path, sizeof path, "text_encoder_2.conv_in.delta", SHIFT_KEY_FILE), SD_ERR_FORMAT);
+    assert_int_equal(shift_key_parse(&back, path, sizeof path, "te2/conv_in.weight", SHIFT_KEY_TRAINER), SD_ERR_FORMAT);
+    assert_int_equal(shift_key_parse(&back, path, sizeof path, "te2:conv_in.U", SHIFT_KEY_CACHE_U), SD_ERR_FORMAT);
+    assert_int_equal(shift_key_parse(&back, path, sizeof path, "te2/text_projection", SHIFT_KEY_TRAINER), SD_ERR_FORMAT);
+    assert_int_equal(shift_key_parse(&back, path, sizeof path, "text_encoder_2..delta", SHIFT_KEY_FILE), SD_ERR_FORMAT);
+    /* the first encoder's keys keep parsing as its own */
+    assert_int_equal(shift_key_parse(&back, path, sizeof path, "te:text_projection.U", SHIFT_KEY_CACHE_U), SD_OK);
+    assert_int_equal(back.component, SHIFT_TE);
+    assert_int_equal(shift_key_parse(&back, path, sizeof path, "text_projection.delta", SHIFT_KEY_FILE), SD_OK);
+    assert_int_equal(back.component, SHIFT_TE);
+}
+
 static void test_param_and_checkpoint_names(void **state) {
     (void)state;
     char buf[128];
@@ -276,6 +331,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_unet_norm_keys),
         cmocka_unit_test(test_te_spectral_keys),
         cmocka_unit_test(test_te_norm_keys),
+        cmocka_unit_test(test_te2_keys),
         cmocka_unit_test(test_param_and_checkpoint_names),
         cmocka_unit_test(test_malformed_keys_refused),
         cmocka_unit_test(test_model_shifts_named),

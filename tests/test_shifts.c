@@ -142,7 +142,7 @@ static float *unet_run(const unet_t *m) {
     float *out = alloc_zeros(n_out);
     unet_acts_t a;
     assert_int_equal(unet_acts_build(&a, m, UB, UH, UW, UT, 0, UNET_CKPT_NONE), 0);
-    assert_int_equal(unet_forward(out, m, &a, x, t, ctx, UB, UH, UW, UT), 0);
+    assert_int_equal(unet_forward(out, m, &a, x, t, ctx, NULL, UB, UH, UW, UT), 0);
     unet_acts_free(&a);
     free(x), free(ctx);
     return out;
@@ -445,10 +445,11 @@ static void test_svdiff_pytorch_files(void **state) {
         st_writer_free(w);
     }
     /* the folder resolves to both files */
-    char uf[1024], tf[1024];
-    assert_int_equal(shift_files_resolve(dir, uf, tf, sizeof uf), 0);
-    assert_string_equal(uf, upath);
-    assert_string_equal(tf, tpath);
+    char rf[SHIFT_N_COMPONENTS][SHIFT_PATH_CAP];
+    assert_int_equal(shift_files_resolve(dir, rf), 0);
+    assert_string_equal(rf[SHIFT_UNET], upath);
+    assert_string_equal(rf[SHIFT_TE], tpath);
+    assert_string_equal(rf[SHIFT_TE2], "");
     shift_set_t lu, lt;
     assert_int_equal(shiftset_load(&lu, upath), 0);
     assert_int_equal(shiftset_load(&lt, tpath), 0);
@@ -1093,19 +1094,26 @@ static void test_spec_parse(void **state) {
     assert_string_equal(p, odd);
     assert_true(s == 1.0f);
     /* folders */
-    char u[1024], te[1024];
-    assert_int_equal(shift_files_resolve(dir, u, te, sizeof u), SD_ERR_IO);
+    char rf[SHIFT_N_COMPONENTS][SHIFT_PATH_CAP];
+    assert_int_equal(shift_files_resolve(dir, rf), SD_ERR_IO);
     assert_error_mentions("spectral_shifts.safetensors");
-    char f1[600];
+    assert_error_mentions("spectral_shifts_te2.safetensors");
+    char f1[600], f2[600];
     snprintf(f1, sizeof f1, "%s/spectral_shifts.safetensors", dir);
     write_bytes(f1, "x", 1);
-    assert_int_equal(shift_files_resolve(dir, u, te, sizeof u), 0);
-    assert_string_equal(u, f1);
-    assert_string_equal(te, "");
-    assert_int_equal(shift_files_resolve(f1, u, te, sizeof u), 0);
-    assert_string_equal(u, f1);
+    assert_int_equal(shift_files_resolve(dir, rf), 0);
+    assert_string_equal(rf[0], f1);
+    assert_string_equal(rf[1], "");
+    assert_string_equal(rf[2], "");
+    snprintf(f2, sizeof f2, "%s/spectral_shifts_te2.safetensors", dir);   /* SDXL's third part */
+    write_bytes(f2, "x", 1);
+    assert_int_equal(shift_files_resolve(dir, rf), 0);
+    assert_string_equal(rf[2], f2);
+    assert_int_equal(shift_files_resolve(f1, rf), 0);
+    assert_string_equal(rf[0], f1);
+    assert_string_equal(rf[2], "");
     snprintf(f1, sizeof f1, "%s/nope", dir);
-    assert_int_equal(shift_files_resolve(f1, u, te, sizeof u), SD_ERR_IO);
+    assert_int_equal(shift_files_resolve(f1, rf), SD_ERR_IO);
     remove_tree(dir);
     free(dir);
 }

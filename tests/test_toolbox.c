@@ -314,6 +314,64 @@ static void test_selectors(void **state) {
     shiftset_free(&u);
 }
 
+/* SDXL (3 levels, the first without attention; transformers of 2 and 10 blocks): the geometry span
+ * one level up, the content / style presets of the first up level, level:N, and the refusals. */
+static void test_selectors_sdxl(void **state) {
+    (void)state;
+    const char *xl[] = {"down_blocks.0.resnets.1.conv1",                              /* level 0, 128 */
+                        "down_blocks.1.attentions.0.transformer_blocks.1.attn2.to_k", /* level 1, 64 */
+                        "down_blocks.1.attentions.1.transformer_blocks.0.attn1.to_q",
+                        "down_blocks.1.downsamplers.0.conv",
+                        "down_blocks.2.attentions.1.transformer_blocks.9.ff.net.2",   /* level 2, 32 */
+                        "mid_block.resnets.0.conv1",
+                        "mid_block.attentions.0.transformer_blocks.9.attn2.to_v",
+                        "mid_block.resnets.1.conv2",
+                        "up_blocks.0.attentions.0.transformer_blocks.3.attn1.to_k",  /* content */
+                        "up_blocks.0.attentions.1.transformer_blocks.0.attn2.to_q",  /* style */
+                        "up_blocks.0.attentions.2.proj_out",
+                        "up_blocks.1.attentions.0.transformer_blocks.1.attn2.to_k",
+                        "up_blocks.2.resnets.2.conv2",
+                        "add_embedding.linear_1",
+                        "text_encoder_2.text_model.encoder.layers.0.mlp.fc1"};
+    const int geo[] = {0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0};
+    const int content[] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0};
+    const int style[] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0};
+    const int lvl0[] = {1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0};
+    const int lvl2[] = {0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0};
+    const int r32[] = {0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0};
+    for (size_t k = 0; k < sizeof xl / sizeof *xl; k++) {
+        assert_int_equal(toolbox_selector_matches("geometry", xl[k], 3, 128), geo[k]);
+        assert_int_equal(toolbox_selector_matches("content", xl[k], 3, 128), content[k]);
+        assert_int_equal(toolbox_selector_matches("style", xl[k], 3, 128), style[k]);
+        assert_int_equal(toolbox_selector_matches("level:0", xl[k], 3, 128), lvl0[k]);
+        assert_int_equal(toolbox_selector_matches("level:2", xl[k], 3, 128), lvl2[k]);
+        assert_int_equal(toolbox_selector_matches("res:32", xl[k], 3, 128), r32[k]);
+        /* the SDXL presets select nothing on a 4-level UNet */
+        assert_false(toolbox_selector_matches("content", xl[k], 4, 64));
+    }
+    /* the SD 1.x geometry is unchanged by the SDXL one */
+    assert_true(toolbox_selector_matches("geometry", "down_blocks.2.attentions.1.proj_in", 4, 64));
+    assert_false(toolbox_selector_matches("geometry", "down_blocks.1.attentions.1.proj_in", 4, 64));
+    assert_true(toolbox_selector_matches("geometry", "down_blocks.1.attentions.1.proj_in", 3, 128));
+    assert_int_equal(toolbox_level_of("up_blocks.2.resnets.0.conv1", 3), 0);
+    assert_int_equal(toolbox_level_of("conv_in", 3), -1);
+    assert_int_equal(toolbox_selector_check("style", 4), SD_ERR_ARG);
+    assert_non_null(strstr(sd_last_error(), "SDXL preset"));
+    assert_int_equal(toolbox_selector_check("level:3", 3), SD_ERR_ARG);
+    assert_non_null(strstr(sd_last_error(), "level:3"));
+    assert_int_equal(toolbox_selector_check("level:x", 3), SD_ERR_ARG);
+    assert_int_equal(toolbox_selector_check("res:1y", 3), SD_ERR_ARG);
+    assert_int_equal(toolbox_selector_check("content", 3), SD_OK);
+    assert_int_equal(toolbox_selector_check("level:2", 3), SD_OK);
+    /* per-block summaries of the second text encoder */
+    char b[128];
+    toolbox_block_of("text_encoder_2.text_model.encoder.layers.31.mlp.fc1", b, sizeof b);
+    assert_string_equal(b, "text_encoder_2.text_model.encoder.layers.31");
+    toolbox_block_of("text_encoder_2.text_projection", b, sizeof b);
+    assert_string_equal(b, "text_encoder_2.text_model (other)");
+    toolbox_block_of("add_embedding.linear_2", b, sizeof b), assert_string_equal(b, "other");
+}
+
 static void test_mix(void **state) {
     (void)state;
     shift_set_t a, b, out;
@@ -439,7 +497,7 @@ static float *tiny_unet_with(const shift_set_t *s, const st_file_t *g) {
     float *out = alloc_zeros((size_t)B * u.cfg.out_channels * H * W);
     unet_acts_t a;
     assert_int_equal(unet_acts_build(&a, &u, B, H, W, T, 0, UNET_CKPT_NONE), 0);
-    assert_int_equal(unet_forward(out, &u, &a, x, t, ctx, B, H, W, T), 0);
+    assert_int_equal(unet_forward(out, &u, &a, x, t, ctx, NULL, B, H, W, T), 0);
     unet_acts_free(&a);
     free(x), free(t), free(ctx);
     free_unet(&u);
@@ -482,6 +540,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_limit_rank),
         cmocka_unit_test(test_norm_paths_and_blocks),
         cmocka_unit_test(test_selectors),
+        cmocka_unit_test(test_selectors_sdxl),
         cmocka_unit_test(test_mix),
         cmocka_unit_test(test_convert_norms),
         cmocka_unit_test(test_history),

@@ -155,7 +155,7 @@ static void fx_close(fx_t *f) {
 }
 
 static void forward_ok(fx_t *f, unet_acts_t *a, float *out) {
-    int rc = unet_forward(out, &f->m, a, f->sample, f->timesteps, f->ctx, f->B, f->H, f->W, f->T);
+    int rc = unet_forward(out, &f->m, a, f->sample, f->timesteps, f->ctx, NULL, f->B, f->H, f->W, f->T);
     if (rc) print_error("%s\n", sd_last_error());
     assert_int_equal(rc, 0);
 }
@@ -187,7 +187,7 @@ static void run_train(fx_t *f, run_t *r, unet_ckpt_t ckpt, unsigned what) {
     r->dctx = alloc_zeros(f->n_ctx);
     forward_ok(f, &a, r->out);
     assert_int_equal(unet_grads_alloc(&r->g, &f->m, what), 0);
-    unet_backward(r->dsample, r->dctx, &r->g, f->dout, &f->m, &a);
+    unet_backward(r->dsample, r->dctx, NULL, &r->g, f->dout, &f->m, &a);
     unet_acts_free(&a);
 }
 
@@ -256,12 +256,12 @@ static void test_partial_batch(void **state) {
     float *out = alloc_zeros(f.n_out), *ctx1 = malloc(sizeof(float) * f.n_ctx / 2);
     memcpy(ctx1, f.ctx + f.n_ctx / 2, sizeof(float) * f.n_ctx / 2);
     /* the second sample alone */
-    assert_int_equal(unet_forward(out, &f.m, &a, f.sample + f.n_sample / 2, f.timesteps + 1, ctx1, 1, f.H, f.W, f.T), 0);
+    assert_int_equal(unet_forward(out, &f.m, &a, f.sample + f.n_sample / 2, f.timesteps + 1, ctx1, NULL, 1, f.H, f.W, f.T), 0);
     float *want = golden_get(&f.golden, "out", (int64_t)f.n_out);
     assert_close("out[1] alone", out, want + f.n_out / 2, f.n_out / 2, 1e-4);
     /* over capacity / bad size */
-    assert_int_equal(unet_forward(out, &f.m, &a, f.sample, f.timesteps, f.ctx, 3, f.H, f.W, f.T), SD_ERR_ARG);
-    assert_int_equal(unet_forward(out, &f.m, &a, f.sample, f.timesteps, f.ctx, 1, f.H - 1, f.W, f.T), SD_ERR_ARG);
+    assert_int_equal(unet_forward(out, &f.m, &a, f.sample, f.timesteps, f.ctx, NULL, 3, f.H, f.W, f.T), SD_ERR_ARG);
+    assert_int_equal(unet_forward(out, &f.m, &a, f.sample, f.timesteps, f.ctx, NULL, 1, f.H - 1, f.W, f.T), SD_ERR_ARG);
     unet_acts_t bad;
     assert_int_equal(unet_acts_build(&bad, &f.m, 1, 7, 8, 4, 1, UNET_CKPT_NONE), SD_ERR_ARG);
     assert_int_equal(unet_acts_build(&bad, &f.m, 0, 8, 8, 4, 1, UNET_CKPT_NONE), SD_ERR_ARG);
@@ -363,7 +363,7 @@ typedef struct {
 static double fd_loss(void *p) {
     fd_ctx_t *c = p;
     fx_t *f = c->f;
-    assert_int_equal(unet_forward(c->out, &f->m, c->a, f->sample, f->timesteps, f->ctx, f->B, f->H, f->W, f->T), 0);
+    assert_int_equal(unet_forward(c->out, &f->m, c->a, f->sample, f->timesteps, f->ctx, NULL, f->B, f->H, f->W, f->T), 0);
     return dot_loss(c->out, f->dout, f->n_out);
 }
 
@@ -442,7 +442,7 @@ static void test_backward_accumulates(void **state) {
         unet_grads_t g;
         assert_int_equal(unet_grads_alloc(&g, &f.m, UNET_GRAD_SHIFTS | UNET_GRAD_DENSE), 0);
         forward_ok(&f, &a, out);
-        unet_backward(fs, fc, &g, f.dout, &f.m, &a);
+        unet_backward(fs, fc, NULL, &g, f.dout, &f.m, &a);
         trng_t r;
         trng_seed(&r, 5);
         float *fresh = malloc(g.n_floats * sizeof(float)), *pre = alloc_normal(&r, g.n_floats, 1);
@@ -452,7 +452,7 @@ static void test_backward_accumulates(void **state) {
         memcpy(g.memory, pre, g.n_floats * sizeof(float));
         memcpy(ds, ps, f.n_sample * sizeof(float)), memcpy(dc, pc, f.n_ctx * sizeof(float));
         forward_ok(&f, &a, out);
-        unet_backward(ds, dc, &g, f.dout, &f.m, &a);
+        unet_backward(ds, dc, NULL, &g, f.dout, &f.m, &a);
         double scale = 0;
         for (size_t i = 0; i < g.n_floats; i++) scale = fmax(scale, fabs(fresh[i]));
         for (size_t i = 0; i < g.n_floats; i++) {
@@ -831,7 +831,7 @@ static void test_sdxl_structure(void **state) {
 /* ---- activation memory (unet_acts_floats: the memory model training and generate plan with) ----
  * Exact float counts, so that a change of the activation plan is seen: SD 1.5 / 2.1 at 64x64
  * latents with 77 context tokens (inference batch 2; training batch 1 without and with each
- * checkpointing mode), a non-square size, and the pixel fixture. */
+ * checkpointing mode), a non-square size, SDXL base at 128x128 and 64x64, and the pixel fixture. */
 static void test_acts_floats_pinned(void **state) {
     (void)state;
     unet_config_t cfg;
@@ -852,6 +852,16 @@ static void test_acts_floats_pinned(void **state) {
     assert_int_equal(unet_acts_floats(&m, 1, 64, 64, 77, 1, UNET_CKPT_NONE), 343829136);
     assert_int_equal(unet_acts_floats(&m, 1, 64, 64, 77, 1, UNET_CKPT_TRANSFORMERS), 87267728);
     assert_int_equal(unet_acts_floats(&m, 1, 64, 64, 77, 1, UNET_CKPT_ALL), 43028112);
+    free_unet(&m);
+    /* SDXL base at 1024 px (128x128 latents): 372 MB inference (B = 2); training B = 1: 9.9 GB,
+     * 1.29 GB with checkpointed transformers, 0.58 GB with everything checkpointed */
+    parse_config(&cfg, SDXL);
+    assert_int_equal(unet_build_structure(&m, &cfg), 0);
+    assert_int_equal(unet_acts_floats(&m, 2, 128, 128, 77, 0, UNET_CKPT_NONE), 93085312);
+    assert_int_equal(unet_acts_floats(&m, 1, 128, 128, 77, 1, UNET_CKPT_NONE), 2477165008);
+    assert_int_equal(unet_acts_floats(&m, 1, 128, 128, 77, 1, UNET_CKPT_TRANSFORMERS), 321365264);
+    assert_int_equal(unet_acts_floats(&m, 1, 128, 128, 77, 1, UNET_CKPT_ALL), 144415888);
+    assert_int_equal(unet_acts_floats(&m, 2, 64, 64, 77, 0, UNET_CKPT_NONE), 23289472);
     free_unet(&m);
     char *text = read_text(source_path("tests/fixtures/unet/pixel/unet/config.json"));
     parse_config(&cfg, text);
@@ -963,6 +973,411 @@ static void test_blocks(void **state) {
         check_blocks(&m);
         free_unet(&m);
     }
+}
+
+/* ---- a tiny SDXL-shaped UNet with random weights ----
+ * Every structural feature of SDXL base: 3 levels, the first without attention, linear
+ * projection, text_time added conditioning, transformer_layers_per_block [1, 2, 3] (the mid
+ * block takes the last entry, the up blocks the reversed list: up_blocks.0 has 3-block
+ * transformers, up_blocks.1 2-block ones), heads per level. */
+
+static const char *TINY_XL =
+    "{\"addition_embed_type\": \"text_time\", \"addition_embed_type_num_heads\": 64, \"addition_time_embed_dim\": 8,"
+    " \"attention_head_dim\": [1, 2, 2], \"block_out_channels\": [16, 32, 32], \"cross_attention_dim\": 24,"
+    " \"down_block_types\": [\"DownBlock2D\", \"CrossAttnDownBlock2D\", \"CrossAttnDownBlock2D\"],"
+    " \"up_block_types\": [\"CrossAttnUpBlock2D\", \"CrossAttnUpBlock2D\", \"UpBlock2D\"], \"layers_per_block\": 2,"
+    " \"norm_num_groups\": 8, \"projection_class_embeddings_input_dim\": 60, \"transformer_layers_per_block\": [1, 2, 3],"
+    " \"use_linear_projection\": true, \"upcast_attention\": null, \"resnet_out_scale_factor\": 1.0}";
+
+typedef struct {
+    unet_config_t cfg;
+    unet_t m;
+    int n;                 /* random tensors, owned */
+    st_tensor_t *t;
+    trng_t r;
+    int B, H, W, T;
+    float *sample, *timesteps, *ctx, *text, *time_ids, *dout;
+    size_t n_sample, n_ctx, n_text, n_out;
+    unet_added_cond_t added;
+} xl_t;
+
+/* One random tensor per registry entry: weights N(0, 1/fan_in), biases N(0, 0.1^2), norm gains
+ * 1 + N(0, 0.1^2), offsets N(0, 0.1^2). */
+static int xl_tensor(void *ctx, const layer_spec_t *spec, int part, const char *name, int ndim, const int64_t *shape) {
+    xl_t *x = ctx;
+    x->t = realloc(x->t, sizeof *x->t * (x->n + 1));
+    st_tensor_t *t = &x->t[x->n++];
+    memset(t, 0, sizeof *t);
+    t->name = strdup(name);
+    t->dtype = ST_F32;
+    t->ndim = ndim;
+    t->numel = 1;
+    for (int i = 0; i < ndim; i++) t->shape[i] = shape[i], t->numel *= shape[i];
+    t->nbytes = (size_t)t->numel * sizeof(float);
+    float std = part ? 0.1f : spec->kind == LAYER_NORM ? 0.1f : 1.0f / sqrtf((float)layer_spec_fan_in(spec));
+    float *d = alloc_normal(&x->r, (size_t)t->numel, std);
+    if (spec->kind == LAYER_NORM && part == 0)
+        for (int64_t i = 0; i < t->numel; i++) d[i] += 1.0f;
+    t->data = d;
+    return 0;
+}
+
+static const st_tensor_t *xl_get(void *ctx, const char *name) {
+    xl_t *x = ctx;
+    for (int i = 0; i < x->n; i++)
+        if (strcmp(x->t[i].name, name) == 0) return &x->t[i];
+    return NULL;
+}
+
+static void xl_open(xl_t *x) {
+    memset(x, 0, sizeof *x);
+    trng_seed(&x->r, 22);
+    parse_config(&x->cfg, TINY_XL);
+    layer_registry_t reg = {0};
+    assert_int_equal(unet_registry(&x->cfg, &reg), 0);
+    assert_int_equal(layer_registry_tensors(&reg, xl_tensor, x), 0);
+    layer_registry_free(&reg);
+    int rc = build_unet(&x->m, &x->cfg, xl_get, x);
+    if (rc) print_error("%s\n", sd_last_error());
+    assert_int_equal(rc, 0);
+    x->B = 2, x->H = 8, x->W = 8, x->T = 5;
+    x->n_sample = (size_t)x->B * x->cfg.in_channels * x->H * x->W;
+    x->n_ctx = (size_t)x->B * x->T * x->cfg.cross_attention_dim;
+    x->n_text = (size_t)x->B * x->cfg.addition_text_embeds_dim;
+    x->n_out = (size_t)x->B * x->cfg.out_channels * x->H * x->W;
+    x->sample = alloc_normal(&x->r, x->n_sample, 1);
+    x->ctx = alloc_normal(&x->r, x->n_ctx, 1);
+    x->text = alloc_normal(&x->r, x->n_text, 1);
+    x->dout = alloc_normal(&x->r, x->n_out, 1);
+    x->timesteps = malloc(2 * sizeof(float));
+    x->timesteps[0] = 999, x->timesteps[1] = 37;
+    /* original (h, w), crop (top, left), target (h, w): what SDXL pipelines pass */
+    const float ids[12] = {1024, 768, 0, 16, 1024, 1024, 512, 512, 64, 0, 1024, 1024};
+    x->time_ids = malloc(sizeof ids);
+    memcpy(x->time_ids, ids, sizeof ids);
+    x->added.text_embeds = x->text, x->added.time_ids = x->time_ids;
+}
+
+static void xl_close(xl_t *x) {
+    free_unet(&x->m);
+    for (int i = 0; i < x->n; i++) free(x->t[i].name), free((void *)x->t[i].data);
+    free(x->t);
+    free(x->sample), free(x->ctx), free(x->text), free(x->dout), free(x->timesteps), free(x->time_ids);
+}
+
+static int xl_want(void *ctx, const char *path) {
+    (void)ctx;
+    static const char *const pick[] = {
+        "add_embedding.linear_1",
+        "down_blocks.0.resnets.1.conv2",
+        "down_blocks.1.attentions.0.proj_in",
+        "down_blocks.1.attentions.1.transformer_blocks.1.attn1.to_q",
+        "mid_block.attentions.0.transformer_blocks.2.attn2.to_k",
+        "up_blocks.0.attentions.1.transformer_blocks.2.ff.net.2",
+        "up_blocks.1.attentions.2.transformer_blocks.1.attn2.to_v",
+        "up_blocks.2.resnets.2.conv1",
+    };
+    for (size_t i = 0; i < sizeof pick / sizeof *pick; i++)
+        if (strcmp(path, pick[i]) == 0) return 1;
+    return 0;
+}
+
+/* Spectral shifts (residual form, non-zero deltas) on the xl_want layers, random shifts on every
+ * norm gain. */
+static void xl_shifts(xl_t *x) {
+    assert_int_equal(unet_make_spectral(&x->m, 1, xl_want, NULL), 0);
+    int n_sp = 0;
+    for (int i = 0; i < x->m.n_layers; i++) {
+        spectral_t *sp = x->m.layers[i]->w.sp;
+        if (x->m.layers[i]->w.kind != WEIGHT_SPECTRAL) continue;
+        for (int k = 0; k < sp->rank; k++) sp->delta[k] = 0.2f * sp->S[k] * trng_normal(&x->r) + 0.1f;
+        n_sp++;
+    }
+    assert_int_equal(n_sp, 8);
+    unet_add_norm_shifts(&x->m, NORMSHIFT_ELEMENT);
+    for (int i = 0; i < x->m.n_norms; i++) fill_normal(&x->r, x->m.norms[i]->shift, (size_t)x->m.norms[i]->C, 0.1f);
+}
+
+static void xl_forward(xl_t *x, unet_acts_t *a, float *out) {
+    int rc = unet_forward(out, &x->m, a, x->sample, x->timesteps, x->ctx, &x->added, x->B, x->H, x->W, x->T);
+    if (rc) print_error("%s\n", sd_last_error());
+    assert_int_equal(rc, 0);
+}
+
+typedef struct {
+    float *out, *dsample, *dctx, *dtext;
+    unet_grads_t g;
+} xl_run_t;
+
+static void xl_train(xl_t *x, xl_run_t *r, unet_ckpt_t ckpt) {
+    unet_acts_t a;
+    assert_int_equal(unet_acts_build(&a, &x->m, x->B, x->H, x->W, x->T, 1, ckpt), 0);
+    r->out = alloc_zeros(x->n_out);
+    r->dsample = alloc_zeros(x->n_sample);
+    r->dctx = alloc_zeros(x->n_ctx);
+    r->dtext = alloc_zeros(x->n_text);
+    xl_forward(x, &a, r->out);
+    assert_int_equal(unet_grads_alloc(&r->g, &x->m, UNET_GRAD_SHIFTS | UNET_GRAD_DENSE), 0);
+    unet_backward(r->dsample, r->dctx, r->dtext, &r->g, x->dout, &x->m, &a);
+    unet_acts_free(&a);
+}
+
+static void xl_run_free(xl_run_t *r) {
+    free(r->out), free(r->dsample), free(r->dctx), free(r->dtext);
+    unet_grads_free(&r->g);
+}
+
+/* add_embedding on its own: add_in against cat(text_embeds, the sinusoids of the time ids) and
+ * the output against linear_2(SiLU(linear_1(.))), both evaluated in double; d text_embeds,
+ * d linear_1 (dense, then a spectral delta) and d linear_2 by finite differences; backward
+ * accumulates into dtext_embeds. */
+typedef struct {
+    xl_t *x;
+    float *emb, *add_in, *h, *act, *w;
+} addfx_t;
+
+static double add_loss(void *p) {
+    addfx_t *c = p;
+    unet_add_embedding_forward(c->emb, c->add_in, c->h, c->act, &c->x->added, &c->x->m, c->x->B);
+    return dot_loss(c->emb, c->w, (size_t)c->x->B * c->x->cfg.time_embed_dim);
+}
+
+static void test_sdxl_add_embedding(void **state) {
+    (void)state;
+    xl_t x;
+    xl_open(&x);
+    const unet_config_t *c = &x.cfg;
+    const int B = x.B, Dt = c->addition_text_embeds_dim, Din = c->addition_embed_in, Td = c->time_embed_dim;
+    const int dim = c->addition_time_embed_dim, half = dim / 2;
+    assert_int_equal(Dt, 12);
+    assert_int_equal(Din, 60);
+    addfx_t f = {&x, alloc_zeros((size_t)B * Td), alloc_zeros((size_t)B * Din), alloc_zeros((size_t)B * Td),
+                 alloc_zeros((size_t)B * Td), alloc_normal(&x.r, (size_t)B * Td, 1)};
+    add_loss(&f);
+    /* the reference in double: flip_sin_to_cos (cos first), freq_shift 0 */
+    const layer_t *l1 = &x.m.add_linear_1, *l2 = &x.m.add_linear_2;
+    const float *W1 = l1->w.data, *W2 = l2->w.data;
+    float *want_in = malloc(sizeof(float) * B * Din), *want = malloc(sizeof(float) * B * Td);
+    for (int b = 0; b < B; b++) {
+        double in[64], hh[64];
+        for (int i = 0; i < Dt; i++) in[i] = x.text[b * Dt + i];
+        for (int k = 0; k < UNET_N_TIME_IDS; k++)
+            for (int i = 0; i < half; i++) {
+                const double arg = x.time_ids[b * UNET_N_TIME_IDS + k] * exp(-log(10000.0) * i / half);
+                in[Dt + k * dim + i] = cos(arg);
+                in[Dt + k * dim + half + i] = sin(arg);
+            }
+        for (int i = 0; i < Din; i++) want_in[b * Din + i] = (float)in[i];
+        for (int o = 0; o < Td; o++) {
+            double s = l1->bias[o];
+            for (int i = 0; i < Din; i++) s += (double)W1[o * Din + i] * in[i];
+            hh[o] = s / (1 + exp(-s));
+        }
+        for (int o = 0; o < Td; o++) {
+            double s = l2->bias[o];
+            for (int i = 0; i < Td; i++) s += (double)W2[o * Td + i] * hh[i];
+            want[b * Td + o] = (float)s;
+        }
+    }
+    /* float32 sinusoids of ids up to 1024 carry an argument error of ~1024 * 2^-24 */
+    assert_close("add_in", f.add_in, want_in, (size_t)B * Din, 1e-4);
+    assert_close("add_embedding out", f.emb, want, (size_t)B * Td, 1e-4);
+    /* gradients */
+    unet_grads_t g;
+    assert_int_equal(unet_grads_alloc(&g, &x.m, UNET_GRAD_SHIFTS | UNET_GRAD_DENSE), 0);
+    float *dtext = alloc_zeros(x.n_text);
+    unet_add_embedding_backward(dtext, &g, f.w, f.add_in, f.h, f.act, &x.m, B);
+    const double tol = 1e-2;
+    fd_check("add_embedding d text_embeds", x.text, dtext, x.n_text, 12, add_loss, &f, 1e-2f, tol);
+    fd_check("add_embedding.linear_1 dW", (float *)W1, g.layers[l1->id].dw, (size_t)Td * Din, 12, add_loss, &f, 1e-2f,
+             tol);
+    fd_check("add_embedding.linear_1 d bias", l1->bias, g.layers[l1->id].dbias, (size_t)Td, 8, add_loss, &f, 1e-2f, tol);
+    fd_check("add_embedding.linear_2 dW", (float *)W2, g.layers[l2->id].dw, (size_t)Td * Td, 12, add_loss, &f, 1e-2f,
+             tol);
+    /* accumulation, and NULL dtext_embeds (parameters only) */
+    float *twice = malloc(sizeof(float) * x.n_text);
+    for (size_t i = 0; i < x.n_text; i++) twice[i] = 2 * dtext[i];
+    add_loss(&f);
+    unet_add_embedding_backward(dtext, NULL, f.w, f.add_in, f.h, f.act, &x.m, B);
+    assert_close("d text_embeds accumulated", dtext, twice, x.n_text, 1e-6);
+    unet_add_embedding_backward(NULL, &g, f.w, f.add_in, f.h, f.act, &x.m, B);
+    unet_grads_free(&g);
+    /* linear_1 spectral: d delta */
+    xl_shifts(&x);
+    assert_int_equal(l1->w.kind, WEIGHT_SPECTRAL);
+    assert_int_equal(unet_grads_alloc(&g, &x.m, UNET_GRAD_SHIFTS), 0);
+    add_loss(&f);
+    unet_add_embedding_backward(NULL, &g, f.w, f.add_in, f.h, f.act, &x.m, B);
+    fd_check("add_embedding.linear_1 d delta", l1->w.sp->delta, g.layers[l1->id].dw, (size_t)l1->w.sp->rank, 8,
+             add_loss, &f, 1e-3f, tol);
+    unet_grads_free(&g);
+    free(f.emb), free(f.add_in), free(f.h), free(f.act), free(f.w);
+    free(want_in), free(want), free(dtext), free(twice);
+    xl_close(&x);
+}
+
+typedef struct {
+    xl_t *x;
+    unet_acts_t *a;
+    float *out;
+} xl_fd_t;
+
+static double xl_loss(void *p) {
+    xl_fd_t *c = p;
+    xl_forward(c->x, c->a, c->out);
+    return dot_loss(c->out, c->x->dout, c->x->n_out);
+}
+
+/* The whole tiny SDXL UNet: d sample, d ctx, d text_embeds, d delta of spectral layers at the
+ * structural features (add_embedding, a level without attention, a linear proj_in, the 2nd block of
+ * a 2-block down transformer, the 3rd block of the mid and of an up transformer), d shift of norm
+ * gains, dense gradients, all by finite differences. */
+static void test_sdxl_fd_whole_unet(void **state) {
+    (void)state;
+    xl_t x;
+    xl_open(&x);
+    xl_shifts(&x);
+    xl_run_t r;
+    xl_train(&x, &r, UNET_CKPT_NONE);
+    unet_acts_t ai;
+    assert_int_equal(unet_acts_build(&ai, &x.m, x.B, x.H, x.W, x.T, 0, UNET_CKPT_NONE), 0);
+    xl_fd_t c = {&x, &ai, alloc_zeros(x.n_out)};
+    const double tol = 1e-2;
+    fd_report("xl d sample", fd_check("xl d sample", x.sample, r.dsample, x.n_sample, 10, xl_loss, &c, 1e-2f, tol));
+    fd_report("xl d ctx", fd_check("xl d ctx", x.ctx, r.dctx, x.n_ctx, 10, xl_loss, &c, 1e-2f, tol));
+    fd_report("xl d text_embeds", fd_check("xl d text_embeds", x.text, r.dtext, x.n_text, 12, xl_loss, &c, 1e-2f, tol));
+    int n_sp = 0;
+    for (int i = 0; i < x.m.n_layers; i++) {
+        layer_t *l = x.m.layers[i];
+        if (l->w.kind != WEIGHT_SPECTRAL) continue;
+        char name[256];
+        snprintf(name, sizeof name, "xl %s d delta", l->name);
+        fd_report(name, fd_check(name, l->w.sp->delta, r.g.layers[l->id].dw, (size_t)l->w.sp->rank, 4, xl_loss, &c,
+                                 3e-2f, tol));
+        n_sp++;
+    }
+    assert_int_equal(n_sp, 8);
+    const char *norms[] = {"down_blocks.0.resnets.0.norm1", "mid_block.attentions.0.transformer_blocks.2.norm3",
+                           "up_blocks.0.attentions.2.transformer_blocks.1.norm2", "up_blocks.1.attentions.0.norm"};
+    for (int k = 0; k < 4; k++) {
+        norm_layer_t *n = unet_find_norm(&x.m, norms[k]);
+        assert_non_null(n);
+        char name[256];
+        snprintf(name, sizeof name, "xl %s d shift", norms[k]);
+        fd_report(name, fd_check(name, n->shift, r.g.norms[n->id].dshift, (size_t)n->C, 4, xl_loss, &c, 1e-2f, tol));
+    }
+    layer_t *a2 = unet_find_layer(&x.m, "add_embedding.linear_2");
+    layer_t *po = unet_find_layer(&x.m, "up_blocks.0.attentions.0.proj_out");
+    fd_report("xl add_embedding.linear_2 d bias", fd_check("xl add_embedding.linear_2 d bias", a2->bias,
+                                                           r.g.layers[a2->id].dbias, (size_t)a2->out, 6, xl_loss, &c,
+                                                           1e-2f, tol));
+    fd_report("xl proj_out dW", fd_check("xl proj_out dW", (float *)po->w.data, r.g.layers[po->id].dw,
+                                         (size_t)po->w.rows * po->w.cols, 8, xl_loss, &c, 1e-2f, tol));
+    free(c.out);
+    unet_acts_free(&ai);
+    xl_run_free(&r);
+    xl_close(&x);
+}
+
+static void xl_equal(const xl_run_t *a, const xl_run_t *b, const xl_t *x) {
+    assert_memory_equal(a->out, b->out, sizeof(float) * x->n_out);
+    assert_memory_equal(a->dsample, b->dsample, sizeof(float) * x->n_sample);
+    assert_memory_equal(a->dctx, b->dctx, sizeof(float) * x->n_ctx);
+    assert_memory_equal(a->dtext, b->dtext, sizeof(float) * x->n_text);
+    assert_int_equal(a->g.n_floats, b->g.n_floats);
+    assert_memory_equal(a->g.memory, b->g.memory, sizeof(float) * a->g.n_floats);
+}
+
+/* Modes on the SDXL shape: inference (factored, then baked) = training, bit for bit / to
+ * rounding; checkpointing changes no gradient bit; a forward with B' < B; the conditioning
+ * matters (other time ids or text embeds change the output); the memory model counts the added
+ * buffers exactly. */
+static void test_sdxl_modes(void **state) {
+    (void)state;
+    xl_t x;
+    xl_open(&x);
+    xl_shifts(&x);
+    xl_run_t r0, r1, r2;
+    xl_train(&x, &r0, UNET_CKPT_NONE);
+    xl_train(&x, &r1, UNET_CKPT_TRANSFORMERS);
+    xl_train(&x, &r2, UNET_CKPT_ALL);
+    xl_equal(&r0, &r1, &x);
+    xl_equal(&r0, &r2, &x);
+    unet_acts_t ai;
+    assert_int_equal(unet_acts_build(&ai, &x.m, x.B, x.H, x.W, x.T, 0, UNET_CKPT_NONE), 0);
+    float *out = alloc_zeros(x.n_out), *out2 = alloc_zeros(x.n_out);
+    xl_forward(&x, &ai, out);
+    assert_memory_equal(out, r0.out, sizeof(float) * x.n_out);
+    unet_bake(&x.m);
+    xl_forward(&x, &ai, out);
+    assert_close("xl baked", out, r0.out, x.n_out, 1e-5);
+    unet_unbake(&x.m);
+    /* the second sample alone */
+    const unet_added_cond_t one = {x.text + x.n_text / 2, x.time_ids + UNET_N_TIME_IDS};
+    assert_int_equal(unet_forward(out, &x.m, &ai, x.sample + x.n_sample / 2, x.timesteps + 1, x.ctx + x.n_ctx / 2, &one,
+                                  1, x.H, x.W, x.T), 0);
+    assert_close("xl out[1] alone", out, r0.out + x.n_out / 2, x.n_out / 2, 1e-5);
+    /* each part of the conditioning reaches the output */
+    xl_forward(&x, &ai, out);
+    x.time_ids[4] = 896;   /* target height of sample 0 */
+    xl_forward(&x, &ai, out2);
+    assert_true(rel_error(out2, out, x.n_out / 2) > 1e-4);
+    assert_memory_equal(out2 + x.n_out / 2, out + x.n_out / 2, sizeof(float) * x.n_out / 2);
+    x.time_ids[4] = 1024;
+    x.text[x.n_text - 1] += 1.0f;
+    xl_forward(&x, &ai, out2);
+    assert_true(rel_error(out2 + x.n_out / 2, out + x.n_out / 2, x.n_out / 2) > 1e-4);
+    x.text[x.n_text - 1] -= 1.0f;
+    /* memory: exactly the added buffers over the same UNet without text_time */
+    unet_config_t plain = x.cfg;
+    plain.addition_text_time = 0;
+    unet_t mp;
+    assert_int_equal(unet_build_structure(&mp, &plain), 0);
+    /* add_in, add_h, add_a, add_e, each rounded up to 16 floats as base/bump.h hands them out */
+    const size_t up16_in = ((size_t)x.B * x.cfg.addition_embed_in + 15) & ~(size_t)15;
+    const size_t up16_t = ((size_t)x.B * x.cfg.time_embed_dim + 15) & ~(size_t)15;
+    const size_t extra = up16_in + 3 * up16_t;
+    for (int training = 0; training <= 1; training++)
+        for (int ck = UNET_CKPT_NONE; ck <= UNET_CKPT_ALL; ck++)
+            assert_int_equal(unet_acts_floats(&x.m, x.B, x.H, x.W, x.T, training, (unet_ckpt_t)ck),
+                             unet_acts_floats(&mp, x.B, x.H, x.W, x.T, training, (unet_ckpt_t)ck) + extra);
+    free_unet(&mp);
+    free(out), free(out2);
+    unet_acts_free(&ai);
+    xl_run_free(&r0), xl_run_free(&r1), xl_run_free(&r2);
+    xl_close(&x);
+}
+
+/* A text_time UNet refuses a forward without its conditioning (or with half of it); a UNet
+ * without text_time refuses conditioning; both name what is wrong and leave the output alone. */
+static void test_sdxl_errors(void **state) {
+    (void)state;
+    xl_t x;
+    xl_open(&x);
+    unet_acts_t a;
+    assert_int_equal(unet_acts_build(&a, &x.m, x.B, x.H, x.W, x.T, 0, UNET_CKPT_NONE), 0);
+    float *out = alloc_zeros(x.n_out);
+    assert_int_equal(unet_forward(out, &x.m, &a, x.sample, x.timesteps, x.ctx, NULL, x.B, x.H, x.W, x.T), SD_ERR_ARG);
+    assert_non_null(strstr(sd_last_error(), "text_time"));
+    assert_non_null(strstr(sd_last_error(), "time ids"));
+    const unet_added_cond_t half1 = {x.text, NULL}, half2 = {NULL, x.time_ids};
+    assert_int_equal(unet_forward(out, &x.m, &a, x.sample, x.timesteps, x.ctx, &half1, x.B, x.H, x.W, x.T), SD_ERR_ARG);
+    assert_int_equal(unet_forward(out, &x.m, &a, x.sample, x.timesteps, x.ctx, &half2, x.B, x.H, x.W, x.T), SD_ERR_ARG);
+    for (size_t i = 0; i < x.n_out; i++) assert_true(out[i] == 0.0f);
+    free(out);
+    unet_acts_free(&a);
+    /* SD 1.x fixture with conditioning */
+    fx_t f;
+    fx_open(&f, "sd1", 0);
+    acts_ok(&f, &a, 0, UNET_CKPT_NONE);
+    out = alloc_zeros(f.n_out);
+    assert_int_equal(unet_forward(out, &f.m, &a, f.sample, f.timesteps, f.ctx, &x.added, f.B, f.H, f.W, f.T),
+                     SD_ERR_ARG);
+    assert_non_null(strstr(sd_last_error(), "without addition_embed_type"));
+    free(out);
+    unet_acts_free(&a);
+    fx_close(&f);
+    xl_close(&x);
 }
 
 /* ---- the Attention pair (attn1 / attn2) against a direct evaluation ---- */
@@ -1131,6 +1546,10 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_acts_floats_pinned),
         cmocka_unit_test(test_blocks),
         cmocka_unit_test(test_attention_pair),
+        cmocka_unit_test(test_sdxl_add_embedding),
+        cmocka_unit_test(test_sdxl_fd_whole_unet),
+        cmocka_unit_test(test_sdxl_modes),
+        cmocka_unit_test(test_sdxl_errors),
     };
     int rc = RUN_TESTS(argc, argv, "unet", tests, NULL, NULL);
     scratch_free_all();

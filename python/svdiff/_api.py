@@ -45,7 +45,15 @@ class GenerateParams(C.Structure):
                 ("seed", C.c_uint64), ("num_images", C.c_int), ("batch", C.c_int),
                 ("init_latents", C.POINTER(C.c_float)), ("n_init_latents", C.c_int),
                 ("out_latents", C.POINTER(C.c_float)), ("out_rgb", C.POINTER(C.c_uint8)),
-                ("callbacks", Callbacks)]
+                ("callbacks", Callbacks),
+                ("original_size", C.c_int * 2), ("crops_coords_top_left", C.c_int * 2), ("target_size", C.c_int * 2),
+                ("negative_original_size", C.c_int * 2), ("negative_crops_coords_top_left", C.c_int * 2),
+                ("negative_target_size", C.c_int * 2), ("clip_skip", C.c_int)]
+
+
+# the micro-conditioning fields of GenerateParams (SDXL), each an (a, b) pair
+MICRO_CONDITIONING = ("original_size", "crops_coords_top_left", "target_size", "negative_original_size",
+                      "negative_crops_coords_top_left", "negative_target_size")
 
 
 class TrainParams(C.Structure):
@@ -138,6 +146,7 @@ PROTOTYPES = {
     "svdiff_sampler_name": (S, [I]),
     "svdiff_sampler_parse": (I, [S, C.POINTER(I)]),
     "svdiff_generate_default_params": (GenerateParams, []),
+    "svdiff_generate_model_params": (GenerateParams, [P]),
     "svdiff_generate": (I, [P, C.POINTER(GenerateParams), C.POINTER(C.POINTER(ImageStruct))]),
     "svdiff_png_parameters": (P, [P, C.POINTER(GenerateParams), C.c_uint64, S]),   # char * to svdiff_free
     "svdiff_png_write": (I, [S, C.POINTER(C.c_uint8), I, I, S]),

@@ -198,9 +198,9 @@ class Model:
 
     # ---- generation ----
     def _generate_params(self, prompt, negative_prompt, width, height, steps, cfg, eta, sampler, seed,
-                         num_images, batch_size):
+                         num_images, batch_size, conditioning=None):
         lib = _lib.load()
-        p = lib.svdiff_generate_default_params()
+        p = lib.svdiff_generate_model_params(self.handle)   # the model's defaults (SDXL: euler, cfg 5)
         if prompt is None:
             raise ValueError("generate: a prompt is required")
         keep = (encode(prompt), encode(negative_prompt))
@@ -217,13 +217,24 @@ class Model:
         if seed is not None:
             p.seed = int(seed)
         p.num_images, p.batch = int(num_images), int(batch_size)
+        for name, value in (conditioning or {}).items():
+            if name == "clip_skip":
+                p.clip_skip = int(value or 0)
+            elif name in _api.MICRO_CONDITIONING:
+                pair = (0, 0) if value is None else tuple(int(v) for v in value)
+                if len(pair) != 2:
+                    raise ValueError("%s: a pair (a, b), got %r" % (name, value))
+                getattr(p, name)[:] = pair
+            else:
+                raise TypeError("unknown generation setting %r" % name)
         return p, keep
 
     def png_parameters(self, prompt, seed=None, negative_prompt=None, width=None, height=None, steps=None,
-                       cfg=None, eta=None, sampler=None, label=None):
+                       cfg=None, eta=None, sampler=None, label=None, **conditioning):
         """The PNG 'parameters' text `svdiff generate --model LABEL` writes for these settings
-        (LABEL: the model's label) and the model's current adapters."""
-        p, keep = self._generate_params(prompt, negative_prompt, width, height, steps, cfg, eta, sampler, seed, 1, 1)
+        (LABEL: the model's label) and the model's current adapters. conditioning: as generate's."""
+        p, keep = self._generate_params(prompt, negative_prompt, width, height, steps, cfg, eta, sampler, seed, 1, 1,
+                                        conditioning)
         text = take_string(_lib.load().svdiff_png_parameters(self.handle, ctypes.byref(p), p.seed,
                                                               encode(label if label is not None else self.label)))
         if text is None:
@@ -232,18 +243,22 @@ class Model:
 
     def generate(self, prompt, negative_prompt=None, width=None, height=None, steps=None, cfg=None, eta=None,
                  sampler=None, seed=None, num_images=1, batch_size=1, init_latents=None, progress=None,
-                 cancel=None, on_image=None, output=None):
+                 cancel=None, on_image=None, output=None, **conditioning):
         """Text to image: the images `svdiff generate` makes with the same settings and threads.
 
-        Defaults are the library's (steps 20, cfg 7.5, eta 0, sampler "ddim", seed 42; size: the
-        model's native size); image k has seed + k. progress(p) gets svdiff.Progress per denoising
+        Defaults are the model's (svdiff_generate_model_params: steps 20, cfg 7.5, eta 0, sampler
+        "ddim", seed 42; SDXL: cfg 5 and its scheduler's sampler, euler for SDXL base; size: the
+        model's native size); image k has seed + k. conditioning: clip_skip (int) and SDXL's
+        micro-conditioning as (a, b) pairs in pixels, as `svdiff generate`'s flags: original_size and
+        target_size (height, width), crops_coords_top_left (top, left), and negative_original_size,
+        negative_crops_coords_top_left, negative_target_size (default: the positive ones). progress(p) gets svdiff.Progress per denoising
         step; cancel() returning true stops (svdiff.Cancelled); on_image(image, index, seed) gets
         each image as soon as it is decoded. init_latents: the initial noise, num_images (or 1) x
         latent_shape() floats (a numpy array or a sequence). output: also write the PNGs as
         `svdiff generate -o output` does (without its grid). Returns svdiff.Images."""
         lib = _lib.load()
         p, keep = self._generate_params(prompt, negative_prompt, width, height, steps, cfg, eta, sampler, seed,
-                                        num_images, batch_size)
+                                        num_images, batch_size, conditioning)
         lat = None
         if init_latents is not None:
             c, lh, lw = self.latent_shape(p.width or None, p.height or None)

@@ -4,7 +4,9 @@ import os
 import unittest
 
 import svdiff
-from common import MODEL, cli, read, same_file, scratch
+from common import MODEL, SOURCE, cli, read, same_file, scratch
+
+TINY_SDXL = os.path.join(SOURCE, "tests", "fixtures", "tiny-sdxl", "diffusers")
 
 SETTINGS = dict(prompt="an emoji of a cat", negative_prompt="blurry", steps=4, cfg=1.5, sampler="dpmpp_2m")
 CLI_ARGS = ["--prompt", SETTINGS["prompt"], "--negative-prompt", "blurry", "--steps", "4", "--cfg", "1.5",
@@ -122,6 +124,31 @@ class Generate(unittest.TestCase):
         # and the model still works
         self.assertEqual(len(self.model.generate(seed=1, **SETTINGS)), 1)
 
+
+
+class GenerateSDXL(unittest.TestCase):
+    """SDXL: the model's defaults (euler, cfg 5), micro-conditioning and clip skip as keywords give
+    the bytes of `svdiff generate` with the same flags."""
+
+    def test_same_png_bytes_as_cli(self):
+        work = scratch("sdxl")
+        cli("generate", "--model", TINY_SDXL, "--prompt", "a photo of a cat", "--steps", 2, "--seed", 3,
+            "--original-size", "64,48", "--crops-coords-top-left", "4,2", "--negative-target-size", "8,8",
+            "--clip-skip", 1, "--threads", 2, "--quiet", "-o", os.path.join(work, "cli.png"))
+        with svdiff.Model(TINY_SDXL, threads=2) as model:
+            self.assertEqual(model.info()["family"], "sdxl")
+            images = model.generate("a photo of a cat", steps=2, seed=3, original_size=(64, 48),
+                                    crops_coords_top_left=(4, 2), negative_target_size=(8, 8), clip_skip=1,
+                                    output=os.path.join(work, "py.png"))
+            self.assertIn("Sampler: euler, CFG scale: 5,", images.parameters[0])
+            self.assertIn('Original size: "64,48", Crops coords top left: "4,2"', images.parameters[0])
+            same_file(self, os.path.join(work, "py.png"), os.path.join(work, "cli.png"))
+            with self.assertRaises(TypeError):
+                model.generate("a cat", steps=1, original_sise=(8, 8))
+            with self.assertRaises(ValueError):
+                model.generate("a cat", steps=1, original_size=(8,))
+            with self.assertRaises(svdiff.Error):
+                model.generate("a cat", steps=1, target_size=(0, 8))
 
 if __name__ == "__main__":
     unittest.main()

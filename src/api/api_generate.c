@@ -58,6 +58,33 @@ static void on_step(void *vctx, int step, int num_steps, float t, const float *l
     if (g->cb->cancel && g->cb->cancel(g->cb->user_data)) g->stop = 1;
 }
 
+SVDIFF_API svdiff_generate_params_t svdiff_generate_model_params(const svdiff_model_t *m) {
+    svdiff_generate_params_t p = svdiff_generate_default_params();
+    if (!m || !m->p.pooled_dim) return p;   /* SD 1.x / 2.x: svdiff's defaults, as always */
+    /* SDXL: StableDiffusionXLPipeline's guidance, and the sampler its scheduler config names */
+    static const struct {
+        const char *cls;
+        svdiff_sampler_t s;
+    } CLASSES[] = {{"EulerDiscreteScheduler", SVDIFF_SAMPLER_EULER},
+                   {"EulerAncestralDiscreteScheduler", SVDIFF_SAMPLER_EULER_A},
+                   {"DPMSolverMultistepScheduler", SVDIFF_SAMPLER_DPMPP_2M},
+                   {"DDIMScheduler", SVDIFF_SAMPLER_DDIM}};
+    const cJSON *cls = cJSON_GetObjectItemCaseSensitive(m->p.model.scheduler_config, "_class_name");
+    for (size_t i = 0; cJSON_IsString(cls) && i < sizeof CLASSES / sizeof *CLASSES; i++)
+        if (!strcmp(cls->valuestring, CLASSES[i].cls)) p.sampler = CLASSES[i].s;
+    p.cfg = 5.0f;
+    return p;
+}
+
+/* A micro-conditioning pair: {0, 0} (the default) or a value in range; sizes both positive. */
+static int check_pair(const int v[2], const char *name, int is_size) {
+    if (!v[0] && !v[1]) return SD_OK;
+    if (v[0] < 0 || v[1] < 0 || v[0] > SVDIFF_MICRO_COND_MAX || v[1] > SVDIFF_MICRO_COND_MAX || (is_size && (!v[0] || !v[1])))
+        return sd_error(SD_ERR_ARG, "svdiff_generate: %s must be %s in [%d, %d] (or 0,0: the default), got %d,%d", name,
+                        is_size ? "two sizes" : "two offsets", is_size, SVDIFF_MICRO_COND_MAX, v[0], v[1]);
+    return SD_OK;
+}
+
 /* The checks of `svdiff generate`'s flags, on the struct. */
 static int check_params(const svdiff_generate_params_t *g) {
     if (!g->prompt) return sd_error(SD_ERR_ARG, "svdiff_generate: prompt is NULL");
@@ -75,7 +102,30 @@ static int check_params(const svdiff_generate_params_t *g) {
     if (g->init_latents && g->n_init_latents != 1 && g->n_init_latents != g->num_images)
         return sd_error(SD_ERR_ARG, "svdiff_generate: n_init_latents must be 1 or num_images (%d), got %d", g->num_images,
                         g->n_init_latents);
-    return SD_OK;
+    int rc = check_pair(g->original_size, "original_size", 1);
+    if (!rc) rc = check_pair(g->crops_coords_top_left, "crops_coords_top_left", 0);
+    if (!rc) rc = check_pair(g->target_size, "target_size", 1);
+    if (!rc) rc = check_pair(g->negative_original_size, "negative_original_size", 1);
+    if (!rc) rc = check_pair(g->negative_crops_coords_top_left, "negative_crops_coords_top_left", 0);
+    if (!rc) rc = check_pair(g->negative_target_size, "negative_target_size", 1);
+    if (!rc && (g->clip_skip < 0 || g->clip_skip > 64))
+        rc = sd_error(SD_ERR_ARG, "svdiff_generate: clip_skip must be in [0, 64], got %d", g->clip_skip);
+    return rc;
+}
+
+/* The run's options for images [first, first + bn) of the call (the pipeline checks what needs the
+ * model: micro-conditioning without text_time, clip_skip beyond the encoders' layers). */
+static txt2img_opts_t opts_of(const svdiff_generate_params_t *g, int W, int H, int first, int bn) {
+    txt2img_opts_t o = {.prompt = g->prompt, .negative_prompt = g->negative_prompt, .width = W, .height = H,
+                        .steps = g->steps, .cfg = g->cfg, .eta = g->eta, .sampler = (sampler_kind_t)g->sampler,
+                        .seed = g->seed + (uint64_t)first, .batch = bn, .clip_skip = g->clip_skip};
+    for (int i = 0; i < 2; i++) {
+        o.original_size[i] = g->original_size[i], o.crops_coords_top_left[i] = g->crops_coords_top_left[i];
+        o.target_size[i] = g->target_size[i], o.negative_original_size[i] = g->negative_original_size[i];
+        o.negative_crops_coords_top_left[i] = g->negative_crops_coords_top_left[i];
+        o.negative_target_size[i] = g->negative_target_size[i];
+    }
+    return o;
 }
 
 SVDIFF_API int svdiff_generate(svdiff_model_t *m, const svdiff_generate_params_t *params, svdiff_image_t **out_images) {
@@ -120,10 +170,8 @@ SVDIFF_API int svdiff_generate(svdiff_model_t *m, const svdiff_generate_params_t
             rc = sd_nomem("latents", sizeof(float) * per * bn);
             break;
         }
-        txt2img_opts_t o = {.prompt = params->prompt, .negative_prompt = params->negative_prompt, .width = W, .height = H,
-                            .steps = params->steps, .cfg = params->cfg, .eta = params->eta,
-                            .sampler = (sampler_kind_t)params->sampler, .seed = params->seed + (uint64_t)i, .batch = bn,
-                            .progress = on_step, .progress_ctx = &g, .stop = &g.stop};
+        txt2img_opts_t o = opts_of(params, W, H, i, bn);
+        o.progress = on_step, o.progress_ctx = &g, o.stop = &g.stop;
         rc = pipeline_txt2img(p, &o, init ? init + (size_t)i * per : NULL, lat);
         if (rc == SD_ERR_INTERRUPTED)
             rc = sd_error(SD_ERR_INTERRUPTED, "svdiff_generate: cancelled while sampling image %d of %d", i + 1, n);
@@ -152,18 +200,38 @@ SVDIFF_API int svdiff_generate(svdiff_model_t *m, const svdiff_generate_params_t
     return SD_OK;
 }
 
+/* The micro-conditioning part of the PNG text (models with text_time): the values in the form the
+ * flags take, quoted as A1111's format quotes a value with commas; the negative ones when set. */
+static void micro_cond_text(char *buf, size_t n, const svdiff_generate_params_t *g, int W, int H) {
+    txt2img_opts_t o = opts_of(g, W, H, 0, 1);
+    float pos[6], neg[6];
+    pipeline_opts_time_ids(pos, &o, 0);
+    pipeline_opts_time_ids(neg, &o, 1);
+    int k = snprintf(buf, n, ", Original size: \"%g,%g\", Crops coords top left: \"%g,%g\", Target size: \"%g,%g\"",
+                     pos[0], pos[1], pos[2], pos[3], pos[4], pos[5]);
+    if (memcmp(pos, neg, sizeof pos) && k < (int)n)
+        snprintf(buf + k, n - k, ", Negative original size: \"%g,%g\", Negative crops coords top left: \"%g,%g\", "
+                 "Negative target size: \"%g,%g\"", neg[0], neg[1], neg[2], neg[3], neg[4], neg[5]);
+}
+
 SVDIFF_API char *svdiff_png_parameters(const svdiff_model_t *m, const svdiff_generate_params_t *g, uint64_t seed,
                                        const char *model_label) {
     if (API_NEED(m, "svdiff_png_parameters") || API_NEED(g, "svdiff_png_parameters") || check_params(g)) return NULL;
     const int W = g->width ? g->width : pipeline_native_size(&m->p);
     const int H = g->height ? g->height : pipeline_native_size(&m->p);
     const char *adapters = m->adapters_text ? m->adapters_text : "";
+    /* SDXL's micro-conditioning and a clip skip (A1111's "Clip skip", which counts from 1 = none)
+     * only where they apply, so the text of an SD 1.x run without them is what it always was */
+    char extra[512] = "";
+    if (m->p.pooled_dim) micro_cond_text(extra, sizeof extra, g, W, H);
+    if (g->clip_skip)
+        snprintf(extra + strlen(extra), sizeof extra - strlen(extra), ", Clip skip: %d", g->clip_skip + 1);
     /* the format of cli/generate.c's image_params (A1111's, which other tools read) */
-    const char *fmt = "%s\nNegative prompt: %s\nSteps: %d, Sampler: %s, CFG scale: %g, Eta: %g, Seed: %llu, Size: %dx%d, "
+    const char *fmt = "%s\nNegative prompt: %s\nSteps: %d, Sampler: %s, CFG scale: %g, Eta: %g, Seed: %llu, Size: %dx%d%s, "
                       "Model: %s%s%s, Version: svdiff %s";
 #define PNG_ARGS                                                                                                   \
     g->prompt, g->negative_prompt ? g->negative_prompt : "", g->steps, sampler_kind_name((sampler_kind_t)g->sampler), \
-        g->cfg, g->eta, (unsigned long long)seed, W, H, model_label ? model_label : m->path,                         \
+        g->cfg, g->eta, (unsigned long long)seed, W, H, extra, model_label ? model_label : m->path,                  \
         adapters[0] ? ", Shifts: " : "", adapters, SVDIFF_VERSION
     const int len = snprintf(NULL, 0, fmt, PNG_ARGS);
     char *buf = malloc((size_t)len + 1);

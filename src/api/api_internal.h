@@ -14,13 +14,13 @@
  * encoder). Results of the toolbox keep their first input's form, so they save the same way. */
 struct svdiff_shifts {
     int is_dir;              /* loaded from (and saved as) a folder */
-    int present[2];          /* the part exists (a folder may lack the text encoder's) */
-    shift_set_t part[2];
-    st_dtype_t dtype[2];     /* as stored: F16 when every tensor of the file is F16, else F32 */
+    int present[SVDIFF_SHIFTS_PARTS];   /* the part exists (a folder may lack the text encoders') */
+    shift_set_t part[SVDIFF_SHIFTS_PARTS];   /* UNet, text encoder, text_encoder_2 (shift_component_t order) */
+    st_dtype_t dtype[SVDIFF_SHIFTS_PARTS];   /* as stored: F16 when every tensor of the file is F16, else F32 */
     char *path;              /* the path it was loaded from (messages, to-lora's metadata), or NULL */
-    char *file[2];           /* the file each part came from (messages), or NULL */
-    long kept[2];            /* limit_rank results: values kept per part; else -1 */
-    int taken[2];            /* mix results: entries taken from `from` per part; else -1 */
+    char *file[SVDIFF_SHIFTS_PARTS];    /* the file each part came from (messages), or NULL */
+    long kept[SVDIFF_SHIFTS_PARTS];     /* limit_rank results: values kept per part; else -1 */
+    int taken[SVDIFF_SHIFTS_PARTS];     /* mix results: entries taken from `from` per part; else -1 */
 };
 
 typedef enum { API_AD_SHIFTS = 0, API_AD_DELTA = 1, API_AD_LORA = 2 } api_adapter_kind_t;

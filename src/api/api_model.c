@@ -75,6 +75,7 @@ SVDIFF_API void svdiff_model_close(svdiff_model_t *m) {
 static const char *family_of(const svdiff_model_t *m) {
     const pipeline_t *p = &m->p;
     if (!p->has_vae) return "pixel";
+    if (p->has_te2 && p->pooled_dim) return "sdxl";
     if (p->model.layout == MODEL_LAYOUT_LDM_SD1) return "sd1";
     if (p->model.layout == MODEL_LAYOUT_LDM_SD2) return "sd2";
     if (p->ctx_dim == 768 && p->latent_channels == 4) return "sd1";
@@ -106,7 +107,7 @@ SVDIFF_API int svdiff_model_info(const svdiff_model_t *m, svdiff_model_info_t *i
     info->context_tokens = p->n_ctx;
     info->has_vae = p->has_vae;
     info->unet_params = component_params(&p->model.unet);
-    info->text_encoder_params = component_params(&p->model.text_encoder);
+    info->text_encoder_params = component_params(&p->model.text_encoder) + component_params(&p->model.text_encoder_2);
     info->vae_params = component_params(&p->model.vae);
     info->train_timesteps = p->sched.T;
     return SD_OK;
@@ -154,7 +155,9 @@ static int restore_base(svdiff_model_t *m) {
     pipeline_t *p = &m->p;
     free_unet(&p->unet);
     free_clip(&p->clip);
+    free_clip(&p->clip2);
     int rc = build_clip_from_component(&p->clip, &p->model.text_encoder);
+    if (!rc && p->has_te2) rc = build_clip_from_component(&p->clip2, &p->model.text_encoder_2);
     if (!rc) rc = build_unet_from_component(&p->unet, &p->model.unet);
     if (rc) return sd_error_wrap(rc, "%s: rebuilding the base weights", m->path);
     m->modified = 0;
@@ -176,7 +179,7 @@ static int rebuild(svdiff_model_t *m) {
         }
         m->modified = 1;
         if (a->set) {
-            for (int part = 0; part < 2 && !rc; part++)
+            for (int part = 0; part < SVDIFF_SHIFTS_PARTS && !rc; part++)
                 if (a->set->part[part].n)
                     rc = pipeline_apply_shift_set(p, &a->set->part[part], "shifts in memory", a->scale, m->force,
                                                   m->svd_cache_dir);
@@ -244,7 +247,7 @@ SVDIFF_API int svdiff_model_apply_shift_set(svdiff_model_t *m, const svdiff_shif
     int rc = API_NEED(shifts, "svdiff_model_apply_shift_set");
     if (rc) return rc;
     svdiff_shifts_t *copy = api_shifts_new();
-    for (int part = 0; part < 2; part++) api_shiftset_copy(&copy->part[part], &shifts->part[part]);
+    for (int part = 0; part < SVDIFF_SHIFTS_PARTS; part++) api_shiftset_copy(&copy->part[part], &shifts->part[part]);
     return add_adapter(m, API_AD_SHIFTS, NULL, copy, scale, "svdiff_model_apply_shift_set");
 }
 

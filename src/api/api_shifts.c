@@ -9,11 +9,10 @@
 #include "api/api_internal.h"
 #include "shifts/toolbox.h"
 
-static const char *const PART_FILE[2] = {"spectral_shifts.safetensors", "spectral_shifts_te.safetensors"};
 
 svdiff_shifts_t *api_shifts_new(void) {
     svdiff_shifts_t *s = sd_xcalloc(1, sizeof *s);
-    for (int p = 0; p < 2; p++) shiftset_init(&s->part[p]), s->dtype[p] = ST_F32, s->kept[p] = -1, s->taken[p] = -1;
+    for (int p = 0; p < SVDIFF_SHIFTS_PARTS; p++) shiftset_init(&s->part[p]), s->dtype[p] = ST_F32, s->kept[p] = -1, s->taken[p] = -1;
     return s;
 }
 
@@ -23,7 +22,7 @@ void api_shiftset_copy(shift_set_t *dst, const shift_set_t *src) {
 
 SVDIFF_API void svdiff_shifts_free(svdiff_shifts_t *s) {
     if (!s) return;
-    for (int p = 0; p < 2; p++) shiftset_free(&s->part[p]), free(s->file[p]);
+    for (int p = 0; p < SVDIFF_SHIFTS_PARTS; p++) shiftset_free(&s->part[p]), free(s->file[p]);
     free(s->path), free(s);
 }
 
@@ -49,10 +48,10 @@ SVDIFF_API int svdiff_shifts_load_ex(const char *path, int force, svdiff_shifts_
     s->is_dir = stat(path, &st) == 0 && S_ISDIR(st.st_mode);
     s->path = strdup(path);
     SD_CHECK(s->path, "out of memory");
-    char file[2][4096];
-    rc = shift_files_resolve(path, file[0], file[1], sizeof file[0]);
-    if (!rc) rc = st_pair_check(file[0], file[1], force);
-    for (int p = 0; p < 2 && !rc; p++) {
+    char file[SVDIFF_SHIFTS_PARTS][SHIFT_PATH_CAP];
+    rc = shift_files_resolve(path, file);
+    if (!rc) rc = shift_files_check_group(file, force);
+    for (int p = 0; p < SVDIFF_SHIFTS_PARTS && !rc; p++) {
         if (!file[p][0]) continue;
         s->present[p] = 1;
         s->file[p] = strdup(file[p]);
@@ -74,32 +73,37 @@ SVDIFF_API int svdiff_shifts_save(const svdiff_shifts_t *s, const char *path, in
     int rc = API_NEED(s, "svdiff_shifts_save");
     if (!rc) rc = API_NEED(path, "svdiff_shifts_save");
     if (rc) return rc;
-    st_dtype_t dtype[2];
-    for (int p = 0; p < 2; p++) dtype[p] = fp16 < 0 ? s->dtype[p] : fp16 ? ST_F16 : ST_F32;
-    char file[2][4096];
+    st_dtype_t dtype[SVDIFF_SHIFTS_PARTS];
+    for (int p = 0; p < SVDIFF_SHIFTS_PARTS; p++) dtype[p] = fp16 < 0 ? s->dtype[p] : fp16 ? ST_F16 : ST_F32;
+    char file[SVDIFF_SHIFTS_PARTS][4096];
     struct stat st;
     if (s->is_dir && !stat(path, &st) && !S_ISDIR(st.st_mode))
         return sd_error(SD_ERR_IO, "%s: exists and is not a folder (the inputs are folders)", path);
     if (s->is_dir && mkdir(path, 0777) != 0 && errno != EEXIST)
         return sd_error(SD_ERR_IO, "%s: cannot create the output folder: %s", path, strerror(errno));
-    for (int p = 0; p < 2; p++)
-        if (s->is_dir) snprintf(file[p], sizeof file[p], "%.*s/%s", 4000, path, PART_FILE[p]);
+    for (int p = 0; p < SVDIFF_SHIFTS_PARTS; p++)
+        if (s->is_dir) snprintf(file[p], sizeof file[p], "%.*s/%s", 4000, path, shift_part_file((shift_component_t)p));
         else snprintf(file[p], sizeof file[p], "%s", path);
-    if (s->is_dir && s->present[0] && s->present[1])   /* both parts of a folder: one pair id */
-        return shiftset_save_pair(&s->part[0], file[0], dtype[0], &s->part[1], file[1], dtype[1]);
-    for (int p = 0; p < (s->is_dir ? 2 : 1) && !rc; p++)
-        if (s->present[p]) rc = shiftset_save(&s->part[p], file[p], dtype[p]);
-    return rc;
+    /* the parts of a folder: one group id (one file alone: none, as shiftset_save) */
+    const shift_set_t *sets[SVDIFF_SHIFTS_PARTS];
+    const char *files[SVDIFF_SHIFTS_PARTS];
+    st_dtype_t dts[SVDIFF_SHIFTS_PARTS];
+    int n = 0;
+    for (int p = 0; p < (s->is_dir ? SVDIFF_SHIFTS_PARTS : 1); p++)
+        if (s->present[p]) sets[n] = &s->part[p], files[n] = file[p], dts[n] = dtype[p], n++;
+    return n ? shiftset_save_group(sets, files, dts, n) : SD_OK;
 }
 
-SVDIFF_API int svdiff_shifts_count(const svdiff_shifts_t *s) { return s ? s->part[0].n + s->part[1].n : 0; }
+SVDIFF_API int svdiff_shifts_count(const svdiff_shifts_t *s) { return s ? s->part[0].n + s->part[1].n + s->part[2].n : 0; }
 
 SVDIFF_API int svdiff_shifts_entry(const svdiff_shifts_t *s, int i, const char **name, const float **values, int *n) {
     int rc = API_NEED(s, "svdiff_shifts_entry");
     if (rc) return rc;
     if (i < 0 || i >= svdiff_shifts_count(s))
         return sd_error(SD_ERR_ARG, "svdiff_shifts_entry: index %d out of range (%d entries)", i, svdiff_shifts_count(s));
-    const shift_entry_t *e = i < s->part[0].n ? &s->part[0].entries[i] : &s->part[1].entries[i - s->part[0].n];
+    int p = 0;
+    while (i >= s->part[p].n) i -= s->part[p++].n;
+    const shift_entry_t *e = &s->part[p].entries[i];
     if (name) *name = e->path;
     if (values) *values = e->values;
     if (n) *n = e->n;
@@ -110,7 +114,8 @@ SVDIFF_API int svdiff_shifts_part(const svdiff_shifts_t *s, int part, svdiff_shi
     int rc = API_NEED(s, "svdiff_shifts_part");
     if (!rc) rc = API_NEED(info, "svdiff_shifts_part");
     if (rc) return rc;
-    if (part != 0 && part != 1) return sd_error(SD_ERR_ARG, "svdiff_shifts_part: part must be 0 or 1, got %d", part);
+    if (part < 0 || part >= SVDIFF_SHIFTS_PARTS)
+        return sd_error(SD_ERR_ARG, "svdiff_shifts_part: part must be 0, 1 or 2, got %d", part);
     memset(info, 0, sizeof *info);
     const shift_set_t *set = &s->part[part];
     info->present = s->present[part];
@@ -132,7 +137,8 @@ SVDIFF_API int svdiff_shifts_part(const svdiff_shifts_t *s, int part, svdiff_shi
 SVDIFF_API int svdiff_shifts_meta_at(const svdiff_shifts_t *s, int part, int i, const char **key, const char **value) {
     int rc = API_NEED(s, "svdiff_shifts_meta_at");
     if (rc) return rc;
-    if (part != 0 && part != 1) return sd_error(SD_ERR_ARG, "svdiff_shifts_meta_at: part must be 0 or 1, got %d", part);
+    if (part < 0 || part >= SVDIFF_SHIFTS_PARTS)
+        return sd_error(SD_ERR_ARG, "svdiff_shifts_meta_at: part must be 0, 1 or 2, got %d", part);
     if (i < 0 || i >= s->part[part].n_meta)
         return sd_error(SD_ERR_ARG, "svdiff_shifts_meta_at: index %d out of range (%d entries)", i, s->part[part].n_meta);
     if (key) *key = s->part[part].meta_keys[i];
@@ -142,7 +148,7 @@ SVDIFF_API int svdiff_shifts_meta_at(const svdiff_shifts_t *s, int part, int i, 
 
 SVDIFF_API const char *svdiff_shifts_meta(const svdiff_shifts_t *s, const char *key) {
     if (!s || !key) return NULL;
-    for (int p = 0; p < 2; p++) {
+    for (int p = 0; p < SVDIFF_SHIFTS_PARTS; p++) {
         const char *v = s->present[p] ? shiftset_meta(&s->part[p], key) : NULL;
         if (v) return v;
     }
@@ -153,7 +159,7 @@ SVDIFF_API int svdiff_shifts_set_meta(svdiff_shifts_t *s, const char *key, const
     int rc = API_NEED(s, "svdiff_shifts_set_meta");
     if (!rc) rc = API_NEED(key, "svdiff_shifts_set_meta");
     if (!rc) rc = API_NEED(value, "svdiff_shifts_set_meta");
-    for (int p = 0; p < 2 && !rc; p++)
+    for (int p = 0; p < SVDIFF_SHIFTS_PARTS && !rc; p++)
         if (s->present[p]) shiftset_set_meta(&s->part[p], key, value);
     return rc;
 }
@@ -161,7 +167,7 @@ SVDIFF_API int svdiff_shifts_set_meta(svdiff_shifts_t *s, const char *key, const
 SVDIFF_API int svdiff_shifts_add_history(svdiff_shifts_t *s, const char *entry) {
     int rc = API_NEED(s, "svdiff_shifts_add_history");
     if (!rc) rc = API_NEED(entry, "svdiff_shifts_add_history");
-    for (int p = 0; p < 2 && !rc; p++)
+    for (int p = 0; p < SVDIFF_SHIFTS_PARTS && !rc; p++)
         if (s->present[p]) toolbox_add_history(&s->part[p], entry);
     return rc;
 }
@@ -170,7 +176,7 @@ SVDIFF_API int svdiff_shifts_add_history(svdiff_shifts_t *s, const char *entry) 
 static svdiff_shifts_t *result_like(const svdiff_shifts_t *in) {
     svdiff_shifts_t *r = api_shifts_new();
     r->is_dir = in->is_dir;
-    for (int p = 0; p < 2; p++) r->present[p] = in->present[p], r->dtype[p] = in->dtype[p];
+    for (int p = 0; p < SVDIFF_SHIFTS_PARTS; p++) r->present[p] = in->present[p], r->dtype[p] = in->dtype[p];
     return r;
 }
 
@@ -183,9 +189,9 @@ static int alike(const svdiff_shifts_t *a, const svdiff_shifts_t *b, const char 
     if (a->is_dir != b->is_dir)
         return sd_error(SD_ERR_ARG, "%s is a %s but %s a %s: give files or training folders, not both", na,
                         a->is_dir ? "folder" : "file", nb, b->is_dir ? "folder" : "file");
-    for (int p = 0; p < 2; p++)
+    for (int p = 0; p < SVDIFF_SHIFTS_PARTS; p++)
         if (a->present[p] != b->present[p])
-            return sd_error(SD_ERR_ARG, "%s has %s but %s does not", a->present[p] ? na : nb, PART_FILE[p],
+            return sd_error(SD_ERR_ARG, "%s has %s but %s does not", a->present[p] ? na : nb, shift_part_file((shift_component_t)p),
                             a->present[p] ? nb : na);
     return SD_OK;
 }
@@ -207,7 +213,7 @@ SVDIFF_API int svdiff_shifts_combine(const svdiff_shifts_t *const *in, const flo
     if (rc) return rc;
     svdiff_shifts_t *r = result_like(in[0]);
     const shift_set_t **sets = sd_xcalloc((size_t)n, sizeof *sets);
-    for (int p = 0; p < 2 && !rc; p++) {
+    for (int p = 0; p < SVDIFF_SHIFTS_PARTS && !rc; p++) {
         if (!in[0]->present[p]) continue;
         for (int k = 0; k < n; k++) sets[k] = &in[k]->part[p];
         for (int k = 1; k < n && !rc; k++)   /* checked here first so that the message names the files */
@@ -232,7 +238,7 @@ SVDIFF_API int svdiff_shifts_scale(const svdiff_shifts_t *in, float s, svdiff_sh
     if (!(s == s) || s > 3.4e38f || s < -3.4e38f)
         return sd_error(SD_ERR_ARG, "svdiff_shifts_scale: the scale must be a finite number, got %g", (double)s);
     svdiff_shifts_t *r = result_like(in);
-    for (int p = 0; p < 2; p++)
+    for (int p = 0; p < SVDIFF_SHIFTS_PARTS; p++)
         if (in->present[p]) toolbox_scale(&r->part[p], &in->part[p], s);
     *out = r;
     return SD_OK;
@@ -246,7 +252,7 @@ SVDIFF_API int svdiff_shifts_limit_rank(const svdiff_shifts_t *in, int rank, svd
     if (rank < 0) return sd_error(SD_ERR_ARG, "svdiff_shifts_limit_rank: the rank must be >= 0, got %d", rank);
     svdiff_shifts_t *r = result_like(in);
     long kept = 0;
-    for (int p = 0; p < 2; p++)
+    for (int p = 0; p < SVDIFF_SHIFTS_PARTS; p++)
         if (in->present[p]) kept += r->kept[p] = toolbox_limit_rank(&r->part[p], &in->part[p], rank);
     if (n_kept) *n_kept = kept;
     *out = r;
@@ -276,13 +282,16 @@ SVDIFF_API int svdiff_shifts_mix(const svdiff_shifts_t *from, const svdiff_shift
         return sd_error(SD_ERR_ARG, "svdiff_shifts_mix: levels and latent must be positive (got %d and %d)", levels, latent);
     if ((rc = alike(from, rest, label(from, 0, "from"), label(rest, 0, "rest")))) return rc;
     const svdiff_shifts_t *both[2] = {from, rest};
+    for (int k = 0; k < n_selectors && !rc; k++) rc = toolbox_selector_check(selectors[k], levels);
+    if (rc) return rc;
     /* selectors must select something in the whole pair, not necessarily in each part */
     for (int k = 0; k < n_selectors; k++)
-        if (!selects_in(selectors[k], both, 0, levels, latent) && !selects_in(selectors[k], both, 1, levels, latent))
+        if (!selects_in(selectors[k], both, 0, levels, latent) && !selects_in(selectors[k], both, 1, levels, latent) &&
+            !selects_in(selectors[k], both, 2, levels, latent))
             return sd_error(SD_ERR_ARG, "layer selector '%s' selects no shift of either input", selectors[k]);
     svdiff_shifts_t *r = result_like(rest);
     int total = 0;
-    for (int p = 0; p < 2 && !rc; p++) {
+    for (int p = 0; p < SVDIFF_SHIFTS_PARTS && !rc; p++) {
         if (!from->present[p]) continue;
         const char *sel_p[64];   /* per part, the selectors that select something there */
         int ns = 0, nf = 0;

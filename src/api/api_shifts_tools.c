@@ -100,7 +100,8 @@ static void describe_part(cJSON *o, const shift_set_t *s, const char *file, st_d
         float *S = NULL;
         if (sig && !toolbox_is_norm_path(e->path)) {
             char key[1024];
-            const shift_name_t nm = {shift_component_of_path(e->path), SHIFT_SPECTRAL, e->path};
+            shift_name_t nm = shift_name_of_entry(e->path);
+            nm.kind = SHIFT_SPECTRAL;
             const st_tensor_t *ts = shift_key(key, sizeof key, &nm, SHIFT_KEY_CACHE_S) ? NULL : st_find(sig, key);
             if (ts && ts->numel == e->n) {
                 S = sd_xmalloc(sizeof(float) * e->n);
@@ -149,7 +150,7 @@ SVDIFF_API int svdiff_shifts_describe(const char *path, int force, const char *s
         return rc;
     }
     cJSON *root = cJSON_CreateObject(), *files = cJSON_AddArrayToObject(root, "files");
-    for (int p = 0; p < 2; p++) {
+    for (int p = 0; p < SVDIFF_SHIFTS_PARTS; p++) {
         if (!s->present[p]) continue;
         cJSON *o = cJSON_CreateObject();
         cJSON_AddItemToArray(files, o);
@@ -175,12 +176,18 @@ typedef struct {
     float *buf;
 } gamma_ctx_t;
 
+/* SDXL's second text encoder of the model (NULL: none) */
+static const model_component_t *te2_of(const model_t *m) {
+    return m->text_encoder_2.n_tensors ? &m->text_encoder_2 : NULL;
+}
+
 /* The base model's tensor that the shift of module `path` moves (SHIFT_KEY_WEIGHT), or NULL. */
 static const st_tensor_t *shifted_tensor(const model_t *m, const char *path) {
-    const shift_name_t n = {shift_component_of_path(path), SHIFT_KIND_UNKNOWN, path};
+    const shift_name_t n = shift_name_of_entry(path);
     char key[1024];
     if (shift_key(key, sizeof key, &n, SHIFT_KEY_WEIGHT)) return NULL;
-    return component_find(n.component == SHIFT_TE ? &m->text_encoder : &m->unet, key);
+    const model_component_t *c = n.component == SHIFT_TE ? &m->text_encoder : n.component == SHIFT_TE2 ? te2_of(m) : &m->unet;
+    return c ? component_find(c, key) : NULL;
 }
 
 static const float *get_gamma(void *vctx, const char *path, int *C) {
@@ -247,7 +254,7 @@ SVDIFF_API int svdiff_shifts_convert(const svdiff_shifts_t *in, const svdiff_con
         return sd_error(SD_ERR_ARG, "svdiff_shifts_convert: fp16 must be -1, 0 or 1, got %d", pr->fp16);
     /* does any norm change form? */
     int need = 0, lossy = 0;
-    for (int p = 0; p < 2; p++)
+    for (int p = 0; p < SVDIFF_SHIFTS_PARTS; p++)
         for (int i = 0; i < in->part[p].n; i++) {
             const shift_entry_t *e = &in->part[p].entries[i];
             if (format && toolbox_is_norm_path(e->path) && (e->n == 1) != to_scalar) {
@@ -265,9 +272,9 @@ SVDIFF_API int svdiff_shifts_convert(const svdiff_shifts_t *in, const svdiff_con
     if ((need || to_scalar) && (rc = model_open(&g.m, pr->model, NULL))) return rc;
     svdiff_shifts_t *r = api_shifts_new();
     r->is_dir = in->is_dir;
-    toolbox_fit_t fit[2] = {{0}, {0}};
-    fit_ctx_t fc[2] = {{pr, 0}, {pr, 1}};
-    for (int p = 0; p < 2 && !rc; p++) {
+    toolbox_fit_t fit[SVDIFF_SHIFTS_PARTS] = {{0}, {0}, {0}};
+    fit_ctx_t fc[SVDIFF_SHIFTS_PARTS] = {{pr, 0}, {pr, 1}, {pr, 2}};
+    for (int p = 0; p < SVDIFF_SHIFTS_PARTS && !rc; p++) {
         if (!in->present[p]) continue;
         r->present[p] = 1;
         r->dtype[p] = pr->fp16 < 0 ? in->dtype[p] : pr->fp16 ? ST_F16 : ST_F32;
@@ -280,10 +287,12 @@ SVDIFF_API int svdiff_shifts_convert(const svdiff_shifts_t *in, const svdiff_con
     }
     if (!rc && lossy) {
         toolbox_fit_t all = fit[0];
-        all.err2 += fit[1].err2, all.shift2 += fit[1].shift2, all.n_fitted += fit[1].n_fitted;
-        if (fit[1].worst_lost > all.worst_lost) {
-            all.worst_lost = fit[1].worst_lost;
-            memcpy(all.worst_path, fit[1].worst_path, sizeof all.worst_path);
+        for (int p = 1; p < SVDIFF_SHIFTS_PARTS; p++) {
+            all.err2 += fit[p].err2, all.shift2 += fit[p].shift2, all.n_fitted += fit[p].n_fitted;
+            if (fit[p].worst_lost > all.worst_lost) {
+                all.worst_lost = fit[p].worst_lost;
+                memcpy(all.worst_path, fit[p].worst_path, sizeof all.worst_path);
+            }
         }
         const double lost = toolbox_fit_lost(&all);
         if (stats) {
@@ -337,9 +346,9 @@ SVDIFF_API int svdiff_shifts_to_lora(const svdiff_shifts_t *in, const char *mode
                             .max_rank = pr->max_rank, .energy = pr->energy, .dtype = DT[pr->dtype],
                             .no_norms = pr->no_norms, .no_embeddings = pr->no_embeddings, .force = pr->force,
                             .svd_cache_dir = cache_dir, .source = in->path, .check = pr->check};
-    const shift_set_t *sets[2];
+    const shift_set_t *sets[SVDIFF_SHIFTS_PARTS];
     int n = 0;
-    for (int p = 0; p < 2; p++)
+    for (int p = 0; p < SVDIFF_SHIFTS_PARTS; p++)
         if (in->present[p]) sets[n++] = &in->part[p];
     pipeline_t pl;
     if ((rc = pipeline_open(&pl, model, NULL))) return rc;

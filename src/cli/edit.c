@@ -135,8 +135,9 @@ static int copy_file(const char *src, const char *dst) {
 static int copy_shifts(const char *spec, const char *out_dir, int force) {
     svdiff_shifts_t *s = NULL;
     int rc = svdiff_shifts_load_ex(spec, force, &s);   /* which files: the per-part view */
-    static const char *names[2] = {"spectral_shifts.safetensors", "spectral_shifts_te.safetensors"};
-    for (int i = 0; i < 2 && !rc; i++) {
+    static const char *names[SVDIFF_SHIFTS_PARTS] = {"spectral_shifts.safetensors", "spectral_shifts_te.safetensors",
+                                                     "spectral_shifts_te2.safetensors"};
+    for (int i = 0; i < SVDIFF_SHIFTS_PARTS && !rc; i++) {
         svdiff_shifts_part_t pi;
         svdiff_shifts_part(s, i, &pi);
         if (!pi.present) continue;

@@ -6,6 +6,7 @@
 #include <float.h>
 #include <getopt.h>
 #include <limits.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,8 +37,23 @@ static void usage(FILE *f) {
             "                             are the defaults of every line\n"
             "  --negative-prompt TEXT     what to steer away from (the unconditional branch of guidance)\n"
             "  --steps N                  denoising steps (default 20)\n"
-            "  --cfg G                    classifier-free guidance scale (default 7.5; <= 1 turns guidance off)\n"
-            "  --sampler NAME             ddim, euler, euler_a or dpmpp_2m (default ddim)\n"
+            "  --cfg G                    classifier-free guidance scale (default 7.5, SDXL 5; <= 1 turns guidance off)\n"
+            "  --sampler NAME             ddim, euler, euler_a or dpmpp_2m (default ddim; SDXL: the sampler of the\n"
+            "                             model's scheduler config, euler for SDXL base)\n"
+            "  --clip-skip N              skip the text encoder's last N layers (diffusers' clip_skip; default 0;\n"
+            "                             SDXL: both encoders, counted from their penultimate layer). As in\n"
+            "                             diffusers only the prompt is encoded so, not the negative prompt\n"
+            "  --original-size H,W        SDXL micro-conditioning, pixels: the size the model is told the training\n"
+            "                             image had before it was resized (default: the output's height,width);\n"
+            "                             smaller values give the look of upscaled small images\n"
+            "  --crops-coords-top-left TOP,LEFT\n"
+            "                             SDXL: where the crop that made the image started in it (default 0,0:\n"
+            "                             uncropped, centred subjects; larger values give cut-off compositions)\n"
+            "  --target-size H,W          SDXL: the size the image is meant to have (default: height,width)\n"
+            "  --negative-original-size H,W, --negative-crops-coords-top-left TOP,LEFT,\n"
+            "  --negative-target-size H,W the same for the negative (unconditional) branch of guidance (default:\n"
+            "                             the values above). These six need a model with SDXL's text_time\n"
+            "                             embedding; other models refuse them\n"
             "  --eta E                    DDIM noise (0 = deterministic; default 0)\n"
             "  --seed S                   seed (default 42); image k uses seed + k for its initial noise\n"
             "  --width W, --height H      size in pixels (default: the model's sample_size x its VAE factor)\n"
@@ -68,9 +84,9 @@ static void usage(FILE *f) {
     cli_common_help(f, CLI_THREADS | CLI_COMPUTE | CLI_QUIET, NULL);
     fprintf(f,
             "  -h, --help                 this help\n\n"
-            "Each PNG stores its prompt, negative prompt, steps, sampler, guidance, seed, size, model and shift\n"
-            "files with their scales in a "
-            "'parameters' text chunk. Progress goes to stderr.\n\n"
+            "Each PNG stores its prompt, negative prompt, steps, sampler, guidance, seed, size, (SDXL) micro-\n"
+            "conditioning, clip skip (A1111's count: --clip-skip N is 'Clip skip: N+1'), model and shift files\n"
+            "with their scales in a 'parameters' text chunk. Progress goes to stderr.\n\n"
             "Prompts files (--prompts FILE): blank lines and lines starting with '#' are skipped; a line\n"
             "starting with '{' is a JSON object with \"prompt\" and any of \"negative_prompt\", \"seed\", \"steps\",\n"
             "\"cfg\", \"eta\", \"width\", \"height\", \"sampler\", \"num_images\" (what it leaves out comes from\n"
@@ -146,6 +162,26 @@ static void numbered_path(char *dst, size_t n, const char *path, int line, int k
     else snprintf(dst, n, "%.*s-%d%s", (int)(dot - path), path, k, dot);
 }
 
+/* "H,W" (or "TOP,LEFT"): two integers in [lo, SVDIFF_MICRO_COND_MAX] separated by a comma. */
+static int parse_pair(const char *flag, const char *arg, int lo, int out[2]) {
+    const char *comma = strchr(arg, ',');
+    char first[32];
+    if (!comma || (size_t)(comma - arg) >= sizeof first || strchr(comma + 1, ',')) {
+        fprintf(stderr, "svdiff generate: %s needs two integers A,B, got '%s'\n", flag, arg);
+        return -1;
+    }
+    snprintf(first, sizeof first, "%.*s", (int)(comma - arg), arg);
+    if (cli_parse_int("generate", flag, first, lo, SVDIFF_MICRO_COND_MAX, &out[0]) ||
+        cli_parse_int("generate", flag, comma + 1, lo, SVDIFF_MICRO_COND_MAX, &out[1]))
+        return -1;
+    return 0;
+}
+
+/* The micro-conditioning flags, in the order of their option values 0x100.. */
+static const char *const MICRO_FLAGS[6] = {"--original-size", "--crops-coords-top-left", "--target-size",
+                                           "--negative-original-size", "--negative-crops-coords-top-left",
+                                           "--negative-target-size"};
+
 /* How many images from plan->images[i] are denoised together: images of one job with
  * consecutive seeds, at most `batch` (a job's images go in batches from its first, as a single
  * run's do, so the batches and thus the bytes are those of a single run). */
@@ -159,9 +195,11 @@ static int batch_len(const prompt_plan_t *plan, int i, int batch) {
 
 int cmd_generate(int argc, char **argv) {
     const char *prompt = NULL, *negative = NULL;
-    const char *init_path = NULL, *save_path = NULL, *sampler_name = "ddim", *prompts_path = NULL;
-    int steps = 20, width = 0, height = 0, num_images = 1, batch = 1;
-    float cfg = 7.5f, eta = 0.0f;
+    const char *init_path = NULL, *save_path = NULL, *sampler_name = NULL, *prompts_path = NULL;
+    int steps = 20, width = 0, height = 0, num_images = 1, batch = 1, clip_skip = 0;
+    float cfg = NAN, eta = 0.0f;   /* cfg NAN, sampler NULL: the model's defaults (known once it is open) */
+    /* the micro-conditioning flags: original, crop, target, then the negative ones ({0, 0}: default) */
+    int micro[6][2] = {{0}};
     int n_shifts = 0;
     const char *svd_cache_dir = NULL;
     enum { MAX_SHIFTS = 32 };
@@ -182,6 +220,13 @@ int cmd_generate(int argc, char **argv) {
         {"svd-cache", required_argument, 0, 'C'},
         {"delta", required_argument, 0, 'D'},       {"lora", required_argument, 0, 'L'},
         {"prompts", required_argument, 0, 'P'},
+        {"clip-skip", required_argument, 0, 'K'},
+        {"original-size", required_argument, 0, 0x100},
+        {"crops-coords-top-left", required_argument, 0, 0x101},
+        {"target-size", required_argument, 0, 0x102},
+        {"negative-original-size", required_argument, 0, 0x103},
+        {"negative-crops-coords-top-left", required_argument, 0, 0x104},
+        {"negative-target-size", required_argument, 0, 0x105},
         {0, 0, 0, 0}};
     cli_common_t cm = {.seed = 42};
     static cli_parser_t ps;
@@ -206,6 +251,11 @@ int cmd_generate(int argc, char **argv) {
         case 'D': bad = cli_add_file_spec("generate", "--delta", optarg, deltas, delta_paths, MAX_SHIFTS, &n_deltas); break;
         case 'L': bad = cli_add_file_spec("generate", "--lora", optarg, loras, lora_paths, MAX_SHIFTS, &n_loras); break;
         case 'C': svd_cache_dir = optarg; break;
+        case 'K': bad = cli_parse_int("generate", "--clip-skip", optarg, 0, 64, &clip_skip); break;
+        case 0x100: case 0x101: case 0x102: case 0x103: case 0x104: case 0x105:
+            /* sizes are positive, crop offsets may be 0 */
+            bad = parse_pair(MICRO_FLAGS[c - 0x100], optarg, (c - 0x100) % 3 == 1 ? 0 : 1, micro[c - 0x100]);
+            break;
         case 'h': usage(stdout); return 0;
         case CLI_BAD: return 2;
         default: usage(stderr); return 2;
@@ -228,16 +278,18 @@ int cmd_generate(int argc, char **argv) {
         fprintf(stderr, "svdiff generate: --init-latents and --save-latents hold one prompt's images: use --prompt\n");
         return 2;
     }
-    svdiff_sampler_t sampler;
-    if (svdiff_sampler_parse(sampler_name, &sampler)) {
+    svdiff_sampler_t sampler = SVDIFF_SAMPLER_DDIM;
+    if (sampler_name && svdiff_sampler_parse(sampler_name, &sampler)) {
         fprintf(stderr, "svdiff generate: unknown --sampler '%s' (ddim, euler, euler_a, dpmpp_2m)\n", sampler_name);
         return 2;
     }
     if (eta < 0 || eta > 1) { fprintf(stderr, "svdiff generate: --eta must be in [0, 1]\n"); return 2; }
-    /* the images to make, each with its settings and seed, all checked before the model loads */
+    /* the images to make, each with its settings and seed, all checked before the model loads; a
+     * job's sampler SAMPLER_KIND_COUNT and cfg NAN stand for the model's defaults until it is open */
     const prompt_job_t defaults = {.prompt = (char *)prompt, .negative_prompt = (char *)negative, .width = width,
                                    .height = height, .steps = steps, .num_images = num_images, .cfg = cfg,
-                                   .eta = eta, .sampler = (sampler_kind_t)sampler, .seed = seed};
+                                   .eta = eta, .sampler = sampler_name ? (sampler_kind_t)sampler : SAMPLER_KIND_COUNT,
+                                   .seed = seed};
     prompt_plan_t plan;
     int rc = prompts_path ? prompt_plan_read(&plan, prompts_path, &defaults, seed) : prompt_plan_single(&plan, &defaults);
     if (rc) {
@@ -272,13 +324,17 @@ int cmd_generate(int argc, char **argv) {
         prompt_plan_free(&plan);
         return 1;
     }
-    /* sizes: the model's default where a job gives none; a size the UNet cannot take fails now */
+    /* sizes, sampler and guidance: the model's defaults where a job gives none; a size the UNet
+     * cannot take fails now */
     svdiff_model_info_t mi;
     rc = svdiff_model_info(m, &mi);
+    const svdiff_generate_params_t model_defaults = svdiff_generate_model_params(m);
     for (int j = 0; !rc && j < plan.n_jobs; j++) {
         prompt_job_t *job = &plan.jobs[j];
         if (!job->width) job->width = mi.native_width;
         if (!job->height) job->height = mi.native_height;
+        if (job->sampler == SAMPLER_KIND_COUNT) job->sampler = (sampler_kind_t)model_defaults.sampler;
+        if (isnan(job->cfg)) job->cfg = model_defaults.cfg;
         int jc, jh, jw;
         rc = svdiff_model_latent_shape(m, job->width, job->height, &jc, &jh, &jw);
         if (rc && job->line) rc = sd_error_wrap(rc, "%s:%d", prompts_path, job->line);
@@ -345,7 +401,12 @@ int cmd_generate(int argc, char **argv) {
         gp.prompt = job->prompt, gp.negative_prompt = job->negative_prompt;
         gp.width = job->width, gp.height = job->height, gp.steps = job->steps;
         gp.cfg = job->cfg, gp.eta = job->eta, gp.sampler = (svdiff_sampler_t)job->sampler;
-        gp.seed = im->seed, gp.num_images = bn, gp.batch = bn;
+        gp.seed = im->seed, gp.num_images = bn, gp.batch = bn, gp.clip_skip = clip_skip;
+        for (int k = 0; k < 2; k++) {
+            gp.original_size[k] = micro[0][k], gp.crops_coords_top_left[k] = micro[1][k];
+            gp.target_size[k] = micro[2][k], gp.negative_original_size[k] = micro[3][k];
+            gp.negative_crops_coords_top_left[k] = micro[4][k], gp.negative_target_size[k] = micro[5][k];
+        }
         gp.init_latents = init ? init + (size_t)i * per : NULL, gp.n_init_latents = bn;
         gp.out_latents = all_latents ? all_latents + (size_t)i * per : NULL;
         gp.callbacks = (svdiff_callbacks_t){.progress = on_progress, .cancel = on_cancel, .image = on_image,
@@ -376,7 +437,8 @@ int cmd_generate(int argc, char **argv) {
     if (!rc && save_path && me == 0) {   /* rank 0 writes the files of all the images */
         char seedbuf[32];
         snprintf(seedbuf, sizeof seedbuf, "%llu", seed);
-        const char *meta[6] = {"prompt", prompt, "seed", seedbuf, "sampler", svdiff_sampler_name(sampler)};
+        const char *meta[6] = {"prompt", prompt, "seed", seedbuf, "sampler",
+                               svdiff_sampler_name((svdiff_sampler_t)plan.jobs[0].sampler)};
         rc = svdiff_latents_write(save_path, all_latents, n_img, C, h, w, meta, 3);
     }
     if (!rc && grid && me == 0) {

@@ -17,7 +17,8 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 
-static const char *const PART_FILE[2] = {"spectral_shifts.safetensors", "spectral_shifts_te.safetensors"};
+static const char *const PART_FILE[SVDIFF_SHIFTS_PARTS] = {"spectral_shifts.safetensors", "spectral_shifts_te.safetensors",
+                                                           "spectral_shifts_te2.safetensors"};
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -138,14 +139,14 @@ static int api_fail(int rc) {
 
 /* the inputs must be all files or all folders holding the same parts (named by the arguments) */
 static int sets_alike(const svdiff_shifts_t *a, const char *na, const svdiff_shifts_t *b, const char *nb) {
-    svdiff_shifts_part_t pa[2], pb[2];
-    for (int p = 0; p < 2; p++) svdiff_shifts_part(a, p, &pa[p]), svdiff_shifts_part(b, p, &pb[p]);
+    svdiff_shifts_part_t pa[SVDIFF_SHIFTS_PARTS], pb[SVDIFF_SHIFTS_PARTS];
+    for (int p = 0; p < SVDIFF_SHIFTS_PARTS; p++) svdiff_shifts_part(a, p, &pa[p]), svdiff_shifts_part(b, p, &pb[p]);
     if (pa[0].folder != pb[0].folder) {
         fprintf(stderr, "svdiff shifts: %s is a %s but %s a %s: give files or training folders, not both\n", na,
                 pa[0].folder ? "folder" : "file", nb, pb[0].folder ? "folder" : "file");
         return SHIFTS_USAGE;
     }
-    for (int p = 0; p < 2; p++)
+    for (int p = 0; p < SVDIFF_SHIFTS_PARTS; p++)
         if (pa[p].present != pb[p].present) {
             fprintf(stderr, "svdiff shifts: %s has %s but %s does not\n", pa[p].present ? na : nb, PART_FILE[p],
                     pa[p].present ? nb : na);
@@ -154,11 +155,21 @@ static int sets_alike(const svdiff_shifts_t *a, const char *na, const svdiff_shi
     return SVDIFF_OK;
 }
 
+/* shifts of an SDXL model: its UNet's added conditioning or its second text encoder */
+static int is_sdxl_set(const svdiff_shifts_t *s) {
+    for (int i = 0, n = svdiff_shifts_count(s); i < n; i++) {
+        const char *name = NULL;
+        svdiff_shifts_entry(s, i, &name, NULL, NULL);
+        if (name && (!strncmp(name, "add_embedding.", 14) || !strncmp(name, "text_encoder_2.", 15))) return 1;
+    }
+    return 0;
+}
+
 /* saves a result in its form (file or folder) and names each file written */
 static int save_result(const svdiff_shifts_t *r, const char *out, int fp16) {
     int rc = svdiff_shifts_save(r, out, fp16);
     if (rc) return rc;
-    for (int p = 0; p < 2; p++) {
+    for (int p = 0; p < SVDIFF_SHIFTS_PARTS; p++) {
         svdiff_shifts_part_t b;
         svdiff_shifts_part(r, p, &b);
         if (!b.present) continue;
@@ -311,7 +322,7 @@ int cmd_shifts(int argc, char **argv) {
     const char *weights = NULL, *from = NULL, *rest = NULL, *dtype_s = NULL, *format = NULL;
     const char *cache = NULL;
     const char *layers[64];
-    int n_layers = 0, json = 0, levels = 4, latent = 64, top_k = 10;
+    int n_layers = 0, json = 0, levels = 0, latent = 0, top_k = 10;   /* levels, latent 0: from the files */
     to_lora_args_t tl = {0};
     argc--, argv++;   /* argv[0] = the verb, as getopt wants a program name there */
     cli_common_t cm = {0};
@@ -450,7 +461,7 @@ int cmd_shifts(int argc, char **argv) {
         } else {
             snprintf(hist, sizeof hist, "limit-rank %ld", R);
             if ((rc = svdiff_shifts_limit_rank(in[0], (int)R, &res, NULL))) goto done;
-            for (int p = 0; p < 2; p++) {
+            for (int p = 0; p < SVDIFF_SHIFTS_PARTS; p++) {
                 svdiff_shifts_part_t a, b;
                 svdiff_shifts_part(in[0], p, &a), svdiff_shifts_part(res, p, &b);
                 if (!a.present) continue;
@@ -472,8 +483,11 @@ int cmd_shifts(int argc, char **argv) {
             snprintf(sel + u, sizeof sel - u, "%s%s", k ? " " : "", layers[k]);
         }
         snprintf(hist, sizeof hist, "mix: %s from %s, rest from %s", sel, from, rest);
+        const int xl = is_sdxl_set(in[0]) || is_sdxl_set(in[1]);   /* the model's UNet, unless given */
+        if (!levels) levels = xl ? 3 : 4;
+        if (!latent) latent = xl ? 128 : 64;
         if ((rc = svdiff_shifts_mix(in[0], in[1], layers, n_layers, levels, latent, force, &res, NULL))) goto done;
-        for (int p = 0; p < 2; p++) {
+        for (int p = 0; p < SVDIFF_SHIFTS_PARTS; p++) {
             svdiff_shifts_part_t b;
             svdiff_shifts_part(res, p, &b);
             if (b.present) printf("%s: %d of %d shifts from %s, the rest from %s\n", PART_FILE[p], b.taken, b.entries, from, rest);

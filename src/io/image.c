@@ -142,12 +142,21 @@ static void resample_axis(float *dst, int n_out, int dstride, const float *src, 
     }
 }
 
-int image_resize_crop(image_t *out, const image_t *in, int size, int center, float ox, float oy) {
-    if (size <= 0) return sd_error(SD_ERR_ARG, "resize to %d pixels", size);
-    const double s = (double)size / (in->w < in->h ? in->w : in->h);
-    int rw = (int)lround(in->w * s), rh = (int)lround(in->h * s);
+void image_crop_box(int w, int h, int size, int center, float ox, float oy, int *rw_out, int *rh_out, int *x0_out,
+                    int *y0_out) {
+    const double s = (double)size / (w < h ? w : h);
+    int rw = (int)lround(w * s), rh = (int)lround(h * s);
     if (rw < size) rw = size;
     if (rh < size) rh = size;
+    *rw_out = rw, *rh_out = rh;
+    *x0_out = center ? (rw - size) / 2 : (int)lround(ox * (rw - size));
+    *y0_out = center ? (rh - size) / 2 : (int)lround(oy * (rh - size));
+}
+
+int image_resize_crop(image_t *out, const image_t *in, int size, int center, float ox, float oy) {
+    if (size <= 0) return sd_error(SD_ERR_ARG, "resize to %d pixels", size);
+    int rw, rh, x0, y0;
+    image_crop_box(in->w, in->h, size, center, ox, oy, &rw, &rh, &x0, &y0);
     float *src = malloc(sizeof(float) * in->w * in->h * 3), *tmp = malloc(sizeof(float) * rw * in->h * 3);
     float *dst = malloc(sizeof(float) * rw * rh * 3);
     if (!src || !tmp || !dst) {
@@ -159,8 +168,6 @@ int image_resize_crop(image_t *out, const image_t *in, int size, int center, flo
         for (int k = 0; k < 3; k++) resample_axis(tmp + (size_t)y * rw * 3 + k, rw, 3, src + (size_t)y * in->w * 3 + k, in->w, 3);
     for (int x = 0; x < rw; x++)
         for (int k = 0; k < 3; k++) resample_axis(dst + (size_t)x * 3 + k, rh, rw * 3, tmp + (size_t)x * 3 + k, in->h, rw * 3);
-    const int x0 = center ? (rw - size) / 2 : (int)lround(ox * (rw - size));
-    const int y0 = center ? (rh - size) / 2 : (int)lround(oy * (rh - size));
     int rc = image_alloc(out, size, size);
     if (!rc)
         for (int y = 0; y < size; y++)

@@ -37,5 +37,8 @@ int image_grid(image_t *out, const image_t *imgs, int n, int cols, int pad);
 /* Resize so the shorter side is `size` (area-averaging down, bilinear up), then crop size x
  * size (centre, or at (ox, oy) in [0,1] of the slack when not centred). */
 int image_resize_crop(image_t *out, const image_t *in, int size, int center, float ox, float oy);
+/* Where image_resize_crop takes its square from a w x h image: the resized size rw x rh (shorter
+ * side `size`) and the crop's top-left (x0, y0) in it (SDXL's micro-conditioning records these). */
+void image_crop_box(int w, int h, int size, int center, float ox, float oy, int *rw, int *rh, int *x0, int *y0);
 
 #endif

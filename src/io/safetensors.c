@@ -1091,21 +1091,27 @@ static uint64_t writer_content_hash(st_writer_t *w, uint64_t h) {
     return h;
 }
 
-int st_writer_save_pair(st_writer_t *a, const char *path_a, st_writer_t *b, const char *path_b) {
-    /* refuse a bad second target before the first file replaces anything */
-    int rc = outputs_check(path_a);
-    if (!rc) rc = outputs_check(path_b);
+int st_writer_save_group(st_writer_t *const *w, const char *const *paths, int n) {
+    /* refuse a bad later target before the first file replaces anything */
+    int rc = SD_OK;
+    for (int i = 0; i < n && !rc; i++) rc = outputs_check(paths[i]);
     if (rc) return rc;
-    writer_drop_meta(a, ST_PAIR_ID_KEY);
-    writer_drop_meta(b, ST_PAIR_ID_KEY);
-    const uint64_t h = writer_content_hash(b, writer_content_hash(a, K1));
+    uint64_t h = K1;
+    for (int i = 0; i < n; i++) {
+        writer_drop_meta(w[i], ST_PAIR_ID_KEY);
+        h = writer_content_hash(w[i], h);
+    }
     char id[17];
     snprintf(id, sizeof id, "%016llx", (unsigned long long)h);
-    st_writer_meta(a, ST_PAIR_ID_KEY, id);
-    st_writer_meta(b, ST_PAIR_ID_KEY, id);
-    rc = st_writer_save(a, path_a);
-    if (!rc) rc = st_writer_save(b, path_b);
+    for (int i = 0; i < n; i++) st_writer_meta(w[i], ST_PAIR_ID_KEY, id);
+    for (int i = 0; i < n && !rc; i++) rc = st_writer_save(w[i], paths[i]);
     return rc;
+}
+
+int st_writer_save_pair(st_writer_t *a, const char *path_a, st_writer_t *b, const char *path_b) {
+    st_writer_t *const w[2] = {a, b};
+    const char *const paths[2] = {path_a, path_b};
+    return st_writer_save_group(w, paths, 2);
 }
 
 int st_pair_check(const char *path_a, const char *path_b, int force) {

@@ -107,6 +107,9 @@ int st_writer_save(st_writer_t *w, const char *path);
  * renames leaves a pair whose ids differ, which st_pair_check tells. */
 #define ST_PAIR_ID_KEY "pair_id"
 int st_writer_save_pair(st_writer_t *a, const char *path_a, st_writer_t *b, const char *path_b);
+/* The same for n files (SDXL's spectral_shifts, _te, _te2): one id over all of them, in order; a
+ * pair saved as a group of 2 gets the bytes st_writer_save_pair gives. */
+int st_writer_save_group(st_writer_t *const *w, const char *const *paths, int n);
 /* Whether two files that are used together were written together: 0 when both carry the same
  * pair id, or neither carries one (files of older versions), or a path is NULL / "". Otherwise
  * SD_ERR_FORMAT naming both files, or with `force` a warning on stderr and 0. */

@@ -319,16 +319,18 @@ void clip_set_shift_scale(clip_t *m, float s) {
 /* ---------------------------------------------------------------------------------------
  * activations: one buffer, carved by this table (llm.c style) */
 
-#define N_ACTS 20
+#define N_ACTS 23
 static void acts_layout(float **ptrs[N_ACTS], size_t sizes[N_ACTS], clip_acts_t *a, const clip_config_t *c) {
     const size_t L = c->num_layers, C = c->hidden_size, I = c->intermediate_size, H = c->num_heads;
-    const size_t BT = (size_t)a->B * a->T;
+    const size_t B = a->B, BT = (size_t)a->B * a->T;
     float **p[N_ACTS] = {&a->encoded, &a->ln1, &a->ln1_mean, &a->ln1_rstd, &a->q, &a->k, &a->v,
                          &a->atty, &a->att_lse, &a->residual2, &a->ln2, &a->ln2_mean, &a->ln2_rstd,
-                         &a->fch, &a->fch_act, &a->residual3, &a->lnf, &a->lnf_mean, &a->lnf_rstd, NULL};
+                         &a->fch, &a->fch_act, &a->residual3, &a->lnf, &a->lnf_mean, &a->lnf_rstd,
+                         &a->pool_in, &a->pool_ln, &a->pool_mean, &a->pool_rstd};
     const size_t s[N_ACTS] = {BT * C, L * BT * C, L * BT, L * BT, L * BT * C, L * BT * C, L * BT * C,
                               L * BT * C, L * BT * H, L * BT * C, L * BT * C, L * BT, L * BT,
-                              L * BT * I, L * BT * I, L * BT * C, BT * C, BT, BT, 0};
+                              L * BT * I, L * BT * I, L * BT * C, BT * C, BT, BT,
+                              B * C, B * C, B, B};
     for (int i = 0; i < N_ACTS; i++) ptrs[i] = p[i], sizes[i] = s[i];
 }
 
@@ -343,7 +345,7 @@ int clip_acts_build(clip_acts_t *a, const clip_config_t *cfg, int B, int T) {
     acts_layout(ptrs, sizes, a, cfg);
     for (int i = 0; i < N_ACTS; i++) a->n_floats += sizes[i];
     a->memory = malloc(a->n_floats * sizeof(float));
-    a->ids = malloc(sizeof(int) * ((size_t)B * T + T));
+    a->ids = malloc(sizeof(int) * ((size_t)B * T + T + B));   /* ids, pos, eos */
     if (!a->memory || !a->ids) {
         size_t n = a->n_floats;
         clip_acts_free(a);
@@ -353,6 +355,7 @@ int clip_acts_build(clip_acts_t *a, const clip_config_t *cfg, int B, int T) {
     for (int i = 0; i < N_ACTS; i++)
         if (ptrs[i]) *ptrs[i] = cur, cur += sizes[i];
     a->pos = a->ids + (size_t)B * T;
+    a->eos = a->pos + T;
     for (int t = 0; t < T; t++) a->pos[t] = t;
     return SD_OK;
 }
@@ -420,6 +423,12 @@ static void ln_backward(const clip_t *m, const norm_layer_t *ln, const clip_ln_g
     scratch_release(mark);
 }
 
+/* The output of the first n layers in the last forward's activations ([cur_B, cur_T, C]
+ * contiguous): transformers' hidden_states[n]; n = 0 is the embeddings. */
+static float *layer_output(const clip_acts_t *a, int n, int C) {
+    return n == 0 ? a->encoded : a->residual3 + (size_t)(n - 1) * a->B * a->T * C;
+}
+
 /* ---------------------------------------------------------------------------------------
  * forward */
 
@@ -437,7 +446,11 @@ const float *clip_forward(clip_t *m, clip_acts_t *a, const int *ids, int B, int 
     /* per-layer slab strides (capacity, so that a smaller batch fits the same layout) */
     const size_t sC = (size_t)a->B * a->T * C, sI = (size_t)a->B * a->T * I, sN = (size_t)a->B * a->T;
     const size_t sH = (size_t)a->B * a->T * H;
-    a->cur_B = B, a->cur_T = T, a->n_run = c->num_layers - m->clip_skip;
+    const int penultimate = m->hidden_mode == CLIP_HIDDEN_PENULTIMATE;
+    a->cur_B = B, a->cur_T = T, a->hidden_mode = m->hidden_mode;
+    a->hidden_level = c->num_layers - m->clip_skip - penultimate;   /* >= 0 by the check above */
+    a->has_pooled = m->want_pooled != 0;
+    a->n_run = a->has_pooled ? c->num_layers : a->hidden_level;   /* the pooled path needs every layer */
     memcpy(a->ids, ids, sizeof(int) * N);
 
     /* embeddings: x0[b, t] = token_embedding[ids[b, t]] + position_embedding[t] */
@@ -474,19 +487,76 @@ const float *clip_forward(clip_t *m, clip_acts_t *a, const int *ids, int B, int 
         residual_add(res3, res2, (size_t)N * C);
     }
 
-    /* final LayerNorm on the last layer run (clip_skip stops early) */
-    const float *xl = a->n_run == 0 ? a->encoded : a->residual3 + (a->n_run - 1) * sC;
-    ln_forward(m, &m->final_ln, a->lnf, a->lnf_mean, a->lnf_rstd, xl, N);
+    /* pooled path: the final LayerNorm of the last layer's output at each row's EOS token only
+     * (transformers normalises every token and then gathers: the same rows) */
+    if (a->has_pooled) {
+        const float *xL = layer_output(a, c->num_layers, C);
+        for (int b = 0; b < B; b++) {
+            const int *row = a->ids + (size_t)b * T;
+            int e = 0;
+            for (int t = 1; t < T; t++)
+                if (row[t] > row[e]) e = t;
+            a->eos[b] = e;
+            memcpy(a->pool_in + (size_t)b * C, xL + ((size_t)b * T + e) * C, sizeof(float) * C);
+        }
+        ln_forward(m, &m->final_ln, a->pool_ln, a->pool_mean, a->pool_rstd, a->pool_in, B);
+    }
+
+    const float *xh = layer_output(a, a->hidden_level, C);
+    if (penultimate) return xh;   /* raw: SDXL takes the hidden states before the final LayerNorm */
+    /* final LayerNorm on the chosen layer's output (clip_skip stops early) */
+    ln_forward(m, &m->final_ln, a->lnf, a->lnf_mean, a->lnf_rstd, xh, N);
     return a->lnf;
+}
+
+int clip_pooled(float *pooled, clip_t *m, clip_acts_t *a) {
+    if (m->cfg.projection_dim <= 0)
+        return sd_error(SD_ERR_ARG, "text encoder: no pooled embedding: the model has no text_projection "
+                                    "(not a CLIPTextModelWithProjection)");
+    if (!a->has_pooled || a->cur_B < 1)
+        return sd_error(SD_ERR_ARG, "text encoder: no pooled embedding: the last forward ran without want_pooled");
+    weight_linear_forward(pooled, a->pool_ln, &m->text_projection.w, NULL, a->cur_B);
+    return SD_OK;
 }
 
 /* ---------------------------------------------------------------------------------------
  * backward */
 
-void clip_backward(clip_t *m, clip_acts_t *a, const float *dhidden, clip_grads_t *g, float *dembed) {
+/* dx += dL/d(output of a->hidden_level layers) from dhidden: through the final LayerNorm, or
+ * directly for the raw penultimate states. */
+static void hidden_backward(const clip_t *m, const clip_acts_t *a, const clip_grads_t *g, float *dx,
+                            const float *dhidden, int N) {
+    const size_t NC = (size_t)N * m->cfg.hidden_size;
+    if (a->hidden_mode == CLIP_HIDDEN_PENULTIMATE) {
+        residual_add(dx, dhidden, NC);
+        return;
+    }
+    const float *xh = layer_output(a, a->hidden_level, m->cfg.hidden_size);
+    ln_backward(m, &m->final_ln, g ? &g->final_ln : NULL, dx, dhidden, xh, a->lnf_mean, a->lnf_rstd, N);
+}
+
+/* dx += dL/d(output of the last layer) from dpooled: text_projection, the final LayerNorm of the
+ * EOS rows, scattered back to those rows. */
+static void pooled_backward(const clip_t *m, const clip_acts_t *a, const clip_grads_t *g, float *dx,
+                            const float *dpooled) {
+    const int B = a->cur_B, T = a->cur_T, C = m->cfg.hidden_size;
+    scratch_mark_t mark = scratch_mark();
+    float *dln = scratch_floats((size_t)B * C), *din = scratch_floats((size_t)B * C);
+    memset(dln, 0, sizeof(float) * B * C);
+    memset(din, 0, sizeof(float) * B * C);
+    weight_linear_backward(dln, g ? g->text_projection.dw : NULL, NULL, dpooled, a->pool_ln, &m->text_projection.w, B);
+    ln_backward(m, &m->final_ln, g ? &g->final_ln : NULL, din, dln, a->pool_in, a->pool_mean, a->pool_rstd, B);
+    for (int b = 0; b < B; b++) residual_add(dx + ((size_t)b * T + a->eos[b]) * C, din + (size_t)b * C, C);
+    scratch_release(mark);
+}
+
+void clip_backward(clip_t *m, clip_acts_t *a, const float *dhidden, const float *dpooled, clip_grads_t *g,
+                   float *dembed) {
     const clip_config_t *c = &m->cfg;
     const int B = a->cur_B, T = a->cur_T;
     SD_CHECK(B > 0 && T > 0, "clip_backward before any forward");
+    SD_CHECK(!dpooled || (a->has_pooled && c->projection_dim > 0),
+             "clip_backward with dpooled after a forward without want_pooled or a model without text_projection");
     const int C = c->hidden_size, I = c->intermediate_size, H = c->num_heads, D = C / H, N = B * T;
     const float scale = 1.0f / sqrtf((float)D);
     const size_t sC = (size_t)a->B * a->T * C, sI = (size_t)a->B * a->T * I, sN = (size_t)a->B * a->T;
@@ -499,12 +569,14 @@ void clip_backward(clip_t *m, clip_acts_t *a, const float *dhidden, clip_grads_t
     float *datty = scratch_floats(NC), *dq = scratch_floats(NC), *dk = scratch_floats(NC);
     float *dv = scratch_floats(NC), *dfch_act = scratch_floats(NI), *dfch = scratch_floats(NI);
 
-    /* final LayerNorm */
-    const float *xl = a->n_run == 0 ? a->encoded : a->residual3 + (a->n_run - 1) * sC;
+    /* dx = dL/d(output of the layers run): the pooled path enters at the last layer, the
+     * hidden states at layer hidden_level (at the top of the loop, dx is dL/d(output of l + 1
+     * layers)) */
     memset(dx, 0, sizeof(float) * NC);
-    ln_backward(m, &m->final_ln, g ? &g->final_ln : NULL, dx, dhidden, xl, a->lnf_mean, a->lnf_rstd, N);
+    if (dpooled) pooled_backward(m, a, g, dx, dpooled);
 
     for (int l = a->n_run - 1; l >= 0; l--) {
+        if (dhidden && l + 1 == a->hidden_level) hidden_backward(m, a, g, dx, dhidden, N);
         const clip_layer_t *ly = &m->layers[l];
         const clip_layer_grads_t *lg = g ? &g->layers[l] : &none;
         const float *x = l == 0 ? a->encoded : a->residual3 + (l - 1) * sC;
@@ -539,6 +611,7 @@ void clip_backward(clip_t *m, clip_acts_t *a, const float *dhidden, clip_grads_t
         ln_backward(m, &ly->ln1, g ? &lg->ln1 : NULL, dx, dln, x, ln1_mean, ln1_rstd, N);
     }
 
+    if (dhidden && a->hidden_level == 0) hidden_backward(m, a, g, dx, dhidden, N);
     /* embeddings: dx = dL/d x0, the token rows get it, each position the sum over the batch */
     if (dembed) residual_add(dembed, dx, NC);
     if (g && g->dtoken) weight_embedding_backward(g->dtoken, dx, a->ids, &m->token_embedding, N);

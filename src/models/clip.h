@@ -1,8 +1,10 @@
-/* CLIP text encoder (transformers CLIPTextModel, as Stable Diffusion uses it), forward and
- * backward, llm.c style: parameters in clip_t, every activation the backward needs in one
- * buffer (clip_acts_t), gradients in clip_grads_t. SD 1.x: last_hidden_state after the final
- * LayerNorm; SD 2.x: the diffusers copy simply has 23 layers; clip_skip = k stops after layer
- * L-k and then applies the final LayerNorm (diffusers' clip_skip). */
+/* CLIP text encoder (transformers CLIPTextModel, as Stable Diffusion uses it, and
+ * CLIPTextModelWithProjection, SDXL's second encoder), forward and backward, llm.c style:
+ * parameters in clip_t, every activation the backward needs in one buffer (clip_acts_t),
+ * gradients in clip_grads_t. SD 1.x: last_hidden_state after the final LayerNorm; SD 2.x: the
+ * diffusers copy simply has 23 layers; clip_skip = k stops after layer L-k and then applies the
+ * final LayerNorm (diffusers' clip_skip). SDXL (hidden_mode CLIP_HIDDEN_PENULTIMATE): the raw
+ * output of layer L-1-k, and the pooled embedding (clip_pooled). */
 #ifndef SVDIFF_MODELS_CLIP_H
 #define SVDIFF_MODELS_CLIP_H
 
@@ -18,6 +20,14 @@
 #define CLIP_MAX_LAYERS 1024   /* num_hidden_layers */
 
 typedef enum { CLIP_ACT_QUICK_GELU = 0, CLIP_ACT_GELU = 1 } clip_act_t;
+
+/* What clip_forward returns (clip_t.hidden_mode). transformers' hidden_states[i] is the output
+ * of i layers (hidden_states[0]: the embeddings). */
+typedef enum {
+    CLIP_HIDDEN_FINAL_LN = 0,    /* SD 1.x / 2.x: the final LayerNorm of hidden_states[L - clip_skip] */
+    CLIP_HIDDEN_PENULTIMATE = 1, /* SDXL: hidden_states[-(clip_skip + 2)] = the raw output of
+                                  * L - 1 - clip_skip layers, no final LayerNorm */
+} clip_hidden_t;
 
 typedef struct {
     int hidden_size;          /* C */
@@ -60,6 +70,9 @@ typedef struct {
     norm_layer_t final_ln;
     layer_t text_projection;      /* [P, C], no bias; only when cfg.projection_dim > 0 */
     int clip_skip;                /* layers not run at the end (0: all); set before forward */
+    clip_hidden_t hidden_mode;    /* which hidden states clip_forward returns; set before forward */
+    int want_pooled;              /* set before forward: run every layer and keep what clip_pooled
+                                   * and the backward of dpooled need */
     normshift_mode_t norm_shift_mode;
     float norm_shift_scale;       /* s of the norm shifts (spectral weights keep theirs in sp) */
     float *small;                 /* one block holding every bias / gamma / beta (fp32) */
@@ -100,9 +113,14 @@ void clip_set_shift_scale(clip_t *m, float s);
 typedef struct {
     int B, T;              /* capacity */
     int cur_B, cur_T;      /* shape of the last forward */
-    int n_run;             /* layers the last forward ran (L - clip_skip) */
+    int n_run;             /* layers the last forward ran (L with want_pooled, else hidden_level) */
+    int hidden_level;      /* the returned hidden states are (the final LayerNorm of) the output of
+                            * this many layers: L - clip_skip, or L - 1 - clip_skip (penultimate) */
+    clip_hidden_t hidden_mode;   /* of the last forward */
+    int has_pooled;        /* the last forward kept the pooled path (want_pooled) */
     int *ids;              /* [B, T] token ids of the last forward */
     int *pos;              /* [T] 0..T-1, the position ids */
+    int *eos;              /* [B] position of the first largest id in each row (the EOS token) */
     float *encoded;        /* [B, T, C] token + position embedding = input of layer 0 */
     float *ln1;            /* [L, B, T, C] */
     float *ln1_mean, *ln1_rstd;  /* [L, B, T] */
@@ -117,6 +135,9 @@ typedef struct {
     float *residual3;      /* [L, B, T, C] layer output (input of the next layer) */
     float *lnf;            /* [B, T, C] final LayerNorm output = last_hidden_state */
     float *lnf_mean, *lnf_rstd;  /* [B, T] */
+    float *pool_in;        /* [B, C] output of the last layer at each row's EOS position */
+    float *pool_ln;        /* [B, C] its final LayerNorm (input of text_projection) */
+    float *pool_mean, *pool_rstd;  /* [B] */
     float *memory;         /* the single allocation */
     size_t n_floats;
 } clip_acts_t;
@@ -125,9 +146,18 @@ typedef struct {
 int clip_acts_build(clip_acts_t *a, const clip_config_t *cfg, int B, int T);
 void clip_acts_free(clip_acts_t *a);
 
-/* hidden[B, T, C] (= a->lnf) for ids[B, T] (each in [0, V)); NULL with SD_ERR_ARG's message
- * when B x T exceeds what the activations were built for (or is below 1 x 1). */
+/* hidden[B, T, C] for ids[B, T] (each in [0, V)), chosen by m->hidden_mode (a->lnf, or a
+ * layer's output inside a, valid until the next forward); NULL with SD_ERR_ARG's message when
+ * B x T exceeds what the activations were built for (or is below 1 x 1). With m->want_pooled
+ * the forward runs all L layers whatever clip_skip, and keeps the final LayerNorm of the last
+ * layer's output at each row's EOS position for clip_pooled. */
 const float *clip_forward(clip_t *m, clip_acts_t *a, const int *ids, int B, int T);
+
+/* pooled[B, projection_dim] = text_projection(final_layer_norm(output of the LAST layer)[b, eos_b])
+ * of the last forward, eos_b = first position of the largest id in ids[b] (the first EOS, 49407,
+ * as transformers' argmax finds it). Returns 0, or SD_ERR_ARG when the model has no
+ * text_projection or the last forward ran without want_pooled. */
+int clip_pooled(float *pooled, clip_t *m, clip_acts_t *a);
 
 /* Gradients. For a weight, dw is d(delta) [rank] when it is spectral and dW [rows, cols]
  * (fp32) when it is dense. Every pointer may be NULL (= not wanted); backward accumulates. */
@@ -158,15 +188,19 @@ int clip_grads_alloc(clip_grads_t *g, const clip_t *m, unsigned what);
 void clip_grads_zero(clip_grads_t *g);
 void clip_grads_free(clip_grads_t *g);
 
-/* Backward of the last forward: dhidden [B, T, C] = dL/d hidden. Accumulates into every
- * non-NULL gradient of g (g may be NULL) and into dembed [B, T, C] = dL/d(token + position
- * embedding), the input of the first block (NULL = not wanted). */
-void clip_backward(clip_t *m, clip_acts_t *a, const float *dhidden, clip_grads_t *g, float *dembed);
+/* Backward of the last forward: dhidden [B, T, C] = dL/d hidden (what clip_forward returned),
+ * dpooled [B, projection_dim] = dL/d pooled (clip_pooled; the forward must have had
+ * want_pooled); either may be NULL. Accumulates into every non-NULL gradient of g (g may be
+ * NULL) and into dembed [B, T, C] = dL/d(token + position embedding), the input of the first
+ * block (NULL = not wanted). */
+void clip_backward(clip_t *m, clip_acts_t *a, const float *dhidden, const float *dpooled, clip_grads_t *g,
+                   float *dembed);
 
 /* Visits every trained shift: spectral deltas (name: SHIFT_TE, SHIFT_SPECTRAL, the module path,
- * e.g. "text_model.encoder.layers.0.self_attn.q_proj"), then norm shifts (SHIFT_NORM,
- * "...layer_norm1"), with its gradient from g (NULL if g is NULL or has none). The name and its
- * path are valid during the call only. */
+ * e.g. "text_model.encoder.layers.0.self_attn.q_proj", and "text_projection" last when the model
+ * has one), then norm shifts (SHIFT_NORM, "...layer_norm1"), with its gradient from g (NULL if g
+ * is NULL or has none). The component is always SHIFT_TE: a caller walking a second encoder
+ * copies the name and sets its own. The name and its path are valid during the call only. */
 typedef void (*clip_shift_visit_fn)(void *ctx, const shift_name_t *name, float *shift, float *grad, int n);
 void clip_visit_shifts(clip_t *m, clip_grads_t *g, clip_shift_visit_fn fn, void *ctx);
 

@@ -727,6 +727,12 @@ static size_t acts_layout(unet_acts_t *a, float *base, const unet_t *m) {
     a->t_a = bump_take(&b, (size_t)B * c->time_embed_dim);
     a->t_e = bump_take(&b, (size_t)B * c->time_embed_dim);
     a->temb = bump_take(&b, (size_t)B * c->time_embed_dim);
+    if (c->addition_text_time) {
+        a->add_in = bump_take(&b, (size_t)B * c->addition_embed_in);
+        a->add_h = bump_take(&b, (size_t)B * c->time_embed_dim);
+        a->add_a = bump_take(&b, (size_t)B * c->time_embed_dim);
+        a->add_e = bump_take(&b, (size_t)B * c->time_embed_dim);
+    }
     if (!a->training) {
         /* skip tensors (alive from their push to their pop) and two buffers for the rest */
         for (int s = 0; s < m->n_stages; s++) {
@@ -843,8 +849,14 @@ void unet_acts_free(unet_acts_t *a) {
  * ------------------------------------------------------------------------------------------- */
 
 int unet_forward(float *out, const unet_t *m, unet_acts_t *a, const float *sample, const float *timesteps,
-                 const float *ctx, int B, int H, int W, int T) {
+                 const float *ctx, const unet_added_cond_t *added, int B, int H, int W, int T) {
     const unet_config_t *c = &m->cfg;
+    if (c->addition_text_time && (!added || !added->text_embeds || !added->time_ids))
+        return sd_error(SD_ERR_ARG, "unet: this UNet has addition_embed_type \"text_time\" (SDXL): its forward needs "
+                        "the pooled text embedding and the %d time ids", UNET_N_TIME_IDS);
+    if (!c->addition_text_time && added)
+        return sd_error(SD_ERR_ARG, "unet: added conditioning (text_embeds, time_ids) given to a UNet without "
+                        "addition_embed_type \"text_time\"");
     if (B < 1 || B > a->B || H < 1 || H > a->H || W < 1 || W > a->W || T < 1 || T > a->T)
         return sd_error(SD_ERR_ARG, "unet: forward B=%d H=%d W=%d T=%d exceeds the activations' %d, %d, %d, %d", B, H,
                         W, T, a->B, a->H, a->W, a->T);
@@ -865,10 +877,14 @@ int unet_forward(float *out, const unet_t *m, unet_acts_t *a, const float *sampl
         for (size_t i = 0; i < nsample; i++) t[i] = 2.0f * sample[i] - 1.0f;
         x0 = t;
     }
-    /* time_proj, time_embedding; then SiLU once for every resnet's time_emb_proj (ResnetBlock2D
+    /* time_proj, time_embedding (+ add_embedding); then SiLU once for every resnet's time_emb_proj (ResnetBlock2D
      * applies its nonlinearity to temb) */
     unet_timesteps_forward(a->t_sin, timesteps, c, B);
     unet_timestep_embedding_forward(a->t_e, a->t_h, a->t_a, a->t_sin, &m->time_linear_1, &m->time_linear_2, B);
+    if (c->addition_text_time) {   /* emb = time_embedding(t) + add_embedding(text_embeds, time ids) */
+        unet_add_embedding_forward(a->add_e, a->add_in, a->add_h, a->add_a, added, m, B);
+        add_into(a->t_e, a->add_e, (size_t)B * c->time_embed_dim);
+    }
     silu_forward(a->temb, a->t_e, (size_t)B * c->time_embed_dim);
 
     unet_pass_t p = {.m = m, .a = a, .B = B, .H = H, .W = W, .T = T, .s = 0, .ctx = ctx, .prev = x0, .out = out};
@@ -881,10 +897,12 @@ int unet_forward(float *out, const unet_t *m, unet_acts_t *a, const float *sampl
     return SD_OK;
 }
 
-void unet_backward(float *dsample, float *dctx, unet_grads_t *g, const float *dout, const unet_t *m, unet_acts_t *a) {
+void unet_backward(float *dsample, float *dctx, float *dtext_embeds, unet_grads_t *g, const float *dout,
+                   const unet_t *m, unet_acts_t *a) {
     SD_CHECK(a->training, "unet_backward needs activations built for training");
     SD_CHECK(a->cur_B > 0, "unet_backward before any forward");
     const unet_config_t *c = &m->cfg;
+    SD_CHECK(!dtext_embeds || c->addition_text_time, "unet_backward: dtext_embeds for a UNet without text_time");
     const int B = a->cur_B, H = a->cur_H, W = a->cur_W, T = a->cur_T;
     scratch_mark_t mark = scratch_mark();
     for (int s = 0; s < m->n_stages; s++) {
@@ -906,5 +924,7 @@ void unet_backward(float *dsample, float *dctx, unet_grads_t *g, const float *do
     float *de = zeros(nt);
     silu_backward(de, a->dtemb, a->t_e, nt);
     unet_timestep_embedding_backward(NULL, g, de, a->t_sin, a->t_h, a->t_a, &m->time_linear_1, &m->time_linear_2, B);
+    /* the sum's other term: d add_embedding output = de as well */
+    if (c->addition_text_time) unet_add_embedding_backward(dtext_embeds, g, de, a->add_in, a->add_h, a->add_a, m, B);
     scratch_release(mark);
 }

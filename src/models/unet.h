@@ -1,4 +1,4 @@
-/* UNet2DConditionModel (diffusers unets/unet_2d_condition.py, Stable Diffusion 1.x / 2.x),
+/* UNet2DConditionModel (diffusers unets/unet_2d_condition.py, Stable Diffusion 1.x / 2.x / XL),
  * forward and backward, llm.c style: parameters in unet_t (every conv / linear a weight_t named
  * by its diffusers module path), the network as an explicit program of stages with an explicit
  * skip list, activations in one unet_acts_t buffer (training) or only what is live (inference).
@@ -11,7 +11,8 @@
  *   unet_resnet.c     linear / conv / norm layers, ResnetBlock2D
  *   unet_attention.c  Attention (attn1 and attn2), BasicTransformerBlock, Transformer2DModel
  *   unet_resample.c   Downsample2D, Upsample2D
- *   unet_embeddings.c Timesteps, TimestepEmbedding */
+ *   unet_embeddings.c Timesteps, TimestepEmbedding, SDXL's added conditioning (add_time_proj,
+ *                     add_embedding) */
 #ifndef SVDIFF_MODELS_UNET_H
 #define SVDIFF_MODELS_UNET_H
 
@@ -288,6 +289,9 @@ typedef struct {
     float *t_sin;                 /* sinusoidal timestep features [B, block_out_channels[0]] */
     float *t_h, *t_a, *t_e;       /* linear_1 out, its SiLU, linear_2 out [B, Tdim] */
     float *temb;                  /* SiLU(time embedding) [B, Tdim]: input of every time_emb_proj */
+    /* text_time only (NULL otherwise): cat(text_embeds, time id features) [B, addition_embed_in];
+     * add_embedding's linear_1 out, its SiLU, linear_2 out [B, Tdim] (t_e holds the sum) */
+    float *add_in, *add_h, *add_a, *add_e;
     float **out;                  /* [n_stages] stage outputs (inference: skip slots / ping-pong) */
     float **skip;                 /* [n_skips] */
     int *keep;                    /* [n_stages] 1: the stage's inside is stored (not recomputed) */
@@ -310,11 +314,20 @@ size_t unet_acts_floats(const unet_t *m, int B, int H, int W, int T, int trainin
 
 /* ---- forward / backward ---- */
 
-/* out [B, out_ch, H, W] = UNet(sample [B, in_ch, H, W], timesteps [B], ctx [B, T, cross_dim]).
- * Training acts keep what unet_backward needs. Returns 0 or SD_ERR_ARG (shape over capacity
- * or not a multiple of 2^(n_levels-1)). */
+/* SDXL's added conditioning (addition_embed_type "text_time"); NULL for models without it. */
+typedef struct {
+    const float *text_embeds;   /* [B, addition_text_embeds_dim]: the pooled text embedding */
+    const float *time_ids;      /* [B, 6]: original (h, w), crop (top, left), target (h, w) in pixels */
+} unet_added_cond_t;
+
+/* out [B, out_ch, H, W] = UNet(sample [B, in_ch, H, W], timesteps [B], ctx [B, T, cross_dim],
+ * added). A "text_time" model adds add_embedding(cat(text_embeds, Timesteps(time_ids))) to the
+ * time embedding. Training acts keep what unet_backward needs. Returns 0 or SD_ERR_ARG (shape
+ * over capacity or not a multiple of 2^(n_levels-1); a "text_time" model without `added` or
+ * either of its arrays; `added` given to a model without "text_time"). */
 int unet_forward(float *out, const unet_t *m, unet_acts_t *a, const float *sample,
-                 const float *timesteps, const float *ctx, int B, int H, int W, int T);
+                 const float *timesteps, const float *ctx, const unet_added_cond_t *added,
+                 int B, int H, int W, int T);
 
 /* Gradients. For a layer, dw is d(delta) [rank] when it is spectral and dW [out, in*k*k] (fp32)
  * when it is dense. For a norm, dgamma is the gradient of the applied gain (= dL/dgamma
@@ -339,9 +352,10 @@ void unet_grads_zero(unet_grads_t *g);
 void unet_grads_free(unet_grads_t *g);
 
 /* Backward of the last (training) forward with dout [B, out_ch, H, W] = dL/d out. Accumulates
- * into the non-NULL gradients of g (g may be NULL), into dsample [B, in_ch, H, W] and into
- * dctx [B, T, cross_dim] (each NULL = not wanted). */
-void unet_backward(float *dsample, float *dctx, unet_grads_t *g, const float *dout,
+ * into the non-NULL gradients of g (g may be NULL), into dsample [B, in_ch, H, W], into
+ * dctx [B, T, cross_dim] and into dtext_embeds [B, addition_text_embeds_dim] (each NULL = not
+ * wanted; dtext_embeds only for a "text_time" model). The time ids get no gradient. */
+void unet_backward(float *dsample, float *dctx, float *dtext_embeds, unet_grads_t *g, const float *dout,
                    const unet_t *m, unet_acts_t *a);
 
 /* ---- modules (unet_resnet.c and the files below), exposed for tests and other models ----
@@ -397,6 +411,16 @@ void unet_timestep_embedding_forward(float *emb, float *h, float *act, const flo
 void unet_timestep_embedding_backward(float *dt_sin, unet_grads_t *g, const float *demb, const float *t_sin,
                                       const float *h, const float *act, const layer_t *linear_1,
                                       const layer_t *linear_2, int B);
+/* SDXL's added conditioning ("text_time": add_time_proj, then add_embedding, a TimestepEmbedding
+ * on m->add_linear_1 / add_linear_2): add_in [B, addition_embed_in] = cat(text_embeds [B, Dt],
+ * Timesteps(addition_time_embed_dim)(time_ids) [B, 6 * addition_time_embed_dim]) (each row's 6 ids
+ * in order, the flip_sin_to_cos / freq_shift of the config), emb [B, Tdim] = linear_2(act),
+ * act = SiLU(h), h = linear_1(add_in); add_in, h and act are kept for backward, which
+ * accumulates into dtext_embeds [B, Dt] (may be NULL) and g (the time ids are not trained). */
+void unet_add_embedding_forward(float *emb, float *add_in, float *h, float *act, const unet_added_cond_t *added,
+                                const unet_t *m, int B);
+void unet_add_embedding_backward(float *dtext_embeds, unet_grads_t *g, const float *demb, const float *add_in,
+                                 const float *h, const float *act, const unet_t *m, int B);
 /* Downsample2D (unet_resample.c): out [B, C, H/2, W/2] = conv (3x3, stride 2, padding 1, or
  * (0,1,0,1) when downsample_padding is 0) of x [B, C, H, W], C = conv->in. */
 void unet_downsample2d_forward(float *out, const float *x, const layer_t *conv, int B, int H, int W);

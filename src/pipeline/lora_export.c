@@ -57,8 +57,9 @@ int lora_export_rank(const float *ds, int n, double energy, int max_rank, int *o
 /* ---- one exported module ---- */
 
 typedef struct {
-    char *path;
-    int te;
+    char *path;        /* module path (a text_encoder_2 one without its set prefix) */
+    int comp;          /* shift_component_t of the module */
+    int te;            /* stats index: 0 UNet, 1 the text encoders (both of SDXL's) */
     int is_norm;
     int rank;          /* matrices: kept rank (before any padding) */
     int rows, cols;    /* matrices: the weight [rows, cols]; norms: rows = C */
@@ -76,12 +77,15 @@ static void item_free(item_t *it) {
 
 static int is_embedding(const char *path) { return !strncmp(path, "text_model.embeddings.", 22); }
 
+
 /* The weight tensor of a module in the model file, for its layout (conv or linear) and shape. */
 static int tensor_layout(const pipeline_t *p, item_t *it) {
     char key[600];
-    const shift_name_t n = {it->te ? SHIFT_TE : SHIFT_UNET, SHIFT_KIND_UNKNOWN, it->path};
+    const shift_name_t n = {(shift_component_t)it->comp, SHIFT_KIND_UNKNOWN, it->path};
     if (shift_key(key, sizeof key, &n, SHIFT_KEY_WEIGHT)) return SD_ERR_FORMAT;   /* the message names the path */
-    const st_tensor_t *t = component_find(it->te ? &p->model.text_encoder : &p->model.unet, key);
+    const model_component_t *comp = it->comp == SHIFT_TE2 ? &p->model.text_encoder_2
+                                    : it->comp == SHIFT_TE ? &p->model.text_encoder : &p->model.unet;
+    const st_tensor_t *t = comp ? component_find(comp, key) : NULL;
     if (!t || t->ndim < 1 || t->ndim > 4)
         return sd_error(SD_ERR_FORMAT, "%s: the model has no tensor '%s' to export against", it->path, key);
     it->ndim = t->ndim;
@@ -206,19 +210,24 @@ static long add_tensor(out_t *o, const char *name, const float *x, size_t n, int
     return (long)(n * es);
 }
 
-static void key_of(char *buf, size_t cap, lora_format_t f, int te, const char *path, const char *suffix) {
+/* Key prefixes per component: diffusers' component names; kohya's lora_unet_ / lora_te_, and on SDXL
+ * (two text encoders) lora_te1_ / lora_te2_, the names sd-scripts writes and ComfyUI and A1111 map
+ * to CLIP-L and OpenCLIP-G. */
+static void key_of(char *buf, size_t cap, lora_format_t f, int comp, int sdxl, const char *path, const char *suffix) {
+    static const char *const DIFFUSERS[SHIFT_N_COMPONENTS] = {"unet", "text_encoder", "text_encoder_2"};
+    static const char *const KOHYA[SHIFT_N_COMPONENTS] = {"lora_unet_", "lora_te_", "lora_te2_"};
     if (f == LORA_FORMAT_DIFFUSERS) {
-        snprintf(buf, cap, "%s.%s%s", te ? "text_encoder" : "unet", path, suffix);
+        snprintf(buf, cap, "%s.%s%s", DIFFUSERS[comp], path, suffix);
         return;
     }
-    int k = snprintf(buf, cap, "%s", te ? "lora_te_" : "lora_unet_");
+    int k = snprintf(buf, cap, "%s", comp == SHIFT_TE && sdxl ? "lora_te1_" : KOHYA[comp]);
     for (const char *c = path; *c && k + 1 < (int)cap; c++) buf[k++] = *c == '.' ? '_' : *c;
     buf[k] = '\0';
     snprintf(buf + k, cap - k, "%s", suffix);
 }
 
 /* down / up of one matrix at rank R >= it->rank (extra rows and columns zero), with its layout */
-static long write_matrix(out_t *o, const item_t *it, int R, lora_format_t f) {
+static long write_matrix(out_t *o, const item_t *it, int R, lora_format_t f, int sdxl) {
     char key[700];
     float *down = it->down, *up = it->up;
     if (R > it->rank) {   /* zero padding: exact, for a loader that takes one rank per component */
@@ -237,17 +246,17 @@ static long write_matrix(out_t *o, const item_t *it, int R, lora_format_t f) {
         us[2] = us[3] = 1;
     }
     const int kohya = f == LORA_FORMAT_KOHYA;
-    key_of(key, sizeof key, f, it->te, it->path, kohya ? ".lora_down.weight" : ".lora_A.weight");
+    key_of(key, sizeof key, f, it->comp, sdxl, it->path, kohya ? ".lora_down.weight" : ".lora_A.weight");
     long a = add_tensor(o, key, down, (size_t)R * it->cols, dn, ds, o->dtype);
     if (a < 0) return -1;
-    key_of(key, sizeof key, f, it->te, it->path, kohya ? ".lora_up.weight" : ".lora_B.weight");
+    key_of(key, sizeof key, f, it->comp, sdxl, it->path, kohya ? ".lora_up.weight" : ".lora_B.weight");
     long b = add_tensor(o, key, up, (size_t)it->rows * R, un, us, o->dtype);
     if (b < 0) return -1;
     long c = 0;
     if (kohya) {   /* alpha = rank, in fp32 whatever the dtype (bf16 cannot hold every rank) */
         float *alpha = keep(o, sd_xmalloc(sizeof(float)));
         *alpha = (float)R;
-        key_of(key, sizeof key, f, it->te, it->path, ".alpha");
+        key_of(key, sizeof key, f, it->comp, sdxl, it->path, ".alpha");
         c = add_tensor(o, key, alpha, 1, 0, NULL, ST_F32);
         if (c < 0) return -1;
     }
@@ -282,15 +291,23 @@ int lora_export(pipeline_t *p, const shift_set_t *const *sets, int n_sets, const
     }
 
     /* what to export: per component, the shifted paths less the dropped ones */
-    shift_set_t parts[2];
-    shiftset_init(&parts[0]), shiftset_init(&parts[1]);
+    shift_set_t parts[SHIFT_N_COMPONENTS];
+    for (int c = 0; c < SHIFT_N_COMPONENTS; c++) shiftset_init(&parts[c]);
+    clip_t *te2 = p->has_te2 ? &p->clip2 : NULL;   /* SDXL */
+    const int sdxl = te2 != NULL;
     int dropped_norms = 0, dropped_emb = 0;
     for (int k = 0; k < n_sets; k++)
         for (int i = 0; i < sets[k]->n; i++) {
             const shift_entry_t *e = &sets[k]->entries[i];
-            const int te = shift_component_of_path(e->path) == SHIFT_TE;
+            const shift_name_t nm = shift_name_of_entry(e->path);
+            const int comp = nm.component, te = comp != SHIFT_UNET;
             const int norm = toolbox_is_norm_path(e->path);
-            if ((norm && o->no_norms) || (is_embedding(e->path) && o->no_embeddings)) {
+            if (comp == SHIFT_TE2 && !te2) {
+                rc = sd_error(SD_ERR_ARG, "%s is a text_encoder_2 shift, but this model has no second text encoder (an "
+                              "SDXL shift file on another model?)", e->path);
+                goto done;
+            }
+            if ((norm && o->no_norms) || (is_embedding(nm.path) && o->no_embeddings)) {
                 stats[te].dropped++;
                 norm ? dropped_norms++ : dropped_emb++;
                 continue;
@@ -301,14 +318,14 @@ int lora_export(pipeline_t *p, const shift_set_t *const *sets, int n_sets, const
                               "to leave the norm shifts out", e->path);
                 goto done;
             }
-            if (o->format == LORA_FORMAT_DIFFUSERS && is_embedding(e->path)) {
+            if (o->format == LORA_FORMAT_DIFFUSERS && is_embedding(nm.path)) {
                 rc = sd_error(SD_ERR_ARG, "%s is an embedding shift: diffusers' text-encoder LoRA has no such key; "
                               "use --format kohya or --no-embeddings to leave it out", e->path);
                 goto done;
             }
             /* several sets add up, as generate --shifts a --shifts b does */
-            const shift_entry_t *have = shiftset_find(&parts[te], e->path);
-            if (!have) shiftset_put(&parts[te], e->path, e->values, e->n);
+            const shift_entry_t *have = shiftset_find(&parts[comp], e->path);
+            if (!have) shiftset_put(&parts[comp], e->path, e->values, e->n);
             else if (have->n == e->n)
                 for (int j = 0; j < e->n; j++) have->values[j] += e->values[j];
             else {
@@ -330,20 +347,22 @@ int lora_export(pipeline_t *p, const shift_set_t *const *sets, int n_sets, const
     }
     rc = shiftset_apply_unet(&p->unet, &parts[0], 1.0f, cache);
     if (!rc) rc = shiftset_apply_clip(&p->clip, &parts[1], 1.0f, cache);
+    if (!rc && parts[SHIFT_TE2].n) rc = shiftset_apply_clip_as(te2, SHIFT_TE2, &parts[SHIFT_TE2], 1.0f, cache);
     if (!rc && cache && svd_cache_save(cache))
         fprintf(stderr, "warning: %s (the SVD factors will be recomputed next time)\n", sd_last_error());
     svd_cache_close(cache);
     if (rc) goto done;
 
-    int n_items = parts[0].n + parts[1].n, n_it = 0;
+    int n_items = parts[0].n + parts[1].n + parts[2].n, n_it = 0;
     item_t *items = sd_xcalloc((size_t)n_items + 1, sizeof *items);
     int emb_written = 0, te_norms = 0;   /* counted when written */
-    for (int te = 0; te < 2 && !rc; te++)
-        for (int i = 0; i < parts[te].n && !rc; i++) {
-            const shift_entry_t *e = &parts[te].entries[i];
+    for (int comp = 0; comp < SHIFT_N_COMPONENTS && !rc; comp++)
+        for (int i = 0; i < parts[comp].n && !rc; i++) {
+            const shift_entry_t *e = &parts[comp].entries[i];
             item_t *it = &items[n_it++];
-            it->path = strdup(e->path), it->te = te;
-            if (!te) {
+            it->path = strdup(shift_name_of_entry(e->path).path), it->comp = comp, it->te = comp != SHIFT_UNET;
+            SD_CHECK(it->path, "out of memory");
+            if (comp == SHIFT_UNET) {
                 layer_t *l = unet_find_layer(&p->unet, e->path);
                 if (l) rc = matrix_item(p, it, &l->w, o, &stats[0]);
                 else {
@@ -351,17 +370,17 @@ int lora_export(pipeline_t *p, const shift_set_t *const *sets, int n_sets, const
                     norm_item(it, nm->gamma, nm->shift, nm->scale, nm->C, nm->mode);
                 }
             } else {
+                clip_t *c = comp == SHIFT_TE2 ? te2 : &p->clip;
                 clip_module_t f;
-                clip_find_module(&p->clip, e->path, &f);
+                clip_find_module(c, it->path, &f);
                 if (f.w) rc = matrix_item(p, it, f.w, o, &stats[1]);
-                else norm_item(it, f.ln->gamma, f.ln->shift, p->clip.norm_shift_scale, p->clip.cfg.hidden_size,
-                               p->clip.norm_shift_mode);
+                else norm_item(it, f.ln->gamma, f.ln->shift, c->norm_shift_scale, c->cfg.hidden_size, c->norm_shift_mode);
             }
         }
     if (rc) goto free_items;
 
     /* ranks per component (diffusers pads to the largest) */
-    int max_r[2] = {0, 0};
+    int max_r[SHIFT_N_COMPONENTS] = {0, 0, 0};   /* diffusers: one alpha per component */
     for (int k = 0; k < n_it; k++) {
         item_t *it = &items[k];
         lora_export_stats_t *st = &stats[it->te];
@@ -380,7 +399,7 @@ int lora_export(pipeline_t *p, const shift_set_t *const *sets, int n_sets, const
         st->rank_min = st->layers == 0 || it->rank < st->rank_min ? it->rank : st->rank_min;
         if (it->rank > st->rank_max) st->rank_max = it->rank;
         st->layers++;
-        if (it->rank > max_r[it->te]) max_r[it->te] = it->rank;
+        if (it->rank > max_r[it->comp]) max_r[it->comp] = it->rank;
     }
     if (!stats[0].layers && !stats[0].norms && !stats[1].layers && !stats[1].norms) {
         rc = sd_error(SD_ERR_ARG, "nothing to export: every shift is zero or left out");
@@ -404,10 +423,10 @@ int lora_export(pipeline_t *p, const shift_set_t *const *sets, int n_sets, const
         if (it->rank == 0) continue;
         if (it->te) it->is_norm ? te_norms++ : (emb_written += is_embedding(it->path));
         if (it->is_norm) {
-            key_of(key, sizeof key, o->format, it->te, it->path, ".diff");
+            key_of(key, sizeof key, o->format, it->comp, sdxl, it->path, ".diff");
             b = add_tensor(&w, key, it->up, (size_t)it->rows, 1, it->shape, o->dtype);
         } else {
-            b = write_matrix(&w, it, o->format == LORA_FORMAT_DIFFUSERS ? max_r[it->te] : it->rank, o->format);
+            b = write_matrix(&w, it, o->format == LORA_FORMAT_DIFFUSERS ? max_r[it->comp] : it->rank, o->format, sdxl);
         }
         if (b < 0) rc = SD_ERR_FORMAT;
         else stats[it->te].bytes += b;
@@ -455,6 +474,6 @@ free_items:
     for (int k = 0; k < n_it; k++) item_free(&items[k]);
     free(items);
 done:
-    shiftset_free(&parts[0]), shiftset_free(&parts[1]);
+    for (int c = 0; c < SHIFT_N_COMPONENTS; c++) shiftset_free(&parts[c]);
     return rc;
 }

@@ -15,9 +15,11 @@
  *
  * Key names:
  *   kohya      lora_unet_<module, '.' -> '_'>.lora_down.weight / .lora_up.weight / .alpha (0-d),
- *              lora_te_<module ...> for the text encoder, norm gains lora_unet_<module>.diff;
- *   diffusers  unet.<module>.lora_A.weight / .lora_B.weight, text_encoder.<module>...; diffusers'
- *              peft loader takes a single alpha per component, so the layers of a component are
+ *              lora_te_<module ...> for the text encoder (SDXL: lora_te1_ and lora_te2_ for its two,
+ *              the names ComfyUI and A1111 read for CLIP-L and OpenCLIP-G), norm gains
+ *              lora_unet_<module>.diff;
+ *   diffusers  unet.<module>.lora_A.weight / .lora_B.weight, text_encoder.<module>...,
+ *              text_encoder_2.<module>...; diffusers' peft loader takes a single alpha per component, so the layers of a component are
  *              padded with zero rows to its largest rank (exact) and no alpha is written (alpha =
  *              rank). It has no key for a full norm difference: norm shifts then need no_norms. */
 #ifndef SVDIFF_PIPELINE_LORA_EXPORT_H
@@ -41,7 +43,7 @@ typedef struct {
     int check;               /* measure the error of the written factors (stats err2 / ref2) */
 } lora_export_opts_t;
 
-/* What went into the file, per component (0 UNet, 1 text encoder). */
+/* What went into the file, per component (0 UNet, 1 the text encoders: SDXL's two together). */
 typedef struct {
     int layers;              /* matrices written as LoRA factors */
     int zero_layers;         /* shifted matrices and norms whose difference is exactly 0 (not written) */
@@ -63,8 +65,8 @@ typedef struct {
  * squares (may be NULL). */
 int lora_export_rank(const float *ds, int n, double energy, int max_rank, int *order, double *kept);
 
-/* Exports the shift sets (entries under "text_model." belong to the text encoder, the rest to the
- * UNet; several sets add up as in generate) against the base model opened in p (not modified in
+/* Exports the shift sets (entries under "text_model." belong to the text encoder, those under
+ * "text_encoder_2." to SDXL's second one, the rest to the UNet; several sets add up as in generate) against the base model opened in p (not modified in
  * its base weights: the model is made spectral where shifted). The file is written atomically to
  * `out` (st_writer_save). A set whose base_model_hash differs from p's model is refused unless
  * o->force. Returns 0 or SD_ERR_* with a message; stats[2] filled on success. */

@@ -30,6 +30,18 @@ typedef struct {
     int n_ctx;               /* context tokens: the text encoder's max_position_embeddings, at most 77
                               * (SD: 77; a small model for short captions may use fewer and
                               * save the text encoder and cross-attention that work) */
+    /* SDXL: a second tokenizer and text encoder (OpenCLIP bigG with its projection). The context
+     * is both encoders' penultimate hidden states side by side (ctx_dim = the two widths), the
+     * pooled embedding TE2's projection at the EOS token, fed to the UNet's add_embedding. */
+    clip_tokenizer_t *tok2;
+    clip_t clip2;
+    int has_te2;
+    int tok2_pad;            /* the id tokenizer_2 pads with: its own pad token, or for a single file
+                              * (whose tokenizer_2 is the --tokenizer folder, often padding with EOS)
+                              * the id of "!", SDXL's tokenizer_2 pad */
+    int pooled_dim;          /* UNet addition_text_embeds_dim (TE2 projection_dim); 0 without text_time */
+    int force_zeros_empty;   /* model_index.json force_zeros_for_empty_prompt (SDXL default 1): no
+                              * negative prompt gives a zero context and pooled embedding */
 } pipeline_t;
 
 /* Opens a model folder or single file and builds tokenizer, text encoder, UNet, VAE and
@@ -67,6 +79,10 @@ int pipeline_apply_shift_set(pipeline_t *p, const shift_set_t *s, const char *la
 
 /* ctx[n, n_ctx, ctx_dim] = text encoder(prompts[i]); warns on stderr when a prompt is truncated. */
 int pipeline_encode_prompts(pipeline_t *p, const char *const *prompts, int n, float *ctx);
+/* The same, and on SDXL pooled[n, pooled_dim] (TE2's projected EOS embedding; NULL: not wanted,
+ * allowed on every model). SDXL's ctx is cat(TE1, TE2) of their penultimate hidden states. The
+ * encoders use the clip_skip set in p->clip.clip_skip (and p->clip2.clip_skip). */
+int pipeline_encode_prompts_cond(pipeline_t *p, const char *const *prompts, int n, float *ctx, float *pooled);
 
 typedef struct {
     const char *prompt, *negative_prompt;   /* negative NULL: the empty prompt */
@@ -82,7 +98,24 @@ typedef struct {
     const volatile sig_atomic_t *stop;      /* may be NULL; once non-zero (a signal handler sets it),
                                                sampling ends before its next UNet call with
                                                SD_ERR_INTERRUPTED */
+    /* SDXL's micro-conditioning (UNet addition_embed_type "text_time"), pixels, (h, w) and
+     * (top, left). {0, 0} is diffusers' default: original_size = target_size = (height, width),
+     * crop (0, 0). A model without text_time refuses any non-zero value. */
+    int original_size[2], crops_coords_top_left[2], target_size[2];
+    /* The unconditional (negative) rows' values; {0, 0} takes the positive value above. */
+    int negative_original_size[2], negative_crops_coords_top_left[2], negative_target_size[2];
+    int clip_skip;                          /* text-encoder layers skipped at the end (diffusers'
+                                               clip_skip; 0: none); on SDXL both encoders. As
+                                               diffusers, only the prompt is encoded with it: the
+                                               negative prompt uses none */
 } txt2img_opts_t;
+
+/* One row of SDXL's add_time_ids: original (h, w), crop (top, left), target (h, w), as floats. */
+void pipeline_time_ids(float out[6], const int original_size[2], const int crops_coords_top_left[2],
+                       const int target_size[2]);
+/* The time ids a txt2img run gives its conditional rows (negative 0) or its unconditional rows
+ * (negative 1), with the defaults of txt2img_opts_t resolved for o->width x o->height. */
+void pipeline_opts_time_ids(float out[6], const txt2img_opts_t *o, int negative);
 
 /* 0 when the UNet takes images of this size (positive multiples of the VAE factor times the
  * UNet's downsampling), else SD_ERR_ARG naming the multiple. */

@@ -96,7 +96,7 @@ const char *shiftset_meta(const shift_set_t *s, const char *key) {
 
 /* The file key of an entry ("<path>.delta") into buf, for messages and the writer. */
 static const char *file_key(char *buf, size_t cap, const char *path) {
-    const shift_name_t n = {shift_component_of_path(path), SHIFT_KIND_UNKNOWN, path};
+    const shift_name_t n = shift_name_of_entry(path);
     if (shift_key(buf, cap, &n, SHIFT_KEY_FILE)) snprintf(buf, cap, "%s", path);
     return buf;
 }
@@ -141,7 +141,11 @@ int shiftset_load(shift_set_t *s, const char *file) {
         for (int j = 0; !rc && j < n; j++)
             if (!isfinite(v[j]))
                 rc = sd_error(SD_ERR_FORMAT, "%s: tensor '%s' holds a non-finite value at [%d]", file, t->name, j);
-        if (!rc) shiftset_put(s, name.path, v, n);
+        /* the set's entry: the key less ".delta" (a text_encoder_2 entry keeps its prefix) */
+        char *entry = sd_xmalloc(len + 1);
+        if (!rc) rc = shift_key(entry, len + 1, &name, SHIFT_KEY_SET);
+        if (!rc) shiftset_put(s, entry, v, n);
+        free(entry);
         free(v);
         free(path);
     }
@@ -192,7 +196,7 @@ static int set_writer_build(set_writer_t *sw, const shift_set_t *s, const char *
         const shift_entry_t *e = &s->entries[i];
         const size_t cap = strlen(e->path) + 16;
         sw->names[i] = sd_xmalloc(cap);
-        const shift_name_t n = {shift_component_of_path(e->path), SHIFT_KIND_UNKNOWN, e->path};
+        const shift_name_t n = shift_name_of_entry(e->path);
         if ((rc = shift_key(sw->names[i], cap, &n, SHIFT_KEY_FILE))) break;
         const int64_t shape[1] = {e->n};
         const void *data = e->values;
@@ -223,16 +227,27 @@ int shiftset_save(const shift_set_t *s, const char *file, st_dtype_t dtype) {
     return rc;
 }
 
+int shiftset_save_group(const shift_set_t *const *sets, const char *const *files, const st_dtype_t *dtypes, int n) {
+    SD_CHECK(n >= 1 && n <= SHIFT_N_COMPONENTS, "a group of %d shift files", n);
+    set_writer_t sw[SHIFT_N_COMPONENTS];
+    st_writer_t *w[SHIFT_N_COMPONENTS];
+    int rc = SD_OK;
+    for (int i = 0; i < n; i++) {   /* every writer is built (and freed), the first error kept */
+        const int rci = set_writer_build(&sw[i], sets[i], files[i], dtypes[i]);
+        if (!rc) rc = rci;
+        w[i] = sw[i].w;
+    }
+    if (!rc) rc = n == 1 ? st_writer_save(w[0], files[0]) : st_writer_save_group(w, files, n);
+    for (int i = 0; i < n; i++) set_writer_free(&sw[i]);
+    return rc;
+}
+
 int shiftset_save_pair(const shift_set_t *unet, const char *unet_file, st_dtype_t unet_dtype, const shift_set_t *te,
                        const char *te_file, st_dtype_t te_dtype) {
-    set_writer_t a, b;
-    int rc = set_writer_build(&a, unet, unet_file, unet_dtype);
-    int rc2 = set_writer_build(&b, te, te_file, te_dtype);
-    if (!rc) rc = rc2;
-    if (!rc) rc = st_writer_save_pair(a.w, unet_file, b.w, te_file);
-    set_writer_free(&a);
-    set_writer_free(&b);
-    return rc;
+    const shift_set_t *const sets[2] = {unet, te};
+    const char *const files[2] = {unet_file, te_file};
+    const st_dtype_t dt[2] = {unet_dtype, te_dtype};
+    return shiftset_save_group(sets, files, dt, 2);
 }
 
 /* ---------------------------------------------------------------------------------------
@@ -253,10 +268,28 @@ void shiftset_from_unet(shift_set_t *s, unet_t *m) {
         }
 }
 
-void shiftset_from_clip(shift_set_t *s, clip_t *m) {
+/* A text encoder's visit names its shifts SHIFT_TE; the set entry follows the component asked for. */
+typedef struct {
+    shift_set_t *s;
+    shift_component_t component;
+} put_as_t;
+
+static void put_visit_as(void *ctx, const shift_name_t *name, float *shift, float *grad, int n) {
+    (void)grad;
+    put_as_t *p = ctx;
+    const shift_name_t as = {p->component, name->kind, name->path};
+    char key[512];
+    SD_CHECK(shift_key(key, sizeof key, &as, SHIFT_KEY_SET) == SD_OK, "%s", sd_last_error());
+    shiftset_put(p->s, key, shift, n);
+}
+
+void shiftset_from_clip(shift_set_t *s, clip_t *m) { shiftset_from_clip_as(s, m, SHIFT_TE); }
+
+void shiftset_from_clip_as(shift_set_t *s, clip_t *m, shift_component_t component) {
     int has_norm_shift = m->final_ln.shift != NULL;
     for (int l = 0; l < m->cfg.num_layers; l++) has_norm_shift |= m->layers[l].ln1.shift || m->layers[l].ln2.shift;
-    clip_visit_shifts(m, NULL, put_visit, s);
+    put_as_t pa = {s, component};
+    clip_visit_shifts(m, NULL, put_visit_as, &pa);
     if (has_norm_shift) shiftset_set_meta(s, "norm_shift", m->norm_shift_mode == NORMSHIFT_SCALAR ? "scalar" : "element");
 }
 
@@ -308,10 +341,10 @@ static void factor_progress_finish(factor_progress_t *fp) {
 }
 
 /* Makes `w` spectral if it is not (keeping the base: exact form) and adds the shift. */
-static int apply_matrix(weight_t *w, shift_component_t component, const shift_entry_t *e, float scale,
-                        svd_cache_t *cache, factor_progress_t *fp) {
+static int apply_matrix(weight_t *w, shift_component_t component, const char *path, const shift_entry_t *e,
+                        float scale, svd_cache_t *cache, factor_progress_t *fp) {
     if (w->kind == WEIGHT_DENSE) {
-        const shift_name_t n = {component, SHIFT_SPECTRAL, e->path};
+        const shift_name_t n = {component, SHIFT_SPECTRAL, path};
         int rc = svd_cache_make_spectral(cache, &n, w, 1);
         if (rc) return rc;
         progress_update(&fp->bar, ++fp->done, NULL);
@@ -358,7 +391,7 @@ int shiftset_apply_unet(unet_t *m, const shift_set_t *s, float scale, svd_cache_
         const shift_entry_t *e = &s->entries[i];
         layer_t *l = unet_find_layer(m, e->path);
         if (l) {
-            int rc = apply_matrix(&l->w, SHIFT_UNET, e, scale, cache, &fp);
+            int rc = apply_matrix(&l->w, SHIFT_UNET, e->path, e, scale, cache, &fp);
             if (rc) return rc;
             continue;
         }
@@ -374,7 +407,13 @@ int shiftset_apply_unet(unet_t *m, const shift_set_t *s, float scale, svd_cache_
 }
 
 int shiftset_apply_clip(clip_t *m, const shift_set_t *s, float scale, svd_cache_t *cache) {
+    return shiftset_apply_clip_as(m, SHIFT_TE, s, scale, cache);
+}
+
+int shiftset_apply_clip_as(clip_t *m, shift_component_t component, const shift_set_t *s, float scale,
+                           svd_cache_t *cache) {
     const int C = m->cfg.hidden_size;
+    const char *what = component == SHIFT_TE2 ? "text_encoder_2" : "text encoder";
     /* the text encoder has one norm-shift mode for all its LayerNorms */
     int have = m->final_ln.shift ? (int)m->norm_shift_mode : -1;
     for (int l = 0; l < m->cfg.num_layers; l++)
@@ -384,7 +423,8 @@ int shiftset_apply_clip(clip_t *m, const shift_set_t *s, float scale, svd_cache_
     for (int i = 0; i < s->n; i++) {
         const shift_entry_t *e = &s->entries[i];
         clip_module_t f;
-        if (!clip_find_module(m, e->path, &f)) return unknown_module(e, "text encoder");
+        const shift_name_t nm = shift_name_of_entry(e->path);
+        if (nm.component != component || !clip_find_module(m, nm.path, &f)) return unknown_module(e, what);
         if (f.w) {
             if (e->n != rank_of(f.w)) {
                 snprintf(want, sizeof want, "%d (the rank of its [%d, %d] matrix)", rank_of(f.w), f.w->rows, f.w->cols);
@@ -399,24 +439,25 @@ int shiftset_apply_clip(clip_t *m, const shift_set_t *s, float scale, svd_cache_
         }
         char key[512];
         if (mode >= 0 && mi != mode)
-            return sd_error(SD_ERR_FORMAT, "shift '%s' is a %s norm shift, but the text encoder's norm shifts are %s",
-                            file_key(key, sizeof key, e->path), mode_name(mi), mode_name(mode));
+            return sd_error(SD_ERR_FORMAT, "shift '%s' is a %s norm shift, but the %s's norm shifts are %s",
+                            file_key(key, sizeof key, e->path), mode_name(mi), what, mode_name(mode));
         mode = mi;
     }
     long todo = 0;
     for (int i = 0; i < s->n; i++) {
         clip_module_t f;
-        clip_find_module(m, s->entries[i].path, &f);
+        clip_find_module(m, shift_name_of_entry(s->entries[i].path).path, &f);
         todo += f.w && f.w->kind == WEIGHT_DENSE;
     }
     factor_progress_t fp;
-    factor_progress_start(&fp, "text encoder svd", todo);
+    factor_progress_start(&fp, component == SHIFT_TE2 ? "text_encoder_2 svd" : "text encoder svd", todo);
     for (int i = 0; i < s->n; i++) {
         const shift_entry_t *e = &s->entries[i];
         clip_module_t f;
-        clip_find_module(m, e->path, &f);
+        const shift_name_t nm = shift_name_of_entry(e->path);
+        clip_find_module(m, nm.path, &f);
         if (f.w) {
-            int rc = apply_matrix(f.w, SHIFT_TE, e, scale, cache, &fp);
+            int rc = apply_matrix(f.w, component, nm.path, e, scale, cache, &fp);
             if (rc) return rc;
             continue;
         }
@@ -466,25 +507,63 @@ int shift_spec_parse(const char *arg, char *path, size_t cap, float *scale) {
     return SD_OK;
 }
 
-int shift_files_resolve(const char *file_or_dir, char *unet_file, char *te_file, size_t cap) {
+static const char *const PART_FILE[SHIFT_N_COMPONENTS] = {
+    "spectral_shifts.safetensors", "spectral_shifts_te.safetensors", "spectral_shifts_te2.safetensors"};
+
+const char *shift_part_file(shift_component_t c) { return PART_FILE[c]; }
+
+int shift_files_resolve(const char *file_or_dir, char files[][SHIFT_PATH_CAP]) {
     struct stat st;
-    unet_file[0] = te_file[0] = '\0';
+    for (int c = 0; c < SHIFT_N_COMPONENTS; c++) files[c][0] = '\0';
     if (stat(file_or_dir, &st) != 0)
         return sd_error(SD_ERR_IO, "shift file or folder %s: %s", file_or_dir, strerror(errno));
     if (!S_ISDIR(st.st_mode)) {
-        if ((size_t)snprintf(unet_file, cap, "%s", file_or_dir) >= cap)
+        if ((size_t)snprintf(files[0], SHIFT_PATH_CAP, "%s", file_or_dir) >= SHIFT_PATH_CAP)
             return sd_error(SD_ERR_ARG, "%s: path too long", file_or_dir);
         return SD_OK;
     }
-    char buf[4096];
-    snprintf(buf, sizeof buf, "%s/spectral_shifts.safetensors", file_or_dir);
-    if (stat(buf, &st) == 0 && (size_t)snprintf(unet_file, cap, "%s", buf) >= cap)
-        return sd_error(SD_ERR_ARG, "%s: path too long", buf);
-    snprintf(buf, sizeof buf, "%s/spectral_shifts_te.safetensors", file_or_dir);
-    if (stat(buf, &st) == 0 && (size_t)snprintf(te_file, cap, "%s", buf) >= cap)
-        return sd_error(SD_ERR_ARG, "%s: path too long", buf);
-    if (!unet_file[0] && !te_file[0])
-        return sd_error(SD_ERR_IO, "%s: folder holds neither spectral_shifts.safetensors nor spectral_shifts_te.safetensors",
-                        file_or_dir);
+    int any = 0;
+    for (int c = 0; c < SHIFT_N_COMPONENTS; c++) {
+        char buf[SHIFT_PATH_CAP + 64];
+        snprintf(buf, sizeof buf, "%s/%s", file_or_dir, PART_FILE[c]);
+        if (stat(buf, &st) != 0) continue;
+        if ((size_t)snprintf(files[c], SHIFT_PATH_CAP, "%s", buf) >= SHIFT_PATH_CAP)
+            return sd_error(SD_ERR_ARG, "%s: path too long", buf);
+        any = 1;
+    }
+    if (!any)
+        return sd_error(SD_ERR_IO, "%s: folder holds none of spectral_shifts.safetensors, spectral_shifts_te.safetensors, "
+                        "spectral_shifts_te2.safetensors", file_or_dir);
     return SD_OK;
+}
+
+int shift_files_check_group(char files[][SHIFT_PATH_CAP], int force) {
+    /* each file present against the first one present: one result written together? */
+    int first = -1, rc = SD_OK;
+    for (int c = 0; c < SHIFT_N_COMPONENTS && !rc; c++) {
+        if (!files[c][0]) continue;
+        if (first < 0) first = c;
+        else rc = st_pair_check(files[first], files[c], force);
+    }
+    return rc;
+}
+
+int shiftset_apply_models(unet_t *unet, clip_t *te, clip_t *te2, const shift_set_t *s, float scale, svd_cache_t *cache) {
+    shift_set_t parts[SHIFT_N_COMPONENTS];
+    for (int c = 0; c < SHIFT_N_COMPONENTS; c++) shiftset_init(&parts[c]);
+    for (int i = 0; i < s->n; i++) {
+        const shift_entry_t *e = &s->entries[i];
+        shiftset_put(&parts[shift_component_of_path(e->path)], e->path, e->values, e->n);
+    }
+    int rc = SD_OK;
+    if (parts[SHIFT_TE2].n && !te2) {
+        char key[512];
+        rc = sd_error(SD_ERR_FORMAT, "shift '%s' is for text_encoder_2, which this model does not have (an SDXL shift file?)",
+                      file_key(key, sizeof key, parts[SHIFT_TE2].entries[0].path));
+    }
+    if (!rc) rc = shiftset_apply_unet(unet, &parts[SHIFT_UNET], scale, cache);
+    if (!rc && parts[SHIFT_TE].n) rc = shiftset_apply_clip_as(te, SHIFT_TE, &parts[SHIFT_TE], scale, cache);
+    if (!rc && parts[SHIFT_TE2].n) rc = shiftset_apply_clip_as(te2, SHIFT_TE2, &parts[SHIFT_TE2], scale, cache);
+    for (int c = 0; c < SHIFT_N_COMPONENTS; c++) shiftset_free(&parts[c]);
+    return rc;
 }

@@ -6,7 +6,9 @@
  *   spectral deltas   [rank]            e.g. "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"
  *   norm-gain shifts  [C] (per element) or [1] (svdiff-pytorch's scalar form), e.g. "...norm1"
  * UNet shifts live in spectral_shifts.safetensors, text-encoder shifts in
- * spectral_shifts_te.safetensors (paths like "text_model.encoder.layers.0.self_attn.q_proj").
+ * spectral_shifts_te.safetensors (paths like "text_model.encoder.layers.0.self_attn.q_proj"), and
+ * SDXL's second text encoder's in spectral_shifts_te2.safetensors, whose keys and set entries carry
+ * the prefix "text_encoder_2." (weights/shift_name.h: entries route by their path alone).
  * Metadata (string -> string) carries base_model_hash, prompts, steps, resolution, svdiff
  * version, norm_shift mode.
  *
@@ -53,10 +55,16 @@ int shiftset_save(const shift_set_t *s, const char *file, st_dtype_t dtype);
  * (st_writer_save_pair), so that a reader can tell a pair from two runs' files. */
 int shiftset_save_pair(const shift_set_t *unet, const char *unet_file, st_dtype_t unet_dtype, const shift_set_t *te,
                        const char *te_file, st_dtype_t te_dtype);
+/* n (1..3) files of one result (SDXL: UNet, text encoder, text_encoder_2) with one id over all of
+ * them (st_writer_save_group); nothing is written when a set cannot be (check_savable). n = 2 writes
+ * the bytes of shiftset_save_pair, n = 1 those of shiftset_save. */
+int shiftset_save_group(const shift_set_t *const *sets, const char *const *files, const st_dtype_t *dtypes, int n);
 
 /* Collects the current shifts of a model (after training). */
 void shiftset_from_unet(shift_set_t *s, unet_t *m);
 void shiftset_from_clip(shift_set_t *s, clip_t *m);
+/* The same for a text encoder of component SHIFT_TE or SHIFT_TE2 (entries "text_encoder_2.<path>"). */
+void shiftset_from_clip_as(shift_set_t *s, clip_t *m, shift_component_t component);
 
 /* Applies a shift set to a model: every entry must name a shiftable module of that model and
  * have the right length (rank for a matrix, C or 1 for a norm), else SD_ERR_FORMAT naming it.
@@ -68,6 +76,13 @@ void shiftset_from_clip(shift_set_t *s, clip_t *m);
 typedef struct svd_cache svd_cache_t;
 int shiftset_apply_unet(unet_t *m, const shift_set_t *s, float scale, svd_cache_t *cache);
 int shiftset_apply_clip(clip_t *m, const shift_set_t *s, float scale, svd_cache_t *cache);
+/* The text encoder of `component` (SHIFT_TE, or SHIFT_TE2 whose entries are "text_encoder_2.<path>",
+ * cache keys "te2:"); an entry of another component is an unknown module. */
+int shiftset_apply_clip_as(clip_t *m, shift_component_t component, const shift_set_t *s, float scale,
+                           svd_cache_t *cache);
+/* One loaded set of any mix of components, each entry routed by its path (shift_component_of_path)
+ * to its model; te2 NULL: a text_encoder_2 entry is SD_ERR_FORMAT naming it. */
+int shiftset_apply_models(unet_t *unet, clip_t *te, clip_t *te2, const shift_set_t *s, float scale, svd_cache_t *cache);
 
 /* Base-model hash: a 64-bit hash of the UNet and text-encoder weights as the model computes
  * with them (fp32 values), printed as 16 hex digits. Identical weights hash alike in any layout
@@ -137,16 +152,25 @@ int unet_make_spectral_cached(unet_t *m, svd_cache_t *cache, int keep_base);
 int unet_make_spectral_stored(unet_t *m, svd_cache_t *cache, int bf16);
 /* The text-encoder twin; which: CLIP_SPECTRAL_LINEARS | CLIP_SPECTRAL_EMBEDDINGS. */
 int clip_make_spectral_cached(clip_t *m, svd_cache_t *cache, unsigned which, int keep_base);
+/* The same for the text encoder of `component` (SHIFT_TE2: cache keys "te2:<path>"). */
+int clip_make_spectral_cached_as(clip_t *m, shift_component_t component, svd_cache_t *cache, unsigned which,
+                                 int keep_base);
 
 /* "--shifts FILE_OR_DIR[:SCALE]": the part after the last ':' is a scale only when all of it
  * parses as a number (so paths holding ':' still work), and not when the whole argument names
  * an existing file while the part before the ':' does not; scale 1 otherwise. Returns 0 or
  * SD_ERR_ARG (path too long, empty). */
 int shift_spec_parse(const char *arg, char *path, size_t cap, float *scale);
-/* A shift argument to files: a folder means "<dir>/spectral_shifts.safetensors" (UNet) and
- * "<dir>/spectral_shifts_te.safetensors" (text encoder), either "" when absent but not both;
- * a file comes back as unet_file (te_file ""): entries are routed by prefix when applied.
- * Returns 0 or SD_ERR_IO naming what is missing. */
-int shift_files_resolve(const char *file_or_dir, char *unet_file, char *te_file, size_t cap);
+/* A shift argument to files: a folder means "<dir>/spectral_shifts.safetensors" (UNet),
+ * "<dir>/spectral_shifts_te.safetensors" (text encoder) and "<dir>/spectral_shifts_te2.safetensors"
+ * (SDXL's text_encoder_2), files[c] "" for each one absent but not all; a file comes back as
+ * files[0] (the others ""): its entries are routed by prefix when applied. Returns 0 or SD_ERR_IO
+ * naming what is missing. */
+#define SHIFT_PATH_CAP 4096
+int shift_files_resolve(const char *file_or_dir, char files[][SHIFT_PATH_CAP]);
+/* The file name of component c's part in a folder ("spectral_shifts_te2.safetensors"). */
+const char *shift_part_file(shift_component_t c);
+/* The files of one folder were written together (st_pair_check of each against the first). */
+int shift_files_check_group(char files[][SHIFT_PATH_CAP], int force);
 
 #endif

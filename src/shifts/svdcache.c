@@ -417,6 +417,7 @@ int unet_make_spectral_stored(unet_t *m, svd_cache_t *cache, int bf16) {
 
 typedef struct {
     svd_cache_t *cache;
+    shift_component_t component;
     unsigned which;
     int keep_base, count_only, rc;
     svd_run_t *run;
@@ -431,20 +432,25 @@ static int clip_svd_visit(void *ctx, const clip_module_t *mod) {
         s->run->total++;
         return 0;
     }
-    const shift_name_t n = {SHIFT_TE, SHIFT_SPECTRAL, mod->path};
+    const shift_name_t n = {s->component, SHIFT_SPECTRAL, mod->path};
     s->rc = svd_cache_make_spectral(s->cache, &n, mod->w, s->keep_base);
-    if (s->rc) s->rc = sd_error_wrap(s->rc, "text encoder");
+    if (s->rc) s->rc = sd_error_wrap(s->rc, s->component == SHIFT_TE2 ? "text_encoder_2" : "text encoder");
     progress_update(&s->run->bar, ++s->run->done, NULL);
     return s->rc;
 }
 
 int clip_make_spectral_cached(clip_t *m, svd_cache_t *cache, unsigned which, int keep_base) {
+    return clip_make_spectral_cached_as(m, SHIFT_TE, cache, which, keep_base);
+}
+
+int clip_make_spectral_cached_as(clip_t *m, shift_component_t component, svd_cache_t *cache, unsigned which,
+                                 int keep_base) {
     svd_run_t r = {0};
-    clip_svd_t s = {.cache = cache, .which = which, .keep_base = keep_base, .count_only = 1, .run = &r};
+    clip_svd_t s = {.cache = cache, .component = component, .which = which, .keep_base = keep_base, .count_only = 1, .run = &r};
     clip_visit_modules(m, NULL, clip_svd_visit, &s);
     const long total = r.total;
     if (!total) return SD_OK;
-    run_start(&r, cache, "text encoder svd", total);
+    run_start(&r, cache, component == SHIFT_TE2 ? "text_encoder_2 svd" : "text encoder svd", total);
     s.count_only = 0;
     clip_visit_modules(m, NULL, clip_svd_visit, &s);
     return run_finish(&r, cache, s.rc);

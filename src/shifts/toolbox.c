@@ -33,12 +33,19 @@ static int indexed_prefix(const char *path, const char *prefix, const char **res
 
 void toolbox_block_of(const char *path, char *buf, size_t cap) {
     int i;
+    if (!strncmp(path, SHIFT_TE2_PREFIX, strlen(SHIFT_TE2_PREFIX))) {   /* SDXL's second text encoder */
+        const size_t k = strlen(SHIFT_TE2_PREFIX);
+        char inner[128];
+        toolbox_block_of(path + k, inner, sizeof inner);
+        snprintf(buf, cap, "%.*s%s", (int)k, path, inner);
+        return;
+    }
     if ((i = indexed_prefix(path, "down_blocks.", NULL)) >= 0) snprintf(buf, cap, "down_blocks.%d", i);
     else if ((i = indexed_prefix(path, "up_blocks.", NULL)) >= 0) snprintf(buf, cap, "up_blocks.%d", i);
     else if (!strncmp(path, "mid_block.", 10)) snprintf(buf, cap, "mid_block");
     else if ((i = indexed_prefix(path, "text_model.encoder.layers.", NULL)) >= 0)
         snprintf(buf, cap, "text_model.encoder.layers.%d", i);
-    else if (!strncmp(path, "text_model.", 11)) snprintf(buf, cap, "text_model (other)");
+    else if (!strncmp(path, "text_model.", 11) || !strcmp(path, "text_projection")) snprintf(buf, cap, "text_model (other)");
     else snprintf(buf, cap, "other");
 }
 
@@ -156,9 +163,17 @@ int toolbox_latent_res(const char *path, int levels, int latent) {
     return 0;
 }
 
-/* the preset of docs/method.md section 6 (see toolbox.h for why these modules) */
+/* the presets of docs/method.md section 6 (see toolbox.h for why these modules): SD 1.x / 2.x (4
+ * levels) and SDXL (3 levels, the first without attention); each runs from the second attention of
+ * the next-to-last level through the mid block's attention, in forward order */
 static const char *const GEOMETRY[] = {"down_blocks.2.attentions.1", "down_blocks.2.downsamplers.0",
                                        "down_blocks.3", "mid_block.resnets.0", "mid_block.attentions.0"};
+static const char *const GEOMETRY_SDXL[] = {"down_blocks.1.attentions.1", "down_blocks.1.downsamplers.0",
+                                            "down_blocks.2", "mid_block.resnets.0", "mid_block.attentions.0"};
+/* SDXL's two transformers of the first up level: the first shapes the content of the image, the
+ * second its style (the blocks B-LoRA found to separate the two) */
+static const char *const CONTENT_SDXL[] = {"up_blocks.0.attentions.0"};
+static const char *const STYLE_SDXL[] = {"up_blocks.0.attentions.1"};
 
 static int glob_matches(const char *pat, const char *path) {
     if (fnmatch(pat, path, 0) == 0) return 1;
@@ -167,11 +182,51 @@ static int glob_matches(const char *pat, const char *path) {
     return fnmatch(buf, path, 0) == 0;
 }
 
+static int any_glob(const char *const *pats, size_t n, const char *path) {
+    for (size_t k = 0; k < n; k++)
+        if (glob_matches(pats[k], path)) return 1;
+    return 0;
+}
+
+#define ANY(list, path) any_glob(list, sizeof list / sizeof *list, path)
+
+int toolbox_level_of(const char *path, int levels) {
+    int i;
+    if ((i = indexed_prefix(path, "down_blocks.", NULL)) >= 0) return i < levels ? i : -1;
+    if ((i = indexed_prefix(path, "up_blocks.", NULL)) >= 0) return i < levels ? levels - 1 - i : -1;
+    if (!strncmp(path, "mid_block.", 10)) return levels - 1;
+    return -1;
+}
+
+int toolbox_selector_check(const char *selector, int levels) {
+    if (!strncmp(selector, "res:", 4)) {
+        char *end;
+        const long h = strtol(selector + 4, &end, 10);
+        if (*end == 'x') strtol(end + 1, &end, 10);
+        if (*end || h <= 0)
+            return sd_error(SD_ERR_ARG, "layer selector '%s': a resolution selector reads res:HxW or res:H", selector);
+    }
+    if (!strncmp(selector, "level:", 6)) {
+        char *end;
+        const long l = strtol(selector + 6, &end, 10);
+        if (*end || end == selector + 6 || l < 0 || l >= levels)
+            return sd_error(SD_ERR_ARG, "layer selector '%s': a level selector reads level:N with N in [0, %d] for a "
+                            "%d-level UNet", selector, levels - 1, levels);
+    }
+    if ((!strcmp(selector, "content") || !strcmp(selector, "style")) && levels != 3)
+        return sd_error(SD_ERR_ARG, "layer selector '%s' is an SDXL preset (a 3-level UNet), not for a %d-level one "
+                        "(--levels)", selector, levels);
+    return SD_OK;
+}
+
 int toolbox_selector_matches(const char *selector, const char *path, int levels, int latent) {
-    if (!strcmp(selector, "geometry")) {
-        for (size_t k = 0; k < sizeof GEOMETRY / sizeof *GEOMETRY; k++)
-            if (glob_matches(GEOMETRY[k], path)) return 1;
-        return 0;
+    if (!strcmp(selector, "geometry")) return levels == 3 ? ANY(GEOMETRY_SDXL, path) : ANY(GEOMETRY, path);
+    if (!strcmp(selector, "content")) return levels == 3 && ANY(CONTENT_SDXL, path);
+    if (!strcmp(selector, "style")) return levels == 3 && ANY(STYLE_SDXL, path);
+    if (!strncmp(selector, "level:", 6)) {
+        char *end;
+        const long l = strtol(selector + 6, &end, 10);
+        return !*end && end != selector + 6 && l >= 0 && toolbox_level_of(path, levels) == l;
     }
     if (!strncmp(selector, "res:", 4)) {
         char *end;
@@ -202,13 +257,8 @@ int toolbox_mix(shift_set_t *out, const shift_set_t *from, const shift_set_t *re
         return sd_error(SD_ERR_ARG, "--from was trained on base model %s but --rest on %s: shifts of different base models do not mix",
                         hash_of(from), hash_of(rest));
     for (int k = 0; k < n_sel; k++) {
-        if (!strncmp(selectors[k], "res:", 4)) {
-            char *end;
-            const long h = strtol(selectors[k] + 4, &end, 10);
-            if (*end == 'x') strtol(end + 1, &end, 10);
-            if (*end || h <= 0)
-                return sd_error(SD_ERR_ARG, "layer selector '%s': a resolution selector reads res:HxW or res:H", selectors[k]);
-        }
+        int rc = toolbox_selector_check(selectors[k], levels);
+        if (rc) return rc;
         int hits = 0;
         for (int i = 0; i < from->n && !hits; i++)
             hits = toolbox_selector_matches(selectors[k], from->entries[i].path, levels, latent);

@@ -15,7 +15,9 @@
 int toolbox_is_norm_path(const char *path);
 
 /* The block a path belongs to, for per-block summaries: "down_blocks.<i>", "mid_block",
- * "up_blocks.<i>", "text_model.encoder.layers.<i>", else "other". Writes into buf. */
+ * "up_blocks.<i>", "text_model.encoder.layers.<i>", "text_model (other)" (embeddings, final norm,
+ * text_projection), else "other"; a text_encoder_2 entry gets its block behind "text_encoder_2.".
+ * Writes into buf. */
 void toolbox_block_of(const char *path, char *buf, size_t cap);
 
 /* Checks that b can be combined with a: equal base_model_hash metadata (unless ignore_hash;
@@ -42,10 +44,18 @@ void toolbox_scale(shift_set_t *out, const shift_set_t *in, float s);
 long toolbox_limit_rank(shift_set_t *out, const shift_set_t *in, int R);
 
 /* Layer selectors for style mixing. A selector is one of
- *   "geometry"     the SD 1.x preset of docs/method.md section 6: down_blocks.2.attentions.1 through
- *                  mid_block.attentions.0 in forward order, that is down_blocks.2.attentions.1,
- *                  down_blocks.2.downsamplers.0, down_blocks.3 (all), mid_block.resnets.0,
- *                  mid_block.attentions.0 (mid_block.resnets.1 follows the attention: excluded);
+ *   "geometry"     the preset of docs/method.md section 6: for a 4-level UNet (SD 1.x / 2.x)
+ *                  down_blocks.2.attentions.1 through mid_block.attentions.0 in forward order, that is
+ *                  down_blocks.2.attentions.1, down_blocks.2.downsamplers.0, down_blocks.3 (all),
+ *                  mid_block.resnets.0, mid_block.attentions.0 (mid_block.resnets.1 follows the
+ *                  attention: excluded); for a 3-level one (SDXL) the same span one level up:
+ *                  down_blocks.1.attentions.1, down_blocks.1.downsamplers.0, down_blocks.2,
+ *                  mid_block.resnets.0, mid_block.attentions.0;
+ *   "content", "style"  SDXL presets (3 levels only): up_blocks.0.attentions.0 and
+ *                  up_blocks.0.attentions.1, the transformers of the first up level that carry the
+ *                  content and the style of the image;
+ *   "level:N"      every module of UNet level N (0 = full resolution): down_blocks.N,
+ *                  up_blocks.(levels-1-N), and the mid block at N = levels-1;
  *   "res:HxW" or "res:H"  the modules computing at that latent resolution for a model of
  *                  `levels` UNet levels and `latent` px latent side (512 px SD1: 4 and 64):
  *                  down_blocks.i at latent>>i, up_blocks.i at latent>>(levels-1-i), mid_block
@@ -57,6 +67,10 @@ long toolbox_limit_rank(shift_set_t *out, const shift_set_t *in, int R);
 int toolbox_selector_matches(const char *selector, const char *path, int levels, int latent);
 /* Latent side of a path (rules above), or 0 when it has none. */
 int toolbox_latent_res(const char *path, int levels, int latent);
+/* UNet level of a path (rules of "level:N"), or -1 (time and added embeddings, conv_in/out, text encoders). */
+int toolbox_level_of(const char *path, int levels);
+/* SD_ERR_ARG naming a malformed selector (res:, level: out of range, an SDXL preset on another UNet). */
+int toolbox_selector_check(const char *selector, int levels);
 
 /* Style mix: out = entries of `from` selected by any selector + entries of `rest` selected by
  * none. Base hashes must agree (unless ignore_hash) and paths present in both must have the

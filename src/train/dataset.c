@@ -54,6 +54,20 @@ int prompt_table_add(prompt_table_t *pt, const clip_tokenizer_t *tok, const char
     return pt->n++;
 }
 
+int prompt_table_ids2(const prompt_table_t *pt, const clip_tokenizer_t *tok2, int pad, int *ids2) {
+    const int T = pt->T ? pt->T : TOKENIZER_MAX_LENGTH;
+    for (int i = 0; i < pt->n; i++) {
+        int before = 0, *row = ids2 + (size_t)i * T;
+        const int got = tokenizer_encode(tok2, pt->text[i], row, T, pad < 0, &before);
+        if (got < 0) return got;
+        if (before > T)
+            return sd_error(SD_ERR_ARG, "the prompt has %d tokens for tokenizer_2, more than %d (with start and end): "
+                            "shorten it (training does not truncate): \"%.60s...\"", before, T, pt->text[i]);
+        for (int k = got; k < T; k++) row[k] = pad;   /* only when pad >= 0: got == T otherwise */
+    }
+    return SD_OK;
+}
+
 /* ---- folders ---- */
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
@@ -137,6 +151,7 @@ int image_set_scan(image_set_t *s, const char *dir, const char *what, int allow_
         image_t img;
         rc = image_load(&img, path);   /* "<path>: cannot read image (reason)" */
         if (rc) break;
+        const int iw = img.w, ih = img.h;
         image_free(&img);
         char *caption = read_caption(path, &rc);
         if (rc) break;
@@ -152,6 +167,7 @@ int image_set_scan(image_set_t *s, const char *dir, const char *what, int allow_
         im->path = xstrdup(path);
         im->prompt = idx;
         im->crop_x = im->crop_y = 0.5f;
+        im->orig_w = iw, im->orig_h = ih;
     }
     for (int i = 0; i < n; i++) free(names[i]);
     free(names);
@@ -212,6 +228,7 @@ int image_set_from_tsv(image_set_t *s, const char *tsv, const char *image_root, 
         image_t img;
         rc = image_load(&img, path);   /* decoded once: a bad file is reported before anything is written */
         if (rc) break;
+        const int iw = img.w, ih = img.h;
         image_free(&img);
         char where[PATH_MAX + 32];
         snprintf(where, sizeof where, "%.*s:%d", PATH_MAX, tsv, lineno);
@@ -230,6 +247,7 @@ int image_set_from_tsv(image_set_t *s, const char *tsv, const char *image_root, 
         im->path = xstrdup(path);
         im->prompt = idx;
         im->crop_x = im->crop_y = 0.5f;
+        im->orig_w = iw, im->orig_h = ih;
     }
     free(line);
     fclose(f);
@@ -304,6 +322,21 @@ int train_image_dist(pipeline_t *p, train_image_t *im, int flip, int res, int ce
     im->dist[flip] = out;
     *dist = out;
     return SD_OK;
+}
+
+void train_image_time_ids(float out[6], const train_image_t *im, int flip, int res, int center) {
+    int rw, rh, x0, y0;
+    image_crop_box(im->orig_w, im->orig_h, res, center, im->crop_x, im->crop_y, &rw, &rh, &x0, &y0);
+    const int left = flip ? rw - res - x0 : x0;
+    out[0] = (float)im->orig_h, out[1] = (float)im->orig_w;
+    out[2] = (float)y0, out[3] = (float)left;
+    out[4] = out[5] = (float)res;
+}
+
+void train_composite_time_ids(float out[6], int res) {
+    out[0] = out[1] = (float)res;
+    out[2] = out[3] = 0.0f;
+    out[4] = out[5] = (float)res;
 }
 
 void train_sample_latent(const pipeline_t *p, float *x0, const float *dist, const float *noise, size_t n) {

@@ -28,11 +28,16 @@ void prompt_table_free(prompt_table_t *pt);
 /* Index of `text` in the table (added if new), or SD_ERR_ARG when it does not fit in T tokens
  * (the message names `where`: the flag or caption file it came from). */
 int prompt_table_add(prompt_table_t *pt, const clip_tokenizer_t *tok, const char *text, const char *where);
+/* SDXL's second tokenizer: ids2[n, T] of every prompt of the table, padded with `pad` (tokenizer_2's
+ * "!", pipeline_t.tok2_pad; < 0: the tokenizer's own padding), as the pipeline encodes them. A prompt
+ * over T tokens is SD_ERR_ARG, as in prompt_table_add. */
+int prompt_table_ids2(const prompt_table_t *pt, const clip_tokenizer_t *tok2, int pad, int *ids2);
 
 typedef struct {
     char *path;        /* the image file */
     int prompt;        /* index into the prompt table: the caption file's text, else the folder's prompt */
     float crop_x, crop_y;   /* random-crop position in [0, 1] of the slack (drawn once per image) */
+    int orig_w, orig_h;     /* the image's size as decoded (SDXL's original_size) */
     float *dist[2];    /* VAE posterior [mean | logvar] (2 x latent floats), unflipped / mirrored; NULL
                           until first used. Without a VAE: the image tensor itself (logvar unused). */
 } train_image_t;
@@ -80,6 +85,14 @@ int train_image_posterior(pipeline_t *p, const image_t *img, int res, float *out
  * load, resize the shorter side to `res` and crop res x res (centred, or at the image's crop
  * position), mirror, map to [-1, 1], VAE-encode. */
 int train_image_dist(pipeline_t *p, train_image_t *im, int flip, int res, int center, const float **dist);
+/* SDXL's add_time_ids of a training row, as diffusers' train_dreambooth_lora_sdxl.py builds them:
+ * the image's original (h, w) before the resize, the crop's (top, left) in the resized image
+ * (image_crop_box: where train_image_dist takes its square; mirrored (flip), the crop is read in the
+ * mirrored image, left = resized width - res - x0, as flipping before the crop does), and the target
+ * (res, res). */
+void train_image_time_ids(float out[6], const train_image_t *im, int flip, int res, int center);
+/* A Cut-Mix composite is a new res x res image: original (res, res), crop (0, 0), target (res, res). */
+void train_composite_time_ids(float out[6], int res);
 /* x0[latent floats] from a posterior and N(0,1) noise (diffusers' latent_dist.sample() * scaling). */
 void train_sample_latent(const pipeline_t *p, float *x0, const float *dist, const float *noise, size_t n);
 

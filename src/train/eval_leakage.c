@@ -86,8 +86,12 @@ int attention_leakage_images(pipeline_t *p, const char *prompt, const char *phra
     float *ctx = sd_xmalloc(sizeof(float) * T * p->ctx_dim), *dist = sd_xmalloc(sizeof(float) * 2 * L);
     float *x0 = sd_xmalloc(sizeof(float) * L), *eps = sd_xmalloc(sizeof(float) * L), *xt = sd_xmalloc(sizeof(float) * L);
     float *pred = sd_xmalloc(sizeof(float) * L), *zero = calloc(L, sizeof(float));
+    /* SDXL: the pooled embedding, and the composite's micro-conditioning (a res x res image) */
+    float *pooled = p->pooled_dim ? sd_xmalloc(sizeof(float) * (size_t)p->pooled_dim) : NULL, tids[6];
+    train_composite_time_ids(tids, res);
+    const unet_added_cond_t added = {pooled, tids};
     unet_acts_t acts;
-    rc = pipeline_encode_prompts(p, &prompt, 1, ctx);
+    rc = pipeline_encode_prompts_cond(p, &prompt, 1, ctx, pooled);
     if (!rc) rc = unet_acts_build(&acts, &p->unet, 1, h, w, T, 0, UNET_CKPT_NONE);
     else memset(&acts, 0, sizeof acts);
     for (int i = 0; i < na && !rc; i++)
@@ -105,13 +109,13 @@ int attention_leakage_images(pipeline_t *p, const char *prompt, const char *phra
                 const int t = timesteps[j];
                 const float tf = (float)t;
                 ddpm_add_noise(xt, x0, eps, &t, 1, L, &p->sched);
-                rc = unet_forward(pred, &p->unet, &acts, xt, &tf, ctx, 1, h, w, T);
+                rc = unet_forward(pred, &p->unet, &acts, xt, &tf, ctx, pooled ? &added : NULL, 1, h, w, T);
             }
         }
     if (!rc)
         for (int s = 0; s < 2; s++) share[s] = unmix_leakage(&u, s), token_mass[s] = unmix_token_mass(&u, s);
     unet_acts_free(&acts);
     unmix_detach(&u);
-    free(ctx), free(dist), free(x0), free(eps), free(xt), free(pred), free(zero);
+    free(ctx), free(dist), free(x0), free(eps), free(xt), free(pred), free(zero), free(pooled);
     return rc;
 }

@@ -28,6 +28,9 @@ int eval_denoising_loss(pipeline_t *p, image_set_t *images, const prompt_table_t
     float *target = malloc(sizeof(float) * L * B), *pred = malloc(sizeof(float) * L * B);
     float *zero = calloc(L, sizeof(float)), *tf = malloc(sizeof(float) * B);
     int *ts = malloc(sizeof(int) * B);
+    /* SDXL: the pooled embedding and each image's micro-conditioning (centre crop, as evaluated) */
+    const int P = p->pooled_dim;
+    float *pooled = P ? sd_xmalloc(sizeof(float) * (size_t)P * B) : NULL, *tids = P ? sd_xmalloc(sizeof(float) * 6 * B) : NULL;
     unet_acts_t acts = {0};
     int rc = ctx && x0 && eps && xt && target && pred && zero && tf && ts
                  ? unet_acts_build(&acts, &p->unet, B, h, w, T, 0, UNET_CKPT_NONE)
@@ -38,10 +41,15 @@ int eval_denoising_loss(pipeline_t *p, image_set_t *images, const prompt_table_t
         const float *dist;
         rc = train_image_dist(p, im, 0, o->resolution, 1, &dist);
         const char *prompt = pt->text[im->prompt];
-        if (!rc) rc = pipeline_encode_prompts(p, &prompt, 1, ctx);
+        if (!rc) rc = pipeline_encode_prompts_cond(p, &prompt, 1, ctx, pooled);
         if (rc) break;
         train_sample_latent(p, x0, dist, zero, L);   /* the posterior mean (scaled) */
         for (int k = 1; k < B; k++) memcpy(x0 + k * L, x0, sizeof(float) * L), memcpy(ctx + k * CT, ctx, sizeof(float) * CT);
+        for (int k = 0; k < B && P; k++) {
+            if (k) memcpy(pooled + (size_t)k * P, pooled, sizeof(float) * P);
+            train_image_time_ids(tids + 6 * k, im, 0, o->resolution, 1);
+        }
+        const unet_added_cond_t added = {pooled, tids};
         for (int j = 0; j < o->n_timesteps && !rc; j++) {
             for (int k = 0; k < B; k++) {
                 rng_t r;   /* one stream per (image, timestep, draw), independent of the model */
@@ -51,7 +59,7 @@ int eval_denoising_loss(pipeline_t *p, image_set_t *images, const prompt_table_t
             }
             ddpm_add_noise(xt, x0, eps, ts, B, L, &p->sched);
             ddpm_target(target, x0, eps, ts, B, L, &p->sched);
-            rc = unet_forward(pred, &p->unet, &acts, xt, tf, ctx, B, h, w, T);
+            rc = unet_forward(pred, &p->unet, &acts, xt, tf, ctx, P ? &added : NULL, B, h, w, T);
             double s = 0;
             for (size_t q = 0; q < (size_t)B * L; q++) {
                 const double d = (double)pred[q] - target[q];
@@ -64,5 +72,6 @@ int eval_denoising_loss(pipeline_t *p, image_set_t *images, const prompt_table_t
     for (int j = 0; j < o->n_timesteps; j++) *mean += per_t[j] / o->n_timesteps;
     unet_acts_free(&acts);
     free(ctx), free(x0), free(eps), free(xt), free(target), free(pred), free(zero), free(tf), free(ts);
+    free(pooled), free(tids);
     return rc;
 }

@@ -1,7 +1,7 @@
 /* The spectral-shift mode (train_mode.h; `svdiff train`, docs/method.md section 3): every UNet
  * conv / linear (and the text encoder's, when trained) factored as U diag(ReLU(sigma + delta)) V^T
  * without the dense base, the norm-gain shifts, the deltas as trained arrays, and the shift files
- * OUT_DIR/spectral_shifts.safetensors (+ _te). */
+ * OUT_DIR/spectral_shifts.safetensors (+ _te, and on SDXL _te2 for text_encoder_2). */
 #include <limits.h>
 #include <stdio.h>
 #include <sys/stat.h>
@@ -46,13 +46,17 @@ static int shifts_prepare(const train_model_t *m) {
      * packs them without converting). The text encoder keeps fp32 factors (its embeddings read
      * U rows directly). */
     int rc = unet_make_spectral_stored(&p->unet, cache, sd_compute_dtype() == SD_COMPUTE_BF16);
+    const int te2 = c->train_text_encoder && p->has_te2;   /* SDXL: both encoders train */
     if (!rc && c->train_text_encoder)
         rc = clip_make_spectral_cached(&p->clip, cache, CLIP_SPECTRAL_LINEARS | CLIP_SPECTRAL_EMBEDDINGS, 0);
+    if (!rc && te2)
+        rc = clip_make_spectral_cached_as(&p->clip2, SHIFT_TE2, cache, CLIP_SPECTRAL_LINEARS | CLIP_SPECTRAL_EMBEDDINGS, 0);
     if (cache) svd_cache_close(cache);
     if (rc) return rc;
     if (c->svd_bf16) {
         for (int i = 0; i < p->unet.n_layers; i++) round_factors(&p->unet.layers[i]->w);
         if (c->train_text_encoder) clip_visit_modules(&p->clip, NULL, round_clip_module, NULL);
+        if (te2) clip_visit_modules(&p->clip2, NULL, round_clip_module, NULL);
     }
     unet_add_norm_shifts(&p->unet, c->norm_shift);
     return SD_OK;
@@ -70,10 +74,17 @@ static void visit_shift(void *ctx, const shift_name_t *name, float *shift, float
     v->fn(v->ctx, &s);
 }
 
+/* text_encoder_2's shifts: clip_visit_shifts names them SHIFT_TE, they are SHIFT_TE2 ("te2/" names) */
+static void visit_shift_te2(void *ctx, const shift_name_t *name, float *shift, float *grad, int n) {
+    const shift_name_t as = {SHIFT_TE2, name->kind, name->path};
+    visit_shift(ctx, &as, shift, grad, n);
+}
+
 static void shifts_visit(const train_model_t *m, train_param_fn fn, void *ctx) {
     visit_ctx_t v = {fn, ctx};
     unet_visit_shifts(&m->p->unet, m->ug, visit_shift, &v);
     if (m->cfg->train_text_encoder) clip_visit_shifts(&m->p->clip, m->cg, visit_shift, &v);
+    if (m->cfg->train_text_encoder && m->p->has_te2) clip_visit_shifts(&m->p->clip2, m->cg2, visit_shift_te2, &v);
 }
 
 static long file_size(const char *path) {
@@ -81,30 +92,27 @@ static long file_size(const char *path) {
     return stat(path, &st) ? -1 : (long)st.st_size;
 }
 
-/* OUT_DIR/spectral_shifts.safetensors (+ _te, the two files carrying one pair id) with the run's metadata. */
+/* OUT_DIR/spectral_shifts.safetensors (+ _te, + _te2 on SDXL: the files of a run carry one pair id,
+ * shiftset_save_group) with the run's metadata. */
 static int shifts_save(const train_model_t *m, train_save_t *o) {
     const train_config_t *c = m->cfg;
-    char path[PATH_MAX], te_path[PATH_MAX];
-    const st_dtype_t dt = c->save_fp16 ? ST_F16 : ST_F32;
-    shift_set_t s, te;
-    shiftset_init(&s);
-    shiftset_from_unet(&s, &m->p->unet);
-    o->put_meta(o->meta_ctx, &s);
-    snprintf(path, sizeof path, "%s/spectral_shifts.safetensors", o->dir);
-    snprintf(te_path, sizeof te_path, "%s/spectral_shifts_te.safetensors", o->dir);
-    int rc;
-    if (c->train_text_encoder) {   /* the two files carry one pair id (shiftset_save_pair) */
-        shiftset_init(&te);
-        shiftset_from_clip(&te, &m->p->clip);
-        o->put_meta(o->meta_ctx, &te);
-        rc = shiftset_save_pair(&s, path, dt, &te, te_path, dt);
-        shiftset_free(&te);
-    } else {
-        rc = shiftset_save(&s, path, dt);
+    const int n = !c->train_text_encoder ? 1 : m->p->has_te2 ? 3 : 2;
+    char path[SHIFT_N_COMPONENTS][PATH_MAX];
+    const char *files[SHIFT_N_COMPONENTS];
+    st_dtype_t dt[SHIFT_N_COMPONENTS];
+    shift_set_t s[SHIFT_N_COMPONENTS];
+    const shift_set_t *sets[SHIFT_N_COMPONENTS];
+    for (int k = 0; k < n; k++) {
+        shiftset_init(&s[k]);
+        if (k == SHIFT_UNET) shiftset_from_unet(&s[k], &m->p->unet);
+        else shiftset_from_clip_as(&s[k], k == SHIFT_TE ? &m->p->clip : &m->p->clip2, (shift_component_t)k);
+        o->put_meta(o->meta_ctx, &s[k]);
+        snprintf(path[k], sizeof path[k], "%s/%s", o->dir, shift_part_file((shift_component_t)k));
+        files[k] = path[k], dt[k] = c->save_fp16 ? ST_F16 : ST_F32, sets[k] = &s[k];
     }
-    shiftset_free(&s);
-    o->bytes[0] = rc ? -1 : file_size(path);
-    o->bytes[1] = rc || !c->train_text_encoder ? -1 : file_size(te_path);
+    const int rc = shiftset_save_group(sets, files, dt, n);   /* n = 1: a lone file, no pair id */
+    for (int k = 0; k < SHIFT_N_COMPONENTS; k++) o->bytes[k] = rc || k >= n ? -1 : file_size(path[k]);
+    for (int k = 0; k < n; k++) shiftset_free(&s[k]);
     return rc;
 }
 
@@ -112,6 +120,7 @@ static void shifts_summary(const train_model_t *m, const train_save_t *o) {
     (void)m;
     fprintf(stderr, "  output         %s/spectral_shifts.safetensors (%ld bytes)\n", o->dir, o->bytes[0]);
     if (o->bytes[1] >= 0) fprintf(stderr, "                 %s/spectral_shifts_te.safetensors (%ld bytes)\n", o->dir, o->bytes[1]);
+    if (o->bytes[2] >= 0) fprintf(stderr, "                 %s/spectral_shifts_te2.safetensors (%ld bytes)\n", o->dir, o->bytes[2]);
     fprintf(stderr, "                 %s/loss.csv\n", o->dir);
 }
 

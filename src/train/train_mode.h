@@ -27,6 +27,7 @@ typedef struct {
     clip_grads_t *cg;         /* allocated with cfg->train_text_encoder */
     const char *model_hash;   /* 16 hex digits of the base model's weights ("" where not computed) */
     void **state;             /* the mode's own memory (full mode: the master weights); prepare sets it */
+    clip_grads_t *cg2;        /* SDXL's text_encoder_2, allocated with cfg->train_text_encoder */
 } train_model_t;
 
 /* One trained array as a mode lists it. The trainer names it by weights/shift_name.h's rule: a
@@ -52,7 +53,8 @@ typedef struct {
     const char *config_json;              /* the run's settings (train_config_json): full mode's delta pair id */
     void (*put_meta)(void *ctx, shift_set_t *s);   /* shift mode: the run's metadata of a shift file */
     void *meta_ctx;
-    long bytes[2];                        /* out: sizes of the UNet (or only) file and the text encoder's; -1: none */
+    long bytes[3];                        /* out: sizes of the UNet (or only) file, the text encoder's and
+                                             SDXL's text_encoder_2's; -1: none */
 } train_save_t;
 
 typedef struct train_mode_ops {

@@ -60,6 +60,7 @@ int trainer_load_model(trainer_t *t, const train_config_t *cfg) {
     t->h = t->w = res / t->p.scale_factor;
     t->latent_n = train_latent_floats(&t->p, res);
     t->mode = train_mode_ops(t->cfg.mode);
+    t->xl = t->p.has_te2 && t->p.pooled_dim > 0;   /* SDXL: two encoders, added conditioning */
     return SD_OK;
 }
 
@@ -69,7 +70,7 @@ const train_mode_ops_t *train_mode_ops(train_mode_t mode) {
 
 /* What a mode may see of the trainer (train_mode.h). */
 static train_model_t mode_view(trainer_t *t) {
-    return (train_model_t){&t->cfg, &t->p, &t->ug, &t->cg, t->model_hash, &t->mode_state};
+    return (train_model_t){&t->cfg, &t->p, &t->ug, &t->cg, t->model_hash, &t->mode_state, &t->cg2};
 }
 
 typedef struct {
@@ -112,7 +113,7 @@ static void collect(void *ctx, const train_param_spec_t *s) {
             snprintf(stem, sizeof stem, "%s%s", s->name, s->suffix);
             const size_t len = strlen(stem) + 8;
             p->name = sd_xmalloc(len);
-            SD_CHECK(train_param_name(p->name, len, s->component ? SHIFT_TE : SHIFT_UNET, stem) == SD_OK, "%s", stem);
+            SD_CHECK(train_param_name(p->name, len, (shift_component_t)s->component, stem) == SD_OK, "%s", stem);
         }
         p->value = s->value, p->grad = s->grad, p->n = s->n, p->component = s->component;
         p->group = s->shift ? (s->shift->kind == SHIFT_NORM) : s->group;
@@ -142,6 +143,8 @@ int trainer_prepare(trainer_t *t, int prior) {
                                   c->grad_checkpointing ? UNET_CKPT_TRANSFORMERS : UNET_CKPT_NONE);
     if (!rc && c->train_text_encoder) rc = clip_acts_build(&t->ca, &t->p.clip.cfg, t->rows, t->T);
     if (!rc && c->train_text_encoder) rc = clip_grads_alloc(&t->cg, &t->p.clip, t->mode->clip_grads);
+    if (!rc && c->train_text_encoder && t->xl) rc = clip_acts_build(&t->ca2, &t->p.clip2.cfg, t->rows, t->T);
+    if (!rc && c->train_text_encoder && t->xl) rc = clip_grads_alloc(&t->cg2, &t->p.clip2, t->mode->clip_grads);
     if (rc) return rc;
 
     visit_all(t, 1);
@@ -155,8 +158,8 @@ int trainer_prepare(trainer_t *t, int prior) {
     for (int i = 0; i < t->n_params; i++) n_trained += !t->params[i].frozen;
     if (t->n_params && !n_trained)
         return sd_error(SD_ERR_ARG, "--shift-layers '%s' matches none of the %d shift arrays (names look like "
-                        "unet/down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k, te/...q_proj.weight)",
-                        c->shift_layers, t->n_params);
+                        "unet/down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k, te/...q_proj.weight%s)",
+                        c->shift_layers, t->n_params, t->xl ? ", te2/...q_proj.weight" : "");
     float *mem = t->adam_memory;
     for (int i = 0; i < t->n_params; i++) {
         t->params[i].m = mem, mem += t->params[i].n;
@@ -188,6 +191,17 @@ int trainer_prepare(trainer_t *t, int prior) {
     if (!t->x0 || !t->eps || !t->xt || !t->target || !t->pred || !t->dpred || !t->lat_noise || !t->tf || !t->ts ||
         !t->ids || !t->ctx || !t->dctx)   /* trainer_close frees what was allocated */
         return sd_nomem("training batch buffers", (6 * R * L + L + 2 * R + R * t->T + 2 * R * CT) * sizeof(float));
+    if (t->xl) {   /* SDXL's second encoder's ids, the added conditioning and the split gradients */
+        const size_t P = (size_t)t->p.pooled_dim, T = (size_t)t->T;
+        t->ids2 = calloc(R * T, sizeof(int));
+        t->pooled = calloc(R * P, sizeof(float));
+        t->dpooled = calloc(R * P, sizeof(float));
+        t->time_ids = calloc(R * 6, sizeof(float));
+        t->dh1 = calloc(R * T * (size_t)t->p.clip.cfg.hidden_size, sizeof(float));
+        t->dh2 = calloc(R * T * (size_t)t->p.clip2.cfg.hidden_size, sizeof(float));
+        if (!t->ids2 || !t->pooled || !t->dpooled || !t->time_ids || !t->dh1 || !t->dh2)
+            return sd_nomem("SDXL conditioning buffers", (R * T + 2 * R * P + 6 * R + R * CT) * sizeof(float));
+    }
     rng_init(&t->rng, c->seed ^ STEP_SALT);
     return SD_OK;
 }
@@ -195,6 +209,30 @@ int trainer_prepare(trainer_t *t, int prior) {
 /* ---------------------------------------------------------------------------------------------
  * One step
  * ------------------------------------------------------------------------------------------- */
+
+/* SDXL's conditioning of the rows, both encoders on ids and t->ids2 (acts built on first use: a
+ * frozen encoder without ctx): their penultimate states side by side in t->ctx, TE2's pooled
+ * embedding in t->pooled. */
+static int encode_xl(trainer_t *t, const int *ids, int rows) {
+    pipeline_t *p = &t->p;
+    const int T = t->T, C1 = p->clip.cfg.hidden_size, C2 = p->clip2.cfg.hidden_size, C = p->ctx_dim;
+    int rc = SD_OK;
+    if (!t->ca.memory) rc = clip_acts_build(&t->ca, &p->clip.cfg, t->rows, T);
+    if (!rc && !t->ca2.memory) rc = clip_acts_build(&t->ca2, &p->clip2.cfg, t->rows, T);
+    if (rc) return rc;
+    p->clip.hidden_mode = p->clip2.hidden_mode = CLIP_HIDDEN_PENULTIMATE;
+    p->clip.want_pooled = 0, p->clip2.want_pooled = 1;
+    const float *h1 = clip_forward(&p->clip, &t->ca, ids, rows, T);
+    const float *h2 = h1 ? clip_forward(&p->clip2, &t->ca2, t->ids2, rows, T) : NULL;
+    p->clip2.want_pooled = 0;
+    if (!h2) return SD_ERR_ARG;
+    if ((rc = clip_pooled(t->pooled, &p->clip2, &t->ca2))) return rc;
+    for (size_t r = 0; r < (size_t)rows * T; r++) {
+        memcpy(t->ctx + r * C, h1 + r * C1, sizeof(float) * C1);
+        memcpy(t->ctx + r * C + C1, h2 + r * C2, sizeof(float) * C2);
+    }
+    return SD_OK;
+}
 
 int trainer_micro_step(trainer_t *t, const float *x0, const float *eps, const int *ts, const int *ids,
                        const float *ctx, int n_inst, int n_class, float grad_scale, train_losses_t *out) {
@@ -210,12 +248,18 @@ int trainer_micro_step(trainer_t *t, const float *x0, const float *eps, const in
     ddpm_add_noise(t->xt, x0, eps, ts, rows, L, s);
     ddpm_target(t->target, x0, eps, ts, rows, L, s);
     int rc = SD_OK;
-    if (!ctx && !t->ca.memory) rc = clip_acts_build(&t->ca, &t->p.clip.cfg, t->rows, t->T);   /* frozen encoder, no ctx */
-    if (rc) return rc;
-    if ((te || !ctx) && !(ctx = clip_forward(&t->p.clip, &t->ca, ids, rows, t->T))) return SD_ERR_ARG;
+    unet_added_cond_t added = {t->pooled, t->time_ids};   /* SDXL; the pooled rows of a frozen encoder */
+    if (t->xl) {
+        if ((te || !ctx) && (rc = encode_xl(t, ids, rows))) return rc;
+        if (te || !ctx) ctx = t->ctx;
+    } else {
+        if (!ctx && !t->ca.memory) rc = clip_acts_build(&t->ca, &t->p.clip.cfg, t->rows, t->T);   /* frozen encoder, no ctx */
+        if (rc) return rc;
+        if ((te || !ctx) && !(ctx = clip_forward(&t->p.clip, &t->ca, ids, rows, t->T))) return SD_ERR_ARG;
+    }
     unmix_t *um = t->ms && t->ms->unmix_on ? &t->ms->unmix : NULL;   /* Cut-Mix-Unmix (cutmix.h) */
     if (um) um->gscale = grad_scale;
-    rc = unet_forward(t->pred, &t->p.unet, &t->ua, t->xt, t->tf, ctx, rows, t->h, t->w, t->T);
+    rc = unet_forward(t->pred, &t->p.unet, &t->ua, t->xt, t->tf, ctx, t->xl ? &added : NULL, rows, t->h, t->w, t->T);
     if (rc) return rc;
     const double lu = unmix_loss(um);
     const size_t ni = (size_t)n_inst * L, nc = (size_t)n_class * L;
@@ -226,8 +270,20 @@ int trainer_micro_step(trainer_t *t, const float *x0, const float *eps, const in
     mse_backward(t->dpred, t->pred, t->target, ni, grad_scale);
     if (n_class) mse_backward(t->dpred + ni, t->pred + ni, t->target + ni, nc, grad_scale * w);
     if (te) memset(t->dctx, 0, sizeof(float) * rows * CT);
-    unet_backward(NULL, te ? t->dctx : NULL, &t->ug, t->dpred, &t->p.unet, &t->ua);
-    if (te) clip_backward(&t->p.clip, &t->ca, t->dctx, &t->cg, NULL);
+    const int te2 = te && t->xl;   /* SDXL: d text_embeds reaches TE2 through the pooled embedding */
+    if (te2) memset(t->dpooled, 0, sizeof(float) * (size_t)rows * t->p.pooled_dim);
+    unet_backward(NULL, te ? t->dctx : NULL, te2 ? t->dpooled : NULL, &t->ug, t->dpred, &t->p.unet, &t->ua);
+    if (te2) {
+        const int C1 = t->p.clip.cfg.hidden_size, C2 = t->p.clip2.cfg.hidden_size, C = t->p.ctx_dim;
+        for (size_t r = 0; r < (size_t)rows * t->T; r++) {   /* d ctx = [d hidden1 | d hidden2] per token */
+            memcpy(t->dh1 + r * C1, t->dctx + r * C, sizeof(float) * C1);
+            memcpy(t->dh2 + r * C2, t->dctx + r * C + C1, sizeof(float) * C2);
+        }
+        clip_backward(&t->p.clip, &t->ca, t->dh1, NULL, &t->cg, NULL);
+        clip_backward(&t->p.clip2, &t->ca2, t->dh2, t->dpooled, &t->cg2, NULL);
+    } else if (te) {
+        clip_backward(&t->p.clip, &t->ca, t->dctx, NULL, &t->cg, NULL);
+    }
     if (out) out->instance = li, out->prior = lc, out->unmix = lu, out->loss = li + (double)w * lc + lu;
     return SD_OK;
 }
@@ -275,6 +331,7 @@ double trainer_optimizer_step(trainer_t *t, double *lr_out) {
     t->step++;
     unet_grads_zero(&t->ug);
     if (c->train_text_encoder) clip_grads_zero(&t->cg);
+    if (c->train_text_encoder && t->xl) clip_grads_zero(&t->cg2);
     if (lr_out) *lr_out = c->lr * f;
     return norm;
 }
@@ -315,6 +372,11 @@ int trainer_next_batch(trainer_t *t) {
         rng_fill_normal(&t->rng, t->lat_noise, L);
         if (!t->draw_only) train_sample_latent(&t->p, t->x0 + r * L, dist, t->lat_noise, L);
     }
+    for (int r = 0; r < rows && t->xl; r++) {   /* SDXL: each row's micro-conditioning (no draw) */
+        float *ti = t->time_ids + (size_t)r * 6;
+        if (row[r].img2) train_composite_time_ids(ti, c->resolution);
+        else train_image_time_ids(ti, row[r].img, row[r].flip, c->resolution, c->center_crop);
+    }
     for (int r = 0; r < rows; r++) t->ts[r] = rng_randint(&t->rng, t->p.sched.T);
     rng_fill_normal(&t->rng, t->eps, (size_t)rows * L);
     for (int r = 0; r < rows; r++) {
@@ -323,6 +385,11 @@ int trainer_next_batch(trainer_t *t) {
         if (c->caption_dropout > 0 && rng_uniform(&t->rng) < c->caption_dropout) pi = t->empty_prompt;
         memcpy(t->ids + (size_t)r * t->T, t->prompts.ids + (size_t)pi * t->T, sizeof(int) * t->T);
         if (t->prompt_ctx) memcpy(t->ctx + r * CT, t->prompt_ctx + pi * CT, sizeof(float) * CT);
+        if (t->xl) memcpy(t->ids2 + (size_t)r * t->T, t->prompt_ids2 + (size_t)pi * t->T, sizeof(int) * t->T);
+        if (t->prompt_pooled) {
+            const size_t P = (size_t)t->p.pooled_dim;
+            memcpy(t->pooled + r * P, t->prompt_pooled + pi * P, sizeof(float) * P);
+        }
     }
     if (t->ms) multi_mark_rows(t->ms, t->ids, t->T, B, c->cutmix_vertical);
     return SD_OK;
@@ -369,7 +436,7 @@ static void put_meta_common(void *ctx, shift_set_t *s) {
 static int trainer_save(trainer_t *t, train_save_t *o) {
     char *config = train_config_json(t);
     *o = (train_save_t){.dir = t->cfg.out_dir, .step = t->step, .params = t->params, .n_params = t->n_params,
-                        .config_json = config, .put_meta = put_meta_common, .meta_ctx = t, .bytes = {-1, -1}};
+                        .config_json = config, .put_meta = put_meta_common, .meta_ctx = t, .bytes = {-1, -1, -1}};
     const train_model_t m = mode_view(t);
     const int rc = t->mode->save(&m, o);
     free(config);
@@ -534,9 +601,9 @@ static int check_out_dir(const train_config_t *c) {
 /* Before anything is written: does --shift-layers name any weight ("unet/" or "te/" + tensor name)?
  * (trainer_prepare checks the exact shift arrays again.) */
 static int shift_layers_match_model(const trainer_t *t) {
-    const model_component_t *comp[2] = {&t->p.model.unet, &t->p.model.text_encoder};
-    const shift_component_t which[2] = {SHIFT_UNET, SHIFT_TE};
-    for (int k = 0; k < (t->cfg.train_text_encoder ? 2 : 1); k++)
+    const model_component_t *comp[3] = {&t->p.model.unet, &t->p.model.text_encoder, &t->p.model.text_encoder_2};
+    const shift_component_t which[3] = {SHIFT_UNET, SHIFT_TE, SHIFT_TE2};
+    for (int k = 0; k < (t->cfg.train_text_encoder ? (t->xl ? 3 : 2) : 1); k++)
         for (int i = 0; i < comp[k]->n_tensors; i++) {
             char name[512];
             if (train_param_name(name, sizeof name, which[k], comp[k]->tensors[i].name)) continue;
@@ -595,6 +662,9 @@ static int open_inputs(trainer_t *t, const train_config_t *cfg, int *prior_out) 
     int prior = c->class_dir != NULL;
     if (!c->instance_dir && !c->data_tsv && !c->n_subjects) return sd_error(SD_ERR_ARG, "--instance-dir is required");
     if (!t->mode->ema && c->ema_decay > 0) return sd_error(SD_ERR_ARG, "--ema-decay needs --mode full");
+    if (t->xl && c->mode != TRAIN_MODE_SHIFTS)
+        return sd_error(SD_ERR_ARG, "--mode %s: SDXL models train spectral shifts only (--mode shifts); full and LoRA "
+                        "training of SDXL are not supported", t->mode->name);
     if (c->mode == TRAIN_MODE_LORA && c->lora_rank < 1)
         return sd_error(SD_ERR_ARG, "--lora-rank %d: must be at least 1", c->lora_rank);
     if (c->ema_decay < 0 || c->ema_decay >= 1) return sd_error(SD_ERR_ARG, "--ema-decay %g: must be in [0, 1)", c->ema_decay);
@@ -663,13 +733,20 @@ static int open_training(trainer_t *t, int prior) {
     }
     data_order_init(&t->order, prior && t->cls.n > t->inst.n ? t->cls.n : t->inst.n, c->seed);
 
-    /* a frozen text encoder: every prompt encoded once, with the base weights */
+    /* SDXL: tokenizer_2's ids of every prompt (the second encoder reads them when it is trained) */
+    if (t->xl) {
+        t->prompt_ids2 = sd_xmalloc(sizeof(int) * (size_t)t->T * (t->prompts.n ? t->prompts.n : 1));
+        if ((rc = prompt_table_ids2(&t->prompts, t->p.tok2, t->p.tok2_pad, t->prompt_ids2))) return rc;
+    }
+    /* a frozen text encoder: every prompt encoded once, with the base weights (SDXL: and its pooled embedding) */
     if (!c->train_text_encoder) {
-        const size_t CT = (size_t)t->T * t->p.ctx_dim;
+        const size_t CT = (size_t)t->T * t->p.ctx_dim, P = (size_t)t->p.pooled_dim;
         t->prompt_ctx = sd_xmalloc(sizeof(float) * CT * t->prompts.n);
+        if (t->xl) t->prompt_pooled = sd_xmalloc(sizeof(float) * P * t->prompts.n);
         for (int i = 0; i < t->prompts.n && !rc; i += 8) { /* in chunks: the encoder's activations grow per row */
             const int n = t->prompts.n - i < 8 ? t->prompts.n - i : 8;
-            rc = pipeline_encode_prompts(&t->p, (const char *const *)t->prompts.text + i, n, t->prompt_ctx + i * CT);
+            rc = pipeline_encode_prompts_cond(&t->p, (const char *const *)t->prompts.text + i, n, t->prompt_ctx + i * CT,
+                                              t->prompt_pooled ? t->prompt_pooled + i * P : NULL);
         }
         if (rc) return rc;
     }
@@ -953,10 +1030,13 @@ void trainer_close(trainer_t *t) {
         unet_grads_free(&t->ug);
         clip_acts_free(&t->ca);
         if (t->cfg.train_text_encoder) clip_grads_free(&t->cg);
+        if (t->cfg.train_text_encoder && t->xl) clip_grads_free(&t->cg2);
     }
+    clip_acts_free(&t->ca2);   /* zeroed when never built */
     free(t->x0), free(t->eps), free(t->xt), free(t->target), free(t->pred), free(t->dpred);
     free(t->lat_noise), free(t->tf), free(t->ts), free(t->ids), free(t->ctx), free(t->dctx);
-    free(t->prompt_ctx);
+    free(t->ids2), free(t->pooled), free(t->dpooled), free(t->time_ids), free(t->dh1), free(t->dh2);
+    free(t->prompt_ctx), free(t->prompt_pooled), free(t->prompt_ids2);
     prompt_table_free(&t->prompts);
     image_set_free(&t->inst);
     image_set_free(&t->cls);

@@ -14,7 +14,14 @@
  *   eps     : rows x latent-size normals
  * then x_t = ddpm_add_noise, target = ddpm_target (by prediction_type), UNet on [instance rows;
  * class rows], loss = MSE(instance) + prior_loss_weight * MSE(class), backward into the shifts
- * (and through the text encoder when it is trained). The same seed and thread count give the same
+ * (and through the text encoder when it is trained).
+ *
+ * SDXL (a second text encoder and a "text_time" UNet): the context is both encoders' penultimate
+ * hidden states side by side, the UNet's added conditioning TE2's pooled embedding and per row the
+ * micro-conditioning of its image (train_image_time_ids: original size, crop in the resized image,
+ * target (res, res); a Cut-Mix composite is a res x res image of its own). --train-text-encoder
+ * trains both encoders: the UNet's d ctx splits into the two encoders' d hidden, and its d text_embeds
+ * flows into TE2 through the pooled embedding. No draw is added: the streams are those of SD 1.x. The same seed and thread count give the same
  * bytes; a resumed run continues the same streams (checkpoint.h).
  *
  * Full mode (cfg.mode = TRAIN_MODE_FULL; `svdiff train --mode full`, `svdiff pretrain`, full.c):
@@ -127,7 +134,7 @@ typedef struct {
     int n;
     int group;      /* 0: spectral deltas (lr), 1: norm-gain shifts (lr_1d) */
     float *ema;     /* full mode with ema_decay > 0: the EMA of value, else NULL */
-    int component;  /* 0 UNet ("unet/" + name), 1 text encoder ("te/" + name) */
+    int component;  /* shift_component_t: 0 UNet ("unet/" + name), 1 text encoder ("te/"), 2 SDXL's text_encoder_2 ("te2/") */
     int frozen;     /* --shift-layers left it out: no gradient reaches it, it stays 0 */
 } train_param_t;
 
@@ -156,6 +163,10 @@ typedef struct {
     unet_grads_t ug;
     clip_acts_t ca;
     clip_grads_t cg;
+    /* SDXL (xl): the second text encoder's activations and gradients (cg2 with a trained encoder) */
+    int xl;
+    clip_acts_t ca2;
+    clip_grads_t cg2;
 
     /* the optimizer state: the arrays the mode's visit listed, AdamW's moments, the EMA */
     int n_params;
@@ -168,6 +179,8 @@ typedef struct {
     prompt_table_t prompts;
     int empty_prompt;         /* index of "" in prompts (--caption-dropout), else -1 */
     float *prompt_ctx;        /* [n_prompts, T, ctx_dim]: frozen text encoder's outputs */
+    float *prompt_pooled;     /* SDXL, frozen encoders: [n_prompts, pooled_dim] */
+    int *prompt_ids2;         /* SDXL: [n_prompts, T] tokenizer_2's ids */
     image_set_t inst, cls;
     int prior;                /* prior preservation on */
     data_order_t order;
@@ -178,6 +191,10 @@ typedef struct {
     float *x0, *eps, *ctx, *lat_noise;
     int *ts, *ids;
     float *xt, *target, *pred, *dpred, *tf, *dctx;
+    /* SDXL: the rows' tokenizer_2 ids, pooled embeddings, time ids, and the backward's d pooled and
+     * the two encoders' d hidden */
+    int *ids2;
+    float *pooled, *time_ids, *dpooled, *dh1, *dh2;
     int draw_only;            /* next batch: consume the draws of a micro-batch another MPI rank
                                  trains, without loading, encoding or composing its images */
 
@@ -225,7 +242,9 @@ int trainer_next_batch(trainer_t *t);
 /* One micro-batch on given inputs (rows = n_inst + n_class): x0 [rows, latent], eps [rows,
  * latent], ts [rows] integer timesteps, ids [rows, T] token ids; ctx [rows, T, ctx_dim] the
  * frozen text encoder's output, or NULL to run the text encoder on ids (always done when it is
- * trained). Gradients are ACCUMULATED, scaled by grad_scale (1 / grad_accum). */
+ * trained). SDXL also reads t->ids2 [rows, T], t->time_ids [rows, 6] and, with ctx given, the
+ * pooled embeddings t->pooled [rows, pooled_dim] (trainer_next_batch fills them). Gradients are
+ * ACCUMULATED, scaled by grad_scale (1 / grad_accum). */
 int trainer_micro_step(trainer_t *t, const float *x0, const float *eps, const int *ts, const int *ids,
                        const float *ctx, int n_inst, int n_class, float grad_scale, train_losses_t *out);
 /* Clips the gradient norm, updates every shift with AdamW at the scheduled LR, zeroes the

@@ -8,21 +8,24 @@
 #include "base/error.h"
 
 #define TE_PATH_PREFIX "text_model."
+#define TE_PROJECTION "text_projection"
 
-static const char *const COMPONENT_PREFIX[2] = {"unet/", "te/"};
+static const char *const COMPONENT_PREFIX[SHIFT_N_COMPONENTS] = {"unet/", "te/", "te2/"};
+static const char *const COMPONENT_NAME[SHIFT_N_COMPONENTS] = {"unet", "text_encoder", "text_encoder_2"};
 static const char *const SLOT_PREFIX[4] = {"param/", "adam_m/", "adam_v/", "ema/"};
 
 /* A key is prefix + path + suffix; [key][component]. The checkpoint key is the trainer key behind
  * "param/" (ckpt_param_key), so it has no row of its own. */
 static const struct {
-    const char *prefix[2], *suffix[2];
+    const char *prefix[SHIFT_N_COMPONENTS], *suffix[SHIFT_N_COMPONENTS];
 } AFFIX[] = {
-    [SHIFT_KEY_TRAINER] = {{"unet/", "te/"}, {"", ".weight"}},
-    [SHIFT_KEY_FILE] = {{"", ""}, {".delta", ".delta"}},
-    [SHIFT_KEY_CACHE_U] = {{"", "te:"}, {".U", ".U"}},
-    [SHIFT_KEY_CACHE_S] = {{"", "te:"}, {".S", ".S"}},
-    [SHIFT_KEY_CACHE_VT] = {{"", "te:"}, {".Vt", ".Vt"}},
-    [SHIFT_KEY_WEIGHT] = {{"", ""}, {".weight", ".weight"}},
+    [SHIFT_KEY_TRAINER] = {{"unet/", "te/", "te2/"}, {"", ".weight", ".weight"}},
+    [SHIFT_KEY_FILE] = {{"", "", SHIFT_TE2_PREFIX}, {".delta", ".delta", ".delta"}},
+    [SHIFT_KEY_CACHE_U] = {{"", "te:", "te2:"}, {".U", ".U", ".U"}},
+    [SHIFT_KEY_CACHE_S] = {{"", "te:", "te2:"}, {".S", ".S", ".S"}},
+    [SHIFT_KEY_CACHE_VT] = {{"", "te:", "te2:"}, {".Vt", ".Vt", ".Vt"}},
+    [SHIFT_KEY_WEIGHT] = {{"", "", ""}, {".weight", ".weight", ".weight"}},
+    [SHIFT_KEY_SET] = {{"", "", SHIFT_TE2_PREFIX}, {"", "", ""}},
 };
 
 static const char *key_what(shift_key_t key) {
@@ -31,6 +34,7 @@ static const char *key_what(shift_key_t key) {
     case SHIFT_KEY_CHECKPOINT: return "checkpoint key";
     case SHIFT_KEY_FILE: return "shift file key";
     case SHIFT_KEY_WEIGHT: return "model tensor key";
+    case SHIFT_KEY_SET: return "shift set entry";
     default: return "SVD cache key";
     }
 }
@@ -39,8 +43,30 @@ static int is_cache(shift_key_t key) {
     return key == SHIFT_KEY_CACHE_U || key == SHIFT_KEY_CACHE_S || key == SHIFT_KEY_CACHE_VT;
 }
 
+static int starts_with(const char *s, const char *prefix) { return strncmp(s, prefix, strlen(prefix)) == 0; }
+
+/* a module path of a text encoder (either of SDXL's: they share their paths) */
+static int is_te_module(const char *path) { return starts_with(path, TE_PATH_PREFIX) || !strcmp(path, TE_PROJECTION); }
+
+/* whether a bare module path belongs to component c */
+static int path_fits(shift_component_t c, const char *path) {
+    if (!path[0]) return 0;
+    if (c == SHIFT_UNET) return !is_te_module(path) && !starts_with(path, SHIFT_TE2_PREFIX);
+    return is_te_module(path);
+}
+
 shift_component_t shift_component_of_path(const char *path) {
-    return strncmp(path, TE_PATH_PREFIX, strlen(TE_PATH_PREFIX)) == 0 ? SHIFT_TE : SHIFT_UNET;
+    if (starts_with(path, SHIFT_TE2_PREFIX)) return SHIFT_TE2;
+    return is_te_module(path) ? SHIFT_TE : SHIFT_UNET;
+}
+
+shift_name_t shift_name_of_entry(const char *set_path) {
+    const shift_component_t c = shift_component_of_path(set_path);
+    return (shift_name_t){c, SHIFT_KIND_UNKNOWN, c == SHIFT_TE2 ? set_path + strlen(SHIFT_TE2_PREFIX) : set_path};
+}
+
+const char *shift_component_name(shift_component_t c) {
+    return (unsigned)c < SHIFT_N_COMPONENTS ? COMPONENT_NAME[c] : "?";
 }
 
 int train_param_name(char *buf, size_t cap, shift_component_t component, const char *stem) {
@@ -57,8 +83,10 @@ int ckpt_param_key(char *buf, size_t cap, ckpt_slot_t slot, const char *param_na
 
 int shift_key(char *buf, size_t cap, const shift_name_t *n, shift_key_t key) {
     const int c = n->component;
-    if (!n->path[0] || shift_component_of_path(n->path) != n->component)
-        return sd_error(SD_ERR_ARG, "shift path '%s' is not a %s module path", n->path, c == SHIFT_TE ? "text encoder" : "UNet");
+    static const char *const WHAT[SHIFT_N_COMPONENTS] = {"UNet", "text encoder", "text_encoder_2"};
+    if ((unsigned)c >= SHIFT_N_COMPONENTS || !path_fits(n->component, n->path))
+        return sd_error(SD_ERR_ARG, "shift path '%s' is not a %s module path", n->path,
+                        (unsigned)c < SHIFT_N_COMPONENTS ? WHAT[c] : "known");
     if (is_cache(key) && n->kind == SHIFT_NORM)
         return sd_error(SD_ERR_ARG, "norm shift %s has no SVD cache key", n->path);
     if (key == SHIFT_KEY_CHECKPOINT) {
@@ -71,8 +99,6 @@ int shift_key(char *buf, size_t cap, const shift_name_t *n, shift_key_t key) {
     return SD_OK;
 }
 
-static int starts_with(const char *s, const char *prefix) { return strncmp(s, prefix, strlen(prefix)) == 0; }
-
 int shift_key_parse(shift_name_t *out, char *path_buf, size_t cap, const char *key, shift_key_t kind) {
     memset(out, 0, sizeof *out);
     out->path = path_buf;
@@ -84,19 +110,26 @@ int shift_key_parse(shift_name_t *out, char *path_buf, size_t cap, const char *k
         name += strlen(SLOT_PREFIX[CKPT_PARAM]);
         kind = SHIFT_KEY_TRAINER;
     }
-    /* the prefix names the component where the key has one; a key with none is routed by its path */
-    const int explicit_component = strcmp(AFFIX[kind].prefix[SHIFT_UNET], AFFIX[kind].prefix[SHIFT_TE]) != 0;
-    for (int c = SHIFT_TE; c >= SHIFT_UNET; c--) {
+    /* a prefix that no other component shares names the component; a shared one ("") leaves it to
+     * the path. Longer prefixes are tried first ("te2:" before "te:", "" last). */
+    for (int c = SHIFT_N_COMPONENTS - 1; c >= SHIFT_UNET; c--) {
         const char *pre = AFFIX[kind].prefix[c], *suf = AFFIX[kind].suffix[c];
-        if (!starts_with(name, pre)) continue;   /* "" (UNet) matches last */
+        if (!starts_with(name, pre)) continue;
+        int shared = 0;
+        for (int o = 0; o < SHIFT_N_COMPONENTS; o++) shared |= o != c && !strcmp(AFFIX[kind].prefix[o], pre);
         const size_t len = strlen(name), lp = strlen(pre), ls = strlen(suf);
         if (len <= lp + ls || strcmp(name + len - ls, suf)) goto bad;
         const size_t n = len - lp - ls;
         if (n >= cap) return sd_error(SD_ERR_FORMAT, "%s '%s' is too long", key_what(asked), key);
         memcpy(path_buf, name + lp, n);
         path_buf[n] = '\0';
-        out->component = shift_component_of_path(path_buf);
-        if (explicit_component && (int)out->component != c) goto bad;
+        if (shared) {   /* routed by the path, among the components that share the prefix */
+            out->component = is_te_module(path_buf) ? SHIFT_TE : SHIFT_UNET;
+            if (strcmp(AFFIX[kind].prefix[out->component], pre)) goto bad;
+        } else {
+            out->component = (shift_component_t)c;
+        }
+        if (!path_fits(out->component, path_buf)) goto bad;
         out->kind = is_cache(kind) ? SHIFT_SPECTRAL : SHIFT_KIND_UNKNOWN;
         return SD_OK;
     }

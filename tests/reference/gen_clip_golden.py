@@ -21,6 +21,16 @@ Writes, under --out (tests/fixtures/clip/):
                                                kink); hidden and d delta of each
     sd2.ids / sd2.hidden / sd2.dembed          the gelu model
     sd2_skip1.hidden                           clip_skip = 1: output of layer L-1, then final LN
+    sdxl2.ids / sdxl2.hidden / sdxl2.pooled    SDXL's text_encoder_2 shape (CLIPTextModelWithProjection,
+                                               gelu, text_projection [12, 16] without bias): hidden =
+                                               hidden_states[-2] (raw, no final LN), pooled =
+                                               text_projection(final LN of the last layer at the first
+                                               largest id); row 0 padded with 0 ("!"), row 1 with the
+                                               end token (the first one is the EOS)
+    sdxl2_skip1.*                              clip_skip = 1: hidden = hidden_states[-3]; with
+                                               loss = sum(hidden * dout) + sum(pooled * dpool): dembed,
+                                               dproj (d text_projection.weight), dlnf (d final LN gain),
+                                               dfc2_last (d layers.2.mlp.fc2.weight)
 loss = sum(hidden * dout). dout is not stored: both sides draw it from the tests' generator
 (tests/testutil.c trng_seed + fill_uniform(-1, 1), re-implemented here bit for bit; seeds in
 DOUT_SEED), which keeps the fixtures small. All inputs are float32-exact; math is float64.
@@ -41,13 +51,16 @@ torch.set_num_threads(1)  # fixed reduction order: byte-identical output on ever
 
 GEN = torch.Generator().manual_seed(7707)
 B, T = 2, 77
-DOUT_SEED = {"sd1": 501, "sd2": 502}   # the C test uses the same seeds
+DOUT_SEED = {"sd1": 501, "sd2": 502, "sdxl2": 503, "sdxl2_pool": 504}   # the C test uses the same seeds
 
 CONFIGS = {
     "sd1": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                 max_position_embeddings=77, vocab_size=192, hidden_act="quick_gelu", layer_norm_eps=1e-5),
     "sd2": dict(hidden_size=16, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
                 max_position_embeddings=77, vocab_size=128, hidden_act="gelu"),
+    "sdxl2": dict(hidden_size=16, intermediate_size=48, num_hidden_layers=3, num_attention_heads=2,
+                  max_position_embeddings=77, vocab_size=128, hidden_act="gelu", projection_dim=12,
+                  architectures=["CLIPTextModelWithProjection"]),
 }
 
 
@@ -127,29 +140,54 @@ def embed(p, ids):
         p["text_model.embeddings.position_embedding.weight"][:Tn].unsqueeze(0)
 
 
-def encoder(p, cfg, x, skip=0):
-    """CLIPEncoder + final_layer_norm on the embedding output x [B, T, C]; with skip = k the
-    last k layers are not run (diffusers' clip_skip: hidden_states[-(k+1)], then final LN)."""
+def encoder_layer(p, cfg, i, x):
+    """CLIPEncoderLayer i on x [B, T, C] (causal self-attention, then the MLP)."""
     Bn, Tn, C = x.shape
     H = cfg["num_attention_heads"]
     D = C // H
     eps = cfg.get("layer_norm_eps", 1e-5)
     mask = torch.full((Tn, Tn), float("-inf")).triu(1)  # query i sees keys j <= i
+    pre = f"text_model.encoder.layers.{i}."
+    g = lambda n: p[pre + n]
+    h = layer_norm(x, g("layer_norm1.weight"), g("layer_norm1.bias"), eps)
+    heads = lambda t: t.view(Bn, Tn, H, D).transpose(1, 2)
+    q = heads(F.linear(h, g("self_attn.q_proj.weight"), g("self_attn.q_proj.bias")) * D ** -0.5)
+    k = heads(F.linear(h, g("self_attn.k_proj.weight"), g("self_attn.k_proj.bias")))
+    v = heads(F.linear(h, g("self_attn.v_proj.weight"), g("self_attn.v_proj.bias")))
+    a = torch.softmax(q @ k.transpose(-1, -2) + mask, dim=-1) @ v
+    a = a.transpose(1, 2).reshape(Bn, Tn, C)
+    x = x + F.linear(a, g("self_attn.out_proj.weight"), g("self_attn.out_proj.bias"))
+    h = layer_norm(x, g("layer_norm2.weight"), g("layer_norm2.bias"), eps)
+    h = act_fn(cfg["hidden_act"], F.linear(h, g("mlp.fc1.weight"), g("mlp.fc1.bias")))
+    return x + F.linear(h, g("mlp.fc2.weight"), g("mlp.fc2.bias"))
+
+
+def final_ln(p, cfg, x):
+    return layer_norm(x, p["text_model.final_layer_norm.weight"], p["text_model.final_layer_norm.bias"],
+                      cfg.get("layer_norm_eps", 1e-5))
+
+
+def encoder(p, cfg, x, skip=0):
+    """CLIPEncoder + final_layer_norm on the embedding output x [B, T, C]; with skip = k the
+    last k layers are not run (diffusers' clip_skip: hidden_states[-(k+1)], then final LN)."""
     for i in range(cfg["num_hidden_layers"] - skip):
-        pre = f"text_model.encoder.layers.{i}."
-        g = lambda n: p[pre + n]
-        h = layer_norm(x, g("layer_norm1.weight"), g("layer_norm1.bias"), eps)
-        heads = lambda t: t.view(Bn, Tn, H, D).transpose(1, 2)
-        q = heads(F.linear(h, g("self_attn.q_proj.weight"), g("self_attn.q_proj.bias")) * D ** -0.5)
-        k = heads(F.linear(h, g("self_attn.k_proj.weight"), g("self_attn.k_proj.bias")))
-        v = heads(F.linear(h, g("self_attn.v_proj.weight"), g("self_attn.v_proj.bias")))
-        a = torch.softmax(q @ k.transpose(-1, -2) + mask, dim=-1) @ v
-        a = a.transpose(1, 2).reshape(Bn, Tn, C)
-        x = x + F.linear(a, g("self_attn.out_proj.weight"), g("self_attn.out_proj.bias"))
-        h = layer_norm(x, g("layer_norm2.weight"), g("layer_norm2.bias"), eps)
-        h = act_fn(cfg["hidden_act"], F.linear(h, g("mlp.fc1.weight"), g("mlp.fc1.bias")))
-        x = x + F.linear(h, g("mlp.fc2.weight"), g("mlp.fc2.bias"))
-    return layer_norm(x, p["text_model.final_layer_norm.weight"], p["text_model.final_layer_norm.bias"], eps)
+        x = encoder_layer(p, cfg, i, x)
+    return final_ln(p, cfg, x)
+
+
+def hidden_states(p, cfg, x):
+    """transformers' hidden_states: [x, output of layer 0, ..., output of the last layer]."""
+    out = [x]
+    for i in range(cfg["num_hidden_layers"]):
+        out.append(encoder_layer(p, cfg, i, out[-1]))
+    return out
+
+
+def pooled_output(p, cfg, states, ids):
+    """CLIPTextModelWithProjection.text_embeds: text_projection of the final LN of the last
+    layer at the first largest id of each row (torch.argmax returns the first maximum)."""
+    last = final_ln(p, cfg, states[-1])
+    return F.linear(last[torch.arange(ids.shape[0]), ids.argmax(dim=-1)], p["text_projection.weight"])
 
 
 def make_ids(cfg, lengths, pad_with_end):
@@ -284,14 +322,41 @@ def main():
     hidden, _ = run(p2, cfg2, ids2, dout2, skip=1)
     put("sd2_skip1.hidden", hidden)
 
+    # SDXL text_encoder_2-like (last: the draws above are unchanged by it)
+    cfg3 = CONFIGS["sdxl2"]
+    p3 = make_params(cfg3)
+    C3, P3 = cfg3["hidden_size"], cfg3["projection_dim"]
+    p3["text_projection.weight"] = randn(P3, C3, std=1.0 / math.sqrt(C3))
+    ids3 = make_ids(cfg3, [9, 30], pad_with_end=False)
+    ids3[1, 32:] = cfg3["vocab_size"] - 1   # row 1: padded with the end token (the first one counts)
+    states = hidden_states(p3, cfg3, embed(p3, ids3))
+    put("sdxl2.ids", ids3, "I64")
+    put("sdxl2.hidden", states[-2].detach())
+    put("sdxl2.pooled", pooled_output(p3, cfg3, states, ids3).detach())
+    dout3 = trng_uniform(DOUT_SEED["sdxl2"], B * T * C3, -1.0, 1.0).view(B, T, C3)
+    dpool3 = trng_uniform(DOUT_SEED["sdxl2_pool"], B * P3, -1.0, 1.0).view(B, P3)
+    pg = {k: v.clone().requires_grad_(True) for k, v in p3.items()}
+    x0 = embed(pg, ids3).detach().requires_grad_(True)
+    states = hidden_states(pg, cfg3, x0)
+    loss = (states[-3] * dout3).sum() + (pooled_output(pg, cfg3, states, ids3) * dpool3).sum()
+    wanted = {"dproj": "text_projection.weight", "dlnf": "text_model.final_layer_norm.weight",
+              "dfc2_last": "text_model.encoder.layers.2.mlp.fc2.weight"}
+    grads = torch.autograd.grad(loss, [x0] + [pg[k] for k in wanted.values()])
+    put("sdxl2_skip1.hidden", states[-3].detach())
+    put("sdxl2_skip1.dembed", grads[0])
+    for short, gr in zip(wanted.keys(), grads[1:]):
+        put(f"sdxl2_skip1.{short}", gr)
+
     os.makedirs(args.out, exist_ok=True)
     total = write_text_encoder(os.path.join(args.out, "sd1_text_encoder"), cfg1, p1, "F32", True)
     total += write_text_encoder(os.path.join(args.out, "sd1_text_encoder_f16"), cfg1, p1, "F16", True)
     total += write_text_encoder(os.path.join(args.out, "sd2_text_encoder"), cfg2, p2, "F32", False)
+    total += write_text_encoder(os.path.join(args.out, "sdxl2_text_encoder"), cfg3, p3, "F32", False)
     total += write_safetensors(os.path.join(args.out, "golden.safetensors"), golden,
                                {"generator": "tests/reference/gen_clip_golden.py",
-                                "dout": "trng_seed(seed) + fill_uniform(-1, 1); seeds sd1=%d sd2=%d"
-                                        % (DOUT_SEED["sd1"], DOUT_SEED["sd2"])})
+                                "dout": "trng_seed(seed) + fill_uniform(-1, 1); seeds sd1=%d sd2=%d sdxl2=%d sdxl2 dpool=%d"
+                                        % (DOUT_SEED["sd1"], DOUT_SEED["sd2"], DOUT_SEED["sdxl2"],
+                                           DOUT_SEED["sdxl2_pool"])})
     print(f"wrote {args.out}: {total} bytes of safetensors")
 
 

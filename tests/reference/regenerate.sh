@@ -16,6 +16,7 @@ mkdir -p "$root/tests/fixtures"
 "$py" "$here/gen_unet_golden.py" --out "$root/tests/fixtures/unet"
 "$py" "$here/gen_shift_fixtures.py" --out "$root/tests/fixtures/shifts"
 "$py" "$here/gen_pipeline_golden.py" --out "$root/tests/fixtures/pipeline"  # after tiny-sd and unet (reads them)
+"$py" "$here/gen_sdxl_golden.py" --model-out "$root/tests/fixtures/tiny-sdxl" --out "$root/tests/fixtures/sdxl"  # after tiny-sd (copies its tokenizer)
 "$py" "$here/gen_edit_golden.py" --out "$root/tests/fixtures/edit"  # after pipeline (reads its pixel parts)
 "$py" "$here/gen_train_golden.py" --model "$root/tests/fixtures/tiny-sd/diffusers" --out "$root/tests/fixtures/train"
 "$py" "$here/gen_unmix_golden.py" --model "$root/tests/fixtures/tiny-sd/diffusers" --train-golden "$root/tests/fixtures/train/golden.safetensors" --out "$root/tests/fixtures/unmix"  # after train
