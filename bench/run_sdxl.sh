@@ -101,6 +101,7 @@ for case, label in (("fwd64", "UNet forward 64x64 (512 px), batch 2"), ("fwd128"
         r = [r for r in t if "check_maxabs" in r][-1]
         print(f"| {label}: svdiff fp32 vs PyTorch fp32, same inputs | max abs diff {r['check_maxabs']} "
               f"| max rel to max abs {r['check_rel']} | | | | | |")
+fl = (rows.get(("flops", "svdiff", "fp32")) or [{}])[-1]
 for case, label in (("train64", "SVDiff training step 64x64 (512 px), batch 1"),
                     ("train128", "SVDiff training step 128x128 (1024 px), batch 1")):
     for compute in ("fp32", "bf16"):
@@ -109,9 +110,11 @@ for case, label in (("train64", "SVDiff training step 64x64 (512 px), batch 1"),
             continue
         r = rs[-1]
         med = statistics.median(times(rs))
+        # dense-equivalent: forward + input gradients = 2 forwards of one sample (frozen weights: no dW)
+        rate = f"{2 * float(fl['hw' + case[5:]]) / med:.0f}" if fl.get("hw" + case[5:]) else "-"
         print(f"| {label}: fwd {float(r['fwd_s']):.1f} + bwd {float(r['bwd_s']):.1f} + AdamW {float(r['opt_s']):.2f} s; "
               f"RSS before the step {r['rss_before_mb']} MB (factors {r['factors_mb']} MB), set-up peak {r['setup_peak_mb']} MB "
-              f"| svdiff {compute} factors | {med:.2f} | {len(times(rs))} | - | {peak(rs):.0f} | - | {loads(rs)} |")
+              f"| svdiff {compute} factors | {med:.2f} | {len(times(rs))} | - | {peak(rs):.0f} | {rate} | {loads(rs)} |")
 rs = rows.get(("svd", "svdiff", "bf16")) or rows.get(("svd", "svdiff", "fp32"))
 for compute in ("fp32", "bf16"):
     rs = rows.get(("svd", "svdiff", compute))
@@ -194,6 +197,11 @@ side() {   # side NAME COMPUTE LOG cmd...: runs one benchmark process, keeps its
     tail -5 "$log" >&2
   fi
 }
+
+# FLOPs per sample from the config (bench_unet's count), for the GFLOP/s of the training steps
+"$build/bench_unet" --flops --config configs/sdxl-base.json |
+  sed -nE 's/.* ([0-9]+)x[0-9]+ latents.*: ([0-9.]+) GFLOP.*/\1 \2/p' |
+  awk '{printf "%s hw%s=%s", (NR == 1 ? "RESULT side=svdiff case=flops" : ""), $1, $2} END {print ""}' >>"$results"
 
 svd="$cache/svd-cache"
 if has svd; then
