@@ -11,12 +11,14 @@
 #            inputs and prints the largest difference of the outputs
 #   train64  one SVDiff training step (bench_train_step: every conv / linear spectral from the SVD
 #   train128 cache, element norm shifts, batch 1, forward + backward + AdamW) in --train-compute
-#            (default bf16: bf16 factors)
+#            (default bf16: bf16 factors), without and with transformer checkpointing (--train-ckpt;
+#            `svdiff train --gradient-checkpointing` is the latter)
 #   generate `svdiff generate` 1024x1024 (--gen-size) with the model's defaults (SDXL: euler, cfg 5),
 #            --gen-steps steps under /usr/bin/time -v; fewer than 30 steps are extrapolated to 30
 #
 #   bench/run_sdxl.sh [--cases "svd fwd64 fwd128 train64 train128 generate" (default: all)]
 #       [--compute "fp32 bf16" (svdiff forwards)] [--train-compute bf16] [--gen-compute bf16]
+#       [--train-ckpt "none transformers"]
 #       [--reps N (timed forwards / steps per process, default 1)] [--rounds R (processes per case
 #       and side, default 1)] [--warmup N (untimed forwards first, default 1 at 64x64, 0 at 128x128)]
 #       [--gen-steps N (default 3)] [--gen-size PX (default 1024)] [--threads N] [--no-torch] [--force-torch]
@@ -32,6 +34,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cases="svd fwd64 fwd128 train64 train128 generate" computes="fp32 bf16" train_compute=bf16 gen_compute=bf16
+train_ckpt="none transformers"
 reps=1 rounds=1 warmup="" gen_steps=3 gen_size=1024 threads=$(nproc) torch=1 force=0 svd_batch=6000 table=""
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -39,6 +42,7 @@ while [ $# -gt 0 ]; do
     --compute) computes=$2; shift ;;
     --train-compute) train_compute=$2; shift ;;
     --gen-compute) gen_compute=$2; shift ;;
+    --train-ckpt) train_ckpt=$2; shift ;;
     --reps) reps=$2; shift ;;
     --rounds) rounds=$2; shift ;;
     --warmup) warmup=$2; shift ;;
@@ -49,7 +53,7 @@ while [ $# -gt 0 ]; do
     --force-torch) force=1 ;;
     --svd-batch-mb) svd_batch=$2; shift ;;
     --table) table=$2; shift ;;
-    -h|--help) sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run_sdxl.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -65,7 +69,8 @@ for line in open(path):
         continue
     kv = dict(f.split("=", 1) for f in line.split()[1:] if "=" in f)
     side = kv["side"]
-    key = (kv["case"], side, kv.get("compute", "fp32") if side == "svdiff" else "fp32")
+    case = kv["case"] + ("" if kv.get("ckpt", "none") == "none" else "-" + kv["ckpt"])
+    key = (case, side, kv.get("compute", "fp32") if side == "svdiff" else "fp32")
     rows.setdefault(key, []).append(kv)
 
 def times(rs):
@@ -103,7 +108,9 @@ for case, label in (("fwd64", "UNet forward 64x64 (512 px), batch 2"), ("fwd128"
               f"| max rel to max abs {r['check_rel']} | | | | | |")
 fl = (rows.get(("flops", "svdiff", "fp32")) or [{}])[-1]
 for case, label in (("train64", "SVDiff training step 64x64 (512 px), batch 1"),
-                    ("train128", "SVDiff training step 128x128 (1024 px), batch 1")):
+                    ("train64-transformers", "SVDiff training step 64x64 (512 px), batch 1, transformer checkpointing"),
+                    ("train128", "SVDiff training step 128x128 (1024 px), batch 1"),
+                    ("train128-transformers", "SVDiff training step 128x128 (1024 px), batch 1, transformer checkpointing")):
     for compute in ("fp32", "bf16"):
         rs = rows.get((case, "svdiff", compute))
         if not rs:
@@ -111,7 +118,8 @@ for case, label in (("train64", "SVDiff training step 64x64 (512 px), batch 1"),
         r = rs[-1]
         med = statistics.median(times(rs))
         # dense-equivalent: forward + input gradients = 2 forwards of one sample (frozen weights: no dW)
-        rate = f"{2 * float(fl['hw' + case[5:]]) / med:.0f}" if fl.get("hw" + case[5:]) else "-"
+        hw = "hw" + case[5:].split("-")[0]
+        rate = f"{2 * float(fl[hw]) / med:.0f}" if fl.get(hw) else "-"
         print(f"| {label}: fwd {float(r['fwd_s']):.1f} + bwd {float(r['bwd_s']):.1f} + AdamW {float(r['opt_s']):.2f} s; "
               f"RSS before the step {r['rss_before_mb']} MB (factors {r['factors_mb']} MB), set-up peak {r['setup_peak_mb']} MB "
               f"| svdiff {compute} factors | {med:.2f} | {len(times(rs))} | - | {peak(rs):.0f} | {rate} | {loads(rs)} |")
@@ -136,12 +144,14 @@ for compute in ("fp32", "bf16"):
               f"{r['per_step_s']} s/step, {r['before_s']} s before sampling, {r['decode_s']} s VAE decode + PNG{est} "
               f"| svdiff {compute} | {r['total_s']} | 1 | - | {r['peak_rss_mb']} | - | {loads([r])} |")
 print()
-tr = rows.get(("train128", "svdiff", "bf16"))
-if tr:
-    s = statistics.median(times(tr))
-    print(f"500 training steps at 1024 px (bf16 factors, batch 1, {tr[-1].get('threads', '?')} threads): "
-          f"500 x {s:.1f} s = {500 * s / 3600:.1f} h (steps only: no sampling, checkpoints or data loading).")
-for case, bound, what in (("generate1024", 10240, "generate 1024 px"), ("train128", 16384, "train 1024 px, bf16 factors")):
+for case, how in (("train128", ""), ("train128-transformers", ", transformer checkpointing")):
+    tr = rows.get((case, "svdiff", "bf16"))
+    if tr:
+        s = statistics.median(times(tr))
+        print(f"500 training steps at 1024 px (bf16 factors, batch 1{how}, {tr[-1].get('threads', '?')} threads): "
+              f"500 x {s:.1f} s = {500 * s / 3600:.1f} h (steps only: no sampling, checkpoints or data loading).")
+for case, bound, what in (("generate1024", 10240, "generate 1024 px"), ("train128", 16384, "train 1024 px, bf16 factors"),
+                          ("train128-transformers", 16384, "train 1024 px, bf16 factors, transformer checkpointing")):
     for compute in ("fp32", "bf16"):
         rs = rows.get((case, "svdiff", compute))
         if rs:
@@ -248,10 +258,12 @@ done
 for hw in 64 128; do
   has "train$hw" || continue
   for r in $(seq "$rounds"); do
-    warm_file
-    side "svdiff train$hw round $r ($train_compute)" "$train_compute" "$run/svdiff-train$hw-$r.log" \
-      env SVDIFF_COMPUTE="$train_compute" "$build/bench_train_step" --model "$model" --hw "$hw" --reps "$reps" \
-      ${warmup:+--warmup "$warmup"} --threads "$threads" --svd-cache "$svd" --svd-batch-mb "$svd_batch"
+    for ck in $train_ckpt; do
+      warm_file
+      side "svdiff train$hw ckpt $ck round $r ($train_compute)" "$train_compute" "$run/svdiff-train$hw-$ck-$r.log" \
+        env SVDIFF_COMPUTE="$train_compute" "$build/bench_train_step" --model "$model" --hw "$hw" --reps "$reps" \
+        --ckpt "$ck" ${warmup:+--warmup "$warmup"} --threads "$threads" --svd-cache "$svd" --svd-batch-mb "$svd_batch"
+    done
   done
 done
 
