@@ -20,12 +20,14 @@
 #       [--compute "fp32 bf16" (svdiff forwards)] [--train-compute bf16] [--gen-compute bf16]
 #       [--train-ckpt "none transformers"]
 #       [--reps N (timed forwards / steps per process, default 1)] [--rounds R (processes per case
-#       and side, default 1)] [--warmup N (untimed forwards first, default 1 at 64x64, 0 at 128x128)]
+#       and side, default 1)] [--start-round N (numbering of the rounds: odd rounds run svdiff first,
+#       even ones PyTorch; default 1)] [--warmup N (untimed runs first: 0 or 1 forward,
+#       default 1 at 64x64, 0 at 128x128; N training steps, default 0)]
 #       [--gen-steps N (default 3)] [--gen-size PX (default 1024)] [--threads N] [--no-torch] [--force-torch]
 #       [--svd-batch-mb M (default 6000)] [--table RESULTS.txt (print the table of an earlier run)]
 #
 # Environment: SVDIFF_BENCH_CACHE (default bench/out, git-ignored) holds the model (6.9 GB), the SVD
-# cache (svd-cache/, about 15 GB for SDXL, beside SD 1.5's) and the logs; SVDIFF_BUILD_DIR uses an
+# cache (svd-cache/, 14 GB for SDXL, beside SD 1.5's) and the logs; SVDIFF_BUILD_DIR uses an
 # existing release build; SVDIFF_TOKENIZER the CLIP tokenizer copied into the model (generate needs
 # it). SVDIFF_BENCH_RESULTS=FILE also appends the RESULT lines there (bench/run_all.sh --sdxl).
 # The PyTorch side holds the UNet in fp32 (10.3 GB): it is skipped when MemAvailable is under
@@ -35,7 +37,7 @@ cd "$(dirname "$0")/.."
 
 cases="svd fwd64 fwd128 train64 train128 generate" computes="fp32 bf16" train_compute=bf16 gen_compute=bf16
 train_ckpt="none transformers"
-reps=1 rounds=1 warmup="" gen_steps=3 gen_size=1024 threads=$(nproc) torch=1 force=0 svd_batch=6000 table=""
+reps=1 rounds=1 start_round=1 warmup="" gen_steps=3 gen_size=1024 threads=$(nproc) torch=1 force=0 svd_batch=6000 table=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --cases) cases=$2; shift ;;
@@ -45,6 +47,7 @@ while [ $# -gt 0 ]; do
     --train-ckpt) train_ckpt=$2; shift ;;
     --reps) reps=$2; shift ;;
     --rounds) rounds=$2; shift ;;
+    --start-round) start_round=$2; shift ;;
     --warmup) warmup=$2; shift ;;
     --gen-steps) gen_steps=$2; shift ;;
     --gen-size) gen_size=$2; shift ;;
@@ -53,7 +56,7 @@ while [ $# -gt 0 ]; do
     --force-torch) force=1 ;;
     --svd-batch-mb) svd_batch=$2; shift ;;
     --table) table=$2; shift ;;
-    -h|--help) sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run_sdxl.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -229,7 +232,7 @@ torch_ok() {   # torch_ok HW: enough memory for PyTorch's fp32 UNet and its acti
 for hw in 64 128; do
   has "fwd$hw" || continue
   w=${warmup:-$([ "$hw" -le 64 ] && echo 1 || echo 0)}
-  for r in $(seq "$rounds"); do
+  for r in $(seq "$start_round" $((start_round + rounds - 1))); do
     svd_side() {
       local c save=()
       for c in $computes; do
