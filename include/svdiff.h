@@ -187,7 +187,7 @@ SVDIFF_API int svdiff_model_info(const svdiff_model_t *model, svdiff_model_info_
  * other fields are not used. */
 SVDIFF_API int svdiff_model_describe(const char *path, const svdiff_model_params_t *params, char **json);
 /* The same, with the memory estimate at `resolution` pixels (square; 0: the model's native size,
- * UNet sample_size x the VAE factor). The object also holds "family" ("sd1", "sd2", "sdxl"),
+ * UNet sample_size x the VAE factor). The object also holds "family" ("sd1", "sd2", "sdxl", or "pixel" without a VAE),
  * "text_encoder_2" among the components, "tokenizer_2" and "force_zeros_for_empty_prompt" (SDXL
  * only) and "memory": {"resolution", "generate": {"weights", "unet_activations",
  * "text_activations", "vae_activations", "total"}, "train": {"weights", "factors_fp32",

@@ -3,7 +3,9 @@
  * SD1 and an SD2 single file must give identical tensors under diffusers names (bit for bit as
  * floats), zero-copy views (fused in_proj slices, squeezed 1x1 kernels), derived configs equal
  * to the folder's on every key the weights determine, the SD 1.5 parameter counts from the
- * configs alone, and one clear error per malformed variant (built in a temp dir). */
+ * configs alone, and one clear error per malformed variant (built in a temp dir). SDXL: the tiny
+ * folder of configs/tiny-sdxl.json and an sgm single file the test writes from it (its own
+ * inverse of the name table) must agree the same way; the SDXL base 1.0 counts from its configs. */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <math.h>
@@ -1061,13 +1063,40 @@ static void test_sdxl_folder(void **state) {
     assert_non_null(strstr(m.tokenizer_2_dir, "tokenizer_2"));
     assert_int_equal(m.force_zeros_for_empty_prompt, 1);
     model_close(&m);
-    /* fp16 variant files and a sharded text_encoder_2 (index + two shards) open the same */
+    /* an fp16 variant file, then sharded fp16 variant files (an index naming two shards), open the same */
     char a[1024], b[1024];
     snprintf(a, sizeof a, "%s/text_encoder_2/model.safetensors", dir);
     snprintf(b, sizeof b, "%s/text_encoder_2/model.fp16.safetensors", dir);
     assert_int_equal(rename(a, b), 0);
     open_ok(&m, dir, NULL);
     assert_int_equal(m.text_encoder_2.n_tensors, 53);
+    model_close(&m);
+    st_file_t whole;
+    assert_int_equal(st_open(&whole, b), 0);
+    st_writer_t *w[2] = {st_writer_new(), st_writer_new()};
+    cJSON *index = cJSON_CreateObject(), *map = cJSON_AddObjectToObject(index, "weight_map");
+    static const char *const shard[2] = {"model.fp16-00001-of-00002.safetensors", "model.fp16-00002-of-00002.safetensors"};
+    for (int i = 0; i < whole.n_tensors; i++) {
+        const st_tensor_t *t = &whole.tensors[i];
+        assert_int_equal(st_writer_add(w[i & 1], t->name, t->dtype, t->ndim, t->shape, t->data), 0);
+        cJSON_AddStringToObject(map, t->name, shard[i & 1]);
+    }
+    for (int k = 0; k < 2; k++) {
+        snprintf(a, sizeof a, "%s/text_encoder_2/%s", dir, shard[k]);
+        if (st_writer_save(w[k], a)) fail_msg("%s", sd_last_error());
+        st_writer_free(w[k]);
+    }
+    st_close(&whole);
+    assert_int_equal(unlink(b), 0);
+    snprintf(a, sizeof a, "%s/text_encoder_2/model.safetensors.index.fp16.json", dir);
+    write_json_file(a, index);
+    cJSON_Delete(index);
+    open_ok(&m, dir, NULL);
+    assert_int_equal(m.text_encoder_2.n_tensors, 53);
+    int shards = 0;
+    for (int i = 0; i < m.n_sets; i++)
+        if (strstr(m.sets[i].files[0].path, "text_encoder_2/model.fp16-0000")) shards += m.sets[i].n_files;
+    assert_int_equal(shards, 2);   /* text_encoder_2's set: the two shard files */
     model_close(&m);
     /* an SD 1.x folder has no text_encoder_2: family sd1, component empty but named */
     open_ok(&m, fixture("diffusers"), NULL);

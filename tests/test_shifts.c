@@ -862,6 +862,42 @@ static void test_svd_cache_bf16(void **state) {
         }
         tiny_close(&t);
     }
+    /* 3: a cold cache in bf16 mode: each computed factor goes to the spill file and is stored in
+     * bf16 at once; the cache file written is the fp32 one of pass 0, byte for byte */
+    char *dir2 = make_tmpdir(), fa[600], fb[600];
+    tiny_open(&t);
+    svd_cache_t *c3 = NULL;
+    assert_int_equal(svd_cache_open(&c3, dir2, hash), 0);
+    assert_int_equal(unet_make_spectral_stored(&t.unet, c3, 1), 0);
+    assert_int_equal(svd_cache_computed(c3), t.unet.n_layers);
+    svd_cache_close(c3);
+    for (int i = 0; i < t.unet.n_layers; i++) {
+        const spectral_t *sp = t.unet.layers[i]->w.sp, *x = &ref->sp[i];
+        assert_non_null(sp->Uh);
+        for (size_t k = 0; k < (size_t)x->rows * x->rank; k++) assert_int_equal(sp->Uh[k], sd_f32_to_bf16(x->U[k]));
+    }
+    tiny_close(&t);
+    snprintf(fa, sizeof fa, "%s/%s.svd.safetensors", dir, hash);
+    snprintf(fb, sizeof fb, "%s/%s.svd.safetensors", dir2, hash);
+    assert_same_file(fa, fb);
+    /* a factor computed this run (spilled, not saved yet) serves a second lookup of its module */
+    remove_tree(dir2);
+    assert_int_equal(mkdir(dir2, 0777), 0);
+    tiny_t t2;
+    tiny_open(&t), tiny_open(&t2);
+    assert_int_equal(svd_cache_open(&c3, dir2, hash), 0);
+    svd_cache_set_bf16(c3, 1);
+    const shift_name_t n0 = {SHIFT_UNET, SHIFT_SPECTRAL, t.unet.layers[0]->name};
+    assert_int_equal(svd_cache_make_spectral(c3, &n0, &t.unet.layers[0]->w, 0), 0);
+    assert_int_equal(svd_cache_lookup(c3, &n0, &t2.unet.layers[0]->w, 0), 1);
+    const spectral_t *a0 = t.unet.layers[0]->w.sp, *b0 = t2.unet.layers[0]->w.sp;
+    assert_non_null(b0->Uh);   /* read back into bf16 storage */
+    for (size_t k = 0; k < (size_t)a0->rows * a0->rank; k++) assert_int_equal(b0->Uh[k], sd_f32_to_bf16(a0->U[k]));
+    assert_memory_equal(b0->S, a0->S, sizeof(float) * a0->rank);
+    svd_cache_close(c3);
+    tiny_close(&t), tiny_close(&t2);
+    remove_tree(dir2);
+    free(dir2);
     free_factors(ref);
     free(ref);
     remove_tree(dir);

@@ -117,12 +117,12 @@ class Shifts:
 
     # ---- per-part view, description ----
     def parts(self):
-        """The parts present (0 the UNet's, 1 the text encoder's), as dicts: part, folder, file (None
+        """The parts present (0 the UNet's, 1 the text encoder's, 2 SDXL's text_encoder_2's), as dicts: part, folder, file (None
         for a toolbox result), entries, values, matrices, norms, dtype ("F16" / "F32"), dtype_bytes,
         kept (limit_rank's values kept, else None), taken (mix's entries from `from_`, else None),
         metadata (dict in file order)."""
         lib, out = _lib.load(), []
-        for part in (0, 1):
+        for part in (0, 1, 2):
             i = _api.ShiftsPart()
             check(lib.svdiff_shifts_part(self.handle, part, ctypes.byref(i)))
             if not i.present:

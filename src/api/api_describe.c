@@ -78,9 +78,8 @@ static void factor_sizes(const model_component_t *c, factor_sizes_t *f) {
         f->shifts += rank;
     }
     layer_registry_free(&r);
-    const model_component_t *cc = c;
-    for (int i = 0; i < cc->n_tensors; i++)
-        if (cc->tensors[i].ndim >= 2) f->unet_weights += (double)cc->tensors[i].nbytes;
+    for (int i = 0; i < c->n_tensors; i++)
+        if (c->tensors[i].ndim >= 2) f->unet_weights += (double)c->tensors[i].nbytes;
 }
 
 /* The memory of generate and train at `res` pixels (0: the model's native size). */
@@ -147,7 +146,8 @@ static cJSON *describe(const model_t *m, int res) {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "path", m->path);
     cJSON_AddStringToObject(o, "layout", layout_name(m->layout));
-    cJSON_AddStringToObject(o, "family", model_family_name(model_family(m)));
+    /* a model without a VAE works on pixels: none of the SD families, as svdiff_model_info says */
+    cJSON_AddStringToObject(o, "family", m->vae.n_tensors ? model_family_name(model_family(m)) : "pixel");
     cJSON *cs = cJSON_AddObjectToObject(o, "components");
     const model_component_t *comps[4] = {&m->unet, &m->vae, &m->text_encoder, &m->text_encoder_2};
     int64_t params = 0, bytes = 0;

@@ -12,9 +12,13 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
 #include "api/api_internal.h"
 #include "base/runtime.h"
 #include "io/image.h"
+#include "io/model.h"
+#include "ops/gemm.h"
 #include "train/cutmix.h"
 #include "train/settings.h"
 #include "train/trainer.h"
@@ -221,6 +225,103 @@ static int set_named(train_config_t *c, const svdiff_train_params_t *p, extra_t 
     return SD_OK;
 }
 
+/* ---- memory: refused up front when the estimate exceeds the machine ---- */
+
+/* The machine's RAM in bytes (SVDIFF_TEST_RAM_BYTES replaces it in tests), 0 when unknown. */
+static double machine_ram(void) {
+    const char *env = getenv("SVDIFF_TEST_RAM_BYTES");
+    if (env && *env) return strtod(env, NULL);
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    return pages > 0 && page > 0 ? (double)pages * (double)page : 0;
+}
+
+/* With --train-text-encoder the encoders' matrices are factored too (fp32: the embeddings read rows
+ * of U) and their shifts trained: the bytes of U, S, V^T and the AdamW state of every 2-D tensor of
+ * the text encoders, less the stored matrices that the factors replace (the estimate counts them
+ * as weights). svdiff_model_describe's model counts the UNet's only. */
+static double text_encoder_factor_bytes(const train_config_t *c) {
+    model_t m;
+    const model_open_options_t mo = {.tokenizer_dir = c->tokenizer, .prediction_type = c->prediction_type,
+                                     .scheduler_config = c->scheduler_config};
+    if (model_open(&m, c->model, &mo)) {
+        sd_clear_error();
+        return 0;
+    }
+    double b = 0;
+    const model_component_t *comps[2] = {&m.text_encoder, &m.text_encoder_2};
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < comps[k]->n_tensors; i++) {
+            const st_tensor_t *t = &comps[k]->tensors[i];
+            if (t->ndim != 2) continue;
+            const double rows = (double)t->shape[0], cols = (double)t->shape[1], r = rows < cols ? rows : cols;
+            b += 4.0 * (rows * r + r + r * cols) + 16.0 * r - (double)t->nbytes;
+        }
+    model_close(&m);
+    return b;
+}
+
+static double num(const cJSON *o, const char *k) {
+    const cJSON *v = cJSON_GetObjectItem(o, k);
+    return cJSON_IsNumber(v) ? v->valuedouble : 0;
+}
+
+/* The memory model of `svdiff info --resolution` (src/api/api_describe.c: a lower bound) for this
+ * run: the weights the training form keeps, the SVD factors in the compute dtype's storage (bf16 U
+ * and V^T with --compute-dtype bf16; the text encoders' in fp32 when they train), the optimizer, and
+ * per UNet row (batch x (1 + prior)) the activations, checkpointed or not. A run whose estimate exceeds the machine's RAM would swap or
+ * be killed hours in: it is refused before anything is loaded, with the estimate and the flags that
+ * bring it within the RAM. Only shift mode has this model; other modes are not checked. */
+static int check_memory(const train_config_t *c) {
+    if (c->mode != TRAIN_MODE_SHIFTS || !c->model) return SD_OK;
+    const double ram = machine_ram();
+    if (ram <= 0) return SD_OK;
+    svdiff_model_params_t mp = svdiff_model_default_params();
+    mp.tokenizer_dir = c->tokenizer, mp.prediction_type = c->prediction_type, mp.scheduler_config = c->scheduler_config;
+    char *json = NULL;
+    if (svdiff_model_describe_at(c->model, &mp, c->resolution, &json)) {   /* the trainer reports what is wrong */
+        sd_clear_error();
+        return SD_OK;
+    }
+    cJSON *root = cJSON_Parse(json);
+    svdiff_free(json);
+    const cJSON *mem = cJSON_GetObjectItem(root, "memory"), *t = cJSON_GetObjectItem(mem, "train");
+    int rc = SD_OK;
+    if (t) {
+        const int res = (int)num(mem, "resolution");
+        const double rows = (double)c->batch_size * (c->class_dir || c->subject_classes ? 2 : 1);
+        const double fixed = num(t, "weights") + num(t, "optimizer") + num(t, "vae_activations") +
+                             (c->train_text_encoder ? text_encoder_factor_bytes(c) : 0);
+        const double per_row_text = num(t, "text_activations");
+        /* [bf16][checkpointed] */
+        double est[2][2];
+        for (int b = 0; b < 2; b++)
+            for (int k = 0; k < 2; k++)
+                est[b][k] = fixed + num(t, b ? "factors_bf16" : "factors_fp32") +
+                            rows * (per_row_text + num(t, k ? "unet_activations_checkpointed" : "unet_activations"));
+        const int bf16 = sd_compute_dtype() == SD_COMPUTE_BF16, ck = c->grad_checkpointing != 0;
+        const double GB = 1e9;
+        if (est[bf16][ck] > ram) {
+            const char *flags = NULL;
+            double fits = 0;
+            if (!ck && est[bf16][1] <= ram) flags = "--gradient-checkpointing", fits = est[bf16][1];
+            else if (!bf16 && est[1][ck] <= ram) flags = "--compute-dtype bf16", fits = est[1][ck];
+            else if (est[1][1] <= ram) flags = "--compute-dtype bf16 --gradient-checkpointing", fits = est[1][1];
+            if (flags)
+                rc = sd_error(SD_ERR_NOMEM, "training at %d px needs about %.1f GB (%s SVD factors, %s; the estimate of "
+                              "`svdiff info --resolution %d`), more than this machine's %.1f GB of RAM: add %s "
+                              "(about %.1f GB)", res, est[bf16][ck] / GB, bf16 ? "bf16" : "fp32",
+                              ck ? "checkpointed activations" : "no gradient checkpointing", res, ram / GB, flags,
+                              fits / GB);
+            else
+                rc = sd_error(SD_ERR_NOMEM, "training at %d px needs about %.1f GB, more than this machine's %.1f GB of "
+                              "RAM even with --compute-dtype bf16 --gradient-checkpointing (about %.1f GB): lower "
+                              "--resolution or --batch-size", res, est[bf16][ck] / GB, ram / GB, est[1][1] / GB);
+        }
+    }
+    cJSON_Delete(root);
+    return rc;
+}
+
 /* svdiff_train and svdiff_pretrain: the same run over train's or pretrain's defaults and checks */
 static int run_training(const svdiff_train_params_t *p, int pretrain) {
     const char *fn = pretrain ? "svdiff_pretrain" : "svdiff_train";
@@ -262,7 +363,9 @@ static int run_training(const svdiff_train_params_t *p, int pretrain) {
         c.quiet = p->callbacks.progress != NULL;   /* the caller shows progress: no bar on stderr */
         if (c.threads > 0) sd_set_threads(c.threads);
         trainer_t t;
-        rc = trainer_open(&t, &c);
+        rc = pretrain ? SD_OK : check_memory(&c);
+        if (!rc) rc = trainer_open(&t, &c);
+        else memset(&t, 0, sizeof t);
         hook_t h = {.cb = &p->callbacks};
         t.cancel = p->callbacks.cancel ? hook_cancel : NULL;
         t.on_step = hook_step;

@@ -815,6 +815,7 @@ typedef struct {
     int64_t shape[ST_MAX_DIMS];
     size_t nbytes;
     const void *data;
+    int release;        /* data is a read-only file mapping: drop its pages once written */
 } st_wentry_t;
 
 struct st_writer {
@@ -920,6 +921,13 @@ int st_writer_add(st_writer_t *w, const char *name, st_dtype_t dtype, int ndim,
 }
 
 /* Setting a key twice keeps the last value. */
+int st_writer_add_mapped(st_writer_t *w, const char *name, st_dtype_t dtype, int ndim, const int64_t *shape,
+                         const void *data) {
+    const int rc = st_writer_add(w, name, dtype, ndim, shape, data);
+    if (!rc) w->e[w->n - 1].release = 1;
+    return rc;
+}
+
 int st_writer_meta(st_writer_t *w, const char *key, const char *value) {
     if (!key || !value) return sd_error(SD_ERR_ARG, "st_writer_meta: NULL key or value");
     for (int i = 0; i < w->n_meta; i++)
@@ -1026,11 +1034,17 @@ int st_writer_save(st_writer_t *w, const char *path) {
         goto out; /* nothing to unlink: it is not ours (EEXIST) or was never made */
     }
     if ((err = write_all(fd, hdr, hlen)) != 0) { what = "write"; goto fail; }
-    for (int i = 0; i < w->n; i++)
+    for (int i = 0; i < w->n; i++) {
         if (w->e[i].nbytes && (err = write_all(fd, w->e[i].data, w->e[i].nbytes)) != 0) {
             what = "write";
             goto fail;
         }
+        if (w->e[i].release) {   /* a mapped file: its pages would stay resident until the unmap */
+            const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), p0 = (uintptr_t)w->e[i].data;
+            const uintptr_t a = (p0 + page - 1) & ~(page - 1), b = (p0 + w->e[i].nbytes) & ~(page - 1);
+            if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+        }
+    }
     if (fsync(fd) != 0) { err = errno; what = "fsync"; goto fail; }
     int cfd = fd;
     fd = -1;

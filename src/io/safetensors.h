@@ -97,6 +97,11 @@ st_writer_t *st_writer_new(void);
 void st_writer_free(st_writer_t *w);
 int st_writer_add(st_writer_t *w, const char *name, st_dtype_t dtype, int ndim,
                   const int64_t *shape, const void *data);
+/* st_writer_add for data inside a read-only file mapping (a file being rewritten, a spill file): the
+ * save drops its pages after writing them (MADV_DONTNEED; the file keeps the data), so rewriting a
+ * large mapped file does not hold all of it resident. Never for anonymous memory, which it would zero. */
+int st_writer_add_mapped(st_writer_t *w, const char *name, st_dtype_t dtype, int ndim, const int64_t *shape,
+                         const void *data);
 int st_writer_meta(st_writer_t *w, const char *key, const char *value);
 int st_writer_save(st_writer_t *w, const char *path);
 

@@ -50,7 +50,13 @@ static int unet_resolve(unet_t *u, const char *module, int is_bias, target_t *t)
     return 1;
 }
 
-/* A parameter tensor name ("<module>.weight" / ".bias") to its target; 0 if none. */
+/* The text encoder `te` names: 1 the first, 2 SDXL's second (NULL when the model has none). */
+static clip_t *te_model(pipeline_t *p, int te) { return te == 2 ? (p->has_te2 ? &p->clip2 : NULL) : &p->clip; }
+
+static const char *te_what(int te) { return te == 2 ? "text_encoder_2" : te ? "text encoder" : "UNet"; }
+
+/* A parameter tensor name ("<module>.weight" / ".bias") to its target; 0 if none. te: 0 the UNet,
+ * 1 the text encoder, 2 SDXL's text_encoder_2. */
 static int resolve_param(pipeline_t *p, int te, const char *name, target_t *t) {
     memset(t, 0, sizeof *t);
     const char *dot = strrchr(name, '.');
@@ -58,12 +64,14 @@ static int resolve_param(pipeline_t *p, int te, const char *name, target_t *t) {
     char module[512];
     snprintf(module, sizeof module, "%.*s", (int)(dot - name), name);
     const int is_bias = !strcmp(dot, ".bias");
-    return te ? clip_resolve(&p->clip, module, is_bias, t) : unet_resolve(&p->unet, module, is_bias, t);
+    if (te && !te_model(p, te)) return 0;
+    return te ? clip_resolve(te_model(p, te), module, is_bias, t) : unet_resolve(&p->unet, module, is_bias, t);
 }
 
 weight_t *pipeline_find_weight(pipeline_t *p, int te, const char *module) {
     target_t t = {0};
-    int ok = te ? clip_resolve(&p->clip, module, 0, &t) : unet_resolve(&p->unet, module, 0, &t);
+    if (te && !te_model(p, te)) return NULL;
+    int ok = te ? clip_resolve(te_model(p, te), module, 0, &t) : unet_resolve(&p->unet, module, 0, &t);
     return ok ? t.w : NULL;
 }
 
@@ -230,7 +238,7 @@ static int kohya_module(pipeline_t *p, int te, const char *key, char *module, si
         return 0;
     }
     kohya_find_t f = {.key = key, .module = module, .cap = cap};
-    return clip_visit_modules(&p->clip, NULL, kohya_visit, &f);
+    return te_model(p, te) ? clip_visit_modules(te_model(p, te), NULL, kohya_visit, &f) : 0;
 }
 
 static int group_lora_tensors(const st_file_t *f, const char *path, lora_group_t **out, int *n_out) {
@@ -244,9 +252,11 @@ static int group_lora_tensors(const st_file_t *f, const char *path, lora_group_t
         size_t stem = 0;
         if (!strncmp(name, "unet.", 5)) body = name + 5;
         else if (!strncmp(name, "text_encoder.", 13)) body = name + 13, te = 1;
+        else if (!strncmp(name, "text_encoder_2.", 15)) body = name + 15, te = 2;   /* SDXL's second encoder */
         else if (!strncmp(name, "lora_unet_", 10)) body = name + 10;
         else if (!strncmp(name, "lora_te_", 8)) body = name + 8, te = 1;
         else if (!strncmp(name, "lora_te1_", 9)) body = name + 9, te = 1;
+        else if (!strncmp(name, "lora_te2_", 9)) body = name + 9, te = 2;
         if (body) {
             if (str_cut_suffix(body, ".lora_A.weight", &stem) || str_cut_suffix(body, ".lora_down.weight", &stem) ||
                 str_cut_suffix(body, ".lora.down.weight", &stem))
@@ -264,8 +274,8 @@ static int group_lora_tensors(const st_file_t *f, const char *path, lora_group_t
         if (role < 0 || stem >= sizeof g[0].key) {
             free(g);
             return sd_error(SD_ERR_FORMAT, "%s: tensor '%s' is not a LoRA tensor (expected unet.<module>.lora_A.weight / "
-                            "lora_B.weight, text_encoder.<module>..., or kohya lora_unet_<module>.lora_down.weight / "
-                            "lora_up.weight / alpha / diff / diff_b)", path, name);
+                            "lora_B.weight, text_encoder(_2).<module>..., or kohya lora_unet_<module>.lora_down.weight / "
+                            "lora_up.weight / alpha / diff / diff_b, lora_te(1|2)_...)", path, name);
         }
         int k = 0;
         while (k < n && !(g[k].te == te && strlen(g[k].key) == stem && !strncmp(g[k].key, body, stem))) k++;
@@ -288,7 +298,7 @@ static int apply_diff(pipeline_t *p, const char *path, int te, const char *modul
     target_t t;
     if (!resolve_param(p, te, name, &t) || (!t.w && !t.vec))
         return sd_error(SD_ERR_ARG, "%s: '%s' has no %s in this model's %s to add to", path, x->name,
-                        is_bias ? "bias" : "weight", te ? "text encoder" : "UNet");
+                        is_bias ? "bias" : "weight", te_what(te));
     const size_t n = t.w ? (size_t)t.w->rows * t.w->cols : (size_t)t.n;
     if ((size_t)x->numel != n || (t.vec && x->ndim != 1)) {
         char a[96];
@@ -314,7 +324,7 @@ static int apply_lora_group(pipeline_t *p, const st_file_t *f, const char *path,
     if (kohya) {
         if (!kohya_module(p, g->te, g->key, module, sizeof module))
             return sd_error(SD_ERR_ARG, "%s: LoRA module '%s' is not a layer of this model's %s (a LoRA of another "
-                            "model?)", path, g->key, g->te ? "text encoder" : "UNet");
+                            "model?)", path, g->key, te_what(g->te));
     } else {
         snprintf(module, sizeof module, "%s", g->key);
     }
@@ -328,7 +338,7 @@ static int apply_lora_group(pipeline_t *p, const st_file_t *f, const char *path,
     }
     weight_t *w = pipeline_find_weight(p, g->te, module);
     if (!w) return sd_error(SD_ERR_ARG, "%s: LoRA module '%s' is not a layer of this model's %s (a LoRA of another "
-                            "model?)", path, module, g->te ? "text encoder" : "UNet");
+                            "model?)", path, module, te_what(g->te));
     if (!g->A || !g->B)
         return sd_error(SD_ERR_FORMAT, "%s: LoRA module '%s' has no %s", path, g->key, g->A ? "up (B) matrix" : "down (A) matrix");
     const st_tensor_t *A = g->A, *B = g->B;

@@ -27,7 +27,7 @@ int pipeline_apply_deltas(pipeline_t *p, const pipeline_shift_t *deltas, int n, 
 int pipeline_apply_loras(pipeline_t *p, const pipeline_shift_t *loras, int n, int force);
 
 /* The weight of a module ("down_blocks.0.resnets.0.conv1", "text_model.encoder.layers.0.mlp.fc1";
- * te = 1 for the text encoder), or NULL. Exposed for the LoRA trainer and tests. */
+ * te = 1 for the text encoder, 2 for SDXL's text_encoder_2), or NULL. Exposed for the LoRA trainer and tests. */
 weight_t *pipeline_find_weight(pipeline_t *p, int te, const char *module);
 
 #endif

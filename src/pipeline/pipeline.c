@@ -204,10 +204,10 @@ static int tokenize(const clip_tokenizer_t *tok, int pad, const char *const *pro
         int got = tokenizer_encode(tok, prompts[i] ? prompts[i] : "", row, T, pad < 0, &before);
         if (got < 0) return got;
         for (int k = got; k < T; k++) row[k] = pad;   /* only when pad >= 0: got == T otherwise */
-        if (before > T) {
-            if (truncated) fprintf(stderr, "warning: prompt truncated to %d tokens (%d dropped): \"%.60s...\"\n", T,
-                                   before - T, prompts[i]);
-            if (truncated) ++*truncated;
+        if (before > T && truncated) {
+            fprintf(stderr, "warning: prompt truncated to %d tokens (%d dropped): \"%.60s...\"\n", T, before - T,
+                    prompts[i]);
+            ++*truncated;
         }
     }
     return SD_OK;

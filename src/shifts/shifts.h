@@ -147,8 +147,10 @@ void svd_cache_default_dir(char *buf, size_t cap);
  * Progress bar over layers on stderr and the total time. cache may be NULL (plain SVDs). */
 int unet_make_spectral_cached(unet_t *m, svd_cache_t *cache, int keep_base);
 /* unet_make_spectral_cached without the base, the factors then stored in bf16 when bf16 != 0
- * (bf16 compute): read from the cache into bf16 one matrix at a time, computed ones converted
- * after the cache has saved them in fp32. The training form of `svdiff train` and its bench. */
+ * (bf16 compute): read from the cache into bf16 one matrix at a time, computed ones converted as
+ * soon as their fp32 copy is in the cache's spill file (an unlinked file in the cache folder, written
+ * into the cache at its save), so the fp32 factors of the whole UNet never exist together (without a
+ * cache, at once). The training form of `svdiff train` and its bench. */
 int unet_make_spectral_stored(unet_t *m, svd_cache_t *cache, int bf16);
 /* The text-encoder twin; which: CLIP_SPECTRAL_LINEARS | CLIP_SPECTRAL_EMBEDDINGS. */
 int clip_make_spectral_cached(clip_t *m, svd_cache_t *cache, unsigned which, int keep_base);

@@ -26,7 +26,11 @@
 typedef struct {
     shift_component_t component;
     char *path;             /* module path (owned) */
-    const spectral_t *sp;   /* referenced (svd_cache_put) */
+    const spectral_t *sp;   /* referenced (svd_cache_put), or NULL when spilled */
+    int spilled;            /* the factors were copied to the spill file at off (U, S, Vt in a row) */
+    int rows, cols, rank;
+    size_t off;
+    char sum[3][17];        /* spilled: the factors' checksums, taken before they left memory */
 } cache_put_t;
 
 struct svd_cache {
@@ -38,6 +42,11 @@ struct svd_cache {
     long loaded, computed;
     int save_failed;        /* a save by run_finish failed: warned once, not retried */
     int store_bf16;         /* factors read from the file are stored in bf16 (svd_cache_set_bf16) */
+    /* bf16 storage: computed factors are copied to an unlinked file in the cache folder until the
+     * save, so that the model can keep them in bf16 at once (without it the fp32 factors of a whole
+     * UNet, 14.6 GB for SDXL, would exist together on a cold cache) */
+    int spill_fd;           /* -1: none yet */
+    size_t spill_len;
 };
 
 void svd_cache_set_bf16(svd_cache_t *c, int on) {
@@ -111,6 +120,7 @@ int svd_cache_open(svd_cache_t **out, const char *dir, const char *model_hash) {
     c->hash = xstrdup(model_hash);
     c->file = sd_xmalloc(strlen(dir) + strlen(model_hash) + 32);
     sprintf(c->file, "%s/%s.svd.safetensors", dir, model_hash);
+    c->spill_fd = -1;
     open_file(c);
     *out = c;
     return SD_OK;
@@ -119,6 +129,46 @@ int svd_cache_open(svd_cache_t **out, const char *dir, const char *model_hash) {
 static void drop_puts(svd_cache_t *c) {
     for (int i = 0; i < c->n_put; i++) free(c->put[i].path);
     c->n_put = 0;
+    if (c->spill_fd >= 0) close(c->spill_fd);
+    c->spill_fd = -1, c->spill_len = 0;
+}
+
+/* Writes n bytes at off of the spill file; 0 or -1. */
+static int spill_write(int fd, const void *data, size_t n, size_t off) {
+    const char *p = data;
+    while (n) {
+        const ssize_t k = pwrite(fd, p, n, (off_t)off);
+        if (k <= 0) return -1;
+        p += k, n -= (size_t)k, off += (size_t)k;
+    }
+    return 0;
+}
+
+static void checksum_hex(const void *data, size_t nbytes, char out[17]);
+
+/* Copies a computed entry's fp32 factors to the spill file (created on first use, unlinked at
+ * once); 0 when done, -1 when it cannot be (then the entry stays referenced, as without bf16). */
+static int spill_put(svd_cache_t *c, cache_put_t *p, const spectral_t *sp) {
+    if (!sp->U || !sp->Vt) return -1;
+    if (c->spill_fd < 0) {
+        char *tmpl = sd_xmalloc(strlen(c->dir) + 32);
+        sprintf(tmpl, "%s/.svd-spill-XXXXXX", c->dir);
+        c->spill_fd = mkstemp(tmpl);
+        if (c->spill_fd >= 0) unlink(tmpl);
+        free(tmpl);
+        c->spill_len = 0;
+        if (c->spill_fd < 0) return -1;
+    }
+    const size_t nu = sizeof(float) * (size_t)sp->rows * sp->rank, ns = sizeof(float) * (size_t)sp->rank,
+                 nv = sizeof(float) * (size_t)sp->rank * sp->cols, off = c->spill_len;
+    if (spill_write(c->spill_fd, sp->U, nu, off) || spill_write(c->spill_fd, sp->S, ns, off + nu) ||
+        spill_write(c->spill_fd, sp->Vt, nv, off + nu + ns))
+        return -1;
+    p->rows = sp->rows, p->cols = sp->cols, p->rank = sp->rank, p->off = off, p->spilled = 1;
+    /* the save must not read the spill back to checksum it: that would make it all resident */
+    checksum_hex(sp->U, nu, p->sum[0]), checksum_hex(sp->S, ns, p->sum[1]), checksum_hex(sp->Vt, nv, p->sum[2]);
+    c->spill_len = off + nu + ns + nv;
+    return 0;
 }
 
 void svd_cache_close(svd_cache_t *c) {
@@ -209,7 +259,23 @@ int svd_cache_lookup(svd_cache_t *c, const shift_name_t *n, weight_t *w, int kee
     if (!c || w->kind != WEIGHT_DENSE) return 0;
     const int rows = w->rows, cols = w->cols, rank = rows < cols ? rows : cols;
     const cache_put_t *p = find_put(c, n->component, n->path);
-    if (p && p->sp->U && p->sp->rows == rows && p->sp->cols == cols && p->sp->rank == rank) {
+    if (p && p->spilled && p->rows == rows && p->cols == cols && p->rank == rank) {   /* computed this run */
+        const size_t nu = (size_t)rows * rank, nv = (size_t)rank * cols;
+        float *u = sd_xmalloc(sizeof(float) * nu), *s = sd_xmalloc(sizeof(float) * rank), *v = sd_xmalloc(sizeof(float) * nv);
+        const int ok = pread(c->spill_fd, u, sizeof(float) * nu, (off_t)p->off) == (ssize_t)(sizeof(float) * nu) &&
+                       pread(c->spill_fd, s, sizeof(float) * rank, (off_t)(p->off + sizeof(float) * nu)) ==
+                           (ssize_t)(sizeof(float) * rank) &&
+                       pread(c->spill_fd, v, sizeof(float) * nv, (off_t)(p->off + sizeof(float) * (nu + rank))) ==
+                           (ssize_t)(sizeof(float) * nv);
+        if (ok) {
+            weight_make_spectral_from(w, u, s, v, rank, keep_base);
+            if (c->store_bf16) spectral_store_bf16(w->sp);
+        }
+        free(u), free(s), free(v);
+        if (ok) c->loaded++;
+        return ok;
+    }
+    if (p && p->sp && p->sp->U && p->sp->rows == rows && p->sp->cols == cols && p->sp->rank == rank) {
         weight_make_spectral_from(w, p->sp->U, p->sp->S, p->sp->Vt, rank, keep_base);
         c->loaded++;
         return 1;
@@ -254,7 +320,8 @@ void svd_cache_put(svd_cache_t *c, const shift_name_t *n, const spectral_t *sp) 
         p->component = n->component;
         p->path = xstrdup(n->path);
     }
-    p->sp = sp;
+    p->sp = sp, p->spilled = 0;
+    if (c->store_bf16 && spill_put(c, p, sp) == 0) p->sp = NULL;   /* the model may store sp in bf16 now */
     c->computed++;
 }
 
@@ -282,24 +349,40 @@ int svd_cache_save(svd_cache_t *c) {
         checksum_key(t->name, key, sizeof key);
         const char *old_sum = st_meta(&c->f, key);
         if (!old_sum) continue;
-        rc = st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, t->data);
+        rc = st_writer_add_mapped(w, t->name, t->dtype, t->ndim, t->shape, t->data);   /* the old file's pages */
         if (!rc) rc = st_writer_meta(w, key, old_sum);
     }
     char **names = sd_xcalloc((size_t)c->n_put * 3, sizeof *names);
+    const char *map = NULL;   /* the spill file, read where the writer copies from */
+    if (c->spill_fd >= 0 && c->spill_len) {
+        void *m = mmap(NULL, c->spill_len, PROT_READ, MAP_SHARED, c->spill_fd, 0);
+        if (m == MAP_FAILED) rc = sd_error(SD_ERR_IO, "SVD cache spill file: mmap failed: %s", strerror(errno));
+        else map = m;
+    }
     for (int i = 0; i < c->n_put && !rc; i++) {
-        const spectral_t *sp = c->put[i].sp;
-        const int64_t su[2] = {sp->rows, sp->rank}, ss[1] = {sp->rank}, sv[2] = {sp->rank, sp->cols};
-        const float *data[3] = {sp->U, sp->S, sp->Vt};
+        const cache_put_t *p = &c->put[i];
+        const int rows = p->spilled ? p->rows : p->sp->rows, cols = p->spilled ? p->cols : p->sp->cols;
+        const int rank = p->spilled ? p->rank : p->sp->rank;
+        const int64_t su[2] = {rows, rank}, ss[1] = {rank}, sv[2] = {rank, cols};
+        const float *data[3];
+        if (p->spilled) {
+            const float *base = (const float *)(map + p->off);
+            data[0] = base, data[1] = base + (size_t)rows * rank, data[2] = base + (size_t)rows * rank + rank;
+        } else {
+            data[0] = p->sp->U, data[1] = p->sp->S, data[2] = p->sp->Vt;
+        }
         const int64_t *shape[3] = {su, ss, sv};
         const shift_name_t n = {c->put[i].component, SHIFT_SPECTRAL, c->put[i].path};
         for (int k = 0; k < 3 && !rc; k++) {
             const size_t cap = strlen(n.path) + 16;
             names[3 * i + k] = sd_xmalloc(cap);
             rc = shift_key(names[3 * i + k], cap, &n, FACTOR_KEY[k]);
-            if (!rc) rc = st_writer_add(w, names[3 * i + k], ST_F32, k == 1 ? 1 : 2, shape[k], data[k]);
+            if (!rc && p->spilled) rc = st_writer_add_mapped(w, names[3 * i + k], ST_F32, k == 1 ? 1 : 2, shape[k], data[k]);
+            else if (!rc) rc = st_writer_add(w, names[3 * i + k], ST_F32, k == 1 ? 1 : 2, shape[k], data[k]);
             const int64_t numel = shape[k][0] * (k == 1 ? 1 : shape[k][1]);
             checksum_key(names[3 * i + k], key, sizeof key);
-            checksum_hex(data[k], sizeof(float) * (size_t)numel, sum);
+            if (p->spilled) memcpy(sum, p->sum[k], sizeof sum);
+            else checksum_hex(data[k], sizeof(float) * (size_t)numel, sum);
             if (!rc) rc = st_writer_meta(w, key, sum);
         }
     }
@@ -309,6 +392,7 @@ int svd_cache_save(svd_cache_t *c) {
     outputs_forget_input(c->file);   /* read by this run, and replaced on purpose */
     if (!rc) rc = st_writer_save(w, c->file);
     st_writer_free(w);
+    if (map) munmap((void *)map, c->spill_len);
     for (int i = 0; i < c->n_put * 3; i++) free(names[i]);
     free(names);
     if (rc) return sd_error_wrap(rc, "SVD cache");
@@ -388,7 +472,17 @@ static int run_finish(svd_run_t *r, svd_cache_t *c, int rc) {
     return rc;
 }
 
-int unet_make_spectral_cached(unet_t *m, svd_cache_t *cache, int keep_base) {
+/* Does a pending put of the cache still reference sp (so sp must stay fp32 until the save)? */
+static int put_references(const svd_cache_t *c, const spectral_t *sp) {
+    for (int i = 0; c && i < c->n_put; i++)
+        if (c->put[i].sp == sp) return 1;
+    return 0;
+}
+
+/* Every dense UNet layer made spectral through the cache; bf16: each stored in bf16 as soon as no
+ * pending put references its fp32 factors (a computed one is in the spill file by then), so that
+ * the fp32 factors of the whole UNet never exist together. */
+static int unet_spectral_run(unet_t *m, svd_cache_t *cache, int keep_base, int bf16) {
     long total = 0;
     for (int i = 0; i < m->n_layers; i++) total += m->layers[i]->w.kind == WEIGHT_DENSE;
     if (!total) return SD_OK;
@@ -400,17 +494,22 @@ int unet_make_spectral_cached(unet_t *m, svd_cache_t *cache, int keep_base) {
         if (l->w.kind != WEIGHT_DENSE) continue;
         const shift_name_t n = {SHIFT_UNET, SHIFT_SPECTRAL, l->name};
         rc = svd_cache_make_spectral(cache, &n, &l->w, keep_base);
+        if (!rc && bf16 && l->w.kind == WEIGHT_SPECTRAL && !put_references(cache, l->w.sp)) spectral_store_bf16(l->w.sp);
         progress_update(&r.bar, ++r.done, NULL);
     }
     if (rc) rc = sd_error_wrap(rc, "unet");
     return run_finish(&r, cache, rc);
 }
 
+int unet_make_spectral_cached(unet_t *m, svd_cache_t *cache, int keep_base) {
+    return unet_spectral_run(m, cache, keep_base, 0);
+}
+
 int unet_make_spectral_stored(unet_t *m, svd_cache_t *cache, int bf16) {
     svd_cache_set_bf16(cache, bf16);
-    int rc = unet_make_spectral_cached(m, cache, 0);
+    int rc = unet_spectral_run(m, cache, 0, bf16);
     svd_cache_set_bf16(cache, 0);
-    for (int i = 0; !rc && bf16 && i < m->n_layers; i++)   /* those computed, now that the cache has them */
+    for (int i = 0; !rc && bf16 && i < m->n_layers; i++)   /* any left fp32 (a spill that failed), now that the cache has them */
         if (m->layers[i]->w.kind == WEIGHT_SPECTRAL) spectral_store_bf16(m->layers[i]->w.sp);
     return rc;
 }

@@ -171,7 +171,7 @@ static const char *const GEOMETRY[] = {"down_blocks.2.attentions.1", "down_block
 static const char *const GEOMETRY_SDXL[] = {"down_blocks.1.attentions.1", "down_blocks.1.downsamplers.0",
                                             "down_blocks.2", "mid_block.resnets.0", "mid_block.attentions.0"};
 /* SDXL's two transformers of the first up level: the first shapes the content of the image, the
- * second its style (the blocks B-LoRA found to separate the two) */
+ * second its style (docs/method.md section 6) */
 static const char *const CONTENT_SDXL[] = {"up_blocks.0.attentions.0"};
 static const char *const STYLE_SDXL[] = {"up_blocks.0.attentions.1"};
 

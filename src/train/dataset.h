@@ -85,7 +85,7 @@ int train_image_posterior(pipeline_t *p, const image_t *img, int res, float *out
  * load, resize the shorter side to `res` and crop res x res (centred, or at the image's crop
  * position), mirror, map to [-1, 1], VAE-encode. */
 int train_image_dist(pipeline_t *p, train_image_t *im, int flip, int res, int center, const float **dist);
-/* SDXL's add_time_ids of a training row, as diffusers' train_dreambooth_lora_sdxl.py builds them:
+/* SDXL's add_time_ids of a training row (docs/method.md section 3, as diffusers' DreamBooth SDXL trainer):
  * the image's original (h, w) before the resize, the crop's (top, left) in the resized image
  * (image_crop_box: where train_image_dist takes its square; mirrored (flip), the crop is read in the
  * mirrored image, left = resized width - res - x0, as flipping before the crop does), and the target

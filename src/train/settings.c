@@ -440,7 +440,8 @@ const train_setting_t train_settings[] = {
            .flag = "train-text-encoder",
            .neg = "freeze-text-encoder",
            .help = "also train the text encoder (shifts: its linear and embedding shifts;\n"
-                   "default: train no, pretrain and edit yes), or train the UNet only"},
+                   "SDXL: both encoders, text_projection included; default: train no,\n"
+                   "pretrain and edit yes), or train the UNet only"},
      .section = TS_OPTIM,
      .verbs = BOTH | TS_EDIT,
      .def_pretrain = "1",
