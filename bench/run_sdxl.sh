@@ -3,7 +3,8 @@
 # first use by `svdiff init --config configs/sdxl-base.json`, never committed), one process per
 # case, never two at once, ending in one markdown table:
 #   svd      the one-time SVD of every UNet conv / linear into the SVD cache (bench_train_step
-#            --svd-only; minutes; later runs load the factors from the cache)
+#            --svd-only: unet_make_spectral_stored as `svdiff train` runs it, or in batches with
+#            --svd-batch-mb; minutes; later runs load the factors from the cache)
 #   fwd64    UNet forward, 64x64 latents (512 px), batch 2 (CFG), 77 context tokens of 2048, pooled
 #   fwd128   embedding 1280 and time ids; 128x128 (1024 px) likewise. svdiff (bench_unet) in each
 #            --compute dtype against PyTorch CPU fp32 (bench/unet_torch.py: gen_sdxl_golden.SDXLUNet)
@@ -24,7 +25,8 @@
 #       even ones PyTorch; default 1)] [--warmup N (untimed runs first: 0 or 1 forward,
 #       default 1 at 64x64, 0 at 128x128; N training steps, default 0)]
 #       [--gen-steps N (default 3)] [--gen-size PX (default 1024)] [--threads N] [--no-torch] [--force-torch]
-#       [--svd-batch-mb M (default 6000)] [--table RESULTS.txt (print the table of an earlier run)]
+#       [--svd-batch-mb M (default 0: the trainer's way; M: a cache save after every M MB of fp32
+#       factors)] [--table RESULTS.txt (print the table of an earlier run)]
 #
 # Environment: SVDIFF_BENCH_CACHE (default bench/out, git-ignored) holds the model (6.9 GB), the SVD
 # cache (svd-cache/, 14 GB for SDXL, beside SD 1.5's) and the logs; SVDIFF_BUILD_DIR uses an
@@ -37,7 +39,7 @@ cd "$(dirname "$0")/.."
 
 cases="svd fwd64 fwd128 train64 train128 generate" computes="fp32 bf16" train_compute=bf16 gen_compute=bf16
 train_ckpt="none transformers"
-reps=1 rounds=1 start_round=1 warmup="" gen_steps=3 gen_size=1024 threads=$(nproc) torch=1 force=0 svd_batch=6000 table=""
+reps=1 rounds=1 start_round=1 warmup="" gen_steps=3 gen_size=1024 threads=$(nproc) torch=1 force=0 svd_batch=0 table=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --cases) cases=$2; shift ;;
@@ -56,7 +58,7 @@ while [ $# -gt 0 ]; do
     --force-torch) force=1 ;;
     --svd-batch-mb) svd_batch=$2; shift ;;
     --table) table=$2; shift ;;
-    -h|--help) sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run_sdxl.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
