@@ -213,8 +213,8 @@ side() {   # side NAME COMPUTE LOG cmd...: runs one benchmark process, keeps its
   fi
 }
 
-# FLOPs per sample from the config (bench_unet's count), for the GFLOP/s of the training steps
-"$build/bench_unet" --flops --config configs/sdxl-base.json |
+# FLOPs per sample from the model's UNet config (bench_unet's count), for the training steps' GFLOP/s
+"$build/bench_unet" --flops --config "$model/unet/config.json" |
   sed -nE 's/.* ([0-9]+)x[0-9]+ latents.*: ([0-9.]+) GFLOP.*/\1 \2/p' |
   awk '{printf "%s hw%s=%s", (NR == 1 ? "RESULT side=svdiff case=flops" : ""), $1, $2} END {print ""}' >>"$results"
 

@@ -305,7 +305,8 @@ static void usage(const char *argv0) {
             "  --threads N      OpenMP + OpenBLAS threads (default: all cores)\n"
             "  --save FILE      write the first forward case's inputs and output (for unet_torch.py --check)\n"
             "  --flops          print the FLOP count per sample and exit (no weights read): SD 1.5's UNet,\n"
-            "                   or with --config FILE the \"unet\" of a model config (configs/sdxl-base.json)\n",
+            "                   or with --config FILE the \"unet\" of a model config (configs/sdxl-base.json)\n"
+            "                   or a model folder's unet/config.json\n",
             argv0);
 }
 
@@ -350,10 +351,11 @@ int main(int argc, char **argv) {
             "\"down_block_types\":[\"CrossAttnDownBlock2D\",\"CrossAttnDownBlock2D\",\"CrossAttnDownBlock2D\",\"DownBlock2D\"],"
             "\"up_block_types\":[\"UpBlock2D\",\"CrossAttnUpBlock2D\",\"CrossAttnUpBlock2D\",\"CrossAttnUpBlock2D\"]}";
         cJSON *j = NULL;
-        if (config ? model_init_read_config(config, &j) : !(j = cJSON_Parse(sd15_json))) die(config ? config : "json");
+        if (config ? model_init_read_config(config, &j) : !(j = cJSON_Parse(sd15_json))) die(config ? "--config" : "json");
         cJSON *ju = config ? cJSON_GetObjectItemCaseSensitive(j, "unet") : j;
+        if (!ju && cJSON_GetObjectItemCaseSensitive(j, "block_out_channels")) ju = j;   /* a unet/config.json */
         if (!ju) {
-            fprintf(stderr, "bench_unet: %s: no \"unet\" object\n", config);
+            fprintf(stderr, "bench_unet: %s: neither a \"unet\" object nor a UNet config\n", config);
             return 2;
         }
         const char *label = config ? config : "SD 1.5";
