@@ -35,3 +35,33 @@ bench_torch_available() {
   echo "(PyTorch side skipped: install python3-torch with scripts/install-deps.sh --reference)" >&2
   return 1
 }
+
+# bench_prepare_sdxl: sets cache, build (as bench_prepare_sd15) and model: a full-size SDXL base 1.0
+# folder with random fp16 weights (`svdiff init --config configs/sdxl-base.json`, seed 0; 6.9 GB on
+# disk, made on first use, a few minutes), with the CLIP tokenizer of SVDIFF_TOKENIZER (default
+# /work/shared/data/clip-vit-l-14-tokenizer) as tokenizer/ and tokenizer_2/ when that folder exists.
+bench_prepare_sdxl() {
+  cache="${SVDIFF_BENCH_CACHE:-bench/out}"
+  model="$cache/sdxl-random"
+  mkdir -p "$cache"
+  if [ -n "${SVDIFF_BUILD_DIR:-}" ]; then
+    build="$SVDIFF_BUILD_DIR"
+  else
+    scripts/install-deps.sh
+    scripts/build.sh release >/dev/null
+    build=build
+  fi
+  if [ ! -f "$model/model_index.json" ] || [ ! -f "$model/unet/diffusion_pytorch_model.safetensors" ]; then
+    local tok="${SVDIFF_TOKENIZER:-/work/shared/data/clip-vit-l-14-tokenizer}" free_gb
+    free_gb=$(df -Pk "$cache" | awk 'NR == 2 {printf "%d", $4 / 1048576}')
+    if [ "$free_gb" -lt 12 ]; then
+      echo "bench_prepare_sdxl: $cache has $free_gb GB free; the random SDXL model needs 7 GB (and its SVD cache 15 GB more)" >&2
+      return 1
+    fi
+    echo "making the random SDXL base 1.0 model in $model (fp16, 6.9 GB; minutes)..." >&2
+    rm -rf "$model.tmp"
+    "$build/svdiff" init --config configs/sdxl-base.json --dtype fp16 $([ -f "$tok/vocab.json" ] && echo --tokenizer "$tok") \
+      -o "$model.tmp" >&2
+    mv "$model.tmp" "$model"
+  fi
+}

@@ -9,19 +9,23 @@
 #     full fine-tune forward + backward for scale)
 #   - VAE decode 512 px (bench_vae --model vs bench/vae_torch.py)
 #   - `svdiff generate` 512 px, 20 ddim steps, cfg 7.5 (bench/run_unet.sh --generate; no PyTorch side)
+#   - with --sdxl (opt-in: about an hour on 2 cores, 22 GB of disk for the model and its SVD cache):
+#     bench/run_sdxl.sh (SDXL UNet forwards at 512 / 1024 px against PyTorch, training steps, the
+#     one-time SVD, generate 1024 px), whose own table is printed after this one
 # One process per case, never two at once; the machine's noise is shared by running the sides
 # one after the other. Takes about 25 minutes with the defaults on 2 cores.
 #
 #   bench/run_all.sh [--reps N (timed repetitions per case, median; default 3)] [--threads N]
 #                    [--only "gemm unet train vae generate"] [--compute "fp32 bf16"] [--no-torch]
 #                    [--gen-steps N (default 20)] [--table RESULTS.txt (only print the table of an earlier run)]
+#                    [--sdxl (also bench/run_sdxl.sh with its defaults)]
 #
 # Environment: as the other bench scripts (SVDIFF_BENCH_CACHE holds the random SD 1.5 model, the
 # SVD cache and the logs; SVDIFF_BUILD_DIR uses an existing release build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-reps=3 threads=$(nproc) only="gemm unet train vae generate" computes="fp32 bf16" torch=1 gen_steps=20 table=""
+reps=3 threads=$(nproc) only="gemm unet train vae generate" computes="fp32 bf16" torch=1 gen_steps=20 table="" sdxl=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --reps) reps=$2; shift ;;
@@ -31,7 +35,8 @@ while [ $# -gt 0 ]; do
     --no-torch) torch=0 ;;
     --gen-steps) gen_steps=$2; shift ;;
     --table) table=$2; shift ;;
-    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --sdxl) sdxl=1 ;;
+    -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run_all.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -180,7 +185,13 @@ for work in unet train vae generate; do
     esac
   done
 done
+if [ "$sdxl" = 1 ]; then   # its own RESULT file and table: its case names (fwd64, ...) are SD 1.5's here
+  say "SDXL (bench/run_sdxl.sh)"
+  env -u SVDIFF_BENCH_RESULTS bench/run_sdxl.sh --threads "$threads" --compute "$computes" $notorch \
+    >"$run/sdxl.txt" 2>"$run/sdxl.log" || say "  SDXL failed: see $run/sdxl.log"
+fi
 say "done"
 echo
 echo "Benchmarks of $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD 2>/dev/null || echo ' + uncommitted changes'), $threads threads, median of $reps:"
 render "$SVDIFF_BENCH_RESULTS"
+if [ "$sdxl" = 1 ]; then echo; cat "$run/sdxl.txt"; fi

@@ -98,14 +98,20 @@ static void usage(const char *argv0) {
             "  --ckpt MODE      activation checkpointing: none, transformers, all (default none)\n"
             "  --threads N      OpenMP + OpenBLAS threads (default: all cores)\n"
             "  --svd-cache DIR  SVD cache folder (default $SVDIFF_BENCH_CACHE/svd-cache or bench/out/svd-cache)\n"
-            "  --seed N         inputs (default 1)\n",
+            "  --seed N         inputs (default 1)\n"
+            "  --svd-batch-mb M when the cache lacks factors: compute them in batches of about M MB of\n"
+            "                   fp32 factors, saving the cache after each (bf16: storing them in bf16), so\n"
+            "                   a large UNet's fp32 factors never all exist at once (default 0: the\n"
+            "                   trainer's way, unet_make_spectral_stored, one save at the end)\n"
+            "  --svd-only       stop after the set-up (make the SVD cache)\n",
             argv0);
 }
 
 int main(int argc, char **argv) {
     sd_runtime_init(argc, argv);
     const char *model_dir = NULL, *cache_dir = NULL;
-    int hw = 32, reps = 0, warmup = -1, threads = 0;
+    int hw = 32, reps = 0, warmup = -1, threads = 0, svd_only = 0;
+    double svd_batch_mb = 0;
     unsigned long seed = 1;
     unet_ckpt_t ckpt = UNET_CKPT_NONE;
     for (int i = 1; i < argc; i++) {
@@ -117,6 +123,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--threads") && v) threads = atoi(v), i++;
         else if (!strcmp(a, "--svd-cache") && v) cache_dir = v, i++;
         else if (!strcmp(a, "--seed") && v) seed = strtoul(v, NULL, 10), i++;
+        else if (!strcmp(a, "--svd-batch-mb") && v) svd_batch_mb = atof(v), i++;
+        else if (!strcmp(a, "--svd-only")) svd_only = 1;
         else if (!strcmp(a, "--ckpt") && v && (!strcmp(v, "none") || !strcmp(v, "transformers") || !strcmp(v, "all"))) {
             ckpt = !strcmp(v, "all") ? UNET_CKPT_ALL : !strcmp(v, "transformers") ? UNET_CKPT_TRANSFORMERS : UNET_CKPT_NONE;
             i++;
@@ -159,7 +167,33 @@ int main(int argc, char **argv) {
     svd_cache_t *cache;
     if (svd_cache_open(&cache, cache_dir, hash)) die(cache_dir);
     t0 = now();
-    if (unet_make_spectral_stored(&m, cache, sd_compute_dtype() == SD_COMPUTE_BF16)) die("spectral");
+    const int bf16 = sd_compute_dtype() == SD_COMPUTE_BF16;
+    double t_saves = 0;
+    if (svd_batch_mb > 0) {   /* batches: compute (or load), save, store in bf16; then the rest below */
+        svd_cache_set_bf16(cache, bf16);
+        double pending = 0;
+        int first = 0;   /* first layer not yet saved / stored */
+        for (int i = 0; i < m.n_layers; i++) {
+            layer_t *l = m.layers[i];
+            if (l->w.kind != WEIGHT_DENSE) continue;
+            const long before = svd_cache_computed(cache);
+            const shift_name_t n = {SHIFT_UNET, SHIFT_SPECTRAL, l->name};
+            if (svd_cache_make_spectral(cache, &n, &l->w, 0)) die(l->name);
+            if (svd_cache_computed(cache) > before) pending += (double)spectral_factor_bytes(l->w.sp);
+            if (pending > svd_batch_mb * 1048576.0 || (i == m.n_layers - 1 && pending > 0)) {
+                const double a = now();
+                if (svd_cache_save(cache)) die("SVD cache save");
+                t_saves += now() - a;
+                for (int k = first; bf16 && k <= i; k++)
+                    if (m.layers[k]->w.kind == WEIGHT_SPECTRAL) spectral_store_bf16(m.layers[k]->w.sp);
+                fprintf(stderr, "  SVD batch saved at layer %d/%d (%.0f MB of fp32 factors), %.0f s so far (saves %.0f s); RSS %.0f MB\n",
+                        i + 1, m.n_layers, pending / 1048576.0, now() - t0, t_saves, proc_mb("VmRSS:"));
+                pending = 0, first = i + 1;
+            }
+        }
+        svd_cache_set_bf16(cache, 0);
+    }
+    if (unet_make_spectral_stored(&m, cache, bf16)) die("spectral");
     const double t_spectral = now() - t0;   /* includes saving the cache when it computed */
     const long n_loaded = svd_cache_loaded(cache), n_computed = svd_cache_computed(cache);
     svd_cache_close(cache);
@@ -173,10 +207,18 @@ int main(int argc, char **argv) {
         n_delta += sp->rank;
     }
     printf("opened in %.2f s, hash %s in %.2f s; %d layers spectral in %.1f s (%ld from the SVD cache, %ld SVDs "
-           "computed%s); factors %.0f MB\n",
+           "computed%s, of which %.1f s batch saves); factors %.0f MB\n",
            t_open, hash, t_hash, m.n_layers, t_spectral, n_loaded, n_computed, n_computed ? ", cache saved" : "",
-           factors / 1048576.0);
+           t_saves, factors / 1048576.0);
     fflush(stdout);
+    if (svd_only) {
+        printf("RESULT side=svdiff case=svd layers=%d svd_s=%.1f saves_s=%.1f svd_computed=%ld svd_loaded=%ld "
+               "factors_mb=%.0f setup_peak_mb=%.0f hash_s=%.2f\n",
+               m.n_layers, t_spectral, t_saves, n_computed, n_loaded, factors / 1048576.0, proc_mb("VmHWM:"), t_hash);
+        free_unet(&m);
+        model_close(&mf);
+        return 0;
+    }
 
     /* ---- training state ---- */
     const size_t L = (size_t)m.cfg.in_channels * hw * hw, CT = (size_t)T * m.cfg.cross_attention_dim;
@@ -198,6 +240,12 @@ int main(int argc, char **argv) {
     float *x0 = sd_xmalloc(L * sizeof(float)), *eps = sd_xmalloc(L * sizeof(float)), *xt = sd_xmalloc(L * sizeof(float));
     float *target = sd_xmalloc(L * sizeof(float)), *pred = sd_xmalloc(L * sizeof(float));
     float *dpred = sd_xmalloc(L * sizeof(float)), *ctx = sd_xmalloc(CT * sizeof(float));
+    /* SDXL (text_time): a pooled text embedding per step and the time ids of a square image of
+     * 8*hw pixels, uncropped (what the trainer builds for an image already at the resolution). */
+    const int Dt = m.cfg.addition_text_time ? m.cfg.addition_text_embeds_dim : 0;
+    float *text_embeds = Dt ? sd_xmalloc((size_t)B * Dt * sizeof(float)) : NULL, time_ids[6];
+    for (int j = 0; j < 6; j++) time_ids[j] = (j == 2 || j == 3) ? 0.0f : 8.0f * hw;
+    const unet_added_cond_t added = {text_embeds, time_ids};
     rng_t rng;
     rng_init(&rng, seed);
 
@@ -223,12 +271,13 @@ int main(int argc, char **argv) {
         rng_fill_normal(&rng, x0, L);   /* latent x0, noise, context, timestep: fresh each step */
         rng_fill_normal(&rng, eps, L);
         rng_fill_normal(&rng, ctx, CT);
+        if (Dt) rng_fill_normal(&rng, text_embeds, (size_t)B * Dt);
         int ts = rng_randint(&rng, sched.T);
         float tsf = (float)ts;
         double a0 = now();
         ddpm_add_noise(xt, x0, eps, &ts, B, L, &sched);
         ddpm_target(target, x0, eps, &ts, B, L, &sched);
-        if (unet_forward(pred, &m, &acts, xt, &tsf, ctx, NULL, B, hw, hw, T)) die("forward");
+        if (unet_forward(pred, &m, &acts, xt, &tsf, ctx, Dt ? &added : NULL, B, hw, hw, T)) die("forward");
         loss = mse_forward(pred, target, L);
         double a1 = now();
         memset(dpred, 0, L * sizeof(float));
@@ -263,7 +312,7 @@ int main(int argc, char **argv) {
            loss, gnorm, dmax);
     fflush(stdout);
 
-    free(x0), free(eps), free(xt), free(target), free(pred), free(dpred), free(ctx);
+    free(x0), free(eps), free(xt), free(target), free(pred), free(dpred), free(ctx), free(text_embeds);
     free(adam), free(grads), free(sizes), free(ps.p);
     noise_schedule_free(&sched);
     unet_grads_free(&g);

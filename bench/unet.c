@@ -15,6 +15,7 @@
 #include "base/runtime.h"
 #include "base/scratch.h"
 #include "io/model.h"
+#include "models/init.h"
 #include "models/unet.h"
 #include "ops/ops.h"
 
@@ -71,6 +72,7 @@ static double layer_flops(const layer_t *l, double n) { return 2.0 * n * l->out 
 static void count_flops(flops_t *f, const unet_t *m, int B, int H, int W, int T) {
     memset(f, 0, sizeof *f);
     f->linear += layer_flops(&m->time_linear_1, B) + layer_flops(&m->time_linear_2, B);
+    if (m->cfg.addition_text_time) f->linear += layer_flops(&m->add_linear_1, B) + layer_flops(&m->add_linear_2, B);
     for (int s = 0; s < m->n_stages; s++) {
         const unet_stage_t *st = &m->stages[s];
         const double S = (double)(H >> st->level) * (W >> st->level);
@@ -145,6 +147,22 @@ static void out_stats(const float *out, size_t n, double *maxabs, double *rms, i
     *maxabs = m, *rms = sqrt(s / n);
 }
 
+/* SDXL's added conditioning (text_time): a random pooled embedding and the time ids diffusers
+ * builds for a square image of 8*HW pixels (original = target = that size, crop (0, 0)). For
+ * other models: NULL. The arrays are owned by the caller (free both). */
+static const unet_added_cond_t *make_added(unet_added_cond_t *ac, const unet_t *m, int B, int HW) {
+    if (!m->cfg.addition_text_time) return NULL;
+    float *te = rand_buf((size_t)B * m->cfg.addition_text_embeds_dim), *ids = sd_xmalloc(sizeof(float) * 6 * B);
+    for (int b = 0; b < B; b++)
+        for (int j = 0; j < 6; j++) ids[6 * b + j] = (j == 2 || j == 3) ? 0.0f : 8.0f * HW;
+    ac->text_embeds = te, ac->time_ids = ids;
+    return ac;
+}
+static void free_added(unet_added_cond_t *ac) {
+    free((void *)ac->text_embeds), free((void *)ac->time_ids);
+    ac->text_embeds = ac->time_ids = NULL;
+}
+
 /* Inference forwards at H x W latents, batch B: one untimed warm-up (first touch of the
  * mapped weights, scratch growth), then `reps` timed runs. */
 static void bench_forward(const unet_t *m, int B, int HW, int T, int reps, int warmup, const char *save,
@@ -155,6 +173,8 @@ static void bench_forward(const unet_t *m, int B, int HW, int T, int reps, int w
     float *out = sd_xmalloc(no * sizeof(float));
     float *ts = sd_xmalloc(sizeof(float) * B);
     for (int b = 0; b < B; b++) ts[b] = 981.0f - 100.0f * b;   /* two distinct steps of a DDIM schedule */
+    unet_added_cond_t acs = {0};
+    const unet_added_cond_t *added = make_added(&acs, m, B, HW);
 
     reset_hwm();
     scratch_reset_peak();
@@ -164,7 +184,7 @@ static void bench_forward(const unet_t *m, int B, int HW, int T, int reps, int w
     if (reps > 64) reps = 64;
     for (int r = -warmup; r < reps; r++) {
         double t0 = now();
-        if (unet_forward(out, m, &acts, sample, ts, ctx, NULL, B, HW, HW, T)) die("forward");
+        if (unet_forward(out, m, &acts, sample, ts, ctx, added, B, HW, HW, T)) die("forward");
         double dt = now() - t0;
         if (r >= 0) times[r] = dt;
         fprintf(stderr, "  fwd%d %s %d: %.2f s\n", HW, r < 0 ? "warm-up" : "rep", r < 0 ? 0 : r + 1, dt);
@@ -194,11 +214,17 @@ static void bench_forward(const unet_t *m, int B, int HW, int T, int reps, int w
         rc = rc ? rc : st_writer_add(w, "ctx", ST_F32, 3, cs, ctx);
         rc = rc ? rc : st_writer_add(w, "timesteps", ST_F32, 1, tsh, ts);
         rc = rc ? rc : st_writer_add(w, "out", ST_F32, 4, os, out);
+        if (added) {
+            int64_t tes[2] = {B, c->addition_text_embeds_dim}, ids[2] = {B, 6};
+            rc = rc ? rc : st_writer_add(w, "text_embeds", ST_F32, 2, tes, added->text_embeds);
+            rc = rc ? rc : st_writer_add(w, "time_ids", ST_F32, 2, ids, added->time_ids);
+        }
         rc = rc ? rc : st_writer_save(w, save);
         st_writer_free(w);
         if (rc) die(save);
     }
     unet_acts_free(&acts);
+    if (added) free_added(&acs);
     free(sample), free(ctx), free(out), free(ts);
 }
 
@@ -222,6 +248,8 @@ static void bench_train(unet_t *m, int HW, int T, int reps, unet_ckpt_t ckpt, do
     float *sample = rand_buf(ns), *ctx = rand_buf((size_t)B * T * c->cross_attention_dim), *target = rand_buf(ns);
     float *out = sd_xmalloc(ns * sizeof(float)), *dout = sd_xmalloc(ns * sizeof(float));
     float ts[1] = {500.0f};
+    unet_added_cond_t acs = {0};
+    const unet_added_cond_t *added = make_added(&acs, m, B, HW);
     unet_acts_t acts;
     if (unet_acts_build(&acts, m, B, HW, HW, T, 1, ckpt)) die("training activations");
     unet_grads_t g;
@@ -232,7 +260,7 @@ static void bench_train(unet_t *m, int HW, int T, int reps, unet_ckpt_t ckpt, do
     for (int r = 0; r < reps; r++) {
         unet_grads_zero(&g);
         double a0 = now();
-        if (unet_forward(out, m, &acts, sample, ts, ctx, NULL, B, HW, HW, T)) die("training forward");
+        if (unet_forward(out, m, &acts, sample, ts, ctx, added, B, HW, HW, T)) die("training forward");
         loss = mse_forward(out, target, ns);
         double a1 = now();
         memset(dout, 0, ns * sizeof(float));
@@ -258,29 +286,34 @@ static void bench_train(unet_t *m, int HW, int T, int reps, unet_ckpt_t ckpt, do
     fflush(stdout);
     unet_grads_free(&g);
     unet_acts_free(&acts);
+    if (added) free_added(&acs);
     free(sample), free(ctx), free(target), free(out), free(dout);
 }
 
 static void usage(const char *argv0) {
     fprintf(stderr,
             "usage: %s --model DIR [options]\n"
-            "  --case LIST      comma list of fwd32, fwd64, train32 (default fwd32,fwd64)\n"
-            "  --reps N         timed forwards at 32x32 (default 3)\n"
+            "  --case LIST      comma list of fwdN (N x N latents: fwd32, fwd64, fwd128, ...) and train32\n"
+            "                   (default fwd32,fwd64)\n"
+            "  --reps N         timed forwards at 32x32 and below (default 3)\n"
             "  --reps64 N       timed forwards at 64x64 (default 1)\n"
+            "  --reps128 N      timed forwards above 64x64 (default 1)\n"
             "  --train-reps N   timed training steps (default 1)\n"
             "  --batch B        forward batch (default 2: classifier-free guidance)\n"
             "  --no-warmup      time the first forward too (default: one untimed warm-up)\n"
             "  --ckpt MODE      training checkpointing: none, transformers, all (default none)\n"
             "  --threads N      OpenMP + OpenBLAS threads (default: all cores)\n"
-            "  --save FILE      write fwd32's inputs and output (for unet_torch.py --check)\n"
-            "  --flops          print the FLOP count per sample and exit (no weights read)\n",
+            "  --save FILE      write the first forward case's inputs and output (for unet_torch.py --check)\n"
+            "  --flops          print the FLOP count per sample and exit (no weights read): SD 1.5's UNet,\n"
+            "                   or with --config FILE the \"unet\" of a model config (configs/sdxl-base.json)\n"
+            "                   or a model folder's unet/config.json\n",
             argv0);
 }
 
 int main(int argc, char **argv) {
     sd_runtime_init(argc, argv);
-    const char *model_dir = NULL, *cases = "fwd32,fwd64", *save = NULL;
-    int reps = 3, reps64 = 1, train_reps = 1, B = 2, threads = 0, warmup = 1, flops_only = 0;
+    const char *model_dir = NULL, *cases = "fwd32,fwd64", *save = NULL, *config = NULL;
+    int reps = 3, reps64 = 1, reps128 = 1, train_reps = 1, B = 2, threads = 0, warmup = 1, flops_only = 0;
     unet_ckpt_t ckpt = UNET_CKPT_NONE;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -288,6 +321,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--case") && v) cases = v, i++;
         else if (!strcmp(a, "--reps") && v) reps = atoi(v), i++;
         else if (!strcmp(a, "--reps64") && v) reps64 = atoi(v), i++;
+        else if (!strcmp(a, "--reps128") && v) reps128 = atoi(v), i++;
+        else if (!strcmp(a, "--config") && v) config = v, i++;
         else if (!strcmp(a, "--train-reps") && v) train_reps = atoi(v), i++;
         else if (!strcmp(a, "--batch") && v) B = atoi(v), i++;
         else if (!strcmp(a, "--threads") && v) threads = atoi(v), i++;
@@ -302,29 +337,37 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
-    if ((!model_dir && !flops_only) || reps < 1 || reps64 < 1 || train_reps < 1 || B < 1) {
+    if ((!model_dir && !flops_only) || reps < 1 || reps64 < 1 || reps128 < 1 || train_reps < 1 || B < 1) {
         usage(argv[0]);
         return 2;
     }
     sd_set_threads(threads);
     const int T = 77;
 
-    if (flops_only) { /* SD 1.5's config, structure only */
-        const char *cfg_json =
+    if (flops_only) { /* structure only: SD 1.5's config, or the "unet" of --config */
+        const char *sd15_json =
             "{\"block_out_channels\":[320,640,1280,1280],\"layers_per_block\":2,\"attention_head_dim\":8,"
             "\"cross_attention_dim\":768,\"in_channels\":4,\"out_channels\":4,\"norm_num_groups\":32,"
             "\"down_block_types\":[\"CrossAttnDownBlock2D\",\"CrossAttnDownBlock2D\",\"CrossAttnDownBlock2D\",\"DownBlock2D\"],"
             "\"up_block_types\":[\"UpBlock2D\",\"CrossAttnUpBlock2D\",\"CrossAttnUpBlock2D\",\"CrossAttnUpBlock2D\"]}";
-        cJSON *j = cJSON_Parse(cfg_json);
+        cJSON *j = NULL;
+        if (config ? model_init_read_config(config, &j) : !(j = cJSON_Parse(sd15_json))) die(config ? "--config" : "json");
+        cJSON *ju = config ? cJSON_GetObjectItemCaseSensitive(j, "unet") : j;
+        if (!ju && cJSON_GetObjectItemCaseSensitive(j, "block_out_channels")) ju = j;   /* a unet/config.json */
+        if (!ju) {
+            fprintf(stderr, "bench_unet: %s: neither a \"unet\" object nor a UNet config\n", config);
+            return 2;
+        }
+        const char *label = config ? config : "SD 1.5";
         unet_config_t cfg;
         unet_t m;
-        if (unet_config_from_json(&cfg, j, "sd15") || unet_build_structure(&m, &cfg)) die("structure");
-        for (int hw = 32; hw <= 64; hw *= 2) {
+        if (unet_config_from_json(&cfg, ju, label) || unet_build_structure(&m, &cfg)) die("structure");
+        for (int hw = 32; hw <= 128; hw *= 2) {
             flops_t f;
             count_flops(&f, &m, 1, hw, hw, T);
-            printf("SD 1.5 UNet forward, 1 sample, %dx%d latents, %d context tokens: %.1f GFLOP "
+            printf("%s UNet forward, 1 sample, %dx%d latents, %d context tokens: %.1f GFLOP "
                    "(conv %.0f%%, linear %.0f%%, attention %.0f%%)\n",
-                   hw, hw, T, total(&f) / 1e9, 100 * f.conv / total(&f), 100 * f.linear / total(&f),
+                   label, hw, hw, T, total(&f) / 1e9, 100 * f.conv / total(&f), 100 * f.linear / total(&f),
                    100 * f.attn / total(&f));
         }
         free_unet(&m);
@@ -346,7 +389,7 @@ int main(int argc, char **argv) {
     for (int i = 0; i < mf.unet.n_tensors; i++) n_params += mf.unet.tensors[i].numel;
     printf("opened + built in %.2f s: %ld parameters (%s), %d layers, %d norms, RSS %.0f MB\n", now() - t0, n_params,
            st_dtype_name(mf.unet.tensors[0].dtype), m.n_layers, m.n_norms, proc_mb("VmRSS:"));
-    for (int hw = 32; hw <= 64; hw *= 2) {
+    for (int hw = 32; hw <= 128; hw *= 2) {
         flops_t f;
         count_flops(&f, &m, 1, hw, hw, T);
         printf("FLOPS hw=%d per_sample_gflop=%.1f conv=%.1f linear=%.1f attn=%.1f\n", hw, total(&f) / 1e9,
@@ -357,9 +400,12 @@ int main(int argc, char **argv) {
     char list[256];
     snprintf(list, sizeof list, "%s", cases);
     for (char *tok = strtok(list, ","); tok; tok = strtok(NULL, ",")) {
-        if (!strcmp(tok, "fwd32")) bench_forward(&m, B, 32, T, reps, warmup, save, sgemm);
-        else if (!strcmp(tok, "fwd64")) bench_forward(&m, B, 64, T, reps64, warmup, NULL, sgemm);
-        else if (!strcmp(tok, "train32")) bench_train(&m, 32, T, train_reps, ckpt, sgemm);
+        int hw = 0;
+        char rest;
+        if (sscanf(tok, "fwd%d%c", &hw, &rest) == 1 && hw >= 8) {
+            bench_forward(&m, B, hw, T, hw <= 32 ? reps : hw <= 64 ? reps64 : reps128, warmup, save, sgemm);
+            save = NULL;   /* the first forward case only */
+        } else if (!strcmp(tok, "train32")) bench_train(&m, 32, T, train_reps, ckpt, sgemm);
         else {
             fprintf(stderr, "bench_unet: unknown case %s\n", tok);
             return 2;
