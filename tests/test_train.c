@@ -993,7 +993,7 @@ static void test_mode_interface(void **state) {
         assert_true(isfinite(l.loss) && l.loss > 0);
         trainer_optimizer_step(&t, NULL);
         assert_int_equal(t.step, 1);
-        if (ops->after_step) ops->after_step(&(train_model_t){&t.cfg, &t.p, &t.ug, &t.cg, t.model_hash, &t.mode_state},
+        if (ops->after_step) ops->after_step(&(train_model_t){&t.cfg, &t.p, &t.ug, &t.cg, t.model_hash, &t.mode_state, &t.cg2},
                                              t.params, t.n_params, t.step);
         int moved = 0;
         for (int i = 0, o = 0; i < t.n_params; o += t.params[i].n, i++) {

@@ -395,6 +395,11 @@ int tokenizer_n_merges(const clip_tokenizer_t *t) { return t->n_merges; }
 const char *tokenizer_token(const clip_tokenizer_t *t, int id) {
     return id >= 0 && id < t->n_ids ? t->id_token[id] : NULL;
 }
+int tokenizer_token_id(const clip_tokenizer_t *t, const char *token) { return vocab_find(t, token, strlen(token)); }
+void tokenizer_set_pad_id(clip_tokenizer_t *t, int id) {
+    SD_CHECK(id >= 0 && id < t->n_ids, "pad id %d outside the vocabulary", id);
+    t->pad = id;
+}
 
 /* ---------------------------------------------------------------- BPE */
 

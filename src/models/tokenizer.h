@@ -67,6 +67,11 @@ int tokenizer_vocab_size(const clip_tokenizer_t *tok);
 int tokenizer_n_merges(const clip_tokenizer_t *tok);
 /* The vocab.json string of `id` (byte-level form, e.g. "photo</w>"), or NULL if unused. */
 const char *tokenizer_token(const clip_tokenizer_t *tok, int id);
+/* The id of vocab.json string `token`, or -1 if absent. */
+int tokenizer_token_id(const clip_tokenizer_t *tok, const char *token);
+/* Makes `id` (in [0, vocab size)) the pad token of later encodes: SDXL's tokenizer_2 pads with "!"
+ * whatever the folder it was read from says. */
+void tokenizer_set_pad_id(clip_tokenizer_t *tok, int id);
 
 /* The pre-tokenization tokenizer_encode applies (no vocabulary needed): cleans `text` as
  * above (html unescape twice, whitespace, lower()) and splits it with CLIP's pattern, calling

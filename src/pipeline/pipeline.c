@@ -34,16 +34,14 @@ static int open_te2(pipeline_t *p, const char *model_path) {
     if (!rc) rc = build_clip_from_component(&p->clip2, &m->text_encoder_2);
     if (rc) return rc;
     p->has_te2 = 1;
-    p->tok2_pad = tokenizer_pad_id(p->tok2);
-    if (m->layout != MODEL_LAYOUT_DIFFUSERS) {   /* a single file: pad as SDXL's tokenizer_2 does */
-        const int n = tokenizer_vocab_size(p->tok2);
-        int bang = -1;
-        for (int id = 0; id < n && bang < 0; id++)
-            if (tokenizer_token(p->tok2, id) && !strcmp(tokenizer_token(p->tok2, id), "!")) bang = id;
+    /* a single file's tokenizer_2 is the --tokenizer folder, often padding with EOS: pad as SDXL's
+     * tokenizer_2 does, with "!" */
+    if (m->layout != MODEL_LAYOUT_DIFFUSERS) {
+        const int bang = tokenizer_token_id(p->tok2, "!");
         if (bang < 0)
             return sd_error(SD_ERR_FORMAT, "%s: the tokenizer has no \"!\" token to pad text_encoder_2's prompts with",
                             m->tokenizer_2_dir);
-        p->tok2_pad = bang;
+        tokenizer_set_pad_id(p->tok2, bang);
     }
     if (!u->addition_text_time)
         return sd_error(SD_ERR_FORMAT, "%s: the model has a text_encoder_2 but its UNet has no text_time embedding "
@@ -195,15 +193,13 @@ int pipeline_apply_shift_set(pipeline_t *p, const shift_set_t *s, const char *la
     return close_cache(p, cache, rc);
 }
 
-/* Tokenizes n prompts into ids[n, T], padded with `pad` (< 0: the tokenizer's own pad token);
- * *truncated (NULL: no warning) counts the prompts cut, each warned about. */
-static int tokenize(const clip_tokenizer_t *tok, int pad, const char *const *prompts, int n, int T, int *ids,
-                    int *truncated) {
+/* Tokenizes n prompts into ids[n, T], padded with the tokenizer's pad token; *truncated (NULL: no
+ * warning) counts the prompts cut, each warned about. */
+static int tokenize(const clip_tokenizer_t *tok, const char *const *prompts, int n, int T, int *ids, int *truncated) {
     for (int i = 0; i < n; i++) {
-        int before = 0, *row = ids + (size_t)i * T;
-        int got = tokenizer_encode(tok, prompts[i] ? prompts[i] : "", row, T, pad < 0, &before);
+        int before = 0;
+        int got = tokenizer_encode(tok, prompts[i] ? prompts[i] : "", ids + (size_t)i * T, T, 1, &before);
         if (got < 0) return got;
-        for (int k = got; k < T; k++) row[k] = pad;   /* only when pad >= 0: got == T otherwise */
         if (before > T && truncated) {
             fprintf(stderr, "warning: prompt truncated to %d tokens (%d dropped): \"%.60s...\"\n", T, before - T,
                     prompts[i]);
@@ -240,15 +236,15 @@ static int encode_prompts(pipeline_t *p, const char *const *prompts, int n, floa
     int *ids = malloc(sizeof(int) * (size_t)n * T);
     if (!ids) return sd_nomem("prompt token ids", sizeof(int) * (size_t)n * T);
     int truncated = 0;
-    int rc = tokenize(p->tok, -1, prompts, n, T, ids, &truncated);
+    int rc = tokenize(p->tok, prompts, n, T, ids, &truncated);
     const int skip1 = p->clip.clip_skip, skip2 = p->clip2.clip_skip;   /* the models' own, back after */
     if (!rc) {
         p->clip.clip_skip = clip_skip;
         p->clip.hidden_mode = p->has_te2 ? CLIP_HIDDEN_PENULTIMATE : CLIP_HIDDEN_FINAL_LN;
         rc = encode_one(&p->clip, ids, n, T, ctx, C, 0, NULL);
     }
-    if (!rc && p->has_te2) {   /* tokenizer_2 pads with its own pad token ("!" for SDXL) */
-        rc = tokenize(p->tok2, p->tok2_pad, prompts, n, T, ids, truncated ? NULL : &truncated);
+    if (!rc && p->has_te2) {   /* tokenizer_2 pads with "!" */
+        rc = tokenize(p->tok2, prompts, n, T, ids, truncated ? NULL : &truncated);
         p->clip2.clip_skip = clip_skip;
         p->clip2.hidden_mode = CLIP_HIDDEN_PENULTIMATE;
         if (!rc) rc = encode_one(&p->clip2, ids, n, T, ctx, C, p->clip.cfg.hidden_size, pooled);

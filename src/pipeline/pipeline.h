@@ -36,9 +36,6 @@ typedef struct {
     clip_tokenizer_t *tok2;
     clip_t clip2;
     int has_te2;
-    int tok2_pad;            /* the id tokenizer_2 pads with: its own pad token, or for a single file
-                              * (whose tokenizer_2 is the --tokenizer folder, often padding with EOS)
-                              * the id of "!", SDXL's tokenizer_2 pad */
     int pooled_dim;          /* UNet addition_text_embeds_dim (TE2 projection_dim); 0 without text_time */
     int force_zeros_empty;   /* model_index.json force_zeros_for_empty_prompt (SDXL default 1): no
                               * negative prompt gives a zero context and pooled embedding */

@@ -54,16 +54,15 @@ int prompt_table_add(prompt_table_t *pt, const clip_tokenizer_t *tok, const char
     return pt->n++;
 }
 
-int prompt_table_ids2(const prompt_table_t *pt, const clip_tokenizer_t *tok2, int pad, int *ids2) {
+int prompt_table_ids2(const prompt_table_t *pt, const clip_tokenizer_t *tok2, int *ids2) {
     const int T = pt->T ? pt->T : TOKENIZER_MAX_LENGTH;
     for (int i = 0; i < pt->n; i++) {
-        int before = 0, *row = ids2 + (size_t)i * T;
-        const int got = tokenizer_encode(tok2, pt->text[i], row, T, pad < 0, &before);
+        int before = 0;
+        const int got = tokenizer_encode(tok2, pt->text[i], ids2 + (size_t)i * T, T, 1, &before);
         if (got < 0) return got;
         if (before > T)
             return sd_error(SD_ERR_ARG, "the prompt has %d tokens for tokenizer_2, more than %d (with start and end): "
                             "shorten it (training does not truncate): \"%.60s...\"", before, T, pt->text[i]);
-        for (int k = got; k < T; k++) row[k] = pad;   /* only when pad >= 0: got == T otherwise */
     }
     return SD_OK;
 }

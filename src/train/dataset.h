@@ -28,10 +28,10 @@ void prompt_table_free(prompt_table_t *pt);
 /* Index of `text` in the table (added if new), or SD_ERR_ARG when it does not fit in T tokens
  * (the message names `where`: the flag or caption file it came from). */
 int prompt_table_add(prompt_table_t *pt, const clip_tokenizer_t *tok, const char *text, const char *where);
-/* SDXL's second tokenizer: ids2[n, T] of every prompt of the table, padded with `pad` (tokenizer_2's
- * "!", pipeline_t.tok2_pad; < 0: the tokenizer's own padding), as the pipeline encodes them. A prompt
- * over T tokens is SD_ERR_ARG, as in prompt_table_add. */
-int prompt_table_ids2(const prompt_table_t *pt, const clip_tokenizer_t *tok2, int pad, int *ids2);
+/* SDXL's second tokenizer: ids2[n, T] of every prompt of the table, padded with tok2's pad token (the
+ * pipeline makes it "!"), as the pipeline encodes them. A prompt over T tokens is SD_ERR_ARG, as in
+ * prompt_table_add. */
+int prompt_table_ids2(const prompt_table_t *pt, const clip_tokenizer_t *tok2, int *ids2);
 
 typedef struct {
     char *path;        /* the image file */

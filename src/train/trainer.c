@@ -736,7 +736,7 @@ static int open_training(trainer_t *t, int prior) {
     /* SDXL: tokenizer_2's ids of every prompt (the second encoder reads them when it is trained) */
     if (t->xl) {
         t->prompt_ids2 = sd_xmalloc(sizeof(int) * (size_t)t->T * (t->prompts.n ? t->prompts.n : 1));
-        if ((rc = prompt_table_ids2(&t->prompts, t->p.tok2, t->p.tok2_pad, t->prompt_ids2))) return rc;
+        if ((rc = prompt_table_ids2(&t->prompts, t->p.tok2, t->prompt_ids2))) return rc;
     }
     /* a frozen text encoder: every prompt encoded once, with the base weights (SDXL: and its pooled embedding) */
     if (!c->train_text_encoder) {
