@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Two builds side by side on the full-size random SD 1.5 model: the UNet forward (bench_unet,
 # batch 2, 32x32 and 64x64 latents) and the SVDiff training step (bench_train_step, batch 1,
-# 32x32 latents), in fp32 and bf16 compute. The builds alternate case by case, one process per
+# trainN: N x N latents, e.g. train32, train64), in fp32 and bf16 compute. The builds alternate case by case, one process per
 # run, so the machine's noise falls on both; prints a table of medians (over --rounds processes,
 # each itself the median of its --reps) with the ratio new/old and the peak RSS of each.
 # For a refactoring that must not lose speed (issue 18), or a change that must gain some.
@@ -43,8 +43,8 @@ echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), 
 
 one() {   # one WHICH BUILD COMPUTE CASE: runs one process, appends "which compute case seconds rss"
   local which=$1 b=$2 compute=$3 case=$4 line
-  if [ "$case" = train32 ]; then
-    line=$(SVDIFF_COMPUTE=$compute "$b/bench_train_step" --model "$model" --hw 32 --reps "$reps" \
+  if [ "${case#train}" != "$case" ]; then
+    line=$(SVDIFF_COMPUTE=$compute "$b/bench_train_step" --model "$model" --hw "${case#train}" --reps "$reps" \
       --threads "$threads" --svd-cache "$svd" | grep '^RESULT')
   else
     line=$(SVDIFF_COMPUTE=$compute "$b/bench_unet" --model "$model" --case "$case" --reps "$reps" \
