@@ -59,7 +59,7 @@ static const shape_t g_shapes[] = {
     {"winograd 320x320 x 1024 tiles", 'N', 'N', 320, 1024, 320, 0, 0, B_MAT, 0, 0, 0},
     {"winograd 640x640 x 256 tiles", 'N', 'N', 640, 256, 640, 0, 0, B_MAT, 0, 0, 0},
     {"winograd 1280x1280 x 64 tiles", 'N', 'N', 1280, 64, 1280, 0, 0, B_MAT, 0, 0, 0},
-    {"winograd 1280x1280 x 64 tiles, bf16 A", 'N', 'N', 1280, 64, 1280, 1, 0, B_MAT, 0, 0, 0},
+    {"winograd bf16 A 1280x1280 x 64 tiles", 'N', 'N', 1280, 64, 1280, 1, 0, B_MAT, 0, 0, 0},
 };
 
 static int g_reps = 5;
