@@ -1,6 +1,7 @@
 /* The bf16 GEMM at the shapes SD 1.5 really runs at 64x64 latents (UNet forward at batch 2,
  * SVDiff training step at batch 1), each as GFLOP/s and as a share of the 2048^3 rate measured
- * in the same run. The shapes are the largest groups of a trace of both workloads by time:
+ * in the same run (wall time, and GFLOP per CPU second of all threads, which the other jobs of a
+ * shared machine disturb less). The shapes are the largest groups of a trace of both workloads by time:
  * convolutions (A = kernel or a spectral factor Vt, B = the image's columns packed straight
  * from the image), linears (fp32 x fp32), spectral products (one operand a factor stored in
  * bf16), and the [OC, IC] x [IC, tiles] products of a Winograd conv. Only the public entry
@@ -10,6 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+
+#include <omp.h>
 
 #include "base/error.h"
 #include "base/runtime.h"
@@ -107,24 +111,38 @@ static void run_once(const run_t *r) {
     }
 }
 
-/* Median seconds of one product; each timed rep runs it enough times to last >= 20 ms. */
-static double time_shape(const run_t *r) {
+/* CPU seconds of all the process's threads (threads waiting for work sleep: OMP_WAIT_POLICY is
+ * passive, see base/runtime.h). On a machine shared with other jobs wall time also counts the
+ * time slices others take; CPU time does not. */
+static double cpu_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+}
+
+/* Median wall and CPU seconds of one product (*cpu); each timed rep runs it enough times to
+ * last >= 20 ms. */
+static double time_shape(const run_t *r, double *cpu) {
     run_once(r);
     double t0 = sd_now_s();
     run_once(r);
     const double one = sd_now_s() - t0;
     const int inner = one >= 0.02 ? 1 : (int)(0.02 / (one > 1e-6 ? one : 1e-6)) + 1;
-    double t[64];
+    double t[64], c[64];
     for (int k = 0; k < g_reps; k++) {
+        const double c0 = cpu_s();
         t0 = sd_now_s();
         for (int i = 0; i < inner; i++) run_once(r);
         t[k] = (sd_now_s() - t0) / inner;
+        c[k] = (cpu_s() - c0) / inner;
     }
     qsort(t, g_reps, sizeof *t, cmp_double);
+    qsort(c, g_reps, sizeof *c, cmp_double);
+    *cpu = c[g_reps / 2];
     return t[g_reps / 2];
 }
 
-static double measure(const shape_t *s) {
+static double measure(const shape_t *s, double *cpu) {
     run_t r = {.s = s};
     const size_t na = (size_t)s->M * s->K;
     size_t nb = (size_t)s->K * s->N;
@@ -137,7 +155,7 @@ static double measure(const shape_t *s) {
     r.A = randn(na, 1), r.B = randn(nb, 2), r.C = randn((size_t)s->M * s->N, 3);
     if (s->ah) r.Ah = to_bf16(r.A, na);
     if (s->bh) r.Bh = to_bf16(r.B, nb);
-    const double t = time_shape(&r);
+    const double t = time_shape(&r, cpu);
     free(r.A), free(r.B), free(r.C), free(r.Ah), free(r.Bh);
     return t;
 }
@@ -160,17 +178,20 @@ int main(int argc, char **argv) {
         return 1;
     }
     const shape_t sq = {"square 2048^3", 'N', 'N', 2048, 2048, 2048, 0, 0, B_MAT, 0, 0, 0};
-    const double peak = 2.0 * 2048 * 2048 * 2048 / measure(&sq) / 1e9;
-    printf("bf16 GEMM (kernel %s), median of %d reps; 2048^3: %.1f GFLOP/s\n\n", sd_bf16_kernel(), g_reps, peak);
-    printf("| %-44s | %2s | %5s | %5s | %5s | %4s | %8s | %7s | %5s |\n", "shape", "tr", "M", "N", "K", "bf16", "ms",
-           "GFLOP/s", "2048^3");
-    printf("|---|---|---|---|---|---|---|---|---|\n");
+    double cpu;
+    const double peak = 2.0 * 2048 * 2048 * 2048 / measure(&sq, &cpu) / 1e9, peak_cpu = 2.0 * 2048 * 2048 * 2048 / cpu / 1e9;
+    printf("bf16 GEMM (kernel %s), %d threads, median of %d reps; 2048^3: %.1f GFLOP/s, %.1f GFLOP per CPU second\n\n",
+           sd_bf16_kernel(), omp_get_max_threads(), g_reps, peak, peak_cpu);
+    printf("| %-44s | %2s | %5s | %5s | %5s | %4s | %8s | %7s | %6s | %7s | %6s |\n", "shape", "tr", "M", "N", "K", "bf16",
+           "ms", "GFLOP/s", "2048^3", "per CPU", "2048^3");
+    printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (size_t i = 0; i < sizeof g_shapes / sizeof *g_shapes; i++) {
         const shape_t *s = &g_shapes[i];
         if (filter && !strstr(s->what, filter)) continue;
-        const double t = measure(s), rate = 2.0 * s->M * s->N * s->K / t / 1e9;
-        printf("| %-44s | %c%c | %5d | %5d | %5d | %4s | %8.3f | %7.1f | %4.0f%% |\n", s->what, s->ta, s->tb, s->M, s->N,
-               s->K, s->ah ? "A" : s->bh ? "B" : "-", 1e3 * t, rate, 100.0 * rate / peak);
+        const double t = measure(s, &cpu), rate = 2.0 * s->M * s->N * s->K / t / 1e9, rcpu = 2.0 * s->M * s->N * s->K / cpu / 1e9;
+        printf("| %-44s | %c%c | %5d | %5d | %5d | %4s | %8.3f | %7.1f | %5.0f%% | %7.1f | %5.0f%% |\n", s->what, s->ta,
+               s->tb, s->M, s->N, s->K, s->ah ? "A" : s->bh ? "B" : "-", 1e3 * t, rate, 100.0 * rate / peak, rcpu,
+               100.0 * rcpu / peak_cpu);
         fflush(stdout);
     }
     return 0;
