@@ -7,7 +7,8 @@
  * bf16), and the [OC, IC] x [IC, tiles] products of a Winograd conv. Only the public entry
  * points of ops/gemm.h are called, so the same source built at two commits compares them.
  * Not part of the tests.
- * Usage: bench_gemm_shapes [--reps N (default 5)] [--threads N] [--filter SUBSTRING] */
+ * Usage: bench_gemm_shapes [--reps N (default 5)] [--threads N] [--filter SUBSTRING] [--dump DIR]
+ * (--dump: also writes each product's C to DIR/<index>.f32, to compare the bytes of two builds) */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,6 +68,7 @@ static const shape_t g_shapes[] = {
 };
 
 static int g_reps = 5;
+static const char *g_dump;   /* --dump DIR: the C of each shape (alpha 0.7, beta 0.5) to DIR/<index>.f32 */
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -96,18 +98,20 @@ typedef struct {
     conv2d_shape_t cs;
 } run_t;
 
+static float g_alpha = 1.0f, g_beta = 0.0f;
+
 static void run_once(const run_t *r) {
     const shape_t *s = r->s;
     const CBLAS_TRANSPOSE ta = s->ta == 'T' ? CblasTrans : CblasNoTrans, tb = s->tb == 'T' ? CblasTrans : CblasNoTrans;
     const int lda = s->ta == 'T' ? s->M : s->K, ldb = s->tb == 'T' ? s->K : s->N;
     if (s->bk == B_IMG) {
-        if (s->ah) gemm_bf16h_im2col(s->M, 1.0f, r->Ah, s->K, r->B, &r->cs, 0.0f, r->C);
-        else gemm_bf16_im2col(s->M, 1.0f, r->A, s->K, r->B, &r->cs, 0.0f, r->C);
+        if (s->ah) gemm_bf16h_im2col(s->M, g_alpha, r->Ah, s->K, r->B, &r->cs, g_beta, r->C);
+        else gemm_bf16_im2col(s->M, g_alpha, r->A, s->K, r->B, &r->cs, g_beta, r->C);
     } else if (s->ah || s->bh) {
-        gemm_bf16h(ta, tb, s->M, s->N, s->K, 1.0f, s->ah ? NULL : r->A, s->ah ? r->Ah : NULL, lda,
-                   s->bh ? NULL : r->B, s->bh ? r->Bh : NULL, ldb, 0.0f, r->C, s->N);
+        gemm_bf16h(ta, tb, s->M, s->N, s->K, g_alpha, s->ah ? NULL : r->A, s->ah ? r->Ah : NULL, lda,
+                   s->bh ? NULL : r->B, s->bh ? r->Bh : NULL, ldb, g_beta, r->C, s->N);
     } else {
-        gemm_bf16(ta, tb, s->M, s->N, s->K, 1.0f, r->A, lda, r->B, ldb, 0.0f, r->C, s->N);
+        gemm_bf16(ta, tb, s->M, s->N, s->K, g_alpha, r->A, lda, r->B, ldb, g_beta, r->C, s->N);
     }
 }
 
@@ -142,7 +146,7 @@ static double time_shape(const run_t *r, double *cpu) {
     return t[g_reps / 2];
 }
 
-static double measure(const shape_t *s, double *cpu) {
+static double measure(const shape_t *s, double *cpu, int index) {
     run_t r = {.s = s};
     const size_t na = (size_t)s->M * s->K;
     size_t nb = (size_t)s->K * s->N;
@@ -155,6 +159,16 @@ static double measure(const shape_t *s, double *cpu) {
     r.A = randn(na, 1), r.B = randn(nb, 2), r.C = randn((size_t)s->M * s->N, 3);
     if (s->ah) r.Ah = to_bf16(r.A, na);
     if (s->bh) r.Bh = to_bf16(r.B, nb);
+    if (g_dump && index >= 0) {   /* the bytes, to compare two builds */
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%d.f32", g_dump, index);
+        g_alpha = 0.7f, g_beta = 0.5f;
+        run_once(&r);
+        g_alpha = 1.0f, g_beta = 0.0f;
+        FILE *f = fopen(path, "wb");
+        SD_CHECK(f && fwrite(r.C, sizeof(float), (size_t)s->M * s->N, f) == (size_t)s->M * s->N && !fclose(f),
+                 "bench_gemm_shapes: cannot write %s", path);
+    }
     const double t = time_shape(&r, cpu);
     free(r.A), free(r.B), free(r.C), free(r.Ah), free(r.Bh);
     return t;
@@ -167,8 +181,9 @@ int main(int argc, char **argv) {
         if (!strcmp(argv[i], "--reps") && i + 1 < argc) g_reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc) sd_set_threads(atoi(argv[++i]));
         else if (!strcmp(argv[i], "--filter") && i + 1 < argc) filter = argv[++i];
+        else if (!strcmp(argv[i], "--dump") && i + 1 < argc) g_dump = argv[++i];
         else {
-            fprintf(stderr, "usage: %s [--reps N] [--threads N] [--filter SUBSTRING]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--reps N] [--threads N] [--filter SUBSTRING] [--dump DIR]\n", argv[0]);
             return 2;
         }
     }
@@ -179,7 +194,7 @@ int main(int argc, char **argv) {
     }
     const shape_t sq = {"square 2048^3", 'N', 'N', 2048, 2048, 2048, 0, 0, B_MAT, 0, 0, 0};
     double cpu;
-    const double peak = 2.0 * 2048 * 2048 * 2048 / measure(&sq, &cpu) / 1e9, peak_cpu = 2.0 * 2048 * 2048 * 2048 / cpu / 1e9;
+    const double peak = 2.0 * 2048 * 2048 * 2048 / measure(&sq, &cpu, -1) / 1e9, peak_cpu = 2.0 * 2048 * 2048 * 2048 / cpu / 1e9;
     printf("bf16 GEMM (kernel %s), %d threads, median of %d reps; 2048^3: %.1f GFLOP/s, %.1f GFLOP per CPU second\n\n",
            sd_bf16_kernel(), omp_get_max_threads(), g_reps, peak, peak_cpu);
     printf("| %-44s | %2s | %5s | %5s | %5s | %4s | %8s | %7s | %6s | %7s | %6s |\n", "shape", "tr", "M", "N", "K", "bf16",
@@ -188,7 +203,7 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < sizeof g_shapes / sizeof *g_shapes; i++) {
         const shape_t *s = &g_shapes[i];
         if (filter && !strstr(s->what, filter)) continue;
-        const double t = measure(s, &cpu), rate = 2.0 * s->M * s->N * s->K / t / 1e9, rcpu = 2.0 * s->M * s->N * s->K / cpu / 1e9;
+        const double t = measure(s, &cpu, (int)i), rate = 2.0 * s->M * s->N * s->K / t / 1e9, rcpu = 2.0 * s->M * s->N * s->K / cpu / 1e9;
         printf("| %-44s | %c%c | %5d | %5d | %5d | %4s | %8.3f | %7.1f | %5.0f%% | %7.1f | %5.0f%% |\n", s->what, s->ta,
                s->tb, s->M, s->N, s->K, s->ah ? "A" : s->bh ? "B" : "-", 1e3 * t, rate, 100.0 * rate / peak, rcpu,
                100.0 * rcpu / peak_cpu);
