@@ -136,64 +136,71 @@ BF16_TARGET static inline void transpose16_epi32(__m512i r[16]) {
     }
 }
 
-/* bf16 of two 16-float rows interleaved into 16 pair words: [a0 b0 a1 b1 ...]. */
-BF16_TARGET static inline __m512i pair_rows(const float *a, const float *b) {
+/* An operand as stored: fp32 (f) or bf16 (h, rounded once when it was made: the factors of a
+ * spectral weight), row-major with leading dimension ld; op() transposes it when trans. The
+ * packers read both kinds through the loaders below, so a tile packed from bf16 holds the same
+ * bits as one packed from the fp32 original. */
+typedef struct {
+    const float *f;
+    const uint16_t *h;
+    int ld, trans;
+} mat_t;
+
+/* 32 consecutive elements from offset o, in bf16. */
+BF16_TARGET static inline __m512i load32(const mat_t *x, size_t o) {
+    if (x->h) return _mm512_loadu_si512(x->h + o);
+    return (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x->f + o + 16), _mm512_loadu_ps(x->f + o));
+}
+
+/* 16 consecutive elements from each of offsets oa and ob, in bf16, interleaved into 16 pair
+ * words [a0 b0 a1 b1 ...]. */
+BF16_TARGET static inline __m512i pair16(const mat_t *x, size_t oa, size_t ob) {
     const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
                                          23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-    const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(b), _mm512_loadu_ps(a));
+    const __m512i both =
+        x->h ? _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(x->h + oa))),
+                                  _mm256_loadu_si256((const __m256i *)(x->h + ob)), 1)
+             : (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x->f + ob), _mm512_loadu_ps(x->f + oa));
     return _mm512_permutexvar_epi16(idx, both);
 }
 
+static inline uint16_t elem(const mat_t *x, size_t o) { return x->h ? x->h[o] : sd_f32_to_bf16(x->f[o]); }
+
 /* op(A) element (m, k) sits at A[m*lda + k] (no transpose) or A[k*lda + m]. */
-BF16_TARGET static void pack_a_tile(uint16_t *dst, const float *A, int lda, int trans, int M, int K,
-                                    int m0, int k0) {
-    const int full = m0 + 16 <= M && k0 + 32 <= K;
-    if (full && !trans) {
-        for (int r = 0; r < 16; r++) {
-            const float *src = A + (size_t)(m0 + r) * lda + k0;
-            __m512i v = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + 16), _mm512_loadu_ps(src));
-            _mm512_storeu_si512(dst + r * 32, v);
+BF16_TARGET static void pack_a_tile(uint16_t *dst, const mat_t *a, int M, int K, int m0, int k0) {
+    const size_t ld = (size_t)a->ld;
+    if (m0 + 16 <= M && k0 + 32 <= K) {
+        if (!a->trans) {
+            for (int r = 0; r < 16; r++) _mm512_storeu_si512(dst + r * 32, load32(a, (m0 + r) * ld + k0));
+            return;
         }
-        return;
-    }
-    if (full && trans) {
         /* k rows 2j, 2j+1 (16 contiguous m each) -> pair words v[j] indexed by m; transposed,
          * row r holds the 16 pairs of output row m0 + r */
         __m512i v[16];
-        for (int j = 0; j < 16; j++) {
-            const float *src = A + (size_t)(k0 + 2 * j) * lda + m0;
-            v[j] = pair_rows(src, src + lda);
-        }
+        for (int j = 0; j < 16; j++) v[j] = pair16(a, (k0 + 2 * j) * ld + m0, (k0 + 2 * j + 1) * ld + m0);
         transpose16_epi32(v);
         for (int r = 0; r < 16; r++) _mm512_storeu_si512(dst + r * 32, v[r]);
         return;
     }
     for (int r = 0; r < 16; r++)
         for (int kk = 0; kk < 32; kk++) {
-            const int m = m0 + r, k = k0 + kk;
-            dst[r * 32 + kk] = (m < M && k < K) ? sd_f32_to_bf16(trans ? A[(size_t)k * lda + m] : A[(size_t)m * lda + k]) : 0;
+            const size_t m = m0 + r, k = k0 + kk;
+            dst[r * 32 + kk] = (m < (size_t)M && k < (size_t)K) ? elem(a, a->trans ? k * ld + m : m * ld + k) : 0;
         }
 }
 
 /* op(B) element (k, n) sits at B[k*ldb + n] (no transpose) or B[n*ldb + k]. */
-BF16_TARGET static void pack_b_tile(uint16_t *dst, const float *B, int ldb, int trans, int K, int N,
-                                    int k0, int n0) {
-    const int full = n0 + 16 <= N && k0 + 32 <= K;
-    if (full && !trans) {
-        /* rows k, k+1 (16 columns each) interleaved into 16 pairs */
-        for (int kp = 0; kp < 16; kp++) {
-            const float *r0 = B + (size_t)(k0 + 2 * kp) * ldb + n0;
-            _mm512_storeu_si512(dst + kp * 32, pair_rows(r0, r0 + ldb));
+BF16_TARGET static void pack_b_tile(uint16_t *dst, const mat_t *b, int K, int N, int k0, int n0) {
+    const size_t ld = (size_t)b->ld;
+    if (n0 + 16 <= N && k0 + 32 <= K) {
+        if (!b->trans) {   /* rows k, k+1 (16 columns each) interleaved into 16 pairs */
+            for (int kp = 0; kp < 16; kp++)
+                _mm512_storeu_si512(dst + kp * 32, pair16(b, (k0 + 2 * kp) * ld + n0, (k0 + 2 * kp + 1) * ld + n0));
+            return;
         }
-        return;
-    }
-    if (full && trans) {
         /* 32 contiguous k per column n = 16 pair words; transposed, row kp holds columns 0..15 */
         __m512i v[16];
-        for (int n = 0; n < 16; n++) {
-            const float *src = B + (size_t)(n0 + n) * ldb + k0;
-            v[n] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + 16), _mm512_loadu_ps(src));
-        }
+        for (int n = 0; n < 16; n++) v[n] = load32(b, (n0 + n) * ld + k0);
         transpose16_epi32(v);
         for (int kp = 0; kp < 16; kp++) _mm512_storeu_si512(dst + kp * 32, v[kp]);
         return;
@@ -201,70 +208,9 @@ BF16_TARGET static void pack_b_tile(uint16_t *dst, const float *B, int ldb, int 
     for (int kp = 0; kp < 16; kp++)
         for (int n = 0; n < 16; n++)
             for (int j = 0; j < 2; j++) {
-                const int k = k0 + 2 * kp + j, nn = n0 + n;
+                const size_t k = k0 + 2 * kp + j, nn = n0 + n;
                 dst[kp * 32 + n * 2 + j] =
-                    (k < K && nn < N) ? sd_f32_to_bf16(trans ? B[(size_t)nn * ldb + k] : B[(size_t)k * ldb + nn]) : 0;
-            }
-}
-
-/* The same tiles from operands already stored in bf16 (row-major, leading dimension ld): the
- * factors of a spectral weight, rounded once when they were made. Packing is then a copy and
- * an interleave, no conversion; the tiles hold the same bits as packing the fp32 original. */
-BF16_TARGET static inline __m512i pair_rows_h(const uint16_t *a, const uint16_t *b) {
-    const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
-                                         23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-    const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)a)),
-                                            _mm256_loadu_si256((const __m256i *)b), 1);
-    return _mm512_permutexvar_epi16(idx, both);
-}
-
-BF16_TARGET static void pack_a_tile_h(uint16_t *dst, const uint16_t *A, int lda, int trans, int M, int K,
-                                      int m0, int k0) {
-    const int full = m0 + 16 <= M && k0 + 32 <= K;
-    if (full && !trans) {
-        for (int r = 0; r < 16; r++)
-            _mm512_storeu_si512(dst + r * 32, _mm512_loadu_si512(A + (size_t)(m0 + r) * lda + k0));
-        return;
-    }
-    if (full && trans) {
-        __m512i v[16];
-        for (int j = 0; j < 16; j++) {
-            const uint16_t *src = A + (size_t)(k0 + 2 * j) * lda + m0;
-            v[j] = pair_rows_h(src, src + lda);
-        }
-        transpose16_epi32(v);
-        for (int r = 0; r < 16; r++) _mm512_storeu_si512(dst + r * 32, v[r]);
-        return;
-    }
-    for (int r = 0; r < 16; r++)
-        for (int kk = 0; kk < 32; kk++) {
-            const int m = m0 + r, k = k0 + kk;
-            dst[r * 32 + kk] = (m < M && k < K) ? (trans ? A[(size_t)k * lda + m] : A[(size_t)m * lda + k]) : 0;
-        }
-}
-
-BF16_TARGET static void pack_b_tile_h(uint16_t *dst, const uint16_t *B, int ldb, int trans, int K, int N,
-                                      int k0, int n0) {
-    const int full = n0 + 16 <= N && k0 + 32 <= K;
-    if (full && !trans) {
-        for (int kp = 0; kp < 16; kp++) {
-            const uint16_t *r0 = B + (size_t)(k0 + 2 * kp) * ldb + n0;
-            _mm512_storeu_si512(dst + kp * 32, pair_rows_h(r0, r0 + ldb));
-        }
-        return;
-    }
-    if (full && trans) {
-        __m512i v[16];
-        for (int n = 0; n < 16; n++) v[n] = _mm512_loadu_si512(B + (size_t)(n0 + n) * ldb + k0);
-        transpose16_epi32(v);
-        for (int kp = 0; kp < 16; kp++) _mm512_storeu_si512(dst + kp * 32, v[kp]);
-        return;
-    }
-    for (int kp = 0; kp < 16; kp++)
-        for (int n = 0; n < 16; n++)
-            for (int j = 0; j < 2; j++) {
-                const int k = k0 + 2 * kp + j, nn = n0 + n;
-                dst[kp * 32 + n * 2 + j] = (k < K && nn < N) ? (trans ? B[(size_t)nn * ldb + k] : B[(size_t)k * ldb + nn]) : 0;
+                    (k < (size_t)K && nn < (size_t)N) ? elem(b, b->trans ? nn * ld + k : k * ld + nn) : 0;
             }
 }
 
@@ -322,39 +268,24 @@ BF16_TARGET static void pack_b_tile_im2col(uint16_t *dst, const float *img, cons
         }
 }
 
-/* Where the A operand comes from: an fp32 matrix (op(A) as in cblas) or a bf16 one (Ah). */
+/* Where the B operand comes from: a matrix, or the columns of a convolution. */
 typedef struct {
-    const float *A;
-    const uint16_t *Ah;          /* non-NULL: the operand is stored in bf16 */
-    int lda, trans;
-} asrc_t;
-
-/* Where the B operand comes from: an fp32 or bf16 matrix (op(B) as in cblas), or the columns
- * of a convolution. */
-typedef struct {
-    const float *B;
-    const uint16_t *Bh;          /* non-NULL: the operand is stored in bf16 */
-    int ldb, trans;
+    mat_t m;
     const float *img;            /* non-NULL: im2col of this image with shape *cs */
     const conv2d_shape_t *cs;
 } bsrc_t;
 
-BF16_TARGET static void pack_a_any(uint16_t *dst, const asrc_t *a, int M, int K, int m0, int k0) {
-    if (a->Ah) pack_a_tile_h(dst, a->Ah, a->lda, a->trans, M, K, m0, k0);
-    else pack_a_tile(dst, a->A, a->lda, a->trans, M, K, m0, k0);
-}
-
 BF16_TARGET static void pack_b_any(uint16_t *dst, const bsrc_t *b, int K, int N, int k0, int n0) {
     if (b->img) pack_b_tile_im2col(dst, b->img, b->cs, K, N, k0, n0);
-    else if (b->Bh) pack_b_tile_h(dst, b->Bh, b->ldb, b->trans, K, N, k0, n0);
-    else pack_b_tile(dst, b->B, b->ldb, b->trans, K, N, k0, n0);
+    else pack_b_tile(dst, &b->m, K, N, k0, n0);
 }
 
-/* Block sizes: a thread computes an MC x NC block of C, K in chunks of KC, so that the A and B
- * slices of a chunk (64 KB per 32 rows / columns) stay in L2 while they are reused. */
-#define MC 128
-#define NC 128
-#define KCB 32 /* k blocks of 32 per chunk: KC = 1024 */
+/* Blocking (see gemm_bf16_x86): K in chunks of KCB blocks of 32 (KC = 1024), the streamed
+ * operand in steps of up to WMAX rows / columns per thread, so that a thread's packed slice of
+ * it (WMAX x KC bf16 = 256 KB) stays in its L2 while every 32-wide block of the shared operand
+ * passes it. */
+#define KCB 32
+#define WMAX 128
 
 typedef struct {
     uint8_t palette, start_row, reserved[14];
@@ -372,10 +303,11 @@ AMX_TARGET static void amx_config(void) {
 
 AMX_TARGET static void amx_release(void) { _tile_release(); }
 
-/* acc[32 x 32] (row stride ldc floats) (+)= A panel (tiles mt, mt+1) x B panel (tiles nt, nt+1)
- * over k blocks [kb0, kb1). first: start from zero instead of acc. */
-AMX_TARGET static void amx_block(float *acc, int ldc, const uint16_t *Ap, const uint16_t *Bp, int KB,
-                                 int mt, int nt, int kb0, int kb1, int first) {
+/* acc[32 x 32] (row stride ldc floats) (+)= [A tiles a0; a1] x [B tiles b0, b1] over nkb k
+ * blocks (the tiles of consecutive k blocks follow each other, TILE_ELEMS apart). first: start
+ * from zero instead of acc. */
+AMX_TARGET static void amx_block(float *acc, int ldc, const uint16_t *a0, const uint16_t *a1, const uint16_t *b0,
+                                 const uint16_t *b1, int nkb, int first) {
     const size_t stride = (size_t)ldc * sizeof(float);
     if (first) {
         _tile_zero(0);
@@ -388,9 +320,7 @@ AMX_TARGET static void amx_block(float *acc, int ldc, const uint16_t *Ap, const 
         _tile_loadd(2, acc + (size_t)16 * ldc, stride);
         _tile_loadd(3, acc + (size_t)16 * ldc + 16, stride);
     }
-    const uint16_t *a0 = Ap + ((size_t)mt * KB) * TILE_ELEMS, *a1 = a0 + (size_t)KB * TILE_ELEMS;
-    const uint16_t *b0 = Bp + ((size_t)nt * KB) * TILE_ELEMS, *b1 = b0 + (size_t)KB * TILE_ELEMS;
-    for (int kb = kb0; kb < kb1; kb++) {
+    for (int kb = 0; kb < nkb; kb++) {
         const size_t o = (size_t)kb * TILE_ELEMS;
         _tile_loadd(4, a0 + o, 64);
         _tile_loadd(5, a1 + o, 64);
@@ -407,18 +337,21 @@ AMX_TARGET static void amx_block(float *acc, int ldc, const uint16_t *Ap, const 
     _tile_stored(3, acc + (size_t)16 * ldc + 16, stride);
 }
 
-/* Same contract with VDPBF16PS: one 16 x 16 tile at a time, 16 zmm accumulators (one per row),
- * the A pair of row r broadcast against the 16 B pairs of a k-pair row. */
-BF16_TARGET static void avx512_block(float *acc, int ldc, const uint16_t *Ap, const uint16_t *Bp, int KB,
-                                     int mt, int nt, int kb0, int kb1, int first) {
-    for (int i = 0; i < 2; i++)
-        for (int j = 0; j < 2; j++) {
+/* Same contract with VDPBF16PS, for the first mi x nj of the 2 x 2 tiles of C (a tile wholly in
+ * the padding below M or right of N is skipped: an M = 1 product does half the work): one
+ * 16 x 16 tile at a time, 16 zmm accumulators (one per row), the A pair of row r broadcast
+ * against the 16 B pairs of a k-pair row. (At one VDPBF16PS a
+ * cycle this loop runs at the instruction's peak on a 2048^3 product: loads are not what
+ * limits it.) */
+BF16_TARGET static void avx512_block(float *acc, int ldc, const uint16_t *a0, const uint16_t *a1,
+                                     const uint16_t *b0, const uint16_t *b1, int nkb, int first, int mi, int nj) {
+    for (int i = 0; i < mi; i++)
+        for (int j = 0; j < nj; j++) {
             float *c = acc + (size_t)16 * i * ldc + 16 * j;
-            const uint16_t *a = Ap + ((size_t)(mt + i) * KB) * TILE_ELEMS;
-            const uint16_t *b = Bp + ((size_t)(nt + j) * KB) * TILE_ELEMS;
+            const uint16_t *a = i ? a1 : a0, *b = j ? b1 : b0;
             __m512 r[16];
             for (int t = 0; t < 16; t++) r[t] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(c + (size_t)t * ldc);
-            for (int kb = kb0; kb < kb1; kb++) {
+            for (int kb = 0; kb < nkb; kb++) {
                 const uint32_t *at = (const uint32_t *)(a + (size_t)kb * TILE_ELEMS);
                 const uint16_t *bt = b + (size_t)kb * TILE_ELEMS;
                 for (int kp = 0; kp < 16; kp++) {
@@ -431,78 +364,79 @@ BF16_TARGET static void avx512_block(float *acc, int ldc, const uint16_t *Ap, co
         }
 }
 
-/* Columns (or rows) of C per panel: the larger operand is packed one panel at a time, so the
- * packed copy stays small (an im2col matrix of a 512 px VAE layer is 1.2 GB in fp32) and hot in
- * cache while the blocks of the panel use it. */
-#define PANEL 1024
-
-static void gemm_bf16_x86(int M, int N, int K, float alpha, const asrc_t *as, const bsrc_t *bs, float beta,
-                          float *C, int ldc, int use_amx) {
+/* C = alpha op(A) op(B) + beta C. The operand with fewer rows / columns (padded to 32), the
+ * shared one, is packed whole once, all threads helping; the other, the streamed one, is split
+ * into one contiguous range per thread (32 rows / columns the unit, so the halves of a 2-thread
+ * run differ by at most 32) and each thread packs its own range, WMAX at a time and K chunk by
+ * chunk, right before it multiplies it by the shared operand: nothing of it is written to
+ * memory and read back, no thread waits for another after the shared packing, and a big
+ * streamed operand (an im2col matrix of a 512 px VAE layer is 1.2 GB in fp32) never exists whole.
+ * Every element of C is summed over k in the same order (k blocks ascending, VDPBF16PS / TDPBF16PS
+ * pairs within), from zero, whichever thread computes it: the bytes do not depend on the thread
+ * count. */
+static void gemm_bf16_x86(int M, int N, int K, float alpha, const mat_t *a, const bsrc_t *b, float beta, float *C,
+                          int ldc, int use_amx) {
     const int KB = (K + 31) / 32, Mp = round_up(M, 32), Np = round_up(N, 32);
-    const int nested = omp_in_parallel();
-    const int stream_b = N >= M;   /* B is packed per panel of columns, A once (else the reverse) */
-    const int total = stream_b ? Np : Mp, pw_max = total < PANEL ? total : PANEL;
-    const int MTf = stream_b ? Mp / 16 : pw_max / 16, NTf = stream_b ? pw_max / 16 : Np / 16;
+    const int stream_b = N >= M;
+    const int S = stream_b ? Mp : Np, L = stream_b ? Np : Mp;   /* shared and streamed extents */
+    const int units = L / 32;
+    const long stiles = (long)S / 16 * KB;
     scratch_mark_t mark = scratch_mark();
     /* bf16 buffers in float units (two bf16 per float) */
-    uint16_t *Ap = (uint16_t *)scratch_floats((size_t)MTf * KB * TILE_ELEMS / 2);
-    uint16_t *Bp = (uint16_t *)scratch_floats((size_t)NTf * KB * TILE_ELEMS / 2);
-    for (int p0 = 0; p0 < total; p0 += PANEL) {
-        const int pw = total - p0 < PANEL ? total - p0 : PANEL;
-        /* tiles of this panel: A rows [m_lo, m_hi), B columns [n_lo, n_hi); the non-streamed
-         * operand is packed on the first panel only */
-        const int m_lo = stream_b ? 0 : p0, m_hi = stream_b ? Mp : p0 + pw;
-        const int n_lo = stream_b ? p0 : 0, n_hi = stream_b ? p0 + pw : Np;
-        const long ta_tiles = (stream_b && p0 > 0) ? 0 : (long)(m_hi - m_lo) / 16 * KB;
-        const long tb_tiles = (!stream_b && p0 > 0) ? 0 : (long)(n_hi - n_lo) / 16 * KB;
-#pragma omp parallel for schedule(static) if (!nested && ta_tiles + tb_tiles >= 16)
-        for (long t = 0; t < ta_tiles + tb_tiles; t++) {
-            if (t < ta_tiles) {
-                const int mt = (int)(t / KB), kb = (int)(t % KB);
-                pack_a_any(Ap + t * TILE_ELEMS, as, M, K, m_lo + mt * 16, kb * 32);
-            } else {
-                const long u = t - ta_tiles;
-                const int nt = (int)(u / KB), kb = (int)(u % KB);
-                pack_b_any(Bp + u * TILE_ELEMS, bs, K, N, kb * 32, n_lo + nt * 16);
-            }
-        }
-        const int mblocks = (m_hi - m_lo + MC - 1) / MC, nblocks = (n_hi - n_lo + NC - 1) / NC;
-        const int nblk = mblocks * nblocks;
-#pragma omp parallel if (!nested && nblk > 1)
-        {
-            scratch_mark_t tmark = scratch_mark();
-            float *acc = scratch_floats((size_t)MC * NC);
-            if (use_amx) amx_config();
+    uint16_t *Sp = (uint16_t *)scratch_floats((size_t)stiles * TILE_ELEMS / 2);
+#pragma omp parallel if (!omp_in_parallel() && units >= 2)
+    {
 #pragma omp for schedule(static)
-            for (int blk = 0; blk < nblk; blk++) {
-                const int m0 = m_lo + (blk / nblocks) * MC, n0 = n_lo + (blk % nblocks) * NC;
-                const int mc = m_hi - m0 < MC ? m_hi - m0 : MC, nc = n_hi - n0 < NC ? n_hi - n0 : NC;
-                for (int kb0 = 0; kb0 < KB; kb0 += KCB) {
-                    const int kb1 = KB - kb0 < KCB ? KB : kb0 + KCB;
-                    for (int i = 0; i < mc; i += 32)
-                        for (int j = 0; j < nc; j += 32) {
-                            float *c = acc + (size_t)i * NC + j;
-                            const int mt = (m0 + i - m_lo) / 16, nt = (n0 + j - n_lo) / 16;  /* buffer tiles */
-                            if (use_amx)
-                                amx_block(c, NC, Ap, Bp, KB, mt, nt, kb0, kb1, kb0 == 0);
-                            else
-                                avx512_block(c, NC, Ap, Bp, KB, mt, nt, kb0, kb1, kb0 == 0);
-                        }
-                }
-                /* C = alpha acc + beta C over the valid part (beta 0: C is not read, may be garbage) */
-                const int mv = M - m0 < mc ? M - m0 : mc, nv = N - n0 < nc ? N - n0 : nc;
-                for (int i = 0; i < mv; i++) {
-                    float *crow = C + (size_t)(m0 + i) * ldc + n0;
-                    const float *arow = acc + (size_t)i * NC;
-                    if (beta == 0.0f)
-                        for (int j = 0; j < nv; j++) crow[j] = alpha * arow[j];
-                    else
-                        for (int j = 0; j < nv; j++) crow[j] = alpha * arow[j] + beta * crow[j];
+        for (long t = 0; t < stiles; t++) {   /* shared tile (s, kb) at Sp[(s*KB + kb) * TILE_ELEMS] */
+            const int s = (int)(t / KB), kb = (int)(t % KB);
+            if (stream_b) pack_a_tile(Sp + t * TILE_ELEMS, a, M, K, s * 16, kb * 32);
+            else pack_b_any(Sp + t * TILE_ELEMS, b, K, N, kb * 32, s * 16);
+        }
+        const int nt = omp_get_num_threads(), id = omp_get_thread_num();
+        const int l_lo = (int)((long)units * id / nt) * 32, l_hi = (int)((long)units * (id + 1) / nt) * 32;
+        scratch_mark_t tmark = scratch_mark();
+        /* this thread's slice of the streamed operand: tile (l, kb - kb0) at Lp[(l*nkb + kb - kb0) * TILE_ELEMS] */
+        uint16_t *Lp = (uint16_t *)scratch_floats((size_t)WMAX / 16 * KCB * TILE_ELEMS / 2);
+        float *acc = scratch_floats((size_t)WMAX * S);   /* the C block of a step, row-major */
+        if (use_amx) amx_config();
+        for (int w0 = l_lo; w0 < l_hi; w0 += WMAX) {
+            const int w = l_hi - w0 < WMAX ? l_hi - w0 : WMAX;
+            const int lda = stream_b ? w : S;   /* acc: stream_b ? [Mp rows, w cols] : [w rows, Np cols] */
+            for (int kb0 = 0; kb0 < KB; kb0 += KCB) {
+                const int nkb = KB - kb0 < KCB ? KB - kb0 : KCB;
+                for (int l = 0; l < w / 16; l++)
+                    for (int kb = kb0; kb < kb0 + nkb; kb++) {
+                        uint16_t *dst = Lp + ((size_t)l * nkb + kb - kb0) * TILE_ELEMS;
+                        if (stream_b) pack_b_any(dst, b, K, N, kb * 32, w0 + l * 16);
+                        else pack_a_tile(dst, a, M, K, w0 + l * 16, kb * 32);
+                    }
+                for (int s0 = 0; s0 < S; s0 += 32) {
+                    const uint16_t *s_0 = Sp + ((size_t)s0 / 16 * KB + kb0) * TILE_ELEMS, *s_1 = s_0 + (size_t)KB * TILE_ELEMS;
+                    for (int l0 = 0; l0 < w; l0 += 32) {
+                        const uint16_t *l_0 = Lp + (size_t)l0 / 16 * nkb * TILE_ELEMS, *l_1 = l_0 + (size_t)nkb * TILE_ELEMS;
+                        float *c = stream_b ? acc + (size_t)s0 * lda + l0 : acc + (size_t)l0 * lda + s0;
+                        const uint16_t *a0 = stream_b ? s_0 : l_0, *a1 = stream_b ? s_1 : l_1;
+                        const uint16_t *b0 = stream_b ? l_0 : s_0, *b1 = stream_b ? l_1 : s_1;
+                        const int mrem = M - (stream_b ? s0 : w0 + l0), nrem = N - (stream_b ? w0 + l0 : s0);
+                        if (use_amx) amx_block(c, lda, a0, a1, b0, b1, nkb, kb0 == 0);
+                        else avx512_block(c, lda, a0, a1, b0, b1, nkb, kb0 == 0, mrem > 16 ? 2 : 1, nrem > 16 ? 2 : 1);
+                    }
                 }
             }
-            if (use_amx) amx_release();
-            scratch_release(tmark);
+            /* C = alpha acc + beta C over the valid part (beta 0: C is not read, may be garbage) */
+            const int m0 = stream_b ? 0 : w0, n0 = stream_b ? w0 : 0;
+            const int mv = stream_b ? M : (M - w0 < w ? M - w0 : w), nv = stream_b ? (N - w0 < w ? N - w0 : w) : N;
+            for (int i = 0; i < mv; i++) {
+                float *crow = C + (size_t)(m0 + i) * ldc + n0;
+                const float *arow = acc + (size_t)i * lda;
+                if (beta == 0.0f)
+                    for (int j = 0; j < nv; j++) crow[j] = alpha * arow[j];
+                else
+                    for (int j = 0; j < nv; j++) crow[j] = alpha * arow[j] + beta * crow[j];
+            }
         }
+        if (use_amx) amx_release();
+        scratch_release(tmark);
     }
     scratch_release(mark);
 }
@@ -514,8 +448,8 @@ void gemm_bf16(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, floa
     const int k = kernel();
 #ifdef SD_HAVE_X86_BF16
     if (k != KERNEL_NONE && K > 0) {
-        const asrc_t as = {.A = A, .lda = lda, .trans = ta != CblasNoTrans};
-        const bsrc_t bs = {.B = B, .ldb = ldb, .trans = tb != CblasNoTrans};
+        const mat_t as = {.f = A, .ld = lda, .trans = ta != CblasNoTrans};
+        const bsrc_t bs = {.m = {.f = B, .ld = ldb, .trans = tb != CblasNoTrans}};
         gemm_bf16_x86(M, N, K, alpha, &as, &bs, beta, C, ldc, k == KERNEL_AMX);
         return;
     }
@@ -533,7 +467,7 @@ void gemm_bf16_im2col(int M, float alpha, const float *A, int lda, const float *
 #ifdef SD_HAVE_X86_BF16
     const int K = s->IC * s->KH * s->KW, N = conv2d_out_h(s) * conv2d_out_w(s);
     if (kernel() != KERNEL_NONE) {
-        const asrc_t as = {.A = A, .lda = lda};
+        const mat_t as = {.f = A, .ld = lda};
         const bsrc_t bs = {.img = img, .cs = s};
         gemm_bf16_x86(M, N, K, alpha, &as, &bs, beta, C, N, kernel() == KERNEL_AMX);
         return;
@@ -554,8 +488,8 @@ void gemm_bf16h(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int M, int N, int K, flo
     }
 #ifdef SD_HAVE_X86_BF16
     if (kernel() != KERNEL_NONE) {
-        const asrc_t as = {.A = A, .Ah = Ah, .lda = lda, .trans = ta != CblasNoTrans};
-        const bsrc_t bs = {.B = B, .Bh = Bh, .ldb = ldb, .trans = tb != CblasNoTrans};
+        const mat_t as = {.f = A, .h = Ah, .ld = lda, .trans = ta != CblasNoTrans};
+        const bsrc_t bs = {.m = {.f = B, .h = Bh, .ld = ldb, .trans = tb != CblasNoTrans}};
         gemm_bf16_x86(M, N, K, alpha, &as, &bs, beta, C, ldc, kernel() == KERNEL_AMX);
         return;
     }
@@ -568,7 +502,7 @@ void gemm_bf16h_im2col(int M, float alpha, const uint16_t *Ah, int lda, const fl
 #ifdef SD_HAVE_X86_BF16
     const int K = s->IC * s->KH * s->KW, N = conv2d_out_h(s) * conv2d_out_w(s);
     if (kernel() != KERNEL_NONE) {
-        const asrc_t as = {.Ah = Ah, .lda = lda};
+        const mat_t as = {.h = Ah, .ld = lda};
         const bsrc_t bs = {.img = img, .cs = s};
         gemm_bf16_x86(M, N, K, alpha, &as, &bs, beta, C, N, kernel() == KERNEL_AMX);
         return;
