@@ -131,6 +131,7 @@ static void test_gemm_bf16_im2col_matches(void **state) {
         {.B = 1, .IC = 16, .H = 17, .W = 34, .OC = 48, .KH = 3, .KW = 3, .stride = 2, .pad = {1, 1, 1, 1}},
         {.B = 1, .IC = 16, .H = 32, .W = 32, .OC = 32, .KH = 3, .KW = 3, .stride = 2, .pad = {0, 1, 0, 1}},
         {.B = 1, .IC = 40, .H = 16, .W = 16, .OC = 24, .KH = 1, .KW = 1, .stride = 1, .pad = {0, 0, 0, 0}},
+        {.B = 1, .IC = 32, .H = 8, .W = 8, .OC = 20, .KH = 3, .KW = 3, .stride = 1, .pad = {1, 1, 1, 1}},  /* 8 x 8: a tile spans 2 rows */
     };
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
         const conv2d_shape_t *s = &shapes[i];

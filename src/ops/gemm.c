@@ -220,18 +220,43 @@ BF16_TARGET static void pack_b_tile(uint16_t *dst, const mat_t *b, int K, int N,
 BF16_TARGET static void pack_b_tile_im2col(uint16_t *dst, const float *img, const conv2d_shape_t *s, int K, int N,
                                            int k0, int n0) {
     const int OW = conv2d_out_w(s), oy = n0 / OW, ox0 = n0 % OW;
-    if (s->stride == 1 && k0 + 32 <= K && n0 + 16 <= N && ox0 + 16 <= OW) {
-        /* one output row: per k, 16 consecutive input pixels, the out-of-image ones zero */
+    const __m512i pairs = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                           23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    if (k0 + 32 <= K && n0 + 16 <= N) {
+        const int row_path = s->stride == 1 && ox0 + 16 <= OW;
+        /* other tiles (stride 2, output rows narrower than 16 such as the 8 x 8 latents of SD's
+         * lowest level, a tile across two rows): per k a gather of the 16 pixels at
+         * base[n] + (ky - top) * W + kx - left, base[n] = (oy*W + ox) * stride for p = n0 + n */
+        __m512i oys = _mm512_setzero_si512(), oxs = oys, base = oys;
+        if (!row_path) {
+            int yv[16], xv[16];
+            for (int n = 0; n < 16; n++) yv[n] = (n0 + n) / OW * s->stride, xv[n] = (n0 + n) % OW * s->stride;
+            oys = _mm512_loadu_si512(yv), oxs = _mm512_loadu_si512(xv);
+            base = _mm512_add_epi32(_mm512_mullo_epi32(oys, _mm512_set1_epi32(s->W)), oxs);
+        }
         __m512 row[2];
         int c = k0 / (s->KH * s->KW), ky = (k0 / s->KW) % s->KH, kx = k0 % s->KW;   /* of k, stepped below */
         for (int kp = 0; kp < 16; kp++) {
             for (int j = 0; j < 2; j++) {
-                const int iy = oy + ky - s->pad[0], ix0 = ox0 + kx - s->pad[2];
+                const int dy = ky - s->pad[0], dx = kx - s->pad[2];
                 const float *plane = img + (size_t)c * s->H * s->W;
                 if (++kx == s->KW) {
                     kx = 0;
                     if (++ky == s->KH) ky = 0, c++;
                 }
+                if (!row_path) {
+                    const __m512i iy = _mm512_add_epi32(oys, _mm512_set1_epi32(dy));
+                    const __m512i ix = _mm512_add_epi32(oxs, _mm512_set1_epi32(dx));
+                    const __mmask16 in = _mm512_cmpge_epi32_mask(iy, _mm512_setzero_si512()) &
+                                         _mm512_cmplt_epi32_mask(iy, _mm512_set1_epi32(s->H)) &
+                                         _mm512_cmpge_epi32_mask(ix, _mm512_setzero_si512()) &
+                                         _mm512_cmplt_epi32_mask(ix, _mm512_set1_epi32(s->W));
+                    const __m512i at = _mm512_add_epi32(base, _mm512_set1_epi32(dy * s->W + dx));
+                    row[j] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), in, at, plane, 4);
+                    continue;
+                }
+                /* one output row: 16 consecutive input pixels, the out-of-image ones zero */
+                const int iy = oy + dy, ix0 = ox0 + dx;
                 if (iy < 0 || iy >= s->H) {
                     row[j] = _mm512_setzero_ps();
                     continue;
@@ -245,10 +270,8 @@ BF16_TARGET static void pack_b_tile_im2col(uint16_t *dst, const float *img, cons
                 else   /* expand-load reads exactly hi - lo floats from src into lanes [lo, hi) */
                     row[j] = _mm512_maskz_expandloadu_ps((__mmask16)(((1u << (hi - lo)) - 1u) << lo), src);
             }
-            const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
-                                                 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
             _mm512_storeu_si512(dst + kp * 32,
-                                _mm512_permutexvar_epi16(idx, (__m512i)_mm512_cvtne2ps_pbh(row[1], row[0])));
+                                _mm512_permutexvar_epi16(pairs, (__m512i)_mm512_cvtne2ps_pbh(row[1], row[0])));
         }
         return;
     }
