@@ -95,25 +95,31 @@ static void test_gemm_bf16_exactness(void **state) {
     scratch_free_all();
 }
 
-/* Same bytes twice and with 1 or 2 threads (work is split by blocks of C, never along K). */
+/* Same bytes twice and with 1, 2 or 3 threads (work is split by rows or columns of C, never
+ * along K): the streamed operand A (M > N) or B, K over more than one chunk of 1024, a third
+ * thread's range not a multiple of the step. */
 static void test_gemm_bf16_deterministic(void **state) {
     (void)state;
     if (!have_bf16()) { skip(); }
     trng_t r;
     trng_seed(&r, 8);
-    const int M = 300, N = 260, K = 1500;
-    float *A = alloc_normal(&r, (size_t)M * K, 1), *B = alloc_normal(&r, (size_t)K * N, 1);
-    float *C1 = alloc_zeros((size_t)M * N), *C2 = alloc_zeros((size_t)M * N), *C3 = alloc_zeros((size_t)M * N);
+    const int shapes[][3] = {{300, 260, 1500}, {70, 1100, 2100}};
     const int nt = omp_get_max_threads();
-    omp_set_num_threads(2);
-    gemm_bf16(CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, A, K, B, N, 0.0f, C1, N);
-    gemm_bf16(CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, A, K, B, N, 0.0f, C2, N);
-    omp_set_num_threads(1);
-    gemm_bf16(CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, A, K, B, N, 0.0f, C3, N);
-    omp_set_num_threads(nt);
-    assert_memory_equal(C1, C2, sizeof(float) * M * N);
-    assert_memory_equal(C1, C3, sizeof(float) * M * N);
-    free(A), free(B), free(C1), free(C2), free(C3);
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        const int M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
+        float *A = alloc_normal(&r, (size_t)M * K, 1), *B = alloc_normal(&r, (size_t)K * N, 1);
+        float *C1 = alloc_zeros((size_t)M * N), *C2 = alloc_zeros((size_t)M * N);
+        omp_set_num_threads(2);
+        gemm_bf16(CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, A, K, B, N, 0.0f, C1, N);
+        for (int threads = 1; threads <= 3; threads++) {
+            omp_set_num_threads(threads);
+            memset(C2, 0xff, sizeof(float) * M * N);
+            gemm_bf16(CblasNoTrans, CblasNoTrans, M, N, K, 1.0f, A, K, B, N, 0.0f, C2, N);
+            assert_memory_equal(C1, C2, sizeof(float) * M * N);
+        }
+        omp_set_num_threads(nt);
+        free(A), free(B), free(C1), free(C2);
+    }
     scratch_free_all();
 }
 
