@@ -404,6 +404,12 @@ static void gemm_bf16_x86(int M, int N, int K, float alpha, const mat_t *a, cons
     const int S = stream_b ? Mp : Np, L = stream_b ? Np : Mp;   /* shared and streamed extents */
     const int units = L / 32;
     const long stiles = (long)S / 16 * KB;
+    /* Packing order: k blocks of one row / column of tiles in turn when the operand's memory runs
+     * along k, else the tiles of one k block in turn (*_across: a transposed A, a plain B, an
+     * image), so that rows are read from start to end, not 32 B of each of a thousand rows and
+     * the next 32 B of them later. */
+    const int a_across = a->trans, b_across = b->img || !b->m.trans;
+    const int s_across = stream_b ? a_across : b_across, l_across = stream_b ? b_across : a_across;
     scratch_mark_t mark = scratch_mark();
     /* bf16 buffers in float units (two bf16 per float) */
     uint16_t *Sp = (uint16_t *)scratch_floats((size_t)stiles * TILE_ELEMS / 2);
@@ -411,9 +417,10 @@ static void gemm_bf16_x86(int M, int N, int K, float alpha, const mat_t *a, cons
     {
 #pragma omp for schedule(static)
         for (long t = 0; t < stiles; t++) {   /* shared tile (s, kb) at Sp[(s*KB + kb) * TILE_ELEMS] */
-            const int s = (int)(t / KB), kb = (int)(t % KB);
-            if (stream_b) pack_a_tile(Sp + t * TILE_ELEMS, a, M, K, s * 16, kb * 32);
-            else pack_b_any(Sp + t * TILE_ELEMS, b, K, N, kb * 32, s * 16);
+            const int s = (int)(s_across ? t % (S / 16) : t / KB), kb = (int)(s_across ? t / (S / 16) : t % KB);
+            uint16_t *dst = Sp + ((size_t)s * KB + kb) * TILE_ELEMS;
+            if (stream_b) pack_a_tile(dst, a, M, K, s * 16, kb * 32);
+            else pack_b_any(dst, b, K, N, kb * 32, s * 16);
         }
         const int nt = omp_get_num_threads(), id = omp_get_thread_num();
         const int l_lo = (int)((long)units * id / nt) * 32, l_hi = (int)((long)units * (id + 1) / nt) * 32;
@@ -427,12 +434,12 @@ static void gemm_bf16_x86(int M, int N, int K, float alpha, const mat_t *a, cons
             const int lda = stream_b ? w : S;   /* acc: stream_b ? [Mp rows, w cols] : [w rows, Np cols] */
             for (int kb0 = 0; kb0 < KB; kb0 += KCB) {
                 const int nkb = KB - kb0 < KCB ? KB - kb0 : KCB;
-                for (int l = 0; l < w / 16; l++)
-                    for (int kb = kb0; kb < kb0 + nkb; kb++) {
-                        uint16_t *dst = Lp + ((size_t)l * nkb + kb - kb0) * TILE_ELEMS;
-                        if (stream_b) pack_b_any(dst, b, K, N, kb * 32, w0 + l * 16);
-                        else pack_a_tile(dst, a, M, K, w0 + l * 16, kb * 32);
-                    }
+                for (int i = 0; i < w / 16 * nkb; i++) {
+                    const int l = l_across ? i % (w / 16) : i / nkb, kb = kb0 + (l_across ? i / (w / 16) : i % nkb);
+                    uint16_t *dst = Lp + ((size_t)l * nkb + kb - kb0) * TILE_ELEMS;
+                    if (stream_b) pack_b_any(dst, b, K, N, kb * 32, w0 + l * 16);
+                    else pack_a_tile(dst, a, M, K, w0 + l * 16, kb * 32);
+                }
                 for (int s0 = 0; s0 < S; s0 += 32) {
                     const uint16_t *s_0 = Sp + ((size_t)s0 / 16 * KB + kb0) * TILE_ELEMS, *s_1 = s_0 + (size_t)KB * TILE_ELEMS;
                     for (int l0 = 0; l0 < w; l0 += 32) {
