@@ -431,7 +431,7 @@ static void gemm_bf16_x86(int M, int N, int K, float alpha, const mat_t *a, cons
         if (use_amx) amx_config();
         for (int w0 = l_lo; w0 < l_hi; w0 += WMAX) {
             const int w = l_hi - w0 < WMAX ? l_hi - w0 : WMAX;
-            const int lda = stream_b ? w : S;   /* acc: stream_b ? [Mp rows, w cols] : [w rows, Np cols] */
+            const int ldacc = stream_b ? w : S;   /* acc: stream_b ? [Mp rows, w cols] : [w rows, Np cols] */
             for (int kb0 = 0; kb0 < KB; kb0 += KCB) {
                 const int nkb = KB - kb0 < KCB ? KB - kb0 : KCB;
                 for (int i = 0; i < w / 16 * nkb; i++) {
@@ -444,12 +444,12 @@ static void gemm_bf16_x86(int M, int N, int K, float alpha, const mat_t *a, cons
                     const uint16_t *s_0 = Sp + ((size_t)s0 / 16 * KB + kb0) * TILE_ELEMS, *s_1 = s_0 + (size_t)KB * TILE_ELEMS;
                     for (int l0 = 0; l0 < w; l0 += 32) {
                         const uint16_t *l_0 = Lp + (size_t)l0 / 16 * nkb * TILE_ELEMS, *l_1 = l_0 + (size_t)nkb * TILE_ELEMS;
-                        float *c = stream_b ? acc + (size_t)s0 * lda + l0 : acc + (size_t)l0 * lda + s0;
+                        float *c = stream_b ? acc + (size_t)s0 * ldacc + l0 : acc + (size_t)l0 * ldacc + s0;
                         const uint16_t *a0 = stream_b ? s_0 : l_0, *a1 = stream_b ? s_1 : l_1;
                         const uint16_t *b0 = stream_b ? l_0 : s_0, *b1 = stream_b ? l_1 : s_1;
                         const int mrem = M - (stream_b ? s0 : w0 + l0), nrem = N - (stream_b ? w0 + l0 : s0);
-                        if (use_amx) amx_block(c, lda, a0, a1, b0, b1, nkb, kb0 == 0);
-                        else avx512_block(c, lda, a0, a1, b0, b1, nkb, kb0 == 0, mrem > 16 ? 2 : 1, nrem > 16 ? 2 : 1);
+                        if (use_amx) amx_block(c, ldacc, a0, a1, b0, b1, nkb, kb0 == 0);
+                        else avx512_block(c, ldacc, a0, a1, b0, b1, nkb, kb0 == 0, mrem > 16 ? 2 : 1, nrem > 16 ? 2 : 1);
                     }
                 }
             }
@@ -458,7 +458,7 @@ static void gemm_bf16_x86(int M, int N, int K, float alpha, const mat_t *a, cons
             const int mv = stream_b ? M : (M - w0 < w ? M - w0 : w), nv = stream_b ? (N - w0 < w ? N - w0 : w) : N;
             for (int i = 0; i < mv; i++) {
                 float *crow = C + (size_t)(m0 + i) * ldc + n0;
-                const float *arow = acc + (size_t)i * lda;
+                const float *arow = acc + (size_t)i * ldacc;
                 if (beta == 0.0f)
                     for (int j = 0; j < nv; j++) crow[j] = alpha * arow[j];
                 else
