@@ -189,6 +189,10 @@ void attention_probs(float *probs, const float *q, const float *k, const float *
              "attention_probs: rows [%d, %d) of Tq=%d, head %d of %d", q0, q0 + nq, Tq, h, H);
     SD_CHECK(!causal || Tq == Tk, "attention_probs: causal mask needs Tq == Tk (got %d, %d)", Tq, Tk);
     if (nq == 0) return;
+    if (attention_bf16_applies(Tq, Tk, D)) {   /* the scores the bf16 forward's lse comes from */
+        attention_probs_bf16(probs, q, k, lse, b, h, q0, nq, Tq, Tk, H, D, scale, causal);
+        return;
+    }
     const int HD = H * D;
     const float *qb = q + ((size_t)b * Tq + q0) * HD + (size_t)h * D;
     const float *kb = k + (size_t)b * Tk * HD + (size_t)h * D;
