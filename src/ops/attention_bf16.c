@@ -105,6 +105,58 @@ BF16_TARGET static void pair_gemm(float *C, int ldc, int accumulate, float alpha
     }
 }
 
+/* e^x on 16 lanes for the softmax, whose arguments are s - max <= 0 (or s - lse): x = n + f
+ * in base 2, |f| <= 1/2, 2^f by its degree-7 Taylor polynomial (relative error < 2e-8), scaled by
+ * 2^n with VSCALEFPS (which flushes to 0 below the float range). Arguments under -200 give 0;
+ * NaN stays NaN. Every bf16 path (forward, backward, probs) uses it, so P recomputed from lse
+ * matches the forward's. */
+BF16_TARGET static inline __m512 exp16(__m512 x) {
+    x = _mm512_max_ps(_mm512_set1_ps(-200.0f), x);   /* NaN in x is returned (second operand) */
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    /* f = x log2(e) - n with log2(e) in two parts, the product exact inside the FMAs */
+    __m512 f = _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504f), _mm512_sub_ps(_mm512_setzero_ps(), n));
+    f = _mm512_fmadd_ps(x, _mm512_set1_ps(1.92596299e-8f), f);
+    __m512 p = _mm512_set1_ps(1.52527338e-5f);               /* ln2^7 / 7! */
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.54035304e-4f)); /* ln2^6 / 6! */
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.33335581e-3f)); /* ln2^5 / 5! */
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.61812911e-3f)); /* ln2^4 / 4! */
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.55041087e-2f)); /* ln2^3 / 3! */
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.40226507e-1f)); /* ln2^2 / 2 */
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.93147181e-1f)); /* ln2 */
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* lanes [j, j + 16) of a row with n valid entries */
+static inline __mmask16 valid_mask(int j, int n) {
+    return j + 16 <= n ? (__mmask16)0xffff : j < n ? (__mmask16)((1u << (n - j)) - 1) : (__mmask16)0;
+}
+
+/* A score row s[0, nkp) with n valid entries -> p[0, nkp) = bf16 exp(s - max) (0 past n);
+ * returns the fp32 sum of the unrounded exponentials, *mx the max. */
+BF16_TARGET static float softmax_row(uint16_t *p, const float *s, int n, int nkp, float *mx) {
+    __m512 vm = _mm512_set1_ps(-INFINITY);
+    for (int j = 0; j < n; j += 16) vm = _mm512_mask_max_ps(vm, valid_mask(j, n), vm, _mm512_loadu_ps(s + j));
+    const float m = _mm512_reduce_max_ps(vm);
+    const __m512 vmx = _mm512_set1_ps(m);
+    __m512 sum = _mm512_setzero_ps();
+    for (int j = 0; j < nkp; j += 16) {
+        const __m512 e = _mm512_maskz_mov_ps(valid_mask(j, n), exp16(_mm512_sub_ps(_mm512_loadu_ps(s + j), vmx)));
+        sum = _mm512_add_ps(sum, e);
+        _mm256_storeu_si256((__m256i *)(p + j), (__m256i)_mm512_cvtneps_pbh(e));
+    }
+    *mx = m;
+    return _mm512_reduce_add_ps(sum);
+}
+
+/* s[0, nkp) (=) exp(s - l) over the n valid entries, 0 past them: the probabilities from lse. */
+BF16_TARGET static void probs_row(float *s, int n, int nkp, float l) {
+    const __m512 vl = _mm512_set1_ps(l);
+    for (int j = 0; j < nkp; j += 16)
+        _mm512_storeu_ps(s + j, _mm512_maskz_mov_ps(valid_mask(j, n), exp16(_mm512_sub_ps(_mm512_loadu_ps(s + j), vl))));
+}
+
 /* dst[0, n) = bf16 of src (round to nearest even, as sd_f32_to_bf16), n a multiple of 16. */
 BF16_TARGET static void row_to_bf16(uint16_t *dst, const float *src, int n) {
     for (int j = 0; j < n; j += 16)
@@ -230,17 +282,10 @@ void attention_forward_bf16(float *out, float *lse, const float *q, const float 
                     continue;
                 }
                 const int n = causal ? i0 + r + 1 : Tk;
-                float mx = row[0];
-#pragma omp simd reduction(max : mx)
-                for (int j = 1; j < n; j++) mx = row[j] > mx ? row[j] : mx;
-                for (int j = 0; j < n; j++) row[j] = exp_approx(row[j] - mx);
-                double sum = 0.0;   /* double: thousands of terms, and it costs little here */
-#pragma omp simd reduction(+ : sum)
-                for (int j = 0; j < n; j++) sum += row[j];
-                for (int j = n; j < nkp; j++) row[j] = 0.0f;
-                row_to_bf16(prow, row, nkp);
-                lrow[r] = mx + (float)log(sum);
-                inv[r] = (float)(1.0 / sum);
+                float mx;
+                const float sum = softmax_row(prow, row, n, nkp, &mx);
+                lrow[r] = mx + logf(sum);
+                inv[r] = 1.0f / sum;
             }
             /* out = (exp(S - max) V) / sum */
             pair_gemm(o, Dp, 0, 1.0f, (const uint32_t *)ph, nkp / 2, nqp, vp + bh * vstride, 32, (size_t)2 * Dp,
@@ -306,11 +351,8 @@ void attention_backward_bf16(float *dq, float *dk, float *dv, const float *dout,
                 /* P = exp(S - lse), the forward's scores (same kernel, same bytes) */
                 pair_gemm(Pm, nkp, 0, scale, (const uint32_t *)qa, P, nqp, kt, (size_t)P * 32, 32, nkp / 16, P);
                 for (int r = 0; r < nqp; r++) {
-                    float *p = Pm + (size_t)r * nkp;
                     const int n = r >= nq ? 0 : causal ? i0 + r + 1 : Tk;
-                    const float l = r < nq ? lrow[r] : 0.0f;
-                    for (int j = 0; j < n; j++) p[j] = exp_approx(p[j] - l);
-                    for (int j = n; j < nkp; j++) p[j] = 0.0f;
+                    probs_row(Pm + (size_t)r * nkp, n, nkp, r < nq ? lrow[r] : 0.0f);
                 }
                 if (dv) {   /* dV^T += dO^T P */
                     for (int r = 0; r < nqp; r += 2)
@@ -377,11 +419,9 @@ void attention_probs_bf16(float *probs, const float *q, const float *k, const fl
     pair_gemm(s, Tkp, 0, scale, (const uint32_t *)qa, P, nqp, kt, (size_t)P * 32, 32, Tkp / 16, P);
     const float *lrow = lse + ((size_t)b * H + h) * Tq + q0;
     for (int r = 0; r < nq; r++) {
-        const float *row = s + (size_t)r * Tkp;
-        float *pr = probs + (size_t)r * Tk;
-        const int n = causal ? q0 + r + 1 : Tk;
-        for (int j = 0; j < n; j++) pr[j] = exp_approx(row[j] - lrow[r]);
-        for (int j = n; j < Tk; j++) pr[j] = 0.0f;
+        float *row = s + (size_t)r * Tkp;
+        probs_row(row, causal ? q0 + r + 1 : Tk, Tkp, lrow[r]);
+        memcpy(probs + (size_t)r * Tk, row, sizeof(float) * Tk);
     }
     scratch_release(mark);
 #else
