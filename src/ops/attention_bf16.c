@@ -25,7 +25,6 @@
 #include "base/error.h"
 #include "base/scratch.h"
 #include "ops/attention_bf16.h"
-#include "ops/fastmath.h"
 #include "ops/gemm.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && (__GNUC__ >= 11 || defined(__clang__))
@@ -33,11 +32,11 @@
 #include <immintrin.h>
 #endif
 
-static int round_up(int x, int m) { return (x + m - 1) / m * m; }
+static inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
 /* Query rows per block: a [QB, Tk] fp32 score buffer near 256 KB (forward) so it stays in L2
  * next to the packed K and V; a multiple of 8 (the kernel's row group). */
-static int query_block(int Tk, int bytes) {
+static inline int query_block(int Tk, int bytes) {
     int qb = bytes / (4 * (Tk > 0 ? Tk : 1));
     qb = qb / 8 * 8;
     if (qb < 16) qb = 16;
@@ -173,51 +172,58 @@ BF16_TARGET static void rows_to_pair_tiles(uint16_t *dst, const float *r0, const
         _mm512_storeu_si512(dst + ((size_t)t * np + p) * 32, _mm512_permutexvar_epi16(idx, v));
     }
 }
-#endif
 
-/* ---- packing (plain C: a small share of the work) ----
- * D is padded to Dp2 = 2 * P (pairs) for the products over D and to Dp (multiple of 16) where D
- * is the column dimension; keys to Tkp (multiple of 16); the padding is zero. */
+/* ---- packing ----
+ * D is padded to 2 * P (pairs) for the products over D and to Dp (multiple of 16) where D is
+ * the column dimension; keys to Tkp (multiple of 16); the padding is zero. */
 
-/* Rows [r0, r0 + n) of x (row stride ld) as bf16 pairs along D: dst[r, p] (row stride P words),
- * rows n..nrows-1 zero. */
-static void pack_rows_pairs(uint16_t *dst, int nrows, const float *x, size_t ld, int n, int D, int P) {
-    for (int r = 0; r < nrows; r++) {
-        uint16_t *d = dst + (size_t)r * 2 * P;
-        if (r < n) {
-            const float *s = x + (size_t)r * ld;
-            for (int i = 0; i < D; i++) d[i] = sd_f32_to_bf16(s[i]);
-            for (int i = D; i < 2 * P; i++) d[i] = 0;
-        } else {
-            memset(d, 0, sizeof(uint16_t) * 2 * P);
-        }
+/* dst[0, n2) = bf16 of src[0, n) then zeros (n <= n2); src is not read past n. */
+BF16_TARGET static void row_to_bf16_pad(uint16_t *dst, const float *src, int n, int n2) {
+    for (int j = 0; j < n2; j += 16) {
+        const __m512 x = _mm512_maskz_loadu_ps(valid_mask(j, n), src + j);
+        _mm256_mask_storeu_epi16(dst + j, valid_mask(j, n2), (__m256i)_mm512_cvtneps_pbh(x));
     }
 }
 
-/* The B operand with columns = rows of x (keys) and pairs along D: tiles of 16 rows,
- * dst[(t * P + p) * 32 + n * 2 + j] = x[t*16 + n, 2p + j]; rows >= n zero. */
+/* Rows of x (row stride ld) as bf16 pairs along D: dst[r, p] (row stride P words); rows n..nrows-1
+ * zero. */
+static void pack_rows_pairs(uint16_t *dst, int nrows, const float *x, size_t ld, int n, int D, int P) {
+    for (int r = 0; r < nrows; r++) {
+        if (r < n) row_to_bf16_pad(dst + (size_t)r * 2 * P, x + (size_t)r * ld, D, 2 * P);
+        else memset(dst + (size_t)r * 2 * P, 0, sizeof(uint16_t) * 2 * P);
+    }
+}
+
+/* The B operand with columns = rows of x (keys) and pairs along D: tiles of 16 rows, word
+ * (t * P + p) * 16 + nn = (x[t*16 + nn, 2p], x[t*16 + nn, 2p + 1]); rows >= n zero. */
 static void pack_cols_tiles(uint16_t *dst, int nrowsp, const float *x, size_t ld, int n, int D, int P) {
-    for (int t = 0; t < nrowsp / 16; t++)
-        for (int nn = 0; nn < 16; nn++) {
-            const int row = t * 16 + nn;
-            for (int p = 0; p < P; p++)
-                for (int j = 0; j < 2; j++) {
-                    const int d = 2 * p + j;
-                    dst[((size_t)t * P + p) * 32 + nn * 2 + j] =
-                        (row < n && d < D) ? sd_f32_to_bf16(x[(size_t)row * ld + d]) : 0;
-                }
-        }
+    uint32_t *w = (uint32_t *)dst;
+    scratch_mark_t mark = scratch_mark();
+    uint32_t *row = (uint32_t *)scratch_floats((size_t)P);   /* one row's pairs */
+    for (int r = 0; r < nrowsp; r++) {
+        const int t = r / 16, nn = r % 16;
+        if (r < n) row_to_bf16_pad((uint16_t *)row, x + (size_t)r * ld, D, 2 * P);
+        else memset(row, 0, sizeof(uint32_t) * P);
+        for (int p = 0; p < P; p++) w[((size_t)t * P + p) * 16 + nn] = row[p];
+    }
+    scratch_release(mark);
 }
 
 /* The B operand with pairs along the rows of x (keys or query rows) and columns = D:
  * dst[p * 2 * Dp + d * 2 + j] = x[2p + j, d]; rows >= n and columns >= D zero. */
-static void pack_pairs_cols(uint16_t *dst, int nrowsp, const float *x, size_t ld, int n, int D, int Dp) {
-    for (int p = 0; p < nrowsp / 2; p++)
-        for (int j = 0; j < 2; j++) {
-            const int row = 2 * p + j;
-            uint16_t *d = dst + (size_t)p * 2 * Dp + j;
-            for (int c = 0; c < Dp; c++) d[2 * c] = (row < n && c < D) ? sd_f32_to_bf16(x[(size_t)row * ld + c]) : 0;
+BF16_TARGET static void pack_pairs_cols(uint16_t *dst, int nrowsp, const float *x, size_t ld, int n, int D, int Dp) {
+    const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
+                                         21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    for (int p = 0; p < nrowsp / 2; p++) {
+        const float *r0 = x + (size_t)(2 * p) * ld, *r1 = r0 + ld;
+        const int n0 = 2 * p < n ? D : 0, n1 = 2 * p + 1 < n ? D : 0;
+        for (int c = 0; c < Dp; c += 16) {
+            const __m512 a = _mm512_maskz_loadu_ps(valid_mask(c, n0), r0 + c);
+            const __m512 b = _mm512_maskz_loadu_ps(valid_mask(c, n1), r1 + c);
+            const __m512i v = (__m512i)_mm512_cvtne2ps_pbh(b, a);
+            _mm512_storeu_si512(dst + (size_t)p * 2 * Dp + 2 * c, _mm512_permutexvar_epi16(idx, v));
         }
+    }
 }
 
 /* The A operand Q^T (or dO^T) of a product over pairs of query rows: dst[d, p] (row stride
@@ -230,6 +236,7 @@ static void pack_pairs_cols_t(uint16_t *dst, int mrows, const float *x, size_t l
 }
 
 static uint16_t *scratch_bf16(size_t n) { return (uint16_t *)scratch_floats((n + 1) / 2); }
+#endif
 
 void attention_forward_bf16(float *out, float *lse, const float *q, const float *k, const float *v,
                             int B, int Tq, int Tk, int H, int D, float scale, int causal) {
@@ -309,7 +316,7 @@ void attention_backward_bf16(float *dq, float *dk, float *dv, const float *dout,
                              int B, int Tq, int Tk, int H, int D, float scale, int causal) {
 #ifdef ATT_HAVE_BF16
     const int HD = H * D, P = (D + 1) / 2, Dp = round_up(D, 16), D8 = round_up(D, 8), Tkp = round_up(Tk, 16);
-    const int qb = query_block(Tkp, 1 << 17);
+    const int qb = query_block(Tkp, 1 << 19);
     const int pairs = B * H;
 
     /* Parallel over (b, h): each pair owns its dK / dV slice (and its dQ columns); the query
