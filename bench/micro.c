@@ -3,8 +3,10 @@
  * run, plus the extra memory attention needs. Medians of repeated runs (this machine is
  * noisy). The operators run in the compute dtype of SVDIFF_COMPUTE (fp32 / bf16); the bf16 GEMM's
  * 2048^3 rate is printed next to sgemm's when the CPU has a bf16 kernel. --gemm-only: just the
- * two 2048^3 rates, as RESULT lines (bench/run_all.sh). Not part of the tests.
- * Usage: bench_micro [--reps N] [--threads N] [--gemm-only] */
+ * two 2048^3 rates, as RESULT lines (bench/run_all.sh). --attention: attention alone on the SD
+ * shapes, the fp32 path against the bf16 one (attention_bf16.c) in the same process, alternating
+ * (the machine is shared), medians. Not part of the tests.
+ * Usage: bench_micro [--reps N] [--threads N] [--gemm-only | --attention] */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -119,6 +121,55 @@ static void run_att_bwd(void *p) {
                        1.0f / sqrtf((float)a->D), 0);
 }
 
+/* One attention shape: forward at batch Bf (inference: CFG doubles the batch) and forward +
+ * backward at batch 1 (training), each timed in fp32 and bf16 mode alternately g_reps times. */
+static void bench_attention_shape(const char *name, int Bf, int Tq, int Tk, int H, int D, int causal) {
+    const int nmode = strcmp(sd_bf16_kernel(), "none") ? 2 : 1;
+    const size_t nq = (size_t)Bf * Tq * H * D, nk = (size_t)Bf * Tk * H * D;
+    float *q = randn(nq), *k = randn(nk), *v = randn(nk), *o = randn(nq), *dout = randn(nq);
+    float *lse = sd_xcalloc((size_t)Bf * H * Tq, 4);
+    float *dq = sd_xcalloc(nq, 4), *dk = sd_xcalloc(nk, 4), *dv = sd_xcalloc(nk, 4);
+    const float scale = 1.0f / sqrtf((float)D);
+    double tf[2][64], tt[2][64];
+    for (int r = -1; r < g_reps; r++)   /* r = -1: warm-up */
+        for (int m = 0; m < nmode; m++) {
+            sd_set_compute_dtype(m ? SD_COMPUTE_BF16 : SD_COMPUTE_FP32);
+            double t0 = now();
+            attention_forward(o, lse, q, k, v, Bf, Tq, Tk, H, D, scale, causal);
+            double t1 = now();
+            attention_forward(o, lse, q, k, v, 1, Tq, Tk, H, D, scale, causal);
+            attention_backward(dq, dk, dv, dout, q, k, v, o, lse, 1, Tq, Tk, H, D, scale, causal);
+            double t2 = now();
+            if (r >= 0) tf[m][r] = t1 - t0, tt[m][r] = t2 - t1;
+        }
+    sd_set_compute_dtype(SD_COMPUTE_FP32);
+    double med[2][2] = {{0}};
+    for (int m = 0; m < nmode; m++) {
+        qsort(tf[m], g_reps, sizeof(double), cmp_double);
+        qsort(tt[m], g_reps, sizeof(double), cmp_double);
+        med[m][0] = tf[m][g_reps / 2], med[m][1] = tt[m][g_reps / 2];
+    }
+    printf("| %-40s | %8.2f | %8.2f | %5.2f | %8.2f | %8.2f | %5.2f |\n", name, 1e3 * med[0][0], 1e3 * med[1][0],
+           nmode > 1 ? med[1][0] / med[0][0] : 0.0, 1e3 * med[0][1], 1e3 * med[1][1],
+           nmode > 1 ? med[1][1] / med[0][1] : 0.0);
+    fflush(stdout);
+    free(q), free(k), free(v), free(o), free(dout), free(lse), free(dq), free(dk), free(dv);
+}
+
+static void bench_attention(void) {
+    printf("attention, fp32 path vs bf16 path (ms, medians of %d alternating runs; ratio = bf16 / fp32)\n\n", g_reps);
+    printf("| %-40s | %8s | %8s | %5s | %8s | %8s | %5s |\n", "shape (B fwd 2, train B 1)", "fwd fp32", "fwd bf16",
+           "ratio", "trn fp32", "trn bf16", "ratio");
+    printf("|------------------------------------------|----------|----------|-------|----------|----------|-------|\n");
+    bench_attention_shape("SD1.5 L0 self T 4096, 8 x 40", 2, 4096, 4096, 8, 40, 0);
+    bench_attention_shape("SD1.5 L0 cross T 4096 x 77, 8 x 40", 2, 4096, 77, 8, 40, 0);
+    bench_attention_shape("SD1.5 L1 self T 1024, 8 x 80", 2, 1024, 1024, 8, 80, 0);
+    bench_attention_shape("SD1.5 L2 self T 256, 8 x 160", 2, 256, 256, 8, 160, 0);
+    bench_attention_shape("SDXL self T 1024, 10 x 64", 2, 1024, 1024, 10, 64, 0);
+    bench_attention_shape("VAE mid T 4096, 1 x 512", 2, 4096, 4096, 1, 512, 0);
+    bench_attention_shape("CLIP causal T 77, 12 x 64", 2, 77, 77, 12, 64, 1);
+}
+
 static void bench_conv(int hw) {
     conv_ctx c = {.s = {.B = 1, .IC = 320, .H = hw, .W = hw, .OC = 320, .KH = 3, .KW = 3, .stride = 1, .pad = {1, 1, 1, 1}}};
     size_t nx = (size_t)320 * hw * hw, nw = (size_t)320 * 320 * 9;
@@ -149,17 +200,23 @@ static void bench_conv(int hw) {
 
 int main(int argc, char **argv) {
     sd_runtime_init(argc, argv);
-    int gemm_only = 0;
+    int gemm_only = 0, attention_only = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--reps") && i + 1 < argc) g_reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc) sd_set_threads(atoi(argv[++i]));
         else if (!strcmp(argv[i], "--gemm-only")) gemm_only = 1;
-        else { fprintf(stderr, "usage: %s [--reps N] [--threads N] [--gemm-only]\n", argv[0]); return 2; }
+        else if (!strcmp(argv[i], "--attention")) attention_only = 1;
+        else { fprintf(stderr, "usage: %s [--reps N] [--threads N] [--gemm-only | --attention]\n", argv[0]); return 2; }
     }
     if (g_reps < 1 || g_reps > 64) g_reps = 5;
     printf("svdiff micro-benchmark: OpenBLAS kernel %s, %d threads, median of %d runs, compute %s (bf16 kernel %s)\n\n",
            openblas_get_corename(), openblas_get_num_threads(), g_reps, sd_compute_dtype_name(sd_compute_dtype()),
            sd_bf16_kernel());
+    if (attention_only) {
+        bench_attention();
+        scratch_free_all();
+        return 0;
+    }
     printf("| %-44s | %9s | %8s | %6s |\n", "operation", "ms", "GFLOP/s", "sgemm");
     printf("|%s|%s|%s|%s|\n", "----------------------------------------------", "-----------", "----------", "--------");
 

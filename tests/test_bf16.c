@@ -492,31 +492,6 @@ static void test_gemm_bf16h_matches(void **state) {
     scratch_free_all();
 }
 
-/* Attention stays fp32 in bf16 mode (measured: with 40-dim heads its time is the softmax and
- * the narrow products, bf16 did not speed it up, and bf16 scores doubled the output error), so
- * both modes give the same bytes. */
-static void test_attention_stays_fp32(void **state) {
-    (void)state;
-    trng_t r;
-    trng_seed(&r, 13);
-    const int B = 2, T = 256, H = 2, D = 64;
-    const size_t n = (size_t)B * T * H * D;
-    float *q = alloc_normal(&r, n, 1), *k = alloc_normal(&r, n, 1), *v = alloc_normal(&r, n, 1);
-    float *dout = alloc_normal(&r, n, 1), *out[2], *lse[2], *dq[2];
-    for (int m = 0; m < 2; m++) {
-        out[m] = alloc_zeros(n), lse[m] = alloc_zeros((size_t)B * H * T), dq[m] = alloc_zeros(n);
-        sd_set_compute_dtype(m ? SD_COMPUTE_BF16 : SD_COMPUTE_FP32);
-        attention_forward(out[m], lse[m], q, k, v, B, T, T, H, D, 0.125f, 0);
-        attention_backward(dq[m], NULL, NULL, dout, q, k, v, out[m], lse[m], B, T, T, H, D, 0.125f, 0);
-    }
-    sd_set_compute_dtype(SD_COMPUTE_FP32);
-    assert_memory_equal(out[0], out[1], sizeof(float) * n);
-    assert_memory_equal(dq[0], dq[1], sizeof(float) * n);
-    for (int m = 0; m < 2; m++) free(out[m]), free(lse[m]), free(dq[m]);
-    free(q), free(k), free(v), free(dout);
-    scratch_free_all();
-}
-
 int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bf16_rounding),
@@ -530,7 +505,6 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_spectral_linear_bf16),
         cmocka_unit_test(test_spectral_stored_bf16),
         cmocka_unit_test(test_gemm_bf16h_matches),
-        cmocka_unit_test(test_attention_stays_fp32),
     };
     return RUN_TESTS(argc, argv, "bf16", tests, NULL, NULL);
 }

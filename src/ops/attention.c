@@ -10,6 +10,7 @@
 
 #include "base/error.h"
 #include "base/scratch.h"
+#include "ops/attention_bf16.h"
 #include "ops/fastmath.h"
 #include "ops/ops.h"
 
@@ -50,6 +51,10 @@ static void check_shape(int B, int Tq, int Tk, int H, int D, int causal) {
 void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                        int B, int Tq, int Tk, int H, int D, float scale, int causal) {
     check_shape(B, Tq, Tk, H, D, causal);
+    if (attention_bf16_applies(Tq, Tk, D)) {
+        attention_forward_bf16(out, lse, q, k, v, B, Tq, Tk, H, D, scale, causal);
+        return;
+    }
     const int HD = H * D;
     const int blk = query_block(Tk);
     const int nblocks = (Tq + blk - 1) / blk;
@@ -109,6 +114,10 @@ void attention_backward(float *dq, float *dk, float *dv, const float *dout,
                         int B, int Tq, int Tk, int H, int D, float scale, int causal) {
     check_shape(B, Tq, Tk, H, D, causal);
     if (!dq && !dk && !dv) return;
+    if (attention_bf16_applies(Tq, Tk, D)) {
+        attention_backward_bf16(dq, dk, dv, dout, q, k, v, out, lse, B, Tq, Tk, H, D, scale, causal);
+        return;
+    }
     const int HD = H * D;
     const int blk = query_block(Tk);
     const int pairs = B * H;
@@ -180,6 +189,10 @@ void attention_probs(float *probs, const float *q, const float *k, const float *
              "attention_probs: rows [%d, %d) of Tq=%d, head %d of %d", q0, q0 + nq, Tq, h, H);
     SD_CHECK(!causal || Tq == Tk, "attention_probs: causal mask needs Tq == Tk (got %d, %d)", Tq, Tk);
     if (nq == 0) return;
+    if (attention_bf16_applies(Tq, Tk, D)) {   /* the scores the bf16 forward's lse comes from */
+        attention_probs_bf16(probs, q, k, lse, b, h, q0, nq, Tq, Tk, H, D, scale, causal);
+        return;
+    }
     const int HD = H * D;
     const float *qb = q + ((size_t)b * Tq + q0) * HD + (size_t)h * D;
     const float *kb = k + (size_t)b * Tk * HD + (size_t)h * D;

@@ -94,7 +94,9 @@ void geglu_backward(float *dinp, const float *dout, const float *inp, int N, int
  * causal: query i sees keys j <= i (requires Tq == Tk).
  * Memory stays bounded: queries are processed in blocks, the full [Tq, Tk] score matrix is
  * never materialised; forward saves only the per-row log-sum-exp lse[B, H, Tq], and
- * backward recomputes the probabilities block by block from q, k, v, out and lse. */
+ * backward recomputes the probabilities block by block from q, k, v, out and lse.
+ * In the bf16 compute mode, products of Tq*Tk*D >= 2^22 run in bf16 (attention_bf16.c; fp32
+ * softmax and sums); the others, and fp32 mode, in fp32. */
 void attention_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                        int B, int Tq, int Tk, int H, int D, float scale, int causal);
 void attention_backward(float *dq, float *dk, float *dv, const float *dout,
