@@ -10,9 +10,10 @@
 # matched (so that nothing hides in "other").
 #
 #   bench/profile_step.sh [--compute fp32|bf16 (default fp32)] [--case train64|fwd64|trainN|fwdN
-#       (default train64: bench_train_step --hw N, 1 timed step; fwdN: bench_unet, batch 2,
-#       1 timed forward after a warm-up)] [--threads N] [--freq HZ (default 499)] [--top N
-#       (unmatched symbols listed, default 12)] [--no-warmup (fwdN: no warm-up forward)]
+#       (default train64: bench_train_step --hw N, 1 timed step after 1 untimed one; fwdN:
+#       bench_unet, batch 2, 1 timed forward after a warm-up)] [--threads N] [--freq HZ (default
+#       499)] [--top N (unmatched symbols listed, default 12)] [--no-warmup (no untimed step or
+#       forward first: the profile then includes the first touch of activations and scratch)]
 #       [--report DIR (only bucket the perf.data of an earlier run again)]
 #
 # Environment: as bench/run_train_step.sh (SVDIFF_BENCH_CACHE holds the random SD 1.5 model, its
@@ -63,21 +64,22 @@ if [ -z "$report" ]; then
   mkfifo "$dir/ctl" "$dir/ack"
   exec {ctl_fd}<>"$dir/ctl" {ack_fd}<>"$dir/ack"
   if [ "${case#train}" != "$case" ]; then
-    cmd=("$build/bench_train_step" --model "$model" --hw "$hw" --reps 1 --warmup 0 --threads "$threads"
+    cmd=("$build/bench_train_step" --model "$model" --hw "$hw" --reps 1 --warmup "$warmup" --threads "$threads"
          --svd-cache "$cache/svd-cache")
   else
     cmd=("$build/bench_unet" --model "$model" --case "$case" --reps 1 --reps64 1 --reps128 1 --threads "$threads"
          $([ "$warmup" = 1 ] || echo --no-warmup))
   fi
   echo "[$(date +%H:%M:%S) load $(load)] perf record (-F $freq, window = the timed part): SVDIFF_COMPUTE=$compute ${cmd[*]}" >&2
-  echo "load_start=$(load | cut -d' ' -f1)" >"$dir/load.txt"
+  printf 'load_start=%s\ncompute=%s\ncase=%s\nfreq=%s\nthreads=%s\n' "$(load | cut -d' ' -f1)" "$compute" "$case" \
+    "$freq" "$threads" >"$dir/meta.txt"
   rc=0
   SVDIFF_PERF_CTL="$dir/ctl" SVDIFF_PERF_ACK="$dir/ack" SVDIFF_COMPUTE=$compute \
     "$PERF" record -F "$freq" -D -1 --control "fd:$ctl_fd,$ack_fd" -o "$dir/perf.data" -- "${cmd[@]}" \
     >"$dir/run.log" 2>"$dir/run.err" || rc=$?
   exec {ctl_fd}>&- {ack_fd}>&-
   rm -f "$dir/ctl" "$dir/ack"
-  echo "load_end=$(load | cut -d' ' -f1)" >>"$dir/load.txt"
+  echo "load_end=$(load | cut -d' ' -f1)" >>"$dir/meta.txt"
   if [ "$rc" != 0 ] || ! grep -q '^RESULT' "$dir/run.log"; then
     echo "profile_step.sh: the profiled run failed (exit $rc); see $dir/run.log and $dir/run.err:" >&2
     tail -5 "$dir/run.err" >&2
@@ -86,7 +88,11 @@ if [ -z "$report" ]; then
   grep -E '^(before the step|opened)' "$dir/run.log" | sed 's/^/  /' >&2 || true
 else
   dir=$report
-  [ -f "$dir/perf.data" ] && [ -f "$dir/run.log" ] || { echo "profile_step.sh: $dir has no perf.data / run.log" >&2; exit 2; }
+  [ -f "$dir/perf.data" ] && [ -f "$dir/run.log" ] && [ -f "$dir/meta.txt" ] ||
+    { echo "profile_step.sh: $dir has no perf.data / run.log / meta.txt" >&2; exit 2; }
+  # the recorded run's settings, not this command line's
+  compute=$(sed -n 's/^compute=//p' "$dir/meta.txt") case=$(sed -n 's/^case=//p' "$dir/meta.txt")
+  freq=$(sed -n 's/^freq=//p' "$dir/meta.txt") threads=$(sed -n 's/^threads=//p' "$dir/meta.txt")
 fi
 
 # symbol table: overhead, samples, dso, symbol (one line per symbol, no call graphs)
@@ -143,7 +149,7 @@ res = {}
 for line in open(f"{d}/run.log"):
     if line.startswith("RESULT"):
         res = dict(kv.split("=", 1) for kv in line.split()[1:] if "=" in kv)
-loads = dict(l.strip().split("=", 1) for l in open(f"{d}/load.txt")) if __import__("os").path.exists(f"{d}/load.txt") else {}
+loads = dict(l.strip().split("=", 1) for l in open(f"{d}/meta.txt") if "=" in l)
 wall = float(res.get("median_s", "nan"))
 train = case.startswith("train")
 gflop = float(res.get("train_gflop" if train else "gflop", "nan"))
