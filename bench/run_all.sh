@@ -101,7 +101,7 @@ cases = [("fwd32", "fwd32", "UNet forward 32x32, batch 2", 2 * unet[32]),
          ("train64", "full64", "  vs PyTorch plain full fine-tune fwd+bwd 64x64", 2 * unet[64]),
          ("vae512", "vae512", "VAE decode 512 px", vae_gflop),
          ("generate512", None, "svdiff generate 512 px, 20 ddim steps, cfg 7.5", (40 * unet[64] + (vae_gflop or 0))),
-         ("svd", "svd", "one-time SVD of the UNet (282 matrices; torch: torch.linalg.svd)", None)]
+         ("svd", "svd", "one-time SVD of the UNet convs and linears (torch: torch.linalg.svd, same matrices)", None)]
 print("| workload | compute | svdiff s | PyTorch s | svdiff / PyTorch | svdiff peak RSS MB | PyTorch peak RSS MB "
       "| svdiff GFLOP/s | achieved GFLOP/s / GEMM rate of the same process |")
 print("|---|---|---|---|---|---|---|---|---|")
@@ -143,9 +143,10 @@ for compute in ("fp32", "bf16"):
 for compute in ("fp32", "bf16"):
     r = get("train500", "svdiff", compute)
     if r:
-        print(f"500 training steps at {r['res']} px ({compute}, `svdiff train`, batch 1): {r['est_min']} min = set-up "
-              f"{r['setup_s']} s (SVD cache {r['svd_load_s']} s) + 500 x {r['median_step_s']} s (median of {r['steps']} "
-              f"measured steps, first {r['first_step_s']} s) + {r['post_s']} s after the last step; peak RSS {r['peak_rss_mb']} MB.")
+        print(f"500 training steps at {r['res']} px ({compute}, `svdiff train`, batch 1, 1 instance image): {r['est_min']} "
+              f"min = set-up {r['setup_s']} s (SVD cache {r['svd_load_s']} s) + first step {r['first_step_s']} s (with "
+              f"the image's VAE encode) + 499 x {r['median_step_s']} s (median of steps 2-{r['steps']}) + "
+              f"{r['post_s']} s after the last step; peak RSS {r['peak_rss_mb']} MB.")
 loads = sorted(float(kv.get("load", 0)) for v in rows.values() for kv in v if kv.get("load"))
 if loads:
     print(f"Load average (1 min) at the end of the cases: {loads[0]:.1f} to {loads[-1]:.1f}.")

@@ -10,10 +10,12 @@
 #       [--compute "fp32 bf16" (default both)] [--resolution PX (default 512)] [--threads N]
 #       [-- EXTRA svdiff train ARGS (e.g. --gradient-checkpointing)]
 #
-# Per-step times are the differences of loss.csv's seconds column (the trainer's clock); the first
-# step is given apart (first touch of activations and scratch) and left out of the median when
-# there are 3 or more. The instance images are 4 random 512 px PNGs made here (4 images, batch 1:
-# the image does not change the cost of a step). The SVD cache is $SVDIFF_BENCH_CACHE/svd-cache,
+# Per-step times are the differences of loss.csv's seconds column (the trainer's clock). The
+# instance image is one random 512 px PNG made here: the trainer encodes an image with the VAE the
+# first time a step draws it (then keeps its latent), so the first step holds that encode and the
+# first touch of activations and scratch; it is given apart, and 500 steps = set-up + first step
+# + 499 x the median of steps 2..N + the time after the last step. (Each further instance image
+# adds one encode, about the first step minus the median.) The SVD cache is $SVDIFF_BENCH_CACHE/svd-cache,
 # the one bench_train_step uses (the first run on a machine computes it: minutes).
 # Environment: as bench/run_train_step.sh (SVDIFF_BENCH_CACHE, SVDIFF_BUILD_DIR,
 # SVDIFF_BENCH_RESULTS: the RESULT lines are appended there).
@@ -43,11 +45,11 @@ export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 run="$cache/train500-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$run/images"
 load() { cut -d' ' -f1 /proc/loadavg; }
-# 4 instance images: smooth random colour fields, PNG written with zlib only (no imaging library)
+# the instance image: a smooth random colour field, PNG written with zlib only (no imaging library)
 /usr/bin/python3 - "$run/images" "$res" <<'EOF'
 import random, struct, sys, zlib
 out, size = sys.argv[1], int(sys.argv[2])
-for k in range(4):
+for k in range(1):
     r = random.Random(k)
     c = [[r.randrange(256) for _ in range(3)] for _ in range(4)]
     rows = []
@@ -90,7 +92,7 @@ t0, t1, csv, log, timef, compute, res, steps, target, load, threads = sys.argv[1
 t0, t1, target = float(t0), float(t1), int(target)
 secs = [float(l.split(",")[-1]) for l in open(csv).read().splitlines()[1:] if l.strip()]
 per = [b - a for a, b in zip([0.0] + secs, secs)]
-first, rest = per[0], (per[1:] if len(per) >= 3 else per)
+first, rest = per[0], (per[1:] if len(per) >= 2 else per)
 med = statistics.median(rest)
 svd_load, svd_how, done_at = None, "", None
 for line in open(log):
@@ -108,15 +110,16 @@ rss = 0
 for line in open(timef):
     if "Maximum resident set size" in line:
         rss = int(line.split(":")[1]) / 1024
-est = setup + target * med + post
+est = setup + first + (target - 1) * med + post
 print(f"RESULT side=svdiff compute={compute} case=train{target} res={res} steps={len(secs)} threads={threads} "
       f"first_step_s={first:.2f} median_step_s={med:.2f} times={','.join(f'{p:.3f}' for p in per)} setup_s={setup:.1f} "
       f"svd_load_s={svd_load if svd_load is not None else -1:.1f} post_s={post:.1f} total_s={total:.1f} "
       f"est_s={est:.0f} est_min={est / 60:.1f} peak_rss_mb={rss:.0f} load={load}")
-print(f"  {compute}: {len(secs)} steps at {res} px: first {first:.2f} s, median of the rest {med:.2f} s; set-up "
+how = f"median of steps 2-{len(secs)}" if len(per) >= 2 else "(one step only)"
+print(f"  {compute}: {len(secs)} steps at {res} px: first {first:.2f} s, {how} {med:.2f} s; set-up "
       f"{setup:.1f} s (SVD cache: {svd_load if svd_load is not None else '?'} s, {svd_how}), after the last step "
-      f"{post:.1f} s, total {total:.1f} s, peak RSS {rss:.0f} MB -> {target} steps: {setup:.0f} + {target} x "
-      f"{med:.2f} + {post:.0f} s = {est / 60:.1f} min", file=sys.stderr)
+      f"{post:.1f} s, total {total:.1f} s, peak RSS {rss:.0f} MB -> {target} steps: {setup:.0f} + {first:.0f} + "
+      f"{target - 1} x {med:.2f} + {post:.0f} s = {est / 60:.1f} min", file=sys.stderr)
 EOF
 done
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
