@@ -186,6 +186,11 @@ for name in [n for n, _ in BUCKETS] + ["other"]:
     syms.sort(reverse=True)
     tops = ", ".join(f"{s} {100 * k / total_n:.1f}%" for k, s, _ in syms[:3] if 100 * k / total_n >= 0.1)
     print(f"| {name} | {100 * n / total_n:.1f}% | {n / freq:.2f} | {wall * n / total_n:.2f} | {tops} |")
+gemm = [x for b in ("GEMM compute", "GEMM packing") for x in buckets[b][1]]
+ob = sum(k for k, _, dso in gemm if "openblas" in dso)
+print(f"\nGEMM (compute + packing) by library: OpenBLAS sgemm {100 * ob / total_n:.1f}%, svdiff's own GEMM "
+      f"{100 * (sum(k for k, _, _ in gemm) - ob) / total_n:.1f}% (a symbol's share covers all its callers: in bf16 mode "
+      f"the sgemm left is what stays fp32, e.g. attention's products and baking W_eff).")
 print(f"\nUnmatched symbols (in \"other\"), top {top}:")
 unmatched.sort(reverse=True)
 for n, sym, dso in unmatched[:top]:
