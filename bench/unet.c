@@ -1,8 +1,9 @@
 /* UNet benchmark: median time, GFLOP/s and peak RSS of full-size UNet forwards (inference,
  * batch 2 as classifier-free guidance runs it, 77 context tokens) on a real model folder, and
  * optionally one training step (forward + backward, every layer spectral), with the sgemm and
- * bf16 GEMM 2048^3 rates measured in the same process after the timed part (bench/lib). Not part of the tests. bench/run_unet.sh runs it side by
- * side with PyTorch (bench/unet_torch.py). Usage: bench_unet --help */
+ * bf16 GEMM 2048^3 rates measured in the same process after the timed part (bench/lib). Not
+ * part of the tests. bench/run_unet.sh runs it side by side with PyTorch (bench/unet_torch.py).
+ * Usage: bench_unet --help */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
