@@ -64,9 +64,10 @@ static void print_train_flops(const char *label, const unet_t *m, int hw, int T)
     flops_t d;
     count_train_flops(&t, m, 1, hw, hw, T);
     count_flops(&d, m, 1, hw, hw, T);
-    printf("%s SVDiff training step, batch 1, %dx%d latents: %.1f GFLOP executed (forward %.1f + backward %.1f; "
-           "layers %.1f + %.1f, of which baking W_eff %.1f; attention %.1f + %.1f; %d layers baked, %d factored); "
-           "dense-equivalent forward %.1f GFLOP\n",
+    /* no ": " after "latents" here: bench/run_sdxl.sh reads the forward lines with that pattern */
+    printf("%s SVDiff training step at %dx%d latents, batch 1, executes %.1f GFLOP (forward %.1f + backward %.1f; "
+           "layers %.1f + %.1f, of which baking W_eff %.1f; attention %.1f + %.1f; %d layers baked, %d factored; "
+           "dense-equivalent forward %.1f GFLOP)\n",
            label, hw, hw, train_flops_total(&t) / 1e9, (t.fwd + t.attn_fwd) / 1e9, (t.bwd + t.attn_bwd) / 1e9, t.fwd / 1e9,
            t.bwd / 1e9, t.bake / 1e9, t.attn_fwd / 1e9, t.attn_bwd / 1e9, t.n_baked, t.n_factored, flops_total(&d) / 1e9);
     printf("FLOPS case=train%d train_gflop=%.2f train_fwd_gflop=%.2f train_bwd_gflop=%.2f dense_fwd_gflop=%.2f\n", hw,
