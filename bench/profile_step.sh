@@ -37,7 +37,7 @@ while [ $# -gt 0 ]; do
     --top) top=$2; shift ;;
     --no-warmup) warmup=0 ;;
     --report) report=$2; shift ;;
-    -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "profile_step.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift

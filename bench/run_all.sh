@@ -46,7 +46,7 @@ while [ $# -gt 0 ]; do
     --train500-steps) t500_steps=$2; shift ;;
     --table) table=$2; shift ;;
     --sdxl) sdxl=1 ;;
-    -h|--help) sed -n '2,34p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run_all.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift

@@ -23,7 +23,7 @@ while [ $# -gt 0 ]; do
     --rounds) rounds=$2; shift ;;
     --threads) threads=$2; shift ;;
     --no-torch) torch=0 ;;
-    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run_svd.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift

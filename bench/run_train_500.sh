@@ -31,7 +31,7 @@ while [ $# -gt 0 ]; do
     --resolution) res=$2; shift ;;
     --threads) threads=$2; shift ;;
     --) shift; extra=("$@"); break ;;
-    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run_train_500.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
