@@ -11,7 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <cblas.h>
 
@@ -21,14 +20,9 @@
 #include "ops/gemm.h"
 #include "ops/ops.h"
 #include "weights/spectral.h"
+#include "lib/benchutil.h"
 
 static int g_reps = 5;
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + 1e-9 * ts.tv_nsec;
-}
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -40,9 +34,9 @@ static double median_time(void (*fn)(void *), void *ctx) {
     double t[64];
     fn(ctx);
     for (int r = 0; r < g_reps; r++) {
-        double t0 = now();
+        double t0 = bench_now();
         fn(ctx);
-        t[r] = now() - t0;
+        t[r] = bench_now() - t0;
     }
     qsort(t, g_reps, sizeof *t, cmp_double);
     return t[g_reps / 2];
@@ -73,17 +67,6 @@ static double g_sgemm_rate;
 static void row(const char *name, double flops, double secs) {
     double rate = flops / secs / 1e9;
     printf("| %-44s | %9.2f | %8.1f | %5.0f%% |\n", name, 1e3 * secs, rate, 100.0 * rate / g_sgemm_rate);
-}
-
-/* ---- sgemm ---- */
-typedef struct { int n; float *a, *b, *c; } gemm_ctx;
-static void run_sgemm(void *p) {
-    gemm_ctx *g = p;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g->n, g->n, g->n, 1.0f, g->a, g->n, g->b, g->n, 0.0f, g->c, g->n);
-}
-static void run_gemm_bf16(void *p) {
-    gemm_ctx *g = p;
-    gemm_bf16(CblasNoTrans, CblasNoTrans, g->n, g->n, g->n, 1.0f, g->a, g->n, g->b, g->n, 0.0f, g->c, g->n);
 }
 
 /* ---- conv ---- */
@@ -220,18 +203,14 @@ int main(int argc, char **argv) {
     printf("| %-44s | %9s | %8s | %6s |\n", "operation", "ms", "GFLOP/s", "sgemm");
     printf("|%s|%s|%s|%s|\n", "----------------------------------------------", "-----------", "----------", "--------");
 
-    gemm_ctx g = {.n = 2048};
-    g.a = randn(2048 * 2048), g.b = randn(2048 * 2048), g.c = randn(2048 * 2048);
-    double t = median_time(run_sgemm, &g);
-    g_sgemm_rate = 2.0 * 2048 * 2048 * 2048 / t / 1e9;
-    row("sgemm 2048^3 (the ceiling)", 2.0 * 2048 * 2048 * 2048, t);
-    const int have_bf16 = strcmp(sd_bf16_kernel(), "none") != 0;
-    const double tb = have_bf16 ? median_time(run_gemm_bf16, &g) : 0.0;
-    if (have_bf16) row("bf16 GEMM 2048^3 (fp32 accumulation)", 2.0 * 2048 * 2048 * 2048, tb);
-    free(g.a), free(g.b), free(g.c);
+    const double gemm_flop = 2.0 * 2048 * 2048 * 2048;
+    g_sgemm_rate = bench_sgemm_gflops(g_reps);
+    row("sgemm 2048^3 (the ceiling)", gemm_flop, gemm_flop / g_sgemm_rate / 1e9);
+    const double bf16_rate = bench_bf16_gflops(g_reps);   /* 0: no bf16 kernel */
+    if (bf16_rate > 0) row("bf16 GEMM 2048^3 (fp32 accumulation)", gemm_flop, gemm_flop / bf16_rate / 1e9);
     if (gemm_only) {
         printf("RESULT side=svdiff case=gemm2048 sgemm_gflops=%.1f bf16_gflops=%.1f bf16_kernel=%s\n", g_sgemm_rate,
-               have_bf16 ? 2.0 * 2048 * 2048 * 2048 / tb / 1e9 : 0.0, sd_bf16_kernel());
+               bf16_rate, sd_bf16_kernel());
         return 0;
     }
 

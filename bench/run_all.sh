@@ -9,15 +9,23 @@
 #     full fine-tune forward + backward for scale)
 #   - VAE decode 512 px (bench_vae --model vs bench/vae_torch.py)
 #   - `svdiff generate` 512 px, 20 ddim steps, cfg 7.5 (bench/run_unet.sh --generate; no PyTorch side)
+#   - svd: the one-time SVD of the UNet's 282 matrices, svdiff's serial spectral_init against
+#     torch.linalg.svd on the same matrices (bench/run_svd.sh; once, not per compute dtype)
+#   - train500: `svdiff train` at 512 px for a few steps, 500 steps extrapolated (bench/run_train_500.sh)
 #   - with --sdxl (opt-in: about an hour on 2 cores, 22 GB of disk for the model and its SVD cache):
 #     bench/run_sdxl.sh (SDXL UNet forwards at 512 / 1024 px against PyTorch, training steps, the
 #     one-time SVD, generate 1024 px), whose own table is printed after this one
 # One process per case, never two at once; the machine's noise is shared by running the sides
-# one after the other. Takes about 25 minutes with the defaults on 2 cores.
+# one after the other. Takes about 35 minutes with the defaults on 2 cores. The GFLOP/s column
+# counts the FLOPs a case executes where its program knows them (a training step: the products
+# src/weights/ chooses, bench_unet --flops; forwards: the dense forward), and the next column
+# divides it by the GEMM 2048^3 rate measured in the same process after its timed part (sgemm
+# for fp32, svdiff's bf16 GEMM for bf16; "run" marks the separate bench_micro process's rate).
 #
 #   bench/run_all.sh [--reps N (timed repetitions per case, median; default 3)] [--threads N]
-#                    [--only "gemm unet train vae generate"] [--compute "fp32 bf16"] [--no-torch]
-#                    [--gen-steps N (default 20)] [--table RESULTS.txt (only print the table of an earlier run)]
+#                    [--only "gemm unet train vae generate svd train500"] [--compute "fp32 bf16"] [--no-torch]
+#                    [--gen-steps N (default 20)] [--train500-steps N (default 5)]
+#                    [--table RESULTS.txt (only print the table of an earlier run)]
 #                    [--sdxl (also bench/run_sdxl.sh with its defaults)]
 #
 # Environment: as the other bench scripts (SVDIFF_BENCH_CACHE holds the random SD 1.5 model, the
@@ -25,7 +33,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-reps=3 threads=$(nproc) only="gemm unet train vae generate" computes="fp32 bf16" torch=1 gen_steps=20 table="" sdxl=0
+reps=3 threads=$(nproc) only="gemm unet train vae generate svd train500" computes="fp32 bf16" torch=1 gen_steps=20 table="" sdxl=0
+t500_steps=5
 while [ $# -gt 0 ]; do
   case "$1" in
     --reps) reps=$2; shift ;;
@@ -34,9 +43,10 @@ while [ $# -gt 0 ]; do
     --compute) computes=$2; shift ;;
     --no-torch) torch=0 ;;
     --gen-steps) gen_steps=$2; shift ;;
+    --train500-steps) t500_steps=$2; shift ;;
     --table) table=$2; shift ;;
     --sdxl) sdxl=1 ;;
-    -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run_all.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -67,7 +77,11 @@ def get(case, side, compute="fp32"):
         return None
     r = dict(rs[-1])
     r["med"] = med(rs) if case != "generate512" else float(rs[-1]["est20_s"])
-    r["rss"] = max(float(x.get("peak_rss_mb", 0)) for x in rs)
+    r["rss"] = max(float(x.get("peak_rss_mb", 0)) for x in rs) or None
+    # the GEMM 2048^3 rates of the processes themselves (medians over the case's processes)
+    for k in ("sgemm_gflops", "bf16_gflops", "train_gflop"):
+        v = [float(x[k]) for x in rs if float(x.get(k, 0) or 0) > 0]
+        r["p_" + k] = statistics.median(v) if v else None
     return r
 
 g = get("gemm2048", "svdiff")
@@ -86,10 +100,11 @@ cases = [("fwd32", "fwd32", "UNet forward 32x32, batch 2", 2 * unet[32]),
          ("train32", "full32", "  vs PyTorch plain full fine-tune fwd+bwd 32x32", 2 * unet[32]),
          ("train64", "full64", "  vs PyTorch plain full fine-tune fwd+bwd 64x64", 2 * unet[64]),
          ("vae512", "vae512", "VAE decode 512 px", vae_gflop),
-         ("generate512", None, "svdiff generate 512 px, 20 ddim steps, cfg 7.5", (40 * unet[64] + (vae_gflop or 0)))]
+         ("generate512", None, "svdiff generate 512 px, 20 ddim steps, cfg 7.5", (40 * unet[64] + (vae_gflop or 0))),
+         ("svd", "svd", "one-time SVD of the UNet convs and linears (torch: torch.linalg.svd, same matrices)", None)]
 print("| workload | compute | svdiff s | PyTorch s | svdiff / PyTorch | svdiff peak RSS MB | PyTorch peak RSS MB "
-      "| svdiff GFLOP/s | % of sgemm | % of bf16 GEMM |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+      "| svdiff GFLOP/s | achieved GFLOP/s / GEMM rate of the same process |")
+print("|---|---|---|---|---|---|---|---|---|")
 def cell(v, fmt):
     return fmt.format(v) if v is not None else "-"
 
@@ -99,26 +114,39 @@ for scase, tcase, label, gflop in cases:
         s = get(scase, "svdiff", compute)
         if not s and not (t and compute == "fp32"):
             continue
-        rate = gflop / s["med"] if s and gflop else None
+        # executed FLOPs where the program counts them (training step), else the dense-equivalent count
+        executed = s and s.get("p_train_gflop")
+        rate = (executed or gflop) / s["med"] if s and (executed or gflop) else None
+        own = s and s.get("p_bf16_gflops" if compute == "bf16" else "p_sgemm_gflops")
+        run_rate = bf16 if compute == "bf16" else sgemm
+        ceil = f"{100 * rate / own:.0f}%" if rate and own else f"{100 * rate / run_rate:.0f}% (run)" if rate and run_rate else "-"
         print(f"| {label} | {compute} | {cell(s and s['med'], '{:.2f}')} | {cell(t and t['med'], '{:.2f}')} "
               f"| {cell(s and t and s['med'] / t['med'], '{:.3f}x')} | {cell(s and s['rss'], '{:.0f}')} "
-              f"| {cell(t and t['rss'], '{:.0f}')} | {cell(rate, '{:.0f}')} "
-              f"| {cell(rate and sgemm and 100 * rate / sgemm, '{:.0f}%')} "
-              f"| {cell(rate and bf16 and compute == 'bf16' and 100 * rate / bf16 or None, '{:.0f}%')} |")
+              f"| {cell(t and t['rss'], '{:.0f}')} | {cell(rate, '{:.0f}')}{' (executed)' if executed else ''} | {ceil} |")
 print()
 if g:
     print(f"GEMM 2048^3 in this run: sgemm {sgemm:.0f} GFLOP/s (OpenBLAS), bf16 {g['bf16_gflops']} GFLOP/s "
           f"(svdiff's {g['bf16_kernel']} kernel, fp32 accumulation).")
-print("GFLOP/s are dense-equivalent model FLOPs / time: UNet forward 180.1 GFLOP per sample at 32x32, 803.3 at "
-      "64x64; an SVDiff step counts 2 forwards (forward + input gradients), the plain full fine-tune row uses the "
-      "svdiff step's time against PyTorch's fwd+bwd; generate = 40 UNet forwards at 64x64 + the VAE decode "
-      f"({vae_gflop if vae_gflop else '?'} GFLOP). generate's time is the 20-step estimate from its per-step time.")
+print("GFLOP/s: '(executed)' = the products the training step runs (bench_unet --flops: 606.5 GFLOP at 32x32, "
+      "2740.0 at 64x64, batch 1), else dense-equivalent model FLOPs / time: UNet forward 180.1 GFLOP per sample at "
+      "32x32, 803.3 at 64x64; a step without its own count 2 forwards; the plain full fine-tune row uses the svdiff "
+      "step's time against PyTorch's fwd+bwd; generate = 40 UNet forwards at 64x64 + the VAE decode "
+      f"({vae_gflop if vae_gflop else '?'} GFLOP). generate's time is the 20-step estimate from its per-step time. "
+      "The last column divides by the 2048^3 GEMM rate (sgemm for fp32, svdiff's bf16 GEMM for bf16) measured in the "
+      "same process after its timed part; '(run)': by the rate of this run's bench_micro process instead.")
 gen = get("generate512", "svdiff")
 for compute in ("fp32", "bf16"):
     r = get("generate512", "svdiff", compute)
     if r:
         print(f"generate ({compute}): {r['per_step_s']} s per step, {r['before_s']} s before sampling, "
               f"{r['decode_s']} s VAE decode + PNG, total {r['total_s']} s for {r['steps']} steps, peak RSS {r['peak_rss_mb']} MB.")
+for compute in ("fp32", "bf16"):
+    r = get("train500", "svdiff", compute)
+    if r:
+        print(f"500 training steps at {r['res']} px ({compute}, `svdiff train`, batch 1, 1 instance image): {r['est_min']} "
+              f"min = set-up {r['setup_s']} s (SVD cache {r['svd_load_s']} s) + first step {r['first_step_s']} s (with "
+              f"the image's VAE encode) + 499 x {r['median_step_s']} s (median of steps 2-{r['steps']}) + "
+              f"{r['post_s']} s after the last step; peak RSS {r['peak_rss_mb']} MB.")
 loads = sorted(float(kv.get("load", 0)) for v in rows.values() for kv in v if kv.get("load"))
 if loads:
     print(f"Load average (1 min) at the end of the cases: {loads[0]:.1f} to {loads[-1]:.1f}.")
@@ -151,7 +179,11 @@ if has gemm; then
 fi
 # Workload by workload, each in every compute dtype (the PyTorch side runs once, with the first).
 first() { [ "$compute" = "${computes%% *}" ]; }
-for work in unet train vae generate; do
+if has svd; then
+  say "one-time SVD of the UNet (bench/run_svd.sh)"
+  bench/run_svd.sh --threads "$threads" $notorch >"$run/svd.txt" 2>"$run/svd.log" || say "  SVD failed: see $run/svd.log"
+fi
+for work in unet train vae generate train500; do
   has "$work" || continue
   for compute in $computes; do
     t=$(first && echo "$notorch" || echo --no-torch)
@@ -177,6 +209,11 @@ for work in unet train vae generate; do
             >"$run/vae-torch.log" 2>&1 && grep '^RESULT' "$run/vae-torch.log" >>"$SVDIFF_BENCH_RESULTS" ||
             { echo "  failed (see $run/vae-torch.log)" >&2; tail -3 "$run/vae-torch.log" >&2; }
         fi ;;
+      train500)
+        say "svdiff train 512 px, $t500_steps steps, 500 extrapolated ($compute)"
+        bench/run_train_500.sh --steps "$t500_steps" --compute "$compute" --threads "$threads" \
+          >"$run/train500-$compute.txt" 2>"$run/train500-$compute.log" ||
+          say "  train500 ($compute) failed: see $run/train500-$compute.log" ;;
       generate)
         say "svdiff generate 512 px, $gen_steps steps ($compute)"
         bench/run_unet.sh --cases none --no-torch --generate --gen-steps "$gen_steps" --threads "$threads" \

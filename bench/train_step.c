@@ -1,13 +1,14 @@
 /* Training-step benchmark: one SVDiff step on a full-size UNet (every conv / linear spectral
  * from the SVD cache, per-element norm shifts, MSE against the noise, backward to the shifts
- * only, AdamW), with forward / backward / optimizer timed apart and the memory of each phase.
+ * only, AdamW), with forward / backward / optimizer timed apart and the memory of each phase;
+ * GFLOP/s from the products the step executes (bench/lib/flops.c) next to the sgemm and bf16
+ * GEMM 2048^3 rates measured in the same process after the timed steps.
  * Not part of the tests; bench/run_train_step.sh runs it next to PyTorch
  * (bench/train_step_torch.py). Usage: bench_train_step --help */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <cblas.h>
 
@@ -21,12 +22,8 @@
 #include "ops/ops.h"
 #include "shifts/shifts.h"
 #include "train/optim.h"
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + 1e-9 * ts.tv_nsec;
-}
+#include "lib/benchutil.h"
+#include "lib/flops.h"
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -154,19 +151,19 @@ int main(int argc, char **argv) {
     fflush(stdout);
 
     /* ---- set-up: open, hash, spectral through the cache ---- */
-    double t0 = now();
+    double t0 = bench_now();
     model_t mf;
     if (model_open(&mf, model_dir, NULL)) die(model_dir);
     unet_t m;
     if (build_unet_from_component(&m, &mf.unet)) die("build_unet");
-    const double t_open = now() - t0;
-    t0 = now();
+    const double t_open = bench_now() - t0;
+    t0 = bench_now();
     char hash[17];
     if (model_weights_hash(&mf, hash)) die("model hash");
-    const double t_hash = now() - t0;
+    const double t_hash = bench_now() - t0;
     svd_cache_t *cache;
     if (svd_cache_open(&cache, cache_dir, hash)) die(cache_dir);
-    t0 = now();
+    t0 = bench_now();
     const int bf16 = sd_compute_dtype() == SD_COMPUTE_BF16;
     double t_saves = 0;
     if (svd_batch_mb > 0) {   /* batches: compute (or load), save, store in bf16; then the rest below */
@@ -181,20 +178,20 @@ int main(int argc, char **argv) {
             if (svd_cache_make_spectral(cache, &n, &l->w, 0)) die(l->name);
             if (svd_cache_computed(cache) > before) pending += (double)spectral_factor_bytes(l->w.sp);
             if (pending > svd_batch_mb * 1048576.0 || (i == m.n_layers - 1 && pending > 0)) {
-                const double a = now();
+                const double a = bench_now();
                 if (svd_cache_save(cache)) die("SVD cache save");
-                t_saves += now() - a;
+                t_saves += bench_now() - a;
                 for (int k = first; bf16 && k <= i; k++)
                     if (m.layers[k]->w.kind == WEIGHT_SPECTRAL) spectral_store_bf16(m.layers[k]->w.sp);
                 fprintf(stderr, "  SVD batch saved at layer %d/%d (%.0f MB of fp32 factors), %.0f s so far (saves %.0f s); RSS %.0f MB\n",
-                        i + 1, m.n_layers, pending / 1048576.0, now() - t0, t_saves, proc_mb("VmRSS:"));
+                        i + 1, m.n_layers, pending / 1048576.0, bench_now() - t0, t_saves, proc_mb("VmRSS:"));
                 pending = 0, first = i + 1;
             }
         }
         svd_cache_set_bf16(cache, 0);
     }
     if (unet_make_spectral_stored(&m, cache, bf16)) die("spectral");
-    const double t_spectral = now() - t0;   /* includes saving the cache when it computed */
+    const double t_spectral = bench_now() - t0;   /* includes saving the cache when it computed */
     const long n_loaded = svd_cache_loaded(cache), n_computed = svd_cache_computed(cache);
     svd_cache_close(cache);
     unet_add_norm_shifts(&m, NORMSHIFT_ELEMENT);
@@ -268,22 +265,23 @@ int main(int argc, char **argv) {
     double first = 0;
     for (int k = 0; k < warmup + reps; k++) {
         const int r = k - warmup;   /* < 0: warm-up */
+        if (r == 0) bench_profile_on();   /* bench/profile_step.sh samples the timed steps only */
         rng_fill_normal(&rng, x0, L);   /* latent x0, noise, context, timestep: fresh each step */
         rng_fill_normal(&rng, eps, L);
         rng_fill_normal(&rng, ctx, CT);
         if (Dt) rng_fill_normal(&rng, text_embeds, (size_t)B * Dt);
         int ts = rng_randint(&rng, sched.T);
         float tsf = (float)ts;
-        double a0 = now();
+        double a0 = bench_now();
         ddpm_add_noise(xt, x0, eps, &ts, B, L, &sched);
         ddpm_target(target, x0, eps, &ts, B, L, &sched);
         if (unet_forward(pred, &m, &acts, xt, &tsf, ctx, Dt ? &added : NULL, B, hw, hw, T)) die("forward");
         loss = mse_forward(pred, target, L);
-        double a1 = now();
+        double a1 = bench_now();
         memset(dpred, 0, L * sizeof(float));
         mse_backward(dpred, pred, target, L, 1.0f);
         unet_backward(NULL, NULL, NULL, &g, dpred, &m, &acts);
-        double a2 = now();
+        double a2 = bench_now();
         gnorm = clip_grad_norm(grads, sizes, ps.n, 1.0);
         for (int i = 0; i < ps.n; i++) {
             adamw_config_t a = def;
@@ -291,12 +289,19 @@ int main(int argc, char **argv) {
             adamw_step(ps.p[i].value, ps.p[i].grad, ps.p[i].m, ps.p[i].v, (size_t)ps.p[i].n, k + 1, &a);
         }
         unet_grads_zero(&g);
-        double a3 = now();
+        double a3 = bench_now();
         if (k == 0) first = a3 - a0;
         fprintf(stderr, "  step %d%s (t=%d): forward %.2f s, backward %.2f s, AdamW %.3f s, loss %.5g, grad norm %.4g\n",
                 k + 1, r < 0 ? " (warm-up)" : "", ts, a1 - a0, a2 - a1, a3 - a2, loss, gnorm);
         if (r >= 0) tf[r] = a1 - a0, tb[r] = a2 - a1, to[r] = a3 - a2, tt[r] = a3 - a0;
     }
+    bench_profile_off();
+    /* the GEMM ceilings of this process, after the timed part (its peak RSS read first) */
+    const double peak_rss = proc_mb("VmHWM:"), sgemm = bench_sgemm_gflops(3), bf16_rate = bench_bf16_gflops(3);
+    train_flops_t fl;   /* the products the step executes, and the dense-equivalent forward */
+    flops_t dense;
+    count_train_flops(&fl, &m, B, hw, hw, T);
+    count_flops(&dense, &m, B, hw, hw, T);
     double dmax = 0;   /* the update is real: the deltas moved */
     for (int i = 0; i < ps.n; i++)
         for (int j = 0; j < ps.p[i].n; j++) dmax = fmax(dmax, fabs(ps.p[i].value[j]));
@@ -305,11 +310,13 @@ int main(int argc, char **argv) {
     printf("RESULT side=svdiff case=train%d ckpt=%s B=%d H=%d T=%d reps=%d warmup=%d first_s=%.3f median_s=%.3f times=%s fwd_s=%.3f "
            "bwd_s=%.3f opt_s=%.4f peak_rss_mb=%.0f setup_peak_mb=%.0f rss_before_mb=%.0f anon_before_mb=%.0f "
            "file_before_mb=%.0f factors_mb=%.0f acts_mb=%.0f scratch_peak_mb=%.0f svd_s=%.1f svd_computed=%ld "
-           "svd_loaded=%ld hash_s=%.2f loss=%.5g grad_norm=%.4g max_delta=%.3g\n",
+           "svd_loaded=%ld hash_s=%.2f loss=%.5g grad_norm=%.4g max_delta=%.3g train_gflop=%.1f gflops=%.1f "
+           "dense_fwd_gflop=%.1f sgemm_gflops=%.1f bf16_gflops=%.1f\n",
            hw, ckpt_name, B, hw, T, reps, warmup, first, median(tt, reps), times, median(tf, reps), median(tb, reps), median(to, reps),
-           proc_mb("VmHWM:"), setup_peak, rss_before, anon_before, file_before, factors / 1048576.0,
+           peak_rss, setup_peak, rss_before, anon_before, file_before, factors / 1048576.0,
            acts.n_floats * 4 / 1048576.0, scratch_peak_bytes() / 1048576.0, t_spectral, n_computed, n_loaded, t_hash,
-           loss, gnorm, dmax);
+           loss, gnorm, dmax, train_flops_total(&fl) / 1e9, train_flops_total(&fl) / median(tt, reps) / 1e9,
+           flops_total(&dense) / 1e9, sgemm, bf16_rate);
     fflush(stdout);
 
     free(x0), free(eps), free(xt), free(target), free(pred), free(dpred), free(ctx), free(text_embeds);

@@ -1,13 +1,13 @@
 /* UNet benchmark: median time, GFLOP/s and peak RSS of full-size UNet forwards (inference,
  * batch 2 as classifier-free guidance runs it, 77 context tokens) on a real model folder, and
- * optionally one training step (forward + backward, every layer spectral) next to the sgemm
- * rate measured in the same process. Not part of the tests. bench/run_unet.sh runs it side by
- * side with PyTorch (bench/unet_torch.py). Usage: bench_unet --help */
+ * optionally one training step (forward + backward, every layer spectral), with the sgemm and
+ * bf16 GEMM 2048^3 rates measured in the same process after the timed part (bench/lib). Not
+ * part of the tests. bench/run_unet.sh runs it side by side with PyTorch (bench/unet_torch.py).
+ * Usage: bench_unet --help */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <cblas.h>
 
@@ -18,12 +18,8 @@
 #include "models/init.h"
 #include "models/unet.h"
 #include "ops/ops.h"
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + 1e-9 * ts.tv_nsec;
-}
+#include "lib/benchutil.h"
+#include "lib/flops.h"
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -62,70 +58,20 @@ static float *rand_buf(size_t n) {
     return x;
 }
 
-/* ---- FLOP count of one forward, from the model's own stage program ---- */
-
-typedef struct { double conv, linear, attn; } flops_t;
-
-/* Multiply-adds x 2 of a layer applied at n output positions (tokens or pixels). */
-static double layer_flops(const layer_t *l, double n) { return 2.0 * n * l->out * (double)l->in * l->k * l->k; }
-
-static void count_flops(flops_t *f, const unet_t *m, int B, int H, int W, int T) {
-    memset(f, 0, sizeof *f);
-    f->linear += layer_flops(&m->time_linear_1, B) + layer_flops(&m->time_linear_2, B);
-    if (m->cfg.addition_text_time) f->linear += layer_flops(&m->add_linear_1, B) + layer_flops(&m->add_linear_2, B);
-    for (int s = 0; s < m->n_stages; s++) {
-        const unet_stage_t *st = &m->stages[s];
-        const double S = (double)(H >> st->level) * (W >> st->level);
-        const double So = (double)(H >> st->out_level) * (W >> st->out_level);
-        switch (st->kind) {
-        case UNET_STAGE_CONV_IN: f->conv += layer_flops(&m->conv_in, B * S); break;
-        case UNET_STAGE_OUT: f->conv += layer_flops(&m->conv_out, B * S); break;
-        case UNET_STAGE_DOWNSAMPLE:
-        case UNET_STAGE_UPSAMPLE: f->conv += layer_flops(&m->samplers[st->index], B * So); break;
-        case UNET_STAGE_RESNET: {
-            const unet_resnet_t *r = &m->resnets[st->index];
-            f->conv += layer_flops(&r->conv1, B * S) + layer_flops(&r->conv2, B * S);
-            if (r->has_shortcut) f->conv += layer_flops(&r->conv_shortcut, B * S);
-            f->linear += layer_flops(&r->time_emb_proj, B);
-            break;
-        }
-        case UNET_STAGE_TRANSFORMER: {
-            const unet_transformer_t *t = &m->transformers[st->index];
-            const double N = B * S;
-            f->linear += layer_flops(&t->proj_in, N) + layer_flops(&t->proj_out, N);
-            for (int i = 0; i < t->n_blocks; i++) {
-                const unet_tblock_t *b = &t->blocks[i];
-                f->linear += layer_flops(&b->attn1.to_q, N) + layer_flops(&b->attn1.to_k, N) +
-                             layer_flops(&b->attn1.to_v, N) + layer_flops(&b->attn1.to_out, N) +
-                             layer_flops(&b->attn2.to_q, N) + layer_flops(&b->attn2.to_k, (double)B * T) +
-                             layer_flops(&b->attn2.to_v, (double)B * T) + layer_flops(&b->attn2.to_out, N) +
-                             layer_flops(&b->ff1, N) + layer_flops(&b->ff2, N);
-                /* QK^T and PV, heads together span D channels */
-                f->attn += 4.0 * B * S * S * t->D + 4.0 * B * S * (double)T * t->D;
-            }
-            break;
-        }
-        }
-    }
-}
-
-static double total(const flops_t *f) { return f->conv + f->linear + f->attn; }
-
-/* ---- sgemm ceiling ---- */
-
-static double sgemm_rate(void) {
-    const int n = 2048;
-    float *a = rand_buf((size_t)n * n), *b = rand_buf((size_t)n * n), *c = sd_xmalloc(sizeof(float) * n * n);
-    double t[3];
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
-    for (int r = 0; r < 3; r++) {
-        double t0 = now();
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
-        t[r] = now() - t0;
-    }
-    qsort(t, 3, sizeof *t, cmp_double);
-    free(a), free(b), free(c);
-    return 2.0 * n * n * (double)n / t[1] / 1e9;
+/* The training step at hw x hw latents, batch 1, as one line (bench_unet --flops). */
+static void print_train_flops(const char *label, const unet_t *m, int hw, int T) {
+    train_flops_t t;
+    flops_t d;
+    count_train_flops(&t, m, 1, hw, hw, T);
+    count_flops(&d, m, 1, hw, hw, T);
+    /* no ": " after "latents" here: bench/run_sdxl.sh reads the forward lines with that pattern */
+    printf("%s SVDiff training step at %dx%d latents, batch 1, executes %.1f GFLOP (forward %.1f + backward %.1f; "
+           "layers %.1f + %.1f, of which baking W_eff %.1f; attention %.1f + %.1f; %d layers baked, %d factored; "
+           "dense-equivalent forward %.1f GFLOP)\n",
+           label, hw, hw, train_flops_total(&t) / 1e9, (t.fwd + t.attn_fwd) / 1e9, (t.bwd + t.attn_bwd) / 1e9, t.fwd / 1e9,
+           t.bwd / 1e9, t.bake / 1e9, t.attn_fwd / 1e9, t.attn_bwd / 1e9, t.n_baked, t.n_factored, flops_total(&d) / 1e9);
+    printf("FLOPS case=train%d train_gflop=%.2f train_fwd_gflop=%.2f train_bwd_gflop=%.2f dense_fwd_gflop=%.2f\n", hw,
+           train_flops_total(&t) / 1e9, (t.fwd + t.attn_fwd) / 1e9, (t.bwd + t.attn_bwd) / 1e9, flops_total(&d) / 1e9);
 }
 
 /* ---- cases ---- */
@@ -165,8 +111,7 @@ static void free_added(unet_added_cond_t *ac) {
 
 /* Inference forwards at H x W latents, batch B: one untimed warm-up (first touch of the
  * mapped weights, scratch growth), then `reps` timed runs. */
-static void bench_forward(const unet_t *m, int B, int HW, int T, int reps, int warmup, const char *save,
-                          double sgemm) {
+static void bench_forward(const unet_t *m, int B, int HW, int T, int reps, int warmup, const char *save) {
     const unet_config_t *c = &m->cfg;
     const size_t ns = (size_t)B * c->in_channels * HW * HW, no = (size_t)B * c->out_channels * HW * HW;
     float *sample = rand_buf(ns), *ctx = rand_buf((size_t)B * T * c->cross_attention_dim);
@@ -183,12 +128,16 @@ static void bench_forward(const unet_t *m, int B, int HW, int T, int reps, int w
     double times[64];
     if (reps > 64) reps = 64;
     for (int r = -warmup; r < reps; r++) {
-        double t0 = now();
+        if (r == 0) bench_profile_on();
+        double t0 = bench_now();
         if (unet_forward(out, m, &acts, sample, ts, ctx, added, B, HW, HW, T)) die("forward");
-        double dt = now() - t0;
+        double dt = bench_now() - t0;
         if (r >= 0) times[r] = dt;
         fprintf(stderr, "  fwd%d %s %d: %.2f s\n", HW, r < 0 ? "warm-up" : "rep", r < 0 ? 0 : r + 1, dt);
     }
+    bench_profile_off();
+    /* the ceilings of this process, measured after the timed part (the peak RSS is read first) */
+    const double peak_rss = proc_mb("VmHWM:"), sgemm = bench_sgemm_gflops(3), bf16 = bench_bf16_gflops(3);
     double sorted[64];
     memcpy(sorted, times, sizeof(double) * reps);
     qsort(sorted, reps, sizeof *sorted, cmp_double);
@@ -201,10 +150,10 @@ static void bench_forward(const unet_t *m, int B, int HW, int T, int reps, int w
     char tl[512] = "";
     for (int r = 0; r < reps; r++) snprintf(tl + strlen(tl), sizeof tl - strlen(tl), "%s%.3f", r ? "," : "", times[r]);
     printf("RESULT side=svdiff case=fwd%d B=%d H=%d T=%d reps=%d median_s=%.3f times=%s gflop=%.1f gflops=%.1f "
-           "peak_rss_mb=%.0f acts_mb=%.0f scratch_peak_mb=%.0f sgemm_gflops=%.1f out_maxabs=%.4g out_rms=%.4g "
-           "finite=%d\n",
-           HW, B, HW, T, reps, med, tl, total(&f) / 1e9, total(&f) / med / 1e9, proc_mb("VmHWM:"),
-           acts.n_floats * 4.0 / 1048576.0, scratch_peak_bytes() / 1048576.0, sgemm, maxabs, rms, finite);
+           "peak_rss_mb=%.0f acts_mb=%.0f scratch_peak_mb=%.0f sgemm_gflops=%.1f bf16_gflops=%.1f "
+           "out_maxabs=%.4g out_rms=%.4g finite=%d\n",
+           HW, B, HW, T, reps, med, tl, flops_total(&f) / 1e9, flops_total(&f) / med / 1e9, peak_rss,
+           acts.n_floats * 4.0 / 1048576.0, scratch_peak_bytes() / 1048576.0, sgemm, bf16, maxabs, rms, finite);
     fflush(stdout);
     if (save) { /* inputs and output for bench/unet_torch.py --check: same inputs, compare outputs */
         st_writer_t *w = st_writer_new();
@@ -230,14 +179,14 @@ static void bench_forward(const unet_t *m, int B, int HW, int T, int reps, int w
 
 /* One training step at HW x HW, batch 1: every conv / linear spectral (factors only, as in
  * training), zero element norm shifts, gradients of the shifts only. */
-static void bench_train(unet_t *m, int HW, int T, int reps, unet_ckpt_t ckpt, double sgemm) {
+static void bench_train(unet_t *m, int HW, int T, int reps, unet_ckpt_t ckpt) {
     const unet_config_t *c = &m->cfg;
     const int B = 1;
     reset_hwm();
     fprintf(stderr, "  SVD of every UNet layer (keep_base 0)...\n");
-    double t0 = now();
+    double t0 = bench_now();
     if (unet_make_spectral(m, 0, NULL, NULL)) die("spectral");
-    const double t_svd = now() - t0;
+    const double t_svd = bench_now() - t0;
     unet_add_norm_shifts(m, NORMSHIFT_ELEMENT);
     long n_shift = 0;
     for (int i = 0; i < m->n_layers; i++) n_shift += weight_shift_count(&m->layers[i]->w);
@@ -257,19 +206,22 @@ static void bench_train(unet_t *m, int HW, int T, int reps, unet_ckpt_t ckpt, do
     double tf[16], tb[16], tt[16];
     if (reps > 16) reps = 16;
     float loss = 0;
+    bench_profile_on();
     for (int r = 0; r < reps; r++) {
         unet_grads_zero(&g);
-        double a0 = now();
+        double a0 = bench_now();
         if (unet_forward(out, m, &acts, sample, ts, ctx, added, B, HW, HW, T)) die("training forward");
         loss = mse_forward(out, target, ns);
-        double a1 = now();
+        double a1 = bench_now();
         memset(dout, 0, ns * sizeof(float));
         mse_backward(dout, out, target, ns, 1.0f);
         unet_backward(NULL, NULL, NULL, &g, dout, m, &acts);
-        double a2 = now();
+        double a2 = bench_now();
         tf[r] = a1 - a0, tb[r] = a2 - a1, tt[r] = a2 - a0;
         fprintf(stderr, "  train%d rep %d: forward %.2f s, backward %.2f s\n", HW, r + 1, tf[r], tb[r]);
     }
+    bench_profile_off();
+    const double peak_rss = proc_mb("VmHWM:"), sgemm = bench_sgemm_gflops(3), bf16 = bench_bf16_gflops(3);
     qsort(tf, reps, sizeof *tf, cmp_double), qsort(tb, reps, sizeof *tb, cmp_double), qsort(tt, reps, sizeof *tt, cmp_double);
     double gn = 0;   /* the gradient is real: its norm is reported */
     for (int i = 0; i < m->n_layers; i++)
@@ -277,12 +229,15 @@ static void bench_train(unet_t *m, int HW, int T, int reps, unet_ckpt_t ckpt, do
             for (int j = 0; j < m->layers[i]->w.sp->rank; j++) gn += (double)g.layers[i].dw[j] * g.layers[i].dw[j];
     flops_t f;
     count_flops(&f, m, B, HW, HW, T);
+    train_flops_t tfl;   /* executed: backward + forward (no optimizer here) */
+    count_train_flops(&tfl, m, B, HW, HW, T);
+    const double med = tt[reps / 2];
     printf("RESULT side=svdiff case=train%d B=%d H=%d T=%d reps=%d median_s=%.3f fwd_s=%.3f bwd_s=%.3f svd_s=%.1f "
-           "shifts=%ld dense_fwd_gflop=%.1f peak_rss_mb=%.0f rss_factors_mb=%.0f acts_mb=%.0f grads_mb=%.1f "
-           "loss=%.5g grad_norm=%.4g ckpt=%d sgemm_gflops=%.1f\n",
-           HW, B, HW, T, reps, tt[reps / 2], tf[reps / 2], tb[reps / 2], t_svd, n_shift, total(&f) / 1e9,
-           proc_mb("VmHWM:"), rss_factors, acts.n_floats * 4.0 / 1048576.0, g.n_floats * 4.0 / 1048576.0, loss,
-           sqrt(gn), (int)ckpt, sgemm);
+           "shifts=%ld dense_fwd_gflop=%.1f train_gflop=%.1f gflops=%.1f peak_rss_mb=%.0f rss_factors_mb=%.0f "
+           "acts_mb=%.0f grads_mb=%.1f loss=%.5g grad_norm=%.4g ckpt=%d sgemm_gflops=%.1f bf16_gflops=%.1f\n",
+           HW, B, HW, T, reps, med, tf[reps / 2], tb[reps / 2], t_svd, n_shift, flops_total(&f) / 1e9,
+           train_flops_total(&tfl) / 1e9, train_flops_total(&tfl) / med / 1e9, peak_rss, rss_factors,
+           acts.n_floats * 4.0 / 1048576.0, g.n_floats * 4.0 / 1048576.0, loss, sqrt(gn), (int)ckpt, sgemm, bf16);
     fflush(stdout);
     unet_grads_free(&g);
     unet_acts_free(&acts);
@@ -293,7 +248,8 @@ static void bench_train(unet_t *m, int HW, int T, int reps, unet_ckpt_t ckpt, do
 static void usage(const char *argv0) {
     fprintf(stderr,
             "usage: %s --model DIR [options]\n"
-            "  --case LIST      comma list of fwdN (N x N latents: fwd32, fwd64, fwd128, ...) and train32\n"
+            "  --case LIST      comma list of fwdN (N x N latents: fwd32, fwd64, fwd128, ...) and trainN\n"
+            "                   (one training step after the SVD of every layer: minutes)\n"
             "                   (default fwd32,fwd64)\n"
             "  --reps N         timed forwards at 32x32 and below (default 3)\n"
             "  --reps64 N       timed forwards at 64x64 (default 1)\n"
@@ -306,7 +262,8 @@ static void usage(const char *argv0) {
             "  --save FILE      write the first forward case's inputs and output (for unet_torch.py --check)\n"
             "  --flops          print the FLOP count per sample and exit (no weights read): SD 1.5's UNet,\n"
             "                   or with --config FILE the \"unet\" of a model config (configs/sdxl-base.json)\n"
-            "                   or a model folder's unet/config.json\n",
+            "                   or a model folder's unet/config.json; also the FLOPs an SVDiff training step\n"
+            "                   executes at batch 1 (FLOPS case=trainN lines)\n",
             argv0);
 }
 
@@ -367,8 +324,9 @@ int main(int argc, char **argv) {
             count_flops(&f, &m, 1, hw, hw, T);
             printf("%s UNet forward, 1 sample, %dx%d latents, %d context tokens: %.1f GFLOP "
                    "(conv %.0f%%, linear %.0f%%, attention %.0f%%)\n",
-                   label, hw, hw, T, total(&f) / 1e9, 100 * f.conv / total(&f), 100 * f.linear / total(&f),
-                   100 * f.attn / total(&f));
+                   label, hw, hw, T, flops_total(&f) / 1e9, 100 * f.conv / flops_total(&f), 100 * f.linear / flops_total(&f),
+                   100 * f.attn / flops_total(&f));
+            print_train_flops(label, &m, hw, T);
         }
         free_unet(&m);
         cJSON_Delete(j);
@@ -377,22 +335,20 @@ int main(int argc, char **argv) {
 
     printf("svdiff UNet benchmark: OpenBLAS kernel %s, %d threads, model %s\n", openblas_get_corename(),
            openblas_get_num_threads(), model_dir);
-    double sgemm = sgemm_rate();
-    printf("sgemm 2048^3: %.1f GFLOP/s\n", sgemm);
 
-    double t0 = now();
+    double t0 = bench_now();
     model_t mf;
     if (model_open(&mf, model_dir, NULL)) die(model_dir);
     unet_t m;
     if (build_unet_from_component(&m, &mf.unet)) die("build_unet");
     long n_params = 0;
     for (int i = 0; i < mf.unet.n_tensors; i++) n_params += mf.unet.tensors[i].numel;
-    printf("opened + built in %.2f s: %ld parameters (%s), %d layers, %d norms, RSS %.0f MB\n", now() - t0, n_params,
+    printf("opened + built in %.2f s: %ld parameters (%s), %d layers, %d norms, RSS %.0f MB\n", bench_now() - t0, n_params,
            st_dtype_name(mf.unet.tensors[0].dtype), m.n_layers, m.n_norms, proc_mb("VmRSS:"));
     for (int hw = 32; hw <= 128; hw *= 2) {
         flops_t f;
         count_flops(&f, &m, 1, hw, hw, T);
-        printf("FLOPS hw=%d per_sample_gflop=%.1f conv=%.1f linear=%.1f attn=%.1f\n", hw, total(&f) / 1e9,
+        printf("FLOPS hw=%d per_sample_gflop=%.1f conv=%.1f linear=%.1f attn=%.1f\n", hw, flops_total(&f) / 1e9,
                f.conv / 1e9, f.linear / 1e9, f.attn / 1e9);
     }
     fflush(stdout);
@@ -403,9 +359,9 @@ int main(int argc, char **argv) {
         int hw = 0;
         char rest;
         if (sscanf(tok, "fwd%d%c", &hw, &rest) == 1 && hw >= 8) {
-            bench_forward(&m, B, hw, T, hw <= 32 ? reps : hw <= 64 ? reps64 : reps128, warmup, save, sgemm);
+            bench_forward(&m, B, hw, T, hw <= 32 ? reps : hw <= 64 ? reps64 : reps128, warmup, save);
             save = NULL;   /* the first forward case only */
-        } else if (!strcmp(tok, "train32")) bench_train(&m, 32, T, train_reps, ckpt, sgemm);
+        } else if (sscanf(tok, "train%d%c", &hw, &rest) == 1 && hw >= 8) bench_train(&m, hw, T, train_reps, ckpt);
         else {
             fprintf(stderr, "bench_unet: unknown case %s\n", tok);
             return 2;
