@@ -31,8 +31,9 @@ int conv2d_winograd_fits(const conv2d_shape_t *s) {
  * G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1].
  * Not flipped: rows = output channels o, cols = input channels c, g = w[o, c].
  * flipped (the input gradient): rows = c, cols = o, g = w[o, c] rotated by 180 degrees.
- * w is fp32 or bf16 (wh), row o holding IC * 9 values. */
-static void kernel_transform(float *U, const float *w, const uint16_t *wh, int OC, int IC, int flipped) {
+ * w is fp32 or bf16 (wh), row o holding IC * 9 values; round_in rounds fp32 w to bf16 first. */
+static void kernel_transform(float *U, const float *w, const uint16_t *wh, int OC, int IC, int flipped,
+                             int round_in) {
     const size_t plane = (size_t)OC * IC;
 #pragma omp parallel for schedule(static) if (plane * 16 > 65536)
     for (int o = 0; o < OC; o++)
@@ -41,7 +42,7 @@ static void kernel_transform(float *U, const float *w, const uint16_t *wh, int O
             float g[9];
             for (int k = 0; k < 9; k++) {
                 const size_t src = base + (flipped ? 8 - k : k);
-                g[k] = wh ? sd_bf16_to_f32(wh[src]) : w[src];
+                g[k] = wh ? sd_bf16_to_f32(wh[src]) : round_in ? sd_bf16_to_f32(sd_f32_to_bf16(w[src])) : w[src];
             }
             float t[4][3];   /* G g */
             for (int q = 0; q < 3; q++) {
@@ -169,18 +170,19 @@ static void winograd_run(float *out, const float *x, const float *U, const uint1
 }
 
 /* The conv of kernel w / wh [OC, IC*9] as rows x cols = OC x IC (flipped: IC x OC, the
- * transposed conv): transforms the kernel and runs it. The bf16 kernel is taken for bf16-stored
- * weights, or when bf16 compute would take it for the block's product. */
+ * transposed conv): transforms the kernel and runs it. The bf16 GEMM is taken for bf16-stored
+ * weights, and in bf16 compute where the im2col product [rows, B*H*W, cols*9] would take it.
+ * fp32 weights are then rounded to bf16 before the transform as well as after, so that they
+ * give the bits of the same weights stored in bf16 (spectral factors stored once, or rounded
+ * per call). */
 static void winograd_conv(float *out, const float *x, const float *w, const uint16_t *wh, const float *bias,
                           int accumulate, int flipped, const conv2d_shape_t *s) {
     const int rows = flipped ? s->IC : s->OC, cols = flipped ? s->OC : s->IC;
     const size_t n = (size_t)16 * rows * cols;
-    const int TW = (s->W + 1) / 2;
-    const long tiles = (long)s->B * ((s->H + 1) / 2) * TW;
-    const int bf16 = wh || sd_gemm_uses_bf16(rows, block_tiles(cols, rows, tiles), cols);
+    const int bf16 = wh || sd_gemm_uses_bf16(rows, s->B * s->H * s->W, cols * 9);
     scratch_mark_t mark = scratch_mark();
     float *U = scratch_floats(n);
-    kernel_transform(U, w, wh, s->OC, s->IC, flipped);
+    kernel_transform(U, w, wh, s->OC, s->IC, flipped, bf16);
     uint16_t *Uh = NULL;
     if (bf16) {   /* rounded once here rather than packed from fp32 by each block's GEMMs */
         Uh = (uint16_t *)scratch_floats((n + 1) / 2);
