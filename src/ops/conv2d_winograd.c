@@ -16,6 +16,7 @@
  * value is formed by the same operations in the same order whatever the thread count of the
  * transforms, so the bytes depend only on the inputs and the GEMMs' own determinism. */
 #include <cblas.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "base/scratch.h"
@@ -34,100 +35,145 @@ int conv2d_winograd_fits(const conv2d_shape_t *s) {
  * w is fp32 or bf16 (wh), row o holding IC * 9 values; round_in rounds fp32 w to bf16 first. */
 static void kernel_transform(float *U, const float *w, const uint16_t *wh, int OC, int IC, int flipped,
                              int round_in) {
+    const int rows = flipped ? IC : OC, cols = flipped ? OC : IC;
     const size_t plane = (size_t)OC * IC;
-#pragma omp parallel for schedule(static) if (plane * 16 > 65536)
-    for (int o = 0; o < OC; o++)
-        for (int c = 0; c < IC; c++) {
-            const size_t base = ((size_t)o * IC + c) * 9;
-            float g[9];
-            for (int k = 0; k < 9; k++) {
-                const size_t src = base + (flipped ? 8 - k : k);
-                g[k] = wh ? sd_bf16_to_f32(wh[src]) : round_in ? sd_bf16_to_f32(sd_f32_to_bf16(w[src])) : w[src];
+    /* One row of U at a time: its kernels gathered into g[9][cols] first, so that the
+     * transform runs along contiguous memory in both g and U. */
+#pragma omp parallel if (plane * 16 > 65536)
+    {
+        scratch_mark_t mark = scratch_mark();
+        float *g = scratch_floats((size_t)9 * cols), *t = scratch_floats((size_t)12 * cols);
+#pragma omp for schedule(static)
+        for (int row = 0; row < rows; row++) {
+            for (int col = 0; col < cols; col++) {
+                const int o = flipped ? col : row, c = flipped ? row : col;
+                const size_t base = ((size_t)o * IC + c) * 9;
+                for (int k = 0; k < 9; k++) {
+                    const size_t src = base + (flipped ? 8 - k : k);
+                    g[(size_t)k * cols + col] = wh ? sd_bf16_to_f32(wh[src])
+                                                   : round_in ? sd_bf16_to_f32(sd_f32_to_bf16(w[src])) : w[src];
+                }
             }
-            float t[4][3];   /* G g */
+            /* t[i][q] = (G g)[i][q]: rows 0 and 3 of G g are rows 0 and 2 of g, kept there */
             for (int q = 0; q < 3; q++) {
-                const float a = g[q], b = g[3 + q], d = g[6 + q];
-                t[0][q] = a;
-                t[1][q] = 0.5f * (a + b + d);
-                t[2][q] = 0.5f * (a - b + d);
-                t[3][q] = d;
+                const float *a = g + (size_t)q * cols, *b = g + (size_t)(3 + q) * cols, *d = g + (size_t)(6 + q) * cols;
+                float *t1 = t + (size_t)q * cols, *t2 = t + (size_t)(3 + q) * cols;
+                for (int col = 0; col < cols; col++) {
+                    t1[col] = 0.5f * (a[col] + b[col] + d[col]);
+                    t2[col] = 0.5f * (a[col] - b[col] + d[col]);
+                }
             }
-            const size_t at = flipped ? (size_t)c * OC + o : (size_t)o * IC + c;
             for (int i = 0; i < 4; i++) {   /* (G g) G^T */
-                const float a = t[i][0], b = t[i][1], d = t[i][2];
-                U[(4 * i + 0) * plane + at] = a;
-                U[(4 * i + 1) * plane + at] = 0.5f * (a + b + d);
-                U[(4 * i + 2) * plane + at] = 0.5f * (a - b + d);
-                U[(4 * i + 3) * plane + at] = d;
+                const float *ti = i == 0 ? g : i == 1 ? t : i == 2 ? t + (size_t)3 * cols : g + (size_t)6 * cols;
+                const float *a = ti, *b = ti + cols, *d = ti + (size_t)2 * cols;
+                float *u0 = U + (4 * i + 0) * plane + (size_t)row * cols, *u1 = U + (4 * i + 1) * plane + (size_t)row * cols;
+                float *u2 = U + (4 * i + 2) * plane + (size_t)row * cols, *u3 = U + (4 * i + 3) * plane + (size_t)row * cols;
+                for (int col = 0; col < cols; col++) {
+                    u0[col] = a[col];
+                    u1[col] = 0.5f * (a[col] + b[col] + d[col]);
+                    u2[col] = 0.5f * (a[col] - b[col] + d[col]);
+                    u3[col] = d[col];
+                }
             }
         }
+        scratch_release(mark);
+    }
 }
 
 /* V[k, c, j] = (B^T d B)[k] for tile t0 + j of channel c, d the 4x4 input patch (zero outside
- * the image), B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]. ldv = block width. */
-static void input_transform(float *V, const float *x, int C, int H, int W, int TW, long TT, long t0, int nt,
+ * the image), B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]. ldv = block width.
+ * Done a row of tiles at a time so that every loop runs along contiguous memory: B^T d over
+ * the 4 input rows of the tile row (zero-padded to x = -1 .. 2 TW), split into the even and
+ * odd padded columns (tile tx starts at padded column 2 tx), then the row transform, whose
+ * results for consecutive tiles are consecutive in V. */
+static void input_transform(float *V, const float *x, int C, int H, int W, int TW, int TH, long t0, int nt,
                             int ldv) {
     const size_t plane = (size_t)C * ldv;
-#pragma omp parallel for schedule(static) if ((long)C * nt * 16 > 65536)
-    for (int c = 0; c < C; c++)
-        for (int j = 0; j < nt; j++) {
-            const long t = t0 + j, b = t / TT, tile = t % TT;
-            const int y0 = (int)(tile / TW) * 2 - 1, x0 = (int)(tile % TW) * 2 - 1;
-            const float *img = x + ((size_t)b * C + c) * H * W;
-            float d[4][4];
-            if (y0 >= 0 && x0 >= 0 && y0 + 4 <= H && x0 + 4 <= W) {
-                for (int r = 0; r < 4; r++)
-                    for (int q = 0; q < 4; q++) d[r][q] = img[(size_t)(y0 + r) * W + x0 + q];
-            } else {
-                for (int r = 0; r < 4; r++)
-                    for (int q = 0; q < 4; q++) {
-                        const int iy = y0 + r, ix = x0 + q;
-                        d[r][q] = (iy >= 0 && iy < H && ix >= 0 && ix < W) ? img[(size_t)iy * W + ix] : 0.0f;
+    const int PW = 2 * TW + 2;   /* padded row: x = -1 .. 2 TW */
+#pragma omp parallel if ((long)C * nt * 16 > 65536)
+    {
+        scratch_mark_t mark = scratch_mark();
+        float *d = scratch_floats((size_t)4 * PW), *e = scratch_floats((size_t)PW);
+        float *ev = scratch_floats((size_t)4 * (TW + 1)), *od = scratch_floats((size_t)4 * (TW + 1));
+#pragma omp for schedule(static)
+        for (int c = 0; c < C; c++)
+            for (long t = t0; t < t0 + nt;) {
+                const long row = t / TW;   /* b * TH + ty */
+                const int b = (int)(row / TH), ty = (int)(row % TH), lo = (int)(t % TW);
+                const int hi = (int)(t0 + nt - row * TW < TW ? t0 + nt - row * TW : TW);
+                const float *img = x + ((size_t)b * C + c) * H * W;
+                for (int r = 0; r < 4; r++) {
+                    const int iy = 2 * ty - 1 + r;
+                    float *dr = d + (size_t)r * PW;
+                    memset(dr, 0, sizeof(float) * PW);
+                    if (iy >= 0 && iy < H) memcpy(dr + 1, img + (size_t)iy * W, sizeof(float) * W);
+                }
+                const float *d0 = d, *d1 = d + PW, *d2 = d + 2 * PW, *d3 = d + 3 * PW;
+                for (int r = 0; r < 4; r++) {   /* row r of B^T d, split even / odd */
+                    for (int p = 0; p < PW; p++)
+                        e[p] = r == 0 ? d0[p] - d2[p] : r == 1 ? d1[p] + d2[p] : r == 2 ? d2[p] - d1[p] : d1[p] - d3[p];
+                    float *E = ev + (size_t)r * (TW + 1), *O = od + (size_t)r * (TW + 1);
+                    for (int k = 0; k <= TW; k++) E[k] = e[2 * k], O[k] = e[2 * k + 1];
+                }
+                float *v = V + (size_t)c * ldv + (t - t0) - lo;
+                for (int r = 0; r < 4; r++) {   /* (B^T d) B for the tiles lo .. hi-1 of the row */
+                    const float *E = ev + (size_t)r * (TW + 1), *O = od + (size_t)r * (TW + 1);
+                    float *v0 = v + (4 * r + 0) * plane, *v1 = v + (4 * r + 1) * plane;
+                    float *v2 = v + (4 * r + 2) * plane, *v3 = v + (4 * r + 3) * plane;
+                    for (int tx = lo; tx < hi; tx++) {
+                        v0[tx] = E[tx] - E[tx + 1];
+                        v1[tx] = O[tx] + E[tx + 1];
+                        v2[tx] = E[tx + 1] - O[tx];
+                        v3[tx] = O[tx] - O[tx + 1];
                     }
+                }
+                t += hi - lo;
             }
-            float e[4][4];   /* B^T d */
-            for (int q = 0; q < 4; q++) {
-                e[0][q] = d[0][q] - d[2][q];
-                e[1][q] = d[1][q] + d[2][q];
-                e[2][q] = d[2][q] - d[1][q];
-                e[3][q] = d[1][q] - d[3][q];
-            }
-            float *v = V + (size_t)c * ldv + j;
-            for (int r = 0; r < 4; r++) {   /* (B^T d) B */
-                v[(4 * r + 0) * plane] = e[r][0] - e[r][2];
-                v[(4 * r + 1) * plane] = e[r][1] + e[r][2];
-                v[(4 * r + 2) * plane] = e[r][2] - e[r][1];
-                v[(4 * r + 3) * plane] = e[r][1] - e[r][3];
-            }
-        }
+        scratch_release(mark);
+    }
 }
 
 /* out[b, o, 2 ty + i, 2 tx + q] (+)= (A^T m A)[i, q] (+ bias[o]) for each tile of the block,
- * m[k] = M[k, o, j], A^T = [1 1 1 0; 0 1 -1 -1]; edge tiles of odd sizes write what fits. */
+ * m[k] = M[k, o, j], A^T = [1 1 1 0; 0 1 -1 -1]; edge tiles of odd sizes write what fits.
+ * A row of tiles at a time, as the input transform. */
 static void output_transform(float *out, const float *M, const float *bias, int accumulate, int OC, int H, int W,
-                             int TW, long TT, long t0, int nt, int ldm) {
+                             int TW, int TH, long t0, int nt, int ldm) {
     const size_t plane = (size_t)OC * ldm;
-#pragma omp parallel for schedule(static) if ((long)OC * nt * 16 > 65536)
-    for (int o = 0; o < OC; o++) {
-        const float bo = bias ? bias[o] : 0.0f;
-        for (int j = 0; j < nt; j++) {
-            const long t = t0 + j, b = t / TT, tile = t % TT;
-            const int y0 = (int)(tile / TW) * 2, x0 = (int)(tile % TW) * 2;
-            const float *m = M + (size_t)o * ldm + j;
-            float s[2][4];   /* A^T m */
-            for (int q = 0; q < 4; q++) {
-                const float m0 = m[q * plane], m1 = m[(4 + q) * plane], m2 = m[(8 + q) * plane],
-                            m3 = m[(12 + q) * plane];
-                s[0][q] = m0 + m1 + m2;
-                s[1][q] = m1 - m2 - m3;
-            }
-            float *img = out + ((size_t)b * OC + o) * H * W;
-            for (int i = 0; i < 2 && y0 + i < H; i++) {
-                const float y[2] = {s[i][0] + s[i][1] + s[i][2], s[i][1] - s[i][2] - s[i][3]};
-                float *row = img + (size_t)(y0 + i) * W + x0;
-                for (int q = 0; q < 2 && x0 + q < W; q++) row[q] = (accumulate ? row[q] : 0.0f) + y[q] + bo;
+#pragma omp parallel if ((long)OC * nt * 16 > 65536)
+    {
+        scratch_mark_t mark = scratch_mark();
+        float *y = scratch_floats((size_t)2 * TW + 2);   /* one output row, both columns of each tile */
+#pragma omp for schedule(static)
+        for (int o = 0; o < OC; o++) {
+            const float bo = bias ? bias[o] : 0.0f;
+            for (long t = t0; t < t0 + nt;) {
+                const long row = t / TW;
+                const int b = (int)(row / TH), ty = (int)(row % TH), lo = (int)(t % TW);
+                const int hi = (int)(t0 + nt - row * TW < TW ? t0 + nt - row * TW : TW);
+                const float *m = M + (size_t)o * ldm + (t - t0) - lo;
+                float *img = out + ((size_t)b * OC + o) * H * W;
+                for (int i = 0; i < 2 && 2 * ty + i < H; i++) {
+                    for (int tx = lo; tx < hi; tx++) {
+                        float s[4];   /* row i of A^T m */
+                        for (int q = 0; q < 4; q++) {
+                            const float m0 = m[q * plane + tx], m1 = m[(4 + q) * plane + tx],
+                                        m2 = m[(8 + q) * plane + tx], m3 = m[(12 + q) * plane + tx];
+                            s[q] = i == 0 ? m0 + m1 + m2 : m1 - m2 - m3;
+                        }
+                        y[2 * tx] = s[0] + s[1] + s[2];
+                        y[2 * tx + 1] = s[1] - s[2] - s[3];
+                    }
+                    float *dst = img + (size_t)(2 * ty + i) * W;
+                    const int x1 = 2 * hi < W ? 2 * hi : W;
+                    if (accumulate)
+                        for (int xx = 2 * lo; xx < x1; xx++) dst[xx] = dst[xx] + y[xx] + bo;
+                    else
+                        for (int xx = 2 * lo; xx < x1; xx++) dst[xx] = y[xx] + bo;
+                }
+                t += hi - lo;
             }
         }
+        scratch_release(mark);
     }
 }
 
@@ -135,7 +181,9 @@ static void output_transform(float *out, const float *M, const float *bias, int 
  * most about 4 MB, a multiple of 16 columns (the GEMM's tile width), at least 32. */
 static int block_tiles(int IC, int OC, long tiles) {
     const int C = IC > OC ? IC : OC;
-    long nt = (1L << 20) / (16L * C) / 16 * 16;
+    static long budget = -1;   /* EXPERIMENT */
+    if (budget < 0) budget = getenv("WINO_BUDGET") ? atol(getenv("WINO_BUDGET")) : (1L << 20);
+    long nt = budget / (16L * C) / 16 * 16;
     if (nt < 32) nt = 32;
     return (int)(tiles < nt ? tiles : nt);
 }
@@ -144,8 +192,8 @@ static int block_tiles(int IC, int OC, long tiles) {
  * (exactly one given; Uh takes the bf16 kernel). */
 static void winograd_run(float *out, const float *x, const float *U, const uint16_t *Uh, const float *bias,
                          int accumulate, int B, int IC, int OC, int H, int W) {
-    const int TW = (W + 1) / 2;
-    const long TT = (long)((H + 1) / 2) * TW, tiles = (long)B * TT;
+    const int TW = (W + 1) / 2, TH = (H + 1) / 2;
+    const long tiles = (long)B * TH * TW;
     const int nt = block_tiles(IC, OC, tiles);
     const size_t uplane = (size_t)OC * IC;
     scratch_mark_t mark = scratch_mark();
@@ -153,7 +201,7 @@ static void winograd_run(float *out, const float *x, const float *U, const uint1
     float *M = scratch_floats((size_t)16 * OC * nt);
     for (long t0 = 0; t0 < tiles; t0 += nt) {
         const int n = (int)(tiles - t0 < nt ? tiles - t0 : nt);
-        input_transform(V, x, IC, H, W, TW, TT, t0, n, nt);
+        input_transform(V, x, IC, H, W, TW, TH, t0, n, nt);
         for (int k = 0; k < 16; k++) {
             const float *Vk = V + (size_t)k * IC * nt;
             float *Mk = M + (size_t)k * OC * nt;
@@ -164,7 +212,7 @@ static void winograd_run(float *out, const float *x, const float *U, const uint1
                 cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, OC, n, IC, 1.0f, U + k * uplane, IC, Vk, nt,
                             0.0f, Mk, nt);
         }
-        output_transform(out, M, bias, accumulate, OC, H, W, TW, TT, t0, n, nt);
+        output_transform(out, M, bias, accumulate, OC, H, W, TW, TH, t0, n, nt);
     }
     scratch_release(mark);
 }
