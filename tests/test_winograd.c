@@ -19,9 +19,11 @@
 #define BF16_TOL 1e-2
 
 /* B, IC, H, W, OC: 1x1 and 1-wide images, odd sizes (partial edge tiles), channel counts off
- * 16, and one (2 x 17 x 17 tiles of 128 channels) spanning several blocks across the images */
-static const int shapes[][5] = {{1, 3, 1, 1, 5},  {2, 5, 3, 5, 7},    {1, 17, 8, 8, 19}, {2, 20, 7, 9, 33},
-                                {1, 24, 6, 1, 18}, {2, 128, 33, 33, 40}, {2, 40, 12, 10, 128}};
+ * 16, one (2 x 17 x 17 tiles of 128 channels) spanning several blocks across the images, and
+ * the last one with a transformed kernel over 32 MB in fp32 (made and used in row chunks) */
+static const int shapes[][5] = {{1, 3, 1, 1, 5},     {2, 5, 3, 5, 7},      {1, 17, 8, 8, 19},
+                                {2, 20, 7, 9, 33},   {1, 24, 6, 1, 18},    {2, 128, 33, 33, 40},
+                                {2, 40, 12, 10, 128}, {1, 1024, 5, 3, 600}};
 #define NSHAPES (int)(sizeof shapes / sizeof shapes[0])
 
 static conv2d_shape_t shape_of(int i) {
@@ -203,7 +205,7 @@ static void test_winograd_spectral(void **state) {
     (void)state;
     trng_t r;
     trng_seed(&r, 37);
-    for (int i = 2; i < NSHAPES; i++) {
+    for (int i = 2; i < NSHAPES - 1; i++) {   /* not the SVD of the 600 x 9216 kernel: slow */
         wcase_t c;
         case_make(&c, i, &r);
         for (int bf = 0; bf < 2; bf++) {

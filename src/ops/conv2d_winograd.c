@@ -31,19 +31,21 @@ int conv2d_winograd_fits(const conv2d_shape_t *s) {
  * G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1].
  * Not flipped: rows = output channels o, cols = input channels c, g = w[o, c].
  * flipped (the input gradient): rows = c, cols = o, g = w[o, c] rotated by 180 degrees.
- * w is fp32 or bf16 (wh), row o holding IC * 9 values; round_in rounds fp32 w to bf16 first. */
-static void kernel_transform(float *U, const float *w, const uint16_t *wh, int OC, int IC, int flipped,
-                             int round_in) {
-    const int rows = flipped ? IC : OC, cols = flipped ? OC : IC;
-    const size_t plane = (size_t)OC * IC;
+ * w is fp32 or bf16 (wh), row o holding IC * 9 values; round_in rounds fp32 w to bf16 first.
+ * Only rows r0 .. r1-1, into U (fp32) or Uh (bf16) [16, r1 - r0, cols]. */
+static void kernel_transform(float *U, uint16_t *Uh, const float *w, const uint16_t *wh, int OC, int IC, int flipped,
+                             int round_in, int r0, int r1) {
+    const int cols = flipped ? OC : IC;
+    const size_t plane = (size_t)(r1 - r0) * cols;
     /* One row of U at a time: its kernels gathered into g[9][cols] first, so that the
      * transform runs along contiguous memory in both g and U. */
 #pragma omp parallel if (plane * 16 > 65536)
     {
         scratch_mark_t mark = scratch_mark();
         float *g = scratch_floats((size_t)9 * cols), *t = scratch_floats((size_t)12 * cols);
+        float *u = scratch_floats((size_t)4 * cols);
 #pragma omp for schedule(static)
-        for (int row = 0; row < rows; row++) {
+        for (int row = r0; row < r1; row++) {
             for (int col = 0; col < cols; col++) {
                 const int o = flipped ? col : row, c = flipped ? row : col;
                 const size_t base = ((size_t)o * IC + c) * 9;
@@ -65,14 +67,20 @@ static void kernel_transform(float *U, const float *w, const uint16_t *wh, int O
             for (int i = 0; i < 4; i++) {   /* (G g) G^T */
                 const float *ti = i == 0 ? g : i == 1 ? t : i == 2 ? t + (size_t)3 * cols : g + (size_t)6 * cols;
                 const float *a = ti, *b = ti + cols, *d = ti + (size_t)2 * cols;
-                float *u0 = U + (4 * i + 0) * plane + (size_t)row * cols, *u1 = U + (4 * i + 1) * plane + (size_t)row * cols;
-                float *u2 = U + (4 * i + 2) * plane + (size_t)row * cols, *u3 = U + (4 * i + 3) * plane + (size_t)row * cols;
+                const size_t at = (size_t)(row - r0) * cols;
+                float *u0 = Uh ? u : U + (4 * i + 0) * plane + at, *u1 = Uh ? u + cols : U + (4 * i + 1) * plane + at;
+                float *u2 = Uh ? u + 2 * cols : U + (4 * i + 2) * plane + at;
+                float *u3 = Uh ? u + 3 * cols : U + (4 * i + 3) * plane + at;
                 for (int col = 0; col < cols; col++) {
                     u0[col] = a[col];
                     u1[col] = 0.5f * (a[col] + b[col] + d[col]);
                     u2[col] = 0.5f * (a[col] - b[col] + d[col]);
                     u3[col] = d[col];
                 }
+                if (Uh)   /* rounded once here rather than packed from fp32 by each block's GEMMs */
+                    for (int j = 0; j < 4; j++)
+                        for (int col = 0; col < cols; col++)
+                            Uh[(4 * i + j) * plane + at + col] = sd_f32_to_bf16(u[(size_t)j * cols + col]);
             }
         }
         scratch_release(mark);
@@ -188,56 +196,55 @@ static int block_tiles(int IC, int OC, long tiles) {
     return (int)(tiles < nt ? tiles : nt);
 }
 
-/* out[B, OC, H, W] (+)= conv3x3(x[B, IC, H, W]) with the transformed kernel U / Uh [16, OC, IC]
- * (exactly one given; Uh takes the bf16 kernel). */
-static void winograd_run(float *out, const float *x, const float *U, const uint16_t *Uh, const float *bias,
-                         int accumulate, int B, int IC, int OC, int H, int W) {
-    const int TW = (W + 1) / 2, TH = (H + 1) / 2;
-    const long tiles = (long)B * TH * TW;
-    const int nt = block_tiles(IC, OC, tiles);
-    const size_t uplane = (size_t)OC * IC;
-    scratch_mark_t mark = scratch_mark();
-    float *V = scratch_floats((size_t)16 * IC * nt);
-    float *M = scratch_floats((size_t)16 * OC * nt);
-    for (long t0 = 0; t0 < tiles; t0 += nt) {
-        const int n = (int)(tiles - t0 < nt ? tiles - t0 : nt);
-        input_transform(V, x, IC, H, W, TW, TH, t0, n, nt);
-        for (int k = 0; k < 16; k++) {
-            const float *Vk = V + (size_t)k * IC * nt;
-            float *Mk = M + (size_t)k * OC * nt;
-            if (Uh)
-                gemm_bf16h(CblasNoTrans, CblasNoTrans, OC, n, IC, 1.0f, NULL, Uh + k * uplane, IC, Vk, NULL, nt,
-                           0.0f, Mk, nt);
-            else
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, OC, n, IC, 1.0f, U + k * uplane, IC, Vk, nt,
-                            0.0f, Mk, nt);
-        }
-        output_transform(out, M, bias, accumulate, OC, H, W, TW, TH, t0, n, nt);
-    }
-    scratch_release(mark);
-}
-
 /* The conv of kernel w / wh [OC, IC*9] as rows x cols = OC x IC (flipped: IC x OC, the
- * transposed conv): transforms the kernel and runs it. The bf16 GEMM is taken for bf16-stored
- * weights, and in bf16 compute where the im2col product [rows, B*H*W, cols*9] would take it.
- * fp32 weights are then rounded to bf16 before the transform as well as after, so that they
- * give the bits of the same weights stored in bf16 (spectral factors stored once, or rounded
- * per call). */
+ * transposed conv): out[B, rows, H, W] (+)= conv3x3(x[B, cols, H, W]).
+ * The bf16 GEMM is taken for bf16-stored weights, and in bf16 compute where the im2col product
+ * [rows, B*H*W, cols*9] would take it. fp32 weights are then rounded to bf16 before the
+ * transform as well as after, so that they give the bits of the same weights stored in bf16
+ * (spectral factors stored once, or rounded per call).
+ * The transformed kernel [16, rows, cols] is 16/9 the size of the kernel (210 MB in fp32 for
+ * 2560 -> 1280 channels): when all the tiles fit one block (small images, where the big
+ * channel counts are) it is made and used in chunks of rows of at most 32 MB instead. */
 static void winograd_conv(float *out, const float *x, const float *w, const uint16_t *wh, const float *bias,
                           int accumulate, int flipped, const conv2d_shape_t *s) {
     const int rows = flipped ? s->IC : s->OC, cols = flipped ? s->OC : s->IC;
-    const size_t n = (size_t)16 * rows * cols;
     const int bf16 = wh || sd_gemm_uses_bf16(rows, s->B * s->H * s->W, cols * 9);
-    scratch_mark_t mark = scratch_mark();
-    float *U = scratch_floats(n);
-    kernel_transform(U, w, wh, s->OC, s->IC, flipped, bf16);
-    uint16_t *Uh = NULL;
-    if (bf16) {   /* rounded once here rather than packed from fp32 by each block's GEMMs */
-        Uh = (uint16_t *)scratch_floats((n + 1) / 2);
-#pragma omp parallel for schedule(static) if (n > 65536)
-        for (size_t i = 0; i < n; i++) Uh[i] = sd_f32_to_bf16(U[i]);
+    const int TW = (s->W + 1) / 2, TH = (s->H + 1) / 2;
+    const long tiles = (long)s->B * TH * TW;
+    const int nt = block_tiles(cols, rows, tiles);
+    const size_t esz = bf16 ? sizeof(uint16_t) : sizeof(float);
+    int R = rows;
+    if (tiles <= nt) {
+        const long fit = (32L << 20) / (16L * cols * (long)esz) / 16 * 16;
+        R = fit < 16 ? 16 : fit < rows ? (int)fit : rows;
     }
-    winograd_run(out, x, bf16 ? NULL : U, Uh, bias, accumulate, s->B, cols, rows, s->H, s->W);
+    scratch_mark_t mark = scratch_mark();
+    float *ubuf = scratch_floats(((size_t)16 * R * cols * esz + 3) / 4);
+    float *U = bf16 ? NULL : ubuf;
+    uint16_t *Uh = bf16 ? (uint16_t *)ubuf : NULL;
+    float *V = scratch_floats((size_t)16 * cols * nt);
+    float *M = scratch_floats((size_t)16 * rows * nt);
+    for (long t0 = 0; t0 < tiles; t0 += nt) {
+        const int n = (int)(tiles - t0 < nt ? tiles - t0 : nt);
+        input_transform(V, x, cols, s->H, s->W, TW, TH, t0, n, nt);
+        for (int r0 = 0; r0 < rows; r0 += R) {
+            const int r1 = r0 + R < rows ? r0 + R : rows;
+            const size_t uplane = (size_t)(r1 - r0) * cols;
+            if (R < rows || t0 == 0)   /* chunked: one block only, so each chunk is made once */
+                kernel_transform(U, Uh, w, wh, s->OC, s->IC, flipped, bf16, r0, r1);
+            for (int k = 0; k < 16; k++) {   /* M_k[rows r0..r1-1] = U_k @ V_k */
+                const float *Vk = V + (size_t)k * cols * nt;
+                float *Mk = M + ((size_t)k * rows + r0) * nt;
+                if (Uh)
+                    gemm_bf16h(CblasNoTrans, CblasNoTrans, r1 - r0, n, cols, 1.0f, NULL, Uh + k * uplane, cols, Vk,
+                               NULL, nt, 0.0f, Mk, nt);
+                else
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, r1 - r0, n, cols, 1.0f, U + k * uplane,
+                                cols, Vk, nt, 0.0f, Mk, nt);
+            }
+        }
+        output_transform(out, M, bias, accumulate, rows, s->H, s->W, TW, TH, t0, n, nt);
+    }
     scratch_release(mark);
 }
 
