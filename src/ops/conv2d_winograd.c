@@ -1,4 +1,5 @@
-/* Winograd F(2x2, 3x3) convolution: 3x3 kernel, stride 1, padding 1, NCHW.
+/* Winograd F(2x2, 3x3) convolution: 3x3 kernel, stride 1, padding 0 to 2 on each side (1 for
+ * SD's convs; the VAE's bands of rows pad 0 at their inner edges), NCHW.
  *
  * Each 2x2 block of outputs ("tile") is computed from the 4x4 input patch around it as
  *   Y = A^T [ sum_c (G g_oc G^T) .* (B^T d_c B) ] A
@@ -23,8 +24,10 @@
 #include "ops/ops.h"
 
 int conv2d_winograd_fits(const conv2d_shape_t *s) {
-    return s->KH == 3 && s->KW == 3 && s->stride == 1 && s->pad[0] == 1 && s->pad[1] == 1 && s->pad[2] == 1 &&
-           s->pad[3] == 1;
+    if (s->KH != 3 || s->KW != 3 || s->stride != 1) return 0;
+    for (int i = 0; i < 4; i++)
+        if (s->pad[i] < 0 || s->pad[i] > 2) return 0;
+    return conv2d_out_h(s) > 0 && conv2d_out_w(s) > 0;
 }
 
 /* U[k, row, col] = (G g G^T)[k] for the 3x3 kernel g of (row, col), k = 4 i + j, where
@@ -87,16 +90,18 @@ static void kernel_transform(float *U, uint16_t *Uh, const float *w, const uint1
     }
 }
 
-/* V[k, c, j] = (B^T d B)[k] for tile t0 + j of channel c, d the 4x4 input patch (zero outside
- * the image), B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]. ldv = block width.
+/* V[k, c, j] = (B^T d B)[k] for tile t0 + j of channel c, d the 4x4 input patch at rows
+ * 2 ty - pt .., columns 2 tx - pl .. (zero outside the image x[C, H, W]),
+ * B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]. ldv = block width.
  * Done a row of tiles at a time so that every loop runs along contiguous memory: B^T d over
- * the 4 input rows of the tile row (zero-padded to x = -1 .. 2 TW), split into the even and
- * odd padded columns (tile tx starts at padded column 2 tx), then the row transform, whose
- * results for consecutive tiles are consecutive in V. */
-static void input_transform(float *V, const float *x, int C, int H, int W, int TW, int TH, long t0, int nt,
-                            int ldv) {
+ * the 4 input rows of the tile row (zero-padded to x = -pl .. 2 TW + 1 - pl), split into the
+ * even and odd padded columns (tile tx starts at padded column 2 tx), then the row transform,
+ * whose results for consecutive tiles are consecutive in V. */
+static void input_transform(float *V, const float *x, int C, int H, int W, int pt, int pl, int TW, int TH, long t0,
+                            int nt, int ldv) {
     const size_t plane = (size_t)C * ldv;
-    const int PW = 2 * TW + 2;   /* padded row: x = -1 .. 2 TW */
+    const int PW = 2 * TW + 2;   /* padded row */
+    const int ncopy = W < PW - pl ? W : PW - pl;
 #pragma omp parallel if ((long)C * nt * 16 > 65536)
     {
         scratch_mark_t mark = scratch_mark();
@@ -110,10 +115,10 @@ static void input_transform(float *V, const float *x, int C, int H, int W, int T
                 const int hi = (int)(t0 + nt - row * TW < TW ? t0 + nt - row * TW : TW);
                 const float *img = x + ((size_t)b * C + c) * H * W;
                 for (int r = 0; r < 4; r++) {
-                    const int iy = 2 * ty - 1 + r;
+                    const int iy = 2 * ty - pt + r;
                     float *dr = d + (size_t)r * PW;
                     memset(dr, 0, sizeof(float) * PW);
-                    if (iy >= 0 && iy < H) memcpy(dr + 1, img + (size_t)iy * W, sizeof(float) * W);
+                    if (iy >= 0 && iy < H) memcpy(dr + pl, img + (size_t)iy * W, sizeof(float) * ncopy);
                 }
                 const float *d0 = d, *d1 = d + PW, *d2 = d + 2 * PW, *d3 = d + 3 * PW;
                 for (int r = 0; r < 4; r++) {   /* row r of B^T d, split even / odd */
@@ -208,8 +213,14 @@ static int block_tiles(int IC, int OC, long tiles) {
 static void winograd_conv(float *out, const float *x, const float *w, const uint16_t *wh, const float *bias,
                           int accumulate, int flipped, const conv2d_shape_t *s) {
     const int rows = flipped ? s->IC : s->OC, cols = flipped ? s->OC : s->IC;
-    const int bf16 = wh || sd_gemm_uses_bf16(rows, s->B * s->H * s->W, cols * 9);
-    const int TW = (s->W + 1) / 2, TH = (s->H + 1) / 2;
+    /* input x[B, cols, IH, IW] padded by (pt, pl) top and left -> out[B, rows, OH, OW]; the
+     * transposed conv pads by 2 - pad (its input is the output of the forward one) */
+    const int OHf = conv2d_out_h(s), OWf = conv2d_out_w(s);
+    const int IH = flipped ? OHf : s->H, IW = flipped ? OWf : s->W, OH = flipped ? s->H : OHf,
+              OW = flipped ? s->W : OWf;
+    const int pt = flipped ? 2 - s->pad[0] : s->pad[0], pl = flipped ? 2 - s->pad[2] : s->pad[2];
+    const int bf16 = wh || sd_gemm_uses_bf16(rows, s->B * OH * OW, cols * 9);
+    const int TW = (OW + 1) / 2, TH = (OH + 1) / 2;
     const long tiles = (long)s->B * TH * TW;
     const int nt = block_tiles(cols, rows, tiles);
     const size_t esz = bf16 ? sizeof(uint16_t) : sizeof(float);
@@ -226,7 +237,7 @@ static void winograd_conv(float *out, const float *x, const float *w, const uint
     float *M = scratch_floats((size_t)16 * rows * nt);
     for (long t0 = 0; t0 < tiles; t0 += nt) {
         const int n = (int)(tiles - t0 < nt ? tiles - t0 : nt);
-        input_transform(V, x, cols, s->H, s->W, TW, TH, t0, n, nt);
+        input_transform(V, x, cols, IH, IW, pt, pl, TW, TH, t0, n, nt);
         for (int r0 = 0; r0 < rows; r0 += R) {
             const int r1 = r0 + R < rows ? r0 + R : rows;
             const size_t uplane = (size_t)(r1 - r0) * cols;
@@ -243,7 +254,7 @@ static void winograd_conv(float *out, const float *x, const float *w, const uint
                                 cols, Vk, nt, 0.0f, Mk, nt);
             }
         }
-        output_transform(out, M, bias, accumulate, rows, s->H, s->W, TW, TH, t0, n, nt);
+        output_transform(out, M, bias, accumulate, rows, OH, OW, TW, TH, t0, n, nt);
     }
     scratch_release(mark);
 }

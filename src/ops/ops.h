@@ -60,11 +60,11 @@ int conv2d_is_pointwise(const conv2d_shape_t *s);
 void conv2d_image_gemm(float *out, int M, const float *A, const float *img, const conv2d_shape_t *s, float beta);
 
 /* ---- Winograd F(2x2, 3x3) conv (conv2d_winograd.c) ----
- * 3x3 kernel, stride 1, padding 1 on every side (conv2d_winograd_fits): 2.25x fewer multiplies
- * than im2col, fp32 results equal up to rounding. The kernel is fp32 `weight` or bf16 `weight_h`
+ * 3x3 kernel, stride 1, padding 0 to 2 on each side (conv2d_winograd_fits): 2.25x fewer
+ * multiplies than im2col, fp32 results equal up to rounding. The kernel is fp32 `weight` or bf16 `weight_h`
  * [OC, IC*9] (exactly one given; bf16 weights, or bf16 compute on a big enough product, take the
- * bf16 GEMM). Forward: out[B, OC, H, W] = conv(inp, weight) + bias (bias may be NULL; out is
- * only written). Input gradient: dinp[B, IC, H, W] += conv_transpose(dout[B, OC, H, W], weight).
+ * bf16 GEMM). Forward: out[B, OC, OH, OW] = conv(inp, weight) + bias (bias may be NULL; out is
+ * only written). Input gradient: dinp[B, IC, H, W] += conv_transpose(dout[B, OC, OH, OW], weight).
  * conv2d_winograd_pays: the shapes where it beats im2col here (conv2d_forward / backward and
  * the spectral conv take it there). */
 int conv2d_winograd_fits(const conv2d_shape_t *s);
