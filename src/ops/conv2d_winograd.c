@@ -278,9 +278,15 @@ void conv2d_set_winograd(conv_winograd_mode_t mode) { g_mode = mode; }
  * (256 pixels: the kernel transform, 16 IC OC values, and reading it back weigh as much as the
  * saved multiplies) and 0.5x at 8x8; in bf16 1.1-1.5x from 32x32 up, about even at 16x16
  * batch 2. With 4 channels on the input side (conv_in; conv_out's input gradient) the
- * transforms of so few channels are slower than im2col's GEMM (0.1-0.3x). */
+ * transforms of so few channels are slower than im2col's GEMM (0.1-0.3x).
+ * Not in bf16 compute by default: there the transformed operands are rounded to bf16 (the
+ * kernel twice), which doubles the error of a conv against fp32 (4e-3 against 2e-3) and, over
+ * the steps of a sampler, tripled that of generated latents (scripts/golden-outputs.sh: 0.18
+ * against 0.06 relative to fp32), for a gain of 1.1-1.5x per conv that the whole UNet forward
+ * did not show (fwd64 bf16 slower in 2 of 2 rounds on a loaded machine). */
 int conv2d_winograd_pays(const conv2d_shape_t *s) {
     if (g_mode == CONV_WINOGRAD_OFF || !conv2d_winograd_fits(s)) return 0;
     if (g_mode == CONV_WINOGRAD_ALWAYS) return 1;
-    return s->IC >= 16 && s->OC >= 16 && (long)s->B * s->H * s->W >= 512;
+    return sd_compute_dtype() == SD_COMPUTE_FP32 && s->IC >= 16 && s->OC >= 16 &&
+           (long)s->B * s->H * s->W >= 512;
 }

@@ -65,8 +65,8 @@ void conv2d_image_gemm(float *out, int M, const float *A, const float *img, cons
  * [OC, IC*9] (exactly one given; bf16 weights, or bf16 compute on a big enough product, take the
  * bf16 GEMM). Forward: out[B, OC, OH, OW] = conv(inp, weight) + bias (bias may be NULL; out is
  * only written). Input gradient: dinp[B, IC, H, W] += conv_transpose(dout[B, OC, OH, OW], weight).
- * conv2d_winograd_pays: the shapes where it beats im2col here (conv2d_forward / backward and
- * the spectral conv take it there). */
+ * conv2d_winograd_pays: the fp32 shapes where it beats im2col here (conv2d_forward / backward
+ * and the spectral conv take it there); bf16 compute keeps im2col unless ALWAYS (see there). */
 int conv2d_winograd_fits(const conv2d_shape_t *s);
 int conv2d_winograd_pays(const conv2d_shape_t *s);
 /* Process-wide choice (tests and benchmarks compare the two paths; set it before work starts):
