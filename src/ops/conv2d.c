@@ -108,6 +108,10 @@ void conv2d_image_gemm(float *out, int M, const float *A, const float *img, cons
 
 void conv2d_forward(float *out, const float *inp, const float *weight, const float *bias,
                     const conv2d_shape_t *s) {
+    if (conv2d_winograd_pays(s)) {
+        conv2d_winograd_forward(out, inp, weight, NULL, bias, s);
+        return;
+    }
     const int P = conv2d_out_h(s) * conv2d_out_w(s);
     for (int b = 0; b < s->B; b++) {
         float *y = out + (size_t)b * s->OC * P;
@@ -154,6 +158,10 @@ void conv2d_backward(float *dinp, float *dweight, float *dbias,
     const int K = s->IC * s->KH * s->KW;
     const int pointwise = conv2d_is_pointwise(s);
     conv2d_shape_t t;
+    if (dinp && conv2d_winograd_pays(s)) {   /* the input gradient done: the rest is dweight, dbias */
+        conv2d_winograd_backward_input(dinp, dout, weight, NULL, s);
+        dinp = NULL;
+    }
     const int as_conv = !pointwise && dinp && input_grad_as_conv(s, &t);
     scratch_mark_t mark = scratch_mark();
     float *col = (!pointwise && dweight) ? scratch_floats((size_t)K * P) : NULL;

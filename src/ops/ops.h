@@ -59,6 +59,25 @@ int conv2d_is_pointwise(const conv2d_shape_t *s);
  * columns straight from the image (gemm_bf16_im2col), else im2col into scratch memory. */
 void conv2d_image_gemm(float *out, int M, const float *A, const float *img, const conv2d_shape_t *s, float beta);
 
+/* ---- Winograd F(2x2, 3x3) conv (conv2d_winograd.c) ----
+ * 3x3 kernel, stride 1, padding 0 to 2 on each side (conv2d_winograd_fits): 2.25x fewer
+ * multiplies than im2col, fp32 results equal up to rounding. The kernel is fp32 `weight` or bf16 `weight_h`
+ * [OC, IC*9] (exactly one given; bf16 weights, or bf16 compute on a big enough product, take the
+ * bf16 GEMM). Forward: out[B, OC, OH, OW] = conv(inp, weight) + bias (bias may be NULL; out is
+ * only written). Input gradient: dinp[B, IC, H, W] += conv_transpose(dout[B, OC, OH, OW], weight).
+ * conv2d_winograd_pays: the fp32 shapes where it beats im2col here (conv2d_forward / backward
+ * and the spectral conv take it there); bf16 compute keeps im2col unless ALWAYS (see there). */
+int conv2d_winograd_fits(const conv2d_shape_t *s);
+int conv2d_winograd_pays(const conv2d_shape_t *s);
+/* Process-wide choice (tests and benchmarks compare the two paths; set it before work starts):
+ * AUTO (default) takes Winograd where conv2d_winograd_pays, OFF never, ALWAYS wherever it fits. */
+typedef enum { CONV_WINOGRAD_AUTO = 0, CONV_WINOGRAD_OFF = 1, CONV_WINOGRAD_ALWAYS = 2 } conv_winograd_mode_t;
+void conv2d_set_winograd(conv_winograd_mode_t mode);
+void conv2d_winograd_forward(float *out, const float *inp, const float *weight, const uint16_t *weight_h,
+                             const float *bias, const conv2d_shape_t *s);
+void conv2d_winograd_backward_input(float *dinp, const float *dout, const float *weight, const uint16_t *weight_h,
+                                    const conv2d_shape_t *s);
+
 /* ---- normalisation (norm.c) ----
  * GroupNorm: inp/out [B, C, S] (S = H*W), G groups of C/G channels, per-channel affine.
  * mean/rstd [B, G] are saved by forward for backward. gamma/beta may be NULL (= 1 / 0). */

@@ -126,6 +126,14 @@ static void vt_image_gemm(float *z, const spectral_t *sp, const float *x, const 
         gemm_bf16h_im2col(sp->rank, 1.0f, sp->Vth, K, x, s, 0.0f, z);
 }
 
+/* The rank-output conv behind z = Vt (*) x as a conv shape (OC = rank): Winograd takes all the
+ * images at once where it pays (3x3, stride 1, pad 1). */
+static int vt_winograd(const spectral_t *sp, const conv2d_shape_t *s, conv2d_shape_t *sr) {
+    *sr = *s;
+    sr->OC = sp->rank;
+    return conv2d_winograd_pays(sr);
+}
+
 void spectral_coeffs(float *c, const spectral_t *sp, int with_residual) {
     for (int i = 0; i < sp->rank; i++) {
         float shifted = sp->S[i] + sp->scale * sp->delta[i];
@@ -252,13 +260,18 @@ void spectral_conv2d_forward(float *out, const float *inp, const float *W, const
     if (W) conv2d_forward(out, inp, W, bias, s);
     scratch_mark_t mark = scratch_mark();
     float *c = scratch_floats(r);
-    float *z = scratch_floats((size_t)r * P);
+    conv2d_shape_t sr;
+    const int winograd = vt_winograd(sp, s, &sr);
+    float *zall = scratch_floats((size_t)(winograd ? s->B : 1) * r * P);
+    /* z[r, P] = Vt[r, K] @ col[K, P]: a conv with the rank right-singular kernels (Winograd:
+     * every image at once, zall[B, r, P]) */
+    if (winograd) conv2d_winograd_forward(zall, inp, sp->Vt, sp->Vth, NULL, &sr);
     spectral_coeffs(c, sp, W != NULL);
     for (int b = 0; b < s->B; b++) {
         const float *x = inp + (size_t)b * s->IC * s->H * s->W;
         float *y = out + (size_t)b * OC * P;
-        /* z[r, P] = Vt[r, K] @ col[K, P]: a conv with the rank right-singular kernels */
-        vt_image_gemm(z, sp, x, s);
+        float *z = winograd ? zall + (size_t)b * r * P : zall;
+        if (!winograd) vt_image_gemm(z, sp, x, s);
         for (int i = 0; i < r; i++)
             for (int p = 0; p < P; p++) z[(size_t)i * P + p] *= c[i];
         if (!W && bias)
@@ -284,30 +297,41 @@ void spectral_conv2d_backward(float *dinp, float *ddelta, float *dbias, const fl
     if (!ddelta && !factored_dinp) return;
     scratch_mark_t mark = scratch_mark();
     float *c = scratch_floats(r);
-    float *g = scratch_floats((size_t)r * P);
-    float *z = ddelta ? scratch_floats((size_t)r * P) : NULL;
-    float *col = (!pointwise && factored_dinp) ? scratch_floats((size_t)K * P) : NULL;   /* dcol */
+    /* Winograd: z for every image at once, and the factored input gradient as one transposed
+     * conv of (c * g)[B, r, P] with the Vt kernels; so z and g are kept for the whole batch. */
+    conv2d_shape_t sr;
+    const int winograd = vt_winograd(sp, s, &sr);
+    const size_t nimg = winograd ? (size_t)s->B : 1;
+    float *gall = scratch_floats(nimg * r * P);
+    float *zall = ddelta ? scratch_floats(nimg * r * P) : NULL;
+    float *col = (!pointwise && factored_dinp && !winograd) ? scratch_floats((size_t)K * P) : NULL;   /* dcol */
+    if (winograd && ddelta) conv2d_winograd_forward(zall, inp, sp->Vt, sp->Vth, NULL, &sr);
     spectral_coeffs(c, sp, W != NULL);
     for (int b = 0; b < s->B; b++) {
         const float *x = inp + (size_t)b * s->IC * s->H * s->W;
         const float *dy = dout + (size_t)b * OC * P;
+        float *g = winograd ? gall + (size_t)b * r * P : gall;
         /* g[r, P] = U^T @ dy */
         fgemm(CblasTrans, CblasNoTrans, r, P, OC, 1.0f, sp->U, sp->Uh, r, dy, NULL, P,
               0.0f, g, P);
         if (ddelta) {   /* z = Vt @ col, recomputed rather than kept from forward */
-            vt_image_gemm(z, sp, x, s);
+            float *z = winograd ? zall + (size_t)b * r * P : zall;
+            if (!winograd) vt_image_gemm(z, sp, x, s);
             accumulate_ddelta(ddelta, z, g, sp, P, 0);
         }
         if (factored_dinp) {
             float *dx = dinp + (size_t)b * s->IC * s->H * s->W;
             for (int i = 0; i < r; i++)
                 for (int p = 0; p < P; p++) g[(size_t)i * P + p] *= c[i];
+            if (winograd) continue;   /* after the loop, for every image at once */
             /* dcol[K, P] = Vt^T @ (c * g), scattered back into the image */
             fgemm(CblasTrans, CblasNoTrans, K, P, r, 1.0f, sp->Vt, sp->Vth, K, g, NULL, P,
                   pointwise ? 1.0f : 0.0f, pointwise ? dx : col, P);
             if (!pointwise) col2im_add(dx, col, s);
         }
     }
+    /* dinp += conv_transpose(c * g, Vt) */
+    if (winograd && factored_dinp) conv2d_winograd_backward_input(dinp, gall, sp->Vt, sp->Vth, &sr);
     scratch_release(mark);
 }
 
