@@ -117,12 +117,12 @@ static void bench_attention_shape(const char *name, int Bf, int Tq, int Tk, int 
     for (int r = -1; r < g_reps; r++)   /* r = -1: warm-up */
         for (int m = 0; m < nmode; m++) {
             sd_set_compute_dtype(m ? SD_COMPUTE_BF16 : SD_COMPUTE_FP32);
-            double t0 = now();
+            double t0 = bench_now();
             attention_forward(o, lse, q, k, v, Bf, Tq, Tk, H, D, scale, causal);
-            double t1 = now();
+            double t1 = bench_now();
             attention_forward(o, lse, q, k, v, 1, Tq, Tk, H, D, scale, causal);
             attention_backward(dq, dk, dv, dout, q, k, v, o, lse, 1, Tq, Tk, H, D, scale, causal);
-            double t2 = now();
+            double t2 = bench_now();
             if (r >= 0) tf[m][r] = t1 - t0, tt[m][r] = t2 - t1;
         }
     sd_set_compute_dtype(SD_COMPUTE_FP32);
