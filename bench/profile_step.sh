@@ -109,11 +109,12 @@ freq, top = float(freq), int(top)
 
 # Buckets, first match wins: (name, regex on "dso<TAB>symbol"). Symbol names of OpenBLAS
 # (sgemm_kernel, sgemm_incopy / itcopy / oncopy / otcopy, sgemm_beta), of svdiff's bf16 GEMM
-# (avx512_block / amx_block micro-kernels; pack_a_tile*, pack_b_tile*, gemm_bf16_x86 driver),
+# (avx512_block / amx_block micro-kernels; pack_a_tile*, pack_b_tile*, gemm_bf16_x86 driver), the
+# product kernel of the bf16 attention (pair_gemm: its products count as GEMM, as they do in fp32),
 # and generic words for kernels other code may add (micro-kernel, winograd, flash, softmax).
 BUCKETS = [
     ("GEMM compute", r"\t([a-z]*gemm_kernel|[a-z]*gemm_small_kernel|sgemm_small|.*micro_?kernel|avx512_block|amx_block"
-                     r"|.*_block_(bf16|f32|fp32)|.*bf16_(kernel|block|tile_mul)|.*dpbf16|.*gemm_.*kernel)"),
+                     r"|pair_gemm.*|.*_block_(bf16|f32|fp32)|.*bf16_(kernel|block|tile_mul)|.*dpbf16|.*gemm_.*kernel)"),
     ("GEMM packing", r"\t([a-z]*gemm_(i|o)[nt]copy|[a-z]*gemm_beta|.*pack_|.*to_bf16|.*bf16_from|.*f32_to_bf16|.*gemm_bf16"
                      r"|sd_gemm|fgemm|[a-z]*gemm_(nn|nt|tn|tt)$|.*_copy_b|.*_copy_a)"),
     ("attention", r"\t.*(attention|softmax|flash|attn|expf|exp_approx|lse)"),
