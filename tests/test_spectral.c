@@ -4,11 +4,15 @@
 #include "testutil.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/error.h"
+#include "base/runtime.h"
 #include "base/scratch.h"
 #include "weights/spectral.h"
+#include "weights/weight.h"
 
 static void test_svd_reconstructs(void **state) {
     (void)state;
@@ -45,6 +49,78 @@ static void test_svd_reconstructs(void **state) {
         spectral_free(&sp);
         free(W), free(Wb);
     }
+}
+
+/* weight_make_spectral_many (the trainer's SVD: matrices in parallel, one single-threaded SVD
+ * each), tall, wide, square and fp16-stored: the same bytes on 1 and 2 threads, the singular values
+ * of the plain spectral_init within float rounding, the factors reconstruct W and are orthonormal;
+ * a NaN (refused by LAPACKE) fails with the plain message, the others still made spectral. */
+static void test_svd_many(void **state) {
+    (void)state;
+    trng_t r;
+    trng_seed(&r, 12);
+    enum { N = 7 };
+    const int rows[N] = {7, 5, 40, 300, 64, 1, 96}, cols[N] = {5, 7, 300, 40, 64, 9, 12};
+    float *W[N];
+    uint16_t *h = NULL;
+    weight_t a[N], b[N], *pa[N], *pb[N];
+    for (int k = 0; k < N; k++) {
+        W[k] = alloc_normal(&r, (size_t)rows[k] * cols[k], 1);
+        if (k == 4) {   /* an fp16 base: widened inside its own SVD */
+            h = malloc(sizeof *h * (size_t)rows[k] * cols[k]);
+            for (int i = 0; i < rows[k] * cols[k]; i++) h[i] = st_f32_to_f16(W[k][i]), W[k][i] = st_f16_to_f32(h[i]);
+        }
+        a[k] = k == 4 ? weight_dense(h, ST_F16, rows[k], cols[k]) : weight_dense(W[k], ST_F32, rows[k], cols[k]);
+        b[k] = a[k];
+        pa[k] = &a[k], pb[k] = &b[k];
+    }
+    const int threads = omp_get_max_threads();
+    sd_set_threads(1);
+    assert_int_equal(weight_make_spectral_many(pa, N, 1), SD_OK);
+    sd_set_threads(2);
+    assert_int_equal(weight_make_spectral_many(pb, N, 0), SD_OK);
+    sd_set_threads(threads);
+    for (int k = 0; k < N; k++) {
+        const int m = rows[k], n = cols[k], rank = m < n ? m : n;
+        assert_int_equal(a[k].kind, WEIGHT_SPECTRAL);
+        assert_non_null(a[k].data);   /* keep_base */
+        assert_null(b[k].data);
+        const spectral_t *sa = a[k].sp, *sb = b[k].sp;
+        assert_int_equal(sb->rank, rank);
+        assert_memory_equal(sa->S, sb->S, sizeof(float) * rank);
+        assert_memory_equal(sa->U, sb->U, sizeof(float) * m * rank);
+        assert_memory_equal(sa->Vt, sb->Vt, sizeof(float) * rank * n);
+        spectral_t plain;
+        assert_int_equal(spectral_init(&plain, W[k], m, n), 0);
+        for (int i = 0; i < rank; i++) {
+            if (i) assert_true(sb->S[i] <= sb->S[i - 1]);
+            assert_true(fabsf(sb->S[i] - plain.S[i]) <= 1e-5f * plain.S[0]);
+        }
+        spectral_free(&plain);
+        float *Wb = alloc_zeros((size_t)m * n);
+        spectral_bake(Wb, NULL, sb);
+        assert_close("parallel svd reconstruction", Wb, W[k], (size_t)m * n, 1e-4);
+        free(Wb);
+        for (int x = 0; x < rank; x++)
+            for (int y = 0; y < rank; y++) {
+                double du = 0, dv = 0;
+                for (int i = 0; i < m; i++) du += (double)sb->U[i * rank + x] * sb->U[i * rank + y];
+                for (int j = 0; j < n; j++) dv += (double)sb->Vt[x * n + j] * sb->Vt[y * n + j];
+                assert_true(fabs(du - (x == y)) < 1e-5 && fabs(dv - (x == y)) < 1e-5);
+            }
+        weight_free(&a[k]), weight_free(&b[k]);
+    }
+    W[3][123] = NAN;
+    for (int k = 0; k < N; k++) b[k] = k == 4 ? weight_dense(h, ST_F16, rows[k], cols[k]) : weight_dense(W[k], ST_F32, rows[k], cols[k]);
+    assert_int_equal(weight_make_spectral_many(pb, N, 1), SD_ERR_NUMERIC);
+    assert_non_null(strstr(sd_last_error(), "SVD of a 300 x 40 matrix failed"));
+    sd_clear_error();
+    for (int k = 0; k < N; k++) {
+        assert_int_equal(b[k].kind, k == 3 ? WEIGHT_DENSE : WEIGHT_SPECTRAL);
+        weight_free(&b[k]);
+        free(W[k]);
+    }
+    free(h);
 }
 
 /* delta with some shifted values pushed below zero (clipped), all away from the kink. */
@@ -226,6 +302,7 @@ static int teardown(void **state) {
 int main(int argc, char **argv) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_svd_reconstructs),
+        cmocka_unit_test(test_svd_many),
         cmocka_unit_test(test_spectral_linear),
         cmocka_unit_test(test_spectral_conv),
         cmocka_unit_test(test_prefer_baked),

@@ -4,6 +4,8 @@
 
 #include <cblas.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "base/error.h"
@@ -41,6 +43,44 @@ int weight_make_spectral(weight_t *w, int keep_base) {
     free(w->baked);
     w->baked = NULL;
     return SD_OK;
+}
+
+int weight_make_spectral_many(weight_t *const *w, int n, int keep_base) {
+    for (int j = 0; j < n; j++)
+        SD_CHECK(w[j]->kind == WEIGHT_DENSE && w[j]->data, "weight_make_spectral_many needs dense weights with data");
+    int *rc = sd_xcalloc((size_t)(n > 0 ? n : 1), sizeof *rc);
+    char (*msg)[256] = sd_xcalloc((size_t)(n > 0 ? n : 1), sizeof *msg);
+    /* One single-threaded SVD per thread. sgesdd's bidiagonal reduction is thousands of small
+     * matrix-vector products. With threads inside one SVD, each product wakes the other threads
+     * from the passive wait sd_runtime_init sets: a 1280 x 1280 matrix took 1.06 s on 2 threads
+     * and 0.42 s on 1 (bench/README.md, "One-time SVD against PyTorch"). Inside the parallel loop
+     * OpenBLAS runs each call on the calling thread, so a matrix's factors are the same bytes
+     * however many threads there are and whichever one takes it. Largest first, dynamic: the
+     * small ones fill in behind the big ones. */
+    int *order = sd_xmalloc(sizeof *order * (size_t)(n > 0 ? n : 1));
+    for (int i = 0; i < n; i++) order[i] = i;
+    for (int i = 1; i < n; i++) {   /* insertion sort by size, descending, stable */
+        const int k = order[i];
+        const double sz = (double)w[k]->rows * w[k]->cols;
+        int j = i;
+        for (; j > 0 && (double)w[order[j - 1]]->rows * w[order[j - 1]]->cols < sz; j--) order[j] = order[j - 1];
+        order[j] = k;
+    }
+#pragma omp parallel for schedule(dynamic, 1) if (n > 1)
+    for (int j = 0; j < n; j++) {
+        const int i = order[j];
+        rc[i] = weight_make_spectral(w[i], keep_base);
+        if (rc[i]) {   /* the message is this thread's: keep it for the caller's thread */
+            snprintf(msg[i], sizeof msg[i], "%s", sd_last_error());
+            sd_clear_error();
+        }
+    }
+    int first = -1;
+    for (int i = 0; i < n && first < 0; i++)
+        if (rc[i]) first = i;
+    const int out = first < 0 ? SD_OK : sd_error(rc[first], "%s", msg[first]);
+    free(order), free(rc), free(msg);
+    return out;
 }
 
 void weight_make_spectral_from(weight_t *w, const float *U, const float *S, const float *Vt, int rank,

@@ -31,6 +31,10 @@ weight_t weight_dense(const void *data, st_dtype_t dtype, int rows, int cols);
 /* Turns a dense weight spectral: SVD of its matrix (keep_base: keep the base for the exact
  * residual form). Returns 0 or an SD_ERR_* with a message. */
 int weight_make_spectral(weight_t *w, int keep_base);
+/* weight_make_spectral of n dense weights, the SVDs in parallel: one single-threaded SVD per
+ * OpenMP thread, so each weight's factors do not depend on the thread count. Every weight whose
+ * SVD succeeds becomes spectral; returns SD_OK, or the first failure in index order. */
+int weight_make_spectral_many(weight_t *const *w, int n, int keep_base);
 /* Same from known factors (an SVD cache): U [rows, rank], S [rank], Vt [rank, cols], copied. */
 void weight_make_spectral_from(weight_t *w, const float *U, const float *S, const float *Vt, int rank,
                                int keep_base);
