@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One-time SVD of the SD 1.5 UNet: svdiff (bench/svd.c: spectral_init per matrix, one after the
-# other, as the trainer's SVD runs) side by side with PyTorch's torch.linalg.svd (bench/svd_torch.py)
+# One-time SVD of the SD 1.5 UNet: svdiff (bench/svd.c: weight_make_spectral_many, the layers in
+# parallel with one single-threaded SVD each, as the trainer's SVD runs) side by side with PyTorch's torch.linalg.svd (bench/svd_torch.py)
 # on the same matrices of the random-weight model, one process per side and round, alternating
 # which side goes first. Prints each total, the medians and the ratio svdiff / PyTorch, with the
 # load averages at start and end, and RESULT lines (case=svd, side=svdiff / torch, median_s,
@@ -66,7 +66,7 @@ s = times("svdiff")
 t = times("torch") if torch == "1" else []
 ms = statistics.median(s)
 print(f"One-time SVD of {n} SD 1.5 UNet matrices, {threads} threads, load {l0} at start, {l1} at end:")
-print(f"svdiff (spectral_init per matrix): {', '.join(f'{x:.1f}' for x in s)} s, median {ms:.1f} s")
+print(f"svdiff (the trainer's SVD, bench_svd): {', '.join(f'{x:.1f}' for x in s)} s, median {ms:.1f} s")
 if t:
     mt = statistics.median(t)
     print(f"PyTorch torch.linalg.svd: {', '.join(f'{x:.1f}' for x in t)} s, median {mt:.1f} s; svdiff / PyTorch {ms / mt:.3f}")
