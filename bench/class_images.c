@@ -18,12 +18,7 @@
 #include "base/runtime.h"
 #include "pipeline/pipeline.h"
 #include "train/dataset.h"
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + 1e-9 * ts.tv_nsec;
-}
+#include "lib/benchutil.h"
 
 static double proc_mb(const char *key) {   /* VmRSS / VmHWM of this process in MB */
     FILE *f = fopen("/proc/self/status", "r");
@@ -53,12 +48,12 @@ static double one(pipeline_t *p, const char *out, const class_gen_t *g, int n, i
     char dir[4096];
     snprintf(dir, sizeof dir, "%s/bench-class-%ld-%d-%d", out, (long)getpid(), g->sampler, g->steps);
     reset_hwm();
-    const double t0 = now();
+    const double t0 = bench_now();
     if (class_images_generate(p, dir, "a photo of a dog", 0, n, res, g, 1)) {
         fprintf(stderr, "class_images_generate: %s\n", sd_last_error());
         exit(1);
     }
-    const double t = now() - t0;
+    const double t = bench_now() - t0;
     *hwm = proc_mb("VmHWM:");
     char cmd[4200];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);

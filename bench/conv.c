@@ -15,17 +15,7 @@
 #include "base/scratch.h"
 #include "ops/gemm.h"
 #include "ops/ops.h"
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + 1e-9 * ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
+#include "lib/benchutil.h"
 
 static float *randn(size_t n, uint64_t seed, float scale) {
     float *x = sd_xmalloc(n * sizeof(float));
@@ -105,20 +95,20 @@ int main(int argc, char **argv) {
         for (int r = -1; r < reps; r++)   /* r = -1: warm-up */
             for (int p = 0; p < 2; p++) {
                 conv2d_set_winograd(p ? CONV_WINOGRAD_ALWAYS : CONV_WINOGRAD_OFF);
-                double t0 = now();
+                double t0 = bench_now();
                 conv2d_forward(y[p], x, w, b, &s);
-                double t1 = now();
+                double t1 = bench_now();
                 memset(dx[p], 0, nin * sizeof(float));
-                double t2 = now();
+                double t2 = bench_now();
                 conv2d_backward(dx[p], NULL, NULL, dy, x, w, &s);
-                double t3 = now();
+                double t3 = bench_now();
                 if (r >= 0) tf[p][r] = t1 - t0, tb[p][r] = t3 - t2;
             }
         conv2d_set_winograd(CONV_WINOGRAD_AUTO);
         double mf[2], mb[2];
         for (int p = 0; p < 2; p++) {
-            qsort(tf[p], reps, sizeof(double), cmp_double);
-            qsort(tb[p], reps, sizeof(double), cmp_double);
+            qsort(tf[p], reps, sizeof(double), bench_cmp_double);
+            qsort(tb[p], reps, sizeof(double), bench_cmp_double);
             mf[p] = 1e3 * tf[p][reps / 2], mb[p] = 1e3 * tb[p][reps / 2];
         }
         printf("| %s | %d -> %d @ %d | %.1f | %.1f | %.2f | %.1f | %.1f | %.2f | %.1e | %.1e | %.1e | %.1e |\n",

@@ -11,17 +11,7 @@
 
 #include "base/dist.h"
 #include "base/runtime.h"
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + 1e-9 * ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
+#include "lib/benchutil.h"
 
 int main(int argc, char **argv) {
     sd_runtime_init(argc, argv);
@@ -40,21 +30,21 @@ int main(int argc, char **argv) {
     int rc = 0;
     for (int r = 0; r < reps + 2 && !rc; r++) {   /* 2 warm-up rounds */
         dist_agree(0);                             /* start together */
-        double t0 = now();
+        double t0 = bench_now();
         rc = dist_allgather_f32(mine, n * A, all);
         memset(g, 0, sizeof(float) * n);
         for (int m = 0; m < M; m++)
             for (size_t k = 0; k < n; k++) g[k] += all[(size_t)m * n + k];
-        double t1 = now();
+        double t1 = bench_now();
         memcpy(g, mine, sizeof(float) * n);
         dist_agree(0);
-        double t2 = now();
+        double t2 = bench_now();
         if (!rc) rc = dist_allreduce_sum_f32(g, n);
-        double t3 = now();
+        double t3 = bench_now();
         if (r >= 2) t_exact[r - 2] = t1 - t0, t_ar[r - 2] = t3 - t2;
     }
-    qsort(t_exact, reps, sizeof(double), cmp_double);
-    qsort(t_ar, reps, sizeof(double), cmp_double);
+    qsort(t_exact, reps, sizeof(double), bench_cmp_double);
+    qsort(t_ar, reps, sizeof(double), bench_cmp_double);
     if (dist_rank() == 0 && !rc)
         printf("ranks %d, %zu floats (%.3f MB) x %d micro-batches per rank: exact allgather + ordered sum %.3f ms, "
                "allreduce %.3f ms (medians of %d)\n",

@@ -16,6 +16,7 @@
 #include "base/runtime.h"
 #include "ops/fastmath.h"
 #include "ops/ops.h"
+#include "lib/benchutil.h"
 
 #define TOTAL (1 << 22)
 
@@ -23,26 +24,15 @@ static int g_reps = 15;
 static size_t g_n = TOTAL, g_inner = 1;
 static float *g_x, *g_y, *g_d;
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + 1e-9 * ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 static double median_ns_per_elem(void (*fn)(void)) {
     double t[101];
     fn();
     for (int r = 0; r < g_reps; r++) {
-        double t0 = now();
+        double t0 = bench_now();
         for (size_t k = 0; k < g_inner; k++) fn();
-        t[r] = now() - t0;
+        t[r] = bench_now() - t0;
     }
-    qsort(t, g_reps, sizeof *t, cmp_double);
+    qsort(t, g_reps, sizeof *t, bench_cmp_double);
     return 1e9 * t[g_reps / 2] / ((double)g_n * g_inner);
 }
 

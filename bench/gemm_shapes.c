@@ -19,6 +19,7 @@
 #include "base/error.h"
 #include "base/runtime.h"
 #include "ops/gemm.h"
+#include "lib/benchutil.h"
 
 typedef enum { B_MAT, B_IMG } bkind_t;
 
@@ -69,11 +70,6 @@ static const shape_t g_shapes[] = {
 
 static int g_reps = 5;
 static const char *g_dump;   /* --dump DIR: the C of each shape (alpha 0.7, beta 0.5) to DIR/<index>.f32 */
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 static float *randn(size_t n, uint64_t seed) {
     float *x = sd_xmalloc(n * sizeof(float));
@@ -140,8 +136,8 @@ static double time_shape(const run_t *r, double *cpu) {
         t[k] = (sd_now_s() - t0) / inner;
         c[k] = (cpu_s() - c0) / inner;
     }
-    qsort(t, g_reps, sizeof *t, cmp_double);
-    qsort(c, g_reps, sizeof *c, cmp_double);
+    qsort(t, g_reps, sizeof *t, bench_cmp_double);
+    qsort(c, g_reps, sizeof *c, bench_cmp_double);
     *cpu = c[g_reps / 2];
     return t[g_reps / 2];
 }

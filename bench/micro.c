@@ -24,11 +24,6 @@
 
 static int g_reps = 5;
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 /* Median wall time of fn(ctx) over g_reps runs after one warm-up run. */
 static double median_time(void (*fn)(void *), void *ctx) {
     double t[64];
@@ -38,7 +33,7 @@ static double median_time(void (*fn)(void *), void *ctx) {
         fn(ctx);
         t[r] = bench_now() - t0;
     }
-    qsort(t, g_reps, sizeof *t, cmp_double);
+    qsort(t, g_reps, sizeof *t, bench_cmp_double);
     return t[g_reps / 2];
 }
 
@@ -128,8 +123,8 @@ static void bench_attention_shape(const char *name, int Bf, int Tq, int Tk, int 
     sd_set_compute_dtype(SD_COMPUTE_FP32);
     double med[2][2] = {{0}};
     for (int m = 0; m < nmode; m++) {
-        qsort(tf[m], g_reps, sizeof(double), cmp_double);
-        qsort(tt[m], g_reps, sizeof(double), cmp_double);
+        qsort(tf[m], g_reps, sizeof(double), bench_cmp_double);
+        qsort(tt[m], g_reps, sizeof(double), bench_cmp_double);
         med[m][0] = tf[m][g_reps / 2], med[m][1] = tt[m][g_reps / 2];
     }
     printf("| %-40s | %8.2f | %8.2f | %5.2f | %8.2f | %8.2f | %5.2f |\n", name, 1e3 * med[0][0], 1e3 * med[1][0],

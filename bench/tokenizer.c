@@ -11,12 +11,7 @@
 
 #include "base/error.h"
 #include "models/tokenizer.h"
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + 1e-9 * ts.tv_nsec;
-}
+#include "lib/benchutil.h"
 
 static int hexval(int c) { return c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10; }
 
@@ -51,12 +46,12 @@ int main(int argc, char **argv) {
     for (int k = 0; k < 3; k++) {
         tokenizer_free(tok);
         tok = NULL;
-        double t0 = now();
+        double t0 = bench_now();
         if (tokenizer_load(&tok, dir)) {
             fprintf(stderr, "bench_tokenizer: %s\n", sd_last_error());
             return 1;
         }
-        double dt = now() - t0;
+        double dt = bench_now() - t0;
         if (dt < best) best = dt;
     }
     int n = 0;
@@ -67,7 +62,7 @@ int main(int argc, char **argv) {
     }
     int ids[77];
     long tokens = 0, bytes = 0, count = 0;
-    double t0 = now(), dt;
+    double t0 = bench_now(), dt;
     do {
         for (int i = 0; i < n; i++) {
             int before;
@@ -76,7 +71,7 @@ int main(int argc, char **argv) {
             bytes += (long)strlen(prompts[i]);
             count++;
         }
-        dt = now() - t0;
+        dt = bench_now() - t0;
     } while (dt < 0.3);
     printf("CLIP tokenizer: load %.1f ms (best of 3); encode %.0f prompts/s, %.2f M tokens/s, %.1f MB/s\n",
            1e3 * best, count / dt, tokens / dt * 1e-6, bytes / dt * 1e-6);

@@ -25,15 +25,10 @@
 #include "lib/benchutil.h"
 #include "lib/flops.h"
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 static double median(const double *v, int n) {
     double s[64];
     memcpy(s, v, sizeof(double) * n);
-    qsort(s, n, sizeof *s, cmp_double);
+    qsort(s, n, sizeof *s, bench_cmp_double);
     return n % 2 ? s[n / 2] : 0.5 * (s[n / 2 - 1] + s[n / 2]);
 }
 

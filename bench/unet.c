@@ -21,11 +21,6 @@
 #include "lib/benchutil.h"
 #include "lib/flops.h"
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 /* VmRSS / VmHWM of this process in MB. */
 static double proc_mb(const char *key) {
     FILE *f = fopen("/proc/self/status", "r");
@@ -140,7 +135,7 @@ static void bench_forward(const unet_t *m, int B, int HW, int T, int reps, int w
     const double peak_rss = proc_mb("VmHWM:"), sgemm = bench_sgemm_gflops(3), bf16 = bench_bf16_gflops(3);
     double sorted[64];
     memcpy(sorted, times, sizeof(double) * reps);
-    qsort(sorted, reps, sizeof *sorted, cmp_double);
+    qsort(sorted, reps, sizeof *sorted, bench_cmp_double);
     const double med = sorted[reps / 2];
     flops_t f;
     count_flops(&f, m, B, HW, HW, T);
@@ -222,7 +217,7 @@ static void bench_train(unet_t *m, int HW, int T, int reps, unet_ckpt_t ckpt) {
     }
     bench_profile_off();
     const double peak_rss = proc_mb("VmHWM:"), sgemm = bench_sgemm_gflops(3), bf16 = bench_bf16_gflops(3);
-    qsort(tf, reps, sizeof *tf, cmp_double), qsort(tb, reps, sizeof *tb, cmp_double), qsort(tt, reps, sizeof *tt, cmp_double);
+    qsort(tf, reps, sizeof *tf, bench_cmp_double), qsort(tb, reps, sizeof *tb, bench_cmp_double), qsort(tt, reps, sizeof *tt, bench_cmp_double);
     double gn = 0;   /* the gradient is real: its norm is reported */
     for (int i = 0; i < m->n_layers; i++)
         if (g.layers[i].dw)

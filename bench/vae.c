@@ -18,12 +18,7 @@
 #include "io/model.h"
 #include "models/vae.h"
 #include "ops/gemm.h"
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + 1e-9 * ts.tv_nsec;
-}
+#include "lib/benchutil.h"
 
 /* VmRSS / VmHWM of this process in MB. */
 static double proc_mb(const char *key) {
@@ -143,16 +138,16 @@ int main(int argc, char **argv) {
     reset_hwm();
     vae_reset_peak();
     scratch_reset_peak();
-    double t0 = now(), times[16];
+    double t0 = bench_now(), times[16];
     if (reps < 1) reps = 1;
     if (reps > 16) reps = 16;
     for (int r = 0; r < reps; r++) {
-        const double t1 = now();
+        const double t1 = bench_now();
         if (vae_decode(&m, img, lat, 1, latent, latent)) {
             fprintf(stderr, "vae_decode: %s\n", sd_last_error());
             return 1;
         }
-        times[r] = now() - t1;
+        times[r] = bench_now() - t1;
     }
     for (int a = 0; a < reps; a++)   /* sort for the median */
         for (int b = a + 1; b < reps; b++)
@@ -176,14 +171,14 @@ int main(int argc, char **argv) {
         reset_hwm();
         vae_reset_peak();
         scratch_reset_peak();
-        t0 = now();
+        t0 = bench_now();
         if (vae_encode(&m, mean, logvar, img, 1, H, H)) {
             fprintf(stderr, "vae_encode: %s\n", sd_last_error());
             return 1;
         }
         printf("encode: %.2f s; peak RSS %.0f MB (baseline %.0f MB, +%.0f MB); activations peak %.0f MB; "
                "operator scratch peak %.0f MB\n",
-               now() - t0, proc_mb("VmHWM:"), rss1, proc_mb("VmHWM:") - rss1,
+               bench_now() - t0, proc_mb("VmHWM:"), rss1, proc_mb("VmHWM:") - rss1,
                vae_peak_activation_bytes() / 1048576.0, scratch_peak_bytes() / 1048576.0);
         free(mean), free(logvar);
     }

@@ -19,7 +19,7 @@ double bench_now(void) {
     return ts.tv_sec + 1e-9 * ts.tv_nsec;
 }
 
-static int cmp_double(const void *a, const void *b) {
+int bench_cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
 }
@@ -46,7 +46,7 @@ static double gemm_gflops(int bf16, int reps) {
         else cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
         if (r >= 0) t[r] = bench_now() - t0;
     }
-    qsort(t, reps, sizeof *t, cmp_double);
+    qsort(t, reps, sizeof *t, bench_cmp_double);
     free(a), free(b), free(c);
     return 2.0 * n * n * (double)n / t[reps / 2] / 1e9;
 }

@@ -6,6 +6,9 @@
 /* Monotonic wall clock in seconds. */
 double bench_now(void);
 
+/* qsort comparison of doubles, ascending (medians of timings). */
+int bench_cmp_double(const void *a, const void *b);
+
 /* GFLOP/s of a 2048^3 product, the median of `reps` timed runs after one warm-up:
  * bench_sgemm_gflops: OpenBLAS cblas_sgemm; bench_bf16_gflops: svdiff's own bf16 GEMM
  * (gemm_bf16, fp32 accumulation), 0 when the CPU has no bf16 kernel. Each allocates and frees
