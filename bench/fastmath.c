@@ -54,7 +54,7 @@ int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--reps") && i + 1 < argc) g_reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--elems") && i + 1 < argc) g_n = (size_t)atol(argv[++i]);
-        else { fprintf(stderr, "usage: %s [--reps g_n] [--elems g_n]\n", argv[0]); return 2; }
+        else { fprintf(stderr, "usage: %s [--reps N] [--elems N]\n", argv[0]); return 2; }
     }
     if (g_reps < 1 || g_reps > 101) g_reps = 15;
     if (g_n < 1 || g_n > TOTAL) g_n = TOTAL;
