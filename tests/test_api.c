@@ -37,11 +37,6 @@ static void make_tmp(char *dir, size_t cap) {
     assert_non_null(mkdtemp(dir));
 }
 
-static int exists(const char *path) {
-    struct stat st;
-    return stat(path, &st) == 0;
-}
-
 static svdiff_model_t *open_tiny(void) {
     svdiff_model_params_t mp = svdiff_model_default_params();
     mp.svd_cache_dir = "";   /* no cache outside the test's folders */
@@ -495,9 +490,9 @@ static void test_train_cancel_resumes(void **state) {
     assert_non_null(strstr(svdiff_last_error(), "cancelled after step 3 of 6"));
     assert_int_equal(cc.progress, 3);   /* stopped within one step */
     snprintf(path, sizeof path, "%s/checkpoint.safetensors", cut);
-    assert_true(exists(path));
+    assert_true(path_exists(path));
     snprintf(path, sizeof path, "%s/spectral_shifts.safetensors", cut);
-    assert_false(exists(path));
+    assert_false(path_exists(path));
 
     p.callbacks.cancel = NULL;
     p.resume = 1;
@@ -606,7 +601,7 @@ static void test_full_mode_delta(void **state) {
     if (rc) print_error("train: %s\n", svdiff_last_error());
     assert_int_equal(rc, SVDIFF_OK);
     snprintf(delta, sizeof delta, "%s/weight_delta.safetensors", out);
-    assert_true(exists(delta));
+    assert_true(path_exists(delta));
     p.rank = 4;   /* rank limits spectral shifts only */
     assert_int_equal(svdiff_train(&p), SVDIFF_ERR_ARG);
     assert_non_null(strstr(svdiff_last_error(), "rank"));
@@ -990,7 +985,7 @@ static void test_shifts_convert_and_to_lora(void **state) {
     snprintf(lora, sizeof lora, "%s/lora.safetensors", d.tmp);
     svdiff_lora_stats_t ls[2];
     assert_int_equal(svdiff_shifts_to_lora(s, model_dir(), &lp, lora, ls), SVDIFF_OK);
-    assert_true(exists(lora));
+    assert_true(path_exists(lora));
     for (int p = 0; p < 2; p++) {
         assert_true(ls[p].layers > 0);
         assert_true(ls[p].rank_max <= 2 && ls[p].rank_min >= 1);
@@ -1272,8 +1267,8 @@ static void test_folder_lock(void **state) {
     svdiff_folder_lock_t *l = NULL;
     assert_int_equal(svdiff_folder_lock(tmp, &l), SVDIFF_OK);
     assert_non_null(l);
-    assert_false(exists(stale));
-    assert_true(exists(live));
+    assert_false(path_exists(stale));
+    assert_true(path_exists(live));
     svdiff_folder_lock_t *again = NULL;   /* re-entrant in one process */
     assert_int_equal(svdiff_folder_lock(tmp, &again), SVDIFF_OK);
     svdiff_folder_unlock(again);

@@ -39,11 +39,6 @@ static void write_text(const char *path, const char *text) {
     fclose(f);
 }
 
-static int exists(const char *path) {
-    struct stat st;
-    return stat(path, &st) == 0;
-}
-
 /* loss.csv without its seconds column. */
 static char *csv_without_seconds(const char *path) {
     size_t n = 0;
@@ -119,15 +114,6 @@ static void pre_config(train_config_t *c, const data_t *d, char *out, size_t cap
     c->quiet = 1;
 }
 
-static int train_once(const train_config_t *c) {
-    trainer_t t;
-    int rc = trainer_open(&t, c);
-    if (!rc) rc = trainer_run(&t);
-    if (rc) print_message("train: %s\n", sd_last_error());
-    trainer_close(&t);
-    return rc;
-}
-
 static train_param_t *find(trainer_t *t, const char *name) {
     for (int i = 0; i < t->n_params; i++)
         if (!strcmp(t->params[i].name, name)) return &t->params[i];
@@ -200,7 +186,7 @@ static void test_tsv(void **state) {
     assert_int_not_equal(trainer_open(&t, &c), 0);
     assert_non_null(strstr(sd_last_error(), "nothere.png"));
     trainer_close(&t);
-    assert_false(exists(out));   /* nothing written on errors */
+    assert_false(path_exists(out));   /* nothing written on errors */
     rm_tree(d.tmp);
 }
 
@@ -383,7 +369,7 @@ static void test_determinism_and_dtype(void **state) {
     assert_string_equal(x, y);
     free(x), free(y);
     snprintf(fb, sizeof fb, "%s/samples/step-000004.png", ob);
-    assert_true(exists(fb));
+    assert_true(path_exists(fb));
     model_t m;
     assert_int_equal(model_open(&m, oa, NULL), 0);
     assert_int_equal(component_find(&m.unet, "conv_in.weight")->dtype, ST_F16);
@@ -421,14 +407,14 @@ static void test_resume_after_kill(void **state) {
     assert_true(WIFEXITED(status));
     assert_int_equal(WEXITSTATUS(status), 137);
     snprintf(fb, sizeof fb, "%s/checkpoint.safetensors", ob);
-    assert_true(exists(fb));
+    assert_true(path_exists(fb));
     st_file_t ck;   /* the checkpoint holds the raw weights and the EMA */
     assert_int_equal(st_open(&ck, fb), 0);
     assert_non_null(st_find(&ck, "param/unet/conv_in.weight"));
     assert_non_null(st_find(&ck, "ema/unet/conv_in.weight"));
     st_close(&ck);
     snprintf(fb, sizeof fb, "%s/model_index.json", ob);
-    assert_false(exists(fb));
+    assert_false(path_exists(fb));
     trainer_t t0;   /* the same command without --resume does not start over silently */
     assert_int_not_equal(trainer_open(&t0, &cb), 0);
     assert_non_null(strstr(sd_last_error(), "--resume"));
@@ -528,9 +514,9 @@ static void test_dreambooth_full(void **state) {
     assert_int_equal(trainer_run(&t), 0);
     trainer_close(&t);
     snprintf(p, sizeof p, "%s/weight_delta.safetensors", out);
-    assert_true(exists(p));
+    assert_true(path_exists(p));
     snprintf(p, sizeof p, "%s/weight_delta_te.safetensors", out);
-    assert_false(exists(p));
+    assert_false(path_exists(p));
     /* the frozen text encoder is copied unchanged */
     model_t m, base;
     assert_int_equal(model_open(&m, out, NULL), 0);

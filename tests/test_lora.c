@@ -183,15 +183,6 @@ static void base_config(train_config_t *c, const char *out, train_mode_t mode) {
     c->lr = mode == TRAIN_MODE_FULL ? 1e-3f : 2e-2f;   /* large: the result must differ from the base */
 }
 
-static int train_once(const train_config_t *c) {
-    trainer_t t;
-    int rc = trainer_open(&t, c);
-    if (!rc) rc = trainer_run(&t);
-    if (rc) print_message("train: %s\n", sd_last_error());
-    trainer_close(&t);
-    return rc;
-}
-
 static void make_tmp(char *dir, size_t cap) {
     snprintf(dir, cap, "/tmp/svdiff-lora-XXXXXX");
     assert_non_null(mkdtemp(dir));

@@ -50,48 +50,25 @@ static void write_text(const char *path, const char *text) {
     fclose(f);
 }
 
-static int exists(const char *path) {
-    struct stat st;
-    return stat(path, &st) == 0;
-}
-
-/* A w x h PNG of smooth colour gradients plus noise (content varies with seed). */
-static void write_png(const char *path, int w, int h, uint64_t seed) {
-    image_t img;
-    assert_int_equal(image_alloc(&img, w, h), 0);
-    trng_t r;
-    trng_seed(&r, seed);
-    const float a = trng_uniform(&r), b = trng_uniform(&r);
-    for (int y = 0; y < h; y++)
-        for (int x = 0; x < w; x++)
-            for (int k = 0; k < 3; k++) {
-                float v = 127.5f + 100.0f * sinf(a * 6.0f * x / w + b * 5.0f * y / h + 2.0f * k) +
-                          20.0f * (trng_uniform(&r) - 0.5f);
-                img.rgb[((size_t)y * w + x) * 3 + k] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
-            }
-    assert_int_equal(image_save_png(&img, path, NULL, NULL, 0), 0);
-    image_free(&img);
-}
-
 /* tmp/inst: three images of different sizes, one with a caption; tmp/cls: two class images. */
 static void make_data(const char *tmp) {
     char p[4200];
     snprintf(p, sizeof p, "%s/inst", tmp);
     mkdir(p, 0777);
     snprintf(p, sizeof p, "%s/inst/a.png", tmp);
-    write_png(p, 20, 24, 1);
+    write_test_png(p, 20, 24, 1);
     snprintf(p, sizeof p, "%s/inst/b.png", tmp);
-    write_png(p, 16, 16, 2);
+    write_test_png(p, 16, 16, 2);
     snprintf(p, sizeof p, "%s/inst/c.png", tmp);
-    write_png(p, 33, 18, 3);
+    write_test_png(p, 33, 18, 3);
     snprintf(p, sizeof p, "%s/inst/c.txt", tmp);
     write_text(p, "a photo of sks dog on the grass\n");
     snprintf(p, sizeof p, "%s/cls", tmp);
     mkdir(p, 0777);
     snprintf(p, sizeof p, "%s/cls/x.png", tmp);
-    write_png(p, 16, 16, 4);
+    write_test_png(p, 16, 16, 4);
     snprintf(p, sizeof p, "%s/cls/y.png", tmp);
-    write_png(p, 24, 16, 5);
+    write_test_png(p, 24, 16, 5);
 }
 
 typedef struct {
@@ -115,15 +92,6 @@ static void small_config(train_config_t *c, paths_t *p, const char *out) {
     c->svd_cache_dir = "";
     c->out_dir = p->out;
     c->quiet = 1;
-}
-
-static int train_once(const train_config_t *c) {
-    trainer_t t;
-    int rc = trainer_open(&t, c);
-    if (!rc) rc = trainer_run(&t);
-    if (rc) print_message("train: %s\n", sd_last_error());
-    trainer_close(&t);
-    return rc;
 }
 
 /* ---- golden: one step and five AdamW steps against PyTorch ---- */
@@ -448,8 +416,8 @@ static void test_resume_after_kill(void **state) {
     char ck[256], fa[256], fb[256], la[256], lb[256];
     snprintf(ck, sizeof ck, "%s/checkpoint.safetensors", pb.out);
     snprintf(fb, sizeof fb, "%s/spectral_shifts.safetensors", pb.out);
-    assert_true(exists(ck));
-    assert_false(exists(fb));
+    assert_true(path_exists(ck));
+    assert_false(path_exists(fb));
 
     cb.resume = 1;
     assert_int_equal(train_once(&cb), 0);
@@ -547,7 +515,7 @@ static void test_output_lock(void **state) {
     assert_int_equal(child_lock_result(p.tmp, getpid()), 0);   /* free; the child's ended with it */
     char lf[300];
     snprintf(lf, sizeof lf, "%s/" RUN_LOCK_FILE, p.tmp);
-    assert_true(exists(lf));
+    assert_true(path_exists(lf));
     assert_int_equal(run_lock_take(&a, p.tmp), 0);   /* the stale file of the ended child is no obstacle */
     run_lock_release(&a);
     rm_tree(p.tmp);
@@ -615,7 +583,7 @@ static void test_log_write_error(void **state) {
     assert_true(WIFEXITED(status));
     assert_int_equal(WEXITSTATUS(status), 0);
     snprintf(fb, sizeof fb, "%s/spectral_shifts.safetensors", pb.out);
-    assert_false(exists(fb));
+    assert_false(path_exists(fb));
     st_file_t f;
     assert_int_equal(st_open(&f, ck), 0);
     assert_string_equal(st_meta(&f, "step"), "2");   /* step 3 wrote no checkpoint */
@@ -647,7 +615,7 @@ static void expect_error(train_config_t *c, const char *expect) {
         fail();
     }
     assert_null(strchr(sd_last_error(), '\n'));   /* one line */
-    if (exists(c->out_dir)) {
+    if (path_exists(c->out_dir)) {
         print_error("%s was created by a failing run\n", c->out_dir);
         fail();
     }
@@ -690,7 +658,7 @@ static void test_bad_inputs(void **state) {
     snprintf(dir, sizeof dir, "%s/capt", p.tmp);
     mkdir(dir, 0777);
     snprintf(file, sizeof file, "%s/a.png", dir);
-    write_png(file, 16, 16, 9);
+    write_test_png(file, 16, 16, 9);
     snprintf(file, sizeof file, "%s/a.txt", dir);
     write_text(file, long_prompt);
     c.instance_dir = dir;
@@ -761,7 +729,7 @@ static void test_class_images_batched(void **state) {
         assert_true(file_find(b, "Steps: 3, Sampler: dpmpp_2m, CFG scale: 7.5, Seed: ") > 0);
     }
     snprintf(b, sizeof b, "%s/class-00003.png", d3);
-    assert_false(exists(b));
+    assert_false(path_exists(b));
     /* image 1 kept: 0 and 2 are made (two batches), 3 is not */
     assert_int_equal(mkdir(dk, 0777), 0);
     snprintf(a, sizeof a, "%s/class-00001.png", d1), snprintf(b, sizeof b, "%s/class-00001.png", dk);
@@ -777,7 +745,7 @@ static void test_class_images_batched(void **state) {
         assert_same_file(a, b);
     }
     snprintf(b, sizeof b, "%s/class-00003.png", dk);
-    assert_false(exists(b));
+    assert_false(path_exists(b));
     /* the sampler is the one asked for: DDIM's images differ and say so */
     g.sampler = SAMPLER_DDIM, g.batch = 2;
     snprintf(dk, sizeof dk, "%s/ddim", tmp);
@@ -816,7 +784,7 @@ static void test_end_to_end(void **state) {
     char path[512];
     for (int k = 0; k < 3; k++) {
         snprintf(path, sizeof path, "%s/class-%05d.png", cls, k);
-        assert_true(exists(path));
+        assert_true(path_exists(path));
     }
     for (int s = 2; s <= 4; s += 2) {
         snprintf(path, sizeof path, "%s/samples/step-%06d.png", p.out, s);
@@ -827,7 +795,7 @@ static void test_end_to_end(void **state) {
         image_free(&img);
     }
     snprintf(path, sizeof path, "%s/spectral_shifts_te.safetensors", p.out);
-    assert_false(exists(path));
+    assert_false(path_exists(path));
     snprintf(path, sizeof path, "%s/spectral_shifts.safetensors", p.out);
     shift_set_t s;
     assert_int_equal(shiftset_load(&s, path), 0);

@@ -34,29 +34,6 @@ static const char *model_dir(void) {
 
 /* ---- files ---- */
 
-static int exists(const char *path) {
-    struct stat st;
-    return stat(path, &st) == 0;
-}
-
-/* A w x h PNG of smooth colour gradients plus noise (content varies with seed). */
-static void write_png(const char *path, int w, int h, uint64_t seed) {
-    image_t img;
-    assert_int_equal(image_alloc(&img, w, h), 0);
-    trng_t r;
-    trng_seed(&r, seed);
-    const float a = trng_uniform(&r), b = trng_uniform(&r);
-    for (int y = 0; y < h; y++)
-        for (int x = 0; x < w; x++)
-            for (int k = 0; k < 3; k++) {
-                float v = 127.5f + 100.0f * sinf(a * 6.0f * x / w + b * 5.0f * y / h + 2.0f * k) +
-                          20.0f * (trng_uniform(&r) - 0.5f);
-                img.rgb[((size_t)y * w + x) * 3 + k] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
-            }
-    assert_int_equal(image_save_png(&img, path, NULL, NULL, 0), 0);
-    image_free(&img);
-}
-
 typedef struct {
     char tmp[64], inst[128], cls[128], held[128], b[128], out[128];
 } paths_t;
@@ -71,11 +48,11 @@ static void make_data(paths_t *p) {
     snprintf(p->held, sizeof p->held, "%s/held", p->tmp);
     snprintf(p->b, sizeof p->b, "%s/b", p->tmp);
     mkdir(p->inst, 0777), mkdir(p->held, 0777), mkdir(p->b, 0777);
-    snprintf(f, sizeof f, "%s/a.png", p->inst), write_png(f, 20, 24, 1);
-    snprintf(f, sizeof f, "%s/b.png", p->inst), write_png(f, 16, 16, 2);
-    snprintf(f, sizeof f, "%s/c.png", p->inst), write_png(f, 33, 18, 3);
-    snprintf(f, sizeof f, "%s/h.png", p->held), write_png(f, 24, 20, 4);
-    snprintf(f, sizeof f, "%s/1.png", p->b), write_png(f, 16, 16, 5);
+    snprintf(f, sizeof f, "%s/a.png", p->inst), write_test_png(f, 20, 24, 1);
+    snprintf(f, sizeof f, "%s/b.png", p->inst), write_test_png(f, 16, 16, 2);
+    snprintf(f, sizeof f, "%s/c.png", p->inst), write_test_png(f, 33, 18, 3);
+    snprintf(f, sizeof f, "%s/h.png", p->held), write_test_png(f, 24, 20, 4);
+    snprintf(f, sizeof f, "%s/1.png", p->b), write_test_png(f, 16, 16, 5);
 }
 
 static void xl_config(train_config_t *c, paths_t *p, const char *out) {
@@ -89,15 +66,6 @@ static void xl_config(train_config_t *c, paths_t *p, const char *out) {
     c->svd_cache_dir = "";
     c->out_dir = p->out;
     c->quiet = 1;
-}
-
-static int train_once(const train_config_t *c) {
-    trainer_t t;
-    int rc = trainer_open(&t, c);
-    if (!rc) rc = trainer_run(&t);
-    if (rc) print_message("train: %s\n", sd_last_error());
-    trainer_close(&t);
-    return rc;
 }
 
 /* ---- golden: one step against PyTorch ---- */
@@ -339,7 +307,7 @@ static void test_resume_and_files(void **state) {
     assert_int_equal(train_once(&ca), 0);
     char f[300];
     snprintf(f, sizeof f, "%s/class-00001.png", p.cls);
-    assert_true(exists(f));
+    assert_true(path_exists(f));
     fflush(NULL);
     pid_t pid = fork();
     assert_true(pid >= 0);
@@ -421,11 +389,11 @@ static void test_cutmix_and_modes(void **state) {
     assert_int_equal(train_once(&c), 0);
     char f[300];
     snprintf(f, sizeof f, "%s/spectral_shifts_te2.safetensors", p.out);
-    assert_true(exists(f));
+    assert_true(path_exists(f));
     snprintf(f, sizeof f, "%s/samples/step-000001.png", p.out);
-    assert_true(exists(f));
+    assert_true(path_exists(f));
     snprintf(f, sizeof f, "%s/samples/step-000002.png", p.out);
-    assert_true(exists(f));
+    assert_true(path_exists(f));
     /* full and LoRA training are refused on SDXL, before anything is written */
     for (int mode = TRAIN_MODE_FULL; mode <= TRAIN_MODE_LORA; mode++) {
         xl_config(&c, &p, "refused");
@@ -433,7 +401,7 @@ static void test_cutmix_and_modes(void **state) {
         assert_int_equal(trainer_open(&t, &c), SD_ERR_ARG);
         assert_non_null(strstr(sd_last_error(), "SDXL models train spectral shifts only"));
         trainer_close(&t);
-        assert_false(exists(p.out));
+        assert_false(path_exists(p.out));
     }
     rm_tree(p.tmp);
 }

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "base/error.h"
+#include "io/image.h"
 
 /* Under ASan an allocation it cannot serve aborts by default; plain malloc returns NULL, and
  * the tests of the library's out-of-memory errors (base/error.h's policy) need that. Read by
@@ -258,4 +259,35 @@ int test_main(int argc, char **argv, const char *group, const struct CMUnitTest 
     int failed = _cmocka_run_group_tests(group, tests, n, setup, teardown);
     if (failed == 0 && n_skipped > 0 && (size_t)n_skipped == ran) return TEST_SKIP_CODE;
     return failed;
+}
+
+int path_exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+void write_test_png(const char *path, int w, int h, uint64_t seed) {
+    image_t img;
+    assert_int_equal(image_alloc(&img, w, h), 0);
+    trng_t r;
+    trng_seed(&r, seed);
+    const float a = trng_uniform(&r), b = trng_uniform(&r);
+    for (int y = 0; y < h; y++)
+        for (int x = 0; x < w; x++)
+            for (int k = 0; k < 3; k++) {
+                float v = 127.5f + 100.0f * sinf(a * 6.0f * x / w + b * 5.0f * y / h + 2.0f * k) +
+                          20.0f * (trng_uniform(&r) - 0.5f);
+                img.rgb[((size_t)y * w + x) * 3 + k] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
+            }
+    assert_int_equal(image_save_png(&img, path, NULL, NULL, 0), 0);
+    image_free(&img);
+}
+
+int train_once(const train_config_t *c) {
+    trainer_t t;
+    int rc = trainer_open(&t, c);
+    if (!rc) rc = trainer_run(&t);
+    if (rc) print_message("train: %s\n", sd_last_error());
+    trainer_close(&t);
+    return rc;
 }

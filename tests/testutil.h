@@ -10,6 +10,7 @@
 #include <cmocka.h>
 
 #include "io/safetensors.h"
+#include "train/trainer.h"
 
 /* splitmix64-seeded xorshift; same numbers on every machine. */
 typedef struct { uint64_t s; } trng_t;
@@ -34,6 +35,14 @@ void assert_close(const char *name, const float *got, const float *want, size_t 
  * Returns the worst relative deviation seen; fails the test if it exceeds tol. */
 double fd_check(const char *name, float *x, const float *grad, size_t n, size_t max_probe,
                 double (*loss)(void *ctx), void *ctx, float h, double tol);
+
+/* ---- files and training runs shared by the trainer tests ---- */
+/* Does path exist (stat: a link is followed)? */
+int path_exists(const char *path);
+/* Writes a w x h PNG of smooth colour gradients plus noise (its content varies with seed). */
+void write_test_png(const char *path, int w, int h, uint64_t seed);
+/* trainer_open + trainer_run + trainer_close; prints the error of a failed run. Returns its code. */
+int train_once(const train_config_t *c);
 
 /* sum_i out[i] * w[i] in double: the usual probe loss (its d/d out is w). */
 double dot_loss(const float *out, const float *w, size_t n);
